@@ -1,0 +1,308 @@
+//! The HTTP API of API.md: key-value state, cluster status, health, readiness, metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use openraft::{Instant as _, ServerState};
+use raft::{Command, Response as RaftResponse};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::cluster::Cluster;
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+
+/// Shared by every handler.
+pub struct AppState {
+    pub cluster: Arc<Cluster>,
+    pub metrics: Arc<Metrics>,
+    pub inflight: Arc<Semaphore>,
+}
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/kv", get(list_kv))
+        .route("/v1/kv/{key}", get(get_kv).put(put_kv).delete(delete_kv))
+        .route("/v1/cluster", get(cluster_status))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and times every request, and sheds load past `max_inflight_requests`.
+async fn observe(State(st): St, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
+        return ApiError::unavailable("too many requests in flight").into_response();
+    };
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    st.metrics.observe_request(&route, method.as_str(), resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("method {method} is not allowed here"))
+}
+
+/// Query parameters, rejecting unknown names and repeated ones.
+fn params(raw: Option<String>, allowed: &[&str]) -> ApiResult<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if !allowed.contains(&k.as_ref()) {
+            return Err(ApiError::bad_request(format!("unknown query parameter {k:?} (allowed: {})", allowed.join(", "))));
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(ApiError::bad_request(format!("query parameter {k:?} given twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn u64_param(p: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+    p.get(name)
+        .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{name} must be a non-negative integer, got {v:?}"))))
+        .transpose()
+}
+
+/// Keys: 1..=512 bytes of UTF-8 without control characters.
+pub fn validate_key(key: &str) -> ApiResult<()> {
+    if key.is_empty() || key.len() > 512 {
+        return Err(ApiError::bad_request(format!("key must be 1 to 512 bytes, got {}", key.len())).with("field", "key"));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("key must not contain control characters").with("field", "key"));
+    }
+    Ok(())
+}
+
+enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+fn consistency(p: &HashMap<String, String>) -> ApiResult<Consistency> {
+    match p.get("consistency").map(String::as_str) {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("stale") => Ok(Consistency::Stale),
+        Some(other) => Err(ApiError::bad_request(format!("consistency must be linearizable or stale, got {other:?}"))),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            if s.is_empty() || s.len() > 256 {
+                return Err(ApiError::bad_request("Idempotency-Key must be 1 to 256 characters"));
+            }
+            Ok(Some(s.to_string()))
+        }
+    }
+}
+
+fn reject_fence(p: &HashMap<String, String>) -> ApiResult<()> {
+    if p.contains_key("fence") {
+        return Err(ApiError::bad_request("fence: fenced writes need locks, which this version does not serve yet"));
+    }
+    Ok(())
+}
+
+async fn put_kv(State(st): St, Path(key): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> ApiResult<Json<Value>> {
+    validate_key(&key)?;
+    let p = params(q, &["if_revision", "ttl_ms", "fence"])?;
+    reject_fence(&p)?;
+    let if_revision = u64_param(&p, "if_revision")?;
+    let ttl_ms = u64_param(&p, "ttl_ms")?;
+    if ttl_ms == Some(0) {
+        return Err(ApiError::bad_request("ttl_ms must be at least 1"));
+    }
+    let idem = idempotency_key(&headers)?;
+    let limit = st.cluster.config.max_value_bytes;
+    let value = read_body(body, limit).await?;
+    let resp = st.cluster.write(Command::Put { key, value: value.to_vec(), if_revision, ttl_ms }, idem).await?;
+    match resp {
+        RaftResponse::Put { revision } => Ok(Json(json!({ "revision": revision }))),
+        other => Err(write_answer(other)),
+    }
+}
+
+async fn delete_kv(State(st): St, Path(key): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    validate_key(&key)?;
+    let p = params(q, &["if_revision", "fence"])?;
+    reject_fence(&p)?;
+    let if_revision = u64_param(&p, "if_revision")?;
+    let idem = idempotency_key(&headers)?;
+    match st.cluster.write(Command::Delete { key, if_revision }, idem).await? {
+        RaftResponse::Delete { revision, deleted } => Ok(Json(json!({ "revision": revision, "deleted": deleted }))),
+        other => Err(write_answer(other)),
+    }
+}
+
+/// Maps the answers a write can get besides its success shape.
+fn write_answer(resp: RaftResponse) -> ApiError {
+    match resp {
+        RaftResponse::Conflict { current_revision } => {
+            ApiError::conflict(format!("compare failed: the key's revision is {current_revision}"))
+                .with("current_revision", current_revision)
+        }
+        RaftResponse::Rejected(m) => ApiError::bad_request(m),
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {other:?}")),
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(format!("value is over the {limit}-byte limit")).with("limit", limit))
+}
+
+async fn get_kv(State(st): St, Path(key): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    validate_key(&key)?;
+    let p = params(q, &["consistency"])?;
+    if let Consistency::Linearizable = consistency(&p)? {
+        st.cluster.read_barrier().await?;
+    }
+    let found = st.cluster.state.read().expect("state lock").get(&key).map(|e| (e.value.clone(), e.revision));
+    let Some((value, revision)) = found else {
+        return Err(ApiError::not_found(format!("no key {key:?}")));
+    };
+    let mut resp = value.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert("x-revision", HeaderValue::from(revision));
+    Ok(resp)
+}
+
+const LIST_LIMIT_DEFAULT: usize = 100;
+const LIST_LIMIT_MAX: usize = 1000;
+
+async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let p = params(q, &["prefix", "limit", "after", "consistency"])?;
+    let prefix = p.get("prefix").cloned().unwrap_or_default();
+    if prefix.len() > 512 {
+        return Err(ApiError::bad_request("prefix must be at most 512 bytes"));
+    }
+    let limit = match u64_param(&p, "limit")? {
+        None => LIST_LIMIT_DEFAULT,
+        Some(n) if n >= 1 && n as usize <= LIST_LIMIT_MAX => n as usize,
+        Some(n) => return Err(ApiError::bad_request(format!("limit must be 1 to {LIST_LIMIT_MAX}, got {n}"))),
+    };
+    if let Consistency::Linearizable = consistency(&p)? {
+        st.cluster.read_barrier().await?;
+    }
+    let st_lock = st.cluster.state.read().expect("state lock");
+    let (items, more) = st_lock.list(&prefix, p.get("after").map(String::as_str), limit);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let next = if more { items.last().map(|(k, _)| (*k).clone()) } else { None };
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(k, e)| json!({ "key": k, "value": b64.encode(&e.value), "revision": e.revision }))
+        .collect();
+    Ok(Json(json!({ "items": items, "next": next, "revision": st_lock.meta.revision })))
+}
+
+async fn cluster_status(State(st): St) -> Json<Value> {
+    let c = &st.cluster;
+    let m = c.metrics();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let is_leader = m.state == ServerState::Leader;
+    let (cluster_id, revision) = {
+        let s = c.state.read().expect("state lock");
+        (s.meta.cluster_id.clone(), s.meta.revision)
+    };
+    let members: Vec<Value> = membership
+        .nodes()
+        .map(|(id, node)| {
+            let role = if voters.contains(id) { "voter" } else { "learner" };
+            // Liveness as this node sees it: itself, and on the leader every peer that acks
+            // replication. Gossip-based liveness for every node's view is not served yet.
+            let (gossip, applied) = if *id == c.id {
+                ("alive", m.last_applied.map(|l| l.index))
+            } else if is_leader {
+                let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+                let acked = m
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(id).cloned().flatten())
+                    .map(|t| t.elapsed() < std::time::Duration::from_millis(c.config.election_timeout_ms * 3))
+                    .unwrap_or(false);
+                (if acked { "alive" } else { "down" }, matched)
+            } else if m.current_leader == Some(*id) {
+                ("alive", None)
+            } else {
+                ("unknown", None)
+            };
+            json!({
+                "id": id,
+                "api_addr": node.api_addr,
+                "cluster_addr": node.cluster_addr,
+                "role": role,
+                "gossip": gossip,
+                "applied_index": applied,
+                "load": {},
+            })
+        })
+        .collect();
+    Json(json!({
+        "cluster_id": cluster_id,
+        "node_id": c.id,
+        "leader_id": m.current_leader,
+        "term": m.current_term,
+        "commit_index": m.local_committed.map(|l| l.index).unwrap_or(0),
+        "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0),
+        "revision": revision,
+        // History of old revisions is not retained yet: nothing below the current revision
+        // can be read back.
+        "compact_revision": revision,
+        "members": members,
+    }))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(st): St) -> Result<Json<Value>, ApiError> {
+    if st.cluster.is_ready() {
+        Ok(Json(json!({ "status": "ready" })))
+    } else {
+        Err(ApiError::unavailable("not ready: no known leader or applying committed entries"))
+    }
+}
+
+async fn metrics(State(st): St) -> Response {
+    let body = st.metrics.render(&st.cluster);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::OPENAPI_JSON).into_response()
+}

@@ -1,0 +1,213 @@
+//! The command-line client: `stackd kv …` and `stackd cluster …` against any node's API.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// API address of any node (HOST:PORT or URL).
+    #[arg(long, env = "STACKD_ADDR", default_value = "127.0.0.1:7001", global = true)]
+    pub addr: String,
+}
+
+impl Target {
+    fn url(&self, path: &str) -> String {
+        let base = if self.addr.starts_with("http://") || self.addr.starts_with("https://") {
+            self.addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", self.addr)
+        };
+        format!("{base}{path}")
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCmd {
+    /// Print a key's value (raw bytes) to stdout.
+    Get {
+        key: String,
+        /// Read this node's local state without a round trip to the leader.
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write a key; prints the new revision.
+    Put {
+        key: String,
+        /// The value; read from stdin when omitted.
+        value: Option<String>,
+        /// Write only if the key's revision is this (0 = only if absent).
+        #[arg(long)]
+        if_revision: Option<u64>,
+        /// Expire the key after this many milliseconds.
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+        #[arg(long)]
+        if_revision: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List keys (and values) by prefix.
+    Ls {
+        /// Key prefix; all keys when omitted.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Most keys to print.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Show the cluster's leader, term, and members.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn key_path(key: &str) -> String {
+    form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("http client")
+}
+
+/// Turns an error answer of the API into a readable error.
+async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let code = body["error"]["code"].as_str().unwrap_or("error");
+    let msg = body["error"]["message"].as_str().unwrap_or("");
+    bail!("{status} {code}: {msg}")
+}
+
+pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
+    let http = client();
+    match cmd {
+        KvCmd::Get { key, stale, target } => {
+            let mut url = target.url(&format!("/v1/kv/{}", key_path(&key)));
+            if stale {
+                url.push_str("?consistency=stale");
+            }
+            let resp = check(http.get(url).send().await.context("request failed")?).await?;
+            let bytes = resp.bytes().await?;
+            std::io::stdout().write_all(&bytes)?;
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                println!();
+            }
+        }
+        KvCmd::Put { key, value, if_revision, ttl_ms, target } => {
+            let body = match value {
+                Some(v) => v.into_bytes(),
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                    buf
+                }
+            };
+            let mut q = Vec::new();
+            if let Some(r) = if_revision {
+                q.push(format!("if_revision={r}"));
+            }
+            if let Some(t) = ttl_ms {
+                q.push(format!("ttl_ms={t}"));
+            }
+            let mut url = target.url(&format!("/v1/kv/{}", key_path(&key)));
+            if !q.is_empty() {
+                url = format!("{url}?{}", q.join("&"));
+            }
+            let resp = check(http.put(url).body(body).send().await.context("request failed")?).await?;
+            let v: Value = resp.json().await?;
+            println!("revision {}", v["revision"]);
+        }
+        KvCmd::Del { key, if_revision, target } => {
+            let mut url = target.url(&format!("/v1/kv/{}", key_path(&key)));
+            if let Some(r) = if_revision {
+                url = format!("{url}?if_revision={r}");
+            }
+            let resp = check(http.delete(url).send().await.context("request failed")?).await?;
+            let v: Value = resp.json().await?;
+            println!("deleted {} (revision {})", v["deleted"], v["revision"]);
+        }
+        KvCmd::Ls { prefix, limit, target } => {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let mut after: Option<String> = None;
+            let mut printed = 0u64;
+            while printed < limit {
+                let page = (limit - printed).min(1000);
+                let mut url = target.url(&format!("/v1/kv?prefix={}&limit={page}", key_path(&prefix)));
+                if let Some(a) = &after {
+                    url.push_str(&format!("&after={}", key_path(a)));
+                }
+                let resp = check(http.get(url).send().await.context("request failed")?).await?;
+                let v: Value = resp.json().await?;
+                for item in v["items"].as_array().into_iter().flatten() {
+                    let value = b64.decode(item["value"].as_str().unwrap_or("")).unwrap_or_default();
+                    println!("{}\t{}\t{}", item["key"].as_str().unwrap_or(""), item["revision"], String::from_utf8_lossy(&value));
+                    printed += 1;
+                }
+                match v["next"].as_str() {
+                    Some(n) => after = Some(n.to_string()),
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
+    let http = client();
+    match cmd {
+        ClusterCmd::Status { json, target } => {
+            let resp = check(http.get(target.url("/v1/cluster")).send().await.context("request failed")?).await?;
+            let v: Value = resp.json().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "cluster {}  leader {}  term {}  commit {}",
+                v["cluster_id"].as_str().unwrap_or("?"),
+                v["leader_id"],
+                v["term"],
+                v["commit_index"]
+            );
+            println!("{:<4} {:<8} {:<8} {:<22} {:<22} applied", "id", "role", "health", "api", "cluster");
+            for m in v["members"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<4} {:<8} {:<8} {:<22} {:<22} {}",
+                    m["id"],
+                    m["role"].as_str().unwrap_or(""),
+                    m["gossip"].as_str().unwrap_or(""),
+                    m["api_addr"].as_str().unwrap_or(""),
+                    m["cluster_addr"].as_str().unwrap_or(""),
+                    m["applied_index"]
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Node configuration: one struct, from flags, `STACKD_*` environment variables or a TOML file
+//! (in that order of precedence), validated at boot.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+
+/// Settings of `stackd serve`. Every field can be given as a flag, as the environment
+/// variable named after it, or in the `--config` TOML file under the same name (snake_case).
+#[derive(Args, Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings; flags and environment variables override it.
+    #[arg(long, env = "STACKD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Directory for the node's RocksDB, TLS credentials and snapshots. An empty directory
+    /// starts a new node; an existing one restarts the member it holds.
+    #[arg(long, env = "STACKD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// HTTP API listen address (apps, CLI, metrics) [default: 127.0.0.1:7001].
+    #[arg(long, env = "STACKD_API_ADDR")]
+    pub api_addr: Option<String>,
+
+    /// QUIC cluster listen address (Raft, forwarded writes, snapshots) [default: 127.0.0.1:7101].
+    #[arg(long, env = "STACKD_CLUSTER_ADDR")]
+    pub cluster_addr: Option<String>,
+
+    /// Address other nodes and clients use to reach this node's API, if it differs from
+    /// --api-addr (e.g. when listening on 0.0.0.0).
+    #[arg(long, env = "STACKD_ADVERTISE_API_ADDR")]
+    pub advertise_api_addr: Option<String>,
+
+    /// Address other nodes use to reach this node's cluster port, if it differs from
+    /// --cluster-addr.
+    #[arg(long, env = "STACKD_ADVERTISE_CLUSTER_ADDR")]
+    pub advertise_cluster_addr: Option<String>,
+
+    /// Cluster address (HOST:PORT) of any current member, to join its cluster. Only used when
+    /// the data directory is empty.
+    #[arg(long, env = "STACKD_JOIN")]
+    pub join: Option<String>,
+
+    /// Join token printed by the first node (also in its data dir as `join-token`).
+    #[arg(long, env = "STACKD_TOKEN")]
+    pub token: Option<String>,
+
+    /// Voters the cluster grows to by promoting caught-up learners: 3 or 5 [default: 3].
+    #[arg(long, env = "STACKD_TARGET_VOTERS")]
+    pub target_voters: Option<usize>,
+
+    /// Raft heartbeat interval in ms [default: 100].
+    #[arg(long, env = "STACKD_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+
+    /// Minimum election timeout in ms; the maximum is twice this [default: 500].
+    #[arg(long, env = "STACKD_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+
+    /// Log entries between automatic snapshots [default: 10000].
+    #[arg(long, env = "STACKD_SNAPSHOT_EVERY_ENTRIES")]
+    pub snapshot_every_entries: Option<u64>,
+
+    /// Largest value accepted, in bytes [default: 1048576].
+    #[arg(long, env = "STACKD_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+
+    /// How long a write or linearizable read may wait for the cluster before the answer is
+    /// 504 (write outcome unknown) or 503, in ms [default: 5000].
+    #[arg(long, env = "STACKD_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+
+    /// Most HTTP requests handled at once; further ones get 503 [default: 4096].
+    #[arg(long, env = "STACKD_MAX_INFLIGHT_REQUESTS")]
+    pub max_inflight_requests: Option<usize>,
+}
+
+/// The validated configuration with every default filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    pub cluster_addr: SocketAddr,
+    pub advertise_api_addr: String,
+    pub advertise_cluster_addr: String,
+    pub join: Option<String>,
+    pub token: Option<String>,
+    pub target_voters: usize,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_every_entries: u64,
+    pub max_value_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub max_inflight_requests: usize,
+}
+
+impl ServeArgs {
+    /// Flags/env first, then the config file, then defaults; checks every value.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => ServeArgs::default(),
+        };
+        macro_rules! pick {
+            ($f:ident) => {
+                self.$f.clone().or(file.$f.clone())
+            };
+        }
+        let data_dir = pick!(data_dir).context("--data-dir is required")?;
+        let api_addr: SocketAddr = pick!(api_addr)
+            .unwrap_or_else(|| "127.0.0.1:7001".into())
+            .parse()
+            .context("--api-addr must be IP:PORT")?;
+        let cluster_addr: SocketAddr = pick!(cluster_addr)
+            .unwrap_or_else(|| "127.0.0.1:7101".into())
+            .parse()
+            .context("--cluster-addr must be IP:PORT")?;
+        let target_voters = pick!(target_voters).unwrap_or(3);
+        if target_voters != 3 && target_voters != 5 {
+            bail!("--target-voters must be 3 or 5, not {target_voters}");
+        }
+        let heartbeat_interval_ms = pick!(heartbeat_interval_ms).unwrap_or(100);
+        let election_timeout_ms = pick!(election_timeout_ms).unwrap_or(500);
+        if heartbeat_interval_ms == 0 || election_timeout_ms <= heartbeat_interval_ms * 2 {
+            bail!("--election-timeout-ms must be more than twice --heartbeat-interval-ms");
+        }
+        let join = pick!(join);
+        let token = pick!(token);
+        if join.is_some() && token.is_none() {
+            bail!("--join needs --token (printed by the first node, and in its data dir as join-token)");
+        }
+        let max_value_bytes = pick!(max_value_bytes).unwrap_or(1 << 20);
+        if max_value_bytes == 0 || max_value_bytes > 32 << 20 {
+            bail!("--max-value-bytes must be between 1 and 33554432");
+        }
+        Ok(Config {
+            data_dir,
+            api_addr,
+            cluster_addr,
+            advertise_api_addr: pick!(advertise_api_addr).unwrap_or_else(|| api_addr.to_string()),
+            advertise_cluster_addr: pick!(advertise_cluster_addr).unwrap_or_else(|| cluster_addr.to_string()),
+            join,
+            token,
+            target_voters,
+            heartbeat_interval_ms,
+            election_timeout_ms,
+            snapshot_every_entries: pick!(snapshot_every_entries).unwrap_or(10_000).max(100),
+            max_value_bytes,
+            request_timeout_ms: pick!(request_timeout_ms).unwrap_or(5_000).max(100),
+            max_inflight_requests: pick!(max_inflight_requests).unwrap_or(4096).max(1),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}

@@ -1,0 +1,25 @@
+//! The `stackd` node: configuration, the HTTP API, the cluster handle and the CLI client.
+//!
+//! # Layout
+//! - [`config`]: `stackd serve` settings from flags, environment and TOML.
+//! - [`server`]: node start-up (identity, storage, Raft, transport, API) and shutdown.
+//! - [`cluster`]: writes from any node, batched linearizable reads, joins, leader duties.
+//! - [`api`]: the HTTP routes of API.md; [`error`] maps every failure to its status and code.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
+//! - [`client`]: the `stackd kv …` and `stackd cluster …` subcommands.
+//! - [`openapi`]: the API reference served at `/v1/openapi.json`.
+
+pub mod api;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod server;
+
+/// Installs the process-wide rustls crypto provider (ring). Call once before any TLS use;
+/// later calls are no-ops.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

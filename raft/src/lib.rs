@@ -1,0 +1,20 @@
+//! stackd's Raft layer: what is replicated and how it is applied.
+//!
+//! # Layout
+//! - [`types`]: the openraft type configuration ([`TypeConfig`]) and [`NodeInfo`].
+//! - [`command`]: the replicated [`Request`]/[`Command`] and their [`Response`].
+//! - [`state`]: the in-memory replicated [`State`] and its deterministic apply.
+//! - [`state_machine`]: openraft's state-machine traits over the state and RocksDB.
+//! - [`config`]: the Raft timing defaults.
+
+pub mod command;
+pub mod config;
+pub mod state;
+pub mod state_machine;
+pub mod types;
+
+pub use command::{Command, Request, Response};
+pub use openraft;
+pub use state::State;
+pub use state_machine::StateMachine;
+pub use types::{LogStore, NodeId, NodeInfo, Raft, SnapshotData, TypeConfig};

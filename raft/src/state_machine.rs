@@ -1,0 +1,167 @@
+//! openraft's `RaftStateMachine` over [`State`] and the `sm` column family.
+
+use std::io;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use storage::{codec, Db, SmBatch};
+
+use crate::command::Response;
+use crate::state::State;
+use crate::types::{SnapshotData, TypeConfig};
+
+/// The state machine handed to openraft; clones share the state.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Db,
+    state: Arc<RwLock<State>>,
+    snapshot_path: PathBuf,
+}
+
+/// A snapshot as stored on disk and sent to followers.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMetaOf<TypeConfig>,
+    /// The encoded `sm` column family: `Vec<(key, value)>`.
+    data: Vec<u8>,
+}
+
+impl StateMachine {
+    /// Loads the state from `db`; snapshots are kept under `dir`.
+    pub fn open(db: Db, dir: &Path) -> storage::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let state = State::load(&db)?;
+        Ok(Self { db, state: Arc::new(RwLock::new(state)), snapshot_path: dir.join("snapshot.bin") })
+    }
+
+    /// The shared in-memory state, for reads. Hold the lock only for short, non-async sections.
+    pub fn state(&self) -> Arc<RwLock<State>> {
+        self.state.clone()
+    }
+
+    fn write_snapshot_file(&self, file: &SnapshotFile) -> io::Result<()> {
+        let bytes = codec::encode(file)?;
+        let tmp = self.snapshot_path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        // Rename is atomic: a crash leaves the old snapshot or the new one, never half of one.
+        std::fs::rename(&tmp, &self.snapshot_path)?;
+        if let Some(dir) = self.snapshot_path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        let db = self.db.clone();
+        // Read from a RocksDB snapshot off the async runtime: a large state must not stall QUIC.
+        let (items, meta) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let items = db.sm_export()?;
+            let meta = {
+                let mut tmp = State::default();
+                if let Some((_, v)) = items.iter().find(|(k, _)| k.as_slice() == b"m:state") {
+                    tmp.meta = codec::decode(v)?;
+                }
+                tmp.meta
+            };
+            Ok((codec::encode(&items)?, meta))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let snap_meta = SnapshotMetaOf::<TypeConfig> { last_log_id: meta.last_applied, last_membership: meta.last_membership };
+        let file = SnapshotFile { meta: snap_meta.clone(), data: items };
+        self.write_snapshot_file(&file)?;
+        tracing::info!(last_log_id = ?snap_meta.last_log_id, bytes = file.data.len(), "snapshot built");
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta: snap_meta, snapshot: Cursor::new(file.data) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let st = self.state.read().expect("state lock");
+        Ok((st.meta.last_applied, st.meta.last_membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = SmBatch::default();
+        let mut responses = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let mut st = self.state.write().expect("state lock");
+            st.meta.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::Done,
+                EntryPayload::Normal(ref req) => st.apply(req, &mut batch),
+                EntryPayload::Membership(ref m) => {
+                    st.meta.last_membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
+                    Response::Done
+                }
+            };
+            if let Some(r) = responder {
+                responses.push((r, response));
+            }
+        }
+        self.state.read().expect("state lock").persist_meta(&mut batch);
+        // One atomic batch: the changes and `last_applied` land together or not at all.
+        self.db.sm_write(batch)?;
+        for (r, resp) in responses {
+            r.send(resp);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let data = snapshot.into_inner();
+        let items: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(&data)?;
+        let db = self.db.clone();
+        let new_state = tokio::task::spawn_blocking(move || -> io::Result<State> {
+            db.sm_replace(items)?;
+            Ok(State::load(&db)?)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        if new_state.meta.last_applied != meta.last_log_id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot data is at {:?}, its meta says {:?}", new_state.meta.last_applied, meta.last_log_id),
+            ));
+        }
+        *self.state.write().expect("state lock") = new_state;
+        self.write_snapshot_file(&SnapshotFile { meta: meta.clone(), data })?;
+        tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        let bytes = match std::fs::read(&self.snapshot_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let file: SnapshotFile = codec::decode(&bytes)?;
+        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> { meta: file.meta, snapshot: Cursor::new(file.data) }))
+    }
+}

@@ -1,0 +1,225 @@
+//! The durable Raft log: openraft's `RaftLogStorage` on RocksDB.
+//!
+//! Appends are written to RocksDB inside `append` (so they are readable at once) and made
+//! durable by one syncer thread that fsyncs the write-ahead log for every batch of appends
+//! queued behind it (group commit), then reports the completions in the order they arrived.
+//! openraft is never told an entry is durable before it is.
+
+use std::fmt::Debug;
+use std::io;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader, RaftTypeConfig};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+use crate::db::{Db, CF_LOGS, CF_META};
+
+const KEY_VOTE: &str = "raft_vote";
+const KEY_LAST_PURGED: &str = "raft_last_purged";
+const KEY_COMMITTED: &str = "raft_committed";
+
+/// RocksDB-backed Raft log store. Cloning shares the database and the syncer thread.
+pub struct LogStore<C: RaftTypeConfig> {
+    db: Db,
+    syncer: Arc<Syncer<C>>,
+    _c: PhantomData<C>,
+}
+
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        Self { db: self.db.clone(), syncer: self.syncer.clone(), _c: PhantomData }
+    }
+}
+
+/// Owns the channel to the syncer thread; the thread ends when the last store clone is dropped.
+struct Syncer<C: RaftTypeConfig> {
+    tx: std::sync::Mutex<mpsc::Sender<IOFlushed<C>>>,
+}
+
+impl<C: RaftTypeConfig> LogStore<C>
+where
+    EntryOf<C>: Serialize + DeserializeOwned,
+    VoteOf<C>: Serialize + DeserializeOwned,
+    LogIdOf<C>: Serialize + DeserializeOwned,
+{
+    pub fn new(db: Db) -> Self {
+        let (tx, rx) = mpsc::channel::<IOFlushed<C>>();
+        let sync_db = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || sync_loop(sync_db, rx))
+            .expect("spawn log syncer thread");
+        Self { db, syncer: Arc::new(Syncer { tx: std::sync::Mutex::new(tx) }), _c: PhantomData }
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, io::Error> {
+        match self.db.meta_get(key)? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta_sync<T: Serialize>(&self, key: &str, value: &T) -> Result<(), io::Error> {
+        let bytes = codec::encode(value)?;
+        self.db.meta_put_sync(key, &bytes)?;
+        Ok(())
+    }
+}
+
+/// Waits for queued appends, fsyncs the WAL once for all of them, completes them in order.
+fn sync_loop<C: RaftTypeConfig>(db: Db, rx: mpsc::Receiver<IOFlushed<C>>) {
+    while let Ok(first) = rx.recv() {
+        let mut pending = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            pending.push(more);
+        }
+        let res = db.db.flush_wal(true).map_err(|e| e.to_string());
+        for cb in pending {
+            cb.io_completed(res.clone().map_err(io::Error::other));
+        }
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Result<u64, io::Error> {
+    let arr: [u8; 8] = key
+        .try_into()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "log key is not 8 bytes"))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C>
+where
+    EntryOf<C>: Serialize + DeserializeOwned,
+    VoteOf<C>: Serialize + DeserializeOwned,
+    LogIdOf<C>: Serialize + DeserializeOwned,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        let key = index_key(start);
+        let it = self.db.db.iterator_cf(self.db.cf(CF_LOGS), IteratorMode::From(&key, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(io::Error::other)?;
+            let index = key_index(&k)?;
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: EntryOf<C> = codec::decode(&v)?;
+            if entry.index() != index {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("log entry at key {index} has index {}", entry.index()),
+                ));
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        self.get_meta(KEY_VOTE)
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C>
+where
+    EntryOf<C>: Serialize + DeserializeOwned,
+    VoteOf<C>: Serialize + DeserializeOwned,
+    LogIdOf<C>: Serialize + DeserializeOwned,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        let last = self.db.db.iterator_cf(self.db.cf(CF_LOGS), IteratorMode::End).next();
+        let last_log_id = match last {
+            None => None,
+            Some(item) => {
+                let (_, v) = item.map_err(io::Error::other)?;
+                let entry: EntryOf<C> = codec::decode(&v)?;
+                Some(entry.log_id())
+            }
+        };
+        let last_purged_log_id: Option<LogIdOf<C>> = self.get_meta(KEY_LAST_PURGED)?;
+        let last_log_id = last_log_id.or_else(|| last_purged_log_id.clone());
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
+        // Synced: a vote forgotten after a crash could let this node vote twice in a term.
+        self.put_meta_sync(KEY_VOTE, vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        // Not synced: losing it only means re-learning the commit index from the leader.
+        let bytes = codec::encode(&committed)?;
+        self.db.db.put_cf(self.db.cf(CF_META), KEY_COMMITTED, bytes).map_err(io::Error::other)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        Ok(self.get_meta::<Option<LogIdOf<C>>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = self.db.cf(CF_LOGS);
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(cf, index_key(entry.index()), codec::encode(&entry)?);
+        }
+        // Written now so the entries are readable when this returns; durable once the syncer
+        // has fsynced the WAL, which is when openraft is told.
+        self.db.db.write(batch).map_err(io::Error::other)?;
+        let tx = self.syncer.tx.lock().expect("syncer mutex").clone();
+        if let Err(mpsc::SendError(cb)) = tx.send(callback) {
+            cb.io_completed(Err(io::Error::other("log syncer stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let from = last_log_id.map(|id| id.index() + 1).unwrap_or(0);
+        let cf = self.db.cf(CF_LOGS);
+        // Truncated entries were never committed; losing the deletion only re-exposes entries
+        // that openraft truncates again on the next conflict, so no sync is needed.
+        self.db.db.delete_range_cf(cf, index_key(from), index_key(u64::MAX)).map_err(io::Error::other)?;
+        // delete_range excludes its end key.
+        self.db.db.delete_cf(cf, index_key(u64::MAX)).map_err(io::Error::other)
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
+        // Record the purge point first: entries at or below it are ignored from then on.
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let bytes = codec::encode(&log_id)?;
+        self.db.db.put_cf_opt(self.db.cf(CF_META), KEY_LAST_PURGED, bytes, &wo).map_err(io::Error::other)?;
+        let cf = self.db.cf(CF_LOGS);
+        self.db.db.delete_range_cf(cf, index_key(0), index_key(log_id.index() + 1)).map_err(io::Error::other)
+    }
+}

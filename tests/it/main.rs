@@ -1,0 +1,6 @@
+//! stackd's integration tests, one binary (see ARCHITECTURE.md "Testing").
+
+mod errors;
+mod faults;
+mod kv_cluster;
+mod storage_suite;

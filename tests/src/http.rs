@@ -1,0 +1,54 @@
+//! HTTP helpers for tests.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build().unwrap()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET /v1/cluster` of `base`, if it answers.
+pub async fn cluster(http: &reqwest::Client, base: &str) -> Option<Value> {
+    let resp = http.get(format!("{base}/v1/cluster")).send().await.ok()?;
+    resp.json().await.ok()
+}
+
+/// Number of voters `base` reports.
+pub fn voters(status: &Value) -> usize {
+    status["members"].as_array().map(|m| m.iter().filter(|x| x["role"] == "voter").count()).unwrap_or(0)
+}
+
+/// PUT a key; returns (status, body).
+pub async fn put(http: &reqwest::Client, base: &str, key: &str, value: &str) -> Result<(u16, Value)> {
+    let r = http.put(format!("{base}/v1/kv/{key}")).body(value.to_string()).send().await?;
+    let s = r.status().as_u16();
+    Ok((s, r.json().await.unwrap_or(Value::Null)))
+}
+
+/// GET a key; returns (status, body text, X-Revision).
+pub async fn get(http: &reqwest::Client, base: &str, key: &str) -> Result<(u16, String, Option<u64>)> {
+    let r = http.get(format!("{base}/v1/kv/{key}")).send().await?;
+    let s = r.status().as_u16();
+    let rev = r.headers().get("x-revision").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    Ok((s, r.text().await?, rev))
+}

@@ -1,0 +1,125 @@
+//! In-process clusters: several nodes in one test runtime, each with its own data dir,
+//! talking over real QUIC and HTTP on loopback.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use node::config::Config;
+use node::server::Node;
+use tempfile::TempDir;
+
+use crate::http::{self, wait_for};
+
+pub struct InprocCluster {
+    pub nodes: Vec<Option<Node>>,
+    pub configs: Vec<Config>,
+    pub bases: Vec<String>,
+    _dirs: Vec<TempDir>,
+}
+
+pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Config {
+    let (api, _) = crate::free_addrs(ip);
+    let (_, cluster) = crate::free_addrs(ip);
+    Config {
+        data_dir: data_dir.to_path_buf(),
+        api_addr: api,
+        cluster_addr: cluster,
+        advertise_api_addr: api.to_string(),
+        advertise_cluster_addr: cluster.to_string(),
+        join: join.as_ref().map(|j| j.0.clone()),
+        token: join.map(|j| j.1),
+        target_voters: 3,
+        heartbeat_interval_ms: 100,
+        election_timeout_ms: 500,
+        snapshot_every_entries: 10_000,
+        max_value_bytes: 1 << 20,
+        request_timeout_ms: 5_000,
+        max_inflight_requests: 4096,
+    }
+}
+
+impl InprocCluster {
+    /// Starts node 1, joins the others through it, and waits until the voters are in place.
+    pub async fn start(n: usize) -> Result<Self> {
+        crate::init_logging();
+        node::install_crypto_provider();
+        let mut dirs = Vec::new();
+        let mut nodes = Vec::new();
+        let mut configs = Vec::new();
+        let d1 = TempDir::new()?;
+        let c1 = config(d1.path(), "127.0.0.1", None);
+        nodes.push(Some(Node::start(c1.clone()).await?));
+        let token = std::fs::read_to_string(d1.path().join("join-token")).context("join-token")?.trim().to_string();
+        let join_addr = c1.advertise_cluster_addr.clone();
+        configs.push(c1);
+        dirs.push(d1);
+        for i in 1..n {
+            let d = TempDir::new()?;
+            let ip = format!("127.0.0.{}", i + 1);
+            let c = config(d.path(), &ip, Some((join_addr.clone(), token.clone())));
+            nodes.push(Some(Node::start(c.clone()).await?));
+            configs.push(c);
+            dirs.push(d);
+        }
+        let bases = configs.iter().map(|c| format!("http://{}", c.advertise_api_addr)).collect();
+        let cluster = Self { nodes, configs, bases, _dirs: dirs };
+        cluster.wait_voters(n.min(3)).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every running node reports `voters` voters and the same leader.
+    pub async fn wait_voters(&self, voters: usize) -> Result<()> {
+        let http = http::client();
+        wait_for(&format!("{voters} voters and one leader on every node"), Duration::from_secs(30), || async {
+            let mut leader = None;
+            for (i, base) in self.bases.iter().enumerate() {
+                if self.nodes[i].is_none() {
+                    continue;
+                }
+                let s = http::cluster(&http, base).await?;
+                if http::voters(&s) != voters || s["leader_id"].is_null() {
+                    return None;
+                }
+                if leader.is_some() && leader != Some(s["leader_id"].clone()) {
+                    return None;
+                }
+                leader = Some(s["leader_id"].clone());
+            }
+            Some(())
+        })
+        .await
+    }
+
+    /// The index (0-based) of the current leader, as node `from` sees it.
+    pub fn leader_index(&self) -> Option<usize> {
+        for n in self.nodes.iter().flatten() {
+            if let Some(l) = n.cluster.metrics().current_leader {
+                return Some(l as usize - 1);
+            }
+        }
+        None
+    }
+
+    /// Stops node `i` (graceful).
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.shutdown().await;
+        }
+    }
+
+    /// Restarts node `i` from its data dir.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        let mut c = self.configs[i].clone();
+        c.join = None;
+        c.token = None;
+        self.nodes[i] = Some(Node::start(c).await?);
+        Ok(())
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Fixtures shared by the integration tests: in-process clusters and real `stackd` processes.
+//!
+//! # Layout
+//! - [`http`]: a small HTTP client for the API with wait-for-state helpers.
+//! - [`inproc`]: clusters of in-process nodes (fast; one tokio runtime).
+//! - [`process`]: clusters of real `stackd` processes on 127.0.0.1, .2, .3 (kill -9, restart).
+
+pub mod http;
+pub mod inproc;
+pub mod process;
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+
+/// A free TCP port and a free UDP port on `ip` (the OS picks; a tiny race with other
+/// processes is possible and harmless in practice).
+pub fn free_addrs(ip: &str) -> (SocketAddr, SocketAddr) {
+    let tcp = TcpListener::bind((ip, 0)).expect("bind tcp").local_addr().unwrap();
+    let udp = UdpSocket::bind((ip, 0)).expect("bind udp").local_addr().unwrap();
+    (tcp, udp)
+}
+
+/// Logs for tests, once per process (`STACKD_TEST_LOG=debug` for more).
+pub fn init_logging() {
+    let filter = std::env::var("STACKD_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}

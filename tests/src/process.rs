@@ -1,0 +1,158 @@
+//! Clusters of real `stackd` processes on 127.0.0.1, .2, .3 …, for what crosses process
+//! boundaries: `kill -9`, restarts from the data dir, lost quorum.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::http::{self, wait_for};
+
+/// The `stackd` binary next to the test executable (built by `cargo build --bin stackd`).
+pub fn stackd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("STACKD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test exe path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("stackd");
+    assert!(bin.exists(), "{} not found: run `cargo build --bin stackd` first (the README's test command does)", bin.display());
+    bin
+}
+
+pub struct ProcCluster {
+    root: TempDir,
+    procs: Vec<Option<Child>>,
+    pub api_addrs: Vec<String>,
+    pub cluster_addrs: Vec<String>,
+    pub bases: Vec<String>,
+}
+
+impl ProcCluster {
+    fn spawn(&self, i: usize, join: Option<(&str, &str)>) -> Result<Child> {
+        let dir = self.root.path().join(format!("node{}", i + 1));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.path().join(format!("node{}.log", i + 1)))?;
+        let mut cmd = Command::new(stackd_bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--api-addr")
+            .arg(&self.api_addrs[i])
+            .arg("--cluster-addr")
+            .arg(&self.cluster_addrs[i])
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .env("STACKD_LOG", "info,openraft=warn");
+        if let Some((addr, token)) = join {
+            cmd.arg("--join").arg(addr).arg("--token").arg(token);
+        }
+        Ok(cmd.spawn().context("spawning stackd")?)
+    }
+
+    /// Starts `n` processes: node 1 founds the cluster, the others join it.
+    pub async fn start(n: usize) -> Result<Self> {
+        crate::init_logging();
+        let root = TempDir::new()?;
+        let mut api_addrs = Vec::new();
+        let mut cluster_addrs = Vec::new();
+        for i in 0..n {
+            let ip = format!("127.0.0.{}", i + 1);
+            api_addrs.push(crate::free_addrs(&ip).0.to_string());
+            cluster_addrs.push(crate::free_addrs(&ip).1.to_string());
+        }
+        let bases = api_addrs.iter().map(|a| format!("http://{a}")).collect();
+        let mut c = Self { root, procs: (0..n).map(|_| None).collect(), api_addrs, cluster_addrs, bases };
+        c.procs[0] = Some(c.spawn(0, None)?);
+        let token_file = c.root.path().join("node1").join("join-token");
+        let token = wait_for("node 1's join token", Duration::from_secs(30), || async {
+            std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string())
+        })
+        .await
+        .map_err(|e| e.context(c.log_tail(0)))?;
+        for i in 1..n {
+            let join = c.cluster_addrs[0].clone();
+            c.procs[i] = Some(c.spawn(i, Some((&join, &token)))?);
+            // Join one at a time so node ids follow the order of the addresses.
+            let http = http::client();
+            let base = c.bases[i].clone();
+            wait_for(&format!("node {} ready", i + 1), Duration::from_secs(30), || async {
+                let r = http.get(format!("{base}/ready")).send().await.ok()?;
+                r.status().is_success().then_some(())
+            })
+            .await
+            .map_err(|e| e.context(c.log_tail(i)))?;
+        }
+        c.wait_voters(n.min(3), &(0..n).collect::<Vec<_>>()).await?;
+        Ok(c)
+    }
+
+    /// Waits until the nodes `alive` all report `voters` voters and agree on a leader; returns
+    /// the leader's id.
+    pub async fn wait_voters(&self, voters: usize, alive: &[usize]) -> Result<u64> {
+        let http = http::client();
+        wait_for(&format!("{voters} voters and one leader"), Duration::from_secs(30), || async {
+            let mut leader = None;
+            for &i in alive {
+                let s = http::cluster(&http, &self.bases[i]).await?;
+                let l = s["leader_id"].as_u64()?;
+                if http::voters(&s) != voters || leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
+            }
+            leader
+        })
+        .await
+    }
+
+    /// Waits for a leader among `alive` (ids are 1-based: node index + 1) other than `not`.
+    pub async fn wait_leader(&self, alive: &[usize], not: Option<u64>) -> Result<u64> {
+        let http = http::client();
+        wait_for("a leader", Duration::from_secs(30), || async {
+            for &i in alive {
+                let s = http::cluster(&http, &self.bases[i]).await?;
+                let l = s["leader_id"].as_u64()?;
+                if Some(l) != not && alive.contains(&(l as usize - 1)) {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// `kill -9` of node `i`.
+    pub fn kill9(&mut self, i: usize) -> Result<()> {
+        let Some(mut child) = self.procs[i].take() else { bail!("node {} is not running", i + 1) };
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Restarts node `i` from its data dir (no --join).
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        if self.procs[i].is_some() {
+            bail!("node {} is running", i + 1);
+        }
+        self.procs[i] = Some(self.spawn(i, None)?);
+        Ok(())
+    }
+
+    /// The last lines of node `i`'s log, for failure messages.
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.root.path().join(format!("node{}.log", i + 1))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!("node {} log tail:\n{}", i + 1, lines[lines.len().saturating_sub(30)..].join("\n"))
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        for c in self.procs.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The QUIC endpoint of a node: outgoing calls over cached connections, and the server loop
+//! that answers one request per bi-stream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::alias::LogIdOf;
+use openraft::Snapshot;
+use quinn::{Connection, Endpoint};
+use raft::{NodeInfo, Raft, Request, Response, SnapshotData, TypeConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::frame;
+use crate::rpc::{JoinAccepted, RpcRequest, RpcResponse, ServiceError};
+use crate::tls::{self, ClusterTls};
+
+/// Limits of the transport, each with a documented default.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest single frame (an append batch, a forwarded write): default 64 MiB.
+    pub max_frame_bytes: usize,
+    /// Largest snapshot accepted from a leader: default 8 GiB.
+    pub max_snapshot_bytes: u64,
+    /// Snapshot chunk size on the wire: default 1 MiB.
+    pub snapshot_chunk_bytes: usize,
+    /// Concurrent streams a peer may open on one connection: default 1024.
+    pub max_concurrent_streams: u32,
+    /// Connection attempt timeout: default 3 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 << 20,
+            max_snapshot_bytes: 8 << 30,
+            snapshot_chunk_bytes: 1 << 20,
+            max_concurrent_streams: 1024,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // Keep-alives keep idle member connections open and detect dead peers within the idle
+    // timeout.
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(Duration::from_secs(10).try_into().expect("valid idle timeout")));
+    t.max_concurrent_bidi_streams(limits.max_concurrent_streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Arc::new(t)
+}
+
+/// What a node serves to its peers besides the Raft RPCs themselves.
+pub trait Service: Send + Sync + 'static {
+    /// Applies a write forwarded by a follower (this node should be the leader).
+    fn forward(&self, req: Request) -> impl Future<Output = Result<Response, ServiceError>> + Send;
+    /// The leader's read index for a follower's linearizable read.
+    fn read_index(&self) -> impl Future<Output = Result<LogIdOf<TypeConfig>, ServiceError>> + Send;
+    /// Admits a new node that presents a join token.
+    fn join(&self, token: String, node: NodeInfo) -> impl Future<Output = Result<JoinAccepted, ServiceError>> + Send;
+}
+
+/// A node's QUIC endpoint.
+pub struct Transport {
+    endpoint: Endpoint,
+    client_config: quinn::ClientConfig,
+    conns: Mutex<HashMap<SocketAddr, Connection>>,
+    limits: Limits,
+}
+
+impl Transport {
+    /// Binds the cluster address as a member: serves peers and calls them with the cluster
+    /// certificate.
+    pub fn bind(addr: SocketAddr, tls: &ClusterTls, limits: Limits) -> Result<Arc<Self>> {
+        let tc = transport_config(&limits);
+        let endpoint = Endpoint::server(tls.server_config(tc.clone())?, addr)?;
+        let client_config = tls.client_config(tc)?;
+        Ok(Arc::new(Self { endpoint, client_config, conns: Mutex::new(HashMap::new()), limits }))
+    }
+
+    /// A client-only endpoint for a node that is not a member yet, pinning the cluster by the
+    /// certificate fingerprint in its join token.
+    pub fn joining(fingerprint: [u8; 32], limits: Limits) -> Result<Arc<Self>> {
+        let tc = transport_config(&limits);
+        let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid addr");
+        let endpoint = Endpoint::client(bind)?;
+        let client_config = tls::join_client_config(fingerprint, tc)?;
+        Ok(Arc::new(Self { endpoint, client_config, conns: Mutex::new(HashMap::new()), limits }))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    async fn resolve(addr: &str) -> Result<SocketAddr> {
+        tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| Error::Connect { addr: addr.into(), reason: e.to_string() })?
+            .next()
+            .ok_or_else(|| Error::Connect { addr: addr.into(), reason: "no address".into() })
+    }
+
+    /// A live connection to `addr`, reusing the cached one.
+    pub async fn connection(&self, addr: &str) -> Result<Connection> {
+        let sa = Self::resolve(addr).await?;
+        if let Some(c) = self.conns.lock().expect("conns lock").get(&sa) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), sa, tls::SERVER_NAME)
+            .map_err(|e| Error::Connect { addr: addr.into(), reason: e.to_string() })?;
+        let conn = tokio::time::timeout(self.limits.connect_timeout, connecting)
+            .await
+            .map_err(|_| Error::Connect { addr: addr.into(), reason: "connect timed out".into() })?
+            .map_err(|e| Error::Connect { addr: addr.into(), reason: e.to_string() })?;
+        self.conns.lock().expect("conns lock").insert(sa, conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops the cached connection to `addr` (after an error on it).
+    pub async fn forget(&self, addr: &str) {
+        if let Ok(sa) = Self::resolve(addr).await {
+            self.conns.lock().expect("conns lock").remove(&sa);
+        }
+    }
+
+    /// One request/response exchange on a new bi-stream to `addr`, bounded by `timeout`.
+    pub async fn call(&self, addr: &str, req: &RpcRequest, timeout: Duration) -> Result<RpcResponse> {
+        let fut = async {
+            let conn = self.connection(addr).await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            frame::write_msg(&mut send, req, self.limits.max_frame_bytes).await?;
+            send.finish().map_err(|e| Error::Read(e.to_string()))?;
+            frame::read_msg::<RpcResponse>(&mut recv, self.limits.max_frame_bytes).await
+        };
+        let res = match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(timeout.as_millis() as u64)),
+        };
+        if matches!(res, Err(Error::Connection(_)) | Err(Error::Write(_))) {
+            self.forget(addr).await;
+        }
+        res
+    }
+
+    /// Sends a snapshot to `addr` in chunks and returns the receiver's answer.
+    pub async fn send_snapshot(
+        &self,
+        addr: &str,
+        vote: openraft::alias::VoteOf<TypeConfig>,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
+    ) -> Result<RpcResponse> {
+        let conn = self.connection(addr).await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let data = snapshot.snapshot.into_inner();
+        let head = RpcRequest::Snapshot { vote, meta: snapshot.meta, total_bytes: data.len() as u64 };
+        frame::write_msg(&mut send, &head, self.limits.max_frame_bytes).await?;
+        for chunk in data.chunks(self.limits.snapshot_chunk_bytes) {
+            frame::write_raw(&mut send, chunk, self.limits.max_frame_bytes).await?;
+        }
+        send.finish().map_err(|e| Error::Read(e.to_string()))?;
+        frame::read_msg::<RpcResponse>(&mut recv, self.limits.max_frame_bytes).await
+    }
+
+    /// Serves peers until `shutdown`: Raft RPCs go to `raft`, the rest to `service`.
+    pub async fn serve<S: Service>(self: Arc<Self>, raft: Raft, service: Arc<S>, shutdown: CancellationToken) {
+        info!(addr = ?self.endpoint.local_addr().ok(), "cluster transport listening");
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => i,
+                _ = shutdown.cancelled() => break,
+            };
+            let Some(incoming) = incoming else { break };
+            let this = self.clone();
+            let raft = raft.clone();
+            let service = service.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        debug!(error = %e, "incoming connection failed");
+                        return;
+                    }
+                };
+                // A peer that presented a certificate passed the pinned check: it is a member.
+                let member = conn.peer_identity().is_some();
+                this.serve_connection(conn, member, raft, service, shutdown).await;
+            });
+        }
+        self.endpoint.close(0u32.into(), b"shutting down");
+        info!("cluster transport stopped");
+    }
+
+    async fn serve_connection<S: Service>(
+        self: Arc<Self>,
+        conn: Connection,
+        member: bool,
+        raft: Raft,
+        service: Arc<S>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let stream = tokio::select! {
+                s = conn.accept_bi() => s,
+                _ = shutdown.cancelled() => return,
+            };
+            let Ok((mut send, mut recv)) = stream else { return };
+            let this = self.clone();
+            let raft = raft.clone();
+            let service = service.clone();
+            tokio::spawn(async move {
+                let limit = this.limits.max_frame_bytes;
+                let resp = match frame::read_msg::<RpcRequest>(&mut recv, limit).await {
+                    Ok(req) => this.dispatch(req, member, &raft, &*service, &mut recv).await,
+                    Err(e) => RpcResponse::Refused(format!("bad request: {e}")),
+                };
+                if let Err(e) = frame::write_msg(&mut send, &resp, limit).await {
+                    debug!(error = %e, "writing response failed");
+                    return;
+                }
+                let _ = send.finish();
+                // Wait until the peer has read the answer before the stream is dropped.
+                let _ = send.stopped().await;
+            });
+        }
+    }
+
+    async fn dispatch<S: Service>(
+        &self,
+        req: RpcRequest,
+        member: bool,
+        raft: &Raft,
+        service: &S,
+        recv: &mut quinn::RecvStream,
+    ) -> RpcResponse {
+        if !member && !matches!(req, RpcRequest::Join { .. }) {
+            return RpcResponse::Refused("not a cluster member: only join is allowed without the cluster certificate".into());
+        }
+        match req {
+            RpcRequest::Append(r) => RpcResponse::Append(raft.append_entries(r).await.map_err(|e| e.to_string())),
+            RpcRequest::Vote(r) => RpcResponse::Vote(raft.vote(r).await.map_err(|e| e.to_string())),
+            RpcRequest::PreVote(r) => RpcResponse::Vote(raft.pre_vote(r).await.map_err(|e| e.to_string())),
+            RpcRequest::TransferLeader(r) => {
+                RpcResponse::TransferLeader(raft.handle_transfer_leader(r).await.map_err(|e| e.to_string()))
+            }
+            RpcRequest::Snapshot { vote, meta, total_bytes } => {
+                if total_bytes > self.limits.max_snapshot_bytes {
+                    return RpcResponse::Snapshot(Err(format!(
+                        "snapshot of {total_bytes} bytes is over the {}-byte limit",
+                        self.limits.max_snapshot_bytes
+                    )));
+                }
+                let mut data = Vec::with_capacity(total_bytes.min(64 << 20) as usize);
+                while (data.len() as u64) < total_bytes {
+                    match frame::read_raw(recv, self.limits.max_frame_bytes).await {
+                        Ok(chunk) => data.extend_from_slice(&chunk),
+                        Err(e) => return RpcResponse::Snapshot(Err(format!("snapshot stream broken: {e}"))),
+                    }
+                }
+                if data.len() as u64 != total_bytes {
+                    return RpcResponse::Snapshot(Err("snapshot longer than announced".into()));
+                }
+                let snapshot = Snapshot { meta, snapshot: std::io::Cursor::new(data) };
+                RpcResponse::Snapshot(raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string()))
+            }
+            RpcRequest::Forward(r) => RpcResponse::Forward(service.forward(r).await),
+            RpcRequest::ReadIndex => RpcResponse::ReadIndex(service.read_index().await),
+            RpcRequest::Join { token, node } => {
+                let res = service.join(token, node).await;
+                if let Err(e) = &res {
+                    warn!(error = %e, "join refused");
+                }
+                RpcResponse::Join(res)
+            }
+        }
+    }
+}

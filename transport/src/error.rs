@@ -1,0 +1,28 @@
+use thiserror::Error;
+
+/// Errors of the cluster transport.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream read failed: {0}")]
+    Read(String),
+    #[error("frame of {size} bytes is over the {limit}-byte limit")]
+    FrameTooLarge { size: usize, limit: usize },
+    #[error("codec: {0}")]
+    Codec(#[from] storage::Error),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer refused: {0}")]
+    Refused(String),
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

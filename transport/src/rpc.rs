@@ -1,0 +1,67 @@
+//! The messages exchanged between nodes, one request and one response per QUIC bi-stream.
+//!
+//! Sent between nodes of possibly different versions: append variants only.
+
+use openraft::alias::{LogIdOf, SnapshotMetaOf, VoteOf};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use raft::{NodeId, NodeInfo, Request, Response, TypeConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// A snapshot follows in raw chunk frames until `total_bytes` have been sent.
+    Snapshot { vote: VoteOf<TypeConfig>, meta: SnapshotMetaOf<TypeConfig>, total_bytes: u64 },
+    /// A client write forwarded by a follower to the leader.
+    Forward(Request),
+    /// A follower asks the leader for a read index (ReadIndex protocol).
+    ReadIndex,
+    /// A new node asks to join; the only request allowed without a cluster certificate.
+    Join { token: String, node: NodeInfo },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcResponse {
+    /// openraft RPC results; a remote openraft error travels as text.
+    Append(Result<AppendEntriesResponse<TypeConfig>, String>),
+    Vote(Result<VoteResponse<TypeConfig>, String>),
+    TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
+    Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
+    Forward(Result<Response, ServiceError>),
+    ReadIndex(Result<LogIdOf<TypeConfig>, ServiceError>),
+    Join(Result<JoinAccepted, ServiceError>),
+    /// The request is not allowed on this connection or is malformed.
+    Refused(String),
+}
+
+/// Why a forwarded request or service call did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ServiceError {
+    /// The receiver is not the leader; the leader it knows of, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, NodeInfo)> },
+    /// No quorum or the node is shutting down: the write was not applied.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The outcome is unknown: the write may or may not have been applied.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The request was refused (e.g. a wrong join token).
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// What a joining node receives: its identity and the cluster's TLS credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinAccepted {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+}
