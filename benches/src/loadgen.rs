@@ -180,6 +180,18 @@ fn transport_kind(err: &reqwest::Error) -> &'static str {
     }
 }
 
+/// The error and its causes: reqwest's own message rarely says what went wrong.
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    msg
+}
+
 fn key_url(target: &str, key: u64, workload: Workload) -> String {
     match workload {
         Workload::StaleGet => format!("{target}/v1/kv/bench-{key}?consistency=stale"),
@@ -194,10 +206,10 @@ async fn send(req: reqwest::RequestBuilder) -> Outcome {
             let status = resp.status().as_u16();
             match resp.bytes().await {
                 Ok(_) => Outcome::Status(status),
-                Err(e) => Outcome::Transport(transport_kind(&e), e.to_string()),
+                Err(e) => Outcome::Transport(transport_kind(&e), error_chain(&e)),
             }
         }
-        Err(e) => Outcome::Transport(transport_kind(&e), e.to_string()),
+        Err(e) => Outcome::Transport(transport_kind(&e), error_chain(&e)),
     }
 }
 
@@ -213,6 +225,9 @@ struct Run {
     /// Every worker stops at this instant; requests still in flight are dropped.
     deadline: Instant,
 }
+
+/// Pause after a transport error (connection refused, timeout, ...).
+const TRANSPORT_BACKOFF: Duration = Duration::from_millis(10);
 
 async fn worker(run: Arc<Run>, id: usize, seed: u64) -> Stats {
     let target = &run.targets[id % run.targets.len()];
@@ -243,6 +258,12 @@ async fn worker(run: Arc<Run>, id: usize, seed: u64) -> Stats {
             break;
         };
         let elapsed = started.elapsed();
+        if let Outcome::Transport(..) = outcome {
+            // Back off a little so an unreachable target is not hammered in a
+            // busy loop (which would also starve the other workers of CPU).
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + TRANSPORT_BACKOFF))
+                .await;
+        }
         if started < run.measure_start {
             continue;
         }

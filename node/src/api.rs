@@ -70,6 +70,21 @@ async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("method {method} is not allowed here"))
 }
 
+/// The `{key}` path segment, percent-decoded and validated; a bad one is a JSON 400.
+pub struct Key(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Key {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(key) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("bad key: {}", e.body_text())).with("field", "key"))?;
+        validate_key(&key)?;
+        Ok(Key(key))
+    }
+}
+
 /// Query parameters, rejecting unknown names and repeated ones.
 fn params(raw: Option<String>, allowed: &[&str]) -> ApiResult<HashMap<String, String>> {
     let mut out = HashMap::new();
@@ -134,8 +149,7 @@ fn reject_fence(p: &HashMap<String, String>) -> ApiResult<()> {
     Ok(())
 }
 
-async fn put_kv(State(st): St, Path(key): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> ApiResult<Json<Value>> {
-    validate_key(&key)?;
+async fn put_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> ApiResult<Json<Value>> {
     let p = params(q, &["if_revision", "ttl_ms", "fence"])?;
     reject_fence(&p)?;
     let if_revision = u64_param(&p, "if_revision")?;
@@ -153,8 +167,7 @@ async fn put_kv(State(st): St, Path(key): Path<String>, RawQuery(q): RawQuery, h
     }
 }
 
-async fn delete_kv(State(st): St, Path(key): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    validate_key(&key)?;
+async fn delete_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult<Json<Value>> {
     let p = params(q, &["if_revision", "fence"])?;
     reject_fence(&p)?;
     let if_revision = u64_param(&p, "if_revision")?;
@@ -183,8 +196,7 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
         .map_err(|_| ApiError::too_large(format!("value is over the {limit}-byte limit")).with("limit", limit))
 }
 
-async fn get_kv(State(st): St, Path(key): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
-    validate_key(&key)?;
+async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let p = params(q, &["consistency"])?;
     if let Consistency::Linearizable = consistency(&p)? {
         st.cluster.read_barrier().await?;

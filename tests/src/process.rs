@@ -154,5 +154,12 @@ impl Drop for ProcCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if std::thread::panicking() {
+            // Keep the data dirs and logs of a failed test for inspection.
+            if let Ok(tmp) = TempDir::new() {
+                let dir = std::mem::replace(&mut self.root, tmp).keep();
+                eprintln!("stackd test cluster kept for inspection: {}", dir.display());
+            }
+        }
     }
 }

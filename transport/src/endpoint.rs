@@ -50,8 +50,8 @@ fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Keep-alives keep idle member connections open and detect dead peers within the idle
     // timeout.
-    t.keep_alive_interval(Some(Duration::from_secs(1)));
-    t.max_idle_timeout(Some(Duration::from_secs(10).try_into().expect("valid idle timeout")));
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    t.max_idle_timeout(Some(Duration::from_secs(5).try_into().expect("valid idle timeout")));
     t.max_concurrent_bidi_streams(limits.max_concurrent_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
     Arc::new(t)
@@ -138,10 +138,11 @@ impl Transport {
         }
     }
 
-    /// One request/response exchange on a new bi-stream to `addr`, bounded by `timeout`.
+    /// One request/response exchange on a new bi-stream to `addr`. `timeout` bounds the
+    /// exchange; connecting has its own limit (`Limits::connect_timeout`).
     pub async fn call(&self, addr: &str, req: &RpcRequest, timeout: Duration) -> Result<RpcResponse> {
+        let conn = self.connection(addr).await?;
         let fut = async {
-            let conn = self.connection(addr).await?;
             let (mut send, mut recv) = conn.open_bi().await?;
             frame::write_msg(&mut send, req, self.limits.max_frame_bytes).await?;
             send.finish().map_err(|e| Error::Read(e.to_string()))?;
@@ -151,7 +152,9 @@ impl Transport {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout(timeout.as_millis() as u64)),
         };
-        if matches!(res, Err(Error::Connection(_)) | Err(Error::Write(_))) {
+        if res.is_err() {
+            // The peer may have restarted behind a connection that still looks open until its
+            // idle timeout: connect afresh next time.
             self.forget(addr).await;
         }
         res
