@@ -83,7 +83,13 @@ tail_logs() {
 fail_start() {
     log "error: $*"
     tail_logs
-    log "nodes that did start are left running; stop them with: $0 stop"
+    local i
+    for i in "${NODES[@]}"; do
+        if node_pid "$i" >/dev/null; then
+            log "nodes that did start are left running for inspection; stop them with: $0 stop"
+            break
+        fi
+    done
     exit 1
 }
 
@@ -140,14 +146,15 @@ resolve_binary() {
 start_node() {
     local i="$1"
     shift
+    local args=(serve
+        --data-dir "$(data_dir "$i")"
+        --api-addr "$(node_ip "$i"):${API_PORT}"
+        --cluster-addr "$(cluster_addr "$i")"
+        "$@")
     mkdir -p "$(data_dir "$i")"
-    echo "=== $(date '+%F %T') starting node $i: serve $* ===" >>"$(log_file "$i")"
+    echo "=== $(date '+%F %T') starting node $i: $BIN ${args[*]} ===" >>"$(log_file "$i")"
     # nohup + </dev/null: the nodes outlive this script and its terminal.
-    nohup "$BIN" serve \
-        --data-dir "$(data_dir "$i")" \
-        --api-addr "$(node_ip "$i"):${API_PORT}" \
-        --cluster-addr "$(cluster_addr "$i")" \
-        "$@" </dev/null >>"$(log_file "$i")" 2>&1 &
+    nohup "$BIN" "${args[@]}" </dev/null >>"$(log_file "$i")" 2>&1 &
     local pid=$!
     echo "$pid" >"$(pid_file "$i")"
     # Until the forked shell has exec'd stackd, node_pid does not recognise

@@ -58,7 +58,12 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
     };
     let start = Instant::now();
     let resp = next.run(req).await;
-    st.metrics.observe_request(&route, method.as_str(), resp.status().as_u16(), start.elapsed());
+    st.metrics.observe_request(
+        &route,
+        method.as_str(),
+        resp.status().as_u16(),
+        start.elapsed(),
+    );
     resp
 }
 
@@ -67,7 +72,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed(method: Method) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("method {method} is not allowed here"))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("method {method} is not allowed here"),
+    )
 }
 
 /// The `{key}` path segment, percent-decoded and validated; a bad one is a JSON 400.
@@ -76,10 +85,15 @@ pub struct Key(pub String);
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Key {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
         let Path(key) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|e| ApiError::bad_request(format!("bad key: {}", e.body_text())).with("field", "key"))?;
+            .map_err(|e| {
+                ApiError::bad_request(format!("bad key: {}", e.body_text())).with("field", "key")
+            })?;
         validate_key(&key)?;
         Ok(Key(key))
     }
@@ -90,10 +104,15 @@ fn params(raw: Option<String>, allowed: &[&str]) -> ApiResult<HashMap<String, St
     let mut out = HashMap::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         if !allowed.contains(&k.as_ref()) {
-            return Err(ApiError::bad_request(format!("unknown query parameter {k:?} (allowed: {})", allowed.join(", "))));
+            return Err(ApiError::bad_request(format!(
+                "unknown query parameter {k:?} (allowed: {})",
+                allowed.join(", ")
+            )));
         }
         if out.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(ApiError::bad_request(format!("query parameter {k:?} given twice")));
+            return Err(ApiError::bad_request(format!(
+                "query parameter {k:?} given twice"
+            )));
         }
     }
     Ok(out)
@@ -101,17 +120,27 @@ fn params(raw: Option<String>, allowed: &[&str]) -> ApiResult<HashMap<String, St
 
 fn u64_param(p: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
     p.get(name)
-        .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{name} must be a non-negative integer, got {v:?}"))))
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("{name} must be a non-negative integer, got {v:?}"))
+            })
+        })
         .transpose()
 }
 
 /// Keys: 1..=512 bytes of UTF-8 without control characters.
 pub fn validate_key(key: &str) -> ApiResult<()> {
     if key.is_empty() || key.len() > 512 {
-        return Err(ApiError::bad_request(format!("key must be 1 to 512 bytes, got {}", key.len())).with("field", "key"));
+        return Err(ApiError::bad_request(format!(
+            "key must be 1 to 512 bytes, got {}",
+            key.len()
+        ))
+        .with("field", "key"));
     }
     if key.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("key must not contain control characters").with("field", "key"));
+        return Err(
+            ApiError::bad_request("key must not contain control characters").with("field", "key"),
+        );
     }
     Ok(())
 }
@@ -125,7 +154,9 @@ fn consistency(p: &HashMap<String, String>) -> ApiResult<Consistency> {
     match p.get("consistency").map(String::as_str) {
         None | Some("linearizable") => Ok(Consistency::Linearizable),
         Some("stale") => Ok(Consistency::Stale),
-        Some(other) => Err(ApiError::bad_request(format!("consistency must be linearizable or stale, got {other:?}"))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "consistency must be linearizable or stale, got {other:?}"
+        ))),
     }
 }
 
@@ -133,9 +164,13 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {
-            let s = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
             if s.is_empty() || s.len() > 256 {
-                return Err(ApiError::bad_request("Idempotency-Key must be 1 to 256 characters"));
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key must be 1 to 256 characters",
+                ));
             }
             Ok(Some(s.to_string()))
         }
@@ -144,12 +179,20 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
 
 fn reject_fence(p: &HashMap<String, String>) -> ApiResult<()> {
     if p.contains_key("fence") {
-        return Err(ApiError::bad_request("fence: fenced writes need locks, which this version does not serve yet"));
+        return Err(ApiError::bad_request(
+            "fence: fenced writes need locks, which this version does not serve yet",
+        ));
     }
     Ok(())
 }
 
-async fn put_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> ApiResult<Json<Value>> {
+async fn put_kv(
+    State(st): St,
+    Key(key): Key,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
     let p = params(q, &["if_revision", "ttl_ms", "fence"])?;
     reject_fence(&p)?;
     let if_revision = u64_param(&p, "if_revision")?;
@@ -160,20 +203,42 @@ async fn put_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery, headers: He
     let idem = idempotency_key(&headers)?;
     let limit = st.cluster.config.max_value_bytes;
     let value = read_body(body, limit).await?;
-    let resp = st.cluster.write(Command::Put { key, value: value.to_vec(), if_revision, ttl_ms }, idem).await?;
+    let resp = st
+        .cluster
+        .write(
+            Command::Put {
+                key,
+                value: value.to_vec(),
+                if_revision,
+                ttl_ms,
+            },
+            idem,
+        )
+        .await?;
     match resp {
         RaftResponse::Put { revision } => Ok(Json(json!({ "revision": revision }))),
         other => Err(write_answer(other)),
     }
 }
 
-async fn delete_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn delete_kv(
+    State(st): St,
+    Key(key): Key,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     let p = params(q, &["if_revision", "fence"])?;
     reject_fence(&p)?;
     let if_revision = u64_param(&p, "if_revision")?;
     let idem = idempotency_key(&headers)?;
-    match st.cluster.write(Command::Delete { key, if_revision }, idem).await? {
-        RaftResponse::Delete { revision, deleted } => Ok(Json(json!({ "revision": revision, "deleted": deleted }))),
+    match st
+        .cluster
+        .write(Command::Delete { key, if_revision }, idem)
+        .await?
+    {
+        RaftResponse::Delete { revision, deleted } => {
+            Ok(Json(json!({ "revision": revision, "deleted": deleted })))
+        }
         other => Err(write_answer(other)),
     }
 }
@@ -181,19 +246,23 @@ async fn delete_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery, headers:
 /// Maps the answers a write can get besides its success shape.
 fn write_answer(resp: RaftResponse) -> ApiError {
     match resp {
-        RaftResponse::Conflict { current_revision } => {
-            ApiError::conflict(format!("compare failed: the key's revision is {current_revision}"))
-                .with("current_revision", current_revision)
-        }
+        RaftResponse::Conflict { current_revision } => ApiError::conflict(format!(
+            "compare failed: the key's revision is {current_revision}"
+        ))
+        .with("current_revision", current_revision),
         RaftResponse::Rejected(m) => ApiError::bad_request(m),
-        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {other:?}")),
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("unexpected answer {other:?}"),
+        ),
     }
 }
 
 async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(format!("value is over the {limit}-byte limit")).with("limit", limit))
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::too_large(format!("value is over the {limit}-byte limit")).with("limit", limit)
+    })
 }
 
 async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
@@ -201,13 +270,22 @@ async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResul
     if let Consistency::Linearizable = consistency(&p)? {
         st.cluster.read_barrier().await?;
     }
-    let found = st.cluster.state.read().expect("state lock").get(&key).map(|e| (e.value.clone(), e.revision));
+    let found = st
+        .cluster
+        .state
+        .read()
+        .expect("state lock")
+        .get(&key)
+        .map(|e| (e.value.clone(), e.revision));
     let Some((value, revision)) = found else {
         return Err(ApiError::not_found(format!("no key {key:?}")));
     };
     let mut resp = value.into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert("x-revision", HeaderValue::from(revision));
     Ok(resp)
 }
@@ -224,7 +302,11 @@ async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>>
     let limit = match u64_param(&p, "limit")? {
         None => LIST_LIMIT_DEFAULT,
         Some(n) if n >= 1 && n as usize <= LIST_LIMIT_MAX => n as usize,
-        Some(n) => return Err(ApiError::bad_request(format!("limit must be 1 to {LIST_LIMIT_MAX}, got {n}"))),
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to {LIST_LIMIT_MAX}, got {n}"
+            )))
+        }
     };
     if let Consistency::Linearizable = consistency(&p)? {
         st.cluster.read_barrier().await?;
@@ -232,12 +314,18 @@ async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>>
     let st_lock = st.cluster.state.read().expect("state lock");
     let (items, more) = st_lock.list(&prefix, p.get("after").map(String::as_str), limit);
     let b64 = base64::engine::general_purpose::STANDARD;
-    let next = if more { items.last().map(|(k, _)| (*k).clone()) } else { None };
+    let next = if more {
+        items.last().map(|(k, _)| (*k).clone())
+    } else {
+        None
+    };
     let items: Vec<Value> = items
         .iter()
         .map(|(k, e)| json!({ "key": k, "value": b64.encode(&e.value), "revision": e.revision }))
         .collect();
-    Ok(Json(json!({ "items": items, "next": next, "revision": st_lock.meta.revision })))
+    Ok(Json(
+        json!({ "items": items, "next": next, "revision": st_lock.meta.revision }),
+    ))
 }
 
 async fn cluster_status(State(st): St) -> Json<Value> {
@@ -253,18 +341,29 @@ async fn cluster_status(State(st): St) -> Json<Value> {
     let members: Vec<Value> = membership
         .nodes()
         .map(|(id, node)| {
-            let role = if voters.contains(id) { "voter" } else { "learner" };
+            let role = if voters.contains(id) {
+                "voter"
+            } else {
+                "learner"
+            };
             // Liveness as this node sees it: itself, and on the leader every peer that acks
             // replication. Gossip-based liveness for every node's view is not served yet.
             let (gossip, applied) = if *id == c.id {
                 ("alive", m.last_applied.map(|l| l.index))
             } else if is_leader {
-                let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index);
                 let acked = m
                     .heartbeat
                     .as_ref()
                     .and_then(|h| h.get(id).cloned().flatten())
-                    .map(|t| t.elapsed() < std::time::Duration::from_millis(c.config.election_timeout_ms * 3))
+                    .map(|t| {
+                        t.elapsed()
+                            < std::time::Duration::from_millis(c.config.election_timeout_ms * 3)
+                    })
                     .unwrap_or(false);
                 (if acked { "alive" } else { "down" }, matched)
             } else if m.current_leader == Some(*id) {
@@ -306,7 +405,9 @@ async fn ready(State(st): St) -> Result<Json<Value>, ApiError> {
     if st.cluster.is_ready() {
         Ok(Json(json!({ "status": "ready" })))
     } else {
-        Err(ApiError::unavailable("not ready: no known leader or applying committed entries"))
+        Err(ApiError::unavailable(
+            "not ready: no known leader or applying committed entries",
+        ))
     }
 }
 
@@ -316,5 +417,9 @@ async fn metrics(State(st): St) -> Response {
 }
 
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::OPENAPI_JSON).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::OPENAPI_JSON,
+    )
+        .into_response()
 }

@@ -10,7 +10,12 @@ use serde_json::Value;
 #[derive(Args, Debug, Clone)]
 pub struct Target {
     /// API address of any node (HOST:PORT or URL).
-    #[arg(long, env = "STACKD_ADDR", default_value = "127.0.0.1:7001", global = true)]
+    #[arg(
+        long,
+        env = "STACKD_ADDR",
+        default_value = "127.0.0.1:7001",
+        global = true
+    )]
     pub addr: String,
 }
 
@@ -84,11 +89,16 @@ pub enum ClusterCmd {
 }
 
 fn key_path(key: &str) -> String {
-    form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>().replace('+', "%20")
+    form_urlencoded::byte_serialize(key.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("http client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
 }
 
 /// Turns an error answer of the API into a readable error.
@@ -118,7 +128,13 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
                 println!();
             }
         }
-        KvCmd::Put { key, value, if_revision, ttl_ms, target } => {
+        KvCmd::Put {
+            key,
+            value,
+            if_revision,
+            ttl_ms,
+            target,
+        } => {
             let body = match value {
                 Some(v) => v.into_bytes(),
                 None => {
@@ -138,11 +154,22 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
             if !q.is_empty() {
                 url = format!("{url}?{}", q.join("&"));
             }
-            let resp = check(http.put(url).body(body).send().await.context("request failed")?).await?;
+            let resp = check(
+                http.put(url)
+                    .body(body)
+                    .send()
+                    .await
+                    .context("request failed")?,
+            )
+            .await?;
             let v: Value = resp.json().await?;
             println!("revision {}", v["revision"]);
         }
-        KvCmd::Del { key, if_revision, target } => {
+        KvCmd::Del {
+            key,
+            if_revision,
+            target,
+        } => {
             let mut url = target.url(&format!("/v1/kv/{}", key_path(&key)));
             if let Some(r) = if_revision {
                 url = format!("{url}?if_revision={r}");
@@ -151,21 +178,33 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
             let v: Value = resp.json().await?;
             println!("deleted {} (revision {})", v["deleted"], v["revision"]);
         }
-        KvCmd::Ls { prefix, limit, target } => {
+        KvCmd::Ls {
+            prefix,
+            limit,
+            target,
+        } => {
             let b64 = base64::engine::general_purpose::STANDARD;
             let mut after: Option<String> = None;
             let mut printed = 0u64;
             while printed < limit {
                 let page = (limit - printed).min(1000);
-                let mut url = target.url(&format!("/v1/kv?prefix={}&limit={page}", key_path(&prefix)));
+                let mut url =
+                    target.url(&format!("/v1/kv?prefix={}&limit={page}", key_path(&prefix)));
                 if let Some(a) = &after {
                     url.push_str(&format!("&after={}", key_path(a)));
                 }
                 let resp = check(http.get(url).send().await.context("request failed")?).await?;
                 let v: Value = resp.json().await?;
                 for item in v["items"].as_array().into_iter().flatten() {
-                    let value = b64.decode(item["value"].as_str().unwrap_or("")).unwrap_or_default();
-                    println!("{}\t{}\t{}", item["key"].as_str().unwrap_or(""), item["revision"], String::from_utf8_lossy(&value));
+                    let value = b64
+                        .decode(item["value"].as_str().unwrap_or(""))
+                        .unwrap_or_default();
+                    println!(
+                        "{}\t{}\t{}",
+                        item["key"].as_str().unwrap_or(""),
+                        item["revision"],
+                        String::from_utf8_lossy(&value)
+                    );
                     printed += 1;
                 }
                 match v["next"].as_str() {
@@ -182,7 +221,13 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
     let http = client();
     match cmd {
         ClusterCmd::Status { json, target } => {
-            let resp = check(http.get(target.url("/v1/cluster")).send().await.context("request failed")?).await?;
+            let resp = check(
+                http.get(target.url("/v1/cluster"))
+                    .send()
+                    .await
+                    .context("request failed")?,
+            )
+            .await?;
             let v: Value = resp.json().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -195,7 +240,10 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
                 v["term"],
                 v["commit_index"]
             );
-            println!("{:<4} {:<8} {:<8} {:<22} {:<22} applied", "id", "role", "health", "api", "cluster");
+            println!(
+                "{:<4} {:<8} {:<8} {:<22} {:<22} applied",
+                "id", "role", "health", "api", "cluster"
+            );
             for m in v["members"].as_array().into_iter().flatten() {
                 println!(
                     "{:<4} {:<8} {:<8} {:<22} {:<22} {}",

@@ -6,21 +6,26 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::alias::LogIdOf;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
 use raft::{Command, NodeId, NodeInfo, Raft, Request, Response, State, TypeConfig};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use transport::{ClusterTls, JoinAccepted, RpcRequest, RpcResponse, Service, ServiceError, Transport};
+use transport::{
+    ClusterTls, JoinAccepted, RpcRequest, RpcResponse, Service, ServiceError, Transport,
+};
 
 use crate::config::Config;
 
 /// Wall clock in ms since the Unix epoch; used only to stamp proposals on the leader.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A node's handle on the cluster, shared by the API, the transport server and background
@@ -62,7 +67,16 @@ impl Cluster {
         tls: ClusterTls,
         config: Config,
     ) -> Arc<Self> {
-        Arc::new(Self { id, info, raft, state, transport, tls, config, reads: ReadBatcher::default() })
+        Arc::new(Self {
+            id,
+            info,
+            raft,
+            state,
+            transport,
+            tls,
+            config,
+            reads: ReadBatcher::default(),
+        })
     }
 
     pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
@@ -83,12 +97,19 @@ impl Cluster {
     }
 
     /// Waits (up to `until`) for a leader other than `not`.
-    async fn wait_for_leader(&self, not: Option<NodeId>, until: Instant) -> Option<(NodeId, NodeInfo)> {
+    async fn wait_for_leader(
+        &self,
+        not: Option<NodeId>,
+        until: Instant,
+    ) -> Option<(NodeId, NodeInfo)> {
         let remaining = until.saturating_duration_since(Instant::now());
         let _ = self
             .raft
             .wait(Some(remaining))
-            .metrics(move |m| m.current_leader.is_some() && m.current_leader != not, "leader known")
+            .metrics(
+                move |m| m.current_leader.is_some() && m.current_leader != not,
+                "leader known",
+            )
             .await;
         self.leader().filter(|(id, _)| Some(*id) != not)
     }
@@ -97,66 +118,93 @@ impl Cluster {
     ///
     /// `Unavailable` means the write was certainly not applied; `Unknown` that it may have
     /// been (a forward or proposal was under way when the time ran out or the leader changed).
-    pub async fn write(&self, command: Command, idempotency_key: Option<String>) -> Result<Response, ServiceError> {
-        let req = Request { stamp_ms: 0, idempotency_key, command };
+    pub async fn write(
+        &self,
+        command: Command,
+        idempotency_key: Option<String>,
+    ) -> Result<Response, ServiceError> {
+        let req = Request {
+            stamp_ms: 0,
+            idempotency_key,
+            command,
+        };
         let deadline = Instant::now() + self.request_timeout();
-        let mut maybe_applied = false;
+        let settle = Duration::from_millis(self.config.election_timeout_ms * 2);
         let mut hint: Option<(NodeId, NodeInfo)> = None;
-        let mut failed_leader: Option<NodeId> = None;
-        for _attempt in 0..4 {
-            let leader = match hint.take().or_else(|| self.leader().filter(|(id, _)| Some(*id) != failed_leader)) {
+        // A node that just refused or could not be reached; it may lead again later.
+        let mut avoid: Option<NodeId> = None;
+        // Every path that leaves the loop early returns; staying in it means the write was
+        // certainly not appended anywhere, so running out of time is `Unavailable`.
+        while Instant::now() < deadline {
+            let leader = match hint
+                .take()
+                .or_else(|| self.leader().filter(|(id, _)| Some(*id) != avoid))
+            {
                 Some(l) => l,
-                None => match self.wait_for_leader(failed_leader, deadline).await {
-                    Some(l) => l,
-                    None => break,
-                },
+                None => {
+                    let until = deadline.min(Instant::now() + settle);
+                    match self.wait_for_leader(avoid, until).await {
+                        Some(l) => l,
+                        None => {
+                            avoid = None;
+                            continue;
+                        }
+                    }
+                }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
             let result = if leader.0 == self.id {
-                maybe_applied = true;
                 match tokio::time::timeout(remaining, self.write_local(req.clone())).await {
                     Ok(r) => r,
-                    Err(_) => return Err(ServiceError::Unknown("timed out waiting for the write to commit".into())),
+                    Err(_) => {
+                        return Err(ServiceError::Unknown(
+                            "timed out waiting for the write to commit".into(),
+                        ))
+                    }
                 }
             } else {
-                match self.transport.call(&leader.1.cluster_addr, &RpcRequest::Forward(req.clone()), remaining).await {
-                    Ok(RpcResponse::Forward(r)) => {
-                        maybe_applied = true;
-                        r
+                let forward = RpcRequest::Forward(req.clone());
+                match self
+                    .transport
+                    .call(&leader.1.cluster_addr, &forward, remaining)
+                    .await
+                {
+                    Ok(RpcResponse::Forward(r)) => r,
+                    Ok(other) => {
+                        return Err(ServiceError::Unknown(format!(
+                            "unexpected answer from leader: {other:?}"
+                        )))
                     }
-                    Ok(other) => return Err(ServiceError::Unknown(format!("unexpected answer from leader: {other:?}"))),
                     // Never sent: safe to try the next leader.
                     Err(transport::Error::Connect { reason, .. }) => {
                         warn!(leader = leader.0, %reason, "cannot reach leader to forward write");
-                        failed_leader = Some(leader.0);
+                        avoid = Some(leader.0);
                         continue;
                     }
                     Err(transport::Error::Timeout(_)) => {
-                        return Err(ServiceError::Unknown("timed out waiting for the leader".into()))
+                        return Err(ServiceError::Unknown(
+                            "timed out waiting for the leader".into(),
+                        ))
                     }
-                    Err(e) => return Err(ServiceError::Unknown(format!("forward to leader failed: {e}"))),
+                    Err(e) => {
+                        return Err(ServiceError::Unknown(format!(
+                            "forward to leader failed: {e}"
+                        )))
+                    }
                 }
             };
             match result {
-                Err(ServiceError::NotLeader { leader }) => {
-                    // Rejected before it was appended: retrying elsewhere cannot apply it twice.
-                    failed_leader = None;
-                    hint = leader;
-                    if hint.is_none() && self.wait_for_leader(None, deadline).await.is_none() {
-                        break;
-                    }
+                // Rejected before it was appended: retrying elsewhere cannot apply it twice.
+                Err(ServiceError::NotLeader { leader: next }) => {
+                    avoid = Some(leader.0);
+                    hint = next.filter(|(id, _)| *id != leader.0);
                 }
                 other => return other,
             }
         }
-        if maybe_applied {
-            Err(ServiceError::Unknown("leader changed while the write was in flight".into()))
-        } else {
-            Err(ServiceError::Unavailable("no leader reachable".into()))
-        }
+        Err(ServiceError::Unavailable(
+            "no leader reachable before the request timeout; the write was not applied".into(),
+        ))
     }
 
     /// Proposes on this node, which must be the leader; stamps the replicated clock.
@@ -165,10 +213,14 @@ impl Cluster {
         match self.raft.client_write(req).await {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ServiceError::NotLeader { leader: f.leader_id.zip(f.leader_node) })
+                Err(ServiceError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
             }
             Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(ServiceError::Unknown("leader changed; the write may or may not have been applied".into()))
+                Err(ServiceError::Unknown(
+                    "leader changed; the write may or may not have been applied".into(),
+                ))
             }
             Err(RaftError::APIError(e)) => Err(ServiceError::Unavailable(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(ServiceError::Unknown(format!("raft stopped: {e}"))),
@@ -217,7 +269,9 @@ impl Cluster {
             .wait(Some(remaining))
             .applied_index_at_least(Some(log_id.index), "linearizable read")
             .await
-            .map_err(|_| ServiceError::Unavailable("timed out catching up to the read index".into()))?;
+            .map_err(|_| {
+                ServiceError::Unavailable("timed out catching up to the read index".into())
+            })?;
         Ok(())
     }
 
@@ -235,9 +289,18 @@ impl Cluster {
             if !self.raft.is_leader() {
                 continue;
             }
-            let due = self.state.read().expect("state lock").next_deadline_ms().is_some_and(|at| at <= now_ms());
+            let due = self
+                .state
+                .read()
+                .expect("state lock")
+                .next_deadline_ms()
+                .is_some_and(|at| at <= now_ms());
             if due {
-                let req = Request { stamp_ms: 0, idempotency_key: None, command: Command::Tick };
+                let req = Request {
+                    stamp_ms: 0,
+                    idempotency_key: None,
+                    command: Command::Tick,
+                };
                 if let Err(e) = self.write_local(req).await {
                     warn!(error = %e, "tick proposal failed");
                 }
@@ -261,12 +324,27 @@ impl Cluster {
             return;
         }
         let last = m.last_log_index.unwrap_or(0);
-        let Some(repl) = m.replication.as_ref() else { return };
+        let Some(repl) = m.replication.as_ref() else {
+            return;
+        };
         for learner in membership.learner_ids() {
-            let matched = repl.get(&learner).cloned().flatten().map(|l| l.index).unwrap_or(0);
+            let matched = repl
+                .get(&learner)
+                .cloned()
+                .flatten()
+                .map(|l| l.index)
+                .unwrap_or(0);
             if last.saturating_sub(matched) <= 100 {
-                info!(node = learner, voters = voters.len(), "promoting caught-up learner to voter");
-                match self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([learner])), true).await {
+                info!(
+                    node = learner,
+                    voters = voters.len(),
+                    "promoting caught-up learner to voter"
+                );
+                match self
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([learner])), true)
+                    .await
+                {
                     Ok(_) => info!(node = learner, "learner promoted"),
                     Err(e) => warn!(node = learner, error = %e, "promotion failed"),
                 }
@@ -276,14 +354,20 @@ impl Cluster {
     }
 
     /// The initializing node's one-time cluster setup entry.
-    pub async fn init_cluster_state(&self, cluster_id: String, token: &str) -> Result<(), ServiceError> {
+    pub async fn init_cluster_state(
+        &self,
+        cluster_id: String,
+        token: &str,
+    ) -> Result<(), ServiceError> {
         let command = Command::InitCluster {
             cluster_id,
             join_token_sha256: transport::tls::token_digest(token),
         };
         match self.write(command, None).await? {
             Response::Done | Response::Rejected(_) => Ok(()),
-            other => Err(ServiceError::Unknown(format!("unexpected init answer {other:?}"))),
+            other => Err(ServiceError::Unknown(format!(
+                "unexpected init answer {other:?}"
+            ))),
         }
     }
 
@@ -293,13 +377,21 @@ impl Cluster {
         let committed = m.local_committed.map(|l| l.index);
         m.current_leader.is_some()
             && m.last_applied.map(|l| l.index) >= committed
-            && matches!(m.state, ServerState::Leader | ServerState::Follower | ServerState::Learner)
+            && matches!(
+                m.state,
+                ServerState::Leader | ServerState::Follower | ServerState::Learner
+            )
     }
 }
 
 /// One ReadIndex round: the leader confirms its leadership with a quorum and answers the
 /// index a read must wait for.
-async fn read_index_round(raft: &Raft, transport: &Transport, this_id: NodeId, timeout: Duration) -> ReadResult {
+async fn read_index_round(
+    raft: &Raft,
+    transport: &Transport,
+    this_id: NodeId,
+    timeout: Duration,
+) -> ReadResult {
     let m = raft.metrics().borrow_watched().clone();
     let Some(leader) = m.current_leader else {
         return Err(ServiceError::Unavailable("no leader".into()));
@@ -310,10 +402,17 @@ async fn read_index_round(raft: &Raft, transport: &Transport, this_id: NodeId, t
     let Some(node) = m.membership_config.membership().get_node(&leader).cloned() else {
         return Err(ServiceError::Unavailable("leader address unknown".into()));
     };
-    match transport.call(&node.cluster_addr, &RpcRequest::ReadIndex, timeout).await {
+    match transport
+        .call(&node.cluster_addr, &RpcRequest::ReadIndex, timeout)
+        .await
+    {
         Ok(RpcResponse::ReadIndex(r)) => r,
-        Ok(other) => Err(ServiceError::Unavailable(format!("unexpected answer: {other:?}"))),
-        Err(e) => Err(ServiceError::Unavailable(format!("leader unreachable: {e}"))),
+        Ok(other) => Err(ServiceError::Unavailable(format!(
+            "unexpected answer: {other:?}"
+        ))),
+        Err(e) => Err(ServiceError::Unavailable(format!(
+            "leader unreachable: {e}"
+        ))),
     }
 }
 
@@ -321,7 +420,9 @@ async fn local_read_index(raft: &Raft) -> ReadResult {
     match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
         Ok(lin) => Ok(*lin.read_log_id().log_id()),
         Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-            Err(ServiceError::NotLeader { leader: f.leader_id.zip(f.leader_node) })
+            Err(ServiceError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            })
         }
         Err(RaftError::APIError(e)) => Err(ServiceError::Unavailable(e.to_string())),
         Err(RaftError::Fatal(e)) => Err(ServiceError::Unavailable(e.to_string())),
@@ -333,7 +434,9 @@ impl Service for Cluster {
         let timeout = self.request_timeout();
         match tokio::time::timeout(timeout, self.write_local(req)).await {
             Ok(r) => r,
-            Err(_) => Err(ServiceError::Unknown("timed out waiting for the write to commit".into())),
+            Err(_) => Err(ServiceError::Unknown(
+                "timed out waiting for the write to commit".into(),
+            )),
         }
     }
 
@@ -344,30 +447,50 @@ impl Service for Cluster {
     async fn join(&self, token: String, node: NodeInfo) -> Result<JoinAccepted, ServiceError> {
         if !self.raft.is_leader() {
             let Some((_, leader)) = self.leader() else {
-                return Err(ServiceError::Unavailable("no leader to admit the node; retry".into()));
+                return Err(ServiceError::Unavailable(
+                    "no leader to admit the node; retry".into(),
+                ));
             };
             return match self
                 .transport
-                .call(&leader.cluster_addr, &RpcRequest::Join { token, node }, self.request_timeout())
+                .call(
+                    &leader.cluster_addr,
+                    &RpcRequest::Join { token, node },
+                    self.request_timeout(),
+                )
                 .await
             {
                 Ok(RpcResponse::Join(r)) => r,
-                Ok(other) => Err(ServiceError::Unavailable(format!("unexpected answer: {other:?}"))),
-                Err(e) => Err(ServiceError::Unavailable(format!("leader unreachable: {e}"))),
+                Ok(other) => Err(ServiceError::Unavailable(format!(
+                    "unexpected answer: {other:?}"
+                ))),
+                Err(e) => Err(ServiceError::Unavailable(format!(
+                    "leader unreachable: {e}"
+                ))),
             };
         }
         let (expected, cluster_id) = {
             let st = self.state.read().expect("state lock");
-            (st.meta.join_token_sha256.clone(), st.meta.cluster_id.clone())
+            (
+                st.meta.join_token_sha256.clone(),
+                st.meta.cluster_id.clone(),
+            )
         };
         let (Some(expected), Some(cluster_id)) = (expected, cluster_id) else {
-            return Err(ServiceError::Unavailable("cluster is still initializing; retry".into()));
+            return Err(ServiceError::Unavailable(
+                "cluster is still initializing; retry".into(),
+            ));
         };
         if transport::tls::token_digest(&token) != expected {
             return Err(ServiceError::Refused("invalid join token".into()));
         }
         let m = self.metrics();
-        if let Some((id, _)) = m.membership_config.membership().nodes().find(|(_, n)| n.cluster_addr == node.cluster_addr) {
+        if let Some((id, _)) = m
+            .membership_config
+            .membership()
+            .nodes()
+            .find(|(_, n)| n.cluster_addr == node.cluster_addr)
+        {
             return Err(ServiceError::Refused(format!(
                 "node {id} already uses cluster address {}; remove it first or use another address",
                 node.cluster_addr
@@ -375,13 +498,22 @@ impl Service for Cluster {
         }
         let id = match self.write(Command::AllocateNodeId, None).await? {
             Response::NodeId(id) => id,
-            other => return Err(ServiceError::Unknown(format!("unexpected allocation answer {other:?}"))),
+            other => {
+                return Err(ServiceError::Unknown(format!(
+                    "unexpected allocation answer {other:?}"
+                )))
+            }
         };
         info!(node = id, addr = %node.cluster_addr, "admitting node as learner");
         self.raft
             .add_learner(id, node, false)
             .await
             .map_err(|e| ServiceError::Unavailable(format!("adding learner failed: {e}")))?;
-        Ok(JoinAccepted { node_id: id, cluster_id, cert_der: self.tls.cert_der.clone(), key_der: self.tls.key_der.clone() })
+        Ok(JoinAccepted {
+            node_id: id,
+            cluster_id,
+            cert_der: self.tls.cert_der.clone(),
+            key_der: self.tls.key_der.clone(),
+        })
     }
 }

@@ -143,7 +143,8 @@ impl ServeArgs {
             api_addr,
             cluster_addr,
             advertise_api_addr: pick!(advertise_api_addr).unwrap_or_else(|| api_addr.to_string()),
-            advertise_cluster_addr: pick!(advertise_cluster_addr).unwrap_or_else(|| cluster_addr.to_string()),
+            advertise_cluster_addr: pick!(advertise_cluster_addr)
+                .unwrap_or_else(|| cluster_addr.to_string()),
             join,
             token,
             target_voters,
@@ -158,6 +159,7 @@ impl ServeArgs {
 }
 
 fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }

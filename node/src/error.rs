@@ -16,7 +16,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), extra: Map::new() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            extra: Map::new(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -42,7 +47,9 @@ impl ApiError {
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
-            ServiceError::NotLeader { .. } => ApiError::unavailable("no leader: the write was not applied"),
+            ServiceError::NotLeader { .. } => {
+                ApiError::unavailable("no leader: the write was not applied")
+            }
             ServiceError::Unavailable(m) => ApiError::unavailable(m),
             ServiceError::Unknown(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
             ServiceError::Refused(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
@@ -57,8 +64,12 @@ impl IntoResponse for ApiError {
         error.insert("message".into(), self.message.into());
         error.extend(self.extra);
         let mut resp = (self.status, axum::Json(json!({ "error": error }))).into_response();
-        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

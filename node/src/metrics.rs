@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::cluster::Cluster;
 
@@ -24,41 +26,75 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("stackd_http_requests_total", "HTTP requests by route, method and status"),
+            Opts::new(
+                "stackd_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
             &["route", "method", "status"],
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
-            HistogramOpts::new("stackd_http_request_duration_seconds", "HTTP request latency by route and method")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "stackd_http_request_duration_seconds",
+                "HTTP request latency by route and method",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["route", "method"],
         )
         .expect("valid metric");
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
         let m = Self {
             term: gauge("stackd_raft_term", "Current Raft term"),
-            leader_id: gauge("stackd_raft_leader_id", "Id of the known leader, 0 when none"),
+            leader_id: gauge(
+                "stackd_raft_leader_id",
+                "Id of the known leader, 0 when none",
+            ),
             is_leader: gauge("stackd_raft_is_leader", "1 when this node is the leader"),
-            last_log_index: gauge("stackd_raft_last_log_index", "Index of the last entry in the local log"),
+            last_log_index: gauge(
+                "stackd_raft_last_log_index",
+                "Index of the last entry in the local log",
+            ),
             commit_index: gauge("stackd_raft_commit_index", "Highest index known committed"),
-            applied_index: gauge("stackd_raft_applied_index", "Highest index applied to the state machine"),
+            applied_index: gauge(
+                "stackd_raft_applied_index",
+                "Highest index applied to the state machine",
+            ),
             kv_revision: gauge("stackd_kv_revision", "Current global key-value revision"),
             kv_keys: gauge("stackd_kv_keys", "Number of keys held"),
             registry,
             requests,
             latency,
         };
-        m.registry.register(Box::new(m.requests.clone())).expect("register");
-        m.registry.register(Box::new(m.latency.clone())).expect("register");
-        for g in [&m.term, &m.leader_id, &m.is_leader, &m.last_log_index, &m.commit_index, &m.applied_index, &m.kv_revision, &m.kv_keys] {
+        m.registry
+            .register(Box::new(m.requests.clone()))
+            .expect("register");
+        m.registry
+            .register(Box::new(m.latency.clone()))
+            .expect("register");
+        for g in [
+            &m.term,
+            &m.leader_id,
+            &m.is_leader,
+            &m.last_log_index,
+            &m.commit_index,
+            &m.applied_index,
+            &m.kv_revision,
+            &m.kv_keys,
+        ] {
             m.registry.register(Box::new(g.clone())).expect("register");
         }
         m
     }
 
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        self.requests.with_label_values(&[route, method, &status.to_string()]).inc();
-        self.latency.with_label_values(&[route, method]).observe(elapsed.as_secs_f64());
+        self.requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.latency
+            .with_label_values(&[route, method])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Refreshes the Raft and state gauges, then renders everything in the text format.
@@ -66,17 +102,23 @@ impl Metrics {
         let m = cluster.metrics();
         self.term.set(m.current_term as i64);
         self.leader_id.set(m.current_leader.unwrap_or(0) as i64);
-        self.is_leader.set((m.current_leader == Some(cluster.id)) as i64);
-        self.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
-        self.commit_index.set(m.local_committed.map(|l| l.index).unwrap_or(0) as i64);
-        self.applied_index.set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+        self.is_leader
+            .set((m.current_leader == Some(cluster.id)) as i64);
+        self.last_log_index
+            .set(m.last_log_index.unwrap_or(0) as i64);
+        self.commit_index
+            .set(m.local_committed.map(|l| l.index).unwrap_or(0) as i64);
+        self.applied_index
+            .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
         {
             let st = cluster.state.read().expect("state lock");
             self.kv_revision.set(st.meta.revision as i64);
             self.kv_keys.set(st.key_count() as i64);
         }
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

@@ -48,13 +48,20 @@ impl Node {
             cluster_addr: config.advertise_cluster_addr.clone(),
         };
 
-        let existing: Option<Identity> = db.meta_get(IDENTITY_KEY)?.map(|b| codec::decode(&b)).transpose()?;
+        let existing: Option<Identity> = db
+            .meta_get(IDENTITY_KEY)?
+            .map(|b| codec::decode(&b))
+            .transpose()?;
         let (identity, tls, founding_token) = match existing {
             Some(id) => {
                 if config.join.is_some() {
-                    warn!("--join is ignored: the data dir already holds node {}", id.node_id);
+                    warn!(
+                        "--join is ignored: the data dir already holds node {}",
+                        id.node_id
+                    );
                 }
-                let tls = ClusterTls::load(&tls_dir)?.context("data dir has an identity but no TLS credentials")?;
+                let tls = ClusterTls::load(&tls_dir)?
+                    .context("data dir has an identity but no TLS credentials")?;
                 info!(node_id = id.node_id, cluster_id = %id.cluster_id, "restarting member from its data dir");
                 let token = std::fs::read_to_string(config.data_dir.join(JOIN_TOKEN_FILE)).ok();
                 (id, tls, token.filter(|_| id_is_founder(&db)))
@@ -62,9 +69,15 @@ impl Node {
             None => match (&config.join, &config.token) {
                 (Some(join), Some(token)) => {
                     let accepted = join_cluster(join, token, &info).await?;
-                    let tls = ClusterTls { cert_der: accepted.cert_der, key_der: accepted.key_der };
+                    let tls = ClusterTls {
+                        cert_der: accepted.cert_der,
+                        key_der: accepted.key_der,
+                    };
                     tls.save(&tls_dir)?;
-                    let id = Identity { node_id: accepted.node_id, cluster_id: accepted.cluster_id };
+                    let id = Identity {
+                        node_id: accepted.node_id,
+                        cluster_id: accepted.cluster_id,
+                    };
                     db.meta_put_sync(IDENTITY_KEY, &codec::encode(&id)?)?;
                     info!(node_id = id.node_id, cluster_id = %id.cluster_id, "joined cluster");
                     (id, tls, None)
@@ -74,7 +87,10 @@ impl Node {
                     tls.save(&tls_dir)?;
                     let token = tls::new_join_token(tls.fingerprint());
                     let cluster_id = hex::encode(rand::random::<[u8; 8]>());
-                    let id = Identity { node_id: 1, cluster_id };
+                    let id = Identity {
+                        node_id: 1,
+                        cluster_id,
+                    };
                     db.meta_put_sync("founder", b"1")?;
                     db.meta_put_sync(IDENTITY_KEY, &codec::encode(&id)?)?;
                     info!(cluster_id = %id.cluster_id, "starting a new cluster as node 1");
@@ -83,28 +99,58 @@ impl Node {
             },
         };
 
-        let raft_config =
-            raft::config::raft_config(config.heartbeat_interval_ms, config.election_timeout_ms, config.snapshot_every_entries)?;
+        let raft_config = raft::config::raft_config(
+            config.heartbeat_interval_ms,
+            config.election_timeout_ms,
+            config.snapshot_every_entries,
+        )?;
         let log_store = LogStore::new(db.clone());
         let sm = StateMachine::open(db.clone(), &config.data_dir.join("snapshots"))?;
         let state = sm.state();
         let transport = Transport::bind(config.cluster_addr, &tls, Limits::default())
             .with_context(|| format!("binding cluster address {}", config.cluster_addr))?;
-        let raft = raft::Raft::new(identity.node_id, raft_config, Network::new(transport.clone()), log_store, sm)
-            .await
-            .context("starting raft")?;
+        let raft = raft::Raft::new(
+            identity.node_id,
+            raft_config,
+            Network::new(transport.clone()),
+            log_store,
+            sm,
+        )
+        .await
+        .context("starting raft")?;
 
-        let cluster = Cluster::new(identity.node_id, info.clone(), raft.clone(), state, transport.clone(), tls, config.clone());
+        let cluster = Cluster::new(
+            identity.node_id,
+            info.clone(),
+            raft.clone(),
+            state,
+            transport.clone(),
+            tls,
+            config.clone(),
+        );
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(transport.clone().serve(raft.clone(), cluster.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(transport.clone().serve(
+            raft.clone(),
+            cluster.clone(),
+            shutdown.clone(),
+        )));
 
-        let uninitialized_state = cluster.state.read().expect("state lock").meta.cluster_id.is_none();
+        let uninitialized_state = cluster
+            .state
+            .read()
+            .expect("state lock")
+            .meta
+            .cluster_id
+            .is_none();
         if let Some(token) = founding_token.as_ref().filter(|_| uninitialized_state) {
             if !raft.is_initialized().await? {
-                raft.initialize(std::collections::BTreeMap::from([(identity.node_id, info.clone())]))
-                    .await
-                    .context("initializing the cluster")?;
+                raft.initialize(std::collections::BTreeMap::from([(
+                    identity.node_id,
+                    info.clone(),
+                )]))
+                .await
+                .context("initializing the cluster")?;
             }
             cluster
                 .init_cluster_state(identity.cluster_id.clone(), token)
@@ -120,7 +166,9 @@ impl Node {
             }
         }
 
-        tasks.push(tokio::spawn(cluster.clone().run_leader_tasks(shutdown.clone())));
+        tasks.push(tokio::spawn(
+            cluster.clone().run_leader_tasks(shutdown.clone()),
+        ));
 
         let listener = tokio::net::TcpListener::bind(config.api_addr)
             .await
@@ -134,11 +182,19 @@ impl Node {
         let api_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             info!(addr = %api_addr, "HTTP API listening");
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(api_shutdown.cancelled_owned()).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(api_shutdown.cancelled_owned())
+                .await
+            {
                 warn!(error = %e, "HTTP API stopped with an error");
             }
         }));
-        Ok(Node { cluster, api_addr, shutdown, tasks })
+        Ok(Node {
+            cluster,
+            api_addr,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Stops in order: stop accepting API requests, stop background work, shut Raft down,
@@ -162,20 +218,31 @@ fn id_is_founder(db: &Db) -> bool {
 }
 
 /// Asks a member to admit this node; retries while the cluster has no leader.
-async fn join_cluster(join: &str, token: &str, info: &NodeInfo) -> anyhow::Result<transport::JoinAccepted> {
+async fn join_cluster(
+    join: &str,
+    token: &str,
+    info: &NodeInfo,
+) -> anyhow::Result<transport::JoinAccepted> {
     let fp = tls::token_fingerprint(token).context("bad --token")?;
     let t = Transport::joining(fp, Limits::default())?;
-    let req = RpcRequest::Join { token: token.to_string(), node: info.clone() };
+    let req = RpcRequest::Join {
+        token: token.to_string(),
+        node: info.clone(),
+    };
     let mut last_err = String::new();
     for attempt in 1..=30 {
         match t.call(join, &req, Duration::from_secs(10)).await {
             Ok(RpcResponse::Join(Ok(a))) => return Ok(a),
-            Ok(RpcResponse::Join(Err(transport::ServiceError::Refused(m)))) => bail!("join refused by {join}: {m}"),
+            Ok(RpcResponse::Join(Err(transport::ServiceError::Refused(m)))) => {
+                bail!("join refused by {join}: {m}")
+            }
             Ok(RpcResponse::Join(Err(e))) => last_err = e.to_string(),
             Ok(RpcResponse::Refused(m)) => bail!("join refused by {join}: {m}"),
             Ok(other) => bail!("unexpected answer from {join}: {other:?}"),
             Err(transport::Error::Connect { reason, .. }) if reason.contains("certificate") => {
-                bail!("{join} is not the cluster named in the token (certificate mismatch): {reason}")
+                bail!(
+                    "{join} is not the cluster named in the token (certificate mismatch): {reason}"
+                )
             }
             Err(e) => last_err = e.to_string(),
         }

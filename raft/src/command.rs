@@ -21,13 +21,24 @@ pub struct Request {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// The first entry of a new cluster, proposed once by the node that initialized it.
-    InitCluster { cluster_id: String, join_token_sha256: String },
+    InitCluster {
+        cluster_id: String,
+        join_token_sha256: String,
+    },
     /// Allocates the next node id; ids are never reused.
     AllocateNodeId,
     /// Writes a key. `if_revision`: apply only if the key's revision is this (0 = absent).
-    Put { key: String, value: Vec<u8>, if_revision: Option<u64>, ttl_ms: Option<u64> },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        if_revision: Option<u64>,
+        ttl_ms: Option<u64>,
+    },
     /// Deletes a key, optionally only if its revision matches.
-    Delete { key: String, if_revision: Option<u64> },
+    Delete {
+        key: String,
+        if_revision: Option<u64>,
+    },
     /// Advances the replicated clock so due deadlines (TTL keys, idempotency records) expire.
     Tick,
 }
@@ -37,10 +48,17 @@ pub enum Command {
 pub enum Response {
     /// Blank and membership entries, ticks, cluster init.
     Done,
-    Put { revision: u64 },
-    Delete { revision: u64, deleted: bool },
+    Put {
+        revision: u64,
+    },
+    Delete {
+        revision: u64,
+        deleted: bool,
+    },
     /// A compare (`if_revision`) failed; nothing was written.
-    Conflict { current_revision: u64 },
+    Conflict {
+        current_revision: u64,
+    },
     NodeId(u64),
     /// The command cannot apply to this state (e.g. the cluster is already initialized).
     Rejected(String),

@@ -112,7 +112,10 @@ impl State {
 
     /// Writes the scalars into `batch`; called once per applied batch.
     pub fn persist_meta(&self, batch: &mut SmBatch) {
-        batch.put(META_KEY.to_vec(), codec::encode(&self.meta).expect("meta encodes"));
+        batch.put(
+            META_KEY.to_vec(),
+            codec::encode(&self.meta).expect("meta encodes"),
+        );
     }
 
     /// Applies one request and records its writes in `batch`.
@@ -131,7 +134,10 @@ impl State {
                 expires_at_ms: self.meta.now_ms.saturating_add(IDEMPOTENCY_WINDOW_MS),
                 response: response.clone(),
             };
-            batch.put(prefixed(IDEM_PREFIX, ikey), codec::encode(&rec).expect("record encodes"));
+            batch.put(
+                prefixed(IDEM_PREFIX, ikey),
+                codec::encode(&rec).expect("record encodes"),
+            );
             self.idem_ttl.insert((rec.expires_at_ms, ikey.clone()));
             self.idem.insert(ikey.clone(), rec);
         }
@@ -140,7 +146,10 @@ impl State {
 
     fn apply_command(&mut self, cmd: &Command, batch: &mut SmBatch) -> Response {
         match cmd {
-            Command::InitCluster { cluster_id, join_token_sha256 } => {
+            Command::InitCluster {
+                cluster_id,
+                join_token_sha256,
+            } => {
                 if self.meta.cluster_id.is_some() {
                     return Response::Rejected("cluster already initialized".into());
                 }
@@ -155,12 +164,19 @@ impl State {
                 self.meta.next_node_id = id + 1;
                 Response::NodeId(id)
             }
-            Command::Put { key, value, if_revision, ttl_ms } => {
+            Command::Put {
+                key,
+                value,
+                if_revision,
+                ttl_ms,
+            } => {
                 let current = self.kv.get(key);
                 let current_rev = current.map(|e| e.revision).unwrap_or(0);
                 if let Some(expected) = if_revision {
                     if *expected != current_rev {
-                        return Response::Conflict { current_revision: current_rev };
+                        return Response::Conflict {
+                            current_revision: current_rev,
+                        };
                     }
                 }
                 let create_revision = current.map(|e| e.create_revision);
@@ -180,15 +196,23 @@ impl State {
                 let current_rev = self.kv.get(key).map(|e| e.revision).unwrap_or(0);
                 if let Some(expected) = if_revision {
                     if *expected != current_rev {
-                        return Response::Conflict { current_revision: current_rev };
+                        return Response::Conflict {
+                            current_revision: current_rev,
+                        };
                     }
                 }
                 if current_rev == 0 {
-                    return Response::Delete { revision: self.meta.revision, deleted: false };
+                    return Response::Delete {
+                        revision: self.meta.revision,
+                        deleted: false,
+                    };
                 }
                 self.meta.revision += 1;
                 self.remove_kv(key, batch);
-                Response::Delete { revision: self.meta.revision, deleted: true }
+                Response::Delete {
+                    revision: self.meta.revision,
+                    deleted: true,
+                }
             }
             Command::Tick => Response::Done,
         }
@@ -203,7 +227,10 @@ impl State {
         if let Some(at) = entry.expires_at_ms {
             self.kv_ttl.insert((at, key.clone()));
         }
-        batch.put(prefixed(KV_PREFIX, &key), codec::encode(&entry).expect("entry encodes"));
+        batch.put(
+            prefixed(KV_PREFIX, &key),
+            codec::encode(&entry).expect("entry encodes"),
+        );
         self.kv.insert(key, entry);
     }
 
@@ -260,7 +287,12 @@ impl State {
 
     /// Up to `limit` live keys starting with `prefix` and greater than `after`, in key order;
     /// the flag says whether more remain.
-    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> (Vec<(&String, &KvEntry)>, bool) {
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(&String, &KvEntry)>, bool) {
         use std::ops::Bound;
         let start = match after {
             Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
@@ -295,33 +327,77 @@ mod tests {
     use super::*;
 
     fn req(stamp_ms: u64, command: Command) -> Request {
-        Request { stamp_ms, idempotency_key: None, command }
+        Request {
+            stamp_ms,
+            idempotency_key: None,
+            command,
+        }
     }
 
     fn put(key: &str, value: &str, if_revision: Option<u64>, ttl_ms: Option<u64>) -> Command {
-        Command::Put { key: key.into(), value: value.as_bytes().to_vec(), if_revision, ttl_ms }
+        Command::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            if_revision,
+            ttl_ms,
+        }
     }
 
     #[test]
     fn revisions_grow_and_cas_compares_key_revision() {
         let mut s = State::default();
         let mut b = SmBatch::default();
-        assert_eq!(s.apply(&req(1, put("a", "1", Some(0), None)), &mut b), Response::Put { revision: 1 });
-        assert_eq!(s.apply(&req(2, put("b", "1", None, None)), &mut b), Response::Put { revision: 2 });
+        assert_eq!(
+            s.apply(&req(1, put("a", "1", Some(0), None)), &mut b),
+            Response::Put { revision: 1 }
+        );
+        assert_eq!(
+            s.apply(&req(2, put("b", "1", None, None)), &mut b),
+            Response::Put { revision: 2 }
+        );
         assert_eq!(
             s.apply(&req(3, put("a", "2", Some(0), None)), &mut b),
-            Response::Conflict { current_revision: 1 }
+            Response::Conflict {
+                current_revision: 1
+            }
         );
-        assert_eq!(s.apply(&req(3, put("a", "2", Some(1), None)), &mut b), Response::Put { revision: 3 });
+        assert_eq!(
+            s.apply(&req(3, put("a", "2", Some(1), None)), &mut b),
+            Response::Put { revision: 3 }
+        );
         assert_eq!(s.get("a").unwrap().value, b"2");
         assert_eq!(s.get("a").unwrap().create_revision, 1);
         assert_eq!(
-            s.apply(&req(4, Command::Delete { key: "zz".into(), if_revision: None }), &mut b),
-            Response::Delete { revision: 3, deleted: false }
+            s.apply(
+                &req(
+                    4,
+                    Command::Delete {
+                        key: "zz".into(),
+                        if_revision: None
+                    }
+                ),
+                &mut b
+            ),
+            Response::Delete {
+                revision: 3,
+                deleted: false
+            }
         );
         assert_eq!(
-            s.apply(&req(4, Command::Delete { key: "a".into(), if_revision: Some(3) }), &mut b),
-            Response::Delete { revision: 4, deleted: true }
+            s.apply(
+                &req(
+                    4,
+                    Command::Delete {
+                        key: "a".into(),
+                        if_revision: Some(3)
+                    }
+                ),
+                &mut b
+            ),
+            Response::Delete {
+                revision: 4,
+                deleted: true
+            }
         );
         assert!(s.get("a").is_none());
     }
@@ -339,7 +415,10 @@ mod tests {
         assert!(s.get("t").is_some());
         s.apply(&req(1_500, Command::Tick), &mut b);
         assert!(s.get("t").is_none());
-        assert_eq!(s.meta.revision, 2, "expiry is a change with its own revision");
+        assert_eq!(
+            s.meta.revision, 2,
+            "expiry is a change with its own revision"
+        );
         assert_eq!(s.next_deadline_ms(), None);
     }
 
@@ -368,10 +447,16 @@ mod tests {
         s.apply(&req(1, put("a/0", "v", None, Some(5))), &mut b);
         s.apply(&req(10, Command::Tick), &mut b);
         let (items, more) = s.list("a/", None, 2);
-        assert_eq!(items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
+        assert_eq!(
+            items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["a/1", "a/2"]
+        );
         assert!(more);
         let (items, more) = s.list("a/", Some("a/2"), 2);
-        assert_eq!(items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a/3"]);
+        assert_eq!(
+            items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["a/3"]
+        );
         assert!(!more);
     }
 }

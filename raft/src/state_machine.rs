@@ -37,7 +37,11 @@ impl StateMachine {
     pub fn open(db: Db, dir: &Path) -> storage::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let state = State::load(&db)?;
-        Ok(Self { db, state: Arc::new(RwLock::new(state)), snapshot_path: dir.join("snapshot.bin") })
+        Ok(Self {
+            db,
+            state: Arc::new(RwLock::new(state)),
+            snapshot_path: dir.join("snapshot.bin"),
+        })
     }
 
     /// The shared in-memory state, for reads. Hold the lock only for short, non-async sections.
@@ -82,11 +86,20 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io::Error::other)??;
-        let snap_meta = SnapshotMetaOf::<TypeConfig> { last_log_id: meta.last_applied, last_membership: meta.last_membership };
-        let file = SnapshotFile { meta: snap_meta.clone(), data: items };
+        let snap_meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: meta.last_applied,
+            last_membership: meta.last_membership,
+        };
+        let file = SnapshotFile {
+            meta: snap_meta.clone(),
+            data: items,
+        };
         self.write_snapshot_file(&file)?;
         tracing::info!(last_log_id = ?snap_meta.last_log_id, bytes = file.data.len(), "snapshot built");
-        Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta: snap_meta, snapshot: Cursor::new(file.data) })
+        Ok(SnapshotOf::<TypeConfig, SnapshotData> {
+            meta: snap_meta,
+            snapshot: Cursor::new(file.data),
+        })
     }
 }
 
@@ -94,7 +107,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
         let st = self.state.read().expect("state lock");
         Ok((st.meta.last_applied, st.meta.last_membership.clone()))
     }
@@ -112,7 +127,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => Response::Done,
                 EntryPayload::Normal(ref req) => st.apply(req, &mut batch),
                 EntryPayload::Membership(ref m) => {
-                    st.meta.last_membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
+                    st.meta.last_membership =
+                        StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
                     Response::Done
                 }
             };
@@ -120,7 +136,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 responses.push((r, response));
             }
         }
-        self.state.read().expect("state lock").persist_meta(&mut batch);
+        self.state
+            .read()
+            .expect("state lock")
+            .persist_meta(&mut batch);
         // One atomic batch: the changes and `last_applied` land together or not at all.
         self.db.sm_write(batch)?;
         for (r, resp) in responses {
@@ -133,7 +152,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
         let items: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(&data)?;
         let db = self.db.clone();
@@ -146,22 +169,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if new_state.meta.last_applied != meta.last_log_id {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("snapshot data is at {:?}, its meta says {:?}", new_state.meta.last_applied, meta.last_log_id),
+                format!(
+                    "snapshot data is at {:?}, its meta says {:?}",
+                    new_state.meta.last_applied, meta.last_log_id
+                ),
             ));
         }
         *self.state.write().expect("state lock") = new_state;
-        self.write_snapshot_file(&SnapshotFile { meta: meta.clone(), data })?;
+        self.write_snapshot_file(&SnapshotFile {
+            meta: meta.clone(),
+            data,
+        })?;
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
         let bytes = match std::fs::read(&self.snapshot_path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         let file: SnapshotFile = codec::decode(&bytes)?;
-        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> { meta: file.meta, snapshot: Cursor::new(file.data) }))
+        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
+            meta: file.meta,
+            snapshot: Cursor::new(file.data),
+        }))
     }
 }

@@ -21,7 +21,9 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 /// Decodes bytes produced by [`encode`]; refuses an unknown format version.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, body)) => postcard::from_bytes(body).map_err(|e| Error::Codec(e.to_string())),
+        Some((&FORMAT_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| Error::Codec(e.to_string()))
+        }
         Some((v, _)) => Err(Error::Codec(format!("unknown format version {v}"))),
         None => Err(Error::Codec("empty value".into())),
     }

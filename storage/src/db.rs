@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 
 use crate::error::Result;
 
@@ -64,7 +66,9 @@ impl Db {
     }
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     /// Reads node-local metadata.
@@ -88,7 +92,10 @@ impl Db {
     /// All state-machine entries whose key starts with `prefix`, in key order.
     pub fn sm_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(self.cf(CF_SM), IteratorMode::From(prefix, Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf(CF_SM),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
         for item in it {
             let (k, v) = item?;
             if !k.starts_with(prefix) {

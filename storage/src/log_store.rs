@@ -36,7 +36,11 @@ pub struct LogStore<C: RaftTypeConfig> {
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        Self { db: self.db.clone(), syncer: self.syncer.clone(), _c: PhantomData }
+        Self {
+            db: self.db.clone(),
+            syncer: self.syncer.clone(),
+            _c: PhantomData,
+        }
     }
 }
 
@@ -58,7 +62,13 @@ where
             .name("raft-log-sync".into())
             .spawn(move || sync_loop(sync_db, rx))
             .expect("spawn log syncer thread");
-        Self { db, syncer: Arc::new(Syncer { tx: std::sync::Mutex::new(tx) }), _c: PhantomData }
+        Self {
+            db,
+            syncer: Arc::new(Syncer {
+                tx: std::sync::Mutex::new(tx),
+            }),
+            _c: PhantomData,
+        }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, io::Error> {
@@ -117,7 +127,10 @@ where
         };
         let mut out = Vec::new();
         let key = index_key(start);
-        let it = self.db.db.iterator_cf(self.db.cf(CF_LOGS), IteratorMode::From(&key, Direction::Forward));
+        let it = self.db.db.iterator_cf(
+            self.db.cf(CF_LOGS),
+            IteratorMode::From(&key, Direction::Forward),
+        );
         for item in it {
             let (k, v) = item.map_err(io::Error::other)?;
             let index = key_index(&k)?;
@@ -150,7 +163,11 @@ where
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
-        let last = self.db.db.iterator_cf(self.db.cf(CF_LOGS), IteratorMode::End).next();
+        let last = self
+            .db
+            .db
+            .iterator_cf(self.db.cf(CF_LOGS), IteratorMode::End)
+            .next();
         let last_log_id = match last {
             None => None,
             Some(item) => {
@@ -161,7 +178,10 @@ where
         };
         let last_purged_log_id: Option<LogIdOf<C>> = self.get_meta(KEY_LAST_PURGED)?;
         let last_log_id = last_log_id.or_else(|| last_purged_log_id.clone());
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -176,11 +196,16 @@ where
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         // Not synced: losing it only means re-learning the commit index from the leader.
         let bytes = codec::encode(&committed)?;
-        self.db.db.put_cf(self.db.cf(CF_META), KEY_COMMITTED, bytes).map_err(io::Error::other)
+        self.db
+            .db
+            .put_cf(self.db.cf(CF_META), KEY_COMMITTED, bytes)
+            .map_err(io::Error::other)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
-        Ok(self.get_meta::<Option<LogIdOf<C>>>(KEY_COMMITTED)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogIdOf<C>>>(KEY_COMMITTED)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
@@ -208,9 +233,15 @@ where
         let cf = self.db.cf(CF_LOGS);
         // Truncated entries were never committed; losing the deletion only re-exposes entries
         // that openraft truncates again on the next conflict, so no sync is needed.
-        self.db.db.delete_range_cf(cf, index_key(from), index_key(u64::MAX)).map_err(io::Error::other)?;
+        self.db
+            .db
+            .delete_range_cf(cf, index_key(from), index_key(u64::MAX))
+            .map_err(io::Error::other)?;
         // delete_range excludes its end key.
-        self.db.db.delete_cf(cf, index_key(u64::MAX)).map_err(io::Error::other)
+        self.db
+            .db
+            .delete_cf(cf, index_key(u64::MAX))
+            .map_err(io::Error::other)
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
@@ -218,8 +249,14 @@ where
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         let bytes = codec::encode(&log_id)?;
-        self.db.db.put_cf_opt(self.db.cf(CF_META), KEY_LAST_PURGED, bytes, &wo).map_err(io::Error::other)?;
+        self.db
+            .db
+            .put_cf_opt(self.db.cf(CF_META), KEY_LAST_PURGED, bytes, &wo)
+            .map_err(io::Error::other)?;
         let cf = self.db.cf(CF_LOGS);
-        self.db.db.delete_range_cf(cf, index_key(0), index_key(log_id.index() + 1)).map_err(io::Error::other)
+        self.db
+            .db
+            .delete_range_cf(cf, index_key(0), index_key(log_id.index() + 1))
+            .map_err(io::Error::other)
     }
 }

@@ -8,7 +8,12 @@ async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value
     assert_eq!(resp.status().as_u16(), status, "status for expected {code}");
     let body: Value = resp.json().await.expect("JSON error body");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     body
 }
 
@@ -19,36 +24,166 @@ async fn bad_input_gets_documented_errors_and_the_node_keeps_serving() {
     let b = &c.bases[0];
 
     let long_key = "k".repeat(513);
-    expect_error(http.put(format!("{b}/v1/kv/{long_key}")).body("x").send().await.unwrap(), 400, "bad_request").await;
-    expect_error(http.get(format!("{b}/v1/kv/{long_key}")).send().await.unwrap(), 400, "bad_request").await;
-    expect_error(http.put(format!("{b}/v1/kv/a%01b")).body("x").send().await.unwrap(), 400, "bad_request").await;
-    expect_error(http.put(format!("{b}/v1/kv/a%FFb")).body("x").send().await.unwrap(), 400, "bad_request").await;
+    expect_error(
+        http.put(format!("{b}/v1/kv/{long_key}"))
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        http.get(format!("{b}/v1/kv/{long_key}"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        http.put(format!("{b}/v1/kv/a%01b"))
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        http.put(format!("{b}/v1/kv/a%FFb"))
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
     let ok_key = "k".repeat(512);
-    assert_eq!(http.put(format!("{b}/v1/kv/{ok_key}")).body("x").send().await.unwrap().status(), 200, "512 bytes is allowed");
+    assert_eq!(
+        http.put(format!("{b}/v1/kv/{ok_key}"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "512 bytes is allowed"
+    );
 
     let big = vec![b'x'; (1 << 20) + 1];
-    let body = expect_error(http.put(format!("{b}/v1/kv/big")).body(big).send().await.unwrap(), 413, "too_large").await;
+    let body = expect_error(
+        http.put(format!("{b}/v1/kv/big"))
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+        413,
+        "too_large",
+    )
+    .await;
     assert_eq!(body["error"]["limit"], 1 << 20);
     let max = vec![b'x'; 1 << 20];
-    assert_eq!(http.put(format!("{b}/v1/kv/max")).body(max).send().await.unwrap().status(), 200, "1 MiB is allowed");
+    assert_eq!(
+        http.put(format!("{b}/v1/kv/max"))
+            .body(max)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "1 MiB is allowed"
+    );
 
-    for q in ["if_revision=abc", "if_revision=-1", "ttl_ms=0", "ttl_ms=1.5", "nonsense=1", "if_revision=1&if_revision=2"] {
-        expect_error(http.put(format!("{b}/v1/kv/a?{q}")).body("x").send().await.unwrap(), 400, "bad_request").await;
-    }
-    expect_error(http.get(format!("{b}/v1/kv/a?consistency=eventual")).send().await.unwrap(), 400, "bad_request").await;
-    expect_error(http.get(format!("{b}/v1/kv?limit=0")).send().await.unwrap(), 400, "bad_request").await;
-    expect_error(http.get(format!("{b}/v1/kv?limit=100000")).send().await.unwrap(), 400, "bad_request").await;
-    expect_error(http.get(format!("{b}/v1/kv/absent")).send().await.unwrap(), 404, "not_found").await;
-    expect_error(http.get(format!("{b}/v1/nope")).send().await.unwrap(), 404, "not_found").await;
-    expect_error(http.post(format!("{b}/v1/kv/a")).send().await.unwrap(), 405, "method_not_allowed").await;
-    expect_error(http.put(format!("{b}/v1/kv/a")).header("Idempotency-Key", "").body("x").send().await.unwrap(), 400, "bad_request")
+    for q in [
+        "if_revision=abc",
+        "if_revision=-1",
+        "ttl_ms=0",
+        "ttl_ms=1.5",
+        "nonsense=1",
+        "if_revision=1&if_revision=2",
+    ] {
+        expect_error(
+            http.put(format!("{b}/v1/kv/a?{q}"))
+                .body("x")
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "bad_request",
+        )
         .await;
+    }
+    expect_error(
+        http.get(format!("{b}/v1/kv/a?consistency=eventual"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        http.get(format!("{b}/v1/kv?limit=0")).send().await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        http.get(format!("{b}/v1/kv?limit=100000"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        http.get(format!("{b}/v1/kv/absent")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        http.get(format!("{b}/v1/nope")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        http.post(format!("{b}/v1/kv/a")).send().await.unwrap(),
+        405,
+        "method_not_allowed",
+    )
+    .await;
+    expect_error(
+        http.put(format!("{b}/v1/kv/a"))
+            .header("Idempotency-Key", "")
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
 
     // Still serving.
     let (s, body) = http::put(&http, b, "after", "ok").await.unwrap();
     assert_eq!(s, 200, "{body}");
     let (s, text, _) = http::get(&http, b, "after").await.unwrap();
     assert_eq!((s, text.as_str()), (200, "ok"));
-    assert_eq!(http.get(format!("{b}/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(format!("{b}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     c.shutdown().await;
 }

@@ -7,7 +7,12 @@ use tests::http;
 use tests::process::ProcCluster;
 
 /// Writes `n` keys through rotating nodes among `alive`; returns what was acknowledged.
-async fn write_some(c: &ProcCluster, alive: &[usize], prefix: &str, n: usize) -> BTreeMap<String, String> {
+async fn write_some(
+    c: &ProcCluster,
+    alive: &[usize],
+    prefix: &str,
+    n: usize,
+) -> BTreeMap<String, String> {
     let http = http::client();
     let mut acked = BTreeMap::new();
     for i in 0..n {
@@ -25,7 +30,12 @@ async fn assert_all_readable(c: &ProcCluster, nodes: &[usize], acked: &BTreeMap<
     for &n in nodes {
         for (k, v) in acked {
             let (s, text, _) = http::get(&http, &c.bases[n], k).await.unwrap();
-            assert_eq!((s, text.as_str()), (200, v.as_str()), "key {k} on node {}", n + 1);
+            assert_eq!(
+                (s, text.as_str()),
+                (200, v.as_str()),
+                "key {k} on node {}",
+                n + 1
+            );
         }
     }
 }
@@ -35,7 +45,11 @@ async fn leader_kill9_elects_a_new_leader_and_keeps_acknowledged_writes() {
     let mut c = ProcCluster::start(3).await.unwrap();
     let leader = c.wait_voters(3, &[0, 1, 2]).await.unwrap();
     let acked = write_some(&c, &[0, 1, 2], "before", 30).await;
-    assert_eq!(acked.len(), 30, "a healthy cluster acknowledges every write");
+    assert_eq!(
+        acked.len(),
+        30,
+        "a healthy cluster acknowledges every write"
+    );
 
     tracing::info!(leader, "phase: kill -9 the leader");
     let li = leader as usize - 1;
@@ -52,7 +66,11 @@ async fn leader_kill9_elects_a_new_leader_and_keeps_acknowledged_writes() {
     c.wait_voters(3, &[0, 1, 2]).await.unwrap();
     let http = http::client();
     tests::http::wait_for("restarted node ready", Duration::from_secs(30), || async {
-        let r = http.get(format!("{}/ready", c.bases[li])).send().await.ok()?;
+        let r = http
+            .get(format!("{}/ready", c.bases[li]))
+            .send()
+            .await
+            .ok()?;
         r.status().is_success().then_some(())
     })
     .await
@@ -76,12 +94,16 @@ async fn all_nodes_kill9_and_restart_lose_no_acknowledged_write() {
     assert_all_readable(&c, &[0, 1, 2], &acked).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_quorum_a_write_is_never_acknowledged() {
+/// Kills two of three nodes, keeping either the leader or a follower as the survivor, and
+/// checks that no write to the survivor is acknowledged.
+async fn lost_quorum_case(keep_leader: bool) {
     let mut c = ProcCluster::start(3).await.unwrap();
     let leader = c.wait_voters(3, &[0, 1, 2]).await.unwrap() as usize - 1;
-    // Kill two, keeping once the old leader and once a follower as the survivor.
-    let survivor = (leader + 1) % 3;
+    let survivor = if keep_leader {
+        leader
+    } else {
+        (leader + 1) % 3
+    };
     for i in 0..3 {
         if i != survivor {
             c.kill9(i).unwrap();
@@ -89,13 +111,63 @@ async fn without_quorum_a_write_is_never_acknowledged() {
     }
     let http = http::client();
     for n in 0..3 {
-        let r = http.put(format!("{}/v1/kv/lonely-{n}", c.bases[survivor])).body("x").send().await.unwrap();
+        let r = http
+            .put(format!("{}/v1/kv/lonely-{n}", c.bases[survivor]))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
-        assert!(status == 503 || status == 504, "write without quorum answered {status}");
+        assert!(
+            status == 503 || status == 504,
+            "write without quorum answered {status}"
+        );
         let body: serde_json::Value = r.json().await.unwrap();
         let code = body["error"]["code"].as_str().unwrap();
-        assert_eq!(code, if status == 503 { "unavailable" } else { "timeout" });
+        assert_eq!(
+            code,
+            if status == 503 {
+                "unavailable"
+            } else {
+                "timeout"
+            }
+        );
     }
-    // The survivor still answers health checks but is not ready to serve reads.
-    assert_eq!(http.get(format!("{}/health", c.bases[survivor])).send().await.unwrap().status(), 200);
+    // Linearizable reads cannot be served without a quorum either.
+    let r = http
+        .get(format!("{}/v1/kv/lonely-0", c.bases[survivor]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // The process still serves.
+    assert_eq!(
+        http.get(format!("{}/health", c.bases[survivor]))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    tracing::info!(
+        "phase: quorum back; the unacknowledged writes may or may not exist, new ones succeed"
+    );
+    let dead: Vec<usize> = (0..3).filter(|i| *i != survivor).collect();
+    c.restart(dead[0]).unwrap();
+    c.wait_leader(&[survivor, dead[0]], None).await.unwrap();
+    let (s, body) = http::put(&http, &c.bases[survivor], "back", "yes")
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_a_write_to_the_old_leader_is_never_acknowledged() {
+    lost_quorum_case(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_a_write_to_a_follower_is_never_acknowledged() {
+    lost_quorum_case(false).await;
 }

@@ -19,5 +19,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_passes_on_rocksdb() {
-    Suite::test_all(RocksBuilder).await.expect("openraft storage suite");
+    Suite::test_all(RocksBuilder)
+        .await
+        .expect("openraft storage suite");
 }

@@ -6,7 +6,11 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.
@@ -35,20 +39,40 @@ pub async fn cluster(http: &reqwest::Client, base: &str) -> Option<Value> {
 
 /// Number of voters `base` reports.
 pub fn voters(status: &Value) -> usize {
-    status["members"].as_array().map(|m| m.iter().filter(|x| x["role"] == "voter").count()).unwrap_or(0)
+    status["members"]
+        .as_array()
+        .map(|m| m.iter().filter(|x| x["role"] == "voter").count())
+        .unwrap_or(0)
 }
 
 /// PUT a key; returns (status, body).
-pub async fn put(http: &reqwest::Client, base: &str, key: &str, value: &str) -> Result<(u16, Value)> {
-    let r = http.put(format!("{base}/v1/kv/{key}")).body(value.to_string()).send().await?;
+pub async fn put(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    value: &str,
+) -> Result<(u16, Value)> {
+    let r = http
+        .put(format!("{base}/v1/kv/{key}"))
+        .body(value.to_string())
+        .send()
+        .await?;
     let s = r.status().as_u16();
     Ok((s, r.json().await.unwrap_or(Value::Null)))
 }
 
 /// GET a key; returns (status, body text, X-Revision).
-pub async fn get(http: &reqwest::Client, base: &str, key: &str) -> Result<(u16, String, Option<u64>)> {
+pub async fn get(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+) -> Result<(u16, String, Option<u64>)> {
     let r = http.get(format!("{base}/v1/kv/{key}")).send().await?;
     let s = r.status().as_u16();
-    let rev = r.headers().get("x-revision").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let rev = r
+        .headers()
+        .get("x-revision")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     Ok((s, r.text().await?, rev))
 }

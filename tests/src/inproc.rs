@@ -50,7 +50,10 @@ impl InprocCluster {
         let d1 = TempDir::new()?;
         let c1 = config(d1.path(), "127.0.0.1", None);
         nodes.push(Some(Node::start(c1.clone()).await?));
-        let token = std::fs::read_to_string(d1.path().join("join-token")).context("join-token")?.trim().to_string();
+        let token = std::fs::read_to_string(d1.path().join("join-token"))
+            .context("join-token")?
+            .trim()
+            .to_string();
         let join_addr = c1.advertise_cluster_addr.clone();
         configs.push(c1);
         dirs.push(d1);
@@ -62,8 +65,16 @@ impl InprocCluster {
             configs.push(c);
             dirs.push(d);
         }
-        let bases = configs.iter().map(|c| format!("http://{}", c.advertise_api_addr)).collect();
-        let cluster = Self { nodes, configs, bases, _dirs: dirs };
+        let bases = configs
+            .iter()
+            .map(|c| format!("http://{}", c.advertise_api_addr))
+            .collect();
+        let cluster = Self {
+            nodes,
+            configs,
+            bases,
+            _dirs: dirs,
+        };
         cluster.wait_voters(n.min(3)).await?;
         Ok(cluster)
     }
@@ -71,23 +82,27 @@ impl InprocCluster {
     /// Waits until every running node reports `voters` voters and the same leader.
     pub async fn wait_voters(&self, voters: usize) -> Result<()> {
         let http = http::client();
-        wait_for(&format!("{voters} voters and one leader on every node"), Duration::from_secs(30), || async {
-            let mut leader = None;
-            for (i, base) in self.bases.iter().enumerate() {
-                if self.nodes[i].is_none() {
-                    continue;
+        wait_for(
+            &format!("{voters} voters and one leader on every node"),
+            Duration::from_secs(30),
+            || async {
+                let mut leader = None;
+                for (i, base) in self.bases.iter().enumerate() {
+                    if self.nodes[i].is_none() {
+                        continue;
+                    }
+                    let s = http::cluster(&http, base).await?;
+                    if http::voters(&s) != voters || s["leader_id"].is_null() {
+                        return None;
+                    }
+                    if leader.is_some() && leader != Some(s["leader_id"].clone()) {
+                        return None;
+                    }
+                    leader = Some(s["leader_id"].clone());
                 }
-                let s = http::cluster(&http, base).await?;
-                if http::voters(&s) != voters || s["leader_id"].is_null() {
-                    return None;
-                }
-                if leader.is_some() && leader != Some(s["leader_id"].clone()) {
-                    return None;
-                }
-                leader = Some(s["leader_id"].clone());
-            }
-            Some(())
-        })
+                Some(())
+            },
+        )
         .await
     }
 

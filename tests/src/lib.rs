@@ -14,13 +14,22 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 /// A free TCP port and a free UDP port on `ip` (the OS picks; a tiny race with other
 /// processes is possible and harmless in practice).
 pub fn free_addrs(ip: &str) -> (SocketAddr, SocketAddr) {
-    let tcp = TcpListener::bind((ip, 0)).expect("bind tcp").local_addr().unwrap();
-    let udp = UdpSocket::bind((ip, 0)).expect("bind udp").local_addr().unwrap();
+    let tcp = TcpListener::bind((ip, 0))
+        .expect("bind tcp")
+        .local_addr()
+        .unwrap();
+    let udp = UdpSocket::bind((ip, 0))
+        .expect("bind udp")
+        .local_addr()
+        .unwrap();
     (tcp, udp)
 }
 
 /// Logs for tests, once per process (`STACKD_TEST_LOG=debug` for more).
 pub fn init_logging() {
     let filter = std::env::var("STACKD_TEST_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }

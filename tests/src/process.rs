@@ -18,7 +18,11 @@ pub fn stackd_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("stackd");
-    assert!(bin.exists(), "{} not found: run `cargo build --bin stackd` first (the README's test command does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --bin stackd` first (the README's test command does)",
+        bin.display()
+    );
     bin
 }
 
@@ -33,7 +37,10 @@ pub struct ProcCluster {
 impl ProcCluster {
     fn spawn(&self, i: usize, join: Option<(&str, &str)>) -> Result<Child> {
         let dir = self.root.path().join(format!("node{}", i + 1));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.path().join(format!("node{}.log", i + 1)))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join(format!("node{}.log", i + 1)))?;
         let mut cmd = Command::new(stackd_bin());
         cmd.arg("serve")
             .arg("--data-dir")
@@ -48,7 +55,7 @@ impl ProcCluster {
         if let Some((addr, token)) = join {
             cmd.arg("--join").arg(addr).arg("--token").arg(token);
         }
-        Ok(cmd.spawn().context("spawning stackd")?)
+        cmd.spawn().context("spawning stackd")
     }
 
     /// Starts `n` processes: node 1 founds the cluster, the others join it.
@@ -63,11 +70,19 @@ impl ProcCluster {
             cluster_addrs.push(crate::free_addrs(&ip).1.to_string());
         }
         let bases = api_addrs.iter().map(|a| format!("http://{a}")).collect();
-        let mut c = Self { root, procs: (0..n).map(|_| None).collect(), api_addrs, cluster_addrs, bases };
+        let mut c = Self {
+            root,
+            procs: (0..n).map(|_| None).collect(),
+            api_addrs,
+            cluster_addrs,
+            bases,
+        };
         c.procs[0] = Some(c.spawn(0, None)?);
         let token_file = c.root.path().join("node1").join("join-token");
         let token = wait_for("node 1's join token", Duration::from_secs(30), || async {
-            std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string())
+            std::fs::read_to_string(&token_file)
+                .ok()
+                .map(|t| t.trim().to_string())
         })
         .await
         .map_err(|e| e.context(c.log_tail(0)))?;
@@ -77,10 +92,14 @@ impl ProcCluster {
             // Join one at a time so node ids follow the order of the addresses.
             let http = http::client();
             let base = c.bases[i].clone();
-            wait_for(&format!("node {} ready", i + 1), Duration::from_secs(30), || async {
-                let r = http.get(format!("{base}/ready")).send().await.ok()?;
-                r.status().is_success().then_some(())
-            })
+            wait_for(
+                &format!("node {} ready", i + 1),
+                Duration::from_secs(30),
+                || async {
+                    let r = http.get(format!("{base}/ready")).send().await.ok()?;
+                    r.status().is_success().then_some(())
+                },
+            )
             .await
             .map_err(|e| e.context(c.log_tail(i)))?;
         }
@@ -92,18 +111,22 @@ impl ProcCluster {
     /// the leader's id.
     pub async fn wait_voters(&self, voters: usize, alive: &[usize]) -> Result<u64> {
         let http = http::client();
-        wait_for(&format!("{voters} voters and one leader"), Duration::from_secs(30), || async {
-            let mut leader = None;
-            for &i in alive {
-                let s = http::cluster(&http, &self.bases[i]).await?;
-                let l = s["leader_id"].as_u64()?;
-                if http::voters(&s) != voters || leader.is_some_and(|x| x != l) {
-                    return None;
+        wait_for(
+            &format!("{voters} voters and one leader"),
+            Duration::from_secs(30),
+            || async {
+                let mut leader = None;
+                for &i in alive {
+                    let s = http::cluster(&http, &self.bases[i]).await?;
+                    let l = s["leader_id"].as_u64()?;
+                    if http::voters(&s) != voters || leader.is_some_and(|x| x != l) {
+                        return None;
+                    }
+                    leader = Some(l);
                 }
-                leader = Some(l);
-            }
-            leader
-        })
+                leader
+            },
+        )
         .await
     }
 
@@ -125,7 +148,9 @@ impl ProcCluster {
 
     /// `kill -9` of node `i`.
     pub fn kill9(&mut self, i: usize) -> Result<()> {
-        let Some(mut child) = self.procs[i].take() else { bail!("node {} is not running", i + 1) };
+        let Some(mut child) = self.procs[i].take() else {
+            bail!("node {} is not running", i + 1)
+        };
         child.kill()?;
         child.wait()?;
         Ok(())
@@ -142,9 +167,14 @@ impl ProcCluster {
 
     /// The last lines of node `i`'s log, for failure messages.
     pub fn log_tail(&self, i: usize) -> String {
-        let text = std::fs::read_to_string(self.root.path().join(format!("node{}.log", i + 1))).unwrap_or_default();
+        let text = std::fs::read_to_string(self.root.path().join(format!("node{}.log", i + 1)))
+            .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!("node {} log tail:\n{}", i + 1, lines[lines.len().saturating_sub(30)..].join("\n"))
+        format!(
+            "node {} log tail:\n{}",
+            i + 1,
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
     }
 }
 

@@ -51,7 +51,11 @@ fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
     // Keep-alives keep idle member connections open and detect dead peers within the idle
     // timeout.
     t.keep_alive_interval(Some(Duration::from_millis(500)));
-    t.max_idle_timeout(Some(Duration::from_secs(5).try_into().expect("valid idle timeout")));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(5)
+            .try_into()
+            .expect("valid idle timeout"),
+    ));
     t.max_concurrent_bidi_streams(limits.max_concurrent_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
     Arc::new(t)
@@ -64,7 +68,11 @@ pub trait Service: Send + Sync + 'static {
     /// The leader's read index for a follower's linearizable read.
     fn read_index(&self) -> impl Future<Output = Result<LogIdOf<TypeConfig>, ServiceError>> + Send;
     /// Admits a new node that presents a join token.
-    fn join(&self, token: String, node: NodeInfo) -> impl Future<Output = Result<JoinAccepted, ServiceError>> + Send;
+    fn join(
+        &self,
+        token: String,
+        node: NodeInfo,
+    ) -> impl Future<Output = Result<JoinAccepted, ServiceError>> + Send;
 }
 
 /// A node's QUIC endpoint.
@@ -82,7 +90,12 @@ impl Transport {
         let tc = transport_config(&limits);
         let endpoint = Endpoint::server(tls.server_config(tc.clone())?, addr)?;
         let client_config = tls.client_config(tc)?;
-        Ok(Arc::new(Self { endpoint, client_config, conns: Mutex::new(HashMap::new()), limits }))
+        Ok(Arc::new(Self {
+            endpoint,
+            client_config,
+            conns: Mutex::new(HashMap::new()),
+            limits,
+        }))
     }
 
     /// A client-only endpoint for a node that is not a member yet, pinning the cluster by the
@@ -92,7 +105,12 @@ impl Transport {
         let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid addr");
         let endpoint = Endpoint::client(bind)?;
         let client_config = tls::join_client_config(fingerprint, tc)?;
-        Ok(Arc::new(Self { endpoint, client_config, conns: Mutex::new(HashMap::new()), limits }))
+        Ok(Arc::new(Self {
+            endpoint,
+            client_config,
+            conns: Mutex::new(HashMap::new()),
+            limits,
+        }))
     }
 
     pub fn limits(&self) -> &Limits {
@@ -106,9 +124,15 @@ impl Transport {
     async fn resolve(addr: &str) -> Result<SocketAddr> {
         tokio::net::lookup_host(addr)
             .await
-            .map_err(|e| Error::Connect { addr: addr.into(), reason: e.to_string() })?
+            .map_err(|e| Error::Connect {
+                addr: addr.into(),
+                reason: e.to_string(),
+            })?
             .next()
-            .ok_or_else(|| Error::Connect { addr: addr.into(), reason: "no address".into() })
+            .ok_or_else(|| Error::Connect {
+                addr: addr.into(),
+                reason: "no address".into(),
+            })
     }
 
     /// A live connection to `addr`, reusing the cached one.
@@ -122,12 +146,24 @@ impl Transport {
         let connecting = self
             .endpoint
             .connect_with(self.client_config.clone(), sa, tls::SERVER_NAME)
-            .map_err(|e| Error::Connect { addr: addr.into(), reason: e.to_string() })?;
+            .map_err(|e| Error::Connect {
+                addr: addr.into(),
+                reason: e.to_string(),
+            })?;
         let conn = tokio::time::timeout(self.limits.connect_timeout, connecting)
             .await
-            .map_err(|_| Error::Connect { addr: addr.into(), reason: "connect timed out".into() })?
-            .map_err(|e| Error::Connect { addr: addr.into(), reason: e.to_string() })?;
-        self.conns.lock().expect("conns lock").insert(sa, conn.clone());
+            .map_err(|_| Error::Connect {
+                addr: addr.into(),
+                reason: "connect timed out".into(),
+            })?
+            .map_err(|e| Error::Connect {
+                addr: addr.into(),
+                reason: e.to_string(),
+            })?;
+        self.conns
+            .lock()
+            .expect("conns lock")
+            .insert(sa, conn.clone());
         Ok(conn)
     }
 
@@ -140,7 +176,12 @@ impl Transport {
 
     /// One request/response exchange on a new bi-stream to `addr`. `timeout` bounds the
     /// exchange; connecting has its own limit (`Limits::connect_timeout`).
-    pub async fn call(&self, addr: &str, req: &RpcRequest, timeout: Duration) -> Result<RpcResponse> {
+    pub async fn call(
+        &self,
+        addr: &str,
+        req: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse> {
         let conn = self.connection(addr).await?;
         let fut = async {
             let (mut send, mut recv) = conn.open_bi().await?;
@@ -170,7 +211,11 @@ impl Transport {
         let conn = self.connection(addr).await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let data = snapshot.snapshot.into_inner();
-        let head = RpcRequest::Snapshot { vote, meta: snapshot.meta, total_bytes: data.len() as u64 };
+        let head = RpcRequest::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            total_bytes: data.len() as u64,
+        };
         frame::write_msg(&mut send, &head, self.limits.max_frame_bytes).await?;
         for chunk in data.chunks(self.limits.snapshot_chunk_bytes) {
             frame::write_raw(&mut send, chunk, self.limits.max_frame_bytes).await?;
@@ -180,7 +225,12 @@ impl Transport {
     }
 
     /// Serves peers until `shutdown`: Raft RPCs go to `raft`, the rest to `service`.
-    pub async fn serve<S: Service>(self: Arc<Self>, raft: Raft, service: Arc<S>, shutdown: CancellationToken) {
+    pub async fn serve<S: Service>(
+        self: Arc<Self>,
+        raft: Raft,
+        service: Arc<S>,
+        shutdown: CancellationToken,
+    ) {
         info!(addr = ?self.endpoint.local_addr().ok(), "cluster transport listening");
         loop {
             let incoming = tokio::select! {
@@ -202,7 +252,8 @@ impl Transport {
                 };
                 // A peer that presented a certificate passed the pinned check: it is a member.
                 let member = conn.peer_identity().is_some();
-                this.serve_connection(conn, member, raft, service, shutdown).await;
+                this.serve_connection(conn, member, raft, service, shutdown)
+                    .await;
             });
         }
         self.endpoint.close(0u32.into(), b"shutting down");
@@ -222,14 +273,19 @@ impl Transport {
                 s = conn.accept_bi() => s,
                 _ = shutdown.cancelled() => return,
             };
-            let Ok((mut send, mut recv)) = stream else { return };
+            let Ok((mut send, mut recv)) = stream else {
+                return;
+            };
             let this = self.clone();
             let raft = raft.clone();
             let service = service.clone();
             tokio::spawn(async move {
                 let limit = this.limits.max_frame_bytes;
                 let resp = match frame::read_msg::<RpcRequest>(&mut recv, limit).await {
-                    Ok(req) => this.dispatch(req, member, &raft, &*service, &mut recv).await,
+                    Ok(req) => {
+                        this.dispatch(req, member, &raft, &*service, &mut recv)
+                            .await
+                    }
                     Err(e) => RpcResponse::Refused(format!("bad request: {e}")),
                 };
                 if let Err(e) = frame::write_msg(&mut send, &resp, limit).await {
@@ -252,16 +308,28 @@ impl Transport {
         recv: &mut quinn::RecvStream,
     ) -> RpcResponse {
         if !member && !matches!(req, RpcRequest::Join { .. }) {
-            return RpcResponse::Refused("not a cluster member: only join is allowed without the cluster certificate".into());
+            return RpcResponse::Refused(
+                "not a cluster member: only join is allowed without the cluster certificate".into(),
+            );
         }
         match req {
-            RpcRequest::Append(r) => RpcResponse::Append(raft.append_entries(r).await.map_err(|e| e.to_string())),
-            RpcRequest::Vote(r) => RpcResponse::Vote(raft.vote(r).await.map_err(|e| e.to_string())),
-            RpcRequest::PreVote(r) => RpcResponse::Vote(raft.pre_vote(r).await.map_err(|e| e.to_string())),
-            RpcRequest::TransferLeader(r) => {
-                RpcResponse::TransferLeader(raft.handle_transfer_leader(r).await.map_err(|e| e.to_string()))
+            RpcRequest::Append(r) => {
+                RpcResponse::Append(raft.append_entries(r).await.map_err(|e| e.to_string()))
             }
-            RpcRequest::Snapshot { vote, meta, total_bytes } => {
+            RpcRequest::Vote(r) => RpcResponse::Vote(raft.vote(r).await.map_err(|e| e.to_string())),
+            RpcRequest::PreVote(r) => {
+                RpcResponse::Vote(raft.pre_vote(r).await.map_err(|e| e.to_string()))
+            }
+            RpcRequest::TransferLeader(r) => RpcResponse::TransferLeader(
+                raft.handle_transfer_leader(r)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+            RpcRequest::Snapshot {
+                vote,
+                meta,
+                total_bytes,
+            } => {
                 if total_bytes > self.limits.max_snapshot_bytes {
                     return RpcResponse::Snapshot(Err(format!(
                         "snapshot of {total_bytes} bytes is over the {}-byte limit",
@@ -272,14 +340,25 @@ impl Transport {
                 while (data.len() as u64) < total_bytes {
                     match frame::read_raw(recv, self.limits.max_frame_bytes).await {
                         Ok(chunk) => data.extend_from_slice(&chunk),
-                        Err(e) => return RpcResponse::Snapshot(Err(format!("snapshot stream broken: {e}"))),
+                        Err(e) => {
+                            return RpcResponse::Snapshot(Err(format!(
+                                "snapshot stream broken: {e}"
+                            )))
+                        }
                     }
                 }
                 if data.len() as u64 != total_bytes {
                     return RpcResponse::Snapshot(Err("snapshot longer than announced".into()));
                 }
-                let snapshot = Snapshot { meta, snapshot: std::io::Cursor::new(data) };
-                RpcResponse::Snapshot(raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string()))
+                let snapshot = Snapshot {
+                    meta,
+                    snapshot: std::io::Cursor::new(data),
+                };
+                RpcResponse::Snapshot(
+                    raft.install_full_snapshot(vote, snapshot)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
             }
             RpcRequest::Forward(r) => RpcResponse::Forward(service.forward(r).await),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(service.read_index().await),

@@ -16,7 +16,10 @@ pub async fn write_msg<T: Serialize>(send: &mut SendStream, msg: &T, limit: usiz
 /// Writes raw bytes as a frame.
 pub async fn write_raw(send: &mut SendStream, bytes: &[u8], limit: usize) -> Result<()> {
     if bytes.len() > limit {
-        return Err(Error::FrameTooLarge { size: bytes.len(), limit });
+        return Err(Error::FrameTooLarge {
+            size: bytes.len(),
+            limit,
+        });
     }
     send.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
     send.write_all(bytes).await?;
@@ -26,13 +29,17 @@ pub async fn write_raw(send: &mut SendStream, bytes: &[u8], limit: usize) -> Res
 /// Reads one frame's bytes, refusing frames over `limit` before allocating them.
 pub async fn read_raw(recv: &mut RecvStream, limit: usize) -> Result<Vec<u8>> {
     let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.map_err(|e| Error::Read(e.to_string()))?;
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| Error::Read(e.to_string()))?;
     let len = u32::from_be_bytes(len) as usize;
     if len > limit {
         return Err(Error::FrameTooLarge { size: len, limit });
     }
     let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf).await.map_err(|e| Error::Read(e.to_string()))?;
+    recv.read_exact(&mut buf)
+        .await
+        .map_err(|e| Error::Read(e.to_string()))?;
     Ok(buf)
 }
 

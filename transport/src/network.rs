@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::OptionalSend;
 use raft::{NodeId, NodeInfo, SnapshotData, TypeConfig};
@@ -39,7 +39,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
-        Peer { transport: self.transport.clone(), target, addr: node.cluster_addr.clone() }
+        Peer {
+            transport: self.transport.clone(),
+            target,
+            addr: node.cluster_addr.clone(),
+        }
     }
 }
 
@@ -52,15 +56,21 @@ pub struct Peer {
 
 fn to_rpc_error(e: Error) -> RPCError<TypeConfig> {
     match e {
-        Error::Connect { .. } | Error::Refused(_) | Error::Tls(_) => RPCError::Unreachable(Unreachable::new(&e)),
+        Error::Connect { .. } | Error::Refused(_) | Error::Tls(_) => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
         other => RPCError::Network(NetworkError::new(&other)),
     }
 }
 
 fn unexpected(resp: RpcResponse) -> RPCError<TypeConfig> {
     match resp {
-        RpcResponse::Refused(m) => RPCError::Unreachable(Unreachable::from_string(format!("peer refused: {m}"))),
-        other => RPCError::Network(NetworkError::from_string(format!("unexpected response: {other:?}"))),
+        RpcResponse::Refused(m) => {
+            RPCError::Unreachable(Unreachable::from_string(format!("peer refused: {m}")))
+        }
+        other => RPCError::Network(NetworkError::from_string(format!(
+            "unexpected response: {other:?}"
+        ))),
     }
 }
 
@@ -69,8 +79,15 @@ fn remote(e: String) -> RPCError<TypeConfig> {
 }
 
 impl Peer {
-    async fn call(&self, req: RpcRequest, option: &RPCOption) -> Result<RpcResponse, RPCError<TypeConfig>> {
-        self.transport.call(&self.addr, &req, option.hard_ttl()).await.map_err(to_rpc_error)
+    async fn call(
+        &self,
+        req: RpcRequest,
+        option: &RPCOption,
+    ) -> Result<RpcResponse, RPCError<TypeConfig>> {
+        self.transport
+            .call(&self.addr, &req, option.hard_ttl())
+            .await
+            .map_err(to_rpc_error)
     }
 }
 
@@ -128,7 +145,11 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        tracing::info!(target = self.target, bytes = snapshot.snapshot.get_ref().len(), "sending snapshot");
+        tracing::info!(
+            target = self.target,
+            bytes = snapshot.snapshot.get_ref().len(),
+            "sending snapshot"
+        );
         let send = self.transport.send_snapshot(&self.addr, vote, snapshot);
         tokio::pin!(cancel);
         let resp = tokio::select! {

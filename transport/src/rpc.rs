@@ -4,8 +4,8 @@
 
 use openraft::alias::{LogIdOf, SnapshotMetaOf, VoteOf};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use raft::{NodeId, NodeInfo, Request, Response, TypeConfig};
 use serde::{Deserialize, Serialize};
@@ -17,13 +17,20 @@ pub enum RpcRequest {
     PreVote(VoteRequest<TypeConfig>),
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// A snapshot follows in raw chunk frames until `total_bytes` have been sent.
-    Snapshot { vote: VoteOf<TypeConfig>, meta: SnapshotMetaOf<TypeConfig>, total_bytes: u64 },
+    Snapshot {
+        vote: VoteOf<TypeConfig>,
+        meta: SnapshotMetaOf<TypeConfig>,
+        total_bytes: u64,
+    },
     /// A client write forwarded by a follower to the leader.
     Forward(Request),
     /// A follower asks the leader for a read index (ReadIndex protocol).
     ReadIndex,
     /// A new node asks to join; the only request allowed without a cluster certificate.
-    Join { token: String, node: NodeInfo },
+    Join {
+        token: String,
+        node: NodeInfo,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -45,7 +45,10 @@ impl ClusterTls {
     pub fn generate() -> Result<Self> {
         let ck = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
             .map_err(|e| Error::Tls(e.to_string()))?;
-        Ok(Self { cert_der: ck.cert.der().to_vec(), key_der: ck.key_pair.serialize_der() })
+        Ok(Self {
+            cert_der: ck.cert.der().to_vec(),
+            key_der: ck.key_pair.serialize_der(),
+        })
     }
 
     /// Loads the credentials from `dir`, if present.
@@ -54,7 +57,10 @@ impl ClusterTls {
         if !cert.exists() {
             return Ok(None);
         }
-        Ok(Some(Self { cert_der: std::fs::read(cert)?, key_der: std::fs::read(dir.join(KEY_FILE))? }))
+        Ok(Some(Self {
+            cert_der: std::fs::read(cert)?,
+            key_der: std::fs::read(dir.join(KEY_FILE))?,
+        }))
     }
 
     /// Saves the credentials under `dir` (key readable by the owner only).
@@ -85,9 +91,15 @@ impl ClusterTls {
     /// Server side: presents the cluster certificate; a client certificate is optional at the
     /// TLS level, and when presented must be the cluster certificate. Whether a connection
     /// presented one decides what it may ask (see `server`).
-    pub fn server_config(&self, transport: Arc<quinn::TransportConfig>) -> Result<quinn::ServerConfig> {
+    pub fn server_config(
+        &self,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ServerConfig> {
         let provider = provider();
-        let verifier = Arc::new(Pinned { fingerprint: self.fingerprint(), provider: provider.clone() });
+        let verifier = Arc::new(Pinned {
+            fingerprint: self.fingerprint(),
+            provider: provider.clone(),
+        });
         let (chain, key) = self.chain_and_key();
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -96,21 +108,28 @@ impl ClusterTls {
             .with_single_cert(chain, key)
             .map_err(|e| Error::Tls(e.to_string()))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| Error::Tls(e.to_string()))?;
         let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         cfg.transport_config(transport);
         Ok(cfg)
     }
 
     /// Client side for members: pins the cluster certificate and presents it.
-    pub fn client_config(&self, transport: Arc<quinn::TransportConfig>) -> Result<quinn::ClientConfig> {
+    pub fn client_config(
+        &self,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ClientConfig> {
         let (chain, key) = self.chain_and_key();
         client_config(self.fingerprint(), Some((chain, key)), transport)
     }
 }
 
 /// Client side for a node that is joining: pins the server by `fingerprint`, no client cert.
-pub fn join_client_config(fingerprint: [u8; 32], transport: Arc<quinn::TransportConfig>) -> Result<quinn::ClientConfig> {
+pub fn join_client_config(
+    fingerprint: [u8; 32],
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig> {
     client_config(fingerprint, None, transport)
 }
 
@@ -122,18 +141,24 @@ fn client_config(
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(Pinned { fingerprint, provider: provider.clone() });
+    let verifier = Arc::new(Pinned {
+        fingerprint,
+        provider: provider.clone(),
+    });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut tls = match identity {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| Error::Tls(e.to_string()))?,
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| Error::Tls(e.to_string()))?,
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| Error::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(transport);
     Ok(cfg)
@@ -151,7 +176,9 @@ impl Pinned {
         if fingerprint(cert.as_ref()) == self.fingerprint {
             Ok(())
         } else {
-            Err(rustls::Error::General("certificate is not this cluster's certificate".into()))
+            Err(rustls::Error::General(
+                "certificate is not this cluster's certificate".into(),
+            ))
         }
     }
 }
@@ -165,7 +192,8 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity).map(|_| ServerCertVerified::assertion())
+        self.check(end_entity)
+            .map(|_| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -174,7 +202,12 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -183,11 +216,18 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -207,7 +247,8 @@ impl ClientCertVerifier for Pinned {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> std::result::Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity).map(|_| ClientCertVerified::assertion())
+        self.check(end_entity)
+            .map(|_| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -216,7 +257,12 @@ impl ClientCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -225,11 +271,18 @@ impl ClientCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -239,20 +292,30 @@ impl ClientCertVerifier for Pinned {
 /// cluster keeps only the SHA-256 of the whole token.
 pub fn new_join_token(cert_fingerprint: [u8; 32]) -> String {
     let secret: [u8; 16] = rand::random();
-    format!("stk1.{}.{}", hex::encode(cert_fingerprint), hex::encode(secret))
+    format!(
+        "stk1.{}.{}",
+        hex::encode(cert_fingerprint),
+        hex::encode(secret)
+    )
 }
 
 /// Parses a join token into the fingerprint it pins.
 pub fn token_fingerprint(token: &str) -> Result<[u8; 32]> {
     let mut parts = token.split('.');
-    let (Some("stk1"), Some(fp), Some(secret), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(Error::Refused("join token is not of the form stk1.<fingerprint>.<secret>".into()));
+    let (Some("stk1"), Some(fp), Some(secret), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Error::Refused(
+            "join token is not of the form stk1.<fingerprint>.<secret>".into(),
+        ));
     };
-    let fp = hex::decode(fp).map_err(|_| Error::Refused("join token fingerprint is not hex".into()))?;
+    let fp =
+        hex::decode(fp).map_err(|_| Error::Refused("join token fingerprint is not hex".into()))?;
     if secret.is_empty() {
         return Err(Error::Refused("join token has no secret".into()));
     }
-    fp.try_into().map_err(|_| Error::Refused("join token fingerprint is not 32 bytes".into()))
+    fp.try_into()
+        .map_err(|_| Error::Refused("join token fingerprint is not 32 bytes".into()))
 }
 
 /// The digest under which the cluster remembers a join token.
