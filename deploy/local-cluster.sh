@@ -5,7 +5,9 @@
 #
 # Environment:
 #   STACKD_BIN       stackd binary to run (default: build it with
-#                    `cargo build --release -p node` into $CARGO_TARGET_DIR)
+#                    `cargo build --bin stackd` into $CARGO_TARGET_DIR)
+#   STACKD_PROFILE   cargo profile for that build: dev (default; shares the
+#                    test build) or release (for benchmarks)
 #   CARGO_TARGET_DIR cargo target dir for that build (default: $HOME/.cache/stackd-target)
 #   STACKD_DATA      data, log and pid files (default: ./data/local-cluster)
 #   API_PORT         HTTP API port of every node (default: 7001)
@@ -136,9 +138,11 @@ resolve_binary() {
         return
     fi
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stackd-target}"
-    log "building stackd (cargo build --release -p node)..."
-    (cd "$REPO_ROOT" && cargo build --release -p node) || die "build failed"
-    BIN="$CARGO_TARGET_DIR/release/stackd"
+    local profile="${STACKD_PROFILE:-dev}" dir=debug
+    [[ "$profile" == dev ]] || dir="$profile"
+    log "building stackd (cargo build --profile $profile --bin stackd)..."
+    (cd "$REPO_ROOT" && cargo build --profile "$profile" --bin stackd) || die "build failed"
+    BIN="$CARGO_TARGET_DIR/$dir/stackd"
     [[ -x "$BIN" ]] || die "build did not produce $BIN"
 }
 

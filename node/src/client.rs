@@ -245,14 +245,19 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
                 "id", "role", "health", "api", "cluster"
             );
             for m in v["members"].as_array().into_iter().flatten() {
+                let num = |x: &Value| {
+                    x.as_u64()
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "-".into())
+                };
                 println!(
                     "{:<4} {:<8} {:<8} {:<22} {:<22} {}",
-                    m["id"],
+                    num(&m["id"]),
                     m["role"].as_str().unwrap_or(""),
                     m["gossip"].as_str().unwrap_or(""),
                     m["api_addr"].as_str().unwrap_or(""),
                     m["cluster_addr"].as_str().unwrap_or(""),
-                    m["applied_index"]
+                    num(&m["applied_index"])
                 );
             }
         }
