@@ -163,3 +163,86 @@ fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
         .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("stackd-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("stackd.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/var/lib/stackd\"\napi_addr = \"127.0.0.5:8000\"\ntarget_voters = 5\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            api_addr: Some("127.0.0.6:9000".into()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/stackd"));
+        assert_eq!(
+            c.api_addr.to_string(),
+            "127.0.0.6:9000",
+            "the flag wins over the file"
+        );
+        assert_eq!(c.advertise_api_addr, "127.0.0.6:9000");
+        assert_eq!(c.target_voters, 5);
+        assert_eq!(c.cluster_addr.to_string(), "127.0.0.1:7101");
+        assert_eq!(c.max_value_bytes, 1 << 20);
+
+        std::fs::write(&file, "data_dir = \"/x\"\nunknown_setting = 1\n").unwrap();
+        let err = ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown_setting"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_refused_at_boot() {
+        let base = || ServeArgs {
+            data_dir: Some("/x".into()),
+            ..Default::default()
+        };
+        assert!(
+            ServeArgs::default().resolve().is_err(),
+            "data dir is required"
+        );
+        assert!(ServeArgs {
+            target_voters: Some(4),
+            ..base()
+        }
+        .resolve()
+        .is_err());
+        assert!(ServeArgs {
+            api_addr: Some("nope".into()),
+            ..base()
+        }
+        .resolve()
+        .is_err());
+        assert!(
+            ServeArgs {
+                join: Some("127.0.0.1:7101".into()),
+                ..base()
+            }
+            .resolve()
+            .is_err(),
+            "join needs a token"
+        );
+        assert!(ServeArgs {
+            election_timeout_ms: Some(150),
+            ..base()
+        }
+        .resolve()
+        .is_err());
+        assert!(base().resolve().is_ok());
+    }
+}

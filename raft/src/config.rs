@@ -19,7 +19,8 @@ pub fn raft_config(
         election_timeout_min: election_timeout_ms,
         election_timeout_max: election_timeout_ms * 2,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every_entries),
-        max_in_snapshot_log_to_keep: 1000,
+        // Entries kept behind a snapshot so a briefly lagging follower catches up from the log.
+        max_in_snapshot_log_to_keep: snapshot_every_entries.min(1000),
         enable_pre_vote: Some(true),
         ..Default::default()
     };

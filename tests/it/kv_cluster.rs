@@ -171,3 +171,62 @@ async fn idempotency_key_applies_a_retried_write_once() {
     assert_eq!(rev, a["revision"].as_u64(), "applied once");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_after_log_purge_catches_up_from_a_snapshot() {
+    let mut c = InprocCluster::start_with(1, |cfg| cfg.snapshot_every_entries = 100)
+        .await
+        .unwrap();
+    let http = http::client();
+    tracing::info!("phase: 600 writes so snapshots are taken and the log is purged");
+    for i in 0..600 {
+        let (s, body) = http::put(
+            &http,
+            &c.bases[0],
+            &format!("snap-{i:04}"),
+            &format!("v{i}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s, 200, "{body}");
+    }
+    let m = c.nodes[0].as_ref().unwrap().cluster.metrics();
+    wait_for(
+        "a purged log behind a snapshot",
+        Duration::from_secs(20),
+        || async {
+            let m = c.nodes[0].as_ref().unwrap().cluster.metrics();
+            m.purged.is_some_and(|p| p.index > 100).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {m:?}"));
+
+    tracing::info!("phase: a new node joins and must be sent the snapshot");
+    let j = c.join_node().await.unwrap();
+    let base = c.bases[j].clone();
+    wait_for(
+        "the new node to hold every key",
+        Duration::from_secs(30),
+        || async {
+            let v: serde_json::Value = http
+                .get(format!(
+                    "{base}/v1/kv?prefix=snap-&limit=1000&consistency=stale"
+                ))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["items"].as_array()?.len() == 600).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let (s, text, _) = http::get(&http, &base, "snap-0000").await.unwrap();
+    assert_eq!((s, text.as_str()), (200, "v0"));
+    let snap = c.nodes[j].as_ref().unwrap().cluster.metrics().snapshot;
+    assert!(snap.is_some(), "the joined node installed a snapshot");
+    c.shutdown().await;
+}

@@ -3,4 +3,5 @@
 mod errors;
 mod faults;
 mod kv_cluster;
+mod membership;
 mod storage_suite;

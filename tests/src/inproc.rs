@@ -42,13 +42,19 @@ pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Conf
 impl InprocCluster {
     /// Starts node 1, joins the others through it, and waits until the voters are in place.
     pub async fn start(n: usize) -> Result<Self> {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), with `tune` applied to every node's config.
+    pub async fn start_with(n: usize, tune: impl Fn(&mut Config)) -> Result<Self> {
         crate::init_logging();
         node::install_crypto_provider();
         let mut dirs = Vec::new();
         let mut nodes = Vec::new();
         let mut configs = Vec::new();
         let d1 = TempDir::new()?;
-        let c1 = config(d1.path(), "127.0.0.1", None);
+        let mut c1 = config(d1.path(), "127.0.0.1", None);
+        tune(&mut c1);
         nodes.push(Some(Node::start(c1.clone()).await?));
         let token = std::fs::read_to_string(d1.path().join("join-token"))
             .context("join-token")?
@@ -60,7 +66,8 @@ impl InprocCluster {
         for i in 1..n {
             let d = TempDir::new()?;
             let ip = format!("127.0.0.{}", i + 1);
-            let c = config(d.path(), &ip, Some((join_addr.clone(), token.clone())));
+            let mut c = config(d.path(), &ip, Some((join_addr.clone(), token.clone())));
+            tune(&mut c);
             nodes.push(Some(Node::start(c.clone()).await?));
             configs.push(c);
             dirs.push(d);
@@ -77,6 +84,27 @@ impl InprocCluster {
         };
         cluster.wait_voters(n.min(3)).await?;
         Ok(cluster)
+    }
+
+    /// Starts one more node that joins through node 1 with the same settings.
+    pub async fn join_node(&mut self) -> Result<usize> {
+        let token = std::fs::read_to_string(self.configs[0].data_dir.join("join-token"))?
+            .trim()
+            .to_string();
+        let d = TempDir::new()?;
+        let i = self.nodes.len();
+        let ip = format!("127.0.0.{}", i + 1);
+        let mut c = config(
+            d.path(),
+            &ip,
+            Some((self.configs[0].advertise_cluster_addr.clone(), token)),
+        );
+        c.snapshot_every_entries = self.configs[0].snapshot_every_entries;
+        self.nodes.push(Some(Node::start(c.clone()).await?));
+        self.bases.push(format!("http://{}", c.advertise_api_addr));
+        self.configs.push(c);
+        self._dirs.push(d);
+        Ok(i)
     }
 
     /// Waits until every running node reports `voters` voters and the same leader.
