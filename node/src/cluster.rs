@@ -397,7 +397,7 @@ async fn read_index_round(
         return Err(ServiceError::Unavailable("no leader".into()));
     };
     if leader == this_id {
-        return local_read_index(raft).await;
+        return local_read_index(raft, timeout).await;
     }
     let Some(node) = m.membership_config.membership().get_node(&leader).cloned() else {
         return Err(ServiceError::Unavailable("leader address unknown".into()));
@@ -416,8 +416,16 @@ async fn read_index_round(
     }
 }
 
-async fn local_read_index(raft: &Raft) -> ReadResult {
-    match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+/// Bounded by `timeout`: without a quorum the leader cannot confirm its leadership, and a
+/// stuck round would hold up every read queued behind it.
+async fn local_read_index(raft: &Raft, timeout: Duration) -> ReadResult {
+    let round = tokio::time::timeout(timeout, raft.get_read_linearizer(ReadPolicy::ReadIndex));
+    let Ok(result) = round.await else {
+        return Err(ServiceError::Unavailable(
+            "no quorum confirmed the leader in time".into(),
+        ));
+    };
+    match result {
         Ok(lin) => Ok(*lin.read_log_id().log_id()),
         Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
             Err(ServiceError::NotLeader {
@@ -441,7 +449,7 @@ impl Service for Cluster {
     }
 
     async fn read_index(&self) -> Result<LogIdOf<TypeConfig>, ServiceError> {
-        local_read_index(&self.raft).await
+        local_read_index(&self.raft, self.request_timeout()).await
     }
 
     async fn join(&self, token: String, node: NodeInfo) -> Result<JoinAccepted, ServiceError> {
