@@ -57,7 +57,9 @@ where
 {
     pub fn new(db: Db) -> Self {
         let (tx, rx) = mpsc::channel::<IOFlushed<C>>();
-        let sync_db = db.clone();
+        // A weak handle: the syncer must not keep RocksDB open after the node lets go of it
+        // (closing it before process exit keeps RocksDB's own threads from aborting).
+        let sync_db = Arc::downgrade(&db.db);
         std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || sync_loop(sync_db, rx))
@@ -86,13 +88,19 @@ where
 }
 
 /// Waits for queued appends, fsyncs the WAL once for all of them, completes them in order.
-fn sync_loop<C: RaftTypeConfig>(db: Db, rx: mpsc::Receiver<IOFlushed<C>>) {
+fn sync_loop<C: RaftTypeConfig>(
+    db: std::sync::Weak<rocksdb::DB>,
+    rx: mpsc::Receiver<IOFlushed<C>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
-        let res = db.db.flush_wal(true).map_err(|e| e.to_string());
+        let res = match db.upgrade() {
+            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+            None => Err("database closed".to_string()),
+        };
         for cb in pending {
             cb.io_completed(res.clone().map_err(io::Error::other));
         }
