@@ -231,6 +231,32 @@ impl Cluster {
     /// (ReadIndex through the leader, then wait for the local apply).
     pub async fn read_barrier(&self) -> Result<(), ServiceError> {
         let deadline = Instant::now() + self.request_timeout();
+        let settle = Duration::from_millis(self.config.election_timeout_ms * 2);
+        let log_id = loop {
+            match self.read_index(deadline).await {
+                Ok(id) => break id,
+                // During a leader change the round fails fast; a read changes nothing, so it
+                // is simply asked again once a leader is known, within the same deadline.
+                Err(ServiceError::NotLeader { .. }) if Instant::now() < deadline => {
+                    let until = deadline.min(Instant::now() + settle);
+                    let _ = self.wait_for_leader(None, until).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(log_id.index), "linearizable read")
+            .await
+            .map_err(|_| {
+                ServiceError::Unavailable("timed out catching up to the read index".into())
+            })?;
+        Ok(())
+    }
+
+    /// Joins the next ReadIndex round (starting one if none is running) and returns its index.
+    async fn read_index(&self, deadline: Instant) -> ReadResult {
         let (tx, rx) = oneshot::channel();
         let drive = {
             let mut s = self.reads.inner.lock().expect("read batch lock");
@@ -260,19 +286,10 @@ impl Cluster {
                 }
             });
         }
-        let log_id = tokio::time::timeout_at(deadline, rx)
+        tokio::time::timeout_at(deadline, rx)
             .await
             .map_err(|_| ServiceError::Unavailable("timed out confirming leadership".into()))?
-            .map_err(|_| ServiceError::Unavailable("read round dropped".into()))??;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(remaining))
-            .applied_index_at_least(Some(log_id.index), "linearizable read")
-            .await
-            .map_err(|_| {
-                ServiceError::Unavailable("timed out catching up to the read index".into())
-            })?;
-        Ok(())
+            .map_err(|_| ServiceError::Unavailable("read round dropped".into()))?
     }
 
     /// The leader's duties, run on every node and active only while it leads: tick the
@@ -394,7 +411,7 @@ async fn read_index_round(
 ) -> ReadResult {
     let m = raft.metrics().borrow_watched().clone();
     let Some(leader) = m.current_leader else {
-        return Err(ServiceError::Unavailable("no leader".into()));
+        return Err(ServiceError::NotLeader { leader: None });
     };
     if leader == this_id {
         return local_read_index(raft, timeout).await;

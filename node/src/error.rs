@@ -48,7 +48,7 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::NotLeader { .. } => {
-                ApiError::unavailable("no leader: the write was not applied")
+                ApiError::unavailable("no leader is known; nothing was applied")
             }
             ServiceError::Unavailable(m) => ApiError::unavailable(m),
             ServiceError::Unknown(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
