@@ -89,11 +89,8 @@ impl Cluster {
 
     /// The current leader and its addresses, as this node knows them.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        let id = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&id)?.clone();
-        Some((id, node))
+        let (id, node) = known_leader(&self.raft)?;
+        Some((id, node?))
     }
 
     /// Waits (up to `until`) for a leader other than `not`.
@@ -403,20 +400,27 @@ impl Cluster {
 
 /// One ReadIndex round: the leader confirms its leadership with a quorum and answers the
 /// index a read must wait for.
+/// The leader this node knows of, with its addresses when the membership has them.
+fn known_leader(raft: &Raft) -> Option<(NodeId, Option<NodeInfo>)> {
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    let id = m.current_leader?;
+    Some((id, m.membership_config.membership().get_node(&id).cloned()))
+}
+
 async fn read_index_round(
     raft: &Raft,
     transport: &Transport,
     this_id: NodeId,
     timeout: Duration,
 ) -> ReadResult {
-    let m = raft.metrics().borrow_watched().clone();
-    let Some(leader) = m.current_leader else {
+    let Some((leader, node)) = known_leader(raft) else {
         return Err(ServiceError::NotLeader { leader: None });
     };
     if leader == this_id {
         return local_read_index(raft, timeout).await;
     }
-    let Some(node) = m.membership_config.membership().get_node(&leader).cloned() else {
+    let Some(node) = node else {
         return Err(ServiceError::Unavailable("leader address unknown".into()));
     };
     match transport

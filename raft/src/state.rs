@@ -22,7 +22,8 @@ use storage::{codec, Db, SmBatch};
 use crate::command::{Command, Request, Response};
 use crate::types::TypeConfig;
 
-const META_KEY: &[u8] = b"m:state";
+/// Where [`Meta`] is stored in the `sm` column family.
+pub const META_KEY: &[u8] = b"m:state";
 const KV_PREFIX: &[u8] = b"k:";
 const IDEM_PREFIX: &[u8] = b"i:";
 

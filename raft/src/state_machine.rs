@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use storage::{codec, Db, SmBatch};
 
 use crate::command::Response;
-use crate::state::State;
+use crate::state::{Meta, State, META_KEY};
 use crate::types::{SnapshotData, TypeConfig};
 
 /// The state machine handed to openraft; clones share the state.
@@ -75,12 +75,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // Read from a RocksDB snapshot off the async runtime: a large state must not stall QUIC.
         let (items, meta) = tokio::task::spawn_blocking(move || -> io::Result<_> {
             let items = db.sm_export()?;
-            let meta = {
-                let mut tmp = State::default();
-                if let Some((_, v)) = items.iter().find(|(k, _)| k.as_slice() == b"m:state") {
-                    tmp.meta = codec::decode(v)?;
-                }
-                tmp.meta
+            let meta: Meta = match items.iter().find(|(k, _)| k.as_slice() == META_KEY) {
+                Some((_, v)) => codec::decode(v)?,
+                None => Meta::default(),
             };
             Ok((codec::encode(&items)?, meta))
         })

@@ -16,7 +16,7 @@ use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, RaftTypeConfig};
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -254,13 +254,7 @@ where
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         // Record the purge point first: entries at or below it are ignored from then on.
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        let bytes = codec::encode(&log_id)?;
-        self.db
-            .db
-            .put_cf_opt(self.db.cf(CF_META), KEY_LAST_PURGED, bytes, &wo)
-            .map_err(io::Error::other)?;
+        self.put_meta_sync(KEY_LAST_PURGED, &log_id)?;
         let cf = self.db.cf(CF_LOGS);
         self.db
             .db
