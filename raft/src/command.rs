@@ -41,6 +41,110 @@ pub enum Command {
     },
     /// Advances the replicated clock so due deadlines (TTL keys, idempotency records) expire.
     Tick,
+    /// Grants lock `name` to `owner` for `ttl_ms` if it is free; otherwise queues the caller
+    /// when `wait` is given (waiters are served in log order), or answers who holds it.
+    LockAcquire {
+        name: String,
+        owner: String,
+        ttl_ms: u64,
+        wait: Option<LockWait>,
+    },
+    /// Withdraws a queued acquire whose caller stopped waiting. If the lock was granted to it
+    /// in the meantime, the answer is that grant.
+    LockCancelWait {
+        name: String,
+        waiter_id: String,
+    },
+    /// Extends the lease of the holder with `fence` to `ttl_ms` from now.
+    LockRenew {
+        name: String,
+        fence: u64,
+        ttl_ms: u64,
+    },
+    /// Releases the lock held with `fence`; the next waiter, if any, is granted it.
+    LockRelease {
+        name: String,
+        fence: u64,
+    },
+    /// Applies `command` only while lock `lock` is held with fence `fence`.
+    Fenced {
+        lock: String,
+        fence: u64,
+        command: Box<Command>,
+    },
+    /// Creates a session. `id` is drawn by the proposer (unguessable) and carried here.
+    SessionCreate {
+        id: String,
+        user: String,
+        /// JSON object text.
+        data: String,
+        ttl_ms: u64,
+    },
+    /// Slides a session's expiry to `ttl_ms` from now.
+    SessionTouch {
+        id: String,
+    },
+    /// Merges `patch` (JSON object text, RFC 7396 merge patch) into the session data and
+    /// slides its expiry.
+    SessionUpdate {
+        id: String,
+        patch: String,
+    },
+    SessionDelete {
+        id: String,
+    },
+    /// Deletes every session of `user` (log out everywhere).
+    SessionDeleteUser {
+        user: String,
+    },
+    /// Stores a cache entry. The bounds travel in the entry so every replica evicts the same
+    /// entries, whatever its own configuration says.
+    CacheSet {
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        tags: Vec<String>,
+        limits: CacheLimits,
+    },
+    CacheDelete {
+        key: String,
+    },
+    /// Removes every cache entry carrying any of `tags`.
+    CacheInvalidate {
+        tags: Vec<String>,
+    },
+    /// Applies `success` if every compare holds, else `failure`; all key-value changes of the
+    /// transaction share one revision.
+    Txn(Txn),
+}
+
+/// A queued acquire: the proposer's id for this caller and how long it may wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockWait {
+    pub waiter_id: String,
+    pub wait_ms: u64,
+}
+
+/// Bounds of the cache, carried by each cache write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheLimits {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Command>,
+    pub failure: Vec<Command>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compare {
+    /// The key's current revision equals `revision` (0 = absent).
+    Revision { key: String, revision: u64 },
+    /// Lock `lock` is currently held with fence `fence`.
+    Fence { lock: String, fence: u64 },
 }
 
 /// The result of applying one [`Request`].
@@ -62,16 +166,86 @@ pub enum Response {
     NodeId(u64),
     /// The command cannot apply to this state (e.g. the cluster is already initialized).
     Rejected(String),
+    /// A lock grant, or a renewal of it.
+    LockGranted {
+        fence: u64,
+        ttl_ms: u64,
+    },
+    /// The lock is held by someone else and the caller did not wait.
+    LockHeld {
+        holder: String,
+    },
+    /// The caller was queued behind `holder`; its grant shows in the lock's state.
+    LockQueued {
+        holder: String,
+    },
+    /// A fence that is not the lock's current one; `current` is the current fence if held.
+    StaleFence {
+        current: Option<u64>,
+    },
+    /// A lock was released.
+    Released,
+    /// No such lock, session or cache entry.
+    NotFound,
+    /// A session exists (created, touched or updated) and expires this long after apply.
+    Session {
+        expires_in_ms: u64,
+    },
+    /// How many items an operation removed (sessions of a user, invalidated cache entries).
+    Count(u64),
+    /// A bound was reached (e.g. waiters on one lock); nothing was applied.
+    Limited(String),
+    Txn {
+        succeeded: bool,
+        /// The global revision after the transaction.
+        revision: u64,
+        results: Vec<Response>,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::InitCluster { cluster_id, .. } => write!(f, "init-cluster {cluster_id}"),
+            Command::AllocateNodeId => write!(f, "allocate-node-id"),
+            Command::Put { key, value, .. } => write!(f, "put {key} ({} bytes)", value.len()),
+            Command::Delete { key, .. } => write!(f, "delete {key}"),
+            Command::Tick => write!(f, "tick"),
+            Command::LockAcquire { name, owner, .. } => write!(f, "lock-acquire {name} by {owner}"),
+            Command::LockCancelWait { name, .. } => write!(f, "lock-cancel-wait {name}"),
+            Command::LockRenew { name, fence, .. } => write!(f, "lock-renew {name}:{fence}"),
+            Command::LockRelease { name, fence } => write!(f, "lock-release {name}:{fence}"),
+            Command::Fenced {
+                lock,
+                fence,
+                command,
+            } => write!(f, "fenced {lock}:{fence} {command}"),
+            Command::SessionCreate { user, .. } => write!(f, "session-create for {user}"),
+            Command::SessionTouch { .. } => write!(f, "session-touch"),
+            Command::SessionUpdate { .. } => write!(f, "session-update"),
+            Command::SessionDelete { .. } => write!(f, "session-delete"),
+            Command::SessionDeleteUser { user } => write!(f, "session-delete-user {user}"),
+            Command::CacheSet { key, value, .. } => {
+                write!(f, "cache-set {key} ({} bytes)", value.len())
+            }
+            Command::CacheDelete { key } => write!(f, "cache-delete {key}"),
+            Command::CacheInvalidate { tags } => write!(f, "cache-invalidate {tags:?}"),
+            Command::Txn(t) => write!(
+                f,
+                "txn ({} compares, {}/{} ops)",
+                t.compare.len(),
+                t.success.len(),
+                t.failure.len()
+            ),
+        }
+    }
 }
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.command {
-            Command::InitCluster { cluster_id, .. } => write!(f, "init-cluster {cluster_id}"),
-            Command::AllocateNodeId => write!(f, "allocate-node-id"),
-            Command::Put { key, value, .. } => write!(f, "put {key} ({} bytes)", value.len()),
-            Command::Delete { key, .. } => write!(f, "delete {key}"),
             Command::Tick => write!(f, "tick @{}", self.stamp_ms),
+            other => other.fmt(f),
         }
     }
 }

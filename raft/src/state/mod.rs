@@ -1,0 +1,829 @@
+//! The replicated state and its deterministic apply function.
+//!
+//! `State::apply` is a pure function of (state, request): it reads no clock, draws no random
+//! numbers and iterates only ordered maps, so every replica that applies the same log holds the
+//! same state. Time comes from the log: each request carries the proposer's wall clock and the
+//! replicated clock is `now = max(previous now, stamp)`.
+//!
+//! The state is kept in memory (reads never touch disk) and written through to the `sm`
+//! column family; `load` rebuilds it at start-up.
+//!
+//! # Layout
+//! - [`kv`]: key-value entries, revisions, TTL.
+//! - [`locks`]: leases, waiters and fences.
+//! - [`sessions`]: sessions with sliding expiry.
+//! - [`cache`]: the bounded cache with tags.
+//!
+//! Key layout in the `sm` column family:
+//! - `m:state` → [`Meta`]; `m:locks` → the last fence; `m:cache` → cache counters
+//! - `k:<key>` → [`KvEntry`], `l:<name>` → [`LockEntry`], `s:<id>` → [`SessionEntry`],
+//!   `c:<key>` → [`CacheEntry`]
+//! - `i:<idempotency key>` → [`IdemRecord`]
+
+mod cache;
+mod kv;
+mod locks;
+mod sessions;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::alias::{LogIdOf, StoredMembershipOf};
+use serde::{Deserialize, Serialize};
+use storage::{codec, Db, SmBatch};
+
+pub use cache::{CacheCounts, CacheEntry};
+pub use kv::KvEntry;
+pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
+pub use sessions::SessionEntry;
+
+use crate::command::{Command, Compare, Request, Response, Txn};
+use crate::types::TypeConfig;
+
+/// Where [`Meta`] is stored in the `sm` column family.
+pub const META_KEY: &[u8] = b"m:state";
+const IDEM_PREFIX: &[u8] = b"i:";
+
+/// How long an `Idempotency-Key` is remembered, on the replicated clock.
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// Scalars of the state machine, persisted together with every applied batch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Meta {
+    /// The replicated clock, ms since the Unix epoch.
+    pub now_ms: u64,
+    /// The global revision: incremented by every key-value change.
+    pub revision: u64,
+    /// The next node id to hand out (ids are never reused).
+    pub next_node_id: u64,
+    pub cluster_id: Option<String>,
+    pub join_token_sha256: Option<String>,
+    pub last_applied: Option<LogIdOf<TypeConfig>>,
+    pub last_membership: StoredMembershipOf<TypeConfig>,
+}
+
+/// The remembered result of a write that carried an `Idempotency-Key`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdemRecord {
+    pub expires_at_ms: u64,
+    pub response: Response,
+}
+
+/// The whole replicated state, in memory.
+#[derive(Default, Debug)]
+pub struct State {
+    pub meta: Meta,
+    kv: kv::Kv,
+    locks: locks::Locks,
+    sessions: sessions::Sessions,
+    cache: cache::Cache,
+    idem: BTreeMap<String, IdemRecord>,
+    idem_ttl: BTreeSet<(u64, String)>,
+}
+
+fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + key.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn unprefixed(prefix: &[u8], key: &[u8]) -> storage::Result<String> {
+    String::from_utf8(key[prefix.len()..].to_vec())
+        .map_err(|_| storage::Error::Corrupt("state key is not UTF-8".into()))
+}
+
+impl State {
+    /// Rebuilds the in-memory state from the `sm` column family.
+    pub fn load(db: &Db) -> storage::Result<State> {
+        let mut state = State::default();
+        if let Some(bytes) = db.sm_get(META_KEY)? {
+            state.meta = codec::decode(&bytes)?;
+        }
+        state.kv = kv::Kv::load(db)?;
+        state.locks = locks::Locks::load(db)?;
+        state.sessions = sessions::Sessions::load(db)?;
+        state.cache = cache::Cache::load(db)?;
+        for (k, v) in db.sm_scan_prefix(IDEM_PREFIX)? {
+            let key = unprefixed(IDEM_PREFIX, &k)?;
+            let rec: IdemRecord = codec::decode(&v)?;
+            state.idem_ttl.insert((rec.expires_at_ms, key.clone()));
+            state.idem.insert(key, rec);
+        }
+        Ok(state)
+    }
+
+    /// Writes the scalars into `batch`; called once per applied batch.
+    pub fn persist_meta(&self, batch: &mut SmBatch) {
+        batch.put(
+            META_KEY.to_vec(),
+            codec::encode(&self.meta).expect("meta encodes"),
+        );
+    }
+
+    /// Applies one request and records its writes in `batch`.
+    pub fn apply(&mut self, req: &Request, batch: &mut SmBatch) -> Response {
+        self.meta.now_ms = self.meta.now_ms.max(req.stamp_ms);
+        self.expire(batch);
+
+        if let Some(ikey) = &req.idempotency_key {
+            if let Some(rec) = self.idem.get(ikey) {
+                return rec.response.clone();
+            }
+        }
+        let response = self.apply_command(&req.command, batch);
+        if let Some(ikey) = &req.idempotency_key {
+            let rec = IdemRecord {
+                expires_at_ms: self.meta.now_ms.saturating_add(IDEMPOTENCY_WINDOW_MS),
+                response: response.clone(),
+            };
+            batch.put(
+                prefixed(IDEM_PREFIX, ikey),
+                codec::encode(&rec).expect("record encodes"),
+            );
+            self.idem_ttl.insert((rec.expires_at_ms, ikey.clone()));
+            self.idem.insert(ikey.clone(), rec);
+        }
+        response
+    }
+
+    fn apply_command(&mut self, cmd: &Command, batch: &mut SmBatch) -> Response {
+        let now = self.meta.now_ms;
+        match cmd {
+            Command::InitCluster {
+                cluster_id,
+                join_token_sha256,
+            } => {
+                if self.meta.cluster_id.is_some() {
+                    return Response::Rejected("cluster already initialized".into());
+                }
+                self.meta.cluster_id = Some(cluster_id.clone());
+                self.meta.join_token_sha256 = Some(join_token_sha256.clone());
+                // The initializing node is node 1.
+                self.meta.next_node_id = self.meta.next_node_id.max(2);
+                Response::Done
+            }
+            Command::AllocateNodeId => {
+                let id = self.meta.next_node_id.max(2);
+                self.meta.next_node_id = id + 1;
+                Response::NodeId(id)
+            }
+            Command::Put {
+                key, if_revision, ..
+            }
+            | Command::Delete { key, if_revision } => {
+                let current = self.kv.revision_of(key);
+                if let Some(expected) = if_revision {
+                    if *expected != current {
+                        return Response::Conflict {
+                            current_revision: current,
+                        };
+                    }
+                }
+                let revision = self.meta.revision + 1;
+                let resp = self.write_op(cmd, revision, batch);
+                if let Response::Put { .. } | Response::Delete { deleted: true, .. } = resp {
+                    self.meta.revision = revision;
+                }
+                resp
+            }
+            Command::Tick => Response::Done,
+            Command::LockAcquire {
+                name,
+                owner,
+                ttl_ms,
+                wait,
+            } => self
+                .locks
+                .acquire(name, owner, *ttl_ms, wait.as_ref(), now, batch),
+            Command::LockCancelWait { name, waiter_id } => {
+                self.locks.cancel_wait(name, waiter_id, now, batch)
+            }
+            Command::LockRenew {
+                name,
+                fence,
+                ttl_ms,
+            } => self.locks.renew(name, *fence, *ttl_ms, now, batch),
+            Command::LockRelease { name, fence } => self.locks.release(name, *fence, now, batch),
+            Command::Fenced {
+                lock,
+                fence,
+                command,
+            } => match self.locks.current_fence(lock) {
+                Some(f) if f == *fence => self.apply_command(command, batch),
+                current => Response::StaleFence { current },
+            },
+            Command::SessionCreate {
+                id,
+                user,
+                data,
+                ttl_ms,
+            } => self.sessions.create(id, user, data, *ttl_ms, now, batch),
+            Command::SessionTouch { id } => self.sessions.touch(id, None, now, batch),
+            Command::SessionUpdate { id, patch } => {
+                self.sessions.touch(id, Some(patch), now, batch)
+            }
+            Command::SessionDelete { id } => self.sessions.delete(id, batch),
+            Command::SessionDeleteUser { user } => self.sessions.delete_user(user, batch),
+            Command::CacheSet { .. }
+            | Command::CacheDelete { .. }
+            | Command::CacheInvalidate { .. } => self.write_op(cmd, self.meta.revision, batch),
+            Command::Txn(txn) => self.apply_txn(txn, batch),
+        }
+    }
+
+    /// Applies an unconditional write (the ops a transaction may hold); key-value changes
+    /// take `revision`, which the caller commits to `meta.revision` if anything changed.
+    fn write_op(&mut self, cmd: &Command, revision: u64, batch: &mut SmBatch) -> Response {
+        let now = self.meta.now_ms;
+        match cmd {
+            Command::Put {
+                key, value, ttl_ms, ..
+            } => {
+                let expires = ttl_ms.map(|t| now.saturating_add(t));
+                self.kv.put(key, value, expires, revision, batch);
+                Response::Put { revision }
+            }
+            Command::Delete { key, .. } => {
+                if self.kv.remove(key, batch) {
+                    Response::Delete {
+                        revision,
+                        deleted: true,
+                    }
+                } else {
+                    Response::Delete {
+                        revision: self.meta.revision,
+                        deleted: false,
+                    }
+                }
+            }
+            Command::CacheSet {
+                key,
+                value,
+                ttl_ms,
+                tags,
+                limits,
+            } => {
+                let expires = ttl_ms.map(|t| now.saturating_add(t));
+                self.cache.set(key, value, expires, tags, *limits, batch)
+            }
+            Command::CacheDelete { key } => self.cache.delete(key, batch),
+            Command::CacheInvalidate { tags } => self.cache.invalidate(tags, batch),
+            other => Response::Rejected(format!("{other} is not allowed in a transaction")),
+        }
+    }
+
+    fn apply_txn(&mut self, txn: &Txn, batch: &mut SmBatch) -> Response {
+        let succeeded = txn.compare.iter().all(|c| match c {
+            Compare::Revision { key, revision } => self.kv.revision_of(key) == *revision,
+            Compare::Fence { lock, fence } => self.locks.current_fence(lock) == Some(*fence),
+        });
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        // Checked before anything is written, so a transaction applies whole or not at all.
+        if let Some(bad) = ops.iter().find(|op| !txn_op_allowed(op)) {
+            return Response::Rejected(format!("{bad} is not allowed in a transaction"));
+        }
+        let revision = self.meta.revision + 1;
+        let mut changed = false;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let r = self.write_op(op, revision, batch);
+            changed |= matches!(
+                r,
+                Response::Put { .. } | Response::Delete { deleted: true, .. }
+            );
+            results.push(r);
+        }
+        if changed {
+            self.meta.revision = revision;
+        }
+        Response::Txn {
+            succeeded,
+            revision: self.meta.revision,
+            results,
+        }
+    }
+
+    /// Removes everything whose deadline is at or before the replicated clock. Each expired
+    /// key is a change and takes the next revision, in deadline order.
+    fn expire(&mut self, batch: &mut SmBatch) {
+        let now = self.meta.now_ms;
+        while let Some(key) = self.kv.first_expired(now) {
+            self.meta.revision += 1;
+            self.kv.remove(&key, batch);
+        }
+        self.locks.expire(now, batch);
+        self.sessions.expire(now, batch);
+        self.cache.expire(now, batch);
+        while let Some((at, key)) = self.idem_ttl.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.idem_ttl.remove(&(at, key.clone()));
+            self.idem.remove(&key);
+            batch.delete(prefixed(IDEM_PREFIX, &key));
+        }
+    }
+
+    /// The earliest deadline still pending, on the replicated clock. The leader proposes a
+    /// `Tick` once its wall clock passes it.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        [
+            self.kv.next_deadline(),
+            self.locks.next_deadline(),
+            self.sessions.next_deadline(),
+            self.cache.next_deadline(),
+            self.idem_ttl.first().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// A key's current entry, or `None` when absent or past its deadline on the replicated
+    /// clock.
+    pub fn get(&self, key: &str) -> Option<&KvEntry> {
+        self.kv.get(key, self.meta.now_ms)
+    }
+
+    /// Up to `limit` live keys starting with `prefix` and greater than `after`, in key order;
+    /// the flag says whether more remain.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(&String, &KvEntry)>, bool) {
+        self.kv.list(prefix, after, limit, self.meta.now_ms)
+    }
+
+    /// Number of keys (including expired ones not yet removed).
+    pub fn key_count(&self) -> usize {
+        self.kv.len()
+    }
+
+    /// A lock's holder (if its lease has not ended) and waiters.
+    pub fn lock(&self, name: &str) -> Option<&LockEntry> {
+        self.locks.get(name)
+    }
+
+    /// A live session.
+    pub fn session(&self, id: &str) -> Option<&SessionEntry> {
+        self.sessions.get(id, self.meta.now_ms)
+    }
+
+    /// A user's live sessions, by id.
+    pub fn sessions_of(&self, user: &str) -> Vec<(String, &SessionEntry)> {
+        self.sessions
+            .ids_of(user)
+            .into_iter()
+            .filter_map(|id| self.session(&id).map(|s| (id, s)))
+            .collect()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A live cache entry.
+    pub fn cache_get(&self, key: &str) -> Option<&CacheEntry> {
+        self.cache.get(key, self.meta.now_ms)
+    }
+
+    pub fn cache_counts(&self) -> CacheCounts {
+        self.cache.counts()
+    }
+
+    /// A hash of the whole cache, equal on replicas that hold the same entries.
+    pub fn cache_digest(&self) -> String {
+        self.cache.digest()
+    }
+}
+
+/// The writes a transaction may hold: unconditional key-value and cache writes.
+pub fn txn_op_allowed(op: &Command) -> bool {
+    match op {
+        Command::Put { if_revision, .. } | Command::Delete { if_revision, .. } => {
+            if_revision.is_none()
+        }
+        Command::CacheSet { .. }
+        | Command::CacheDelete { .. }
+        | Command::CacheInvalidate { .. } => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(stamp_ms: u64, command: Command) -> Request {
+        Request {
+            stamp_ms,
+            idempotency_key: None,
+            command,
+        }
+    }
+
+    fn put(key: &str, value: &str, if_revision: Option<u64>, ttl_ms: Option<u64>) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            if_revision,
+            ttl_ms,
+        }
+    }
+
+    #[test]
+    fn revisions_grow_and_cas_compares_key_revision() {
+        let mut s = State::default();
+        let mut b = SmBatch::default();
+        assert_eq!(
+            s.apply(&req(1, put("a", "1", Some(0), None)), &mut b),
+            Response::Put { revision: 1 }
+        );
+        assert_eq!(
+            s.apply(&req(2, put("b", "1", None, None)), &mut b),
+            Response::Put { revision: 2 }
+        );
+        assert_eq!(
+            s.apply(&req(3, put("a", "2", Some(0), None)), &mut b),
+            Response::Conflict {
+                current_revision: 1
+            }
+        );
+        assert_eq!(
+            s.apply(&req(3, put("a", "2", Some(1), None)), &mut b),
+            Response::Put { revision: 3 }
+        );
+        assert_eq!(s.get("a").unwrap().value, b"2");
+        assert_eq!(s.get("a").unwrap().create_revision, 1);
+        assert_eq!(
+            s.apply(
+                &req(
+                    4,
+                    Command::Delete {
+                        key: "zz".into(),
+                        if_revision: None
+                    }
+                ),
+                &mut b
+            ),
+            Response::Delete {
+                revision: 3,
+                deleted: false
+            }
+        );
+        assert_eq!(
+            s.apply(
+                &req(
+                    4,
+                    Command::Delete {
+                        key: "a".into(),
+                        if_revision: Some(3)
+                    }
+                ),
+                &mut b
+            ),
+            Response::Delete {
+                revision: 4,
+                deleted: true
+            }
+        );
+        assert!(s.get("a").is_none());
+    }
+
+    #[test]
+    fn ttl_follows_the_replicated_clock_not_the_stamps_order() {
+        let mut s = State::default();
+        let mut b = SmBatch::default();
+        s.apply(&req(1_000, put("t", "x", None, Some(500))), &mut b);
+        // A stamp from a leader whose clock is behind never moves the clock backwards.
+        s.apply(&req(900, Command::Tick), &mut b);
+        assert!(s.get("t").is_some());
+        assert_eq!(s.next_deadline_ms(), Some(1_500));
+        s.apply(&req(1_499, Command::Tick), &mut b);
+        assert!(s.get("t").is_some());
+        s.apply(&req(1_500, Command::Tick), &mut b);
+        assert!(s.get("t").is_none());
+        assert_eq!(
+            s.meta.revision, 2,
+            "expiry is a change with its own revision"
+        );
+        assert_eq!(s.next_deadline_ms(), None);
+    }
+
+    #[test]
+    fn idempotent_retry_applies_once() {
+        let mut s = State::default();
+        let mut b = SmBatch::default();
+        let mut r = req(10, put("k", "v", None, None));
+        r.idempotency_key = Some("abc".into());
+        let first = s.apply(&r, &mut b);
+        let again = s.apply(&r, &mut b);
+        assert_eq!(first, again);
+        assert_eq!(s.meta.revision, 1);
+        // After the window the key is forgotten and a new write applies.
+        r.stamp_ms = 10 + IDEMPOTENCY_WINDOW_MS;
+        assert_eq!(s.apply(&r, &mut b), Response::Put { revision: 2 });
+    }
+
+    #[test]
+    fn list_pages_by_prefix_and_skips_expired() {
+        let mut s = State::default();
+        let mut b = SmBatch::default();
+        for k in ["a/1", "a/2", "a/3", "b/1"] {
+            s.apply(&req(1, put(k, "v", None, None)), &mut b);
+        }
+        s.apply(&req(1, put("a/0", "v", None, Some(5))), &mut b);
+        s.apply(&req(10, Command::Tick), &mut b);
+        let (items, more) = s.list("a/", None, 2);
+        assert_eq!(
+            items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["a/1", "a/2"]
+        );
+        assert!(more);
+        let (items, more) = s.list("a/", Some("a/2"), 2);
+        assert_eq!(
+            items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["a/3"]
+        );
+        assert!(!more);
+    }
+}
+
+#[cfg(test)]
+mod primitive_tests {
+    use super::*;
+    use crate::command::{CacheLimits, LockWait};
+
+    fn run(s: &mut State, stamp_ms: u64, command: Command) -> Response {
+        let mut b = SmBatch::default();
+        s.apply(
+            &Request {
+                stamp_ms,
+                idempotency_key: None,
+                command,
+            },
+            &mut b,
+        )
+    }
+
+    fn acquire(owner: &str, ttl_ms: u64, wait: Option<(&str, u64)>) -> Command {
+        Command::LockAcquire {
+            name: "L".into(),
+            owner: owner.into(),
+            ttl_ms,
+            wait: wait.map(|(id, wait_ms)| LockWait {
+                waiter_id: id.into(),
+                wait_ms,
+            }),
+        }
+    }
+
+    #[test]
+    fn lock_fences_grow_and_waiters_are_served_in_order() {
+        let mut s = State::default();
+        assert_eq!(
+            run(&mut s, 100, acquire("a", 1000, None)),
+            Response::LockGranted {
+                fence: 1,
+                ttl_ms: 1000
+            }
+        );
+        assert_eq!(
+            run(&mut s, 110, acquire("b", 500, None)),
+            Response::LockHeld { holder: "a".into() }
+        );
+        assert_eq!(
+            run(&mut s, 120, acquire("b", 500, Some(("wb", 5000)))),
+            Response::LockQueued { holder: "a".into() }
+        );
+        assert_eq!(
+            run(&mut s, 130, acquire("c", 500, Some(("wc", 5000)))),
+            Response::LockQueued { holder: "a".into() }
+        );
+        // A stale fence cannot release or write.
+        assert_eq!(
+            run(
+                &mut s,
+                140,
+                Command::LockRelease {
+                    name: "L".into(),
+                    fence: 7
+                }
+            ),
+            Response::StaleFence { current: Some(1) }
+        );
+        assert_eq!(
+            run(
+                &mut s,
+                150,
+                Command::LockRelease {
+                    name: "L".into(),
+                    fence: 1
+                }
+            ),
+            Response::Released
+        );
+        // Released to the first waiter in the same apply.
+        let h = s.lock("L").unwrap().holder.clone().unwrap();
+        assert_eq!((h.owner.as_str(), h.fence), ("b", 2));
+        assert_eq!(h.waiter_id.as_deref(), Some("wb"));
+        // b's lease ends on the replicated clock: c is granted with the next fence.
+        assert_eq!(s.next_deadline_ms(), Some(650));
+        run(&mut s, 650, Command::Tick);
+        let h = s.lock("L").unwrap().holder.clone().unwrap();
+        assert_eq!((h.owner.as_str(), h.fence), ("c", 3));
+        // The old holder's fenced write is rejected.
+        let fenced = Command::Fenced {
+            lock: "L".into(),
+            fence: 2,
+            command: Box::new(Command::Put {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                if_revision: None,
+                ttl_ms: None,
+            }),
+        };
+        assert_eq!(
+            run(&mut s, 700, fenced),
+            Response::StaleFence { current: Some(3) }
+        );
+        assert!(s.get("k").is_none());
+        // Cancelling a wait that was granted answers the grant.
+        assert_eq!(
+            run(
+                &mut s,
+                710,
+                Command::LockCancelWait {
+                    name: "L".into(),
+                    waiter_id: "wc".into()
+                }
+            ),
+            Response::LockGranted {
+                fence: 3,
+                ttl_ms: 500
+            }
+        );
+        // When everything has expired the lock leaves no record, but fences keep growing.
+        run(&mut s, 10_000, Command::Tick);
+        assert!(s.lock("L").is_none());
+        assert_eq!(
+            run(&mut s, 10_001, acquire("d", 10, None)),
+            Response::LockGranted {
+                fence: 4,
+                ttl_ms: 10
+            }
+        );
+    }
+
+    #[test]
+    fn waits_end_on_the_replicated_clock() {
+        let mut s = State::default();
+        run(&mut s, 0, acquire("a", 10_000, None));
+        run(&mut s, 0, acquire("b", 100, Some(("wb", 300))));
+        run(&mut s, 299, Command::Tick);
+        assert_eq!(s.lock("L").unwrap().waiters.len(), 1);
+        run(&mut s, 300, Command::Tick);
+        assert!(s.lock("L").unwrap().waiters.is_empty());
+        assert_eq!(
+            run(
+                &mut s,
+                301,
+                Command::LockCancelWait {
+                    name: "L".into(),
+                    waiter_id: "wb".into()
+                }
+            ),
+            Response::LockHeld { holder: "a".into() }
+        );
+    }
+
+    #[test]
+    fn sessions_slide_and_log_out_everywhere() {
+        let mut s = State::default();
+        let create = |id: &str, user: &str| Command::SessionCreate {
+            id: id.into(),
+            user: user.into(),
+            data: r#"{"a":1}"#.into(),
+            ttl_ms: 1000,
+        };
+        run(&mut s, 0, create("s1", "u1"));
+        run(&mut s, 0, create("s2", "u1"));
+        run(&mut s, 0, create("s3", "u2"));
+        run(&mut s, 800, Command::SessionTouch { id: "s1".into() });
+        run(&mut s, 800, Command::SessionTouch { id: "s3".into() });
+        run(&mut s, 1000, Command::Tick);
+        assert!(s.session("s1").is_some(), "touched: expires at 1800");
+        assert!(s.session("s2").is_none(), "untouched: expired at 1000");
+        run(
+            &mut s,
+            1100,
+            Command::SessionUpdate {
+                id: "s1".into(),
+                patch: r#"{"b":2}"#.into(),
+            },
+        );
+        assert_eq!(s.session("s1").unwrap().data, r#"{"a":1,"b":2}"#);
+        assert_eq!(s.session("s1").unwrap().expires_at_ms, 2100);
+        assert_eq!(
+            run(
+                &mut s,
+                1200,
+                Command::SessionDeleteUser { user: "u1".into() }
+            ),
+            Response::Count(1)
+        );
+        assert!(s.sessions_of("u1").is_empty());
+        assert_eq!(s.sessions_of("u2").len(), 1);
+    }
+
+    fn cache_set(key: &str, bytes: usize, tags: &[&str], max_entries: u64) -> Command {
+        Command::CacheSet {
+            key: key.into(),
+            value: vec![b'x'; bytes],
+            ttl_ms: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            limits: CacheLimits {
+                max_entries,
+                max_bytes: 100,
+            },
+        }
+    }
+
+    #[test]
+    fn cache_evicts_oldest_writes_and_invalidates_by_tag() {
+        let mut s = State::default();
+        run(&mut s, 0, cache_set("a", 10, &["t1"], 3));
+        run(&mut s, 0, cache_set("b", 10, &["t1", "t2"], 3));
+        run(&mut s, 0, cache_set("c", 10, &[], 3));
+        run(&mut s, 0, cache_set("a", 10, &["t1"], 3)); // a is now the newest write
+        run(&mut s, 0, cache_set("d", 10, &["t2"], 3)); // evicts b, the oldest
+        assert!(s.cache_get("b").is_none());
+        assert_eq!(s.cache_counts().entries, 3);
+        assert_eq!(s.cache_counts().evictions, 1);
+        // By bytes: 93 more bytes push out everything older.
+        run(&mut s, 0, cache_set("big", 90, &["t2"], 10));
+        assert_eq!(s.cache_counts().entries, 1);
+        assert!(s.cache_counts().bytes <= 100);
+        run(&mut s, 0, cache_set("e", 1, &["t1"], 10));
+        assert_eq!(
+            run(
+                &mut s,
+                0,
+                Command::CacheInvalidate {
+                    tags: vec!["t2".into(), "t1".into()]
+                }
+            ),
+            Response::Count(2)
+        );
+        assert_eq!(s.cache_counts().entries, 0);
+        assert_eq!(s.cache_counts().bytes, 0);
+    }
+
+    #[test]
+    fn txn_applies_one_branch_with_one_revision() {
+        let mut s = State::default();
+        let put = |k: &str| Command::Put {
+            key: k.into(),
+            value: b"v".to_vec(),
+            if_revision: None,
+            ttl_ms: None,
+        };
+        run(&mut s, 0, put("a"));
+        let txn = |rev: u64| {
+            Command::Txn(Txn {
+                compare: vec![Compare::Revision {
+                    key: "a".into(),
+                    revision: rev,
+                }],
+                success: vec![put("x"), put("y")],
+                failure: vec![put("f")],
+            })
+        };
+        match run(&mut s, 0, txn(5)) {
+            Response::Txn {
+                succeeded,
+                revision,
+                ..
+            } => assert_eq!((succeeded, revision), (false, 2)),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.get("x").is_none() && s.get("y").is_none());
+        assert_eq!(s.get("f").unwrap().revision, 2);
+        match run(&mut s, 0, txn(1)) {
+            Response::Txn {
+                succeeded,
+                revision,
+                ..
+            } => assert_eq!((succeeded, revision), (true, 3)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.get("x").unwrap().revision, 3);
+        assert_eq!(s.get("y").unwrap().revision, 3);
+    }
+}

@@ -1,0 +1,217 @@
+//! User sessions: JSON data with a sliding expiry on the replicated clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use storage::{codec, Db, SmBatch};
+
+use super::{prefixed, unprefixed};
+use crate::command::Response;
+
+const PREFIX: &[u8] = b"s:";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEntry {
+    pub user: String,
+    /// A JSON object, as text.
+    pub data: String,
+    pub created_at_ms: u64,
+    /// The sliding window: each touch or update moves the expiry to `ttl_ms` from then.
+    pub ttl_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+#[derive(Default, Debug)]
+pub(super) struct Sessions {
+    entries: BTreeMap<String, SessionEntry>,
+    by_user: BTreeSet<(String, String)>,
+    ttl: BTreeSet<(u64, String)>,
+}
+
+impl Sessions {
+    pub(super) fn load(db: &Db) -> storage::Result<Sessions> {
+        let mut s = Sessions::default();
+        for (k, v) in db.sm_scan_prefix(PREFIX)? {
+            let id = unprefixed(PREFIX, &k)?;
+            let entry: SessionEntry = codec::decode(&v)?;
+            s.index(&id, &entry);
+            s.entries.insert(id, entry);
+        }
+        Ok(s)
+    }
+
+    fn index(&mut self, id: &str, e: &SessionEntry) {
+        self.by_user.insert((e.user.clone(), id.to_string()));
+        self.ttl.insert((e.expires_at_ms, id.to_string()));
+    }
+
+    fn unindex(&mut self, id: &str, e: &SessionEntry) {
+        self.by_user.remove(&(e.user.clone(), id.to_string()));
+        self.ttl.remove(&(e.expires_at_ms, id.to_string()));
+    }
+
+    fn store(&mut self, id: &str, entry: SessionEntry, batch: &mut SmBatch) {
+        if let Some(old) = self.entries.remove(id) {
+            self.unindex(id, &old);
+        }
+        self.index(id, &entry);
+        batch.put(
+            prefixed(PREFIX, id),
+            codec::encode(&entry).expect("session encodes"),
+        );
+        self.entries.insert(id.to_string(), entry);
+    }
+
+    fn remove(&mut self, id: &str, batch: &mut SmBatch) -> bool {
+        let Some(old) = self.entries.remove(id) else {
+            return false;
+        };
+        self.unindex(id, &old);
+        batch.delete(prefixed(PREFIX, id));
+        true
+    }
+
+    pub(super) fn create(
+        &mut self,
+        id: &str,
+        user: &str,
+        data: &str,
+        ttl_ms: u64,
+        now: u64,
+        batch: &mut SmBatch,
+    ) -> Response {
+        if self.entries.contains_key(id) {
+            // Ids are 128 random bits: a clash means a replayed proposal, not a new session.
+            return Response::Rejected("session id already exists".into());
+        }
+        let entry = SessionEntry {
+            user: user.to_string(),
+            data: data.to_string(),
+            created_at_ms: now,
+            ttl_ms,
+            expires_at_ms: now.saturating_add(ttl_ms),
+        };
+        self.store(id, entry, batch);
+        Response::Session {
+            expires_in_ms: ttl_ms,
+        }
+    }
+
+    /// Slides the expiry and, with `patch`, merges it into the data.
+    pub(super) fn touch(
+        &mut self,
+        id: &str,
+        patch: Option<&str>,
+        now: u64,
+        batch: &mut SmBatch,
+    ) -> Response {
+        let Some(mut entry) = self.entries.get(id).cloned() else {
+            return Response::NotFound;
+        };
+        if let Some(patch) = patch {
+            match merge_patch(&entry.data, patch) {
+                Ok(data) => entry.data = data,
+                Err(e) => return Response::Rejected(e),
+            }
+        }
+        entry.expires_at_ms = now.saturating_add(entry.ttl_ms);
+        let expires_in_ms = entry.ttl_ms;
+        self.store(id, entry, batch);
+        Response::Session { expires_in_ms }
+    }
+
+    pub(super) fn delete(&mut self, id: &str, batch: &mut SmBatch) -> Response {
+        if self.remove(id, batch) {
+            Response::Count(1)
+        } else {
+            Response::NotFound
+        }
+    }
+
+    pub(super) fn delete_user(&mut self, user: &str, batch: &mut SmBatch) -> Response {
+        let ids = self.ids_of(user);
+        for id in &ids {
+            self.remove(id, batch);
+        }
+        Response::Count(ids.len() as u64)
+    }
+
+    pub(super) fn expire(&mut self, now: u64, batch: &mut SmBatch) {
+        while let Some((at, id)) = self.ttl.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.remove(&id, batch);
+        }
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<u64> {
+        self.ttl.first().map(|(at, _)| *at)
+    }
+
+    pub(super) fn get(&self, id: &str, now: u64) -> Option<&SessionEntry> {
+        self.entries.get(id).filter(|e| e.expires_at_ms > now)
+    }
+
+    pub(super) fn ids_of(&self, user: &str) -> Vec<String> {
+        let start = (user.to_string(), String::new());
+        self.by_user
+            .range(start..)
+            .take_while(|(u, _)| u == user)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// RFC 7396 merge patch of two JSON object texts.
+fn merge_patch(data: &str, patch: &str) -> Result<String, String> {
+    let mut target: serde_json::Value =
+        serde_json::from_str(data).map_err(|e| format!("stored data is not JSON: {e}"))?;
+    let patch: serde_json::Value =
+        serde_json::from_str(patch).map_err(|e| format!("patch is not JSON: {e}"))?;
+    merge(&mut target, patch);
+    Ok(target.to_string())
+}
+
+fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(patch) = patch else {
+        *target = patch;
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let obj = target.as_object_mut().expect("object");
+    for (k, v) in patch {
+        if v.is_null() {
+            obj.remove(&k);
+        } else {
+            merge(obj.entry(k).or_insert(Value::Null), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let out = merge_patch(
+            r#"{"a":"b","c":{"d":"e","f":"g"}}"#,
+            r#"{"a":"z","c":{"f":null},"n":[1]}"#,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a":"z","c":{"d":"e"},"n":[1]}),
+            "{out}"
+        );
+    }
+}
