@@ -1,4 +1,14 @@
 //! The HTTP API of API.md: key-value state, cluster status, health, readiness, metrics.
+//!
+//! # Layout
+//! - this file: the router, shared extractors and parameter checks, key-value and cluster
+//!   handlers;
+//! - [`locks`], [`sessions`], [`cache`], [`txn`]: the other primitives.
+
+mod cache;
+mod locks;
+mod sessions;
+mod txn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +19,7 @@ use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use openraft::{Instant as _, ServerState};
@@ -26,6 +36,9 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
+    /// Cache reads served by this node (each node serves its own).
+    pub cache_hits: std::sync::atomic::AtomicU64,
+    pub cache_misses: std::sync::atomic::AtomicU64,
 }
 
 type St = State<Arc<AppState>>;
@@ -34,6 +47,30 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/kv", get(list_kv))
         .route("/v1/kv/{key}", get(get_kv).put(put_kv).delete(delete_kv))
+        .route("/v1/txn", post(txn::txn))
+        .route("/v1/locks/{name}", get(locks::inspect))
+        .route("/v1/locks/{name}/acquire", post(locks::acquire))
+        .route("/v1/locks/{name}/renew", post(locks::renew))
+        .route("/v1/locks/{name}/release", post(locks::release))
+        .route(
+            "/v1/sessions",
+            post(sessions::create)
+                .get(sessions::list)
+                .delete(sessions::delete_user),
+        )
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get)
+                .patch(sessions::update)
+                .delete(sessions::delete),
+        )
+        .route("/v1/sessions/{id}/touch", post(sessions::touch))
+        .route("/v1/cache/stats", get(cache::stats))
+        .route("/v1/cache/invalidate", post(cache::invalidate))
+        .route(
+            "/v1/cache/{key}",
+            get(cache::get).put(cache::set).delete(cache::delete),
+        )
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/openapi.json", get(openapi))
         .route("/health", get(health))
@@ -100,7 +137,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Key {
 }
 
 /// Query parameters, rejecting unknown names and repeated ones.
-fn params(raw: Option<String>, allowed: &[&str]) -> ApiResult<HashMap<String, String>> {
+pub(crate) fn params(raw: Option<String>, allowed: &[&str]) -> ApiResult<HashMap<String, String>> {
     let mut out = HashMap::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         if !allowed.contains(&k.as_ref()) {
@@ -118,7 +155,7 @@ fn params(raw: Option<String>, allowed: &[&str]) -> ApiResult<HashMap<String, St
     Ok(out)
 }
 
-fn u64_param(p: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
+pub(crate) fn u64_param(p: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> {
     p.get(name)
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
@@ -130,27 +167,115 @@ fn u64_param(p: &HashMap<String, String>, name: &str) -> ApiResult<Option<u64>> 
 
 /// Keys: 1..=512 bytes of UTF-8 without control characters.
 pub fn validate_key(key: &str) -> ApiResult<()> {
-    if key.is_empty() || key.len() > 512 {
+    validate_name("key", key)
+}
+
+/// Keys and names (locks, owners, users, tags): 1..=512 bytes of UTF-8 without control
+/// characters.
+pub fn validate_name(field: &str, value: &str) -> ApiResult<()> {
+    if value.is_empty() || value.len() > 512 {
         return Err(ApiError::bad_request(format!(
-            "key must be 1 to 512 bytes, got {}",
-            key.len()
+            "{field} must be 1 to 512 bytes, got {}",
+            value.len()
         ))
-        .with("field", "key"));
+        .with("field", field));
     }
-    if key.chars().any(char::is_control) {
+    if value.chars().any(char::is_control) {
         return Err(
-            ApiError::bad_request("key must not contain control characters").with("field", "key"),
+            ApiError::bad_request(format!("{field} must not contain control characters"))
+                .with("field", field),
         );
     }
     Ok(())
 }
 
-enum Consistency {
+/// A `{name}` or `{id}` path segment, percent-decoded and checked like a key.
+pub struct Name(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Name {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Key(name) = Key::from_request_parts(parts, state).await?;
+        Ok(Name(name))
+    }
+}
+
+/// A JSON request body of at most `max_value_bytes` plus 64 KiB; malformed JSON, unknown
+/// fields and wrong types are 400, an oversized body 413.
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<AppState>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let limit = json_body_limit(st);
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| {
+                ApiError::too_large(format!("body is over the {limit}-byte limit"))
+                    .with("limit", limit)
+            })?;
+        if bytes.is_empty() {
+            return Err(ApiError::bad_request("a JSON body is required"));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+    }
+}
+
+pub(crate) fn json_body_limit(st: &AppState) -> usize {
+    st.cluster.config.max_value_bytes * 2 + 64 * 1024
+}
+
+/// Time left until `deadline_ms` on the replicated clock, estimated with this node's wall
+/// clock too: the replicated clock only moves when entries apply.
+pub(crate) fn remaining_ms(deadline_ms: u64, replicated_now_ms: u64) -> u64 {
+    deadline_ms.saturating_sub(replicated_now_ms.max(crate::cluster::now_ms()))
+}
+
+/// A `ttl_ms`-like duration that must lie in `1..=max`.
+pub(crate) fn check_ms(field: &str, value: u64, max: u64) -> ApiResult<u64> {
+    if value == 0 || value > max {
+        return Err(
+            ApiError::bad_request(format!("{field} must be 1 to {max} ms, got {value}"))
+                .with("field", field),
+        );
+    }
+    Ok(value)
+}
+
+/// `fence=LOCK:F`: wraps `command` so it applies only while lock LOCK is held with fence F.
+pub(crate) fn fenced(p: &HashMap<String, String>, command: Command) -> ApiResult<Command> {
+    let Some(spec) = p.get("fence") else {
+        return Ok(command);
+    };
+    let bad = || {
+        ApiError::bad_request(format!(
+            "fence must be LOCK:FENCE (e.g. jobs-lock:42), got {spec:?}"
+        ))
+        .with("field", "fence")
+    };
+    let (lock, fence) = spec.rsplit_once(':').ok_or_else(bad)?;
+    let fence: u64 = fence.parse().map_err(|_| bad())?;
+    validate_name("lock", lock)?;
+    Ok(Command::Fenced {
+        lock: lock.to_string(),
+        fence,
+        command: Box::new(command),
+    })
+}
+
+pub(crate) enum Consistency {
     Linearizable,
     Stale,
 }
 
-fn consistency(p: &HashMap<String, String>) -> ApiResult<Consistency> {
+pub(crate) fn consistency(p: &HashMap<String, String>) -> ApiResult<Consistency> {
     match p.get("consistency").map(String::as_str) {
         None | Some("linearizable") => Ok(Consistency::Linearizable),
         Some("stale") => Ok(Consistency::Stale),
@@ -160,7 +285,7 @@ fn consistency(p: &HashMap<String, String>) -> ApiResult<Consistency> {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {
@@ -177,15 +302,6 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
-fn reject_fence(p: &HashMap<String, String>) -> ApiResult<()> {
-    if p.contains_key("fence") {
-        return Err(ApiError::bad_request(
-            "fence: fenced writes need locks, which this version does not serve yet",
-        ));
-    }
-    Ok(())
-}
-
 async fn put_kv(
     State(st): St,
     Key(key): Key,
@@ -194,7 +310,6 @@ async fn put_kv(
     body: Body,
 ) -> ApiResult<Json<Value>> {
     let p = params(q, &["if_revision", "ttl_ms", "fence"])?;
-    reject_fence(&p)?;
     let if_revision = u64_param(&p, "if_revision")?;
     let ttl_ms = u64_param(&p, "ttl_ms")?;
     if ttl_ms == Some(0) {
@@ -203,18 +318,16 @@ async fn put_kv(
     let idem = idempotency_key(&headers)?;
     let limit = st.cluster.config.max_value_bytes;
     let value = read_body(body, limit).await?;
-    let resp = st
-        .cluster
-        .write(
-            Command::Put {
-                key,
-                value: value.to_vec(),
-                if_revision,
-                ttl_ms,
-            },
-            idem,
-        )
-        .await?;
+    let command = fenced(
+        &p,
+        Command::Put {
+            key,
+            value: value.to_vec(),
+            if_revision,
+            ttl_ms,
+        },
+    )?;
+    let resp = st.cluster.write(command, idem).await?;
     match resp {
         RaftResponse::Put { revision } => Ok(Json(json!({ "revision": revision }))),
         other => Err(write_answer(other)),
@@ -228,14 +341,10 @@ async fn delete_kv(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     let p = params(q, &["if_revision", "fence"])?;
-    reject_fence(&p)?;
     let if_revision = u64_param(&p, "if_revision")?;
     let idem = idempotency_key(&headers)?;
-    match st
-        .cluster
-        .write(Command::Delete { key, if_revision }, idem)
-        .await?
-    {
+    let command = fenced(&p, Command::Delete { key, if_revision })?;
+    match st.cluster.write(command, idem).await? {
         RaftResponse::Delete { revision, deleted } => {
             Ok(Json(json!({ "revision": revision, "deleted": deleted })))
         }
@@ -244,12 +353,23 @@ async fn delete_kv(
 }
 
 /// Maps the answers a write can get besides its success shape.
-fn write_answer(resp: RaftResponse) -> ApiError {
+pub(crate) fn write_answer(resp: RaftResponse) -> ApiError {
     match resp {
         RaftResponse::Conflict { current_revision } => ApiError::conflict(format!(
             "compare failed: the key's revision is {current_revision}"
         ))
         .with("current_revision", current_revision),
+        RaftResponse::StaleFence { current } => ApiError::conflict(match current {
+            Some(f) => format!("stale fence: the lock's current fence is {f}"),
+            None => "stale fence: the lock is not held".to_string(),
+        })
+        .with("reason", "stale_fence")
+        .with("current_fence", current),
+        RaftResponse::LockHeld { holder } | RaftResponse::LockQueued { holder } => {
+            ApiError::conflict(format!("lock is held by {holder:?}")).with("holder", holder)
+        }
+        RaftResponse::NotFound => ApiError::not_found("not found"),
+        RaftResponse::Limited(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m),
         RaftResponse::Rejected(m) => ApiError::bad_request(m),
         other => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -259,7 +379,7 @@ fn write_answer(resp: RaftResponse) -> ApiError {
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
     axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::too_large(format!("value is over the {limit}-byte limit")).with("limit", limit)
     })

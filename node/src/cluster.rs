@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use transport::{
-    ClusterTls, JoinAccepted, RpcRequest, RpcResponse, Service, ServiceError, Transport,
+    ClusterTls, JoinAccepted, RpcRequest, RpcResponse, Service, ServiceError, Transport, Written,
 };
 
 use crate::config::Config;
@@ -120,12 +120,52 @@ impl Cluster {
         command: Command,
         idempotency_key: Option<String>,
     ) -> Result<Response, ServiceError> {
+        Ok(self
+            .write_indexed(
+                command,
+                idempotency_key,
+                Instant::now() + self.request_timeout(),
+            )
+            .await?
+            .response)
+    }
+
+    /// Like [`Cluster::write`], and returns only once this node has applied the write too, so
+    /// a local (stale) read on this node sees it: read-your-writes through the same node.
+    /// If this node lags past the request deadline the write still succeeded and is
+    /// answered; it becomes visible here once applied.
+    pub async fn write_visible(
+        &self,
+        command: Command,
+        idempotency_key: Option<String>,
+    ) -> Result<Response, ServiceError> {
+        let deadline = Instant::now() + self.request_timeout();
+        let written = self
+            .write_indexed(command, idempotency_key, deadline)
+            .await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = self
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(written.log_index), "write visible locally")
+            .await
+        {
+            warn!(error = %e, index = written.log_index, "write not yet applied on this node");
+        }
+        Ok(written.response)
+    }
+
+    async fn write_indexed(
+        &self,
+        command: Command,
+        idempotency_key: Option<String>,
+        deadline: Instant,
+    ) -> Result<Written, ServiceError> {
         let req = Request {
             stamp_ms: 0,
             idempotency_key,
             command,
         };
-        let deadline = Instant::now() + self.request_timeout();
         let settle = Duration::from_millis(self.config.election_timeout_ms * 2);
         let mut hint: Option<(NodeId, NodeInfo)> = None;
         // A node that just refused or could not be reached; it may lead again later.
@@ -160,13 +200,13 @@ impl Cluster {
                     }
                 }
             } else {
-                let forward = RpcRequest::Forward(req.clone());
+                let forward = RpcRequest::Write(req.clone());
                 match self
                     .transport
                     .call(&leader.1.cluster_addr, &forward, remaining)
                     .await
                 {
-                    Ok(RpcResponse::Forward(r)) => r,
+                    Ok(RpcResponse::Write(r)) => r,
                     Ok(other) => {
                         return Err(ServiceError::Unknown(format!(
                             "unexpected answer from leader: {other:?}"
@@ -205,10 +245,13 @@ impl Cluster {
     }
 
     /// Proposes on this node, which must be the leader; stamps the replicated clock.
-    pub async fn write_local(&self, mut req: Request) -> Result<Response, ServiceError> {
+    pub async fn write_local(&self, mut req: Request) -> Result<Written, ServiceError> {
         req.stamp_ms = now_ms();
         match self.raft.client_write(req).await {
-            Ok(r) => Ok(r.data),
+            Ok(r) => Ok(Written {
+                response: r.data,
+                log_index: r.log_id.index,
+            }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ServiceError::NotLeader {
                     leader: f.leader_id.zip(f.leader_node),
@@ -459,7 +502,7 @@ async fn local_read_index(raft: &Raft, timeout: Duration) -> ReadResult {
 }
 
 impl Service for Cluster {
-    async fn forward(&self, req: Request) -> Result<Response, ServiceError> {
+    async fn forward(&self, req: Request) -> Result<Written, ServiceError> {
         let timeout = self.request_timeout();
         match tokio::time::timeout(timeout, self.write_local(req)).await {
             Ok(r) => r,

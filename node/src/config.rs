@@ -75,6 +75,15 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKD_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
 
+    /// Most entries in the cache; past it the oldest writes are evicted [default: 100000].
+    #[arg(long, env = "STACKD_CACHE_MAX_ENTRIES")]
+    pub cache_max_entries: Option<u64>,
+
+    /// Most bytes (keys + values) in the cache; past it the oldest writes are evicted
+    /// [default: 268435456].
+    #[arg(long, env = "STACKD_CACHE_MAX_BYTES")]
+    pub cache_max_bytes: Option<u64>,
+
     /// Most HTTP requests handled at once; further ones get 503 [default: 4096].
     #[arg(long, env = "STACKD_MAX_INFLIGHT_REQUESTS")]
     pub max_inflight_requests: Option<usize>,
@@ -97,6 +106,8 @@ pub struct Config {
     pub max_value_bytes: usize,
     pub request_timeout_ms: u64,
     pub max_inflight_requests: usize,
+    pub cache_max_entries: u64,
+    pub cache_max_bytes: u64,
 }
 
 impl ServeArgs {
@@ -138,6 +149,14 @@ impl ServeArgs {
         if max_value_bytes == 0 || max_value_bytes > 32 << 20 {
             bail!("--max-value-bytes must be between 1 and 33554432");
         }
+        let cache_max_entries = pick!(cache_max_entries).unwrap_or(100_000);
+        let cache_max_bytes = pick!(cache_max_bytes).unwrap_or(256 << 20);
+        if cache_max_entries == 0 {
+            bail!("--cache-max-entries must be at least 1");
+        }
+        if cache_max_bytes < max_value_bytes as u64 + 512 {
+            bail!("--cache-max-bytes must hold at least one largest entry (max value bytes + 512)");
+        }
         Ok(Config {
             data_dir,
             api_addr,
@@ -154,6 +173,8 @@ impl ServeArgs {
             max_value_bytes,
             request_timeout_ms: pick!(request_timeout_ms).unwrap_or(5_000).max(100),
             max_inflight_requests: pick!(max_inflight_requests).unwrap_or(4096).max(1),
+            cache_max_entries,
+            cache_max_bytes,
         })
     }
 }

@@ -20,7 +20,7 @@ struct Cli {
 enum Cmd {
     /// Run a node. With an empty data dir and no --join it starts a new cluster and prints the
     /// command that joins another node; with an existing data dir it restarts that member.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Read and write keys on any node.
     #[command(subcommand)]
     Kv(KvCmd),
@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     let result = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Serve(args) => serve(args).await,
+            Cmd::Serve(args) => serve(*args).await,
             Cmd::Kv(cmd) => node::client::kv(cmd).await,
             Cmd::Cluster(cmd) => node::client::cluster(cmd).await,
         }

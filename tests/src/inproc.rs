@@ -36,6 +36,8 @@ pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Conf
         max_value_bytes: 1 << 20,
         request_timeout_ms: 5_000,
         max_inflight_requests: 4096,
+        cache_max_entries: 100_000,
+        cache_max_bytes: 256 << 20,
     }
 }
 

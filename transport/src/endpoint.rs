@@ -10,13 +10,13 @@ use std::time::Duration;
 use openraft::alias::LogIdOf;
 use openraft::Snapshot;
 use quinn::{Connection, Endpoint};
-use raft::{NodeInfo, Raft, Request, Response, SnapshotData, TypeConfig};
+use raft::{NodeInfo, Raft, Request, SnapshotData, TypeConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::frame;
-use crate::rpc::{JoinAccepted, RpcRequest, RpcResponse, ServiceError};
+use crate::rpc::{JoinAccepted, RpcRequest, RpcResponse, ServiceError, Written};
 use crate::tls::{self, ClusterTls};
 
 /// Limits of the transport, each with a documented default.
@@ -64,7 +64,7 @@ fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
 /// What a node serves to its peers besides the Raft RPCs themselves.
 pub trait Service: Send + Sync + 'static {
     /// Applies a write forwarded by a follower (this node should be the leader).
-    fn forward(&self, req: Request) -> impl Future<Output = Result<Response, ServiceError>> + Send;
+    fn forward(&self, req: Request) -> impl Future<Output = Result<Written, ServiceError>> + Send;
     /// The leader's read index for a follower's linearizable read.
     fn read_index(&self) -> impl Future<Output = Result<LogIdOf<TypeConfig>, ServiceError>> + Send;
     /// Admits a new node that presents a join token.
@@ -360,7 +360,10 @@ impl Transport {
                         .map_err(|e| e.to_string()),
                 )
             }
-            RpcRequest::Forward(r) => RpcResponse::Forward(service.forward(r).await),
+            RpcRequest::Forward(r) => {
+                RpcResponse::Forward(service.forward(r).await.map(|w| w.response))
+            }
+            RpcRequest::Write(r) => RpcResponse::Write(service.forward(r).await),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(service.read_index().await),
             RpcRequest::Join { token, node } => {
                 let res = service.join(token, node).await;

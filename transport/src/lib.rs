@@ -18,5 +18,5 @@ pub mod tls;
 pub use endpoint::{Limits, Service, Transport};
 pub use error::{Error, Result};
 pub use network::Network;
-pub use rpc::{JoinAccepted, RpcRequest, RpcResponse, ServiceError};
+pub use rpc::{JoinAccepted, RpcRequest, RpcResponse, ServiceError, Written};
 pub use tls::ClusterTls;

@@ -31,6 +31,9 @@ pub enum RpcRequest {
         token: String,
         node: NodeInfo,
     },
+    /// A client write forwarded to the leader, answered with the log index it took, so the
+    /// follower can wait until the write is visible in its own state.
+    Write(Request),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,6 +48,14 @@ pub enum RpcResponse {
     Join(Result<JoinAccepted, ServiceError>),
     /// The request is not allowed on this connection or is malformed.
     Refused(String),
+    Write(Result<Written, ServiceError>),
+}
+
+/// A committed and applied write: its result and the index of its log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    pub response: Response,
+    pub log_index: u64,
 }
 
 /// Why a forwarded request or service call did not produce a result.

@@ -10,6 +10,9 @@ use crate::command::Response;
 
 const PREFIX: &[u8] = b"s:";
 
+/// Largest session data after a merge, in bytes of JSON text.
+pub const MAX_SESSION_DATA_BYTES: usize = 1 << 20;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEntry {
     pub user: String,
@@ -110,6 +113,12 @@ impl Sessions {
         };
         if let Some(patch) = patch {
             match merge_patch(&entry.data, patch) {
+                Ok(data) if data.len() > MAX_SESSION_DATA_BYTES => {
+                    return Response::Rejected(format!(
+                        "merged session data would be {} bytes, over {MAX_SESSION_DATA_BYTES}",
+                        data.len()
+                    ))
+                }
                 Ok(data) => entry.data = data,
                 Err(e) => return Response::Rejected(e),
             }

@@ -1,0 +1,175 @@
+//! `/v1/cache`: a replicated cache read from each node's own applied state.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raft::command::CacheLimits;
+use raft::{Command, Response as RaftResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    check_ms, fenced, idempotency_key, params, read_body, remaining_ms, u64_param, validate_name,
+    write_answer, AppState, JsonBody, Key, St,
+};
+use crate::error::{ApiError, ApiResult};
+
+/// Longest cache TTL: 30 days.
+pub const CACHE_TTL_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
+/// Most tags on one entry, and in one invalidation.
+pub const CACHE_TAGS_MAX: usize = 64;
+
+pub(crate) fn limits(st: &AppState) -> CacheLimits {
+    CacheLimits {
+        max_entries: st.cluster.config.cache_max_entries,
+        max_bytes: st.cluster.config.cache_max_bytes,
+    }
+}
+
+pub(crate) fn check_tags(tags: &[String]) -> ApiResult<()> {
+    if tags.len() > CACHE_TAGS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "at most {CACHE_TAGS_MAX} tags, got {}",
+            tags.len()
+        ))
+        .with("field", "tags"));
+    }
+    for t in tags {
+        validate_name("tag", t)?;
+    }
+    Ok(())
+}
+
+pub async fn set(
+    State(st): St,
+    Key(key): Key,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let p = params(q, &["ttl_ms", "tags", "fence"])?;
+    let ttl_ms = u64_param(&p, "ttl_ms")?
+        .map(|t| check_ms("ttl_ms", t, CACHE_TTL_MS_MAX))
+        .transpose()?;
+    let tags: Vec<String> = match p.get("tags") {
+        Some(t) => t.split(',').map(str::to_string).collect(),
+        None => Vec::new(),
+    };
+    check_tags(&tags)?;
+    let idem = idempotency_key(&headers)?;
+    let value = read_body(body, st.cluster.config.max_value_bytes).await?;
+    let command = fenced(
+        &p,
+        Command::CacheSet {
+            key,
+            value: value.to_vec(),
+            ttl_ms,
+            tags,
+            limits: limits(&st),
+        },
+    )?;
+    match st.cluster.write_visible(command, idem).await? {
+        RaftResponse::Done => Ok(Json(json!({ "stored": true }))),
+        other => Err(write_answer(other)),
+    }
+}
+
+pub async fn get(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    params(q, &[])?;
+    let found = {
+        let state = st.cluster.state.read().expect("state lock");
+        state.cache_get(&key).map(|e| {
+            (
+                e.value.clone(),
+                e.expires_at_ms
+                    .map(|at| remaining_ms(at, state.meta.now_ms)),
+            )
+        })
+    };
+    let Some((value, expires_in)) = found else {
+        st.cache_misses.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::not_found(format!("cache miss: {key:?}")));
+    };
+    st.cache_hits.fetch_add(1, Ordering::Relaxed);
+    let mut resp = value.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(ms) = expires_in {
+        h.insert("x-expires-in-ms", HeaderValue::from(ms));
+    }
+    Ok(resp)
+}
+
+pub async fn delete(
+    State(st): St,
+    Key(key): Key,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let p = params(q, &["fence"])?;
+    let idem = idempotency_key(&headers)?;
+    let command = fenced(&p, Command::CacheDelete { key })?;
+    match st.cluster.write_visible(command, idem).await? {
+        RaftResponse::Count(n) => Ok(Json(json!({ "deleted": n > 0 }))),
+        other => Err(write_answer(other)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateBody {
+    tags: Vec<String>,
+}
+
+pub async fn invalidate(
+    State(st): St,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<InvalidateBody>,
+) -> ApiResult<Json<Value>> {
+    if body.tags.is_empty() {
+        return Err(ApiError::bad_request("tags must name at least one tag").with("field", "tags"));
+    }
+    check_tags(&body.tags)?;
+    let idem = idempotency_key(&headers)?;
+    let command = Command::CacheInvalidate { tags: body.tags };
+    match st.cluster.write_visible(command, idem).await? {
+        RaftResponse::Count(n) => Ok(Json(json!({ "invalidated": n }))),
+        other => Err(write_answer(other)),
+    }
+}
+
+pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let p = params(q, &["digest"])?;
+    let digest = match p.get("digest").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "digest must be true or false, got {other:?}"
+            )))
+        }
+    };
+    let state = st.cluster.state.read().expect("state lock");
+    let c = state.cache_counts();
+    let mut out = json!({
+        "entries": c.entries,
+        "bytes": c.bytes,
+        "evictions": c.evictions,
+        "hits": st.cache_hits.load(Ordering::Relaxed),
+        "misses": st.cache_misses.load(Ordering::Relaxed),
+        "max_entries": st.cluster.config.cache_max_entries,
+        "max_bytes": st.cluster.config.cache_max_bytes,
+        "applied_index": st.cluster.metrics().last_applied.map(|l| l.index).unwrap_or(0),
+    });
+    if digest {
+        out["digest"] = state.cache_digest().into();
+    }
+    Ok(Json(out))
+}

@@ -1,0 +1,212 @@
+//! `/v1/sessions`: user sessions with JSON data and a sliding expiry.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use base64::Engine;
+use raft::state::SessionEntry;
+use raft::{Command, Response as RaftResponse};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{
+    check_ms, consistency, idempotency_key, params, remaining_ms, validate_name, write_answer,
+    Consistency, JsonBody, Name, St,
+};
+use crate::error::{ApiError, ApiResult};
+
+/// Session lifetime when `ttl_ms` is not given: 30 minutes.
+pub const SESSION_TTL_MS_DEFAULT: u64 = 30 * 60 * 1000;
+/// Longest session lifetime: 30 days.
+pub const SESSION_TTL_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
+/// Most sessions listed for one user.
+const LIST_MAX: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    user: String,
+    #[serde(default)]
+    data: Option<Map<String, Value>>,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    data: Map<String, Value>,
+}
+
+fn data_text(st: &super::AppState, data: &Map<String, Value>) -> ApiResult<String> {
+    let text = Value::Object(data.clone()).to_string();
+    let limit = st.cluster.config.max_value_bytes;
+    if text.len() > limit {
+        return Err(
+            ApiError::too_large(format!("session data is over the {limit}-byte limit"))
+                .with("limit", limit),
+        );
+    }
+    Ok(text)
+}
+
+/// 128 random bits, URL-safe: drawn here, on the node that proposes, and carried in the log.
+fn new_session_id() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+}
+
+fn session_json(id: &str, s: &SessionEntry, now: u64) -> Value {
+    let data: Value = serde_json::from_str(&s.data).unwrap_or(Value::Null);
+    json!({
+        "id": id,
+        "user": s.user,
+        "data": data,
+        "created_at_ms": s.created_at_ms,
+        "expires_in_ms": remaining_ms(s.expires_at_ms, now),
+        "ttl_ms": s.ttl_ms,
+    })
+}
+
+pub async fn create(
+    State(st): St,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    validate_name("user", &body.user)?;
+    let ttl_ms = check_ms(
+        "ttl_ms",
+        body.ttl_ms.unwrap_or(SESSION_TTL_MS_DEFAULT),
+        SESSION_TTL_MS_MAX,
+    )?;
+    let data = data_text(&st, &body.data.unwrap_or_default())?;
+    let idem = idempotency_key(&headers)?;
+    let id = new_session_id();
+    let command = Command::SessionCreate {
+        id: id.clone(),
+        user: body.user,
+        data,
+        ttl_ms,
+    };
+    match st.cluster.write_visible(command, idem).await? {
+        RaftResponse::Session { expires_in_ms } => Ok((
+            StatusCode::CREATED,
+            Json(json!({ "id": id, "expires_in_ms": expires_in_ms })),
+        )),
+        other => Err(write_answer(other)),
+    }
+}
+
+async fn read(st: &super::AppState, q: Option<String>) -> ApiResult<()> {
+    let p = params(q, &["consistency"])?;
+    if let Consistency::Linearizable = consistency(&p)? {
+        st.cluster.read_barrier().await?;
+    }
+    Ok(())
+}
+
+pub async fn get(State(st): St, Name(id): Name, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    read(&st, q).await?;
+    let state = st.cluster.state.read().expect("state lock");
+    match state.session(&id) {
+        Some(s) => Ok(Json(session_json(&id, s, state.meta.now_ms))),
+        None => Err(ApiError::not_found("no such session (or it expired)")),
+    }
+}
+
+/// After a write that succeeded, the session as this node now holds it.
+fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Value>> {
+    let state = st.cluster.state.read().expect("state lock");
+    match state.session(id) {
+        Some(s) => Ok(Json(session_json(id, s, state.meta.now_ms))),
+        None => Err(ApiError::not_found("no such session (or it expired)")),
+    }
+}
+
+pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let idem = idempotency_key(&headers)?;
+    let command = Command::SessionTouch { id: id.clone() };
+    match st.cluster.write_visible(command, idem).await? {
+        RaftResponse::Session { .. } => current(&st, &id),
+        RaftResponse::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
+        other => Err(write_answer(other)),
+    }
+}
+
+pub async fn update(
+    State(st): St,
+    Name(id): Name,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UpdateBody>,
+) -> ApiResult<Json<Value>> {
+    let patch = data_text(&st, &body.data)?;
+    let idem = idempotency_key(&headers)?;
+    let command = Command::SessionUpdate {
+        id: id.clone(),
+        patch,
+    };
+    match st.cluster.write_visible(command, idem).await? {
+        RaftResponse::Session { .. } => current(&st, &id),
+        RaftResponse::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
+        other => Err(write_answer(other)),
+    }
+}
+
+pub async fn delete(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let idem = idempotency_key(&headers)?;
+    match st
+        .cluster
+        .write_visible(Command::SessionDelete { id }, idem)
+        .await?
+    {
+        RaftResponse::Count(_) => Ok(Json(json!({ "deleted": true }))),
+        RaftResponse::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
+        other => Err(write_answer(other)),
+    }
+}
+
+fn user_param(q: Option<String>, extra: &[&str]) -> ApiResult<(String, Option<String>)> {
+    let mut allowed = vec!["user"];
+    allowed.extend_from_slice(extra);
+    let p = params(q.clone(), &allowed)?;
+    let Some(user) = p.get("user") else {
+        return Err(
+            ApiError::bad_request("the user query parameter is required").with("field", "user"),
+        );
+    };
+    validate_name("user", user)?;
+    Ok((user.clone(), q))
+}
+
+pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let (user, q) = user_param(q, &["consistency"])?;
+    let p = params(q, &["user", "consistency"])?;
+    if let Consistency::Linearizable = consistency(&p)? {
+        st.cluster.read_barrier().await?;
+    }
+    let state = st.cluster.state.read().expect("state lock");
+    let now = state.meta.now_ms;
+    let sessions: Vec<Value> = state
+        .sessions_of(&user)
+        .iter()
+        .take(LIST_MAX)
+        .map(|(id, s)| session_json(id, s, now))
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+pub async fn delete_user(
+    State(st): St,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (user, _) = user_param(q, &[])?;
+    let idem = idempotency_key(&headers)?;
+    match st
+        .cluster
+        .write_visible(Command::SessionDeleteUser { user }, idem)
+        .await?
+    {
+        RaftResponse::Count(n) => Ok(Json(json!({ "deleted": n }))),
+        other => Err(write_answer(other)),
+    }
+}
