@@ -3,5 +3,6 @@
 mod errors;
 mod faults;
 mod kv_cluster;
+mod locks;
 mod membership;
 mod storage_suite;

@@ -81,7 +81,8 @@ pub async fn acquire(
         ttl_ms,
         wait: wait.clone(),
     };
-    match st.cluster.write(command, idem).await? {
+    // Visible: the wait below watches this node's state, which must already show the queue.
+    match st.cluster.write_visible(command, idem).await? {
         RaftResponse::LockGranted { fence, ttl_ms } => Ok(granted(fence, &body.owner, ttl_ms)),
         RaftResponse::LockQueued { .. } => {
             let wait = wait.expect("queued only when waiting");
