@@ -1,8 +1,10 @@
 //! stackd's integration tests, one binary (see ARCHITECTURE.md "Testing").
 
+mod cache;
 mod errors;
 mod faults;
 mod kv_cluster;
 mod locks;
 mod membership;
+mod sessions;
 mod storage_suite;
