@@ -222,6 +222,10 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<AppState>> f
         if bytes.is_empty() {
             return Err(ApiError::bad_request("a JSON body is required"));
         }
+        // Every body is an object; serde would otherwise also read a struct from an array.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))

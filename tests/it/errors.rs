@@ -137,3 +137,195 @@ async fn bad_input_gets_documented_errors_and_the_node_keeps_serving() {
     );
     c.shutdown().await;
 }
+
+/// Locks, sessions, cache and transactions: every kind of bad input, and the conflict and
+/// not-found answers, with their documented bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_to_locks_sessions_cache_and_txn_gets_documented_errors() {
+    let c = InprocCluster::start(1).await.unwrap();
+    let http = http::client();
+    let b = &c.bases[0];
+    let post = |path: &str, body: &str| {
+        http.post(format!("{b}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    };
+
+    // Locks.
+    for body in [
+        "",
+        "not json",
+        r#"{"owner":"w"}"#,
+        r#"{"owner":"","ttl_ms":1000}"#,
+        r#"{"owner":"w","ttl_ms":0}"#,
+        r#"{"owner":"w","ttl_ms":1000,"wait_ms":600000}"#,
+        r#"{"owner":"w","ttl_ms":1000,"colour":"red"}"#,
+        r#"{"owner":"w","ttl_ms":"soon"}"#,
+    ] {
+        expect_error(post("/v1/locks/L/acquire", body), 400, "bad_request").await;
+    }
+    expect_error(http.get(format!("{b}/v1/locks/L")), 404, "not_found").await;
+    let v: Value = post("/v1/locks/L/acquire", r#"{"owner":"w1","ttl_ms":60000}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fence = v["fence"].as_u64().unwrap();
+    let held = expect_error(
+        post("/v1/locks/L/acquire", r#"{"owner":"w2","ttl_ms":1000}"#),
+        409,
+        "conflict",
+    )
+    .await;
+    assert_eq!(held["error"]["holder"], "w1");
+    let stale = expect_error(
+        post(
+            "/v1/locks/L/release",
+            &format!(r#"{{"fence":{}}}"#, fence + 1),
+        ),
+        409,
+        "conflict",
+    )
+    .await;
+    assert_eq!(stale["error"]["current_fence"], fence);
+    expect_error(
+        post("/v1/locks/L/renew", r#"{"fence":999,"ttl_ms":1000}"#),
+        409,
+        "conflict",
+    )
+    .await;
+    expect_error(
+        post("/v1/locks/L/renew", r#"{"fence":1}"#),
+        400,
+        "bad_request",
+    )
+    .await;
+    for q in ["fence=L", "fence=L:x", "fence=:1", "fence=L:-1"] {
+        expect_error(
+            http.put(format!("{b}/v1/kv/f?{q}")).body("x"),
+            400,
+            "bad_request",
+        )
+        .await;
+    }
+    let stale = expect_error(
+        http.put(format!("{b}/v1/kv/f?fence=L:{}", fence + 7))
+            .body("x"),
+        409,
+        "conflict",
+    )
+    .await;
+    assert_eq!(stale["error"]["reason"], "stale_fence");
+    expect_error(
+        http.put(format!("{b}/v1/kv/f?fence=nolock:1")).body("x"),
+        409,
+        "conflict",
+    )
+    .await;
+
+    // Sessions.
+    for body in [
+        "{}",
+        r#"{"user":""}"#,
+        r#"{"user":"u","ttl_ms":0}"#,
+        r#"{"user":"u","data":[1,2]}"#,
+        r#"{"user":"u","data":"text"}"#,
+        r#"{"user":"u","extra":1}"#,
+    ] {
+        expect_error(post("/v1/sessions", body), 400, "bad_request").await;
+    }
+    let big = format!(r#"{{"user":"u","data":{{"x":"{}"}}}}"#, "y".repeat(1 << 20));
+    expect_error(post("/v1/sessions", &big), 413, "too_large").await;
+    expect_error(http.get(format!("{b}/v1/sessions/nope")), 404, "not_found").await;
+    expect_error(
+        http.post(format!("{b}/v1/sessions/nope/touch")),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        http.patch(format!("{b}/v1/sessions/nope"))
+            .header("content-type", "application/json")
+            .body(r#"{"data":{"a":1}}"#),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        http.delete(format!("{b}/v1/sessions/nope")),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(http.get(format!("{b}/v1/sessions")), 400, "bad_request").await;
+    expect_error(
+        http.delete(format!("{b}/v1/sessions?user=")),
+        400,
+        "bad_request",
+    )
+    .await;
+
+    // Cache.
+    for q in ["ttl_ms=0", "ttl_ms=x", "tags=a,,b", "bogus=1"] {
+        expect_error(
+            http.put(format!("{b}/v1/cache/c?{q}")).body("x"),
+            400,
+            "bad_request",
+        )
+        .await;
+    }
+    let big = vec![b'x'; (1 << 20) + 1];
+    expect_error(
+        http.put(format!("{b}/v1/cache/c")).body(big),
+        413,
+        "too_large",
+    )
+    .await;
+    expect_error(http.get(format!("{b}/v1/cache/absent")), 404, "not_found").await;
+    expect_error(
+        post("/v1/cache/invalidate", r#"{"tags":[]}"#),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        post("/v1/cache/invalidate", r#"{"tag":"a"}"#),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        http.get(format!("{b}/v1/cache/stats?digest=maybe")),
+        400,
+        "bad_request",
+    )
+    .await;
+
+    // Transactions.
+    for body in [
+        "[]",
+        r#"{"compare":[{"key":"a"}]}"#,
+        r#"{"compare":[{"key":"a","revision":1,"lock":"L","fence":1}]}"#,
+        r#"{"success":[{"put":{"key":"a"}}]}"#,
+        r#"{"success":[{"put":{"key":"a","value":"not base64!"}}]}"#,
+        r#"{"success":[{"put":{"key":"a","text":"1"}},{"delete":{"key":"a"}}]}"#,
+        r#"{"success":[{"lock":{"key":"a"}}]}"#,
+        r#"{"success":[{"put":{"key":"","text":"x"}}]}"#,
+    ] {
+        expect_error(post("/v1/txn", body), 400, "bad_request").await;
+    }
+    let big = format!(
+        r#"{{"success":[{{"put":{{"key":"a","text":"{}"}}}}]}}"#,
+        "y".repeat((1 << 20) + 1)
+    );
+    expect_error(post("/v1/txn", &big), 413, "too_large").await;
+
+    // Still serving, and nothing above was applied.
+    let (s, _, _) = http::get(&http, b, "f").await.unwrap();
+    assert_eq!(s, 404);
+    let (s, _, _) = http::get(&http, b, "a").await.unwrap();
+    assert_eq!(s, 404);
+    c.shutdown().await;
+}
