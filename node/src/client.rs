@@ -1,4 +1,14 @@
-//! The command-line client: `stackd kv …` and `stackd cluster …` against any node's API.
+//! The command-line client: `stackd kv|lock|session|cache|txn|cluster …` against any node's
+//! API.
+//!
+//! # Layout
+//! - this file: shared plumbing, `kv` and `cluster`;
+//! - [`lock`], [`session`], [`cache`], [`txn`]: the other primitives.
+
+pub mod cache;
+pub mod lock;
+pub mod session;
+pub mod txn;
 
 use std::io::Write;
 
@@ -20,7 +30,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         let base = if self.addr.starts_with("http://") || self.addr.starts_with("https://") {
             self.addr.trim_end_matches('/').to_string()
         } else {
@@ -52,6 +62,9 @@ pub enum KvCmd {
         /// Expire the key after this many milliseconds.
         #[arg(long)]
         ttl_ms: Option<u64>,
+        /// Write only while lock LOCK is held with fence F (`LOCK:F`, from `stackd lock`).
+        #[arg(long, value_name = "LOCK:F")]
+        fence: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -60,6 +73,9 @@ pub enum KvCmd {
         key: String,
         #[arg(long)]
         if_revision: Option<u64>,
+        /// Delete only while lock LOCK is held with fence F.
+        #[arg(long, value_name = "LOCK:F")]
+        fence: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -88,21 +104,39 @@ pub enum ClusterCmd {
     },
 }
 
-fn key_path(key: &str) -> String {
+pub(crate) fn key_path(key: &str) -> String {
     form_urlencoded::byte_serialize(key.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
 }
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("http client")
 }
 
+/// Reads a value argument, or stdin when it is absent.
+pub(crate) fn value_or_stdin(value: Option<String>) -> anyhow::Result<Vec<u8>> {
+    Ok(match value {
+        Some(v) => v.into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+    })
+}
+
+/// Sends a request and returns the JSON of a successful answer.
+pub(crate) async fn send_json(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let resp = check(req.send().await.context("request failed")?).await?;
+    Ok(resp.json().await?)
+}
+
 /// Turns an error answer of the API into a readable error.
-async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -110,7 +144,17 @@ async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     let code = body["error"]["code"].as_str().unwrap_or("error");
     let msg = body["error"]["message"].as_str().unwrap_or("");
-    bail!("{status} {code}: {msg}")
+    let extra: Vec<String> = body["error"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| *k != "code" && *k != "message")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if extra.is_empty() {
+        bail!("{status} {code}: {msg}")
+    }
+    bail!("{status} {code}: {msg} ({})", extra.join(", "))
 }
 
 pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
@@ -133,22 +177,19 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
             value,
             if_revision,
             ttl_ms,
+            fence,
             target,
         } => {
-            let body = match value {
-                Some(v) => v.into_bytes(),
-                None => {
-                    let mut buf = Vec::new();
-                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
-                    buf
-                }
-            };
+            let body = value_or_stdin(value)?;
             let mut q = Vec::new();
             if let Some(r) = if_revision {
                 q.push(format!("if_revision={r}"));
             }
             if let Some(t) = ttl_ms {
                 q.push(format!("ttl_ms={t}"));
+            }
+            if let Some(f) = fence {
+                q.push(format!("fence={}", key_path(&f)));
             }
             let mut url = target.url(&format!("/v1/kv/{}", key_path(&key)));
             if !q.is_empty() {
@@ -168,11 +209,19 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
         KvCmd::Del {
             key,
             if_revision,
+            fence,
             target,
         } => {
-            let mut url = target.url(&format!("/v1/kv/{}", key_path(&key)));
+            let mut q = Vec::new();
             if let Some(r) = if_revision {
-                url = format!("{url}?if_revision={r}");
+                q.push(format!("if_revision={r}"));
+            }
+            if let Some(f) = fence {
+                q.push(format!("fence={}", key_path(&f)));
+            }
+            let mut url = target.url(&format!("/v1/kv/{}", key_path(&key)));
+            if !q.is_empty() {
+                url = format!("{url}?{}", q.join("&"));
             }
             let resp = check(http.delete(url).send().await.context("request failed")?).await?;
             let v: Value = resp.json().await?;

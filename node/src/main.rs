@@ -1,11 +1,16 @@
 //! `stackd`: one binary for the server and its command-line client.
 
 use clap::{Parser, Subcommand};
+use node::client::cache::CacheCmd;
+use node::client::lock::LockCmd;
+use node::client::session::SessionCmd;
+use node::client::txn::TxnCmd;
 use node::client::{ClusterCmd, KvCmd};
 use node::config::ServeArgs;
 use tracing_subscriber::EnvFilter;
 
-/// stackd: a clustered application node (replicated key-value state over Raft).
+/// stackd: a clustered application node (replicated state over Raft: keys, locks, sessions,
+/// cache).
 ///
 /// Start a node with `stackd serve`; start more with `--join` and the token the first node
 /// prints. Point apps and the client subcommands at any node.
@@ -24,6 +29,17 @@ enum Cmd {
     /// Read and write keys on any node.
     #[command(subcommand)]
     Kv(KvCmd),
+    /// Locks with leases and fencing tokens; `lock run` holds one while a command runs.
+    #[command(subcommand)]
+    Lock(LockCmd),
+    /// User sessions with a sliding expiry.
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// The replicated cache: TTL, tags, invalidation.
+    #[command(subcommand)]
+    Cache(CacheCmd),
+    /// Apply a transaction (compares, then success or failure writes) given as JSON.
+    Txn(TxnCmd),
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -39,6 +55,10 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Serve(args) => serve(*args).await,
             Cmd::Kv(cmd) => node::client::kv(cmd).await,
+            Cmd::Lock(cmd) => node::client::lock::run(cmd).await,
+            Cmd::Session(cmd) => node::client::session::run(cmd).await,
+            Cmd::Cache(cmd) => node::client::cache::run(cmd).await,
+            Cmd::Txn(cmd) => node::client::txn::run(cmd).await,
             Cmd::Cluster(cmd) => node::client::cluster(cmd).await,
         }
     });
