@@ -5,18 +5,24 @@ pub const OPENAPI_JSON: &str = r##"{
   "info": {
     "title": "stackd API",
     "version": "1",
-    "description": "Every node serves every endpoint; writes are forwarded to the leader. Reads are linearizable unless consistency=stale. Errors: {\"error\": {\"code\", \"message\", ...}} with 400 bad_request, 404 not_found, 405 method_not_allowed, 409 conflict, 413 too_large, 503 unavailable (Retry-After; not applied), 504 timeout (outcome unknown). Writes accept an Idempotency-Key header (1..256 chars, remembered 10 minutes)."
+    "description": "Every node serves every endpoint; writes are forwarded to the leader. Reads are linearizable unless consistency=stale. Errors: {\"error\": {\"code\", \"message\", ...}} with 400 bad_request, 404 not_found, 405 method_not_allowed, 409 conflict, 413 too_large, 429 rate_limited, 503 unavailable (Retry-After; not applied), 504 timeout (outcome unknown). Writes accept an Idempotency-Key header (1..256 chars, remembered 10 minutes)."
   },
   "components": {
     "parameters": {
       "key": {"name": "key", "in": "path", "required": true, "description": "1..=512 bytes of UTF-8, no control characters; percent-encode '/'", "schema": {"type": "string"}},
       "if_revision": {"name": "if_revision", "in": "query", "description": "apply only if the key's revision is this (0 = only if absent)", "schema": {"type": "integer", "minimum": 0}},
       "consistency": {"name": "consistency", "in": "query", "schema": {"type": "string", "enum": ["linearizable", "stale"], "default": "linearizable"}},
-      "idempotency": {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
+      "idempotency": {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+      "fence": {"name": "fence", "in": "query", "description": "LOCK:F — apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence", "schema": {"type": "string"}},
+      "name": {"name": "name", "in": "path", "required": true, "description": "lock name, 1..=512 bytes", "schema": {"type": "string"}},
+      "id": {"name": "id", "in": "path", "required": true, "description": "session id", "schema": {"type": "string"}}
     },
     "schemas": {
       "Error": {"type": "object", "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "current_revision": {"type": "integer"}}}}},
-      "Revision": {"type": "object", "properties": {"revision": {"type": "integer"}}}
+      "Revision": {"type": "object", "properties": {"revision": {"type": "integer"}}},
+      "Grant": {"type": "object", "properties": {"fence": {"type": "integer"}, "owner": {"type": "string"}, "ttl_ms": {"type": "integer"}}},
+      "Session": {"type": "object", "properties": {"id": {"type": "string"}, "user": {"type": "string"}, "data": {"type": "object"}, "created_at_ms": {"type": "integer"}, "expires_in_ms": {"type": "integer"}, "ttl_ms": {"type": "integer"}}},
+      "TxnOp": {"type": "object", "description": "exactly one of: {put: {key, value (base64) | text, ttl_ms?}}, {delete: {key}}, {cache_set: {key, value | text, ttl_ms?, tags?}}, {cache_delete: {key}}, {cache_invalidate: {tags}}; a key is written at most once per branch"}
     },
     "responses": {
       "Error": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -27,7 +33,7 @@ pub const OPENAPI_JSON: &str = r##"{
       "parameters": [{"$ref": "#/components/parameters/key"}],
       "put": {
         "summary": "Write a key (body = raw value, at most max_value_bytes, default 1 MiB)",
-        "parameters": [{"$ref": "#/components/parameters/if_revision"}, {"name": "ttl_ms", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"$ref": "#/components/parameters/idempotency"}],
+        "parameters": [{"$ref": "#/components/parameters/if_revision"}, {"name": "ttl_ms", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"$ref": "#/components/parameters/fence"}, {"$ref": "#/components/parameters/idempotency"}],
         "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {"200": {"description": "written", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Revision"}}}}, "409": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}, "400": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}, "504": {"$ref": "#/components/responses/Error"}}
       },
@@ -38,7 +44,7 @@ pub const OPENAPI_JSON: &str = r##"{
       },
       "delete": {
         "summary": "Delete a key",
-        "parameters": [{"$ref": "#/components/parameters/if_revision"}, {"$ref": "#/components/parameters/idempotency"}],
+        "parameters": [{"$ref": "#/components/parameters/if_revision"}, {"$ref": "#/components/parameters/fence"}, {"$ref": "#/components/parameters/idempotency"}],
         "responses": {"200": {"description": "{revision, deleted}", "content": {"application/json": {"schema": {"type": "object", "properties": {"revision": {"type": "integer"}, "deleted": {"type": "boolean"}}}}}}, "409": {"$ref": "#/components/responses/Error"}}
       }
     },
@@ -49,6 +55,58 @@ pub const OPENAPI_JSON: &str = r##"{
         "responses": {"200": {"description": "{items: [{key, value (base64), revision}], next, revision}"}}
       }
     },
+    "/v1/txn": {
+      "post": {
+        "summary": "Atomic transaction: if every compare holds apply success, else failure; key-value changes share one revision",
+        "parameters": [{"$ref": "#/components/parameters/idempotency"}],
+        "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"compare": {"type": "array", "maxItems": 128, "items": {"type": "object", "description": "{key, revision} (0 = absent) or {lock, fence}"}}, "success": {"type": "array", "maxItems": 128, "items": {"$ref": "#/components/schemas/TxnOp"}}, "failure": {"type": "array", "maxItems": 128, "items": {"$ref": "#/components/schemas/TxnOp"}}}}}}},
+        "responses": {"200": {"description": "{succeeded, revision, results: [{revision} | {revision, deleted} | {stored} | {count}]}"}, "400": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}
+      }
+    },
+    "/v1/locks/{name}": {
+      "parameters": [{"$ref": "#/components/parameters/name"}],
+      "get": {"summary": "Who holds the lock", "parameters": [{"$ref": "#/components/parameters/consistency"}], "responses": {"200": {"description": "{holder, fence, expires_in_ms, ttl_ms, waiters}"}, "404": {"$ref": "#/components/responses/Error"}}}
+    },
+    "/v1/locks/{name}/acquire": {
+      "parameters": [{"$ref": "#/components/parameters/name"}],
+      "post": {
+        "summary": "Acquire with a lease; with wait_ms (at most 60000) the caller queues and is served in arrival order. Fences strictly increase per name.",
+        "parameters": [{"$ref": "#/components/parameters/idempotency"}],
+        "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["owner", "ttl_ms"], "properties": {"owner": {"type": "string"}, "ttl_ms": {"type": "integer", "minimum": 1, "maximum": 86400000}, "wait_ms": {"type": "integer", "minimum": 0, "maximum": 60000, "default": 0}}}}}},
+        "responses": {"200": {"description": "granted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Grant"}}}}, "409": {"description": "still held after wait_ms: error.holder"}, "429": {"description": "1024 callers already wait for this lock"}, "400": {"$ref": "#/components/responses/Error"}}
+      }
+    },
+    "/v1/locks/{name}/renew": {
+      "parameters": [{"$ref": "#/components/parameters/name"}],
+      "post": {"summary": "Extend the lease of the holder with this fence", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["fence", "ttl_ms"], "properties": {"fence": {"type": "integer"}, "ttl_ms": {"type": "integer", "minimum": 1}}}}}}, "responses": {"200": {"description": "{fence, ttl_ms}"}, "409": {"description": "stale fence: error.current_fence"}}}
+    },
+    "/v1/locks/{name}/release": {
+      "parameters": [{"$ref": "#/components/parameters/name"}],
+      "post": {"summary": "Release; the next waiter is granted in the same step", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["fence"], "properties": {"fence": {"type": "integer"}}}}}}, "responses": {"200": {"description": "{released: true}"}, "409": {"description": "stale fence"}}}
+    },
+    "/v1/sessions": {
+      "post": {"summary": "Create a session (id: 128 random bits, URL-safe base64)", "parameters": [{"$ref": "#/components/parameters/idempotency"}], "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["user"], "properties": {"user": {"type": "string"}, "data": {"type": "object"}, "ttl_ms": {"type": "integer", "minimum": 1, "maximum": 2592000000, "default": 1800000}}}}}}, "responses": {"201": {"description": "{id, expires_in_ms}"}, "400": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}},
+      "get": {"summary": "A user's sessions (at most 1000)", "parameters": [{"name": "user", "in": "query", "required": true, "schema": {"type": "string"}}, {"$ref": "#/components/parameters/consistency"}], "responses": {"200": {"description": "{sessions: [Session]}"}}},
+      "delete": {"summary": "Log a user out everywhere", "parameters": [{"name": "user", "in": "query", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "{deleted: n}"}}}
+    },
+    "/v1/sessions/{id}": {
+      "parameters": [{"$ref": "#/components/parameters/id"}],
+      "get": {"summary": "A live session", "parameters": [{"$ref": "#/components/parameters/consistency"}], "responses": {"200": {"description": "session", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Session"}}}}, "404": {"$ref": "#/components/responses/Error"}}},
+      "patch": {"summary": "Merge data (RFC 7396: null removes a field) and slide the expiry", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "object"}}}}}}, "responses": {"200": {"description": "the session"}, "404": {"$ref": "#/components/responses/Error"}}},
+      "delete": {"summary": "End the session", "responses": {"200": {"description": "{deleted: true}"}, "404": {"$ref": "#/components/responses/Error"}}}
+    },
+    "/v1/sessions/{id}/touch": {
+      "parameters": [{"$ref": "#/components/parameters/id"}],
+      "post": {"summary": "Slide the expiry to ttl_ms from now", "responses": {"200": {"description": "the session"}, "404": {"$ref": "#/components/responses/Error"}}}
+    },
+    "/v1/cache/{key}": {
+      "parameters": [{"$ref": "#/components/parameters/key"}],
+      "put": {"summary": "Store (body = raw bytes); the answer comes once this node has applied it", "parameters": [{"name": "ttl_ms", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"name": "tags", "in": "query", "description": "comma-separated, at most 64", "schema": {"type": "string"}}, {"$ref": "#/components/parameters/fence"}, {"$ref": "#/components/parameters/idempotency"}], "responses": {"200": {"description": "{stored: true}"}, "400": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}},
+      "get": {"summary": "Read from this node's applied state (header X-Expires-In-Ms when the entry has a TTL)", "responses": {"200": {"description": "raw bytes"}, "404": {"description": "miss"}}},
+      "delete": {"summary": "Remove an entry", "parameters": [{"$ref": "#/components/parameters/fence"}], "responses": {"200": {"description": "{deleted: bool}"}}}
+    },
+    "/v1/cache/invalidate": {"post": {"summary": "Remove every entry carrying any of the tags, in order with the writes around it", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["tags"], "properties": {"tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 64}}}}}}, "responses": {"200": {"description": "{invalidated: n}"}}}},
+    "/v1/cache/stats": {"get": {"summary": "entries, bytes, evictions (replicated, equal on every node), hits and misses (this node), max_entries, max_bytes, applied_index; digest with ?digest=true", "parameters": [{"name": "digest", "in": "query", "schema": {"type": "boolean"}}], "responses": {"200": {"description": "stats"}}}},
     "/v1/cluster": {"get": {"summary": "Cluster status: cluster_id, leader_id, term, commit_index, compact_revision, members", "responses": {"200": {"description": "status"}}}},
     "/health": {"get": {"summary": "200 while the process serves", "responses": {"200": {"description": "ok"}}}},
     "/ready": {"get": {"summary": "200 when the node knows a leader and has applied what is committed, else 503", "responses": {"200": {"description": "ready"}, "503": {"$ref": "#/components/responses/Error"}}}},
@@ -63,5 +121,13 @@ mod tests {
     fn openapi_is_valid_json() {
         let v: serde_json::Value = serde_json::from_str(super::OPENAPI_JSON).unwrap();
         assert!(v["paths"]["/v1/kv/{key}"]["put"].is_object());
+        for path in [
+            "/v1/txn",
+            "/v1/locks/{name}/acquire",
+            "/v1/sessions/{id}",
+            "/v1/cache/{key}",
+        ] {
+            assert!(v["paths"][path].is_object(), "{path}");
+        }
     }
 }
