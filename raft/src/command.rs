@@ -116,6 +116,82 @@ pub enum Command {
     /// Applies `success` if every compare holds, else `failure`; all key-value changes of the
     /// transaction share one revision.
     Txn(Txn),
+    QueueEnqueue {
+        queue: String,
+        job: Enqueue,
+    },
+    /// Claims up to `max` ready jobs, each with a new lease for `visibility_ms`.
+    QueueClaim {
+        queue: String,
+        worker: String,
+        max: u32,
+        visibility_ms: u64,
+    },
+    JobAck {
+        id: u64,
+        lease: u64,
+    },
+    JobNack {
+        id: u64,
+        lease: u64,
+        error: Option<String>,
+        retry_in_ms: Option<u64>,
+    },
+    JobExtend {
+        id: u64,
+        lease: u64,
+        visibility_ms: u64,
+    },
+    /// Moves dead jobs (these ids, or all with `None`) back to ready with fresh attempts.
+    QueueReplay {
+        queue: String,
+        ids: Option<Vec<u64>>,
+    },
+    ScheduleSet {
+        queue: String,
+        name: String,
+        spec: ScheduleSpec,
+    },
+    ScheduleDelete {
+        queue: String,
+        name: String,
+    },
+}
+
+/// A job to enqueue. `run_at_ms` wins over `delay_ms`; neither means now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueue {
+    /// JSON text.
+    pub payload: String,
+    pub delay_ms: Option<u64>,
+    pub run_at_ms: Option<u64>,
+    /// Higher runs first.
+    pub priority: i64,
+    /// Claims before the job goes to the dead list.
+    pub max_attempts: u32,
+    /// Base of the exponential retry delay.
+    pub backoff_ms: u64,
+    /// While a job with this key is queued, enqueueing another answers its id.
+    pub unique_key: Option<String>,
+}
+
+/// A cron schedule: each due time enqueues a job with `payload`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    pub cron: String,
+    /// JSON text.
+    pub payload: String,
+    pub priority: i64,
+    pub max_attempts: u32,
+}
+
+/// A claimed job as the worker receives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claimed {
+    pub id: u64,
+    pub payload: String,
+    pub attempt: u32,
+    pub lease: u64,
 }
 
 /// A queued acquire: the proposer's id for this caller and how long it may wait.
@@ -201,6 +277,20 @@ pub enum Response {
         revision: u64,
         results: Vec<Response>,
     },
+    /// A job id; `existing` when a queued job with the same unique key answered.
+    Enqueued {
+        id: u64,
+        existing: bool,
+    },
+    Claimed(Vec<Claimed>),
+    /// A lease that is not the job's current claim; `current` is the current lease if any.
+    StaleLease {
+        current: Option<u64>,
+    },
+    /// A cron schedule was stored; it fires next at this time.
+    Scheduled {
+        next_at_ms: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -230,6 +320,14 @@ impl fmt::Display for Command {
             }
             Command::CacheDelete { key } => write!(f, "cache-delete {key}"),
             Command::CacheInvalidate { tags } => write!(f, "cache-invalidate {tags:?}"),
+            Command::QueueEnqueue { queue, .. } => write!(f, "enqueue {queue}"),
+            Command::QueueClaim { queue, worker, .. } => write!(f, "claim {queue} by {worker}"),
+            Command::JobAck { id, .. } => write!(f, "ack {id}"),
+            Command::JobNack { id, .. } => write!(f, "nack {id}"),
+            Command::JobExtend { id, .. } => write!(f, "extend {id}"),
+            Command::QueueReplay { queue, .. } => write!(f, "replay {queue}"),
+            Command::ScheduleSet { queue, name, .. } => write!(f, "schedule {queue}/{name}"),
+            Command::ScheduleDelete { queue, name } => write!(f, "unschedule {queue}/{name}"),
             Command::Txn(t) => write!(
                 f,
                 "txn ({} compares, {}/{} ops)",

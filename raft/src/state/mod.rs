@@ -23,6 +23,7 @@
 mod cache;
 mod kv;
 mod locks;
+mod queues;
 mod sessions;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +35,9 @@ use storage::{codec, Db, SmBatch};
 pub use cache::{CacheCounts, CacheEntry};
 pub use kv::KvEntry;
 pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
+pub use queues::{
+    backoff_delay_ms, next_fire_ms, Job, JobState, QueueStats, Schedule, CRON_CATCH_UP_MAX,
+};
 pub use sessions::SessionEntry;
 
 use crate::command::{Command, Compare, Request, Response, Txn};
@@ -76,6 +80,7 @@ pub struct State {
     locks: locks::Locks,
     sessions: sessions::Sessions,
     cache: cache::Cache,
+    queues: queues::Queues,
     idem: BTreeMap<String, IdemRecord>,
     idem_ttl: BTreeSet<(u64, String)>,
 }
@@ -103,6 +108,7 @@ impl State {
         state.locks = locks::Locks::load(db)?;
         state.sessions = sessions::Sessions::load(db)?;
         state.cache = cache::Cache::load(db)?;
+        state.queues = queues::Queues::load(db, state.meta.now_ms)?;
         for (k, v) in db.sm_scan_prefix(IDEM_PREFIX)? {
             let key = unprefixed(IDEM_PREFIX, &k)?;
             let rec: IdemRecord = codec::decode(&v)?;
@@ -228,6 +234,38 @@ impl State {
             | Command::CacheDelete { .. }
             | Command::CacheInvalidate { .. } => self.write_op(cmd, self.meta.revision, batch),
             Command::Txn(txn) => self.apply_txn(txn, batch),
+            Command::QueueEnqueue { .. } => self.write_op(cmd, self.meta.revision, batch),
+            Command::QueueClaim {
+                queue,
+                worker,
+                max,
+                visibility_ms,
+            } => self
+                .queues
+                .claim(queue, worker, *max, *visibility_ms, now, batch),
+            Command::JobAck { id, lease } => self.queues.ack(*id, *lease, batch),
+            Command::JobNack {
+                id,
+                lease,
+                error,
+                retry_in_ms,
+            } => self
+                .queues
+                .nack(*id, *lease, error.as_deref(), *retry_in_ms, now, batch),
+            Command::JobExtend {
+                id,
+                lease,
+                visibility_ms,
+            } => self.queues.extend(*id, *lease, *visibility_ms, now, batch),
+            Command::QueueReplay { queue, ids } => {
+                self.queues.replay(queue, ids.as_deref(), now, batch)
+            }
+            Command::ScheduleSet { queue, name, spec } => {
+                self.queues.set_schedule(queue, name, spec, now, batch)
+            }
+            Command::ScheduleDelete { queue, name } => {
+                self.queues.delete_schedule(queue, name, batch)
+            }
         }
     }
 
@@ -268,6 +306,7 @@ impl State {
             }
             Command::CacheDelete { key } => self.cache.delete(key, batch),
             Command::CacheInvalidate { tags } => self.cache.invalidate(tags, batch),
+            Command::QueueEnqueue { queue, job } => self.queues.enqueue(queue, job, now, batch),
             other => Response::Rejected(format!("{other} is not allowed in a transaction")),
         }
     }
@@ -318,6 +357,7 @@ impl State {
         self.locks.expire(now, batch);
         self.sessions.expire(now, batch);
         self.cache.expire(now, batch);
+        self.queues.expire(now, batch);
         while let Some((at, key)) = self.idem_ttl.first().cloned() {
             if at > now {
                 break;
@@ -336,6 +376,7 @@ impl State {
             self.locks.next_deadline(),
             self.sessions.next_deadline(),
             self.cache.next_deadline(),
+            self.queues.next_deadline(),
             self.idem_ttl.first().map(|(at, _)| *at),
         ]
         .into_iter()
@@ -400,6 +441,32 @@ impl State {
     /// A hash of the whole cache, equal on replicas that hold the same entries.
     pub fn cache_digest(&self) -> String {
         self.cache.digest()
+    }
+
+    /// A queue's counts, or `None` for a queue that never held a job.
+    pub fn queue_stats(&self, queue: &str) -> Option<QueueStats> {
+        self.queues.stats(queue)
+    }
+
+    pub fn queue_names(&self) -> Vec<String> {
+        self.queues.queue_names()
+    }
+
+    pub fn queue_has_ready(&self, queue: &str) -> bool {
+        self.queues.has_ready(queue)
+    }
+
+    pub fn job(&self, id: u64) -> Option<&Job> {
+        self.queues.job(id)
+    }
+
+    /// Up to `limit` dead jobs of `queue`, oldest first.
+    pub fn dead_jobs(&self, queue: &str, limit: usize) -> Vec<(u64, &Job)> {
+        self.queues.dead(queue, limit)
+    }
+
+    pub fn schedules(&self, queue: &str) -> Vec<(String, &Schedule)> {
+        self.queues.schedules(queue)
     }
 }
 
@@ -825,5 +892,236 @@ mod primitive_tests {
         }
         assert_eq!(s.get("x").unwrap().revision, 3);
         assert_eq!(s.get("y").unwrap().revision, 3);
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use crate::command::{Claimed, Enqueue, ScheduleSpec};
+
+    fn run(s: &mut State, stamp_ms: u64, command: Command) -> Response {
+        let mut b = SmBatch::default();
+        s.apply(
+            &Request {
+                stamp_ms,
+                idempotency_key: None,
+                command,
+            },
+            &mut b,
+        )
+    }
+
+    fn enqueue(payload: &str, priority: i64, delay_ms: Option<u64>) -> Command {
+        Command::QueueEnqueue {
+            queue: "q".into(),
+            job: Enqueue {
+                payload: payload.into(),
+                delay_ms,
+                run_at_ms: None,
+                priority,
+                max_attempts: 2,
+                backoff_ms: 100,
+                unique_key: None,
+            },
+        }
+    }
+
+    fn claim(s: &mut State, now: u64, max: u32) -> Vec<Claimed> {
+        match run(
+            s,
+            now,
+            Command::QueueClaim {
+                queue: "q".into(),
+                worker: "w".into(),
+                max,
+                visibility_ms: 1000,
+            },
+        ) {
+            Response::Claimed(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn claims_follow_priority_due_time_and_enqueue_order() {
+        let mut s = State::default();
+        run(&mut s, 0, enqueue("\"low\"", 0, None));
+        run(&mut s, 0, enqueue("\"high\"", 5, None));
+        run(&mut s, 0, enqueue("\"low2\"", 0, None));
+        run(&mut s, 0, enqueue("\"later\"", 9, Some(500)));
+        let got: Vec<String> = claim(&mut s, 10, 10)
+            .into_iter()
+            .map(|c| c.payload)
+            .collect();
+        assert_eq!(got, ["\"high\"", "\"low\"", "\"low2\""]);
+        assert!(claim(&mut s, 499, 10).is_empty(), "not due before 500");
+        assert_eq!(claim(&mut s, 500, 10)[0].payload, "\"later\"");
+    }
+
+    #[test]
+    fn failures_back_off_then_die_and_replay_revives() {
+        let mut s = State::default();
+        run(&mut s, 0, enqueue("1", 0, None));
+        let c = claim(&mut s, 0, 1).remove(0);
+        assert_eq!(c.attempt, 1);
+        // A stale lease cannot ack.
+        assert_eq!(
+            run(
+                &mut s,
+                1,
+                Command::JobAck {
+                    id: c.id,
+                    lease: c.lease + 1
+                }
+            ),
+            Response::StaleLease {
+                current: Some(c.lease)
+            }
+        );
+        run(
+            &mut s,
+            10,
+            Command::JobNack {
+                id: c.id,
+                lease: c.lease,
+                error: Some("boom".into()),
+                retry_in_ms: None,
+            },
+        );
+        // backoff_ms · 2^0 = 100 ms after the nack.
+        assert!(claim(&mut s, 109, 1).is_empty());
+        let c2 = claim(&mut s, 110, 1).remove(0);
+        assert_eq!(c2.attempt, 2);
+        // Visibility runs out on the second (last) attempt: dead.
+        run(&mut s, 110 + 1000, Command::Tick);
+        let st = s.queue_stats("q").unwrap();
+        assert_eq!((st.dead, st.ready, st.in_flight), (1, 0, 0));
+        assert_eq!(
+            s.dead_jobs("q", 10)[0].1.last_error.as_deref(),
+            Some("visibility timeout")
+        );
+        // The old lease is stale now.
+        assert!(matches!(
+            run(
+                &mut s,
+                1200,
+                Command::JobAck {
+                    id: c2.id,
+                    lease: c2.lease
+                }
+            ),
+            Response::StaleLease { current: None }
+        ));
+        assert_eq!(
+            run(
+                &mut s,
+                1300,
+                Command::QueueReplay {
+                    queue: "q".into(),
+                    ids: None
+                }
+            ),
+            Response::Count(1)
+        );
+        let c3 = claim(&mut s, 1300, 1).remove(0);
+        assert_eq!(c3.attempt, 1);
+        run(
+            &mut s,
+            1301,
+            Command::JobAck {
+                id: c3.id,
+                lease: c3.lease,
+            },
+        );
+        assert_eq!(s.queue_stats("q").unwrap().completed, 1);
+    }
+
+    #[test]
+    fn cron_fires_each_due_time_once_and_caps_catch_up() {
+        let mut s = State::default();
+        let every_second = ScheduleSpec {
+            cron: "* * * * * *".into(),
+            payload: "{}".into(),
+            priority: 0,
+            max_attempts: 1,
+        };
+        assert_eq!(
+            run(
+                &mut s,
+                10_500,
+                Command::ScheduleSet {
+                    queue: "q".into(),
+                    name: "tick".into(),
+                    spec: every_second,
+                }
+            ),
+            Response::Scheduled { next_at_ms: 11_000 }
+        );
+        run(&mut s, 13_200, Command::Tick);
+        assert_eq!(s.queue_stats("q").unwrap().ready, 3, "11, 12, 13 s");
+        run(&mut s, 13_900, Command::Tick);
+        assert_eq!(
+            s.queue_stats("q").unwrap().ready,
+            3,
+            "nothing new before 14 s"
+        );
+        // Downtime of 1000 s: only the latest CRON_CATCH_UP_MAX due times fire.
+        run(&mut s, 1_013_500, Command::Tick);
+        assert_eq!(
+            s.queue_stats("q").unwrap().ready,
+            3 + CRON_CATCH_UP_MAX as u64
+        );
+        assert!(matches!(
+            run(
+                &mut s,
+                1_013_600,
+                Command::ScheduleSet {
+                    queue: "q".into(),
+                    name: "bad".into(),
+                    spec: ScheduleSpec {
+                        cron: "61 * * * *".into(),
+                        payload: "{}".into(),
+                        priority: 0,
+                        max_attempts: 1,
+                    },
+                }
+            ),
+            Response::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn unique_keys_answer_the_queued_job() {
+        let mut s = State::default();
+        let mut e = enqueue("1", 0, None);
+        if let Command::QueueEnqueue { job, .. } = &mut e {
+            job.unique_key = Some("u".into());
+        }
+        let first = run(&mut s, 0, e.clone());
+        let Response::Enqueued { id, existing } = first else {
+            panic!()
+        };
+        assert!(!existing);
+        assert_eq!(
+            run(&mut s, 0, e.clone()),
+            Response::Enqueued { id, existing: true }
+        );
+        let c = claim(&mut s, 0, 1).remove(0);
+        run(
+            &mut s,
+            0,
+            Command::JobAck {
+                id: c.id,
+                lease: c.lease,
+            },
+        );
+        assert!(matches!(
+            run(&mut s, 0, e),
+            Response::Enqueued {
+                existing: false,
+                ..
+            }
+        ));
     }
 }
