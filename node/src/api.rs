@@ -3,10 +3,11 @@
 //! # Layout
 //! - this file: the router, shared extractors and parameter checks, key-value and cluster
 //!   handlers;
-//! - [`locks`], [`sessions`], [`cache`], [`txn`]: the other primitives.
+//! - [`locks`], [`sessions`], [`cache`], [`queues`], [`txn`]: the other primitives.
 
 mod cache;
 mod locks;
+mod queues;
 mod sessions;
 mod txn;
 
@@ -65,6 +66,21 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(sessions::delete),
         )
         .route("/v1/sessions/{id}/touch", post(sessions::touch))
+        .route("/v1/queues", get(queues::list_queues))
+        .route("/v1/queues/{name}", get(queues::stats))
+        .route("/v1/queues/{name}/jobs", post(queues::enqueue))
+        .route("/v1/queues/{name}/claim", post(queues::claim))
+        .route("/v1/queues/{name}/dead", get(queues::dead))
+        .route("/v1/queues/{name}/dead/replay", post(queues::replay))
+        .route("/v1/queues/{name}/schedules", get(queues::list_schedules))
+        .route(
+            "/v1/queues/{queue}/schedules/{name}",
+            axum::routing::put(queues::set_schedule).delete(queues::delete_schedule),
+        )
+        .route("/v1/jobs/{id}", get(queues::get_job))
+        .route("/v1/jobs/{id}/ack", post(queues::ack))
+        .route("/v1/jobs/{id}/nack", post(queues::nack))
+        .route("/v1/jobs/{id}/extend", post(queues::extend))
         .route("/v1/cache/stats", get(cache::stats))
         .route("/v1/cache/invalidate", post(cache::invalidate))
         .route(
@@ -372,6 +388,11 @@ pub(crate) fn write_answer(resp: RaftResponse) -> ApiError {
         RaftResponse::LockHeld { holder } | RaftResponse::LockQueued { holder } => {
             ApiError::conflict(format!("lock is held by {holder:?}")).with("holder", holder)
         }
+        RaftResponse::StaleLease { current } => ApiError::conflict(
+            "stale lease: the job was offered again or finished since this claim",
+        )
+        .with("reason", "stale_lease")
+        .with("current_lease", current),
         RaftResponse::NotFound => ApiError::not_found("not found"),
         RaftResponse::Limited(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m),
         RaftResponse::Rejected(m) => ApiError::bad_request(m),

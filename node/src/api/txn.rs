@@ -50,6 +50,22 @@ pub enum OpBody {
     CacheSet(ValueOp),
     CacheDelete(KeyOp),
     CacheInvalidate(TagsOp),
+    Enqueue(EnqueueOp),
+}
+
+/// An enqueue inside a transaction: `queue` plus the fields of `POST /v1/queues/{queue}/jobs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueOp {
+    queue: String,
+    payload: Value,
+    delay_ms: Option<u64>,
+    run_at_ms: Option<u64>,
+    #[serde(default)]
+    priority: i64,
+    max_attempts: Option<u32>,
+    backoff_ms: Option<u64>,
+    unique_key: Option<String>,
 }
 
 /// A write with a value: `value` (base64) or `text` (UTF-8), not both.
@@ -187,6 +203,22 @@ fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Co
             check_tags(&t.tags)?;
             Command::CacheInvalidate { tags: t.tags }
         }
+        OpBody::Enqueue(e) => {
+            validate_name("queue", &e.queue)?;
+            let job = super::queues::EnqueueBody {
+                payload: e.payload,
+                delay_ms: e.delay_ms,
+                run_at_ms: e.run_at_ms,
+                priority: e.priority,
+                max_attempts: e.max_attempts,
+                backoff_ms: e.backoff_ms,
+                unique_key: e.unique_key,
+            };
+            Command::QueueEnqueue {
+                queue: e.queue,
+                job: super::queues::enqueue_job(st, job)?,
+            }
+        }
     })
 }
 
@@ -209,6 +241,9 @@ fn result_json(r: &RaftResponse) -> Value {
         }
         RaftResponse::Done => json!({ "stored": true }),
         RaftResponse::Count(n) => json!({ "count": n }),
+        RaftResponse::Enqueued { id, existing } => {
+            json!({ "id": id.to_string(), "existing": existing })
+        }
         other => json!({ "error": format!("{other:?}") }),
     }
 }

@@ -478,7 +478,8 @@ pub fn txn_op_allowed(op: &Command) -> bool {
         }
         Command::CacheSet { .. }
         | Command::CacheDelete { .. }
-        | Command::CacheInvalidate { .. } => true,
+        | Command::CacheInvalidate { .. }
+        | Command::QueueEnqueue { .. } => true,
         _ => false,
     }
 }
