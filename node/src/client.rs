@@ -1,12 +1,14 @@
-//! The command-line client: `stackd kv|lock|session|cache|txn|cluster …` against any node's
-//! API.
+//! The command-line client: `stackd kv|lock|session|cache|queue|worker|txn|cluster …`
+//! against any node's API.
 //!
 //! # Layout
 //! - this file: shared plumbing, `kv` and `cluster`;
-//! - [`lock`], [`session`], [`cache`], [`txn`]: the other primitives.
+//! - [`lock`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the other
+//!   primitives.
 
 pub mod cache;
 pub mod lock;
+pub mod queue;
 pub mod session;
 pub mod txn;
 

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use node::client::cache::CacheCmd;
 use node::client::lock::LockCmd;
+use node::client::queue::{QueueCmd, WorkerCmd};
 use node::client::session::SessionCmd;
 use node::client::txn::TxnCmd;
 use node::client::{ClusterCmd, KvCmd};
@@ -10,7 +11,7 @@ use node::config::ServeArgs;
 use tracing_subscriber::EnvFilter;
 
 /// stackd: a clustered application node (replicated state over Raft: keys, locks, sessions,
-/// cache).
+/// cache, job queues).
 ///
 /// Start a node with `stackd serve`; start more with `--join` and the token the first node
 /// prints. Point apps and the client subcommands at any node.
@@ -38,6 +39,11 @@ enum Cmd {
     /// The replicated cache: TTL, tags, invalidation.
     #[command(subcommand)]
     Cache(CacheCmd),
+    /// Job queues: enqueue, claim, ack, dead letters, cron schedules.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// Run a shell command for each job of a queue (payload on stdin; exit 0 acks).
+    Worker(WorkerCmd),
     /// Apply a transaction (compares, then success or failure writes) given as JSON.
     Txn(TxnCmd),
     /// Inspect the cluster.
@@ -59,6 +65,8 @@ fn main() -> std::process::ExitCode {
             Cmd::Session(cmd) => node::client::session::run(cmd).await,
             Cmd::Cache(cmd) => node::client::cache::run(cmd).await,
             Cmd::Txn(cmd) => node::client::txn::run(cmd).await,
+            Cmd::Queue(cmd) => node::client::queue::run(cmd).await,
+            Cmd::Worker(cmd) => node::client::queue::worker(cmd).await,
             Cmd::Cluster(cmd) => node::client::cluster(cmd).await,
         }
     });
