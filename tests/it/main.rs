@@ -6,5 +6,6 @@ mod faults;
 mod kv_cluster;
 mod locks;
 mod membership;
+mod queues;
 mod sessions;
 mod storage_suite;

@@ -327,6 +327,7 @@ fn job_json(id: u64, j: &Job, now: u64) -> Value {
         "created_at_ms": j.created_at_ms,
         "last_error": j.last_error,
         "worker": j.worker,
+        "unique_key": j.unique_key,
     })
 }
 
