@@ -12,6 +12,7 @@
 #
 # Environment (defaults in brackets):
 #   DURATION [10]  measured seconds per row     WARMUP [3]   warm-up seconds per row
+#   ROUNDS [1]     runs per row and side; the table shows each side's median round
 #   KEYS [10000]   key space                    VALUE_SIZE [100]  value bytes
 #   ROWS           space-separated row ids to run [all]: put-1 put-64 get-64 stale-64 cache-64
 #   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]
@@ -46,6 +47,7 @@ while (($#)); do
 done
 
 DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-1}"
 WARMUP="${WARMUP:-3}"
 KEYS="${KEYS:-10000}"
 VALUE_SIZE="${VALUE_SIZE:-100}"
@@ -224,25 +226,27 @@ measure() {
 }
 
 # row ID TITLE CONNECTIONS STACKD_WORKLOAD STACKD_TARGET PEER PEER_PROTOCOL PEER_WORKLOAD PEER_TARGET [SKIP_REASON]
-# Runs one comparison and appends it to $RESULTS. The two sides take turns going first, so
-# slow drift on this shared machine does not always favour the same one.
+# Runs one comparison ROUNDS times and appends each round to $RESULTS. The two sides take
+# turns going first, so slow drift on this shared machine does not always favour the same one.
 row() {
     local id="$1" title="$2" conns="$3" s_work="$4" s_target="$5" peer="$6" p_proto="$7" \
-        p_work="$8" p_target="$9" skip="${10:-}" stackd peer_out
+        p_work="$8" p_target="$9" skip="${10:-}" stackd peer_out round
     [[ " $ROWS " == *" $id "* ]] || return 0
-    log "row: $title"
-    if [[ -n "$skip" ]]; then
-        stackd="{\"skipped\": \"$skip\"}"
-        peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
-    elif ((ROW_NO++ % 2 == 0)); then
-        stackd="$(measure stackd stackd "$s_work" "$conns" "$s_target")"
-        peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
-    else
-        peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
-        stackd="$(measure stackd stackd "$s_work" "$conns" "$s_target")"
-    fi
-    python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": sys.argv[2], "stackd": json.loads(sys.argv[3]), "other": json.loads(sys.argv[4])}))' \
-        "$title" "$peer" "$stackd" "$peer_out" >>"$RESULTS"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "row: $title (round $round of $ROUNDS)"
+        if [[ -n "$skip" ]]; then
+            stackd="{\"skipped\": \"$skip\"}"
+            peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
+        elif ((ROW_NO++ % 2 == 0)); then
+            stackd="$(measure stackd stackd "$s_work" "$conns" "$s_target")"
+            peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
+        else
+            peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
+            stackd="$(measure stackd stackd "$s_work" "$conns" "$s_target")"
+        fi
+        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": sys.argv[2], "stackd": json.loads(sys.argv[3]), "other": json.loads(sys.argv[4])}))' \
+            "$title" "$peer" "$stackd" "$peer_out" >>"$RESULTS"
+    done
 }
 
 # --- run ---------------------------------------------------------------------------------
@@ -276,10 +280,25 @@ row stale-64 "stale get, 64 conns (follower)" 64 stale-get "$STACKD_FOLLOWER" et
 row cache-64 "cache GET, 64 conns (stackd follower)" 64 cache-get "$STACKD_FOLLOWER" redis redis get \
     "redis://127.0.0.1:$REDIS_PORT" "$CACHE_SKIP"
 
-python3 - "$RESULTS" "$MARKDOWN" "$DURATION" "$WARMUP" "$KEYS" "$VALUE_SIZE" <<'PY'
+python3 - "$RESULTS" "$MARKDOWN" "$DURATION" "$WARMUP" "$KEYS" "$VALUE_SIZE" "$ROUNDS" <<'PY'
 import json, sys
-results, markdown, duration, warmup, keys, value_size = sys.argv[1:]
-rows = [json.loads(line) for line in open(results)]
+results, markdown, duration, warmup, keys, value_size, rounds = sys.argv[1:]
+
+def median_round(runs):
+    """The run with the median throughput (the lower middle one for an even count)."""
+    ok = sorted((r for r in runs if "ops_per_sec" in r), key=lambda r: r["ops_per_sec"])
+    return ok[(len(ok) - 1) // 2] if ok else runs[0]
+
+rounds_by_title = {}
+for line in open(results):
+    r = json.loads(line)
+    rounds_by_title.setdefault(r["title"], []).append(r)
+rows = [
+    {"title": title, "peer": rs[0]["peer"],
+     "stackd": median_round([r["stackd"] for r in rs]),
+     "other": median_round([r["other"] for r in rs])}
+    for title, rs in rounds_by_title.items()
+]
 
 def cell(r):
     if "skipped" in r:
@@ -297,8 +316,9 @@ header = ["workload", "stackd ops/s (p50 / p99 ms)", "peer", "peer ops/s (p50 / 
 table = [[r["title"], cell(r["stackd"]), r["peer"], cell(r["other"]), ratio(r["stackd"], r["other"])] for r in rows]
 widths = [max(len(x) for x in col) for col in zip(header, *table)]
 print()
-print(f"{duration} s measured after {warmup} s warm-up per side and row; {keys} keys, {value_size}-byte values; "
-      "ratio = stackd ops/s / peer ops/s")
+median = f"median of {rounds} rounds, " if int(rounds) > 1 else ""
+print(f"{duration} s measured after {warmup} s warm-up per side and row ({median}same loadgen loop); "
+      f"{keys} keys, {value_size}-byte values; ratio = stackd ops/s / peer ops/s")
 for line in [header, ["-" * w for w in widths]] + table:
     print("  ".join(x.ljust(w) for x, w in zip(line, widths)))
 if markdown:
