@@ -1,4 +1,5 @@
-//! `loadgen`: an HTTP load generator for a stackd cluster.
+//! `loadgen`: a load generator for a stackd cluster, and for etcd and Redis so that
+//! `benches/compare.sh` drives all three with the same loop.
 //!
 //! Runs `--connections` concurrent workers, each a sequential request loop
 //! against one of the `--targets` (assigned round-robin), for a warmup period
@@ -9,7 +10,15 @@
 //! ```text
 //! loadgen --targets http://127.0.0.1:7001,http://127.0.0.2:7001 \
 //!         --connections 64 --duration-secs 10 --workload get --json
+//! loadgen --protocol etcd --targets http://127.0.0.2:2379 --workload get
+//! loadgen --protocol redis --targets redis://127.0.0.1:6379 --workload get
 //! ```
+//!
+//! # Layout
+//! - `Args`, `Protocol`, `Workload`: what to send, and to what.
+//! - `Conn`: one worker's connection; turns (put|get, key) into a request of the protocol.
+//! - `resp`: the few lines of the Redis protocol (RESP) that `GET` and `SET` need.
+//! - `worker`, `preload`, `main`: the measured loop, the key preload and the report.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,10 +26,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use clap::{Parser, ValueEnum};
 use tokio::task::JoinSet;
 
-/// HTTP load generator for a stackd cluster.
+/// Load generator for a stackd cluster (and for etcd and Redis, to compare).
 ///
 /// Spreads `--connections` workers round-robin over `--targets`; each worker
 /// issues one request at a time until the deadline. Requests issued during the
@@ -29,7 +40,7 @@ use tokio::task::JoinSet;
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version)]
 struct Args {
-    /// Comma-separated base URLs of the nodes' HTTP APIs.
+    /// Comma-separated base URLs of the nodes' HTTP APIs (`redis://host:port` for Redis).
     #[arg(
         long,
         env = "LOADGEN_TARGETS",
@@ -54,6 +65,10 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Workload::Put)]
     workload: Workload,
 
+    /// Which server speaks at the targets.
+    #[arg(long, value_enum, default_value_t = Protocol::Stackd)]
+    protocol: Protocol,
+
     /// Size of the key space: keys are `bench-0` .. `bench-<keys-1>`, picked uniformly.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     keys: u64,
@@ -71,16 +86,44 @@ struct Args {
     json: bool,
 }
 
+/// The server at the targets; each maps a put or get of key `bench-<n>` to its own API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// stackd's HTTP API (`/v1/kv/...`, `/v1/cache/...`).
+    Stackd,
+    /// etcd v3's HTTP/JSON gateway: `POST /v3/kv/put` and `POST /v3/kv/range`, keys and
+    /// values base64 in a JSON body (the gateway's own encoding of the gRPC messages).
+    Etcd,
+    /// Redis (RESP over TCP): `SET` and `GET`.
+    Redis,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Stackd => "stackd",
+            Protocol::Etcd => "etcd",
+            Protocol::Redis => "redis",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
-    /// `PUT /v1/kv/bench-<n>` with a `--value-size` body.
+    /// Write `bench-<n>` with a `--value-size` value: stackd `PUT /v1/kv/bench-<n>`,
+    /// etcd put, Redis `SET`.
     Put,
-    /// `GET /v1/kv/bench-<n>` (linearizable read); every key is preloaded first.
+    /// Linearizable read; every key is preloaded first. stackd `GET /v1/kv/bench-<n>`,
+    /// etcd range (linearizable, the default), Redis `GET`.
     Get,
-    /// `GET /v1/kv/bench-<n>?consistency=stale`; every key is preloaded first.
+    /// Read from the receiving node's local state; every key is preloaded first. stackd
+    /// `GET /v1/kv/bench-<n>?consistency=stale`, etcd range with `serializable: true`.
     StaleGet,
     /// 50% put, 50% get; every key is preloaded first.
     Mixed,
+    /// Cache read; every key is preloaded first. stackd `GET /v1/cache/bench-<n>` (preloaded
+    /// with `PUT /v1/cache/bench-<n>`), Redis `GET` (preloaded with `SET`).
+    CacheGet,
 }
 
 impl Workload {
@@ -90,6 +133,7 @@ impl Workload {
             Workload::Get => "get",
             Workload::StaleGet => "stale-get",
             Workload::Mixed => "mixed",
+            Workload::CacheGet => "cache-get",
         }
     }
 
@@ -97,6 +141,23 @@ impl Workload {
     fn needs_preload(self) -> bool {
         self != Workload::Put
     }
+
+    /// Whether `protocol` has an operation for this workload.
+    fn supported_by(self, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::Stackd => true,
+            Protocol::Etcd => self != Workload::CacheGet,
+            // Redis has one kind of read: a local, in-memory GET.
+            Protocol::Redis => !matches!(self, Workload::StaleGet | Workload::Mixed),
+        }
+    }
+}
+
+/// One request of a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Put,
+    Get,
 }
 
 /// Small xorshift64* generator: enough to pick keys, and avoids a `rand` dependency.
@@ -192,14 +253,7 @@ fn error_chain(err: &reqwest::Error) -> String {
     msg
 }
 
-fn key_url(target: &str, key: u64, workload: Workload) -> String {
-    match workload {
-        Workload::StaleGet => format!("{target}/v1/kv/bench-{key}?consistency=stale"),
-        _ => format!("{target}/v1/kv/bench-{key}"),
-    }
-}
-
-/// Sends one request and reads the whole body (so the connection can be reused).
+/// Sends one HTTP request and reads the whole body (so the connection can be reused).
 async fn send(req: reqwest::RequestBuilder) -> Outcome {
     match req.send().await {
         Ok(resp) => {
@@ -213,13 +267,229 @@ async fn send(req: reqwest::RequestBuilder) -> Outcome {
     }
 }
 
+/// The value every write sends, in each protocol's encoding. Built once per run.
+struct Value {
+    raw: &'static [u8],
+    /// Base64 of `raw`, as etcd's JSON gateway wants it.
+    base64: String,
+}
+
+/// One worker's connection to one target.
+enum Conn {
+    /// stackd or etcd: requests go through the shared client's keep-alive pool, in which each
+    /// sequential worker keeps one connection busy.
+    Http {
+        client: reqwest::Client,
+        target: String,
+        protocol: Protocol,
+    },
+    /// Redis: one TCP connection per worker, opened on first use and after an error.
+    Redis {
+        addr: String,
+        conn: Option<resp::Connection>,
+        timeout: Duration,
+    },
+}
+
+impl Conn {
+    fn new(run: &Run, target: &str) -> Conn {
+        match run.protocol {
+            Protocol::Stackd | Protocol::Etcd => Conn::Http {
+                client: run.client.clone(),
+                target: target.to_string(),
+                protocol: run.protocol,
+            },
+            Protocol::Redis => Conn::Redis {
+                addr: target.trim_start_matches("redis://").to_string(),
+                conn: None,
+                timeout: run.timeout,
+            },
+        }
+    }
+
+    async fn call(&mut self, workload: Workload, op: Op, key: u64, value: &Value) -> Outcome {
+        match self {
+            Conn::Http {
+                client,
+                target,
+                protocol: Protocol::Stackd,
+            } => {
+                let space = if workload == Workload::CacheGet {
+                    "cache"
+                } else {
+                    "kv"
+                };
+                let stale = if workload == Workload::StaleGet {
+                    "?consistency=stale"
+                } else {
+                    ""
+                };
+                match op {
+                    Op::Put => {
+                        let url = format!("{target}/v1/{space}/bench-{key}");
+                        send(client.put(url).body(value.raw)).await
+                    }
+                    Op::Get => {
+                        let url = format!("{target}/v1/{space}/bench-{key}{stale}");
+                        send(client.get(url)).await
+                    }
+                }
+            }
+            Conn::Http { client, target, .. } => {
+                let key64 = BASE64.encode(format!("bench-{key}"));
+                let (path, body) = match op {
+                    Op::Put => (
+                        "put",
+                        format!(r#"{{"key":"{key64}","value":"{}"}}"#, value.base64),
+                    ),
+                    Op::Get if workload == Workload::StaleGet => (
+                        "range",
+                        format!(r#"{{"key":"{key64}","serializable":true}}"#),
+                    ),
+                    Op::Get => ("range", format!(r#"{{"key":"{key64}"}}"#)),
+                };
+                let req = client
+                    .post(format!("{target}/v3/kv/{path}"))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body);
+                send(req).await
+            }
+            Conn::Redis {
+                addr,
+                conn,
+                timeout,
+            } => {
+                let name = format!("bench-{key}");
+                let result = tokio::time::timeout(*timeout, async {
+                    if conn.is_none() {
+                        *conn = Some(resp::Connection::connect(addr).await?);
+                    }
+                    let c = conn.as_mut().expect("just connected");
+                    match op {
+                        Op::Put => c.call(&[b"SET", name.as_bytes(), value.raw]).await,
+                        Op::Get => c.call(&[b"GET", name.as_bytes()]).await,
+                    }
+                })
+                .await;
+                match result {
+                    // Mapped onto HTTP statuses so the report reads the same for every protocol.
+                    Ok(Ok(resp::Reply::Value)) => Outcome::Status(200),
+                    Ok(Ok(resp::Reply::Nil)) => Outcome::Status(404),
+                    Ok(Ok(resp::Reply::Error(msg))) => {
+                        Outcome::Transport("redis", format!("{msg} ({addr})"))
+                    }
+                    Ok(Err(e)) => {
+                        *conn = None;
+                        let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                            "connect"
+                        } else {
+                            "other"
+                        };
+                        Outcome::Transport(kind, format!("{e} ({addr})"))
+                    }
+                    Err(_) => {
+                        // The reply may still arrive: the connection is out of step, drop it.
+                        *conn = None;
+                        Outcome::Transport("timeout", format!("timed out ({addr})"))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Just enough of the Redis protocol (RESP2) for `GET` and `SET`: commands go out as arrays
+/// of bulk strings; replies are a simple string, an error, an integer or a bulk string.
+mod resp {
+    use std::io;
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpStream;
+
+    /// A reply, reduced to what the load generator counts.
+    pub enum Reply {
+        /// `+OK`, an integer or a bulk string.
+        Value,
+        /// The nil bulk string (`GET` of a missing key).
+        Nil,
+        /// An error reply, with its text.
+        Error(String),
+    }
+
+    pub struct Connection {
+        stream: BufReader<TcpStream>,
+        out: Vec<u8>,
+        line: Vec<u8>,
+        body: Vec<u8>,
+    }
+
+    impl Connection {
+        pub async fn connect(addr: &str) -> io::Result<Connection> {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            Ok(Connection {
+                stream: BufReader::new(tcp),
+                out: Vec::with_capacity(256),
+                line: Vec::with_capacity(64),
+                body: Vec::new(),
+            })
+        }
+
+        /// Sends one command and reads its reply.
+        pub async fn call(&mut self, args: &[&[u8]]) -> io::Result<Reply> {
+            self.out.clear();
+            self.out
+                .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for arg in args {
+                self.out
+                    .extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+                self.out.extend_from_slice(arg);
+                self.out.extend_from_slice(b"\r\n");
+            }
+            self.stream.get_mut().write_all(&self.out).await?;
+
+            self.line.clear();
+            self.stream.read_until(b'\n', &mut self.line).await?;
+            let line = self
+                .line
+                .strip_suffix(b"\r\n")
+                .ok_or_else(|| bad("reply line without CRLF"))?;
+            let (&kind, rest) = line.split_first().ok_or_else(|| bad("empty reply"))?;
+            match kind {
+                b'+' | b':' => Ok(Reply::Value),
+                b'-' => Ok(Reply::Error(String::from_utf8_lossy(rest).into_owned())),
+                b'$' => {
+                    let len: i64 = std::str::from_utf8(rest)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| bad("bad bulk length"))?;
+                    if len < 0 {
+                        return Ok(Reply::Nil);
+                    }
+                    // The body and its trailing CRLF.
+                    self.body.resize(len as usize + 2, 0);
+                    self.stream.read_exact(&mut self.body).await?;
+                    Ok(Reply::Value)
+                }
+                other => Err(bad(&format!("unexpected reply type {:?}", other as char))),
+            }
+        }
+    }
+
+    fn bad(what: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+    }
+}
+
 /// Shared, read-only configuration of a run.
 struct Run {
     client: reqwest::Client,
+    protocol: Protocol,
+    timeout: Duration,
     targets: Vec<String>,
     workload: Workload,
     keys: u64,
-    value: &'static [u8],
+    value: Value,
     /// Requests issued before this instant are warmup and not counted.
     measure_start: Instant,
     /// Every worker stops at this instant; requests still in flight are dropped.
@@ -231,6 +501,7 @@ const TRANSPORT_BACKOFF: Duration = Duration::from_millis(10);
 
 async fn worker(run: Arc<Run>, id: usize, seed: u64) -> Stats {
     let target = &run.targets[id % run.targets.len()];
+    let mut conn = Conn::new(&run, target);
     let deadline = tokio::time::Instant::from_std(run.deadline);
     let mut rng = Rng::new(seed);
     let mut stats = Stats::default();
@@ -241,20 +512,17 @@ async fn worker(run: Arc<Run>, id: usize, seed: u64) -> Stats {
             break;
         }
         let key = rng.below(run.keys);
-        let put = match run.workload {
-            Workload::Put => true,
-            Workload::Get | Workload::StaleGet => false,
-            Workload::Mixed => rng.next_u64() & 1 == 0,
-        };
-        let url = key_url(target, key, run.workload);
-        let req = if put {
-            run.client.put(url).body(run.value)
-        } else {
-            run.client.get(url)
+        let op = match run.workload {
+            Workload::Put => Op::Put,
+            Workload::Get | Workload::StaleGet | Workload::CacheGet => Op::Get,
+            Workload::Mixed if rng.next_u64() & 1 == 0 => Op::Put,
+            Workload::Mixed => Op::Get,
         };
 
         // Bound every loop by the deadline: an unfinished request is not counted.
-        let Ok(outcome) = tokio::time::timeout_at(deadline, send(req)).await else {
+        let Ok(outcome) =
+            tokio::time::timeout_at(deadline, conn.call(run.workload, op, key, &run.value)).await
+        else {
             break;
         };
         let elapsed = started.elapsed();
@@ -287,16 +555,11 @@ async fn worker(run: Arc<Run>, id: usize, seed: u64) -> Stats {
     stats
 }
 
-/// PUTs every key once (keys interleaved over `connections` workers), retrying
+/// Writes every key once (keys interleaved over `connections` workers), retrying
 /// a few times per key; fails if a key cannot be written.
-async fn preload(
-    client: &reqwest::Client,
-    targets: &[String],
-    connections: usize,
-    keys: u64,
-    value: &'static [u8],
-) -> Result<()> {
+async fn preload(run: Arc<Run>, connections: usize) -> Result<()> {
     const ATTEMPTS: u32 = 3;
+    let keys = run.keys;
     let started = Instant::now();
     let done = Arc::new(AtomicUsize::new(0));
     eprintln!("preloading {keys} keys over {connections} connections...");
@@ -316,22 +579,24 @@ async fn preload(
 
     let mut tasks = JoinSet::new();
     for id in 0..connections {
-        let client = client.clone();
-        let target = targets[id % targets.len()].clone();
+        let run = run.clone();
         let done = done.clone();
         tasks.spawn(async move {
+            let target = &run.targets[id % run.targets.len()];
+            let mut conn = Conn::new(&run, target);
             for key in (id as u64..keys).step_by(connections) {
-                let url = key_url(&target, key, Workload::Put);
                 let mut attempt = 1;
                 loop {
-                    match send(client.put(&url).body(value)).await {
+                    match conn.call(run.workload, Op::Put, key, &run.value).await {
                         Outcome::Status(s) if (200..300).contains(&s) => break,
                         outcome if attempt >= ATTEMPTS => {
                             let why = match outcome {
                                 Outcome::Status(s) => format!("HTTP {s}"),
                                 Outcome::Transport(_, msg) => msg,
                             };
-                            bail!("preload PUT {url} failed after {ATTEMPTS} attempts: {why}");
+                            bail!(
+                                "preload of key bench-{key} at {target} failed after {ATTEMPTS} attempts: {why}"
+                            );
                         }
                         _ => {
                             attempt += 1;
@@ -388,9 +653,25 @@ async fn main() -> Result<()> {
     if targets.is_empty() {
         bail!("--targets must name at least one base URL");
     }
+    if !args.workload.supported_by(args.protocol) {
+        bail!(
+            "workload {} has no {} equivalent",
+            args.workload.name(),
+            args.protocol.name()
+        );
+    }
     for t in &targets {
-        if !(t.starts_with("http://") || t.starts_with("https://")) {
-            bail!("target {t:?} is not an http:// or https:// URL");
+        let ok = match args.protocol {
+            Protocol::Stackd | Protocol::Etcd => {
+                t.starts_with("http://") || t.starts_with("https://")
+            }
+            Protocol::Redis => t.starts_with("redis://"),
+        };
+        if !ok {
+            bail!(
+                "target {t:?} is not a URL for {} (http://, https:// or redis://)",
+                args.protocol.name()
+            );
         }
     }
     let connections = args.connections as usize;
@@ -406,30 +687,43 @@ async fn main() -> Result<()> {
         .context("building HTTP client")?;
 
     // One shared body for the whole run, so requests do not copy it.
-    let value: &'static [u8] = Vec::leak(
+    let raw: &'static [u8] = Vec::leak(
         (0..args.value_size)
             .map(|i| b'a' + (i % 26) as u8)
             .collect(),
     );
+    let value = Value {
+        raw,
+        base64: BASE64.encode(raw),
+    };
 
+    let now = Instant::now();
+    let mut run = Run {
+        client,
+        protocol: args.protocol,
+        timeout: Duration::from_millis(args.timeout_ms),
+        targets: targets.clone(),
+        workload: args.workload,
+        keys: args.keys,
+        value,
+        measure_start: now,
+        deadline: now,
+    };
     if args.workload.needs_preload() {
-        preload(&client, &targets, connections, args.keys, value).await?;
+        let preload_run = Arc::new(run);
+        preload(preload_run.clone(), connections).await?;
+        run = Arc::into_inner(preload_run).context("preload tasks still hold the run")?;
     }
 
     let warmup = Duration::from_secs(args.warmup_secs);
     let duration = Duration::from_secs(args.duration_secs);
     let start = Instant::now();
-    let run = Arc::new(Run {
-        client,
-        targets: targets.clone(),
-        workload: args.workload,
-        keys: args.keys,
-        value,
-        measure_start: start + warmup,
-        deadline: start + warmup + duration,
-    });
+    run.measure_start = start + warmup;
+    run.deadline = start + warmup + duration;
+    let run = Arc::new(run);
     eprintln!(
-        "running {} with {connections} connections against {} target(s): {}s warmup + {}s measured",
+        "running {} {} with {connections} connections against {} target(s): {}s warmup + {}s measured",
+        args.protocol.name(),
         args.workload.name(),
         targets.len(),
         args.warmup_secs,
@@ -474,12 +768,13 @@ async fn main() -> Result<()> {
             .map(|(kind, n)| format!("{kind} error: {n}")),
     );
     let report = format!(
-        "workload     {workload} ({connections} connections, {duration_s:.1} s measured after {warmup} s warmup)\n\
+        "workload     {protocol} {workload} ({connections} connections, {duration_s:.1} s measured after {warmup} s warmup)\n\
          targets      {targets}\n\
          ops          {ops} ok, {errors} errors\n\
          throughput   {ops_per_sec:.1} ops/s\n\
          latency ms   p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  max {max:.3}\n\
          responses    {responses}",
+        protocol = args.protocol.name(),
         workload = args.workload.name(),
         warmup = args.warmup_secs,
         targets = targets.join(", "),
@@ -497,6 +792,7 @@ async fn main() -> Result<()> {
         }
         let line = serde_json::json!({
             "workload": args.workload.name(),
+            "protocol": args.protocol.name(),
             "connections": connections,
             "duration_s": duration_s,
             "ops": ops,

@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# stackd side by side with etcd and Redis on this machine, in one run.
+#
+# Installs etcd and Redis from Debian packages if they are missing, builds stackd in release,
+# starts a 3-node stackd cluster and a 3-member etcd cluster on 127.0.0.1-3 (both fsync every
+# log write, their default) and one Redis, drives each with the same `loadgen` loop (same
+# connection count, key space, value size, warm-up and duration), stops everything on exit and
+# prints one table: workload, stackd, peer, ratio (stackd ops/s over peer ops/s; above 1 means
+# stackd is faster), with p50/p99 latency in ms.
+#
+# Usage: benches/compare.sh [--markdown FILE]     (FILE also gets the table as Markdown)
+#
+# Environment (defaults in brackets):
+#   DURATION [10]  measured seconds per row     WARMUP [3]   warm-up seconds per row
+#   ROUNDS [1]     runs per row and side; the table shows each side's median round
+#   KEYS [10000]   key space                    VALUE_SIZE [100]  value bytes
+#   ROWS           space-separated row ids to run [all]: put-1 put-64 get-64 stale-64 cache-64
+#   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]
+#   ETCD_CLIENT_PORT [2379] ETCD_PEER_PORT [2380]  REDIS_PORT [6379] (Redis on 127.0.0.1)
+#   WORK           scratch dir for data and logs [mktemp -d]; KEEP=1 keeps it afterwards
+#
+# What is compared with what, and why it is fair:
+# - Writes go to each cluster's leader (stackd would forward from a follower, and so would
+#   etcd; going to the leader measures the replication path itself, not the extra hop).
+# - Reads go to a follower: a linearizable stackd GET runs ReadIndex from that follower, as
+#   does an etcd range; a stale GET (`consistency=stale`) is compared with etcd's
+#   `serializable: true` range. Both are served from the follower's local state.
+# - etcd is driven through its HTTP/JSON gateway (`/v3/kv/put`, `/v3/kv/range`, base64 keys
+#   and values), the counterpart of stackd's HTTP API; the gateway re-encodes each call as gRPC
+#   inside etcd, which costs etcd some CPU that its native gRPC clients do not pay.
+# - The cache row compares stackd's `GET /v1/cache/{key}` on one follower with Redis `GET`
+#   (RESP over TCP, persistence off, as a cache is usually run). It prints
+#   "n/a (endpoint missing)" when this stackd has no cache API.
+# - Everything, the load generator included, shares this machine's cores; the ratio, not the
+#   absolute figures, is the result.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO_ROOT="$(pwd)"
+
+MARKDOWN=""
+while (($#)); do
+    case "$1" in
+    --markdown) MARKDOWN="$(realpath -m "$2")"; shift 2 ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//p}' "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-1}"
+WARMUP="${WARMUP:-3}"
+KEYS="${KEYS:-10000}"
+VALUE_SIZE="${VALUE_SIZE:-100}"
+ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64}"
+STACKD_API_PORT="${STACKD_API_PORT:-7201}"
+STACKD_CLUSTER_PORT="${STACKD_CLUSTER_PORT:-7301}"
+ETCD_CLIENT_PORT="${ETCD_CLIENT_PORT:-2379}"
+ETCD_PEER_PORT="${ETCD_PEER_PORT:-2380}"
+REDIS_PORT="${REDIS_PORT:-6379}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stackd-target}"
+WORK="${WORK:-$(mktemp -d /tmp/stackd-compare.XXXXXX)}"
+mkdir -p "$WORK"
+WORK="$(realpath "$WORK")"
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+
+log() { echo "compare: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- tools -------------------------------------------------------------------------------
+install_packages() {
+    local missing=()
+    command -v etcd >/dev/null || missing+=(etcd-server)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v python3 >/dev/null || missing+=(python3)
+    ((${#missing[@]} == 0)) && return
+    log "installing ${missing[*]} (Debian packages)"
+    local sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    # The packages' own services are not wanted: their ports would clash with ours.
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >&2
+    for svc in etcd redis-server; do
+        "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
+    done
+}
+
+port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# --- processes ---------------------------------------------------------------------------
+PIDS=()
+STACKD_STARTED=0
+stackd_cluster() {
+    STACKD_BIN="$CARGO_TARGET_DIR/release/stackd" STACKD_DATA="$WORK/stackd" \
+        API_PORT="$STACKD_API_PORT" CLUSTER_PORT="$STACKD_CLUSTER_PORT" \
+        deploy/local-cluster.sh "$@"
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if ((STACKD_STARTED)); then stackd_cluster stop >/dev/null 2>&1 || true; fi
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    if ((rc != 0)); then
+        log "failed; logs are in $WORK"
+    elif [[ "${KEEP:-0}" == 1 ]]; then
+        log "data and logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_until() { # DESCRIPTION TIMEOUT_S COMMAND...
+    local what="$1" deadline=$((SECONDS + $2))
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "timed out waiting for $what"
+        sleep 0.2
+    done
+}
+
+start_etcd() {
+    local i cluster=""
+    for i in 1 2 3; do
+        port_busy "127.0.0.$i" "$ETCD_CLIENT_PORT" && die "127.0.0.$i:$ETCD_CLIENT_PORT is in use (set ETCD_CLIENT_PORT)"
+        cluster+="${cluster:+,}m$i=http://127.0.0.$i:$ETCD_PEER_PORT"
+    done
+    for i in 1 2 3; do
+        mkdir -p "$WORK/etcd"
+        etcd --name "m$i" --data-dir "$WORK/etcd/m$i" \
+            --listen-client-urls "http://127.0.0.$i:$ETCD_CLIENT_PORT" \
+            --advertise-client-urls "http://127.0.0.$i:$ETCD_CLIENT_PORT" \
+            --listen-peer-urls "http://127.0.0.$i:$ETCD_PEER_PORT" \
+            --initial-advertise-peer-urls "http://127.0.0.$i:$ETCD_PEER_PORT" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token stackd-compare \
+            --logger zap --log-level warn \
+            </dev/null >"$WORK/etcd/m$i.log" 2>&1 &
+        PIDS+=($!)
+        disown # stopped by cleanup; no job-control notices
+
+    done
+    for i in 1 2 3; do
+        wait_until "etcd member $i" 60 \
+            sh -c "curl -fsS http://127.0.0.$i:$ETCD_CLIENT_PORT/health | grep -q '\"true\"'"
+    done
+}
+
+start_redis() {
+    port_busy 127.0.0.1 "$REDIS_PORT" && die "127.0.0.1:$REDIS_PORT is in use (set REDIS_PORT)"
+    mkdir -p "$WORK/redis"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+        --daemonize no --dir "$WORK/redis" </dev/null >"$WORK/redis/redis.log" 2>&1 &
+    PIDS+=($!)
+    disown
+    wait_until "redis" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT"
+}
+
+# --- leaders and followers ---------------------------------------------------------------
+# Prints "LEADER_URL FOLLOWER_URL" of the stackd cluster.
+stackd_roles() {
+    curl -fsS "http://127.0.0.1:$STACKD_API_PORT/v1/cluster" | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+leader = [m for m in c["members"] if m["id"] == c["leader_id"]][0]
+follower = [m for m in c["members"] if m["id"] != c["leader_id"] and m["role"] == "voter"][0]
+print("http://" + leader["api_addr"], "http://" + follower["api_addr"])
+'
+}
+
+# Prints "LEADER_URL FOLLOWER_URL" of the etcd cluster.
+etcd_roles() {
+    local i leader="" follower="" status
+    for i in 1 2 3; do
+        status="$(curl -fsS -X POST -d '{}' "http://127.0.0.$i:$ETCD_CLIENT_PORT/v3/maintenance/status")"
+        if python3 -c 'import json,sys; s=json.loads(sys.argv[1]); sys.exit(s["header"]["member_id"] != s["leader"])' "$status"; then
+            leader="http://127.0.0.$i:$ETCD_CLIENT_PORT"
+        elif [[ -z "$follower" ]]; then
+            follower="http://127.0.0.$i:$ETCD_CLIENT_PORT"
+        fi
+    done
+    [[ -n "$leader" && -n "$follower" ]] || return 1
+    echo "$leader $follower"
+}
+
+# "n/a (...)" when this stackd has no cache API, nothing when it has.
+cache_missing() {
+    local code body
+    body="$WORK/cache-probe"
+    code="$(curl -sS -o "$body" -w '%{http_code}' -X PUT --data-binary x \
+        "$STACKD_FOLLOWER/v1/cache/compare-probe" || echo 000)"
+    if [[ "$code" == 2* ]]; then
+        return
+    elif [[ "$code" == 404 ]] && grep -q 'no such route' "$body"; then
+        echo "n/a (endpoint missing)"
+    else
+        echo "n/a (probe: HTTP $code)"
+    fi
+}
+
+# --- rows --------------------------------------------------------------------------------
+LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
+ROW_NO=0
+
+# measure SYSTEM PROTOCOL WORKLOAD CONNECTIONS TARGET: one loadgen run; prints its JSON line.
+measure() {
+    local system="$1" protocol="$2" workload="$3" connections="$4" target="$5" out
+    log "  $system: $workload, $connections connection(s) -> $target"
+    if ! out="$("$LOADGEN" --protocol "$protocol" --workload "$workload" \
+        --connections "$connections" --targets "$target" --keys "$KEYS" \
+        --value-size "$VALUE_SIZE" --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
+        --json 2>>"$WORK/loadgen.log")"; then
+        log "  loadgen failed, see $WORK/loadgen.log"
+        out='{"failed": true}'
+    fi
+    echo "$out"
+}
+
+# row ID TITLE CONNECTIONS STACKD_WORKLOAD STACKD_TARGET PEER PEER_PROTOCOL PEER_WORKLOAD PEER_TARGET [SKIP_REASON]
+# Runs one comparison ROUNDS times and appends each round to $RESULTS. The two sides take
+# turns going first, so slow drift on this shared machine does not always favour the same one.
+row() {
+    local id="$1" title="$2" conns="$3" s_work="$4" s_target="$5" peer="$6" p_proto="$7" \
+        p_work="$8" p_target="$9" skip="${10:-}" stackd peer_out round
+    [[ " $ROWS " == *" $id "* ]] || return 0
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "row: $title (round $round of $ROUNDS)"
+        if [[ -n "$skip" ]]; then
+            stackd="{\"skipped\": \"$skip\"}"
+            peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
+        elif ((ROW_NO++ % 2 == 0)); then
+            stackd="$(measure stackd stackd "$s_work" "$conns" "$s_target")"
+            peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
+        else
+            peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
+            stackd="$(measure stackd stackd "$s_work" "$conns" "$s_target")"
+        fi
+        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": sys.argv[2], "stackd": json.loads(sys.argv[3]), "other": json.loads(sys.argv[4])}))' \
+            "$title" "$peer" "$stackd" "$peer_out" >>"$RESULTS"
+    done
+}
+
+# --- run ---------------------------------------------------------------------------------
+install_packages
+log "building stackd and loadgen (release)"
+cargo build --release -p node -p benches >&2
+
+for i in 1 2 3; do
+    port_busy "127.0.0.$i" "$STACKD_API_PORT" && die "127.0.0.$i:$STACKD_API_PORT is in use (set STACKD_API_PORT)"
+done
+log "starting stackd (3 nodes, API port $STACKD_API_PORT), data in $WORK"
+STACKD_STARTED=1
+stackd_cluster start >"$WORK/stackd-start.log" 2>&1 || { cat "$WORK/stackd-start.log" >&2; die "stackd did not start"; }
+log "starting etcd (3 members, client port $ETCD_CLIENT_PORT)"
+start_etcd
+log "starting redis (127.0.0.1:$REDIS_PORT)"
+start_redis
+
+read -r STACKD_LEADER STACKD_FOLLOWER < <(stackd_roles) || die "no stackd leader"
+wait_until "an etcd leader" 30 etcd_roles
+read -r ETCD_LEADER ETCD_FOLLOWER < <(etcd_roles)
+log "stackd leader $STACKD_LEADER, follower $STACKD_FOLLOWER; etcd leader $ETCD_LEADER, follower $ETCD_FOLLOWER"
+CACHE_SKIP="$(cache_missing)"
+
+# To add a row: one line here (and a row id in ROWS above), plus a workload in loadgen if the
+# load is new. Titles say what both sides do.
+row put-1 "kv put, 1 conn (leader)" 1 put "$STACKD_LEADER" etcd etcd put "$ETCD_LEADER"
+row put-64 "kv put, 64 conns (leader)" 64 put "$STACKD_LEADER" etcd etcd put "$ETCD_LEADER"
+row get-64 "linearizable get, 64 conns (follower)" 64 get "$STACKD_FOLLOWER" etcd etcd get "$ETCD_FOLLOWER"
+row stale-64 "stale get, 64 conns (follower)" 64 stale-get "$STACKD_FOLLOWER" etcd etcd stale-get "$ETCD_FOLLOWER"
+row cache-64 "cache GET, 64 conns (stackd follower)" 64 cache-get "$STACKD_FOLLOWER" redis redis get \
+    "redis://127.0.0.1:$REDIS_PORT" "$CACHE_SKIP"
+
+python3 - "$RESULTS" "$MARKDOWN" "$DURATION" "$WARMUP" "$KEYS" "$VALUE_SIZE" "$ROUNDS" <<'PY'
+import json, sys
+results, markdown, duration, warmup, keys, value_size, rounds = sys.argv[1:]
+
+def median_round(runs):
+    """The run with the median throughput (the lower middle one for an even count)."""
+    ok = sorted((r for r in runs if "ops_per_sec" in r), key=lambda r: r["ops_per_sec"])
+    return ok[(len(ok) - 1) // 2] if ok else runs[0]
+
+rounds_by_title = {}
+for line in open(results):
+    r = json.loads(line)
+    rounds_by_title.setdefault(r["title"], []).append(r)
+rows = [
+    {"title": title, "peer": rs[0]["peer"],
+     "stackd": median_round([r["stackd"] for r in rs]),
+     "other": median_round([r["other"] for r in rs])}
+    for title, rs in rounds_by_title.items()
+]
+
+def cell(r):
+    if "skipped" in r:
+        return r["skipped"]
+    if r.get("failed"):
+        return "failed"
+    err = f", {r['errors']} err" if r["errors"] else ""
+    return f"{r['ops_per_sec']:,.0f}/s ({r['p50_ms']:.2f} / {r['p99_ms']:.2f}){err}"
+
+def ratio(s, o):
+    ok = lambda r: "ops_per_sec" in r and r["ops_per_sec"] > 0
+    return f"{s['ops_per_sec'] / o['ops_per_sec']:.2f}x" if ok(s) and ok(o) else "-"
+
+header = ["workload", "stackd ops/s (p50 / p99 ms)", "peer", "peer ops/s (p50 / p99 ms)", "ratio"]
+table = [[r["title"], cell(r["stackd"]), r["peer"], cell(r["other"]), ratio(r["stackd"], r["other"])] for r in rows]
+widths = [max(len(x) for x in col) for col in zip(header, *table)]
+print()
+median = f"median of {rounds} rounds, " if int(rounds) > 1 else ""
+print(f"{duration} s measured after {warmup} s warm-up per side and row ({median}same loadgen loop); "
+      f"{keys} keys, {value_size}-byte values; ratio = stackd ops/s / peer ops/s")
+for line in [header, ["-" * w for w in widths]] + table:
+    print("  ".join(x.ljust(w) for x, w in zip(line, widths)))
+if markdown:
+    with open(markdown, "w") as f:
+        f.write("| " + " | ".join(header) + " |\n|---|---:|---|---:|---:|\n")
+        for line in table:
+            f.write("| " + " | ".join(line) + " |\n")
+PY
