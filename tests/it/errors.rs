@@ -138,10 +138,10 @@ async fn bad_input_gets_documented_errors_and_the_node_keeps_serving() {
     c.shutdown().await;
 }
 
-/// Locks, sessions, cache and transactions: every kind of bad input, and the conflict and
+/// Locks, sessions, cache, queues and transactions: every kind of bad input, and the conflict and
 /// not-found answers, with their documented bodies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_to_locks_sessions_cache_and_txn_gets_documented_errors() {
+async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors() {
     let c = InprocCluster::start(1).await.unwrap();
     let http = http::client();
     let b = &c.bases[0];
@@ -321,6 +321,100 @@ async fn bad_input_to_locks_sessions_cache_and_txn_gets_documented_errors() {
         "y".repeat((1 << 20) + 1)
     );
     expect_error(post("/v1/txn", &big), 413, "too_large").await;
+
+    // Queues.
+    for body in [
+        "{}",
+        r#"{"payload":1,"max_attempts":0}"#,
+        r#"{"payload":1,"max_attempts":100000}"#,
+        r#"{"payload":1,"delay_ms":1,"run_at_ms":1}"#,
+        r#"{"payload":1,"unique_key":""}"#,
+        r#"{"payload":1,"priority":"high"}"#,
+        r#"{"payload":1,"colour":1}"#,
+    ] {
+        expect_error(post("/v1/queues/q/jobs", body), 400, "bad_request").await;
+    }
+    let big = format!(r#"{{"payload":"{}"}}"#, "y".repeat(1 << 20));
+    expect_error(post("/v1/queues/q/jobs", &big), 413, "too_large").await;
+    for body in [
+        "{}",
+        r#"{"worker":"w","max":0}"#,
+        r#"{"worker":"w","max":1000}"#,
+        r#"{"worker":"w","visibility_ms":0}"#,
+        r#"{"worker":"w","wait_ms":600000}"#,
+    ] {
+        expect_error(post("/v1/queues/q/claim", body), 400, "bad_request").await;
+    }
+    expect_error(post("/v1/jobs/77/ack", r#"{"lease":1}"#), 404, "not_found").await;
+    expect_error(
+        post("/v1/jobs/nope/ack", r#"{"lease":1}"#),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(post("/v1/jobs/1/ack", r#"{}"#), 400, "bad_request").await;
+    expect_error(
+        post("/v1/jobs/1/extend", r#"{"lease":1,"visibility_ms":0}"#),
+        400,
+        "bad_request",
+    )
+    .await;
+    let v: Value = post("/v1/queues/q/jobs", r#"{"payload":{"x":1}}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    let v: Value = post("/v1/queues/q/claim", r#"{"worker":"w"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lease = v["jobs"][0]["lease"].as_u64().unwrap();
+    let stale = expect_error(
+        post(
+            &format!("/v1/jobs/{id}/ack"),
+            &format!(r#"{{"lease":{}}}"#, lease + 1),
+        ),
+        409,
+        "conflict",
+    )
+    .await;
+    assert_eq!(stale["error"]["reason"], "stale_lease");
+    assert_eq!(stale["error"]["current_lease"], lease);
+    for body in [
+        "{}",
+        r#"{"ids":[],"all":false}"#,
+        r#"{"ids":["x"]}"#,
+        r#"{"ids":["1"],"all":true}"#,
+    ] {
+        expect_error(post("/v1/queues/q/dead/replay", body), 400, "bad_request").await;
+    }
+    expect_error(
+        http.put(format!("{b}/v1/queues/q/schedules/s"))
+            .header("content-type", "application/json")
+            .body(r#"{"cron":"every day"}"#),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        http.delete(format!("{b}/v1/queues/q/schedules/none")),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        http.get(format!("{b}/v1/queues/q/dead?limit=0")),
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(http.get(format!("{b}/v1/jobs/999")), 404, "not_found").await;
 
     // Still serving, and nothing above was applied.
     let (s, _, _) = http::get(&http, b, "f").await.unwrap();
