@@ -37,9 +37,6 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
-    /// Cache reads served by this node (each node serves its own).
-    pub cache_hits: std::sync::atomic::AtomicU64,
-    pub cache_misses: std::sync::atomic::AtomicU64,
 }
 
 type St = State<Arc<AppState>>;

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::cluster::Cluster;
@@ -20,6 +21,14 @@ pub struct Metrics {
     applied_index: IntGauge,
     kv_revision: IntGauge,
     kv_keys: IntGauge,
+    sessions: IntGauge,
+    cache_entries: IntGauge,
+    cache_bytes: IntGauge,
+    cache_evictions: IntGauge,
+    /// Cache reads served by this node (each node serves its own).
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    queue_jobs: IntGaugeVec,
 }
 
 impl Metrics {
@@ -63,6 +72,34 @@ impl Metrics {
             ),
             kv_revision: gauge("stackd_kv_revision", "Current global key-value revision"),
             kv_keys: gauge("stackd_kv_keys", "Number of keys held"),
+            sessions: gauge("stackd_sessions", "Live sessions"),
+            cache_entries: gauge("stackd_cache_entries", "Entries in the cache"),
+            cache_bytes: gauge(
+                "stackd_cache_bytes",
+                "Bytes of keys and values in the cache",
+            ),
+            cache_evictions: gauge(
+                "stackd_cache_evictions",
+                "Entries evicted to stay within the cache bounds, since the cluster began",
+            ),
+            cache_hits: IntCounter::new(
+                "stackd_cache_hits_total",
+                "Cache reads that hit, on this node",
+            )
+            .expect("valid metric"),
+            cache_misses: IntCounter::new(
+                "stackd_cache_misses_total",
+                "Cache reads that missed, on this node",
+            )
+            .expect("valid metric"),
+            queue_jobs: IntGaugeVec::new(
+                Opts::new(
+                    "stackd_queue_jobs",
+                    "Jobs by queue and state (completed: since created)",
+                ),
+                &["queue", "state"],
+            )
+            .expect("valid metric"),
             registry,
             requests,
             latency,
@@ -82,9 +119,19 @@ impl Metrics {
             &m.applied_index,
             &m.kv_revision,
             &m.kv_keys,
+            &m.sessions,
+            &m.cache_entries,
+            &m.cache_bytes,
+            &m.cache_evictions,
         ] {
             m.registry.register(Box::new(g.clone())).expect("register");
         }
+        for c in [&m.cache_hits, &m.cache_misses] {
+            m.registry.register(Box::new(c.clone())).expect("register");
+        }
+        m.registry
+            .register(Box::new(m.queue_jobs.clone()))
+            .expect("register");
         m
     }
 
@@ -114,6 +161,27 @@ impl Metrics {
             let st = cluster.state.read().expect("state lock");
             self.kv_revision.set(st.meta.revision as i64);
             self.kv_keys.set(st.key_count() as i64);
+            self.sessions.set(st.session_count() as i64);
+            let c = st.cache_counts();
+            self.cache_entries.set(c.entries as i64);
+            self.cache_bytes.set(c.bytes as i64);
+            self.cache_evictions.set(c.evictions as i64);
+            self.queue_jobs.reset();
+            for q in st.queue_names() {
+                if let Some(s) = st.queue_stats(&q) {
+                    for (state, n) in [
+                        ("ready", s.ready),
+                        ("delayed", s.delayed),
+                        ("in_flight", s.in_flight),
+                        ("dead", s.dead),
+                        ("completed", s.completed),
+                    ] {
+                        self.queue_jobs
+                            .with_label_values(&[&q, state])
+                            .set(n as i64);
+                    }
+                }
+            }
         }
         let mut buf = Vec::new();
         TextEncoder::new()

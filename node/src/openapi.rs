@@ -22,7 +22,7 @@ pub const OPENAPI_JSON: &str = r##"{
       "Revision": {"type": "object", "properties": {"revision": {"type": "integer"}}},
       "Grant": {"type": "object", "properties": {"fence": {"type": "integer"}, "owner": {"type": "string"}, "ttl_ms": {"type": "integer"}}},
       "Session": {"type": "object", "properties": {"id": {"type": "string"}, "user": {"type": "string"}, "data": {"type": "object"}, "created_at_ms": {"type": "integer"}, "expires_in_ms": {"type": "integer"}, "ttl_ms": {"type": "integer"}}},
-      "TxnOp": {"type": "object", "description": "exactly one of: {put: {key, value (base64) | text, ttl_ms?}}, {delete: {key}}, {cache_set: {key, value | text, ttl_ms?, tags?}}, {cache_delete: {key}}, {cache_invalidate: {tags}}; a key is written at most once per branch"}
+      "TxnOp": {"type": "object", "description": "exactly one of: {put: {key, value (base64) | text, ttl_ms?}}, {delete: {key}}, {cache_set: {key, value | text, ttl_ms?, tags?}}, {cache_delete: {key}}, {cache_invalidate: {tags}}, {enqueue: {queue, payload, delay_ms?, run_at_ms?, priority?, max_attempts?, backoff_ms?, unique_key?}}; a key is written at most once per branch"}
     },
     "responses": {
       "Error": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -60,7 +60,7 @@ pub const OPENAPI_JSON: &str = r##"{
         "summary": "Atomic transaction: if every compare holds apply success, else failure; key-value changes share one revision",
         "parameters": [{"$ref": "#/components/parameters/idempotency"}],
         "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"compare": {"type": "array", "maxItems": 128, "items": {"type": "object", "description": "{key, revision} (0 = absent) or {lock, fence}"}}, "success": {"type": "array", "maxItems": 128, "items": {"$ref": "#/components/schemas/TxnOp"}}, "failure": {"type": "array", "maxItems": 128, "items": {"$ref": "#/components/schemas/TxnOp"}}}}}}},
-        "responses": {"200": {"description": "{succeeded, revision, results: [{revision} | {revision, deleted} | {stored} | {count}]}"}, "400": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}
+        "responses": {"200": {"description": "{succeeded, revision, results: [{revision} | {revision, deleted} | {stored} | {count} | {id, existing}]}"}, "400": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}
       }
     },
     "/v1/locks/{name}": {
@@ -107,6 +107,28 @@ pub const OPENAPI_JSON: &str = r##"{
     },
     "/v1/cache/invalidate": {"post": {"summary": "Remove every entry carrying any of the tags, in order with the writes around it", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["tags"], "properties": {"tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 64}}}}}}, "responses": {"200": {"description": "{invalidated: n}"}}}},
     "/v1/cache/stats": {"get": {"summary": "entries, bytes, evictions (replicated, equal on every node), hits and misses (this node), max_entries, max_bytes, applied_index; digest with ?digest=true", "parameters": [{"name": "digest", "in": "query", "schema": {"type": "boolean"}}], "responses": {"200": {"description": "stats"}}}},
+    "/v1/queues": {"get": {"summary": "Every queue with its counts", "responses": {"200": {"description": "{queues: [{queue, ready, delayed, in_flight, dead, completed}]}"}}}},
+    "/v1/queues/{queue}": {"parameters": [{"name": "queue", "in": "path", "required": true, "schema": {"type": "string"}}], "get": {"summary": "Counts: ready, delayed, in_flight, dead, completed", "parameters": [{"$ref": "#/components/parameters/consistency"}], "responses": {"200": {"description": "stats"}}}},
+    "/v1/queues/{queue}/jobs": {
+      "parameters": [{"name": "queue", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "post": {"summary": "Enqueue. Claims order: priority (higher first), due time, enqueue order", "parameters": [{"$ref": "#/components/parameters/idempotency"}], "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["payload"], "properties": {"payload": {}, "delay_ms": {"type": "integer"}, "run_at_ms": {"type": "integer"}, "priority": {"type": "integer", "default": 0}, "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 3}, "backoff_ms": {"type": "integer", "default": 1000, "description": "retry n waits backoff_ms * 2^(n-1), at most a day"}, "unique_key": {"type": "string"}}}}}}, "responses": {"201": {"description": "{id, existing: false}"}, "200": {"description": "{id, existing: true}: a queued job has this unique_key"}, "400": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}}
+    },
+    "/v1/queues/{queue}/claim": {
+      "parameters": [{"name": "queue", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "post": {"summary": "Claim ready jobs, each with a lease; long-polls up to wait_ms on any node", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["worker"], "properties": {"worker": {"type": "string"}, "max": {"type": "integer", "minimum": 1, "maximum": 100, "default": 1}, "visibility_ms": {"type": "integer", "default": 30000, "maximum": 43200000}, "wait_ms": {"type": "integer", "default": 0, "maximum": 60000}}}}}}, "responses": {"200": {"description": "{jobs: [{id, payload, attempt, lease}]}"}}}
+    },
+    "/v1/queues/{queue}/dead": {"parameters": [{"name": "queue", "in": "path", "required": true, "schema": {"type": "string"}}], "get": {"summary": "Dead jobs with their last error", "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}], "responses": {"200": {"description": "{jobs: [...]}"}}}},
+    "/v1/queues/{queue}/dead/replay": {"parameters": [{"name": "queue", "in": "path", "required": true, "schema": {"type": "string"}}], "post": {"summary": "Move dead jobs back with fresh attempts: {ids: [...]} or {all: true}", "responses": {"200": {"description": "{replayed: n}"}}}},
+    "/v1/queues/{queue}/schedules": {"parameters": [{"name": "queue", "in": "path", "required": true, "schema": {"type": "string"}}], "get": {"summary": "Cron schedules of the queue", "responses": {"200": {"description": "{schedules: [{name, cron, payload, next_at_ms}]}"}}}},
+    "/v1/queues/{queue}/schedules/{name}": {
+      "parameters": [{"name": "queue", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "put": {"summary": "Create or replace a cron schedule (UTC; 5 fields, or 6 with seconds). Each due time enqueues one job, whichever node leads; after downtime the 100 most recent missed due times fire once each", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["cron"], "properties": {"cron": {"type": "string"}, "payload": {}, "priority": {"type": "integer"}, "max_attempts": {"type": "integer"}}}}}}, "responses": {"200": {"description": "{next_at_ms}"}, "400": {"$ref": "#/components/responses/Error"}}},
+      "delete": {"summary": "Remove a schedule", "responses": {"200": {"description": "{deleted: true}"}, "404": {"$ref": "#/components/responses/Error"}}}
+    },
+    "/v1/jobs/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "get": {"summary": "A job that is not yet completed: state, attempt, payload, last_error, unique_key", "responses": {"200": {"description": "job"}, "404": {"$ref": "#/components/responses/Error"}}}},
+    "/v1/jobs/{id}/ack": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "post": {"summary": "Complete a claimed job", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["lease"], "properties": {"lease": {"type": "integer"}}}}}}, "responses": {"200": {"description": "{acked: true}"}, "409": {"description": "stale lease: reason stale_lease, current_lease"}, "404": {"$ref": "#/components/responses/Error"}}}},
+    "/v1/jobs/{id}/nack": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "post": {"summary": "Fail a claimed job: retried after its backoff (or retry_in_ms), or dead after max_attempts claims", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["lease"], "properties": {"lease": {"type": "integer"}, "error": {"type": "string"}, "retry_in_ms": {"type": "integer"}}}}}}, "responses": {"200": {"description": "{nacked: true}"}, "409": {"description": "stale lease"}}}},
+    "/v1/jobs/{id}/extend": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}], "post": {"summary": "Keep a claimed job invisible for visibility_ms more", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["lease", "visibility_ms"], "properties": {"lease": {"type": "integer"}, "visibility_ms": {"type": "integer"}}}}}}, "responses": {"200": {"description": "{extended: true, visibility_ms}"}, "409": {"description": "stale lease"}}}},
     "/v1/cluster": {"get": {"summary": "Cluster status: cluster_id, leader_id, term, commit_index, compact_revision, members", "responses": {"200": {"description": "status"}}}},
     "/health": {"get": {"summary": "200 while the process serves", "responses": {"200": {"description": "ok"}}}},
     "/ready": {"get": {"summary": "200 when the node knows a leader and has applied what is committed, else 503", "responses": {"200": {"description": "ready"}, "503": {"$ref": "#/components/responses/Error"}}}},
@@ -126,6 +148,8 @@ mod tests {
             "/v1/locks/{name}/acquire",
             "/v1/sessions/{id}",
             "/v1/cache/{key}",
+            "/v1/queues/{queue}/claim",
+            "/v1/jobs/{id}/ack",
         ] {
             assert!(v["paths"][path].is_object(), "{path}");
         }

@@ -178,8 +178,6 @@ impl Node {
             cluster: cluster.clone(),
             metrics: Arc::new(Metrics::new()),
             inflight: Arc::new(Semaphore::new(config.max_inflight_requests)),
-            cache_hits: Default::default(),
-            cache_misses: Default::default(),
         }));
         let api_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {

@@ -1,7 +1,5 @@
 //! `/v1/cache`: a replicated cache read from each node's own applied state.
 
-use std::sync::atomic::Ordering;
-
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -91,10 +89,10 @@ pub async fn get(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResu
         })
     };
     let Some((value, expires_in)) = found else {
-        st.cache_misses.fetch_add(1, Ordering::Relaxed);
+        st.metrics.cache_misses.inc();
         return Err(ApiError::not_found(format!("cache miss: {key:?}")));
     };
-    st.cache_hits.fetch_add(1, Ordering::Relaxed);
+    st.metrics.cache_hits.inc();
     let mut resp = value.into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -162,8 +160,8 @@ pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value
         "entries": c.entries,
         "bytes": c.bytes,
         "evictions": c.evictions,
-        "hits": st.cache_hits.load(Ordering::Relaxed),
-        "misses": st.cache_misses.load(Ordering::Relaxed),
+        "hits": st.metrics.cache_hits.get(),
+        "misses": st.metrics.cache_misses.get(),
         "max_entries": st.cluster.config.cache_max_entries,
         "max_bytes": st.cluster.config.cache_max_bytes,
         "applied_index": st.cluster.metrics().last_applied.map(|l| l.index).unwrap_or(0),
