@@ -15,6 +15,7 @@
 #   ROUNDS [1]     runs per row and side; the table shows each side's median round
 #   KEYS [10000]   key space                    VALUE_SIZE [100]  value bytes
 #   ROWS           space-separated row ids to run [all]: put-1 put-64 get-64 stale-64 cache-64
+#                  lock-64 jobs-16
 #   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]
 #   ETCD_CLIENT_PORT [2379] ETCD_PEER_PORT [2380]  REDIS_PORT [6379] (Redis on 127.0.0.1)
 #   WORK           scratch dir for data and logs [mktemp -d]; KEEP=1 keeps it afterwards
@@ -51,7 +52,7 @@ ROUNDS="${ROUNDS:-1}"
 WARMUP="${WARMUP:-3}"
 KEYS="${KEYS:-10000}"
 VALUE_SIZE="${VALUE_SIZE:-100}"
-ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64}"
+ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16}"
 STACKD_API_PORT="${STACKD_API_PORT:-7201}"
 STACKD_CLUSTER_PORT="${STACKD_CLUSTER_PORT:-7301}"
 ETCD_CLIENT_PORT="${ETCD_CLIENT_PORT:-2379}"
@@ -72,6 +73,7 @@ install_packages() {
     local missing=()
     command -v etcd >/dev/null || missing+=(etcd-server)
     command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-benchmark >/dev/null || missing+=(redis-tools)
     command -v curl >/dev/null || missing+=(curl)
     command -v python3 >/dev/null || missing+=(python3)
     ((${#missing[@]} == 0)) && return
@@ -237,6 +239,9 @@ row() {
         if [[ -n "$skip" ]]; then
             stackd="{\"skipped\": \"$skip\"}"
             peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
+        elif [[ "$p_proto" == none ]]; then
+            stackd="$(measure stackd stackd "$s_work" "$conns" "$s_target")"
+            peer_out='{"skipped": "no peer in this run"}'
         elif ((ROW_NO++ % 2 == 0)); then
             stackd="$(measure stackd stackd "$s_work" "$conns" "$s_target")"
             peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
@@ -279,7 +284,18 @@ row get-64 "linearizable get, 64 conns (follower)" 64 get "$STACKD_FOLLOWER" etc
 row stale-64 "stale get, 64 conns (follower)" 64 stale-get "$STACKD_FOLLOWER" etcd etcd stale-get "$ETCD_FOLLOWER"
 row cache-64 "cache GET, 64 conns (stackd follower)" 64 cache-get "$STACKD_FOLLOWER" redis redis get \
     "redis://127.0.0.1:$REDIS_PORT" "$CACHE_SKIP"
+# stackd-only rows: etcd's lock API needs a lease per holder through its gateway and neither
+# peer has a job queue, so these have no like-for-like peer yet.
+row lock-64 "lock acquire+release pairs, 64 conns (follower)" 64 lock "$STACKD_FOLLOWER" - none - -
+row jobs-16 "jobs end to end (enqueue, claim, ack), 16 workers (follower)" 16 jobs "$STACKD_FOLLOWER" - none - -
 
+# Redis measured by its own client too, so the loadgen figure for Redis can be checked.
+if [[ " $ROWS " == *" cache-64 "* ]]; then
+    log "redis-benchmark -t get -c 64 (Redis' own client, for reference)"
+    REDIS_BENCH="$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -t get -c 64 -n 400000 -d "$VALUE_SIZE" -q 2>/dev/null | tr -d '\r' | grep -i 'GET' | tail -1 || true)"
+fi
+
+export REDIS_BENCH="${REDIS_BENCH:-}"
 python3 - "$RESULTS" "$MARKDOWN" "$DURATION" "$WARMUP" "$KEYS" "$VALUE_SIZE" "$ROUNDS" <<'PY'
 import json, sys
 results, markdown, duration, warmup, keys, value_size, rounds = sys.argv[1:]
@@ -321,6 +337,9 @@ print(f"{duration} s measured after {warmup} s warm-up per side and row ({median
       f"{keys} keys, {value_size}-byte values; ratio = stackd ops/s / peer ops/s")
 for line in [header, ["-" * w for w in widths]] + table:
     print("  ".join(x.ljust(w) for x, w in zip(line, widths)))
+import os
+if os.environ.get("REDIS_BENCH"):
+    print(f"redis-benchmark -t get -c 64: {os.environ['REDIS_BENCH'].strip()}")
 if markdown:
     with open(markdown, "w") as f:
         f.write("| " + " | ".join(header) + " |\n|---|---:|---|---:|---:|\n")

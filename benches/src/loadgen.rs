@@ -124,6 +124,12 @@ enum Workload {
     /// Cache read; every key is preloaded first. stackd `GET /v1/cache/bench-<n>` (preloaded
     /// with `PUT /v1/cache/bench-<n>`), Redis `GET` (preloaded with `SET`).
     CacheGet,
+    /// One lock acquire and its release per operation (stackd only), on `bench-lock-<n>`:
+    /// `POST /v1/locks/{name}/acquire` then `POST /v1/locks/{name}/release` with the fence.
+    Lock,
+    /// One job end to end per operation (stackd only): enqueue on queue `bench`, claim one
+    /// job (long-poll up to 1 s) and ack it.
+    Jobs,
 }
 
 impl Workload {
@@ -134,21 +140,23 @@ impl Workload {
             Workload::StaleGet => "stale-get",
             Workload::Mixed => "mixed",
             Workload::CacheGet => "cache-get",
+            Workload::Lock => "lock",
+            Workload::Jobs => "jobs",
         }
     }
 
     /// Workloads that read keys need them to exist, or every GET is a 404.
     fn needs_preload(self) -> bool {
-        self != Workload::Put
+        !matches!(self, Workload::Put | Workload::Lock | Workload::Jobs)
     }
 
     /// Whether `protocol` has an operation for this workload.
     fn supported_by(self, protocol: Protocol) -> bool {
         match protocol {
             Protocol::Stackd => true,
-            Protocol::Etcd => self != Workload::CacheGet,
+            Protocol::Etcd => !matches!(self, Workload::CacheGet | Workload::Lock | Workload::Jobs),
             // Redis has one kind of read: a local, in-memory GET.
-            Protocol::Redis => !matches!(self, Workload::StaleGet | Workload::Mixed),
+            Protocol::Redis => matches!(self, Workload::Put | Workload::Get | Workload::CacheGet),
         }
     }
 }
@@ -267,6 +275,73 @@ async fn send(req: reqwest::RequestBuilder) -> Outcome {
     }
 }
 
+/// POSTs a JSON body; returns the status and, on success, the answer.
+async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    body: serde_json::Value,
+) -> Result<(u16, serde_json::Value), reqwest::Error> {
+    let resp = client.post(url).json(&body).send().await?;
+    let status = resp.status().as_u16();
+    let v = resp.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((status, v))
+}
+
+/// Acquire then release `bench-lock-<key>`; the first non-2xx status ends the pair.
+async fn lock_pair(
+    client: &reqwest::Client,
+    target: &str,
+    key: u64,
+) -> Result<u16, reqwest::Error> {
+    let base = format!("{target}/v1/locks/bench-lock-{key}");
+    let (s, v) = post_json(
+        client,
+        format!("{base}/acquire"),
+        serde_json::json!({ "owner": "loadgen", "ttl_ms": 10_000 }),
+    )
+    .await?;
+    if s != 200 {
+        return Ok(s);
+    }
+    let fence = v["fence"].as_u64().unwrap_or(0);
+    let (s, _) = post_json(
+        client,
+        format!("{base}/release"),
+        serde_json::json!({ "fence": fence }),
+    )
+    .await?;
+    Ok(s)
+}
+
+/// Enqueue, claim and ack one job on queue `bench`.
+async fn job_round(client: &reqwest::Client, target: &str) -> Result<u16, reqwest::Error> {
+    let (s, _) = post_json(
+        client,
+        format!("{target}/v1/queues/bench/jobs"),
+        serde_json::json!({ "payload": { "n": 1 } }),
+    )
+    .await?;
+    if s != 201 {
+        return Ok(s);
+    }
+    let (s, v) = post_json(
+        client,
+        format!("{target}/v1/queues/bench/claim"),
+        serde_json::json!({ "worker": "loadgen", "max": 1, "wait_ms": 1000 }),
+    )
+    .await?;
+    let Some(job) = v["jobs"].get(0).filter(|_| s == 200) else {
+        return Ok(if s == 200 { 404 } else { s });
+    };
+    let (s, _) = post_json(
+        client,
+        format!("{target}/v1/jobs/{}/ack", job["id"].as_str().unwrap_or("0")),
+        serde_json::json!({ "lease": job["lease"] }),
+    )
+    .await?;
+    Ok(s)
+}
+
 /// The value every write sends, in each protocol's encoding. Built once per run.
 struct Value {
     raw: &'static [u8],
@@ -309,6 +384,21 @@ impl Conn {
 
     async fn call(&mut self, workload: Workload, op: Op, key: u64, value: &Value) -> Outcome {
         match self {
+            Conn::Http {
+                client,
+                target,
+                protocol: Protocol::Stackd,
+            } if matches!(workload, Workload::Lock | Workload::Jobs) => {
+                let r = if workload == Workload::Lock {
+                    lock_pair(client, target, key).await
+                } else {
+                    job_round(client, target).await
+                };
+                match r {
+                    Ok(status) => Outcome::Status(status),
+                    Err(e) => Outcome::Transport(transport_kind(&e), error_chain(&e)),
+                }
+            }
             Conn::Http {
                 client,
                 target,
@@ -513,7 +603,7 @@ async fn worker(run: Arc<Run>, id: usize, seed: u64) -> Stats {
         }
         let key = rng.below(run.keys);
         let op = match run.workload {
-            Workload::Put => Op::Put,
+            Workload::Put | Workload::Lock | Workload::Jobs => Op::Put,
             Workload::Get | Workload::StaleGet | Workload::CacheGet => Op::Get,
             Workload::Mixed if rng.next_u64() & 1 == 0 => Op::Put,
             Workload::Mixed => Op::Get,

@@ -296,8 +296,8 @@ pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
 /// Each job's payload (JSON) is written to the command's stdin, and STACKD_JOB_ID,
 /// STACKD_JOB_ATTEMPT and STACKD_QUEUE are set. Exit status 0 acks the job; any other status
 /// nacks it (it is retried after its backoff, or moves to the dead list). While a command
-/// runs, its job's visibility is extended every third of --visibility-ms. Ctrl-C stops
-/// claiming and waits for running commands.
+/// runs, its job's visibility is extended every third of --visibility-ms. Ctrl-C or SIGTERM
+/// stops claiming and waits for running commands.
 #[derive(Args, Debug)]
 pub struct WorkerCmd {
     queue: String,
@@ -327,7 +327,7 @@ pub async fn worker(cmd: WorkerCmd) -> anyhow::Result<()> {
         "stackd worker: {} on queue {} runs {:?}",
         cmd.name, cmd.queue, cmd.command
     );
-    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut stop = std::pin::pin!(stop_signal());
     loop {
         // Claim only as many jobs as there are free slots.
         let free = slots.available_permits();
@@ -367,6 +367,16 @@ pub async fn worker(cmd: WorkerCmd) -> anyhow::Result<()> {
     eprintln!("stackd worker: stopping; waiting for running jobs");
     let _ = slots.acquire_many(cmd.concurrency.max(1)).await;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 async fn run_job(http: &reqwest::Client, cmd: &WorkerCmd, job: &Value) -> anyhow::Result<()> {
