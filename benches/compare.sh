@@ -292,7 +292,7 @@ row jobs-16 "jobs end to end (enqueue, claim, ack), 16 workers (follower)" 16 jo
 # Redis measured by its own client too, so the loadgen figure for Redis can be checked.
 if [[ " $ROWS " == *" cache-64 "* ]]; then
     log "redis-benchmark -t get -c 64 (Redis' own client, for reference)"
-    REDIS_BENCH="$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -t get -c 64 -n 400000 -d "$VALUE_SIZE" -q 2>/dev/null | tr -d '\r' | grep -i 'GET' | tail -1 || true)"
+    REDIS_BENCH="$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -t get -c 64 -n 400000 -d "$VALUE_SIZE" -q 2>/dev/null | tr '\r' '\n' | grep 'requests per second' | tail -1 || true)"
 fi
 
 export REDIS_BENCH="${REDIS_BENCH:-}"

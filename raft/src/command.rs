@@ -291,6 +291,11 @@ pub enum Response {
     Scheduled {
         next_at_ms: u64,
     },
+    /// A session was created with this id (a retried create answers the first id).
+    SessionCreated {
+        id: String,
+        expires_in_ms: u64,
+    },
 }
 
 impl fmt::Display for Command {

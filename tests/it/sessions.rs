@@ -120,6 +120,23 @@ async fn logout_everywhere_removes_every_session_of_the_user() {
     }
     let carol = create(&http, &c.bases[0], "carol", 600_000).await;
 
+    // A retried create (same Idempotency-Key, through another node) answers the same id.
+    let mut ids = Vec::new();
+    for base in &c.bases[..2] {
+        let v: Value = http
+            .post(format!("{base}/v1/sessions"))
+            .header("Idempotency-Key", "login-dave-1")
+            .json(&json!({ "user": "dave" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(v["id"].clone());
+    }
+    assert_eq!(ids[0], ids[1]);
+
     let v: Value = http
         .get(format!("{}/v1/sessions?user=bob", c.bases[2]))
         .send()

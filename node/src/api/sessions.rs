@@ -80,15 +80,14 @@ pub async fn create(
     )?;
     let data = data_text(&st, &body.data.unwrap_or_default())?;
     let idem = idempotency_key(&headers)?;
-    let id = new_session_id();
     let command = Command::SessionCreate {
-        id: id.clone(),
+        id: new_session_id(),
         user: body.user,
         data,
         ttl_ms,
     };
     match st.cluster.write_visible(command, idem).await? {
-        RaftResponse::Session { expires_in_ms } => Ok((
+        RaftResponse::SessionCreated { id, expires_in_ms } => Ok((
             StatusCode::CREATED,
             Json(json!({ "id": id, "expires_in_ms": expires_in_ms })),
         )),

@@ -95,7 +95,8 @@ impl Sessions {
             expires_at_ms: now.saturating_add(ttl_ms),
         };
         self.store(id, entry, batch);
-        Response::Session {
+        Response::SessionCreated {
+            id: id.to_string(),
             expires_in_ms: ttl_ms,
         }
     }
