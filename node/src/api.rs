@@ -3,10 +3,12 @@
 //! # Layout
 //! - this file: the router, shared extractors and parameter checks, key-value and cluster
 //!   handlers;
-//! - [`locks`], [`sessions`], [`cache`], [`queues`], [`txn`]: the other primitives.
+//! - [`locks`], [`sessions`], [`cache`], [`queues`], [`txn`]: the other primitives;
+//! - [`ops`]: cluster operations (remove, promote, transfer leadership, snapshot).
 
 mod cache;
 mod locks;
+mod ops;
 mod queues;
 mod sessions;
 mod txn;
@@ -85,6 +87,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(cache::get).put(cache::set).delete(cache::delete),
         )
         .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/members/{id}/remove", post(ops::remove))
+        .route("/v1/cluster/members/{id}/promote", post(ops::promote))
+        .route("/v1/cluster/leader/transfer", post(ops::transfer))
+        .route("/v1/cluster/snapshot", post(ops::snapshot))
         .route("/v1/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -2,7 +2,7 @@
 //! against any node's API.
 //!
 //! # Layout
-//! - this file: shared plumbing, `kv` and `cluster`;
+//! - this file: shared plumbing, `kv` and `cluster` (status and operations);
 //! - [`lock`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the other
 //!   primitives.
 
@@ -101,6 +101,29 @@ pub enum ClusterCmd {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a member (voter or learner) from the cluster.
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make a learner a voter.
+    Promote {
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Hand leadership to another voter; prints the new leader.
+    TransferLeader {
+        to: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Take a snapshot on the leader now (the log behind it can then be purged).
+    Snapshot {
         #[command(flatten)]
         target: Target,
     },
@@ -270,7 +293,29 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
 
 pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
     let http = client();
+    let op = |target: &Target, path: &str, body: serde_json::Value| {
+        http.post(target.url(path)).json(&body)
+    };
     match cmd {
+        ClusterCmd::Remove { id, target } => {
+            let path = format!("/v1/cluster/members/{id}/remove");
+            send_json(op(&target, &path, serde_json::json!({}))).await?;
+            println!("removed node {id}");
+        }
+        ClusterCmd::Promote { id, target } => {
+            let path = format!("/v1/cluster/members/{id}/promote");
+            send_json(op(&target, &path, serde_json::json!({}))).await?;
+            println!("node {id} is a voter");
+        }
+        ClusterCmd::TransferLeader { to, target } => {
+            let body = serde_json::json!({ "to": to });
+            let v = send_json(op(&target, "/v1/cluster/leader/transfer", body)).await?;
+            println!("leader is node {}", v["leader_id"]);
+        }
+        ClusterCmd::Snapshot { target } => {
+            let v = send_json(op(&target, "/v1/cluster/snapshot", serde_json::json!({}))).await?;
+            println!("snapshot at index {}", v["snapshot_index"]);
+        }
         ClusterCmd::Status { json, target } => {
             let resp = check(
                 http.get(target.url("/v1/cluster"))

@@ -428,6 +428,42 @@ impl Cluster {
         }
     }
 
+    /// Hands leadership to voter `to` and waits (up to two election timeouts) until this
+    /// node sees a leader other than itself; answers the new leader.
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<NodeId, ServiceError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let me = self.id;
+        let wait = Duration::from_millis(self.config.election_timeout_ms * 4);
+        self.raft
+            .wait(Some(wait))
+            .metrics(
+                move |m| m.current_leader.is_some_and(|l| l != me),
+                "leadership transferred",
+            )
+            .await
+            .map_err(|_| {
+                ServiceError::Unavailable(format!(
+                    "node {to} did not take over within {wait:?}; this node may still lead"
+                ))
+            })?;
+        Ok(self.metrics().current_leader.unwrap_or(to))
+    }
+
+    /// The voter that has replicated the most of the leader's log, other than this node.
+    pub fn best_successor(&self) -> Option<NodeId> {
+        let m = self.metrics();
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let repl = m.replication.as_ref()?;
+        voters
+            .into_iter()
+            .filter(|v| *v != self.id)
+            .max_by_key(|v| repl.get(v).cloned().flatten().map(|l| l.index))
+    }
+
     /// Whether this node knows a leader and has applied everything it knows is committed.
     pub fn is_ready(&self) -> bool {
         let m = self.metrics();

@@ -46,7 +46,7 @@ enum Cmd {
     Worker(WorkerCmd),
     /// Apply a transaction (compares, then success or failure writes) given as JSON.
     Txn(TxnCmd),
-    /// Inspect the cluster.
+    /// Inspect and operate the cluster: status, remove, promote, transfer-leader, snapshot.
     #[command(subcommand)]
     Cluster(ClusterCmd),
 }

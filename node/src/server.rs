@@ -200,6 +200,16 @@ impl Node {
     /// Stops in order: stop accepting API requests, stop background work, shut Raft down,
     /// close the transport. RocksDB closes when the last handle drops.
     pub async fn shutdown(self) {
+        // A leader hands over first, so the cluster does not wait out an election timeout.
+        if self.cluster.raft.is_leader() {
+            if let Some(to) = self.cluster.best_successor() {
+                info!(to, "shutting down: transferring leadership");
+                match self.cluster.transfer_leadership(to).await {
+                    Ok(leader) => info!(leader, "leadership transferred"),
+                    Err(e) => warn!(error = %e, "leadership transfer failed; shutting down anyway"),
+                }
+            }
+        }
         info!("shutting down: stopping API and background tasks");
         self.shutdown.cancel();
         for t in self.tasks {

@@ -51,3 +51,95 @@ async fn a_wrong_token_is_refused_with_a_clear_error() {
     assert_eq!(m.membership_config.membership().nodes().count(), 1);
     c.shutdown().await;
 }
+
+/// Leadership transfer and member removal from the command line, on real processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leadership_and_remove_a_member_from_the_cli() {
+    use std::process::Command;
+    use tests::http::{self, wait_for};
+    use tests::process::{stackd_bin, ProcCluster};
+
+    let c = ProcCluster::start(3).await.unwrap();
+    let http = http::client();
+    let all = [0usize, 1, 2];
+    let leader = c.wait_voters(3, &all).await.unwrap();
+    let to = (1..=3u64).find(|id| *id != leader).unwrap();
+    let via = &c.api_addrs[(to as usize) % 3]; // any node; followers relay to the leader
+
+    let out = Command::new(stackd_bin())
+        .args(["cluster", "transfer-leader", &to.to_string(), "--addr", via])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("leader is node {to}")
+    );
+    for base in &c.bases {
+        wait_for(
+            "every node sees the new leader",
+            std::time::Duration::from_secs(10),
+            || async {
+                let s = http::cluster(&http, base).await?;
+                (s["leader_id"].as_u64()? == to).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    let gone = (1..=3u64).find(|id| *id != to).unwrap();
+    let out = Command::new(stackd_bin())
+        .args([
+            "cluster",
+            "remove",
+            &gone.to_string(),
+            "--addr",
+            &c.api_addrs[to as usize - 1],
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stays: Vec<usize> = (1..=3u64)
+        .filter(|id| *id != gone)
+        .map(|id| id as usize - 1)
+        .collect();
+    for &i in &stays {
+        wait_for(
+            "two members left",
+            std::time::Duration::from_secs(10),
+            || async {
+                let s = http::cluster(&http, &c.bases[i]).await?;
+                let ids: Vec<u64> = s["members"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|m| m["id"].as_u64())
+                    .collect();
+                (ids.len() == 2 && !ids.contains(&gone)).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // The two that stay still take writes.
+    let (s, body) = http::put(&http, &c.bases[stays[0]], "after-remove", "ok")
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{body}");
+
+    // Removing the same node again, or a node that never existed, is a clear 404.
+    let out = Command::new(stackd_bin())
+        .args(["cluster", "remove", "42", "--addr", &c.api_addrs[stays[0]]])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+}

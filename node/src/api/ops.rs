@@ -1,0 +1,188 @@
+//! Cluster operations: remove or promote a member, transfer leadership, take a snapshot.
+//!
+//! They change Raft itself, so they run on the leader; any other node relays the request to
+//! the leader's API and returns its answer.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use openraft::ChangeMembers;
+use raft::NodeId;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AppState, St};
+use crate::error::{ApiError, ApiResult};
+
+/// Relays the request to the leader when this node is not it; `None` means "handle here".
+async fn relay(st: &AppState, method: Method, uri: &Uri, body: Bytes) -> Option<Response> {
+    if st.cluster.raft.is_leader() {
+        return None;
+    }
+    let Some((_, leader)) = st.cluster.leader() else {
+        return Some(ApiError::unavailable("no leader is known; retry").into_response());
+    };
+    let url = format!("http://{}{}", leader.api_addr, uri.path());
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(
+            st.cluster.config.request_timeout_ms * 2,
+        ))
+        .build()
+        .expect("http client");
+    let resp = client
+        .request(method, url)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await;
+    Some(match resp {
+        Ok(r) => {
+            let status =
+                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let body = r.bytes().await.unwrap_or_default();
+            (status, [("content-type", "application/json")], body).into_response()
+        }
+        Err(e) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "relaying to the leader failed; the operation may or may not have happened: {e}"
+            ),
+        )
+        .into_response(),
+    })
+}
+
+fn member_id(id: &str) -> ApiResult<NodeId> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("{id:?} is not a node id")))
+}
+
+fn raft_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable(format!("membership change failed: {e}"))
+}
+
+pub async fn remove(
+    State(st): St,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let id = member_id(&id)?;
+    if let Some(r) = relay(&st, method, &uri, body).await {
+        return Ok(r);
+    }
+    let m = st.cluster.metrics();
+    let membership = m.membership_config.membership().clone();
+    if membership.get_node(&id).is_none() {
+        return Err(ApiError::not_found(format!("node {id} is not a member")));
+    }
+    if membership.get_joint_config().len() > 1 {
+        return Err(ApiError::conflict(
+            "a membership change is in progress; retry",
+        ));
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    if voters.contains(&id) && voters.len() == 1 {
+        return Err(ApiError::conflict("cannot remove the last voter"));
+    }
+    let ids = BTreeSet::from([id]);
+    let change = if voters.contains(&id) {
+        ChangeMembers::RemoveVoters(ids)
+    } else {
+        ChangeMembers::RemoveNodes(ids)
+    };
+    st.cluster
+        .raft
+        .change_membership(change, false)
+        .await
+        .map_err(raft_error)?;
+    tracing::info!(node = id, "member removed");
+    Ok(Json(json!({ "removed": id })).into_response())
+}
+
+pub async fn promote(
+    State(st): St,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let id = member_id(&id)?;
+    if let Some(r) = relay(&st, method, &uri, body).await {
+        return Ok(r);
+    }
+    let m = st.cluster.metrics();
+    let membership = m.membership_config.membership();
+    if membership.get_node(&id).is_none() {
+        return Err(ApiError::not_found(format!("node {id} is not a member")));
+    }
+    if membership.voter_ids().any(|v| v == id) {
+        return Err(ApiError::conflict(format!("node {id} is already a voter")));
+    }
+    st.cluster
+        .raft
+        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+        .await
+        .map_err(raft_error)?;
+    Ok(Json(json!({ "promoted": id })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBody {
+    to: NodeId,
+}
+
+pub async fn transfer(State(st): St, method: Method, uri: Uri, body: Bytes) -> ApiResult<Response> {
+    let to = serde_json::from_slice::<TransferBody>(&body)
+        .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
+        .to;
+    if let Some(r) = relay(&st, method, &uri, body).await {
+        return Ok(r);
+    }
+    let m = st.cluster.metrics();
+    if !m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == to)
+    {
+        return Err(ApiError::bad_request(format!("node {to} is not a voter")));
+    }
+    if to == st.cluster.id {
+        return Ok(Json(json!({ "leader_id": to })).into_response());
+    }
+    let new_leader = st.cluster.transfer_leadership(to).await?;
+    Ok(Json(json!({ "leader_id": new_leader })).into_response())
+}
+
+pub async fn snapshot(State(st): St, method: Method, uri: Uri, body: Bytes) -> ApiResult<Response> {
+    // A snapshot is local to each node; taken on the leader it also lets the log be purged.
+    if let Some(r) = relay(&st, method, &uri, body).await {
+        return Ok(r);
+    }
+    let before = st.cluster.metrics().snapshot;
+    st.cluster
+        .raft
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let waited = st
+        .cluster
+        .raft
+        .wait(Some(Duration::from_secs(60)))
+        .metrics(move |m| m.snapshot != before, "snapshot built")
+        .await;
+    let m = st.cluster.metrics();
+    let index = m.snapshot.map(|l| l.index);
+    Ok(Json(json!({ "snapshot_index": index, "completed": waited.is_ok() })).into_response())
+}
