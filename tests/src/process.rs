@@ -1,7 +1,8 @@
-//! Clusters of real `stackd` processes on 127.0.0.1, .2, .3 …, for what crosses process
-//! boundaries: `kill -9`, restarts from the data dir, lost quorum.
+//! Clusters of real `stackd` processes on 127.0.0.1, .2, .3 … (or from another first address,
+//! so that two test runs on one machine stay apart), for what crosses process boundaries:
+//! `kill -9`, restarts from the data dir, lost quorum, pauses.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,8 +27,30 @@ pub fn stackd_bin() -> PathBuf {
     bin
 }
 
+/// How a [`ProcCluster`] is started.
+#[derive(Debug, Clone)]
+pub struct ProcOptions {
+    /// Last octet of node 1's address: node `i` listens on 127.0.0.(first_ip + i).
+    pub first_ip: u8,
+    /// `--target-voters` (3 or 5).
+    pub target_voters: usize,
+    /// Extra environment for every process.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ProcOptions {
+    fn default() -> Self {
+        Self {
+            first_ip: 1,
+            target_voters: 3,
+            env: Vec::new(),
+        }
+    }
+}
+
 pub struct ProcCluster {
     root: TempDir,
+    opts: ProcOptions,
     procs: Vec<Option<Child>>,
     pub api_addrs: Vec<String>,
     pub cluster_addrs: Vec<String>,
@@ -51,7 +74,10 @@ impl ProcCluster {
             .arg(&self.cluster_addrs[i])
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
-            .env("STACKD_LOG", "info,openraft=warn");
+            .arg("--target-voters")
+            .arg(self.opts.target_voters.to_string())
+            .env("STACKD_LOG", "info,openraft=warn")
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         if let Some((addr, token)) = join {
             cmd.arg("--join").arg(addr).arg("--token").arg(token);
         }
@@ -60,18 +86,25 @@ impl ProcCluster {
 
     /// Starts `n` processes: node 1 founds the cluster, the others join it.
     pub async fn start(n: usize) -> Result<Self> {
+        Self::start_with(n, ProcOptions::default()).await
+    }
+
+    /// Starts `n` processes with `opts`.
+    pub async fn start_with(n: usize, opts: ProcOptions) -> Result<Self> {
         crate::init_logging();
         let root = TempDir::new()?;
         let mut api_addrs = Vec::new();
         let mut cluster_addrs = Vec::new();
         for i in 0..n {
-            let ip = format!("127.0.0.{}", i + 1);
+            let ip = format!("127.0.0.{}", opts.first_ip as usize + i);
             api_addrs.push(crate::free_addrs(&ip).0.to_string());
             cluster_addrs.push(crate::free_addrs(&ip).1.to_string());
         }
         let bases = api_addrs.iter().map(|a| format!("http://{a}")).collect();
+        let voters = n.min(opts.target_voters);
         let mut c = Self {
             root,
+            opts,
             procs: (0..n).map(|_| None).collect(),
             api_addrs,
             cluster_addrs,
@@ -103,7 +136,7 @@ impl ProcCluster {
             .await
             .map_err(|e| e.context(c.log_tail(i)))?;
         }
-        c.wait_voters(n.min(3), &(0..n).collect::<Vec<_>>()).await?;
+        c.wait_voters(voters, &(0..n).collect::<Vec<_>>()).await?;
         Ok(c)
     }
 
@@ -163,6 +196,36 @@ impl ProcCluster {
         }
         self.procs[i] = Some(self.spawn(i, None)?);
         Ok(())
+    }
+
+    /// Sends `SIGSTOP` (`pause`) or `SIGCONT` to node `i`.
+    pub fn pause(&self, i: usize, pause: bool) -> Result<()> {
+        let Some(child) = &self.procs[i] else {
+            bail!("node {} is not running", i + 1)
+        };
+        let sig = if pause { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill {sig} node {} failed: {status}", i + 1);
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.procs[i].is_some()
+    }
+
+    /// The IP address node `i` listens on.
+    pub fn ip(&self, i: usize) -> String {
+        format!("127.0.0.{}", self.opts.first_ip as usize + i)
+    }
+
+    /// The folder holding the data dirs and the logs (`node{i}.log`, 1-based).
+    pub fn root(&self) -> &Path {
+        self.root.path()
     }
 
     /// The last lines of node `i`'s log, for failure messages.
