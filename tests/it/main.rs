@@ -2,6 +2,7 @@
 
 mod errors;
 mod faults;
+mod history;
 mod kv_cluster;
 mod membership;
 mod storage_suite;
