@@ -467,6 +467,8 @@ struct Nemesis<'a> {
     ctx: Arc<Ctx>,
     rng: StdRng,
     hold: Duration,
+    /// Raft node id of each node (ids are allocated by the cluster and may skip numbers).
+    ids: Vec<u64>,
 }
 
 impl Nemesis<'_> {
@@ -478,15 +480,17 @@ impl Nemesis<'_> {
     async fn leader(&self, among: &[usize], not: Option<usize>) -> Result<usize> {
         let http = http_client(Duration::from_secs(1));
         let bases = &self.cluster.bases;
-        let n = self.n();
+        let ids = &self.ids;
         wait_for("a leader", Duration::from_secs(30), || async {
             for &i in among {
                 let s = crate::http::cluster(&http, &bases[i]).await?;
-                let Some(l) = s["leader_id"].as_u64() else {
+                let Some(id) = s["leader_id"].as_u64() else {
                     continue;
                 };
-                let l = l as usize - 1;
-                if l < n && among.contains(&l) && Some(l) != not {
+                let Some(l) = ids.iter().position(|x| *x == id) else {
+                    continue;
+                };
+                if among.contains(&l) && Some(l) != not {
                     return Some(l);
                 }
             }
@@ -776,8 +780,18 @@ async fn drive(
         ));
     }
 
+    let mut ids = Vec::new();
+    for b in &ctx.bases {
+        let s = crate::http::cluster(&http_client(Duration::from_secs(5)), b)
+            .await
+            .context("GET /v1/cluster")?;
+        ids.push(s["node_id"].as_u64().context("node_id in /v1/cluster")?);
+    }
+    ctx.note(format!("node ids: {ids:?}"));
+
     ctx.note("phase: faults");
     let mut nemesis = Nemesis {
+        ids,
         cluster,
         partitions,
         ctx: ctx.clone(),
