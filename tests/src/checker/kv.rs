@@ -157,6 +157,7 @@ impl Report {
 /// Checks every key's sub-history; `budget` is the time allowed for all of them together.
 pub fn check_history(ops: &[Op], budget: Duration) -> Report {
     let deadline = Instant::now() + budget;
+    let clock = RevisionClock::new(ops);
     let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
     for op in ops {
         let keep = match &op.outcome {
@@ -185,7 +186,7 @@ pub fn check_history(ops: &[Op], budget: Duration) -> Report {
             ));
             continue;
         }
-        let ops = prune_unobserved(ops);
+        let ops = prune_unobserved(ops, &clock);
         let entries: Vec<Entry<RegOp>> = ops
             .iter()
             .map(|o| Entry {
@@ -212,24 +213,66 @@ pub fn check_history(ops: &[Op], budget: Duration) -> Report {
     report
 }
 
+/// The largest revision any operation had reported by a given time, over the whole history
+/// (revisions are global: a write invoked after an answer carrying revision R gets more than R).
+struct RevisionClock {
+    /// (completion time, largest revision reported up to then), by time.
+    steps: Vec<(u64, u64)>,
+}
+
+impl RevisionClock {
+    fn new(ops: &[Op]) -> Self {
+        let mut seen: Vec<(u64, u64)> = ops
+            .iter()
+            .filter_map(|o| {
+                let r = match &o.outcome {
+                    Some(Outcome::Written { revision }) => *revision,
+                    Some(Outcome::Read {
+                        value: Some((_, r)),
+                    }) => *r,
+                    Some(Outcome::Conflict { current }) => *current,
+                    _ => return None,
+                };
+                Some((o.complete_ns?, r))
+            })
+            .collect();
+        seen.sort();
+        let mut max = 0;
+        for s in seen.iter_mut() {
+            max = max.max(s.1);
+            s.1 = max;
+        }
+        Self { steps: seen }
+    }
+
+    /// The largest revision reported by an operation completed before `t`.
+    fn before(&self, t: u64) -> u64 {
+        match self.steps.partition_point(|(at, _)| *at < t) {
+            0 => 0,
+            i => self.steps[i - 1].1,
+        }
+    }
+}
+
 /// Leaves out writes of unknown outcome that nothing observed, which keeps the search from
 /// doubling its work for each of them.
 ///
-/// Sound because values are unique and (checked first) each value has one revision and each
-/// revision one value: if no read returned the value of unknown write `u`, and
-/// every revision any operation reported or compared against belongs to a definite write or
-/// to a value some read returned, then no operation observed the state `u` produced (a read
-/// would have returned its value; a conflict, or a compare-and-set expecting its revision,
-/// would name a revision nobody else explains). Removing `u` from a linearization of the real
-/// history leaves a linearization, so the verdict does not change. When some revision is
-/// unexplained the key keeps all its unknown writes.
-fn prune_unobserved(ops: Vec<&Op>) -> Vec<&Op> {
+/// Values are unique and (checked first) each value has one revision and each revision one
+/// value. An operation that observed the state an applied unknown write `u` produced either
+/// read its value, or reported or compared against its revision `r`. If `r` belongs to a
+/// definite write or to a value some read returned, it is not `u`'s; so it is a revision
+/// nobody explains, and `u` can have produced it only if `u` was invoked before the observer
+/// completed and after no answer had yet carried a revision of `r` or more. Every unknown
+/// write that is neither read nor such a candidate is unobserved, and removing it from a
+/// linearization of the real history leaves a linearization: the verdict does not change.
+fn prune_unobserved<'a>(ops: Vec<&'a Op>, clock: &RevisionClock) -> Vec<&'a Op> {
     let mut read_values = std::collections::HashSet::new();
     // Revision -> the operations that explain it.
     let mut explained: std::collections::HashMap<u64, Vec<u64>> = Default::default();
-    // (revision, the operation that reported or compared it)
+    // (revision, the operation that reported or compared it, when that one completed)
     let mut compared = Vec::new();
     for o in &ops {
+        let done = o.complete_ns.unwrap_or(u64::MAX);
         match (&o.kind, &o.outcome) {
             (
                 _,
@@ -243,26 +286,30 @@ fn prune_unobserved(ops: Vec<&Op>) -> Vec<&Op> {
             (_, Some(Outcome::Written { revision })) => {
                 explained.entry(*revision).or_default().push(o.id);
             }
-            (_, Some(Outcome::Conflict { current })) => compared.push((*current, o.id)),
+            (_, Some(Outcome::Conflict { current })) => compared.push((*current, o.id, done)),
             _ => {}
         }
         if let Kind::Cas { expect, .. } = o.kind {
-            compared.push((expect, o.id));
+            compared.push((expect, o.id, done));
         }
     }
-    let unexplained = compared.iter().any(|(r, id)| {
-        *r != 0
-            && !explained
-                .get(r)
-                .is_some_and(|by| by.iter().any(|x| x != id))
-    });
-    if unexplained {
-        return ops;
-    }
+    let unexplained: Vec<(u64, u64)> = compared
+        .into_iter()
+        .filter(|(r, id, _)| {
+            *r != 0
+                && !explained
+                    .get(r)
+                    .is_some_and(|by| by.iter().any(|x| x != id))
+        })
+        .map(|(r, _, done)| (r, done))
+        .collect();
     ops.into_iter()
         .filter(|o| match (&o.kind, &o.outcome) {
             (Kind::Write { value } | Kind::Cas { value, .. }, Some(Outcome::Unknown { .. })) => {
                 read_values.contains(value)
+                    || unexplained
+                        .iter()
+                        .any(|&(r, done)| o.invoke_ns <= done && clock.before(o.invoke_ns) < r)
             }
             _ => true,
         })
