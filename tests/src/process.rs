@@ -55,6 +55,8 @@ pub struct ProcCluster {
     pub api_addrs: Vec<String>,
     pub cluster_addrs: Vec<String>,
     pub bases: Vec<String>,
+    /// Raft node id of each node.
+    pub ids: Vec<u64>,
 }
 
 impl ProcCluster {
@@ -109,6 +111,7 @@ impl ProcCluster {
             api_addrs,
             cluster_addrs,
             bases,
+            ids: Vec::new(),
         };
         c.procs[0] = Some(c.spawn(0, None)?);
         let token_file = c.root.path().join("node1").join("join-token");
@@ -122,7 +125,9 @@ impl ProcCluster {
         for i in 1..n {
             let join = c.cluster_addrs[0].clone();
             c.procs[i] = Some(c.spawn(i, Some((&join, &token)))?);
-            // Join one at a time so node ids follow the order of the addresses.
+            // Join one at a time, each promotion done before the next join (a join that meets a
+            // membership change in progress is refused and retried under a new id), so node
+            // ids follow the order of the addresses; `ids` records them anyway.
             let http = http::client();
             let base = c.bases[i].clone();
             wait_for(
@@ -135,8 +140,17 @@ impl ProcCluster {
             )
             .await
             .map_err(|e| e.context(c.log_tail(i)))?;
+            c.wait_voters((i + 1).min(voters), &(0..=i).collect::<Vec<_>>())
+                .await?;
         }
         c.wait_voters(voters, &(0..n).collect::<Vec<_>>()).await?;
+        let http = http::client();
+        for i in 0..n {
+            let s = http::cluster(&http, &c.bases[i])
+                .await
+                .context("GET /v1/cluster")?;
+            c.ids.push(s["node_id"].as_u64().context("node_id")?);
+        }
         Ok(c)
     }
 
@@ -163,14 +177,23 @@ impl ProcCluster {
         .await
     }
 
-    /// Waits for a leader among `alive` (ids are 1-based: node index + 1) other than `not`.
+    /// The index of the node with Raft id `id`.
+    pub fn index_of(&self, id: u64) -> usize {
+        self.ids
+            .iter()
+            .position(|x| *x == id)
+            .unwrap_or_else(|| panic!("no node has id {id} (ids {:?})", self.ids))
+    }
+
+    /// Waits for a leader among the nodes `alive` other than id `not`; returns its id.
     pub async fn wait_leader(&self, alive: &[usize], not: Option<u64>) -> Result<u64> {
         let http = http::client();
         wait_for("a leader", Duration::from_secs(30), || async {
             for &i in alive {
                 let s = http::cluster(&http, &self.bases[i]).await?;
                 let l = s["leader_id"].as_u64()?;
-                if Some(l) != not && alive.contains(&(l as usize - 1)) {
+                let index = self.ids.iter().position(|x| *x == l)?;
+                if Some(l) != not && alive.contains(&index) {
                     return Some(l);
                 }
             }
