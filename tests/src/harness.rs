@@ -476,25 +476,23 @@ impl Nemesis<'_> {
         self.cluster.bases.len()
     }
 
-    /// The leader, as the first answering node among `among` reports it.
+    /// The leader that every node of `among` names, if it is one of them and not `not`.
     async fn leader(&self, among: &[usize], not: Option<usize>) -> Result<usize> {
         let http = http_client(Duration::from_secs(1));
         let bases = &self.cluster.bases;
         let ids = &self.ids;
-        wait_for("a leader", Duration::from_secs(30), || async {
+        wait_for("a leader all agree on", Duration::from_secs(30), || async {
+            let mut agreed = None;
             for &i in among {
                 let s = crate::http::cluster(&http, &bases[i]).await?;
-                let Some(id) = s["leader_id"].as_u64() else {
-                    continue;
-                };
-                let Some(l) = ids.iter().position(|x| *x == id) else {
-                    continue;
-                };
-                if among.contains(&l) && Some(l) != not {
-                    return Some(l);
+                let id = s["leader_id"].as_u64()?;
+                if agreed.is_some_and(|a| a != id) {
+                    return None;
                 }
+                agreed = Some(id);
             }
-            None
+            let l = ids.iter().position(|x| Some(*x) == agreed)?;
+            (among.contains(&l) && Some(l) != not).then_some(l)
         })
         .await
     }
@@ -780,13 +778,7 @@ async fn drive(
         ));
     }
 
-    let mut ids = Vec::new();
-    for b in &ctx.bases {
-        let s = crate::http::cluster(&http_client(Duration::from_secs(5)), b)
-            .await
-            .context("GET /v1/cluster")?;
-        ids.push(s["node_id"].as_u64().context("node_id in /v1/cluster")?);
-    }
+    let ids = cluster.ids.clone();
     ctx.note(format!("node ids: {ids:?}"));
 
     ctx.note("phase: faults");
