@@ -33,8 +33,9 @@ fn iptables(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Removes the `INPUT` rules whose comment satisfies `pred`.
-fn remove_rules(pred: impl Fn(&str) -> bool) -> Result<usize> {
+/// Removes the `INPUT` rules whose comment satisfies `pred`. With `lenient`, a rule that
+/// cannot be deleted (another run removed it first) is skipped.
+fn remove_rules(pred: impl Fn(&str) -> bool, lenient: bool) -> Result<usize> {
     let listing = iptables(&["-S", "INPUT"])?;
     let mut removed = 0;
     for line in listing.lines() {
@@ -53,8 +54,11 @@ fn remove_rules(pred: impl Fn(&str) -> bool) -> Result<usize> {
         }
         let mut args = vec!["-D", "INPUT"];
         args.extend(spec.split_whitespace().map(|w| w.trim_matches('"')));
-        iptables(&args)?;
-        removed += 1;
+        match iptables(&args) {
+            Ok(_) => removed += 1,
+            Err(_) if lenient => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(removed)
 }
@@ -117,7 +121,7 @@ impl Partitions {
 
     /// Removes every rule of this value.
     pub fn heal(&self) -> Result<usize> {
-        remove_rules(|t| t == self.tag)
+        remove_rules(|t| t == self.tag, false)
     }
 }
 
@@ -131,12 +135,15 @@ impl Drop for Partitions {
 
 /// Removes rules whose creating process no longer exists.
 fn clean_stale() -> Result<()> {
-    remove_rules(|t| {
-        let Some(rest) = t.strip_prefix(TAG_PREFIX) else {
-            return false;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-    })?;
+    remove_rules(
+        |t| {
+            let Some(rest) = t.strip_prefix(TAG_PREFIX) else {
+                return false;
+            };
+            let pid = rest.split('-').next().unwrap_or("");
+            !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        },
+        true,
+    )?;
     Ok(())
 }
