@@ -273,6 +273,63 @@ fn an_unknown_write_may_take_effect_late_or_never() {
     assert!(!check_history(&undone, Duration::from_secs(5)).ok());
 }
 
+fn input_rules() -> String {
+    let out = std::process::Command::new("iptables")
+        .args(["-S", "INPUT"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn partitions_remove_their_rules_and_those_of_dead_runs() {
+    // A rule as a run that died without cleaning up would leave it (no such pid).
+    let stale = "stackd-nemesis-4000000-1";
+    let add = |args: &[&str]| {
+        let ok = std::process::Command::new("iptables")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "iptables {args:?}");
+    };
+    add(&[
+        "-I",
+        "INPUT",
+        "-s",
+        "127.0.0.251",
+        "-d",
+        "127.0.0.252",
+        "-p",
+        "udp",
+        "-m",
+        "comment",
+        "--comment",
+        stale,
+        "-j",
+        "DROP",
+    ]);
+    let tag;
+    {
+        let p = tests::nemesis::Partitions::new().unwrap();
+        tag = p.tag().to_string();
+        assert!(!input_rules().contains(stale), "stale rule removed");
+        p.split(&[
+            vec!["127.0.0.251".into()],
+            vec!["127.0.0.252".into(), "127.0.0.253".into()],
+        ])
+        .unwrap();
+        assert_eq!(input_rules().matches(tag.as_str()).count(), 4);
+        assert_eq!(p.heal().unwrap(), 4);
+        p.cut(&[("127.0.0.251".into(), "127.0.0.252".into())])
+            .unwrap();
+        assert!(input_rules().contains(tag.as_str()));
+    }
+    assert!(
+        !input_rules().contains(tag.as_str()),
+        "rules removed on drop"
+    );
+}
+
 fn assert_passed(report: &harness::RunReport) {
     println!("{}", report.summary());
     assert!(report.passed(), "{}", report.summary());

@@ -119,6 +119,11 @@ impl Partitions {
         Ok(())
     }
 
+    /// The comment on this value's rules.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
     /// Removes every rule of this value.
     pub fn heal(&self) -> Result<usize> {
         remove_rules(|t| t == self.tag, false)
