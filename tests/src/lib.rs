@@ -9,6 +9,7 @@
 //! - [`nemesis`]: network partitions on loopback addresses (iptables).
 //! - [`process`]: clusters of real `stackd` processes on 127.0.0.1, .2, .3 … (kill -9,
 //!   restart, pause).
+//! - [`workload`]: the clients of a fault run.
 
 pub mod checker;
 pub mod harness;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod inproc;
 pub mod nemesis;
 pub mod process;
+pub mod workload;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 

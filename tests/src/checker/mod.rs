@@ -7,12 +7,14 @@
 //!   it is tested against.
 //! - [`kv`]: the KV register model (read, write, compare-and-set on one key) and the check of a
 //!   whole recorded history, split by key.
+//! - [`convergence`]: every node holds the same KV state after healing.
 //! - [`locks`]: fence monotonicity for a lock workload (synthetic histories until the lock API
 //!   exists).
 //!
 //! A lock workload adds a `Model` for one lock name (acquire, renew, release with fences) next
 //! to [`kv::Register`] and splits its history by name, exactly as [`kv::check_history`] does.
 
+pub mod convergence;
 pub mod kv;
 pub mod locks;
 
