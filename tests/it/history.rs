@@ -336,7 +336,7 @@ fn assert_passed(report: &harness::RunReport) {
 }
 
 /// The short run of the test suite: 3 nodes, every fault once (leader isolated, minority
-/// partition, bridge, kill -9 and restart, pause), about a minute.
+/// partition, bridge, kill -9 and restart, pause, kill -9 of every node), under a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_run_keeps_the_kv_linearizable_and_the_nodes_converge() {
     let report = harness::run(RunConfig::short()).await.unwrap();

@@ -43,15 +43,19 @@ pub enum Fault {
     /// `SIGSTOP` a node (the leader half of the time) for longer than an election timeout,
     /// then `SIGCONT`.
     Pause,
+    /// `kill -9` every node at once under load, then restart them all: acknowledged writes
+    /// must survive on disk.
+    KillAll,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::IsolateLeader,
         Fault::Partition,
         Fault::Bridge,
         Fault::Kill,
         Fault::Pause,
+        Fault::KillAll,
     ];
 
     fn needs_iptables(self) -> bool {
@@ -426,6 +430,19 @@ impl Nemesis<'_> {
                 tokio::time::sleep(self.hold).await;
                 self.ctx.note(format!("SIGCONT n{}", t + 1));
                 self.cluster.pause(t, false)?;
+                what
+            }
+            Fault::KillAll => {
+                let what = "kill -9 every node".to_string();
+                self.ctx.note(format!("fault start: {what}"));
+                for i in 0..self.n() {
+                    self.cluster.kill9(i)?;
+                }
+                tokio::time::sleep(self.hold / 2).await;
+                self.ctx.note("restart every node");
+                for i in 0..self.n() {
+                    self.cluster.restart(i)?;
+                }
                 what
             }
         };
