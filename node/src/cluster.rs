@@ -28,6 +28,17 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A deliberate bug for the history checker's own test (`tests/it/history.rs`): with the
+/// environment variable `STACKD_UNSAFE_STALE_READS=1`, linearizable reads skip ReadIndex and
+/// read local state, so a partitioned old leader or a lagging follower answers stale values.
+/// Off unless that exact value is set; never set it outside that test.
+fn unsafe_stale_reads() -> bool {
+    static ON: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var("STACKD_UNSAFE_STALE_READS").is_ok_and(|v| v == "1")
+    });
+    *ON
+}
+
 /// A node's handle on the cluster, shared by the API, the transport server and background
 /// tasks.
 pub struct Cluster {
@@ -67,6 +78,11 @@ impl Cluster {
         tls: ClusterTls,
         config: Config,
     ) -> Arc<Self> {
+        if unsafe_stale_reads() {
+            warn!(
+                "STACKD_UNSAFE_STALE_READS=1: linearizable reads skip ReadIndex (test-only fault)"
+            );
+        }
         Arc::new(Self {
             id,
             info,
@@ -270,6 +286,9 @@ impl Cluster {
     /// Waits until this node's state reflects every write acknowledged before the call
     /// (ReadIndex through the leader, then wait for the local apply).
     pub async fn read_barrier(&self) -> Result<(), ServiceError> {
+        if unsafe_stale_reads() {
+            return Ok(());
+        }
         let deadline = Instant::now() + self.request_timeout();
         let settle = Duration::from_millis(self.config.election_timeout_ms * 2);
         let log_id = loop {

@@ -52,7 +52,7 @@ async fn leader_kill9_elects_a_new_leader_and_keeps_acknowledged_writes() {
     );
 
     tracing::info!(leader, "phase: kill -9 the leader");
-    let li = leader as usize - 1;
+    let li = c.index_of(leader);
     c.kill9(li).unwrap();
     let alive: Vec<usize> = (0..3).filter(|i| *i != li).collect();
     let new_leader = c.wait_leader(&alive, Some(leader)).await.unwrap();
@@ -98,7 +98,7 @@ async fn all_nodes_kill9_and_restart_lose_no_acknowledged_write() {
 /// checks that no write to the survivor is acknowledged.
 async fn lost_quorum_case(keep_leader: bool) {
     let mut c = ProcCluster::start(3).await.unwrap();
-    let leader = c.wait_voters(3, &[0, 1, 2]).await.unwrap() as usize - 1;
+    let leader = c.index_of(c.wait_voters(3, &[0, 1, 2]).await.unwrap());
     let survivor = if keep_leader {
         leader
     } else {

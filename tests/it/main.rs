@@ -3,6 +3,7 @@
 mod cache;
 mod errors;
 mod faults;
+mod history;
 mod kv_cluster;
 mod locks;
 mod membership;

@@ -1,13 +1,24 @@
 //! Fixtures shared by the integration tests: in-process clusters and real `stackd` processes.
 //!
 //! # Layout
+//! - [`checker`]: history checkers (linearizability of KV registers, lock fences).
+//! - [`harness`]: the fault-injection run (clients, nemesis, validity, evidence).
+//! - [`history`]: recorded client operations.
 //! - [`http`]: a small HTTP client for the API with wait-for-state helpers.
 //! - [`inproc`]: clusters of in-process nodes (fast; one tokio runtime).
-//! - [`process`]: clusters of real `stackd` processes on 127.0.0.1, .2, .3 (kill -9, restart).
+//! - [`nemesis`]: network partitions on loopback addresses (iptables).
+//! - [`process`]: clusters of real `stackd` processes on 127.0.0.1, .2, .3 … (kill -9,
+//!   restart, pause).
+//! - [`workload`]: the clients of a fault run.
 
+pub mod checker;
+pub mod harness;
+pub mod history;
 pub mod http;
 pub mod inproc;
+pub mod nemesis;
 pub mod process;
+pub mod workload;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 

@@ -1,7 +1,8 @@
-//! Clusters of real `stackd` processes on 127.0.0.1, .2, .3 …, for what crosses process
-//! boundaries: `kill -9`, restarts from the data dir, lost quorum.
+//! Clusters of real `stackd` processes on 127.0.0.1, .2, .3 … (or from another first address,
+//! so that two test runs on one machine stay apart), for what crosses process boundaries:
+//! `kill -9`, restarts from the data dir, lost quorum, pauses.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,12 +27,36 @@ pub fn stackd_bin() -> PathBuf {
     bin
 }
 
+/// How a [`ProcCluster`] is started.
+#[derive(Debug, Clone)]
+pub struct ProcOptions {
+    /// Last octet of node 1's address: node `i` listens on 127.0.0.(first_ip + i).
+    pub first_ip: u8,
+    /// `--target-voters` (3 or 5).
+    pub target_voters: usize,
+    /// Extra environment for every process.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ProcOptions {
+    fn default() -> Self {
+        Self {
+            first_ip: 1,
+            target_voters: 3,
+            env: Vec::new(),
+        }
+    }
+}
+
 pub struct ProcCluster {
     root: TempDir,
+    opts: ProcOptions,
     procs: Vec<Option<Child>>,
     pub api_addrs: Vec<String>,
     pub cluster_addrs: Vec<String>,
     pub bases: Vec<String>,
+    /// Raft node id of each node.
+    pub ids: Vec<u64>,
 }
 
 impl ProcCluster {
@@ -51,7 +76,10 @@ impl ProcCluster {
             .arg(&self.cluster_addrs[i])
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
-            .env("STACKD_LOG", "info,openraft=warn");
+            .arg("--target-voters")
+            .arg(self.opts.target_voters.to_string())
+            .env("STACKD_LOG", "info,openraft=warn")
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         if let Some((addr, token)) = join {
             cmd.arg("--join").arg(addr).arg("--token").arg(token);
         }
@@ -60,22 +88,30 @@ impl ProcCluster {
 
     /// Starts `n` processes: node 1 founds the cluster, the others join it.
     pub async fn start(n: usize) -> Result<Self> {
+        Self::start_with(n, ProcOptions::default()).await
+    }
+
+    /// Starts `n` processes with `opts`.
+    pub async fn start_with(n: usize, opts: ProcOptions) -> Result<Self> {
         crate::init_logging();
         let root = TempDir::new()?;
         let mut api_addrs = Vec::new();
         let mut cluster_addrs = Vec::new();
         for i in 0..n {
-            let ip = format!("127.0.0.{}", i + 1);
+            let ip = format!("127.0.0.{}", opts.first_ip as usize + i);
             api_addrs.push(crate::free_addrs(&ip).0.to_string());
             cluster_addrs.push(crate::free_addrs(&ip).1.to_string());
         }
         let bases = api_addrs.iter().map(|a| format!("http://{a}")).collect();
+        let voters = n.min(opts.target_voters);
         let mut c = Self {
             root,
+            opts,
             procs: (0..n).map(|_| None).collect(),
             api_addrs,
             cluster_addrs,
             bases,
+            ids: Vec::new(),
         };
         c.procs[0] = Some(c.spawn(0, None)?);
         let token_file = c.root.path().join("node1").join("join-token");
@@ -89,7 +125,9 @@ impl ProcCluster {
         for i in 1..n {
             let join = c.cluster_addrs[0].clone();
             c.procs[i] = Some(c.spawn(i, Some((&join, &token)))?);
-            // Join one at a time so node ids follow the order of the addresses.
+            // Join one at a time, each promotion done before the next join (a join that meets a
+            // membership change in progress is refused and retried under a new id), so node
+            // ids follow the order of the addresses; `ids` records them anyway.
             let http = http::client();
             let base = c.bases[i].clone();
             wait_for(
@@ -102,8 +140,17 @@ impl ProcCluster {
             )
             .await
             .map_err(|e| e.context(c.log_tail(i)))?;
+            c.wait_voters((i + 1).min(voters), &(0..=i).collect::<Vec<_>>())
+                .await?;
         }
-        c.wait_voters(n.min(3), &(0..n).collect::<Vec<_>>()).await?;
+        c.wait_voters(voters, &(0..n).collect::<Vec<_>>()).await?;
+        let http = http::client();
+        for i in 0..n {
+            let s = http::cluster(&http, &c.bases[i])
+                .await
+                .context("GET /v1/cluster")?;
+            c.ids.push(s["node_id"].as_u64().context("node_id")?);
+        }
         Ok(c)
     }
 
@@ -130,14 +177,23 @@ impl ProcCluster {
         .await
     }
 
-    /// Waits for a leader among `alive` (ids are 1-based: node index + 1) other than `not`.
+    /// The index of the node with Raft id `id`.
+    pub fn index_of(&self, id: u64) -> usize {
+        self.ids
+            .iter()
+            .position(|x| *x == id)
+            .unwrap_or_else(|| panic!("no node has id {id} (ids {:?})", self.ids))
+    }
+
+    /// Waits for a leader among the nodes `alive` other than id `not`; returns its id.
     pub async fn wait_leader(&self, alive: &[usize], not: Option<u64>) -> Result<u64> {
         let http = http::client();
         wait_for("a leader", Duration::from_secs(30), || async {
             for &i in alive {
                 let s = http::cluster(&http, &self.bases[i]).await?;
                 let l = s["leader_id"].as_u64()?;
-                if Some(l) != not && alive.contains(&(l as usize - 1)) {
+                let index = self.ids.iter().position(|x| *x == l)?;
+                if Some(l) != not && alive.contains(&index) {
                     return Some(l);
                 }
             }
@@ -163,6 +219,36 @@ impl ProcCluster {
         }
         self.procs[i] = Some(self.spawn(i, None)?);
         Ok(())
+    }
+
+    /// Sends `SIGSTOP` (`pause`) or `SIGCONT` to node `i`.
+    pub fn pause(&self, i: usize, pause: bool) -> Result<()> {
+        let Some(child) = &self.procs[i] else {
+            bail!("node {} is not running", i + 1)
+        };
+        let sig = if pause { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill {sig} node {} failed: {status}", i + 1);
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.procs[i].is_some()
+    }
+
+    /// The IP address node `i` listens on.
+    pub fn ip(&self, i: usize) -> String {
+        format!("127.0.0.{}", self.opts.first_ip as usize + i)
+    }
+
+    /// The folder holding the data dirs and the logs (`node{i}.log`, 1-based).
+    pub fn root(&self) -> &Path {
+        self.root.path()
     }
 
     /// The last lines of node `i`'s log, for failure messages.

@@ -1,0 +1,193 @@
+//! The clients of a fault run: each sends one operation at a time to its node and records
+//! it (see [`crate::history`]); [`perform`] turns an HTTP answer into an outcome.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::history::{Kind, Outcome, Recorder};
+
+/// Shared by the clients and the nemesis.
+pub(crate) struct Ctx {
+    pub rec: Recorder,
+    pub bases: Vec<String>,
+    pub key_prefix: String,
+    pub timeline: Mutex<Vec<(u64, String)>>,
+}
+
+impl Ctx {
+    pub fn note(&self, what: impl Into<String>) {
+        let what = what.into();
+        tracing::info!("{what}");
+        let at = self.rec.now_ns();
+        self.timeline.lock().expect("timeline").push((at, what));
+    }
+
+    pub fn key(&self, k: usize) -> String {
+        format!("{}{k}", self.key_prefix)
+    }
+}
+
+/// The client's per-request timeout: longer than the node's 5 s request timeout, so a 504
+/// normally arrives before it.
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(8);
+
+pub(crate) fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .expect("http client")
+}
+
+/// Sends one operation and classifies its answer.
+pub(crate) async fn perform(http: &reqwest::Client, base: &str, key: &str, kind: Kind) -> Outcome {
+    let url = format!("{base}/v1/kv/{key}");
+    let req = match kind {
+        Kind::Read => http.get(&url),
+        Kind::Write { value } => http.put(&url).body(value.to_string()),
+        Kind::Cas { expect, value } => http
+            .put(format!("{url}?if_revision={expect}"))
+            .body(value.to_string()),
+    };
+    let resp = match req.send().await {
+        Ok(r) => r,
+        // Refused before sending: certainly not applied.
+        Err(e) if e.is_connect() => {
+            return Outcome::Fail {
+                reason: format!("connect: {e}"),
+            }
+        }
+        Err(e) if matches!(kind, Kind::Read) => {
+            return Outcome::Fail {
+                reason: e.to_string(),
+            }
+        }
+        Err(e) => {
+            let reason = if e.is_timeout() {
+                "client timeout".into()
+            } else {
+                e.to_string()
+            };
+            return Outcome::Unknown { reason };
+        }
+    };
+    let status = resp.status().as_u16();
+    let revision: Option<u64> = resp
+        .headers()
+        .get("x-revision")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) if matches!(kind, Kind::Read) => {
+            return Outcome::Fail {
+                reason: e.to_string(),
+            }
+        }
+        Err(e) => {
+            return Outcome::Unknown {
+                reason: format!("status {status}, body lost: {e}"),
+            }
+        }
+    };
+    let json = || serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+    match (kind, status) {
+        (Kind::Read, 200) => {
+            let value = std::str::from_utf8(&body).ok().and_then(|s| s.parse().ok());
+            match (value, revision) {
+                (Some(v), Some(r)) => Outcome::Read {
+                    value: Some((v, r)),
+                },
+                // Not a value any client wrote: keep it, the checker will reject it.
+                _ => Outcome::Read {
+                    value: Some((u64::MAX, revision.unwrap_or(0))),
+                },
+            }
+        }
+        (Kind::Read, 404) if json()["error"]["code"] == "not_found" => {
+            Outcome::Read { value: None }
+        }
+        (Kind::Read, _) => Outcome::Fail {
+            reason: format!("status {status}"),
+        },
+        (_, 200) => match json()["revision"].as_u64() {
+            Some(revision) => Outcome::Written { revision },
+            None => Outcome::Unknown {
+                reason: "200 without a revision".into(),
+            },
+        },
+        (Kind::Cas { .. }, 409) => match json()["error"]["current_revision"].as_u64() {
+            Some(current) => Outcome::Conflict { current },
+            None => Outcome::Unknown {
+                reason: "409 without current_revision".into(),
+            },
+        },
+        (_, 503) => Outcome::Fail {
+            reason: "503 unavailable".into(),
+        },
+        (_, 504) => Outcome::Unknown {
+            reason: "504 timeout".into(),
+        },
+        (_, s) => Outcome::Unknown {
+            reason: format!("status {s}: {}", String::from_utf8_lossy(&body)),
+        },
+    }
+}
+
+pub(crate) async fn client(
+    ctx: Arc<Ctx>,
+    id: usize,
+    node: usize,
+    keys: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) {
+    let http = http_client(OP_TIMEOUT);
+    let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    // The last revision this client saw per key: compare-and-sets expect it, so many succeed.
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let key = ctx.key(rng.random_range(0..keys));
+        let op_id = ctx.rec.fresh_id();
+        let dice: f64 = rng.random();
+        let kind = if dice < 0.5 {
+            Kind::Read
+        } else if dice < 0.8 {
+            Kind::Write { value: op_id }
+        } else {
+            Kind::Cas {
+                expect: seen.get(&key).copied().unwrap_or(0),
+                value: op_id,
+            }
+        };
+        let idx = ctx.rec.invoke(op_id, id, node, &key, kind);
+        let outcome = perform(&http, &ctx.bases[node], &key, kind).await;
+        match &outcome {
+            Outcome::Read { value } => {
+                seen.insert(key.clone(), value.map(|(_, r)| r).unwrap_or(0));
+            }
+            Outcome::Written { revision } => {
+                seen.insert(key.clone(), *revision);
+            }
+            Outcome::Conflict { current } => {
+                seen.insert(key.clone(), *current);
+            }
+            Outcome::Fail { .. } | Outcome::Unknown { .. } => {}
+        }
+        let failed = !matches!(
+            outcome,
+            Outcome::Read { .. } | Outcome::Written { .. } | Outcome::Conflict { .. }
+        );
+        ctx.rec.complete(idx, outcome);
+        if failed {
+            // Pace a client whose node is down or cut off instead of spinning on refusals.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
