@@ -632,10 +632,23 @@ impl Service for Cluster {
             }
         };
         info!(node = id, addr = %node.cluster_addr, "admitting node as learner");
-        self.raft
-            .add_learner(id, node, false)
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("adding learner failed: {e}")))?;
+        // The id is allocated now; a membership change already under way (a promotion) only
+        // delays the learner, so retry under the same id rather than waste it.
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            match self.raft.add_learner(id, node.clone(), false).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    warn!(node = id, error = %e, "adding learner; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(ServiceError::Unavailable(format!(
+                        "adding learner {id} failed: {e}"
+                    )))
+                }
+            }
+        }
         Ok(JoinAccepted {
             node_id: id,
             cluster_id,
