@@ -26,7 +26,7 @@ use crate::history::{Kind, Outcome, Recorder};
 use crate::http::wait_for;
 use crate::nemesis::Partitions;
 use crate::process::{ProcCluster, ProcOptions};
-use crate::workload::{client, http_client, perform, Ctx, OP_TIMEOUT};
+use crate::workload::{client, http_client, lock_client, perform, Ctx, LockLog, OP_TIMEOUT};
 
 /// One kind of fault. Membership changes (removing and re-adding a voter) belong here once
 /// the cluster can remove members; the nemesis then needs no other change.
@@ -204,8 +204,11 @@ pub struct RunReport {
     pub check_time: Duration,
     /// Reasons the run does not count.
     pub invalid: Vec<String>,
-    /// Divergence between nodes, problems recovering.
+    /// Divergence between nodes, problems recovering, lock fence violations.
     pub problems: Vec<String>,
+    /// Lock grants recorded, and fenced writes (accepted, rejected as stale).
+    pub lock_grants: usize,
+    pub fenced_writes: (usize, usize),
     pub artifacts: Option<PathBuf>,
 }
 
@@ -252,6 +255,11 @@ impl RunReport {
                 c.timeouts.len()
             );
         }
+        let _ = writeln!(
+            s,
+            "locks: {} grants checked for fence order; fenced writes {} accepted, {} rejected as stale",
+            self.lock_grants, self.fenced_writes.0, self.fenced_writes.1
+        );
         for p in &self.invalid {
             let _ = writeln!(s, "INVALID: {p}");
         }
@@ -549,6 +557,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport> {
         check_time: Duration::ZERO,
         invalid: Vec::new(),
         problems: Vec::new(),
+        lock_grants: 0,
+        fenced_writes: (0, 0),
         artifacts: None,
     };
     let outcome = drive(&cfg, &mut cluster, partitions, &ctx, &mut report).await;
@@ -582,6 +592,16 @@ async fn drive(
             c % n,
             cfg.keys,
             cfg.seed,
+            stop.clone(),
+        )));
+    }
+    let locks = Arc::new(Mutex::new(LockLog::default()));
+    for c in 0..n {
+        clients.push(tokio::spawn(lock_client(
+            ctx.clone(),
+            c,
+            c,
+            locks.clone(),
             stop.clone(),
         )));
     }
@@ -713,6 +733,27 @@ async fn drive(
     ctx.note("phase: convergence");
     if let Err(e) = converged(&ctx.bases).await {
         report.problems.push(format!("{e:#}"));
+    }
+
+    ctx.note("phase: lock fences");
+    {
+        let l = locks.lock().expect("lock log");
+        report.lock_grants = l.grants.len();
+        report.fenced_writes = (l.fenced_ok.len(), l.fenced_rejected);
+        if l.grants.is_empty() {
+            report
+                .invalid
+                .push("the lock clients never got the lock".into());
+        }
+        report
+            .problems
+            .extend(crate::checker::locks::check_fences(&l.grants));
+        report
+            .problems
+            .extend(crate::checker::locks::check_fenced_writes(
+                &l.grants,
+                &l.fenced_ok,
+            ));
     }
 
     ctx.note("phase: linearizability check");

@@ -191,3 +191,89 @@ pub(crate) async fn client(
         }
     }
 }
+
+/// What the lock clients of a run saw.
+#[derive(Default)]
+pub(crate) struct LockLog {
+    pub grants: Vec<crate::checker::locks::Grant>,
+    pub fenced_ok: Vec<crate::checker::locks::FencedWrite>,
+    pub fenced_rejected: usize,
+}
+
+/// A lock client: acquires the run's lock (waiting up to 1 s, 2 s lease), makes one fenced
+/// write while it holds it, then releases. Acquires are retried under one Idempotency-Key, so
+/// an answer lost to a fault never leaves a grant nobody recorded twice.
+pub(crate) async fn lock_client(
+    ctx: Arc<Ctx>,
+    id: usize,
+    node: usize,
+    log: Arc<Mutex<LockLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    let http = http_client(OP_TIMEOUT);
+    let lock = format!("{}lock", ctx.key_prefix);
+    let key = format!("{}fenced", ctx.key_prefix);
+    let base = &ctx.bases[node];
+    while !stop.load(Ordering::Relaxed) {
+        let op = ctx.rec.fresh_id();
+        let call = ctx.rec.now_ns();
+        let r = http
+            .post(format!("{base}/v1/locks/{lock}/acquire"))
+            .header("Idempotency-Key", format!("lock-op-{op}"))
+            .json(
+                &serde_json::json!({ "owner": format!("c{id}"), "ttl_ms": 2000, "wait_ms": 1000 }),
+            )
+            .send()
+            .await;
+        let fence = match r {
+            Ok(r) if r.status().as_u16() == 200 => {
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                v["fence"].as_u64()
+            }
+            _ => None,
+        };
+        let Some(fence) = fence else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let ret = ctx.rec.now_ns();
+        log.lock()
+            .expect("lock log")
+            .grants
+            .push(crate::checker::locks::Grant {
+                id: op,
+                owner: format!("c{id}"),
+                fence,
+                call,
+                ret,
+            });
+        let wid = ctx.rec.fresh_id();
+        let call = ctx.rec.now_ns();
+        let r = http
+            .put(format!("{base}/v1/kv/{key}?fence={lock}:{fence}"))
+            .body(fence.to_string())
+            .send()
+            .await;
+        let ret = ctx.rec.now_ns();
+        match r.map(|r| r.status().as_u16()) {
+            Ok(200) => {
+                log.lock()
+                    .expect("lock log")
+                    .fenced_ok
+                    .push(crate::checker::locks::FencedWrite {
+                        id: wid,
+                        fence,
+                        call,
+                        ret,
+                    })
+            }
+            Ok(409) => log.lock().expect("lock log").fenced_rejected += 1,
+            _ => {}
+        }
+        let _ = http
+            .post(format!("{base}/v1/locks/{lock}/release"))
+            .json(&serde_json::json!({ "fence": fence }))
+            .send()
+            .await;
+    }
+}

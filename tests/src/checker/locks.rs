@@ -1,6 +1,7 @@
 //! Fence monotonicity for one lock name: "fences for a name strictly increase across grants,
-//! leader changes and restarts" (API.md). Checked over acquire grants that were answered 200;
-//! the lock workload that records them is to come with the lock API.
+//! leader changes and restarts" (API.md), checked over acquire grants that were answered 200;
+//! and fencing: a write made with a fence that a later grant had already superseded must be
+//! rejected. The lock clients of a fault run record both (`workload::lock_client`).
 
 /// One answered `POST /v1/locks/{name}/acquire`.
 #[derive(Debug, Clone)]
@@ -53,6 +54,30 @@ pub fn check_fences(grants: &[Grant]) -> Vec<String> {
     problems
 }
 
+/// A write with `?fence=LOCK:fence` that was answered 200.
+#[derive(Debug, Clone)]
+pub struct FencedWrite {
+    pub id: u64,
+    pub fence: u64,
+    pub call: u64,
+    pub ret: u64,
+}
+
+/// Problems found: an accepted fenced write invoked after a grant with a higher fence had
+/// completed (the stale holder's write got through).
+pub fn check_fenced_writes(grants: &[Grant], writes: &[FencedWrite]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for w in writes {
+        if let Some(g) = grants.iter().find(|g| g.fence > w.fence && g.ret < w.call) {
+            problems.push(format!(
+                "op {}: a write with fence {} was accepted after op {} ({}) had been granted fence {}",
+                w.id, w.fence, g.id, g.owner, g.fence
+            ));
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +107,26 @@ mod tests {
         let p = check_fences(&[g(1, 7, 0, 10), g(2, 3, 20, 30), g(3, 9, 40, 50)]);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].contains("op 2"), "{p:?}");
+    }
+
+    #[test]
+    fn a_stale_fenced_write_that_got_through_fails() {
+        let grants = [g(1, 1, 0, 10), g(2, 2, 20, 30)];
+        let ok = FencedWrite {
+            id: 3,
+            fence: 1,
+            call: 12,
+            ret: 25,
+        };
+        assert!(check_fenced_writes(&grants, &[ok]).is_empty());
+        let stale = FencedWrite {
+            id: 4,
+            fence: 1,
+            call: 40,
+            ret: 45,
+        };
+        let p = check_fenced_writes(&grants, &[stale]);
+        assert!(p.len() == 1 && p[0].contains("op 4"), "{p:?}");
     }
 
     #[test]
