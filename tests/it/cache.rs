@@ -26,13 +26,7 @@ async fn cache_set(http: &reqwest::Client, base: &str, key: &str, value: &str, t
 }
 
 async fn stats(http: &reqwest::Client, base: &str) -> Value {
-    http.get(format!("{base}/v1/cache/stats?digest=true"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    http::get_json(http, &format!("{base}/v1/cache/stats?digest=true")).await
 }
 
 /// Waits until every node has applied as far as the others, then returns their stats.

@@ -31,19 +31,8 @@ struct Increments {
     stale: u64,
 }
 
-/// POST with a JSON body; returns (status, body). Transport errors are status 0.
 async fn post(http: &reqwest::Client, url: &str, body: Value, idem: Option<&str>) -> (u16, Value) {
-    let mut req = http.post(url).json(&body);
-    if let Some(k) = idem {
-        req = req.header("Idempotency-Key", k);
-    }
-    match req.send().await {
-        Ok(r) => {
-            let s = r.status().as_u16();
-            (s, r.json().await.unwrap_or(Value::Null))
-        }
-        Err(_) => (0, Value::Null),
-    }
+    http::post_json(http, url, body, idem).await
 }
 
 /// Acquires `name` through `base`, retrying with the same Idempotency-Key while the outcome is

@@ -12,13 +12,7 @@ use tests::inproc::InprocCluster;
 use tests::process::ProcCluster;
 
 async fn post(http: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
-    match http.post(url).json(&body).send().await {
-        Ok(r) => {
-            let s = r.status().as_u16();
-            (s, r.json().await.unwrap_or(Value::Null))
-        }
-        Err(_) => (0, Value::Null),
-    }
+    http::post_json(http, url, body, None).await
 }
 
 async fn enqueue(http: &reqwest::Client, base: &str, queue: &str, body: Value) -> String {
@@ -46,13 +40,7 @@ async fn claim(
 }
 
 async fn stats(http: &reqwest::Client, base: &str, queue: &str) -> Value {
-    http.get(format!("{base}/v1/queues/{queue}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    http::get_json(http, &format!("{base}/v1/queues/{queue}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,14 +113,7 @@ async fn delays_priorities_backoff_dead_letters_and_replay() {
         (s["dead"].clone(), s["ready"].clone()),
         (json!(1), json!(0))
     );
-    let dead: Value = http
-        .get(format!("{b2}/v1/queues/r/dead"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dead: Value = http::get_json(&http, &format!("{b2}/v1/queues/r/dead")).await;
     assert_eq!(dead["jobs"][0]["last_error"], "failure 3");
 
     tracing::info!("phase: replay brings the dead job back with fresh attempts");
@@ -273,18 +254,15 @@ async fn cron_fires_once_per_due_time_through_a_leader_change() {
             break;
         }
         for j in jobs {
-            let v: Value = http
-                .get(format!(
+            let v: Value = http::get_json(
+                &http,
+                &format!(
                     "{}/v1/jobs/{}",
                     c.bases[alive[0]],
                     j["id"].as_str().unwrap()
-                ))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+                ),
+            )
+            .await;
             assert_eq!(v["payload"], json!({ "from": "cron" }));
             // The unique key names the due time: cron:<schedule>:<due ms>.
             let key = v["unique_key"].as_str().unwrap();

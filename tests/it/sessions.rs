@@ -83,14 +83,7 @@ async fn expiry_and_sliding_touch_are_the_same_on_every_node() {
     // Same record on every node (linearizable reads).
     let mut seen = Vec::new();
     for base in &c.bases {
-        let v: Value = http
-            .get(format!("{base}/v1/sessions/{touched}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = http::get_json(&http, &format!("{base}/v1/sessions/{touched}")).await;
         seen.push((
             v["created_at_ms"].clone(),
             v["data"].clone(),
@@ -137,14 +130,7 @@ async fn logout_everywhere_removes_every_session_of_the_user() {
     }
     assert_eq!(ids[0], ids[1]);
 
-    let v: Value = http
-        .get(format!("{}/v1/sessions?user=bob", c.bases[2]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = http::get_json(&http, &format!("{}/v1/sessions?user=bob", c.bases[2])).await;
     assert_eq!(v["sessions"].as_array().unwrap().len(), 3, "{v}");
 
     let r = http
@@ -165,14 +151,7 @@ async fn logout_everywhere_removes_every_session_of_the_user() {
                 .unwrap();
             assert_eq!(r.status(), 404, "bob's session {id} on {base}");
         }
-        let v: Value = http
-            .get(format!("{base}/v1/sessions?user=bob"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = http::get_json(&http, &format!("{base}/v1/sessions?user=bob")).await;
         assert_eq!(v["sessions"], json!([]));
         let r = http
             .get(format!("{base}/v1/sessions/{carol}"))

@@ -76,3 +76,35 @@ pub async fn get(
         .and_then(|v| v.parse().ok());
     Ok((s, r.text().await?, rev))
 }
+
+/// POSTs a JSON body (with an `Idempotency-Key` when given); returns (status, JSON answer).
+/// A request that got no answer has status 0.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: Value,
+    idempotency_key: Option<&str>,
+) -> (u16, Value) {
+    let mut req = http.post(url).json(&body);
+    if let Some(k) = idempotency_key {
+        req = req.header("Idempotency-Key", k);
+    }
+    match req.send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// GETs `url` and returns its JSON answer (panics if there is none: for tests).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("JSON answer")
+}
