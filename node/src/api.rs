@@ -293,17 +293,28 @@ pub(crate) fn fenced(p: &HashMap<String, String>, command: Command) -> ApiResult
     })
 }
 
-pub(crate) enum Consistency {
-    Linearizable,
-    Stale,
-}
-
-pub(crate) fn consistency(p: &HashMap<String, String>) -> ApiResult<Consistency> {
+/// Every read is linearizable unless its query says `consistency=stale`: then this node's
+/// state is read as it is. Call once the other parameters are checked, right before reading.
+pub(crate) async fn read_barrier_unless_stale(
+    st: &AppState,
+    p: &HashMap<String, String>,
+) -> ApiResult<()> {
     match p.get("consistency").map(String::as_str) {
-        None | Some("linearizable") => Ok(Consistency::Linearizable),
-        Some("stale") => Ok(Consistency::Stale),
+        None | Some("linearizable") => Ok(st.cluster.read_barrier().await?),
+        Some("stale") => Ok(()),
         Some(other) => Err(ApiError::bad_request(format!(
             "consistency must be linearizable or stale, got {other:?}"
+        ))),
+    }
+}
+
+/// `limit` of a listing: 1 to 1000, 100 when absent.
+pub(crate) fn list_limit(p: &HashMap<String, String>) -> ApiResult<usize> {
+    match u64_param(p, "limit")? {
+        None => Ok(LIST_LIMIT_DEFAULT),
+        Some(n) if n >= 1 && n as usize <= LIST_LIMIT_MAX => Ok(n as usize),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit must be 1 to {LIST_LIMIT_MAX}, got {n}"
         ))),
     }
 }
@@ -415,9 +426,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
 
 async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let p = params(q, &["consistency"])?;
-    if let Consistency::Linearizable = consistency(&p)? {
-        st.cluster.read_barrier().await?;
-    }
+    read_barrier_unless_stale(&st, &p).await?;
     let found = st
         .cluster
         .state
@@ -447,18 +456,8 @@ async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>>
     if prefix.len() > 512 {
         return Err(ApiError::bad_request("prefix must be at most 512 bytes"));
     }
-    let limit = match u64_param(&p, "limit")? {
-        None => LIST_LIMIT_DEFAULT,
-        Some(n) if n >= 1 && n as usize <= LIST_LIMIT_MAX => n as usize,
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit must be 1 to {LIST_LIMIT_MAX}, got {n}"
-            )))
-        }
-    };
-    if let Consistency::Linearizable = consistency(&p)? {
-        st.cluster.read_barrier().await?;
-    }
+    let limit = list_limit(&p)?;
+    read_barrier_unless_stale(&st, &p).await?;
     let st_lock = st.cluster.state.read().expect("state lock");
     let (items, more) = st_lock.list(&prefix, p.get("after").map(String::as_str), limit);
     let b64 = base64::engine::general_purpose::STANDARD;

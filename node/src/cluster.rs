@@ -447,6 +447,27 @@ impl Cluster {
         }
     }
 
+    /// Long-polls this node's applied state: `check` runs now and after every apply until it
+    /// finds what it looks for. `Ok(None)` when `deadline` passes first; an error when Raft
+    /// has stopped.
+    pub async fn wait_for_state<T>(
+        &self,
+        deadline: Instant,
+        mut check: impl FnMut(&State) -> Option<T>,
+    ) -> Result<Option<T>, ServiceError> {
+        let mut applied = self.raft.metrics();
+        loop {
+            if let Some(found) = check(&self.state.read().expect("state lock")) {
+                return Ok(Some(found));
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ServiceError::Unavailable("shutting down".into())),
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
     /// Hands leadership to voter `to` and waits (up to two election timeouts) until this
     /// node sees a leader other than itself; answers the new leader.
     pub async fn transfer_leadership(&self, to: NodeId) -> Result<NodeId, ServiceError> {

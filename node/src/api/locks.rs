@@ -6,7 +6,6 @@ use std::time::Duration;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use openraft::async_runtime::WatchReceiver;
 use raft::command::LockWait;
 use raft::{Command, Response as RaftResponse};
 use serde::Deserialize;
@@ -14,8 +13,8 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{
-    check_ms, consistency, idempotency_key, params, remaining_ms, validate_name, write_answer,
-    AppState, Consistency, JsonBody, Name, St,
+    check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
+    write_answer, AppState, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -102,34 +101,23 @@ async fn wait_for_grant(
     waiter_id: &str,
     deadline: Instant,
 ) -> ApiResult<Json<Value>> {
-    let mut applied = st.cluster.raft.metrics();
-    loop {
-        let (grant, queued) = {
-            let state = st.cluster.state.read().expect("state lock");
-            match state.lock(name) {
-                Some(l) => (
-                    l.holder
-                        .as_ref()
-                        .filter(|h| h.waiter_id.as_deref() == Some(waiter_id))
-                        .map(|h| (h.fence, h.ttl_ms)),
-                    l.waiters.iter().any(|w| w.id == waiter_id),
-                ),
-                None => (None, false),
+    // Some(Some(grant)) once granted, Some(None) once no longer queued (wait ended).
+    let seen = st
+        .cluster
+        .wait_for_state(deadline, |state| {
+            let Some(l) = state.lock(name) else {
+                return Some(None);
+            };
+            if let Some(h) = l.holder.as_ref() {
+                if h.waiter_id.as_deref() == Some(waiter_id) {
+                    return Some(Some((h.fence, h.ttl_ms)));
+                }
             }
-        };
-        if let Some((fence, ttl_ms)) = grant {
-            return Ok(granted(fence, owner, ttl_ms));
-        }
-        if !queued || Instant::now() >= deadline {
-            break;
-        }
-        // Wakes on every apply on this node; the state is checked again each time.
-        if tokio::time::timeout_at(deadline, applied.changed())
-            .await
-            .is_ok_and(|r| r.is_err())
-        {
-            break; // Raft is shutting down
-        }
+            (!l.waiters.iter().any(|w| w.id == waiter_id)).then_some(None)
+        })
+        .await;
+    if let Ok(Some(Some((fence, ttl_ms)))) = seen {
+        return Ok(granted(fence, owner, ttl_ms));
     }
     let cancel = Command::LockCancelWait {
         name: name.to_string(),
@@ -189,9 +177,7 @@ pub async fn inspect(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let p = params(q, &["consistency"])?;
-    if let Consistency::Linearizable = consistency(&p)? {
-        st.cluster.read_barrier().await?;
-    }
+    read_barrier_unless_stale(&st, &p).await?;
     let state = st.cluster.state.read().expect("state lock");
     let now = state.meta.now_ms;
     let held = state

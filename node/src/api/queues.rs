@@ -1,11 +1,8 @@
 //! `/v1/queues` and `/v1/jobs`: job queues with leases, retries, dead letters and cron.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use openraft::async_runtime::WatchReceiver;
 use raft::command::{Enqueue, ScheduleSpec};
 use raft::state::{Job, JobState};
 use raft::{Command, Response as RaftResponse};
@@ -14,8 +11,8 @@ use serde_json::{json, Value};
 use tokio::time::{Duration, Instant};
 
 use super::{
-    check_ms, consistency, idempotency_key, params, remaining_ms, u64_param, validate_name,
-    write_answer, AppState, Consistency, JsonBody, Name, St,
+    check_ms, idempotency_key, list_limit, params, read_barrier_unless_stale, remaining_ms,
+    validate_name, write_answer, AppState, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -75,8 +72,11 @@ pub(crate) fn enqueue_job(st: &AppState, b: EnqueueBody) -> ApiResult<Enqueue> {
         );
     }
     let backoff_ms = b.backoff_ms.unwrap_or(BACKOFF_MS_DEFAULT);
-    if backoff_ms > raft::state::backoff_delay_ms(u64::MAX, 1) {
-        return Err(ApiError::bad_request("backoff_ms must be at most one day"));
+    if backoff_ms > raft::state::BACKOFF_MAX_MS {
+        return Err(ApiError::bad_request(format!(
+            "backoff_ms must be at most {}",
+            raft::state::BACKOFF_MAX_MS
+        )));
     }
     if let Some(u) = &b.unique_key {
         validate_name("unique_key", u)?;
@@ -158,7 +158,6 @@ pub async fn claim(
         );
     }
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms);
-    let mut applied = st.cluster.raft.metrics();
     loop {
         let command = Command::QueueClaim {
             queue: queue.clone(),
@@ -186,19 +185,13 @@ pub async fn claim(
                 .collect();
             return Ok(Json(json!({ "jobs": jobs })));
         }
-        // Long-poll on this node's state: wake on each apply until a job is ready.
-        while !st
+        // Long-poll on this node's state until a job is ready, then claim again.
+        let ready = st
             .cluster
-            .state
-            .read()
-            .expect("state lock")
-            .queue_has_ready(&queue)
-        {
-            match tokio::time::timeout_at(deadline, applied.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(ApiError::unavailable("shutting down")),
-                Err(_) => return Ok(Json(json!({ "jobs": [] }))),
-            }
+            .wait_for_state(deadline, |s| s.queue_has_ready(&queue).then_some(()))
+            .await?;
+        if ready.is_none() {
+            return Ok(Json(json!({ "jobs": [] })));
         }
     }
 }
@@ -295,14 +288,9 @@ pub async fn extend(
     .await
 }
 
-async fn read(st: &Arc<AppState>, q: Option<String>, extra: &[&str]) -> ApiResult<()> {
-    let mut allowed = vec!["consistency"];
-    allowed.extend_from_slice(extra);
-    let p = params(q, &allowed)?;
-    if let Consistency::Linearizable = consistency(&p)? {
-        st.cluster.read_barrier().await?;
-    }
-    Ok(())
+/// A read with no parameters but `consistency`.
+async fn read(st: &AppState, q: Option<String>) -> ApiResult<()> {
+    read_barrier_unless_stale(st, &params(q, &["consistency"])?).await
 }
 
 fn state_name(j: &Job, now: u64) -> &'static str {
@@ -337,7 +325,7 @@ pub async fn get_job(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let id = job_id(&id)?;
-    read(&st, q, &[]).await?;
+    read(&st, q).await?;
     let state = st.cluster.state.read().expect("state lock");
     match state.job(id) {
         Some(j) => Ok(Json(job_json(id, j, state.meta.now_ms))),
@@ -352,7 +340,7 @@ pub async fn stats(
     Name(queue): Name,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    read(&st, q, &[]).await?;
+    read(&st, q).await?;
     let state = st.cluster.state.read().expect("state lock");
     let s = state.queue_stats(&queue).unwrap_or_default();
     Ok(Json(json!({
@@ -365,7 +353,7 @@ pub async fn stats(
 }
 
 pub async fn list_queues(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
-    read(&st, q, &[]).await?;
+    read(&st, q).await?;
     let state = st.cluster.state.read().expect("state lock");
     let queues: Vec<Value> = state
         .queue_names()
@@ -386,17 +374,9 @@ pub async fn dead(
     Name(queue): Name,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let p = params(q.clone(), &["consistency", "limit"])?;
-    let limit = match u64_param(&p, "limit")? {
-        None => 100,
-        Some(n) if (1..=1000).contains(&n) => n as usize,
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "limit must be 1 to 1000, got {n}"
-            )))
-        }
-    };
-    read(&st, q, &["limit"]).await?;
+    let p = params(q, &["consistency", "limit"])?;
+    let limit = list_limit(&p)?;
+    read_barrier_unless_stale(&st, &p).await?;
     let state = st.cluster.state.read().expect("state lock");
     let now = state.meta.now_ms;
     let jobs: Vec<Value> = state
@@ -524,7 +504,7 @@ pub async fn list_schedules(
     Name(queue): Name,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    read(&st, q, &[]).await?;
+    read(&st, q).await?;
     let state = st.cluster.state.read().expect("state lock");
     let schedules: Vec<Value> = state
         .schedules(&queue)

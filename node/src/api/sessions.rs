@@ -1,5 +1,7 @@
 //! `/v1/sessions`: user sessions with JSON data and a sliding expiry.
 
+use std::collections::HashMap;
+
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -10,8 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    check_ms, consistency, idempotency_key, params, remaining_ms, validate_name, write_answer,
-    Consistency, JsonBody, Name, St,
+    check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
+    write_answer, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -95,24 +97,13 @@ pub async fn create(
     }
 }
 
-async fn read(st: &super::AppState, q: Option<String>) -> ApiResult<()> {
-    let p = params(q, &["consistency"])?;
-    if let Consistency::Linearizable = consistency(&p)? {
-        st.cluster.read_barrier().await?;
-    }
-    Ok(())
-}
-
 pub async fn get(State(st): St, Name(id): Name, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
-    read(&st, q).await?;
-    let state = st.cluster.state.read().expect("state lock");
-    match state.session(&id) {
-        Some(s) => Ok(Json(session_json(&id, s, state.meta.now_ms))),
-        None => Err(ApiError::not_found("no such session (or it expired)")),
-    }
+    let p = params(q, &["consistency"])?;
+    read_barrier_unless_stale(&st, &p).await?;
+    current(&st, &id)
 }
 
-/// After a write that succeeded, the session as this node now holds it.
+/// The session as this node holds it (after a read barrier, or after a write it applied).
 fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Value>> {
     let state = st.cluster.state.read().expect("state lock");
     match state.session(id) {
@@ -163,25 +154,21 @@ pub async fn delete(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiRes
     }
 }
 
-fn user_param(q: Option<String>, extra: &[&str]) -> ApiResult<(String, Option<String>)> {
-    let mut allowed = vec!["user"];
-    allowed.extend_from_slice(extra);
-    let p = params(q.clone(), &allowed)?;
+/// The required, checked `user` query parameter.
+fn user_param(p: &HashMap<String, String>) -> ApiResult<String> {
     let Some(user) = p.get("user") else {
         return Err(
             ApiError::bad_request("the user query parameter is required").with("field", "user"),
         );
     };
     validate_name("user", user)?;
-    Ok((user.clone(), q))
+    Ok(user.clone())
 }
 
 pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
-    let (user, q) = user_param(q, &["consistency"])?;
     let p = params(q, &["user", "consistency"])?;
-    if let Consistency::Linearizable = consistency(&p)? {
-        st.cluster.read_barrier().await?;
-    }
+    let user = user_param(&p)?;
+    read_barrier_unless_stale(&st, &p).await?;
     let state = st.cluster.state.read().expect("state lock");
     let now = state.meta.now_ms;
     let sessions: Vec<Value> = state
@@ -198,7 +185,7 @@ pub async fn delete_user(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let (user, _) = user_param(q, &[])?;
+    let user = user_param(&params(q, &["user"])?)?;
     let idem = idempotency_key(&headers)?;
     match st
         .cluster

@@ -36,7 +36,7 @@ pub use cache::{CacheCounts, CacheEntry};
 pub use kv::KvEntry;
 pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
-    backoff_delay_ms, next_fire_ms, Job, JobState, QueueStats, Schedule, CRON_CATCH_UP_MAX,
+    next_fire_ms, Job, JobState, QueueStats, Schedule, BACKOFF_MAX_MS, CRON_CATCH_UP_MAX,
 };
 pub use sessions::SessionEntry;
 

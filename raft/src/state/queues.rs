@@ -156,7 +156,7 @@ pub fn next_fire_ms(cron: &str, after_ms: u64) -> Result<Option<u64>, String> {
 }
 
 /// The retry delay after the `attempt`-th claim failed: `backoff_ms · 2^(attempt-1)`.
-pub fn backoff_delay_ms(backoff_ms: u64, attempt: u32) -> u64 {
+pub(super) fn backoff_delay_ms(backoff_ms: u64, attempt: u32) -> u64 {
     let shift = attempt.saturating_sub(1).min(32);
     backoff_ms.saturating_mul(1u64 << shift).min(BACKOFF_MAX_MS)
 }
