@@ -488,7 +488,7 @@ pub fn txn_op_allowed(op: &Command) -> bool {
 mod tests {
     use super::*;
 
-    fn req(stamp_ms: u64, command: Command) -> Request {
+    pub(super) fn req(stamp_ms: u64, command: Command) -> Request {
         Request {
             stamp_ms,
             idempotency_key: None,
@@ -628,15 +628,11 @@ mod primitive_tests {
     use super::*;
     use crate::command::{CacheLimits, LockWait};
 
-    fn run(s: &mut State, stamp_ms: u64, command: Command) -> Response {
-        let mut b = SmBatch::default();
+    /// Applies one command stamped `stamp_ms`, without an idempotency key.
+    pub(super) fn run(s: &mut State, stamp_ms: u64, command: Command) -> Response {
         s.apply(
-            &Request {
-                stamp_ms,
-                idempotency_key: None,
-                command,
-            },
-            &mut b,
+            &super::tests::req(stamp_ms, command),
+            &mut SmBatch::default(),
         )
     }
 
@@ -898,20 +894,9 @@ mod primitive_tests {
 
 #[cfg(test)]
 mod queue_tests {
+    use super::primitive_tests::run;
     use super::*;
     use crate::command::{Claimed, Enqueue, ScheduleSpec};
-
-    fn run(s: &mut State, stamp_ms: u64, command: Command) -> Response {
-        let mut b = SmBatch::default();
-        s.apply(
-            &Request {
-                stamp_ms,
-                idempotency_key: None,
-                command,
-            },
-            &mut b,
-        )
-    }
 
     fn enqueue(payload: &str, priority: i64, delay_ms: Option<u64>) -> Command {
         Command::QueueEnqueue {
