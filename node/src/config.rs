@@ -87,6 +87,11 @@ pub struct ServeArgs {
     /// Most HTTP requests handled at once; further ones get 503 [default: 4096].
     #[arg(long, env = "STACKD_MAX_INFLIGHT_REQUESTS")]
     pub max_inflight_requests: Option<usize>,
+
+    /// Key-value revisions whose history is kept for watches and history reads; the leader
+    /// compacts older history [default: 10000].
+    #[arg(long, env = "STACKD_KV_HISTORY_REVISIONS")]
+    pub kv_history_revisions: Option<u64>,
 }
 
 /// The validated configuration with every default filled in.
@@ -108,6 +113,7 @@ pub struct Config {
     pub max_inflight_requests: usize,
     pub cache_max_entries: u64,
     pub cache_max_bytes: u64,
+    pub kv_history_revisions: u64,
 }
 
 impl ServeArgs {
@@ -175,6 +181,7 @@ impl ServeArgs {
             max_inflight_requests: pick!(max_inflight_requests).unwrap_or(4096).max(1),
             cache_max_entries,
             cache_max_bytes,
+            kv_history_revisions: pick!(kv_history_revisions).unwrap_or(10_000).max(1),
         })
     }
 }

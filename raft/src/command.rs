@@ -156,6 +156,10 @@ pub enum Command {
         queue: String,
         name: String,
     },
+    /// Drops key-value history at or below `revision` (capped at the current revision).
+    KvCompact {
+        revision: u64,
+    },
 }
 
 /// A job to enqueue. `run_at_ms` wins over `delay_ms`; neither means now.
@@ -296,6 +300,10 @@ pub enum Response {
         id: String,
         expires_in_ms: u64,
     },
+    /// History at or below this revision is gone.
+    Compacted {
+        compact_revision: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -333,6 +341,7 @@ impl fmt::Display for Command {
             Command::QueueReplay { queue, .. } => write!(f, "replay {queue}"),
             Command::ScheduleSet { queue, name, .. } => write!(f, "schedule {queue}/{name}"),
             Command::ScheduleDelete { queue, name } => write!(f, "unschedule {queue}/{name}"),
+            Command::KvCompact { revision } => write!(f, "kv-compact {revision}"),
             Command::Txn(t) => write!(
                 f,
                 "txn ({} compares, {}/{} ops)",

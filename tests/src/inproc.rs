@@ -38,6 +38,7 @@ pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Conf
         max_inflight_requests: 4096,
         cache_max_entries: 100_000,
         cache_max_bytes: 256 << 20,
+        kv_history_revisions: 10_000,
     }
 }
 

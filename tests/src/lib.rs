@@ -18,6 +18,7 @@ pub mod http;
 pub mod inproc;
 pub mod nemesis;
 pub mod process;
+pub mod standalone;
 pub mod workload;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
