@@ -1,5 +1,6 @@
 //! stackd's integration tests, one binary (see ARCHITECTURE.md "Testing").
 
+mod backup;
 mod cache;
 mod errors;
 mod faults;

@@ -1,0 +1,178 @@
+//! Backup and restore: a backup taken from a live cluster under write load, restored into a
+//! new node, holds the same keys, values and revisions, and a node joining the restored
+//! cluster receives all of it.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tests::http::{self, get_json, wait_for};
+use tests::process::{stackd_bin, ProcCluster};
+use tests::standalone::{kv_digest, Standalone};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
+    let c = ProcCluster::start(3).await.unwrap();
+    let http = http::client();
+
+    // Writers on every node, each key written once, acknowledged writes recorded.
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6 {
+        let (http, base, acked, stop) = (
+            http.clone(),
+            c.bases[w % 3].clone(),
+            acked.clone(),
+            stop.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            for n in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("w{w}-{n:05}");
+                if let Ok((200, body)) = http::put(&http, &base, &key, &format!("v{n}")).await {
+                    let rev = body["revision"].as_u64().unwrap();
+                    acked.lock().unwrap().push((key, rev));
+                }
+            }
+        }));
+    }
+    let count = |n: usize| {
+        let acked = acked.clone();
+        move || {
+            let acked = acked.clone();
+            async move { (acked.lock().unwrap().len() >= n).then_some(()) }
+        }
+    };
+    wait_for("300 writes", Duration::from_secs(60), count(300))
+        .await
+        .unwrap();
+
+    // The backup, through the CLI, from a node that is under load.
+    let before: Vec<(String, u64)> = acked.lock().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.backup");
+    let out = tokio::task::spawn_blocking({
+        let (file, addr) = (file.clone(), c.api_addrs[1].clone());
+        move || {
+            Command::new(stackd_bin())
+                .args(["backup", "--addr", &addr, "--out"])
+                .arg(&file)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = acked.lock().unwrap().len();
+    wait_for(
+        "writes after the backup",
+        Duration::from_secs(60),
+        count(n + 200),
+    )
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // What the backup holds: every write acknowledged before it started, at its revision.
+    let backup =
+        node::backup::read(std::io::BufReader::new(std::fs::File::open(&file).unwrap())).unwrap();
+    let expected = node::backup::backup_kv_digest(&backup).unwrap();
+    let kv: std::collections::HashMap<String, u64> = backup
+        .records
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix(b"k:")?;
+            let e: raft::state::KvEntry = storage::codec::decode(v).ok()?;
+            Some((String::from_utf8(key.to_vec()).unwrap(), e.revision))
+        })
+        .collect();
+    for (key, rev) in &before {
+        assert_eq!(
+            kv.get(key),
+            Some(rev),
+            "{key} acknowledged before the backup"
+        );
+    }
+    assert!(
+        kv.len() < acked.lock().unwrap().len(),
+        "writes went on during and after the backup"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&expected));
+
+    // Restored into a new data dir, started as a new cluster: the same content.
+    let data = dir.path().join("restored");
+    let out = Command::new(stackd_bin())
+        .args(["restore", "--file"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = Standalone::spawn("127.0.0.5", &data, None, &[]).unwrap();
+    restored.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let (digest, keys) = kv_digest(&http, &restored.base).await.unwrap();
+    assert_eq!((digest.as_str(), keys), (expected.as_str(), kv.len()));
+    let status = get_json(&http, &format!("{}/v1/cluster", restored.base)).await;
+    assert_eq!(status["revision"], backup.summary.revision);
+    let original = get_json(&http, &format!("{}/v1/cluster", c.bases[0])).await;
+    assert_ne!(
+        status["cluster_id"], original["cluster_id"],
+        "a new cluster"
+    );
+
+    // Restoring into a data dir that is in use is refused.
+    let out = Command::new(stackd_bin())
+        .args(["restore", "--file"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+
+    // Revisions go on from the backup's, and a node joining the new cluster gets everything.
+    let (code, body) = http::put(&http, &restored.base, "after-restore", "x")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(body["revision"], backup.summary.revision + 1);
+    let token = std::fs::read_to_string(data.join("join-token")).unwrap();
+    let joiner = Standalone::spawn(
+        "127.0.0.6",
+        &dir.path().join("joiner"),
+        Some((&restored.cluster_addr, token.trim())),
+        &[],
+    )
+    .unwrap();
+    joiner.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let want = kv_digest(&http, &restored.base).await.unwrap();
+    wait_for(
+        "the joiner to hold the restored data",
+        Duration::from_secs(60),
+        || async {
+            let got = kv_digest(&http, &joiner.base).await.ok()?;
+            (got == want).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| e.context(joiner.log_text()))
+    .unwrap();
+}
