@@ -1,7 +1,7 @@
 //! The node's view of its cluster: writes from any node (forwarded to the leader),
 //! linearizable reads (ReadIndex, batched), joins, and the leader's background duties.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,15 +10,16 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
 use raft::{Command, NodeId, NodeInfo, Raft, Request, Response, State, TypeConfig};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use transport::{
-    ClusterTls, JoinAccepted, RpcRequest, RpcResponse, Service, ServiceError, Transport, Written,
+    ClusterTls, Gossip, JoinAccepted, Liveness, NodeMeta, RpcRequest, RpcResponse, Service,
+    ServiceError, Transport, Written,
 };
 
-use crate::config::Config;
+use crate::config::{derived_gossip_addr, Config};
 
 /// Wall clock in ms since the Unix epoch; used only to stamp proposals on the leader.
 pub fn now_ms() -> u64 {
@@ -49,7 +50,28 @@ pub struct Cluster {
     pub transport: Arc<Transport>,
     pub tls: ClusterTls,
     pub config: Config,
+    /// This node's gossip member: liveness and metadata of every node, as seen from here.
+    pub gossip: Arc<Gossip>,
+    /// Membership changes the autopilot made while this node led, newest last.
+    autopilot: Mutex<VecDeque<AutopilotAction>>,
+    /// Autopilot actions since start, by action.
+    autopilot_totals: Mutex<BTreeMap<&'static str, u64>>,
     reads: ReadBatcher,
+}
+
+/// Autopilot actions kept for `GET /v1/cluster`.
+const AUTOPILOT_LOG_LEN: usize = 32;
+
+/// One membership change the leader's autopilot made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AutopilotAction {
+    /// Wall clock, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// `promote` (a caught-up learner, voters below target), `add_voter` (a learner added to
+    /// replace a dead voter) or `remove_voter` (a dead voter removed).
+    pub action: &'static str,
+    pub node: NodeId,
+    pub reason: String,
 }
 
 type ReadResult = Result<LogIdOf<TypeConfig>, ServiceError>;
@@ -77,6 +99,7 @@ impl Cluster {
         transport: Arc<Transport>,
         tls: ClusterTls,
         config: Config,
+        gossip: Arc<Gossip>,
     ) -> Arc<Self> {
         if unsafe_stale_reads() {
             warn!(
@@ -91,6 +114,9 @@ impl Cluster {
             transport,
             tls,
             config,
+            gossip,
+            autopilot: Mutex::new(VecDeque::new()),
+            autopilot_totals: Mutex::new(BTreeMap::new()),
             reads: ReadBatcher::default(),
         })
     }
@@ -384,6 +410,9 @@ impl Cluster {
             if last_promote_check.elapsed() >= Duration::from_millis(500) {
                 last_promote_check = Instant::now();
                 self.promote_caught_up_learner().await;
+                if self.config.autopilot_replace_dead {
+                    self.replace_dead_voter().await;
+                }
             }
         }
     }
@@ -399,18 +428,13 @@ impl Cluster {
         if voters.len() >= self.config.target_voters {
             return;
         }
-        let last = m.last_log_index.unwrap_or(0);
-        let Some(repl) = m.replication.as_ref() else {
-            return;
-        };
+        // A learner gossip sees down is skipped: its replication progress is stale.
+        let view = self.gossip.snapshot();
         for learner in membership.learner_ids() {
-            let matched = repl
+            let down = view
                 .get(&learner)
-                .cloned()
-                .flatten()
-                .map(|l| l.index)
-                .unwrap_or(0);
-            if last.saturating_sub(matched) <= 100 {
+                .is_some_and(|p| p.liveness == Liveness::Down);
+            if caught_up(&m, learner) && !down {
                 info!(
                     node = learner,
                     voters = voters.len(),
@@ -421,12 +445,225 @@ impl Cluster {
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([learner])), true)
                     .await
                 {
-                    Ok(_) => info!(node = learner, "learner promoted"),
+                    Ok(_) => {
+                        info!(node = learner, "learner promoted");
+                        self.record(
+                            "promote",
+                            learner,
+                            format!(
+                                "voters {} below target {}",
+                                voters.len(),
+                                self.config.target_voters
+                            ),
+                        );
+                    }
                     Err(e) => warn!(node = learner, error = %e, "promotion failed"),
                 }
                 return;
             }
         }
+    }
+
+    // --- gossip and autopilot ---
+
+    /// Keeps gossip fed: the Raft members as seeds, and this node's metadata. Runs on every
+    /// node until `shutdown`.
+    pub async fn run_gossip_feed(
+        self: Arc<Self>,
+        inflight: Arc<Semaphore>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resolved: BTreeMap<String, std::net::SocketAddr> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let m = self.metrics();
+            let members: Vec<(NodeId, String)> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .filter_map(|(id, n)| Some((*id, derived_gossip_addr(&n.cluster_addr)?)))
+                .collect();
+            let mut seeds = BTreeMap::new();
+            for (id, addr) in members {
+                if let Some(a) = resolved.get(&addr) {
+                    seeds.insert(id, *a);
+                    continue;
+                }
+                // Host names are resolved once per address, off the hot path.
+                if let Ok(Some(a)) = tokio::net::lookup_host(addr.as_str())
+                    .await
+                    .map(|mut it| it.next())
+                {
+                    resolved.insert(addr, a);
+                    seeds.insert(id, a);
+                }
+            }
+            self.gossip.set_seeds(seeds);
+            let busy = self.config.max_inflight_requests - inflight.available_permits();
+            self.gossip.set_local_meta(NodeMeta {
+                api_addr: self.info.api_addr.clone(),
+                cluster_addr: self.info.cluster_addr.clone(),
+                applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                inflight_requests: busy as u64,
+                load_avg_1m: load_avg_1m(),
+            });
+        }
+    }
+
+    /// Replaces one voter that gossip has seen down for longer than the grace period, while
+    /// this node leads: first a caught-up, alive learner becomes a voter (unless voters are
+    /// already above target), then the dead voter is removed. Each step is one membership
+    /// change and runs only while the voters gossip sees alive are a majority of both the old
+    /// and the new voter set, so the change can commit and quorum is never lost.
+    async fn replace_dead_voter(&self) {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() > 1 {
+            return;
+        }
+        let view = self.gossip.snapshot();
+        let grace = Duration::from_millis(self.config.autopilot_dead_grace_ms);
+        let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        // Suspect still counts as alive: only `down` is a verdict.
+        let alive = |id: &NodeId| {
+            *id == self.id || view.get(id).is_some_and(|p| p.liveness != Liveness::Down)
+        };
+        let Some((dead, down_for)) = voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .filter_map(|v| {
+                let p = view.get(v)?;
+                (p.liveness == Liveness::Down && p.since.elapsed() >= grace)
+                    .then(|| (*v, p.since.elapsed()))
+            })
+            .max_by_key(|(_, d)| *d)
+        else {
+            return;
+        };
+        let alive_voters = voters.iter().filter(|v| alive(v)).count();
+        if alive_voters * 2 <= voters.len() {
+            warn!(
+                dead,
+                alive_voters,
+                voters = voters.len(),
+                "autopilot: a voter is down but the alive voters are no majority; not changing membership"
+            );
+            return;
+        }
+        let step = Duration::from_millis(self.config.request_timeout_ms * 2);
+        if voters.len() <= self.config.target_voters {
+            let replacement = membership.learner_ids().find(|l| {
+                view.get(l).is_some_and(|p| p.liveness == Liveness::Alive) && caught_up(&m, *l)
+            });
+            let Some(replacement) = replacement else {
+                debug!(
+                    dead,
+                    "autopilot: a voter is down but no caught-up alive learner can replace it"
+                );
+                return;
+            };
+            // Joint majority: old voters need alive_voters > n/2 (checked above); the new set
+            // has one more voter and one more alive one, so it holds too.
+            info!(
+                dead,
+                replacement,
+                down_ms = down_for.as_millis() as u64,
+                "autopilot: adding a learner as voter to replace a dead voter"
+            );
+            let change = ChangeMembers::AddVoterIds(BTreeSet::from([replacement]));
+            match tokio::time::timeout(step, self.raft.change_membership(change, true)).await {
+                Ok(Ok(_)) => {
+                    self.record(
+                        "add_voter",
+                        replacement,
+                        format!(
+                            "replaces voter {dead}, down for {} ms",
+                            down_for.as_millis()
+                        ),
+                    );
+                    voters.insert(replacement);
+                }
+                Ok(Err(e)) => {
+                    warn!(replacement, error = %e, "autopilot: adding voter failed");
+                    return;
+                }
+                Err(_) => {
+                    warn!(replacement, "autopilot: adding voter timed out");
+                    return;
+                }
+            }
+        }
+        let remaining = voters.len() - 1;
+        let alive_remaining = voters.iter().filter(|v| **v != dead && alive(v)).count();
+        if alive_remaining * 2 <= remaining || alive_remaining * 2 <= voters.len() {
+            warn!(
+                dead,
+                alive_remaining,
+                remaining,
+                "autopilot: removing the dead voter would risk quorum; not removing"
+            );
+            return;
+        }
+        info!(
+            dead,
+            down_ms = down_for.as_millis() as u64,
+            "autopilot: removing dead voter"
+        );
+        let change = ChangeMembers::RemoveVoters(BTreeSet::from([dead]));
+        match tokio::time::timeout(step, self.raft.change_membership(change, false)).await {
+            Ok(Ok(_)) => self.record(
+                "remove_voter",
+                dead,
+                format!("down in gossip for {} ms", down_for.as_millis()),
+            ),
+            Ok(Err(e)) => warn!(dead, error = %e, "autopilot: removing voter failed"),
+            Err(_) => warn!(dead, "autopilot: removing voter timed out"),
+        }
+    }
+
+    fn record(&self, action: &'static str, node: NodeId, reason: String) {
+        *self
+            .autopilot_totals
+            .lock()
+            .expect("autopilot totals lock")
+            .entry(action)
+            .or_default() += 1;
+        let mut log = self.autopilot.lock().expect("autopilot log lock");
+        if log.len() == AUTOPILOT_LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back(AutopilotAction {
+            at_ms: now_ms(),
+            action,
+            node,
+            reason,
+        });
+    }
+
+    /// How many `action`s the autopilot made on this node since it started.
+    pub fn autopilot_total(&self, action: &str) -> u64 {
+        self.autopilot_totals
+            .lock()
+            .expect("autopilot totals lock")
+            .get(action)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The autopilot's recent membership changes on this node, oldest first.
+    pub fn autopilot_actions(&self) -> Vec<AutopilotAction> {
+        self.autopilot
+            .lock()
+            .expect("autopilot log lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The initializing node's one-time cluster setup entry.
@@ -517,8 +754,31 @@ impl Cluster {
     }
 }
 
-/// One ReadIndex round: the leader confirms its leadership with a quorum and answers the
-/// index a read must wait for.
+/// Whether `node` has replicated the leader's log to within 100 entries.
+fn caught_up(m: &RaftMetrics<TypeConfig>, node: NodeId) -> bool {
+    let last = m.last_log_index.unwrap_or(0);
+    let Some(repl) = m.replication.as_ref() else {
+        return false;
+    };
+    let matched = repl
+        .get(&node)
+        .cloned()
+        .flatten()
+        .map(|l| l.index)
+        .unwrap_or(0);
+    last.saturating_sub(matched) <= 100
+}
+
+/// The machine's one-minute load average (Linux `/proc/loadavg`), if the OS reports it.
+pub(crate) fn load_avg_1m() -> Option<f32> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The leader this node knows of, with its addresses when the membership has them.
 fn known_leader(raft: &Raft) -> Option<(NodeId, Option<NodeInfo>)> {
     let m = raft.metrics();
@@ -527,6 +787,8 @@ fn known_leader(raft: &Raft) -> Option<(NodeId, Option<NodeInfo>)> {
     Some((id, m.membership_config.membership().get_node(&id).cloned()))
 }
 
+/// One ReadIndex round: the leader confirms its leadership with a quorum and answers the
+/// index a read must wait for.
 async fn read_index_round(
     raft: &Raft,
     transport: &Transport,

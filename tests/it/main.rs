@@ -3,6 +3,7 @@
 mod cache;
 mod errors;
 mod faults;
+mod gossip;
 mod history;
 mod kv_cluster;
 mod locks;
