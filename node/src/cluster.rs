@@ -91,6 +91,8 @@ struct BatchState {
 }
 
 impl Cluster {
+    // One handle per part of the node, each made once by `server::Node::start`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: NodeId,
         info: NodeInfo,

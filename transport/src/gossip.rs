@@ -423,7 +423,7 @@ impl Runner {
             Err(Rejected::Unauthenticated) => {
                 let n = self.shared.unauthenticated.fetch_add(1, Ordering::Relaxed);
                 // Once, then every 1000th: a misconfigured node must not flood the log.
-                if n % 1000 == 0 {
+                if n.is_multiple_of(1000) {
                     warn!(%from, dropped = n + 1, "dropped gossip packets that failed authentication");
                 }
             }
