@@ -291,3 +291,30 @@ async fn autopilot_replaces_a_dead_voter_with_the_spare() {
         .unwrap();
     assert_eq!((status, value.as_str()), (200, "ok"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_is_down_and_rejoins_gossip_when_it_resumes() {
+    let c = ProcCluster::start(3).await.unwrap();
+    let all = [0usize, 1, 2];
+    wait_same_view_all_alive(&c, &all, 3).await;
+    let leader = c.wait_voters(3, &all).await.unwrap();
+    let victim = (0..3).find(|i| c.ids[*i] != leader).unwrap();
+    let id = c.ids[victim];
+    let rest: Vec<usize> = all.iter().copied().filter(|i| *i != victim).collect();
+
+    tracing::info!(id, "phase: SIGSTOP until gossip calls it down");
+    c.pause(victim, true).unwrap();
+    let t0 = Instant::now();
+    let took = wait_gossip_state(&c, &rest, id, "down", t0).await;
+    println!("paused node {id} down on the others after {took:?}");
+
+    tracing::info!(
+        id,
+        "phase: SIGCONT; it learns it was declared down and rejoins"
+    );
+    c.pause(victim, false).unwrap();
+    let t1 = Instant::now();
+    let back = wait_gossip_state(&c, &all, id, "alive", t1).await;
+    println!("resumed node {id} alive again everywhere after {back:?}");
+    wait_same_view_all_alive(&c, &all, 3).await;
+}
