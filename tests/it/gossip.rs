@@ -206,6 +206,17 @@ async fn a_killed_node_is_down_everywhere_within_seconds_and_alive_after_restart
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autopilot_replaces_a_dead_voter_with_the_spare() {
+    replace_a_dead_voter(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autopilot_on_a_new_leader_replaces_the_dead_old_leader() {
+    replace_a_dead_voter(true).await;
+}
+
+/// 3 voters and a spare learner, autopilot on with a 2 s grace: `kill -9` a voter (the leader
+/// when `kill_leader`); the dead voter is replaced and the cluster takes writes.
+async fn replace_a_dead_voter(kill_leader: bool) {
     let opts = ProcOptions {
         target_voters: 3,
         env: vec![
@@ -220,7 +231,11 @@ async fn autopilot_replaces_a_dead_voter_with_the_spare() {
     let v = wait_same_view_all_alive(&c, &all, 4).await;
     assert_eq!((v.voters.len(), v.learners.len()), (3, 1), "{v:?}");
     let spare = v.learners[0];
-    let dead = *v.voters.iter().find(|id| **id != v.leader).unwrap();
+    let dead = if kill_leader {
+        v.leader
+    } else {
+        *v.voters.iter().find(|id| **id != v.leader).unwrap()
+    };
     let victim = c.index_of(dead);
     let rest: Vec<usize> = all.iter().copied().filter(|i| *i != victim).collect();
 
@@ -243,6 +258,7 @@ async fn autopilot_replaces_a_dead_voter_with_the_spare() {
                     || v.voters.contains(&dead)
                     || v.gossip.contains_key(&dead)
                     || v.gossip.values().any(|g| g != "alive")
+                    || v.leader == dead
                     || first.as_ref().is_some_and(|f| *f != v)
                 {
                     return None;
