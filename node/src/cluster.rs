@@ -764,7 +764,8 @@ fn plan_replacement(
         .max_by_key(|(_, d)| *d)?;
     let alive_voters = voters.iter().filter(|v| alive(**v)).count();
     if alive_voters * 2 <= voters.len() {
-        warn!(
+        // Checked every pass while it lasts: debug, not warn. `/v1/cluster` shows it.
+        debug!(
             dead,
             alive_voters,
             voters = voters.len(),
