@@ -26,7 +26,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use openraft::{Instant as _, ServerState};
 use raft::{Command, Response as RaftResponse};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -486,7 +485,6 @@ async fn cluster_status(State(st): St) -> Json<Value> {
     let m = c.metrics();
     let membership = m.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let is_leader = m.state == ServerState::Leader;
     let (cluster_id, revision, compact_revision) = {
         let s = c.state.read().expect("state lock");
         (
@@ -495,6 +493,12 @@ async fn cluster_status(State(st): St) -> Json<Value> {
             s.compact_revision(),
         )
     };
+    // Liveness and metadata as this node's gossip sees them (itself: alive, local figures).
+    let view = c.gossip.snapshot();
+    let local_load = json!({
+        "inflight_requests": c.config.max_inflight_requests - st.inflight.available_permits(),
+        "load_avg_1m": crate::cluster::load_avg_1m(),
+    });
     let members: Vec<Value> = membership
         .nodes()
         .map(|(id, node)| {
@@ -503,30 +507,33 @@ async fn cluster_status(State(st): St) -> Json<Value> {
             } else {
                 "learner"
             };
-            // Liveness as this node sees it: itself, and on the leader every peer that acks
-            // replication. Gossip-based liveness for every node's view is not served yet.
-            let (gossip, applied) = if *id == c.id {
-                ("alive", m.last_applied.map(|l| l.index))
-            } else if is_leader {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .map(|l| l.index);
-                let acked = m
-                    .heartbeat
-                    .as_ref()
-                    .and_then(|h| h.get(id).cloned().flatten())
-                    .map(|t| {
-                        t.elapsed()
-                            < std::time::Duration::from_millis(c.config.election_timeout_ms * 3)
-                    })
-                    .unwrap_or(false);
-                (if acked { "alive" } else { "down" }, matched)
-            } else if m.current_leader == Some(*id) {
-                ("alive", None)
+            let (gossip, age_ms, applied, load) = if *id == c.id {
+                (
+                    "alive",
+                    None,
+                    m.last_applied.map(|l| l.index),
+                    local_load.clone(),
+                )
+            } else if let Some(p) = view.get(id) {
+                let (applied, load) = match &p.meta {
+                    Some((meta, _)) => (
+                        Some(meta.applied_index),
+                        json!({
+                            "inflight_requests": meta.inflight_requests,
+                            "load_avg_1m": meta.load_avg_1m,
+                        }),
+                    ),
+                    None => (None, json!({})),
+                };
+                (
+                    p.liveness.as_str(),
+                    Some(p.since.elapsed().as_millis() as u64),
+                    applied,
+                    load,
+                )
             } else {
-                ("unknown", None)
+                // Not heard of in gossip yet (just joined, or this node just started).
+                ("unknown", None, None, json!({}))
             };
             json!({
                 "id": id,
@@ -534,8 +541,9 @@ async fn cluster_status(State(st): St) -> Json<Value> {
                 "cluster_addr": node.cluster_addr,
                 "role": role,
                 "gossip": gossip,
+                "gossip_changed_ms_ago": age_ms,
                 "applied_index": applied,
-                "load": {},
+                "load": load,
             })
         })
         .collect();
@@ -551,6 +559,12 @@ async fn cluster_status(State(st): St) -> Json<Value> {
         "revision": revision,
         "compact_revision": compact_revision,
         "members": members,
+        "autopilot": {
+            "target_voters": c.config.target_voters,
+            "replace_dead": c.config.autopilot_replace_dead,
+            "dead_grace_ms": c.config.autopilot_dead_grace_ms,
+            "actions": c.autopilot_actions(),
+        },
     }))
 }
 

@@ -1,7 +1,7 @@
 //! The node's view of its cluster: writes from any node (forwarded to the leader),
 //! linearizable reads (ReadIndex, batched), joins, and the leader's background duties.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,15 +10,16 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
 use raft::{Command, NodeId, NodeInfo, Raft, Request, Response, State, TypeConfig};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use transport::{
-    ClusterTls, JoinAccepted, RpcRequest, RpcResponse, Service, ServiceError, Transport, Written,
+    ClusterTls, Gossip, JoinAccepted, Liveness, NodeMeta, RpcRequest, RpcResponse, Service,
+    ServiceError, Transport, Written,
 };
 
-use crate::config::Config;
+use crate::config::{derived_gossip_addr, Config};
 
 /// Wall clock in ms since the Unix epoch; used only to stamp proposals on the leader.
 pub fn now_ms() -> u64 {
@@ -49,7 +50,28 @@ pub struct Cluster {
     pub transport: Arc<Transport>,
     pub tls: ClusterTls,
     pub config: Config,
+    /// This node's gossip member: liveness and metadata of every node, as seen from here.
+    pub gossip: Arc<Gossip>,
+    /// Membership changes the autopilot made while this node led, newest last.
+    autopilot: Mutex<VecDeque<AutopilotAction>>,
+    /// Autopilot actions since start, by action.
+    autopilot_totals: Mutex<BTreeMap<&'static str, u64>>,
     reads: ReadBatcher,
+}
+
+/// Autopilot actions kept for `GET /v1/cluster`.
+const AUTOPILOT_LOG_LEN: usize = 32;
+
+/// One membership change the leader's autopilot made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AutopilotAction {
+    /// Wall clock, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// `promote` (a caught-up learner, voters below target), `add_voter` (a learner added to
+    /// replace a dead voter) or `remove_voter` (a dead voter removed).
+    pub action: &'static str,
+    pub node: NodeId,
+    pub reason: String,
 }
 
 type ReadResult = Result<LogIdOf<TypeConfig>, ServiceError>;
@@ -69,6 +91,8 @@ struct BatchState {
 }
 
 impl Cluster {
+    // One handle per part of the node, each made once by `server::Node::start`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: NodeId,
         info: NodeInfo,
@@ -77,6 +101,7 @@ impl Cluster {
         transport: Arc<Transport>,
         tls: ClusterTls,
         config: Config,
+        gossip: Arc<Gossip>,
     ) -> Arc<Self> {
         if unsafe_stale_reads() {
             warn!(
@@ -91,6 +116,9 @@ impl Cluster {
             transport,
             tls,
             config,
+            gossip,
+            autopilot: Mutex::new(VecDeque::new()),
+            autopilot_totals: Mutex::new(BTreeMap::new()),
             reads: ReadBatcher::default(),
         })
     }
@@ -385,6 +413,9 @@ impl Cluster {
                 last_promote_check = Instant::now();
                 self.promote_caught_up_learner().await;
                 self.compact_kv_history().await;
+                if self.config.autopilot_replace_dead {
+                    self.replace_dead_voter().await;
+                }
             }
         }
     }
@@ -427,18 +458,13 @@ impl Cluster {
         if voters.len() >= self.config.target_voters {
             return;
         }
-        let last = m.last_log_index.unwrap_or(0);
-        let Some(repl) = m.replication.as_ref() else {
-            return;
-        };
+        // A learner gossip sees down is skipped: its replication progress is stale.
+        let view = self.gossip.snapshot();
         for learner in membership.learner_ids() {
-            let matched = repl
+            let down = view
                 .get(&learner)
-                .cloned()
-                .flatten()
-                .map(|l| l.index)
-                .unwrap_or(0);
-            if last.saturating_sub(matched) <= 100 {
+                .is_some_and(|p| p.liveness == Liveness::Down);
+            if caught_up(&m, learner) && !down {
                 info!(
                     node = learner,
                     voters = voters.len(),
@@ -449,12 +475,192 @@ impl Cluster {
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([learner])), true)
                     .await
                 {
-                    Ok(_) => info!(node = learner, "learner promoted"),
+                    Ok(_) => {
+                        info!(node = learner, "learner promoted");
+                        self.record(
+                            "promote",
+                            learner,
+                            format!(
+                                "voters {} below target {}",
+                                voters.len(),
+                                self.config.target_voters
+                            ),
+                        );
+                    }
                     Err(e) => warn!(node = learner, error = %e, "promotion failed"),
                 }
                 return;
             }
         }
+    }
+
+    // --- gossip and autopilot ---
+
+    /// Keeps gossip fed: the Raft members as seeds, and this node's metadata. Runs on every
+    /// node until `shutdown`.
+    pub async fn run_gossip_feed(
+        self: Arc<Self>,
+        inflight: Arc<Semaphore>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resolved: BTreeMap<String, std::net::SocketAddr> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let m = self.metrics();
+            let members: Vec<(NodeId, String)> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .filter_map(|(id, n)| Some((*id, derived_gossip_addr(&n.cluster_addr)?)))
+                .collect();
+            let mut seeds = BTreeMap::new();
+            for (id, addr) in members {
+                if let Some(a) = resolved.get(&addr) {
+                    seeds.insert(id, *a);
+                    continue;
+                }
+                // Host names are resolved once per address, off the hot path.
+                if let Ok(Some(a)) = tokio::net::lookup_host(addr.as_str())
+                    .await
+                    .map(|mut it| it.next())
+                {
+                    resolved.insert(addr, a);
+                    seeds.insert(id, a);
+                }
+            }
+            self.gossip.set_seeds(seeds);
+            let busy = self.config.max_inflight_requests - inflight.available_permits();
+            self.gossip.set_local_meta(NodeMeta {
+                api_addr: self.info.api_addr.clone(),
+                cluster_addr: self.info.cluster_addr.clone(),
+                applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                inflight_requests: busy as u64,
+                load_avg_1m: load_avg_1m(),
+            });
+        }
+    }
+
+    /// One step of replacing a voter that gossip has seen down for longer than the grace
+    /// period, while this node leads (see [`plan_replacement`] for the rules). Adding the
+    /// spare and removing the dead voter are two passes, 500 ms apart: one membership change
+    /// at a time.
+    async fn replace_dead_voter(&self) {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() > 1 {
+            return;
+        }
+        let seen: BTreeMap<NodeId, (Liveness, Duration)> = self
+            .gossip
+            .snapshot()
+            .into_iter()
+            .map(|(id, p)| (id, (p.liveness, p.since.elapsed())))
+            .collect();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let ready: BTreeSet<NodeId> = learners
+            .iter()
+            .copied()
+            .filter(|l| caught_up(&m, *l))
+            .collect();
+        let grace = Duration::from_millis(self.config.autopilot_dead_grace_ms);
+        let Some(step) = plan_replacement(
+            self.id,
+            &voters,
+            &learners,
+            &ready,
+            &seen,
+            self.config.target_voters,
+            grace,
+        ) else {
+            return;
+        };
+        let timeout = Duration::from_millis(self.config.request_timeout_ms * 2);
+        let (change, action, node, reason) = match step {
+            Step::AddVoter { node, replaces } => {
+                let down_ms = seen.get(&replaces).map_or(0, |(_, d)| d.as_millis());
+                info!(
+                    node,
+                    replaces,
+                    down_ms = down_ms as u64,
+                    "autopilot: adding a learner as voter to replace a dead voter"
+                );
+                (
+                    ChangeMembers::AddVoterIds(BTreeSet::from([node])),
+                    "add_voter",
+                    node,
+                    format!("replaces voter {replaces}, down in gossip for {down_ms} ms"),
+                )
+            }
+            Step::RemoveVoter { node } => {
+                let down_ms = seen.get(&node).map_or(0, |(_, d)| d.as_millis());
+                info!(
+                    node,
+                    down_ms = down_ms as u64,
+                    "autopilot: removing dead voter"
+                );
+                (
+                    ChangeMembers::RemoveVoters(BTreeSet::from([node])),
+                    "remove_voter",
+                    node,
+                    format!("down in gossip for {down_ms} ms"),
+                )
+            }
+        };
+        // A removed voter is not kept as a learner: it is dead, and a spare it is not.
+        match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
+            Ok(Ok(_)) => {
+                info!(node, action, "autopilot: membership changed");
+                self.record(action, node, reason);
+            }
+            Ok(Err(e)) => warn!(node, action, error = %e, "autopilot: membership change failed"),
+            Err(_) => warn!(node, action, "autopilot: membership change timed out"),
+        }
+    }
+
+    fn record(&self, action: &'static str, node: NodeId, reason: String) {
+        *self
+            .autopilot_totals
+            .lock()
+            .expect("autopilot totals lock")
+            .entry(action)
+            .or_default() += 1;
+        let mut log = self.autopilot.lock().expect("autopilot log lock");
+        if log.len() == AUTOPILOT_LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back(AutopilotAction {
+            at_ms: now_ms(),
+            action,
+            node,
+            reason,
+        });
+    }
+
+    /// How many `action`s the autopilot made on this node since it started.
+    pub fn autopilot_total(&self, action: &str) -> u64 {
+        self.autopilot_totals
+            .lock()
+            .expect("autopilot totals lock")
+            .get(action)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The autopilot's recent membership changes on this node, oldest first.
+    pub fn autopilot_actions(&self) -> Vec<AutopilotAction> {
+        self.autopilot
+            .lock()
+            .expect("autopilot log lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The initializing node's one-time cluster setup entry.
@@ -545,8 +751,107 @@ impl Cluster {
     }
 }
 
-/// One ReadIndex round: the leader confirms its leadership with a quorum and answers the
-/// index a read must wait for.
+/// One membership change the autopilot wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Make learner `node` a voter, to replace dead voter `replaces`.
+    AddVoter { node: NodeId, replaces: NodeId },
+    /// Remove dead voter `node`.
+    RemoveVoter { node: NodeId },
+}
+
+/// The autopilot's next step about dead voters, if any, from the leader's facts: `me` (the
+/// leader, always alive), the voter and learner sets, the learners caught up with the log
+/// (`ready`), and what gossip has seen of each node (liveness and for how long).
+///
+/// - Dead means `down` for at least `grace`; `suspect` or never seen is not dead.
+/// - The voter down longest is handled first.
+/// - Every change needs a majority of alive voters in the current set (else it could not
+///   commit, and nothing is done).
+/// - Voters at or below `target`: an alive, caught-up learner is added first; without one
+///   nothing happens (the cluster never shrinks by itself).
+/// - Voters above `target`: the dead voter is removed, if the alive voters are a majority of
+///   the remaining set too.
+fn plan_replacement(
+    me: NodeId,
+    voters: &BTreeSet<NodeId>,
+    learners: &BTreeSet<NodeId>,
+    ready: &BTreeSet<NodeId>,
+    seen: &BTreeMap<NodeId, (Liveness, Duration)>,
+    target: usize,
+    grace: Duration,
+) -> Option<Step> {
+    let alive = |id: NodeId| id == me || seen.get(&id).is_some_and(|(l, _)| *l != Liveness::Down);
+    let (dead, _) = voters
+        .iter()
+        .filter(|v| **v != me)
+        .filter_map(|v| match seen.get(v) {
+            Some((Liveness::Down, d)) if *d >= grace => Some((*v, *d)),
+            _ => None,
+        })
+        .max_by_key(|(_, d)| *d)?;
+    let alive_voters = voters.iter().filter(|v| alive(**v)).count();
+    if alive_voters * 2 <= voters.len() {
+        // Checked every pass while it lasts: debug, not warn. `/v1/cluster` shows it.
+        debug!(
+            dead,
+            alive_voters,
+            voters = voters.len(),
+            "autopilot: a voter is down but the alive voters are no majority; not changing membership"
+        );
+        return None;
+    }
+    if voters.len() > target {
+        // The dead voter is not among the alive ones, so they stay as many in a set one
+        // smaller.
+        let remaining = voters.len() - 1;
+        return (alive_voters * 2 > remaining).then_some(Step::RemoveVoter { node: dead });
+    }
+    let spare = learners
+        .iter()
+        .copied()
+        .find(|l| ready.contains(l) && seen.get(l).is_some_and(|(s, _)| *s == Liveness::Alive));
+    match spare {
+        // The new set has one more voter, and it is alive: still a majority.
+        Some(node) => Some(Step::AddVoter {
+            node,
+            replaces: dead,
+        }),
+        None => {
+            debug!(
+                dead,
+                "autopilot: a voter is down but no caught-up alive learner can replace it"
+            );
+            None
+        }
+    }
+}
+
+/// Whether `node` has replicated the leader's log to within 100 entries.
+fn caught_up(m: &RaftMetrics<TypeConfig>, node: NodeId) -> bool {
+    let last = m.last_log_index.unwrap_or(0);
+    let Some(repl) = m.replication.as_ref() else {
+        return false;
+    };
+    let matched = repl
+        .get(&node)
+        .cloned()
+        .flatten()
+        .map(|l| l.index)
+        .unwrap_or(0);
+    last.saturating_sub(matched) <= 100
+}
+
+/// The machine's one-minute load average (Linux `/proc/loadavg`), if the OS reports it.
+pub(crate) fn load_avg_1m() -> Option<f32> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The leader this node knows of, with its addresses when the membership has them.
 fn known_leader(raft: &Raft) -> Option<(NodeId, Option<NodeInfo>)> {
     let m = raft.metrics();
@@ -555,6 +860,8 @@ fn known_leader(raft: &Raft) -> Option<(NodeId, Option<NodeInfo>)> {
     Some((id, m.membership_config.membership().get_node(&id).cloned()))
 }
 
+/// One ReadIndex round: the leader confirms its leadership with a quorum and answers the
+/// index a read must wait for.
 async fn read_index_round(
     raft: &Raft,
     transport: &Transport,
@@ -704,5 +1011,174 @@ impl Service for Cluster {
             cert_der: self.tls.cert_der.clone(),
             key_der: self.tls.key_der.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(30);
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    fn seen(facts: &[(NodeId, Liveness, u64)]) -> BTreeMap<NodeId, (Liveness, Duration)> {
+        facts
+            .iter()
+            .map(|(id, l, secs)| (*id, (*l, Duration::from_secs(*secs))))
+            .collect()
+    }
+
+    use Liveness::{Alive, Down, Suspect};
+
+    #[test]
+    fn a_voter_down_past_the_grace_period_is_replaced_by_a_ready_spare_then_removed() {
+        let facts = seen(&[(2, Alive, 100), (3, Down, 31), (4, Alive, 100)]);
+        let plan = |voters: &[NodeId], learners: &[NodeId]| {
+            plan_replacement(
+                1,
+                &set(voters),
+                &set(learners),
+                &set(&[4]),
+                &facts,
+                3,
+                GRACE,
+            )
+        };
+        assert_eq!(
+            plan(&[1, 2, 3], &[4]),
+            Some(Step::AddVoter {
+                node: 4,
+                replaces: 3
+            })
+        );
+        // Next pass: voters above target, the dead one goes.
+        assert_eq!(
+            plan(&[1, 2, 3, 4], &[]),
+            Some(Step::RemoveVoter { node: 3 })
+        );
+        // Done: nothing more.
+        assert_eq!(plan(&[1, 2, 4], &[]), None);
+    }
+
+    #[test]
+    fn nothing_happens_within_the_grace_period_or_without_a_verdict_or_a_spare() {
+        let v = set(&[1, 2, 3]);
+        let l = set(&[4]);
+        let ready = set(&[4]);
+        let run = |facts: &[(NodeId, Liveness, u64)], ready: &BTreeSet<NodeId>| {
+            plan_replacement(1, &v, &l, ready, &seen(facts), 3, GRACE)
+        };
+        assert_eq!(
+            run(&[(2, Alive, 9), (3, Down, 29), (4, Alive, 9)], &ready),
+            None,
+            "within grace"
+        );
+        assert_eq!(
+            run(&[(2, Alive, 9), (3, Suspect, 99), (4, Alive, 9)], &ready),
+            None,
+            "suspect is no verdict"
+        );
+        assert_eq!(
+            run(&[(2, Alive, 9), (4, Alive, 9)], &ready),
+            None,
+            "never seen is no verdict"
+        );
+        assert_eq!(
+            run(&[(2, Alive, 9), (3, Down, 99), (4, Alive, 9)], &set(&[])),
+            None,
+            "the spare has not caught up"
+        );
+        assert_eq!(
+            run(&[(2, Alive, 9), (3, Down, 99), (4, Suspect, 9)], &ready),
+            None,
+            "the spare is not alive"
+        );
+        assert_eq!(
+            run(&[(2, Alive, 9), (3, Down, 99)], &ready),
+            None,
+            "gossip has not seen the spare"
+        );
+        // The leader never judges itself.
+        assert_eq!(
+            plan_replacement(
+                1,
+                &v,
+                &l,
+                &ready,
+                &seen(&[(1, Down, 99), (2, Alive, 9), (3, Alive, 9), (4, Alive, 9)]),
+                3,
+                GRACE
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn no_change_is_made_without_a_majority_of_alive_voters() {
+        // 3 voters, 2 dead: the leader alone is no majority.
+        let facts = seen(&[(2, Down, 99), (3, Down, 99), (4, Alive, 9)]);
+        assert_eq!(
+            plan_replacement(
+                1,
+                &set(&[1, 2, 3]),
+                &set(&[4]),
+                &set(&[4]),
+                &facts,
+                3,
+                GRACE
+            ),
+            None
+        );
+        // 4 voters above a target of 3, 2 of them dead: 2 of 4 is no majority either.
+        let facts = seen(&[(2, Alive, 9), (3, Down, 99), (4, Down, 99)]);
+        assert_eq!(
+            plan_replacement(
+                1,
+                &set(&[1, 2, 3, 4]),
+                &set(&[]),
+                &set(&[]),
+                &facts,
+                3,
+                GRACE
+            ),
+            None
+        );
+        // 5 voters, 2 dead: 3 of 5 alive; a spare joins (4 of 6), then the dead go one by
+        // one, the one down longest first.
+        let facts = seen(&[
+            (2, Alive, 9),
+            (3, Alive, 9),
+            (4, Down, 40),
+            (5, Down, 90),
+            (6, Alive, 9),
+        ]);
+        let plan = |voters: &[NodeId], learners: &[NodeId]| {
+            plan_replacement(
+                1,
+                &set(voters),
+                &set(learners),
+                &set(&[6]),
+                &facts,
+                5,
+                GRACE,
+            )
+        };
+        assert_eq!(
+            plan(&[1, 2, 3, 4, 5], &[6]),
+            Some(Step::AddVoter {
+                node: 6,
+                replaces: 5
+            })
+        );
+        assert_eq!(
+            plan(&[1, 2, 3, 4, 5, 6], &[]),
+            Some(Step::RemoveVoter { node: 5 })
+        );
+        // 4 alive of the 5 that remain: the second dead voter is below target with no
+        // spare left, so it stays until one joins.
+        assert_eq!(plan(&[1, 2, 3, 4, 6], &[]), None);
     }
 }

@@ -92,6 +92,24 @@ pub struct ServeArgs {
     /// compacts older history [default: 10000].
     #[arg(long, env = "STACKD_KV_HISTORY_REVISIONS")]
     pub kv_history_revisions: Option<u64>,
+
+    // --- gossip and autopilot ---
+    /// UDP address for gossip (liveness and metadata) [default: the cluster address's IP
+    /// with its port + 1]. Other members reach a node at its advertised cluster IP and
+    /// cluster port + 1, so change the port only if that one is taken.
+    #[arg(long, env = "STACKD_GOSSIP_ADDR")]
+    pub gossip_addr: Option<String>,
+
+    /// Let the leader replace a voter that gossip has seen down for longer than
+    /// --autopilot-dead-grace-ms with a caught-up, alive learner (one membership change at
+    /// a time, never below quorum) [default: false].
+    #[arg(long, env = "STACKD_AUTOPILOT_REPLACE_DEAD", num_args = 0..=1, default_missing_value = "true")]
+    pub autopilot_replace_dead: Option<bool>,
+
+    /// How long a voter must have been down in gossip before autopilot replaces it, in ms
+    /// [default: 30000].
+    #[arg(long, env = "STACKD_AUTOPILOT_DEAD_GRACE_MS")]
+    pub autopilot_dead_grace_ms: Option<u64>,
 }
 
 /// The validated configuration with every default filled in.
@@ -114,6 +132,22 @@ pub struct Config {
     pub cache_max_entries: u64,
     pub cache_max_bytes: u64,
     pub kv_history_revisions: u64,
+    // --- gossip and autopilot ---
+    /// UDP address gossip binds.
+    pub gossip_addr: SocketAddr,
+    /// Where other members send gossip (`host:port`).
+    pub advertise_gossip_addr: String,
+    pub autopilot_replace_dead: bool,
+    pub autopilot_dead_grace_ms: u64,
+}
+
+/// The gossip address of a member whose cluster address is `cluster_addr` (`host:port`): the
+/// same host, port + 1. Every node derives its peers' gossip addresses from the Raft
+/// membership this way.
+pub fn derived_gossip_addr(cluster_addr: &str) -> Option<String> {
+    let (host, port) = cluster_addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    Some(format!("{host}:{}", port.checked_add(1)?))
 }
 
 impl ServeArgs {
@@ -163,13 +197,28 @@ impl ServeArgs {
         if cache_max_bytes < max_value_bytes as u64 + 512 {
             bail!("--cache-max-bytes must hold at least one largest entry (max value bytes + 512)");
         }
+        let advertise_cluster_addr =
+            pick!(advertise_cluster_addr).unwrap_or_else(|| cluster_addr.to_string());
+        let gossip_addr: SocketAddr = match pick!(gossip_addr) {
+            Some(a) => a.parse().context("--gossip-addr must be IP:PORT")?,
+            None => derived_gossip_addr(&cluster_addr.to_string())
+                .and_then(|a| a.parse().ok())
+                .context("the cluster port is 65535: give --gossip-addr")?,
+        };
+        let advertise_gossip_addr = match advertise_cluster_addr.rsplit_once(':') {
+            Some((host, _)) => format!("{host}:{}", gossip_addr.port()),
+            None => bail!("--advertise-cluster-addr must be HOST:PORT"),
+        };
+        let autopilot_dead_grace_ms = pick!(autopilot_dead_grace_ms).unwrap_or(30_000);
+        if autopilot_dead_grace_ms < 1_000 {
+            bail!("--autopilot-dead-grace-ms must be at least 1000 (gossip needs a few seconds to call a node down)");
+        }
         Ok(Config {
             data_dir,
             api_addr,
             cluster_addr,
             advertise_api_addr: pick!(advertise_api_addr).unwrap_or_else(|| api_addr.to_string()),
-            advertise_cluster_addr: pick!(advertise_cluster_addr)
-                .unwrap_or_else(|| cluster_addr.to_string()),
+            advertise_cluster_addr,
             join,
             token,
             target_voters,
@@ -182,6 +231,10 @@ impl ServeArgs {
             cache_max_entries,
             cache_max_bytes,
             kv_history_revisions: pick!(kv_history_revisions).unwrap_or(10_000).max(1),
+            gossip_addr,
+            advertise_gossip_addr,
+            autopilot_replace_dead: pick!(autopilot_replace_dead).unwrap_or(false),
+            autopilot_dead_grace_ms,
         })
     }
 }
@@ -222,6 +275,13 @@ mod tests {
         assert_eq!(c.target_voters, 5);
         assert_eq!(c.cluster_addr.to_string(), "127.0.0.1:7101");
         assert_eq!(c.max_value_bytes, 1 << 20);
+        assert_eq!(c.gossip_addr.to_string(), "127.0.0.1:7102");
+        assert_eq!(c.advertise_gossip_addr, "127.0.0.1:7102");
+        assert!(
+            !c.autopilot_replace_dead,
+            "autopilot replacement is off by default"
+        );
+        assert_eq!(c.autopilot_dead_grace_ms, 30_000);
 
         std::fs::write(&file, "data_dir = \"/x\"\nunknown_setting = 1\n").unwrap();
         let err = ServeArgs {
@@ -271,6 +331,39 @@ mod tests {
         }
         .resolve()
         .is_err());
+        assert!(ServeArgs {
+            autopilot_dead_grace_ms: Some(10),
+            ..base()
+        }
+        .resolve()
+        .is_err());
         assert!(base().resolve().is_ok());
+    }
+
+    #[test]
+    fn the_gossip_address_follows_the_cluster_address() {
+        assert_eq!(
+            derived_gossip_addr("10.0.0.1:7101").as_deref(),
+            Some("10.0.0.1:7102")
+        );
+        assert_eq!(
+            derived_gossip_addr("node-a.internal:7101").as_deref(),
+            Some("node-a.internal:7102")
+        );
+        assert_eq!(derived_gossip_addr("10.0.0.1:65535"), None);
+        assert_eq!(derived_gossip_addr("nope"), None);
+        let c = ServeArgs {
+            data_dir: Some("/x".into()),
+            cluster_addr: Some("0.0.0.0:9000".into()),
+            advertise_cluster_addr: Some("10.1.2.3:9000".into()),
+            gossip_addr: Some("0.0.0.0:9500".into()),
+            autopilot_replace_dead: Some(true),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.gossip_addr.to_string(), "0.0.0.0:9500");
+        assert_eq!(c.advertise_gossip_addr, "10.1.2.3:9500");
+        assert!(c.autopilot_replace_dead);
     }
 }

@@ -7,6 +7,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use transport::Liveness;
+
 use crate::cluster::Cluster;
 
 pub struct Metrics {
@@ -29,6 +31,11 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     queue_jobs: IntGaugeVec,
+    // --- gossip and autopilot ---
+    gossip_packets: IntCounterVec,
+    gossip_dropped: IntCounterVec,
+    gossip_members: IntGaugeVec,
+    autopilot_actions: IntCounterVec,
 }
 
 impl Metrics {
@@ -100,6 +107,38 @@ impl Metrics {
                 &["queue", "state"],
             )
             .expect("valid metric"),
+            gossip_packets: IntCounterVec::new(
+                Opts::new(
+                    "stackd_gossip_packets_total",
+                    "Gossip datagrams by direction (received, sent)",
+                ),
+                &["direction"],
+            )
+            .expect("valid metric"),
+            gossip_dropped: IntCounterVec::new(
+                Opts::new(
+                    "stackd_gossip_dropped_packets_total",
+                    "Gossip datagrams dropped unread, by reason (unauthenticated: the HMAC tag did not verify; malformed)",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            gossip_members: IntGaugeVec::new(
+                Opts::new(
+                    "stackd_gossip_members",
+                    "Other nodes by liveness, as this node's gossip sees them",
+                ),
+                &["state"],
+            )
+            .expect("valid metric"),
+            autopilot_actions: IntCounterVec::new(
+                Opts::new(
+                    "stackd_autopilot_actions_total",
+                    "Membership changes made by this node's autopilot while leading, by action",
+                ),
+                &["action"],
+            )
+            .expect("valid metric"),
             registry,
             requests,
             latency,
@@ -132,7 +171,40 @@ impl Metrics {
         m.registry
             .register(Box::new(m.queue_jobs.clone()))
             .expect("register");
+        for c in [&m.gossip_packets, &m.gossip_dropped, &m.autopilot_actions] {
+            m.registry.register(Box::new(c.clone())).expect("register");
+        }
+        m.registry
+            .register(Box::new(m.gossip_members.clone()))
+            .expect("register");
         m
+    }
+
+    /// Brings the gossip and autopilot figures up to date (counters only move forward).
+    fn refresh_gossip(&self, cluster: &Cluster) {
+        let raise = |c: &IntCounterVec, label: &str, to: u64| {
+            let c = c.with_label_values(&[label]);
+            c.inc_by(to.saturating_sub(c.get()));
+        };
+        let s = cluster.gossip.stats();
+        raise(&self.gossip_packets, "received", s.packets_received);
+        raise(&self.gossip_packets, "sent", s.packets_sent);
+        raise(
+            &self.gossip_dropped,
+            "unauthenticated",
+            s.dropped_unauthenticated,
+        );
+        raise(&self.gossip_dropped, "malformed", s.dropped_malformed);
+        let view = cluster.gossip.snapshot();
+        for l in [Liveness::Alive, Liveness::Suspect, Liveness::Down] {
+            let n = view.values().filter(|p| p.liveness == l).count();
+            self.gossip_members
+                .with_label_values(&[l.as_str()])
+                .set(n as i64);
+        }
+        for a in ["promote", "add_voter", "remove_voter"] {
+            raise(&self.autopilot_actions, a, cluster.autopilot_total(a));
+        }
     }
 
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
@@ -183,6 +255,7 @@ impl Metrics {
                 }
             }
         }
+        self.refresh_gossip(cluster);
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

@@ -22,6 +22,27 @@ pub const OPENAPI_JSON: &str = r##"{
       "Revision": {"type": "object", "properties": {"revision": {"type": "integer"}}},
       "Grant": {"type": "object", "properties": {"fence": {"type": "integer"}, "owner": {"type": "string"}, "ttl_ms": {"type": "integer"}}},
       "Session": {"type": "object", "properties": {"id": {"type": "string"}, "user": {"type": "string"}, "data": {"type": "object"}, "created_at_ms": {"type": "integer"}, "expires_in_ms": {"type": "integer"}, "ttl_ms": {"type": "integer"}}},
+      "ClusterStatus": {"type": "object", "properties": {
+        "cluster_id": {"type": "string"}, "node_id": {"type": "integer", "description": "the node that answered"},
+        "leader_id": {"type": "integer", "nullable": true}, "term": {"type": "integer"},
+        "commit_index": {"type": "integer"}, "applied_index": {"type": "integer", "description": "applied on the node that answered"},
+        "revision": {"type": "integer"}, "compact_revision": {"type": "integer"},
+        "members": {"type": "array", "items": {"$ref": "#/components/schemas/Member"}},
+        "autopilot": {"type": "object", "properties": {
+          "target_voters": {"type": "integer"},
+          "replace_dead": {"type": "boolean", "description": "--autopilot-replace-dead: the leader replaces a voter down in gossip for dead_grace_ms with a caught-up alive learner"},
+          "dead_grace_ms": {"type": "integer"},
+          "actions": {"type": "array", "description": "membership changes made by this node's autopilot while it led (last 32, oldest first)", "items": {"type": "object", "properties": {"at_ms": {"type": "integer", "description": "wall clock, ms since the Unix epoch"}, "action": {"type": "string", "enum": ["promote", "add_voter", "remove_voter"]}, "node": {"type": "integer"}, "reason": {"type": "string"}}}}
+        }}
+      }},
+      "Member": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "api_addr": {"type": "string"}, "cluster_addr": {"type": "string"},
+        "role": {"type": "string", "enum": ["voter", "learner"]},
+        "gossip": {"type": "string", "enum": ["alive", "suspect", "down", "unknown"], "description": "liveness in the answering node's gossip view (SWIM); the answering node itself is alive; unknown until gossip has heard of the member"},
+        "gossip_changed_ms_ago": {"type": "integer", "nullable": true, "description": "how long the member has had that gossip state on the answering node"},
+        "applied_index": {"type": "integer", "nullable": true, "description": "the member's applied log index, from its gossip metadata (at most about 0.5 s old)"},
+        "load": {"type": "object", "description": "from the member's gossip metadata; empty when none arrived yet", "properties": {"inflight_requests": {"type": "integer"}, "load_avg_1m": {"type": "number", "nullable": true}}}
+      }},
       "TxnOp": {"type": "object", "description": "exactly one of: {put: {key, value (base64) | text, ttl_ms?}}, {delete: {key}}, {cache_set: {key, value | text, ttl_ms?, tags?}}, {cache_delete: {key}}, {cache_invalidate: {tags}}, {enqueue: {queue, payload, delay_ms?, run_at_ms?, priority?, max_attempts?, backoff_ms?, unique_key?}}; a key is written at most once per branch"}
     },
     "responses": {
@@ -133,7 +154,7 @@ pub const OPENAPI_JSON: &str = r##"{
     "/v1/cluster/members/{id}/promote": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "post": {"summary": "Make a learner a voter", "responses": {"200": {"description": "{promoted: id}"}, "404": {"$ref": "#/components/responses/Error"}, "409": {"$ref": "#/components/responses/Error"}}}},
     "/v1/cluster/leader/transfer": {"post": {"summary": "Hand leadership to another voter and wait until it leads", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["to"], "properties": {"to": {"type": "integer"}}}}}}, "responses": {"200": {"description": "{leader_id}"}, "400": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}}},
     "/v1/cluster/snapshot": {"post": {"summary": "Build a snapshot on the leader now and wait for it (up to 60 s). The log behind a snapshot is purged, keeping the last min(snapshot_every_entries, 1000) entries", "responses": {"200": {"description": "{snapshot_index, completed}"}}}},
-    "/v1/cluster": {"get": {"summary": "Cluster status: cluster_id, node_id, leader_id, term, commit_index, applied_index, snapshot_index, purged_index, revision, compact_revision, members", "responses": {"200": {"description": "status"}}}},
+    "/v1/cluster": {"get": {"summary": "Cluster status as this node sees it: Raft facts, every member with its liveness and metadata from this node's gossip view, and the autopilot", "responses": {"200": {"description": "status", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClusterStatus"}}}}}}},
     "/v1/cluster/compact": {"post": {"summary": "Drop key-value history at or below `revision` (capped at the current revision) on every node. The leader also compacts by itself, keeping the last --kv-history-revisions (10000) revisions", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["revision"], "properties": {"revision": {"type": "integer"}}}}}}, "responses": {"200": {"description": "{compact_revision}"}, "400": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}, "504": {"$ref": "#/components/responses/Error"}}}},
     "/v1/cluster/backup": {"get": {"summary": "Stream a consistent backup (application/octet-stream): every write acknowledged before the request, read from one RocksDB snapshot of the answering node after a read barrier. Format: magic `STACKD-BACKUP\\n`, a JSON header, length-prefixed state records, a JSON trailer {records, last_applied_index, revision, compact_revision} and the SHA-256 of everything before it. A failure mid-stream breaks the transfer rather than ending it short. `stackd restore` loads it into an empty data dir", "responses": {"200": {"description": "the backup stream"}, "503": {"$ref": "#/components/responses/Error"}}}},
     "/v1/history": {"get": {"summary": "Key-value changes (puts, deletes, expiries) under `prefix` at `since_revision` or later, in revision order (keys in order within one revision)", "parameters": [{"name": "prefix", "in": "query", "schema": {"type": "string"}}, {"name": "since_revision", "in": "query", "schema": {"type": "integer", "default": 1}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 100, "maximum": 1000}}, {"name": "consistency", "in": "query", "schema": {"type": "string", "enum": ["linearizable", "stale"]}}], "responses": {"200": {"description": "{events: [{event: put|delete, key, revision, value (base64, null for delete)}], next_revision (resume from it; null when done), revision, compact_revision}"}, "400": {"$ref": "#/components/responses/Error"}, "409": {"description": "since_revision is at or below compact_revision: {error: {code: conflict, reason: compacted, compact_revision}}"}}}},
@@ -163,6 +184,10 @@ mod tests {
             "/v1/history",
         ] {
             assert!(v["paths"][path].is_object(), "{path}");
+        }
+        let member = &v["components"]["schemas"]["Member"]["properties"];
+        for field in ["gossip", "applied_index", "load"] {
+            assert!(member[field].is_object(), "{field}");
         }
     }
 }

@@ -11,7 +11,9 @@ use storage::{codec, Db};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use transport::{tls, ClusterTls, Limits, Network, RpcRequest, RpcResponse, Transport};
+use transport::{
+    tls, ClusterTls, Gossip, GossipConfig, Limits, Network, RpcRequest, RpcResponse, Transport,
+};
 
 use crate::api::{self, AppState};
 use crate::cluster::Cluster;
@@ -34,6 +36,9 @@ pub struct Node {
     pub api_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Gossip stops last, so the others see this node leave only once it has.
+    gossip_shutdown: CancellationToken,
+    gossip_task: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -120,6 +125,30 @@ impl Node {
         .await
         .context("starting raft")?;
 
+        let gossip_advertise = tokio::net::lookup_host(config.advertise_gossip_addr.as_str())
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .with_context(|| {
+                format!(
+                    "resolving the advertised gossip address {}",
+                    config.advertise_gossip_addr
+                )
+            })?;
+        let gossip_shutdown = CancellationToken::new();
+        let (gossip, gossip_task) = Gossip::start(
+            GossipConfig {
+                node_id: identity.node_id,
+                bind: config.gossip_addr,
+                advertise: gossip_advertise,
+                key: tls.gossip_key(),
+            },
+            gossip_shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("binding gossip address {}", config.gossip_addr))?;
+        // Until the node is fully started, a failed start also stops gossip.
+        let gossip_guard = gossip_shutdown.clone().drop_guard();
         let cluster = Cluster::new(
             identity.node_id,
             info.clone(),
@@ -128,6 +157,7 @@ impl Node {
             transport.clone(),
             tls,
             config.clone(),
+            gossip,
         );
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -173,6 +203,12 @@ impl Node {
         tasks.push(tokio::spawn(
             cluster.clone().run_leader_tasks(shutdown.clone()),
         ));
+        let inflight = Arc::new(Semaphore::new(config.max_inflight_requests));
+        tasks.push(tokio::spawn(
+            cluster
+                .clone()
+                .run_gossip_feed(inflight.clone(), shutdown.clone()),
+        ));
 
         let listener = tokio::net::TcpListener::bind(config.api_addr)
             .await
@@ -181,7 +217,7 @@ impl Node {
         let app = api::router(Arc::new(AppState {
             cluster: cluster.clone(),
             metrics: Arc::new(Metrics::new()),
-            inflight: Arc::new(Semaphore::new(config.max_inflight_requests)),
+            inflight,
             db: db.clone(),
         }));
         let api_shutdown = shutdown.clone();
@@ -194,16 +230,19 @@ impl Node {
                 warn!(error = %e, "HTTP API stopped with an error");
             }
         }));
+        gossip_guard.disarm();
         Ok(Node {
             cluster,
             api_addr,
             shutdown,
             tasks,
+            gossip_shutdown,
+            gossip_task,
         })
     }
 
     /// Stops in order: stop accepting API requests, stop background work, shut Raft down,
-    /// close the transport. RocksDB closes when the last handle drops.
+    /// leave gossip, close the transport. RocksDB closes when the last handle drops.
     pub async fn shutdown(self) {
         // A leader hands over first, so the cluster does not wait out an election timeout.
         if self.cluster.raft.is_leader() {
@@ -224,6 +263,9 @@ impl Node {
         if let Err(e) = self.cluster.raft.shutdown().await {
             warn!(error = %e, "raft shutdown failed");
         }
+        info!("leaving gossip");
+        self.gossip_shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.gossip_task).await;
         info!("node stopped");
     }
 }

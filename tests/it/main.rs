@@ -4,6 +4,7 @@ mod backup;
 mod cache;
 mod errors;
 mod faults;
+mod gossip;
 mod history;
 mod kv_cluster;
 mod locks;

@@ -20,7 +20,8 @@ pub struct InprocCluster {
 
 pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Config {
     let (api, _) = crate::free_addrs(ip);
-    let (_, cluster) = crate::free_addrs(ip);
+    let cluster = crate::free_cluster_addr(ip);
+    let gossip = std::net::SocketAddr::new(cluster.ip(), cluster.port() + 1);
     Config {
         data_dir: data_dir.to_path_buf(),
         api_addr: api,
@@ -39,6 +40,10 @@ pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Conf
         cache_max_entries: 100_000,
         cache_max_bytes: 256 << 20,
         kv_history_revisions: 10_000,
+        gossip_addr: gossip,
+        advertise_gossip_addr: gossip.to_string(),
+        autopilot_replace_dead: false,
+        autopilot_dead_grace_ms: 30_000,
     }
 }
 

@@ -37,6 +37,22 @@ pub fn free_addrs(ip: &str) -> (SocketAddr, SocketAddr) {
     (tcp, udp)
 }
 
+/// A free UDP port on `ip` whose next port is free too: a node's cluster address, with its
+/// gossip address (port + 1, the default) beside it. Bounded; panics if none is found.
+pub fn free_cluster_addr(ip: &str) -> SocketAddr {
+    for _ in 0..100 {
+        let a = UdpSocket::bind((ip, 0)).expect("bind udp");
+        let addr = a.local_addr().unwrap();
+        if addr.port() == u16::MAX {
+            continue;
+        }
+        if UdpSocket::bind((ip, addr.port() + 1)).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free pair of UDP ports on {ip}");
+}
+
 /// Logs for tests, once per process (`STACKD_TEST_LOG=debug` for more).
 pub fn init_logging() {
     let filter = std::env::var("STACKD_TEST_LOG").unwrap_or_else(|_| "warn".into());

@@ -100,7 +100,7 @@ impl ProcCluster {
         for i in 0..n {
             let ip = format!("127.0.0.{}", opts.first_ip as usize + i);
             api_addrs.push(crate::free_addrs(&ip).0.to_string());
-            cluster_addrs.push(crate::free_addrs(&ip).1.to_string());
+            cluster_addrs.push(crate::free_cluster_addr(&ip).to_string());
         }
         let bases = api_addrs.iter().map(|a| format!("http://{a}")).collect();
         let voters = n.min(opts.target_voters);

@@ -29,7 +29,8 @@ impl Standalone {
         join: Option<(&str, &str)>,
         extra: &[&str],
     ) -> Result<Self> {
-        let (api, cluster) = crate::free_addrs(ip);
+        let (api, _) = crate::free_addrs(ip);
+        let cluster = crate::free_cluster_addr(ip);
         let log = data_dir.with_extension("log");
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(stackd_bin());

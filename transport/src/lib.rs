@@ -1,4 +1,4 @@
-//! stackd's cluster transport. This is the only crate that names `quinn`.
+//! stackd's cluster transport. This is the only crate that names `quinn` and `foca`.
 //!
 //! # Layout
 //! - [`tls`]: the cluster certificate, pinned mutual TLS and join tokens.
@@ -7,16 +7,19 @@
 //! - [`endpoint`]: the node's QUIC endpoint: cached outgoing connections, one bi-stream per
 //!   call, and the server loop (Raft RPCs, forwarded writes, read index, joins).
 //! - [`network`]: openraft's `RaftNetworkV2` over the endpoint.
+//! - [`gossip`]: SWIM membership (foca) over authenticated UDP: liveness and metadata.
 
 pub mod endpoint;
 pub mod error;
 pub mod frame;
+pub mod gossip;
 pub mod network;
 pub mod rpc;
 pub mod tls;
 
 pub use endpoint::{Limits, Service, Transport};
 pub use error::{Error, Result};
+pub use gossip::{Gossip, GossipConfig, Liveness, NodeMeta, PeerView};
 pub use network::Network;
 pub use rpc::{JoinAccepted, RpcRequest, RpcResponse, ServiceError, Written};
 pub use tls::ClusterTls;

@@ -81,6 +81,17 @@ impl ClusterTls {
         fingerprint(&self.cert_der)
     }
 
+    /// The key that authenticates gossip packets: HMAC-SHA256 keyed with the cluster's
+    /// private key over a fixed label. Every member holds that key, nothing outside the
+    /// cluster does, and the label keeps the derived key apart from any other use of it.
+    pub fn gossip_key(&self) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key_der)
+            .expect("HMAC takes keys of any length");
+        mac.update(b"stackd gossip v1");
+        mac.finalize().into_bytes().into()
+    }
+
     fn chain_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         (
             vec![CertificateDer::from(self.cert_der.clone())],
@@ -321,4 +332,18 @@ pub fn token_fingerprint(token: &str) -> Result<[u8; 32]> {
 /// The digest under which the cluster remembers a join token.
 pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gossip_key_is_the_same_for_one_cluster_and_differs_between_clusters() {
+        let a = ClusterTls::generate().unwrap();
+        let b = ClusterTls::generate().unwrap();
+        assert_eq!(a.gossip_key(), a.clone().gossip_key());
+        assert_ne!(a.gossip_key(), b.gossip_key());
+        assert_ne!(&a.gossip_key()[..], &a.key_der[..32.min(a.key_der.len())]);
+    }
 }
