@@ -91,6 +91,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/members/{id}/promote", post(ops::promote))
         .route("/v1/cluster/leader/transfer", post(ops::transfer))
         .route("/v1/cluster/snapshot", post(ops::snapshot))
+        // Join tokens.
+        .route("/v1/cluster/tokens", post(ops::create_token))
         .route("/v1/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/ready", get(ready))

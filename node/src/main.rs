@@ -6,7 +6,7 @@ use node::client::lock::LockCmd;
 use node::client::queue::{QueueCmd, WorkerCmd};
 use node::client::session::SessionCmd;
 use node::client::txn::TxnCmd;
-use node::client::{ClusterCmd, KvCmd};
+use node::client::{ClusterCmd, KvCmd, TokenCmd};
 use node::config::ServeArgs;
 use tracing_subscriber::EnvFilter;
 
@@ -49,6 +49,9 @@ enum Cmd {
     /// Inspect and operate the cluster: status, remove, promote, transfer-leader, snapshot.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Join tokens: `token create [--ttl 24h]` prints a new token for `serve --join`.
+    #[command(subcommand)]
+    Token(TokenCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Queue(cmd) => node::client::queue::run(cmd).await,
             Cmd::Worker(cmd) => node::client::queue::worker(cmd).await,
             Cmd::Cluster(cmd) => node::client::cluster(cmd).await,
+            Cmd::Token(cmd) => node::client::token(cmd).await,
         }
     });
     match result {
@@ -90,9 +94,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     node::install_crypto_provider();
     let config = args.resolve()?;
     let node = node::server::Node::start(config).await?;
-    wait_for_signal().await;
+    let removed = tokio::select! {
+        _ = wait_for_signal() => None,
+        why = node.removed() => Some(why),
+    };
     node.shutdown().await;
-    Ok(())
+    match removed {
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(()),
+    }
 }
 
 async fn wait_for_signal() {

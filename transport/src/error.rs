@@ -5,7 +5,7 @@ use thiserror::Error;
 pub enum Error {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
-    #[error("connection lost: {0}")]
+    #[error("connection lost: {}", crate::endpoint::explain(.0))]
     Connection(#[from] quinn::ConnectionError),
     #[error("stream write failed: {0}")]
     Write(#[from] quinn::WriteError),
@@ -23,6 +23,8 @@ pub enum Error {
     Refused(String),
     #[error("timed out after {0} ms")]
     Timeout(u64),
+    #[error("{0}")]
+    Removed(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

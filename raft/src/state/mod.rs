@@ -15,7 +15,8 @@
 //! - [`cache`]: the bounded cache with tags.
 //!
 //! Key layout in the `sm` column family:
-//! - `m:state` → [`Meta`]; `m:locks` → the last fence; `m:cache` → cache counters
+//! - `m:state` → [`Meta`]; `m:locks` → the last fence; `m:cache` → cache counters;
+//!   `m:security` → [`Security`] (join tokens, removed nodes)
 //! - `k:<key>` → [`KvEntry`], `l:<name>` → [`LockEntry`], `s:<id>` → [`SessionEntry`],
 //!   `c:<key>` → [`CacheEntry`]
 //! - `i:<idempotency key>` → [`IdemRecord`]
@@ -24,6 +25,7 @@ mod cache;
 mod kv;
 mod locks;
 mod queues;
+mod security;
 mod sessions;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +40,7 @@ pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
     next_fire_ms, Job, JobState, QueueStats, Schedule, BACKOFF_MAX_MS, CRON_CATCH_UP_MAX,
 };
+pub use security::{Security, EXPIRED_TOKEN_KEPT_MS, SECURITY_KEY};
 pub use sessions::SessionEntry;
 
 use crate::command::{Command, Compare, Request, Response, Txn};
@@ -81,6 +84,8 @@ pub struct State {
     sessions: sessions::Sessions,
     cache: cache::Cache,
     queues: queues::Queues,
+    /// Join tokens and removed nodes.
+    pub security: Security,
     idem: BTreeMap<String, IdemRecord>,
     idem_ttl: BTreeSet<(u64, String)>,
 }
@@ -109,6 +114,7 @@ impl State {
         state.sessions = sessions::Sessions::load(db)?;
         state.cache = cache::Cache::load(db)?;
         state.queues = queues::Queues::load(db, state.meta.now_ms)?;
+        state.security = Security::load(db)?;
         for (k, v) in db.sm_scan_prefix(IDEM_PREFIX)? {
             let key = unprefixed(IDEM_PREFIX, &k)?;
             let rec: IdemRecord = codec::decode(&v)?;
@@ -266,6 +272,13 @@ impl State {
             Command::ScheduleDelete { queue, name } => {
                 self.queues.delete_schedule(queue, name, batch)
             }
+            Command::JoinTokenCreate {
+                token_sha256,
+                expires_at_ms,
+            } => self
+                .security
+                .create_token(token_sha256, *expires_at_ms, now, batch),
+            Command::NodeRemoved { id } => self.security.node_removed(*id, batch),
         }
     }
 
