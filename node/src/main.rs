@@ -26,6 +26,13 @@ struct Cli {
 enum Cmd {
     /// Run a node. With an empty data dir and no --join it starts a new cluster and prints the
     /// command that joins another node; with an existing data dir it restarts that member.
+    ///
+    /// Security is always on: the first node creates a cluster CA; every node holds a
+    /// certificate signed by it that names its id, and every cluster connection is mutual TLS
+    /// checking the CA, the cluster and the node id. A joining node proves a join token (the
+    /// first node's, or one from `stackd token create`) and receives its certificate. A node
+    /// removed with `stackd cluster remove` exits when it learns it ("node N was removed from
+    /// cluster C; ..."): wipe its data dir and join again with a token to get a new id.
     Serve(Box<ServeArgs>),
     /// Read and write keys on any node.
     #[command(subcommand)]

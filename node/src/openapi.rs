@@ -132,6 +132,7 @@ pub const OPENAPI_JSON: &str = r##"{
     "/v1/cluster/members/{id}/remove": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "post": {"summary": "Remove a voter or learner (run on the leader; other nodes relay). The last voter cannot be removed", "responses": {"200": {"description": "{removed: id}"}, "404": {"$ref": "#/components/responses/Error"}, "409": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}}},
     "/v1/cluster/members/{id}/promote": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "post": {"summary": "Make a learner a voter", "responses": {"200": {"description": "{promoted: id}"}, "404": {"$ref": "#/components/responses/Error"}, "409": {"$ref": "#/components/responses/Error"}}}},
     "/v1/cluster/leader/transfer": {"post": {"summary": "Hand leadership to another voter and wait until it leads", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["to"], "properties": {"to": {"type": "integer"}}}}}}, "responses": {"200": {"description": "{leader_id}"}, "400": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}}},
+    "/v1/cluster/tokens": {"post": {"summary": "Create a join token for `stackd serve --join … --token`; it admits nodes until expires_at_ms (ms since the Unix epoch). The cluster keeps only its SHA-256", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"ttl_ms": {"type": "integer", "minimum": 1, "maximum": 31536000000, "default": 86400000}}}}}}, "responses": {"201": {"description": "{token, expires_at_ms}"}, "400": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}, "504": {"$ref": "#/components/responses/Error"}}}},
     "/v1/cluster/snapshot": {"post": {"summary": "Build a snapshot on the leader now and wait for it (up to 60 s)", "responses": {"200": {"description": "{snapshot_index, completed}"}}}},
     "/v1/cluster": {"get": {"summary": "Cluster status: cluster_id, leader_id, term, commit_index, compact_revision, members", "responses": {"200": {"description": "status"}}}},
     "/health": {"get": {"summary": "200 while the process serves", "responses": {"200": {"description": "ok"}}}},
@@ -155,6 +156,7 @@ mod tests {
             "/v1/queues/{queue}/claim",
             "/v1/jobs/{id}/ack",
             "/v1/cluster/leader/transfer",
+            "/v1/cluster/tokens",
         ] {
             assert!(v["paths"][path].is_object(), "{path}");
         }

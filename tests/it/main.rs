@@ -8,5 +8,6 @@ mod kv_cluster;
 mod locks;
 mod membership;
 mod queues;
+mod security;
 mod sessions;
 mod storage_suite;

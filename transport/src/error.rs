@@ -7,7 +7,7 @@ pub enum Error {
     Connect { addr: String, reason: String },
     #[error("connection lost: {}", crate::endpoint::explain(.0))]
     Connection(#[from] quinn::ConnectionError),
-    #[error("stream write failed: {0}")]
+    #[error("stream write failed: {}", write_error(.0))]
     Write(#[from] quinn::WriteError),
     #[error("stream read failed: {0}")]
     Read(String),
@@ -28,3 +28,12 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn write_error(e: &quinn::WriteError) -> String {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => {
+            format!("connection lost: {}", crate::endpoint::explain(c))
+        }
+        other => other.to_string(),
+    }
+}
