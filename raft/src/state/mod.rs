@@ -1267,3 +1267,66 @@ mod persistence_tests {
         assert_eq!(r.apply(&again, &mut batch), s.apply(&again, &mut batch));
     }
 }
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+
+    #[test]
+    fn join_tokens_and_removed_nodes_are_replicated_state_and_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::default();
+        let day = 24 * 3600 * 1000;
+        let commands = [
+            // A token that expires at 2 days, one at 20 days.
+            (
+                1_000,
+                Command::JoinTokenCreate {
+                    token_sha256: "old".into(),
+                    expires_at_ms: 2 * day,
+                },
+            ),
+            (
+                2_000,
+                Command::JoinTokenCreate {
+                    token_sha256: "new".into(),
+                    expires_at_ms: 20 * day,
+                },
+            ),
+            (3_000, Command::NodeRemoved { id: 3 }),
+            (4_000, Command::NodeRemoved { id: 3 }),
+            (5_000, Command::AllocateNodeId),
+        ];
+        for (stamp, command) in commands {
+            let mut batch = SmBatch::default();
+            s.apply(&tests::req(stamp, command), &mut batch);
+            s.persist_meta(&mut batch);
+            db.sm_write(batch).unwrap();
+        }
+        assert_eq!(s.security.join_tokens.len(), 2);
+        assert_eq!(
+            s.security.removed_nodes.iter().copied().collect::<Vec<_>>(),
+            vec![3]
+        );
+        let r = State::load(&db).unwrap();
+        assert_eq!(r.security, s.security);
+
+        // A token expired longer than EXPIRED_TOKEN_KEPT_MS is forgotten when the next one is
+        // made; the other stays.
+        let later = 2 * day + EXPIRED_TOKEN_KEPT_MS + 1;
+        let mut batch = SmBatch::default();
+        s.apply(
+            &tests::req(
+                later,
+                Command::JoinTokenCreate {
+                    token_sha256: "third".into(),
+                    expires_at_ms: later + day,
+                },
+            ),
+            &mut batch,
+        );
+        let names: Vec<&str> = s.security.join_tokens.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["new", "third"]);
+    }
+}
