@@ -750,21 +750,25 @@ impl Cluster {
         Ok((token, expires_at_ms))
     }
 
-    /// Checks, while this node seems cut off (no leader known, or not in its own membership),
-    /// that the members still count it in: a member that refuses it as removed makes the
-    /// transport report it (`Transport::removed`).
+    /// Checks that the members still count this node in: every second while it seems cut off
+    /// (no leader known, or not in its own membership), every 10 s otherwise (a removed
+    /// learner may never notice). A member that refuses it as removed makes the transport
+    /// report it (`Transport::removed`).
     pub async fn watch_membership(self: Arc<Self>, shutdown: CancellationToken) {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for round in 0u64.. {
             tokio::select! {
                 _ = every.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
+            if self.raft.is_leader() {
+                continue;
+            }
             let m = self.metrics();
             let membership = m.membership_config.membership();
             let cut_off = m.current_leader.is_none() || membership.get_node(&self.id).is_none();
-            if !cut_off {
+            if !cut_off && round % 10 != 0 {
                 continue;
             }
             let peers: Vec<(NodeId, NodeInfo)> = membership

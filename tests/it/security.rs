@@ -325,3 +325,31 @@ async fn a_removed_node_cannot_rejoin_under_its_old_id() {
     .unwrap();
     newcomer.shutdown().await;
 }
+
+/// A removed learner never campaigns, so it finds out from its periodic check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_learner_finds_out_it_was_removed() {
+    let c = InprocCluster::start(4).await.unwrap();
+    let http = http::client();
+    let learner = c.nodes[3].as_ref().unwrap();
+    assert_eq!(learner.cluster.id, 4);
+    let r = http
+        .post(format!("{}/v1/cluster/members/4/remove", c.bases[0]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let why = tokio::time::timeout(Duration::from_secs(30), learner.removed())
+        .await
+        .expect("the removed learner is told within its check period");
+    assert!(why.starts_with("node 4 was removed from cluster"), "{why}");
+    // It remembers: a start from its data dir stops at once with the same message.
+    let mut c = c;
+    c.stop(3).await;
+    let err = c
+        .restart(3)
+        .await
+        .expect_err("a removed node must not start");
+    assert_eq!(format!("{err:#}"), why);
+    c.shutdown().await;
+}
