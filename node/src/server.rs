@@ -45,6 +45,10 @@ impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        // A node that learnt it was removed stops here, before touching its state.
+        if let Ok(why) = std::fs::read_to_string(config.data_dir.join(REMOVED_FILE)) {
+            bail!("{}", why.trim());
+        }
         let db = Db::open(&config.data_dir.join("db")).context("opening RocksDB")?;
         let tls_dir = config.data_dir.join("tls");
         let info = NodeInfo {
@@ -63,9 +67,6 @@ impl Node {
                         "--join is ignored: the data dir already holds node {}",
                         id.node_id
                     );
-                }
-                if let Ok(why) = std::fs::read_to_string(config.data_dir.join(REMOVED_FILE)) {
-                    bail!("{}", why.trim());
                 }
                 let tls = ClusterTls::load(&tls_dir)?.context(
                     "data dir has an identity but no node certificate (made by an earlier \
@@ -208,6 +209,8 @@ impl Node {
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
+                    // A removal already reported wins over a shutdown under way.
+                    biased;
                     r = removed.wait_for(|r| r.is_some()) => {
                         if let Ok(why) = r {
                             let why = why.clone().unwrap_or_default();
