@@ -96,6 +96,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/snapshot", post(ops::snapshot))
         .route("/v1/cluster/compact", post(history::compact))
         .route("/v1/cluster/backup", get(ops::backup))
+        // Join tokens.
+        .route("/v1/cluster/tokens", post(ops::create_token))
         .route("/v1/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -251,8 +251,8 @@ pub fn backup_kv_digest(backup: &Backup) -> anyhow::Result<String> {
 }
 
 /// Loads `backup` into the empty data dir `data_dir`. The state keeps its data, revisions and
-/// counters, and forgets the old cluster (its id, join token, membership and log position), so
-/// `stackd serve` on this dir starts a new cluster.
+/// counters, and forgets the old cluster (its id, join tokens, removed node ids, membership and
+/// log position), so `stackd serve` on this dir starts a new cluster.
 pub fn restore_into(backup: &Backup, data_dir: &Path) -> anyhow::Result<()> {
     if data_dir.exists()
         && std::fs::read_dir(data_dir)
@@ -269,6 +269,10 @@ pub fn restore_into(backup: &Backup, data_dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let mut records = Vec::with_capacity(backup.records.len());
     for (k, v) in &backup.records {
+        if k == raft::state::SECURITY_KEY {
+            // Join tokens and removed node ids belong to the old cluster.
+            continue;
+        }
         if k == META_KEY {
             let mut meta: Meta = codec::decode(v)?;
             meta.cluster_id = None;

@@ -130,6 +130,60 @@ pub enum ClusterCmd {
     },
 }
 
+// ---- Join tokens ----
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a join token; prints it (pass it to `stackd serve --join … --token`).
+    Create {
+        /// How long the token admits nodes: a number with s, m, h or d (e.g. 90m, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// Print the JSON answer (token and expiry) instead of the token alone.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `90m`, `24h`, `7d`, `30s` → milliseconds.
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (num, unit_ms) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1_000),
+        Some((i, 'm')) => (&s[..i], 60_000),
+        Some((i, 'h')) => (&s[..i], 3_600_000),
+        Some((i, 'd')) => (&s[..i], 86_400_000),
+        _ => return Err(format!("{s:?}: give a number with s, m, h or d (e.g. 24h)")),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: give a number with s, m, h or d (e.g. 24h)"))?;
+    if n == 0 {
+        return Err("the TTL must be more than 0".into());
+    }
+    Ok(n.saturating_mul(unit_ms))
+}
+
+pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenCmd::Create { ttl, json, target } => {
+            let v = send_json(
+                client()
+                    .post(target.url("/v1/cluster/tokens"))
+                    .json(&serde_json::json!({ "ttl_ms": ttl })),
+            )
+            .await?;
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}", v["token"].as_str().unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn key_path(key: &str) -> String {
     form_urlencoded::byte_serialize(key.as_bytes())
         .collect::<String>()

@@ -14,8 +14,9 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use transport::tls::PeerId;
 use transport::{
-    ClusterTls, Gossip, JoinAccepted, Liveness, NodeMeta, RpcRequest, RpcResponse, Service,
+    ClusterTls, Gossip, JoinGranted, Liveness, NodeMeta, RpcRequest, RpcResponse, Service,
     ServiceError, Transport, Written,
 };
 
@@ -247,7 +248,7 @@ impl Cluster {
                 let forward = RpcRequest::Write(req.clone());
                 match self
                     .transport
-                    .call(&leader.1.cluster_addr, &forward, remaining)
+                    .call_node(leader.0, &leader.1.cluster_addr, &forward, remaining)
                     .await
                 {
                     Ok(RpcResponse::Write(r)) => r,
@@ -878,7 +879,7 @@ async fn read_index_round(
         return Err(ServiceError::Unavailable("leader address unknown".into()));
     };
     match transport
-        .call(&node.cluster_addr, &RpcRequest::ReadIndex, timeout)
+        .call_node(leader, &node.cluster_addr, &RpcRequest::ReadIndex, timeout)
         .await
     {
         Ok(RpcResponse::ReadIndex(r)) => r,
@@ -927,23 +928,34 @@ impl Service for Cluster {
         local_read_index(&self.raft, self.request_timeout()).await
     }
 
-    async fn join(&self, token: String, node: NodeInfo) -> Result<JoinAccepted, ServiceError> {
+    async fn join(
+        &self,
+        token: String,
+        node: NodeInfo,
+        public_key: Vec<u8>,
+    ) -> Result<JoinGranted, ServiceError> {
         if !self.raft.is_leader() {
-            let Some((_, leader)) = self.leader() else {
+            let Some((leader_id, leader)) = self.leader() else {
                 return Err(ServiceError::Unavailable(
                     "no leader to admit the node; retry".into(),
                 ));
             };
+            let relay = RpcRequest::JoinWithKey {
+                token,
+                node,
+                public_key,
+            };
             return match self
                 .transport
-                .call(
+                .call_node(
+                    leader_id,
                     &leader.cluster_addr,
-                    &RpcRequest::Join { token, node },
+                    &relay,
                     self.request_timeout(),
                 )
                 .await
             {
-                Ok(RpcResponse::Join(r)) => r,
+                Ok(RpcResponse::Joined(r)) => r,
                 Ok(other) => Err(ServiceError::Unavailable(format!(
                     "unexpected answer: {other:?}"
                 ))),
@@ -952,21 +964,11 @@ impl Service for Cluster {
                 ))),
             };
         }
-        let (expected, cluster_id) = {
-            let st = self.state.read().expect("state lock");
-            (
-                st.meta.join_token_sha256.clone(),
-                st.meta.cluster_id.clone(),
-            )
-        };
-        let (Some(expected), Some(cluster_id)) = (expected, cluster_id) else {
-            return Err(ServiceError::Unavailable(
-                "cluster is still initializing; retry".into(),
-            ));
-        };
-        if transport::tls::token_digest(&token) != expected {
-            return Err(ServiceError::Refused("invalid join token".into()));
-        }
+        // A token created just before a leader change is committed but maybe not applied
+        // here yet.
+        self.read_barrier().await?;
+        self.check_join_token(&token)?;
+        let cluster_id = self.tls.cluster_id.clone();
         let m = self.metrics();
         if let Some((id, _)) = m
             .membership_config
@@ -979,6 +981,12 @@ impl Service for Cluster {
                 node.cluster_addr
             )));
         }
+        // Check the key before an id is spent on it.
+        if public_key.len() != 65 || public_key[0] != 4 {
+            return Err(ServiceError::Refused(
+                "node public key is not an uncompressed P-256 point".into(),
+            ));
+        }
         let id = match self.write(Command::AllocateNodeId, None).await? {
             Response::NodeId(id) => id,
             other => {
@@ -987,6 +995,10 @@ impl Service for Cluster {
                 )))
             }
         };
+        let cert_der = self
+            .tls
+            .issue(id, &public_key)
+            .map_err(|e| ServiceError::Refused(format!("cannot issue a certificate: {e}")))?;
         info!(node = id, addr = %node.cluster_addr, "admitting node as learner");
         // The id is allocated now; a membership change already under way (a promotion) only
         // delays the learner, so retry under the same id rather than waste it.
@@ -1005,12 +1017,112 @@ impl Service for Cluster {
                 }
             }
         }
-        Ok(JoinAccepted {
+        Ok(JoinGranted {
             node_id: id,
             cluster_id,
-            cert_der: self.tls.cert_der.clone(),
-            key_der: self.tls.key_der.clone(),
+            cert_der,
+            ca_cert_der: self.tls.ca_cert_der.clone(),
+            ca_key_der: self.tls.ca_key_der.clone(),
         })
+    }
+
+    fn admit_peer(&self, peer: &PeerId) -> Result<(), String> {
+        if self
+            .state
+            .read()
+            .expect("state lock")
+            .security
+            .removed_nodes
+            .contains(&peer.node_id)
+        {
+            return Err(removed_message(peer.node_id, &peer.cluster_id));
+        }
+        Ok(())
+    }
+}
+
+/// What a removed node is told, and prints before it exits.
+pub fn removed_message(id: NodeId, cluster_id: &str) -> String {
+    format!(
+        "node {id} was removed from cluster {cluster_id}; wipe the data dir and join again with \
+         a token (`stackd token create`)"
+    )
+}
+
+impl Cluster {
+    /// Whether `token` admits a node now: the founding token, or a created one that has not
+    /// expired (on this node's clock).
+    fn check_join_token(&self, token: &str) -> Result<(), ServiceError> {
+        let digest = transport::tls::token_digest(token);
+        let st = self.state.read().expect("state lock");
+        if st.meta.cluster_id.is_none() {
+            return Err(ServiceError::Unavailable(
+                "cluster is still initializing; retry".into(),
+            ));
+        }
+        if st.meta.join_token_sha256.as_deref() == Some(digest.as_str()) {
+            return Ok(());
+        }
+        match st.security.join_tokens.get(&digest) {
+            Some(exp) if *exp > now_ms() => Ok(()),
+            Some(_) => Err(ServiceError::Refused("join token expired".into())),
+            None => Err(ServiceError::Refused("invalid join token".into())),
+        }
+    }
+
+    /// Creates a join token valid for `ttl_ms`; answers it and its expiry.
+    pub async fn create_join_token(&self, ttl_ms: u64) -> Result<(String, u64), ServiceError> {
+        let token = transport::tls::new_join_token(self.tls.ca_fingerprint());
+        let expires_at_ms = now_ms().saturating_add(ttl_ms);
+        self.write(
+            Command::JoinTokenCreate {
+                token_sha256: transport::tls::token_digest(&token),
+                expires_at_ms,
+            },
+            None,
+        )
+        .await?;
+        Ok((token, expires_at_ms))
+    }
+
+    /// Checks that the members still count this node in: every second while it seems cut off
+    /// (no leader known, or not in its own membership), every 10 s otherwise (a removed
+    /// learner may never notice). A member that refuses it as removed makes the transport
+    /// report it (`Transport::removed`).
+    pub async fn watch_membership(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for round in 0u64.. {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if self.raft.is_leader() {
+                continue;
+            }
+            let m = self.metrics();
+            let membership = m.membership_config.membership();
+            let cut_off = m.current_leader.is_none() || membership.get_node(&self.id).is_none();
+            if !cut_off && round % 10 != 0 {
+                continue;
+            }
+            let peers: Vec<(NodeId, NodeInfo)> = membership
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, n)| (*id, n.clone()))
+                .collect();
+            for (id, n) in peers {
+                let hello = self.transport.call_node(
+                    id,
+                    &n.cluster_addr,
+                    &RpcRequest::Hello,
+                    Duration::from_secs(2),
+                );
+                if let Ok(RpcResponse::Hello) = hello.await {
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -42,11 +42,16 @@ pub struct ServeArgs {
     pub advertise_cluster_addr: Option<String>,
 
     /// Cluster address (HOST:PORT) of any current member, to join its cluster. Only used when
-    /// the data directory is empty.
+    /// the data directory is empty. The node makes its own key and receives a certificate
+    /// naming its new id, signed by the cluster CA (kept under `tls/` in the data dir).
     #[arg(long, env = "STACKD_JOIN")]
     pub join: Option<String>,
 
-    /// Join token printed by the first node (also in its data dir as `join-token`).
+    /// Join token `stk1.<CA fingerprint>.<secret>`: printed by the first node (also in its data
+    /// dir as `join-token`; it does not expire), or made by `stackd token create [--ttl 24h]`.
+    /// If the join is refused the node exits saying why: "invalid join token" (wrong secret),
+    /// "join token expired" (create another), "not signed by the cluster CA named in the join
+    /// token" (--join points at another cluster).
     #[arg(long, env = "STACKD_TOKEN")]
     pub token: Option<String>,
 

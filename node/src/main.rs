@@ -7,7 +7,7 @@ use node::client::lock::LockCmd;
 use node::client::queue::{QueueCmd, WorkerCmd};
 use node::client::session::SessionCmd;
 use node::client::txn::TxnCmd;
-use node::client::{ClusterCmd, KvCmd};
+use node::client::{ClusterCmd, KvCmd, TokenCmd};
 use node::config::ServeArgs;
 use tracing_subscriber::EnvFilter;
 
@@ -27,6 +27,13 @@ struct Cli {
 enum Cmd {
     /// Run a node. With an empty data dir and no --join it starts a new cluster and prints the
     /// command that joins another node; with an existing data dir it restarts that member.
+    ///
+    /// Security is always on: the first node creates a cluster CA; every node holds a
+    /// certificate signed by it that names its id, and every cluster connection is mutual TLS
+    /// checking the CA, the cluster and the node id. A joining node proves a join token (the
+    /// first node's, or one from `stackd token create`) and receives its certificate. A node
+    /// removed with `stackd cluster remove` exits when it learns it ("node N was removed from
+    /// cluster C; ..."): wipe its data dir and join again with a token to get a new id.
     Serve(Box<ServeArgs>),
     /// Read and write keys on any node.
     #[command(subcommand)]
@@ -55,6 +62,9 @@ enum Cmd {
     /// Load a backup into a new, empty data dir, from which `stackd serve` starts a new
     /// cluster with the same data (keys, revisions, locks, sessions, cache, queues).
     Restore(RestoreCmd),
+    /// Join tokens: `token create [--ttl 24h]` prints a new token for `serve --join`.
+    #[command(subcommand)]
+    Token(TokenCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +86,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Cluster(cmd) => node::client::cluster(cmd).await,
             Cmd::Backup(cmd) => node::client::backup::backup(cmd).await,
             Cmd::Restore(cmd) => node::client::backup::restore(cmd),
+            Cmd::Token(cmd) => node::client::token(cmd).await,
         }
     });
     match result {
@@ -98,9 +109,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     node::install_crypto_provider();
     let config = args.resolve()?;
     let node = node::server::Node::start(config).await?;
-    wait_for_signal().await;
+    let removed = tokio::select! {
+        _ = wait_for_signal() => None,
+        why = node.removed() => Some(why),
+    };
     node.shutdown().await;
-    Ok(())
+    match removed {
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(()),
+    }
 }
 
 async fn wait_for_signal() {

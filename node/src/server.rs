@@ -11,6 +11,7 @@ use storage::{codec, Db};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use transport::tls::NodeKey;
 use transport::{
     tls, ClusterTls, Gossip, GossipConfig, Limits, Network, RpcRequest, RpcResponse, Transport,
 };
@@ -29,11 +30,14 @@ struct Identity {
 
 const IDENTITY_KEY: &str = "node_identity";
 const JOIN_TOKEN_FILE: &str = "join-token";
+/// Written when the cluster answered that this node was removed; holds the message.
+const REMOVED_FILE: &str = "removed";
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
 pub struct Node {
     pub cluster: Arc<Cluster>,
     pub api_addr: std::net::SocketAddr,
+    removed: tokio::sync::watch::Receiver<Option<String>>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Gossip stops last, so the others see this node leave only once it has.
@@ -47,6 +51,10 @@ impl Node {
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        // A node that learnt it was removed stops here, before touching its state.
+        if let Ok(why) = std::fs::read_to_string(config.data_dir.join(REMOVED_FILE)) {
+            bail!("{}", why.trim());
+        }
         let db = Db::open(&config.data_dir.join("db")).context("opening RocksDB")?;
         let tls_dir = config.data_dir.join("tls");
         let info = NodeInfo {
@@ -66,33 +74,54 @@ impl Node {
                         id.node_id
                     );
                 }
-                let tls = ClusterTls::load(&tls_dir)?
-                    .context("data dir has an identity but no TLS credentials")?;
+                let tls = ClusterTls::load(&tls_dir)?.context(
+                    "data dir has an identity but no node certificate (made by an earlier \
+                     version?): wipe the data dir and join again with a token",
+                )?;
+                if tls.node_id != id.node_id || tls.cluster_id != id.cluster_id {
+                    bail!(
+                        "the node certificate names node {} of cluster {}, the data dir node {} \
+                         of cluster {}",
+                        tls.node_id,
+                        tls.cluster_id,
+                        id.node_id,
+                        id.cluster_id
+                    );
+                }
                 info!(node_id = id.node_id, cluster_id = %id.cluster_id, "restarting member from its data dir");
                 let token = std::fs::read_to_string(config.data_dir.join(JOIN_TOKEN_FILE)).ok();
                 (id, tls, token.filter(|_| id_is_founder(&db)))
             }
             None => match (&config.join, &config.token) {
                 (Some(join), Some(token)) => {
-                    let accepted = join_cluster(join, token, &info).await?;
-                    let tls = ClusterTls {
-                        cert_der: accepted.cert_der,
-                        key_der: accepted.key_der,
-                    };
+                    // The node's private key is made here and never leaves it; the leader
+                    // signs a certificate for its public half.
+                    let key = NodeKey::generate()?;
+                    let granted = join_cluster(join, token, &info, &key.public_key).await?;
+                    let tls = ClusterTls::joined(
+                        granted.ca_cert_der,
+                        granted.ca_key_der,
+                        granted.cert_der,
+                        key,
+                    )
+                    .context("the cluster's answer to the join")?;
+                    if tls.node_id != granted.node_id || tls.cluster_id != granted.cluster_id {
+                        bail!("the certificate the cluster issued does not name this node");
+                    }
                     tls.save(&tls_dir)?;
                     let id = Identity {
-                        node_id: accepted.node_id,
-                        cluster_id: accepted.cluster_id,
+                        node_id: granted.node_id,
+                        cluster_id: granted.cluster_id,
                     };
                     db.meta_put_sync(IDENTITY_KEY, &codec::encode(&id)?)?;
                     info!(node_id = id.node_id, cluster_id = %id.cluster_id, "joined cluster");
                     (id, tls, None)
                 }
                 _ => {
-                    let tls = ClusterTls::generate()?;
-                    tls.save(&tls_dir)?;
-                    let token = tls::new_join_token(tls.fingerprint());
                     let cluster_id = hex::encode(rand::random::<[u8; 8]>());
+                    let tls = ClusterTls::found(&cluster_id, 1)?;
+                    tls.save(&tls_dir)?;
+                    let token = tls::new_join_token(tls.ca_fingerprint());
                     let id = Identity {
                         node_id: 1,
                         cluster_id,
@@ -209,6 +238,32 @@ impl Node {
                 .clone()
                 .run_gossip_feed(inflight.clone(), shutdown.clone()),
         ));
+        tasks.push(tokio::spawn(
+            cluster.clone().watch_membership(shutdown.clone()),
+        ));
+        let removed = transport.removed();
+        {
+            // Remember a removal, so a restart from this data dir stops at once.
+            let mut removed = removed.clone();
+            let path = config.data_dir.join(REMOVED_FILE);
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    // A removal already reported wins over a shutdown under way.
+                    biased;
+                    r = removed.wait_for(|r| r.is_some()) => {
+                        if let Ok(why) = r {
+                            let why = why.clone().unwrap_or_default();
+                            tracing::error!("{why}");
+                            if let Err(e) = std::fs::write(&path, format!("{why}\n")) {
+                                warn!(error = %e, "cannot record the removal in the data dir");
+                            }
+                        }
+                    }
+                    _ = stop.cancelled() => {}
+                }
+            }));
+        }
 
         let listener = tokio::net::TcpListener::bind(config.api_addr)
             .await
@@ -234,11 +289,23 @@ impl Node {
         Ok(Node {
             cluster,
             api_addr,
+            removed,
             shutdown,
             tasks,
             gossip_shutdown,
             gossip_task,
         })
+    }
+
+    /// Waits until a member answers that this node was removed from the cluster; returns the
+    /// message saying so (the process should then stop: it can no longer take part).
+    pub async fn removed(&self) -> String {
+        let mut r = self.removed.clone();
+        let why = match r.wait_for(|r| r.is_some()).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => return std::future::pending().await,
+        };
+        why
     }
 
     /// Stops in order: stop accepting API requests, stop background work, shut Raft down,
@@ -279,27 +346,27 @@ async fn join_cluster(
     join: &str,
     token: &str,
     info: &NodeInfo,
-) -> anyhow::Result<transport::JoinAccepted> {
+    public_key: &[u8],
+) -> anyhow::Result<transport::JoinGranted> {
     let fp = tls::token_fingerprint(token).context("bad --token")?;
     let t = Transport::joining(fp, Limits::default())?;
-    let req = RpcRequest::Join {
+    let req = RpcRequest::JoinWithKey {
         token: token.to_string(),
         node: info.clone(),
+        public_key: public_key.to_vec(),
     };
     let mut last_err = String::new();
     for attempt in 1..=30 {
         match t.call(join, &req, Duration::from_secs(10)).await {
-            Ok(RpcResponse::Join(Ok(a))) => return Ok(a),
-            Ok(RpcResponse::Join(Err(transport::ServiceError::Refused(m)))) => {
+            Ok(RpcResponse::Joined(Ok(a))) => return Ok(a),
+            Ok(RpcResponse::Joined(Err(transport::ServiceError::Refused(m)))) => {
                 bail!("join refused by {join}: {m}")
             }
-            Ok(RpcResponse::Join(Err(e))) => last_err = e.to_string(),
+            Ok(RpcResponse::Joined(Err(e))) => last_err = e.to_string(),
             Ok(RpcResponse::Refused(m)) => bail!("join refused by {join}: {m}"),
             Ok(other) => bail!("unexpected answer from {join}: {other:?}"),
             Err(transport::Error::Connect { reason, .. }) if reason.contains("certificate") => {
-                bail!(
-                    "{join} is not the cluster named in the token (certificate mismatch): {reason}"
-                )
+                bail!("join refused: {join} is not the cluster named in the token: {reason}")
             }
             Err(e) => last_err = e.to_string(),
         }

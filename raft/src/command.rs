@@ -160,6 +160,16 @@ pub enum Command {
     KvCompact {
         revision: u64,
     },
+    /// Records a join token (by its SHA-256) that admits nodes until `expires_at_ms` (on the
+    /// proposer's clock when the token was made).
+    JoinTokenCreate {
+        token_sha256: String,
+        expires_at_ms: u64,
+    },
+    /// Records that node `id` was removed: its certificate is refused from now on.
+    NodeRemoved {
+        id: u64,
+    },
 }
 
 /// A job to enqueue. `run_at_ms` wins over `delay_ms`; neither means now.
@@ -342,6 +352,8 @@ impl fmt::Display for Command {
             Command::ScheduleSet { queue, name, .. } => write!(f, "schedule {queue}/{name}"),
             Command::ScheduleDelete { queue, name } => write!(f, "unschedule {queue}/{name}"),
             Command::KvCompact { revision } => write!(f, "kv-compact {revision}"),
+            Command::JoinTokenCreate { .. } => write!(f, "join-token-create"),
+            Command::NodeRemoved { id } => write!(f, "node-removed {id}"),
             Command::Txn(t) => write!(
                 f,
                 "txn ({} compares, {}/{} ops)",

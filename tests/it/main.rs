@@ -10,6 +10,7 @@ mod kv_cluster;
 mod locks;
 mod membership;
 mod queues;
+mod security;
 mod sessions;
 mod snapshots;
 mod storage_suite;

@@ -3,7 +3,7 @@
 //! `kill -9`, restarts from the data dir, lost quorum, pauses.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -235,6 +235,30 @@ impl ProcCluster {
             bail!("kill {sig} node {} failed: {status}", i + 1);
         }
         Ok(())
+    }
+
+    /// Waits (up to `timeout`) until node `i`'s process exits by itself; returns its status.
+    pub async fn wait_exit(&mut self, i: usize, timeout: Duration) -> Result<ExitStatus> {
+        let Some(child) = self.procs[i].as_mut() else {
+            bail!("node {} is not running", i + 1)
+        };
+        let status = wait_for(&format!("node {} to exit", i + 1), timeout, || {
+            std::future::ready(child.try_wait().ok().flatten())
+        })
+        .await?;
+        self.procs[i] = None;
+        Ok(status)
+    }
+
+    /// Node `i`'s data dir.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.root.path().join(format!("node{}", i + 1))
+    }
+
+    /// Node `i`'s whole log.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.root.path().join(format!("node{}.log", i + 1)))
+            .unwrap_or_default()
     }
 
     pub fn is_running(&self, i: usize) -> bool {

@@ -4,20 +4,21 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::alias::LogIdOf;
 use openraft::Snapshot;
 use quinn::{Connection, Endpoint};
-use raft::{NodeInfo, Raft, Request, SnapshotData, TypeConfig};
+use raft::{NodeId, NodeInfo, Raft, Request, SnapshotData, TypeConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::frame;
-use crate::rpc::{JoinAccepted, RpcRequest, RpcResponse, ServiceError, Written};
-use crate::tls::{self, ClusterTls};
+use crate::rpc::{JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
+use crate::tls::{self, ClusterTls, PeerId};
 
 /// Limits of the transport, each with a documented default.
 #[derive(Clone, Debug)]
@@ -67,20 +68,32 @@ pub trait Service: Send + Sync + 'static {
     fn forward(&self, req: Request) -> impl Future<Output = Result<Written, ServiceError>> + Send;
     /// The leader's read index for a follower's linearizable read.
     fn read_index(&self) -> impl Future<Output = Result<LogIdOf<TypeConfig>, ServiceError>> + Send;
-    /// Admits a new node that presents a join token.
+    /// Admits a new node that presents a join token and its public key.
     fn join(
         &self,
         token: String,
         node: NodeInfo,
-    ) -> impl Future<Output = Result<JoinAccepted, ServiceError>> + Send;
+        public_key: Vec<u8>,
+    ) -> impl Future<Output = Result<JoinGranted, ServiceError>> + Send;
+    /// Whether a peer whose certificate (already checked against the cluster CA) names `peer`
+    /// may be served; `Err` says why not (e.g. the node was removed).
+    fn admit_peer(&self, peer: &PeerId) -> Result<(), String>;
 }
+
+/// Which certificate a call expects the server to present.
+type ConnKey = (SocketAddr, Option<NodeId>);
 
 /// A node's QUIC endpoint.
 pub struct Transport {
     endpoint: Endpoint,
     client_config: quinn::ClientConfig,
-    conns: Mutex<HashMap<SocketAddr, Connection>>,
+    conns: Mutex<HashMap<ConnKey, Connection>>,
     limits: Limits,
+    /// Set when a member answers that this node was removed from the cluster.
+    removed: tokio::sync::watch::Sender<Option<String>>,
+    /// Peers refused at the TLS handshake, and the last reason.
+    refused: AtomicU64,
+    last_refusal: Mutex<Option<String>>,
 }
 
 impl Transport {
@@ -90,27 +103,29 @@ impl Transport {
         let tc = transport_config(&limits);
         let endpoint = Endpoint::server(tls.server_config(tc.clone())?, addr)?;
         let client_config = tls.client_config(tc)?;
-        Ok(Arc::new(Self {
+        Ok(Arc::new(Self::new(endpoint, client_config, limits)))
+    }
+
+    fn new(endpoint: Endpoint, client_config: quinn::ClientConfig, limits: Limits) -> Self {
+        Self {
             endpoint,
             client_config,
             conns: Mutex::new(HashMap::new()),
             limits,
-        }))
+            removed: tokio::sync::watch::channel(None).0,
+            refused: AtomicU64::new(0),
+            last_refusal: Mutex::new(None),
+        }
     }
 
     /// A client-only endpoint for a node that is not a member yet, pinning the cluster by the
-    /// certificate fingerprint in its join token.
+    /// CA certificate fingerprint in its join token.
     pub fn joining(fingerprint: [u8; 32], limits: Limits) -> Result<Arc<Self>> {
         let tc = transport_config(&limits);
         let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid addr");
         let endpoint = Endpoint::client(bind)?;
         let client_config = tls::join_client_config(fingerprint, tc)?;
-        Ok(Arc::new(Self {
-            endpoint,
-            client_config,
-            conns: Mutex::new(HashMap::new()),
-            limits,
-        }))
+        Ok(Arc::new(Self::new(endpoint, client_config, limits)))
     }
 
     pub fn limits(&self) -> &Limits {
@@ -119,6 +134,20 @@ impl Transport {
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Becomes `Some(reason)` once a member answers that this node was removed.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.removed.subscribe()
+    }
+
+    /// How many incoming connections failed the TLS handshake (a certificate of another CA
+    /// or cluster), and the last reason.
+    pub fn refused_handshakes(&self) -> (u64, Option<String>) {
+        (
+            self.refused.load(Ordering::Relaxed),
+            self.last_refusal.lock().expect("refusal lock").clone(),
+        )
     }
 
     async fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -135,17 +164,18 @@ impl Transport {
             })
     }
 
-    /// A live connection to `addr`, reusing the cached one.
-    pub async fn connection(&self, addr: &str) -> Result<Connection> {
+    /// A live connection to `addr`, reusing the cached one. With `node`, the server must
+    /// present that node's certificate; without, any member's.
+    pub async fn connection(&self, addr: &str, node: Option<NodeId>) -> Result<Connection> {
         let sa = Self::resolve(addr).await?;
-        if let Some(c) = self.conns.lock().expect("conns lock").get(&sa) {
+        if let Some(c) = self.conns.lock().expect("conns lock").get(&(sa, node)) {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
         }
         let connecting = self
             .endpoint
-            .connect_with(self.client_config.clone(), sa, tls::SERVER_NAME)
+            .connect_with(self.client_config.clone(), sa, &tls::server_name_for(node))
             .map_err(|e| Error::Connect {
                 addr: addr.into(),
                 reason: e.to_string(),
@@ -158,31 +188,55 @@ impl Transport {
             })?
             .map_err(|e| Error::Connect {
                 addr: addr.into(),
-                reason: e.to_string(),
+                reason: explain(&e),
             })?;
         self.conns
             .lock()
             .expect("conns lock")
-            .insert(sa, conn.clone());
+            .insert((sa, node), conn.clone());
         Ok(conn)
     }
 
-    /// Drops the cached connection to `addr` (after an error on it).
+    /// Drops the cached connections to `addr` (after an error on one).
     pub async fn forget(&self, addr: &str) {
         if let Ok(sa) = Self::resolve(addr).await {
-            self.conns.lock().expect("conns lock").remove(&sa);
+            self.conns
+                .lock()
+                .expect("conns lock")
+                .retain(|(a, _), _| *a != sa);
         }
     }
 
-    /// One request/response exchange on a new bi-stream to `addr`. `timeout` bounds the
-    /// exchange; connecting has its own limit (`Limits::connect_timeout`).
+    /// One request/response exchange on a new bi-stream to any member at `addr`. `timeout`
+    /// bounds the exchange; connecting has its own limit (`Limits::connect_timeout`).
     pub async fn call(
         &self,
         addr: &str,
         req: &RpcRequest,
         timeout: Duration,
     ) -> Result<RpcResponse> {
-        let conn = self.connection(addr).await?;
+        self.exchange(addr, None, req, timeout).await
+    }
+
+    /// Like [`call`](Self::call), to node `node`: the server must present its certificate.
+    pub async fn call_node(
+        &self,
+        node: NodeId,
+        addr: &str,
+        req: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse> {
+        self.exchange(addr, Some(node), req, timeout).await
+    }
+
+    async fn exchange(
+        &self,
+        addr: &str,
+        node: Option<NodeId>,
+        req: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse> {
+        let conn = self.connection(addr, node).await?;
         let fut = async {
             let (mut send, mut recv) = conn.open_bi().await?;
             frame::write_msg(&mut send, req, self.limits.max_frame_bytes).await?;
@@ -198,17 +252,27 @@ impl Transport {
             // idle timeout: connect afresh next time.
             self.forget(addr).await;
         }
+        self.check_removed(res)
+    }
+
+    fn check_removed(&self, res: Result<RpcResponse>) -> Result<RpcResponse> {
+        if let Ok(RpcResponse::Removed(reason)) = &res {
+            warn!(%reason, "a member says this node was removed from the cluster");
+            self.removed.send_replace(Some(reason.clone()));
+            return Err(Error::Removed(reason.clone()));
+        }
         res
     }
 
     /// Sends a snapshot to `addr` in chunks and returns the receiver's answer.
     pub async fn send_snapshot(
         &self,
+        node: NodeId,
         addr: &str,
         vote: openraft::alias::VoteOf<TypeConfig>,
         snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
     ) -> Result<RpcResponse> {
-        let conn = self.connection(addr).await?;
+        let conn = self.connection(addr, Some(node)).await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let data = snapshot.snapshot.into_inner();
         let head = RpcRequest::Snapshot {
@@ -221,7 +285,9 @@ impl Transport {
             frame::write_raw(&mut send, chunk, self.limits.max_frame_bytes).await?;
         }
         send.finish().map_err(|e| Error::Read(e.to_string()))?;
-        frame::read_msg::<RpcResponse>(&mut recv, self.limits.max_frame_bytes).await
+        self.check_removed(
+            frame::read_msg::<RpcResponse>(&mut recv, self.limits.max_frame_bytes).await,
+        )
     }
 
     /// Serves peers until `shutdown`: Raft RPCs go to `raft`, the rest to `service`.
@@ -243,16 +309,17 @@ impl Transport {
             let service = service.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
+                let remote = incoming.remote_address();
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
-                        debug!(error = %e, "incoming connection failed");
+                        this.refused_handshake(remote, &e);
                         return;
                     }
                 };
-                // A peer that presented a certificate passed the pinned check: it is a member.
-                let member = conn.peer_identity().is_some();
-                this.serve_connection(conn, member, raft, service, shutdown)
+                // A peer that presented a certificate passed the CA and cluster checks.
+                let peer = peer_of(&conn);
+                this.serve_connection(conn, peer, raft, service, shutdown)
                     .await;
             });
         }
@@ -260,10 +327,25 @@ impl Transport {
         info!("cluster transport stopped");
     }
 
+    fn refused_handshake(&self, remote: SocketAddr, e: &quinn::ConnectionError) {
+        let reason = explain(e);
+        match e {
+            // Handshake failures: a certificate this node does not accept, or the peer did not
+            // accept this node's.
+            quinn::ConnectionError::TransportError(_)
+            | quinn::ConnectionError::ConnectionClosed(_) => {
+                warn!(%remote, %reason, "refused a cluster connection");
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                *self.last_refusal.lock().expect("refusal lock") = Some(reason);
+            }
+            _ => debug!(%remote, %reason, "incoming connection failed"),
+        }
+    }
+
     async fn serve_connection<S: Service>(
         self: Arc<Self>,
         conn: Connection,
-        member: bool,
+        peer: Option<PeerId>,
         raft: Raft,
         service: Arc<S>,
         shutdown: CancellationToken,
@@ -279,11 +361,12 @@ impl Transport {
             let this = self.clone();
             let raft = raft.clone();
             let service = service.clone();
+            let peer = peer.clone();
             tokio::spawn(async move {
                 let limit = this.limits.max_frame_bytes;
                 let resp = match frame::read_msg::<RpcRequest>(&mut recv, limit).await {
                     Ok(req) => {
-                        this.dispatch(req, member, &raft, &*service, &mut recv)
+                        this.dispatch(req, peer.as_ref(), &raft, &*service, &mut recv)
                             .await
                     }
                     Err(e) => RpcResponse::Refused(format!("bad request: {e}")),
@@ -302,15 +385,28 @@ impl Transport {
     async fn dispatch<S: Service>(
         &self,
         req: RpcRequest,
-        member: bool,
+        peer: Option<&PeerId>,
         raft: &Raft,
         service: &S,
         recv: &mut quinn::RecvStream,
     ) -> RpcResponse {
-        if !member && !matches!(req, RpcRequest::Join { .. }) {
-            return RpcResponse::Refused(
-                "not a cluster member: only join is allowed without the cluster certificate".into(),
-            );
+        match peer {
+            None if !matches!(
+                req,
+                RpcRequest::Join { .. } | RpcRequest::JoinWithKey { .. }
+            ) =>
+            {
+                return RpcResponse::Refused(
+                    "not a cluster member: only join is allowed without a node certificate".into(),
+                );
+            }
+            Some(p) => {
+                if let Err(reason) = service.admit_peer(p) {
+                    warn!(peer = %p, %reason, "refused a request from a removed node");
+                    return RpcResponse::Removed(reason);
+                }
+            }
+            None => {}
         }
         match req {
             RpcRequest::Append(r) => {
@@ -365,13 +461,46 @@ impl Transport {
             }
             RpcRequest::Write(r) => RpcResponse::Write(service.forward(r).await),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(service.read_index().await),
-            RpcRequest::Join { token, node } => {
-                let res = service.join(token, node).await;
+            RpcRequest::Join { .. } => RpcResponse::Join(Err(ServiceError::Refused(
+                "this cluster issues a certificate to each node; upgrade the joining node".into(),
+            ))),
+            RpcRequest::JoinWithKey {
+                token,
+                node,
+                public_key,
+            } => {
+                let res = service.join(token, node, public_key).await;
                 if let Err(e) = &res {
                     warn!(error = %e, "join refused");
                 }
-                RpcResponse::Join(res)
+                RpcResponse::Joined(res)
             }
+            RpcRequest::Hello => RpcResponse::Hello,
         }
     }
+}
+
+/// The identity in the certificate a connected peer presented, if any.
+fn peer_of(conn: &Connection) -> Option<PeerId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    tls::peer_id(certs.first()?.as_ref()).ok()
+}
+
+/// A connection error in words: a TLS refusal by the peer says so and where to look.
+pub(crate) fn explain(e: &quinn::ConnectionError) -> String {
+    if let quinn::ConnectionError::ConnectionClosed(close) = e {
+        let code = u64::from(close.error_code);
+        if (0x100..0x200).contains(&code) {
+            let alert = code - 0x100;
+            return format!(
+                "the peer refused the TLS handshake (alert {alert}): it does not accept this \
+                 node's certificate (signed by another cluster's CA, or for another cluster); \
+                 its log says why"
+            );
+        }
+    }
+    e.to_string()
 }

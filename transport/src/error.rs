@@ -5,9 +5,9 @@ use thiserror::Error;
 pub enum Error {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
-    #[error("connection lost: {0}")]
+    #[error("connection lost: {}", crate::endpoint::explain(.0))]
     Connection(#[from] quinn::ConnectionError),
-    #[error("stream write failed: {0}")]
+    #[error("stream write failed: {}", write_error(.0))]
     Write(#[from] quinn::WriteError),
     #[error("stream read failed: {0}")]
     Read(String),
@@ -23,6 +23,17 @@ pub enum Error {
     Refused(String),
     #[error("timed out after {0} ms")]
     Timeout(u64),
+    #[error("{0}")]
+    Removed(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn write_error(e: &quinn::WriteError) -> String {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => {
+            format!("connection lost: {}", crate::endpoint::explain(c))
+        }
+        other => other.to_string(),
+    }
+}

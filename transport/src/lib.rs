@@ -1,7 +1,7 @@
 //! stackd's cluster transport. This is the only crate that names `quinn` and `foca`.
 //!
 //! # Layout
-//! - [`tls`]: the cluster certificate, pinned mutual TLS and join tokens.
+//! - [`tls`]: the cluster CA, node certificates, mutual TLS with identity checks, join tokens.
 //! - [`frame`]: length-prefixed frames on QUIC streams.
 //! - [`rpc`]: the request and response messages between nodes.
 //! - [`endpoint`]: the node's QUIC endpoint: cached outgoing connections, one bi-stream per
@@ -21,5 +21,5 @@ pub use endpoint::{Limits, Service, Transport};
 pub use error::{Error, Result};
 pub use gossip::{Gossip, GossipConfig, Liveness, NodeMeta, PeerView};
 pub use network::Network;
-pub use rpc::{JoinAccepted, RpcRequest, RpcResponse, ServiceError, Written};
+pub use rpc::{JoinAccepted, JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
 pub use tls::ClusterTls;

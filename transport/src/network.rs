@@ -56,7 +56,7 @@ pub struct Peer {
 
 fn to_rpc_error(e: Error) -> RPCError<TypeConfig> {
     match e {
-        Error::Connect { .. } | Error::Refused(_) | Error::Tls(_) => {
+        Error::Connect { .. } | Error::Refused(_) | Error::Tls(_) | Error::Removed(_) => {
             RPCError::Unreachable(Unreachable::new(&e))
         }
         other => RPCError::Network(NetworkError::new(&other)),
@@ -85,7 +85,7 @@ impl Peer {
         option: &RPCOption,
     ) -> Result<RpcResponse, RPCError<TypeConfig>> {
         self.transport
-            .call(&self.addr, &req, option.hard_ttl())
+            .call_node(self.target, &self.addr, &req, option.hard_ttl())
             .await
             .map_err(to_rpc_error)
     }
@@ -150,7 +150,9 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             bytes = snapshot.snapshot.get_ref().len(),
             "sending snapshot"
         );
-        let send = self.transport.send_snapshot(&self.addr, vote, snapshot);
+        let send = self
+            .transport
+            .send_snapshot(self.target, &self.addr, vote, snapshot);
         tokio::pin!(cancel);
         let resp = tokio::select! {
             closed = &mut cancel => return Err(StreamingError::Closed(closed)),

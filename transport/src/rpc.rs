@@ -34,6 +34,17 @@ pub enum RpcRequest {
     /// A client write forwarded to the leader, answered with the log index it took, so the
     /// follower can wait until the write is visible in its own state.
     Write(Request),
+    /// A new node asks to join with a key it generated; answered by [`RpcResponse::Joined`]
+    /// with a certificate for that key. Allowed without a certificate, like `Join`.
+    JoinWithKey {
+        token: String,
+        node: NodeInfo,
+        /// The joiner's public key (uncompressed P-256 point).
+        public_key: Vec<u8>,
+    },
+    /// A member checks that the cluster still counts it in (answered by `Hello`, or by
+    /// `Removed` when its id was removed).
+    Hello,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,6 +60,11 @@ pub enum RpcResponse {
     /// The request is not allowed on this connection or is malformed.
     Refused(String),
     Write(Result<Written, ServiceError>),
+    Joined(Result<JoinGranted, ServiceError>),
+    /// The caller's certificate names a node that was removed from the cluster: the text
+    /// says which node and what to do.
+    Removed(String),
+    Hello,
 }
 
 /// A committed and applied write: its result and the index of its log entry.
@@ -75,11 +91,23 @@ pub enum ServiceError {
     Refused(String),
 }
 
-/// What a joining node receives: its identity and the cluster's TLS credentials.
+/// What a node of an earlier version received when joining (the shared cluster certificate
+/// and key); no longer issued.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinAccepted {
     pub node_id: NodeId,
     pub cluster_id: String,
     pub cert_der: Vec<u8>,
     pub key_der: Vec<u8>,
+}
+
+/// What a joining node receives: its id, a certificate naming it (for the key it sent), and
+/// the cluster CA with its key (the cluster-wide secret every member holds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinGranted {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub cert_der: Vec<u8>,
+    pub ca_cert_der: Vec<u8>,
+    pub ca_key_der: Vec<u8>,
 }

@@ -105,6 +105,18 @@ pub async fn remove(
         .await
         .map_err(raft_error)?;
     tracing::info!(node = id, "member removed");
+    // Recorded once it is out of the membership (a removed leader must still reach the others
+    // to commit the change): from now on its certificate is refused and, when it calls, it
+    // is told it was removed.
+    st.cluster
+        .write(raft::Command::NodeRemoved { id }, None)
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!(
+                "node {id} left the membership, but recording its removal failed ({e}); \
+                 its certificate is still accepted"
+            ))
+        })?;
     Ok(Json(json!({ "removed": id })).into_response())
 }
 
@@ -242,4 +254,39 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+// ---- Join tokens ----
+
+/// Longest lifetime of a created join token: one year.
+pub const MAX_TOKEN_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
+/// Lifetime of a created join token when none is given: 24 hours.
+pub const DEFAULT_TOKEN_TTL_MS: u64 = 24 * 3600 * 1000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    ttl_ms: Option<u64>,
+}
+
+/// `POST /v1/cluster/tokens`: a new join token, valid for `ttl_ms`.
+pub async fn create_token(State(st): St, body: Bytes) -> ApiResult<Response> {
+    let body: TokenBody = if body.is_empty() {
+        TokenBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
+    };
+    let ttl_ms = body.ttl_ms.unwrap_or(DEFAULT_TOKEN_TTL_MS);
+    if ttl_ms == 0 || ttl_ms > MAX_TOKEN_TTL_MS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_ms must be between 1 and {MAX_TOKEN_TTL_MS}"
+        )));
+    }
+    let (token, expires_at_ms) = st.cluster.create_join_token(ttl_ms).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "expires_at_ms": expires_at_ms })),
+    )
+        .into_response())
 }

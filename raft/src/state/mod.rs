@@ -15,7 +15,8 @@
 //! - [`cache`]: the bounded cache with tags.
 //!
 //! Key layout in the `sm` column family:
-//! - `m:state` → [`Meta`]; `m:locks` → the last fence; `m:cache` → cache counters
+//! - `m:state` → [`Meta`]; `m:locks` → the last fence; `m:cache` → cache counters;
+//!   `m:security` → [`Security`] (join tokens, removed nodes)
 //! - `k:<key>` → [`KvEntry`], `l:<name>` → [`LockEntry`], `s:<id>` → [`SessionEntry`],
 //!   `c:<key>` → [`CacheEntry`]
 //! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
@@ -25,6 +26,7 @@ mod cache;
 mod kv;
 mod locks;
 mod queues;
+mod security;
 mod sessions;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +41,7 @@ pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
     next_fire_ms, Job, JobState, QueueStats, Schedule, BACKOFF_MAX_MS, CRON_CATCH_UP_MAX,
 };
+pub use security::{Security, EXPIRED_TOKEN_KEPT_MS, SECURITY_KEY};
 pub use sessions::SessionEntry;
 
 use crate::command::{Command, Compare, Request, Response, Txn};
@@ -82,6 +85,8 @@ pub struct State {
     sessions: sessions::Sessions,
     cache: cache::Cache,
     queues: queues::Queues,
+    /// Join tokens and removed nodes.
+    pub security: Security,
     idem: BTreeMap<String, IdemRecord>,
     idem_ttl: BTreeSet<(u64, String)>,
 }
@@ -110,6 +115,7 @@ impl State {
         state.sessions = sessions::Sessions::load(db)?;
         state.cache = cache::Cache::load(db)?;
         state.queues = queues::Queues::load(db, state.meta.now_ms)?;
+        state.security = Security::load(db)?;
         for (k, v) in db.sm_scan_prefix(IDEM_PREFIX)? {
             let key = unprefixed(IDEM_PREFIX, &k)?;
             let rec: IdemRecord = codec::decode(&v)?;
@@ -270,6 +276,13 @@ impl State {
             Command::KvCompact { revision } => Response::Compacted {
                 compact_revision: self.kv.compact(*revision, self.meta.revision, batch),
             },
+            Command::JoinTokenCreate {
+                token_sha256,
+                expires_at_ms,
+            } => self
+                .security
+                .create_token(token_sha256, *expires_at_ms, now, batch),
+            Command::NodeRemoved { id } => self.security.node_removed(*id, batch),
         }
     }
 
@@ -1364,5 +1377,68 @@ mod persistence_tests {
         assert_eq!(r.compact_revision(), 5);
         assert_eq!(r.kv_events_since("", 6, 10), s.kv_events_since("", 6, 10));
         assert_eq!(r.kv_history_len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+
+    #[test]
+    fn join_tokens_and_removed_nodes_are_replicated_state_and_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::default();
+        let day = 24 * 3600 * 1000;
+        let commands = [
+            // A token that expires at 2 days, one at 20 days.
+            (
+                1_000,
+                Command::JoinTokenCreate {
+                    token_sha256: "old".into(),
+                    expires_at_ms: 2 * day,
+                },
+            ),
+            (
+                2_000,
+                Command::JoinTokenCreate {
+                    token_sha256: "new".into(),
+                    expires_at_ms: 20 * day,
+                },
+            ),
+            (3_000, Command::NodeRemoved { id: 3 }),
+            (4_000, Command::NodeRemoved { id: 3 }),
+            (5_000, Command::AllocateNodeId),
+        ];
+        for (stamp, command) in commands {
+            let mut batch = SmBatch::default();
+            s.apply(&tests::req(stamp, command), &mut batch);
+            s.persist_meta(&mut batch);
+            db.sm_write(batch).unwrap();
+        }
+        assert_eq!(s.security.join_tokens.len(), 2);
+        assert_eq!(
+            s.security.removed_nodes.iter().copied().collect::<Vec<_>>(),
+            vec![3]
+        );
+        let r = State::load(&db).unwrap();
+        assert_eq!(r.security, s.security);
+
+        // A token expired longer than EXPIRED_TOKEN_KEPT_MS is forgotten when the next one is
+        // made; the other stays.
+        let later = 2 * day + EXPIRED_TOKEN_KEPT_MS + 1;
+        let mut batch = SmBatch::default();
+        s.apply(
+            &tests::req(
+                later,
+                Command::JoinTokenCreate {
+                    token_sha256: "third".into(),
+                    expires_at_ms: later + day,
+                },
+            ),
+            &mut batch,
+        );
+        let names: Vec<&str> = s.security.join_tokens.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["new", "third"]);
     }
 }

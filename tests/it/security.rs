@@ -1,0 +1,355 @@
+//! Secure joins and node identity: tokens (wrong, expired, created), certificates of another
+//! cluster, the peer's node id, removed nodes and never-reused ids.
+
+use std::process::Command;
+use std::time::Duration;
+
+use node::server::Node;
+use tempfile::TempDir;
+use tests::http::{self, wait_for};
+use tests::inproc::{config, InprocCluster};
+use tests::process::{stackd_bin, ProcCluster};
+use transport::tls::{self, ClusterTls, NOT_OUR_CA};
+use transport::{Limits, RpcRequest, RpcResponse, Transport};
+
+/// The node certificate a node keeps in its data dir.
+fn credentials(data_dir: &std::path::Path) -> ClusterTls {
+    ClusterTls::load(&data_dir.join("tls"))
+        .unwrap()
+        .expect("the data dir holds node credentials")
+}
+
+/// A member-like endpoint on `ip` holding `creds`.
+fn endpoint(ip: &str, creds: &ClusterTls) -> std::sync::Arc<Transport> {
+    let addr = format!("{ip}:0").parse().unwrap();
+    Transport::bind(addr, creds, Limits::default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
+    let c = InprocCluster::start(1).await.unwrap();
+    let http = http::client();
+    let join = c.configs[0].advertise_cluster_addr.clone();
+    let api = c.configs[0].advertise_api_addr.clone();
+    let founding = std::fs::read_to_string(c.configs[0].data_dir.join("join-token")).unwrap();
+
+    // The right cluster CA, a wrong secret: the leader refuses and the joiner says why.
+    let (prefix, _) = founding.trim().rsplit_once('.').unwrap();
+    let d = TempDir::new().unwrap();
+    let err = Node::start(config(
+        d.path(),
+        "127.0.0.2",
+        Some((join.clone(), format!("{prefix}.{}", "00".repeat(16)))),
+    ))
+    .await
+    .err()
+    .expect("a wrong token must not join");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("join refused") && msg.contains("invalid join token"),
+        "{msg}"
+    );
+
+    // A token that expired: refused as expired.
+    let r = http
+        .post(format!("http://{api}/v1/cluster/tokens"))
+        .json(&serde_json::json!({ "ttl_ms": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let short = v["token"].as_str().unwrap().to_string();
+    let expires = v["expires_at_ms"].as_u64().unwrap();
+    wait_for("the token to expire", Duration::from_secs(5), || async {
+        (node::cluster::now_ms() > expires).then_some(())
+    })
+    .await
+    .unwrap();
+    let d = TempDir::new().unwrap();
+    let err = Node::start(config(d.path(), "127.0.0.3", Some((join.clone(), short))))
+        .await
+        .err()
+        .expect("an expired token must not join");
+    assert!(format!("{err:#}").contains("join token expired"), "{err:#}");
+
+    // A bad TTL is a 400.
+    let r = http
+        .post(format!("http://{api}/v1/cluster/tokens"))
+        .json(&serde_json::json!({ "ttl_ms": 0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // `stackd token create` prints a token that joins.
+    let out = Command::new(stackd_bin())
+        .args(["token", "create", "--ttl", "1h", "--addr", &api])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("stk1."), "{token}");
+    let d = TempDir::new().unwrap();
+    let joined = Node::start(config(d.path(), "127.0.0.4", Some((join, token))))
+        .await
+        .expect("a created token joins");
+    // No id was spent on the refused joins; the new node's certificate names it.
+    assert_eq!(joined.cluster.id, 2);
+    let status = http::cluster(&http, &format!("http://{api}"))
+        .await
+        .unwrap();
+    let creds = credentials(d.path());
+    assert_eq!(creds.node_id, 2);
+    assert_eq!(creds.cluster_id, status["cluster_id"].as_str().unwrap());
+    assert_eq!(
+        tls::peer_id(&creds.cert_der).unwrap().uri(),
+        format!("stackd://{}/node/2", creds.cluster_id)
+    );
+    // Every member holds the same cluster secret, so the gossip key agrees.
+    assert_eq!(
+        creds.gossip_key(),
+        credentials(&c.configs[0].data_dir).gossip_key()
+    );
+    joined.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_cluster_is_refused_on_both_sides() {
+    let a = InprocCluster::start(1).await.unwrap();
+    let b = InprocCluster::start(1).await.unwrap();
+    let a_creds = credentials(&a.configs[0].data_dir);
+    let b_creds = credentials(&b.configs[0].data_dir);
+    let a_addr = a.configs[0].advertise_cluster_addr.clone();
+    let b_addr = b.configs[0].advertise_cluster_addr.clone();
+    let t = Duration::from_secs(5);
+
+    // Node 1 of B calls node 1 of A, and the other way round: each refuses the other's
+    // certificate and says why.
+    let err = endpoint("127.0.0.5", &b_creds)
+        .call_node(1, &a_addr, &RpcRequest::Hello, t)
+        .await
+        .expect_err("B must not accept A's certificate");
+    assert!(err.to_string().contains(NOT_OUR_CA), "{err}");
+    let err = endpoint("127.0.0.5", &a_creds)
+        .call_node(1, &b_addr, &RpcRequest::Hello, t)
+        .await
+        .expect_err("A must not accept B's certificate");
+    assert!(err.to_string().contains(NOT_OUR_CA), "{err}");
+
+    // The server side: a client that trusts A but presents B's node certificate. A refuses
+    // it at the handshake and records why; the client is told the peer refused it.
+    let (before, _) = a.nodes[0]
+        .as_ref()
+        .unwrap()
+        .cluster
+        .transport
+        .refused_handshakes();
+    let mixed = ClusterTls {
+        cert_der: b_creds.cert_der.clone(),
+        key_der: b_creds.key_der.clone(),
+        ..a_creds.clone()
+    };
+    let err = endpoint("127.0.0.5", &mixed)
+        .call_node(1, &a_addr, &RpcRequest::Hello, t)
+        .await
+        .expect_err("A must refuse B's certificate");
+    assert!(err.to_string().contains("refused"), "{err}");
+    let a_transport = a.nodes[0].as_ref().unwrap().cluster.transport.clone();
+    let reason = wait_for("A to record the refusal", t, || async {
+        let (n, why) = a_transport.refused_handshakes();
+        (n > before).then_some(why)
+    })
+    .await
+    .unwrap()
+    .unwrap_or_default();
+    assert!(reason.contains(NOT_OUR_CA), "{reason}");
+
+    // With A's own credentials, asking for a node the server is not: refused by the client.
+    let err = endpoint("127.0.0.5", &a_creds)
+        .call_node(7, &a_addr, &RpcRequest::Hello, t)
+        .await
+        .expect_err("node 1 must not pass for node 7");
+    assert!(
+        err.to_string()
+            .contains("peer certificate names node 1, but node 7 was dialled"),
+        "{err}"
+    );
+    // And the right node answers.
+    let ok = endpoint("127.0.0.5", &a_creds)
+        .call_node(1, &a_addr, &RpcRequest::Hello, t)
+        .await
+        .unwrap();
+    assert!(matches!(ok, RpcResponse::Hello), "{ok:?}");
+
+    // A node of B that tries to join A with B's token never sends it: A's CA is not the
+    // token's.
+    let b_token = std::fs::read_to_string(b.configs[0].data_dir.join("join-token")).unwrap();
+    let d = TempDir::new().unwrap();
+    let err = Node::start(config(
+        d.path(),
+        "127.0.0.6",
+        Some((a_addr.clone(), b_token.trim().to_string())),
+    ))
+    .await
+    .err()
+    .expect("B's token must not open A");
+    assert!(
+        format!("{err:#}").contains("not signed by the cluster CA named in the join token"),
+        "{err:#}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Real processes: remove node 3, its process learns it was removed and stops, a restart from
+/// its data dir stops with the same message, members refuse its certificate, and the next
+/// node to join gets id 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_cannot_rejoin_under_its_old_id() {
+    let mut c = ProcCluster::start(3).await.unwrap();
+    let http = http::client();
+    let leader = c.wait_voters(3, &[0, 1, 2]).await.unwrap();
+    let gone = 3u64;
+    let gi = c.index_of(gone);
+    let stays: Vec<usize> = (0..3).filter(|i| *i != gi).collect();
+    if leader == gone {
+        let to = c.ids[stays[0]];
+        let r = http
+            .post(format!("{}/v1/cluster/leader/transfer", c.bases[stays[0]]))
+            .json(&serde_json::json!({ "to": to }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let cluster_id = http::cluster(&http, &c.bases[stays[0]]).await.unwrap()["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let out = Command::new(stackd_bin())
+        .args([
+            "cluster",
+            "remove",
+            &gone.to_string(),
+            "--addr",
+            &c.api_addrs[stays[0]],
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = format!(
+        "node {gone} was removed from cluster {cluster_id}; wipe the data dir and join again"
+    );
+
+    // The running node finds out by itself (its calls are answered "removed") and stops.
+    let status = c.wait_exit(gi, Duration::from_secs(30)).await.unwrap();
+    assert!(!status.success());
+    assert!(c.log(gi).contains(&expected), "{}", c.log_tail(gi));
+
+    // Restarted from its data dir, it stops again with the same message.
+    let before = c.log(gi).matches(&expected).count();
+    c.restart(gi).unwrap();
+    let status = c.wait_exit(gi, Duration::from_secs(30)).await.unwrap();
+    assert!(!status.success());
+    assert!(
+        c.log(gi).matches(&expected).count() > before,
+        "{}",
+        c.log_tail(gi)
+    );
+
+    // Its certificate is refused by the members, with the same words.
+    let creds = credentials(&c.data_dir(gi));
+    assert_eq!(creds.node_id, gone);
+    let err = endpoint("127.0.0.7", &creds)
+        .call_node(
+            c.ids[stays[0]],
+            &c.cluster_addrs[stays[0]],
+            &RpcRequest::Hello,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("a removed node's certificate must be refused");
+    assert!(err.to_string().contains(&expected), "{err}");
+
+    // The cluster does not list it.
+    for &i in &stays {
+        let s = http::cluster(&http, &c.bases[i]).await.unwrap();
+        let ids: Vec<u64> = s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["id"].as_u64())
+            .collect();
+        assert!(!ids.contains(&gone), "{s}");
+    }
+
+    // The next node to join gets an id never used before.
+    let out = Command::new(stackd_bin())
+        .args(["token", "create", "--addr", &c.api_addrs[stays[1]]])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    node::install_crypto_provider();
+    let d = TempDir::new().unwrap();
+    let newcomer = Node::start(config(
+        d.path(),
+        "127.0.0.8",
+        Some((c.cluster_addrs[stays[0]].clone(), token)),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(newcomer.cluster.id, 4);
+    let base = c.bases[stays[0]].clone();
+    wait_for("node 4 listed", Duration::from_secs(30), || async {
+        let s = http::cluster(&http, &base).await?;
+        let ids: Vec<u64> = s["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["id"].as_u64())
+            .collect();
+        (ids.contains(&4) && !ids.contains(&gone)).then_some(())
+    })
+    .await
+    .unwrap();
+    newcomer.shutdown().await;
+}
+
+/// A removed learner never campaigns, so it finds out from its periodic check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_learner_finds_out_it_was_removed() {
+    let c = InprocCluster::start(4).await.unwrap();
+    let http = http::client();
+    let learner = c.nodes[3].as_ref().unwrap();
+    assert_eq!(learner.cluster.id, 4);
+    let r = http
+        .post(format!("{}/v1/cluster/members/4/remove", c.bases[0]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let why = tokio::time::timeout(Duration::from_secs(30), learner.removed())
+        .await
+        .expect("the removed learner is told within its check period");
+    assert!(why.starts_with("node 4 was removed from cluster"), "{why}");
+    // It remembers: a start from its data dir stops at once with the same message.
+    let mut c = c;
+    c.stop(3).await;
+    let err = c
+        .restart(3)
+        .await
+        .expect_err("a removed node must not start");
+    assert_eq!(format!("{err:#}"), why);
+    c.shutdown().await;
+}
