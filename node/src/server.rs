@@ -323,8 +323,17 @@ impl Node {
         }
         info!("shutting down: stopping API and background tasks");
         self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        for mut t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(5), &mut t)
+                .await
+                .is_err()
+            {
+                // Dropping a task that did not stop releases what it holds (the API's
+                // handle on RocksDB among them), so the data dir can be opened again.
+                warn!("a background task did not stop within 5 s; aborting it");
+                t.abort();
+                let _ = t.await;
+            }
         }
         info!("shutting down raft");
         if let Err(e) = self.cluster.raft.shutdown().await {

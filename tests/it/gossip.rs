@@ -277,25 +277,27 @@ async fn replace_a_dead_voter(kill_leader: bool) {
     assert!(after.voters.contains(&spare), "{after:?}");
     assert!(after.learners.is_empty(), "{after:?}");
 
-    // The leader says what it did.
+    // The leader says what it did (it records an action once its change has committed,
+    // which every node may apply a moment before the leader's call returns).
     let leader = c.index_of(after.leader);
-    let s = http::cluster(&http, &c.bases[leader]).await.unwrap();
-    let actions: Vec<(String, u64)> = s["autopilot"]["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["action"].as_str().unwrap().to_string(),
-                a["node"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert!(
-        actions.contains(&("add_voter".into(), spare))
-            && actions.contains(&("remove_voter".into(), dead)),
-        "{actions:?}"
-    );
+    let base = c.bases[leader].clone();
+    wait_for(
+        "the leader to list both autopilot actions",
+        Duration::from_secs(10),
+        || async {
+            let s = http::cluster(&http, &base).await?;
+            let actions: Vec<(String, u64)> = s["autopilot"]["actions"]
+                .as_array()?
+                .iter()
+                .filter_map(|a| Some((a["action"].as_str()?.to_string(), a["node"].as_u64()?)))
+                .collect();
+            (actions.contains(&("add_voter".into(), spare))
+                && actions.contains(&("remove_voter".into(), dead)))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap();
 
     tracing::info!("phase: the cluster still takes writes");
     let (status, body) = http::put(&http, &c.bases[rest[0]], "after-replace", "ok")
