@@ -1,6 +1,8 @@
 //! stackd's integration tests, one binary (see ARCHITECTURE.md "Testing").
 
 mod cache;
+mod channels;
+mod channels_proc;
 mod errors;
 mod faults;
 mod history;

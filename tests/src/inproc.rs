@@ -38,6 +38,11 @@ pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Conf
         max_inflight_requests: 4096,
         cache_max_entries: 100_000,
         cache_max_bytes: 256 << 20,
+        channel_retention: node::config::parse_retention("").expect("default retention"),
+        ws_send_buffer_bytes: 4 << 20,
+        ws_catch_up_events_per_sec: 10_000,
+        ws_max_connections: 10_000,
+        presence_lease_ms: 6_000,
     }
 }
 
