@@ -10,6 +10,7 @@
 
 mod cache;
 mod channels;
+mod history;
 mod locks;
 mod ops;
 mod queues;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
     pub hub: Arc<crate::realtime::Hub>,
+    /// The node's RocksDB, for streaming backups.
+    pub db: storage::Db,
 }
 
 type St = State<Arc<AppState>>;
@@ -53,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/kv", get(list_kv))
         .route("/v1/kv/{key}", get(get_kv).put(put_kv).delete(delete_kv))
         .route("/v1/txn", post(txn::txn))
+        .route("/v1/history", get(history::kv_history))
         .route("/v1/locks/{name}", get(locks::inspect))
         .route("/v1/locks/{name}/acquire", post(locks::acquire))
         .route("/v1/locks/{name}/renew", post(locks::renew))
@@ -104,6 +108,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/members/{id}/promote", post(ops::promote))
         .route("/v1/cluster/leader/transfer", post(ops::transfer))
         .route("/v1/cluster/snapshot", post(ops::snapshot))
+        .route("/v1/cluster/compact", post(history::compact))
+        .route("/v1/cluster/backup", get(ops::backup))
         .route("/v1/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -494,9 +500,13 @@ async fn cluster_status(State(st): St) -> Json<Value> {
     let membership = m.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
     let is_leader = m.state == ServerState::Leader;
-    let (cluster_id, revision) = {
+    let (cluster_id, revision, compact_revision) = {
         let s = c.state.read().expect("state lock");
-        (s.meta.cluster_id.clone(), s.meta.revision)
+        (
+            s.meta.cluster_id.clone(),
+            s.meta.revision,
+            s.compact_revision(),
+        )
     };
     let members: Vec<Value> = membership
         .nodes()
@@ -549,10 +559,10 @@ async fn cluster_status(State(st): St) -> Json<Value> {
         "term": m.current_term,
         "commit_index": m.local_committed.map(|l| l.index).unwrap_or(0),
         "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0),
+        "snapshot_index": m.snapshot.map(|l| l.index),
+        "purged_index": m.purged.map(|l| l.index),
         "revision": revision,
-        // History of old revisions is not retained yet: nothing below the current revision
-        // can be read back.
-        "compact_revision": revision,
+        "compact_revision": compact_revision,
         "members": members,
     }))
 }

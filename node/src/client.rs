@@ -6,6 +6,7 @@
 //! - [`lock`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the other
 //!   primitives.
 
+pub mod backup;
 pub mod cache;
 pub mod lock;
 pub mod queue;

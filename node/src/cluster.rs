@@ -384,7 +384,35 @@ impl Cluster {
             if last_promote_check.elapsed() >= Duration::from_millis(500) {
                 last_promote_check = Instant::now();
                 self.promote_caught_up_learner().await;
+                self.compact_kv_history().await;
             }
+        }
+    }
+
+    /// Proposes a compaction once the key-value history holds more than 10% past its bound,
+    /// keeping the last `kv_history_revisions` revisions.
+    async fn compact_kv_history(&self) {
+        let keep = self.config.kv_history_revisions;
+        let (revision, compacted) = {
+            let st = self.state.read().expect("state lock");
+            (st.meta.revision, st.compact_revision())
+        };
+        if revision.saturating_sub(compacted) <= keep + keep / 10 {
+            return;
+        }
+        let req = Request {
+            stamp_ms: 0,
+            idempotency_key: None,
+            command: Command::KvCompact {
+                revision: revision - keep,
+            },
+        };
+        match self.write_local(req).await {
+            Ok(_) => info!(
+                compact_revision = revision - keep,
+                "key-value history compacted"
+            ),
+            Err(e) => warn!(error = %e, "compaction proposal failed"),
         }
     }
 

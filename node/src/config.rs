@@ -88,6 +88,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STACKD_MAX_INFLIGHT_REQUESTS")]
     pub max_inflight_requests: Option<usize>,
 
+    /// Key-value revisions whose history is kept for watches and history reads; the leader
+    /// compacts older history [default: 10000].
+    #[arg(long, env = "STACKD_KV_HISTORY_REVISIONS")]
+    pub kv_history_revisions: Option<u64>,
+
     // --- Channels and WebSocket ---
     /// History retention of channels by name prefix: comma-separated `PREFIX=EVENTS:AGE_MS`
     /// rules; the longest matching prefix wins, and channels no rule matches keep 1000 events
@@ -181,6 +186,7 @@ pub struct Config {
     pub max_inflight_requests: usize,
     pub cache_max_entries: u64,
     pub cache_max_bytes: u64,
+    pub kv_history_revisions: u64,
     /// Channel retention rules, longest prefix first (the last has the empty prefix).
     pub channel_retention: Vec<RetentionRule>,
     pub ws_send_buffer_bytes: usize,
@@ -279,6 +285,7 @@ impl ServeArgs {
             presence_lease_ms: pick!(presence_lease_ms)
                 .unwrap_or(6_000)
                 .clamp(300, 600_000),
+            kv_history_revisions: pick!(kv_history_revisions).unwrap_or(10_000).max(1),
         })
     }
 }

@@ -11,6 +11,7 @@
 //! - [`openapi`]: the API reference served at `/v1/openapi.json`.
 
 pub mod api;
+pub mod backup;
 pub mod client;
 pub mod cluster;
 pub mod config;

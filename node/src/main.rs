@@ -1,6 +1,7 @@
 //! `stackd`: one binary for the server and its command-line client.
 
 use clap::{Parser, Subcommand};
+use node::client::backup::{BackupCmd, RestoreCmd};
 use node::client::cache::CacheCmd;
 use node::client::lock::LockCmd;
 use node::client::queue::{QueueCmd, WorkerCmd};
@@ -49,6 +50,11 @@ enum Cmd {
     /// Inspect and operate the cluster: status, remove, promote, transfer-leader, snapshot.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Stream a consistent, checksummed backup of the cluster's state into a file.
+    Backup(BackupCmd),
+    /// Load a backup into a new, empty data dir, from which `stackd serve` starts a new
+    /// cluster with the same data (keys, revisions, locks, sessions, cache, queues).
+    Restore(RestoreCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +74,8 @@ fn main() -> std::process::ExitCode {
             Cmd::Queue(cmd) => node::client::queue::run(cmd).await,
             Cmd::Worker(cmd) => node::client::queue::worker(cmd).await,
             Cmd::Cluster(cmd) => node::client::cluster(cmd).await,
+            Cmd::Backup(cmd) => node::client::backup::backup(cmd).await,
+            Cmd::Restore(cmd) => node::client::backup::restore(cmd),
         }
     });
     match result {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use openraft::async_runtime::WatchReceiver;
 use raft::{LogStore, NodeId, NodeInfo, StateMachine};
 use serde::{Deserialize, Serialize};
 use storage::{codec, Db};
@@ -157,6 +158,7 @@ impl Node {
                 .init_cluster_state(identity.cluster_id.clone(), token)
                 .await
                 .map_err(|e| anyhow::anyhow!("recording the cluster's join token: {e}"))?;
+            seal_restored_state(&raft, identity.node_id, &config.data_dir).await?;
             let path = config.data_dir.join(JOIN_TOKEN_FILE);
             if !path.exists() {
                 std::fs::write(&path, format!("{token}\n"))?;
@@ -167,6 +169,8 @@ impl Node {
             }
         }
 
+        // A restart after a restore that stopped before sealing finishes it now.
+        seal_restored_state(&raft, identity.node_id, &config.data_dir).await?;
         tasks.push(tokio::spawn(
             cluster.clone().run_leader_tasks(shutdown.clone()),
         ));
@@ -184,6 +188,7 @@ impl Node {
             metrics: Arc::new(Metrics::new()),
             inflight: Arc::new(Semaphore::new(config.max_inflight_requests)),
             hub,
+            db: db.clone(),
         }));
         let api_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -266,4 +271,59 @@ async fn join_cluster(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     bail!("could not join through {join}: {last_err}")
+}
+
+/// After `stackd restore`, the restored state sits in the state machine but in no log entry, so
+/// a node joining by log replay would miss it. Before the first node admits anyone, it takes a
+/// snapshot (which holds the restored state) and purges the log behind it: every later member
+/// starts from that snapshot. Then the marker left by the restore is removed.
+async fn seal_restored_state(
+    raft: &raft::Raft,
+    id: raft::NodeId,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let marker = data_dir.join(crate::backup::RESTORED_MARKER);
+    if !marker.exists() {
+        return Ok(());
+    }
+    let wait = Some(Duration::from_secs(30));
+    raft.wait(wait)
+        .metrics(
+            |m| m.current_leader == Some(id) && m.last_applied.is_some(),
+            "the restored node leads",
+        )
+        .await
+        .context("waiting for the restored node to lead")?;
+    raft.trigger()
+        .snapshot()
+        .await
+        .context("snapshotting the restored state")?;
+    let applied = raft
+        .metrics()
+        .borrow_watched()
+        .last_applied
+        .map(|l| l.index);
+    let m = raft
+        .wait(wait)
+        .metrics(
+            |m| m.snapshot.map(|l| l.index) >= applied,
+            "a snapshot of the restored state",
+        )
+        .await
+        .context("waiting for the snapshot of the restored state")?;
+    let upto = m.snapshot.map(|l| l.index).unwrap_or(0);
+    raft.trigger()
+        .purge_log(upto)
+        .await
+        .context("purging the log behind the restored state")?;
+    raft.wait(wait)
+        .metrics(
+            |m| m.purged.map(|l| l.index) >= Some(upto),
+            "the log purged behind the restored state",
+        )
+        .await
+        .context("waiting for the log purge")?;
+    std::fs::remove_file(&marker)?;
+    info!(snapshot_index = upto, "restored state sealed in a snapshot");
+    Ok(())
 }

@@ -156,6 +156,10 @@ pub enum Command {
         queue: String,
         name: String,
     },
+    /// Drops key-value history at or below `revision` (capped at the current revision).
+    KvCompact {
+        revision: u64,
+    },
     /// Appends an event (JSON text) to a channel's history under the next offset. The
     /// retention travels in the entry so every replica trims the same events, whatever its
     /// own configuration says.
@@ -335,6 +339,10 @@ pub enum Response {
         id: String,
         expires_in_ms: u64,
     },
+    /// History at or below this revision is gone.
+    Compacted {
+        compact_revision: u64,
+    },
     /// An event was appended to a channel under this offset.
     Published {
         offset: u64,
@@ -388,6 +396,7 @@ impl fmt::Display for Command {
             Command::PresenceHeartbeat { node_id, .. } => {
                 write!(f, "presence-heartbeat node {node_id}")
             }
+            Command::KvCompact { revision } => write!(f, "kv-compact {revision}"),
             Command::Txn(t) => write!(
                 f,
                 "txn ({} compares, {}/{} ops)",

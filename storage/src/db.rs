@@ -127,13 +127,27 @@ impl Db {
     ///
     /// Blocking: call it from `spawn_blocking`.
     pub fn sm_export(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let snap = self.db.snapshot();
         let mut out = Vec::new();
+        self.sm_export_each(|k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` on every state-machine entry of one RocksDB snapshot, in key order, until it
+    /// returns `false`: a consistent export that never holds the whole state in memory.
+    ///
+    /// Blocking: call it from `spawn_blocking`.
+    pub fn sm_export_each(&self, mut f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let snap = self.db.snapshot();
         for item in snap.iterator_cf(self.cf(CF_SM), IteratorMode::Start) {
             let (k, v) = item?;
-            out.push((k.to_vec(), v.to_vec()));
+            if !f(&k, &v) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Replaces the whole state machine with `items` in one synced batch, so a crash leaves

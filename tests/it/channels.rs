@@ -171,21 +171,35 @@ async fn resuming_with_since_delivers_exactly_the_missed_events_then_live() {
 async fn a_key_watch_delivers_every_later_change_under_its_prefix_in_revision_order() {
     let c = InprocCluster::start(3).await.unwrap();
     let http = http::client();
-    http::put(&http, &c.bases[0], "app%2Fbefore", "0")
+    let (_, v) = http::put(&http, &c.bases[0], "app%2Fbefore", "0")
         .await
         .unwrap();
+    let start = v["revision"].as_u64().unwrap();
+    let mut expected = Vec::new();
+    tracing::info!("phase: changes before the watch starts, after revision {start}");
+    for i in 0..3 {
+        let (_, v) = http::put(&http, &c.bases[0], &format!("app%2Fearly{i}"), "e")
+            .await
+            .unwrap();
+        expected.push((
+            "put",
+            format!("app/early{i}"),
+            v["revision"].as_u64().unwrap(),
+        ));
+        http::put(&http, &c.bases[0], "elsewhere", "x")
+            .await
+            .unwrap();
+    }
 
-    tracing::info!("phase: watch app/ on node 2");
+    tracing::info!("phase: watch app/ on node 2 from revision {start}");
     let mut w = WsClient::connect(&c.bases[1], "").await.unwrap();
     let r = w
-        .request(json!({"op": "watch", "prefix": "app/"}))
+        .request(json!({"op": "watch", "prefix": "app/", "since_revision": start}))
         .await
         .unwrap();
     assert_eq!(r["ok"], true, "{r}");
-    let start = r["revision"].as_u64().unwrap();
 
     tracing::info!("phase: puts, deletes, a transaction and other prefixes through node 1");
-    let mut expected = Vec::new();
     for i in 0..10 {
         let (_, v) = http::put(&http, &c.bases[0], &format!("app%2Fk{i}"), &format!("v{i}"))
             .await
@@ -234,12 +248,38 @@ async fn a_key_watch_delivers_every_later_change_under_its_prefix_in_revision_or
     assert!(got.windows(2).all(|p| p[0].2 <= p[1].2), "revision order");
 
     tracing::info!("phase: a watch from a compacted revision is refused with compact_revision");
+    let (s, v) = http::post_json(
+        &http,
+        &format!("{}/v1/cluster/compact", c.bases[0]),
+        json!({ "revision": start + 5 }),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    wait_for(
+        "node 2 to apply the compaction",
+        Duration::from_secs(10),
+        || async {
+            let s = http::cluster(&http, &c.bases[1]).await?;
+            (s["compact_revision"].as_u64()? >= start + 5).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let r = w
-        .request(json!({"op": "watch", "prefix": "x/", "since_revision": 1}))
+        .request(json!({"op": "watch", "prefix": "x/", "since_revision": start}))
         .await
         .unwrap();
     assert_eq!(r["error"]["code"], "compacted", "{r}");
-    assert!(r["error"]["compact_revision"].as_u64().unwrap() > 1, "{r}");
+    assert_eq!(r["error"]["compact_revision"], start + 5, "{r}");
+    let r = w
+        .request(json!({"op": "watch", "prefix": "x/", "since_revision": start + 5}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["ok"], true,
+        "watching from the compact revision itself works: {r}"
+    );
     c.shutdown().await;
 }
 

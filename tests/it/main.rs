@@ -11,4 +11,5 @@ mod locks;
 mod membership;
 mod queues;
 mod sessions;
+mod snapshots;
 mod storage_suite;

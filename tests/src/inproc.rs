@@ -43,6 +43,7 @@ pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Conf
         ws_catch_up_events_per_sec: 10_000,
         ws_max_connections: 10_000,
         presence_lease_ms: 6_000,
+        kv_history_revisions: 10_000,
     }
 }
 

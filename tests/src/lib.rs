@@ -19,6 +19,7 @@ pub mod http;
 pub mod inproc;
 pub mod nemesis;
 pub mod process;
+pub mod standalone;
 pub mod workload;
 pub mod ws;
 

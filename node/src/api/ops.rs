@@ -186,3 +186,60 @@ pub async fn snapshot(State(st): St, method: Method, uri: Uri, body: Bytes) -> A
     let index = m.snapshot.map(|l| l.index);
     Ok(Json(json!({ "snapshot_index": index, "completed": waited.is_ok() })).into_response())
 }
+
+/// `GET /v1/cluster/backup`: a consistent copy of the state as a checksummed stream (format in
+/// `node::backup`). It is read from this node after a read barrier, so it holds every write
+/// acknowledged before the request, and from one RocksDB snapshot, so it is one applied point.
+pub async fn backup(State(st): St) -> ApiResult<Response> {
+    st.cluster.read_barrier().await?;
+    let header = crate::backup::Header {
+        format: 1,
+        cluster_id: st
+            .cluster
+            .state
+            .read()
+            .expect("state lock")
+            .meta
+            .cluster_id
+            .clone(),
+        node_id: st.cluster.id,
+        created_ms: crate::cluster::now_ms(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let db = st.db.clone();
+    tokio::task::spawn_blocking(move || {
+        let result =
+            crate::backup::write(&db, &header, |chunk| tx.blocking_send(Ok(chunk)).is_ok());
+        match result {
+            Ok(summary) => tracing::info!(
+                records = summary.records,
+                revision = summary.revision,
+                "backup streamed"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "backup failed");
+                // Ends the body with an error, so the client sees a broken transfer rather
+                // than a short file.
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream_from(rx));
+    Ok((
+        [
+            ("content-type", "application/octet-stream"),
+            (
+                "content-disposition",
+                "attachment; filename=\"stackd-backup.bin\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -156,7 +156,12 @@ struct Watch {
     prefix: String,
     /// Every change at or below this revision has been sent (or predates the watch).
     sent_through: u64,
+    /// Replaying the key-value history past `sent_through`; live changes wait for it.
+    catching_up: bool,
 }
+
+/// Most changes one revision holds (a transaction's ops); a replay page never splits one.
+const REVISION_EVENTS_MAX: usize = 2 * super::txn::TXN_OPS_MAX;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,7 +226,8 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = st.hub.shutdown.clone();
     let close: Option<(u16, &str, &str)> = loop {
-        let catching_up = conn.subs.values().any(|s| s.catch_up.is_some());
+        let catching_up = conn.subs.values().any(|s| s.catch_up.is_some())
+            || conn.watches.values().any(|w| w.catching_up);
         tokio::select! {
             _ = shutdown.cancelled() => break Some((1001, "going_away", "server shutting down")),
             _ = &mut writer => break None,
@@ -458,34 +464,30 @@ impl Conn {
         if !self.watches.contains_key(&prefix) {
             self.check_room()?;
         }
-        let revision = self
-            .st
-            .cluster
-            .state
-            .read()
-            .expect("state lock")
-            .meta
-            .revision;
+        let (revision, compact) = {
+            let s = self.st.cluster.state.read().expect("state lock");
+            (s.meta.revision, s.compact_revision())
+        };
+        // `since_revision` R: every change after R. Replaying needs the history from R + 1.
         let from = since_revision.unwrap_or(revision);
-        // Past changes are not kept: only a watch from the current revision (or later) can be
-        // served, from the live feed.
-        if from < revision {
-            return Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "compacted",
-                format!("changes before revision {revision} are no longer available"),
-            )
-            .with("compact_revision", revision));
+        if from < compact {
+            return Err(compacted_error(&prefix, from, compact));
         }
         self.watches.insert(
             prefix.clone(),
             Watch {
                 prefix: prefix.clone(),
                 sent_through: from,
+                catching_up: from < revision,
             },
         );
-        self.out
-            .reply(id, json!({ "prefix": prefix, "revision": revision }));
+        self.out.reply(
+            id,
+            json!({ "prefix": prefix, "revision": revision, "compact_revision": compact }),
+        );
+        if from < revision {
+            self.catch_up_step();
+        }
         Ok(())
     }
 
@@ -520,7 +522,8 @@ impl Conn {
                 LiveEvent::Kv(change) => {
                     max_revision = Some(change.revision);
                     for w in self.watches.values() {
-                        if change.revision > w.sent_through
+                        if !w.catching_up
+                            && change.revision > w.sent_through
                             && change.key.starts_with(&w.prefix)
                             && !self.out.push(kv_json(&w.prefix, change))
                         {
@@ -532,15 +535,14 @@ impl Conn {
         }
         // A batch holds whole revisions (a transaction applies in one entry).
         if let Some(r) = max_revision {
-            for w in self.watches.values_mut() {
+            for w in self.watches.values_mut().filter(|w| !w.catching_up) {
                 w.sent_through = w.sent_through.max(r);
             }
         }
     }
 
     /// The feed lagged or the state was replaced: every channel re-reads its history past its
-    /// last sent offset. Key changes cannot be re-read (no history), so watches end with an
-    /// error the client can re-watch after.
+    /// last sent offset, every watch the key-value history past its last sent revision.
     fn resync(&mut self) {
         for sub in self.subs.values_mut() {
             if sub.catch_up.is_none() {
@@ -551,24 +553,64 @@ impl Conn {
                 });
             }
         }
-        let revision = self
-            .st
-            .cluster
-            .state
-            .read()
-            .expect("state lock")
-            .meta
-            .revision;
-        for (prefix, w) in std::mem::take(&mut self.watches) {
-            self.out.push(
-                json!({"type": "error", "error": {
-                    "code": "compacted",
-                    "message": format!("the watch on {prefix:?} fell behind; changes after revision {} were missed, watch again", w.sent_through),
-                    "prefix": prefix,
-                    "compact_revision": revision,
-                }})
-                .to_string(),
-            );
+        for w in self.watches.values_mut() {
+            w.catching_up = true;
+        }
+    }
+
+    /// Replays the next page of key-value history to catching-up watches. A watch whose
+    /// history was compacted meanwhile ends with a `compacted` error; the client watches again.
+    fn watch_catch_up_step(&mut self, budget: &mut usize) {
+        let state = self.st.cluster.state.clone();
+        let mut ended = Vec::new();
+        for w in self.watches.values_mut().filter(|w| w.catching_up) {
+            if *budget == 0 {
+                break;
+            }
+            let limit = (*budget).max(REVISION_EVENTS_MAX);
+            let (page, current) = {
+                let s = state.read().expect("state lock");
+                (
+                    s.kv_events_since(&w.prefix, w.sent_through + 1, limit),
+                    s.meta.revision,
+                )
+            };
+            let mut events = match page {
+                Ok(e) => e,
+                Err(c) => {
+                    let err = compacted_error(&w.prefix, w.sent_through, c.compact_revision);
+                    let mut body = err.body();
+                    body["type"] = json!("error");
+                    self.out.push(body.to_string());
+                    ended.push(w.prefix.clone());
+                    continue;
+                }
+            };
+            let full = events.len() == limit;
+            if full {
+                // The last revision may continue past the page: leave it for the next one.
+                let last = events.last().map(|e| e.revision).unwrap_or(0);
+                events.retain(|e| e.revision != last);
+            }
+            *budget = budget.saturating_sub(events.len());
+            for e in &events {
+                let text = kv_json(&w.prefix, e);
+                if !self.out.has_room_for_replay(text.len()) {
+                    return;
+                }
+                if !self.out.push(text) {
+                    return;
+                }
+                w.sent_through = e.revision;
+            }
+            if !full {
+                // Everything up to `current` has been read: the live feed takes over.
+                w.sent_through = w.sent_through.max(current);
+                w.catching_up = false;
+            }
+        }
+        for prefix in ended {
+            self.watches.remove(&prefix);
         }
     }
 
@@ -576,6 +618,7 @@ impl Conn {
     fn catch_up_step(&mut self) {
         let per_sec = self.st.cluster.config.ws_catch_up_events_per_sec;
         let mut budget = ((per_sec as u128 * CATCH_UP_TICK.as_millis()) / 1000).max(1) as usize;
+        self.watch_catch_up_step(&mut budget);
         let state = self.st.cluster.state.clone();
         for (channel, sub) in self.subs.iter_mut() {
             if budget == 0 {
@@ -676,7 +719,19 @@ fn event_json(channel: &str, e: &raft::state::ChannelEvent) -> String {
     )
 }
 
-fn kv_json(prefix: &str, c: &raft::state::KvChange) -> String {
+fn compacted_error(prefix: &str, since: u64, compact: u64) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        "compacted",
+        format!(
+            "changes under {prefix:?} after revision {since} are compacted (history starts after {compact}); watch from a later revision"
+        ),
+    )
+    .with("prefix", prefix)
+    .with("compact_revision", compact)
+}
+
+fn kv_json(prefix: &str, c: &raft::state::KvEvent) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     json!({
         "type": "kv",

@@ -1,4 +1,8 @@
-//! Key-value state: values with revisions, compare-and-set and TTL.
+//! Key-value state: values with revisions, compare-and-set, TTL and history.
+//!
+//! Every change (put, delete, expiry) is also kept as a history event under its revision, so
+//! watches can replay from a past revision. History is dropped up to `compact_revision` by a
+//! replicated `Compact` entry, which the leader proposes when history outgrows its bound.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,6 +12,34 @@ use storage::{codec, Db, SmBatch};
 use super::{prefixed, unprefixed};
 
 const PREFIX: &[u8] = b"k:";
+/// `h:<revision, 8 bytes big-endian><key>` → the value written, or `None` for a delete.
+const HISTORY_PREFIX: &[u8] = b"h:";
+/// Where the compaction point is stored.
+const COMPACT_KEY: &[u8] = b"m:kvhist";
+
+/// What a change did to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvEventKind {
+    Put,
+    Delete,
+}
+
+/// One change from the key-value history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvEvent {
+    pub revision: u64,
+    pub key: String,
+    pub kind: KvEventKind,
+    /// The value written (`None` for a delete).
+    pub value: Option<Vec<u8>>,
+}
+
+/// The history asked for has been compacted away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compacted {
+    /// Events at or below this revision are gone.
+    pub compact_revision: u64,
+}
 
 /// A key's current value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +58,18 @@ pub(super) struct Kv {
     entries: BTreeMap<String, KvEntry>,
     /// (deadline, key) of every key with a TTL, for expiry in deadline order.
     ttl: BTreeSet<(u64, String)>,
+    /// Changes by (revision, key); `None` is a delete.
+    history: BTreeMap<(u64, String), Option<Vec<u8>>>,
+    /// Events at or below this revision have been dropped.
+    compact_revision: u64,
+}
+
+fn history_key(revision: u64, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(HISTORY_PREFIX.len() + 8 + key.len());
+    k.extend_from_slice(HISTORY_PREFIX);
+    k.extend_from_slice(&revision.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 impl Kv {
@@ -39,7 +83,88 @@ impl Kv {
             }
             kv.entries.insert(key, entry);
         }
+        for (k, v) in db.sm_scan_prefix(HISTORY_PREFIX)? {
+            let rest = &k[HISTORY_PREFIX.len()..];
+            if rest.len() < 8 {
+                return Err(storage::Error::Corrupt("short history key".into()));
+            }
+            let revision = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+            let key = String::from_utf8(rest[8..].to_vec())
+                .map_err(|_| storage::Error::Corrupt("history key is not UTF-8".into()))?;
+            kv.history.insert((revision, key), codec::decode(&v)?);
+        }
+        if let Some(v) = db.sm_get(COMPACT_KEY)? {
+            kv.compact_revision = codec::decode(&v)?;
+        }
         Ok(kv)
+    }
+
+    fn record(&mut self, revision: u64, key: &str, value: Option<&[u8]>, batch: &mut SmBatch) {
+        let value = value.map(<[u8]>::to_vec);
+        batch.put(
+            history_key(revision, key),
+            codec::encode(&value).expect("event encodes"),
+        );
+        self.history.insert((revision, key.to_string()), value);
+    }
+
+    /// Drops history at or below `revision` (never above `current`, the latest revision);
+    /// returns the compaction point.
+    pub(super) fn compact(&mut self, revision: u64, current: u64, batch: &mut SmBatch) -> u64 {
+        let target = revision.min(current);
+        if target <= self.compact_revision {
+            return self.compact_revision;
+        }
+        let keep = self.history.split_off(&(target + 1, String::new()));
+        for (rev, key) in std::mem::replace(&mut self.history, keep).into_keys() {
+            batch.delete(history_key(rev, &key));
+        }
+        self.compact_revision = target;
+        batch.put(
+            COMPACT_KEY.to_vec(),
+            codec::encode(&target).expect("u64 encodes"),
+        );
+        target
+    }
+
+    pub(super) fn compact_revision(&self) -> u64 {
+        self.compact_revision
+    }
+
+    /// Number of history events kept.
+    pub(super) fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Up to `limit` changes under `prefix` with revision `from_revision` or later, in
+    /// revision order (keys in order within a revision).
+    pub(super) fn events_since(
+        &self,
+        prefix: &str,
+        from_revision: u64,
+        limit: usize,
+    ) -> Result<Vec<KvEvent>, Compacted> {
+        if from_revision <= self.compact_revision && self.compact_revision > 0 {
+            return Err(Compacted {
+                compact_revision: self.compact_revision,
+            });
+        }
+        Ok(self
+            .history
+            .range((from_revision, String::new())..)
+            .filter(|((_, k), _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|((revision, key), value)| KvEvent {
+                revision: *revision,
+                key: key.clone(),
+                kind: if value.is_some() {
+                    KvEventKind::Put
+                } else {
+                    KvEventKind::Delete
+                },
+                value: value.clone(),
+            })
+            .collect())
     }
 
     /// The key's revision, 0 when absent.
@@ -80,10 +205,11 @@ impl Kv {
             codec::encode(&entry).expect("entry encodes"),
         );
         self.entries.insert(key.to_string(), entry);
+        self.record(revision, key, Some(value), batch);
     }
 
-    /// Removes `key`; says whether it existed.
-    pub(super) fn remove(&mut self, key: &str, batch: &mut SmBatch) -> bool {
+    /// Removes `key` at `revision`; says whether it existed.
+    pub(super) fn remove(&mut self, key: &str, revision: u64, batch: &mut SmBatch) -> bool {
         let Some(old) = self.entries.remove(key) else {
             return false;
         };
@@ -91,6 +217,7 @@ impl Kv {
             self.ttl.remove(&(at, key.to_string()));
         }
         batch.delete(prefixed(PREFIX, key));
+        self.record(revision, key, None, batch);
         true
     }
 

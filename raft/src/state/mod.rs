@@ -22,6 +22,7 @@
 //! - `m:state` → [`Meta`]; `m:locks` → the last fence; `m:cache` → cache counters
 //! - `k:<key>` → [`KvEntry`], `l:<name>` → [`LockEntry`], `s:<id>` → [`SessionEntry`],
 //!   `c:<key>` → [`CacheEntry`]
+//! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
 //! - `i:<idempotency key>` → [`IdemRecord`]
 
 mod cache;
@@ -39,7 +40,7 @@ use storage::{codec, Db, SmBatch};
 
 pub use cache::{CacheCounts, CacheEntry};
 pub use channels::{ChannelEvent, History, Presence, PRESENCE_PER_CHANNEL_MAX};
-pub use kv::KvEntry;
+pub use kv::{Compacted, KvEntry, KvEvent, KvEventKind};
 pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
     next_fire_ms, Job, JobState, QueueStats, Schedule, BACKOFF_MAX_MS, CRON_CATCH_UP_MAX,
@@ -101,15 +102,7 @@ pub enum LiveEvent {
         channel: String,
         event: ChannelEvent,
     },
-    Kv(KvChange),
-}
-
-/// A key written (`value` is `Some`) or deleted (`None`) at `revision`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KvChange {
-    pub revision: u64,
-    pub key: String,
-    pub value: Option<Vec<u8>>,
+    Kv(KvEvent),
 }
 
 fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
@@ -340,6 +333,9 @@ impl State {
             } => self
                 .channels
                 .heartbeat(*node_id, *incarnation, *lease_ms, now, batch),
+            Command::KvCompact { revision } => Response::Compacted {
+                compact_revision: self.kv.compact(*revision, self.meta.revision, batch),
+            },
         }
     }
 
@@ -354,20 +350,22 @@ impl State {
                 let expires = ttl_ms.map(|t| now.saturating_add(t));
                 self.kv.put(key, value, expires, revision, batch);
                 self.emit(|| {
-                    LiveEvent::Kv(KvChange {
+                    LiveEvent::Kv(KvEvent {
                         revision,
                         key: key.clone(),
+                        kind: KvEventKind::Put,
                         value: Some(value.clone()),
                     })
                 });
                 Response::Put { revision }
             }
             Command::Delete { key, .. } => {
-                if self.kv.remove(key, batch) {
+                if self.kv.remove(key, revision, batch) {
                     self.emit(|| {
-                        LiveEvent::Kv(KvChange {
+                        LiveEvent::Kv(KvEvent {
                             revision,
                             key: key.clone(),
+                            kind: KvEventKind::Delete,
                             value: None,
                         })
                     });
@@ -452,12 +450,13 @@ impl State {
         let now = self.meta.now_ms;
         while let Some(key) = self.kv.first_expired(now) {
             self.meta.revision += 1;
-            self.kv.remove(&key, batch);
+            self.kv.remove(&key, self.meta.revision, batch);
             let revision = self.meta.revision;
             self.emit(|| {
-                LiveEvent::Kv(KvChange {
+                LiveEvent::Kv(KvEvent {
                     revision,
                     key,
+                    kind: KvEventKind::Delete,
                     value: None,
                 })
             });
@@ -509,6 +508,27 @@ impl State {
         limit: usize,
     ) -> (Vec<(&String, &KvEntry)>, bool) {
         self.kv.list(prefix, after, limit, self.meta.now_ms)
+    }
+
+    /// Up to `limit` key-value changes under `prefix` from `from_revision` on (inclusive), in
+    /// revision order; `Compacted` when that part of the history has been dropped.
+    pub fn kv_events_since(
+        &self,
+        prefix: &str,
+        from_revision: u64,
+        limit: usize,
+    ) -> Result<Vec<KvEvent>, Compacted> {
+        self.kv.events_since(prefix, from_revision, limit)
+    }
+
+    /// History at or below this revision has been compacted away (0: none yet).
+    pub fn compact_revision(&self) -> u64 {
+        self.kv.compact_revision()
+    }
+
+    /// Number of key-value history events kept.
+    pub fn kv_history_len(&self) -> usize {
+        self.kv.history_len()
     }
 
     /// Number of keys (including expired ones not yet removed).
@@ -631,7 +651,12 @@ mod tests {
         }
     }
 
-    fn put(key: &str, value: &str, if_revision: Option<u64>, ttl_ms: Option<u64>) -> Command {
+    pub(super) fn put(
+        key: &str,
+        value: &str,
+        if_revision: Option<u64>,
+        ttl_ms: Option<u64>,
+    ) -> Command {
         Command::Put {
             key: key.into(),
             value: value.as_bytes().to_vec(),
@@ -1249,6 +1274,7 @@ mod queue_tests {
 
 #[cfg(test)]
 mod persistence_tests {
+    use super::tests::put;
     use super::*;
     use crate::command::{CacheLimits, Enqueue, LockWait, ScheduleSpec};
 
@@ -1387,6 +1413,87 @@ mod persistence_tests {
             command: Command::Tick,
         };
         assert_eq!(r.apply(&again, &mut batch), s.apply(&again, &mut batch));
+    }
+
+    #[test]
+    fn history_replays_changes_from_a_revision_until_compacted_and_survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::default();
+        let apply = |s: &mut State, stamp: u64, command: Command| {
+            let mut batch = SmBatch::default();
+            let r = s.apply(
+                &Request {
+                    stamp_ms: stamp,
+                    idempotency_key: None,
+                    command,
+                },
+                &mut batch,
+            );
+            s.persist_meta(&mut batch);
+            db.sm_write(batch).unwrap();
+            r
+        };
+        apply(&mut s, 1, put("a/1", "x", None, None)); // rev 1
+        apply(&mut s, 2, put("b/1", "y", None, None)); // rev 2
+        apply(&mut s, 3, put("a/2", "z", None, Some(10))); // rev 3, expires at 13
+        apply(
+            &mut s,
+            4,
+            Command::Delete {
+                key: "a/1".into(),
+                if_revision: None,
+            },
+        ); // rev 4
+        apply(&mut s, 20, Command::Tick); // a/2 expires: rev 5
+        let events = s.kv_events_since("a/", 2, 100).unwrap();
+        let seen: Vec<(u64, &str, KvEventKind, Option<&[u8]>)> = events
+            .iter()
+            .map(|e| (e.revision, e.key.as_str(), e.kind, e.value.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (3, "a/2", KvEventKind::Put, Some(&b"z"[..])),
+                (4, "a/1", KvEventKind::Delete, None),
+                (5, "a/2", KvEventKind::Delete, None),
+            ]
+        );
+        assert_eq!(s.kv_events_since("", 1, 2).unwrap().len(), 2, "limit holds");
+
+        assert_eq!(
+            apply(&mut s, 21, Command::KvCompact { revision: 3 }),
+            Response::Compacted {
+                compact_revision: 3
+            }
+        );
+        assert_eq!(
+            s.kv_events_since("a/", 3, 100),
+            Err(Compacted {
+                compact_revision: 3
+            })
+        );
+        assert_eq!(s.kv_events_since("a/", 4, 100).unwrap().len(), 2);
+        // Compaction never goes past the current revision, nor backwards.
+        assert_eq!(
+            apply(&mut s, 22, Command::KvCompact { revision: 99 }),
+            Response::Compacted {
+                compact_revision: 5
+            }
+        );
+        assert_eq!(
+            apply(&mut s, 23, Command::KvCompact { revision: 1 }),
+            Response::Compacted {
+                compact_revision: 5
+            }
+        );
+        assert_eq!(s.kv_history_len(), 0);
+        apply(&mut s, 24, put("a/3", "w", None, None)); // rev 6
+
+        let r = State::load(&db).unwrap();
+        assert_eq!(r.compact_revision(), 5);
+        assert_eq!(r.kv_events_since("", 6, 10), s.kv_events_since("", 6, 10));
+        assert_eq!(r.kv_history_len(), 1);
     }
 }
 

@@ -1,0 +1,92 @@
+//! Key-value history: reading changes from a past revision, and compacting it.
+
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use base64::Engine;
+use raft::state::KvEventKind;
+use raft::{Command, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{list_limit, params, read_barrier_unless_stale, u64_param, JsonBody, St};
+use crate::error::{ApiError, ApiResult};
+
+/// `GET /v1/history?prefix=P&since_revision=R&limit=N`: changes under `P` at revision `R` or
+/// later, in revision order. `409` with `compact_revision` when `R` has been compacted.
+pub async fn kv_history(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let p = params(q, &["prefix", "since_revision", "limit", "consistency"])?;
+    let prefix = p.get("prefix").cloned().unwrap_or_default();
+    if prefix.len() > 512 {
+        return Err(ApiError::bad_request("prefix must be at most 512 bytes"));
+    }
+    let since = u64_param(&p, "since_revision")?.unwrap_or(1).max(1);
+    let limit = list_limit(&p)?;
+    read_barrier_unless_stale(&st, &p).await?;
+    let s = st.cluster.state.read().expect("state lock");
+    let events = s.kv_events_since(&prefix, since, limit + 1).map_err(|c| {
+        ApiError::conflict(format!(
+            "history at or below revision {} has been compacted",
+            c.compact_revision
+        ))
+        .with("reason", "compacted")
+        .with("compact_revision", c.compact_revision)
+    })?;
+    let more = events.len() > limit;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let items: Vec<Value> = events
+        .iter()
+        .take(limit)
+        .map(|e| {
+            json!({
+                "event": match e.kind { KvEventKind::Put => "put", KvEventKind::Delete => "delete" },
+                "key": e.key,
+                "revision": e.revision,
+                "value": e.value.as_ref().map(|v| b64.encode(v)),
+            })
+        })
+        .collect();
+    // Resuming from `next_revision` may repeat events of the last revision shown when a
+    // page ends inside a transaction's revision; keys within a revision are in key order.
+    let next = if more {
+        events.get(limit).map(|e| e.revision)
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "events": items,
+        "next_revision": next,
+        "revision": s.meta.revision,
+        "compact_revision": s.compact_revision(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactBody {
+    revision: u64,
+}
+
+/// `POST /v1/cluster/compact {"revision": R}`: drops history at or below `R` (capped at the
+/// current revision) on every node.
+pub async fn compact(
+    State(st): St,
+    JsonBody(body): JsonBody<CompactBody>,
+) -> ApiResult<Json<Value>> {
+    match st
+        .cluster
+        .write(
+            Command::KvCompact {
+                revision: body.revision,
+            },
+            None,
+        )
+        .await?
+    {
+        Response::Compacted { compact_revision } => {
+            Ok(Json(json!({ "compact_revision": compact_revision })))
+        }
+        other => Err(ApiError::unavailable(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
