@@ -38,6 +38,8 @@ use crate::error::ApiError;
 const CATCH_UP_TICK: Duration = Duration::from_millis(10);
 /// How long a closing connection may take to flush its queue and close frame.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most messages written to a socket before one flush.
+const WRITE_BATCH_MAX: usize = 256;
 /// Most channels and watches on one connection.
 pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
 
@@ -201,14 +203,31 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
     };
     let writer_out = out.clone();
     let mut writer = tokio::spawn(async move {
-        while let Some((msg, n)) = rx.recv().await {
-            let close = matches!(msg, Message::Close(_));
-            let sent = sink.send(msg).await;
-            writer_out.release(n);
-            if sent.is_err() || close {
+        // Everything queued is written with one flush: one system call for many messages.
+        let mut batch = Vec::new();
+        'write: while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < WRITE_BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let bytes: usize = batch.iter().map(|(_, n)| n).sum();
+            let close = batch.iter().any(|(m, _)| matches!(m, Message::Close(_)));
+            let count = batch.len() as u64;
+            for (msg, _) in batch.drain(..) {
+                if sink.feed(msg).await.is_err() {
+                    writer_out.release(bytes);
+                    break 'write;
+                }
+            }
+            let flushed = sink.flush().await;
+            writer_out.release(bytes);
+            if flushed.is_err() || close {
                 break;
             }
-            writer_out.st.metrics.ws_messages_sent.inc();
+            writer_out.st.metrics.ws_messages_sent.inc_by(count);
         }
         // Whatever is still queued is dropped with the connection.
         while let Ok((_, n)) = rx.try_recv() {
