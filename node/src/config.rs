@@ -163,7 +163,7 @@ pub fn parse_retention(spec: &str) -> anyhow::Result<Vec<RetentionRule>> {
         });
     }
     // Longest prefix first, so the first match is the most specific rule.
-    rules.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+    rules.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     Ok(rules)
 }
 
