@@ -52,8 +52,7 @@ impl StateMachine {
     /// Loads the state from `db`; snapshots are kept under `dir`.
     pub fn open(db: Db, dir: &Path) -> storage::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut state = State::load(&db)?;
-        state.set_emit_live(true);
+        let state = State::load(&db)?;
         Ok(Self {
             db,
             state: Arc::new(RwLock::new(state)),
@@ -145,6 +144,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut batch = SmBatch::default();
         let mut responses = Vec::new();
+        // Live events are recorded only while someone on this node listens (values are not
+        // copied for nobody). A listener that arrives during an unrecorded batch may have read
+        // the state before the batch's later entries: it is told to re-read (`Reset`).
+        let recording = self.live.receiver_count() > 0;
+        self.state
+            .write()
+            .expect("state lock")
+            .set_emit_live(recording);
         while let Some((entry, responder)) = entries.try_next().await? {
             let mut st = self.state.write().expect("state lock");
             st.meta.last_applied = Some(entry.log_id);
@@ -169,8 +176,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // One atomic batch: the changes and `last_applied` land together or not at all.
         self.db.sm_write(batch)?;
         if !live.is_empty() {
-            // No receivers is not an error: nobody is subscribed on this node.
+            // No receivers is not an error: everyone may have left meanwhile.
             let _ = self.live.send(LiveBatch::Events(Arc::new(live)));
+        } else if !recording && self.live.receiver_count() > 0 {
+            let _ = self.live.send(LiveBatch::Reset);
         }
         for (r, resp) in responses {
             r.send(resp);
@@ -196,8 +205,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io::Error::other)??;
-        let mut new_state = new_state;
-        new_state.set_emit_live(true);
         if new_state.meta.last_applied != meta.last_log_id {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -149,7 +149,9 @@ impl State {
 
     /// Starts (or stops) recording [`LiveEvent`]s during apply; see [`State::take_live`].
     pub fn set_emit_live(&mut self, on: bool) {
-        self.live = on.then(Vec::new);
+        if on != self.live.is_some() {
+            self.live = on.then(Vec::new);
+        }
     }
 
     /// The live events recorded since the last call.
