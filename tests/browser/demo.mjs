@@ -1,5 +1,6 @@
 // Opens the demo page of a running node in headless Chromium, publishes an event with curl
-// (through another node when given), and checks that the page shows it. Writes a screenshot.
+// (through another node), and checks that the page shows it; then a second window on the
+// other node clicks +1 and both windows show the new count. Writes a screenshot.
 //   node demo.mjs PAGE_BASE PUBLISH_BASE SCREENSHOT
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
@@ -29,9 +30,34 @@ try {
   await page.waitForFunction(() => document.getElementById("present").textContent.includes("playwright"),
     null, { timeout: 15000 });
   await page.screenshot({ path: shot });
-  const shown = await page.evaluate(() => document.body.innerText);
-  if (!shown.includes(text)) throw new Error(`page does not show ${text}:\n${shown}`);
+  const shownCurl = await page.evaluate(() => document.body.innerText);
+  if (!shownCurl.includes(text)) throw new Error(`page does not show ${text}:\n${shownCurl}`);
   console.log(`ok: the page shows "${text}" and counter ${offset}; screenshot ${shot}`);
+
+  // A second window on the other node: a click there moves the counter in both windows.
+  const other = await browser.newPage({ viewport: { width: 900, height: 600 } });
+  await other.goto(`${publish_base}/demo/?user=second-window`);
+  await other.waitForFunction(() => document.getElementById("status").textContent.startsWith("connected"),
+    null, { timeout: 15000 });
+  await other.waitForFunction((o) => document.getElementById("counter").textContent === String(o), offset,
+    { timeout: 15000 });
+  await other.click("#click");
+  for (const p of [page, other]) {
+    await p.waitForFunction((o) => document.getElementById("counter").textContent === String(o + 1), offset,
+      { timeout: 15000 });
+    await p.waitForFunction(() => document.getElementById("last").textContent === "click by second-window",
+      null, { timeout: 15000 });
+  }
+  console.log(`ok: a click in the second window (other node) shows counter ${offset + 1} in both`);
+  await page.waitForFunction(() => document.getElementById("present").textContent.includes("second-window"),
+    null, { timeout: 15000 });
+  const shot2 = shot.replace(/\.png$/, "") + "-two-windows.png";
+  await page.screenshot({ path: shot2 });
+  const shown = await page.evaluate(() => document.body.innerText);
+  for (const want of ["click by second-window", String(offset + 1), "playwright (node", "second-window (node"]) {
+    if (!shown.includes(want)) throw new Error(`page does not show ${want}:\n${shown}`);
+  }
+  console.log(`ok: screenshot ${shot2}`);
 } finally {
   await browser.close();
 }
