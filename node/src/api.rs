@@ -5,14 +5,18 @@
 //!   handlers;
 //! - [`locks`], [`sessions`], [`cache`], [`queues`], [`txn`]: the other primitives;
 //! - [`ops`]: cluster operations (remove, promote, transfer leadership, snapshot).
+//! - [`channels`], [`ws`]: channels (publish, history, presence) and the WebSocket API;
+//!   `/v1/client.js` and `/demo/` serve the browser client and its demo page.
 
 mod cache;
+mod channels;
 mod history;
 mod locks;
 mod ops;
 mod queues;
 mod sessions;
 mod txn;
+mod ws;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +43,7 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
+    pub hub: Arc<crate::realtime::Hub>,
     /// The node's RocksDB, for streaming backups.
     pub db: storage::Db,
 }
@@ -89,6 +94,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/cache/{key}",
             get(cache::get).put(cache::set).delete(cache::delete),
         )
+        // --- Channels, WebSocket, browser client ---
+        .route("/v1/channels/{name}/publish", post(channels::publish))
+        .route("/v1/channels/{name}/history", get(channels::history))
+        .route("/v1/channels/{name}/presence", get(channels::presence))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/client.js", get(client_js))
+        .route("/demo/", get(demo_page))
+        // --- end channels ---
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/members/{id}/remove", post(ops::remove))
         .route("/v1/cluster/members/{id}/promote", post(ops::promote))
@@ -587,6 +600,22 @@ async fn ready(State(st): St) -> Result<Json<Value>, ApiError> {
 async fn metrics(State(st): St) -> Response {
     let body = st.metrics.render(&st.cluster);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn client_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/stackd.js"),
+    )
+        .into_response()
+}
+
+async fn demo_page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("assets/demo.html"),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {

@@ -115,6 +115,79 @@ pub struct ServeArgs {
     /// [default: 30000].
     #[arg(long, env = "STACKD_AUTOPILOT_DEAD_GRACE_MS")]
     pub autopilot_dead_grace_ms: Option<u64>,
+
+    // --- Channels and WebSocket ---
+    /// History retention of channels by name prefix: comma-separated `PREFIX=EVENTS:AGE_MS`
+    /// rules; the longest matching prefix wins, and channels no rule matches keep 1000 events
+    /// for 24 hours [default: "=1000:86400000"]. Example: `chat/=500:3600000,ticks/=100:60000`.
+    #[arg(long, env = "STACKD_CHANNEL_RETENTION")]
+    pub channel_retention: Option<String>,
+
+    /// Bytes of messages queued for one WebSocket connection; a client that falls further
+    /// behind is disconnected (close code 1008, reason `slow consumer`) and resumes by offset
+    /// [default: 4194304].
+    #[arg(long, env = "STACKD_WS_SEND_BUFFER_BYTES")]
+    pub ws_send_buffer_bytes: Option<usize>,
+
+    /// Events per second one WebSocket connection is sent while catching up from history
+    /// [default: 10000].
+    #[arg(long, env = "STACKD_WS_CATCH_UP_EVENTS_PER_SEC")]
+    pub ws_catch_up_events_per_sec: Option<u64>,
+
+    /// Most WebSocket connections on this node; further upgrades get 503 [default: 10000].
+    #[arg(long, env = "STACKD_WS_MAX_CONNECTIONS")]
+    pub ws_max_connections: Option<usize>,
+
+    /// Presence lease of a node, in ms: a node renews it every third of this while it has
+    /// present clients, and a node that stops (crash, partition) loses its clients' presence
+    /// this long after its last renewal [default: 6000].
+    #[arg(long, env = "STACKD_PRESENCE_LEASE_MS")]
+    pub presence_lease_ms: Option<u64>,
+}
+
+/// Retention of the channels whose name starts with `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionRule {
+    pub prefix: String,
+    pub max_events: u64,
+    pub max_age_ms: u64,
+}
+
+/// Most events one channel may keep, and the longest age: 30 days.
+pub const CHANNEL_MAX_EVENTS_MAX: u64 = 1_000_000;
+pub const CHANNEL_MAX_AGE_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Parses `PREFIX=EVENTS:AGE_MS,...`; an empty prefix sets the default.
+pub fn parse_retention(spec: &str) -> anyhow::Result<Vec<RetentionRule>> {
+    let mut rules = vec![RetentionRule {
+        prefix: String::new(),
+        max_events: 1000,
+        max_age_ms: 24 * 60 * 60 * 1000,
+    }];
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad =
+            || anyhow::anyhow!("--channel-retention rule {part:?} is not PREFIX=EVENTS:AGE_MS");
+        let (prefix, bounds) = part.rsplit_once('=').ok_or_else(bad)?;
+        let (events, age) = bounds.split_once(':').ok_or_else(bad)?;
+        let max_events: u64 = events.parse().map_err(|_| bad())?;
+        let max_age_ms: u64 = age.parse().map_err(|_| bad())?;
+        if !(1..=CHANNEL_MAX_EVENTS_MAX).contains(&max_events)
+            || !(1..=CHANNEL_MAX_AGE_MS_MAX).contains(&max_age_ms)
+        {
+            bail!(
+                "--channel-retention rule {part:?}: events must be 1 to {CHANNEL_MAX_EVENTS_MAX}, age 1 to {CHANNEL_MAX_AGE_MS_MAX} ms"
+            );
+        }
+        rules.retain(|r| r.prefix != prefix);
+        rules.push(RetentionRule {
+            prefix: prefix.to_string(),
+            max_events,
+            max_age_ms,
+        });
+    }
+    // Longest prefix first, so the first match is the most specific rule.
+    rules.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    Ok(rules)
 }
 
 /// The validated configuration with every default filled in.
@@ -144,6 +217,12 @@ pub struct Config {
     pub advertise_gossip_addr: String,
     pub autopilot_replace_dead: bool,
     pub autopilot_dead_grace_ms: u64,
+    /// Channel retention rules, longest prefix first (the last has the empty prefix).
+    pub channel_retention: Vec<RetentionRule>,
+    pub ws_send_buffer_bytes: usize,
+    pub ws_catch_up_events_per_sec: u64,
+    pub ws_max_connections: usize,
+    pub presence_lease_ms: u64,
 }
 
 /// The gossip address of a member whose cluster address is `cluster_addr` (`host:port`): the
@@ -153,6 +232,21 @@ pub fn derived_gossip_addr(cluster_addr: &str) -> Option<String> {
     let (host, port) = cluster_addr.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
     Some(format!("{host}:{}", port.checked_add(1)?))
+}
+
+impl Config {
+    /// The retention a publish on `channel` carries.
+    pub fn retention_for(&self, channel: &str) -> raft::command::ChannelRetention {
+        let rule = self
+            .channel_retention
+            .iter()
+            .find(|r| channel.starts_with(&r.prefix))
+            .expect("the empty prefix matches every channel");
+        raft::command::ChannelRetention {
+            max_events: rule.max_events,
+            max_age_ms: rule.max_age_ms,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -235,6 +329,16 @@ impl ServeArgs {
             max_inflight_requests: pick!(max_inflight_requests).unwrap_or(4096).max(1),
             cache_max_entries,
             cache_max_bytes,
+            channel_retention: parse_retention(&pick!(channel_retention).unwrap_or_default())?,
+            ws_send_buffer_bytes: ws_send_buffer_bytes(
+                pick!(ws_send_buffer_bytes),
+                max_value_bytes,
+            )?,
+            ws_catch_up_events_per_sec: pick!(ws_catch_up_events_per_sec).unwrap_or(10_000).max(1),
+            ws_max_connections: pick!(ws_max_connections).unwrap_or(10_000).max(1),
+            presence_lease_ms: pick!(presence_lease_ms)
+                .unwrap_or(6_000)
+                .clamp(300, 600_000),
             kv_history_revisions: pick!(kv_history_revisions).unwrap_or(10_000).max(1),
             gossip_addr,
             advertise_gossip_addr,
@@ -242,6 +346,15 @@ impl ServeArgs {
             autopilot_dead_grace_ms,
         })
     }
+}
+
+/// The WebSocket send buffer must hold at least one largest event (value limit + framing).
+fn ws_send_buffer_bytes(v: Option<usize>, max_value_bytes: usize) -> anyhow::Result<usize> {
+    let v = v.unwrap_or(4 << 20);
+    if v < max_value_bytes + 4096 {
+        bail!("--ws-send-buffer-bytes must hold one largest event (max value bytes + 4096)");
+    }
+    Ok(v)
 }
 
 fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
@@ -297,6 +410,27 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("unknown_setting"), "{err:#}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn channel_retention_takes_the_longest_matching_prefix() {
+        let c = ServeArgs {
+            data_dir: Some("/x".into()),
+            channel_retention: Some("chat/=5:1000, chat/vip/=50:2000,=7:3000".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let r = |ch: &str| {
+            let r = c.retention_for(ch);
+            (r.max_events, r.max_age_ms)
+        };
+        assert_eq!(r("chat/vip/1"), (50, 2000));
+        assert_eq!(r("chat/1"), (5, 1000));
+        assert_eq!(r("other"), (7, 3000));
+        assert!(parse_retention("x=0:10").is_err());
+        assert!(parse_retention("x=10").is_err());
+        assert_eq!(parse_retention("").unwrap()[0].max_events, 1000);
     }
 
     #[test]

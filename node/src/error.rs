@@ -57,15 +57,23 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON body: `{"error": {"code", "message", ...extra}}`.
+    pub fn body(self) -> Value {
         let mut error = Map::new();
         error.insert("code".into(), self.code.into());
         error.insert("message".into(), self.message.into());
         error.extend(self.extra);
-        let mut resp = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let mut resp = (status, axum::Json(self.body())).into_response();
         if matches!(
-            self.status,
+            status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         ) {
             resp.headers_mut()

@@ -6,6 +6,7 @@
 //! - [`cluster`]: writes from any node, batched linearizable reads, joins, leader duties.
 //! - [`api`]: the HTTP routes of API.md; [`error`] maps every failure to its status and code.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
+//! - [`realtime`]: the feed of applied events behind WebSocket fan-out, and presence leases.
 //! - [`client`]: the `stackd kv …` and `stackd cluster …` subcommands.
 //! - [`openapi`]: the API reference served at `/v1/openapi.json`.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod realtime;
 pub mod server;
 
 /// Installs the process-wide rustls crypto provider (ring). Call once before any TLS use;

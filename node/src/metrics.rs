@@ -36,6 +36,18 @@ pub struct Metrics {
     gossip_dropped: IntCounterVec,
     gossip_members: IntGaugeVec,
     autopilot_actions: IntCounterVec,
+    // --- Channels and WebSocket ---
+    channels: IntGauge,
+    channel_events: IntGauge,
+    /// Open WebSocket connections on this node.
+    pub ws_connections: IntGauge,
+    /// Bytes queued for WebSocket clients on this node, all connections together (each is
+    /// bounded by `ws_send_buffer_bytes`).
+    pub ws_send_buffer_bytes: IntGauge,
+    /// WebSocket messages sent by this node (replies, events, key changes).
+    pub ws_messages_sent: IntCounter,
+    /// WebSocket connections closed by the server, by reason.
+    pub ws_disconnects: IntCounterVec,
 }
 
 impl Metrics {
@@ -139,6 +151,32 @@ impl Metrics {
                 &["action"],
             )
             .expect("valid metric"),
+            channels: gauge("stackd_channels", "Channels ever published"),
+            channel_events: gauge(
+                "stackd_channel_events_retained",
+                "Channel events held in history, all channels together",
+            ),
+            ws_connections: gauge(
+                "stackd_ws_connections",
+                "Open WebSocket connections on this node",
+            ),
+            ws_send_buffer_bytes: gauge(
+                "stackd_ws_send_buffer_bytes",
+                "Bytes queued for WebSocket clients on this node, all connections together",
+            ),
+            ws_messages_sent: IntCounter::new(
+                "stackd_ws_messages_sent_total",
+                "WebSocket messages sent by this node",
+            )
+            .expect("valid metric"),
+            ws_disconnects: IntCounterVec::new(
+                Opts::new(
+                    "stackd_ws_disconnects_total",
+                    "WebSocket connections closed by the server, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             registry,
             requests,
             latency,
@@ -162,10 +200,17 @@ impl Metrics {
             &m.cache_entries,
             &m.cache_bytes,
             &m.cache_evictions,
+            &m.channels,
+            &m.channel_events,
+            &m.ws_connections,
+            &m.ws_send_buffer_bytes,
         ] {
             m.registry.register(Box::new(g.clone())).expect("register");
         }
-        for c in [&m.cache_hits, &m.cache_misses] {
+        m.registry
+            .register(Box::new(m.ws_disconnects.clone()))
+            .expect("register");
+        for c in [&m.cache_hits, &m.cache_misses, &m.ws_messages_sent] {
             m.registry.register(Box::new(c.clone())).expect("register");
         }
         m.registry
@@ -238,6 +283,9 @@ impl Metrics {
             self.cache_entries.set(c.entries as i64);
             self.cache_bytes.set(c.bytes as i64);
             self.cache_evictions.set(c.evictions as i64);
+            let (channels, events) = st.channel_counts();
+            self.channels.set(channels as i64);
+            self.channel_events.set(events as i64);
             self.queue_jobs.reset();
             for q in st.queue_names() {
                 if let Some(s) = st.queue_stats(&q) {

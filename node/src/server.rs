@@ -142,6 +142,7 @@ impl Node {
         let log_store = LogStore::new(db.clone());
         let sm = StateMachine::open(db.clone(), &config.data_dir.join("snapshots"))?;
         let state = sm.state();
+        let live = sm.live_sender();
         let transport = Transport::bind(config.cluster_addr, &tls, Limits::default())
             .with_context(|| format!("binding cluster address {}", config.cluster_addr))?;
         let raft = raft::Raft::new(
@@ -269,10 +270,15 @@ impl Node {
             .await
             .with_context(|| format!("binding API address {}", config.api_addr))?;
         let api_addr = listener.local_addr()?;
+        let hub = crate::realtime::Hub::new(live, config.ws_max_connections, shutdown.clone());
+        tasks.push(tokio::spawn(
+            hub.clone().run_presence(cluster.clone(), shutdown.clone()),
+        ));
         let app = api::router(Arc::new(AppState {
             cluster: cluster.clone(),
             metrics: Arc::new(Metrics::new()),
             inflight,
+            hub,
             db: db.clone(),
         }));
         let api_shutdown = shutdown.clone();

@@ -170,6 +170,45 @@ pub enum Command {
     NodeRemoved {
         id: u64,
     },
+    /// Appends an event (JSON text) to a channel's history under the next offset. The
+    /// retention travels in the entry so every replica trims the same events, whatever its
+    /// own configuration says.
+    ChannelPublish {
+        channel: String,
+        data: String,
+        retention: ChannelRetention,
+    },
+    /// A client connected to node `node_id` is present on `channel`. Renews the node's
+    /// presence lease like [`Command::PresenceHeartbeat`].
+    PresenceJoin {
+        channel: String,
+        client_id: String,
+        user: String,
+        node_id: u64,
+        incarnation: u64,
+        lease_ms: u64,
+    },
+    PresenceLeave {
+        channel: String,
+        client_id: String,
+        node_id: u64,
+    },
+    /// Renews node `node_id`'s presence lease to `lease_ms` from now. `incarnation` is drawn by
+    /// the node's process at start: a new one drops the entries of the previous process.
+    /// When a lease ends on the replicated clock, the node's entries are removed.
+    PresenceHeartbeat {
+        node_id: u64,
+        incarnation: u64,
+        lease_ms: u64,
+    },
+}
+
+/// How much history a channel keeps: at most `max_events` events, none older than
+/// `max_age_ms` on the replicated clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRetention {
+    pub max_events: u64,
+    pub max_age_ms: u64,
 }
 
 /// A job to enqueue. `run_at_ms` wins over `delay_ms`; neither means now.
@@ -314,6 +353,10 @@ pub enum Response {
     Compacted {
         compact_revision: u64,
     },
+    /// An event was appended to a channel under this offset.
+    Published {
+        offset: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -351,6 +394,18 @@ impl fmt::Display for Command {
             Command::QueueReplay { queue, .. } => write!(f, "replay {queue}"),
             Command::ScheduleSet { queue, name, .. } => write!(f, "schedule {queue}/{name}"),
             Command::ScheduleDelete { queue, name } => write!(f, "unschedule {queue}/{name}"),
+            Command::ChannelPublish { channel, data, .. } => {
+                write!(f, "publish {channel} ({} bytes)", data.len())
+            }
+            Command::PresenceJoin {
+                channel, node_id, ..
+            } => write!(f, "presence-join {channel} on node {node_id}"),
+            Command::PresenceLeave {
+                channel, node_id, ..
+            } => write!(f, "presence-leave {channel} on node {node_id}"),
+            Command::PresenceHeartbeat { node_id, .. } => {
+                write!(f, "presence-heartbeat node {node_id}")
+            }
             Command::KvCompact { revision } => write!(f, "kv-compact {revision}"),
             Command::JoinTokenCreate { .. } => write!(f, "join-token-create"),
             Command::NodeRemoved { id } => write!(f, "node-removed {id}"),

@@ -16,5 +16,5 @@ pub mod types;
 pub use command::{Command, Request, Response};
 pub use openraft;
 pub use state::State;
-pub use state_machine::StateMachine;
+pub use state_machine::{LiveBatch, StateMachine};
 pub use types::{LogStore, NodeId, NodeInfo, Raft, SnapshotData, TypeConfig};

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use storage::{codec, Db, SmBatch};
 
 use crate::command::Response;
-use crate::state::{Meta, State, META_KEY};
+use crate::state::{LiveEvent, Meta, State, META_KEY};
 use crate::types::{SnapshotData, TypeConfig};
 
 /// The state machine handed to openraft; clones share the state.
@@ -22,7 +22,23 @@ pub struct StateMachine {
     db: Db,
     state: Arc<RwLock<State>>,
     snapshot_path: PathBuf,
+    live: tokio::sync::broadcast::Sender<LiveBatch>,
 }
+
+/// What the state machine tells live subscribers after each applied batch. Each node sends
+/// what it applies itself, so subscribers of every node are served without the leader.
+#[derive(Clone, Debug)]
+pub enum LiveBatch {
+    /// The channel events and key-value changes of one applied batch, in apply order.
+    Events(Arc<Vec<LiveEvent>>),
+    /// The state was replaced by a snapshot: events in between were never sent, and
+    /// subscribers re-read what they may have missed from the state.
+    Reset,
+}
+
+/// Applied batches buffered for slow receivers; one that falls further behind is told it
+/// lagged and catches up from the state.
+pub const LIVE_BATCHES_BUFFERED: usize = 4096;
 
 /// A snapshot as stored on disk and sent to followers.
 #[derive(Serialize, Deserialize)]
@@ -41,7 +57,18 @@ impl StateMachine {
             db,
             state: Arc::new(RwLock::new(state)),
             snapshot_path: dir.join("snapshot.bin"),
+            live: tokio::sync::broadcast::channel(LIVE_BATCHES_BUFFERED).0,
         })
+    }
+
+    /// Receives every applied batch's live events from now on.
+    pub fn subscribe_live(&self) -> tokio::sync::broadcast::Receiver<LiveBatch> {
+        self.live.subscribe()
+    }
+
+    /// A handle to subscribe with later (see [`StateMachine::subscribe_live`]).
+    pub fn live_sender(&self) -> tokio::sync::broadcast::Sender<LiveBatch> {
+        self.live.clone()
     }
 
     /// The shared in-memory state, for reads. Hold the lock only for short, non-async sections.
@@ -117,6 +144,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut batch = SmBatch::default();
         let mut responses = Vec::new();
+        // Live events are recorded only while someone on this node listens (values are not
+        // copied for nobody). A listener that arrives during an unrecorded batch may have read
+        // the state before the batch's later entries: it is told to re-read (`Reset`).
+        let recording = self.live.receiver_count() > 0;
+        self.state
+            .write()
+            .expect("state lock")
+            .set_emit_live(recording);
         while let Some((entry, responder)) = entries.try_next().await? {
             let mut st = self.state.write().expect("state lock");
             st.meta.last_applied = Some(entry.log_id);
@@ -133,12 +168,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 responses.push((r, response));
             }
         }
-        self.state
-            .read()
-            .expect("state lock")
-            .persist_meta(&mut batch);
+        let live = {
+            let mut st = self.state.write().expect("state lock");
+            st.persist_meta(&mut batch);
+            st.take_live()
+        };
         // One atomic batch: the changes and `last_applied` land together or not at all.
         self.db.sm_write(batch)?;
+        if !live.is_empty() {
+            // No receivers is not an error: everyone may have left meanwhile.
+            let _ = self.live.send(LiveBatch::Events(Arc::new(live)));
+        } else if !recording && self.live.receiver_count() > 0 {
+            let _ = self.live.send(LiveBatch::Reset);
+        }
         for (r, resp) in responses {
             r.send(resp);
         }
@@ -173,6 +215,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ));
         }
         *self.state.write().expect("state lock") = new_state;
+        let _ = self.live.send(LiveBatch::Reset);
         self.write_snapshot_file(&SnapshotFile {
             meta: meta.clone(),
             data,

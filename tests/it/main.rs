@@ -2,6 +2,8 @@
 
 mod backup;
 mod cache;
+mod channels;
+mod channels_proc;
 mod errors;
 mod faults;
 mod gossip;

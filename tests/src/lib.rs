@@ -10,6 +10,7 @@
 //! - [`process`]: clusters of real `stackd` processes on 127.0.0.1, .2, .3 … (kill -9,
 //!   restart, pause).
 //! - [`workload`]: the clients of a fault run.
+//! - [`ws`]: a WebSocket client for `/v1/ws`.
 
 pub mod checker;
 pub mod harness;
@@ -20,6 +21,7 @@ pub mod nemesis;
 pub mod process;
 pub mod standalone;
 pub mod workload;
+pub mod ws;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 

@@ -51,6 +51,15 @@ pub enum OpBody {
     CacheDelete(KeyOp),
     CacheInvalidate(TagsOp),
     Enqueue(EnqueueOp),
+    Publish(PublishOp),
+}
+
+/// A channel publish inside a transaction: `{"publish": {"channel", "data"}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishOp {
+    channel: String,
+    data: Value,
 }
 
 /// An enqueue inside a transaction: `queue` plus the fields of `POST /v1/queues/{queue}/jobs`.
@@ -219,6 +228,10 @@ fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Co
                 job: super::queues::enqueue_job(st, job)?,
             }
         }
+        OpBody::Publish(p) => {
+            validate_name("channel", &p.channel)?;
+            super::channels::publish_command(st, p.channel, &p.data)?
+        }
     })
 }
 
@@ -241,6 +254,7 @@ fn result_json(r: &RaftResponse) -> Value {
         }
         RaftResponse::Done => json!({ "stored": true }),
         RaftResponse::Count(n) => json!({ "count": n }),
+        RaftResponse::Published { offset } => json!({ "offset": offset }),
         RaftResponse::Enqueued { id, existing } => {
             json!({ "id": id.to_string(), "existing": existing })
         }

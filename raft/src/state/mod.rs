@@ -13,6 +13,10 @@
 //! - [`locks`]: leases, waiters and fences.
 //! - [`sessions`]: sessions with sliding expiry.
 //! - [`cache`]: the bounded cache with tags.
+//! - [`channels`]: channel histories with offsets and retention, and presence with node leases.
+//!
+//! When enabled ([`State::set_emit_live`]), apply also records [`LiveEvent`]s (channel events
+//! and key-value changes) that the state machine hands to subscribers after each batch.
 //!
 //! Key layout in the `sm` column family:
 //! - `m:state` → [`Meta`]; `m:locks` → the last fence; `m:cache` → cache counters;
@@ -23,6 +27,7 @@
 //! - `i:<idempotency key>` → [`IdemRecord`]
 
 mod cache;
+mod channels;
 mod kv;
 mod locks;
 mod queues;
@@ -36,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use storage::{codec, Db, SmBatch};
 
 pub use cache::{CacheCounts, CacheEntry};
+pub use channels::{ChannelEvent, History, Presence, PRESENCE_PER_CHANNEL_MAX};
 pub use kv::{Compacted, KvEntry, KvEvent, KvEventKind};
 pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
@@ -87,8 +93,21 @@ pub struct State {
     queues: queues::Queues,
     /// Join tokens and removed nodes.
     pub security: Security,
+    channels: channels::Channels,
     idem: BTreeMap<String, IdemRecord>,
     idem_ttl: BTreeSet<(u64, String)>,
+    /// Live events of the batch being applied; `None` while nobody collects them.
+    live: Option<Vec<LiveEvent>>,
+}
+
+/// A change that live subscribers are told about, recorded by apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LiveEvent {
+    Channel {
+        channel: String,
+        event: ChannelEvent,
+    },
+    Kv(KvEvent),
 }
 
 fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
@@ -116,6 +135,7 @@ impl State {
         state.cache = cache::Cache::load(db)?;
         state.queues = queues::Queues::load(db, state.meta.now_ms)?;
         state.security = Security::load(db)?;
+        state.channels = channels::Channels::load(db)?;
         for (k, v) in db.sm_scan_prefix(IDEM_PREFIX)? {
             let key = unprefixed(IDEM_PREFIX, &k)?;
             let rec: IdemRecord = codec::decode(&v)?;
@@ -131,6 +151,24 @@ impl State {
             META_KEY.to_vec(),
             codec::encode(&self.meta).expect("meta encodes"),
         );
+    }
+
+    /// Starts (or stops) recording [`LiveEvent`]s during apply; see [`State::take_live`].
+    pub fn set_emit_live(&mut self, on: bool) {
+        if on != self.live.is_some() {
+            self.live = on.then(Vec::new);
+        }
+    }
+
+    /// The live events recorded since the last call.
+    pub fn take_live(&mut self) -> Vec<LiveEvent> {
+        self.live.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn emit(&mut self, event: impl FnOnce() -> LiveEvent) {
+        if let Some(live) = &mut self.live {
+            live.push(event());
+        }
     }
 
     /// Applies one request and records its writes in `batch`.
@@ -273,6 +311,36 @@ impl State {
             Command::ScheduleDelete { queue, name } => {
                 self.queues.delete_schedule(queue, name, batch)
             }
+            Command::ChannelPublish { .. } => self.write_op(cmd, self.meta.revision, batch),
+            Command::PresenceJoin {
+                channel,
+                client_id,
+                user,
+                node_id,
+                incarnation,
+                lease_ms,
+            } => self.channels.join(
+                channel,
+                client_id,
+                user,
+                *node_id,
+                *incarnation,
+                *lease_ms,
+                now,
+                batch,
+            ),
+            Command::PresenceLeave {
+                channel,
+                client_id,
+                node_id,
+            } => self.channels.leave(channel, client_id, *node_id, batch),
+            Command::PresenceHeartbeat {
+                node_id,
+                incarnation,
+                lease_ms,
+            } => self
+                .channels
+                .heartbeat(*node_id, *incarnation, *lease_ms, now, batch),
             Command::KvCompact { revision } => Response::Compacted {
                 compact_revision: self.kv.compact(*revision, self.meta.revision, batch),
             },
@@ -296,10 +364,26 @@ impl State {
             } => {
                 let expires = ttl_ms.map(|t| now.saturating_add(t));
                 self.kv.put(key, value, expires, revision, batch);
+                self.emit(|| {
+                    LiveEvent::Kv(KvEvent {
+                        revision,
+                        key: key.clone(),
+                        kind: KvEventKind::Put,
+                        value: Some(value.clone()),
+                    })
+                });
                 Response::Put { revision }
             }
             Command::Delete { key, .. } => {
                 if self.kv.remove(key, revision, batch) {
+                    self.emit(|| {
+                        LiveEvent::Kv(KvEvent {
+                            revision,
+                            key: key.clone(),
+                            kind: KvEventKind::Delete,
+                            value: None,
+                        })
+                    });
                     Response::Delete {
                         revision,
                         deleted: true,
@@ -324,6 +408,18 @@ impl State {
             Command::CacheDelete { key } => self.cache.delete(key, batch),
             Command::CacheInvalidate { tags } => self.cache.invalidate(tags, batch),
             Command::QueueEnqueue { queue, job } => self.queues.enqueue(queue, job, now, batch),
+            Command::ChannelPublish {
+                channel,
+                data,
+                retention,
+            } => {
+                let (resp, event) = self.channels.publish(channel, data, *retention, now, batch);
+                self.emit(|| LiveEvent::Channel {
+                    channel: channel.clone(),
+                    event,
+                });
+                resp
+            }
             other => Response::Rejected(format!("{other} is not allowed in a transaction")),
         }
     }
@@ -370,11 +466,21 @@ impl State {
         while let Some(key) = self.kv.first_expired(now) {
             self.meta.revision += 1;
             self.kv.remove(&key, self.meta.revision, batch);
+            let revision = self.meta.revision;
+            self.emit(|| {
+                LiveEvent::Kv(KvEvent {
+                    revision,
+                    key,
+                    kind: KvEventKind::Delete,
+                    value: None,
+                })
+            });
         }
         self.locks.expire(now, batch);
         self.sessions.expire(now, batch);
         self.cache.expire(now, batch);
         self.queues.expire(now, batch);
+        self.channels.expire(now, batch);
         while let Some((at, key)) = self.idem_ttl.first().cloned() {
             if at > now {
                 break;
@@ -394,6 +500,7 @@ impl State {
             self.sessions.next_deadline(),
             self.cache.next_deadline(),
             self.queues.next_deadline(),
+            self.channels.next_deadline(),
             self.idem_ttl.first().map(|(at, _)| *at),
         ]
         .into_iter()
@@ -506,6 +613,30 @@ impl State {
     pub fn schedules(&self, queue: &str) -> Vec<(String, &Schedule)> {
         self.queues.schedules(queue)
     }
+
+    /// Events of `channel` after offset `since` (at most `limit`) with the retained range;
+    /// `None` for a channel never published.
+    pub fn channel_history(&self, channel: &str, since: u64, limit: usize) -> Option<History> {
+        self.channels.history(channel, since, limit)
+    }
+
+    /// The last offset published on `channel`, 0 when none.
+    pub fn channel_latest_offset(&self, channel: &str) -> u64 {
+        self.channels.latest_offset(channel)
+    }
+
+    /// Present clients of `channel`, by client id.
+    pub fn presence(&self, channel: &str) -> Vec<Presence> {
+        self.channels.present(channel)
+    }
+
+    /// (channels ever published, events retained across them).
+    pub fn channel_counts(&self) -> (usize, usize) {
+        (
+            self.channels.channel_count(),
+            self.channels.retained_events(),
+        )
+    }
 }
 
 /// The writes a transaction may hold: unconditional key-value and cache writes.
@@ -517,7 +648,8 @@ pub fn txn_op_allowed(op: &Command) -> bool {
         Command::CacheSet { .. }
         | Command::CacheDelete { .. }
         | Command::CacheInvalidate { .. }
-        | Command::QueueEnqueue { .. } => true,
+        | Command::QueueEnqueue { .. }
+        | Command::ChannelPublish { .. } => true,
         _ => false,
     }
 }
@@ -1440,5 +1572,173 @@ mod security_tests {
         );
         let names: Vec<&str> = s.security.join_tokens.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["new", "third"]);
+    }
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use super::primitive_tests::run;
+    use super::*;
+    use crate::command::ChannelRetention;
+
+    fn publish(channel: &str, data: &str, max_events: u64, max_age_ms: u64) -> Command {
+        Command::ChannelPublish {
+            channel: channel.into(),
+            data: data.into(),
+            retention: ChannelRetention {
+                max_events,
+                max_age_ms,
+            },
+        }
+    }
+
+    #[test]
+    fn offsets_grow_per_channel_and_history_keeps_the_newest() {
+        let mut s = State::default();
+        s.set_emit_live(true);
+        for i in 1..=5u64 {
+            assert_eq!(
+                run(&mut s, i, publish("a", &i.to_string(), 3, 60_000)),
+                Response::Published { offset: i }
+            );
+        }
+        assert_eq!(
+            run(&mut s, 9, publish("b", "1", 3, 60_000)),
+            Response::Published { offset: 1 }
+        );
+        let h = s.channel_history("a", 0, 100).unwrap();
+        assert_eq!((h.earliest_offset, h.latest_offset), (3, 5));
+        let offsets: Vec<u64> = h.events.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, [3, 4, 5]);
+        let h = s.channel_history("a", 3, 1).unwrap();
+        assert_eq!(h.events[0].offset, 4);
+        assert_eq!(h.events[0].data, "4");
+        assert!(s.channel_history("a", 5, 10).unwrap().events.is_empty());
+        assert!(s.channel_history("none", 0, 10).is_none());
+        let live = s.take_live();
+        assert_eq!(live.len(), 6);
+        assert!(
+            matches!(&live[5], LiveEvent::Channel { channel, event } if channel == "b" && event.offset == 1)
+        );
+    }
+
+    #[test]
+    fn events_age_out_on_the_replicated_clock_and_offsets_continue() {
+        let mut s = State::default();
+        run(&mut s, 1_000, publish("a", "1", 100, 500));
+        run(&mut s, 1_200, publish("a", "2", 100, 500));
+        assert_eq!(s.next_deadline_ms(), Some(1_500));
+        run(&mut s, 1_500, Command::Tick);
+        let h = s.channel_history("a", 0, 10).unwrap();
+        assert_eq!((h.earliest_offset, h.latest_offset), (2, 2));
+        run(&mut s, 1_700, Command::Tick);
+        let h = s.channel_history("a", 0, 10).unwrap();
+        assert_eq!(
+            (h.earliest_offset, h.latest_offset, h.events.len()),
+            (3, 2, 0)
+        );
+        assert_eq!(s.next_deadline_ms(), None);
+        assert_eq!(
+            run(&mut s, 1_800, publish("a", "3", 100, 500)),
+            Response::Published { offset: 3 }
+        );
+    }
+
+    fn join(channel: &str, client: &str, node_id: u64, incarnation: u64) -> Command {
+        Command::PresenceJoin {
+            channel: channel.into(),
+            client_id: client.into(),
+            user: format!("user-{client}"),
+            node_id,
+            incarnation,
+            lease_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn presence_ends_with_its_node_lease_or_a_new_incarnation() {
+        let mut s = State::default();
+        run(&mut s, 0, join("room", "c1", 1, 11));
+        run(&mut s, 0, join("room", "c2", 2, 22));
+        run(&mut s, 0, join("room", "c3", 3, 33));
+        assert_eq!(s.presence("room").len(), 3);
+        // Nodes 1 and 2 renew; node 3 does not and its lease ends at 1000.
+        run(
+            &mut s,
+            900,
+            Command::PresenceHeartbeat {
+                node_id: 1,
+                incarnation: 11,
+                lease_ms: 1_000,
+            },
+        );
+        run(
+            &mut s,
+            900,
+            Command::PresenceHeartbeat {
+                node_id: 2,
+                incarnation: 22,
+                lease_ms: 1_000,
+            },
+        );
+        run(&mut s, 1_000, Command::Tick);
+        let ids: Vec<String> = s
+            .presence("room")
+            .into_iter()
+            .map(|p| p.client_id)
+            .collect();
+        assert_eq!(ids, ["c1", "c2"]);
+        // Node 2 restarted: its new process's heartbeat drops what the old one left.
+        run(
+            &mut s,
+            1_100,
+            Command::PresenceHeartbeat {
+                node_id: 2,
+                incarnation: 23,
+                lease_ms: 1_000,
+            },
+        );
+        assert_eq!(s.presence("room").len(), 1);
+        assert_eq!(
+            run(
+                &mut s,
+                1_100,
+                Command::PresenceLeave {
+                    channel: "room".into(),
+                    client_id: "c1".into(),
+                    node_id: 1
+                }
+            ),
+            Response::Count(1)
+        );
+        assert!(s.presence("room").is_empty());
+    }
+
+    #[test]
+    fn channels_and_presence_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::default();
+        let cmds = [
+            publish("a", "1", 2, 10_000),
+            publish("a", "2", 2, 10_000),
+            publish("a", "3", 2, 10_000),
+            publish("b/x", "{}", 2, 10_000),
+            join("a", "c1", 1, 7),
+        ];
+        for (i, c) in cmds.into_iter().enumerate() {
+            let mut batch = SmBatch::default();
+            s.apply(&tests::req(10 + i as u64, c), &mut batch);
+            s.persist_meta(&mut batch);
+            db.sm_write(batch).unwrap();
+        }
+        let r = State::load(&db).unwrap();
+        assert_eq!(r.channel_history("a", 0, 10), s.channel_history("a", 0, 10));
+        assert_eq!(
+            r.channel_history("b/x", 0, 10),
+            s.channel_history("b/x", 0, 10)
+        );
+        assert_eq!(r.presence("a"), s.presence("a"));
+        assert_eq!(r.next_deadline_ms(), s.next_deadline_ms());
     }
 }

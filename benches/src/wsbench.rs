@@ -1,0 +1,329 @@
+//! `wsbench`: WebSocket fan-out benchmark. Connects `--subscribers` WebSocket clients spread
+//! round-robin over `--targets`, all subscribed to one channel, while `--publishers` HTTP loops
+//! publish events carrying their send time. Reports publishes per second, delivered messages
+//! per second (all subscribers together) and the publish-to-delivery latency (p50/p99).
+//!
+//! ```text
+//! wsbench --targets http://127.0.0.1:7001,http://127.0.0.2:7001,http://127.0.0.3:7001 \
+//!         --subscribers 1000 --publishers 4 --duration-secs 10
+//! ```
+//!
+//! Latency is measured on one machine's wall clock (publisher and subscribers share it), from
+//! just before the publish request is sent to the moment a subscriber reads the event. Only
+//! events published in the measured period count; a few seconds are allowed for stragglers.
+//!
+//! # Layout
+//! - `Args`: what to run.
+//! - `Hist`: a log-bucketed latency histogram (2% resolution) kept per subscriber, merged.
+//! - `subscriber`, `publisher`, `main`: the clients and the report.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+
+/// WebSocket fan-out benchmark for a stackd cluster.
+#[derive(Debug, Parser)]
+#[command(name = "wsbench", version)]
+struct Args {
+    /// Comma-separated base URLs of the nodes' HTTP APIs.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:7001")]
+    targets: Vec<String>,
+    /// WebSocket subscribers, spread round-robin over the targets.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Concurrent HTTP publish loops (round-robin over the targets).
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Pause between two publishes of one loop, in ms (0: as fast as answers come).
+    #[arg(long, default_value_t = 0)]
+    publish_interval_ms: u64,
+    /// Measured period, in seconds.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Warm-up before measuring, in seconds.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// The channel.
+    #[arg(long, default_value = "bench")]
+    channel: String,
+    /// Print one JSON line instead of a report.
+    #[arg(long)]
+    json: bool,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Latency histogram in µs with buckets growing by 2%.
+#[derive(Clone)]
+struct Hist {
+    buckets: Vec<u64>,
+}
+
+const BUCKETS: usize = 1200;
+
+impl Hist {
+    fn new() -> Self {
+        Self {
+            buckets: vec![0; BUCKETS],
+        }
+    }
+    fn bucket(us: u64) -> usize {
+        (((us.max(1) as f64).ln() / 1.02f64.ln()) as usize).min(BUCKETS - 1)
+    }
+    fn record(&mut self, us: u64) {
+        self.buckets[Self::bucket(us)] += 1;
+    }
+    fn merge(&mut self, o: &Hist) {
+        for (a, b) in self.buckets.iter_mut().zip(&o.buckets) {
+            *a += b;
+        }
+    }
+    fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+    /// The upper bound of the bucket holding quantile `q`, in ms.
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let total = self.count();
+        let want = ((total as f64) * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= want.max(1) {
+                return 1.02f64.powi(i as i32 + 1) / 1000.0;
+            }
+        }
+        f64::NAN
+    }
+}
+
+/// The publish time carried in an event's data: `"t":<µs>`.
+fn sent_at(text: &str) -> Option<u64> {
+    let i = text.find("\"t\":")? + 4;
+    let digits: String = text[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+struct Window {
+    start_us: u64,
+    end_us: u64,
+}
+
+async fn subscriber(
+    base: String,
+    channel: String,
+    window: Arc<Window>,
+    ready: Arc<AtomicU64>,
+    stop_at_us: u64,
+) -> Result<(Hist, u64)> {
+    let url = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let sub = serde_json::json!({"id": 1, "op": "subscribe", "channel": channel}).to_string();
+    ws.send(Message::Text(sub.into())).await?;
+    let mut hist = Hist::new();
+    let mut late = 0;
+    let mut subscribed = false;
+    loop {
+        let left = stop_at_us.saturating_sub(now_us());
+        let msg = match tokio::time::timeout(Duration::from_micros(left), ws.next()).await {
+            Err(_) => break,
+            Ok(None) => bail!("connection to {base} ended"),
+            Ok(Some(m)) => m?,
+        };
+        let Message::Text(text) = msg else { continue };
+        if !subscribed {
+            if text.as_str().contains("\"ok\":true") {
+                subscribed = true;
+                ready.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if text.as_str().contains("\"error\"") {
+                bail!("subscribe refused: {}", text.as_str());
+            }
+        }
+        let Some(t) = sent_at(text.as_str()) else {
+            continue;
+        };
+        if t >= window.start_us && t < window.end_us {
+            let now = now_us();
+            hist.record(now.saturating_sub(t));
+            if now > window.end_us + 1_000_000 {
+                late += 1;
+            }
+        }
+    }
+    Ok((hist, late))
+}
+
+async fn publisher(
+    http: reqwest::Client,
+    targets: Vec<String>,
+    offset: usize,
+    channel: String,
+    window: Arc<Window>,
+    interval: Duration,
+) -> (u64, u64) {
+    let mut measured = 0;
+    let mut errors = 0;
+    let mut i = offset;
+    loop {
+        let t = now_us();
+        if t >= window.end_us {
+            break;
+        }
+        let base = &targets[i % targets.len()];
+        i += 1;
+        let body = format!(r#"{{"data":{{"t":{t}}}}}"#);
+        let ok = http
+            .post(format!("{base}/v1/channels/{channel}/publish"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if !ok {
+            errors += 1;
+        } else if t >= window.start_us {
+            measured += 1;
+        }
+        if !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+    }
+    (measured, errors)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let ready = Arc::new(AtomicU64::new(0));
+    let mut subs = JoinSet::new();
+    // A simple fixed schedule keeps the code small: everyone subscribes within the first
+    // `connect_secs`, warm-up follows, then the measured period.
+    let connect_secs = 10 + args.subscribers as u64 / 200;
+    let t0 = now_us();
+    let window = Arc::new(Window {
+        start_us: t0 + (connect_secs + args.warmup_secs) * 1_000_000,
+        end_us: t0 + (connect_secs + args.warmup_secs + args.duration_secs) * 1_000_000,
+    });
+    let stop_at = window.end_us + 3_000_000;
+    for i in 0..args.subscribers {
+        let base = args.targets[i % args.targets.len()].clone();
+        subs.spawn(subscriber(
+            base,
+            args.channel.clone(),
+            window.clone(),
+            ready.clone(),
+            stop_at,
+        ));
+        if i % 50 == 49 {
+            // Spread the handshakes a little.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    while (ready.load(Ordering::Relaxed) as usize) < args.subscribers {
+        if now_us() > t0 + connect_secs * 1_000_000 {
+            bail!(
+                "only {} of {} subscribers were subscribed after {connect_secs} s",
+                ready.load(Ordering::Relaxed),
+                args.subscribers
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Publishing starts with the warm-up.
+    let warm_start = window.start_us - args.warmup_secs * 1_000_000;
+    tokio::time::sleep(Duration::from_micros(warm_start.saturating_sub(now_us()))).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut pubs = JoinSet::new();
+    for p in 0..args.publishers {
+        pubs.spawn(publisher(
+            http.clone(),
+            args.targets.clone(),
+            p,
+            args.channel.clone(),
+            window.clone(),
+            Duration::from_millis(args.publish_interval_ms),
+        ));
+    }
+    let (mut published, mut errors) = (0u64, 0u64);
+    while let Some(r) = pubs.join_next().await {
+        let (m, e) = r?;
+        published += m;
+        errors += e;
+    }
+    let mut hist = Hist::new();
+    let mut late = 0;
+    let mut failed = 0;
+    while let Some(r) = subs.join_next().await {
+        match r? {
+            Ok((h, l)) => {
+                hist.merge(&h);
+                late += l;
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("subscriber failed: {e:#}");
+            }
+        }
+    }
+    let secs = args.duration_secs as f64;
+    let delivered = hist.count();
+    let expected = published * (args.subscribers as u64 - failed);
+    let out = serde_json::json!({
+        "subscribers": args.subscribers,
+        "nodes": args.targets.len(),
+        "publishers": args.publishers,
+        "publishes_per_sec": published as f64 / secs,
+        "delivered_per_sec": delivered as f64 / secs,
+        "delivered": delivered,
+        "expected": expected,
+        "late_over_1s": late,
+        "failed_subscribers": failed,
+        "publish_errors": errors,
+        "p50_ms": hist.quantile_ms(0.50),
+        "p99_ms": hist.quantile_ms(0.99),
+        "max_bucket_ms": hist.quantile_ms(1.0),
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!(
+            "{} subscribers on {} nodes, {} publishers, {} s measured\n\
+             publishes/s {:.0}  delivered msgs/s {:.0}  ({} of {} expected)\n\
+             publish-to-delivery p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  publish errors {}",
+            args.subscribers,
+            args.targets.len(),
+            args.publishers,
+            args.duration_secs,
+            published as f64 / secs,
+            delivered as f64 / secs,
+            delivered,
+            expected,
+            hist.quantile_ms(0.5),
+            hist.quantile_ms(0.99),
+            hist.quantile_ms(1.0),
+            errors
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The node's side of real time: the feed of applied events that WebSocket connections
+//! subscribe to, connection limits, and this node's presence lease.
+//!
+//! Every node fans out from its own applied log: the state machine broadcasts each applied
+//! batch's channel events and key-value changes ([`raft::LiveBatch`]) and every connection
+//! filters them for its subscriptions. The leader only orders the writes; delivery costs it
+//! nothing beyond its own connections.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::{Command, LiveBatch};
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::cluster::Cluster;
+
+pub struct Hub {
+    live: broadcast::Sender<LiveBatch>,
+    /// Drawn once per process: a restarted node's presence replaces its previous process's.
+    pub incarnation: u64,
+    /// Cancelled when the node shuts down: connections close with 1001 (going away).
+    pub shutdown: CancellationToken,
+    /// WebSocket connections still allowed on this node.
+    pub connections: Arc<Semaphore>,
+    /// Present clients connected to this node; while any, the node renews its lease.
+    present_here: AtomicUsize,
+}
+
+impl Hub {
+    pub fn new(
+        live: broadcast::Sender<LiveBatch>,
+        max_connections: usize,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            live,
+            incarnation: rand::random::<u64>() | 1,
+            shutdown,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            present_here: AtomicUsize::new(0),
+        })
+    }
+
+    /// Every batch this node applies from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveBatch> {
+        self.live.subscribe()
+    }
+
+    pub fn presence_joined(&self) {
+        self.present_here.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn presence_left(&self) {
+        self.present_here.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Renews this node's presence lease every third of `presence_lease_ms` while it has
+    /// present clients. A node that stops renewing loses its clients' presence when the
+    /// lease ends on the replicated clock (the leader's tick removes them).
+    pub async fn run_presence(self: Arc<Self>, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+        let lease_ms = cluster.config.presence_lease_ms;
+        let mut tick = tokio::time::interval(Duration::from_millis(lease_ms / 3));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if self.present_here.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let command = Command::PresenceHeartbeat {
+                node_id: cluster.id,
+                incarnation: self.incarnation,
+                lease_ms,
+            };
+            match cluster.write(command, None).await {
+                Ok(_) => debug!("presence lease renewed"),
+                Err(e) => warn!(error = %e, "presence lease renewal failed"),
+            }
+        }
+    }
+}
