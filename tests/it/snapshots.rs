@@ -139,3 +139,83 @@ async fn a_node_joining_after_a_log_purge_catches_up_from_a_snapshot() {
         caught_up.as_secs_f64()
     );
 }
+
+/// `GET /v1/history` pages through changes after a revision, never splitting one revision
+/// (a transaction's writes) across pages, and a manual compaction ends what can be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_end_at_revision_boundaries_and_compaction_ends_them() {
+    let c = tests::inproc::InprocCluster::start(1).await.unwrap();
+    let http = http::client();
+    let base = &c.bases[0];
+    http::put(&http, base, "h.a", "1").await.unwrap(); // rev 1
+    http::put(&http, base, "h.b", "2").await.unwrap(); // rev 2
+    let (status, body) = post_json(
+        &http,
+        &format!("{base}/v1/txn"),
+        json!({"compare": [], "success": [
+            {"put": {"key": "h.x", "text": "x"}},
+            {"put": {"key": "h.y", "text": "y"}}
+        ]}),
+        None,
+    )
+    .await;
+    assert_eq!((status, &body["revision"]), (200, &json!(3)), "{body}");
+    let r = http
+        .delete(format!("{base}/v1/kv/h.a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200); // rev 4
+    http::put(&http, base, "other", "z").await.unwrap(); // rev 5, not under h.
+
+    let page = |since: u64, limit: u64| {
+        let http = http.clone();
+        let url = format!("{base}/v1/history?prefix=h.&since_revision={since}&limit={limit}");
+        async move { get_json(&http, &url).await }
+    };
+    let seen = |p: &serde_json::Value| -> Vec<(String, String, u64)> {
+        p["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap().to_string(),
+                    e["key"].as_str().unwrap().to_string(),
+                    e["revision"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let ev = |e: &str, k: &str, r: u64| (e.to_string(), k.to_string(), r);
+    let p1 = page(0, 3).await;
+    assert_eq!(seen(&p1), vec![ev("put", "h.a", 1), ev("put", "h.b", 2)]);
+    assert_eq!(p1["next_since_revision"], 2);
+    let p2 = page(2, 1).await;
+    assert_eq!(seen(&p2), vec![ev("put", "h.x", 3), ev("put", "h.y", 3)]);
+    assert_eq!(p2["next_since_revision"], 3);
+    let p3 = page(3, 10).await;
+    assert_eq!(seen(&p3), vec![ev("delete", "h.a", 4)]);
+    assert!(p3["next_since_revision"].is_null());
+    assert_eq!(p3["revision"], 5);
+
+    let (status, body) = post_json(
+        &http,
+        &format!("{base}/v1/cluster/compact"),
+        json!({"revision": 3}),
+        None,
+    )
+    .await;
+    assert_eq!((status, &body["compact_revision"]), (200, &json!(3)));
+    let r = http
+        .get(format!("{base}/v1/history?prefix=h.&since_revision=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["reason"], "compacted");
+    assert_eq!(body["error"]["compact_revision"], 3);
+    assert_eq!(seen(&page(3, 10).await), vec![ev("delete", "h.a", 4)]);
+    c.shutdown().await;
+}

@@ -11,31 +11,51 @@ use serde_json::{json, Value};
 use super::{list_limit, params, read_barrier_unless_stale, u64_param, JsonBody, St};
 use crate::error::{ApiError, ApiResult};
 
-/// `GET /v1/history?prefix=P&since_revision=R&limit=N`: changes under `P` at revision `R` or
-/// later, in revision order. `409` with `compact_revision` when `R` has been compacted.
+/// `GET /v1/history?prefix=P&since_revision=R&limit=N`: changes under `P` after revision `R`
+/// (as a watch from `R` replays them), in revision order. A page ends at a revision boundary,
+/// and `next_since_revision` continues it. `409` with `compact_revision` when changes after
+/// `R` have been compacted away.
 pub async fn kv_history(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
     let p = params(q, &["prefix", "since_revision", "limit", "consistency"])?;
     let prefix = p.get("prefix").cloned().unwrap_or_default();
     if prefix.len() > 512 {
         return Err(ApiError::bad_request("prefix must be at most 512 bytes"));
     }
-    let since = u64_param(&p, "since_revision")?.unwrap_or(1).max(1);
+    let since = u64_param(&p, "since_revision")?.unwrap_or(0);
     let limit = list_limit(&p)?;
     read_barrier_unless_stale(&st, &p).await?;
     let s = st.cluster.state.read().expect("state lock");
-    let events = s.kv_events_since(&prefix, since, limit + 1).map_err(|c| {
+    let compacted = |c: raft::state::Compacted| {
         ApiError::conflict(format!(
             "history at or below revision {} has been compacted",
             c.compact_revision
         ))
         .with("reason", "compacted")
         .with("compact_revision", c.compact_revision)
-    })?;
-    let more = events.len() > limit;
+    };
+    let mut events = s
+        .kv_events_since(&prefix, since.saturating_add(1), limit + 1)
+        .map_err(compacted)?;
+    let mut next = None;
+    if events.len() > limit {
+        // End the page at a revision boundary, so that continuing after its last revision
+        // neither skips nor repeats a change; one revision (a transaction) is never split.
+        let cut = events[limit].revision;
+        events.truncate(limit);
+        events.retain(|e| e.revision < cut);
+        if events.is_empty() {
+            events = s
+                .kv_events_since(&prefix, cut, usize::MAX)
+                .map_err(compacted)?
+                .into_iter()
+                .take_while(|e| e.revision == cut)
+                .collect();
+        }
+        next = events.last().map(|e| e.revision);
+    }
     let b64 = base64::engine::general_purpose::STANDARD;
     let items: Vec<Value> = events
         .iter()
-        .take(limit)
         .map(|e| {
             json!({
                 "event": match e.kind { KvEventKind::Put => "put", KvEventKind::Delete => "delete" },
@@ -45,16 +65,9 @@ pub async fn kv_history(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<
             })
         })
         .collect();
-    // Resuming from `next_revision` may repeat events of the last revision shown when a
-    // page ends inside a transaction's revision; keys within a revision are in key order.
-    let next = if more {
-        events.get(limit).map(|e| e.revision)
-    } else {
-        None
-    };
     Ok(Json(json!({
         "events": items,
-        "next_revision": next,
+        "next_since_revision": next,
         "revision": s.meta.revision,
         "compact_revision": s.compact_revision(),
     })))
