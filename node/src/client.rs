@@ -1,5 +1,5 @@
 //! The command-line client (`stackd kv`, `lock`, `session`, `cache`, `queue`, `worker`, `txn`,
-//! `cluster`, `backup`, `restore`, `token`) against any node's API.
+//! `cluster`, `backup`, `token`) against any node's API, and `stackd restore`.
 //!
 //! # Layout
 //! - this file: shared plumbing, `kv`, `cluster` (status and operations) and `token`;
