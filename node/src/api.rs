@@ -4,7 +4,9 @@
 //! - this file: the router, shared extractors and parameter checks, key-value and cluster
 //!   handlers;
 //! - [`locks`], [`sessions`], [`cache`], [`queues`], [`txn`]: the other primitives;
-//! - [`ops`]: cluster operations (remove, promote, transfer leadership, snapshot).
+//! - [`history`]: key-value history reads and compaction;
+//! - [`ops`]: cluster operations (remove, promote, transfer leadership, snapshot), the backup
+//!   stream and join tokens.
 //! - [`channels`], [`ws`]: channels (publish, history, presence) and the WebSocket API;
 //!   `/v1/client.js` and `/demo/` serve the browser client and its demo page.
 

@@ -1,10 +1,11 @@
-//! The command-line client: `stackd kv|lock|session|cache|queue|worker|txn|cluster …`
-//! against any node's API.
+//! The command-line client (`stackd kv`, `lock`, `session`, `cache`, `queue`, `worker`, `txn`,
+//! `cluster`, `backup`, `token`) against any node's API, and `stackd restore`.
 //!
 //! # Layout
-//! - this file: shared plumbing, `kv` and `cluster` (status and operations);
+//! - this file: shared plumbing, `kv`, `cluster` (status and operations) and `token`;
 //! - [`lock`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the other
-//!   primitives.
+//!   primitives;
+//! - [`backup`]: `stackd backup` and `stackd restore`.
 
 pub mod backup;
 pub mod cache;

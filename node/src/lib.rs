@@ -7,7 +7,9 @@
 //! - [`api`]: the HTTP routes of API.md; [`error`] maps every failure to its status and code.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`realtime`]: the feed of applied events behind WebSocket fan-out, and presence leases.
-//! - [`client`]: the `stackd kv …` and `stackd cluster …` subcommands.
+//! - [`backup`]: the backup stream format, its reader and restore into a new data dir.
+//! - [`client`]: the client subcommands (`stackd kv …`, `stackd cluster …`, `stackd queue …`
+//!   and the others).
 //! - [`openapi`]: the API reference served at `/v1/openapi.json`.
 
 pub mod api;

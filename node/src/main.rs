@@ -12,7 +12,7 @@ use node::config::ServeArgs;
 use tracing_subscriber::EnvFilter;
 
 /// stackd: a clustered application node (replicated state over Raft: keys, locks, sessions,
-/// cache, job queues).
+/// cache, job queues, channels).
 ///
 /// Start a node with `stackd serve`; start more with `--join` and the token the first node
 /// prints. Point apps and the client subcommands at any node.

@@ -26,7 +26,8 @@ pub enum RpcRequest {
     Forward(Request),
     /// A follower asks the leader for a read index (ReadIndex protocol).
     ReadIndex,
-    /// A new node asks to join; the only request allowed without a cluster certificate.
+    /// The join request of nodes of an earlier version (which received a shared cluster
+    /// certificate); allowed without a certificate and always refused.
     Join {
         token: String,
         node: NodeInfo,

@@ -1,7 +1,8 @@
 //! Cluster operations: remove or promote a member, transfer leadership, take a snapshot.
 //!
 //! They change Raft itself, so they run on the leader; any other node relays the request to
-//! the leader's API and returns its answer.
+//! the leader's API and returns its answer. Also here, and served by the node that receives
+//! them: the backup stream and join token creation.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

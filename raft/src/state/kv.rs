@@ -2,7 +2,7 @@
 //!
 //! Every change (put, delete, expiry) is also kept as a history event under its revision, so
 //! watches can replay from a past revision. History is dropped up to `compact_revision` by a
-//! replicated `Compact` entry, which the leader proposes when history outgrows its bound.
+//! replicated `KvCompact` entry, which the leader proposes when history outgrows its bound.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -13,7 +13,9 @@
 //! - [`locks`]: leases, waiters and fences.
 //! - [`sessions`]: sessions with sliding expiry.
 //! - [`cache`]: the bounded cache with tags.
+//! - [`queues`]: job queues with leases, retries, dead letters and cron schedules.
 //! - [`channels`]: channel histories with offsets and retention, and presence with node leases.
+//! - [`security`]: created join tokens and removed node ids.
 //!
 //! When enabled ([`State::set_emit_live`]), apply also records [`LiveEvent`]s (channel events
 //! and key-value changes) that the state machine hands to subscribers after each batch.
