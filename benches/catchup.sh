@@ -42,6 +42,22 @@ TARGET=$(field "http://$LEADER" commit_index)
 PURGED=$(field "http://$LEADER" purged_index)
 SNAP_BYTES=$(stat -c %s "$(ls "$STACKD_DATA"/node*/snapshots/snapshot.bin | head -1)")
 
+KEYS_HELD=$(python3 - "http://$LEADER" <<'PY'
+import json, sys, urllib.parse, urllib.request
+base, after, n = sys.argv[1], None, 0
+while True:
+    url = f"{base}/v1/kv?limit=1000&consistency=stale"
+    if after:
+        url += "&after=" + urllib.parse.quote(after, safe="")
+    page = json.load(urllib.request.urlopen(url))
+    n += len(page["items"])
+    after = page["next"]
+    if not after:
+        print(n)
+        break
+PY
+)
+
 TOKEN=$(cat "$STACKD_DATA/node1/join-token")
 START=$(date +%s.%N)
 "$STACKD_BIN" serve --data-dir "$STACKD_DATA/node4" --api-addr 127.0.0.4:7001 \
@@ -55,11 +71,11 @@ for _ in $(seq 1 1200); do
 done
 END=$(date +%s.%N)
 grep -q "snapshot installed" "$STACKD_DATA/node4.log" && HOW=snapshot || HOW=log
-python3 - "$START" "$END" "$SNAP_BYTES" "$TARGET" "$PURGED" "$HOW" "$LEADER_ID" <<'PY'
+python3 - "$START" "$END" "$SNAP_BYTES" "$TARGET" "$PURGED" "$HOW" "$LEADER_ID" "$KEYS_HELD" "$VALUE_SIZE" <<'PY'
 import sys
-start, end, snap, target, purged, how, leader = sys.argv[1:]
+start, end, snap, target, purged, how, leader, keys, vsize = sys.argv[1:]
 secs = float(end) - float(start)
 mib = int(snap) / 1048576
-print(f"leader {leader}: commit index {target}, log purged to {purged}, snapshot {mib:.1f} MiB")
+print(f"leader {leader}: {keys} keys of {vsize} bytes, commit index {target}, log purged to {purged}, snapshot {mib:.1f} MiB (includes key-value history)")
 print(f"new node caught up via {how} in {secs:.2f} s ({mib / secs:.1f} MiB/s, from process start)")
 PY
