@@ -274,14 +274,15 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
     if let Some((code, reason, text)) = close {
         st.metrics.ws_disconnects.with_label_values(&[reason]).inc();
         let limit = out.limit;
-        let err = json!({"type": "error", "error": {
-            "code": reason,
-            "message": match reason {
-                "slow_consumer" => format!("the connection's send queue passed {limit} bytes; reconnect and resume each channel from its last offset"),
-                _ => text.to_string(),
-            },
-            "limit_bytes": limit,
-        }})
+        let err = if reason == "slow_consumer" {
+            json!({"type": "error", "error": {
+                "code": reason,
+                "message": format!("the connection's send queue passed {limit} bytes; reconnect and resume each channel from its last offset"),
+                "limit_bytes": limit,
+            }})
+        } else {
+            json!({"type": "error", "error": {"code": reason, "message": text}})
+        }
         .to_string();
         let n = err.len();
         out.enqueue(Message::Text(err.into()), n);
