@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine;
-use serde_json::Value;
 
 use crate::http::{self, wait_for};
 use crate::process::stackd_bin;
@@ -83,34 +82,17 @@ impl Drop for Standalone {
 /// the node's local state (`consistency=stale`, so a learner answers too).
 pub async fn all_kv(http: &reqwest::Client, base: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    for _ in 0..100_000 {
-        let mut url = format!("{base}/v1/kv?limit=1000&consistency=stale");
-        if let Some(a) = &after {
-            url.push_str("&after=");
-            url.push_str(&form_urlencoded::byte_serialize(a.as_bytes()).collect::<String>());
-        }
-        let page: Value = http
-            .get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        for item in page["items"].as_array().context("items")? {
-            out.push((
+    crate::checker::convergence::list_all(http, base)
+        .await?
+        .iter()
+        .map(|item| {
+            Ok((
                 item["key"].as_str().context("key")?.to_string(),
                 b64.decode(item["value"].as_str().context("value")?)?,
                 item["revision"].as_u64().context("revision")?,
-            ));
-        }
-        match page["next"].as_str() {
-            Some(n) => after = Some(n.to_string()),
-            None => return Ok(out),
-        }
-    }
-    anyhow::bail!("listing did not end")
+            ))
+        })
+        .collect()
 }
 
 /// The key-value digest of `base` (see `node::backup::kv_digest`).

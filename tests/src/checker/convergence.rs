@@ -59,7 +59,8 @@ pub async fn list_all(http: &reqwest::Client, base: &str) -> Result<Vec<Value>> 
     for _ in 0..10_000 {
         let mut url = format!("{base}/v1/kv?prefix=&limit=1000&consistency=stale");
         if let Some(a) = &after {
-            url.push_str(&format!("&after={a}"));
+            url.push_str("&after=");
+            url.extend(form_urlencoded::byte_serialize(a.as_bytes()));
         }
         let page: Value = http
             .get(&url)
