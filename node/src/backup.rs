@@ -68,17 +68,9 @@ pub fn write(
     let mut summary = Summary::default();
     let mut failed: Option<anyhow::Error> = None;
     db.sm_export_each(|k, v| {
-        if k == META_KEY {
-            match codec::decode::<Meta>(v) {
-                Ok(meta) => {
-                    summary.last_applied_index = meta.last_applied.map(|l| l.index);
-                    summary.revision = meta.revision;
-                }
-                Err(e) => {
-                    failed = Some(e.into());
-                    return false;
-                }
-            }
+        if let Err(e) = summarize(&mut summary, k, v) {
+            failed = Some(e.into());
+            return false;
         }
         buf.push(1);
         buf.extend_from_slice(&(k.len() as u32).to_be_bytes());
@@ -97,7 +89,6 @@ pub fn write(
     if stopped {
         bail!("the backup stream was closed before it ended");
     }
-    summary.compact_revision = compact_revision(db)?;
     buf.push(0);
     put_json(&mut buf, &summary)?;
     hasher.update(&buf[..]);
@@ -109,11 +100,17 @@ pub fn write(
     Ok(summary)
 }
 
-fn compact_revision(db: &Db) -> anyhow::Result<u64> {
-    Ok(match db.sm_get(b"m:kvhist")? {
-        Some(v) => codec::decode(&v)?,
-        None => 0,
-    })
+/// Takes the summary's figures from the records that hold them, so that they come from the
+/// same RocksDB snapshot as every record.
+fn summarize(summary: &mut Summary, k: &[u8], v: &[u8]) -> storage::Result<()> {
+    if k == META_KEY {
+        let meta: Meta = codec::decode(v)?;
+        summary.last_applied_index = meta.last_applied.map(|l| l.index);
+        summary.revision = meta.revision;
+    } else if k == raft::state::COMPACT_KEY {
+        summary.compact_revision = codec::decode(v)?;
+    }
+    Ok(())
 }
 
 fn put_json<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> anyhow::Result<()> {

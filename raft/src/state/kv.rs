@@ -15,7 +15,7 @@ const PREFIX: &[u8] = b"k:";
 /// `h:<revision, 8 bytes big-endian><key>` → the value written, or `None` for a delete.
 const HISTORY_PREFIX: &[u8] = b"h:";
 /// Where the compaction point is stored.
-const COMPACT_KEY: &[u8] = b"m:kvhist";
+pub const COMPACT_KEY: &[u8] = b"m:kvhist";
 
 /// What a change did to a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

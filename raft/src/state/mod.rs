@@ -44,7 +44,7 @@ use storage::{codec, Db, SmBatch};
 
 pub use cache::{CacheCounts, CacheEntry};
 pub use channels::{ChannelEvent, History, Presence, PRESENCE_PER_CHANNEL_MAX};
-pub use kv::{Compacted, KvEntry, KvEvent, KvEventKind};
+pub use kv::{Compacted, KvEntry, KvEvent, KvEventKind, COMPACT_KEY};
 pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
     next_fire_ms, Job, JobState, QueueStats, Schedule, BACKOFF_MAX_MS, CRON_CATCH_UP_MAX,
