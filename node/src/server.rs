@@ -38,6 +38,7 @@ pub struct Node {
     pub cluster: Arc<Cluster>,
     pub api_addr: std::net::SocketAddr,
     removed: tokio::sync::watch::Receiver<Option<String>>,
+    data_dir: std::path::PathBuf,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Gossip stops last, so the others see this node leave only once it has.
@@ -244,9 +245,10 @@ impl Node {
         ));
         let removed = transport.removed();
         {
-            // Remember a removal, so a restart from this data dir stops at once.
+            // Remember a removal, so a restart from this data dir stops at once. Shutdown
+            // records it too, so it does not hang on this task having run first.
             let mut removed = removed.clone();
-            let path = config.data_dir.join(REMOVED_FILE);
+            let data_dir = config.data_dir.clone();
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
@@ -255,10 +257,7 @@ impl Node {
                     r = removed.wait_for(|r| r.is_some()) => {
                         if let Ok(why) = r {
                             let why = why.clone().unwrap_or_default();
-                            tracing::error!("{why}");
-                            if let Err(e) = std::fs::write(&path, format!("{why}\n")) {
-                                warn!(error = %e, "cannot record the removal in the data dir");
-                            }
+                            record_removal(&data_dir, &why);
                         }
                     }
                     _ = stop.cancelled() => {}
@@ -296,6 +295,7 @@ impl Node {
             cluster,
             api_addr,
             removed,
+            data_dir: config.data_dir.clone(),
             shutdown,
             tasks,
             gossip_shutdown,
@@ -341,6 +341,10 @@ impl Node {
                 let _ = t.await;
             }
         }
+        let removal = self.removed.borrow().clone();
+        if let Some(why) = removal {
+            record_removal(&self.data_dir, &why);
+        }
         info!("shutting down raft");
         if let Err(e) = self.cluster.raft.shutdown().await {
             warn!(error = %e, "raft shutdown failed");
@@ -349,6 +353,18 @@ impl Node {
         self.gossip_shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.gossip_task).await;
         info!("node stopped");
+    }
+}
+
+/// Writes the removal message into the data dir (once), where the next start finds it.
+fn record_removal(data_dir: &std::path::Path, why: &str) {
+    let path = data_dir.join(REMOVED_FILE);
+    if path.exists() {
+        return;
+    }
+    tracing::error!("{why}");
+    if let Err(e) = std::fs::write(&path, format!("{why}\n")) {
+        warn!(error = %e, path = %path.display(), "cannot record the removal in the data dir");
     }
 }
 
