@@ -120,15 +120,34 @@ fn put_json<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A backup read back and verified.
+/// A backup read back whole and verified (for inspection and tests; restoring streams instead).
 pub struct Backup {
     pub header: Header,
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
     pub summary: Summary,
 }
 
-/// Reads and verifies a whole backup: magic, structure, record count and checksum.
+/// Reads and verifies a whole backup into memory: magic, structure, record count and checksum.
 pub fn read(r: impl Read) -> anyhow::Result<Backup> {
+    let mut records = Vec::new();
+    let (header, summary) = read_each(r, |k, v| {
+        records.push((k.to_vec(), v.to_vec()));
+        Ok(())
+    })?;
+    Ok(Backup {
+        header,
+        records,
+        summary,
+    })
+}
+
+/// Reads a backup record by record, handing each (in key order) to `each`, and verifies it:
+/// magic, structure, record count and the checksum at the end. Nothing `each` did may be
+/// trusted until this returns `Ok`, since only then is the whole stream known to be intact.
+pub fn read_each(
+    r: impl Read,
+    mut each: impl FnMut(&[u8], &[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<(Header, Summary)> {
     let mut r = HashingReader {
         inner: r,
         hasher: Sha256::new(),
@@ -146,17 +165,24 @@ pub fn read(r: impl Read) -> anyhow::Result<Backup> {
             header.format
         );
     }
-    let mut records = Vec::new();
-    let summary: Summary = loop {
+    let mut records = 0u64;
+    let mut k = Vec::new();
+    let mut v = Vec::new();
+    let trailer = loop {
         let mut tag = [0u8; 1];
         r.read_exact(&mut tag).context("the backup is truncated")?;
         match tag[0] {
             1 => {
-                let k = read_field(&mut r)?;
-                let v = read_field(&mut r)?;
-                records.push((k, v));
+                read_field_into(&mut r, &mut k)?;
+                read_field_into(&mut r, &mut v)?;
+                each(&k, &v)?;
+                records += 1;
             }
-            0 => break read_json(&mut r).context("reading the backup trailer")?,
+            0 => {
+                let mut trailer = Vec::new();
+                read_field_into(&mut r, &mut trailer)?;
+                break trailer;
+            }
             other => bail!("the backup is corrupt (record tag {other})"),
         }
     };
@@ -168,18 +194,24 @@ pub fn read(r: impl Read) -> anyhow::Result<Backup> {
     if digest[..] != expected[..] {
         bail!("the backup's SHA-256 checksum does not match: the file is damaged");
     }
-    if summary.records != records.len() as u64 {
+    // Parsed only once the checksum holds, so damage is reported as such.
+    let summary: Summary =
+        serde_json::from_slice(&trailer).context("reading the backup trailer")?;
+    if summary.records != records {
         bail!(
-            "the backup says it holds {} records but has {}",
-            summary.records,
-            records.len()
+            "the backup says it holds {} records but has {records}",
+            summary.records
         );
     }
-    Ok(Backup {
-        header,
-        records,
-        summary,
-    })
+    Ok((header, summary))
+}
+
+/// Verifies a backup without keeping it in memory; returns its header, summary and key-value
+/// digest (see [`kv_digest`]).
+pub fn verify(r: impl Read) -> anyhow::Result<(Header, Summary, String)> {
+    let mut digest = KvDigest::default();
+    let (header, summary) = read_each(r, |k, v| digest.add_record(k, v))?;
+    Ok((header, summary, digest.finish()))
 }
 
 struct HashingReader<R> {
@@ -205,53 +237,88 @@ fn read_len(r: &mut impl Read) -> anyhow::Result<usize> {
     Ok(len)
 }
 
-fn read_field(r: &mut impl Read) -> anyhow::Result<Vec<u8>> {
+/// Reads one length-prefixed field into `buf` (reused across records).
+fn read_field_into(r: &mut impl Read, buf: &mut Vec<u8>) -> anyhow::Result<()> {
     let len = read_len(r)?;
-    let mut v = vec![0u8; len];
-    r.read_exact(&mut v).context("the backup is truncated")?;
-    Ok(v)
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf).context("the backup is truncated")?;
+    Ok(())
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(r: &mut impl Read) -> anyhow::Result<T> {
-    Ok(serde_json::from_slice(&read_field(r)?)?)
+    let mut buf = Vec::new();
+    read_field_into(r, &mut buf)?;
+    Ok(serde_json::from_slice(&buf)?)
 }
 
 /// SHA-256 over every live key-value entry (key, value, revision) in key order: two states
 /// with the same digest hold the same keys, values and revisions.
 pub fn kv_digest<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8], u64)>) -> String {
-    let mut h = Sha256::new();
-    let mut n = 0u64;
+    let mut d = KvDigest::default();
     for (k, v, rev) in entries {
-        h.update((k.len() as u64).to_be_bytes());
-        h.update(k.as_bytes());
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(v);
-        h.update(rev.to_be_bytes());
-        n += 1;
+        d.add(k, v, rev);
     }
-    h.update(n.to_be_bytes());
-    hex::encode(h.finalize())
+    d.finish()
+}
+
+/// [`kv_digest`] computed entry by entry.
+#[derive(Default)]
+pub struct KvDigest {
+    hasher: Sha256,
+    entries: u64,
+}
+
+impl KvDigest {
+    pub fn add(&mut self, key: &str, value: &[u8], revision: u64) {
+        let h = &mut self.hasher;
+        h.update((key.len() as u64).to_be_bytes());
+        h.update(key.as_bytes());
+        h.update((value.len() as u64).to_be_bytes());
+        h.update(value);
+        h.update(revision.to_be_bytes());
+        self.entries += 1;
+    }
+
+    /// Adds a state-machine record if it is a key-value entry (records come in key order).
+    pub fn add_record(&mut self, k: &[u8], v: &[u8]) -> anyhow::Result<()> {
+        if let Some(key) = k.strip_prefix(b"k:") {
+            let e: raft::state::KvEntry = codec::decode(v)?;
+            let key = std::str::from_utf8(key).context("a key that is not UTF-8")?;
+            self.add(key, &e.value, e.revision);
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> String {
+        self.hasher.update(self.entries.to_be_bytes());
+        hex::encode(self.hasher.finalize())
+    }
 }
 
 /// The key-value digest of a backup's records (see [`kv_digest`]).
 pub fn backup_kv_digest(backup: &Backup) -> anyhow::Result<String> {
-    let mut entries = Vec::new();
+    let mut d = KvDigest::default();
     for (k, v) in &backup.records {
-        if let Some(key) = k.strip_prefix(b"k:") {
-            let e: raft::state::KvEntry = codec::decode(v)?;
-            entries.push((String::from_utf8(key.to_vec())?, e));
-        }
+        d.add_record(k, v)?;
     }
-    Ok(kv_digest(entries.iter().map(|(k, e)| {
-        (k.as_str(), e.value.as_slice(), e.revision)
-    })))
+    Ok(d.finish())
 }
 
-/// Loads `backup` into the empty data dir `data_dir`. The state keeps its data, revisions and
-/// counters, and forgets the old cluster (its id, join tokens, removed node ids, membership and
-/// log position), so `stackd serve` on this dir starts a new cluster.
-pub fn restore_into(backup: &Backup, data_dir: &Path) -> anyhow::Result<()> {
-    if data_dir.exists()
+/// Bytes of records written to RocksDB per batch while restoring.
+const RESTORE_BATCH: usize = 4 << 20;
+
+/// Streams a backup from `r` into the empty data dir `data_dir`, verifying it on the way. The
+/// state keeps its data, revisions and counters, and forgets the old cluster (its id, join
+/// tokens, removed node ids, membership and log position), so `stackd serve` on this dir
+/// starts a new cluster.
+///
+/// Memory stays bounded by one batch whatever the backup's size. Until the checksum at the end
+/// has been verified the dir holds [`RESTORE_INCOMPLETE`], which a start refuses; a failed
+/// restore removes what it wrote.
+pub fn restore_from(r: impl Read, data_dir: &Path) -> anyhow::Result<(Header, Summary)> {
+    let existed = data_dir.exists();
+    if existed
         && std::fs::read_dir(data_dir)
             .with_context(|| format!("reading {}", data_dir.display()))?
             .next()
@@ -264,34 +331,64 @@ pub fn restore_into(backup: &Backup, data_dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let mut records = Vec::with_capacity(backup.records.len());
-    for (k, v) in &backup.records {
+    let result = load(r, data_dir);
+    if result.is_err() {
+        // Leave the dir as it was: empty (or absent).
+        let _ = std::fs::remove_dir_all(data_dir);
+        if existed {
+            let _ = std::fs::create_dir_all(data_dir);
+        }
+    }
+    result
+}
+
+/// Marks a data dir whose restore has not finished (see [`restore_from`]).
+pub const RESTORE_INCOMPLETE: &str = "restore-incomplete";
+
+fn load(r: impl Read, data_dir: &Path) -> anyhow::Result<(Header, Summary)> {
+    let incomplete = data_dir.join(RESTORE_INCOMPLETE);
+    std::fs::write(
+        &incomplete,
+        "a restore into this dir did not finish; delete the dir and restore again\n",
+    )?;
+    let db = Db::open(&data_dir.join("db")).context("opening RocksDB")?;
+    let mut batch = storage::SmBatch::default();
+    let mut batch_bytes = 0usize;
+    let (header, summary) = read_each(r, |k, v| {
         if k == raft::state::SECURITY_KEY {
             // Join tokens and removed node ids belong to the old cluster.
-            continue;
+            return Ok(());
         }
-        if k == META_KEY {
+        let v = if k == META_KEY {
             let mut meta: Meta = codec::decode(v)?;
             meta.cluster_id = None;
             meta.join_token_sha256 = None;
             meta.last_applied = None;
             meta.last_membership = Default::default();
-            records.push((k.clone(), codec::encode(&meta)?));
+            codec::encode(&meta)?
         } else {
-            records.push((k.clone(), v.clone()));
+            v.to_vec()
+        };
+        batch_bytes += k.len() + v.len();
+        batch.put(k.to_vec(), v);
+        if batch_bytes >= RESTORE_BATCH {
+            db.sm_write(std::mem::take(&mut batch))?;
+            batch_bytes = 0;
         }
-    }
-    let db = Db::open(&data_dir.join("db")).context("opening RocksDB")?;
-    db.sm_replace(records)?;
+        Ok(())
+    })?;
+    db.sm_write(batch)?;
+    db.sync_wal()?;
     drop(db);
     std::fs::write(
         data_dir.join(RESTORED_MARKER),
         serde_json::to_vec_pretty(&serde_json::json!({
-            "from_cluster_id": backup.header.cluster_id,
-            "summary": backup.summary,
+            "from_cluster_id": header.cluster_id,
+            "summary": summary,
         }))?,
     )?;
-    Ok(())
+    std::fs::remove_file(&incomplete)?;
+    Ok((header, summary))
 }
 
 #[cfg(test)]
@@ -335,5 +432,103 @@ mod tests {
         let err = read(&bytes[..bytes.len() - 10]).err().unwrap().to_string();
         assert!(err.contains("truncated"), "{err}");
         assert!(read(&b"hello"[..]).is_err());
+    }
+
+    type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+    /// A backup with a meta record, a security record and `n` key-value entries, and the
+    /// records it was made from.
+    fn sample_backup(n: u32) -> (Vec<u8>, Records) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut batch = storage::SmBatch::default();
+        let meta = Meta {
+            revision: n as u64,
+            next_node_id: 4,
+            cluster_id: Some("old".into()),
+            join_token_sha256: Some("digest".into()),
+            ..Meta::default()
+        };
+        batch.put(META_KEY.to_vec(), codec::encode(&meta).unwrap());
+        batch.put(
+            raft::state::SECURITY_KEY.to_vec(),
+            b"old cluster's tokens".to_vec(),
+        );
+        for i in 0..n {
+            batch.put(format!("k:key{i:06}").into_bytes(), vec![i as u8; 1000]);
+        }
+        db.sm_write(batch).unwrap();
+        let header = Header {
+            format: 1,
+            cluster_id: Some("old".into()),
+            node_id: 1,
+            created_ms: 5,
+        };
+        let mut chunks = Vec::new();
+        write(&db, &header, |c| {
+            chunks.push(c);
+            true
+        })
+        .unwrap();
+        (chunks.concat(), db.sm_export().unwrap())
+    }
+
+    #[test]
+    fn a_restore_streams_the_records_and_forgets_the_old_cluster() {
+        // 10,000 records of 1 KB: more than two restore batches.
+        let (bytes, exported) = sample_backup(10_000);
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("restored");
+        let (header, summary) = restore_from(&bytes[..], &data_dir).unwrap();
+        assert_eq!(header.cluster_id.as_deref(), Some("old"));
+        assert_eq!(summary.records, 10_002);
+        assert!(data_dir.join(RESTORED_MARKER).exists());
+        assert!(!data_dir.join(RESTORE_INCOMPLETE).exists());
+
+        let db = Db::open(&data_dir.join("db")).unwrap();
+        let loaded = db.sm_export().unwrap();
+        let kv = |records: &[(Vec<u8>, Vec<u8>)]| -> Records {
+            records
+                .iter()
+                .filter(|(k, _)| k.starts_with(b"k:"))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(kv(&loaded), kv(&exported));
+        assert!(
+            loaded.iter().all(|(k, _)| k != raft::state::SECURITY_KEY),
+            "the old cluster's tokens and removed ids are dropped"
+        );
+        let meta: Meta = codec::decode(&db.sm_get(META_KEY).unwrap().unwrap()).unwrap();
+        assert_eq!(meta.revision, 10_000, "revisions go on from the backup's");
+        assert_eq!(meta.next_node_id, 4, "node ids are still never reused");
+        assert_eq!(meta.cluster_id, None);
+        assert_eq!(meta.join_token_sha256, None);
+        drop(db);
+
+        let err = restore_from(&bytes[..], &data_dir).unwrap_err().to_string();
+        assert!(err.contains("not empty"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_backup_restores_nothing_and_leaves_the_dir_empty() {
+        let (bytes, _) = sample_backup(10_000);
+        let dir = tempfile::tempdir().unwrap();
+        // A bit flipped near the end: several batches are written before the checksum fails.
+        let mut damaged = bytes.clone();
+        let at = bytes.len() - 2000;
+        damaged[at] ^= 1;
+        let err = restore_from(&damaged[..], dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("checksum"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "an empty dir stays empty"
+        );
+        let fresh = dir.path().join("new");
+        assert!(restore_from(&bytes[..bytes.len() - 7], &fresh).is_err());
+        assert!(!fresh.exists(), "a dir the restore made is removed again");
     }
 }

@@ -56,6 +56,16 @@ impl Node {
         if let Ok(why) = std::fs::read_to_string(config.data_dir.join(REMOVED_FILE)) {
             bail!("{}", why.trim());
         }
+        if config
+            .data_dir
+            .join(crate::backup::RESTORE_INCOMPLETE)
+            .exists()
+        {
+            bail!(
+                "a restore into {} did not finish: delete the dir and run `stackd restore` again",
+                config.data_dir.display()
+            );
+        }
         let db = Db::open(&config.data_dir.join("db")).context("opening RocksDB")?;
         let tls_dir = config.data_dir.join("tls");
         let info = NodeInfo {

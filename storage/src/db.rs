@@ -123,6 +123,13 @@ impl Db {
         Ok(())
     }
 
+    /// Makes every write so far durable (syncs the write-ahead log), for writes made unsynced
+    /// in bulk such as a restore.
+    pub fn sync_wal(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
     /// A consistent copy of the whole state machine (read from a RocksDB snapshot).
     ///
     /// Blocking: call it from `spawn_blocking`.

@@ -77,39 +77,80 @@ pub async fn backup(cmd: BackupCmd) -> anyhow::Result<()> {
     }
     let file = std::fs::File::open(&partial)?;
     file.sync_all()?;
-    let b = backup::read(std::io::BufReader::new(file))
-        .with_context(|| format!("verifying {}", partial.display()))?;
+    let (_, summary, digest) = backup::verify(Progress::new(
+        std::io::BufReader::new(file),
+        "stackd backup: verifying",
+    ))
+    .with_context(|| format!("verifying {}", partial.display()))?;
     std::fs::rename(&partial, &cmd.out)?;
     eprintln!(
         "stackd backup: wrote {} ({} bytes, {} records, revision {}, applied index {}, kv digest {})",
         cmd.out.display(),
         bytes,
-        b.summary.records,
-        b.summary.revision,
-        b.summary.last_applied_index.unwrap_or(0),
-        backup::backup_kv_digest(&b)?,
+        summary.records,
+        summary.revision,
+        summary.last_applied_index.unwrap_or(0),
+        digest,
     );
     Ok(())
 }
 
-/// Verifies a backup and loads it into a new data dir.
+/// Verifies a backup while loading it into a new data dir (streamed: memory stays bounded).
 pub fn restore(cmd: RestoreCmd) -> anyhow::Result<()> {
-    let b = if cmd.file.as_os_str() == "-" {
-        backup::read(std::io::stdin().lock())?
+    const LABEL: &str = "stackd restore: loading";
+    let (header, summary) = if cmd.file.as_os_str() == "-" {
+        backup::restore_from(Progress::new(std::io::stdin().lock(), LABEL), &cmd.data_dir)?
     } else {
         let f = std::fs::File::open(&cmd.file)
             .with_context(|| format!("opening {}", cmd.file.display()))?;
-        backup::read(std::io::BufReader::new(f))
-            .with_context(|| format!("reading {}", cmd.file.display()))?
+        backup::restore_from(
+            Progress::new(std::io::BufReader::new(f), LABEL),
+            &cmd.data_dir,
+        )
+        .with_context(|| format!("restoring {}", cmd.file.display()))?
     };
-    backup::restore_into(&b, &cmd.data_dir)?;
     eprintln!(
         "stackd restore: {} records (revision {}) from cluster {} loaded into {}.\nStart the new cluster with:\n  stackd serve --data-dir {} --api-addr <IP:PORT> --cluster-addr <IP:PORT>",
-        b.summary.records,
-        b.summary.revision,
-        b.header.cluster_id.as_deref().unwrap_or("?"),
+        summary.records,
+        summary.revision,
+        header.cluster_id.as_deref().unwrap_or("?"),
         cmd.data_dir.display(),
         cmd.data_dir.display(),
     );
     Ok(())
+}
+
+/// Prints how many bytes were read, once a second, for long reads of a backup.
+struct Progress<R> {
+    inner: R,
+    label: &'static str,
+    bytes: u64,
+    last: std::time::Instant,
+}
+
+impl<R> Progress<R> {
+    fn new(inner: R, label: &'static str) -> Self {
+        Self {
+            inner,
+            label,
+            bytes: 0,
+            last: std::time::Instant::now(),
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        if self.last.elapsed().as_secs() >= 1 {
+            eprintln!(
+                "{}: {:.1} MiB read",
+                self.label,
+                self.bytes as f64 / 1048576.0
+            );
+            self.last = std::time::Instant::now();
+        }
+        Ok(n)
+    }
 }
