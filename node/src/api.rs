@@ -29,7 +29,7 @@ use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use raft::{Command, Response as RaftResponse};
@@ -112,7 +112,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/cluster/compact", post(history::compact))
         .route("/v1/cluster/backup", get(ops::backup))
         // Join tokens.
-        .route("/v1/cluster/tokens", post(ops::create_token))
+        .route(
+            "/v1/cluster/tokens",
+            post(ops::create_token).get(ops::list_tokens),
+        )
+        .route("/v1/cluster/tokens/{id}", delete(ops::revoke_token))
         .route("/v1/openapi.json", get(openapi))
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -355,7 +355,7 @@ fn load(r: impl Read, data_dir: &Path) -> anyhow::Result<(Header, Summary)> {
     let mut batch = storage::SmBatch::default();
     let mut batch_bytes = 0usize;
     let (header, summary) = read_each(r, |k, v| {
-        if k == raft::state::SECURITY_KEY {
+        if k == raft::state::SECURITY_KEY || k == raft::state::REVOKED_TOKENS_KEY {
             // Join tokens and removed node ids belong to the old cluster.
             return Ok(());
         }

@@ -140,9 +140,25 @@ pub enum TokenCmd {
         /// How long the token admits nodes: a number with s, m, h or d (e.g. 90m, 24h, 7d).
         #[arg(long, default_value = "24h", value_parser = parse_ttl)]
         ttl: u64,
-        /// Print the JSON answer (token and expiry) instead of the token alone.
+        /// Print the JSON answer (token, id and expiry) instead of the token alone.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the join tokens by id (the founding one, created ones with their expiry, and
+    /// revoked ones). Tokens themselves cannot be shown: the cluster keeps only their SHA-256.
+    List {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Revoke a join token by its id (from `stackd token list`, or printed by `create`); the
+    /// founding token can be revoked too. Nodes already joined are not affected.
+    Revoke {
+        id: String,
         #[command(flatten)]
         target: Target,
     },
@@ -179,7 +195,57 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 println!("{v}");
             } else {
                 println!("{}", v["token"].as_str().unwrap_or_default());
+                eprintln!(
+                    "stackd token: id {} (revoke it with `stackd token revoke {}`)",
+                    v["id"].as_str().unwrap_or_default(),
+                    v["id"].as_str().unwrap_or_default()
+                );
             }
+        }
+        TokenCmd::List { json, target } => {
+            let v = send_json(client().get(target.url("/v1/cluster/tokens"))).await?;
+            if json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!("{:<18} {:<9} EXPIRES (UTC)", "ID", "STATE");
+            for t in v["tokens"].as_array().into_iter().flatten() {
+                let state = if t["founding"] == true {
+                    "founding"
+                } else if t["expired"] == true {
+                    "expired"
+                } else {
+                    "valid"
+                };
+                let expires = t["expires_at_ms"]
+                    .as_u64()
+                    .map_or("never".to_string(), |e| {
+                        chrono::DateTime::from_timestamp_millis(e as i64)
+                            .map_or(e.to_string(), |t| {
+                                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            })
+                    });
+                println!(
+                    "{:<18} {:<9} {}",
+                    t["id"].as_str().unwrap_or_default(),
+                    state,
+                    expires
+                );
+            }
+            for t in v["revoked"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<18} {:<9} -",
+                    t["id"].as_str().unwrap_or_default(),
+                    "revoked"
+                );
+            }
+        }
+        TokenCmd::Revoke { id, target } => {
+            send_json(
+                client().delete(target.url(&format!("/v1/cluster/tokens/{}", key_path(&id)))),
+            )
+            .await?;
+            println!("revoked join token {id}");
         }
     }
     Ok(())

@@ -1063,11 +1063,59 @@ impl Cluster {
         if st.meta.join_token_sha256.as_deref() == Some(digest.as_str()) {
             return Ok(());
         }
+        if st.security.revoked_tokens.contains_key(&digest) {
+            return Err(ServiceError::Refused("join token revoked".into()));
+        }
         match st.security.join_tokens.get(&digest) {
             Some(exp) if *exp > now_ms() => Ok(()),
             Some(_) => Err(ServiceError::Refused("join token expired".into())),
             None => Err(ServiceError::Refused("invalid join token".into())),
         }
+    }
+
+    /// The join tokens that admit nodes or were revoked, as this node's applied state has
+    /// them (ids only: the cluster keeps no token, only its SHA-256).
+    pub fn join_tokens(&self) -> serde_json::Value {
+        let st = self.state.read().expect("state lock");
+        let now = now_ms();
+        let mut tokens = Vec::new();
+        if let Some(d) = &st.meta.join_token_sha256 {
+            tokens.push(serde_json::json!({
+                "id": raft::state::token_id(d),
+                "founding": true,
+                "expires_at_ms": null,
+                "expired": false,
+            }));
+        }
+        for (d, exp) in &st.security.join_tokens {
+            tokens.push(serde_json::json!({
+                "id": raft::state::token_id(d),
+                "founding": false,
+                "expires_at_ms": exp,
+                "expired": *exp <= now,
+            }));
+        }
+        let revoked: Vec<_> = st
+            .security
+            .revoked_tokens
+            .iter()
+            .map(|(d, at)| serde_json::json!({ "id": raft::state::token_id(d), "revoked_at_ms": at }))
+            .collect();
+        serde_json::json!({ "tokens": tokens, "revoked": revoked })
+    }
+
+    /// Revokes the join token with this id (the founding one included); `Ok(false)` when no
+    /// token has that id.
+    pub async fn revoke_join_token(&self, token_id: &str) -> Result<bool, ServiceError> {
+        let r = self
+            .write_visible(
+                Command::JoinTokenRevoke {
+                    token_id: token_id.to_string(),
+                },
+                None,
+            )
+            .await?;
+        Ok(matches!(r, Response::Done))
     }
 
     /// Creates a join token valid for `ttl_ms`; answers it and its expiry.

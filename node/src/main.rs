@@ -62,7 +62,8 @@ enum Cmd {
     /// Load a backup into a new, empty data dir, from which `stackd serve` starts a new
     /// cluster with the same data (keys, revisions, locks, sessions, cache, queues).
     Restore(RestoreCmd),
-    /// Join tokens: `token create [--ttl 24h]` prints a new token for `serve --join`.
+    /// Join tokens: `token create [--ttl 24h]` prints a new token for `serve --join`;
+    /// `token list` and `token revoke ID` show and revoke them.
     #[command(subcommand)]
     Token(TokenCmd),
 }

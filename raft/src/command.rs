@@ -201,6 +201,11 @@ pub enum Command {
         incarnation: u64,
         lease_ms: u64,
     },
+    /// Revokes the join token whose id (the first 16 hex digits of its SHA-256) is
+    /// `token_id`, the founding token included: it admits no one from now on.
+    JoinTokenRevoke {
+        token_id: String,
+    },
 }
 
 /// How much history a channel keeps: at most `max_events` events, none older than
@@ -409,6 +414,7 @@ impl fmt::Display for Command {
             Command::KvCompact { revision } => write!(f, "kv-compact {revision}"),
             Command::JoinTokenCreate { .. } => write!(f, "join-token-create"),
             Command::NodeRemoved { id } => write!(f, "node-removed {id}"),
+            Command::JoinTokenRevoke { token_id } => write!(f, "join-token-revoke {token_id}"),
             Command::Txn(t) => write!(
                 f,
                 "txn ({} compares, {}/{} ops)",

@@ -1,5 +1,5 @@
-//! Secure joins and node identity: tokens (wrong, expired, created), certificates of another
-//! cluster, the peer's node id, removed nodes and never-reused ids.
+//! Secure joins and node identity: tokens (wrong, expired, created, revoked), certificates of
+//! another cluster, the peer's node id, removed nodes and never-reused ids.
 
 use std::process::Command;
 use std::time::Duration;
@@ -324,6 +324,137 @@ async fn a_removed_node_cannot_rejoin_under_its_old_id() {
     .await
     .unwrap();
     newcomer.shutdown().await;
+}
+
+/// Runs `stackd ARGS…`; answers stdout and stderr, failing the test if it fails.
+fn stackd(args: &[&str]) -> (String, String) {
+    let out = Command::new(stackd_bin()).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "stackd {args:?}: {stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
+    let c = InprocCluster::start(2).await.unwrap();
+    let http = http::client();
+    let join = c.configs[0].advertise_cluster_addr.clone();
+    let api2 = c.configs[1].advertise_api_addr.clone();
+    let founding = std::fs::read_to_string(c.configs[0].data_dir.join("join-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // A created token is listed by id on every node, then revoked through node 2.
+    let (token, stderr) = stackd(&["token", "create", "--ttl", "1h", "--addr", &api2]);
+    let token = token.trim().to_string();
+    let id = stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "id")
+        .nth(1)
+        .expect("create prints the token's id")
+        .to_string();
+    let listed = |v: &serde_json::Value, id: &str, key: &str| {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"].as_str() == Some(id))
+    };
+    let tokens = wait_for(
+        "node 1 to list the token",
+        Duration::from_secs(10),
+        || async {
+            let v = http::get_json(&http, &format!("{}/v1/cluster/tokens", c.bases[0])).await;
+            listed(&v, &id, "tokens").then_some(v)
+        },
+    )
+    .await
+    .unwrap();
+    let founding_id = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["founding"] == true)
+        .expect("the founding token is listed")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (table, _) = stackd(&["token", "list", "--addr", &api2]);
+    assert!(table.contains(&id) && table.contains("valid"), "{table}");
+    stackd(&["token", "revoke", &id, "--addr", &api2]);
+    let (table, _) = stackd(&["token", "list", "--addr", &api2]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("revoked")),
+        "{table}"
+    );
+
+    let d = TempDir::new().unwrap();
+    let err = Node::start(config(d.path(), "127.0.0.3", Some((join.clone(), token))))
+        .await
+        .err()
+        .expect("a revoked token must not join");
+    assert!(format!("{err:#}").contains("join token revoked"), "{err:#}");
+
+    // The founding token too; revoking it again is a 404, a malformed id a 400.
+    let r = http
+        .delete(format!("{}/v1/cluster/tokens/{founding_id}", c.bases[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let d = TempDir::new().unwrap();
+    let err = Node::start(config(
+        d.path(),
+        "127.0.0.4",
+        Some((join.clone(), founding)),
+    ))
+    .await
+    .err()
+    .expect("a revoked founding token must not join");
+    assert!(format!("{err:#}").contains("join token revoked"), "{err:#}");
+    let r = http
+        .delete(format!("{}/v1/cluster/tokens/{founding_id}", c.bases[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+    let r = http
+        .delete(format!("{}/v1/cluster/tokens/not-an-id", c.bases[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Members already joined are unaffected, and a new token still joins (id 3: the
+    // refused joins spent no id).
+    let (fresh, _) = stackd(&["token", "create", "--addr", &api2]);
+    let d = TempDir::new().unwrap();
+    let joined = Node::start(config(
+        d.path(),
+        "127.0.0.5",
+        Some((join, fresh.trim().to_string())),
+    ))
+    .await
+    .expect("a new token joins");
+    assert_eq!(joined.cluster.id, 3);
+    wait_for("3 members on node 1", Duration::from_secs(30), || async {
+        let s = http::cluster(&http, &c.bases[0]).await?;
+        let ids: Vec<u64> = s["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["id"].as_u64())
+            .collect();
+        (ids == [1, 2, 3]).then_some(())
+    })
+    .await
+    .unwrap();
+    joined.shutdown().await;
+    c.shutdown().await;
 }
 
 /// A removed learner never campaigns, so it finds out from its periodic check.

@@ -15,7 +15,7 @@ use axum::Json;
 use openraft::ChangeMembers;
 use raft::NodeId;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{AppState, St};
 use crate::error::{ApiError, ApiResult};
@@ -285,9 +285,35 @@ pub async fn create_token(State(st): St, body: Bytes) -> ApiResult<Response> {
         )));
     }
     let (token, expires_at_ms) = st.cluster.create_join_token(ttl_ms).await?;
+    let id = raft::state::token_id(&transport::tls::token_digest(&token)).to_string();
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token": token, "expires_at_ms": expires_at_ms })),
+        Json(json!({ "token": token, "id": id, "expires_at_ms": expires_at_ms })),
     )
         .into_response())
+}
+
+/// `GET /v1/cluster/tokens`: the join tokens (by id) that admit nodes, and those revoked.
+pub async fn list_tokens(State(st): St) -> Json<Value> {
+    Json(st.cluster.join_tokens())
+}
+
+/// `DELETE /v1/cluster/tokens/{id}`: revokes a join token, the founding one included.
+pub async fn revoke_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    if id.len() != 16
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(ApiError::bad_request(
+            "a token id is 16 lowercase hex digits (see GET /v1/cluster/tokens)",
+        ));
+    }
+    if st.cluster.revoke_join_token(&id).await? {
+        Ok(Json(json!({ "id": id, "revoked": true })))
+    } else {
+        Err(ApiError::not_found(format!(
+            "no join token {id} (a revoked one cannot be revoked again)"
+        )))
+    }
 }

@@ -23,6 +23,7 @@
 //! Key layout in the `sm` column family:
 //! - `m:state` → [`Meta`]; `m:locks` → the last fence; `m:cache` → cache counters;
 //!   `m:security` → [`Security`] (join tokens, removed nodes)
+//!   `m:revoked-tokens` → revoked join tokens (digest → when), part of [`Security`]
 //! - `k:<key>` → [`KvEntry`], `l:<name>` → [`LockEntry`], `s:<id>` → [`SessionEntry`],
 //!   `c:<key>` → [`CacheEntry`]
 //! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
@@ -49,7 +50,7 @@ pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
     next_fire_ms, Job, JobState, QueueStats, Schedule, BACKOFF_MAX_MS, CRON_CATCH_UP_MAX,
 };
-pub use security::{Security, EXPIRED_TOKEN_KEPT_MS, SECURITY_KEY};
+pub use security::{token_id, Security, EXPIRED_TOKEN_KEPT_MS, REVOKED_TOKENS_KEY, SECURITY_KEY};
 pub use sessions::SessionEntry;
 
 use crate::command::{Command, Compare, Request, Response, Txn};
@@ -353,6 +354,21 @@ impl State {
                 .security
                 .create_token(token_sha256, *expires_at_ms, now, batch),
             Command::NodeRemoved { id } => self.security.node_removed(*id, batch),
+            Command::JoinTokenRevoke { token_id } => {
+                let founding = self.meta.join_token_sha256.clone();
+                match self
+                    .security
+                    .revoke_token(token_id, founding.as_deref(), now, batch)
+                {
+                    Some(security::Revoked::Founding) => {
+                        // The meta is persisted with every applied batch.
+                        self.meta.join_token_sha256 = None;
+                        Response::Done
+                    }
+                    Some(security::Revoked::Created) => Response::Done,
+                    None => Response::NotFound,
+                }
+            }
         }
     }
 
@@ -1574,6 +1590,70 @@ mod security_tests {
         );
         let names: Vec<&str> = s.security.join_tokens.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["new", "third"]);
+    }
+
+    #[test]
+    fn revoked_tokens_founding_or_created_are_remembered_across_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::default();
+        let founding = "f".repeat(64);
+        let created = format!("{}{}", "c".repeat(16), "0".repeat(48));
+        let day = 24 * 3600 * 1000;
+        let run = |s: &mut State, stamp: u64, command: Command| {
+            let mut batch = SmBatch::default();
+            let r = s.apply(&tests::req(stamp, command), &mut batch);
+            s.persist_meta(&mut batch);
+            db.sm_write(batch).unwrap();
+            r
+        };
+        run(
+            &mut s,
+            1_000,
+            Command::InitCluster {
+                cluster_id: "c1".into(),
+                join_token_sha256: founding.clone(),
+            },
+        );
+        run(
+            &mut s,
+            2_000,
+            Command::JoinTokenCreate {
+                token_sha256: created.clone(),
+                expires_at_ms: day,
+            },
+        );
+        let revoke = |id: &str| Command::JoinTokenRevoke {
+            token_id: id.into(),
+        };
+        assert!(matches!(
+            run(&mut s, 3_000, revoke("0123456789abcdef")),
+            Response::NotFound
+        ));
+        assert!(matches!(
+            run(&mut s, 4_000, revoke(token_id(&created))),
+            Response::Done
+        ));
+        assert!(s.security.join_tokens.is_empty());
+        assert!(matches!(
+            run(&mut s, 5_000, revoke(token_id(&founding))),
+            Response::Done
+        ));
+        assert_eq!(s.meta.join_token_sha256, None);
+        assert_eq!(
+            s.security.revoked_tokens,
+            BTreeMap::from([(created.clone(), 4_000), (founding.clone(), 5_000)])
+        );
+        // Revoking again finds nothing: a revoked token is gone from both places.
+        assert!(matches!(
+            run(&mut s, 6_000, revoke(token_id(&created))),
+            Response::NotFound
+        ));
+
+        let r = State::load(&db).unwrap();
+        assert_eq!(r.security, s.security);
+        assert_eq!(r.security.revoked_tokens.len(), 2);
+        assert_eq!(r.meta.join_token_sha256, None);
     }
 }
 
