@@ -116,6 +116,16 @@ async fn resuming_with_since_delivers_exactly_the_missed_events_then_live() {
         publish(&http, &c.bases[1], "feed", json!(i)).await;
     }
 
+    // The replay reads the node's applied history, and what it has not applied yet follows
+    // live (no gap either way). A read through the barrier first makes node 2 hold all 105,
+    // so that `recovered` can be checked to cover exactly the 100.
+    let h = http::get_json(
+        &http,
+        &format!("{}/v1/channels/feed/history?since=104", c.bases[1]),
+    )
+    .await;
+    assert_eq!(h["latest_offset"], 105, "{h}");
+
     tracing::info!("phase: reconnect to another node with since: exactly the 100, then live");
     let mut sub = WsClient::connect(&c.bases[1], "").await.unwrap();
     sub.subscribe("feed", Some(last)).await.unwrap();
