@@ -231,7 +231,11 @@ impl Node {
             seal_restored_state(&raft, identity.node_id, &config.data_dir).await?;
             let path = config.data_dir.join(JOIN_TOKEN_FILE);
             if !path.exists() {
-                std::fs::write(&path, format!("{token}\n"))?;
+                // Written whole under another name, then renamed: whoever waits for the file
+                // (scripts joining more nodes) never reads it empty or cut short.
+                let partial = path.with_extension("partial");
+                std::fs::write(&partial, format!("{token}\n"))?;
+                std::fs::rename(&partial, &path)?;
                 println!(
                     "stackd: new cluster {} started. Join another node to it with:\n  stackd serve --data-dir <DIR> --api-addr <IP:PORT> --cluster-addr <IP:PORT> --join {} --token {}",
                     identity.cluster_id, info.cluster_addr, token
