@@ -2,13 +2,12 @@
 //! new node, holds the same keys, values and revisions, and a node joining the restored
 //! cluster receives all of it.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tests::http::{self, get_json, wait_for};
-use tests::process::{stackd_bin, ProcCluster};
+use tests::process::{stackd_fails, stackd_ok, ProcCluster};
 use tests::standalone::{kv_digest, Standalone};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,23 +54,20 @@ async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
     let before: Vec<(String, u64)> = acked.lock().unwrap().clone();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cluster.backup");
-    let out = tokio::task::spawn_blocking({
+    let (_, backup_stderr) = tokio::task::spawn_blocking({
         let (file, addr) = (file.clone(), c.api_addrs[1].clone());
         move || {
-            Command::new(stackd_bin())
-                .args(["backup", "--addr", &addr, "--out"])
-                .arg(&file)
-                .output()
-                .unwrap()
+            stackd_ok(&[
+                "backup".as_ref(),
+                "--addr".as_ref(),
+                addr.as_ref(),
+                "--out".as_ref(),
+                file.as_os_str(),
+            ])
         }
     })
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let n = acked.lock().unwrap().len();
     wait_for(
         "writes after the backup",
@@ -109,22 +105,17 @@ async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
         kv.len() < acked.lock().unwrap().len(),
         "writes went on during and after the backup"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&expected));
+    assert!(backup_stderr.contains(&expected), "{backup_stderr}");
 
     // Restored into a new data dir, started as a new cluster: the same content.
     let data = dir.path().join("restored");
-    let out = Command::new(stackd_bin())
-        .args(["restore", "--file"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stackd_ok(&[
+        "restore".as_ref(),
+        "--file".as_ref(),
+        file.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
     let restored = Standalone::spawn("127.0.0.5", &data, None, &[]).unwrap();
     restored.wait_ready(Duration::from_secs(30)).await.unwrap();
     let (digest, keys) = kv_digest(&http, &restored.base).await.unwrap();
@@ -138,15 +129,14 @@ async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
     );
 
     // Restoring into a data dir that is in use is refused.
-    let out = Command::new(stackd_bin())
-        .args(["restore", "--file"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    let stderr = stackd_fails(&[
+        "restore".as_ref(),
+        "--file".as_ref(),
+        file.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]);
+    assert!(stderr.contains("not empty"), "{stderr}");
 
     // A damaged file restores nothing: the dir the restore would have made is not left behind.
     let mut damaged = std::fs::read(&file).unwrap();
@@ -155,37 +145,32 @@ async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
     let damaged_file = dir.path().join("damaged.backup");
     std::fs::write(&damaged_file, &damaged).unwrap();
     let target = dir.path().join("from-damaged");
-    let out = Command::new(stackd_bin())
-        .args(["restore", "--file"])
-        .arg(&damaged_file)
-        .arg("--data-dir")
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let stderr = stackd_fails(&[
+        "restore".as_ref(),
+        "--file".as_ref(),
+        damaged_file.as_os_str(),
+        "--data-dir".as_ref(),
+        target.as_os_str(),
+    ]);
     // (Where the flipped bit lands decides whether the checksum, a length or a tag gives it
     // away; the unit tests pin the checksum message.)
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("restoring"), "{stderr}");
     assert!(!target.exists(), "nothing is left of a failed restore");
     // A restore cut short (the process killed) leaves a marker that keeps the dir from serving.
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join(node::backup::RESTORE_INCOMPLETE), "").unwrap();
-    let api = tests::free_addrs("127.0.0.7").0;
-    let cluster = tests::free_cluster_addr("127.0.0.7");
-    let out = Command::new(stackd_bin())
-        .args(["serve", "--data-dir"])
-        .arg(&target)
-        .args(["--api-addr", &api.to_string()])
-        .args(["--cluster-addr", &cluster.to_string()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("did not finish"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let api = tests::free_addrs("127.0.0.7").0.to_string();
+    let cluster = tests::free_cluster_addr("127.0.0.7").to_string();
+    let stderr = stackd_fails(&[
+        "serve".as_ref(),
+        "--data-dir".as_ref(),
+        target.as_os_str(),
+        "--api-addr".as_ref(),
+        api.as_ref(),
+        "--cluster-addr".as_ref(),
+        cluster.as_ref(),
+    ]);
+    assert!(stderr.contains("did not finish"), "{stderr}");
 
     // Revisions go on from the backup's, and a node joining the new cluster gets everything.
     let (code, body) = http::put(&http, &restored.base, "after-restore", "x")

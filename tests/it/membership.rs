@@ -1,8 +1,6 @@
 //! Joining: the token decides who gets in, and a refused node learns why.
 
-use node::server::Node;
-use tempfile::TempDir;
-use tests::inproc::{config, InprocCluster};
+use tests::inproc::{refused_join, InprocCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_with_a_clear_error() {
@@ -14,37 +12,35 @@ async fn a_wrong_token_is_refused_with_a_clear_error() {
     // Right cluster fingerprint, wrong secret: the cluster refuses.
     let (prefix, _) = good.rsplit_once('.').unwrap();
     let wrong_secret = format!("{prefix}.00000000000000000000000000000000");
-    let d = TempDir::new().unwrap();
-    let err = Node::start(config(
-        d.path(),
+    let err = refused_join(
         "127.0.0.2",
-        Some((join.clone(), wrong_secret)),
-    ))
-    .await
-    .err()
-    .expect("a wrong secret must not join");
-    assert!(format!("{err:#}").contains("invalid join token"), "{err:#}");
+        &join,
+        &wrong_secret,
+        "a wrong secret must not join",
+    )
+    .await;
+    assert!(err.contains("invalid join token"), "{err}");
 
     // A token naming another cluster's certificate: the joiner refuses to talk.
     let other = format!("stk1.{}.{}", "ab".repeat(32), "cd".repeat(16));
-    let d = TempDir::new().unwrap();
-    let err = Node::start(config(d.path(), "127.0.0.3", Some((join.clone(), other))))
-        .await
-        .err()
-        .expect("a foreign certificate must not be trusted");
-    assert!(format!("{err:#}").contains("certificate"), "{err:#}");
+    let err = refused_join(
+        "127.0.0.3",
+        &join,
+        &other,
+        "a foreign certificate must not be trusted",
+    )
+    .await;
+    assert!(err.contains("certificate"), "{err}");
 
     // Garbage is rejected before any connection.
-    let d = TempDir::new().unwrap();
-    let err = Node::start(config(
-        d.path(),
+    let err = refused_join(
         "127.0.0.4",
-        Some((join, "nonsense".into())),
-    ))
-    .await
-    .err()
-    .expect("a malformed token must not join");
-    assert!(format!("{err:#}").contains("token"), "{err:#}");
+        &join,
+        "nonsense",
+        "a malformed token must not join",
+    )
+    .await;
+    assert!(err.contains("token"), "{err}");
 
     // The cluster still has exactly its one member.
     let m = c.nodes[0].as_ref().unwrap().cluster.metrics();
@@ -55,9 +51,8 @@ async fn a_wrong_token_is_refused_with_a_clear_error() {
 /// Leadership transfer and member removal from the command line, on real processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_leadership_and_remove_a_member_from_the_cli() {
-    use std::process::Command;
     use tests::http::{self, wait_for};
-    use tests::process::{stackd_bin, ProcCluster};
+    use tests::process::{stackd_fails, stackd_ok, ProcCluster};
 
     let c = ProcCluster::start(3).await.unwrap();
     let http = http::client();
@@ -66,19 +61,8 @@ async fn transfer_leadership_and_remove_a_member_from_the_cli() {
     let to = (1..=3u64).find(|id| *id != leader).unwrap();
     let via = &c.api_addrs[(to as usize) % 3]; // any node; followers relay to the leader
 
-    let out = Command::new(stackd_bin())
-        .args(["cluster", "transfer-leader", &to.to_string(), "--addr", via])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("leader is node {to}")
-    );
+    let (stdout, _) = stackd_ok(&["cluster", "transfer-leader", &to.to_string(), "--addr", via]);
+    assert_eq!(stdout.trim(), format!("leader is node {to}"));
     for base in &c.bases {
         wait_for(
             "every node sees the new leader",
@@ -93,21 +77,13 @@ async fn transfer_leadership_and_remove_a_member_from_the_cli() {
     }
 
     let gone = (1..=3u64).find(|id| *id != to).unwrap();
-    let out = Command::new(stackd_bin())
-        .args([
-            "cluster",
-            "remove",
-            &gone.to_string(),
-            "--addr",
-            &c.api_addrs[to as usize - 1],
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stackd_ok(&[
+        "cluster",
+        "remove",
+        &gone.to_string(),
+        "--addr",
+        &c.api_addrs[to as usize - 1],
+    ]);
     let stays: Vec<usize> = (1..=3u64)
         .filter(|id| *id != gone)
         .map(|id| id as usize - 1)
@@ -136,10 +112,6 @@ async fn transfer_leadership_and_remove_a_member_from_the_cli() {
     assert_eq!(s, 200, "{body}");
 
     // Removing the same node again, or a node that never existed, is a clear 404.
-    let out = Command::new(stackd_bin())
-        .args(["cluster", "remove", "42", "--addr", &c.api_addrs[stays[0]]])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+    let stderr = stackd_fails(&["cluster", "remove", "42", "--addr", &c.api_addrs[stays[0]]]);
+    assert!(stderr.contains("not_found"), "{stderr}");
 }

@@ -1,14 +1,13 @@
 //! Secure joins and node identity: tokens (wrong, expired, created, revoked), certificates of
 //! another cluster, the peer's node id, removed nodes and never-reused ids.
 
-use std::process::Command;
 use std::time::Duration;
 
 use node::server::Node;
 use tempfile::TempDir;
 use tests::http::{self, wait_for};
-use tests::inproc::{config, InprocCluster};
-use tests::process::{stackd_bin, ProcCluster};
+use tests::inproc::{config, refused_join, InprocCluster};
+use tests::process::{stackd_ok, ProcCluster};
 use transport::tls::{self, ClusterTls, NOT_OUR_CA};
 use transport::{Limits, RpcRequest, RpcResponse, Transport};
 
@@ -35,16 +34,13 @@ async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
 
     // The right cluster CA, a wrong secret: the leader refuses and the joiner says why.
     let (prefix, _) = founding.trim().rsplit_once('.').unwrap();
-    let d = TempDir::new().unwrap();
-    let err = Node::start(config(
-        d.path(),
+    let msg = refused_join(
         "127.0.0.2",
-        Some((join.clone(), format!("{prefix}.{}", "00".repeat(16)))),
-    ))
-    .await
-    .err()
-    .expect("a wrong token must not join");
-    let msg = format!("{err:#}");
+        &join,
+        &format!("{prefix}.{}", "00".repeat(16)),
+        "a wrong token must not join",
+    )
+    .await;
     assert!(
         msg.contains("join refused") && msg.contains("invalid join token"),
         "{msg}"
@@ -66,12 +62,8 @@ async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
     })
     .await
     .unwrap();
-    let d = TempDir::new().unwrap();
-    let err = Node::start(config(d.path(), "127.0.0.3", Some((join.clone(), short))))
-        .await
-        .err()
-        .expect("an expired token must not join");
-    assert!(format!("{err:#}").contains("join token expired"), "{err:#}");
+    let err = refused_join("127.0.0.3", &join, &short, "an expired token must not join").await;
+    assert!(err.contains("join token expired"), "{err}");
 
     // A bad TTL is a 400.
     let r = http
@@ -83,16 +75,8 @@ async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
     assert_eq!(r.status(), 400);
 
     // `stackd token create` prints a token that joins.
-    let out = Command::new(stackd_bin())
-        .args(["token", "create", "--ttl", "1h", "--addr", &api])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (token, _) = stackd_ok(&["token", "create", "--ttl", "1h", "--addr", &api]);
+    let token = token.trim().to_string();
     assert!(token.starts_with("stk1."), "{token}");
     let d = TempDir::new().unwrap();
     let joined = Node::start(config(d.path(), "127.0.0.4", Some((join, token))))
@@ -190,18 +174,16 @@ async fn a_certificate_from_another_cluster_is_refused_on_both_sides() {
     // A node of B that tries to join A with B's token never sends it: A's CA is not the
     // token's.
     let b_token = std::fs::read_to_string(b.configs[0].data_dir.join("join-token")).unwrap();
-    let d = TempDir::new().unwrap();
-    let err = Node::start(config(
-        d.path(),
+    let err = refused_join(
         "127.0.0.6",
-        Some((a_addr.clone(), b_token.trim().to_string())),
-    ))
-    .await
-    .err()
-    .expect("B's token must not open A");
+        &a_addr,
+        b_token.trim(),
+        "B's token must not open A",
+    )
+    .await;
     assert!(
-        format!("{err:#}").contains("not signed by the cluster CA named in the join token"),
-        "{err:#}"
+        err.contains("not signed by the cluster CA named in the join token"),
+        "{err}"
     );
     a.shutdown().await;
     b.shutdown().await;
@@ -233,21 +215,13 @@ async fn a_removed_node_cannot_rejoin_under_its_old_id() {
         .unwrap()
         .to_string();
 
-    let out = Command::new(stackd_bin())
-        .args([
-            "cluster",
-            "remove",
-            &gone.to_string(),
-            "--addr",
-            &c.api_addrs[stays[0]],
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stackd_ok(&[
+        "cluster",
+        "remove",
+        &gone.to_string(),
+        "--addr",
+        &c.api_addrs[stays[0]],
+    ]);
     let expected = format!(
         "node {gone} was removed from cluster {cluster_id}; wipe the data dir and join again"
     );
@@ -295,12 +269,8 @@ async fn a_removed_node_cannot_rejoin_under_its_old_id() {
     }
 
     // The next node to join gets an id never used before.
-    let out = Command::new(stackd_bin())
-        .args(["token", "create", "--addr", &c.api_addrs[stays[1]]])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (token, _) = stackd_ok(&["token", "create", "--addr", &c.api_addrs[stays[1]]]);
+    let token = token.trim().to_string();
     node::install_crypto_provider();
     let d = TempDir::new().unwrap();
     let newcomer = Node::start(config(
@@ -326,14 +296,6 @@ async fn a_removed_node_cannot_rejoin_under_its_old_id() {
     newcomer.shutdown().await;
 }
 
-/// Runs `stackd ARGS…`; answers stdout and stderr, failing the test if it fails.
-fn stackd(args: &[&str]) -> (String, String) {
-    let out = Command::new(stackd_bin()).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "stackd {args:?}: {stderr}");
-    (String::from_utf8(out.stdout).unwrap(), stderr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
     let c = InprocCluster::start(2).await.unwrap();
@@ -346,7 +308,7 @@ async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
         .to_string();
 
     // A created token is listed by id on every node, then revoked through node 2.
-    let (token, stderr) = stackd(&["token", "create", "--ttl", "1h", "--addr", &api2]);
+    let (token, stderr) = stackd_ok(&["token", "create", "--ttl", "1h", "--addr", &api2]);
     let token = token.trim().to_string();
     let id = stderr
         .split_whitespace()
@@ -380,10 +342,10 @@ async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
         .as_str()
         .unwrap()
         .to_string();
-    let (table, _) = stackd(&["token", "list", "--addr", &api2]);
+    let (table, _) = stackd_ok(&["token", "list", "--addr", &api2]);
     assert!(table.contains(&id) && table.contains("valid"), "{table}");
-    stackd(&["token", "revoke", &id, "--addr", &api2]);
-    let (table, _) = stackd(&["token", "list", "--addr", &api2]);
+    stackd_ok(&["token", "revoke", &id, "--addr", &api2]);
+    let (table, _) = stackd_ok(&["token", "list", "--addr", &api2]);
     assert!(
         table
             .lines()
@@ -391,12 +353,8 @@ async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
         "{table}"
     );
 
-    let d = TempDir::new().unwrap();
-    let err = Node::start(config(d.path(), "127.0.0.3", Some((join.clone(), token))))
-        .await
-        .err()
-        .expect("a revoked token must not join");
-    assert!(format!("{err:#}").contains("join token revoked"), "{err:#}");
+    let err = refused_join("127.0.0.3", &join, &token, "a revoked token must not join").await;
+    assert!(err.contains("join token revoked"), "{err}");
 
     // The founding token too; revoking it again is a 404, a malformed id a 400.
     let r = http
@@ -405,16 +363,14 @@ async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let d = TempDir::new().unwrap();
-    let err = Node::start(config(
-        d.path(),
+    let err = refused_join(
         "127.0.0.4",
-        Some((join.clone(), founding)),
-    ))
-    .await
-    .err()
-    .expect("a revoked founding token must not join");
-    assert!(format!("{err:#}").contains("join token revoked"), "{err:#}");
+        &join,
+        &founding,
+        "a revoked founding token must not join",
+    )
+    .await;
+    assert!(err.contains("join token revoked"), "{err}");
     let r = http
         .delete(format!("{}/v1/cluster/tokens/{founding_id}", c.bases[0]))
         .send()
@@ -432,7 +388,7 @@ async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
 
     // Members already joined are unaffected, and a new token still joins (id 3: the
     // refused joins spent no id).
-    let (fresh, _) = stackd(&["token", "create", "--addr", &api2]);
+    let (fresh, _) = stackd_ok(&["token", "create", "--addr", &api2]);
     let d = TempDir::new().unwrap();
     let joined = Node::start(config(
         d.path(),

@@ -52,6 +52,21 @@ pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Conf
     }
 }
 
+/// Starts a new node on `ip` that joins through `join` with `token`, which must be refused;
+/// answers the error's text (with its causes). `must_not` says why it must not join.
+pub async fn refused_join(ip: &str, join: &str, token: &str, must_not: &str) -> String {
+    let d = TempDir::new().expect("temp dir");
+    let err = Node::start(config(
+        d.path(),
+        ip,
+        Some((join.to_string(), token.to_string())),
+    ))
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("{must_not}"));
+    format!("{err:#}")
+}
+
 impl InprocCluster {
     /// Starts node 1, joins the others through it, and waits until the voters are in place.
     pub async fn start(n: usize) -> Result<Self> {

@@ -27,6 +27,37 @@ pub fn stackd_bin() -> PathBuf {
     bin
 }
 
+/// Runs `stackd ARGS…` to its end and fails the test unless it succeeds (showing its stderr);
+/// answers its stdout and stderr.
+pub fn stackd_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (String, String) {
+    let (ok, stdout, stderr) = run_stackd(args);
+    assert!(ok, "stackd {:?} failed: {stderr}", os_args(args));
+    (stdout, stderr)
+}
+
+/// Runs `stackd ARGS…` to its end and fails the test if it succeeds; answers its stderr.
+pub fn stackd_fails<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let (ok, _, stderr) = run_stackd(args);
+    assert!(!ok, "stackd {:?} should have failed", os_args(args));
+    stderr
+}
+
+fn run_stackd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
+    let out = Command::new(stackd_bin())
+        .args(args)
+        .output()
+        .expect("running stackd");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn os_args<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vec<&std::ffi::OsStr> {
+    args.iter().map(|a| a.as_ref()).collect()
+}
+
 /// How a [`ProcCluster`] is started.
 #[derive(Debug, Clone)]
 pub struct ProcOptions {
