@@ -1118,19 +1118,24 @@ impl Cluster {
         Ok(matches!(r, Response::Done))
     }
 
-    /// Creates a join token valid for `ttl_ms`; answers it and its expiry.
-    pub async fn create_join_token(&self, ttl_ms: u64) -> Result<(String, u64), ServiceError> {
+    /// Creates a join token valid for `ttl_ms`; answers it, its id and its expiry.
+    pub async fn create_join_token(
+        &self,
+        ttl_ms: u64,
+    ) -> Result<(String, String, u64), ServiceError> {
         let token = transport::tls::new_join_token(self.tls.ca_fingerprint());
+        let token_sha256 = transport::tls::token_digest(&token);
+        let id = raft::state::token_id(&token_sha256).to_string();
         let expires_at_ms = now_ms().saturating_add(ttl_ms);
         self.write(
             Command::JoinTokenCreate {
-                token_sha256: transport::tls::token_digest(&token),
+                token_sha256,
                 expires_at_ms,
             },
             None,
         )
         .await?;
-        Ok((token, expires_at_ms))
+        Ok((token, id, expires_at_ms))
     }
 
     /// Checks that the members still count this node in: every second while it seems cut off

@@ -284,8 +284,7 @@ pub async fn create_token(State(st): St, body: Bytes) -> ApiResult<Response> {
             "ttl_ms must be between 1 and {MAX_TOKEN_TTL_MS}"
         )));
     }
-    let (token, expires_at_ms) = st.cluster.create_join_token(ttl_ms).await?;
-    let id = raft::state::token_id(&transport::tls::token_digest(&token)).to_string();
+    let (token, id, expires_at_ms) = st.cluster.create_join_token(ttl_ms).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "token": token, "id": id, "expires_at_ms": expires_at_ms })),
