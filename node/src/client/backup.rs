@@ -53,23 +53,16 @@ pub async fn backup(cmd: BackupCmd) -> anyhow::Result<()> {
                 .with_context(|| format!("creating {}", partial.display()))?,
         ))
     };
-    let mut bytes = 0u64;
-    let mut last_report = std::time::Instant::now();
+    let mut received = Progress::new("stackd backup", "received");
     while let Some(chunk) = resp
         .chunk()
         .await
         .context("the backup stream broke off; nothing was kept")?
     {
         out.write_all(&chunk)?;
-        bytes += chunk.len() as u64;
-        if last_report.elapsed().as_secs() >= 1 {
-            eprintln!(
-                "stackd backup: {:.1} MiB received",
-                bytes as f64 / 1048576.0
-            );
-            last_report = std::time::Instant::now();
-        }
+        received.add(chunk.len());
     }
+    let bytes = received.bytes;
     out.flush()?;
     drop(out);
     if to_stdout {
@@ -77,7 +70,7 @@ pub async fn backup(cmd: BackupCmd) -> anyhow::Result<()> {
     }
     let file = std::fs::File::open(&partial)?;
     file.sync_all()?;
-    let (_, summary, digest) = backup::verify(Progress::new(
+    let (_, summary, digest) = backup::verify(ProgressReader::new(
         std::io::BufReader::new(file),
         "stackd backup: verifying",
     ))
@@ -99,12 +92,15 @@ pub async fn backup(cmd: BackupCmd) -> anyhow::Result<()> {
 pub fn restore(cmd: RestoreCmd) -> anyhow::Result<()> {
     const LABEL: &str = "stackd restore: loading";
     let (header, summary) = if cmd.file.as_os_str() == "-" {
-        backup::restore_from(Progress::new(std::io::stdin().lock(), LABEL), &cmd.data_dir)?
+        backup::restore_from(
+            ProgressReader::new(std::io::stdin().lock(), LABEL),
+            &cmd.data_dir,
+        )?
     } else {
         let f = std::fs::File::open(&cmd.file)
             .with_context(|| format!("opening {}", cmd.file.display()))?;
         backup::restore_from(
-            Progress::new(std::io::BufReader::new(f), LABEL),
+            ProgressReader::new(std::io::BufReader::new(f), LABEL),
             &cmd.data_dir,
         )
         .with_context(|| format!("restoring {}", cmd.file.display()))?
@@ -120,37 +116,57 @@ pub fn restore(cmd: RestoreCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints how many bytes were read, once a second, for long reads of a backup.
-struct Progress<R> {
-    inner: R,
+/// Counts the bytes of a long transfer and prints the count once a second.
+struct Progress {
     label: &'static str,
+    verb: &'static str,
     bytes: u64,
     last: std::time::Instant,
 }
 
-impl<R> Progress<R> {
-    fn new(inner: R, label: &'static str) -> Self {
+impl Progress {
+    fn new(label: &'static str, verb: &'static str) -> Self {
         Self {
-            inner,
             label,
+            verb,
             bytes: 0,
             last: std::time::Instant::now(),
         }
     }
-}
 
-impl<R: std::io::Read> std::io::Read for Progress<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+    fn add(&mut self, n: usize) {
         self.bytes += n as u64;
         if self.last.elapsed().as_secs() >= 1 {
             eprintln!(
-                "{}: {:.1} MiB read",
+                "{}: {:.1} MiB {}",
                 self.label,
-                self.bytes as f64 / 1048576.0
+                self.bytes as f64 / 1048576.0,
+                self.verb
             );
             self.last = std::time::Instant::now();
         }
+    }
+}
+
+/// A reader that reports its [`Progress`] (reading a backup file).
+struct ProgressReader<R> {
+    inner: R,
+    progress: Progress,
+}
+
+impl<R> ProgressReader<R> {
+    fn new(inner: R, label: &'static str) -> Self {
+        Self {
+            inner,
+            progress: Progress::new(label, "read"),
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.add(n);
         Ok(n)
     }
 }
