@@ -1,7 +1,6 @@
 //! The QUIC endpoint of a node: outgoing calls over cached connections, and the server loop
 //! that answers one request per bi-stream.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::frame;
+use crate::pool::{PeerStats, Pool};
 use crate::rpc::{JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
 use crate::tls::{self, ClusterTls, PeerId};
 
@@ -57,6 +57,12 @@ fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
             .try_into()
             .expect("valid idle timeout"),
     ));
+    // Members sit on one network. QUIC's default first guess of the round trip (333 ms) puts
+    // the first retransmission of a lost handshake packet a second later; a leader that dials
+    // a node that is just binding its port (it was admitted a moment before) would wait that
+    // long. 100 ms retries after about a third of a second; the estimate adapts after the
+    // first exchange.
+    t.initial_rtt(Duration::from_millis(100));
     t.max_concurrent_bidi_streams(limits.max_concurrent_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
     Arc::new(t)
@@ -80,14 +86,10 @@ pub trait Service: Send + Sync + 'static {
     fn admit_peer(&self, peer: &PeerId) -> Result<(), String>;
 }
 
-/// Which certificate a call expects the server to present.
-type ConnKey = (SocketAddr, Option<NodeId>);
-
 /// A node's QUIC endpoint.
 pub struct Transport {
     endpoint: Endpoint,
-    client_config: quinn::ClientConfig,
-    conns: Mutex<HashMap<ConnKey, Connection>>,
+    pool: Pool,
     limits: Limits,
     /// Set when a member answers that this node was removed from the cluster.
     removed: tokio::sync::watch::Sender<Option<String>>,
@@ -108,9 +110,8 @@ impl Transport {
 
     fn new(endpoint: Endpoint, client_config: quinn::ClientConfig, limits: Limits) -> Self {
         Self {
+            pool: Pool::new(endpoint.clone(), client_config, limits.connect_timeout),
             endpoint,
-            client_config,
-            conns: Mutex::new(HashMap::new()),
             limits,
             removed: tokio::sync::watch::channel(None).0,
             refused: AtomicU64::new(0),
@@ -164,47 +165,22 @@ impl Transport {
             })
     }
 
-    /// A live connection to `addr`, reusing the cached one. With `node`, the server must
-    /// present that node's certificate; without, any member's.
+    /// A live connection to `addr`, reusing the open one or the handshake under way. With
+    /// `node`, the server must present that node's certificate; without, any member's.
     pub async fn connection(&self, addr: &str, node: Option<NodeId>) -> Result<Connection> {
         let sa = Self::resolve(addr).await?;
-        if let Some(c) = self.conns.lock().expect("conns lock").get(&(sa, node)) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-        }
-        let connecting = self
-            .endpoint
-            .connect_with(self.client_config.clone(), sa, &tls::server_name_for(node))
-            .map_err(|e| Error::Connect {
-                addr: addr.into(),
-                reason: e.to_string(),
-            })?;
-        let conn = tokio::time::timeout(self.limits.connect_timeout, connecting)
+        self.pool
+            .get((sa, node))
             .await
-            .map_err(|_| Error::Connect {
+            .map_err(|reason| Error::Connect {
                 addr: addr.into(),
-                reason: "connect timed out".into(),
-            })?
-            .map_err(|e| Error::Connect {
-                addr: addr.into(),
-                reason: explain(&e),
-            })?;
-        self.conns
-            .lock()
-            .expect("conns lock")
-            .insert((sa, node), conn.clone());
-        Ok(conn)
+                reason,
+            })
     }
 
-    /// Drops the cached connections to `addr` (after an error on one).
-    pub async fn forget(&self, addr: &str) {
-        if let Ok(sa) = Self::resolve(addr).await {
-            self.conns
-                .lock()
-                .expect("conns lock")
-                .retain(|(a, _), _| *a != sa);
-        }
+    /// Per peer address: connection attempts and failures seen by this node.
+    pub fn peer_stats(&self) -> std::collections::BTreeMap<SocketAddr, PeerStats> {
+        self.pool.stats()
     }
 
     /// One request/response exchange on a new bi-stream to any member at `addr`. `timeout`
@@ -236,7 +212,9 @@ impl Transport {
         req: &RpcRequest,
         timeout: Duration,
     ) -> Result<RpcResponse> {
+        let sa = Self::resolve(addr).await?;
         let conn = self.connection(addr, node).await?;
+        let heard_before = conn.stats().udp_rx.datagrams;
         let fut = async {
             let (mut send, mut recv) = conn.open_bi().await?;
             frame::write_msg(&mut send, req, self.limits.max_frame_bytes).await?;
@@ -247,10 +225,14 @@ impl Transport {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout(timeout.as_millis() as u64)),
         };
-        if res.is_err() {
-            // The peer may have restarted behind a connection that still looks open until its
-            // idle timeout: connect afresh next time.
-            self.forget(addr).await;
+        if res.is_err() && conn.stats().udp_rx.datagrams == heard_before {
+            // Nothing at all came back on the connection during the exchange: the peer may
+            // have restarted behind a connection that still looks open until its idle
+            // timeout, so connect afresh next time. A peer that answered anything (if only
+            // acknowledgements) is alive, merely slow: its connection stays, since
+            // reconnecting would add a handshake to its load and drop other calls under way.
+            self.pool
+                .drop_connection((sa, node), &conn, "no packet from the peer during a call");
         }
         self.check_removed(res)
     }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod frame;
 pub mod gossip;
 pub mod network;
+mod pool;
 pub mod rpc;
 pub mod tls;
 
@@ -21,5 +22,6 @@ pub use endpoint::{Limits, Service, Transport};
 pub use error::{Error, Result};
 pub use gossip::{Gossip, GossipConfig, Liveness, NodeMeta, PeerView};
 pub use network::Network;
+pub use pool::PeerStats;
 pub use rpc::{JoinAccepted, JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
 pub use tls::ClusterTls;
