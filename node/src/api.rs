@@ -520,6 +520,23 @@ async fn cluster_status(State(st): St) -> Json<Value> {
         "inflight_requests": c.config.max_inflight_requests - st.inflight.available_permits(),
         "load_avg_1m": crate::cluster::load_avg_1m(),
     });
+    // How the leader reaches each member: its own view, or the one it publishes in gossip.
+    let reach = c.leader_reach();
+    let fresh = c.contact_window().as_millis() as u64;
+    let leader_view = |id: u64| -> (Value, Value, Value) {
+        match &reach {
+            Some((leader, _)) if *leader == id => (json!(true), json!(0), json!(0)),
+            Some((_, members)) => match members.iter().find(|r| r.node == id) {
+                Some(r) => (
+                    json!(r.acked_ms_ago.is_some_and(|a| a <= fresh)),
+                    json!(r.acked_ms_ago),
+                    json!(r.lag),
+                ),
+                None => (Value::Null, Value::Null, Value::Null),
+            },
+            None => (Value::Null, Value::Null, Value::Null),
+        }
+    };
     let members: Vec<Value> = membership
         .nodes()
         .map(|(id, node)| {
@@ -556,6 +573,7 @@ async fn cluster_status(State(st): St) -> Json<Value> {
                 // Not heard of in gossip yet (just joined, or this node just started).
                 ("unknown", None, None, json!({}))
             };
+            let (leader_reaches, leader_contact_ms_ago, replication_lag) = leader_view(*id);
             json!({
                 "id": id,
                 "api_addr": node.api_addr,
@@ -565,6 +583,9 @@ async fn cluster_status(State(st): St) -> Json<Value> {
                 "gossip_changed_ms_ago": age_ms,
                 "applied_index": applied,
                 "load": load,
+                "leader_reaches": leader_reaches,
+                "leader_contact_ms_ago": leader_contact_ms_ago,
+                "replication_lag": replication_lag,
             })
         })
         .collect();
@@ -593,13 +614,14 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready means able to serve a linearizable request now (see `Cluster::check_ready`).
 async fn ready(State(st): St) -> Result<Json<Value>, ApiError> {
-    if st.cluster.is_ready() {
-        Ok(Json(json!({ "status": "ready" })))
-    } else {
-        Err(ApiError::unavailable(
-            "not ready: no known leader or applying committed entries",
-        ))
+    match st.cluster.check_ready().await {
+        Ok(()) => Ok(Json(json!({ "status": "ready" }))),
+        Err(transport::ServiceError::Unavailable(why)) => {
+            Err(ApiError::unavailable(format!("not ready: {why}")))
+        }
+        Err(e) => Err(ApiError::unavailable(format!("not ready: {e}"))),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::alias::LogIdOf;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState};
+use openraft::{ChangeMembers, Instant as _, RaftMetrics, ReadPolicy, ServerState};
 use raft::{Command, NodeId, NodeInfo, Raft, Request, Response, State, TypeConfig};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use transport::tls::PeerId;
 use transport::{
-    ClusterTls, Gossip, JoinGranted, Liveness, NodeMeta, RpcRequest, RpcResponse, Service,
-    ServiceError, Transport, Written,
+    ClusterTls, Gossip, JoinGranted, Liveness, MemberReach, NodeMeta, RpcRequest, RpcResponse,
+    Service, ServiceError, Transport, Written,
 };
 
 use crate::config::{derived_gossip_addr, Config};
@@ -128,6 +128,12 @@ impl Cluster {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// How recently the leader must have heard from a member to count it reachable: one
+    /// election timeout (a follower that heard nothing for that long starts an election).
+    pub fn contact_window(&self) -> Duration {
+        Duration::from_millis(self.config.election_timeout_ms)
+    }
+
     fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.config.request_timeout_ms)
     }
@@ -138,7 +144,13 @@ impl Cluster {
         Some((id, node?))
     }
 
-    /// Waits (up to `until`) for a leader other than `not`.
+    /// Waits (up to `until`) for a leader other than `not` whose address this node knows.
+    ///
+    /// The address matters as much as the id: a node that just joined learns the leader's id
+    /// from its first heartbeat, before the replicated log tells it the leader's address. A
+    /// wait that returned on the id alone would return at once, again and again, and the
+    /// caller's retry loop would spin without yielding, starving the runtime (and with it the
+    /// very transport that would bring the address).
     async fn wait_for_leader(
         &self,
         not: Option<NodeId>,
@@ -149,8 +161,8 @@ impl Cluster {
             .raft
             .wait(Some(remaining))
             .metrics(
-                move |m| m.current_leader.is_some() && m.current_leader != not,
-                "leader known",
+                move |m| addressed_leader(m).is_some_and(|(id, _)| Some(id) != not),
+                "leader and its address known",
             )
             .await;
         self.leader().filter(|(id, _)| Some(*id) != not)
@@ -318,7 +330,26 @@ impl Cluster {
         if unsafe_stale_reads() {
             return Ok(());
         }
-        let deadline = Instant::now() + self.request_timeout();
+        self.read_barrier_until(Instant::now() + self.request_timeout())
+            .await
+    }
+
+    /// Whether this node can serve a linearizable request now: it knows a leader, reaches it,
+    /// the leader confirms its leadership with a quorum, and this node has applied up to the
+    /// leader's read index. Bounded by one second or two election timeouts, whichever is
+    /// longer, so a readiness probe gets an answer quickly.
+    pub async fn check_ready(&self) -> Result<(), ServiceError> {
+        if !self.is_ready() {
+            return Err(ServiceError::Unavailable(
+                "no known leader, or still applying committed entries".into(),
+            ));
+        }
+        let within =
+            Duration::from_millis(self.config.election_timeout_ms * 2).max(Duration::from_secs(1));
+        self.read_barrier_until(Instant::now() + within).await
+    }
+
+    async fn read_barrier_until(&self, deadline: Instant) -> Result<(), ServiceError> {
         let settle = Duration::from_millis(self.config.election_timeout_ms * 2);
         let log_id = loop {
             match self.read_index(deadline).await {
@@ -465,7 +496,7 @@ impl Cluster {
             let down = view
                 .get(&learner)
                 .is_some_and(|p| p.liveness == Liveness::Down);
-            if caught_up(&m, learner) && !down {
+            if caught_up(&m, learner, self.contact_window()) && !down {
                 info!(
                     node = learner,
                     voters = voters.len(),
@@ -543,8 +574,52 @@ impl Cluster {
                 applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
                 inflight_requests: busy as u64,
                 load_avg_1m: load_avg_1m(),
+                replication: self.reach_of_members(&m),
             });
         }
+    }
+
+    /// While this node leads: how it reaches each other member (empty otherwise).
+    fn reach_of_members(&self, m: &RaftMetrics<TypeConfig>) -> Vec<MemberReach> {
+        if m.current_leader != Some(self.id) {
+            return Vec::new();
+        }
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, _)| {
+                let (lag, acked) = replication_of(m, *id);
+                MemberReach {
+                    node: *id,
+                    lag,
+                    acked_ms_ago: acked.map(|d| d.as_millis() as u64),
+                }
+            })
+            .collect()
+    }
+
+    /// How the leader reaches each other member: this node's own view while it leads, else
+    /// what the leader last published in gossip (its ages brought up to now). `None` without a
+    /// known leader or before its gossip arrived.
+    pub fn leader_reach(&self) -> Option<(NodeId, Vec<MemberReach>)> {
+        let m = self.metrics();
+        let leader = m.current_leader?;
+        if leader == self.id {
+            return Some((leader, self.reach_of_members(&m)));
+        }
+        let view = self.gossip.snapshot();
+        let (meta, at) = view.get(&leader)?.meta.as_ref()?;
+        let age = at.elapsed().as_millis() as u64;
+        let reach = meta
+            .replication
+            .iter()
+            .map(|r| MemberReach {
+                acked_ms_ago: r.acked_ms_ago.map(|a| a + age),
+                ..r.clone()
+            })
+            .collect();
+        Some((leader, reach))
     }
 
     /// One step of replacing a voter that gossip has seen down for longer than the grace
@@ -568,7 +643,7 @@ impl Cluster {
         let ready: BTreeSet<NodeId> = learners
             .iter()
             .copied()
-            .filter(|l| caught_up(&m, *l))
+            .filter(|l| caught_up(&m, *l, self.contact_window()))
             .collect();
         let grace = Duration::from_millis(self.config.autopilot_dead_grace_ms);
         let Some(step) = plan_replacement(
@@ -828,19 +903,32 @@ fn plan_replacement(
     }
 }
 
-/// Whether `node` has replicated the leader's log to within 100 entries.
-fn caught_up(m: &RaftMetrics<TypeConfig>, node: NodeId) -> bool {
+/// How far the leader sees `node`: its replication lag (entries of the leader's log it has not
+/// acknowledged; `None` when it has acknowledged none yet) and how long ago it last
+/// acknowledged a heartbeat or an append (`None`: never). Leader's metrics only.
+pub(crate) fn replication_of(
+    m: &RaftMetrics<TypeConfig>,
+    node: NodeId,
+) -> (Option<u64>, Option<Duration>) {
     let last = m.last_log_index.unwrap_or(0);
-    let Some(repl) = m.replication.as_ref() else {
-        return false;
-    };
-    let matched = repl
-        .get(&node)
-        .cloned()
-        .flatten()
-        .map(|l| l.index)
-        .unwrap_or(0);
-    last.saturating_sub(matched) <= 100
+    let lag = m
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&node).cloned().flatten())
+        .map(|l| last.saturating_sub(l.index));
+    let acked = m
+        .heartbeat
+        .as_ref()
+        .and_then(|h| h.get(&node).cloned().flatten())
+        .map(|t| t.elapsed());
+    (lag, acked)
+}
+
+/// Whether `node` has replicated the leader's log to within 100 entries and acknowledged the
+/// leader within `fresh`. A node that has acknowledged nothing yet is not caught up, however
+/// short the log: promoting a voter the leader cannot reach weakens the quorum.
+fn caught_up(m: &RaftMetrics<TypeConfig>, node: NodeId, fresh: Duration) -> bool {
+    matches!(replication_of(m, node), (Some(lag), Some(ago)) if lag <= 100 && ago <= fresh)
 }
 
 /// The machine's one-minute load average (Linux `/proc/loadavg`), if the OS reports it.
@@ -859,6 +947,12 @@ fn known_leader(raft: &Raft) -> Option<(NodeId, Option<NodeInfo>)> {
     let m = m.borrow_watched();
     let id = m.current_leader?;
     Some((id, m.membership_config.membership().get_node(&id).cloned()))
+}
+
+/// The leader in `m` when its address is known too.
+fn addressed_leader(m: &RaftMetrics<TypeConfig>) -> Option<(NodeId, &NodeInfo)> {
+    let id = m.current_leader?;
+    Some((id, m.membership_config.membership().get_node(&id)?))
 }
 
 /// One ReadIndex round: the leader confirms its leadership with a quorum and answers the

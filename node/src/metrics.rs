@@ -36,6 +36,11 @@ pub struct Metrics {
     gossip_dropped: IntCounterVec,
     gossip_members: IntGaugeVec,
     autopilot_actions: IntCounterVec,
+    // --- cluster transport and replication ---
+    cluster_connects: IntCounterVec,
+    cluster_connections_dropped: IntCounterVec,
+    replication_lag: IntGaugeVec,
+    replication_contact_age: prometheus::GaugeVec,
     // --- Channels and WebSocket ---
     channels: IntGauge,
     channel_events: IntGauge,
@@ -151,6 +156,41 @@ impl Metrics {
                 &["action"],
             )
             .expect("valid metric"),
+            cluster_connects: IntCounterVec::new(
+                Opts::new(
+                    "stackd_cluster_connects_total",
+                    "QUIC handshakes this node started towards a peer, by peer address, node id \
+                     (empty when any member would do) and result (ok, failed)",
+                ),
+                &["peer_addr", "node", "result"],
+            )
+            .expect("valid metric"),
+            cluster_connections_dropped: IntCounterVec::new(
+                Opts::new(
+                    "stackd_cluster_connections_dropped_total",
+                    "Open cluster connections dropped because the peer sent nothing back during a call",
+                ),
+                &["peer_addr", "node"],
+            )
+            .expect("valid metric"),
+            replication_lag: IntGaugeVec::new(
+                Opts::new(
+                    "stackd_replication_lag_entries",
+                    "While this node leads: entries of its log each member has not acknowledged \
+                     (-1: none acknowledged yet)",
+                ),
+                &["node"],
+            )
+            .expect("valid metric"),
+            replication_contact_age: prometheus::GaugeVec::new(
+                Opts::new(
+                    "stackd_replication_contact_age_seconds",
+                    "While this node leads: seconds since each member last acknowledged a \
+                     heartbeat or an append (-1: never)",
+                ),
+                &["node"],
+            )
+            .expect("valid metric"),
             channels: gauge("stackd_channels", "Channels ever published"),
             channel_events: gauge(
                 "stackd_channel_events_retained",
@@ -222,7 +262,56 @@ impl Metrics {
         m.registry
             .register(Box::new(m.gossip_members.clone()))
             .expect("register");
+        for c in [&m.cluster_connects, &m.cluster_connections_dropped] {
+            m.registry.register(Box::new(c.clone())).expect("register");
+        }
+        m.registry
+            .register(Box::new(m.replication_lag.clone()))
+            .expect("register");
+        m.registry
+            .register(Box::new(m.replication_contact_age.clone()))
+            .expect("register");
         m
+    }
+
+    /// Brings the cluster transport's per-peer counters and, on the leader, the replication
+    /// gauges up to date.
+    fn refresh_replication(&self, cluster: &Cluster) {
+        let raise = |c: &IntCounterVec, labels: &[&str], to: u64| {
+            let c = c.with_label_values(labels);
+            c.inc_by(to.saturating_sub(c.get()));
+        };
+        for (addr, p) in cluster.transport.peer_stats() {
+            let addr = addr.to_string();
+            let node = p.node.map(|n| n.to_string()).unwrap_or_default();
+            let ok = p.connects - p.connect_failures;
+            raise(&self.cluster_connects, &[&addr, &node, "ok"], ok);
+            raise(
+                &self.cluster_connects,
+                &[&addr, &node, "failed"],
+                p.connect_failures,
+            );
+            raise(
+                &self.cluster_connections_dropped,
+                &[&addr, &node],
+                p.connections_dropped,
+            );
+        }
+        self.replication_lag.reset();
+        self.replication_contact_age.reset();
+        if let Some((leader, members)) = cluster.leader_reach() {
+            if leader == cluster.id {
+                for r in members {
+                    let node = r.node.to_string();
+                    self.replication_lag
+                        .with_label_values(&[&node])
+                        .set(r.lag.map_or(-1, |l| l as i64));
+                    self.replication_contact_age
+                        .with_label_values(&[&node])
+                        .set(r.acked_ms_ago.map_or(-1.0, |a| a as f64 / 1000.0));
+                }
+            }
+        }
     }
 
     /// Brings the gossip and autopilot figures up to date (counters only move forward).
@@ -304,6 +393,7 @@ impl Metrics {
             }
         }
         self.refresh_gossip(cluster);
+        self.refresh_replication(cluster);
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

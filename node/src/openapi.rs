@@ -42,7 +42,10 @@ pub const OPENAPI_JSON: &str = r##"{
         "gossip": {"type": "string", "enum": ["alive", "suspect", "down", "unknown"], "description": "liveness in the answering node's gossip view (SWIM); the answering node itself is alive; unknown until gossip has heard of the member"},
         "gossip_changed_ms_ago": {"type": "integer", "nullable": true, "description": "how long the member has had that gossip state on the answering node"},
         "applied_index": {"type": "integer", "nullable": true, "description": "the member's applied log index, from its gossip metadata (at most about 0.5 s old)"},
-        "load": {"type": "object", "description": "from the member's gossip metadata; empty when none arrived yet", "properties": {"inflight_requests": {"type": "integer"}, "load_avg_1m": {"type": "number", "nullable": true}}}
+        "load": {"type": "object", "description": "from the member's gossip metadata; empty when none arrived yet", "properties": {"inflight_requests": {"type": "integer"}, "load_avg_1m": {"type": "number", "nullable": true}}},
+        "leader_reaches": {"type": "boolean", "nullable": true, "description": "whether the leader heard from the member (an acknowledged heartbeat or append) within one election timeout; the leader's own view, or on other nodes the one it publishes in gossip (at most about 0.5 s old); true for the leader itself; null without a known leader or before its gossip arrived"},
+        "leader_contact_ms_ago": {"type": "integer", "nullable": true, "description": "ms since the member last acknowledged the leader; null: never"},
+        "replication_lag": {"type": "integer", "nullable": true, "description": "entries of the leader's log the member has not acknowledged; null: none acknowledged yet"}
       }},
       "TxnOp": {"type": "object", "description": "exactly one of: {put: {key, value (base64) | text, ttl_ms?}}, {delete: {key}}, {cache_set: {key, value | text, ttl_ms?, tags?}}, {cache_delete: {key}}, {cache_invalidate: {tags}}, {enqueue: {queue, payload, delay_ms?, run_at_ms?, priority?, max_attempts?, backoff_ms?, unique_key?}}, {publish: {channel, data}} (result {offset}); a key is written at most once per branch"}
     },
@@ -168,7 +171,7 @@ pub const OPENAPI_JSON: &str = r##"{
     "/v1/client.js": {"get": {"summary": "stackd.js: dependency-free browser client (Stackd.Client: subscribe, publish, watch; reconnects with backoff to the next node of its list and resumes by offset and revision)", "responses": {"200": {"description": "JavaScript"}}}},
     "/demo/": {"get": {"summary": "Demo page: a live counter of channel demo, updated in every open window", "responses": {"200": {"description": "HTML"}}}},
     "/health": {"get": {"summary": "200 while the process serves", "responses": {"200": {"description": "ok"}}}},
-    "/ready": {"get": {"summary": "200 when the node knows a leader and has applied what is committed, else 503", "responses": {"200": {"description": "ready"}, "503": {"$ref": "#/components/responses/Error"}}}},
+    "/ready": {"get": {"summary": "200 when the node can serve a linearizable request now: it knows a leader and reaches it, the leader confirms its leadership with a quorum (a ReadIndex round), and the node has applied up to that index; else 503 with the reason. Answers within about one second", "responses": {"200": {"description": "ready"}, "503": {"$ref": "#/components/responses/Error"}}}},
     "/metrics": {"get": {"summary": "Prometheus text format", "responses": {"200": {"description": "metrics"}}}},
     "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}}
   }
@@ -201,7 +204,14 @@ mod tests {
             assert!(v["paths"][path].is_object(), "{path}");
         }
         let member = &v["components"]["schemas"]["Member"]["properties"];
-        for field in ["gossip", "applied_index", "load"] {
+        for field in [
+            "gossip",
+            "applied_index",
+            "load",
+            "leader_reaches",
+            "leader_contact_ms_ago",
+            "replication_lag",
+        ] {
             assert!(member[field].is_object(), "{field}");
         }
     }

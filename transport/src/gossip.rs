@@ -155,6 +155,19 @@ pub struct NodeMeta {
     pub inflight_requests: u64,
     /// One-minute load average of the node's machine, where the OS reports it.
     pub load_avg_1m: Option<f32>,
+    /// Published by the leader only: how it reaches each other member.
+    pub replication: Vec<MemberReach>,
+}
+
+/// How the leader reaches one member, as the leader publishes it in gossip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReach {
+    pub node: NodeId,
+    /// Entries of the leader's log the member has not acknowledged (`None`: none acknowledged).
+    pub lag: Option<u64>,
+    /// Milliseconds since the member last acknowledged a heartbeat or an append (`None`:
+    /// never).
+    pub acked_ms_ago: Option<u64>,
 }
 
 /// One metadata packet; `(generation, seq)` orders the records of one node.

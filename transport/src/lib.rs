@@ -20,7 +20,7 @@ pub mod tls;
 
 pub use endpoint::{Limits, Service, Transport};
 pub use error::{Error, Result};
-pub use gossip::{Gossip, GossipConfig, Liveness, NodeMeta, PeerView};
+pub use gossip::{Gossip, GossipConfig, Liveness, MemberReach, NodeMeta, PeerView};
 pub use network::Network;
 pub use pool::PeerStats;
 pub use rpc::{JoinAccepted, JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
