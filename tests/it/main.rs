@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod gossip;
 mod history;
+mod joins;
 mod kv_cluster;
 mod locks;
 mod membership;

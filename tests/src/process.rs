@@ -88,6 +88,8 @@ pub struct ProcCluster {
     pub bases: Vec<String>,
     /// Raft node id of each node.
     pub ids: Vec<u64>,
+    /// Node 1's join token.
+    token: String,
 }
 
 impl ProcCluster {
@@ -124,6 +126,26 @@ impl ProcCluster {
 
     /// Starts `n` processes with `opts`.
     pub async fn start_with(n: usize, opts: ProcOptions) -> Result<Self> {
+        let voters = n.min(opts.target_voters);
+        let mut c = Self::found(n, opts).await?;
+        for i in 1..n {
+            c.join(i)?;
+            // Join one at a time, each promotion done before the next join (a join that meets a
+            // membership change in progress is refused and retried under a new id), so node
+            // ids follow the order of the addresses; `ids` records them anyway.
+            c.wait_ready(i, Duration::from_secs(30)).await?;
+            c.wait_voters((i + 1).min(voters), &(0..=i).collect::<Vec<_>>())
+                .await?;
+        }
+        c.wait_voters(voters, &(0..n).collect::<Vec<_>>()).await?;
+        c.record_ids().await?;
+        Ok(c)
+    }
+
+    /// Starts node 1 alone (it founds the cluster) and waits for its join token, with room for
+    /// `n` nodes: [`join`](Self::join) starts the others, then [`record_ids`](Self::record_ids)
+    /// learns their ids.
+    pub async fn found(n: usize, opts: ProcOptions) -> Result<Self> {
         crate::init_logging();
         let root = TempDir::new()?;
         let mut api_addrs = Vec::new();
@@ -134,7 +156,6 @@ impl ProcCluster {
             cluster_addrs.push(crate::free_cluster_addr(&ip).to_string());
         }
         let bases = api_addrs.iter().map(|a| format!("http://{a}")).collect();
-        let voters = n.min(opts.target_voters);
         let mut c = Self {
             root,
             opts,
@@ -143,46 +164,55 @@ impl ProcCluster {
             cluster_addrs,
             bases,
             ids: Vec::new(),
+            token: String::new(),
         };
         c.procs[0] = Some(c.spawn(0, None)?);
         let token_file = c.root.path().join("node1").join("join-token");
-        let token = wait_for("node 1's join token", Duration::from_secs(30), || async {
+        c.token = wait_for("node 1's join token", Duration::from_secs(30), || async {
             std::fs::read_to_string(&token_file)
                 .ok()
                 .map(|t| t.trim().to_string())
         })
         .await
         .map_err(|e| e.context(c.log_tail(0)))?;
-        for i in 1..n {
-            let join = c.cluster_addrs[0].clone();
-            c.procs[i] = Some(c.spawn(i, Some((&join, &token)))?);
-            // Join one at a time, each promotion done before the next join (a join that meets a
-            // membership change in progress is refused and retried under a new id), so node
-            // ids follow the order of the addresses; `ids` records them anyway.
-            let http = http::client();
-            let base = c.bases[i].clone();
-            wait_for(
-                &format!("node {} ready", i + 1),
-                Duration::from_secs(30),
-                || async {
-                    let r = http.get(format!("{base}/ready")).send().await.ok()?;
-                    r.status().is_success().then_some(())
-                },
-            )
-            .await
-            .map_err(|e| e.context(c.log_tail(i)))?;
-            c.wait_voters((i + 1).min(voters), &(0..=i).collect::<Vec<_>>())
-                .await?;
+        Ok(c)
+    }
+
+    /// Starts node `i` (not running yet), joining through node 1 with its token; returns at
+    /// once.
+    pub fn join(&mut self, i: usize) -> Result<()> {
+        if self.procs[i].is_some() {
+            bail!("node {} is running", i + 1);
         }
-        c.wait_voters(voters, &(0..n).collect::<Vec<_>>()).await?;
+        let join = self.cluster_addrs[0].clone();
+        let token = self.token.clone();
+        self.procs[i] = Some(self.spawn(i, Some((&join, &token)))?);
+        Ok(())
+    }
+
+    /// Waits (up to `timeout`) until node `i` answers `/ready` with 200.
+    pub async fn wait_ready(&self, i: usize, timeout: Duration) -> Result<()> {
         let http = http::client();
-        for i in 0..n {
-            let s = http::cluster(&http, &c.bases[i])
+        let base = self.bases[i].clone();
+        wait_for(&format!("node {} ready", i + 1), timeout, || async {
+            let r = http.get(format!("{base}/ready")).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await
+        .map_err(|e| e.context(self.log_tail(i)))
+    }
+
+    /// Reads every node's id from its `GET /v1/cluster` into `ids`.
+    pub async fn record_ids(&mut self) -> Result<()> {
+        let http = http::client();
+        self.ids.clear();
+        for i in 0..self.bases.len() {
+            let s = http::cluster(&http, &self.bases[i])
                 .await
                 .context("GET /v1/cluster")?;
-            c.ids.push(s["node_id"].as_u64().context("node_id")?);
+            self.ids.push(s["node_id"].as_u64().context("node_id")?);
         }
-        Ok(c)
+        Ok(())
     }
 
     /// Waits until the nodes `alive` all report `voters` voters and agree on a leader; returns
