@@ -277,10 +277,7 @@ impl Metrics {
     /// Brings the cluster transport's per-peer counters and, on the leader, the replication
     /// gauges up to date.
     fn refresh_replication(&self, cluster: &Cluster) {
-        let raise = |c: &IntCounterVec, labels: &[&str], to: u64| {
-            let c = c.with_label_values(labels);
-            c.inc_by(to.saturating_sub(c.get()));
-        };
+        let raise = raise_to;
         for (addr, p) in cluster.transport.peer_stats() {
             let addr = addr.to_string();
             let node = p.node.map(|n| n.to_string()).unwrap_or_default();
@@ -316,10 +313,7 @@ impl Metrics {
 
     /// Brings the gossip and autopilot figures up to date (counters only move forward).
     fn refresh_gossip(&self, cluster: &Cluster) {
-        let raise = |c: &IntCounterVec, label: &str, to: u64| {
-            let c = c.with_label_values(&[label]);
-            c.inc_by(to.saturating_sub(c.get()));
-        };
+        let raise = |c: &IntCounterVec, label: &str, to: u64| raise_to(c, &[label], to);
         let s = cluster.gossip.stats();
         raise(&self.gossip_packets, "received", s.packets_received);
         raise(&self.gossip_packets, "sent", s.packets_sent);
@@ -400,6 +394,13 @@ impl Metrics {
             .expect("text encoding");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
+}
+
+/// Raises the counter with `labels` to `to`, a total kept elsewhere (counters only move
+/// forward).
+fn raise_to(c: &IntCounterVec, labels: &[&str], to: u64) {
+    let c = c.with_label_values(labels);
+    c.inc_by(to.saturating_sub(c.get()));
 }
 
 impl Default for Metrics {

@@ -331,14 +331,7 @@ async fn a_slow_consumer_is_disconnected_with_its_reason_and_memory_stays_bounde
     for i in 0..N {
         publish(&http, &base, "big", json!({ "i": i, "blob": blob })).await;
         if i % 10 == 0 {
-            let m = http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = http::get_text(&http, &format!("{base}/metrics")).await;
             max_buffered = max_buffered.max(metric(&m, "stackd_ws_send_buffer_bytes"));
             if disconnected_at.is_none()
                 && metric(&m, "stackd_ws_disconnects_total{reason=\"slow_consumer\"}") >= 1.0
@@ -351,14 +344,7 @@ async fn a_slow_consumer_is_disconnected_with_its_reason_and_memory_stays_bounde
         fast_reader.await.unwrap(),
         (1..=N as u64).collect::<Vec<_>>()
     );
-    let m = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = http::get_text(&http, &format!("{base}/metrics")).await;
     assert_eq!(
         metric(&m, "stackd_ws_disconnects_total{reason=\"slow_consumer\"}"),
         1.0,

@@ -211,14 +211,7 @@ async fn nodes_joining_close_together_under_load_serve_every_request_once_ready(
         let http = http::client();
         c.record_ids().await.unwrap();
         let li = c.index_of(leader["node_id"].as_u64().unwrap());
-        let metrics = http
-            .get(format!("{}/metrics", c.bases[li]))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = http::get_text(&http, &format!("{}/metrics", c.bases[li])).await;
         assert!(
             metrics.contains("stackd_cluster_connects_total{")
                 && metrics.contains("result=\"ok\"")

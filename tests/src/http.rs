@@ -108,3 +108,14 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
         .await
         .expect("JSON answer")
 }
+
+/// GETs `url` and returns its body as text (panics if there is none: for tests).
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url)
+        .send()
+        .await
+        .expect("request sent")
+        .text()
+        .await
+        .expect("text answer")
+}
