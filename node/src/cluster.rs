@@ -906,10 +906,7 @@ fn plan_replacement(
 /// How far the leader sees `node`: its replication lag (entries of the leader's log it has not
 /// acknowledged; `None` when it has acknowledged none yet) and how long ago it last
 /// acknowledged a heartbeat or an append (`None`: never). Leader's metrics only.
-pub(crate) fn replication_of(
-    m: &RaftMetrics<TypeConfig>,
-    node: NodeId,
-) -> (Option<u64>, Option<Duration>) {
+fn replication_of(m: &RaftMetrics<TypeConfig>, node: NodeId) -> (Option<u64>, Option<Duration>) {
     let last = m.last_log_index.unwrap_or(0);
     let lag = m
         .replication
