@@ -580,7 +580,7 @@ impl Cluster {
     }
 
     /// While this node leads: how it reaches each other member (empty otherwise).
-    fn reach_of_members(&self, m: &RaftMetrics<TypeConfig>) -> Vec<MemberReach> {
+    pub fn reach_of_members(&self, m: &RaftMetrics<TypeConfig>) -> Vec<MemberReach> {
         if m.current_leader != Some(self.id) {
             return Vec::new();
         }

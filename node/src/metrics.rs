@@ -7,6 +7,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use openraft::RaftMetrics;
+use raft::TypeConfig;
 use transport::Liveness;
 
 use crate::cluster::Cluster;
@@ -276,19 +278,18 @@ impl Metrics {
 
     /// Brings the cluster transport's per-peer counters and, on the leader, the replication
     /// gauges up to date.
-    fn refresh_replication(&self, cluster: &Cluster) {
-        let raise = raise_to;
+    fn refresh_replication(&self, cluster: &Cluster, m: &RaftMetrics<TypeConfig>) {
         for (addr, p) in cluster.transport.peer_stats() {
             let addr = addr.to_string();
             let node = p.node.map(|n| n.to_string()).unwrap_or_default();
             let ok = p.connects - p.connect_failures;
-            raise(&self.cluster_connects, &[&addr, &node, "ok"], ok);
-            raise(
+            raise_to(&self.cluster_connects, &[&addr, &node, "ok"], ok);
+            raise_to(
                 &self.cluster_connects,
                 &[&addr, &node, "failed"],
                 p.connect_failures,
             );
-            raise(
+            raise_to(
                 &self.cluster_connections_dropped,
                 &[&addr, &node],
                 p.connections_dropped,
@@ -296,18 +297,15 @@ impl Metrics {
         }
         self.replication_lag.reset();
         self.replication_contact_age.reset();
-        if let Some((leader, members)) = cluster.leader_reach() {
-            if leader == cluster.id {
-                for r in members {
-                    let node = r.node.to_string();
-                    self.replication_lag
-                        .with_label_values(&[&node])
-                        .set(r.lag.map_or(-1, |l| l as i64));
-                    self.replication_contact_age
-                        .with_label_values(&[&node])
-                        .set(r.acked_ms_ago.map_or(-1.0, |a| a as f64 / 1000.0));
-                }
-            }
+        // Empty unless this node leads.
+        for r in cluster.reach_of_members(m) {
+            let node = r.node.to_string();
+            self.replication_lag
+                .with_label_values(&[&node])
+                .set(r.lag.map_or(-1, |l| l as i64));
+            self.replication_contact_age
+                .with_label_values(&[&node])
+                .set(r.acked_ms_ago.map_or(-1.0, |a| a as f64 / 1000.0));
         }
     }
 
@@ -387,7 +385,7 @@ impl Metrics {
             }
         }
         self.refresh_gossip(cluster);
-        self.refresh_replication(cluster);
+        self.refresh_replication(cluster, &m);
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

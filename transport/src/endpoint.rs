@@ -169,6 +169,11 @@ impl Transport {
     /// `node`, the server must present that node's certificate; without, any member's.
     pub async fn connection(&self, addr: &str, node: Option<NodeId>) -> Result<Connection> {
         let sa = Self::resolve(addr).await?;
+        self.pooled(sa, addr, node).await
+    }
+
+    /// The pool's connection to `sa` (resolved from `addr`, which errors name).
+    async fn pooled(&self, sa: SocketAddr, addr: &str, node: Option<NodeId>) -> Result<Connection> {
         self.pool
             .get((sa, node))
             .await
@@ -213,7 +218,7 @@ impl Transport {
         timeout: Duration,
     ) -> Result<RpcResponse> {
         let sa = Self::resolve(addr).await?;
-        let conn = self.connection(addr, node).await?;
+        let conn = self.pooled(sa, addr, node).await?;
         let heard_before = conn.stats().udp_rx.datagrams;
         let fut = async {
             let (mut send, mut recv) = conn.open_bi().await?;
