@@ -3,18 +3,19 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use raft::command::KvCmd;
 use raft::{Command, Request};
 
 fn request() -> Request {
     Request {
         stamp_ms: 1_764_000_000_000,
         idempotency_key: None,
-        command: Command::Put {
+        command: Command::Kv(KvCmd::Put {
             key: "bench-1234".to_string(),
             value: vec![b'v'; 100],
             if_revision: None,
             ttl_ms: None,
-        },
+        }),
     }
 }
 

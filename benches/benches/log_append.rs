@@ -5,6 +5,7 @@
 //! The figures depend on the disk under the temp dir (`TMPDIR`), not only on the code.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use raft::command::KvCmd;
 use raft::openraft::entry::RaftEntry;
 use raft::openraft::storage::{IOFlushed, RaftLogStorage};
 use raft::openraft::testing::log_id;
@@ -18,12 +19,12 @@ fn entry(index: u64) -> Entry {
     let request = Request {
         stamp_ms: 1_764_000_000_000,
         idempotency_key: None,
-        command: Command::Put {
+        command: Command::Kv(KvCmd::Put {
             key: format!("bench-{}", index % 10_000),
             value: vec![b'v'; 100],
             if_revision: None,
             ttl_ms: None,
-        },
+        }),
     };
     Entry::new_normal(log_id::<TypeConfig>(1, 1, index), request)
 }

@@ -4,6 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use raft::command::KvCmd;
 use raft::{Command, Request, State};
 use storage::SmBatch;
 
@@ -16,12 +17,12 @@ fn put(key: u64, stamp_ms: u64) -> Request {
     Request {
         stamp_ms,
         idempotency_key: None,
-        command: Command::Put {
+        command: Command::Kv(KvCmd::Put {
             key: format!("bench-{key}"),
             value: vec![b'v'; 100],
             if_revision: None,
             ttl_ms: None,
-        },
+        }),
     }
 }
 
@@ -62,10 +63,10 @@ fn bench_apply(c: &mut Criterion) {
             let delete = Request {
                 stamp_ms: 2,
                 idempotency_key: None,
-                command: Command::Delete {
+                command: Command::Kv(KvCmd::Delete {
                     key: format!("bench-{key}"),
                     if_revision: None,
-                },
+                }),
             };
             (put(key, 2), delete)
         })

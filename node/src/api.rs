@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use raft::{Command, Response as RaftResponse};
+use raft::command::{KvCmd, KvResult, MaybeFenced, Proposal};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -299,9 +299,15 @@ pub(crate) fn check_ms(field: &str, value: u64, max: u64) -> ApiResult<u64> {
 }
 
 /// `fence=LOCK:F`: wraps `command` so it applies only while lock LOCK is held with fence F.
-pub(crate) fn fenced(p: &HashMap<String, String>, command: Command) -> ApiResult<Command> {
+pub(crate) fn fenced<P: Proposal>(
+    p: &HashMap<String, String>,
+    command: P,
+) -> ApiResult<MaybeFenced<P>> {
     let Some(spec) = p.get("fence") else {
-        return Ok(command);
+        return Ok(MaybeFenced {
+            fence: None,
+            command,
+        });
     };
     let bad = || {
         ApiError::bad_request(format!(
@@ -312,10 +318,9 @@ pub(crate) fn fenced(p: &HashMap<String, String>, command: Command) -> ApiResult
     let (lock, fence) = spec.rsplit_once(':').ok_or_else(bad)?;
     let fence: u64 = fence.parse().map_err(|_| bad())?;
     validate_name("lock", lock)?;
-    Ok(Command::Fenced {
-        lock: lock.to_string(),
-        fence,
-        command: Box::new(command),
+    Ok(MaybeFenced {
+        fence: Some((lock.to_string(), fence)),
+        command,
     })
 }
 
@@ -380,17 +385,16 @@ async fn put_kv(
     let value = read_body(body, limit).await?;
     let command = fenced(
         &p,
-        Command::Put {
+        KvCmd::Put {
             key,
             value: value.to_vec(),
             if_revision,
             ttl_ms,
         },
     )?;
-    let resp = st.cluster.write(command, idem).await?;
-    match resp {
-        RaftResponse::Put { revision } => Ok(Json(json!({ "revision": revision }))),
-        other => Err(write_answer(other)),
+    match st.cluster.write(command, idem).await? {
+        KvResult::Put { revision } => Ok(Json(json!({ "revision": revision }))),
+        other => Err(other.into()),
     }
 }
 
@@ -403,44 +407,12 @@ async fn delete_kv(
     let p = params(q, &["if_revision", "fence"])?;
     let if_revision = u64_param(&p, "if_revision")?;
     let idem = idempotency_key(&headers)?;
-    let command = fenced(&p, Command::Delete { key, if_revision })?;
+    let command = fenced(&p, KvCmd::Delete { key, if_revision })?;
     match st.cluster.write(command, idem).await? {
-        RaftResponse::Delete { revision, deleted } => {
+        KvResult::Delete { revision, deleted } => {
             Ok(Json(json!({ "revision": revision, "deleted": deleted })))
         }
-        other => Err(write_answer(other)),
-    }
-}
-
-/// Maps the answers a write can get besides its success shape.
-pub(crate) fn write_answer(resp: RaftResponse) -> ApiError {
-    match resp {
-        RaftResponse::Conflict { current_revision } => ApiError::conflict(format!(
-            "compare failed: the key's revision is {current_revision}"
-        ))
-        .with("current_revision", current_revision),
-        RaftResponse::StaleFence { current } => ApiError::conflict(match current {
-            Some(f) => format!("stale fence: the lock's current fence is {f}"),
-            None => "stale fence: the lock is not held".to_string(),
-        })
-        .with("reason", "stale_fence")
-        .with("current_fence", current),
-        RaftResponse::LockHeld { holder } | RaftResponse::LockQueued { holder } => {
-            ApiError::conflict(format!("lock is held by {holder:?}")).with("holder", holder)
-        }
-        RaftResponse::StaleLease { current } => ApiError::conflict(
-            "stale lease: the job was offered again or finished since this claim",
-        )
-        .with("reason", "stale_lease")
-        .with("current_lease", current),
-        RaftResponse::NotFound => ApiError::not_found("not found"),
-        RaftResponse::Limited(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m),
-        RaftResponse::Rejected(m) => ApiError::bad_request(m),
-        other => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("unexpected answer {other:?}"),
-        ),
+        other => Err(other.into()),
     }
 }
 

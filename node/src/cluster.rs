@@ -9,6 +9,7 @@ use openraft::alias::LogIdOf;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, Instant as _, RaftMetrics, ReadPolicy, ServerState};
+use raft::command::{ClusterCmd, ClusterResult, KvCmd, Proposal};
 use raft::{Command, NodeId, NodeInfo, Raft, Request, Response, State, TypeConfig};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
@@ -21,6 +22,37 @@ use transport::{
 };
 
 use crate::config::{derived_gossip_addr, Config};
+
+/// Why a write did not give its typed result.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// A fenced write whose fence is not the lock's current one; nothing was applied.
+    #[error("stale fence (current: {current:?})")]
+    StaleFence { current: Option<u64> },
+    /// The `Idempotency-Key` was first used for a request of another kind, whose remembered
+    /// answer came back.
+    #[error("the Idempotency-Key was first used for a different request")]
+    IdempotencyMismatch,
+}
+
+impl From<WriteError> for ServiceError {
+    fn from(e: WriteError) -> ServiceError {
+        match e {
+            WriteError::Service(e) => e,
+            other => ServiceError::Refused(other.to_string()),
+        }
+    }
+}
+
+/// The typed result of an applied proposal.
+fn typed<P: Proposal>(response: Response) -> Result<P::Output, WriteError> {
+    P::output(response).map_err(|other| match other {
+        Response::StaleFence { current } => WriteError::StaleFence { current },
+        _ => WriteError::IdempotencyMismatch,
+    })
+}
 
 /// Wall clock in ms since the Unix epoch; used only to stamp proposals on the leader.
 pub fn now_ms() -> u64 {
@@ -168,37 +200,37 @@ impl Cluster {
         self.leader().filter(|(id, _)| Some(*id) != not)
     }
 
-    /// Proposes a write through the leader, from any node.
+    /// Proposes a write through the leader, from any node, and answers its typed result.
     ///
     /// `Unavailable` means the write was certainly not applied; `Unknown` that it may have
     /// been (a forward or proposal was under way when the time ran out or the leader changed).
-    pub async fn write(
+    pub async fn write<P: Proposal>(
         &self,
-        command: Command,
+        proposal: P,
         idempotency_key: Option<String>,
-    ) -> Result<Response, ServiceError> {
-        Ok(self
+    ) -> Result<P::Output, WriteError> {
+        let written = self
             .write_indexed(
-                command,
+                proposal.into(),
                 idempotency_key,
                 Instant::now() + self.request_timeout(),
             )
-            .await?
-            .response)
+            .await?;
+        typed::<P>(written.response)
     }
 
     /// Like [`Cluster::write`], and returns only once this node has applied the write too, so
     /// a local (stale) read on this node sees it: read-your-writes through the same node.
     /// If this node lags past the request deadline the write still succeeded and is
     /// answered; it becomes visible here once applied.
-    pub async fn write_visible(
+    pub async fn write_visible<P: Proposal>(
         &self,
-        command: Command,
+        proposal: P,
         idempotency_key: Option<String>,
-    ) -> Result<Response, ServiceError> {
+    ) -> Result<P::Output, WriteError> {
         let deadline = Instant::now() + self.request_timeout();
         let written = self
-            .write_indexed(command, idempotency_key, deadline)
+            .write_indexed(proposal.into(), idempotency_key, deadline)
             .await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = self
@@ -209,7 +241,7 @@ impl Cluster {
         {
             warn!(error = %e, index = written.log_index, "write not yet applied on this node");
         }
-        Ok(written.response)
+        typed::<P>(written.response)
     }
 
     async fn write_indexed(
@@ -466,9 +498,9 @@ impl Cluster {
         let req = Request {
             stamp_ms: 0,
             idempotency_key: None,
-            command: Command::KvCompact {
+            command: Command::Kv(KvCmd::Compact {
                 revision: revision - keep,
-            },
+            }),
         };
         match self.write_local(req).await {
             Ok(_) => info!(
@@ -745,16 +777,13 @@ impl Cluster {
         cluster_id: String,
         token: &str,
     ) -> Result<(), ServiceError> {
-        let command = Command::InitCluster {
+        let command = ClusterCmd::Init {
             cluster_id,
             join_token_sha256: transport::tls::token_digest(token),
         };
-        match self.write(command, None).await? {
-            Response::Done | Response::Rejected(_) => Ok(()),
-            other => Err(ServiceError::Unknown(format!(
-                "unexpected init answer {other:?}"
-            ))),
-        }
+        // Already initialized (a replayed start-up) is as good as done.
+        self.write(command, None).await?;
+        Ok(())
     }
 
     /// Long-polls this node's applied state: `check` runs now and after every apply until it
@@ -1078,11 +1107,11 @@ impl Service for Cluster {
                 "node public key is not an uncompressed P-256 point".into(),
             ));
         }
-        let id = match self.write(Command::AllocateNodeId, None).await? {
-            Response::NodeId(id) => id,
+        let id = match self.write(ClusterCmd::AllocateNodeId, None).await? {
+            ClusterResult::NodeId(id) => id,
             other => {
                 return Err(ServiceError::Unknown(format!(
-                    "unexpected allocation answer {other:?}"
+                    "node id allocation answered {other:?}"
                 )))
             }
         };
@@ -1122,7 +1151,7 @@ impl Service for Cluster {
             .state
             .read()
             .expect("state lock")
-            .security
+            .security()
             .removed_nodes
             .contains(&peer.node_id)
         {
@@ -1154,10 +1183,10 @@ impl Cluster {
         if st.meta.join_token_sha256.as_deref() == Some(digest.as_str()) {
             return Ok(());
         }
-        if st.security.revoked_tokens.contains_key(&digest) {
+        if st.security().revoked_tokens.contains_key(&digest) {
             return Err(ServiceError::Refused("join token revoked".into()));
         }
-        match st.security.join_tokens.get(&digest) {
+        match st.security().join_tokens.get(&digest) {
             Some(exp) if *exp > now_ms() => Ok(()),
             Some(_) => Err(ServiceError::Refused("join token expired".into())),
             None => Err(ServiceError::Refused("invalid join token".into())),
@@ -1178,7 +1207,7 @@ impl Cluster {
                 "expired": false,
             }));
         }
-        for (d, exp) in &st.security.join_tokens {
+        for (d, exp) in &st.security().join_tokens {
             tokens.push(serde_json::json!({
                 "id": raft::state::token_id(d),
                 "founding": false,
@@ -1187,7 +1216,7 @@ impl Cluster {
             }));
         }
         let revoked: Vec<_> = st
-            .security
+            .security()
             .revoked_tokens
             .iter()
             .map(|(d, at)| serde_json::json!({ "id": raft::state::token_id(d), "revoked_at_ms": at }))
@@ -1200,13 +1229,13 @@ impl Cluster {
     pub async fn revoke_join_token(&self, token_id: &str) -> Result<bool, ServiceError> {
         let r = self
             .write_visible(
-                Command::JoinTokenRevoke {
+                ClusterCmd::JoinTokenRevoke {
                     token_id: token_id.to_string(),
                 },
                 None,
             )
             .await?;
-        Ok(matches!(r, Response::Done))
+        Ok(r == ClusterResult::Done)
     }
 
     /// Creates a join token valid for `ttl_ms`; answers it, its id and its expiry.
@@ -1219,7 +1248,7 @@ impl Cluster {
         let id = raft::state::token_id(&token_sha256).to_string();
         let expires_at_ms = now_ms().saturating_add(ttl_ms);
         self.write(
-            Command::JoinTokenCreate {
+            ClusterCmd::JoinTokenCreate {
                 token_sha256,
                 expires_at_ms,
             },

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::{Command, LiveBatch};
+use raft::command::ChannelCmd;
+use raft::LiveBatch;
 use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -72,7 +73,7 @@ impl Hub {
             if self.present_here.load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            let command = Command::PresenceHeartbeat {
+            let command = ChannelCmd::PresenceHeartbeat {
                 node_id: cluster.id,
                 incarnation: self.incarnation,
                 lease_ms,

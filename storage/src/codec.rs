@@ -11,7 +11,10 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// The format-version byte written in front of every encoded value.
-pub const FORMAT_VERSION: u8 = 1;
+///
+/// 2: commands and results are grouped by primitive (`Command::Kv(KvCmd::Put { .. })`).
+/// Format 1 data (from earlier builds) is refused rather than misread.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Encodes `value` as `[FORMAT_VERSION] ++ postcard(value)`.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
@@ -24,6 +27,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         Some((&FORMAT_VERSION, body)) => {
             postcard::from_bytes(body).map_err(|e| Error::Codec(e.to_string()))
         }
+        Some((v, _)) if *v < FORMAT_VERSION => Err(Error::Codec(format!(
+            "data of format {v} was written by an earlier stackd; this build reads format \
+             {FORMAT_VERSION} (start from an empty data dir and restore a backup made by this build)"
+        ))),
         Some((v, _)) => Err(Error::Codec(format!("unknown format version {v}"))),
         None => Err(Error::Codec("empty value".into())),
     }

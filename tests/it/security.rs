@@ -420,12 +420,21 @@ async fn a_removed_learner_finds_out_it_was_removed() {
     let http = http::client();
     let learner = c.nodes[3].as_ref().unwrap();
     assert_eq!(learner.cluster.id, 4);
-    let r = http
-        .post(format!("{}/v1/cluster/members/4/remove", c.bases[0]))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // The start may still be promoting a learner: a removal during it is refused with
+    // "retry", as any client would.
+    let url = format!("{}/v1/cluster/members/4/remove", c.bases[0]);
+    wait_for("node 4 removed", Duration::from_secs(30), || async {
+        let r = http.post(&url).send().await.ok()?;
+        let status = r.status();
+        let text = r.text().await.ok()?;
+        if status.is_success() {
+            return Some(());
+        }
+        assert!(text.contains("membership change is in progress"), "{text}");
+        None
+    })
+    .await
+    .unwrap();
     let why = tokio::time::timeout(Duration::from_secs(30), learner.removed())
         .await
         .expect("the removed learner is told within its check period");

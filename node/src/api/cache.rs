@@ -5,14 +5,13 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use raft::command::CacheLimits;
-use raft::{Command, Response as RaftResponse};
+use raft::command::{CacheCmd, CacheLimits, CacheResult};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
     check_ms, fenced, idempotency_key, params, read_body, remaining_ms, u64_param, validate_name,
-    write_answer, AppState, JsonBody, Key, St,
+    AppState, JsonBody, Key, St,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -62,7 +61,7 @@ pub async fn set(
     let value = read_body(body, st.cluster.config.max_value_bytes).await?;
     let command = fenced(
         &p,
-        Command::CacheSet {
+        CacheCmd::Set {
             key,
             value: value.to_vec(),
             ttl_ms,
@@ -71,8 +70,8 @@ pub async fn set(
         },
     )?;
     match st.cluster.write_visible(command, idem).await? {
-        RaftResponse::Done => Ok(Json(json!({ "stored": true }))),
-        other => Err(write_answer(other)),
+        CacheResult::Stored => Ok(Json(json!({ "stored": true }))),
+        other => Err(other.into()),
     }
 }
 
@@ -113,10 +112,10 @@ pub async fn delete(
 ) -> ApiResult<Json<Value>> {
     let p = params(q, &["fence"])?;
     let idem = idempotency_key(&headers)?;
-    let command = fenced(&p, Command::CacheDelete { key })?;
+    let command = fenced(&p, CacheCmd::Delete { key })?;
     match st.cluster.write_visible(command, idem).await? {
-        RaftResponse::Count(n) => Ok(Json(json!({ "deleted": n > 0 }))),
-        other => Err(write_answer(other)),
+        CacheResult::Removed(n) => Ok(Json(json!({ "deleted": n > 0 }))),
+        other => Err(other.into()),
     }
 }
 
@@ -136,10 +135,10 @@ pub async fn invalidate(
     }
     check_tags(&body.tags)?;
     let idem = idempotency_key(&headers)?;
-    let command = Command::CacheInvalidate { tags: body.tags };
+    let command = CacheCmd::Invalidate { tags: body.tags };
     match st.cluster.write_visible(command, idem).await? {
-        RaftResponse::Count(n) => Ok(Json(json!({ "invalidated": n }))),
-        other => Err(write_answer(other)),
+        CacheResult::Removed(n) => Ok(Json(json!({ "invalidated": n }))),
+        other => Err(other.into()),
     }
 }
 

@@ -4,13 +4,13 @@
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use raft::{Command, Response as RaftResponse};
+use raft::command::{ChannelCmd, ChannelResult};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    idempotency_key, list_limit, params, read_barrier_unless_stale, u64_param, write_answer,
-    AppState, JsonBody, Name, St,
+    idempotency_key, list_limit, params, read_barrier_unless_stale, u64_param, AppState, JsonBody,
+    Name, St,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -21,7 +21,11 @@ pub struct PublishBody {
 }
 
 /// The command publishing `data` on `channel`, with the retention configured for its name.
-pub(crate) fn publish_command(st: &AppState, channel: String, data: &Value) -> ApiResult<Command> {
+pub(crate) fn publish_command(
+    st: &AppState,
+    channel: String,
+    data: &Value,
+) -> ApiResult<ChannelCmd> {
     let data = data.to_string();
     let limit = st.cluster.config.max_value_bytes;
     if data.len() > limit {
@@ -30,7 +34,7 @@ pub(crate) fn publish_command(st: &AppState, channel: String, data: &Value) -> A
                 .with("limit", limit),
         );
     }
-    Ok(Command::ChannelPublish {
+    Ok(ChannelCmd::Publish {
         retention: st.cluster.config.retention_for(&channel),
         channel,
         data,
@@ -46,8 +50,8 @@ pub async fn publish(
     let idem = idempotency_key(&headers)?;
     let command = publish_command(&st, channel, &body.data)?;
     match st.cluster.write(command, idem).await? {
-        RaftResponse::Published { offset } => Ok(Json(json!({ "offset": offset }))),
-        other => Err(write_answer(other)),
+        ChannelResult::Published { offset } => Ok(Json(json!({ "offset": offset }))),
+        other => Err(other.into()),
     }
 }
 

@@ -3,8 +3,8 @@
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use base64::Engine;
+use raft::command::{KvCmd, KvResult};
 use raft::state::KvEventKind;
-use raft::{Command, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -88,18 +88,16 @@ pub async fn compact(
     match st
         .cluster
         .write(
-            Command::KvCompact {
+            KvCmd::Compact {
                 revision: body.revision,
             },
             None,
         )
         .await?
     {
-        Response::Compacted { compact_revision } => {
+        KvResult::Compacted { compact_revision } => {
             Ok(Json(json!({ "compact_revision": compact_revision })))
         }
-        other => Err(ApiError::unavailable(format!(
-            "unexpected answer {other:?}"
-        ))),
+        other => Err(other.into()),
     }
 }

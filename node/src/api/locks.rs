@@ -6,15 +6,14 @@ use std::time::Duration;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use raft::command::LockWait;
-use raft::{Command, Response as RaftResponse};
+use raft::command::{LockCmd, LockResult, LockWait};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{
     check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
-    write_answer, AppState, JsonBody, Name, St,
+    AppState, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -74,7 +73,7 @@ pub async fn acquire(
         wait_ms: body.wait_ms,
     });
     let started = Instant::now();
-    let command = Command::LockAcquire {
+    let command = LockCmd::Acquire {
         name: name.clone(),
         owner: body.owner.clone(),
         ttl_ms,
@@ -82,13 +81,13 @@ pub async fn acquire(
     };
     // Visible: the wait below watches this node's state, which must already show the queue.
     match st.cluster.write_visible(command, idem).await? {
-        RaftResponse::LockGranted { fence, ttl_ms } => Ok(granted(fence, &body.owner, ttl_ms)),
-        RaftResponse::LockQueued { .. } => {
+        LockResult::Granted { fence, ttl_ms } => Ok(granted(fence, &body.owner, ttl_ms)),
+        LockResult::Queued { .. } => {
             let wait = wait.expect("queued only when waiting");
             let deadline = started + Duration::from_millis(wait.wait_ms);
             wait_for_grant(&st, &name, &body.owner, &wait.waiter_id, deadline).await
         }
-        other => Err(write_answer(other)),
+        other => Err(other.into()),
     }
 }
 
@@ -119,17 +118,17 @@ async fn wait_for_grant(
     if let Ok(Some(Some((fence, ttl_ms)))) = seen {
         return Ok(granted(fence, owner, ttl_ms));
     }
-    let cancel = Command::LockCancelWait {
+    let cancel = LockCmd::CancelWait {
         name: name.to_string(),
         waiter_id: waiter_id.to_string(),
     };
     match st.cluster.write(cancel, None).await? {
-        RaftResponse::LockGranted { fence, ttl_ms } => Ok(granted(fence, owner, ttl_ms)),
-        RaftResponse::NotFound => Err(ApiError::conflict(
-            "the lock was not granted within wait_ms",
-        )
-        .with("holder", Value::Null)),
-        other => Err(write_answer(other)),
+        LockResult::Granted { fence, ttl_ms } => Ok(granted(fence, owner, ttl_ms)),
+        LockResult::NotFound => Err(
+            ApiError::conflict("the lock was not granted within wait_ms")
+                .with("holder", Value::Null),
+        ),
+        other => Err(other.into()),
     }
 }
 
@@ -141,16 +140,16 @@ pub async fn renew(
 ) -> ApiResult<Json<Value>> {
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
     let idem = idempotency_key(&headers)?;
-    let command = Command::LockRenew {
+    let command = LockCmd::Renew {
         name,
         fence: body.fence,
         ttl_ms,
     };
     match st.cluster.write(command, idem).await? {
-        RaftResponse::LockGranted { fence, ttl_ms } => {
+        LockResult::Granted { fence, ttl_ms } => {
             Ok(Json(json!({ "fence": fence, "ttl_ms": ttl_ms })))
         }
-        other => Err(write_answer(other)),
+        other => Err(other.into()),
     }
 }
 
@@ -161,13 +160,13 @@ pub async fn release(
     JsonBody(body): JsonBody<ReleaseBody>,
 ) -> ApiResult<Json<Value>> {
     let idem = idempotency_key(&headers)?;
-    let command = Command::LockRelease {
+    let command = LockCmd::Release {
         name,
         fence: body.fence,
     };
     match st.cluster.write(command, idem).await? {
-        RaftResponse::Released => Ok(Json(json!({ "released": true }))),
-        other => Err(write_answer(other)),
+        LockResult::Released => Ok(Json(json!({ "released": true }))),
+        other => Err(other.into()),
     }
 }
 

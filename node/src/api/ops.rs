@@ -110,7 +110,7 @@ pub async fn remove(
     // to commit the change): from now on its certificate is refused and, when it calls, it
     // is told it was removed.
     st.cluster
-        .write(raft::Command::NodeRemoved { id }, None)
+        .write(raft::command::ClusterCmd::NodeRemoved { id }, None)
         .await
         .map_err(|e| {
             ApiError::unavailable(format!(

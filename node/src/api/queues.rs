@@ -3,16 +3,15 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use raft::command::{Enqueue, ScheduleSpec};
+use raft::command::{Enqueue, QueueCmd, QueueResult, ScheduleSpec};
 use raft::state::{Job, JobState};
-use raft::{Command, Response as RaftResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::{Duration, Instant};
 
 use super::{
     check_ms, idempotency_key, list_limit, params, read_barrier_unless_stale, remaining_ms,
-    validate_name, write_answer, AppState, JsonBody, Name, St,
+    validate_name, AppState, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -102,10 +101,10 @@ pub async fn enqueue(
     let idem = idempotency_key(&headers)?;
     match st
         .cluster
-        .write_visible(Command::QueueEnqueue { queue, job }, idem)
+        .write_visible(QueueCmd::Enqueue { queue, job }, idem)
         .await?
     {
-        RaftResponse::Enqueued { id, existing } => {
+        QueueResult::Enqueued { id, existing } => {
             let status = if existing {
                 StatusCode::OK
             } else {
@@ -116,7 +115,7 @@ pub async fn enqueue(
                 Json(json!({ "id": id.to_string(), "existing": existing })),
             ))
         }
-        other => Err(write_answer(other)),
+        other => Err(other.into()),
     }
 }
 
@@ -159,7 +158,7 @@ pub async fn claim(
     }
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms);
     loop {
-        let command = Command::QueueClaim {
+        let command = QueueCmd::Claim {
             queue: queue.clone(),
             worker: body.worker.clone(),
             max: body.max,
@@ -168,8 +167,8 @@ pub async fn claim(
         // Not retried under an Idempotency-Key: a claim that timed out leaves jobs leased
         // until their visibility ends, when they are offered again.
         let jobs = match st.cluster.write_visible(command, None).await? {
-            RaftResponse::Claimed(jobs) => jobs,
-            other => return Err(write_answer(other)),
+            QueueResult::Claimed(jobs) => jobs,
+            other => return Err(other.into()),
         };
         if !jobs.is_empty() || Instant::now() >= deadline {
             let jobs: Vec<Value> = jobs
@@ -222,11 +221,11 @@ pub struct ExtendBody {
     visibility_ms: u64,
 }
 
-async fn job_write(st: &AppState, command: Command, answer: Value) -> ApiResult<Json<Value>> {
+async fn job_write(st: &AppState, command: QueueCmd, answer: Value) -> ApiResult<Json<Value>> {
     match st.cluster.write_visible(command, None).await? {
-        RaftResponse::Done => Ok(Json(answer)),
-        RaftResponse::NotFound => Err(ApiError::not_found("no such job (acked jobs are gone)")),
-        other => Err(write_answer(other)),
+        QueueResult::Done => Ok(Json(answer)),
+        QueueResult::NotFound => Err(ApiError::not_found("no such job (acked jobs are gone)")),
+        other => Err(other.into()),
     }
 }
 
@@ -238,7 +237,7 @@ pub async fn ack(
     let id = job_id(&id)?;
     job_write(
         &st,
-        Command::JobAck { id, lease: b.lease },
+        QueueCmd::Ack { id, lease: b.lease },
         json!({ "acked": true }),
     )
     .await
@@ -258,7 +257,7 @@ pub async fn nack(
     let error = b.error.map(|e| e.chars().take(4096).collect());
     job_write(
         &st,
-        Command::JobNack {
+        QueueCmd::Nack {
             id,
             lease: b.lease,
             error,
@@ -278,7 +277,7 @@ pub async fn extend(
     let visibility_ms = check_ms("visibility_ms", b.visibility_ms, VISIBILITY_MS_MAX)?;
     job_write(
         &st,
-        Command::JobExtend {
+        QueueCmd::Extend {
             id,
             lease: b.lease,
             visibility_ms,
@@ -427,11 +426,11 @@ pub async fn replay(
     let idem = idempotency_key(&headers)?;
     match st
         .cluster
-        .write_visible(Command::QueueReplay { queue, ids }, idem)
+        .write_visible(QueueCmd::Replay { queue, ids }, idem)
         .await?
     {
-        RaftResponse::Count(n) => Ok(Json(json!({ "replayed": n }))),
-        other => Err(write_answer(other)),
+        QueueResult::Count(n) => Ok(Json(json!({ "replayed": n }))),
+        other => Err(other.into()),
     }
 }
 
@@ -474,11 +473,11 @@ pub async fn set_schedule(
     };
     match st
         .cluster
-        .write_visible(Command::ScheduleSet { queue, name, spec }, None)
+        .write_visible(QueueCmd::ScheduleSet { queue, name, spec }, None)
         .await?
     {
-        RaftResponse::Scheduled { next_at_ms } => Ok(Json(json!({ "next_at_ms": next_at_ms }))),
-        other => Err(write_answer(other)),
+        QueueResult::Scheduled { next_at_ms } => Ok(Json(json!({ "next_at_ms": next_at_ms }))),
+        other => Err(other.into()),
     }
 }
 
@@ -490,12 +489,12 @@ pub async fn delete_schedule(
     validate_name("name", &name)?;
     match st
         .cluster
-        .write_visible(Command::ScheduleDelete { queue, name }, None)
+        .write_visible(QueueCmd::ScheduleDelete { queue, name }, None)
         .await?
     {
-        RaftResponse::Count(_) => Ok(Json(json!({ "deleted": true }))),
-        RaftResponse::NotFound => Err(ApiError::not_found("no such schedule")),
-        other => Err(write_answer(other)),
+        QueueResult::Count(_) => Ok(Json(json!({ "deleted": true }))),
+        QueueResult::NotFound => Err(ApiError::not_found("no such schedule")),
+        other => Err(other.into()),
     }
 }
 

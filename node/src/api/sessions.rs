@@ -6,14 +6,14 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use base64::Engine;
+use raft::command::{SessionCmd, SessionResult};
 use raft::state::SessionEntry;
-use raft::{Command, Response as RaftResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
     check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
-    write_answer, JsonBody, Name, St,
+    JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult};
 
@@ -82,18 +82,18 @@ pub async fn create(
     )?;
     let data = data_text(&st, &body.data.unwrap_or_default())?;
     let idem = idempotency_key(&headers)?;
-    let command = Command::SessionCreate {
+    let command = SessionCmd::Create {
         id: new_session_id(),
         user: body.user,
         data,
         ttl_ms,
     };
     match st.cluster.write_visible(command, idem).await? {
-        RaftResponse::SessionCreated { id, expires_in_ms } => Ok((
+        SessionResult::Created { id, expires_in_ms } => Ok((
             StatusCode::CREATED,
             Json(json!({ "id": id, "expires_in_ms": expires_in_ms })),
         )),
-        other => Err(write_answer(other)),
+        other => Err(other.into()),
     }
 }
 
@@ -114,11 +114,11 @@ fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Value>> {
 
 pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Value>> {
     let idem = idempotency_key(&headers)?;
-    let command = Command::SessionTouch { id: id.clone() };
+    let command = SessionCmd::Touch { id: id.clone() };
     match st.cluster.write_visible(command, idem).await? {
-        RaftResponse::Session { .. } => current(&st, &id),
-        RaftResponse::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
-        other => Err(write_answer(other)),
+        SessionResult::Alive { .. } => current(&st, &id),
+        SessionResult::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
+        other => Err(other.into()),
     }
 }
 
@@ -130,14 +130,14 @@ pub async fn update(
 ) -> ApiResult<Json<Value>> {
     let patch = data_text(&st, &body.data)?;
     let idem = idempotency_key(&headers)?;
-    let command = Command::SessionUpdate {
+    let command = SessionCmd::Update {
         id: id.clone(),
         patch,
     };
     match st.cluster.write_visible(command, idem).await? {
-        RaftResponse::Session { .. } => current(&st, &id),
-        RaftResponse::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
-        other => Err(write_answer(other)),
+        SessionResult::Alive { .. } => current(&st, &id),
+        SessionResult::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
+        other => Err(other.into()),
     }
 }
 
@@ -145,12 +145,12 @@ pub async fn delete(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiRes
     let idem = idempotency_key(&headers)?;
     match st
         .cluster
-        .write_visible(Command::SessionDelete { id }, idem)
+        .write_visible(SessionCmd::Delete { id }, idem)
         .await?
     {
-        RaftResponse::Count(_) => Ok(Json(json!({ "deleted": true }))),
-        RaftResponse::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
-        other => Err(write_answer(other)),
+        SessionResult::Deleted(_) => Ok(Json(json!({ "deleted": true }))),
+        SessionResult::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
+        other => Err(other.into()),
     }
 }
 
@@ -189,10 +189,10 @@ pub async fn delete_user(
     let idem = idempotency_key(&headers)?;
     match st
         .cluster
-        .write_visible(Command::SessionDeleteUser { user }, idem)
+        .write_visible(SessionCmd::DeleteUser { user }, idem)
         .await?
     {
-        RaftResponse::Count(n) => Ok(Json(json!({ "deleted": n }))),
-        other => Err(write_answer(other)),
+        SessionResult::Deleted(n) => Ok(Json(json!({ "deleted": n }))),
+        other => Err(other.into()),
     }
 }

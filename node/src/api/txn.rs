@@ -7,15 +7,16 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use base64::Engine;
-use raft::command::{Compare, Txn};
-use raft::{Command, Response as RaftResponse};
+use raft::command::{
+    CacheCmd, CacheResult, ChannelResult, Compare, KvCmd, KvResult, QueueCmd, QueueResult, Txn,
+    TxnResult,
+};
+use raft::{Command, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::cache::{check_tags, limits, CACHE_TTL_MS_MAX};
-use super::{
-    check_ms, idempotency_key, validate_key, validate_name, write_answer, AppState, JsonBody, St,
-};
+use super::{check_ms, idempotency_key, validate_key, validate_name, AppState, JsonBody, St};
 use crate::error::{ApiError, ApiResult};
 
 /// Most compares, and most operations in each branch.
@@ -175,19 +176,21 @@ fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Co
                 .ttl_ms
                 .map(|t| check_ms("ttl_ms", t, u64::MAX))
                 .transpose()?;
-            Command::Put {
+            KvCmd::Put {
                 value: value_of(st, &p)?,
                 key: p.key,
                 if_revision: None,
                 ttl_ms,
             }
+            .into()
         }
         OpBody::Delete(d) => {
             once(&d.key)?;
-            Command::Delete {
+            KvCmd::Delete {
                 key: d.key,
                 if_revision: None,
             }
+            .into()
         }
         OpBody::CacheSet(c) => {
             validate_key(&c.key)?;
@@ -196,21 +199,22 @@ fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Co
                 .ttl_ms
                 .map(|t| check_ms("ttl_ms", t, CACHE_TTL_MS_MAX))
                 .transpose()?;
-            Command::CacheSet {
+            CacheCmd::Set {
                 value: value_of(st, &c)?,
                 key: c.key,
                 ttl_ms,
                 tags: c.tags,
                 limits: limits(st),
             }
+            .into()
         }
         OpBody::CacheDelete(d) => {
             validate_key(&d.key)?;
-            Command::CacheDelete { key: d.key }
+            CacheCmd::Delete { key: d.key }.into()
         }
         OpBody::CacheInvalidate(t) => {
             check_tags(&t.tags)?;
-            Command::CacheInvalidate { tags: t.tags }
+            CacheCmd::Invalidate { tags: t.tags }.into()
         }
         OpBody::Enqueue(e) => {
             validate_name("queue", &e.queue)?;
@@ -223,14 +227,15 @@ fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Co
                 backoff_ms: e.backoff_ms,
                 unique_key: e.unique_key,
             };
-            Command::QueueEnqueue {
+            QueueCmd::Enqueue {
                 queue: e.queue,
                 job: super::queues::enqueue_job(st, job)?,
             }
+            .into()
         }
         OpBody::Publish(p) => {
             validate_name("channel", &p.channel)?;
-            super::channels::publish_command(st, p.channel, &p.data)?
+            super::channels::publish_command(st, p.channel, &p.data)?.into()
         }
     })
 }
@@ -246,16 +251,16 @@ fn branch(st: &AppState, name: &str, ops: Vec<OpBody>) -> ApiResult<Vec<Command>
     ops.into_iter().map(|o| op(st, o, &mut keys)).collect()
 }
 
-fn result_json(r: &RaftResponse) -> Value {
+fn result_json(r: &Response) -> Value {
     match r {
-        RaftResponse::Put { revision } => json!({ "revision": revision }),
-        RaftResponse::Delete { revision, deleted } => {
+        Response::Kv(KvResult::Put { revision }) => json!({ "revision": revision }),
+        Response::Kv(KvResult::Delete { revision, deleted }) => {
             json!({ "revision": revision, "deleted": deleted })
         }
-        RaftResponse::Done => json!({ "stored": true }),
-        RaftResponse::Count(n) => json!({ "count": n }),
-        RaftResponse::Published { offset } => json!({ "offset": offset }),
-        RaftResponse::Enqueued { id, existing } => {
+        Response::Cache(CacheResult::Stored) => json!({ "stored": true }),
+        Response::Cache(CacheResult::Removed(n)) => json!({ "count": n }),
+        Response::Channel(ChannelResult::Published { offset }) => json!({ "offset": offset }),
+        Response::Queue(QueueResult::Enqueued { id, existing }) => {
             json!({ "id": id.to_string(), "existing": existing })
         }
         other => json!({ "error": format!("{other:?}") }),
@@ -283,16 +288,14 @@ pub async fn txn(
         failure: branch(&st, "failure", body.failure)?,
     };
     let idem = idempotency_key(&headers)?;
-    match st.cluster.write_visible(Command::Txn(txn), idem).await? {
-        RaftResponse::Txn {
-            succeeded,
-            revision,
-            results,
-        } => Ok(Json(json!({
-            "succeeded": succeeded,
-            "revision": revision,
-            "results": results.iter().map(result_json).collect::<Vec<_>>(),
-        }))),
-        other => Err(write_answer(other)),
-    }
+    let TxnResult {
+        succeeded,
+        revision,
+        results,
+    } = st.cluster.write_visible(txn, idem).await?;
+    Ok(Json(json!({
+        "succeeded": succeeded,
+        "revision": revision,
+        "results": results.iter().map(result_json).collect::<Vec<_>>(),
+    })))
 }

@@ -25,7 +25,8 @@ use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
-use raft::{Command, LiveBatch, Response as RaftResponse};
+use raft::command::{ChannelCmd, ChannelResult};
+use raft::LiveBatch;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
@@ -358,11 +359,11 @@ impl Conn {
                 let out = self.out.clone();
                 tokio::spawn(async move {
                     match st.cluster.write(command, None).await {
-                        Ok(RaftResponse::Published { offset }) => {
+                        Ok(ChannelResult::Published { offset }) => {
                             out.reply(&id, json!({ "offset": offset }));
                         }
                         Ok(other) => {
-                            out.error(&id, super::write_answer(other));
+                            out.error(&id, other.into());
                         }
                         Err(e) => {
                             out.error(&id, e.into());
@@ -445,7 +446,7 @@ impl Conn {
         };
         self.subs.insert(channel.clone(), sub);
         if let (Some(user), false) = (user, was_present) {
-            let command = Command::PresenceJoin {
+            let command = ChannelCmd::PresenceJoin {
                 channel: channel.clone(),
                 client_id: self.client_id.clone(),
                 user,
@@ -454,13 +455,13 @@ impl Conn {
                 lease_ms: self.st.cluster.config.presence_lease_ms,
             };
             match self.st.cluster.write(command, None).await {
-                Ok(RaftResponse::Done) => {
+                Ok(ChannelResult::Present) => {
                     self.st.hub.presence_joined();
                     if let Some(s) = self.subs.get_mut(&channel) {
                         s.present = true;
                     }
                 }
-                Ok(other) => return Err(super::write_answer(other)),
+                Ok(other) => return Err(other.into()),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -696,7 +697,7 @@ impl Conn {
     }
 
     async fn leave(&self, channel: &str) {
-        let command = Command::PresenceLeave {
+        let command = ChannelCmd::PresenceLeave {
             channel: channel.to_string(),
             client_id: self.client_id.clone(),
             node_id: self.st.cluster.id,

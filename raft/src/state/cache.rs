@@ -10,11 +10,47 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::{codec, Db, SmBatch};
 
+use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, unprefixed};
-use crate::command::{CacheLimits, Response};
 
 const PREFIX: &[u8] = b"c:";
 const META_KEY: &[u8] = b"m:cache";
+
+/// A cache write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheCmd {
+    /// Stores an entry. The bounds travel in the entry so every replica evicts the same
+    /// entries, whatever its own configuration says.
+    Set {
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        tags: Vec<String>,
+        limits: CacheLimits,
+    },
+    Delete {
+        key: String,
+    },
+    /// Removes every entry carrying any of `tags`.
+    Invalidate {
+        tags: Vec<String>,
+    },
+}
+
+/// Bounds of the cache, carried by each cache write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheLimits {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+/// The result of a [`CacheCmd`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheResult {
+    Stored,
+    /// How many entries a delete or an invalidation removed.
+    Removed(u64),
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheEntry {
@@ -36,7 +72,7 @@ pub(super) struct Cache {
     entries: BTreeMap<String, CacheEntry>,
     by_seq: BTreeMap<u64, String>,
     by_tag: BTreeSet<(String, String)>,
-    ttl: BTreeSet<(u64, String)>,
+    ttl: Deadlines<String>,
     bytes: u64,
     meta: CacheMeta,
 }
@@ -53,8 +89,8 @@ fn entry_bytes(key: &str, e: &CacheEntry) -> u64 {
     (key.len() + e.value.len()) as u64
 }
 
-impl Cache {
-    pub(super) fn load(db: &Db) -> storage::Result<Cache> {
+impl Part for Cache {
+    fn load(db: &Db, _now_ms: u64) -> storage::Result<Cache> {
         let mut c = Cache::default();
         if let Some(bytes) = db.sm_get(META_KEY)? {
             c.meta = codec::decode(&bytes)?;
@@ -68,13 +104,51 @@ impl Cache {
         Ok(c)
     }
 
+    fn expire(&mut self, cx: &mut Cx<'_>) {
+        while let Some(key) = self.ttl.first_due(cx.now()) {
+            self.remove(&key, cx.batch);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.ttl.next()
+    }
+}
+
+impl Primitive for Cache {
+    type Cmd = CacheCmd;
+    type Output = CacheResult;
+
+    fn apply(&mut self, cmd: &CacheCmd, cx: &mut Cx<'_>) -> CacheResult {
+        match cmd {
+            CacheCmd::Set {
+                key,
+                value,
+                ttl_ms,
+                tags,
+                limits,
+            } => {
+                let expires = ttl_ms.map(|t| cx.now().saturating_add(t));
+                self.set(key, value, expires, tags, *limits, cx.batch)
+            }
+            CacheCmd::Delete { key } => CacheResult::Removed(u64::from(self.remove(key, cx.batch))),
+            CacheCmd::Invalidate { tags } => self.invalidate(tags, cx.batch),
+        }
+    }
+
+    fn in_txn(_cmd: &CacheCmd) -> bool {
+        true
+    }
+}
+
+impl Cache {
     fn index(&mut self, key: &str, e: &CacheEntry) {
         self.by_seq.insert(e.seq, key.to_string());
         for t in &e.tags {
             self.by_tag.insert((t.clone(), key.to_string()));
         }
         if let Some(at) = e.expires_at_ms {
-            self.ttl.insert((at, key.to_string()));
+            self.ttl.insert(at, key.to_string());
         }
         self.bytes += entry_bytes(key, e);
     }
@@ -88,7 +162,7 @@ impl Cache {
             self.by_tag.remove(&(t.clone(), key.to_string()));
         }
         if let Some(at) = e.expires_at_ms {
-            self.ttl.remove(&(at, key.to_string()));
+            self.ttl.remove(at, &key.to_string());
         }
         self.bytes -= entry_bytes(key, &e);
         batch.delete(prefixed(PREFIX, key));
@@ -96,13 +170,10 @@ impl Cache {
     }
 
     fn save_meta(&self, batch: &mut SmBatch) {
-        batch.put(
-            META_KEY.to_vec(),
-            codec::encode(&self.meta).expect("cache meta encodes"),
-        );
+        put_record(batch, META_KEY.to_vec(), &self.meta);
     }
 
-    pub(super) fn set(
+    fn set(
         &mut self,
         key: &str,
         value: &[u8],
@@ -110,7 +181,7 @@ impl Cache {
         tags: &[String],
         limits: CacheLimits,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> CacheResult {
         self.remove(key, batch);
         let mut tags = tags.to_vec();
         tags.sort();
@@ -123,10 +194,7 @@ impl Cache {
         };
         self.meta.next_seq += 1;
         self.index(key, &entry);
-        batch.put(
-            prefixed(PREFIX, key),
-            codec::encode(&entry).expect("cache entry encodes"),
-        );
+        put_record(batch, prefixed(PREFIX, key), &entry);
         self.entries.insert(key.to_string(), entry);
         // Evict oldest writes first; the entry just written goes last, and only if it alone
         // is over the bounds.
@@ -139,14 +207,10 @@ impl Cache {
             self.meta.evictions += 1;
         }
         self.save_meta(batch);
-        Response::Done
+        CacheResult::Stored
     }
 
-    pub(super) fn delete(&mut self, key: &str, batch: &mut SmBatch) -> Response {
-        Response::Count(u64::from(self.remove(key, batch)))
-    }
-
-    pub(super) fn invalidate(&mut self, tags: &[String], batch: &mut SmBatch) -> Response {
+    fn invalidate(&mut self, tags: &[String], batch: &mut SmBatch) -> CacheResult {
         let mut keys = BTreeSet::new();
         for t in tags {
             let start = (t.clone(), String::new());
@@ -160,20 +224,7 @@ impl Cache {
         for k in &keys {
             self.remove(k, batch);
         }
-        Response::Count(keys.len() as u64)
-    }
-
-    pub(super) fn expire(&mut self, now: u64, batch: &mut SmBatch) {
-        while let Some((at, key)) = self.ttl.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.remove(&key, batch);
-        }
-    }
-
-    pub(super) fn next_deadline(&self) -> Option<u64> {
-        self.ttl.first().map(|(at, _)| *at)
+        CacheResult::Removed(keys.len() as u64)
     }
 
     pub(super) fn get(&self, key: &str, now: u64) -> Option<&CacheEntry> {

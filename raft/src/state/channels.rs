@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use storage::{codec, Db, SmBatch};
 
-use super::{prefixed, unprefixed};
-use crate::command::{ChannelRetention, Response};
+use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
+use super::{prefixed, unprefixed, LiveEvent};
 
 /// `ch:<channel>` → [`ChannelMeta`].
 const CHANNEL_PREFIX: &[u8] = b"ch:";
@@ -32,6 +32,63 @@ const LEASE_PREFIX: &[u8] = b"pl:";
 
 /// Most present clients on one channel; a join past it is refused (429).
 pub const PRESENCE_PER_CHANNEL_MAX: usize = 10_000;
+
+/// A channel or presence command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChannelCmd {
+    /// Appends an event (JSON text) to a channel's history under the next offset. The
+    /// retention travels in the entry so every replica trims the same events, whatever its
+    /// own configuration says.
+    Publish {
+        channel: String,
+        data: String,
+        retention: ChannelRetention,
+    },
+    /// A client connected to node `node_id` is present on `channel`. Renews the node's
+    /// presence lease like [`ChannelCmd::PresenceHeartbeat`].
+    PresenceJoin {
+        channel: String,
+        client_id: String,
+        user: String,
+        node_id: u64,
+        incarnation: u64,
+        lease_ms: u64,
+    },
+    PresenceLeave {
+        channel: String,
+        client_id: String,
+        node_id: u64,
+    },
+    /// Renews node `node_id`'s presence lease to `lease_ms` from now. `incarnation` is drawn by
+    /// the node's process at start: a new one drops the entries of the previous process.
+    /// When a lease ends on the replicated clock, the node's entries are removed.
+    PresenceHeartbeat {
+        node_id: u64,
+        incarnation: u64,
+        lease_ms: u64,
+    },
+}
+
+/// How much history a channel keeps: at most `max_events` events, none older than
+/// `max_age_ms` on the replicated clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRetention {
+    pub max_events: u64,
+    pub max_age_ms: u64,
+}
+
+/// The result of a [`ChannelCmd`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChannelResult {
+    /// An event was appended under this offset.
+    Published { offset: u64 },
+    /// A presence join or lease renewal was recorded.
+    Present,
+    /// How many presence entries a leave removed (0 or 1).
+    Left(u64),
+    /// A bound was reached (present clients on one channel); nothing was applied.
+    Limited(String),
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelEvent {
@@ -84,15 +141,15 @@ pub struct Presence {
 #[derive(Default, Debug)]
 pub(super) struct Channels {
     channels: BTreeMap<String, Channel>,
-    /// (when the oldest event of a channel ages out, channel).
-    aging: BTreeSet<(u64, String)>,
+    /// When the oldest event of each channel ages out.
+    aging: Deadlines<String>,
     /// (channel, client id, node id) → user.
     presence: BTreeMap<(String, String, u64), String>,
     /// (node id, channel, client id): a node's entries, removed together when its lease ends.
     by_node: BTreeSet<(u64, String, String)>,
     leases: BTreeMap<u64, NodeLease>,
-    /// (lease end, node id).
-    lease_ends: BTreeSet<(u64, u64)>,
+    /// Each node's lease end.
+    lease_ends: Deadlines<u64>,
 }
 
 fn event_key(channel: &str, offset: u64) -> Vec<u8> {
@@ -121,8 +178,8 @@ fn corrupt(what: &str) -> storage::Error {
     storage::Error::Corrupt(format!("bad {what} key in the state machine"))
 }
 
-impl Channels {
-    pub(super) fn load(db: &Db) -> storage::Result<Channels> {
+impl Part for Channels {
+    fn load(db: &Db, _now_ms: u64) -> storage::Result<Channels> {
         let mut c = Channels::default();
         for (k, v) in db.sm_scan_prefix(CHANNEL_PREFIX)? {
             let name = unprefixed(CHANNEL_PREFIX, &k)?;
@@ -161,7 +218,7 @@ impl Channels {
                 .map_err(|_| corrupt("presence lease"))?;
             let node_id = u64::from_be_bytes(id);
             let lease: NodeLease = codec::decode(&v)?;
-            c.lease_ends.insert((lease.expires_at_ms, node_id));
+            c.lease_ends.insert(lease.expires_at_ms, node_id);
             c.leases.insert(node_id, lease);
         }
         for (k, v) in db.sm_scan_prefix(PRESENCE_PREFIX)? {
@@ -181,6 +238,81 @@ impl Channels {
         Ok(c)
     }
 
+    fn expire(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now();
+        while let Some(name) = self.aging.first_due(now) {
+            self.trim(&name, now, cx.batch);
+            self.index_aging(&name);
+        }
+        while let Some(node_id) = self.lease_ends.pop_due(now) {
+            self.leases.remove(&node_id);
+            cx.batch.delete(lease_key(node_id));
+            self.drop_node(node_id, cx.batch);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.aging
+            .next()
+            .into_iter()
+            .chain(self.lease_ends.next())
+            .min()
+    }
+}
+
+impl Primitive for Channels {
+    type Cmd = ChannelCmd;
+    type Output = ChannelResult;
+
+    fn apply(&mut self, cmd: &ChannelCmd, cx: &mut Cx<'_>) -> ChannelResult {
+        let now = cx.now();
+        match cmd {
+            ChannelCmd::Publish {
+                channel,
+                data,
+                retention,
+            } => {
+                let event = self.publish(channel, data, *retention, now, cx.batch);
+                let offset = event.offset;
+                cx.emit(|| LiveEvent::Channel {
+                    channel: channel.clone(),
+                    event,
+                });
+                ChannelResult::Published { offset }
+            }
+            ChannelCmd::PresenceJoin {
+                channel,
+                client_id,
+                user,
+                node_id,
+                incarnation,
+                lease_ms,
+            } => {
+                self.renew(*node_id, *incarnation, *lease_ms, now, cx.batch);
+                self.join(channel, client_id, user, *node_id, cx.batch)
+            }
+            ChannelCmd::PresenceLeave {
+                channel,
+                client_id,
+                node_id,
+            } => self.leave(channel, client_id, *node_id, cx.batch),
+            ChannelCmd::PresenceHeartbeat {
+                node_id,
+                incarnation,
+                lease_ms,
+            } => {
+                self.renew(*node_id, *incarnation, *lease_ms, now, cx.batch);
+                ChannelResult::Present
+            }
+        }
+    }
+
+    fn in_txn(cmd: &ChannelCmd) -> bool {
+        matches!(cmd, ChannelCmd::Publish { .. })
+    }
+}
+
+impl Channels {
     /// Re-indexes when `channel`'s oldest event ages out.
     fn index_aging(&mut self, name: &str) {
         let Some(ch) = self.channels.get_mut(name) else {
@@ -194,19 +326,16 @@ impl Channels {
             return;
         }
         if let Some(old) = std::mem::replace(&mut ch.aging_at, at) {
-            self.aging.remove(&(old, name.to_string()));
+            self.aging.remove(old, &name.to_string());
         }
         if let Some(at) = at {
-            self.aging.insert((at, name.to_string()));
+            self.aging.insert(at, name.to_string());
         }
     }
 
     fn save_meta(&self, name: &str, batch: &mut SmBatch) {
         if let Some(ch) = self.channels.get(name) {
-            batch.put(
-                prefixed(CHANNEL_PREFIX, name),
-                codec::encode(&ch.meta).expect("channel meta encodes"),
-            );
+            put_record(batch, prefixed(CHANNEL_PREFIX, name), &ch.meta);
         }
     }
 
@@ -227,14 +356,15 @@ impl Channels {
         }
     }
 
-    pub(super) fn publish(
+    /// Appends an event; answers it.
+    fn publish(
         &mut self,
         name: &str,
         data: &str,
         retention: ChannelRetention,
         now: u64,
         batch: &mut SmBatch,
-    ) -> (Response, ChannelEvent) {
+    ) -> ChannelEvent {
         let ch = self.channels.entry(name.to_string()).or_insert(Channel {
             meta: ChannelMeta {
                 last_offset: 0,
@@ -250,20 +380,12 @@ impl Channels {
             data: data.to_string(),
             ts_ms: now,
         };
-        batch.put(
-            event_key(name, event.offset),
-            codec::encode(&event).expect("channel event encodes"),
-        );
+        put_record(batch, event_key(name, event.offset), &event);
         ch.events.push_back(event.clone());
         self.save_meta(name, batch);
         self.trim(name, now, batch);
         self.index_aging(name);
-        (
-            Response::Published {
-                offset: event.offset,
-            },
-            event,
-        )
+        event
     }
 
     /// Renews `node_id`'s lease; a new incarnation first drops the previous process's entries.
@@ -276,7 +398,7 @@ impl Channels {
         batch: &mut SmBatch,
     ) {
         if let Some(old) = self.leases.get(&node_id).copied() {
-            self.lease_ends.remove(&(old.expires_at_ms, node_id));
+            self.lease_ends.remove(old.expires_at_ms, &node_id);
             if old.incarnation != incarnation {
                 self.drop_node(node_id, batch);
             }
@@ -285,12 +407,9 @@ impl Channels {
             incarnation,
             expires_at_ms: now.saturating_add(lease_ms),
         };
-        self.lease_ends.insert((lease.expires_at_ms, node_id));
+        self.lease_ends.insert(lease.expires_at_ms, node_id);
         self.leases.insert(node_id, lease);
-        batch.put(
-            lease_key(node_id),
-            codec::encode(&lease).expect("lease encodes"),
-        );
+        put_record(batch, lease_key(node_id), &lease);
     }
 
     fn drop_node(&mut self, node_id: u64, batch: &mut SmBatch) {
@@ -308,44 +427,37 @@ impl Channels {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn join(
+    /// Records a present client; the caller has renewed its node's lease.
+    fn join(
         &mut self,
         channel: &str,
         client_id: &str,
         user: &str,
         node_id: u64,
-        incarnation: u64,
-        lease_ms: u64,
-        now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
-        self.renew(node_id, incarnation, lease_ms, now, batch);
+    ) -> ChannelResult {
         let key = (channel.to_string(), client_id.to_string(), node_id);
         if !self.presence.contains_key(&key)
             && self.present(channel).len() >= PRESENCE_PER_CHANNEL_MAX
         {
-            return Response::Limited(format!(
+            return ChannelResult::Limited(format!(
                 "channel {channel:?} has {PRESENCE_PER_CHANNEL_MAX} present clients"
             ));
         }
-        batch.put(
-            presence_key(node_id, channel, client_id),
-            codec::encode(&user.to_string()).expect("user encodes"),
-        );
+        put_record(batch, presence_key(node_id, channel, client_id), &user);
         self.by_node
             .insert((node_id, channel.to_string(), client_id.to_string()));
         self.presence.insert(key, user.to_string());
-        Response::Done
+        ChannelResult::Present
     }
 
-    pub(super) fn leave(
+    fn leave(
         &mut self,
         channel: &str,
         client_id: &str,
         node_id: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> ChannelResult {
         let removed = self
             .presence
             .remove(&(channel.to_string(), client_id.to_string(), node_id))
@@ -355,44 +467,7 @@ impl Channels {
                 .remove(&(node_id, channel.to_string(), client_id.to_string()));
             batch.delete(presence_key(node_id, channel, client_id));
         }
-        Response::Count(u64::from(removed))
-    }
-
-    pub(super) fn heartbeat(
-        &mut self,
-        node_id: u64,
-        incarnation: u64,
-        lease_ms: u64,
-        now: u64,
-        batch: &mut SmBatch,
-    ) -> Response {
-        self.renew(node_id, incarnation, lease_ms, now, batch);
-        Response::Done
-    }
-
-    pub(super) fn expire(&mut self, now: u64, batch: &mut SmBatch) {
-        while let Some((at, name)) = self.aging.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.trim(&name, now, batch);
-            self.index_aging(&name);
-        }
-        while let Some((at, node_id)) = self.lease_ends.first().copied() {
-            if at > now {
-                break;
-            }
-            self.lease_ends.remove(&(at, node_id));
-            self.leases.remove(&node_id);
-            batch.delete(lease_key(node_id));
-            self.drop_node(node_id, batch);
-        }
-    }
-
-    pub(super) fn next_deadline(&self) -> Option<u64> {
-        let aging = self.aging.first().map(|(at, _)| *at);
-        let lease = self.lease_ends.first().map(|(at, _)| *at);
-        aging.into_iter().chain(lease).min()
+        ChannelResult::Left(u64::from(removed))
     }
 
     /// Events after offset `since`, at most `limit`; `None` for a channel never published.

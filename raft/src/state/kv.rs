@@ -4,18 +4,58 @@
 //! watches can replay from a past revision. History is dropped up to `compact_revision` by a
 //! replicated `KvCompact` entry, which the leader proposes when history outgrows its bound.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use storage::{codec, Db, SmBatch};
 
-use super::{prefixed, unprefixed};
+use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
+use super::{prefixed, unprefixed, LiveEvent};
 
 const PREFIX: &[u8] = b"k:";
 /// `h:<revision, 8 bytes big-endian><key>` → the value written, or `None` for a delete.
 const HISTORY_PREFIX: &[u8] = b"h:";
 /// Where the compaction point is stored.
 pub const COMPACT_KEY: &[u8] = b"m:kvhist";
+
+/// A key-value write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCmd {
+    /// Writes a key. `if_revision`: apply only if the key's revision is this (0 = absent).
+    Put {
+        key: String,
+        value: Vec<u8>,
+        if_revision: Option<u64>,
+        ttl_ms: Option<u64>,
+    },
+    /// Deletes a key, optionally only if its revision matches.
+    Delete {
+        key: String,
+        if_revision: Option<u64>,
+    },
+    /// Drops history at or below `revision` (capped at the current revision).
+    Compact { revision: u64 },
+}
+
+/// The result of a [`KvCmd`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvResult {
+    Put {
+        revision: u64,
+    },
+    Delete {
+        revision: u64,
+        deleted: bool,
+    },
+    /// A compare (`if_revision`) failed; nothing was written.
+    Conflict {
+        current_revision: u64,
+    },
+    /// History at or below this revision is gone.
+    Compacted {
+        compact_revision: u64,
+    },
+}
 
 /// What a change did to a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,8 +96,8 @@ pub struct KvEntry {
 #[derive(Default, Debug)]
 pub(super) struct Kv {
     entries: BTreeMap<String, KvEntry>,
-    /// (deadline, key) of every key with a TTL, for expiry in deadline order.
-    ttl: BTreeSet<(u64, String)>,
+    /// Every key with a TTL, for expiry in deadline order.
+    ttl: Deadlines<String>,
     /// Changes by (revision, key); `None` is a delete.
     history: BTreeMap<(u64, String), Option<Vec<u8>>>,
     /// Events at or below this revision have been dropped.
@@ -72,14 +112,14 @@ fn history_key(revision: u64, key: &str) -> Vec<u8> {
     k
 }
 
-impl Kv {
-    pub(super) fn load(db: &Db) -> storage::Result<Kv> {
+impl Part for Kv {
+    fn load(db: &Db, _now_ms: u64) -> storage::Result<Kv> {
         let mut kv = Kv::default();
         for (k, v) in db.sm_scan_prefix(PREFIX)? {
             let key = unprefixed(PREFIX, &k)?;
             let entry: KvEntry = codec::decode(&v)?;
             if let Some(at) = entry.expires_at_ms {
-                kv.ttl.insert((at, key.clone()));
+                kv.ttl.insert(at, key.clone());
             }
             kv.entries.insert(key, entry);
         }
@@ -99,18 +139,139 @@ impl Kv {
         Ok(kv)
     }
 
+    /// Each expired key is a change and takes the next revision, in deadline order.
+    fn expire(&mut self, cx: &mut Cx<'_>) {
+        while let Some(key) = self.ttl.first_due(cx.now()) {
+            cx.meta.revision += 1;
+            let revision = cx.meta.revision;
+            self.remove(&key, revision, cx.batch);
+            cx.emit(|| LiveEvent::Kv(KvEvent::delete(revision, key)));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.ttl.next()
+    }
+}
+
+impl Primitive for Kv {
+    type Cmd = KvCmd;
+    type Output = KvResult;
+
+    fn apply(&mut self, cmd: &KvCmd, cx: &mut Cx<'_>) -> KvResult {
+        match cmd {
+            KvCmd::Put {
+                key,
+                value,
+                if_revision,
+                ttl_ms,
+            } => {
+                if let Some(conflict) = self.compare(key, *if_revision) {
+                    return conflict;
+                }
+                let revision = self.next_revision(cx);
+                let expires = ttl_ms.map(|t| cx.now().saturating_add(t));
+                self.put(key, value, expires, revision, cx.batch);
+                cx.emit(|| {
+                    LiveEvent::Kv(KvEvent {
+                        revision,
+                        key: key.clone(),
+                        kind: KvEventKind::Put,
+                        value: Some(value.clone()),
+                    })
+                });
+                KvResult::Put { revision }
+            }
+            KvCmd::Delete { key, if_revision } => {
+                if let Some(conflict) = self.compare(key, *if_revision) {
+                    return conflict;
+                }
+                if !self.entries.contains_key(key) {
+                    return KvResult::Delete {
+                        revision: cx.meta.revision,
+                        deleted: false,
+                    };
+                }
+                let revision = self.next_revision(cx);
+                self.remove(key, revision, cx.batch);
+                cx.emit(|| LiveEvent::Kv(KvEvent::delete(revision, key.clone())));
+                KvResult::Delete {
+                    revision,
+                    deleted: true,
+                }
+            }
+            KvCmd::Compact { revision } => KvResult::Compacted {
+                compact_revision: self.compact(*revision, cx.meta.revision, cx.batch),
+            },
+        }
+    }
+
+    fn in_txn(cmd: &KvCmd) -> bool {
+        matches!(
+            cmd,
+            KvCmd::Put {
+                if_revision: None,
+                ..
+            } | KvCmd::Delete {
+                if_revision: None,
+                ..
+            }
+        )
+    }
+}
+
+impl KvEvent {
+    fn delete(revision: u64, key: String) -> KvEvent {
+        KvEvent {
+            revision,
+            key,
+            kind: KvEventKind::Delete,
+            value: None,
+        }
+    }
+}
+
+impl KvResult {
+    /// Whether the write changed a key (and so took a revision).
+    pub fn changed(&self) -> bool {
+        matches!(
+            self,
+            KvResult::Put { .. } | KvResult::Delete { deleted: true, .. }
+        )
+    }
+}
+
+impl Kv {
+    /// `Some(conflict)` when `if_revision` is given and is not the key's revision.
+    fn compare(&self, key: &str, if_revision: Option<u64>) -> Option<KvResult> {
+        let current = self.revision_of(key);
+        if_revision
+            .filter(|expected| *expected != current)
+            .map(|_| KvResult::Conflict {
+                current_revision: current,
+            })
+    }
+
+    /// The revision a change takes: the transaction's, or the next one, which it commits.
+    fn next_revision(&self, cx: &mut Cx<'_>) -> u64 {
+        match cx.txn_revision {
+            Some(r) => r,
+            None => {
+                cx.meta.revision += 1;
+                cx.meta.revision
+            }
+        }
+    }
+
     fn record(&mut self, revision: u64, key: &str, value: Option<&[u8]>, batch: &mut SmBatch) {
         let value = value.map(<[u8]>::to_vec);
-        batch.put(
-            history_key(revision, key),
-            codec::encode(&value).expect("event encodes"),
-        );
+        put_record(batch, history_key(revision, key), &value);
         self.history.insert((revision, key.to_string()), value);
     }
 
     /// Drops history at or below `revision` (never above `current`, the latest revision);
     /// returns the compaction point.
-    pub(super) fn compact(&mut self, revision: u64, current: u64, batch: &mut SmBatch) -> u64 {
+    fn compact(&mut self, revision: u64, current: u64, batch: &mut SmBatch) -> u64 {
         let target = revision.min(current);
         if target <= self.compact_revision {
             return self.compact_revision;
@@ -120,10 +281,7 @@ impl Kv {
             batch.delete(history_key(rev, &key));
         }
         self.compact_revision = target;
-        batch.put(
-            COMPACT_KEY.to_vec(),
-            codec::encode(&target).expect("u64 encodes"),
-        );
+        put_record(batch, COMPACT_KEY.to_vec(), &target);
         target
     }
 
@@ -173,7 +331,7 @@ impl Kv {
     }
 
     /// Writes `key` at `revision`.
-    pub(super) fn put(
+    fn put(
         &mut self,
         key: &str,
         value: &[u8],
@@ -194,43 +352,28 @@ impl Kv {
         };
         if let Some(old) = self.entries.get(key) {
             if let Some(at) = old.expires_at_ms {
-                self.ttl.remove(&(at, key.to_string()));
+                self.ttl.remove(at, &key.to_string());
             }
         }
         if let Some(at) = expires_at_ms {
-            self.ttl.insert((at, key.to_string()));
+            self.ttl.insert(at, key.to_string());
         }
-        batch.put(
-            prefixed(PREFIX, key),
-            codec::encode(&entry).expect("entry encodes"),
-        );
+        put_record(batch, prefixed(PREFIX, key), &entry);
         self.entries.insert(key.to_string(), entry);
         self.record(revision, key, Some(value), batch);
     }
 
     /// Removes `key` at `revision`; says whether it existed.
-    pub(super) fn remove(&mut self, key: &str, revision: u64, batch: &mut SmBatch) -> bool {
+    fn remove(&mut self, key: &str, revision: u64, batch: &mut SmBatch) -> bool {
         let Some(old) = self.entries.remove(key) else {
             return false;
         };
         if let Some(at) = old.expires_at_ms {
-            self.ttl.remove(&(at, key.to_string()));
+            self.ttl.remove(at, &key.to_string());
         }
         batch.delete(prefixed(PREFIX, key));
         self.record(revision, key, None, batch);
         true
-    }
-
-    /// The first key whose deadline is at or before `now`.
-    pub(super) fn first_expired(&self, now: u64) -> Option<String> {
-        self.ttl
-            .first()
-            .filter(|(at, _)| *at <= now)
-            .map(|(_, k)| k.clone())
-    }
-
-    pub(super) fn next_deadline(&self) -> Option<u64> {
-        self.ttl.first().map(|(at, _)| *at)
     }
 
     pub(super) fn get(&self, key: &str, now: u64) -> Option<&KvEntry> {

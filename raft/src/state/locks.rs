@@ -5,19 +5,77 @@
 //! Leases and waits end on the replicated clock; a waiter is granted the lock in the same
 //! apply that frees it, so waiters are served in the order their acquires were logged.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use storage::{codec, Db, SmBatch};
 
+use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, unprefixed};
-use crate::command::{LockWait, Response};
 
 const PREFIX: &[u8] = b"l:";
 const COUNTER_KEY: &[u8] = b"m:locks";
 
-/// Most callers queued on one lock; past it an acquire answers [`Response::Limited`].
+/// Most callers queued on one lock; past it an acquire answers [`LockResult::Limited`].
 pub const MAX_WAITERS_PER_LOCK: usize = 1024;
+
+/// A lock command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockCmd {
+    /// Grants lock `name` to `owner` for `ttl_ms` if it is free; otherwise queues the caller
+    /// when `wait` is given (waiters are served in log order), or answers who holds it.
+    Acquire {
+        name: String,
+        owner: String,
+        ttl_ms: u64,
+        wait: Option<LockWait>,
+    },
+    /// Withdraws a queued acquire whose caller stopped waiting. If the lock was granted to it
+    /// in the meantime, the answer is that grant.
+    CancelWait { name: String, waiter_id: String },
+    /// Extends the lease of the holder with `fence` to `ttl_ms` from now.
+    Renew {
+        name: String,
+        fence: u64,
+        ttl_ms: u64,
+    },
+    /// Releases the lock held with `fence`; the next waiter, if any, is granted it.
+    Release { name: String, fence: u64 },
+}
+
+/// A queued acquire: the proposer's id for this caller and how long it may wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockWait {
+    pub waiter_id: String,
+    pub wait_ms: u64,
+}
+
+/// The result of a [`LockCmd`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockResult {
+    /// A grant, or a renewal of it.
+    Granted {
+        fence: u64,
+        ttl_ms: u64,
+    },
+    /// The lock is held by someone else and the caller did not wait.
+    Held {
+        holder: String,
+    },
+    /// The caller was queued behind `holder`; its grant shows in the lock's state.
+    Queued {
+        holder: String,
+    },
+    /// A fence that is not the lock's current one; `current` is the current fence if held.
+    StaleFence {
+        current: Option<u64>,
+    },
+    Released,
+    /// No such lock (a cancelled wait on a lock nobody holds).
+    NotFound,
+    /// Too many callers already wait; nothing was applied.
+    Limited(String),
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
@@ -55,13 +113,13 @@ impl LockEntry {
 #[derive(Default, Debug)]
 pub(super) struct Locks {
     entries: BTreeMap<String, LockEntry>,
-    /// (deadline, name) for every lease end and wait end.
-    deadlines: BTreeSet<(u64, String)>,
+    /// Every lease end and wait end.
+    deadlines: Deadlines<String>,
     last_fence: u64,
 }
 
-impl Locks {
-    pub(super) fn load(db: &Db) -> storage::Result<Locks> {
+impl Part for Locks {
+    fn load(db: &Db, _now_ms: u64) -> storage::Result<Locks> {
         let mut locks = Locks::default();
         if let Some(bytes) = db.sm_get(COUNTER_KEY)? {
             locks.last_fence = codec::decode(&bytes)?;
@@ -70,13 +128,53 @@ impl Locks {
             let name = unprefixed(PREFIX, &k)?;
             let entry: LockEntry = codec::decode(&v)?;
             for at in entry.deadlines() {
-                locks.deadlines.insert((at, name.clone()));
+                locks.deadlines.insert(at, name.clone());
             }
             locks.entries.insert(name, entry);
         }
         Ok(locks)
     }
 
+    /// Ends every lease and wait due, granting freed locks to their next waiter.
+    fn expire(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now();
+        while let Some(name) = self.deadlines.first_due(now) {
+            self.update(&name, now, cx.batch, |_, _| ());
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.next()
+    }
+}
+
+impl Primitive for Locks {
+    type Cmd = LockCmd;
+    type Output = LockResult;
+
+    fn apply(&mut self, cmd: &LockCmd, cx: &mut Cx<'_>) -> LockResult {
+        let now = cx.now();
+        match cmd {
+            LockCmd::Acquire {
+                name,
+                owner,
+                ttl_ms,
+                wait,
+            } => self.acquire(name, owner, *ttl_ms, wait.as_ref(), now, cx.batch),
+            LockCmd::CancelWait { name, waiter_id } => {
+                self.cancel_wait(name, waiter_id, now, cx.batch)
+            }
+            LockCmd::Renew {
+                name,
+                fence,
+                ttl_ms,
+            } => self.renew(name, *fence, *ttl_ms, now, cx.batch),
+            LockCmd::Release { name, fence } => self.release(name, *fence, now, cx.batch),
+        }
+    }
+}
+
+impl Locks {
     pub(super) fn get(&self, name: &str) -> Option<&LockEntry> {
         self.entries.get(name)
     }
@@ -89,21 +187,7 @@ impl Locks {
             .map(|h| h.fence)
     }
 
-    pub(super) fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.first().map(|(at, _)| *at)
-    }
-
-    /// Ends every lease and wait due at `now`, granting freed locks to their next waiter.
-    pub(super) fn expire(&mut self, now: u64, batch: &mut SmBatch) {
-        while let Some((at, name)) = self.deadlines.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.update(&name, now, batch, |_, _| ());
-        }
-    }
-
-    pub(super) fn acquire(
+    fn acquire(
         &mut self,
         name: &str,
         owner: &str,
@@ -111,7 +195,7 @@ impl Locks {
         wait: Option<&LockWait>,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> LockResult {
         self.update(name, now, batch, |entry, fences| match &entry.holder {
             None => {
                 let fence = fences.next();
@@ -122,13 +206,13 @@ impl Locks {
                     expires_at_ms: now.saturating_add(ttl_ms),
                     waiter_id: None,
                 });
-                Response::LockGranted { fence, ttl_ms }
+                LockResult::Granted { fence, ttl_ms }
             }
             Some(h) => match wait {
-                None => Response::LockHeld {
+                None => LockResult::Held {
                     holder: h.owner.clone(),
                 },
-                Some(_) if entry.waiters.len() >= MAX_WAITERS_PER_LOCK => Response::Limited(
+                Some(_) if entry.waiters.len() >= MAX_WAITERS_PER_LOCK => LockResult::Limited(
                     format!("{MAX_WAITERS_PER_LOCK} callers already wait for this lock"),
                 ),
                 Some(w) => {
@@ -139,24 +223,24 @@ impl Locks {
                         ttl_ms,
                         deadline_ms: now.saturating_add(w.wait_ms),
                     });
-                    Response::LockQueued { holder }
+                    LockResult::Queued { holder }
                 }
             },
         })
     }
 
     /// Removes a waiter; if the lock was granted to it meanwhile, answers the grant.
-    pub(super) fn cancel_wait(
+    fn cancel_wait(
         &mut self,
         name: &str,
         waiter_id: &str,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> LockResult {
         self.update(name, now, batch, |entry, _| {
             if let Some(h) = &entry.holder {
                 if h.waiter_id.as_deref() == Some(waiter_id) {
-                    return Response::LockGranted {
+                    return LockResult::Granted {
                         fence: h.fence,
                         ttl_ms: h.ttl_ms,
                     };
@@ -164,47 +248,41 @@ impl Locks {
             }
             entry.waiters.retain(|w| w.id != waiter_id);
             match &entry.holder {
-                Some(h) => Response::LockHeld {
+                Some(h) => LockResult::Held {
                     holder: h.owner.clone(),
                 },
-                None => Response::NotFound,
+                None => LockResult::NotFound,
             }
         })
     }
 
-    pub(super) fn renew(
+    fn renew(
         &mut self,
         name: &str,
         fence: u64,
         ttl_ms: u64,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> LockResult {
         self.update(name, now, batch, |entry, _| match &mut entry.holder {
             Some(h) if h.fence == fence => {
                 h.ttl_ms = ttl_ms;
                 h.expires_at_ms = now.saturating_add(ttl_ms);
-                Response::LockGranted { fence, ttl_ms }
+                LockResult::Granted { fence, ttl_ms }
             }
-            other => Response::StaleFence {
+            other => LockResult::StaleFence {
                 current: other.as_ref().map(|h| h.fence),
             },
         })
     }
 
-    pub(super) fn release(
-        &mut self,
-        name: &str,
-        fence: u64,
-        now: u64,
-        batch: &mut SmBatch,
-    ) -> Response {
+    fn release(&mut self, name: &str, fence: u64, now: u64, batch: &mut SmBatch) -> LockResult {
         self.update(name, now, batch, |entry, _| match &entry.holder {
             Some(h) if h.fence == fence => {
                 entry.holder = None;
-                Response::Released
+                LockResult::Released
             }
-            other => Response::StaleFence {
+            other => LockResult::StaleFence {
                 current: other.as_ref().map(|h| h.fence),
             },
         })
@@ -221,7 +299,7 @@ impl Locks {
     ) -> R {
         let mut entry = self.entries.remove(name).unwrap_or_default();
         for at in entry.deadlines() {
-            self.deadlines.remove(&(at, name.to_string()));
+            self.deadlines.remove(at, &name.to_string());
         }
         let before = entry.clone();
         let fence_before = self.last_fence;
@@ -230,10 +308,7 @@ impl Locks {
         let out = f(&mut entry, &mut fences);
         settle(&mut entry, now, &mut fences);
         if self.last_fence != fence_before {
-            batch.put(
-                COUNTER_KEY.to_vec(),
-                codec::encode(&self.last_fence).expect("counter encodes"),
-            );
+            put_record(batch, COUNTER_KEY.to_vec(), &self.last_fence);
         }
         if entry.holder.is_none() && entry.waiters.is_empty() {
             if before != LockEntry::default() {
@@ -241,13 +316,10 @@ impl Locks {
             }
         } else {
             for at in entry.deadlines() {
-                self.deadlines.insert((at, name.to_string()));
+                self.deadlines.insert(at, name.to_string());
             }
             if entry != before {
-                batch.put(
-                    prefixed(PREFIX, name),
-                    codec::encode(&entry).expect("lock encodes"),
-                );
+                put_record(batch, prefixed(PREFIX, name), &entry);
             }
             self.entries.insert(name.to_string(), entry);
         }

@@ -29,15 +29,14 @@
 //! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
 //! - `i:<idempotency key>` → [`IdemRecord`]
 
-mod cache;
-mod channels;
-mod kv;
-mod locks;
-mod queues;
-mod security;
-mod sessions;
-
-use std::collections::{BTreeMap, BTreeSet};
+pub(crate) mod cache;
+pub(crate) mod channels;
+pub(crate) mod kv;
+pub(crate) mod locks;
+mod primitive;
+pub(crate) mod queues;
+pub(crate) mod security;
+pub(crate) mod sessions;
 
 use openraft::alias::{LogIdOf, StoredMembershipOf};
 use serde::{Deserialize, Serialize};
@@ -53,8 +52,9 @@ pub use queues::{
 pub use security::{token_id, Security, EXPIRED_TOKEN_KEPT_MS, REVOKED_TOKENS_KEY, SECURITY_KEY};
 pub use sessions::SessionEntry;
 
-use crate::command::{Command, Compare, Request, Response, Txn};
+use crate::command::{Command, Compare, Request, Response, Txn, TxnResult};
 use crate::types::TypeConfig;
+use primitive::{put_record, Cx, Deadlines, Part, Primitive};
 
 /// Where [`Meta`] is stored in the `sm` column family.
 pub const META_KEY: &[u8] = b"m:state";
@@ -85,20 +85,49 @@ pub struct IdemRecord {
     pub response: Response,
 }
 
-/// The whole replicated state, in memory.
-#[derive(Default, Debug)]
-pub struct State {
-    pub meta: Meta,
+/// Declares the parts of the state, in the order they load and expire. A part listed here
+/// is loaded, expired and asked for its next deadline; one that is not cannot be reached.
+macro_rules! parts {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        #[derive(Default, Debug)]
+        struct Parts {
+            $($field: $ty,)*
+        }
+
+        impl Parts {
+            fn load(db: &Db, now_ms: u64) -> storage::Result<Parts> {
+                Ok(Parts {
+                    $($field: <$ty as Part>::load(db, now_ms)?,)*
+                })
+            }
+
+            fn expire(&mut self, cx: &mut Cx<'_>) {
+                $(self.$field.expire(cx);)*
+            }
+
+            fn next_deadline(&self) -> Option<u64> {
+                [$(self.$field.next_deadline(),)*].into_iter().flatten().min()
+            }
+        }
+    };
+}
+
+parts! {
     kv: kv::Kv,
     locks: locks::Locks,
     sessions: sessions::Sessions,
     cache: cache::Cache,
     queues: queues::Queues,
-    /// Join tokens and removed nodes.
-    pub security: Security,
     channels: channels::Channels,
-    idem: BTreeMap<String, IdemRecord>,
-    idem_ttl: BTreeSet<(u64, String)>,
+    security: Security,
+    idem: Idempotency,
+}
+
+/// The whole replicated state, in memory.
+#[derive(Default, Debug)]
+pub struct State {
+    pub meta: Meta,
+    parts: Parts,
     /// Live events of the batch being applied; `None` while nobody collects them.
     live: Option<Vec<LiveEvent>>,
 }
@@ -125,35 +154,66 @@ fn unprefixed(prefix: &[u8], key: &[u8]) -> storage::Result<String> {
         .map_err(|_| storage::Error::Corrupt("state key is not UTF-8".into()))
 }
 
-impl State {
-    /// Rebuilds the in-memory state from the `sm` column family.
-    pub fn load(db: &Db) -> storage::Result<State> {
-        let mut state = State::default();
-        if let Some(bytes) = db.sm_get(META_KEY)? {
-            state.meta = codec::decode(&bytes)?;
-        }
-        state.kv = kv::Kv::load(db)?;
-        state.locks = locks::Locks::load(db)?;
-        state.sessions = sessions::Sessions::load(db)?;
-        state.cache = cache::Cache::load(db)?;
-        state.queues = queues::Queues::load(db, state.meta.now_ms)?;
-        state.security = Security::load(db)?;
-        state.channels = channels::Channels::load(db)?;
+/// Remembered answers of writes that carried an `Idempotency-Key`, until their window ends.
+#[derive(Default, Debug)]
+struct Idempotency {
+    records: std::collections::BTreeMap<String, IdemRecord>,
+    ttl: Deadlines<String>,
+}
+
+impl Part for Idempotency {
+    fn load(db: &Db, _now_ms: u64) -> storage::Result<Self> {
+        let mut idem = Idempotency::default();
         for (k, v) in db.sm_scan_prefix(IDEM_PREFIX)? {
             let key = unprefixed(IDEM_PREFIX, &k)?;
             let rec: IdemRecord = codec::decode(&v)?;
-            state.idem_ttl.insert((rec.expires_at_ms, key.clone()));
-            state.idem.insert(key, rec);
+            idem.ttl.insert(rec.expires_at_ms, key.clone());
+            idem.records.insert(key, rec);
         }
-        Ok(state)
+        Ok(idem)
+    }
+
+    fn expire(&mut self, cx: &mut Cx<'_>) {
+        while let Some(key) = self.ttl.pop_due(cx.now()) {
+            self.records.remove(&key);
+            cx.delete(prefixed(IDEM_PREFIX, &key));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.ttl.next()
+    }
+}
+
+impl Idempotency {
+    fn remember(&mut self, key: &str, response: &Response, cx: &mut Cx<'_>) {
+        let rec = IdemRecord {
+            expires_at_ms: cx.now().saturating_add(IDEMPOTENCY_WINDOW_MS),
+            response: response.clone(),
+        };
+        cx.put(prefixed(IDEM_PREFIX, key), &rec);
+        self.ttl.insert(rec.expires_at_ms, key.to_string());
+        self.records.insert(key.to_string(), rec);
+    }
+}
+
+impl State {
+    /// Rebuilds the in-memory state from the `sm` column family.
+    pub fn load(db: &Db) -> storage::Result<State> {
+        let meta: Meta = match db.sm_get(META_KEY)? {
+            Some(bytes) => codec::decode(&bytes)?,
+            None => Meta::default(),
+        };
+        Ok(State {
+            parts: Parts::load(db, meta.now_ms)?,
+            meta,
+            live: None,
+        })
     }
 
     /// Writes the scalars into `batch`; called once per applied batch.
     pub fn persist_meta(&self, batch: &mut SmBatch) {
-        batch.put(
-            META_KEY.to_vec(),
-            codec::encode(&self.meta).expect("meta encodes"),
-        );
+        put_record(batch, META_KEY.to_vec(), &self.meta);
     }
 
     /// Starts (or stops) recording [`LiveEvent`]s during apply; see [`State::take_live`].
@@ -168,281 +228,193 @@ impl State {
         self.live.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    fn emit(&mut self, event: impl FnOnce() -> LiveEvent) {
-        if let Some(live) = &mut self.live {
-            live.push(event());
-        }
-    }
-
     /// Applies one request and records its writes in `batch`.
     pub fn apply(&mut self, req: &Request, batch: &mut SmBatch) -> Response {
         self.meta.now_ms = self.meta.now_ms.max(req.stamp_ms);
-        self.expire(batch);
+        let mut cx = Cx::new(&mut self.meta, batch, &mut self.live);
+        self.parts.expire(&mut cx);
 
         if let Some(ikey) = &req.idempotency_key {
-            if let Some(rec) = self.idem.get(ikey) {
+            if let Some(rec) = self.parts.idem.records.get(ikey) {
                 return rec.response.clone();
             }
         }
-        let response = self.apply_command(&req.command, batch);
+        let response = self.parts.apply(&req.command, &mut cx);
         if let Some(ikey) = &req.idempotency_key {
-            let rec = IdemRecord {
-                expires_at_ms: self.meta.now_ms.saturating_add(IDEMPOTENCY_WINDOW_MS),
-                response: response.clone(),
-            };
-            batch.put(
-                prefixed(IDEM_PREFIX, ikey),
-                codec::encode(&rec).expect("record encodes"),
-            );
-            self.idem_ttl.insert((rec.expires_at_ms, ikey.clone()));
-            self.idem.insert(ikey.clone(), rec);
+            self.parts.idem.remember(ikey, &response, &mut cx);
         }
         response
     }
 
-    fn apply_command(&mut self, cmd: &Command, batch: &mut SmBatch) -> Response {
-        let now = self.meta.now_ms;
+    /// The earliest deadline still pending, on the replicated clock. The leader proposes a
+    /// `Tick` once its wall clock passes it.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.parts.next_deadline()
+    }
+
+    /// Join tokens and removed nodes.
+    pub fn security(&self) -> &Security {
+        &self.parts.security
+    }
+
+    /// A key's current entry, or `None` when absent or past its deadline on the replicated
+    /// clock.
+    pub fn get(&self, key: &str) -> Option<&KvEntry> {
+        self.parts.kv.get(key, self.meta.now_ms)
+    }
+
+    /// Up to `limit` live keys starting with `prefix` and greater than `after`, in key order;
+    /// the flag says whether more remain.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(&String, &KvEntry)>, bool) {
+        self.parts.kv.list(prefix, after, limit, self.meta.now_ms)
+    }
+
+    /// Up to `limit` key-value changes under `prefix` from `from_revision` on (inclusive), in
+    /// revision order; `Compacted` when that part of the history has been dropped.
+    pub fn kv_events_since(
+        &self,
+        prefix: &str,
+        from_revision: u64,
+        limit: usize,
+    ) -> Result<Vec<KvEvent>, Compacted> {
+        self.parts.kv.events_since(prefix, from_revision, limit)
+    }
+
+    /// History at or below this revision has been compacted away (0: none yet).
+    pub fn compact_revision(&self) -> u64 {
+        self.parts.kv.compact_revision()
+    }
+
+    /// Number of key-value history events kept.
+    pub fn kv_history_len(&self) -> usize {
+        self.parts.kv.history_len()
+    }
+
+    /// Number of keys (including expired ones not yet removed).
+    pub fn key_count(&self) -> usize {
+        self.parts.kv.len()
+    }
+
+    /// A lock's holder (if its lease has not ended) and waiters.
+    pub fn lock(&self, name: &str) -> Option<&LockEntry> {
+        self.parts.locks.get(name)
+    }
+
+    /// A live session.
+    pub fn session(&self, id: &str) -> Option<&SessionEntry> {
+        self.parts.sessions.get(id, self.meta.now_ms)
+    }
+
+    /// A user's live sessions, by id.
+    pub fn sessions_of(&self, user: &str) -> Vec<(String, &SessionEntry)> {
+        self.parts
+            .sessions
+            .ids_of(user)
+            .into_iter()
+            .filter_map(|id| self.session(&id).map(|s| (id, s)))
+            .collect()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.parts.sessions.len()
+    }
+
+    /// A live cache entry.
+    pub fn cache_get(&self, key: &str) -> Option<&CacheEntry> {
+        self.parts.cache.get(key, self.meta.now_ms)
+    }
+
+    pub fn cache_counts(&self) -> CacheCounts {
+        self.parts.cache.counts()
+    }
+
+    /// A hash of the whole cache, equal on replicas that hold the same entries.
+    pub fn cache_digest(&self) -> String {
+        self.parts.cache.digest()
+    }
+
+    /// A queue's counts, or `None` for a queue that never held a job.
+    pub fn queue_stats(&self, queue: &str) -> Option<QueueStats> {
+        self.parts.queues.stats(queue)
+    }
+
+    pub fn queue_names(&self) -> Vec<String> {
+        self.parts.queues.queue_names()
+    }
+
+    pub fn queue_has_ready(&self, queue: &str) -> bool {
+        self.parts.queues.has_ready(queue)
+    }
+
+    pub fn job(&self, id: u64) -> Option<&Job> {
+        self.parts.queues.job(id)
+    }
+
+    /// Up to `limit` dead jobs of `queue`, oldest first.
+    pub fn dead_jobs(&self, queue: &str, limit: usize) -> Vec<(u64, &Job)> {
+        self.parts.queues.dead(queue, limit)
+    }
+
+    pub fn schedules(&self, queue: &str) -> Vec<(String, &Schedule)> {
+        self.parts.queues.schedules(queue)
+    }
+
+    /// Events of `channel` after offset `since` (at most `limit`) with the retained range;
+    /// `None` for a channel never published.
+    pub fn channel_history(&self, channel: &str, since: u64, limit: usize) -> Option<History> {
+        self.parts.channels.history(channel, since, limit)
+    }
+
+    /// The last offset published on `channel`, 0 when none.
+    pub fn channel_latest_offset(&self, channel: &str) -> u64 {
+        self.parts.channels.latest_offset(channel)
+    }
+
+    /// Present clients of `channel`, by client id.
+    pub fn presence(&self, channel: &str) -> Vec<Presence> {
+        self.parts.channels.present(channel)
+    }
+
+    /// (channels ever published, events retained across them).
+    pub fn channel_counts(&self) -> (usize, usize) {
+        (
+            self.parts.channels.channel_count(),
+            self.parts.channels.retained_events(),
+        )
+    }
+}
+
+impl Parts {
+    /// Applies one command; every command kind is dispatched here, so the compiler sees a
+    /// new kind that is not.
+    fn apply(&mut self, cmd: &Command, cx: &mut Cx<'_>) -> Response {
         match cmd {
-            Command::InitCluster {
-                cluster_id,
-                join_token_sha256,
-            } => {
-                if self.meta.cluster_id.is_some() {
-                    return Response::Rejected("cluster already initialized".into());
-                }
-                self.meta.cluster_id = Some(cluster_id.clone());
-                self.meta.join_token_sha256 = Some(join_token_sha256.clone());
-                // The initializing node is node 1.
-                self.meta.next_node_id = self.meta.next_node_id.max(2);
-                Response::Done
-            }
-            Command::AllocateNodeId => {
-                let id = self.meta.next_node_id.max(2);
-                self.meta.next_node_id = id + 1;
-                Response::NodeId(id)
-            }
-            Command::Put {
-                key, if_revision, ..
-            }
-            | Command::Delete { key, if_revision } => {
-                let current = self.kv.revision_of(key);
-                if let Some(expected) = if_revision {
-                    if *expected != current {
-                        return Response::Conflict {
-                            current_revision: current,
-                        };
-                    }
-                }
-                let revision = self.meta.revision + 1;
-                let resp = self.write_op(cmd, revision, batch);
-                if let Response::Put { .. } | Response::Delete { deleted: true, .. } = resp {
-                    self.meta.revision = revision;
-                }
-                resp
-            }
             Command::Tick => Response::Done,
-            Command::LockAcquire {
-                name,
-                owner,
-                ttl_ms,
-                wait,
-            } => self
-                .locks
-                .acquire(name, owner, *ttl_ms, wait.as_ref(), now, batch),
-            Command::LockCancelWait { name, waiter_id } => {
-                self.locks.cancel_wait(name, waiter_id, now, batch)
-            }
-            Command::LockRenew {
-                name,
-                fence,
-                ttl_ms,
-            } => self.locks.renew(name, *fence, *ttl_ms, now, batch),
-            Command::LockRelease { name, fence } => self.locks.release(name, *fence, now, batch),
+            Command::Cluster(c) => Response::Cluster(self.security.apply(c, cx)),
+            Command::Kv(c) => Response::Kv(self.kv.apply(c, cx)),
+            Command::Lock(c) => Response::Lock(self.locks.apply(c, cx)),
+            Command::Session(c) => Response::Session(self.sessions.apply(c, cx)),
+            Command::Cache(c) => Response::Cache(self.cache.apply(c, cx)),
+            Command::Queue(c) => Response::Queue(self.queues.apply(c, cx)),
+            Command::Channel(c) => Response::Channel(self.channels.apply(c, cx)),
+            Command::Txn(txn) => self.apply_txn(txn, cx),
             Command::Fenced {
                 lock,
                 fence,
                 command,
             } => match self.locks.current_fence(lock) {
-                Some(f) if f == *fence => self.apply_command(command, batch),
+                Some(f) if f == *fence => self.apply(command, cx),
                 current => Response::StaleFence { current },
             },
-            Command::SessionCreate {
-                id,
-                user,
-                data,
-                ttl_ms,
-            } => self.sessions.create(id, user, data, *ttl_ms, now, batch),
-            Command::SessionTouch { id } => self.sessions.touch(id, None, now, batch),
-            Command::SessionUpdate { id, patch } => {
-                self.sessions.touch(id, Some(patch), now, batch)
-            }
-            Command::SessionDelete { id } => self.sessions.delete(id, batch),
-            Command::SessionDeleteUser { user } => self.sessions.delete_user(user, batch),
-            Command::CacheSet { .. }
-            | Command::CacheDelete { .. }
-            | Command::CacheInvalidate { .. } => self.write_op(cmd, self.meta.revision, batch),
-            Command::Txn(txn) => self.apply_txn(txn, batch),
-            Command::QueueEnqueue { .. } => self.write_op(cmd, self.meta.revision, batch),
-            Command::QueueClaim {
-                queue,
-                worker,
-                max,
-                visibility_ms,
-            } => self
-                .queues
-                .claim(queue, worker, *max, *visibility_ms, now, batch),
-            Command::JobAck { id, lease } => self.queues.ack(*id, *lease, batch),
-            Command::JobNack {
-                id,
-                lease,
-                error,
-                retry_in_ms,
-            } => self
-                .queues
-                .nack(*id, *lease, error.as_deref(), *retry_in_ms, now, batch),
-            Command::JobExtend {
-                id,
-                lease,
-                visibility_ms,
-            } => self.queues.extend(*id, *lease, *visibility_ms, now, batch),
-            Command::QueueReplay { queue, ids } => {
-                self.queues.replay(queue, ids.as_deref(), now, batch)
-            }
-            Command::ScheduleSet { queue, name, spec } => {
-                self.queues.set_schedule(queue, name, spec, now, batch)
-            }
-            Command::ScheduleDelete { queue, name } => {
-                self.queues.delete_schedule(queue, name, batch)
-            }
-            Command::ChannelPublish { .. } => self.write_op(cmd, self.meta.revision, batch),
-            Command::PresenceJoin {
-                channel,
-                client_id,
-                user,
-                node_id,
-                incarnation,
-                lease_ms,
-            } => self.channels.join(
-                channel,
-                client_id,
-                user,
-                *node_id,
-                *incarnation,
-                *lease_ms,
-                now,
-                batch,
-            ),
-            Command::PresenceLeave {
-                channel,
-                client_id,
-                node_id,
-            } => self.channels.leave(channel, client_id, *node_id, batch),
-            Command::PresenceHeartbeat {
-                node_id,
-                incarnation,
-                lease_ms,
-            } => self
-                .channels
-                .heartbeat(*node_id, *incarnation, *lease_ms, now, batch),
-            Command::KvCompact { revision } => Response::Compacted {
-                compact_revision: self.kv.compact(*revision, self.meta.revision, batch),
-            },
-            Command::JoinTokenCreate {
-                token_sha256,
-                expires_at_ms,
-            } => self
-                .security
-                .create_token(token_sha256, *expires_at_ms, now, batch),
-            Command::NodeRemoved { id } => self.security.node_removed(*id, batch),
-            Command::JoinTokenRevoke { token_id } => {
-                let founding = self.meta.join_token_sha256.clone();
-                match self
-                    .security
-                    .revoke_token(token_id, founding.as_deref(), now, batch)
-                {
-                    Some(security::Revoked::Founding) => {
-                        // The meta is persisted with every applied batch.
-                        self.meta.join_token_sha256 = None;
-                        Response::Done
-                    }
-                    Some(security::Revoked::Created) => Response::Done,
-                    None => Response::NotFound,
-                }
-            }
         }
     }
 
-    /// Applies an unconditional write (the ops a transaction may hold); key-value changes
-    /// take `revision`, which the caller commits to `meta.revision` if anything changed.
-    fn write_op(&mut self, cmd: &Command, revision: u64, batch: &mut SmBatch) -> Response {
-        let now = self.meta.now_ms;
-        match cmd {
-            Command::Put {
-                key, value, ttl_ms, ..
-            } => {
-                let expires = ttl_ms.map(|t| now.saturating_add(t));
-                self.kv.put(key, value, expires, revision, batch);
-                self.emit(|| {
-                    LiveEvent::Kv(KvEvent {
-                        revision,
-                        key: key.clone(),
-                        kind: KvEventKind::Put,
-                        value: Some(value.clone()),
-                    })
-                });
-                Response::Put { revision }
-            }
-            Command::Delete { key, .. } => {
-                if self.kv.remove(key, revision, batch) {
-                    self.emit(|| {
-                        LiveEvent::Kv(KvEvent {
-                            revision,
-                            key: key.clone(),
-                            kind: KvEventKind::Delete,
-                            value: None,
-                        })
-                    });
-                    Response::Delete {
-                        revision,
-                        deleted: true,
-                    }
-                } else {
-                    Response::Delete {
-                        revision: self.meta.revision,
-                        deleted: false,
-                    }
-                }
-            }
-            Command::CacheSet {
-                key,
-                value,
-                ttl_ms,
-                tags,
-                limits,
-            } => {
-                let expires = ttl_ms.map(|t| now.saturating_add(t));
-                self.cache.set(key, value, expires, tags, *limits, batch)
-            }
-            Command::CacheDelete { key } => self.cache.delete(key, batch),
-            Command::CacheInvalidate { tags } => self.cache.invalidate(tags, batch),
-            Command::QueueEnqueue { queue, job } => self.queues.enqueue(queue, job, now, batch),
-            Command::ChannelPublish {
-                channel,
-                data,
-                retention,
-            } => {
-                let (resp, event) = self.channels.publish(channel, data, *retention, now, batch);
-                self.emit(|| LiveEvent::Channel {
-                    channel: channel.clone(),
-                    event,
-                });
-                resp
-            }
-            other => Response::Rejected(format!("{other} is not allowed in a transaction")),
-        }
-    }
-
-    fn apply_txn(&mut self, txn: &Txn, batch: &mut SmBatch) -> Response {
+    fn apply_txn(&mut self, txn: &Txn, cx: &mut Cx<'_>) -> Response {
         let succeeded = txn.compare.iter().all(|c| match c {
             Compare::Revision { key, revision } => self.kv.revision_of(key) == *revision,
             Compare::Fence { lock, fence } => self.locks.current_fence(lock) == Some(*fence),
@@ -456,225 +428,42 @@ impl State {
         if let Some(bad) = ops.iter().find(|op| !txn_op_allowed(op)) {
             return Response::Rejected(format!("{bad} is not allowed in a transaction"));
         }
-        let revision = self.meta.revision + 1;
-        let mut changed = false;
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
-            let r = self.write_op(op, revision, batch);
-            changed |= matches!(
-                r,
-                Response::Put { .. } | Response::Delete { deleted: true, .. }
-            );
-            results.push(r);
+        let revision = cx.meta.revision + 1;
+        cx.txn_revision = Some(revision);
+        let results: Vec<Response> = ops.iter().map(|op| self.apply(op, cx)).collect();
+        cx.txn_revision = None;
+        if results
+            .iter()
+            .any(|r| matches!(r, Response::Kv(kv) if kv.changed()))
+        {
+            cx.meta.revision = revision;
         }
-        if changed {
-            self.meta.revision = revision;
-        }
-        Response::Txn {
+        Response::Txn(TxnResult {
             succeeded,
-            revision: self.meta.revision,
+            revision: cx.meta.revision,
             results,
-        }
-    }
-
-    /// Removes everything whose deadline is at or before the replicated clock. Each expired
-    /// key is a change and takes the next revision, in deadline order.
-    fn expire(&mut self, batch: &mut SmBatch) {
-        let now = self.meta.now_ms;
-        while let Some(key) = self.kv.first_expired(now) {
-            self.meta.revision += 1;
-            self.kv.remove(&key, self.meta.revision, batch);
-            let revision = self.meta.revision;
-            self.emit(|| {
-                LiveEvent::Kv(KvEvent {
-                    revision,
-                    key,
-                    kind: KvEventKind::Delete,
-                    value: None,
-                })
-            });
-        }
-        self.locks.expire(now, batch);
-        self.sessions.expire(now, batch);
-        self.cache.expire(now, batch);
-        self.queues.expire(now, batch);
-        self.channels.expire(now, batch);
-        while let Some((at, key)) = self.idem_ttl.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.idem_ttl.remove(&(at, key.clone()));
-            self.idem.remove(&key);
-            batch.delete(prefixed(IDEM_PREFIX, &key));
-        }
-    }
-
-    /// The earliest deadline still pending, on the replicated clock. The leader proposes a
-    /// `Tick` once its wall clock passes it.
-    pub fn next_deadline_ms(&self) -> Option<u64> {
-        [
-            self.kv.next_deadline(),
-            self.locks.next_deadline(),
-            self.sessions.next_deadline(),
-            self.cache.next_deadline(),
-            self.queues.next_deadline(),
-            self.channels.next_deadline(),
-            self.idem_ttl.first().map(|(at, _)| *at),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    /// A key's current entry, or `None` when absent or past its deadline on the replicated
-    /// clock.
-    pub fn get(&self, key: &str) -> Option<&KvEntry> {
-        self.kv.get(key, self.meta.now_ms)
-    }
-
-    /// Up to `limit` live keys starting with `prefix` and greater than `after`, in key order;
-    /// the flag says whether more remain.
-    pub fn list(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> (Vec<(&String, &KvEntry)>, bool) {
-        self.kv.list(prefix, after, limit, self.meta.now_ms)
-    }
-
-    /// Up to `limit` key-value changes under `prefix` from `from_revision` on (inclusive), in
-    /// revision order; `Compacted` when that part of the history has been dropped.
-    pub fn kv_events_since(
-        &self,
-        prefix: &str,
-        from_revision: u64,
-        limit: usize,
-    ) -> Result<Vec<KvEvent>, Compacted> {
-        self.kv.events_since(prefix, from_revision, limit)
-    }
-
-    /// History at or below this revision has been compacted away (0: none yet).
-    pub fn compact_revision(&self) -> u64 {
-        self.kv.compact_revision()
-    }
-
-    /// Number of key-value history events kept.
-    pub fn kv_history_len(&self) -> usize {
-        self.kv.history_len()
-    }
-
-    /// Number of keys (including expired ones not yet removed).
-    pub fn key_count(&self) -> usize {
-        self.kv.len()
-    }
-
-    /// A lock's holder (if its lease has not ended) and waiters.
-    pub fn lock(&self, name: &str) -> Option<&LockEntry> {
-        self.locks.get(name)
-    }
-
-    /// A live session.
-    pub fn session(&self, id: &str) -> Option<&SessionEntry> {
-        self.sessions.get(id, self.meta.now_ms)
-    }
-
-    /// A user's live sessions, by id.
-    pub fn sessions_of(&self, user: &str) -> Vec<(String, &SessionEntry)> {
-        self.sessions
-            .ids_of(user)
-            .into_iter()
-            .filter_map(|id| self.session(&id).map(|s| (id, s)))
-            .collect()
-    }
-
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// A live cache entry.
-    pub fn cache_get(&self, key: &str) -> Option<&CacheEntry> {
-        self.cache.get(key, self.meta.now_ms)
-    }
-
-    pub fn cache_counts(&self) -> CacheCounts {
-        self.cache.counts()
-    }
-
-    /// A hash of the whole cache, equal on replicas that hold the same entries.
-    pub fn cache_digest(&self) -> String {
-        self.cache.digest()
-    }
-
-    /// A queue's counts, or `None` for a queue that never held a job.
-    pub fn queue_stats(&self, queue: &str) -> Option<QueueStats> {
-        self.queues.stats(queue)
-    }
-
-    pub fn queue_names(&self) -> Vec<String> {
-        self.queues.queue_names()
-    }
-
-    pub fn queue_has_ready(&self, queue: &str) -> bool {
-        self.queues.has_ready(queue)
-    }
-
-    pub fn job(&self, id: u64) -> Option<&Job> {
-        self.queues.job(id)
-    }
-
-    /// Up to `limit` dead jobs of `queue`, oldest first.
-    pub fn dead_jobs(&self, queue: &str, limit: usize) -> Vec<(u64, &Job)> {
-        self.queues.dead(queue, limit)
-    }
-
-    pub fn schedules(&self, queue: &str) -> Vec<(String, &Schedule)> {
-        self.queues.schedules(queue)
-    }
-
-    /// Events of `channel` after offset `since` (at most `limit`) with the retained range;
-    /// `None` for a channel never published.
-    pub fn channel_history(&self, channel: &str, since: u64, limit: usize) -> Option<History> {
-        self.channels.history(channel, since, limit)
-    }
-
-    /// The last offset published on `channel`, 0 when none.
-    pub fn channel_latest_offset(&self, channel: &str) -> u64 {
-        self.channels.latest_offset(channel)
-    }
-
-    /// Present clients of `channel`, by client id.
-    pub fn presence(&self, channel: &str) -> Vec<Presence> {
-        self.channels.present(channel)
-    }
-
-    /// (channels ever published, events retained across them).
-    pub fn channel_counts(&self) -> (usize, usize) {
-        (
-            self.channels.channel_count(),
-            self.channels.retained_events(),
-        )
+        })
     }
 }
 
-/// The writes a transaction may hold: unconditional key-value and cache writes.
+/// The writes a transaction may hold: those each primitive allows (unconditional writes).
 pub fn txn_op_allowed(op: &Command) -> bool {
     match op {
-        Command::Put { if_revision, .. } | Command::Delete { if_revision, .. } => {
-            if_revision.is_none()
-        }
-        Command::CacheSet { .. }
-        | Command::CacheDelete { .. }
-        | Command::CacheInvalidate { .. }
-        | Command::QueueEnqueue { .. }
-        | Command::ChannelPublish { .. } => true,
-        _ => false,
+        Command::Kv(c) => kv::Kv::in_txn(c),
+        Command::Lock(c) => locks::Locks::in_txn(c),
+        Command::Session(c) => sessions::Sessions::in_txn(c),
+        Command::Cache(c) => cache::Cache::in_txn(c),
+        Command::Queue(c) => queues::Queues::in_txn(c),
+        Command::Channel(c) => channels::Channels::in_txn(c),
+        Command::Cluster(c) => Security::in_txn(c),
+        Command::Tick | Command::Txn(_) | Command::Fenced { .. } => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::*;
 
     pub(super) fn req(stamp_ms: u64, command: Command) -> Request {
         Request {
@@ -690,12 +479,12 @@ mod tests {
         if_revision: Option<u64>,
         ttl_ms: Option<u64>,
     ) -> Command {
-        Command::Put {
+        Command::Kv(KvCmd::Put {
             key: key.into(),
             value: value.as_bytes().to_vec(),
             if_revision,
             ttl_ms,
-        }
+        })
     }
 
     #[test]
@@ -704,21 +493,21 @@ mod tests {
         let mut b = SmBatch::default();
         assert_eq!(
             s.apply(&req(1, put("a", "1", Some(0), None)), &mut b),
-            Response::Put { revision: 1 }
+            Response::Kv(KvResult::Put { revision: 1 })
         );
         assert_eq!(
             s.apply(&req(2, put("b", "1", None, None)), &mut b),
-            Response::Put { revision: 2 }
+            Response::Kv(KvResult::Put { revision: 2 })
         );
         assert_eq!(
             s.apply(&req(3, put("a", "2", Some(0), None)), &mut b),
-            Response::Conflict {
+            Response::Kv(KvResult::Conflict {
                 current_revision: 1
-            }
+            })
         );
         assert_eq!(
             s.apply(&req(3, put("a", "2", Some(1), None)), &mut b),
-            Response::Put { revision: 3 }
+            Response::Kv(KvResult::Put { revision: 3 })
         );
         assert_eq!(s.get("a").unwrap().value, b"2");
         assert_eq!(s.get("a").unwrap().create_revision, 1);
@@ -726,33 +515,33 @@ mod tests {
             s.apply(
                 &req(
                     4,
-                    Command::Delete {
+                    Command::Kv(KvCmd::Delete {
                         key: "zz".into(),
                         if_revision: None
-                    }
+                    })
                 ),
                 &mut b
             ),
-            Response::Delete {
+            Response::Kv(KvResult::Delete {
                 revision: 3,
                 deleted: false
-            }
+            })
         );
         assert_eq!(
             s.apply(
                 &req(
                     4,
-                    Command::Delete {
+                    Command::Kv(KvCmd::Delete {
                         key: "a".into(),
                         if_revision: Some(3)
-                    }
+                    })
                 ),
                 &mut b
             ),
-            Response::Delete {
+            Response::Kv(KvResult::Delete {
                 revision: 4,
                 deleted: true
-            }
+            })
         );
         assert!(s.get("a").is_none());
     }
@@ -789,7 +578,10 @@ mod tests {
         assert_eq!(s.meta.revision, 1);
         // After the window the key is forgotten and a new write applies.
         r.stamp_ms = 10 + IDEMPOTENCY_WINDOW_MS;
-        assert_eq!(s.apply(&r, &mut b), Response::Put { revision: 2 });
+        assert_eq!(
+            s.apply(&r, &mut b),
+            Response::Kv(KvResult::Put { revision: 2 })
+        );
     }
 
     #[test]
@@ -819,7 +611,7 @@ mod tests {
 #[cfg(test)]
 mod primitive_tests {
     use super::*;
-    use crate::command::{CacheLimits, LockWait};
+    use crate::command::*;
 
     /// Applies one command stamped `stamp_ms`, without an idempotency key.
     pub(super) fn run(s: &mut State, stamp_ms: u64, command: Command) -> Response {
@@ -830,7 +622,7 @@ mod primitive_tests {
     }
 
     fn acquire(owner: &str, ttl_ms: u64, wait: Option<(&str, u64)>) -> Command {
-        Command::LockAcquire {
+        Command::Lock(LockCmd::Acquire {
             name: "L".into(),
             owner: owner.into(),
             ttl_ms,
@@ -838,7 +630,7 @@ mod primitive_tests {
                 waiter_id: id.into(),
                 wait_ms,
             }),
-        }
+        })
     }
 
     #[test]
@@ -846,45 +638,45 @@ mod primitive_tests {
         let mut s = State::default();
         assert_eq!(
             run(&mut s, 100, acquire("a", 1000, None)),
-            Response::LockGranted {
+            Response::Lock(LockResult::Granted {
                 fence: 1,
                 ttl_ms: 1000
-            }
+            })
         );
         assert_eq!(
             run(&mut s, 110, acquire("b", 500, None)),
-            Response::LockHeld { holder: "a".into() }
+            Response::Lock(LockResult::Held { holder: "a".into() })
         );
         assert_eq!(
             run(&mut s, 120, acquire("b", 500, Some(("wb", 5000)))),
-            Response::LockQueued { holder: "a".into() }
+            Response::Lock(LockResult::Queued { holder: "a".into() })
         );
         assert_eq!(
             run(&mut s, 130, acquire("c", 500, Some(("wc", 5000)))),
-            Response::LockQueued { holder: "a".into() }
+            Response::Lock(LockResult::Queued { holder: "a".into() })
         );
         // A stale fence cannot release or write.
         assert_eq!(
             run(
                 &mut s,
                 140,
-                Command::LockRelease {
+                Command::Lock(LockCmd::Release {
                     name: "L".into(),
                     fence: 7
-                }
+                })
             ),
-            Response::StaleFence { current: Some(1) }
+            Response::Lock(LockResult::StaleFence { current: Some(1) })
         );
         assert_eq!(
             run(
                 &mut s,
                 150,
-                Command::LockRelease {
+                Command::Lock(LockCmd::Release {
                     name: "L".into(),
                     fence: 1
-                }
+                })
             ),
-            Response::Released
+            Response::Lock(LockResult::Released)
         );
         // Released to the first waiter in the same apply.
         let h = s.lock("L").unwrap().holder.clone().unwrap();
@@ -899,12 +691,12 @@ mod primitive_tests {
         let fenced = Command::Fenced {
             lock: "L".into(),
             fence: 2,
-            command: Box::new(Command::Put {
+            command: Box::new(Command::Kv(KvCmd::Put {
                 key: "k".into(),
                 value: b"v".to_vec(),
                 if_revision: None,
                 ttl_ms: None,
-            }),
+            })),
         };
         assert_eq!(
             run(&mut s, 700, fenced),
@@ -916,25 +708,25 @@ mod primitive_tests {
             run(
                 &mut s,
                 710,
-                Command::LockCancelWait {
+                Command::Lock(LockCmd::CancelWait {
                     name: "L".into(),
                     waiter_id: "wc".into()
-                }
+                })
             ),
-            Response::LockGranted {
+            Response::Lock(LockResult::Granted {
                 fence: 3,
                 ttl_ms: 500
-            }
+            })
         );
         // When everything has expired the lock leaves no record, but fences keep growing.
         run(&mut s, 10_000, Command::Tick);
         assert!(s.lock("L").is_none());
         assert_eq!(
             run(&mut s, 10_001, acquire("d", 10, None)),
-            Response::LockGranted {
+            Response::Lock(LockResult::Granted {
                 fence: 4,
                 ttl_ms: 10
-            }
+            })
         );
     }
 
@@ -951,39 +743,49 @@ mod primitive_tests {
             run(
                 &mut s,
                 301,
-                Command::LockCancelWait {
+                Command::Lock(LockCmd::CancelWait {
                     name: "L".into(),
                     waiter_id: "wb".into()
-                }
+                })
             ),
-            Response::LockHeld { holder: "a".into() }
+            Response::Lock(LockResult::Held { holder: "a".into() })
         );
     }
 
     #[test]
     fn sessions_slide_and_log_out_everywhere() {
         let mut s = State::default();
-        let create = |id: &str, user: &str| Command::SessionCreate {
-            id: id.into(),
-            user: user.into(),
-            data: r#"{"a":1}"#.into(),
-            ttl_ms: 1000,
+        let create = |id: &str, user: &str| {
+            Command::Session(SessionCmd::Create {
+                id: id.into(),
+                user: user.into(),
+                data: r#"{"a":1}"#.into(),
+                ttl_ms: 1000,
+            })
         };
         run(&mut s, 0, create("s1", "u1"));
         run(&mut s, 0, create("s2", "u1"));
         run(&mut s, 0, create("s3", "u2"));
-        run(&mut s, 800, Command::SessionTouch { id: "s1".into() });
-        run(&mut s, 800, Command::SessionTouch { id: "s3".into() });
+        run(
+            &mut s,
+            800,
+            Command::Session(SessionCmd::Touch { id: "s1".into() }),
+        );
+        run(
+            &mut s,
+            800,
+            Command::Session(SessionCmd::Touch { id: "s3".into() }),
+        );
         run(&mut s, 1000, Command::Tick);
         assert!(s.session("s1").is_some(), "touched: expires at 1800");
         assert!(s.session("s2").is_none(), "untouched: expired at 1000");
         run(
             &mut s,
             1100,
-            Command::SessionUpdate {
+            Command::Session(SessionCmd::Update {
                 id: "s1".into(),
                 patch: r#"{"b":2}"#.into(),
-            },
+            }),
         );
         assert_eq!(s.session("s1").unwrap().data, r#"{"a":1,"b":2}"#);
         assert_eq!(s.session("s1").unwrap().expires_at_ms, 2100);
@@ -991,16 +793,16 @@ mod primitive_tests {
             run(
                 &mut s,
                 1200,
-                Command::SessionDeleteUser { user: "u1".into() }
+                Command::Session(SessionCmd::DeleteUser { user: "u1".into() })
             ),
-            Response::Count(1)
+            Response::Session(SessionResult::Deleted(1))
         );
         assert!(s.sessions_of("u1").is_empty());
         assert_eq!(s.sessions_of("u2").len(), 1);
     }
 
     fn cache_set(key: &str, bytes: usize, tags: &[&str], max_entries: u64) -> Command {
-        Command::CacheSet {
+        Command::Cache(CacheCmd::Set {
             key: key.into(),
             value: vec![b'x'; bytes],
             ttl_ms: None,
@@ -1009,7 +811,7 @@ mod primitive_tests {
                 max_entries,
                 max_bytes: 100,
             },
-        }
+        })
     }
 
     #[test]
@@ -1032,11 +834,11 @@ mod primitive_tests {
             run(
                 &mut s,
                 0,
-                Command::CacheInvalidate {
+                Command::Cache(CacheCmd::Invalidate {
                     tags: vec!["t2".into(), "t1".into()]
-                }
+                })
             ),
-            Response::Count(2)
+            Response::Cache(CacheResult::Removed(2))
         );
         assert_eq!(s.cache_counts().entries, 0);
         assert_eq!(s.cache_counts().bytes, 0);
@@ -1045,11 +847,13 @@ mod primitive_tests {
     #[test]
     fn txn_applies_one_branch_with_one_revision() {
         let mut s = State::default();
-        let put = |k: &str| Command::Put {
-            key: k.into(),
-            value: b"v".to_vec(),
-            if_revision: None,
-            ttl_ms: None,
+        let put = |k: &str| {
+            Command::Kv(KvCmd::Put {
+                key: k.into(),
+                value: b"v".to_vec(),
+                if_revision: None,
+                ttl_ms: None,
+            })
         };
         run(&mut s, 0, put("a"));
         let txn = |rev: u64| {
@@ -1063,21 +867,21 @@ mod primitive_tests {
             })
         };
         match run(&mut s, 0, txn(5)) {
-            Response::Txn {
+            Response::Txn(TxnResult {
                 succeeded,
                 revision,
                 ..
-            } => assert_eq!((succeeded, revision), (false, 2)),
+            }) => assert_eq!((succeeded, revision), (false, 2)),
             other => panic!("{other:?}"),
         }
         assert!(s.get("x").is_none() && s.get("y").is_none());
         assert_eq!(s.get("f").unwrap().revision, 2);
         match run(&mut s, 0, txn(1)) {
-            Response::Txn {
+            Response::Txn(TxnResult {
                 succeeded,
                 revision,
                 ..
-            } => assert_eq!((succeeded, revision), (true, 3)),
+            }) => assert_eq!((succeeded, revision), (true, 3)),
             other => panic!("{other:?}"),
         }
         assert_eq!(s.get("x").unwrap().revision, 3);
@@ -1089,10 +893,10 @@ mod primitive_tests {
 mod queue_tests {
     use super::primitive_tests::run;
     use super::*;
-    use crate::command::{Claimed, Enqueue, ScheduleSpec};
+    use crate::command::*;
 
     fn enqueue(payload: &str, priority: i64, delay_ms: Option<u64>) -> Command {
-        Command::QueueEnqueue {
+        Command::Queue(QueueCmd::Enqueue {
             queue: "q".into(),
             job: Enqueue {
                 payload: payload.into(),
@@ -1103,21 +907,21 @@ mod queue_tests {
                 backoff_ms: 100,
                 unique_key: None,
             },
-        }
+        })
     }
 
     fn claim(s: &mut State, now: u64, max: u32) -> Vec<Claimed> {
         match run(
             s,
             now,
-            Command::QueueClaim {
+            Command::Queue(QueueCmd::Claim {
                 queue: "q".into(),
                 worker: "w".into(),
                 max,
                 visibility_ms: 1000,
-            },
+            }),
         ) {
-            Response::Claimed(c) => c,
+            Response::Queue(QueueResult::Claimed(c)) => c,
             other => panic!("{other:?}"),
         }
     }
@@ -1149,24 +953,24 @@ mod queue_tests {
             run(
                 &mut s,
                 1,
-                Command::JobAck {
+                Command::Queue(QueueCmd::Ack {
                     id: c.id,
                     lease: c.lease + 1
-                }
+                })
             ),
-            Response::StaleLease {
+            Response::Queue(QueueResult::StaleLease {
                 current: Some(c.lease)
-            }
+            })
         );
         run(
             &mut s,
             10,
-            Command::JobNack {
+            Command::Queue(QueueCmd::Nack {
                 id: c.id,
                 lease: c.lease,
                 error: Some("boom".into()),
                 retry_in_ms: None,
-            },
+            }),
         );
         // backoff_ms · 2^0 = 100 ms after the nack.
         assert!(claim(&mut s, 109, 1).is_empty());
@@ -1185,33 +989,33 @@ mod queue_tests {
             run(
                 &mut s,
                 1200,
-                Command::JobAck {
+                Command::Queue(QueueCmd::Ack {
                     id: c2.id,
                     lease: c2.lease
-                }
+                })
             ),
-            Response::StaleLease { current: None }
+            Response::Queue(QueueResult::StaleLease { current: None })
         ));
         assert_eq!(
             run(
                 &mut s,
                 1300,
-                Command::QueueReplay {
+                Command::Queue(QueueCmd::Replay {
                     queue: "q".into(),
                     ids: None
-                }
+                })
             ),
-            Response::Count(1)
+            Response::Queue(QueueResult::Count(1))
         );
         let c3 = claim(&mut s, 1300, 1).remove(0);
         assert_eq!(c3.attempt, 1);
         run(
             &mut s,
             1301,
-            Command::JobAck {
+            Command::Queue(QueueCmd::Ack {
                 id: c3.id,
                 lease: c3.lease,
-            },
+            }),
         );
         assert_eq!(s.queue_stats("q").unwrap().completed, 1);
     }
@@ -1229,13 +1033,13 @@ mod queue_tests {
             run(
                 &mut s,
                 10_500,
-                Command::ScheduleSet {
+                Command::Queue(QueueCmd::ScheduleSet {
                     queue: "q".into(),
                     name: "tick".into(),
                     spec: every_second,
-                }
+                })
             ),
-            Response::Scheduled { next_at_ms: 11_000 }
+            Response::Queue(QueueResult::Scheduled { next_at_ms: 11_000 })
         );
         run(&mut s, 13_200, Command::Tick);
         assert_eq!(s.queue_stats("q").unwrap().ready, 3, "11, 12, 13 s");
@@ -1255,7 +1059,7 @@ mod queue_tests {
             run(
                 &mut s,
                 1_013_600,
-                Command::ScheduleSet {
+                Command::Queue(QueueCmd::ScheduleSet {
                     queue: "q".into(),
                     name: "bad".into(),
                     spec: ScheduleSpec {
@@ -1264,9 +1068,9 @@ mod queue_tests {
                         priority: 0,
                         max_attempts: 1,
                     },
-                }
+                })
             ),
-            Response::Rejected(_)
+            Response::Queue(QueueResult::Rejected(_))
         ));
     }
 
@@ -1274,33 +1078,33 @@ mod queue_tests {
     fn unique_keys_answer_the_queued_job() {
         let mut s = State::default();
         let mut e = enqueue("1", 0, None);
-        if let Command::QueueEnqueue { job, .. } = &mut e {
+        if let Command::Queue(QueueCmd::Enqueue { job, .. }) = &mut e {
             job.unique_key = Some("u".into());
         }
         let first = run(&mut s, 0, e.clone());
-        let Response::Enqueued { id, existing } = first else {
+        let Response::Queue(QueueResult::Enqueued { id, existing }) = first else {
             panic!()
         };
         assert!(!existing);
         assert_eq!(
             run(&mut s, 0, e.clone()),
-            Response::Enqueued { id, existing: true }
+            Response::Queue(QueueResult::Enqueued { id, existing: true })
         );
         let c = claim(&mut s, 0, 1).remove(0);
         run(
             &mut s,
             0,
-            Command::JobAck {
+            Command::Queue(QueueCmd::Ack {
                 id: c.id,
                 lease: c.lease,
-            },
+            }),
         );
         assert!(matches!(
             run(&mut s, 0, e),
-            Response::Enqueued {
+            Response::Queue(QueueResult::Enqueued {
                 existing: false,
                 ..
-            }
+            })
         ));
     }
 }
@@ -1309,7 +1113,7 @@ mod queue_tests {
 mod persistence_tests {
     use super::tests::put;
     use super::*;
-    use crate::command::{CacheLimits, Enqueue, LockWait, ScheduleSpec};
+    use crate::command::*;
 
     /// Everything apply writes through to RocksDB is enough to rebuild the same state: what a
     /// restart, or a follower installing a snapshot, relies on.
@@ -1319,19 +1123,19 @@ mod persistence_tests {
         let db = Db::open(dir.path()).unwrap();
         let mut s = State::default();
         let commands = vec![
-            Command::Put {
+            Command::Kv(KvCmd::Put {
                 key: "k".into(),
                 value: b"v".to_vec(),
                 if_revision: None,
                 ttl_ms: Some(60_000),
-            },
-            Command::LockAcquire {
+            }),
+            Command::Lock(LockCmd::Acquire {
                 name: "L".into(),
                 owner: "a".into(),
                 ttl_ms: 5_000,
                 wait: None,
-            },
-            Command::LockAcquire {
+            }),
+            Command::Lock(LockCmd::Acquire {
                 name: "L".into(),
                 owner: "b".into(),
                 ttl_ms: 5_000,
@@ -1339,14 +1143,14 @@ mod persistence_tests {
                     waiter_id: "wb".into(),
                     wait_ms: 9_000,
                 }),
-            },
-            Command::SessionCreate {
+            }),
+            Command::Session(SessionCmd::Create {
                 id: "s1".into(),
                 user: "u".into(),
                 data: "{}".into(),
                 ttl_ms: 60_000,
-            },
-            Command::CacheSet {
+            }),
+            Command::Cache(CacheCmd::Set {
                 key: "c".into(),
                 value: b"x".to_vec(),
                 ttl_ms: None,
@@ -1355,8 +1159,8 @@ mod persistence_tests {
                     max_entries: 10,
                     max_bytes: 1000,
                 },
-            },
-            Command::QueueEnqueue {
+            }),
+            Command::Queue(QueueCmd::Enqueue {
                 queue: "q".into(),
                 job: Enqueue {
                     payload: "1".into(),
@@ -1367,8 +1171,8 @@ mod persistence_tests {
                     backoff_ms: 10,
                     unique_key: Some("u1".into()),
                 },
-            },
-            Command::QueueEnqueue {
+            }),
+            Command::Queue(QueueCmd::Enqueue {
                 queue: "q".into(),
                 job: Enqueue {
                     payload: "2".into(),
@@ -1379,14 +1183,14 @@ mod persistence_tests {
                     backoff_ms: 10,
                     unique_key: None,
                 },
-            },
-            Command::QueueClaim {
+            }),
+            Command::Queue(QueueCmd::Claim {
                 queue: "q".into(),
                 worker: "w".into(),
                 max: 1,
                 visibility_ms: 1_000,
-            },
-            Command::ScheduleSet {
+            }),
+            Command::Queue(QueueCmd::ScheduleSet {
                 queue: "q".into(),
                 name: "cron".into(),
                 spec: ScheduleSpec {
@@ -1395,7 +1199,7 @@ mod persistence_tests {
                     priority: 0,
                     max_attempts: 1,
                 },
-            },
+            }),
         ];
         for (i, command) in commands.into_iter().enumerate() {
             let mut batch = SmBatch::default();
@@ -1428,12 +1232,12 @@ mod persistence_tests {
                 &Request {
                     stamp_ms: 2_000,
                     idempotency_key: None,
-                    command: Command::LockAcquire {
+                    command: Command::Lock(LockCmd::Acquire {
                         name: "M".into(),
                         owner: "c".into(),
                         ttl_ms: 10,
                         wait: None,
-                    },
+                    }),
                 },
                 b,
             )
@@ -1473,10 +1277,10 @@ mod persistence_tests {
         apply(
             &mut s,
             4,
-            Command::Delete {
+            Command::Kv(KvCmd::Delete {
                 key: "a/1".into(),
                 if_revision: None,
-            },
+            }),
         ); // rev 4
         apply(&mut s, 20, Command::Tick); // a/2 expires: rev 5
         let events = s.kv_events_since("a/", 2, 100).unwrap();
@@ -1495,10 +1299,10 @@ mod persistence_tests {
         assert_eq!(s.kv_events_since("", 1, 2).unwrap().len(), 2, "limit holds");
 
         assert_eq!(
-            apply(&mut s, 21, Command::KvCompact { revision: 3 }),
-            Response::Compacted {
+            apply(&mut s, 21, Command::Kv(KvCmd::Compact { revision: 3 })),
+            Response::Kv(KvResult::Compacted {
                 compact_revision: 3
-            }
+            })
         );
         assert_eq!(
             s.kv_events_since("a/", 3, 100),
@@ -1509,16 +1313,16 @@ mod persistence_tests {
         assert_eq!(s.kv_events_since("a/", 4, 100).unwrap().len(), 2);
         // Compaction never goes past the current revision, nor backwards.
         assert_eq!(
-            apply(&mut s, 22, Command::KvCompact { revision: 99 }),
-            Response::Compacted {
+            apply(&mut s, 22, Command::Kv(KvCmd::Compact { revision: 99 })),
+            Response::Kv(KvResult::Compacted {
                 compact_revision: 5
-            }
+            })
         );
         assert_eq!(
-            apply(&mut s, 23, Command::KvCompact { revision: 1 }),
-            Response::Compacted {
+            apply(&mut s, 23, Command::Kv(KvCmd::Compact { revision: 1 })),
+            Response::Kv(KvResult::Compacted {
                 compact_revision: 5
-            }
+            })
         );
         assert_eq!(s.kv_history_len(), 0);
         apply(&mut s, 24, put("a/3", "w", None, None)); // rev 6
@@ -1533,6 +1337,7 @@ mod persistence_tests {
 #[cfg(test)]
 mod security_tests {
     use super::*;
+    use crate::command::*;
 
     #[test]
     fn join_tokens_and_removed_nodes_are_replicated_state_and_survive_a_reload() {
@@ -1544,21 +1349,21 @@ mod security_tests {
             // A token that expires at 2 days, one at 20 days.
             (
                 1_000,
-                Command::JoinTokenCreate {
+                Command::Cluster(ClusterCmd::JoinTokenCreate {
                     token_sha256: "old".into(),
                     expires_at_ms: 2 * day,
-                },
+                }),
             ),
             (
                 2_000,
-                Command::JoinTokenCreate {
+                Command::Cluster(ClusterCmd::JoinTokenCreate {
                     token_sha256: "new".into(),
                     expires_at_ms: 20 * day,
-                },
+                }),
             ),
-            (3_000, Command::NodeRemoved { id: 3 }),
-            (4_000, Command::NodeRemoved { id: 3 }),
-            (5_000, Command::AllocateNodeId),
+            (3_000, Command::Cluster(ClusterCmd::NodeRemoved { id: 3 })),
+            (4_000, Command::Cluster(ClusterCmd::NodeRemoved { id: 3 })),
+            (5_000, Command::Cluster(ClusterCmd::AllocateNodeId)),
         ];
         for (stamp, command) in commands {
             let mut batch = SmBatch::default();
@@ -1566,13 +1371,17 @@ mod security_tests {
             s.persist_meta(&mut batch);
             db.sm_write(batch).unwrap();
         }
-        assert_eq!(s.security.join_tokens.len(), 2);
+        assert_eq!(s.security().join_tokens.len(), 2);
         assert_eq!(
-            s.security.removed_nodes.iter().copied().collect::<Vec<_>>(),
+            s.security()
+                .removed_nodes
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
             vec![3]
         );
         let r = State::load(&db).unwrap();
-        assert_eq!(r.security, s.security);
+        assert_eq!(r.security(), s.security());
 
         // A token expired longer than EXPIRED_TOKEN_KEPT_MS is forgotten when the next one is
         // made; the other stays.
@@ -1581,14 +1390,19 @@ mod security_tests {
         s.apply(
             &tests::req(
                 later,
-                Command::JoinTokenCreate {
+                Command::Cluster(ClusterCmd::JoinTokenCreate {
                     token_sha256: "third".into(),
                     expires_at_ms: later + day,
-                },
+                }),
             ),
             &mut batch,
         );
-        let names: Vec<&str> = s.security.join_tokens.keys().map(|k| k.as_str()).collect();
+        let names: Vec<&str> = s
+            .security()
+            .join_tokens
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         assert_eq!(names, vec!["new", "third"]);
     }
 
@@ -1610,49 +1424,51 @@ mod security_tests {
         run(
             &mut s,
             1_000,
-            Command::InitCluster {
+            Command::Cluster(ClusterCmd::Init {
                 cluster_id: "c1".into(),
                 join_token_sha256: founding.clone(),
-            },
+            }),
         );
         run(
             &mut s,
             2_000,
-            Command::JoinTokenCreate {
+            Command::Cluster(ClusterCmd::JoinTokenCreate {
                 token_sha256: created.clone(),
                 expires_at_ms: day,
-            },
+            }),
         );
-        let revoke = |id: &str| Command::JoinTokenRevoke {
-            token_id: id.into(),
+        let revoke = |id: &str| {
+            Command::Cluster(ClusterCmd::JoinTokenRevoke {
+                token_id: id.into(),
+            })
         };
         assert!(matches!(
             run(&mut s, 3_000, revoke("0123456789abcdef")),
-            Response::NotFound
+            Response::Cluster(ClusterResult::NotFound)
         ));
         assert!(matches!(
             run(&mut s, 4_000, revoke(token_id(&created))),
-            Response::Done
+            Response::Cluster(ClusterResult::Done)
         ));
-        assert!(s.security.join_tokens.is_empty());
+        assert!(s.security().join_tokens.is_empty());
         assert!(matches!(
             run(&mut s, 5_000, revoke(token_id(&founding))),
-            Response::Done
+            Response::Cluster(ClusterResult::Done)
         ));
         assert_eq!(s.meta.join_token_sha256, None);
         assert_eq!(
-            s.security.revoked_tokens,
-            BTreeMap::from([(created.clone(), 4_000), (founding.clone(), 5_000)])
+            s.security().revoked_tokens,
+            std::collections::BTreeMap::from([(created.clone(), 4_000), (founding.clone(), 5_000)])
         );
         // Revoking again finds nothing: a revoked token is gone from both places.
         assert!(matches!(
             run(&mut s, 6_000, revoke(token_id(&created))),
-            Response::NotFound
+            Response::Cluster(ClusterResult::NotFound)
         ));
 
         let r = State::load(&db).unwrap();
-        assert_eq!(r.security, s.security);
-        assert_eq!(r.security.revoked_tokens.len(), 2);
+        assert_eq!(r.security(), s.security());
+        assert_eq!(r.security().revoked_tokens.len(), 2);
         assert_eq!(r.meta.join_token_sha256, None);
     }
 }
@@ -1661,17 +1477,17 @@ mod security_tests {
 mod channel_tests {
     use super::primitive_tests::run;
     use super::*;
-    use crate::command::ChannelRetention;
+    use crate::command::*;
 
     fn publish(channel: &str, data: &str, max_events: u64, max_age_ms: u64) -> Command {
-        Command::ChannelPublish {
+        Command::Channel(ChannelCmd::Publish {
             channel: channel.into(),
             data: data.into(),
             retention: ChannelRetention {
                 max_events,
                 max_age_ms,
             },
-        }
+        })
     }
 
     #[test]
@@ -1681,12 +1497,12 @@ mod channel_tests {
         for i in 1..=5u64 {
             assert_eq!(
                 run(&mut s, i, publish("a", &i.to_string(), 3, 60_000)),
-                Response::Published { offset: i }
+                Response::Channel(ChannelResult::Published { offset: i })
             );
         }
         assert_eq!(
             run(&mut s, 9, publish("b", "1", 3, 60_000)),
-            Response::Published { offset: 1 }
+            Response::Channel(ChannelResult::Published { offset: 1 })
         );
         let h = s.channel_history("a", 0, 100).unwrap();
         assert_eq!((h.earliest_offset, h.latest_offset), (3, 5));
@@ -1722,19 +1538,19 @@ mod channel_tests {
         assert_eq!(s.next_deadline_ms(), None);
         assert_eq!(
             run(&mut s, 1_800, publish("a", "3", 100, 500)),
-            Response::Published { offset: 3 }
+            Response::Channel(ChannelResult::Published { offset: 3 })
         );
     }
 
     fn join(channel: &str, client: &str, node_id: u64, incarnation: u64) -> Command {
-        Command::PresenceJoin {
+        Command::Channel(ChannelCmd::PresenceJoin {
             channel: channel.into(),
             client_id: client.into(),
             user: format!("user-{client}"),
             node_id,
             incarnation,
             lease_ms: 1_000,
-        }
+        })
     }
 
     #[test]
@@ -1748,20 +1564,20 @@ mod channel_tests {
         run(
             &mut s,
             900,
-            Command::PresenceHeartbeat {
+            Command::Channel(ChannelCmd::PresenceHeartbeat {
                 node_id: 1,
                 incarnation: 11,
                 lease_ms: 1_000,
-            },
+            }),
         );
         run(
             &mut s,
             900,
-            Command::PresenceHeartbeat {
+            Command::Channel(ChannelCmd::PresenceHeartbeat {
                 node_id: 2,
                 incarnation: 22,
                 lease_ms: 1_000,
-            },
+            }),
         );
         run(&mut s, 1_000, Command::Tick);
         let ids: Vec<String> = s
@@ -1774,24 +1590,24 @@ mod channel_tests {
         run(
             &mut s,
             1_100,
-            Command::PresenceHeartbeat {
+            Command::Channel(ChannelCmd::PresenceHeartbeat {
                 node_id: 2,
                 incarnation: 23,
                 lease_ms: 1_000,
-            },
+            }),
         );
         assert_eq!(s.presence("room").len(), 1);
         assert_eq!(
             run(
                 &mut s,
                 1_100,
-                Command::PresenceLeave {
+                Command::Channel(ChannelCmd::PresenceLeave {
                     channel: "room".into(),
                     client_id: "c1".into(),
                     node_id: 1
-                }
+                })
             ),
-            Response::Count(1)
+            Response::Channel(ChannelResult::Left(1))
         );
         assert!(s.presence("room").is_empty());
     }

@@ -19,8 +19,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use storage::{codec, Db, SmBatch};
 
+use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, unprefixed};
-use crate::command::{Claimed, Enqueue, Response, ScheduleSpec};
 
 const JOB_PREFIX: &[u8] = b"j:";
 const QUEUE_PREFIX: &[u8] = b"q:";
@@ -31,6 +31,114 @@ const COUNTERS_KEY: &[u8] = b"m:jobs";
 pub const CRON_CATCH_UP_MAX: usize = 100;
 /// Longest retry delay from exponential backoff: one day.
 pub const BACKOFF_MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A job-queue command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueCmd {
+    Enqueue {
+        queue: String,
+        job: Enqueue,
+    },
+    /// Claims up to `max` ready jobs, each with a new lease for `visibility_ms`.
+    Claim {
+        queue: String,
+        worker: String,
+        max: u32,
+        visibility_ms: u64,
+    },
+    Ack {
+        id: u64,
+        lease: u64,
+    },
+    Nack {
+        id: u64,
+        lease: u64,
+        error: Option<String>,
+        retry_in_ms: Option<u64>,
+    },
+    Extend {
+        id: u64,
+        lease: u64,
+        visibility_ms: u64,
+    },
+    /// Moves dead jobs (these ids, or all with `None`) back to ready with fresh attempts.
+    Replay {
+        queue: String,
+        ids: Option<Vec<u64>>,
+    },
+    ScheduleSet {
+        queue: String,
+        name: String,
+        spec: ScheduleSpec,
+    },
+    ScheduleDelete {
+        queue: String,
+        name: String,
+    },
+}
+
+/// A job to enqueue. `run_at_ms` wins over `delay_ms`; neither means now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueue {
+    /// JSON text.
+    pub payload: String,
+    pub delay_ms: Option<u64>,
+    pub run_at_ms: Option<u64>,
+    /// Higher runs first.
+    pub priority: i64,
+    /// Claims before the job goes to the dead list.
+    pub max_attempts: u32,
+    /// Base of the exponential retry delay.
+    pub backoff_ms: u64,
+    /// While a job with this key is queued, enqueueing another answers its id.
+    pub unique_key: Option<String>,
+}
+
+/// A cron schedule: each due time enqueues a job with `payload`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    pub cron: String,
+    /// JSON text.
+    pub payload: String,
+    pub priority: i64,
+    pub max_attempts: u32,
+}
+
+/// A claimed job as the worker receives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claimed {
+    pub id: u64,
+    pub payload: String,
+    pub attempt: u32,
+    pub lease: u64,
+}
+
+/// The result of a [`QueueCmd`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueResult {
+    /// A job id; `existing` when a queued job with the same unique key answered.
+    Enqueued {
+        id: u64,
+        existing: bool,
+    },
+    Claimed(Vec<Claimed>),
+    /// An ack, nack or extend was applied.
+    Done,
+    /// No such job or schedule.
+    NotFound,
+    /// A lease that is not the job's current claim; `current` is the current lease if any.
+    StaleLease {
+        current: Option<u64>,
+    },
+    /// How many jobs were replayed, or schedules deleted.
+    Count(u64),
+    /// A cron schedule was stored; it fires next at this time.
+    Scheduled {
+        next_at_ms: u64,
+    },
+    /// The command cannot apply (e.g. a cron expression that never fires).
+    Rejected(String),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
@@ -119,12 +227,13 @@ impl Queue {
 pub(super) struct Queues {
     jobs: BTreeMap<u64, Job>,
     queues: BTreeMap<String, Queue>,
-    /// Every delayed job: (due, id).
-    delayed: BTreeSet<(u64, u64)>,
-    /// Every in-flight job: (visible again at, id).
-    visibility: BTreeSet<(u64, u64)>,
+    /// Every delayed job, by due time.
+    delayed: Deadlines<u64>,
+    /// Every in-flight job, by when it is offered again.
+    visibility: Deadlines<u64>,
     schedules: BTreeMap<(String, String), Schedule>,
-    schedule_due: BTreeSet<(u64, String, String)>,
+    /// Every schedule (queue, name), by its next due time.
+    schedule_due: Deadlines<(String, String)>,
     counters: Counters,
 }
 
@@ -161,9 +270,9 @@ pub(super) fn backoff_delay_ms(backoff_ms: u64, attempt: u32) -> u64 {
     backoff_ms.saturating_mul(1u64 << shift).min(BACKOFF_MAX_MS)
 }
 
-impl Queues {
+impl Part for Queues {
     /// `now` is the replicated clock the state was saved at.
-    pub(super) fn load(db: &Db, now: u64) -> storage::Result<Queues> {
+    fn load(db: &Db, now: u64) -> storage::Result<Queues> {
         let mut q = Queues::default();
         if let Some(bytes) = db.sm_get(COUNTERS_KEY)? {
             q.counters = codec::decode(&bytes)?;
@@ -193,12 +302,84 @@ impl Queues {
                 .map_err(|_| storage::Error::Corrupt("bad schedule key".into()))?;
             let s: Schedule = codec::decode(&v)?;
             q.schedule_due
-                .insert((s.next_at_ms, queue.clone(), name.clone()));
+                .insert(s.next_at_ms, (queue.clone(), name.clone()));
             q.schedules.insert((queue, name), s);
         }
         Ok(q)
     }
 
+    /// Moves due delayed jobs to ready, retries or buries jobs whose visibility ended, and
+    /// fires due cron schedules.
+    fn expire(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now();
+        while let Some(id) = self.delayed.first_due(now) {
+            let job = self.jobs.get(&id).cloned().expect("indexed job exists");
+            // Stored unchanged; re-indexing at `now` makes it ready.
+            self.unindex(id, &job);
+            self.index(id, &job, now);
+        }
+        while let Some(id) = self.visibility.first_due(now) {
+            let job = self.jobs.get(&id).cloned().expect("indexed job exists");
+            self.fail(id, job, "visibility timeout", None, now, cx.batch);
+        }
+        while let Some((queue, name)) = self.schedule_due.first_due(now) {
+            self.fire(&queue, &name, now, cx.batch);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        [
+            self.delayed.next(),
+            self.visibility.next(),
+            self.schedule_due.next(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+impl Primitive for Queues {
+    type Cmd = QueueCmd;
+    type Output = QueueResult;
+
+    fn apply(&mut self, cmd: &QueueCmd, cx: &mut Cx<'_>) -> QueueResult {
+        let now = cx.now();
+        let batch = &mut *cx.batch;
+        match cmd {
+            QueueCmd::Enqueue { queue, job } => self.enqueue(queue, job, now, batch),
+            QueueCmd::Claim {
+                queue,
+                worker,
+                max,
+                visibility_ms,
+            } => self.claim(queue, worker, *max, *visibility_ms, now, batch),
+            QueueCmd::Ack { id, lease } => self.ack(*id, *lease, batch),
+            QueueCmd::Nack {
+                id,
+                lease,
+                error,
+                retry_in_ms,
+            } => self.nack(*id, *lease, error.as_deref(), *retry_in_ms, now, batch),
+            QueueCmd::Extend {
+                id,
+                lease,
+                visibility_ms,
+            } => self.extend(*id, *lease, *visibility_ms, now, batch),
+            QueueCmd::Replay { queue, ids } => self.replay(queue, ids.as_deref(), now, batch),
+            QueueCmd::ScheduleSet { queue, name, spec } => {
+                self.set_schedule(queue, name, spec, now, batch)
+            }
+            QueueCmd::ScheduleDelete { queue, name } => self.delete_schedule(queue, name, batch),
+        }
+    }
+
+    fn in_txn(cmd: &QueueCmd) -> bool {
+        matches!(cmd, QueueCmd::Enqueue { .. })
+    }
+}
+
+impl Queues {
     /// Adds `job` to the indexes; a waiting job is ready once due at `now`.
     fn index(&mut self, id: u64, job: &Job, now: u64) {
         let q = self.queues.entry(job.queue.clone()).or_default();
@@ -209,12 +390,12 @@ impl Queues {
                         .insert((Reverse(job.priority), job.due_ms, job.seq, id));
                 } else {
                     q.delayed.insert((job.due_ms, id));
-                    self.delayed.insert((job.due_ms, id));
+                    self.delayed.insert(job.due_ms, id);
                 }
             }
             JobState::InFlight => {
                 q.in_flight.insert(id);
-                self.visibility.insert((job.visible_at_ms, id));
+                self.visibility.insert(job.visible_at_ms, id);
             }
             JobState::Dead => {
                 q.dead.insert(id);
@@ -234,9 +415,9 @@ impl Queues {
         q.ready
             .remove(&(Reverse(job.priority), job.due_ms, job.seq, id));
         q.delayed.remove(&(job.due_ms, id));
-        self.delayed.remove(&(job.due_ms, id));
+        self.delayed.remove(job.due_ms, &id);
         q.in_flight.remove(&id);
-        self.visibility.remove(&(job.visible_at_ms, id));
+        self.visibility.remove(job.visible_at_ms, &id);
         q.dead.remove(&id);
         if let Some(u) = &job.unique_key {
             if q.unique.get(u) == Some(&id) {
@@ -251,7 +432,7 @@ impl Queues {
             self.unindex(id, &old);
         }
         self.index(id, &job, now);
-        batch.put(job_key(id), codec::encode(&job).expect("job encodes"));
+        put_record(batch, job_key(id), &job);
         self.jobs.insert(id, job);
     }
 
@@ -263,31 +444,19 @@ impl Queues {
     }
 
     fn save_counters(&self, batch: &mut SmBatch) {
-        batch.put(
-            COUNTERS_KEY.to_vec(),
-            codec::encode(&self.counters).expect("counters encode"),
-        );
+        put_record(batch, COUNTERS_KEY.to_vec(), &self.counters);
     }
 
     fn save_queue_meta(&self, queue: &str, batch: &mut SmBatch) {
         if let Some(q) = self.queues.get(queue) {
-            batch.put(
-                prefixed(QUEUE_PREFIX, queue),
-                codec::encode(&q.meta).expect("queue meta encodes"),
-            );
+            put_record(batch, prefixed(QUEUE_PREFIX, queue), &q.meta);
         }
     }
 
-    pub(super) fn enqueue(
-        &mut self,
-        queue: &str,
-        e: &Enqueue,
-        now: u64,
-        batch: &mut SmBatch,
-    ) -> Response {
+    fn enqueue(&mut self, queue: &str, e: &Enqueue, now: u64, batch: &mut SmBatch) -> QueueResult {
         if let Some(u) = &e.unique_key {
             if let Some(id) = self.queues.get(queue).and_then(|q| q.unique.get(u)) {
-                return Response::Enqueued {
+                return QueueResult::Enqueued {
                     id: *id,
                     existing: true,
                 };
@@ -319,13 +488,13 @@ impl Queues {
             visible_at_ms: 0,
         };
         self.store(id, job, now, batch);
-        Response::Enqueued {
+        QueueResult::Enqueued {
             id,
             existing: false,
         }
     }
 
-    pub(super) fn claim(
+    fn claim(
         &mut self,
         queue: &str,
         worker: &str,
@@ -333,7 +502,7 @@ impl Queues {
         visibility_ms: u64,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> QueueResult {
         let ids: Vec<u64> = match self.queues.get(queue) {
             Some(q) => q
                 .ready
@@ -364,19 +533,19 @@ impl Queues {
         if !claimed.is_empty() {
             self.save_counters(batch);
         }
-        Response::Claimed(claimed)
+        QueueResult::Claimed(claimed)
     }
 
     /// The in-flight job `id` if `lease` is its current claim.
-    fn leased(&self, id: u64, lease: u64) -> Result<Job, Response> {
+    fn leased(&self, id: u64, lease: u64) -> Result<Job, QueueResult> {
         match self.jobs.get(&id) {
-            None => Err(Response::NotFound),
+            None => Err(QueueResult::NotFound),
             Some(j) if j.state == JobState::InFlight && j.lease == Some(lease) => Ok(j.clone()),
-            Some(j) => Err(Response::StaleLease { current: j.lease }),
+            Some(j) => Err(QueueResult::StaleLease { current: j.lease }),
         }
     }
 
-    pub(super) fn ack(&mut self, id: u64, lease: u64, batch: &mut SmBatch) -> Response {
+    fn ack(&mut self, id: u64, lease: u64, batch: &mut SmBatch) -> QueueResult {
         let job = match self.leased(id, lease) {
             Ok(j) => j,
             Err(r) => return r,
@@ -388,10 +557,10 @@ impl Queues {
             .meta
             .completed += 1;
         self.save_queue_meta(&job.queue, batch);
-        Response::Done
+        QueueResult::Done
     }
 
-    pub(super) fn nack(
+    fn nack(
         &mut self,
         id: u64,
         lease: u64,
@@ -399,30 +568,30 @@ impl Queues {
         retry_in_ms: Option<u64>,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> QueueResult {
         let job = match self.leased(id, lease) {
             Ok(j) => j,
             Err(r) => return r,
         };
         self.fail(id, job, error.unwrap_or("nacked"), retry_in_ms, now, batch);
-        Response::Done
+        QueueResult::Done
     }
 
-    pub(super) fn extend(
+    fn extend(
         &mut self,
         id: u64,
         lease: u64,
         visibility_ms: u64,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> QueueResult {
         let mut job = match self.leased(id, lease) {
             Ok(j) => j,
             Err(r) => return r,
         };
         job.visible_at_ms = now.saturating_add(visibility_ms);
         self.store(id, job, now, batch);
-        Response::Done
+        QueueResult::Done
     }
 
     /// A failed attempt: retry after the backoff, or dead after `max_attempts` claims.
@@ -449,13 +618,13 @@ impl Queues {
         self.store(id, job, now, batch);
     }
 
-    pub(super) fn replay(
+    fn replay(
         &mut self,
         queue: &str,
         ids: Option<&[u64]>,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> QueueResult {
         let dead: Vec<u64> = match self.queues.get(queue) {
             Some(q) => match ids {
                 Some(ids) => ids.iter().copied().filter(|i| q.dead.contains(i)).collect(),
@@ -480,17 +649,17 @@ impl Queues {
             }
             self.store(id, job, now, batch);
         }
-        Response::Count(dead.len() as u64)
+        QueueResult::Count(dead.len() as u64)
     }
 
-    pub(super) fn set_schedule(
+    fn set_schedule(
         &mut self,
         queue: &str,
         name: &str,
         spec: &ScheduleSpec,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> QueueResult {
         let mut s = Schedule {
             cron: spec.cron.clone(),
             payload: spec.payload.clone(),
@@ -501,66 +670,31 @@ impl Queues {
         // Due times are computed here, on the replicated clock, never by the proposer.
         match next_fire_ms(&s.cron, now) {
             Ok(Some(at)) => s.next_at_ms = at,
-            Ok(None) => return Response::Rejected("the cron expression never fires".into()),
-            Err(e) => return Response::Rejected(e),
+            Ok(None) => return QueueResult::Rejected("the cron expression never fires".into()),
+            Err(e) => return QueueResult::Rejected(e),
         }
         self.delete_schedule(queue, name, batch);
         self.schedule_due
-            .insert((s.next_at_ms, queue.to_string(), name.to_string()));
-        batch.put(
-            schedule_key(queue, name),
-            codec::encode(&s).expect("schedule encodes"),
-        );
+            .insert(s.next_at_ms, (queue.to_string(), name.to_string()));
+        put_record(batch, schedule_key(queue, name), &s);
         let next = s.next_at_ms;
         self.schedules
             .insert((queue.to_string(), name.to_string()), s);
-        Response::Scheduled { next_at_ms: next }
+        QueueResult::Scheduled { next_at_ms: next }
     }
 
-    pub(super) fn delete_schedule(
-        &mut self,
-        queue: &str,
-        name: &str,
-        batch: &mut SmBatch,
-    ) -> Response {
+    fn delete_schedule(&mut self, queue: &str, name: &str, batch: &mut SmBatch) -> QueueResult {
         match self
             .schedules
             .remove(&(queue.to_string(), name.to_string()))
         {
             Some(s) => {
                 self.schedule_due
-                    .remove(&(s.next_at_ms, queue.to_string(), name.to_string()));
+                    .remove(s.next_at_ms, &(queue.to_string(), name.to_string()));
                 batch.delete(schedule_key(queue, name));
-                Response::Count(1)
+                QueueResult::Count(1)
             }
-            None => Response::NotFound,
-        }
-    }
-
-    /// Moves due delayed jobs to ready, retries or buries jobs whose visibility ended, and
-    /// fires due cron schedules.
-    pub(super) fn expire(&mut self, now: u64, batch: &mut SmBatch) {
-        while let Some((at, id)) = self.delayed.first().copied() {
-            if at > now {
-                break;
-            }
-            let job = self.jobs.get(&id).cloned().expect("indexed job exists");
-            // Stored unchanged; re-indexing at `now` makes it ready.
-            self.unindex(id, &job);
-            self.index(id, &job, now);
-        }
-        while let Some((at, id)) = self.visibility.first().copied() {
-            if at > now {
-                break;
-            }
-            let job = self.jobs.get(&id).cloned().expect("indexed job exists");
-            self.fail(id, job, "visibility timeout", None, now, batch);
-        }
-        while let Some((at, queue, name)) = self.schedule_due.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.fire(&queue, &name, now, batch);
+            None => QueueResult::NotFound,
         }
     }
 
@@ -568,7 +702,7 @@ impl Queues {
         let key = (queue.to_string(), name.to_string());
         let mut s = self.schedules.get(&key).cloned().expect("indexed schedule");
         self.schedule_due
-            .remove(&(s.next_at_ms, queue.to_string(), name.to_string()));
+            .remove(s.next_at_ms, &(queue.to_string(), name.to_string()));
         // Every due time up to now, the most recent CRON_CATCH_UP_MAX of them.
         let mut due = Vec::new();
         let mut at = s.next_at_ms;
@@ -605,23 +739,9 @@ impl Queues {
             return;
         }
         self.schedule_due
-            .insert((s.next_at_ms, queue.to_string(), name.to_string()));
-        batch.put(
-            schedule_key(queue, name),
-            codec::encode(&s).expect("schedule encodes"),
-        );
+            .insert(s.next_at_ms, (queue.to_string(), name.to_string()));
+        put_record(batch, schedule_key(queue, name), &s);
         self.schedules.insert(key, s);
-    }
-
-    pub(super) fn next_deadline(&self) -> Option<u64> {
-        [
-            self.delayed.first().map(|(at, _)| *at),
-            self.visibility.first().map(|(at, _)| *at),
-            self.schedule_due.first().map(|(at, _, _)| *at),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
     }
 
     pub(super) fn stats(&self, queue: &str) -> Option<QueueStats> {

@@ -8,7 +8,41 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use storage::{codec, Db, SmBatch};
 
-use crate::command::Response;
+use super::primitive::{put_record, Cx, Part, Primitive};
+
+/// A change to the cluster's identity and who may join it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterCmd {
+    /// The first entry of a new cluster, proposed once by the node that initialized it.
+    Init {
+        cluster_id: String,
+        join_token_sha256: String,
+    },
+    /// Allocates the next node id; ids are never reused.
+    AllocateNodeId,
+    /// Records a join token (by its SHA-256) that admits nodes until `expires_at_ms` (on the
+    /// proposer's clock when the token was made).
+    JoinTokenCreate {
+        token_sha256: String,
+        expires_at_ms: u64,
+    },
+    /// Records that node `id` was removed: its certificate is refused from now on.
+    NodeRemoved { id: u64 },
+    /// Revokes the join token whose id (the first 16 hex digits of its SHA-256) is
+    /// `token_id`, the founding token included: it admits no one from now on.
+    JoinTokenRevoke { token_id: String },
+}
+
+/// The result of a [`ClusterCmd`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterResult {
+    Done,
+    NodeId(u64),
+    /// The cluster is already initialized.
+    AlreadyInitialized,
+    /// No join token has that id.
+    NotFound,
+}
 
 /// Which kind of token [`Security::revoke_token`] revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +77,8 @@ pub struct Security {
     pub revoked_tokens: BTreeMap<String, u64>,
 }
 
-impl Security {
-    pub fn load(db: &Db) -> storage::Result<Self> {
+impl Part for Security {
+    fn load(db: &Db, _now_ms: u64) -> storage::Result<Self> {
         let mut s: Self = match db.sm_get(SECURITY_KEY)? {
             Some(b) => codec::decode(&b)?,
             None => Self::default(),
@@ -55,32 +89,37 @@ impl Security {
         Ok(s)
     }
 
+    /// Expired and revoked tokens are forgotten when the next token is created or revoked.
+    fn expire(&mut self, _cx: &mut Cx<'_>) {}
+
+    fn next_deadline(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Security {
     fn persist(&self, batch: &mut SmBatch) {
-        batch.put(
-            SECURITY_KEY.to_vec(),
-            codec::encode(self).expect("security state encodes"),
-        );
+        put_record(batch, SECURITY_KEY.to_vec(), self);
     }
 
-    pub fn create_token(
+    fn create_token(
         &mut self,
         token_sha256: &str,
         expires_at_ms: u64,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) {
         self.join_tokens
             .retain(|_, exp| exp.saturating_add(EXPIRED_TOKEN_KEPT_MS) > now);
         self.join_tokens
             .insert(token_sha256.to_string(), expires_at_ms);
         self.persist(batch);
-        Response::Done
     }
 
     /// Revokes the created token with id `token_id` ([`token_id`]), or the founding token
     /// when `founding` (its digest) has that id; answers `NotFound` when neither has. The
     /// caller clears the founding digest from the meta when `Revoked::Founding` comes back.
-    pub fn revoke_token(
+    fn revoke_token(
         &mut self,
         token_id_wanted: &str,
         founding: Option<&str>,
@@ -102,17 +141,61 @@ impl Security {
         self.revoked_tokens
             .retain(|_, at| at.saturating_add(EXPIRED_TOKEN_KEPT_MS) > now);
         self.revoked_tokens.insert(digest, now);
-        batch.put(
-            REVOKED_TOKENS_KEY.to_vec(),
-            codec::encode(&self.revoked_tokens).expect("revoked tokens encode"),
-        );
+        put_record(batch, REVOKED_TOKENS_KEY.to_vec(), &self.revoked_tokens);
         Some(which)
     }
+}
 
-    pub fn node_removed(&mut self, id: u64, batch: &mut SmBatch) -> Response {
-        if self.removed_nodes.insert(id) {
-            self.persist(batch);
+impl Primitive for Security {
+    type Cmd = ClusterCmd;
+    type Output = ClusterResult;
+
+    fn apply(&mut self, cmd: &ClusterCmd, cx: &mut Cx<'_>) -> ClusterResult {
+        let now = cx.now();
+        match cmd {
+            ClusterCmd::Init {
+                cluster_id,
+                join_token_sha256,
+            } => {
+                if cx.meta.cluster_id.is_some() {
+                    return ClusterResult::AlreadyInitialized;
+                }
+                cx.meta.cluster_id = Some(cluster_id.clone());
+                cx.meta.join_token_sha256 = Some(join_token_sha256.clone());
+                // The initializing node is node 1.
+                cx.meta.next_node_id = cx.meta.next_node_id.max(2);
+                ClusterResult::Done
+            }
+            ClusterCmd::AllocateNodeId => {
+                let id = cx.meta.next_node_id.max(2);
+                cx.meta.next_node_id = id + 1;
+                ClusterResult::NodeId(id)
+            }
+            ClusterCmd::JoinTokenCreate {
+                token_sha256,
+                expires_at_ms,
+            } => {
+                self.create_token(token_sha256, *expires_at_ms, now, cx.batch);
+                ClusterResult::Done
+            }
+            ClusterCmd::NodeRemoved { id } => {
+                if self.removed_nodes.insert(*id) {
+                    self.persist(cx.batch);
+                }
+                ClusterResult::Done
+            }
+            ClusterCmd::JoinTokenRevoke { token_id } => {
+                let founding = cx.meta.join_token_sha256.clone();
+                match self.revoke_token(token_id, founding.as_deref(), now, cx.batch) {
+                    Some(Revoked::Founding) => {
+                        // The meta is persisted with every applied batch.
+                        cx.meta.join_token_sha256 = None;
+                        ClusterResult::Done
+                    }
+                    Some(Revoked::Created) => ClusterResult::Done,
+                    None => ClusterResult::NotFound,
+                }
+            }
         }
-        Response::Done
     }
 }

@@ -5,13 +5,62 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use storage::{codec, Db, SmBatch};
 
+use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, unprefixed};
-use crate::command::Response;
 
 const PREFIX: &[u8] = b"s:";
 
 /// Largest session data after a merge, in bytes of JSON text.
 pub const MAX_SESSION_DATA_BYTES: usize = 1 << 20;
+
+/// A session command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionCmd {
+    /// Creates a session. `id` is drawn by the proposer (unguessable) and carried here.
+    Create {
+        id: String,
+        user: String,
+        /// JSON object text.
+        data: String,
+        ttl_ms: u64,
+    },
+    /// Slides a session's expiry to `ttl_ms` from now.
+    Touch {
+        id: String,
+    },
+    /// Merges `patch` (JSON object text, RFC 7396 merge patch) into the session data and
+    /// slides its expiry.
+    Update {
+        id: String,
+        patch: String,
+    },
+    Delete {
+        id: String,
+    },
+    /// Deletes every session of `user` (log out everywhere).
+    DeleteUser {
+        user: String,
+    },
+}
+
+/// The result of a [`SessionCmd`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionResult {
+    /// A session was created with this id (a retried create answers the first id).
+    Created {
+        id: String,
+        expires_in_ms: u64,
+    },
+    /// The session exists (touched or updated) and expires this long after apply.
+    Alive {
+        expires_in_ms: u64,
+    },
+    /// How many sessions were deleted.
+    Deleted(u64),
+    NotFound,
+    /// The command cannot apply (e.g. a patch that is not JSON).
+    Rejected(String),
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEntry {
@@ -28,11 +77,11 @@ pub struct SessionEntry {
 pub(super) struct Sessions {
     entries: BTreeMap<String, SessionEntry>,
     by_user: BTreeSet<(String, String)>,
-    ttl: BTreeSet<(u64, String)>,
+    ttl: Deadlines<String>,
 }
 
-impl Sessions {
-    pub(super) fn load(db: &Db) -> storage::Result<Sessions> {
+impl Part for Sessions {
+    fn load(db: &Db, _now_ms: u64) -> storage::Result<Sessions> {
         let mut s = Sessions::default();
         for (k, v) in db.sm_scan_prefix(PREFIX)? {
             let id = unprefixed(PREFIX, &k)?;
@@ -43,14 +92,59 @@ impl Sessions {
         Ok(s)
     }
 
+    fn expire(&mut self, cx: &mut Cx<'_>) {
+        while let Some(id) = self.ttl.first_due(cx.now()) {
+            self.remove(&id, cx.batch);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.ttl.next()
+    }
+}
+
+impl Primitive for Sessions {
+    type Cmd = SessionCmd;
+    type Output = SessionResult;
+
+    fn apply(&mut self, cmd: &SessionCmd, cx: &mut Cx<'_>) -> SessionResult {
+        let now = cx.now();
+        match cmd {
+            SessionCmd::Create {
+                id,
+                user,
+                data,
+                ttl_ms,
+            } => self.create(id, user, data, *ttl_ms, now, cx.batch),
+            SessionCmd::Touch { id } => self.touch(id, None, now, cx.batch),
+            SessionCmd::Update { id, patch } => self.touch(id, Some(patch), now, cx.batch),
+            SessionCmd::Delete { id } => {
+                if self.remove(id, cx.batch) {
+                    SessionResult::Deleted(1)
+                } else {
+                    SessionResult::NotFound
+                }
+            }
+            SessionCmd::DeleteUser { user } => {
+                let ids = self.ids_of(user);
+                for id in &ids {
+                    self.remove(id, cx.batch);
+                }
+                SessionResult::Deleted(ids.len() as u64)
+            }
+        }
+    }
+}
+
+impl Sessions {
     fn index(&mut self, id: &str, e: &SessionEntry) {
         self.by_user.insert((e.user.clone(), id.to_string()));
-        self.ttl.insert((e.expires_at_ms, id.to_string()));
+        self.ttl.insert(e.expires_at_ms, id.to_string());
     }
 
     fn unindex(&mut self, id: &str, e: &SessionEntry) {
         self.by_user.remove(&(e.user.clone(), id.to_string()));
-        self.ttl.remove(&(e.expires_at_ms, id.to_string()));
+        self.ttl.remove(e.expires_at_ms, &id.to_string());
     }
 
     fn store(&mut self, id: &str, entry: SessionEntry, batch: &mut SmBatch) {
@@ -58,10 +152,7 @@ impl Sessions {
             self.unindex(id, &old);
         }
         self.index(id, &entry);
-        batch.put(
-            prefixed(PREFIX, id),
-            codec::encode(&entry).expect("session encodes"),
-        );
+        put_record(batch, prefixed(PREFIX, id), &entry);
         self.entries.insert(id.to_string(), entry);
     }
 
@@ -74,7 +165,7 @@ impl Sessions {
         true
     }
 
-    pub(super) fn create(
+    fn create(
         &mut self,
         id: &str,
         user: &str,
@@ -82,10 +173,10 @@ impl Sessions {
         ttl_ms: u64,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> SessionResult {
         if self.entries.contains_key(id) {
             // Ids are 128 random bits: a clash means a replayed proposal, not a new session.
-            return Response::Rejected("session id already exists".into());
+            return SessionResult::Rejected("session id already exists".into());
         }
         let entry = SessionEntry {
             user: user.to_string(),
@@ -95,68 +186,39 @@ impl Sessions {
             expires_at_ms: now.saturating_add(ttl_ms),
         };
         self.store(id, entry, batch);
-        Response::SessionCreated {
+        SessionResult::Created {
             id: id.to_string(),
             expires_in_ms: ttl_ms,
         }
     }
 
     /// Slides the expiry and, with `patch`, merges it into the data.
-    pub(super) fn touch(
+    fn touch(
         &mut self,
         id: &str,
         patch: Option<&str>,
         now: u64,
         batch: &mut SmBatch,
-    ) -> Response {
+    ) -> SessionResult {
         let Some(mut entry) = self.entries.get(id).cloned() else {
-            return Response::NotFound;
+            return SessionResult::NotFound;
         };
         if let Some(patch) = patch {
             match merge_patch(&entry.data, patch) {
                 Ok(data) if data.len() > MAX_SESSION_DATA_BYTES => {
-                    return Response::Rejected(format!(
+                    return SessionResult::Rejected(format!(
                         "merged session data would be {} bytes, over {MAX_SESSION_DATA_BYTES}",
                         data.len()
                     ))
                 }
                 Ok(data) => entry.data = data,
-                Err(e) => return Response::Rejected(e),
+                Err(e) => return SessionResult::Rejected(e),
             }
         }
         entry.expires_at_ms = now.saturating_add(entry.ttl_ms);
         let expires_in_ms = entry.ttl_ms;
         self.store(id, entry, batch);
-        Response::Session { expires_in_ms }
-    }
-
-    pub(super) fn delete(&mut self, id: &str, batch: &mut SmBatch) -> Response {
-        if self.remove(id, batch) {
-            Response::Count(1)
-        } else {
-            Response::NotFound
-        }
-    }
-
-    pub(super) fn delete_user(&mut self, user: &str, batch: &mut SmBatch) -> Response {
-        let ids = self.ids_of(user);
-        for id in &ids {
-            self.remove(id, batch);
-        }
-        Response::Count(ids.len() as u64)
-    }
-
-    pub(super) fn expire(&mut self, now: u64, batch: &mut SmBatch) {
-        while let Some((at, id)) = self.ttl.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.remove(&id, batch);
-        }
-    }
-
-    pub(super) fn next_deadline(&self) -> Option<u64> {
-        self.ttl.first().map(|(at, _)| *at)
+        SessionResult::Alive { expires_in_ms }
     }
 
     pub(super) fn get(&self, id: &str, now: u64) -> Option<&SessionEntry> {
