@@ -23,7 +23,7 @@ pub struct PublishBody {
 /// The command publishing `data` on `channel`, with the retention configured for its name.
 pub(crate) fn publish_command(st: &AppState, channel: String, data: &Value) -> ApiResult<Command> {
     let data = data.to_string();
-    let limit = st.cluster.config.max_value_bytes;
+    let limit = st.cluster.config.limits.max_value_bytes;
     if data.len() > limit {
         return Err(
             ApiError::too_large(format!("data is over the {limit}-byte limit"))
