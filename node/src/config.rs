@@ -4,7 +4,7 @@
 //!
 //! Every default is set once, in the `Default` of its section (the `section!` declarations
 //! below), next to the documentation of the field. The same declarations give the commented
-//! example file ([`Config::example`]) and the help of each `stackd serve` flag, so none of
+//! example file (`stackd config example`) and the help of each `stackd serve` flag, so none of
 //! them is a copy that can drift.
 
 use std::fmt;
@@ -281,7 +281,8 @@ macro_rules! serve_flags {
         /// documentation of its [`Config`] field (see [`document_flags`]).
         #[derive(Args, Debug, Clone, Default)]
         pub struct ServeArgs {
-            /// TOML config file with sections. Environment variables override it, and flags
+            /// TOML config file with sections (`stackd config example` prints one with every
+            /// setting and its default). Environment variables override it, and flags
             /// override both.
             #[arg(long, env = "STACKD_CONFIG", value_name = "FILE")]
             pub config: Option<PathBuf>,
@@ -506,7 +507,7 @@ impl ServeArgs {
 }
 
 impl Config {
-    /// Parses a config file's text: sections as in [`Config::example`]; a missing
+    /// Parses a config file's text: sections as in `stackd config example`; a missing
     /// setting takes its default, an unknown one is an error naming it.
     pub fn from_toml(text: &str) -> anyhow::Result<Config> {
         let table: toml::Table = text.parse()?;
@@ -716,7 +717,7 @@ impl Config {
         self.channels.retention.for_channel(channel)
     }
 
-    /// A commented TOML file with every setting with its default.
+    /// The commented TOML file of `stackd config example`: every setting with its default.
     pub fn example() -> String {
         let mut out = String::from(
             "# stackd configuration: `stackd serve --config FILE`. Every setting is shown with its\n\

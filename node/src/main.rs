@@ -8,7 +8,7 @@ use node::client::queue::{QueueCmd, WorkerCmd};
 use node::client::session::SessionCmd;
 use node::client::txn::TxnCmd;
 use node::client::{ClusterCmd, KvCmd, TokenCmd};
-use node::config::{document_flags, ServeArgs};
+use node::config::{document_flags, Config, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
 /// stackd: a clustered application node (replicated state over Raft: keys, locks, sessions,
@@ -37,8 +37,14 @@ enum Cmd {
     ///
     /// Settings come from the flags below, their `STACKD_*` environment variables and a TOML
     /// file (`--config`), in that order of precedence, over the defaults; a bad value stops
-    /// the node with an error naming it.
+    /// the node with an error naming it. `stackd config example` prints a file with every
+    /// setting and its default.
     Serve(Box<ServeArgs>),
+    /// The settings of `stackd serve`: `config example` prints a commented TOML file with
+    /// every setting and its default; `config show [SERVE FLAGS]` prints the settings `serve`
+    /// would run with.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Read and write keys on any node.
     #[command(subcommand)]
     Kv(KvCmd),
@@ -72,9 +78,22 @@ enum Cmd {
     Token(TokenCmd),
 }
 
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print a config file with every setting, its documentation and its default (parsing
+    /// it gives exactly the defaults).
+    Example,
+    /// Print the effective settings after merging the config file, `STACKD_*` environment
+    /// variables and flags (the same as `stackd serve`'s), or the errors `serve` would stop
+    /// with. The join token is not shown.
+    Show(Box<ServeArgs>),
+}
+
 /// The command line, with each `serve` flag documented from its config setting.
 fn command() -> clap::Command {
-    Cli::command().mut_subcommand("serve", document_flags)
+    Cli::command()
+        .mut_subcommand("serve", document_flags)
+        .mut_subcommand("config", |c| c.mut_subcommand("show", document_flags))
 }
 
 fn main() -> std::process::ExitCode {
@@ -86,6 +105,15 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve(args) => serve(*args).await,
+            Cmd::Config(ConfigCmd::Example) => {
+                print!("{}", Config::example());
+                Ok(())
+            }
+            Cmd::Config(ConfigCmd::Show(args)) => {
+                let config = args.resolve()?;
+                print!("{}", config.to_commented_toml(&["cluster.token"]));
+                Ok(())
+            }
             Cmd::Kv(cmd) => node::client::kv(cmd).await,
             Cmd::Lock(cmd) => node::client::lock::run(cmd).await,
             Cmd::Session(cmd) => node::client::session::run(cmd).await,
