@@ -330,6 +330,7 @@ serve_flags! {
     cluster_addr: SocketAddr, "STACKD_CLUSTER_ADDR" => cluster.addr;
     advertise_cluster_addr: String, "STACKD_ADVERTISE_CLUSTER_ADDR" => cluster.advertise_addr;
     join: String, "STACKD_JOIN" => cluster.join;
+    #[arg(hide_env_values = true)] // a secret: never shown in --help
     token: String, "STACKD_TOKEN" => cluster.token;
     gossip_addr: SocketAddr, "STACKD_GOSSIP_ADDR" => gossip.addr;
     heartbeat_interval_ms: u64, "STACKD_HEARTBEAT_INTERVAL_MS" => raft.heartbeat_interval_ms;
@@ -1071,6 +1072,7 @@ mod tests {
             assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(f.env));
             let help = arg.get_help().unwrap().to_string();
             assert!(help.contains(f.path), "{}: {help}", f.arg);
+            assert_eq!(arg.is_hide_env_values_set(), f.arg == "token", "{}", f.arg);
         }
     }
 
