@@ -278,7 +278,7 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<AppState>> f
 }
 
 pub(crate) fn json_body_limit(st: &AppState) -> usize {
-    st.cluster.config.max_value_bytes * 2 + 64 * 1024
+    st.cluster.config.limits.max_value_bytes * 2 + 64 * 1024
 }
 
 /// Time left until `deadline_ms` on the replicated clock, estimated with this node's wall
@@ -381,7 +381,7 @@ async fn put_kv(
         return Err(ApiError::bad_request("ttl_ms must be at least 1"));
     }
     let idem = idempotency_key(&headers)?;
-    let limit = st.cluster.config.max_value_bytes;
+    let limit = st.cluster.config.limits.max_value_bytes;
     let value = read_body(body, limit).await?;
     let command = fenced(
         &p,
@@ -489,7 +489,7 @@ async fn cluster_status(State(st): St) -> Json<Value> {
     // Liveness and metadata as this node's gossip sees them (itself: alive, local figures).
     let view = c.gossip.snapshot();
     let local_load = json!({
-        "inflight_requests": c.config.max_inflight_requests - st.inflight.available_permits(),
+        "inflight_requests": c.config.api.max_inflight_requests - st.inflight.available_permits(),
         "load_avg_1m": crate::cluster::load_avg_1m(),
     });
     // How the leader reaches each member: its own view, or the one it publishes in gossip.
@@ -574,9 +574,9 @@ async fn cluster_status(State(st): St) -> Json<Value> {
         "compact_revision": compact_revision,
         "members": members,
         "autopilot": {
-            "target_voters": c.config.target_voters,
-            "replace_dead": c.config.autopilot_replace_dead,
-            "dead_grace_ms": c.config.autopilot_dead_grace_ms,
+            "target_voters": c.config.raft.target_voters,
+            "replace_dead": c.config.autopilot.replace_dead,
+            "dead_grace_ms": c.config.autopilot.dead_grace_ms,
             "actions": c.autopilot_actions(),
         },
     }))

@@ -163,11 +163,11 @@ impl Cluster {
     /// How recently the leader must have heard from a member to count it reachable: one
     /// election timeout (a follower that heard nothing for that long starts an election).
     pub fn contact_window(&self) -> Duration {
-        Duration::from_millis(self.config.election_timeout_ms)
+        Duration::from_millis(self.config.raft.election_timeout_ms)
     }
 
     fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.request_timeout_ms)
+        Duration::from_millis(self.config.api.request_timeout_ms)
     }
 
     /// The current leader and its addresses, as this node knows them.
@@ -255,7 +255,7 @@ impl Cluster {
             idempotency_key,
             command,
         };
-        let settle = Duration::from_millis(self.config.election_timeout_ms * 2);
+        let settle = Duration::from_millis(self.config.raft.election_timeout_ms * 2);
         let mut hint: Option<(NodeId, NodeInfo)> = None;
         // A node that just refused or could not be reached; it may lead again later.
         let mut avoid: Option<NodeId> = None;
@@ -376,13 +376,13 @@ impl Cluster {
                 "no known leader, or still applying committed entries".into(),
             ));
         }
-        let within =
-            Duration::from_millis(self.config.election_timeout_ms * 2).max(Duration::from_secs(1));
+        let within = Duration::from_millis(self.config.raft.election_timeout_ms * 2)
+            .max(Duration::from_secs(1));
         self.read_barrier_until(Instant::now() + within).await
     }
 
     async fn read_barrier_until(&self, deadline: Instant) -> Result<(), ServiceError> {
-        let settle = Duration::from_millis(self.config.election_timeout_ms * 2);
+        let settle = Duration::from_millis(self.config.raft.election_timeout_ms * 2);
         let log_id = loop {
             match self.read_index(deadline).await {
                 Ok(id) => break id,
@@ -477,7 +477,7 @@ impl Cluster {
                 last_promote_check = Instant::now();
                 self.promote_caught_up_learner().await;
                 self.compact_kv_history().await;
-                if self.config.autopilot_replace_dead {
+                if self.config.autopilot.replace_dead {
                     self.replace_dead_voter().await;
                 }
             }
@@ -487,7 +487,7 @@ impl Cluster {
     /// Proposes a compaction once the key-value history holds more than 10% past its bound,
     /// keeping the last `kv_history_revisions` revisions.
     async fn compact_kv_history(&self) {
-        let keep = self.config.kv_history_revisions;
+        let keep = self.config.limits.kv_history_revisions;
         let (revision, compacted) = {
             let st = self.state.read().expect("state lock");
             (st.meta.revision, st.compact_revision())
@@ -519,7 +519,7 @@ impl Cluster {
             return; // a membership change is in progress
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        if voters.len() >= self.config.target_voters {
+        if voters.len() >= self.config.raft.target_voters {
             return;
         }
         // A learner gossip sees down is skipped: its replication progress is stale.
@@ -547,7 +547,7 @@ impl Cluster {
                             format!(
                                 "voters {} below target {}",
                                 voters.len(),
-                                self.config.target_voters
+                                self.config.raft.target_voters
                             ),
                         );
                     }
@@ -599,7 +599,7 @@ impl Cluster {
                 }
             }
             self.gossip.set_seeds(seeds);
-            let busy = self.config.max_inflight_requests - inflight.available_permits();
+            let busy = self.config.api.max_inflight_requests - inflight.available_permits();
             self.gossip.set_local_meta(NodeMeta {
                 api_addr: self.info.api_addr.clone(),
                 cluster_addr: self.info.cluster_addr.clone(),
@@ -677,19 +677,19 @@ impl Cluster {
             .copied()
             .filter(|l| caught_up(&m, *l, self.contact_window()))
             .collect();
-        let grace = Duration::from_millis(self.config.autopilot_dead_grace_ms);
+        let grace = Duration::from_millis(self.config.autopilot.dead_grace_ms);
         let Some(step) = plan_replacement(
             self.id,
             &voters,
             &learners,
             &ready,
             &seen,
-            self.config.target_voters,
+            self.config.raft.target_voters,
             grace,
         ) else {
             return;
         };
-        let timeout = Duration::from_millis(self.config.request_timeout_ms * 2);
+        let timeout = Duration::from_millis(self.config.api.request_timeout_ms * 2);
         let (change, action, node, reason) = match step {
             Step::AddVoter { node, replaces } => {
                 let down_ms = seen.get(&replaces).map_or(0, |(_, d)| d.as_millis());
@@ -816,7 +816,7 @@ impl Cluster {
             .await
             .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let me = self.id;
-        let wait = Duration::from_millis(self.config.election_timeout_ms * 4);
+        let wait = Duration::from_millis(self.config.raft.election_timeout_ms * 4);
         self.raft
             .wait(Some(wait))
             .metrics(

@@ -1,6 +1,6 @@
 //! `stackd`: one binary for the server and its command-line client.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use node::client::backup::{BackupCmd, RestoreCmd};
 use node::client::cache::CacheCmd;
 use node::client::lock::LockCmd;
@@ -8,7 +8,7 @@ use node::client::queue::{QueueCmd, WorkerCmd};
 use node::client::session::SessionCmd;
 use node::client::txn::TxnCmd;
 use node::client::{ClusterCmd, KvCmd, TokenCmd};
-use node::config::ServeArgs;
+use node::config::{document_flags, Config, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
 /// stackd: a clustered application node (replicated state over Raft: keys, locks, sessions,
@@ -34,7 +34,17 @@ enum Cmd {
     /// first node's, or one from `stackd token create`) and receives its certificate. A node
     /// removed with `stackd cluster remove` exits when it learns it ("node N was removed from
     /// cluster C; ..."): wipe its data dir and join again with a token to get a new id.
+    ///
+    /// Settings come from the flags below, their `STACKD_*` environment variables and a TOML
+    /// file (`--config`), in that order of precedence, over the defaults; a bad value stops
+    /// the node with an error naming it. `stackd config example` prints a file with every
+    /// setting and its default.
     Serve(Box<ServeArgs>),
+    /// The settings of `stackd serve`: `config example` prints a commented TOML file with
+    /// every setting and its default; `config show [SERVE FLAGS]` prints the settings `serve`
+    /// would run with.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Read and write keys on any node.
     #[command(subcommand)]
     Kv(KvCmd),
@@ -68,8 +78,26 @@ enum Cmd {
     Token(TokenCmd),
 }
 
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print a config file with every setting, its documentation and its default (parsing
+    /// it gives exactly the defaults).
+    Example,
+    /// Print the effective settings after merging the config file, `STACKD_*` environment
+    /// variables and flags (the same as `stackd serve`'s), or the errors `serve` would stop
+    /// with. The join token is not shown.
+    Show(Box<ServeArgs>),
+}
+
+/// The command line, with each `serve` flag documented from its config setting.
+fn command() -> clap::Command {
+    Cli::command()
+        .mut_subcommand("serve", document_flags)
+        .mut_subcommand("config", |c| c.mut_subcommand("show", document_flags))
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,6 +105,15 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve(args) => serve(*args).await,
+            Cmd::Config(ConfigCmd::Example) => {
+                print!("{}", Config::example());
+                Ok(())
+            }
+            Cmd::Config(ConfigCmd::Show(args)) => {
+                let config = args.resolve()?;
+                print!("{}", config.to_commented_toml(&["cluster.token"]));
+                Ok(())
+            }
             Cmd::Kv(cmd) => node::client::kv(cmd).await,
             Cmd::Lock(cmd) => node::client::lock::run(cmd).await,
             Cmd::Session(cmd) => node::client::session::run(cmd).await,
@@ -100,6 +137,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Checked before logging starts, so a bad setting is the only thing printed.
+    let config = args.resolve()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("STACKD_LOG")
@@ -108,7 +147,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_target(false)
         .init();
     node::install_crypto_provider();
-    let config = args.resolve()?;
     let node = node::server::Node::start(config).await?;
     let removed = tokio::select! {
         _ = wait_for_signal() => None,
@@ -127,5 +165,13 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::command().debug_assert();
     }
 }

@@ -48,29 +48,31 @@ pub struct Node {
 
 impl Node {
     /// Starts a node from `config`: restarts the member in the data dir, or starts a new
-    /// cluster, or joins one (`--join`).
+    /// cluster, or joins one (`--join`). A config that [`Config::validate`] refuses is an
+    /// error.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        config.validate()?;
+        std::fs::create_dir_all(config.data_dir())
+            .with_context(|| format!("creating data dir {}", config.data_dir().display()))?;
         // A node that learnt it was removed stops here, before touching its state.
-        if let Ok(why) = std::fs::read_to_string(config.data_dir.join(REMOVED_FILE)) {
+        if let Ok(why) = std::fs::read_to_string(config.data_dir().join(REMOVED_FILE)) {
             bail!("{}", why.trim());
         }
         if config
-            .data_dir
+            .data_dir()
             .join(crate::backup::RESTORE_INCOMPLETE)
             .exists()
         {
             bail!(
                 "a restore into {} did not finish: delete the dir and run `stackd restore` again",
-                config.data_dir.display()
+                config.data_dir().display()
             );
         }
-        let db = Db::open(&config.data_dir.join("db")).context("opening RocksDB")?;
-        let tls_dir = config.data_dir.join("tls");
+        let db = Db::open(&config.data_dir().join("db")).context("opening RocksDB")?;
+        let tls_dir = config.data_dir().join("tls");
         let info = NodeInfo {
-            api_addr: config.advertise_api_addr.clone(),
-            cluster_addr: config.advertise_cluster_addr.clone(),
+            api_addr: config.advertise_api_addr(),
+            cluster_addr: config.advertise_cluster_addr(),
         };
 
         let existing: Option<Identity> = db
@@ -79,7 +81,7 @@ impl Node {
             .transpose()?;
         let (identity, tls, founding_token) = match existing {
             Some(id) => {
-                if config.join.is_some() {
+                if config.cluster.join.is_some() {
                     warn!(
                         "--join is ignored: the data dir already holds node {}",
                         id.node_id
@@ -100,10 +102,10 @@ impl Node {
                     );
                 }
                 info!(node_id = id.node_id, cluster_id = %id.cluster_id, "restarting member from its data dir");
-                let token = std::fs::read_to_string(config.data_dir.join(JOIN_TOKEN_FILE)).ok();
+                let token = std::fs::read_to_string(config.data_dir().join(JOIN_TOKEN_FILE)).ok();
                 (id, tls, token.filter(|_| id_is_founder(&db)))
             }
-            None => match (&config.join, &config.token) {
+            None => match (&config.cluster.join, &config.cluster.token) {
                 (Some(join), Some(token)) => {
                     // The node's private key is made here and never leaves it; the leader
                     // signs a certificate for its public half.
@@ -146,16 +148,16 @@ impl Node {
         };
 
         let raft_config = raft::config::raft_config(
-            config.heartbeat_interval_ms,
-            config.election_timeout_ms,
-            config.snapshot_every_entries,
+            config.raft.heartbeat_interval_ms,
+            config.raft.election_timeout_ms,
+            config.raft.snapshot_every_entries,
         )?;
         let log_store = LogStore::new(db.clone());
-        let sm = StateMachine::open(db.clone(), &config.data_dir.join("snapshots"))?;
+        let sm = StateMachine::open(db.clone(), &config.data_dir().join("snapshots"))?;
         let state = sm.state();
         let live = sm.live_sender();
-        let transport = Transport::bind(config.cluster_addr, &tls, Limits::default())
-            .with_context(|| format!("binding cluster address {}", config.cluster_addr))?;
+        let transport = Transport::bind(config.cluster.addr, &tls, Limits::default())
+            .with_context(|| format!("binding cluster address {}", config.cluster.addr))?;
         let raft = raft::Raft::new(
             identity.node_id,
             raft_config,
@@ -166,28 +168,28 @@ impl Node {
         .await
         .context("starting raft")?;
 
-        let gossip_advertise = tokio::net::lookup_host(config.advertise_gossip_addr.as_str())
+        let gossip_advertise = tokio::net::lookup_host(config.advertise_gossip_addr().as_str())
             .await
             .ok()
             .and_then(|mut a| a.next())
             .with_context(|| {
                 format!(
                     "resolving the advertised gossip address {}",
-                    config.advertise_gossip_addr
+                    config.advertise_gossip_addr()
                 )
             })?;
         let gossip_shutdown = CancellationToken::new();
         let (gossip, gossip_task) = Gossip::start(
             GossipConfig {
                 node_id: identity.node_id,
-                bind: config.gossip_addr,
+                bind: config.gossip_addr(),
                 advertise: gossip_advertise,
                 key: tls.gossip_key(),
             },
             gossip_shutdown.clone(),
         )
         .await
-        .with_context(|| format!("binding gossip address {}", config.gossip_addr))?;
+        .with_context(|| format!("binding gossip address {}", config.gossip_addr()))?;
         // Until the node is fully started, a failed start also stops gossip.
         let gossip_guard = gossip_shutdown.clone().drop_guard();
         let cluster = Cluster::new(
@@ -228,8 +230,8 @@ impl Node {
                 .init_cluster_state(identity.cluster_id.clone(), token)
                 .await
                 .map_err(|e| anyhow::anyhow!("recording the cluster's join token: {e}"))?;
-            seal_restored_state(&raft, identity.node_id, &config.data_dir).await?;
-            let path = config.data_dir.join(JOIN_TOKEN_FILE);
+            seal_restored_state(&raft, identity.node_id, config.data_dir()).await?;
+            let path = config.data_dir().join(JOIN_TOKEN_FILE);
             if !path.exists() {
                 // Written whole under another name, then renamed: whoever waits for the file
                 // (scripts joining more nodes) never reads it empty or cut short.
@@ -244,11 +246,11 @@ impl Node {
         }
 
         // A restart after a restore that stopped before sealing finishes it now.
-        seal_restored_state(&raft, identity.node_id, &config.data_dir).await?;
+        seal_restored_state(&raft, identity.node_id, config.data_dir()).await?;
         tasks.push(tokio::spawn(
             cluster.clone().run_leader_tasks(shutdown.clone()),
         ));
-        let inflight = Arc::new(Semaphore::new(config.max_inflight_requests));
+        let inflight = Arc::new(Semaphore::new(config.api.max_inflight_requests));
         tasks.push(tokio::spawn(
             cluster
                 .clone()
@@ -262,7 +264,7 @@ impl Node {
             // Remember a removal, so a restart from this data dir stops at once. Shutdown
             // records it too, so it does not hang on this task having run first.
             let mut removed = removed.clone();
-            let data_dir = config.data_dir.clone();
+            let data_dir = config.data_dir().to_path_buf();
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
@@ -279,11 +281,11 @@ impl Node {
             }));
         }
 
-        let listener = tokio::net::TcpListener::bind(config.api_addr)
+        let listener = tokio::net::TcpListener::bind(config.api.addr)
             .await
-            .with_context(|| format!("binding API address {}", config.api_addr))?;
+            .with_context(|| format!("binding API address {}", config.api.addr))?;
         let api_addr = listener.local_addr()?;
-        let hub = crate::realtime::Hub::new(live, config.ws_max_connections, shutdown.clone());
+        let hub = crate::realtime::Hub::new(live, config.ws.max_connections, shutdown.clone());
         tasks.push(tokio::spawn(
             hub.clone().run_presence(cluster.clone(), shutdown.clone()),
         ));
@@ -309,7 +311,7 @@ impl Node {
             cluster,
             api_addr,
             removed,
-            data_dir: config.data_dir.clone(),
+            data_dir: config.data_dir().to_path_buf(),
             shutdown,
             tasks,
             gossip_shutdown,

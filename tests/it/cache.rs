@@ -110,8 +110,8 @@ async fn read_your_write_on_followers_and_tag_invalidation_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_leaves_identical_contents_on_every_replica() {
     let c = InprocCluster::start_with(3, |cfg| {
-        cfg.cache_max_entries = 40;
-        cfg.cache_max_bytes = 2 << 20;
+        cfg.cache.max_entries = 40;
+        cfg.cache.max_bytes = 2 << 20;
     })
     .await
     .unwrap();

@@ -93,7 +93,7 @@ async fn a_subscriber_on_node_3_receives_in_order_what_node_1_publishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_with_since_delivers_exactly_the_missed_events_then_live() {
     let c = InprocCluster::start_with(3, |cfg| {
-        cfg.channel_retention = node::config::parse_retention("short/=10:600000").unwrap();
+        cfg.channels.retention = "short/=10:600000".parse().unwrap();
     })
     .await
     .unwrap();
@@ -304,8 +304,8 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn a_slow_consumer_is_disconnected_with_its_reason_and_memory_stays_bounded() {
     const BUFFER: usize = 256 << 10;
     let c = InprocCluster::start_with(1, |cfg| {
-        cfg.max_value_bytes = 64 << 10;
-        cfg.ws_send_buffer_bytes = BUFFER;
+        cfg.limits.max_value_bytes = 64 << 10;
+        cfg.ws.send_buffer_bytes = BUFFER;
     })
     .await
     .unwrap();

@@ -174,7 +174,7 @@ async fn idempotency_key_applies_a_retried_write_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_after_log_purge_catches_up_from_a_snapshot() {
-    let mut c = InprocCluster::start_with(1, |cfg| cfg.snapshot_every_entries = 100)
+    let mut c = InprocCluster::start_with(1, |cfg| cfg.raft.snapshot_every_entries = 100)
         .await
         .unwrap();
     let http = http::client();

@@ -4,6 +4,7 @@ mod backup;
 mod cache;
 mod channels;
 mod channels_proc;
+mod config;
 mod errors;
 mod faults;
 mod gossip;

@@ -5,9 +5,9 @@ use tests::inproc::{refused_join, InprocCluster};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_with_a_clear_error() {
     let c = InprocCluster::start(1).await.unwrap();
-    let good = std::fs::read_to_string(c.configs[0].data_dir.join("join-token")).unwrap();
+    let good = std::fs::read_to_string(c.configs[0].data_dir().join("join-token")).unwrap();
     let good = good.trim();
-    let join = c.configs[0].advertise_cluster_addr.clone();
+    let join = c.configs[0].advertise_cluster_addr();
 
     // Right cluster fingerprint, wrong secret: the cluster refuses.
     let (prefix, _) = good.rsplit_once('.').unwrap();

@@ -28,9 +28,9 @@ fn endpoint(ip: &str, creds: &ClusterTls) -> std::sync::Arc<Transport> {
 async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
     let c = InprocCluster::start(1).await.unwrap();
     let http = http::client();
-    let join = c.configs[0].advertise_cluster_addr.clone();
-    let api = c.configs[0].advertise_api_addr.clone();
-    let founding = std::fs::read_to_string(c.configs[0].data_dir.join("join-token")).unwrap();
+    let join = c.configs[0].advertise_cluster_addr();
+    let api = c.configs[0].advertise_api_addr();
+    let founding = std::fs::read_to_string(c.configs[0].data_dir().join("join-token")).unwrap();
 
     // The right cluster CA, a wrong secret: the leader refuses and the joiner says why.
     let (prefix, _) = founding.trim().rsplit_once('.').unwrap();
@@ -97,7 +97,7 @@ async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
     // Every member holds the same cluster secret, so the gossip key agrees.
     assert_eq!(
         creds.gossip_key(),
-        credentials(&c.configs[0].data_dir).gossip_key()
+        credentials(c.configs[0].data_dir()).gossip_key()
     );
     joined.shutdown().await;
     c.shutdown().await;
@@ -107,10 +107,10 @@ async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
 async fn a_certificate_from_another_cluster_is_refused_on_both_sides() {
     let a = InprocCluster::start(1).await.unwrap();
     let b = InprocCluster::start(1).await.unwrap();
-    let a_creds = credentials(&a.configs[0].data_dir);
-    let b_creds = credentials(&b.configs[0].data_dir);
-    let a_addr = a.configs[0].advertise_cluster_addr.clone();
-    let b_addr = b.configs[0].advertise_cluster_addr.clone();
+    let a_creds = credentials(a.configs[0].data_dir());
+    let b_creds = credentials(b.configs[0].data_dir());
+    let a_addr = a.configs[0].advertise_cluster_addr();
+    let b_addr = b.configs[0].advertise_cluster_addr();
     let t = Duration::from_secs(5);
 
     // Node 1 of B calls node 1 of A, and the other way round: each refuses the other's
@@ -173,7 +173,7 @@ async fn a_certificate_from_another_cluster_is_refused_on_both_sides() {
 
     // A node of B that tries to join A with B's token never sends it: A's CA is not the
     // token's.
-    let b_token = std::fs::read_to_string(b.configs[0].data_dir.join("join-token")).unwrap();
+    let b_token = std::fs::read_to_string(b.configs[0].data_dir().join("join-token")).unwrap();
     let err = refused_join(
         "127.0.0.6",
         &a_addr,
@@ -300,9 +300,9 @@ async fn a_removed_node_cannot_rejoin_under_its_old_id() {
 async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
     let c = InprocCluster::start(2).await.unwrap();
     let http = http::client();
-    let join = c.configs[0].advertise_cluster_addr.clone();
-    let api2 = c.configs[1].advertise_api_addr.clone();
-    let founding = std::fs::read_to_string(c.configs[0].data_dir.join("join-token"))
+    let join = c.configs[0].advertise_cluster_addr();
+    let api2 = c.configs[1].advertise_api_addr();
+    let founding = std::fs::read_to_string(c.configs[0].data_dir().join("join-token"))
         .unwrap()
         .trim()
         .to_string();

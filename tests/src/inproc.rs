@@ -18,38 +18,19 @@ pub struct InprocCluster {
     _dirs: Vec<TempDir>,
 }
 
+/// A node's config: the defaults, with a data dir, free addresses on `ip` (the gossip port
+/// is the cluster port + 1, the default) and, for a joining node, the address to join and
+/// the token.
 pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Config {
-    let (api, _) = crate::free_addrs(ip);
-    let cluster = crate::free_cluster_addr(ip);
-    let gossip = std::net::SocketAddr::new(cluster.ip(), cluster.port() + 1);
-    Config {
-        data_dir: data_dir.to_path_buf(),
-        api_addr: api,
-        cluster_addr: cluster,
-        advertise_api_addr: api.to_string(),
-        advertise_cluster_addr: cluster.to_string(),
-        join: join.as_ref().map(|j| j.0.clone()),
-        token: join.map(|j| j.1),
-        target_voters: 3,
-        heartbeat_interval_ms: 100,
-        election_timeout_ms: 500,
-        snapshot_every_entries: 10_000,
-        max_value_bytes: 1 << 20,
-        request_timeout_ms: 5_000,
-        max_inflight_requests: 4096,
-        cache_max_entries: 100_000,
-        cache_max_bytes: 256 << 20,
-        channel_retention: node::config::parse_retention("").expect("default retention"),
-        ws_send_buffer_bytes: 4 << 20,
-        ws_catch_up_events_per_sec: 10_000,
-        ws_max_connections: 10_000,
-        presence_lease_ms: 6_000,
-        kv_history_revisions: 10_000,
-        gossip_addr: gossip,
-        advertise_gossip_addr: gossip.to_string(),
-        autopilot_replace_dead: false,
-        autopilot_dead_grace_ms: 30_000,
+    let mut c = Config::default();
+    c.storage.data_dir = Some(data_dir.to_path_buf());
+    c.api.addr = crate::free_addrs(ip).0;
+    c.cluster.addr = crate::free_cluster_addr(ip);
+    if let Some((addr, token)) = join {
+        c.cluster.join = Some(addr);
+        c.cluster.token = Some(token);
     }
+    c
 }
 
 /// Starts a new node on `ip` that joins through `join` with `token`, which must be refused;
@@ -88,7 +69,7 @@ impl InprocCluster {
             .context("join-token")?
             .trim()
             .to_string();
-        let join_addr = c1.advertise_cluster_addr.clone();
+        let join_addr = c1.advertise_cluster_addr();
         configs.push(c1);
         dirs.push(d1);
         for i in 1..n {
@@ -102,7 +83,7 @@ impl InprocCluster {
         }
         let bases = configs
             .iter()
-            .map(|c| format!("http://{}", c.advertise_api_addr))
+            .map(|c| format!("http://{}", c.advertise_api_addr()))
             .collect();
         let cluster = Self {
             nodes,
@@ -116,7 +97,7 @@ impl InprocCluster {
 
     /// Starts one more node that joins through node 1 with the same settings.
     pub async fn join_node(&mut self) -> Result<usize> {
-        let token = std::fs::read_to_string(self.configs[0].data_dir.join("join-token"))?
+        let token = std::fs::read_to_string(self.configs[0].data_dir().join("join-token"))?
             .trim()
             .to_string();
         let d = TempDir::new()?;
@@ -125,11 +106,12 @@ impl InprocCluster {
         let mut c = config(
             d.path(),
             &ip,
-            Some((self.configs[0].advertise_cluster_addr.clone(), token)),
+            Some((self.configs[0].advertise_cluster_addr(), token)),
         );
-        c.snapshot_every_entries = self.configs[0].snapshot_every_entries;
+        c.raft.snapshot_every_entries = self.configs[0].raft.snapshot_every_entries;
         self.nodes.push(Some(Node::start(c.clone()).await?));
-        self.bases.push(format!("http://{}", c.advertise_api_addr));
+        self.bases
+            .push(format!("http://{}", c.advertise_api_addr()));
         self.configs.push(c);
         self._dirs.push(d);
         Ok(i)
@@ -182,8 +164,8 @@ impl InprocCluster {
     /// Restarts node `i` from its data dir.
     pub async fn restart(&mut self, i: usize) -> Result<()> {
         let mut c = self.configs[i].clone();
-        c.join = None;
-        c.token = None;
+        c.cluster.join = None;
+        c.cluster.token = None;
         self.nodes[i] = Some(Node::start(c).await?);
         Ok(())
     }

@@ -54,6 +54,31 @@ fn run_stackd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     )
 }
 
+/// Runs `stackd ARGS…` to its end with exactly the `STACKD_*` environment variables of `env`
+/// (those of the test process are not passed on); answers whether it succeeded, its stdout
+/// and its stderr.
+pub fn stackd_with_env<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let mut cmd = Command::new(stackd_bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("STACKD_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("running stackd");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn os_args<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vec<&std::ffi::OsStr> {
     args.iter().map(|a| a.as_ref()).collect()
 }

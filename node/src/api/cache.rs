@@ -22,8 +22,8 @@ pub const CACHE_TAGS_MAX: usize = 64;
 
 pub(crate) fn limits(st: &AppState) -> CacheLimits {
     CacheLimits {
-        max_entries: st.cluster.config.cache_max_entries,
-        max_bytes: st.cluster.config.cache_max_bytes,
+        max_entries: st.cluster.config.cache.max_entries,
+        max_bytes: st.cluster.config.cache.max_bytes,
     }
 }
 
@@ -58,7 +58,7 @@ pub async fn set(
     };
     check_tags(&tags)?;
     let idem = idempotency_key(&headers)?;
-    let value = read_body(body, st.cluster.config.max_value_bytes).await?;
+    let value = read_body(body, st.cluster.config.limits.max_value_bytes).await?;
     let command = fenced(
         &p,
         CacheCmd::Set {
@@ -161,8 +161,8 @@ pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value
         "evictions": c.evictions,
         "hits": st.metrics.cache_hits.get(),
         "misses": st.metrics.cache_misses.get(),
-        "max_entries": st.cluster.config.cache_max_entries,
-        "max_bytes": st.cluster.config.cache_max_bytes,
+        "max_entries": st.cluster.config.cache.max_entries,
+        "max_bytes": st.cluster.config.cache.max_bytes,
         "applied_index": st.cluster.metrics().last_applied.map(|l| l.index).unwrap_or(0),
     });
     if digest {

@@ -27,7 +27,7 @@ pub(crate) fn publish_command(
     data: &Value,
 ) -> ApiResult<ChannelCmd> {
     let data = data.to_string();
-    let limit = st.cluster.config.max_value_bytes;
+    let limit = st.cluster.config.limits.max_value_bytes;
     if data.len() > limit {
         return Err(
             ApiError::too_large(format!("data is over the {limit}-byte limit"))

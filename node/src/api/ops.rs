@@ -32,7 +32,7 @@ async fn relay(st: &AppState, method: Method, uri: &Uri, body: Bytes) -> Option<
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(
-            st.cluster.config.request_timeout_ms * 2,
+            st.cluster.config.api.request_timeout_ms * 2,
         ))
         .build()
         .expect("http client");

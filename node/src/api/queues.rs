@@ -43,7 +43,7 @@ pub struct EnqueueBody {
 /// Checks an enqueue and turns it into the replicated form (also used by `/v1/txn`).
 pub(crate) fn enqueue_job(st: &AppState, b: EnqueueBody) -> ApiResult<Enqueue> {
     let payload = b.payload.to_string();
-    let limit = st.cluster.config.max_value_bytes;
+    let limit = st.cluster.config.limits.max_value_bytes;
     if payload.len() > limit {
         return Err(
             ApiError::too_large(format!("payload is over the {limit}-byte limit"))
@@ -456,7 +456,7 @@ pub async fn set_schedule(
         return Err(ApiError::bad_request(e).with("field", "cron"));
     }
     let payload = b.payload.to_string();
-    if payload.len() > st.cluster.config.max_value_bytes {
+    if payload.len() > st.cluster.config.limits.max_value_bytes {
         return Err(ApiError::too_large("payload is over the value limit"));
     }
     let max_attempts = b.max_attempts.unwrap_or(MAX_ATTEMPTS_DEFAULT);

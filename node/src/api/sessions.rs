@@ -42,7 +42,7 @@ pub struct UpdateBody {
 
 fn data_text(st: &super::AppState, data: &Map<String, Value>) -> ApiResult<String> {
     let text = Value::Object(data.clone()).to_string();
-    let limit = st.cluster.config.max_value_bytes;
+    let limit = st.cluster.config.limits.max_value_bytes;
     if text.len() > limit {
         return Err(
             ApiError::too_large(format!("session data is over the {limit}-byte limit"))

@@ -199,7 +199,7 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
         tx,
         queued: Arc::new(AtomicUsize::new(0)),
         overflowed: Arc::new(AtomicBool::new(false)),
-        limit: st.cluster.config.ws_send_buffer_bytes,
+        limit: st.cluster.config.ws.send_buffer_bytes,
         st: st.clone(),
     };
     let writer_out = out.clone();
@@ -452,7 +452,7 @@ impl Conn {
                 user,
                 node_id: self.st.cluster.id,
                 incarnation: self.st.hub.incarnation,
-                lease_ms: self.st.cluster.config.presence_lease_ms,
+                lease_ms: self.st.cluster.config.channels.presence_lease_ms,
             };
             match self.st.cluster.write(command, None).await {
                 Ok(ChannelResult::Present) => {
@@ -637,7 +637,7 @@ impl Conn {
 
     /// Sends the next page of history to catching-up channels, within the connection's pace.
     fn catch_up_step(&mut self) {
-        let per_sec = self.st.cluster.config.ws_catch_up_events_per_sec;
+        let per_sec = self.st.cluster.config.ws.catch_up_events_per_sec;
         let mut budget = ((per_sec as u128 * CATCH_UP_TICK.as_millis()) / 1000).max(1) as usize;
         self.watch_catch_up_step(&mut budget);
         let state = self.st.cluster.state.clone();
