@@ -5,10 +5,13 @@
 //! - [`command`]: the replicated [`Request`]/[`Command`] and their [`Response`].
 //! - [`state`]: the in-memory replicated [`State`] and its deterministic apply.
 //! - [`state_machine`]: openraft's state-machine traits over the state and RocksDB.
+//! - [`log_store`]: openraft's `RaftLogStorage` (vote, append with group-commit fsync, truncate,
+//!   purge) over the byte-level log of [`storage::Db`].
 //! - [`config`]: the Raft timing defaults.
 
 pub mod command;
 pub mod config;
+pub mod log_store;
 pub mod state;
 pub mod state_machine;
 pub mod types;
