@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use openraft::async_runtime::WatchReceiver;
-use raft::{LogStore, NodeId, NodeInfo, StateMachine};
+use raft::{codec, LogStore, NodeId, NodeInfo, StateMachine};
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db};
+use storage::Db;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};

@@ -1,6 +1,7 @@
 //! stackd's Raft layer: what is replicated and how it is applied.
 //!
 //! # Layout
+//! - [`codec`]: the versioned postcard encoding of everything persisted or sent.
 //! - [`types`]: the openraft type configuration ([`TypeConfig`]) and [`NodeInfo`].
 //! - [`command`]: the replicated [`Request`]/[`Command`] and their [`Response`].
 //! - [`state`]: the in-memory replicated [`State`] and its deterministic apply.
@@ -9,6 +10,7 @@
 //!   purge) over the byte-level log of [`storage::Db`].
 //! - [`config`]: the Raft timing defaults.
 
+pub mod codec;
 pub mod command;
 pub mod config;
 pub mod log_store;

@@ -1,5 +1,5 @@
 //! The durable Raft log: openraft's `RaftLogStorage` on the `logs` and `meta` column families
-//! of [`storage::Db`], each entry, vote and log id stored in the [`codec`](storage::codec)
+//! of [`storage::Db`], each entry, vote and log id stored in the [`codec`](crate::codec)
 //! encoding.
 //!
 //! Appends are written to RocksDB inside `append` (so they are readable at once) and made
@@ -20,7 +20,9 @@ use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use storage::{codec, Db, WeakDb};
+use storage::{Db, WeakDb};
+
+use crate::codec;
 
 const KEY_VOTE: &str = "raft_vote";
 const KEY_LAST_PURGED: &str = "raft_last_purged";

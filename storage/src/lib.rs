@@ -3,11 +3,10 @@
 //! # Layout
 //! - [`db`]: the node's one RocksDB instance and its column families (`meta`, `logs`, `sm`),
 //!   with the byte-level log operations, state-machine reads and atomic batches the `raft`
-//!   crate builds on. Keys and values are bytes: this crate knows nothing of openraft.
-//! - [`codec`]: the versioned postcard encoding of everything persisted or sent.
+//!   crate builds on. Keys and values are bytes: this crate knows nothing of openraft or of
+//!   the encoding.
 //! - [`error`]: the crate's error type.
 
-pub mod codec;
 pub mod db;
 pub mod error;
 

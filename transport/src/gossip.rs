@@ -429,7 +429,7 @@ impl Runner {
                     debug!(%from, error = %e, "gossip message ignored");
                 }
             }
-            Ok((Kind::Meta, payload)) => match storage::codec::decode::<MetaRecord>(payload) {
+            Ok((Kind::Meta, payload)) => match raft::codec::decode::<MetaRecord>(payload) {
                 Ok(r) => self.on_meta(r),
                 Err(e) => debug!(%from, error = %e, "gossip metadata ignored"),
             },
@@ -477,7 +477,7 @@ impl Runner {
                 .expect("gossip meta lock")
                 .clone(),
         };
-        let Ok(payload) = storage::codec::encode(&record) else {
+        let Ok(payload) = raft::codec::encode(&record) else {
             return;
         };
         let packet = seal(&self.key, Kind::Meta, &payload);

@@ -1,8 +1,9 @@
-//! stackd's cluster transport. This is the only crate that names `quinn` and `foca`.
+//! stackd's cluster transport. This is the only crate that names `quinn` and `foca`. It
+//! builds on `raft` (the Raft types and [`raft::codec`]) and knows nothing of RocksDB.
 //!
 //! # Layout
 //! - [`tls`]: the cluster CA, node certificates, mutual TLS with identity checks, join tokens.
-//! - [`frame`]: length-prefixed frames on QUIC streams.
+//! - [`frame`]: length-prefixed frames on QUIC streams, each one [`raft::codec`]-encoded message.
 //! - [`rpc`]: the request and response messages between nodes.
 //! - [`endpoint`]: the node's QUIC endpoint: cached outgoing connections, one bi-stream per
 //!   call, and the server loop (Raft RPCs, forwarded writes, read index, joins).

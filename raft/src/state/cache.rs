@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::{prefixed, unprefixed};
+use crate::codec;
 use crate::command::{CacheLimits, Response};
 
 const PREFIX: &[u8] = b"c:";

@@ -7,9 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::{prefixed, unprefixed};
+use crate::codec;
 
 const PREFIX: &[u8] = b"k:";
 /// `h:<revision, 8 bytes big-endian><key>` → the value written, or `None` for a delete.

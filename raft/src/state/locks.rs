@@ -8,9 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::{prefixed, unprefixed};
+use crate::codec;
 use crate::command::{LockWait, Response};
 
 const PREFIX: &[u8] = b"l:";

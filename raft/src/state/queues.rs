@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::{prefixed, unprefixed};
+use crate::codec;
 use crate::command::{Claimed, Enqueue, Response, ScheduleSpec};
 
 const JOB_PREFIX: &[u8] = b"j:";

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
+use crate::codec;
 use crate::command::Response;
 
 /// Which kind of token [`Security::revoke_token`] revoked.

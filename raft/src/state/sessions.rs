@@ -3,9 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::{prefixed, unprefixed};
+use crate::codec;
 use crate::command::Response;
 
 const PREFIX: &[u8] = b"s:";
