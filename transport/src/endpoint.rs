@@ -380,7 +380,7 @@ impl Transport {
         match peer {
             None if !matches!(
                 req,
-                RpcRequest::Join { .. } | RpcRequest::JoinWithKey { .. }
+                RpcRequest::JoinWithKey { .. } | RpcRequest::RetiredJoin
             ) =>
             {
                 return RpcResponse::Refused(
@@ -443,14 +443,14 @@ impl Transport {
                         .map_err(|e| e.to_string()),
                 )
             }
-            RpcRequest::Forward(r) => {
-                RpcResponse::Forward(service.forward(r).await.map(|w| w.response))
-            }
             RpcRequest::Write(r) => RpcResponse::Write(service.forward(r).await),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(service.read_index().await),
-            RpcRequest::Join { .. } => RpcResponse::Join(Err(ServiceError::Refused(
+            RpcRequest::RetiredForward => RpcResponse::Refused(
+                "forwarded writes are sent as Write now; upgrade the sending node".into(),
+            ),
+            RpcRequest::RetiredJoin => RpcResponse::Refused(
                 "this cluster issues a certificate to each node; upgrade the joining node".into(),
-            ))),
+            ),
             RpcRequest::JoinWithKey {
                 token,
                 node,

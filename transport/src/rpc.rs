@@ -1,6 +1,8 @@
 //! The messages exchanged between nodes, one request and one response per QUIC bi-stream.
 //!
-//! Sent between nodes of possibly different versions: append variants only.
+//! Sent between nodes of possibly different versions: append variants only. A variant that
+//! is no longer sent keeps its place as a `Retired…` unit variant, so that every variant after
+//! it keeps its wire index; a retired request is answered [`RpcResponse::Refused`].
 
 use openraft::alias::{LogIdOf, SnapshotMetaOf, VoteOf};
 use openraft::raft::{
@@ -22,21 +24,19 @@ pub enum RpcRequest {
         meta: SnapshotMetaOf<TypeConfig>,
         total_bytes: u64,
     },
-    /// A client write forwarded by a follower to the leader.
-    Forward(Request),
+    /// Was a forwarded write answered without its log index (now [`RpcRequest::Write`]).
+    RetiredForward,
     /// A follower asks the leader for a read index (ReadIndex protocol).
     ReadIndex,
-    /// The join request of nodes of an earlier version (which received a shared cluster
-    /// certificate); allowed without a certificate and always refused.
-    Join {
-        token: String,
-        node: NodeInfo,
-    },
+    /// Was the join request of nodes of an earlier version, which received a shared cluster
+    /// certificate (now [`RpcRequest::JoinWithKey`]); allowed without a certificate and
+    /// refused with a hint to upgrade the joining node.
+    RetiredJoin,
     /// A client write forwarded to the leader, answered with the log index it took, so the
     /// follower can wait until the write is visible in its own state.
     Write(Request),
     /// A new node asks to join with a key it generated; answered by [`RpcResponse::Joined`]
-    /// with a certificate for that key. Allowed without a certificate, like `Join`.
+    /// with a certificate for that key. Allowed without a certificate.
     JoinWithKey {
         token: String,
         node: NodeInfo,
@@ -55,9 +55,11 @@ pub enum RpcResponse {
     Vote(Result<VoteResponse<TypeConfig>, String>),
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
-    Forward(Result<Response, ServiceError>),
+    /// Was the answer to [`RpcRequest::RetiredForward`].
+    RetiredForward,
     ReadIndex(Result<LogIdOf<TypeConfig>, ServiceError>),
-    Join(Result<JoinAccepted, ServiceError>),
+    /// Was the answer to [`RpcRequest::RetiredJoin`].
+    RetiredJoin,
     /// The request is not allowed on this connection or is malformed.
     Refused(String),
     Write(Result<Written, ServiceError>),
@@ -92,16 +94,6 @@ pub enum ServiceError {
     Refused(String),
 }
 
-/// What a node of an earlier version received when joining (the shared cluster certificate
-/// and key); no longer issued.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JoinAccepted {
-    pub node_id: NodeId,
-    pub cluster_id: String,
-    pub cert_der: Vec<u8>,
-    pub key_der: Vec<u8>,
-}
-
 /// What a joining node receives: its id, a certificate naming it (for the key it sent), and
 /// the cluster CA with its key (the cluster-wide secret every member holds).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,4 +103,46 @@ pub struct JoinGranted {
     pub cert_der: Vec<u8>,
     pub ca_cert_der: Vec<u8>,
     pub ca_key_der: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::codec;
+
+    /// Nodes of different versions exchange these: a variant's wire index never changes.
+    #[test]
+    fn variants_keep_their_wire_index() {
+        let req = |r: &RpcRequest| codec::encode(r).unwrap()[1];
+        assert_eq!(req(&RpcRequest::RetiredForward), 5);
+        assert_eq!(req(&RpcRequest::ReadIndex), 6);
+        assert_eq!(req(&RpcRequest::RetiredJoin), 7);
+        assert_eq!(req(&RpcRequest::Hello), 10);
+        let resp = |r: &RpcResponse| codec::encode(r).unwrap()[1];
+        assert_eq!(resp(&RpcResponse::RetiredForward), 4);
+        assert_eq!(resp(&RpcResponse::RetiredJoin), 6);
+        assert_eq!(resp(&RpcResponse::Refused(String::new())), 7);
+        assert_eq!(resp(&RpcResponse::Removed(String::new())), 10);
+        assert_eq!(resp(&RpcResponse::Hello), 11);
+    }
+
+    /// A request of a retired kind from a node of an earlier version, with the payload it
+    /// carried, is still recognized as that kind.
+    #[test]
+    fn a_retired_request_with_its_old_payload_decodes() {
+        let mut bytes = codec::encode(&RpcRequest::RetiredJoin).unwrap();
+        bytes.extend(postcard_string("stk1.token"));
+        bytes.extend(postcard_string("127.0.0.1:8080"));
+        bytes.extend(postcard_string("127.0.0.1:9090"));
+        assert!(matches!(
+            codec::decode::<RpcRequest>(&bytes).unwrap(),
+            RpcRequest::RetiredJoin
+        ));
+    }
+
+    fn postcard_string(s: &str) -> Vec<u8> {
+        let mut out = vec![s.len() as u8];
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
 }
