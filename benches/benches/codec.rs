@@ -1,5 +1,7 @@
 //! `raft::codec`: the encoding of every log entry, state record and RPC payload.
 
+#![forbid(unsafe_code)]
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

@@ -10,6 +10,8 @@
 //!   purge) over the byte-level log of [`storage::Db`].
 //! - [`config`]: the Raft timing defaults.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod command;
 pub mod config;

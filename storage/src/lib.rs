@@ -7,6 +7,8 @@
 //!   the encoding.
 //! - [`error`]: the crate's error type.
 
+#![forbid(unsafe_code)]
+
 pub mod db;
 pub mod error;
 

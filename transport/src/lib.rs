@@ -10,6 +10,8 @@
 //! - [`network`]: openraft's `RaftNetworkV2` over the endpoint.
 //! - [`gossip`]: SWIM membership (foca) over authenticated UDP: liveness and metadata.
 
+#![forbid(unsafe_code)]
+
 pub mod endpoint;
 pub mod error;
 pub mod frame;
