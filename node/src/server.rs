@@ -355,6 +355,7 @@ impl Node {
                 let _ = t.await;
             }
         }
+        self.cluster.stop_reads().await;
         let removal = self.removed.borrow().clone();
         if let Some(why) = removal {
             record_removal(&self.data_dir, &why);
