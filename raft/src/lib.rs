@@ -1,4 +1,5 @@
-//! stackd's Raft layer: what is replicated and how it is applied.
+//! stackd's Raft layer: what is replicated, how it is encoded, logged and applied. It builds
+//! on `storage` for bytes in RocksDB; the encoding and everything openraft lives here.
 //!
 //! # Layout
 //! - [`codec`]: the versioned postcard encoding of everything persisted or sent.
