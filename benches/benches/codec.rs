@@ -1,4 +1,6 @@
-//! `storage::codec`: the encoding of every log entry, state record and RPC payload.
+//! `raft::codec`: the encoding of every log entry, state record and RPC payload.
+
+#![forbid(unsafe_code)]
 
 use std::hint::black_box;
 
@@ -21,15 +23,15 @@ fn request() -> Request {
 
 fn bench_codec(c: &mut Criterion) {
     let req = request();
-    let bytes = storage::codec::encode(&req).expect("encodes");
+    let bytes = raft::codec::encode(&req).expect("encodes");
 
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.bench_function("encode_put_100b", |b| {
-        b.iter(|| storage::codec::encode(black_box(&req)).expect("encodes"))
+        b.iter(|| raft::codec::encode(black_box(&req)).expect("encodes"))
     });
     group.bench_function("decode_put_100b", |b| {
-        b.iter(|| storage::codec::decode::<Request>(black_box(&bytes)).expect("decodes"))
+        b.iter(|| raft::codec::decode::<Request>(black_box(&bytes)).expect("decodes"))
     });
     group.finish();
 }

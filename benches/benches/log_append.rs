@@ -4,6 +4,8 @@
 //!
 //! The figures depend on the disk under the temp dir (`TMPDIR`), not only on the code.
 
+#![forbid(unsafe_code)]
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use raft::command::KvCmd;
 use raft::openraft::entry::RaftEntry;

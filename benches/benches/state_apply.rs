@@ -1,6 +1,8 @@
 //! `State::apply`: the deterministic state-machine step every replica runs for each committed
 //! entry, measured in memory (the `SmBatch` it fills is written to RocksDB elsewhere).
 
+#![forbid(unsafe_code)]
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};

@@ -20,6 +20,8 @@
 //! - `resp`: the few lines of the Redis protocol (RESP) that `GET` and `SET` need.
 //! - `worker`, `preload`, `main`: the measured loop, the key preload and the report.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -17,6 +17,8 @@
 //! - `Hist`: a log-bucketed latency histogram (2% resolution) kept per subscriber, merged.
 //! - `subscriber`, `publisher`, `main`: the clients and the report.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -16,10 +16,11 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use raft::codec;
 use raft::state::{Meta, META_KEY};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use storage::{codec, Db};
+use storage::Db;
 
 pub const MAGIC: &[u8] = b"STACKD-BACKUP\n";
 /// Left by `stackd restore` in the data dir; the first start takes a snapshot and purges the

@@ -14,6 +14,7 @@ use raft::{Command, NodeId, NodeInfo, Raft, Request, Response, State, TypeConfig
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use transport::tls::PeerId;
 use transport::{
@@ -115,6 +116,9 @@ type ReadResult = Result<LogIdOf<TypeConfig>, ServiceError>;
 #[derive(Default)]
 struct ReadBatcher {
     inner: Arc<Mutex<BatchState>>,
+    /// The task driving the rounds, stopped by [`Cluster::stop_reads`].
+    driver: TaskTracker,
+    stop: CancellationToken,
 }
 
 #[derive(Default)]
@@ -411,6 +415,11 @@ impl Cluster {
         let (tx, rx) = oneshot::channel();
         let drive = {
             let mut s = self.reads.inner.lock().expect("read batch lock");
+            if self.reads.stop.is_cancelled() {
+                return Err(ServiceError::Unavailable(
+                    "the node is shutting down".into(),
+                ));
+            }
             s.waiting.push(tx);
             !std::mem::replace(&mut s.running, true)
         };
@@ -420,20 +429,28 @@ impl Cluster {
             let this_id = self.id;
             let timeout = self.request_timeout();
             let batcher = self.reads.inner.clone();
-            tokio::spawn(async move {
-                loop {
-                    let batch = {
-                        let mut s = batcher.lock().expect("read batch lock");
-                        if s.waiting.is_empty() {
-                            s.running = false;
-                            return;
+            let stop = self.reads.stop.clone();
+            self.reads.driver.spawn(async move {
+                let rounds = async {
+                    loop {
+                        let batch = {
+                            let mut s = batcher.lock().expect("read batch lock");
+                            if s.waiting.is_empty() {
+                                s.running = false;
+                                return;
+                            }
+                            std::mem::take(&mut s.waiting)
+                        };
+                        let res = read_index_round(&raft, &transport, this_id, timeout).await;
+                        for tx in batch {
+                            let _ = tx.send(res.clone());
                         }
-                        std::mem::take(&mut s.waiting)
-                    };
-                    let res = read_index_round(&raft, &transport, this_id, timeout).await;
-                    for tx in batch {
-                        let _ = tx.send(res.clone());
                     }
+                };
+                if stop.run_until_cancelled(rounds).await.is_none() {
+                    // Stopped: the reads still queued are told their round was dropped, and
+                    // no round starts any more.
+                    batcher.lock().expect("read batch lock").waiting.clear();
                 }
             });
         }
@@ -441,6 +458,14 @@ impl Cluster {
             .await
             .map_err(|_| ServiceError::Unavailable("timed out confirming leadership".into()))?
             .map_err(|_| ServiceError::Unavailable("read round dropped".into()))?
+    }
+
+    /// Stops the ReadIndex rounds (a read under way or asked for later fails as unavailable)
+    /// and waits for the task that drives them to end. Part of the node's shutdown.
+    pub async fn stop_reads(&self) {
+        self.reads.stop.cancel();
+        self.reads.driver.close();
+        self.reads.driver.wait().await;
     }
 
     /// The leader's duties, run on every node and active only while it leads: tick the

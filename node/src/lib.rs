@@ -12,6 +12,8 @@
 //!   and the others).
 //! - [`openapi`]: the API reference served at `/v1/openapi.json`.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod backup;
 pub mod client;

@@ -1,5 +1,7 @@
 //! `stackd`: one binary for the server and its command-line client.
 
+#![forbid(unsafe_code)]
+
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use node::client::backup::{BackupCmd, RestoreCmd};
 use node::client::cache::CacheCmd;

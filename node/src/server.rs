@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use openraft::async_runtime::WatchReceiver;
-use raft::{LogStore, NodeId, NodeInfo, StateMachine};
+use raft::{codec, LogStore, NodeId, NodeInfo, StateMachine};
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db};
+use storage::Db;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -357,6 +357,7 @@ impl Node {
                 let _ = t.await;
             }
         }
+        self.cluster.stop_reads().await;
         let removal = self.removed.borrow().clone();
         if let Some(why) = removal {
             record_removal(&self.data_dir, &why);

@@ -1,14 +1,22 @@
-//! stackd's Raft layer: what is replicated and how it is applied.
+//! stackd's Raft layer: what is replicated, how it is encoded, logged and applied. It builds
+//! on `storage` for bytes in RocksDB; the encoding and everything openraft lives here.
 //!
 //! # Layout
+//! - [`codec`]: the versioned postcard encoding of everything persisted or sent.
 //! - [`types`]: the openraft type configuration ([`TypeConfig`]) and [`NodeInfo`].
 //! - [`command`]: the replicated [`Request`]/[`Command`] and their [`Response`].
 //! - [`state`]: the in-memory replicated [`State`] and its deterministic apply.
 //! - [`state_machine`]: openraft's state-machine traits over the state and RocksDB.
+//! - [`log_store`]: openraft's `RaftLogStorage` (vote, append with group-commit fsync, truncate,
+//!   purge) over the byte-level log of [`storage::Db`].
 //! - [`config`]: the Raft timing defaults.
 
+#![forbid(unsafe_code)]
+
+pub mod codec;
 pub mod command;
 pub mod config;
+pub mod log_store;
 pub mod state;
 pub mod state_machine;
 pub mod types;

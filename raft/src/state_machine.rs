@@ -10,8 +10,9 @@ use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
+use crate::codec;
 use crate::command::Response;
 use crate::state::{LiveEvent, Meta, State, META_KEY};
 use crate::types::{SnapshotData, TypeConfig};

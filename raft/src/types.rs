@@ -33,6 +33,6 @@ openraft::declare_raft_types!(
 );
 
 pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;
-pub type LogStore = storage::LogStore<TypeConfig>;
+pub type LogStore = crate::log_store::LogStore<TypeConfig>;
 /// Snapshot bytes: the encoded state-machine column family.
 pub type SnapshotData = std::io::Cursor<Vec<u8>>;

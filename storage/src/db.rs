@@ -1,17 +1,18 @@
 //! The RocksDB instance of a node and its column families.
 
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Node-local metadata: the Raft vote, the last purged log id, the node's identity.
 pub(crate) const CF_META: &str = "meta";
-/// The Raft log: key = log index (u64 big-endian), value = encoded entry.
+/// The Raft log: key = log index (u64 big-endian), value = the entry's bytes.
 pub(crate) const CF_LOGS: &str = "logs";
 /// The replicated state machine: keys are laid out by the `raft` crate.
 pub(crate) const CF_SM: &str = "sm";
@@ -21,7 +22,18 @@ pub(crate) const CF_SM: &str = "sm";
 /// Cloning is cheap; all clones share the same database.
 #[derive(Clone)]
 pub struct Db {
-    pub(crate) db: Arc<DB>,
+    db: Arc<DB>,
+}
+
+/// A handle to a [`Db`] that does not keep it open (see [`Db::downgrade`]).
+#[derive(Clone)]
+pub struct WeakDb(Weak<DB>);
+
+impl WeakDb {
+    /// The database, unless every [`Db`] clone has been dropped (and so it is closed).
+    pub fn upgrade(&self) -> Option<Db> {
+        self.0.upgrade().map(|db| Db { db })
+    }
 }
 
 /// A set of state-machine changes written atomically.
@@ -65,7 +77,14 @@ impl Db {
         Ok(Self { db: Arc::new(db) })
     }
 
-    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+    /// A handle that does not keep the database open: for a thread that must not outlive the
+    /// node's use of it (closing RocksDB before process exit keeps its own threads from
+    /// aborting).
+    pub fn downgrade(&self) -> WeakDb {
+        WeakDb(Arc::downgrade(&self.db))
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(name)
             .expect("column family created at open")
@@ -81,6 +100,83 @@ impl Db {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.put_cf_opt(self.cf(CF_META), key, value, &wo)?;
+        Ok(())
+    }
+
+    /// Writes node-local metadata without syncing it: a crash may lose it.
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.db.put_cf(self.cf(CF_META), key, value)?;
+        Ok(())
+    }
+
+    /// The log entries whose index is in `range`, in index order, as `(index, bytes)`.
+    pub fn log_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<(u64, Vec<u8>)>> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => match x.checked_add(1) {
+                Some(x) => x,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
+        };
+        let key = index_key(start);
+        let it = self.db.iterator_cf(
+            self.cf(CF_LOGS),
+            IteratorMode::From(&key, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item?;
+            let index = key_index(&k)?;
+            if !range.contains(&index) {
+                break;
+            }
+            out.push((index, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The log entry with the highest index, as `(index, bytes)`.
+    pub fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        match self
+            .db
+            .iterator_cf(self.cf(CF_LOGS), IteratorMode::End)
+            .next()
+        {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((key_index(&k)?, v.to_vec())))
+            }
+        }
+    }
+
+    /// Writes log entries `(index, bytes)` in one atomic batch, replacing any at the same
+    /// index. Not synced: readable at once, durable after [`sync_wal`](Self::sync_wal).
+    pub fn log_append(&self, entries: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Result<()> {
+        let cf = self.cf(CF_LOGS);
+        let mut wb = WriteBatch::default();
+        for (index, bytes) in entries {
+            wb.put_cf(cf, index_key(index), bytes);
+        }
+        self.db.write(wb)?;
+        Ok(())
+    }
+
+    /// Deletes every log entry at `from` or above. Not synced.
+    pub fn log_truncate_from(&self, from: u64) -> Result<()> {
+        let cf = self.cf(CF_LOGS);
+        self.db
+            .delete_range_cf(cf, index_key(from), index_key(u64::MAX))?;
+        // delete_range excludes its end key.
+        self.db.delete_cf(cf, index_key(u64::MAX))?;
+        Ok(())
+    }
+
+    /// Deletes every log entry below `end`. Not synced.
+    pub fn log_delete_below(&self, end: u64) -> Result<()> {
+        self.db
+            .delete_range_cf(self.cf(CF_LOGS), index_key(0), index_key(end))?;
         Ok(())
     }
 
@@ -175,5 +271,69 @@ impl Db {
         wo.set_sync(true);
         self.db.write_opt(wb, &wo)?;
         Ok(())
+    }
+}
+
+/// The key of log entry `index`: big-endian, so keys sort by index.
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Result<u64> {
+    let arr: [u8; 8] = key
+        .try_into()
+        .map_err(|_| Error::Corrupt("log key is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(db: &Db) -> Vec<u64> {
+        db.log_range(..)
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn log_append_range_truncate_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.log_last().unwrap(), None);
+        db.log_append((1..=5).map(|i| (i, vec![i as u8]))).unwrap();
+        db.log_append([(u64::MAX, vec![0xff])]).unwrap();
+        assert_eq!(db.log_last().unwrap(), Some((u64::MAX, vec![0xff])));
+        assert_eq!(
+            db.log_range(2..4).unwrap(),
+            vec![(2, vec![2]), (3, vec![3])]
+        );
+        assert_eq!(
+            db.log_range((Bound::Excluded(4), Bound::Included(5)))
+                .unwrap(),
+            vec![(5, vec![5])]
+        );
+        assert!(db
+            .log_range((Bound::Excluded(u64::MAX), Bound::Unbounded))
+            .unwrap()
+            .is_empty());
+
+        db.log_truncate_from(4).unwrap();
+        assert_eq!(entries(&db), vec![1, 2, 3]);
+        db.log_delete_below(3).unwrap();
+        assert_eq!(entries(&db), vec![3]);
+        assert_eq!(db.log_last().unwrap(), Some((3, vec![3])));
+    }
+
+    #[test]
+    fn weak_handle_does_not_keep_the_database_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let weak = db.downgrade();
+        assert!(weak.upgrade().is_some());
+        drop(db);
+        assert!(weak.upgrade().is_none());
     }
 }

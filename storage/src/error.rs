@@ -5,8 +5,6 @@ use thiserror::Error;
 pub enum Error {
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
-    #[error("codec: {0}")]
-    Codec(String),
     #[error("data dir is corrupt: {0}")]
     Corrupt(String),
     #[error("io: {0}")]
@@ -20,7 +18,6 @@ impl From<Error> for std::io::Error {
         match e {
             Error::Io(e) => e,
             Error::Corrupt(m) => std::io::Error::new(std::io::ErrorKind::InvalidData, m),
-            Error::Codec(m) => std::io::Error::new(std::io::ErrorKind::InvalidData, m),
             other => std::io::Error::other(other.to_string()),
         }
     }

@@ -2,17 +2,15 @@
 //!
 //! # Layout
 //! - [`db`]: the node's one RocksDB instance and its column families (`meta`, `logs`, `sm`),
-//!   with the state-machine reads and atomic batches the `raft` crate builds on.
-//! - [`log_store`]: openraft's `RaftLogStorage` (vote, append with group-commit fsync, truncate,
-//!   purge).
-//! - [`codec`]: the versioned postcard encoding of everything persisted or sent.
+//!   with the byte-level log operations, state-machine reads and atomic batches the `raft`
+//!   crate builds on. Keys and values are bytes: this crate knows nothing of openraft or of
+//!   the encoding.
 //! - [`error`]: the crate's error type.
 
-pub mod codec;
+#![forbid(unsafe_code)]
+
 pub mod db;
 pub mod error;
-pub mod log_store;
 
-pub use db::{Db, SmBatch};
+pub use db::{Db, SmBatch, WeakDb};
 pub use error::{Error, Result};
-pub use log_store::LogStore;

@@ -90,7 +90,7 @@ async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
         .iter()
         .filter_map(|(k, v)| {
             let key = k.strip_prefix(b"k:")?;
-            let e: raft::state::KvEntry = storage::codec::decode(v).ok()?;
+            let e: raft::state::KvEntry = raft::codec::decode(v).ok()?;
             Some((String::from_utf8(key.to_vec()).unwrap(), e.revision))
         })
         .collect();

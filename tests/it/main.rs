@@ -1,5 +1,7 @@
 //! stackd's integration tests, one binary (see ARCHITECTURE.md "Testing").
 
+#![forbid(unsafe_code)]
+
 mod backup;
 mod cache;
 mod channels;

@@ -12,6 +12,8 @@
 //! - [`workload`]: the clients of a fault run.
 //! - [`ws`]: a WebSocket client for `/v1/ws`.
 
+#![forbid(unsafe_code)]
+
 pub mod checker;
 pub mod harness;
 pub mod history;

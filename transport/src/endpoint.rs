@@ -1,5 +1,11 @@
 //! The QUIC endpoint of a node: outgoing calls over cached connections, and the server loop
 //! that answers one request per bi-stream.
+//!
+//! The server loop runs each incoming connection, and each request on it, in a task of its
+//! own, all tracked: when the loop stops, the endpoint is closed and these tasks are cancelled
+//! and awaited, so none outlives the endpoint (or keeps the node's Raft handle, and with it
+//! RocksDB, open). At most `Limits::max_connections` connections are served at once, each
+//! with at most `Limits::max_concurrent_streams` requests in progress.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +17,9 @@ use openraft::alias::LogIdOf;
 use openraft::Snapshot;
 use quinn::{Connection, Endpoint};
 use raft::{NodeId, NodeInfo, Raft, Request, SnapshotData, TypeConfig};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
@@ -29,8 +37,12 @@ pub struct Limits {
     pub max_snapshot_bytes: u64,
     /// Snapshot chunk size on the wire: default 1 MiB.
     pub snapshot_chunk_bytes: usize,
-    /// Concurrent streams a peer may open on one connection: default 1024.
+    /// Concurrent streams a peer may open on one connection, and requests served at once on
+    /// one connection: default 1024.
     pub max_concurrent_streams: u32,
+    /// Incoming connections (members and joining nodes) served at once: default 1024; a
+    /// connection beyond it is refused.
+    pub max_connections: usize,
     /// Connection attempt timeout: default 3 s.
     pub connect_timeout: Duration,
 }
@@ -42,6 +54,7 @@ impl Default for Limits {
             max_snapshot_bytes: 8 << 30,
             snapshot_chunk_bytes: 1 << 20,
             max_concurrent_streams: 1024,
+            max_connections: 1024,
             connect_timeout: Duration::from_secs(3),
         }
     }
@@ -277,7 +290,9 @@ impl Transport {
         )
     }
 
-    /// Serves peers until `shutdown`: Raft RPCs go to `raft`, the rest to `service`.
+    /// Serves peers until `shutdown`: Raft RPCs go to `raft`, the rest to `service`. Then
+    /// closes the endpoint, and returns once every connection and request task has stopped
+    /// (see the module documentation).
     pub async fn serve<S: Service>(
         self: Arc<Self>,
         raft: Raft,
@@ -285,32 +300,54 @@ impl Transport {
         shutdown: CancellationToken,
     ) {
         info!(addr = ?self.endpoint.local_addr().ok(), "cluster transport listening");
+        let tasks = TaskTracker::new();
+        // The tasks stop at `shutdown`, or if this future is dropped before it ends.
+        let shutdown = shutdown.child_token();
+        let _stop_tasks = shutdown.clone().drop_guard();
+        let connections = Arc::new(Semaphore::new(self.limits.max_connections));
         loop {
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => i,
                 _ = shutdown.cancelled() => break,
             };
             let Some(incoming) = incoming else { break };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                warn!(
+                    remote = %incoming.remote_address(),
+                    limit = self.limits.max_connections,
+                    "refused a cluster connection: too many connections"
+                );
+                incoming.refuse();
+                continue;
+            };
             let this = self.clone();
             let raft = raft.clone();
             let service = service.clone();
+            let conn_tasks = tasks.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
+                let _permit = permit;
                 let remote = incoming.remote_address();
-                let conn = match incoming.await {
-                    Ok(c) => c,
-                    Err(e) => {
+                let handshake = std::future::IntoFuture::into_future(incoming);
+                let conn = match shutdown.run_until_cancelled(handshake).await {
+                    None => return,
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => {
                         this.refused_handshake(remote, &e);
                         return;
                     }
                 };
                 // A peer that presented a certificate passed the CA and cluster checks.
                 let peer = peer_of(&conn);
-                this.serve_connection(conn, peer, raft, service, shutdown)
+                this.serve_connection(conn, peer, raft, service, conn_tasks, shutdown)
                     .await;
             });
         }
         self.endpoint.close(0u32.into(), b"shutting down");
+        // Every task ends at `shutdown`; none can answer on the closed endpoint anyway.
+        tasks.close();
+        tasks.wait().await;
+        self.pool.shutdown().await;
         info!("cluster transport stopped");
     }
 
@@ -329,15 +366,25 @@ impl Transport {
         }
     }
 
+    /// Accepts `conn`'s streams until it closes, each request served in a task of `tasks`.
     async fn serve_connection<S: Service>(
         self: Arc<Self>,
         conn: Connection,
         peer: Option<PeerId>,
         raft: Raft,
         service: Arc<S>,
+        tasks: TaskTracker,
         shutdown: CancellationToken,
     ) {
+        let in_progress = Arc::new(Semaphore::new(self.limits.max_concurrent_streams as usize));
         loop {
+            // QUIC already bounds the streams open at once; this bounds the requests whose
+            // answer is still being worked out, even if the peer gave up on their stream.
+            let permit = tokio::select! {
+                p = in_progress.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = conn.closed() => return,
+                _ = shutdown.cancelled() => return,
+            };
             let stream = tokio::select! {
                 s = conn.accept_bi() => s,
                 _ = shutdown.cancelled() => return,
@@ -349,7 +396,8 @@ impl Transport {
             let raft = raft.clone();
             let service = service.clone();
             let peer = peer.clone();
-            tokio::spawn(async move {
+            tasks.spawn(shutdown.clone().run_until_cancelled_owned(async move {
+                let _permit = permit;
                 let limit = this.limits.max_frame_bytes;
                 let resp = match frame::read_msg::<RpcRequest>(&mut recv, limit).await {
                     Ok(req) => {
@@ -365,7 +413,7 @@ impl Transport {
                 let _ = send.finish();
                 // Wait until the peer has read the answer before the stream is dropped.
                 let _ = send.stopped().await;
-            });
+            }));
         }
     }
 
@@ -378,11 +426,7 @@ impl Transport {
         recv: &mut quinn::RecvStream,
     ) -> RpcResponse {
         match peer {
-            None if !matches!(
-                req,
-                RpcRequest::Join { .. } | RpcRequest::JoinWithKey { .. }
-            ) =>
-            {
+            None if !matches!(req, RpcRequest::JoinWithKey { .. }) => {
                 return RpcResponse::Refused(
                     "not a cluster member: only join is allowed without a node certificate".into(),
                 );
@@ -443,14 +487,8 @@ impl Transport {
                         .map_err(|e| e.to_string()),
                 )
             }
-            RpcRequest::Forward(r) => {
-                RpcResponse::Forward(service.forward(r).await.map(|w| w.response))
-            }
             RpcRequest::Write(r) => RpcResponse::Write(service.forward(r).await),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(service.read_index().await),
-            RpcRequest::Join { .. } => RpcResponse::Join(Err(ServiceError::Refused(
-                "this cluster issues a certificate to each node; upgrade the joining node".into(),
-            ))),
             RpcRequest::JoinWithKey {
                 token,
                 node,

@@ -14,7 +14,7 @@ pub enum Error {
     #[error("frame of {size} bytes is over the {limit}-byte limit")]
     FrameTooLarge { size: usize, limit: usize },
     #[error("codec: {0}")]
-    Codec(#[from] storage::Error),
+    Codec(#[from] raft::codec::Error),
     #[error("tls: {0}")]
     Tls(String),
     #[error("io: {0}")]

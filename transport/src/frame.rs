@@ -1,9 +1,9 @@
 //! Length-prefixed frames on QUIC streams: `[u32 big-endian length][encoded message]`.
 
 use quinn::{RecvStream, SendStream};
+use raft::codec;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use storage::codec;
 
 use crate::error::{Error, Result};
 

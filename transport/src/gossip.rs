@@ -34,6 +34,7 @@ use sha2::Sha256;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::error::Result;
@@ -346,6 +347,9 @@ struct Runner {
     cmds: mpsc::Receiver<Cmd>,
     timers_tx: mpsc::Sender<foca::Timer<GossipId>>,
     timers_rx: mpsc::Receiver<foca::Timer<GossipId>>,
+    /// The tasks that hand foca's timers back when due; stopped and awaited when gossip ends.
+    timer_tasks: TaskTracker,
+    timers_stop: CancellationToken,
     seeds: BTreeMap<NodeId, SocketAddr>,
     metas: BTreeMap<NodeId, (u64, u64, NodeMeta, Instant)>,
     meta_seq: u64,
@@ -374,6 +378,8 @@ impl Runner {
             cmds,
             timers_tx,
             timers_rx,
+            timer_tasks: TaskTracker::new(),
+            timers_stop: CancellationToken::new(),
             seeds: BTreeMap::new(),
             metas: BTreeMap::new(),
             meta_seq: 0,
@@ -381,6 +387,8 @@ impl Runner {
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
+        // The timer tasks stop however this task ends.
+        let _stop_timers = self.timers_stop.clone().drop_guard();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut meta_tick = tokio::time::interval(META_INTERVAL);
         let mut announce_tick = tokio::time::interval(SEED_ANNOUNCE_INTERVAL);
@@ -419,6 +427,9 @@ impl Runner {
             debug!(error = %e, "leaving gossip");
         }
         self.drain();
+        self.timers_stop.cancel();
+        self.timer_tasks.close();
+        self.timer_tasks.wait().await;
     }
 
     fn on_packet(&mut self, packet: &[u8], from: SocketAddr) {
@@ -429,7 +440,7 @@ impl Runner {
                     debug!(%from, error = %e, "gossip message ignored");
                 }
             }
-            Ok((Kind::Meta, payload)) => match storage::codec::decode::<MetaRecord>(payload) {
+            Ok((Kind::Meta, payload)) => match raft::codec::decode::<MetaRecord>(payload) {
                 Ok(r) => self.on_meta(r),
                 Err(e) => debug!(%from, error = %e, "gossip metadata ignored"),
             },
@@ -477,7 +488,7 @@ impl Runner {
                 .expect("gossip meta lock")
                 .clone(),
         };
-        let Ok(payload) = storage::codec::encode(&record) else {
+        let Ok(payload) = raft::codec::encode(&record) else {
             return;
         };
         let packet = seal(&self.key, Kind::Meta, &payload);
@@ -527,10 +538,12 @@ impl Runner {
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
             let tx = self.timers_tx.clone();
-            tokio::spawn(async move {
+            let fire = async move {
                 tokio::time::sleep(after).await;
                 let _ = tx.send(timer).await;
-            });
+            };
+            let stop = self.timers_stop.clone();
+            self.timer_tasks.spawn(stop.run_until_cancelled_owned(fire));
         }
         while let Some(n) = self.runtime.to_notify() {
             match n {

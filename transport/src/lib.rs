@@ -1,13 +1,16 @@
-//! stackd's cluster transport. This is the only crate that names `quinn` and `foca`.
+//! stackd's cluster transport. This is the only crate that names `quinn` and `foca`. It
+//! builds on `raft` (the Raft types and [`raft::codec`]) and knows nothing of RocksDB.
 //!
 //! # Layout
 //! - [`tls`]: the cluster CA, node certificates, mutual TLS with identity checks, join tokens.
-//! - [`frame`]: length-prefixed frames on QUIC streams.
+//! - [`frame`]: length-prefixed frames on QUIC streams, each one [`raft::codec`]-encoded message.
 //! - [`rpc`]: the request and response messages between nodes.
 //! - [`endpoint`]: the node's QUIC endpoint: cached outgoing connections, one bi-stream per
 //!   call, and the server loop (Raft RPCs, forwarded writes, read index, joins).
 //! - [`network`]: openraft's `RaftNetworkV2` over the endpoint.
 //! - [`gossip`]: SWIM membership (foca) over authenticated UDP: liveness and metadata.
+
+#![forbid(unsafe_code)]
 
 pub mod endpoint;
 pub mod error;
@@ -23,5 +26,5 @@ pub use error::{Error, Result};
 pub use gossip::{Gossip, GossipConfig, Liveness, MemberReach, NodeMeta, PeerView};
 pub use network::Network;
 pub use pool::PeerStats;
-pub use rpc::{JoinAccepted, JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
+pub use rpc::{JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
 pub use tls::ClusterTls;

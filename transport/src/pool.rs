@@ -8,6 +8,9 @@
 //! and dropped it unfinished, so a peer slower than the shortest caller's deadline (a node that
 //! just started, or a busy one) was never reached, and the dropped handshakes made both sides
 //! busier still.
+//!
+//! The handshake tasks are tracked: [`Pool::shutdown`] (when the endpoint stops serving)
+//! cancels them and waits for them to end; dropping the pool cancels them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -17,6 +20,8 @@ use std::time::{Duration, Instant};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use quinn::{Connection, Endpoint};
 use raft::NodeId;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::endpoint::explain;
@@ -62,6 +67,8 @@ pub(crate) struct Pool {
     client_config: quinn::ClientConfig,
     connect_timeout: Duration,
     inner: Arc<Mutex<Inner>>,
+    handshakes: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Pool {
@@ -75,7 +82,17 @@ impl Pool {
             client_config,
             connect_timeout,
             inner: Arc::default(),
+            handshakes: TaskTracker::new(),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Cancels the handshakes under way and waits for their tasks to end; a handshake started
+    /// later fails at once.
+    pub(crate) async fn shutdown(&self) {
+        self.stop.cancel();
+        self.handshakes.close();
+        self.handshakes.wait().await;
     }
 
     /// A live connection for `key`: the open one, the handshake under way, or a new handshake.
@@ -108,14 +125,21 @@ impl Pool {
         );
         let timeout = self.connect_timeout;
         let shared = self.inner.clone();
-        let task = tokio::spawn(async move {
+        let stop = self.stop.clone();
+        let task = self.handshakes.spawn(async move {
             let res = match connecting {
                 Err(e) => Err(e.to_string()),
-                Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
-                    Err(_) => Err("connect timed out".to_string()),
-                    Ok(Err(e)) => Err(explain(&e)),
-                    Ok(Ok(conn)) => Ok(conn),
-                },
+                Ok(connecting) => {
+                    match stop
+                        .run_until_cancelled(tokio::time::timeout(timeout, connecting))
+                        .await
+                    {
+                        None => Err("the transport is shutting down".to_string()),
+                        Some(Err(_)) => Err("connect timed out".to_string()),
+                        Some(Ok(Err(e))) => Err(explain(&e)),
+                        Some(Ok(Ok(conn))) => Ok(conn),
+                    }
+                }
             };
             let mut inner = shared.lock().expect("pool lock");
             let stats = inner.stats.entry(addr).or_default();
@@ -167,5 +191,11 @@ impl Pool {
     /// Per peer address: what the transport has seen.
     pub(crate) fn stats(&self) -> BTreeMap<SocketAddr, PeerStats> {
         self.inner.lock().expect("pool lock").stats.clone()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }

@@ -1,6 +1,8 @@
 //! The messages exchanged between nodes, one request and one response per QUIC bi-stream.
 //!
-//! Sent between nodes of possibly different versions: append variants only.
+//! Sent between nodes of possibly different versions: append variants only, so a variant
+//! keeps its wire index. A variant that is no longer sent may be removed only together with
+//! a new codec format version, which nodes of the earlier format refuse as a whole.
 
 use openraft::alias::{LogIdOf, SnapshotMetaOf, VoteOf};
 use openraft::raft::{
@@ -22,21 +24,13 @@ pub enum RpcRequest {
         meta: SnapshotMetaOf<TypeConfig>,
         total_bytes: u64,
     },
-    /// A client write forwarded by a follower to the leader.
-    Forward(Request),
     /// A follower asks the leader for a read index (ReadIndex protocol).
     ReadIndex,
-    /// The join request of nodes of an earlier version (which received a shared cluster
-    /// certificate); allowed without a certificate and always refused.
-    Join {
-        token: String,
-        node: NodeInfo,
-    },
     /// A client write forwarded to the leader, answered with the log index it took, so the
     /// follower can wait until the write is visible in its own state.
     Write(Request),
     /// A new node asks to join with a key it generated; answered by [`RpcResponse::Joined`]
-    /// with a certificate for that key. Allowed without a certificate, like `Join`.
+    /// with a certificate for that key. Allowed without a certificate.
     JoinWithKey {
         token: String,
         node: NodeInfo,
@@ -55,9 +49,7 @@ pub enum RpcResponse {
     Vote(Result<VoteResponse<TypeConfig>, String>),
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
-    Forward(Result<Response, ServiceError>),
     ReadIndex(Result<LogIdOf<TypeConfig>, ServiceError>),
-    Join(Result<JoinAccepted, ServiceError>),
     /// The request is not allowed on this connection or is malformed.
     Refused(String),
     Write(Result<Written, ServiceError>),
@@ -92,16 +84,6 @@ pub enum ServiceError {
     Refused(String),
 }
 
-/// What a node of an earlier version received when joining (the shared cluster certificate
-/// and key); no longer issued.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JoinAccepted {
-    pub node_id: NodeId,
-    pub cluster_id: String,
-    pub cert_der: Vec<u8>,
-    pub key_der: Vec<u8>,
-}
-
 /// What a joining node receives: its id, a certificate naming it (for the key it sent), and
 /// the cluster CA with its key (the cluster-wide secret every member holds).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,4 +93,23 @@ pub struct JoinGranted {
     pub cert_der: Vec<u8>,
     pub ca_cert_der: Vec<u8>,
     pub ca_key_der: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::codec;
+
+    /// Nodes of different versions of one format exchange these: a variant's wire index
+    /// never changes within a format.
+    #[test]
+    fn variants_keep_their_wire_index() {
+        let req = |r: &RpcRequest| codec::encode(r).unwrap()[1];
+        assert_eq!(req(&RpcRequest::ReadIndex), 5);
+        assert_eq!(req(&RpcRequest::Hello), 8);
+        let resp = |r: &RpcResponse| codec::encode(r).unwrap()[1];
+        assert_eq!(resp(&RpcResponse::Refused(String::new())), 5);
+        assert_eq!(resp(&RpcResponse::Removed(String::new())), 8);
+        assert_eq!(resp(&RpcResponse::Hello), 9);
+    }
 }

@@ -15,10 +15,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, unprefixed, LiveEvent};
+use crate::codec;
 
 /// `ch:<channel>` → [`ChannelMeta`].
 const CHANNEL_PREFIX: &[u8] = b"ch:";

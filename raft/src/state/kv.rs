@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, unprefixed, LiveEvent};
+use crate::codec;
 
 const PREFIX: &[u8] = b"k:";
 /// `h:<revision, 8 bytes big-endian><key>` → the value written, or `None` for a delete.

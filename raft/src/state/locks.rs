@@ -8,10 +8,11 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, unprefixed};
+use crate::codec;
 
 const PREFIX: &[u8] = b"l:";
 const COUNTER_KEY: &[u8] = b"m:locks";

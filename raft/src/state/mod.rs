@@ -40,7 +40,7 @@ pub(crate) mod sessions;
 
 use openraft::alias::{LogIdOf, StoredMembershipOf};
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 pub use cache::{CacheCounts, CacheEntry};
 pub use channels::{ChannelEvent, History, Presence, PRESENCE_PER_CHANNEL_MAX};
@@ -52,6 +52,7 @@ pub use queues::{
 pub use security::{token_id, Security, EXPIRED_TOKEN_KEPT_MS, REVOKED_TOKENS_KEY, SECURITY_KEY};
 pub use sessions::SessionEntry;
 
+use crate::codec;
 use crate::command::{Command, Compare, Request, Response, Txn, TxnResult};
 use crate::types::TypeConfig;
 use primitive::{put_record, Cx, Deadlines, Part, Primitive};

@@ -8,9 +8,10 @@
 use std::collections::BTreeSet;
 
 use serde::Serialize;
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::{LiveEvent, Meta};
+use crate::codec;
 
 /// A part of the replicated state with its own records in the `sm` column family and its
 /// own deadlines on the replicated clock.

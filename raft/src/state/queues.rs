@@ -17,10 +17,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, unprefixed};
+use crate::codec;
 
 const JOB_PREFIX: &[u8] = b"j:";
 const QUEUE_PREFIX: &[u8] = b"q:";

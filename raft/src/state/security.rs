@@ -6,9 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::primitive::{put_record, Cx, Part, Primitive};
+use crate::codec;
 
 /// A change to the cluster's identity and who may join it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

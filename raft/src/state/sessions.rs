@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use storage::{codec, Db, SmBatch};
+use storage::{Db, SmBatch};
 
 use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, unprefixed};
+use crate::codec;
 
 const PREFIX: &[u8] = b"s:";
 

@@ -5,6 +5,8 @@
 //! `lost STATUS BODY` when a renewal fails), and for each stdin line `write KEY VALUE` makes a
 //! fenced write and prints `write STATUS BODY`. Exits at the end of stdin.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::time::Duration;
 

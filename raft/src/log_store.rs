@@ -1,4 +1,6 @@
-//! The durable Raft log: openraft's `RaftLogStorage` on RocksDB.
+//! The durable Raft log: openraft's `RaftLogStorage` on the `logs` and `meta` column families
+//! of [`storage::Db`], each entry, vote and log id stored in the [`codec`](crate::codec)
+//! encoding.
 //!
 //! Appends are written to RocksDB inside `append` (so they are readable at once) and made
 //! durable by one syncer thread that fsyncs the write-ahead log for every batch of appends
@@ -8,7 +10,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::marker::PhantomData;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -16,18 +18,17 @@ use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, RaftTypeConfig};
-use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use storage::{Db, WeakDb};
 
 use crate::codec;
-use crate::db::{Db, CF_LOGS, CF_META};
 
 const KEY_VOTE: &str = "raft_vote";
 const KEY_LAST_PURGED: &str = "raft_last_purged";
 const KEY_COMMITTED: &str = "raft_committed";
 
-/// RocksDB-backed Raft log store. Cloning shares the database and the syncer thread.
+/// The Raft log store. Cloning shares the database and the syncer thread.
 pub struct LogStore<C: RaftTypeConfig> {
     db: Db,
     syncer: Arc<Syncer<C>>,
@@ -59,7 +60,7 @@ where
         let (tx, rx) = mpsc::channel::<IOFlushed<C>>();
         // A weak handle: the syncer must not keep RocksDB open after the node lets go of it
         // (closing it before process exit keeps RocksDB's own threads from aborting).
-        let sync_db = Arc::downgrade(&db.db);
+        let sync_db = db.downgrade();
         std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || sync_loop(sync_db, rx))
@@ -88,34 +89,20 @@ where
 }
 
 /// Waits for queued appends, fsyncs the WAL once for all of them, completes them in order.
-fn sync_loop<C: RaftTypeConfig>(
-    db: std::sync::Weak<rocksdb::DB>,
-    rx: mpsc::Receiver<IOFlushed<C>>,
-) {
+fn sync_loop<C: RaftTypeConfig>(db: WeakDb, rx: mpsc::Receiver<IOFlushed<C>>) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
         let res = match db.upgrade() {
-            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+            Some(db) => db.sync_wal().map_err(|e| e.to_string()),
             None => Err("database closed".to_string()),
         };
         for cb in pending {
             cb.io_completed(res.clone().map_err(io::Error::other));
         }
     }
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-fn key_index(key: &[u8]) -> Result<u64, io::Error> {
-    let arr: [u8; 8] = key
-        .try_into()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "log key is not 8 bytes"))?;
-    Ok(u64::from_be_bytes(arr))
 }
 
 impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C>
@@ -128,23 +115,8 @@ where
         &mut self,
         range: RB,
     ) -> Result<Vec<C::Entry>, io::Error> {
-        let start = match range.start_bound() {
-            Bound::Included(x) => *x,
-            Bound::Excluded(x) => x.saturating_add(1),
-            Bound::Unbounded => 0,
-        };
         let mut out = Vec::new();
-        let key = index_key(start);
-        let it = self.db.db.iterator_cf(
-            self.db.cf(CF_LOGS),
-            IteratorMode::From(&key, Direction::Forward),
-        );
-        for item in it {
-            let (k, v) = item.map_err(io::Error::other)?;
-            let index = key_index(&k)?;
-            if !range.contains(&index) {
-                break;
-            }
+        for (index, v) in self.db.log_range(range)? {
             let entry: EntryOf<C> = codec::decode(&v)?;
             if entry.index() != index {
                 return Err(io::Error::new(
@@ -171,15 +143,9 @@ where
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
-        let last = self
-            .db
-            .db
-            .iterator_cf(self.db.cf(CF_LOGS), IteratorMode::End)
-            .next();
-        let last_log_id = match last {
+        let last_log_id = match self.db.log_last()? {
             None => None,
-            Some(item) => {
-                let (_, v) = item.map_err(io::Error::other)?;
+            Some((_, v)) => {
                 let entry: EntryOf<C> = codec::decode(&v)?;
                 Some(entry.log_id())
             }
@@ -204,10 +170,7 @@ where
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         // Not synced: losing it only means re-learning the commit index from the leader.
         let bytes = codec::encode(&committed)?;
-        self.db
-            .db
-            .put_cf(self.db.cf(CF_META), KEY_COMMITTED, bytes)
-            .map_err(io::Error::other)
+        Ok(self.db.meta_put(KEY_COMMITTED, &bytes)?)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
@@ -221,14 +184,13 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = self.db.cf(CF_LOGS);
-        let mut batch = WriteBatch::default();
-        for entry in entries {
-            batch.put_cf(cf, index_key(entry.index()), codec::encode(&entry)?);
-        }
+        let entries = entries
+            .into_iter()
+            .map(|entry| Ok((entry.index(), codec::encode(&entry)?)))
+            .collect::<Result<Vec<_>, io::Error>>()?;
         // Written now so the entries are readable when this returns; durable once the syncer
         // has fsynced the WAL, which is when openraft is told.
-        self.db.db.write(batch).map_err(io::Error::other)?;
+        self.db.log_append(entries)?;
         let tx = self.syncer.tx.lock().expect("syncer mutex").clone();
         if let Err(mpsc::SendError(cb)) = tx.send(callback) {
             cb.io_completed(Err(io::Error::other("log syncer stopped")));
@@ -238,27 +200,14 @@ where
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let from = last_log_id.map(|id| id.index() + 1).unwrap_or(0);
-        let cf = self.db.cf(CF_LOGS);
         // Truncated entries were never committed; losing the deletion only re-exposes entries
         // that openraft truncates again on the next conflict, so no sync is needed.
-        self.db
-            .db
-            .delete_range_cf(cf, index_key(from), index_key(u64::MAX))
-            .map_err(io::Error::other)?;
-        // delete_range excludes its end key.
-        self.db
-            .db
-            .delete_cf(cf, index_key(u64::MAX))
-            .map_err(io::Error::other)
+        Ok(self.db.log_truncate_from(from)?)
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         // Record the purge point first: entries at or below it are ignored from then on.
         self.put_meta_sync(KEY_LAST_PURGED, &log_id)?;
-        let cf = self.db.cf(CF_LOGS);
-        self.db
-            .db
-            .delete_range_cf(cf, index_key(0), index_key(log_id.index() + 1))
-            .map_err(io::Error::other)
+        Ok(self.db.log_delete_below(log_id.index() + 1)?)
     }
 }
