@@ -1,0 +1,138 @@
+//! What gossip is told (seeds and this node's metadata) and how the leader reaches each
+//! member.
+
+use super::*;
+
+impl Cluster {
+    /// Keeps gossip fed: the Raft members as seeds, and this node's metadata. Runs on every
+    /// node until `shutdown`.
+    pub async fn run_gossip_feed(
+        self: Arc<Self>,
+        inflight: Arc<Semaphore>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resolved: BTreeMap<String, std::net::SocketAddr> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let m = self.metrics();
+            let members: Vec<(NodeId, String)> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .filter_map(|(id, n)| Some((*id, derived_gossip_addr(&n.cluster_addr)?)))
+                .collect();
+            let mut seeds = BTreeMap::new();
+            for (id, addr) in members {
+                if let Some(a) = resolved.get(&addr) {
+                    seeds.insert(id, *a);
+                    continue;
+                }
+                // Host names are resolved once per address, off the hot path.
+                if let Ok(Some(a)) = tokio::net::lookup_host(addr.as_str())
+                    .await
+                    .map(|mut it| it.next())
+                {
+                    resolved.insert(addr, a);
+                    seeds.insert(id, a);
+                }
+            }
+            self.gossip.set_seeds(seeds);
+            let busy = self.config.api.max_inflight_requests - inflight.available_permits();
+            self.gossip.set_local_meta(NodeMeta {
+                api_addr: self.info.api_addr.clone(),
+                cluster_addr: self.info.cluster_addr.clone(),
+                applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                inflight_requests: busy as u64,
+                load_avg_1m: load_avg_1m(),
+                replication: self.reach_of_members(&m),
+            });
+        }
+    }
+
+    /// While this node leads: how it reaches each other member (empty otherwise).
+    pub fn reach_of_members(&self, m: &RaftMetrics<TypeConfig>) -> Vec<MemberReach> {
+        if m.current_leader != Some(self.id) {
+            return Vec::new();
+        }
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, _)| {
+                let (lag, acked) = replication_of(m, *id);
+                MemberReach {
+                    node: *id,
+                    lag,
+                    acked_ms_ago: acked.map(|d| d.as_millis() as u64),
+                }
+            })
+            .collect()
+    }
+
+    /// How the leader reaches each other member: this node's own view while it leads, else
+    /// what the leader last published in gossip (its ages brought up to now). `None` without a
+    /// known leader or before its gossip arrived.
+    pub fn leader_reach(&self) -> Option<(NodeId, Vec<MemberReach>)> {
+        let m = self.metrics();
+        let leader = m.current_leader?;
+        if leader == self.id {
+            return Some((leader, self.reach_of_members(&m)));
+        }
+        let view = self.gossip.snapshot();
+        let (meta, at) = view.get(&leader)?.meta.as_ref()?;
+        let age = at.elapsed().as_millis() as u64;
+        let reach = meta
+            .replication
+            .iter()
+            .map(|r| MemberReach {
+                acked_ms_ago: r.acked_ms_ago.map(|a| a + age),
+                ..r.clone()
+            })
+            .collect();
+        Some((leader, reach))
+    }
+}
+
+/// How far the leader sees `node`: its replication lag (entries of the leader's log it has not
+/// acknowledged; `None` when it has acknowledged none yet) and how long ago it last
+/// acknowledged a heartbeat or an append (`None`: never). Leader's metrics only.
+pub(super) fn replication_of(
+    m: &RaftMetrics<TypeConfig>,
+    node: NodeId,
+) -> (Option<u64>, Option<Duration>) {
+    let last = m.last_log_index.unwrap_or(0);
+    let lag = m
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&node).cloned().flatten())
+        .map(|l| last.saturating_sub(l.index));
+    let acked = m
+        .heartbeat
+        .as_ref()
+        .and_then(|h| h.get(&node).cloned().flatten())
+        .map(|t| t.elapsed());
+    (lag, acked)
+}
+
+/// Whether `node` has replicated the leader's log to within 100 entries and acknowledged the
+/// leader within `fresh`. A node that has acknowledged nothing yet is not caught up, however
+/// short the log: promoting a voter the leader cannot reach weakens the quorum.
+pub(super) fn caught_up(m: &RaftMetrics<TypeConfig>, node: NodeId, fresh: Duration) -> bool {
+    matches!(replication_of(m, node), (Some(lag), Some(ago)) if lag <= 100 && ago <= fresh)
+}
+
+/// The machine's one-minute load average (Linux `/proc/loadavg`), if the OS reports it.
+pub(crate) fn load_avg_1m() -> Option<f32> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

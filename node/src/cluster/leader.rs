@@ -1,0 +1,157 @@
+//! The leader's duties: ticking the replicated clock, compacting history, promoting
+//! caught-up learners, and handing leadership over.
+
+use super::*;
+
+impl Cluster {
+    /// The leader's duties, run on every node and active only while it leads: tick the
+    /// replicated clock when a deadline is due, promote caught-up learners.
+    pub async fn run_leader_tasks(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_promote_check = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if !self.raft.is_leader() {
+                continue;
+            }
+            let due = self
+                .state
+                .read()
+                .expect("state lock")
+                .next_deadline_ms()
+                .is_some_and(|at| at <= now_ms());
+            if due {
+                let req = Request {
+                    stamp_ms: 0,
+                    idempotency_key: None,
+                    command: Command::Tick,
+                };
+                if let Err(e) = self.write_local(req).await {
+                    warn!(error = %e, "tick proposal failed");
+                }
+            }
+            if last_promote_check.elapsed() >= Duration::from_millis(500) {
+                last_promote_check = Instant::now();
+                self.promote_caught_up_learner().await;
+                self.compact_kv_history().await;
+                if self.config.autopilot.replace_dead {
+                    self.replace_dead_voter().await;
+                }
+            }
+        }
+    }
+
+    /// Proposes a compaction once the key-value history holds more than 10% past its bound,
+    /// keeping the last `kv_history_revisions` revisions.
+    pub(super) async fn compact_kv_history(&self) {
+        let keep = self.config.limits.kv_history_revisions;
+        let (revision, compacted) = {
+            let st = self.state.read().expect("state lock");
+            (st.meta.revision, st.compact_revision())
+        };
+        if revision.saturating_sub(compacted) <= keep + keep / 10 {
+            return;
+        }
+        let req = Request {
+            stamp_ms: 0,
+            idempotency_key: None,
+            command: Command::Kv(KvCmd::Compact {
+                revision: revision - keep,
+            }),
+        };
+        match self.write_local(req).await {
+            Ok(_) => info!(
+                compact_revision = revision - keep,
+                "key-value history compacted"
+            ),
+            Err(e) => warn!(error = %e, "compaction proposal failed"),
+        }
+    }
+
+    /// Promotes one learner that has caught up, while voters are below the target.
+    pub(super) async fn promote_caught_up_learner(&self) {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() > 1 {
+            return; // a membership change is in progress
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.len() >= self.config.raft.target_voters {
+            return;
+        }
+        // A learner gossip sees down is skipped: its replication progress is stale.
+        let view = self.gossip.snapshot();
+        for learner in membership.learner_ids() {
+            let down = view
+                .get(&learner)
+                .is_some_and(|p| p.liveness == Liveness::Down);
+            if caught_up(&m, learner, self.contact_window()) && !down {
+                info!(
+                    node = learner,
+                    voters = voters.len(),
+                    "promoting caught-up learner to voter"
+                );
+                match self
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([learner])), true)
+                    .await
+                {
+                    Ok(_) => {
+                        info!(node = learner, "learner promoted");
+                        self.record(
+                            "promote",
+                            learner,
+                            format!(
+                                "voters {} below target {}",
+                                voters.len(),
+                                self.config.raft.target_voters
+                            ),
+                        );
+                    }
+                    Err(e) => warn!(node = learner, error = %e, "promotion failed"),
+                }
+                return;
+            }
+        }
+    }
+
+    /// Hands leadership to voter `to` and waits (up to two election timeouts) until this
+    /// node sees a leader other than itself; answers the new leader.
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<NodeId, ServiceError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let me = self.id;
+        let wait = Duration::from_millis(self.config.raft.election_timeout_ms * 4);
+        self.raft
+            .wait(Some(wait))
+            .metrics(
+                move |m| m.current_leader.is_some_and(|l| l != me),
+                "leadership transferred",
+            )
+            .await
+            .map_err(|_| {
+                ServiceError::Unavailable(format!(
+                    "node {to} did not take over within {wait:?}; this node may still lead"
+                ))
+            })?;
+        Ok(self.metrics().current_leader.unwrap_or(to))
+    }
+
+    /// The voter that has replicated the most of the leader's log, other than this node.
+    pub fn best_successor(&self) -> Option<NodeId> {
+        let m = self.metrics();
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let repl = m.replication.as_ref()?;
+        voters
+            .into_iter()
+            .filter(|v| *v != self.id)
+            .max_by_key(|v| repl.get(v).cloned().flatten().map(|l| l.index))
+    }
+}

@@ -1,0 +1,186 @@
+//! The node's view of its cluster: writes from any node (forwarded to the leader),
+//! linearizable reads (ReadIndex, batched), joins, and the leader's background duties.
+//!
+//! # Layout
+//! - [`write`]: proposals and their typed results, forwarded to the leader when needed.
+//! - [`reads`]: batched ReadIndex rounds for linearizable reads.
+//! - [`leader`]: ticks, history compaction, learner promotion, leadership transfer.
+//! - [`gossip`]: what gossip is told, and how the leader reaches each member.
+//! - [`autopilot`]: dead-voter replacement, one membership change at a time.
+//! - [`join`]: joins, join tokens, and the service the transport calls.
+
+mod autopilot;
+mod gossip;
+mod join;
+mod leader;
+mod reads;
+mod write;
+
+pub use autopilot::AutopilotAction;
+use gossip::caught_up;
+pub(crate) use gossip::load_avg_1m;
+pub use join::removed_message;
+use reads::ReadBatcher;
+pub use write::WriteError;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::alias::LogIdOf;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, Instant as _, RaftMetrics, ReadPolicy, ServerState};
+use raft::command::{ClusterCmd, ClusterResult, KvCmd, Proposal};
+use raft::{Command, NodeId, NodeInfo, Raft, Request, Response, State, TypeConfig};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use transport::tls::PeerId;
+use transport::{
+    ClusterTls, Gossip, JoinGranted, Liveness, MemberReach, NodeMeta, RpcRequest, RpcResponse,
+    Service, ServiceError, Transport, Written,
+};
+
+use crate::config::{derived_gossip_addr, Config};
+
+/// Wall clock in ms since the Unix epoch; used only to stamp proposals on the leader.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A deliberate bug for the history checker's own test (`tests/it/history.rs`): with the
+/// environment variable `STACKD_UNSAFE_STALE_READS=1`, linearizable reads skip ReadIndex and
+/// read local state, so a partitioned old leader or a lagging follower answers stale values.
+/// Off unless that exact value is set; never set it outside that test.
+fn unsafe_stale_reads() -> bool {
+    static ON: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var("STACKD_UNSAFE_STALE_READS").is_ok_and(|v| v == "1")
+    });
+    *ON
+}
+
+/// A node's handle on the cluster, shared by the API, the transport server and background
+/// tasks.
+pub struct Cluster {
+    pub id: NodeId,
+    pub info: NodeInfo,
+    pub raft: Raft,
+    pub state: Arc<RwLock<State>>,
+    pub transport: Arc<Transport>,
+    pub tls: ClusterTls,
+    pub config: Config,
+    /// This node's gossip member: liveness and metadata of every node, as seen from here.
+    pub gossip: Arc<Gossip>,
+    /// Membership changes the autopilot made while this node led, newest last.
+    autopilot: Mutex<VecDeque<AutopilotAction>>,
+    /// Autopilot actions since start, by action.
+    autopilot_totals: Mutex<BTreeMap<&'static str, u64>>,
+    reads: ReadBatcher,
+}
+
+impl Cluster {
+    // One handle per part of the node, each made once by `server::Node::start`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: NodeId,
+        info: NodeInfo,
+        raft: Raft,
+        state: Arc<RwLock<State>>,
+        transport: Arc<Transport>,
+        tls: ClusterTls,
+        config: Config,
+        gossip: Arc<Gossip>,
+    ) -> Arc<Self> {
+        if unsafe_stale_reads() {
+            warn!(
+                "STACKD_UNSAFE_STALE_READS=1: linearizable reads skip ReadIndex (test-only fault)"
+            );
+        }
+        Arc::new(Self {
+            id,
+            info,
+            raft,
+            state,
+            transport,
+            tls,
+            config,
+            gossip,
+            autopilot: Mutex::new(VecDeque::new()),
+            autopilot_totals: Mutex::new(BTreeMap::new()),
+            reads: ReadBatcher::default(),
+        })
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// How recently the leader must have heard from a member to count it reachable: one
+    /// election timeout (a follower that heard nothing for that long starts an election).
+    pub fn contact_window(&self) -> Duration {
+        Duration::from_millis(self.config.raft.election_timeout_ms)
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.api.request_timeout_ms)
+    }
+
+    /// The current leader and its addresses, as this node knows them.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let (id, node) = known_leader(&self.raft)?;
+        Some((id, node?))
+    }
+
+    /// Long-polls this node's applied state: `check` runs now and after every apply until it
+    /// finds what it looks for. `Ok(None)` when `deadline` passes first; an error when Raft
+    /// has stopped.
+    pub async fn wait_for_state<T>(
+        &self,
+        deadline: Instant,
+        mut check: impl FnMut(&State) -> Option<T>,
+    ) -> Result<Option<T>, ServiceError> {
+        let mut applied = self.raft.metrics();
+        loop {
+            if let Some(found) = check(&self.state.read().expect("state lock")) {
+                return Ok(Some(found));
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ServiceError::Unavailable("shutting down".into())),
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Whether this node knows a leader and has applied everything it knows is committed.
+    pub fn is_ready(&self) -> bool {
+        let m = self.metrics();
+        let committed = m.local_committed.map(|l| l.index);
+        m.current_leader.is_some()
+            && m.last_applied.map(|l| l.index) >= committed
+            && matches!(
+                m.state,
+                ServerState::Leader | ServerState::Follower | ServerState::Learner
+            )
+    }
+}
+
+/// The leader this node knows of, with its addresses when the membership has them.
+fn known_leader(raft: &Raft) -> Option<(NodeId, Option<NodeInfo>)> {
+    let m = raft.metrics();
+    let m = m.borrow_watched();
+    let id = m.current_leader?;
+    Some((id, m.membership_config.membership().get_node(&id).cloned()))
+}
+
+/// The leader in `m` when its address is known too.
+fn addressed_leader(m: &RaftMetrics<TypeConfig>) -> Option<(NodeId, &NodeInfo)> {
+    let id = m.current_leader?;
+    Some((id, m.membership_config.membership().get_node(&id)?))
+}

@@ -1,0 +1,185 @@
+//! Linearizable reads: ReadIndex rounds through the leader, batched, then a wait for the
+//! local apply.
+
+use super::*;
+
+pub(super) type ReadResult = Result<LogIdOf<TypeConfig>, ServiceError>;
+
+/// Batches concurrent linearizable reads behind one ReadIndex round: a read waits for the
+/// round that starts after it arrives (an earlier round could predate its write), and every
+/// read that queued during a round shares the next one.
+#[derive(Default)]
+pub(super) struct ReadBatcher {
+    inner: Arc<Mutex<BatchState>>,
+    /// The task driving the rounds, stopped by [`Cluster::stop_reads`].
+    driver: TaskTracker,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+pub(super) struct BatchState {
+    running: bool,
+    waiting: Vec<oneshot::Sender<ReadResult>>,
+}
+
+impl Cluster {
+    /// Waits until this node's state reflects every write acknowledged before the call
+    /// (ReadIndex through the leader, then wait for the local apply).
+    pub async fn read_barrier(&self) -> Result<(), ServiceError> {
+        if unsafe_stale_reads() {
+            return Ok(());
+        }
+        self.read_barrier_until(Instant::now() + self.request_timeout())
+            .await
+    }
+
+    /// Whether this node can serve a linearizable request now: it knows a leader, reaches it,
+    /// the leader confirms its leadership with a quorum, and this node has applied up to the
+    /// leader's read index. Bounded by one second or two election timeouts, whichever is
+    /// longer, so a readiness probe gets an answer quickly.
+    pub async fn check_ready(&self) -> Result<(), ServiceError> {
+        if !self.is_ready() {
+            return Err(ServiceError::Unavailable(
+                "no known leader, or still applying committed entries".into(),
+            ));
+        }
+        let within = Duration::from_millis(self.config.raft.election_timeout_ms * 2)
+            .max(Duration::from_secs(1));
+        self.read_barrier_until(Instant::now() + within).await
+    }
+
+    pub(super) async fn read_barrier_until(&self, deadline: Instant) -> Result<(), ServiceError> {
+        let settle = Duration::from_millis(self.config.raft.election_timeout_ms * 2);
+        let log_id = loop {
+            match self.read_index(deadline).await {
+                Ok(id) => break id,
+                // During a leader change the round fails fast; a read changes nothing, so it
+                // is simply asked again once a leader is known, within the same deadline.
+                Err(ServiceError::NotLeader { .. }) if Instant::now() < deadline => {
+                    let until = deadline.min(Instant::now() + settle);
+                    let _ = self.wait_for_leader(None, until).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(log_id.index), "linearizable read")
+            .await
+            .map_err(|_| {
+                ServiceError::Unavailable("timed out catching up to the read index".into())
+            })?;
+        Ok(())
+    }
+
+    /// Joins the next ReadIndex round (starting one if none is running) and returns its index.
+    pub(super) async fn read_index(&self, deadline: Instant) -> ReadResult {
+        let (tx, rx) = oneshot::channel();
+        let drive = {
+            let mut s = self.reads.inner.lock().expect("read batch lock");
+            if self.reads.stop.is_cancelled() {
+                return Err(ServiceError::Unavailable(
+                    "the node is shutting down".into(),
+                ));
+            }
+            s.waiting.push(tx);
+            !std::mem::replace(&mut s.running, true)
+        };
+        if drive {
+            let raft = self.raft.clone();
+            let transport = self.transport.clone();
+            let this_id = self.id;
+            let timeout = self.request_timeout();
+            let batcher = self.reads.inner.clone();
+            let stop = self.reads.stop.clone();
+            self.reads.driver.spawn(async move {
+                let rounds = async {
+                    loop {
+                        let batch = {
+                            let mut s = batcher.lock().expect("read batch lock");
+                            if s.waiting.is_empty() {
+                                s.running = false;
+                                return;
+                            }
+                            std::mem::take(&mut s.waiting)
+                        };
+                        let res = read_index_round(&raft, &transport, this_id, timeout).await;
+                        for tx in batch {
+                            let _ = tx.send(res.clone());
+                        }
+                    }
+                };
+                if stop.run_until_cancelled(rounds).await.is_none() {
+                    // Stopped: the reads still queued are told their round was dropped, and
+                    // no round starts any more.
+                    batcher.lock().expect("read batch lock").waiting.clear();
+                }
+            });
+        }
+        tokio::time::timeout_at(deadline, rx)
+            .await
+            .map_err(|_| ServiceError::Unavailable("timed out confirming leadership".into()))?
+            .map_err(|_| ServiceError::Unavailable("read round dropped".into()))?
+    }
+
+    /// Stops the ReadIndex rounds (a read under way or asked for later fails as unavailable)
+    /// and waits for the task that drives them to end. Part of the node's shutdown.
+    pub async fn stop_reads(&self) {
+        self.reads.stop.cancel();
+        self.reads.driver.close();
+        self.reads.driver.wait().await;
+    }
+}
+
+/// One ReadIndex round: the leader confirms its leadership with a quorum and answers the
+/// index a read must wait for.
+pub(super) async fn read_index_round(
+    raft: &Raft,
+    transport: &Transport,
+    this_id: NodeId,
+    timeout: Duration,
+) -> ReadResult {
+    let Some((leader, node)) = known_leader(raft) else {
+        return Err(ServiceError::NotLeader { leader: None });
+    };
+    if leader == this_id {
+        return local_read_index(raft, timeout).await;
+    }
+    let Some(node) = node else {
+        return Err(ServiceError::Unavailable("leader address unknown".into()));
+    };
+    match transport
+        .call_node(leader, &node.cluster_addr, &RpcRequest::ReadIndex, timeout)
+        .await
+    {
+        Ok(RpcResponse::ReadIndex(r)) => r,
+        Ok(other) => Err(ServiceError::Unavailable(format!(
+            "unexpected answer: {other:?}"
+        ))),
+        Err(e) => Err(ServiceError::Unavailable(format!(
+            "leader unreachable: {e}"
+        ))),
+    }
+}
+
+/// Bounded by `timeout`: without a quorum the leader cannot confirm its leadership, and a
+/// stuck round would hold up every read queued behind it.
+pub(super) async fn local_read_index(raft: &Raft, timeout: Duration) -> ReadResult {
+    let round = tokio::time::timeout(timeout, raft.get_read_linearizer(ReadPolicy::ReadIndex));
+    let Ok(result) = round.await else {
+        return Err(ServiceError::Unavailable(
+            "no quorum confirmed the leader in time".into(),
+        ));
+    };
+    match result {
+        Ok(lin) => Ok(*lin.read_log_id().log_id()),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+            Err(ServiceError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node),
+            })
+        }
+        Err(RaftError::APIError(e)) => Err(ServiceError::Unavailable(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(ServiceError::Unavailable(e.to_string())),
+    }
+}

@@ -1,0 +1,217 @@
+//! The write path: a proposal goes to the leader (this node, or forwarded over QUIC), and
+//! comes back as its typed result.
+
+use super::*;
+
+/// Why a write did not give its typed result.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// A fenced write whose fence is not the lock's current one; nothing was applied.
+    #[error("stale fence (current: {current:?})")]
+    StaleFence { current: Option<u64> },
+    /// The `Idempotency-Key` was first used for a request of another kind, whose remembered
+    /// answer came back.
+    #[error("the Idempotency-Key was first used for a different request")]
+    IdempotencyMismatch,
+}
+
+impl From<WriteError> for ServiceError {
+    fn from(e: WriteError) -> ServiceError {
+        match e {
+            WriteError::Service(e) => e,
+            other => ServiceError::Refused(other.to_string()),
+        }
+    }
+}
+
+/// The typed result of an applied proposal.
+pub(super) fn typed<P: Proposal>(response: Response) -> Result<P::Output, WriteError> {
+    P::output(response).map_err(|other| match other {
+        Response::StaleFence { current } => WriteError::StaleFence { current },
+        _ => WriteError::IdempotencyMismatch,
+    })
+}
+
+impl Cluster {
+    /// Waits (up to `until`) for a leader other than `not` whose address this node knows.
+    ///
+    /// The address matters as much as the id: a node that just joined learns the leader's id
+    /// from its first heartbeat, before the replicated log tells it the leader's address. A
+    /// wait that returned on the id alone would return at once, again and again, and the
+    /// caller's retry loop would spin without yielding, starving the runtime (and with it the
+    /// very transport that would bring the address).
+    pub(super) async fn wait_for_leader(
+        &self,
+        not: Option<NodeId>,
+        until: Instant,
+    ) -> Option<(NodeId, NodeInfo)> {
+        let remaining = until.saturating_duration_since(Instant::now());
+        let _ = self
+            .raft
+            .wait(Some(remaining))
+            .metrics(
+                move |m| addressed_leader(m).is_some_and(|(id, _)| Some(id) != not),
+                "leader and its address known",
+            )
+            .await;
+        self.leader().filter(|(id, _)| Some(*id) != not)
+    }
+
+    /// Proposes a write through the leader, from any node, and answers its typed result.
+    ///
+    /// `Unavailable` means the write was certainly not applied; `Unknown` that it may have
+    /// been (a forward or proposal was under way when the time ran out or the leader changed).
+    pub async fn write<P: Proposal>(
+        &self,
+        proposal: P,
+        idempotency_key: Option<String>,
+    ) -> Result<P::Output, WriteError> {
+        let written = self
+            .write_indexed(
+                proposal.into(),
+                idempotency_key,
+                Instant::now() + self.request_timeout(),
+            )
+            .await?;
+        typed::<P>(written.response)
+    }
+
+    /// Like [`Cluster::write`], and returns only once this node has applied the write too, so
+    /// a local (stale) read on this node sees it: read-your-writes through the same node.
+    /// If this node lags past the request deadline the write still succeeded and is
+    /// answered; it becomes visible here once applied.
+    pub async fn write_visible<P: Proposal>(
+        &self,
+        proposal: P,
+        idempotency_key: Option<String>,
+    ) -> Result<P::Output, WriteError> {
+        let deadline = Instant::now() + self.request_timeout();
+        let written = self
+            .write_indexed(proposal.into(), idempotency_key, deadline)
+            .await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = self
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(written.log_index), "write visible locally")
+            .await
+        {
+            warn!(error = %e, index = written.log_index, "write not yet applied on this node");
+        }
+        typed::<P>(written.response)
+    }
+
+    pub(super) async fn write_indexed(
+        &self,
+        command: Command,
+        idempotency_key: Option<String>,
+        deadline: Instant,
+    ) -> Result<Written, ServiceError> {
+        let req = Request {
+            stamp_ms: 0,
+            idempotency_key,
+            command,
+        };
+        let settle = Duration::from_millis(self.config.raft.election_timeout_ms * 2);
+        let mut hint: Option<(NodeId, NodeInfo)> = None;
+        // A node that just refused or could not be reached; it may lead again later.
+        let mut avoid: Option<NodeId> = None;
+        // Every path that leaves the loop early returns; staying in it means the write was
+        // certainly not appended anywhere, so running out of time is `Unavailable`.
+        while Instant::now() < deadline {
+            let leader = match hint
+                .take()
+                .or_else(|| self.leader().filter(|(id, _)| Some(*id) != avoid))
+            {
+                Some(l) => l,
+                None => {
+                    let until = deadline.min(Instant::now() + settle);
+                    match self.wait_for_leader(avoid, until).await {
+                        Some(l) => l,
+                        None => {
+                            avoid = None;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = if leader.0 == self.id {
+                match tokio::time::timeout(remaining, self.write_local(req.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(ServiceError::Unknown(
+                            "timed out waiting for the write to commit".into(),
+                        ))
+                    }
+                }
+            } else {
+                let forward = RpcRequest::Write(req.clone());
+                match self
+                    .transport
+                    .call_node(leader.0, &leader.1.cluster_addr, &forward, remaining)
+                    .await
+                {
+                    Ok(RpcResponse::Write(r)) => r,
+                    Ok(other) => {
+                        return Err(ServiceError::Unknown(format!(
+                            "unexpected answer from leader: {other:?}"
+                        )))
+                    }
+                    // Never sent: safe to try the next leader.
+                    Err(transport::Error::Connect { reason, .. }) => {
+                        warn!(leader = leader.0, %reason, "cannot reach leader to forward write");
+                        avoid = Some(leader.0);
+                        continue;
+                    }
+                    Err(transport::Error::Timeout(_)) => {
+                        return Err(ServiceError::Unknown(
+                            "timed out waiting for the leader".into(),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(ServiceError::Unknown(format!(
+                            "forward to leader failed: {e}"
+                        )))
+                    }
+                }
+            };
+            match result {
+                // Rejected before it was appended: retrying elsewhere cannot apply it twice.
+                Err(ServiceError::NotLeader { leader: next }) => {
+                    avoid = Some(leader.0);
+                    hint = next.filter(|(id, _)| *id != leader.0);
+                }
+                other => return other,
+            }
+        }
+        Err(ServiceError::Unavailable(
+            "no leader reachable before the request timeout; the write was not applied".into(),
+        ))
+    }
+
+    /// Proposes on this node, which must be the leader; stamps the replicated clock.
+    pub async fn write_local(&self, mut req: Request) -> Result<Written, ServiceError> {
+        req.stamp_ms = now_ms();
+        match self.raft.client_write(req).await {
+            Ok(r) => Ok(Written {
+                response: r.data,
+                log_index: r.log_id.index,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ServiceError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(ServiceError::Unknown(
+                    "leader changed; the write may or may not have been applied".into(),
+                ))
+            }
+            Err(RaftError::APIError(e)) => Err(ServiceError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ServiceError::Unknown(format!("raft stopped: {e}"))),
+        }
+    }
+}
