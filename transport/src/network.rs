@@ -74,6 +74,14 @@ fn unexpected(resp: RpcResponse) -> RPCError<TypeConfig> {
     }
 }
 
+/// A vote and a pre-vote are answered alike.
+fn vote_answer(r: RpcResponse) -> Result<Result<VoteResponse<TypeConfig>, String>, RpcResponse> {
+    match r {
+        RpcResponse::Vote(r) => Ok(r),
+        other => Err(other),
+    }
+}
+
 fn remote(e: String) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::from_string(format!("remote raft error: {e}")))
 }
@@ -89,6 +97,19 @@ impl Peer {
             .await
             .map_err(to_rpc_error)
     }
+
+    /// Sends one openraft RPC and takes its answer out of the response `pick` expects.
+    async fn raft_call<T>(
+        &self,
+        req: RpcRequest,
+        option: &RPCOption,
+        pick: fn(RpcResponse) -> Result<Result<T, String>, RpcResponse>,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        match pick(self.call(req, option).await?) {
+            Ok(answer) => answer.map_err(remote),
+            Err(other) => Err(unexpected(other)),
+        }
+    }
 }
 
 impl RaftNetworkV2<TypeConfig> for Peer {
@@ -99,10 +120,11 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(RpcRequest::Append(rpc), &option).await? {
-            RpcResponse::Append(r) => r.map_err(remote),
-            other => Err(unexpected(other)),
-        }
+        self.raft_call(RpcRequest::Append(rpc), &option, |r| match r {
+            RpcResponse::Append(r) => Ok(r),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn vote(
@@ -110,10 +132,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(RpcRequest::Vote(rpc), &option).await? {
-            RpcResponse::Vote(r) => r.map_err(remote),
-            other => Err(unexpected(other)),
-        }
+        self.raft_call(RpcRequest::Vote(rpc), &option, vote_answer)
+            .await
     }
 
     async fn pre_vote(
@@ -121,10 +141,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(RpcRequest::PreVote(rpc), &option).await? {
-            RpcResponse::Vote(r) => r.map_err(remote),
-            other => Err(unexpected(other)),
-        }
+        self.raft_call(RpcRequest::PreVote(rpc), &option, vote_answer)
+            .await
     }
 
     async fn transfer_leader(
@@ -132,10 +150,11 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(RpcRequest::TransferLeader(req), &option).await? {
-            RpcResponse::TransferLeader(r) => r.map_err(remote),
-            other => Err(unexpected(other)),
-        }
+        self.raft_call(RpcRequest::TransferLeader(req), &option, |r| match r {
+            RpcResponse::TransferLeader(r) => Ok(r),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn full_snapshot(

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::{Db, SmBatch};
 
-use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
-use super::{prefixed, unprefixed};
+use super::prefixed;
+use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 use crate::codec;
 
 const PREFIX: &[u8] = b"c:";
@@ -96,9 +96,7 @@ impl Part for Cache {
         if let Some(bytes) = db.sm_get(META_KEY)? {
             c.meta = codec::decode(&bytes)?;
         }
-        for (k, v) in db.sm_scan_prefix(PREFIX)? {
-            let key = unprefixed(PREFIX, &k)?;
-            let entry: CacheEntry = codec::decode(&v)?;
+        for (key, entry) in records::<CacheEntry>(db, PREFIX)? {
             c.index(&key, &entry);
             c.entries.insert(key, entry);
         }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use storage::{Db, SmBatch};
 
-use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
-use super::{prefixed, unprefixed, LiveEvent};
+use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
+use super::{prefixed, LiveEvent};
 use crate::codec;
 
 const PREFIX: &[u8] = b"k:";
@@ -116,9 +116,7 @@ fn history_key(revision: u64, key: &str) -> Vec<u8> {
 impl Part for Kv {
     fn load(db: &Db, _now_ms: u64) -> storage::Result<Kv> {
         let mut kv = Kv::default();
-        for (k, v) in db.sm_scan_prefix(PREFIX)? {
-            let key = unprefixed(PREFIX, &k)?;
-            let entry: KvEntry = codec::decode(&v)?;
+        for (key, entry) in records::<KvEntry>(db, PREFIX)? {
             if let Some(at) = entry.expires_at_ms {
                 kv.ttl.insert(at, key.clone());
             }

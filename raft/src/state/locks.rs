@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use storage::{Db, SmBatch};
 
-use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
-use super::{prefixed, unprefixed};
+use super::prefixed;
+use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 use crate::codec;
 
 const PREFIX: &[u8] = b"l:";
@@ -125,9 +125,7 @@ impl Part for Locks {
         if let Some(bytes) = db.sm_get(COUNTER_KEY)? {
             locks.last_fence = codec::decode(&bytes)?;
         }
-        for (k, v) in db.sm_scan_prefix(PREFIX)? {
-            let name = unprefixed(PREFIX, &k)?;
-            let entry: LockEntry = codec::decode(&v)?;
+        for (name, entry) in records::<LockEntry>(db, PREFIX)? {
             for at in entry.deadlines() {
                 locks.deadlines.insert(at, name.clone());
             }

@@ -55,7 +55,7 @@ pub use sessions::SessionEntry;
 use crate::codec;
 use crate::command::{Command, Compare, Request, Response, Txn, TxnResult};
 use crate::types::TypeConfig;
-use primitive::{put_record, Cx, Deadlines, Part, Primitive};
+use primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 
 /// Where [`Meta`] is stored in the `sm` column family.
 pub const META_KEY: &[u8] = b"m:state";
@@ -165,9 +165,7 @@ struct Idempotency {
 impl Part for Idempotency {
     fn load(db: &Db, _now_ms: u64) -> storage::Result<Self> {
         let mut idem = Idempotency::default();
-        for (k, v) in db.sm_scan_prefix(IDEM_PREFIX)? {
-            let key = unprefixed(IDEM_PREFIX, &k)?;
-            let rec: IdemRecord = codec::decode(&v)?;
+        for (key, rec) in records::<IdemRecord>(db, IDEM_PREFIX)? {
             idem.ttl.insert(rec.expires_at_ms, key.clone());
             idem.records.insert(key, rec);
         }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use storage::{Db, SmBatch};
 
@@ -86,6 +87,17 @@ impl<'a> Cx<'a> {
     pub fn delete(&mut self, key: Vec<u8>) {
         self.batch.delete(key);
     }
+}
+
+/// Every record under `prefix`, keyed by the rest of its key (UTF-8), in key order.
+pub(crate) fn records<T: DeserializeOwned>(
+    db: &Db,
+    prefix: &[u8],
+) -> storage::Result<Vec<(String, T)>> {
+    db.sm_scan_prefix(prefix)?
+        .into_iter()
+        .map(|(k, v)| Ok((super::unprefixed(prefix, &k)?, codec::decode(&v)?)))
+        .collect()
 }
 
 /// Persists `record` under `key` in `batch`.

@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use storage::{Db, SmBatch};
 
-use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
-use super::{prefixed, unprefixed};
-use crate::codec;
+use super::prefixed;
+use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 
 const PREFIX: &[u8] = b"s:";
 
@@ -84,9 +83,7 @@ pub(super) struct Sessions {
 impl Part for Sessions {
     fn load(db: &Db, _now_ms: u64) -> storage::Result<Sessions> {
         let mut s = Sessions::default();
-        for (k, v) in db.sm_scan_prefix(PREFIX)? {
-            let id = unprefixed(PREFIX, &k)?;
-            let entry: SessionEntry = codec::decode(&v)?;
+        for (id, entry) in records::<SessionEntry>(db, PREFIX)? {
             s.index(&id, &entry);
             s.entries.insert(id, entry);
         }
