@@ -54,37 +54,7 @@ impl Cluster {
             return;
         };
         let timeout = Duration::from_millis(self.config.api.request_timeout_ms * 2);
-        let (change, action, node, reason) = match step {
-            Step::AddVoter { node, replaces } => {
-                let down_ms = seen.get(&replaces).map_or(0, |(_, d)| d.as_millis());
-                info!(
-                    node,
-                    replaces,
-                    down_ms = down_ms as u64,
-                    "autopilot: adding a learner as voter to replace a dead voter"
-                );
-                (
-                    ChangeMembers::AddVoterIds(BTreeSet::from([node])),
-                    "add_voter",
-                    node,
-                    format!("replaces voter {replaces}, down in gossip for {down_ms} ms"),
-                )
-            }
-            Step::RemoveVoter { node } => {
-                let down_ms = seen.get(&node).map_or(0, |(_, d)| d.as_millis());
-                info!(
-                    node,
-                    down_ms = down_ms as u64,
-                    "autopilot: removing dead voter"
-                );
-                (
-                    ChangeMembers::RemoveVoters(BTreeSet::from([node])),
-                    "remove_voter",
-                    node,
-                    format!("down in gossip for {down_ms} ms"),
-                )
-            }
-        };
+        let (change, action, node, reason) = describe(step, &seen);
         // A removed voter is not kept as a learner: it is dead, and a spare it is not.
         match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
             Ok(Ok(_)) => {
@@ -133,6 +103,44 @@ impl Cluster {
             .iter()
             .cloned()
             .collect()
+    }
+}
+
+/// The membership change of `step`, its action name, its node and why, logged.
+fn describe(
+    step: Step,
+    seen: &BTreeMap<NodeId, (Liveness, Duration)>,
+) -> (
+    ChangeMembers<NodeId, NodeInfo>,
+    &'static str,
+    NodeId,
+    String,
+) {
+    let down_ms = |n: &NodeId| seen.get(n).map_or(0, |(_, d)| d.as_millis()) as u64;
+    match step {
+        Step::AddVoter { node, replaces } => {
+            let down_ms = down_ms(&replaces);
+            info!(
+                node,
+                replaces, down_ms, "autopilot: adding a learner as voter to replace a dead voter"
+            );
+            (
+                ChangeMembers::AddVoterIds(BTreeSet::from([node])),
+                "add_voter",
+                node,
+                format!("replaces voter {replaces}, down in gossip for {down_ms} ms"),
+            )
+        }
+        Step::RemoveVoter { node } => {
+            let down_ms = down_ms(&node);
+            info!(node, down_ms, "autopilot: removing dead voter");
+            (
+                ChangeMembers::RemoveVoters(BTreeSet::from([node])),
+                "remove_voter",
+                node,
+                format!("down in gossip for {down_ms} ms"),
+            )
+        }
     }
 }
 

@@ -43,58 +43,13 @@ impl Service for Cluster {
         public_key: Vec<u8>,
     ) -> Result<JoinGranted, ServiceError> {
         if !self.raft.is_leader() {
-            let Some((leader_id, leader)) = self.leader() else {
-                return Err(ServiceError::Unavailable(
-                    "no leader to admit the node; retry".into(),
-                ));
-            };
-            let relay = RpcRequest::JoinWithKey {
-                token,
-                node,
-                public_key,
-            };
-            return match self
-                .transport
-                .call_node(
-                    leader_id,
-                    &leader.cluster_addr,
-                    &relay,
-                    self.request_timeout(),
-                )
-                .await
-            {
-                Ok(RpcResponse::Joined(r)) => r,
-                Ok(other) => Err(ServiceError::Unavailable(format!(
-                    "unexpected answer: {other:?}"
-                ))),
-                Err(e) => Err(ServiceError::Unavailable(format!(
-                    "leader unreachable: {e}"
-                ))),
-            };
+            return self.relay_join(token, node, public_key).await;
         }
         // A token created just before a leader change is committed but maybe not applied
         // here yet.
         self.read_barrier().await?;
         self.check_join_token(&token)?;
-        let cluster_id = self.tls.cluster_id.clone();
-        let m = self.metrics();
-        if let Some((id, _)) = m
-            .membership_config
-            .membership()
-            .nodes()
-            .find(|(_, n)| n.cluster_addr == node.cluster_addr)
-        {
-            return Err(ServiceError::Refused(format!(
-                "node {id} already uses cluster address {}; remove it first or use another address",
-                node.cluster_addr
-            )));
-        }
-        // Check the key before an id is spent on it.
-        if public_key.len() != 65 || public_key[0] != 4 {
-            return Err(ServiceError::Refused(
-                "node public key is not an uncompressed P-256 point".into(),
-            ));
-        }
+        self.check_joiner(&node, &public_key)?;
         let id = match self.write(ClusterCmd::AllocateNodeId, None).await? {
             ClusterResult::NodeId(id) => id,
             other => {
@@ -108,26 +63,10 @@ impl Service for Cluster {
             .issue(id, &public_key)
             .map_err(|e| ServiceError::Refused(format!("cannot issue a certificate: {e}")))?;
         info!(node = id, addr = %node.cluster_addr, "admitting node as learner");
-        // The id is allocated now; a membership change already under way (a promotion) only
-        // delays the learner, so retry under the same id rather than waste it.
-        let deadline = Instant::now() + self.request_timeout();
-        loop {
-            match self.raft.add_learner(id, node.clone(), false).await {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    warn!(node = id, error = %e, "adding learner; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => {
-                    return Err(ServiceError::Unavailable(format!(
-                        "adding learner {id} failed: {e}"
-                    )))
-                }
-            }
-        }
+        self.add_learner_retrying(id, node).await?;
         Ok(JoinGranted {
             node_id: id,
-            cluster_id,
+            cluster_id: self.tls.cluster_id.clone(),
             cert_der,
             ca_cert_der: self.tls.ca_cert_der.clone(),
             ca_key_der: self.tls.ca_key_der.clone(),
@@ -281,6 +220,88 @@ impl Cluster {
                 );
                 if let Ok(RpcResponse::Hello) = hello.await {
                     break;
+                }
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// A join that reached a follower goes on to the leader, over QUIC.
+    async fn relay_join(
+        &self,
+        token: String,
+        node: NodeInfo,
+        public_key: Vec<u8>,
+    ) -> Result<JoinGranted, ServiceError> {
+        let Some((leader_id, leader)) = self.leader() else {
+            return Err(ServiceError::Unavailable(
+                "no leader to admit the node; retry".into(),
+            ));
+        };
+        let relay = RpcRequest::JoinWithKey {
+            token,
+            node,
+            public_key,
+        };
+        let answer = self
+            .transport
+            .call_node(
+                leader_id,
+                &leader.cluster_addr,
+                &relay,
+                self.request_timeout(),
+            )
+            .await;
+        match answer {
+            Ok(RpcResponse::Joined(r)) => r,
+            Ok(other) => Err(ServiceError::Unavailable(format!(
+                "unexpected answer: {other:?}"
+            ))),
+            Err(e) => Err(ServiceError::Unavailable(format!(
+                "leader unreachable: {e}"
+            ))),
+        }
+    }
+
+    /// Refuses a joiner whose address a member already uses or whose key is malformed,
+    /// before an id is spent on it.
+    fn check_joiner(&self, node: &NodeInfo, public_key: &[u8]) -> Result<(), ServiceError> {
+        let m = self.metrics();
+        if let Some((id, _)) = m
+            .membership_config
+            .membership()
+            .nodes()
+            .find(|(_, n)| n.cluster_addr == node.cluster_addr)
+        {
+            return Err(ServiceError::Refused(format!(
+                "node {id} already uses cluster address {}; remove it first or use another address",
+                node.cluster_addr
+            )));
+        }
+        if public_key.len() != 65 || public_key[0] != 4 {
+            return Err(ServiceError::Refused(
+                "node public key is not an uncompressed P-256 point".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds the new learner. The id is allocated now; a membership change already under way
+    /// (a promotion) only delays the learner, so retry under the same id rather than waste it.
+    async fn add_learner_retrying(&self, id: NodeId, node: NodeInfo) -> Result<(), ServiceError> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            match self.raft.add_learner(id, node.clone(), false).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    warn!(node = id, error = %e, "adding learner; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(ServiceError::Unavailable(format!(
+                        "adding learner {id} failed: {e}"
+                    )))
                 }
             }
         }

@@ -137,45 +137,11 @@ impl Cluster {
                     }
                 }
             };
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let result = if leader.0 == self.id {
-                match tokio::time::timeout(remaining, self.write_local(req.clone())).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(ServiceError::Unknown(
-                            "timed out waiting for the write to commit".into(),
-                        ))
-                    }
-                }
-            } else {
-                let forward = RpcRequest::Write(req.clone());
-                match self
-                    .transport
-                    .call_node(leader.0, &leader.1.cluster_addr, &forward, remaining)
-                    .await
-                {
-                    Ok(RpcResponse::Write(r)) => r,
-                    Ok(other) => {
-                        return Err(ServiceError::Unknown(format!(
-                            "unexpected answer from leader: {other:?}"
-                        )))
-                    }
-                    // Never sent: safe to try the next leader.
-                    Err(transport::Error::Connect { reason, .. }) => {
-                        warn!(leader = leader.0, %reason, "cannot reach leader to forward write");
-                        avoid = Some(leader.0);
-                        continue;
-                    }
-                    Err(transport::Error::Timeout(_)) => {
-                        return Err(ServiceError::Unknown(
-                            "timed out waiting for the leader".into(),
-                        ))
-                    }
-                    Err(e) => {
-                        return Err(ServiceError::Unknown(format!(
-                            "forward to leader failed: {e}"
-                        )))
-                    }
+            let result = match self.send_to_leader(&leader, &req, deadline).await {
+                Sent::Answered(r) => r,
+                Sent::NotSent => {
+                    avoid = Some(leader.0);
+                    continue;
                 }
             };
             match result {
@@ -190,6 +156,48 @@ impl Cluster {
         Err(ServiceError::Unavailable(
             "no leader reachable before the request timeout; the write was not applied".into(),
         ))
+    }
+
+    /// Proposes `req` on `leader`: here when this node leads, else forwarded over QUIC.
+    async fn send_to_leader(
+        &self,
+        leader: &(NodeId, NodeInfo),
+        req: &Request,
+        deadline: Instant,
+    ) -> Sent {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if leader.0 == self.id {
+            return Sent::Answered(
+                match tokio::time::timeout(remaining, self.write_local(req.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ServiceError::Unknown(
+                        "timed out waiting for the write to commit".into(),
+                    )),
+                },
+            );
+        }
+        let forward = RpcRequest::Write(req.clone());
+        let answer = self
+            .transport
+            .call_node(leader.0, &leader.1.cluster_addr, &forward, remaining)
+            .await;
+        Sent::Answered(match answer {
+            Ok(RpcResponse::Write(r)) => r,
+            Ok(other) => Err(ServiceError::Unknown(format!(
+                "unexpected answer from leader: {other:?}"
+            ))),
+            // Never sent: safe to try the next leader.
+            Err(transport::Error::Connect { reason, .. }) => {
+                warn!(leader = leader.0, %reason, "cannot reach leader to forward write");
+                return Sent::NotSent;
+            }
+            Err(transport::Error::Timeout(_)) => Err(ServiceError::Unknown(
+                "timed out waiting for the leader".into(),
+            )),
+            Err(e) => Err(ServiceError::Unknown(format!(
+                "forward to leader failed: {e}"
+            ))),
+        })
     }
 
     /// Proposes on this node, which must be the leader; stamps the replicated clock.
@@ -214,4 +222,12 @@ impl Cluster {
             Err(RaftError::Fatal(e)) => Err(ServiceError::Unknown(format!("raft stopped: {e}"))),
         }
     }
+}
+
+/// What became of one attempt to hand a write to the leader.
+enum Sent {
+    /// The leader (or this node) answered, or the outcome is unknown.
+    Answered(Result<Written, ServiceError>),
+    /// It never left this node: safe to try another leader.
+    NotSent,
 }
