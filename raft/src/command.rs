@@ -69,6 +69,8 @@ pub enum Compare {
     Revision { key: String, revision: u64 },
     /// Lock `lock` is currently held with fence `fence`.
     Fence { lock: String, fence: u64 },
+    /// Semaphore `semaphore` has a current lease with fence `fence`.
+    SemaphoreFence { semaphore: String, fence: u64 },
 }
 
 /// The result of a transaction.

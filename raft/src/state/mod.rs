@@ -434,6 +434,9 @@ impl Parts {
         let succeeded = txn.compare.iter().all(|c| match c {
             Compare::Revision { key, revision } => self.kv.revision_of(key) == *revision,
             Compare::Fence { lock, fence } => self.locks.current_fence(lock) == Some(*fence),
+            Compare::SemaphoreFence { semaphore, fence } => {
+                self.semaphores.holds(semaphore, *fence)
+            }
         });
         let ops = if succeeded {
             &txn.success

@@ -10,6 +10,8 @@
 //! Fences are drawn from one counter shared by all semaphores (its own, not the locks'), so
 //! they strictly increase across grants, semaphores, leader changes and restarts; a semaphore
 //! that holds nothing needs no record.
+//! [`Compare::SemaphoreFence`](crate::command::Compare::SemaphoreFence) lets a transaction
+//! apply its writes only while a lease is current.
 //!
 //! # Waiting
 //! An acquire that does not fit either answers [`SemaphoreResult::Full`] or, given a `wait`,
@@ -275,6 +277,16 @@ impl Primitive for Semaphores {
             SemaphoreCmd::Release { name, fence } => self.release(name, *fence, now, cx.batch),
         }
     }
+
+    /// Only `Release`: whether or not the lease was still current, afterwards it holds
+    /// nothing, so its effect does not depend on the state it meets and a transaction's
+    /// compares stay its only conditions (e.g. write a result and give the permits back while
+    /// [`Compare::SemaphoreFence`](crate::command::Compare::SemaphoreFence) holds). `Acquire`
+    /// and `Renew` succeed or not depending on what is free or current, and `CancelWait` may
+    /// answer a grant.
+    fn in_txn(cmd: &SemaphoreCmd) -> bool {
+        matches!(cmd, SemaphoreCmd::Release { .. })
+    }
 }
 
 /// The fields of an acquire.
@@ -314,6 +326,13 @@ impl AcquireReq<'_> {
 impl Semaphores {
     pub(super) fn get(&self, name: &str) -> Option<&SemaphoreEntry> {
         self.entries.get(name)
+    }
+
+    /// Whether `fence` is a current lease of semaphore `name`.
+    pub(super) fn holds(&self, name: &str, fence: u64) -> bool {
+        self.entries
+            .get(name)
+            .is_some_and(|e| e.holders.contains_key(&fence))
     }
 
     fn acquire(
@@ -534,8 +553,8 @@ fn settle(entry: &mut SemaphoreEntry, now: u64, fences: &mut Fences<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, Request, Response};
-    use crate::state::State;
+    use crate::command::{Command, Compare, KvCmd, KvResult, Request, Response, Txn, TxnResult};
+    use crate::state::{txn_op_allowed, State};
 
     fn run(s: &mut State, stamp_ms: u64, command: Command) -> Response {
         let req = Request {
@@ -1083,6 +1102,73 @@ mod tests {
             s.semaphore("S").unwrap().waiters.len(),
             MAX_WAITERS_PER_SEMAPHORE
         );
+    }
+
+    #[test]
+    fn a_transaction_can_hold_only_while_a_lease_is_current_and_release_it() {
+        let mut s = State::default();
+        sem(&mut s, 0, acquire("S", "a", 2, 2, 1_000, None)); // fence 1
+        sem(
+            &mut s,
+            0,
+            acquire("S", "b", 1, 2, 1_000, Some(("wb", 5_000))),
+        );
+        let put = |key: &str| {
+            Command::Kv(KvCmd::Put {
+                key: key.into(),
+                value: b"1".to_vec(),
+                if_revision: None,
+                ttl_ms: None,
+            })
+        };
+        let txn = Command::Txn(Txn {
+            compare: vec![Compare::SemaphoreFence {
+                semaphore: "S".into(),
+                fence: 1,
+            }],
+            success: vec![put("done"), Command::Semaphore(release("S", 1))],
+            failure: vec![put("lost")],
+        });
+        assert_eq!(
+            run(&mut s, 10, txn.clone()),
+            Response::Txn(TxnResult {
+                succeeded: true,
+                revision: 1,
+                results: vec![
+                    Response::Kv(KvResult::Put { revision: 1 }),
+                    Response::Semaphore(SemaphoreResult::Released { permits: 2 }),
+                ],
+            })
+        );
+        // The release served the waiter in the same apply.
+        assert_eq!(leases(&s, "S"), [lease(2, "b", 1)]);
+        // The lease is gone: the same transaction now takes its failure branch.
+        assert!(matches!(
+            run(&mut s, 11, txn),
+            Response::Txn(TxnResult {
+                succeeded: false,
+                ..
+            })
+        ));
+        assert!(s.get("lost").is_some());
+
+        // Only a release may be a transaction's write.
+        let acq = Command::Semaphore(acquire("S", "c", 1, 2, 1_000, None));
+        assert!(txn_op_allowed(&Command::Semaphore(release("S", 2))));
+        assert!(!txn_op_allowed(&acq));
+        assert!(!txn_op_allowed(&Command::Semaphore(renew("S", 2, 10))));
+        assert!(!txn_op_allowed(&Command::Semaphore(cancel("S", "w"))));
+        let r = run(
+            &mut s,
+            12,
+            Command::Txn(Txn {
+                compare: vec![],
+                success: vec![acq],
+                failure: vec![],
+            }),
+        );
+        assert!(matches!(r, Response::Rejected(_)), "{r:?}");
+        assert_eq!(leases(&s, "S"), [lease(2, "b", 1)]);
     }
 
     /// What apply writes through to RocksDB rebuilds the same semaphores, fence counter
