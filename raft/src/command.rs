@@ -16,6 +16,7 @@ pub use crate::state::kv::{KvCmd, KvResult};
 pub use crate::state::locks::{LockCmd, LockResult, LockWait};
 pub use crate::state::queues::{Claimed, Enqueue, QueueCmd, QueueResult, ScheduleSpec};
 pub use crate::state::security::{ClusterCmd, ClusterResult};
+pub use crate::state::semaphores::{SemaphoreCmd, SemaphoreResult, SemaphoreWait};
 pub use crate::state::sessions::{SessionCmd, SessionResult};
 
 /// One proposal: a command stamped with the proposing leader's wall clock.
@@ -52,6 +53,7 @@ pub enum Command {
         fence: u64,
         command: Box<Command>,
     },
+    Semaphore(SemaphoreCmd),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +69,8 @@ pub enum Compare {
     Revision { key: String, revision: u64 },
     /// Lock `lock` is currently held with fence `fence`.
     Fence { lock: String, fence: u64 },
+    /// Semaphore `semaphore` has a current lease with fence `fence`.
+    SemaphoreFence { semaphore: String, fence: u64 },
 }
 
 /// The result of a transaction.
@@ -99,6 +103,7 @@ pub enum Response {
     Queue(QueueResult),
     Channel(ChannelResult),
     Txn(TxnResult),
+    Semaphore(SemaphoreResult),
 }
 
 /// A command whose result type is known: proposing it answers a `Self::Output`.
@@ -141,6 +146,7 @@ proposals! {
     Queue(QueueCmd) -> QueueResult,
     Channel(ChannelCmd) -> ChannelResult,
     Txn(Txn) -> TxnResult,
+    Semaphore(SemaphoreCmd) -> SemaphoreResult,
 }
 
 /// A command applied only while a lock is held with a given fence (or always, without one).
@@ -215,6 +221,7 @@ impl fmt::Display for Command {
                 fence,
                 command,
             } => write!(f, "fenced {lock}:{fence} {command}"),
+            Command::Semaphore(c) => write!(f, "semaphore {c:?}"),
         }
     }
 }

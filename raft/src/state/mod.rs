@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`kv`]: key-value entries, revisions, TTL.
 //! - [`locks`]: leases, waiters and fences.
+//! - [`semaphores`]: counting semaphores: permits under leases with fences, FIFO waiters.
 //! - [`sessions`]: sessions with sliding expiry.
 //! - [`cache`]: the bounded cache with tags.
 //! - [`queues`]: job queues with leases, retries, dead letters and cron schedules.
@@ -26,6 +27,7 @@
 //!   `m:revoked-tokens` → revoked join tokens (digest → when), part of [`Security`]
 //! - `k:<key>` → [`KvEntry`], `l:<name>` → [`LockEntry`], `s:<id>` → [`SessionEntry`],
 //!   `c:<key>` → [`CacheEntry`]
+//! - `sem:<name>` → [`SemaphoreEntry`]; `m:semaphores` → the last semaphore fence
 //! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
 //! - `i:<idempotency key>` → [`IdemRecord`]
 
@@ -36,6 +38,7 @@ pub(crate) mod locks;
 mod primitive;
 pub(crate) mod queues;
 pub(crate) mod security;
+pub(crate) mod semaphores;
 pub(crate) mod sessions;
 
 use openraft::alias::{LogIdOf, StoredMembershipOf};
@@ -50,6 +53,10 @@ pub use queues::{
     next_fire_ms, Job, JobState, QueueStats, Schedule, BACKOFF_MAX_MS, CRON_CATCH_UP_MAX,
 };
 pub use security::{token_id, Security, EXPIRED_TOKEN_KEPT_MS, REVOKED_TOKENS_KEY, SECURITY_KEY};
+pub use semaphores::{
+    SemaphoreEntry, SemaphoreLease, SemaphoreWaiter, MAX_HOLDERS_PER_SEMAPHORE,
+    MAX_SEMAPHORE_CAPACITY, MAX_WAITERS_PER_SEMAPHORE,
+};
 pub use sessions::SessionEntry;
 
 use crate::codec;
@@ -120,6 +127,7 @@ parts! {
     cache: cache::Cache,
     queues: queues::Queues,
     channels: channels::Channels,
+    semaphores: semaphores::Semaphores,
     security: Security,
     idem: Idempotency,
 }
@@ -304,6 +312,12 @@ impl State {
         self.parts.locks.get(name)
     }
 
+    /// A semaphore's capacity, current leases (by fence) and waiters, first waiter first;
+    /// `None` when no permit is held or waited for.
+    pub fn semaphore(&self, name: &str) -> Option<&SemaphoreEntry> {
+        self.parts.semaphores.get(name)
+    }
+
     /// A live session.
     pub fn session(&self, id: &str) -> Option<&SessionEntry> {
         self.parts.sessions.get(id, self.meta.now_ms)
@@ -401,6 +415,7 @@ impl Parts {
             Command::Cache(c) => Response::Cache(self.cache.apply(c, cx)),
             Command::Queue(c) => Response::Queue(self.queues.apply(c, cx)),
             Command::Channel(c) => Response::Channel(self.channels.apply(c, cx)),
+            Command::Semaphore(c) => Response::Semaphore(self.semaphores.apply(c, cx)),
             Command::Txn(txn) => self.apply_txn(txn, cx),
             Command::Fenced {
                 lock,
@@ -417,6 +432,9 @@ impl Parts {
         let succeeded = txn.compare.iter().all(|c| match c {
             Compare::Revision { key, revision } => self.kv.revision_of(key) == *revision,
             Compare::Fence { lock, fence } => self.locks.current_fence(lock) == Some(*fence),
+            Compare::SemaphoreFence { semaphore, fence } => {
+                self.semaphores.holds(semaphore, *fence)
+            }
         });
         let ops = if succeeded {
             &txn.success
@@ -454,6 +472,7 @@ pub fn txn_op_allowed(op: &Command) -> bool {
         Command::Cache(c) => cache::Cache::in_txn(c),
         Command::Queue(c) => queues::Queues::in_txn(c),
         Command::Channel(c) => channels::Channels::in_txn(c),
+        Command::Semaphore(c) => semaphores::Semaphores::in_txn(c),
         Command::Cluster(c) => Security::in_txn(c),
         Command::Tick | Command::Txn(_) | Command::Fenced { .. } => false,
     }
