@@ -5,14 +5,13 @@
 //! Leases and waits end on the replicated clock; a waiter is granted the lock in the same
 //! apply that frees it, so waiters are served in the order their acquires were logged.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use storage::{Db, SmBatch};
+use storage::SmBatch;
 
-use super::prefixed;
-use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
-use crate::codec;
+use super::leases::{Fences, LeaseTable, Leased};
+use super::primitive::{Cx, Primitive};
 
 const PREFIX: &[u8] = b"l:";
 const COUNTER_KEY: &[u8] = b"m:locks";
@@ -103,49 +102,8 @@ pub struct LockEntry {
     pub waiters: VecDeque<Waiter>,
 }
 
-impl LockEntry {
-    fn deadlines(&self) -> Vec<u64> {
-        let mut d: Vec<u64> = self.waiters.iter().map(|w| w.deadline_ms).collect();
-        d.extend(self.holder.as_ref().map(|h| h.expires_at_ms));
-        d
-    }
-}
-
-#[derive(Default, Debug)]
-pub(super) struct Locks {
-    entries: BTreeMap<String, LockEntry>,
-    /// Every lease end and wait end.
-    deadlines: Deadlines<String>,
-    last_fence: u64,
-}
-
-impl Part for Locks {
-    fn load(db: &Db, _now_ms: u64) -> storage::Result<Locks> {
-        let mut locks = Locks::default();
-        if let Some(bytes) = db.sm_get(COUNTER_KEY)? {
-            locks.last_fence = codec::decode(&bytes)?;
-        }
-        for (name, entry) in records::<LockEntry>(db, PREFIX)? {
-            for at in entry.deadlines() {
-                locks.deadlines.insert(at, name.clone());
-            }
-            locks.entries.insert(name, entry);
-        }
-        Ok(locks)
-    }
-
-    /// Ends every lease and wait due, granting freed locks to their next waiter.
-    fn expire(&mut self, cx: &mut Cx<'_>) {
-        let now = cx.now();
-        while let Some(name) = self.deadlines.first_due(now) {
-            self.update(&name, now, cx.batch, |_, _| ());
-        }
-    }
-
-    fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.next()
-    }
-}
+/// Every lock, by name.
+pub(crate) type Locks = LeaseTable<LockEntry>;
 
 impl Primitive for Locks {
     type Cmd = LockCmd;
@@ -174,10 +132,6 @@ impl Primitive for Locks {
 }
 
 impl Locks {
-    pub(super) fn get(&self, name: &str) -> Option<&LockEntry> {
-        self.entries.get(name)
-    }
-
     /// The current fence of `name`, if held.
     pub(super) fn current_fence(&self, name: &str) -> Option<u64> {
         self.entries
@@ -286,75 +240,38 @@ impl Locks {
             },
         })
     }
-
-    /// Runs `f` on the lock's entry, then settles it (ends due leases and waits, grants a free
-    /// lock to its next waiter), and writes it back with its deadlines re-indexed.
-    fn update<R>(
-        &mut self,
-        name: &str,
-        now: u64,
-        batch: &mut SmBatch,
-        f: impl FnOnce(&mut LockEntry, &mut Fences) -> R,
-    ) -> R {
-        let mut entry = self.entries.remove(name).unwrap_or_default();
-        for at in entry.deadlines() {
-            self.deadlines.remove(at, &name.to_string());
-        }
-        let before = entry.clone();
-        let fence_before = self.last_fence;
-        let mut fences = Fences(&mut self.last_fence);
-        settle(&mut entry, now, &mut fences);
-        let out = f(&mut entry, &mut fences);
-        settle(&mut entry, now, &mut fences);
-        if self.last_fence != fence_before {
-            put_record(batch, COUNTER_KEY.to_vec(), &self.last_fence);
-        }
-        if entry.holder.is_none() && entry.waiters.is_empty() {
-            if before != LockEntry::default() {
-                batch.delete(prefixed(PREFIX, name));
-            }
-        } else {
-            for at in entry.deadlines() {
-                self.deadlines.insert(at, name.to_string());
-            }
-            if entry != before {
-                put_record(batch, prefixed(PREFIX, name), &entry);
-            }
-            self.entries.insert(name.to_string(), entry);
-        }
-        out
-    }
 }
 
-/// Hands out fences from the shared counter.
-struct Fences<'a>(&'a mut u64);
+impl Leased for LockEntry {
+    const PREFIX: &'static [u8] = PREFIX;
+    const COUNTER_KEY: &'static [u8] = COUNTER_KEY;
 
-impl Fences<'_> {
-    fn next(&mut self) -> u64 {
-        *self.0 += 1;
-        *self.0
+    fn deadlines(&self) -> Vec<u64> {
+        let mut d: Vec<u64> = self.waiters.iter().map(|w| w.deadline_ms).collect();
+        d.extend(self.holder.as_ref().map(|h| h.expires_at_ms));
+        d
     }
-}
 
-/// Ends a due lease and due waits, then grants a free lock to the first waiter.
-fn settle(entry: &mut LockEntry, now: u64, fences: &mut Fences<'_>) {
-    if entry
-        .holder
-        .as_ref()
-        .is_some_and(|h| h.expires_at_ms <= now)
-    {
-        entry.holder = None;
+    fn is_empty(&self) -> bool {
+        self.holder.is_none() && self.waiters.is_empty()
     }
-    entry.waiters.retain(|w| w.deadline_ms > now);
-    if entry.holder.is_none() {
-        if let Some(w) = entry.waiters.pop_front() {
-            entry.holder = Some(Holder {
-                owner: w.owner,
-                fence: fences.next(),
-                ttl_ms: w.ttl_ms,
-                expires_at_ms: now.saturating_add(w.ttl_ms),
-                waiter_id: Some(w.id),
-            });
+
+    /// Ends a due lease and due waits, then grants a free lock to the first waiter.
+    fn settle(&mut self, now: u64, fences: &mut Fences<'_>) {
+        if self.holder.as_ref().is_some_and(|h| h.expires_at_ms <= now) {
+            self.holder = None;
+        }
+        self.waiters.retain(|w| w.deadline_ms > now);
+        if self.holder.is_none() {
+            if let Some(w) = self.waiters.pop_front() {
+                self.holder = Some(Holder {
+                    owner: w.owner,
+                    fence: fences.next(),
+                    ttl_ms: w.ttl_ms,
+                    expires_at_ms: now.saturating_add(w.ttl_ms),
+                    waiter_id: Some(w.id),
+                });
+            }
         }
     }
 }

@@ -34,6 +34,7 @@
 pub(crate) mod cache;
 pub(crate) mod channels;
 pub(crate) mod kv;
+mod leases;
 pub(crate) mod locks;
 mod primitive;
 pub(crate) mod queues;

@@ -46,11 +46,10 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use storage::{Db, SmBatch};
+use storage::SmBatch;
 
-use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
-use super::{prefixed, unprefixed};
-use crate::codec;
+use super::leases::{Fences, LeaseTable, Leased};
+use super::primitive::{Cx, Primitive};
 
 /// `sem:<name>` → [`SemaphoreEntry`].
 const PREFIX: &[u8] = b"sem:";
@@ -179,19 +178,9 @@ impl SemaphoreEntry {
         self.capacity.saturating_sub(self.held())
     }
 
-    fn is_empty(&self) -> bool {
-        self.holders.is_empty() && self.waiters.is_empty()
-    }
-
     /// Whether `permits` can be granted now, leaving the queue aside.
     fn fits(&self, permits: u32) -> bool {
         permits <= self.free() && self.holders.len() < MAX_HOLDERS_PER_SEMAPHORE
-    }
-
-    fn deadlines(&self) -> Vec<u64> {
-        let mut d: Vec<u64> = self.waiters.iter().map(|w| w.deadline_ms).collect();
-        d.extend(self.holders.values().map(|l| l.expires_at_ms));
-        d
     }
 
     fn waiting(&self) -> u32 {
@@ -204,43 +193,8 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-#[derive(Default, Debug)]
-pub(super) struct Semaphores {
-    entries: BTreeMap<String, SemaphoreEntry>,
-    /// Every lease end and wait end.
-    deadlines: Deadlines<String>,
-    last_fence: u64,
-}
-
-impl Part for Semaphores {
-    fn load(db: &Db, _now_ms: u64) -> storage::Result<Semaphores> {
-        let mut sems = Semaphores::default();
-        if let Some(bytes) = db.sm_get(COUNTER_KEY)? {
-            sems.last_fence = codec::decode(&bytes)?;
-        }
-        for (k, v) in db.sm_scan_prefix(PREFIX)? {
-            let name = unprefixed(PREFIX, &k)?;
-            let entry: SemaphoreEntry = codec::decode(&v)?;
-            for at in entry.deadlines() {
-                sems.deadlines.insert(at, name.clone());
-            }
-            sems.entries.insert(name, entry);
-        }
-        Ok(sems)
-    }
-
-    /// Ends every lease and wait due, serving the queues their permits free.
-    fn expire(&mut self, cx: &mut Cx<'_>) {
-        let now = cx.now();
-        while let Some(name) = self.deadlines.first_due(now) {
-            self.update(&name, now, cx.batch, |_, _| ());
-        }
-    }
-
-    fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.next()
-    }
-}
+/// Every semaphore, by name.
+pub(crate) type Semaphores = LeaseTable<SemaphoreEntry>;
 
 impl Primitive for Semaphores {
     type Cmd = SemaphoreCmd;
@@ -324,10 +278,6 @@ impl AcquireReq<'_> {
 }
 
 impl Semaphores {
-    pub(super) fn get(&self, name: &str) -> Option<&SemaphoreEntry> {
-        self.entries.get(name)
-    }
-
     /// Whether `fence` is a current lease of semaphore `name`.
     pub(super) fn holds(&self, name: &str, fence: u64) -> bool {
         self.entries
@@ -476,77 +426,43 @@ impl Semaphores {
             }
         })
     }
-
-    /// Runs `f` on the semaphore's entry between two settlings (ends due leases and waits,
-    /// serves the queue), and writes it back with its deadlines re-indexed; an entry left
-    /// without leases and waiters is removed.
-    fn update<R>(
-        &mut self,
-        name: &str,
-        now: u64,
-        batch: &mut SmBatch,
-        f: impl FnOnce(&mut SemaphoreEntry, &mut Fences) -> R,
-    ) -> R {
-        let mut entry = self.entries.remove(name).unwrap_or_default();
-        for at in entry.deadlines() {
-            self.deadlines.remove(at, &name.to_string());
-        }
-        let before = entry.clone();
-        let fence_before = self.last_fence;
-        let mut fences = Fences(&mut self.last_fence);
-        settle(&mut entry, now, &mut fences);
-        let out = f(&mut entry, &mut fences);
-        settle(&mut entry, now, &mut fences);
-        if self.last_fence != fence_before {
-            put_record(batch, COUNTER_KEY.to_vec(), &self.last_fence);
-        }
-        if entry.is_empty() {
-            if before != SemaphoreEntry::default() {
-                batch.delete(prefixed(PREFIX, name));
-            }
-        } else {
-            for at in entry.deadlines() {
-                self.deadlines.insert(at, name.to_string());
-            }
-            if entry != before {
-                put_record(batch, prefixed(PREFIX, name), &entry);
-            }
-            self.entries.insert(name.to_string(), entry);
-        }
-        out
-    }
 }
 
-/// Hands out fences from the shared counter.
-struct Fences<'a>(&'a mut u64);
+impl Leased for SemaphoreEntry {
+    const PREFIX: &'static [u8] = PREFIX;
+    const COUNTER_KEY: &'static [u8] = COUNTER_KEY;
 
-impl Fences<'_> {
-    fn next(&mut self) -> u64 {
-        *self.0 += 1;
-        *self.0
+    fn deadlines(&self) -> Vec<u64> {
+        let mut d: Vec<u64> = self.waiters.iter().map(|w| w.deadline_ms).collect();
+        d.extend(self.holders.values().map(|l| l.expires_at_ms));
+        d
     }
-}
 
-/// Ends due leases and due waits, then grants the queue's head while it fits.
-///
-/// Every lease has a TTL above 0, so none granted here is already due.
-fn settle(entry: &mut SemaphoreEntry, now: u64, fences: &mut Fences<'_>) {
-    entry.holders.retain(|_, l| l.expires_at_ms > now);
-    entry.waiters.retain(|w| w.deadline_ms > now);
-    while entry.waiters.front().is_some_and(|w| entry.fits(w.permits)) {
-        let Some(w) = entry.waiters.pop_front() else {
-            break;
-        };
-        entry.holders.insert(
-            fences.next(),
-            SemaphoreLease {
-                holder: w.holder,
-                permits: w.permits,
-                ttl_ms: w.ttl_ms,
-                expires_at_ms: now.saturating_add(w.ttl_ms),
-                waiter_id: Some(w.id),
-            },
-        );
+    fn is_empty(&self) -> bool {
+        self.holders.is_empty() && self.waiters.is_empty()
+    }
+
+    /// Ends due leases and due waits, then grants the queue's head while it fits.
+    ///
+    /// Every lease has a TTL above 0, so none granted here is already due.
+    fn settle(&mut self, now: u64, fences: &mut Fences<'_>) {
+        self.holders.retain(|_, l| l.expires_at_ms > now);
+        self.waiters.retain(|w| w.deadline_ms > now);
+        while self.waiters.front().is_some_and(|w| self.fits(w.permits)) {
+            let Some(w) = self.waiters.pop_front() else {
+                break;
+            };
+            self.holders.insert(
+                fences.next(),
+                SemaphoreLease {
+                    holder: w.holder,
+                    permits: w.permits,
+                    ttl_ms: w.ttl_ms,
+                    expires_at_ms: now.saturating_add(w.ttl_ms),
+                    waiter_id: Some(w.id),
+                },
+            );
+        }
     }
 }
 
@@ -1176,7 +1092,7 @@ mod tests {
     #[test]
     fn a_reloaded_state_answers_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
+        let db = storage::Db::open(dir.path()).unwrap();
         let mut s = State::default();
         let commands = [
             (0, acquire("x", "a", 2, 3, 5_000, None)),
