@@ -14,6 +14,7 @@ use raft::{Command, NodeId, NodeInfo, Raft, Request, Response, State, TypeConfig
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use transport::tls::PeerId;
 use transport::{
@@ -115,6 +116,8 @@ type ReadResult = Result<LogIdOf<TypeConfig>, ServiceError>;
 #[derive(Default)]
 struct ReadBatcher {
     inner: Arc<Mutex<BatchState>>,
+    /// Owns the task driving the rounds; shutdown waits for it.
+    tasks: TaskTracker,
 }
 
 #[derive(Default)]
@@ -154,6 +157,11 @@ impl Cluster {
             autopilot_totals: Mutex::new(BTreeMap::new()),
             reads: ReadBatcher::default(),
         })
+    }
+
+    /// The tracker owning the tasks that drive ReadIndex rounds.
+    pub fn read_rounds(&self) -> &TaskTracker {
+        &self.reads.tasks
     }
 
     pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
@@ -420,7 +428,7 @@ impl Cluster {
             let this_id = self.id;
             let timeout = self.request_timeout();
             let batcher = self.reads.inner.clone();
-            tokio::spawn(async move {
+            self.reads.tasks.spawn(async move {
                 loop {
                     let batch = {
                         let mut s = batcher.lock().expect("read batch lock");

@@ -44,6 +44,8 @@ pub struct Node {
     /// Gossip stops last, so the others see this node leave only once it has.
     gossip_shutdown: CancellationToken,
     gossip_task: tokio::task::JoinHandle<()>,
+    /// Owns the WebSocket connections and their tasks.
+    hub: Arc<crate::realtime::Hub>,
 }
 
 impl Node {
@@ -285,7 +287,7 @@ impl Node {
             .await
             .with_context(|| format!("binding API address {}", config.api.addr))?;
         let api_addr = listener.local_addr()?;
-        let hub = crate::realtime::Hub::new(live, config.ws.max_connections, shutdown.clone());
+        let hub = crate::realtime::Hub::new(live, config.ws.max_connections);
         tasks.push(tokio::spawn(
             hub.clone().run_presence(cluster.clone(), shutdown.clone()),
         ));
@@ -293,7 +295,7 @@ impl Node {
             cluster: cluster.clone(),
             metrics: Arc::new(Metrics::new()),
             inflight,
-            hub,
+            hub: hub.clone(),
             db: db.clone(),
         }));
         let api_shutdown = shutdown.clone();
@@ -316,6 +318,7 @@ impl Node {
             tasks,
             gossip_shutdown,
             gossip_task,
+            hub,
         })
     }
 
@@ -345,6 +348,10 @@ impl Node {
         }
         info!("shutting down: stopping API and background tasks");
         self.shutdown.cancel();
+        info!("shutting down: draining WebSockets");
+        self.hub
+            .drain(Duration::from_secs(5), Duration::from_secs(1))
+            .await;
         for mut t in self.tasks {
             if tokio::time::timeout(Duration::from_secs(5), &mut t)
                 .await
@@ -360,6 +367,17 @@ impl Node {
         let removal = self.removed.borrow().clone();
         if let Some(why) = removal {
             record_removal(&self.data_dir, &why);
+        }
+        let reads = self.cluster.read_rounds();
+        reads.close();
+        if tokio::time::timeout(Duration::from_secs(5), reads.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                tasks = reads.len(),
+                "ReadIndex rounds did not stop within 5 s"
+            );
         }
         info!("shutting down raft");
         if let Err(e) = self.cluster.raft.shutdown().await {
