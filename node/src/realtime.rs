@@ -5,7 +5,11 @@
 //! batch's channel events and key-value changes ([`raft::LiveBatch`]) and every connection
 //! filters them for its subscriptions. The leader only orders the writes; delivery costs it
 //! nothing beyond its own connections.
+//!
+//! Every WebSocket task (a connection, its writer, a publish it waits on) belongs to the hub's
+//! tracker: shutdown closes the connections and waits for those tasks ([`Hub::drain`]).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +17,9 @@ use std::time::Duration;
 use raft::command::ChannelCmd;
 use raft::LiveBatch;
 use tokio::sync::{broadcast, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::cluster::Cluster;
@@ -22,8 +28,12 @@ pub struct Hub {
     live: broadcast::Sender<LiveBatch>,
     /// Drawn once per process: a restarted node's presence replaces its previous process's.
     pub incarnation: u64,
-    /// Cancelled when the node shuts down: connections close with 1001 (going away).
+    /// Cancelled when the node drains its WebSockets: connections close with 1001 (going away).
     pub shutdown: CancellationToken,
+    /// Cancelled when tasks outlive the drain: they are dropped where they are.
+    abandon: CancellationToken,
+    /// Every WebSocket connection, its writer and the publishes it waits on.
+    pub tasks: TaskTracker,
     /// WebSocket connections still allowed on this node.
     pub connections: Arc<Semaphore>,
     /// Present clients connected to this node; while any, the node renews its lease.
@@ -31,18 +41,60 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(
-        live: broadcast::Sender<LiveBatch>,
-        max_connections: usize,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
+    pub fn new(live: broadcast::Sender<LiveBatch>, max_connections: usize) -> Arc<Self> {
         Arc::new(Self {
             live,
             incarnation: rand::random::<u64>() | 1,
-            shutdown,
+            shutdown: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             connections: Arc::new(Semaphore::new(max_connections)),
             present_here: AtomicUsize::new(0),
         })
+    }
+
+    /// Runs a connection as one of the hub's tasks (its caller is the task axum spawns for an
+    /// upgraded connection): counted until it ends, and dropped if it outlives the drain.
+    pub fn connection<F>(&self, conn: F) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks
+            .track_future(abandonable(conn, self.abandon.clone()))
+    }
+
+    /// Spawns a task of a connection (its writer, a publish it waits on) on the hub's tracker;
+    /// it is dropped if it outlives the drain.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(abandonable(task, self.abandon.clone()))
+    }
+
+    /// Closes every connection (1001, going away) and waits up to `within` for the hub's
+    /// tasks to end; tasks left then are dropped, with a warning, and get `abandon_within`
+    /// more to go.
+    pub async fn drain(&self, within: Duration, abandon_within: Duration) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        warn!(
+            tasks = self.tasks.len(),
+            "WebSocket tasks did not stop within {within:?}; dropping them"
+        );
+        self.abandon.cancel();
+        if tokio::time::timeout(abandon_within, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(tasks = self.tasks.len(), "WebSocket tasks still running");
+        }
     }
 
     /// Every batch this node applies from now on.
@@ -83,5 +135,13 @@ impl Hub {
                 Err(e) => warn!(error = %e, "presence lease renewal failed"),
             }
         }
+    }
+}
+
+/// `task`, ended early (dropped) when `abandon` is cancelled.
+async fn abandonable<F: Future<Output = ()>>(task: F, abandon: CancellationToken) {
+    tokio::select! {
+        _ = task => {}
+        _ = abandon.cancelled() => {}
     }
 }

@@ -1,15 +1,27 @@
-//! Starting and stopping a node: identity, storage, Raft, transport, API and background work.
+//! Starting and stopping a node.
+//!
+//! Start-up runs in stages, each logged by name: identity, storage, transport, raft, gossip,
+//! cluster, background and API. Every task the node starts is owned by one of its
+//! [`NodeTasks`] trackers; shutdown stops them group by group, bounded, and names what did not
+//! stop. No task is detached.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use openraft::async_runtime::WatchReceiver;
 use raft::{codec, LogStore, NodeId, NodeInfo, StateMachine};
 use serde::{Deserialize, Serialize};
 use storage::Db;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use transport::tls::NodeKey;
 use transport::{
@@ -19,7 +31,9 @@ use transport::{
 use crate::api::{self, AppState};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::realtime::Hub;
 
 /// Who this node is, persisted in its data dir before it takes part in any cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +46,36 @@ const IDENTITY_KEY: &str = "node_identity";
 const JOIN_TOKEN_FILE: &str = "join-token";
 /// Written when the cluster answered that this node was removed; holds the message.
 const REMOVED_FILE: &str = "removed";
+/// How long shutdown waits for each group of tasks before it gives up on them.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+/// How long tasks given up on get to end once told to drop what they were doing.
+const ABANDON_WITHIN: Duration = Duration::from_secs(1);
+
+/// The trackers that own every task of a node, by what the tasks do. Clones share the
+/// trackers, so a clone taken before [`Node::shutdown`] shows what is left after it.
+#[derive(Clone, Default, Debug)]
+pub struct NodeTasks {
+    /// The node's long-running duties (the HTTP server, the cluster RPC server, the leader's
+    /// tasks, gossip and its feed, the membership and removal watchers, the presence lease).
+    pub background: TaskTracker,
+    /// HTTP requests being answered.
+    pub requests: TaskTracker,
+    /// WebSocket connections, their writers and the publishes they wait on (the [`Hub`]'s).
+    pub websockets: TaskTracker,
+    /// ReadIndex rounds (the [`Cluster`]'s).
+    pub reads: TaskTracker,
+}
+
+impl NodeTasks {
+    /// Tasks still running, in every group.
+    pub fn len(&self) -> usize {
+        self.background.len() + self.requests.len() + self.websockets.len() + self.reads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
 pub struct Node {
@@ -39,284 +83,87 @@ pub struct Node {
     pub api_addr: std::net::SocketAddr,
     removed: tokio::sync::watch::Receiver<Option<String>>,
     data_dir: std::path::PathBuf,
+    life: Lifecycle,
+}
+
+/// What the identity stage settled: the node's RocksDB (which keeps the identity), who the
+/// node is and its keys.
+struct Member {
+    db: Db,
+    identity: Identity,
+    tls: ClusterTls,
+    info: NodeInfo,
+    /// The founding join token, on the founding node.
+    founding_token: Option<String>,
+}
+
+/// What the storage stage loaded.
+struct Stores {
+    log_store: LogStore,
+    sm: StateMachine,
+}
+
+/// What the gossip stage started.
+struct GossipMember {
+    gossip: Arc<Gossip>,
+    task: JoinHandle<()>,
     shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Gossip stops last, so the others see this node leave only once it has.
-    gossip_shutdown: CancellationToken,
-    gossip_task: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
     /// Starts a node from `config`: restarts the member in the data dir, or starts a new
     /// cluster, or joins one (`--join`). A config that [`Config::validate`] refuses is an
-    /// error.
+    /// error. A start that fails part-way stops what it had started.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
         config.validate()?;
-        std::fs::create_dir_all(config.data_dir())
-            .with_context(|| format!("creating data dir {}", config.data_dir().display()))?;
-        // A node that learnt it was removed stops here, before touching its state.
-        if let Ok(why) = std::fs::read_to_string(config.data_dir().join(REMOVED_FILE)) {
-            bail!("{}", why.trim());
-        }
-        if config
-            .data_dir()
-            .join(crate::backup::RESTORE_INCOMPLETE)
-            .exists()
-        {
-            bail!(
-                "a restore into {} did not finish: delete the dir and run `stackd restore` again",
-                config.data_dir().display()
-            );
-        }
-        let db = Db::open(&config.data_dir().join("db")).context("opening RocksDB")?;
-        let tls_dir = config.data_dir().join("tls");
-        let info = NodeInfo {
-            api_addr: config.advertise_api_addr(),
-            cluster_addr: config.advertise_cluster_addr(),
+        let member = stage_identity(&config).await?;
+        let stores = stage_storage(&config, &member.db)?;
+        let transport = stage_transport(&config, &member.tls)?;
+        let state = stores.sm.state();
+        let hub = Hub::new(stores.sm.live_sender(), config.ws.max_connections);
+        let raft = stage_raft(&config, &member, stores, &transport).await?;
+        let gossip = match stage_gossip(&config, &member).await {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = raft.shutdown().await;
+                return Err(e);
+            }
         };
-
-        let existing: Option<Identity> = db
-            .meta_get(IDENTITY_KEY)?
-            .map(|b| codec::decode(&b))
-            .transpose()?;
-        let (identity, tls, founding_token) = match existing {
-            Some(id) => {
-                if config.cluster.join.is_some() {
-                    warn!(
-                        "--join is ignored: the data dir already holds node {}",
-                        id.node_id
-                    );
-                }
-                let tls = ClusterTls::load(&tls_dir)?.context(
-                    "data dir has an identity but no node certificate (made by an earlier \
-                     version?): wipe the data dir and join again with a token",
-                )?;
-                if tls.node_id != id.node_id || tls.cluster_id != id.cluster_id {
-                    bail!(
-                        "the node certificate names node {} of cluster {}, the data dir node {} \
-                         of cluster {}",
-                        tls.node_id,
-                        tls.cluster_id,
-                        id.node_id,
-                        id.cluster_id
-                    );
-                }
-                info!(node_id = id.node_id, cluster_id = %id.cluster_id, "restarting member from its data dir");
-                let token = std::fs::read_to_string(config.data_dir().join(JOIN_TOKEN_FILE)).ok();
-                (id, tls, token.filter(|_| id_is_founder(&db)))
-            }
-            None => match (&config.cluster.join, &config.cluster.token) {
-                (Some(join), Some(token)) => {
-                    // The node's private key is made here and never leaves it; the leader
-                    // signs a certificate for its public half.
-                    let key = NodeKey::generate()?;
-                    let granted = join_cluster(join, token, &info, &key.public_key).await?;
-                    let tls = ClusterTls::joined(
-                        granted.ca_cert_der,
-                        granted.ca_key_der,
-                        granted.cert_der,
-                        key,
-                    )
-                    .context("the cluster's answer to the join")?;
-                    if tls.node_id != granted.node_id || tls.cluster_id != granted.cluster_id {
-                        bail!("the certificate the cluster issued does not name this node");
-                    }
-                    tls.save(&tls_dir)?;
-                    let id = Identity {
-                        node_id: granted.node_id,
-                        cluster_id: granted.cluster_id,
-                    };
-                    db.meta_put_sync(IDENTITY_KEY, &codec::encode(&id)?)?;
-                    info!(node_id = id.node_id, cluster_id = %id.cluster_id, "joined cluster");
-                    (id, tls, None)
-                }
-                _ => {
-                    let cluster_id = hex::encode(rand::random::<[u8; 8]>());
-                    let tls = ClusterTls::found(&cluster_id, 1)?;
-                    tls.save(&tls_dir)?;
-                    let token = tls::new_join_token(tls.ca_fingerprint());
-                    let id = Identity {
-                        node_id: 1,
-                        cluster_id,
-                    };
-                    db.meta_put_sync("founder", b"1")?;
-                    db.meta_put_sync(IDENTITY_KEY, &codec::encode(&id)?)?;
-                    info!(cluster_id = %id.cluster_id, "starting a new cluster as node 1");
-                    (id, tls, Some(token))
-                }
-            },
-        };
-
-        let raft_config = raft::config::raft_config(
-            config.raft.heartbeat_interval_ms,
-            config.raft.election_timeout_ms,
-            config.raft.snapshot_every_entries,
-        )?;
-        let log_store = LogStore::new(db.clone());
-        let sm = StateMachine::open(db.clone(), &config.data_dir().join("snapshots"))?;
-        let state = sm.state();
-        let live = sm.live_sender();
-        let transport = Transport::bind(config.cluster.addr, &tls, Limits::default())
-            .with_context(|| format!("binding cluster address {}", config.cluster.addr))?;
-        let raft = raft::Raft::new(
-            identity.node_id,
-            raft_config,
-            Network::new(transport.clone()),
-            log_store,
-            sm,
-        )
-        .await
-        .context("starting raft")?;
-
-        let gossip_advertise = tokio::net::lookup_host(config.advertise_gossip_addr().as_str())
-            .await
-            .ok()
-            .and_then(|mut a| a.next())
-            .with_context(|| {
-                format!(
-                    "resolving the advertised gossip address {}",
-                    config.advertise_gossip_addr()
-                )
-            })?;
-        let gossip_shutdown = CancellationToken::new();
-        let (gossip, gossip_task) = Gossip::start(
-            GossipConfig {
-                node_id: identity.node_id,
-                bind: config.gossip_addr(),
-                advertise: gossip_advertise,
-                key: tls.gossip_key(),
-            },
-            gossip_shutdown.clone(),
-        )
-        .await
-        .with_context(|| format!("binding gossip address {}", config.gossip_addr()))?;
-        // Until the node is fully started, a failed start also stops gossip.
-        let gossip_guard = gossip_shutdown.clone().drop_guard();
-        let cluster = Cluster::new(
-            identity.node_id,
-            info.clone(),
-            raft.clone(),
-            state,
-            transport.clone(),
-            tls,
-            config.clone(),
-            gossip,
-        );
-        let shutdown = CancellationToken::new();
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(transport.clone().serve(
-            raft.clone(),
-            cluster.clone(),
-            shutdown.clone(),
-        )));
-
-        let uninitialized_state = cluster
-            .state
-            .read()
-            .expect("state lock")
-            .meta
-            .cluster_id
-            .is_none();
-        if let Some(token) = founding_token.as_ref().filter(|_| uninitialized_state) {
-            if !raft.is_initialized().await? {
-                raft.initialize(std::collections::BTreeMap::from([(
-                    identity.node_id,
-                    info.clone(),
-                )]))
-                .await
-                .context("initializing the cluster")?;
-            }
-            cluster
-                .init_cluster_state(identity.cluster_id.clone(), token)
-                .await
-                .map_err(|e| anyhow::anyhow!("recording the cluster's join token: {e}"))?;
-            seal_restored_state(&raft, identity.node_id, config.data_dir()).await?;
-            let path = config.data_dir().join(JOIN_TOKEN_FILE);
-            if !path.exists() {
-                // Written whole under another name, then renamed: whoever waits for the file
-                // (scripts joining more nodes) never reads it empty or cut short.
-                let partial = path.with_extension("partial");
-                std::fs::write(&partial, format!("{token}\n"))?;
-                std::fs::rename(&partial, &path)?;
-                println!(
-                    "stackd: new cluster {} started. Join another node to it with:\n  stackd serve --data-dir <DIR> --api-addr <IP:PORT> --cluster-addr <IP:PORT> --join {} --token {}",
-                    identity.cluster_id, info.cluster_addr, token
-                );
-            }
-        }
-
-        // A restart after a restore that stopped before sealing finishes it now.
-        seal_restored_state(&raft, identity.node_id, config.data_dir()).await?;
-        tasks.push(tokio::spawn(
-            cluster.clone().run_leader_tasks(shutdown.clone()),
-        ));
-        let inflight = Arc::new(Semaphore::new(config.api.max_inflight_requests));
-        tasks.push(tokio::spawn(
-            cluster
-                .clone()
-                .run_gossip_feed(inflight.clone(), shutdown.clone()),
-        ));
-        tasks.push(tokio::spawn(
-            cluster.clone().watch_membership(shutdown.clone()),
-        ));
+        let (cluster, mut life, identity, founding_token) =
+            assemble(&config, member, raft, state, &transport, hub, gossip);
         let removed = transport.removed();
-        {
-            // Remember a removal, so a restart from this data dir stops at once. Shutdown
-            // records it too, so it does not hang on this task having run first.
-            let mut removed = removed.clone();
-            let data_dir = config.data_dir().to_path_buf();
-            let stop = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                tokio::select! {
-                    // A removal already reported wins over a shutdown under way.
-                    biased;
-                    r = removed.wait_for(|r| r.is_some()) => {
-                        if let Ok(why) = r {
-                            let why = why.clone().unwrap_or_default();
-                            record_removal(&data_dir, &why);
-                        }
-                    }
-                    _ = stop.cancelled() => {}
-                }
-            }));
-        }
-
-        let listener = tokio::net::TcpListener::bind(config.api.addr)
-            .await
-            .with_context(|| format!("binding API address {}", config.api.addr))?;
-        let api_addr = listener.local_addr()?;
-        let hub = crate::realtime::Hub::new(live, config.ws.max_connections, shutdown.clone());
-        tasks.push(tokio::spawn(
-            hub.clone().run_presence(cluster.clone(), shutdown.clone()),
-        ));
-        let app = api::router(Arc::new(AppState {
-            cluster: cluster.clone(),
-            metrics: Arc::new(Metrics::new()),
-            inflight,
-            hub,
-            db: db.clone(),
-        }));
-        let api_shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            info!(addr = %api_addr, "HTTP API listening");
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(api_shutdown.cancelled_owned())
-                .await
-            {
-                warn!(error = %e, "HTTP API stopped with an error");
+        let started = async {
+            stage_cluster(
+                &config,
+                &cluster,
+                &identity,
+                founding_token,
+                &transport,
+                &mut life,
+            )
+            .await?;
+            stage_background(&config, &cluster, &removed, &mut life);
+            stage_api(&config, &cluster, &mut life).await
+        };
+        match started.await {
+            Ok(api_addr) => Ok(Node {
+                cluster,
+                api_addr,
+                removed,
+                data_dir: config.data_dir().to_path_buf(),
+                life,
+            }),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "start-up failed; stopping what started");
+                life.stop(|| {}).await;
+                Err(e)
             }
-        }));
-        gossip_guard.disarm();
-        Ok(Node {
-            cluster,
-            api_addr,
-            removed,
-            data_dir: config.data_dir().to_path_buf(),
-            shutdown,
-            tasks,
-            gossip_shutdown,
-            gossip_task,
-        })
+        }
+    }
+
+    /// The trackers owning this node's tasks (see [`NodeTasks`]).
+    pub fn tasks(&self) -> NodeTasks {
+        self.life.tasks.clone()
     }
 
     /// Waits until a member answers that this node was removed from the cluster; returns the
@@ -330,8 +177,10 @@ impl Node {
         why
     }
 
-    /// Stops in order: stop accepting API requests, stop background work, shut Raft down,
-    /// leave gossip, close the transport. RocksDB closes when the last handle drops.
+    /// Stops in order: stop accepting API requests (and finish those under way), drain the
+    /// WebSockets, stop the background tasks, shut Raft down, leave gossip, close RocksDB.
+    /// Each group of tasks gets a bounded time; what does not stop in it is named in a warning
+    /// and dropped.
     pub async fn shutdown(self) {
         // A leader hands over first, so the cluster does not wait out an election timeout.
         if self.cluster.raft.is_leader() {
@@ -343,33 +192,567 @@ impl Node {
                 }
             }
         }
-        info!("shutting down: stopping API and background tasks");
-        self.shutdown.cancel();
-        for mut t in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(5), &mut t)
-                .await
-                .is_err()
-            {
-                // Dropping a task that did not stop releases what it holds (the API's
-                // handle on RocksDB among them), so the data dir can be opened again.
-                warn!("a background task did not stop within 5 s; aborting it");
-                t.abort();
-                let _ = t.await;
+        let Node {
+            cluster,
+            removed,
+            data_dir,
+            life,
+            ..
+        } = self;
+        // Reads asked for from now on fail as unavailable; the rounds under way finish and
+        // the stop below waits for them.
+        cluster.refuse_new_reads();
+        drop(cluster);
+        life.stop(|| {
+            let removal = removed.borrow().clone();
+            if let Some(why) = removal {
+                record_removal(&data_dir, &why);
+            }
+        })
+        .await;
+        info!("node stopped");
+    }
+}
+
+/// The cluster glue over what the stages made, and the [`Lifecycle`] that will stop it all.
+fn assemble(
+    config: &Config,
+    member: Member,
+    raft: raft::Raft,
+    state: Arc<std::sync::RwLock<raft::State>>,
+    transport: &Arc<Transport>,
+    hub: Arc<Hub>,
+    gossip: GossipMember,
+) -> (Arc<Cluster>, Lifecycle, Identity, Option<String>) {
+    let Member {
+        db,
+        identity,
+        tls,
+        info,
+        founding_token,
+    } = member;
+    let cluster = Cluster::new(
+        identity.node_id,
+        info,
+        raft,
+        state,
+        transport.clone(),
+        tls,
+        config.clone(),
+        gossip.gossip,
+    );
+    let life = Lifecycle::new(&cluster, hub, gossip.shutdown, gossip.task, db);
+    (cluster, life, identity, founding_token)
+}
+
+/// Identity: the data dir (and the checks that stop a removed node or an unfinished restore
+/// before it touches its state), RocksDB (which keeps the identity), and who the node is:
+/// restarted from the data dir, joined through a member, or the founder of a new cluster.
+async fn stage_identity(config: &Config) -> anyhow::Result<Member> {
+    info!(data_dir = %config.data_dir().display(), "start-up stage: identity");
+    check_data_dir(config)?;
+    let db = Db::open(&config.data_dir().join("db")).context("opening RocksDB")?;
+    let info = NodeInfo {
+        api_addr: config.advertise_api_addr(),
+        cluster_addr: config.advertise_cluster_addr(),
+    };
+    let existing: Option<Identity> = db
+        .meta_get(IDENTITY_KEY)?
+        .map(|b| codec::decode(&b))
+        .transpose()?;
+    let (identity, tls, founding_token) = match existing {
+        Some(id) => restart_identity(config, &db, id)?,
+        None => match (&config.cluster.join, &config.cluster.token) {
+            (Some(join), Some(token)) => joined_identity(config, &db, &info, join, token).await?,
+            _ => founder_identity(config, &db)?,
+        },
+    };
+    Ok(Member {
+        db,
+        identity,
+        tls,
+        info,
+        founding_token,
+    })
+}
+
+/// Creates the data dir; refuses a node that learnt it was removed, or a restore that did
+/// not finish.
+fn check_data_dir(config: &Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(config.data_dir())
+        .with_context(|| format!("creating data dir {}", config.data_dir().display()))?;
+    // A node that learnt it was removed stops here, before touching its state.
+    if let Ok(why) = std::fs::read_to_string(config.data_dir().join(REMOVED_FILE)) {
+        bail!("{}", why.trim());
+    }
+    if config
+        .data_dir()
+        .join(crate::backup::RESTORE_INCOMPLETE)
+        .exists()
+    {
+        bail!(
+            "a restore into {} did not finish: delete the dir and run `stackd restore` again",
+            config.data_dir().display()
+        );
+    }
+    Ok(())
+}
+
+type Settled = (Identity, ClusterTls, Option<String>);
+
+/// A member restarting from its data dir: its identity and certificate must agree.
+fn restart_identity(config: &Config, db: &Db, id: Identity) -> anyhow::Result<Settled> {
+    if config.cluster.join.is_some() {
+        warn!(
+            "--join is ignored: the data dir already holds node {}",
+            id.node_id
+        );
+    }
+    let tls = ClusterTls::load(&config.data_dir().join("tls"))?.context(
+        "data dir has an identity but no node certificate (made by an earlier \
+         version?): wipe the data dir and join again with a token",
+    )?;
+    if tls.node_id != id.node_id || tls.cluster_id != id.cluster_id {
+        bail!(
+            "the node certificate names node {} of cluster {}, the data dir node {} \
+             of cluster {}",
+            tls.node_id,
+            tls.cluster_id,
+            id.node_id,
+            id.cluster_id
+        );
+    }
+    info!(node_id = id.node_id, cluster_id = %id.cluster_id, "restarting member from its data dir");
+    let token = std::fs::read_to_string(config.data_dir().join(JOIN_TOKEN_FILE)).ok();
+    Ok((id, tls, token.filter(|_| id_is_founder(db))))
+}
+
+/// A new node joining through a member with a token.
+async fn joined_identity(
+    config: &Config,
+    db: &Db,
+    info: &NodeInfo,
+    join: &str,
+    token: &str,
+) -> anyhow::Result<Settled> {
+    // The node's private key is made here and never leaves it; the leader signs a
+    // certificate for its public half.
+    let key = NodeKey::generate()?;
+    let granted = join_cluster(join, token, info, &key.public_key).await?;
+    let tls = ClusterTls::joined(
+        granted.ca_cert_der,
+        granted.ca_key_der,
+        granted.cert_der,
+        key,
+    )
+    .context("the cluster's answer to the join")?;
+    if tls.node_id != granted.node_id || tls.cluster_id != granted.cluster_id {
+        bail!("the certificate the cluster issued does not name this node");
+    }
+    tls.save(&config.data_dir().join("tls"))?;
+    let id = Identity {
+        node_id: granted.node_id,
+        cluster_id: granted.cluster_id,
+    };
+    db.meta_put_sync(IDENTITY_KEY, &codec::encode(&id)?)?;
+    info!(node_id = id.node_id, cluster_id = %id.cluster_id, "joined cluster");
+    Ok((id, tls, None))
+}
+
+/// A new node founding a new cluster as node 1, with a new CA and founding join token.
+fn founder_identity(config: &Config, db: &Db) -> anyhow::Result<Settled> {
+    let cluster_id = hex::encode(rand::random::<[u8; 8]>());
+    let tls = ClusterTls::found(&cluster_id, 1)?;
+    tls.save(&config.data_dir().join("tls"))?;
+    let token = tls::new_join_token(tls.ca_fingerprint());
+    let id = Identity {
+        node_id: 1,
+        cluster_id,
+    };
+    db.meta_put_sync("founder", b"1")?;
+    db.meta_put_sync(IDENTITY_KEY, &codec::encode(&id)?)?;
+    info!(cluster_id = %id.cluster_id, "starting a new cluster as node 1");
+    Ok((id, tls, Some(token)))
+}
+
+/// Storage: the Raft log store and the state machine, loaded from RocksDB and the
+/// snapshot dir.
+fn stage_storage(config: &Config, db: &Db) -> anyhow::Result<Stores> {
+    info!("start-up stage: storage");
+    let log_store = LogStore::new(db.clone());
+    let sm = StateMachine::open(db.clone(), &config.data_dir().join("snapshots"))?;
+    Ok(Stores { log_store, sm })
+}
+
+/// Transport: the QUIC endpoint on the cluster address, with the node's TLS identity.
+fn stage_transport(config: &Config, tls: &ClusterTls) -> anyhow::Result<Arc<Transport>> {
+    info!(addr = %config.cluster.addr, "start-up stage: transport");
+    Transport::bind(config.cluster.addr, tls, Limits::default())
+        .with_context(|| format!("binding cluster address {}", config.cluster.addr))
+}
+
+/// Raft: the openraft instance over the stores, talking through the transport.
+async fn stage_raft(
+    config: &Config,
+    member: &Member,
+    stores: Stores,
+    transport: &Arc<Transport>,
+) -> anyhow::Result<raft::Raft> {
+    info!(node_id = member.identity.node_id, "start-up stage: raft");
+    let raft_config = raft::config::raft_config(
+        config.raft.heartbeat_interval_ms,
+        config.raft.election_timeout_ms,
+        config.raft.snapshot_every_entries,
+    )?;
+    raft::Raft::new(
+        member.identity.node_id,
+        raft_config,
+        Network::new(transport.clone()),
+        stores.log_store,
+        stores.sm,
+    )
+    .await
+    .context("starting raft")
+}
+
+/// Gossip: this node's member of the cluster's gossip, on the gossip address.
+async fn stage_gossip(config: &Config, member: &Member) -> anyhow::Result<GossipMember> {
+    info!(addr = %config.gossip_addr(), "start-up stage: gossip");
+    let advertise = tokio::net::lookup_host(config.advertise_gossip_addr().as_str())
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| {
+            format!(
+                "resolving the advertised gossip address {}",
+                config.advertise_gossip_addr()
+            )
+        })?;
+    let shutdown = CancellationToken::new();
+    let gossip_config = GossipConfig {
+        node_id: member.identity.node_id,
+        bind: config.gossip_addr(),
+        advertise,
+        key: member.tls.gossip_key(),
+    };
+    let (gossip, task) = Gossip::start(gossip_config, shutdown.clone())
+        .await
+        .with_context(|| format!("binding gossip address {}", config.gossip_addr()))?;
+    Ok(GossipMember {
+        gossip,
+        task,
+        shutdown,
+    })
+}
+
+/// Cluster: serves cluster RPCs; on the founding node's first start, initializes the
+/// cluster; seals a restored state.
+async fn stage_cluster(
+    config: &Config,
+    cluster: &Arc<Cluster>,
+    identity: &Identity,
+    founding_token: Option<String>,
+    transport: &Arc<Transport>,
+    life: &mut Lifecycle,
+) -> anyhow::Result<()> {
+    info!("start-up stage: cluster");
+    let rpc = transport.clone().serve(
+        cluster.raft.clone(),
+        cluster.clone(),
+        life.background.clone(),
+    );
+    life.spawn("cluster RPC server", rpc);
+    let uninitialized_state = cluster
+        .state
+        .read()
+        .expect("state lock")
+        .meta
+        .cluster_id
+        .is_none();
+    if let Some(token) = founding_token.as_ref().filter(|_| uninitialized_state) {
+        found_cluster(config, cluster, identity, token).await?;
+    }
+    // A restart after a restore that stopped before sealing finishes it now.
+    seal_restored_state(&cluster.raft, identity.node_id, config.data_dir()).await
+}
+
+/// The founding node's first start: initializes Raft with this node alone, records the
+/// founding join token in the cluster state and writes it to the data dir.
+async fn found_cluster(
+    config: &Config,
+    cluster: &Cluster,
+    identity: &Identity,
+    token: &str,
+) -> anyhow::Result<()> {
+    let raft = &cluster.raft;
+    if !raft.is_initialized().await? {
+        let members = std::collections::BTreeMap::from([(identity.node_id, cluster.info.clone())]);
+        raft.initialize(members)
+            .await
+            .context("initializing the cluster")?;
+    }
+    cluster
+        .init_cluster_state(identity.cluster_id.clone(), token)
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the cluster's join token: {e}"))?;
+    seal_restored_state(raft, identity.node_id, config.data_dir()).await?;
+    let path = config.data_dir().join(JOIN_TOKEN_FILE);
+    if !path.exists() {
+        // Written whole under another name, then renamed: whoever waits for the file
+        // (scripts joining more nodes) never reads it empty or cut short.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, format!("{token}\n"))?;
+        std::fs::rename(&partial, &path)?;
+        println!(
+            "stackd: new cluster {} started. Join another node to it with:\n  stackd serve --data-dir <DIR> --api-addr <IP:PORT> --cluster-addr <IP:PORT> --join {} --token {}",
+            identity.cluster_id, cluster.info.cluster_addr, token
+        );
+    }
+    Ok(())
+}
+
+/// Background: the leader's duties, the gossip feed, the membership and removal watchers
+/// and the presence lease.
+fn stage_background(
+    config: &Config,
+    cluster: &Arc<Cluster>,
+    removed: &tokio::sync::watch::Receiver<Option<String>>,
+    life: &mut Lifecycle,
+) {
+    info!("start-up stage: background tasks");
+    let stop = life.background.clone();
+    life.spawn(
+        "leader tasks",
+        cluster.clone().run_leader_tasks(stop.clone()),
+    );
+    life.spawn(
+        "gossip feed",
+        cluster
+            .clone()
+            .run_gossip_feed(life.inflight.clone(), stop.clone()),
+    );
+    life.spawn(
+        "membership watch",
+        cluster.clone().watch_membership(stop.clone()),
+    );
+    let data_dir = config.data_dir().to_path_buf();
+    life.spawn(
+        "removal watch",
+        remember_removal(removed.clone(), data_dir, stop.clone()),
+    );
+    let presence = life.hub.clone().run_presence(cluster.clone(), stop);
+    life.spawn("presence lease", presence);
+}
+
+/// Remembers a removal, so a restart from this data dir stops at once. Shutdown records it
+/// too, so it does not hang on this task having run first.
+async fn remember_removal(
+    mut removed: tokio::sync::watch::Receiver<Option<String>>,
+    data_dir: std::path::PathBuf,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        // A removal already reported wins over a shutdown under way.
+        biased;
+        r = removed.wait_for(|r| r.is_some()) => {
+            if let Ok(why) = r {
+                let why = why.clone().unwrap_or_default();
+                record_removal(&data_dir, &why);
             }
         }
-        self.cluster.stop_reads().await;
-        let removal = self.removed.borrow().clone();
-        if let Some(why) = removal {
-            record_removal(&self.data_dir, &why);
+        _ = stop.cancelled() => {}
+    }
+}
+
+/// API: the HTTP listener and the routes (the WebSocket API among them).
+async fn stage_api(
+    config: &Config,
+    cluster: &Arc<Cluster>,
+    life: &mut Lifecycle,
+) -> anyhow::Result<std::net::SocketAddr> {
+    info!(addr = %config.api.addr, "start-up stage: API");
+    let listener = tokio::net::TcpListener::bind(config.api.addr)
+        .await
+        .with_context(|| format!("binding API address {}", config.api.addr))?;
+    let api_addr = listener.local_addr()?;
+    let app = api::router(Arc::new(AppState {
+        cluster: cluster.clone(),
+        metrics: Arc::new(Metrics::new()),
+        inflight: life.inflight.clone(),
+        hub: life.hub.clone(),
+        db: life.db.clone(),
+    }))
+    .layer(axum::middleware::from_fn_with_state(
+        life.requests(),
+        track_request,
+    ));
+    let stop = life.stop_accepting.clone();
+    life.api_task = Some(life.tasks.background.spawn(async move {
+        info!(addr = %api_addr, "HTTP API listening");
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            warn!(error = %e, "HTTP API stopped with an error");
         }
-        info!("shutting down raft");
-        if let Err(e) = self.cluster.raft.shutdown().await {
+    }));
+    Ok(api_addr)
+}
+
+/// The node's in-flight HTTP requests, and the signal that gives up on them.
+#[derive(Clone)]
+struct Requests {
+    tasks: TaskTracker,
+    abandon: CancellationToken,
+}
+
+/// Counts a request among the node's tasks while it is answered; a request still running when
+/// shutdown gives up on it is answered 503.
+async fn track_request(State(r): State<Requests>, req: Request, next: Next) -> Response {
+    let abandon = r.abandon;
+    r.tasks
+        .track_future(async move {
+            tokio::select! {
+                res = next.run(req) => res,
+                _ = abandon.cancelled() => {
+                    ApiError::unavailable("the node is shutting down").into_response()
+                }
+            }
+        })
+        .await
+}
+
+/// What a started node runs, and the signals that stop it, in the order shutdown uses them.
+struct Lifecycle {
+    /// Cancelled first: the HTTP server stops accepting and finishes the requests under way.
+    stop_accepting: CancellationToken,
+    /// Cancelled when requests outlive [`STOP_WITHIN`]: they are answered 503.
+    abandon_requests: CancellationToken,
+    /// The WebSocket connections, drained second.
+    hub: Arc<Hub>,
+    /// Cancelled third: the background duties stop.
+    background: CancellationToken,
+    /// The HTTP server (stopped first), once the API stage started it.
+    api_task: Option<JoinHandle<()>>,
+    /// The background duties, by name.
+    duties: Vec<(&'static str, JoinHandle<()>)>,
+    tasks: NodeTasks,
+    inflight: Arc<Semaphore>,
+    raft: raft::Raft,
+    /// Gossip stops last, so the others see this node leave only once it has.
+    gossip_shutdown: CancellationToken,
+    /// Spawned by the transport; counted among the background tasks while it runs.
+    gossip_task: JoinHandle<()>,
+    gossip_counted: TaskTrackerToken,
+    db: Db,
+}
+
+impl Lifecycle {
+    fn new(
+        cluster: &Cluster,
+        hub: Arc<Hub>,
+        gossip_shutdown: CancellationToken,
+        gossip_task: JoinHandle<()>,
+        db: Db,
+    ) -> Self {
+        let tasks = NodeTasks {
+            websockets: hub.tasks.clone(),
+            reads: cluster.read_rounds().clone(),
+            ..NodeTasks::default()
+        };
+        Lifecycle {
+            stop_accepting: CancellationToken::new(),
+            abandon_requests: CancellationToken::new(),
+            hub,
+            background: CancellationToken::new(),
+            api_task: None,
+            duties: Vec::new(),
+            gossip_counted: tasks.background.token(),
+            tasks,
+            inflight: Arc::new(Semaphore::new(cluster.config.api.max_inflight_requests)),
+            raft: cluster.raft.clone(),
+            gossip_shutdown,
+            gossip_task,
+            db,
+        }
+    }
+
+    /// Starts a background duty, stopped by [`Lifecycle::background`].
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.duties.push((name, self.tasks.background.spawn(task)));
+    }
+
+    fn requests(&self) -> Requests {
+        Requests {
+            tasks: self.tasks.requests.clone(),
+            abandon: self.abandon_requests.clone(),
+        }
+    }
+
+    /// Stops everything in order, logging each step; `quiet` runs once no task of the node
+    /// is left, before Raft shuts down.
+    async fn stop(self, quiet: impl FnOnce()) {
+        info!("shutting down: stopping accepting API requests");
+        self.stop_accepting.cancel();
+        if let Some(mut api) = self.api_task {
+            if tokio::time::timeout(STOP_WITHIN, &mut api).await.is_err() {
+                warn!(
+                    requests = self.tasks.requests.len(),
+                    "HTTP requests still running after {STOP_WITHIN:?}; answering them 503"
+                );
+                self.abandon_requests.cancel();
+                stop_task("HTTP server", api, ABANDON_WITHIN).await;
+            }
+        }
+        drain("HTTP requests", &self.tasks.requests, ABANDON_WITHIN).await;
+        info!("shutting down: draining WebSockets");
+        self.hub.drain(STOP_WITHIN, ABANDON_WITHIN).await;
+        info!("shutting down: stopping background tasks");
+        self.background.cancel();
+        for (name, task) in self.duties {
+            stop_task(name, task, STOP_WITHIN).await;
+        }
+        drain("ReadIndex rounds", &self.tasks.reads, STOP_WITHIN).await;
+        quiet();
+        info!("shutting down: raft");
+        if let Err(e) = self.raft.shutdown().await {
             warn!(error = %e, "raft shutdown failed");
         }
-        info!("leaving gossip");
+        info!("shutting down: leaving gossip");
         self.gossip_shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.gossip_task).await;
-        info!("node stopped");
+        stop_task("gossip", self.gossip_task, Duration::from_secs(2)).await;
+        drop(self.gossip_counted);
+        drain("background tasks", &self.tasks.background, ABANDON_WITHIN).await;
+        // RocksDB closes as its last handle drops: the state machine's and the log store's
+        // went with Raft, the API's with the HTTP server; this is the node's own.
+        info!("shutting down: closing RocksDB");
+        drop(self.db);
+    }
+}
+
+/// Waits up to `within` for a task to end; aborts it, with a warning naming it, if it does
+/// not. Dropping a task that did not stop releases what it holds (RocksDB handles among
+/// them), so the data dir can be opened again.
+async fn stop_task(name: &str, mut task: JoinHandle<()>, within: Duration) {
+    if tokio::time::timeout(within, &mut task).await.is_err() {
+        warn!(
+            task = name,
+            "{name} did not stop within {within:?}; aborting it"
+        );
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// Closes `tracker` and waits up to `within` for its tasks to end; warns, naming `what`, if
+/// some are left.
+async fn drain(what: &str, tracker: &TaskTracker, within: Duration) {
+    tracker.close();
+    if tokio::time::timeout(within, tracker.wait()).await.is_err() {
+        warn!(
+            tasks = tracker.len(),
+            "{what} did not stop within {within:?}"
+        );
     }
 }
 

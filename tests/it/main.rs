@@ -13,6 +13,7 @@ mod gossip;
 mod history;
 mod joins;
 mod kv_cluster;
+mod lifecycle;
 mod locks;
 mod membership;
 mod queues;

@@ -71,9 +71,12 @@ pub async fn upgrade(
             .into_response();
     };
     ws.max_message_size(json_body_limit(&st))
-        .on_upgrade(move |socket| async move {
-            let _permit = permit;
-            run(st, socket, client_id).await;
+        .on_upgrade(move |socket| {
+            let hub = st.hub.clone();
+            hub.connection(async move {
+                let _permit = permit;
+                run(st, socket, client_id).await;
+            })
         })
 }
 
@@ -203,7 +206,7 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
         st: st.clone(),
     };
     let writer_out = out.clone();
-    let mut writer = tokio::spawn(async move {
+    let mut writer = st.hub.spawn(async move {
         // Everything queued is written with one flush: one system call for many messages.
         let mut batch = Vec::new();
         'write: while let Some(first) = rx.recv().await {
@@ -357,7 +360,7 @@ impl Conn {
                 // Answered from a task so the connection keeps delivering while it commits.
                 let st = self.st.clone();
                 let out = self.out.clone();
-                tokio::spawn(async move {
+                self.st.hub.spawn(async move {
                     match st.cluster.write(command, None).await {
                         Ok(ChannelResult::Published { offset }) => {
                             out.reply(&id, json!({ "offset": offset }));

@@ -11,7 +11,7 @@ pub(super) type ReadResult = Result<LogIdOf<TypeConfig>, ServiceError>;
 #[derive(Default)]
 pub(super) struct ReadBatcher {
     inner: Arc<Mutex<BatchState>>,
-    /// The task driving the rounds, stopped by [`Cluster::stop_reads`].
+    /// The task driving the rounds, stopped by [`Cluster::refuse_new_reads`].
     driver: TaskTracker,
     stop: CancellationToken,
 }
@@ -123,12 +123,16 @@ impl Cluster {
             .map_err(|_| ServiceError::Unavailable("read round dropped".into()))?
     }
 
-    /// Stops the ReadIndex rounds (a read under way or asked for later fails as unavailable)
-    /// and waits for the task that drives them to end. Part of the node's shutdown.
-    pub async fn stop_reads(&self) {
+    /// Part of the node's shutdown: a read asked for from now on, or still queued for a
+    /// round, fails as unavailable, and no round starts any more. The node's stop then waits
+    /// for [`Cluster::read_rounds`].
+    pub fn refuse_new_reads(&self) {
         self.reads.stop.cancel();
-        self.reads.driver.close();
-        self.reads.driver.wait().await;
+    }
+
+    /// The tracker owning the task that drives ReadIndex rounds.
+    pub fn read_rounds(&self) -> &TaskTracker {
+        &self.reads.driver
     }
 }
 
