@@ -338,7 +338,8 @@ async fn joined_identity(
     // The node's private key is made here and never leaves it; the leader signs a
     // certificate for its public half.
     let key = NodeKey::generate()?;
-    let granted = join_cluster(join, token, info, &key.public_key).await?;
+    let local_ip = config.cluster.addr.ip();
+    let granted = join_cluster(join, token, info, local_ip, &key.public_key).await?;
     let tls = ClusterTls::joined(
         granted.ca_cert_der,
         granted.ca_key_der,
@@ -777,10 +778,11 @@ async fn join_cluster(
     join: &str,
     token: &str,
     info: &NodeInfo,
+    local_ip: std::net::IpAddr,
     public_key: &[u8],
 ) -> anyhow::Result<transport::JoinGranted> {
     let fp = tls::token_fingerprint(token).context("bad --token")?;
-    let t = Transport::joining(fp, Limits::default())?;
+    let t = Transport::joining(fp, local_ip, Limits::default())?;
     let req = RpcRequest::JoinWithKey {
         token: token.to_string(),
         node: info.clone(),

@@ -133,11 +133,16 @@ impl Transport {
     }
 
     /// A client-only endpoint for a node that is not a member yet, pinning the cluster by the
-    /// CA certificate fingerprint in its join token.
-    pub fn joining(fingerprint: [u8; 32], limits: Limits) -> Result<Arc<Self>> {
+    /// CA certificate fingerprint in its join token. It binds a free port on `local_ip` (the
+    /// IP the node will listen on), so it can never hold the port the node binds next on
+    /// another address of the machine.
+    pub fn joining(
+        fingerprint: [u8; 32],
+        local_ip: std::net::IpAddr,
+        limits: Limits,
+    ) -> Result<Arc<Self>> {
         let tc = transport_config(&limits);
-        let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid addr");
-        let endpoint = Endpoint::client(bind)?;
+        let endpoint = Endpoint::client(SocketAddr::new(local_ip, 0))?;
         let client_config = tls::join_client_config(fingerprint, tc)?;
         Ok(Arc::new(Self::new(endpoint, client_config, limits)))
     }
