@@ -16,6 +16,7 @@ mod history;
 mod locks;
 mod ops;
 mod queues;
+mod semaphores;
 mod sessions;
 mod txn;
 mod ws;
@@ -62,6 +63,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/locks/{name}/acquire", post(locks::acquire))
         .route("/v1/locks/{name}/renew", post(locks::renew))
         .route("/v1/locks/{name}/release", post(locks::release))
+        .route("/v1/semaphores/{name}", get(semaphores::inspect))
+        .route("/v1/semaphores/{name}/acquire", post(semaphores::acquire))
+        .route("/v1/semaphores/{name}/renew", post(semaphores::renew))
+        .route("/v1/semaphores/{name}/release", post(semaphores::release))
         .route(
             "/v1/sessions",
             post(sessions::create)

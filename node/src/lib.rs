@@ -11,6 +11,8 @@
 //! - [`client`]: the client subcommands (`stackd kv …`, `stackd cluster …`, `stackd queue …`
 //!   and the others).
 //! - [`openapi`]: the API reference served at `/v1/openapi.json`.
+//! - [`service`]: client protocols that span several proposals (the blocking acquire of locks
+//!   and semaphores), shared by every front end.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod realtime;
 pub mod server;
+pub mod service;
 
 /// Installs the process-wide rustls crypto provider (ring). Call once before any TLS use;
 /// later calls are no-ops.

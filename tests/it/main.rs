@@ -18,6 +18,7 @@ mod locks;
 mod membership;
 mod queues;
 mod security;
+mod semaphores;
 mod sessions;
 mod snapshots;
 mod storage_suite;

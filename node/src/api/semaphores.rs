@@ -1,0 +1,281 @@
+//! `/v1/semaphores`: counting semaphores (N of M permits under fenced leases), with blocking
+//! acquire served in arrival order on any node.
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use raft::command::{SemaphoreCmd, SemaphoreResult};
+use raft::state::MAX_SEMAPHORE_CAPACITY;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::locks::{LOCK_TTL_MS_MAX, LOCK_WAIT_MS_MAX};
+use super::{
+    check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
+    JsonBody, Name, St,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::service;
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /v1/semaphores/{name}/acquire`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireBody {
+    /// Who holds the permits (a label shown to others).
+    pub holder: String,
+    /// Permits wanted, 1..=capacity (default 1).
+    #[serde(default = "one")]
+    pub permits: u32,
+    /// The semaphore's permits, 1..=1,000,000. The first acquire of a semaphore nobody holds
+    /// or waits for sets it; while permits are held or waited for, another capacity is 409.
+    pub capacity: u32,
+    /// Lease length, 1..=86,400,000 ms.
+    pub ttl_ms: u64,
+    /// How long to wait in the queue when the permits are not free, 0..=60,000 ms (default 0).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// `POST /v1/semaphores/{name}/renew`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    pub fence: u64,
+    pub ttl_ms: u64,
+}
+
+/// `POST /v1/semaphores/{name}/release`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBody {
+    pub fence: u64,
+}
+
+/// A lease of permits.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub fence: u64,
+    pub permits: u32,
+    pub ttl_ms: u64,
+}
+
+/// The answer of a release.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct Released {
+    pub released: bool,
+    /// Permits the lease held, free now.
+    pub permits: u32,
+}
+
+/// One lease, as `GET /v1/semaphores/{name}` shows it.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    pub fence: u64,
+    pub holder: String,
+    pub permits: u32,
+    pub ttl_ms: u64,
+    pub expires_in_ms: u64,
+}
+
+/// `GET /v1/semaphores/{name}`.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+pub struct SemaphoreView {
+    pub capacity: u32,
+    pub held: u32,
+    pub free: u32,
+    /// Leases by fence, oldest first.
+    pub holders: Vec<LeaseView>,
+    /// Callers queued for permits.
+    pub waiting: u32,
+}
+
+pub async fn acquire(
+    State(st): St,
+    Name(name): Name,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<AcquireBody>,
+) -> ApiResult<Json<Grant>> {
+    validate_name("holder", &body.holder)?;
+    let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
+    check_permits(&body)?;
+    if body.wait_ms > LOCK_WAIT_MS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms must be at most {LOCK_WAIT_MS_MAX}, got {}",
+            body.wait_ms
+        ))
+        .with("field", "wait_ms"));
+    }
+    let idem = idempotency_key(&headers)?;
+    let started = Instant::now();
+    let waiter_id = service::waiter_id(idem.as_deref());
+    let command = SemaphoreCmd::Acquire {
+        name: name.clone(),
+        holder: body.holder,
+        permits: body.permits,
+        capacity: body.capacity,
+        ttl_ms,
+        wait: service::semaphore_wait(&waiter_id, body.wait_ms),
+    };
+    let wait = (body.wait_ms > 0).then_some((waiter_id.as_str(), body.wait_ms));
+    let result =
+        service::acquire::<service::Semaphores>(&st.cluster, &name, command, wait, idem, started)
+            .await?;
+    match result {
+        SemaphoreResult::Granted {
+            fence,
+            permits,
+            ttl_ms,
+        } => Ok(Json(Grant {
+            fence,
+            permits,
+            ttl_ms,
+        })),
+        // A wait that ended without a grant: the caller's place in the queue is gone.
+        SemaphoreResult::Cancelled | SemaphoreResult::NotFound => Err(ApiError::conflict(
+            "the permits were not granted within wait_ms",
+        )
+        .with("reason", "not_granted")),
+        other => Err(refusal(other)),
+    }
+}
+
+fn check_permits(body: &AcquireBody) -> ApiResult<()> {
+    if body.capacity == 0 || body.capacity > MAX_SEMAPHORE_CAPACITY {
+        return Err(ApiError::bad_request(format!(
+            "capacity must be 1 to {MAX_SEMAPHORE_CAPACITY}, got {}",
+            body.capacity
+        ))
+        .with("field", "capacity"));
+    }
+    if body.permits == 0 || body.permits > body.capacity {
+        return Err(ApiError::bad_request(format!(
+            "permits must be 1 to capacity ({}), got {}",
+            body.capacity, body.permits
+        ))
+        .with("field", "permits"));
+    }
+    Ok(())
+}
+
+pub async fn renew(
+    State(st): St,
+    Name(name): Name,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RenewBody>,
+) -> ApiResult<Json<Grant>> {
+    let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
+    let idem = idempotency_key(&headers)?;
+    let command = SemaphoreCmd::Renew {
+        name,
+        fence: body.fence,
+        ttl_ms,
+    };
+    match st.cluster.write(command, idem).await? {
+        SemaphoreResult::Granted {
+            fence,
+            permits,
+            ttl_ms,
+        } => Ok(Json(Grant {
+            fence,
+            permits,
+            ttl_ms,
+        })),
+        other => Err(refusal(other)),
+    }
+}
+
+pub async fn release(
+    State(st): St,
+    Name(name): Name,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ReleaseBody>,
+) -> ApiResult<Json<Released>> {
+    let idem = idempotency_key(&headers)?;
+    let command = SemaphoreCmd::Release {
+        name,
+        fence: body.fence,
+    };
+    match st.cluster.write(command, idem).await? {
+        SemaphoreResult::Released { permits } => Ok(Json(Released {
+            released: true,
+            permits,
+        })),
+        other => Err(refusal(other)),
+    }
+}
+
+pub async fn inspect(
+    State(st): St,
+    Name(name): Name,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<SemaphoreView>> {
+    let p = params(q, &["consistency"])?;
+    read_barrier_unless_stale(&st, &p).await?;
+    let state = st.cluster.state.read().expect("state lock");
+    let now = state.meta.now_ms;
+    let Some(s) = state.semaphore(&name) else {
+        return Err(ApiError::not_found(format!(
+            "semaphore {name:?} has no holders or waiters"
+        )));
+    };
+    let holders = s
+        .holders
+        .iter()
+        .filter(|(_, l)| l.expires_at_ms > now)
+        .map(|(fence, l)| LeaseView {
+            fence: *fence,
+            holder: l.holder.clone(),
+            permits: l.permits,
+            ttl_ms: l.ttl_ms,
+            expires_in_ms: remaining_ms(l.expires_at_ms, now),
+        })
+        .collect::<Vec<_>>();
+    let held = holders.iter().map(|l| l.permits).sum::<u32>();
+    Ok(Json(SemaphoreView {
+        capacity: s.capacity,
+        held,
+        free: s.capacity.saturating_sub(held),
+        holders,
+        waiting: u32::try_from(s.waiters.len()).unwrap_or(u32::MAX),
+    }))
+}
+
+/// The answers of a semaphore write besides its success.
+fn refusal(r: SemaphoreResult) -> ApiError {
+    match r {
+        SemaphoreResult::Full {
+            free,
+            held,
+            waiting,
+        } => ApiError::conflict(format!(
+            "not enough free permits ({free} free, {held} held, {waiting} waiting)"
+        ))
+        .with("reason", "full")
+        .with("free", free)
+        .with("held", held)
+        .with("waiting", waiting),
+        SemaphoreResult::CapacityMismatch { capacity } => ApiError::conflict(format!(
+            "the semaphore's permits are held or waited for under capacity {capacity}"
+        ))
+        .with("reason", "capacity_mismatch")
+        .with("capacity", capacity),
+        SemaphoreResult::StaleFence => {
+            ApiError::conflict("stale fence: no current lease of this semaphore has this fence")
+                .with("reason", "stale_fence")
+                .with("current_fence", Value::Null)
+        }
+        SemaphoreResult::NotFound => ApiError::not_found("no such semaphore lease or waiter"),
+        SemaphoreResult::Limited(m) => ApiError::limited(m),
+        SemaphoreResult::Invalid(m) => ApiError::bad_request(m),
+        other => ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the write answered {other:?}"),
+        ),
+    }
+}
