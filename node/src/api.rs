@@ -16,7 +16,7 @@ mod history;
 mod locks;
 mod ops;
 mod queues;
-mod semaphores;
+pub mod semaphores;
 mod sessions;
 mod txn;
 mod ws;

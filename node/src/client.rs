@@ -1,16 +1,17 @@
-//! The command-line client (`stackd kv`, `lock`, `session`, `cache`, `queue`, `worker`, `txn`,
+//! The command-line client (`stackd kv`, `lock`, `semaphore`, `session`, `cache`, `queue`, `worker`, `txn`,
 //! `cluster`, `backup`, `token`) against any node's API, and `stackd restore`.
 //!
 //! # Layout
 //! - this file: shared plumbing, `kv`, `cluster` (status and operations) and `token`;
-//! - [`lock`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the other
-//!   primitives;
+//! - [`lock`], [`semaphore`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the
+//!   other primitives;
 //! - [`backup`]: `stackd backup` and `stackd restore`.
 
 pub mod backup;
 pub mod cache;
 pub mod lock;
 pub mod queue;
+pub mod semaphore;
 pub mod session;
 pub mod txn;
 

@@ -7,6 +7,7 @@ use node::client::backup::{BackupCmd, RestoreCmd};
 use node::client::cache::CacheCmd;
 use node::client::lock::LockCmd;
 use node::client::queue::{QueueCmd, WorkerCmd};
+use node::client::semaphore::SemaphoreCmd;
 use node::client::session::SessionCmd;
 use node::client::txn::TxnCmd;
 use node::client::{ClusterCmd, KvCmd, TokenCmd};
@@ -53,6 +54,9 @@ enum Cmd {
     /// Locks with leases and fencing tokens; `lock run` holds one while a command runs.
     #[command(subcommand)]
     Lock(LockCmd),
+    /// Counting semaphores: N of M permits under fenced leases, waiters served in order.
+    #[command(subcommand)]
+    Semaphore(SemaphoreCmd),
     /// User sessions with a sliding expiry.
     #[command(subcommand)]
     Session(SessionCmd),
@@ -118,6 +122,7 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::Kv(cmd) => node::client::kv(cmd).await,
             Cmd::Lock(cmd) => node::client::lock::run(cmd).await,
+            Cmd::Semaphore(cmd) => node::client::semaphore::run(cmd).await,
             Cmd::Session(cmd) => node::client::session::run(cmd).await,
             Cmd::Cache(cmd) => node::client::cache::run(cmd).await,
             Cmd::Txn(cmd) => node::client::txn::run(cmd).await,

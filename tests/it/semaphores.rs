@@ -293,3 +293,55 @@ async fn bad_semaphore_requests_get_clear_errors() {
     assert_eq!(r.status(), 404);
     c.shutdown().await;
 }
+
+/// The CLI takes, shows and releases permits through any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_acquires_shows_and_releases_permits() {
+    let c = InprocCluster::start(1).await.unwrap();
+    let addr = c.bases[0].clone();
+    // The CLI blocks on its process: keep it off the runtime the node serves from.
+    let cli =
+        |args: Vec<String>| tokio::task::spawn_blocking(move || tests::process::stackd_ok(&args).0);
+    let args = |s: &str| -> Vec<String> {
+        s.split_whitespace()
+            .map(String::from)
+            .chain(["--addr".to_string(), addr.clone()])
+            .collect()
+    };
+    let out = cli(args(
+        "semaphore acquire jobs --holder cli --permits 2 --capacity 5 --ttl-ms 60000",
+    ))
+    .await
+    .unwrap();
+    let fence: u64 = out
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("a fence: {out:?}"));
+    let shown = cli(args("semaphore get jobs")).await.unwrap();
+    assert!(
+        shown.contains("capacity 5  held 2  free 3  waiting 0"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("fence {fence}  cli  2 permits")),
+        "{shown}"
+    );
+    let out = cli(args(&format!("semaphore release jobs --fence {fence}")))
+        .await
+        .unwrap();
+    assert!(
+        out.contains(&format!("released jobs:{fence} (2 permits)")),
+        "{out}"
+    );
+    let failed = tokio::task::spawn_blocking({
+        let a = args(&format!("semaphore release jobs --fence {fence}"));
+        move || tests::process::stackd_fails(&a)
+    })
+    .await
+    .unwrap();
+    assert!(
+        failed.contains("404") || failed.contains("not_found") || failed.contains("409"),
+        "{failed}"
+    );
+    c.shutdown().await;
+}
