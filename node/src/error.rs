@@ -54,6 +54,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Unavailable(m) => ApiError::unavailable(m),
             ServiceError::Unknown(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
             ServiceError::Refused(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            ServiceError::NotFound(m) => ApiError::not_found(m),
+            ServiceError::Conflict(m) => ApiError::conflict(m),
+            ServiceError::Invalid(m) => ApiError::bad_request(m),
         }
     }
 }

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::error::{Error, Result};
 use crate::frame;
 use crate::pool::{PeerStats, Pool};
-use crate::rpc::{JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
+use crate::rpc::{AdminDone, AdminOp, JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
 use crate::tls::{self, ClusterTls, PeerId};
 
 /// Limits of the transport, each with a documented default.
@@ -94,6 +94,8 @@ pub trait Service: Send + Sync + 'static {
         node: NodeInfo,
         public_key: Vec<u8>,
     ) -> impl Future<Output = Result<JoinGranted, ServiceError>> + Send;
+    /// Runs an operation on Raft itself, forwarded by a member (this node should lead).
+    fn admin(&self, op: AdminOp) -> impl Future<Output = Result<AdminDone, ServiceError>> + Send;
     /// Whether a peer whose certificate (already checked against the cluster CA) names `peer`
     /// may be served; `Err` says why not (e.g. the node was removed).
     fn admit_peer(&self, peer: &PeerId) -> Result<(), String>;
@@ -506,6 +508,7 @@ impl Transport {
                 RpcResponse::Joined(res)
             }
             RpcRequest::Hello => RpcResponse::Hello,
+            RpcRequest::Admin(op) => RpcResponse::Admin(service.admin(op).await),
         }
     }
 }

@@ -26,5 +26,5 @@ pub use error::{Error, Result};
 pub use gossip::{Gossip, GossipConfig, Liveness, MemberReach, NodeMeta, PeerView};
 pub use network::Network;
 pub use pool::PeerStats;
-pub use rpc::{JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
+pub use rpc::{AdminDone, AdminOp, JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
 pub use tls::ClusterTls;

@@ -40,6 +40,37 @@ pub enum RpcRequest {
     /// A member checks that the cluster still counts it in (answered by `Hello`, or by
     /// `Removed` when its id was removed).
     Hello,
+    /// A change to Raft itself, asked of any node and run on the leader; answered by
+    /// [`RpcResponse::Admin`].
+    Admin(AdminOp),
+}
+
+/// An operation on Raft itself (membership, leadership, snapshots). It runs on the leader:
+/// the node a client asked forwards it there, as it forwards writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// Removes a member (a voter, or a learner) from the membership.
+    RemoveMember(NodeId),
+    /// Makes a learner a voter.
+    PromoteMember(NodeId),
+    /// Hands leadership to this voter.
+    TransferLeader(NodeId),
+    /// Builds a snapshot (on the leader, which then purges the log behind it).
+    Snapshot,
+}
+
+/// What an [`AdminOp`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminDone {
+    Removed(NodeId),
+    Promoted(NodeId),
+    /// The leader after a transfer.
+    Leader(NodeId),
+    /// The snapshot's last index, and whether it was built within the wait.
+    Snapshot {
+        index: Option<u64>,
+        completed: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +89,7 @@ pub enum RpcResponse {
     /// says which node and what to do.
     Removed(String),
     Hello,
+    Admin(Result<AdminDone, ServiceError>),
 }
 
 /// A committed and applied write: its result and the index of its log entry.
@@ -82,6 +114,16 @@ pub enum ServiceError {
     /// The request was refused (e.g. a wrong join token).
     #[error("refused: {0}")]
     Refused(String),
+    /// What the request names does not exist (e.g. a member id).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (e.g. a membership change under way);
+    /// nothing was done.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The request is malformed or names something of the wrong kind; nothing was done.
+    #[error("invalid: {0}")]
+    Invalid(String),
 }
 
 /// What a joining node receives: its id, a certificate naming it (for the key it sent), and

@@ -73,6 +73,10 @@ impl Service for Cluster {
         })
     }
 
+    async fn admin(&self, op: AdminOp) -> Result<AdminDone, ServiceError> {
+        self.admin_here(op).await
+    }
+
     fn admit_peer(&self, peer: &PeerId) -> Result<(), String> {
         if self
             .state

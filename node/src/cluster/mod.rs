@@ -7,12 +7,15 @@
 //! - [`leader`]: ticks, history compaction, learner promotion, leadership transfer.
 //! - [`gossip`]: what gossip is told, and how the leader reaches each member.
 //! - [`autopilot`]: dead-voter replacement, one membership change at a time.
+//! - [`membership`]: operations on Raft itself (remove, promote, transfer, snapshot), run on
+//!   the leader and forwarded there over QUIC.
 //! - [`join`]: joins, join tokens, and the service the transport calls.
 
 mod autopilot;
 mod gossip;
 mod join;
 mod leader;
+mod membership;
 mod reads;
 mod write;
 
@@ -40,8 +43,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use transport::tls::PeerId;
 use transport::{
-    ClusterTls, Gossip, JoinGranted, Liveness, MemberReach, NodeMeta, RpcRequest, RpcResponse,
-    Service, ServiceError, Transport, Written,
+    AdminDone, AdminOp, ClusterTls, Gossip, JoinGranted, Liveness, MemberReach, NodeMeta,
+    RpcRequest, RpcResponse, Service, ServiceError, Transport, Written,
 };
 
 use crate::config::{derived_gossip_addr, Config};
