@@ -49,13 +49,9 @@ async fn relay(st: &AppState, method: Method, uri: &Uri, body: Bytes) -> Option<
             let body = r.bytes().await.unwrap_or_default();
             (status, [("content-type", "application/json")], body).into_response()
         }
-        Err(e) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!(
-                "relaying to the leader failed; the operation may or may not have happened: {e}"
-            ),
-        )
+        Err(e) => ApiError::timeout(format!(
+            "relaying to the leader failed; the operation may or may not have happened: {e}"
+        ))
         .into_response(),
     })
 }

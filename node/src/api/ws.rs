@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::debug;
 
 use super::{json_body_limit, params, validate_name, AppState, St};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// How often a catching-up connection is sent its next page of history.
 const CATCH_UP_TICK: Duration = Duration::from_millis(10);
@@ -245,11 +245,11 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
     let mut pace = tokio::time::interval(CATCH_UP_TICK);
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = st.hub.shutdown.clone();
-    let close: Option<(u16, &str, &str)> = loop {
+    let close: Option<(u16, ErrorCode, &str)> = loop {
         let catching_up = conn.subs.values().any(|s| s.catch_up.is_some())
             || conn.watches.values().any(|w| w.catching_up);
         tokio::select! {
-            _ = shutdown.cancelled() => break Some((1001, "going_away", "server shutting down")),
+            _ = shutdown.cancelled() => break Some((1001, ErrorCode::GoingAway, "server shutting down")),
             _ = &mut writer => break None,
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => conn.handle(text.as_str()).await,
@@ -263,19 +263,20 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
                 Ok(LiveBatch::Events(events)) => conn.live(&events),
                 Ok(LiveBatch::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => conn.resync(),
                 Err(broadcast::error::RecvError::Closed) => {
-                    break Some((1001, "going_away", "server shutting down"))
+                    break Some((1001, ErrorCode::GoingAway, "server shutting down"))
                 }
             },
             _ = pace.tick(), if catching_up => conn.catch_up_step(),
         }
         if out.overflowed.load(Ordering::Relaxed) {
-            break Some((1008, "slow_consumer", "slow consumer"));
+            break Some((1008, ErrorCode::SlowConsumer, "slow consumer"));
         }
     };
     if let Some((code, reason, text)) = close {
+        let reason = reason.as_str();
         st.metrics.ws_disconnects.with_label_values(&[reason]).inc();
         let limit = out.limit;
-        let err = if reason == "slow_consumer" {
+        let err = if reason == ErrorCode::SlowConsumer.as_str() {
             json!({"type": "error", "error": {
                 "code": reason,
                 "message": format!("the connection's send queue passed {limit} bytes; reconnect and resume each channel from its last offset"),
@@ -396,11 +397,9 @@ impl Conn {
 
     fn check_room(&self) -> Result<(), ApiError> {
         if self.subs.len() + self.watches.len() >= WS_SUBSCRIPTIONS_MAX {
-            return Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("at most {WS_SUBSCRIPTIONS_MAX} subscriptions and watches per connection"),
-            ));
+            return Err(ApiError::limited(format!(
+                "at most {WS_SUBSCRIPTIONS_MAX} subscriptions and watches per connection"
+            )));
         }
         Ok(())
     }
@@ -742,8 +741,7 @@ fn event_json(channel: &str, e: &raft::state::ChannelEvent) -> String {
 
 fn compacted_error(prefix: &str, since: u64, compact: u64) -> ApiError {
     ApiError::new(
-        axum::http::StatusCode::CONFLICT,
-        "compacted",
+        ErrorCode::Compacted,
         format!(
             "changes under {prefix:?} after revision {since} are compacted (history starts after {compact}); watch from a later revision"
         ),
