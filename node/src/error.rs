@@ -105,6 +105,44 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// The body of every error answer (the `Error` schema of `/v1/openapi.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// `code` and `message`, plus the fields some errors add.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+    /// conflict: `stale_fence`, `stale_lease` or `compacted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// conflict on a key compare: the key's revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<u64>,
+    /// conflict, reason stale_fence: the lock's fence, null when it is not held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_fence: Option<u64>,
+    /// conflict, reason stale_lease: the job's current lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_lease: Option<u64>,
+    /// conflict on a lock: its holder (null: not granted within wait_ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// reason compacted, or code compacted: history starts after this revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact_revision: Option<u64>,
+    /// bad_request: the field at fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// too_large: the limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
 /// An error answer: `{"error": {"code", "message", ...extra}}` with the code's status.
 #[derive(Debug)]
 pub struct ApiError {

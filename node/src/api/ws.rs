@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::debug;
 
 use super::{json_body_limit, params, validate_name, AppState, St};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 
 /// How often a catching-up connection is sent its next page of history.
 const CATCH_UP_TICK: Duration = Duration::from_millis(10);
@@ -44,6 +44,20 @@ const WRITE_BATCH_MAX: usize = 256;
 /// Most channels and watches on one connection.
 pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
 
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    summary = "WebSocket (JSON text frames)",
+    description = "Client to server, each with an id echoed in the reply: {op:subscribe, channel, since?, user?} -> {ok, channel, offset (latest on this node), client_id}; {op:unsubscribe, channel}; {op:publish, channel, data} -> {ok, offset}; {op:watch, prefix, since_revision?} -> {ok, prefix, revision, compact_revision} (error code compacted with compact_revision when since_revision < compact_revision); {op:unwatch, prefix}; {op:ping} -> {ok, pong}. Server to client: {type:event, channel, offset, ts_ms, data}; {type:recovered, channel, from, to, complete} after a catch-up requested with since (complete:false when events after since were trimmed by retention); {type:kv, event:put|delete, key, revision, value (base64, null for delete), prefix}; {type:error, error:{code, message, ...}}. Catch-up is paced (ws_catch_up_events_per_sec, default 10000, and at most half the send queue); a client whose send queue passes ws_send_buffer_bytes (default 4 MiB) gets {type:error, error:{code:slow_consumer, limit_bytes}} and close code 1008, and resumes with since. On shutdown: error going_away and close 1001. More than ws_max_connections (default 10000) connections: 503.",
+    params(
+        ("client_id" = Option<String>, Query, description = "default: random; used for presence"),
+    ),
+    responses(
+        (status = 101, description = "switching protocols"),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+    )
+)]
 pub async fn upgrade(
     State(st): St,
     RawQuery(q): RawQuery,
