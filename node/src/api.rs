@@ -10,16 +10,17 @@
 //! - [`channels`], [`ws`]: channels (publish, history, presence) and the WebSocket API;
 //!   `/v1/client.js` and `/demo/` serve the browser client and its demo page.
 
-mod cache;
-mod channels;
-mod history;
-mod locks;
-mod ops;
-mod queues;
+pub(crate) mod cache;
+pub(crate) mod channels;
+pub(crate) mod history;
+pub(crate) mod locks;
+pub mod model;
+pub(crate) mod ops;
+pub(crate) mod queues;
 pub mod semaphores;
-mod sessions;
-mod txn;
-mod ws;
+pub(crate) mod sessions;
+pub(crate) mod txn;
+pub(crate) mod ws;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,19 +28,21 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use raft::command::{KvCmd, KvResult, MaybeFenced, Proposal};
-use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::cluster::Cluster;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use crate::metrics::Metrics;
+use model::{
+    Autopilot, AutopilotAction, ClusterStatus, Consistency, KvDeleted, KvItem, KvList, Load,
+    Member, MemberRole, Revision, Status,
+};
 
 /// Shared by every handler.
 pub struct AppState {
@@ -53,79 +56,85 @@ pub struct AppState {
 
 type St = State<Arc<AppState>>;
 
+/// Every route as `method path => handler`: `router()` is built from this table and
+/// [`ROUTES`] lists it, so the OpenAPI test compares the document with the routes served.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path;)*) => {
+        /// (method, path template) of every route, in the order of the table.
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        fn add_routes(r: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+            r$(.route($path, axum::routing::$method($handler)))*
+        }
+    };
+}
+
+routes! {
+    get "/v1/kv" => list_kv;
+    get "/v1/kv/{key}" => get_kv;
+    put "/v1/kv/{key}" => put_kv;
+    delete "/v1/kv/{key}" => delete_kv;
+    post "/v1/txn" => txn::txn;
+    get "/v1/history" => history::kv_history;
+    get "/v1/locks/{name}" => locks::inspect;
+    post "/v1/locks/{name}/acquire" => locks::acquire;
+    post "/v1/locks/{name}/renew" => locks::renew;
+    post "/v1/locks/{name}/release" => locks::release;
+    get "/v1/semaphores/{name}" => semaphores::inspect;
+    post "/v1/semaphores/{name}/acquire" => semaphores::acquire;
+    post "/v1/semaphores/{name}/renew" => semaphores::renew;
+    post "/v1/semaphores/{name}/release" => semaphores::release;
+    post "/v1/sessions" => sessions::create;
+    get "/v1/sessions" => sessions::list;
+    delete "/v1/sessions" => sessions::delete_user;
+    get "/v1/sessions/{id}" => sessions::get;
+    patch "/v1/sessions/{id}" => sessions::update;
+    delete "/v1/sessions/{id}" => sessions::delete;
+    post "/v1/sessions/{id}/touch" => sessions::touch;
+    get "/v1/queues" => queues::list_queues;
+    get "/v1/queues/{name}" => queues::stats;
+    post "/v1/queues/{name}/jobs" => queues::enqueue;
+    post "/v1/queues/{name}/claim" => queues::claim;
+    get "/v1/queues/{name}/dead" => queues::dead;
+    post "/v1/queues/{name}/dead/replay" => queues::replay;
+    get "/v1/queues/{name}/schedules" => queues::list_schedules;
+    put "/v1/queues/{queue}/schedules/{name}" => queues::set_schedule;
+    delete "/v1/queues/{queue}/schedules/{name}" => queues::delete_schedule;
+    get "/v1/jobs/{id}" => queues::get_job;
+    post "/v1/jobs/{id}/ack" => queues::ack;
+    post "/v1/jobs/{id}/nack" => queues::nack;
+    post "/v1/jobs/{id}/extend" => queues::extend;
+    get "/v1/cache/stats" => cache::stats;
+    post "/v1/cache/invalidate" => cache::invalidate;
+    get "/v1/cache/{key}" => cache::get;
+    put "/v1/cache/{key}" => cache::set;
+    delete "/v1/cache/{key}" => cache::delete;
+    // Channels, WebSocket, browser client.
+    post "/v1/channels/{name}/publish" => channels::publish;
+    get "/v1/channels/{name}/history" => channels::history;
+    get "/v1/channels/{name}/presence" => channels::presence;
+    get "/v1/ws" => ws::upgrade;
+    get "/v1/client.js" => client_js;
+    get "/demo/" => demo_page;
+    // Cluster operations.
+    get "/v1/cluster" => cluster_status;
+    post "/v1/cluster/members/{id}/remove" => ops::remove;
+    post "/v1/cluster/members/{id}/promote" => ops::promote;
+    post "/v1/cluster/leader/transfer" => ops::transfer;
+    post "/v1/cluster/snapshot" => ops::snapshot;
+    post "/v1/cluster/compact" => history::compact;
+    get "/v1/cluster/backup" => ops::backup;
+    post "/v1/cluster/tokens" => ops::create_token;
+    get "/v1/cluster/tokens" => ops::list_tokens;
+    delete "/v1/cluster/tokens/{id}" => ops::revoke_token;
+    get "/v1/openapi.json" => openapi;
+    get "/health" => health;
+    get "/ready" => ready;
+    get "/metrics" => metrics;
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/kv", get(list_kv))
-        .route("/v1/kv/{key}", get(get_kv).put(put_kv).delete(delete_kv))
-        .route("/v1/txn", post(txn::txn))
-        .route("/v1/history", get(history::kv_history))
-        .route("/v1/locks/{name}", get(locks::inspect))
-        .route("/v1/locks/{name}/acquire", post(locks::acquire))
-        .route("/v1/locks/{name}/renew", post(locks::renew))
-        .route("/v1/locks/{name}/release", post(locks::release))
-        .route("/v1/semaphores/{name}", get(semaphores::inspect))
-        .route("/v1/semaphores/{name}/acquire", post(semaphores::acquire))
-        .route("/v1/semaphores/{name}/renew", post(semaphores::renew))
-        .route("/v1/semaphores/{name}/release", post(semaphores::release))
-        .route(
-            "/v1/sessions",
-            post(sessions::create)
-                .get(sessions::list)
-                .delete(sessions::delete_user),
-        )
-        .route(
-            "/v1/sessions/{id}",
-            get(sessions::get)
-                .patch(sessions::update)
-                .delete(sessions::delete),
-        )
-        .route("/v1/sessions/{id}/touch", post(sessions::touch))
-        .route("/v1/queues", get(queues::list_queues))
-        .route("/v1/queues/{name}", get(queues::stats))
-        .route("/v1/queues/{name}/jobs", post(queues::enqueue))
-        .route("/v1/queues/{name}/claim", post(queues::claim))
-        .route("/v1/queues/{name}/dead", get(queues::dead))
-        .route("/v1/queues/{name}/dead/replay", post(queues::replay))
-        .route("/v1/queues/{name}/schedules", get(queues::list_schedules))
-        .route(
-            "/v1/queues/{queue}/schedules/{name}",
-            axum::routing::put(queues::set_schedule).delete(queues::delete_schedule),
-        )
-        .route("/v1/jobs/{id}", get(queues::get_job))
-        .route("/v1/jobs/{id}/ack", post(queues::ack))
-        .route("/v1/jobs/{id}/nack", post(queues::nack))
-        .route("/v1/jobs/{id}/extend", post(queues::extend))
-        .route("/v1/cache/stats", get(cache::stats))
-        .route("/v1/cache/invalidate", post(cache::invalidate))
-        .route(
-            "/v1/cache/{key}",
-            get(cache::get).put(cache::set).delete(cache::delete),
-        )
-        // --- Channels, WebSocket, browser client ---
-        .route("/v1/channels/{name}/publish", post(channels::publish))
-        .route("/v1/channels/{name}/history", get(channels::history))
-        .route("/v1/channels/{name}/presence", get(channels::presence))
-        .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/client.js", get(client_js))
-        .route("/demo/", get(demo_page))
-        // --- end channels ---
-        .route("/v1/cluster", get(cluster_status))
-        .route("/v1/cluster/members/{id}/remove", post(ops::remove))
-        .route("/v1/cluster/members/{id}/promote", post(ops::promote))
-        .route("/v1/cluster/leader/transfer", post(ops::transfer))
-        .route("/v1/cluster/snapshot", post(ops::snapshot))
-        .route("/v1/cluster/compact", post(history::compact))
-        .route("/v1/cluster/backup", get(ops::backup))
-        // Join tokens.
-        .route(
-            "/v1/cluster/tokens",
-            post(ops::create_token).get(ops::list_tokens),
-        )
-        .route("/v1/cluster/tokens/{id}", delete(ops::revoke_token))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+    add_routes(Router::new())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -160,8 +169,7 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("method {method} is not allowed here"),
     )
 }
@@ -372,13 +380,35 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> 
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/kv/{key}",
+    summary = "Write a key (body = raw value, at most max_value_bytes, default 1 MiB)",
+    params(
+        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
+        ("if_revision" = Option<u64>, Query, description = "apply only if the key's revision is this (0 = only if absent)"),
+        ("ttl_ms" = Option<u64>, Query, minimum = 1, description = "the key expires this long after the write"),
+        ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the raw value"),
+    responses(
+        (status = 200, description = "written", body = Revision),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 409, description = "conflict: the compare (error.current_revision) or the fence (reason stale_fence) failed", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 async fn put_kv(
     State(st): St,
     Key(key): Key,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Revision>> {
     let p = params(q, &["if_revision", "ttl_ms", "fence"])?;
     let if_revision = u64_param(&p, "if_revision")?;
     let ttl_ms = u64_param(&p, "ttl_ms")?;
@@ -398,25 +428,42 @@ async fn put_kv(
         },
     )?;
     match st.cluster.write(command, idem).await? {
-        KvResult::Put { revision } => Ok(Json(json!({ "revision": revision }))),
+        KvResult::Put { revision } => Ok(Json(Revision { revision })),
         other => Err(other.into()),
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/kv/{key}",
+    summary = "Delete a key",
+    params(
+        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
+        ("if_revision" = Option<u64>, Query, description = "apply only if the key's revision is this"),
+        ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    responses(
+        (status = 200, description = "deleted (or absent: deleted false)", body = KvDeleted),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 409, description = "conflict: the compare (error.current_revision) or the fence (reason stale_fence) failed", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 async fn delete_kv(
     State(st): St,
     Key(key): Key,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<KvDeleted>> {
     let p = params(q, &["if_revision", "fence"])?;
     let if_revision = u64_param(&p, "if_revision")?;
     let idem = idempotency_key(&headers)?;
     let command = fenced(&p, KvCmd::Delete { key, if_revision })?;
     match st.cluster.write(command, idem).await? {
-        KvResult::Delete { revision, deleted } => {
-            Ok(Json(json!({ "revision": revision, "deleted": deleted })))
-        }
+        KvResult::Delete { revision, deleted } => Ok(Json(KvDeleted { revision, deleted })),
         other => Err(other.into()),
     }
 }
@@ -427,6 +474,22 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{key}",
+    summary = "Read a key: raw bytes with header X-Revision",
+    params(
+        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "the value", content_type = "application/octet-stream", body = Vec<u8>, headers(("X-Revision" = u64, description = "the key's revision"))),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let p = params(q, &["consistency"])?;
     read_barrier_unless_stale(&st, &p).await?;
@@ -453,7 +516,24 @@ async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResul
 const LIST_LIMIT_DEFAULT: usize = 100;
 const LIST_LIMIT_MAX: usize = 1000;
 
-async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/kv",
+    summary = "List keys by prefix, in key order",
+    params(
+        ("prefix" = Option<String>, Query, description = "at most 512 bytes"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("after" = Option<String>, Query, description = "start after this key (the previous page's next)"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "a page of keys; value is base64", body = KvList),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
+async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvList>> {
     let p = params(q, &["prefix", "limit", "after", "consistency"])?;
     let prefix = p.get("prefix").cloned().unwrap_or_default();
     if prefix.len() > 512 {
@@ -469,16 +549,31 @@ async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>>
     } else {
         None
     };
-    let items: Vec<Value> = items
+    let items = items
         .iter()
-        .map(|(k, e)| json!({ "key": k, "value": b64.encode(&e.value), "revision": e.revision }))
+        .map(|(k, e)| KvItem {
+            key: (*k).clone(),
+            value: b64.encode(&e.value),
+            revision: e.revision,
+        })
         .collect();
-    Ok(Json(
-        json!({ "items": items, "next": next, "revision": st_lock.meta.revision }),
-    ))
+    Ok(Json(KvList {
+        items,
+        next,
+        revision: st_lock.meta.revision,
+    }))
 }
 
-async fn cluster_status(State(st): St) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    summary = "Cluster status as this node sees it",
+    description = "Raft facts, every member with its liveness and metadata from this node's gossip view, and the autopilot.",
+    responses(
+        (status = 200, description = "status", body = ClusterStatus),
+    )
+)]
+async fn cluster_status(State(st): St) -> Json<ClusterStatus> {
     let c = &st.cluster;
     let m = c.metrics();
     let membership = m.membership_config.membership();
@@ -493,34 +588,36 @@ async fn cluster_status(State(st): St) -> Json<Value> {
     };
     // Liveness and metadata as this node's gossip sees them (itself: alive, local figures).
     let view = c.gossip.snapshot();
-    let local_load = json!({
-        "inflight_requests": c.config.api.max_inflight_requests - st.inflight.available_permits(),
-        "load_avg_1m": crate::cluster::load_avg_1m(),
-    });
+    let local_load = Load {
+        inflight_requests: Some(
+            (c.config.api.max_inflight_requests - st.inflight.available_permits()) as u64,
+        ),
+        load_avg_1m: Some(crate::cluster::load_avg_1m()),
+    };
     // How the leader reaches each member: its own view, or the one it publishes in gossip.
     let reach = c.leader_reach();
     let fresh = c.contact_window().as_millis() as u64;
-    let leader_view = |id: u64| -> (Value, Value, Value) {
+    let leader_view = |id: u64| -> (Option<bool>, Option<u64>, Option<u64>) {
         match &reach {
-            Some((leader, _)) if *leader == id => (json!(true), json!(0), json!(0)),
+            Some((leader, _)) if *leader == id => (Some(true), Some(0), Some(0)),
             Some((_, members)) => match members.iter().find(|r| r.node == id) {
                 Some(r) => (
-                    json!(r.acked_ms_ago.is_some_and(|a| a <= fresh)),
-                    json!(r.acked_ms_ago),
-                    json!(r.lag),
+                    Some(r.acked_ms_ago.is_some_and(|a| a <= fresh)),
+                    r.acked_ms_ago,
+                    r.lag,
                 ),
-                None => (Value::Null, Value::Null, Value::Null),
+                None => (None, None, None),
             },
-            None => (Value::Null, Value::Null, Value::Null),
+            None => (None, None, None),
         }
     };
-    let members: Vec<Value> = membership
+    let members = membership
         .nodes()
         .map(|(id, node)| {
             let role = if voters.contains(id) {
-                "voter"
+                MemberRole::Voter
             } else {
-                "learner"
+                MemberRole::Learner
             };
             let (gossip, age_ms, applied, load) = if *id == c.id {
                 (
@@ -533,12 +630,12 @@ async fn cluster_status(State(st): St) -> Json<Value> {
                 let (applied, load) = match &p.meta {
                     Some((meta, _)) => (
                         Some(meta.applied_index),
-                        json!({
-                            "inflight_requests": meta.inflight_requests,
-                            "load_avg_1m": meta.load_avg_1m,
-                        }),
+                        Load {
+                            inflight_requests: Some(meta.inflight_requests),
+                            load_avg_1m: Some(meta.load_avg_1m),
+                        },
                     ),
-                    None => (None, json!({})),
+                    None => (None, Load::default()),
                 };
                 (
                     p.liveness.as_str(),
@@ -548,53 +645,85 @@ async fn cluster_status(State(st): St) -> Json<Value> {
                 )
             } else {
                 // Not heard of in gossip yet (just joined, or this node just started).
-                ("unknown", None, None, json!({}))
+                ("unknown", None, None, Load::default())
             };
             let (leader_reaches, leader_contact_ms_ago, replication_lag) = leader_view(*id);
-            json!({
-                "id": id,
-                "api_addr": node.api_addr,
-                "cluster_addr": node.cluster_addr,
-                "role": role,
-                "gossip": gossip,
-                "gossip_changed_ms_ago": age_ms,
-                "applied_index": applied,
-                "load": load,
-                "leader_reaches": leader_reaches,
-                "leader_contact_ms_ago": leader_contact_ms_ago,
-                "replication_lag": replication_lag,
-            })
+            Member {
+                id: *id,
+                api_addr: node.api_addr.clone(),
+                cluster_addr: node.cluster_addr.clone(),
+                role,
+                gossip: gossip.to_string(),
+                gossip_changed_ms_ago: age_ms,
+                applied_index: applied,
+                load,
+                leader_reaches,
+                leader_contact_ms_ago,
+                replication_lag,
+            }
         })
         .collect();
-    Json(json!({
-        "cluster_id": cluster_id,
-        "node_id": c.id,
-        "leader_id": m.current_leader,
-        "term": m.current_term,
-        "commit_index": m.local_committed.map(|l| l.index).unwrap_or(0),
-        "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0),
-        "snapshot_index": m.snapshot.map(|l| l.index),
-        "purged_index": m.purged.map(|l| l.index),
-        "revision": revision,
-        "compact_revision": compact_revision,
-        "members": members,
-        "autopilot": {
-            "target_voters": c.config.raft.target_voters,
-            "replace_dead": c.config.autopilot.replace_dead,
-            "dead_grace_ms": c.config.autopilot.dead_grace_ms,
-            "actions": c.autopilot_actions(),
+    let actions = c
+        .autopilot_actions()
+        .into_iter()
+        .map(|a| AutopilotAction {
+            at_ms: a.at_ms,
+            action: a.action.to_string(),
+            node: a.node,
+            reason: a.reason,
+        })
+        .collect();
+    Json(ClusterStatus {
+        cluster_id,
+        node_id: c.id,
+        leader_id: m.current_leader,
+        term: m.current_term,
+        commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
+        revision,
+        compact_revision,
+        members,
+        autopilot: Autopilot {
+            target_voters: c.config.raft.target_voters as u64,
+            replace_dead: c.config.autopilot.replace_dead,
+            dead_grace_ms: c.config.autopilot.dead_grace_ms,
+            actions,
         },
-    }))
+    })
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/health",
+    summary = "200 while the process serves",
+    responses(
+        (status = 200, description = "ok", body = Status),
+    )
+)]
+async fn health() -> Json<Status> {
+    Json(Status {
+        status: "ok".into(),
+    })
 }
 
 /// Ready means able to serve a linearizable request now (see `Cluster::check_ready`).
-async fn ready(State(st): St) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/ready",
+    summary = "200 when the node can serve a linearizable request now",
+    description = "It knows a leader and reaches it, the leader confirms its leadership with a quorum (a ReadIndex round), and the node has applied up to that index; else 503 with the reason. Answers within about one second.",
+    responses(
+        (status = 200, description = "ready", body = Status),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+    )
+)]
+async fn ready(State(st): St) -> Result<Json<Status>, ApiError> {
     match st.cluster.check_ready().await {
-        Ok(()) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(()) => Ok(Json(Status {
+            status: "ready".into(),
+        })),
         Err(transport::ServiceError::Unavailable(why)) => {
             Err(ApiError::unavailable(format!("not ready: {why}")))
         }
@@ -602,11 +731,28 @@ async fn ready(State(st): St) -> Result<Json<Value>, ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    summary = "Prometheus text format",
+    responses(
+        (status = 200, description = "metrics", content_type = "text/plain", body = String),
+    )
+)]
 async fn metrics(State(st): St) -> Response {
     let body = st.metrics.render(&st.cluster);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/client.js",
+    summary = "stackd.js: dependency-free browser client",
+    description = "Stackd.Client: subscribe, publish, watch; reconnects with backoff to the next node of its list and resumes by offset and revision.",
+    responses(
+        (status = 200, description = "JavaScript", content_type = "text/javascript", body = String),
+    )
+)]
 async fn client_js() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
@@ -615,6 +761,14 @@ async fn client_js() -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/demo/",
+    summary = "Demo page: a live counter of channel demo, updated in every open window",
+    responses(
+        (status = 200, description = "HTML", content_type = "text/html", body = String),
+    )
+)]
 async fn demo_page() -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -623,10 +777,18 @@ async fn demo_page() -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    summary = "This document",
+    responses(
+        (status = 200, description = "OpenAPI 3.1", body = Object),
+    )
+)]
 async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::OPENAPI_JSON,
+        crate::openapi::document_json(),
     )
         .into_response()
 }

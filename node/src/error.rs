@@ -3,41 +3,182 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use raft::command::{CacheResult, ChannelResult, KvResult, LockResult, QueueResult, SessionResult};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use transport::ServiceError;
 
-/// An error answer: `{"error": {"code", "message", ...extra}}` with its status.
+/// Every `error.code` the server sends, each with its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the request is malformed or a value is out of range; nothing was applied.
+    BadRequest,
+    /// 403: the cluster refused the request (e.g. a removed or unknown node).
+    Forbidden,
+    /// 404: no such key, lock, session, job, schedule, channel, member, token or route.
+    NotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409: a compare, fence or lease did not hold, or the lock is held (`reason`,
+    /// `current_revision`, `current_fence`, `current_lease`, `holder` tell which).
+    Conflict,
+    /// 409: history after the requested revision was compacted away (WebSocket watch).
+    Compacted,
+    /// 413: the body or value is over its limit (`limit`).
+    TooLarge,
+    /// 422: the Idempotency-Key was first used for a different request.
+    IdempotencyMismatch,
+    /// 429: a replicated bound was reached; nothing was applied (Retry-After).
+    RateLimited,
+    /// 500: a defect: the write answered something the request does not expect.
+    Internal,
+    /// 503: no leader, not ready, or overloaded; nothing was applied (Retry-After).
+    Unavailable,
+    /// 504: no answer in time; the outcome is unknown.
+    Timeout,
+    /// WebSocket only: the connection's send queue passed `limit_bytes` (close code 1008).
+    SlowConsumer,
+    /// WebSocket only: the server is shutting down (close code 1001).
+    GoingAway,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Conflict,
+        ErrorCode::Compacted,
+        ErrorCode::TooLarge,
+        ErrorCode::IdempotencyMismatch,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+        ErrorCode::Timeout,
+        ErrorCode::SlowConsumer,
+        ErrorCode::GoingAway,
+    ];
+
+    /// The code as it appears in `error.code`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Compacted => "compacted",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::IdempotencyMismatch => "idempotency_mismatch",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::GoingAway => "going_away",
+        }
+    }
+
+    /// The HTTP status an answer with this code has. The WebSocket-only codes never reach
+    /// HTTP; they carry the status closest to their meaning.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Conflict | ErrorCode::Compacted => StatusCode::CONFLICT,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::RateLimited | ErrorCode::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unavailable | ErrorCode::GoingAway => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of every error answer (the `Error` schema of `/v1/openapi.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// `code` and `message`, plus the fields some errors add.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+    /// conflict: `stale_fence`, `stale_lease` or `compacted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// conflict on a key compare: the key's revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<u64>,
+    /// conflict, reason stale_fence: the lock's fence, null when it is not held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_fence: Option<u64>,
+    /// conflict, reason stale_lease: the job's current lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_lease: Option<u64>,
+    /// conflict on a lock: its holder (null: not granted within wait_ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// reason compacted, or code compacted: history starts after this revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact_revision: Option<u64>,
+    /// bad_request: the field at fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// too_large: the limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+/// An error answer: `{"error": {"code", "message", ...extra}}` with the code's status.
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub extra: Map<String, Value>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
             extra: Map::new(),
         }
     }
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(ErrorCode::BadRequest, message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
     }
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+        Self::new(ErrorCode::TooLarge, message)
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(ErrorCode::Unavailable, message)
     }
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
+        Self::new(ErrorCode::Conflict, message)
+    }
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Timeout, message)
     }
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.extra.insert(key.into(), value.into());
@@ -52,8 +193,8 @@ impl From<ServiceError> for ApiError {
                 ApiError::unavailable("no leader is known; nothing was applied")
             }
             ServiceError::Unavailable(m) => ApiError::unavailable(m),
-            ServiceError::Unknown(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
-            ServiceError::Refused(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            ServiceError::Unknown(m) => ApiError::timeout(m),
+            ServiceError::Refused(m) => ApiError::new(ErrorCode::Forbidden, m),
             ServiceError::NotFound(m) => ApiError::not_found(m),
             ServiceError::Conflict(m) => ApiError::conflict(m),
             ServiceError::Invalid(m) => ApiError::bad_request(m),
@@ -68,8 +209,7 @@ impl From<crate::cluster::WriteError> for ApiError {
             WriteError::Service(e) => e.into(),
             WriteError::StaleFence { current } => ApiError::stale_fence(current),
             WriteError::IdempotencyMismatch => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_mismatch",
+                ErrorCode::IdempotencyMismatch,
                 "this Idempotency-Key was first used for a different request",
             ),
         }
@@ -89,13 +229,13 @@ impl ApiError {
 
     /// 429: a replicated bound was reached; nothing was applied.
     pub fn limited(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        Self::new(ErrorCode::RateLimited, message)
     }
 
     /// The JSON body: `{"error": {"code", "message", ...extra}}`.
     pub fn body(self) -> Value {
         let mut error = Map::new();
-        error.insert("code".into(), self.code.into());
+        error.insert("code".into(), self.code.as_str().into());
         error.insert("message".into(), self.message.into());
         error.extend(self.extra);
         json!({ "error": error })
@@ -104,7 +244,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status;
+        let status = self.status();
         let mut resp = (status, axum::Json(self.body())).into_response();
         if matches!(
             status,
@@ -123,8 +263,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// request and its answer disagree, which is a defect, not a client error.
 fn unexpected(answer: impl std::fmt::Debug) -> ApiError {
     ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
+        ErrorCode::Internal,
         format!("the write answered {answer:?}"),
     )
 }
@@ -191,6 +330,20 @@ impl From<ChannelResult> for ApiError {
         match r {
             ChannelResult::Limited(m) => ApiError::limited(m),
             other => unexpected(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn codes_serialize_as_their_names() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+            assert!(seen.insert(c), "{c} twice in ALL");
         }
     }
 }

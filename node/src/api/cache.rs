@@ -6,14 +6,13 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raft::command::{CacheCmd, CacheLimits, CacheResult};
-use serde::Deserialize;
-use serde_json::{json, Value};
 
+use super::model::{CacheStats, Deleted, InvalidateRequest, Invalidated, Stored};
 use super::{
     check_ms, fenced, idempotency_key, params, read_body, remaining_ms, u64_param, validate_name,
     AppState, JsonBody, Key, St,
 };
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Longest cache TTL: 30 days.
 pub const CACHE_TTL_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
@@ -41,13 +40,35 @@ pub(crate) fn check_tags(tags: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/cache/{key}",
+    summary = "Store a cache entry (body = raw bytes); the answer comes once this node has applied it",
+    params(
+        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
+        ("ttl_ms" = Option<u64>, Query, minimum = 1, maximum = 2592000000u64, description = "at most 30 days"),
+        ("tags" = Option<String>, Query, description = "comma-separated, at most 64"),
+        ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the raw value"),
+    responses(
+        (status = 200, description = "stored", body = Stored),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn set(
     State(st): St,
     Key(key): Key,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Stored>> {
     let p = params(q, &["ttl_ms", "tags", "fence"])?;
     let ttl_ms = u64_param(&p, "ttl_ms")?
         .map(|t| check_ms("ttl_ms", t, CACHE_TTL_MS_MAX))
@@ -70,11 +91,25 @@ pub async fn set(
         },
     )?;
     match st.cluster.write_visible(command, idem).await? {
-        CacheResult::Stored => Ok(Json(json!({ "stored": true }))),
+        CacheResult::Stored => Ok(Json(Stored { stored: true })),
         other => Err(other.into()),
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/cache/{key}",
+    summary = "Read a cache entry from this node's applied state",
+    description = "Header X-Expires-In-Ms when the entry has a TTL.",
+    params(
+        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
+    ),
+    responses(
+        (status = 200, description = "the raw bytes", content_type = "application/octet-stream", body = Vec<u8>, headers(("X-Expires-In-Ms" = u64, description = "time left, when the entry has a TTL"))),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found: a miss", body = ErrorBody),
+    )
+)]
 pub async fn get(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
     params(q, &[])?;
     let found = {
@@ -104,32 +139,61 @@ pub async fn get(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResu
     Ok(resp)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/cache/{key}",
+    summary = "Remove a cache entry",
+    params(
+        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
+        ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    responses(
+        (status = 200, description = "whether it existed", body = Deleted),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(st): St,
     Key(key): Key,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     let p = params(q, &["fence"])?;
     let idem = idempotency_key(&headers)?;
     let command = fenced(&p, CacheCmd::Delete { key })?;
     match st.cluster.write_visible(command, idem).await? {
-        CacheResult::Removed(n) => Ok(Json(json!({ "deleted": n > 0 }))),
+        CacheResult::Removed(n) => Ok(Json(Deleted { deleted: n > 0 })),
         other => Err(other.into()),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InvalidateBody {
-    tags: Vec<String>,
-}
-
+#[utoipa::path(
+    post,
+    path = "/v1/cache/invalidate",
+    summary = "Remove every entry carrying any of the tags, in order with the writes around it",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body = InvalidateRequest,
+    responses(
+        (status = 200, description = "how many entries were removed", body = Invalidated),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn invalidate(
     State(st): St,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<InvalidateBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<InvalidateRequest>,
+) -> ApiResult<Json<Invalidated>> {
     if body.tags.is_empty() {
         return Err(ApiError::bad_request("tags must name at least one tag").with("field", "tags"));
     }
@@ -137,12 +201,25 @@ pub async fn invalidate(
     let idem = idempotency_key(&headers)?;
     let command = CacheCmd::Invalidate { tags: body.tags };
     match st.cluster.write_visible(command, idem).await? {
-        CacheResult::Removed(n) => Ok(Json(json!({ "invalidated": n }))),
+        CacheResult::Removed(n) => Ok(Json(Invalidated { invalidated: n })),
         other => Err(other.into()),
     }
 }
 
-pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/cache/stats",
+    summary = "Cache figures",
+    description = "entries, bytes, evictions (replicated, equal on every node), hits and misses (this node), max_entries, max_bytes, applied_index; digest with ?digest=true.",
+    params(
+        ("digest" = Option<bool>, Query, description = "add a digest of the content"),
+    ),
+    responses(
+        (status = 200, description = "stats", body = CacheStats),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+    )
+)]
+pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<CacheStats>> {
     let p = params(q, &["digest"])?;
     let digest = match p.get("digest").map(String::as_str) {
         None | Some("false") => false,
@@ -155,18 +232,20 @@ pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value
     };
     let state = st.cluster.state.read().expect("state lock");
     let c = state.cache_counts();
-    let mut out = json!({
-        "entries": c.entries,
-        "bytes": c.bytes,
-        "evictions": c.evictions,
-        "hits": st.metrics.cache_hits.get(),
-        "misses": st.metrics.cache_misses.get(),
-        "max_entries": st.cluster.config.cache.max_entries,
-        "max_bytes": st.cluster.config.cache.max_bytes,
-        "applied_index": st.cluster.metrics().last_applied.map(|l| l.index).unwrap_or(0),
-    });
-    if digest {
-        out["digest"] = state.cache_digest().into();
-    }
-    Ok(Json(out))
+    Ok(Json(CacheStats {
+        entries: c.entries,
+        bytes: c.bytes,
+        evictions: c.evictions,
+        hits: st.metrics.cache_hits.get(),
+        misses: st.metrics.cache_misses.get(),
+        max_entries: st.cluster.config.cache.max_entries,
+        max_bytes: st.cluster.config.cache.max_bytes,
+        applied_index: st
+            .cluster
+            .metrics()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0),
+        digest: digest.then(|| state.cache_digest()),
+    }))
 }

@@ -5,20 +5,16 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use raft::command::{ChannelCmd, ChannelResult};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::model::{
+    ChannelEvent, ChannelHistory, Consistency, Presence, PresentClient, PublishRequest, Published,
+};
 use super::{
     idempotency_key, list_limit, params, read_barrier_unless_stale, u64_param, AppState, JsonBody,
     Name, St,
 };
-use crate::error::{ApiError, ApiResult};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishBody {
-    data: Value,
-}
+use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// The command publishing `data` on `channel`, with the retention configured for its name.
 pub(crate) fn publish_command(
@@ -41,25 +37,64 @@ pub(crate) fn publish_command(
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/channels/{name}/publish",
+    summary = "Publish an event on a channel",
+    description = "It gets the channel's next offset (offsets start at 1, never repeat). Retention (count and age, by channel-name prefix: --channel-retention, default 1000 events for 24 h) travels with the publish.",
+    params(
+        ("name" = String, Path, description = "channel name, 1..=512 bytes of UTF-8, no control characters"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body = PublishRequest,
+    responses(
+        (status = 200, description = "published", body = Published),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 429, description = "rate_limited: a replicated bound was reached; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn publish(
     State(st): St,
     Name(channel): Name,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<PublishBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<PublishRequest>,
+) -> ApiResult<Json<Published>> {
     let idem = idempotency_key(&headers)?;
     let command = publish_command(&st, channel, &body.data)?;
     match st.cluster.write(command, idem).await? {
-        ChannelResult::Published { offset } => Ok(Json(json!({ "offset": offset }))),
+        ChannelResult::Published { offset } => Ok(Json(Published { offset })),
         other => Err(other.into()),
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/channels/{name}/history",
+    summary = "Retained events after offset since, oldest first",
+    description = "earliest_offset..=latest_offset is the retained range (earliest = latest + 1 when nothing is retained); since + 1 < earliest_offset means events were trimmed.",
+    params(
+        ("name" = String, Path, description = "channel name, 1..=512 bytes of UTF-8, no control characters"),
+        ("since" = Option<u64>, Query, description = "last offset already seen (default 0)"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "events", body = ChannelHistory),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn history(
     State(st): St,
     Name(channel): Name,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ChannelHistory>> {
     let p = params(q, &["since", "limit", "consistency"])?;
     let since = u64_param(&p, "since")?.unwrap_or(0);
     let limit = list_limit(&p)?;
@@ -71,39 +106,57 @@ pub async fn history(
         .expect("state lock")
         .channel_history(&channel, since, limit)
         .ok_or_else(|| ApiError::not_found(format!("no channel {channel:?}")))?;
-    let events: Vec<Value> = h
+    let events = h
         .events
         .iter()
-        .map(|e| {
-            json!({
-                "offset": e.offset,
-                "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
-                "ts_ms": e.ts_ms,
-            })
+        .map(|e| ChannelEvent {
+            offset: e.offset,
+            data: serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
+            ts_ms: e.ts_ms,
         })
         .collect();
-    Ok(Json(json!({
-        "events": events,
-        "earliest_offset": h.earliest_offset,
-        "latest_offset": h.latest_offset,
-    })))
+    Ok(Json(ChannelHistory {
+        events,
+        earliest_offset: h.earliest_offset,
+        latest_offset: h.latest_offset,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/channels/{name}/presence",
+    summary = "Clients present on the channel across the cluster",
+    description = "WebSocket subscribers that gave a user. A node's clients disappear when the node closes them or presence_lease_ms (default 6 s) after the node stops renewing its lease.",
+    params(
+        ("name" = String, Path, description = "channel name, 1..=512 bytes of UTF-8, no control characters"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "present clients", body = Presence),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn presence(
     State(st): St,
     Name(channel): Name,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Presence>> {
     let p = params(q, &["consistency"])?;
     read_barrier_unless_stale(&st, &p).await?;
-    let clients: Vec<Value> = st
+    let clients = st
         .cluster
         .state
         .read()
         .expect("state lock")
         .presence(&channel)
         .into_iter()
-        .map(|c| json!({ "client_id": c.client_id, "user": c.user, "node_id": c.node_id }))
+        .map(|c| PresentClient {
+            client_id: c.client_id,
+            user: c.user,
+            node_id: c.node_id,
+        })
         .collect();
-    Ok(Json(json!({ "clients": clients })))
+    Ok(Json(Presence { clients }))
 }

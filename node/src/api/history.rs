@@ -5,17 +5,35 @@ use axum::Json;
 use base64::Engine;
 use raft::command::{KvCmd, KvResult};
 use raft::state::KvEventKind;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
+use super::model::{ChangeKind, CompactRequest, Compacted, Consistency, KvChange, KvHistory};
 use super::{list_limit, params, read_barrier_unless_stale, u64_param, JsonBody, St};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// `GET /v1/history?prefix=P&since_revision=R&limit=N`: changes under `P` after revision `R`
 /// (as a watch from `R` replays them), in revision order. A page ends at a revision boundary,
 /// and `next_since_revision` continues it. `409` with `compact_revision` when changes after
 /// `R` have been compacted away.
-pub async fn kv_history(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/history",
+    summary = "Key-value changes after a revision",
+    description = "Changes (puts, deletes, expiries) under prefix after since_revision (default 0: all kept history), in revision order (keys in order within one revision); a page ends at a revision boundary, so one revision is never split.",
+    params(
+        ("prefix" = Option<String>, Query, description = "at most 512 bytes"),
+        ("since_revision" = Option<u64>, Query, description = "default 0"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "a page of changes", body = KvHistory),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 409, description = "conflict: since_revision is below compact_revision (reason compacted, compact_revision)", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
+pub async fn kv_history(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvHistory>> {
     let p = params(q, &["prefix", "since_revision", "limit", "consistency"])?;
     let prefix = p.get("prefix").cloned().unwrap_or_default();
     if prefix.len() > 512 {
@@ -54,37 +72,46 @@ pub async fn kv_history(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<
         next = events.last().map(|e| e.revision);
     }
     let b64 = base64::engine::general_purpose::STANDARD;
-    let items: Vec<Value> = events
+    let items = events
         .iter()
-        .map(|e| {
-            json!({
-                "event": match e.kind { KvEventKind::Put => "put", KvEventKind::Delete => "delete" },
-                "key": e.key,
-                "revision": e.revision,
-                "value": e.value.as_ref().map(|v| b64.encode(v)),
-            })
+        .map(|e| KvChange {
+            event: match e.kind {
+                KvEventKind::Put => ChangeKind::Put,
+                KvEventKind::Delete => ChangeKind::Delete,
+            },
+            key: e.key.clone(),
+            revision: e.revision,
+            value: e.value.as_ref().map(|v| b64.encode(v)),
         })
         .collect();
-    Ok(Json(json!({
-        "events": items,
-        "next_since_revision": next,
-        "revision": s.meta.revision,
-        "compact_revision": s.compact_revision(),
-    })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompactBody {
-    revision: u64,
+    Ok(Json(KvHistory {
+        events: items,
+        next_since_revision: next,
+        revision: s.meta.revision,
+        compact_revision: s.compact_revision(),
+    }))
 }
 
 /// `POST /v1/cluster/compact {"revision": R}`: drops history at or below `R` (capped at the
 /// current revision) on every node.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/compact",
+    summary = "Drop key-value history at or below a revision on every node",
+    description = "The revision is capped at the current one. The leader also compacts by itself, keeping the last --kv-history-revisions (10000) revisions.",
+    request_body = CompactRequest,
+    responses(
+        (status = 200, description = "the new compact revision", body = Compacted),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn compact(
     State(st): St,
-    JsonBody(body): JsonBody<CompactBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<CompactRequest>,
+) -> ApiResult<Json<Compacted>> {
     match st
         .cluster
         .write(
@@ -95,9 +122,7 @@ pub async fn compact(
         )
         .await?
     {
-        KvResult::Compacted { compact_revision } => {
-            Ok(Json(json!({ "compact_revision": compact_revision })))
-        }
+        KvResult::Compacted { compact_revision } => Ok(Json(Compacted { compact_revision })),
         other => Err(other.into()),
     }
 }

@@ -7,53 +7,58 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use raft::command::{LockCmd, LockResult, LockWait};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 
+use super::model::{
+    AcquireRequest, Consistency, Grant, LockInfo, ReleaseRequest, Released, RenewRequest, Renewed,
+};
 use super::{
     check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
     AppState, JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Longest lease: one day.
 pub const LOCK_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
 /// Longest blocking acquire: one minute.
 pub const LOCK_WAIT_MS_MAX: u64 = 60 * 1000;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AcquireBody {
-    owner: String,
-    ttl_ms: u64,
-    #[serde(default)]
-    wait_ms: u64,
+fn granted(fence: u64, owner: &str, ttl_ms: u64) -> Json<Grant> {
+    Json(Grant {
+        fence,
+        owner: owner.to_string(),
+        ttl_ms,
+    })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RenewBody {
-    fence: u64,
-    ttl_ms: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReleaseBody {
-    fence: u64,
-}
-
-fn granted(fence: u64, owner: &str, ttl_ms: u64) -> Json<Value> {
-    Json(json!({ "fence": fence, "owner": owner, "ttl_ms": ttl_ms }))
-}
-
+#[utoipa::path(
+    post,
+    path = "/v1/locks/{name}/acquire",
+    summary = "Acquire a lock with a lease",
+    description = "With wait_ms (at most 60000) the caller queues and is served in arrival order. Fences strictly increase per name.",
+    params(
+        ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body = AcquireRequest,
+    responses(
+        (status = 200, description = "granted", body = Grant),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 409, description = "conflict: still held after wait_ms (error.holder)", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 429, description = "rate_limited: 1024 callers already wait for this lock", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn acquire(
     State(st): St,
     Name(name): Name,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<AcquireBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<AcquireRequest>,
+) -> ApiResult<Json<Grant>> {
     validate_name("owner", &body.owner)?;
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
     if body.wait_ms > LOCK_WAIT_MS_MAX {
@@ -99,7 +104,7 @@ async fn wait_for_grant(
     owner: &str,
     waiter_id: &str,
     deadline: Instant,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Grant>> {
     // Some(Some(grant)) once granted, Some(None) once no longer queued (wait ended).
     let seen = st
         .cluster
@@ -132,12 +137,31 @@ async fn wait_for_grant(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/locks/{name}/renew",
+    summary = "Extend the lease of the holder with this fence",
+    params(
+        ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body = RenewRequest,
+    responses(
+        (status = 200, description = "renewed", body = Renewed),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "conflict: stale fence (reason stale_fence, current_fence)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn renew(
     State(st): St,
     Name(name): Name,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<RenewBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<RenewRequest>,
+) -> ApiResult<Json<Renewed>> {
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
     let idem = idempotency_key(&headers)?;
     let command = LockCmd::Renew {
@@ -146,35 +170,68 @@ pub async fn renew(
         ttl_ms,
     };
     match st.cluster.write(command, idem).await? {
-        LockResult::Granted { fence, ttl_ms } => {
-            Ok(Json(json!({ "fence": fence, "ttl_ms": ttl_ms })))
-        }
+        LockResult::Granted { fence, ttl_ms } => Ok(Json(Renewed { fence, ttl_ms })),
         other => Err(other.into()),
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/locks/{name}/release",
+    summary = "Release a lock; the next waiter is granted in the same step",
+    params(
+        ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body = ReleaseRequest,
+    responses(
+        (status = 200, description = "released", body = Released),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "conflict: stale fence (reason stale_fence, current_fence)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn release(
     State(st): St,
     Name(name): Name,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<ReleaseBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<ReleaseRequest>,
+) -> ApiResult<Json<Released>> {
     let idem = idempotency_key(&headers)?;
     let command = LockCmd::Release {
         name,
         fence: body.fence,
     };
     match st.cluster.write(command, idem).await? {
-        LockResult::Released => Ok(Json(json!({ "released": true }))),
+        LockResult::Released => Ok(Json(Released { released: true })),
         other => Err(other.into()),
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/locks/{name}",
+    summary = "Who holds the lock",
+    params(
+        ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "the holder", body = LockInfo),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found: the lock is not held", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn inspect(
     State(st): St,
     Name(name): Name,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<LockInfo>> {
     let p = params(q, &["consistency"])?;
     read_barrier_unless_stale(&st, &p).await?;
     let state = st.cluster.state.read().expect("state lock");
@@ -186,11 +243,11 @@ pub async fn inspect(
     let Some((h, waiters)) = held else {
         return Err(ApiError::not_found(format!("lock {name:?} is not held")));
     };
-    Ok(Json(json!({
-        "holder": h.owner,
-        "fence": h.fence,
-        "expires_in_ms": remaining_ms(h.expires_at_ms, now),
-        "ttl_ms": h.ttl_ms,
-        "waiters": waiters,
-    })))
+    Ok(Json(LockInfo {
+        holder: h.owner.clone(),
+        fence: h.fence,
+        expires_in_ms: remaining_ms(h.expires_at_ms, now),
+        ttl_ms: h.ttl_ms,
+        waiters: waiters as u64,
+    }))
 }

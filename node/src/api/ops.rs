@@ -14,11 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openraft::ChangeMembers;
 use raft::NodeId;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
+use super::model::{
+    JoinTokens, Leader, Promoted, Removed, SnapshotTaken, TokenCreated, TokenRequest, TokenRevoked,
+    TransferRequest,
+};
 use super::{AppState, St};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 
 /// Relays the request to the leader when this node is not it; `None` means "handle here".
 async fn relay(st: &AppState, method: Method, uri: &Uri, body: Bytes) -> Option<Response> {
@@ -49,13 +51,9 @@ async fn relay(st: &AppState, method: Method, uri: &Uri, body: Bytes) -> Option<
             let body = r.bytes().await.unwrap_or_default();
             (status, [("content-type", "application/json")], body).into_response()
         }
-        Err(e) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!(
-                "relaying to the leader failed; the operation may or may not have happened: {e}"
-            ),
-        )
+        Err(e) => ApiError::timeout(format!(
+            "relaying to the leader failed; the operation may or may not have happened: {e}"
+        ))
         .into_response(),
     })
 }
@@ -69,6 +67,23 @@ fn raft_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable(format!("membership change failed: {e}"))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/members/{id}/remove",
+    summary = "Remove a voter or learner",
+    description = "Runs on the leader; other nodes relay. The last voter cannot be removed.",
+    params(
+        ("id" = u64, Path, description = "node id"),
+    ),
+    responses(
+        (status = 200, description = "removed", body = Removed),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "conflict", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn remove(
     State(st): St,
     Path(id): Path<String>,
@@ -118,9 +133,25 @@ pub async fn remove(
                  its certificate is still accepted"
             ))
         })?;
-    Ok(Json(json!({ "removed": id })).into_response())
+    Ok(Json(Removed { removed: id }).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/members/{id}/promote",
+    summary = "Make a learner a voter",
+    params(
+        ("id" = u64, Path, description = "node id"),
+    ),
+    responses(
+        (status = 200, description = "promoted", body = Promoted),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "conflict", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn promote(
     State(st): St,
     Path(id): Path<String>,
@@ -145,17 +176,23 @@ pub async fn promote(
         .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
         .await
         .map_err(raft_error)?;
-    Ok(Json(json!({ "promoted": id })).into_response())
+    Ok(Json(Promoted { promoted: id }).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransferBody {
-    to: NodeId,
-}
-
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/leader/transfer",
+    summary = "Hand leadership to another voter and wait until it leads",
+    request_body = TransferRequest,
+    responses(
+        (status = 200, description = "the new leader", body = Leader),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn transfer(State(st): St, method: Method, uri: Uri, body: Bytes) -> ApiResult<Response> {
-    let to = serde_json::from_slice::<TransferBody>(&body)
+    let to = serde_json::from_slice::<TransferRequest>(&body)
         .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
         .to;
     if let Some(r) = relay(&st, method, &uri, body).await {
@@ -171,12 +208,26 @@ pub async fn transfer(State(st): St, method: Method, uri: Uri, body: Bytes) -> A
         return Err(ApiError::bad_request(format!("node {to} is not a voter")));
     }
     if to == st.cluster.id {
-        return Ok(Json(json!({ "leader_id": to })).into_response());
+        return Ok(Json(Leader { leader_id: to }).into_response());
     }
     let new_leader = st.cluster.transfer_leadership(to).await?;
-    Ok(Json(json!({ "leader_id": new_leader })).into_response())
+    Ok(Json(Leader {
+        leader_id: new_leader,
+    })
+    .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/snapshot",
+    summary = "Build a snapshot on the leader now and wait for it (up to 60 s)",
+    description = "The log behind a snapshot is purged, keeping the last min(snapshot_every_entries, 1000) entries.",
+    responses(
+        (status = 200, description = "the snapshot", body = SnapshotTaken),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn snapshot(State(st): St, method: Method, uri: Uri, body: Bytes) -> ApiResult<Response> {
     // A snapshot is local to each node; taken on the leader it also lets the log be purged.
     if let Some(r) = relay(&st, method, &uri, body).await {
@@ -197,12 +248,27 @@ pub async fn snapshot(State(st): St, method: Method, uri: Uri, body: Bytes) -> A
         .await;
     let m = st.cluster.metrics();
     let index = m.snapshot.map(|l| l.index);
-    Ok(Json(json!({ "snapshot_index": index, "completed": waited.is_ok() })).into_response())
+    Ok(Json(SnapshotTaken {
+        snapshot_index: index,
+        completed: waited.is_ok(),
+    })
+    .into_response())
 }
 
 /// `GET /v1/cluster/backup`: a consistent copy of the state as a checksummed stream (format in
 /// `node::backup`). It is read from this node after a read barrier, so it holds every write
 /// acknowledged before the request, and from one RocksDB snapshot, so it is one applied point.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/backup",
+    summary = "Stream a consistent backup",
+    description = "Every write acknowledged before the request, read from one RocksDB snapshot of the answering node after a read barrier. Format: magic `STACKD-BACKUP\\n`, a JSON header, length-prefixed state records, a JSON trailer {records, last_applied_index, revision, compact_revision} and the SHA-256 of everything before it. A failure mid-stream breaks the transfer rather than ending it short. `stackd restore` loads it into an empty data dir.",
+    responses(
+        (status = 200, description = "the backup stream", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn backup(State(st): St) -> ApiResult<Response> {
     st.cluster.read_barrier().await?;
     let header = crate::backup::Header {
@@ -264,16 +330,23 @@ pub const MAX_TOKEN_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
 /// Lifetime of a created join token when none is given: 24 hours.
 pub const DEFAULT_TOKEN_TTL_MS: u64 = 24 * 3600 * 1000;
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBody {
-    ttl_ms: Option<u64>,
-}
-
 /// `POST /v1/cluster/tokens`: a new join token, valid for `ttl_ms`.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/tokens",
+    summary = "Create a join token for `stackd serve --join … --token`",
+    description = "It admits nodes until expires_at_ms (ms since the Unix epoch). The cluster keeps only its SHA-256.",
+    request_body = TokenRequest,
+    responses(
+        (status = 201, description = "the token; id is the first 16 hex digits of its SHA-256", body = TokenCreated),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn create_token(State(st): St, body: Bytes) -> ApiResult<Response> {
-    let body: TokenBody = if body.is_empty() {
-        TokenBody::default()
+    let body: TokenRequest = if body.is_empty() {
+        TokenRequest::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
@@ -287,18 +360,48 @@ pub async fn create_token(State(st): St, body: Bytes) -> ApiResult<Response> {
     let (token, id, expires_at_ms) = st.cluster.create_join_token(ttl_ms).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token": token, "id": id, "expires_at_ms": expires_at_ms })),
+        Json(TokenCreated {
+            token,
+            id,
+            expires_at_ms,
+        }),
     )
         .into_response())
 }
 
 /// `GET /v1/cluster/tokens`: the join tokens (by id) that admit nodes, and those revoked.
-pub async fn list_tokens(State(st): St) -> Json<Value> {
-    Json(st.cluster.join_tokens())
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/tokens",
+    summary = "The join tokens by id, from this node's applied state, and those revoked",
+    responses(
+        (status = 200, description = "the tokens", body = JoinTokens),
+    )
+)]
+pub async fn list_tokens(State(st): St) -> ApiResult<Json<JoinTokens>> {
+    serde_json::from_value(st.cluster.join_tokens())
+        .map(Json)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("join tokens: {e}")))
 }
 
 /// `DELETE /v1/cluster/tokens/{id}`: revokes a join token, the founding one included.
-pub async fn revoke_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    delete,
+    path = "/v1/cluster/tokens/{id}",
+    summary = "Revoke a join token (the founding one included)",
+    description = "Joins with it are refused from then on; members that joined with it stay.",
+    params(
+        ("id" = String, Path, pattern = "^[0-9a-f]{16}$", description = "token id: 16 lowercase hex digits"),
+    ),
+    responses(
+        (status = 200, description = "revoked", body = TokenRevoked),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
+pub async fn revoke_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<TokenRevoked>> {
     if id.len() != 16
         || !id
             .bytes()
@@ -309,7 +412,7 @@ pub async fn revoke_token(State(st): St, Path(id): Path<String>) -> ApiResult<Js
         ));
     }
     if st.cluster.revoke_join_token(&id).await? {
-        Ok(Json(json!({ "id": id, "revoked": true })))
+        Ok(Json(TokenRevoked { id, revoked: true }))
     } else {
         Err(ApiError::not_found(format!(
             "no join token {id} (a revoked one cannot be revoked again)"

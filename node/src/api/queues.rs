@@ -5,15 +5,20 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use raft::command::{Enqueue, QueueCmd, QueueResult, ScheduleSpec};
 use raft::state::{Job, JobState};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::{Duration, Instant};
 
+use super::model::{
+    AckRequest, Acked, ClaimRequest, Claimed, ClaimedJob, Consistency, Deleted, EnqueueRequest,
+    Enqueued, ExtendRequest, Extended, JobInfo, JobList, JobStateName, NackRequest, Nacked,
+    NextFire, QueueList, QueueStats, QueueSummary, ReplayRequest, Replayed, ScheduleInfo,
+    ScheduleList, ScheduleRequest,
+};
 use super::{
     check_ms, idempotency_key, list_limit, params, read_barrier_unless_stale, remaining_ms,
     validate_name, AppState, JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Longest delay and visibility: 365 days and 12 hours.
 pub const DELAY_MS_MAX: u64 = 365 * 24 * 60 * 60 * 1000;
@@ -27,21 +32,8 @@ pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
 pub const BACKOFF_MS_DEFAULT: u64 = 1000;
 pub const VISIBILITY_MS_DEFAULT: u64 = 30_000;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnqueueBody {
-    pub(crate) payload: Value,
-    pub(crate) delay_ms: Option<u64>,
-    pub(crate) run_at_ms: Option<u64>,
-    #[serde(default)]
-    pub(crate) priority: i64,
-    pub(crate) max_attempts: Option<u32>,
-    pub(crate) backoff_ms: Option<u64>,
-    pub(crate) unique_key: Option<String>,
-}
-
 /// Checks an enqueue and turns it into the replicated form (also used by `/v1/txn`).
-pub(crate) fn enqueue_job(st: &AppState, b: EnqueueBody) -> ApiResult<Enqueue> {
+pub(crate) fn enqueue_job(st: &AppState, b: EnqueueRequest) -> ApiResult<Enqueue> {
     let payload = b.payload.to_string();
     let limit = st.cluster.config.limits.max_value_bytes;
     if payload.len() > limit {
@@ -91,12 +83,32 @@ pub(crate) fn enqueue_job(st: &AppState, b: EnqueueBody) -> ApiResult<Enqueue> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/jobs",
+    summary = "Enqueue a job",
+    description = "Claims order: priority (higher first), due time, enqueue order.",
+    params(
+        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body = EnqueueRequest,
+    responses(
+        (status = 201, description = "enqueued", body = Enqueued),
+        (status = 200, description = "a queued job has this unique_key: existing true, its id", body = Enqueued),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn enqueue(
     State(st): St,
     Name(queue): Name,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<EnqueueBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    JsonBody(body): JsonBody<EnqueueRequest>,
+) -> ApiResult<(StatusCode, Json<Enqueued>)> {
     let job = enqueue_job(&st, body)?;
     let idem = idempotency_key(&headers)?;
     match st
@@ -112,33 +124,37 @@ pub async fn enqueue(
             };
             Ok((
                 status,
-                Json(json!({ "id": id.to_string(), "existing": existing })),
+                Json(Enqueued {
+                    id: id.to_string(),
+                    existing,
+                }),
             ))
         }
         other => Err(other.into()),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimBody {
-    worker: String,
-    #[serde(default = "one")]
-    max: u32,
-    visibility_ms: Option<u64>,
-    #[serde(default)]
-    wait_ms: u64,
-}
-
-fn one() -> u32 {
-    1
-}
-
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/claim",
+    summary = "Claim ready jobs, each with a lease; long-polls up to wait_ms on any node",
+    params(
+        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
+    ),
+    request_body = ClaimRequest,
+    responses(
+        (status = 200, description = "the claimed jobs (maybe none)", body = Claimed),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn claim(
     State(st): St,
     Name(queue): Name,
-    JsonBody(body): JsonBody<ClaimBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<ClaimRequest>,
+) -> ApiResult<Json<Claimed>> {
     validate_name("worker", &body.worker)?;
     if body.max == 0 || body.max > CLAIM_MAX {
         return Err(
@@ -171,18 +187,16 @@ pub async fn claim(
             other => return Err(other.into()),
         };
         if !jobs.is_empty() || Instant::now() >= deadline {
-            let jobs: Vec<Value> = jobs
+            let jobs = jobs
                 .into_iter()
-                .map(|j| {
-                    json!({
-                        "id": j.id.to_string(),
-                        "payload": serde_json::from_str::<Value>(&j.payload).unwrap_or(Value::Null),
-                        "attempt": j.attempt,
-                        "lease": j.lease,
-                    })
+                .map(|j| ClaimedJob {
+                    id: j.id.to_string(),
+                    payload: serde_json::from_str::<Value>(&j.payload).unwrap_or(Value::Null),
+                    attempt: j.attempt,
+                    lease: j.lease,
                 })
                 .collect();
-            return Ok(Json(json!({ "jobs": jobs })));
+            return Ok(Json(Claimed { jobs }));
         }
         // Long-poll on this node's state until a job is ready, then claim again.
         let ready = st
@@ -190,7 +204,7 @@ pub async fn claim(
             .wait_for_state(deadline, |s| s.queue_has_ready(&queue).then_some(()))
             .await?;
         if ready.is_none() {
-            return Ok(Json(json!({ "jobs": [] })));
+            return Ok(Json(Claimed { jobs: Vec::new() }));
         }
     }
 }
@@ -200,28 +214,7 @@ fn job_id(id: &str) -> ApiResult<u64> {
         .map_err(|_| ApiError::not_found(format!("no job {id:?}")))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AckBody {
-    lease: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NackBody {
-    lease: u64,
-    error: Option<String>,
-    retry_in_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExtendBody {
-    lease: u64,
-    visibility_ms: u64,
-}
-
-async fn job_write(st: &AppState, command: QueueCmd, answer: Value) -> ApiResult<Json<Value>> {
+async fn job_write<T>(st: &AppState, command: QueueCmd, answer: T) -> ApiResult<Json<T>> {
     match st.cluster.write_visible(command, None).await? {
         QueueResult::Done => Ok(Json(answer)),
         QueueResult::NotFound => Err(ApiError::not_found("no such job (acked jobs are gone)")),
@@ -229,25 +222,62 @@ async fn job_write(st: &AppState, command: QueueCmd, answer: Value) -> ApiResult
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/ack",
+    summary = "Complete a claimed job",
+    params(
+        ("id" = String, Path, description = "job id (a u64, as a string)"),
+    ),
+    request_body = AckRequest,
+    responses(
+        (status = 200, description = "acked", body = Acked),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn ack(
     State(st): St,
     Path(id): Path<String>,
-    JsonBody(b): JsonBody<AckBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(b): JsonBody<AckRequest>,
+) -> ApiResult<Json<Acked>> {
     let id = job_id(&id)?;
     job_write(
         &st,
         QueueCmd::Ack { id, lease: b.lease },
-        json!({ "acked": true }),
+        Acked { acked: true },
     )
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/nack",
+    summary = "Fail a claimed job",
+    description = "Retried after its backoff (or retry_in_ms), or dead after max_attempts claims.",
+    params(
+        ("id" = String, Path, description = "job id (a u64, as a string)"),
+    ),
+    request_body = NackRequest,
+    responses(
+        (status = 200, description = "nacked", body = Nacked),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn nack(
     State(st): St,
     Path(id): Path<String>,
-    JsonBody(b): JsonBody<NackBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(b): JsonBody<NackRequest>,
+) -> ApiResult<Json<Nacked>> {
     let id = job_id(&id)?;
     if let Some(r) = b.retry_in_ms {
         if r > DELAY_MS_MAX {
@@ -263,16 +293,34 @@ pub async fn nack(
             error,
             retry_in_ms: b.retry_in_ms,
         },
-        json!({ "nacked": true }),
+        Nacked { nacked: true },
     )
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/extend",
+    summary = "Keep a claimed job invisible for visibility_ms more",
+    params(
+        ("id" = String, Path, description = "job id (a u64, as a string)"),
+    ),
+    request_body = ExtendRequest,
+    responses(
+        (status = 200, description = "extended", body = Extended),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn extend(
     State(st): St,
     Path(id): Path<String>,
-    JsonBody(b): JsonBody<ExtendBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(b): JsonBody<ExtendRequest>,
+) -> ApiResult<Json<Extended>> {
     let id = job_id(&id)?;
     let visibility_ms = check_ms("visibility_ms", b.visibility_ms, VISIBILITY_MS_MAX)?;
     job_write(
@@ -282,7 +330,10 @@ pub async fn extend(
             lease: b.lease,
             visibility_ms,
         },
-        json!({ "extended": true, "visibility_ms": visibility_ms }),
+        Extended {
+            extended: true,
+            visibility_ms,
+        },
     )
     .await
 }
@@ -292,114 +343,189 @@ async fn read(st: &AppState, q: Option<String>) -> ApiResult<()> {
     read_barrier_unless_stale(st, &params(q, &["consistency"])?).await
 }
 
-fn state_name(j: &Job, now: u64) -> &'static str {
+fn state_name(j: &Job, now: u64) -> JobStateName {
     match j.state {
-        JobState::Waiting if j.due_ms > now => "delayed",
-        JobState::Waiting => "ready",
-        JobState::InFlight => "in_flight",
-        JobState::Dead => "dead",
+        JobState::Waiting if j.due_ms > now => JobStateName::Delayed,
+        JobState::Waiting => JobStateName::Ready,
+        JobState::InFlight => JobStateName::InFlight,
+        JobState::Dead => JobStateName::Dead,
     }
 }
 
-fn job_json(id: u64, j: &Job, now: u64) -> Value {
-    json!({
-        "id": id.to_string(),
-        "queue": j.queue,
-        "payload": serde_json::from_str::<Value>(&j.payload).unwrap_or(Value::Null),
-        "state": state_name(j, now),
-        "attempt": j.attempt,
-        "max_attempts": j.max_attempts,
-        "priority": j.priority,
-        "due_in_ms": remaining_ms(j.due_ms, now),
-        "created_at_ms": j.created_at_ms,
-        "last_error": j.last_error,
-        "worker": j.worker,
-        "unique_key": j.unique_key,
-    })
+fn job_info(id: u64, j: &Job, now: u64) -> JobInfo {
+    JobInfo {
+        id: id.to_string(),
+        queue: j.queue.clone(),
+        payload: serde_json::from_str::<Value>(&j.payload).unwrap_or(Value::Null),
+        state: state_name(j, now),
+        attempt: j.attempt,
+        max_attempts: j.max_attempts,
+        priority: j.priority,
+        due_in_ms: remaining_ms(j.due_ms, now),
+        created_at_ms: j.created_at_ms,
+        last_error: j.last_error.clone(),
+        worker: j.worker.clone(),
+        unique_key: j.unique_key.clone(),
+    }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    summary = "A job that is not yet completed",
+    params(
+        ("id" = String, Path, description = "job id (a u64, as a string)"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "the job", body = JobInfo),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn get_job(
     State(st): St,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobInfo>> {
     let id = job_id(&id)?;
     read(&st, q).await?;
     let state = st.cluster.state.read().expect("state lock");
     match state.job(id) {
-        Some(j) => Ok(Json(job_json(id, j, state.meta.now_ms))),
+        Some(j) => Ok(Json(job_info(id, j, state.meta.now_ms))),
         None => Err(ApiError::not_found(format!(
             "no job {id} (completed jobs are removed)"
         ))),
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/queues/{name}",
+    summary = "Job counts of a queue",
+    params(
+        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "counts", body = QueueStats),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn stats(
     State(st): St,
     Name(queue): Name,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<QueueStats>> {
     read(&st, q).await?;
     let state = st.cluster.state.read().expect("state lock");
     let s = state.queue_stats(&queue).unwrap_or_default();
-    Ok(Json(json!({
-        "ready": s.ready,
-        "delayed": s.delayed,
-        "in_flight": s.in_flight,
-        "dead": s.dead,
-        "completed": s.completed,
-    })))
+    Ok(Json(QueueStats {
+        ready: s.ready,
+        delayed: s.delayed,
+        in_flight: s.in_flight,
+        dead: s.dead,
+        completed: s.completed,
+    }))
 }
 
-pub async fn list_queues(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/queues",
+    summary = "Every queue with its counts",
+    params(
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "the queues", body = QueueList),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
+pub async fn list_queues(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<QueueList>> {
     read(&st, q).await?;
     let state = st.cluster.state.read().expect("state lock");
-    let queues: Vec<Value> = state
+    let queues = state
         .queue_names()
         .into_iter()
         .filter_map(|name| {
             let s = state.queue_stats(&name)?;
-            Some(json!({
-                "queue": name, "ready": s.ready, "delayed": s.delayed,
-                "in_flight": s.in_flight, "dead": s.dead, "completed": s.completed,
-            }))
+            Some(QueueSummary {
+                queue: name,
+                ready: s.ready,
+                delayed: s.delayed,
+                in_flight: s.in_flight,
+                dead: s.dead,
+                completed: s.completed,
+            })
         })
         .collect();
-    Ok(Json(json!({ "queues": queues })))
+    Ok(Json(QueueList { queues }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/queues/{name}/dead",
+    summary = "Dead jobs with their last error",
+    params(
+        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "dead jobs", body = JobList),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn dead(
     State(st): St,
     Name(queue): Name,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<JobList>> {
     let p = params(q, &["consistency", "limit"])?;
     let limit = list_limit(&p)?;
     read_barrier_unless_stale(&st, &p).await?;
     let state = st.cluster.state.read().expect("state lock");
     let now = state.meta.now_ms;
-    let jobs: Vec<Value> = state
+    let jobs = state
         .dead_jobs(&queue, limit)
         .into_iter()
-        .map(|(id, j)| job_json(id, j, now))
+        .map(|(id, j)| job_info(id, j, now))
         .collect();
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(JobList { jobs }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayBody {
-    ids: Option<Vec<String>>,
-    #[serde(default)]
-    all: bool,
-}
-
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/dead/replay",
+    summary = "Move dead jobs back with fresh attempts",
+    params(
+        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "how many jobs moved", body = Replayed),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn replay(
     State(st): St,
     Name(queue): Name,
     headers: HeaderMap,
-    JsonBody(b): JsonBody<ReplayBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(b): JsonBody<ReplayRequest>,
+) -> ApiResult<Json<Replayed>> {
     let ids = match (b.ids, b.all) {
         (Some(ids), false) => {
             if ids.is_empty() || ids.len() > 1000 {
@@ -429,27 +555,34 @@ pub async fn replay(
         .write_visible(QueueCmd::Replay { queue, ids }, idem)
         .await?
     {
-        QueueResult::Count(n) => Ok(Json(json!({ "replayed": n }))),
+        QueueResult::Count(n) => Ok(Json(Replayed { replayed: n })),
         other => Err(other.into()),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleBody {
-    cron: String,
-    #[serde(default)]
-    payload: Value,
-    #[serde(default)]
-    priority: i64,
-    max_attempts: Option<u32>,
-}
-
+#[utoipa::path(
+    put,
+    path = "/v1/queues/{queue}/schedules/{name}",
+    summary = "Create or replace a cron schedule",
+    description = "UTC; 5 fields, or 6 with seconds. Each due time enqueues one job, whichever node leads; after downtime the 100 most recent missed due times fire once each.",
+    params(
+        ("queue" = String, Path, description = "queue name"),
+        ("name" = String, Path, description = "schedule name"),
+    ),
+    request_body = ScheduleRequest,
+    responses(
+        (status = 200, description = "the next due time", body = NextFire),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn set_schedule(
     State(st): St,
     Path((queue, name)): Path<(String, String)>,
-    JsonBody(b): JsonBody<ScheduleBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(b): JsonBody<ScheduleRequest>,
+) -> ApiResult<Json<NextFire>> {
     validate_name("queue", &queue)?;
     validate_name("name", &name)?;
     if let Err(e) = raft::state::next_fire_ms(&b.cron, 0) {
@@ -476,15 +609,31 @@ pub async fn set_schedule(
         .write_visible(QueueCmd::ScheduleSet { queue, name, spec }, None)
         .await?
     {
-        QueueResult::Scheduled { next_at_ms } => Ok(Json(json!({ "next_at_ms": next_at_ms }))),
+        QueueResult::Scheduled { next_at_ms } => Ok(Json(NextFire { next_at_ms })),
         other => Err(other.into()),
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/queues/{queue}/schedules/{name}",
+    summary = "Remove a schedule",
+    params(
+        ("queue" = String, Path, description = "queue name"),
+        ("name" = String, Path, description = "schedule name"),
+    ),
+    responses(
+        (status = 200, description = "removed", body = Deleted),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn delete_schedule(
     State(st): St,
     Path((queue, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     validate_name("queue", &queue)?;
     validate_name("name", &name)?;
     match st
@@ -492,30 +641,43 @@ pub async fn delete_schedule(
         .write_visible(QueueCmd::ScheduleDelete { queue, name }, None)
         .await?
     {
-        QueueResult::Count(_) => Ok(Json(json!({ "deleted": true }))),
+        QueueResult::Count(_) => Ok(Json(Deleted { deleted: true })),
         QueueResult::NotFound => Err(ApiError::not_found("no such schedule")),
         other => Err(other.into()),
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/queues/{name}/schedules",
+    summary = "Cron schedules of the queue",
+    params(
+        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "schedules", body = ScheduleList),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn list_schedules(
     State(st): St,
     Name(queue): Name,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ScheduleList>> {
     read(&st, q).await?;
     let state = st.cluster.state.read().expect("state lock");
-    let schedules: Vec<Value> = state
+    let schedules = state
         .schedules(&queue)
         .into_iter()
-        .map(|(name, s)| {
-            json!({
-                "name": name,
-                "cron": s.cron,
-                "payload": serde_json::from_str::<Value>(&s.payload).unwrap_or(Value::Null),
-                "next_at_ms": s.next_at_ms,
-            })
+        .map(|(name, s)| ScheduleInfo {
+            name: name.to_string(),
+            cron: s.cron.clone(),
+            payload: serde_json::from_str::<Value>(&s.payload).unwrap_or(Value::Null),
+            next_at_ms: s.next_at_ms,
         })
         .collect();
-    Ok(Json(json!({ "schedules": schedules })))
+    Ok(Json(ScheduleList { schedules }))
 }

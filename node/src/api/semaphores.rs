@@ -9,13 +9,14 @@ use raft::state::MAX_SEMAPHORE_CAPACITY;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
+use utoipa::ToSchema;
 
 use super::locks::{LOCK_TTL_MS_MAX, LOCK_WAIT_MS_MAX};
 use super::{
     check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
     JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use crate::service;
 
 fn one() -> u32 {
@@ -23,8 +24,9 @@ fn one() -> u32 {
 }
 
 /// `POST /v1/semaphores/{name}/acquire`.
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SemaphoreAcquireRequest)]
 pub struct AcquireBody {
     /// Who holds the permits (a label shown to others).
     pub holder: String,
@@ -42,22 +44,25 @@ pub struct AcquireBody {
 }
 
 /// `POST /v1/semaphores/{name}/renew`.
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SemaphoreRenewRequest)]
 pub struct RenewBody {
     pub fence: u64,
     pub ttl_ms: u64,
 }
 
 /// `POST /v1/semaphores/{name}/release`.
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SemaphoreReleaseRequest)]
 pub struct ReleaseBody {
     pub fence: u64,
 }
 
 /// A lease of permits.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq, ToSchema)]
+#[schema(as = SemaphoreGrant)]
 pub struct Grant {
     pub fence: u64,
     pub permits: u32,
@@ -65,7 +70,8 @@ pub struct Grant {
 }
 
 /// The answer of a release.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq, ToSchema)]
+#[schema(as = SemaphoreReleased)]
 pub struct Released {
     pub released: bool,
     /// Permits the lease held, free now.
@@ -73,7 +79,7 @@ pub struct Released {
 }
 
 /// One lease, as `GET /v1/semaphores/{name}` shows it.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq, ToSchema)]
 pub struct LeaseView {
     pub fence: u64,
     pub holder: String,
@@ -83,7 +89,7 @@ pub struct LeaseView {
 }
 
 /// `GET /v1/semaphores/{name}`.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq, ToSchema)]
 pub struct SemaphoreView {
     pub capacity: u32,
     pub held: u32,
@@ -94,6 +100,23 @@ pub struct SemaphoreView {
     pub waiting: u32,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/semaphores/{name}/acquire",
+    summary = "Take N of a semaphore's M permits under a lease",
+    description = "The first acquire of a semaphore nobody holds or waits for sets its capacity. With wait_ms (at most 60000) the caller queues; the queue is served first come, first served and its head is never overtaken. Each lease has its own fence, strictly increasing per semaphore.",
+    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes")),
+    request_body = AcquireBody,
+    responses(
+        (status = 200, description = "granted", body = Grant),
+        (status = 400, description = "bad_request: permits, capacity, ttl_ms or wait_ms out of range (error.field); nothing was applied", body = ErrorBody),
+        (status = 409, description = "conflict: error.reason full (error.free, held, waiting), not_granted (the wait ended) or capacity_mismatch (error.capacity)", body = ErrorBody),
+        (status = 429, description = "rate_limited: 1024 leases or 1024 waiters on this semaphore", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn acquire(
     State(st): St,
     Name(name): Name,
@@ -162,6 +185,21 @@ fn check_permits(body: &AcquireBody) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/semaphores/{name}/renew",
+    summary = "Extend the lease with this fence",
+    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes")),
+    request_body = RenewBody,
+    responses(
+        (status = 200, description = "renewed", body = Grant),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn renew(
     State(st): St,
     Name(name): Name,
@@ -189,6 +227,21 @@ pub async fn renew(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/semaphores/{name}/release",
+    summary = "Release the permits of the lease with this fence; waiters are served in the same step",
+    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes")),
+    request_body = ReleaseBody,
+    responses(
+        (status = 200, description = "released", body = Released),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn release(
     State(st): St,
     Name(name): Name,
@@ -209,6 +262,18 @@ pub async fn release(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/semaphores/{name}",
+    summary = "A semaphore's capacity, its current leases and how many wait",
+    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), ("consistency" = Option<String>, Query, description = "linearizable (default) or stale")),
+    responses(
+        (status = 200, description = "the semaphore", body = SemaphoreView),
+        (status = 400, description = "bad_request: unknown parameter", body = ErrorBody),
+        (status = 404, description = "not_found: no holders or waiters", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded (Retry-After)", body = ErrorBody),
+    )
+)]
 pub async fn inspect(
     State(st): St,
     Name(name): Name,
@@ -272,10 +337,6 @@ fn refusal(r: SemaphoreResult) -> ApiError {
         SemaphoreResult::NotFound => ApiError::not_found("no such semaphore lease or waiter"),
         SemaphoreResult::Limited(m) => ApiError::limited(m),
         SemaphoreResult::Invalid(m) => ApiError::bad_request(m),
-        other => ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the write answered {other:?}"),
-        ),
+        other => ApiError::new(ErrorCode::Internal, format!("the write answered {other:?}")),
     }
 }

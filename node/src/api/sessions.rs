@@ -8,14 +8,17 @@ use axum::Json;
 use base64::Engine;
 use raft::command::{SessionCmd, SessionResult};
 use raft::state::SessionEntry;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
+use super::model::{
+    Consistency, CreateSessionRequest, Deleted, DeletedCount, Session, SessionCreated, SessionList,
+    UpdateSessionRequest,
+};
 use super::{
     check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
     JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Session lifetime when `ttl_ms` is not given: 30 minutes.
 pub const SESSION_TTL_MS_DEFAULT: u64 = 30 * 60 * 1000;
@@ -23,22 +26,6 @@ pub const SESSION_TTL_MS_DEFAULT: u64 = 30 * 60 * 1000;
 pub const SESSION_TTL_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Most sessions listed for one user.
 const LIST_MAX: usize = 1000;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBody {
-    user: String,
-    #[serde(default)]
-    data: Option<Map<String, Value>>,
-    #[serde(default)]
-    ttl_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateBody {
-    data: Map<String, Value>,
-}
 
 fn data_text(st: &super::AppState, data: &Map<String, Value>) -> ApiResult<String> {
     let text = Value::Object(data.clone()).to_string();
@@ -57,23 +44,39 @@ fn new_session_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
 }
 
-fn session_json(id: &str, s: &SessionEntry, now: u64) -> Value {
-    let data: Value = serde_json::from_str(&s.data).unwrap_or(Value::Null);
-    json!({
-        "id": id,
-        "user": s.user,
-        "data": data,
-        "created_at_ms": s.created_at_ms,
-        "expires_in_ms": remaining_ms(s.expires_at_ms, now),
-        "ttl_ms": s.ttl_ms,
-    })
+fn session(id: &str, s: &SessionEntry, now: u64) -> Session {
+    Session {
+        id: id.to_string(),
+        user: s.user.clone(),
+        data: serde_json::from_str(&s.data).unwrap_or(Value::Null),
+        created_at_ms: s.created_at_ms,
+        expires_in_ms: remaining_ms(s.expires_at_ms, now),
+        ttl_ms: s.ttl_ms,
+    }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    summary = "Create a session (id: 128 random bits, URL-safe base64)",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body = CreateSessionRequest,
+    responses(
+        (status = 201, description = "created", body = SessionCreated),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(st): St,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<CreateBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    JsonBody(body): JsonBody<CreateSessionRequest>,
+) -> ApiResult<(StatusCode, Json<SessionCreated>)> {
     validate_name("user", &body.user)?;
     let ttl_ms = check_ms(
         "ttl_ms",
@@ -91,28 +94,61 @@ pub async fn create(
     match st.cluster.write_visible(command, idem).await? {
         SessionResult::Created { id, expires_in_ms } => Ok((
             StatusCode::CREATED,
-            Json(json!({ "id": id, "expires_in_ms": expires_in_ms })),
+            Json(SessionCreated { id, expires_in_ms }),
         )),
         other => Err(other.into()),
     }
 }
 
-pub async fn get(State(st): St, Name(id): Name, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    summary = "A live session",
+    params(
+        ("id" = String, Path, description = "session id"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "the session", body = Session),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
+pub async fn get(State(st): St, Name(id): Name, RawQuery(q): RawQuery) -> ApiResult<Json<Session>> {
     let p = params(q, &["consistency"])?;
     read_barrier_unless_stale(&st, &p).await?;
     current(&st, &id)
 }
 
 /// The session as this node holds it (after a read barrier, or after a write it applied).
-fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Value>> {
+fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Session>> {
     let state = st.cluster.state.read().expect("state lock");
     match state.session(id) {
-        Some(s) => Ok(Json(session_json(id, s, state.meta.now_ms))),
+        Some(s) => Ok(Json(session(id, s, state.meta.now_ms))),
         None => Err(ApiError::not_found("no such session (or it expired)")),
     }
 }
 
-pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/touch",
+    summary = "Slide the expiry to ttl_ms from now",
+    params(
+        ("id" = String, Path, description = "session id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    responses(
+        (status = 200, description = "the session", body = Session),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
+pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Session>> {
     let idem = idempotency_key(&headers)?;
     let command = SessionCmd::Touch { id: id.clone() };
     match st.cluster.write_visible(command, idem).await? {
@@ -122,12 +158,31 @@ pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResu
     }
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/sessions/{id}",
+    summary = "Merge data (RFC 7396: null removes a field) and slide the expiry",
+    params(
+        ("id" = String, Path, description = "session id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body = UpdateSessionRequest,
+    responses(
+        (status = 200, description = "the session", body = Session),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn update(
     State(st): St,
     Name(id): Name,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<UpdateBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<UpdateSessionRequest>,
+) -> ApiResult<Json<Session>> {
     let patch = data_text(&st, &body.data)?;
     let idem = idempotency_key(&headers)?;
     let command = SessionCmd::Update {
@@ -141,14 +196,31 @@ pub async fn update(
     }
 }
 
-pub async fn delete(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    summary = "End the session",
+    params(
+        ("id" = String, Path, description = "session id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    responses(
+        (status = 200, description = "ended", body = Deleted),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
+pub async fn delete(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Deleted>> {
     let idem = idempotency_key(&headers)?;
     match st
         .cluster
         .write_visible(SessionCmd::Delete { id }, idem)
         .await?
     {
-        SessionResult::Deleted(_) => Ok(Json(json!({ "deleted": true }))),
+        SessionResult::Deleted(_) => Ok(Json(Deleted { deleted: true })),
         SessionResult::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
         other => Err(other.into()),
     }
@@ -165,26 +237,57 @@ fn user_param(p: &HashMap<String, String>) -> ApiResult<String> {
     Ok(user.clone())
 }
 
-pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    summary = "A user's sessions (at most 1000)",
+    params(
+        ("user" = String, Query, description = "the user"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "the sessions", body = SessionList),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
+pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<SessionList>> {
     let p = params(q, &["user", "consistency"])?;
     let user = user_param(&p)?;
     read_barrier_unless_stale(&st, &p).await?;
     let state = st.cluster.state.read().expect("state lock");
     let now = state.meta.now_ms;
-    let sessions: Vec<Value> = state
+    let sessions = state
         .sessions_of(&user)
         .iter()
         .take(LIST_MAX)
-        .map(|(id, s)| session_json(id, s, now))
+        .map(|(id, s)| session(id, s, now))
         .collect();
-    Ok(Json(json!({ "sessions": sessions })))
+    Ok(Json(SessionList { sessions }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions",
+    summary = "Log a user out everywhere",
+    params(
+        ("user" = String, Query, description = "the user"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    responses(
+        (status = 200, description = "how many sessions ended", body = DeletedCount),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn delete_user(
     State(st): St,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeletedCount>> {
     let user = user_param(&params(q, &["user"])?)?;
     let idem = idempotency_key(&headers)?;
     match st
@@ -192,7 +295,7 @@ pub async fn delete_user(
         .write_visible(SessionCmd::DeleteUser { user }, idem)
         .await?
     {
-        SessionResult::Deleted(n) => Ok(Json(json!({ "deleted": n }))),
+        SessionResult::Deleted(n) => Ok(Json(DeletedCount { deleted: n })),
         other => Err(other.into()),
     }
 }

@@ -12,99 +12,20 @@ use raft::command::{
     TxnResult,
 };
 use raft::{Command, Response};
-use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::cache::{check_tags, limits, CACHE_TTL_MS_MAX};
+use super::model::{
+    EnqueueRequest, TxnCompare, TxnOp, TxnOpResult, TxnRequest, TxnResponse, TxnValueOp,
+};
 use super::{check_ms, idempotency_key, validate_key, validate_name, AppState, JsonBody, St};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Most compares, and most operations in each branch.
 pub const TXN_OPS_MAX: usize = 128;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TxnBody {
-    #[serde(default)]
-    compare: Vec<CompareBody>,
-    #[serde(default)]
-    success: Vec<OpBody>,
-    #[serde(default)]
-    failure: Vec<OpBody>,
-}
-
-/// `{"key", "revision"}` (0 = absent) or `{"lock", "fence"}` (held with that fence).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompareBody {
-    key: Option<String>,
-    revision: Option<u64>,
-    lock: Option<String>,
-    fence: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum OpBody {
-    Put(ValueOp),
-    Delete(KeyOp),
-    CacheSet(ValueOp),
-    CacheDelete(KeyOp),
-    CacheInvalidate(TagsOp),
-    Enqueue(EnqueueOp),
-    Publish(PublishOp),
-}
-
-/// A channel publish inside a transaction: `{"publish": {"channel", "data"}}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublishOp {
-    channel: String,
-    data: Value,
-}
-
-/// An enqueue inside a transaction: `queue` plus the fields of `POST /v1/queues/{queue}/jobs`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnqueueOp {
-    queue: String,
-    payload: Value,
-    delay_ms: Option<u64>,
-    run_at_ms: Option<u64>,
-    #[serde(default)]
-    priority: i64,
-    max_attempts: Option<u32>,
-    backoff_ms: Option<u64>,
-    unique_key: Option<String>,
-}
-
-/// A write with a value: `value` (base64) or `text` (UTF-8), not both.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ValueOp {
-    key: String,
-    value: Option<String>,
-    text: Option<String>,
-    ttl_ms: Option<u64>,
-    #[serde(default)]
-    tags: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyOp {
-    key: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TagsOp {
-    tags: Vec<String>,
-}
-
-fn compare(c: CompareBody) -> ApiResult<Compare> {
+fn compare(c: TxnCompare) -> ApiResult<Compare> {
     match c {
-        CompareBody {
+        TxnCompare {
             key: Some(key),
             revision: Some(revision),
             lock: None,
@@ -113,7 +34,7 @@ fn compare(c: CompareBody) -> ApiResult<Compare> {
             validate_key(&key)?;
             Ok(Compare::Revision { key, revision })
         }
-        CompareBody {
+        TxnCompare {
             key: None,
             revision: None,
             lock: Some(lock),
@@ -129,7 +50,7 @@ fn compare(c: CompareBody) -> ApiResult<Compare> {
     }
 }
 
-fn value_of(st: &AppState, op: &ValueOp) -> ApiResult<Vec<u8>> {
+fn value_of(st: &AppState, op: &TxnValueOp) -> ApiResult<Vec<u8>> {
     let value = match (&op.value, &op.text) {
         (Some(b64), None) => base64::engine::general_purpose::STANDARD
             .decode(b64)
@@ -156,7 +77,7 @@ fn value_of(st: &AppState, op: &ValueOp) -> ApiResult<Vec<u8>> {
     Ok(value)
 }
 
-fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Command> {
+fn op(st: &AppState, op: TxnOp, kv_keys: &mut BTreeSet<String>) -> ApiResult<Command> {
     let mut once = |key: &str| -> ApiResult<()> {
         validate_key(key)?;
         if !kv_keys.insert(key.to_string()) {
@@ -167,7 +88,7 @@ fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Co
         Ok(())
     };
     Ok(match op {
-        OpBody::Put(p) => {
+        TxnOp::Put(p) => {
             once(&p.key)?;
             if !p.tags.is_empty() {
                 return Err(ApiError::bad_request("tags are for cache_set, not put"));
@@ -184,7 +105,7 @@ fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Co
             }
             .into()
         }
-        OpBody::Delete(d) => {
+        TxnOp::Delete(d) => {
             once(&d.key)?;
             KvCmd::Delete {
                 key: d.key,
@@ -192,7 +113,7 @@ fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Co
             }
             .into()
         }
-        OpBody::CacheSet(c) => {
+        TxnOp::CacheSet(c) => {
             validate_key(&c.key)?;
             check_tags(&c.tags)?;
             let ttl_ms = c
@@ -208,17 +129,17 @@ fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Co
             }
             .into()
         }
-        OpBody::CacheDelete(d) => {
+        TxnOp::CacheDelete(d) => {
             validate_key(&d.key)?;
             CacheCmd::Delete { key: d.key }.into()
         }
-        OpBody::CacheInvalidate(t) => {
+        TxnOp::CacheInvalidate(t) => {
             check_tags(&t.tags)?;
             CacheCmd::Invalidate { tags: t.tags }.into()
         }
-        OpBody::Enqueue(e) => {
+        TxnOp::Enqueue(e) => {
             validate_name("queue", &e.queue)?;
-            let job = super::queues::EnqueueBody {
+            let job = EnqueueRequest {
                 payload: e.payload,
                 delay_ms: e.delay_ms,
                 run_at_ms: e.run_at_ms,
@@ -233,14 +154,14 @@ fn op(st: &AppState, op: OpBody, kv_keys: &mut BTreeSet<String>) -> ApiResult<Co
             }
             .into()
         }
-        OpBody::Publish(p) => {
+        TxnOp::Publish(p) => {
             validate_name("channel", &p.channel)?;
             super::channels::publish_command(st, p.channel, &p.data)?.into()
         }
     })
 }
 
-fn branch(st: &AppState, name: &str, ops: Vec<OpBody>) -> ApiResult<Vec<Command>> {
+fn branch(st: &AppState, name: &str, ops: Vec<TxnOp>) -> ApiResult<Vec<Command>> {
     if ops.len() > TXN_OPS_MAX {
         return Err(ApiError::bad_request(format!(
             "{name} has {} ops, at most {TXN_OPS_MAX}",
@@ -251,27 +172,53 @@ fn branch(st: &AppState, name: &str, ops: Vec<OpBody>) -> ApiResult<Vec<Command>
     ops.into_iter().map(|o| op(st, o, &mut keys)).collect()
 }
 
-fn result_json(r: &Response) -> Value {
+fn result(r: &Response) -> TxnOpResult {
     match r {
-        Response::Kv(KvResult::Put { revision }) => json!({ "revision": revision }),
-        Response::Kv(KvResult::Delete { revision, deleted }) => {
-            json!({ "revision": revision, "deleted": deleted })
+        Response::Kv(KvResult::Put { revision }) => TxnOpResult::Put {
+            revision: *revision,
+        },
+        Response::Kv(KvResult::Delete { revision, deleted }) => TxnOpResult::Deleted {
+            revision: *revision,
+            deleted: *deleted,
+        },
+        Response::Cache(CacheResult::Stored) => TxnOpResult::Stored { stored: true },
+        Response::Cache(CacheResult::Removed(n)) => TxnOpResult::Count { count: *n },
+        Response::Channel(ChannelResult::Published { offset }) => {
+            TxnOpResult::Published { offset: *offset }
         }
-        Response::Cache(CacheResult::Stored) => json!({ "stored": true }),
-        Response::Cache(CacheResult::Removed(n)) => json!({ "count": n }),
-        Response::Channel(ChannelResult::Published { offset }) => json!({ "offset": offset }),
-        Response::Queue(QueueResult::Enqueued { id, existing }) => {
-            json!({ "id": id.to_string(), "existing": existing })
-        }
-        other => json!({ "error": format!("{other:?}") }),
+        Response::Queue(QueueResult::Enqueued { id, existing }) => TxnOpResult::Enqueued {
+            id: id.to_string(),
+            existing: *existing,
+        },
+        other => TxnOpResult::Error {
+            error: format!("{other:?}"),
+        },
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/txn",
+    summary = "Atomic transaction: if every compare holds apply success, else failure",
+    description = "Key-value changes share one revision. Each branch holds at most 128 ops and writes a key at most once.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+    ),
+    request_body = TxnRequest,
+    responses(
+        (status = 200, description = "which branch applied, and one result per op", body = TxnResponse),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+    )
+)]
 pub async fn txn(
     State(st): St,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<TxnBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<TxnRequest>,
+) -> ApiResult<Json<TxnResponse>> {
     if body.compare.len() > TXN_OPS_MAX {
         return Err(ApiError::bad_request(format!(
             "at most {TXN_OPS_MAX} compares, got {}",
@@ -293,9 +240,9 @@ pub async fn txn(
         revision,
         results,
     } = st.cluster.write_visible(txn, idem).await?;
-    Ok(Json(json!({
-        "succeeded": succeeded,
-        "revision": revision,
-        "results": results.iter().map(result_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(TxnResponse {
+        succeeded,
+        revision,
+        results: results.iter().map(result).collect(),
+    }))
 }

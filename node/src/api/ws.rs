@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::debug;
 
 use super::{json_body_limit, params, validate_name, AppState, St};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 
 /// How often a catching-up connection is sent its next page of history.
 const CATCH_UP_TICK: Duration = Duration::from_millis(10);
@@ -44,6 +44,20 @@ const WRITE_BATCH_MAX: usize = 256;
 /// Most channels and watches on one connection.
 pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
 
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    summary = "WebSocket (JSON text frames)",
+    description = "Client to server, each with an id echoed in the reply: {op:subscribe, channel, since?, user?} -> {ok, channel, offset (latest on this node), client_id}; {op:unsubscribe, channel}; {op:publish, channel, data} -> {ok, offset}; {op:watch, prefix, since_revision?} -> {ok, prefix, revision, compact_revision} (error code compacted with compact_revision when since_revision < compact_revision); {op:unwatch, prefix}; {op:ping} -> {ok, pong}. Server to client: {type:event, channel, offset, ts_ms, data}; {type:recovered, channel, from, to, complete} after a catch-up requested with since (complete:false when events after since were trimmed by retention); {type:kv, event:put|delete, key, revision, value (base64, null for delete), prefix}; {type:error, error:{code, message, ...}}. Catch-up is paced (ws_catch_up_events_per_sec, default 10000, and at most half the send queue); a client whose send queue passes ws_send_buffer_bytes (default 4 MiB) gets {type:error, error:{code:slow_consumer, limit_bytes}} and close code 1008, and resumes with since. On shutdown: error going_away and close 1001. More than ws_max_connections (default 10000) connections: 503.",
+    params(
+        ("client_id" = Option<String>, Query, description = "default: random; used for presence"),
+    ),
+    responses(
+        (status = 101, description = "switching protocols"),
+        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
+    )
+)]
 pub async fn upgrade(
     State(st): St,
     RawQuery(q): RawQuery,
@@ -248,11 +262,11 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
     let mut pace = tokio::time::interval(CATCH_UP_TICK);
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = st.hub.shutdown.clone();
-    let close: Option<(u16, &str, &str)> = loop {
+    let close: Option<(u16, ErrorCode, &str)> = loop {
         let catching_up = conn.subs.values().any(|s| s.catch_up.is_some())
             || conn.watches.values().any(|w| w.catching_up);
         tokio::select! {
-            _ = shutdown.cancelled() => break Some((1001, "going_away", "server shutting down")),
+            _ = shutdown.cancelled() => break Some((1001, ErrorCode::GoingAway, "server shutting down")),
             _ = &mut writer => break None,
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => conn.handle(text.as_str()).await,
@@ -266,19 +280,20 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
                 Ok(LiveBatch::Events(events)) => conn.live(&events),
                 Ok(LiveBatch::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => conn.resync(),
                 Err(broadcast::error::RecvError::Closed) => {
-                    break Some((1001, "going_away", "server shutting down"))
+                    break Some((1001, ErrorCode::GoingAway, "server shutting down"))
                 }
             },
             _ = pace.tick(), if catching_up => conn.catch_up_step(),
         }
         if out.overflowed.load(Ordering::Relaxed) {
-            break Some((1008, "slow_consumer", "slow consumer"));
+            break Some((1008, ErrorCode::SlowConsumer, "slow consumer"));
         }
     };
     if let Some((code, reason, text)) = close {
+        let reason = reason.as_str();
         st.metrics.ws_disconnects.with_label_values(&[reason]).inc();
         let limit = out.limit;
-        let err = if reason == "slow_consumer" {
+        let err = if reason == ErrorCode::SlowConsumer.as_str() {
             json!({"type": "error", "error": {
                 "code": reason,
                 "message": format!("the connection's send queue passed {limit} bytes; reconnect and resume each channel from its last offset"),
@@ -399,11 +414,9 @@ impl Conn {
 
     fn check_room(&self) -> Result<(), ApiError> {
         if self.subs.len() + self.watches.len() >= WS_SUBSCRIPTIONS_MAX {
-            return Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("at most {WS_SUBSCRIPTIONS_MAX} subscriptions and watches per connection"),
-            ));
+            return Err(ApiError::limited(format!(
+                "at most {WS_SUBSCRIPTIONS_MAX} subscriptions and watches per connection"
+            )));
         }
         Ok(())
     }
@@ -745,8 +758,7 @@ fn event_json(channel: &str, e: &raft::state::ChannelEvent) -> String {
 
 fn compacted_error(prefix: &str, since: u64, compact: u64) -> ApiError {
     ApiError::new(
-        axum::http::StatusCode::CONFLICT,
-        "compacted",
+        ErrorCode::Compacted,
         format!(
             "changes under {prefix:?} after revision {since} are compacted (history starts after {compact}); watch from a later revision"
         ),
