@@ -1,12 +1,9 @@
 //! `/v1/locks`: leases with fencing tokens, and blocking acquire served on any node.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use raft::command::{LockCmd, LockResult, LockWait};
+use raft::command::{LockCmd, LockResult};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -15,9 +12,10 @@ use super::model::{
 };
 use super::{
     check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
-    AppState, JsonBody, Name, St,
+    JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::service;
 
 /// Longest lease: one day.
 pub const LOCK_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
@@ -69,66 +67,22 @@ pub async fn acquire(
         .with("field", "wait_ms"));
     }
     let idem = idempotency_key(&headers)?;
-    // A retried request (same Idempotency-Key) must look for the same place in the queue.
-    let wait = (body.wait_ms > 0).then(|| LockWait {
-        waiter_id: match &idem {
-            Some(k) => format!("idem:{k}"),
-            None => hex::encode(rand::random::<[u8; 16]>()),
-        },
-        wait_ms: body.wait_ms,
-    });
     let started = Instant::now();
+    // A retried request (same Idempotency-Key) looks for the same place in the queue.
+    let waiter_id = service::waiter_id(idem.as_deref());
     let command = LockCmd::Acquire {
         name: name.clone(),
         owner: body.owner.clone(),
         ttl_ms,
-        wait: wait.clone(),
+        wait: service::lock_wait(&waiter_id, body.wait_ms),
     };
-    // Visible: the wait below watches this node's state, which must already show the queue.
-    match st.cluster.write_visible(command, idem).await? {
+    let wait = (body.wait_ms > 0).then_some((waiter_id.as_str(), body.wait_ms));
+    let result =
+        service::acquire::<service::Locks>(&st.cluster, &name, command, wait, idem, started)
+            .await?;
+    match result {
         LockResult::Granted { fence, ttl_ms } => Ok(granted(fence, &body.owner, ttl_ms)),
-        LockResult::Queued { .. } => {
-            let wait = wait.expect("queued only when waiting");
-            let deadline = started + Duration::from_millis(wait.wait_ms);
-            wait_for_grant(&st, &name, &body.owner, &wait.waiter_id, deadline).await
-        }
-        other => Err(other.into()),
-    }
-}
-
-/// Long-polls this node's applied state until the queued acquire is granted or its wait ends,
-/// then settles the outcome through the log (the grant may race the caller giving up).
-async fn wait_for_grant(
-    st: &Arc<AppState>,
-    name: &str,
-    owner: &str,
-    waiter_id: &str,
-    deadline: Instant,
-) -> ApiResult<Json<Grant>> {
-    // Some(Some(grant)) once granted, Some(None) once no longer queued (wait ended).
-    let seen = st
-        .cluster
-        .wait_for_state(deadline, |state| {
-            let Some(l) = state.lock(name) else {
-                return Some(None);
-            };
-            if let Some(h) = l.holder.as_ref() {
-                if h.waiter_id.as_deref() == Some(waiter_id) {
-                    return Some(Some((h.fence, h.ttl_ms)));
-                }
-            }
-            (!l.waiters.iter().any(|w| w.id == waiter_id)).then_some(None)
-        })
-        .await;
-    if let Ok(Some(Some((fence, ttl_ms)))) = seen {
-        return Ok(granted(fence, owner, ttl_ms));
-    }
-    let cancel = LockCmd::CancelWait {
-        name: name.to_string(),
-        waiter_id: waiter_id.to_string(),
-    };
-    match st.cluster.write(cancel, None).await? {
-        LockResult::Granted { fence, ttl_ms } => Ok(granted(fence, owner, ttl_ms)),
+        // The wait ended and the lock went to nobody meanwhile.
         LockResult::NotFound => Err(
             ApiError::conflict("the lock was not granted within wait_ms")
                 .with("holder", Value::Null),

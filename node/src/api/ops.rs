@@ -1,77 +1,34 @@
 //! Cluster operations: remove or promote a member, transfer leadership, take a snapshot.
 //!
-//! They change Raft itself, so they run on the leader; any other node relays the request to
-//! the leader's API and returns its answer. Also here, and served by the node that receives
-//! them: the backup stream and join token creation.
-
-use std::collections::BTreeSet;
-use std::time::Duration;
+//! They change Raft itself, so they run on the leader (`Cluster::admin`): any other node
+//! forwards them there over the cluster's QUIC connection, as it forwards writes. Also here,
+//! and served by the node that receives them: the backup stream and join tokens.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use openraft::ChangeMembers;
 use raft::NodeId;
+use transport::{AdminDone, AdminOp};
 
 use super::model::{
     JoinTokens, Leader, Promoted, Removed, SnapshotTaken, TokenCreated, TokenRequest, TokenRevoked,
     TransferRequest,
 };
-use super::{AppState, St};
+use super::{JsonBody, St};
 use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
-
-/// Relays the request to the leader when this node is not it; `None` means "handle here".
-async fn relay(st: &AppState, method: Method, uri: &Uri, body: Bytes) -> Option<Response> {
-    if st.cluster.raft.is_leader() {
-        return None;
-    }
-    let Some((_, leader)) = st.cluster.leader() else {
-        return Some(ApiError::unavailable("no leader is known; retry").into_response());
-    };
-    let url = format!("http://{}{}", leader.api_addr, uri.path());
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(
-            st.cluster.config.api.request_timeout_ms * 2,
-        ))
-        .build()
-        .expect("http client");
-    let resp = client
-        .request(method, url)
-        .header("content-type", "application/json")
-        .body(body.to_vec())
-        .send()
-        .await;
-    Some(match resp {
-        Ok(r) => {
-            let status =
-                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let body = r.bytes().await.unwrap_or_default();
-            (status, [("content-type", "application/json")], body).into_response()
-        }
-        Err(e) => ApiError::timeout(format!(
-            "relaying to the leader failed; the operation may or may not have happened: {e}"
-        ))
-        .into_response(),
-    })
-}
 
 fn member_id(id: &str) -> ApiResult<NodeId> {
     id.parse()
         .map_err(|_| ApiError::bad_request(format!("{id:?} is not a node id")))
 }
 
-fn raft_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable(format!("membership change failed: {e}"))
-}
-
 #[utoipa::path(
     post,
     path = "/v1/cluster/members/{id}/remove",
     summary = "Remove a voter or learner",
-    description = "Runs on the leader; other nodes relay. The last voter cannot be removed.",
+    description = "Runs on the leader; another node forwards it there. The last voter cannot be removed.",
     params(
         ("id" = u64, Path, description = "node id"),
     ),
@@ -84,56 +41,12 @@ fn raft_error(e: impl std::fmt::Display) -> ApiError {
         (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
     )
 )]
-pub async fn remove(
-    State(st): St,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> ApiResult<Response> {
+pub async fn remove(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Removed>> {
     let id = member_id(&id)?;
-    if let Some(r) = relay(&st, method, &uri, body).await {
-        return Ok(r);
+    match st.cluster.admin(AdminOp::RemoveMember(id)).await? {
+        AdminDone::Removed(id) => Ok(Json(Removed { removed: id })),
+        other => Err(unexpected(other)),
     }
-    let m = st.cluster.metrics();
-    let membership = m.membership_config.membership().clone();
-    if membership.get_node(&id).is_none() {
-        return Err(ApiError::not_found(format!("node {id} is not a member")));
-    }
-    if membership.get_joint_config().len() > 1 {
-        return Err(ApiError::conflict(
-            "a membership change is in progress; retry",
-        ));
-    }
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    if voters.contains(&id) && voters.len() == 1 {
-        return Err(ApiError::conflict("cannot remove the last voter"));
-    }
-    let ids = BTreeSet::from([id]);
-    let change = if voters.contains(&id) {
-        ChangeMembers::RemoveVoters(ids)
-    } else {
-        ChangeMembers::RemoveNodes(ids)
-    };
-    st.cluster
-        .raft
-        .change_membership(change, false)
-        .await
-        .map_err(raft_error)?;
-    tracing::info!(node = id, "member removed");
-    // Recorded once it is out of the membership (a removed leader must still reach the others
-    // to commit the change): from now on its certificate is refused and, when it calls, it
-    // is told it was removed.
-    st.cluster
-        .write(raft::command::ClusterCmd::NodeRemoved { id }, None)
-        .await
-        .map_err(|e| {
-            ApiError::unavailable(format!(
-                "node {id} left the membership, but recording its removal failed ({e}); \
-                 its certificate is still accepted"
-            ))
-        })?;
-    Ok(Json(Removed { removed: id }).into_response())
 }
 
 #[utoipa::path(
@@ -152,31 +65,12 @@ pub async fn remove(
         (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
     )
 )]
-pub async fn promote(
-    State(st): St,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> ApiResult<Response> {
+pub async fn promote(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Promoted>> {
     let id = member_id(&id)?;
-    if let Some(r) = relay(&st, method, &uri, body).await {
-        return Ok(r);
+    match st.cluster.admin(AdminOp::PromoteMember(id)).await? {
+        AdminDone::Promoted(id) => Ok(Json(Promoted { promoted: id })),
+        other => Err(unexpected(other)),
     }
-    let m = st.cluster.metrics();
-    let membership = m.membership_config.membership();
-    if membership.get_node(&id).is_none() {
-        return Err(ApiError::not_found(format!("node {id} is not a member")));
-    }
-    if membership.voter_ids().any(|v| v == id) {
-        return Err(ApiError::conflict(format!("node {id} is already a voter")));
-    }
-    st.cluster
-        .raft
-        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
-        .await
-        .map_err(raft_error)?;
-    Ok(Json(Promoted { promoted: id }).into_response())
 }
 
 #[utoipa::path(
@@ -191,30 +85,14 @@ pub async fn promote(
         (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
     )
 )]
-pub async fn transfer(State(st): St, method: Method, uri: Uri, body: Bytes) -> ApiResult<Response> {
-    let to = serde_json::from_slice::<TransferRequest>(&body)
-        .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
-        .to;
-    if let Some(r) = relay(&st, method, &uri, body).await {
-        return Ok(r);
+pub async fn transfer(
+    State(st): St,
+    JsonBody(body): JsonBody<TransferRequest>,
+) -> ApiResult<Json<Leader>> {
+    match st.cluster.admin(AdminOp::TransferLeader(body.to)).await? {
+        AdminDone::Leader(leader_id) => Ok(Json(Leader { leader_id })),
+        other => Err(unexpected(other)),
     }
-    let m = st.cluster.metrics();
-    if !m
-        .membership_config
-        .membership()
-        .voter_ids()
-        .any(|v| v == to)
-    {
-        return Err(ApiError::bad_request(format!("node {to} is not a voter")));
-    }
-    if to == st.cluster.id {
-        return Ok(Json(Leader { leader_id: to }).into_response());
-    }
-    let new_leader = st.cluster.transfer_leadership(to).await?;
-    Ok(Json(Leader {
-        leader_id: new_leader,
-    })
-    .into_response())
 }
 
 #[utoipa::path(
@@ -228,31 +106,22 @@ pub async fn transfer(State(st): St, method: Method, uri: Uri, body: Bytes) -> A
         (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
     )
 )]
-pub async fn snapshot(State(st): St, method: Method, uri: Uri, body: Bytes) -> ApiResult<Response> {
-    // A snapshot is local to each node; taken on the leader it also lets the log be purged.
-    if let Some(r) = relay(&st, method, &uri, body).await {
-        return Ok(r);
+pub async fn snapshot(State(st): St) -> ApiResult<Json<SnapshotTaken>> {
+    match st.cluster.admin(AdminOp::Snapshot).await? {
+        AdminDone::Snapshot { index, completed } => Ok(Json(SnapshotTaken {
+            snapshot_index: index,
+            completed,
+        })),
+        other => Err(unexpected(other)),
     }
-    let before = st.cluster.metrics().snapshot;
-    st.cluster
-        .raft
-        .trigger()
-        .snapshot()
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let waited = st
-        .cluster
-        .raft
-        .wait(Some(Duration::from_secs(60)))
-        .metrics(move |m| m.snapshot != before, "snapshot built")
-        .await;
-    let m = st.cluster.metrics();
-    let index = m.snapshot.map(|l| l.index);
-    Ok(Json(SnapshotTaken {
-        snapshot_index: index,
-        completed: waited.is_ok(),
-    })
-    .into_response())
+}
+
+/// An operation answered with another operation's result: a defect, not a client error.
+fn unexpected(done: AdminDone) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("the operation answered {done:?}"),
+    )
 }
 
 /// `GET /v1/cluster/backup`: a consistent copy of the state as a checksummed stream (format in
