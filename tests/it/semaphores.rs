@@ -345,3 +345,50 @@ async fn the_cli_acquires_shows_and_releases_permits() {
     );
     c.shutdown().await;
 }
+
+/// A transaction writes only while a lease is current, and can release it in the same step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_holds_on_a_lease_and_releases_it() {
+    let c = InprocCluster::start(1).await.unwrap();
+    let http = http::client();
+    let base = &c.bases[0];
+    let (s, g) = acquire(
+        &http,
+        base,
+        "slots",
+        json!({"holder": "w", "capacity": 1, "ttl_ms": 60_000}),
+    )
+    .await;
+    assert_eq!(s, 200, "{g}");
+    let fence = g["fence"].as_u64().unwrap();
+    let txn = |fence: u64| {
+        json!({
+            "compare": [{"semaphore": "slots", "fence": fence}],
+            "success": [{"put": {"key": "report", "text": "done"}},
+                        {"semaphore_release": {"semaphore": "slots", "fence": fence}}],
+            "failure": [],
+        })
+    };
+    let (s, r) = http::post_json(&http, &format!("{base}/v1/txn"), txn(fence), None).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["succeeded"], true, "{r}");
+    assert_eq!(
+        r["results"][1],
+        json!({"released": true, "permits": 1}),
+        "{r}"
+    );
+    let r = http.get(url(base, "slots", "")).send().await.unwrap();
+    assert_eq!(r.status(), 404, "the released semaphore holds nothing");
+    tracing::info!("phase: with the lease gone, the compare fails and nothing is written");
+    let (s, r) = http::post_json(&http, &format!("{base}/v1/txn"), txn(fence), None).await;
+    assert_eq!((s, r["succeeded"].as_bool()), (200, Some(false)), "{r}");
+    let (s, bad) = http::post_json(
+        &http,
+        &format!("{base}/v1/txn"),
+        json!({"compare": [{"semaphore": "slots", "lock": "l", "fence": 1}], "success": []}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 400, "{bad}");
+    c.shutdown().await;
+}

@@ -113,14 +113,16 @@ pub struct TxnRequest {
     pub failure: Vec<TxnOp>,
 }
 
-/// `{key, revision}` (revision 0 = the key is absent) or `{lock, fence}` (the lock is held
-/// with that fence).
+/// `{key, revision}` (revision 0 = the key is absent), `{lock, fence}` (the lock is held
+/// with that fence) or `{semaphore, fence}` (that lease of the semaphore is current).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TxnCompare {
     pub key: Option<String>,
     pub revision: Option<u64>,
     pub lock: Option<String>,
+    #[serde(default)]
+    pub semaphore: Option<String>,
     pub fence: Option<u64>,
 }
 
@@ -142,6 +144,16 @@ pub enum TxnOp {
     Enqueue(TxnEnqueueOp),
     /// Result `{offset}`.
     Publish(TxnPublishOp),
+    /// Result `{released, permits}`: `released` is false when the lease had already ended.
+    SemaphoreRelease(TxnSemaphoreRelease),
+}
+
+/// Ends the lease `fence` of `semaphore`; its permits serve the queue in the same step.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TxnSemaphoreRelease {
+    pub semaphore: String,
+    pub fence: u64,
 }
 
 /// A write with a value: `value` (base64) or `text` (UTF-8), not both; `tags` only for
@@ -222,6 +234,10 @@ pub enum TxnOpResult {
     },
     Published {
         offset: u64,
+    },
+    Released {
+        released: bool,
+        permits: u32,
     },
     /// An answer the op does not expect (a defect).
     Error {

@@ -8,8 +8,8 @@ use axum::http::HeaderMap;
 use axum::Json;
 use base64::Engine;
 use raft::command::{
-    CacheCmd, CacheResult, ChannelResult, Compare, KvCmd, KvResult, QueueCmd, QueueResult, Txn,
-    TxnResult,
+    CacheCmd, CacheResult, ChannelResult, Compare, KvCmd, KvResult, QueueCmd, QueueResult,
+    SemaphoreCmd, SemaphoreResult, Txn, TxnResult,
 };
 use raft::{Command, Response};
 
@@ -29,6 +29,7 @@ fn compare(c: TxnCompare) -> ApiResult<Compare> {
             key: Some(key),
             revision: Some(revision),
             lock: None,
+            semaphore: None,
             fence: None,
         } => {
             validate_key(&key)?;
@@ -38,13 +39,24 @@ fn compare(c: TxnCompare) -> ApiResult<Compare> {
             key: None,
             revision: None,
             lock: Some(lock),
+            semaphore: None,
             fence: Some(fence),
         } => {
             validate_name("lock", &lock)?;
             Ok(Compare::Fence { lock, fence })
         }
+        TxnCompare {
+            key: None,
+            revision: None,
+            lock: None,
+            semaphore: Some(semaphore),
+            fence: Some(fence),
+        } => {
+            validate_name("semaphore", &semaphore)?;
+            Ok(Compare::SemaphoreFence { semaphore, fence })
+        }
         _ => Err(ApiError::bad_request(
-            "each compare is {\"key\", \"revision\"} or {\"lock\", \"fence\"}",
+            "each compare is {\"key\", \"revision\"}, {\"lock\", \"fence\"} or {\"semaphore\", \"fence\"}",
         )
         .with("field", "compare")),
     }
@@ -158,6 +170,14 @@ fn op(st: &AppState, op: TxnOp, kv_keys: &mut BTreeSet<String>) -> ApiResult<Com
             validate_name("channel", &p.channel)?;
             super::channels::publish_command(st, p.channel, &p.data)?.into()
         }
+        TxnOp::SemaphoreRelease(r) => {
+            validate_name("semaphore", &r.semaphore)?;
+            SemaphoreCmd::Release {
+                name: r.semaphore,
+                fence: r.fence,
+            }
+            .into()
+        }
     })
 }
 
@@ -186,6 +206,14 @@ fn result(r: &Response) -> TxnOpResult {
         Response::Channel(ChannelResult::Published { offset }) => {
             TxnOpResult::Published { offset: *offset }
         }
+        Response::Semaphore(SemaphoreResult::Released { permits }) => TxnOpResult::Released {
+            released: true,
+            permits: *permits,
+        },
+        Response::Semaphore(SemaphoreResult::StaleFence) => TxnOpResult::Released {
+            released: false,
+            permits: 0,
+        },
         Response::Queue(QueueResult::Enqueued { id, existing }) => TxnOpResult::Enqueued {
             id: id.to_string(),
             existing: *existing,
