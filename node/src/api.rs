@@ -37,7 +37,7 @@ use raft::command::{KvCmd, KvResult, MaybeFenced, Proposal};
 use tokio::sync::Semaphore;
 
 use crate::cluster::Cluster;
-use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
+use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode, Unsettled, WriteFailures};
 use crate::metrics::Metrics;
 use model::{
     Autopilot, AutopilotAction, ClusterStatus, Consistency, KvDeleted, KvItem, KvList, Load,
@@ -397,9 +397,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> 
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 409, description = "conflict: the compare (error.current_revision) or the fence (reason stale_fence) failed", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 async fn put_kv(
@@ -447,9 +445,7 @@ async fn put_kv(
         (status = 200, description = "deleted (or absent: deleted false)", body = KvDeleted),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 409, description = "conflict: the compare (error.current_revision) or the fence (reason stale_fence) failed", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 async fn delete_kv(
@@ -486,8 +482,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
         (status = 200, description = "the value", content_type = "application/octet-stream", body = Vec<u8>, headers(("X-Revision" = u64, description = "the key's revision"))),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
@@ -529,8 +524,7 @@ const LIST_LIMIT_MAX: usize = 1000;
     responses(
         (status = 200, description = "a page of keys; value is base64", body = KvList),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvList>> {

@@ -105,6 +105,44 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// The answers any route that waits on the cluster may give besides its own, documented once.
+#[derive(utoipa::IntoResponses)]
+pub enum Unsettled {
+    /// No leader, not ready or overloaded; nothing was applied (Retry-After).
+    #[response(
+        status = 503,
+        description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)"
+    )]
+    Unavailable(ErrorBody),
+    /// No answer in time; the outcome is unknown.
+    #[response(
+        status = 504,
+        description = "timeout: no answer in time; the outcome is unknown"
+    )]
+    Timeout(ErrorBody),
+}
+
+/// The answers any write may give besides its own, documented once: an `Idempotency-Key`
+/// first used for another request, and those of [`Unsettled`].
+#[derive(utoipa::IntoResponses)]
+pub enum WriteFailures {
+    #[response(
+        status = 422,
+        description = "idempotency_mismatch: this Idempotency-Key was first used for a different request"
+    )]
+    IdempotencyMismatch(ErrorBody),
+    #[response(
+        status = 503,
+        description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)"
+    )]
+    Unavailable(ErrorBody),
+    #[response(
+        status = 504,
+        description = "timeout: no answer in time; the outcome is unknown"
+    )]
+    Timeout(ErrorBody),
+}
+
 /// The body of every error answer (the `Error` schema of `/v1/openapi.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = Error)]

@@ -12,7 +12,7 @@ use super::{
     check_ms, fenced, idempotency_key, params, read_body, remaining_ms, u64_param, validate_name,
     AppState, JsonBody, Key, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, WriteFailures};
 
 /// Longest cache TTL: 30 days.
 pub const CACHE_TTL_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
@@ -57,9 +57,7 @@ pub(crate) fn check_tags(tags: &[String]) -> ApiResult<()> {
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn set(
@@ -152,9 +150,7 @@ pub async fn get(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResu
         (status = 200, description = "whether it existed", body = Deleted),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn delete(
@@ -184,9 +180,7 @@ pub async fn delete(
         (status = 200, description = "how many entries were removed", body = Invalidated),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn invalidate(

@@ -14,7 +14,7 @@ use super::{
     idempotency_key, list_limit, params, read_barrier_unless_stale, u64_param, AppState, JsonBody,
     Name, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled};
 
 /// The command publishing `data` on `channel`, with the retention configured for its name.
 pub(crate) fn publish_command(
@@ -53,8 +53,7 @@ pub(crate) fn publish_command(
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
         (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
         (status = 429, description = "rate_limited: a replicated bound was reached; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn publish(
@@ -86,8 +85,7 @@ pub async fn publish(
         (status = 200, description = "events", body = ChannelHistory),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn history(
@@ -134,8 +132,7 @@ pub async fn history(
     responses(
         (status = 200, description = "present clients", body = Presence),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn presence(

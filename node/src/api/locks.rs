@@ -14,7 +14,7 @@ use super::{
     check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
     JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled, WriteFailures};
 use crate::service;
 
 /// Longest lease: one day.
@@ -47,8 +47,7 @@ fn granted(fence: u64, owner: &str, ttl_ms: u64) -> Json<Grant> {
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
         (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
         (status = 429, description = "rate_limited: 1024 callers already wait for this lock", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn acquire(
@@ -105,9 +104,7 @@ pub async fn acquire(
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 409, description = "conflict: stale fence (reason stale_fence, current_fence)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn renew(
@@ -143,9 +140,7 @@ pub async fn renew(
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 409, description = "conflict: stale fence (reason stale_fence, current_fence)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn release(
@@ -177,8 +172,7 @@ pub async fn release(
         (status = 200, description = "the holder", body = LockInfo),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found: the lock is not held", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn inspect(

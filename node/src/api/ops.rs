@@ -17,7 +17,7 @@ use super::model::{
     TransferRequest,
 };
 use super::{JsonBody, St};
-use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
+use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode, Unsettled};
 
 fn member_id(id: &str) -> ApiResult<NodeId> {
     id.parse()
@@ -37,8 +37,7 @@ fn member_id(id: &str) -> ApiResult<NodeId> {
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 409, description = "conflict", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn remove(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Removed>> {
@@ -61,8 +60,7 @@ pub async fn remove(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Rem
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 409, description = "conflict", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn promote(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Promoted>> {
@@ -81,8 +79,7 @@ pub async fn promote(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Pr
     responses(
         (status = 200, description = "the new leader", body = Leader),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn transfer(
@@ -102,8 +99,7 @@ pub async fn transfer(
     description = "The log behind a snapshot is purged, keeping the last min(snapshot_every_entries, 1000) entries.",
     responses(
         (status = 200, description = "the snapshot", body = SnapshotTaken),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn snapshot(State(st): St) -> ApiResult<Json<SnapshotTaken>> {
@@ -134,8 +130,7 @@ fn unexpected(done: AdminDone) -> ApiError {
     description = "Every write acknowledged before the request, read from one RocksDB snapshot of the answering node after a read barrier. Format: magic `STACKD-BACKUP\\n`, a JSON header, length-prefixed state records, a JSON trailer {records, last_applied_index, revision, compact_revision} and the SHA-256 of everything before it. A failure mid-stream breaks the transfer rather than ending it short. `stackd restore` loads it into an empty data dir.",
     responses(
         (status = 200, description = "the backup stream", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn backup(State(st): St) -> ApiResult<Response> {
@@ -209,8 +204,7 @@ pub const DEFAULT_TOKEN_TTL_MS: u64 = 24 * 3600 * 1000;
     responses(
         (status = 201, description = "the token; id is the first 16 hex digits of its SHA-256", body = TokenCreated),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn create_token(State(st): St, body: Bytes) -> ApiResult<Response> {
@@ -266,8 +260,7 @@ pub async fn list_tokens(State(st): St) -> ApiResult<Json<JoinTokens>> {
         (status = 200, description = "revoked", body = TokenRevoked),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn revoke_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<TokenRevoked>> {

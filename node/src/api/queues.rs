@@ -18,7 +18,7 @@ use super::{
     check_ms, idempotency_key, list_limit, params, read_barrier_unless_stale, remaining_ms,
     validate_name, AppState, JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled, WriteFailures};
 
 /// Longest delay and visibility: 365 days and 12 hours.
 pub const DELAY_MS_MAX: u64 = 365 * 24 * 60 * 60 * 1000;
@@ -98,9 +98,7 @@ pub(crate) fn enqueue_job(st: &AppState, b: EnqueueRequest) -> ApiResult<Enqueue
         (status = 200, description = "a queued job has this unique_key: existing true, its id", body = Enqueued),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn enqueue(
@@ -146,8 +144,7 @@ pub async fn enqueue(
         (status = 200, description = "the claimed jobs (maybe none)", body = Claimed),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn claim(
@@ -236,8 +233,7 @@ async fn job_write<T>(st: &AppState, command: QueueCmd, answer: T) -> ApiResult<
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn ack(
@@ -269,8 +265,7 @@ pub async fn ack(
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn nack(
@@ -312,8 +307,7 @@ pub async fn nack(
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn extend(
@@ -381,8 +375,7 @@ fn job_info(id: u64, j: &Job, now: u64) -> JobInfo {
         (status = 200, description = "the job", body = JobInfo),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn get_job(
@@ -412,8 +405,7 @@ pub async fn get_job(
     responses(
         (status = 200, description = "counts", body = QueueStats),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn stats(
@@ -443,8 +435,7 @@ pub async fn stats(
     responses(
         (status = 200, description = "the queues", body = QueueList),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn list_queues(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<QueueList>> {
@@ -480,8 +471,7 @@ pub async fn list_queues(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json
     responses(
         (status = 200, description = "dead jobs", body = JobList),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn dead(
@@ -515,9 +505,7 @@ pub async fn dead(
         (status = 200, description = "how many jobs moved", body = Replayed),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn replay(
@@ -574,8 +562,7 @@ pub async fn replay(
         (status = 200, description = "the next due time", body = NextFire),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn set_schedule(
@@ -626,8 +613,7 @@ pub async fn set_schedule(
         (status = 200, description = "removed", body = Deleted),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn delete_schedule(
@@ -658,8 +644,7 @@ pub async fn delete_schedule(
     responses(
         (status = 200, description = "schedules", body = ScheduleList),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn list_schedules(

@@ -16,7 +16,7 @@ use super::{
     check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
     JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
+use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode, WriteFailures};
 use crate::service;
 
 fn one() -> u32 {
@@ -112,9 +112,7 @@ pub struct SemaphoreView {
         (status = 400, description = "bad_request: permits, capacity, ttl_ms or wait_ms out of range (error.field); nothing was applied", body = ErrorBody),
         (status = 409, description = "conflict: error.reason full (error.free, held, waiting), not_granted (the wait ended) or capacity_mismatch (error.capacity)", body = ErrorBody),
         (status = 429, description = "rate_limited: 1024 leases or 1024 waiters on this semaphore", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn acquire(
@@ -195,9 +193,7 @@ fn check_permits(body: &AcquireBody) -> ApiResult<()> {
         (status = 200, description = "renewed", body = Grant),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn renew(
@@ -237,9 +233,7 @@ pub async fn renew(
         (status = 200, description = "released", body = Released),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn release(

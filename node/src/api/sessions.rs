@@ -18,7 +18,7 @@ use super::{
     check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
     JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled, WriteFailures};
 
 /// Session lifetime when `ttl_ms` is not given: 30 minutes.
 pub const SESSION_TTL_MS_DEFAULT: u64 = 30 * 60 * 1000;
@@ -67,9 +67,7 @@ fn session(id: &str, s: &SessionEntry, now: u64) -> Session {
         (status = 201, description = "created", body = SessionCreated),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn create(
@@ -112,8 +110,7 @@ pub async fn create(
         (status = 200, description = "the session", body = Session),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn get(State(st): St, Name(id): Name, RawQuery(q): RawQuery) -> ApiResult<Json<Session>> {
@@ -143,9 +140,7 @@ fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Session>> {
         (status = 200, description = "the session", body = Session),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Session>> {
@@ -172,9 +167,7 @@ pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResu
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn update(
@@ -208,9 +201,7 @@ pub async fn update(
         (status = 200, description = "ended", body = Deleted),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn delete(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Deleted>> {
@@ -248,8 +239,7 @@ fn user_param(p: &HashMap<String, String>) -> ApiResult<String> {
     responses(
         (status = 200, description = "the sessions", body = SessionList),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        Unsettled,
     )
 )]
 pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<SessionList>> {
@@ -278,9 +268,7 @@ pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Sessio
     responses(
         (status = 200, description = "how many sessions ended", body = DeletedCount),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn delete_user(

@@ -18,7 +18,7 @@ use super::model::{
     EnqueueRequest, TxnCompare, TxnOp, TxnOpResult, TxnRequest, TxnResponse, TxnValueOp,
 };
 use super::{check_ms, idempotency_key, validate_key, validate_name, AppState, JsonBody, St};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, WriteFailures};
 
 /// Most compares, and most operations in each branch.
 pub const TXN_OPS_MAX: usize = 128;
@@ -237,9 +237,7 @@ fn result(r: &Response) -> TxnOpResult {
         (status = 200, description = "which branch applied, and one result per op", body = TxnResponse),
         (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
         (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
-        (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
-        (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
-        (status = 504, description = "timeout: no answer in time; the outcome is unknown", body = ErrorBody),
+        WriteFailures,
     )
 )]
 pub async fn txn(
