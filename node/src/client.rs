@@ -22,6 +22,25 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+/// A lease of a lock or a semaphore: its NAME and FENCE, and the node to ask.
+#[derive(Args, Debug)]
+pub struct LeaseArgs {
+    pub name: String,
+    #[arg(long)]
+    pub fence: u64,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// A lease to extend, and for how long.
+#[derive(Args, Debug)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+    #[arg(long, default_value_t = 10_000)]
+    pub ttl_ms: u64,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct Target {
     /// API address of any node (HOST:PORT or URL).

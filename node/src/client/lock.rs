@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::{client, key_path, send_json, Target};
+use super::{client, key_path, send_json, LeaseArgs, RenewArgs, Target};
 
 #[derive(Subcommand, Debug)]
 pub enum LockCmd {
@@ -26,23 +26,9 @@ pub enum LockCmd {
         target: Target,
     },
     /// Extend the lease of the holder with FENCE.
-    Renew {
-        name: String,
-        #[arg(long)]
-        fence: u64,
-        #[arg(long, default_value_t = 10_000)]
-        ttl_ms: u64,
-        #[command(flatten)]
-        target: Target,
-    },
+    Renew(RenewArgs),
     /// Release the lock held with FENCE.
-    Release {
-        name: String,
-        #[arg(long)]
-        fence: u64,
-        #[command(flatten)]
-        target: Target,
-    },
+    Release(LeaseArgs),
     /// Show who holds a lock, its fence and how long the lease has left.
     Get {
         name: String,
@@ -97,12 +83,15 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             let fence = acquire(&http, &target, &name, &owner, ttl_ms, wait_ms).await?;
             println!("{fence}");
         }
-        LockCmd::Renew {
-            name,
-            fence,
+        LockCmd::Renew(RenewArgs {
+            lease:
+                LeaseArgs {
+                    name,
+                    fence,
+                    target,
+                },
             ttl_ms,
-            target,
-        } => {
+        }) => {
             send_json(
                 http.post(target.url(&format!("/v1/locks/{}/renew", key_path(&name))))
                     .json(&json!({ "fence": fence, "ttl_ms": ttl_ms })),
@@ -110,11 +99,11 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             .await?;
             println!("renewed {name}:{fence} for {ttl_ms} ms");
         }
-        LockCmd::Release {
+        LockCmd::Release(LeaseArgs {
             name,
             fence,
             target,
-        } => {
+        }) => {
             send_json(
                 http.post(target.url(&format!("/v1/locks/{}/release", key_path(&name))))
                     .json(&json!({ "fence": fence })),

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{client, key_path, send_json, Target};
+use super::{client, key_path, send_json, LeaseArgs, RenewArgs, Target};
 use crate::api::semaphores::{Grant, Released, SemaphoreView};
 
 #[derive(Subcommand, Debug)]
@@ -32,23 +32,9 @@ pub enum SemaphoreCmd {
         target: Target,
     },
     /// Extend the lease with FENCE.
-    Renew {
-        name: String,
-        #[arg(long)]
-        fence: u64,
-        #[arg(long, default_value_t = 10_000)]
-        ttl_ms: u64,
-        #[command(flatten)]
-        target: Target,
-    },
+    Renew(RenewArgs),
     /// Release the permits of the lease with FENCE.
-    Release {
-        name: String,
-        #[arg(long)]
-        fence: u64,
-        #[command(flatten)]
-        target: Target,
-    },
+    Release(LeaseArgs),
     /// Show a semaphore's capacity, its leases and how many wait.
     Get {
         name: String,
@@ -78,21 +64,24 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
             let g: Grant = serde_json::from_value(v).context("the acquire's answer")?;
             println!("{}", g.fence);
         }
-        SemaphoreCmd::Renew {
-            name,
-            fence,
+        SemaphoreCmd::Renew(RenewArgs {
+            lease:
+                LeaseArgs {
+                    name,
+                    fence,
+                    target,
+                },
             ttl_ms,
-            target,
-        } => {
+        }) => {
             let body = json!({ "fence": fence, "ttl_ms": ttl_ms });
             send_json(http.post(target.url(&path(&name, "/renew"))).json(&body)).await?;
             println!("renewed {name}:{fence} for {ttl_ms} ms");
         }
-        SemaphoreCmd::Release {
+        SemaphoreCmd::Release(LeaseArgs {
             name,
             fence,
             target,
-        } => {
+        }) => {
             let body = json!({ "fence": fence });
             let v = send_json(http.post(target.url(&path(&name, "/release"))).json(&body)).await?;
             let r: Released = serde_json::from_value(v).context("the release's answer")?;
