@@ -12,7 +12,7 @@
 //!   and the others).
 //! - [`openapi`]: the API reference served at `/v1/openapi.json`.
 //! - [`service`]: client protocols that span several proposals (the blocking acquire of locks
-//!   and semaphores), shared by every front end.
+//!   and semaphores, the long-poll claim of jobs), shared by every front end.
 
 #![forbid(unsafe_code)]
 

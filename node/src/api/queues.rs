@@ -19,6 +19,7 @@ use super::{
     validate_name, AppState, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled, WriteFailures};
+use crate::service;
 
 /// Longest delay and visibility: 365 days and 12 hours.
 pub const DELAY_MS_MAX: u64 = 365 * 24 * 60 * 60 * 1000;
@@ -170,40 +171,26 @@ pub async fn claim(
         );
     }
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms);
-    loop {
-        let command = QueueCmd::Claim {
-            queue: queue.clone(),
-            worker: body.worker.clone(),
-            max: body.max,
-            visibility_ms,
-        };
-        // Not retried under an Idempotency-Key: a claim that timed out leaves jobs leased
-        // until their visibility ends, when they are offered again.
-        let jobs = match st.cluster.write_visible(command, None).await? {
-            QueueResult::Claimed(jobs) => jobs,
-            other => return Err(other.into()),
-        };
-        if !jobs.is_empty() || Instant::now() >= deadline {
-            let jobs = jobs
-                .into_iter()
-                .map(|j| ClaimedJob {
-                    id: j.id.to_string(),
-                    payload: serde_json::from_str::<Value>(&j.payload).unwrap_or(Value::Null),
-                    attempt: j.attempt,
-                    lease: j.lease,
-                })
-                .collect();
-            return Ok(Json(Claimed { jobs }));
-        }
-        // Long-poll on this node's state until a job is ready, then claim again.
-        let ready = st
-            .cluster
-            .wait_for_state(deadline, |s| s.queue_has_ready(&queue).then_some(()))
-            .await?;
-        if ready.is_none() {
-            return Ok(Json(Claimed { jobs: Vec::new() }));
-        }
-    }
+    let jobs = service::claim(
+        &st.cluster,
+        &queue,
+        &body.worker,
+        body.max,
+        visibility_ms,
+        deadline,
+    )
+    .await?
+    .map_err(ApiError::from)?;
+    let jobs = jobs
+        .into_iter()
+        .map(|j| ClaimedJob {
+            id: j.id.to_string(),
+            payload: serde_json::from_str::<Value>(&j.payload).unwrap_or(Value::Null),
+            attempt: j.attempt,
+            lease: j.lease,
+        })
+        .collect();
+    Ok(Json(Claimed { jobs }))
 }
 
 fn job_id(id: &str) -> ApiResult<u64> {
