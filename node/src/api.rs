@@ -66,6 +66,12 @@ macro_rules! routes {
         fn add_routes(r: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
             r$(.route($path, axum::routing::$method($handler)))*
         }
+
+        /// The operation of every route, from its handler's `#[utoipa::path]`: the paths of
+        /// the API reference (`crate::openapi`).
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($($handler),*))]
+        pub struct RouteDoc;
     };
 }
 

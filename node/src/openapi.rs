@@ -1,11 +1,12 @@
 //! The API reference served at `/v1/openapi.json`, generated from the handlers'
-//! `#[utoipa::path]` annotations and the types of `api::model` and `error`.
+//! `#[utoipa::path]` annotations and the types of `api::model` and `error`. The operations
+//! come from the route table itself (`api::RouteDoc`), so a route cannot be served without
+//! being documented.
 
 use std::sync::OnceLock;
 
 use utoipa::OpenApi;
 
-use crate::api::{cache, channels, history, locks, ops, queues, semaphores, sessions, txn, ws};
 use crate::error::{ErrorBody, ErrorCode};
 
 #[derive(OpenApi)]
@@ -24,67 +25,6 @@ accept an Idempotency-Key header (1..256 chars, remembered 10 minutes). Fenced w
 fence=LOCK:F and apply only while lock LOCK is held with fence F. Values are at most \
 max_value_bytes (default 1 MiB); listings return at most 1000 items."
     ),
-    paths(
-        crate::api::list_kv,
-        crate::api::get_kv,
-        crate::api::put_kv,
-        crate::api::delete_kv,
-        txn::txn,
-        history::kv_history,
-        locks::inspect,
-        locks::acquire,
-        locks::renew,
-        locks::release,
-        semaphores::inspect,
-        semaphores::acquire,
-        semaphores::renew,
-        semaphores::release,
-        sessions::create,
-        sessions::list,
-        sessions::delete_user,
-        sessions::get,
-        sessions::update,
-        sessions::delete,
-        sessions::touch,
-        queues::list_queues,
-        queues::stats,
-        queues::enqueue,
-        queues::claim,
-        queues::dead,
-        queues::replay,
-        queues::list_schedules,
-        queues::set_schedule,
-        queues::delete_schedule,
-        queues::get_job,
-        queues::ack,
-        queues::nack,
-        queues::extend,
-        cache::stats,
-        cache::invalidate,
-        cache::get,
-        cache::set,
-        cache::delete,
-        channels::publish,
-        channels::history,
-        channels::presence,
-        ws::upgrade,
-        crate::api::client_js,
-        crate::api::demo_page,
-        crate::api::cluster_status,
-        ops::remove,
-        ops::promote,
-        ops::transfer,
-        ops::snapshot,
-        history::compact,
-        ops::backup,
-        ops::create_token,
-        ops::list_tokens,
-        ops::revoke_token,
-        crate::api::openapi,
-        crate::api::health,
-        crate::api::ready,
-        crate::api::metrics,
-    ),
     components(schemas(ErrorBody, ErrorCode))
 )]
 pub struct ApiDoc;
@@ -93,9 +33,9 @@ pub struct ApiDoc;
 pub fn document_json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .expect("the OpenAPI document serializes")
+        let mut doc = ApiDoc::openapi();
+        doc.merge(crate::api::RouteDoc::openapi());
+        doc.to_json().expect("the OpenAPI document serializes")
     })
 }
 
