@@ -725,9 +725,28 @@ impl Lifecycle {
         drop(self.gossip_counted);
         drain("background tasks", &self.tasks.background, ABANDON_WITHIN).await;
         // RocksDB closes as its last handle drops: the state machine's and the log store's
-        // went with Raft, the API's with the HTTP server; this is the node's own.
+        // go with Raft, the API's with the HTTP server's last connection; this is the node's
+        // own. Shutdown returns once it is closed, so the data dir can be opened again at once.
         info!("shutting down: closing RocksDB");
+        let db = self.db.downgrade();
         drop(self.db);
+        wait_closed(db).await;
+    }
+}
+
+/// Waits (up to [`STOP_WITHIN`]) until no handle of RocksDB is left, which closes it; a
+/// handle that outlives that is named in a warning. Nothing signals the last drop, so this
+/// looks every 10 ms.
+async fn wait_closed(db: storage::WeakDb) {
+    let deadline = tokio::time::Instant::now() + STOP_WITHIN;
+    while db.upgrade().is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                "RocksDB is still open {STOP_WITHIN:?} after the node stopped: a task outlived it"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
