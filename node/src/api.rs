@@ -306,6 +306,17 @@ pub(crate) fn remaining_ms(deadline_ms: u64, replicated_now_ms: u64) -> u64 {
     deadline_ms.saturating_sub(replicated_now_ms.max(crate::cluster::now_ms()))
 }
 
+/// How long a blocking call may wait (`wait_ms`), at most `max`; 0 is no wait.
+pub(crate) fn check_wait_ms(value: u64, max: u64) -> ApiResult<u64> {
+    if value > max {
+        return Err(
+            ApiError::bad_request(format!("wait_ms must be at most {max}, got {value}"))
+                .with("field", "wait_ms"),
+        );
+    }
+    Ok(value)
+}
+
 /// A `ttl_ms`-like duration that must lie in `1..=max`.
 pub(crate) fn check_ms(field: &str, value: u64, max: u64) -> ApiResult<u64> {
     if value == 0 || value > max {

@@ -11,8 +11,8 @@ use super::model::{
     AcquireRequest, Consistency, Grant, LockInfo, ReleaseRequest, Released, RenewRequest, Renewed,
 };
 use super::{
-    check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
-    JsonBody, Name, St,
+    check_ms, check_wait_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms,
+    validate_name, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled, WriteFailures};
 use crate::service;
@@ -58,13 +58,7 @@ pub async fn acquire(
 ) -> ApiResult<Json<Grant>> {
     validate_name("owner", &body.owner)?;
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
-    if body.wait_ms > LOCK_WAIT_MS_MAX {
-        return Err(ApiError::bad_request(format!(
-            "wait_ms must be at most {LOCK_WAIT_MS_MAX}, got {}",
-            body.wait_ms
-        ))
-        .with("field", "wait_ms"));
-    }
+    check_wait_ms(body.wait_ms, LOCK_WAIT_MS_MAX)?;
     let idem = idempotency_key(&headers)?;
     let started = Instant::now();
     // A retried request (same Idempotency-Key) looks for the same place in the queue.

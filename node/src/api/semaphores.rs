@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 
 use super::locks::{LOCK_TTL_MS_MAX, LOCK_WAIT_MS_MAX};
 use super::{
-    check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
-    JsonBody, Name, St,
+    check_ms, check_wait_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms,
+    validate_name, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode, WriteFailures};
 use crate::service;
@@ -67,6 +67,16 @@ pub struct Grant {
     pub fence: u64,
     pub permits: u32,
     pub ttl_ms: u64,
+}
+
+impl Grant {
+    fn new(fence: u64, permits: u32, ttl_ms: u64) -> Self {
+        Grant {
+            fence,
+            permits,
+            ttl_ms,
+        }
+    }
 }
 
 /// The answer of a release.
@@ -124,13 +134,7 @@ pub async fn acquire(
     validate_name("holder", &body.holder)?;
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
     check_permits(&body)?;
-    if body.wait_ms > LOCK_WAIT_MS_MAX {
-        return Err(ApiError::bad_request(format!(
-            "wait_ms must be at most {LOCK_WAIT_MS_MAX}, got {}",
-            body.wait_ms
-        ))
-        .with("field", "wait_ms"));
-    }
+    check_wait_ms(body.wait_ms, LOCK_WAIT_MS_MAX)?;
     let idem = idempotency_key(&headers)?;
     let started = Instant::now();
     let waiter_id = service::waiter_id(idem.as_deref());
@@ -151,11 +155,7 @@ pub async fn acquire(
             fence,
             permits,
             ttl_ms,
-        } => Ok(Json(Grant {
-            fence,
-            permits,
-            ttl_ms,
-        })),
+        } => Ok(Json(Grant::new(fence, permits, ttl_ms))),
         // A wait that ended without a grant: the caller's place in the queue is gone.
         SemaphoreResult::Cancelled | SemaphoreResult::NotFound => Err(ApiError::conflict(
             "the permits were not granted within wait_ms",
@@ -214,11 +214,7 @@ pub async fn renew(
             fence,
             permits,
             ttl_ms,
-        } => Ok(Json(Grant {
-            fence,
-            permits,
-            ttl_ms,
-        })),
+        } => Ok(Json(Grant::new(fence, permits, ttl_ms))),
         other => Err(refusal(other)),
     }
 }
