@@ -11,8 +11,8 @@
 //! - [`client`]: the client subcommands (`stackd kv …`, `stackd cluster …`, `stackd queue …`
 //!   and the others).
 //! - [`openapi`]: the API reference served at `/v1/openapi.json`.
-//! - [`service`]: client protocols that span several proposals (the blocking acquire of locks
-//!   and semaphores, the long-poll claim of jobs), shared by every front end.
+//! - [`service`]: client protocols that span several proposals (the blocking acquire of leased
+//!   primitives, the long-poll claim of jobs), shared by every front end.
 
 #![forbid(unsafe_code)]
 

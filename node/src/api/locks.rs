@@ -67,11 +67,11 @@ pub async fn acquire(
         name: name.clone(),
         owner: body.owner.clone(),
         ttl_ms,
-        wait: service::lock_wait(&waiter_id, body.wait_ms),
+        wait: service::locks::wait(&waiter_id, body.wait_ms),
     };
     let wait = (body.wait_ms > 0).then_some((waiter_id.as_str(), body.wait_ms));
     let result =
-        service::acquire::<service::Locks>(&st.cluster, &name, command, wait, idem, started)
+        service::acquire::<service::locks::Locks>(&st.cluster, &name, command, wait, idem, started)
             .await?;
     match result {
         LockResult::Granted { fence, ttl_ms } => Ok(granted(fence, &body.owner, ttl_ms)),

@@ -171,7 +171,7 @@ pub async fn claim(
         );
     }
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms);
-    let jobs = service::claim(
+    let jobs = service::queues::claim(
         &st.cluster,
         &queue,
         &body.worker,

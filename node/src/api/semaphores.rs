@@ -144,12 +144,18 @@ pub async fn acquire(
         permits: body.permits,
         capacity: body.capacity,
         ttl_ms,
-        wait: service::semaphore_wait(&waiter_id, body.wait_ms),
+        wait: service::semaphores::wait(&waiter_id, body.wait_ms),
     };
     let wait = (body.wait_ms > 0).then_some((waiter_id.as_str(), body.wait_ms));
-    let result =
-        service::acquire::<service::Semaphores>(&st.cluster, &name, command, wait, idem, started)
-            .await?;
+    let result = service::acquire::<service::semaphores::Semaphores>(
+        &st.cluster,
+        &name,
+        command,
+        wait,
+        idem,
+        started,
+    )
+    .await?;
     match result {
         SemaphoreResult::Granted {
             fence,

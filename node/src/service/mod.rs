@@ -1,0 +1,73 @@
+//! The client protocols that span more than one proposal, kept out of the HTTP and WebSocket
+//! adapters so that every front end runs the same one.
+//!
+//! # Layout
+//! - this file: [`acquire`], the blocking acquire of any leased primitive ([`Queueing`]):
+//!   propose with a wait, watch this node's state until the grant shows or the wait ends, then
+//!   settle the race between a late grant and the caller giving up through the log;
+//! - one module per primitive with such a protocol: [`locks`], [`semaphores`] (their
+//!   [`Queueing`]), [`queues`] (the long-poll claim of jobs).
+
+pub mod locks;
+pub mod queues;
+pub mod semaphores;
+
+use raft::command::Proposal;
+use raft::State;
+use tokio::time::{Duration, Instant};
+
+use crate::cluster::{Cluster, WriteError};
+
+/// A leased primitive whose acquire may wait in a queue served in arrival order.
+pub trait Queueing {
+    type Cmd: Proposal<Output = Self::Result>;
+    type Result;
+
+    /// The acquire was queued: its grant will show in the state.
+    fn queued(result: &Self::Result) -> bool;
+
+    /// In this node's applied state: `Some(Some(grant))` once `waiter_id` was granted,
+    /// `Some(None)` once it no longer waits (its wait ended), `None` while it still waits.
+    fn look(state: &State, name: &str, waiter_id: &str) -> Option<Option<Self::Result>>;
+
+    /// Withdraws the queued acquire; answers its grant if it came meanwhile.
+    fn cancel(name: &str, waiter_id: &str) -> Self::Cmd;
+}
+
+/// The waiter id of a blocking acquire: derived from its `Idempotency-Key`, so that a retried
+/// request looks for the same place in the queue, else drawn at random (unguessable).
+pub fn waiter_id(idempotency_key: Option<&str>) -> String {
+    match idempotency_key {
+        Some(k) => format!("idem:{k}"),
+        None => hex::encode(rand::random::<[u8; 16]>()),
+    }
+}
+
+/// Proposes `acquire` and, when it was queued with `wait` (`(waiter_id, wait_ms)`), waits
+/// until its grant shows in this node's state or `wait_ms` after `started` has passed; then
+/// withdraws it through the log, which answers the grant if it came at the last moment.
+///
+/// A queued answer without a wait (a retry, under the same `Idempotency-Key`, of an acquire
+/// that had waited) is returned as it is.
+pub async fn acquire<Q: Queueing>(
+    cluster: &Cluster,
+    name: &str,
+    acquire: Q::Cmd,
+    wait: Option<(&str, u64)>,
+    idempotency_key: Option<String>,
+    started: Instant,
+) -> Result<Q::Result, WriteError> {
+    // Visible: the wait below watches this node's state, which must already show the queue.
+    let first = cluster.write_visible(acquire, idempotency_key).await?;
+    let Some((waiter_id, wait_ms)) = wait.filter(|_| Q::queued(&first)) else {
+        return Ok(first);
+    };
+    let deadline = started + Duration::from_millis(wait_ms);
+    let seen = cluster
+        .wait_for_state(deadline, |state| Q::look(state, name, waiter_id))
+        .await?;
+    if let Some(Some(grant)) = seen {
+        return Ok(grant);
+    }
+    cluster.write(Q::cancel(name, waiter_id), None).await
+}
