@@ -39,10 +39,7 @@ use tokio::sync::Semaphore;
 use crate::cluster::Cluster;
 use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode, Unsettled, WriteFailures};
 use crate::metrics::Metrics;
-use model::{
-    Autopilot, AutopilotAction, ClusterStatus, Consistency, KvDeleted, KvItem, KvList, Load,
-    Member, MemberRole, Revision, Status,
-};
+use model::{ClusterStatus, Consistency, KvDeleted, KvItem, KvList, Revision, Status};
 
 /// Shared by every handler.
 pub struct AppState {
@@ -297,7 +294,7 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<AppState>> f
 }
 
 pub(crate) fn json_body_limit(st: &AppState) -> usize {
-    st.cluster.config.limits.max_value_bytes * 2 + 64 * 1024
+    st.cluster.config().limits.max_value_bytes * 2 + 64 * 1024
 }
 
 /// Time left until `deadline_ms` on the replicated clock, estimated with this node's wall
@@ -431,7 +428,7 @@ async fn put_kv(
         return Err(ApiError::bad_request("ttl_ms must be at least 1"));
     }
     let idem = idempotency_key(&headers)?;
-    let limit = st.cluster.config.limits.max_value_bytes;
+    let limit = st.cluster.config().limits.max_value_bytes;
     let value = read_body(body, limit).await?;
     let command = fenced(
         &p,
@@ -507,9 +504,7 @@ async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResul
     read_barrier_unless_stale(&st, &p).await?;
     let found = st
         .cluster
-        .state
-        .read()
-        .expect("state lock")
+        .state()
         .get(&key)
         .map(|e| (e.value.clone(), e.revision));
     let Some((value, revision)) = found else {
@@ -552,7 +547,7 @@ async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvList>
     }
     let limit = list_limit(&p)?;
     read_barrier_unless_stale(&st, &p).await?;
-    let st_lock = st.cluster.state.read().expect("state lock");
+    let st_lock = st.cluster.state();
     let (items, more) = st_lock.list(&prefix, p.get("after").map(String::as_str), limit);
     let b64 = base64::engine::general_purpose::STANDARD;
     let next = if more {
@@ -586,123 +581,8 @@ async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvList>
 )]
 async fn cluster_status(State(st): St) -> Json<ClusterStatus> {
     let c = &st.cluster;
-    let m = c.metrics();
-    let membership = m.membership_config.membership();
-    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let (cluster_id, revision, compact_revision) = {
-        let s = c.state.read().expect("state lock");
-        (
-            s.meta.cluster_id.clone(),
-            s.meta.revision,
-            s.compact_revision(),
-        )
-    };
-    // Liveness and metadata as this node's gossip sees them (itself: alive, local figures).
-    let view = c.gossip.snapshot();
-    let local_load = Load {
-        inflight_requests: Some(
-            (c.config.api.max_inflight_requests - st.inflight.available_permits()) as u64,
-        ),
-        load_avg_1m: Some(crate::cluster::load_avg_1m()),
-    };
-    // How the leader reaches each member: its own view, or the one it publishes in gossip.
-    let reach = c.leader_reach();
-    let fresh = c.contact_window().as_millis() as u64;
-    let leader_view = |id: u64| -> (Option<bool>, Option<u64>, Option<u64>) {
-        match &reach {
-            Some((leader, _)) if *leader == id => (Some(true), Some(0), Some(0)),
-            Some((_, members)) => match members.iter().find(|r| r.node == id) {
-                Some(r) => (
-                    Some(r.acked_ms_ago.is_some_and(|a| a <= fresh)),
-                    r.acked_ms_ago,
-                    r.lag,
-                ),
-                None => (None, None, None),
-            },
-            None => (None, None, None),
-        }
-    };
-    let members = membership
-        .nodes()
-        .map(|(id, node)| {
-            let role = if voters.contains(id) {
-                MemberRole::Voter
-            } else {
-                MemberRole::Learner
-            };
-            let (gossip, age_ms, applied, load) = if *id == c.id {
-                (
-                    "alive",
-                    None,
-                    m.last_applied.map(|l| l.index),
-                    local_load.clone(),
-                )
-            } else if let Some(p) = view.get(id) {
-                let (applied, load) = match &p.meta {
-                    Some((meta, _)) => (
-                        Some(meta.applied_index),
-                        Load {
-                            inflight_requests: Some(meta.inflight_requests),
-                            load_avg_1m: Some(meta.load_avg_1m),
-                        },
-                    ),
-                    None => (None, Load::default()),
-                };
-                (
-                    p.liveness.as_str(),
-                    Some(p.since.elapsed().as_millis() as u64),
-                    applied,
-                    load,
-                )
-            } else {
-                // Not heard of in gossip yet (just joined, or this node just started).
-                ("unknown", None, None, Load::default())
-            };
-            let (leader_reaches, leader_contact_ms_ago, replication_lag) = leader_view(*id);
-            Member {
-                id: *id,
-                api_addr: node.api_addr.clone(),
-                cluster_addr: node.cluster_addr.clone(),
-                role,
-                gossip: gossip.to_string(),
-                gossip_changed_ms_ago: age_ms,
-                applied_index: applied,
-                load,
-                leader_reaches,
-                leader_contact_ms_ago,
-                replication_lag,
-            }
-        })
-        .collect();
-    let actions = c
-        .autopilot_actions()
-        .into_iter()
-        .map(|a| AutopilotAction {
-            at_ms: a.at_ms,
-            action: a.action.to_string(),
-            node: a.node,
-            reason: a.reason,
-        })
-        .collect();
-    Json(ClusterStatus {
-        cluster_id,
-        node_id: c.id,
-        leader_id: m.current_leader,
-        term: m.current_term,
-        commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
-        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-        snapshot_index: m.snapshot.map(|l| l.index),
-        purged_index: m.purged.map(|l| l.index),
-        revision,
-        compact_revision,
-        members,
-        autopilot: Autopilot {
-            target_voters: c.config.raft.target_voters as u64,
-            replace_dead: c.config.autopilot.replace_dead,
-            dead_grace_ms: c.config.autopilot.dead_grace_ms,
-            actions,
-        },
-    })
+    let inflight = c.config().api.max_inflight_requests - st.inflight.available_permits();
+    Json(c.status(inflight as u64))
 }
 
 #[utoipa::path(

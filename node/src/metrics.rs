@@ -7,8 +7,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use openraft::RaftMetrics;
-use raft::TypeConfig;
 use transport::Liveness;
 
 use crate::cluster::Cluster;
@@ -278,8 +276,8 @@ impl Metrics {
 
     /// Brings the cluster transport's per-peer counters and, on the leader, the replication
     /// gauges up to date.
-    fn refresh_replication(&self, cluster: &Cluster, m: &RaftMetrics<TypeConfig>) {
-        for (addr, p) in cluster.transport.peer_stats() {
+    fn refresh_replication(&self, cluster: &Cluster) {
+        for (addr, p) in cluster.transport().peer_stats() {
             let addr = addr.to_string();
             let node = p.node.map(|n| n.to_string()).unwrap_or_default();
             let ok = p.connects - p.connect_failures;
@@ -298,7 +296,7 @@ impl Metrics {
         self.replication_lag.reset();
         self.replication_contact_age.reset();
         // Empty unless this node leads.
-        for r in cluster.reach_of_members(m) {
+        for r in cluster.replication_reach() {
             let node = r.node.to_string();
             self.replication_lag
                 .with_label_values(&[&node])
@@ -312,7 +310,7 @@ impl Metrics {
     /// Brings the gossip and autopilot figures up to date (counters only move forward).
     fn refresh_gossip(&self, cluster: &Cluster) {
         let raise = |c: &IntCounterVec, label: &str, to: u64| raise_to(c, &[label], to);
-        let s = cluster.gossip.stats();
+        let s = cluster.gossip().stats();
         raise(&self.gossip_packets, "received", s.packets_received);
         raise(&self.gossip_packets, "sent", s.packets_sent);
         raise(
@@ -321,7 +319,7 @@ impl Metrics {
             s.dropped_unauthenticated,
         );
         raise(&self.gossip_dropped, "malformed", s.dropped_malformed);
-        let view = cluster.gossip.snapshot();
+        let view = cluster.gossip().snapshot();
         for l in [Liveness::Alive, Liveness::Suspect, Liveness::Down] {
             let n = view.values().filter(|p| p.liveness == l).count();
             self.gossip_members
@@ -344,19 +342,15 @@ impl Metrics {
 
     /// Refreshes the Raft and state gauges, then renders everything in the text format.
     pub fn render(&self, cluster: &Cluster) -> String {
-        let m = cluster.metrics();
-        self.term.set(m.current_term as i64);
-        self.leader_id.set(m.current_leader.unwrap_or(0) as i64);
-        self.is_leader
-            .set((m.current_leader == Some(cluster.id)) as i64);
-        self.last_log_index
-            .set(m.last_log_index.unwrap_or(0) as i64);
-        self.commit_index
-            .set(m.local_committed.map(|l| l.index).unwrap_or(0) as i64);
-        self.applied_index
-            .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+        let m = cluster.raft_view();
+        self.term.set(m.term as i64);
+        self.leader_id.set(m.leader.unwrap_or(0) as i64);
+        self.is_leader.set((m.leader == Some(cluster.id)) as i64);
+        self.last_log_index.set(m.last_log_index as i64);
+        self.commit_index.set(m.commit_index as i64);
+        self.applied_index.set(m.applied_index as i64);
         {
-            let st = cluster.state.read().expect("state lock");
+            let st = cluster.state();
             self.kv_revision.set(st.meta.revision as i64);
             self.kv_keys.set(st.key_count() as i64);
             self.sessions.set(st.session_count() as i64);
@@ -385,7 +379,7 @@ impl Metrics {
             }
         }
         self.refresh_gossip(cluster);
-        self.refresh_replication(cluster, &m);
+        self.refresh_replication(cluster);
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

@@ -114,7 +114,7 @@ impl Hub {
     /// present clients. A node that stops renewing loses its clients' presence when the
     /// lease ends on the replicated clock (the leader's tick removes them).
     pub async fn run_presence(self: Arc<Self>, cluster: Arc<Cluster>, shutdown: CancellationToken) {
-        let lease_ms = cluster.config.channels.presence_lease_ms;
+        let lease_ms = cluster.config().channels.presence_lease_ms;
         let mut tick = tokio::time::interval(Duration::from_millis(lease_ms / 3));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

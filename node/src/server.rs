@@ -183,7 +183,7 @@ impl Node {
     /// and dropped.
     pub async fn shutdown(self) {
         // A leader hands over first, so the cluster does not wait out an election timeout.
-        if self.cluster.raft.is_leader() {
+        if self.cluster.is_leader() {
             if let Some(to) = self.cluster.best_successor() {
                 info!(to, "shutting down: transferring leadership");
                 match self.cluster.transfer_leadership(to).await {
@@ -458,23 +458,17 @@ async fn stage_cluster(
 ) -> anyhow::Result<()> {
     info!("start-up stage: cluster");
     let rpc = transport.clone().serve(
-        cluster.raft.clone(),
+        cluster.raft().clone(),
         cluster.clone(),
         life.background.clone(),
     );
     life.spawn("cluster RPC server", rpc);
-    let uninitialized_state = cluster
-        .state
-        .read()
-        .expect("state lock")
-        .meta
-        .cluster_id
-        .is_none();
+    let uninitialized_state = cluster.state().meta.cluster_id.is_none();
     if let Some(token) = founding_token.as_ref().filter(|_| uninitialized_state) {
         found_cluster(config, cluster, identity, token).await?;
     }
     // A restart after a restore that stopped before sealing finishes it now.
-    seal_restored_state(&cluster.raft, identity.node_id, config.data_dir()).await
+    seal_restored_state(&cluster.raft(), identity.node_id, config.data_dir()).await
 }
 
 /// The founding node's first start: initializes Raft with this node alone, records the
@@ -485,7 +479,7 @@ async fn found_cluster(
     identity: &Identity,
     token: &str,
 ) -> anyhow::Result<()> {
-    let raft = &cluster.raft;
+    let raft = &cluster.raft();
     if !raft.is_initialized().await? {
         let members = std::collections::BTreeMap::from([(identity.node_id, cluster.info.clone())]);
         raft.initialize(members)
@@ -670,8 +664,8 @@ impl Lifecycle {
             duties: Vec::new(),
             gossip_counted: tasks.background.token(),
             tasks,
-            inflight: Arc::new(Semaphore::new(cluster.config.api.max_inflight_requests)),
-            raft: cluster.raft.clone(),
+            inflight: Arc::new(Semaphore::new(cluster.config().api.max_inflight_requests)),
+            raft: cluster.raft().clone(),
             gossip_shutdown,
             gossip_task,
             db,

@@ -190,13 +190,13 @@ async fn a_node_joining_after_log_purge_catches_up_from_a_snapshot() {
         .unwrap();
         assert_eq!(s, 200, "{body}");
     }
-    let m = c.nodes[0].as_ref().unwrap().cluster.metrics();
+    let m = c.nodes[0].as_ref().unwrap().cluster.raft_view();
     wait_for(
         "a purged log behind a snapshot",
         Duration::from_secs(20),
         || async {
-            let m = c.nodes[0].as_ref().unwrap().cluster.metrics();
-            m.purged.is_some_and(|p| p.index > 100).then_some(())
+            let m = c.nodes[0].as_ref().unwrap().cluster.raft_view();
+            m.purged_index.is_some_and(|p| p > 100).then_some(())
         },
     )
     .await
@@ -226,7 +226,12 @@ async fn a_node_joining_after_log_purge_catches_up_from_a_snapshot() {
     .unwrap();
     let (s, text, _) = http::get(&http, &base, "snap-0000").await.unwrap();
     assert_eq!((s, text.as_str()), (200, "v0"));
-    let snap = c.nodes[j].as_ref().unwrap().cluster.metrics().snapshot;
+    let snap = c.nodes[j]
+        .as_ref()
+        .unwrap()
+        .cluster
+        .raft_view()
+        .snapshot_index;
     assert!(snap.is_some(), "the joined node installed a snapshot");
     c.shutdown().await;
 }

@@ -132,7 +132,7 @@ async fn a_certificate_from_another_cluster_is_refused_on_both_sides() {
         .as_ref()
         .unwrap()
         .cluster
-        .transport
+        .transport()
         .refused_handshakes();
     let mixed = ClusterTls {
         cert_der: b_creds.cert_der.clone(),
@@ -144,7 +144,7 @@ async fn a_certificate_from_another_cluster_is_refused_on_both_sides() {
         .await
         .expect_err("A must refuse B's certificate");
     assert!(err.to_string().contains("refused"), "{err}");
-    let a_transport = a.nodes[0].as_ref().unwrap().cluster.transport.clone();
+    let a_transport = a.nodes[0].as_ref().unwrap().cluster.transport().clone();
     let reason = wait_for("A to record the refusal", t, || async {
         let (n, why) = a_transport.refused_handshakes();
         (n > before).then_some(why)

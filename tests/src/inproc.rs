@@ -147,7 +147,7 @@ impl InprocCluster {
     /// The index (0-based) of the current leader, as node `from` sees it.
     pub fn leader_index(&self) -> Option<usize> {
         for n in self.nodes.iter().flatten() {
-            if let Some(l) = n.cluster.metrics().current_leader {
+            if let Some(l) = n.cluster.raft_view().leader {
                 return Some(l as usize - 1);
             }
         }

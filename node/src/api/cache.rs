@@ -21,8 +21,8 @@ pub const CACHE_TAGS_MAX: usize = 64;
 
 pub(crate) fn limits(st: &AppState) -> CacheLimits {
     CacheLimits {
-        max_entries: st.cluster.config.cache.max_entries,
-        max_bytes: st.cluster.config.cache.max_bytes,
+        max_entries: st.cluster.config().cache.max_entries,
+        max_bytes: st.cluster.config().cache.max_bytes,
     }
 }
 
@@ -77,7 +77,7 @@ pub async fn set(
     };
     check_tags(&tags)?;
     let idem = idempotency_key(&headers)?;
-    let value = read_body(body, st.cluster.config.limits.max_value_bytes).await?;
+    let value = read_body(body, st.cluster.config().limits.max_value_bytes).await?;
     let command = fenced(
         &p,
         CacheCmd::Set {
@@ -111,7 +111,7 @@ pub async fn set(
 pub async fn get(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
     params(q, &[])?;
     let found = {
-        let state = st.cluster.state.read().expect("state lock");
+        let state = st.cluster.state();
         state.cache_get(&key).map(|e| {
             (
                 e.value.clone(),
@@ -224,7 +224,7 @@ pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Cache
             )))
         }
     };
-    let state = st.cluster.state.read().expect("state lock");
+    let state = st.cluster.state();
     let c = state.cache_counts();
     Ok(Json(CacheStats {
         entries: c.entries,
@@ -232,14 +232,9 @@ pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Cache
         evictions: c.evictions,
         hits: st.metrics.cache_hits.get(),
         misses: st.metrics.cache_misses.get(),
-        max_entries: st.cluster.config.cache.max_entries,
-        max_bytes: st.cluster.config.cache.max_bytes,
-        applied_index: st
-            .cluster
-            .metrics()
-            .last_applied
-            .map(|l| l.index)
-            .unwrap_or(0),
+        max_entries: st.cluster.config().cache.max_entries,
+        max_bytes: st.cluster.config().cache.max_bytes,
+        applied_index: st.cluster.raft_view().applied_index,
         digest: digest.then(|| state.cache_digest()),
     }))
 }

@@ -23,7 +23,7 @@ pub(crate) fn publish_command(
     data: &Value,
 ) -> ApiResult<ChannelCmd> {
     let data = data.to_string();
-    let limit = st.cluster.config.limits.max_value_bytes;
+    let limit = st.cluster.config().limits.max_value_bytes;
     if data.len() > limit {
         return Err(
             ApiError::too_large(format!("data is over the {limit}-byte limit"))
@@ -31,7 +31,7 @@ pub(crate) fn publish_command(
         );
     }
     Ok(ChannelCmd::Publish {
-        retention: st.cluster.config.retention_for(&channel),
+        retention: st.cluster.config().retention_for(&channel),
         channel,
         data,
     })
@@ -99,9 +99,7 @@ pub async fn history(
     read_barrier_unless_stale(&st, &p).await?;
     let h = st
         .cluster
-        .state
-        .read()
-        .expect("state lock")
+        .state()
         .channel_history(&channel, since, limit)
         .ok_or_else(|| ApiError::not_found(format!("no channel {channel:?}")))?;
     let events = h
@@ -144,9 +142,7 @@ pub async fn presence(
     read_barrier_unless_stale(&st, &p).await?;
     let clients = st
         .cluster
-        .state
-        .read()
-        .expect("state lock")
+        .state()
         .presence(&channel)
         .into_iter()
         .map(|c| PresentClient {

@@ -41,7 +41,7 @@ pub async fn kv_history(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<
     let since = u64_param(&p, "since_revision")?.unwrap_or(0);
     let limit = list_limit(&p)?;
     read_barrier_unless_stale(&st, &p).await?;
-    let s = st.cluster.state.read().expect("state lock");
+    let s = st.cluster.state();
     let compacted = |c: raft::state::Compacted| {
         ApiError::conflict(format!(
             "history at or below revision {} has been compacted",

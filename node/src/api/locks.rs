@@ -176,7 +176,7 @@ pub async fn inspect(
 ) -> ApiResult<Json<LockInfo>> {
     let p = params(q, &["consistency"])?;
     read_barrier_unless_stale(&st, &p).await?;
-    let state = st.cluster.state.read().expect("state lock");
+    let state = st.cluster.state();
     let now = state.meta.now_ms;
     let held = state
         .lock(&name)

@@ -137,14 +137,7 @@ pub async fn backup(State(st): St) -> ApiResult<Response> {
     st.cluster.read_barrier().await?;
     let header = crate::backup::Header {
         format: 1,
-        cluster_id: st
-            .cluster
-            .state
-            .read()
-            .expect("state lock")
-            .meta
-            .cluster_id
-            .clone(),
+        cluster_id: st.cluster.state().meta.cluster_id.clone(),
         node_id: st.cluster.id,
         created_ms: crate::cluster::now_ms(),
     };

@@ -36,7 +36,7 @@ pub const VISIBILITY_MS_DEFAULT: u64 = 30_000;
 /// Checks an enqueue and turns it into the replicated form (also used by `/v1/txn`).
 pub(crate) fn enqueue_job(st: &AppState, b: EnqueueRequest) -> ApiResult<Enqueue> {
     let payload = b.payload.to_string();
-    let limit = st.cluster.config.limits.max_value_bytes;
+    let limit = st.cluster.config().limits.max_value_bytes;
     if payload.len() > limit {
         return Err(
             ApiError::too_large(format!("payload is over the {limit}-byte limit"))
@@ -372,7 +372,7 @@ pub async fn get_job(
 ) -> ApiResult<Json<JobInfo>> {
     let id = job_id(&id)?;
     read(&st, q).await?;
-    let state = st.cluster.state.read().expect("state lock");
+    let state = st.cluster.state();
     match state.job(id) {
         Some(j) => Ok(Json(job_info(id, j, state.meta.now_ms))),
         None => Err(ApiError::not_found(format!(
@@ -401,7 +401,7 @@ pub async fn stats(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<QueueStats>> {
     read(&st, q).await?;
-    let state = st.cluster.state.read().expect("state lock");
+    let state = st.cluster.state();
     let s = state.queue_stats(&queue).unwrap_or_default();
     Ok(Json(QueueStats {
         ready: s.ready,
@@ -427,7 +427,7 @@ pub async fn stats(
 )]
 pub async fn list_queues(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<QueueList>> {
     read(&st, q).await?;
-    let state = st.cluster.state.read().expect("state lock");
+    let state = st.cluster.state();
     let queues = state
         .queue_names()
         .into_iter()
@@ -469,7 +469,7 @@ pub async fn dead(
     let p = params(q, &["consistency", "limit"])?;
     let limit = list_limit(&p)?;
     read_barrier_unless_stale(&st, &p).await?;
-    let state = st.cluster.state.read().expect("state lock");
+    let state = st.cluster.state();
     let now = state.meta.now_ms;
     let jobs = state
         .dead_jobs(&queue, limit)
@@ -563,7 +563,7 @@ pub async fn set_schedule(
         return Err(ApiError::bad_request(e).with("field", "cron"));
     }
     let payload = b.payload.to_string();
-    if payload.len() > st.cluster.config.limits.max_value_bytes {
+    if payload.len() > st.cluster.config().limits.max_value_bytes {
         return Err(ApiError::too_large("payload is over the value limit"));
     }
     let max_attempts = b.max_attempts.unwrap_or(MAX_ATTEMPTS_DEFAULT);
@@ -640,7 +640,7 @@ pub async fn list_schedules(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<ScheduleList>> {
     read(&st, q).await?;
-    let state = st.cluster.state.read().expect("state lock");
+    let state = st.cluster.state();
     let schedules = state
         .schedules(&queue)
         .into_iter()

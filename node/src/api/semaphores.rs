@@ -277,7 +277,7 @@ pub async fn inspect(
 ) -> ApiResult<Json<SemaphoreView>> {
     let p = params(q, &["consistency"])?;
     read_barrier_unless_stale(&st, &p).await?;
-    let state = st.cluster.state.read().expect("state lock");
+    let state = st.cluster.state();
     let now = state.meta.now_ms;
     let Some(s) = state.semaphore(&name) else {
         return Err(ApiError::not_found(format!(

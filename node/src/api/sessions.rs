@@ -29,7 +29,7 @@ const LIST_MAX: usize = 1000;
 
 fn data_text(st: &super::AppState, data: &Map<String, Value>) -> ApiResult<String> {
     let text = Value::Object(data.clone()).to_string();
-    let limit = st.cluster.config.limits.max_value_bytes;
+    let limit = st.cluster.config().limits.max_value_bytes;
     if text.len() > limit {
         return Err(
             ApiError::too_large(format!("session data is over the {limit}-byte limit"))
@@ -121,7 +121,7 @@ pub async fn get(State(st): St, Name(id): Name, RawQuery(q): RawQuery) -> ApiRes
 
 /// The session as this node holds it (after a read barrier, or after a write it applied).
 fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Session>> {
-    let state = st.cluster.state.read().expect("state lock");
+    let state = st.cluster.state();
     match state.session(id) {
         Some(s) => Ok(Json(session(id, s, state.meta.now_ms))),
         None => Err(ApiError::not_found("no such session (or it expired)")),
@@ -246,7 +246,7 @@ pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Sessio
     let p = params(q, &["user", "consistency"])?;
     let user = user_param(&p)?;
     read_barrier_unless_stale(&st, &p).await?;
-    let state = st.cluster.state.read().expect("state lock");
+    let state = st.cluster.state();
     let now = state.meta.now_ms;
     let sessions = state
         .sessions_of(&user)

@@ -230,7 +230,7 @@ fn value_of(st: &AppState, op: &TxnValueOp) -> ApiResult<Vec<u8>> {
             )))
         }
     };
-    let limit = st.cluster.config.limits.max_value_bytes;
+    let limit = st.cluster.config().limits.max_value_bytes;
     if value.len() > limit {
         return Err(ApiError::too_large(format!(
             "value of {:?} is over the {limit}-byte limit",

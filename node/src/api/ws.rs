@@ -216,7 +216,7 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
         tx,
         queued: Arc::new(AtomicUsize::new(0)),
         overflowed: Arc::new(AtomicBool::new(false)),
-        limit: st.cluster.config.ws.send_buffer_bytes,
+        limit: st.cluster.config().ws.send_buffer_bytes,
         st: st.clone(),
     };
     let writer_out = out.clone();
@@ -434,13 +434,7 @@ impl Conn {
         if let Some(u) = &user {
             validate_name("user", u)?;
         }
-        let latest = self
-            .st
-            .cluster
-            .state
-            .read()
-            .expect("state lock")
-            .channel_latest_offset(&channel);
+        let latest = self.st.cluster.state().channel_latest_offset(&channel);
         let was_present = self.subs.get(&channel).is_some_and(|s| s.present);
         let sub = match since {
             // Not clamped to `latest`: a lagging node's feed brings the missing events later,
@@ -468,7 +462,7 @@ impl Conn {
                 user,
                 node_id: self.st.cluster.id,
                 incarnation: self.st.hub.incarnation,
-                lease_ms: self.st.cluster.config.channels.presence_lease_ms,
+                lease_ms: self.st.cluster.config().channels.presence_lease_ms,
             };
             match self.st.cluster.write(command, None).await {
                 Ok(ChannelResult::Present) => {
@@ -502,7 +496,7 @@ impl Conn {
             self.check_room()?;
         }
         let (revision, compact) = {
-            let s = self.st.cluster.state.read().expect("state lock");
+            let s = self.st.cluster.state();
             (s.meta.revision, s.compact_revision())
         };
         // `since_revision` R: every change after R. Replaying needs the history from R + 1.
@@ -598,7 +592,7 @@ impl Conn {
     /// Replays the next page of key-value history to catching-up watches. A watch whose
     /// history was compacted meanwhile ends with a `compacted` error; the client watches again.
     fn watch_catch_up_step(&mut self, budget: &mut usize) {
-        let state = self.st.cluster.state.clone();
+        let state = self.st.cluster.state_reader();
         let mut ended = Vec::new();
         for w in self.watches.values_mut().filter(|w| w.catching_up) {
             if *budget == 0 {
@@ -606,7 +600,7 @@ impl Conn {
             }
             let limit = (*budget).max(REVISION_EVENTS_MAX);
             let (page, current) = {
-                let s = state.read().expect("state lock");
+                let s = state.read();
                 (
                     s.kv_events_since(&w.prefix, w.sent_through + 1, limit),
                     s.meta.revision,
@@ -653,10 +647,10 @@ impl Conn {
 
     /// Sends the next page of history to catching-up channels, within the connection's pace.
     fn catch_up_step(&mut self) {
-        let per_sec = self.st.cluster.config.ws.catch_up_events_per_sec;
+        let per_sec = self.st.cluster.config().ws.catch_up_events_per_sec;
         let mut budget = ((per_sec as u128 * CATCH_UP_TICK.as_millis()) / 1000).max(1) as usize;
         self.watch_catch_up_step(&mut budget);
-        let state = self.st.cluster.state.clone();
+        let state = self.st.cluster.state_reader();
         for (channel, sub) in self.subs.iter_mut() {
             if budget == 0 {
                 break;
@@ -665,7 +659,7 @@ impl Conn {
                 continue;
             };
             let page = {
-                let s = state.read().expect("state lock");
+                let s = state.read();
                 s.channel_history(channel, sub.last_sent, budget)
             };
             let done = match page {

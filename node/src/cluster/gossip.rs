@@ -56,7 +56,11 @@ impl Cluster {
     }
 
     /// While this node leads: how it reaches each other member (empty otherwise).
-    pub fn reach_of_members(&self, m: &RaftMetrics<TypeConfig>) -> Vec<MemberReach> {
+    pub fn replication_reach(&self) -> Vec<MemberReach> {
+        self.reach_of_members(&self.metrics())
+    }
+
+    fn reach_of_members(&self, m: &RaftMetrics<TypeConfig>) -> Vec<MemberReach> {
         if m.current_leader != Some(self.id) {
             return Vec::new();
         }

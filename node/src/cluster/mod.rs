@@ -10,6 +10,7 @@
 //! - [`membership`]: operations on Raft itself (remove, promote, transfer, snapshot), run on
 //!   the leader and forwarded there over QUIC.
 //! - [`join`]: joins, join tokens, and the service the transport calls.
+//! - [`status`]: the cluster as this node sees it (`GET /v1/cluster`).
 
 mod autopilot;
 mod gossip;
@@ -17,6 +18,7 @@ mod join;
 mod leader;
 mod membership;
 mod reads;
+mod status;
 mod write;
 
 pub use autopilot::AutopilotAction;
@@ -27,7 +29,7 @@ use reads::ReadBatcher;
 pub use write::WriteError;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::alias::LogIdOf;
@@ -68,18 +70,41 @@ fn unsafe_stale_reads() -> bool {
     *ON
 }
 
+/// Raft's figures as one node sees them (its leader, term and log positions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftView {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+}
+
+/// A read-only handle on the applied state.
+#[derive(Clone)]
+pub struct StateReader(Arc<RwLock<State>>);
+
+impl StateReader {
+    /// Read access; hold it briefly (applies wait for it).
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.0.read().expect("state lock")
+    }
+}
+
 /// A node's handle on the cluster, shared by the API, the transport server and background
 /// tasks.
 pub struct Cluster {
     pub id: NodeId,
     pub info: NodeInfo,
-    pub raft: Raft,
-    pub state: Arc<RwLock<State>>,
-    pub transport: Arc<Transport>,
-    pub tls: ClusterTls,
-    pub config: Config,
+    raft: Raft,
+    state: Arc<RwLock<State>>,
+    transport: Arc<Transport>,
+    tls: ClusterTls,
+    config: Config,
     /// This node's gossip member: liveness and metadata of every node, as seen from here.
-    pub gossip: Arc<Gossip>,
+    gossip: Arc<Gossip>,
     /// Membership changes the autopilot made while this node led, newest last.
     autopilot: Mutex<VecDeque<AutopilotAction>>,
     /// Autopilot actions since start, by action.
@@ -120,8 +145,58 @@ impl Cluster {
         })
     }
 
-    pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
+    fn metrics(&self) -> RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Raft's figures as this node sees them.
+    pub fn raft_view(&self) -> RaftView {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        RaftView {
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+        }
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Read access to this node's applied state; hold it briefly (applies wait for it).
+    pub fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().expect("state lock")
+    }
+
+    /// A read-only handle on the applied state, for tasks that outlive a borrow of the cluster.
+    pub fn state_reader(&self) -> StateReader {
+        StateReader(self.state.clone())
+    }
+
+    /// The cluster transport (per-peer figures, connections).
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// This node's gossip member: liveness and metadata of every node, as seen from here.
+    pub fn gossip(&self) -> &Gossip {
+        &self.gossip
+    }
+
+    /// Whether this node is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    /// The Raft instance, for the node's own start-up and shutdown.
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
     }
 
     /// How recently the leader must have heard from a member to count it reachable: one

@@ -1,0 +1,150 @@
+//! `GET /v1/cluster`: Raft's figures, every member with its liveness and metadata as this
+//! node's gossip sees them and how the leader reaches it, and the autopilot.
+
+use std::collections::BTreeSet;
+
+use raft::{NodeId, NodeInfo};
+use transport::MemberReach;
+
+use super::{load_avg_1m, Cluster};
+use crate::api::model::{Autopilot, AutopilotAction, ClusterStatus, Load, Member, MemberRole};
+
+/// How the leader reaches one member: reachable within the contact window, the age of its
+/// last acknowledgement, its replication lag. All `None` when not known here.
+type LeaderView = (Option<bool>, Option<u64>, Option<u64>);
+
+impl Cluster {
+    /// The cluster as this node sees it; `inflight_requests` is this node's API load.
+    pub fn status(&self, inflight_requests: u64) -> ClusterStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let local = LocalFigures {
+            applied: m.last_applied.map(|l| l.index),
+            load: Load {
+                inflight_requests: Some(inflight_requests),
+                load_avg_1m: Some(load_avg_1m()),
+            },
+        };
+        let reach = self.leader_reach();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let role = if voters.contains(id) {
+                    MemberRole::Voter
+                } else {
+                    MemberRole::Learner
+                };
+                self.member(*id, node, role, &local, self.leader_view(&reach, *id))
+            })
+            .collect();
+        let (cluster_id, revision, compact_revision) = {
+            let s = self.state();
+            (
+                s.meta.cluster_id.clone(),
+                s.meta.revision,
+                s.compact_revision(),
+            )
+        };
+        let view = self.raft_view();
+        ClusterStatus {
+            cluster_id,
+            node_id: self.id,
+            leader_id: view.leader,
+            term: view.term,
+            commit_index: view.commit_index,
+            applied_index: view.applied_index,
+            snapshot_index: view.snapshot_index,
+            purged_index: view.purged_index,
+            revision,
+            compact_revision,
+            members,
+            autopilot: self.autopilot_status(),
+        }
+    }
+
+    /// One member: this node's own figures for itself, else what gossip last said of it.
+    fn member(
+        &self,
+        id: NodeId,
+        node: &NodeInfo,
+        role: MemberRole,
+        local: &LocalFigures,
+        (leader_reaches, leader_contact_ms_ago, replication_lag): LeaderView,
+    ) -> Member {
+        let (gossip, gossip_changed_ms_ago, applied_index, load) = if id == self.id {
+            ("alive", None, local.applied, local.load.clone())
+        } else if let Some(p) = self.gossip.snapshot().get(&id) {
+            let (applied, load) = match &p.meta {
+                Some((meta, _)) => (
+                    Some(meta.applied_index),
+                    Load {
+                        inflight_requests: Some(meta.inflight_requests),
+                        load_avg_1m: Some(meta.load_avg_1m),
+                    },
+                ),
+                None => (None, Load::default()),
+            };
+            let age = p.since.elapsed().as_millis() as u64;
+            (p.liveness.as_str(), Some(age), applied, load)
+        } else {
+            // Not heard of in gossip yet (just joined, or this node just started).
+            ("unknown", None, None, Load::default())
+        };
+        Member {
+            id,
+            api_addr: node.api_addr.clone(),
+            cluster_addr: node.cluster_addr.clone(),
+            role,
+            gossip: gossip.to_string(),
+            gossip_changed_ms_ago,
+            applied_index,
+            load,
+            leader_reaches,
+            leader_contact_ms_ago,
+            replication_lag,
+        }
+    }
+
+    /// How the leader reaches `id`, from its own view or the one it publishes in gossip.
+    fn leader_view(&self, reach: &Option<(NodeId, Vec<MemberReach>)>, id: NodeId) -> LeaderView {
+        let fresh = self.contact_window().as_millis() as u64;
+        match reach {
+            Some((leader, _)) if *leader == id => (Some(true), Some(0), Some(0)),
+            Some((_, members)) => match members.iter().find(|r| r.node == id) {
+                Some(r) => (
+                    Some(r.acked_ms_ago.is_some_and(|a| a <= fresh)),
+                    r.acked_ms_ago,
+                    r.lag,
+                ),
+                None => (None, None, None),
+            },
+            None => (None, None, None),
+        }
+    }
+
+    fn autopilot_status(&self) -> Autopilot {
+        let actions = self
+            .autopilot_actions()
+            .into_iter()
+            .map(|a| AutopilotAction {
+                at_ms: a.at_ms,
+                action: a.action.to_string(),
+                node: a.node,
+                reason: a.reason,
+            })
+            .collect();
+        Autopilot {
+            target_voters: self.config.raft.target_voters as u64,
+            replace_dead: self.config.autopilot.replace_dead,
+            dead_grace_ms: self.config.autopilot.dead_grace_ms,
+            actions,
+        }
+    }
+}
+
+/// This node's own figures, shown for itself instead of its gossip metadata.
+struct LocalFigures {
+    applied: Option<u64>,
+    load: Load,
+}
