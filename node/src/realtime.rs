@@ -179,3 +179,41 @@ async fn abandonable<F: Future<Output = ()>>(task: F, abandon: CancellationToken
         _ = abandon.cancelled() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::state::ChannelEvent;
+
+    fn batch(offset: u64) -> Arc<Vec<LiveEvent>> {
+        let event = ChannelEvent {
+            offset,
+            data: "1".into(),
+            ts_ms: 0,
+        };
+        Arc::new(vec![LiveEvent::Channel {
+            channel: "c".into(),
+            event,
+        }])
+    }
+
+    #[test]
+    fn a_batch_is_rendered_once_for_every_connection_while_it_is_recent() {
+        let (live, _) = broadcast::channel(4);
+        let hub = Hub::new(live, 1);
+        let first = batch(1);
+        let a = hub.rendered(&first);
+        a[0].get_or_init(|| "frame 1".into());
+        let b = hub.rendered(&first);
+        assert!(Arc::ptr_eq(&a, &b), "the same slots for the same batch");
+        assert_eq!(b[0].get().map(|t| t.as_str()), Some("frame 1"));
+        let other = hub.rendered(&batch(2));
+        assert!(other[0].get().is_none(), "another batch has its own slots");
+        for i in 0..RENDERED_BATCHES as u64 {
+            hub.rendered(&batch(3 + i));
+        }
+        let again = hub.rendered(&first);
+        assert!(!Arc::ptr_eq(&a, &again), "an old batch is rendered anew");
+        assert!(again[0].get().is_none());
+    }
+}
