@@ -15,7 +15,10 @@
 //! # Layout
 //! - `Args`: what to run.
 //! - `Hist`: a log-bucketed latency histogram (2% resolution) kept per subscriber, merged.
-//! - `subscriber`, `publisher`, `main`: the clients and the report.
+//! - `subscriber`, `publisher`: the clients; a subscriber speaks the server's own message
+//!   types ([`node::api::ws_protocol`]).
+//! - `main` and the steps it runs in turn (`start_subscribers`, `wait_subscribed`,
+//!   `publish_all`, `collect`), then `report`.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
+use node::api::ws_protocol::{ClientMessage, Event, Request, ServerMessage};
+use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -109,14 +114,19 @@ impl Hist {
     }
 }
 
-/// The publish time carried in an event's data: `"t":<µs>`.
+/// The publish time carried in an event's data: `{"t":<µs>}`.
+#[derive(Deserialize)]
+struct Sent {
+    t: u64,
+}
+
+/// The publish time of an event frame. Read straight into an [`Event`], cheaper than a whole
+/// [`ServerMessage`]: a subscriber reads one per delivered message.
 fn sent_at(text: &str) -> Option<u64> {
-    let i = text.find("\"t\":")? + 4;
-    let digits: String = text[i..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
+    let event: Event = serde_json::from_str(text).ok()?;
+    serde_json::from_str::<Sent>(event.data.get())
+        .ok()
+        .map(|s| s.t)
 }
 
 struct Window {
@@ -135,7 +145,12 @@ async fn subscriber(
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .with_context(|| format!("connecting to {url}"))?;
-    let sub = serde_json::json!({"id": 1, "op": "subscribe", "channel": channel}).to_string();
+    let subscribe = ClientMessage::Subscribe {
+        channel,
+        since: None,
+        user: None,
+    };
+    let sub = serde_json::to_string(&Request::new(1, subscribe))?;
     ws.send(Message::Text(sub.into())).await?;
     let mut hist = Hist::new();
     let mut late = 0;
@@ -149,13 +164,14 @@ async fn subscriber(
         };
         let Message::Text(text) = msg else { continue };
         if !subscribed {
-            if text.as_str().contains("\"ok\":true") {
-                subscribed = true;
-                ready.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if text.as_str().contains("\"error\"") {
-                bail!("subscribe refused: {}", text.as_str());
+            match ServerMessage::parse(text.as_str()) {
+                Ok(ServerMessage::Reply(_)) => {
+                    subscribed = true;
+                    ready.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Ok(ServerMessage::Refusal(_)) => bail!("subscribe refused: {}", text.as_str()),
+                _ => {}
             }
         }
         let Some(t) = sent_at(text.as_str()) else {
@@ -211,11 +227,19 @@ async fn publisher(
     (measured, errors)
 }
 
+/// What the run measured.
+struct Outcome {
+    published: u64,
+    errors: u64,
+    hist: Hist,
+    late: u64,
+    failed: u64,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     let ready = Arc::new(AtomicU64::new(0));
-    let mut subs = JoinSet::new();
     // A simple fixed schedule keeps the code small: everyone subscribes within the first
     // `connect_secs`, warm-up follows, then the measured period.
     let connect_secs = 10 + args.subscribers as u64 / 200;
@@ -224,7 +248,36 @@ async fn main() -> Result<()> {
         start_us: t0 + (connect_secs + args.warmup_secs) * 1_000_000,
         end_us: t0 + (connect_secs + args.warmup_secs + args.duration_secs) * 1_000_000,
     });
+    let subs = start_subscribers(&args, &window, &ready).await;
+    wait_subscribed(&args, &ready, t0, connect_secs).await?;
+    // Publishing starts with the warm-up.
+    let warm_start = window.start_us - args.warmup_secs * 1_000_000;
+    tokio::time::sleep(Duration::from_micros(warm_start.saturating_sub(now_us()))).await;
+    let (published, errors) = publish_all(&args, &window).await?;
+    let (hist, late, failed) = collect(subs).await?;
+    report(
+        &args,
+        &Outcome {
+            published,
+            errors,
+            hist,
+            late,
+            failed,
+        },
+    );
+    Ok(())
+}
+
+type Subscribers = JoinSet<Result<(Hist, u64)>>;
+
+/// Connects the subscribers, spreading the handshakes a little.
+async fn start_subscribers(
+    args: &Args,
+    window: &Arc<Window>,
+    ready: &Arc<AtomicU64>,
+) -> Subscribers {
     let stop_at = window.end_us + 3_000_000;
+    let mut subs = JoinSet::new();
     for i in 0..args.subscribers {
         let base = args.targets[i % args.targets.len()].clone();
         subs.spawn(subscriber(
@@ -235,10 +288,14 @@ async fn main() -> Result<()> {
             stop_at,
         ));
         if i % 50 == 49 {
-            // Spread the handshakes a little.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    subs
+}
+
+/// Waits until every subscriber is subscribed; fails after `connect_secs` from `t0`.
+async fn wait_subscribed(args: &Args, ready: &AtomicU64, t0: u64, connect_secs: u64) -> Result<()> {
     while (ready.load(Ordering::Relaxed) as usize) < args.subscribers {
         if now_us() > t0 + connect_secs * 1_000_000 {
             bail!(
@@ -249,9 +306,11 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Publishing starts with the warm-up.
-    let warm_start = window.start_us - args.warmup_secs * 1_000_000;
-    tokio::time::sleep(Duration::from_micros(warm_start.saturating_sub(now_us()))).await;
+    Ok(())
+}
+
+/// Runs the publish loops to the end of the window: (publishes measured, errors).
+async fn publish_all(args: &Args, window: &Arc<Window>) -> Result<(u64, u64)> {
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -273,6 +332,11 @@ async fn main() -> Result<()> {
         published += m;
         errors += e;
     }
+    Ok((published, errors))
+}
+
+/// Merges the subscribers' histograms: (histogram, late deliveries, failed subscribers).
+async fn collect(mut subs: Subscribers) -> Result<(Hist, u64, u64)> {
     let mut hist = Hist::new();
     let mut late = 0;
     let mut failed = 0;
@@ -288,25 +352,30 @@ async fn main() -> Result<()> {
             }
         }
     }
+    Ok((hist, late, failed))
+}
+
+/// Prints the report (`--json`: one JSON line); `benches/ws.sh` and the docs read it.
+fn report(args: &Args, o: &Outcome) {
     let secs = args.duration_secs as f64;
-    let delivered = hist.count();
-    let expected = published * (args.subscribers as u64 - failed);
-    let out = serde_json::json!({
-        "subscribers": args.subscribers,
-        "nodes": args.targets.len(),
-        "publishers": args.publishers,
-        "publishes_per_sec": published as f64 / secs,
-        "delivered_per_sec": delivered as f64 / secs,
-        "delivered": delivered,
-        "expected": expected,
-        "late_over_1s": late,
-        "failed_subscribers": failed,
-        "publish_errors": errors,
-        "p50_ms": hist.quantile_ms(0.50),
-        "p99_ms": hist.quantile_ms(0.99),
-        "max_bucket_ms": hist.quantile_ms(1.0),
-    });
+    let delivered = o.hist.count();
+    let expected = o.published * (args.subscribers as u64 - o.failed);
     if args.json {
+        let out = serde_json::json!({
+            "subscribers": args.subscribers,
+            "nodes": args.targets.len(),
+            "publishers": args.publishers,
+            "publishes_per_sec": o.published as f64 / secs,
+            "delivered_per_sec": delivered as f64 / secs,
+            "delivered": delivered,
+            "expected": expected,
+            "late_over_1s": o.late,
+            "failed_subscribers": o.failed,
+            "publish_errors": o.errors,
+            "p50_ms": o.hist.quantile_ms(0.50),
+            "p99_ms": o.hist.quantile_ms(0.99),
+            "max_bucket_ms": o.hist.quantile_ms(1.0),
+        });
         println!("{out}");
     } else {
         println!(
@@ -317,15 +386,14 @@ async fn main() -> Result<()> {
             args.targets.len(),
             args.publishers,
             args.duration_secs,
-            published as f64 / secs,
+            o.published as f64 / secs,
             delivered as f64 / secs,
             delivered,
             expected,
-            hist.quantile_ms(0.5),
-            hist.quantile_ms(0.99),
-            hist.quantile_ms(1.0),
-            errors
+            o.hist.quantile_ms(0.5),
+            o.hist.quantile_ms(0.99),
+            o.hist.quantile_ms(1.0),
+            o.errors
         );
     }
-    Ok(())
 }

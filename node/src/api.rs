@@ -21,6 +21,7 @@ pub mod semaphores;
 pub(crate) mod sessions;
 pub(crate) mod txn;
 pub(crate) mod ws;
+pub mod ws_protocol;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -6,15 +6,22 @@
 //! filters them for its subscriptions. The leader only orders the writes; delivery costs it
 //! nothing beyond its own connections.
 //!
+//! An event fanned out to many connections is serialized once: the first connection that
+//! sends it renders its text frame into the batch's slot ([`Hub::rendered`]), the others
+//! share that text.
+//!
 //! Every WebSocket task (a connection, its writer, a publish it waits on) belongs to the hub's
 //! tracker: shutdown closes the connections and waits for those tasks ([`Hub::drain`]).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
 use raft::command::ChannelCmd;
+use raft::state::LiveEvent;
 use raft::LiveBatch;
 use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinHandle;
@@ -38,7 +45,15 @@ pub struct Hub {
     pub connections: Arc<Semaphore>,
     /// Present clients connected to this node; while any, the node renews its lease.
     present_here: AtomicUsize,
+    /// The text frames of the latest batches' events, rendered once for every connection.
+    rendered: Mutex<VecDeque<(Weak<Vec<LiveEvent>>, Rendered)>>,
 }
+
+/// One text frame per event of a batch, each rendered by the first connection that sends it.
+pub type Rendered = Arc<[OnceLock<Utf8Bytes>]>;
+
+/// Batches whose rendered frames are kept; a connection further behind renders its own.
+const RENDERED_BATCHES: usize = 64;
 
 impl Hub {
     pub fn new(live: broadcast::Sender<LiveBatch>, max_connections: usize) -> Arc<Self> {
@@ -50,6 +65,7 @@ impl Hub {
             tasks: TaskTracker::new(),
             connections: Arc::new(Semaphore::new(max_connections)),
             present_here: AtomicUsize::new(0),
+            rendered: Mutex::new(VecDeque::with_capacity(RENDERED_BATCHES)),
         })
     }
 
@@ -102,6 +118,24 @@ impl Hub {
         self.live.subscribe()
     }
 
+    /// The shared text frames of `batch`'s events (slots filled on first use).
+    pub fn rendered(&self, batch: &Arc<Vec<LiveEvent>>) -> Rendered {
+        let mut recent = self.rendered.lock().expect("rendered lock");
+        // A live `Weak` keeps its allocation: an equal pointer is this very batch.
+        if let Some((_, r)) = recent
+            .iter()
+            .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(batch)))
+        {
+            return r.clone();
+        }
+        let r: Rendered = (0..batch.len()).map(|_| OnceLock::new()).collect();
+        if recent.len() == RENDERED_BATCHES {
+            recent.pop_front();
+        }
+        recent.push_back((Arc::downgrade(batch), r.clone()));
+        r
+    }
+
     pub fn presence_joined(&self) {
         self.present_here.fetch_add(1, Ordering::Relaxed);
     }
@@ -143,5 +177,43 @@ async fn abandonable<F: Future<Output = ()>>(task: F, abandon: CancellationToken
     tokio::select! {
         _ = task => {}
         _ = abandon.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::state::ChannelEvent;
+
+    fn batch(offset: u64) -> Arc<Vec<LiveEvent>> {
+        let event = ChannelEvent {
+            offset,
+            data: "1".into(),
+            ts_ms: 0,
+        };
+        Arc::new(vec![LiveEvent::Channel {
+            channel: "c".into(),
+            event,
+        }])
+    }
+
+    #[test]
+    fn a_batch_is_rendered_once_for_every_connection_while_it_is_recent() {
+        let (live, _) = broadcast::channel(4);
+        let hub = Hub::new(live, 1);
+        let first = batch(1);
+        let a = hub.rendered(&first);
+        a[0].get_or_init(|| "frame 1".into());
+        let b = hub.rendered(&first);
+        assert!(Arc::ptr_eq(&a, &b), "the same slots for the same batch");
+        assert_eq!(b[0].get().map(|t| t.as_str()), Some("frame 1"));
+        let other = hub.rendered(&batch(2));
+        assert!(other[0].get().is_none(), "another batch has its own slots");
+        for i in 0..RENDERED_BATCHES as u64 {
+            hub.rendered(&batch(3 + i));
+        }
+        let again = hub.rendered(&first);
+        assert!(!Arc::ptr_eq(&a, &again), "an old batch is rendered anew");
+        assert!(again[0].get().is_none());
     }
 }

@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use node::api::ws_protocol::{
+    ClientMessage, Event, KvEventKind, Push, Recovered, ReplyBody, ServerMessage,
+};
+use node::error::ErrorCode;
 use serde_json::{json, Value};
 use tests::http::{self, wait_for};
 use tests::inproc::InprocCluster;
@@ -27,6 +31,10 @@ fn offsets(events: &[Value]) -> Vec<u64> {
         .collect()
 }
 
+fn event_offsets(events: &[Event]) -> Vec<u64> {
+    events.iter().map(|e| e.offset).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_on_node_3_receives_in_order_what_node_1_publishes() {
     let c = InprocCluster::start(3).await.unwrap();
@@ -34,8 +42,8 @@ async fn a_subscriber_on_node_3_receives_in_order_what_node_1_publishes() {
 
     tracing::info!("phase: subscribe on node 3");
     let mut sub = WsClient::connect(&c.bases[2], "").await.unwrap();
-    let r = sub.subscribe("orders", None).await.unwrap();
-    assert_eq!(r["offset"], 0, "{r}");
+    let latest = sub.subscribe("orders", None).await.unwrap();
+    assert_eq!(latest, 0);
 
     tracing::info!("phase: publish through node 1 over HTTP, WebSocket and a transaction");
     for i in 1..=30u64 {
@@ -46,10 +54,13 @@ async fn a_subscriber_on_node_3_receives_in_order_what_node_1_publishes() {
     }
     let mut pubc = WsClient::connect(&c.bases[0], "").await.unwrap();
     let r = pubc
-        .request(json!({"op": "publish", "channel": "orders", "data": {"n": 31}}))
+        .request(ClientMessage::Publish {
+            channel: "orders".into(),
+            data: json!({"n": 31}),
+        })
         .await
         .unwrap();
-    assert_eq!(r["offset"], 31, "{r}");
+    assert_eq!(r, Ok(ReplyBody::Published { offset: 31 }));
     let (s, v) = http::post_json(
         &http,
         &format!("{}/v1/txn", c.bases[0]),
@@ -64,10 +75,10 @@ async fn a_subscriber_on_node_3_receives_in_order_what_node_1_publishes() {
     tracing::info!("phase: node 3 delivers all 32, in order, with their data");
     let mut others = Vec::new();
     let events = sub.events(32, &mut others).await.unwrap();
-    assert_eq!(offsets(&events), (1..=32).collect::<Vec<_>>());
+    assert_eq!(event_offsets(&events), (1..=32).collect::<Vec<_>>());
     for e in &events {
-        assert_eq!(e["channel"], "orders");
-        assert_eq!(e["data"]["n"], e["offset"]);
+        assert_eq!(e.channel, "orders");
+        assert_eq!(e.data_value()["n"], e.offset);
     }
     assert!(others.is_empty(), "unexpected messages: {others:?}");
 
@@ -107,7 +118,7 @@ async fn resuming_with_since_delivers_exactly_the_missed_events_then_live() {
     }
     let mut others = Vec::new();
     let first = sub.events(5, &mut others).await.unwrap();
-    let last = first.last().unwrap()["offset"].as_u64().unwrap();
+    let last = first.last().unwrap().offset;
     assert_eq!(last, 5);
     sub.close().await;
 
@@ -131,22 +142,32 @@ async fn resuming_with_since_delivers_exactly_the_missed_events_then_live() {
     sub.subscribe("feed", Some(last)).await.unwrap();
     let mut others = Vec::new();
     let missed = sub.events(100, &mut others).await.unwrap();
-    assert_eq!(offsets(&missed), (6..=105).collect::<Vec<_>>());
+    assert_eq!(event_offsets(&missed), (6..=105).collect::<Vec<_>>());
     // Live events published now follow with no gap and no duplicate.
     for i in 106..=110 {
         publish(&http, &c.bases[0], "feed", json!(i)).await;
     }
     let live = sub.events(5, &mut others).await.unwrap();
-    assert_eq!(offsets(&live), (106..=110).collect::<Vec<_>>());
-    let recovered: Vec<&Value> = others.iter().filter(|m| m["type"] == "recovered").collect();
+    assert_eq!(event_offsets(&live), (106..=110).collect::<Vec<_>>());
+    let recovered: Vec<&Recovered> = others
+        .iter()
+        .filter_map(|m| match m {
+            Push::Recovered(r) => Some(r),
+            _ => None,
+        })
+        .collect();
     assert_eq!(recovered.len(), 1, "{others:?}");
-    assert_eq!(recovered[0]["from"], 6);
-    assert_eq!(recovered[0]["to"], 105);
-    assert_eq!(recovered[0]["complete"], true);
+    assert_eq!(
+        (recovered[0].from, recovered[0].to, recovered[0].complete),
+        (6, 105, true)
+    );
     // Nothing else arrives: no duplicate.
     publish(&http, &c.bases[0], "feed", json!("marker")).await;
     let next = sub.next_msg(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(next["offset"], 111, "{next}");
+    assert!(
+        matches!(&next, Push::Event(e) if e.offset == 111),
+        "{next:?}"
+    );
 
     tracing::info!("phase: since older than retention reports complete:false");
     for i in 1..=30 {
@@ -166,14 +187,13 @@ async fn resuming_with_since_delivers_exactly_the_missed_events_then_live() {
     old.subscribe("short/x", Some(3)).await.unwrap();
     let mut others = Vec::new();
     let kept = old.events(10, &mut others).await.unwrap();
-    assert_eq!(offsets(&kept), (21..=30).collect::<Vec<_>>());
+    assert_eq!(event_offsets(&kept), (21..=30).collect::<Vec<_>>());
     let rec = old.next_msg(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(rec["type"], "recovered", "{rec}");
-    assert_eq!(
-        (rec["from"].as_u64(), rec["to"].as_u64()),
-        (Some(4), Some(30))
-    );
-    assert_eq!(rec["complete"], false);
+    let Push::Recovered(rec) = rec else {
+        panic!("not recovered: {rec:?}")
+    };
+    assert_eq!((rec.from, rec.to), (4, 30));
+    assert!(!rec.complete);
     c.shutdown().await;
 }
 
@@ -192,7 +212,7 @@ async fn a_key_watch_delivers_every_later_change_under_its_prefix_in_revision_or
             .await
             .unwrap();
         expected.push((
-            "put",
+            KvEventKind::Put,
             format!("app/early{i}"),
             v["revision"].as_u64().unwrap(),
         ));
@@ -203,18 +223,19 @@ async fn a_key_watch_delivers_every_later_change_under_its_prefix_in_revision_or
 
     tracing::info!("phase: watch app/ on node 2 from revision {start}");
     let mut w = WsClient::connect(&c.bases[1], "").await.unwrap();
-    let r = w
-        .request(json!({"op": "watch", "prefix": "app/", "since_revision": start}))
-        .await
-        .unwrap();
-    assert_eq!(r["ok"], true, "{r}");
+    let r = w.request(watch("app/", start)).await.unwrap();
+    assert!(r.is_ok(), "{r:?}");
 
     tracing::info!("phase: puts, deletes, a transaction and other prefixes through node 1");
     for i in 0..10 {
         let (_, v) = http::put(&http, &c.bases[0], &format!("app%2Fk{i}"), &format!("v{i}"))
             .await
             .unwrap();
-        expected.push(("put", format!("app/k{i}"), v["revision"].as_u64().unwrap()));
+        expected.push((
+            KvEventKind::Put,
+            format!("app/k{i}"),
+            v["revision"].as_u64().unwrap(),
+        ));
         http::put(&http, &c.bases[0], &format!("other%2Fk{i}"), "x")
             .await
             .unwrap();
@@ -227,7 +248,11 @@ async fn a_key_watch_delivers_every_later_change_under_its_prefix_in_revision_or
         .json::<Value>()
         .await
         .unwrap();
-    expected.push(("delete", "app/k3".into(), del["revision"].as_u64().unwrap()));
+    expected.push((
+        KvEventKind::Delete,
+        "app/k3".into(),
+        del["revision"].as_u64().unwrap(),
+    ));
     let (_, t) = http::post_json(
         &http,
         &format!("{}/v1/txn", c.bases[0]),
@@ -237,21 +262,20 @@ async fn a_key_watch_delivers_every_later_change_under_its_prefix_in_revision_or
     )
     .await;
     let rev = t["revision"].as_u64().unwrap();
-    expected.push(("put", "app/t1".into(), rev));
-    expected.push(("delete", "app/k4".into(), rev));
+    expected.push((KvEventKind::Put, "app/t1".into(), rev));
+    expected.push((KvEventKind::Delete, "app/k4".into(), rev));
 
     let mut got = Vec::new();
     while got.len() < expected.len() {
         let m = w.next_msg(Duration::from_secs(10)).await.unwrap();
-        assert_eq!(m["type"], "kv", "{m}");
-        got.push((
-            if m["event"] == "put" { "put" } else { "delete" },
-            m["key"].as_str().unwrap().to_string(),
-            m["revision"].as_u64().unwrap(),
-        ));
-        if m["event"] == "put" && m["key"] == "app/k0" {
-            assert_eq!(m["value"], "djA=", "base64 of v0");
+        let Push::Kv(m) = m else {
+            panic!("not a key change: {m:?}")
+        };
+        assert_eq!(m.prefix, "app/");
+        if m.event == KvEventKind::Put && m.key == "app/k0" {
+            assert_eq!(m.value.as_deref(), Some("djA="), "base64 of v0");
         }
+        got.push((m.event, m.key, m.revision));
     }
     assert_eq!(got, expected);
     assert!(got.iter().all(|(_, _, r)| *r > start));
@@ -276,21 +300,22 @@ async fn a_key_watch_delivers_every_later_change_under_its_prefix_in_revision_or
     )
     .await
     .unwrap();
-    let r = w
-        .request(json!({"op": "watch", "prefix": "x/", "since_revision": start}))
-        .await
-        .unwrap();
-    assert_eq!(r["error"]["code"], "compacted", "{r}");
-    assert_eq!(r["error"]["compact_revision"], start + 5, "{r}");
-    let r = w
-        .request(json!({"op": "watch", "prefix": "x/", "since_revision": start + 5}))
-        .await
-        .unwrap();
-    assert_eq!(
-        r["ok"], true,
-        "watching from the compact revision itself works: {r}"
+    let e = w.request(watch("x/", start)).await.unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::Compacted, "{e:?}");
+    assert_eq!(e.compact_revision, Some(start + 5), "{e:?}");
+    let r = w.request(watch("x/", start + 5)).await.unwrap();
+    assert!(
+        r.is_ok(),
+        "watching from the compact revision itself works: {r:?}"
     );
     c.shutdown().await;
+}
+
+fn watch(prefix: &str, since_revision: u64) -> ClientMessage {
+    ClientMessage::Watch {
+        prefix: prefix.into(),
+        since_revision: Some(since_revision),
+    }
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -321,7 +346,7 @@ async fn a_slow_consumer_is_disconnected_with_its_reason_and_memory_stays_bounde
     let fast_reader = tokio::spawn(async move {
         let mut others = Vec::new();
         let ev = fast.events(N, &mut others).await.unwrap();
-        offsets(&ev)
+        event_offsets(&ev)
     });
 
     tracing::info!("phase: publish {N} events of 30 KiB; the queue never passes its bound");
@@ -362,15 +387,16 @@ async fn a_slow_consumer_is_disconnected_with_its_reason_and_memory_stays_bounde
     let mut reason = None;
     for _ in 0..N + 10 {
         match slow.next(Duration::from_secs(15)).await.unwrap() {
-            Ok(m) if m["type"] == "event" => {
-                let o = m["offset"].as_u64().unwrap();
-                assert_eq!(o, last + 1, "in order, no gap");
-                last = o;
+            Ok(Push::Event(e)) => {
+                assert_eq!(e.offset, last + 1, "in order, no gap");
+                last = e.offset;
             }
             Ok(m) => {
-                assert_eq!(m["type"], "error", "{m}");
-                assert_eq!(m["error"]["code"], "slow_consumer", "{m}");
-                assert_eq!(m["error"]["limit_bytes"], BUFFER, "{m}");
+                let Push::Error(n) = &m else {
+                    panic!("neither an event nor an error: {m:?}")
+                };
+                assert_eq!(n.error.code, ErrorCode::SlowConsumer, "{m:?}");
+                assert_eq!(n.error.limit_bytes, Some(BUFFER as u64), "{m:?}");
             }
             Err(closed) => {
                 reason = Some(closed);
@@ -395,7 +421,10 @@ async fn a_slow_consumer_is_disconnected_with_its_reason_and_memory_stays_bounde
     again.subscribe("big", Some(last)).await.unwrap();
     let mut others = Vec::new();
     let rest = again.events(N - last as usize, &mut others).await.unwrap();
-    assert_eq!(offsets(&rest), (last + 1..=N as u64).collect::<Vec<_>>());
+    assert_eq!(
+        event_offsets(&rest),
+        (last + 1..=N as u64).collect::<Vec<_>>()
+    );
     wait_for(
         "connection gauge to settle",
         Duration::from_secs(10),
@@ -413,5 +442,58 @@ async fn a_slow_consumer_is_disconnected_with_its_reason_and_memory_stays_bounde
     )
     .await
     .unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_is_not_a_valid_request_is_refused_with_bad_request_and_its_id() {
+    let c = InprocCluster::start(1).await.unwrap();
+    let mut ws = WsClient::connect(&c.bases[0], "").await.unwrap();
+    let cases = [
+        (json!({"id": 41, "op": "nope"}), json!(41), "unknown op"),
+        (
+            json!({"id": "s", "op": "subscribe"}),
+            json!("s"),
+            "subscribe without a channel",
+        ),
+        (
+            json!({"id": 43, "op": "publish", "channel": "c"}),
+            json!(43),
+            "publish without data",
+        ),
+        (
+            json!({"id": 44, "op": "publish", "channel": "c", "data": null}),
+            json!(44),
+            "publish with null data",
+        ),
+        (
+            json!({"id": 45, "op": "subscribe", "channel": "c", "offset": 1}),
+            json!(45),
+            "a field subscribe does not take",
+        ),
+        (
+            json!({"op": "ping", "id": 46, "x": 1}),
+            json!(46),
+            "ping with a field",
+        ),
+        (json!({"id": 47}), json!(47), "no op"),
+    ];
+    for (frame, id, what) in cases {
+        let answer = ws.send_text(&frame.to_string(), &id).await.unwrap();
+        let ServerMessage::Refusal(r) = answer else {
+            panic!("{what}: not refused: {answer:?}")
+        };
+        assert_eq!(r.error.code, ErrorCode::BadRequest, "{what}: {r:?}");
+        assert_eq!(r.id, id, "{what}");
+    }
+    tracing::info!("phase: a frame that is not JSON is refused with a null id");
+    let answer = ws.send_text("{\"id\": 48, op", &Value::Null).await.unwrap();
+    assert!(
+        matches!(&answer, ServerMessage::Refusal(r) if r.error.code == ErrorCode::BadRequest),
+        "{answer:?}"
+    );
+    tracing::info!("phase: the connection still serves requests");
+    let r = ws.request(ClientMessage::Ping {}).await.unwrap();
+    assert_eq!(r, Ok(ReplyBody::Pong { pong: true }));
     c.shutdown().await;
 }

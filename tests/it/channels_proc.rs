@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use node::api::ws_protocol::{ClientMessage, Push};
 use serde_json::{json, Value};
 use tests::http::{self, wait_for};
 use tests::process::ProcCluster;
@@ -85,10 +86,14 @@ async fn a_client_whose_node_is_killed_resumes_on_another_node_and_presence_drop
             .await
             .unwrap();
         let r = p
-            .request(json!({"op": "subscribe", "channel": "lobby", "user": format!("user{i}")}))
+            .request(ClientMessage::Subscribe {
+                channel: "lobby".into(),
+                since: None,
+                user: Some(format!("user{i}")),
+            })
             .await
             .unwrap();
-        assert_eq!(r["ok"], true, "{r}");
+        assert!(r.is_ok(), "{r:?}");
         present.push(p);
     }
     let all: BTreeSet<(String, u64)> = (0..3).map(|i| (format!("user{i}"), c.ids[i])).collect();
@@ -114,7 +119,7 @@ async fn a_client_whose_node_is_killed_resumes_on_another_node_and_presence_drop
     let mut got: Vec<u64> = Vec::new();
     let mut ignored = Vec::new();
     for e in sub.events(50, &mut ignored).await.unwrap() {
-        got.push(e["offset"].as_u64().unwrap());
+        got.push(e.offset);
     }
 
     tracing::info!("phase: kill -9 node {}", victim + 1);
@@ -122,7 +127,7 @@ async fn a_client_whose_node_is_killed_resumes_on_another_node_and_presence_drop
     // The client notices its connection ended, then reconnects to the next node of its list.
     loop {
         match sub.next(Duration::from_secs(15)).await.unwrap() {
-            Ok(m) if m["type"] == "event" => got.push(m["offset"].as_u64().unwrap()),
+            Ok(Push::Event(e)) => got.push(e.offset),
             Ok(_) => {}
             Err(_) => break,
         }
@@ -133,8 +138,8 @@ async fn a_client_whose_node_is_killed_resumes_on_another_node_and_presence_drop
     sub.subscribe("ticks", Some(last)).await.unwrap();
     while *got.last().unwrap() < N {
         match sub.next(Duration::from_secs(30)).await.unwrap() {
-            Ok(m) if m["type"] == "event" => got.push(m["offset"].as_u64().unwrap()),
-            Ok(m) => assert_eq!(m["type"], "recovered", "{m}"),
+            Ok(Push::Event(e)) => got.push(e.offset),
+            Ok(m) => assert!(matches!(m, Push::Recovered(_)), "{m:?}"),
             Err(closed) => panic!("connection to a live node closed: {closed:?}"),
         }
     }

@@ -1,5 +1,5 @@
 //! `GET /v1/ws`: channel subscriptions with catch-up, publishing, key watches and presence
-//! over one WebSocket (JSON text frames, shapes in API.md).
+//! over one WebSocket (JSON text frames; every message is a type of [`super::ws_protocol`]).
 //!
 //! Each connection reads the node's feed of applied batches ([`crate::realtime::Hub`]) and
 //! keeps, per subscribed channel, the last offset it sent. The feed is joined when the
@@ -20,19 +20,28 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, CloseFrame, Message, WebSocket};
-use axum::extract::{RawQuery, State, WebSocketUpgrade};
+use axum::extract::ws::{
+    rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket,
+};
+use axum::extract::{RawQuery, State as AxumState, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use raft::command::{ChannelCmd, ChannelResult};
+use raft::state::{ChannelEvent, History, KvEvent, LiveEvent};
 use raft::LiveBatch;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
 use tracing::debug;
 
+use super::ws_protocol::{
+    ClientMessage, Event, KvChange, KvEventKind, Push, Recovered, ReplyBody, Request, ServerMessage,
+};
 use super::{json_body_limit, params, validate_name, AppState, St};
+use crate::cluster::StateReader;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 
 /// How often a catching-up connection is sent its next page of history.
@@ -48,7 +57,7 @@ pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
     get,
     path = "/v1/ws",
     summary = "WebSocket (JSON text frames)",
-    description = "Client to server, each with an id echoed in the reply: {op:subscribe, channel, since?, user?} -> {ok, channel, offset (latest on this node), client_id}; {op:unsubscribe, channel}; {op:publish, channel, data} -> {ok, offset}; {op:watch, prefix, since_revision?} -> {ok, prefix, revision, compact_revision} (error code compacted with compact_revision when since_revision < compact_revision); {op:unwatch, prefix}; {op:ping} -> {ok, pong}. Server to client: {type:event, channel, offset, ts_ms, data}; {type:recovered, channel, from, to, complete} after a catch-up requested with since (complete:false when events after since were trimmed by retention); {type:kv, event:put|delete, key, revision, value (base64, null for delete), prefix}; {type:error, error:{code, message, ...}}. Catch-up is paced (ws_catch_up_events_per_sec, default 10000, and at most half the send queue); a client whose send queue passes ws_send_buffer_bytes (default 4 MiB) gets {type:error, error:{code:slow_consumer, limit_bytes}} and close code 1008, and resumes with since. On shutdown: error going_away and close 1001. More than ws_max_connections (default 10000) connections: 503.",
+    description = "Client to server, each with an id echoed in the reply: {op:subscribe, channel, since?, user?} -> {ok, channel, offset (latest on this node), client_id}; {op:unsubscribe, channel} -> {ok, channel}; {op:publish, channel, data} -> {ok, offset}; {op:watch, prefix?, since_revision?} -> {ok, prefix, revision, compact_revision} (error code compacted with compact_revision when since_revision < compact_revision); {op:unwatch, prefix?} -> {ok, prefix}; {op:ping} -> {ok, pong}. A request that fails is answered {id, error:{code, message, ...}}; a frame that is not a valid request (unknown op, missing or unknown field, not JSON) with code bad_request and its id (null when none could be read). Server to client: {type:event, channel, offset, ts_ms, data}; {type:recovered, channel, from, to, complete} after a catch-up requested with since (complete:false when events after since were trimmed by retention); {type:kv, event:put|delete, key, revision, value (base64, null for delete), prefix}; {type:error, error:{code, message, ...}}. Catch-up is paced (ws_catch_up_events_per_sec, default 10000, and at most half the send queue); a client whose send queue passes ws_send_buffer_bytes (default 4 MiB) gets {type:error, error:{code:slow_consumer, limit_bytes}} and close code 1008, and resumes with since. On shutdown: error going_away and close 1001. More than ws_max_connections (default 10000) connections: 503.",
     params(
         ("client_id" = Option<String>, Query, description = "default: random; used for presence"),
     ),
@@ -59,7 +68,7 @@ pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
     )
 )]
 pub async fn upgrade(
-    State(st): St,
+    AxumState(st): St,
     RawQuery(q): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -104,10 +113,25 @@ struct Outbox {
     st: Arc<AppState>,
 }
 
+/// The writer's end of an [`Outbox`]: messages and their sizes in bytes.
+type Queue = mpsc::UnboundedReceiver<(Message, usize)>;
+
 impl Outbox {
-    /// Queues `text`; past the byte bound the connection is marked overflowed instead.
-    fn push(&self, text: String) -> bool {
-        let n = text.len();
+    fn new(st: &Arc<AppState>) -> (Self, Queue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let out = Outbox {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            overflowed: Arc::new(AtomicBool::new(false)),
+            limit: st.cluster.config().ws.send_buffer_bytes,
+            st: st.clone(),
+        };
+        (out, rx)
+    }
+
+    /// Queues a text frame; past the byte bound the connection is marked overflowed instead.
+    fn push(&self, text: Utf8Bytes) -> bool {
+        let n = text.as_str().len();
         if self.overflowed.load(Ordering::Relaxed) {
             return false;
         }
@@ -116,8 +140,20 @@ impl Outbox {
             self.overflowed.store(true, Ordering::Relaxed);
             return false;
         }
-        self.enqueue(Message::Text(text.into()), n);
+        self.enqueue(Message::Text(text), n);
         true
+    }
+
+    fn send(&self, msg: &ServerMessage) -> bool {
+        self.push(msg.to_text().into())
+    }
+
+    fn reply(&self, id: Value, body: ReplyBody) -> bool {
+        self.send(&ServerMessage::reply(id, body))
+    }
+
+    fn refuse(&self, id: Value, e: ApiError) -> bool {
+        self.send(&ServerMessage::refusal(id, e))
     }
 
     /// Whether a catch-up may queue `n` more bytes: it fills at most half the queue, so a
@@ -140,18 +176,6 @@ impl Outbox {
         self.queued.fetch_sub(n, Ordering::Relaxed);
         self.st.metrics.ws_send_buffer_bytes.sub(n as i64);
     }
-
-    fn reply(&self, id: &Value, mut body: Value) -> bool {
-        body["id"] = id.clone();
-        body["ok"] = json!(true);
-        self.push(body.to_string())
-    }
-
-    fn error(&self, id: &Value, e: ApiError) -> bool {
-        let mut err = e.body();
-        err["id"] = id.clone();
-        self.push(err.to_string())
-    }
 }
 
 /// A subscribed channel.
@@ -172,6 +196,17 @@ struct CatchUp {
     lost: bool,
 }
 
+impl CatchUp {
+    /// Filling a gap the client did not ask about (a lagging feed, a snapshot install).
+    fn gap(from: u64) -> Option<Self> {
+        Some(CatchUp {
+            from,
+            requested: false,
+            lost: false,
+        })
+    }
+}
+
 struct Watch {
     prefix: String,
     /// Every change at or below this revision has been sent (or predates the watch).
@@ -183,19 +218,37 @@ struct Watch {
 /// Most changes one revision holds (a transaction's ops); a replay page never splits one.
 const REVISION_EVENTS_MAX: usize = 2 * super::txn::TXN_OPS_MAX;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClientMsg {
-    #[serde(default)]
-    id: Value,
-    op: String,
-    channel: Option<String>,
-    since: Option<u64>,
-    data: Option<Value>,
-    prefix: Option<String>,
-    since_revision: Option<u64>,
-    /// On subscribe: join the channel's presence as this user.
-    user: Option<String>,
+/// Why the server closes a connection.
+#[derive(Clone, Copy)]
+enum Closing {
+    GoingAway,
+    SlowConsumer,
+}
+
+impl Closing {
+    /// The close frame's code and reason.
+    fn frame(self) -> CloseFrame {
+        let (code, reason) = match self {
+            Closing::GoingAway => (1001, "server shutting down"),
+            Closing::SlowConsumer => (1008, "slow consumer"),
+        };
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The error sent before the close frame.
+    fn error(self, limit: usize) -> ApiError {
+        match self {
+            Closing::GoingAway => ApiError::new(ErrorCode::GoingAway, "server shutting down"),
+            Closing::SlowConsumer => ApiError::new(
+                ErrorCode::SlowConsumer,
+                format!("the connection's send queue passed {limit} bytes; reconnect and resume each channel from its last offset"),
+            )
+            .with("limit_bytes", limit),
+        }
+    }
 }
 
 struct Conn {
@@ -209,49 +262,10 @@ struct Conn {
 async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
     st.metrics.ws_connections.inc();
     // Join the feed first: whatever a later history read misses is still to come on it.
-    let mut feed = st.hub.subscribe();
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Message, usize)>();
-    let out = Outbox {
-        tx,
-        queued: Arc::new(AtomicUsize::new(0)),
-        overflowed: Arc::new(AtomicBool::new(false)),
-        limit: st.cluster.config().ws.send_buffer_bytes,
-        st: st.clone(),
-    };
-    let writer_out = out.clone();
-    let mut writer = st.hub.spawn(async move {
-        // Everything queued is written with one flush: one system call for many messages.
-        let mut batch = Vec::new();
-        'write: while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < WRITE_BATCH_MAX {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
-            }
-            let bytes: usize = batch.iter().map(|(_, n)| n).sum();
-            let close = batch.iter().any(|(m, _)| matches!(m, Message::Close(_)));
-            let count = batch.len() as u64;
-            for (msg, _) in batch.drain(..) {
-                if sink.feed(msg).await.is_err() {
-                    writer_out.release(bytes);
-                    break 'write;
-                }
-            }
-            let flushed = sink.flush().await;
-            writer_out.release(bytes);
-            if flushed.is_err() || close {
-                break;
-            }
-            writer_out.st.metrics.ws_messages_sent.inc_by(count);
-        }
-        // Whatever is still queued is dropped with the connection.
-        while let Ok((_, n)) = rx.try_recv() {
-            writer_out.release(n);
-        }
-    });
+    let feed = st.hub.subscribe();
+    let (sink, stream) = socket.split();
+    let (out, queue) = Outbox::new(&st);
+    let mut writer = st.hub.spawn(write_queue(sink, queue, out.clone()));
     let mut conn = Conn {
         st: st.clone(),
         out: out.clone(),
@@ -259,154 +273,165 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
         subs: BTreeMap::new(),
         watches: BTreeMap::new(),
     };
-    let mut pace = tokio::time::interval(CATCH_UP_TICK);
-    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let shutdown = st.hub.shutdown.clone();
-    let close: Option<(u16, ErrorCode, &str)> = loop {
-        let catching_up = conn.subs.values().any(|s| s.catch_up.is_some())
-            || conn.watches.values().any(|w| w.catching_up);
-        tokio::select! {
-            _ = shutdown.cancelled() => break Some((1001, ErrorCode::GoingAway, "server shutting down")),
-            _ = &mut writer => break None,
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => conn.handle(text.as_str()).await,
-                Some(Ok(Message::Binary(_))) => {
-                    conn.out.error(&Value::Null, ApiError::bad_request("frames must be JSON text"));
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
-                Some(Ok(_)) => {}
-            },
-            batch = feed.recv() => match batch {
-                Ok(LiveBatch::Events(events)) => conn.live(&events),
-                Ok(LiveBatch::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => conn.resync(),
-                Err(broadcast::error::RecvError::Closed) => {
-                    break Some((1001, ErrorCode::GoingAway, "server shutting down"))
-                }
-            },
-            _ = pace.tick(), if catching_up => conn.catch_up_step(),
-        }
-        if out.overflowed.load(Ordering::Relaxed) {
-            break Some((1008, ErrorCode::SlowConsumer, "slow consumer"));
-        }
-    };
-    if let Some((code, reason, text)) = close {
-        let reason = reason.as_str();
-        st.metrics.ws_disconnects.with_label_values(&[reason]).inc();
-        let limit = out.limit;
-        let err = if reason == ErrorCode::SlowConsumer.as_str() {
-            json!({"type": "error", "error": {
-                "code": reason,
-                "message": format!("the connection's send queue passed {limit} bytes; reconnect and resume each channel from its last offset"),
-                "limit_bytes": limit,
-            }})
-        } else {
-            json!({"type": "error", "error": {"code": reason, "message": text}})
-        }
-        .to_string();
-        let n = err.len();
-        out.enqueue(Message::Text(err.into()), n);
-        out.enqueue(
-            Message::Close(Some(CloseFrame {
-                code,
-                reason: text.into(),
-            })),
-            0,
-        );
-        debug!(reason, "closing WebSocket");
-        if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer)
-            .await
-            .is_err()
-        {
-            writer.abort();
-        }
-    } else {
-        writer.abort();
+    match conn.serve(stream, feed, &mut writer).await {
+        Some(closing) => close(&out, closing, writer).await,
+        None => writer.abort(),
     }
     conn.leave_all().await;
     st.metrics.ws_connections.dec();
 }
 
-impl Conn {
-    async fn handle(&mut self, text: &str) {
-        let msg: ClientMsg = match serde_json::from_str(text) {
-            Ok(m) => m,
-            Err(e) => {
-                self.out.error(
-                    &Value::Null,
-                    ApiError::bad_request(format!("bad message: {e}")),
-                );
-                return;
+/// Writes what is queued to the socket until the queue ends, a write fails or the close
+/// frame is written. Whatever is still queued then is dropped with the connection.
+async fn write_queue(mut sink: SplitSink<WebSocket, Message>, mut rx: Queue, out: Outbox) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < WRITE_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
             }
-        };
-        let id = msg.id.clone();
-        if let Err(e) = self.dispatch(msg).await {
-            self.out.error(&id, e);
+        }
+        let bytes: usize = batch.iter().map(|(_, n)| n).sum();
+        let count = batch.len() as u64;
+        let written = write_batch(&mut sink, &mut batch).await;
+        out.release(bytes);
+        match written {
+            Ok(false) => out.st.metrics.ws_messages_sent.inc_by(count),
+            Ok(true) | Err(_) => break,
+        }
+    }
+    while let Ok((_, n)) = rx.try_recv() {
+        out.release(n);
+    }
+}
+
+/// Writes `batch` with one flush (one system call for many messages); answers whether it
+/// held the close frame.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    batch: &mut Vec<(Message, usize)>,
+) -> Result<bool, axum::Error> {
+    let close = batch.iter().any(|(m, _)| matches!(m, Message::Close(_)));
+    for (msg, _) in batch.drain(..) {
+        sink.feed(msg).await?;
+    }
+    sink.flush().await?;
+    Ok(close)
+}
+
+/// Queues the closing error and close frame, and gives the writer a while to send them.
+async fn close(out: &Outbox, closing: Closing, mut writer: JoinHandle<()>) {
+    let error = closing.error(out.limit);
+    let reason = error.code.as_str();
+    out.st
+        .metrics
+        .ws_disconnects
+        .with_label_values(&[reason])
+        .inc();
+    let text = ServerMessage::notice(error).to_text();
+    let n = text.len();
+    out.enqueue(Message::Text(text.into()), n);
+    out.enqueue(Message::Close(Some(closing.frame())), 0);
+    debug!(reason, "closing WebSocket");
+    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+impl Conn {
+    /// Serves the connection until the client goes (`None`) or the server closes it.
+    async fn serve(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut feed: broadcast::Receiver<LiveBatch>,
+        writer: &mut JoinHandle<()>,
+    ) -> Option<Closing> {
+        let mut pace = tokio::time::interval(CATCH_UP_TICK);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.st.hub.shutdown.clone();
+        loop {
+            let catching_up = self.subs.values().any(|s| s.catch_up.is_some())
+                || self.watches.values().any(|w| w.catching_up);
+            tokio::select! {
+                _ = shutdown.cancelled() => return Some(Closing::GoingAway),
+                _ = &mut *writer => return None,
+                frame = stream.next() => if !self.frame(frame).await {
+                    return None;
+                },
+                batch = feed.recv() => if !self.batch(batch) {
+                    return Some(Closing::GoingAway);
+                },
+                _ = pace.tick(), if catching_up => self.catch_up_step(),
+            }
+            if self.out.overflowed.load(Ordering::Relaxed) {
+                return Some(Closing::SlowConsumer);
+            }
         }
     }
 
-    async fn dispatch(&mut self, msg: ClientMsg) -> Result<(), ApiError> {
-        let id = msg.id.clone();
-        match msg.op.as_str() {
-            "ping" => {
-                self.out.reply(&id, json!({ "pong": true }));
+    /// One frame from the client; `false` when the client has gone.
+    async fn frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> bool {
+        match frame {
+            Some(Ok(Message::Text(text))) => self.handle(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
+                let e = ApiError::bad_request("frames must be JSON text");
+                self.out.refuse(Value::Null, e);
             }
-            "subscribe" => {
-                let channel = required_channel(&msg)?;
-                self.subscribe(&id, channel, msg.since, msg.user).await?;
-            }
-            "unsubscribe" => {
-                let channel = required_channel(&msg)?;
-                let Some(sub) = self.subs.remove(&channel) else {
-                    return Err(ApiError::not_found(format!(
-                        "not subscribed to {channel:?}"
-                    )));
-                };
-                if sub.present {
-                    self.leave(&channel).await;
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
+            Some(Ok(_)) => {}
+        }
+        true
+    }
+
+    /// One batch from the feed; `false` when the feed has ended (the node is stopping).
+    fn batch(&mut self, batch: Result<LiveBatch, broadcast::error::RecvError>) -> bool {
+        match batch {
+            Ok(LiveBatch::Events(events)) => self.live(&events),
+            Ok(LiveBatch::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => self.resync(),
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+        true
+    }
+
+    async fn handle(&mut self, text: &str) {
+        match Request::parse(text) {
+            Ok(Request { id, message }) => {
+                if let Err(e) = self.dispatch(id.clone(), message).await {
+                    self.out.refuse(id, e);
                 }
-                self.out.reply(&id, json!({ "channel": channel }));
             }
-            "publish" => {
-                let channel = required_channel(&msg)?;
-                let data = msg
-                    .data
-                    .ok_or_else(|| ApiError::bad_request("publish needs data"))?;
-                let command = super::channels::publish_command(&self.st, channel, &data)?;
-                // Answered from a task so the connection keeps delivering while it commits.
-                let st = self.st.clone();
-                let out = self.out.clone();
-                self.st.hub.spawn(async move {
-                    match st.cluster.write(command, None).await {
-                        Ok(ChannelResult::Published { offset }) => {
-                            out.reply(&id, json!({ "offset": offset }));
-                        }
-                        Ok(other) => {
-                            out.error(&id, other.into());
-                        }
-                        Err(e) => {
-                            out.error(&id, e.into());
-                        }
-                    }
-                });
+            Err((id, e)) => {
+                self.out.refuse(id, e);
             }
-            "watch" => {
-                let prefix = msg.prefix.clone().unwrap_or_default();
-                if prefix.len() > 512 {
-                    return Err(ApiError::bad_request("prefix must be at most 512 bytes"));
-                }
-                self.watch(&id, prefix, msg.since_revision)?;
+        }
+    }
+
+    async fn dispatch(&mut self, id: Value, msg: ClientMessage) -> Result<(), ApiError> {
+        match msg {
+            ClientMessage::Ping {} => {
+                self.out.reply(id, ReplyBody::Pong { pong: true });
             }
-            "unwatch" => {
-                let prefix = msg.prefix.clone().unwrap_or_default();
+            ClientMessage::Subscribe {
+                channel,
+                since,
+                user,
+            } => self.subscribe(id, channel, since, user).await?,
+            ClientMessage::Unsubscribe { channel } => self.unsubscribe(id, channel).await?,
+            ClientMessage::Publish { channel, data } => self.publish(id, channel, data)?,
+            ClientMessage::Watch {
+                prefix,
+                since_revision,
+            } => self.watch(id, prefix, since_revision)?,
+            ClientMessage::Unwatch { prefix } => {
                 if self.watches.remove(&prefix).is_none() {
                     return Err(ApiError::not_found(format!("no watch on {prefix:?}")));
                 }
-                self.out.reply(&id, json!({ "prefix": prefix }));
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown op {other:?} (subscribe, unsubscribe, publish, watch, unwatch, ping)"
-                )))
+                self.out.reply(id, ReplyBody::Unwatched { prefix });
             }
         }
         Ok(())
@@ -423,11 +448,12 @@ impl Conn {
 
     async fn subscribe(
         &mut self,
-        id: &Value,
+        id: Value,
         channel: String,
         since: Option<u64>,
         user: Option<String>,
     ) -> Result<(), ApiError> {
+        validate_name("channel", &channel)?;
         if !self.subs.contains_key(&channel) {
             self.check_room()?;
         }
@@ -435,7 +461,7 @@ impl Conn {
             validate_name("user", u)?;
         }
         let latest = self.st.cluster.state().channel_latest_offset(&channel);
-        let was_present = self.subs.get(&channel).is_some_and(|s| s.present);
+        let present = self.subs.get(&channel).is_some_and(|s| s.present);
         let sub = match since {
             // Not clamped to `latest`: a lagging node's feed brings the missing events later,
             // and clamping would send offsets the client already has.
@@ -446,38 +472,26 @@ impl Conn {
                     requested: true,
                     lost: false,
                 }),
-                present: was_present,
+                present,
             },
             None => Sub {
                 last_sent: latest,
                 catch_up: None,
-                present: was_present,
+                present,
             },
         };
         self.subs.insert(channel.clone(), sub);
-        if let (Some(user), false) = (user, was_present) {
-            let command = ChannelCmd::PresenceJoin {
-                channel: channel.clone(),
-                client_id: self.client_id.clone(),
-                user,
-                node_id: self.st.cluster.id,
-                incarnation: self.st.hub.incarnation,
-                lease_ms: self.st.cluster.config().channels.presence_lease_ms,
-            };
-            match self.st.cluster.write(command, None).await {
-                Ok(ChannelResult::Present) => {
-                    self.st.hub.presence_joined();
-                    if let Some(s) = self.subs.get_mut(&channel) {
-                        s.present = true;
-                    }
-                }
-                Ok(other) => return Err(other.into()),
-                Err(e) => return Err(e.into()),
-            }
+        if let (Some(user), false) = (user, present) {
+            self.join_presence(&channel, user).await?;
         }
+        let client_id = self.client_id.clone();
         self.out.reply(
             id,
-            json!({ "channel": channel, "offset": latest, "client_id": self.client_id }),
+            ReplyBody::Subscribed {
+                channel,
+                offset: latest,
+                client_id,
+            },
         );
         // Start right away rather than on the next tick.
         if since.is_some() {
@@ -486,23 +500,83 @@ impl Conn {
         Ok(())
     }
 
+    async fn join_presence(&mut self, channel: &str, user: String) -> Result<(), ApiError> {
+        let command = ChannelCmd::PresenceJoin {
+            channel: channel.to_string(),
+            client_id: self.client_id.clone(),
+            user,
+            node_id: self.st.cluster.id,
+            incarnation: self.st.hub.incarnation,
+            lease_ms: self.st.cluster.config().channels.presence_lease_ms,
+        };
+        match self.st.cluster.write(command, None).await {
+            Ok(ChannelResult::Present) => {
+                self.st.hub.presence_joined();
+                if let Some(s) = self.subs.get_mut(channel) {
+                    s.present = true;
+                }
+                Ok(())
+            }
+            Ok(other) => Err(other.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn unsubscribe(&mut self, id: Value, channel: String) -> Result<(), ApiError> {
+        validate_name("channel", &channel)?;
+        let Some(sub) = self.subs.remove(&channel) else {
+            return Err(ApiError::not_found(format!(
+                "not subscribed to {channel:?}"
+            )));
+        };
+        if sub.present {
+            self.leave(&channel).await;
+        }
+        self.out.reply(id, ReplyBody::Unsubscribed { channel });
+        Ok(())
+    }
+
+    /// Answered from a task, so the connection keeps delivering while the write commits.
+    fn publish(&self, id: Value, channel: String, data: Value) -> Result<(), ApiError> {
+        validate_name("channel", &channel)?;
+        if data.is_null() {
+            return Err(ApiError::bad_request("publish needs data"));
+        }
+        let command = super::channels::publish_command(&self.st, channel, &data)?;
+        let st = self.st.clone();
+        let out = self.out.clone();
+        self.st.hub.spawn(async move {
+            match st.cluster.write(command, None).await {
+                Ok(ChannelResult::Published { offset }) => {
+                    out.reply(id, ReplyBody::Published { offset })
+                }
+                Ok(other) => out.refuse(id, other.into()),
+                Err(e) => out.refuse(id, e.into()),
+            };
+        });
+        Ok(())
+    }
+
     fn watch(
         &mut self,
-        id: &Value,
+        id: Value,
         prefix: String,
         since_revision: Option<u64>,
     ) -> Result<(), ApiError> {
+        if prefix.len() > 512 {
+            return Err(ApiError::bad_request("prefix must be at most 512 bytes"));
+        }
         if !self.watches.contains_key(&prefix) {
             self.check_room()?;
         }
-        let (revision, compact) = {
+        let (revision, compact_revision) = {
             let s = self.st.cluster.state();
             (s.meta.revision, s.compact_revision())
         };
         // `since_revision` R: every change after R. Replaying needs the history from R + 1.
         let from = since_revision.unwrap_or(revision);
-        if from < compact {
-            return Err(compacted_error(&prefix, from, compact));
+        if from < compact_revision {
+            return Err(compacted_error(&prefix, from, compact_revision));
         }
         self.watches.insert(
             prefix.clone(),
@@ -512,21 +586,24 @@ impl Conn {
                 catching_up: from < revision,
             },
         );
-        self.out.reply(
-            id,
-            json!({ "prefix": prefix, "revision": revision, "compact_revision": compact }),
-        );
+        let body = ReplyBody::Watching {
+            prefix,
+            revision,
+            compact_revision,
+        };
+        self.out.reply(id, body);
         if from < revision {
             self.catch_up_step();
         }
         Ok(())
     }
 
-    /// One applied batch from the feed.
-    fn live(&mut self, events: &[raft::state::LiveEvent]) {
-        use raft::state::LiveEvent;
+    /// One applied batch from the feed. A channel event's text frame is rendered once for
+    /// every connection of the node ([`crate::realtime::Hub::rendered`]).
+    fn live(&mut self, events: &Arc<Vec<LiveEvent>>) {
+        let mut rendered = None;
         let mut max_revision = None;
-        for e in events {
+        for (i, e) in events.iter().enumerate() {
             match e {
                 LiveEvent::Channel { channel, event } => {
                     let Some(sub) = self.subs.get_mut(channel) else {
@@ -536,30 +613,22 @@ impl Conn {
                         // Already sent, or the running catch-up reads it from history.
                         continue;
                     }
-                    if event.offset == sub.last_sent + 1 {
-                        sub.last_sent = event.offset;
-                        if !self.out.push(event_json(channel, event)) {
-                            return;
-                        }
-                    } else {
+                    if event.offset != sub.last_sent + 1 {
                         // Something was missed: fill the gap from history, in order.
-                        sub.catch_up = Some(CatchUp {
-                            from: sub.last_sent + 1,
-                            requested: false,
-                            lost: false,
-                        });
+                        sub.catch_up = CatchUp::gap(sub.last_sent + 1);
+                        continue;
+                    }
+                    sub.last_sent = event.offset;
+                    let texts = rendered.get_or_insert_with(|| self.st.hub.rendered(events));
+                    let text = texts[i].get_or_init(|| event_text(channel, event));
+                    if !self.out.push(text.clone()) {
+                        return;
                     }
                 }
                 LiveEvent::Kv(change) => {
                     max_revision = Some(change.revision);
-                    for w in self.watches.values() {
-                        if !w.catching_up
-                            && change.revision > w.sent_through
-                            && change.key.starts_with(&w.prefix)
-                            && !self.out.push(kv_json(&w.prefix, change))
-                        {
-                            return;
-                        }
+                    if !self.live_kv(change) {
+                        return;
                     }
                 }
             }
@@ -572,16 +641,24 @@ impl Conn {
         }
     }
 
+    /// Sends a live key change to every watch it falls under; `false` once the queue is full.
+    fn live_kv(&self, change: &KvEvent) -> bool {
+        self.watches
+            .values()
+            .filter(|w| {
+                !w.catching_up
+                    && change.revision > w.sent_through
+                    && change.key.starts_with(&w.prefix)
+            })
+            .all(|w| self.out.push(kv_text(&w.prefix, change)))
+    }
+
     /// The feed lagged or the state was replaced: every channel re-reads its history past its
     /// last sent offset, every watch the key-value history past its last sent revision.
     fn resync(&mut self) {
         for sub in self.subs.values_mut() {
             if sub.catch_up.is_none() {
-                sub.catch_up = Some(CatchUp {
-                    from: sub.last_sent + 1,
-                    requested: false,
-                    lost: false,
-                });
+                sub.catch_up = CatchUp::gap(sub.last_sent + 1);
             }
         }
         for w in self.watches.values_mut() {
@@ -598,46 +675,14 @@ impl Conn {
             if *budget == 0 {
                 break;
             }
-            let limit = (*budget).max(REVISION_EVENTS_MAX);
-            let (page, current) = {
-                let s = state.read();
-                (
-                    s.kv_events_since(&w.prefix, w.sent_through + 1, limit),
-                    s.meta.revision,
-                )
-            };
-            let mut events = match page {
-                Ok(e) => e,
-                Err(c) => {
-                    let err = compacted_error(&w.prefix, w.sent_through, c.compact_revision);
-                    let mut body = err.body();
-                    body["type"] = json!("error");
-                    self.out.push(body.to_string());
+            match w.replay(&self.out, &state, budget) {
+                Ok(true) => {}
+                // The client reads slower than the pace: try again next tick.
+                Ok(false) => break,
+                Err(e) => {
+                    self.out.send(&ServerMessage::notice(e));
                     ended.push(w.prefix.clone());
-                    continue;
                 }
-            };
-            let full = events.len() == limit;
-            if full {
-                // The last revision may continue past the page: leave it for the next one.
-                let last = events.last().map(|e| e.revision).unwrap_or(0);
-                events.retain(|e| e.revision != last);
-            }
-            *budget = budget.saturating_sub(events.len());
-            for e in &events {
-                let text = kv_json(&w.prefix, e);
-                if !self.out.has_room_for_replay(text.len()) {
-                    return;
-                }
-                if !self.out.push(text) {
-                    return;
-                }
-                w.sent_through = e.revision;
-            }
-            if !full {
-                // Everything up to `current` has been read: the live feed takes over.
-                w.sent_through = w.sent_through.max(current);
-                w.catching_up = false;
             }
         }
         for prefix in ended {
@@ -655,53 +700,21 @@ impl Conn {
             if budget == 0 {
                 break;
             }
-            let Some(cu) = sub.catch_up.as_mut() else {
+            if sub.catch_up.is_none() {
                 continue;
-            };
+            }
             let page = {
                 let s = state.read();
                 s.channel_history(channel, sub.last_sent, budget)
             };
-            let done = match page {
-                None => true,
-                Some(h) => {
-                    if sub.last_sent + 1 < h.earliest_offset && sub.last_sent < h.latest_offset {
-                        // Trimmed by retention before it could be sent.
-                        cu.lost = true;
-                        sub.last_sent = h.earliest_offset - 1;
-                    }
-                    budget = budget.saturating_sub(h.events.len());
-                    for e in &h.events {
-                        if e.offset <= sub.last_sent {
-                            continue;
-                        }
-                        let text = event_json(channel, e);
-                        if !self.out.has_room_for_replay(text.len()) {
-                            // The client reads slower than the pace: try again next tick.
-                            return;
-                        }
-                        sub.last_sent = e.offset;
-                        if !self.out.push(text) {
-                            return;
-                        }
-                    }
-                    sub.last_sent >= h.latest_offset
-                }
-            };
-            if done {
-                let cu = sub.catch_up.take().expect("catching up");
-                if cu.requested || cu.lost {
-                    let msg = json!({
-                        "type": "recovered",
-                        "channel": channel,
-                        "from": cu.from,
-                        "to": sub.last_sent,
-                        "complete": !cu.lost,
-                    });
-                    if !self.out.push(msg.to_string()) {
+            match sub.replay(&self.out, channel, page, &mut budget) {
+                Some(true) => {
+                    if !sub.end_catch_up(&self.out, channel) {
                         return;
                     }
                 }
+                Some(false) => {}
+                None => return,
             }
         }
     }
@@ -730,24 +743,114 @@ impl Conn {
     }
 }
 
-fn required_channel(msg: &ClientMsg) -> Result<String, ApiError> {
-    let channel = msg
-        .channel
-        .clone()
-        .ok_or_else(|| ApiError::bad_request(format!("{} needs a channel", msg.op)))?;
-    validate_name("channel", &channel)?;
-    Ok(channel)
+impl Sub {
+    /// Queues the events of a history page not sent yet. Answers whether the catch-up has
+    /// reached the end of the history, or `None` when the queue has no room for more now.
+    fn replay(
+        &mut self,
+        out: &Outbox,
+        channel: &str,
+        page: Option<History>,
+        budget: &mut usize,
+    ) -> Option<bool> {
+        let Some(h) = page else {
+            return Some(true);
+        };
+        if self.last_sent + 1 < h.earliest_offset && self.last_sent < h.latest_offset {
+            // Trimmed by retention before it could be sent.
+            if let Some(cu) = self.catch_up.as_mut() {
+                cu.lost = true;
+            }
+            self.last_sent = h.earliest_offset - 1;
+        }
+        *budget = budget.saturating_sub(h.events.len());
+        for e in &h.events {
+            if e.offset <= self.last_sent {
+                continue;
+            }
+            let text = event_text(channel, e);
+            if !out.has_room_for_replay(text.as_str().len()) {
+                // The client reads slower than the pace: try again next tick.
+                return None;
+            }
+            self.last_sent = e.offset;
+            if !out.push(text) {
+                return None;
+            }
+        }
+        Some(self.last_sent >= h.latest_offset)
+    }
+
+    /// Ends the catch-up, telling the client `recovered` when it asked for one or events
+    /// were lost; `false` when the queue is full.
+    fn end_catch_up(&mut self, out: &Outbox, channel: &str) -> bool {
+        let cu = self.catch_up.take().expect("catching up");
+        if !cu.requested && !cu.lost {
+            return true;
+        }
+        out.send(&ServerMessage::Push(Push::Recovered(Recovered {
+            channel: channel.to_string(),
+            from: cu.from,
+            to: self.last_sent,
+            complete: !cu.lost,
+        })))
+    }
 }
 
-fn event_json(channel: &str, e: &raft::state::ChannelEvent) -> String {
-    // `data` is stored as JSON text and embedded as it is.
-    format!(
-        r#"{{"type":"event","channel":{},"offset":{},"ts_ms":{},"data":{}}}"#,
-        Value::String(channel.to_string()),
-        e.offset,
-        e.ts_ms,
-        e.data
-    )
+impl Watch {
+    /// Queues the next page of key-value history past `sent_through` (whole revisions);
+    /// `false` when the queue has no room for more now, the `compacted` error that ends the
+    /// watch when that history is gone.
+    fn replay(
+        &mut self,
+        out: &Outbox,
+        state: &StateReader,
+        budget: &mut usize,
+    ) -> Result<bool, ApiError> {
+        let limit = (*budget).max(REVISION_EVENTS_MAX);
+        let (page, current) = {
+            let s = state.read();
+            let page = s.kv_events_since(&self.prefix, self.sent_through + 1, limit);
+            (page, s.meta.revision)
+        };
+        let mut events =
+            page.map_err(|c| compacted_error(&self.prefix, self.sent_through, c.compact_revision))?;
+        let full = events.len() == limit;
+        if full {
+            // The last revision may continue past the page: leave it for the next one.
+            let last = events.last().map(|e| e.revision).unwrap_or(0);
+            events.retain(|e| e.revision != last);
+        }
+        *budget = budget.saturating_sub(events.len());
+        for e in &events {
+            let text = kv_text(&self.prefix, e);
+            if !out.has_room_for_replay(text.as_str().len()) || !out.push(text) {
+                return Ok(false);
+            }
+            self.sent_through = e.revision;
+        }
+        if !full {
+            // Everything up to `current` has been read: the live feed takes over.
+            self.sent_through = self.sent_through.max(current);
+            self.catching_up = false;
+        }
+        Ok(true)
+    }
+}
+
+/// The text frame of a channel event; its `data` is stored as JSON text and sent as it is.
+fn event_text(channel: &str, e: &ChannelEvent) -> Utf8Bytes {
+    let data = RawValue::from_string(e.data.clone())
+        // Stored from a parsed value, so valid JSON; were it not, it goes as a string.
+        .or_else(|_| serde_json::value::to_raw_value(&e.data))
+        .expect("a string serializes");
+    let event = Event {
+        channel: channel.to_string(),
+        offset: e.offset,
+        ts_ms: e.ts_ms,
+        data,
+    };
+    ServerMessage::Push(Push::Event(event)).to_text().into()
 }
 
 fn compacted_error(prefix: &str, since: u64, compact: u64) -> ApiError {
@@ -761,15 +864,18 @@ fn compacted_error(prefix: &str, since: u64, compact: u64) -> ApiError {
     .with("compact_revision", compact)
 }
 
-fn kv_json(prefix: &str, c: &raft::state::KvEvent) -> String {
+/// The text frame of a key change, for the watch on `prefix`.
+fn kv_text(prefix: &str, c: &KvEvent) -> Utf8Bytes {
     let b64 = base64::engine::general_purpose::STANDARD;
-    json!({
-        "type": "kv",
-        "event": if c.value.is_some() { "put" } else { "delete" },
-        "key": c.key,
-        "revision": c.revision,
-        "value": c.value.as_ref().map(|v| b64.encode(v)),
-        "prefix": prefix,
-    })
-    .to_string()
+    let change = KvChange {
+        event: match c.value {
+            Some(_) => KvEventKind::Put,
+            None => KvEventKind::Delete,
+        },
+        key: c.key.clone(),
+        revision: c.revision,
+        value: c.value.as_ref().map(|v| b64.encode(v)),
+        prefix: prefix.to_string(),
+    };
+    ServerMessage::Push(Push::Kv(change)).to_text().into()
 }
