@@ -468,7 +468,7 @@ async fn stage_cluster(
         found_cluster(config, cluster, identity, token).await?;
     }
     // A restart after a restore that stopped before sealing finishes it now.
-    seal_restored_state(&cluster.raft(), identity.node_id, config.data_dir()).await
+    seal_restored_state(cluster.raft(), identity.node_id, config.data_dir()).await
 }
 
 /// The founding node's first start: initializes Raft with this node alone, records the
