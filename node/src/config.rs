@@ -527,8 +527,15 @@ impl Config {
     /// environment variable) and what it must be. Nothing is clamped.
     pub fn validate(&self) -> Result<(), Invalid> {
         let mut invalid = Invalid::default();
-        let bad = &mut invalid;
+        self.validate_storage_and_api(&mut invalid);
+        self.validate_cluster(&mut invalid);
+        self.validate_raft(&mut invalid);
+        self.validate_limits(&mut invalid);
+        invalid.into_result()
+    }
 
+    /// `storage` and `api`.
+    fn validate_storage_and_api(&self, bad: &mut Invalid) {
         bad.check(self.storage.data_dir.is_some(), "storage.data_dir", || {
             "is required: the directory of the node's state".into()
         });
@@ -553,7 +560,10 @@ impl Config {
             1,
             Some(1_000_000),
         );
+    }
 
+    /// `cluster` and `gossip`: addresses and the join token.
+    fn validate_cluster(&self, bad: &mut Invalid) {
         if let Some(a) = &self.cluster.advertise_addr {
             bad.check(is_host_port(a), "cluster.advertise_addr", || {
                 format!("must be HOST:PORT, not {a:?}")
@@ -580,7 +590,10 @@ impl Config {
                 "must be given: the cluster port is 65535, so port + 1 does not exist".into()
             });
         }
+    }
 
+    /// `raft` timing and size, and `autopilot`.
+    fn validate_raft(&self, bad: &mut Invalid) {
         let raft = &self.raft;
         in_range(
             bad,
@@ -620,7 +633,10 @@ impl Config {
             1_000,
             None,
         );
+    }
 
+    /// `limits`, and the `cache`, `channels` and `ws` bounds that follow from them.
+    fn validate_limits(&self, bad: &mut Invalid) {
         let max_value = self.limits.max_value_bytes;
         in_range(
             bad,
@@ -670,8 +686,6 @@ impl Config {
             None,
         );
         in_range(bad, "ws.max_connections", ws.max_connections, 1, None);
-
-        invalid.into_result()
     }
 
     /// The data directory. Set in every validated config.

@@ -254,20 +254,7 @@ fn op(st: &AppState, op: TxnOp, kv_keys: &mut BTreeSet<String>) -> ApiResult<Com
     Ok(match op {
         TxnOp::Put(p) => {
             once(&p.key)?;
-            if !p.tags.is_empty() {
-                return Err(ApiError::bad_request("tags are for cache_set, not put"));
-            }
-            let ttl_ms = p
-                .ttl_ms
-                .map(|t| check_ms("ttl_ms", t, u64::MAX))
-                .transpose()?;
-            KvCmd::Put {
-                value: value_of(st, &p)?,
-                key: p.key,
-                if_revision: None,
-                ttl_ms,
-            }
-            .into()
+            put_op(st, p)?
         }
         TxnOp::Delete(d) => {
             once(&d.key)?;
@@ -277,22 +264,7 @@ fn op(st: &AppState, op: TxnOp, kv_keys: &mut BTreeSet<String>) -> ApiResult<Com
             }
             .into()
         }
-        TxnOp::CacheSet(c) => {
-            validate_key(&c.key)?;
-            check_tags(&c.tags)?;
-            let ttl_ms = c
-                .ttl_ms
-                .map(|t| check_ms("ttl_ms", t, CACHE_TTL_MS_MAX))
-                .transpose()?;
-            CacheCmd::Set {
-                value: value_of(st, &c)?,
-                key: c.key,
-                ttl_ms,
-                tags: c.tags,
-                limits: limits(st),
-            }
-            .into()
-        }
+        TxnOp::CacheSet(c) => cache_set_op(st, c)?,
         TxnOp::CacheDelete(d) => {
             validate_key(&d.key)?;
             CacheCmd::Delete { key: d.key }.into()
@@ -301,23 +273,7 @@ fn op(st: &AppState, op: TxnOp, kv_keys: &mut BTreeSet<String>) -> ApiResult<Com
             check_tags(&t.tags)?;
             CacheCmd::Invalidate { tags: t.tags }.into()
         }
-        TxnOp::Enqueue(e) => {
-            validate_name("queue", &e.queue)?;
-            let job = EnqueueRequest {
-                payload: e.payload,
-                delay_ms: e.delay_ms,
-                run_at_ms: e.run_at_ms,
-                priority: e.priority,
-                max_attempts: e.max_attempts,
-                backoff_ms: e.backoff_ms,
-                unique_key: e.unique_key,
-            };
-            QueueCmd::Enqueue {
-                queue: e.queue,
-                job: super::queues::enqueue_job(st, job)?,
-            }
-            .into()
-        }
+        TxnOp::Enqueue(e) => enqueue_op(st, e)?,
         TxnOp::Publish(p) => {
             validate_name("channel", &p.channel)?;
             super::channels::publish_command(st, p.channel, &p.data)?.into()
@@ -331,6 +287,58 @@ fn op(st: &AppState, op: TxnOp, kv_keys: &mut BTreeSet<String>) -> ApiResult<Com
             .into()
         }
     })
+}
+
+fn put_op(st: &AppState, p: TxnValueOp) -> ApiResult<Command> {
+    if !p.tags.is_empty() {
+        return Err(ApiError::bad_request("tags are for cache_set, not put"));
+    }
+    let ttl_ms = p
+        .ttl_ms
+        .map(|t| check_ms("ttl_ms", t, u64::MAX))
+        .transpose()?;
+    Ok(KvCmd::Put {
+        value: value_of(st, &p)?,
+        key: p.key,
+        if_revision: None,
+        ttl_ms,
+    }
+    .into())
+}
+
+fn cache_set_op(st: &AppState, c: TxnValueOp) -> ApiResult<Command> {
+    validate_key(&c.key)?;
+    check_tags(&c.tags)?;
+    let ttl_ms = c
+        .ttl_ms
+        .map(|t| check_ms("ttl_ms", t, CACHE_TTL_MS_MAX))
+        .transpose()?;
+    Ok(CacheCmd::Set {
+        value: value_of(st, &c)?,
+        key: c.key,
+        ttl_ms,
+        tags: c.tags,
+        limits: limits(st),
+    }
+    .into())
+}
+
+fn enqueue_op(st: &AppState, e: TxnEnqueueOp) -> ApiResult<Command> {
+    validate_name("queue", &e.queue)?;
+    let job = EnqueueRequest {
+        payload: e.payload,
+        delay_ms: e.delay_ms,
+        run_at_ms: e.run_at_ms,
+        priority: e.priority,
+        max_attempts: e.max_attempts,
+        backoff_ms: e.backoff_ms,
+        unique_key: e.unique_key,
+    };
+    Ok(QueueCmd::Enqueue {
+        queue: e.queue,
+        job: super::queues::enqueue_job(st, job)?,
+    }
+    .into())
 }
 
 fn branch(st: &AppState, name: &str, ops: Vec<TxnOp>) -> ApiResult<Vec<Command>> {
