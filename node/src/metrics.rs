@@ -2,278 +2,183 @@
 
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use transport::Liveness;
 
 use crate::cluster::Cluster;
 
-pub struct Metrics {
-    registry: Registry,
-    requests: IntCounterVec,
-    latency: HistogramVec,
-    term: IntGauge,
-    leader_id: IntGauge,
-    is_leader: IntGauge,
-    last_log_index: IntGauge,
-    commit_index: IntGauge,
-    applied_index: IntGauge,
-    kv_revision: IntGauge,
-    kv_keys: IntGauge,
-    sessions: IntGauge,
-    cache_entries: IntGauge,
-    cache_bytes: IntGauge,
-    cache_evictions: IntGauge,
+/// Every metric of the node, in one table: its field, its type, and how it is made (name,
+/// help, labels). Each is registered as it is made.
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $vis:vis $field:ident: $ty:ty = $make:ident($($arg:expr),* $(,)?);)*) => {
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[$doc])* $vis $field: $ty,)*
+        }
+
+        impl Metrics {
+            pub fn new() -> Self {
+                let registry = Registry::new();
+                Self {
+                    $($field: register(&registry, $make($($arg),*)),)*
+                    registry,
+                }
+            }
+        }
+    };
+}
+
+metrics! {
+    requests: IntCounterVec = counter_vec(
+        "stackd_http_requests_total",
+        "HTTP requests by route, method and status",
+        &["route", "method", "status"],
+    );
+    latency: HistogramVec = histogram_vec(
+        "stackd_http_request_duration_seconds",
+        "HTTP request latency by route and method",
+        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+        &["route", "method"],
+    );
+    term: IntGauge = gauge("stackd_raft_term", "Current Raft term");
+    leader_id: IntGauge = gauge("stackd_raft_leader_id", "Id of the known leader, 0 when none");
+    is_leader: IntGauge = gauge("stackd_raft_is_leader", "1 when this node is the leader");
+    last_log_index: IntGauge =
+        gauge("stackd_raft_last_log_index", "Index of the last entry in the local log");
+    commit_index: IntGauge = gauge("stackd_raft_commit_index", "Highest index known committed");
+    applied_index: IntGauge =
+        gauge("stackd_raft_applied_index", "Highest index applied to the state machine");
+    kv_revision: IntGauge = gauge("stackd_kv_revision", "Current global key-value revision");
+    kv_keys: IntGauge = gauge("stackd_kv_keys", "Number of keys held");
+    sessions: IntGauge = gauge("stackd_sessions", "Live sessions");
+    cache_entries: IntGauge = gauge("stackd_cache_entries", "Entries in the cache");
+    cache_bytes: IntGauge = gauge("stackd_cache_bytes", "Bytes of keys and values in the cache");
+    cache_evictions: IntGauge = gauge(
+        "stackd_cache_evictions",
+        "Entries evicted to stay within the cache bounds, since the cluster began",
+    );
     /// Cache reads served by this node (each node serves its own).
-    pub cache_hits: IntCounter,
-    pub cache_misses: IntCounter,
-    queue_jobs: IntGaugeVec,
+    pub cache_hits: IntCounter =
+        counter("stackd_cache_hits_total", "Cache reads that hit, on this node");
+    pub cache_misses: IntCounter =
+        counter("stackd_cache_misses_total", "Cache reads that missed, on this node");
+    queue_jobs: IntGaugeVec = gauge_vec(
+        "stackd_queue_jobs",
+        "Jobs by queue and state (completed: since created)",
+        &["queue", "state"],
+    );
     // --- gossip and autopilot ---
-    gossip_packets: IntCounterVec,
-    gossip_dropped: IntCounterVec,
-    gossip_members: IntGaugeVec,
-    autopilot_actions: IntCounterVec,
+    gossip_packets: IntCounterVec = counter_vec(
+        "stackd_gossip_packets_total",
+        "Gossip datagrams by direction (received, sent)",
+        &["direction"],
+    );
+    gossip_dropped: IntCounterVec = counter_vec(
+        "stackd_gossip_dropped_packets_total",
+        "Gossip datagrams dropped unread, by reason (unauthenticated: the HMAC tag did not verify; malformed)",
+        &["reason"],
+    );
+    gossip_members: IntGaugeVec = gauge_vec(
+        "stackd_gossip_members",
+        "Other nodes by liveness, as this node's gossip sees them",
+        &["state"],
+    );
+    autopilot_actions: IntCounterVec = counter_vec(
+        "stackd_autopilot_actions_total",
+        "Membership changes made by this node's autopilot while leading, by action",
+        &["action"],
+    );
     // --- cluster transport and replication ---
-    cluster_connects: IntCounterVec,
-    cluster_connections_dropped: IntCounterVec,
-    replication_lag: IntGaugeVec,
-    replication_contact_age: prometheus::GaugeVec,
+    cluster_connects: IntCounterVec = counter_vec(
+        "stackd_cluster_connects_total",
+        "QUIC handshakes this node started towards a peer, by peer address, node id \
+         (empty when any member would do) and result (ok, failed)",
+        &["peer_addr", "node", "result"],
+    );
+    cluster_connections_dropped: IntCounterVec = counter_vec(
+        "stackd_cluster_connections_dropped_total",
+        "Open cluster connections dropped because the peer sent nothing back during a call",
+        &["peer_addr", "node"],
+    );
+    replication_lag: IntGaugeVec = gauge_vec(
+        "stackd_replication_lag_entries",
+        "While this node leads: entries of its log each member has not acknowledged \
+         (-1: none acknowledged yet)",
+        &["node"],
+    );
+    replication_contact_age: GaugeVec = float_gauge_vec(
+        "stackd_replication_contact_age_seconds",
+        "While this node leads: seconds since each member last acknowledged a \
+         heartbeat or an append (-1: never)",
+        &["node"],
+    );
     // --- Channels and WebSocket ---
-    channels: IntGauge,
-    channel_events: IntGauge,
+    channels: IntGauge = gauge("stackd_channels", "Channels ever published");
+    channel_events: IntGauge = gauge(
+        "stackd_channel_events_retained",
+        "Channel events held in history, all channels together",
+    );
     /// Open WebSocket connections on this node.
-    pub ws_connections: IntGauge,
+    pub ws_connections: IntGauge =
+        gauge("stackd_ws_connections", "Open WebSocket connections on this node");
     /// Bytes queued for WebSocket clients on this node, all connections together (each is
     /// bounded by `ws_send_buffer_bytes`).
-    pub ws_send_buffer_bytes: IntGauge,
+    pub ws_send_buffer_bytes: IntGauge = gauge(
+        "stackd_ws_send_buffer_bytes",
+        "Bytes queued for WebSocket clients on this node, all connections together",
+    );
     /// WebSocket messages sent by this node (replies, events, key changes).
-    pub ws_messages_sent: IntCounter,
+    pub ws_messages_sent: IntCounter =
+        counter("stackd_ws_messages_sent_total", "WebSocket messages sent by this node");
     /// WebSocket connections closed by the server, by reason.
-    pub ws_disconnects: IntCounterVec,
+    pub ws_disconnects: IntCounterVec = counter_vec(
+        "stackd_ws_disconnects_total",
+        "WebSocket connections closed by the server, by reason",
+        &["reason"],
+    );
+}
+
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric name is registered once");
+    metric
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric")
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn float_gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram_vec(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric")
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "stackd_http_requests_total",
-                "HTTP requests by route, method and status",
-            ),
-            &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "stackd_http_request_duration_seconds",
-                "HTTP request latency by route and method",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["route", "method"],
-        )
-        .expect("valid metric");
-        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
-        let m = Self {
-            term: gauge("stackd_raft_term", "Current Raft term"),
-            leader_id: gauge(
-                "stackd_raft_leader_id",
-                "Id of the known leader, 0 when none",
-            ),
-            is_leader: gauge("stackd_raft_is_leader", "1 when this node is the leader"),
-            last_log_index: gauge(
-                "stackd_raft_last_log_index",
-                "Index of the last entry in the local log",
-            ),
-            commit_index: gauge("stackd_raft_commit_index", "Highest index known committed"),
-            applied_index: gauge(
-                "stackd_raft_applied_index",
-                "Highest index applied to the state machine",
-            ),
-            kv_revision: gauge("stackd_kv_revision", "Current global key-value revision"),
-            kv_keys: gauge("stackd_kv_keys", "Number of keys held"),
-            sessions: gauge("stackd_sessions", "Live sessions"),
-            cache_entries: gauge("stackd_cache_entries", "Entries in the cache"),
-            cache_bytes: gauge(
-                "stackd_cache_bytes",
-                "Bytes of keys and values in the cache",
-            ),
-            cache_evictions: gauge(
-                "stackd_cache_evictions",
-                "Entries evicted to stay within the cache bounds, since the cluster began",
-            ),
-            cache_hits: IntCounter::new(
-                "stackd_cache_hits_total",
-                "Cache reads that hit, on this node",
-            )
-            .expect("valid metric"),
-            cache_misses: IntCounter::new(
-                "stackd_cache_misses_total",
-                "Cache reads that missed, on this node",
-            )
-            .expect("valid metric"),
-            queue_jobs: IntGaugeVec::new(
-                Opts::new(
-                    "stackd_queue_jobs",
-                    "Jobs by queue and state (completed: since created)",
-                ),
-                &["queue", "state"],
-            )
-            .expect("valid metric"),
-            gossip_packets: IntCounterVec::new(
-                Opts::new(
-                    "stackd_gossip_packets_total",
-                    "Gossip datagrams by direction (received, sent)",
-                ),
-                &["direction"],
-            )
-            .expect("valid metric"),
-            gossip_dropped: IntCounterVec::new(
-                Opts::new(
-                    "stackd_gossip_dropped_packets_total",
-                    "Gossip datagrams dropped unread, by reason (unauthenticated: the HMAC tag did not verify; malformed)",
-                ),
-                &["reason"],
-            )
-            .expect("valid metric"),
-            gossip_members: IntGaugeVec::new(
-                Opts::new(
-                    "stackd_gossip_members",
-                    "Other nodes by liveness, as this node's gossip sees them",
-                ),
-                &["state"],
-            )
-            .expect("valid metric"),
-            autopilot_actions: IntCounterVec::new(
-                Opts::new(
-                    "stackd_autopilot_actions_total",
-                    "Membership changes made by this node's autopilot while leading, by action",
-                ),
-                &["action"],
-            )
-            .expect("valid metric"),
-            cluster_connects: IntCounterVec::new(
-                Opts::new(
-                    "stackd_cluster_connects_total",
-                    "QUIC handshakes this node started towards a peer, by peer address, node id \
-                     (empty when any member would do) and result (ok, failed)",
-                ),
-                &["peer_addr", "node", "result"],
-            )
-            .expect("valid metric"),
-            cluster_connections_dropped: IntCounterVec::new(
-                Opts::new(
-                    "stackd_cluster_connections_dropped_total",
-                    "Open cluster connections dropped because the peer sent nothing back during a call",
-                ),
-                &["peer_addr", "node"],
-            )
-            .expect("valid metric"),
-            replication_lag: IntGaugeVec::new(
-                Opts::new(
-                    "stackd_replication_lag_entries",
-                    "While this node leads: entries of its log each member has not acknowledged \
-                     (-1: none acknowledged yet)",
-                ),
-                &["node"],
-            )
-            .expect("valid metric"),
-            replication_contact_age: prometheus::GaugeVec::new(
-                Opts::new(
-                    "stackd_replication_contact_age_seconds",
-                    "While this node leads: seconds since each member last acknowledged a \
-                     heartbeat or an append (-1: never)",
-                ),
-                &["node"],
-            )
-            .expect("valid metric"),
-            channels: gauge("stackd_channels", "Channels ever published"),
-            channel_events: gauge(
-                "stackd_channel_events_retained",
-                "Channel events held in history, all channels together",
-            ),
-            ws_connections: gauge(
-                "stackd_ws_connections",
-                "Open WebSocket connections on this node",
-            ),
-            ws_send_buffer_bytes: gauge(
-                "stackd_ws_send_buffer_bytes",
-                "Bytes queued for WebSocket clients on this node, all connections together",
-            ),
-            ws_messages_sent: IntCounter::new(
-                "stackd_ws_messages_sent_total",
-                "WebSocket messages sent by this node",
-            )
-            .expect("valid metric"),
-            ws_disconnects: IntCounterVec::new(
-                Opts::new(
-                    "stackd_ws_disconnects_total",
-                    "WebSocket connections closed by the server, by reason",
-                ),
-                &["reason"],
-            )
-            .expect("valid metric"),
-            registry,
-            requests,
-            latency,
-        };
-        m.registry
-            .register(Box::new(m.requests.clone()))
-            .expect("register");
-        m.registry
-            .register(Box::new(m.latency.clone()))
-            .expect("register");
-        for g in [
-            &m.term,
-            &m.leader_id,
-            &m.is_leader,
-            &m.last_log_index,
-            &m.commit_index,
-            &m.applied_index,
-            &m.kv_revision,
-            &m.kv_keys,
-            &m.sessions,
-            &m.cache_entries,
-            &m.cache_bytes,
-            &m.cache_evictions,
-            &m.channels,
-            &m.channel_events,
-            &m.ws_connections,
-            &m.ws_send_buffer_bytes,
-        ] {
-            m.registry.register(Box::new(g.clone())).expect("register");
-        }
-        m.registry
-            .register(Box::new(m.ws_disconnects.clone()))
-            .expect("register");
-        for c in [&m.cache_hits, &m.cache_misses, &m.ws_messages_sent] {
-            m.registry.register(Box::new(c.clone())).expect("register");
-        }
-        m.registry
-            .register(Box::new(m.queue_jobs.clone()))
-            .expect("register");
-        for c in [&m.gossip_packets, &m.gossip_dropped, &m.autopilot_actions] {
-            m.registry.register(Box::new(c.clone())).expect("register");
-        }
-        m.registry
-            .register(Box::new(m.gossip_members.clone()))
-            .expect("register");
-        for c in [&m.cluster_connects, &m.cluster_connections_dropped] {
-            m.registry.register(Box::new(c.clone())).expect("register");
-        }
-        m.registry
-            .register(Box::new(m.replication_lag.clone()))
-            .expect("register");
-        m.registry
-            .register(Box::new(m.replication_contact_age.clone()))
-            .expect("register");
-        m
-    }
-
     /// Brings the cluster transport's per-peer counters and, on the leader, the replication
     /// gauges up to date.
     fn refresh_replication(&self, cluster: &Cluster) {
