@@ -424,6 +424,41 @@ impl Transport {
         }
     }
 
+    /// Reads a snapshot of `total_bytes` that follows the request on its stream and installs
+    /// it; refuses one over the size limit, or whose stream breaks or runs long.
+    async fn install_snapshot(
+        &self,
+        raft: &Raft,
+        vote: openraft::alias::VoteOf<TypeConfig>,
+        meta: openraft::alias::SnapshotMetaOf<TypeConfig>,
+        total_bytes: u64,
+        recv: &mut quinn::RecvStream,
+    ) -> std::result::Result<openraft::raft::SnapshotResponse<TypeConfig>, String> {
+        if total_bytes > self.limits.max_snapshot_bytes {
+            return Err(format!(
+                "snapshot of {total_bytes} bytes is over the {}-byte limit",
+                self.limits.max_snapshot_bytes
+            ));
+        }
+        let mut data = Vec::with_capacity(total_bytes.min(64 << 20) as usize);
+        while (data.len() as u64) < total_bytes {
+            let chunk = frame::read_raw(recv, self.limits.max_frame_bytes)
+                .await
+                .map_err(|e| format!("snapshot stream broken: {e}"))?;
+            data.extend_from_slice(&chunk);
+        }
+        if data.len() as u64 != total_bytes {
+            return Err("snapshot longer than announced".into());
+        }
+        let snapshot = Snapshot {
+            meta,
+            snapshot: std::io::Cursor::new(data),
+        };
+        raft.install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn dispatch<S: Service>(
         &self,
         req: RpcRequest,
@@ -432,19 +467,8 @@ impl Transport {
         service: &S,
         recv: &mut quinn::RecvStream,
     ) -> RpcResponse {
-        match peer {
-            None if !matches!(req, RpcRequest::JoinWithKey { .. }) => {
-                return RpcResponse::Refused(
-                    "not a cluster member: only join is allowed without a node certificate".into(),
-                );
-            }
-            Some(p) => {
-                if let Err(reason) = service.admit_peer(p) {
-                    warn!(peer = %p, %reason, "refused a request from a removed node");
-                    return RpcResponse::Removed(reason);
-                }
-            }
-            None => {}
+        if let Err(refusal) = admit(&req, peer, service) {
+            return refusal;
         }
         match req {
             RpcRequest::Append(r) => {
@@ -463,37 +487,10 @@ impl Transport {
                 vote,
                 meta,
                 total_bytes,
-            } => {
-                if total_bytes > self.limits.max_snapshot_bytes {
-                    return RpcResponse::Snapshot(Err(format!(
-                        "snapshot of {total_bytes} bytes is over the {}-byte limit",
-                        self.limits.max_snapshot_bytes
-                    )));
-                }
-                let mut data = Vec::with_capacity(total_bytes.min(64 << 20) as usize);
-                while (data.len() as u64) < total_bytes {
-                    match frame::read_raw(recv, self.limits.max_frame_bytes).await {
-                        Ok(chunk) => data.extend_from_slice(&chunk),
-                        Err(e) => {
-                            return RpcResponse::Snapshot(Err(format!(
-                                "snapshot stream broken: {e}"
-                            )))
-                        }
-                    }
-                }
-                if data.len() as u64 != total_bytes {
-                    return RpcResponse::Snapshot(Err("snapshot longer than announced".into()));
-                }
-                let snapshot = Snapshot {
-                    meta,
-                    snapshot: std::io::Cursor::new(data),
-                };
-                RpcResponse::Snapshot(
-                    raft.install_full_snapshot(vote, snapshot)
-                        .await
-                        .map_err(|e| e.to_string()),
-                )
-            }
+            } => RpcResponse::Snapshot(
+                self.install_snapshot(raft, vote, meta, total_bytes, recv)
+                    .await,
+            ),
             RpcRequest::Write(r) => RpcResponse::Write(service.forward(r).await),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(service.read_index().await),
             RpcRequest::JoinWithKey {
@@ -536,4 +533,23 @@ pub(crate) fn explain(e: &quinn::ConnectionError) -> String {
         }
     }
     e.to_string()
+}
+
+/// Whether `peer` may send `req`: without a node certificate only a join; a node removed from
+/// the cluster nothing. The refusal to answer otherwise.
+fn admit<S: Service>(
+    req: &RpcRequest,
+    peer: Option<&PeerId>,
+    service: &S,
+) -> std::result::Result<(), RpcResponse> {
+    match peer {
+        None if !matches!(req, RpcRequest::JoinWithKey { .. }) => Err(RpcResponse::Refused(
+            "not a cluster member: only join is allowed without a node certificate".into(),
+        )),
+        Some(p) => service.admit_peer(p).map_err(|reason| {
+            warn!(peer = %p, %reason, "refused a request from a removed node");
+            RpcResponse::Removed(reason)
+        }),
+        None => Ok(()),
+    }
 }
