@@ -192,6 +192,11 @@ impl RawAnswer {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
+
+    /// The body as an answer type.
+    pub fn decode<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_slice(&self.body)
+    }
 }
 
 /// `HOST:PORT` or a URL, as a base URL without a trailing slash.
@@ -369,6 +374,18 @@ impl Client {
             headers: resp.headers().clone(),
             body: resp.bytes().await?,
         })
+    }
+
+    /// [`Client::raw`] with a JSON body: for checks of the status of a well-formed request.
+    pub async fn raw_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl Serialize,
+    ) -> ApiResult<RawAnswer> {
+        let bytes = serde_json::to_vec(body).expect("a serializable body");
+        self.raw(method, path, Some(("application/json", bytes)))
+            .await
     }
 
     // ---- Health ----
