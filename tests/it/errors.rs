@@ -1,6 +1,10 @@
 //! Bad input gets the documented error body and never takes a node down.
+//!
+//! The bad requests are sent as they are (reqwest), and their error bodies read as JSON: they
+//! are what the typed client cannot write. The requests that set a scene use the typed client.
 
-use serde_json::Value;
+use node::api::model::{AcquireRequest, ClaimRequest, EnqueueRequest};
+use serde_json::{json, Value};
 use tests::http;
 use tests::inproc::InprocCluster;
 
@@ -123,18 +127,10 @@ async fn bad_input_gets_documented_errors_and_the_node_keeps_serving() {
     .await;
 
     // Still serving.
-    let (s, body) = http::put(&http, b, "after", "ok").await.unwrap();
-    assert_eq!(s, 200, "{body}");
-    let (s, text, _) = http::get(&http, b, "after").await.unwrap();
-    assert_eq!((s, text.as_str()), (200, "ok"));
-    assert_eq!(
-        http.get(format!("{b}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let api = http::api(b);
+    api.kv_put("after", "ok").await.unwrap();
+    assert_eq!(&api.kv_get("after").await.unwrap().value[..], b"ok");
+    assert_eq!(api.health().await.unwrap().status, "ok");
     c.shutdown().await;
 }
 
@@ -165,14 +161,13 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
         expect_error(post("/v1/locks/L/acquire", body), 400, "bad_request").await;
     }
     expect_error(http.get(format!("{b}/v1/locks/L")), 404, "not_found").await;
-    let v: Value = post("/v1/locks/L/acquire", r#"{"owner":"w1","ttl_ms":60000}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let fence = v["fence"].as_u64().unwrap();
+    let api = http::api(b);
+    let acquire = AcquireRequest {
+        owner: "w1".into(),
+        ttl_ms: 60000,
+        wait_ms: 0,
+    };
+    let fence = api.lock_acquire("L", &acquire).await.unwrap().fence;
     let held = expect_error(
         post("/v1/locks/L/acquire", r#"{"owner":"w2","ttl_ms":1000}"#),
         409,
@@ -359,22 +354,10 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
         "bad_request",
     )
     .await;
-    let v: Value = post("/v1/queues/q/jobs", r#"{"payload":{"x":1}}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = v["id"].as_str().unwrap().to_string();
-    let v: Value = post("/v1/queues/q/claim", r#"{"worker":"w"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let lease = v["jobs"][0]["lease"].as_u64().unwrap();
+    let job: EnqueueRequest = serde_json::from_value(json!({ "payload": { "x": 1 } })).unwrap();
+    let id = api.enqueue("q", &job).await.unwrap().id;
+    let claim: ClaimRequest = serde_json::from_value(json!({ "worker": "w" })).unwrap();
+    let lease = api.claim("q", &claim).await.unwrap().jobs[0].lease;
     let stale = expect_error(
         post(
             &format!("/v1/jobs/{id}/ack"),
@@ -417,9 +400,7 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
     expect_error(http.get(format!("{b}/v1/jobs/999")), 404, "not_found").await;
 
     // Still serving, and nothing above was applied.
-    let (s, _, _) = http::get(&http, b, "f").await.unwrap();
-    assert_eq!(s, 404);
-    let (s, _, _) = http::get(&http, b, "a").await.unwrap();
-    assert_eq!(s, 404);
+    assert_eq!(api.kv_get("f").await.unwrap_err().status(), Some(404));
+    assert_eq!(api.kv_get("a").await.unwrap_err().status(), Some(404));
     c.shutdown().await;
 }
