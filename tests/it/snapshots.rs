@@ -27,7 +27,6 @@ async fn a_node_joining_after_a_log_purge_catches_up_from_a_snapshot() {
     )
     .await
     .unwrap();
-    let http = http::client();
 
     // 10,000 writes through all three nodes.
     let mut tasks = Vec::new();
@@ -104,8 +103,8 @@ async fn a_node_joining_after_a_log_purge_catches_up_from_a_snapshot() {
     );
 
     // It serves all the data, identical to the leader's.
-    let (theirs, n) = kv_digest(&http, &lbase).await.unwrap();
-    let (mine, m) = kv_digest(&http, &joiner.base).await.unwrap();
+    let (theirs, n) = kv_digest(&lapi).await.unwrap();
+    let (mine, m) = kv_digest(&http::api(&joiner.base)).await.unwrap();
     assert_eq!(n, WRITES);
     assert_eq!((mine, m), (theirs, n));
     let snapshot_bytes = std::fs::metadata(

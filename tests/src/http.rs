@@ -1,4 +1,7 @@
-//! HTTP helpers for tests.
+//! HTTP helpers for tests: [`api`], the typed client of a node with the tests' timeout, and
+//! wait-for-state helpers. The untyped helpers at the end (`cluster`, `voters`, `put`, `get`,
+//! `post_json`, `get_json`, `get_text`) read answers as JSON values, for the tests whose
+//! answers have no model type.
 
 use std::time::{Duration, Instant};
 
