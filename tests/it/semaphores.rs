@@ -6,7 +6,7 @@ use std::time::Duration;
 use node::api::client::{ApiResult, Client};
 use node::api::model::TxnRequest;
 use node::api::semaphores::{AcquireBody, Grant, Released};
-use node::error::ErrorCode;
+use node::error::{ErrorBody, ErrorCode};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tests::http::{self, wait_for};
@@ -263,11 +263,11 @@ async fn bad_semaphore_requests_get_clear_errors() {
         )
         .await
         .unwrap();
-    let e = r.json();
+    let e: ErrorBody = r.decode().unwrap_or_else(|e| panic!("{e}: {}", r.json()));
     assert_eq!(
-        (r.status, e["error"]["code"].as_str()),
-        (400, Some("bad_request")),
-        "{e}"
+        (r.status, e.error.code),
+        (400, ErrorCode::BadRequest),
+        "{e:?}"
     );
     let e = api.semaphore_get("nobody").await.unwrap_err();
     assert_eq!(e.status(), Some(404));
