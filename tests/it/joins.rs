@@ -239,10 +239,10 @@ async fn joiners_started_at_the_same_moment_form_a_healthy_cluster() {
         c.join(i).unwrap();
     }
     let apis: Vec<Client> = c.bases.iter().map(|b| http::api(b)).collect();
-    for i in 1..n {
+    for (i, api) in apis.iter().enumerate().skip(1) {
         c.wait_ready(i, Duration::from_secs(60)).await.unwrap();
         // Ready means a linearizable request succeeds through it now.
-        let r = apis[i].kv_put(&format!("together-{i}"), "v").await;
+        let r = api.kv_put(&format!("together-{i}"), "v").await;
         assert!(
             r.is_ok(),
             "a write through node {} once ready: {r:?}",
@@ -255,9 +255,9 @@ async fn joiners_started_at_the_same_moment_form_a_healthy_cluster() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), n, "every node has its own id: {:?}", c.ids);
-    for i in 0..n {
+    for (i, api) in apis.iter().enumerate() {
         for k in 1..n {
-            let r = apis[i].kv_get(&format!("together-{k}")).await;
+            let r = api.kv_get(&format!("together-{k}")).await;
             let got = r.as_ref().map(|v| &v.value[..]).map_err(|e| e.status());
             assert_eq!(got, Ok(&b"v"[..]), "node {} reads key {k}", i + 1);
         }
