@@ -295,7 +295,8 @@ impl Client {
 
     // ---- Plumbing ----
 
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+    /// A request to `path` (and its query) under the base URL, the URL built in one string.
+    fn request(&self, method: Method, path: impl Display) -> RequestBuilder {
         let req = self.http.request(method, format!("{}{path}", self.base));
         match &self.idempotency_key {
             Some(k) => req.header("Idempotency-Key", k),
@@ -303,13 +304,17 @@ impl Client {
         }
     }
 
-    /// A read's path: `consistency` added when this client sets it.
-    fn read(&self, path: Path) -> String {
-        let consistency = self.consistency.map(|c| match c {
+    /// The `consistency` parameter this client sets, if any.
+    fn consistency(&self) -> Option<&'static str> {
+        self.consistency.map(|c| match c {
             Consistency::Linearizable => "linearizable",
             Consistency::Stale => "stale",
-        });
-        path.opt("consistency", consistency).0
+        })
+    }
+
+    /// A read's path: `consistency` added when this client sets it.
+    fn read(&self, path: Path) -> String {
+        path.opt("consistency", self.consistency()).0
     }
 
     /// Sends a request; an answer that is not a success becomes [`ApiError`].
@@ -416,9 +421,18 @@ impl Client {
         format!("/v1/kv/{}", segment(key))
     }
 
+    /// A read of `key`; built without an intermediate path string, as it is a hot path of
+    /// `loadgen`.
     pub async fn kv_get(&self, key: &str) -> ApiResult<KvValue> {
-        let path = self.read(Path::new(Self::kv_path(key)));
-        let resp = self.send(self.request(Method::GET, &path)).await?;
+        let (sep, consistency) = match self.consistency() {
+            Some(c) => ("?consistency=", c),
+            None => ("", ""),
+        };
+        let req = self.request(
+            Method::GET,
+            format_args!("/v1/kv/{}{sep}{consistency}", segment(key)),
+        );
+        let resp = self.send(req).await?;
         let revision = header_u64(&resp, "x-revision").unwrap_or(0);
         Ok(KvValue {
             value: resp.bytes().await?,
@@ -427,7 +441,7 @@ impl Client {
     }
 
     pub async fn kv_put(&self, key: &str, value: impl Into<reqwest::Body>) -> ApiResult<Revision> {
-        let req = self.request(Method::PUT, &Self::kv_path(key));
+        let req = self.request(Method::PUT, format_args!("/v1/kv/{}", segment(key)));
         self.call(req.body(value)).await
     }
 
@@ -564,7 +578,7 @@ impl Client {
     }
 
     pub async fn session_touch(&self, id: &str) -> ApiResult<Session> {
-        let req = self.request(Method::POST, &Self::session_path(id, "/touch"));
+        let req = self.request(Method::POST, Self::session_path(id, "/touch"));
         self.call(req).await
     }
 
@@ -598,9 +612,8 @@ impl Client {
 
     /// A read of this node's cache: a miss is `ApiError::Api` with `NotFound`.
     pub async fn cache_get(&self, key: &str) -> ApiResult<CacheValue> {
-        let resp = self
-            .send(self.request(Method::GET, &Self::cache_path(key)))
-            .await?;
+        let req = self.request(Method::GET, format_args!("/v1/cache/{}", segment(key)));
+        let resp = self.send(req).await?;
         let expires_in_ms = header_u64(&resp, "x-expires-in-ms");
         Ok(CacheValue {
             value: resp.bytes().await?,
