@@ -31,6 +31,8 @@ use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use clap::{Parser, ValueEnum};
+use node::api::client::{ApiError, ApiResult, CacheWrite, Client};
+use node::api::model::{AcquireRequest, ClaimRequest, EnqueueRequest};
 use tokio::task::JoinSet;
 
 /// Load generator for a stackd cluster (and for etcd and Redis, to compare).
@@ -277,71 +279,56 @@ async fn send(req: reqwest::RequestBuilder) -> Outcome {
     }
 }
 
-/// POSTs a JSON body; returns the status and, on success, the answer.
-async fn post_json(
-    client: &reqwest::Client,
-    url: String,
-    body: serde_json::Value,
-) -> Result<(u16, serde_json::Value), reqwest::Error> {
-    let resp = client.post(url).json(&body).send().await?;
-    let status = resp.status().as_u16();
-    let v = resp.json().await.unwrap_or(serde_json::Value::Null);
-    Ok((status, v))
+/// The outcome of a stackd call: a success is 200 (every operation measured answers 200),
+/// an error answer its status, no answer a transport error.
+fn outcome<T>(result: ApiResult<T>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Status(200),
+        Err(ApiError::Transport(e)) => Outcome::Transport(transport_kind(&e), error_chain(&e)),
+        Err(e) => Outcome::Status(e.status().unwrap_or(0)),
+    }
 }
 
-/// Acquire then release `bench-lock-<key>`; the first non-2xx status ends the pair.
-async fn lock_pair(
-    client: &reqwest::Client,
-    target: &str,
-    key: u64,
-) -> Result<u16, reqwest::Error> {
-    let base = format!("{target}/v1/locks/bench-lock-{key}");
-    let (s, v) = post_json(
-        client,
-        format!("{base}/acquire"),
-        serde_json::json!({ "owner": "loadgen", "ttl_ms": 10_000 }),
-    )
-    .await?;
-    if s != 200 {
-        return Ok(s);
-    }
-    let fence = v["fence"].as_u64().unwrap_or(0);
-    let (s, _) = post_json(
-        client,
-        format!("{base}/release"),
-        serde_json::json!({ "fence": fence }),
-    )
-    .await?;
-    Ok(s)
-}
-
-/// Enqueue, claim and ack one job on queue `bench`.
-async fn job_round(client: &reqwest::Client, target: &str) -> Result<u16, reqwest::Error> {
-    let (s, _) = post_json(
-        client,
-        format!("{target}/v1/queues/bench/jobs"),
-        serde_json::json!({ "payload": { "n": 1 } }),
-    )
-    .await?;
-    if s != 201 {
-        return Ok(s);
-    }
-    let (s, v) = post_json(
-        client,
-        format!("{target}/v1/queues/bench/claim"),
-        serde_json::json!({ "worker": "loadgen", "max": 1, "wait_ms": 1000 }),
-    )
-    .await?;
-    let Some(job) = v["jobs"].get(0).filter(|_| s == 200) else {
-        return Ok(if s == 200 { 404 } else { s });
+/// Acquire then release the lock `name`; a failed acquire ends the pair.
+async fn lock_pair(client: &Client, name: &str) -> Outcome {
+    let acquire = AcquireRequest {
+        owner: "loadgen".to_string(),
+        ttl_ms: 10_000,
+        wait_ms: 0,
     };
-    let (s, _) = post_json(
-        client,
-        format!("{target}/v1/jobs/{}/ack", job["id"].as_str().unwrap_or("0")),
-        serde_json::json!({ "lease": job["lease"] }),
-    )
-    .await?;
-    Ok(s)
+    match client.lock_acquire(name, &acquire).await {
+        Ok(grant) => outcome(client.lock_release(name, grant.fence).await),
+        Err(e) => outcome::<()>(Err(e)),
+    }
+}
+
+/// Enqueue, claim and ack one job on queue `bench`; a claim that gets no job is a 404.
+async fn job_round(client: &Client) -> Outcome {
+    let job = EnqueueRequest {
+        payload: serde_json::json!({ "n": 1 }),
+        delay_ms: None,
+        run_at_ms: None,
+        priority: 0,
+        max_attempts: None,
+        backoff_ms: None,
+        unique_key: None,
+    };
+    if let Err(e) = client.enqueue("bench", &job).await {
+        return outcome::<()>(Err(e));
+    }
+    let claim = ClaimRequest {
+        worker: "loadgen".to_string(),
+        max: 1,
+        visibility_ms: None,
+        wait_ms: 1000,
+    };
+    match client.claim("bench", &claim).await {
+        Ok(claimed) => match claimed.jobs.first() {
+            Some(job) => outcome(client.ack(&job.id, job.lease).await),
+            None => Outcome::Status(404),
+        },
+        Err(e) => outcome::<()>(Err(e)),
+    }
 }
 
 /// The value every write sends, in each protocol's encoding. Built once per run.
@@ -353,12 +340,13 @@ struct Value {
 
 /// One worker's connection to one target.
 enum Conn {
-    /// stackd or etcd: requests go through the shared client's keep-alive pool, in which each
-    /// sequential worker keeps one connection busy.
-    Http {
+    /// stackd: the typed client over the shared keep-alive pool, in which each sequential
+    /// worker keeps one connection busy; `name` is the key's name, reused between requests.
+    Stackd { client: Client, name: String },
+    /// etcd: requests go through the shared client's keep-alive pool too.
+    Etcd {
         client: reqwest::Client,
         target: String,
-        protocol: Protocol,
     },
     /// Redis: one TCP connection per worker, opened on first use and after an error.
     Redis {
@@ -371,10 +359,21 @@ enum Conn {
 impl Conn {
     fn new(run: &Run, target: &str) -> Conn {
         match run.protocol {
-            Protocol::Stackd | Protocol::Etcd => Conn::Http {
+            Protocol::Stackd => {
+                let client = Client::with_http(target, run.client.clone());
+                let client = if run.workload == Workload::StaleGet {
+                    client.stale()
+                } else {
+                    client
+                };
+                Conn::Stackd {
+                    client,
+                    name: String::new(),
+                }
+            }
+            Protocol::Etcd => Conn::Etcd {
                 client: run.client.clone(),
                 target: target.to_string(),
-                protocol: run.protocol,
             },
             Protocol::Redis => Conn::Redis {
                 addr: target.trim_start_matches("redis://").to_string(),
@@ -386,106 +385,119 @@ impl Conn {
 
     async fn call(&mut self, workload: Workload, op: Op, key: u64, value: &Value) -> Outcome {
         match self {
-            Conn::Http {
-                client,
-                target,
-                protocol: Protocol::Stackd,
-            } if matches!(workload, Workload::Lock | Workload::Jobs) => {
-                let r = if workload == Workload::Lock {
-                    lock_pair(client, target, key).await
-                } else {
-                    job_round(client, target).await
-                };
-                match r {
-                    Ok(status) => Outcome::Status(status),
-                    Err(e) => Outcome::Transport(transport_kind(&e), error_chain(&e)),
-                }
+            Conn::Stackd { client, name } => {
+                stackd_call(client, name, workload, op, key, value).await
             }
-            Conn::Http {
-                client,
-                target,
-                protocol: Protocol::Stackd,
-            } => {
-                let space = if workload == Workload::CacheGet {
-                    "cache"
-                } else {
-                    "kv"
-                };
-                let stale = if workload == Workload::StaleGet {
-                    "?consistency=stale"
-                } else {
-                    ""
-                };
-                match op {
-                    Op::Put => {
-                        let url = format!("{target}/v1/{space}/bench-{key}");
-                        send(client.put(url).body(value.raw)).await
-                    }
-                    Op::Get => {
-                        let url = format!("{target}/v1/{space}/bench-{key}{stale}");
-                        send(client.get(url)).await
-                    }
-                }
-            }
-            Conn::Http { client, target, .. } => {
-                let key64 = BASE64.encode(format!("bench-{key}"));
-                let (path, body) = match op {
-                    Op::Put => (
-                        "put",
-                        format!(r#"{{"key":"{key64}","value":"{}"}}"#, value.base64),
-                    ),
-                    Op::Get if workload == Workload::StaleGet => (
-                        "range",
-                        format!(r#"{{"key":"{key64}","serializable":true}}"#),
-                    ),
-                    Op::Get => ("range", format!(r#"{{"key":"{key64}"}}"#)),
-                };
-                let req = client
-                    .post(format!("{target}/v3/kv/{path}"))
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body);
-                send(req).await
+            Conn::Etcd { client, target } => {
+                etcd_call(client, target, workload, op, key, value).await
             }
             Conn::Redis {
                 addr,
                 conn,
                 timeout,
-            } => {
-                let name = format!("bench-{key}");
-                let result = tokio::time::timeout(*timeout, async {
-                    if conn.is_none() {
-                        *conn = Some(resp::Connection::connect(addr).await?);
-                    }
-                    let c = conn.as_mut().expect("just connected");
-                    match op {
-                        Op::Put => c.call(&[b"SET", name.as_bytes(), value.raw]).await,
-                        Op::Get => c.call(&[b"GET", name.as_bytes()]).await,
-                    }
-                })
-                .await;
-                match result {
-                    // Mapped onto HTTP statuses so the report reads the same for every protocol.
-                    Ok(Ok(resp::Reply::Value)) => Outcome::Status(200),
-                    Ok(Ok(resp::Reply::Nil)) => Outcome::Status(404),
-                    Ok(Ok(resp::Reply::Error(msg))) => {
-                        Outcome::Transport("redis", format!("{msg} ({addr})"))
-                    }
-                    Ok(Err(e)) => {
-                        *conn = None;
-                        let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                            "connect"
-                        } else {
-                            "other"
-                        };
-                        Outcome::Transport(kind, format!("{e} ({addr})"))
-                    }
-                    Err(_) => {
-                        // The reply may still arrive: the connection is out of step, drop it.
-                        *conn = None;
-                        Outcome::Transport("timeout", format!("timed out ({addr})"))
-                    }
-                }
-            }
+            } => redis_call(addr, conn, *timeout, op, key, value).await,
+        }
+    }
+}
+
+/// One stackd operation on key `bench-<key>` (lock `bench-lock-<key>`).
+async fn stackd_call(
+    client: &Client,
+    name: &mut String,
+    workload: Workload,
+    op: Op,
+    key: u64,
+    value: &Value,
+) -> Outcome {
+    use std::fmt::Write;
+    name.clear();
+    let prefix = if workload == Workload::Lock {
+        "bench-lock-"
+    } else {
+        "bench-"
+    };
+    let _ = write!(name, "{prefix}{key}");
+    match (workload, op) {
+        (Workload::Lock, _) => lock_pair(client, name).await,
+        (Workload::Jobs, _) => job_round(client).await,
+        (Workload::CacheGet, Op::Put) => outcome(
+            client
+                .cache_set(name, value.raw, &CacheWrite::default())
+                .await,
+        ),
+        (Workload::CacheGet, Op::Get) => outcome(client.cache_get(name).await),
+        (_, Op::Put) => outcome(client.kv_put(name, value.raw).await),
+        (_, Op::Get) => outcome(client.kv_get(name).await),
+    }
+}
+
+/// One etcd request through its HTTP/JSON gateway.
+async fn etcd_call(
+    client: &reqwest::Client,
+    target: &str,
+    workload: Workload,
+    op: Op,
+    key: u64,
+    value: &Value,
+) -> Outcome {
+    let key64 = BASE64.encode(format!("bench-{key}"));
+    let (path, body) = match op {
+        Op::Put => (
+            "put",
+            format!(r#"{{"key":"{key64}","value":"{}"}}"#, value.base64),
+        ),
+        Op::Get if workload == Workload::StaleGet => (
+            "range",
+            format!(r#"{{"key":"{key64}","serializable":true}}"#),
+        ),
+        Op::Get => ("range", format!(r#"{{"key":"{key64}"}}"#)),
+    };
+    let req = client
+        .post(format!("{target}/v3/kv/{path}"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    send(req).await
+}
+
+/// One Redis command on its worker's connection.
+async fn redis_call(
+    addr: &str,
+    conn: &mut Option<resp::Connection>,
+    timeout: Duration,
+    op: Op,
+    key: u64,
+    value: &Value,
+) -> Outcome {
+    let name = format!("bench-{key}");
+    let result = tokio::time::timeout(timeout, async {
+        if conn.is_none() {
+            *conn = Some(resp::Connection::connect(addr).await?);
+        }
+        let c = conn.as_mut().expect("just connected");
+        match op {
+            Op::Put => c.call(&[b"SET", name.as_bytes(), value.raw]).await,
+            Op::Get => c.call(&[b"GET", name.as_bytes()]).await,
+        }
+    })
+    .await;
+    match result {
+        // Mapped onto HTTP statuses so the report reads the same for every protocol.
+        Ok(Ok(resp::Reply::Value)) => Outcome::Status(200),
+        Ok(Ok(resp::Reply::Nil)) => Outcome::Status(404),
+        Ok(Ok(resp::Reply::Error(msg))) => Outcome::Transport("redis", format!("{msg} ({addr})")),
+        Ok(Err(e)) => {
+            *conn = None;
+            let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                "connect"
+            } else {
+                "other"
+            };
+            Outcome::Transport(kind, format!("{e} ({addr})"))
+        }
+        Err(_) => {
+            // The reply may still arrive: the connection is out of step, drop it.
+            *conn = None;
+            Outcome::Transport("timeout", format!("timed out ({addr})"))
         }
     }
 }
@@ -732,10 +744,8 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-
+/// The `--targets`, trimmed, checked against the protocol.
+fn checked_targets(args: &Args) -> Result<Vec<String>> {
     let targets: Vec<String> = args
         .targets
         .iter()
@@ -766,11 +776,15 @@ async fn main() -> Result<()> {
             );
         }
     }
-    let connections = args.connections as usize;
+    Ok(targets)
+}
 
+/// The run's shared state before its periods are set; builds the one HTTP client and the
+/// one body of the run.
+fn new_run(args: &Args, targets: Vec<String>) -> Result<Run> {
     let client = reqwest::Client::builder()
         // Each worker keeps its own keep-alive connection; never let the pool evict them.
-        .pool_max_idle_per_host(connections)
+        .pool_max_idle_per_host(args.connections as usize)
         // Benchmarks target local/cluster addresses; an HTTP(S)_PROXY in the env would skew them.
         .no_proxy()
         .tcp_nodelay(true)
@@ -788,40 +802,22 @@ async fn main() -> Result<()> {
         raw,
         base64: BASE64.encode(raw),
     };
-
     let now = Instant::now();
-    let mut run = Run {
+    Ok(Run {
         client,
         protocol: args.protocol,
         timeout: Duration::from_millis(args.timeout_ms),
-        targets: targets.clone(),
+        targets,
         workload: args.workload,
         keys: args.keys,
         value,
         measure_start: now,
         deadline: now,
-    };
-    if args.workload.needs_preload() {
-        let preload_run = Arc::new(run);
-        preload(preload_run.clone(), connections).await?;
-        run = Arc::into_inner(preload_run).context("preload tasks still hold the run")?;
-    }
+    })
+}
 
-    let warmup = Duration::from_secs(args.warmup_secs);
-    let duration = Duration::from_secs(args.duration_secs);
-    let start = Instant::now();
-    run.measure_start = start + warmup;
-    run.deadline = start + warmup + duration;
-    let run = Arc::new(run);
-    eprintln!(
-        "running {} {} with {connections} connections against {} target(s): {}s warmup + {}s measured",
-        args.protocol.name(),
-        args.workload.name(),
-        targets.len(),
-        args.warmup_secs,
-        args.duration_secs,
-    );
-
+/// Runs `connections` workers until the run's deadline and merges what they measured.
+async fn measure(run: Arc<Run>, connections: usize) -> Result<Stats> {
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -834,68 +830,138 @@ async fn main() -> Result<()> {
     while let Some(res) = tasks.join_next().await {
         stats.merge(res.context("worker task panicked")?);
     }
-
     stats.latencies_us.sort_unstable();
-    let ops = stats.latencies_us.len() as u64;
-    let errors = stats.errors();
-    let duration_s = duration.as_secs_f64();
-    let ops_per_sec = ops as f64 / duration_s;
-    let p50 = percentile_ms(&stats.latencies_us, 50.0);
-    let p90 = percentile_ms(&stats.latencies_us, 90.0);
-    let p99 = percentile_ms(&stats.latencies_us, 99.0);
-    let max = stats
-        .latencies_us
-        .last()
-        .map_or(0.0, |&us| us as f64 / 1000.0);
+    Ok(stats)
+}
 
-    let mut responses: Vec<String> = stats
-        .by_status
-        .iter()
-        .map(|(status, n)| format!("{status}: {n}"))
-        .collect();
-    responses.extend(
-        stats
-            .transport_errors
+/// The figures of a run.
+struct Summary {
+    ops: u64,
+    errors: u64,
+    duration_s: f64,
+    ops_per_sec: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    /// `status: n` and `kind error: n`.
+    responses: Vec<String>,
+}
+
+impl Summary {
+    /// From the merged stats (latencies sorted) of a measured period of `duration`.
+    fn new(stats: &Stats, duration: Duration) -> Summary {
+        let ops = stats.latencies_us.len() as u64;
+        let duration_s = duration.as_secs_f64();
+        let mut responses: Vec<String> = stats
+            .by_status
             .iter()
-            .map(|(kind, n)| format!("{kind} error: {n}")),
-    );
-    let report = format!(
-        "workload     {protocol} {workload} ({connections} connections, {duration_s:.1} s measured after {warmup} s warmup)\n\
-         targets      {targets}\n\
-         ops          {ops} ok, {errors} errors\n\
-         throughput   {ops_per_sec:.1} ops/s\n\
-         latency ms   p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  max {max:.3}\n\
-         responses    {responses}",
-        protocol = args.protocol.name(),
-        workload = args.workload.name(),
-        warmup = args.warmup_secs,
-        targets = targets.join(", "),
-        responses = if responses.is_empty() {
-            "none".to_string()
-        } else {
-            responses.join(", ")
-        },
-    );
+            .map(|(status, n)| format!("{status}: {n}"))
+            .collect();
+        responses.extend(
+            stats
+                .transport_errors
+                .iter()
+                .map(|(kind, n)| format!("{kind} error: {n}")),
+        );
+        Summary {
+            ops,
+            errors: stats.errors(),
+            duration_s,
+            ops_per_sec: ops as f64 / duration_s,
+            p50: percentile_ms(&stats.latencies_us, 50.0),
+            p90: percentile_ms(&stats.latencies_us, 90.0),
+            p99: percentile_ms(&stats.latencies_us, 99.0),
+            max: stats
+                .latencies_us
+                .last()
+                .map_or(0.0, |&us| us as f64 / 1000.0),
+            responses,
+        }
+    }
 
+    /// The human-readable report.
+    fn report(&self, args: &Args, targets: &[String]) -> String {
+        format!(
+            "workload     {protocol} {workload} ({connections} connections, {duration_s:.1} s measured after {warmup} s warmup)\n\
+             targets      {targets}\n\
+             ops          {ops} ok, {errors} errors\n\
+             throughput   {ops_per_sec:.1} ops/s\n\
+             latency ms   p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  max {max:.3}\n\
+             responses    {responses}",
+            protocol = args.protocol.name(),
+            workload = args.workload.name(),
+            connections = args.connections,
+            duration_s = self.duration_s,
+            warmup = args.warmup_secs,
+            targets = targets.join(", "),
+            ops = self.ops,
+            errors = self.errors,
+            ops_per_sec = self.ops_per_sec,
+            p50 = self.p50,
+            p90 = self.p90,
+            p99 = self.p99,
+            max = self.max,
+            responses = if self.responses.is_empty() {
+                "none".to_string()
+            } else {
+                self.responses.join(", ")
+            },
+        )
+    }
+
+    /// The `--json` line.
+    fn json(&self, args: &Args) -> serde_json::Value {
+        serde_json::json!({
+            "workload": args.workload.name(),
+            "protocol": args.protocol.name(),
+            "connections": args.connections as usize,
+            "duration_s": self.duration_s,
+            "ops": self.ops,
+            "errors": self.errors,
+            "ops_per_sec": round3(self.ops_per_sec),
+            "p50_ms": self.p50,
+            "p90_ms": self.p90,
+            "p99_ms": self.p99,
+            "max_ms": self.max,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let targets = checked_targets(&args)?;
+    let connections = args.connections as usize;
+    let mut run = new_run(&args, targets.clone())?;
+    if args.workload.needs_preload() {
+        let preload_run = Arc::new(run);
+        preload(preload_run.clone(), connections).await?;
+        run = Arc::into_inner(preload_run).context("preload tasks still hold the run")?;
+    }
+
+    let warmup = Duration::from_secs(args.warmup_secs);
+    let duration = Duration::from_secs(args.duration_secs);
+    let start = Instant::now();
+    run.measure_start = start + warmup;
+    run.deadline = start + warmup + duration;
+    eprintln!(
+        "running {} {} with {connections} connections against {} target(s): {}s warmup + {}s measured",
+        args.protocol.name(),
+        args.workload.name(),
+        targets.len(),
+        args.warmup_secs,
+        args.duration_secs,
+    );
+    let stats = measure(Arc::new(run), connections).await?;
+    let summary = Summary::new(&stats, duration);
+    let report = summary.report(&args, &targets);
     if args.json {
         eprintln!("{report}");
         if let Some(e) = &stats.sample_error {
             eprintln!("sample error: {e}");
         }
-        let line = serde_json::json!({
-            "workload": args.workload.name(),
-            "protocol": args.protocol.name(),
-            "connections": connections,
-            "duration_s": duration_s,
-            "ops": ops,
-            "errors": errors,
-            "ops_per_sec": round3(ops_per_sec),
-            "p50_ms": p50,
-            "p90_ms": p90,
-            "p99_ms": p99,
-            "max_ms": max,
-        });
-        println!("{line}");
+        println!("{}", summary.json(&args));
     } else {
         println!("{report}");
         if let Some(e) = &stats.sample_error {

@@ -12,6 +12,7 @@
 
 pub(crate) mod cache;
 pub(crate) mod channels;
+pub mod client;
 pub(crate) mod history;
 pub(crate) mod locks;
 pub mod model;

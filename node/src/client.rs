@@ -1,8 +1,12 @@
 //! The command-line client (`stackd kv`, `lock`, `semaphore`, `session`, `cache`, `queue`, `worker`, `txn`,
 //! `cluster`, `backup`, `token`) against any node's API, and `stackd restore`.
 //!
+//! Each command parses its arguments, calls the typed client ([`crate::api::client`]) and
+//! prints the answer.
+//!
 //! # Layout
-//! - this file: shared plumbing, `kv`, `cluster` (status and operations) and `token`;
+//! - this file: the subcommands ([`Command`], flattened into `stackd`'s own), shared
+//!   arguments, `kv`, `cluster` (status and operations) and `token`;
 //! - [`lock`], [`semaphore`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the
 //!   other primitives;
 //! - [`backup`]: `stackd backup` and `stackd restore`.
@@ -17,10 +21,70 @@ pub mod txn;
 
 use std::io::Write;
 
-use anyhow::{bail, Context};
 use base64::Engine;
 use clap::{Args, Subcommand};
-use serde_json::Value;
+use serde::Serialize;
+
+use crate::api::client::{Client, KvListQuery, KvWrite};
+use crate::api::model::{ClusterStatus, JoinTokens, MemberRole};
+
+/// The client subcommands of `stackd` (flattened into its command line after `serve` and
+/// `config`). Adding a primitive's commands touches this enum, [`run`] and its own file.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Read and write keys on any node.
+    #[command(subcommand)]
+    Kv(KvCmd),
+    /// Locks with leases and fencing tokens; `lock run` holds one while a command runs.
+    #[command(subcommand)]
+    Lock(lock::LockCmd),
+    /// Counting semaphores: N of M permits under fenced leases, waiters served in order.
+    #[command(subcommand)]
+    Semaphore(semaphore::SemaphoreCmd),
+    /// User sessions with a sliding expiry.
+    #[command(subcommand)]
+    Session(session::SessionCmd),
+    /// The replicated cache: TTL, tags, invalidation.
+    #[command(subcommand)]
+    Cache(cache::CacheCmd),
+    /// Job queues: enqueue, claim, ack, dead letters, cron schedules.
+    #[command(subcommand)]
+    Queue(queue::QueueCmd),
+    /// Run a shell command for each job of a queue (payload on stdin; exit 0 acks).
+    Worker(queue::WorkerCmd),
+    /// Apply a transaction (compares, then success or failure writes) given as JSON.
+    Txn(txn::TxnCmd),
+    /// Inspect and operate the cluster: status, remove, promote, transfer-leader, snapshot.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Stream a consistent, checksummed backup of the cluster's state into a file.
+    Backup(backup::BackupCmd),
+    /// Load a backup into a new, empty data dir, from which `stackd serve` starts a new
+    /// cluster with the same data (keys, revisions, locks, sessions, cache, queues).
+    Restore(backup::RestoreCmd),
+    /// Join tokens: `token create [--ttl 24h]` prints a new token for `serve --join`;
+    /// `token list` and `token revoke ID` show and revoke them.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+/// Runs a client subcommand.
+pub async fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Kv(cmd) => kv(cmd).await,
+        Command::Lock(cmd) => lock::run(cmd).await,
+        Command::Semaphore(cmd) => semaphore::run(cmd).await,
+        Command::Session(cmd) => session::run(cmd).await,
+        Command::Cache(cmd) => cache::run(cmd).await,
+        Command::Txn(cmd) => txn::run(cmd).await,
+        Command::Queue(cmd) => queue::run(cmd).await,
+        Command::Worker(cmd) => queue::worker(cmd).await,
+        Command::Cluster(cmd) => cluster(cmd).await,
+        Command::Backup(cmd) => backup::backup(cmd).await,
+        Command::Restore(cmd) => backup::restore(cmd),
+        Command::Token(cmd) => token(cmd).await,
+    }
+}
 
 /// A lease of a lock or a semaphore: its NAME and FENCE, and the node to ask.
 #[derive(Args, Debug)]
@@ -54,13 +118,9 @@ pub struct Target {
 }
 
 impl Target {
-    pub(crate) fn url(&self, path: &str) -> String {
-        let base = if self.addr.starts_with("http://") || self.addr.starts_with("https://") {
-            self.addr.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{}", self.addr)
-        };
-        format!("{base}{path}")
+    /// The typed client of this node.
+    pub fn client(&self) -> Client {
+        Client::new(&self.addr)
     }
 }
 
@@ -205,83 +265,62 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
 pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
     match cmd {
         TokenCmd::Create { ttl, json, target } => {
-            let v = send_json(
-                client()
-                    .post(target.url("/v1/cluster/tokens"))
-                    .json(&serde_json::json!({ "ttl_ms": ttl })),
-            )
-            .await?;
+            let t = target.client().create_token(Some(ttl)).await?;
             if json {
-                println!("{v}");
+                println!("{}", serde_json::to_value(&t)?);
             } else {
-                println!("{}", v["token"].as_str().unwrap_or_default());
+                println!("{}", t.token);
                 eprintln!(
                     "stackd token: id {} (revoke it with `stackd token revoke {}`)",
-                    v["id"].as_str().unwrap_or_default(),
-                    v["id"].as_str().unwrap_or_default()
+                    t.id, t.id
                 );
             }
         }
         TokenCmd::List { json, target } => {
-            let v = send_json(client().get(target.url("/v1/cluster/tokens"))).await?;
+            let tokens = target.client().tokens().await?;
             if json {
-                println!("{v}");
-                return Ok(());
-            }
-            println!("{:<18} {:<9} EXPIRES (UTC)", "ID", "STATE");
-            for t in v["tokens"].as_array().into_iter().flatten() {
-                let state = if t["founding"] == true {
-                    "founding"
-                } else if t["expired"] == true {
-                    "expired"
-                } else {
-                    "valid"
-                };
-                let expires = t["expires_at_ms"]
-                    .as_u64()
-                    .map_or("never".to_string(), |e| {
-                        chrono::DateTime::from_timestamp_millis(e as i64)
-                            .map_or(e.to_string(), |t| {
-                                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                            })
-                    });
-                println!(
-                    "{:<18} {:<9} {}",
-                    t["id"].as_str().unwrap_or_default(),
-                    state,
-                    expires
-                );
-            }
-            for t in v["revoked"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<18} {:<9} -",
-                    t["id"].as_str().unwrap_or_default(),
-                    "revoked"
-                );
+                println!("{}", serde_json::to_value(&tokens)?);
+            } else {
+                print_tokens(&tokens);
             }
         }
         TokenCmd::Revoke { id, target } => {
-            send_json(
-                client().delete(target.url(&format!("/v1/cluster/tokens/{}", key_path(&id)))),
-            )
-            .await?;
+            target.client().revoke_token(&id).await?;
             println!("revoked join token {id}");
         }
     }
     Ok(())
 }
 
-pub(crate) fn key_path(key: &str) -> String {
-    form_urlencoded::byte_serialize(key.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+fn print_tokens(v: &JoinTokens) {
+    println!("{:<18} {:<9} EXPIRES (UTC)", "ID", "STATE");
+    for t in &v.tokens {
+        let state = if t.founding {
+            "founding"
+        } else if t.expired {
+            "expired"
+        } else {
+            "valid"
+        };
+        let expires = t.expires_at_ms.map_or("never".to_string(), |e| {
+            chrono::DateTime::from_timestamp_millis(e as i64).map_or(e.to_string(), |t| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            })
+        });
+        println!("{:<18} {:<9} {}", t.id, state, expires);
+    }
+    for t in &v.revoked {
+        println!("{:<18} {:<9} -", t.id, "revoked");
+    }
 }
 
-pub(crate) fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("http client")
+/// Prints an answer as indented JSON.
+pub(crate) fn print_json(answer: &impl Serialize) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::to_value(answer)?)?
+    );
+    Ok(())
 }
 
 /// Reads a value argument, or stdin when it is absent.
@@ -296,48 +335,21 @@ pub(crate) fn value_or_stdin(value: Option<String>) -> anyhow::Result<Vec<u8>> {
     })
 }
 
-/// Sends a request and returns the JSON of a successful answer.
-pub(crate) async fn send_json(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let resp = check(req.send().await.context("request failed")?).await?;
-    Ok(resp.json().await?)
-}
-
-/// Turns an error answer of the API into a readable error.
-pub(crate) async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
-    if resp.status().is_success() {
-        return Ok(resp);
+/// Writes a raw value to stdout (a newline after it on a terminal).
+pub(crate) fn print_raw(value: &[u8]) -> anyhow::Result<()> {
+    std::io::stdout().write_all(value)?;
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!();
     }
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    let code = body["error"]["code"].as_str().unwrap_or("error");
-    let msg = body["error"]["message"].as_str().unwrap_or("");
-    let extra: Vec<String> = body["error"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| *k != "code" && *k != "message")
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    if extra.is_empty() {
-        bail!("{status} {code}: {msg}")
-    }
-    bail!("{status} {code}: {msg} ({})", extra.join(", "))
+    Ok(())
 }
 
 pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
-    let http = client();
     match cmd {
         KvCmd::Get { key, stale, target } => {
-            let mut url = target.url(&format!("/v1/kv/{}", key_path(&key)));
-            if stale {
-                url.push_str("?consistency=stale");
-            }
-            let resp = check(http.get(url).send().await.context("request failed")?).await?;
-            let bytes = resp.bytes().await?;
-            std::io::stdout().write_all(&bytes)?;
-            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                println!();
-            }
+            let client = target.client();
+            let client = if stale { client.stale() } else { client };
+            print_raw(&client.kv_get(&key).await?.value)?;
         }
         KvCmd::Put {
             key,
@@ -347,31 +359,14 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
             fence,
             target,
         } => {
+            let w = KvWrite {
+                if_revision,
+                ttl_ms,
+                fence,
+            };
             let body = value_or_stdin(value)?;
-            let mut q = Vec::new();
-            if let Some(r) = if_revision {
-                q.push(format!("if_revision={r}"));
-            }
-            if let Some(t) = ttl_ms {
-                q.push(format!("ttl_ms={t}"));
-            }
-            if let Some(f) = fence {
-                q.push(format!("fence={}", key_path(&f)));
-            }
-            let mut url = target.url(&format!("/v1/kv/{}", key_path(&key)));
-            if !q.is_empty() {
-                url = format!("{url}?{}", q.join("&"));
-            }
-            let resp = check(
-                http.put(url)
-                    .body(body)
-                    .send()
-                    .await
-                    .context("request failed")?,
-            )
-            .await?;
-            let v: Value = resp.json().await?;
-            println!("revision {}", v["revision"]);
+            let put = target.client().kv_put_with(&key, body, &w).await?;
+            println!("revision {}", put.revision);
         }
         KvCmd::Del {
             key,
@@ -379,126 +374,112 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
             fence,
             target,
         } => {
-            let mut q = Vec::new();
-            if let Some(r) = if_revision {
-                q.push(format!("if_revision={r}"));
-            }
-            if let Some(f) = fence {
-                q.push(format!("fence={}", key_path(&f)));
-            }
-            let mut url = target.url(&format!("/v1/kv/{}", key_path(&key)));
-            if !q.is_empty() {
-                url = format!("{url}?{}", q.join("&"));
-            }
-            let resp = check(http.delete(url).send().await.context("request failed")?).await?;
-            let v: Value = resp.json().await?;
-            println!("deleted {} (revision {})", v["deleted"], v["revision"]);
+            let w = KvWrite {
+                if_revision,
+                ttl_ms: None,
+                fence,
+            };
+            let d = target.client().kv_delete_with(&key, &w).await?;
+            println!("deleted {} (revision {})", d.deleted, d.revision);
         }
         KvCmd::Ls {
             prefix,
             limit,
             target,
-        } => {
-            let b64 = base64::engine::general_purpose::STANDARD;
-            let mut after: Option<String> = None;
-            let mut printed = 0u64;
-            while printed < limit {
-                let page = (limit - printed).min(1000);
-                let mut url =
-                    target.url(&format!("/v1/kv?prefix={}&limit={page}", key_path(&prefix)));
-                if let Some(a) = &after {
-                    url.push_str(&format!("&after={}", key_path(a)));
-                }
-                let resp = check(http.get(url).send().await.context("request failed")?).await?;
-                let v: Value = resp.json().await?;
-                for item in v["items"].as_array().into_iter().flatten() {
-                    let value = b64
-                        .decode(item["value"].as_str().unwrap_or(""))
-                        .unwrap_or_default();
-                    println!(
-                        "{}\t{}\t{}",
-                        item["key"].as_str().unwrap_or(""),
-                        item["revision"],
-                        String::from_utf8_lossy(&value)
-                    );
-                    printed += 1;
-                }
-                match v["next"].as_str() {
-                    Some(n) => after = Some(n.to_string()),
-                    None => break,
-                }
+        } => kv_ls(&target.client(), prefix, limit).await?,
+    }
+    Ok(())
+}
+
+/// Prints up to `limit` keys under `prefix`, a page of at most 1000 at a time.
+async fn kv_ls(client: &Client, prefix: String, limit: u64) -> anyhow::Result<()> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut q = KvListQuery {
+        prefix: Some(prefix),
+        ..KvListQuery::default()
+    };
+    let mut printed = 0u64;
+    while printed < limit {
+        q.limit = Some((limit - printed).min(1000));
+        let page = client.kv_list(&q).await?;
+        for item in &page.items {
+            let value = b64.decode(&item.value).unwrap_or_default();
+            println!(
+                "{}\t{}\t{}",
+                item.key,
+                item.revision,
+                String::from_utf8_lossy(&value)
+            );
+            printed += 1;
+        }
+        match page.next {
+            Some(n) => q.after = Some(n),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// A number, or `null` as JSON shows a missing one.
+fn or_null(n: Option<u64>) -> String {
+    n.map_or("null".to_string(), |n| n.to_string())
+}
+
+pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCmd::Remove { id, target } => {
+            target.client().remove_member(id).await?;
+            println!("removed node {id}");
+        }
+        ClusterCmd::Promote { id, target } => {
+            target.client().promote_member(id).await?;
+            println!("node {id} is a voter");
+        }
+        ClusterCmd::TransferLeader { to, target } => {
+            let l = target.client().transfer_leader(to).await?;
+            println!("leader is node {}", l.leader_id);
+        }
+        ClusterCmd::Snapshot { target } => {
+            let s = target.client().snapshot().await?;
+            println!("snapshot at index {}", or_null(s.snapshot_index));
+        }
+        ClusterCmd::Status { json, target } => {
+            let status = target.client().cluster_status().await?;
+            if json {
+                print_json(&status)?;
+            } else {
+                print_status(&status);
             }
         }
     }
     Ok(())
 }
 
-pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
-    let http = client();
-    let op = |target: &Target, path: &str, body: serde_json::Value| {
-        http.post(target.url(path)).json(&body)
-    };
-    match cmd {
-        ClusterCmd::Remove { id, target } => {
-            let path = format!("/v1/cluster/members/{id}/remove");
-            send_json(op(&target, &path, serde_json::json!({}))).await?;
-            println!("removed node {id}");
-        }
-        ClusterCmd::Promote { id, target } => {
-            let path = format!("/v1/cluster/members/{id}/promote");
-            send_json(op(&target, &path, serde_json::json!({}))).await?;
-            println!("node {id} is a voter");
-        }
-        ClusterCmd::TransferLeader { to, target } => {
-            let body = serde_json::json!({ "to": to });
-            let v = send_json(op(&target, "/v1/cluster/leader/transfer", body)).await?;
-            println!("leader is node {}", v["leader_id"]);
-        }
-        ClusterCmd::Snapshot { target } => {
-            let v = send_json(op(&target, "/v1/cluster/snapshot", serde_json::json!({}))).await?;
-            println!("snapshot at index {}", v["snapshot_index"]);
-        }
-        ClusterCmd::Status { json, target } => {
-            let resp = check(
-                http.get(target.url("/v1/cluster"))
-                    .send()
-                    .await
-                    .context("request failed")?,
-            )
-            .await?;
-            let v: Value = resp.json().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            println!(
-                "cluster {}  leader {}  term {}  commit {}",
-                v["cluster_id"].as_str().unwrap_or("?"),
-                v["leader_id"],
-                v["term"],
-                v["commit_index"]
-            );
-            println!(
-                "{:<4} {:<8} {:<8} {:<22} {:<22} applied",
-                "id", "role", "health", "api", "cluster"
-            );
-            for m in v["members"].as_array().into_iter().flatten() {
-                let num = |x: &Value| {
-                    x.as_u64()
-                        .map(|n| n.to_string())
-                        .unwrap_or_else(|| "-".into())
-                };
-                println!(
-                    "{:<4} {:<8} {:<8} {:<22} {:<22} {}",
-                    num(&m["id"]),
-                    m["role"].as_str().unwrap_or(""),
-                    m["gossip"].as_str().unwrap_or(""),
-                    m["api_addr"].as_str().unwrap_or(""),
-                    m["cluster_addr"].as_str().unwrap_or(""),
-                    num(&m["applied_index"])
-                );
-            }
-        }
+fn print_status(v: &ClusterStatus) {
+    println!(
+        "cluster {}  leader {}  term {}  commit {}",
+        v.cluster_id.as_deref().unwrap_or("?"),
+        or_null(v.leader_id),
+        v.term,
+        v.commit_index
+    );
+    println!(
+        "{:<4} {:<8} {:<8} {:<22} {:<22} applied",
+        "id", "role", "health", "api", "cluster"
+    );
+    for m in &v.members {
+        let role = match m.role {
+            MemberRole::Voter => "voter",
+            MemberRole::Learner => "learner",
+        };
+        println!(
+            "{:<4} {:<8} {:<8} {:<22} {:<22} {}",
+            m.id,
+            role,
+            m.gossip,
+            m.api_addr,
+            m.cluster_addr,
+            m.applied_index.map_or("-".to_string(), |n| n.to_string())
+        );
     }
-    Ok(())
 }

@@ -179,6 +179,18 @@ pub struct ErrorDetail {
     /// too_large: the limit in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// conflict on a semaphore, reason full: its free permits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<u64>,
+    /// conflict on a semaphore, reason full: its held permits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<u64>,
+    /// conflict on a semaphore, reason full: callers queued for permits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<u64>,
+    /// conflict on a semaphore, reason capacity_mismatch: its capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
 }
 
 /// An error answer: `{"error": {"code", "message", ...extra}}` with the code's status.

@@ -3,14 +3,6 @@
 #![forbid(unsafe_code)]
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use node::client::backup::{BackupCmd, RestoreCmd};
-use node::client::cache::CacheCmd;
-use node::client::lock::LockCmd;
-use node::client::queue::{QueueCmd, WorkerCmd};
-use node::client::semaphore::SemaphoreCmd;
-use node::client::session::SessionCmd;
-use node::client::txn::TxnCmd;
-use node::client::{ClusterCmd, KvCmd, TokenCmd};
 use node::config::{document_flags, Config, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
@@ -48,40 +40,9 @@ enum Cmd {
     /// would run with.
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// Read and write keys on any node.
-    #[command(subcommand)]
-    Kv(KvCmd),
-    /// Locks with leases and fencing tokens; `lock run` holds one while a command runs.
-    #[command(subcommand)]
-    Lock(LockCmd),
-    /// Counting semaphores: N of M permits under fenced leases, waiters served in order.
-    #[command(subcommand)]
-    Semaphore(SemaphoreCmd),
-    /// User sessions with a sliding expiry.
-    #[command(subcommand)]
-    Session(SessionCmd),
-    /// The replicated cache: TTL, tags, invalidation.
-    #[command(subcommand)]
-    Cache(CacheCmd),
-    /// Job queues: enqueue, claim, ack, dead letters, cron schedules.
-    #[command(subcommand)]
-    Queue(QueueCmd),
-    /// Run a shell command for each job of a queue (payload on stdin; exit 0 acks).
-    Worker(WorkerCmd),
-    /// Apply a transaction (compares, then success or failure writes) given as JSON.
-    Txn(TxnCmd),
-    /// Inspect and operate the cluster: status, remove, promote, transfer-leader, snapshot.
-    #[command(subcommand)]
-    Cluster(ClusterCmd),
-    /// Stream a consistent, checksummed backup of the cluster's state into a file.
-    Backup(BackupCmd),
-    /// Load a backup into a new, empty data dir, from which `stackd serve` starts a new
-    /// cluster with the same data (keys, revisions, locks, sessions, cache, queues).
-    Restore(RestoreCmd),
-    /// Join tokens: `token create [--ttl 24h]` prints a new token for `serve --join`;
-    /// `token list` and `token revoke ID` show and revoke them.
-    #[command(subcommand)]
-    Token(TokenCmd),
+    /// The client subcommands (`kv`, `lock`, ..., `token`).
+    #[command(flatten)]
+    Client(node::client::Command),
 }
 
 #[derive(Subcommand)]
@@ -120,18 +81,7 @@ fn main() -> std::process::ExitCode {
                 print!("{}", config.to_commented_toml(&["cluster.token"]));
                 Ok(())
             }
-            Cmd::Kv(cmd) => node::client::kv(cmd).await,
-            Cmd::Lock(cmd) => node::client::lock::run(cmd).await,
-            Cmd::Semaphore(cmd) => node::client::semaphore::run(cmd).await,
-            Cmd::Session(cmd) => node::client::session::run(cmd).await,
-            Cmd::Cache(cmd) => node::client::cache::run(cmd).await,
-            Cmd::Txn(cmd) => node::client::txn::run(cmd).await,
-            Cmd::Queue(cmd) => node::client::queue::run(cmd).await,
-            Cmd::Worker(cmd) => node::client::queue::worker(cmd).await,
-            Cmd::Cluster(cmd) => node::client::cluster(cmd).await,
-            Cmd::Backup(cmd) => node::client::backup::backup(cmd).await,
-            Cmd::Restore(cmd) => node::client::backup::restore(cmd),
-            Cmd::Token(cmd) => node::client::token(cmd).await,
+            Cmd::Client(cmd) => node::client::run(cmd).await,
         }
     });
     match result {

@@ -6,35 +6,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tests::http::{self, get_json, wait_for};
+use tests::http::{self, wait_for};
 use tests::process::{stackd_fails, stackd_ok, ProcCluster};
 use tests::standalone::{kv_digest, Standalone};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
     let c = ProcCluster::start(3).await.unwrap();
-    let http = http::client();
 
     // Writers on every node, each key written once, acknowledged writes recorded.
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..6 {
-        let (http, base, acked, stop) = (
-            http.clone(),
-            c.bases[w % 3].clone(),
-            acked.clone(),
-            stop.clone(),
-        );
+        let (api, acked, stop) = (http::api(&c.bases[w % 3]), acked.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
             for n in 0..20_000 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let key = format!("w{w}-{n:05}");
-                if let Ok((200, body)) = http::put(&http, &base, &key, &format!("v{n}")).await {
-                    let rev = body["revision"].as_u64().unwrap();
-                    acked.lock().unwrap().push((key, rev));
+                if let Ok(put) = api.kv_put(&key, format!("v{n}")).await {
+                    acked.lock().unwrap().push((key, put.revision));
                 }
             }
         }));
@@ -118,15 +111,14 @@ async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
     ]);
     let restored = Standalone::spawn("127.0.0.5", &data, None, &[]).unwrap();
     restored.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let (digest, keys) = kv_digest(&http, &restored.base).await.unwrap();
+    let restored_api = http::api(&restored.base);
+    let (digest, keys) = kv_digest(&restored_api).await.unwrap();
     assert_eq!((digest.as_str(), keys), (expected.as_str(), kv.len()));
-    let status = get_json(&http, &format!("{}/v1/cluster", restored.base)).await;
-    assert_eq!(status["revision"], backup.summary.revision);
-    let original = get_json(&http, &format!("{}/v1/cluster", c.bases[0])).await;
-    assert_ne!(
-        status["cluster_id"], original["cluster_id"],
-        "a new cluster"
-    );
+    let status = restored_api.cluster_status().await.unwrap();
+    assert_eq!(status.revision, backup.summary.revision);
+    let original = http::api(&c.bases[0]).cluster_status().await.unwrap();
+    assert!(status.cluster_id.is_some());
+    assert_ne!(status.cluster_id, original.cluster_id, "a new cluster");
 
     // Restoring into a data dir that is in use is refused.
     let stderr = stackd_fails(&[
@@ -173,11 +165,8 @@ async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
     assert!(stderr.contains("did not finish"), "{stderr}");
 
     // Revisions go on from the backup's, and a node joining the new cluster gets everything.
-    let (code, body) = http::put(&http, &restored.base, "after-restore", "x")
-        .await
-        .unwrap();
-    assert_eq!(code, 200);
-    assert_eq!(body["revision"], backup.summary.revision + 1);
+    let put = restored_api.kv_put("after-restore", "x").await.unwrap();
+    assert_eq!(put.revision, backup.summary.revision + 1);
     let token = std::fs::read_to_string(data.join("join-token")).unwrap();
     let joiner = Standalone::spawn(
         "127.0.0.6",
@@ -187,12 +176,12 @@ async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
     )
     .unwrap();
     joiner.wait_ready(Duration::from_secs(60)).await.unwrap();
-    let want = kv_digest(&http, &restored.base).await.unwrap();
+    let want = kv_digest(&restored_api).await.unwrap();
     wait_for(
         "the joiner to hold the restored data",
         Duration::from_secs(60),
         || async {
-            let got = kv_digest(&http, &joiner.base).await.ok()?;
+            let got = kv_digest(&http::api(&joiner.base)).await.ok()?;
             (got == want).then_some(())
         },
     )

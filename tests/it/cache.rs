@@ -2,46 +2,46 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use node::api::client::{CacheWrite, Client};
+use node::api::model::{CacheStats, TxnRequest};
+use serde_json::json;
 use tests::http::{self, wait_for};
 use tests::inproc::InprocCluster;
 
-async fn cache_get(http: &reqwest::Client, base: &str, key: &str) -> (u16, String) {
-    let r = http
-        .get(format!("{base}/v1/cache/{key}"))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+/// A cache read through `api`'s node: (200, value) or (the error's status, "").
+async fn cache_get(api: &Client, key: &str) -> (u16, String) {
+    match api.cache_get(key).await {
+        Ok(v) => (200, String::from_utf8(v.value.to_vec()).unwrap()),
+        Err(e) => (e.status().expect("an answer"), String::new()),
+    }
 }
 
-async fn cache_set(http: &reqwest::Client, base: &str, key: &str, value: &str, tags: &str) {
-    let r = http
-        .put(format!("{base}/v1/cache/{key}?tags={tags}"))
-        .body(value.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+async fn cache_set(api: &Client, key: &str, value: &str, tags: &str) {
+    let w = CacheWrite {
+        tags: vec![tags.to_string()],
+        ..CacheWrite::default()
+    };
+    let r = api.cache_set(key, value.to_string(), &w).await;
+    assert!(r.is_ok(), "{r:?}");
 }
 
-async fn stats(http: &reqwest::Client, base: &str) -> Value {
-    http::get_json(http, &format!("{base}/v1/cache/stats?digest=true")).await
+async fn stats(api: &Client) -> CacheStats {
+    api.cache_stats(true).await.unwrap()
 }
 
 /// Waits until every node has applied as far as the others, then returns their stats.
-async fn converged_stats(c: &InprocCluster, http: &reqwest::Client) -> Vec<Value> {
+async fn converged_stats(apis: &[Client]) -> Vec<CacheStats> {
     wait_for(
         "cache stats to converge",
         Duration::from_secs(10),
         || async {
             let mut all = Vec::new();
-            for base in &c.bases {
-                all.push(stats(http, base).await);
+            for api in apis {
+                all.push(stats(api).await);
             }
             let same = all
                 .windows(2)
-                .all(|w| w[0]["applied_index"] == w[1]["applied_index"]);
+                .all(|w| w[0].applied_index == w[1].applied_index);
             same.then_some(all)
         },
     )
@@ -49,10 +49,14 @@ async fn converged_stats(c: &InprocCluster, http: &reqwest::Client) -> Vec<Value
     .unwrap()
 }
 
+fn apis(c: &InprocCluster) -> Vec<Client> {
+    c.bases.iter().map(|b| http::api(b)).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_write_on_followers_and_tag_invalidation_everywhere() {
     let c = InprocCluster::start(3).await.unwrap();
-    let http = http::client();
+    let apis = apis(&c);
     let leader = c.leader_index().unwrap();
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
 
@@ -61,49 +65,44 @@ async fn read_your_write_on_followers_and_tag_invalidation_everywhere() {
         let f = followers[i % 2];
         let key = format!("user:{i}");
         let tags = if i % 2 == 0 { "users,even" } else { "users" };
-        cache_set(&http, &c.bases[f], &key, &format!("v{i}"), tags).await;
+        cache_set(&apis[f], &key, &format!("v{i}"), tags).await;
         assert_eq!(
-            cache_get(&http, &c.bases[f], &key).await,
+            cache_get(&apis[f], &key).await,
             (200, format!("v{i}")),
             "read-your-write through node {}",
             f + 1
         );
     }
-    cache_set(&http, &c.bases[leader], "other", "keep", "misc").await;
+    cache_set(&apis[leader], "other", "keep", "misc").await;
 
     tracing::info!("phase: invalidate a tag through one node; gone on every node");
-    let r = http
-        .post(format!("{}/v1/cache/invalidate", c.bases[followers[1]]))
-        .json(&json!({ "tags": ["even"] }))
-        .send()
+    let v = apis[followers[1]]
+        .cache_invalidate(vec!["even".into()])
         .await
         .unwrap();
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["invalidated"], 25);
-    let all = converged_stats(&c, &http).await;
-    for (n, base) in c.bases.iter().enumerate() {
+    assert_eq!(v.invalidated, 25);
+    let all = converged_stats(&apis).await;
+    for (n, api) in apis.iter().enumerate() {
         for i in 0..50 {
             let expect = if i % 2 == 0 { 404 } else { 200 };
-            let (s, _) = cache_get(&http, base, &format!("user:{i}")).await;
+            let (s, _) = cache_get(api, &format!("user:{i}")).await;
             assert_eq!(s, expect, "user:{i} on node {}", n + 1);
         }
-        assert_eq!(all[n]["entries"], 26);
+        assert_eq!(all[n].entries, 26);
     }
-    let r = http
-        .post(format!("{}/v1/cache/invalidate", c.bases[leader]))
-        .json(&json!({ "tags": ["users"] }))
-        .send()
+    let v = apis[leader]
+        .cache_invalidate(vec!["users".into()])
         .await
         .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap()["invalidated"], 25);
-    let all = converged_stats(&c, &http).await;
+    assert_eq!(v.invalidated, 25);
+    let all = converged_stats(&apis).await;
     for s in &all {
-        assert_eq!(s["entries"], 1, "{s}");
+        assert_eq!(s.entries, 1, "{s:?}");
     }
-    let (s, text) = cache_get(&http, &c.bases[followers[0]], "other").await;
+    let (s, text) = cache_get(&apis[followers[0]], "other").await;
     assert_eq!((s, text.as_str()), (200, "keep"));
-    let st = stats(&http, &c.bases[followers[0]]).await;
-    assert!(st["hits"].as_u64().unwrap() >= 26 && st["misses"].as_u64().unwrap() >= 25);
+    let st = stats(&apis[followers[0]]).await;
+    assert!(st.hits >= 26 && st.misses >= 25);
     c.shutdown().await;
 }
 
@@ -115,28 +114,29 @@ async fn eviction_leaves_identical_contents_on_every_replica() {
     })
     .await
     .unwrap();
-    let http = http::client();
+    let apis = apis(&c);
     let mut writers = Vec::new();
-    for (n, base) in c.bases.iter().enumerate() {
-        let http = http.clone();
-        let base = base.clone();
+    for (n, api) in apis.iter().enumerate() {
+        let api = api.clone();
         writers.push(tokio::spawn(async move {
             for i in 0..60 {
-                cache_set(&http, &base, &format!("n{n}-{i}"), &"x".repeat(i * 10), "t").await;
+                cache_set(&api, &format!("n{n}-{i}"), &"x".repeat(i * 10), "t").await;
             }
         }));
     }
     for w in writers {
         w.await.unwrap();
     }
-    let all = converged_stats(&c, &http).await;
+    let all = converged_stats(&apis).await;
     for s in &all {
-        assert_eq!(s["entries"], 40, "{s}");
-        assert_eq!(s["evictions"], 140, "{s}");
+        assert_eq!(s.entries, 40, "{s:?}");
+        assert_eq!(s.evictions, 140, "{s:?}");
     }
     assert!(
-        all.windows(2)
-            .all(|w| w[0]["digest"] == w[1]["digest"] && w[0]["bytes"] == w[1]["bytes"]),
+        all.iter().all(|s| s.digest.is_some())
+            && all
+                .windows(2)
+                .all(|w| w[0].digest == w[1].digest && w[0].bytes == w[1].bytes),
         "replicas differ: {all:?}"
     );
     c.shutdown().await;
@@ -145,19 +145,12 @@ async fn eviction_leaves_identical_contents_on_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_txn_with_a_stale_compare_applies_only_its_failure_branch() {
     let c = InprocCluster::start(3).await.unwrap();
-    let http = http::client();
-    let (s, v) = http::put(&http, &c.bases[1], "balance", "10")
-        .await
-        .unwrap();
-    assert_eq!(s, 200);
-    let rev = v["revision"].as_u64().unwrap();
-    let (s, _) = http::put(&http, &c.bases[1], "balance", "20")
-        .await
-        .unwrap();
-    assert_eq!(s, 200);
+    let apis = apis(&c);
+    let rev = apis[1].kv_put("balance", "10").await.unwrap().revision;
+    apis[1].kv_put("balance", "20").await.unwrap();
 
-    let txn = |rev: u64| {
-        json!({
+    let txn = |rev: u64| -> TxnRequest {
+        serde_json::from_value(json!({
             "compare": [{ "key": "balance", "revision": rev }],
             "success": [
                 { "put": { "key": "balance", "text": "0" } },
@@ -168,49 +161,28 @@ async fn a_txn_with_a_stale_compare_applies_only_its_failure_branch() {
                 { "put": { "key": "retry", "text": "stale" } },
                 { "cache_delete": { "key": "receipt" } }
             ]
-        })
+        }))
+        .unwrap()
     };
-    let r = http
-        .post(format!("{}/v1/txn", c.bases[2]))
-        .json(&txn(rev))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["succeeded"], false, "{v}");
-    for base in &c.bases {
-        let (s, text, _) = http::get(&http, base, "balance").await.unwrap();
-        assert_eq!((s, text.as_str()), (200, "20"), "{base}");
-        assert_eq!(http::get(&http, base, "paid").await.unwrap().0, 404);
-        assert_eq!(http::get(&http, base, "retry").await.unwrap().1, "stale");
+    let v = apis[2].txn(&txn(rev)).await.unwrap();
+    assert!(!v.succeeded, "{v:?}");
+    for (api, base) in apis.iter().zip(&c.bases) {
+        let got = api.kv_get("balance").await.unwrap();
+        assert_eq!(&got.value[..], b"20", "{base}");
+        assert_eq!(api.kv_get("paid").await.unwrap_err().status(), Some(404));
+        assert_eq!(&api.kv_get("retry").await.unwrap().value[..], b"stale");
     }
-    assert_eq!(cache_get(&http, &c.bases[2], "receipt").await.0, 404);
+    assert_eq!(cache_get(&apis[2], "receipt").await.0, 404);
 
     tracing::info!("phase: with the current revision the success branch applies at one revision");
-    let (_, _, cur) = http::get(&http, &c.bases[0], "balance").await.unwrap();
-    let v: Value = http
-        .post(format!("{}/v1/txn", c.bases[0]))
-        .json(&txn(cur.unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["succeeded"], true, "{v}");
-    let txn_rev = v["revision"].as_u64().unwrap();
+    let cur = apis[0].kv_get("balance").await.unwrap().revision;
+    let v = apis[0].txn(&txn(cur)).await.unwrap();
+    assert!(v.succeeded, "{v:?}");
+    let txn_rev = v.revision;
     for key in ["balance", "paid"] {
-        let (_, _, r) = http::get(&http, &c.bases[1], key).await.unwrap();
-        assert_eq!(
-            r,
-            Some(txn_rev),
-            "{key} written at the transaction's revision"
-        );
+        let r = apis[1].kv_get(key).await.unwrap().revision;
+        assert_eq!(r, txn_rev, "{key} written at the transaction's revision");
     }
-    assert_eq!(
-        cache_get(&http, &c.bases[0], "receipt").await,
-        (200, "r1".into())
-    );
+    assert_eq!(cache_get(&apis[0], "receipt").await, (200, "r1".into()));
     c.shutdown().await;
 }

@@ -1,22 +1,26 @@
 //! Bad input gets the documented error body and never takes a node down.
+//!
+//! The bad requests are sent as they are (reqwest): they are what the typed client cannot
+//! write. Their answers must decode as the documented error body (`ErrorBody`). The requests
+//! that set a scene use the typed client.
 
-use serde_json::Value;
+use node::api::model::{AcquireRequest, ClaimRequest, EnqueueRequest};
+use node::error::{ErrorBody, ErrorCode, ErrorDetail};
+use serde_json::json;
 use tests::http;
 use tests::inproc::InprocCluster;
 
-/// Sends `req` and checks the error answer's status, code and message.
-async fn expect_error(req: reqwest::RequestBuilder, status: u16, code: &str) -> Value {
+/// Sends `req` and checks the error answer's status, code and message; answers the body's
+/// `error` object.
+async fn expect_error(req: reqwest::RequestBuilder, status: u16, code: ErrorCode) -> ErrorDetail {
     let resp = req.send().await.expect("request sent");
     assert_eq!(resp.status().as_u16(), status, "status for expected {code}");
-    let body: Value = resp.json().await.expect("JSON error body");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    body
+    let text = resp.text().await.expect("an error body");
+    let body: ErrorBody = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("not the documented error body ({e}): {text}"));
+    assert_eq!(body.error.code, code, "{text}");
+    assert!(!body.error.message.is_empty(), "{text}");
+    body.error
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,25 +33,25 @@ async fn bad_input_gets_documented_errors_and_the_node_keeps_serving() {
     expect_error(
         http.put(format!("{b}/v1/kv/{long_key}")).body("x"),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
     expect_error(
         http.get(format!("{b}/v1/kv/{long_key}")),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
     expect_error(
         http.put(format!("{b}/v1/kv/a%01b")).body("x"),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
     expect_error(
         http.put(format!("{b}/v1/kv/a%FFb")).body("x"),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
     let ok_key = "k".repeat(512);
@@ -66,10 +70,10 @@ async fn bad_input_gets_documented_errors_and_the_node_keeps_serving() {
     let body = expect_error(
         http.put(format!("{b}/v1/kv/big")).body(big),
         413,
-        "too_large",
+        ErrorCode::TooLarge,
     )
     .await;
-    assert_eq!(body["error"]["limit"], 1 << 20);
+    assert_eq!(body.limit, Some(1 << 20));
     let max = vec![b'x'; 1 << 20];
     assert_eq!(
         http.put(format!("{b}/v1/kv/max"))
@@ -93,48 +97,55 @@ async fn bad_input_gets_documented_errors_and_the_node_keeps_serving() {
         expect_error(
             http.put(format!("{b}/v1/kv/a?{q}")).body("x"),
             400,
-            "bad_request",
+            ErrorCode::BadRequest,
         )
         .await;
     }
     expect_error(
         http.get(format!("{b}/v1/kv/a?consistency=eventual")),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
-    expect_error(http.get(format!("{b}/v1/kv?limit=0")), 400, "bad_request").await;
+    expect_error(
+        http.get(format!("{b}/v1/kv?limit=0")),
+        400,
+        ErrorCode::BadRequest,
+    )
+    .await;
     expect_error(
         http.get(format!("{b}/v1/kv?limit=100000")),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
-    expect_error(http.get(format!("{b}/v1/kv/absent")), 404, "not_found").await;
-    expect_error(http.get(format!("{b}/v1/nope")), 404, "not_found").await;
-    expect_error(http.post(format!("{b}/v1/kv/a")), 405, "method_not_allowed").await;
+    expect_error(
+        http.get(format!("{b}/v1/kv/absent")),
+        404,
+        ErrorCode::NotFound,
+    )
+    .await;
+    expect_error(http.get(format!("{b}/v1/nope")), 404, ErrorCode::NotFound).await;
+    expect_error(
+        http.post(format!("{b}/v1/kv/a")),
+        405,
+        ErrorCode::MethodNotAllowed,
+    )
+    .await;
     expect_error(
         http.put(format!("{b}/v1/kv/a"))
             .header("Idempotency-Key", "")
             .body("x"),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
 
     // Still serving.
-    let (s, body) = http::put(&http, b, "after", "ok").await.unwrap();
-    assert_eq!(s, 200, "{body}");
-    let (s, text, _) = http::get(&http, b, "after").await.unwrap();
-    assert_eq!((s, text.as_str()), (200, "ok"));
-    assert_eq!(
-        http.get(format!("{b}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let api = http::api(b);
+    api.kv_put("after", "ok").await.unwrap();
+    assert_eq!(&api.kv_get("after").await.unwrap().value[..], b"ok");
+    assert_eq!(api.health().await.unwrap().status, "ok");
     c.shutdown().await;
 }
 
@@ -162,51 +173,60 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
         r#"{"owner":"w","ttl_ms":1000,"colour":"red"}"#,
         r#"{"owner":"w","ttl_ms":"soon"}"#,
     ] {
-        expect_error(post("/v1/locks/L/acquire", body), 400, "bad_request").await;
+        expect_error(
+            post("/v1/locks/L/acquire", body),
+            400,
+            ErrorCode::BadRequest,
+        )
+        .await;
     }
-    expect_error(http.get(format!("{b}/v1/locks/L")), 404, "not_found").await;
-    let v: Value = post("/v1/locks/L/acquire", r#"{"owner":"w1","ttl_ms":60000}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let fence = v["fence"].as_u64().unwrap();
+    expect_error(
+        http.get(format!("{b}/v1/locks/L")),
+        404,
+        ErrorCode::NotFound,
+    )
+    .await;
+    let api = http::api(b);
+    let acquire = AcquireRequest {
+        owner: "w1".into(),
+        ttl_ms: 60000,
+        wait_ms: 0,
+    };
+    let fence = api.lock_acquire("L", &acquire).await.unwrap().fence;
     let held = expect_error(
         post("/v1/locks/L/acquire", r#"{"owner":"w2","ttl_ms":1000}"#),
         409,
-        "conflict",
+        ErrorCode::Conflict,
     )
     .await;
-    assert_eq!(held["error"]["holder"], "w1");
+    assert_eq!(held.holder.as_deref(), Some("w1"));
     let stale = expect_error(
         post(
             "/v1/locks/L/release",
             &format!(r#"{{"fence":{}}}"#, fence + 1),
         ),
         409,
-        "conflict",
+        ErrorCode::Conflict,
     )
     .await;
-    assert_eq!(stale["error"]["current_fence"], fence);
+    assert_eq!(stale.current_fence, Some(fence));
     expect_error(
         post("/v1/locks/L/renew", r#"{"fence":999,"ttl_ms":1000}"#),
         409,
-        "conflict",
+        ErrorCode::Conflict,
     )
     .await;
     expect_error(
         post("/v1/locks/L/renew", r#"{"fence":1}"#),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
     for q in ["fence=L", "fence=L:x", "fence=:1", "fence=L:-1"] {
         expect_error(
             http.put(format!("{b}/v1/kv/f?{q}")).body("x"),
             400,
-            "bad_request",
+            ErrorCode::BadRequest,
         )
         .await;
     }
@@ -214,14 +234,14 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
         http.put(format!("{b}/v1/kv/f?fence=L:{}", fence + 7))
             .body("x"),
         409,
-        "conflict",
+        ErrorCode::Conflict,
     )
     .await;
-    assert_eq!(stale["error"]["reason"], "stale_fence");
+    assert_eq!(stale.reason.as_deref(), Some("stale_fence"));
     expect_error(
         http.put(format!("{b}/v1/kv/f?fence=nolock:1")).body("x"),
         409,
-        "conflict",
+        ErrorCode::Conflict,
     )
     .await;
 
@@ -234,15 +254,20 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
         r#"{"user":"u","data":"text"}"#,
         r#"{"user":"u","extra":1}"#,
     ] {
-        expect_error(post("/v1/sessions", body), 400, "bad_request").await;
+        expect_error(post("/v1/sessions", body), 400, ErrorCode::BadRequest).await;
     }
     let big = format!(r#"{{"user":"u","data":{{"x":"{}"}}}}"#, "y".repeat(1 << 20));
-    expect_error(post("/v1/sessions", &big), 413, "too_large").await;
-    expect_error(http.get(format!("{b}/v1/sessions/nope")), 404, "not_found").await;
+    expect_error(post("/v1/sessions", &big), 413, ErrorCode::TooLarge).await;
+    expect_error(
+        http.get(format!("{b}/v1/sessions/nope")),
+        404,
+        ErrorCode::NotFound,
+    )
+    .await;
     expect_error(
         http.post(format!("{b}/v1/sessions/nope/touch")),
         404,
-        "not_found",
+        ErrorCode::NotFound,
     )
     .await;
     expect_error(
@@ -250,20 +275,25 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
             .header("content-type", "application/json")
             .body(r#"{"data":{"a":1}}"#),
         404,
-        "not_found",
+        ErrorCode::NotFound,
     )
     .await;
     expect_error(
         http.delete(format!("{b}/v1/sessions/nope")),
         404,
-        "not_found",
+        ErrorCode::NotFound,
     )
     .await;
-    expect_error(http.get(format!("{b}/v1/sessions")), 400, "bad_request").await;
+    expect_error(
+        http.get(format!("{b}/v1/sessions")),
+        400,
+        ErrorCode::BadRequest,
+    )
+    .await;
     expect_error(
         http.delete(format!("{b}/v1/sessions?user=")),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
 
@@ -272,7 +302,7 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
         expect_error(
             http.put(format!("{b}/v1/cache/c?{q}")).body("x"),
             400,
-            "bad_request",
+            ErrorCode::BadRequest,
         )
         .await;
     }
@@ -280,26 +310,31 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
     expect_error(
         http.put(format!("{b}/v1/cache/c")).body(big),
         413,
-        "too_large",
+        ErrorCode::TooLarge,
     )
     .await;
-    expect_error(http.get(format!("{b}/v1/cache/absent")), 404, "not_found").await;
+    expect_error(
+        http.get(format!("{b}/v1/cache/absent")),
+        404,
+        ErrorCode::NotFound,
+    )
+    .await;
     expect_error(
         post("/v1/cache/invalidate", r#"{"tags":[]}"#),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
     expect_error(
         post("/v1/cache/invalidate", r#"{"tag":"a"}"#),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
     expect_error(
         http.get(format!("{b}/v1/cache/stats?digest=maybe")),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
 
@@ -314,13 +349,13 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
         r#"{"success":[{"lock":{"key":"a"}}]}"#,
         r#"{"success":[{"put":{"key":"","text":"x"}}]}"#,
     ] {
-        expect_error(post("/v1/txn", body), 400, "bad_request").await;
+        expect_error(post("/v1/txn", body), 400, ErrorCode::BadRequest).await;
     }
     let big = format!(
         r#"{{"success":[{{"put":{{"key":"a","text":"{}"}}}}]}}"#,
         "y".repeat((1 << 20) + 1)
     );
-    expect_error(post("/v1/txn", &big), 413, "too_large").await;
+    expect_error(post("/v1/txn", &big), 413, ErrorCode::TooLarge).await;
 
     // Queues.
     for body in [
@@ -332,10 +367,10 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
         r#"{"payload":1,"priority":"high"}"#,
         r#"{"payload":1,"colour":1}"#,
     ] {
-        expect_error(post("/v1/queues/q/jobs", body), 400, "bad_request").await;
+        expect_error(post("/v1/queues/q/jobs", body), 400, ErrorCode::BadRequest).await;
     }
     let big = format!(r#"{{"payload":"{}"}}"#, "y".repeat(1 << 20));
-    expect_error(post("/v1/queues/q/jobs", &big), 413, "too_large").await;
+    expect_error(post("/v1/queues/q/jobs", &big), 413, ErrorCode::TooLarge).await;
     for body in [
         "{}",
         r#"{"worker":"w","max":0}"#,
@@ -343,83 +378,84 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
         r#"{"worker":"w","visibility_ms":0}"#,
         r#"{"worker":"w","wait_ms":600000}"#,
     ] {
-        expect_error(post("/v1/queues/q/claim", body), 400, "bad_request").await;
+        expect_error(post("/v1/queues/q/claim", body), 400, ErrorCode::BadRequest).await;
     }
-    expect_error(post("/v1/jobs/77/ack", r#"{"lease":1}"#), 404, "not_found").await;
+    expect_error(
+        post("/v1/jobs/77/ack", r#"{"lease":1}"#),
+        404,
+        ErrorCode::NotFound,
+    )
+    .await;
     expect_error(
         post("/v1/jobs/nope/ack", r#"{"lease":1}"#),
         404,
-        "not_found",
+        ErrorCode::NotFound,
     )
     .await;
-    expect_error(post("/v1/jobs/1/ack", r#"{}"#), 400, "bad_request").await;
+    expect_error(post("/v1/jobs/1/ack", r#"{}"#), 400, ErrorCode::BadRequest).await;
     expect_error(
         post("/v1/jobs/1/extend", r#"{"lease":1,"visibility_ms":0}"#),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
-    let v: Value = post("/v1/queues/q/jobs", r#"{"payload":{"x":1}}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = v["id"].as_str().unwrap().to_string();
-    let v: Value = post("/v1/queues/q/claim", r#"{"worker":"w"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let lease = v["jobs"][0]["lease"].as_u64().unwrap();
+    let job: EnqueueRequest = serde_json::from_value(json!({ "payload": { "x": 1 } })).unwrap();
+    let id = api.enqueue("q", &job).await.unwrap().id;
+    let claim: ClaimRequest = serde_json::from_value(json!({ "worker": "w" })).unwrap();
+    let lease = api.claim("q", &claim).await.unwrap().jobs[0].lease;
     let stale = expect_error(
         post(
             &format!("/v1/jobs/{id}/ack"),
             &format!(r#"{{"lease":{}}}"#, lease + 1),
         ),
         409,
-        "conflict",
+        ErrorCode::Conflict,
     )
     .await;
-    assert_eq!(stale["error"]["reason"], "stale_lease");
-    assert_eq!(stale["error"]["current_lease"], lease);
+    assert_eq!(stale.reason.as_deref(), Some("stale_lease"));
+    assert_eq!(stale.current_lease, Some(lease));
     for body in [
         "{}",
         r#"{"ids":[],"all":false}"#,
         r#"{"ids":["x"]}"#,
         r#"{"ids":["1"],"all":true}"#,
     ] {
-        expect_error(post("/v1/queues/q/dead/replay", body), 400, "bad_request").await;
+        expect_error(
+            post("/v1/queues/q/dead/replay", body),
+            400,
+            ErrorCode::BadRequest,
+        )
+        .await;
     }
     expect_error(
         http.put(format!("{b}/v1/queues/q/schedules/s"))
             .header("content-type", "application/json")
             .body(r#"{"cron":"every day"}"#),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
     expect_error(
         http.delete(format!("{b}/v1/queues/q/schedules/none")),
         404,
-        "not_found",
+        ErrorCode::NotFound,
     )
     .await;
     expect_error(
         http.get(format!("{b}/v1/queues/q/dead?limit=0")),
         400,
-        "bad_request",
+        ErrorCode::BadRequest,
     )
     .await;
-    expect_error(http.get(format!("{b}/v1/jobs/999")), 404, "not_found").await;
+    expect_error(
+        http.get(format!("{b}/v1/jobs/999")),
+        404,
+        ErrorCode::NotFound,
+    )
+    .await;
 
     // Still serving, and nothing above was applied.
-    let (s, _, _) = http::get(&http, b, "f").await.unwrap();
-    assert_eq!(s, 404);
-    let (s, _, _) = http::get(&http, b, "a").await.unwrap();
-    assert_eq!(s, 404);
+    assert_eq!(api.kv_get("f").await.unwrap_err().status(), Some(404));
+    assert_eq!(api.kv_get("a").await.unwrap_err().status(), Some(404));
     c.shutdown().await;
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use node::error::ErrorCode;
 use tests::http;
 use tests::process::ProcCluster;
 
@@ -13,12 +14,15 @@ async fn write_some(
     prefix: &str,
     n: usize,
 ) -> BTreeMap<String, String> {
-    let http = http::client();
     let mut acked = BTreeMap::new();
     for i in 0..n {
         let node = alive[i % alive.len()];
         let (k, v) = (format!("{prefix}-{i}"), format!("value-{i}"));
-        if let Ok((200, _)) = http::put(&http, &c.bases[node], &k, &v).await {
+        if http::api(&c.bases[node])
+            .kv_put(&k, v.clone())
+            .await
+            .is_ok()
+        {
             acked.insert(k, v);
         }
     }
@@ -26,16 +30,12 @@ async fn write_some(
 }
 
 async fn assert_all_readable(c: &ProcCluster, nodes: &[usize], acked: &BTreeMap<String, String>) {
-    let http = http::client();
     for &n in nodes {
+        let api = http::api(&c.bases[n]);
         for (k, v) in acked {
-            let (s, text, _) = http::get(&http, &c.bases[n], k).await.unwrap();
-            assert_eq!(
-                (s, text.as_str()),
-                (200, v.as_str()),
-                "key {k} on node {}",
-                n + 1
-            );
+            let r = api.kv_get(k).await;
+            let got = r.as_ref().map(|g| &g.value[..]).map_err(|e| e.status());
+            assert_eq!(got, Ok(v.as_bytes()), "key {k} on node {}", n + 1);
         }
     }
 }
@@ -64,14 +64,9 @@ async fn leader_kill9_elects_a_new_leader_and_keeps_acknowledged_writes() {
     tracing::info!("phase: the killed node restarts from its data dir and catches up");
     c.restart(li).unwrap();
     c.wait_voters(3, &[0, 1, 2]).await.unwrap();
-    let http = http::client();
+    let restarted = http::api(&c.bases[li]);
     tests::http::wait_for("restarted node ready", Duration::from_secs(30), || async {
-        let r = http
-            .get(format!("{}/ready", c.bases[li]))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
+        restarted.ready().await.ok().map(drop)
     })
     .await
     .unwrap();
@@ -109,46 +104,20 @@ async fn lost_quorum_case(keep_leader: bool) {
             c.kill9(i).unwrap();
         }
     }
-    let http = http::client();
+    let api = http::api(&c.bases[survivor]);
     for n in 0..3 {
-        let r = http
-            .put(format!("{}/v1/kv/lonely-{n}", c.bases[survivor]))
-            .body("x")
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
+        let e = api.kv_put(&format!("lonely-{n}"), "x").await.unwrap_err();
         assert!(
-            status == 503 || status == 504,
-            "write without quorum answered {status}"
-        );
-        let body: serde_json::Value = r.json().await.unwrap();
-        let code = body["error"]["code"].as_str().unwrap();
-        assert_eq!(
-            code,
-            if status == 503 {
-                "unavailable"
-            } else {
-                "timeout"
-            }
+            http::is_api_error(&e, 503, ErrorCode::Unavailable)
+                || http::is_api_error(&e, 504, ErrorCode::Timeout),
+            "write without quorum answered {e:?}"
         );
     }
     // Linearizable reads cannot be served without a quorum either.
-    let r = http
-        .get(format!("{}/v1/kv/lonely-0", c.bases[survivor]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
+    let e = api.kv_get("lonely-0").await.unwrap_err();
+    assert_eq!(e.status(), Some(503));
     // The process still serves.
-    assert_eq!(
-        http.get(format!("{}/health", c.bases[survivor]))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(api.health().await.unwrap().status, "ok");
 
     tracing::info!(
         "phase: quorum back; the unacknowledged writes may or may not exist, new ones succeed"
@@ -156,10 +125,7 @@ async fn lost_quorum_case(keep_leader: bool) {
     let dead: Vec<usize> = (0..3).filter(|i| *i != survivor).collect();
     c.restart(dead[0]).unwrap();
     c.wait_leader(&[survivor, dead[0]], None).await.unwrap();
-    let (s, body) = http::put(&http, &c.bases[survivor], "back", "yes")
-        .await
-        .unwrap();
-    assert_eq!(s, 200, "{body}");
+    api.kv_put("back", "yes").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

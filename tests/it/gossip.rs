@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use node::api::client::Client;
+use node::api::model::{ClusterStatus, MemberRole};
 use tests::http::{self, wait_for};
 use tests::process::{ProcCluster, ProcOptions};
 
@@ -19,41 +20,34 @@ struct View {
     gossip: BTreeMap<u64, String>,
 }
 
-fn view(s: &Value) -> Option<View> {
-    let members = s["members"].as_array()?;
-    let ids = |role: &str| -> Vec<u64> {
-        members
+fn view(s: &ClusterStatus) -> Option<View> {
+    let ids = |voter: bool| -> Vec<u64> {
+        s.members
             .iter()
-            .filter(|m| m["role"] == role)
-            .filter_map(|m| m["id"].as_u64())
+            .filter(|m| matches!(m.role, MemberRole::Voter) == voter)
+            .map(|m| m.id)
             .collect()
     };
     Some(View {
-        leader: s["leader_id"].as_u64()?,
-        voters: ids("voter"),
-        learners: ids("learner"),
-        gossip: members
-            .iter()
-            .filter_map(|m| Some((m["id"].as_u64()?, m["gossip"].as_str()?.to_string())))
-            .collect(),
+        leader: s.leader_id?,
+        voters: ids(true),
+        learners: ids(false),
+        gossip: s.members.iter().map(|m| (m.id, m.gossip.clone())).collect(),
     })
 }
 
 /// Waits until the nodes `on` all report the same view, with every member alive and its
 /// metadata (applied index) known; returns that view.
 async fn wait_same_view_all_alive(c: &ProcCluster, on: &[usize], members: usize) -> View {
-    let http = http::client();
+    let apis: Vec<Client> = c.bases.iter().map(|b| http::api(b)).collect();
     wait_for(
         "the same members, leader and gossip states (all alive) on every node",
         Duration::from_secs(30),
         || async {
             let mut first: Option<View> = None;
             for &i in on {
-                let s = http::cluster(&http, &c.bases[i]).await?;
-                let complete = s["members"]
-                    .as_array()?
-                    .iter()
-                    .all(|m| m["applied_index"].is_u64());
+                let s = http::status(&apis[i]).await?;
+                let complete = s.members.iter().all(|m| m.applied_index.is_some());
                 let v = view(&s)?;
                 if !complete || v.gossip.len() != members || v.gossip.values().any(|g| g != "alive")
                 {
@@ -81,19 +75,15 @@ async fn wait_gossip_state(
     state: &str,
     since: Instant,
 ) -> Duration {
-    let http = http::client();
+    let apis: Vec<Client> = c.bases.iter().map(|b| http::api(b)).collect();
     wait_for(
         &format!("node {id} {state} in gossip on every remaining node"),
         Duration::from_secs(20),
         || async {
             for &i in on {
-                let s = http::cluster(&http, &c.bases[i]).await?;
-                let m = s["members"]
-                    .as_array()?
-                    .iter()
-                    .find(|m| m["id"] == id)?
-                    .clone();
-                if m["gossip"] != state {
+                let s = http::status(&apis[i]).await?;
+                let m = s.members.iter().find(|m| m.id == id)?;
+                if m.gossip != state {
                     return None;
                 }
             }
@@ -116,7 +106,7 @@ async fn every_node_shows_the_same_members_and_gossip_states_after_joins() {
     println!("cluster view on all 5 nodes: {v:?}");
 
     tracing::info!("phase: a packet with a wrong tag is dropped and counted");
-    let http = http::client();
+    let api = http::api(&c.bases[2]);
     let target = &c.cluster_addrs[2];
     let (host, port) = target.rsplit_once(':').unwrap();
     let gossip_addr = format!("{host}:{}", port.parse::<u16>().unwrap() + 1);
@@ -133,30 +123,13 @@ async fn every_node_shows_the_same_members_and_gossip_states_after_joins() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let metrics_url = format!("{}/metrics", c.bases[2]);
-    let before = dropped(
-        &http
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let before = dropped(&api.metrics().await.unwrap());
     sock.send_to(&forged, &gossip_addr).unwrap();
     wait_for(
         "the forged packet counted as unauthenticated",
         Duration::from_secs(10),
         || async {
-            let text = http
-                .get(&metrics_url)
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = api.metrics().await.ok()?;
             (dropped(&text) > before).then_some(())
         },
     )
@@ -246,14 +219,14 @@ async fn replace_a_dead_voter(kill_leader: bool) {
     println!("voter {dead} down on every remaining node after {took:?}");
 
     tracing::info!(dead, spare, "phase: autopilot replaces the dead voter");
-    let http = http::client();
+    let apis: Vec<Client> = c.bases.iter().map(|b| http::api(b)).collect();
     let after = wait_for(
         "3 alive voters without the dead one on every remaining node",
         Duration::from_secs(40),
         || async {
             let mut first: Option<View> = None;
             for &i in &rest {
-                let v = view(&http::cluster(&http, &c.bases[i]).await?)?;
+                let v = view(&http::status(&apis[i]).await?)?;
                 if v.voters.len() != 3
                     || v.voters.contains(&dead)
                     || v.gossip.contains_key(&dead)
@@ -280,16 +253,16 @@ async fn replace_a_dead_voter(kill_leader: bool) {
     // The leader says what it did (it records an action once its change has committed,
     // which every node may apply a moment before the leader's call returns).
     let leader = c.index_of(after.leader);
-    let base = c.bases[leader].clone();
     wait_for(
         "the leader to list both autopilot actions",
         Duration::from_secs(10),
         || async {
-            let s = http::cluster(&http, &base).await?;
-            let actions: Vec<(String, u64)> = s["autopilot"]["actions"]
-                .as_array()?
+            let s = http::status(&apis[leader]).await?;
+            let actions: Vec<(String, u64)> = s
+                .autopilot
+                .actions
                 .iter()
-                .filter_map(|a| Some((a["action"].as_str()?.to_string(), a["node"].as_u64()?)))
+                .map(|a| (a.action.clone(), a.node))
                 .collect();
             (actions.contains(&("add_voter".into(), spare))
                 && actions.contains(&("remove_voter".into(), dead)))
@@ -300,14 +273,9 @@ async fn replace_a_dead_voter(kill_leader: bool) {
     .unwrap();
 
     tracing::info!("phase: the cluster still takes writes");
-    let (status, body) = http::put(&http, &c.bases[rest[0]], "after-replace", "ok")
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let (status, value, _) = http::get(&http, &c.bases[rest[1]], "after-replace")
-        .await
-        .unwrap();
-    assert_eq!((status, value.as_str()), (200, "ok"));
+    apis[rest[0]].kv_put("after-replace", "ok").await.unwrap();
+    let got = apis[rest[1]].kv_get("after-replace").await.unwrap();
+    assert_eq!(&got.value[..], b"ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

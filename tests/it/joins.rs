@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use node::api::client::{ApiError, ApiResult, Client, KvWrite};
+use node::api::model::ClusterStatus;
 use tests::http::{self, wait_for};
 use tests::nemesis::Partitions;
 use tests::process::{ProcCluster, ProcOptions};
@@ -35,18 +36,21 @@ type ReadySince = Arc<Mutex<BTreeMap<usize, Instant>>>;
 
 /// Polls every node's `/ready` every 20 ms and records when each first answered 200.
 async fn watch_ready(bases: Vec<String>, ready: ReadySince, stop: Arc<AtomicBool>) {
-    let http = http::client();
+    let quick = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let apis: Vec<Client> = bases
+        .iter()
+        .map(|b| Client::with_http(b, quick.clone()))
+        .collect();
     while !stop.load(Ordering::Relaxed) {
-        for (i, base) in bases.iter().enumerate() {
+        for (i, api) in apis.iter().enumerate() {
             if ready.lock().unwrap().contains_key(&i) {
                 continue;
             }
-            let ok = http
-                .get(format!("{base}/ready"))
-                .timeout(Duration::from_secs(3))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
+            let ok = api.ready().await.is_ok();
             if ok {
                 ready.lock().unwrap().entry(i).or_insert_with(Instant::now);
             }
@@ -64,30 +68,26 @@ async fn client(
     ready: ReadySince,
     stop: Arc<AtomicBool>,
 ) -> Vec<Failure> {
-    let http = http::client();
+    let apis: Vec<Client> = bases.iter().map(|b| http::api(b)).collect();
+    let cas = KvWrite {
+        if_revision: Some(1),
+        ..KvWrite::default()
+    };
     let mut failures = Vec::new();
     for n in 0..MAX_REQUESTS_PER_CLIENT {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let node = (id + n) % bases.len();
-        let base = &bases[node];
+        let api = &apis[node];
         let key = format!("join-load-{}", n % 5);
         let sent = Instant::now();
-        let (what, req) = match n % 3 {
-            0 => (
-                "put",
-                http.put(format!("{base}/v1/kv/{key}"))
-                    .body(format!("{id}-{n}")),
-            ),
-            1 => ("get", http.get(format!("{base}/v1/kv/{key}"))),
-            _ => (
-                "cas",
-                http.put(format!("{base}/v1/kv/{key}?if_revision=1"))
-                    .body("cas"),
-            ),
+        let (what, result) = match n % 3 {
+            0 => ("put", api.kv_put(&key, format!("{id}-{n}")).await.map(drop)),
+            1 => ("get", api.kv_get(&key).await.map(drop)),
+            _ => ("cas", api.kv_put_with(&key, "cas", &cas).await.map(drop)),
         };
-        let answer = answered_well(what, req.send().await);
+        let answer = answered_well(what, result);
         let ready_since = ready.lock().unwrap().get(&node).copied();
         match (answer, ready_since) {
             (Ok(()), _) => {}
@@ -103,23 +103,26 @@ async fn client(
     failures
 }
 
-/// Whether a request was answered as it should be: 200, or a read's 404 (no such key yet) or
-/// a compare-and-set's 409 (the revision did not match), which are answers, not failures.
-fn answered_well(what: &str, r: reqwest::Result<reqwest::Response>) -> Result<(), String> {
-    match r.map(|r| r.status().as_u16()) {
-        Ok(200) => Ok(()),
-        Ok(404) if what == "get" => Ok(()),
-        Ok(409) if what == "cas" => Ok(()),
-        Ok(s) => Err(format!("status {s}")),
-        Err(e) => Err(format!("no answer: {e}")),
+/// Whether a request was answered as it should be: a success, or a read's 404 (no such key
+/// yet) or a compare-and-set's 409 (the revision did not match), which are answers, not
+/// failures.
+fn answered_well(what: &str, r: ApiResult<()>) -> Result<(), String> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => match e.status() {
+            Some(404) if what == "get" => Ok(()),
+            Some(409) if what == "cas" => Ok(()),
+            Some(s) => Err(format!("status {s}")),
+            None => Err(format!("no answer: {e:#}")),
+        },
     }
 }
 
 /// Waits until every node agrees on one leader and `voters` voters, and every node's view
 /// shows every member reached by the leader with nothing left to replicate; returns the
 /// leader's `GET /v1/cluster`.
-async fn wait_all_reached(c: &ProcCluster, voters: usize) -> Value {
-    let http = http::client();
+async fn wait_all_reached(c: &ProcCluster, voters: usize) -> ClusterStatus {
+    let apis: Vec<Client> = c.bases.iter().map(|b| http::api(b)).collect();
     let n = c.bases.len();
     wait_for(
         "one leader, every member reached by it and caught up, on every node's view",
@@ -127,22 +130,21 @@ async fn wait_all_reached(c: &ProcCluster, voters: usize) -> Value {
         || async {
             let mut leader = None;
             let mut leader_view = None;
-            for base in &c.bases {
-                let s = http::cluster(&http, base).await?;
-                let l = s["leader_id"].as_u64()?;
-                if leader.is_some_and(|x| x != l) || http::voters(&s) != voters {
+            for api in &apis {
+                let s = http::status(api).await?;
+                let l = s.leader_id?;
+                if leader.is_some_and(|x| x != l) || http::voter_count(&s) != voters {
                     return None;
                 }
                 leader = Some(l);
-                let members = s["members"].as_array()?;
-                let all_reached = members.len() == n
-                    && members.iter().all(|m| {
-                        m["leader_reaches"] == true && m["replication_lag"].as_u64() == Some(0)
-                    });
+                let all_reached = s.members.len() == n
+                    && s.members
+                        .iter()
+                        .all(|m| m.leader_reaches == Some(true) && m.replication_lag == Some(0));
                 if !all_reached {
                     return None;
                 }
-                if s["node_id"].as_u64() == Some(l) {
+                if s.node_id == l {
                     leader_view = Some(s);
                 }
             }
@@ -206,12 +208,11 @@ async fn nodes_joining_close_together_under_load_serve_every_request_once_ready(
             c.log_tail(2)
         );
         let leader = wait_all_reached(&c, 3).await;
-        assert_eq!(leader["members"].as_array().unwrap().len(), 3);
+        assert_eq!(leader.members.len(), 3);
         // The leader's metrics show its connections and replication per peer.
-        let http = http::client();
         c.record_ids().await.unwrap();
-        let li = c.index_of(leader["node_id"].as_u64().unwrap());
-        let metrics = http::get_text(&http, &format!("{}/metrics", c.bases[li])).await;
+        let li = c.index_of(leader.node_id);
+        let metrics = http::api(&c.bases[li]).metrics().await.unwrap();
         assert!(
             metrics.contains("stackd_cluster_connects_total{")
                 && metrics.contains("result=\"ok\"")
@@ -237,14 +238,16 @@ async fn joiners_started_at_the_same_moment_form_a_healthy_cluster() {
     for i in 1..n {
         c.join(i).unwrap();
     }
-    let http = http::client();
-    for i in 1..n {
+    let apis: Vec<Client> = c.bases.iter().map(|b| http::api(b)).collect();
+    for (i, api) in apis.iter().enumerate().skip(1) {
         c.wait_ready(i, Duration::from_secs(60)).await.unwrap();
         // Ready means a linearizable request succeeds through it now.
-        let (s, body) = http::put(&http, &c.bases[i], &format!("together-{i}"), "v")
-            .await
-            .unwrap();
-        assert_eq!(s, 200, "a write through node {} once ready: {body}", i + 1);
+        let r = api.kv_put(&format!("together-{i}"), "v").await;
+        assert!(
+            r.is_ok(),
+            "a write through node {} once ready: {r:?}",
+            i + 1
+        );
     }
     wait_all_reached(&c, 5).await;
     c.record_ids().await.unwrap();
@@ -252,12 +255,11 @@ async fn joiners_started_at_the_same_moment_form_a_healthy_cluster() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), n, "every node has its own id: {:?}", c.ids);
-    for i in 0..n {
+    for (i, api) in apis.iter().enumerate() {
         for k in 1..n {
-            let (s, v, _) = http::get(&http, &c.bases[i], &format!("together-{k}"))
-                .await
-                .unwrap();
-            assert_eq!((s, v.as_str()), (200, "v"), "node {} reads key {k}", i + 1);
+            let r = api.kv_get(&format!("together-{k}")).await;
+            let got = r.as_ref().map(|v| &v.value[..]).map_err(|e| e.status());
+            assert_eq!(got, Ok(&b"v"[..]), "node {} reads key {k}", i + 1);
         }
     }
 }
@@ -273,7 +275,7 @@ async fn a_member_the_leader_cannot_reach_is_shown_and_is_not_ready() {
     )
     .await
     .unwrap();
-    let http = http::client();
+    let apis: Vec<Client> = c.bases.iter().map(|b| http::api(b)).collect();
     let leader = c.wait_leader(&[0, 1, 2], None).await.unwrap();
     let li = c.index_of(leader);
     let fi = (li + 1) % 3;
@@ -286,31 +288,29 @@ async fn a_member_the_leader_cannot_reach_is_shown_and_is_not_ready() {
         "the leader's view to show the follower unreached",
         Duration::from_secs(15),
         || async {
-            let s = http::cluster(&http, &c.bases[li]).await?;
-            let m = s["members"]
-                .as_array()?
-                .iter()
-                .find(|m| m["id"].as_u64() == Some(follower))?
-                .clone();
-            (m["leader_reaches"] == false).then_some(m)
+            let s = http::status(&apis[li]).await?;
+            let m = s.members.into_iter().find(|m| m.id == follower)?;
+            (m.leader_reaches == Some(false)).then_some(m)
         },
     )
     .await
     .unwrap();
     assert!(
-        shown["leader_contact_ms_ago"].as_u64().unwrap_or(u64::MAX) > 0,
-        "{shown}"
+        shown.leader_contact_ms_ago.unwrap_or(u64::MAX) > 0,
+        "{shown:?}"
     );
     let not_ready = wait_for(
         "the cut-off follower to answer /ready with 503",
         Duration::from_secs(15),
         || async {
-            let r = http
-                .get(format!("{}/ready", c.bases[fi]))
-                .send()
-                .await
-                .ok()?;
-            (r.status().as_u16() == 503).then_some(r.text().await.ok()?)
+            match apis[fi].ready().await {
+                Err(ApiError::Api {
+                    status: 503,
+                    message,
+                    ..
+                }) => Some(message),
+                _ => None,
+            }
         },
     )
     .await
@@ -322,11 +322,10 @@ async fn a_member_the_leader_cannot_reach_is_shown_and_is_not_ready() {
         "the third node to show the follower unreached too",
         Duration::from_secs(15),
         || async {
-            let s = http::cluster(&http, &c.bases[third]).await?;
-            s["members"]
-                .as_array()?
+            let s = http::status(&apis[third]).await?;
+            s.members
                 .iter()
-                .any(|m| m["id"].as_u64() == Some(follower) && m["leader_reaches"] == false)
+                .any(|m| m.id == follower && m.leader_reaches == Some(false))
                 .then_some(())
         },
     )

@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
+use node::api::client::{KvListQuery, KvWrite};
+use node::error::ErrorCode;
 use tests::http::{self, wait_for};
 use tests::inproc::InprocCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_followers_are_read_on_every_node() {
     let c = InprocCluster::start(3).await.unwrap();
-    let http = http::client();
     let leader = c.leader_index().unwrap();
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
 
@@ -16,113 +17,95 @@ async fn writes_through_followers_are_read_on_every_node() {
     let mut last_rev = 0;
     for (n, &f) in followers.iter().enumerate() {
         let key = format!("k{n}");
-        let (s, body) = http::put(&http, &c.bases[f], &key, &format!("v{n}"))
+        let rev = http::api(&c.bases[f])
+            .kv_put(&key, format!("v{n}"))
             .await
-            .unwrap();
-        assert_eq!(s, 200, "{body}");
-        let rev = body["revision"].as_u64().unwrap();
+            .unwrap()
+            .revision;
         assert!(rev > last_rev, "revisions grow: {rev} after {last_rev}");
         last_rev = rev;
         // Linearizable reads right after the acknowledgement, on every node.
         for base in &c.bases {
-            let (s, text, xrev) = http::get(&http, base, &key).await.unwrap();
+            let got = http::api(base).kv_get(&key).await.unwrap();
             assert_eq!(
-                (s, text.as_str(), xrev),
-                (200, format!("v{n}").as_str(), Some(rev)),
+                (&got.value[..], got.revision),
+                (format!("v{n}").as_bytes(), rev),
                 "read on {base}"
             );
         }
     }
 
     tracing::info!("phase: compare-and-set");
-    let f = followers[0];
-    let (s, body) = http::put(&http, &c.bases[f], "k0", "x").await.unwrap();
-    assert_eq!(s, 200);
-    let cur = body["revision"].as_u64().unwrap();
-    let r = http
-        .put(format!("{}/v1/kv/k0?if_revision={}", c.bases[f], cur - 1))
-        .body("y")
-        .send()
+    let f = http::api(&c.bases[followers[0]]);
+    let cur = f.kv_put("k0", "x").await.unwrap().revision;
+    let if_revision = |r: u64| KvWrite {
+        if_revision: Some(r),
+        ..KvWrite::default()
+    };
+    let e = f
+        .kv_put_with("k0", "y", &if_revision(cur - 1))
         .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "conflict");
-    assert_eq!(body["error"]["current_revision"], cur);
-    let r = http
-        .put(format!("{}/v1/kv/k0?if_revision={cur}", c.bases[f]))
-        .body("y")
-        .send()
+        .unwrap_err();
+    assert!(http::is_api_error(&e, 409, ErrorCode::Conflict), "{e:?}");
+    assert_eq!(e.detail().unwrap().current_revision, Some(cur));
+    f.kv_put_with("k0", "y", &if_revision(cur)).await.unwrap();
+    f.kv_put_with("fresh", "1", &if_revision(0))
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = http
-        .put(format!("{}/v1/kv/fresh?if_revision=0", c.bases[f]))
-        .body("1")
-        .send()
+        .expect("if_revision=0 creates an absent key");
+    let e = f
+        .kv_put_with("fresh", "2", &if_revision(0))
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "if_revision=0 creates an absent key");
-    let r = http
-        .put(format!("{}/v1/kv/fresh?if_revision=0", c.bases[f]))
-        .body("2")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409, "if_revision=0 refuses a present key");
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409), "if_revision=0 refuses a present key");
 
     tracing::info!("phase: delete and list");
-    let r = http
-        .delete(format!("{}/v1/kv/fresh", c.bases[f]))
-        .send()
+    assert!(f.kv_delete("fresh").await.unwrap().deleted);
+    let e = http::api(&c.bases[leader])
+        .kv_get("fresh")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404));
+    let list = f
+        .kv_list(&KvListQuery {
+            prefix: Some("k".into()),
+            limit: Some(1),
+            after: None,
+        })
         .await
         .unwrap();
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["deleted"], true);
-    let (s, _, _) = http::get(&http, &c.bases[leader], "fresh").await.unwrap();
-    assert_eq!(s, 404);
-    let list: serde_json::Value = http
-        .get(format!("{}/v1/kv?prefix=k&limit=1", c.bases[f]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list["items"].as_array().unwrap().len(), 1);
-    assert_eq!(list["items"][0]["key"], "k0");
-    assert_eq!(list["next"], "k0");
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].key, "k0");
+    assert_eq!(list.next.as_deref(), Some("k0"));
     c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_keys_disappear_on_every_node_by_the_replicated_clock() {
     let c = InprocCluster::start(3).await.unwrap();
-    let http = http::client();
-    let r = http
-        .put(format!("{}/v1/kv/session?ttl_ms=1500", c.bases[1]))
-        .body("s")
-        .send()
+    let ttl = KvWrite {
+        ttl_ms: Some(1500),
+        ..KvWrite::default()
+    };
+    http::api(&c.bases[1])
+        .kv_put_with("session", "s", &ttl)
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
     for base in &c.bases {
-        let (s, _, _) = http::get(&http, base, "session").await.unwrap();
-        assert_eq!(s, 200, "present right after the write on {base}");
+        http::api(base)
+            .kv_get("session")
+            .await
+            .unwrap_or_else(|e| panic!("present right after the write on {base}: {e:?}"));
     }
     // Each node decides expiry from its applied state (the replicated clock), so a stale
     // local read is the honest check that every replica dropped it.
     for base in &c.bases {
+        let stale = http::api(base).stale();
         wait_for(
             &format!("expiry on {base}"),
             Duration::from_secs(10),
             || async {
-                let r = http
-                    .get(format!("{base}/v1/kv/session?consistency=stale"))
-                    .send()
-                    .await
-                    .ok()?;
-                (r.status() == 404).then_some(())
+                let r = stale.kv_get("session").await;
+                matches!(r, Err(e) if e.status() == Some(404)).then_some(())
             },
         )
         .await
@@ -130,7 +113,7 @@ async fn ttl_keys_disappear_on_every_node_by_the_replicated_clock() {
     }
     // The replicated clock, not the node's wall clock, decided: every node applied the same
     // expiry revision.
-    let revs: Vec<u64> = futures_revisions(&http, &c.bases).await;
+    let revs: Vec<u64> = futures_revisions(&c.bases).await;
     assert!(
         revs.windows(2).all(|w| w[0] == w[1]),
         "same revision everywhere after expiry: {revs:?}"
@@ -138,18 +121,14 @@ async fn ttl_keys_disappear_on_every_node_by_the_replicated_clock() {
     c.shutdown().await;
 }
 
-async fn futures_revisions(http: &reqwest::Client, bases: &[String]) -> Vec<u64> {
+async fn futures_revisions(bases: &[String]) -> Vec<u64> {
     let mut out = Vec::new();
+    let one = KvListQuery {
+        limit: Some(1),
+        ..KvListQuery::default()
+    };
     for b in bases {
-        let v: serde_json::Value = http
-            .get(format!("{b}/v1/kv?limit=1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        out.push(v["revision"].as_u64().unwrap());
+        out.push(http::api(b).kv_list(&one).await.unwrap().revision);
     }
     out
 }
@@ -157,18 +136,12 @@ async fn futures_revisions(http: &reqwest::Client, bases: &[String]) -> Vec<u64>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_applies_a_retried_write_once() {
     let c = InprocCluster::start(3).await.unwrap();
-    let http = http::client();
-    let send = || {
-        http.put(format!("{}/v1/kv/counter", c.bases[2]))
-            .header("Idempotency-Key", "req-1")
-            .body("1")
-            .send()
-    };
-    let a: serde_json::Value = send().await.unwrap().json().await.unwrap();
-    let b: serde_json::Value = send().await.unwrap().json().await.unwrap();
-    assert_eq!(a, b, "the retry gets the first answer");
-    let (_, _, rev) = http::get(&http, &c.bases[0], "counter").await.unwrap();
-    assert_eq!(rev, a["revision"].as_u64(), "applied once");
+    let api = http::api(&c.bases[2]).idempotent("req-1");
+    let a = api.kv_put("counter", "1").await.unwrap();
+    let b = api.kv_put("counter", "1").await.unwrap();
+    assert_eq!(a.revision, b.revision, "the retry gets the first answer");
+    let got = http::api(&c.bases[0]).kv_get("counter").await.unwrap();
+    assert_eq!(got.revision, a.revision, "applied once");
     c.shutdown().await;
 }
 
@@ -177,18 +150,13 @@ async fn a_node_joining_after_log_purge_catches_up_from_a_snapshot() {
     let mut c = InprocCluster::start_with(1, |cfg| cfg.raft.snapshot_every_entries = 100)
         .await
         .unwrap();
-    let http = http::client();
+    let first = http::api(&c.bases[0]);
     tracing::info!("phase: 600 writes so snapshots are taken and the log is purged");
     for i in 0..600 {
-        let (s, body) = http::put(
-            &http,
-            &c.bases[0],
-            &format!("snap-{i:04}"),
-            &format!("v{i}"),
-        )
-        .await
-        .unwrap();
-        assert_eq!(s, 200, "{body}");
+        first
+            .kv_put(&format!("snap-{i:04}"), format!("v{i}"))
+            .await
+            .unwrap();
     }
     let m = c.nodes[0].as_ref().unwrap().cluster.raft_view();
     wait_for(
@@ -204,28 +172,24 @@ async fn a_node_joining_after_log_purge_catches_up_from_a_snapshot() {
 
     tracing::info!("phase: a new node joins and must be sent the snapshot");
     let j = c.join_node().await.unwrap();
-    let base = c.bases[j].clone();
+    let joined = http::api(&c.bases[j]);
+    let all = KvListQuery {
+        prefix: Some("snap-".into()),
+        limit: Some(1000),
+        after: None,
+    };
     wait_for(
         "the new node to hold every key",
         Duration::from_secs(30),
         || async {
-            let v: serde_json::Value = http
-                .get(format!(
-                    "{base}/v1/kv?prefix=snap-&limit=1000&consistency=stale"
-                ))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (v["items"].as_array()?.len() == 600).then_some(())
+            let v = joined.stale().kv_list(&all).await.ok()?;
+            (v.items.len() == 600).then_some(())
         },
     )
     .await
     .unwrap();
-    let (s, text, _) = http::get(&http, &base, "snap-0000").await.unwrap();
-    assert_eq!((s, text.as_str()), (200, "v0"));
+    let got = joined.kv_get("snap-0000").await.unwrap();
+    assert_eq!(&got.value[..], b"v0");
     let snap = c.nodes[j]
         .as_ref()
         .unwrap()

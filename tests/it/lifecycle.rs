@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::json;
+use node::api::model::AcquireRequest;
 use tests::http::{self, wait_for};
 use tests::inproc::InprocCluster;
 use tests::ws::{Closed, WsClient};
@@ -22,7 +22,7 @@ async fn closed(ws: &mut WsClient) -> Result<Closed> {
 async fn shutdown_stops_every_task_and_closes_the_ports() -> Result<()> {
     let mut c = InprocCluster::start(1).await?;
     let base = c.bases[0].clone();
-    let http = http::client();
+    let api = http::api(&base);
     let node = c.nodes[0].as_ref().context("node 1")?;
     let tasks = node.tasks();
     let api_addr = node.api_addr;
@@ -36,14 +36,16 @@ async fn shutdown_stops_every_task_and_closes_the_ports() -> Result<()> {
     b.subscribe("lobby", None).await?;
 
     // A lock held, and a second acquire waiting for it: a request in flight at shutdown.
-    let acquire = format!("{base}/v1/locks/door/acquire");
-    let held = json!({ "owner": "a", "ttl_ms": 60_000 });
-    let (status, body) = http::post_json(&http, &acquire, held, None).await;
-    assert_eq!(status, 200, "{body}");
+    let acquire = |owner: &str, wait_ms: u64| AcquireRequest {
+        owner: owner.into(),
+        ttl_ms: 60_000,
+        wait_ms,
+    };
+    api.lock_acquire("door", &acquire("a", 0)).await?;
     let waiter = tokio::spawn({
-        let http = http.clone();
-        let waiting = json!({ "owner": "b", "ttl_ms": 60_000, "wait_ms": 60_000 });
-        async move { http::post_json(&http, &acquire, waiting, None).await }
+        let api = api.clone();
+        let waiting = acquire("b", 60_000);
+        async move { api.lock_acquire("door", &waiting).await }
     });
     wait_for(
         "the second acquire in flight",
@@ -61,8 +63,9 @@ async fn shutdown_stops_every_task_and_closes_the_ports() -> Result<()> {
 
     assert_eq!(tasks.len(), 0, "tasks left after shutdown: {tasks:?}");
     // The waiting request was answered (the node is shutting down), not left hanging.
-    let (status, body) = waiter.await?;
-    assert_eq!(status, 503, "{body}");
+    let answer = waiter.await?;
+    let status = answer.as_ref().err().and_then(|e| e.status());
+    assert_eq!(status, Some(503), "{answer:?}");
     // The WebSocket clients were told the server is going away.
     for ws in [&mut a, &mut b] {
         assert_eq!(closed(ws).await?.code, Some(1001));
@@ -79,18 +82,10 @@ async fn shutdown_stops_every_task_and_closes_the_ports() -> Result<()> {
     // RocksDB was closed: the node restarts from its data dir and still holds the lock.
     c.restart(0).await?;
     let lock = wait_for("the restarted node", Duration::from_secs(30), || async {
-        let r = http
-            .get(format!("{base}/v1/locks/door"))
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.json::<serde_json::Value>().await.ok()
+        api.lock_get("door").await.ok()
     })
     .await?;
-    assert_eq!(lock["holder"], "a", "{lock}");
+    assert_eq!(lock.holder, "a", "{lock:?}");
     c.shutdown().await;
     Ok(())
 }

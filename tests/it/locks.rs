@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use node::api::client::{Client, KvWrite};
+use node::api::model::AcquireRequest;
 use tests::http::{self, wait_for};
 use tests::inproc::InprocCluster;
 use tests::process::ProcCluster;
@@ -31,29 +32,38 @@ struct Increments {
     stale: u64,
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: Value, idem: Option<&str>) -> (u16, Value) {
-    http::post_json(http, url, body, idem).await
+fn acquire_request(owner: &str, ttl_ms: u64, wait_ms: u64) -> AcquireRequest {
+    AcquireRequest {
+        owner: owner.to_string(),
+        ttl_ms,
+        wait_ms,
+    }
 }
 
-/// Acquires `name` through `base`, retrying with the same Idempotency-Key while the outcome is
+fn fenced(lock: &str, fence: u64) -> KvWrite {
+    KvWrite {
+        fence: Some(format!("{lock}:{fence}")),
+        ..KvWrite::default()
+    }
+}
+
+/// Acquires `name` through `api`, retrying with the same Idempotency-Key while the outcome is
 /// unknown or the cluster is unavailable, so an attempt never leaves a grant nobody knows of.
 async fn acquire(
-    http: &reqwest::Client,
-    base: &str,
+    api: &Client,
     name: &str,
     owner: &str,
     idem: &str,
     deadline: Instant,
 ) -> Option<u64> {
-    let url = format!("{base}/v1/locks/{name}/acquire");
-    let body = json!({ "owner": owner, "ttl_ms": 5000, "wait_ms": 3000 });
+    let api = api.idempotent(idem);
+    let body = acquire_request(owner, 5000, 3000);
     while Instant::now() < deadline {
-        let (s, b) = post(http, &url, body.clone(), Some(idem)).await;
-        match s {
-            200 => return b["fence"].as_u64(),
+        match api.lock_acquire(name, &body).await {
+            Ok(grant) => return Some(grant.fence),
             // Still held after wait_ms: a new attempt is a new acquire.
-            409 => return None,
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) if e.status() == Some(409) => return None,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
     None
@@ -65,23 +75,21 @@ async fn acquire(
 async fn fences_increase_and_holders_exclude_each_other_across_a_leader_kill() {
     let total: usize = 1000;
     let mut c = ProcCluster::start(3).await.unwrap();
-    let http = http::client();
     let all = [0usize, 1, 2];
     let leader = c.wait_voters(3, &all).await.unwrap() as usize - 1;
     let clients: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
-    let (s, _) = http::put(&http, &c.bases[clients[0]], "counter", "0")
+    http::api(&c.bases[clients[0]])
+        .kv_put("counter", "0")
         .await
         .unwrap();
-    assert_eq!(s, 200);
 
     tracing::info!("phase: two clients race for the lock");
     let grants_done = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut tasks = Vec::new();
     for (n, &node) in clients.iter().enumerate() {
-        let base = c.bases[node].clone();
+        let api = http::api(&c.bases[node]);
         let done = grants_done.clone();
-        let http = http.clone();
         tasks.push(tokio::spawn(async move {
             let mut grants = Vec::new();
             let mut inc = Increments::default();
@@ -89,8 +97,7 @@ async fn fences_increase_and_holders_exclude_each_other_across_a_leader_kill() {
             while done.load(Ordering::SeqCst) < total && Instant::now() < deadline {
                 attempt += 1;
                 let idem = format!("c{n}-a{attempt}");
-                let Some(fence) =
-                    acquire(&http, &base, "race", &format!("c{n}"), &idem, deadline).await
+                let Some(fence) = acquire(&api, "race", &format!("c{n}"), &idem, deadline).await
                 else {
                     continue;
                 };
@@ -102,28 +109,24 @@ async fn fences_increase_and_holders_exclude_each_other_across_a_leader_kill() {
                 };
                 done.fetch_add(1, Ordering::SeqCst);
                 // Read-modify-write under the lock: lost updates would show two holders.
-                if let Ok((200, text, _)) = http::get(&http, &base, "counter").await {
+                if let Ok(v) = api.kv_get("counter").await {
+                    let text = std::str::from_utf8(&v.value).unwrap();
                     let next = text.parse::<u64>().unwrap() + 1;
-                    let r = http
-                        .put(format!("{base}/v1/kv/counter?fence=race:{fence}"))
-                        .body(next.to_string())
-                        .send()
+                    let r = api
+                        .kv_put_with("counter", next.to_string(), &fenced("race", fence))
                         .await;
-                    match r.map(|r| r.status().as_u16()) {
-                        Ok(200) => inc.ok += 1,
-                        Ok(409) => inc.stale += 1,
-                        _ => inc.unknown += 1,
+                    match r.map_err(|e| e.status()) {
+                        Ok(_) => inc.ok += 1,
+                        Err(Some(409)) => inc.stale += 1,
+                        Err(_) => inc.unknown += 1,
                     }
                 }
                 let release_sent = Instant::now();
-                let (s, _) = post(
-                    &http,
-                    &format!("{base}/v1/locks/race/release"),
-                    json!({ "fence": fence }),
-                    Some(&format!("{idem}-release")),
-                )
-                .await;
-                if s == 200 {
+                let released = api
+                    .idempotent(format!("{idem}-release"))
+                    .lock_release("race", fence)
+                    .await;
+                if released.is_ok() {
                     g.released_at = Some(release_sent);
                 }
                 grants.push(g);
@@ -184,11 +187,11 @@ async fn fences_increase_and_holders_exclude_each_other_across_a_leader_kill() {
         per_client.iter().all(|&n| n > 0),
         "both clients got the lock: {per_client:?}"
     );
-    let (s, text, _) = http::get(&http, &c.bases[clients[0]], "counter")
+    let v = http::api(&c.bases[clients[0]])
+        .kv_get("counter")
         .await
         .unwrap();
-    assert_eq!(s, 200);
-    let counter: u64 = text.parse().unwrap();
+    let counter: u64 = std::str::from_utf8(&v.value).unwrap().parse().unwrap();
     assert!(
         counter >= inc.ok && counter <= inc.ok + inc.unknown,
         "counter {counter} vs increments {inc:?}: a lost update means two holders at once"
@@ -206,7 +209,6 @@ async fn fences_increase_and_holders_exclude_each_other_across_a_leader_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_holder_loses_the_lock_and_its_fenced_write() {
     let c = InprocCluster::start(3).await.unwrap();
-    let http = http::client();
     let base = c.bases[1].clone();
 
     tracing::info!("phase: the holder process acquires and renews");
@@ -236,15 +238,11 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write() {
         .status()
         .unwrap()
         .success());
-    let (s, b) = post(
-        &http,
-        &format!("{}/v1/locks/pause-lock/acquire", c.bases[2]),
-        json!({ "owner": "holder-2", "ttl_ms": 30000, "wait_ms": 10000 }),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let new_fence = b["fence"].as_u64().unwrap();
+    let new_fence = http::api(&c.bases[2])
+        .lock_acquire("pause-lock", &acquire_request("holder-2", 30000, 10000))
+        .await
+        .unwrap()
+        .fence;
     assert!(new_fence > old_fence, "{new_fence} > {old_fence}");
 
     tracing::info!("phase: resume the old holder; its fenced write is rejected");
@@ -276,19 +274,21 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write() {
         "{answers:?}"
     );
     for base in &c.bases {
-        let (s, _, _) = http::get(&http, base, "guarded").await.unwrap();
-        assert_eq!(s, 404, "the stale write left nothing on {base}");
+        let e = http::api(base).kv_get("guarded").await.unwrap_err();
+        assert_eq!(
+            e.status(),
+            Some(404),
+            "the stale write left nothing on {base}"
+        );
     }
-    let r = http
-        .put(format!(
-            "{}/v1/kv/guarded?fence=pause-lock:{new_fence}",
-            c.bases[0]
-        ))
-        .body("from-new-holder")
-        .send()
+    http::api(&c.bases[0])
+        .kv_put_with(
+            "guarded",
+            "from-new-holder",
+            &fenced("pause-lock", new_fence),
+        )
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "the current holder's fenced write applies");
+        .expect("the current holder's fenced write applies");
     c.shutdown().await;
 }
 
@@ -297,69 +297,45 @@ async fn a_paused_holder_loses_the_lock_and_its_fenced_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_acquires_are_served_in_arrival_order_on_any_node() {
     let c = InprocCluster::start(3).await.unwrap();
-    let http = http::client();
-    let (s, b) = post(
-        &http,
-        &format!("{}/v1/locks/q/acquire", c.bases[0]),
-        json!({ "owner": "first", "ttl_ms": 60000 }),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200);
-    let first_fence = b["fence"].as_u64().unwrap();
+    let apis: Vec<Client> = c.bases.iter().map(|b| http::api(b)).collect();
+    let first_fence = apis[0]
+        .lock_acquire("q", &acquire_request("first", 60000, 0))
+        .await
+        .unwrap()
+        .fence;
 
     let mut waiters = Vec::new();
-    for (i, base) in c.bases.iter().enumerate() {
-        let client = http.clone();
-        let url = format!("{base}/v1/locks/q/acquire");
+    for (i, api) in apis.iter().enumerate() {
+        let api = api.clone();
         waiters.push(tokio::spawn(async move {
-            post(
-                &client,
-                &url,
-                json!({ "owner": format!("w{i}"), "ttl_ms": 60000, "wait_ms": 20000 }),
-                None,
-            )
-            .await
+            api.lock_acquire("q", &acquire_request(&format!("w{i}"), 60000, 20000))
+                .await
         }));
         // Arrival order: each waiter is queued before the next one is sent.
-        let base = c.bases[0].clone();
         wait_for("waiter queued", Duration::from_secs(10), || async {
-            let r = http.get(format!("{base}/v1/locks/q")).send().await.ok()?;
-            let v: Value = r.json().await.ok()?;
-            (v["waiters"].as_u64()? == i as u64 + 1).then_some(())
+            let v = apis[0].lock_get("q").await.ok()?;
+            (v.waiters == i as u64 + 1).then_some(())
         })
         .await
         .unwrap();
     }
     let mut fence = first_fence;
     for (i, w) in waiters.into_iter().enumerate() {
-        let (s, _) = post(
-            &http,
-            &format!("{}/v1/locks/q/release", c.bases[(i + 1) % 3]),
-            json!({ "fence": fence }),
-            None,
-        )
-        .await;
-        assert_eq!(s, 200);
-        let (s, b) = w.await.unwrap();
-        assert_eq!(s, 200, "{b}");
-        assert_eq!(b["owner"], format!("w{i}"), "served in arrival order");
-        let f = b["fence"].as_u64().unwrap();
-        assert!(f > fence);
-        fence = f;
+        apis[(i + 1) % 3].lock_release("q", fence).await.unwrap();
+        let b = w.await.unwrap().unwrap();
+        assert_eq!(b.owner, format!("w{i}"), "served in arrival order");
+        assert!(b.fence > fence);
+        fence = b.fence;
     }
 
     tracing::info!("phase: a waiter whose wait ends gets 409 with the holder");
     let start = Instant::now();
-    let (s, b) = post(
-        &http,
-        &format!("{}/v1/locks/q/acquire", c.bases[1]),
-        json!({ "owner": "late", "ttl_ms": 1000, "wait_ms": 300 }),
-        None,
-    )
-    .await;
-    assert_eq!(s, 409, "{b}");
-    assert_eq!(b["error"]["holder"], "w2");
+    let e = apis[1]
+        .lock_acquire("q", &acquire_request("late", 1000, 300))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e:?}");
+    assert_eq!(e.detail().unwrap().holder.as_deref(), Some("w2"));
     assert!(start.elapsed() >= Duration::from_millis(300));
     c.shutdown().await;
 }

@@ -55,7 +55,7 @@ async fn transfer_leadership_and_remove_a_member_from_the_cli() {
     use tests::process::{stackd_fails, stackd_ok, ProcCluster};
 
     let c = ProcCluster::start(3).await.unwrap();
-    let http = http::client();
+    let apis: Vec<_> = c.bases.iter().map(|b| http::api(b)).collect();
     let all = [0usize, 1, 2];
     let leader = c.wait_voters(3, &all).await.unwrap();
     let to = (1..=3u64).find(|id| *id != leader).unwrap();
@@ -63,13 +63,13 @@ async fn transfer_leadership_and_remove_a_member_from_the_cli() {
 
     let (stdout, _) = stackd_ok(&["cluster", "transfer-leader", &to.to_string(), "--addr", via]);
     assert_eq!(stdout.trim(), format!("leader is node {to}"));
-    for base in &c.bases {
+    for api in &apis {
         wait_for(
             "every node sees the new leader",
             std::time::Duration::from_secs(10),
             || async {
-                let s = http::cluster(&http, base).await?;
-                (s["leader_id"].as_u64()? == to).then_some(())
+                let s = http::status(api).await?;
+                (s.leader_id? == to).then_some(())
             },
         )
         .await
@@ -93,12 +93,8 @@ async fn transfer_leadership_and_remove_a_member_from_the_cli() {
             "two members left",
             std::time::Duration::from_secs(10),
             || async {
-                let s = http::cluster(&http, &c.bases[i]).await?;
-                let ids: Vec<u64> = s["members"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|m| m["id"].as_u64())
-                    .collect();
+                let s = http::status(&apis[i]).await?;
+                let ids: Vec<u64> = s.members.iter().map(|m| m.id).collect();
                 (ids.len() == 2 && !ids.contains(&gone)).then_some(())
             },
         )
@@ -106,10 +102,7 @@ async fn transfer_leadership_and_remove_a_member_from_the_cli() {
         .unwrap();
     }
     // The two that stay still take writes.
-    let (s, body) = http::put(&http, &c.bases[stays[0]], "after-remove", "ok")
-        .await
-        .unwrap();
-    assert_eq!(s, 200, "{body}");
+    apis[stays[0]].kv_put("after-remove", "ok").await.unwrap();
 
     // Removing the same node again, or a node that never existed, is a clear 404.
     let stderr = stackd_fails(&["cluster", "remove", "42", "--addr", &c.api_addrs[stays[0]]]);

@@ -3,13 +3,22 @@
 
 use std::time::Duration;
 
+use node::api::client::ApiError;
+use node::api::model::{ClusterStatus, TokenCreated, TokenRequest};
+use node::error::ErrorCode;
 use node::server::Node;
+use reqwest::Method;
 use tempfile::TempDir;
 use tests::http::{self, wait_for};
 use tests::inproc::{config, refused_join, InprocCluster};
 use tests::process::{stackd_ok, ProcCluster};
 use transport::tls::{self, ClusterTls, NOT_OUR_CA};
 use transport::{Limits, RpcRequest, RpcResponse, Transport};
+
+/// The ids of the members a status lists, in its order.
+fn member_ids(s: &ClusterStatus) -> Vec<u64> {
+    s.members.iter().map(|m| m.id).collect()
+}
 
 /// The node certificate a node keeps in its data dir.
 fn credentials(data_dir: &std::path::Path) -> ClusterTls {
@@ -27,7 +36,6 @@ fn endpoint(ip: &str, creds: &ClusterTls) -> std::sync::Arc<Transport> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
     let c = InprocCluster::start(1).await.unwrap();
-    let http = http::client();
     let join = c.configs[0].advertise_cluster_addr();
     let api = c.configs[0].advertise_api_addr();
     let founding = std::fs::read_to_string(c.configs[0].data_dir().join("join-token")).unwrap();
@@ -47,16 +55,19 @@ async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
     );
 
     // A token that expired: refused as expired.
-    let r = http
-        .post(format!("http://{api}/v1/cluster/tokens"))
-        .json(&serde_json::json!({ "ttl_ms": 1 }))
-        .send()
+    let client = http::api(&api);
+    let r = client
+        .raw_json(
+            Method::POST,
+            "/v1/cluster/tokens",
+            &TokenRequest { ttl_ms: Some(1) },
+        )
         .await
         .unwrap();
-    assert_eq!(r.status(), 201);
-    let v: serde_json::Value = r.json().await.unwrap();
-    let short = v["token"].as_str().unwrap().to_string();
-    let expires = v["expires_at_ms"].as_u64().unwrap();
+    assert_eq!(r.status, 201);
+    let created: TokenCreated = r.decode().unwrap();
+    let short = created.token;
+    let expires = created.expires_at_ms;
     wait_for("the token to expire", Duration::from_secs(5), || async {
         (node::cluster::now_ms() > expires).then_some(())
     })
@@ -66,13 +77,8 @@ async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
     assert!(err.contains("join token expired"), "{err}");
 
     // A bad TTL is a 400.
-    let r = http
-        .post(format!("http://{api}/v1/cluster/tokens"))
-        .json(&serde_json::json!({ "ttl_ms": 0 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let e = client.create_token(Some(0)).await.unwrap_err();
+    assert_eq!(e.status(), Some(400));
 
     // `stackd token create` prints a token that joins.
     let (token, _) = stackd_ok(&["token", "create", "--ttl", "1h", "--addr", &api]);
@@ -84,12 +90,10 @@ async fn wrong_and_expired_tokens_are_refused_and_a_created_token_joins() {
         .expect("a created token joins");
     // No id was spent on the refused joins; the new node's certificate names it.
     assert_eq!(joined.cluster.id, 2);
-    let status = http::cluster(&http, &format!("http://{api}"))
-        .await
-        .unwrap();
+    let status = http::status(&client).await.unwrap();
     let creds = credentials(d.path());
     assert_eq!(creds.node_id, 2);
-    assert_eq!(creds.cluster_id, status["cluster_id"].as_str().unwrap());
+    assert_eq!(Some(&creds.cluster_id), status.cluster_id.as_ref());
     assert_eq!(
         tls::peer_id(&creds.cert_der).unwrap().uri(),
         format!("stackd://{}/node/2", creds.cluster_id)
@@ -195,25 +199,15 @@ async fn a_certificate_from_another_cluster_is_refused_on_both_sides() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_node_cannot_rejoin_under_its_old_id() {
     let mut c = ProcCluster::start(3).await.unwrap();
-    let http = http::client();
     let leader = c.wait_voters(3, &[0, 1, 2]).await.unwrap();
     let gone = 3u64;
     let gi = c.index_of(gone);
     let stays: Vec<usize> = (0..3).filter(|i| *i != gi).collect();
+    let first = http::api(&c.bases[stays[0]]);
     if leader == gone {
-        let to = c.ids[stays[0]];
-        let r = http
-            .post(format!("{}/v1/cluster/leader/transfer", c.bases[stays[0]]))
-            .json(&serde_json::json!({ "to": to }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        first.transfer_leader(c.ids[stays[0]]).await.unwrap();
     }
-    let cluster_id = http::cluster(&http, &c.bases[stays[0]]).await.unwrap()["cluster_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cluster_id = http::status(&first).await.unwrap().cluster_id.unwrap();
 
     stackd_ok(&[
         "cluster",
@@ -258,14 +252,9 @@ async fn a_removed_node_cannot_rejoin_under_its_old_id() {
 
     // The cluster does not list it.
     for &i in &stays {
-        let s = http::cluster(&http, &c.bases[i]).await.unwrap();
-        let ids: Vec<u64> = s["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|m| m["id"].as_u64())
-            .collect();
-        assert!(!ids.contains(&gone), "{s}");
+        let s = http::status(&http::api(&c.bases[i])).await.unwrap();
+        let ids = member_ids(&s);
+        assert!(!ids.contains(&gone), "{s:?}");
     }
 
     // The next node to join gets an id never used before.
@@ -281,14 +270,8 @@ async fn a_removed_node_cannot_rejoin_under_its_old_id() {
     .await
     .unwrap();
     assert_eq!(newcomer.cluster.id, 4);
-    let base = c.bases[stays[0]].clone();
     wait_for("node 4 listed", Duration::from_secs(30), || async {
-        let s = http::cluster(&http, &base).await?;
-        let ids: Vec<u64> = s["members"]
-            .as_array()?
-            .iter()
-            .filter_map(|m| m["id"].as_u64())
-            .collect();
+        let ids = member_ids(&http::status(&first).await?);
         (ids.contains(&4) && !ids.contains(&gone)).then_some(())
     })
     .await
@@ -299,7 +282,7 @@ async fn a_removed_node_cannot_rejoin_under_its_old_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
     let c = InprocCluster::start(2).await.unwrap();
-    let http = http::client();
+    let first = http::api(&c.bases[0]);
     let join = c.configs[0].advertise_cluster_addr();
     let api2 = c.configs[1].advertise_api_addr();
     let founding = std::fs::read_to_string(c.configs[0].data_dir().join("join-token"))
@@ -316,32 +299,23 @@ async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
         .nth(1)
         .expect("create prints the token's id")
         .to_string();
-    let listed = |v: &serde_json::Value, id: &str, key: &str| {
-        v[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["id"].as_str() == Some(id))
-    };
     let tokens = wait_for(
         "node 1 to list the token",
         Duration::from_secs(10),
         || async {
-            let v = http::get_json(&http, &format!("{}/v1/cluster/tokens", c.bases[0])).await;
-            listed(&v, &id, "tokens").then_some(v)
+            let v = first.tokens().await.unwrap();
+            v.tokens.iter().any(|t| t.id == id).then_some(v)
         },
     )
     .await
     .unwrap();
-    let founding_id = tokens["tokens"]
-        .as_array()
-        .unwrap()
+    let founding_id = tokens
+        .tokens
         .iter()
-        .find(|t| t["founding"] == true)
-        .expect("the founding token is listed")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .find(|t| t.founding)
+        .expect("the founding token is listed")
+        .id
+        .clone();
     let (table, _) = stackd_ok(&["token", "list", "--addr", &api2]);
     assert!(table.contains(&id) && table.contains("valid"), "{table}");
     stackd_ok(&["token", "revoke", &id, "--addr", &api2]);
@@ -357,12 +331,7 @@ async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
     assert!(err.contains("join token revoked"), "{err}");
 
     // The founding token too; revoking it again is a 404, a malformed id a 400.
-    let r = http
-        .delete(format!("{}/v1/cluster/tokens/{founding_id}", c.bases[0]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    first.revoke_token(&founding_id).await.unwrap();
     let err = refused_join(
         "127.0.0.4",
         &join,
@@ -371,20 +340,10 @@ async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
     )
     .await;
     assert!(err.contains("join token revoked"), "{err}");
-    let r = http
-        .delete(format!("{}/v1/cluster/tokens/{founding_id}", c.bases[0]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "not_found");
-    let r = http
-        .delete(format!("{}/v1/cluster/tokens/not-an-id", c.bases[0]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let e = first.revoke_token(&founding_id).await.unwrap_err();
+    assert!(http::is_api_error(&e, 404, ErrorCode::NotFound), "{e:?}");
+    let e = first.revoke_token("not-an-id").await.unwrap_err();
+    assert_eq!(e.status(), Some(400));
 
     // Members already joined are unaffected, and a new token still joins (id 3: the
     // refused joins spent no id).
@@ -399,12 +358,7 @@ async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
     .expect("a new token joins");
     assert_eq!(joined.cluster.id, 3);
     wait_for("3 members on node 1", Duration::from_secs(30), || async {
-        let s = http::cluster(&http, &c.bases[0]).await?;
-        let ids: Vec<u64> = s["members"]
-            .as_array()?
-            .iter()
-            .filter_map(|m| m["id"].as_u64())
-            .collect();
+        let ids = member_ids(&http::status(&first).await?);
         (ids == [1, 2, 3]).then_some(())
     })
     .await
@@ -417,21 +371,23 @@ async fn revoked_tokens_created_or_founding_no_longer_admit_anyone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_learner_finds_out_it_was_removed() {
     let c = InprocCluster::start(4).await.unwrap();
-    let http = http::client();
+    let first = http::api(&c.bases[0]);
     let learner = c.nodes[3].as_ref().unwrap();
     assert_eq!(learner.cluster.id, 4);
     // The start may still be promoting a learner: a removal during it is refused with
     // "retry", as any client would.
-    let url = format!("{}/v1/cluster/members/4/remove", c.bases[0]);
     wait_for("node 4 removed", Duration::from_secs(30), || async {
-        let r = http.post(&url).send().await.ok()?;
-        let status = r.status();
-        let text = r.text().await.ok()?;
-        if status.is_success() {
-            return Some(());
+        match first.remove_member(4).await {
+            Ok(_) => Some(()),
+            Err(ApiError::Transport(_)) => None,
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("membership change is in progress"),
+                    "{e:?}"
+                );
+                None
+            }
         }
-        assert!(text.contains("membership change is in progress"), "{text}");
-        None
     })
     .await
     .unwrap();

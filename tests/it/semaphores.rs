@@ -3,139 +3,127 @@
 
 use std::time::Duration;
 
+use node::api::client::{ApiResult, Client};
+use node::api::model::TxnRequest;
+use node::api::semaphores::{AcquireBody, Grant, Released};
+use node::error::{ErrorBody, ErrorCode};
+use reqwest::Method;
 use serde_json::{json, Value};
 use tests::http::{self, wait_for};
 use tests::inproc::InprocCluster;
 
-fn url(base: &str, name: &str, op: &str) -> String {
-    match op {
-        "" => format!("{base}/v1/semaphores/{name}"),
-        op => format!("{base}/v1/semaphores/{name}/{op}"),
-    }
+/// Acquires `name` through `api` with the acquire body written as JSON.
+async fn acquire(api: &Client, name: &str, body: Value) -> ApiResult<Grant> {
+    let body: AcquireBody = serde_json::from_value(body).expect("an acquire body");
+    api.semaphore_acquire(name, &body).await
 }
 
-async fn acquire(http: &reqwest::Client, base: &str, name: &str, body: Value) -> (u16, Value) {
-    http::post_json(http, &url(base, name, "acquire"), body, None).await
+/// `error.reason` of a failed call.
+fn reason<T: std::fmt::Debug>(r: &ApiResult<T>) -> Option<&str> {
+    r.as_ref().err()?.detail()?.reason.as_deref()
 }
 
-/// How many callers wait on `name`, as `base` sees it.
-async fn waiting(http: &reqwest::Client, base: &str, name: &str) -> Option<u64> {
-    http::get_json(http, &url(base, name, "")).await["waiting"].as_u64()
+/// How many callers wait on `name`, as `api`'s node sees it.
+async fn waiting(api: &Client, name: &str) -> Option<u32> {
+    Some(api.semaphore_get(name).await.ok()?.waiting)
+}
+
+fn apis(c: &InprocCluster) -> Vec<Client> {
+    c.bases.iter().map(|b| http::api(b)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permits_are_shared_up_to_capacity_and_fences_grow() {
     let c = InprocCluster::start(3).await.unwrap();
-    let http = http::client();
-    let [a, b, d] = [&c.bases[0], &c.bases[1], &c.bases[2]];
+    let apis = apis(&c);
+    let [a, b, d] = [&apis[0], &apis[1], &apis[2]];
 
     tracing::info!("phase: 2 + 1 of 3 permits through two nodes, then the semaphore is full");
-    let (s, g1) = acquire(
-        &http,
+    let g1 = acquire(
         a,
         "pool",
         json!({"holder": "w1", "permits": 2, "capacity": 3, "ttl_ms": 60_000}),
     )
-    .await;
-    assert_eq!(s, 200, "{g1}");
-    assert_eq!(g1["permits"], 2);
-    let (s, g2) = acquire(
-        &http,
+    .await
+    .unwrap();
+    assert_eq!(g1.permits, 2);
+    let g2 = acquire(
         b,
         "pool",
         json!({"holder": "w2", "capacity": 3, "ttl_ms": 60_000}),
     )
-    .await;
-    assert_eq!(s, 200, "{g2}");
-    assert!(g2["fence"].as_u64() > g1["fence"].as_u64(), "{g1} {g2}");
-    let (s, full) = acquire(
-        &http,
+    .await
+    .unwrap();
+    assert!(g2.fence > g1.fence, "{g1:?} {g2:?}");
+    let full = acquire(
         d,
         "pool",
         json!({"holder": "w3", "capacity": 3, "ttl_ms": 60_000}),
     )
     .await;
-    assert_eq!(s, 409, "{full}");
-    assert_eq!(full["error"]["reason"], "full", "{full}");
-    assert_eq!(full["error"]["free"], 0, "{full}");
+    assert_eq!(
+        full.as_ref().err().and_then(|e| e.status()),
+        Some(409),
+        "{full:?}"
+    );
+    assert_eq!(reason(&full), Some("full"), "{full:?}");
+    assert_eq!(
+        full.as_ref().unwrap_err().detail().unwrap().free,
+        Some(0),
+        "{full:?}"
+    );
 
     tracing::info!("phase: every node shows the same holders");
-    for base in [a, b, d] {
-        let v = http::get_json(&http, &url(base, "pool", "")).await;
-        assert_eq!(
-            (
-                v["capacity"].as_u64(),
-                v["held"].as_u64(),
-                v["free"].as_u64()
-            ),
-            (Some(3), Some(3), Some(0)),
-            "{v}"
-        );
-        assert_eq!(v["holders"].as_array().map(Vec::len), Some(2), "{v}");
+    for api in [a, b, d] {
+        let v = api.semaphore_get("pool").await.unwrap();
+        assert_eq!((v.capacity, v.held, v.free), (3, 3, 0), "{v:?}");
+        assert_eq!(v.holders.len(), 2, "{v:?}");
     }
 
     tracing::info!("phase: another capacity while permits are held is refused");
-    let (s, e) = acquire(
-        &http,
+    let e = acquire(
         a,
         "pool",
         json!({"holder": "w4", "capacity": 5, "ttl_ms": 60_000}),
     )
     .await;
     assert_eq!(
-        (s, e["error"]["reason"].as_str()),
-        (409, Some("capacity_mismatch")),
-        "{e}"
+        (e.as_ref().err().and_then(|e| e.status()), reason(&e)),
+        (Some(409), Some("capacity_mismatch")),
+        "{e:?}"
     );
-    assert_eq!(e["error"]["capacity"], 3, "{e}");
+    assert_eq!(
+        e.as_ref().unwrap_err().detail().unwrap().capacity,
+        Some(3),
+        "{e:?}"
+    );
 
     tracing::info!("phase: renew, release, and a stale fence");
-    let f1 = g1["fence"].as_u64().unwrap();
-    let (s, r) = http::post_json(
-        &http,
-        &url(b, "pool", "renew"),
-        json!({"fence": f1, "ttl_ms": 30_000}),
-        None,
-    )
-    .await;
+    let f1 = g1.fence;
+    let r = b.semaphore_renew("pool", f1, 30_000).await.unwrap();
+    assert_eq!((r.ttl_ms, r.permits), (30_000, 2), "{r:?}");
+    let r = d.semaphore_release("pool", f1).await.unwrap();
     assert_eq!(
-        (s, r["ttl_ms"].as_u64(), r["permits"].as_u64()),
-        (200, Some(30_000), Some(2)),
-        "{r}"
+        r,
+        Released {
+            released: true,
+            permits: 2
+        }
     );
-    let (s, r) = http::post_json(
-        &http,
-        &url(d, "pool", "release"),
-        json!({"fence": f1}),
-        None,
-    )
-    .await;
+    let r = a.semaphore_release("pool", f1).await;
     assert_eq!(
-        (s, r["released"].as_bool(), r["permits"].as_u64()),
-        (200, Some(true), Some(2)),
-        "{r}"
+        (r.as_ref().err().and_then(|e| e.status()), reason(&r)),
+        (Some(409), Some("stale_fence")),
+        "{r:?}"
     );
-    let (s, r) = http::post_json(
-        &http,
-        &url(a, "pool", "release"),
-        json!({"fence": f1}),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (s, r["error"]["reason"].as_str()),
-        (409, Some("stale_fence")),
-        "{r}"
-    );
-    let (s, g3) = acquire(
-        &http,
+    let g3 = acquire(
         d,
         "pool",
         json!({"holder": "w3", "permits": 2, "capacity": 3, "ttl_ms": 60_000}),
     )
-    .await;
-    assert_eq!(s, 200, "{g3}");
-    assert!(g3["fence"].as_u64() > g2["fence"].as_u64(), "{g2} {g3}");
+    .await
+    .unwrap();
+    assert!(g3.fence > g2.fence, "{g2:?} {g3:?}");
     c.shutdown().await;
 }
 
@@ -144,36 +132,33 @@ async fn permits_are_shared_up_to_capacity_and_fences_grow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocked_acquires_are_served_in_arrival_order() {
     let c = InprocCluster::start(3).await.unwrap();
-    let http = http::client();
-    let (s, g) = acquire(
-        &http,
-        &c.bases[0],
+    let apis = apis(&c);
+    let g = acquire(
+        &apis[0],
         "one",
         json!({"holder": "first", "capacity": 1, "ttl_ms": 60_000}),
     )
-    .await;
-    assert_eq!(s, 200, "{g}");
-    let mut fence = g["fence"].as_u64().unwrap();
+    .await
+    .unwrap();
+    let mut fence = g.fence;
 
     tracing::info!("phase: three callers queue, one after the other");
     let mut waiters = Vec::new();
     for (i, who) in ["w1", "w2", "w3"].into_iter().enumerate() {
-        let http2 = http.clone();
-        let base = c.bases[i].clone();
+        let api = apis[i].clone();
         waiters.push(tokio::spawn(async move {
             acquire(
-                &http2,
-                &base,
+                &api,
                 "one",
                 json!({"holder": who, "capacity": 1, "ttl_ms": 60_000, "wait_ms": 30_000}),
             )
             .await
         }));
-        let n = i as u64 + 1;
+        let n = i as u32 + 1;
         wait_for(
             "the caller to be queued",
             Duration::from_secs(10),
-            || async { (waiting(&http, &c.bases[0], "one").await == Some(n)).then_some(()) },
+            || async { (waiting(&apis[0], "one").await == Some(n)).then_some(()) },
         )
         .await
         .unwrap();
@@ -181,36 +166,31 @@ async fn blocked_acquires_are_served_in_arrival_order() {
 
     tracing::info!("phase: each release grants the next caller in arrival order");
     for (i, who) in ["w1", "w2", "w3"].into_iter().enumerate() {
-        let (s, r) = http::post_json(
-            &http,
-            &url(&c.bases[2], "one", "release"),
-            json!({"fence": fence}),
-            None,
-        )
-        .await;
-        assert_eq!(s, 200, "{r}");
-        let (s, g) = waiters.remove(0).await.unwrap();
-        assert_eq!(s, 200, "caller {who}: {g}");
-        let v = http::get_json(&http, &url(&c.bases[i], "one", "")).await;
-        assert_eq!(v["holders"][0]["holder"], who, "{v}");
-        assert!(g["fence"].as_u64().unwrap() > fence, "{g}");
-        fence = g["fence"].as_u64().unwrap();
+        apis[2].semaphore_release("one", fence).await.unwrap();
+        let g = waiters
+            .remove(0)
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("caller {who}: {e:?}"));
+        let v = apis[i].semaphore_get("one").await.unwrap();
+        assert_eq!(v.holders[0].holder, who, "{v:?}");
+        assert!(g.fence > fence, "{g:?}");
+        fence = g.fence;
     }
 
     tracing::info!("phase: a wait that ends without a grant answers 409 and leaves no place");
-    let (s, e) = acquire(
-        &http,
-        &c.bases[1],
+    let e = acquire(
+        &apis[1],
         "one",
         json!({"holder": "late", "capacity": 1, "ttl_ms": 60_000, "wait_ms": 300}),
     )
     .await;
     assert_eq!(
-        (s, e["error"]["reason"].as_str()),
-        (409, Some("not_granted")),
-        "{e}"
+        (e.as_ref().err().and_then(|e| e.status()), reason(&e)),
+        (Some(409), Some("not_granted")),
+        "{e:?}"
     );
-    assert_eq!(waiting(&http, &c.bases[1], "one").await, Some(0));
+    assert_eq!(waiting(&apis[1], "one").await, Some(0));
     c.shutdown().await;
 }
 
@@ -218,38 +198,31 @@ async fn blocked_acquires_are_served_in_arrival_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_lease_frees_its_permits_for_the_queue() {
     let c = InprocCluster::start(1).await.unwrap();
-    let http = http::client();
-    let base = &c.bases[0];
-    let (s, g) = acquire(
-        &http,
-        base,
+    let api = http::api(&c.bases[0]);
+    let g = acquire(
+        &api,
         "short",
         json!({"holder": "crashed", "permits": 2, "capacity": 2, "ttl_ms": 500}),
     )
-    .await;
-    assert_eq!(s, 200, "{g}");
-    let (s, g2) = acquire(
-        &http,
-        base,
+    .await
+    .unwrap();
+    let g2 = acquire(
+        &api,
         "short",
         json!({"holder": "next", "permits": 2, "capacity": 2, "ttl_ms": 60_000, "wait_ms": 10_000}),
     )
-    .await;
-    assert_eq!(
-        s, 200,
-        "the queued caller is granted once the lease ends: {g2}"
-    );
-    assert!(g2["fence"].as_u64() > g["fence"].as_u64());
-    let v = http::get_json(&http, &url(base, "short", "")).await;
-    assert_eq!(v["holders"][0]["holder"], "next", "{v}");
+    .await
+    .unwrap_or_else(|e| panic!("the queued caller is granted once the lease ends: {e:?}"));
+    assert!(g2.fence > g.fence);
+    let v = api.semaphore_get("short").await.unwrap();
+    assert_eq!(v.holders[0].holder, "next", "{v:?}");
     c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_semaphore_requests_get_clear_errors() {
     let c = InprocCluster::start(1).await.unwrap();
-    let http = http::client();
-    let base = &c.bases[0];
+    let api = http::api(&c.bases[0]);
     for (body, field) in [
         (
             json!({"holder": "h", "capacity": 0, "ttl_ms": 1000}),
@@ -273,24 +246,31 @@ async fn bad_semaphore_requests_get_clear_errors() {
             "wait_ms",
         ),
     ] {
-        let (s, e) = acquire(&http, base, "s", body.clone()).await;
-        assert_eq!(s, 400, "{body}: {e}");
-        assert_eq!(e["error"]["field"], field, "{body}: {e}");
+        let e = acquire(&api, "s", body.clone()).await.unwrap_err();
+        assert_eq!(e.status(), Some(400), "{body}: {e:?}");
+        assert_eq!(
+            e.detail().unwrap().field.as_deref(),
+            Some(field),
+            "{body}: {e:?}"
+        );
     }
-    let (s, e) = acquire(
-        &http,
-        base,
-        "s",
-        json!({"holder": "h", "capacity": 2, "ttl_ms": 1000, "extra": 1}),
-    )
-    .await;
+    // An unknown field cannot be written with the typed body: sent as it is.
+    let r = api
+        .raw_json(
+            Method::POST,
+            "/v1/semaphores/s/acquire",
+            &json!({"holder": "h", "capacity": 2, "ttl_ms": 1000, "extra": 1}),
+        )
+        .await
+        .unwrap();
+    let e: ErrorBody = r.decode().unwrap_or_else(|e| panic!("{e}: {}", r.json()));
     assert_eq!(
-        (s, e["error"]["code"].as_str()),
-        (400, Some("bad_request")),
-        "{e}"
+        (r.status, e.error.code),
+        (400, ErrorCode::BadRequest),
+        "{e:?}"
     );
-    let r = http.get(url(base, "nobody", "")).send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    let e = api.semaphore_get("nobody").await.unwrap_err();
+    assert_eq!(e.status(), Some(404));
     c.shutdown().await;
 }
 
@@ -350,45 +330,45 @@ async fn the_cli_acquires_shows_and_releases_permits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_holds_on_a_lease_and_releases_it() {
     let c = InprocCluster::start(1).await.unwrap();
-    let http = http::client();
-    let base = &c.bases[0];
-    let (s, g) = acquire(
-        &http,
-        base,
+    let api = http::api(&c.bases[0]);
+    let g = acquire(
+        &api,
         "slots",
         json!({"holder": "w", "capacity": 1, "ttl_ms": 60_000}),
     )
-    .await;
-    assert_eq!(s, 200, "{g}");
-    let fence = g["fence"].as_u64().unwrap();
-    let txn = |fence: u64| {
-        json!({
+    .await
+    .unwrap();
+    let fence = g.fence;
+    let txn = |fence: u64| -> TxnRequest {
+        serde_json::from_value(json!({
             "compare": [{"semaphore": "slots", "fence": fence}],
             "success": [{"put": {"key": "report", "text": "done"}},
                         {"semaphore_release": {"semaphore": "slots", "fence": fence}}],
             "failure": [],
-        })
+        }))
+        .unwrap()
     };
-    let (s, r) = http::post_json(&http, &format!("{base}/v1/txn"), txn(fence), None).await;
-    assert_eq!(s, 200, "{r}");
-    assert_eq!(r["succeeded"], true, "{r}");
+    let r = api.txn(&txn(fence)).await.unwrap();
+    assert!(r.succeeded, "{r:?}");
     assert_eq!(
-        r["results"][1],
+        serde_json::to_value(&r.results[1]).unwrap(),
         json!({"released": true, "permits": 1}),
-        "{r}"
+        "{r:?}"
     );
-    let r = http.get(url(base, "slots", "")).send().await.unwrap();
-    assert_eq!(r.status(), 404, "the released semaphore holds nothing");
+    let e = api.semaphore_get("slots").await.unwrap_err();
+    assert_eq!(
+        e.status(),
+        Some(404),
+        "the released semaphore holds nothing"
+    );
     tracing::info!("phase: with the lease gone, the compare fails and nothing is written");
-    let (s, r) = http::post_json(&http, &format!("{base}/v1/txn"), txn(fence), None).await;
-    assert_eq!((s, r["succeeded"].as_bool()), (200, Some(false)), "{r}");
-    let (s, bad) = http::post_json(
-        &http,
-        &format!("{base}/v1/txn"),
+    let r = api.txn(&txn(fence)).await.unwrap();
+    assert!(!r.succeeded, "{r:?}");
+    let bad: TxnRequest = serde_json::from_value(
         json!({"compare": [{"semaphore": "slots", "lock": "l", "fence": 1}], "success": []}),
-        None,
     )
-    .await;
-    assert_eq!(s, 400, "{bad}");
+    .unwrap();
+    let e = api.txn(&bad).await.unwrap_err();
+    assert!(http::is_api_error(&e, 400, ErrorCode::BadRequest), "{e:?}");
     c.shutdown().await;
 }

@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use node::api::client::HistoryQuery;
+use node::api::model::{ChangeKind, KvHistory, TxnRequest};
 use serde_json::json;
-use tests::http::{self, get_json, post_json, wait_for};
+use tests::http::{self, wait_for};
 use tests::process::{ProcCluster, ProcOptions};
 use tests::standalone::{kv_digest, Standalone};
 
@@ -25,24 +27,16 @@ async fn a_node_joining_after_a_log_purge_catches_up_from_a_snapshot() {
     )
     .await
     .unwrap();
-    let http = http::client();
 
     // 10,000 writes through all three nodes.
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
-        let http = http.clone();
-        let base = c.bases[w % 3].clone();
+        let api = http::api(&c.bases[w % 3]);
         tasks.push(tokio::spawn(async move {
             for i in (w..WRITES).step_by(WRITERS) {
-                let (status, _) = http::put(
-                    &http,
-                    &base,
-                    &format!("key{i:05}"),
-                    &format!("value-{i}-{}", "x".repeat(64)),
-                )
-                .await
-                .unwrap();
-                assert_eq!(status, 200, "write {i}");
+                let value = format!("value-{i}-{}", "x".repeat(64));
+                let r = api.kv_put(&format!("key{i:05}"), value).await;
+                assert!(r.is_ok(), "write {i}: {r:?}");
             }
         }));
     }
@@ -51,45 +45,32 @@ async fn a_node_joining_after_a_log_purge_catches_up_from_a_snapshot() {
     }
 
     // A snapshot now, and the log purged behind it on the leader.
-    let (status, snap) = post_json(
-        &http,
-        &format!("{}/v1/cluster/snapshot", c.bases[0]),
-        json!({}),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{snap}");
+    http::api(&c.bases[0]).snapshot().await.unwrap();
     let leader = c.wait_leader(&[0, 1, 2], None).await.unwrap();
     let lbase = c.bases[c.index_of(leader)].clone();
+    let lapi = http::api(&lbase);
     // The leader compacts history past its bound (1,000 revisions, plus 10% slack) by itself.
     let status = wait_for(
         "the leader's log purged and its history compacted",
         Duration::from_secs(30),
         || async {
-            let s = get_json(&http, &format!("{lbase}/v1/cluster")).await;
-            (s["purged_index"].as_u64().unwrap_or(0) > 1000
-                && s["compact_revision"].as_u64()? >= (WRITES - 1100) as u64)
+            let s = lapi.cluster_status().await.unwrap();
+            (s.purged_index.unwrap_or(0) > 1000 && s.compact_revision >= (WRITES - 1100) as u64)
                 .then_some(s)
         },
     )
     .await
     .unwrap();
-    let target = status["commit_index"].as_u64().unwrap();
+    let target = status.commit_index;
 
-    let compacted = status["compact_revision"].as_u64().unwrap();
-    let (code, body) = {
-        let r = http
-            .get(format!("{lbase}/v1/history?since_revision=1"))
-            .send()
-            .await
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.json::<serde_json::Value>().await.unwrap(),
-        )
+    let compacted = status.compact_revision;
+    let since_1 = HistoryQuery {
+        since_revision: Some(1),
+        ..HistoryQuery::default()
     };
-    assert_eq!(code, 409, "{body}");
-    assert_eq!(body["error"]["compact_revision"], compacted);
+    let e = lapi.kv_history(&since_1).await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e:?}");
+    assert_eq!(e.detail().unwrap().compact_revision, Some(compacted));
 
     // A new node joins and must be served a snapshot (its first log entries are gone).
     let token = std::fs::read_to_string(c.root().join("node1").join("join-token")).unwrap();
@@ -102,12 +83,13 @@ async fn a_node_joining_after_a_log_purge_catches_up_from_a_snapshot() {
         &[],
     )
     .unwrap();
+    let joiner_api = http::api(&joiner.base);
     wait_for(
         "the new node to apply the leader's commit index",
         Duration::from_secs(60),
         || async {
-            let s = http::cluster(&http, &joiner.base).await?;
-            (s["applied_index"].as_u64()? >= target).then_some(())
+            let s = http::status(&joiner_api).await?;
+            (s.applied_index >= target).then_some(())
         },
     )
     .await
@@ -121,8 +103,8 @@ async fn a_node_joining_after_a_log_purge_catches_up_from_a_snapshot() {
     );
 
     // It serves all the data, identical to the leader's.
-    let (theirs, n) = kv_digest(&http, &lbase).await.unwrap();
-    let (mine, m) = kv_digest(&http, &joiner.base).await.unwrap();
+    let (theirs, n) = kv_digest(&lapi).await.unwrap();
+    let (mine, m) = kv_digest(&http::api(&joiner.base)).await.unwrap();
     assert_eq!(n, WRITES);
     assert_eq!((mine, m), (theirs, n));
     let snapshot_bytes = std::fs::metadata(
@@ -145,77 +127,62 @@ async fn a_node_joining_after_a_log_purge_catches_up_from_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_end_at_revision_boundaries_and_compaction_ends_them() {
     let c = tests::inproc::InprocCluster::start(1).await.unwrap();
-    let http = http::client();
-    let base = &c.bases[0];
-    http::put(&http, base, "h.a", "1").await.unwrap(); // rev 1
-    http::put(&http, base, "h.b", "2").await.unwrap(); // rev 2
-    let (status, body) = post_json(
-        &http,
-        &format!("{base}/v1/txn"),
-        json!({"compare": [], "success": [
-            {"put": {"key": "h.x", "text": "x"}},
-            {"put": {"key": "h.y", "text": "y"}}
-        ]}),
-        None,
-    )
-    .await;
-    assert_eq!((status, &body["revision"]), (200, &json!(3)), "{body}");
-    let r = http
-        .delete(format!("{base}/v1/kv/h.a"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200); // rev 4
-    http::put(&http, base, "other", "z").await.unwrap(); // rev 5, not under h.
+    let api = http::api(&c.bases[0]);
+    api.kv_put("h.a", "1").await.unwrap(); // rev 1
+    api.kv_put("h.b", "2").await.unwrap(); // rev 2
+    let txn: TxnRequest = serde_json::from_value(json!({"compare": [], "success": [
+        {"put": {"key": "h.x", "text": "x"}},
+        {"put": {"key": "h.y", "text": "y"}}
+    ]}))
+    .unwrap();
+    assert_eq!(api.txn(&txn).await.unwrap().revision, 3);
+    api.kv_delete("h.a").await.unwrap(); // rev 4
+    api.kv_put("other", "z").await.unwrap(); // rev 5, not under h.
 
     let page = |since: u64, limit: u64| {
-        let http = http.clone();
-        let url = format!("{base}/v1/history?prefix=h.&since_revision={since}&limit={limit}");
-        async move { get_json(&http, &url).await }
+        let q = HistoryQuery {
+            prefix: Some("h.".into()),
+            since_revision: Some(since),
+            limit: Some(limit),
+        };
+        let api = api.clone();
+        async move { api.kv_history(&q).await.unwrap() }
     };
-    let seen = |p: &serde_json::Value| -> Vec<(String, String, u64)> {
-        p["events"]
-            .as_array()
-            .unwrap()
+    let seen = |p: &KvHistory| -> Vec<(String, String, u64)> {
+        p.events
             .iter()
             .map(|e| {
-                (
-                    e["event"].as_str().unwrap().to_string(),
-                    e["key"].as_str().unwrap().to_string(),
-                    e["revision"].as_u64().unwrap(),
-                )
+                let kind = match e.event {
+                    ChangeKind::Put => "put",
+                    ChangeKind::Delete => "delete",
+                };
+                (kind.to_string(), e.key.clone(), e.revision)
             })
             .collect()
     };
     let ev = |e: &str, k: &str, r: u64| (e.to_string(), k.to_string(), r);
     let p1 = page(0, 3).await;
     assert_eq!(seen(&p1), vec![ev("put", "h.a", 1), ev("put", "h.b", 2)]);
-    assert_eq!(p1["next_since_revision"], 2);
+    assert_eq!(p1.next_since_revision, Some(2));
     let p2 = page(2, 1).await;
     assert_eq!(seen(&p2), vec![ev("put", "h.x", 3), ev("put", "h.y", 3)]);
-    assert_eq!(p2["next_since_revision"], 3);
+    assert_eq!(p2.next_since_revision, Some(3));
     let p3 = page(3, 10).await;
     assert_eq!(seen(&p3), vec![ev("delete", "h.a", 4)]);
-    assert!(p3["next_since_revision"].is_null());
-    assert_eq!(p3["revision"], 5);
+    assert!(p3.next_since_revision.is_none());
+    assert_eq!(p3.revision, 5);
 
-    let (status, body) = post_json(
-        &http,
-        &format!("{base}/v1/cluster/compact"),
-        json!({"revision": 3}),
-        None,
-    )
-    .await;
-    assert_eq!((status, &body["compact_revision"]), (200, &json!(3)));
-    let r = http
-        .get(format!("{base}/v1/history?prefix=h.&since_revision=2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["reason"], "compacted");
-    assert_eq!(body["error"]["compact_revision"], 3);
+    assert_eq!(api.compact(3).await.unwrap().compact_revision, 3);
+    let since_2 = HistoryQuery {
+        prefix: Some("h.".into()),
+        since_revision: Some(2),
+        limit: None,
+    };
+    let e = api.kv_history(&since_2).await.unwrap_err();
+    assert_eq!(e.status(), Some(409));
+    let detail = e.detail().unwrap();
+    assert_eq!(detail.reason.as_deref(), Some("compacted"));
+    assert_eq!(detail.compact_revision, Some(3));
     assert_eq!(seen(&page(3, 10).await), vec![ev("delete", "h.a", 4)]);
     c.shutdown().await;
 }

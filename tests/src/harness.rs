@@ -309,16 +309,25 @@ impl Nemesis<'_> {
         self.cluster.bases.len()
     }
 
+    /// A typed client of every node whose requests give up after 1 s.
+    fn quick_apis(&self) -> Vec<node::api::client::Client> {
+        let http = http_client(Duration::from_secs(1));
+        self.cluster
+            .bases
+            .iter()
+            .map(|b| node::api::client::Client::with_http(b, http.clone()))
+            .collect()
+    }
+
     /// The leader that every node of `among` names, if it is one of them and not `not`.
     async fn leader(&self, among: &[usize], not: Option<usize>) -> Result<usize> {
-        let http = http_client(Duration::from_secs(1));
-        let bases = &self.cluster.bases;
+        let apis = self.quick_apis();
         let ids = &self.ids;
         wait_for("a leader all agree on", Duration::from_secs(30), || async {
             let mut agreed = None;
             for &i in among {
-                let s = crate::http::cluster(&http, &bases[i]).await?;
-                let id = s["leader_id"].as_u64()?;
+                let s = crate::http::status(&apis[i]).await?;
+                let id = s.leader_id?;
                 if agreed.is_some_and(|a| a != id) {
                     return None;
                 }
@@ -485,21 +494,17 @@ impl Nemesis<'_> {
 
     /// Waits until every node names the same leader and is ready.
     async fn wait_recovered(&self, within: Duration) -> Result<()> {
-        let http = http_client(Duration::from_secs(1));
-        let bases = &self.cluster.bases;
+        let apis = self.quick_apis();
         wait_for("every node ready under one leader", within, || async {
             let mut leader = None;
-            for b in bases {
-                let s = crate::http::cluster(&http, b).await?;
-                let l = s["leader_id"].as_u64()?;
+            for api in &apis {
+                let s = crate::http::status(api).await?;
+                let l = s.leader_id?;
                 if leader.is_some_and(|x| x != l) {
                     return None;
                 }
                 leader = Some(l);
-                let r = http.get(format!("{b}/ready")).send().await.ok()?;
-                if !r.status().is_success() {
-                    return None;
-                }
+                api.ready().await.ok()?;
             }
             leader
         })

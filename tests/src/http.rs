@@ -1,8 +1,13 @@
-//! HTTP helpers for tests.
+//! HTTP helpers for tests: [`api`], the typed client of a node with the tests' timeout, and
+//! wait-for-state helpers. The untyped helpers at the end (`cluster`, `voters`, `put`, `get`,
+//! `post_json`, `get_json`, `get_text`) read answers as JSON values, for the tests whose
+//! answers have no model type.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use node::api::client::{ApiError, Client};
+use node::error::ErrorCode;
 use serde_json::Value;
 
 pub fn client() -> reqwest::Client {
@@ -11,6 +16,31 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(15))
         .build()
         .unwrap()
+}
+
+/// The typed client of the node at `base`, over a client with the tests' timeout.
+pub fn api(base: &str) -> Client {
+    Client::with_http(base, client())
+}
+
+/// Whether `e` is an error answer with this status and code.
+pub fn is_api_error(e: &ApiError, status: u16, code: ErrorCode) -> bool {
+    matches!(e, ApiError::Api { status: s, code: c, .. } if *s == status && *c == code)
+}
+
+/// The typed `GET /v1/cluster` of `api`, if it answers.
+pub async fn status(api: &Client) -> Option<node::api::model::ClusterStatus> {
+    api.cluster_status().await.ok()
+}
+
+/// Number of voters a typed status reports.
+pub fn voter_count(status: &node::api::model::ClusterStatus) -> usize {
+    use node::api::model::MemberRole;
+    status
+        .members
+        .iter()
+        .filter(|m| matches!(m.role, MemberRole::Voter))
+        .count()
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.

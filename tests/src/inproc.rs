@@ -119,24 +119,24 @@ impl InprocCluster {
 
     /// Waits until every running node reports `voters` voters and the same leader.
     pub async fn wait_voters(&self, voters: usize) -> Result<()> {
-        let http = http::client();
+        let apis: Vec<_> = self.bases.iter().map(|b| http::api(b)).collect();
         wait_for(
             &format!("{voters} voters and one leader on every node"),
             Duration::from_secs(30),
             || async {
                 let mut leader = None;
-                for (i, base) in self.bases.iter().enumerate() {
+                for (i, api) in apis.iter().enumerate() {
                     if self.nodes[i].is_none() {
                         continue;
                     }
-                    let s = http::cluster(&http, base).await?;
-                    if http::voters(&s) != voters || s["leader_id"].is_null() {
+                    let s = http::status(api).await?;
+                    if http::voter_count(&s) != voters || s.leader_id.is_none() {
                         return None;
                     }
-                    if leader.is_some() && leader != Some(s["leader_id"].clone()) {
+                    if leader.is_some() && leader != s.leader_id {
                         return None;
                     }
-                    leader = Some(s["leader_id"].clone());
+                    leader = s.leader_id;
                 }
                 Some(())
             },

@@ -215,13 +215,16 @@ impl ProcCluster {
         Ok(())
     }
 
+    /// The typed client of every node, in node order.
+    pub fn apis(&self) -> Vec<node::api::client::Client> {
+        self.bases.iter().map(|b| http::api(b)).collect()
+    }
+
     /// Waits (up to `timeout`) until node `i` answers `/ready` with 200.
     pub async fn wait_ready(&self, i: usize, timeout: Duration) -> Result<()> {
-        let http = http::client();
-        let base = self.bases[i].clone();
+        let api = http::api(&self.bases[i]);
         wait_for(&format!("node {} ready", i + 1), timeout, || async {
-            let r = http.get(format!("{base}/ready")).send().await.ok()?;
-            r.status().is_success().then_some(())
+            api.ready().await.ok().map(drop)
         })
         .await
         .map_err(|e| e.context(self.log_tail(i)))
@@ -229,13 +232,13 @@ impl ProcCluster {
 
     /// Reads every node's id from its `GET /v1/cluster` into `ids`.
     pub async fn record_ids(&mut self) -> Result<()> {
-        let http = http::client();
         self.ids.clear();
         for i in 0..self.bases.len() {
-            let s = http::cluster(&http, &self.bases[i])
+            let s = http::api(&self.bases[i])
+                .cluster_status()
                 .await
                 .context("GET /v1/cluster")?;
-            self.ids.push(s["node_id"].as_u64().context("node_id")?);
+            self.ids.push(s.node_id);
         }
         Ok(())
     }
@@ -243,16 +246,16 @@ impl ProcCluster {
     /// Waits until the nodes `alive` all report `voters` voters and agree on a leader; returns
     /// the leader's id.
     pub async fn wait_voters(&self, voters: usize, alive: &[usize]) -> Result<u64> {
-        let http = http::client();
+        let apis = self.apis();
         wait_for(
             &format!("{voters} voters and one leader"),
             Duration::from_secs(30),
             || async {
                 let mut leader = None;
                 for &i in alive {
-                    let s = http::cluster(&http, &self.bases[i]).await?;
-                    let l = s["leader_id"].as_u64()?;
-                    if http::voters(&s) != voters || leader.is_some_and(|x| x != l) {
+                    let s = http::status(&apis[i]).await?;
+                    let l = s.leader_id?;
+                    if http::voter_count(&s) != voters || leader.is_some_and(|x| x != l) {
                         return None;
                     }
                     leader = Some(l);
@@ -273,11 +276,11 @@ impl ProcCluster {
 
     /// Waits for a leader among the nodes `alive` other than id `not`; returns its id.
     pub async fn wait_leader(&self, alive: &[usize], not: Option<u64>) -> Result<u64> {
-        let http = http::client();
+        let apis = self.apis();
         wait_for("a leader", Duration::from_secs(30), || async {
             for &i in alive {
-                let s = http::cluster(&http, &self.bases[i]).await?;
-                let l = s["leader_id"].as_u64()?;
+                let s = http::status(&apis[i]).await?;
+                let l = s.leader_id?;
                 let index = self.ids.iter().position(|x| *x == l)?;
                 if Some(l) != not && alive.contains(&index) {
                     return Some(l);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine;
+use node::api::client::Client;
 
 use crate::http::{self, wait_for};
 use crate::process::stackd_bin;
@@ -57,10 +58,9 @@ impl Standalone {
 
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let http = http::client();
+        let api = http::api(&self.base);
         wait_for("the node to be ready", timeout, || async {
-            let r = http.get(format!("{}/ready", self.base)).send().await.ok()?;
-            r.status().is_success().then_some(())
+            api.ready().await.ok().map(drop)
         })
         .await
         .with_context(|| self.log_text())
@@ -78,26 +78,20 @@ impl Drop for Standalone {
     }
 }
 
-/// Every live key of `base` as (key, value, revision), in key order, read page by page from
-/// the node's local state (`consistency=stale`, so a learner answers too).
-pub async fn all_kv(http: &reqwest::Client, base: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
+/// Every live key of `api`'s node as (key, value, revision), in key order, read page by page
+/// from the node's local state (`consistency=stale`, so a learner answers too).
+pub async fn all_kv(api: &Client) -> Result<Vec<(String, Vec<u8>, u64)>> {
     let b64 = base64::engine::general_purpose::STANDARD;
-    crate::checker::convergence::list_all(http, base)
+    crate::checker::convergence::list_all(api)
         .await?
-        .iter()
-        .map(|item| {
-            Ok((
-                item["key"].as_str().context("key")?.to_string(),
-                b64.decode(item["value"].as_str().context("value")?)?,
-                item["revision"].as_u64().context("revision")?,
-            ))
-        })
+        .into_iter()
+        .map(|(key, value, revision)| Ok((key, b64.decode(value)?, revision)))
         .collect()
 }
 
-/// The key-value digest of `base` (see `node::backup::kv_digest`).
-pub async fn kv_digest(http: &reqwest::Client, base: &str) -> Result<(String, usize)> {
-    let all = all_kv(http, base).await?;
+/// The key-value digest of `api`'s node (see `node::backup::kv_digest`).
+pub async fn kv_digest(api: &Client) -> Result<(String, usize)> {
+    let all = all_kv(api).await?;
     Ok((
         node::backup::kv_digest(all.iter().map(|(k, v, r)| (k.as_str(), v.as_slice(), *r))),
         all.len(),

@@ -3,10 +3,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 
 use super::Target;
+use crate::api::client::ApiError;
 use crate::backup;
 
 #[derive(Args, Debug)]
@@ -32,17 +33,12 @@ pub struct RestoreCmd {
 
 /// Streams `GET /v1/cluster/backup` into a file, printing progress, then verifies it.
 pub async fn backup(cmd: BackupCmd) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().no_proxy().build()?;
-    let mut resp = client
-        .get(cmd.target.url("/v1/cluster/backup"))
-        .send()
-        .await
-        .with_context(|| format!("connecting to {}", cmd.target.addr))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        bail!("backup refused ({status}): {body}");
-    }
+    let mut resp = cmd.target.client().backup().await.map_err(|e| match e {
+        ApiError::Transport(_) => {
+            anyhow::Error::new(e).context(format!("connecting to {}", cmd.target.addr))
+        }
+        refused => anyhow::anyhow!("backup refused: {refused}"),
+    })?;
     let to_stdout = cmd.out.as_os_str() == "-";
     let partial = cmd.out.with_extension("partial");
     let mut out: Box<dyn Write> = if to_stdout {

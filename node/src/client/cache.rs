@@ -1,12 +1,9 @@
 //! `stackd cache …`: read and write the cache, invalidate by tag, show stats.
 
-use std::io::Write;
-
-use anyhow::Context;
 use clap::Subcommand;
-use serde_json::json;
 
-use super::{check, client, key_path, send_json, value_or_stdin, Target};
+use super::{print_json, print_raw, value_or_stdin, Target};
+use crate::api::client::CacheWrite;
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCmd {
@@ -50,23 +47,8 @@ pub enum CacheCmd {
 }
 
 pub async fn run(cmd: CacheCmd) -> anyhow::Result<()> {
-    let http = client();
-    let path = |k: &str| format!("/v1/cache/{}", key_path(k));
-    let v = match cmd {
-        CacheCmd::Get { key, target } => {
-            let resp = check(
-                http.get(target.url(&path(&key)))
-                    .send()
-                    .await
-                    .context("request failed")?,
-            )
-            .await?;
-            std::io::stdout().write_all(&resp.bytes().await?)?;
-            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                println!();
-            }
-            return Ok(());
-        }
+    match cmd {
+        CacheCmd::Get { key, target } => print_raw(&target.client().cache_get(&key).await?.value),
         CacheCmd::Set {
             key,
             value,
@@ -74,29 +56,18 @@ pub async fn run(cmd: CacheCmd) -> anyhow::Result<()> {
             tags,
             target,
         } => {
-            let mut q = Vec::new();
-            if let Some(t) = ttl_ms {
-                q.push(format!("ttl_ms={t}"));
-            }
-            if let Some(t) = tags {
-                q.push(format!("tags={}", key_path(&t)));
-            }
-            let mut url = target.url(&path(&key));
-            if !q.is_empty() {
-                url = format!("{url}?{}", q.join("&"));
-            }
-            send_json(http.put(url).body(value_or_stdin(value)?)).await?
+            let w = CacheWrite {
+                ttl_ms,
+                tags: tags.map(|t| vec![t]).unwrap_or_default(),
+                fence: None,
+            };
+            let body = value_or_stdin(value)?;
+            print_json(&target.client().cache_set(&key, body, &w).await?)
         }
-        CacheCmd::Del { key, target } => send_json(http.delete(target.url(&path(&key)))).await?,
+        CacheCmd::Del { key, target } => print_json(&target.client().cache_delete(&key).await?),
         CacheCmd::Invalidate { tags, target } => {
-            send_json(
-                http.post(target.url("/v1/cache/invalidate"))
-                    .json(&json!({ "tags": tags })),
-            )
-            .await?
+            print_json(&target.client().cache_invalidate(tags).await?)
         }
-        CacheCmd::Stats { target } => send_json(http.get(target.url("/v1/cache/stats"))).await?,
-    };
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(())
+        CacheCmd::Stats { target } => print_json(&target.client().cache_stats(false).await?),
+    }
 }

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use serde_json::{json, Value};
 
-use super::{client, key_path, send_json, LeaseArgs, RenewArgs, Target};
+use super::{LeaseArgs, RenewArgs, Target};
+use crate::api::client::Client;
+use crate::api::model::AcquireRequest;
 
 #[derive(Subcommand, Debug)]
 pub enum LockCmd {
@@ -55,23 +56,21 @@ pub enum LockCmd {
 }
 
 async fn acquire(
-    http: &reqwest::Client,
-    target: &Target,
+    client: &Client,
     name: &str,
     owner: &str,
     ttl_ms: u64,
     wait_ms: u64,
 ) -> anyhow::Result<u64> {
-    let v = send_json(
-        http.post(target.url(&format!("/v1/locks/{}/acquire", key_path(name))))
-            .json(&json!({ "owner": owner, "ttl_ms": ttl_ms, "wait_ms": wait_ms })),
-    )
-    .await?;
-    v["fence"].as_u64().context("no fence in the answer")
+    let req = AcquireRequest {
+        owner: owner.to_string(),
+        ttl_ms,
+        wait_ms,
+    };
+    Ok(client.lock_acquire(name, &req).await?.fence)
 }
 
 pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
-    let http = client();
     match cmd {
         LockCmd::Acquire {
             name,
@@ -80,7 +79,7 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             wait_ms,
             target,
         } => {
-            let fence = acquire(&http, &target, &name, &owner, ttl_ms, wait_ms).await?;
+            let fence = acquire(&target.client(), &name, &owner, ttl_ms, wait_ms).await?;
             println!("{fence}");
         }
         LockCmd::Renew(RenewArgs {
@@ -92,11 +91,7 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
                 },
             ttl_ms,
         }) => {
-            send_json(
-                http.post(target.url(&format!("/v1/locks/{}/renew", key_path(&name))))
-                    .json(&json!({ "fence": fence, "ttl_ms": ttl_ms })),
-            )
-            .await?;
+            target.client().lock_renew(&name, fence, ttl_ms).await?;
             println!("renewed {name}:{fence} for {ttl_ms} ms");
         }
         LockCmd::Release(LeaseArgs {
@@ -104,22 +99,14 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             fence,
             target,
         }) => {
-            send_json(
-                http.post(target.url(&format!("/v1/locks/{}/release", key_path(&name))))
-                    .json(&json!({ "fence": fence })),
-            )
-            .await?;
+            target.client().lock_release(&name, fence).await?;
             println!("released {name}:{fence}");
         }
         LockCmd::Get { name, target } => {
-            let v: Value =
-                send_json(http.get(target.url(&format!("/v1/locks/{}", key_path(&name))))).await?;
+            let l = target.client().lock_get(&name).await?;
             println!(
                 "holder {}  fence {}  expires in {} ms  waiters {}",
-                v["holder"].as_str().unwrap_or("?"),
-                v["fence"],
-                v["expires_in_ms"],
-                v["waiters"]
+                l.holder, l.fence, l.expires_in_ms, l.waiters
             );
         }
         LockCmd::Run {
@@ -129,21 +116,23 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             wait_ms,
             target,
             command,
-        } => return hold_while(&http, &target, &name, &owner, ttl_ms, wait_ms, &command).await,
+        } => {
+            let client = target.client();
+            return hold_while(&client, &name, &owner, ttl_ms, wait_ms, &command).await;
+        }
     }
     Ok(())
 }
 
 async fn hold_while(
-    http: &reqwest::Client,
-    target: &Target,
+    client: &Client,
     name: &str,
     owner: &str,
     ttl_ms: u64,
     wait_ms: u64,
     command: &[String],
 ) -> anyhow::Result<()> {
-    let fence = acquire(http, target, name, owner, ttl_ms, wait_ms).await?;
+    let fence = acquire(client, name, owner, ttl_ms, wait_ms).await?;
     eprintln!("stackd: holding {name} with fence {fence}");
     let mut child = tokio::process::Command::new(&command[0])
         .args(&command[1..])
@@ -151,28 +140,20 @@ async fn hold_while(
         .env("STACKD_FENCE", fence.to_string())
         .spawn()
         .with_context(|| format!("starting {:?}", command[0]))?;
-    let renew_url = target.url(&format!("/v1/locks/{}/renew", key_path(name)));
     let mut every = tokio::time::interval(Duration::from_millis((ttl_ms / 3).max(1)));
     every.tick().await;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
             _ = every.tick() => {
-                let r = send_json(
-                    http.post(&renew_url).json(&json!({ "fence": fence, "ttl_ms": ttl_ms })),
-                )
-                .await;
-                if let Err(e) = r {
+                if let Err(e) = client.lock_renew(name, fence, ttl_ms).await {
                     let _ = child.kill().await;
                     bail!("lost the lock ({e}); the command was stopped");
                 }
             }
         }
     };
-    let release = http
-        .post(target.url(&format!("/v1/locks/{}/release", key_path(name))))
-        .json(&json!({ "fence": fence }));
-    if let Err(e) = send_json(release).await {
+    if let Err(e) = client.lock_release(name, fence).await {
         eprintln!("stackd: release failed ({e}); the lease ends by itself after {ttl_ms} ms");
     }
     if !status.success() {

@@ -5,11 +5,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
-use super::{client, key_path, send_json, Target};
+use super::{print_json, Target};
+use crate::api::client::Client;
+use crate::api::model::{
+    ClaimRequest, ClaimedJob, EnqueueRequest, NackRequest, ReplayRequest, ScheduleRequest,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCmd {
@@ -143,9 +148,7 @@ fn json_arg(text: &str) -> anyhow::Result<Value> {
 }
 
 pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
-    let http = client();
-    let q = |name: &str| format!("/v1/queues/{}", key_path(name));
-    let v = match cmd {
+    match cmd {
         QueueCmd::Enqueue {
             queue,
             payload,
@@ -157,26 +160,17 @@ pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
             unique_key,
             target,
         } => {
-            let mut body = json!({ "payload": json_arg(&payload)?, "priority": priority });
-            let fields = [
-                ("delay_ms", delay_ms.map(Value::from)),
-                ("run_at_ms", run_at_ms.map(Value::from)),
-                ("max_attempts", max_attempts.map(Value::from)),
-                ("backoff_ms", backoff_ms.map(Value::from)),
-                ("unique_key", unique_key.map(Value::from)),
-            ];
-            for (k, v) in fields {
-                if let Some(v) = v {
-                    body[k] = v;
-                }
-            }
-            let v = send_json(
-                http.post(target.url(&format!("{}/jobs", q(&queue))))
-                    .json(&body),
-            )
-            .await?;
-            println!("{}", v["id"].as_str().unwrap_or(""));
-            return Ok(());
+            let req = EnqueueRequest {
+                payload: json_arg(&payload)?,
+                delay_ms,
+                run_at_ms,
+                priority,
+                max_attempts,
+                backoff_ms,
+                unique_key,
+            };
+            println!("{}", target.client().enqueue(&queue, &req).await?.id);
+            Ok(())
         }
         QueueCmd::Claim {
             queue,
@@ -186,18 +180,22 @@ pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
             wait_ms,
             target,
         } => {
-            send_json(http.post(target.url(&format!("{}/claim", q(&queue)))).json(&json!({
-                "worker": worker, "max": max, "visibility_ms": visibility_ms, "wait_ms": wait_ms,
-            })))
-            .await?
+            let req = ClaimRequest {
+                worker,
+                max,
+                visibility_ms: Some(visibility_ms),
+                wait_ms,
+            };
+            print_json(&target.client().claim(&queue, &req).await?)
         }
-        QueueCmd::Ack { id, lease, target } => {
-            send_json(
-                http.post(target.url(&format!("/v1/jobs/{}/ack", key_path(&id))))
-                    .json(&json!({ "lease": lease })),
-            )
-            .await?
-        }
+        cmd => run_job_op(cmd).await,
+    }
+}
+
+/// The commands on one job: ack, nack, extend, show.
+async fn run_job_op(cmd: QueueCmd) -> anyhow::Result<()> {
+    match cmd {
+        QueueCmd::Ack { id, lease, target } => print_json(&target.client().ack(&id, lease).await?),
         QueueCmd::Nack {
             id,
             lease,
@@ -205,60 +203,47 @@ pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
             retry_in_ms,
             target,
         } => {
-            let mut body = json!({ "lease": lease });
-            if let Some(e) = error {
-                body["error"] = e.into();
-            }
-            if let Some(r) = retry_in_ms {
-                body["retry_in_ms"] = r.into();
-            }
-            send_json(
-                http.post(target.url(&format!("/v1/jobs/{}/nack", key_path(&id))))
-                    .json(&body),
-            )
-            .await?
+            let req = NackRequest {
+                lease,
+                error,
+                retry_in_ms,
+            };
+            print_json(&target.client().nack(&id, &req).await?)
         }
         QueueCmd::Extend {
             id,
             lease,
             visibility_ms,
             target,
-        } => {
-            send_json(
-                http.post(target.url(&format!("/v1/jobs/{}/extend", key_path(&id))))
-                    .json(&json!({ "lease": lease, "visibility_ms": visibility_ms })),
-            )
-            .await?
-        }
-        QueueCmd::Job { id, target } => {
-            send_json(http.get(target.url(&format!("/v1/jobs/{}", key_path(&id))))).await?
-        }
-        QueueCmd::Stats { queue, target } => {
-            let path = match &queue {
-                Some(name) => q(name),
-                None => "/v1/queues".to_string(),
-            };
-            send_json(http.get(target.url(&path))).await?
-        }
-        QueueCmd::Dead { queue, target } => {
-            send_json(http.get(target.url(&format!("{}/dead", q(&queue))))).await?
-        }
+        } => print_json(&target.client().extend(&id, lease, visibility_ms).await?),
+        QueueCmd::Job { id, target } => print_json(&target.client().job(&id).await?),
+        cmd => run_queue_op(cmd).await,
+    }
+}
+
+/// The commands on a whole queue: stats, dead letters, schedules.
+async fn run_queue_op(cmd: QueueCmd) -> anyhow::Result<()> {
+    match cmd {
+        QueueCmd::Stats { queue, target } => match queue {
+            Some(name) => print_json(&target.client().queue_stats(&name).await?),
+            None => print_json(&target.client().queues().await?),
+        },
+        QueueCmd::Dead { queue, target } => print_json(&target.client().dead(&queue, None).await?),
         QueueCmd::Replay {
             queue,
             ids,
             all,
             target,
         } => {
-            let body = if all {
-                json!({ "all": true })
+            let req = if all {
+                ReplayRequest { ids: None, all }
             } else {
-                json!({ "ids": ids })
+                ReplayRequest {
+                    ids: Some(ids),
+                    all,
+                }
             };
-            send_json(
-                http.post(target.url(&format!("{}/dead/replay", q(&queue))))
-                    .json(&body),
-            )
-            .await?
+            print_json(&target.client().replay(&queue, &req).await?)
         }
         QueueCmd::Schedule {
             queue,
@@ -267,28 +252,29 @@ pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
             payload,
             target,
         } => {
-            send_json(
-                http.put(target.url(&format!("{}/schedules/{}", q(&queue), key_path(&name))))
-                    .json(&json!({ "cron": cron, "payload": json_arg(&payload)? })),
-            )
-            .await?
+            let req = ScheduleRequest {
+                cron,
+                payload: json_arg(&payload)?,
+                priority: 0,
+                max_attempts: None,
+            };
+            print_json(&target.client().schedule_set(&queue, &name, &req).await?)
         }
         QueueCmd::Unschedule {
             queue,
             name,
             target,
-        } => {
-            send_json(
-                http.delete(target.url(&format!("{}/schedules/{}", q(&queue), key_path(&name)))),
-            )
-            .await?
-        }
+        } => print_json(&target.client().schedule_delete(&queue, &name).await?),
         QueueCmd::Schedules { queue, target } => {
-            send_json(http.get(target.url(&format!("{}/schedules", q(&queue))))).await?
+            print_json(&target.client().schedules(&queue).await?)
         }
-    };
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(())
+        QueueCmd::Enqueue { .. }
+        | QueueCmd::Claim { .. }
+        | QueueCmd::Ack { .. }
+        | QueueCmd::Nack { .. }
+        | QueueCmd::Extend { .. }
+        | QueueCmd::Job { .. } => unreachable!("dispatched by run"),
+    }
 }
 
 /// Run a shell command for each job of a queue.
@@ -317,12 +303,10 @@ pub struct WorkerCmd {
 }
 
 pub async fn worker(cmd: WorkerCmd) -> anyhow::Result<()> {
-    let http = client();
+    let client = cmd.target.client();
     let cmd = Arc::new(cmd);
     let slots = Arc::new(Semaphore::new(cmd.concurrency.max(1) as usize));
-    let claim_url = cmd
-        .target
-        .url(&format!("/v1/queues/{}/claim", key_path(&cmd.queue)));
+    let jobs_running = TaskTracker::new();
     eprintln!(
         "stackd worker: {} on queue {} runs {:?}",
         cmd.name, cmd.queue, cmd.command
@@ -338,15 +322,18 @@ pub async fn worker(cmd: WorkerCmd) -> anyhow::Result<()> {
             }
             continue;
         }
-        let claim = send_json(http.post(&claim_url).json(&json!({
-            "worker": cmd.name, "max": free, "visibility_ms": cmd.visibility_ms, "wait_ms": 5000,
-        })));
-        let v = tokio::select! {
-            _ = &mut stop => break,
-            v = claim => v,
+        let req = ClaimRequest {
+            worker: cmd.name.clone(),
+            max: free as u32,
+            visibility_ms: Some(cmd.visibility_ms),
+            wait_ms: 5000,
         };
-        let jobs = match v {
-            Ok(v) => v["jobs"].as_array().cloned().unwrap_or_default(),
+        let claimed = tokio::select! {
+            _ = &mut stop => break,
+            c = client.claim(&cmd.queue, &req) => c,
+        };
+        let jobs = match claimed {
+            Ok(c) => c.jobs,
             Err(e) => {
                 eprintln!("stackd worker: claim failed: {e:#}; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -355,17 +342,18 @@ pub async fn worker(cmd: WorkerCmd) -> anyhow::Result<()> {
         };
         for job in jobs {
             let permit = slots.clone().acquire_owned().await?;
-            let (http, cmd) = (http.clone(), cmd.clone());
-            tokio::spawn(async move {
-                if let Err(e) = run_job(&http, &cmd, &job).await {
-                    eprintln!("stackd worker: job {}: {e:#}", job["id"]);
+            let (client, cmd) = (client.clone(), cmd.clone());
+            jobs_running.spawn(async move {
+                if let Err(e) = run_job(&client, &cmd, &job).await {
+                    eprintln!("stackd worker: job {:?}: {e:#}", job.id);
                 }
                 drop(permit);
             });
         }
     }
     eprintln!("stackd worker: stopping; waiting for running jobs");
-    let _ = slots.acquire_many(cmd.concurrency.max(1)).await;
+    jobs_running.close();
+    jobs_running.wait().await;
     Ok(())
 }
 
@@ -379,43 +367,40 @@ async fn stop_signal() {
     }
 }
 
-async fn run_job(http: &reqwest::Client, cmd: &WorkerCmd, job: &Value) -> anyhow::Result<()> {
-    let id = job["id"].as_str().context("job without id")?;
-    let lease = job["lease"].as_u64().context("job without lease")?;
+async fn run_job(client: &Client, cmd: &WorkerCmd, job: &ClaimedJob) -> anyhow::Result<()> {
+    let id = job.id.as_str();
     let mut child = tokio::process::Command::new(&cmd.command[0])
         .args(&cmd.command[1..])
         .env("STACKD_JOB_ID", id)
-        .env("STACKD_JOB_ATTEMPT", job["attempt"].to_string())
+        .env("STACKD_JOB_ATTEMPT", job.attempt.to_string())
         .env("STACKD_QUEUE", &cmd.queue)
         .stdin(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {:?}", cmd.command[0]))?;
     if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(job["payload"].to_string().as_bytes()).await;
+        let _ = stdin.write_all(job.payload.to_string().as_bytes()).await;
     }
-    let job_url = |op: &str| cmd.target.url(&format!("/v1/jobs/{}/{op}", key_path(id)));
     let mut every = tokio::time::interval(Duration::from_millis((cmd.visibility_ms / 3).max(1)));
     every.tick().await;
     let status = loop {
         tokio::select! {
             s = child.wait() => break s?,
             _ = every.tick() => {
-                let r = send_json(http.post(job_url("extend"))
-                    .json(&json!({ "lease": lease, "visibility_ms": cmd.visibility_ms }))).await;
-                if let Err(e) = r {
+                if let Err(e) = client.extend(id, job.lease, cmd.visibility_ms).await {
                     eprintln!("stackd worker: job {id}: cannot extend ({e:#}); it may run again elsewhere");
                 }
             }
         }
     };
     if status.success() {
-        send_json(http.post(job_url("ack")).json(&json!({ "lease": lease }))).await?;
+        client.ack(id, job.lease).await?;
     } else {
-        send_json(
-            http.post(job_url("nack"))
-                .json(&json!({ "lease": lease, "error": format!("command exited with {status}") })),
-        )
-        .await?;
+        let req = NackRequest {
+            lease: job.lease,
+            error: Some(format!("command exited with {status}")),
+            retry_in_ms: None,
+        };
+        client.nack(id, &req).await?;
     }
     Ok(())
 }

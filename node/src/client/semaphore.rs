@@ -1,11 +1,9 @@
 //! `stackd semaphore …`: acquire N of M permits, renew, release and inspect semaphores.
 
-use anyhow::Context;
 use clap::Subcommand;
-use serde_json::json;
 
-use super::{client, key_path, send_json, LeaseArgs, RenewArgs, Target};
-use crate::api::semaphores::{Grant, Released, SemaphoreView};
+use super::{LeaseArgs, RenewArgs, Target};
+use crate::api::semaphores::AcquireBody;
 
 #[derive(Subcommand, Debug)]
 pub enum SemaphoreCmd {
@@ -44,8 +42,6 @@ pub enum SemaphoreCmd {
 }
 
 pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
-    let http = client();
-    let path = |name: &str, op: &str| format!("/v1/semaphores/{}{op}", key_path(name));
     match cmd {
         SemaphoreCmd::Acquire {
             name,
@@ -56,12 +52,14 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
             wait_ms,
             target,
         } => {
-            let body = json!({
-                "holder": holder, "permits": permits, "capacity": capacity,
-                "ttl_ms": ttl_ms, "wait_ms": wait_ms,
-            });
-            let v = send_json(http.post(target.url(&path(&name, "/acquire"))).json(&body)).await?;
-            let g: Grant = serde_json::from_value(v).context("the acquire's answer")?;
+            let req = AcquireBody {
+                holder,
+                permits,
+                capacity,
+                ttl_ms,
+                wait_ms,
+            };
+            let g = target.client().semaphore_acquire(&name, &req).await?;
             println!("{}", g.fence);
         }
         SemaphoreCmd::Renew(RenewArgs {
@@ -73,8 +71,10 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
                 },
             ttl_ms,
         }) => {
-            let body = json!({ "fence": fence, "ttl_ms": ttl_ms });
-            send_json(http.post(target.url(&path(&name, "/renew"))).json(&body)).await?;
+            target
+                .client()
+                .semaphore_renew(&name, fence, ttl_ms)
+                .await?;
             println!("renewed {name}:{fence} for {ttl_ms} ms");
         }
         SemaphoreCmd::Release(LeaseArgs {
@@ -82,14 +82,11 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
             fence,
             target,
         }) => {
-            let body = json!({ "fence": fence });
-            let v = send_json(http.post(target.url(&path(&name, "/release"))).json(&body)).await?;
-            let r: Released = serde_json::from_value(v).context("the release's answer")?;
+            let r = target.client().semaphore_release(&name, fence).await?;
             println!("released {name}:{fence} ({} permits)", r.permits);
         }
         SemaphoreCmd::Get { name, target } => {
-            let v = send_json(http.get(target.url(&path(&name, "")))).await?;
-            let s: SemaphoreView = serde_json::from_value(v).context("the semaphore")?;
+            let s = target.client().semaphore_get(&name).await?;
             println!(
                 "capacity {}  held {}  free {}  waiting {}",
                 s.capacity, s.held, s.free, s.waiting

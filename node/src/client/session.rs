@@ -1,9 +1,10 @@
 //! `stackd session …`: create, inspect, touch, update and end user sessions.
 
 use clap::Subcommand;
-use serde_json::{json, Value};
+use serde_json::{Map, Value};
 
-use super::{client, key_path, send_json, Target};
+use super::{print_json, Target};
+use crate::api::model::CreateSessionRequest;
 
 #[derive(Subcommand, Debug)]
 pub enum SessionCmd {
@@ -62,52 +63,41 @@ pub enum SessionCmd {
     },
 }
 
-fn object(text: &str) -> anyhow::Result<Value> {
+fn object(text: &str) -> anyhow::Result<Map<String, Value>> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| anyhow::anyhow!("--data must be a JSON object: {e}"))?;
-    anyhow::ensure!(v.is_object(), "--data must be a JSON object");
-    Ok(v)
+    match v {
+        Value::Object(m) => Ok(m),
+        _ => anyhow::bail!("--data must be a JSON object"),
+    }
 }
 
 pub async fn run(cmd: SessionCmd) -> anyhow::Result<()> {
-    let http = client();
-    let path = |id: &str| format!("/v1/sessions/{}", key_path(id));
-    let v = match cmd {
+    match cmd {
         SessionCmd::Create {
             user,
             data,
             ttl_ms,
             target,
         } => {
-            let v = send_json(
-                http.post(target.url("/v1/sessions"))
-                    .json(&json!({ "user": user, "data": object(&data)?, "ttl_ms": ttl_ms })),
-            )
-            .await?;
-            println!("{}", v["id"].as_str().unwrap_or(""));
-            return Ok(());
+            let req = CreateSessionRequest {
+                user,
+                data: Some(object(&data)?),
+                ttl_ms: Some(ttl_ms),
+            };
+            println!("{}", target.client().session_create(&req).await?.id);
+            Ok(())
         }
-        SessionCmd::Get { id, target } => send_json(http.get(target.url(&path(&id)))).await?,
-        SessionCmd::Touch { id, target } => {
-            send_json(http.post(target.url(&format!("{}/touch", path(&id))))).await?
-        }
+        SessionCmd::Get { id, target } => print_json(&target.client().session_get(&id).await?),
+        SessionCmd::Touch { id, target } => print_json(&target.client().session_touch(&id).await?),
         SessionCmd::Update { id, data, target } => {
-            send_json(
-                http.patch(target.url(&path(&id)))
-                    .json(&json!({ "data": object(&data)? })),
-            )
-            .await?
+            let data = object(&data)?;
+            print_json(&target.client().session_update(&id, data).await?)
         }
-        SessionCmd::Del { id, target } => send_json(http.delete(target.url(&path(&id)))).await?,
-        SessionCmd::Ls { user, target } => {
-            send_json(http.get(target.url(&format!("/v1/sessions?user={}", key_path(&user)))))
-                .await?
-        }
+        SessionCmd::Del { id, target } => print_json(&target.client().session_delete(&id).await?),
+        SessionCmd::Ls { user, target } => print_json(&target.client().sessions(&user).await?),
         SessionCmd::Logout { user, target } => {
-            send_json(http.delete(target.url(&format!("/v1/sessions?user={}", key_path(&user)))))
-                .await?
+            print_json(&target.client().sessions_delete(&user).await?)
         }
-    };
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(())
+    }
 }

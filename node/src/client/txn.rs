@@ -4,7 +4,8 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
-use super::{client, send_json, Target};
+use super::{print_json, Target};
+use crate::api::model::TxnRequest;
 
 /// Apply a transaction: compares, then the success or the failure writes, atomically.
 ///
@@ -28,9 +29,10 @@ pub async fn run(cmd: TxnCmd) -> anyhow::Result<()> {
         None => String::from_utf8(super::value_or_stdin(None)?)?,
     };
     let body: Value = serde_json::from_str(&text).context("the transaction is not JSON")?;
-    let v = send_json(client().post(cmd.target.url("/v1/txn")).json(&body)).await?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    if v["succeeded"] == false {
+    let txn: TxnRequest = serde_json::from_value(body).context("the transaction is malformed")?;
+    let answer = cmd.target.client().txn(&txn).await?;
+    print_json(&answer)?;
+    if !answer.succeeded {
         std::process::exit(2);
     }
     Ok(())

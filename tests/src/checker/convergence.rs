@@ -3,9 +3,12 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use serde_json::Value;
+use node::api::client::{Client, KvListQuery};
 
 use crate::http::wait_for;
+
+/// A listed key as compared across nodes: key, value (base64) and revision.
+pub type Listed = (String, String, u64);
 
 /// Every node reaches the same applied index and then lists the same keys, values and
 /// revisions from its local state.
@@ -14,14 +17,18 @@ pub async fn converged(bases: &[String]) -> Result<()> {
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()?;
+    let apis: Vec<Client> = bases
+        .iter()
+        .map(|b| Client::with_http(b, http.clone()))
+        .collect();
     wait_for(
         "every node at the same applied index and revision",
         Duration::from_secs(30),
         || async {
             let mut seen = None;
-            for b in bases {
-                let s = crate::http::cluster(&http, b).await?;
-                let at = (s["applied_index"].as_u64()?, s["revision"].as_u64()?);
+            for api in &apis {
+                let s = crate::http::status(api).await?;
+                let at = (s.applied_index, s.revision);
                 if seen.is_some_and(|x| x != at) {
                     return None;
                 }
@@ -31,9 +38,9 @@ pub async fn converged(bases: &[String]) -> Result<()> {
         },
     )
     .await?;
-    let mut first: Option<Vec<Value>> = None;
-    for (i, b) in bases.iter().enumerate() {
-        let items = list_all(&http, b).await?;
+    let mut first: Option<Vec<Listed>> = None;
+    for (i, api) in apis.iter().enumerate() {
+        let items = list_all(api).await?;
         match &first {
             None => first = Some(items),
             Some(f) if *f == items => {}
@@ -42,7 +49,7 @@ pub async fn converged(bases: &[String]) -> Result<()> {
                     .iter()
                     .zip(&items)
                     .find(|(a, b)| a != b)
-                    .map(|(a, b)| format!("n1 has {a}, n{} has {b}", i + 1))
+                    .map(|(a, b)| format!("n1 has {a:?}, n{} has {b:?}", i + 1))
                     .unwrap_or_else(|| {
                         format!("n1 lists {} keys, n{} {}", f.len(), i + 1, items.len())
                     });
@@ -53,27 +60,22 @@ pub async fn converged(bases: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub async fn list_all(http: &reqwest::Client, base: &str) -> Result<Vec<Value>> {
+/// Every key of `api`'s node, from its local state (`consistency=stale`), page by page.
+pub async fn list_all(api: &Client) -> Result<Vec<Listed>> {
+    let stale = api.stale();
     let mut items = Vec::new();
-    let mut after: Option<String> = None;
+    let mut q = KvListQuery {
+        prefix: Some(String::new()),
+        limit: Some(1000),
+        after: None,
+    };
     for _ in 0..10_000 {
-        let mut url = format!("{base}/v1/kv?prefix=&limit=1000&consistency=stale");
-        if let Some(a) = &after {
-            url.push_str("&after=");
-            url.extend(form_urlencoded::byte_serialize(a.as_bytes()));
-        }
-        let page: Value = http
-            .get(&url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        items.extend(page["items"].as_array().cloned().unwrap_or_default());
-        match page["next"].as_str() {
-            Some(k) => after = Some(k.to_string()),
+        let page = stale.kv_list(&q).await?;
+        items.extend(page.items.into_iter().map(|i| (i.key, i.value, i.revision)));
+        match page.next {
+            Some(k) => q.after = Some(k),
             None => return Ok(items),
         }
     }
-    bail!("listing {base} did not end")
+    bail!("listing {} did not end", api.base())
 }

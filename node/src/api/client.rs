@@ -1,0 +1,824 @@
+//! A typed client of the HTTP API: one method per operation, each answering the type the
+//! server answers with (from [`super::model`], or [`super::semaphores`]), or an [`ApiError`]
+//! parsed from the error body. The CLI, `loadgen` and the tests use it.
+//!
+//! All methods share one path: a request is built by [`Client::request`], sent by
+//! [`Client::send`] (which turns an error answer into [`ApiError::Api`]) and decoded by
+//! [`Client::call`]. [`Client::raw`] sends any bytes and returns the status and body as they
+//! are, for checks of malformed input.
+
+use std::borrow::Cow;
+use std::fmt::Display;
+
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::model::{
+    AckRequest, Acked, AcquireRequest, CacheStats, ChannelHistory, ClaimRequest, Claimed,
+    ClusterStatus, CompactRequest, Compacted, Consistency, CreateSessionRequest, Deleted,
+    DeletedCount, EnqueueRequest, Enqueued, ExtendRequest, Extended, Grant, InvalidateRequest,
+    Invalidated, JobInfo, JobList, JoinTokens, KvDeleted, KvHistory, KvList, Leader, LockInfo,
+    NackRequest, Nacked, NextFire, Presence, Promoted, PublishRequest, Published, QueueList,
+    QueueStats, ReleaseRequest, Released, Removed, RenewRequest, Renewed, ReplayRequest, Replayed,
+    Revision, ScheduleList, ScheduleRequest, Session, SessionCreated, SessionList, SnapshotTaken,
+    Status, Stored, TokenCreated, TokenRequest, TokenRevoked, TransferRequest, TxnRequest,
+    TxnResponse, UpdateSessionRequest,
+};
+use super::semaphores::{self, SemaphoreView};
+use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
+
+/// The body of an answer, as reqwest hands it over (no copy).
+pub type Bytes = axum::body::Bytes;
+
+/// A failed call: the server's error answer, an answer that is not what the operation
+/// returns, or no answer at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// An error answer: its status and `error.code`, `error.message`, and the whole `error`
+    /// object (`detail`: the fields some errors add, such as `current_revision`).
+    #[error("{} {code}: {message}{}", status_line(*status), extras(detail))]
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+        detail: Box<ErrorDetail>,
+    },
+    /// An answer that is neither the operation's success body nor an error body.
+    #[error("{} unexpected answer: {body}", status_line(*status))]
+    Unexpected { status: u16, body: String },
+    /// No answer: the connection failed, timed out or broke off.
+    #[error("request failed")]
+    Transport(#[from] reqwest::Error),
+}
+
+impl ApiError {
+    /// The HTTP status of an answer; `None` when there was no answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Api { status, .. } | ApiError::Unexpected { status, .. } => Some(*status),
+            ApiError::Transport(_) => None,
+        }
+    }
+
+    /// `error.code` of an error answer.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ApiError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The `error` object of an error answer.
+    pub fn detail(&self) -> Option<&ErrorDetail> {
+        match self {
+            ApiError::Api { detail, .. } => Some(detail),
+            _ => None,
+        }
+    }
+
+    /// Reads an answer that is not a success.
+    async fn from_answer(resp: Response) -> ApiError {
+        let status = resp.status().as_u16();
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return ApiError::Transport(e),
+        };
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(ErrorBody { error }) => ApiError::Api {
+                status,
+                code: error.code,
+                message: error.message.clone(),
+                detail: Box::new(error),
+            },
+            Err(_) => ApiError::Unexpected {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            },
+        }
+    }
+}
+
+fn status_line(status: u16) -> String {
+    match reqwest::StatusCode::from_u16(status) {
+        Ok(s) => s.to_string(),
+        Err(_) => status.to_string(),
+    }
+}
+
+/// ` (k=v, ...)`: the fields of the error besides code and message.
+fn extras(detail: &ErrorDetail) -> String {
+    let Ok(Value::Object(fields)) = serde_json::to_value(detail) else {
+        return String::new();
+    };
+    let extra: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| *k != "code" && *k != "message")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if extra.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", extra.join(", "))
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A key's value and revision (`GET /v1/kv/{key}`).
+#[derive(Debug, Clone)]
+pub struct KvValue {
+    pub value: Bytes,
+    /// `X-Revision`.
+    pub revision: u64,
+}
+
+/// A cached value (`GET /v1/cache/{key}`).
+#[derive(Debug, Clone)]
+pub struct CacheValue {
+    pub value: Bytes,
+    /// `X-Expires-In-Ms`, when the entry has a TTL.
+    pub expires_in_ms: Option<u64>,
+}
+
+/// The conditions of a key write; each is left out when `None`.
+#[derive(Debug, Clone, Default)]
+pub struct KvWrite {
+    /// Apply only if the key's revision is this (0: only if absent).
+    pub if_revision: Option<u64>,
+    /// Puts only: the key expires this long after the write.
+    pub ttl_ms: Option<u64>,
+    /// `LOCK:F`: apply only while lock LOCK is held with fence F.
+    pub fence: Option<String>,
+}
+
+/// A page of keys to list (`GET /v1/kv`).
+#[derive(Debug, Clone, Default)]
+pub struct KvListQuery {
+    pub prefix: Option<String>,
+    pub limit: Option<u64>,
+    pub after: Option<String>,
+}
+
+/// A page of key-value history (`GET /v1/history`).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub prefix: Option<String>,
+    pub since_revision: Option<u64>,
+    pub limit: Option<u64>,
+}
+
+/// A cache write (`PUT /v1/cache/{key}`).
+#[derive(Debug, Clone, Default)]
+pub struct CacheWrite {
+    pub ttl_ms: Option<u64>,
+    /// Tags, for invalidation.
+    pub tags: Vec<String>,
+    /// `LOCK:F`.
+    pub fence: Option<String>,
+}
+
+/// Any request and its answer as they are (`raw`).
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Bytes,
+}
+
+impl RawAnswer {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The body as an answer type.
+    pub fn decode<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+/// `HOST:PORT` or a URL, as a base URL without a trailing slash.
+pub fn base_url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// A key or name as one path segment, percent-encoded (borrowed when nothing needs it).
+pub fn segment(s: &str) -> Cow<'_, str> {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        form_urlencoded::byte_serialize(s.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20"),
+    )
+}
+
+/// A path with its query, built from optional parameters.
+struct Path(String);
+
+impl Path {
+    fn new(path: String) -> Self {
+        Path(path)
+    }
+
+    fn opt(mut self, name: &str, value: Option<impl Display>) -> Self {
+        if let Some(v) = value {
+            let sep = if self.0.contains('?') { '&' } else { '?' };
+            let v = v.to_string();
+            let v: String = form_urlencoded::byte_serialize(v.as_bytes()).collect();
+            self.0.push_str(&format!("{sep}{name}={v}"));
+        }
+        self
+    }
+}
+
+/// One node's API. Cheap to clone: clones share the connection pool.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    idempotency_key: Option<String>,
+    consistency: Option<Consistency>,
+}
+
+impl Client {
+    /// A client of the node at `addr` (`HOST:PORT` or a URL), without proxy.
+    pub fn new(addr: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client");
+        Self::with_http(addr, http)
+    }
+
+    /// A client of the node at `addr` over `http` (its timeouts, its connection pool).
+    pub fn with_http(addr: &str, http: reqwest::Client) -> Self {
+        Client {
+            http,
+            base: base_url(addr),
+            idempotency_key: None,
+            consistency: None,
+        }
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:7001`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// This client, sending `Idempotency-Key: key` with every request.
+    pub fn idempotent(&self, key: impl Into<String>) -> Self {
+        Client {
+            idempotency_key: Some(key.into()),
+            ..self.clone()
+        }
+    }
+
+    /// This client, reading the answering node's state as it is (`consistency=stale`) on
+    /// every read that takes `consistency`.
+    pub fn stale(&self) -> Self {
+        Client {
+            consistency: Some(Consistency::Stale),
+            ..self.clone()
+        }
+    }
+
+    // ---- Plumbing ----
+
+    /// A request to `path` (and its query) under the base URL, the URL built in one string.
+    fn request(&self, method: Method, path: impl Display) -> RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.idempotency_key {
+            Some(k) => req.header("Idempotency-Key", k),
+            None => req,
+        }
+    }
+
+    /// The `consistency` parameter this client sets, if any.
+    fn consistency(&self) -> Option<&'static str> {
+        self.consistency.map(|c| match c {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Stale => "stale",
+        })
+    }
+
+    /// A read's path: `consistency` added when this client sets it.
+    fn read(&self, path: Path) -> String {
+        path.opt("consistency", self.consistency()).0
+    }
+
+    /// Sends a request; an answer that is not a success becomes [`ApiError`].
+    async fn send(&self, req: RequestBuilder) -> ApiResult<Response> {
+        let resp = req.send().await?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(ApiError::from_answer(resp).await)
+        }
+    }
+
+    /// Sends a request and decodes its JSON answer.
+    async fn call<T: DeserializeOwned>(&self, req: RequestBuilder) -> ApiResult<T> {
+        let resp = self.send(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::Unexpected {
+            status,
+            body: format!("{e}: {}", String::from_utf8_lossy(&body)),
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> ApiResult<T> {
+        self.call(self.request(Method::GET, path)).await
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl Serialize,
+    ) -> ApiResult<T> {
+        self.call(self.request(method, path).json(body)).await
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> ApiResult<T> {
+        self.json(Method::POST, path, body).await
+    }
+
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> ApiResult<T> {
+        self.call(self.request(Method::DELETE, path)).await
+    }
+
+    /// Any request, sent as it is (`body` with `content_type` when given); answers the status,
+    /// headers and body whatever they are. For checks of malformed input.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> ApiResult<RawAnswer> {
+        let mut req = self.request(method, path);
+        if let Some((content_type, bytes)) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
+        let resp = req.send().await?;
+        Ok(RawAnswer {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: resp.bytes().await?,
+        })
+    }
+
+    /// [`Client::raw`] with a JSON body: for checks of the status of a well-formed request.
+    pub async fn raw_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl Serialize,
+    ) -> ApiResult<RawAnswer> {
+        let bytes = serde_json::to_vec(body).expect("a serializable body");
+        self.raw(method, path, Some(("application/json", bytes)))
+            .await
+    }
+
+    // ---- Health ----
+
+    pub async fn health(&self) -> ApiResult<Status> {
+        self.get("/health").await
+    }
+
+    /// `GET /ready`: 503 (`ApiError::Api`) with the reason when not ready.
+    pub async fn ready(&self) -> ApiResult<Status> {
+        self.get("/ready").await
+    }
+
+    /// `GET /metrics`, the Prometheus text.
+    pub async fn metrics(&self) -> ApiResult<String> {
+        let resp = self.send(self.request(Method::GET, "/metrics")).await?;
+        Ok(resp.text().await?)
+    }
+
+    /// `GET /v1/openapi.json`.
+    pub async fn openapi(&self) -> ApiResult<Value> {
+        self.get("/v1/openapi.json").await
+    }
+
+    // ---- Key-value ----
+
+    fn kv_path(key: &str) -> String {
+        format!("/v1/kv/{}", segment(key))
+    }
+
+    /// A read of `key`; built without an intermediate path string, as it is a hot path of
+    /// `loadgen`.
+    pub async fn kv_get(&self, key: &str) -> ApiResult<KvValue> {
+        let (sep, consistency) = match self.consistency() {
+            Some(c) => ("?consistency=", c),
+            None => ("", ""),
+        };
+        let req = self.request(
+            Method::GET,
+            format_args!("/v1/kv/{}{sep}{consistency}", segment(key)),
+        );
+        let resp = self.send(req).await?;
+        let revision = header_u64(&resp, "x-revision").unwrap_or(0);
+        Ok(KvValue {
+            value: resp.bytes().await?,
+            revision,
+        })
+    }
+
+    pub async fn kv_put(&self, key: &str, value: impl Into<reqwest::Body>) -> ApiResult<Revision> {
+        let req = self.request(Method::PUT, format_args!("/v1/kv/{}", segment(key)));
+        self.call(req.body(value)).await
+    }
+
+    pub async fn kv_put_with(
+        &self,
+        key: &str,
+        value: impl Into<reqwest::Body>,
+        w: &KvWrite,
+    ) -> ApiResult<Revision> {
+        let path = Path::new(Self::kv_path(key))
+            .opt("if_revision", w.if_revision)
+            .opt("ttl_ms", w.ttl_ms)
+            .opt("fence", w.fence.as_ref());
+        self.call(self.request(Method::PUT, &path.0).body(value))
+            .await
+    }
+
+    pub async fn kv_delete(&self, key: &str) -> ApiResult<KvDeleted> {
+        self.delete(&Self::kv_path(key)).await
+    }
+
+    /// A delete under `w.if_revision` and `w.fence` (`w.ttl_ms` is not sent).
+    pub async fn kv_delete_with(&self, key: &str, w: &KvWrite) -> ApiResult<KvDeleted> {
+        let path = Path::new(Self::kv_path(key))
+            .opt("if_revision", w.if_revision)
+            .opt("fence", w.fence.as_ref());
+        self.delete(&path.0).await
+    }
+
+    pub async fn kv_list(&self, q: &KvListQuery) -> ApiResult<KvList> {
+        let path = Path::new("/v1/kv".into())
+            .opt("prefix", q.prefix.as_ref())
+            .opt("limit", q.limit)
+            .opt("after", q.after.as_ref());
+        self.get(&self.read(path)).await
+    }
+
+    pub async fn kv_history(&self, q: &HistoryQuery) -> ApiResult<KvHistory> {
+        let path = Path::new("/v1/history".into())
+            .opt("prefix", q.prefix.as_ref())
+            .opt("since_revision", q.since_revision)
+            .opt("limit", q.limit);
+        self.get(&self.read(path)).await
+    }
+
+    pub async fn compact(&self, revision: u64) -> ApiResult<Compacted> {
+        self.post("/v1/cluster/compact", &CompactRequest { revision })
+            .await
+    }
+
+    pub async fn txn(&self, txn: &TxnRequest) -> ApiResult<TxnResponse> {
+        self.post("/v1/txn", txn).await
+    }
+
+    // ---- Locks ----
+
+    fn lock_path(name: &str, op: &str) -> String {
+        format!("/v1/locks/{}{op}", segment(name))
+    }
+
+    pub async fn lock_acquire(&self, name: &str, req: &AcquireRequest) -> ApiResult<Grant> {
+        self.post(&Self::lock_path(name, "/acquire"), req).await
+    }
+
+    pub async fn lock_renew(&self, name: &str, fence: u64, ttl_ms: u64) -> ApiResult<Renewed> {
+        let body = RenewRequest { fence, ttl_ms };
+        self.post(&Self::lock_path(name, "/renew"), &body).await
+    }
+
+    pub async fn lock_release(&self, name: &str, fence: u64) -> ApiResult<Released> {
+        let body = ReleaseRequest { fence };
+        self.post(&Self::lock_path(name, "/release"), &body).await
+    }
+
+    pub async fn lock_get(&self, name: &str) -> ApiResult<LockInfo> {
+        self.get(&self.read(Path::new(Self::lock_path(name, ""))))
+            .await
+    }
+
+    // ---- Semaphores ----
+
+    fn semaphore_path(name: &str, op: &str) -> String {
+        format!("/v1/semaphores/{}{op}", segment(name))
+    }
+
+    pub async fn semaphore_acquire(
+        &self,
+        name: &str,
+        req: &semaphores::AcquireBody,
+    ) -> ApiResult<semaphores::Grant> {
+        self.post(&Self::semaphore_path(name, "/acquire"), req)
+            .await
+    }
+
+    pub async fn semaphore_renew(
+        &self,
+        name: &str,
+        fence: u64,
+        ttl_ms: u64,
+    ) -> ApiResult<semaphores::Grant> {
+        let body = semaphores::RenewBody { fence, ttl_ms };
+        self.post(&Self::semaphore_path(name, "/renew"), &body)
+            .await
+    }
+
+    pub async fn semaphore_release(
+        &self,
+        name: &str,
+        fence: u64,
+    ) -> ApiResult<semaphores::Released> {
+        let body = semaphores::ReleaseBody { fence };
+        self.post(&Self::semaphore_path(name, "/release"), &body)
+            .await
+    }
+
+    pub async fn semaphore_get(&self, name: &str) -> ApiResult<SemaphoreView> {
+        self.get(&self.read(Path::new(Self::semaphore_path(name, ""))))
+            .await
+    }
+
+    // ---- Sessions ----
+
+    fn session_path(id: &str, op: &str) -> String {
+        format!("/v1/sessions/{}{op}", segment(id))
+    }
+
+    pub async fn session_create(&self, req: &CreateSessionRequest) -> ApiResult<SessionCreated> {
+        self.post("/v1/sessions", req).await
+    }
+
+    pub async fn session_get(&self, id: &str) -> ApiResult<Session> {
+        self.get(&self.read(Path::new(Self::session_path(id, ""))))
+            .await
+    }
+
+    pub async fn session_touch(&self, id: &str) -> ApiResult<Session> {
+        let req = self.request(Method::POST, Self::session_path(id, "/touch"));
+        self.call(req).await
+    }
+
+    pub async fn session_update(&self, id: &str, data: Map<String, Value>) -> ApiResult<Session> {
+        let body = UpdateSessionRequest { data };
+        self.json(Method::PATCH, &Self::session_path(id, ""), &body)
+            .await
+    }
+
+    pub async fn session_delete(&self, id: &str) -> ApiResult<Deleted> {
+        self.delete(&Self::session_path(id, "")).await
+    }
+
+    /// The sessions of `user`.
+    pub async fn sessions(&self, user: &str) -> ApiResult<SessionList> {
+        let path = Path::new("/v1/sessions".into()).opt("user", Some(user));
+        self.get(&self.read(path)).await
+    }
+
+    /// Ends every session of `user`.
+    pub async fn sessions_delete(&self, user: &str) -> ApiResult<DeletedCount> {
+        self.delete(&Path::new("/v1/sessions".into()).opt("user", Some(user)).0)
+            .await
+    }
+
+    // ---- Cache ----
+
+    fn cache_path(key: &str) -> String {
+        format!("/v1/cache/{}", segment(key))
+    }
+
+    /// A read of this node's cache: a miss is `ApiError::Api` with `NotFound`.
+    pub async fn cache_get(&self, key: &str) -> ApiResult<CacheValue> {
+        let req = self.request(Method::GET, format_args!("/v1/cache/{}", segment(key)));
+        let resp = self.send(req).await?;
+        let expires_in_ms = header_u64(&resp, "x-expires-in-ms");
+        Ok(CacheValue {
+            value: resp.bytes().await?,
+            expires_in_ms,
+        })
+    }
+
+    pub async fn cache_set(
+        &self,
+        key: &str,
+        value: impl Into<reqwest::Body>,
+        w: &CacheWrite,
+    ) -> ApiResult<Stored> {
+        let tags = (!w.tags.is_empty()).then(|| w.tags.join(","));
+        let path = Path::new(Self::cache_path(key))
+            .opt("ttl_ms", w.ttl_ms)
+            .opt("tags", tags)
+            .opt("fence", w.fence.as_ref());
+        self.call(self.request(Method::PUT, &path.0).body(value))
+            .await
+    }
+
+    pub async fn cache_delete(&self, key: &str) -> ApiResult<Deleted> {
+        self.delete(&Self::cache_path(key)).await
+    }
+
+    pub async fn cache_invalidate(&self, tags: Vec<String>) -> ApiResult<Invalidated> {
+        let body = InvalidateRequest { tags };
+        self.post("/v1/cache/invalidate", &body).await
+    }
+
+    /// Cache figures; with `digest`, a digest of the content.
+    pub async fn cache_stats(&self, digest: bool) -> ApiResult<CacheStats> {
+        let path = Path::new("/v1/cache/stats".into()).opt("digest", digest.then_some(true));
+        self.get(&path.0).await
+    }
+
+    // ---- Queues and jobs ----
+
+    fn queue_path(queue: &str, op: &str) -> String {
+        format!("/v1/queues/{}{op}", segment(queue))
+    }
+
+    fn job_path(id: &str, op: &str) -> String {
+        format!("/v1/jobs/{}{op}", segment(id))
+    }
+
+    pub async fn enqueue(&self, queue: &str, req: &EnqueueRequest) -> ApiResult<Enqueued> {
+        self.post(&Self::queue_path(queue, "/jobs"), req).await
+    }
+
+    pub async fn claim(&self, queue: &str, req: &ClaimRequest) -> ApiResult<Claimed> {
+        self.post(&Self::queue_path(queue, "/claim"), req).await
+    }
+
+    pub async fn ack(&self, id: &str, lease: u64) -> ApiResult<Acked> {
+        let body = AckRequest { lease };
+        self.post(&Self::job_path(id, "/ack"), &body).await
+    }
+
+    pub async fn nack(&self, id: &str, req: &NackRequest) -> ApiResult<Nacked> {
+        self.post(&Self::job_path(id, "/nack"), req).await
+    }
+
+    pub async fn extend(&self, id: &str, lease: u64, visibility_ms: u64) -> ApiResult<Extended> {
+        let body = ExtendRequest {
+            lease,
+            visibility_ms,
+        };
+        self.post(&Self::job_path(id, "/extend"), &body).await
+    }
+
+    pub async fn job(&self, id: &str) -> ApiResult<JobInfo> {
+        self.get(&self.read(Path::new(Self::job_path(id, ""))))
+            .await
+    }
+
+    pub async fn queue_stats(&self, queue: &str) -> ApiResult<QueueStats> {
+        self.get(&self.read(Path::new(Self::queue_path(queue, ""))))
+            .await
+    }
+
+    pub async fn queues(&self) -> ApiResult<QueueList> {
+        self.get(&self.read(Path::new("/v1/queues".into()))).await
+    }
+
+    /// Dead jobs of `queue` (at most `limit` when given).
+    pub async fn dead(&self, queue: &str, limit: Option<u64>) -> ApiResult<JobList> {
+        let path = Path::new(Self::queue_path(queue, "/dead")).opt("limit", limit);
+        self.get(&self.read(path)).await
+    }
+
+    pub async fn replay(&self, queue: &str, req: &ReplayRequest) -> ApiResult<Replayed> {
+        self.post(&Self::queue_path(queue, "/dead/replay"), req)
+            .await
+    }
+
+    fn schedule_path(queue: &str, name: &str) -> String {
+        format!(
+            "{}/{}",
+            Self::queue_path(queue, "/schedules"),
+            segment(name)
+        )
+    }
+
+    pub async fn schedule_set(
+        &self,
+        queue: &str,
+        name: &str,
+        req: &ScheduleRequest,
+    ) -> ApiResult<NextFire> {
+        self.json(Method::PUT, &Self::schedule_path(queue, name), req)
+            .await
+    }
+
+    pub async fn schedule_delete(&self, queue: &str, name: &str) -> ApiResult<Deleted> {
+        self.delete(&Self::schedule_path(queue, name)).await
+    }
+
+    pub async fn schedules(&self, queue: &str) -> ApiResult<ScheduleList> {
+        let path = Path::new(Self::queue_path(queue, "/schedules"));
+        self.get(&self.read(path)).await
+    }
+
+    // ---- Channels ----
+
+    fn channel_path(name: &str, op: &str) -> String {
+        format!("/v1/channels/{}{op}", segment(name))
+    }
+
+    pub async fn publish(&self, channel: &str, data: Value) -> ApiResult<Published> {
+        let body = PublishRequest { data };
+        self.post(&Self::channel_path(channel, "/publish"), &body)
+            .await
+    }
+
+    /// Events after offset `since` (all retained when `None`), at most `limit`.
+    pub async fn channel_history(
+        &self,
+        channel: &str,
+        since: Option<u64>,
+        limit: Option<u64>,
+    ) -> ApiResult<ChannelHistory> {
+        let path = Path::new(Self::channel_path(channel, "/history"))
+            .opt("since", since)
+            .opt("limit", limit);
+        self.get(&self.read(path)).await
+    }
+
+    pub async fn presence(&self, channel: &str) -> ApiResult<Presence> {
+        let path = Path::new(Self::channel_path(channel, "/presence"));
+        self.get(&self.read(path)).await
+    }
+
+    // ---- Cluster ----
+
+    pub async fn cluster_status(&self) -> ApiResult<ClusterStatus> {
+        self.get("/v1/cluster").await
+    }
+
+    pub async fn remove_member(&self, id: u64) -> ApiResult<Removed> {
+        let path = format!("/v1/cluster/members/{id}/remove");
+        self.call(self.request(Method::POST, &path)).await
+    }
+
+    pub async fn promote_member(&self, id: u64) -> ApiResult<Promoted> {
+        let path = format!("/v1/cluster/members/{id}/promote");
+        self.call(self.request(Method::POST, &path)).await
+    }
+
+    pub async fn transfer_leader(&self, to: u64) -> ApiResult<Leader> {
+        self.post("/v1/cluster/leader/transfer", &TransferRequest { to })
+            .await
+    }
+
+    pub async fn snapshot(&self) -> ApiResult<SnapshotTaken> {
+        self.call(self.request(Method::POST, "/v1/cluster/snapshot"))
+            .await
+    }
+
+    /// A new join token, valid for `ttl_ms` (the server's default when `None`).
+    pub async fn create_token(&self, ttl_ms: Option<u64>) -> ApiResult<TokenCreated> {
+        self.post("/v1/cluster/tokens", &TokenRequest { ttl_ms })
+            .await
+    }
+
+    pub async fn tokens(&self) -> ApiResult<JoinTokens> {
+        self.get("/v1/cluster/tokens").await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> ApiResult<TokenRevoked> {
+        self.delete(&format!("/v1/cluster/tokens/{}", segment(id)))
+            .await
+    }
+
+    /// `GET /v1/cluster/backup`: the answer, to read as a stream (`Response::chunk`).
+    pub async fn backup(&self) -> ApiResult<Response> {
+        self.send(self.request(Method::GET, "/v1/cluster/backup"))
+            .await
+    }
+}
+
+fn header_u64(resp: &Response, name: &str) -> Option<u64> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
