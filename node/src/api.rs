@@ -39,7 +39,10 @@ use raft::command::{KvCmd, KvResult, MaybeFenced, Proposal};
 use tokio::sync::Semaphore;
 
 use crate::cluster::Cluster;
-use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode, Unsettled, WriteFailures};
+use crate::error::{
+    ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, NotFound, TooLarge, Unsettled,
+    WriteFailures,
+};
 use crate::metrics::Metrics;
 use model::{ClusterStatus, Consistency, KvDeleted, KvItem, KvList, Revision, Status};
 
@@ -379,6 +382,18 @@ pub(crate) fn list_limit(p: &HashMap<String, String>) -> ApiResult<usize> {
     }
 }
 
+/// The `Idempotency-Key` header of a write, as the API reference lists it (read by
+/// [`idempotency_key`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub(crate) struct IdempotencyKey {
+    /// 1 to 256 visible ASCII characters; a retry with the same key and request is answered
+    /// once, for 10 minutes
+    #[param(rename = "Idempotency-Key")]
+    #[allow(dead_code)]
+    key: Option<String>,
+}
+
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     match headers.get("idempotency-key") {
         None => Ok(None),
@@ -405,14 +420,14 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> 
         ("if_revision" = Option<u64>, Query, description = "apply only if the key's revision is this (0 = only if absent)"),
         ("ttl_ms" = Option<u64>, Query, minimum = 1, description = "the key expires this long after the write"),
         ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the raw value"),
     responses(
         (status = 200, description = "written", body = Revision),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 409, description = "conflict: the compare (error.current_revision) or the fence (reason stale_fence) failed", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        TooLarge,
         WriteFailures,
     )
 )]
@@ -455,11 +470,11 @@ async fn put_kv(
         ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
         ("if_revision" = Option<u64>, Query, description = "apply only if the key's revision is this"),
         ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     responses(
         (status = 200, description = "deleted (or absent: deleted false)", body = KvDeleted),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 409, description = "conflict: the compare (error.current_revision) or the fence (reason stale_fence) failed", body = ErrorBody),
         WriteFailures,
     )
@@ -496,8 +511,8 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
     ),
     responses(
         (status = 200, description = "the value", content_type = "application/octet-stream", body = Vec<u8>, headers(("X-Revision" = u64, description = "the key's revision"))),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         Unsettled,
     )
 )]
@@ -537,7 +552,7 @@ const LIST_LIMIT_MAX: usize = 1000;
     ),
     responses(
         (status = 200, description = "a page of keys; value is base64", body = KvList),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         Unsettled,
     )
 )]

@@ -122,6 +122,33 @@ pub enum Unsettled {
     Timeout(ErrorBody),
 }
 
+/// `bad_request`, documented once for the routes whose refusal needs no more words.
+#[derive(utoipa::IntoResponses)]
+pub enum BadRequest {
+    #[response(
+        status = 400,
+        description = "bad_request: malformed request or value out of range; nothing was applied"
+    )]
+    BadRequest(ErrorBody),
+}
+
+/// `too_large`: a body or value over its size limit.
+#[derive(utoipa::IntoResponses)]
+pub enum TooLarge {
+    #[response(
+        status = 413,
+        description = "too_large: over the size limit (error.limit)"
+    )]
+    TooLarge(ErrorBody),
+}
+
+/// `not_found`: no such lock, semaphore, session, job, queue or member.
+#[derive(utoipa::IntoResponses)]
+pub enum NotFound {
+    #[response(status = 404, description = "not_found")]
+    NotFound(ErrorBody),
+}
+
 /// The answers any write may give besides its own, documented once: an `Idempotency-Key`
 /// first used for another request, and those of [`Unsettled`].
 #[derive(utoipa::IntoResponses)]

@@ -10,9 +10,9 @@ use raft::command::{CacheCmd, CacheLimits, CacheResult};
 use super::model::{CacheStats, Deleted, InvalidateRequest, Invalidated, Stored};
 use super::{
     check_ms, fenced, idempotency_key, params, read_body, remaining_ms, u64_param, validate_name,
-    AppState, JsonBody, Key, St,
+    AppState, IdempotencyKey, JsonBody, Key, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody, WriteFailures};
+use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, TooLarge, WriteFailures};
 
 /// Longest cache TTL: 30 days.
 pub const CACHE_TTL_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
@@ -49,14 +49,14 @@ pub(crate) fn check_tags(tags: &[String]) -> ApiResult<()> {
         ("ttl_ms" = Option<u64>, Query, minimum = 1, maximum = 2592000000u64, description = "at most 30 days"),
         ("tags" = Option<String>, Query, description = "comma-separated, at most 64"),
         ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the raw value"),
     responses(
         (status = 200, description = "stored", body = Stored),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        TooLarge,
         WriteFailures,
     )
 )]
@@ -104,7 +104,7 @@ pub async fn set(
     ),
     responses(
         (status = 200, description = "the raw bytes", content_type = "application/octet-stream", body = Vec<u8>, headers(("X-Expires-In-Ms" = u64, description = "time left, when the entry has a TTL"))),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 404, description = "not_found: a miss", body = ErrorBody),
     )
 )]
@@ -144,11 +144,11 @@ pub async fn get(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResu
     params(
         ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
         ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     responses(
         (status = 200, description = "whether it existed", body = Deleted),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
         WriteFailures,
     )
@@ -173,13 +173,13 @@ pub async fn delete(
     path = "/v1/cache/invalidate",
     summary = "Remove every entry carrying any of the tags, in order with the writes around it",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body = InvalidateRequest,
     responses(
         (status = 200, description = "how many entries were removed", body = Invalidated),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        BadRequest,
+        TooLarge,
         WriteFailures,
     )
 )]
@@ -210,7 +210,7 @@ pub async fn invalidate(
     ),
     responses(
         (status = 200, description = "stats", body = CacheStats),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
     )
 )]
 pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<CacheStats>> {

@@ -11,10 +11,10 @@ use super::model::{
     ChannelEvent, ChannelHistory, Consistency, Presence, PresentClient, PublishRequest, Published,
 };
 use super::{
-    idempotency_key, list_limit, params, read_barrier_unless_stale, u64_param, AppState, JsonBody,
-    Name, St,
+    idempotency_key, list_limit, params, read_barrier_unless_stale, u64_param, AppState,
+    IdempotencyKey, JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled};
+use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled};
 
 /// The command publishing `data` on `channel`, with the retention configured for its name.
 pub(crate) fn publish_command(
@@ -44,13 +44,13 @@ pub(crate) fn publish_command(
     description = "It gets the channel's next offset (offsets start at 1, never repeat). Retention (count and age, by channel-name prefix: --channel-retention, default 1000 events for 24 h) travels with the publish.",
     params(
         ("name" = String, Path, description = "channel name, 1..=512 bytes of UTF-8, no control characters"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body = PublishRequest,
     responses(
         (status = 200, description = "published", body = Published),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        BadRequest,
+        TooLarge,
         (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
         (status = 429, description = "rate_limited: a replicated bound was reached; nothing was applied (Retry-After)", body = ErrorBody),
         Unsettled,
@@ -83,8 +83,8 @@ pub async fn publish(
     ),
     responses(
         (status = 200, description = "events", body = ChannelHistory),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         Unsettled,
     )
 )]
@@ -129,7 +129,7 @@ pub async fn history(
     ),
     responses(
         (status = 200, description = "present clients", body = Presence),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         Unsettled,
     )
 )]

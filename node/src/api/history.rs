@@ -8,7 +8,7 @@ use raft::state::KvEventKind;
 
 use super::model::{ChangeKind, CompactRequest, Compacted, Consistency, KvChange, KvHistory};
 use super::{list_limit, params, read_barrier_unless_stale, u64_param, JsonBody, St};
-use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled};
+use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, TooLarge, Unsettled};
 
 /// `GET /v1/history?prefix=P&since_revision=R&limit=N`: changes under `P` after revision `R`
 /// (as a watch from `R` replays them), in revision order. A page ends at a revision boundary,
@@ -27,7 +27,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled};
     ),
     responses(
         (status = 200, description = "a page of changes", body = KvHistory),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 409, description = "conflict: since_revision is below compact_revision (reason compacted, compact_revision)", body = ErrorBody),
         Unsettled,
     )
@@ -101,8 +101,8 @@ pub async fn kv_history(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<
     request_body = CompactRequest,
     responses(
         (status = 200, description = "the new compact revision", body = Compacted),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        BadRequest,
+        TooLarge,
         Unsettled,
     )
 )]

@@ -12,9 +12,11 @@ use super::model::{
 };
 use super::{
     check_ms, check_wait_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms,
-    validate_name, JsonBody, Name, St,
+    validate_name, IdempotencyKey, JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled, WriteFailures};
+use crate::error::{
+    ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled, WriteFailures,
+};
 use crate::service;
 
 /// Longest lease: one day.
@@ -37,14 +39,14 @@ fn granted(fence: u64, owner: &str, ttl_ms: u64) -> Json<Grant> {
     description = "With wait_ms (at most 60000) the caller queues and is served in arrival order. Fences strictly increase per name.",
     params(
         ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body = AcquireRequest,
     responses(
         (status = 200, description = "granted", body = Grant),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 409, description = "conflict: still held after wait_ms (error.holder)", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        TooLarge,
         (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
         (status = 429, description = "rate_limited: 1024 callers already wait for this lock", body = ErrorBody),
         Unsettled,
@@ -90,13 +92,13 @@ pub async fn acquire(
     summary = "Extend the lease of the holder with this fence",
     params(
         ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body = RenewRequest,
     responses(
         (status = 200, description = "renewed", body = Renewed),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         (status = 409, description = "conflict: stale fence (reason stale_fence, current_fence)", body = ErrorBody),
         WriteFailures,
     )
@@ -126,13 +128,13 @@ pub async fn renew(
     summary = "Release a lock; the next waiter is granted in the same step",
     params(
         ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body = ReleaseRequest,
     responses(
         (status = 200, description = "released", body = Released),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         (status = 409, description = "conflict: stale fence (reason stale_fence, current_fence)", body = ErrorBody),
         WriteFailures,
     )
@@ -164,7 +166,7 @@ pub async fn release(
     ),
     responses(
         (status = 200, description = "the holder", body = LockInfo),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 404, description = "not_found: the lock is not held", body = ErrorBody),
         Unsettled,
     )

@@ -17,7 +17,7 @@ use super::model::{
     TransferRequest,
 };
 use super::{JsonBody, St};
-use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode, Unsettled};
+use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, NotFound, Unsettled};
 
 fn member_id(id: &str) -> ApiResult<NodeId> {
     id.parse()
@@ -34,8 +34,8 @@ fn member_id(id: &str) -> ApiResult<NodeId> {
     ),
     responses(
         (status = 200, description = "removed", body = Removed),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         (status = 409, description = "conflict", body = ErrorBody),
         Unsettled,
     )
@@ -57,8 +57,8 @@ pub async fn remove(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Rem
     ),
     responses(
         (status = 200, description = "promoted", body = Promoted),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         (status = 409, description = "conflict", body = ErrorBody),
         Unsettled,
     )
@@ -78,7 +78,7 @@ pub async fn promote(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Pr
     request_body = TransferRequest,
     responses(
         (status = 200, description = "the new leader", body = Leader),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         Unsettled,
     )
 )]
@@ -196,7 +196,7 @@ pub const DEFAULT_TOKEN_TTL_MS: u64 = 24 * 3600 * 1000;
     request_body = TokenRequest,
     responses(
         (status = 201, description = "the token; id is the first 16 hex digits of its SHA-256", body = TokenCreated),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         Unsettled,
     )
 )]
@@ -251,8 +251,8 @@ pub async fn list_tokens(State(st): St) -> ApiResult<Json<JoinTokens>> {
     ),
     responses(
         (status = 200, description = "revoked", body = TokenRevoked),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         Unsettled,
     )
 )]

@@ -16,9 +16,11 @@ use super::model::{
 };
 use super::{
     check_ms, idempotency_key, list_limit, params, read_barrier_unless_stale, remaining_ms,
-    validate_name, AppState, JsonBody, Name, St,
+    validate_name, AppState, IdempotencyKey, JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled, WriteFailures};
+use crate::error::{
+    ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled, WriteFailures,
+};
 use crate::service;
 
 /// Longest delay and visibility: 365 days and 12 hours.
@@ -91,14 +93,14 @@ pub(crate) fn enqueue_job(st: &AppState, b: EnqueueRequest) -> ApiResult<Enqueue
     description = "Claims order: priority (higher first), due time, enqueue order.",
     params(
         ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body = EnqueueRequest,
     responses(
         (status = 201, description = "enqueued", body = Enqueued),
         (status = 200, description = "a queued job has this unique_key: existing true, its id", body = Enqueued),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        BadRequest,
+        TooLarge,
         WriteFailures,
     )
 )]
@@ -143,8 +145,8 @@ pub async fn enqueue(
     request_body = ClaimRequest,
     responses(
         (status = 200, description = "the claimed jobs (maybe none)", body = Claimed),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        BadRequest,
+        TooLarge,
         Unsettled,
     )
 )]
@@ -216,10 +218,10 @@ async fn job_write<T>(st: &AppState, command: QueueCmd, answer: T) -> ApiResult<
     request_body = AckRequest,
     responses(
         (status = 200, description = "acked", body = Acked),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        TooLarge,
         Unsettled,
     )
 )]
@@ -248,10 +250,10 @@ pub async fn ack(
     request_body = NackRequest,
     responses(
         (status = 200, description = "nacked", body = Nacked),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        TooLarge,
         Unsettled,
     )
 )]
@@ -290,10 +292,10 @@ pub async fn nack(
     request_body = ExtendRequest,
     responses(
         (status = 200, description = "extended", body = Extended),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        TooLarge,
         Unsettled,
     )
 )]
@@ -360,8 +362,8 @@ fn job_info(id: u64, j: &Job, now: u64) -> JobInfo {
     ),
     responses(
         (status = 200, description = "the job", body = JobInfo),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         Unsettled,
     )
 )]
@@ -391,7 +393,7 @@ pub async fn get_job(
     ),
     responses(
         (status = 200, description = "counts", body = QueueStats),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         Unsettled,
     )
 )]
@@ -421,7 +423,7 @@ pub async fn stats(
     ),
     responses(
         (status = 200, description = "the queues", body = QueueList),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         Unsettled,
     )
 )]
@@ -457,7 +459,7 @@ pub async fn list_queues(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json
     ),
     responses(
         (status = 200, description = "dead jobs", body = JobList),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         Unsettled,
     )
 )]
@@ -485,13 +487,13 @@ pub async fn dead(
     summary = "Move dead jobs back with fresh attempts",
     params(
         ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body = ReplayRequest,
     responses(
         (status = 200, description = "how many jobs moved", body = Replayed),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        BadRequest,
+        TooLarge,
         WriteFailures,
     )
 )]
@@ -547,8 +549,8 @@ pub async fn replay(
     request_body = ScheduleRequest,
     responses(
         (status = 200, description = "the next due time", body = NextFire),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        BadRequest,
+        TooLarge,
         Unsettled,
     )
 )]
@@ -598,8 +600,8 @@ pub async fn set_schedule(
     ),
     responses(
         (status = 200, description = "removed", body = Deleted),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         Unsettled,
     )
 )]
@@ -630,7 +632,7 @@ pub async fn delete_schedule(
     ),
     responses(
         (status = 200, description = "schedules", body = ScheduleList),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         Unsettled,
     )
 )]

@@ -14,9 +14,9 @@ use utoipa::ToSchema;
 use super::locks::{LOCK_TTL_MS_MAX, LOCK_WAIT_MS_MAX};
 use super::{
     check_ms, check_wait_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms,
-    validate_name, JsonBody, Name, St,
+    validate_name, IdempotencyKey, JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody, ErrorCode, WriteFailures};
+use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, WriteFailures};
 use crate::service;
 
 fn one() -> u32 {
@@ -115,7 +115,7 @@ pub struct SemaphoreView {
     path = "/v1/semaphores/{name}/acquire",
     summary = "Take N of a semaphore's M permits under a lease",
     description = "The first acquire of a semaphore nobody holds or waits for sets its capacity. With wait_ms (at most 60000) the caller queues; the queue is served first come, first served and its head is never overtaken. Each lease has its own fence, strictly increasing per semaphore.",
-    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes")),
+    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), IdempotencyKey),
     request_body = AcquireBody,
     responses(
         (status = 200, description = "granted", body = Grant),
@@ -193,11 +193,11 @@ fn check_permits(body: &AcquireBody) -> ApiResult<()> {
     post,
     path = "/v1/semaphores/{name}/renew",
     summary = "Extend the lease with this fence",
-    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes")),
+    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), IdempotencyKey),
     request_body = RenewBody,
     responses(
         (status = 200, description = "renewed", body = Grant),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
         WriteFailures,
     )
@@ -229,11 +229,11 @@ pub async fn renew(
     post,
     path = "/v1/semaphores/{name}/release",
     summary = "Release the permits of the lease with this fence; waiters are served in the same step",
-    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes")),
+    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), IdempotencyKey),
     request_body = ReleaseBody,
     responses(
         (status = 200, description = "released", body = Released),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
         WriteFailures,
     )

@@ -16,9 +16,9 @@ use super::model::{
 };
 use super::{
     check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
-    JsonBody, Name, St,
+    IdempotencyKey, JsonBody, Name, St,
 };
-use crate::error::{ApiError, ApiResult, ErrorBody, Unsettled, WriteFailures};
+use crate::error::{ApiError, ApiResult, BadRequest, NotFound, TooLarge, Unsettled, WriteFailures};
 
 /// Session lifetime when `ttl_ms` is not given: 30 minutes.
 pub const SESSION_TTL_MS_DEFAULT: u64 = 30 * 60 * 1000;
@@ -60,13 +60,13 @@ fn session(id: &str, s: &SessionEntry, now: u64) -> Session {
     path = "/v1/sessions",
     summary = "Create a session (id: 128 random bits, URL-safe base64)",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body = CreateSessionRequest,
     responses(
         (status = 201, description = "created", body = SessionCreated),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        BadRequest,
+        TooLarge,
         WriteFailures,
     )
 )]
@@ -108,8 +108,8 @@ pub async fn create(
     ),
     responses(
         (status = 200, description = "the session", body = Session),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         Unsettled,
     )
 )]
@@ -134,12 +134,12 @@ fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Session>> {
     summary = "Slide the expiry to ttl_ms from now",
     params(
         ("id" = String, Path, description = "session id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     responses(
         (status = 200, description = "the session", body = Session),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         WriteFailures,
     )
 )]
@@ -159,14 +159,14 @@ pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResu
     summary = "Merge data (RFC 7396: null removes a field) and slide the expiry",
     params(
         ("id" = String, Path, description = "session id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body = UpdateSessionRequest,
     responses(
         (status = 200, description = "the session", body = Session),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        BadRequest,
+        NotFound,
+        TooLarge,
         WriteFailures,
     )
 )]
@@ -195,12 +195,12 @@ pub async fn update(
     summary = "End the session",
     params(
         ("id" = String, Path, description = "session id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     responses(
         (status = 200, description = "ended", body = Deleted),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        BadRequest,
+        NotFound,
         WriteFailures,
     )
 )]
@@ -238,7 +238,7 @@ fn user_param(p: &HashMap<String, String>) -> ApiResult<String> {
     ),
     responses(
         (status = 200, description = "the sessions", body = SessionList),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         Unsettled,
     )
 )]
@@ -263,11 +263,11 @@ pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Sessio
     summary = "Log a user out everywhere",
     params(
         ("user" = String, Query, description = "the user"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     responses(
         (status = 200, description = "how many sessions ended", body = DeletedCount),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         WriteFailures,
     )
 )]

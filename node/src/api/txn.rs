@@ -18,8 +18,10 @@ use utoipa::ToSchema;
 
 use super::cache::{check_tags, limits, CACHE_TTL_MS_MAX};
 use super::model::EnqueueRequest;
-use super::{check_ms, idempotency_key, validate_key, validate_name, AppState, JsonBody, St};
-use crate::error::{ApiError, ApiResult, ErrorBody, WriteFailures};
+use super::{
+    check_ms, idempotency_key, validate_key, validate_name, AppState, IdempotencyKey, JsonBody, St,
+};
+use crate::error::{ApiError, ApiResult, BadRequest, TooLarge, WriteFailures};
 
 // ---- Wire types ----
 
@@ -390,13 +392,13 @@ fn result(r: &Response) -> TxnOpResult {
     summary = "Atomic transaction: if every compare holds apply success, else failure",
     description = "Key-value changes share one revision. Each branch holds at most 128 ops and writes a key at most once.",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 visible ASCII characters; a retry with the same key and request is answered once, for 10 minutes"),
+        IdempotencyKey,
     ),
     request_body = TxnRequest,
     responses(
         (status = 200, description = "which branch applied, and one result per op", body = TxnResponse),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
-        (status = 413, description = "too_large: over the size limit (error.limit)", body = ErrorBody),
+        BadRequest,
+        TooLarge,
         WriteFailures,
     )
 )]

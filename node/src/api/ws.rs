@@ -42,7 +42,7 @@ use super::ws_protocol::{
 };
 use super::{json_body_limit, params, validate_name, AppState, St};
 use crate::cluster::StateReader;
-use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::error::{ApiError, BadRequest, ErrorBody, ErrorCode};
 
 /// How often a catching-up connection is sent its next page of history.
 const CATCH_UP_TICK: Duration = Duration::from_millis(10);
@@ -63,7 +63,7 @@ pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
     ),
     responses(
         (status = 101, description = "switching protocols"),
-        (status = 400, description = "bad_request: malformed request or value out of range; nothing was applied", body = ErrorBody),
+        BadRequest,
         (status = 503, description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)", body = ErrorBody),
     )
 )]
