@@ -7,12 +7,20 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use storage::{Db, SmBatch};
 
 use super::prefixed;
 use super::primitive::{put_record, records, Cx, Deadlines, Part};
 use crate::codec;
+
+/// A queued acquire: the proposer's id for this caller (unique among the waiters of one lock
+/// or semaphore) and how long it may wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wait {
+    pub waiter_id: String,
+    pub wait_ms: u64,
+}
 
 /// An entry with leases and waits: a lock, a semaphore.
 pub(crate) trait Leased:

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 use storage::SmBatch;
 
-use super::leases::{Fences, LeaseTable, Leased};
+use super::leases::{Fences, LeaseTable, Leased, Wait};
 use super::primitive::{Cx, Primitive};
 
 const PREFIX: &[u8] = b"l:";
@@ -43,12 +43,8 @@ pub enum LockCmd {
     Release { name: String, fence: u64 },
 }
 
-/// A queued acquire: the proposer's id for this caller and how long it may wait.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockWait {
-    pub waiter_id: String,
-    pub wait_ms: u64,
-}
+/// A queued acquire of a lock (see [`Wait`]).
+pub type LockWait = Wait;
 
 /// The result of a [`LockCmd`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

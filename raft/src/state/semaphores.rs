@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use storage::SmBatch;
 
-use super::leases::{Fences, LeaseTable, Leased};
+use super::leases::{Fences, LeaseTable, Leased, Wait};
 use super::primitive::{Cx, Primitive};
 
 /// `sem:<name>` → [`SemaphoreEntry`].
@@ -96,13 +96,8 @@ pub enum SemaphoreCmd {
     Release { name: String, fence: u64 },
 }
 
-/// A queued acquire: the proposer's id for this caller (unique among the semaphore's
-/// waiters) and how long it may wait.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SemaphoreWait {
-    pub waiter_id: String,
-    pub wait_ms: u64,
-}
+/// A queued acquire of permits (see [`Wait`]).
+pub type SemaphoreWait = Wait;
 
 /// The result of a [`SemaphoreCmd`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
