@@ -238,3 +238,66 @@ pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Cache
         digest: digest.then(|| state.cache_digest()),
     }))
 }
+
+// ---- Typed client ----
+
+/// The calls of these routes in the typed client ([`super::client::Client`]).
+mod typed {
+    #[allow(unused_imports)]
+    use super::*;
+    #[allow(unused_imports)]
+    use crate::api::client::{
+        header_u64, segment, ApiResult, CacheValue, CacheWrite, Client, Path,
+    };
+    #[allow(unused_imports)]
+    use crate::api::model::*;
+    #[allow(unused_imports)]
+    use reqwest::Method;
+
+    impl Client {
+        fn cache_path(key: &str) -> String {
+            format!("/v1/cache/{}", segment(key))
+        }
+
+        /// A read of this node's cache: a miss is `ApiError::Api` with `NotFound`.
+        pub async fn cache_get(&self, key: &str) -> ApiResult<CacheValue> {
+            let req = self.request(Method::GET, format_args!("/v1/cache/{}", segment(key)));
+            let resp = self.send(req).await?;
+            let expires_in_ms = header_u64(&resp, "x-expires-in-ms");
+            Ok(CacheValue {
+                value: resp.bytes().await?,
+                expires_in_ms,
+            })
+        }
+
+        pub async fn cache_set(
+            &self,
+            key: &str,
+            value: impl Into<reqwest::Body>,
+            w: &CacheWrite,
+        ) -> ApiResult<Stored> {
+            let tags = (!w.tags.is_empty()).then(|| w.tags.join(","));
+            let path = Path::new(Self::cache_path(key))
+                .opt("ttl_ms", w.ttl_ms)
+                .opt("tags", tags)
+                .opt("fence", w.fence.as_ref());
+            self.call(self.request(Method::PUT, &path.0).body(value))
+                .await
+        }
+
+        pub async fn cache_delete(&self, key: &str) -> ApiResult<Deleted> {
+            self.delete(&Self::cache_path(key)).await
+        }
+
+        pub async fn cache_invalidate(&self, tags: Vec<String>) -> ApiResult<Invalidated> {
+            let body = InvalidateRequest { tags };
+            self.post("/v1/cache/invalidate", &body).await
+        }
+
+        /// Cache figures; with `digest`, a digest of the content.
+        pub async fn cache_stats(&self, digest: bool) -> ApiResult<CacheStats> {
+            let path = Path::new("/v1/cache/stats".into()).opt("digest", digest.then_some(true));
+            self.get(&path.0).await
+        }
+    }
+}

@@ -153,3 +153,47 @@ pub async fn presence(
         .collect();
     Ok(Json(Presence { clients }))
 }
+
+// ---- Typed client ----
+
+/// The calls of these routes in the typed client ([`super::client::Client`]).
+mod typed {
+    #[allow(unused_imports)]
+    use super::*;
+    #[allow(unused_imports)]
+    use crate::api::client::{header_u64, segment, ApiResult, Client, Path};
+    #[allow(unused_imports)]
+    use crate::api::model::*;
+    #[allow(unused_imports)]
+    use reqwest::Method;
+
+    impl Client {
+        fn channel_path(name: &str, op: &str) -> String {
+            format!("/v1/channels/{}{op}", segment(name))
+        }
+
+        pub async fn publish(&self, channel: &str, data: Value) -> ApiResult<Published> {
+            let body = PublishRequest { data };
+            self.post(&Self::channel_path(channel, "/publish"), &body)
+                .await
+        }
+
+        /// Events after offset `since` (all retained when `None`), at most `limit`.
+        pub async fn channel_history(
+            &self,
+            channel: &str,
+            since: Option<u64>,
+            limit: Option<u64>,
+        ) -> ApiResult<ChannelHistory> {
+            let path = Path::new(Self::channel_path(channel, "/history"))
+                .opt("since", since)
+                .opt("limit", limit);
+            self.get(&self.read(path)).await
+        }
+
+        pub async fn presence(&self, channel: &str) -> ApiResult<Presence> {
+            let path = Path::new(Self::channel_path(channel, "/presence"));
+            self.get(&self.read(path)).await
+        }
+    }
+}

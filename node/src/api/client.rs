@@ -13,20 +13,13 @@ use std::fmt::Display;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::model::{
-    AckRequest, Acked, AcquireRequest, CacheStats, ChannelHistory, ClaimRequest, Claimed,
-    ClusterStatus, CompactRequest, Compacted, Consistency, CreateSessionRequest, Deleted,
-    DeletedCount, EnqueueRequest, Enqueued, ExtendRequest, Extended, Grant, InvalidateRequest,
-    Invalidated, JobInfo, JobList, JoinTokens, KvDeleted, KvHistory, KvList, Leader, LockInfo,
-    NackRequest, Nacked, NextFire, Presence, Promoted, PublishRequest, Published, QueueList,
-    QueueStats, ReleaseRequest, Released, Removed, RenewRequest, Renewed, ReplayRequest, Replayed,
-    Revision, ScheduleList, ScheduleRequest, Session, SessionCreated, SessionList, SnapshotTaken,
-    Status, Stored, TokenCreated, TokenRequest, TokenRevoked, TransferRequest, TxnRequest,
-    TxnResponse, UpdateSessionRequest,
+    ClusterStatus, CompactRequest, Compacted, Consistency, JoinTokens, KvDeleted, KvHistory,
+    KvList, Leader, Promoted, Removed, Revision, SnapshotTaken, Status, TokenCreated, TokenRequest,
+    TokenRevoked, TransferRequest, TxnRequest, TxnResponse,
 };
-use super::semaphores::{self, SemaphoreView};
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 
 /// The body of an answer, as reqwest hands it over (no copy).
@@ -224,14 +217,14 @@ pub fn segment(s: &str) -> Cow<'_, str> {
 }
 
 /// A path with its query, built from optional parameters.
-struct Path(String);
+pub(super) struct Path(pub(super) String);
 
 impl Path {
-    fn new(path: String) -> Self {
+    pub(super) fn new(path: String) -> Self {
         Path(path)
     }
 
-    fn opt(mut self, name: &str, value: Option<impl Display>) -> Self {
+    pub(super) fn opt(mut self, name: &str, value: Option<impl Display>) -> Self {
         if let Some(v) = value {
             let sep = if self.0.contains('?') { '&' } else { '?' };
             let v = v.to_string();
@@ -296,7 +289,7 @@ impl Client {
     // ---- Plumbing ----
 
     /// A request to `path` (and its query) under the base URL, the URL built in one string.
-    fn request(&self, method: Method, path: impl Display) -> RequestBuilder {
+    pub(super) fn request(&self, method: Method, path: impl Display) -> RequestBuilder {
         let req = self.http.request(method, format!("{}{path}", self.base));
         match &self.idempotency_key {
             Some(k) => req.header("Idempotency-Key", k),
@@ -305,7 +298,7 @@ impl Client {
     }
 
     /// The `consistency` parameter this client sets, if any.
-    fn consistency(&self) -> Option<&'static str> {
+    pub(super) fn consistency(&self) -> Option<&'static str> {
         self.consistency.map(|c| match c {
             Consistency::Linearizable => "linearizable",
             Consistency::Stale => "stale",
@@ -313,12 +306,12 @@ impl Client {
     }
 
     /// A read's path: `consistency` added when this client sets it.
-    fn read(&self, path: Path) -> String {
+    pub(super) fn read(&self, path: Path) -> String {
         path.opt("consistency", self.consistency()).0
     }
 
     /// Sends a request; an answer that is not a success becomes [`ApiError`].
-    async fn send(&self, req: RequestBuilder) -> ApiResult<Response> {
+    pub(super) async fn send(&self, req: RequestBuilder) -> ApiResult<Response> {
         let resp = req.send().await?;
         if resp.status().is_success() {
             Ok(resp)
@@ -328,7 +321,7 @@ impl Client {
     }
 
     /// Sends a request and decodes its JSON answer.
-    async fn call<T: DeserializeOwned>(&self, req: RequestBuilder) -> ApiResult<T> {
+    pub(super) async fn call<T: DeserializeOwned>(&self, req: RequestBuilder) -> ApiResult<T> {
         let resp = self.send(req).await?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await?;
@@ -338,11 +331,11 @@ impl Client {
         })
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> ApiResult<T> {
+    pub(super) async fn get<T: DeserializeOwned>(&self, path: &str) -> ApiResult<T> {
         self.call(self.request(Method::GET, path)).await
     }
 
-    async fn json<T: DeserializeOwned>(
+    pub(super) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -351,11 +344,15 @@ impl Client {
         self.call(self.request(method, path).json(body)).await
     }
 
-    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> ApiResult<T> {
+    pub(super) async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> ApiResult<T> {
         self.json(Method::POST, path, body).await
     }
 
-    async fn delete<T: DeserializeOwned>(&self, path: &str) -> ApiResult<T> {
+    pub(super) async fn delete<T: DeserializeOwned>(&self, path: &str) -> ApiResult<T> {
         self.call(self.request(Method::DELETE, path)).await
     }
 
@@ -496,278 +493,6 @@ impl Client {
         self.post("/v1/txn", txn).await
     }
 
-    // ---- Locks ----
-
-    fn lock_path(name: &str, op: &str) -> String {
-        format!("/v1/locks/{}{op}", segment(name))
-    }
-
-    pub async fn lock_acquire(&self, name: &str, req: &AcquireRequest) -> ApiResult<Grant> {
-        self.post(&Self::lock_path(name, "/acquire"), req).await
-    }
-
-    pub async fn lock_renew(&self, name: &str, fence: u64, ttl_ms: u64) -> ApiResult<Renewed> {
-        let body = RenewRequest { fence, ttl_ms };
-        self.post(&Self::lock_path(name, "/renew"), &body).await
-    }
-
-    pub async fn lock_release(&self, name: &str, fence: u64) -> ApiResult<Released> {
-        let body = ReleaseRequest { fence };
-        self.post(&Self::lock_path(name, "/release"), &body).await
-    }
-
-    pub async fn lock_get(&self, name: &str) -> ApiResult<LockInfo> {
-        self.get(&self.read(Path::new(Self::lock_path(name, ""))))
-            .await
-    }
-
-    // ---- Semaphores ----
-
-    fn semaphore_path(name: &str, op: &str) -> String {
-        format!("/v1/semaphores/{}{op}", segment(name))
-    }
-
-    pub async fn semaphore_acquire(
-        &self,
-        name: &str,
-        req: &semaphores::AcquireBody,
-    ) -> ApiResult<semaphores::Grant> {
-        self.post(&Self::semaphore_path(name, "/acquire"), req)
-            .await
-    }
-
-    pub async fn semaphore_renew(
-        &self,
-        name: &str,
-        fence: u64,
-        ttl_ms: u64,
-    ) -> ApiResult<semaphores::Grant> {
-        let body = semaphores::RenewBody { fence, ttl_ms };
-        self.post(&Self::semaphore_path(name, "/renew"), &body)
-            .await
-    }
-
-    pub async fn semaphore_release(
-        &self,
-        name: &str,
-        fence: u64,
-    ) -> ApiResult<semaphores::Released> {
-        let body = semaphores::ReleaseBody { fence };
-        self.post(&Self::semaphore_path(name, "/release"), &body)
-            .await
-    }
-
-    pub async fn semaphore_get(&self, name: &str) -> ApiResult<SemaphoreView> {
-        self.get(&self.read(Path::new(Self::semaphore_path(name, ""))))
-            .await
-    }
-
-    // ---- Sessions ----
-
-    fn session_path(id: &str, op: &str) -> String {
-        format!("/v1/sessions/{}{op}", segment(id))
-    }
-
-    pub async fn session_create(&self, req: &CreateSessionRequest) -> ApiResult<SessionCreated> {
-        self.post("/v1/sessions", req).await
-    }
-
-    pub async fn session_get(&self, id: &str) -> ApiResult<Session> {
-        self.get(&self.read(Path::new(Self::session_path(id, ""))))
-            .await
-    }
-
-    pub async fn session_touch(&self, id: &str) -> ApiResult<Session> {
-        let req = self.request(Method::POST, Self::session_path(id, "/touch"));
-        self.call(req).await
-    }
-
-    pub async fn session_update(&self, id: &str, data: Map<String, Value>) -> ApiResult<Session> {
-        let body = UpdateSessionRequest { data };
-        self.json(Method::PATCH, &Self::session_path(id, ""), &body)
-            .await
-    }
-
-    pub async fn session_delete(&self, id: &str) -> ApiResult<Deleted> {
-        self.delete(&Self::session_path(id, "")).await
-    }
-
-    /// The sessions of `user`.
-    pub async fn sessions(&self, user: &str) -> ApiResult<SessionList> {
-        let path = Path::new("/v1/sessions".into()).opt("user", Some(user));
-        self.get(&self.read(path)).await
-    }
-
-    /// Ends every session of `user`.
-    pub async fn sessions_delete(&self, user: &str) -> ApiResult<DeletedCount> {
-        self.delete(&Path::new("/v1/sessions".into()).opt("user", Some(user)).0)
-            .await
-    }
-
-    // ---- Cache ----
-
-    fn cache_path(key: &str) -> String {
-        format!("/v1/cache/{}", segment(key))
-    }
-
-    /// A read of this node's cache: a miss is `ApiError::Api` with `NotFound`.
-    pub async fn cache_get(&self, key: &str) -> ApiResult<CacheValue> {
-        let req = self.request(Method::GET, format_args!("/v1/cache/{}", segment(key)));
-        let resp = self.send(req).await?;
-        let expires_in_ms = header_u64(&resp, "x-expires-in-ms");
-        Ok(CacheValue {
-            value: resp.bytes().await?,
-            expires_in_ms,
-        })
-    }
-
-    pub async fn cache_set(
-        &self,
-        key: &str,
-        value: impl Into<reqwest::Body>,
-        w: &CacheWrite,
-    ) -> ApiResult<Stored> {
-        let tags = (!w.tags.is_empty()).then(|| w.tags.join(","));
-        let path = Path::new(Self::cache_path(key))
-            .opt("ttl_ms", w.ttl_ms)
-            .opt("tags", tags)
-            .opt("fence", w.fence.as_ref());
-        self.call(self.request(Method::PUT, &path.0).body(value))
-            .await
-    }
-
-    pub async fn cache_delete(&self, key: &str) -> ApiResult<Deleted> {
-        self.delete(&Self::cache_path(key)).await
-    }
-
-    pub async fn cache_invalidate(&self, tags: Vec<String>) -> ApiResult<Invalidated> {
-        let body = InvalidateRequest { tags };
-        self.post("/v1/cache/invalidate", &body).await
-    }
-
-    /// Cache figures; with `digest`, a digest of the content.
-    pub async fn cache_stats(&self, digest: bool) -> ApiResult<CacheStats> {
-        let path = Path::new("/v1/cache/stats".into()).opt("digest", digest.then_some(true));
-        self.get(&path.0).await
-    }
-
-    // ---- Queues and jobs ----
-
-    fn queue_path(queue: &str, op: &str) -> String {
-        format!("/v1/queues/{}{op}", segment(queue))
-    }
-
-    fn job_path(id: &str, op: &str) -> String {
-        format!("/v1/jobs/{}{op}", segment(id))
-    }
-
-    pub async fn enqueue(&self, queue: &str, req: &EnqueueRequest) -> ApiResult<Enqueued> {
-        self.post(&Self::queue_path(queue, "/jobs"), req).await
-    }
-
-    pub async fn claim(&self, queue: &str, req: &ClaimRequest) -> ApiResult<Claimed> {
-        self.post(&Self::queue_path(queue, "/claim"), req).await
-    }
-
-    pub async fn ack(&self, id: &str, lease: u64) -> ApiResult<Acked> {
-        let body = AckRequest { lease };
-        self.post(&Self::job_path(id, "/ack"), &body).await
-    }
-
-    pub async fn nack(&self, id: &str, req: &NackRequest) -> ApiResult<Nacked> {
-        self.post(&Self::job_path(id, "/nack"), req).await
-    }
-
-    pub async fn extend(&self, id: &str, lease: u64, visibility_ms: u64) -> ApiResult<Extended> {
-        let body = ExtendRequest {
-            lease,
-            visibility_ms,
-        };
-        self.post(&Self::job_path(id, "/extend"), &body).await
-    }
-
-    pub async fn job(&self, id: &str) -> ApiResult<JobInfo> {
-        self.get(&self.read(Path::new(Self::job_path(id, ""))))
-            .await
-    }
-
-    pub async fn queue_stats(&self, queue: &str) -> ApiResult<QueueStats> {
-        self.get(&self.read(Path::new(Self::queue_path(queue, ""))))
-            .await
-    }
-
-    pub async fn queues(&self) -> ApiResult<QueueList> {
-        self.get(&self.read(Path::new("/v1/queues".into()))).await
-    }
-
-    /// Dead jobs of `queue` (at most `limit` when given).
-    pub async fn dead(&self, queue: &str, limit: Option<u64>) -> ApiResult<JobList> {
-        let path = Path::new(Self::queue_path(queue, "/dead")).opt("limit", limit);
-        self.get(&self.read(path)).await
-    }
-
-    pub async fn replay(&self, queue: &str, req: &ReplayRequest) -> ApiResult<Replayed> {
-        self.post(&Self::queue_path(queue, "/dead/replay"), req)
-            .await
-    }
-
-    fn schedule_path(queue: &str, name: &str) -> String {
-        format!(
-            "{}/{}",
-            Self::queue_path(queue, "/schedules"),
-            segment(name)
-        )
-    }
-
-    pub async fn schedule_set(
-        &self,
-        queue: &str,
-        name: &str,
-        req: &ScheduleRequest,
-    ) -> ApiResult<NextFire> {
-        self.json(Method::PUT, &Self::schedule_path(queue, name), req)
-            .await
-    }
-
-    pub async fn schedule_delete(&self, queue: &str, name: &str) -> ApiResult<Deleted> {
-        self.delete(&Self::schedule_path(queue, name)).await
-    }
-
-    pub async fn schedules(&self, queue: &str) -> ApiResult<ScheduleList> {
-        let path = Path::new(Self::queue_path(queue, "/schedules"));
-        self.get(&self.read(path)).await
-    }
-
-    // ---- Channels ----
-
-    fn channel_path(name: &str, op: &str) -> String {
-        format!("/v1/channels/{}{op}", segment(name))
-    }
-
-    pub async fn publish(&self, channel: &str, data: Value) -> ApiResult<Published> {
-        let body = PublishRequest { data };
-        self.post(&Self::channel_path(channel, "/publish"), &body)
-            .await
-    }
-
-    /// Events after offset `since` (all retained when `None`), at most `limit`.
-    pub async fn channel_history(
-        &self,
-        channel: &str,
-        since: Option<u64>,
-        limit: Option<u64>,
-    ) -> ApiResult<ChannelHistory> {
-        let path = Path::new(Self::channel_path(channel, "/history"))
-            .opt("since", since)
-            .opt("limit", limit);
-        self.get(&self.read(path)).await
-    }
-
-    pub async fn presence(&self, channel: &str) -> ApiResult<Presence> {
-        let path = Path::new(Self::channel_path(channel, "/presence"));
-        self.get(&self.read(path)).await
-    }
-
     // ---- Cluster ----
 
     pub async fn cluster_status(&self) -> ApiResult<ClusterStatus> {
@@ -816,7 +541,7 @@ impl Client {
     }
 }
 
-fn header_u64(resp: &Response, name: &str) -> Option<u64> {
+pub(super) fn header_u64(resp: &Response, name: &str) -> Option<u64> {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())

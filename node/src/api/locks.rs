@@ -195,3 +195,42 @@ pub async fn inspect(
         waiters: waiters as u64,
     }))
 }
+
+// ---- Typed client ----
+
+/// The calls of these routes in the typed client ([`super::client::Client`]).
+mod typed {
+    #[allow(unused_imports)]
+    use super::*;
+    #[allow(unused_imports)]
+    use crate::api::client::{header_u64, segment, ApiResult, Client, Path};
+    #[allow(unused_imports)]
+    use crate::api::model::*;
+    #[allow(unused_imports)]
+    use reqwest::Method;
+
+    impl Client {
+        fn lock_path(name: &str, op: &str) -> String {
+            format!("/v1/locks/{}{op}", segment(name))
+        }
+
+        pub async fn lock_acquire(&self, name: &str, req: &AcquireRequest) -> ApiResult<Grant> {
+            self.post(&Self::lock_path(name, "/acquire"), req).await
+        }
+
+        pub async fn lock_renew(&self, name: &str, fence: u64, ttl_ms: u64) -> ApiResult<Renewed> {
+            let body = RenewRequest { fence, ttl_ms };
+            self.post(&Self::lock_path(name, "/renew"), &body).await
+        }
+
+        pub async fn lock_release(&self, name: &str, fence: u64) -> ApiResult<Released> {
+            let body = ReleaseRequest { fence };
+            self.post(&Self::lock_path(name, "/release"), &body).await
+        }
+
+        pub async fn lock_get(&self, name: &str) -> ApiResult<LockInfo> {
+            self.get(&self.read(Path::new(Self::lock_path(name, ""))))
+                .await
+        }
+    }
+}

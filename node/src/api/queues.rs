@@ -655,3 +655,109 @@ pub async fn list_schedules(
         .collect();
     Ok(Json(ScheduleList { schedules }))
 }
+
+// ---- Typed client ----
+
+/// The calls of these routes in the typed client ([`super::client::Client`]).
+mod typed {
+    #[allow(unused_imports)]
+    use super::*;
+    #[allow(unused_imports)]
+    use crate::api::client::{header_u64, segment, ApiResult, Client, Path};
+    #[allow(unused_imports)]
+    use crate::api::model::*;
+    #[allow(unused_imports)]
+    use reqwest::Method;
+
+    impl Client {
+        fn queue_path(queue: &str, op: &str) -> String {
+            format!("/v1/queues/{}{op}", segment(queue))
+        }
+
+        fn job_path(id: &str, op: &str) -> String {
+            format!("/v1/jobs/{}{op}", segment(id))
+        }
+
+        pub async fn enqueue(&self, queue: &str, req: &EnqueueRequest) -> ApiResult<Enqueued> {
+            self.post(&Self::queue_path(queue, "/jobs"), req).await
+        }
+
+        pub async fn claim(&self, queue: &str, req: &ClaimRequest) -> ApiResult<Claimed> {
+            self.post(&Self::queue_path(queue, "/claim"), req).await
+        }
+
+        pub async fn ack(&self, id: &str, lease: u64) -> ApiResult<Acked> {
+            let body = AckRequest { lease };
+            self.post(&Self::job_path(id, "/ack"), &body).await
+        }
+
+        pub async fn nack(&self, id: &str, req: &NackRequest) -> ApiResult<Nacked> {
+            self.post(&Self::job_path(id, "/nack"), req).await
+        }
+
+        pub async fn extend(
+            &self,
+            id: &str,
+            lease: u64,
+            visibility_ms: u64,
+        ) -> ApiResult<Extended> {
+            let body = ExtendRequest {
+                lease,
+                visibility_ms,
+            };
+            self.post(&Self::job_path(id, "/extend"), &body).await
+        }
+
+        pub async fn job(&self, id: &str) -> ApiResult<JobInfo> {
+            self.get(&self.read(Path::new(Self::job_path(id, ""))))
+                .await
+        }
+
+        pub async fn queue_stats(&self, queue: &str) -> ApiResult<QueueStats> {
+            self.get(&self.read(Path::new(Self::queue_path(queue, ""))))
+                .await
+        }
+
+        pub async fn queues(&self) -> ApiResult<QueueList> {
+            self.get(&self.read(Path::new("/v1/queues".into()))).await
+        }
+
+        /// Dead jobs of `queue` (at most `limit` when given).
+        pub async fn dead(&self, queue: &str, limit: Option<u64>) -> ApiResult<JobList> {
+            let path = Path::new(Self::queue_path(queue, "/dead")).opt("limit", limit);
+            self.get(&self.read(path)).await
+        }
+
+        pub async fn replay(&self, queue: &str, req: &ReplayRequest) -> ApiResult<Replayed> {
+            self.post(&Self::queue_path(queue, "/dead/replay"), req)
+                .await
+        }
+
+        fn schedule_path(queue: &str, name: &str) -> String {
+            format!(
+                "{}/{}",
+                Self::queue_path(queue, "/schedules"),
+                segment(name)
+            )
+        }
+
+        pub async fn schedule_set(
+            &self,
+            queue: &str,
+            name: &str,
+            req: &ScheduleRequest,
+        ) -> ApiResult<NextFire> {
+            self.json(Method::PUT, &Self::schedule_path(queue, name), req)
+                .await
+        }
+
+        pub async fn schedule_delete(&self, queue: &str, name: &str) -> ApiResult<Deleted> {
+            self.delete(&Self::schedule_path(queue, name)).await
+        }
+
+        pub async fn schedules(&self, queue: &str) -> ApiResult<ScheduleList> {
+            let path = Path::new(Self::queue_path(queue, "/schedules"));
+            self.get(&self.read(path)).await
+        }
+    }
+}

@@ -336,3 +336,48 @@ fn refusal(r: SemaphoreResult) -> ApiError {
         other => ApiError::new(ErrorCode::Internal, format!("the write answered {other:?}")),
     }
 }
+
+// ---- Typed client ----
+
+/// The calls of these routes in the typed client ([`super::client::Client`]).
+mod typed {
+    #[allow(unused_imports)]
+    use super::*;
+    #[allow(unused_imports)]
+    use crate::api::client::{header_u64, segment, ApiResult, Client, Path};
+    #[allow(unused_imports)]
+    use reqwest::Method;
+
+    impl Client {
+        fn semaphore_path(name: &str, op: &str) -> String {
+            format!("/v1/semaphores/{}{op}", segment(name))
+        }
+
+        pub async fn semaphore_acquire(&self, name: &str, req: &AcquireBody) -> ApiResult<Grant> {
+            self.post(&Self::semaphore_path(name, "/acquire"), req)
+                .await
+        }
+
+        pub async fn semaphore_renew(
+            &self,
+            name: &str,
+            fence: u64,
+            ttl_ms: u64,
+        ) -> ApiResult<Grant> {
+            let body = RenewBody { fence, ttl_ms };
+            self.post(&Self::semaphore_path(name, "/renew"), &body)
+                .await
+        }
+
+        pub async fn semaphore_release(&self, name: &str, fence: u64) -> ApiResult<Released> {
+            let body = ReleaseBody { fence };
+            self.post(&Self::semaphore_path(name, "/release"), &body)
+                .await
+        }
+
+        pub async fn semaphore_get(&self, name: &str) -> ApiResult<SemaphoreView> {
+            self.get(&self.read(Path::new(Self::semaphore_path(name, ""))))
+                .await
+        }
+    }
+}

@@ -287,3 +287,66 @@ pub async fn delete_user(
         other => Err(other.into()),
     }
 }
+
+// ---- Typed client ----
+
+/// The calls of these routes in the typed client ([`super::client::Client`]).
+mod typed {
+    #[allow(unused_imports)]
+    use super::*;
+    #[allow(unused_imports)]
+    use crate::api::client::{header_u64, segment, ApiResult, Client, Path};
+    #[allow(unused_imports)]
+    use crate::api::model::*;
+    #[allow(unused_imports)]
+    use reqwest::Method;
+
+    impl Client {
+        fn session_path(id: &str, op: &str) -> String {
+            format!("/v1/sessions/{}{op}", segment(id))
+        }
+
+        pub async fn session_create(
+            &self,
+            req: &CreateSessionRequest,
+        ) -> ApiResult<SessionCreated> {
+            self.post("/v1/sessions", req).await
+        }
+
+        pub async fn session_get(&self, id: &str) -> ApiResult<Session> {
+            self.get(&self.read(Path::new(Self::session_path(id, ""))))
+                .await
+        }
+
+        pub async fn session_touch(&self, id: &str) -> ApiResult<Session> {
+            let req = self.request(Method::POST, Self::session_path(id, "/touch"));
+            self.call(req).await
+        }
+
+        pub async fn session_update(
+            &self,
+            id: &str,
+            data: Map<String, Value>,
+        ) -> ApiResult<Session> {
+            let body = UpdateSessionRequest { data };
+            self.json(Method::PATCH, &Self::session_path(id, ""), &body)
+                .await
+        }
+
+        pub async fn session_delete(&self, id: &str) -> ApiResult<Deleted> {
+            self.delete(&Self::session_path(id, "")).await
+        }
+
+        /// The sessions of `user`.
+        pub async fn sessions(&self, user: &str) -> ApiResult<SessionList> {
+            let path = Path::new("/v1/sessions".into()).opt("user", Some(user));
+            self.get(&self.read(path)).await
+        }
+
+        /// Ends every session of `user`.
+        pub async fn sessions_delete(&self, user: &str) -> ApiResult<DeletedCount> {
+            self.delete(&Path::new("/v1/sessions".into()).opt("user", Some(user)).0)
+                .await
+        }
+    }
+}
