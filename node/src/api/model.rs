@@ -100,10 +100,7 @@ pub struct Compacted {
 
 // Defined next to their handler in `api::txn`, where a primitive that joins transactions adds
 // its compare and op.
-pub use super::txn::{
-    TxnCompare, TxnEnqueueOp, TxnKeyOp, TxnOp, TxnOpResult, TxnPublishOp, TxnRequest, TxnResponse,
-    TxnSemaphoreRelease, TxnTagsOp, TxnValueOp,
-};
+pub use super::txn::wire::*;
 
 // ---- Locks ----
 

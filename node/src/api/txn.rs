@@ -12,9 +12,6 @@ use raft::command::{
     SemaphoreCmd, SemaphoreResult, Txn, TxnResult,
 };
 use raft::{Command, Response};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use utoipa::ToSchema;
 
 use super::cache::{check_tags, limits, CACHE_TTL_MS_MAX};
 use super::model::EnqueueRequest;
@@ -25,152 +22,162 @@ use crate::error::{ApiError, ApiResult, BadRequest, TooLarge, WriteFailures};
 
 // ---- Wire types ----
 
-/// `POST /v1/txn`: if every compare holds apply `success`, else `failure`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TxnRequest {
-    /// At most 128.
-    #[serde(default)]
-    pub compare: Vec<TxnCompare>,
-    /// At most 128 ops; a key is written at most once per branch.
-    #[serde(default)]
-    pub success: Vec<TxnOp>,
-    /// At most 128 ops; a key is written at most once per branch.
-    #[serde(default)]
-    pub failure: Vec<TxnOp>,
+/// The request and answer of `/v1/txn` (re-exported by [`super::model`]): a primitive that
+/// takes part in transactions adds its compare or op here.
+pub mod wire {
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+    use utoipa::ToSchema;
+
+    /// `POST /v1/txn`: if every compare holds apply `success`, else `failure`.
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct TxnRequest {
+        /// At most 128.
+        #[serde(default)]
+        pub compare: Vec<TxnCompare>,
+        /// At most 128 ops; a key is written at most once per branch.
+        #[serde(default)]
+        pub success: Vec<TxnOp>,
+        /// At most 128 ops; a key is written at most once per branch.
+        #[serde(default)]
+        pub failure: Vec<TxnOp>,
+    }
+
+    /// `{key, revision}` (revision 0 = the key is absent), `{lock, fence}` (the lock is held
+    /// with that fence) or `{semaphore, fence}` (that lease of the semaphore is current).
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct TxnCompare {
+        pub key: Option<String>,
+        pub revision: Option<u64>,
+        pub lock: Option<String>,
+        #[serde(default)]
+        pub semaphore: Option<String>,
+        pub fence: Option<u64>,
+    }
+
+    /// Exactly one of these keys.
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields, rename_all = "snake_case")]
+    pub enum TxnOp {
+        /// Result `{revision}`.
+        Put(TxnValueOp),
+        /// Result `{revision, deleted}`.
+        Delete(TxnKeyOp),
+        /// Result `{stored}`.
+        CacheSet(TxnValueOp),
+        /// Result `{count}`.
+        CacheDelete(TxnKeyOp),
+        /// Result `{count}`.
+        CacheInvalidate(TxnTagsOp),
+        /// Result `{id, existing}`.
+        Enqueue(TxnEnqueueOp),
+        /// Result `{offset}`.
+        Publish(TxnPublishOp),
+        /// Result `{released, permits}`: `released` is false when the lease had already ended.
+        SemaphoreRelease(TxnSemaphoreRelease),
+    }
+
+    /// Ends the lease `fence` of `semaphore`; its permits serve the queue in the same step.
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct TxnSemaphoreRelease {
+        pub semaphore: String,
+        pub fence: u64,
+    }
+
+    /// A write with a value: `value` (base64) or `text` (UTF-8), not both; `tags` only for
+    /// `cache_set`.
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct TxnValueOp {
+        pub key: String,
+        pub value: Option<String>,
+        pub text: Option<String>,
+        pub ttl_ms: Option<u64>,
+        #[serde(default)]
+        pub tags: Vec<String>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct TxnKeyOp {
+        pub key: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct TxnTagsOp {
+        pub tags: Vec<String>,
+    }
+
+    /// `queue` plus the fields of `POST /v1/queues/{name}/jobs`.
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct TxnEnqueueOp {
+        pub queue: String,
+        pub payload: Value,
+        pub delay_ms: Option<u64>,
+        pub run_at_ms: Option<u64>,
+        #[serde(default)]
+        pub priority: i64,
+        pub max_attempts: Option<u32>,
+        pub backoff_ms: Option<u64>,
+        pub unique_key: Option<String>,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct TxnPublishOp {
+        pub channel: String,
+        pub data: Value,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    pub struct TxnResponse {
+        pub succeeded: bool,
+        pub revision: u64,
+        /// One per op of the branch applied, in order.
+        pub results: Vec<TxnOpResult>,
+    }
+
+    /// The result of one op, by its kind.
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    #[serde(untagged)]
+    pub enum TxnOpResult {
+        Deleted {
+            revision: u64,
+            deleted: bool,
+        },
+        Put {
+            revision: u64,
+        },
+        Stored {
+            stored: bool,
+        },
+        Count {
+            count: u64,
+        },
+        Enqueued {
+            id: String,
+            existing: bool,
+        },
+        Published {
+            offset: u64,
+        },
+        Released {
+            released: bool,
+            permits: u32,
+        },
+        /// An answer the op does not expect (a defect).
+        Error {
+            error: String,
+        },
+    }
 }
 
-/// `{key, revision}` (revision 0 = the key is absent), `{lock, fence}` (the lock is held
-/// with that fence) or `{semaphore, fence}` (that lease of the semaphore is current).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TxnCompare {
-    pub key: Option<String>,
-    pub revision: Option<u64>,
-    pub lock: Option<String>,
-    #[serde(default)]
-    pub semaphore: Option<String>,
-    pub fence: Option<u64>,
-}
-
-/// Exactly one of these keys.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum TxnOp {
-    /// Result `{revision}`.
-    Put(TxnValueOp),
-    /// Result `{revision, deleted}`.
-    Delete(TxnKeyOp),
-    /// Result `{stored}`.
-    CacheSet(TxnValueOp),
-    /// Result `{count}`.
-    CacheDelete(TxnKeyOp),
-    /// Result `{count}`.
-    CacheInvalidate(TxnTagsOp),
-    /// Result `{id, existing}`.
-    Enqueue(TxnEnqueueOp),
-    /// Result `{offset}`.
-    Publish(TxnPublishOp),
-    /// Result `{released, permits}`: `released` is false when the lease had already ended.
-    SemaphoreRelease(TxnSemaphoreRelease),
-}
-
-/// Ends the lease `fence` of `semaphore`; its permits serve the queue in the same step.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TxnSemaphoreRelease {
-    pub semaphore: String,
-    pub fence: u64,
-}
-
-/// A write with a value: `value` (base64) or `text` (UTF-8), not both; `tags` only for
-/// `cache_set`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TxnValueOp {
-    pub key: String,
-    pub value: Option<String>,
-    pub text: Option<String>,
-    pub ttl_ms: Option<u64>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TxnKeyOp {
-    pub key: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TxnTagsOp {
-    pub tags: Vec<String>,
-}
-
-/// `queue` plus the fields of `POST /v1/queues/{name}/jobs`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TxnEnqueueOp {
-    pub queue: String,
-    pub payload: Value,
-    pub delay_ms: Option<u64>,
-    pub run_at_ms: Option<u64>,
-    #[serde(default)]
-    pub priority: i64,
-    pub max_attempts: Option<u32>,
-    pub backoff_ms: Option<u64>,
-    pub unique_key: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TxnPublishOp {
-    pub channel: String,
-    pub data: Value,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct TxnResponse {
-    pub succeeded: bool,
-    pub revision: u64,
-    /// One per op of the branch applied, in order.
-    pub results: Vec<TxnOpResult>,
-}
-
-/// The result of one op, by its kind.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum TxnOpResult {
-    Deleted {
-        revision: u64,
-        deleted: bool,
-    },
-    Put {
-        revision: u64,
-    },
-    Stored {
-        stored: bool,
-    },
-    Count {
-        count: u64,
-    },
-    Enqueued {
-        id: String,
-        existing: bool,
-    },
-    Published {
-        offset: u64,
-    },
-    Released {
-        released: bool,
-        permits: u32,
-    },
-    /// An answer the op does not expect (a defect).
-    Error {
-        error: String,
-    },
-}
+pub use wire::*;
 
 // ---- Handler ----
 
