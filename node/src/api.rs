@@ -54,6 +54,9 @@ pub struct AppState {
     pub hub: Arc<crate::realtime::Hub>,
     /// The node's RocksDB, for streaming backups.
     pub db: storage::Db,
+    /// The node's request tasks: work that outlives its handler (a backup's stream) is
+    /// tracked here, so shutdown waits for it.
+    pub requests: tokio_util::task::TaskTracker,
 }
 
 type St = State<Arc<AppState>>;

@@ -16,8 +16,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use raft::codec;
-use raft::state::{Meta, META_KEY};
+use raft::state::export;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::Db;
@@ -67,9 +66,10 @@ pub fn write(
     buf.extend_from_slice(MAGIC);
     put_json(&mut buf, header)?;
     let mut summary = Summary::default();
+    let mut figures = export::Figures::default();
     let mut failed: Option<anyhow::Error> = None;
     db.sm_export_each(|k, v| {
-        if let Err(e) = summarize(&mut summary, k, v) {
+        if let Err(e) = figures.observe(k, v) {
             failed = Some(e.into());
             return false;
         }
@@ -90,6 +90,9 @@ pub fn write(
     if stopped {
         bail!("the backup stream was closed before it ended");
     }
+    summary.last_applied_index = figures.last_applied_index;
+    summary.revision = figures.revision;
+    summary.compact_revision = figures.compact_revision;
     buf.push(0);
     put_json(&mut buf, &summary)?;
     hasher.update(&buf[..]);
@@ -99,19 +102,6 @@ pub fn write(
         bail!("the backup stream was closed before it ended");
     }
     Ok(summary)
-}
-
-/// Takes the summary's figures from the records that hold them, so that they come from the
-/// same RocksDB snapshot as every record.
-fn summarize(summary: &mut Summary, k: &[u8], v: &[u8]) -> storage::Result<()> {
-    if k == META_KEY {
-        let meta: Meta = codec::decode(v)?;
-        summary.last_applied_index = meta.last_applied.map(|l| l.index);
-        summary.revision = meta.revision;
-    } else if k == raft::state::COMPACT_KEY {
-        summary.compact_revision = codec::decode(v)?;
-    }
-    Ok(())
 }
 
 fn put_json<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> anyhow::Result<()> {
@@ -283,10 +273,9 @@ impl KvDigest {
 
     /// Adds a state-machine record if it is a key-value entry (records come in key order).
     pub fn add_record(&mut self, k: &[u8], v: &[u8]) -> anyhow::Result<()> {
-        if let Some(key) = k.strip_prefix(b"k:") {
-            let e: raft::state::KvEntry = codec::decode(v)?;
-            let key = std::str::from_utf8(key).context("a key that is not UTF-8")?;
-            self.add(key, &e.value, e.revision);
+        if let Some((key, value, revision)) = export::kv_entry(k, v)? {
+            let key = std::str::from_utf8(&key).context("a key that is not UTF-8")?;
+            self.add(key, &value, revision);
         }
         Ok(())
     }
@@ -356,19 +345,9 @@ fn load(r: impl Read, data_dir: &Path) -> anyhow::Result<(Header, Summary)> {
     let mut batch = storage::SmBatch::default();
     let mut batch_bytes = 0usize;
     let (header, summary) = read_each(r, |k, v| {
-        if k == raft::state::SECURITY_KEY || k == raft::state::REVOKED_TOKENS_KEY {
-            // Join tokens and removed node ids belong to the old cluster.
+        // Join tokens and removed node ids belong to the old cluster.
+        let Some(v) = export::import(k, v)? else {
             return Ok(());
-        }
-        let v = if k == META_KEY {
-            let mut meta: Meta = codec::decode(v)?;
-            meta.cluster_id = None;
-            meta.join_token_sha256 = None;
-            meta.last_applied = None;
-            meta.last_membership = Default::default();
-            codec::encode(&meta)?
-        } else {
-            v.to_vec()
         };
         batch_bytes += k.len() + v.len();
         batch.put(k.to_vec(), v);
@@ -395,6 +374,8 @@ fn load(r: impl Read, data_dir: &Path) -> anyhow::Result<(Header, Summary)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft::codec;
+    use raft::state::{Meta, META_KEY};
 
     #[test]
     fn a_backup_reads_back_and_any_damage_is_detected() {

@@ -576,6 +576,7 @@ async fn stage_api(
         inflight: life.inflight.clone(),
         hub: life.hub.clone(),
         db: life.db.clone(),
+        requests: life.tasks.requests.clone(),
     }))
     .layer(axum::middleware::from_fn_with_state(
         life.requests(),

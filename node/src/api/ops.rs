@@ -143,7 +143,8 @@ pub async fn backup(State(st): St) -> ApiResult<Response> {
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let db = st.db.clone();
-    tokio::task::spawn_blocking(move || {
+    // Tracked with the requests: shutdown waits for the stream (it ends once the client is gone).
+    st.requests.spawn_blocking(move || {
         let result =
             crate::backup::write(&db, &header, |chunk| tx.blocking_send(Ok(chunk)).is_ok());
         match result {

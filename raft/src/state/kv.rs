@@ -13,7 +13,7 @@ use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, LiveEvent};
 use crate::codec;
 
-const PREFIX: &[u8] = b"k:";
+pub(super) const PREFIX: &[u8] = b"k:";
 /// `h:<revision, 8 bytes big-endian><key>` → the value written, or `None` for a delete.
 const HISTORY_PREFIX: &[u8] = b"h:";
 /// Where the compaction point is stored.

@@ -33,6 +33,7 @@
 
 pub(crate) mod cache;
 pub(crate) mod channels;
+pub mod export;
 pub(crate) mod kv;
 mod leases;
 pub(crate) mod locks;
