@@ -459,7 +459,7 @@ async fn put_kv(
             ttl_ms,
         },
     )?;
-    match st.cluster.write(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         KvResult::Put { revision } => Ok(Json(Revision { revision })),
         other => Err(other.into()),
     }
@@ -492,7 +492,7 @@ async fn delete_kv(
     let if_revision = u64_param(&p, "if_revision")?;
     let idem = idempotency_key(&headers)?;
     let command = fenced(&p, KvCmd::Delete { key, if_revision })?;
-    match st.cluster.write(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         KvResult::Delete { revision, deleted } => Ok(Json(KvDeleted { revision, deleted })),
         other => Err(other.into()),
     }

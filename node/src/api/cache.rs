@@ -88,7 +88,7 @@ pub async fn set(
             limits: limits(&st),
         },
     )?;
-    match st.cluster.write_visible(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         CacheResult::Stored => Ok(Json(Stored { stored: true })),
         other => Err(other.into()),
     }
@@ -162,7 +162,7 @@ pub async fn delete(
     let p = params(q, &["fence"])?;
     let idem = idempotency_key(&headers)?;
     let command = fenced(&p, CacheCmd::Delete { key })?;
-    match st.cluster.write_visible(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         CacheResult::Removed(n) => Ok(Json(Deleted { deleted: n > 0 })),
         other => Err(other.into()),
     }
@@ -194,7 +194,7 @@ pub async fn invalidate(
     check_tags(&body.tags)?;
     let idem = idempotency_key(&headers)?;
     let command = CacheCmd::Invalidate { tags: body.tags };
-    match st.cluster.write_visible(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         CacheResult::Removed(n) => Ok(Json(Invalidated { invalidated: n })),
         other => Err(other.into()),
     }

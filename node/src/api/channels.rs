@@ -64,7 +64,7 @@ pub async fn publish(
 ) -> ApiResult<Json<Published>> {
     let idem = idempotency_key(&headers)?;
     let command = publish_command(&st, channel, &body.data)?;
-    match st.cluster.write(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         ChannelResult::Published { offset } => Ok(Json(Published { offset })),
         other => Err(other.into()),
     }

@@ -110,15 +110,14 @@ pub async fn compact(
     State(st): St,
     JsonBody(body): JsonBody<CompactRequest>,
 ) -> ApiResult<Json<Compacted>> {
-    match st
-        .cluster
-        .write(
-            KvCmd::Compact {
-                revision: body.revision,
-            },
-            None,
-        )
-        .await?
+    match crate::service::propose(
+        &st.cluster,
+        KvCmd::Compact {
+            revision: body.revision,
+        },
+        None,
+    )
+    .await?
     {
         KvResult::Compacted { compact_revision } => Ok(Json(Compacted { compact_revision })),
         other => Err(other.into()),

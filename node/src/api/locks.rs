@@ -116,7 +116,7 @@ pub async fn renew(
         fence: body.fence,
         ttl_ms,
     };
-    match st.cluster.write(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         LockResult::Granted { fence, ttl_ms } => Ok(Json(Renewed { fence, ttl_ms })),
         other => Err(other.into()),
     }
@@ -150,7 +150,7 @@ pub async fn release(
         name,
         fence: body.fence,
     };
-    match st.cluster.write(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         LockResult::Released => Ok(Json(Released { released: true })),
         other => Err(other.into()),
     }

@@ -112,11 +112,7 @@ pub async fn enqueue(
 ) -> ApiResult<(StatusCode, Json<Enqueued>)> {
     let job = enqueue_job(&st, body)?;
     let idem = idempotency_key(&headers)?;
-    match st
-        .cluster
-        .write_visible(QueueCmd::Enqueue { queue, job }, idem)
-        .await?
-    {
+    match crate::service::propose(&st.cluster, QueueCmd::Enqueue { queue, job }, idem).await? {
         QueueResult::Enqueued { id, existing } => {
             let status = if existing {
                 StatusCode::OK
@@ -201,7 +197,7 @@ fn job_id(id: &str) -> ApiResult<u64> {
 }
 
 async fn job_write<T>(st: &AppState, command: QueueCmd, answer: T) -> ApiResult<Json<T>> {
-    match st.cluster.write_visible(command, None).await? {
+    match crate::service::propose(&st.cluster, command, None).await? {
         QueueResult::Done => Ok(Json(answer)),
         QueueResult::NotFound => Err(ApiError::not_found("no such job (acked jobs are gone)")),
         other => Err(other.into()),
@@ -527,11 +523,7 @@ pub async fn replay(
         }
     };
     let idem = idempotency_key(&headers)?;
-    match st
-        .cluster
-        .write_visible(QueueCmd::Replay { queue, ids }, idem)
-        .await?
-    {
+    match crate::service::propose(&st.cluster, QueueCmd::Replay { queue, ids }, idem).await? {
         QueueResult::Count(n) => Ok(Json(Replayed { replayed: n })),
         other => Err(other.into()),
     }
@@ -580,10 +572,12 @@ pub async fn set_schedule(
         priority: b.priority,
         max_attempts,
     };
-    match st
-        .cluster
-        .write_visible(QueueCmd::ScheduleSet { queue, name, spec }, None)
-        .await?
+    match crate::service::propose(
+        &st.cluster,
+        QueueCmd::ScheduleSet { queue, name, spec },
+        None,
+    )
+    .await?
     {
         QueueResult::Scheduled { next_at_ms } => Ok(Json(NextFire { next_at_ms })),
         other => Err(other.into()),
@@ -611,9 +605,7 @@ pub async fn delete_schedule(
 ) -> ApiResult<Json<Deleted>> {
     validate_name("queue", &queue)?;
     validate_name("name", &name)?;
-    match st
-        .cluster
-        .write_visible(QueueCmd::ScheduleDelete { queue, name }, None)
+    match crate::service::propose(&st.cluster, QueueCmd::ScheduleDelete { queue, name }, None)
         .await?
     {
         QueueResult::Count(_) => Ok(Json(Deleted { deleted: true })),

@@ -215,7 +215,7 @@ pub async fn renew(
         fence: body.fence,
         ttl_ms,
     };
-    match st.cluster.write(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         SemaphoreResult::Granted {
             fence,
             permits,
@@ -249,7 +249,7 @@ pub async fn release(
         name,
         fence: body.fence,
     };
-    match st.cluster.write(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         SemaphoreResult::Released { permits } => Ok(Json(Released {
             released: true,
             permits,

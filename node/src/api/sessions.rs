@@ -89,7 +89,7 @@ pub async fn create(
         data,
         ttl_ms,
     };
-    match st.cluster.write_visible(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         SessionResult::Created { id, expires_in_ms } => Ok((
             StatusCode::CREATED,
             Json(SessionCreated { id, expires_in_ms }),
@@ -146,7 +146,7 @@ fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Session>> {
 pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Session>> {
     let idem = idempotency_key(&headers)?;
     let command = SessionCmd::Touch { id: id.clone() };
-    match st.cluster.write_visible(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         SessionResult::Alive { .. } => current(&st, &id),
         SessionResult::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
         other => Err(other.into()),
@@ -182,7 +182,7 @@ pub async fn update(
         id: id.clone(),
         patch,
     };
-    match st.cluster.write_visible(command, idem).await? {
+    match crate::service::propose(&st.cluster, command, idem).await? {
         SessionResult::Alive { .. } => current(&st, &id),
         SessionResult::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
         other => Err(other.into()),
@@ -206,11 +206,7 @@ pub async fn update(
 )]
 pub async fn delete(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Deleted>> {
     let idem = idempotency_key(&headers)?;
-    match st
-        .cluster
-        .write_visible(SessionCmd::Delete { id }, idem)
-        .await?
-    {
+    match crate::service::propose(&st.cluster, SessionCmd::Delete { id }, idem).await? {
         SessionResult::Deleted(_) => Ok(Json(Deleted { deleted: true })),
         SessionResult::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
         other => Err(other.into()),
@@ -278,11 +274,7 @@ pub async fn delete_user(
 ) -> ApiResult<Json<DeletedCount>> {
     let user = user_param(&params(q, &["user"])?)?;
     let idem = idempotency_key(&headers)?;
-    match st
-        .cluster
-        .write_visible(SessionCmd::DeleteUser { user }, idem)
-        .await?
-    {
+    match crate::service::propose(&st.cluster, SessionCmd::DeleteUser { user }, idem).await? {
         SessionResult::Deleted(n) => Ok(Json(DeletedCount { deleted: n })),
         other => Err(other.into()),
     }

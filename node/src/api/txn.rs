@@ -434,7 +434,7 @@ pub async fn txn(
         succeeded,
         revision,
         results,
-    } = st.cluster.write_visible(txn, idem).await?;
+    } = crate::service::propose(&st.cluster, txn, idem).await?;
     Ok(Json(TxnResponse {
         succeeded,
         revision,

@@ -509,7 +509,7 @@ impl Conn {
             incarnation: self.st.hub.incarnation,
             lease_ms: self.st.cluster.config().channels.presence_lease_ms,
         };
-        match self.st.cluster.write(command, None).await {
+        match crate::service::propose(&self.st.cluster, command, None).await {
             Ok(ChannelResult::Present) => {
                 self.st.hub.presence_joined();
                 if let Some(s) = self.subs.get_mut(channel) {
@@ -546,7 +546,7 @@ impl Conn {
         let st = self.st.clone();
         let out = self.out.clone();
         self.st.hub.spawn(async move {
-            match st.cluster.write(command, None).await {
+            match crate::service::propose(&st.cluster, command, None).await {
                 Ok(ChannelResult::Published { offset }) => {
                     out.reply(id, ReplyBody::Published { offset })
                 }
@@ -726,7 +726,7 @@ impl Conn {
             node_id: self.st.cluster.id,
         };
         // A leave that fails is cleaned up when this node's lease ends.
-        let _ = self.st.cluster.write(command, None).await;
+        let _ = crate::service::propose(&self.st.cluster, command, None).await;
         self.st.hub.presence_left();
     }
 

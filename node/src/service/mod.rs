@@ -5,6 +5,8 @@
 //! - this file: [`acquire`], the blocking acquire of any leased primitive ([`Queueing`]):
 //!   propose with a wait, watch this node's state until the grant shows or the wait ends, then
 //!   settle the race between a late grant and the caller giving up through the log;
+//! - [`propose`] and [`Answered`]: how each primitive's writes are answered (once committed,
+//!   or once this node has applied them too), chosen once per primitive;
 //! - one module per primitive with such a protocol: [`locks`], [`semaphores`] (their
 //!   [`Queueing`]), [`queues`] (the long-poll claim of jobs).
 
@@ -12,11 +14,60 @@ pub mod locks;
 pub mod queues;
 pub mod semaphores;
 
-use raft::command::Proposal;
+use raft::command::{
+    CacheCmd, ChannelCmd, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd, SemaphoreCmd,
+    SessionCmd, Txn,
+};
 use raft::State;
 use tokio::time::{Duration, Instant};
 
 use crate::cluster::{Cluster, WriteError};
+
+/// How a primitive's writes are answered.
+pub trait Answered: Proposal {
+    /// Whether the answer waits until the receiving node has applied the write, so that a read
+    /// of that node's state right after sees it. A primitive whose reads are served from the
+    /// node's own state (sessions, cache, queues, transactions over them) needs this; one read
+    /// through ReadIndex (key-value) or answered from the write's own result does not.
+    const READ_YOUR_WRITES: bool;
+}
+
+macro_rules! answered {
+    ($($cmd:ty => $visible:expr),* $(,)?) => {
+        $(impl Answered for $cmd {
+            const READ_YOUR_WRITES: bool = $visible;
+        })*
+    };
+}
+
+answered! {
+    KvCmd => false,
+    LockCmd => false,
+    SemaphoreCmd => false,
+    ChannelCmd => false,
+    SessionCmd => true,
+    CacheCmd => true,
+    QueueCmd => true,
+    Txn => true,
+}
+
+impl<P: Answered> Answered for MaybeFenced<P> {
+    const READ_YOUR_WRITES: bool = P::READ_YOUR_WRITES;
+}
+
+/// Proposes `proposal` (forwarded to the leader when this node does not lead) and answers its
+/// typed result as the primitive's [`Answered`] says.
+pub async fn propose<P: Answered>(
+    cluster: &Cluster,
+    proposal: P,
+    idempotency_key: Option<String>,
+) -> Result<P::Output, WriteError> {
+    if P::READ_YOUR_WRITES {
+        cluster.write_visible(proposal, idempotency_key).await
+    } else {
+        cluster.write(proposal, idempotency_key).await
+    }
+}
 
 /// A leased primitive whose acquire may wait in a queue served in arrival order.
 pub trait Queueing {
