@@ -273,9 +273,9 @@ impl KvDigest {
 
     /// Adds a state-machine record if it is a key-value entry (records come in key order).
     pub fn add_record(&mut self, k: &[u8], v: &[u8]) -> anyhow::Result<()> {
-        if let Some((key, value, revision)) = export::kv_entry(k, v)? {
-            let key = std::str::from_utf8(&key).context("a key that is not UTF-8")?;
-            self.add(key, &value, revision);
+        if let Some(e) = export::kv_entry(k, v)? {
+            let key = std::str::from_utf8(&e.key).context("a key that is not UTF-8")?;
+            self.add(key, &e.value, e.revision);
         }
         Ok(())
     }

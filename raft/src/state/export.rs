@@ -29,13 +29,25 @@ impl Figures {
     }
 }
 
-/// A key-value entry, when the record is one: its key, value and revision.
-pub fn kv_entry(k: &[u8], v: &[u8]) -> codec::Result<Option<(Vec<u8>, Vec<u8>, u64)>> {
+/// A key-value entry of an exported state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvRecord {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub revision: u64,
+}
+
+/// The key-value entry a record holds, when it is one.
+pub fn kv_entry(k: &[u8], v: &[u8]) -> codec::Result<Option<KvRecord>> {
     let Some(key) = k.strip_prefix(kv::PREFIX) else {
         return Ok(None);
     };
     let e: kv::KvEntry = codec::decode(v)?;
-    Ok(Some((key.to_vec(), e.value, e.revision)))
+    Ok(Some(KvRecord {
+        key: key.to_vec(),
+        value: e.value,
+        revision: e.revision,
+    }))
 }
 
 /// A record as it is imported into the data dir of a new cluster: `None` when it belongs to
