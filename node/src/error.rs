@@ -1,5 +1,7 @@
 //! The API's one error type, mapped to the contract's status and code in one place.
 
+use std::collections::BTreeMap;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use raft::command::{CacheResult, ChannelResult, KvResult, LockResult, QueueResult, SessionResult};
@@ -206,18 +208,10 @@ pub struct ErrorDetail {
     /// too_large: the limit in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
-    /// conflict on a semaphore, reason full: its free permits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub free: Option<u64>,
-    /// conflict on a semaphore, reason full: its held permits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub held: Option<u64>,
-    /// conflict on a semaphore, reason full: callers queued for permits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waiting: Option<u64>,
-    /// conflict on a semaphore, reason capacity_mismatch: its capacity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<u64>,
+    /// Fields a primitive adds to its own refusals, documented with its routes (a semaphore's
+    /// `free`, `held`, `waiting`, `capacity`).
+    #[serde(flatten)]
+    pub more: BTreeMap<String, Value>,
 }
 
 /// An error answer: `{"error": {"code", "message", ...extra}}` with the code's status.

@@ -68,8 +68,13 @@ async fn permits_are_shared_up_to_capacity_and_fences_grow() {
     );
     assert_eq!(reason(&full), Some("full"), "{full:?}");
     assert_eq!(
-        full.as_ref().unwrap_err().detail().unwrap().free,
-        Some(0),
+        full.as_ref()
+            .unwrap_err()
+            .detail()
+            .unwrap()
+            .more
+            .get("free"),
+        Some(&json!(0)),
         "{full:?}"
     );
 
@@ -93,8 +98,13 @@ async fn permits_are_shared_up_to_capacity_and_fences_grow() {
         "{e:?}"
     );
     assert_eq!(
-        e.as_ref().unwrap_err().detail().unwrap().capacity,
-        Some(3),
+        e.as_ref()
+            .unwrap_err()
+            .detail()
+            .unwrap()
+            .more
+            .get("capacity"),
+        Some(&json!(3)),
         "{e:?}"
     );
 
