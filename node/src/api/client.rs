@@ -1,5 +1,5 @@
 //! A typed client of the HTTP API: one method per operation, each answering the type the
-//! server answers with (from [`super::model`], or [`super::semaphores`]), or an [`ApiError`]
+//! server answers with (from [`super::model`], or the route module that defines it), or an [`ApiError`]
 //! parsed from the error body. The CLI, `loadgen` and the tests use it.
 //!
 //! All methods share one path: a request is built by [`Client::request`], sent by
