@@ -243,15 +243,10 @@ pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Cache
 
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
-    #[allow(unused_imports)]
-    use super::*;
-    #[allow(unused_imports)]
+    use super::{CacheStats, Deleted, InvalidateRequest, Invalidated, Stored};
     use crate::api::client::{
         header_u64, segment, ApiResult, CacheValue, CacheWrite, Client, Path,
     };
-    #[allow(unused_imports)]
-    use crate::api::model::*;
-    #[allow(unused_imports)]
     use reqwest::Method;
 
     impl Client {

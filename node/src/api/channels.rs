@@ -158,14 +158,9 @@ pub async fn presence(
 
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
-    #[allow(unused_imports)]
-    use super::*;
-    #[allow(unused_imports)]
-    use crate::api::client::{header_u64, segment, ApiResult, Client, Path};
-    #[allow(unused_imports)]
-    use crate::api::model::*;
-    #[allow(unused_imports)]
-    use reqwest::Method;
+    use super::{ChannelHistory, Presence, PublishRequest, Published};
+    use crate::api::client::{segment, ApiResult, Client, Path};
+    use serde_json::Value;
 
     impl Client {
         fn channel_path(name: &str, op: &str) -> String {

@@ -200,14 +200,8 @@ pub async fn inspect(
 
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
-    #[allow(unused_imports)]
-    use super::*;
-    #[allow(unused_imports)]
-    use crate::api::client::{header_u64, segment, ApiResult, Client, Path};
-    #[allow(unused_imports)]
-    use crate::api::model::*;
-    #[allow(unused_imports)]
-    use reqwest::Method;
+    use super::{AcquireRequest, Grant, LockInfo, ReleaseRequest, Released, RenewRequest, Renewed};
+    use crate::api::client::{segment, ApiResult, Client, Path};
 
     impl Client {
         fn lock_path(name: &str, op: &str) -> String {

@@ -652,13 +652,12 @@ pub async fn list_schedules(
 
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
-    #[allow(unused_imports)]
-    use super::*;
-    #[allow(unused_imports)]
-    use crate::api::client::{header_u64, segment, ApiResult, Client, Path};
-    #[allow(unused_imports)]
-    use crate::api::model::*;
-    #[allow(unused_imports)]
+    use super::{
+        AckRequest, Acked, ClaimRequest, Claimed, Deleted, EnqueueRequest, Enqueued, ExtendRequest,
+        Extended, JobInfo, JobList, NackRequest, Nacked, NextFire, QueueList, QueueStats,
+        ReplayRequest, Replayed, ScheduleList, ScheduleRequest,
+    };
+    use crate::api::client::{segment, ApiResult, Client, Path};
     use reqwest::Method;
 
     impl Client {

@@ -341,12 +341,8 @@ fn refusal(r: SemaphoreResult) -> ApiError {
 
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
-    #[allow(unused_imports)]
-    use super::*;
-    #[allow(unused_imports)]
-    use crate::api::client::{header_u64, segment, ApiResult, Client, Path};
-    #[allow(unused_imports)]
-    use reqwest::Method;
+    use super::{AcquireBody, Grant, ReleaseBody, Released, RenewBody, SemaphoreView};
+    use crate::api::client::{segment, ApiResult, Client, Path};
 
     impl Client {
         fn semaphore_path(name: &str, op: &str) -> String {

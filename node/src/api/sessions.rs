@@ -284,14 +284,13 @@ pub async fn delete_user(
 
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
-    #[allow(unused_imports)]
-    use super::*;
-    #[allow(unused_imports)]
-    use crate::api::client::{header_u64, segment, ApiResult, Client, Path};
-    #[allow(unused_imports)]
-    use crate::api::model::*;
-    #[allow(unused_imports)]
+    use super::{
+        CreateSessionRequest, Deleted, DeletedCount, Map, Session, SessionCreated, SessionList,
+        UpdateSessionRequest,
+    };
+    use crate::api::client::{segment, ApiResult, Client, Path};
     use reqwest::Method;
+    use serde_json::Value;
 
     impl Client {
         fn session_path(id: &str, op: &str) -> String {
