@@ -1,10 +1,10 @@
 //! `GET /v1/cluster`: Raft's figures, every member with its liveness and metadata as this
 //! node's gossip sees them and how the leader reaches it, and the autopilot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use raft::{NodeId, NodeInfo};
-use transport::MemberReach;
+use transport::{MemberReach, PeerView};
 
 use super::{load_avg_1m, Cluster};
 use crate::api::model::{Autopilot, AutopilotAction, ClusterStatus, Load, Member, MemberRole};
@@ -25,6 +25,7 @@ impl Cluster {
                 inflight_requests: Some(inflight_requests),
                 load_avg_1m: Some(load_avg_1m()),
             },
+            gossip: self.gossip.snapshot(),
         };
         let reach = self.leader_reach();
         let members = membership
@@ -74,7 +75,7 @@ impl Cluster {
     ) -> Member {
         let (gossip, gossip_changed_ms_ago, applied_index, load) = if id == self.id {
             ("alive", None, local.applied, local.load.clone())
-        } else if let Some(p) = self.gossip.snapshot().get(&id) {
+        } else if let Some(p) = local.gossip.get(&id) {
             let (applied, load) = match &p.meta {
                 Some((meta, _)) => (
                     Some(meta.applied_index),
@@ -143,8 +144,10 @@ impl Cluster {
     }
 }
 
-/// This node's own figures, shown for itself instead of its gossip metadata.
+/// What this node knows first-hand: its own figures, shown for itself instead of its gossip
+/// metadata, and its gossip view of the others (read once per status).
 struct LocalFigures {
     applied: Option<u64>,
     load: Load,
+    gossip: BTreeMap<NodeId, PeerView>,
 }
