@@ -82,6 +82,20 @@ pub struct RaftView {
     pub purged_index: Option<u64>,
 }
 
+impl RaftView {
+    fn of(m: &RaftMetrics<TypeConfig>) -> Self {
+        RaftView {
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+        }
+    }
+}
+
 /// A read-only handle on the applied state.
 #[derive(Clone)]
 pub struct StateReader(Arc<RwLock<State>>);
@@ -151,17 +165,7 @@ impl Cluster {
 
     /// Raft's figures as this node sees them.
     pub fn raft_view(&self) -> RaftView {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        RaftView {
-            leader: m.current_leader,
-            term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
-            commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
-            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-            snapshot_index: m.snapshot.map(|l| l.index),
-            purged_index: m.purged.map(|l| l.index),
-        }
+        RaftView::of(&self.raft.metrics().borrow_watched())
     }
 
     /// The node's configuration.

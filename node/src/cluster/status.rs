@@ -47,7 +47,7 @@ impl Cluster {
                 s.compact_revision(),
             )
         };
-        let view = self.raft_view();
+        let view = super::RaftView::of(&m);
         ClusterStatus {
             cluster_id,
             node_id: self.id,
