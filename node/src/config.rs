@@ -101,6 +101,13 @@ section! {
         /// Most HTTP requests handled at once; further ones get 503. Default: 4096. Range: 1
         /// to 1000000.
         pub max_inflight_requests: usize = 4096,
+        /// Serve every route without a token. For tests and local experiments only: anyone
+        /// who reaches the API port owns the cluster. Logged as a warning at start-up and
+        /// shown as `auth: "off"` in `GET /v1/cluster`. Default: false.
+        pub insecure_no_auth: bool = false,
+        /// Serve `/metrics` without a token (for a Prometheus scraper on a trusted network).
+        /// When false, `/metrics` needs a token with `read` on `cluster`. Default: false.
+        pub metrics_open: bool = false,
     }
 }
 
@@ -327,11 +334,16 @@ serve_flags! {
     advertise_api_addr: String, "STACKD_ADVERTISE_API_ADDR" => api.advertise_addr;
     request_timeout_ms: u64, "STACKD_REQUEST_TIMEOUT_MS" => api.request_timeout_ms;
     max_inflight_requests: usize, "STACKD_MAX_INFLIGHT_REQUESTS" => api.max_inflight_requests;
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    insecure_no_auth: bool, "STACKD_INSECURE_NO_AUTH" => api.insecure_no_auth;
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    metrics_open: bool, "STACKD_METRICS_OPEN" => api.metrics_open;
     cluster_addr: SocketAddr, "STACKD_CLUSTER_ADDR" => cluster.addr;
     advertise_cluster_addr: String, "STACKD_ADVERTISE_CLUSTER_ADDR" => cluster.advertise_addr;
     join: String, "STACKD_JOIN" => cluster.join;
-    #[arg(hide_env_values = true)] // a secret: never shown in --help
-    token: String, "STACKD_TOKEN" => cluster.token;
+    // A secret: never shown in --help. `--token` is what the first node prints.
+    #[arg(hide_env_values = true, alias = "token")]
+    join_token: String, "STACKD_JOIN_TOKEN" => cluster.token;
     gossip_addr: SocketAddr, "STACKD_GOSSIP_ADDR" => gossip.addr;
     heartbeat_interval_ms: u64, "STACKD_HEARTBEAT_INTERVAL_MS" => raft.heartbeat_interval_ms;
     election_timeout_ms: u64, "STACKD_ELECTION_TIMEOUT_MS" => raft.election_timeout_ms;
@@ -994,6 +1006,8 @@ mod tests {
         c.api.advertise_addr = Some("api.example:8001".into());
         c.api.request_timeout_ms = 7_000;
         c.api.max_inflight_requests = 100;
+        c.api.insecure_no_auth = true;
+        c.api.metrics_open = true;
         c.cluster.addr = "10.0.0.1:8101".parse().unwrap();
         c.cluster.advertise_addr = Some("node-a.example:8101".into());
         c.cluster.join = Some("10.0.0.2:8101".into());
@@ -1086,7 +1100,12 @@ mod tests {
             assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(f.env));
             let help = arg.get_help().unwrap().to_string();
             assert!(help.contains(f.path), "{}: {help}", f.arg);
-            assert_eq!(arg.is_hide_env_values_set(), f.arg == "token", "{}", f.arg);
+            assert_eq!(
+                arg.is_hide_env_values_set(),
+                f.arg == "join_token",
+                "{}",
+                f.arg
+            );
         }
     }
 

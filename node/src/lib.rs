@@ -4,7 +4,8 @@
 //! - [`config`]: `stackd serve` settings from flags, environment and TOML.
 //! - [`server`]: node start-up (identity, storage, Raft, transport, API) and shutdown.
 //! - [`cluster`]: writes from any node, batched linearizable reads, joins, leader duties.
-//! - [`api`]: the HTTP routes of API.md; [`error`] maps every failure to its status and code.
+//! - [`api`]: the HTTP routes; [`error`] maps every failure to its status and code.
+//! - [`auth`]: what each route needs, bearer tokens checked against the replicated ACL.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`realtime`]: the feed of applied events behind WebSocket fan-out, and presence leases.
 //! - [`backup`]: the backup stream format, its reader and restore into a new data dir.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod backup;
 pub mod client;
 pub mod cluster;

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::state::acl::{AclCmd, AclResult};
 pub use crate::state::cache::{CacheCmd, CacheLimits, CacheResult};
 pub use crate::state::channels::{ChannelCmd, ChannelResult, ChannelRetention};
 pub use crate::state::kv::{KvCmd, KvResult};
@@ -54,6 +55,7 @@ pub enum Command {
         command: Box<Command>,
     },
     Semaphore(SemaphoreCmd),
+    Acl(AclCmd),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +106,7 @@ pub enum Response {
     Channel(ChannelResult),
     Txn(TxnResult),
     Semaphore(SemaphoreResult),
+    Acl(AclResult),
 }
 
 /// A command whose result type is known: proposing it answers a `Self::Output`.
@@ -147,6 +150,7 @@ proposals! {
     Channel(ChannelCmd) -> ChannelResult,
     Txn(Txn) -> TxnResult,
     Semaphore(SemaphoreCmd) -> SemaphoreResult,
+    Acl(AclCmd) -> AclResult,
 }
 
 /// A command applied only while a lock is held with a given fence (or always, without one).
@@ -222,6 +226,12 @@ impl fmt::Display for Command {
                 command,
             } => write!(f, "fenced {lock}:{fence} {command}"),
             Command::Semaphore(c) => write!(f, "semaphore {c:?}"),
+            // Secret digests are not logged.
+            Command::Acl(AclCmd::Bootstrap { accessor_id, .. }) => {
+                write!(f, "acl bootstrap {accessor_id}")
+            }
+            Command::Acl(AclCmd::TokenCreate(t)) => write!(f, "acl token create {}", t.accessor_id),
+            Command::Acl(c) => write!(f, "acl {c:?}"),
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct InprocCluster {
 pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Config {
     let mut c = Config::default();
     c.storage.data_dir = Some(data_dir.to_path_buf());
+    // Tests of access control turn it back on.
+    c.api.insecure_no_auth = true;
     c.api.addr = crate::free_addrs(ip).0;
     c.cluster.addr = crate::free_cluster_addr(ip);
     if let Some((addr, token)) = join {

@@ -15,7 +15,7 @@ pub mod queues;
 pub mod semaphores;
 
 use raft::command::{
-    CacheCmd, ChannelCmd, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd, SemaphoreCmd,
+    AclCmd, CacheCmd, ChannelCmd, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd, SemaphoreCmd,
     SessionCmd, Txn,
 };
 use raft::State;
@@ -49,6 +49,7 @@ answered! {
     CacheCmd => true,
     QueueCmd => true,
     Txn => true,
+    AclCmd => true,
 }
 
 impl<P: Answered> Answered for MaybeFenced<P> {
