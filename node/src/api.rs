@@ -10,7 +10,7 @@
 //! - [`channels`], [`ws`]: channels (publish, history, presence) and the WebSocket API;
 //!   `/v1/client.js` and `/demo/` serve the browser client and its demo page.
 
-pub(crate) mod acl;
+pub mod acl;
 pub(crate) mod cache;
 pub(crate) mod channels;
 pub mod client;

@@ -1,5 +1,5 @@
 //! The command-line client (`stackd kv`, `lock`, `semaphore`, `session`, `cache`, `queue`, `worker`, `txn`,
-//! `cluster`, `backup`, `token`) against any node's API, and `stackd restore`.
+//! `cluster`, `backup`, `token`, `acl`) against any node's API, and `stackd restore`.
 //!
 //! Each command parses its arguments, calls the typed client ([`crate::api::client`]) and
 //! prints the answer.
@@ -7,10 +7,12 @@
 //! # Layout
 //! - this file: the subcommands ([`Command`], flattened into `stackd`'s own), shared
 //!   arguments, `kv`, `cluster` (status and operations) and `token`;
+//! - [`acl`]: tokens and policies;
 //! - [`lock`], [`semaphore`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the
 //!   other primitives;
 //! - [`backup`]: `stackd backup` and `stackd restore`.
 
+pub mod acl;
 pub mod backup;
 pub mod cache;
 pub mod lock;
@@ -66,6 +68,9 @@ pub enum Command {
     /// `token list` and `token revoke ID` show and revoke them.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Access control: tokens (`acl token create --policy P`) and policies (`acl policy set`).
+    #[command(subcommand)]
+    Acl(acl::AclCmd),
 }
 
 /// Runs a client subcommand.
@@ -83,6 +88,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Backup(cmd) => backup::backup(cmd).await,
         Command::Restore(cmd) => backup::restore(cmd),
         Command::Token(cmd) => token(cmd).await,
+        Command::Acl(cmd) => acl::run(cmd).await,
     }
 }
 
@@ -138,7 +144,7 @@ impl Target {
             ),
             (None, None) => None,
         };
-        Ok(match token {
+        Ok(match token.filter(|t| !t.is_empty()) {
             Some(t) => client.with_token(t),
             None => client,
         })

@@ -460,3 +460,66 @@ pub async fn delete_policy(State(st): St, Path(name): Path<String>) -> ApiResult
         other => Err(refused(other)),
     }
 }
+
+mod typed {
+    use reqwest::Method;
+
+    use super::{
+        AclDeleted, PolicyList, PolicySet, PolicyView, TokenCreate, TokenCreated, TokenList,
+        TokenUpdate, TokenView,
+    };
+    use crate::api::client::{segment, ApiResult, Client};
+
+    impl Client {
+        pub async fn acl_token_create(&self, req: &TokenCreate) -> ApiResult<TokenCreated> {
+            self.post("/v1/acl/tokens", req).await
+        }
+
+        pub async fn acl_tokens(&self) -> ApiResult<TokenList> {
+            self.get("/v1/acl/tokens").await
+        }
+
+        /// The token this client sends.
+        pub async fn acl_token_self(&self) -> ApiResult<TokenView> {
+            self.get("/v1/acl/tokens/self").await
+        }
+
+        pub async fn acl_token(&self, accessor_id: &str) -> ApiResult<TokenView> {
+            self.get(&format!("/v1/acl/tokens/{}", segment(accessor_id)))
+                .await
+        }
+
+        pub async fn acl_token_update(
+            &self,
+            accessor_id: &str,
+            req: &TokenUpdate,
+        ) -> ApiResult<TokenView> {
+            let path = format!("/v1/acl/tokens/{}", segment(accessor_id));
+            self.json(Method::PATCH, &path, req).await
+        }
+
+        pub async fn acl_token_delete(&self, accessor_id: &str) -> ApiResult<AclDeleted> {
+            self.delete(&format!("/v1/acl/tokens/{}", segment(accessor_id)))
+                .await
+        }
+
+        pub async fn acl_policies(&self) -> ApiResult<PolicyList> {
+            self.get("/v1/acl/policies").await
+        }
+
+        pub async fn acl_policy(&self, name: &str) -> ApiResult<PolicyView> {
+            self.get(&format!("/v1/acl/policies/{}", segment(name)))
+                .await
+        }
+
+        pub async fn acl_policy_set(&self, name: &str, req: &PolicySet) -> ApiResult<PolicyView> {
+            let path = format!("/v1/acl/policies/{}", segment(name));
+            self.json(Method::PUT, &path, req).await
+        }
+
+        pub async fn acl_policy_delete(&self, name: &str) -> ApiResult<AclDeleted> {
+            self.delete(&format!("/v1/acl/policies/{}", segment(name)))
+                .await
+        }
+    }
+}
