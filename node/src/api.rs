@@ -138,7 +138,7 @@ routes! {
     post "/v1/channels/{name}/publish" => channels::publish, channel(Op::Publish);
     get "/v1/channels/{name}/history" => channels::history, channel(Op::History);
     get "/v1/channels/{name}/presence" => channels::presence, channel(Op::Presence);
-    get "/v1/ws" => ws::upgrade, Need::Token;
+    get "/v1/ws" => ws::upgrade, Need::Upgrade;
     get "/v1/client.js" => client_js, Need::Open;
     get "/demo/" => demo_page, Need::Open;
     // Access control.

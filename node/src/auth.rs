@@ -54,6 +54,10 @@ pub enum Need {
     Token,
     /// `/metrics`: open when `api.metrics_open`, else `read` on `cluster`.
     Metrics,
+    /// The WebSocket upgrade: a token in the `Authorization` header, or in the connection's
+    /// first message (browsers cannot set headers on an upgrade); each subscription, watch
+    /// and publish is checked.
+    Upgrade,
     /// `op` on the name `target` gives, of `resource`.
     Right {
         resource: Resource,
@@ -72,7 +76,7 @@ impl Need {
                 target,
             } => Some((resource, op, target)),
             Need::Metrics => Some((Resource::Cluster, Op::Read, Target::All)),
-            Need::Open | Need::Token => None,
+            Need::Open | Need::Token | Need::Upgrade => None,
         }
     }
 }
@@ -137,6 +141,18 @@ impl Caller {
         }
     }
 
+    /// [`Caller::may`] for every name under `prefix` (a watch, a listing).
+    pub fn may_all(&self, st: &AppState, resource: Resource, prefix: &str, op: Op) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Token(t) => st
+                .cluster
+                .state()
+                .acl()
+                .allows_prefix(t, resource, prefix, op),
+        }
+    }
+
     /// Who the caller is, for logs: the token's accessor id, or `anyone`.
     pub fn actor(&self) -> &str {
         match self {
@@ -190,7 +206,8 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn forbidden(resource: Resource, op: Op, name: Option<&str>) -> ApiError {
+/// 403: the token's policies do not allow `op` on `name` (every name when `None`).
+pub fn forbidden(resource: Resource, op: Op, name: Option<&str>) -> ApiError {
     let on = match name {
         Some(n) if !n.is_empty() => format!("{} {n:?}", resource.as_str()),
         _ => format!("every name of {}", resource.as_str()),
@@ -219,6 +236,22 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, &'static str> {
         }
         _ => Err("the Authorization header must be `Bearer <token>`"),
     }
+}
+
+/// Whether `token` is still what the state holds under its accessor id (not deleted, not
+/// replaced) and not expired at `now_ms`; answers the current one.
+pub fn still_valid(st: &AppState, token: &Token, now_ms: u64) -> Option<Arc<Token>> {
+    let state = st.cluster.state();
+    let cur = state.acl().token(&token.accessor_id)?;
+    if cur.secret_sha256 != token.secret_sha256 || cur.expires_at_ms.is_some_and(|at| at <= now_ms)
+    {
+        return None;
+    }
+    Some(if cur == token {
+        Arc::new(token.clone())
+    } else {
+        Arc::new(cur.clone())
+    })
 }
 
 /// The token of `secret`, if it is current (made, not deleted, not expired at `now_ms`).
@@ -250,6 +283,9 @@ pub fn caller(st: &AppState, asked: &Asked<'_>, need: Need) -> Result<Option<Cal
         return Ok(Some(Caller::Anyone));
     }
     if need == Need::Open || (need == Need::Metrics && st.cluster.config().api.metrics_open) {
+        return Ok(None);
+    }
+    if need == Need::Upgrade && asked.headers.get(header::AUTHORIZATION).is_none() {
         return Ok(None);
     }
     let secret = bearer(asked.headers).map_err(Refusal::Unauthenticated)?;

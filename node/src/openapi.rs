@@ -63,9 +63,12 @@ fn document_access(doc: &mut Value) {
         let op = &mut doc["paths"][*path][*method];
         let Some(right) = (match need {
             Need::Open => continue,
-            Need::Token => {
-                Some("a valid token; each write or subscription it makes is checked".to_string())
-            }
+            Need::Token => Some("a valid token; each write it makes is checked".to_string()),
+            Need::Upgrade => Some(
+                "a token in the Authorization header or the first message ({op:auth, token}); \
+                 each subscription, watch and publish is checked"
+                    .to_string(),
+            ),
             Need::Metrics => Some("read on cluster (or none with api.metrics_open)".to_string()),
             Need::Right {
                 resource,

@@ -303,6 +303,9 @@ pub struct Acl {
     policies: BTreeMap<String, Policy>,
     expiry: Deadlines<String>,
     bootstrapped: bool,
+    /// Counts applied changes (in memory only): a holder of a token checks it again when this
+    /// moves.
+    version: u64,
 }
 
 impl Part for Acl {
@@ -323,6 +326,7 @@ impl Part for Acl {
     fn expire(&mut self, cx: &mut Cx<'_>) {
         while let Some(id) = self.expiry.pop_due(cx.now()) {
             if let Some(t) = self.tokens.remove(&id) {
+                self.version += 1;
                 self.by_secret.remove(&t.secret_sha256);
                 cx.delete(prefixed(TOKEN_PREFIX, &id));
             }
@@ -357,6 +361,11 @@ impl Acl {
         cx.put(prefixed(TOKEN_PREFIX, &t.accessor_id), &t);
         self.index(t.clone());
         AclResult::Token(Box::new(t))
+    }
+
+    /// Moves whenever tokens or policies may have changed on this replica.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Whether the bootstrap token was made.
@@ -577,6 +586,7 @@ impl Primitive for Acl {
     type Output = AclResult;
 
     fn apply(&mut self, cmd: &AclCmd, cx: &mut Cx<'_>) -> AclResult {
+        self.version += 1;
         match cmd {
             AclCmd::Bootstrap {
                 accessor_id,
