@@ -11,6 +11,7 @@
 //!   `/v1/client.js` and `/demo/` serve the browser client and its demo page.
 
 pub mod acl;
+mod browser;
 pub(crate) mod cache;
 pub(crate) mod channels;
 pub mod client;
@@ -174,6 +175,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            browser::guard,
+        ))
+        .layer(browser::cors(&state.cluster.config().api.allowed_origins))
         .with_state(state)
 }
 
@@ -299,13 +305,37 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Name {
 }
 
 /// A JSON request body of at most `max_value_bytes` plus 64 KiB; malformed JSON, unknown
-/// fields and wrong types are 400, an oversized body 413.
+/// fields and wrong types are 400, an oversized body 413. A `Content-Type` other than JSON
+/// (`application/json` or `*/*+json`) is 400, so an HTML form (or a page's "simple" request)
+/// cannot send one.
 pub struct JsonBody<T>(pub T);
+
+/// Whether a request's `Content-Type`, if it has one, says JSON.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let essence = ct
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::bad_request(
+                "the body must be sent with Content-Type: application/json",
+            ));
+        }
         let limit = json_body_limit(st);
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
@@ -706,9 +736,19 @@ async fn client_js() -> Response {
     )
 )]
 async fn demo_page() -> Response {
+    const PAGE: &str = include_str!("assets/demo.html");
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        include_str!("assets/demo.html"),
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                browser::demo_page_policy(PAGE),
+            ),
+        ],
+        PAGE,
     )
         .into_response()
 }

@@ -105,6 +105,11 @@ section! {
         /// who reaches the API port owns the cluster. Logged as a warning at start-up and
         /// shown as `auth: "off"` in `GET /v1/cluster`. Default: false.
         pub insecure_no_auth: bool = false,
+        /// Web origins (`scheme://host[:port]`, comma-separated, or `*` for any) whose pages may
+        /// call the API from a browser: answered with CORS headers, and let through the Origin
+        /// check of WebSocket upgrades and of every request but GET and HEAD. Default: none
+        /// (pages served by the node itself only).
+        pub allowed_origins: Origins = Origins::default(); e.g. "https://app.example.com",
         /// Serve `/metrics` without a token (for a Prometheus scraper on a trusted network).
         /// When false, `/metrics` needs a token with `read` on `cluster`. Default: false.
         pub metrics_open: bool = false,
@@ -336,6 +341,7 @@ serve_flags! {
     max_inflight_requests: usize, "STACKD_MAX_INFLIGHT_REQUESTS" => api.max_inflight_requests;
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     insecure_no_auth: bool, "STACKD_INSECURE_NO_AUTH" => api.insecure_no_auth;
+    allowed_origins: Origins, "STACKD_ALLOWED_ORIGINS" => api.allowed_origins;
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     metrics_open: bool, "STACKD_METRICS_OPEN" => api.metrics_open;
     cluster_addr: SocketAddr, "STACKD_CLUSTER_ADDR" => cluster.addr;
@@ -408,6 +414,9 @@ impl Form for String {
 }
 impl Form for PathBuf {
     const FORM: &'static str = "a path";
+}
+impl Form for Origins {
+    const FORM: &'static str = "comma-separated origins (scheme://host[:port]) or *";
 }
 impl Form for Retention {
     const FORM: &'static str = "comma-separated PREFIX=EVENTS:AGE_MS rules";
@@ -884,6 +893,62 @@ impl fmt::Display for RetentionRule {
     }
 }
 
+/// Web origins allowed to call the API from a browser: `scheme://host[:port]` each, or `*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Origins(pub Vec<String>);
+
+impl Origins {
+    /// Whether `origin` (an `Origin` header's value) is allowed.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.0
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}
+
+impl FromStr for Origins {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for o in spec.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let ok = o == "*"
+                || (o.starts_with("http://") || o.starts_with("https://"))
+                    && !o
+                        .trim_end_matches('/')
+                        .contains(|c: char| c.is_whitespace())
+                    && o.splitn(4, '/').nth(3).is_none_or(str::is_empty);
+            if !ok {
+                return Err(format!(
+                    "{o:?} is not an origin: give scheme://host[:port] (no path) or *"
+                ));
+            }
+            out.push(o.trim_end_matches('/').to_string());
+        }
+        Ok(Origins(out))
+    }
+}
+
+impl fmt::Display for Origins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl TryFrom<String> for Origins {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Origins> for String {
+    fn from(o: Origins) -> String {
+        o.to_string()
+    }
+}
+
 /// Channel retention rules by name prefix, written `PREFIX=EVENTS:AGE_MS,...`. The rule with
 /// the empty prefix, always present, covers channels no other rule matches; a spec that does
 /// not set it keeps the default's. Parsing checks the form; [`Config::validate`] the bounds.
@@ -1008,6 +1073,9 @@ mod tests {
         c.api.max_inflight_requests = 100;
         c.api.insecure_no_auth = true;
         c.api.metrics_open = true;
+        c.api.allowed_origins = "https://app.example.com,http://localhost:3000"
+            .parse()
+            .unwrap();
         c.cluster.addr = "10.0.0.1:8101".parse().unwrap();
         c.cluster.advertise_addr = Some("node-a.example:8101".into());
         c.cluster.join = Some("10.0.0.2:8101".into());

@@ -609,3 +609,126 @@ async fn websocket_checks_each_subscription_and_ends_them_when_the_token_goes() 
     ws.close().await;
     c.shutdown().await;
 }
+
+/// Pages of other sites: a request that may change something, or a WebSocket upgrade, from an
+/// origin not allowed is refused; the node's own pages and allowed origins go through (the
+/// allowed ones with CORS headers); a JSON route refuses a form's content type; every answer
+/// carries the security headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_sites_pages_cannot_use_a_browsers_access() {
+    let c = InprocCluster::start_with(1, |c| {
+        c.api.allowed_origins = "https://app.example.com".parse().unwrap();
+    })
+    .await
+    .unwrap();
+    let base = &c.bases[0];
+    let host = base.trim_start_matches("http://");
+    let http = http::client();
+    let post = |origin: &str, ct: &str| {
+        http.post(format!("{base}/v1/locks/l/acquire"))
+            .header("origin", origin)
+            .header("content-type", ct)
+            .body(r#"{"owner":"w","ttl_ms":1000}"#)
+    };
+
+    let resp = post("https://evil.example", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("evil.example"),
+        "{v}"
+    );
+
+    let resp = post(&format!("http://{host}"), "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the node's own page");
+
+    let resp = post("https://app.example.com", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::CONFLICT,
+        "allowed, and the lock is held"
+    );
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+
+    // A form (or any non-JSON type) cannot carry a JSON body.
+    let resp = post(
+        &format!("http://{host}"),
+        "application/x-www-form-urlencoded",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("application/json"),
+        "{v}"
+    );
+
+    // A preflight from an allowed origin is answered; one from another origin gets no grant.
+    let preflight = |origin: &str| {
+        http.request(Method::OPTIONS, format!("{base}/v1/kv/a"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let ok = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let no = preflight("https://evil.example").await.unwrap();
+    assert!(no.headers().get("access-control-allow-origin").is_none());
+
+    // A WebSocket upgrade from another site is refused before it opens.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{host}/v1/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN)
+        }
+        other => panic!("a foreign origin's upgrade must be refused: {other:?}"),
+    }
+    let mut req = format!("ws://{host}/v1/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", format!("http://{host}").parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("same origin opens");
+
+    // Security headers, on an answer and on an error.
+    for path in ["/health", "/v1/nope"] {
+        let resp = http.get(format!("{base}{path}")).send().await.unwrap();
+        let h = resp.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+    }
+    c.shutdown().await;
+}
