@@ -64,6 +64,8 @@ pub struct AppState {
     /// The node's request tasks: work that outlives its handler (a backup's stream) is
     /// tracked here, so shutdown waits for it.
     pub requests: tokio_util::task::TaskTracker,
+    /// Request rates per token, address and WebSocket connection.
+    pub rate: Arc<crate::rate::RateLimits>,
 }
 
 type St = State<Arc<AppState>>;

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, RawPathParams, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use raft::command::{Command, Compare, Txn};
@@ -352,6 +352,17 @@ fn name_of(state: &raft::State, asked: &Asked<'_>, target: Target) -> Named {
     }
 }
 
+/// The client's address, as [`authorize`] found it, for handlers.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+/// The client's address (the TCP peer), or unspecified when the router runs without one
+/// (in-process tests).
+pub fn client_ip(ext: &axum::http::Extensions) -> std::net::IpAddr {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
 /// The middleware of every route: finds the caller (see [`caller`]) and hands it to the
 /// handler in the request's extensions.
 pub async fn authorize(
@@ -373,14 +384,29 @@ pub async fn authorize(
         query: parts.uri.query(),
         params: &params,
     };
+    let ip = client_ip(&parts.extensions);
+    if let Err(e) = st.rate.request(ip) {
+        return e.into_response();
+    }
     let found = caller(&st, &asked, need);
+    let write = !matches!(parts.method, Method::GET | Method::HEAD);
     let mut req = Request::from_parts(parts, body);
+    req.extensions_mut().insert(ClientIp(ip));
     match found {
         Ok(Some(c)) => {
+            if let Caller::Token(t) = &c {
+                if let Err(e) = st.rate.token(&t.accessor_id, write) {
+                    return e.into_response();
+                }
+            }
             req.extensions_mut().insert(c);
             next.run(req).await
         }
         Ok(None) => next.run(req).await,
+        Err(refusal @ Refusal::Unauthenticated(_)) => match st.rate.auth_failed(ip) {
+            Ok(()) => refusal.into_response(),
+            Err(limited) => limited.into_response(),
+        },
         Err(refusal) => refusal.into_response(),
     }
 }

@@ -117,6 +117,28 @@ section! {
 }
 
 section! {
+    /// Request rates, per node (a client spreading over N nodes gets N times these): token
+    /// buckets refilled continuously, a burst of up to one second's worth. Past one the answer
+    /// is 429 rate_limited with Retry-After. 0 turns a limit off.
+    ["rate"] pub struct RateConfig {
+        /// Reads (GET, HEAD) per second with one token. Default: 20000.
+        pub token_reads_per_sec: u64 = 20_000,
+        /// Writes (every other method) per second with one token. Default: 10000.
+        pub token_writes_per_sec: u64 = 10_000,
+        /// Requests per second from one client IP, with or without a token. Default: 50000.
+        pub ip_requests_per_sec: u64 = 50_000,
+        /// Failed authentications (401) per minute from one client IP; past it, 429 until the
+        /// bucket refills. Default: 60.
+        pub auth_failures_per_min: u64 = 60,
+        /// WebSocket connections opened per second from one client IP. Default: 50.
+        pub ws_connections_per_sec: u64 = 50,
+        /// Messages per second a WebSocket client may send on one connection; past it a
+        /// message is refused with rate_limited and the connection stays open. Default: 1000.
+        pub ws_messages_per_sec: u64 = 1_000,
+    }
+}
+
+section! {
     /// The cluster port (QUIC: Raft, forwarded writes, snapshots) and joining a cluster.
     ["cluster"] pub struct ClusterConfig {
         /// Address (IP:PORT) the cluster port listens on (UDP). Default: "127.0.0.1:7101".
@@ -254,6 +276,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub channels: ChannelsConfig,
     pub ws: WsConfig,
+    pub rate: RateConfig,
 }
 
 /// The sections of [`Config`], in the order of its fields.
@@ -268,6 +291,7 @@ pub const SECTIONS: &[Section] = &[
     CacheConfig::SECTION,
     ChannelsConfig::SECTION,
     WsConfig::SECTION,
+    RateConfig::SECTION,
 ];
 
 /// The documentation of the setting at `path` (`section.field`).
@@ -367,6 +391,12 @@ serve_flags! {
     ws_send_buffer_bytes: usize, "STACKD_WS_SEND_BUFFER_BYTES" => ws.send_buffer_bytes;
     ws_catch_up_events_per_sec: u64, "STACKD_WS_CATCH_UP_EVENTS_PER_SEC" => ws.catch_up_events_per_sec;
     ws_max_connections: usize, "STACKD_WS_MAX_CONNECTIONS" => ws.max_connections;
+    rate_token_reads_per_sec: u64, "STACKD_RATE_TOKEN_READS_PER_SEC" => rate.token_reads_per_sec;
+    rate_token_writes_per_sec: u64, "STACKD_RATE_TOKEN_WRITES_PER_SEC" => rate.token_writes_per_sec;
+    rate_ip_requests_per_sec: u64, "STACKD_RATE_IP_REQUESTS_PER_SEC" => rate.ip_requests_per_sec;
+    rate_auth_failures_per_min: u64, "STACKD_RATE_AUTH_FAILURES_PER_MIN" => rate.auth_failures_per_min;
+    rate_ws_connections_per_sec: u64, "STACKD_RATE_WS_CONNECTIONS_PER_SEC" => rate.ws_connections_per_sec;
+    rate_ws_messages_per_sec: u64, "STACKD_RATE_WS_MESSAGES_PER_SEC" => rate.ws_messages_per_sec;
 }
 
 /// A flag of `stackd serve`: its argument id (the flag is `--` and the id with dashes), its
@@ -1073,6 +1103,12 @@ mod tests {
         c.api.max_inflight_requests = 100;
         c.api.insecure_no_auth = true;
         c.api.metrics_open = true;
+        c.rate.token_reads_per_sec = 1;
+        c.rate.token_writes_per_sec = 2;
+        c.rate.ip_requests_per_sec = 3;
+        c.rate.auth_failures_per_min = 4;
+        c.rate.ws_connections_per_sec = 5;
+        c.rate.ws_messages_per_sec = 6;
         c.api.allowed_origins = "https://app.example.com,http://localhost:3000"
             .parse()
             .unwrap();

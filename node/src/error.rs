@@ -323,13 +323,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        // A rate limit says when its bucket has room again; other refusals: in a second.
+        let retry_after_s = self
+            .extra
+            .get("retry_after_ms")
+            .and_then(Value::as_u64)
+            .map_or(1, |ms| ms.div_ceil(1000).max(1));
         let mut resp = (status, axum::Json(self.body())).into_response();
         if matches!(
             status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         ) {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
         }
         resp
     }

@@ -12,6 +12,7 @@
 //! - [`client`]: the client subcommands (`stackd kv …`, `stackd cluster …`, `stackd queue …`
 //!   and the others).
 //! - [`openapi`]: the API reference served at `/v1/openapi.json`.
+//! - [`rate`]: request rates per token, per client address and per WebSocket connection.
 //! - [`service`]: client protocols that span several proposals (the blocking acquire of leased
 //!   primitives, the long-poll claim of jobs), shared by every front end.
 
@@ -26,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod rate;
 pub mod realtime;
 pub mod server;
 pub mod service;

@@ -637,6 +637,7 @@ async fn stage_api(
         hub: life.hub.clone(),
         db: life.db.clone(),
         requests: life.tasks.requests.clone(),
+        rate: Arc::new(crate::rate::RateLimits::new(&config.rate)),
     }))
     .layer(axum::middleware::from_fn_with_state(
         life.requests(),
@@ -645,6 +646,7 @@ async fn stage_api(
     let stop = life.stop_accepting.clone();
     life.api_task = Some(life.tasks.background.spawn(async move {
         info!(addr = %api_addr, "HTTP API listening");
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await

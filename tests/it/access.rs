@@ -16,9 +16,13 @@ use tests::inproc::InprocCluster;
 
 /// A node with access control on, and its bootstrap management token.
 async fn secure_node() -> (InprocCluster, String) {
-    let c = InprocCluster::start_with(1, |c| c.api.insecure_no_auth = false)
-        .await
-        .unwrap();
+    let c = InprocCluster::start_with(1, |c| {
+        c.api.insecure_no_auth = false;
+        // These tests fail authentication on purpose, hundreds of times.
+        c.rate.auth_failures_per_min = 0;
+    })
+    .await
+    .unwrap();
     let token = c
         .admin_token()
         .expect("the founding node wrote its bootstrap token");
@@ -730,5 +734,95 @@ async fn other_sites_pages_cannot_use_a_browsers_access() {
             "{path}"
         );
     }
+    c.shutdown().await;
+}
+
+/// A token that writes faster than its bucket allows gets 429 with Retry-After while another
+/// token goes on; failed authentications from one address and a WebSocket client's messages
+/// are bounded the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_stop_one_caller_and_not_the_others() {
+    use node::api::ws_protocol::ClientMessage;
+    use node::error::ErrorCode;
+    use tests::ws::WsClient;
+
+    let c = InprocCluster::start_with(1, |c| {
+        c.api.insecure_no_auth = false;
+        c.rate.token_writes_per_sec = 5;
+        c.rate.auth_failures_per_min = 3;
+        c.rate.ws_messages_per_sec = 5;
+    })
+    .await
+    .unwrap();
+    let admin = c.admin_token().unwrap();
+    let api = Api {
+        http: http::client(),
+        base: c.bases[0].clone(),
+    };
+    api.policy(&admin, "kv", json!([{"resource": "kv", "access": "write"}]))
+        .await;
+    let (a, _) = api.token(&admin, &["kv"], None).await;
+    let (b, _) = api.token(&admin, &["kv"], None).await;
+
+    let mut limited = None;
+    for i in 0..50 {
+        let resp = api
+            .http
+            .put(format!("{}/v1/kv/k{i}", api.base))
+            .header("authorization", bearer(&a))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let resp = limited.expect("50 writes at once pass a bucket of 5 per second");
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "Retry-After {retry}");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+    // Another token, at the same moment, is not affected.
+    let (status, v) = api
+        .call(
+            Method::PUT,
+            "/v1/kv/other",
+            Some(&bearer(&b)),
+            Some(&json!("y")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // Guessing tokens: after 3 failures a minute from this address, 429 rather than 401.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (s, _) = api
+            .call(Method::GET, "/v1/kv/k0", Some("Bearer guess"), None)
+            .await;
+        statuses.push(s.as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+
+    // A WebSocket client's messages: refused past the bucket, the connection stays.
+    let mut ws = WsClient::connect(&c.bases[0], "").await.unwrap();
+    let mut refused = 0;
+    for _ in 0..20 {
+        if let Err(e) = ws.request(ClientMessage::Ping {}).await.unwrap() {
+            assert_eq!(e.code, ErrorCode::RateLimited, "{e:?}");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 0,
+        "20 messages at once pass a bucket of 5 per second"
+    );
+    ws.close().await;
     c.shutdown().await;
 }

@@ -42,7 +42,7 @@ use super::ws_protocol::{
     ServerMessage,
 };
 use super::{json_body_limit, params, validate_name, AppState, St};
-use crate::auth::{self, Caller, Op, Resource};
+use crate::auth::{self, Caller, ClientIp, Op, Resource};
 use crate::cluster::{now_ms, StateReader};
 use crate::error::{ApiError, BadRequest, ErrorBody, ErrorCode};
 
@@ -75,6 +75,7 @@ pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
 pub async fn upgrade(
     AxumState(st): St,
     caller: Option<Extension<Caller>>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
     RawQuery(q): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -96,6 +97,9 @@ pub async fn upgrade(
         },
         None => hex::encode(rand::random::<[u8; 8]>()),
     };
+    if let Err(e) = st.rate.ws_connection(ip) {
+        return e.into_response();
+    }
     let Ok(permit) = st.hub.connections.clone().try_acquire_owned() else {
         return ApiError::unavailable("too many WebSocket connections on this node")
             .into_response();
@@ -268,6 +272,8 @@ struct Conn {
     caller: Option<Caller>,
     /// The ACL version the caller's rights were last checked at.
     acl_checked: u64,
+    /// The bucket of messages the client may send (`rate.ws_messages_per_sec`).
+    messages: Option<governor::DefaultDirectRateLimiter>,
 }
 
 async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String, caller: Option<Caller>) {
@@ -285,6 +291,7 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String, caller: Op
         watches: BTreeMap::new(),
         caller,
         acl_checked: 0,
+        messages: st.rate.ws_messages(),
     };
     match conn.serve(stream, feed, &mut writer).await {
         Some(closing) => close(&out, closing, writer).await,
@@ -417,6 +424,11 @@ impl Conn {
     }
 
     async fn handle(&mut self, text: &str) {
+        if let Err(e) = crate::rate::ws_message(&self.messages) {
+            let id = Request::parse(text).map_or(Value::Null, |r| r.id);
+            self.out.refuse(id, e);
+            return;
+        }
         match Request::parse(text) {
             Ok(Request { id, message }) => {
                 if let Err(e) = self.dispatch(id.clone(), message).await {
