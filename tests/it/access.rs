@@ -202,6 +202,15 @@ async fn setup(api: &Api, admin: &str) -> Made {
         .await;
     m.ids
         .insert("join", join["id"].as_str().unwrap().to_string());
+    for name in ["p1", "p2"] {
+        api.ok(
+            Method::PUT,
+            &format!("/v1/acl/jwt/{name}"),
+            t,
+            hs256_provider(),
+        )
+        .await;
+    }
     api.policy(t, "spare", json!([])).await;
     api.policy(t, "doomed", json!([])).await;
     for key in ["token-read", "token-patch", "token-delete"] {
@@ -345,6 +354,10 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
             Some(json!({"rules": [{"resource": "kv", "access": "read"}]})),
         ),
         ("delete", "/v1/acl/policies/{name}") => ok("/v1/acl/policies/doomed", None),
+        ("get", "/v1/acl/jwt") => ok("/v1/acl/jwt", None),
+        ("get", "/v1/acl/jwt/{name}") => ok("/v1/acl/jwt/p1", None),
+        ("put", "/v1/acl/jwt/{name}") => ok("/v1/acl/jwt/p3", Some(hs256_provider())),
+        ("delete", "/v1/acl/jwt/{name}") => ok("/v1/acl/jwt/p2", None),
         ("get", "/v1/cluster") => ok("/v1/cluster", None),
         // One node: nothing to remove, promote or hand over to.
         ("post", "/v1/cluster/members/{id}/remove") => Sample {
@@ -374,6 +387,11 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
         _ => return None,
     };
     Some(s)
+}
+
+/// A JWT provider with one HS256 key.
+fn hs256_provider() -> Value {
+    json!({"keys": [{"alg": "HS256", "key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]})
 }
 
 fn access_word(op: Op) -> &'static str {

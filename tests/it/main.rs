@@ -13,6 +13,7 @@ mod faults;
 mod gossip;
 mod history;
 mod joins;
+mod jwt;
 mod kv_cluster;
 mod lifecycle;
 mod locks;

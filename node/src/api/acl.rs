@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raft::command::{AclCmd, AclResult};
-use raft::state::acl::{self, Access, Policy, Resource, Rule, Token};
+use raft::state::acl::{self, Access, JwtKey, JwtProvider, Policy, Resource, Rule, Token};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -281,6 +281,14 @@ pub async fn list_tokens(State(st): St) -> ApiResult<Json<TokenList>> {
 pub async fn token_self(Extension(caller): Extension<Caller>) -> Json<TokenView> {
     Json(match caller {
         Caller::Token(t) => TokenView::from(t.as_ref()),
+        Caller::Jwt(j) => TokenView {
+            accessor_id: j.actor.clone(),
+            description: format!("a JWT of provider {}", j.provider),
+            management: false,
+            policies: j.policies.clone(),
+            expires_at_ms: Some(j.expires_at_ms),
+            created_at_ms: 0,
+        },
         Caller::Anyone => TokenView {
             accessor_id: "anyone".into(),
             description: "authentication is off (api.insecure_no_auth)".into(),
@@ -461,12 +469,213 @@ pub async fn delete_policy(State(st): St, Path(name): Path<String>) -> ApiResult
     }
 }
 
+/// Default slack on a JWT's `exp` and `nbf`.
+pub const JWT_LEEWAY_MS_DEFAULT: u64 = 30_000;
+/// Largest slack on a JWT's `exp` and `nbf`.
+pub const JWT_LEEWAY_MS_MAX: u64 = 600_000;
+
+/// A key of a JWT provider.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyView {
+    /// Matched against the JWT header's kid (a key without one matches a JWT without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// HS256, RS256, ES256 or EdDSA; a JWT whose header names another algorithm is refused.
+    #[schema(example = "RS256")]
+    pub alg: String,
+    /// HS256: the secret in base64 (never shown back); the others: the public key in PEM.
+    pub key: String,
+}
+
+/// `PUT /v1/acl/jwt/{name}` body.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderSet {
+    /// Required iss.
+    pub issuer: Option<String>,
+    /// Required in aud.
+    pub audience: Option<String>,
+    /// Slack on exp and nbf; default 30000, at most 600000.
+    pub leeway_ms: Option<u64>,
+    #[serde(default)]
+    pub keys: Vec<JwtKeyView>,
+    /// A JWKS document ({"keys": [...]}), its keys used like keys.
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// Policies every JWT of this provider carries.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// A claim listing channels the JWT may subscribe to (with their history and presence).
+    #[schema(example = "channels")]
+    pub channels_claim: Option<String>,
+}
+
+/// A JWT provider as shown (HS256 secrets hidden).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JwtProviderView {
+    pub name: String,
+    #[serde(flatten)]
+    pub settings: JwtProviderSet,
+    pub created_at_ms: u64,
+    pub modified_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JwtProviderList {
+    pub providers: Vec<JwtProviderView>,
+}
+
+impl From<&JwtProvider> for JwtProviderView {
+    fn from(p: &JwtProvider) -> Self {
+        JwtProviderView {
+            name: p.name.clone(),
+            settings: JwtProviderSet {
+                issuer: p.issuer.clone(),
+                audience: p.audience.clone(),
+                leeway_ms: Some(p.leeway_ms),
+                keys: p
+                    .keys
+                    .iter()
+                    .map(|k| JwtKeyView {
+                        kid: k.kid.clone(),
+                        alg: k.alg.clone(),
+                        key: if k.alg == "HS256" {
+                            "(secret)".into()
+                        } else {
+                            k.key.clone()
+                        },
+                    })
+                    .collect(),
+                jwks: p.jwks.as_ref().and_then(|j| serde_json::from_str(j).ok()),
+                policies: p.policies.clone(),
+                channels_claim: p.channels_claim.clone(),
+            },
+            created_at_ms: p.created_at_ms,
+            modified_at_ms: p.modified_at_ms,
+        }
+    }
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/acl/jwt/{name}",
+    summary = "Make or replace a JWT provider: JWTs signed by its keys act as tokens",
+    description = "A JWT is accepted when a key with its header's kid and alg verifies it, exp is present and not past and nbf not ahead (with leeway_ms), and iss and aud match when set. alg none, and a JWT naming another algorithm than its key, are refused. It carries the provider's policies, and subscribe, history and presence on each channel its channels_claim lists. Replace the provider to rotate keys.",
+    params(("name" = String, Path, description = "provider name")),
+    request_body = JwtProviderSet,
+    responses(
+        (status = 200, description = "the provider", body = JwtProviderView),
+        BadRequest,
+        Unsettled,
+    )
+)]
+pub async fn set_provider(
+    State(st): St,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<JwtProviderSet>,
+) -> ApiResult<Json<JwtProviderView>> {
+    let leeway_ms = body.leeway_ms.unwrap_or(JWT_LEEWAY_MS_DEFAULT);
+    if leeway_ms > JWT_LEEWAY_MS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "leeway_ms is at most {JWT_LEEWAY_MS_MAX}"
+        )));
+    }
+    let provider = JwtProvider {
+        name,
+        issuer: body.issuer,
+        audience: body.audience,
+        leeway_ms,
+        keys: body
+            .keys
+            .into_iter()
+            .map(|k| JwtKey {
+                kid: k.kid,
+                alg: k.alg,
+                key: k.key,
+            })
+            .collect(),
+        jwks: body.jwks.map(|j| j.to_string()),
+        policies: body.policies,
+        channels_claim: body.channels_claim,
+        created_at_ms: 0,
+        modified_at_ms: 0,
+    };
+    crate::jwt::check_provider(&provider).map_err(ApiError::bad_request)?;
+    match acl_write(&st, AclCmd::ProviderSet(provider)).await? {
+        AclResult::Provider(p) => Ok(Json(JwtProviderView::from(p.as_ref()))),
+        other => Err(refused(other)),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/acl/jwt",
+    summary = "Every JWT provider (HS256 secrets hidden)",
+    responses(
+        (status = 200, description = "the providers", body = JwtProviderList),
+        Unsettled,
+    )
+)]
+pub async fn list_providers(State(st): St) -> ApiResult<Json<JwtProviderList>> {
+    st.cluster.read_barrier().await?;
+    let state = st.cluster.state();
+    Ok(Json(JwtProviderList {
+        providers: state.acl().providers().map(JwtProviderView::from).collect(),
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/acl/jwt/{name}",
+    summary = "A JWT provider (HS256 secrets hidden)",
+    params(("name" = String, Path, description = "provider name")),
+    responses(
+        (status = 200, description = "the provider", body = JwtProviderView),
+        NotFound,
+        Unsettled,
+    )
+)]
+pub async fn get_provider(
+    State(st): St,
+    Path(name): Path<String>,
+) -> ApiResult<Json<JwtProviderView>> {
+    st.cluster.read_barrier().await?;
+    let state = st.cluster.state();
+    state
+        .acl()
+        .provider(&name)
+        .map(|p| Json(JwtProviderView::from(p)))
+        .ok_or_else(|| ApiError::not_found("no such JWT provider"))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/acl/jwt/{name}",
+    summary = "Delete a JWT provider: its JWTs are refused from then on",
+    params(("name" = String, Path, description = "provider name")),
+    responses(
+        (status = 200, description = "deleted", body = AclDeleted),
+        NotFound,
+        Unsettled,
+    )
+)]
+pub async fn delete_provider(
+    State(st): St,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AclDeleted>> {
+    match acl_write(&st, AclCmd::ProviderDelete { name }).await? {
+        AclResult::Deleted => Ok(Json(AclDeleted { deleted: true })),
+        other => Err(refused(other)),
+    }
+}
+
 mod typed {
     use reqwest::Method;
 
     use super::{
-        AclDeleted, PolicyList, PolicySet, PolicyView, TokenCreate, TokenCreated, TokenList,
-        TokenUpdate, TokenView,
+        AclDeleted, JwtProviderList, JwtProviderSet, JwtProviderView, PolicyList, PolicySet,
+        PolicyView, TokenCreate, TokenCreated, TokenList, TokenUpdate, TokenView,
     };
     use crate::api::client::{segment, ApiResult, Client};
 
@@ -520,6 +729,23 @@ mod typed {
         pub async fn acl_policy_delete(&self, name: &str) -> ApiResult<AclDeleted> {
             self.delete(&format!("/v1/acl/policies/{}", segment(name)))
                 .await
+        }
+
+        pub async fn acl_jwt_set(
+            &self,
+            name: &str,
+            req: &JwtProviderSet,
+        ) -> ApiResult<JwtProviderView> {
+            let path = format!("/v1/acl/jwt/{}", segment(name));
+            self.json(Method::PUT, &path, req).await
+        }
+
+        pub async fn acl_jwt_providers(&self) -> ApiResult<JwtProviderList> {
+            self.get("/v1/acl/jwt").await
+        }
+
+        pub async fn acl_jwt_delete(&self, name: &str) -> ApiResult<AclDeleted> {
+            self.delete(&format!("/v1/acl/jwt/{}", segment(name))).await
         }
     }
 }

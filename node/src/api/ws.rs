@@ -389,7 +389,7 @@ impl Conn {
                     return Some(Closing::GoingAway);
                 },
                 _ = pace.tick(), if catching_up => self.catch_up_step(),
-                _ = recheck.tick(), if matches!(self.caller, Some(Caller::Token(_))) => {
+                _ = recheck.tick(), if matches!(self.caller, Some(Caller::Token(_) | Caller::Jwt(_))) => {
                     self.recheck().await
                 }
             }
@@ -494,14 +494,10 @@ impl Conn {
         let caller = if self.st.cluster.config().api.insecure_no_auth {
             Caller::Anyone
         } else {
-            let token = auth::resolve(&self.st, secret, now_ms())
-                .map_err(|m| ApiError::new(ErrorCode::Unauthenticated, m))?;
-            Caller::Token(token)
+            auth::authenticate(&self.st, secret, now_ms())
+                .map_err(|m| ApiError::new(ErrorCode::Unauthenticated, m))?
         };
-        let (accessor_id, expires_at_ms) = match &caller {
-            Caller::Anyone => ("anyone".to_string(), None),
-            Caller::Token(t) => (t.accessor_id.clone(), t.expires_at_ms),
-        };
+        let (accessor_id, expires_at_ms) = (caller.actor().to_string(), caller.expires_at_ms());
         self.caller = Some(caller);
         self.acl_checked = 0;
         self.recheck().await;
@@ -520,16 +516,16 @@ impl Conn {
     /// `revoked` message; one whose policies no longer allow a subscription or watch ends
     /// that one with a `forbidden` error.
     async fn recheck(&mut self) {
-        let Some(Caller::Token(t)) = &self.caller else {
+        let Some(caller) = self.caller.clone().filter(|c| !matches!(c, Caller::Anyone)) else {
             return;
         };
         let version = self.st.cluster.state().acl().version();
-        let expiring = t.expires_at_ms.is_some_and(|at| at <= now_ms());
+        let expiring = caller.expires_at_ms().is_some_and(|at| at <= now_ms());
         if version == self.acl_checked && !expiring {
             return;
         }
         self.acl_checked = version;
-        let Some(current) = auth::still_valid(&self.st, t, now_ms()) else {
+        let Some(caller) = auth::recheck(&self.st, &caller, now_ms()) else {
             self.leave_all().await;
             self.subs.clear();
             self.watches.clear();
@@ -542,7 +538,6 @@ impl Conn {
             self.out.send(&ServerMessage::Push(Push::Revoked(revoked)));
             return;
         };
-        let caller = Caller::Token(current);
         let lost: Vec<String> = self
             .subs
             .keys()

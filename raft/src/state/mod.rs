@@ -31,7 +31,8 @@
 //! - `sem:<name>` → [`SemaphoreEntry`]; `m:semaphores` → the last semaphore fence
 //! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
 //! - `i:<idempotency key>` → [`IdemRecord`]
-//! - `acl:t:<accessor id>` → [`acl::Token`], `acl:p:<name>` → [`acl::Policy`], `m:acl` → whether
+//! - `acl:t:<accessor id>` → [`acl::Token`], `acl:p:<name>` → [`acl::Policy`], `acl:j:<name>` →
+//!   [`acl::JwtProvider`], `m:acl` → whether
 //!   the bootstrap token was made
 
 pub mod acl;
