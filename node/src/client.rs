@@ -128,12 +128,29 @@ pub struct Target {
     /// File holding the token secret (e.g. DATA_DIR/bootstrap-token).
     #[arg(long, env = "STACKD_TOKEN_FILE", value_name = "FILE", global = true)]
     pub token_file: Option<std::path::PathBuf>,
+    /// For an --addr of https://: a CA certificate (PEM) to trust for the node's certificate
+    /// (e.g. the certificate of api.tls_cert itself when it is self-signed).
+    #[arg(long, env = "STACKD_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Target {
     /// The typed client of this node, with the token given, if any.
     pub fn client(&self) -> anyhow::Result<Client> {
-        let client = Client::new(&self.addr);
+        let client = match &self.ca_cert {
+            None => Client::new(&self.addr),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("reading --ca-cert {}: {e}", path.display()))?;
+                let ca = reqwest::Certificate::from_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", path.display()))?;
+                let http = reqwest::Client::builder()
+                    .no_proxy()
+                    .add_root_certificate(ca)
+                    .build()?;
+                Client::with_http(&self.addr, http)
+            }
+        };
         let token = match (&self.token, &self.token_file) {
             (Some(t), _) => Some(t.trim().to_string()),
             (None, Some(path)) => Some(

@@ -110,6 +110,12 @@ section! {
         /// check of WebSocket upgrades and of every request but GET and HEAD. Default: ""
         /// (pages served by the node itself only).
         pub allowed_origins: Origins = Origins::default(); e.g. "https://app.example.com",
+        /// Serve the API over TLS (https://, wss://) with this certificate chain (PEM), so tokens
+        /// do not cross the network in the clear; needs api.tls_key. Default: none (plain
+        /// HTTP: keep the API on a trusted network or behind a TLS proxy).
+        pub tls_cert: Option<PathBuf> = None; e.g. "/etc/stackd/api-cert.pem",
+        /// The private key (PEM) of api.tls_cert. Default: none.
+        pub tls_key: Option<PathBuf> = None; e.g. "/etc/stackd/api-key.pem",
         /// Serve `/metrics` without a token (for a Prometheus scraper on a trusted network).
         /// When false, `/metrics` needs a token with `read` on `cluster`. Default: false.
         pub metrics_open: bool = false,
@@ -366,6 +372,8 @@ serve_flags! {
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     insecure_no_auth: bool, "STACKD_INSECURE_NO_AUTH" => api.insecure_no_auth;
     allowed_origins: Origins, "STACKD_ALLOWED_ORIGINS" => api.allowed_origins;
+    api_tls_cert: PathBuf, "STACKD_API_TLS_CERT" => api.tls_cert;
+    api_tls_key: PathBuf, "STACKD_API_TLS_KEY" => api.tls_key;
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     metrics_open: bool, "STACKD_METRICS_OPEN" => api.metrics_open;
     cluster_addr: SocketAddr, "STACKD_CLUSTER_ADDR" => cluster.addr;
@@ -610,6 +618,11 @@ impl Config {
             api.max_inflight_requests,
             1,
             Some(1_000_000),
+        );
+        bad.check(
+            api.tls_cert.is_some() == api.tls_key.is_some(),
+            "api.tls_cert",
+            || "api.tls_cert and api.tls_key go together: give both or neither".to_string(),
         );
     }
 
@@ -1103,6 +1116,8 @@ mod tests {
         c.api.max_inflight_requests = 100;
         c.api.insecure_no_auth = true;
         c.api.metrics_open = true;
+        c.api.tls_cert = Some("/etc/stackd/api-cert.pem".into());
+        c.api.tls_key = Some("/etc/stackd/api-key.pem".into());
         c.rate.token_reads_per_sec = 1;
         c.rate.token_writes_per_sec = 2;
         c.rate.ip_requests_per_sec = 3;

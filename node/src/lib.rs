@@ -6,6 +6,7 @@
 //! - [`cluster`]: writes from any node, batched linearizable reads, joins, leader duties.
 //! - [`api`]: the HTTP routes; [`error`] maps every failure to its status and code.
 //! - [`audit`]: security events, to the structured log and the replicated `$audit` stream.
+//! - [`api_tls`]: the API over TLS (`api.tls_cert`, `api.tls_key`).
 //! - [`auth`]: what each route needs, bearer tokens checked against the replicated ACL;
 //!   [`jwt`]: JWTs of app users verified against the ACL's JWT providers.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_tls;
 pub mod audit;
 pub mod auth;
 pub mod backup;

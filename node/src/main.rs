@@ -30,6 +30,11 @@ enum Cmd {
     /// removed with `stackd cluster remove` exits when it learns it ("node N was removed from
     /// cluster C; ..."): wipe its data dir and join again with a token to get a new id.
     ///
+    /// Access control is on: every API route but /health, /ready, the API reference and the
+    /// browser client needs a token. The first node writes a management token to
+    /// DATA_DIR/bootstrap-token (mode 0600) and prints it once; `stackd acl` makes more.
+    /// --insecure-no-auth turns access control off (tests and experiments only).
+    ///
     /// Settings come from the flags below, their `STACKD_*` environment variables and a TOML
     /// file (`--config`), in that order of precedence, over the defaults; a bad value stops
     /// the node with an error naming it. `stackd config example` prints a file with every
@@ -42,7 +47,7 @@ enum Cmd {
     Config(ConfigCmd),
     /// The client subcommands (`kv`, `lock`, ..., `token`).
     #[command(flatten)]
-    Client(node::client::Command),
+    Client(Box<node::client::Command>),
 }
 
 #[derive(Subcommand)]
@@ -81,7 +86,7 @@ fn main() -> std::process::ExitCode {
                 print!("{}", config.to_commented_toml(&["cluster.token"]));
                 Ok(())
             }
-            Cmd::Client(cmd) => node::client::run(cmd).await,
+            Cmd::Client(cmd) => node::client::run(*cmd).await,
         }
     });
     match result {

@@ -648,13 +648,31 @@ async fn stage_api(
         track_request,
     ));
     let stop = life.stop_accepting.clone();
+    let app = app.into_make_service_with_connect_info::<crate::auth::PeerAddr>();
+    let tls = match (&config.api.tls_cert, &config.api.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::api_tls::server_config(cert, key)?),
+        _ => None,
+    };
     life.api_task = Some(life.tasks.background.spawn(async move {
-        info!(addr = %api_addr, "HTTP API listening");
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
+        let served = match tls {
+            Some(tls) => {
+                info!(addr = %api_addr, "HTTPS API listening (TLS)");
+                let listener = match crate::api_tls::TlsListener::new(listener, tls, stop.clone()) {
+                    Ok(l) => l,
+                    Err(e) => return warn!(error = %e, "HTTPS API did not start"),
+                };
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+            None => {
+                info!(addr = %api_addr, "HTTP API listening");
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+        };
+        if let Err(e) = served {
             warn!(error = %e, "HTTP API stopped with an error");
         }
     }));

@@ -1013,3 +1013,53 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
     ws.close().await;
     c.shutdown().await;
 }
+
+/// The API over TLS: https and wss with the configured certificate, and nothing in the clear on
+/// that port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_tls_when_given_a_certificate() {
+    node::install_crypto_provider();
+    let dir = tempfile::TempDir::new().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let mut config = tests::inproc::config(&dir.path().join("data"), "127.0.0.1", None);
+    config.api.insecure_no_auth = false;
+    config.api.tls_cert = Some(cert_path.clone());
+    config.api.tls_key = Some(key_path);
+    let node = node::server::Node::start(config.clone()).await.unwrap();
+    let addr = config.advertise_api_addr();
+    let token = std::fs::read_to_string(dir.path().join("data/bootstrap-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let api =
+        node::api::client::Client::with_http(&format!("https://{addr}"), https).with_token(token);
+    wait_for("the node over https", Duration::from_secs(30), || async {
+        api.kv_put("over-tls", "x").await.ok()
+    })
+    .await
+    .unwrap();
+    assert_eq!(&api.kv_get("over-tls").await.unwrap().value[..], b"x");
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = http::client()
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP must not be served on the TLS port"
+    );
+    node.shutdown().await;
+}
