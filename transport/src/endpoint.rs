@@ -440,9 +440,11 @@ impl Transport {
                 self.limits.max_snapshot_bytes
             ));
         }
-        let mut data = Vec::with_capacity(total_bytes.min(64 << 20) as usize);
+        // Grows with the chunks received, not from the announced size.
+        let mut data = Vec::new();
+        let mut chunk = Vec::new();
         while (data.len() as u64) < total_bytes {
-            let chunk = frame::read_raw(recv, self.limits.max_frame_bytes)
+            frame::read_into(recv, self.limits.max_frame_bytes, &mut chunk)
                 .await
                 .map_err(|e| format!("snapshot stream broken: {e}"))?;
             data.extend_from_slice(&chunk);
