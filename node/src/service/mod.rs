@@ -15,7 +15,7 @@ pub mod queues;
 pub mod semaphores;
 
 use raft::command::{
-    CacheCmd, ChannelCmd, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd, SemaphoreCmd,
+    CacheCmd, ChannelCmd, Guarded, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd, SemaphoreCmd,
     SessionCmd, Txn,
 };
 use raft::State;
@@ -51,7 +51,7 @@ answered! {
     Txn => true,
 }
 
-impl<P: Answered> Answered for MaybeFenced<P> {
+impl<P: Answered + Into<Guarded>> Answered for MaybeFenced<P> {
     const READ_YOUR_WRITES: bool = P::READ_YOUR_WRITES;
 }
 

@@ -62,7 +62,9 @@ pub use semaphores::{
 pub use sessions::SessionEntry;
 
 use crate::codec;
-use crate::command::{Command, Compare, Request, Response, Txn, TxnResult};
+use crate::command::{
+    Command, Compare, Guarded, NotNested, Op, OpResponse, Request, Response, Txn, TxnResult,
+};
 use crate::types::TypeConfig;
 use primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 
@@ -405,9 +407,14 @@ impl State {
 }
 
 impl Parts {
-    /// Applies one command; every command kind is dispatched here, so the compiler sees a
-    /// new kind that is not.
-    fn apply(&mut self, cmd: &Command, cx: &mut Cx<'_>) -> Response {
+    /// Applies one command, of any nesting level; every command kind is dispatched here, so
+    /// the compiler sees a new kind that is not. `R` is what a transaction's result holds at
+    /// this level (see `command`, "Nesting").
+    fn apply<F: Nested<R>, T: Nested<R>, R>(
+        &mut self,
+        cmd: &Command<F, T>,
+        cx: &mut Cx<'_>,
+    ) -> Response<R> {
         match cmd {
             Command::Tick => Response::Done,
             Command::Cluster(c) => Response::Cluster(self.security.apply(c, cx)),
@@ -418,13 +425,13 @@ impl Parts {
             Command::Queue(c) => Response::Queue(self.queues.apply(c, cx)),
             Command::Channel(c) => Response::Channel(self.channels.apply(c, cx)),
             Command::Semaphore(c) => Response::Semaphore(self.semaphores.apply(c, cx)),
-            Command::Txn(txn) => self.apply_txn(txn, cx),
+            Command::Txn(txn) => txn.apply_in(self, cx),
             Command::Fenced {
                 lock,
                 fence,
                 command,
             } => match self.locks.current_fence(lock) {
-                Some(f) if f == *fence => self.apply(command, cx),
+                Some(f) if f == *fence => command.apply_in(self, cx),
                 current => Response::StaleFence { current },
             },
         }
@@ -449,7 +456,7 @@ impl Parts {
         }
         let revision = cx.meta.revision + 1;
         cx.txn_revision = Some(revision);
-        let results: Vec<Response> = ops.iter().map(|op| self.apply(op, cx)).collect();
+        let results: Vec<OpResponse> = ops.iter().map(|op| self.apply(op, cx)).collect();
         cx.txn_revision = None;
         if results
             .iter()
@@ -465,8 +472,32 @@ impl Parts {
     }
 }
 
+/// What a transaction or fenced variant holds, applied where [`Parts::apply`] meets it; its
+/// result is a `Response<R>`.
+trait Nested<R> {
+    fn apply_in(&self, parts: &mut Parts, cx: &mut Cx<'_>) -> Response<R>;
+}
+
+impl Nested<TxnResult> for Box<Guarded> {
+    fn apply_in(&self, parts: &mut Parts, cx: &mut Cx<'_>) -> Response {
+        parts.apply(&**self, cx)
+    }
+}
+
+impl Nested<TxnResult> for Txn {
+    fn apply_in(&self, parts: &mut Parts, cx: &mut Cx<'_>) -> Response {
+        parts.apply_txn(self, cx)
+    }
+}
+
+impl<R> Nested<R> for NotNested {
+    fn apply_in(&self, _: &mut Parts, _: &mut Cx<'_>) -> Response<R> {
+        match *self {}
+    }
+}
+
 /// The writes a transaction may hold: those each primitive allows (unconditional writes).
-pub fn txn_op_allowed(op: &Command) -> bool {
+pub fn txn_op_allowed(op: &Op) -> bool {
     match op {
         Command::Kv(c) => kv::Kv::in_txn(c),
         Command::Lock(c) => locks::Locks::in_txn(c),
@@ -476,7 +507,8 @@ pub fn txn_op_allowed(op: &Command) -> bool {
         Command::Channel(c) => channels::Channels::in_txn(c),
         Command::Semaphore(c) => semaphores::Semaphores::in_txn(c),
         Command::Cluster(c) => Security::in_txn(c),
-        Command::Tick | Command::Txn(_) | Command::Fenced { .. } => false,
+        Command::Tick => false,
+        Command::Txn(n) | Command::Fenced { command: n, .. } => match *n {},
     }
 }
 
@@ -867,23 +899,21 @@ mod primitive_tests {
     #[test]
     fn txn_applies_one_branch_with_one_revision() {
         let mut s = State::default();
-        let put = |k: &str| {
-            Command::Kv(KvCmd::Put {
-                key: k.into(),
-                value: b"v".to_vec(),
-                if_revision: None,
-                ttl_ms: None,
-            })
+        let put = |k: &str| KvCmd::Put {
+            key: k.into(),
+            value: b"v".to_vec(),
+            if_revision: None,
+            ttl_ms: None,
         };
-        run(&mut s, 0, put("a"));
+        run(&mut s, 0, put("a").into());
         let txn = |rev: u64| {
             Command::Txn(Txn {
                 compare: vec![Compare::Revision {
                     key: "a".into(),
                     revision: rev,
                 }],
-                success: vec![put("x"), put("y")],
-                failure: vec![put("f")],
+                success: vec![put("x").into(), put("y").into()],
+                failure: vec![put("f").into()],
             })
         };
         match run(&mut s, 0, txn(5)) {
