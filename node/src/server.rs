@@ -29,7 +29,7 @@ use transport::{
 };
 
 use crate::api::{self, AppState};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Peers};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -118,8 +118,9 @@ impl Node {
         config.validate()?;
         let member = stage_identity(&config).await?;
         let stores = stage_storage(&config, &member.db)?;
-        let transport = stage_transport(&config, &member.tls)?;
         let state = stores.sm.state();
+        let peers = Peers::new(state.clone());
+        let transport = stage_transport(&config, &member.tls, peers.clone())?;
         let hub = Hub::new(stores.sm.live_sender(), config.ws.max_connections);
         let raft = stage_raft(&config, &member, stores, &transport).await?;
         let gossip = match stage_gossip(&config, &member).await {
@@ -130,7 +131,7 @@ impl Node {
             }
         };
         let (cluster, mut life, identity, founding_token) =
-            assemble(&config, member, raft, state, &transport, hub, gossip);
+            assemble(&config, member, raft, state, &transport, hub, gossip, peers);
         let removed = transport.removed();
         let started = async {
             stage_cluster(
@@ -215,6 +216,7 @@ impl Node {
 }
 
 /// The cluster glue over what the stages made, and the [`Lifecycle`] that will stop it all.
+#[allow(clippy::too_many_arguments)]
 fn assemble(
     config: &Config,
     member: Member,
@@ -223,6 +225,7 @@ fn assemble(
     transport: &Arc<Transport>,
     hub: Arc<Hub>,
     gossip: GossipMember,
+    peers: Arc<Peers>,
 ) -> (Arc<Cluster>, Lifecycle, Identity, Option<String>) {
     let Member {
         db,
@@ -240,6 +243,7 @@ fn assemble(
         tls,
         config.clone(),
         gossip.gossip,
+        peers,
     );
     let life = Lifecycle::new(&cluster, hub, gossip.shutdown, gossip.task, db);
     (cluster, life, identity, founding_token)
@@ -382,13 +386,32 @@ fn stage_storage(config: &Config, db: &Db) -> anyhow::Result<Stores> {
     info!("start-up stage: storage");
     let log_store = LogStore::new(db.clone());
     let sm = StateMachine::open(db.clone(), &config.data_dir().join("snapshots"))?;
+    check_node_keys(&sm.state().read().expect("state lock"))?;
     Ok(Stores { log_store, sm })
 }
 
-/// Transport: the QUIC endpoint on the cluster address, with the node's TLS identity.
-fn stage_transport(config: &Config, tls: &ClusterTls) -> anyhow::Result<Arc<Transport>> {
+/// A cluster founded by an earlier build pinned no node keys: its members' certificates
+/// would all be refused, so such a data dir is not served.
+fn check_node_keys(state: &raft::State) -> anyhow::Result<()> {
+    if state.meta.cluster_id.is_some() && state.security().node_keys.is_empty() {
+        bail!(
+            "this data dir belongs to a cluster founded by an earlier stackd, which did not \
+             record its members' keys: take a backup with that build (`stackd backup`) and \
+             restore it into a new cluster with this one (`stackd restore`)"
+        );
+    }
+    Ok(())
+}
+
+/// Transport: the QUIC endpoint on the cluster address, with the node's TLS identity; `peers`
+/// says who is a member.
+fn stage_transport(
+    config: &Config,
+    tls: &ClusterTls,
+    peers: Arc<Peers>,
+) -> anyhow::Result<Arc<Transport>> {
     info!(addr = %config.cluster.addr, "start-up stage: transport");
-    Transport::bind(config.cluster.addr, tls, Limits::default())
+    Transport::bind(config.cluster.addr, tls, Limits::default(), peers)
         .with_context(|| format!("binding cluster address {}", config.cluster.addr))
 }
 
@@ -530,6 +553,7 @@ fn stage_background(
         "membership watch",
         cluster.clone().watch_membership(stop.clone()),
     );
+    life.spawn("key sync", cluster.clone().sync_node_keys(stop.clone()));
     let data_dir = config.data_dir().to_path_buf();
     life.spawn(
         "removal watch",

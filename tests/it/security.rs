@@ -13,7 +13,7 @@ use tests::http::{self, wait_for};
 use tests::inproc::{config, refused_join, InprocCluster};
 use tests::process::{stackd_ok, ProcCluster};
 use transport::tls::{self, ClusterTls, NOT_OUR_CA};
-use transport::{Limits, RpcRequest, RpcResponse, Transport};
+use transport::{Limits, PeerCheck, Refusal, RpcRequest, RpcResponse, Transport};
 
 /// The ids of the members a status lists, in its order.
 fn member_ids(s: &ClusterStatus) -> Vec<u64> {
@@ -27,10 +27,19 @@ fn credentials(data_dir: &std::path::Path) -> ClusterTls {
         .expect("the data dir holds node credentials")
 }
 
+/// Takes every peer for a member: a test endpoint calls nodes, whatever they are.
+struct AnyPeer;
+
+impl PeerCheck for AnyPeer {
+    fn check_peer(&self, _: &tls::Peer) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
+
 /// A member-like endpoint on `ip` holding `creds`.
 fn endpoint(ip: &str, creds: &ClusterTls) -> std::sync::Arc<Transport> {
     let addr = format!("{ip}:0").parse().unwrap();
-    Transport::bind(addr, creds, Limits::default()).unwrap()
+    Transport::bind(addr, creds, Limits::default(), std::sync::Arc::new(AnyPeer)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@
 //! - [`cache`]: the bounded cache with tags.
 //! - [`queues`]: job queues with leases, retries, dead letters and cron schedules.
 //! - [`channels`]: channel histories with offsets and retention, and presence with node leases.
-//! - [`security`]: created join tokens and removed node ids.
+//! - [`security`]: created join tokens, pinned node keys and removed node ids.
 //!
 //! When enabled ([`State::set_emit_live`]), apply also records [`LiveEvent`]s (channel events
 //! and key-value changes) that the state machine hands to subscribers after each batch.
@@ -25,6 +25,7 @@
 //! - `m:state` → [`Meta`]; `m:locks` → the last fence; `m:cache` → cache counters;
 //!   `m:security` → [`Security`] (join tokens, removed nodes)
 //!   `m:revoked-tokens` → revoked join tokens (digest → when), part of [`Security`]
+//!   `m:node-keys` → pinned node keys (node id → key digest), part of [`Security`]
 //! - `k:<key>` → [`KvEntry`], `l:<name>` → [`LockEntry`], `s:<id>` → [`SessionEntry`],
 //!   `c:<key>` → [`CacheEntry`]
 //! - `sem:<name>` → [`SemaphoreEntry`]; `m:semaphores` → the last semaphore fence
@@ -54,7 +55,10 @@ pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
     next_fire_ms, Job, JobState, QueueStats, Schedule, BACKOFF_MAX_MS, CRON_CATCH_UP_MAX,
 };
-pub use security::{token_id, Security, EXPIRED_TOKEN_KEPT_MS, REVOKED_TOKENS_KEY, SECURITY_KEY};
+pub use security::{
+    token_id, Security, EXPIRED_TOKEN_KEPT_MS, FOUNDER, NODE_KEYS_KEY, REVOKED_TOKENS_KEY,
+    SECURITY_KEY,
+};
 pub use semaphores::{
     SemaphoreEntry, SemaphoreLease, SemaphoreWaiter, MAX_HOLDERS_PER_SEMAPHORE,
     MAX_SEMAPHORE_CAPACITY, MAX_WAITERS_PER_SEMAPHORE,
@@ -1454,6 +1458,62 @@ mod security_tests {
             .map(|k| k.as_str())
             .collect();
         assert_eq!(names, vec!["new", "third"]);
+    }
+
+    #[test]
+    fn node_keys_are_pinned_at_founding_and_admission_and_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::default();
+        let run = |s: &mut State, stamp: u64, command: ClusterCmd| {
+            let mut batch = SmBatch::default();
+            let r = s.apply(&tests::req(stamp, command.into()), &mut batch);
+            s.persist_meta(&mut batch);
+            db.sm_write(batch).unwrap();
+            r
+        };
+        let found = |key: u8| ClusterCmd::Found {
+            cluster_id: "c1".into(),
+            join_token_sha256: "t".into(),
+            node_key_sha256: [key; 32],
+        };
+        assert_eq!(
+            run(&mut s, 1, found(1)),
+            Response::Cluster(ClusterResult::Done)
+        );
+        let admit = |key: u8| ClusterCmd::AdmitNode {
+            key_sha256: [key; 32],
+        };
+        assert_eq!(
+            run(&mut s, 2, admit(2)),
+            Response::Cluster(ClusterResult::NodeId(2))
+        );
+        assert_eq!(
+            run(&mut s, 3, admit(3)),
+            Response::Cluster(ClusterResult::NodeId(3))
+        );
+        // Founding again changes nothing: node 1 keeps its key.
+        assert_eq!(
+            run(&mut s, 4, found(9)),
+            Response::Cluster(ClusterResult::AlreadyInitialized)
+        );
+        run(&mut s, 5, ClusterCmd::NodeRemoved { id: 3 });
+        let keys = &s.security().node_keys;
+        assert_eq!(keys.len(), 3);
+        assert_eq!((keys[&1], keys[&2], keys[&3]), ([1; 32], [2; 32], [3; 32]));
+        assert_eq!(s.meta.cluster_id.as_deref(), Some("c1"));
+        let r = State::load(&db).unwrap();
+        assert_eq!(r.security(), s.security());
+        // Ids are never reused: the next one is 4.
+        assert_eq!(
+            run(&mut s, 6, admit(4)),
+            Response::Cluster(ClusterResult::NodeId(4))
+        );
+        // A restore into a new cluster keeps none of them.
+        assert_eq!(
+            export::import(NODE_KEYS_KEY, &db.sm_get(NODE_KEYS_KEY).unwrap().unwrap()).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -1,0 +1,178 @@
+//! Who is a member: the check the transport makes before it serves a peer or calls one
+//! (`transport::admission`), and the key sync that lets a node whose state lags (or that just
+//! joined and holds no state yet) learn the keys of members it does not know.
+//!
+//! A peer's certificate names node N and holds a key. It is a member's if N was not removed
+//! and the key is the one the cluster pinned for N when it admitted N (`ClusterCmd::Found`,
+//! `ClusterCmd::AdmitNode`). The applied state decides; what it does not hold yet (a node
+//! admitted after this node's last applied entry) is asked of members this node does know,
+//! whose certificates pass the same check, or, on a node that knows no member yet, of the
+//! member it joined through, trusted as it was for the join: by the CA its token names.
+//! Members never change a pinned key, so what is learnt only adds to what the state will say.
+
+use super::*;
+
+/// How often, at most, the key sync asks members.
+const KEY_SYNC_EVERY: Duration = Duration::from_millis(500);
+/// How long one member has to answer the key sync.
+const KEY_SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The member check of this node, over its applied state.
+pub struct Peers {
+    state: Arc<RwLock<State>>,
+    /// Keys and removals members told this node of, for nodes its state does not know yet.
+    learned: Mutex<NodeKeys>,
+    /// Set when a peer's certificate named a node of unknown key: the key sync should run.
+    wanted: tokio::sync::Notify,
+}
+
+impl Peers {
+    pub fn new(state: Arc<RwLock<State>>) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            learned: Mutex::new(NodeKeys::default()),
+            wanted: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The node keys and removed nodes of the applied state.
+    pub fn applied(&self) -> NodeKeys {
+        let st = self.state.read().expect("state lock");
+        NodeKeys {
+            keys: st.security().node_keys.clone(),
+            removed: st.security().removed_nodes.clone(),
+        }
+    }
+
+    /// Keeps what a member said of nodes this node does not know: their keys (a key already
+    /// known is never replaced) and their removals.
+    pub fn learn(&self, told: NodeKeys) {
+        let applied = self.applied();
+        let mut learned = self.learned.lock().expect("learned keys lock");
+        for (id, key) in told.keys {
+            if !applied.keys.contains_key(&id) {
+                learned.keys.entry(id).or_insert(key);
+            }
+        }
+        learned.removed.extend(told.removed);
+    }
+
+    /// Every node this node knows was removed.
+    pub fn removed(&self) -> BTreeSet<NodeId> {
+        let mut removed = self
+            .learned
+            .lock()
+            .expect("learned keys lock")
+            .removed
+            .clone();
+        removed.extend(
+            self.state
+                .read()
+                .expect("state lock")
+                .security()
+                .removed_nodes
+                .iter()
+                .copied(),
+        );
+        removed
+    }
+
+    /// Resolves when a peer named a node of unknown key since the last call.
+    async fn wanted(&self) {
+        self.wanted.notified().await
+    }
+}
+
+impl PeerCheck for Peers {
+    fn check_peer(&self, peer: &Peer) -> Result<(), Refusal> {
+        let id = peer.id.node_id;
+        let (removed, pinned) = {
+            let st = self.state.read().expect("state lock");
+            let security = st.security();
+            (
+                security.removed_nodes.contains(&id),
+                security.node_keys.get(&id).copied(),
+            )
+        };
+        let learned = self.learned.lock().expect("learned keys lock");
+        if removed || learned.removed.contains(&id) {
+            return Err(Refusal::Removed(removed_message(id, &peer.id.cluster_id)));
+        }
+        match pinned.or_else(|| learned.keys.get(&id).copied()) {
+            Some(key) if key == peer.key_sha256 => Ok(()),
+            Some(_) => Err(Refusal::NotMember(format!(
+                "the certificate naming node {id} is not for the key node {id} was admitted \
+                 with"
+            ))),
+            None => {
+                drop(learned);
+                self.wanted.notify_one();
+                Err(Refusal::NotMember(format!(
+                    "node {id} is not a member this node knows of"
+                )))
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// The member check this node's transport uses.
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
+    }
+
+    /// Runs the key sync until `shutdown`: each time a peer's certificate names a node of
+    /// unknown key, and at most every [`KEY_SYNC_EVERY`], asks a member for the node keys.
+    pub async fn sync_node_keys(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.peers.wanted() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if let Some(told) = self.fetch_node_keys().await {
+                self.peers.learn(told);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(KEY_SYNC_EVERY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// The node keys as the first member that answers has them: a member this node knows
+    /// (its certificate checked), or, knowing none, the member it joined through.
+    async fn fetch_node_keys(&self) -> Option<NodeKeys> {
+        let members: Vec<(NodeId, String)> = self
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, n)| (*id, n.cluster_addr.clone()))
+            .collect();
+        let ask = RpcRequest::NodeKeys;
+        for (id, addr) in &members {
+            let answer = self
+                .transport
+                .call_node(*id, addr, &ask, KEY_SYNC_TIMEOUT)
+                .await;
+            match answer {
+                Ok(RpcResponse::NodeKeys(keys)) => return Some(keys),
+                other => debug!(node = id, answer = ?other.map(|_| ()), "key sync: no keys"),
+            }
+        }
+        let join = self
+            .config
+            .cluster
+            .join
+            .as_ref()
+            .filter(|_| members.is_empty())?;
+        match self.transport.call(join, &ask, KEY_SYNC_TIMEOUT).await {
+            Ok(RpcResponse::NodeKeys(keys)) => Some(keys),
+            other => {
+                debug!(%join, answer = ?other.map(|_| ()), "key sync: no keys");
+                None
+            }
+        }
+    }
+}
