@@ -322,6 +322,41 @@ impl Transport {
         self.check_removed(res)
     }
 
+    /// Sends one frame whose length prefix announces `announce` bytes and which holds `body`
+    /// (not necessarily an encoded request), then reads the answer; the stream is finished
+    /// only if `body` is the whole frame. For tests of what a node does with frames it must
+    /// refuse (malformed, oversized, of a kind the peer may not send). Checks nothing of the
+    /// server but its certificate.
+    pub async fn call_raw(
+        &self,
+        addr: &str,
+        node: Option<NodeId>,
+        announce: u32,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<RpcResponse> {
+        let conn = self.connection(addr, node).await?;
+        let fut = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            let sent = async {
+                send.write_all(&announce.to_be_bytes()).await?;
+                send.write_all(body).await
+            };
+            match sent.await {
+                Ok(()) | Err(quinn::WriteError::Stopped(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if announce as usize == body.len() {
+                let _ = send.finish();
+            }
+            frame::read_msg::<RpcResponse>(&mut recv, self.limits.max_frame_bytes).await
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(timeout.as_millis() as u64)),
+        }
+    }
+
     /// On a member's endpoint: whether the server of `conn` (its certificate already checked
     /// against the CA and the node dialled) is a member.
     fn check_server(&self, conn: &Connection) -> Result<()> {
