@@ -11,6 +11,10 @@
 //! join. It pins the cluster CA by the fingerprint carried in its join token, so the token is
 //! never sent to an impostor, and sends its public key; the leader answers with a certificate
 //! for that key, the CA certificate and the CA key (see ARCHITECTURE.md, "Node identity").
+//!
+//! Every member holds the CA key, so a certificate only shows that some holder of it signed
+//! it. Which key is node N's is the cluster's record (the key digest [`peer_of_cert`] reads,
+//! pinned when N was admitted), checked by [`crate::admission`].
 
 use std::path::Path;
 use std::sync::Arc;

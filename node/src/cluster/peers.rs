@@ -122,7 +122,7 @@ impl Cluster {
     }
 
     /// Runs the key sync until `shutdown`: each time a peer's certificate names a node of
-    /// unknown key, and at most every [`KEY_SYNC_EVERY`], asks a member for the node keys.
+    /// unknown key, and at most every 500 ms, asks a member for the node keys.
     pub async fn sync_node_keys(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
