@@ -602,3 +602,46 @@ async fn a_removed_node_takes_no_part_under_its_own_id_or_one_it_mints() {
     joined.shutdown().await;
     c.shutdown().await;
 }
+
+/// In-process: node 3 is down while node 4 joins, becomes a voter and then the leader. When
+/// node 3 comes back, its state has never heard of node 4, so it refuses node 4's appends at
+/// first; the key sync asks node 1, which knows node 4's key, and node 3 catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lags_learns_the_key_of_a_leader_admitted_while_it_was_down() {
+    let mut c = InprocCluster::start(3).await.unwrap();
+    let first = http::api(&c.bases[0]);
+    tracing::info!("phase: node 3 stops; node 4 joins, is promoted and leads");
+    c.stop(2).await;
+    let i4 = c.join_node().await.unwrap();
+    assert_eq!(c.nodes[i4].as_ref().unwrap().cluster.id, 4);
+    wait_for("node 4 promoted", Duration::from_secs(30), || async {
+        first.promote_member(4).await.ok()
+    })
+    .await
+    .unwrap();
+    wait_for("node 4 leads", Duration::from_secs(30), || async {
+        first
+            .transfer_leader(4)
+            .await
+            .ok()
+            .filter(|l| l.leader_id == 4)
+    })
+    .await
+    .unwrap();
+    first.kv_put("while-3-was-down", "v").await.unwrap();
+
+    tracing::info!("phase: node 3 comes back and catches up from node 4");
+    c.restart(2).await.unwrap();
+    let node3 = http::api(&c.bases[2]).stale();
+    wait_for(
+        "node 3 to read the key",
+        Duration::from_secs(30),
+        || async { node3.kv_get("while-3-was-down").await.ok() },
+    )
+    .await
+    .unwrap();
+    let n3 = c.nodes[2].as_ref().unwrap();
+    assert_eq!(n3.cluster.raft_view().leader, Some(4));
+    assert!(n3.cluster.peers().applied().keys.contains_key(&4));
+    c.shutdown().await;
+}
