@@ -43,6 +43,9 @@ struct Identity {
 }
 
 const IDENTITY_KEY: &str = "node_identity";
+/// The cluster address a node joined through: whom the key sync asks while the node knows no
+/// member yet (`cluster::Peers`), also after a restart.
+const JOINED_THROUGH_KEY: &str = "joined_through";
 const JOIN_TOKEN_FILE: &str = "join-token";
 /// Written when the cluster answered that this node was removed; holds the message.
 const REMOVED_FILE: &str = "removed";
@@ -95,6 +98,8 @@ struct Member {
     info: NodeInfo,
     /// The founding join token, on the founding node.
     founding_token: Option<String>,
+    /// The cluster address this node joined through, on a node that joined.
+    joined_through: Option<String>,
 }
 
 /// What the storage stage loaded.
@@ -119,7 +124,7 @@ impl Node {
         let member = stage_identity(&config).await?;
         let stores = stage_storage(&config, &member.db)?;
         let state = stores.sm.state();
-        let peers = Peers::new(state.clone());
+        let peers = Peers::new(state.clone(), member.joined_through.clone());
         let transport = stage_transport(&config, &member.tls, peers.clone())?;
         let hub = Hub::new(stores.sm.live_sender(), config.ws.max_connections);
         let raft = stage_raft(&config, &member, stores, &transport).await?;
@@ -233,6 +238,7 @@ fn assemble(
         tls,
         info,
         founding_token,
+        ..
     } = member;
     let cluster = Cluster::new(
         identity.node_id,
@@ -271,12 +277,16 @@ async fn stage_identity(config: &Config) -> anyhow::Result<Member> {
             _ => founder_identity(config, &db)?,
         },
     };
+    let joined_through = db
+        .meta_get(JOINED_THROUGH_KEY)?
+        .map(|addr| String::from_utf8_lossy(&addr).into_owned());
     Ok(Member {
         db,
         identity,
         tls,
         info,
         founding_token,
+        joined_through,
     })
 }
 
@@ -359,6 +369,7 @@ async fn joined_identity(
         node_id: granted.node_id,
         cluster_id: granted.cluster_id,
     };
+    db.meta_put_sync(JOINED_THROUGH_KEY, join.as_bytes())?;
     db.meta_put_sync(IDENTITY_KEY, &codec::encode(&id)?)?;
     info!(node_id = id.node_id, cluster_id = %id.cluster_id, "joined cluster");
     Ok((id, tls, None))

@@ -7,7 +7,8 @@
 //! `ClusterCmd::AdmitNode`). The applied state decides; what it does not hold yet (a node
 //! admitted after this node's last applied entry) is asked of members this node does know,
 //! whose certificates pass the same check, or, on a node that knows no member yet, of the
-//! member it joined through, trusted as it was for the join: by the CA its token names.
+//! member it joined through (remembered in the data dir), trusted as it was for the join: by
+//! the CA its token names.
 //! Members never change a pinned key, so what is learnt only adds to what the state will say.
 
 use super::*;
@@ -20,6 +21,8 @@ const KEY_SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// The member check of this node, over its applied state.
 pub struct Peers {
     state: Arc<RwLock<State>>,
+    /// The cluster address this node joined through, if it joined.
+    joined_through: Option<String>,
     /// Keys and removals members told this node of, for nodes its state does not know yet.
     learned: Mutex<NodeKeys>,
     /// Set when a peer's certificate named a node of unknown key: the key sync should run.
@@ -27,9 +30,10 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(state: Arc<RwLock<State>>) -> Arc<Self> {
+    pub fn new(state: Arc<RwLock<State>>, joined_through: Option<String>) -> Arc<Self> {
         Arc::new(Self {
             state,
+            joined_through,
             learned: Mutex::new(NodeKeys::default()),
             wanted: tokio::sync::Notify::new(),
         })
@@ -162,9 +166,8 @@ impl Cluster {
             }
         }
         let join = self
-            .config
-            .cluster
-            .join
+            .peers
+            .joined_through
             .as_ref()
             .filter(|_| members.is_empty())?;
         match self.transport.call(join, &ask, KEY_SYNC_TIMEOUT).await {
