@@ -1,7 +1,7 @@
 //! The cluster port before anything is decoded: a node without a certificate may only ask to
-//! join, and its other frames are refused unread, its connection closed; a member's frame
-//! nested deeper than commands nest is refused without exhausting the stack. In each case the
-//! node serves on.
+//! join, and its other frames are refused unread, its connection closed; nodes without a
+//! certificate cannot take the members' connections; a member's frame nested deeper than
+//! commands nest is refused without exhausting the stack. In each case the node serves on.
 
 use std::time::Duration;
 
@@ -127,5 +127,63 @@ async fn a_member_frame_nested_100_000_deep_is_refused_and_the_node_serves_on() 
         .unwrap();
     assert!(matches!(hello, RpcResponse::Hello), "{hello:?}");
     serves(&c.bases[0], "after-nesting").await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_a_certificate_cannot_crowd_the_members_out() {
+    let c = InprocCluster::start(1).await.unwrap();
+    let addr = c.configs[0].advertise_cluster_addr();
+    let creds = credentials(c.configs[0].data_dir());
+    let limit = Limits::default().max_joining_connections;
+    let t = Duration::from_secs(5);
+    tracing::info!(
+        limit,
+        "phase: idle connections without a certificate, up to the limit"
+    );
+    let mut idle = Vec::new();
+    for _ in 0..limit {
+        let outsider = Transport::joining(
+            creds.ca_fingerprint(),
+            "127.0.0.1".parse().unwrap(),
+            Limits::default(),
+        )
+        .unwrap();
+        let conn = outsider.connection(&addr, None).await.unwrap();
+        idle.push((outsider, conn));
+    }
+    tracing::info!("phase: one more is closed; a member still gets in");
+    let extra = Transport::joining(
+        creds.ca_fingerprint(),
+        "127.0.0.1".parse().unwrap(),
+        Limits::default(),
+    )
+    .unwrap();
+    let conn = extra.connection(&addr, None).await.unwrap();
+    let closed = wait_for("the extra connection closed", t, || async {
+        conn.close_reason().map(|r| r.to_string())
+    })
+    .await
+    .unwrap();
+    assert!(closed.contains("too many joining nodes"), "{closed}");
+    assert!(idle.iter().all(|(_, c)| c.close_reason().is_none()));
+    let member = endpoint("127.0.0.1", &creds);
+    let hello = member
+        .call_node(1, &addr, &RpcRequest::Hello, t)
+        .await
+        .unwrap();
+    assert!(matches!(hello, RpcResponse::Hello), "{hello:?}");
+
+    tracing::info!("phase: once they leave, a node without a certificate gets in again");
+    drop(idle);
+    let again = wait_for("a connection without a certificate served", t, || async {
+        let answer = extra
+            .call(&addr, &RpcRequest::Hello, Duration::from_secs(1))
+            .await;
+        matches!(answer, Ok(RpcResponse::Refused(m)) if m.contains(ONLY_JOIN)).then_some(())
+    })
+    .await;
+    assert!(again.is_ok(), "{again:?}");
+    serves(&c.bases[0], "after-crowd").await;
     c.shutdown().await;
 }

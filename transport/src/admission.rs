@@ -2,11 +2,15 @@
 //!
 //! A connection is served by what its peer presented at the TLS handshake (already checked
 //! against the cluster CA and this cluster's id):
-//! - **No certificate**: a node that is not a member yet. It may only ask to join. Its
-//!   requests are served one at a time, a frame may hold at most
-//!   [`Limits::max_join_frame_bytes`](crate::Limits::max_join_frame_bytes), and the frame's
-//!   first bytes must say it is a join before it is decoded at all; anything else is answered
-//!   `Refused` and the connection is closed. Such a connection keeps QUIC's small
+//! - **No certificate**: a node that is not a member yet. It may only ask to join. Such
+//!   connections are at most
+//!   [`Limits::max_joining_connections`](crate::Limits::max_joining_connections) of all, so
+//!   they cannot take the members' places; their requests are served one at a time, a frame
+//!   may hold at most [`Limits::max_join_frame_bytes`](crate::Limits::max_join_frame_bytes) and
+//!   must arrive within
+//!   [`Limits::join_request_timeout`](crate::Limits::join_request_timeout), and its first bytes
+//!   must say it is a join before it is decoded at all; anything else is answered `Refused`
+//!   and the connection is closed. Such a connection keeps QUIC's small
 //!   [`Limits::join_window_bytes`](crate::Limits::join_window_bytes) receive window.
 //! - **A node certificate**: before each request is read, the node's [`PeerCheck`] decides,
 //!   from the replicated state, whether the node the certificate names, holding that key, is a

@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ pub struct Limits {
     /// connection starts with it: default 64 KiB.
     pub join_window_bytes: u32,
     /// QUIC connection receive window of a member connection, set once the peer's
-    /// certificate passed the member check: default 16 MiB.
+    /// certificate passed the member check (on a request of its own): default 16 MiB.
     pub member_window_bytes: u32,
     /// Largest snapshot accepted from a leader: default 8 GiB.
     pub max_snapshot_bytes: u64,
@@ -59,6 +59,11 @@ pub struct Limits {
     /// Incoming connections (members and joining nodes) served at once: default 1024; a
     /// connection beyond it is refused.
     pub max_connections: usize,
+    /// Of those, connections without a node certificate (joining nodes): default 64; one
+    /// beyond it is closed once its handshake shows it has no certificate.
+    pub max_joining_connections: usize,
+    /// How long a node without a certificate has to send its whole request: default 10 s.
+    pub join_request_timeout: Duration,
     /// Connection attempt timeout: default 3 s.
     pub connect_timeout: Duration,
 }
@@ -74,6 +79,8 @@ impl Default for Limits {
             snapshot_chunk_bytes: 1 << 20,
             max_concurrent_streams: 1024,
             max_connections: 1024,
+            max_joining_connections: 64,
+            join_request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
         }
     }
@@ -423,6 +430,7 @@ impl Transport {
         let shutdown = shutdown.child_token();
         let _stop_tasks = shutdown.clone().drop_guard();
         let connections = Arc::new(Semaphore::new(self.limits.max_connections));
+        let joining = Arc::new(Semaphore::new(self.limits.max_joining_connections));
         loop {
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => i,
@@ -443,6 +451,7 @@ impl Transport {
             let service = service.clone();
             let conn_tasks = tasks.clone();
             let shutdown = shutdown.clone();
+            let joining = joining.clone();
             tasks.spawn(async move {
                 let _permit = permit;
                 let remote = incoming.remote_address();
@@ -457,9 +466,23 @@ impl Transport {
                 };
                 // A peer that presented a certificate passed the CA and cluster checks.
                 let peer = peer_of(&conn);
-                if peer.as_ref().is_some_and(|p| this.check_client(p).is_ok()) {
-                    conn.set_receive_window(this.limits.member_window_bytes.into());
-                }
+                // Nodes without a certificate have a share of the connections of their own,
+                // so they cannot crowd the members out.
+                let _joining = match peer {
+                    Some(_) => None,
+                    None => match joining.try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            warn!(
+                                %remote,
+                                limit = this.limits.max_joining_connections,
+                                "refused a connection without a certificate: too many"
+                            );
+                            conn.close(REFUSED.into(), b"too many joining nodes; retry");
+                            return;
+                        }
+                    },
+                };
                 this.serve_connection(conn, peer, raft, service, conn_tasks, shutdown)
                     .await;
             });
@@ -512,6 +535,8 @@ impl Transport {
             None => 1,
         };
         let in_progress = Arc::new(Semaphore::new(at_once));
+        // Whether the connection has the member window (its peer passed the member check).
+        let widened = Arc::new(AtomicBool::new(false));
         loop {
             // QUIC already bounds the streams open at once; this bounds the requests whose
             // answer is still being worked out, even if the peer gave up on their stream.
@@ -532,13 +557,15 @@ impl Transport {
             let service = service.clone();
             let peer = peer.clone();
             let conn = conn.clone();
+            let widened = widened.clone();
             tasks.spawn(shutdown.clone().run_until_cancelled_owned(async move {
                 let _permit = permit;
                 let (resp, close) = match &peer {
-                    Some(p) => (
-                        this.serve_member(p, &raft, &*service, &mut recv).await,
-                        false,
-                    ),
+                    Some(p) => {
+                        let member = (&conn, &*widened);
+                        let resp = this.serve_member(p, member, &raft, &*service, &mut recv);
+                        (resp.await, false)
+                    }
                     None => this.serve_joiner(&*service, &mut recv).await,
                 };
                 let _ = recv.stop(0u32.into());
@@ -565,16 +592,22 @@ impl Transport {
     }
 
     /// One request of a peer that presented a node certificate: checked to be a member's
-    /// before its frame is read, then read, decoded and dispatched.
+    /// before its frame is read, then read, decoded and dispatched. The first request that
+    /// passes gives the connection (`conn`, with whether that happened) the member window.
     async fn serve_member<S: Service>(
         &self,
         peer: &Peer,
+        (conn, widened): (&Connection, &AtomicBool),
         raft: &Raft,
         service: &S,
         recv: &mut quinn::RecvStream,
     ) -> RpcResponse {
         match self.check_client(peer) {
-            Ok(()) => {}
+            Ok(()) => {
+                if !widened.swap(true, Ordering::Relaxed) {
+                    conn.set_receive_window(self.limits.member_window_bytes.into());
+                }
+            }
             Err(Refusal::Removed(reason)) => {
                 warn!(%peer, %reason, "refused a request from a removed node");
                 return RpcResponse::Removed(reason);
@@ -602,9 +635,11 @@ impl Transport {
             debug!(reason = %why, "refused a request from a node without a certificate");
             (RpcResponse::Refused(why), true)
         };
-        let bytes = match frame::read_raw(recv, self.limits.max_join_frame_bytes).await {
-            Ok(b) => b,
-            Err(e) => return refuse(format!("bad request: {e}; {ONLY_JOIN}")),
+        let read = frame::read_raw(recv, self.limits.max_join_frame_bytes);
+        let bytes = match tokio::time::timeout(self.limits.join_request_timeout, read).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return refuse(format!("bad request: {e}; {ONLY_JOIN}")),
+            Err(_) => return refuse(format!("request not received in time; {ONLY_JOIN}")),
         };
         if !rpc::is_join(&bytes) {
             return refuse(ONLY_JOIN.into());
