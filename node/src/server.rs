@@ -397,21 +397,9 @@ fn stage_storage(config: &Config, db: &Db) -> anyhow::Result<Stores> {
     info!("start-up stage: storage");
     let log_store = LogStore::new(db.clone());
     let sm = StateMachine::open(db.clone(), &config.data_dir().join("snapshots"))?;
-    check_node_keys(&sm.state().read().expect("state lock"))?;
+    crate::cluster::check_node_keys(&sm.state().read().expect("state lock"))
+        .map_err(anyhow::Error::msg)?;
     Ok(Stores { log_store, sm })
-}
-
-/// A cluster founded by an earlier build pinned no node keys: its members' certificates
-/// would all be refused, so such a data dir is not served.
-fn check_node_keys(state: &raft::State) -> anyhow::Result<()> {
-    if state.meta.cluster_id.is_some() && state.security().node_keys.is_empty() {
-        bail!(
-            "this data dir belongs to a cluster founded by an earlier stackd, which did not \
-             record its members' keys: take a backup with that build (`stackd backup`) and \
-             restore it into a new cluster with this one (`stackd restore`)"
-        );
-    }
-    Ok(())
 }
 
 /// Transport: the QUIC endpoint on the cluster address, with the node's TLS identity; `peers`

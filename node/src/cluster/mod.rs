@@ -28,7 +28,7 @@ pub use autopilot::AutopilotAction;
 use gossip::caught_up;
 pub(crate) use gossip::load_avg_1m;
 pub use join::removed_message;
-pub use peers::Peers;
+pub use peers::{check_node_keys, Peers};
 use reads::ReadBatcher;
 pub use write::WriteError;
 

@@ -119,6 +119,20 @@ impl PeerCheck for Peers {
     }
 }
 
+/// A cluster founded by an earlier build pinned no node keys: its members' certificates would
+/// all be refused, so a node does not serve such a data dir, and says what to do.
+pub fn check_node_keys(state: &State) -> Result<(), String> {
+    if state.meta.cluster_id.is_some() && state.security().node_keys.is_empty() {
+        return Err(
+            "this data dir belongs to a cluster founded by an earlier stackd, which \
+                    did not record its members' keys: take a backup with that build (`stackd \
+                    backup`) and restore it into a new cluster with this one (`stackd restore`)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// The member check this node's transport uses.
     pub fn peers(&self) -> &Arc<Peers> {
@@ -177,5 +191,120 @@ impl Cluster {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use raft::command::ClusterCmd;
+    use transport::tls::PeerId;
+
+    use super::*;
+
+    fn peer(node_id: NodeId, key: u8) -> Peer {
+        Peer {
+            id: PeerId {
+                cluster_id: "c1".into(),
+                node_id,
+            },
+            key_sha256: [key; 32],
+        }
+    }
+
+    fn refused(peers: &Peers, node: NodeId, key: u8) -> String {
+        match peers.check_peer(&peer(node, key)) {
+            Ok(()) => panic!("node {node} with key {key} must be refused"),
+            Err(Refusal::Removed(m)) => format!("removed: {m}"),
+            Err(Refusal::NotMember(m)) => m,
+        }
+    }
+
+    fn applied(commands: impl IntoIterator<Item = ClusterCmd>) -> State {
+        let mut st = State::default();
+        let mut batch = storage::SmBatch::default();
+        for command in commands {
+            let req = Request {
+                stamp_ms: 1,
+                idempotency_key: None,
+                command: command.into(),
+            };
+            st.apply(&req, &mut batch);
+        }
+        st
+    }
+
+    #[test]
+    fn a_data_dir_of_a_cluster_that_pinned_no_keys_is_not_served() {
+        assert!(
+            check_node_keys(&State::default()).is_ok(),
+            "not founded yet"
+        );
+        let legacy = applied([ClusterCmd::Init {
+            cluster_id: "c1".into(),
+            join_token_sha256: "t".into(),
+        }]);
+        let err = check_node_keys(&legacy).unwrap_err();
+        assert!(err.contains("earlier stackd"), "{err}");
+        let founded = applied([ClusterCmd::Found {
+            cluster_id: "c1".into(),
+            join_token_sha256: "t".into(),
+            node_key_sha256: [1; 32],
+        }]);
+        assert!(check_node_keys(&founded).is_ok());
+    }
+
+    #[test]
+    fn a_member_is_a_node_not_removed_with_the_key_it_was_admitted_with() {
+        let commands = [
+            ClusterCmd::Found {
+                cluster_id: "c1".into(),
+                join_token_sha256: "t".into(),
+                node_key_sha256: [1; 32],
+            },
+            ClusterCmd::AdmitNode {
+                key_sha256: [2; 32],
+            },
+            ClusterCmd::AdmitNode {
+                key_sha256: [3; 32],
+            },
+            ClusterCmd::NodeRemoved { id: 3 },
+        ];
+        let peers = Peers::new(Arc::new(RwLock::new(applied(commands))), None);
+        assert!(peers.check_peer(&peer(1, 1)).is_ok());
+        assert!(peers.check_peer(&peer(2, 2)).is_ok());
+        let m = refused(&peers, 2, 9);
+        assert!(
+            m.contains("is not for the key node 2 was admitted with"),
+            "{m}"
+        );
+        let m = refused(&peers, 3, 3);
+        assert!(
+            m.starts_with("removed: node 3 was removed from cluster c1"),
+            "{m}"
+        );
+        assert!(
+            peers.wanted().now_or_never().is_none(),
+            "known nodes need no key sync"
+        );
+        let m = refused(&peers, 4, 4);
+        assert_eq!(m, "node 4 is not a member this node knows of");
+        assert!(peers.wanted().now_or_never().is_some(), "the key sync runs");
+
+        // A member tells of node 4 and of node 2's removal; a key the state pinned stays.
+        peers.learn(NodeKeys {
+            keys: BTreeMap::from([(4, [4; 32]), (1, [9; 32])]),
+            removed: BTreeSet::from([2]),
+        });
+        assert!(peers.check_peer(&peer(4, 4)).is_ok());
+        assert!(peers.check_peer(&peer(1, 1)).is_ok());
+        assert!(refused(&peers, 1, 9).contains("not for the key"));
+        assert!(refused(&peers, 2, 2).starts_with("removed: node 2"));
+        assert_eq!(peers.removed(), BTreeSet::from([2, 3]));
+        // What it answers a member is its applied state only.
+        assert_eq!(
+            peers.applied().keys.keys().copied().collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
     }
 }

@@ -22,11 +22,13 @@ use crate::codec;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterCmd {
     /// The first entry of a new cluster, proposed once by the node that initialized it.
+    /// Proposed by earlier builds only (now [`ClusterCmd::Found`]); applied as before.
     Init {
         cluster_id: String,
         join_token_sha256: String,
     },
-    /// Allocates the next node id; ids are never reused.
+    /// Allocates the next node id; ids are never reused. Proposed by earlier builds only
+    /// (now [`ClusterCmd::AdmitNode`]); applied as before, pinning no key.
     AllocateNodeId,
     /// Records a join token (by its SHA-256) that admits nodes until `expires_at_ms` (on the
     /// proposer's clock when the token was made).
