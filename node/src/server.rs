@@ -47,6 +47,8 @@ const IDENTITY_KEY: &str = "node_identity";
 /// member yet (`cluster::Peers`), also after a restart.
 const JOINED_THROUGH_KEY: &str = "joined_through";
 const JOIN_TOKEN_FILE: &str = "join-token";
+/// The founding node's management token (mode 0600).
+pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-token";
 /// Written when the cluster answered that this node was removed; holds the message.
 const REMOVED_FILE: &str = "removed";
 /// How long shutdown waits for each group of tasks before it gives up on them.
@@ -525,6 +527,58 @@ async fn found_cluster(
             identity.cluster_id, cluster.info.cluster_addr, token
         );
     }
+    bootstrap_acl(config, cluster).await
+}
+
+/// The founding node's first management token: made once, written with mode 0600 into the
+/// data dir as `bootstrap-token` before it is recorded (so a crash in between records the same
+/// one on the next start), and printed once.
+async fn bootstrap_acl(config: &Config, cluster: &Cluster) -> anyhow::Result<()> {
+    if cluster.state().acl().bootstrapped() {
+        return Ok(());
+    }
+    let path = config.data_dir().join(BOOTSTRAP_TOKEN_FILE);
+    let (secret, new) = match std::fs::read_to_string(&path) {
+        Ok(s) => (s.trim().to_string(), false),
+        Err(_) => {
+            let secret = crate::auth::new_secret();
+            write_private(&path, &format!("{secret}\n"))?;
+            (secret, true)
+        }
+    };
+    let cmd = raft::command::AclCmd::Bootstrap {
+        accessor_id: crate::auth::new_accessor_id(),
+        secret_sha256: crate::auth::secret_digest(&secret),
+    };
+    cluster
+        .write(cmd, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the bootstrap token: {e}"))?;
+    if new {
+        println!(
+            "stackd: the management token (every right; kept in {}, mode 0600):\n  export STACKD_TOKEN={secret}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` readable by its owner only: created under another name with mode
+/// 0600, then renamed, so it is never readable by others nor seen half-written.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let partial = path.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&partial, path)?;
     Ok(())
 }
 
@@ -589,6 +643,12 @@ async fn stage_api(
     life: &mut Lifecycle,
 ) -> anyhow::Result<std::net::SocketAddr> {
     info!(addr = %config.api.addr, "start-up stage: API");
+    if config.api.insecure_no_auth {
+        warn!(
+            "AUTHENTICATION IS OFF (api.insecure_no_auth): anyone who reaches {} owns the cluster",
+            config.api.addr
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.api.addr)
         .await
         .with_context(|| format!("binding API address {}", config.api.addr))?;
@@ -600,6 +660,7 @@ async fn stage_api(
         hub: life.hub.clone(),
         db: life.db.clone(),
         requests: life.tasks.requests.clone(),
+        rate: Arc::new(crate::rate::RateLimits::new(&config.rate)),
     }))
     .layer(axum::middleware::from_fn_with_state(
         life.requests(),
@@ -608,6 +669,7 @@ async fn stage_api(
     let stop = life.stop_accepting.clone();
     life.api_task = Some(life.tasks.background.spawn(async move {
         info!(addr = %api_addr, "HTTP API listening");
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await

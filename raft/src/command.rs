@@ -18,6 +18,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::state::acl::{AclCmd, AclResult};
 pub use crate::state::cache::{CacheCmd, CacheLimits, CacheResult};
 pub use crate::state::channels::{ChannelCmd, ChannelResult, ChannelRetention};
 pub use crate::state::kv::{KvCmd, KvResult};
@@ -66,6 +67,7 @@ pub enum Command<F = Box<Guarded>, T = Txn> {
         command: F,
     },
     Semaphore(SemaphoreCmd),
+    Acl(AclCmd),
 }
 
 /// What a fence guards: any command but a fenced one.
@@ -153,6 +155,7 @@ pub enum Response<T = TxnResult> {
     Channel(ChannelResult),
     Txn(T),
     Semaphore(SemaphoreResult),
+    Acl(AclResult),
 }
 
 /// A command whose result type is known: proposing it answers a `Self::Output`.
@@ -202,6 +205,7 @@ proposals! {
     Channel(ChannelCmd) -> ChannelResult,
     Txn(Txn) -> TxnResult,
     Semaphore(SemaphoreCmd) -> SemaphoreResult,
+    Acl(AclCmd) -> AclResult,
 }
 
 /// The commands a transaction may name (its [`Op`]s): every primitive's.
@@ -224,6 +228,7 @@ ops! {
     Queue(QueueCmd),
     Channel(ChannelCmd),
     Semaphore(SemaphoreCmd),
+    Acl(AclCmd),
 }
 
 /// A command applied only while a lock is held with a given fence (or always, without one).
@@ -305,6 +310,12 @@ impl<F: fmt::Display, T: fmt::Display> fmt::Display for Command<F, T> {
                 command,
             } => write!(f, "fenced {lock}:{fence} {command}"),
             Command::Semaphore(c) => write!(f, "semaphore {c:?}"),
+            // Secret digests are not logged.
+            Command::Acl(AclCmd::Bootstrap { accessor_id, .. }) => {
+                write!(f, "acl bootstrap {accessor_id}")
+            }
+            Command::Acl(AclCmd::TokenCreate(t)) => write!(f, "acl token create {}", t.accessor_id),
+            Command::Acl(c) => write!(f, "acl {c:?}"),
         }
     }
 }
@@ -343,6 +354,7 @@ mod tests {
             command: Box<Unbounded>,
         },
         Semaphore(SemaphoreCmd),
+        Acl(AclCmd),
     }
 
     #[derive(Serialize)]

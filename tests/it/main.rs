@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod backup;
 mod cache;
 mod channels;
@@ -13,6 +14,7 @@ mod faults;
 mod gossip;
 mod history;
 mod joins;
+mod jwt;
 mod kv_cluster;
 mod lifecycle;
 mod locks;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use base64::Engine;
@@ -19,6 +19,7 @@ use super::model::EnqueueRequest;
 use super::{
     check_ms, idempotency_key, validate_key, validate_name, AppState, IdempotencyKey, JsonBody, St,
 };
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, BadRequest, TooLarge, WriteFailures};
 
 // ---- Wire types ----
@@ -412,6 +413,7 @@ fn result(r: &OpResponse) -> TxnOpResult {
 )]
 pub async fn txn(
     State(st): St,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<TxnRequest>,
 ) -> ApiResult<Json<TxnResponse>> {
@@ -430,6 +432,7 @@ pub async fn txn(
         success: branch(&st, "success", body.success)?,
         failure: branch(&st, "failure", body.failure)?,
     };
+    caller.check_all(&st, crate::auth::rights_of_txn(&txn))?;
     let idem = idempotency_key(&headers)?;
     let TxnResult {
         succeeded,

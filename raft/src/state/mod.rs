@@ -17,6 +17,7 @@
 //! - [`queues`]: job queues with leases, retries, dead letters and cron schedules.
 //! - [`channels`]: channel histories with offsets and retention, and presence with node leases.
 //! - [`security`]: created join tokens, pinned node keys and removed node ids.
+//! - [`acl`]: access-control tokens and policies.
 //!
 //! When enabled ([`State::set_emit_live`]), apply also records [`LiveEvent`]s (channel events
 //! and key-value changes) that the state machine hands to subscribers after each batch.
@@ -31,7 +32,11 @@
 //! - `sem:<name>` → [`SemaphoreEntry`]; `m:semaphores` → the last semaphore fence
 //! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
 //! - `i:<idempotency key>` → [`IdemRecord`]
+//! - `acl:t:<accessor id>` → [`acl::Token`], `acl:p:<name>` → [`acl::Policy`], `acl:j:<name>` →
+//!   [`acl::JwtProvider`], `m:acl` → whether
+//!   the bootstrap token was made
 
+pub mod acl;
 pub(crate) mod cache;
 pub(crate) mod channels;
 pub mod export;
@@ -137,6 +142,7 @@ parts! {
     channels: channels::Channels,
     semaphores: semaphores::Semaphores,
     security: Security,
+    acl: acl::Acl,
     idem: Idempotency,
 }
 
@@ -270,6 +276,11 @@ impl State {
     /// Join tokens and removed nodes.
     pub fn security(&self) -> &Security {
         &self.parts.security
+    }
+
+    /// Access-control tokens and policies.
+    pub fn acl(&self) -> &acl::Acl {
+        &self.parts.acl
     }
 
     /// A key's current entry, or `None` when absent or past its deadline on the replicated
@@ -429,6 +440,7 @@ impl Parts {
             Command::Queue(c) => Response::Queue(self.queues.apply(c, cx)),
             Command::Channel(c) => Response::Channel(self.channels.apply(c, cx)),
             Command::Semaphore(c) => Response::Semaphore(self.semaphores.apply(c, cx)),
+            Command::Acl(c) => Response::Acl(self.acl.apply(c, cx)),
             Command::Txn(txn) => txn.apply_in(self, cx),
             Command::Fenced {
                 lock,
@@ -511,6 +523,7 @@ pub fn txn_op_allowed(op: &Op) -> bool {
         Command::Channel(c) => channels::Channels::in_txn(c),
         Command::Semaphore(c) => semaphores::Semaphores::in_txn(c),
         Command::Cluster(c) => Security::in_txn(c),
+        Command::Acl(c) => acl::Acl::in_txn(c),
         Command::Tick => false,
         Command::Txn(n) | Command::Fenced { command: n, .. } => match *n {},
     }
