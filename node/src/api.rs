@@ -156,6 +156,7 @@ routes! {
     put "/v1/acl/policies/{name}" => acl::set_policy, write(Acl, All);
     delete "/v1/acl/policies/{name}" => acl::delete_policy, write(Acl, All);
     get "/v1/acl/jwt" => acl::list_providers, read(Acl, All);
+    get "/v1/audit" => acl::audit, read(Acl, All);
     get "/v1/acl/jwt/{name}" => acl::get_provider, read(Acl, All);
     put "/v1/acl/jwt/{name}" => acl::set_provider, write(Acl, All);
     delete "/v1/acl/jwt/{name}" => acl::delete_provider, write(Acl, All);

@@ -145,7 +145,11 @@ impl Caller {
     }
 
     /// Whether the caller may do `op` on `name` of `resource`, by the policies as they are now.
+    /// The reserved channels (`$audit`) are read with `read` on `acl`.
     pub fn may(&self, st: &AppState, resource: Resource, name: &str, op: Op) -> bool {
+        if reserved(resource, name) {
+            return self.may_all(st, Resource::Acl, "", Op::Read);
+        }
         match self.grant() {
             None => true,
             Some(g) => st.cluster.state().acl().grants(g, resource, name, op),
@@ -349,6 +353,9 @@ pub fn caller(st: &AppState, asked: &Asked<'_>, need: Need) -> Result<Option<Cal
         let state = st.cluster.state();
         let acl = state.acl();
         let refused = match name_of(&state, asked, target) {
+            Named::One(name) if reserved(resource, &name) => {
+                (!acl.grants_prefix(grant, Resource::Acl, "", Op::Read)).then_some(Some(name))
+            }
             Named::One(name) => (!acl.grants(grant, resource, &name, op)).then_some(Some(name)),
             Named::Under(prefix) => {
                 (!acl.grants_prefix(grant, resource, &prefix, op)).then_some(None)
@@ -359,6 +366,11 @@ pub fn caller(st: &AppState, asked: &Asked<'_>, need: Need) -> Result<Option<Cal
         }
     }
     Ok(Some(found))
+}
+
+/// A reserved channel (`$audit`): no one publishes to it, readers need `read` on `acl`.
+fn reserved(resource: Resource, name: &str) -> bool {
+    resource == Resource::Channels && name.starts_with('$')
 }
 
 enum Named {
@@ -441,6 +453,9 @@ pub async fn authorize(
     };
     let ip = client_ip(&parts.extensions);
     if let Err(e) = st.rate.request(ip) {
+        st.cluster
+            .audit()
+            .count("rate_limited", "anyone", &ip.to_string());
         return e.into_response();
     }
     let found = caller(&st, &asked, need);
@@ -451,6 +466,9 @@ pub async fn authorize(
         Ok(Some(c)) => {
             if !matches!(c, Caller::Anyone) {
                 if let Err(e) = st.rate.token(c.actor(), write) {
+                    st.cluster
+                        .audit()
+                        .count("rate_limited", c.actor(), &ip.to_string());
                     return e.into_response();
                 }
             }
@@ -458,10 +476,15 @@ pub async fn authorize(
             next.run(req).await
         }
         Ok(None) => next.run(req).await,
-        Err(refusal @ Refusal::Unauthenticated(_)) => match st.rate.auth_failed(ip) {
-            Ok(()) => refusal.into_response(),
-            Err(limited) => limited.into_response(),
-        },
+        Err(refusal @ Refusal::Unauthenticated(_)) => {
+            st.cluster
+                .audit()
+                .count("auth_failed", "anyone", &ip.to_string());
+            match st.rate.auth_failed(ip) {
+                Ok(()) => refusal.into_response(),
+                Err(limited) => limited.into_response(),
+            }
+        }
         Err(refusal) => refusal.into_response(),
     }
 }

@@ -5,6 +5,7 @@
 //! - [`server`]: node start-up (identity, storage, Raft, transport, API) and shutdown.
 //! - [`cluster`]: writes from any node, batched linearizable reads, joins, leader duties.
 //! - [`api`]: the HTTP routes; [`error`] maps every failure to its status and code.
+//! - [`audit`]: security events, to the structured log and the replicated `$audit` stream.
 //! - [`auth`]: what each route needs, bearer tokens checked against the replicated ACL;
 //!   [`jwt`]: JWTs of app users verified against the ACL's JWT providers.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod client;

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{JsonBody, St};
+use crate::audit::Who;
 use crate::auth::{new_accessor_id, new_secret, secret_digest, Caller};
 use crate::cluster::now_ms;
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, NotFound, Unsettled};
 use crate::service::propose;
+use serde_json::json;
 
 /// Longest lifetime of a token: 10 years.
 pub const MAX_TOKEN_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
@@ -227,6 +229,7 @@ async fn acl_write(st: &super::AppState, cmd: AclCmd) -> ApiResult<AclResult> {
 )]
 pub async fn create_token(
     State(st): St,
+    who: Who,
     JsonBody(body): JsonBody<TokenCreate>,
 ) -> ApiResult<Response> {
     let expires_at_ms = body.ttl_ms.map(expiry).transpose()?;
@@ -241,14 +244,17 @@ pub async fn create_token(
         created_at_ms: 0,
     };
     match acl_write(&st, AclCmd::TokenCreate(token)).await? {
-        AclResult::Token(t) => Ok((
-            StatusCode::CREATED,
-            Json(TokenCreated {
-                secret,
-                token: TokenView::from(t.as_ref()),
-            }),
-        )
-            .into_response()),
+        AclResult::Token(t) => {
+            who.record(&st.cluster, "token_created", json!({"accessor_id": t.accessor_id, "management": t.management, "policies": t.policies}));
+            Ok((
+                StatusCode::CREATED,
+                Json(TokenCreated {
+                    secret,
+                    token: TokenView::from(t.as_ref()),
+                }),
+            )
+                .into_response())
+        }
         other => Err(refused(other)),
     }
 }
@@ -336,6 +342,7 @@ pub async fn get_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<
 )]
 pub async fn update_token(
     State(st): St,
+    who: Who,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<TokenUpdate>,
 ) -> ApiResult<Json<TokenView>> {
@@ -351,7 +358,14 @@ pub async fn update_token(
         expires_at_ms,
     };
     match acl_write(&st, cmd).await? {
-        AclResult::Token(t) => Ok(Json(TokenView::from(t.as_ref()))),
+        AclResult::Token(t) => {
+            who.record(
+                &st.cluster,
+                "token_updated",
+                json!({"accessor_id": t.accessor_id, "policies": t.policies}),
+            );
+            Ok(Json(TokenView::from(t.as_ref())))
+        }
         other => Err(refused(other)),
     }
 }
@@ -368,9 +382,17 @@ pub async fn update_token(
         Unsettled,
     )
 )]
-pub async fn delete_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<AclDeleted>> {
+pub async fn delete_token(
+    State(st): St,
+    who: Who,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AclDeleted>> {
+    let detail = json!({"accessor_id": id});
     match acl_write(&st, AclCmd::TokenDelete { accessor_id: id }).await? {
-        AclResult::Deleted => Ok(Json(AclDeleted { deleted: true })),
+        AclResult::Deleted => {
+            who.record(&st.cluster, "token_deleted", detail);
+            Ok(Json(AclDeleted { deleted: true }))
+        }
         other => Err(refused(other)),
     }
 }
@@ -427,6 +449,7 @@ pub async fn get_policy(State(st): St, Path(name): Path<String>) -> ApiResult<Js
 )]
 pub async fn set_policy(
     State(st): St,
+    who: Who,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<PolicySet>,
 ) -> ApiResult<Json<PolicyView>> {
@@ -445,7 +468,10 @@ pub async fn set_policy(
     };
     acl::check_policy(&policy).map_err(ApiError::bad_request)?;
     match acl_write(&st, AclCmd::PolicySet(policy)).await? {
-        AclResult::Policy(p) => Ok(Json(PolicyView::from(p.as_ref()))),
+        AclResult::Policy(p) => {
+            who.record(&st.cluster, "policy_set", json!({"policy": p.name}));
+            Ok(Json(PolicyView::from(p.as_ref())))
+        }
         other => Err(refused(other)),
     }
 }
@@ -462,11 +488,81 @@ pub async fn set_policy(
         Unsettled,
     )
 )]
-pub async fn delete_policy(State(st): St, Path(name): Path<String>) -> ApiResult<Json<AclDeleted>> {
+pub async fn delete_policy(
+    State(st): St,
+    who: Who,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AclDeleted>> {
+    let detail = json!({"policy": name});
     match acl_write(&st, AclCmd::PolicyDelete { name }).await? {
-        AclResult::Deleted => Ok(Json(AclDeleted { deleted: true })),
+        AclResult::Deleted => {
+            who.record(&st.cluster, "policy_deleted", detail);
+            Ok(Json(AclDeleted { deleted: true }))
+        }
         other => Err(refused(other)),
     }
+}
+
+/// One event of the audit log, with its place in it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// The event's offset in the stream (`since` for the next page).
+    pub offset: u64,
+    #[serde(flatten)]
+    pub event: crate::audit::AuditEvent,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<AuditEntry>,
+    /// The last offset written, 0 when none.
+    pub latest_offset: u64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    summary = "Security events after an offset (live: subscribe to the $audit channel on the WebSocket)",
+    description = "Failed authentications and rate-limit trips are counted per source and written every 10 s (count). Kept: the last 100000 events, at most 90 days.",
+    params(
+        ("since" = Option<u64>, Query, description = "events after this offset (default 0)"),
+        ("limit" = Option<u64>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, description = "the events", body = AuditPage),
+        BadRequest,
+        Unsettled,
+    )
+)]
+pub async fn audit(
+    State(st): St,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> ApiResult<Json<AuditPage>> {
+    let p = super::params(q, &["since", "limit"])?;
+    let since = super::u64_param(&p, "since")?.unwrap_or(0);
+    let limit = super::list_limit(&p)?;
+    st.cluster.read_barrier().await?;
+    let state = st.cluster.state();
+    let Some(h) = state.channel_history(crate::audit::AUDIT_CHANNEL, since, limit) else {
+        return Ok(Json(AuditPage {
+            events: Vec::new(),
+            latest_offset: 0,
+        }));
+    };
+    let events = h
+        .events
+        .iter()
+        .filter_map(|e| {
+            serde_json::from_str(&e.data).ok().map(|event| AuditEntry {
+                offset: e.offset,
+                event,
+            })
+        })
+        .collect();
+    Ok(Json(AuditPage {
+        events,
+        latest_offset: h.latest_offset,
+    }))
 }
 
 /// Default slack on a JWT's `exp` and `nbf`.
@@ -572,6 +668,7 @@ impl From<&JwtProvider> for JwtProviderView {
 )]
 pub async fn set_provider(
     State(st): St,
+    who: Who,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<JwtProviderSet>,
 ) -> ApiResult<Json<JwtProviderView>> {
@@ -603,7 +700,10 @@ pub async fn set_provider(
     };
     crate::jwt::check_provider(&provider).map_err(ApiError::bad_request)?;
     match acl_write(&st, AclCmd::ProviderSet(provider)).await? {
-        AclResult::Provider(p) => Ok(Json(JwtProviderView::from(p.as_ref()))),
+        AclResult::Provider(p) => {
+            who.record(&st.cluster, "jwt_provider_set", json!({"provider": p.name}));
+            Ok(Json(JwtProviderView::from(p.as_ref())))
+        }
         other => Err(refused(other)),
     }
 }
@@ -662,10 +762,15 @@ pub async fn get_provider(
 )]
 pub async fn delete_provider(
     State(st): St,
+    who: Who,
     Path(name): Path<String>,
 ) -> ApiResult<Json<AclDeleted>> {
+    let detail = json!({"provider": name});
     match acl_write(&st, AclCmd::ProviderDelete { name }).await? {
-        AclResult::Deleted => Ok(Json(AclDeleted { deleted: true })),
+        AclResult::Deleted => {
+            who.record(&st.cluster, "jwt_provider_deleted", detail);
+            Ok(Json(AclDeleted { deleted: true }))
+        }
         other => Err(refused(other)),
     }
 }

@@ -109,7 +109,7 @@ pub async fn upgrade(
             let hub = st.hub.clone();
             hub.connection(async move {
                 let _permit = permit;
-                run(st, socket, client_id, caller).await;
+                run(st, socket, client_id, caller, ip.to_string()).await;
             })
         })
 }
@@ -272,11 +272,19 @@ struct Conn {
     caller: Option<Caller>,
     /// The ACL version the caller's rights were last checked at.
     acl_checked: u64,
+    /// The client's address, for audit events.
+    source: String,
     /// The bucket of messages the client may send (`rate.ws_messages_per_sec`).
     messages: Option<governor::DefaultDirectRateLimiter>,
 }
 
-async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String, caller: Option<Caller>) {
+async fn run(
+    st: Arc<AppState>,
+    socket: WebSocket,
+    client_id: String,
+    caller: Option<Caller>,
+    source: String,
+) {
     st.metrics.ws_connections.inc();
     // Join the feed first: whatever a later history read misses is still to come on it.
     let feed = st.hub.subscribe();
@@ -292,6 +300,7 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String, caller: Op
         caller,
         acl_checked: 0,
         messages: st.rate.ws_messages(),
+        source,
     };
     match conn.serve(stream, feed, &mut writer).await {
         Some(closing) => close(&out, closing, writer).await,
@@ -494,8 +503,13 @@ impl Conn {
         let caller = if self.st.cluster.config().api.insecure_no_auth {
             Caller::Anyone
         } else {
-            auth::authenticate(&self.st, secret, now_ms())
-                .map_err(|m| ApiError::new(ErrorCode::Unauthenticated, m))?
+            auth::authenticate(&self.st, secret, now_ms()).map_err(|m| {
+                self.st
+                    .cluster
+                    .audit()
+                    .count("auth_failed", "anyone", &self.source);
+                ApiError::new(ErrorCode::Unauthenticated, m)
+            })?
         };
         let (accessor_id, expires_at_ms) = (caller.actor().to_string(), caller.expires_at_ms());
         self.caller = Some(caller);
