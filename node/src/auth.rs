@@ -16,7 +16,7 @@ use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use raft::command::{Command, Compare, Txn};
+use raft::command::{Command, Compare, Guarded, NotNested, Txn};
 use raft::state::acl::{Grant, Token};
 
 use crate::jwt::JwtCaller;
@@ -514,8 +514,9 @@ pub async fn authorize(
 
 /// The rights a replicated write needs: `(resource, name, op)`, where a `None` name means
 /// every name of the resource. Used where a route cannot say in advance (a transaction's
-/// writes and compares).
-pub fn rights_of(cmd: &Command) -> Vec<(Resource, Option<String>, Op)> {
+/// writes and compares). Takes a command of any nesting level (a transaction's ops, a fenced
+/// command's).
+pub fn rights_of<F: Rights, T: Rights>(cmd: &Command<F, T>) -> Vec<(Resource, Option<String>, Op)> {
     use raft::command::{CacheCmd, ChannelCmd, KvCmd, LockCmd, QueueCmd, SemaphoreCmd};
     let one = |r, name: &str, op| vec![(r, Some(name.to_string()), op)];
     match cmd {
@@ -534,11 +535,11 @@ pub fn rights_of(cmd: &Command) -> Vec<(Resource, Option<String>, Op)> {
         }
         Command::Lock(LockCmd::Release { name, .. }) => one(Resource::Locks, name, Op::Write),
         Command::Fenced { lock, command, .. } => {
-            let mut v = rights_of(command);
+            let mut v = command.rights();
             v.push((Resource::Locks, Some(lock.clone()), Op::Read));
             v
         }
-        Command::Txn(t) => rights_of_txn(t),
+        Command::Txn(t) => t.rights(),
         // Any other write: the right on every name of its kind.
         other => vec![(resource_of(other), None, Op::Write)],
     }
@@ -563,7 +564,30 @@ pub fn rights_of_txn(t: &Txn) -> Vec<(Resource, Option<String>, Op)> {
     v
 }
 
-fn resource_of(cmd: &Command) -> Resource {
+/// What a transaction or fenced command holds, for [`rights_of`].
+pub trait Rights {
+    fn rights(&self) -> Vec<(Resource, Option<String>, Op)>;
+}
+
+impl Rights for Box<Guarded> {
+    fn rights(&self) -> Vec<(Resource, Option<String>, Op)> {
+        rights_of(&**self)
+    }
+}
+
+impl Rights for Txn {
+    fn rights(&self) -> Vec<(Resource, Option<String>, Op)> {
+        rights_of_txn(self)
+    }
+}
+
+impl Rights for NotNested {
+    fn rights(&self) -> Vec<(Resource, Option<String>, Op)> {
+        match *self {}
+    }
+}
+
+fn resource_of<F, T>(cmd: &Command<F, T>) -> Resource {
     match cmd {
         Command::Kv(_) | Command::Txn(_) => Resource::Kv,
         Command::Lock(_) | Command::Fenced { .. } => Resource::Locks,

@@ -80,7 +80,7 @@ metrics! {
     );
     gossip_dropped: IntCounterVec = counter_vec(
         "stackd_gossip_dropped_packets_total",
-        "Gossip datagrams dropped unread, by reason (unauthenticated: the HMAC tag did not verify; malformed)",
+        "Gossip datagrams dropped unread, by reason (unauthenticated: the HMAC tag did not verify; malformed; removed: sent by a removed node)",
         &["reason"],
     );
     gossip_members: IntGaugeVec = gauge_vec(
@@ -224,6 +224,7 @@ impl Metrics {
             s.dropped_unauthenticated,
         );
         raise(&self.gossip_dropped, "malformed", s.dropped_malformed);
+        raise(&self.gossip_dropped, "removed", s.dropped_removed);
         let view = cluster.gossip().snapshot();
         for l in [Liveness::Alive, Liveness::Suspect, Liveness::Down] {
             let n = view.values().filter(|p| p.liveness == l).count();

@@ -29,7 +29,7 @@ use transport::{
 };
 
 use crate::api::{self, AppState};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Peers};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -43,6 +43,9 @@ struct Identity {
 }
 
 const IDENTITY_KEY: &str = "node_identity";
+/// The cluster address a node joined through: whom the key sync asks while the node knows no
+/// member yet (`cluster::Peers`), also after a restart.
+const JOINED_THROUGH_KEY: &str = "joined_through";
 const JOIN_TOKEN_FILE: &str = "join-token";
 /// The founding node's management token (mode 0600).
 pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-token";
@@ -97,6 +100,8 @@ struct Member {
     info: NodeInfo,
     /// The founding join token, on the founding node.
     founding_token: Option<String>,
+    /// The cluster address this node joined through, on a node that joined.
+    joined_through: Option<String>,
 }
 
 /// What the storage stage loaded.
@@ -120,8 +125,9 @@ impl Node {
         config.validate()?;
         let member = stage_identity(&config).await?;
         let stores = stage_storage(&config, &member.db)?;
-        let transport = stage_transport(&config, &member.tls)?;
         let state = stores.sm.state();
+        let peers = Peers::new(state.clone(), member.joined_through.clone());
+        let transport = stage_transport(&config, &member.tls, peers.clone())?;
         let hub = Hub::new(stores.sm.live_sender(), config.ws.max_connections);
         let raft = stage_raft(&config, &member, stores, &transport).await?;
         let gossip = match stage_gossip(&config, &member).await {
@@ -132,7 +138,7 @@ impl Node {
             }
         };
         let (cluster, mut life, identity, founding_token) =
-            assemble(&config, member, raft, state, &transport, hub, gossip);
+            assemble(&config, member, raft, state, &transport, hub, gossip, peers);
         let removed = transport.removed();
         let started = async {
             stage_cluster(
@@ -217,6 +223,7 @@ impl Node {
 }
 
 /// The cluster glue over what the stages made, and the [`Lifecycle`] that will stop it all.
+#[allow(clippy::too_many_arguments)]
 fn assemble(
     config: &Config,
     member: Member,
@@ -225,6 +232,7 @@ fn assemble(
     transport: &Arc<Transport>,
     hub: Arc<Hub>,
     gossip: GossipMember,
+    peers: Arc<Peers>,
 ) -> (Arc<Cluster>, Lifecycle, Identity, Option<String>) {
     let Member {
         db,
@@ -232,6 +240,7 @@ fn assemble(
         tls,
         info,
         founding_token,
+        ..
     } = member;
     let cluster = Cluster::new(
         identity.node_id,
@@ -242,6 +251,7 @@ fn assemble(
         tls,
         config.clone(),
         gossip.gossip,
+        peers,
     );
     let life = Lifecycle::new(&cluster, hub, gossip.shutdown, gossip.task, db);
     (cluster, life, identity, founding_token)
@@ -269,12 +279,16 @@ async fn stage_identity(config: &Config) -> anyhow::Result<Member> {
             _ => founder_identity(config, &db)?,
         },
     };
+    let joined_through = db
+        .meta_get(JOINED_THROUGH_KEY)?
+        .map(|addr| String::from_utf8_lossy(&addr).into_owned());
     Ok(Member {
         db,
         identity,
         tls,
         info,
         founding_token,
+        joined_through,
     })
 }
 
@@ -357,6 +371,7 @@ async fn joined_identity(
         node_id: granted.node_id,
         cluster_id: granted.cluster_id,
     };
+    db.meta_put_sync(JOINED_THROUGH_KEY, join.as_bytes())?;
     db.meta_put_sync(IDENTITY_KEY, &codec::encode(&id)?)?;
     info!(node_id = id.node_id, cluster_id = %id.cluster_id, "joined cluster");
     Ok((id, tls, None))
@@ -384,13 +399,20 @@ fn stage_storage(config: &Config, db: &Db) -> anyhow::Result<Stores> {
     info!("start-up stage: storage");
     let log_store = LogStore::new(db.clone());
     let sm = StateMachine::open(db.clone(), &config.data_dir().join("snapshots"))?;
+    crate::cluster::check_node_keys(&sm.state().read().expect("state lock"))
+        .map_err(anyhow::Error::msg)?;
     Ok(Stores { log_store, sm })
 }
 
-/// Transport: the QUIC endpoint on the cluster address, with the node's TLS identity.
-fn stage_transport(config: &Config, tls: &ClusterTls) -> anyhow::Result<Arc<Transport>> {
+/// Transport: the QUIC endpoint on the cluster address, with the node's TLS identity; `peers`
+/// says who is a member.
+fn stage_transport(
+    config: &Config,
+    tls: &ClusterTls,
+    peers: Arc<Peers>,
+) -> anyhow::Result<Arc<Transport>> {
     info!(addr = %config.cluster.addr, "start-up stage: transport");
-    Transport::bind(config.cluster.addr, tls, Limits::default())
+    Transport::bind(config.cluster.addr, tls, Limits::default(), peers)
         .with_context(|| format!("binding cluster address {}", config.cluster.addr))
 }
 
@@ -584,6 +606,7 @@ fn stage_background(
         "membership watch",
         cluster.clone().watch_membership(stop.clone()),
     );
+    life.spawn("key sync", cluster.clone().sync_node_keys(stop.clone()));
     let data_dir = config.data_dir().to_path_buf();
     life.spawn(
         "removal watch",

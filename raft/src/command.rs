@@ -5,10 +5,18 @@
 //! [`Proposal`] names the result type of a command, so a proposer gets that type back.
 //!
 //! Persisted in the Raft log: append enum variants only, never reorder or remove them.
+//!
+//! # Nesting
+//! A fenced command guards one [`Guarded`] command, which cannot be fenced itself; a
+//! transaction holds [`Op`]s, which are neither transactions nor fenced. The types nest no
+//! deeper than that ([`NotNested`] fills the places where nesting stops), so decoding a
+//! command from a peer or the log descends at most three levels, whatever the bytes say, and
+//! a command that could not be decoded cannot be built. The same holds for results: a
+//! transaction's results are [`OpResponse`]s, which hold no transaction result.
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::state::acl::{AclCmd, AclResult};
 pub use crate::state::cache::{CacheCmd, CacheLimits, CacheResult};
@@ -33,8 +41,12 @@ pub struct Request {
 }
 
 /// One replicated command.
+///
+/// `F` is what a fenced command holds and `T` what a transaction variant holds; with the
+/// defaults this is a command as proposed. [`Guarded`] and [`Op`] are the commands nested in
+/// it (see "Nesting" above); all three encode alike, variant for variant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
+pub enum Command<F = Box<Guarded>, T = Txn> {
     /// Advances the replicated clock so due deadlines (TTL keys, leases, idempotency
     /// records) expire.
     Tick,
@@ -47,22 +59,55 @@ pub enum Command {
     Channel(ChannelCmd),
     /// Applies `success` if every compare holds, else `failure`; all key-value changes of the
     /// transaction share one revision.
-    Txn(Txn),
+    Txn(T),
     /// Applies `command` only while lock `lock` is held with fence `fence`.
     Fenced {
         lock: String,
         fence: u64,
-        command: Box<Command>,
+        command: F,
     },
     Semaphore(SemaphoreCmd),
     Acl(AclCmd),
 }
 
+/// What a fence guards: any command but a fenced one.
+pub type Guarded = Command<NotNested, Txn>;
+
+/// What a transaction holds: a command that is neither a transaction nor fenced.
+pub type Op = Command<NotNested, NotNested>;
+
+/// The content of a transaction or fenced variant where commands do not nest (in a fenced
+/// command, in a transaction). It has no values, so such a command cannot be built, and
+/// decoding one fails as soon as its variant is read, before anything it would hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotNested {}
+
+impl Serialize for NotNested {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        match *self {}
+    }
+}
+
+impl<'de> Deserialize<'de> for NotNested {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "commands do not nest there: a fenced command holds no fenced command, and a \
+             transaction neither a transaction nor a fenced command",
+        ))
+    }
+}
+
+impl fmt::Display for NotNested {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {}
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Txn {
     pub compare: Vec<Compare>,
-    pub success: Vec<Command>,
-    pub failure: Vec<Command>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,12 +127,16 @@ pub struct TxnResult {
     /// The global revision after the transaction.
     pub revision: u64,
     /// One result per write of the branch taken, in order.
-    pub results: Vec<Response>,
+    pub results: Vec<OpResponse>,
 }
 
-/// The result of applying one [`Request`].
+/// The result of one of a transaction's [`Op`]s: a response that holds no transaction result.
+pub type OpResponse = Response<NotNested>;
+
+/// The result of applying one [`Request`]; `T` is what a transaction's result holds (see
+/// "Nesting" above).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Response {
+pub enum Response<T = TxnResult> {
     /// Blank and membership entries, ticks.
     Done,
     /// A fenced command whose fence is not the lock's current one; nothing was applied.
@@ -104,7 +153,7 @@ pub enum Response {
     Cache(CacheResult),
     Queue(QueueResult),
     Channel(ChannelResult),
-    Txn(TxnResult),
+    Txn(T),
     Semaphore(SemaphoreResult),
     Acl(AclResult),
 }
@@ -124,6 +173,12 @@ macro_rules! proposals {
         impl From<$cmd> for Command {
             fn from(c: $cmd) -> Command {
                 Command::$variant(c)
+            }
+        }
+
+        impl From<$cmd> for Guarded {
+            fn from(c: $cmd) -> Guarded {
+                Guarded::$variant(c)
             }
         }
 
@@ -153,29 +208,52 @@ proposals! {
     Acl(AclCmd) -> AclResult,
 }
 
+/// The commands a transaction may name (its [`Op`]s): every primitive's.
+macro_rules! ops {
+    ($($variant:ident($cmd:ty)),* $(,)?) => {$(
+        impl From<$cmd> for Op {
+            fn from(c: $cmd) -> Op {
+                Op::$variant(c)
+            }
+        }
+    )*};
+}
+
+ops! {
+    Cluster(ClusterCmd),
+    Kv(KvCmd),
+    Lock(LockCmd),
+    Session(SessionCmd),
+    Cache(CacheCmd),
+    Queue(QueueCmd),
+    Channel(ChannelCmd),
+    Semaphore(SemaphoreCmd),
+    Acl(AclCmd),
+}
+
 /// A command applied only while a lock is held with a given fence (or always, without one).
-/// Its result is the command's; a stale fence comes back as [`Response::StaleFence`].
+/// Its result is the command's; a stale fence comes back as [`Response::StaleFence`]. The
+/// command is one a fence may guard (`Into<Guarded>`), so fences do not nest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MaybeFenced<P> {
     pub fence: Option<(String, u64)>,
     pub command: P,
 }
 
-impl<P: Proposal> From<MaybeFenced<P>> for Command {
+impl<P: Proposal + Into<Guarded>> From<MaybeFenced<P>> for Command {
     fn from(f: MaybeFenced<P>) -> Command {
-        let command = f.command.into();
         match f.fence {
-            None => command,
+            None => f.command.into(),
             Some((lock, fence)) => Command::Fenced {
                 lock,
                 fence,
-                command: Box::new(command),
+                command: Box::new(f.command.into()),
             },
         }
     }
 }
 
-impl<P: Proposal> Proposal for MaybeFenced<P> {
+impl<P: Proposal + Into<Guarded>> Proposal for MaybeFenced<P> {
     type Output = P::Output;
 
     fn output(response: Response) -> Result<P::Output, Response> {
@@ -183,7 +261,19 @@ impl<P: Proposal> Proposal for MaybeFenced<P> {
     }
 }
 
-impl fmt::Display for Command {
+impl fmt::Display for Txn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "txn ({} compares, {}/{} ops)",
+            self.compare.len(),
+            self.success.len(),
+            self.failure.len()
+        )
+    }
+}
+
+impl<F: fmt::Display, T: fmt::Display> fmt::Display for Command<F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Tick => write!(f, "tick"),
@@ -213,13 +303,7 @@ impl fmt::Display for Command {
                 write!(f, "publish {channel} ({} bytes)", data.len())
             }
             Command::Channel(c) => write!(f, "channel {c:?}"),
-            Command::Txn(t) => write!(
-                f,
-                "txn ({} compares, {}/{} ops)",
-                t.compare.len(),
-                t.success.len(),
-                t.failure.len()
-            ),
+            Command::Txn(t) => t.fmt(f),
             Command::Fenced {
                 lock,
                 fence,
@@ -242,5 +326,195 @@ impl fmt::Display for Request {
             Command::Tick => write!(f, "tick @{}", self.stamp_ms),
             other => other.fmt(f),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    /// The command type as it was before nesting was bounded: every level could hold any
+    /// command. It pins the encoding, and builds the nested commands peers may still send.
+    #[derive(Serialize)]
+    #[allow(dead_code)] // Variants that only hold their wire index.
+    enum Unbounded {
+        Tick,
+        Cluster(ClusterCmd),
+        Kv(KvCmd),
+        Lock(LockCmd),
+        Session(SessionCmd),
+        Cache(CacheCmd),
+        Queue(QueueCmd),
+        Channel(ChannelCmd),
+        Txn(UnboundedTxn),
+        Fenced {
+            lock: String,
+            fence: u64,
+            command: Box<Unbounded>,
+        },
+        Semaphore(SemaphoreCmd),
+        Acl(AclCmd),
+    }
+
+    #[derive(Serialize)]
+    struct UnboundedTxn {
+        compare: Vec<Compare>,
+        success: Vec<Unbounded>,
+        failure: Vec<Unbounded>,
+    }
+
+    fn put(key: &str) -> KvCmd {
+        KvCmd::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+            if_revision: None,
+            ttl_ms: None,
+        }
+    }
+
+    fn fenced(command: Unbounded) -> Unbounded {
+        Unbounded::Fenced {
+            lock: "L".into(),
+            fence: 7,
+            command: Box::new(command),
+        }
+    }
+
+    fn txn(success: Vec<Unbounded>) -> Unbounded {
+        Unbounded::Txn(UnboundedTxn {
+            compare: vec![Compare::Fence {
+                lock: "L".into(),
+                fence: 7,
+            }],
+            success,
+            failure: vec![Unbounded::Tick],
+        })
+    }
+
+    fn decode(u: &Unbounded) -> codec::Result<Command> {
+        codec::decode(&codec::encode(u).unwrap())
+    }
+
+    #[test]
+    fn bounded_commands_encode_as_before() {
+        let ops: Vec<Op> = vec![put("a").into(), Op::Tick];
+        let bounded: Vec<Command> = vec![
+            Command::Tick,
+            put("k").into(),
+            MaybeFenced {
+                fence: Some(("L".into(), 7)),
+                command: put("k"),
+            }
+            .into(),
+            Command::Txn(Txn {
+                compare: vec![],
+                success: ops.clone(),
+                failure: vec![],
+            }),
+            MaybeFenced {
+                fence: Some(("L".into(), 7)),
+                command: Txn {
+                    compare: vec![],
+                    success: ops,
+                    failure: vec![],
+                },
+            }
+            .into(),
+        ];
+        let before = [
+            Unbounded::Tick,
+            Unbounded::Kv(put("k")),
+            fenced(Unbounded::Kv(put("k"))),
+            Unbounded::Txn(UnboundedTxn {
+                compare: vec![],
+                success: vec![Unbounded::Kv(put("a")), Unbounded::Tick],
+                failure: vec![],
+            }),
+            fenced(Unbounded::Txn(UnboundedTxn {
+                compare: vec![],
+                success: vec![Unbounded::Kv(put("a")), Unbounded::Tick],
+                failure: vec![],
+            })),
+        ];
+        for (b, u) in bounded.iter().zip(&before) {
+            let bytes = codec::encode(u).unwrap();
+            assert_eq!(codec::encode(b).unwrap(), bytes, "{b}");
+            assert_eq!(&codec::decode::<Command>(&bytes).unwrap(), b);
+        }
+        // The variants the nesting guard sits in keep their wire index.
+        assert_eq!(codec::encode(&before[3]).unwrap()[1], 8);
+        assert_eq!(codec::encode(&before[2]).unwrap()[1], 9);
+    }
+
+    #[test]
+    fn nested_fences_and_transactions_do_not_decode() {
+        let nested = [
+            (
+                "a fence in a fence",
+                fenced(fenced(Unbounded::Kv(put("k")))),
+            ),
+            ("a transaction in a transaction", txn(vec![txn(vec![])])),
+            (
+                "a fence in a transaction",
+                txn(vec![fenced(Unbounded::Tick)]),
+            ),
+            (
+                "a fence in a transaction in a fence",
+                fenced(txn(vec![fenced(Unbounded::Tick)])),
+            ),
+        ];
+        for (what, u) in &nested {
+            let err = decode(u).expect_err(what);
+            assert!(matches!(err, codec::Error::Decode(_)), "{what}: {err}");
+        }
+        // One level of each is what apply takes.
+        assert!(decode(&fenced(txn(vec![Unbounded::Kv(put("k"))]))).is_ok());
+    }
+
+    #[test]
+    fn a_hundred_thousand_nested_fences_are_refused_without_descending() {
+        // Built as raw bytes: Fenced (variant 9) { lock: "L", fence: 0, command: ... } around
+        // a Tick, 100,000 levels deep. Decoding it recursively would overflow the stack.
+        let mut bytes = vec![codec::FORMAT_VERSION];
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(&[9, 1, b'L', 0]);
+        }
+        bytes.push(0);
+        let err = codec::decode::<Command>(&bytes).unwrap_err();
+        assert!(matches!(err, codec::Error::Decode(_)), "{err}");
+        let one_level = [codec::FORMAT_VERSION, 9, 1, b'L', 0, 0];
+        assert!(matches!(
+            codec::decode::<Command>(&one_level).unwrap(),
+            Command::Fenced { .. }
+        ));
+        // The same inside a forwarded write's request.
+        let mut req = vec![codec::FORMAT_VERSION, 1, 0];
+        req.extend_from_slice(&bytes[1..]);
+        assert!(codec::decode::<Request>(&req).is_err());
+    }
+
+    #[test]
+    fn a_transaction_result_holds_no_transaction_result() {
+        let inner = Response::<TxnResult>::Txn(TxnResult {
+            succeeded: true,
+            revision: 1,
+            results: vec![],
+        });
+        // Built like the nested one below, a result of plain results decodes.
+        let plain = (true, 2u64, vec![Response::<TxnResult>::Done]);
+        let mut bytes = codec::encode(&plain).unwrap();
+        bytes.insert(1, 10);
+        assert!(matches!(
+            codec::decode::<Response>(&bytes).unwrap(),
+            Response::Txn(r) if r.results == [Response::Done]
+        ));
+        let outer = (true, 2u64, vec![inner]);
+        let mut bytes = codec::encode(&outer).unwrap();
+        // `Response::Txn` (variant 10) around that tuple, encoded as a `TxnResult`.
+        bytes.insert(1, 10);
+        assert!(codec::decode::<Response>(&bytes).is_err());
+        bytes.remove(1);
+        assert!(codec::decode::<TxnResult>(&bytes).is_err());
     }
 }

@@ -7,6 +7,7 @@ mod backup;
 mod cache;
 mod channels;
 mod channels_proc;
+mod cluster_port;
 mod config;
 mod errors;
 mod faults;

@@ -1,5 +1,6 @@
 //! Secure joins and node identity: tokens (wrong, expired, created, revoked), certificates of
-//! another cluster, the peer's node id, removed nodes and never-reused ids.
+//! another cluster, the peer's node id, removed nodes (refused on the cluster port and in
+//! gossip, under their own identity or one minted with the CA key) and never-reused ids.
 
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use tempfile::TempDir;
 use tests::http::{self, wait_for};
 use tests::inproc::{config, refused_join, InprocCluster};
 use tests::process::{stackd_ok, ProcCluster};
-use transport::tls::{self, ClusterTls, NOT_OUR_CA};
-use transport::{Limits, RpcRequest, RpcResponse, Transport};
+use transport::tls::{self, ClusterTls, NodeKey, NOT_OUR_CA};
+use transport::{Limits, PeerCheck, Refusal, RpcRequest, RpcResponse, Transport};
 
 /// The ids of the members a status lists, in its order.
 fn member_ids(s: &ClusterStatus) -> Vec<u64> {
@@ -21,16 +22,25 @@ fn member_ids(s: &ClusterStatus) -> Vec<u64> {
 }
 
 /// The node certificate a node keeps in its data dir.
-fn credentials(data_dir: &std::path::Path) -> ClusterTls {
+pub(crate) fn credentials(data_dir: &std::path::Path) -> ClusterTls {
     ClusterTls::load(&data_dir.join("tls"))
         .unwrap()
         .expect("the data dir holds node credentials")
 }
 
+/// Takes every peer for a member: a test endpoint calls nodes, whatever they are.
+struct AnyPeer;
+
+impl PeerCheck for AnyPeer {
+    fn check_peer(&self, _: &tls::Peer) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
+
 /// A member-like endpoint on `ip` holding `creds`.
-fn endpoint(ip: &str, creds: &ClusterTls) -> std::sync::Arc<Transport> {
+pub(crate) fn endpoint(ip: &str, creds: &ClusterTls) -> std::sync::Arc<Transport> {
     let addr = format!("{ip}:0").parse().unwrap();
-    Transport::bind(addr, creds, Limits::default()).unwrap()
+    Transport::bind(addr, creds, Limits::default(), std::sync::Arc::new(AnyPeer)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,5 +413,235 @@ async fn a_removed_learner_finds_out_it_was_removed() {
         .await
         .expect_err("a removed node must not start");
     assert_eq!(format!("{err:#}"), why);
+    c.shutdown().await;
+}
+
+/// `creds` with a certificate for node `id` of a key of its own, minted with the CA key, as
+/// any node that held the CA key can.
+fn minted(creds: &ClusterTls, id: u64) -> ClusterTls {
+    let key = NodeKey::generate().unwrap();
+    ClusterTls {
+        node_id: id,
+        cert_der: creds.issue(id, &key.public_key).unwrap(),
+        key_der: key.key_der,
+        ..creds.clone()
+    }
+}
+
+/// Calls that a member makes, each refused from a peer that is not one.
+fn member_calls() -> Vec<RpcRequest> {
+    vec![
+        RpcRequest::Hello,
+        RpcRequest::ReadIndex,
+        RpcRequest::Write(raft::Request {
+            stamp_ms: 0,
+            idempotency_key: None,
+            command: raft::Command::Tick,
+        }),
+        RpcRequest::NodeKeys,
+    ]
+}
+
+/// In-process: node 3 is removed but its process runs on. Its certificate is refused on the
+/// cluster port before its frames are read, its gossip is dropped, and the members do not
+/// call it. Certificates it mints with the CA key it holds, for a fresh id or a member's id,
+/// are refused too, and stay refused once a real node takes the next id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_takes_no_part_under_its_own_id_or_one_it_mints() {
+    let c = InprocCluster::start(3).await.unwrap();
+    let first = http::api(&c.bases[0]);
+    let addrs: Vec<String> = c
+        .configs
+        .iter()
+        .map(|c| c.advertise_cluster_addr())
+        .collect();
+    if c.leader_index() == Some(2) {
+        first.transfer_leader(1).await.unwrap();
+    }
+    tracing::info!("phase: remove node 3");
+    wait_for("node 3 removed", Duration::from_secs(30), || async {
+        match first.remove_member(3).await {
+            Ok(_) => Some(()),
+            Err(e) => {
+                tracing::info!(error = %e, "remove: retrying");
+                None
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let gone = c.nodes[2].as_ref().unwrap();
+    let why = tokio::time::timeout(Duration::from_secs(30), gone.removed())
+        .await
+        .expect("node 3 is told it was removed");
+    assert!(why.starts_with("node 3 was removed from cluster"), "{why}");
+
+    let t = Duration::from_secs(5);
+    let creds = credentials(c.configs[2].data_dir());
+    tracing::info!("phase: node 3's own certificate");
+    let own = endpoint("127.0.0.3", &creds);
+    for (i, id) in [(0usize, 1u64), (1, 2)] {
+        for req in member_calls() {
+            let err = own
+                .call_node(id, &addrs[i], &req, t)
+                .await
+                .expect_err("a removed node's call must be refused");
+            assert!(err.to_string().contains(&why), "{req:?} to {id}: {err}");
+        }
+    }
+    // Refused before its frame is read: a frame announced at 64 MiB and never sent is
+    // answered at once.
+    let answer = own
+        .call_raw(&addrs[0], Some(1), 64 << 20, b"ten bytes!", t)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answer, RpcResponse::Removed(m) if *m == why),
+        "{answer:?}"
+    );
+    // The members do not call it either.
+    let node1 = c.nodes[0].as_ref().unwrap();
+    let err = node1
+        .cluster
+        .transport()
+        .call_node(3, &addrs[2], &RpcRequest::Hello, t)
+        .await
+        .expect_err("a member must not call a removed node");
+    assert!(err.to_string().contains("node 3 was removed"), "{err}");
+
+    tracing::info!("phase: node 3's gossip, which it still sends, is dropped");
+    wait_for(
+        "nodes 1 and 2 to drop node 3's gossip",
+        Duration::from_secs(15),
+        || async {
+            let dropped = c.nodes[..2].iter().flatten().all(|n| {
+                n.cluster.gossip().stats().dropped_removed > 0
+                    && !n.cluster.gossip().snapshot().contains_key(&3)
+            });
+            dropped.then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    tracing::info!("phase: certificates node 3 mints with the CA key");
+    let refused = |err: transport::Error, what: &str, want: &str| {
+        assert!(
+            matches!(&err, transport::Error::Refused(m) if m.contains(want)),
+            "{what}: {err}"
+        );
+    };
+    let mint_calls = |id: u64, want: String| {
+        let creds = creds.clone();
+        let addrs = addrs.clone();
+        async move {
+            let ep = endpoint("127.0.0.3", &minted(&creds, id));
+            for (i, target) in [(0usize, 1u64), (1, 2)] {
+                for req in member_calls() {
+                    let what = format!("{req:?} to {target} as node {id}");
+                    match ep.call_node(target, &addrs[i], &req, t).await {
+                        Ok(RpcResponse::Refused(m)) => assert!(m.contains(&want), "{what}: {m}"),
+                        Ok(other) => panic!("{what}: answered {other:?}"),
+                        Err(e) => refused(e, &what, &want),
+                    }
+                }
+            }
+            let answer = ep
+                .call_raw(&addrs[0], Some(1), 64 << 20, b"ten bytes!", t)
+                .await
+                .unwrap();
+            assert!(
+                matches!(&answer, RpcResponse::Refused(m) if m.contains(&want)),
+                "{answer:?}"
+            );
+        }
+    };
+    let unknown = |id: u64| format!("node {id} is not a member this node knows of");
+    let other_key = |id: u64| format!("is not for the key node {id} was admitted with");
+    // A fresh id (the next one, and one far ahead), and the members' ids.
+    mint_calls(4, unknown(4)).await;
+    mint_calls(99, unknown(99)).await;
+    mint_calls(1, other_key(1)).await;
+    mint_calls(2, other_key(2)).await;
+    // The members asked each other about the unknown ids (key sync); they stay unknown.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mint_calls(99, unknown(99)).await;
+
+    tracing::info!("phase: a node joining with a token takes id 4, with a key of its own");
+    let (token, _) = stackd_ok(&[
+        "token",
+        "create",
+        "--addr",
+        &c.configs[0].advertise_api_addr(),
+    ]);
+    let d = TempDir::new().unwrap();
+    let joined = Node::start(config(
+        d.path(),
+        "127.0.0.4",
+        Some((addrs[1].clone(), token.trim().to_string())),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(joined.cluster.id, 4);
+    let ok = endpoint("127.0.0.4", &credentials(d.path()))
+        .call_node(1, &addrs[0], &RpcRequest::Hello, t)
+        .await
+        .unwrap();
+    assert!(matches!(ok, RpcResponse::Hello), "{ok:?}");
+    // Node 4's own key is a member's; the one node 3 minted for id 4 is not.
+    wait_for("nodes 1 and 2 to know node 4", t, || async {
+        c.nodes[..2]
+            .iter()
+            .flatten()
+            .all(|n| n.cluster.peers().applied().keys.contains_key(&4))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    mint_calls(4, other_key(4)).await;
+    joined.shutdown().await;
+    c.shutdown().await;
+}
+
+/// In-process: node 3 is down while node 4 joins, becomes a voter and then the leader. When
+/// node 3 comes back, its state has never heard of node 4, so it refuses node 4's appends at
+/// first; the key sync asks node 1, which knows node 4's key, and node 3 catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lags_learns_the_key_of_a_leader_admitted_while_it_was_down() {
+    let mut c = InprocCluster::start(3).await.unwrap();
+    let first = http::api(&c.bases[0]);
+    tracing::info!("phase: node 3 stops; node 4 joins, is promoted and leads");
+    c.stop(2).await;
+    let i4 = c.join_node().await.unwrap();
+    assert_eq!(c.nodes[i4].as_ref().unwrap().cluster.id, 4);
+    wait_for("node 4 promoted", Duration::from_secs(30), || async {
+        first.promote_member(4).await.ok()
+    })
+    .await
+    .unwrap();
+    wait_for("node 4 leads", Duration::from_secs(30), || async {
+        first
+            .transfer_leader(4)
+            .await
+            .ok()
+            .filter(|l| l.leader_id == 4)
+    })
+    .await
+    .unwrap();
+    first.kv_put("while-3-was-down", "v").await.unwrap();
+
+    tracing::info!("phase: node 3 comes back and catches up from node 4");
+    c.restart(2).await.unwrap();
+    let node3 = http::api(&c.bases[2]).stale();
+    wait_for(
+        "node 3 to read the key",
+        Duration::from_secs(30),
+        || async { node3.kv_get("while-3-was-down").await.ok() },
+    )
+    .await
+    .unwrap();
+    let n3 = c.nodes[2].as_ref().unwrap();
+    assert_eq!(n3.cluster.raft_view().leader, Some(4));
+    assert!(n3.cluster.peers().applied().keys.contains_key(&4));
     c.shutdown().await;
 }

@@ -5,11 +5,13 @@
 //! own, all tracked: when the loop stops, the endpoint is closed and these tasks are cancelled
 //! and awaited, so none outlives the endpoint (or keeps the node's Raft handle, and with it
 //! RocksDB, open). At most `Limits::max_connections` connections are served at once, each
-//! with at most `Limits::max_concurrent_streams` requests in progress.
+//! with at most `Limits::max_concurrent_streams` requests in progress (one, for a connection
+//! without a node certificate). What a peer may ask, and when its bytes are read and decoded,
+//! is [`crate::admission`]'s.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,17 +24,31 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::admission::{PeerCheck, Refusal};
 use crate::error::{Error, Result};
 use crate::frame;
 use crate::pool::{PeerStats, Pool};
-use crate::rpc::{AdminDone, AdminOp, JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
-use crate::tls::{self, ClusterTls, PeerId};
+use crate::rpc::{
+    self, AdminDone, AdminOp, JoinGranted, NodeKeys, RpcRequest, RpcResponse, ServiceError, Written,
+};
+use crate::tls::{self, ClusterTls, Peer};
 
 /// Limits of the transport, each with a documented default.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Largest single frame (an append batch, a forwarded write): default 64 MiB.
+    /// Largest single frame from a member (an append batch, a forwarded write): default
+    /// 64 MiB. A frame's buffer grows as its bytes arrive, never from its announced length.
     pub max_frame_bytes: usize,
+    /// Largest frame from a connection without a node certificate, which may only ask to
+    /// join (a join request is a few hundred bytes): default 16 KiB.
+    pub max_join_frame_bytes: usize,
+    /// QUIC connection receive window (bytes a peer may send that were not read yet) of a
+    /// connection without a node certificate, or whose certificate is not a member's; every
+    /// connection starts with it: default 64 KiB.
+    pub join_window_bytes: u32,
+    /// QUIC connection receive window of a member connection, set once the peer's
+    /// certificate passed the member check (on a request of its own): default 16 MiB.
+    pub member_window_bytes: u32,
     /// Largest snapshot accepted from a leader: default 8 GiB.
     pub max_snapshot_bytes: u64,
     /// Snapshot chunk size on the wire: default 1 MiB.
@@ -43,6 +59,11 @@ pub struct Limits {
     /// Incoming connections (members and joining nodes) served at once: default 1024; a
     /// connection beyond it is refused.
     pub max_connections: usize,
+    /// Of those, connections without a node certificate (joining nodes): default 64; one
+    /// beyond it is closed once its handshake shows it has no certificate.
+    pub max_joining_connections: usize,
+    /// How long a node without a certificate has to send its whole request: default 10 s.
+    pub join_request_timeout: Duration,
     /// Connection attempt timeout: default 3 s.
     pub connect_timeout: Duration,
 }
@@ -51,10 +72,15 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_frame_bytes: 64 << 20,
+            max_join_frame_bytes: 16 << 10,
+            join_window_bytes: 64 << 10,
+            member_window_bytes: 16 << 20,
             max_snapshot_bytes: 8 << 30,
             snapshot_chunk_bytes: 1 << 20,
             max_concurrent_streams: 1024,
             max_connections: 1024,
+            max_joining_connections: 64,
+            join_request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
         }
     }
@@ -78,6 +104,9 @@ fn transport_config(limits: &Limits) -> Arc<quinn::TransportConfig> {
     t.initial_rtt(Duration::from_millis(100));
     t.max_concurrent_bidi_streams(limits.max_concurrent_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
+    // What a peer may make this node buffer before it is known to be a member; raised for
+    // members once they are (see `Limits`).
+    t.receive_window(limits.join_window_bytes.into());
     Arc::new(t)
 }
 
@@ -96,9 +125,8 @@ pub trait Service: Send + Sync + 'static {
     ) -> impl Future<Output = Result<JoinGranted, ServiceError>> + Send;
     /// Runs an operation on Raft itself, forwarded by a member (this node should lead).
     fn admin(&self, op: AdminOp) -> impl Future<Output = Result<AdminDone, ServiceError>> + Send;
-    /// Whether a peer whose certificate (already checked against the cluster CA) names `peer`
-    /// may be served; `Err` says why not (e.g. the node was removed).
-    fn admit_peer(&self, peer: &PeerId) -> Result<(), String>;
+    /// The node keys pinned and the nodes removed in this node's applied state.
+    fn node_keys(&self) -> NodeKeys;
 }
 
 /// A node's QUIC endpoint.
@@ -106,6 +134,10 @@ pub struct Transport {
     endpoint: Endpoint,
     pool: Pool,
     limits: Limits,
+    /// Who is a member, for the peers this node serves and those it calls (`None` on a
+    /// joining node's client-only endpoint, which serves no one and trusts the CA its token
+    /// names).
+    peers: Option<Arc<dyn PeerCheck>>,
     /// Set when a member answers that this node was removed from the cluster.
     removed: tokio::sync::watch::Sender<Option<String>>,
     /// Peers refused at the TLS handshake, and the last reason.
@@ -115,19 +147,42 @@ pub struct Transport {
 
 impl Transport {
     /// Binds the cluster address as a member: serves peers and calls them with the cluster
-    /// certificate.
-    pub fn bind(addr: SocketAddr, tls: &ClusterTls, limits: Limits) -> Result<Arc<Self>> {
+    /// certificate; `peers` says who the members are.
+    pub fn bind(
+        addr: SocketAddr,
+        tls: &ClusterTls,
+        limits: Limits,
+        peers: Arc<dyn PeerCheck>,
+    ) -> Result<Arc<Self>> {
         let tc = transport_config(&limits);
         let endpoint = Endpoint::server(tls.server_config(tc.clone())?, addr)?;
         let client_config = tls.client_config(tc)?;
-        Ok(Arc::new(Self::new(endpoint, client_config, limits)))
+        Ok(Arc::new(Self::new(
+            endpoint,
+            client_config,
+            limits,
+            Some(peers),
+        )))
     }
 
-    fn new(endpoint: Endpoint, client_config: quinn::ClientConfig, limits: Limits) -> Self {
+    fn new(
+        endpoint: Endpoint,
+        client_config: quinn::ClientConfig,
+        limits: Limits,
+        peers: Option<Arc<dyn PeerCheck>>,
+    ) -> Self {
+        // A member's outgoing connections reach members (checked before each call).
+        let window = peers.as_ref().map(|_| limits.member_window_bytes);
         Self {
-            pool: Pool::new(endpoint.clone(), client_config, limits.connect_timeout),
+            pool: Pool::new(
+                endpoint.clone(),
+                client_config,
+                limits.connect_timeout,
+                window,
+            ),
             endpoint,
             limits,
+            peers,
             removed: tokio::sync::watch::channel(None).0,
             refused: AtomicU64::new(0),
             last_refusal: Mutex::new(None),
@@ -146,7 +201,7 @@ impl Transport {
         let tc = transport_config(&limits);
         let endpoint = Endpoint::client(SocketAddr::new(local_ip, 0))?;
         let client_config = tls::join_client_config(fingerprint, tc)?;
-        Ok(Arc::new(Self::new(endpoint, client_config, limits)))
+        Ok(Arc::new(Self::new(endpoint, client_config, limits, None)))
     }
 
     pub fn limits(&self) -> &Limits {
@@ -208,8 +263,10 @@ impl Transport {
         self.pool.stats()
     }
 
-    /// One request/response exchange on a new bi-stream to any member at `addr`. `timeout`
-    /// bounds the exchange; connecting has its own limit (`Limits::connect_timeout`).
+    /// One request/response exchange on a new bi-stream to any member at `addr`: its
+    /// certificate must chain to the cluster CA (the one a joining node's token names), and
+    /// nothing more is checked. `timeout` bounds the exchange; connecting has its own limit
+    /// (`Limits::connect_timeout`).
     pub async fn call(
         &self,
         addr: &str,
@@ -219,7 +276,9 @@ impl Transport {
         self.exchange(addr, None, req, timeout).await
     }
 
-    /// Like [`call`](Self::call), to node `node`: the server must present its certificate.
+    /// Like [`call`](Self::call), to node `node`: the server must present its certificate,
+    /// and on a member's endpoint pass the member check (the key the cluster pinned for it)
+    /// before anything is sent.
     pub async fn call_node(
         &self,
         node: NodeId,
@@ -239,11 +298,19 @@ impl Transport {
     ) -> Result<RpcResponse> {
         let sa = Self::resolve(addr).await?;
         let conn = self.pooled(sa, addr, node).await?;
+        if node.is_some() {
+            self.check_server(&conn)?;
+        }
         let heard_before = conn.stats().udp_rx.datagrams;
         let fut = async {
             let (mut send, mut recv) = conn.open_bi().await?;
-            frame::write_msg(&mut send, req, self.limits.max_frame_bytes).await?;
-            send.finish().map_err(|e| Error::Read(e.to_string()))?;
+            match frame::write_msg(&mut send, req, self.limits.max_frame_bytes).await {
+                Ok(()) => send.finish().map_err(|e| Error::Read(e.to_string()))?,
+                // The peer stopped reading: it refused the request unread, and its answer
+                // says why.
+                Err(Error::Write(quinn::WriteError::Stopped(_))) => {}
+                Err(e) => return Err(e),
+            }
             frame::read_msg::<RpcResponse>(&mut recv, self.limits.max_frame_bytes).await
         };
         let res = match tokio::time::timeout(timeout, fut).await {
@@ -260,6 +327,55 @@ impl Transport {
                 .drop_connection((sa, node), &conn, "no packet from the peer during a call");
         }
         self.check_removed(res)
+    }
+
+    /// Sends one frame whose length prefix announces `announce` bytes and which holds `body`
+    /// (not necessarily an encoded request), then reads the answer; the stream is finished
+    /// only if `body` is the whole frame. For tests of what a node does with frames it must
+    /// refuse (malformed, oversized, of a kind the peer may not send). Checks nothing of the
+    /// server but its certificate.
+    pub async fn call_raw(
+        &self,
+        addr: &str,
+        node: Option<NodeId>,
+        announce: u32,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<RpcResponse> {
+        let conn = self.connection(addr, node).await?;
+        let fut = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            let sent = async {
+                send.write_all(&announce.to_be_bytes()).await?;
+                send.write_all(body).await
+            };
+            match sent.await {
+                Ok(()) | Err(quinn::WriteError::Stopped(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if announce as usize == body.len() {
+                let _ = send.finish();
+            }
+            frame::read_msg::<RpcResponse>(&mut recv, self.limits.max_frame_bytes).await
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(timeout.as_millis() as u64)),
+        }
+    }
+
+    /// On a member's endpoint: whether the server of `conn` (its certificate already checked
+    /// against the CA and the node dialled) is a member.
+    fn check_server(&self, conn: &Connection) -> Result<()> {
+        let Some(peers) = &self.peers else {
+            return Ok(());
+        };
+        let peer =
+            peer_of(conn).ok_or_else(|| Error::Tls("the peer sent no certificate".into()))?;
+        peers.check_peer(&peer).map_err(|r| {
+            debug!(peer = %peer, reason = %r, "not calling a peer that is not a member");
+            Error::Refused(r.reason().to_string())
+        })
     }
 
     fn check_removed(&self, res: Result<RpcResponse>) -> Result<RpcResponse> {
@@ -280,6 +396,7 @@ impl Transport {
         snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
     ) -> Result<RpcResponse> {
         let conn = self.connection(addr, Some(node)).await?;
+        self.check_server(&conn)?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let data = snapshot.snapshot.into_inner();
         let head = RpcRequest::Snapshot {
@@ -299,7 +416,8 @@ impl Transport {
 
     /// Serves peers until `shutdown`: Raft RPCs go to `raft`, the rest to `service`. Then
     /// closes the endpoint, and returns once every connection and request task has stopped
-    /// (see the module documentation).
+    /// (see the module documentation). On a joining node's client-only endpoint, it serves
+    /// no one.
     pub async fn serve<S: Service>(
         self: Arc<Self>,
         raft: Raft,
@@ -312,6 +430,7 @@ impl Transport {
         let shutdown = shutdown.child_token();
         let _stop_tasks = shutdown.clone().drop_guard();
         let connections = Arc::new(Semaphore::new(self.limits.max_connections));
+        let joining = Arc::new(Semaphore::new(self.limits.max_joining_connections));
         loop {
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => i,
@@ -332,6 +451,7 @@ impl Transport {
             let service = service.clone();
             let conn_tasks = tasks.clone();
             let shutdown = shutdown.clone();
+            let joining = joining.clone();
             tasks.spawn(async move {
                 let _permit = permit;
                 let remote = incoming.remote_address();
@@ -346,6 +466,23 @@ impl Transport {
                 };
                 // A peer that presented a certificate passed the CA and cluster checks.
                 let peer = peer_of(&conn);
+                // Nodes without a certificate have a share of the connections of their own,
+                // so they cannot crowd the members out.
+                let _joining = match peer {
+                    Some(_) => None,
+                    None => match joining.try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            warn!(
+                                %remote,
+                                limit = this.limits.max_joining_connections,
+                                "refused a connection without a certificate: too many"
+                            );
+                            conn.close(REFUSED.into(), b"too many joining nodes; retry");
+                            return;
+                        }
+                    },
+                };
                 this.serve_connection(conn, peer, raft, service, conn_tasks, shutdown)
                     .await;
             });
@@ -373,17 +510,33 @@ impl Transport {
         }
     }
 
+    /// Whether the peer of an incoming connection is a member (always refused on a
+    /// client-only endpoint).
+    fn check_client(&self, peer: &Peer) -> std::result::Result<(), Refusal> {
+        match &self.peers {
+            Some(peers) => peers.check_peer(peer),
+            None => Err(Refusal::NotMember("this node serves no one".into())),
+        }
+    }
+
     /// Accepts `conn`'s streams until it closes, each request served in a task of `tasks`.
     async fn serve_connection<S: Service>(
         self: Arc<Self>,
         conn: Connection,
-        peer: Option<PeerId>,
+        peer: Option<Peer>,
         raft: Raft,
         service: Arc<S>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) {
-        let in_progress = Arc::new(Semaphore::new(self.limits.max_concurrent_streams as usize));
+        // A node without a certificate asks one thing (to join), once.
+        let at_once = match peer {
+            Some(_) => self.limits.max_concurrent_streams as usize,
+            None => 1,
+        };
+        let in_progress = Arc::new(Semaphore::new(at_once));
+        // Whether the connection has the member window (its peer passed the member check).
+        let widened = Arc::new(AtomicBool::new(false));
         loop {
             // QUIC already bounds the streams open at once; this bounds the requests whose
             // answer is still being worked out, even if the peer gave up on their stream.
@@ -403,24 +556,108 @@ impl Transport {
             let raft = raft.clone();
             let service = service.clone();
             let peer = peer.clone();
+            let conn = conn.clone();
+            let widened = widened.clone();
             tasks.spawn(shutdown.clone().run_until_cancelled_owned(async move {
                 let _permit = permit;
-                let limit = this.limits.max_frame_bytes;
-                let resp = match frame::read_msg::<RpcRequest>(&mut recv, limit).await {
-                    Ok(req) => {
-                        this.dispatch(req, peer.as_ref(), &raft, &*service, &mut recv)
-                            .await
+                let (resp, close) = match &peer {
+                    Some(p) => {
+                        let member = (&conn, &*widened);
+                        let resp = this.serve_member(p, member, &raft, &*service, &mut recv);
+                        (resp.await, false)
                     }
-                    Err(e) => RpcResponse::Refused(format!("bad request: {e}")),
+                    None => this.serve_joiner(&*service, &mut recv).await,
                 };
-                if let Err(e) = frame::write_msg(&mut send, &resp, limit).await {
+                let _ = recv.stop(0u32.into());
+                if let Err(e) =
+                    frame::write_msg(&mut send, &resp, this.limits.max_frame_bytes).await
+                {
                     debug!(error = %e, "writing response failed");
                     return;
                 }
                 let _ = send.finish();
-                // Wait until the peer has read the answer before the stream is dropped.
-                let _ = send.stopped().await;
+                if !close {
+                    // Wait until the peer has read the answer before the stream is dropped.
+                    let _ = send.stopped().await;
+                    return;
+                }
+                // A node without a certificate asked for something else than to join: it is
+                // told why, then its connection is closed.
+                let _ = tokio::time::timeout(REFUSAL_READ_WITHIN, send.stopped()).await;
+                if let RpcResponse::Refused(reason) = &resp {
+                    conn.close(REFUSED.into(), reason.as_bytes());
+                }
             }));
+        }
+    }
+
+    /// One request of a peer that presented a node certificate: checked to be a member's
+    /// before its frame is read, then read, decoded and dispatched. The first request that
+    /// passes gives the connection (`conn`, with whether that happened) the member window.
+    async fn serve_member<S: Service>(
+        &self,
+        peer: &Peer,
+        (conn, widened): (&Connection, &AtomicBool),
+        raft: &Raft,
+        service: &S,
+        recv: &mut quinn::RecvStream,
+    ) -> RpcResponse {
+        match self.check_client(peer) {
+            Ok(()) => {
+                if !widened.swap(true, Ordering::Relaxed) {
+                    conn.set_receive_window(self.limits.member_window_bytes.into());
+                }
+            }
+            Err(Refusal::Removed(reason)) => {
+                warn!(%peer, %reason, "refused a request from a removed node");
+                return RpcResponse::Removed(reason);
+            }
+            Err(Refusal::NotMember(reason)) => {
+                debug!(%peer, %reason, "refused a request from a peer that is not a member");
+                return RpcResponse::Refused(reason);
+            }
+        }
+        match frame::read_msg::<RpcRequest>(recv, self.limits.max_frame_bytes).await {
+            Ok(req) => self.dispatch(req, raft, service, recv).await,
+            Err(e) => RpcResponse::Refused(format!("bad request: {e}")),
+        }
+    }
+
+    /// One request of a peer without a certificate: a join, or nothing. Its frame is read
+    /// within the join limit and decoded only if its first bytes say it is a join. The flag
+    /// says the connection is to be closed after the answer.
+    async fn serve_joiner<S: Service>(
+        &self,
+        service: &S,
+        recv: &mut quinn::RecvStream,
+    ) -> (RpcResponse, bool) {
+        let refuse = |why: String| {
+            debug!(reason = %why, "refused a request from a node without a certificate");
+            (RpcResponse::Refused(why), true)
+        };
+        let read = frame::read_raw(recv, self.limits.max_join_frame_bytes);
+        let bytes = match tokio::time::timeout(self.limits.join_request_timeout, read).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return refuse(format!("bad request: {e}; {ONLY_JOIN}")),
+            Err(_) => return refuse(format!("request not received in time; {ONLY_JOIN}")),
+        };
+        if !rpc::is_join(&bytes) {
+            return refuse(ONLY_JOIN.into());
+        }
+        match raft::codec::decode::<RpcRequest>(&bytes) {
+            Ok(RpcRequest::JoinWithKey {
+                token,
+                node,
+                public_key,
+            }) => {
+                let res = service.join(token, node, public_key).await;
+                if let Err(e) = &res {
+                    warn!(error = %e, "join refused");
+                }
+                (RpcResponse::Joined(res), false)
+            }
+            Ok(_) => refuse(ONLY_JOIN.into()),
+            Err(e) => refuse(format!("bad join request: {e}")),
         }
     }
 
@@ -440,9 +677,11 @@ impl Transport {
                 self.limits.max_snapshot_bytes
             ));
         }
-        let mut data = Vec::with_capacity(total_bytes.min(64 << 20) as usize);
+        // Grows with the chunks received, not from the announced size.
+        let mut data = Vec::new();
+        let mut chunk = Vec::new();
         while (data.len() as u64) < total_bytes {
-            let chunk = frame::read_raw(recv, self.limits.max_frame_bytes)
+            frame::read_into(recv, self.limits.max_frame_bytes, &mut chunk)
                 .await
                 .map_err(|e| format!("snapshot stream broken: {e}"))?;
             data.extend_from_slice(&chunk);
@@ -459,17 +698,14 @@ impl Transport {
             .map_err(|e| e.to_string())
     }
 
+    /// Runs a member's request.
     async fn dispatch<S: Service>(
         &self,
         req: RpcRequest,
-        peer: Option<&PeerId>,
         raft: &Raft,
         service: &S,
         recv: &mut quinn::RecvStream,
     ) -> RpcResponse {
-        if let Err(refusal) = admit(&req, peer, service) {
-            return refusal;
-        }
         match req {
             RpcRequest::Append(r) => {
                 RpcResponse::Append(raft.append_entries(r).await.map_err(|e| e.to_string()))
@@ -493,6 +729,7 @@ impl Transport {
             ),
             RpcRequest::Write(r) => RpcResponse::Write(service.forward(r).await),
             RpcRequest::ReadIndex => RpcResponse::ReadIndex(service.read_index().await),
+            // A member relays a join that reached it to the leader.
             RpcRequest::JoinWithKey {
                 token,
                 node,
@@ -506,17 +743,26 @@ impl Transport {
             }
             RpcRequest::Hello => RpcResponse::Hello,
             RpcRequest::Admin(op) => RpcResponse::Admin(service.admin(op).await),
+            RpcRequest::NodeKeys => RpcResponse::NodeKeys(service.node_keys()),
         }
     }
 }
 
-/// The identity in the certificate a connected peer presented, if any.
-fn peer_of(conn: &Connection) -> Option<PeerId> {
+/// What a node without a certificate is told when it asks anything but to join.
+const ONLY_JOIN: &str = "not a cluster member: only join is allowed without a node certificate";
+/// The QUIC application error code a connection is closed with when its peer asked for
+/// something it may not.
+const REFUSED: u32 = 1;
+/// How long a refusal waits for the peer to read it before the connection is closed.
+const REFUSAL_READ_WITHIN: Duration = Duration::from_secs(1);
+
+/// The identity and key in the certificate a connected peer presented, if any.
+fn peer_of(conn: &Connection) -> Option<Peer> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    tls::peer_id(certs.first()?.as_ref()).ok()
+    tls::peer_of_cert(certs.first()?.as_ref()).ok()
 }
 
 /// A connection error in words: a TLS refusal by the peer says so and where to look.
@@ -533,23 +779,4 @@ pub(crate) fn explain(e: &quinn::ConnectionError) -> String {
         }
     }
     e.to_string()
-}
-
-/// Whether `peer` may send `req`: without a node certificate only a join; a node removed from
-/// the cluster nothing. The refusal to answer otherwise.
-fn admit<S: Service>(
-    req: &RpcRequest,
-    peer: Option<&PeerId>,
-    service: &S,
-) -> std::result::Result<(), RpcResponse> {
-    match peer {
-        None if !matches!(req, RpcRequest::JoinWithKey { .. }) => Err(RpcResponse::Refused(
-            "not a cluster member: only join is allowed without a node certificate".into(),
-        )),
-        Some(p) => service.admit_peer(p).map_err(|reason| {
-            warn!(peer = %p, %reason, "refused a request from a removed node");
-            RpcResponse::Removed(reason)
-        }),
-        None => Ok(()),
-    }
 }

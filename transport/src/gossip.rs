@@ -9,6 +9,13 @@
 //! Gossip only observes: it never changes the Raft membership. The node seeds it with the Raft
 //! members' gossip addresses ([`Gossip::set_seeds`]) and reads a snapshot ([`Gossip::snapshot`]).
 //!
+//! Removed nodes ([`Gossip::set_removed`]) are ignored by identity: a SWIM packet whose sender
+//! is one is dropped before foca reads it (and counted, [`GossipStats::dropped_removed`]), so
+//! is its metadata, and one that another member still gossips alive is declared down again. The gossip key is still
+//! theirs, though (it derives from the CA key every member holds): a removed node can read the
+//! cluster's gossip, and send packets under another node's identity (see ARCHITECTURE.md,
+//! "Node identity").
+//!
 //! # Timings (LAN)
 //! A node probes one member every [`PROBE_PERIOD`] (500 ms) and waits [`PROBE_RTT`] (150 ms)
 //! for the answer before asking 3 others to probe indirectly; a member that answered neither
@@ -18,14 +25,17 @@
 //! refuted as soon as the suspect hears of it; a node declared `down` that is in fact alive
 //! rejoins under a new generation of its identity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use foca::{AccumulatingRuntime, Config, Foca, Identity, OwnedNotification, PeriodicParams};
+use foca::{
+    AccumulatingRuntime, Codec, Config, Foca, Identity, Member, OwnedNotification, PeriodicParams,
+    PostcardCodec,
+};
 use hmac::{Hmac, Mac};
 use raft::NodeId;
 use rand::SeedableRng;
@@ -217,6 +227,8 @@ pub struct GossipStats {
     pub dropped_unauthenticated: u64,
     /// Packets dropped because they were too short or of an unknown version or kind.
     pub dropped_malformed: u64,
+    /// Authentic packets dropped because their sender is a removed node.
+    pub dropped_removed: u64,
 }
 
 /// Where gossip listens and who it is.
@@ -233,6 +245,7 @@ pub struct GossipConfig {
 
 enum Cmd {
     Seeds(BTreeMap<NodeId, SocketAddr>),
+    Removed(BTreeSet<NodeId>),
 }
 
 #[derive(Default)]
@@ -243,6 +256,7 @@ struct Shared {
     sent: AtomicU64,
     unauthenticated: AtomicU64,
     malformed: AtomicU64,
+    removed: AtomicU64,
 }
 
 /// A running gossip member. Cheap to share; the protocol runs in the task [`Gossip::start`]
@@ -290,6 +304,13 @@ impl Gossip {
         let _ = self.cmds.try_send(Cmd::Seeds(seeds));
     }
 
+    /// The nodes removed from the cluster: their gossip is ignored from now on, and they are
+    /// down in this node's view.
+    pub fn set_removed(&self, removed: BTreeSet<NodeId>) {
+        // A full queue only delays the update to the next call.
+        let _ = self.cmds.try_send(Cmd::Removed(removed));
+    }
+
     /// What this node publishes about itself from now on.
     pub fn set_local_meta(&self, meta: NodeMeta) {
         *self.shared.local_meta.lock().expect("gossip meta lock") = meta;
@@ -306,6 +327,7 @@ impl Gossip {
             packets_sent: self.shared.sent.load(Ordering::Relaxed),
             dropped_unauthenticated: self.shared.unauthenticated.load(Ordering::Relaxed),
             dropped_malformed: self.shared.malformed.load(Ordering::Relaxed),
+            dropped_removed: self.shared.removed.load(Ordering::Relaxed),
         }
     }
 }
@@ -335,7 +357,7 @@ fn swim_config() -> Config {
     c
 }
 
-type Swim = Foca<GossipId, foca::PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>;
+type Swim = Foca<GossipId, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>;
 
 /// The protocol task: owns foca, the socket and the timers.
 struct Runner {
@@ -351,6 +373,8 @@ struct Runner {
     timer_tasks: TaskTracker,
     timers_stop: CancellationToken,
     seeds: BTreeMap<NodeId, SocketAddr>,
+    /// Nodes removed from the cluster: ignored, and down.
+    removed: BTreeSet<NodeId>,
     metas: BTreeMap<NodeId, (u64, u64, NodeMeta, Instant)>,
     meta_seq: u64,
 }
@@ -369,7 +393,7 @@ impl Runner {
                 id,
                 swim_config(),
                 rand::rngs::StdRng::from_os_rng(),
-                foca::PostcardCodec,
+                PostcardCodec,
             ),
             runtime: AccumulatingRuntime::new(),
             key,
@@ -381,6 +405,7 @@ impl Runner {
             timer_tasks: TaskTracker::new(),
             timers_stop: CancellationToken::new(),
             seeds: BTreeMap::new(),
+            removed: BTreeSet::new(),
             metas: BTreeMap::new(),
             meta_seq: 0,
         }
@@ -415,6 +440,7 @@ impl Runner {
                             self.announce_to_missing_seeds();
                         }
                     }
+                    Cmd::Removed(removed) => self.set_removed(removed),
                 },
                 _ = meta_tick.tick() => self.send_meta(),
                 _ = announce_tick.tick() => self.announce_to_missing_seeds(),
@@ -432,15 +458,58 @@ impl Runner {
         self.timer_tasks.wait().await;
     }
 
+    /// Takes the removed nodes: from now on their packets are dropped, and those gossip holds
+    /// are declared down (to the others too) and leave the view.
+    fn set_removed(&mut self, removed: BTreeSet<NodeId>) {
+        if self.removed != removed {
+            self.metas.retain(|node, _| !removed.contains(node));
+            self.removed = removed;
+            self.down_removed();
+        }
+    }
+
+    /// Declares down every removed node gossip holds as active, e.g. because a member that
+    /// has not applied the removal yet still gossips it alive.
+    fn down_removed(&mut self) {
+        let down: Vec<Member<GossipId>> = self
+            .foca
+            .iter_members()
+            .filter(|m| self.removed.contains(&m.id().node))
+            .map(|m| Member::new(m.id().clone(), m.incarnation(), foca::State::Down))
+            .collect();
+        if down.is_empty() {
+            return;
+        }
+        let nodes: Vec<NodeId> = down.iter().map(|m| m.id().node).collect();
+        info!(?nodes, "gossip: removed nodes are down");
+        if let Err(e) = self
+            .foca
+            .apply_many(down.into_iter(), true, &mut self.runtime)
+        {
+            debug!(error = %e, "gossip: declaring removed nodes down");
+        }
+    }
+
     fn on_packet(&mut self, packet: &[u8], from: SocketAddr) {
         self.shared.received.fetch_add(1, Ordering::Relaxed);
         match open(&self.key, packet) {
             Ok((Kind::Swim, payload)) => {
+                // The sender, read before foca takes it for alive.
+                let sender: Option<foca::Header<GossipId>> =
+                    PostcardCodec.decode_header(payload).ok();
+                if let Some(node) = sender.map(|h| h.src.node) {
+                    if self.removed.contains(&node) {
+                        self.dropped_from_removed(node, from);
+                        return;
+                    }
+                }
                 if let Err(e) = self.foca.handle_data(payload, &mut self.runtime) {
                     debug!(%from, error = %e, "gossip message ignored");
                 }
+                self.down_removed();
             }
             Ok((Kind::Meta, payload)) => match raft::codec::decode::<MetaRecord>(payload) {
+                Ok(r) if self.removed.contains(&r.node) => self.dropped_from_removed(r.node, from),
                 Ok(r) => self.on_meta(r),
                 Err(e) => debug!(%from, error = %e, "gossip metadata ignored"),
             },
@@ -454,6 +523,14 @@ impl Runner {
             Err(Rejected::Malformed) => {
                 self.shared.malformed.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    fn dropped_from_removed(&self, node: NodeId, from: SocketAddr) {
+        let n = self.shared.removed.fetch_add(1, Ordering::Relaxed);
+        // Once, then every 1000th: a removed node that keeps sending must not flood the log.
+        if n.is_multiple_of(1000) {
+            warn!(node, %from, dropped = n + 1, "dropped gossip packets from a removed node");
         }
     }
 
@@ -588,6 +665,8 @@ impl Runner {
                 entry.since = now;
             }
         }
+        // A removed node leaves the view.
+        view.retain(|node, _| !self.removed.contains(node));
         // Foca forgets a down member after a day; it stays down here.
         for (node, v) in view.iter_mut() {
             if !seen.contains(node) && v.liveness != Liveness::Down {
@@ -734,6 +813,47 @@ mod tests {
         })
         .await;
         stop_a.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_removed_node_is_ignored_and_down_though_it_holds_the_key() {
+        let key = [5u8; 32];
+        let stop = CancellationToken::new();
+        let (a, addr_a) = start(1, key, &stop).await;
+        let (b, addr_b) = start(2, key, &stop).await;
+        let (gone, _) = start(3, key, &stop).await;
+        b.set_seeds(BTreeMap::from([(1, addr_a)]));
+        gone.set_seeds(BTreeMap::from([(1, addr_a), (2, addr_b)]));
+        gone.set_local_meta(NodeMeta {
+            api_addr: "gone-api".into(),
+            ..Default::default()
+        });
+        let alive = |g: &Gossip, n: NodeId| {
+            g.snapshot()
+                .get(&n)
+                .is_some_and(|v| v.liveness == Liveness::Alive)
+        };
+        wait_until("a sees 2 and 3 alive", || alive(&a, 2) && alive(&a, 3)).await;
+
+        // Node 3 is removed: the members drop what it sends, and its entry.
+        a.set_removed(BTreeSet::from([3]));
+        b.set_removed(BTreeSet::from([3]));
+        wait_until("a and b drop node 3's packets", || {
+            a.stats().dropped_removed >= 2 && b.stats().dropped_removed >= 2
+        })
+        .await;
+        for g in [&a, &b] {
+            assert!(!g.snapshot().contains_key(&3), "{:?}", g.snapshot());
+        }
+        // It keeps sending, with the key, and never comes back; node 2 stays alive.
+        let dropped = a.stats().dropped_removed;
+        wait_until("more packets from node 3", || {
+            a.stats().dropped_removed > dropped + 3
+        })
+        .await;
+        assert!(!a.snapshot().contains_key(&3));
+        assert!(alive(&a, 2) && alive(&b, 1));
+        stop.cancel();
     }
 
     #[tokio::test]

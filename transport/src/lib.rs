@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`tls`]: the cluster CA, node certificates, mutual TLS with identity checks, join tokens.
+//! - [`admission`]: who may ask what (joins only without a certificate; members, by the key
+//!   the cluster pinned for them), decided before a peer's frame is read or decoded.
 //! - [`frame`]: length-prefixed frames on QUIC streams, each one [`raft::codec`]-encoded message.
 //! - [`rpc`]: the request and response messages between nodes.
 //! - [`endpoint`]: the node's QUIC endpoint: cached outgoing connections, one bi-stream per
@@ -12,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod endpoint;
 pub mod error;
 pub mod frame;
@@ -21,10 +24,13 @@ mod pool;
 pub mod rpc;
 pub mod tls;
 
+pub use admission::{PeerCheck, Refusal};
 pub use endpoint::{Limits, Service, Transport};
 pub use error::{Error, Result};
 pub use gossip::{Gossip, GossipConfig, Liveness, MemberReach, NodeMeta, PeerView};
 pub use network::Network;
 pub use pool::PeerStats;
-pub use rpc::{AdminDone, AdminOp, JoinGranted, RpcRequest, RpcResponse, ServiceError, Written};
+pub use rpc::{
+    AdminDone, AdminOp, JoinGranted, NodeKeys, RpcRequest, RpcResponse, ServiceError, Written,
+};
 pub use tls::ClusterTls;

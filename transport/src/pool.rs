@@ -66,6 +66,9 @@ pub(crate) struct Pool {
     endpoint: Endpoint,
     client_config: quinn::ClientConfig,
     connect_timeout: Duration,
+    /// The QUIC receive window a connection gets once connected (a member's endpoint calls
+    /// members only); `None` keeps the endpoint's.
+    window: Option<u32>,
     inner: Arc<Mutex<Inner>>,
     handshakes: TaskTracker,
     stop: CancellationToken,
@@ -76,11 +79,13 @@ impl Pool {
         endpoint: Endpoint,
         client_config: quinn::ClientConfig,
         connect_timeout: Duration,
+        window: Option<u32>,
     ) -> Self {
         Self {
             endpoint,
             client_config,
             connect_timeout,
+            window,
             inner: Arc::default(),
             handshakes: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -124,6 +129,7 @@ impl Pool {
             &tls::server_name_for(node),
         );
         let timeout = self.connect_timeout;
+        let window = self.window;
         let shared = self.inner.clone();
         let stop = self.stop.clone();
         let task = self.handshakes.spawn(async move {
@@ -137,7 +143,12 @@ impl Pool {
                         None => Err("the transport is shutting down".to_string()),
                         Some(Err(_)) => Err("connect timed out".to_string()),
                         Some(Ok(Err(e))) => Err(explain(&e)),
-                        Some(Ok(Ok(conn))) => Ok(conn),
+                        Some(Ok(Ok(conn))) => {
+                            if let Some(w) = window {
+                                conn.set_receive_window(w.into());
+                            }
+                            Ok(conn)
+                        }
                     }
                 }
             };

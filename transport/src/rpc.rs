@@ -9,7 +9,9 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use raft::{NodeId, NodeInfo, Request, Response, TypeConfig};
+use std::collections::{BTreeMap, BTreeSet};
+
+use raft::{codec, NodeId, NodeInfo, Request, Response, TypeConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,6 +45,18 @@ pub enum RpcRequest {
     /// A change to Raft itself, asked of any node and run on the leader; answered by
     /// [`RpcResponse::Admin`].
     Admin(AdminOp),
+    /// A member asks for the node keys the cluster pinned and the removed nodes (answered by
+    /// [`RpcResponse::NodeKeys`]), to check a peer its own state does not know yet.
+    NodeKeys,
+}
+
+/// The wire index of [`RpcRequest::JoinWithKey`].
+const JOIN_WITH_KEY: u8 = 7;
+
+/// Whether an encoded request is a join, read from its first two bytes (the format version
+/// and the variant) without decoding it.
+pub(crate) fn is_join(frame: &[u8]) -> bool {
+    frame.get(..2) == Some(&[codec::FORMAT_VERSION, JOIN_WITH_KEY][..])
 }
 
 /// An operation on Raft itself (membership, leadership, snapshots). It runs on the leader:
@@ -90,6 +104,16 @@ pub enum RpcResponse {
     Removed(String),
     Hello,
     Admin(Result<AdminDone, ServiceError>),
+    NodeKeys(NodeKeys),
+}
+
+/// The node keys the cluster pinned and the nodes it removed, as one member's applied state
+/// has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeKeys {
+    /// Node id → SHA-256 of the node's public key (its certificate's SubjectPublicKeyInfo).
+    pub keys: BTreeMap<NodeId, [u8; 32]>,
+    pub removed: BTreeSet<NodeId>,
 }
 
 /// A committed and applied write: its result and the index of its log entry.
@@ -140,7 +164,6 @@ pub struct JoinGranted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft::codec;
 
     /// Nodes of different versions of one format exchange these: a variant's wire index
     /// never changes within a format.
@@ -149,9 +172,20 @@ mod tests {
         let req = |r: &RpcRequest| codec::encode(r).unwrap()[1];
         assert_eq!(req(&RpcRequest::ReadIndex), 5);
         assert_eq!(req(&RpcRequest::Hello), 8);
+        assert_eq!(req(&RpcRequest::NodeKeys), 10);
+        let join = RpcRequest::JoinWithKey {
+            token: "t".into(),
+            node: NodeInfo::default(),
+            public_key: vec![4; 65],
+        };
+        assert_eq!(req(&join), JOIN_WITH_KEY);
+        assert!(is_join(&codec::encode(&join).unwrap()));
+        assert!(!is_join(&codec::encode(&RpcRequest::Hello).unwrap()));
+        assert!(!is_join(&[codec::FORMAT_VERSION]));
         let resp = |r: &RpcResponse| codec::encode(r).unwrap()[1];
         assert_eq!(resp(&RpcResponse::Refused(String::new())), 5);
         assert_eq!(resp(&RpcResponse::Removed(String::new())), 8);
         assert_eq!(resp(&RpcResponse::Hello), 9);
+        assert_eq!(resp(&RpcResponse::NodeKeys(NodeKeys::default())), 11);
     }
 }

@@ -11,6 +11,10 @@
 //! join. It pins the cluster CA by the fingerprint carried in its join token, so the token is
 //! never sent to an impostor, and sends its public key; the leader answers with a certificate
 //! for that key, the CA certificate and the CA key (see ARCHITECTURE.md, "Node identity").
+//!
+//! Every member holds the CA key, so a certificate only shows that some holder of it signed
+//! it. Which key is node N's is the cluster's record (the key digest [`peer_of_cert`] reads,
+//! pinned when N was admitted), checked by [`crate::admission`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -91,14 +95,60 @@ impl std::fmt::Display for PeerId {
 
 /// The identity named by a node certificate (not verified: see the verifiers).
 pub fn peer_id(cert_der: &[u8]) -> Result<PeerId> {
+    Ok(peer_of_cert(cert_der)?.id)
+}
+
+/// A peer as its certificate shows it: the node it names and the key it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: PeerId,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo (DER).
+    pub key_sha256: [u8; 32],
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.id.fmt(f)
+    }
+}
+
+/// The node a certificate names and its key's digest (not verified: see the verifiers).
+pub fn peer_of_cert(cert_der: &[u8]) -> Result<Peer> {
     let der = CertificateDer::from(cert_der);
     let ee = webpki::EndEntityCert::try_from(&der)
         .map_err(|e| Error::Tls(format!("bad certificate: {e}")))?;
     let id = ee
         .valid_uri_names()
         .find_map(PeerId::parse_uri)
-        .ok_or_else(|| Error::Tls("certificate names no stackd node".into()));
-    id
+        .ok_or_else(|| Error::Tls("certificate names no stackd node".into()))?;
+    let key_sha256 = Sha256::digest(ee.subject_public_key_info().as_ref()).into();
+    Ok(Peer { id, key_sha256 })
+}
+
+/// The DER SubjectPublicKeyInfo of a P-256 key, up to the key itself (RFC 5480: the
+/// `id-ecPublicKey` algorithm with the `prime256v1` curve, then the key as a BIT STRING).
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// SHA-256 of the SubjectPublicKeyInfo of a node key as it travels in a join request (an
+/// uncompressed P-256 point): the digest [`peer_of_cert`] finds in a certificate for it.
+pub fn key_sha256(public_key: &[u8]) -> Result<[u8; 32]> {
+    check_public_key(public_key)?;
+    let mut h = Sha256::new();
+    h.update(P256_SPKI_PREFIX);
+    h.update(public_key);
+    Ok(h.finalize().into())
+}
+
+fn check_public_key(public_key: &[u8]) -> Result<()> {
+    if public_key.len() != 65 || public_key[0] != 4 {
+        return Err(Error::Tls(
+            "node public key is not an uncompressed P-256 point".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -240,11 +290,7 @@ impl ClusterTls {
     }
 
     fn sign(&self, id: &PeerId, public_key: &[u8]) -> Result<Vec<u8>> {
-        if public_key.len() != 65 || public_key[0] != 4 {
-            return Err(Error::Tls(
-                "node public key is not an uncompressed P-256 point".into(),
-            ));
-        }
+        check_public_key(public_key)?;
         let ca_key = rcgen::KeyPair::try_from(self.ca_key_der.as_slice()).map_err(tls_err)?;
         let issuer = ca_params(&self.cluster_id)
             .self_signed(&ca_key)
@@ -296,6 +342,12 @@ impl ClusterTls {
         // The certificate last: its presence marks complete credentials.
         std::fs::write(dir.join(NODE_CERT_FILE), &self.cert_der)?;
         Ok(())
+    }
+
+    /// SHA-256 of this node's public key (its certificate's SubjectPublicKeyInfo), as the
+    /// cluster pins it.
+    pub fn key_sha256(&self) -> Result<[u8; 32]> {
+        Ok(peer_of_cert(&self.cert_der)?.key_sha256)
     }
 
     /// SHA-256 of the CA certificate, as carried in join tokens.
@@ -743,6 +795,22 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("not this cluster aaaa"), "{err}");
+    }
+
+    #[test]
+    fn a_pinned_key_digest_is_the_one_found_in_the_certificate() {
+        let a = ClusterTls::found("eeee", 1).unwrap();
+        let key = NodeKey::generate().unwrap();
+        let cert = a.issue(2, &key.public_key).unwrap();
+        let peer = peer_of_cert(&cert).unwrap();
+        assert_eq!(peer.id.node_id, 2);
+        assert_eq!(peer.key_sha256, key_sha256(&key.public_key).unwrap());
+        // Another key for the same node id is told apart.
+        let other = NodeKey::generate().unwrap();
+        let minted = a.issue(2, &other.public_key).unwrap();
+        assert_ne!(peer_of_cert(&minted).unwrap().key_sha256, peer.key_sha256);
+        assert_ne!(a.key_sha256().unwrap(), peer.key_sha256);
+        assert!(key_sha256(&key.public_key[1..]).is_err());
     }
 
     #[test]

@@ -11,7 +11,8 @@ use raft::command::{
     CacheCmd, CacheResult, ChannelResult, Compare, KvCmd, KvResult, QueueCmd, QueueResult,
     SemaphoreCmd, SemaphoreResult, Txn, TxnResult,
 };
-use raft::{Command, Response};
+use raft::command::{Op, OpResponse};
+use raft::Response;
 
 use super::cache::{check_tags, limits, CACHE_TTL_MS_MAX};
 use super::model::EnqueueRequest;
@@ -251,7 +252,7 @@ fn value_of(st: &AppState, op: &TxnValueOp) -> ApiResult<Vec<u8>> {
     Ok(value)
 }
 
-fn op(st: &AppState, op: TxnOp, kv_keys: &mut BTreeSet<String>) -> ApiResult<Command> {
+fn op(st: &AppState, op: TxnOp, kv_keys: &mut BTreeSet<String>) -> ApiResult<Op> {
     let mut once = |key: &str| -> ApiResult<()> {
         validate_key(key)?;
         if !kv_keys.insert(key.to_string()) {
@@ -299,7 +300,7 @@ fn op(st: &AppState, op: TxnOp, kv_keys: &mut BTreeSet<String>) -> ApiResult<Com
     })
 }
 
-fn put_op(st: &AppState, p: TxnValueOp) -> ApiResult<Command> {
+fn put_op(st: &AppState, p: TxnValueOp) -> ApiResult<Op> {
     if !p.tags.is_empty() {
         return Err(ApiError::bad_request("tags are for cache_set, not put"));
     }
@@ -316,7 +317,7 @@ fn put_op(st: &AppState, p: TxnValueOp) -> ApiResult<Command> {
     .into())
 }
 
-fn cache_set_op(st: &AppState, c: TxnValueOp) -> ApiResult<Command> {
+fn cache_set_op(st: &AppState, c: TxnValueOp) -> ApiResult<Op> {
     validate_key(&c.key)?;
     check_tags(&c.tags)?;
     let ttl_ms = c
@@ -333,7 +334,7 @@ fn cache_set_op(st: &AppState, c: TxnValueOp) -> ApiResult<Command> {
     .into())
 }
 
-fn enqueue_op(st: &AppState, e: TxnEnqueueOp) -> ApiResult<Command> {
+fn enqueue_op(st: &AppState, e: TxnEnqueueOp) -> ApiResult<Op> {
     validate_name("queue", &e.queue)?;
     let job = EnqueueRequest {
         payload: e.payload,
@@ -351,7 +352,7 @@ fn enqueue_op(st: &AppState, e: TxnEnqueueOp) -> ApiResult<Command> {
     .into())
 }
 
-fn branch(st: &AppState, name: &str, ops: Vec<TxnOp>) -> ApiResult<Vec<Command>> {
+fn branch(st: &AppState, name: &str, ops: Vec<TxnOp>) -> ApiResult<Vec<Op>> {
     if ops.len() > TXN_OPS_MAX {
         return Err(ApiError::bad_request(format!(
             "{name} has {} ops, at most {TXN_OPS_MAX}",
@@ -362,7 +363,7 @@ fn branch(st: &AppState, name: &str, ops: Vec<TxnOp>) -> ApiResult<Vec<Command>>
     ops.into_iter().map(|o| op(st, o, &mut keys)).collect()
 }
 
-fn result(r: &Response) -> TxnOpResult {
+fn result(r: &OpResponse) -> TxnOpResult {
     match r {
         Response::Kv(KvResult::Put { revision }) => TxnOpResult::Put {
             revision: *revision,

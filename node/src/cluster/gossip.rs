@@ -4,8 +4,8 @@
 use super::*;
 
 impl Cluster {
-    /// Keeps gossip fed: the Raft members as seeds, and this node's metadata. Runs on every
-    /// node until `shutdown`.
+    /// Keeps gossip fed: the Raft members as seeds, the removed nodes (ignored), and this
+    /// node's metadata. Runs on every node until `shutdown`.
     pub async fn run_gossip_feed(
         self: Arc<Self>,
         inflight: Arc<Semaphore>,
@@ -43,6 +43,7 @@ impl Cluster {
                 }
             }
             self.gossip.set_seeds(seeds);
+            self.gossip.set_removed(self.peers.removed());
             let busy = self.config.api.max_inflight_requests - inflight.available_permits();
             self.gossip.set_local_meta(NodeMeta {
                 api_addr: self.info.api_addr.clone(),

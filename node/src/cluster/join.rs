@@ -1,19 +1,24 @@
 //! Joins and join tokens, the cluster's one-time set-up entry, and the service the
-//! transport calls (forwarded writes, read indexes, joins, peer admission).
+//! transport calls (forwarded writes, read indexes, joins, node keys).
 
 use super::*;
 use crate::cluster::reads::local_read_index;
 
 impl Cluster {
-    /// The initializing node's one-time cluster setup entry.
+    /// The initializing node's one-time cluster setup entry, which also pins its own key.
     pub async fn init_cluster_state(
         &self,
         cluster_id: String,
         token: &str,
     ) -> Result<(), ServiceError> {
-        let command = ClusterCmd::Init {
+        let node_key_sha256 = self
+            .tls
+            .key_sha256()
+            .map_err(|e| ServiceError::Invalid(format!("this node's certificate: {e}")))?;
+        let command = ClusterCmd::Found {
             cluster_id,
             join_token_sha256: transport::tls::token_digest(token),
+            node_key_sha256,
         };
         // Already initialized (a replayed start-up) is as good as done.
         self.write(command, None).await?;
@@ -49,8 +54,13 @@ impl Service for Cluster {
         // here yet.
         self.read_barrier().await?;
         self.check_join_token(&token)?;
-        self.check_joiner(&node, &public_key)?;
-        let id = match self.write(ClusterCmd::AllocateNodeId, None).await? {
+        let key_sha256 = self.check_joiner(&node, &public_key)?;
+        // The id and the key its certificate is for are recorded in one entry: a certificate
+        // for this id is a member's only with this key.
+        let id = match self
+            .write(ClusterCmd::AdmitNode { key_sha256 }, None)
+            .await?
+        {
             ClusterResult::NodeId(id) => id,
             other => {
                 return Err(ServiceError::Unknown(format!(
@@ -77,18 +87,8 @@ impl Service for Cluster {
         self.admin_here(op).await
     }
 
-    fn admit_peer(&self, peer: &PeerId) -> Result<(), String> {
-        if self
-            .state
-            .read()
-            .expect("state lock")
-            .security()
-            .removed_nodes
-            .contains(&peer.node_id)
-        {
-            return Err(removed_message(peer.node_id, &peer.cluster_id));
-        }
-        Ok(())
+    fn node_keys(&self) -> NodeKeys {
+        self.peers.applied()
     }
 }
 
@@ -268,9 +268,9 @@ impl Cluster {
         }
     }
 
-    /// Refuses a joiner whose address a member already uses or whose key is malformed,
-    /// before an id is spent on it.
-    fn check_joiner(&self, node: &NodeInfo, public_key: &[u8]) -> Result<(), ServiceError> {
+    /// Refuses a joiner whose address a member already uses or whose key is malformed or
+    /// already a node's, before an id is spent on it; answers the key's digest.
+    fn check_joiner(&self, node: &NodeInfo, public_key: &[u8]) -> Result<[u8; 32], ServiceError> {
         let m = self.metrics();
         if let Some((id, _)) = m
             .membership_config
@@ -283,12 +283,15 @@ impl Cluster {
                 node.cluster_addr
             )));
         }
-        if public_key.len() != 65 || public_key[0] != 4 {
-            return Err(ServiceError::Refused(
-                "node public key is not an uncompressed P-256 point".into(),
-            ));
+        let key = transport::tls::key_sha256(public_key)
+            .map_err(|e| ServiceError::Refused(e.to_string()))?;
+        let st = self.state.read().expect("state lock");
+        if let Some((id, _)) = st.security().node_keys.iter().find(|(_, k)| **k == key) {
+            return Err(ServiceError::Refused(format!(
+                "node {id} was admitted with this key; a joining node makes a key of its own"
+            )));
         }
-        Ok(())
+        Ok(key)
     }
 
     /// Adds the new learner. The id is allocated now; a membership change already under way

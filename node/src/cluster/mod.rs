@@ -10,6 +10,8 @@
 //! - [`membership`]: operations on Raft itself (remove, promote, transfer, snapshot), run on
 //!   the leader and forwarded there over QUIC.
 //! - [`join`]: joins, join tokens, and the service the transport calls.
+//! - [`peers`]: who is a member (the transport's peer check over the pinned node keys and
+//!   removed nodes), and the key sync of a node that lags.
 //! - [`status`]: the cluster as this node sees it (`GET /v1/cluster`).
 
 mod autopilot;
@@ -17,6 +19,7 @@ mod gossip;
 mod join;
 mod leader;
 mod membership;
+mod peers;
 mod reads;
 mod status;
 mod write;
@@ -25,6 +28,7 @@ pub use autopilot::AutopilotAction;
 use gossip::caught_up;
 pub(crate) use gossip::load_avg_1m;
 pub use join::removed_message;
+pub use peers::{check_node_keys, Peers};
 use reads::ReadBatcher;
 pub use write::WriteError;
 
@@ -43,10 +47,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use transport::tls::PeerId;
+use transport::tls::Peer;
 use transport::{
-    AdminDone, AdminOp, ClusterTls, Gossip, JoinGranted, Liveness, MemberReach, NodeMeta,
-    RpcRequest, RpcResponse, Service, ServiceError, Transport, Written,
+    AdminDone, AdminOp, ClusterTls, Gossip, JoinGranted, Liveness, MemberReach, NodeKeys, NodeMeta,
+    PeerCheck, Refusal, RpcRequest, RpcResponse, Service, ServiceError, Transport, Written,
 };
 
 use crate::config::{derived_gossip_addr, Config};
@@ -119,6 +123,8 @@ pub struct Cluster {
     config: Config,
     /// This node's gossip member: liveness and metadata of every node, as seen from here.
     gossip: Arc<Gossip>,
+    /// Who is a member (the transport's peer check).
+    peers: Arc<Peers>,
     /// Membership changes the autopilot made while this node led, newest last.
     autopilot: Mutex<VecDeque<AutopilotAction>>,
     /// Autopilot actions since start, by action.
@@ -139,6 +145,7 @@ impl Cluster {
         tls: ClusterTls,
         config: Config,
         gossip: Arc<Gossip>,
+        peers: Arc<Peers>,
     ) -> Arc<Self> {
         if unsafe_stale_reads() {
             warn!(
@@ -154,6 +161,7 @@ impl Cluster {
             tls,
             config,
             gossip,
+            peers,
             autopilot: Mutex::new(VecDeque::new()),
             autopilot_totals: Mutex::new(BTreeMap::new()),
             reads: ReadBatcher::default(),

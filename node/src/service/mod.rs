@@ -15,8 +15,8 @@ pub mod queues;
 pub mod semaphores;
 
 use raft::command::{
-    AclCmd, CacheCmd, ChannelCmd, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd, SemaphoreCmd,
-    SessionCmd, Txn,
+    AclCmd, CacheCmd, ChannelCmd, Guarded, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd,
+    SemaphoreCmd, SessionCmd, Txn,
 };
 use raft::State;
 use tokio::time::{Duration, Instant};
@@ -52,7 +52,7 @@ answered! {
     AclCmd => true,
 }
 
-impl<P: Answered> Answered for MaybeFenced<P> {
+impl<P: Answered + Into<Guarded>> Answered for MaybeFenced<P> {
     const READ_YOUR_WRITES: bool = P::READ_YOUR_WRITES;
 }
 

@@ -16,7 +16,7 @@
 //! - [`cache`]: the bounded cache with tags.
 //! - [`queues`]: job queues with leases, retries, dead letters and cron schedules.
 //! - [`channels`]: channel histories with offsets and retention, and presence with node leases.
-//! - [`security`]: created join tokens and removed node ids.
+//! - [`security`]: created join tokens, pinned node keys and removed node ids.
 //! - [`acl`]: access-control tokens and policies.
 //!
 //! When enabled ([`State::set_emit_live`]), apply also records [`LiveEvent`]s (channel events
@@ -26,6 +26,7 @@
 //! - `m:state` → [`Meta`]; `m:locks` → the last fence; `m:cache` → cache counters;
 //!   `m:security` → [`Security`] (join tokens, removed nodes)
 //!   `m:revoked-tokens` → revoked join tokens (digest → when), part of [`Security`]
+//!   `m:node-keys` → pinned node keys (node id → key digest), part of [`Security`]
 //! - `k:<key>` → [`KvEntry`], `l:<name>` → [`LockEntry`], `s:<id>` → [`SessionEntry`],
 //!   `c:<key>` → [`CacheEntry`]
 //! - `sem:<name>` → [`SemaphoreEntry`]; `m:semaphores` → the last semaphore fence
@@ -59,7 +60,10 @@ pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
     next_fire_ms, Job, JobState, QueueStats, Schedule, BACKOFF_MAX_MS, CRON_CATCH_UP_MAX,
 };
-pub use security::{token_id, Security, EXPIRED_TOKEN_KEPT_MS, REVOKED_TOKENS_KEY, SECURITY_KEY};
+pub use security::{
+    token_id, Security, EXPIRED_TOKEN_KEPT_MS, FOUNDER, NODE_KEYS_KEY, REVOKED_TOKENS_KEY,
+    SECURITY_KEY,
+};
 pub use semaphores::{
     SemaphoreEntry, SemaphoreLease, SemaphoreWaiter, MAX_HOLDERS_PER_SEMAPHORE,
     MAX_SEMAPHORE_CAPACITY, MAX_WAITERS_PER_SEMAPHORE,
@@ -67,7 +71,9 @@ pub use semaphores::{
 pub use sessions::SessionEntry;
 
 use crate::codec;
-use crate::command::{Command, Compare, Request, Response, Txn, TxnResult};
+use crate::command::{
+    Command, Compare, Guarded, NotNested, Op, OpResponse, Request, Response, Txn, TxnResult,
+};
 use crate::types::TypeConfig;
 use primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 
@@ -416,9 +422,14 @@ impl State {
 }
 
 impl Parts {
-    /// Applies one command; every command kind is dispatched here, so the compiler sees a
-    /// new kind that is not.
-    fn apply(&mut self, cmd: &Command, cx: &mut Cx<'_>) -> Response {
+    /// Applies one command, of any nesting level; every command kind is dispatched here, so
+    /// the compiler sees a new kind that is not. `R` is what a transaction's result holds at
+    /// this level (see `command`, "Nesting").
+    fn apply<F: Nested<R>, T: Nested<R>, R>(
+        &mut self,
+        cmd: &Command<F, T>,
+        cx: &mut Cx<'_>,
+    ) -> Response<R> {
         match cmd {
             Command::Tick => Response::Done,
             Command::Cluster(c) => Response::Cluster(self.security.apply(c, cx)),
@@ -430,13 +441,13 @@ impl Parts {
             Command::Channel(c) => Response::Channel(self.channels.apply(c, cx)),
             Command::Semaphore(c) => Response::Semaphore(self.semaphores.apply(c, cx)),
             Command::Acl(c) => Response::Acl(self.acl.apply(c, cx)),
-            Command::Txn(txn) => self.apply_txn(txn, cx),
+            Command::Txn(txn) => txn.apply_in(self, cx),
             Command::Fenced {
                 lock,
                 fence,
                 command,
             } => match self.locks.current_fence(lock) {
-                Some(f) if f == *fence => self.apply(command, cx),
+                Some(f) if f == *fence => command.apply_in(self, cx),
                 current => Response::StaleFence { current },
             },
         }
@@ -461,7 +472,7 @@ impl Parts {
         }
         let revision = cx.meta.revision + 1;
         cx.txn_revision = Some(revision);
-        let results: Vec<Response> = ops.iter().map(|op| self.apply(op, cx)).collect();
+        let results: Vec<OpResponse> = ops.iter().map(|op| self.apply(op, cx)).collect();
         cx.txn_revision = None;
         if results
             .iter()
@@ -477,8 +488,32 @@ impl Parts {
     }
 }
 
+/// What a transaction or fenced variant holds, applied where [`Parts::apply`] meets it; its
+/// result is a `Response<R>`.
+trait Nested<R> {
+    fn apply_in(&self, parts: &mut Parts, cx: &mut Cx<'_>) -> Response<R>;
+}
+
+impl Nested<TxnResult> for Box<Guarded> {
+    fn apply_in(&self, parts: &mut Parts, cx: &mut Cx<'_>) -> Response {
+        parts.apply(&**self, cx)
+    }
+}
+
+impl Nested<TxnResult> for Txn {
+    fn apply_in(&self, parts: &mut Parts, cx: &mut Cx<'_>) -> Response {
+        parts.apply_txn(self, cx)
+    }
+}
+
+impl<R> Nested<R> for NotNested {
+    fn apply_in(&self, _: &mut Parts, _: &mut Cx<'_>) -> Response<R> {
+        match *self {}
+    }
+}
+
 /// The writes a transaction may hold: those each primitive allows (unconditional writes).
-pub fn txn_op_allowed(op: &Command) -> bool {
+pub fn txn_op_allowed(op: &Op) -> bool {
     match op {
         Command::Kv(c) => kv::Kv::in_txn(c),
         Command::Lock(c) => locks::Locks::in_txn(c),
@@ -489,7 +524,8 @@ pub fn txn_op_allowed(op: &Command) -> bool {
         Command::Semaphore(c) => semaphores::Semaphores::in_txn(c),
         Command::Cluster(c) => Security::in_txn(c),
         Command::Acl(c) => acl::Acl::in_txn(c),
-        Command::Tick | Command::Txn(_) | Command::Fenced { .. } => false,
+        Command::Tick => false,
+        Command::Txn(n) | Command::Fenced { command: n, .. } => match *n {},
     }
 }
 
@@ -880,23 +916,21 @@ mod primitive_tests {
     #[test]
     fn txn_applies_one_branch_with_one_revision() {
         let mut s = State::default();
-        let put = |k: &str| {
-            Command::Kv(KvCmd::Put {
-                key: k.into(),
-                value: b"v".to_vec(),
-                if_revision: None,
-                ttl_ms: None,
-            })
+        let put = |k: &str| KvCmd::Put {
+            key: k.into(),
+            value: b"v".to_vec(),
+            if_revision: None,
+            ttl_ms: None,
         };
-        run(&mut s, 0, put("a"));
+        run(&mut s, 0, put("a").into());
         let txn = |rev: u64| {
             Command::Txn(Txn {
                 compare: vec![Compare::Revision {
                     key: "a".into(),
                     revision: rev,
                 }],
-                success: vec![put("x"), put("y")],
-                failure: vec![put("f")],
+                success: vec![put("x").into(), put("y").into()],
+                failure: vec![put("f").into()],
             })
         };
         match run(&mut s, 0, txn(5)) {
@@ -1437,6 +1471,62 @@ mod security_tests {
             .map(|k| k.as_str())
             .collect();
         assert_eq!(names, vec!["new", "third"]);
+    }
+
+    #[test]
+    fn node_keys_are_pinned_at_founding_and_admission_and_survive_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::default();
+        let run = |s: &mut State, stamp: u64, command: ClusterCmd| {
+            let mut batch = SmBatch::default();
+            let r = s.apply(&tests::req(stamp, command.into()), &mut batch);
+            s.persist_meta(&mut batch);
+            db.sm_write(batch).unwrap();
+            r
+        };
+        let found = |key: u8| ClusterCmd::Found {
+            cluster_id: "c1".into(),
+            join_token_sha256: "t".into(),
+            node_key_sha256: [key; 32],
+        };
+        assert_eq!(
+            run(&mut s, 1, found(1)),
+            Response::Cluster(ClusterResult::Done)
+        );
+        let admit = |key: u8| ClusterCmd::AdmitNode {
+            key_sha256: [key; 32],
+        };
+        assert_eq!(
+            run(&mut s, 2, admit(2)),
+            Response::Cluster(ClusterResult::NodeId(2))
+        );
+        assert_eq!(
+            run(&mut s, 3, admit(3)),
+            Response::Cluster(ClusterResult::NodeId(3))
+        );
+        // Founding again changes nothing: node 1 keeps its key.
+        assert_eq!(
+            run(&mut s, 4, found(9)),
+            Response::Cluster(ClusterResult::AlreadyInitialized)
+        );
+        run(&mut s, 5, ClusterCmd::NodeRemoved { id: 3 });
+        let keys = &s.security().node_keys;
+        assert_eq!(keys.len(), 3);
+        assert_eq!((keys[&1], keys[&2], keys[&3]), ([1; 32], [2; 32], [3; 32]));
+        assert_eq!(s.meta.cluster_id.as_deref(), Some("c1"));
+        let r = State::load(&db).unwrap();
+        assert_eq!(r.security(), s.security());
+        // Ids are never reused: the next one is 4.
+        assert_eq!(
+            run(&mut s, 6, admit(4)),
+            Response::Cluster(ClusterResult::NodeId(4))
+        );
+        // A restore into a new cluster keeps none of them.
+        assert_eq!(
+            export::import(NODE_KEYS_KEY, &db.sm_get(NODE_KEYS_KEY).unwrap().unwrap()).unwrap(),
+            None
+        );
     }
 
     #[test]

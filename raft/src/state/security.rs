@@ -1,7 +1,14 @@
 //! Who may join and who may not come back: join tokens (digest and expiry) created after the
-//! founding one, and the ids of removed nodes.
+//! founding one, the key each node was admitted with, and the ids of removed nodes.
 //!
 //! Kept under its own key (`m:security`) so [`super::Meta`]'s encoding is unchanged.
+//!
+//! Node keys: the founding node pins its own key when it founds the cluster
+//! ([`ClusterCmd::Found`]), and a joining node's key is pinned in the same entry that
+//! allocates its id ([`ClusterCmd::AdmitNode`], proposed by the leader that admits it with a
+//! valid join token and signs its certificate). A certificate naming node N is a member's
+//! only if its key is the one pinned for N, so holding the CA key (every member does) lets no
+//! one act as another node, or as a node the cluster never admitted.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,11 +22,13 @@ use crate::codec;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterCmd {
     /// The first entry of a new cluster, proposed once by the node that initialized it.
+    /// Proposed by earlier builds only (now [`ClusterCmd::Found`]); applied as before.
     Init {
         cluster_id: String,
         join_token_sha256: String,
     },
-    /// Allocates the next node id; ids are never reused.
+    /// Allocates the next node id; ids are never reused. Proposed by earlier builds only
+    /// (now [`ClusterCmd::AdmitNode`]); applied as before, pinning no key.
     AllocateNodeId,
     /// Records a join token (by its SHA-256) that admits nodes until `expires_at_ms` (on the
     /// proposer's clock when the token was made).
@@ -32,6 +41,20 @@ pub enum ClusterCmd {
     /// Revokes the join token whose id (the first 16 hex digits of its SHA-256) is
     /// `token_id`, the founding token included: it admits no one from now on.
     JoinTokenRevoke { token_id: String },
+    /// The first entry of a new cluster (replaces [`ClusterCmd::Init`]): also pins the key of
+    /// the founding node, node 1.
+    Found {
+        cluster_id: String,
+        join_token_sha256: String,
+        /// SHA-256 of node 1's public key (its certificate's SubjectPublicKeyInfo).
+        node_key_sha256: [u8; 32],
+    },
+    /// Allocates the next node id for a node admitted with a valid join token, pinning the
+    /// key its certificate is issued for (replaces [`ClusterCmd::AllocateNodeId`]).
+    AdmitNode {
+        /// SHA-256 of the node's public key (its certificate's SubjectPublicKeyInfo).
+        key_sha256: [u8; 32],
+    },
 }
 
 /// The result of a [`ClusterCmd`].
@@ -55,6 +78,8 @@ pub enum Revoked {
 pub const SECURITY_KEY: &[u8] = b"m:security";
 /// Revoked join tokens, under their own key so that [`Security`]'s encoding is unchanged.
 pub const REVOKED_TOKENS_KEY: &[u8] = b"m:revoked-tokens";
+/// The pinned node keys, under their own key so that [`Security`]'s encoding is unchanged.
+pub const NODE_KEYS_KEY: &[u8] = b"m:node-keys";
 
 /// A join token's public id: the first 16 hex digits of its SHA-256.
 pub fn token_id(token_sha256: &str) -> &str {
@@ -76,6 +101,11 @@ pub struct Security {
     /// under [`REVOKED_TOKENS_KEY`].
     #[serde(skip)]
     pub revoked_tokens: BTreeMap<String, u64>,
+    /// Node id → SHA-256 of the public key the node was admitted with (its certificate's
+    /// SubjectPublicKeyInfo); kept after a removal, since ids are never reused. Persisted
+    /// under [`NODE_KEYS_KEY`].
+    #[serde(skip)]
+    pub node_keys: BTreeMap<u64, [u8; 32]>,
 }
 
 impl Part for Security {
@@ -86,6 +116,9 @@ impl Part for Security {
         };
         if let Some(b) = db.sm_get(REVOKED_TOKENS_KEY)? {
             s.revoked_tokens = codec::decode(&b)?;
+        }
+        if let Some(b) = db.sm_get(NODE_KEYS_KEY)? {
+            s.node_keys = codec::decode(&b)?;
         }
         Ok(s)
     }
@@ -101,6 +134,11 @@ impl Part for Security {
 impl Security {
     fn persist(&self, batch: &mut SmBatch) {
         put_record(batch, SECURITY_KEY.to_vec(), self);
+    }
+
+    fn pin_key(&mut self, id: u64, key_sha256: [u8; 32], batch: &mut SmBatch) {
+        self.node_keys.insert(id, key_sha256);
+        put_record(batch, NODE_KEYS_KEY.to_vec(), &self.node_keys);
     }
 
     fn create_token(
@@ -157,19 +195,22 @@ impl Primitive for Security {
             ClusterCmd::Init {
                 cluster_id,
                 join_token_sha256,
+            } => init(cx, cluster_id, join_token_sha256),
+            ClusterCmd::Found {
+                cluster_id,
+                join_token_sha256,
+                node_key_sha256,
             } => {
-                if cx.meta.cluster_id.is_some() {
-                    return ClusterResult::AlreadyInitialized;
+                let r = init(cx, cluster_id, join_token_sha256);
+                if r == ClusterResult::Done {
+                    self.pin_key(FOUNDER, *node_key_sha256, cx.batch);
                 }
-                cx.meta.cluster_id = Some(cluster_id.clone());
-                cx.meta.join_token_sha256 = Some(join_token_sha256.clone());
-                // The initializing node is node 1.
-                cx.meta.next_node_id = cx.meta.next_node_id.max(2);
-                ClusterResult::Done
+                r
             }
-            ClusterCmd::AllocateNodeId => {
-                let id = cx.meta.next_node_id.max(2);
-                cx.meta.next_node_id = id + 1;
+            ClusterCmd::AllocateNodeId => ClusterResult::NodeId(allocate_id(cx)),
+            ClusterCmd::AdmitNode { key_sha256 } => {
+                let id = allocate_id(cx);
+                self.pin_key(id, *key_sha256, cx.batch);
                 ClusterResult::NodeId(id)
             }
             ClusterCmd::JoinTokenCreate {
@@ -199,4 +240,25 @@ impl Primitive for Security {
             }
         }
     }
+}
+
+/// The node that founds a cluster.
+pub const FOUNDER: u64 = 1;
+
+/// Records the cluster's identity and founding token, once.
+fn init(cx: &mut Cx<'_>, cluster_id: &str, join_token_sha256: &str) -> ClusterResult {
+    if cx.meta.cluster_id.is_some() {
+        return ClusterResult::AlreadyInitialized;
+    }
+    cx.meta.cluster_id = Some(cluster_id.to_string());
+    cx.meta.join_token_sha256 = Some(join_token_sha256.to_string());
+    cx.meta.next_node_id = cx.meta.next_node_id.max(FOUNDER + 1);
+    ClusterResult::Done
+}
+
+/// The next node id; ids are never reused.
+fn allocate_id(cx: &mut Cx<'_>) -> u64 {
+    let id = cx.meta.next_node_id.max(FOUNDER + 1);
+    cx.meta.next_node_id = id + 1;
+    id
 }
