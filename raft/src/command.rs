@@ -25,10 +25,21 @@ pub struct Request {
     /// The leader's wall clock (ms since the Unix epoch) when it proposed this entry. Apply
     /// advances the replicated clock to `max(previous, stamp_ms)`.
     pub stamp_ms: u64,
-    /// `Idempotency-Key` of the client request: a retried write with the same key is answered
-    /// from the first result and applied once.
+    /// `Idempotency-Key` of a client request proposed by an earlier build: one namespace for
+    /// every caller, and no check that a retry is the same request. Entries of earlier builds
+    /// still apply this way; this build proposes [`Command::Idempotent`] instead.
     pub idempotency_key: Option<String>,
     pub command: Command,
+}
+
+/// A client's `Idempotency-Key` as a write carries it ([`Command::Idempotent`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdemKey {
+    /// The key, qualified by whom it belongs to (the proposer scopes it to the caller, so two
+    /// callers' keys never meet); the state compares it as it is.
+    pub key: String,
+    /// A digest of the request the key was sent with: a retry must carry the same one.
+    pub fingerprint: [u8; 32],
 }
 
 /// One replicated command.
@@ -54,6 +65,15 @@ pub enum Command {
         command: Box<Command>,
     },
     Semaphore(SemaphoreCmd),
+    /// `command` under an `Idempotency-Key`: the first time the key is seen, `command` applies
+    /// and its answer is remembered with the fingerprint for
+    /// [`IDEMPOTENCY_WINDOW_MS`](crate::state::IDEMPOTENCY_WINDOW_MS); a retry
+    /// with the same fingerprint is answered from that, one with another fingerprint gets
+    /// [`Response::IdempotencyMismatch`]. Only a request's own command; never nested.
+    Idempotent {
+        idem: IdemKey,
+        command: Box<Command>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +124,9 @@ pub enum Response {
     Channel(ChannelResult),
     Txn(TxnResult),
     Semaphore(SemaphoreResult),
+    /// The `Idempotency-Key` was first used for a different request (another fingerprint);
+    /// nothing was applied.
+    IdempotencyMismatch,
 }
 
 /// A command whose result type is known: proposing it answers a `Self::Output`.
@@ -222,6 +245,7 @@ impl fmt::Display for Command {
                 command,
             } => write!(f, "fenced {lock}:{fence} {command}"),
             Command::Semaphore(c) => write!(f, "semaphore {c:?}"),
+            Command::Idempotent { command, .. } => write!(f, "idempotent {command}"),
         }
     }
 }
