@@ -5,6 +5,7 @@
 //!   handlers;
 //! - [`locks`], [`sessions`], [`cache`], [`queues`], [`txn`]: the other primitives;
 //! - [`history`]: key-value history reads and compaction;
+//! - [`idempotency`]: the `Idempotency-Key` of writes, scoped and bound to its request;
 //! - [`ops`]: cluster operations (remove, promote, transfer leadership, snapshot), the backup
 //!   stream and join tokens.
 //! - [`channels`], [`ws`]: channels (publish, history, presence) and the WebSocket API;
@@ -14,6 +15,7 @@ pub(crate) mod cache;
 pub(crate) mod channels;
 pub mod client;
 pub(crate) mod history;
+pub(crate) mod idempotency;
 pub(crate) mod locks;
 pub mod model;
 pub(crate) mod ops;
@@ -30,7 +32,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -45,6 +47,9 @@ use crate::error::{
 };
 use crate::metrics::Metrics;
 use model::{ClusterStatus, Consistency, KvDeleted, KvItem, KvList, Revision, Status};
+
+pub use idempotency::Idempotency;
+pub(crate) use idempotency::IdempotencyKey;
 
 /// Shared by every handler.
 pub struct AppState {
@@ -148,6 +153,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     add_routes(Router::new())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::record_fingerprint,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -385,35 +394,6 @@ pub(crate) fn list_limit(p: &HashMap<String, String>) -> ApiResult<usize> {
     }
 }
 
-/// The `Idempotency-Key` header of a write, as the API reference lists it (read by
-/// [`idempotency_key`]).
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-pub(crate) struct IdempotencyKey {
-    /// 1 to 256 visible ASCII characters; a retry with the same key and request is answered
-    /// once, for 10 minutes
-    #[param(rename = "Idempotency-Key")]
-    #[allow(dead_code)]
-    key: Option<String>,
-}
-
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(v) => {
-            let s = v
-                .to_str()
-                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
-            if s.is_empty() || s.len() > 256 {
-                return Err(ApiError::bad_request(
-                    "Idempotency-Key must be 1 to 256 characters",
-                ));
-            }
-            Ok(Some(s.to_string()))
-        }
-    }
-}
-
 #[utoipa::path(
     put,
     path = "/v1/kv/{key}",
@@ -438,7 +418,7 @@ async fn put_kv(
     State(st): St,
     Key(key): Key,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     body: Body,
 ) -> ApiResult<Json<Revision>> {
     let p = params(q, &["if_revision", "ttl_ms", "fence"])?;
@@ -447,7 +427,6 @@ async fn put_kv(
     if ttl_ms == Some(0) {
         return Err(ApiError::bad_request("ttl_ms must be at least 1"));
     }
-    let idem = idempotency_key(&headers)?;
     let limit = st.cluster.config().limits.max_value_bytes;
     let value = read_body(body, limit).await?;
     let command = fenced(
@@ -486,11 +465,10 @@ async fn delete_kv(
     State(st): St,
     Key(key): Key,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
 ) -> ApiResult<Json<KvDeleted>> {
     let p = params(q, &["if_revision", "fence"])?;
     let if_revision = u64_param(&p, "if_revision")?;
-    let idem = idempotency_key(&headers)?;
     let command = fenced(&p, KvCmd::Delete { key, if_revision })?;
     match crate::service::propose(&st.cluster, command, idem).await? {
         KvResult::Delete { revision, deleted } => Ok(Json(KvDeleted { revision, deleted })),

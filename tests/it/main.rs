@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod gossip;
 mod history;
+mod idempotency;
 mod joins;
 mod kv_cluster;
 mod lifecycle;

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use base64::Engine;
 use raft::command::{
@@ -16,7 +15,7 @@ use raft::{Command, Response};
 use super::cache::{check_tags, limits, CACHE_TTL_MS_MAX};
 use super::model::EnqueueRequest;
 use super::{
-    check_ms, idempotency_key, validate_key, validate_name, AppState, IdempotencyKey, JsonBody, St,
+    check_ms, validate_key, validate_name, AppState, Idempotency, IdempotencyKey, JsonBody, St,
 };
 use crate::error::{ApiError, ApiResult, BadRequest, TooLarge, WriteFailures};
 
@@ -411,7 +410,7 @@ fn result(r: &Response) -> TxnOpResult {
 )]
 pub async fn txn(
     State(st): St,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<TxnRequest>,
 ) -> ApiResult<Json<TxnResponse>> {
     if body.compare.len() > TXN_OPS_MAX {
@@ -429,7 +428,6 @@ pub async fn txn(
         success: branch(&st, "success", body.success)?,
         failure: branch(&st, "failure", body.failure)?,
     };
-    let idem = idempotency_key(&headers)?;
     let TxnResult {
         succeeded,
         revision,

@@ -15,7 +15,7 @@ pub mod queues;
 pub mod semaphores;
 
 use raft::command::{
-    CacheCmd, ChannelCmd, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd, SemaphoreCmd,
+    CacheCmd, ChannelCmd, IdemKey, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd, SemaphoreCmd,
     SessionCmd, Txn,
 };
 use raft::State;
@@ -60,7 +60,7 @@ impl<P: Answered> Answered for MaybeFenced<P> {
 pub async fn propose<P: Answered>(
     cluster: &Cluster,
     proposal: P,
-    idempotency_key: Option<String>,
+    idempotency_key: Option<IdemKey>,
 ) -> Result<P::Output, WriteError> {
     if P::READ_YOUR_WRITES {
         cluster.write_visible(proposal, idempotency_key).await
@@ -85,11 +85,11 @@ pub trait Queueing {
     fn cancel(name: &str, waiter_id: &str) -> Self::Cmd;
 }
 
-/// The waiter id of a blocking acquire: derived from its `Idempotency-Key`, so that a retried
-/// request looks for the same place in the queue, else drawn at random (unguessable).
-pub fn waiter_id(idempotency_key: Option<&str>) -> String {
+/// The waiter id of a blocking acquire: derived from its (scoped) `Idempotency-Key`, so that a
+/// retried request looks for the same place in the queue, else drawn at random (unguessable).
+pub fn waiter_id(idempotency_key: Option<&IdemKey>) -> String {
     match idempotency_key {
-        Some(k) => format!("idem:{k}"),
+        Some(k) => format!("idem:{}", k.key),
         None => hex::encode(rand::random::<[u8; 16]>()),
     }
 }
@@ -105,7 +105,7 @@ pub async fn acquire<Q: Queueing>(
     name: &str,
     acquire: Q::Cmd,
     wait: Option<(&str, u64)>,
-    idempotency_key: Option<String>,
+    idempotency_key: Option<IdemKey>,
     started: Instant,
 ) -> Result<Q::Result, WriteError> {
     // Visible: the wait below watches this node's state, which must already show the queue.
