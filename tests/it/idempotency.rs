@@ -205,3 +205,77 @@ async fn a_queued_acquire_replayed_gets_an_answer() {
     }
     c.shutdown().await;
 }
+
+/// The blocking-acquire protocol never hands a "queued" answer back as final: a queued answer
+/// to a caller that does not wait (the remembered answer of an earlier request that did) is
+/// withdrawn at once, and the caller gets the withdrawal's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_answer_to_a_caller_that_does_not_wait_is_withdrawn() {
+    use node::service::{self, locks::Locks, semaphores::Semaphores};
+    use raft::command::SemaphoreWait;
+    use raft::command::{LockCmd, LockResult, LockWait, SemaphoreCmd, SemaphoreResult};
+
+    let c = InprocCluster::start(1).await.unwrap();
+    let cluster = c.nodes[0].as_ref().unwrap().cluster.clone();
+    let h = http::client();
+    let b = &c.bases[0];
+    let (s, v) = send(
+        h.post(format!("{b}/v1/locks/W/acquire")),
+        "hold-lock",
+        None,
+        Some(json!({"owner": "a", "ttl_ms": 60000})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = send(
+        h.post(format!("{b}/v1/semaphores/W/acquire")),
+        "hold-semaphore",
+        None,
+        Some(json!({"holder": "a", "permits": 1, "capacity": 1, "ttl_ms": 60000})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    let queued_lock = LockCmd::Acquire {
+        name: "W".into(),
+        owner: "b".into(),
+        ttl_ms: 60000,
+        wait: Some(LockWait {
+            waiter_id: "w1".into(),
+            wait_ms: 60000,
+        }),
+    };
+    let started = tokio::time::Instant::now();
+    let r = service::acquire::<Locks>(&cluster, "W", queued_lock, ("w1", 0), None, started)
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        LockResult::Held { holder: "a".into() },
+        "withdrawn, not granted"
+    );
+    assert!(cluster.state().lock("W").unwrap().waiters.is_empty());
+
+    let queued_semaphore = SemaphoreCmd::Acquire {
+        name: "W".into(),
+        holder: "b".into(),
+        permits: 1,
+        capacity: 1,
+        ttl_ms: 60000,
+        wait: Some(SemaphoreWait {
+            waiter_id: "w2".into(),
+            wait_ms: 60000,
+        }),
+    };
+    let r =
+        service::acquire::<Semaphores>(&cluster, "W", queued_semaphore, ("w2", 0), None, started)
+            .await
+            .unwrap();
+    assert_eq!(r, SemaphoreResult::Cancelled, "withdrawn, not granted");
+    assert!(cluster.state().semaphore("W").unwrap().waiters.is_empty());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "not waited for"
+    );
+    c.shutdown().await;
+}

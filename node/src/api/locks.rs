@@ -69,7 +69,7 @@ pub async fn acquire(
         ttl_ms,
         wait: service::locks::wait(&waiter_id, body.wait_ms),
     };
-    let wait = (body.wait_ms > 0).then_some((waiter_id.as_str(), body.wait_ms));
+    let wait = (waiter_id.as_str(), body.wait_ms);
     let result =
         service::acquire::<service::locks::Locks>(&st.cluster, &name, command, wait, idem, started)
             .await?;

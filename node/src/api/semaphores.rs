@@ -144,7 +144,7 @@ pub async fn acquire(
         ttl_ms,
         wait: service::semaphores::wait(&waiter_id, body.wait_ms),
     };
-    let wait = (body.wait_ms > 0).then_some((waiter_id.as_str(), body.wait_ms));
+    let wait = (waiter_id.as_str(), body.wait_ms);
     let result = service::acquire::<service::semaphores::Semaphores>(
         &st.cluster,
         &name,
