@@ -282,6 +282,29 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Name {
     }
 }
 
+/// Path parameters as `T` (a `String`, or a tuple of them), percent-decoded; a segment that
+/// does not decode to UTF-8 is a JSON 400 like any other bad input.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for PathParams<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(PathParams(t)),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "bad path: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
 /// A JSON request body of at most `max_value_bytes` plus 64 KiB; malformed JSON, unknown
 /// fields and wrong types are 400, an oversized body 413.
 pub struct JsonBody<T>(pub T);

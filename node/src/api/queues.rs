@@ -1,6 +1,6 @@
 //! `/v1/queues` and `/v1/jobs`: job queues with leases, retries, dead letters and cron.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use raft::command::{Enqueue, QueueCmd, QueueResult, ScheduleSpec};
@@ -16,7 +16,7 @@ use super::model::{
 };
 use super::{
     check_ms, list_limit, params, read_barrier_unless_stale, remaining_ms, validate_name, AppState,
-    Idempotency, IdempotencyKey, JsonBody, Name, St,
+    Idempotency, IdempotencyKey, JsonBody, Name, PathParams, St,
 };
 use crate::error::{
     ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled, WriteFailures,
@@ -222,7 +222,7 @@ async fn job_write<T>(st: &AppState, command: QueueCmd, answer: T) -> ApiResult<
 )]
 pub async fn ack(
     State(st): St,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(b): JsonBody<AckRequest>,
 ) -> ApiResult<Json<Acked>> {
     let id = job_id(&id)?;
@@ -254,7 +254,7 @@ pub async fn ack(
 )]
 pub async fn nack(
     State(st): St,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(b): JsonBody<NackRequest>,
 ) -> ApiResult<Json<Nacked>> {
     let id = job_id(&id)?;
@@ -296,7 +296,7 @@ pub async fn nack(
 )]
 pub async fn extend(
     State(st): St,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(b): JsonBody<ExtendRequest>,
 ) -> ApiResult<Json<Extended>> {
     let id = job_id(&id)?;
@@ -364,7 +364,7 @@ fn job_info(id: u64, j: &Job, now: u64) -> JobInfo {
 )]
 pub async fn get_job(
     State(st): St,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<JobInfo>> {
     let id = job_id(&id)?;
@@ -546,7 +546,7 @@ pub async fn replay(
 )]
 pub async fn set_schedule(
     State(st): St,
-    Path((queue, name)): Path<(String, String)>,
+    PathParams((queue, name)): PathParams<(String, String)>,
     JsonBody(b): JsonBody<ScheduleRequest>,
 ) -> ApiResult<Json<NextFire>> {
     validate_name("queue", &queue)?;
@@ -599,7 +599,7 @@ pub async fn set_schedule(
 )]
 pub async fn delete_schedule(
     State(st): St,
-    Path((queue, name)): Path<(String, String)>,
+    PathParams((queue, name)): PathParams<(String, String)>,
 ) -> ApiResult<Json<Deleted>> {
     validate_name("queue", &queue)?;
     validate_name("name", &name)?;
