@@ -81,6 +81,8 @@ impl NodeTasks {
 pub struct Node {
     pub cluster: Arc<Cluster>,
     pub api_addr: std::net::SocketAddr,
+    /// What the API's handlers share (see [`Node::api_state`]).
+    api: Arc<AppState>,
     removed: tokio::sync::watch::Receiver<Option<String>>,
     data_dir: std::path::PathBuf,
     life: Lifecycle,
@@ -146,9 +148,10 @@ impl Node {
             stage_api(&config, &cluster, &mut life).await
         };
         match started.await {
-            Ok(api_addr) => Ok(Node {
+            Ok((api_addr, api)) => Ok(Node {
                 cluster,
                 api_addr,
+                api,
                 removed,
                 data_dir: config.data_dir().to_path_buf(),
                 life,
@@ -159,6 +162,13 @@ impl Node {
                 Err(e)
             }
         }
+    }
+
+    /// The state the API's handlers share: `api::router(node.api_state())` answers requests
+    /// in-process as this node's HTTP listener does. Drop every clone before
+    /// [`Node::shutdown`], which waits for the node's RocksDB handles to close.
+    pub fn api_state(&self) -> Arc<AppState> {
+        self.api.clone()
     }
 
     /// The trackers owning this node's tasks (see [`NodeTasks`]).
@@ -197,8 +207,10 @@ impl Node {
             removed,
             data_dir,
             life,
+            api,
             ..
         } = self;
+        drop(api);
         // Reads asked for from now on fail as unavailable; the rounds under way finish and
         // the stop below waits for them.
         cluster.refuse_new_reads();
@@ -564,21 +576,21 @@ async fn stage_api(
     config: &Config,
     cluster: &Arc<Cluster>,
     life: &mut Lifecycle,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> anyhow::Result<(std::net::SocketAddr, Arc<AppState>)> {
     info!(addr = %config.api.addr, "start-up stage: API");
     let listener = tokio::net::TcpListener::bind(config.api.addr)
         .await
         .with_context(|| format!("binding API address {}", config.api.addr))?;
     let api_addr = listener.local_addr()?;
-    let app = api::router(Arc::new(AppState {
+    let state = Arc::new(AppState {
         cluster: cluster.clone(),
         metrics: Arc::new(Metrics::new()),
         inflight: life.inflight.clone(),
         hub: life.hub.clone(),
         db: life.db.clone(),
         requests: life.tasks.requests.clone(),
-    }))
-    .layer(axum::middleware::from_fn_with_state(
+    });
+    let app = api::router(state.clone()).layer(axum::middleware::from_fn_with_state(
         life.requests(),
         track_request,
     ));
@@ -592,7 +604,7 @@ async fn stage_api(
             warn!(error = %e, "HTTP API stopped with an error");
         }
     }));
-    Ok(api_addr)
+    Ok((api_addr, state))
 }
 
 /// The node's in-flight HTTP requests, and the signal that gives up on them.

@@ -18,6 +18,7 @@ mod lifecycle;
 mod locks;
 mod membership;
 mod queues;
+mod router_fuzz;
 mod security;
 mod semaphores;
 mod sessions;
