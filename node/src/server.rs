@@ -335,7 +335,9 @@ fn restart_identity(config: &Config, db: &Db, id: Identity) -> anyhow::Result<Se
         );
     }
     info!(node_id = id.node_id, cluster_id = %id.cluster_id, "restarting member from its data dir");
-    let token = std::fs::read_to_string(config.data_dir().join(JOIN_TOKEN_FILE)).ok();
+    let token_file = config.data_dir().join(JOIN_TOKEN_FILE);
+    tighten_join_token(&token_file);
+    let token = std::fs::read_to_string(&token_file).ok();
     Ok((id, tls, token.filter(|_| id_is_founder(db))))
 }
 
@@ -505,17 +507,58 @@ async fn found_cluster(
     seal_restored_state(raft, identity.node_id, config.data_dir()).await?;
     let path = config.data_dir().join(JOIN_TOKEN_FILE);
     if !path.exists() {
-        // Written whole under another name, then renamed: whoever waits for the file
-        // (scripts joining more nodes) never reads it empty or cut short.
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, format!("{token}\n"))?;
-        std::fs::rename(&partial, &path)?;
+        write_join_token(&path, token)
+            .with_context(|| format!("writing the join token to {}", path.display()))?;
         println!(
             "stackd: new cluster {} started. Join another node to it with:\n  stackd serve --data-dir <DIR> --api-addr <IP:PORT> --cluster-addr <IP:PORT> --join {} --token {}",
             identity.cluster_id, cluster.info.cluster_addr, token
         );
     }
     Ok(())
+}
+
+/// Writes the founding join token to `path`, readable by its owner only. The file is created
+/// with mode 0600 (never readable by others, not even for a moment) under another name, synced
+/// and renamed: whoever waits for it (scripts joining more nodes) never reads it empty or cut
+/// short.
+fn write_join_token(path: &std::path::Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let partial = path.with_extension("partial");
+    // One left by an interrupted start may have another mode: start afresh.
+    match std::fs::remove_file(&partial) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&partial)?;
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&partial, path)
+}
+
+/// A join token file written by an earlier build, readable by others, is made readable by its
+/// owner only.
+fn tighten_join_token(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {
+                    info!(path = %path.display(), "join token file made readable by its owner only")
+                }
+                Err(e) => {
+                    warn!(error = %e, path = %path.display(), "cannot restrict the join token file to its owner")
+                }
+            }
+        }
+    }
 }
 
 /// Background: the leader's duties, the gossip feed, the membership and removal watchers
