@@ -13,6 +13,12 @@
 #   API_PORT         HTTP API port of every node (default: 7001)
 #   CLUSTER_PORT     cluster (Raft) port of every node (default: 7101)
 #   STARTUP_TIMEOUT  seconds to wait for each startup step (default: 60)
+#   STACKD_INSECURE_NO_AUTH=true  start the nodes without access control (for
+#                    benchmarks comparing it; never for a cluster others reach)
+#
+# Access control is on: node 1 writes the cluster's management token to
+# $STACKD_DATA/node1/bootstrap-token (mode 0600) and this script prints how to
+# use it.
 #
 # Node i listens on 127.0.0.i:$API_PORT and 127.0.0.i:$CLUSTER_PORT; the
 # distinct loopback addresses let all nodes use the same ports. (Linux routes
@@ -48,6 +54,9 @@ cluster_addr() { echo "$(node_ip "$1"):${CLUSTER_PORT}"; }
 data_dir() { echo "${STACKD_DATA}/node$1"; }
 log_file() { echo "${STACKD_DATA}/node$1.log"; }
 pid_file() { echo "${STACKD_DATA}/node$1.pid"; }
+token_file() { echo "$(data_dir 1)/bootstrap-token"; }
+# The management token, as a curl header (empty before node 1 made it).
+auth_header() { echo "Authorization: Bearer $(cat "$(token_file)" 2>/dev/null | tr -d '[:space:]')"; }
 
 # A data dir that exists but is empty is left over from a failed first start;
 # only a non-empty one holds a member's state.
@@ -97,7 +106,7 @@ fail_start() {
 
 # Number of voters in node $1's view of the cluster, if it also knows a leader.
 voter_count() {
-    curl -fsS --max-time 2 "$(api_url "$1")/v1/cluster" 2>/dev/null | python3 -c '
+    curl -fsS --max-time 2 -H "$(auth_header)" "$(api_url "$1")/v1/cluster" 2>/dev/null | python3 -c '
 import json, sys
 c = json.load(sys.stdin)
 if c.get("leader_id") is None:
@@ -240,10 +249,13 @@ cmd_start() {
 stackd local cluster is up (data, logs and pids in $STACKD_DATA):
 $(for i in "${NODES[@]}"; do echo "  node $i  $(api_url "$i")"; done)
 
-Try:
-  curl -X PUT $(api_url 2)/v1/kv/a -d x
-  curl -i $(api_url 3)/v1/kv/a
-  curl -s $(api_url 1)/v1/cluster
+Every request needs a token. The management token (every right) is in
+$(token_file) (mode 0600); give apps their own tokens
+(stackd acl token create --policy NAME). Try:
+  export STACKD_TOKEN=\$(cat $(token_file))
+  curl -X PUT -H "Authorization: Bearer \$STACKD_TOKEN" $(api_url 2)/v1/kv/a -d x
+  curl -i -H "Authorization: Bearer \$STACKD_TOKEN" $(api_url 3)/v1/kv/a
+  stackd cluster status --addr $(node_ip 1):${API_PORT}    # reads STACKD_TOKEN
 
 Status: $0 status
 Stop:   $0 stop
@@ -288,7 +300,7 @@ cmd_status() {
         fi
     done
     for i in "${NODES[@]}"; do
-        if body="$(curl -fsS --max-time 2 "$(api_url "$i")/v1/cluster" 2>/dev/null)"; then
+        if body="$(curl -fsS --max-time 2 -H "$(auth_header)" "$(api_url "$i")/v1/cluster" 2>/dev/null)"; then
             echo
             echo "cluster as seen by node $i:"
             python3 -m json.tool <<<"$body" 2>/dev/null || echo "$body"

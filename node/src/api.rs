@@ -11,6 +11,8 @@
 //! - [`channels`], [`ws`]: channels (publish, history, presence) and the WebSocket API;
 //!   `/v1/client.js` and `/demo/` serve the browser client and its demo page.
 
+pub mod acl;
+mod browser;
 pub(crate) mod cache;
 pub(crate) mod channels;
 pub mod client;
@@ -32,7 +34,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -40,6 +42,11 @@ use base64::Engine;
 use raft::command::{KvCmd, KvResult, MaybeFenced, Proposal};
 use tokio::sync::Semaphore;
 
+use crate::auth::Resource::{
+    Acl, Cache, Cluster as ClusterOps, Kv, Locks, Queues, Semaphores, Sessions,
+};
+use crate::auth::Target::{All, JobQueue, Path as Param, Prefix, Query, SessionUser};
+use crate::auth::{channel, read, write, Need, Op};
 use crate::cluster::Cluster;
 use crate::error::{
     ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, NotFound, TooLarge, Unsettled,
@@ -62,19 +69,36 @@ pub struct AppState {
     /// The node's request tasks: work that outlives its handler (a backup's stream) is
     /// tracked here, so shutdown waits for it.
     pub requests: tokio_util::task::TaskTracker,
+    /// Request rates per token, address and WebSocket connection.
+    pub rate: Arc<crate::rate::RateLimits>,
 }
 
 type St = State<Arc<AppState>>;
 
-/// Every route as `method path => handler`: `router()` is built from this table and
-/// [`ROUTES`] lists it, so the OpenAPI test compares the document with the routes served.
+/// Every route as `method path => handler, need`: `router()` is built from this table and
+/// [`ROUTES`] lists it, so the OpenAPI test compares the document with the routes served and
+/// the access test tries every route with every kind of token. `need` is what the caller must
+/// hold ([`crate::auth::Need`]); a route cannot be added without saying.
 macro_rules! routes {
-    ($($method:ident $path:literal => $handler:path;)*) => {
-        /// (method, path template) of every route, in the order of the table.
-        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+    ($($method:ident $path:literal => $handler:path, $need:expr;)*) => {
+        /// (method, path template, need) of every route, in the order of the table.
+        pub const ROUTES: &[(&str, &str, Need)] = &[$((stringify!($method), $path, $need)),*];
 
-        fn add_routes(r: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
-            r$(.route($path, axum::routing::$method($handler)))*
+        fn add_routes(r: Router<Arc<AppState>>, st: &Arc<AppState>) -> Router<Arc<AppState>> {
+            r$(.route(
+                $path,
+                axum::routing::$method($handler)
+                    // Once the caller is let in: a request with an Idempotency-Key is read and
+                    // fingerprinted for the `Idempotency` extractor.
+                    .layer(middleware::from_fn_with_state(
+                        st.clone(),
+                        idempotency::record_fingerprint,
+                    ))
+                    .route_layer(middleware::from_fn_with_state(
+                        (st.clone(), $need),
+                        crate::auth::authorize,
+                    )),
+            ))*
         }
 
         /// The operation of every route, from its handler's `#[utoipa::path]`: the paths of
@@ -86,78 +110,90 @@ macro_rules! routes {
 }
 
 routes! {
-    get "/v1/kv" => list_kv;
-    get "/v1/kv/{key}" => get_kv;
-    put "/v1/kv/{key}" => put_kv;
-    delete "/v1/kv/{key}" => delete_kv;
-    post "/v1/txn" => txn::txn;
-    get "/v1/history" => history::kv_history;
-    get "/v1/locks/{name}" => locks::inspect;
-    post "/v1/locks/{name}/acquire" => locks::acquire;
-    post "/v1/locks/{name}/renew" => locks::renew;
-    post "/v1/locks/{name}/release" => locks::release;
-    get "/v1/semaphores/{name}" => semaphores::inspect;
-    post "/v1/semaphores/{name}/acquire" => semaphores::acquire;
-    post "/v1/semaphores/{name}/renew" => semaphores::renew;
-    post "/v1/semaphores/{name}/release" => semaphores::release;
-    post "/v1/sessions" => sessions::create;
-    get "/v1/sessions" => sessions::list;
-    delete "/v1/sessions" => sessions::delete_user;
-    get "/v1/sessions/{id}" => sessions::get;
-    patch "/v1/sessions/{id}" => sessions::update;
-    delete "/v1/sessions/{id}" => sessions::delete;
-    post "/v1/sessions/{id}/touch" => sessions::touch;
-    get "/v1/queues" => queues::list_queues;
-    get "/v1/queues/{name}" => queues::stats;
-    post "/v1/queues/{name}/jobs" => queues::enqueue;
-    post "/v1/queues/{name}/claim" => queues::claim;
-    get "/v1/queues/{name}/dead" => queues::dead;
-    post "/v1/queues/{name}/dead/replay" => queues::replay;
-    get "/v1/queues/{name}/schedules" => queues::list_schedules;
-    put "/v1/queues/{queue}/schedules/{name}" => queues::set_schedule;
-    delete "/v1/queues/{queue}/schedules/{name}" => queues::delete_schedule;
-    get "/v1/jobs/{id}" => queues::get_job;
-    post "/v1/jobs/{id}/ack" => queues::ack;
-    post "/v1/jobs/{id}/nack" => queues::nack;
-    post "/v1/jobs/{id}/extend" => queues::extend;
-    get "/v1/cache/stats" => cache::stats;
-    post "/v1/cache/invalidate" => cache::invalidate;
-    get "/v1/cache/{key}" => cache::get;
-    put "/v1/cache/{key}" => cache::set;
-    delete "/v1/cache/{key}" => cache::delete;
+    get "/v1/kv" => list_kv, read(Kv, Prefix("prefix"));
+    get "/v1/kv/{key}" => get_kv, read(Kv, Param("key"));
+    put "/v1/kv/{key}" => put_kv, write(Kv, Param("key"));
+    delete "/v1/kv/{key}" => delete_kv, write(Kv, Param("key"));
+    post "/v1/txn" => txn::txn, Need::Token;
+    get "/v1/history" => history::kv_history, read(Kv, Prefix("prefix"));
+    get "/v1/locks/{name}" => locks::inspect, read(Locks, Param("name"));
+    post "/v1/locks/{name}/acquire" => locks::acquire, write(Locks, Param("name"));
+    post "/v1/locks/{name}/renew" => locks::renew, write(Locks, Param("name"));
+    post "/v1/locks/{name}/release" => locks::release, write(Locks, Param("name"));
+    get "/v1/semaphores/{name}" => semaphores::inspect, read(Semaphores, Param("name"));
+    post "/v1/semaphores/{name}/acquire" => semaphores::acquire, write(Semaphores, Param("name"));
+    post "/v1/semaphores/{name}/renew" => semaphores::renew, write(Semaphores, Param("name"));
+    post "/v1/semaphores/{name}/release" => semaphores::release, write(Semaphores, Param("name"));
+    post "/v1/sessions" => sessions::create, Need::Token;
+    get "/v1/sessions" => sessions::list, read(Sessions, Query("user"));
+    delete "/v1/sessions" => sessions::delete_user, write(Sessions, Query("user"));
+    get "/v1/sessions/{id}" => sessions::get, read(Sessions, SessionUser("id"));
+    patch "/v1/sessions/{id}" => sessions::update, write(Sessions, SessionUser("id"));
+    delete "/v1/sessions/{id}" => sessions::delete, write(Sessions, SessionUser("id"));
+    post "/v1/sessions/{id}/touch" => sessions::touch, write(Sessions, SessionUser("id"));
+    get "/v1/queues" => queues::list_queues, read(Queues, All);
+    get "/v1/queues/{name}" => queues::stats, read(Queues, Param("name"));
+    post "/v1/queues/{name}/jobs" => queues::enqueue, write(Queues, Param("name"));
+    post "/v1/queues/{name}/claim" => queues::claim, write(Queues, Param("name"));
+    get "/v1/queues/{name}/dead" => queues::dead, read(Queues, Param("name"));
+    post "/v1/queues/{name}/dead/replay" => queues::replay, write(Queues, Param("name"));
+    get "/v1/queues/{name}/schedules" => queues::list_schedules, read(Queues, Param("name"));
+    put "/v1/queues/{queue}/schedules/{name}" => queues::set_schedule, write(Queues, Param("queue"));
+    delete "/v1/queues/{queue}/schedules/{name}" => queues::delete_schedule, write(Queues, Param("queue"));
+    get "/v1/jobs/{id}" => queues::get_job, read(Queues, JobQueue("id"));
+    post "/v1/jobs/{id}/ack" => queues::ack, write(Queues, JobQueue("id"));
+    post "/v1/jobs/{id}/nack" => queues::nack, write(Queues, JobQueue("id"));
+    post "/v1/jobs/{id}/extend" => queues::extend, write(Queues, JobQueue("id"));
+    get "/v1/cache/stats" => cache::stats, read(Cache, All);
+    post "/v1/cache/invalidate" => cache::invalidate, write(Cache, All);
+    get "/v1/cache/{key}" => cache::get, read(Cache, Param("key"));
+    put "/v1/cache/{key}" => cache::set, write(Cache, Param("key"));
+    delete "/v1/cache/{key}" => cache::delete, write(Cache, Param("key"));
     // Channels, WebSocket, browser client.
-    post "/v1/channels/{name}/publish" => channels::publish;
-    get "/v1/channels/{name}/history" => channels::history;
-    get "/v1/channels/{name}/presence" => channels::presence;
-    get "/v1/ws" => ws::upgrade;
-    get "/v1/client.js" => client_js;
-    get "/demo/" => demo_page;
+    post "/v1/channels/{name}/publish" => channels::publish, channel(Op::Publish);
+    get "/v1/channels/{name}/history" => channels::history, channel(Op::History);
+    get "/v1/channels/{name}/presence" => channels::presence, channel(Op::Presence);
+    get "/v1/ws" => ws::upgrade, Need::Upgrade;
+    get "/v1/client.js" => client_js, Need::Open;
+    get "/demo/" => demo_page, Need::Open;
+    // Access control.
+    post "/v1/acl/tokens" => acl::create_token, write(Acl, All);
+    get "/v1/acl/tokens" => acl::list_tokens, read(Acl, All);
+    get "/v1/acl/tokens/self" => acl::token_self, Need::Token;
+    get "/v1/acl/tokens/{id}" => acl::get_token, read(Acl, All);
+    patch "/v1/acl/tokens/{id}" => acl::update_token, write(Acl, All);
+    delete "/v1/acl/tokens/{id}" => acl::delete_token, write(Acl, All);
+    get "/v1/acl/policies" => acl::list_policies, read(Acl, All);
+    get "/v1/acl/policies/{name}" => acl::get_policy, read(Acl, All);
+    put "/v1/acl/policies/{name}" => acl::set_policy, write(Acl, All);
+    delete "/v1/acl/policies/{name}" => acl::delete_policy, write(Acl, All);
     // Cluster operations.
-    get "/v1/cluster" => cluster_status;
-    post "/v1/cluster/members/{id}/remove" => ops::remove;
-    post "/v1/cluster/members/{id}/promote" => ops::promote;
-    post "/v1/cluster/leader/transfer" => ops::transfer;
-    post "/v1/cluster/snapshot" => ops::snapshot;
-    post "/v1/cluster/compact" => history::compact;
-    get "/v1/cluster/backup" => ops::backup;
-    post "/v1/cluster/tokens" => ops::create_token;
-    get "/v1/cluster/tokens" => ops::list_tokens;
-    delete "/v1/cluster/tokens/{id}" => ops::revoke_token;
-    get "/v1/openapi.json" => openapi;
-    get "/health" => health;
-    get "/ready" => ready;
-    get "/metrics" => metrics;
+    get "/v1/cluster" => cluster_status, read(ClusterOps, All);
+    post "/v1/cluster/members/{id}/remove" => ops::remove, write(ClusterOps, All);
+    post "/v1/cluster/members/{id}/promote" => ops::promote, write(ClusterOps, All);
+    post "/v1/cluster/leader/transfer" => ops::transfer, write(ClusterOps, All);
+    post "/v1/cluster/snapshot" => ops::snapshot, write(ClusterOps, All);
+    post "/v1/cluster/compact" => history::compact, write(ClusterOps, All);
+    get "/v1/cluster/backup" => ops::backup, write(ClusterOps, All);
+    post "/v1/cluster/tokens" => ops::create_token, write(ClusterOps, All);
+    get "/v1/cluster/tokens" => ops::list_tokens, read(ClusterOps, All);
+    delete "/v1/cluster/tokens/{id}" => ops::revoke_token, write(ClusterOps, All);
+    get "/v1/openapi.json" => openapi, Need::Open;
+    get "/health" => health, Need::Open;
+    get "/ready" => ready, Need::Open;
+    get "/metrics" => metrics, Need::Metrics;
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    add_routes(Router::new())
+    add_routes(Router::new(), &state)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            idempotency::record_fingerprint,
+            browser::guard,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(browser::cors(&state.cluster.config().api.allowed_origins))
         .with_state(state)
 }
 
@@ -306,13 +342,37 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
 }
 
 /// A JSON request body of at most `max_value_bytes` plus 64 KiB; malformed JSON, unknown
-/// fields and wrong types are 400, an oversized body 413.
+/// fields and wrong types are 400, an oversized body 413. A `Content-Type` other than JSON
+/// (`application/json` or `*/*+json`) is 400, so an HTML form (or a page's "simple" request)
+/// cannot send one.
 pub struct JsonBody<T>(pub T);
+
+/// Whether a request's `Content-Type`, if it has one, says JSON.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let essence = ct
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::bad_request(
+                "the body must be sent with Content-Type: application/json",
+            ));
+        }
         let limit = json_body_limit(st);
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
@@ -682,9 +742,19 @@ async fn client_js() -> Response {
     )
 )]
 async fn demo_page() -> Response {
+    const PAGE: &str = include_str!("assets/demo.html");
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        include_str!("assets/demo.html"),
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                browser::demo_page_policy(PAGE),
+            ),
+        ],
+        PAGE,
     )
         .into_response()
 }

@@ -1,5 +1,5 @@
 //! The command-line client (`stackd kv`, `lock`, `semaphore`, `session`, `cache`, `queue`, `worker`, `txn`,
-//! `cluster`, `backup`, `token`) against any node's API, and `stackd restore`.
+//! `cluster`, `backup`, `token`, `acl`) against any node's API, and `stackd restore`.
 //!
 //! Each command parses its arguments, calls the typed client ([`crate::api::client`]) and
 //! prints the answer.
@@ -7,10 +7,12 @@
 //! # Layout
 //! - this file: the subcommands ([`Command`], flattened into `stackd`'s own), shared
 //!   arguments, `kv`, `cluster` (status and operations) and `token`;
+//! - [`acl`]: tokens and policies;
 //! - [`lock`], [`semaphore`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the
 //!   other primitives;
 //! - [`backup`]: `stackd backup` and `stackd restore`.
 
+pub mod acl;
 pub mod backup;
 pub mod cache;
 pub mod lock;
@@ -66,6 +68,9 @@ pub enum Command {
     /// `token list` and `token revoke ID` show and revoke them.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Access control: tokens (`acl token create --policy P`) and policies (`acl policy set`).
+    #[command(subcommand)]
+    Acl(acl::AclCmd),
 }
 
 /// Runs a client subcommand.
@@ -83,6 +88,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Backup(cmd) => backup::backup(cmd).await,
         Command::Restore(cmd) => backup::restore(cmd),
         Command::Token(cmd) => token(cmd).await,
+        Command::Acl(cmd) => acl::run(cmd).await,
     }
 }
 
@@ -115,12 +121,33 @@ pub struct Target {
         global = true
     )]
     pub addr: String,
+    /// Token secret sent with every request (a management token is printed by the founding
+    /// node and kept in its data dir as `bootstrap-token`). Wins over --token-file.
+    #[arg(long, env = "STACKD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// File holding the token secret (e.g. DATA_DIR/bootstrap-token).
+    #[arg(long, env = "STACKD_TOKEN_FILE", value_name = "FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Target {
-    /// The typed client of this node.
-    pub fn client(&self) -> Client {
-        Client::new(&self.addr)
+    /// The typed client of this node, with the token given, if any.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let client = Client::new(&self.addr);
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading token file {}: {e}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(match token.filter(|t| !t.is_empty()) {
+            Some(t) => client.with_token(t),
+            None => client,
+        })
     }
 }
 
@@ -265,7 +292,7 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
 pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
     match cmd {
         TokenCmd::Create { ttl, json, target } => {
-            let t = target.client().create_token(Some(ttl)).await?;
+            let t = target.client()?.create_token(Some(ttl)).await?;
             if json {
                 println!("{}", serde_json::to_value(&t)?);
             } else {
@@ -277,7 +304,7 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             }
         }
         TokenCmd::List { json, target } => {
-            let tokens = target.client().tokens().await?;
+            let tokens = target.client()?.tokens().await?;
             if json {
                 println!("{}", serde_json::to_value(&tokens)?);
             } else {
@@ -285,7 +312,7 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             }
         }
         TokenCmd::Revoke { id, target } => {
-            target.client().revoke_token(&id).await?;
+            target.client()?.revoke_token(&id).await?;
             println!("revoked join token {id}");
         }
     }
@@ -347,7 +374,7 @@ pub(crate) fn print_raw(value: &[u8]) -> anyhow::Result<()> {
 pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
     match cmd {
         KvCmd::Get { key, stale, target } => {
-            let client = target.client();
+            let client = target.client()?;
             let client = if stale { client.stale() } else { client };
             print_raw(&client.kv_get(&key).await?.value)?;
         }
@@ -365,7 +392,7 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
                 fence,
             };
             let body = value_or_stdin(value)?;
-            let put = target.client().kv_put_with(&key, body, &w).await?;
+            let put = target.client()?.kv_put_with(&key, body, &w).await?;
             println!("revision {}", put.revision);
         }
         KvCmd::Del {
@@ -379,14 +406,14 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
                 ttl_ms: None,
                 fence,
             };
-            let d = target.client().kv_delete_with(&key, &w).await?;
+            let d = target.client()?.kv_delete_with(&key, &w).await?;
             println!("deleted {} (revision {})", d.deleted, d.revision);
         }
         KvCmd::Ls {
             prefix,
             limit,
             target,
-        } => kv_ls(&target.client(), prefix, limit).await?,
+        } => kv_ls(&target.client()?, prefix, limit).await?,
     }
     Ok(())
 }
@@ -428,23 +455,23 @@ fn or_null(n: Option<u64>) -> String {
 pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
         ClusterCmd::Remove { id, target } => {
-            target.client().remove_member(id).await?;
+            target.client()?.remove_member(id).await?;
             println!("removed node {id}");
         }
         ClusterCmd::Promote { id, target } => {
-            target.client().promote_member(id).await?;
+            target.client()?.promote_member(id).await?;
             println!("node {id} is a voter");
         }
         ClusterCmd::TransferLeader { to, target } => {
-            let l = target.client().transfer_leader(to).await?;
+            let l = target.client()?.transfer_leader(to).await?;
             println!("leader is node {}", l.leader_id);
         }
         ClusterCmd::Snapshot { target } => {
-            let s = target.client().snapshot().await?;
+            let s = target.client()?.snapshot().await?;
             println!("snapshot at index {}", or_null(s.snapshot_index));
         }
         ClusterCmd::Status { json, target } => {
-            let status = target.client().cluster_status().await?;
+            let status = target.client()?.cluster_status().await?;
             if json {
                 print_json(&status)?;
             } else {

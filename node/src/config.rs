@@ -101,6 +101,40 @@ section! {
         /// Most HTTP requests handled at once; further ones get 503. Default: 4096. Range: 1
         /// to 1000000.
         pub max_inflight_requests: usize = 4096,
+        /// Serve every route without a token. For tests and local experiments only: anyone
+        /// who reaches the API port owns the cluster. Logged as a warning at start-up and
+        /// shown as `auth: "off"` in `GET /v1/cluster`. Default: false.
+        pub insecure_no_auth: bool = false,
+        /// Web origins (`scheme://host[:port]`, comma-separated, or `*` for any) whose pages may
+        /// call the API from a browser: answered with CORS headers, and let through the Origin
+        /// check of WebSocket upgrades and of every request but GET and HEAD. Default: none
+        /// (pages served by the node itself only).
+        pub allowed_origins: Origins = Origins::default(); e.g. "https://app.example.com",
+        /// Serve `/metrics` without a token (for a Prometheus scraper on a trusted network).
+        /// When false, `/metrics` needs a token with `read` on `cluster`. Default: false.
+        pub metrics_open: bool = false,
+    }
+}
+
+section! {
+    /// Request rates, per node (a client spreading over N nodes gets N times these): token
+    /// buckets refilled continuously, a burst of up to one second's worth. Past one the answer
+    /// is 429 rate_limited with Retry-After. 0 turns a limit off.
+    ["rate"] pub struct RateConfig {
+        /// Reads (GET, HEAD) per second with one token. Default: 20000.
+        pub token_reads_per_sec: u64 = 20_000,
+        /// Writes (every other method) per second with one token. Default: 10000.
+        pub token_writes_per_sec: u64 = 10_000,
+        /// Requests per second from one client IP, with or without a token. Default: 50000.
+        pub ip_requests_per_sec: u64 = 50_000,
+        /// Failed authentications (401) per minute from one client IP; past it, 429 until the
+        /// bucket refills. Default: 60.
+        pub auth_failures_per_min: u64 = 60,
+        /// WebSocket connections opened per second from one client IP. Default: 50.
+        pub ws_connections_per_sec: u64 = 50,
+        /// Messages per second a WebSocket client may send on one connection; past it a
+        /// message is refused with rate_limited and the connection stays open. Default: 1000.
+        pub ws_messages_per_sec: u64 = 1_000,
     }
 }
 
@@ -242,6 +276,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub channels: ChannelsConfig,
     pub ws: WsConfig,
+    pub rate: RateConfig,
 }
 
 /// The sections of [`Config`], in the order of its fields.
@@ -256,6 +291,7 @@ pub const SECTIONS: &[Section] = &[
     CacheConfig::SECTION,
     ChannelsConfig::SECTION,
     WsConfig::SECTION,
+    RateConfig::SECTION,
 ];
 
 /// The documentation of the setting at `path` (`section.field`).
@@ -327,11 +363,17 @@ serve_flags! {
     advertise_api_addr: String, "STACKD_ADVERTISE_API_ADDR" => api.advertise_addr;
     request_timeout_ms: u64, "STACKD_REQUEST_TIMEOUT_MS" => api.request_timeout_ms;
     max_inflight_requests: usize, "STACKD_MAX_INFLIGHT_REQUESTS" => api.max_inflight_requests;
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    insecure_no_auth: bool, "STACKD_INSECURE_NO_AUTH" => api.insecure_no_auth;
+    allowed_origins: Origins, "STACKD_ALLOWED_ORIGINS" => api.allowed_origins;
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    metrics_open: bool, "STACKD_METRICS_OPEN" => api.metrics_open;
     cluster_addr: SocketAddr, "STACKD_CLUSTER_ADDR" => cluster.addr;
     advertise_cluster_addr: String, "STACKD_ADVERTISE_CLUSTER_ADDR" => cluster.advertise_addr;
     join: String, "STACKD_JOIN" => cluster.join;
-    #[arg(hide_env_values = true)] // a secret: never shown in --help
-    token: String, "STACKD_TOKEN" => cluster.token;
+    // A secret: never shown in --help. `--token` is what the first node prints.
+    #[arg(hide_env_values = true, alias = "token")]
+    join_token: String, "STACKD_JOIN_TOKEN" => cluster.token;
     gossip_addr: SocketAddr, "STACKD_GOSSIP_ADDR" => gossip.addr;
     heartbeat_interval_ms: u64, "STACKD_HEARTBEAT_INTERVAL_MS" => raft.heartbeat_interval_ms;
     election_timeout_ms: u64, "STACKD_ELECTION_TIMEOUT_MS" => raft.election_timeout_ms;
@@ -349,6 +391,12 @@ serve_flags! {
     ws_send_buffer_bytes: usize, "STACKD_WS_SEND_BUFFER_BYTES" => ws.send_buffer_bytes;
     ws_catch_up_events_per_sec: u64, "STACKD_WS_CATCH_UP_EVENTS_PER_SEC" => ws.catch_up_events_per_sec;
     ws_max_connections: usize, "STACKD_WS_MAX_CONNECTIONS" => ws.max_connections;
+    rate_token_reads_per_sec: u64, "STACKD_RATE_TOKEN_READS_PER_SEC" => rate.token_reads_per_sec;
+    rate_token_writes_per_sec: u64, "STACKD_RATE_TOKEN_WRITES_PER_SEC" => rate.token_writes_per_sec;
+    rate_ip_requests_per_sec: u64, "STACKD_RATE_IP_REQUESTS_PER_SEC" => rate.ip_requests_per_sec;
+    rate_auth_failures_per_min: u64, "STACKD_RATE_AUTH_FAILURES_PER_MIN" => rate.auth_failures_per_min;
+    rate_ws_connections_per_sec: u64, "STACKD_RATE_WS_CONNECTIONS_PER_SEC" => rate.ws_connections_per_sec;
+    rate_ws_messages_per_sec: u64, "STACKD_RATE_WS_MESSAGES_PER_SEC" => rate.ws_messages_per_sec;
 }
 
 /// A flag of `stackd serve`: its argument id (the flag is `--` and the id with dashes), its
@@ -396,6 +444,9 @@ impl Form for String {
 }
 impl Form for PathBuf {
     const FORM: &'static str = "a path";
+}
+impl Form for Origins {
+    const FORM: &'static str = "comma-separated origins (scheme://host[:port]) or *";
 }
 impl Form for Retention {
     const FORM: &'static str = "comma-separated PREFIX=EVENTS:AGE_MS rules";
@@ -872,6 +923,62 @@ impl fmt::Display for RetentionRule {
     }
 }
 
+/// Web origins allowed to call the API from a browser: `scheme://host[:port]` each, or `*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Origins(pub Vec<String>);
+
+impl Origins {
+    /// Whether `origin` (an `Origin` header's value) is allowed.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.0
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}
+
+impl FromStr for Origins {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for o in spec.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let ok = o == "*"
+                || (o.starts_with("http://") || o.starts_with("https://"))
+                    && !o
+                        .trim_end_matches('/')
+                        .contains(|c: char| c.is_whitespace())
+                    && o.splitn(4, '/').nth(3).is_none_or(str::is_empty);
+            if !ok {
+                return Err(format!(
+                    "{o:?} is not an origin: give scheme://host[:port] (no path) or *"
+                ));
+            }
+            out.push(o.trim_end_matches('/').to_string());
+        }
+        Ok(Origins(out))
+    }
+}
+
+impl fmt::Display for Origins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl TryFrom<String> for Origins {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Origins> for String {
+    fn from(o: Origins) -> String {
+        o.to_string()
+    }
+}
+
 /// Channel retention rules by name prefix, written `PREFIX=EVENTS:AGE_MS,...`. The rule with
 /// the empty prefix, always present, covers channels no other rule matches; a spec that does
 /// not set it keeps the default's. Parsing checks the form; [`Config::validate`] the bounds.
@@ -994,6 +1101,17 @@ mod tests {
         c.api.advertise_addr = Some("api.example:8001".into());
         c.api.request_timeout_ms = 7_000;
         c.api.max_inflight_requests = 100;
+        c.api.insecure_no_auth = true;
+        c.api.metrics_open = true;
+        c.rate.token_reads_per_sec = 1;
+        c.rate.token_writes_per_sec = 2;
+        c.rate.ip_requests_per_sec = 3;
+        c.rate.auth_failures_per_min = 4;
+        c.rate.ws_connections_per_sec = 5;
+        c.rate.ws_messages_per_sec = 6;
+        c.api.allowed_origins = "https://app.example.com,http://localhost:3000"
+            .parse()
+            .unwrap();
         c.cluster.addr = "10.0.0.1:8101".parse().unwrap();
         c.cluster.advertise_addr = Some("node-a.example:8101".into());
         c.cluster.join = Some("10.0.0.2:8101".into());
@@ -1086,7 +1204,12 @@ mod tests {
             assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(f.env));
             let help = arg.get_help().unwrap().to_string();
             assert!(help.contains(f.path), "{}: {help}", f.arg);
-            assert_eq!(arg.is_hide_env_values_set(), f.arg == "token", "{}", f.arg);
+            assert_eq!(
+                arg.is_hide_env_values_set(),
+                f.arg == "join_token",
+                "{}",
+                f.arg
+            );
         }
     }
 

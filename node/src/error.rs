@@ -15,7 +15,11 @@ use transport::ServiceError;
 pub enum ErrorCode {
     /// 400: the request is malformed or a value is out of range; nothing was applied.
     BadRequest,
-    /// 403: the cluster refused the request (e.g. a removed or unknown node).
+    /// 401: no token, or one that is malformed, unknown, deleted or expired
+    /// (`WWW-Authenticate: Bearer`).
+    Unauthenticated,
+    /// 403: the token's policies do not allow the request (`resource` and `access` say what
+    /// is missing), or the cluster refused it (e.g. a removed or unknown node).
     Forbidden,
     /// 404: no such key, lock, session, job, schedule, channel, member, token or route.
     NotFound,
@@ -45,8 +49,9 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
+        ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
@@ -66,6 +71,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -87,6 +93,7 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -316,13 +323,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        // A rate limit says when its bucket has room again; other refusals: in a second.
+        let retry_after_s = self
+            .extra
+            .get("retry_after_ms")
+            .and_then(Value::as_u64)
+            .map_or(1, |ms| ms.div_ceil(1000).max(1));
         let mut resp = (status, axum::Json(self.body())).into_response();
         if matches!(
             status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         ) {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
         }
         resp
     }

@@ -4,19 +4,22 @@
 //! - [`config`]: `stackd serve` settings from flags, environment and TOML.
 //! - [`server`]: node start-up (identity, storage, Raft, transport, API) and shutdown.
 //! - [`cluster`]: writes from any node, batched linearizable reads, joins, leader duties.
-//! - [`api`]: the HTTP routes of API.md; [`error`] maps every failure to its status and code.
+//! - [`api`]: the HTTP routes; [`error`] maps every failure to its status and code.
+//! - [`auth`]: what each route needs, bearer tokens checked against the replicated ACL.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`realtime`]: the feed of applied events behind WebSocket fan-out, and presence leases.
 //! - [`backup`]: the backup stream format, its reader and restore into a new data dir.
 //! - [`client`]: the client subcommands (`stackd kv …`, `stackd cluster …`, `stackd queue …`
 //!   and the others).
 //! - [`openapi`]: the API reference served at `/v1/openapi.json`.
+//! - [`rate`]: request rates per token, per client address and per WebSocket connection.
 //! - [`service`]: client protocols that span several proposals (the blocking acquire of leased
 //!   primitives, the long-poll claim of jobs), shared by every front end.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod backup;
 pub mod client;
 pub mod cluster;
@@ -24,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod rate;
 pub mod realtime;
 pub mod server;
 pub mod service;

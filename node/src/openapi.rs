@@ -5,7 +5,10 @@
 
 use std::sync::OnceLock;
 
+use serde_json::{json, Value};
 use utoipa::OpenApi;
+
+use crate::auth::{Need, Target};
 
 use crate::error::{ErrorBody, ErrorCode};
 
@@ -16,7 +19,7 @@ use crate::error::{ErrorBody, ErrorCode};
         version = "1",
         description = "Every node serves every endpoint; writes are forwarded to the leader. \
 Reads are linearizable unless consistency=stale. Errors: {\"error\": {\"code\", \"message\", ...}} \
-with the status of the code (the ErrorCode schema): 400 bad_request, 403 forbidden, 404 not_found, \
+with the status of the code (the ErrorCode schema): 400 bad_request, 401 unauthenticated, 403 forbidden, 404 not_found, \
 405 method_not_allowed, 409 conflict (compare, fence or lease; reason, current_revision, \
 current_fence, current_lease, holder tell which), 413 too_large, 422 idempotency_mismatch, \
 429 rate_limited, 500 internal, 503 unavailable (Retry-After; not applied), 504 timeout \
@@ -37,8 +40,65 @@ pub fn document_json() -> &'static str {
     DOC.get_or_init(|| {
         let mut doc = ApiDoc::openapi();
         doc.merge(crate::api::RouteDoc::openapi());
-        doc.to_json().expect("the OpenAPI document serializes")
+        let mut doc = serde_json::to_value(doc).expect("the OpenAPI document serializes");
+        document_access(&mut doc);
+        doc.to_string()
     })
+}
+
+/// Adds what each route needs (from the route table) to its operation: the bearer security
+/// scheme, 401 and 403 answers, and a line saying which right it checks.
+fn document_access(doc: &mut Value) {
+    doc["components"]["securitySchemes"]["bearer"] = json!({
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token secret: Authorization: Bearer <secret>. Made by the founding \
+    node (bootstrap-token in its data dir) or POST /v1/acl/tokens."
+    });
+    let error = |what: &str| {
+        json!({
+            "description": what,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        })
+    };
+    for (method, path, need) in crate::api::ROUTES {
+        let op = &mut doc["paths"][*path][*method];
+        let Some(right) = (match need {
+            Need::Open => continue,
+            Need::Token => Some("a valid token; each write it makes is checked".to_string()),
+            Need::Upgrade => Some(
+                "a token in the Authorization header or the first message ({op:auth, token}); \
+                 each subscription, watch and publish is checked"
+                    .to_string(),
+            ),
+            Need::Metrics => Some("read on cluster (or none with api.metrics_open)".to_string()),
+            Need::Right {
+                resource,
+                op,
+                target,
+            } => Some(format!(
+                "{} on {} ({})",
+                op.as_str(),
+                resource.as_str(),
+                match target {
+                    Target::Path(p) => format!("the name in {{{p}}}"),
+                    Target::Query(q) => format!("the name in the {q} parameter"),
+                    Target::Prefix(q) => format!("every name under the {q} parameter"),
+                    Target::All => "every name".to_string(),
+                    Target::JobQueue(_) => "the job's queue".to_string(),
+                    Target::SessionUser(_) => "the session's user".to_string(),
+                }
+            )),
+        }) else {
+            continue;
+        };
+        op["security"] = json!([{"bearer": []}]);
+        op["x-stackd-needs"] = json!(right);
+        op["responses"]["401"] =
+            error("unauthenticated: no token, or a malformed, unknown, deleted or expired one");
+        op["responses"]["403"] =
+            error("forbidden: the token's policies lack the right (resource and access say which)");
+    }
 }
 
 #[cfg(test)]
@@ -86,7 +146,7 @@ mod tests {
         let doc = doc();
         let paths = doc["paths"].as_object().unwrap();
         let mut routed: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for (method, path) in ROUTES {
+        for (method, path, _) in ROUTES {
             assert!(
                 routed.entry(path).or_default().insert(method),
                 "{method} {path} twice in ROUTES"

@@ -44,6 +44,8 @@ struct Identity {
 
 const IDENTITY_KEY: &str = "node_identity";
 const JOIN_TOKEN_FILE: &str = "join-token";
+/// The founding node's management token (mode 0600).
+pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-token";
 /// Written when the cluster answered that this node was removed; holds the message.
 const REMOVED_FILE: &str = "removed";
 /// How long shutdown waits for each group of tasks before it gives up on them.
@@ -507,56 +509,81 @@ async fn found_cluster(
     seal_restored_state(raft, identity.node_id, config.data_dir()).await?;
     let path = config.data_dir().join(JOIN_TOKEN_FILE);
     if !path.exists() {
-        write_join_token(&path, token)
-            .with_context(|| format!("writing the join token to {}", path.display()))?;
+        write_private(&path, &format!("{token}\n"))?;
         println!(
             "stackd: new cluster {} started. Join another node to it with:\n  stackd serve --data-dir <DIR> --api-addr <IP:PORT> --cluster-addr <IP:PORT> --join {} --token {}",
             identity.cluster_id, cluster.info.cluster_addr, token
         );
     }
+    bootstrap_acl(config, cluster).await
+}
+
+/// The founding node's first management token: made once, written with mode 0600 into the
+/// data dir as `bootstrap-token` before it is recorded (so a crash in between records the same
+/// one on the next start), and printed once.
+async fn bootstrap_acl(config: &Config, cluster: &Cluster) -> anyhow::Result<()> {
+    if cluster.state().acl().bootstrapped() {
+        return Ok(());
+    }
+    let path = config.data_dir().join(BOOTSTRAP_TOKEN_FILE);
+    let (secret, new) = match std::fs::read_to_string(&path) {
+        Ok(s) => (s.trim().to_string(), false),
+        Err(_) => {
+            let secret = crate::auth::new_secret();
+            write_private(&path, &format!("{secret}\n"))?;
+            (secret, true)
+        }
+    };
+    let cmd = raft::command::AclCmd::Bootstrap {
+        accessor_id: crate::auth::new_accessor_id(),
+        secret_sha256: crate::auth::secret_digest(&secret),
+    };
+    cluster
+        .write(cmd, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the bootstrap token: {e}"))?;
+    if new {
+        println!(
+            "stackd: the management token (every right; kept in {}, mode 0600):\n  export STACKD_TOKEN={secret}",
+            path.display()
+        );
+    }
     Ok(())
 }
 
-/// Writes the founding join token to `path`, readable by its owner only. The file is created
-/// with mode 0600 (never readable by others, not even for a moment) under another name, synced
-/// and renamed: whoever waits for it (scripts joining more nodes) never reads it empty or cut
-/// short.
-fn write_join_token(path: &std::path::Path, token: &str) -> std::io::Result<()> {
+/// Writes `text` to `path` readable by its owner only: created under another name with mode
+/// 0600, then renamed, so it is never readable by others nor seen half-written.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let partial = path.with_extension("partial");
-    // One left by an interrupted start may have another mode: start afresh.
-    match std::fs::remove_file(&partial) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&partial)?;
-    f.write_all(format!("{token}\n").as_bytes())?;
+    let _ = std::fs::remove_file(&partial);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    f.write_all(text.as_bytes())?;
     f.sync_all()?;
-    std::fs::rename(&partial, path)
+    std::fs::rename(&partial, path)?;
+    Ok(())
 }
 
 /// A join token file written by an earlier build, readable by others, is made readable by its
 /// owner only.
 fn tighten_join_token(path: &std::path::Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let Ok(meta) = std::fs::metadata(path) else {
-            return;
-        };
-        if meta.permissions().mode() & 0o077 != 0 {
-            match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-                Ok(()) => {
-                    info!(path = %path.display(), "join token file made readable by its owner only")
-                }
-                Err(e) => {
-                    warn!(error = %e, path = %path.display(), "cannot restrict the join token file to its owner")
-                }
-            }
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.permissions().mode() & 0o077 == 0 {
+        return;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => info!(path = %path.display(), "join token file made readable by its owner only"),
+        Err(e) => {
+            warn!(error = %e, path = %path.display(), "cannot restrict the join token file to its owner")
         }
     }
 }
@@ -621,6 +648,12 @@ async fn stage_api(
     life: &mut Lifecycle,
 ) -> anyhow::Result<(std::net::SocketAddr, Arc<AppState>)> {
     info!(addr = %config.api.addr, "start-up stage: API");
+    if config.api.insecure_no_auth {
+        warn!(
+            "AUTHENTICATION IS OFF (api.insecure_no_auth): anyone who reaches {} owns the cluster",
+            config.api.addr
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.api.addr)
         .await
         .with_context(|| format!("binding API address {}", config.api.addr))?;
@@ -632,6 +665,7 @@ async fn stage_api(
         hub: life.hub.clone(),
         db: life.db.clone(),
         requests: life.tasks.requests.clone(),
+        rate: Arc::new(crate::rate::RateLimits::new(&config.rate)),
     });
     let app = api::router(state.clone()).layer(axum::middleware::from_fn_with_state(
         life.requests(),
@@ -640,6 +674,7 @@ async fn stage_api(
     let stop = life.stop_accepting.clone();
     life.api_task = Some(life.tasks.background.spawn(async move {
         info!(addr = %api_addr, "HTTP API listening");
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::state::acl::{AclCmd, AclResult};
 pub use crate::state::cache::{CacheCmd, CacheLimits, CacheResult};
 pub use crate::state::channels::{ChannelCmd, ChannelResult, ChannelRetention};
 pub use crate::state::kv::{KvCmd, KvResult};
@@ -65,6 +66,7 @@ pub enum Command {
         command: Box<Command>,
     },
     Semaphore(SemaphoreCmd),
+    Acl(AclCmd),
     /// `command` under an `Idempotency-Key`: the first time the key is seen, `command` applies
     /// and its answer is remembered with the fingerprint for
     /// [`IDEMPOTENCY_WINDOW_MS`](crate::state::IDEMPOTENCY_WINDOW_MS); a retry
@@ -124,6 +126,7 @@ pub enum Response {
     Channel(ChannelResult),
     Txn(TxnResult),
     Semaphore(SemaphoreResult),
+    Acl(AclResult),
     /// The `Idempotency-Key` was first used for a different request (another fingerprint);
     /// nothing was applied.
     IdempotencyMismatch,
@@ -170,6 +173,7 @@ proposals! {
     Channel(ChannelCmd) -> ChannelResult,
     Txn(Txn) -> TxnResult,
     Semaphore(SemaphoreCmd) -> SemaphoreResult,
+    Acl(AclCmd) -> AclResult,
 }
 
 /// A command applied only while a lock is held with a given fence (or always, without one).
@@ -245,6 +249,12 @@ impl fmt::Display for Command {
                 command,
             } => write!(f, "fenced {lock}:{fence} {command}"),
             Command::Semaphore(c) => write!(f, "semaphore {c:?}"),
+            // Secret digests are not logged.
+            Command::Acl(AclCmd::Bootstrap { accessor_id, .. }) => {
+                write!(f, "acl bootstrap {accessor_id}")
+            }
+            Command::Acl(AclCmd::TokenCreate(t)) => write!(f, "acl token create {}", t.accessor_id),
+            Command::Acl(c) => write!(f, "acl {c:?}"),
             Command::Idempotent { command, .. } => write!(f, "idempotent {command}"),
         }
     }

@@ -25,12 +25,12 @@ fi
 
 # Cluster ports: p1+100 and p2+101, so that neither is the other node's gossip port (cluster
 # port + 1).
-"$bin" serve --data-dir "$work/n1" --api-addr "$ip:$p1" --cluster-addr "$ip:$((p1 + 100))" \
+"$bin" serve --insecure-no-auth --data-dir "$work/n1" --api-addr "$ip:$p1" --cluster-addr "$ip:$((p1 + 100))" \
   >"$work/n1.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do [ -s "$work/n1/join-token" ] && break; sleep 0.1; done
 token="$(cat "$work/n1/join-token")"
-"$bin" serve --data-dir "$work/n2" --api-addr "$ip:$p2" --cluster-addr "$ip:$((p2 + 101))" \
+"$bin" serve --insecure-no-auth --data-dir "$work/n2" --api-addr "$ip:$p2" --cluster-addr "$ip:$((p2 + 101))" \
   --join "$ip:$((p1 + 100))" --token "$token" >"$work/n2.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 150); do curl -sf "http://$ip:$p2/ready" >/dev/null && break; sleep 0.2; done

@@ -158,8 +158,8 @@ async fn the_router_answers_random_and_hostile_requests_with_successes_or_docume
         .collect::<BTreeSet<_>>();
     let never: Vec<String> = node::api::ROUTES
         .iter()
-        .filter(|r| !reached.contains(*r))
-        .map(|(m, p)| format!("{m} {p}"))
+        .filter(|(m, p, _)| !reached.contains(&(*m, *p)))
+        .map(|(m, p, _)| format!("{m} {p}"))
         .collect();
     println!(
         "router fuzz: {} of {} routes answered a success at least once; never: {}",
@@ -1083,7 +1083,7 @@ fn body(rng: &mut Gen, method: &str, template: &str) -> Vec<u8> {
         }
         _ => {
             // Another route's body.
-            let (m, t) = pick(rng, node::api::ROUTES);
+            let (m, t, _) = pick(rng, node::api::ROUTES);
             match fields(m, t) {
                 Some(f) => object(rng, f).into_bytes(),
                 None => Vec::new(),
@@ -1099,7 +1099,7 @@ const METHODS: &[&str] = &[
 /// The next case: a valid HTTP request to a route that has not reached its cap.
 fn generate(rng: &mut Gen, n: u64) -> Case {
     loop {
-        let (route_method, template) = pick(rng, node::api::ROUTES);
+        let (route_method, template, _) = pick(rng, node::api::ROUTES);
         if rng
             .learned
             .capped

@@ -24,6 +24,8 @@ pub struct InprocCluster {
 pub fn config(data_dir: &Path, ip: &str, join: Option<(String, String)>) -> Config {
     let mut c = Config::default();
     c.storage.data_dir = Some(data_dir.to_path_buf());
+    // Tests of access control turn it back on.
+    c.api.insecure_no_auth = true;
     c.api.addr = crate::free_addrs(ip).0;
     c.cluster.addr = crate::free_cluster_addr(ip);
     if let Some((addr, token)) = join {
@@ -119,7 +121,15 @@ impl InprocCluster {
 
     /// Waits until every running node reports `voters` voters and the same leader.
     pub async fn wait_voters(&self, voters: usize) -> Result<()> {
-        let apis: Vec<_> = self.bases.iter().map(|b| http::api(b)).collect();
+        let admin = self.admin_token();
+        let apis: Vec<_> = self
+            .bases
+            .iter()
+            .map(|b| match &admin {
+                Some(t) => http::api(b).with_token(t.clone()),
+                None => http::api(b),
+            })
+            .collect();
         wait_for(
             &format!("{voters} voters and one leader on every node"),
             Duration::from_secs(30),
@@ -142,6 +152,19 @@ impl InprocCluster {
             },
         )
         .await
+    }
+
+    /// The founding node's management token, when access control is on.
+    pub fn admin_token(&self) -> Option<String> {
+        if self.configs[0].api.insecure_no_auth {
+            return None;
+        }
+        let path = self.configs[0]
+            .data_dir()
+            .join(node::server::BOOTSTRAP_TOKEN_FILE);
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().to_string())
     }
 
     /// The index (0-based) of the current leader, as node `from` sees it.

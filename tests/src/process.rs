@@ -126,6 +126,7 @@ impl ProcCluster {
             .open(self.root.path().join(format!("node{}.log", i + 1)))?;
         let mut cmd = Command::new(stackd_bin());
         cmd.arg("serve")
+            .arg("--insecure-no-auth")
             .arg("--data-dir")
             .arg(&dir)
             .arg("--api-addr")

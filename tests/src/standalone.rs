@@ -35,6 +35,7 @@ impl Standalone {
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(stackd_bin());
         cmd.arg("serve")
+            .arg("--insecure-no-auth")
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--api-addr")

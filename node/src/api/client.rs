@@ -242,6 +242,8 @@ pub struct Client {
     base: String,
     idempotency_key: Option<String>,
     consistency: Option<Consistency>,
+    /// Sent as `Authorization: Bearer <token>`.
+    token: Option<String>,
 }
 
 impl Client {
@@ -261,6 +263,15 @@ impl Client {
             base: base_url(addr),
             idempotency_key: None,
             consistency: None,
+            token: None,
+        }
+    }
+
+    /// This client, sending `token` (a token secret) with every request.
+    pub fn with_token(self, token: impl Into<String>) -> Self {
+        Client {
+            token: Some(token.into()),
+            ..self
         }
     }
 
@@ -290,7 +301,10 @@ impl Client {
 
     /// A request to `path` (and its query) under the base URL, the URL built in one string.
     pub(super) fn request(&self, method: Method, path: impl Display) -> RequestBuilder {
-        let req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         match &self.idempotency_key {
             Some(k) => req.header("Idempotency-Key", k),
             None => req,

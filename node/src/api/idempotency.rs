@@ -44,9 +44,10 @@ pub(crate) struct IdempotencyKey {
 #[derive(Clone, Copy)]
 struct Fingerprint([u8; 32]);
 
-/// Middleware: a request with an `Idempotency-Key` has its body read (at most the JSON body
-/// limit, else 413) and its [`Fingerprint`] recorded before the handler runs; the handler
-/// reads the same body.
+/// Middleware in front of every route's handler, behind the access check (so nobody it
+/// refuses has a body read): a request with an `Idempotency-Key` has its body read (at most
+/// the JSON body limit, else 413) and its [`Fingerprint`] recorded; the handler reads the same
+/// body.
 pub(crate) async fn record_fingerprint(
     State(st): State<Arc<AppState>>,
     req: Request,
@@ -112,7 +113,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
             return Ok(Idempotency(None));
         };
         let Some(&Fingerprint(fingerprint)) = parts.extensions.get::<Fingerprint>() else {
-            // `router` runs `record_fingerprint` before every route.
+            // `router` runs `record_fingerprint` in front of every route's handler.
             return Err(ApiError::new(
                 ErrorCode::Internal,
                 "the request's fingerprint was not recorded",

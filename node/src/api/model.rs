@@ -543,6 +543,17 @@ pub struct ClusterStatus {
     pub compact_revision: u64,
     pub members: Vec<Member>,
     pub autopilot: Autopilot,
+    /// Whether the answering node checks tokens: `off` only when it was started with
+    /// `--insecure-no-auth`.
+    pub auth: AuthMode,
+}
+
+/// Whether a node checks tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]

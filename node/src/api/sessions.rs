@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
@@ -18,6 +18,7 @@ use super::{
     check_ms, params, read_barrier_unless_stale, remaining_ms, validate_name, Idempotency,
     IdempotencyKey, JsonBody, Name, St,
 };
+use crate::auth::{Caller, Op, Resource};
 use crate::error::{ApiError, ApiResult, BadRequest, NotFound, TooLarge, Unsettled, WriteFailures};
 
 /// Session lifetime when `ttl_ms` is not given: 30 minutes.
@@ -72,10 +73,12 @@ fn session(id: &str, s: &SessionEntry, now: u64) -> Session {
 )]
 pub async fn create(
     State(st): St,
+    Extension(caller): Extension<Caller>,
     Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<CreateSessionRequest>,
 ) -> ApiResult<(StatusCode, Json<SessionCreated>)> {
     validate_name("user", &body.user)?;
+    caller.check(&st, Resource::Sessions, &body.user, Op::Write)?;
     let ttl_ms = check_ms(
         "ttl_ms",
         body.ttl_ms.unwrap_or(SESSION_TTL_MS_DEFAULT),

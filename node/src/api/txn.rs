@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::Json;
 use base64::Engine;
 use raft::command::{
@@ -17,6 +17,7 @@ use super::model::EnqueueRequest;
 use super::{
     check_ms, validate_key, validate_name, AppState, Idempotency, IdempotencyKey, JsonBody, St,
 };
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, BadRequest, TooLarge, WriteFailures};
 
 // ---- Wire types ----
@@ -410,6 +411,7 @@ fn result(r: &Response) -> TxnOpResult {
 )]
 pub async fn txn(
     State(st): St,
+    Extension(caller): Extension<Caller>,
     Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<TxnRequest>,
 ) -> ApiResult<Json<TxnResponse>> {
@@ -428,6 +430,7 @@ pub async fn txn(
         success: branch(&st, "success", body.success)?,
         failure: branch(&st, "failure", body.failure)?,
     };
+    caller.check_all(&st, crate::auth::rights_of_txn(&txn))?;
     let TxnResult {
         succeeded,
         revision,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::extract::ws::{
     rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocket,
 };
-use axum::extract::{RawQuery, State as AxumState, WebSocketUpgrade};
+use axum::extract::{Extension, RawQuery, State as AxumState, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures::stream::{SplitSink, SplitStream};
@@ -38,10 +38,12 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 
 use super::ws_protocol::{
-    ClientMessage, Event, KvChange, KvEventKind, Push, Recovered, ReplyBody, Request, ServerMessage,
+    ClientMessage, Event, KvChange, KvEventKind, Push, Recovered, ReplyBody, Request, Revoked,
+    ServerMessage,
 };
 use super::{json_body_limit, params, validate_name, AppState, St};
-use crate::cluster::StateReader;
+use crate::auth::{self, Caller, ClientIp, Op, Resource};
+use crate::cluster::{now_ms, StateReader};
 use crate::error::{ApiError, BadRequest, ErrorBody, ErrorCode};
 
 /// How often a catching-up connection is sent its next page of history.
@@ -50,6 +52,9 @@ const CATCH_UP_TICK: Duration = Duration::from_millis(10);
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most messages written to a socket before one flush.
 const WRITE_BATCH_MAX: usize = 256;
+/// How often a connection checks whether its token was deleted, expired or lost rights (it
+/// reads one counter unless tokens or policies changed).
+const AUTH_RECHECK: Duration = Duration::from_millis(200);
 /// Most channels and watches on one connection.
 pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
 
@@ -69,9 +74,12 @@ pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
 )]
 pub async fn upgrade(
     AxumState(st): St,
+    caller: Option<Extension<Caller>>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
     RawQuery(q): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let caller = caller.map(|Extension(c)| c);
     let p = match params(q, &["client_id"]) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -89,6 +97,9 @@ pub async fn upgrade(
         },
         None => hex::encode(rand::random::<[u8; 8]>()),
     };
+    if let Err(e) = st.rate.ws_connection(ip) {
+        return e.into_response();
+    }
     let Ok(permit) = st.hub.connections.clone().try_acquire_owned() else {
         return ApiError::unavailable("too many WebSocket connections on this node")
             .into_response();
@@ -98,7 +109,7 @@ pub async fn upgrade(
             let hub = st.hub.clone();
             hub.connection(async move {
                 let _permit = permit;
-                run(st, socket, client_id).await;
+                run(st, socket, client_id, caller).await;
             })
         })
 }
@@ -257,9 +268,15 @@ struct Conn {
     client_id: String,
     subs: BTreeMap<String, Sub>,
     watches: BTreeMap<String, Watch>,
+    /// Who authenticated the connection; `None` until an `auth` (access control on).
+    caller: Option<Caller>,
+    /// The ACL version the caller's rights were last checked at.
+    acl_checked: u64,
+    /// The bucket of messages the client may send (`rate.ws_messages_per_sec`).
+    messages: Option<governor::DefaultDirectRateLimiter>,
 }
 
-async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
+async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String, caller: Option<Caller>) {
     st.metrics.ws_connections.inc();
     // Join the feed first: whatever a later history read misses is still to come on it.
     let feed = st.hub.subscribe();
@@ -272,6 +289,9 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String) {
         client_id,
         subs: BTreeMap::new(),
         watches: BTreeMap::new(),
+        caller,
+        acl_checked: 0,
+        messages: st.rate.ws_messages(),
     };
     match conn.serve(stream, feed, &mut writer).await {
         Some(closing) => close(&out, closing, writer).await,
@@ -353,6 +373,8 @@ impl Conn {
     ) -> Option<Closing> {
         let mut pace = tokio::time::interval(CATCH_UP_TICK);
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recheck = tokio::time::interval(AUTH_RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.st.hub.shutdown.clone();
         loop {
             let catching_up = self.subs.values().any(|s| s.catch_up.is_some())
@@ -367,6 +389,9 @@ impl Conn {
                     return Some(Closing::GoingAway);
                 },
                 _ = pace.tick(), if catching_up => self.catch_up_step(),
+                _ = recheck.tick(), if matches!(self.caller, Some(Caller::Token(_))) => {
+                    self.recheck().await
+                }
             }
             if self.out.overflowed.load(Ordering::Relaxed) {
                 return Some(Closing::SlowConsumer);
@@ -399,6 +424,11 @@ impl Conn {
     }
 
     async fn handle(&mut self, text: &str) {
+        if let Err(e) = crate::rate::ws_message(&self.messages) {
+            let id = Request::parse(text).map_or(Value::Null, |r| r.id);
+            self.out.refuse(id, e);
+            return;
+        }
         match Request::parse(text) {
             Ok(Request { id, message }) => {
                 if let Err(e) = self.dispatch(id.clone(), message).await {
@@ -412,21 +442,43 @@ impl Conn {
     }
 
     async fn dispatch(&mut self, id: Value, msg: ClientMessage) -> Result<(), ApiError> {
+        let caller = match (&msg, &self.caller) {
+            (ClientMessage::Auth { .. } | ClientMessage::Ping {}, _) => Caller::Anyone,
+            (_, Some(c)) => c.clone(),
+            (_, None) => {
+                return Err(ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "send {\"op\": \"auth\", \"token\": <token>} first",
+                ))
+            }
+        };
         match msg {
             ClientMessage::Ping {} => {
                 self.out.reply(id, ReplyBody::Pong { pong: true });
             }
+            ClientMessage::Auth { token } => self.auth(id, &token).await?,
             ClientMessage::Subscribe {
                 channel,
                 since,
                 user,
-            } => self.subscribe(id, channel, since, user).await?,
+            } => {
+                caller.check(&self.st, Resource::Channels, &channel, Op::Subscribe)?;
+                self.subscribe(id, channel, since, user).await?
+            }
             ClientMessage::Unsubscribe { channel } => self.unsubscribe(id, channel).await?,
-            ClientMessage::Publish { channel, data } => self.publish(id, channel, data)?,
+            ClientMessage::Publish { channel, data } => {
+                caller.check(&self.st, Resource::Channels, &channel, Op::Publish)?;
+                self.publish(id, channel, data)?
+            }
             ClientMessage::Watch {
                 prefix,
                 since_revision,
-            } => self.watch(id, prefix, since_revision)?,
+            } => {
+                if !caller.may_all(&self.st, Resource::Kv, &prefix, Op::Read) {
+                    return Err(auth::forbidden(Resource::Kv, Op::Read, None));
+                }
+                self.watch(id, prefix, since_revision)?
+            }
             ClientMessage::Unwatch { prefix } => {
                 if self.watches.remove(&prefix).is_none() {
                     return Err(ApiError::not_found(format!("no watch on {prefix:?}")));
@@ -435,6 +487,88 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// `auth`: takes the token (with access control off, any token is as good as none).
+    async fn auth(&mut self, id: Value, secret: &str) -> Result<(), ApiError> {
+        let caller = if self.st.cluster.config().api.insecure_no_auth {
+            Caller::Anyone
+        } else {
+            let token = auth::resolve(&self.st, secret, now_ms())
+                .map_err(|m| ApiError::new(ErrorCode::Unauthenticated, m))?;
+            Caller::Token(token)
+        };
+        let (accessor_id, expires_at_ms) = match &caller {
+            Caller::Anyone => ("anyone".to_string(), None),
+            Caller::Token(t) => (t.accessor_id.clone(), t.expires_at_ms),
+        };
+        self.caller = Some(caller);
+        self.acl_checked = 0;
+        self.recheck().await;
+        self.out.reply(
+            id,
+            ReplyBody::Authenticated {
+                accessor_id,
+                expires_at_ms,
+            },
+        );
+        Ok(())
+    }
+
+    /// Checks the caller's token again when tokens or policies changed (or it may have
+    /// expired): a deleted or expired token ends every subscription and watch with a
+    /// `revoked` message; one whose policies no longer allow a subscription or watch ends
+    /// that one with a `forbidden` error.
+    async fn recheck(&mut self) {
+        let Some(Caller::Token(t)) = &self.caller else {
+            return;
+        };
+        let version = self.st.cluster.state().acl().version();
+        let expiring = t.expires_at_ms.is_some_and(|at| at <= now_ms());
+        if version == self.acl_checked && !expiring {
+            return;
+        }
+        self.acl_checked = version;
+        let Some(current) = auth::still_valid(&self.st, t, now_ms()) else {
+            self.leave_all().await;
+            self.subs.clear();
+            self.watches.clear();
+            self.caller = None;
+            let revoked = Revoked {
+                message: "the token was deleted or expired: subscriptions and watches ended; \
+                          send auth with another token"
+                    .into(),
+            };
+            self.out.send(&ServerMessage::Push(Push::Revoked(revoked)));
+            return;
+        };
+        let caller = Caller::Token(current);
+        let lost: Vec<String> = self
+            .subs
+            .keys()
+            .filter(|c| !caller.may(&self.st, Resource::Channels, c, Op::Subscribe))
+            .cloned()
+            .collect();
+        for channel in lost {
+            if self.subs.remove(&channel).is_some_and(|s| s.present) {
+                self.leave(&channel).await;
+            }
+            let e = auth::forbidden(Resource::Channels, Op::Subscribe, Some(&channel))
+                .with("channel", channel);
+            self.out.send(&ServerMessage::notice(e));
+        }
+        let lost: Vec<String> = self
+            .watches
+            .keys()
+            .filter(|p| !caller.may_all(&self.st, Resource::Kv, p, Op::Read))
+            .cloned()
+            .collect();
+        for prefix in lost {
+            self.watches.remove(&prefix);
+            let e = auth::forbidden(Resource::Kv, Op::Read, None).with("prefix", prefix);
+            self.out.send(&ServerMessage::notice(e));
+        }
+        self.caller = Some(caller);
     }
 
     fn check_room(&self) -> Result<(), ApiError> {

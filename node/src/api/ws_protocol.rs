@@ -66,6 +66,11 @@ pub enum ClientMessage {
     },
     /// Answered by [`ReplyBody::Pong`]. (A struct variant: a unit one would take any field.)
     Ping {},
+    /// Authenticates the connection with a token secret: the first message when access
+    /// control is on (and no `Authorization` header came with the upgrade). Sent again with a
+    /// fresh token, it replaces the old one; subscriptions the new token still allows go on.
+    /// Answered by [`ReplyBody::Authenticated`].
+    Auth { token: String },
 }
 
 impl Request {
@@ -138,6 +143,11 @@ pub enum ReplyBody {
     Unwatched { prefix: String },
     /// To `ping`: always `true`.
     Pong { pong: bool },
+    /// To `auth`: the token's accessor id (`anyone` with access control off) and expiry.
+    Authenticated {
+        accessor_id: String,
+        expires_at_ms: Option<u64>,
+    },
 }
 
 /// The answer to a request that failed, or to a frame that is not a request:
@@ -155,9 +165,19 @@ pub enum Push {
     Event(Event),
     Recovered(Recovered),
     Kv(KvChange),
-    /// The connection is closing (`slow_consumer`, `going_away`), or a watch ended
-    /// (`compacted`).
+    /// The connection is closing (`slow_consumer`, `going_away`), a watch ended
+    /// (`compacted`), or a subscription or watch ended because the token's policies no longer
+    /// allow it (`forbidden`, with `channel` or `prefix`).
     Error(Notice),
+    /// The connection's token was deleted or expired: every subscription and watch has ended;
+    /// the connection stays open for an `auth` with another token.
+    Revoked(Revoked),
+}
+
+/// `{"type": "revoked", "message"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub message: String,
 }
 
 /// One event of a subscribed channel.
@@ -323,6 +343,7 @@ impl Push {
             Some("recovered") => Recovered::deserialize(v).map(Push::Recovered),
             Some("kv") => KvChange::deserialize(v).map(Push::Kv),
             Some("error") => Notice::deserialize(v).map(Push::Error),
+            Some("revoked") => Revoked::deserialize(v).map(Push::Revoked),
             other => Err(serde_json::Error::custom(format!(
                 "unknown message type {other:?}"
             ))),
@@ -364,6 +385,7 @@ mod tests {
             json!({"id": 5, "op": "unwatch", "prefix": "config/"}),
             json!({"id": 6, "op": "ping"}),
             json!({"op": "ping"}),
+            json!({"id": 7, "op": "auth", "token": "secret"}),
         ];
         for v in cases {
             let r = client(v.clone()).unwrap_or_else(|(_, e)| panic!("{v}: {}", e.message));

@@ -7,6 +7,11 @@
  *   await sd.publish("chat", { text: "hi" });          // resolves to the event's offset
  *   sd.watch("config/", (ev) => console.log(ev.event, ev.key, ev.text));
  *
+ * With access control on, pass `token` (a token secret, or a function answering one): it is
+ * sent as the first message of every connection ({op: "auth"}), never in the URL.
+ * `sd.setToken(t)` hands the open connection a fresh one before the old one expires. When the
+ * token is deleted or expires, the server ends the subscriptions: `onStatus("revoked")`.
+ *
  * The client connects to one node of the list; when the connection ends it reconnects with
  * exponential backoff (with jitter) to the next node, and resumes every channel from the last
  * offset it delivered and every watch from the last revision, so the application sees each
@@ -48,6 +53,7 @@
     this.onStatus = opts.onStatus || function () {};
     this.onRecovered = opts.onRecovered || function () {};
     this.onError = opts.onError || function () {};
+    this._token = opts.token || null;
     this._node = 0;
     this._attempt = 0;
     this._nextId = 1;
@@ -80,6 +86,7 @@
     ws.onopen = function () {
       self._attempt = 0;
       self._status("connected");
+      self._sendAuth();
       Object.keys(self._channels).forEach(function (name) { self._sendSubscribe(name); });
       Object.keys(self._watches).forEach(function (prefix) { self._sendWatch(prefix); });
     };
@@ -105,6 +112,21 @@
     delay = delay / 2 + Math.random() * delay / 2;
     self._attempt = Math.min(self._attempt + 1, 16);
     setTimeout(function () { self._connect(); }, delay);
+  };
+
+  Client.prototype._sendAuth = function () {
+    var self = this;
+    var token = typeof self._token === "function" ? self._token() : self._token;
+    if (!token) return;
+    Promise.resolve(token).then(function (t) {
+      self._request({ op: "auth", token: t }).catch(function (e) { self.onError(e.details || { message: e.message }); });
+    });
+  };
+
+  /** Sends a fresh token over the open connection (and uses it for reconnections). */
+  Client.prototype.setToken = function (token) {
+    this._token = token;
+    if (this._ws && this._ws.readyState === 1) this._sendAuth();
   };
 
   Client.prototype._request = function (body) {
@@ -158,6 +180,8 @@
       w.handlers.forEach(function (h) { h(msg); });
     } else if (msg.type === "error") {
       this.onError(msg.error);
+    } else if (msg.type === "revoked") {
+      this._status("revoked", { message: msg.message });
     }
   };
 

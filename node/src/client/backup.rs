@@ -33,7 +33,7 @@ pub struct RestoreCmd {
 
 /// Streams `GET /v1/cluster/backup` into a file, printing progress, then verifies it.
 pub async fn backup(cmd: BackupCmd) -> anyhow::Result<()> {
-    let mut resp = cmd.target.client().backup().await.map_err(|e| match e {
+    let mut resp = cmd.target.client()?.backup().await.map_err(|e| match e {
         ApiError::Transport(_) => {
             anyhow::Error::new(e).context(format!("connecting to {}", cmd.target.addr))
         }

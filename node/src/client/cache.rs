@@ -48,7 +48,7 @@ pub enum CacheCmd {
 
 pub async fn run(cmd: CacheCmd) -> anyhow::Result<()> {
     match cmd {
-        CacheCmd::Get { key, target } => print_raw(&target.client().cache_get(&key).await?.value),
+        CacheCmd::Get { key, target } => print_raw(&target.client()?.cache_get(&key).await?.value),
         CacheCmd::Set {
             key,
             value,
@@ -62,12 +62,12 @@ pub async fn run(cmd: CacheCmd) -> anyhow::Result<()> {
                 fence: None,
             };
             let body = value_or_stdin(value)?;
-            print_json(&target.client().cache_set(&key, body, &w).await?)
+            print_json(&target.client()?.cache_set(&key, body, &w).await?)
         }
-        CacheCmd::Del { key, target } => print_json(&target.client().cache_delete(&key).await?),
+        CacheCmd::Del { key, target } => print_json(&target.client()?.cache_delete(&key).await?),
         CacheCmd::Invalidate { tags, target } => {
-            print_json(&target.client().cache_invalidate(tags).await?)
+            print_json(&target.client()?.cache_invalidate(tags).await?)
         }
-        CacheCmd::Stats { target } => print_json(&target.client().cache_stats(false).await?),
+        CacheCmd::Stats { target } => print_json(&target.client()?.cache_stats(false).await?),
     }
 }

@@ -79,7 +79,7 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             wait_ms,
             target,
         } => {
-            let fence = acquire(&target.client(), &name, &owner, ttl_ms, wait_ms).await?;
+            let fence = acquire(&target.client()?, &name, &owner, ttl_ms, wait_ms).await?;
             println!("{fence}");
         }
         LockCmd::Renew(RenewArgs {
@@ -91,7 +91,7 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
                 },
             ttl_ms,
         }) => {
-            target.client().lock_renew(&name, fence, ttl_ms).await?;
+            target.client()?.lock_renew(&name, fence, ttl_ms).await?;
             println!("renewed {name}:{fence} for {ttl_ms} ms");
         }
         LockCmd::Release(LeaseArgs {
@@ -99,11 +99,11 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             fence,
             target,
         }) => {
-            target.client().lock_release(&name, fence).await?;
+            target.client()?.lock_release(&name, fence).await?;
             println!("released {name}:{fence}");
         }
         LockCmd::Get { name, target } => {
-            let l = target.client().lock_get(&name).await?;
+            let l = target.client()?.lock_get(&name).await?;
             println!(
                 "holder {}  fence {}  expires in {} ms  waiters {}",
                 l.holder, l.fence, l.expires_in_ms, l.waiters
@@ -117,7 +117,7 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             target,
             command,
         } => {
-            let client = target.client();
+            let client = target.client()?;
             return hold_while(&client, &name, &owner, ttl_ms, wait_ms, &command).await;
         }
     }

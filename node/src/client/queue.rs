@@ -169,7 +169,7 @@ pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
                 backoff_ms,
                 unique_key,
             };
-            println!("{}", target.client().enqueue(&queue, &req).await?.id);
+            println!("{}", target.client()?.enqueue(&queue, &req).await?.id);
             Ok(())
         }
         QueueCmd::Claim {
@@ -186,7 +186,7 @@ pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
                 visibility_ms: Some(visibility_ms),
                 wait_ms,
             };
-            print_json(&target.client().claim(&queue, &req).await?)
+            print_json(&target.client()?.claim(&queue, &req).await?)
         }
         cmd => run_job_op(cmd).await,
     }
@@ -195,7 +195,7 @@ pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
 /// The commands on one job: ack, nack, extend, show.
 async fn run_job_op(cmd: QueueCmd) -> anyhow::Result<()> {
     match cmd {
-        QueueCmd::Ack { id, lease, target } => print_json(&target.client().ack(&id, lease).await?),
+        QueueCmd::Ack { id, lease, target } => print_json(&target.client()?.ack(&id, lease).await?),
         QueueCmd::Nack {
             id,
             lease,
@@ -208,15 +208,15 @@ async fn run_job_op(cmd: QueueCmd) -> anyhow::Result<()> {
                 error,
                 retry_in_ms,
             };
-            print_json(&target.client().nack(&id, &req).await?)
+            print_json(&target.client()?.nack(&id, &req).await?)
         }
         QueueCmd::Extend {
             id,
             lease,
             visibility_ms,
             target,
-        } => print_json(&target.client().extend(&id, lease, visibility_ms).await?),
-        QueueCmd::Job { id, target } => print_json(&target.client().job(&id).await?),
+        } => print_json(&target.client()?.extend(&id, lease, visibility_ms).await?),
+        QueueCmd::Job { id, target } => print_json(&target.client()?.job(&id).await?),
         cmd => run_queue_op(cmd).await,
     }
 }
@@ -225,10 +225,10 @@ async fn run_job_op(cmd: QueueCmd) -> anyhow::Result<()> {
 async fn run_queue_op(cmd: QueueCmd) -> anyhow::Result<()> {
     match cmd {
         QueueCmd::Stats { queue, target } => match queue {
-            Some(name) => print_json(&target.client().queue_stats(&name).await?),
-            None => print_json(&target.client().queues().await?),
+            Some(name) => print_json(&target.client()?.queue_stats(&name).await?),
+            None => print_json(&target.client()?.queues().await?),
         },
-        QueueCmd::Dead { queue, target } => print_json(&target.client().dead(&queue, None).await?),
+        QueueCmd::Dead { queue, target } => print_json(&target.client()?.dead(&queue, None).await?),
         QueueCmd::Replay {
             queue,
             ids,
@@ -243,7 +243,7 @@ async fn run_queue_op(cmd: QueueCmd) -> anyhow::Result<()> {
                     all,
                 }
             };
-            print_json(&target.client().replay(&queue, &req).await?)
+            print_json(&target.client()?.replay(&queue, &req).await?)
         }
         QueueCmd::Schedule {
             queue,
@@ -258,15 +258,15 @@ async fn run_queue_op(cmd: QueueCmd) -> anyhow::Result<()> {
                 priority: 0,
                 max_attempts: None,
             };
-            print_json(&target.client().schedule_set(&queue, &name, &req).await?)
+            print_json(&target.client()?.schedule_set(&queue, &name, &req).await?)
         }
         QueueCmd::Unschedule {
             queue,
             name,
             target,
-        } => print_json(&target.client().schedule_delete(&queue, &name).await?),
+        } => print_json(&target.client()?.schedule_delete(&queue, &name).await?),
         QueueCmd::Schedules { queue, target } => {
-            print_json(&target.client().schedules(&queue).await?)
+            print_json(&target.client()?.schedules(&queue).await?)
         }
         QueueCmd::Enqueue { .. }
         | QueueCmd::Claim { .. }
@@ -303,7 +303,7 @@ pub struct WorkerCmd {
 }
 
 pub async fn worker(cmd: WorkerCmd) -> anyhow::Result<()> {
-    let client = cmd.target.client();
+    let client = cmd.target.client()?;
     let cmd = Arc::new(cmd);
     let slots = Arc::new(Semaphore::new(cmd.concurrency.max(1) as usize));
     let jobs_running = TaskTracker::new();

@@ -59,7 +59,7 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
                 ttl_ms,
                 wait_ms,
             };
-            let g = target.client().semaphore_acquire(&name, &req).await?;
+            let g = target.client()?.semaphore_acquire(&name, &req).await?;
             println!("{}", g.fence);
         }
         SemaphoreCmd::Renew(RenewArgs {
@@ -72,7 +72,7 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
             ttl_ms,
         }) => {
             target
-                .client()
+                .client()?
                 .semaphore_renew(&name, fence, ttl_ms)
                 .await?;
             println!("renewed {name}:{fence} for {ttl_ms} ms");
@@ -82,11 +82,11 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
             fence,
             target,
         }) => {
-            let r = target.client().semaphore_release(&name, fence).await?;
+            let r = target.client()?.semaphore_release(&name, fence).await?;
             println!("released {name}:{fence} ({} permits)", r.permits);
         }
         SemaphoreCmd::Get { name, target } => {
-            let s = target.client().semaphore_get(&name).await?;
+            let s = target.client()?.semaphore_get(&name).await?;
             println!(
                 "capacity {}  held {}  free {}  waiting {}",
                 s.capacity, s.held, s.free, s.waiting

@@ -85,19 +85,19 @@ pub async fn run(cmd: SessionCmd) -> anyhow::Result<()> {
                 data: Some(object(&data)?),
                 ttl_ms: Some(ttl_ms),
             };
-            println!("{}", target.client().session_create(&req).await?.id);
+            println!("{}", target.client()?.session_create(&req).await?.id);
             Ok(())
         }
-        SessionCmd::Get { id, target } => print_json(&target.client().session_get(&id).await?),
-        SessionCmd::Touch { id, target } => print_json(&target.client().session_touch(&id).await?),
+        SessionCmd::Get { id, target } => print_json(&target.client()?.session_get(&id).await?),
+        SessionCmd::Touch { id, target } => print_json(&target.client()?.session_touch(&id).await?),
         SessionCmd::Update { id, data, target } => {
             let data = object(&data)?;
-            print_json(&target.client().session_update(&id, data).await?)
+            print_json(&target.client()?.session_update(&id, data).await?)
         }
-        SessionCmd::Del { id, target } => print_json(&target.client().session_delete(&id).await?),
-        SessionCmd::Ls { user, target } => print_json(&target.client().sessions(&user).await?),
+        SessionCmd::Del { id, target } => print_json(&target.client()?.session_delete(&id).await?),
+        SessionCmd::Ls { user, target } => print_json(&target.client()?.sessions(&user).await?),
         SessionCmd::Logout { user, target } => {
-            print_json(&target.client().sessions_delete(&user).await?)
+            print_json(&target.client()?.sessions_delete(&user).await?)
         }
     }
 }

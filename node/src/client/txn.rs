@@ -30,7 +30,7 @@ pub async fn run(cmd: TxnCmd) -> anyhow::Result<()> {
     };
     let body: Value = serde_json::from_str(&text).context("the transaction is not JSON")?;
     let txn: TxnRequest = serde_json::from_value(body).context("the transaction is malformed")?;
-    let answer = cmd.target.client().txn(&txn).await?;
+    let answer = cmd.target.client()?.txn(&txn).await?;
     print_json(&answer)?;
     if !answer.succeeded {
         std::process::exit(2);

@@ -7,7 +7,9 @@ use raft::{NodeId, NodeInfo};
 use transport::{MemberReach, PeerView};
 
 use super::{load_avg_1m, Cluster};
-use crate::api::model::{Autopilot, AutopilotAction, ClusterStatus, Load, Member, MemberRole};
+use crate::api::model::{
+    AuthMode, Autopilot, AutopilotAction, ClusterStatus, Load, Member, MemberRole,
+};
 
 /// How the leader reaches one member: reachable within the contact window, the age of its
 /// last acknowledgement, its replication lag. All `None` when not known here.
@@ -61,6 +63,11 @@ impl Cluster {
             compact_revision,
             members,
             autopilot: self.autopilot_status(),
+            auth: if self.config().api.insecure_no_auth {
+                AuthMode::Off
+            } else {
+                AuthMode::On
+            },
         }
     }
 

@@ -15,8 +15,8 @@ pub mod queues;
 pub mod semaphores;
 
 use raft::command::{
-    CacheCmd, ChannelCmd, IdemKey, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd, SemaphoreCmd,
-    SessionCmd, Txn,
+    AclCmd, CacheCmd, ChannelCmd, IdemKey, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd,
+    SemaphoreCmd, SessionCmd, Txn,
 };
 use raft::State;
 use tokio::time::{Duration, Instant};
@@ -49,6 +49,7 @@ answered! {
     CacheCmd => true,
     QueueCmd => true,
     Txn => true,
+    AclCmd => true,
 }
 
 impl<P: Answered> Answered for MaybeFenced<P> {

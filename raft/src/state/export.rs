@@ -2,7 +2,7 @@
 //! revision, which are key-value entries, which belong to the cluster rather than its data)
 //! is this module's business, so a backup never names the state's key layout.
 
-use super::{kv, Meta, COMPACT_KEY, META_KEY, REVOKED_TOKENS_KEY, SECURITY_KEY};
+use super::{acl, kv, Meta, COMPACT_KEY, META_KEY, REVOKED_TOKENS_KEY, SECURITY_KEY};
 use crate::codec;
 
 /// The figures of an exported state, read from its records (so they come from the same
@@ -51,10 +51,11 @@ pub fn kv_entry(k: &[u8], v: &[u8]) -> codec::Result<Option<KvRecord>> {
 }
 
 /// A record as it is imported into the data dir of a new cluster: `None` when it belongs to
-/// the old cluster rather than its data (join tokens, removed node ids), and the state's own
+/// the old cluster rather than its data (join tokens, removed node ids, the mark that its
+/// bootstrap token was made, so the new cluster makes its own), and the state's own
 /// record without the old cluster's identity, membership and applied index.
 pub fn import(k: &[u8], v: &[u8]) -> codec::Result<Option<Vec<u8>>> {
-    if k == SECURITY_KEY || k == REVOKED_TOKENS_KEY {
+    if k == SECURITY_KEY || k == REVOKED_TOKENS_KEY || k == acl::BOOTSTRAP_KEY {
         return Ok(None);
     }
     if k != META_KEY {

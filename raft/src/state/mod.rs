@@ -17,6 +17,7 @@
 //! - [`queues`]: job queues with leases, retries, dead letters and cron schedules.
 //! - [`channels`]: channel histories with offsets and retention, and presence with node leases.
 //! - [`security`]: created join tokens and removed node ids.
+//! - [`acl`]: access-control tokens and policies.
 //!
 //! When enabled ([`State::set_emit_live`]), apply also records [`LiveEvent`]s (channel events
 //! and key-value changes) that the state machine hands to subscribers after each batch.
@@ -31,7 +32,10 @@
 //! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
 //! - `i:<idempotency key>` → [`IdemRecord`] (keys of earlier builds: `Request::idempotency_key`)
 //! - `if:<scoped idempotency key>` → [`FingerprintedRecord`] (keys of [`Command::Idempotent`])
+//! - `acl:t:<accessor id>` → [`acl::Token`], `acl:p:<name>` → [`acl::Policy`], `m:acl` → whether
+//!   the bootstrap token was made
 
+pub mod acl;
 pub(crate) mod cache;
 pub(crate) mod channels;
 pub mod export;
@@ -141,6 +145,7 @@ parts! {
     channels: channels::Channels,
     semaphores: semaphores::Semaphores,
     security: Security,
+    acl: acl::Acl,
     idem: Idempotency,
 }
 
@@ -352,6 +357,11 @@ impl State {
         &self.parts.security
     }
 
+    /// Access-control tokens and policies.
+    pub fn acl(&self) -> &acl::Acl {
+        &self.parts.acl
+    }
+
     /// A key's current entry, or `None` when absent or past its deadline on the replicated
     /// clock.
     pub fn get(&self, key: &str) -> Option<&KvEntry> {
@@ -504,6 +514,7 @@ impl Parts {
             Command::Queue(c) => Response::Queue(self.queues.apply(c, cx)),
             Command::Channel(c) => Response::Channel(self.channels.apply(c, cx)),
             Command::Semaphore(c) => Response::Semaphore(self.semaphores.apply(c, cx)),
+            Command::Acl(c) => Response::Acl(self.acl.apply(c, cx)),
             Command::Txn(txn) => self.apply_txn(txn, cx),
             Command::Fenced {
                 lock,
@@ -566,6 +577,7 @@ pub fn txn_op_allowed(op: &Command) -> bool {
         Command::Channel(c) => channels::Channels::in_txn(c),
         Command::Semaphore(c) => semaphores::Semaphores::in_txn(c),
         Command::Cluster(c) => Security::in_txn(c),
+        Command::Acl(c) => acl::Acl::in_txn(c),
         Command::Tick | Command::Txn(_) | Command::Fenced { .. } | Command::Idempotent { .. } => {
             false
         }

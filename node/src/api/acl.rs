@@ -1,0 +1,525 @@
+//! Access control: tokens and policies (`/v1/acl/...`).
+//!
+//! A token's secret is shown once, in the answer that creates it; the cluster keeps only its
+//! SHA-256. Reads are linearizable (a token made on any node is listed right after).
+//! `write` on `acl` is as good as a management token: it can grant itself anything.
+
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raft::command::{AclCmd, AclResult};
+use raft::state::acl::{self, Access, Policy, Resource, Rule, Token};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{JsonBody, St};
+use crate::auth::{new_accessor_id, new_secret, secret_digest, Caller};
+use crate::cluster::now_ms;
+use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, NotFound, Unsettled};
+use crate::service::propose;
+
+/// Longest lifetime of a token: 10 years.
+pub const MAX_TOKEN_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// `POST /v1/acl/tokens` body.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    #[serde(default)]
+    pub description: String,
+    /// Names of existing policies.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// Every right, policies aside.
+    #[serde(default)]
+    pub management: bool,
+    /// The token expires this long after it is made; absent: never.
+    pub ttl_ms: Option<u64>,
+}
+
+/// `PATCH /v1/acl/tokens/{id}` body: the fields given change.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenUpdate {
+    pub description: Option<String>,
+    pub policies: Option<Vec<String>>,
+    /// A new lifetime from now; 0 makes the token never expire.
+    pub ttl_ms: Option<u64>,
+}
+
+/// A token as listed: everything but its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub accessor_id: String,
+    pub description: String,
+    pub management: bool,
+    pub policies: Vec<String>,
+    /// ms since the Unix epoch; absent: never expires.
+    pub expires_at_ms: Option<u64>,
+    pub created_at_ms: u64,
+}
+
+/// A token just made, with its secret (shown this once).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    /// Send as `Authorization: Bearer <secret>`.
+    pub secret: String,
+    #[serde(flatten)]
+    pub token: TokenView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+/// One rule of a policy.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleView {
+    /// kv, locks, semaphores, sessions (named by user), cache, queues (jobs named by their
+    /// queue), channels, cluster or acl.
+    #[schema(example = "kv")]
+    pub resource: String,
+    /// Exactly this name (exclusive with prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Every name starting with this (exclusive with name); neither: every name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// deny, read or write; on channels also publish, subscribe, history or presence.
+    #[schema(example = "write")]
+    pub access: String,
+}
+
+/// `PUT /v1/acl/policies/{name}` body.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySet {
+    #[serde(default)]
+    pub description: String,
+    pub rules: Vec<RuleView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PolicyView {
+    pub name: String,
+    pub description: String,
+    pub rules: Vec<RuleView>,
+    pub created_at_ms: u64,
+    pub modified_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PolicyList {
+    pub policies: Vec<PolicyView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AclDeleted {
+    pub deleted: bool,
+}
+
+impl From<&Token> for TokenView {
+    fn from(t: &Token) -> Self {
+        TokenView {
+            accessor_id: t.accessor_id.clone(),
+            description: t.description.clone(),
+            management: t.management,
+            policies: t.policies.clone(),
+            expires_at_ms: t.expires_at_ms,
+            created_at_ms: t.created_at_ms,
+        }
+    }
+}
+
+impl From<&Policy> for PolicyView {
+    fn from(p: &Policy) -> Self {
+        PolicyView {
+            name: p.name.clone(),
+            description: p.description.clone(),
+            rules: p
+                .rules
+                .iter()
+                .map(|r| RuleView {
+                    resource: r.resource.as_str().into(),
+                    name: r.name.clone(),
+                    prefix: r.prefix.clone(),
+                    access: r.access.as_str().into(),
+                })
+                .collect(),
+            created_at_ms: p.created_at_ms,
+            modified_at_ms: p.modified_at_ms,
+        }
+    }
+}
+
+fn rule(i: usize, r: RuleView) -> ApiResult<Rule> {
+    let resource = Resource::parse(&r.resource).ok_or_else(|| {
+        let all: Vec<&str> = Resource::ALL.iter().map(|r| r.as_str()).collect();
+        ApiError::bad_request(format!(
+            "rule {i}: resource must be one of {}, not {:?}",
+            all.join(", "),
+            r.resource
+        ))
+    })?;
+    let access = Access::parse(&r.access).ok_or_else(|| {
+        let all: Vec<&str> = Access::ALL.iter().map(|a| a.as_str()).collect();
+        ApiError::bad_request(format!(
+            "rule {i}: access must be one of {}, not {:?}",
+            all.join(", "),
+            r.access
+        ))
+    })?;
+    Ok(Rule {
+        resource,
+        name: r.name,
+        prefix: r.prefix,
+        access,
+    })
+}
+
+fn expiry(ttl_ms: u64) -> ApiResult<u64> {
+    if ttl_ms == 0 || ttl_ms > MAX_TOKEN_TTL_MS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_ms must be between 1 and {MAX_TOKEN_TTL_MS}"
+        )));
+    }
+    Ok(now_ms().saturating_add(ttl_ms))
+}
+
+/// The answer of an ACL write that is not the one asked for.
+fn refused(r: AclResult) -> ApiError {
+    match r {
+        AclResult::NotFound => ApiError::not_found("no such token or policy"),
+        AclResult::Exists => ApiError::conflict("a token with this id already exists"),
+        AclResult::InUse(tokens) => ApiError::conflict(format!(
+            "the policy is still given to tokens {}: take it from them first",
+            tokens.join(", ")
+        ))
+        .with("tokens", tokens),
+        AclResult::LastManagement => {
+            ApiError::conflict("this is the last management token: make another before deleting it")
+        }
+        AclResult::Invalid(m) => ApiError::bad_request(m),
+        other => ApiError::new(
+            crate::error::ErrorCode::Internal,
+            format!("unexpected answer {other:?}"),
+        ),
+    }
+}
+
+async fn acl_write(st: &super::AppState, cmd: AclCmd) -> ApiResult<AclResult> {
+    Ok(propose(&st.cluster, cmd, None).await?)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/acl/tokens",
+    summary = "Make a token (its secret is shown once, in this answer)",
+    request_body = TokenCreate,
+    responses(
+        (status = 201, description = "made", body = TokenCreated),
+        BadRequest,
+        Unsettled,
+    )
+)]
+pub async fn create_token(
+    State(st): St,
+    JsonBody(body): JsonBody<TokenCreate>,
+) -> ApiResult<Response> {
+    let expires_at_ms = body.ttl_ms.map(expiry).transpose()?;
+    let secret = new_secret();
+    let token = Token {
+        accessor_id: new_accessor_id(),
+        secret_sha256: secret_digest(&secret),
+        description: body.description,
+        management: body.management,
+        policies: body.policies,
+        expires_at_ms,
+        created_at_ms: 0,
+    };
+    match acl_write(&st, AclCmd::TokenCreate(token)).await? {
+        AclResult::Token(t) => Ok((
+            StatusCode::CREATED,
+            Json(TokenCreated {
+                secret,
+                token: TokenView::from(t.as_ref()),
+            }),
+        )
+            .into_response()),
+        other => Err(refused(other)),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/acl/tokens",
+    summary = "Every token, without secrets",
+    responses(
+        (status = 200, description = "the tokens", body = TokenList),
+        Unsettled,
+    )
+)]
+pub async fn list_tokens(State(st): St) -> ApiResult<Json<TokenList>> {
+    st.cluster.read_barrier().await?;
+    let state = st.cluster.state();
+    Ok(Json(TokenList {
+        tokens: state.acl().tokens().map(TokenView::from).collect(),
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/acl/tokens/self",
+    summary = "The token of the request (with auth off: a management view named anyone)",
+    responses(
+        (status = 200, description = "the caller's token", body = TokenView),
+    )
+)]
+pub async fn token_self(Extension(caller): Extension<Caller>) -> Json<TokenView> {
+    Json(match caller {
+        Caller::Token(t) => TokenView::from(t.as_ref()),
+        Caller::Anyone => TokenView {
+            accessor_id: "anyone".into(),
+            description: "authentication is off (api.insecure_no_auth)".into(),
+            management: true,
+            policies: Vec::new(),
+            expires_at_ms: None,
+            created_at_ms: 0,
+        },
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/acl/tokens/{id}",
+    summary = "A token by accessor id, without its secret",
+    params(("id" = String, Path, description = "accessor id")),
+    responses(
+        (status = 200, description = "the token", body = TokenView),
+        NotFound,
+        Unsettled,
+    )
+)]
+pub async fn get_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<TokenView>> {
+    st.cluster.read_barrier().await?;
+    let state = st.cluster.state();
+    state
+        .acl()
+        .token(&id)
+        .map(|t| Json(TokenView::from(t)))
+        .ok_or_else(|| ApiError::not_found("no such token"))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/acl/tokens/{id}",
+    summary = "Change a token's description, policies or lifetime",
+    params(("id" = String, Path, description = "accessor id")),
+    request_body = TokenUpdate,
+    responses(
+        (status = 200, description = "the token as changed", body = TokenView),
+        BadRequest,
+        NotFound,
+        Unsettled,
+    )
+)]
+pub async fn update_token(
+    State(st): St,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<TokenUpdate>,
+) -> ApiResult<Json<TokenView>> {
+    let expires_at_ms = match body.ttl_ms {
+        None => None,
+        Some(0) => Some(None),
+        Some(ttl) => Some(Some(expiry(ttl)?)),
+    };
+    let cmd = AclCmd::TokenUpdate {
+        accessor_id: id,
+        description: body.description,
+        policies: body.policies,
+        expires_at_ms,
+    };
+    match acl_write(&st, cmd).await? {
+        AclResult::Token(t) => Ok(Json(TokenView::from(t.as_ref()))),
+        other => Err(refused(other)),
+    }
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/acl/tokens/{id}",
+    summary = "Delete (revoke) a token: it is refused on each node once applied there",
+    params(("id" = String, Path, description = "accessor id")),
+    responses(
+        (status = 200, description = "deleted", body = AclDeleted),
+        NotFound,
+        (status = 409, description = "conflict: the last management token", body = ErrorBody),
+        Unsettled,
+    )
+)]
+pub async fn delete_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<AclDeleted>> {
+    match acl_write(&st, AclCmd::TokenDelete { accessor_id: id }).await? {
+        AclResult::Deleted => Ok(Json(AclDeleted { deleted: true })),
+        other => Err(refused(other)),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/acl/policies",
+    summary = "Every policy",
+    responses(
+        (status = 200, description = "the policies", body = PolicyList),
+        Unsettled,
+    )
+)]
+pub async fn list_policies(State(st): St) -> ApiResult<Json<PolicyList>> {
+    st.cluster.read_barrier().await?;
+    let state = st.cluster.state();
+    Ok(Json(PolicyList {
+        policies: state.acl().policies().map(PolicyView::from).collect(),
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/acl/policies/{name}",
+    summary = "A policy",
+    params(("name" = String, Path, description = "policy name")),
+    responses(
+        (status = 200, description = "the policy", body = PolicyView),
+        NotFound,
+        Unsettled,
+    )
+)]
+pub async fn get_policy(State(st): St, Path(name): Path<String>) -> ApiResult<Json<PolicyView>> {
+    st.cluster.read_barrier().await?;
+    let state = st.cluster.state();
+    state
+        .acl()
+        .policy(&name)
+        .map(|p| Json(PolicyView::from(p)))
+        .ok_or_else(|| ApiError::not_found("no such policy"))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/acl/policies/{name}",
+    summary = "Make or replace a policy; tokens that carry it see the change at once",
+    params(("name" = String, Path, description = "policy name")),
+    request_body = PolicySet,
+    responses(
+        (status = 200, description = "the policy", body = PolicyView),
+        BadRequest,
+        Unsettled,
+    )
+)]
+pub async fn set_policy(
+    State(st): St,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<PolicySet>,
+) -> ApiResult<Json<PolicyView>> {
+    let rules = body
+        .rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| rule(i, r))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let policy = Policy {
+        name,
+        description: body.description,
+        rules,
+        created_at_ms: 0,
+        modified_at_ms: 0,
+    };
+    acl::check_policy(&policy).map_err(ApiError::bad_request)?;
+    match acl_write(&st, AclCmd::PolicySet(policy)).await? {
+        AclResult::Policy(p) => Ok(Json(PolicyView::from(p.as_ref()))),
+        other => Err(refused(other)),
+    }
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/acl/policies/{name}",
+    summary = "Delete a policy no token carries",
+    params(("name" = String, Path, description = "policy name")),
+    responses(
+        (status = 200, description = "deleted", body = AclDeleted),
+        NotFound,
+        (status = 409, description = "conflict: tokens still carry it (tokens lists some)", body = ErrorBody),
+        Unsettled,
+    )
+)]
+pub async fn delete_policy(State(st): St, Path(name): Path<String>) -> ApiResult<Json<AclDeleted>> {
+    match acl_write(&st, AclCmd::PolicyDelete { name }).await? {
+        AclResult::Deleted => Ok(Json(AclDeleted { deleted: true })),
+        other => Err(refused(other)),
+    }
+}
+
+mod typed {
+    use reqwest::Method;
+
+    use super::{
+        AclDeleted, PolicyList, PolicySet, PolicyView, TokenCreate, TokenCreated, TokenList,
+        TokenUpdate, TokenView,
+    };
+    use crate::api::client::{segment, ApiResult, Client};
+
+    impl Client {
+        pub async fn acl_token_create(&self, req: &TokenCreate) -> ApiResult<TokenCreated> {
+            self.post("/v1/acl/tokens", req).await
+        }
+
+        pub async fn acl_tokens(&self) -> ApiResult<TokenList> {
+            self.get("/v1/acl/tokens").await
+        }
+
+        /// The token this client sends.
+        pub async fn acl_token_self(&self) -> ApiResult<TokenView> {
+            self.get("/v1/acl/tokens/self").await
+        }
+
+        pub async fn acl_token(&self, accessor_id: &str) -> ApiResult<TokenView> {
+            self.get(&format!("/v1/acl/tokens/{}", segment(accessor_id)))
+                .await
+        }
+
+        pub async fn acl_token_update(
+            &self,
+            accessor_id: &str,
+            req: &TokenUpdate,
+        ) -> ApiResult<TokenView> {
+            let path = format!("/v1/acl/tokens/{}", segment(accessor_id));
+            self.json(Method::PATCH, &path, req).await
+        }
+
+        pub async fn acl_token_delete(&self, accessor_id: &str) -> ApiResult<AclDeleted> {
+            self.delete(&format!("/v1/acl/tokens/{}", segment(accessor_id)))
+                .await
+        }
+
+        pub async fn acl_policies(&self) -> ApiResult<PolicyList> {
+            self.get("/v1/acl/policies").await
+        }
+
+        pub async fn acl_policy(&self, name: &str) -> ApiResult<PolicyView> {
+            self.get(&format!("/v1/acl/policies/{}", segment(name)))
+                .await
+        }
+
+        pub async fn acl_policy_set(&self, name: &str, req: &PolicySet) -> ApiResult<PolicyView> {
+            let path = format!("/v1/acl/policies/{}", segment(name));
+            self.json(Method::PUT, &path, req).await
+        }
+
+        pub async fn acl_policy_delete(&self, name: &str) -> ApiResult<AclDeleted> {
+            self.delete(&format!("/v1/acl/policies/{}", segment(name)))
+                .await
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! What keeps a web page on another site from using a browser's access to a node: CORS only
+//! for the origins in `api.allowed_origins`, the `Origin` of WebSocket upgrades and of every
+//! request but GET and HEAD checked against them (a page of the node itself is always allowed),
+//! and security headers on every answer. JSON bodies must be sent as JSON
+//! (`api::JsonBody`), so a plain HTML form cannot post one.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use super::AppState;
+use crate::config::Origins;
+use crate::error::{ApiError, ErrorCode};
+
+/// The CORS layer for `origins`: preflights answered, the answer headers a page may read
+/// exposed. With no origin allowed, no CORS header is ever sent.
+pub fn cors(origins: &Origins) -> CorsLayer {
+    let allow = if origins.0.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .0
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-revision"),
+            header::RETRY_AFTER,
+            header::WWW_AUTHENTICATE,
+        ])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
+/// Whether a request with this `Origin` may go on: its own node's pages, or an allowed origin.
+fn origin_allowed(headers: &HeaderMap, origin: &str, allowed: &Origins) -> bool {
+    if allowed.allows(origin) {
+        return true;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    !host.is_empty()
+        && (origin.eq_ignore_ascii_case(&format!("http://{host}"))
+            || origin.eq_ignore_ascii_case(&format!("https://{host}")))
+}
+
+/// Checks the `Origin` of upgrades and of requests that may change something, and adds the
+/// security headers to every answer.
+pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let checked = req.method() != Method::GET && req.method() != Method::HEAD
+        || req.headers().contains_key(header::UPGRADE);
+    if checked {
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("(not visible ASCII)");
+            if !origin_allowed(
+                req.headers(),
+                origin,
+                &st.cluster.config().api.allowed_origins,
+            ) {
+                let e = ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("origin {origin} may not call this API (api.allowed_origins)"),
+                );
+                return with_headers(e.into_response());
+            }
+        }
+    }
+    with_headers(next.run(req).await)
+}
+
+/// The security headers of every answer; a page that sets its own policy keeps it.
+fn with_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
+    resp
+}
+
+/// The policy of the demo page: its own inline script (by hash) and `/v1/client.js`, and
+/// connections to any node.
+pub fn demo_page_policy(html: &str) -> HeaderValue {
+    static POLICY: OnceLock<HeaderValue> = OnceLock::new();
+    POLICY
+        .get_or_init(|| {
+            let hashes: Vec<String> = html
+                .split("<script>")
+                .skip(1)
+                .filter_map(|rest| rest.split("</script>").next())
+                .map(|script| {
+                    let digest = Sha256::digest(script.as_bytes());
+                    format!(
+                        "'sha256-{}'",
+                        base64::engine::general_purpose::STANDARD.encode(digest)
+                    )
+                })
+                .collect();
+            let policy = format!(
+                "default-src 'self'; script-src 'self' {}; style-src 'self' 'unsafe-inline'; \
+                 connect-src 'self' http: https: ws: wss:; frame-ancestors 'none'",
+                hashes.join(" ")
+            );
+            HeaderValue::from_str(&policy).expect("the policy is visible ASCII")
+        })
+        .clone()
+}

@@ -1,0 +1,504 @@
+//! Who may call what: every route declares what it needs ([`Need`], in the route table of
+//! [`crate::api`]), and [`authorize`] checks the request's bearer token against the replicated
+//! tokens and policies ([`raft::state::acl`]) before the handler runs.
+//!
+//! A token is sent as `Authorization: Bearer <secret>`. No token, a malformed one, an unknown
+//! (never made, or deleted) one and an expired one answer 401 `unauthenticated`; a valid token
+//! whose policies lack the right answers 403 `forbidden`. The check reads this node's applied
+//! state, so a change to tokens or policies takes effect on each node as soon as it applies the
+//! entry (the replication delay, milliseconds on a healthy cluster).
+//!
+//! With `api.insecure_no_auth` every request is let through as [`Caller::Anyone`].
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use raft::command::{Command, Compare, Txn};
+use raft::state::acl::Token;
+pub use raft::state::acl::{Op, Resource};
+use sha2::{Digest, Sha256};
+
+use crate::api::AppState;
+use crate::cluster::now_ms;
+use crate::error::{ApiError, ErrorCode};
+
+/// Where a route finds the name its right is checked on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A path parameter, e.g. `{key}`.
+    Path(&'static str),
+    /// A query parameter naming one thing, e.g. `user` (absent: checked as the empty name,
+    /// which only rules for every name match).
+    Query(&'static str),
+    /// A query parameter holding a prefix the route lists under (absent: every name): every
+    /// name under it must be allowed.
+    Prefix(&'static str),
+    /// Every name of the resource (statistics, cluster operations, management).
+    All,
+    /// The queue of the job whose id is this path parameter.
+    JobQueue(&'static str),
+    /// The user of the session whose id is this path parameter.
+    SessionUser(&'static str),
+}
+
+/// What a route needs from its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: health, readiness, the API reference and the browser client.
+    Open,
+    /// A valid token; the handler checks each thing the request touches (a transaction's
+    /// writes, the WebSocket's subscriptions).
+    Token,
+    /// `/metrics`: open when `api.metrics_open`, else `read` on `cluster`.
+    Metrics,
+    /// The WebSocket upgrade: a token in the `Authorization` header, or in the connection's
+    /// first message (browsers cannot set headers on an upgrade); each subscription, watch
+    /// and publish is checked.
+    Upgrade,
+    /// `op` on the name `target` gives, of `resource`.
+    Right {
+        resource: Resource,
+        op: Op,
+        target: Target,
+    },
+}
+
+impl Need {
+    /// The right this need asks for, if one.
+    pub fn right(self) -> Option<(Resource, Op, Target)> {
+        match self {
+            Need::Right {
+                resource,
+                op,
+                target,
+            } => Some((resource, op, target)),
+            Need::Metrics => Some((Resource::Cluster, Op::Read, Target::All)),
+            Need::Open | Need::Token | Need::Upgrade => None,
+        }
+    }
+}
+
+/// `read` on `resource` at `target`.
+pub const fn read(resource: Resource, target: Target) -> Need {
+    Need::Right {
+        resource,
+        op: Op::Read,
+        target,
+    }
+}
+
+/// `write` on `resource` at `target`.
+pub const fn write(resource: Resource, target: Target) -> Need {
+    Need::Right {
+        resource,
+        op: Op::Write,
+        target,
+    }
+}
+
+/// A channel operation on the channel named by the `{name}` path parameter.
+pub const fn channel(op: Op) -> Need {
+    Need::Right {
+        resource: Resource::Channels,
+        op,
+        target: Target::Path("name"),
+    }
+}
+
+/// Who is calling, as [`authorize`] found: put in the request's extensions for handlers that
+/// check more than their route's need.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// Authentication is off (`api.insecure_no_auth`): everything is allowed.
+    Anyone,
+    Token(Arc<Token>),
+}
+
+impl Caller {
+    /// Whether the caller may do `op` on `name` of `resource`, by the policies as they are now.
+    pub fn may(&self, st: &AppState, resource: Resource, name: &str, op: Op) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Token(t) => st.cluster.state().acl().allows(t, resource, name, op),
+        }
+    }
+
+    /// [`Caller::may`], or the 403 that says what is missing.
+    pub fn check(
+        &self,
+        st: &AppState,
+        resource: Resource,
+        name: &str,
+        op: Op,
+    ) -> Result<(), ApiError> {
+        if self.may(st, resource, name, op) {
+            Ok(())
+        } else {
+            Err(forbidden(resource, op, Some(name)))
+        }
+    }
+
+    /// [`Caller::may`] for every name under `prefix` (a watch, a listing).
+    pub fn may_all(&self, st: &AppState, resource: Resource, prefix: &str, op: Op) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Token(t) => st
+                .cluster
+                .state()
+                .acl()
+                .allows_prefix(t, resource, prefix, op),
+        }
+    }
+
+    /// Who the caller is, for logs: the token's accessor id, or `anyone`.
+    pub fn actor(&self) -> &str {
+        match self {
+            Caller::Anyone => "anyone",
+            Caller::Token(t) => &t.accessor_id,
+        }
+    }
+}
+
+/// SHA-256 (hex) of a token secret, as the replicated state holds it.
+pub fn secret_digest(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A new token secret: 256 random bits, hex.
+pub fn new_secret() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// A new accessor id: 128 random bits, hex.
+pub fn new_accessor_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Why a request was refused: 401 (with `WWW-Authenticate: Bearer`) or 403.
+#[derive(Debug)]
+pub enum Refusal {
+    Unauthenticated(&'static str),
+    Forbidden(ApiError),
+}
+
+impl Refusal {
+    /// The error as the API sends it (also over the WebSocket).
+    pub fn error(self) -> ApiError {
+        match self {
+            Refusal::Unauthenticated(m) => ApiError::new(ErrorCode::Unauthenticated, m),
+            Refusal::Forbidden(e) => e,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let unauthenticated = matches!(self, Refusal::Unauthenticated(_));
+        let mut resp = self.error().into_response();
+        if unauthenticated {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// 403: the token's policies do not allow `op` on `name` (every name when `None`).
+pub fn forbidden(resource: Resource, op: Op, name: Option<&str>) -> ApiError {
+    let on = match name {
+        Some(n) if !n.is_empty() => format!("{} {n:?}", resource.as_str()),
+        _ => format!("every name of {}", resource.as_str()),
+    };
+    ApiError::new(
+        ErrorCode::Forbidden,
+        format!("the token's policies do not allow {} on {on}", op.as_str()),
+    )
+    .with("resource", resource.as_str())
+    .with("access", op.as_str())
+}
+
+/// The bearer secret of a request: `Err` with the 401 message when missing or malformed.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, &'static str> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Err("a token is required: send Authorization: Bearer <token>");
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| "the Authorization header is not visible ASCII")?;
+    match v.split_once(' ') {
+        Some((scheme, secret))
+            if scheme.eq_ignore_ascii_case("bearer") && !secret.trim().is_empty() =>
+        {
+            Ok(secret.trim())
+        }
+        _ => Err("the Authorization header must be `Bearer <token>`"),
+    }
+}
+
+/// Whether `token` is still what the state holds under its accessor id (not deleted, not
+/// replaced) and not expired at `now_ms`; answers the current one.
+pub fn still_valid(st: &AppState, token: &Token, now_ms: u64) -> Option<Arc<Token>> {
+    let state = st.cluster.state();
+    let cur = state.acl().token(&token.accessor_id)?;
+    if cur.secret_sha256 != token.secret_sha256 || cur.expires_at_ms.is_some_and(|at| at <= now_ms)
+    {
+        return None;
+    }
+    Some(if cur == token {
+        Arc::new(token.clone())
+    } else {
+        Arc::new(cur.clone())
+    })
+}
+
+/// The token of `secret`, if it is current (made, not deleted, not expired at `now_ms`).
+pub fn resolve(st: &AppState, secret: &str, now_ms: u64) -> Result<Arc<Token>, &'static str> {
+    let digest = secret_digest(secret);
+    let state = st.cluster.state();
+    let Some(token) = state.acl().token_by_secret(&digest) else {
+        return Err("the token is not known: it was never made, or it was deleted");
+    };
+    if token.expires_at_ms.is_some_and(|at| at <= now_ms) {
+        return Err("the token has expired");
+    }
+    Ok(Arc::new(token.clone()))
+}
+
+/// What [`caller`] looks at in a request.
+pub struct Asked<'a> {
+    pub headers: &'a HeaderMap,
+    pub query: Option<&'a str>,
+    /// Path parameters, percent-decoded (empty when one is not UTF-8: the route's own
+    /// extractor refuses it, and here it names nothing, so only rules for every name allow).
+    pub params: &'a [(String, String)],
+}
+
+/// The caller of a request on a route that needs `need` (or `None` when the route is open),
+/// or the 401 or 403 answer.
+pub fn caller(st: &AppState, asked: &Asked<'_>, need: Need) -> Result<Option<Caller>, Refusal> {
+    if st.cluster.config().api.insecure_no_auth {
+        return Ok(Some(Caller::Anyone));
+    }
+    if need == Need::Open || (need == Need::Metrics && st.cluster.config().api.metrics_open) {
+        return Ok(None);
+    }
+    if need == Need::Upgrade && asked.headers.get(header::AUTHORIZATION).is_none() {
+        return Ok(None);
+    }
+    let secret = bearer(asked.headers).map_err(Refusal::Unauthenticated)?;
+    let token = resolve(st, secret, now_ms()).map_err(Refusal::Unauthenticated)?;
+    if let Some((resource, op, target)) = need.right() {
+        let state = st.cluster.state();
+        let acl = state.acl();
+        let refused = match name_of(&state, asked, target) {
+            Named::One(name) => (!acl.allows(&token, resource, &name, op)).then_some(Some(name)),
+            Named::Under(prefix) => {
+                (!acl.allows_prefix(&token, resource, &prefix, op)).then_some(None)
+            }
+        };
+        if let Some(name) = refused {
+            return Err(Refusal::Forbidden(forbidden(resource, op, name.as_deref())));
+        }
+    }
+    Ok(Some(Caller::Token(token)))
+}
+
+enum Named {
+    One(String),
+    Under(String),
+}
+
+fn name_of(state: &raft::State, asked: &Asked<'_>, target: Target) -> Named {
+    let path = |p: &str| -> String {
+        asked
+            .params
+            .iter()
+            .find(|(k, _)| k == p)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let query = |q: &str| -> String {
+        asked
+            .query
+            .and_then(|s| {
+                form_urlencoded::parse(s.as_bytes())
+                    .find(|(k, _)| k == q)
+                    .map(|(_, v)| v.into_owned())
+            })
+            .unwrap_or_default()
+    };
+    match target {
+        Target::Path(p) => Named::One(path(p)),
+        Target::Query(q) => Named::One(query(q)),
+        Target::Prefix(q) => Named::Under(query(q)),
+        Target::All => Named::Under(String::new()),
+        Target::JobQueue(p) => Named::One(
+            path(p)
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| state.job(id))
+                .map(|j| j.queue.clone())
+                .unwrap_or_default(),
+        ),
+        Target::SessionUser(p) => Named::One(
+            state
+                .session(&path(p))
+                .map(|s| s.user.clone())
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+/// The client's address, as [`authorize`] found it, for handlers.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+/// The client's address (the TCP peer), or unspecified when the router runs without one
+/// (in-process tests).
+pub fn client_ip(ext: &axum::http::Extensions) -> std::net::IpAddr {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// The middleware of every route: finds the caller (see [`caller`]) and hands it to the
+/// handler in the request's extensions.
+pub async fn authorize(
+    State((st, need)): State<(Arc<AppState>, Need)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let params: Vec<(String, String)> =
+        match RawPathParams::from_request_parts(&mut parts, &()).await {
+            Ok(p) => p
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+    let asked = Asked {
+        headers: &parts.headers,
+        query: parts.uri.query(),
+        params: &params,
+    };
+    let ip = client_ip(&parts.extensions);
+    if let Err(e) = st.rate.request(ip) {
+        return e.into_response();
+    }
+    let found = caller(&st, &asked, need);
+    let write = !matches!(parts.method, Method::GET | Method::HEAD);
+    let mut req = Request::from_parts(parts, body);
+    req.extensions_mut().insert(ClientIp(ip));
+    match found {
+        Ok(Some(c)) => {
+            if let Caller::Token(t) = &c {
+                if let Err(e) = st.rate.token(&t.accessor_id, write) {
+                    return e.into_response();
+                }
+            }
+            req.extensions_mut().insert(c);
+            next.run(req).await
+        }
+        Ok(None) => next.run(req).await,
+        Err(refusal @ Refusal::Unauthenticated(_)) => match st.rate.auth_failed(ip) {
+            Ok(()) => refusal.into_response(),
+            Err(limited) => limited.into_response(),
+        },
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// The rights a replicated write needs: `(resource, name, op)`, where a `None` name means
+/// every name of the resource. Used where a route cannot say in advance (a transaction's
+/// writes and compares).
+pub fn rights_of(cmd: &Command) -> Vec<(Resource, Option<String>, Op)> {
+    use raft::command::{CacheCmd, ChannelCmd, KvCmd, LockCmd, QueueCmd, SemaphoreCmd};
+    let one = |r, name: &str, op| vec![(r, Some(name.to_string()), op)];
+    match cmd {
+        Command::Kv(KvCmd::Put { key, .. } | KvCmd::Delete { key, .. }) => {
+            one(Resource::Kv, key, Op::Write)
+        }
+        Command::Cache(CacheCmd::Set { key, .. } | CacheCmd::Delete { key, .. }) => {
+            one(Resource::Cache, key, Op::Write)
+        }
+        Command::Queue(QueueCmd::Enqueue { queue, .. }) => one(Resource::Queues, queue, Op::Write),
+        Command::Channel(ChannelCmd::Publish { channel, .. }) => {
+            one(Resource::Channels, channel, Op::Publish)
+        }
+        Command::Semaphore(SemaphoreCmd::Release { name, .. }) => {
+            one(Resource::Semaphores, name, Op::Write)
+        }
+        Command::Lock(LockCmd::Release { name, .. }) => one(Resource::Locks, name, Op::Write),
+        Command::Fenced { lock, command, .. } => {
+            let mut v = rights_of(command);
+            v.push((Resource::Locks, Some(lock.clone()), Op::Read));
+            v
+        }
+        Command::Txn(t) => rights_of_txn(t),
+        Command::Idempotent { command, .. } => rights_of(command),
+        // Any other write: the right on every name of its kind.
+        other => vec![(resource_of(other), None, Op::Write)],
+    }
+}
+
+/// The rights a transaction needs: `read` on what it compares, and each write's own.
+pub fn rights_of_txn(t: &Txn) -> Vec<(Resource, Option<String>, Op)> {
+    let mut v: Vec<_> = t
+        .compare
+        .iter()
+        .map(|c| match c {
+            Compare::Revision { key, .. } => (Resource::Kv, Some(key.clone()), Op::Read),
+            Compare::Fence { lock, .. } => (Resource::Locks, Some(lock.clone()), Op::Read),
+            Compare::SemaphoreFence { semaphore, .. } => {
+                (Resource::Semaphores, Some(semaphore.clone()), Op::Read)
+            }
+        })
+        .collect();
+    for op in t.success.iter().chain(&t.failure) {
+        v.extend(rights_of(op));
+    }
+    v
+}
+
+fn resource_of(cmd: &Command) -> Resource {
+    match cmd {
+        Command::Kv(_) | Command::Txn(_) => Resource::Kv,
+        Command::Lock(_) | Command::Fenced { .. } => Resource::Locks,
+        Command::Semaphore(_) => Resource::Semaphores,
+        Command::Session(_) => Resource::Sessions,
+        Command::Cache(_) => Resource::Cache,
+        Command::Queue(_) => Resource::Queues,
+        Command::Channel(_) => Resource::Channels,
+        Command::Acl(_) => Resource::Acl,
+        Command::Tick | Command::Cluster(_) => Resource::Cluster,
+        Command::Idempotent { command, .. } => resource_of(command),
+    }
+}
+
+impl Caller {
+    /// Checks every right of `rights` (see [`rights_of`]); the first one missing is the 403.
+    pub fn check_all(
+        &self,
+        st: &AppState,
+        rights: Vec<(Resource, Option<String>, Op)>,
+    ) -> Result<(), ApiError> {
+        let Caller::Token(token) = self else {
+            return Ok(());
+        };
+        let state = st.cluster.state();
+        let acl = state.acl();
+        for (resource, name, op) in rights {
+            let ok = match &name {
+                Some(n) => acl.allows(token, resource, n, op),
+                None => acl.allows_prefix(token, resource, "", op),
+            };
+            if !ok {
+                return Err(forbidden(resource, op, name.as_deref()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,828 @@
+//! Access control, route by route: the test walks the router's own route table
+//! (`node::api::ROUTES`), so a route added to it is tried here with no token, a malformed
+//! token, an expired one, a deleted one, a token whose policies lack the route's right, and one
+//! that has it: 401, 401, 401, 401, 403 and the route's own answer. A route without a sample
+//! request below fails the test.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use node::api::ROUTES;
+use node::auth::{Need, Op, Resource};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tests::http::{self, wait_for};
+use tests::inproc::InprocCluster;
+
+/// A node with access control on, and its bootstrap management token.
+async fn secure_node() -> (InprocCluster, String) {
+    let c = InprocCluster::start_with(1, |c| {
+        c.api.insecure_no_auth = false;
+        // These tests fail authentication on purpose, hundreds of times.
+        c.rate.auth_failures_per_min = 0;
+    })
+    .await
+    .unwrap();
+    let token = c
+        .admin_token()
+        .expect("the founding node wrote its bootstrap token");
+    (c, token)
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        if let Some(b) = body {
+            req = match b {
+                Value::String(raw) => req.body(raw.clone()),
+                other => req.json(other),
+            };
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// `call` with a bearer secret, answering the JSON of a success.
+    async fn ok(&self, method: Method, path: &str, secret: &str, body: Value) -> Value {
+        let body = (!body.is_null()).then_some(body);
+        let (status, v) = self
+            .call(method.clone(), path, Some(&bearer(secret)), body.as_ref())
+            .await;
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
+    }
+
+    /// A new token carrying `policies` (and `ttl_ms`), made with `admin`: its secret and
+    /// accessor id.
+    async fn token(&self, admin: &str, policies: &[&str], ttl_ms: Option<u64>) -> (String, String) {
+        let mut body = json!({"policies": policies});
+        if let Some(t) = ttl_ms {
+            body["ttl_ms"] = json!(t);
+        }
+        let v = self.ok(Method::POST, "/v1/acl/tokens", admin, body).await;
+        (
+            v["secret"].as_str().unwrap().to_string(),
+            v["accessor_id"].as_str().unwrap().to_string(),
+        )
+    }
+
+    async fn policy(&self, admin: &str, name: &str, rules: Value) {
+        self.ok(
+            Method::PUT,
+            &format!("/v1/acl/policies/{name}"),
+            admin,
+            json!({ "rules": rules }),
+        )
+        .await;
+    }
+}
+
+fn bearer(secret: &str) -> String {
+    format!("Bearer {secret}")
+}
+
+/// What a sample request expects from a caller with the right.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// A 2xx.
+    Success,
+    /// The handler's own refusal with this status (the request is well-formed but the state
+    /// does not allow it, e.g. removing the only voter): proves the request got past access
+    /// control.
+    Handler(u16),
+}
+
+/// One request per route, in terms of the state `setup` made.
+struct Sample {
+    path: String,
+    body: Option<Value>,
+    expect: Expect,
+    /// For routes that need only a token (their handler checks each write): the right a
+    /// caller needs for this request.
+    right: Option<(Resource, Op)>,
+}
+
+/// What `setup` made, for the samples to refer to.
+#[derive(Default)]
+struct Made {
+    ids: BTreeMap<&'static str, String>,
+    nums: BTreeMap<&'static str, u64>,
+}
+
+/// State for the samples: keys, leases, sessions, jobs, schedules, tokens, policies.
+async fn setup(api: &Api, admin: &str) -> Made {
+    let mut m = Made::default();
+    let t = admin;
+    api.ok(Method::PUT, "/v1/kv/k1", t, json!("v")).await;
+    for (name, key) in [("l1", "lock1"), ("l2", "lock2")] {
+        let g = api
+            .ok(
+                Method::POST,
+                &format!("/v1/locks/{name}/acquire"),
+                t,
+                json!({"owner": "w", "ttl_ms": 60000}),
+            )
+            .await;
+        m.nums.insert(key, g["fence"].as_u64().unwrap());
+    }
+    for (name, key) in [("s1", "sem1"), ("s2", "sem2")] {
+        let g = api
+            .ok(
+                Method::POST,
+                &format!("/v1/semaphores/{name}/acquire"),
+                t,
+                json!({"holder": "w", "permits": 1, "capacity": 2, "ttl_ms": 60000}),
+            )
+            .await;
+        m.nums.insert(key, g["fence"].as_u64().unwrap());
+    }
+    for key in ["session1", "session2"] {
+        let s = api
+            .ok(Method::POST, "/v1/sessions", t, json!({"user": "u1"}))
+            .await;
+        m.ids.insert(key, s["id"].as_str().unwrap().to_string());
+    }
+    for _ in 0..3 {
+        api.ok(Method::POST, "/v1/queues/qa/jobs", t, json!({"payload": 1}))
+            .await;
+    }
+    api.ok(Method::POST, "/v1/queues/q1/jobs", t, json!({"payload": 1}))
+        .await;
+    let claimed = api
+        .ok(
+            Method::POST,
+            "/v1/queues/qa/claim",
+            t,
+            json!({"worker": "w", "max": 3, "visibility_ms": 60000}),
+        )
+        .await;
+    let jobs = claimed["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 3, "{claimed}");
+    for (i, key) in ["ack", "nack", "extend"].into_iter().enumerate() {
+        m.ids
+            .insert(key, jobs[i]["id"].as_str().unwrap().to_string());
+        m.nums.insert(key, jobs[i]["lease"].as_u64().unwrap());
+    }
+    api.ok(
+        Method::PUT,
+        "/v1/queues/q1/schedules/old",
+        t,
+        json!({"cron": "0 0 * * *", "payload": 1}),
+    )
+    .await;
+    api.ok(Method::PUT, "/v1/cache/c1", t, json!("v")).await;
+    api.ok(
+        Method::POST,
+        "/v1/channels/ch1/publish",
+        t,
+        json!({"data": 1}),
+    )
+    .await;
+    let join = api
+        .ok(Method::POST, "/v1/cluster/tokens", t, Value::Null)
+        .await;
+    m.ids
+        .insert("join", join["id"].as_str().unwrap().to_string());
+    api.policy(t, "spare", json!([])).await;
+    api.policy(t, "doomed", json!([])).await;
+    for key in ["token-read", "token-patch", "token-delete"] {
+        let (_, accessor) = api.token(t, &[], None).await;
+        m.ids.insert(key, accessor);
+    }
+    m
+}
+
+fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
+    let ok = |path: &str, body: Option<Value>| Sample {
+        path: path.to_string(),
+        body,
+        expect: Expect::Success,
+        right: None,
+    };
+    let id = |k: &str| m.ids[k].clone();
+    let num = |k: &str| m.nums[k];
+    let s = match (method, template) {
+        ("get", "/v1/kv") => ok("/v1/kv", None),
+        ("get", "/v1/kv/{key}") => ok("/v1/kv/k1", None),
+        ("put", "/v1/kv/{key}") => ok("/v1/kv/k2", Some(json!("x"))),
+        ("delete", "/v1/kv/{key}") => ok("/v1/kv/k3", None),
+        ("post", "/v1/txn") => Sample {
+            right: Some((Resource::Kv, Op::Write)),
+            ..ok(
+                "/v1/txn",
+                Some(
+                    json!({"compare": [], "success": [{"put": {"key": "t1", "value": "eA=="}}], "failure": []}),
+                ),
+            )
+        },
+        ("get", "/v1/history") => ok("/v1/history", None),
+        ("get", "/v1/locks/{name}") => ok("/v1/locks/l1", None),
+        ("post", "/v1/locks/{name}/acquire") => ok(
+            "/v1/locks/la/acquire",
+            Some(json!({"owner": "w", "ttl_ms": 1000})),
+        ),
+        ("post", "/v1/locks/{name}/renew") => ok(
+            "/v1/locks/l1/renew",
+            Some(json!({"fence": num("lock1"), "ttl_ms": 60000})),
+        ),
+        ("post", "/v1/locks/{name}/release") => {
+            ok("/v1/locks/l2/release", Some(json!({"fence": num("lock2")})))
+        }
+        ("get", "/v1/semaphores/{name}") => ok("/v1/semaphores/s1", None),
+        ("post", "/v1/semaphores/{name}/acquire") => ok(
+            "/v1/semaphores/sa/acquire",
+            Some(json!({"holder": "w", "permits": 1, "capacity": 1, "ttl_ms": 1000})),
+        ),
+        ("post", "/v1/semaphores/{name}/renew") => ok(
+            "/v1/semaphores/s1/renew",
+            Some(json!({"fence": num("sem1"), "ttl_ms": 60000})),
+        ),
+        ("post", "/v1/semaphores/{name}/release") => ok(
+            "/v1/semaphores/s2/release",
+            Some(json!({"fence": num("sem2")})),
+        ),
+        ("post", "/v1/sessions") => Sample {
+            right: Some((Resource::Sessions, Op::Write)),
+            ..ok("/v1/sessions", Some(json!({"user": "u2"})))
+        },
+        ("get", "/v1/sessions") => ok("/v1/sessions?user=u1", None),
+        ("delete", "/v1/sessions") => ok("/v1/sessions?user=u3", None),
+        ("get", "/v1/sessions/{id}") => ok(&format!("/v1/sessions/{}", id("session1")), None),
+        ("patch", "/v1/sessions/{id}") => ok(
+            &format!("/v1/sessions/{}", id("session1")),
+            Some(json!({"data": {"a": 1}})),
+        ),
+        ("delete", "/v1/sessions/{id}") => ok(&format!("/v1/sessions/{}", id("session2")), None),
+        ("post", "/v1/sessions/{id}/touch") => {
+            ok(&format!("/v1/sessions/{}/touch", id("session1")), None)
+        }
+        ("get", "/v1/queues") => ok("/v1/queues", None),
+        ("get", "/v1/queues/{name}") => ok("/v1/queues/q1", None),
+        ("post", "/v1/queues/{name}/jobs") => ok("/v1/queues/q1/jobs", Some(json!({"payload": 2}))),
+        ("post", "/v1/queues/{name}/claim") => ok(
+            "/v1/queues/q1/claim",
+            Some(json!({"worker": "w", "max": 1})),
+        ),
+        ("get", "/v1/queues/{name}/dead") => ok("/v1/queues/q1/dead", None),
+        ("post", "/v1/queues/{name}/dead/replay") => {
+            ok("/v1/queues/q1/dead/replay", Some(json!({"all": true})))
+        }
+        ("get", "/v1/queues/{name}/schedules") => ok("/v1/queues/q1/schedules", None),
+        ("put", "/v1/queues/{queue}/schedules/{name}") => ok(
+            "/v1/queues/q1/schedules/new",
+            Some(json!({"cron": "0 0 * * *", "payload": 1})),
+        ),
+        ("delete", "/v1/queues/{queue}/schedules/{name}") => {
+            ok("/v1/queues/q1/schedules/old", None)
+        }
+        ("get", "/v1/jobs/{id}") => ok(&format!("/v1/jobs/{}", id("ack")), None),
+        ("post", "/v1/jobs/{id}/ack") => ok(
+            &format!("/v1/jobs/{}/ack", id("ack")),
+            Some(json!({"lease": num("ack")})),
+        ),
+        ("post", "/v1/jobs/{id}/nack") => ok(
+            &format!("/v1/jobs/{}/nack", id("nack")),
+            Some(json!({"lease": num("nack")})),
+        ),
+        ("post", "/v1/jobs/{id}/extend") => ok(
+            &format!("/v1/jobs/{}/extend", id("extend")),
+            Some(json!({"lease": num("extend"), "visibility_ms": 60000})),
+        ),
+        ("get", "/v1/cache/stats") => ok("/v1/cache/stats", None),
+        ("post", "/v1/cache/invalidate") => {
+            ok("/v1/cache/invalidate", Some(json!({"tags": ["t"]})))
+        }
+        ("get", "/v1/cache/{key}") => ok("/v1/cache/c1", None),
+        ("put", "/v1/cache/{key}") => ok("/v1/cache/c2", Some(json!("x"))),
+        ("delete", "/v1/cache/{key}") => ok("/v1/cache/c3", None),
+        ("post", "/v1/channels/{name}/publish") => {
+            ok("/v1/channels/ch1/publish", Some(json!({"data": 2})))
+        }
+        ("get", "/v1/channels/{name}/history") => ok("/v1/channels/ch1/history", None),
+        ("get", "/v1/channels/{name}/presence") => ok("/v1/channels/ch1/presence", None),
+        // A plain GET is not an upgrade: the handler's own answer. The WebSocket's checks of
+        // each subscription are tested with a real socket.
+        ("get", "/v1/ws") => Sample {
+            expect: Expect::Handler(400),
+            ..ok("/v1/ws", None)
+        },
+        ("get", "/v1/client.js") => ok("/v1/client.js", None),
+        ("get", "/demo/") => ok("/demo/", None),
+        ("post", "/v1/acl/tokens") => ok("/v1/acl/tokens", Some(json!({"description": "x"}))),
+        ("get", "/v1/acl/tokens") => ok("/v1/acl/tokens", None),
+        ("get", "/v1/acl/tokens/self") => ok("/v1/acl/tokens/self", None),
+        ("get", "/v1/acl/tokens/{id}") => ok(&format!("/v1/acl/tokens/{}", id("token-read")), None),
+        ("patch", "/v1/acl/tokens/{id}") => ok(
+            &format!("/v1/acl/tokens/{}", id("token-patch")),
+            Some(json!({"description": "changed"})),
+        ),
+        ("delete", "/v1/acl/tokens/{id}") => {
+            ok(&format!("/v1/acl/tokens/{}", id("token-delete")), None)
+        }
+        ("get", "/v1/acl/policies") => ok("/v1/acl/policies", None),
+        ("get", "/v1/acl/policies/{name}") => ok("/v1/acl/policies/spare", None),
+        ("put", "/v1/acl/policies/{name}") => ok(
+            "/v1/acl/policies/new",
+            Some(json!({"rules": [{"resource": "kv", "access": "read"}]})),
+        ),
+        ("delete", "/v1/acl/policies/{name}") => ok("/v1/acl/policies/doomed", None),
+        ("get", "/v1/cluster") => ok("/v1/cluster", None),
+        // One node: nothing to remove, promote or hand over to.
+        ("post", "/v1/cluster/members/{id}/remove") => Sample {
+            expect: Expect::Handler(404),
+            ..ok("/v1/cluster/members/99/remove", None)
+        },
+        ("post", "/v1/cluster/members/{id}/promote") => Sample {
+            expect: Expect::Handler(404),
+            ..ok("/v1/cluster/members/99/promote", None)
+        },
+        ("post", "/v1/cluster/leader/transfer") => Sample {
+            expect: Expect::Handler(400),
+            ..ok("/v1/cluster/leader/transfer", Some(json!({"to": 99})))
+        },
+        ("post", "/v1/cluster/snapshot") => ok("/v1/cluster/snapshot", None),
+        ("post", "/v1/cluster/compact") => ok("/v1/cluster/compact", Some(json!({"revision": 1}))),
+        ("get", "/v1/cluster/backup") => ok("/v1/cluster/backup", None),
+        ("post", "/v1/cluster/tokens") => ok("/v1/cluster/tokens", None),
+        ("get", "/v1/cluster/tokens") => ok("/v1/cluster/tokens", None),
+        ("delete", "/v1/cluster/tokens/{id}") => {
+            ok(&format!("/v1/cluster/tokens/{}", id("join")), None)
+        }
+        ("get", "/v1/openapi.json") => ok("/v1/openapi.json", None),
+        ("get", "/health") => ok("/health", None),
+        ("get", "/ready") => ok("/ready", None),
+        ("get", "/metrics") => ok("/metrics", None),
+        _ => return None,
+    };
+    Some(s)
+}
+
+fn access_word(op: Op) -> &'static str {
+    op.as_str()
+}
+
+/// A policy name for a right.
+fn policy_name(resource: Resource, op: Op) -> String {
+    format!("{}-{}", resource.as_str(), access_word(op))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_by_the_token_it_is_sent() {
+    let (c, admin) = secure_node().await;
+    let api = Api {
+        http: http::client(),
+        base: c.bases[0].clone(),
+    };
+
+    // A policy and a token per right the routes need, a token that lacks them all (its one
+    // rule is about something no route touches), an expired token and a deleted one.
+    let mut rights: Vec<(Resource, Op)> = Vec::new();
+    let made = setup(&api, &admin).await;
+    let samples: Vec<_> = ROUTES
+        .iter()
+        .map(|(method, template, need)| {
+            let s = sample(method, template, &made).unwrap_or_else(|| {
+                panic!("{method} {template} has no sample request in tests/it/access.rs")
+            });
+            let right = match need {
+                Need::Right { resource, op, .. } => Some((*resource, *op)),
+                Need::Metrics => Some((Resource::Cluster, Op::Read)),
+                Need::Token => s.right,
+                Need::Open | Need::Upgrade => None,
+            };
+            if let Some(r) = right {
+                if !rights.contains(&r) {
+                    rights.push(r);
+                }
+            }
+            (method, template, need, s, right)
+        })
+        .collect();
+    // The routes anyone may call are these and only these.
+    let open: Vec<String> = ROUTES
+        .iter()
+        .filter(|(_, _, need)| *need == Need::Open)
+        .map(|(m, p, _)| format!("{m} {p}"))
+        .collect();
+    assert_eq!(
+        open,
+        [
+            "get /v1/client.js",
+            "get /demo/",
+            "get /v1/openapi.json",
+            "get /health",
+            "get /ready"
+        ],
+        "routes open to anyone"
+    );
+    let mut holders = BTreeMap::new();
+    for (resource, op) in &rights {
+        let name = policy_name(*resource, *op);
+        api.policy(
+            &admin,
+            &name,
+            json!([{"resource": resource.as_str(), "access": access_word(*op)}]),
+        )
+        .await;
+        let (secret, _) = api.token(&admin, &[&name], None).await;
+        holders.insert(name, secret);
+    }
+    api.policy(
+        &admin,
+        "unrelated",
+        json!([{"resource": "kv", "name": "unrelated", "access": "write"}]),
+    )
+    .await;
+    let (lacking, _) = api.token(&admin, &["unrelated"], None).await;
+    let (expired, _) = api.token(&admin, &["unrelated"], Some(1)).await;
+    let (deleted, deleted_id) = api.token(&admin, &["unrelated"], None).await;
+    api.ok(
+        Method::DELETE,
+        &format!("/v1/acl/tokens/{deleted_id}"),
+        &admin,
+        Value::Null,
+    )
+    .await;
+    wait_for(
+        "the 1 ms token to expire",
+        Duration::from_secs(5),
+        || async {
+            let (s, _) = api
+                .call(
+                    Method::GET,
+                    "/v1/acl/tokens/self",
+                    Some(&bearer(&expired)),
+                    None,
+                )
+                .await;
+            (s == StatusCode::UNAUTHORIZED).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    let refusals = [
+        ("no token", None),
+        ("a malformed token", Some("Basic dXNlcjpwYXNz".to_string())),
+        ("an empty bearer", Some("Bearer ".to_string())),
+        ("an expired token", Some(bearer(&expired))),
+        ("a deleted token", Some(bearer(&deleted))),
+    ];
+    for (method, template, need, s, right) in &samples {
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let what = format!("{method} {template}");
+        if **need != Need::Open {
+            for (how, auth) in &refusals {
+                if **need == Need::Upgrade && auth.is_none() {
+                    // The token may come in the socket's first message (tested there).
+                    continue;
+                }
+                let (status, v) = api
+                    .call(m.clone(), &s.path, auth.as_deref(), s.body.as_ref())
+                    .await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{what} with {how}: {v}");
+                assert_eq!(v["error"]["code"], "unauthenticated", "{what} with {how}");
+            }
+        }
+        if right.is_some() {
+            let (status, v) = api
+                .call(m.clone(), &s.path, Some(&bearer(&lacking)), s.body.as_ref())
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{what} without the right: {v}"
+            );
+            assert_eq!(v["error"]["code"], "forbidden", "{what}");
+        }
+        // The caller with the right: the route's own answer.
+        let auth = match right {
+            Some((r, o)) => Some(bearer(&holders[&policy_name(*r, *o)])),
+            None if **need == Need::Open => None,
+            None => Some(bearer(&lacking)),
+        };
+        let (status, v) = api
+            .call(m.clone(), &s.path, auth.as_deref(), s.body.as_ref())
+            .await;
+        match s.expect {
+            Expect::Success => assert!(status.is_success(), "{what} with the right: {status} {v}"),
+            Expect::Handler(code) => {
+                assert_eq!(status.as_u16(), code, "{what} with the right: {v}")
+            }
+        }
+    }
+    c.shutdown().await;
+}
+
+/// The WebSocket takes its token in its first message, checks every subscription and
+/// publish, keeps the connection open after a refusal, and ends the subscriptions of a token
+/// deleted while they are live with a `revoked` message within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_checks_each_subscription_and_ends_them_when_the_token_goes() {
+    use node::api::ws_protocol::{ClientMessage, Push, ReplyBody};
+    use node::error::ErrorCode;
+    use tests::ws::WsClient;
+
+    let (c, admin) = secure_node().await;
+    let api = Api {
+        http: http::client(),
+        base: c.bases[0].clone(),
+    };
+    api.policy(
+        &admin,
+        "chat",
+        json!([{"resource": "channels", "prefix": "chat/", "access": "subscribe"}]),
+    )
+    .await;
+    let (secret, accessor) = api.token(&admin, &["chat"], None).await;
+
+    let mut ws = WsClient::connect(&c.bases[0], "").await.unwrap();
+    let sub = |ch: &str| ClientMessage::Subscribe {
+        channel: ch.into(),
+        since: None,
+        user: None,
+    };
+    let e = ws.request(sub("chat/1")).await.unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unauthenticated, "{e:?}");
+    let auth = |t: &str| ClientMessage::Auth { token: t.into() };
+    let e = ws.request(auth("not-a-token")).await.unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unauthenticated, "{e:?}");
+    match ws.request(auth(&secret)).await.unwrap() {
+        Ok(ReplyBody::Authenticated { accessor_id, .. }) => assert_eq!(accessor_id, accessor),
+        other => panic!("auth: {other:?}"),
+    }
+    let e = ws.request(sub("news")).await.unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden, "{e:?}");
+    let publish = ClientMessage::Publish {
+        channel: "chat/1".into(),
+        data: json!(1),
+    };
+    let e = ws.request(publish).await.unwrap().unwrap_err();
+    assert_eq!(
+        e.code,
+        ErrorCode::Forbidden,
+        "subscribe does not grant publish: {e:?}"
+    );
+    // Refusals leave the connection open: the allowed subscription works.
+    ws.subscribe("chat/1", None).await.unwrap();
+    api.ok(
+        Method::POST,
+        "/v1/channels/chat%2F1/publish",
+        &admin,
+        json!({"data": "hello"}),
+    )
+    .await;
+    match ws.next_msg(Duration::from_secs(10)).await.unwrap() {
+        Push::Event(e) => assert_eq!(e.data_value(), json!("hello")),
+        other => panic!("expected the event, got {other:?}"),
+    }
+
+    api.ok(
+        Method::DELETE,
+        &format!("/v1/acl/tokens/{accessor}"),
+        &admin,
+        Value::Null,
+    )
+    .await;
+    match ws.next_msg(Duration::from_secs(1)).await {
+        Ok(Push::Revoked(r)) => assert!(r.message.contains("deleted"), "{r:?}"),
+        other => panic!("expected revoked within 1 s of the delete, got {other:?}"),
+    }
+    // Still open, no longer authenticated.
+    let e = ws.request(sub("chat/1")).await.unwrap().unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unauthenticated, "{e:?}");
+    ws.close().await;
+    c.shutdown().await;
+}
+
+/// Pages of other sites: a request that may change something, or a WebSocket upgrade, from an
+/// origin not allowed is refused; the node's own pages and allowed origins go through (the
+/// allowed ones with CORS headers); a JSON route refuses a form's content type; every answer
+/// carries the security headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_sites_pages_cannot_use_a_browsers_access() {
+    let c = InprocCluster::start_with(1, |c| {
+        c.api.allowed_origins = "https://app.example.com".parse().unwrap();
+    })
+    .await
+    .unwrap();
+    let base = &c.bases[0];
+    let host = base.trim_start_matches("http://");
+    let http = http::client();
+    let post = |origin: &str, ct: &str| {
+        http.post(format!("{base}/v1/locks/l/acquire"))
+            .header("origin", origin)
+            .header("content-type", ct)
+            .body(r#"{"owner":"w","ttl_ms":1000}"#)
+    };
+
+    let resp = post("https://evil.example", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("evil.example"),
+        "{v}"
+    );
+
+    let resp = post(&format!("http://{host}"), "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the node's own page");
+
+    let resp = post("https://app.example.com", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::CONFLICT,
+        "allowed, and the lock is held"
+    );
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+
+    // A form (or any non-JSON type) cannot carry a JSON body.
+    let resp = post(
+        &format!("http://{host}"),
+        "application/x-www-form-urlencoded",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("application/json"),
+        "{v}"
+    );
+
+    // A preflight from an allowed origin is answered; one from another origin gets no grant.
+    let preflight = |origin: &str| {
+        http.request(Method::OPTIONS, format!("{base}/v1/kv/a"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let ok = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let no = preflight("https://evil.example").await.unwrap();
+    assert!(no.headers().get("access-control-allow-origin").is_none());
+
+    // A WebSocket upgrade from another site is refused before it opens.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{host}/v1/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN)
+        }
+        other => panic!("a foreign origin's upgrade must be refused: {other:?}"),
+    }
+    let mut req = format!("ws://{host}/v1/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", format!("http://{host}").parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("same origin opens");
+
+    // Security headers, on an answer and on an error.
+    for path in ["/health", "/v1/nope"] {
+        let resp = http.get(format!("{base}{path}")).send().await.unwrap();
+        let h = resp.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+    }
+    c.shutdown().await;
+}
+
+/// A token that writes faster than its bucket allows gets 429 with Retry-After while another
+/// token goes on; failed authentications from one address and a WebSocket client's messages
+/// are bounded the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_stop_one_caller_and_not_the_others() {
+    use node::api::ws_protocol::ClientMessage;
+    use node::error::ErrorCode;
+    use tests::ws::WsClient;
+
+    let c = InprocCluster::start_with(1, |c| {
+        c.api.insecure_no_auth = false;
+        c.rate.token_writes_per_sec = 5;
+        c.rate.auth_failures_per_min = 3;
+        c.rate.ws_messages_per_sec = 5;
+    })
+    .await
+    .unwrap();
+    let admin = c.admin_token().unwrap();
+    let api = Api {
+        http: http::client(),
+        base: c.bases[0].clone(),
+    };
+    api.policy(&admin, "kv", json!([{"resource": "kv", "access": "write"}]))
+        .await;
+    let (a, _) = api.token(&admin, &["kv"], None).await;
+    let (b, _) = api.token(&admin, &["kv"], None).await;
+
+    let mut limited = None;
+    for i in 0..50 {
+        let resp = api
+            .http
+            .put(format!("{}/v1/kv/k{i}", api.base))
+            .header("authorization", bearer(&a))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let resp = limited.expect("50 writes at once pass a bucket of 5 per second");
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "Retry-After {retry}");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+    // Another token, at the same moment, is not affected.
+    let (status, v) = api
+        .call(
+            Method::PUT,
+            "/v1/kv/other",
+            Some(&bearer(&b)),
+            Some(&json!("y")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // Guessing tokens: after 3 failures a minute from this address, 429 rather than 401.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (s, _) = api
+            .call(Method::GET, "/v1/kv/k0", Some("Bearer guess"), None)
+            .await;
+        statuses.push(s.as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+
+    // A WebSocket client's messages: refused past the bucket, the connection stays.
+    let mut ws = WsClient::connect(&c.bases[0], "").await.unwrap();
+    let mut refused = 0;
+    for _ in 0..20 {
+        if let Err(e) = ws.request(ClientMessage::Ping {}).await.unwrap() {
+            assert_eq!(e.code, ErrorCode::RateLimited, "{e:?}");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 0,
+        "20 messages at once pass a bucket of 5 per second"
+    );
+    ws.close().await;
+    c.shutdown().await;
+}
