@@ -481,6 +481,16 @@ async fn undecodable_paths_and_oversized_bodies_get_documented_errors_on_every_r
         http.post(format!("{b}/v1/cluster/members/%FF/remove")),
         http.post(format!("{b}/v1/cluster/members/%F4%90%80%80/promote")),
         http.delete(format!("{b}/v1/cluster/tokens/%FF")),
+        http.get(format!("{b}/v1/acl/tokens/%FF")),
+        http.patch(format!("{b}/v1/acl/tokens/%FF"))
+            .header("content-type", "application/json")
+            .body("{}"),
+        http.delete(format!("{b}/v1/acl/tokens/%C0%80")),
+        http.get(format!("{b}/v1/acl/policies/%FF")),
+        http.put(format!("{b}/v1/acl/policies/%FE"))
+            .header("content-type", "application/json")
+            .body(r#"{"rules":[]}"#),
+        http.delete(format!("{b}/v1/acl/policies/%ED%A0%80")),
     ] {
         let e = expect_error(req, 400, ErrorCode::BadRequest).await;
         assert!(e.message.contains("UTF-8"), "{}", e.message);

@@ -4,7 +4,7 @@
 //! SHA-256. Reads are linearizable (a token made on any node is listed right after).
 //! `write` on `acl` is as good as a management token: it can grant itself anything.
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,7 +13,7 @@ use raft::state::acl::{self, Access, Policy, Resource, Rule, Token};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{JsonBody, St};
+use super::{JsonBody, PathParams, St};
 use crate::auth::{new_accessor_id, new_secret, secret_digest, Caller};
 use crate::cluster::now_ms;
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, NotFound, Unsettled};
@@ -303,7 +303,10 @@ pub async fn token_self(Extension(caller): Extension<Caller>) -> Json<TokenView>
         Unsettled,
     )
 )]
-pub async fn get_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<TokenView>> {
+pub async fn get_token(
+    State(st): St,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<TokenView>> {
     st.cluster.read_barrier().await?;
     let state = st.cluster.state();
     state
@@ -328,7 +331,7 @@ pub async fn get_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<
 )]
 pub async fn update_token(
     State(st): St,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<TokenUpdate>,
 ) -> ApiResult<Json<TokenView>> {
     let expires_at_ms = match body.ttl_ms {
@@ -360,7 +363,10 @@ pub async fn update_token(
         Unsettled,
     )
 )]
-pub async fn delete_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<AclDeleted>> {
+pub async fn delete_token(
+    State(st): St,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<AclDeleted>> {
     match acl_write(&st, AclCmd::TokenDelete { accessor_id: id }).await? {
         AclResult::Deleted => Ok(Json(AclDeleted { deleted: true })),
         other => Err(refused(other)),
@@ -395,7 +401,10 @@ pub async fn list_policies(State(st): St) -> ApiResult<Json<PolicyList>> {
         Unsettled,
     )
 )]
-pub async fn get_policy(State(st): St, Path(name): Path<String>) -> ApiResult<Json<PolicyView>> {
+pub async fn get_policy(
+    State(st): St,
+    PathParams(name): PathParams<String>,
+) -> ApiResult<Json<PolicyView>> {
     st.cluster.read_barrier().await?;
     let state = st.cluster.state();
     state
@@ -419,7 +428,7 @@ pub async fn get_policy(State(st): St, Path(name): Path<String>) -> ApiResult<Js
 )]
 pub async fn set_policy(
     State(st): St,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     JsonBody(body): JsonBody<PolicySet>,
 ) -> ApiResult<Json<PolicyView>> {
     let rules = body
@@ -454,7 +463,10 @@ pub async fn set_policy(
         Unsettled,
     )
 )]
-pub async fn delete_policy(State(st): St, Path(name): Path<String>) -> ApiResult<Json<AclDeleted>> {
+pub async fn delete_policy(
+    State(st): St,
+    PathParams(name): PathParams<String>,
+) -> ApiResult<Json<AclDeleted>> {
     match acl_write(&st, AclCmd::PolicyDelete { name }).await? {
         AclResult::Deleted => Ok(Json(AclDeleted { deleted: true })),
         other => Err(refused(other)),
