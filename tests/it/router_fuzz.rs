@@ -2,7 +2,8 @@
 //! error body, never a 500, a panic or a hang.
 //!
 //! Requests go through `node::api::router` in-process (`tower::ServiceExt::oneshot`) against a
-//! running single-node cluster, so a case costs what its handler costs. Routes come from
+//! running single-node cluster with access control on, so a case costs what its handler costs;
+//! most carry the management token, the others none, another or a malformed one. Routes come from
 //! `node::api::ROUTES`; path parameters, query strings, headers and bodies are drawn from a
 //! seeded RNG: plausible values, so that requests reach the state, and hostile ones (empty,
 //! huge, percent-encoded garbage and non-UTF-8, control characters, `..`, numbers at and past
@@ -84,6 +85,7 @@ const SUCCESS_CAPS: &[(&str, &str, u64)] = &[
     ("post", "/v1/cluster/snapshot", 10),
     ("get", "/v1/cluster/backup", 20),
     ("post", "/v1/cluster/tokens", 50),
+    ("post", "/v1/acl/tokens", 200),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,12 +104,18 @@ async fn the_router_answers_random_and_hostile_requests_with_successes_or_docume
         .unwrap_or(16);
     println!("router fuzz: seed {seed} (repeat with STACKD_FUZZ_SEED={seed}), {cases} cases");
 
-    let c = InprocCluster::start(1).await.unwrap();
+    let c = InprocCluster::start_with(1, |c| c.api.insecure_no_auth = false)
+        .await
+        .unwrap();
+    let admin = c
+        .admin_token()
+        .expect("the founding node's management token");
     let app = node::api::router(c.nodes[0].as_ref().unwrap().api_state());
     let learned = Arc::new(Learned::default());
     let mut rng = Gen {
         rng: StdRng::seed_from_u64(seed),
         learned: learned.clone(),
+        admin,
     };
     let started = Instant::now();
     let generated = (0..cases).map(|n| generate(&mut rng, n));
@@ -338,10 +346,11 @@ impl Learned {
     }
 }
 
-/// The seeded RNG, with what successes taught.
+/// The seeded RNG, with what successes taught and the management token.
 struct Gen {
     rng: StdRng,
     learned: Arc<Learned>,
+    admin: String,
 }
 
 impl Gen {
@@ -673,10 +682,27 @@ fn headers(rng: &mut Gen, route_path: &str) -> Vec<(&'static str, Vec<u8>)> {
         7 => h.push(("idempotency-key", "\u{e9}t\u{e9}".as_bytes().to_vec())),
         _ => {}
     }
-    match rng.random_range(0..10) {
-        0 | 1 => h.push(("authorization", pick(rng, &["Bearer a", "Bearer b"]).into())),
-        2 => h.push(("authorization", header_bytes(rng, 40))),
-        3 => h.push(("authorization", vec![b'A'; 20_000])),
+    // Mostly the management token, so that requests get past the access check.
+    let admin = rng.admin.clone();
+    match rng.random_range(0..24) {
+        0..=17 => h.push(("authorization", format!("Bearer {admin}").into_bytes())),
+        18 => h.push(("authorization", pick(rng, &["Bearer a", "Bearer b"]).into())),
+        19 => {
+            let odd = pick(
+                rng,
+                &[
+                    format!("bearer {admin}"),
+                    format!("Bearer  {admin}"),
+                    format!("Bearer {admin}x"),
+                    format!("Basic {admin}"),
+                    "Bearer".to_string(),
+                    "Bearer ".to_string(),
+                ],
+            );
+            h.push(("authorization", odd.into_bytes()));
+        }
+        20 => h.push(("authorization", header_bytes(rng, 40))),
+        21 => h.push(("authorization", vec![b'A'; 20_000])),
         _ => {}
     }
     if rng.random_bool(0.1) {
