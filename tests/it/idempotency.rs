@@ -279,3 +279,61 @@ async fn a_queued_answer_to_a_caller_that_does_not_wait_is_withdrawn() {
     );
     c.shutdown().await;
 }
+
+/// With access control on, two tokens are two scopes: a key one token used is never answered
+/// to the other, and a token that reuses its own key for another request gets 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_access_control_each_token_is_its_own_scope() {
+    let c = InprocCluster::start_with(1, |c| c.api.insecure_no_auth = false)
+        .await
+        .unwrap();
+    let admin = format!("Bearer {}", c.admin_token().expect("the management token"));
+    let h = http::client();
+    let b = &c.bases[0];
+    let (s, v) = send(
+        h.put(format!("{b}/v1/acl/policies/sessions")),
+        "policy",
+        Some(&admin),
+        Some(json!({"rules": [{"resource": "sessions", "access": "write"}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let mut tokens = Vec::new();
+    for who in ["victim", "eve"] {
+        let (s, v) = send(
+            h.post(format!("{b}/v1/acl/tokens")),
+            &format!("token-{who}"),
+            Some(&admin),
+            Some(json!({"policies": ["sessions"], "description": who})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        tokens.push(format!("Bearer {}", v["secret"].as_str().unwrap()));
+    }
+    let (victim, eve) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
+    let sessions = format!("{b}/v1/sessions");
+    let body = || Some(json!({"user": "victim"}));
+
+    let (s, v) = send(h.post(&sessions), "k1", victim, body()).await;
+    assert_eq!(s, 201, "{v}");
+    let victim_id = v["id"].clone();
+    let (s, v) = send(h.post(&sessions), "k1", eve, body()).await;
+    assert_eq!(s, 201, "{v}");
+    assert_ne!(
+        v["id"], victim_id,
+        "eve must not receive the victim's session"
+    );
+    let (s, v) = send(h.post(&sessions), "k1", victim, body()).await;
+    assert_eq!((s, &v["id"]), (201, &victim_id), "the victim's retry: {v}");
+    mismatch(send(h.post(&sessions), "k1", eve, Some(json!({"user": "eve"}))).await);
+    mismatch(
+        send(
+            h.delete(format!("{sessions}?user=victim")),
+            "k1",
+            victim,
+            None,
+        )
+        .await,
+    );
+    c.shutdown().await;
+}
