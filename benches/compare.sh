@@ -8,6 +8,12 @@
 # prints one table: workload, stackd, peer, ratio (stackd ops/s over peer ops/s; above 1 means
 # stackd is faster), with p50/p99 latency in ms.
 #
+# stackd runs twice side by side: the measured cluster with access control on (loadgen sends
+# its management token, as apps send theirs), and a second 3-node cluster on the next ports
+# with --insecure-no-auth; each stackd row is measured on both, and the "auth cost" column is
+# how much slower the first is. Rate limits are set out of reach on both (1e9/s), so their
+# buckets are checked but never trip: the rows measure the server, not a limit.
+#
 # Usage: benches/compare.sh [--markdown FILE]     (FILE also gets the table as Markdown)
 #
 # Environment (defaults in brackets):
@@ -16,7 +22,8 @@
 #   KEYS [10000]   key space                    VALUE_SIZE [100]  value bytes
 #   ROWS           space-separated row ids to run [all]: put-1 put-64 get-64 stale-64 cache-64
 #                  lock-64 jobs-16
-#   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]
+#   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]  (the cluster without access control:
+#                  these ports + 10)
 #   ETCD_CLIENT_PORT [2379] ETCD_PEER_PORT [2380]  REDIS_PORT [6379] (Redis on 127.0.0.1)
 #   WORK           scratch dir for data and logs [mktemp -d]; KEEP=1 keeps it afterwards
 #
@@ -93,16 +100,28 @@ port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 # --- processes ---------------------------------------------------------------------------
 PIDS=()
 STACKD_STARTED=0
+# Rate limits out of reach: checked on every request, never tripped.
+export STACKD_RATE_TOKEN_READS_PER_SEC=1000000000 STACKD_RATE_TOKEN_WRITES_PER_SEC=1000000000 \
+    STACKD_RATE_IP_REQUESTS_PER_SEC=1000000000
 stackd_cluster() {
     STACKD_BIN="$CARGO_TARGET_DIR/release/stackd" STACKD_DATA="$WORK/stackd" \
         API_PORT="$STACKD_API_PORT" CLUSTER_PORT="$STACKD_CLUSTER_PORT" \
         deploy/local-cluster.sh "$@"
 }
+# The same cluster without access control, on the next ports.
+stackd_open_cluster() {
+    STACKD_BIN="$CARGO_TARGET_DIR/release/stackd" STACKD_DATA="$WORK/stackd-open" \
+        API_PORT="$((STACKD_API_PORT + 10))" CLUSTER_PORT="$((STACKD_CLUSTER_PORT + 10))" \
+        STACKD_INSECURE_NO_AUTH=true deploy/local-cluster.sh "$@"
+}
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    if ((STACKD_STARTED)); then stackd_cluster stop >/dev/null 2>&1 || true; fi
+    if ((STACKD_STARTED)); then
+        stackd_cluster stop >/dev/null 2>&1 || true
+        stackd_open_cluster stop >/dev/null 2>&1 || true
+    fi
     local pid
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do
@@ -168,9 +187,9 @@ start_redis() {
 }
 
 # --- leaders and followers ---------------------------------------------------------------
-# Prints "LEADER_URL FOLLOWER_URL" of the stackd cluster.
+# Prints "LEADER_URL FOLLOWER_URL" of the stackd cluster whose API port is $1.
 stackd_roles() {
-    curl -fsS "http://127.0.0.1:$STACKD_API_PORT/v1/cluster" | python3 -c '
+    curl -fsS -H "Authorization: Bearer $STACKD_TOKEN" "http://127.0.0.1:$1/v1/cluster" | python3 -c '
 import json, sys
 c = json.load(sys.stdin)
 leader = [m for m in c["members"] if m["id"] == c["leader_id"]][0]
@@ -199,6 +218,7 @@ cache_missing() {
     local code body
     body="$WORK/cache-probe"
     code="$(curl -sS -o "$body" -w '%{http_code}' -X PUT --data-binary x \
+        -H "Authorization: Bearer $STACKD_TOKEN" \
         "$STACKD_FOLLOWER/v1/cache/compare-probe" || echo 000)"
     if [[ "$code" == 2* ]]; then
         return
@@ -214,10 +234,12 @@ LOADGEN="$CARGO_TARGET_DIR/release/loadgen"
 ROW_NO=0
 
 # measure SYSTEM PROTOCOL WORKLOAD CONNECTIONS TARGET: one loadgen run; prints its JSON line.
+# The stackd cluster with access control gets the management token; the other one none.
 measure() {
-    local system="$1" protocol="$2" workload="$3" connections="$4" target="$5" out
+    local system="$1" protocol="$2" workload="$3" connections="$4" target="$5" out token=""
+    [[ "$system" == stackd ]] && token="$STACKD_TOKEN"
     log "  $system: $workload, $connections connection(s) -> $target"
-    if ! out="$("$LOADGEN" --protocol "$protocol" --workload "$workload" \
+    if ! out="$(STACKD_TOKEN="$token" "$LOADGEN" --protocol "$protocol" --workload "$workload" \
         --connections "$connections" --targets "$target" --keys "$KEYS" \
         --value-size "$VALUE_SIZE" --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
         --json 2>>"$WORK/loadgen.log")"; then
@@ -229,13 +251,21 @@ measure() {
 
 # row ID TITLE CONNECTIONS STACKD_WORKLOAD STACKD_TARGET PEER PEER_PROTOCOL PEER_WORKLOAD PEER_TARGET [SKIP_REASON]
 # Runs one comparison ROUNDS times and appends each round to $RESULTS. The two sides take
-# turns going first, so slow drift on this shared machine does not always favour the same one.
+# turns going first, so slow drift on this shared machine does not always favour the same one;
+# stackd without access control is measured right after stackd with it (same target node, on
+# the other cluster).
 row() {
     local id="$1" title="$2" conns="$3" s_work="$4" s_target="$5" peer="$6" p_proto="$7" \
-        p_work="$8" p_target="$9" skip="${10:-}" stackd peer_out round
+        p_work="$8" p_target="$9" skip="${10:-}" stackd peer_out round open='{"skipped": "-"}'
     [[ " $ROWS " == *" $id "* ]] || return 0
+    local o_target="${s_target%:*}:$((${s_target##*:} + 10))"
     for ((round = 1; round <= ROUNDS; round++)); do
         log "row: $title (round $round of $ROUNDS)"
+        if [[ -z "$skip" ]]; then
+            if ((round % 2)); then
+                open="$(measure stackd-open stackd "$s_work" "$conns" "$o_target")"
+            fi
+        fi
         if [[ -n "$skip" ]]; then
             stackd="{\"skipped\": \"$skip\"}"
             peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
@@ -249,8 +279,11 @@ row() {
             peer_out="$(measure "$peer" "$p_proto" "$p_work" "$conns" "$p_target")"
             stackd="$(measure stackd stackd "$s_work" "$conns" "$s_target")"
         fi
-        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": sys.argv[2], "stackd": json.loads(sys.argv[3]), "other": json.loads(sys.argv[4])}))' \
-            "$title" "$peer" "$stackd" "$peer_out" >>"$RESULTS"
+        if [[ -z "$skip" ]] && ((round % 2 == 0)); then
+            open="$(measure stackd-open stackd "$s_work" "$conns" "$o_target")"
+        fi
+        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": sys.argv[2], "stackd": json.loads(sys.argv[3]), "other": json.loads(sys.argv[4]), "open": json.loads(sys.argv[5])}))' \
+            "$title" "$peer" "$stackd" "$peer_out" "$open" >>"$RESULTS"
     done
 }
 
@@ -262,15 +295,28 @@ cargo build --release -p node -p benches >&2
 for i in 1 2 3; do
     port_busy "127.0.0.$i" "$STACKD_API_PORT" && die "127.0.0.$i:$STACKD_API_PORT is in use (set STACKD_API_PORT)"
 done
-log "starting stackd (3 nodes, API port $STACKD_API_PORT), data in $WORK"
+log "starting stackd (3 nodes, API port $STACKD_API_PORT; without access control: $((STACKD_API_PORT + 10))), data in $WORK"
 STACKD_STARTED=1
 stackd_cluster start >"$WORK/stackd-start.log" 2>&1 || { cat "$WORK/stackd-start.log" >&2; die "stackd did not start"; }
+stackd_open_cluster start >"$WORK/stackd-open-start.log" 2>&1 || { cat "$WORK/stackd-open-start.log" >&2; die "stackd (no access control) did not start"; }
+STACKD_TOKEN="$(tr -d '[:space:]' <"$WORK/stackd/node1/bootstrap-token")"
+export STACKD_TOKEN
 log "starting etcd (3 members, client port $ETCD_CLIENT_PORT)"
 start_etcd
 log "starting redis (127.0.0.1:$REDIS_PORT)"
 start_redis
 
-read -r STACKD_LEADER STACKD_FOLLOWER < <(stackd_roles) || die "no stackd leader"
+read -r STACKD_LEADER STACKD_FOLLOWER < <(stackd_roles "$STACKD_API_PORT") || die "no stackd leader"
+# The other cluster's leader and follower must sit at the same addresses (node i on 127.0.0.i).
+read -r OPEN_LEADER OPEN_FOLLOWER < <(stackd_roles "$((STACKD_API_PORT + 10))") || die "no stackd (open) leader"
+if [[ "${OPEN_LEADER%:*}" != "${STACKD_LEADER%:*}" ]]; then
+    to="$(python3 -c 'import sys; print(sys.argv[1].split("//")[1].split(":")[0].rsplit(".", 1)[1])' "$STACKD_LEADER")"
+    log "moving the open cluster's leadership to node $to, as in the measured cluster"
+    curl -fsS -X POST -H 'Content-Type: application/json' -d "{\"to\": $to}" \
+        "http://127.0.0.1:$((STACKD_API_PORT + 10))/v1/cluster/leader/transfer" >/dev/null
+    read -r OPEN_LEADER OPEN_FOLLOWER < <(stackd_roles "$((STACKD_API_PORT + 10))")
+fi
+log "open cluster: leader $OPEN_LEADER, follower $OPEN_FOLLOWER"
 wait_until "an etcd leader" 30 etcd_roles
 read -r ETCD_LEADER ETCD_FOLLOWER < <(etcd_roles)
 log "stackd leader $STACKD_LEADER, follower $STACKD_FOLLOWER; etcd leader $ETCD_LEADER, follower $ETCD_FOLLOWER"
@@ -312,6 +358,7 @@ for line in open(results):
 rows = [
     {"title": title, "peer": rs[0]["peer"],
      "stackd": median_round([r["stackd"] for r in rs]),
+     "open": median_round([r.get("open", {"skipped": "-"}) for r in rs]),
      "other": median_round([r["other"] for r in rs])}
     for title, rs in rounds_by_title.items()
 ]
@@ -328,13 +375,20 @@ def ratio(s, o):
     ok = lambda r: "ops_per_sec" in r and r["ops_per_sec"] > 0
     return f"{s['ops_per_sec'] / o['ops_per_sec']:.2f}x" if ok(s) and ok(o) else "-"
 
-header = ["workload", "stackd ops/s (p50 / p99 ms)", "peer", "peer ops/s (p50 / p99 ms)", "ratio"]
-table = [[r["title"], cell(r["stackd"]), r["peer"], cell(r["other"]), ratio(r["stackd"], r["other"])] for r in rows]
+def cost(on, off):
+    ok = lambda r: "ops_per_sec" in r and r["ops_per_sec"] > 0
+    return f"{(1 - on['ops_per_sec'] / off['ops_per_sec']) * 100:+.1f}%" if ok(on) and ok(off) else "-"
+
+header = ["workload", "stackd ops/s (p50 / p99 ms)", "stackd auth off", "auth cost", "peer",
+          "peer ops/s (p50 / p99 ms)", "ratio"]
+table = [[r["title"], cell(r["stackd"]), cell(r["open"]), cost(r["stackd"], r["open"]), r["peer"],
+          cell(r["other"]), ratio(r["stackd"], r["other"])] for r in rows]
 widths = [max(len(x) for x in col) for col in zip(header, *table)]
 print()
 median = f"median of {rounds} rounds, " if int(rounds) > 1 else ""
 print(f"{duration} s measured after {warmup} s warm-up per side and row ({median}same loadgen loop); "
-      f"{keys} keys, {value_size}-byte values; ratio = stackd ops/s / peer ops/s")
+      f"{keys} keys, {value_size}-byte values; ratio = stackd ops/s / peer ops/s; "
+      f"auth cost = how much fewer ops/s stackd serves with access control on than off")
 for line in [header, ["-" * w for w in widths]] + table:
     print("  ".join(x.ljust(w) for x, w in zip(line, widths)))
 import os
@@ -342,7 +396,7 @@ if os.environ.get("REDIS_BENCH"):
     print(f"redis-benchmark -t get -c 64: {os.environ['REDIS_BENCH'].strip()}")
 if markdown:
     with open(markdown, "w") as f:
-        f.write("| " + " | ".join(header) + " |\n|---|---:|---|---:|---:|\n")
+        f.write("| " + " | ".join(header) + " |\n|---|---:|---:|---:|---|---:|---:|\n")
         for line in table:
             f.write("| " + " | ".join(line) + " |\n")
 PY

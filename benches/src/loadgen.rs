@@ -88,6 +88,11 @@ struct Args {
     /// Print a single JSON line on stdout (the human-readable report goes to stderr).
     #[arg(long)]
     json: bool,
+
+    /// stackd: the token secret sent with every request (none: the nodes run without access
+    /// control).
+    #[arg(long, env = "STACKD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// The server at the targets; each maps a put or get of key `bench-<n>` to its own API.
@@ -361,6 +366,10 @@ impl Conn {
         match run.protocol {
             Protocol::Stackd => {
                 let client = Client::with_http(target, run.client.clone());
+                let client = match &run.token {
+                    Some(t) => client.with_token(t.clone()),
+                    None => client,
+                };
                 let client = if run.workload == Workload::StaleGet {
                     client.stale()
                 } else {
@@ -594,6 +603,8 @@ struct Run {
     workload: Workload,
     keys: u64,
     value: Value,
+    /// stackd: the token sent with every request.
+    token: Option<String>,
     /// Requests issued before this instant are warmup and not counted.
     measure_start: Instant,
     /// Every worker stops at this instant; requests still in flight are dropped.
@@ -811,6 +822,7 @@ fn new_run(args: &Args, targets: Vec<String>) -> Result<Run> {
         workload: args.workload,
         keys: args.keys,
         value,
+        token: args.token.clone().filter(|t| !t.is_empty()),
         measure_start: now,
         deadline: now,
     })

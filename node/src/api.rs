@@ -167,6 +167,11 @@ routes! {
     get "/v1/acl/policies/{name}" => acl::get_policy, read(Acl, All);
     put "/v1/acl/policies/{name}" => acl::set_policy, write(Acl, All);
     delete "/v1/acl/policies/{name}" => acl::delete_policy, write(Acl, All);
+    get "/v1/acl/jwt" => acl::list_providers, read(Acl, All);
+    get "/v1/audit" => acl::audit, read(Acl, All);
+    get "/v1/acl/jwt/{name}" => acl::get_provider, read(Acl, All);
+    put "/v1/acl/jwt/{name}" => acl::set_provider, write(Acl, All);
+    delete "/v1/acl/jwt/{name}" => acl::delete_provider, write(Acl, All);
     // Cluster operations.
     get "/v1/cluster" => cluster_status, read(ClusterOps, All);
     post "/v1/cluster/members/{id}/remove" => ops::remove, write(ClusterOps, All);

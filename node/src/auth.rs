@@ -17,7 +17,9 @@ use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use raft::command::{Command, Compare, Txn};
-use raft::state::acl::Token;
+use raft::state::acl::{Grant, Token};
+
+use crate::jwt::JwtCaller;
 pub use raft::state::acl::{Op, Resource};
 use sha2::{Digest, Sha256};
 
@@ -115,14 +117,42 @@ pub enum Caller {
     /// Authentication is off (`api.insecure_no_auth`): everything is allowed.
     Anyone,
     Token(Arc<Token>),
+    /// A JWT of a provider ([`crate::jwt`]).
+    Jwt(Arc<JwtCaller>),
 }
 
 impl Caller {
-    /// Whether the caller may do `op` on `name` of `resource`, by the policies as they are now.
-    pub fn may(&self, st: &AppState, resource: Resource, name: &str, op: Op) -> bool {
+    /// What the caller holds; `None` when everything is allowed (auth off).
+    pub fn grant(&self) -> Option<Grant<'_>> {
         match self {
-            Caller::Anyone => true,
-            Caller::Token(t) => st.cluster.state().acl().allows(t, resource, name, op),
+            Caller::Anyone => None,
+            Caller::Token(t) => Some(Grant::of(t)),
+            Caller::Jwt(j) => Some(Grant {
+                management: false,
+                policies: &j.policies,
+                rules: &j.rules,
+            }),
+        }
+    }
+
+    /// When the credential stops being accepted, if it expires.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        match self {
+            Caller::Anyone => None,
+            Caller::Token(t) => t.expires_at_ms,
+            Caller::Jwt(j) => Some(j.expires_at_ms),
+        }
+    }
+
+    /// Whether the caller may do `op` on `name` of `resource`, by the policies as they are now.
+    /// The reserved channels (`$audit`) are read with `read` on `acl`.
+    pub fn may(&self, st: &AppState, resource: Resource, name: &str, op: Op) -> bool {
+        if reserved(resource, name) {
+            return self.may_all(st, Resource::Acl, "", Op::Read);
+        }
+        match self.grant() {
+            None => true,
+            Some(g) => st.cluster.state().acl().grants(g, resource, name, op),
         }
     }
 
@@ -143,21 +173,23 @@ impl Caller {
 
     /// [`Caller::may`] for every name under `prefix` (a watch, a listing).
     pub fn may_all(&self, st: &AppState, resource: Resource, prefix: &str, op: Op) -> bool {
-        match self {
-            Caller::Anyone => true,
-            Caller::Token(t) => st
+        match self.grant() {
+            None => true,
+            Some(g) => st
                 .cluster
                 .state()
                 .acl()
-                .allows_prefix(t, resource, prefix, op),
+                .grants_prefix(g, resource, prefix, op),
         }
     }
 
-    /// Who the caller is, for logs: the token's accessor id, or `anyone`.
+    /// Who the caller is, for logs and rate limits: the token's accessor id,
+    /// `jwt:<provider>:<sub>`, or `anyone`.
     pub fn actor(&self) -> &str {
         match self {
             Caller::Anyone => "anyone",
             Caller::Token(t) => &t.accessor_id,
+            Caller::Jwt(j) => &j.actor,
         }
     }
 }
@@ -180,7 +212,7 @@ pub fn new_accessor_id() -> String {
 /// Why a request was refused: 401 (with `WWW-Authenticate: Bearer`) or 403.
 #[derive(Debug)]
 pub enum Refusal {
-    Unauthenticated(&'static str),
+    Unauthenticated(String),
     Forbidden(ApiError),
 }
 
@@ -254,6 +286,33 @@ pub fn still_valid(st: &AppState, token: &Token, now_ms: u64) -> Option<Arc<Toke
     })
 }
 
+/// The caller a bearer value names: a JWT of a provider, or a token (see [`resolve`]); the
+/// error is the 401 message.
+pub fn authenticate(st: &AppState, bearer: &str, now_ms: u64) -> Result<Caller, String> {
+    if crate::jwt::looks_like_jwt(bearer) {
+        let state = st.cluster.state();
+        return crate::jwt::verify(state.acl().providers(), bearer, now_ms).map(Caller::Jwt);
+    }
+    resolve(st, bearer, now_ms)
+        .map(Caller::Token)
+        .map_err(str::to_string)
+}
+
+/// Whether `caller`'s credential is still accepted (see [`still_valid`]; a JWT is verified
+/// again against the providers as they are now); answers the caller as it is now.
+pub fn recheck(st: &AppState, caller: &Caller, now_ms: u64) -> Option<Caller> {
+    match caller {
+        Caller::Anyone => Some(Caller::Anyone),
+        Caller::Token(t) => still_valid(st, t, now_ms).map(Caller::Token),
+        Caller::Jwt(j) => {
+            let state = st.cluster.state();
+            crate::jwt::verify(state.acl().providers(), &j.jwt, now_ms)
+                .ok()
+                .map(Caller::Jwt)
+        }
+    }
+}
+
 /// The token of `secret`, if it is current (made, not deleted, not expired at `now_ms`).
 pub fn resolve(st: &AppState, secret: &str, now_ms: u64) -> Result<Arc<Token>, &'static str> {
     let digest = secret_digest(secret);
@@ -288,22 +347,30 @@ pub fn caller(st: &AppState, asked: &Asked<'_>, need: Need) -> Result<Option<Cal
     if need == Need::Upgrade && asked.headers.get(header::AUTHORIZATION).is_none() {
         return Ok(None);
     }
-    let secret = bearer(asked.headers).map_err(Refusal::Unauthenticated)?;
-    let token = resolve(st, secret, now_ms()).map_err(Refusal::Unauthenticated)?;
-    if let Some((resource, op, target)) = need.right() {
+    let secret = bearer(asked.headers).map_err(|m| Refusal::Unauthenticated(m.to_string()))?;
+    let found = authenticate(st, secret, now_ms()).map_err(Refusal::Unauthenticated)?;
+    if let (Some((resource, op, target)), Some(grant)) = (need.right(), found.grant()) {
         let state = st.cluster.state();
         let acl = state.acl();
         let refused = match name_of(&state, asked, target) {
-            Named::One(name) => (!acl.allows(&token, resource, &name, op)).then_some(Some(name)),
+            Named::One(name) if reserved(resource, &name) => {
+                (!acl.grants_prefix(grant, Resource::Acl, "", Op::Read)).then_some(Some(name))
+            }
+            Named::One(name) => (!acl.grants(grant, resource, &name, op)).then_some(Some(name)),
             Named::Under(prefix) => {
-                (!acl.allows_prefix(&token, resource, &prefix, op)).then_some(None)
+                (!acl.grants_prefix(grant, resource, &prefix, op)).then_some(None)
             }
         };
         if let Some(name) = refused {
             return Err(Refusal::Forbidden(forbidden(resource, op, name.as_deref())));
         }
     }
-    Ok(Some(Caller::Token(token)))
+    Ok(Some(found))
+}
+
+/// A reserved channel (`$audit`): no one publishes to it, readers need `read` on `acl`.
+fn reserved(resource: Resource, name: &str) -> bool {
+    resource == Resource::Channels && name.starts_with('$')
 }
 
 enum Named {
@@ -386,6 +453,9 @@ pub async fn authorize(
     };
     let ip = client_ip(&parts.extensions);
     if let Err(e) = st.rate.request(ip) {
+        st.cluster
+            .audit()
+            .count("rate_limited", "anyone", &ip.to_string());
         return e.into_response();
     }
     let found = caller(&st, &asked, need);
@@ -394,8 +464,11 @@ pub async fn authorize(
     req.extensions_mut().insert(ClientIp(ip));
     match found {
         Ok(Some(c)) => {
-            if let Caller::Token(t) = &c {
-                if let Err(e) = st.rate.token(&t.accessor_id, write) {
+            if !matches!(c, Caller::Anyone) {
+                if let Err(e) = st.rate.token(c.actor(), write) {
+                    st.cluster
+                        .audit()
+                        .count("rate_limited", c.actor(), &ip.to_string());
                     return e.into_response();
                 }
             }
@@ -403,10 +476,15 @@ pub async fn authorize(
             next.run(req).await
         }
         Ok(None) => next.run(req).await,
-        Err(refusal @ Refusal::Unauthenticated(_)) => match st.rate.auth_failed(ip) {
-            Ok(()) => refusal.into_response(),
-            Err(limited) => limited.into_response(),
-        },
+        Err(refusal @ Refusal::Unauthenticated(_)) => {
+            st.cluster
+                .audit()
+                .count("auth_failed", "anyone", &ip.to_string());
+            match st.rate.auth_failed(ip) {
+                Ok(()) => refusal.into_response(),
+                Err(limited) => limited.into_response(),
+            }
+        }
         Err(refusal) => refusal.into_response(),
     }
 }
@@ -485,15 +563,15 @@ impl Caller {
         st: &AppState,
         rights: Vec<(Resource, Option<String>, Op)>,
     ) -> Result<(), ApiError> {
-        let Caller::Token(token) = self else {
+        let Some(grant) = self.grant() else {
             return Ok(());
         };
         let state = st.cluster.state();
         let acl = state.acl();
         for (resource, name, op) in rights {
             let ok = match &name {
-                Some(n) => acl.allows(token, resource, n, op),
-                None => acl.allows_prefix(token, resource, "", op),
+                Some(n) => acl.grants(grant, resource, n, op),
+                None => acl.grants_prefix(grant, resource, "", op),
             };
             if !ok {
                 return Err(forbidden(resource, op, name.as_deref()));

@@ -107,7 +107,7 @@ section! {
         pub insecure_no_auth: bool = false,
         /// Web origins (`scheme://host[:port]`, comma-separated, or `*` for any) whose pages may
         /// call the API from a browser: answered with CORS headers, and let through the Origin
-        /// check of WebSocket upgrades and of every request but GET and HEAD. Default: none
+        /// check of WebSocket upgrades and of every request but GET and HEAD. Default: ""
         /// (pages served by the node itself only).
         pub allowed_origins: Origins = Origins::default(); e.g. "https://app.example.com",
         /// Serve `/metrics` without a token (for a Prometheus scraper on a trusted network).

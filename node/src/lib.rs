@@ -5,7 +5,9 @@
 //! - [`server`]: node start-up (identity, storage, Raft, transport, API) and shutdown.
 //! - [`cluster`]: writes from any node, batched linearizable reads, joins, leader duties.
 //! - [`api`]: the HTTP routes; [`error`] maps every failure to its status and code.
-//! - [`auth`]: what each route needs, bearer tokens checked against the replicated ACL.
+//! - [`audit`]: security events, to the structured log and the replicated `$audit` stream.
+//! - [`auth`]: what each route needs, bearer tokens checked against the replicated ACL;
+//!   [`jwt`]: JWTs of app users verified against the ACL's JWT providers.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`realtime`]: the feed of applied events behind WebSocket fan-out, and presence leases.
 //! - [`backup`]: the backup stream format, its reader and restore into a new data dir.
@@ -19,12 +21,14 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod jwt;
 pub mod metrics;
 pub mod openapi;
 pub mod rate;

@@ -617,6 +617,10 @@ fn stage_background(
         "removal watch",
         remember_removal(removed.clone(), data_dir, stop.clone()),
     );
+    life.spawn(
+        "audit log",
+        cluster.audit().clone().run(cluster.clone(), stop.clone()),
+    );
     let presence = life.hub.clone().run_presence(cluster.clone(), stop);
     life.spawn("presence lease", presence);
 }

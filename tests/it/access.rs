@@ -202,6 +202,15 @@ async fn setup(api: &Api, admin: &str) -> Made {
         .await;
     m.ids
         .insert("join", join["id"].as_str().unwrap().to_string());
+    for name in ["p1", "p2"] {
+        api.ok(
+            Method::PUT,
+            &format!("/v1/acl/jwt/{name}"),
+            t,
+            hs256_provider(),
+        )
+        .await;
+    }
     api.policy(t, "spare", json!([])).await;
     api.policy(t, "doomed", json!([])).await;
     for key in ["token-read", "token-patch", "token-delete"] {
@@ -345,6 +354,11 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
             Some(json!({"rules": [{"resource": "kv", "access": "read"}]})),
         ),
         ("delete", "/v1/acl/policies/{name}") => ok("/v1/acl/policies/doomed", None),
+        ("get", "/v1/acl/jwt") => ok("/v1/acl/jwt", None),
+        ("get", "/v1/audit") => ok("/v1/audit", None),
+        ("get", "/v1/acl/jwt/{name}") => ok("/v1/acl/jwt/p1", None),
+        ("put", "/v1/acl/jwt/{name}") => ok("/v1/acl/jwt/p3", Some(hs256_provider())),
+        ("delete", "/v1/acl/jwt/{name}") => ok("/v1/acl/jwt/p2", None),
         ("get", "/v1/cluster") => ok("/v1/cluster", None),
         // One node: nothing to remove, promote or hand over to.
         ("post", "/v1/cluster/members/{id}/remove") => Sample {
@@ -374,6 +388,11 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
         _ => return None,
     };
     Some(s)
+}
+
+/// A JWT provider with one HS256 key.
+fn hs256_provider() -> Value {
+    json!({"keys": [{"alg": "HS256", "key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]})
 }
 
 fn access_word(op: Op) -> &'static str {
@@ -823,6 +842,174 @@ async fn rate_limits_stop_one_caller_and_not_the_others() {
         refused > 0,
         "20 messages at once pass a bucket of 5 per second"
     );
+    ws.close().await;
+    c.shutdown().await;
+}
+
+/// The audit log: each security event once, with its actor, source and node, also when the
+/// events are made on different nodes around a leader change; failed authentications rolled
+/// up per source; readable with `read` on `acl` only, also live on the WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_events_are_audited_once_each_across_a_leader_change() {
+    use node::api::ws_protocol::{ClientMessage, Push};
+    use tests::ws::WsClient;
+
+    let c = InprocCluster::start_with(3, |c| c.api.insecure_no_auth = false)
+        .await
+        .unwrap();
+    let admin = c.admin_token().unwrap();
+    let api = |i: usize| Api {
+        http: http::client(),
+        base: c.bases[i].clone(),
+    };
+    let admin_id = api(0)
+        .ok(Method::GET, "/v1/acl/tokens/self", &admin, Value::Null)
+        .await["accessor_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut ws = WsClient::connect(&c.bases[2], "").await.unwrap();
+    ws.request(ClientMessage::Auth {
+        token: admin.clone(),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    ws.subscribe("$audit", None).await.unwrap();
+
+    api(0)
+        .policy(&admin, "p", json!([{"resource": "kv", "access": "read"}]))
+        .await;
+    let (secret, accessor) = api(1).token(&admin, &["p"], None).await;
+    // A token without read on acl sees no audit log.
+    let (s, _) = api(1)
+        .call(Method::GET, "/v1/audit", Some(&bearer(&secret)), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = api(1)
+        .call(
+            Method::POST,
+            "/v1/channels/$audit/publish",
+            Some(&bearer(&admin)),
+            Some(&json!({"data": 1})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "no one publishes to the audit stream"
+    );
+    api(2)
+        .ok(
+            Method::DELETE,
+            &format!("/v1/acl/tokens/{accessor}"),
+            &admin,
+            Value::Null,
+        )
+        .await;
+    for _ in 0..3 {
+        let (s, _) = api(0)
+            .call(Method::GET, "/v1/kv/a", Some("Bearer wrong"), None)
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    // Leadership moves; the next events are made through the new leader and a follower.
+    let status = http::api(&c.bases[0])
+        .with_token(admin.clone())
+        .cluster_status()
+        .await
+        .unwrap();
+    let leader = status.leader_id.unwrap();
+    let to = status
+        .members
+        .iter()
+        .map(|m| m.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    api(0)
+        .ok(
+            Method::POST,
+            "/v1/cluster/leader/transfer",
+            &admin,
+            json!({"to": to}),
+        )
+        .await;
+    api((leader - 1) as usize)
+        .ok(Method::DELETE, "/v1/acl/policies/p", &admin, Value::Null)
+        .await;
+    let (s, _) = api(1)
+        .call(
+            Method::GET,
+            "/v1/cluster/backup",
+            Some(&bearer(&admin)),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    let expected = [
+        "policy_set",
+        "token_created",
+        "token_deleted",
+        "leader_transferred",
+        "policy_deleted",
+        "backup_downloaded",
+        "auth_failed",
+    ];
+    let events = wait_for(
+        "every event in the audit log",
+        Duration::from_secs(30),
+        || async {
+            let v = api(2)
+                .ok(Method::GET, "/v1/audit?limit=1000", &admin, Value::Null)
+                .await;
+            let events = v["events"].as_array().unwrap().clone();
+            let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+            expected.iter().all(|k| kinds.contains(k)).then_some(events)
+        },
+    )
+    .await
+    .unwrap();
+    for kind in expected {
+        let of_kind: Vec<&Value> = events.iter().filter(|e| e["kind"] == kind).collect();
+        assert_eq!(of_kind.len(), 1, "{kind} once: {of_kind:?}");
+        let e = of_kind[0];
+        assert!(
+            e["node"].as_u64().is_some_and(|n| (1..=3).contains(&n)),
+            "{e}"
+        );
+        assert!(e["at_ms"].as_u64().unwrap() > 0, "{e}");
+        assert!(!e["source"].as_str().unwrap().is_empty(), "{e}");
+        if kind == "auth_failed" {
+            assert_eq!(e["actor"], "anyone");
+            assert_eq!(e["count"], 3, "rolled up: {e}");
+            assert_eq!(e["node"], 1, "{e}");
+        } else {
+            assert_eq!(e["actor"], admin_id.as_str(), "{e}");
+        }
+    }
+    let by_kind = |k: &str| events.iter().find(|e| e["kind"] == k).unwrap();
+    assert_eq!(by_kind("token_created")["node"], 2);
+    assert_eq!(by_kind("token_deleted")["node"], 3);
+    assert_eq!(
+        by_kind("token_deleted")["detail"]["accessor_id"],
+        accessor.as_str()
+    );
+    assert_eq!(by_kind("policy_deleted")["node"], leader);
+
+    // Live on the WebSocket, in the order written.
+    let mut live = Vec::new();
+    while live.len() < events.len() {
+        match ws.next_msg(Duration::from_secs(10)).await.unwrap() {
+            Push::Event(e) => live.push(e.data_value()["kind"].as_str().unwrap().to_string()),
+            _ => continue,
+        }
+    }
+    let written: Vec<String> = events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(live, written);
     ws.close().await;
     c.shutdown().await;
 }

@@ -14,6 +14,7 @@ mod gossip;
 mod history;
 mod idempotency;
 mod joins;
+mod jwt;
 mod kv_cluster;
 mod lifecycle;
 mod locks;

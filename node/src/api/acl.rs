@@ -9,15 +9,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raft::command::{AclCmd, AclResult};
-use raft::state::acl::{self, Access, Policy, Resource, Rule, Token};
+use raft::state::acl::{self, Access, JwtKey, JwtProvider, Policy, Resource, Rule, Token};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{JsonBody, PathParams, St};
+use crate::audit::Who;
 use crate::auth::{new_accessor_id, new_secret, secret_digest, Caller};
 use crate::cluster::now_ms;
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, NotFound, Unsettled};
 use crate::service::propose;
+use serde_json::json;
 
 /// Longest lifetime of a token: 10 years.
 pub const MAX_TOKEN_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
@@ -227,6 +229,7 @@ async fn acl_write(st: &super::AppState, cmd: AclCmd) -> ApiResult<AclResult> {
 )]
 pub async fn create_token(
     State(st): St,
+    who: Who,
     JsonBody(body): JsonBody<TokenCreate>,
 ) -> ApiResult<Response> {
     let expires_at_ms = body.ttl_ms.map(expiry).transpose()?;
@@ -241,14 +244,17 @@ pub async fn create_token(
         created_at_ms: 0,
     };
     match acl_write(&st, AclCmd::TokenCreate(token)).await? {
-        AclResult::Token(t) => Ok((
-            StatusCode::CREATED,
-            Json(TokenCreated {
-                secret,
-                token: TokenView::from(t.as_ref()),
-            }),
-        )
-            .into_response()),
+        AclResult::Token(t) => {
+            who.record(&st.cluster, "token_created", json!({"accessor_id": t.accessor_id, "management": t.management, "policies": t.policies}));
+            Ok((
+                StatusCode::CREATED,
+                Json(TokenCreated {
+                    secret,
+                    token: TokenView::from(t.as_ref()),
+                }),
+            )
+                .into_response())
+        }
         other => Err(refused(other)),
     }
 }
@@ -281,6 +287,14 @@ pub async fn list_tokens(State(st): St) -> ApiResult<Json<TokenList>> {
 pub async fn token_self(Extension(caller): Extension<Caller>) -> Json<TokenView> {
     Json(match caller {
         Caller::Token(t) => TokenView::from(t.as_ref()),
+        Caller::Jwt(j) => TokenView {
+            accessor_id: j.actor.clone(),
+            description: format!("a JWT of provider {}", j.provider),
+            management: false,
+            policies: j.policies.clone(),
+            expires_at_ms: Some(j.expires_at_ms),
+            created_at_ms: 0,
+        },
         Caller::Anyone => TokenView {
             accessor_id: "anyone".into(),
             description: "authentication is off (api.insecure_no_auth)".into(),
@@ -331,6 +345,7 @@ pub async fn get_token(
 )]
 pub async fn update_token(
     State(st): St,
+    who: Who,
     PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<TokenUpdate>,
 ) -> ApiResult<Json<TokenView>> {
@@ -346,7 +361,14 @@ pub async fn update_token(
         expires_at_ms,
     };
     match acl_write(&st, cmd).await? {
-        AclResult::Token(t) => Ok(Json(TokenView::from(t.as_ref()))),
+        AclResult::Token(t) => {
+            who.record(
+                &st.cluster,
+                "token_updated",
+                json!({"accessor_id": t.accessor_id, "policies": t.policies}),
+            );
+            Ok(Json(TokenView::from(t.as_ref())))
+        }
         other => Err(refused(other)),
     }
 }
@@ -365,10 +387,15 @@ pub async fn update_token(
 )]
 pub async fn delete_token(
     State(st): St,
+    who: Who,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<AclDeleted>> {
+    let detail = json!({"accessor_id": id});
     match acl_write(&st, AclCmd::TokenDelete { accessor_id: id }).await? {
-        AclResult::Deleted => Ok(Json(AclDeleted { deleted: true })),
+        AclResult::Deleted => {
+            who.record(&st.cluster, "token_deleted", detail);
+            Ok(Json(AclDeleted { deleted: true }))
+        }
         other => Err(refused(other)),
     }
 }
@@ -428,6 +455,7 @@ pub async fn get_policy(
 )]
 pub async fn set_policy(
     State(st): St,
+    who: Who,
     PathParams(name): PathParams<String>,
     JsonBody(body): JsonBody<PolicySet>,
 ) -> ApiResult<Json<PolicyView>> {
@@ -446,7 +474,10 @@ pub async fn set_policy(
     };
     acl::check_policy(&policy).map_err(ApiError::bad_request)?;
     match acl_write(&st, AclCmd::PolicySet(policy)).await? {
-        AclResult::Policy(p) => Ok(Json(PolicyView::from(p.as_ref()))),
+        AclResult::Policy(p) => {
+            who.record(&st.cluster, "policy_set", json!({"policy": p.name}));
+            Ok(Json(PolicyView::from(p.as_ref())))
+        }
         other => Err(refused(other)),
     }
 }
@@ -465,10 +496,287 @@ pub async fn set_policy(
 )]
 pub async fn delete_policy(
     State(st): St,
+    who: Who,
     PathParams(name): PathParams<String>,
 ) -> ApiResult<Json<AclDeleted>> {
+    let detail = json!({"policy": name});
     match acl_write(&st, AclCmd::PolicyDelete { name }).await? {
-        AclResult::Deleted => Ok(Json(AclDeleted { deleted: true })),
+        AclResult::Deleted => {
+            who.record(&st.cluster, "policy_deleted", detail);
+            Ok(Json(AclDeleted { deleted: true }))
+        }
+        other => Err(refused(other)),
+    }
+}
+
+/// One event of the audit log, with its place in it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// The event's offset in the stream (`since` for the next page).
+    pub offset: u64,
+    #[serde(flatten)]
+    pub event: crate::audit::AuditEvent,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<AuditEntry>,
+    /// The last offset written, 0 when none.
+    pub latest_offset: u64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    summary = "Security events after an offset (live: subscribe to the $audit channel on the WebSocket)",
+    description = "Failed authentications and rate-limit trips are counted per source and written every 10 s (count). Kept: the last 100000 events, at most 90 days.",
+    params(
+        ("since" = Option<u64>, Query, description = "events after this offset (default 0)"),
+        ("limit" = Option<u64>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, description = "the events", body = AuditPage),
+        BadRequest,
+        Unsettled,
+    )
+)]
+pub async fn audit(
+    State(st): St,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> ApiResult<Json<AuditPage>> {
+    let p = super::params(q, &["since", "limit"])?;
+    let since = super::u64_param(&p, "since")?.unwrap_or(0);
+    let limit = super::list_limit(&p)?;
+    st.cluster.read_barrier().await?;
+    let state = st.cluster.state();
+    let Some(h) = state.channel_history(crate::audit::AUDIT_CHANNEL, since, limit) else {
+        return Ok(Json(AuditPage {
+            events: Vec::new(),
+            latest_offset: 0,
+        }));
+    };
+    let events = h
+        .events
+        .iter()
+        .filter_map(|e| {
+            serde_json::from_str(&e.data).ok().map(|event| AuditEntry {
+                offset: e.offset,
+                event,
+            })
+        })
+        .collect();
+    Ok(Json(AuditPage {
+        events,
+        latest_offset: h.latest_offset,
+    }))
+}
+
+/// Default slack on a JWT's `exp` and `nbf`.
+pub const JWT_LEEWAY_MS_DEFAULT: u64 = 30_000;
+/// Largest slack on a JWT's `exp` and `nbf`.
+pub const JWT_LEEWAY_MS_MAX: u64 = 600_000;
+
+/// A key of a JWT provider.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyView {
+    /// Matched against the JWT header's kid (a key without one matches a JWT without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// HS256, RS256, ES256 or EdDSA; a JWT whose header names another algorithm is refused.
+    #[schema(example = "RS256")]
+    pub alg: String,
+    /// HS256: the secret in base64 (never shown back); the others: the public key in PEM.
+    pub key: String,
+}
+
+/// `PUT /v1/acl/jwt/{name}` body.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderSet {
+    /// Required iss.
+    pub issuer: Option<String>,
+    /// Required in aud.
+    pub audience: Option<String>,
+    /// Slack on exp and nbf; default 30000, at most 600000.
+    pub leeway_ms: Option<u64>,
+    #[serde(default)]
+    pub keys: Vec<JwtKeyView>,
+    /// A JWKS document ({"keys": [...]}), its keys used like keys.
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// Policies every JWT of this provider carries.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// A claim listing channels the JWT may subscribe to (with their history and presence).
+    #[schema(example = "channels")]
+    pub channels_claim: Option<String>,
+}
+
+/// A JWT provider as shown (HS256 secrets hidden).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JwtProviderView {
+    pub name: String,
+    #[serde(flatten)]
+    pub settings: JwtProviderSet,
+    pub created_at_ms: u64,
+    pub modified_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JwtProviderList {
+    pub providers: Vec<JwtProviderView>,
+}
+
+impl From<&JwtProvider> for JwtProviderView {
+    fn from(p: &JwtProvider) -> Self {
+        JwtProviderView {
+            name: p.name.clone(),
+            settings: JwtProviderSet {
+                issuer: p.issuer.clone(),
+                audience: p.audience.clone(),
+                leeway_ms: Some(p.leeway_ms),
+                keys: p
+                    .keys
+                    .iter()
+                    .map(|k| JwtKeyView {
+                        kid: k.kid.clone(),
+                        alg: k.alg.clone(),
+                        key: if k.alg == "HS256" {
+                            "(secret)".into()
+                        } else {
+                            k.key.clone()
+                        },
+                    })
+                    .collect(),
+                jwks: p.jwks.as_ref().and_then(|j| serde_json::from_str(j).ok()),
+                policies: p.policies.clone(),
+                channels_claim: p.channels_claim.clone(),
+            },
+            created_at_ms: p.created_at_ms,
+            modified_at_ms: p.modified_at_ms,
+        }
+    }
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/acl/jwt/{name}",
+    summary = "Make or replace a JWT provider: JWTs signed by its keys act as tokens",
+    description = "A JWT is accepted when a key with its header's kid and alg verifies it, exp is present and not past and nbf not ahead (with leeway_ms), and iss and aud match when set. alg none, and a JWT naming another algorithm than its key, are refused. It carries the provider's policies, and subscribe, history and presence on each channel its channels_claim lists. Replace the provider to rotate keys.",
+    params(("name" = String, Path, description = "provider name")),
+    request_body = JwtProviderSet,
+    responses(
+        (status = 200, description = "the provider", body = JwtProviderView),
+        BadRequest,
+        Unsettled,
+    )
+)]
+pub async fn set_provider(
+    State(st): St,
+    who: Who,
+    PathParams(name): PathParams<String>,
+    JsonBody(body): JsonBody<JwtProviderSet>,
+) -> ApiResult<Json<JwtProviderView>> {
+    let leeway_ms = body.leeway_ms.unwrap_or(JWT_LEEWAY_MS_DEFAULT);
+    if leeway_ms > JWT_LEEWAY_MS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "leeway_ms is at most {JWT_LEEWAY_MS_MAX}"
+        )));
+    }
+    let provider = JwtProvider {
+        name,
+        issuer: body.issuer,
+        audience: body.audience,
+        leeway_ms,
+        keys: body
+            .keys
+            .into_iter()
+            .map(|k| JwtKey {
+                kid: k.kid,
+                alg: k.alg,
+                key: k.key,
+            })
+            .collect(),
+        jwks: body.jwks.map(|j| j.to_string()),
+        policies: body.policies,
+        channels_claim: body.channels_claim,
+        created_at_ms: 0,
+        modified_at_ms: 0,
+    };
+    crate::jwt::check_provider(&provider).map_err(ApiError::bad_request)?;
+    match acl_write(&st, AclCmd::ProviderSet(provider)).await? {
+        AclResult::Provider(p) => {
+            who.record(&st.cluster, "jwt_provider_set", json!({"provider": p.name}));
+            Ok(Json(JwtProviderView::from(p.as_ref())))
+        }
+        other => Err(refused(other)),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/acl/jwt",
+    summary = "Every JWT provider (HS256 secrets hidden)",
+    responses(
+        (status = 200, description = "the providers", body = JwtProviderList),
+        Unsettled,
+    )
+)]
+pub async fn list_providers(State(st): St) -> ApiResult<Json<JwtProviderList>> {
+    st.cluster.read_barrier().await?;
+    let state = st.cluster.state();
+    Ok(Json(JwtProviderList {
+        providers: state.acl().providers().map(JwtProviderView::from).collect(),
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/acl/jwt/{name}",
+    summary = "A JWT provider (HS256 secrets hidden)",
+    params(("name" = String, Path, description = "provider name")),
+    responses(
+        (status = 200, description = "the provider", body = JwtProviderView),
+        NotFound,
+        Unsettled,
+    )
+)]
+pub async fn get_provider(
+    State(st): St,
+    PathParams(name): PathParams<String>,
+) -> ApiResult<Json<JwtProviderView>> {
+    st.cluster.read_barrier().await?;
+    let state = st.cluster.state();
+    state
+        .acl()
+        .provider(&name)
+        .map(|p| Json(JwtProviderView::from(p)))
+        .ok_or_else(|| ApiError::not_found("no such JWT provider"))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/acl/jwt/{name}",
+    summary = "Delete a JWT provider: its JWTs are refused from then on",
+    params(("name" = String, Path, description = "provider name")),
+    responses(
+        (status = 200, description = "deleted", body = AclDeleted),
+        NotFound,
+        Unsettled,
+    )
+)]
+pub async fn delete_provider(
+    State(st): St,
+    who: Who,
+    PathParams(name): PathParams<String>,
+) -> ApiResult<Json<AclDeleted>> {
+    let detail = json!({"provider": name});
+    match acl_write(&st, AclCmd::ProviderDelete { name }).await? {
+        AclResult::Deleted => {
+            who.record(&st.cluster, "jwt_provider_deleted", detail);
+            Ok(Json(AclDeleted { deleted: true }))
+        }
         other => Err(refused(other)),
     }
 }
@@ -477,8 +785,8 @@ mod typed {
     use reqwest::Method;
 
     use super::{
-        AclDeleted, PolicyList, PolicySet, PolicyView, TokenCreate, TokenCreated, TokenList,
-        TokenUpdate, TokenView,
+        AclDeleted, JwtProviderList, JwtProviderSet, JwtProviderView, PolicyList, PolicySet,
+        PolicyView, TokenCreate, TokenCreated, TokenList, TokenUpdate, TokenView,
     };
     use crate::api::client::{segment, ApiResult, Client};
 
@@ -532,6 +840,23 @@ mod typed {
         pub async fn acl_policy_delete(&self, name: &str) -> ApiResult<AclDeleted> {
             self.delete(&format!("/v1/acl/policies/{}", segment(name)))
                 .await
+        }
+
+        pub async fn acl_jwt_set(
+            &self,
+            name: &str,
+            req: &JwtProviderSet,
+        ) -> ApiResult<JwtProviderView> {
+            let path = format!("/v1/acl/jwt/{}", segment(name));
+            self.json(Method::PUT, &path, req).await
+        }
+
+        pub async fn acl_jwt_providers(&self) -> ApiResult<JwtProviderList> {
+            self.get("/v1/acl/jwt").await
+        }
+
+        pub async fn acl_jwt_delete(&self, name: &str) -> ApiResult<AclDeleted> {
+            self.delete(&format!("/v1/acl/jwt/{}", segment(name))).await
         }
     }
 }

@@ -21,6 +21,11 @@ pub(crate) fn publish_command(
     channel: String,
     data: &Value,
 ) -> ApiResult<ChannelCmd> {
+    if channel.starts_with('$') {
+        return Err(ApiError::bad_request(
+            "channel names starting with $ are reserved (the audit log is $audit)",
+        ));
+    }
     let data = data.to_string();
     let limit = st.cluster.config().limits.max_value_bytes;
     if data.len() > limit {

@@ -126,6 +126,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
     }
 }
 
+/// The key of a write this node proposes and retries itself (not a client's): in a scope of its
+/// own (`node`, which no credential's digest can be), bound to the command it carries.
+pub(crate) fn own_key(key: &str, command: &impl serde::Serialize) -> IdemKey {
+    let encoded = raft::codec::encode(command).expect("commands are plain serde types");
+    IdemKey {
+        key: format!("node:{key}"),
+        fingerprint: Sha256::digest(&encoded).into(),
+    }
+}
+
 /// The header's value: 1 to 256 visible ASCII characters.
 fn key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
     let Some(v) = headers.get(HEADER) else {

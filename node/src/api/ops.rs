@@ -17,9 +17,11 @@ use super::model::{
     TransferRequest,
 };
 use super::{json_body_limit, JsonBody, PathParams, St};
+use crate::audit::Who;
 use crate::error::{
     ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, NotFound, TooLarge, Unsettled,
 };
+use serde_json::{json, Value};
 
 fn member_id(id: &str) -> ApiResult<NodeId> {
     id.parse()
@@ -42,10 +44,17 @@ fn member_id(id: &str) -> ApiResult<NodeId> {
         Unsettled,
     )
 )]
-pub async fn remove(State(st): St, PathParams(id): PathParams<String>) -> ApiResult<Json<Removed>> {
+pub async fn remove(
+    State(st): St,
+    who: Who,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<Removed>> {
     let id = member_id(&id)?;
     match st.cluster.admin(AdminOp::RemoveMember(id)).await? {
-        AdminDone::Removed(id) => Ok(Json(Removed { removed: id })),
+        AdminDone::Removed(id) => {
+            who.record(&st.cluster, "member_removed", json!({ "member": id }));
+            Ok(Json(Removed { removed: id }))
+        }
         other => Err(unexpected(other)),
     }
 }
@@ -67,11 +76,15 @@ pub async fn remove(State(st): St, PathParams(id): PathParams<String>) -> ApiRes
 )]
 pub async fn promote(
     State(st): St,
+    who: Who,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Promoted>> {
     let id = member_id(&id)?;
     match st.cluster.admin(AdminOp::PromoteMember(id)).await? {
-        AdminDone::Promoted(id) => Ok(Json(Promoted { promoted: id })),
+        AdminDone::Promoted(id) => {
+            who.record(&st.cluster, "member_promoted", json!({ "member": id }));
+            Ok(Json(Promoted { promoted: id }))
+        }
         other => Err(unexpected(other)),
     }
 }
@@ -89,10 +102,18 @@ pub async fn promote(
 )]
 pub async fn transfer(
     State(st): St,
+    who: Who,
     JsonBody(body): JsonBody<TransferRequest>,
 ) -> ApiResult<Json<Leader>> {
     match st.cluster.admin(AdminOp::TransferLeader(body.to)).await? {
-        AdminDone::Leader(leader_id) => Ok(Json(Leader { leader_id })),
+        AdminDone::Leader(leader_id) => {
+            who.record(
+                &st.cluster,
+                "leader_transferred",
+                json!({ "leader": leader_id }),
+            );
+            Ok(Json(Leader { leader_id }))
+        }
         other => Err(unexpected(other)),
     }
 }
@@ -138,8 +159,9 @@ fn unexpected(done: AdminDone) -> ApiError {
         Unsettled,
     )
 )]
-pub async fn backup(State(st): St) -> ApiResult<Response> {
+pub async fn backup(State(st): St, who: Who) -> ApiResult<Response> {
     st.cluster.read_barrier().await?;
+    who.record(&st.cluster, "backup_downloaded", Value::Null);
     let header = crate::backup::Header {
         format: 1,
         cluster_id: st.cluster.state().meta.cluster_id.clone(),
@@ -207,7 +229,7 @@ pub const DEFAULT_TOKEN_TTL_MS: u64 = 24 * 3600 * 1000;
         Unsettled,
     )
 )]
-pub async fn create_token(State(st): St, body: Body) -> ApiResult<Response> {
+pub async fn create_token(State(st): St, who: Who, body: Body) -> ApiResult<Response> {
     // An empty body takes the defaults, so this is not a `JsonBody`.
     let limit = json_body_limit(&st);
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -226,6 +248,11 @@ pub async fn create_token(State(st): St, body: Body) -> ApiResult<Response> {
         )));
     }
     let (token, id, expires_at_ms) = st.cluster.create_join_token(ttl_ms).await?;
+    who.record(
+        &st.cluster,
+        "join_token_created",
+        json!({ "id": id, "expires_at_ms": expires_at_ms }),
+    );
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
@@ -270,6 +297,7 @@ pub async fn list_tokens(State(st): St) -> ApiResult<Json<JoinTokens>> {
 )]
 pub async fn revoke_token(
     State(st): St,
+    who: Who,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<TokenRevoked>> {
     if id.len() != 16
@@ -282,6 +310,7 @@ pub async fn revoke_token(
         ));
     }
     if st.cluster.revoke_join_token(&id).await? {
+        who.record(&st.cluster, "join_token_revoked", json!({ "id": id }));
         Ok(Json(TokenRevoked { id, revoked: true }))
     } else {
         Err(ApiError::not_found(format!(

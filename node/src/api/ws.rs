@@ -109,7 +109,7 @@ pub async fn upgrade(
             let hub = st.hub.clone();
             hub.connection(async move {
                 let _permit = permit;
-                run(st, socket, client_id, caller).await;
+                run(st, socket, client_id, caller, ip.to_string()).await;
             })
         })
 }
@@ -272,11 +272,19 @@ struct Conn {
     caller: Option<Caller>,
     /// The ACL version the caller's rights were last checked at.
     acl_checked: u64,
+    /// The client's address, for audit events.
+    source: String,
     /// The bucket of messages the client may send (`rate.ws_messages_per_sec`).
     messages: Option<governor::DefaultDirectRateLimiter>,
 }
 
-async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String, caller: Option<Caller>) {
+async fn run(
+    st: Arc<AppState>,
+    socket: WebSocket,
+    client_id: String,
+    caller: Option<Caller>,
+    source: String,
+) {
     st.metrics.ws_connections.inc();
     // Join the feed first: whatever a later history read misses is still to come on it.
     let feed = st.hub.subscribe();
@@ -292,6 +300,7 @@ async fn run(st: Arc<AppState>, socket: WebSocket, client_id: String, caller: Op
         caller,
         acl_checked: 0,
         messages: st.rate.ws_messages(),
+        source,
     };
     match conn.serve(stream, feed, &mut writer).await {
         Some(closing) => close(&out, closing, writer).await,
@@ -389,7 +398,7 @@ impl Conn {
                     return Some(Closing::GoingAway);
                 },
                 _ = pace.tick(), if catching_up => self.catch_up_step(),
-                _ = recheck.tick(), if matches!(self.caller, Some(Caller::Token(_))) => {
+                _ = recheck.tick(), if matches!(self.caller, Some(Caller::Token(_) | Caller::Jwt(_))) => {
                     self.recheck().await
                 }
             }
@@ -494,14 +503,15 @@ impl Conn {
         let caller = if self.st.cluster.config().api.insecure_no_auth {
             Caller::Anyone
         } else {
-            let token = auth::resolve(&self.st, secret, now_ms())
-                .map_err(|m| ApiError::new(ErrorCode::Unauthenticated, m))?;
-            Caller::Token(token)
+            auth::authenticate(&self.st, secret, now_ms()).map_err(|m| {
+                self.st
+                    .cluster
+                    .audit()
+                    .count("auth_failed", "anyone", &self.source);
+                ApiError::new(ErrorCode::Unauthenticated, m)
+            })?
         };
-        let (accessor_id, expires_at_ms) = match &caller {
-            Caller::Anyone => ("anyone".to_string(), None),
-            Caller::Token(t) => (t.accessor_id.clone(), t.expires_at_ms),
-        };
+        let (accessor_id, expires_at_ms) = (caller.actor().to_string(), caller.expires_at_ms());
         self.caller = Some(caller);
         self.acl_checked = 0;
         self.recheck().await;
@@ -520,16 +530,16 @@ impl Conn {
     /// `revoked` message; one whose policies no longer allow a subscription or watch ends
     /// that one with a `forbidden` error.
     async fn recheck(&mut self) {
-        let Some(Caller::Token(t)) = &self.caller else {
+        let Some(caller) = self.caller.clone().filter(|c| !matches!(c, Caller::Anyone)) else {
             return;
         };
         let version = self.st.cluster.state().acl().version();
-        let expiring = t.expires_at_ms.is_some_and(|at| at <= now_ms());
+        let expiring = caller.expires_at_ms().is_some_and(|at| at <= now_ms());
         if version == self.acl_checked && !expiring {
             return;
         }
         self.acl_checked = version;
-        let Some(current) = auth::still_valid(&self.st, t, now_ms()) else {
+        let Some(caller) = auth::recheck(&self.st, &caller, now_ms()) else {
             self.leave_all().await;
             self.subs.clear();
             self.watches.clear();
@@ -542,7 +552,6 @@ impl Conn {
             self.out.send(&ServerMessage::Push(Push::Revoked(revoked)));
             return;
         };
-        let caller = Caller::Token(current);
         let lost: Vec<String> = self
             .subs
             .keys()

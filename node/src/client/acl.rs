@@ -1,9 +1,9 @@
-//! `stackd acl …`: tokens and policies.
+//! `stackd acl …`: tokens, policies and JWT providers.
 
 use clap::Subcommand;
 
 use super::{parse_ttl, print_json, Target};
-use crate::api::acl::{PolicySet, RuleView, TokenCreate, TokenUpdate};
+use crate::api::acl::{JwtProviderSet, PolicySet, RuleView, TokenCreate, TokenUpdate};
 
 #[derive(Subcommand, Debug)]
 pub enum AclCmd {
@@ -13,6 +13,31 @@ pub enum AclCmd {
     /// Policies: set (create or replace), list, show, delete.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// JWT providers: whose signed JWTs act as tokens (set, list, delete).
+    #[command(subcommand)]
+    Jwt(JwtCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JwtCmd {
+    /// Create or replace a provider from its settings, JSON (or @FILE): {"issuer", "audience",
+    /// "leeway_ms", "keys": [{"kid", "alg", "key"}], "jwks", "policies", "channels_claim"}.
+    Set {
+        name: String,
+        settings: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a provider: its JWTs are refused from then on.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,6 +139,35 @@ pub async fn run(cmd: AclCmd) -> anyhow::Result<()> {
     match cmd {
         AclCmd::Token(cmd) => token(cmd).await,
         AclCmd::Policy(cmd) => policy(cmd).await,
+        AclCmd::Jwt(cmd) => jwt(cmd).await,
+    }
+}
+
+/// A JSON argument, or the contents of the file after `@`.
+fn json_arg(arg: String) -> anyhow::Result<String> {
+    Ok(match arg.strip_prefix('@') {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?
+        }
+        None => arg,
+    })
+}
+
+async fn jwt(cmd: JwtCmd) -> anyhow::Result<()> {
+    match cmd {
+        JwtCmd::Set {
+            name,
+            settings,
+            target,
+        } => {
+            let req: JwtProviderSet = serde_json::from_str(&json_arg(settings)?)
+                .map_err(|e| anyhow::anyhow!("the provider settings: {e}"))?;
+            print_json(&target.client()?.acl_jwt_set(&name, &req).await?)
+        }
+        JwtCmd::List { target } => print_json(&target.client()?.acl_jwt_providers().await?),
+        JwtCmd::Delete { name, target } => {
+            print_json(&target.client()?.acl_jwt_delete(&name).await?)
+        }
     }
 }
 
@@ -184,11 +238,7 @@ async fn policy(cmd: PolicyCmd) -> anyhow::Result<()> {
             description,
             target,
         } => {
-            let text = match rules.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("reading rules from {path}: {e}"))?,
-                None => rules,
-            };
+            let text = json_arg(rules)?;
             let rules: Vec<RuleView> = serde_json::from_str(&text).map_err(|e| {
                 anyhow::anyhow!(
                     "the rules are a JSON array of {{\"resource\", \"name\" or \"prefix\", \"access\"}}: {e}"

@@ -124,6 +124,7 @@ pub struct Cluster {
     /// Autopilot actions since start, by action.
     autopilot_totals: Mutex<BTreeMap<&'static str, u64>>,
     reads: ReadBatcher,
+    audit: Arc<crate::audit::AuditLog>,
 }
 
 impl Cluster {
@@ -156,7 +157,13 @@ impl Cluster {
             autopilot: Mutex::new(VecDeque::new()),
             autopilot_totals: Mutex::new(BTreeMap::new()),
             reads: ReadBatcher::default(),
+            audit: Arc::new(crate::audit::AuditLog::new(id)),
         })
+    }
+
+    /// The node's audit log.
+    pub fn audit(&self) -> &Arc<crate::audit::AuditLog> {
+        &self.audit
     }
 
     fn metrics(&self) -> RaftMetrics<TypeConfig> {

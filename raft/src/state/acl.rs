@@ -36,6 +36,8 @@ use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 const TOKEN_PREFIX: &[u8] = b"acl:t:";
 /// `acl:p:<name>` → [`Policy`].
 const POLICY_PREFIX: &[u8] = b"acl:p:";
+/// `acl:j:<name>` → [`JwtProvider`].
+const PROVIDER_PREFIX: &[u8] = b"acl:j:";
 /// `m:acl` → whether the bootstrap token was made.
 pub(crate) const BOOTSTRAP_KEY: &[u8] = b"m:acl";
 
@@ -46,6 +48,11 @@ pub const MAX_POLICIES_PER_TOKEN: usize = 64;
 /// Longest policy name, rule name or prefix, and accessor id.
 pub const MAX_ACL_NAME_BYTES: usize = 512;
 pub const MAX_DESCRIPTION_BYTES: usize = 1024;
+/// Most JWT providers, and keys of one (static keys; a JWKS document counts as its keys).
+pub const MAX_JWT_PROVIDERS: usize = 64;
+pub const MAX_JWT_KEYS: usize = 32;
+/// Largest key (PEM or secret) or JWKS document, in bytes.
+pub const MAX_JWT_KEY_BYTES: usize = 64 * 1024;
 
 /// What a rule is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -249,6 +256,39 @@ pub struct Token {
     pub created_at_ms: u64,
 }
 
+/// A key a JWT provider's tokens may be signed with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtKey {
+    /// Matched against the JWT header's `kid`; a key without one matches a JWT without one.
+    pub kid: Option<String>,
+    /// `HS256`, `RS256`, `ES256` or `EdDSA`: a JWT whose header names another is refused.
+    pub alg: String,
+    /// HS256: the secret, base64; the others: the public key, PEM.
+    pub key: String,
+}
+
+/// Who may sign JWTs that act as tokens, and what those tokens may do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtProvider {
+    pub name: String,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required in `aud`, if set.
+    pub audience: Option<String>,
+    /// Slack on `exp` and `nbf`.
+    pub leeway_ms: u64,
+    pub keys: Vec<JwtKey>,
+    /// A JWKS document (JSON text), its keys used like `keys`.
+    pub jwks: Option<String>,
+    /// Policies every JWT of this provider carries.
+    pub policies: Vec<String>,
+    /// A claim listing channels the JWT may subscribe to (and read the history and presence
+    /// of), e.g. `channels`; `None`: none from claims.
+    pub channels_claim: Option<String>,
+    pub created_at_ms: u64,
+    pub modified_at_ms: u64,
+}
+
 /// A change to tokens and policies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AclCmd {
@@ -274,6 +314,11 @@ pub enum AclCmd {
     PolicyDelete {
         name: String,
     },
+    /// Makes or replaces a JWT provider (keys rotate by replacing it).
+    ProviderSet(JwtProvider),
+    ProviderDelete {
+        name: String,
+    },
 }
 
 /// The result of an [`AclCmd`].
@@ -281,6 +326,7 @@ pub enum AclCmd {
 pub enum AclResult {
     Token(Box<Token>),
     Policy(Box<Policy>),
+    Provider(Box<JwtProvider>),
     Deleted,
     NotFound,
     /// A token with this accessor id (or secret) already exists.
@@ -294,13 +340,33 @@ pub enum AclResult {
     Invalid(String),
 }
 
-/// Tokens and policies.
+/// What a caller holds: a token's, or a JWT's (its provider's policies and the rules its
+/// claims give).
+#[derive(Clone, Copy, Debug)]
+pub struct Grant<'a> {
+    pub management: bool,
+    pub policies: &'a [String],
+    pub rules: &'a [Rule],
+}
+
+impl<'a> Grant<'a> {
+    pub fn of(token: &'a Token) -> Self {
+        Grant {
+            management: token.management,
+            policies: &token.policies,
+            rules: &[],
+        }
+    }
+}
+
+/// Tokens, policies and JWT providers.
 #[derive(Debug, Default)]
 pub struct Acl {
     tokens: BTreeMap<String, Token>,
     /// Secret digest → accessor id.
     by_secret: HashMap<String, String>,
     policies: BTreeMap<String, Policy>,
+    providers: BTreeMap<String, JwtProvider>,
     expiry: Deadlines<String>,
     bootstrapped: bool,
     /// Counts applied changes (in memory only): a holder of a token checks it again when this
@@ -319,6 +385,9 @@ impl Part for Acl {
         }
         for (name, p) in records::<Policy>(db, POLICY_PREFIX)? {
             acl.policies.insert(name, p);
+        }
+        for (name, p) in records::<JwtProvider>(db, PROVIDER_PREFIX)? {
+            acl.providers.insert(name, p);
         }
         Ok(acl)
     }
@@ -394,22 +463,36 @@ impl Acl {
         self.policies.values()
     }
 
-    fn rules<'a>(&'a self, token: &'a Token, resource: Resource) -> impl Iterator<Item = &'a Rule> {
-        token
+    pub fn providers(&self) -> impl Iterator<Item = &JwtProvider> {
+        self.providers.values()
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&JwtProvider> {
+        self.providers.get(name)
+    }
+
+    fn rules<'a>(&'a self, grant: Grant<'a>, resource: Resource) -> impl Iterator<Item = &'a Rule> {
+        grant
             .policies
             .iter()
             .filter_map(|p| self.policies.get(p))
             .flat_map(|p| p.rules.iter())
+            .chain(grant.rules)
             .filter(move |r| r.resource == resource)
     }
 
     /// Whether `token` may do `op` on `name` of `resource` (see the module docs).
     pub fn allows(&self, token: &Token, resource: Resource, name: &str, op: Op) -> bool {
-        if token.management {
+        self.grants(Grant::of(token), resource, name, op)
+    }
+
+    /// [`Acl::allows`] for a [`Grant`].
+    pub fn grants(&self, grant: Grant<'_>, resource: Resource, name: &str, op: Op) -> bool {
+        if grant.management {
             return true;
         }
         let mut best: Option<(usize, bool)> = None;
-        for rule in self.rules(token, resource) {
+        for rule in self.rules(grant, resource) {
             let (Some(spec), Some(says)) = (rule.matches(name), rule.access.says(op)) else {
                 continue;
             };
@@ -424,14 +507,51 @@ impl Acl {
     /// Whether `token` may do `op` on every name under `prefix` (a listing): the decision for
     /// `prefix` itself allows it and no narrower rule inside it refuses it.
     pub fn allows_prefix(&self, token: &Token, resource: Resource, prefix: &str, op: Op) -> bool {
-        if token.management {
+        self.grants_prefix(Grant::of(token), resource, prefix, op)
+    }
+
+    /// [`Acl::allows_prefix`] for a [`Grant`].
+    pub fn grants_prefix(
+        &self,
+        grant: Grant<'_>,
+        resource: Resource,
+        prefix: &str,
+        op: Op,
+    ) -> bool {
+        if grant.management {
             return true;
         }
-        self.allows(token, resource, prefix, op)
+        self.grants(grant, resource, prefix, op)
             && self
-                .rules(token, resource)
+                .rules(grant, resource)
                 .filter(|r| r.inside(prefix))
                 .all(|r| r.access.says(op) != Some(false))
+    }
+
+    fn set_provider(&mut self, p: &JwtProvider, cx: &mut Cx<'_>) -> AclResult {
+        if let Err(e) = check_name("a provider name", &p.name)
+            .and_then(|()| self.check_policy_names(&p.policies))
+        {
+            return AclResult::Invalid(e);
+        }
+        if p.keys.len() > MAX_JWT_KEYS
+            || p.keys.iter().any(|k| k.key.len() > MAX_JWT_KEY_BYTES)
+            || p.jwks.as_ref().is_some_and(|j| j.len() > MAX_JWT_KEY_BYTES)
+        {
+            return AclResult::Invalid(format!(
+                "a provider has at most {MAX_JWT_KEYS} keys of at most {MAX_JWT_KEY_BYTES} bytes"
+            ));
+        }
+        let existing = self.providers.get(&p.name);
+        if existing.is_none() && self.providers.len() >= MAX_JWT_PROVIDERS {
+            return AclResult::Invalid(format!("at most {MAX_JWT_PROVIDERS} JWT providers"));
+        }
+        let mut p = p.clone();
+        p.created_at_ms = existing.map_or(cx.now(), |e| e.created_at_ms);
+        p.modified_at_ms = cx.now();
+        cx.put(prefixed(PROVIDER_PREFIX, &p.name), &p);
+        self.providers.insert(p.name.clone(), p.clone());
+        AclResult::Provider(Box::new(p))
     }
 
     fn management_count(&self) -> usize {
@@ -519,8 +639,14 @@ impl Acl {
             .tokens
             .values()
             .filter(|t| t.policies.iter().any(|p| p == name))
-            .take(10)
             .map(|t| t.accessor_id.clone())
+            .chain(
+                self.providers
+                    .values()
+                    .filter(|p| p.policies.iter().any(|x| x == name))
+                    .map(|p| format!("jwt provider {}", p.name)),
+            )
+            .take(10)
             .collect();
         if !users.is_empty() {
             return AclResult::InUse(users);
@@ -633,6 +759,14 @@ impl Primitive for Acl {
             AclCmd::TokenDelete { accessor_id } => self.delete_token(accessor_id, cx),
             AclCmd::PolicySet(p) => self.set_policy(p, cx),
             AclCmd::PolicyDelete { name } => self.delete_policy(name, cx),
+            AclCmd::ProviderSet(p) => self.set_provider(p, cx),
+            AclCmd::ProviderDelete { name } => {
+                if self.providers.remove(name).is_none() {
+                    return AclResult::NotFound;
+                }
+                cx.delete(prefixed(PROVIDER_PREFIX, name));
+                AclResult::Deleted
+            }
         }
     }
 }

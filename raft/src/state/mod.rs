@@ -32,7 +32,8 @@
 //! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
 //! - `i:<idempotency key>` → [`IdemRecord`] (keys of earlier builds: `Request::idempotency_key`)
 //! - `if:<scoped idempotency key>` → [`FingerprintedRecord`] (keys of [`Command::Idempotent`])
-//! - `acl:t:<accessor id>` → [`acl::Token`], `acl:p:<name>` → [`acl::Policy`], `m:acl` → whether
+//! - `acl:t:<accessor id>` → [`acl::Token`], `acl:p:<name>` → [`acl::Policy`], `acl:j:<name>` →
+//!   [`acl::JwtProvider`], `m:acl` → whether
 //!   the bootstrap token was made
 
 pub mod acl;
