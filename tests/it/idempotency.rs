@@ -337,3 +337,74 @@ async fn with_access_control_each_token_is_its_own_scope() {
     );
     c.shutdown().await;
 }
+
+/// A JWT user is one scope whichever of its JWTs it sends (a refreshed one keeps its keys);
+/// another subject is another scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_user_keeps_its_keys_across_refreshed_jwts() {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    let c = InprocCluster::start_with(1, |c| c.api.insecure_no_auth = false)
+        .await
+        .unwrap();
+    let admin = format!("Bearer {}", c.admin_token().expect("the management token"));
+    let h = http::client();
+    let b = &c.bases[0];
+    let (s, v) = send(
+        h.put(format!("{b}/v1/acl/policies/sessions")),
+        "policy",
+        Some(&admin),
+        Some(json!({"rules": [{"resource": "sessions", "access": "write"}]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let secret: [u8; 32] = rand::random();
+    let provider = json!({"issuer": "https://auth.example", "audience": "stackd",
+        "keys": [{"kid": "k", "alg": "HS256",
+            "key": base64::engine::general_purpose::STANDARD.encode(secret)}],
+        "policies": ["sessions"]});
+    let (s, v) = send(
+        h.put(format!("{b}/v1/acl/jwt/app")),
+        "provider",
+        Some(&admin),
+        Some(provider),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jwt = |sub: &str, ttl: u64| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k".into());
+        let claims = json!({"sub": sub, "iss": "https://auth.example", "aud": "stackd",
+            "exp": now + ttl, "nbf": now - 10});
+        let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&secret));
+        format!("Bearer {}", token.unwrap())
+    };
+    let (ann, ann_refreshed, eve) = (jwt("ann", 600), jwt("ann", 900), jwt("eve", 600));
+    assert_ne!(ann, ann_refreshed);
+    let sessions = format!("{b}/v1/sessions");
+    let body = || Some(json!({"user": "ann"}));
+
+    let (s, v) = send(h.post(&sessions), "login", Some(&ann), body()).await;
+    assert_eq!(s, 201, "{v}");
+    let first = v["id"].clone();
+    let (s, v) = send(h.post(&sessions), "login", Some(&ann_refreshed), body()).await;
+    assert_eq!((s, &v["id"]), (201, &first), "a refreshed JWT's retry: {v}");
+    let (s, v) = send(h.post(&sessions), "login", Some(&eve), body()).await;
+    assert_eq!(s, 201, "{v}");
+    assert_ne!(v["id"], first, "another subject is another scope");
+    mismatch(
+        send(
+            h.post(&sessions),
+            "login",
+            Some(&ann_refreshed),
+            Some(json!({"user": "x"})),
+        )
+        .await,
+    );
+    c.shutdown().await;
+}

@@ -1,7 +1,7 @@
 //! `Idempotency-Key`: a retried write is answered from its first answer and applied once.
 //!
-//! A key belongs to a scope ([`scope`], today the caller's credential), so two callers that
-//! pick the same key never see each other's answers, and it is bound to the request it was
+//! A key belongs to a scope ([`scope`]: the caller), so two callers that pick the same key
+//! never see each other's answers, and it is bound to the request it was
 //! first sent with: [`record_fingerprint`] digests the method, path, query and body of every
 //! request that carries the header, and the write carries that digest
 //! ([`raft::command::IdemKey`]). The replicated state compares it with the one remembered
@@ -20,6 +20,7 @@ use raft::command::IdemKey;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
 const HEADER: &str = "idempotency-key";
@@ -29,9 +30,9 @@ const HEADER: &str = "idempotency-key";
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 pub(crate) struct IdempotencyKey {
-    /// 1 to 256 visible ASCII characters. A key belongs to the caller's credential (the
-    /// Authorization header; requests without one share one scope) and to the request it was
-    /// first sent with (method, path, query and body): for 10 minutes, the same request with
+    /// 1 to 256 visible ASCII characters. A key belongs to the caller (its token, or a JWT's
+    /// provider and subject; with access control off, the Authorization header as sent) and to
+    /// the request it was first sent with (method, path, query and body): for 10 minutes, the same request with
     /// the same key is answered with the first answer and applied once, and a different
     /// request with that key is refused with 422 idempotency_mismatch
     #[param(rename = "Idempotency-Key")]
@@ -81,22 +82,36 @@ fn fingerprint(method: &Method, uri: &Uri, body: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Whom an `Idempotency-Key` belongs to: keys of two scopes never meet. Today the caller's
-/// credential: SHA-256 (hex) of its `Authorization` header, `anonymous` without one. (A caller
-/// authenticated some other way would be scoped here by who it is.)
+/// Whom an `Idempotency-Key` belongs to: keys of two scopes never meet. The caller, as the
+/// access check found it (`auth::Caller`): a token by its accessor id, a JWT by its provider
+/// and subject (so a refreshed JWT keeps its keys); with access control off, the
+/// `Authorization` header as sent (`anonymous` without one). SHA-256 (hex), each kind with its
+/// own prefix (`\0` is in no header value), so no two kinds meet either.
 pub(crate) fn scope(parts: &Parts) -> String {
-    let mut values = parts
-        .headers
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .peekable();
-    if values.peek().is_none() {
-        return "anonymous".into();
-    }
     let mut h = Sha256::new();
-    for v in values {
-        h.update(v.as_bytes());
-        h.update(b"\n");
+    match parts.extensions.get::<Caller>() {
+        Some(Caller::Token(t)) => {
+            h.update(b"token\0");
+            h.update(t.accessor_id.as_bytes());
+        }
+        Some(Caller::Jwt(j)) => {
+            h.update(b"jwt\0");
+            h.update(j.actor.as_bytes());
+        }
+        Some(Caller::Anyone) | None => {
+            let mut values = parts
+                .headers
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .peekable();
+            if values.peek().is_none() {
+                return "anonymous".into();
+            }
+            for v in values {
+                h.update(v.as_bytes());
+                h.update(b"\n");
+            }
+        }
     }
     hex::encode(h.finalize())
 }
@@ -165,7 +180,7 @@ mod tests {
     }
 
     #[test]
-    fn the_scope_is_the_credential() {
+    fn without_access_control_the_scope_is_the_authorization_header() {
         assert_eq!(scope(&parts(&[])), "anonymous");
         let x = scope(&parts(&["Bearer x"]));
         assert_eq!(x.len(), 64);
