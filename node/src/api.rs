@@ -5,6 +5,7 @@
 //!   handlers;
 //! - [`locks`], [`sessions`], [`cache`], [`queues`], [`txn`]: the other primitives;
 //! - [`history`]: key-value history reads and compaction;
+//! - [`idempotency`]: the `Idempotency-Key` of writes, scoped and bound to its request;
 //! - [`ops`]: cluster operations (remove, promote, transfer leadership, snapshot), the backup
 //!   stream and join tokens.
 //! - [`channels`], [`ws`]: channels (publish, history, presence) and the WebSocket API;
@@ -16,6 +17,7 @@ pub(crate) mod cache;
 pub(crate) mod channels;
 pub mod client;
 pub(crate) mod history;
+pub(crate) mod idempotency;
 pub(crate) mod locks;
 pub mod model;
 pub(crate) mod ops;
@@ -53,6 +55,9 @@ use crate::error::{
 use crate::metrics::Metrics;
 use model::{ClusterStatus, Consistency, KvDeleted, KvItem, KvList, Revision, Status};
 
+pub use idempotency::Idempotency;
+pub(crate) use idempotency::IdempotencyKey;
+
 /// Shared by every handler.
 pub struct AppState {
     pub cluster: Arc<Cluster>,
@@ -82,10 +87,17 @@ macro_rules! routes {
         fn add_routes(r: Router<Arc<AppState>>, st: &Arc<AppState>) -> Router<Arc<AppState>> {
             r$(.route(
                 $path,
-                axum::routing::$method($handler).route_layer(middleware::from_fn_with_state(
-                    (st.clone(), $need),
-                    crate::auth::authorize,
-                )),
+                axum::routing::$method($handler)
+                    // Once the caller is let in: a request with an Idempotency-Key is read and
+                    // fingerprinted for the `Idempotency` extractor.
+                    .layer(middleware::from_fn_with_state(
+                        st.clone(),
+                        idempotency::record_fingerprint,
+                    ))
+                    .route_layer(middleware::from_fn_with_state(
+                        (st.clone(), $need),
+                        crate::auth::authorize,
+                    )),
             ))*
         }
 
@@ -311,6 +323,29 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Name {
     }
 }
 
+/// Path parameters as `T` (a `String`, or a tuple of them), percent-decoded; a segment that
+/// does not decode to UTF-8 is a JSON 400 like any other bad input.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for PathParams<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(PathParams(t)),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "bad path: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
 /// A JSON request body of at most `max_value_bytes` plus 64 KiB; malformed JSON, unknown
 /// fields and wrong types are 400, an oversized body 413. A `Content-Type` other than JSON
 /// (`application/json` or `*/*+json`) is 400, so an HTML form (or a page's "simple" request)
@@ -447,35 +482,6 @@ pub(crate) fn list_limit(p: &HashMap<String, String>) -> ApiResult<usize> {
     }
 }
 
-/// The `Idempotency-Key` header of a write, as the API reference lists it (read by
-/// [`idempotency_key`]).
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-pub(crate) struct IdempotencyKey {
-    /// 1 to 256 visible ASCII characters; a retry with the same key and request is answered
-    /// once, for 10 minutes
-    #[param(rename = "Idempotency-Key")]
-    #[allow(dead_code)]
-    key: Option<String>,
-}
-
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(v) => {
-            let s = v
-                .to_str()
-                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
-            if s.is_empty() || s.len() > 256 {
-                return Err(ApiError::bad_request(
-                    "Idempotency-Key must be 1 to 256 characters",
-                ));
-            }
-            Ok(Some(s.to_string()))
-        }
-    }
-}
-
 #[utoipa::path(
     put,
     path = "/v1/kv/{key}",
@@ -500,7 +506,7 @@ async fn put_kv(
     State(st): St,
     Key(key): Key,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     body: Body,
 ) -> ApiResult<Json<Revision>> {
     let p = params(q, &["if_revision", "ttl_ms", "fence"])?;
@@ -509,7 +515,6 @@ async fn put_kv(
     if ttl_ms == Some(0) {
         return Err(ApiError::bad_request("ttl_ms must be at least 1"));
     }
-    let idem = idempotency_key(&headers)?;
     let limit = st.cluster.config().limits.max_value_bytes;
     let value = read_body(body, limit).await?;
     let command = fenced(
@@ -548,11 +553,10 @@ async fn delete_kv(
     State(st): St,
     Key(key): Key,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
 ) -> ApiResult<Json<KvDeleted>> {
     let p = params(q, &["if_revision", "fence"])?;
     let if_revision = u64_param(&p, "if_revision")?;
-    let idem = idempotency_key(&headers)?;
     let command = fenced(&p, KvCmd::Delete { key, if_revision })?;
     match crate::service::propose(&st.cluster, command, idem).await? {
         KvResult::Delete { revision, deleted } => Ok(Json(KvDeleted { revision, deleted })),

@@ -171,7 +171,10 @@ pub fn publish_command(e: &AuditEvent) -> ChannelCmd {
 /// Proposes one event under its own idempotency key until it is committed (a few tries over
 /// about half a minute; then it stays in the structured log only).
 async fn write(cluster: &Cluster, e: &AuditEvent, stop: &CancellationToken) {
-    let key = format!("audit:{}", hex::encode(rand::random::<[u8; 16]>()));
+    let key = crate::api::idempotency::own_key(
+        &format!("audit:{}", hex::encode(rand::random::<[u8; 16]>())),
+        &publish_command(e),
+    );
     let mut wait = Duration::from_millis(100);
     for attempt in 1..=8 {
         match crate::service::propose(cluster, publish_command(e), Some(key.clone())).await {

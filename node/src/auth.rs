@@ -516,7 +516,9 @@ pub async fn authorize(
 /// every name of the resource. Used where a route cannot say in advance (a transaction's
 /// writes and compares). Takes a command of any nesting level (a transaction's ops, a fenced
 /// command's).
-pub fn rights_of<F: Rights, T: Rights>(cmd: &Command<F, T>) -> Vec<(Resource, Option<String>, Op)> {
+pub fn rights_of<F: Rights, T: Rights, I: Rights>(
+    cmd: &Command<F, T, I>,
+) -> Vec<(Resource, Option<String>, Op)> {
     use raft::command::{CacheCmd, ChannelCmd, KvCmd, LockCmd, QueueCmd, SemaphoreCmd};
     let one = |r, name: &str, op| vec![(r, Some(name.to_string()), op)];
     match cmd {
@@ -540,6 +542,7 @@ pub fn rights_of<F: Rights, T: Rights>(cmd: &Command<F, T>) -> Vec<(Resource, Op
             v
         }
         Command::Txn(t) => t.rights(),
+        Command::Idempotent { command, .. } => command.rights(),
         // Any other write: the right on every name of its kind.
         other => vec![(resource_of(other), None, Op::Write)],
     }
@@ -575,6 +578,12 @@ impl Rights for Box<Guarded> {
     }
 }
 
+impl Rights for Box<raft::command::Keyed> {
+    fn rights(&self) -> Vec<(Resource, Option<String>, Op)> {
+        rights_of(&**self)
+    }
+}
+
 impl Rights for Txn {
     fn rights(&self) -> Vec<(Resource, Option<String>, Op)> {
         rights_of_txn(self)
@@ -587,7 +596,7 @@ impl Rights for NotNested {
     }
 }
 
-fn resource_of<F, T>(cmd: &Command<F, T>) -> Resource {
+fn resource_of<F, T, I>(cmd: &Command<F, T, I>) -> Resource {
     match cmd {
         Command::Kv(_) | Command::Txn(_) => Resource::Kv,
         Command::Lock(_) | Command::Fenced { .. } => Resource::Locks,
@@ -598,6 +607,8 @@ fn resource_of<F, T>(cmd: &Command<F, T>) -> Resource {
         Command::Channel(_) => Resource::Channels,
         Command::Acl(_) => Resource::Acl,
         Command::Tick | Command::Cluster(_) => Resource::Cluster,
+        // Reached only through `rights_of`, which asks the keyed command itself.
+        Command::Idempotent { .. } => Resource::Kv,
     }
 }
 

@@ -24,7 +24,9 @@ with the status of the code (the ErrorCode schema): 400 bad_request, 401 unauthe
 current_fence, current_lease, holder tell which), 413 too_large, 422 idempotency_mismatch, \
 429 rate_limited, 500 internal, 503 unavailable (Retry-After; not applied), 504 timeout \
 (outcome unknown); the WebSocket also sends compacted, slow_consumer and going_away. Writes \
-accept an Idempotency-Key header (1..256 chars, remembered 10 minutes). Fenced writes take \
+accept an Idempotency-Key header (1..256 chars, remembered 10 minutes, scoped to the \
+caller (its token, or a JWT's provider and subject) and bound to the request's method, path, \
+query and body: the same key with a different request is 422 idempotency_mismatch). Fenced writes take \
 fence=LOCK:F and apply only while lock LOCK is held with fence F. Values are at most \
 max_value_bytes (default 1 MiB); listings return at most 1000 items."
     ),

@@ -86,6 +86,8 @@ impl NodeTasks {
 pub struct Node {
     pub cluster: Arc<Cluster>,
     pub api_addr: std::net::SocketAddr,
+    /// What the API's handlers share (see [`Node::api_state`]).
+    api: Arc<AppState>,
     removed: tokio::sync::watch::Receiver<Option<String>>,
     data_dir: std::path::PathBuf,
     life: Lifecycle,
@@ -154,9 +156,10 @@ impl Node {
             stage_api(&config, &cluster, &mut life).await
         };
         match started.await {
-            Ok(api_addr) => Ok(Node {
+            Ok((api_addr, api)) => Ok(Node {
                 cluster,
                 api_addr,
+                api,
                 removed,
                 data_dir: config.data_dir().to_path_buf(),
                 life,
@@ -167,6 +170,13 @@ impl Node {
                 Err(e)
             }
         }
+    }
+
+    /// The state the API's handlers share: `api::router(node.api_state())` answers requests
+    /// in-process as this node's HTTP listener does. Drop every clone before
+    /// [`Node::shutdown`], which waits for the node's RocksDB handles to close.
+    pub fn api_state(&self) -> Arc<AppState> {
+        self.api.clone()
     }
 
     /// The trackers owning this node's tasks (see [`NodeTasks`]).
@@ -205,8 +215,10 @@ impl Node {
             removed,
             data_dir,
             life,
+            api,
             ..
         } = self;
+        drop(api);
         // Reads asked for from now on fail as unavailable; the rounds under way finish and
         // the stop below waits for them.
         cluster.refuse_new_reads();
@@ -339,7 +351,9 @@ fn restart_identity(config: &Config, db: &Db, id: Identity) -> anyhow::Result<Se
         );
     }
     info!(node_id = id.node_id, cluster_id = %id.cluster_id, "restarting member from its data dir");
-    let token = std::fs::read_to_string(config.data_dir().join(JOIN_TOKEN_FILE)).ok();
+    let token_file = config.data_dir().join(JOIN_TOKEN_FILE);
+    tighten_join_token(&token_file);
+    let token = std::fs::read_to_string(&token_file).ok();
     Ok((id, tls, token.filter(|_| id_is_founder(db))))
 }
 
@@ -517,11 +531,7 @@ async fn found_cluster(
     seal_restored_state(raft, identity.node_id, config.data_dir()).await?;
     let path = config.data_dir().join(JOIN_TOKEN_FILE);
     if !path.exists() {
-        // Written whole under another name, then renamed: whoever waits for the file
-        // (scripts joining more nodes) never reads it empty or cut short.
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, format!("{token}\n"))?;
-        std::fs::rename(&partial, &path)?;
+        write_private(&path, &format!("{token}\n"))?;
         println!(
             "stackd: new cluster {} started. Join another node to it with:\n  stackd serve --data-dir <DIR> --api-addr <IP:PORT> --cluster-addr <IP:PORT> --join {} --token {}",
             identity.cluster_id, cluster.info.cluster_addr, token
@@ -580,6 +590,24 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     f.sync_all()?;
     std::fs::rename(&partial, path)?;
     Ok(())
+}
+
+/// A join token file written by an earlier build, readable by others, is made readable by its
+/// owner only.
+fn tighten_join_token(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.permissions().mode() & 0o077 == 0 {
+        return;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => info!(path = %path.display(), "join token file made readable by its owner only"),
+        Err(e) => {
+            warn!(error = %e, path = %path.display(), "cannot restrict the join token file to its owner")
+        }
+    }
 }
 
 /// Background: the leader's duties, the gossip feed, the membership and removal watchers
@@ -645,7 +673,7 @@ async fn stage_api(
     config: &Config,
     cluster: &Arc<Cluster>,
     life: &mut Lifecycle,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> anyhow::Result<(std::net::SocketAddr, Arc<AppState>)> {
     info!(addr = %config.api.addr, "start-up stage: API");
     if config.api.insecure_no_auth {
         warn!(
@@ -657,7 +685,7 @@ async fn stage_api(
         .await
         .with_context(|| format!("binding API address {}", config.api.addr))?;
     let api_addr = listener.local_addr()?;
-    let app = api::router(Arc::new(AppState {
+    let state = Arc::new(AppState {
         cluster: cluster.clone(),
         metrics: Arc::new(Metrics::new()),
         inflight: life.inflight.clone(),
@@ -665,8 +693,8 @@ async fn stage_api(
         db: life.db.clone(),
         requests: life.tasks.requests.clone(),
         rate: Arc::new(crate::rate::RateLimits::new(&config.rate)),
-    }))
-    .layer(axum::middleware::from_fn_with_state(
+    });
+    let app = api::router(state.clone()).layer(axum::middleware::from_fn_with_state(
         life.requests(),
         track_request,
     ));
@@ -699,7 +727,7 @@ async fn stage_api(
             warn!(error = %e, "HTTP API stopped with an error");
         }
     }));
-    Ok(api_addr)
+    Ok((api_addr, state))
 }
 
 /// The node's in-flight HTTP requests, and the signal that gives up on them.

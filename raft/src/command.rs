@@ -34,10 +34,21 @@ pub struct Request {
     /// The leader's wall clock (ms since the Unix epoch) when it proposed this entry. Apply
     /// advances the replicated clock to `max(previous, stamp_ms)`.
     pub stamp_ms: u64,
-    /// `Idempotency-Key` of the client request: a retried write with the same key is answered
-    /// from the first result and applied once.
+    /// `Idempotency-Key` of a client request proposed by an earlier build: one namespace for
+    /// every caller, and no check that a retry is the same request. Entries of earlier builds
+    /// still apply this way; this build proposes [`Command::Idempotent`] instead.
     pub idempotency_key: Option<String>,
     pub command: Command,
+}
+
+/// A client's `Idempotency-Key` as a write carries it ([`Command::Idempotent`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdemKey {
+    /// The key, qualified by whom it belongs to (the proposer scopes it to the caller, so two
+    /// callers' keys never meet); the state compares it as it is.
+    pub key: String,
+    /// A digest of the request the key was sent with: a retry must carry the same one.
+    pub fingerprint: [u8; 32],
 }
 
 /// One replicated command.
@@ -46,7 +57,7 @@ pub struct Request {
 /// defaults this is a command as proposed. [`Guarded`] and [`Op`] are the commands nested in
 /// it (see "Nesting" above); all three encode alike, variant for variant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command<F = Box<Guarded>, T = Txn> {
+pub enum Command<F = Box<Guarded>, T = Txn, I = Box<Keyed>> {
     /// Advances the replicated clock so due deadlines (TTL keys, leases, idempotency
     /// records) expire.
     Tick,
@@ -68,13 +79,56 @@ pub enum Command<F = Box<Guarded>, T = Txn> {
     },
     Semaphore(SemaphoreCmd),
     Acl(AclCmd),
+    /// `command` under an `Idempotency-Key`: the first time the key is seen, `command` applies
+    /// and its answer is remembered with the fingerprint for
+    /// [`IDEMPOTENCY_WINDOW_MS`](crate::state::IDEMPOTENCY_WINDOW_MS); a retry
+    /// with the same fingerprint is answered from that, one with another fingerprint gets
+    /// [`Response::IdempotencyMismatch`]. Only a request's own command; never nested.
+    Idempotent {
+        idem: IdemKey,
+        command: I,
+    },
 }
 
-/// What a fence guards: any command but a fenced one.
-pub type Guarded = Command<NotNested, Txn>;
+/// What an idempotency key covers: any command but one under a key.
+pub type Keyed = Command<Box<Guarded>, Txn, NotNested>;
 
-/// What a transaction holds: a command that is neither a transaction nor fenced.
-pub type Op = Command<NotNested, NotNested>;
+impl Command {
+    /// This command as one an idempotency key may cover; `Err` (itself) when it is already
+    /// under a key.
+    #[allow(clippy::result_large_err)] // either way the same command, moved, not copied
+    pub fn keyed(self) -> Result<Keyed, Command> {
+        Ok(match self {
+            Command::Tick => Command::Tick,
+            Command::Cluster(c) => Command::Cluster(c),
+            Command::Kv(c) => Command::Kv(c),
+            Command::Lock(c) => Command::Lock(c),
+            Command::Session(c) => Command::Session(c),
+            Command::Cache(c) => Command::Cache(c),
+            Command::Queue(c) => Command::Queue(c),
+            Command::Channel(c) => Command::Channel(c),
+            Command::Txn(t) => Command::Txn(t),
+            Command::Fenced {
+                lock,
+                fence,
+                command,
+            } => Command::Fenced {
+                lock,
+                fence,
+                command,
+            },
+            Command::Semaphore(c) => Command::Semaphore(c),
+            Command::Acl(c) => Command::Acl(c),
+            keyed @ Command::Idempotent { .. } => return Err(keyed),
+        })
+    }
+}
+
+/// What a fence guards: any command but a fenced one or one under a key.
+pub type Guarded = Command<NotNested, Txn, NotNested>;
+
+/// What a transaction holds: a command that is neither a transaction, fenced nor under a key.
+pub type Op = Command<NotNested, NotNested, NotNested>;
 
 /// The content of a transaction or fenced variant where commands do not nest (in a fenced
 /// command, in a transaction). It has no values, so such a command cannot be built, and
@@ -156,6 +210,9 @@ pub enum Response<T = TxnResult> {
     Txn(T),
     Semaphore(SemaphoreResult),
     Acl(AclResult),
+    /// The `Idempotency-Key` was first used for a different request (another fingerprint);
+    /// nothing was applied.
+    IdempotencyMismatch,
 }
 
 /// A command whose result type is known: proposing it answers a `Self::Output`.
@@ -273,7 +330,7 @@ impl fmt::Display for Txn {
     }
 }
 
-impl<F: fmt::Display, T: fmt::Display> fmt::Display for Command<F, T> {
+impl<F: fmt::Display, T: fmt::Display, I: fmt::Display> fmt::Display for Command<F, T, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Command::Tick => write!(f, "tick"),
@@ -316,6 +373,7 @@ impl<F: fmt::Display, T: fmt::Display> fmt::Display for Command<F, T> {
             }
             Command::Acl(AclCmd::TokenCreate(t)) => write!(f, "acl token create {}", t.accessor_id),
             Command::Acl(c) => write!(f, "acl {c:?}"),
+            Command::Idempotent { command, .. } => write!(f, "idempotent {command}"),
         }
     }
 }

@@ -497,3 +497,48 @@ async fn a_frame_that_is_not_a_valid_request_is_refused_with_bad_request_and_its
     assert_eq!(r, Ok(ReplyBody::Pong { pong: true }));
     c.shutdown().await;
 }
+
+/// Offsets and revisions at the top of the u64 range (`since`, `since_revision`) are answered
+/// like any other: over HTTP and over the WebSocket, and the connection keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_offsets_and_revisions_get_answers() {
+    let c = InprocCluster::start(1).await.unwrap();
+    let http = http::client();
+    let b = &c.bases[0];
+    publish(&http, b, "top", json!(1)).await;
+    publish(&http, b, "top", json!(2)).await;
+
+    for since in [u64::MAX, u64::MAX - 1, 3] {
+        let v = http::get_json(&http, &format!("{b}/v1/channels/top/history?since={since}")).await;
+        assert_eq!(v["events"], json!([]), "since {since}: {v}");
+        assert_eq!(
+            (v["earliest_offset"].as_u64(), v["latest_offset"].as_u64()),
+            (Some(1), Some(2))
+        );
+    }
+    let v = http::get_json(
+        &http,
+        &format!("{b}/v1/history?since_revision={}", u64::MAX),
+    )
+    .await;
+    assert_eq!(v["events"], json!([]), "{v}");
+
+    let mut ws = WsClient::connect(b, "").await.unwrap();
+    assert_eq!(ws.subscribe("top", Some(u64::MAX)).await.unwrap(), 2);
+    let Push::Recovered(r) = ws.next_msg(Duration::from_secs(10)).await.unwrap() else {
+        panic!("a recovered notice");
+    };
+    assert!(r.complete && r.to == u64::MAX, "{r:?}");
+    assert_eq!(ws.subscribe("never", Some(u64::MAX)).await.unwrap(), 0);
+    let r = ws.request(watch("", u64::MAX)).await.unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    publish(&http, b, "top", json!(3)).await;
+    http.put(format!("{b}/v1/kv/top"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let pong = ws.request(ClientMessage::Ping {}).await.unwrap();
+    assert!(matches!(pong, Ok(ReplyBody::Pong { .. })), "{pong:?}");
+    c.shutdown().await;
+}

@@ -459,3 +459,49 @@ async fn bad_input_to_locks_sessions_cache_queues_and_txn_gets_documented_errors
     assert_eq!(api.kv_get("a").await.unwrap_err().status(), Some(404));
     c.shutdown().await;
 }
+
+/// Path segments that do not decode to UTF-8 and bodies over the limit are refused with the
+/// documented error body on every route, not with the framework's plain-text rejection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_paths_and_oversized_bodies_get_documented_errors_on_every_route() {
+    let c = InprocCluster::start(1).await.unwrap();
+    let http = http::client();
+    let b = &c.bases[0];
+    for req in [
+        http.get(format!("{b}/v1/jobs/%FF")),
+        http.post(format!("{b}/v1/jobs/%FF/ack"))
+            .body(r#"{"lease":1}"#),
+        http.post(format!("{b}/v1/jobs/%C0%80/nack"))
+            .body(r#"{"lease":1}"#),
+        http.post(format!("{b}/v1/jobs/%ED%A0%80/extend"))
+            .body(r#"{"lease":1,"visibility_ms":1000}"#),
+        http.put(format!("{b}/v1/queues/q/schedules/%FE%FF"))
+            .body(r#"{"cron":"* * * * *","payload":1}"#),
+        http.delete(format!("{b}/v1/queues/%FF/schedules/s")),
+        http.post(format!("{b}/v1/cluster/members/%FF/remove")),
+        http.post(format!("{b}/v1/cluster/members/%F4%90%80%80/promote")),
+        http.delete(format!("{b}/v1/cluster/tokens/%FF")),
+        http.get(format!("{b}/v1/acl/tokens/%FF")),
+        http.patch(format!("{b}/v1/acl/tokens/%FF"))
+            .header("content-type", "application/json")
+            .body("{}"),
+        http.delete(format!("{b}/v1/acl/tokens/%C0%80")),
+        http.get(format!("{b}/v1/acl/policies/%FF")),
+        http.put(format!("{b}/v1/acl/policies/%FE"))
+            .header("content-type", "application/json")
+            .body(r#"{"rules":[]}"#),
+        http.delete(format!("{b}/v1/acl/policies/%ED%A0%80")),
+    ] {
+        let e = expect_error(req, 400, ErrorCode::BadRequest).await;
+        assert!(e.message.contains("UTF-8"), "{}", e.message);
+    }
+    let big = vec![b' '; 3 << 20];
+    let e = expect_error(
+        http.post(format!("{b}/v1/cluster/tokens")).body(big),
+        413,
+        ErrorCode::TooLarge,
+    )
+    .await;
+    assert!(e.limit.is_some(), "{e:?}");
+    c.shutdown().await;
+}

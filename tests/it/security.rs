@@ -645,3 +645,25 @@ async fn a_member_that_lags_learns_the_key_of_a_leader_admitted_while_it_was_dow
     assert!(n3.cluster.peers().applied().keys.contains_key(&4));
     c.shutdown().await;
 }
+
+/// The founding token in the data dir is readable by its owner only: written so from the start,
+/// and a file an earlier build left readable by others is restricted at the next start.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_token_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut c = InprocCluster::start(1).await.unwrap();
+    let file = c.configs[0].data_dir().join("join-token");
+    assert_eq!(mode(&file), 0o600, "{}", file.display());
+    assert!(!file.with_extension("partial").exists());
+    let token = std::fs::read_to_string(&file).unwrap();
+    assert!(token.trim().starts_with("stk1."), "{token}");
+
+    c.stop(0).await;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    c.restart(0).await.unwrap();
+    assert_eq!(mode(&file), 0o600, "restricted at the restart");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), token);
+    c.shutdown().await;
+}

@@ -4,7 +4,7 @@
 //! SHA-256. Reads are linearizable (a token made on any node is listed right after).
 //! `write` on `acl` is as good as a management token: it can grant itself anything.
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,7 +13,7 @@ use raft::state::acl::{self, Access, JwtKey, JwtProvider, Policy, Resource, Rule
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{JsonBody, St};
+use super::{JsonBody, PathParams, St};
 use crate::audit::Who;
 use crate::auth::{new_accessor_id, new_secret, secret_digest, Caller};
 use crate::cluster::now_ms;
@@ -317,7 +317,10 @@ pub async fn token_self(Extension(caller): Extension<Caller>) -> Json<TokenView>
         Unsettled,
     )
 )]
-pub async fn get_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<TokenView>> {
+pub async fn get_token(
+    State(st): St,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<TokenView>> {
     st.cluster.read_barrier().await?;
     let state = st.cluster.state();
     state
@@ -343,7 +346,7 @@ pub async fn get_token(State(st): St, Path(id): Path<String>) -> ApiResult<Json<
 pub async fn update_token(
     State(st): St,
     who: Who,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(body): JsonBody<TokenUpdate>,
 ) -> ApiResult<Json<TokenView>> {
     let expires_at_ms = match body.ttl_ms {
@@ -385,7 +388,7 @@ pub async fn update_token(
 pub async fn delete_token(
     State(st): St,
     who: Who,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<AclDeleted>> {
     let detail = json!({"accessor_id": id});
     match acl_write(&st, AclCmd::TokenDelete { accessor_id: id }).await? {
@@ -425,7 +428,10 @@ pub async fn list_policies(State(st): St) -> ApiResult<Json<PolicyList>> {
         Unsettled,
     )
 )]
-pub async fn get_policy(State(st): St, Path(name): Path<String>) -> ApiResult<Json<PolicyView>> {
+pub async fn get_policy(
+    State(st): St,
+    PathParams(name): PathParams<String>,
+) -> ApiResult<Json<PolicyView>> {
     st.cluster.read_barrier().await?;
     let state = st.cluster.state();
     state
@@ -450,7 +456,7 @@ pub async fn get_policy(State(st): St, Path(name): Path<String>) -> ApiResult<Js
 pub async fn set_policy(
     State(st): St,
     who: Who,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     JsonBody(body): JsonBody<PolicySet>,
 ) -> ApiResult<Json<PolicyView>> {
     let rules = body
@@ -491,7 +497,7 @@ pub async fn set_policy(
 pub async fn delete_policy(
     State(st): St,
     who: Who,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> ApiResult<Json<AclDeleted>> {
     let detail = json!({"policy": name});
     match acl_write(&st, AclCmd::PolicyDelete { name }).await? {
@@ -669,7 +675,7 @@ impl From<&JwtProvider> for JwtProviderView {
 pub async fn set_provider(
     State(st): St,
     who: Who,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     JsonBody(body): JsonBody<JwtProviderSet>,
 ) -> ApiResult<Json<JwtProviderView>> {
     let leeway_ms = body.leeway_ms.unwrap_or(JWT_LEEWAY_MS_DEFAULT);
@@ -738,7 +744,7 @@ pub async fn list_providers(State(st): St) -> ApiResult<Json<JwtProviderList>> {
 )]
 pub async fn get_provider(
     State(st): St,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> ApiResult<Json<JwtProviderView>> {
     st.cluster.read_barrier().await?;
     let state = st.cluster.state();
@@ -763,7 +769,7 @@ pub async fn get_provider(
 pub async fn delete_provider(
     State(st): St,
     who: Who,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> ApiResult<Json<AclDeleted>> {
     let detail = json!({"provider": name});
     match acl_write(&st, AclCmd::ProviderDelete { name }).await? {

@@ -2,15 +2,15 @@
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raft::command::{CacheCmd, CacheLimits, CacheResult};
 
 use super::model::{CacheStats, Deleted, InvalidateRequest, Invalidated, Stored};
 use super::{
-    check_ms, fenced, idempotency_key, params, read_body, remaining_ms, u64_param, validate_name,
-    AppState, IdempotencyKey, JsonBody, Key, St,
+    check_ms, fenced, params, read_body, remaining_ms, u64_param, validate_name, AppState,
+    Idempotency, IdempotencyKey, JsonBody, Key, St,
 };
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, TooLarge, WriteFailures};
 
@@ -64,7 +64,7 @@ pub async fn set(
     State(st): St,
     Key(key): Key,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     body: Body,
 ) -> ApiResult<Json<Stored>> {
     let p = params(q, &["ttl_ms", "tags", "fence"])?;
@@ -76,7 +76,6 @@ pub async fn set(
         None => Vec::new(),
     };
     check_tags(&tags)?;
-    let idem = idempotency_key(&headers)?;
     let value = read_body(body, st.cluster.config().limits.max_value_bytes).await?;
     let command = fenced(
         &p,
@@ -157,10 +156,9 @@ pub async fn delete(
     State(st): St,
     Key(key): Key,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
 ) -> ApiResult<Json<Deleted>> {
     let p = params(q, &["fence"])?;
-    let idem = idempotency_key(&headers)?;
     let command = fenced(&p, CacheCmd::Delete { key })?;
     match crate::service::propose(&st.cluster, command, idem).await? {
         CacheResult::Removed(n) => Ok(Json(Deleted { deleted: n > 0 })),
@@ -185,14 +183,13 @@ pub async fn delete(
 )]
 pub async fn invalidate(
     State(st): St,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<InvalidateRequest>,
 ) -> ApiResult<Json<Invalidated>> {
     if body.tags.is_empty() {
         return Err(ApiError::bad_request("tags must name at least one tag").with("field", "tags"));
     }
     check_tags(&body.tags)?;
-    let idem = idempotency_key(&headers)?;
     let command = CacheCmd::Invalidate { tags: body.tags };
     match crate::service::propose(&st.cluster, command, idem).await? {
         CacheResult::Removed(n) => Ok(Json(Invalidated { invalidated: n })),

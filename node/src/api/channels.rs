@@ -2,7 +2,6 @@
 //! (`ws.rs`).
 
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use raft::command::{ChannelCmd, ChannelResult};
 use serde_json::Value;
@@ -11,7 +10,7 @@ use super::model::{
     ChannelEvent, ChannelHistory, Consistency, Presence, PresentClient, PublishRequest, Published,
 };
 use super::{
-    idempotency_key, list_limit, params, read_barrier_unless_stale, u64_param, AppState,
+    list_limit, params, read_barrier_unless_stale, u64_param, AppState, Idempotency,
     IdempotencyKey, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled};
@@ -64,10 +63,9 @@ pub(crate) fn publish_command(
 pub async fn publish(
     State(st): St,
     Name(channel): Name,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<PublishRequest>,
 ) -> ApiResult<Json<Published>> {
-    let idem = idempotency_key(&headers)?;
     let command = publish_command(&st, channel, &body.data)?;
     match crate::service::propose(&st.cluster, command, idem).await? {
         ChannelResult::Published { offset } => Ok(Json(Published { offset })),

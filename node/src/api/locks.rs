@@ -1,7 +1,6 @@
 //! `/v1/locks`: leases with fencing tokens, and blocking acquire served on any node.
 
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use raft::command::{LockCmd, LockResult};
 use serde_json::Value;
@@ -11,8 +10,8 @@ use super::model::{
     AcquireRequest, Consistency, Grant, LockInfo, ReleaseRequest, Released, RenewRequest, Renewed,
 };
 use super::{
-    check_ms, check_wait_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms,
-    validate_name, IdempotencyKey, JsonBody, Name, St,
+    check_ms, check_wait_ms, params, read_barrier_unless_stale, remaining_ms, validate_name,
+    Idempotency, IdempotencyKey, JsonBody, Name, St,
 };
 use crate::error::{
     ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled, WriteFailures,
@@ -55,23 +54,22 @@ fn granted(fence: u64, owner: &str, ttl_ms: u64) -> Json<Grant> {
 pub async fn acquire(
     State(st): St,
     Name(name): Name,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<AcquireRequest>,
 ) -> ApiResult<Json<Grant>> {
     validate_name("owner", &body.owner)?;
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
     check_wait_ms(body.wait_ms, LOCK_WAIT_MS_MAX)?;
-    let idem = idempotency_key(&headers)?;
     let started = Instant::now();
     // A retried request (same Idempotency-Key) looks for the same place in the queue.
-    let waiter_id = service::waiter_id(idem.as_deref());
+    let waiter_id = service::waiter_id(idem.as_ref());
     let command = LockCmd::Acquire {
         name: name.clone(),
         owner: body.owner.clone(),
         ttl_ms,
         wait: service::locks::wait(&waiter_id, body.wait_ms),
     };
-    let wait = (body.wait_ms > 0).then_some((waiter_id.as_str(), body.wait_ms));
+    let wait = (waiter_id.as_str(), body.wait_ms);
     let result =
         service::acquire::<service::locks::Locks>(&st.cluster, &name, command, wait, idem, started)
             .await?;
@@ -106,11 +104,10 @@ pub async fn acquire(
 pub async fn renew(
     State(st): St,
     Name(name): Name,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<RenewRequest>,
 ) -> ApiResult<Json<Renewed>> {
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
-    let idem = idempotency_key(&headers)?;
     let command = LockCmd::Renew {
         name,
         fence: body.fence,
@@ -142,10 +139,9 @@ pub async fn renew(
 pub async fn release(
     State(st): St,
     Name(name): Name,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<ReleaseRequest>,
 ) -> ApiResult<Json<Released>> {
-    let idem = idempotency_key(&headers)?;
     let command = LockCmd::Release {
         name,
         fence: body.fence,

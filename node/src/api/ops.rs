@@ -4,8 +4,8 @@
 //! forwards them there over the cluster's QUIC connection, as it forwards writes. Also here,
 //! and served by the node that receives them: the backup stream and join tokens.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,9 +16,11 @@ use super::model::{
     JoinTokens, Leader, Promoted, Removed, SnapshotTaken, TokenCreated, TokenRequest, TokenRevoked,
     TransferRequest,
 };
-use super::{JsonBody, St};
+use super::{json_body_limit, JsonBody, PathParams, St};
 use crate::audit::Who;
-use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, NotFound, Unsettled};
+use crate::error::{
+    ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, NotFound, TooLarge, Unsettled,
+};
 use serde_json::{json, Value};
 
 fn member_id(id: &str) -> ApiResult<NodeId> {
@@ -42,7 +44,11 @@ fn member_id(id: &str) -> ApiResult<NodeId> {
         Unsettled,
     )
 )]
-pub async fn remove(State(st): St, who: Who, Path(id): Path<String>) -> ApiResult<Json<Removed>> {
+pub async fn remove(
+    State(st): St,
+    who: Who,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<Removed>> {
     let id = member_id(&id)?;
     match st.cluster.admin(AdminOp::RemoveMember(id)).await? {
         AdminDone::Removed(id) => {
@@ -68,7 +74,11 @@ pub async fn remove(State(st): St, who: Who, Path(id): Path<String>) -> ApiResul
         Unsettled,
     )
 )]
-pub async fn promote(State(st): St, who: Who, Path(id): Path<String>) -> ApiResult<Json<Promoted>> {
+pub async fn promote(
+    State(st): St,
+    who: Who,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<Promoted>> {
     let id = member_id(&id)?;
     match st.cluster.admin(AdminOp::PromoteMember(id)).await? {
         AdminDone::Promoted(id) => {
@@ -215,10 +225,16 @@ pub const DEFAULT_TOKEN_TTL_MS: u64 = 24 * 3600 * 1000;
     responses(
         (status = 201, description = "the token; id is the first 16 hex digits of its SHA-256", body = TokenCreated),
         BadRequest,
+        TooLarge,
         Unsettled,
     )
 )]
-pub async fn create_token(State(st): St, who: Who, body: Bytes) -> ApiResult<Response> {
+pub async fn create_token(State(st): St, who: Who, body: Body) -> ApiResult<Response> {
+    // An empty body takes the defaults, so this is not a `JsonBody`.
+    let limit = json_body_limit(&st);
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::too_large(format!("body is over the {limit}-byte limit")).with("limit", limit)
+    })?;
     let body: TokenRequest = if body.is_empty() {
         TokenRequest::default()
     } else {
@@ -282,7 +298,7 @@ pub async fn list_tokens(State(st): St) -> ApiResult<Json<JoinTokens>> {
 pub async fn revoke_token(
     State(st): St,
     who: Who,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<TokenRevoked>> {
     if id.len() != 16
         || !id

@@ -1,7 +1,7 @@
 //! `/v1/queues` and `/v1/jobs`: job queues with leases, retries, dead letters and cron.
 
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
 use axum::Json;
 use raft::command::{Enqueue, QueueCmd, QueueResult, ScheduleSpec};
 use raft::state::{Job, JobState};
@@ -15,8 +15,8 @@ use super::model::{
     ScheduleList, ScheduleRequest,
 };
 use super::{
-    check_ms, idempotency_key, list_limit, params, read_barrier_unless_stale, remaining_ms,
-    validate_name, AppState, IdempotencyKey, JsonBody, Name, St,
+    check_ms, list_limit, params, read_barrier_unless_stale, remaining_ms, validate_name, AppState,
+    Idempotency, IdempotencyKey, JsonBody, Name, PathParams, St,
 };
 use crate::error::{
     ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled, WriteFailures,
@@ -107,11 +107,10 @@ pub(crate) fn enqueue_job(st: &AppState, b: EnqueueRequest) -> ApiResult<Enqueue
 pub async fn enqueue(
     State(st): St,
     Name(queue): Name,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<EnqueueRequest>,
 ) -> ApiResult<(StatusCode, Json<Enqueued>)> {
     let job = enqueue_job(&st, body)?;
-    let idem = idempotency_key(&headers)?;
     match crate::service::propose(&st.cluster, QueueCmd::Enqueue { queue, job }, idem).await? {
         QueueResult::Enqueued { id, existing } => {
             let status = if existing {
@@ -223,7 +222,7 @@ async fn job_write<T>(st: &AppState, command: QueueCmd, answer: T) -> ApiResult<
 )]
 pub async fn ack(
     State(st): St,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(b): JsonBody<AckRequest>,
 ) -> ApiResult<Json<Acked>> {
     let id = job_id(&id)?;
@@ -255,7 +254,7 @@ pub async fn ack(
 )]
 pub async fn nack(
     State(st): St,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(b): JsonBody<NackRequest>,
 ) -> ApiResult<Json<Nacked>> {
     let id = job_id(&id)?;
@@ -297,7 +296,7 @@ pub async fn nack(
 )]
 pub async fn extend(
     State(st): St,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(b): JsonBody<ExtendRequest>,
 ) -> ApiResult<Json<Extended>> {
     let id = job_id(&id)?;
@@ -365,7 +364,7 @@ fn job_info(id: u64, j: &Job, now: u64) -> JobInfo {
 )]
 pub async fn get_job(
     State(st): St,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<JobInfo>> {
     let id = job_id(&id)?;
@@ -496,7 +495,7 @@ pub async fn dead(
 pub async fn replay(
     State(st): St,
     Name(queue): Name,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(b): JsonBody<ReplayRequest>,
 ) -> ApiResult<Json<Replayed>> {
     let ids = match (b.ids, b.all) {
@@ -522,7 +521,6 @@ pub async fn replay(
             ))
         }
     };
-    let idem = idempotency_key(&headers)?;
     match crate::service::propose(&st.cluster, QueueCmd::Replay { queue, ids }, idem).await? {
         QueueResult::Count(n) => Ok(Json(Replayed { replayed: n })),
         other => Err(other.into()),
@@ -548,7 +546,7 @@ pub async fn replay(
 )]
 pub async fn set_schedule(
     State(st): St,
-    Path((queue, name)): Path<(String, String)>,
+    PathParams((queue, name)): PathParams<(String, String)>,
     JsonBody(b): JsonBody<ScheduleRequest>,
 ) -> ApiResult<Json<NextFire>> {
     validate_name("queue", &queue)?;
@@ -601,7 +599,7 @@ pub async fn set_schedule(
 )]
 pub async fn delete_schedule(
     State(st): St,
-    Path((queue, name)): Path<(String, String)>,
+    PathParams((queue, name)): PathParams<(String, String)>,
 ) -> ApiResult<Json<Deleted>> {
     validate_name("queue", &queue)?;
     validate_name("name", &name)?;

@@ -2,7 +2,6 @@
 //! acquire served in arrival order on any node.
 
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use raft::command::{SemaphoreCmd, SemaphoreResult};
 use raft::state::MAX_SEMAPHORE_CAPACITY;
@@ -13,8 +12,8 @@ use utoipa::ToSchema;
 
 use super::locks::{LOCK_TTL_MS_MAX, LOCK_WAIT_MS_MAX};
 use super::{
-    check_ms, check_wait_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms,
-    validate_name, IdempotencyKey, JsonBody, Name, St,
+    check_ms, check_wait_ms, params, read_barrier_unless_stale, remaining_ms, validate_name,
+    Idempotency, IdempotencyKey, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, WriteFailures};
 use crate::service;
@@ -128,16 +127,15 @@ pub struct SemaphoreView {
 pub async fn acquire(
     State(st): St,
     Name(name): Name,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<AcquireBody>,
 ) -> ApiResult<Json<Grant>> {
     validate_name("holder", &body.holder)?;
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
     check_permits(&body)?;
     check_wait_ms(body.wait_ms, LOCK_WAIT_MS_MAX)?;
-    let idem = idempotency_key(&headers)?;
     let started = Instant::now();
-    let waiter_id = service::waiter_id(idem.as_deref());
+    let waiter_id = service::waiter_id(idem.as_ref());
     let command = SemaphoreCmd::Acquire {
         name: name.clone(),
         holder: body.holder,
@@ -146,7 +144,7 @@ pub async fn acquire(
         ttl_ms,
         wait: service::semaphores::wait(&waiter_id, body.wait_ms),
     };
-    let wait = (body.wait_ms > 0).then_some((waiter_id.as_str(), body.wait_ms));
+    let wait = (waiter_id.as_str(), body.wait_ms);
     let result = service::acquire::<service::semaphores::Semaphores>(
         &st.cluster,
         &name,
@@ -205,11 +203,10 @@ fn check_permits(body: &AcquireBody) -> ApiResult<()> {
 pub async fn renew(
     State(st): St,
     Name(name): Name,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<RenewBody>,
 ) -> ApiResult<Json<Grant>> {
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
-    let idem = idempotency_key(&headers)?;
     let command = SemaphoreCmd::Renew {
         name,
         fence: body.fence,
@@ -241,10 +238,9 @@ pub async fn renew(
 pub async fn release(
     State(st): St,
     Name(name): Name,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<ReleaseBody>,
 ) -> ApiResult<Json<Released>> {
-    let idem = idempotency_key(&headers)?;
     let command = SemaphoreCmd::Release {
         name,
         fence: body.fence,

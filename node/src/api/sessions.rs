@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Extension, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
 use raft::command::{SessionCmd, SessionResult};
@@ -15,7 +15,7 @@ use super::model::{
     UpdateSessionRequest,
 };
 use super::{
-    check_ms, idempotency_key, params, read_barrier_unless_stale, remaining_ms, validate_name,
+    check_ms, params, read_barrier_unless_stale, remaining_ms, validate_name, Idempotency,
     IdempotencyKey, JsonBody, Name, St,
 };
 use crate::auth::{Caller, Op, Resource};
@@ -74,7 +74,7 @@ fn session(id: &str, s: &SessionEntry, now: u64) -> Session {
 pub async fn create(
     State(st): St,
     Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<CreateSessionRequest>,
 ) -> ApiResult<(StatusCode, Json<SessionCreated>)> {
     validate_name("user", &body.user)?;
@@ -85,7 +85,6 @@ pub async fn create(
         SESSION_TTL_MS_MAX,
     )?;
     let data = data_text(&st, &body.data.unwrap_or_default())?;
-    let idem = idempotency_key(&headers)?;
     let command = SessionCmd::Create {
         id: new_session_id(),
         user: body.user,
@@ -146,8 +145,11 @@ fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Session>> {
         WriteFailures,
     )
 )]
-pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Session>> {
-    let idem = idempotency_key(&headers)?;
+pub async fn touch(
+    State(st): St,
+    Name(id): Name,
+    Idempotency(idem): Idempotency,
+) -> ApiResult<Json<Session>> {
     let command = SessionCmd::Touch { id: id.clone() };
     match crate::service::propose(&st.cluster, command, idem).await? {
         SessionResult::Alive { .. } => current(&st, &id),
@@ -176,11 +178,10 @@ pub async fn touch(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResu
 pub async fn update(
     State(st): St,
     Name(id): Name,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<UpdateSessionRequest>,
 ) -> ApiResult<Json<Session>> {
     let patch = data_text(&st, &body.data)?;
-    let idem = idempotency_key(&headers)?;
     let command = SessionCmd::Update {
         id: id.clone(),
         patch,
@@ -207,8 +208,11 @@ pub async fn update(
         WriteFailures,
     )
 )]
-pub async fn delete(State(st): St, Name(id): Name, headers: HeaderMap) -> ApiResult<Json<Deleted>> {
-    let idem = idempotency_key(&headers)?;
+pub async fn delete(
+    State(st): St,
+    Name(id): Name,
+    Idempotency(idem): Idempotency,
+) -> ApiResult<Json<Deleted>> {
     match crate::service::propose(&st.cluster, SessionCmd::Delete { id }, idem).await? {
         SessionResult::Deleted(_) => Ok(Json(Deleted { deleted: true })),
         SessionResult::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
@@ -273,10 +277,9 @@ pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Sessio
 pub async fn delete_user(
     State(st): St,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
 ) -> ApiResult<Json<DeletedCount>> {
     let user = user_param(&params(q, &["user"])?)?;
-    let idem = idempotency_key(&headers)?;
     match crate::service::propose(&st.cluster, SessionCmd::DeleteUser { user }, idem).await? {
         SessionResult::Deleted(n) => Ok(Json(DeletedCount { deleted: n })),
         other => Err(other.into()),

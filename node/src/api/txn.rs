@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use axum::extract::{Extension, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use base64::Engine;
 use raft::command::{
@@ -17,7 +16,7 @@ use raft::Response;
 use super::cache::{check_tags, limits, CACHE_TTL_MS_MAX};
 use super::model::EnqueueRequest;
 use super::{
-    check_ms, idempotency_key, validate_key, validate_name, AppState, IdempotencyKey, JsonBody, St,
+    check_ms, validate_key, validate_name, AppState, Idempotency, IdempotencyKey, JsonBody, St,
 };
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, BadRequest, TooLarge, WriteFailures};
@@ -414,7 +413,7 @@ fn result(r: &OpResponse) -> TxnOpResult {
 pub async fn txn(
     State(st): St,
     Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    Idempotency(idem): Idempotency,
     JsonBody(body): JsonBody<TxnRequest>,
 ) -> ApiResult<Json<TxnResponse>> {
     if body.compare.len() > TXN_OPS_MAX {
@@ -433,7 +432,6 @@ pub async fn txn(
         failure: branch(&st, "failure", body.failure)?,
     };
     caller.check_all(&st, crate::auth::rights_of_txn(&txn))?;
-    let idem = idempotency_key(&headers)?;
     let TxnResult {
         succeeded,
         revision,

@@ -611,7 +611,7 @@ impl Conn {
             Some(since) => Sub {
                 last_sent: since,
                 catch_up: Some(CatchUp {
-                    from: since + 1,
+                    from: since.saturating_add(1),
                     requested: true,
                     lost: false,
                 }),
@@ -756,9 +756,9 @@ impl Conn {
                         // Already sent, or the running catch-up reads it from history.
                         continue;
                     }
-                    if event.offset != sub.last_sent + 1 {
+                    if event.offset != sub.last_sent.saturating_add(1) {
                         // Something was missed: fill the gap from history, in order.
-                        sub.catch_up = CatchUp::gap(sub.last_sent + 1);
+                        sub.catch_up = CatchUp::gap(sub.last_sent.saturating_add(1));
                         continue;
                     }
                     sub.last_sent = event.offset;
@@ -801,7 +801,7 @@ impl Conn {
     fn resync(&mut self) {
         for sub in self.subs.values_mut() {
             if sub.catch_up.is_none() {
-                sub.catch_up = CatchUp::gap(sub.last_sent + 1);
+                sub.catch_up = CatchUp::gap(sub.last_sent.saturating_add(1));
             }
         }
         for w in self.watches.values_mut() {
@@ -899,7 +899,8 @@ impl Sub {
         let Some(h) = page else {
             return Some(true);
         };
-        if self.last_sent + 1 < h.earliest_offset && self.last_sent < h.latest_offset {
+        if self.last_sent.saturating_add(1) < h.earliest_offset && self.last_sent < h.latest_offset
+        {
             // Trimmed by retention before it could be sent.
             if let Some(cu) = self.catch_up.as_mut() {
                 cu.lost = true;
@@ -953,7 +954,7 @@ impl Watch {
         let limit = (*budget).max(REVISION_EVENTS_MAX);
         let (page, current) = {
             let s = state.read();
-            let page = s.kv_events_since(&self.prefix, self.sent_through + 1, limit);
+            let page = s.kv_events_since(&self.prefix, self.sent_through.saturating_add(1), limit);
             (page, s.meta.revision)
         };
         let mut events =

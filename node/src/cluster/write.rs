@@ -2,6 +2,7 @@
 //! comes back as its typed result.
 
 use super::*;
+use raft::command::IdemKey;
 
 /// Why a write did not give its typed result.
 #[derive(Debug, thiserror::Error)]
@@ -11,8 +12,8 @@ pub enum WriteError {
     /// A fenced write whose fence is not the lock's current one; nothing was applied.
     #[error("stale fence (current: {current:?})")]
     StaleFence { current: Option<u64> },
-    /// The `Idempotency-Key` was first used for a request of another kind, whose remembered
-    /// answer came back.
+    /// The `Idempotency-Key` was first used for a different request (its fingerprint differs,
+    /// or, for a key of an earlier build, its remembered answer is of another kind).
     #[error("the Idempotency-Key was first used for a different request")]
     IdempotencyMismatch,
 }
@@ -30,6 +31,8 @@ impl From<WriteError> for ServiceError {
 pub(super) fn typed<P: Proposal>(response: Response) -> Result<P::Output, WriteError> {
     P::output(response).map_err(|other| match other {
         Response::StaleFence { current } => WriteError::StaleFence { current },
+        Response::IdempotencyMismatch => WriteError::IdempotencyMismatch,
+        // A key of an earlier build (no fingerprint) remembered an answer of another kind.
         _ => WriteError::IdempotencyMismatch,
     })
 }
@@ -66,7 +69,7 @@ impl Cluster {
     pub async fn write<P: Proposal>(
         &self,
         proposal: P,
-        idempotency_key: Option<String>,
+        idempotency_key: Option<IdemKey>,
     ) -> Result<P::Output, WriteError> {
         let written = self
             .write_indexed(
@@ -85,7 +88,7 @@ impl Cluster {
     pub async fn write_visible<P: Proposal>(
         &self,
         proposal: P,
-        idempotency_key: Option<String>,
+        idempotency_key: Option<IdemKey>,
     ) -> Result<P::Output, WriteError> {
         let deadline = Instant::now() + self.request_timeout();
         let written = self
@@ -106,12 +109,23 @@ impl Cluster {
     pub(super) async fn write_indexed(
         &self,
         command: Command,
-        idempotency_key: Option<String>,
+        idempotency_key: Option<IdemKey>,
         deadline: Instant,
     ) -> Result<Written, ServiceError> {
+        let command = match idempotency_key {
+            Some(idem) => match command.keyed() {
+                Ok(keyed) => Command::Idempotent {
+                    idem,
+                    command: Box::new(keyed),
+                },
+                // Already under a key: it keeps its own.
+                Err(keyed) => keyed,
+            },
+            None => command,
+        };
         let req = Request {
             stamp_ms: 0,
-            idempotency_key,
+            idempotency_key: None,
             command,
         };
         let settle = Duration::from_millis(self.config.raft.election_timeout_ms * 2);

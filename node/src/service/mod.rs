@@ -15,8 +15,8 @@ pub mod queues;
 pub mod semaphores;
 
 use raft::command::{
-    AclCmd, CacheCmd, ChannelCmd, Guarded, KvCmd, LockCmd, MaybeFenced, Proposal, QueueCmd,
-    SemaphoreCmd, SessionCmd, Txn,
+    AclCmd, CacheCmd, ChannelCmd, Guarded, IdemKey, KvCmd, LockCmd, MaybeFenced, Proposal,
+    QueueCmd, SemaphoreCmd, SessionCmd, Txn,
 };
 use raft::State;
 use tokio::time::{Duration, Instant};
@@ -61,7 +61,7 @@ impl<P: Answered + Into<Guarded>> Answered for MaybeFenced<P> {
 pub async fn propose<P: Answered>(
     cluster: &Cluster,
     proposal: P,
-    idempotency_key: Option<String>,
+    idempotency_key: Option<IdemKey>,
 ) -> Result<P::Output, WriteError> {
     if P::READ_YOUR_WRITES {
         cluster.write_visible(proposal, idempotency_key).await
@@ -86,34 +86,35 @@ pub trait Queueing {
     fn cancel(name: &str, waiter_id: &str) -> Self::Cmd;
 }
 
-/// The waiter id of a blocking acquire: derived from its `Idempotency-Key`, so that a retried
-/// request looks for the same place in the queue, else drawn at random (unguessable).
-pub fn waiter_id(idempotency_key: Option<&str>) -> String {
+/// The waiter id of a blocking acquire: derived from its (scoped) `Idempotency-Key`, so that a
+/// retried request looks for the same place in the queue, else drawn at random (unguessable).
+pub fn waiter_id(idempotency_key: Option<&IdemKey>) -> String {
     match idempotency_key {
-        Some(k) => format!("idem:{k}"),
+        Some(k) => format!("idem:{}", k.key),
         None => hex::encode(rand::random::<[u8; 16]>()),
     }
 }
 
-/// Proposes `acquire` and, when it was queued with `wait` (`(waiter_id, wait_ms)`), waits
-/// until its grant shows in this node's state or `wait_ms` after `started` has passed; then
+/// Proposes `acquire` (queued as `waiter_id` if it waits) and, when it was queued, waits until
+/// its grant shows in this node's state or `wait_ms` after `started` has passed; then
 /// withdraws it through the log, which answers the grant if it came at the last moment.
 ///
-/// A queued answer without a wait (a retry, under the same `Idempotency-Key`, of an acquire
-/// that had waited) is returned as it is.
+/// A queued answer to a request that does not wait (`wait_ms` 0: the remembered answer of an
+/// earlier request under the same `Idempotency-Key`, which had waited) is settled the same
+/// way at once: the grant if it came, else the withdrawal's answer.
 pub async fn acquire<Q: Queueing>(
     cluster: &Cluster,
     name: &str,
     acquire: Q::Cmd,
-    wait: Option<(&str, u64)>,
-    idempotency_key: Option<String>,
+    (waiter_id, wait_ms): (&str, u64),
+    idempotency_key: Option<IdemKey>,
     started: Instant,
 ) -> Result<Q::Result, WriteError> {
     // Visible: the wait below watches this node's state, which must already show the queue.
     let first = cluster.write_visible(acquire, idempotency_key).await?;
-    let Some((waiter_id, wait_ms)) = wait.filter(|_| Q::queued(&first)) else {
+    if !Q::queued(&first) {
         return Ok(first);
-    };
+    }
     let deadline = started + Duration::from_millis(wait_ms);
     let seen = cluster
         .wait_for_state(deadline, |state| Q::look(state, name, waiter_id))

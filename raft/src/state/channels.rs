@@ -476,8 +476,10 @@ impl Channels {
         let ch = self.channels.get(name)?;
         let latest = ch.meta.last_offset;
         let earliest = ch.events.front().map(|e| e.offset).unwrap_or(latest + 1);
-        // Offsets are contiguous, so the first event after `since` is found by arithmetic.
-        let skip = (since + 1).saturating_sub(earliest) as usize;
+        // Offsets are contiguous, so the first event after `since` is found by arithmetic
+        // (`since` comes from a client: any u64).
+        let skip =
+            usize::try_from(since.saturating_add(1).saturating_sub(earliest)).unwrap_or(usize::MAX);
         let events = ch.events.iter().skip(skip).take(limit).cloned().collect();
         Some(History {
             events,

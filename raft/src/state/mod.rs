@@ -31,7 +31,8 @@
 //!   `c:<key>` → [`CacheEntry`]
 //! - `sem:<name>` → [`SemaphoreEntry`]; `m:semaphores` → the last semaphore fence
 //! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
-//! - `i:<idempotency key>` → [`IdemRecord`]
+//! - `i:<idempotency key>` → [`IdemRecord`] (keys of earlier builds: `Request::idempotency_key`)
+//! - `if:<scoped idempotency key>` → [`FingerprintedRecord`] (keys of [`Command::Idempotent`])
 //! - `acl:t:<accessor id>` → [`acl::Token`], `acl:p:<name>` → [`acl::Policy`], `acl:j:<name>` →
 //!   [`acl::JwtProvider`], `m:acl` → whether
 //!   the bootstrap token was made
@@ -72,7 +73,8 @@ pub use sessions::SessionEntry;
 
 use crate::codec;
 use crate::command::{
-    Command, Compare, Guarded, NotNested, Op, OpResponse, Request, Response, Txn, TxnResult,
+    Command, Compare, Guarded, IdemKey, NotNested, Op, OpResponse, Request, Response, Txn,
+    TxnResult,
 };
 use crate::types::TypeConfig;
 use primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
@@ -80,6 +82,7 @@ use primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 /// Where [`Meta`] is stored in the `sm` column family.
 pub const META_KEY: &[u8] = b"m:state";
 const IDEM_PREFIX: &[u8] = b"i:";
+const FINGERPRINTED_IDEM_PREFIX: &[u8] = b"if:";
 
 /// How long an `Idempotency-Key` is remembered, on the replicated clock.
 pub const IDEMPOTENCY_WINDOW_MS: u64 = 10 * 60 * 1000;
@@ -104,6 +107,14 @@ pub struct Meta {
 pub struct IdemRecord {
     pub expires_at_ms: u64,
     pub response: Response,
+}
+
+/// The remembered result of a [`Command::Idempotent`] write: the fingerprint of the request,
+/// which a retry must match, and the record as for any key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FingerprintedRecord {
+    pub fingerprint: [u8; 32],
+    pub record: IdemRecord,
 }
 
 /// Declares the parts of the state, in the order they load and expire. A part listed here
@@ -178,18 +189,54 @@ fn unprefixed(prefix: &[u8], key: &[u8]) -> storage::Result<String> {
 }
 
 /// Remembered answers of writes that carried an `Idempotency-Key`, until their window ends.
+/// The keys of earlier builds (no fingerprint) and those of [`Command::Idempotent`] (scoped,
+/// with the fingerprint of their request) are two namespaces that never meet.
 #[derive(Default, Debug)]
 struct Idempotency {
-    records: std::collections::BTreeMap<String, IdemRecord>,
-    ttl: Deadlines<String>,
+    /// By the record's key in the `sm` column family (prefix included).
+    records: std::collections::BTreeMap<Vec<u8>, Remembered>,
+    ttl: Deadlines<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    /// `None` for a key of an earlier build.
+    fingerprint: Option<[u8; 32]>,
+    record: IdemRecord,
+}
+
+/// The `Idempotency-Key` of the request being applied.
+enum IdemRef<'a> {
+    /// `Request::idempotency_key`, from an entry of an earlier build.
+    Unscoped(&'a str),
+    Fingerprinted(&'a IdemKey),
+}
+
+impl IdemRef<'_> {
+    fn record_key(&self) -> Vec<u8> {
+        match self {
+            IdemRef::Unscoped(key) => prefixed(IDEM_PREFIX, key),
+            IdemRef::Fingerprinted(k) => prefixed(FINGERPRINTED_IDEM_PREFIX, &k.key),
+        }
+    }
+
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        match self {
+            IdemRef::Unscoped(_) => None,
+            IdemRef::Fingerprinted(k) => Some(k.fingerprint),
+        }
+    }
 }
 
 impl Part for Idempotency {
     fn load(db: &Db, _now_ms: u64) -> storage::Result<Self> {
         let mut idem = Idempotency::default();
-        for (key, rec) in records::<IdemRecord>(db, IDEM_PREFIX)? {
-            idem.ttl.insert(rec.expires_at_ms, key.clone());
-            idem.records.insert(key, rec);
+        for (key, record) in records::<IdemRecord>(db, IDEM_PREFIX)? {
+            idem.insert(prefixed(IDEM_PREFIX, &key), None, record);
+        }
+        for (key, r) in records::<FingerprintedRecord>(db, FINGERPRINTED_IDEM_PREFIX)? {
+            let key = prefixed(FINGERPRINTED_IDEM_PREFIX, &key);
+            idem.insert(key, Some(r.fingerprint), r.record);
         }
         Ok(idem)
     }
@@ -197,7 +244,7 @@ impl Part for Idempotency {
     fn expire(&mut self, cx: &mut Cx<'_>) {
         while let Some(key) = self.ttl.pop_due(cx.now()) {
             self.records.remove(&key);
-            cx.delete(prefixed(IDEM_PREFIX, &key));
+            cx.delete(key);
         }
     }
 
@@ -207,14 +254,45 @@ impl Part for Idempotency {
 }
 
 impl Idempotency {
-    fn remember(&mut self, key: &str, response: &Response, cx: &mut Cx<'_>) {
-        let rec = IdemRecord {
+    fn insert(&mut self, key: Vec<u8>, fingerprint: Option<[u8; 32]>, record: IdemRecord) {
+        self.ttl.insert(record.expires_at_ms, key.clone());
+        self.records.insert(
+            key,
+            Remembered {
+                fingerprint,
+                record,
+            },
+        );
+    }
+
+    /// The answer to a request whose key was seen within the window: the remembered one, or
+    /// a mismatch when the key came with another request.
+    fn answer(&self, key: &IdemRef<'_>) -> Option<Response> {
+        let seen = self.records.get(&key.record_key())?;
+        Some(if seen.fingerprint == key.fingerprint() {
+            seen.record.response.clone()
+        } else {
+            Response::IdempotencyMismatch
+        })
+    }
+
+    fn remember(&mut self, key: &IdemRef<'_>, response: &Response, cx: &mut Cx<'_>) {
+        let record = IdemRecord {
             expires_at_ms: cx.now().saturating_add(IDEMPOTENCY_WINDOW_MS),
             response: response.clone(),
         };
-        cx.put(prefixed(IDEM_PREFIX, key), &rec);
-        self.ttl.insert(rec.expires_at_ms, key.to_string());
-        self.records.insert(key.to_string(), rec);
+        let db_key = key.record_key();
+        match key.fingerprint() {
+            None => cx.put(db_key.clone(), &record),
+            Some(fingerprint) => cx.put(
+                db_key.clone(),
+                &FingerprintedRecord {
+                    fingerprint,
+                    record: record.clone(),
+                },
+            ),
+        }
+        self.insert(db_key, key.fingerprint(), record);
     }
 }
 
@@ -255,14 +333,21 @@ impl State {
         let mut cx = Cx::new(&mut self.meta, batch, &mut self.live);
         self.parts.expire(&mut cx);
 
-        if let Some(ikey) = &req.idempotency_key {
-            if let Some(rec) = self.parts.idem.records.get(ikey) {
-                return rec.response.clone();
+        let key = match &req.command {
+            Command::Idempotent { idem, .. } => Some(IdemRef::Fingerprinted(idem)),
+            _ => req.idempotency_key.as_deref().map(IdemRef::Unscoped),
+        };
+        if let Some(key) = &key {
+            if let Some(answer) = self.parts.idem.answer(key) {
+                return answer;
             }
         }
-        let response = self.parts.apply(&req.command, &mut cx);
-        if let Some(ikey) = &req.idempotency_key {
-            self.parts.idem.remember(ikey, &response, &mut cx);
+        let response = match &req.command {
+            Command::Idempotent { command, .. } => self.parts.apply(&**command, &mut cx),
+            command => self.parts.apply(command, &mut cx),
+        };
+        if let Some(key) = &key {
+            self.parts.idem.remember(key, &response, &mut cx);
         }
         response
     }
@@ -425,9 +510,9 @@ impl Parts {
     /// Applies one command, of any nesting level; every command kind is dispatched here, so
     /// the compiler sees a new kind that is not. `R` is what a transaction's result holds at
     /// this level (see `command`, "Nesting").
-    fn apply<F: Nested<R>, T: Nested<R>, R>(
+    fn apply<F: Nested<R>, T: Nested<R>, I, R>(
         &mut self,
-        cmd: &Command<F, T>,
+        cmd: &Command<F, T, I>,
         cx: &mut Cx<'_>,
     ) -> Response<R> {
         match cmd {
@@ -450,6 +535,10 @@ impl Parts {
                 Some(f) if f == *fence => command.apply_in(self, cx),
                 current => Response::StaleFence { current },
             },
+            // `State::apply` unwraps a request's own; one nested in another command is refused.
+            Command::Idempotent { .. } => {
+                Response::Rejected("an Idempotency-Key belongs to a whole request".into())
+            }
         }
     }
 
@@ -525,7 +614,9 @@ pub fn txn_op_allowed(op: &Op) -> bool {
         Command::Cluster(c) => Security::in_txn(c),
         Command::Acl(c) => acl::Acl::in_txn(c),
         Command::Tick => false,
-        Command::Txn(n) | Command::Fenced { command: n, .. } => match *n {},
+        Command::Txn(n)
+        | Command::Fenced { command: n, .. }
+        | Command::Idempotent { command: n, .. } => match *n {},
     }
 }
 
@@ -651,6 +742,119 @@ mod tests {
             s.apply(&r, &mut b),
             Response::Kv(KvResult::Put { revision: 2 })
         );
+    }
+
+    fn idempotent(key: &str, fingerprint: u8, command: Command) -> Command {
+        Command::Idempotent {
+            idem: IdemKey {
+                key: key.into(),
+                fingerprint: [fingerprint; 32],
+            },
+            command: Box::new(command.keyed().expect("not under a key")),
+        }
+    }
+
+    #[test]
+    fn a_fingerprinted_key_answers_its_own_request_once_and_refuses_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::default();
+        let apply = |s: &mut State, stamp: u64, command: Command| {
+            let mut b = SmBatch::default();
+            let r = s.apply(&req(stamp, command), &mut b);
+            s.persist_meta(&mut b);
+            db.sm_write(b).unwrap();
+            r
+        };
+        let first = apply(
+            &mut s,
+            10,
+            idempotent("alice:k1", 1, put("a", "v", None, None)),
+        );
+        assert_eq!(first, Response::Kv(KvResult::Put { revision: 1 }));
+        // The same request again: the first answer, applied once.
+        let again = apply(
+            &mut s,
+            11,
+            idempotent("alice:k1", 1, put("a", "v", None, None)),
+        );
+        assert_eq!(again, first);
+        // The same key with another request: refused, nothing applied, the record kept.
+        let other = apply(
+            &mut s,
+            12,
+            idempotent("alice:k1", 2, put("a", "w", None, None)),
+        );
+        assert_eq!(other, Response::IdempotencyMismatch);
+        let delete = Command::Kv(KvCmd::Delete {
+            key: "a".into(),
+            if_revision: None,
+        });
+        let other = apply(&mut s, 12, idempotent("alice:k1", 3, delete.clone()));
+        assert_eq!(other, Response::IdempotencyMismatch);
+        assert_eq!(s.meta.revision, 1);
+        assert_eq!(s.get("a").unwrap().value, b"v");
+        // Another key (another caller's scope) is its own.
+        let bob = apply(
+            &mut s,
+            13,
+            idempotent("bob:k1", 2, put("a", "w", None, None)),
+        );
+        assert_eq!(bob, Response::Kv(KvResult::Put { revision: 2 }));
+        // A key of an earlier build, without fingerprint, is another namespace.
+        let mut legacy = req(14, delete);
+        legacy.idempotency_key = Some("alice:k1".into());
+        let mut b = SmBatch::default();
+        assert_eq!(
+            s.apply(&legacy, &mut b),
+            Response::Kv(KvResult::Delete {
+                revision: 3,
+                deleted: true
+            })
+        );
+        assert_eq!(s.apply(&legacy, &mut b), s.apply(&legacy, &mut b));
+        assert_eq!(s.meta.revision, 3);
+
+        // The records and their fingerprints survive a reload (a restart, a snapshot).
+        let mut r = State::load(&db).unwrap();
+        let mut b = SmBatch::default();
+        assert_eq!(
+            r.apply(
+                &req(15, idempotent("alice:k1", 1, put("a", "v", None, None))),
+                &mut b
+            ),
+            first
+        );
+        assert_eq!(
+            r.apply(&req(15, idempotent("alice:k1", 9, Command::Tick)), &mut b),
+            Response::IdempotencyMismatch
+        );
+        assert_eq!(r.next_deadline_ms(), Some(10 + IDEMPOTENCY_WINDOW_MS));
+        // After the window the key is forgotten: a new request may use it.
+        let late = 13 + IDEMPOTENCY_WINDOW_MS;
+        assert_eq!(
+            r.apply(
+                &req(late, idempotent("alice:k1", 2, put("a", "w", None, None))),
+                &mut b
+            ),
+            Response::Kv(KvResult::Put { revision: 3 })
+        );
+    }
+
+    #[test]
+    fn a_keyed_command_does_not_nest() {
+        // Under a key, in a fence or in a transaction, a keyed command cannot be built, and its
+        // encoding is refused as soon as its variant is read.
+        let inner = put("a", "v", None, None);
+        let keyed = idempotent("k", 1, inner.clone());
+        assert!(keyed.clone().keyed().is_err());
+        let bytes = codec::encode(&keyed).unwrap();
+        assert_eq!(codec::decode::<Command>(&bytes).unwrap(), keyed);
+        // The same key over a keyed command instead of the plain one.
+        let header = &bytes[..bytes.len() - codec::encode(&inner).unwrap().len()];
+        let mut nested = header.to_vec();
+        nested.extend(&bytes);
+        assert!(codec::decode::<Command>(&nested).is_err());
     }
 
     #[test]
