@@ -12,7 +12,7 @@ use reqwest::Method;
 use tempfile::TempDir;
 use tests::http::{self, wait_for};
 use tests::inproc::{config, refused_join, InprocCluster};
-use tests::process::{stackd_ok, ProcCluster};
+use tests::process::{run_stackd, stackd_ok, ProcCluster};
 use transport::tls::{self, ClusterTls, NodeKey, NOT_OUR_CA};
 use transport::{Limits, PeerCheck, Refusal, RpcRequest, RpcResponse, Transport};
 
@@ -219,13 +219,24 @@ async fn a_removed_node_cannot_rejoin_under_its_old_id() {
     }
     let cluster_id = http::status(&first).await.unwrap().cluster_id.unwrap();
 
-    stackd_ok(&[
-        "cluster",
-        "remove",
-        &gone.to_string(),
-        "--addr",
-        &c.api_addrs[stays[0]],
-    ]);
+    // A membership change the start made may still be committing: the CLI says to retry.
+    wait_for("node 3 removed", Duration::from_secs(30), || async {
+        let args = [
+            "cluster",
+            "remove",
+            &gone.to_string(),
+            "--addr",
+            &c.api_addrs[stays[0]],
+        ];
+        let (ok, _, stderr) = run_stackd(&args);
+        assert!(
+            ok || stderr.contains("membership change is in progress"),
+            "{stderr}"
+        );
+        ok.then_some(())
+    })
+    .await
+    .unwrap();
     let expected = format!(
         "node {gone} was removed from cluster {cluster_id}; wipe the data dir and join again"
     );

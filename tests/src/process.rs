@@ -42,7 +42,8 @@ pub fn stackd_fails<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     stderr
 }
 
-fn run_stackd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
+/// Runs `stackd ARGS…` to its end; answers whether it succeeded, its stdout and its stderr.
+pub fn run_stackd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
     let out = Command::new(stackd_bin())
         .args(args)
         .output()

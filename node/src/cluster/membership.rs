@@ -60,7 +60,11 @@ impl Cluster {
         if membership.get_node(&id).is_none() {
             return Err(ServiceError::NotFound(format!("node {id} is not a member")));
         }
-        if membership.get_joint_config().len() > 1 {
+        // A joint configuration, or a membership entry not committed yet (a learner just
+        // added): Raft takes no other change until it is done.
+        if membership.get_joint_config().len() > 1
+            || m.membership_config.log_id() != m.committed_membership_config.log_id()
+        {
             return Err(ServiceError::Conflict(
                 "a membership change is in progress; retry".into(),
             ));
