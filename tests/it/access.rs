@@ -875,7 +875,7 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
     .await
     .unwrap()
     .unwrap();
-    ws.subscribe("$audit", None).await.unwrap();
+    let subscribed_at = ws.subscribe("$audit", None).await.unwrap();
 
     api(0)
         .policy(&admin, "p", json!([{"resource": "kv", "access": "read"}]))
@@ -997,7 +997,24 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
     );
     assert_eq!(by_kind("policy_deleted")["node"], leader);
 
-    // Live on the WebSocket, in the order written.
+    // The two joins that formed the cluster, recorded by the leader that admitted them.
+    let joined: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "node_joined")
+        .collect();
+    assert_eq!(joined.len(), 2, "{joined:?}");
+    for e in &joined {
+        assert!(
+            e["actor"].as_str().unwrap().starts_with("join token "),
+            "{e}"
+        );
+    }
+
+    // Live on the WebSocket, in the order written, from the subscription on.
+    let events: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["offset"].as_u64().unwrap() > subscribed_at)
+        .collect();
     let mut live = Vec::new();
     while live.len() < events.len() {
         match ws.next_msg(Duration::from_secs(10)).await.unwrap() {

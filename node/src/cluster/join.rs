@@ -53,8 +53,26 @@ impl Service for Cluster {
         // A token created just before a leader change is committed but maybe not applied
         // here yet.
         self.read_barrier().await?;
-        self.check_join_token(&token)?;
-        let key_sha256 = self.check_joiner(&node, &public_key)?;
+        let source = node.cluster_addr.clone();
+        let actor = format!(
+            "join token {}",
+            raft::state::token_id(&transport::tls::token_digest(&token))
+        );
+        let checked = self
+            .check_join_token(&token)
+            .and_then(|()| self.check_joiner(&node, &public_key));
+        let key_sha256 = match checked {
+            Ok(k) => k,
+            Err(e) => {
+                self.audit.record(
+                    "join_refused",
+                    &actor,
+                    &source,
+                    serde_json::json!({ "why": e.to_string() }),
+                );
+                return Err(e);
+            }
+        };
         // The id and the key its certificate is for are recorded in one entry: a certificate
         // for this id is a member's only with this key.
         let id = match self
@@ -74,6 +92,12 @@ impl Service for Cluster {
             .map_err(|e| ServiceError::Refused(format!("cannot issue a certificate: {e}")))?;
         info!(node = id, addr = %node.cluster_addr, "admitting node as learner");
         self.add_learner_retrying(id, node).await?;
+        self.audit.record(
+            "node_joined",
+            &actor,
+            &source,
+            serde_json::json!({ "member": id }),
+        );
         Ok(JoinGranted {
             node_id: id,
             cluster_id: self.tls.cluster_id.clone(),
