@@ -275,15 +275,10 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, &'static str> {
 pub fn still_valid(st: &AppState, token: &Token, now_ms: u64) -> Option<Arc<Token>> {
     let state = st.cluster.state();
     let cur = state.acl().token(&token.accessor_id)?;
-    if cur.secret_sha256 != token.secret_sha256 || cur.expires_at_ms.is_some_and(|at| at <= now_ms)
-    {
+    if cur.secret_sha256 != token.secret_sha256 || cur.expired(now_ms) {
         return None;
     }
-    Some(if cur == token {
-        Arc::new(token.clone())
-    } else {
-        Arc::new(cur.clone())
-    })
+    Some(Arc::new(cur.clone()))
 }
 
 /// The caller a bearer value names: a JWT of a provider, or a token (see [`resolve`]); the
@@ -320,7 +315,7 @@ pub fn resolve(st: &AppState, secret: &str, now_ms: u64) -> Result<Arc<Token>, &
     let Some(token) = state.acl().token_by_secret(&digest) else {
         return Err("the token is not known: it was never made, or it was deleted");
     };
-    if token.expires_at_ms.is_some_and(|at| at <= now_ms) {
+    if token.expired(now_ms) {
         return Err("the token has expired");
     }
     Ok(Arc::new(token.clone()))

@@ -289,6 +289,13 @@ pub struct JwtProvider {
     pub modified_at_ms: u64,
 }
 
+impl Token {
+    /// Whether the token is refused at `now_ms` (ms since the Unix epoch) for its age.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+}
+
 /// A change to tokens and policies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AclCmd {
