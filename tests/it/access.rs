@@ -946,8 +946,28 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    // A join with a wrong secret, through node 1, which is a follower now or relays to the
+    // leader that decides.
+    let founding = std::fs::read_to_string(c.configs[0].data_dir().join("join-token")).unwrap();
+    let (prefix, _) = founding.trim().rsplit_once('.').unwrap();
+    let err = tests::inproc::refused_join(
+        "127.0.0.9",
+        &c.configs[0].advertise_cluster_addr(),
+        &format!("{prefix}.{}", "00".repeat(16)),
+        "a wrong join token must not join",
+    )
+    .await;
+    assert!(err.contains("join token"), "{err}");
 
+    let leader_after = http::api(&c.bases[0])
+        .with_token(admin.clone())
+        .cluster_status()
+        .await
+        .unwrap()
+        .leader_id
+        .unwrap();
     let expected = [
+        "join_refused",
         "policy_set",
         "token_created",
         "token_deleted",
@@ -984,6 +1004,16 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
             assert_eq!(e["actor"], "anyone");
             assert_eq!(e["count"], 3, "rolled up: {e}");
             assert_eq!(e["node"], 1, "{e}");
+        } else if kind == "join_refused" {
+            assert!(
+                e["actor"].as_str().unwrap().starts_with("join token "),
+                "{e}"
+            );
+            assert!(
+                e["source"].as_str().unwrap().starts_with("127.0.0.9:"),
+                "{e}"
+            );
+            assert_eq!(e["node"], leader_after, "decided by the leader: {e}");
         } else {
             assert_eq!(e["actor"], admin_id.as_str(), "{e}");
         }
