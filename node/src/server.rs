@@ -702,6 +702,7 @@ async fn stage_api(
     let app = app.into_make_service_with_connect_info::<crate::auth::PeerAddr>();
     let tls = match (&config.api.tls_cert, &config.api.tls_key) {
         (Some(cert), Some(key)) => Some(crate::api_tls::server_config(cert, key)?),
+        _ if config.api.tls_from_cluster_ca => Some(cluster_ca_tls(config, cluster)?),
         _ => None,
     };
     life.api_task = Some(life.tasks.background.spawn(async move {
@@ -956,6 +957,35 @@ async fn join_cluster(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     bail!("could not join through {join}: {last_err}")
+}
+
+/// TLS for the API with a certificate from the cluster CA (`api.tls_from_cluster_ca`); writes
+/// the CA's certificate to the data dir for clients to trust.
+fn cluster_ca_tls(
+    config: &Config,
+    cluster: &Arc<Cluster>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let advertised = config.advertise_api_addr();
+    let host = advertised
+        .rsplit_once(':')
+        .map_or(advertised.as_str(), |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']');
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
+    let unspecified = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    if !unspecified && !names.iter().any(|n| n == host) {
+        names.push(host.to_string());
+    }
+    for n in &config.api.tls_names.0 {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let pem = crate::api_tls::pem_certificate(&cluster.ca_cert_der());
+    std::fs::write(config.data_dir().join(crate::api_tls::API_CA_FILE), pem)
+        .context("writing the API CA certificate")?;
+    crate::api_tls::cluster_ca_config(cluster.clone(), names)
 }
 
 /// After `stackd restore`, the restored state sits in the state machine but in no log entry, so
