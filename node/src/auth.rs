@@ -278,17 +278,21 @@ pub fn still_valid(st: &AppState, token: &Token, now_ms: u64) -> Option<Arc<Toke
     if cur.secret_sha256 != token.secret_sha256 || cur.expired(now_ms) {
         return None;
     }
-    Some(Arc::new(cur.clone()))
+    Some(cur.clone())
 }
 
 /// The caller a bearer value names: a JWT of a provider, or a token (see [`resolve`]); the
 /// error is the 401 message.
 pub fn authenticate(st: &AppState, bearer: &str, now_ms: u64) -> Result<Caller, String> {
+    authenticate_in(&st.cluster.state(), bearer, now_ms)
+}
+
+/// [`authenticate`] against `state`, already read.
+fn authenticate_in(state: &raft::State, bearer: &str, now_ms: u64) -> Result<Caller, String> {
     if crate::jwt::looks_like_jwt(bearer) {
-        let state = st.cluster.state();
         return crate::jwt::verify(state.acl().providers(), bearer, now_ms).map(Caller::Jwt);
     }
-    resolve(st, bearer, now_ms)
+    resolve_in(state, bearer, now_ms)
         .map(Caller::Token)
         .map_err(str::to_string)
 }
@@ -310,15 +314,18 @@ pub fn recheck(st: &AppState, caller: &Caller, now_ms: u64) -> Option<Caller> {
 
 /// The token of `secret`, if it is current (made, not deleted, not expired at `now_ms`).
 pub fn resolve(st: &AppState, secret: &str, now_ms: u64) -> Result<Arc<Token>, &'static str> {
+    resolve_in(&st.cluster.state(), secret, now_ms)
+}
+
+fn resolve_in(state: &raft::State, secret: &str, now_ms: u64) -> Result<Arc<Token>, &'static str> {
     let digest = secret_digest(secret);
-    let state = st.cluster.state();
     let Some(token) = state.acl().token_by_secret(&digest) else {
         return Err("the token is not known: it was never made, or it was deleted");
     };
     if token.expired(now_ms) {
         return Err("the token has expired");
     }
-    Ok(Arc::new(token.clone()))
+    Ok(token.clone())
 }
 
 /// What [`caller`] looks at in a request.
@@ -343,9 +350,10 @@ pub fn caller(st: &AppState, asked: &Asked<'_>, need: Need) -> Result<Option<Cal
         return Ok(None);
     }
     let secret = bearer(asked.headers).map_err(|m| Refusal::Unauthenticated(m.to_string()))?;
-    let found = authenticate(st, secret, now_ms()).map_err(Refusal::Unauthenticated)?;
+    // One read of the state for the credential and its rights.
+    let state = st.cluster.state();
+    let found = authenticate_in(&state, secret, now_ms()).map_err(Refusal::Unauthenticated)?;
     if let (Some((resource, op, target)), Some(grant)) = (need.right(), found.grant()) {
-        let state = st.cluster.state();
         let acl = state.acl();
         let refused = match name_of(&state, asked, target) {
             Named::One(name) if reserved(resource, &name) => {

@@ -326,7 +326,7 @@ pub async fn get_token(
     state
         .acl()
         .token(&id)
-        .map(|t| Json(TokenView::from(t)))
+        .map(|t| Json(TokenView::from(&**t)))
         .ok_or_else(|| ApiError::not_found("no such token"))
 }
 

@@ -25,6 +25,7 @@
 //! [`AclResult::Invalid`] and nothing is applied.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use storage::Db;
@@ -369,7 +370,8 @@ impl<'a> Grant<'a> {
 /// Tokens, policies and JWT providers.
 #[derive(Debug, Default)]
 pub struct Acl {
-    tokens: BTreeMap<String, Token>,
+    /// Shared with the requests that present them (a request holds its token without a copy).
+    tokens: BTreeMap<String, Arc<Token>>,
     /// Secret digest → accessor id.
     by_secret: HashMap<String, String>,
     policies: BTreeMap<String, Policy>,
@@ -421,10 +423,10 @@ impl Acl {
         }
         self.by_secret
             .insert(t.secret_sha256.clone(), t.accessor_id.clone());
-        self.tokens.insert(t.accessor_id.clone(), t);
+        self.tokens.insert(t.accessor_id.clone(), Arc::new(t));
     }
 
-    fn unindex(&mut self, accessor_id: &str) -> Option<Token> {
+    fn unindex(&mut self, accessor_id: &str) -> Option<Arc<Token>> {
         let t = self.tokens.remove(accessor_id)?;
         self.by_secret.remove(&t.secret_sha256);
         if let Some(at) = t.expires_at_ms {
@@ -450,16 +452,16 @@ impl Acl {
     }
 
     /// The token whose secret has this SHA-256 (hex).
-    pub fn token_by_secret(&self, secret_sha256: &str) -> Option<&Token> {
+    pub fn token_by_secret(&self, secret_sha256: &str) -> Option<&Arc<Token>> {
         self.tokens.get(self.by_secret.get(secret_sha256)?)
     }
 
-    pub fn token(&self, accessor_id: &str) -> Option<&Token> {
+    pub fn token(&self, accessor_id: &str) -> Option<&Arc<Token>> {
         self.tokens.get(accessor_id)
     }
 
     pub fn tokens(&self) -> impl Iterator<Item = &Token> {
-        self.tokens.values()
+        self.tokens.values().map(|t| &**t)
     }
 
     pub fn policy(&self, name: &str) -> Option<&Policy> {
@@ -591,7 +593,7 @@ impl Acl {
         expires_at_ms: &Option<Option<u64>>,
         cx: &mut Cx<'_>,
     ) -> AclResult {
-        let Some(mut t) = self.tokens.get(accessor_id).cloned() else {
+        let Some(mut t) = self.tokens.get(accessor_id).map(|t| Token::clone(t)) else {
             return AclResult::NotFound;
         };
         if let Some(d) = description {
