@@ -12,6 +12,14 @@
 //!   other primitives;
 //! - [`backup`]: `stackd backup` and `stackd restore`.
 
+/// `println!` for the CLI's output: a reader that went away (`stackd kv ls | head`) ends the
+/// command quietly instead of a panic; another write error ends it with the error.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::client::write_line(format_args!($($arg)*))
+    };
+}
+
 pub mod acl;
 pub mod backup;
 pub mod cache;
@@ -312,9 +320,9 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
         TokenCmd::Create { ttl, json, target } => {
             let t = target.client()?.create_token(Some(ttl)).await?;
             if json {
-                println!("{}", serde_json::to_value(&t)?);
+                outln!("{}", serde_json::to_value(&t)?);
             } else {
-                println!("{}", t.token);
+                outln!("{}", t.token);
                 eprintln!(
                     "stackd token: id {} (revoke it with `stackd token revoke {}`)",
                     t.id, t.id
@@ -324,21 +332,21 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
         TokenCmd::List { json, target } => {
             let tokens = target.client()?.tokens().await?;
             if json {
-                println!("{}", serde_json::to_value(&tokens)?);
+                outln!("{}", serde_json::to_value(&tokens)?);
             } else {
                 print_tokens(&tokens);
             }
         }
         TokenCmd::Revoke { id, target } => {
             target.client()?.revoke_token(&id).await?;
-            println!("revoked join token {id}");
+            outln!("revoked join token {id}");
         }
     }
     Ok(())
 }
 
 fn print_tokens(v: &JoinTokens) {
-    println!("{:<18} {:<9} EXPIRES (UTC)", "ID", "STATE");
+    outln!("{:<18} {:<9} EXPIRES (UTC)", "ID", "STATE");
     for t in &v.tokens {
         let state = if t.founding {
             "founding"
@@ -352,20 +360,32 @@ fn print_tokens(v: &JoinTokens) {
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             })
         });
-        println!("{:<18} {:<9} {}", t.id, state, expires);
+        outln!("{:<18} {:<9} {}", t.id, state, expires);
     }
     for t in &v.revoked {
-        println!("{:<18} {:<9} -", t.id, "revoked");
+        outln!("{:<18} {:<9} -", t.id, "revoked");
     }
 }
 
 /// Prints an answer as indented JSON.
 pub(crate) fn print_json(answer: &impl Serialize) -> anyhow::Result<()> {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&serde_json::to_value(answer)?)?
     );
     Ok(())
+}
+
+/// Writes one line to stdout (see `outln!`).
+pub(crate) fn write_line(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("stackd: writing the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Reads a value argument, or stdin when it is absent.
@@ -384,7 +404,7 @@ pub(crate) fn value_or_stdin(value: Option<String>) -> anyhow::Result<Vec<u8>> {
 pub(crate) fn print_raw(value: &[u8]) -> anyhow::Result<()> {
     std::io::stdout().write_all(value)?;
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        println!();
+        outln!("");
     }
     Ok(())
 }
@@ -411,7 +431,7 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
             };
             let body = value_or_stdin(value)?;
             let put = target.client()?.kv_put_with(&key, body, &w).await?;
-            println!("revision {}", put.revision);
+            outln!("revision {}", put.revision);
         }
         KvCmd::Del {
             key,
@@ -425,7 +445,7 @@ pub async fn kv(cmd: KvCmd) -> anyhow::Result<()> {
                 fence,
             };
             let d = target.client()?.kv_delete_with(&key, &w).await?;
-            println!("deleted {} (revision {})", d.deleted, d.revision);
+            outln!("deleted {} (revision {})", d.deleted, d.revision);
         }
         KvCmd::Ls {
             prefix,
@@ -449,7 +469,7 @@ async fn kv_ls(client: &Client, prefix: String, limit: u64) -> anyhow::Result<()
         let page = client.kv_list(&q).await?;
         for item in &page.items {
             let value = b64.decode(&item.value).unwrap_or_default();
-            println!(
+            outln!(
                 "{}\t{}\t{}",
                 item.key,
                 item.revision,
@@ -474,19 +494,19 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
         ClusterCmd::Remove { id, target } => {
             target.client()?.remove_member(id).await?;
-            println!("removed node {id}");
+            outln!("removed node {id}");
         }
         ClusterCmd::Promote { id, target } => {
             target.client()?.promote_member(id).await?;
-            println!("node {id} is a voter");
+            outln!("node {id} is a voter");
         }
         ClusterCmd::TransferLeader { to, target } => {
             let l = target.client()?.transfer_leader(to).await?;
-            println!("leader is node {}", l.leader_id);
+            outln!("leader is node {}", l.leader_id);
         }
         ClusterCmd::Snapshot { target } => {
             let s = target.client()?.snapshot().await?;
-            println!("snapshot at index {}", or_null(s.snapshot_index));
+            outln!("snapshot at index {}", or_null(s.snapshot_index));
         }
         ClusterCmd::Status { json, target } => {
             let status = target.client()?.cluster_status().await?;
@@ -501,23 +521,27 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
 }
 
 fn print_status(v: &ClusterStatus) {
-    println!(
+    outln!(
         "cluster {}  leader {}  term {}  commit {}",
         v.cluster_id.as_deref().unwrap_or("?"),
         or_null(v.leader_id),
         v.term,
         v.commit_index
     );
-    println!(
+    outln!(
         "{:<4} {:<8} {:<8} {:<22} {:<22} applied",
-        "id", "role", "health", "api", "cluster"
+        "id",
+        "role",
+        "health",
+        "api",
+        "cluster"
     );
     for m in &v.members {
         let role = match m.role {
             MemberRole::Voter => "voter",
             MemberRole::Learner => "learner",
         };
-        println!(
+        outln!(
             "{:<4} {:<8} {:<8} {:<22} {:<22} {}",
             m.id,
             role,

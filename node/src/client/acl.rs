@@ -191,7 +191,7 @@ async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             if json {
                 print_json(&made)?;
             } else {
-                println!("{}", made.secret);
+                outln!("{}", made.secret);
                 eprintln!("stackd acl: token {} made", made.token.accessor_id);
             }
             Ok(())

@@ -80,7 +80,7 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             target,
         } => {
             let fence = acquire(&target.client()?, &name, &owner, ttl_ms, wait_ms).await?;
-            println!("{fence}");
+            outln!("{fence}");
         }
         LockCmd::Renew(RenewArgs {
             lease:
@@ -92,7 +92,7 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             ttl_ms,
         }) => {
             target.client()?.lock_renew(&name, fence, ttl_ms).await?;
-            println!("renewed {name}:{fence} for {ttl_ms} ms");
+            outln!("renewed {name}:{fence} for {ttl_ms} ms");
         }
         LockCmd::Release(LeaseArgs {
             name,
@@ -100,13 +100,16 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
             target,
         }) => {
             target.client()?.lock_release(&name, fence).await?;
-            println!("released {name}:{fence}");
+            outln!("released {name}:{fence}");
         }
         LockCmd::Get { name, target } => {
             let l = target.client()?.lock_get(&name).await?;
-            println!(
+            outln!(
                 "holder {}  fence {}  expires in {} ms  waiters {}",
-                l.holder, l.fence, l.expires_in_ms, l.waiters
+                l.holder,
+                l.fence,
+                l.expires_in_ms,
+                l.waiters
             );
         }
         LockCmd::Run {

@@ -169,7 +169,7 @@ pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
                 backoff_ms,
                 unique_key,
             };
-            println!("{}", target.client()?.enqueue(&queue, &req).await?.id);
+            outln!("{}", target.client()?.enqueue(&queue, &req).await?.id);
             Ok(())
         }
         QueueCmd::Claim {

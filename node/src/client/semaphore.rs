@@ -60,7 +60,7 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
                 wait_ms,
             };
             let g = target.client()?.semaphore_acquire(&name, &req).await?;
-            println!("{}", g.fence);
+            outln!("{}", g.fence);
         }
         SemaphoreCmd::Renew(RenewArgs {
             lease:
@@ -75,7 +75,7 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
                 .client()?
                 .semaphore_renew(&name, fence, ttl_ms)
                 .await?;
-            println!("renewed {name}:{fence} for {ttl_ms} ms");
+            outln!("renewed {name}:{fence} for {ttl_ms} ms");
         }
         SemaphoreCmd::Release(LeaseArgs {
             name,
@@ -83,18 +83,24 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
             target,
         }) => {
             let r = target.client()?.semaphore_release(&name, fence).await?;
-            println!("released {name}:{fence} ({} permits)", r.permits);
+            outln!("released {name}:{fence} ({} permits)", r.permits);
         }
         SemaphoreCmd::Get { name, target } => {
             let s = target.client()?.semaphore_get(&name).await?;
-            println!(
+            outln!(
                 "capacity {}  held {}  free {}  waiting {}",
-                s.capacity, s.held, s.free, s.waiting
+                s.capacity,
+                s.held,
+                s.free,
+                s.waiting
             );
             for l in s.holders {
-                println!(
+                outln!(
                     "  fence {}  {}  {} permits  expires in {} ms",
-                    l.fence, l.holder, l.permits, l.expires_in_ms
+                    l.fence,
+                    l.holder,
+                    l.permits,
+                    l.expires_in_ms
                 );
             }
         }

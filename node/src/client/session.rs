@@ -85,7 +85,7 @@ pub async fn run(cmd: SessionCmd) -> anyhow::Result<()> {
                 data: Some(object(&data)?),
                 ttl_ms: Some(ttl_ms),
             };
-            println!("{}", target.client()?.session_create(&req).await?.id);
+            outln!("{}", target.client()?.session_create(&req).await?.id);
             Ok(())
         }
         SessionCmd::Get { id, target } => print_json(&target.client()?.session_get(&id).await?),
