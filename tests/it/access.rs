@@ -854,7 +854,8 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
     use node::api::ws_protocol::{ClientMessage, Push};
     use tests::ws::WsClient;
 
-    let c = InprocCluster::start_with(3, |c| c.api.insecure_no_auth = false)
+    // Four nodes: three voters and a standby to promote and remove.
+    let c = InprocCluster::start_with(4, |c| c.api.insecure_no_auth = false)
         .await
         .unwrap();
     let admin = c.admin_token().unwrap();
@@ -899,6 +900,14 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
         StatusCode::BAD_REQUEST,
         "no one publishes to the audit stream"
     );
+    api(1)
+        .ok(
+            Method::PATCH,
+            &format!("/v1/acl/tokens/{accessor}"),
+            &admin,
+            json!({"description": "renamed"}),
+        )
+        .await;
     api(2)
         .ok(
             Method::DELETE,
@@ -912,6 +921,51 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
             .call(Method::GET, "/v1/kv/a", Some("Bearer wrong"), None)
             .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let jwt_key =
+        json!({"kid": "k1", "alg": "HS256", "key": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"});
+    api(2)
+        .ok(
+            Method::PUT,
+            "/v1/acl/jwt/app",
+            &admin,
+            json!({"issuer": "https://auth.example", "audience": "stackd", "keys": [jwt_key]}),
+        )
+        .await;
+    api(0)
+        .ok(Method::DELETE, "/v1/acl/jwt/app", &admin, Value::Null)
+        .await;
+    let join_token = api(1)
+        .ok(Method::POST, "/v1/cluster/tokens", &admin, json!({}))
+        .await;
+    api(2)
+        .ok(
+            Method::DELETE,
+            &format!("/v1/cluster/tokens/{}", join_token["id"].as_str().unwrap()),
+            &admin,
+            Value::Null,
+        )
+        .await;
+    // The standby: promoted, then removed.
+    let standby = http::api(&c.bases[0])
+        .with_token(admin.clone())
+        .cluster_status()
+        .await
+        .unwrap()
+        .members
+        .iter()
+        .find(|m| matches!(m.role, node::api::model::MemberRole::Learner))
+        .expect("a standby")
+        .id;
+    for op in ["promote", "remove"] {
+        api(1)
+            .ok(
+                Method::POST,
+                &format!("/v1/cluster/members/{standby}/{op}"),
+                &admin,
+                json!({}),
+            )
+            .await;
     }
     // Leadership moves; the next events are made through the new leader and a follower.
     let status = http::api(&c.bases[0])
@@ -967,6 +1021,13 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
         .leader_id
         .unwrap();
     let expected = [
+        "token_updated",
+        "jwt_provider_set",
+        "jwt_provider_deleted",
+        "join_token_created",
+        "join_token_revoked",
+        "member_promoted",
+        "member_removed",
         "join_refused",
         "policy_set",
         "token_created",
@@ -1026,13 +1087,21 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
         accessor.as_str()
     );
     assert_eq!(by_kind("policy_deleted")["node"], leader);
+    assert_eq!(
+        by_kind("token_updated")["detail"]["accessor_id"],
+        accessor.as_str()
+    );
+    for kind in ["member_promoted", "member_removed"] {
+        assert_eq!(by_kind(kind)["detail"]["member"], standby, "{kind}");
+        assert_eq!(by_kind(kind)["node"], 2, "{kind}");
+    }
 
     // The two joins that formed the cluster, recorded by the leader that admitted them.
     let joined: Vec<&Value> = events
         .iter()
         .filter(|e| e["kind"] == "node_joined")
         .collect();
-    assert_eq!(joined.len(), 2, "{joined:?}");
+    assert_eq!(joined.len(), 3, "{joined:?}");
     for e in &joined {
         assert!(
             e["actor"].as_str().unwrap().starts_with("join token "),
