@@ -9,7 +9,9 @@
 //! - [`ops`]: cluster operations (remove, promote, transfer leadership, snapshot), the backup
 //!   stream and join tokens.
 //! - [`channels`], [`ws`]: channels (publish, history, presence) and the WebSocket API;
-//!   `/v1/client.js` and `/demo/` serve the browser client and its demo page.
+//!   `/v1/client.js` and `/demo/` serve the browser client and its demo page;
+//! - [`ui`]: the admin UI's files at `/ui/`;
+//! - `browser`: CORS, the `Origin` check and the security headers of every answer.
 
 pub mod acl;
 mod browser;
@@ -25,6 +27,7 @@ pub(crate) mod queues;
 pub mod semaphores;
 pub(crate) mod sessions;
 pub(crate) mod txn;
+pub(crate) mod ui;
 pub(crate) mod ws;
 pub mod ws_protocol;
 
@@ -156,6 +159,10 @@ routes! {
     get "/v1/ws" => ws::upgrade, Need::Upgrade;
     get "/v1/client.js" => client_js, Need::Open;
     get "/demo/" => demo_page, Need::Open;
+    // The admin UI: static files; its data comes from the routes above, with the user's token.
+    get "/ui" => ui::redirect, Need::Open;
+    get "/ui/" => ui::index, Need::Open;
+    get "/ui/{file}" => ui::file, Need::Open;
     // Access control.
     post "/v1/acl/tokens" => acl::create_token, write(Acl, All);
     get "/v1/acl/tokens" => acl::list_tokens, read(Acl, All);
@@ -191,14 +198,14 @@ routes! {
 
 pub fn router(state: Arc<AppState>) -> Router {
     add_routes(Router::new(), &state)
-        .fallback(not_found)
+        .fallback(ui::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             browser::guard,
         ))
-        .layer(browser::cors(&state.cluster.config().api.allowed_origins))
+        .layer(browser::cors(&state))
         .with_state(state)
 }
 
@@ -224,7 +231,7 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
     resp
 }
 
-async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
