@@ -24,6 +24,11 @@ const $ = (id) => document.getElementById(id);
 let me = null; // the token's view
 let rules = null; // the token's rules when its policies are readable, else null
 let current = null; // {page, cleanup, timers}
+// The button the user pressed last: an action answered 403 is disabled, so the page shows
+// only what the token may do even when its policies cannot be read.
+let lastButton = null;
+let lastButtonAt = 0;
+document.addEventListener('click', (e) => { lastButton = e.target.closest?.('button') || null; lastButtonAt = Date.now(); }, true);
 
 // ---- What the token may do ----
 
@@ -181,6 +186,11 @@ function route() {
           ? `Conflict: ${e.message}`
           : `Failed: ${e.message}`;
       el.className = `msg error${e.forbidden ? ' forbidden' : ''}`;
+      const page = el.closest('.page');
+      if (e.forbidden && lastButton && page && page.contains(lastButton) && Date.now() - lastButtonAt < 10000) {
+        lastButton.disabled = true;
+        lastButton.title = 'Your token may not do this';
+      }
       el.textContent = text;
       el.hidden = false;
     },

@@ -57,7 +57,8 @@ export function sparkline(values, { width = 120, height = 28, label = '' } = {})
 }
 
 /** A larger chart with axis labels: `series` is [{t_ms, v}], newest last. */
-export function chart(title, series, { unit = '', width = 560, height = 140 } = {}) {
+export function chart(title, all, { unit = '', width = 560, height = 140 } = {}) {
+  const series = all.filter((s) => Number.isFinite(s.v));
   const last = series.length ? series[series.length - 1].v : null;
   const svg = document.createElementNS(SVG, 'svg');
   svg.setAttribute('viewBox', `0 0 ${width} ${height}`);

@@ -381,6 +381,7 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
         ("delete", "/v1/cluster/tokens/{id}") => {
             ok(&format!("/v1/cluster/tokens/{}", id("join")), None)
         }
+        ("get", "/v1/node/samples") => ok("/v1/node/samples", None),
         ("get", "/ui") => ok("/ui", None),
         ("get", "/ui/") => ok("/ui/", None),
         ("get", "/ui/{file}") => ok("/ui/app.js", None),
