@@ -11,12 +11,14 @@ use std::time::Duration;
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// How long a client has to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +47,101 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
         .context("api.tls_cert and api.tls_key do not make a TLS identity")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// How long a certificate from the cluster CA is valid, and when it is replaced.
+pub const CLUSTER_CA_CERT_VALID: Duration = Duration::from_secs(90 * 24 * 3600);
+pub const CLUSTER_CA_CERT_RENEW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The file in the data dir that holds the cluster CA's certificate (PEM), for API clients.
+pub const API_CA_FILE: &str = "api-ca.pem";
+
+/// Issues API certificates from the cluster CA.
+pub trait IssueApiCert: Send + Sync {
+    /// A certificate for `names` valid for `valid_for`, and its private key (DER).
+    fn issue(&self, names: &[String], valid_for: Duration) -> anyhow::Result<(Vec<u8>, Vec<u8>)>;
+}
+
+/// The server's TLS settings with a certificate from the cluster CA for `names`, replaced by a
+/// fresh one on the first handshake after [`CLUSTER_CA_CERT_RENEW`].
+pub fn cluster_ca_config(
+    issuer: Arc<dyn IssueApiCert>,
+    names: Vec<String>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let resolver = Renewing::new(issuer, names)?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The CA certificate (DER) as PEM.
+pub fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// The certificate the server presents, re-issued when it grows old.
+struct Renewing {
+    issuer: Arc<dyn IssueApiCert>,
+    names: Vec<String>,
+    current: std::sync::RwLock<(std::time::Instant, Arc<CertifiedKey>)>,
+}
+
+impl std::fmt::Debug for Renewing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewing")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl Renewing {
+    fn new(issuer: Arc<dyn IssueApiCert>, names: Vec<String>) -> anyhow::Result<Self> {
+        let key = Self::issue(issuer.as_ref(), &names)?;
+        Ok(Renewing {
+            issuer,
+            names,
+            current: std::sync::RwLock::new((std::time::Instant::now(), key)),
+        })
+    }
+
+    fn issue(issuer: &dyn IssueApiCert, names: &[String]) -> anyhow::Result<Arc<CertifiedKey>> {
+        let (cert, key) = issuer.issue(names, CLUSTER_CA_CERT_VALID)?;
+        let key = transport::tls::provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(key.into()))
+            .context("loading the API certificate's key")?;
+        Ok(Arc::new(CertifiedKey::new(vec![cert.into()], key)))
+    }
+}
+
+impl ResolvesServerCert for Renewing {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let (issued, key) = self.current.read().expect("API certificate lock").clone();
+        if issued.elapsed() < CLUSTER_CA_CERT_RENEW {
+            return Some(key);
+        }
+        match Self::issue(self.issuer.as_ref(), &self.names) {
+            Ok(fresh) => {
+                *self.current.write().expect("API certificate lock") =
+                    (std::time::Instant::now(), fresh.clone());
+                Some(fresh)
+            }
+            Err(e) => {
+                // The old one still has two thirds of its life left.
+                warn!(error = %e, "API certificate not renewed");
+                Some(key)
+            }
+        }
+    }
 }
 
 /// Connections that completed a TLS handshake, for `axum::serve`.

@@ -40,7 +40,7 @@ pub const ROLLUP_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEvent {
     /// e.g. `auth_failed`, `rate_limited`, `token_created`, `policy_set`, `member_removed`,
-    /// `backup_downloaded`.
+    /// `backup_downloaded`, `restored`.
     pub kind: String,
     pub actor: String,
     /// The client's address, or `cluster` for what a node did on its own.
@@ -190,6 +190,20 @@ async fn write(cluster: &Cluster, e: &AuditEvent, stop: &CancellationToken) {
         }
         wait = (wait * 2).min(Duration::from_secs(8));
     }
+}
+
+/// Writes `e` now and waits until it is committed, under an idempotency key made from `seed`:
+/// a retry of the same event with the same seed (after a crash, say) is answered as the first
+/// write and not recorded twice. For events a node records before it serves anyone, where the
+/// queue of [`AuditLog::run`] could lose them to a crash.
+pub async fn write_committed(cluster: &Cluster, e: &AuditEvent, seed: &str) -> anyhow::Result<()> {
+    info!(target: "audit", kind = %e.kind, actor = %e.actor, source = %e.source, detail = %e.detail, "security event");
+    let cmd = publish_command(e);
+    let key = crate::api::idempotency::own_key(&format!("audit:{seed}"), &cmd);
+    crate::service::propose(cluster, cmd, Some(key))
+        .await
+        .map(|_| ())
+        .map_err(|err| anyhow::anyhow!("recording the {} audit event: {err}", e.kind))
 }
 
 /// Who made a request, for its audit event: the caller's actor and the client's address

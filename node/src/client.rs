@@ -129,7 +129,8 @@ pub struct Target {
     #[arg(long, env = "STACKD_TOKEN_FILE", value_name = "FILE", global = true)]
     pub token_file: Option<std::path::PathBuf>,
     /// For an --addr of https://: a CA certificate (PEM) to trust for the node's certificate
-    /// (e.g. the certificate of api.tls_cert itself when it is self-signed).
+    /// (e.g. DATA_DIR/api-ca.pem with api.tls_from_cluster_ca, or the certificate of
+    /// api.tls_cert itself when it is self-signed).
     #[arg(long, env = "STACKD_CA_CERT", value_name = "FILE", global = true)]
     pub ca_cert: Option<std::path::PathBuf>,
 }

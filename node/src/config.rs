@@ -116,6 +116,14 @@ section! {
         pub tls_cert: Option<PathBuf> = None; e.g. "/etc/stackd/api-cert.pem",
         /// The private key (PEM) of api.tls_cert. Default: none.
         pub tls_key: Option<PathBuf> = None; e.g. "/etc/stackd/api-key.pem",
+        /// Serve the API over TLS with a certificate this node issues itself from the cluster
+        /// CA (instead of api.tls_cert): for the advertised API host, api.tls_names, localhost,
+        /// 127.0.0.1 and ::1, valid 90 days and renewed after 30. Clients trust the CA written
+        /// to `api-ca.pem` in the data dir (`stackd --ca-cert`, `curl --cacert`). Default: false.
+        pub tls_from_cluster_ca: bool = false,
+        /// More names (DNS names or IP addresses, comma-separated) for the certificate of
+        /// api.tls_from_cluster_ca, e.g. a load balancer's name. Default: "".
+        pub tls_names: HostNames = HostNames::default(); e.g. "stackd.internal,10.0.0.10",
         /// Serve `/metrics` without a token (for a Prometheus scraper on a trusted network).
         /// When false, `/metrics` needs a token with `read` on `cluster`. Default: false.
         pub metrics_open: bool = false,
@@ -375,6 +383,9 @@ serve_flags! {
     api_tls_cert: PathBuf, "STACKD_API_TLS_CERT" => api.tls_cert;
     api_tls_key: PathBuf, "STACKD_API_TLS_KEY" => api.tls_key;
     #[arg(num_args = 0..=1, default_missing_value = "true")]
+    api_tls_from_cluster_ca: bool, "STACKD_API_TLS_FROM_CLUSTER_CA" => api.tls_from_cluster_ca;
+    api_tls_names: HostNames, "STACKD_API_TLS_NAMES" => api.tls_names;
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
     metrics_open: bool, "STACKD_METRICS_OPEN" => api.metrics_open;
     cluster_addr: SocketAddr, "STACKD_CLUSTER_ADDR" => cluster.addr;
     advertise_cluster_addr: String, "STACKD_ADVERTISE_CLUSTER_ADDR" => cluster.advertise_addr;
@@ -455,6 +466,9 @@ impl Form for PathBuf {
 }
 impl Form for Origins {
     const FORM: &'static str = "comma-separated origins (scheme://host[:port]) or *";
+}
+impl Form for HostNames {
+    const FORM: &'static str = "comma-separated DNS names or IP addresses";
 }
 impl Form for Retention {
     const FORM: &'static str = "comma-separated PREFIX=EVENTS:AGE_MS rules";
@@ -623,6 +637,11 @@ impl Config {
             api.tls_cert.is_some() == api.tls_key.is_some(),
             "api.tls_cert",
             || "api.tls_cert and api.tls_key go together: give both or neither".to_string(),
+        );
+        bad.check(
+            !(api.tls_from_cluster_ca && api.tls_cert.is_some()),
+            "api.tls_from_cluster_ca",
+            || "must not be set with api.tls_cert: give one or the other".to_string(),
         );
     }
 
@@ -992,6 +1011,47 @@ impl From<Origins> for String {
     }
 }
 
+/// Names a certificate is for: DNS names or IP addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostNames(pub Vec<String>);
+
+impl FromStr for HostNames {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        spec.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                rustls::pki_types::ServerName::try_from(n)
+                    .map(|_| n.to_string())
+                    .map_err(|_| format!("{n:?} is neither a DNS name nor an IP address"))
+            })
+            .collect::<Result<_, _>>()
+            .map(HostNames)
+    }
+}
+
+impl fmt::Display for HostNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl TryFrom<String> for HostNames {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<HostNames> for String {
+    fn from(n: HostNames) -> String {
+        n.to_string()
+    }
+}
+
 /// Channel retention rules by name prefix, written `PREFIX=EVENTS:AGE_MS,...`. The rule with
 /// the empty prefix, always present, covers channels no other rule matches; a spec that does
 /// not set it keeps the default's. Parsing checks the form; [`Config::validate`] the bounds.
@@ -1118,6 +1178,8 @@ mod tests {
         c.api.metrics_open = true;
         c.api.tls_cert = Some("/etc/stackd/api-cert.pem".into());
         c.api.tls_key = Some("/etc/stackd/api-key.pem".into());
+        c.api.tls_from_cluster_ca = true;
+        c.api.tls_names = "stackd.internal,10.0.0.10".parse().unwrap();
         c.rate.token_reads_per_sec = 1;
         c.rate.token_writes_per_sec = 2;
         c.rate.ip_requests_per_sec = 3;
@@ -1167,7 +1229,10 @@ mod tests {
     #[test]
     fn a_rendered_config_parses_back_to_itself_with_every_setting() {
         let c = every_setting_changed();
-        c.validate().unwrap();
+        // Valid, but for the two settings that exclude each other.
+        let mut valid = c.clone();
+        valid.api.tls_from_cluster_ca = false;
+        valid.validate().unwrap();
         let value = toml::Value::try_from(&c).unwrap();
         let mut serialized: Vec<String> = Vec::new();
         for (section, fields) in value.as_table().unwrap() {
@@ -1257,6 +1322,10 @@ mod tests {
         ("api.request_timeout_ms = 99", "api.request_timeout_ms"),
         ("api.request_timeout_ms = 600001", "api.request_timeout_ms"),
         ("api.max_inflight_requests = 0", "api.max_inflight_requests"),
+        (
+            "api.tls_cert = \"c.pem\"\napi.tls_key = \"k.pem\"\napi.tls_from_cluster_ca = true",
+            "api.tls_from_cluster_ca",
+        ),
         ("api.max_inflight_requests = 1000001", "api.max_inflight_requests"),
         ("cluster.advertise_addr = \"10.0.0.1\"", "cluster.advertise_addr"),
         ("cluster.advertise_addr = \":7101\"", "cluster.advertise_addr"),

@@ -506,7 +506,7 @@ async fn stage_cluster(
         found_cluster(config, cluster, identity, token).await?;
     }
     // A restart after a restore that stopped before sealing finishes it now.
-    seal_restored_state(cluster.raft(), identity.node_id, config.data_dir()).await
+    seal_restored_state(cluster, config.data_dir()).await
 }
 
 /// The founding node's first start: initializes Raft with this node alone, records the
@@ -528,7 +528,7 @@ async fn found_cluster(
         .init_cluster_state(identity.cluster_id.clone(), token)
         .await
         .map_err(|e| anyhow::anyhow!("recording the cluster's join token: {e}"))?;
-    seal_restored_state(raft, identity.node_id, config.data_dir()).await?;
+    seal_restored_state(cluster, config.data_dir()).await?;
     let path = config.data_dir().join(JOIN_TOKEN_FILE);
     if !path.exists() {
         write_private(&path, &format!("{token}\n"))?;
@@ -706,6 +706,7 @@ async fn stage_api(
     let app = app.into_make_service_with_connect_info::<crate::auth::PeerAddr>();
     let tls = match (&config.api.tls_cert, &config.api.tls_key) {
         (Some(cert), Some(key)) => Some(crate::api_tls::server_config(cert, key)?),
+        _ if config.api.tls_from_cluster_ca => Some(cluster_ca_tls(config, cluster)?),
         _ => None,
     };
     life.api_task = Some(life.tasks.background.spawn(async move {
@@ -962,19 +963,51 @@ async fn join_cluster(
     bail!("could not join through {join}: {last_err}")
 }
 
+/// TLS for the API with a certificate from the cluster CA (`api.tls_from_cluster_ca`); writes
+/// the CA's certificate to the data dir for clients to trust.
+fn cluster_ca_tls(
+    config: &Config,
+    cluster: &Arc<Cluster>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let advertised = config.advertise_api_addr();
+    let host = advertised
+        .rsplit_once(':')
+        .map_or(advertised.as_str(), |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']');
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
+    let unspecified = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    if !unspecified && !names.iter().any(|n| n == host) {
+        names.push(host.to_string());
+    }
+    for n in &config.api.tls_names.0 {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let pem = crate::api_tls::pem_certificate(&cluster.ca_cert_der());
+    std::fs::write(config.data_dir().join(crate::api_tls::API_CA_FILE), pem)
+        .context("writing the API CA certificate")?;
+    crate::api_tls::cluster_ca_config(cluster.clone(), names)
+}
+
 /// After `stackd restore`, the restored state sits in the state machine but in no log entry, so
 /// a node joining by log replay would miss it. Before the first node admits anyone, it takes a
 /// snapshot (which holds the restored state) and purges the log behind it: every later member
-/// starts from that snapshot. Then the marker left by the restore is removed.
-async fn seal_restored_state(
-    raft: &raft::Raft,
-    id: raft::NodeId,
-    data_dir: &std::path::Path,
-) -> anyhow::Result<()> {
+/// starts from that snapshot. The restore is recorded in the audit log (once, also when a crash
+/// repeats this), then the marker left by the restore is removed.
+async fn seal_restored_state(cluster: &Cluster, data_dir: &std::path::Path) -> anyhow::Result<()> {
     let marker = data_dir.join(crate::backup::RESTORED_MARKER);
     if !marker.exists() {
         return Ok(());
     }
+    let (raft, id) = (cluster.raft(), cluster.id);
+    let marker_bytes = std::fs::read(&marker).context("reading the restore marker")?;
+    let restored_ms = std::fs::metadata(&marker)?
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let wait = Some(Duration::from_secs(30));
     raft.wait(wait)
         .metrics(
@@ -1012,6 +1045,20 @@ async fn seal_restored_state(
         )
         .await
         .context("waiting for the log purge")?;
+    let event = crate::audit::AuditEvent {
+        kind: "restored".into(),
+        actor: "stackd restore".into(),
+        source: "local".into(),
+        node: id,
+        at_ms: restored_ms,
+        count: None,
+        detail: serde_json::from_slice(&marker_bytes).unwrap_or(serde_json::Value::Null),
+    };
+    let seed = format!(
+        "restore:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&marker_bytes))
+    );
+    crate::audit::write_committed(cluster, &event, &seed).await?;
     std::fs::remove_file(&marker)?;
     info!(snapshot_index = upto, "restored state sealed in a snapshot");
     Ok(())

@@ -1020,8 +1020,28 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    // A join with a wrong secret, through node 1, which is a follower now or relays to the
+    // leader that decides.
+    let founding = std::fs::read_to_string(c.configs[0].data_dir().join("join-token")).unwrap();
+    let (prefix, _) = founding.trim().rsplit_once('.').unwrap();
+    let err = tests::inproc::refused_join(
+        "127.0.0.9",
+        &c.configs[0].advertise_cluster_addr(),
+        &format!("{prefix}.{}", "00".repeat(16)),
+        "a wrong join token must not join",
+    )
+    .await;
+    assert!(err.contains("join token"), "{err}");
 
+    let leader_after = http::api(&c.bases[0])
+        .with_token(admin.clone())
+        .cluster_status()
+        .await
+        .unwrap()
+        .leader_id
+        .unwrap();
     let expected = [
+        "join_refused",
         "policy_set",
         "token_created",
         "token_deleted",
@@ -1058,6 +1078,16 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
             assert_eq!(e["actor"], "anyone");
             assert_eq!(e["count"], 3, "rolled up: {e}");
             assert_eq!(e["node"], 1, "{e}");
+        } else if kind == "join_refused" {
+            assert!(
+                e["actor"].as_str().unwrap().starts_with("join token "),
+                "{e}"
+            );
+            assert!(
+                e["source"].as_str().unwrap().starts_with("127.0.0.9:"),
+                "{e}"
+            );
+            assert_eq!(e["node"], leader_after, "decided by the leader: {e}");
         } else {
             assert_eq!(e["actor"], admin_id.as_str(), "{e}");
         }
@@ -1153,4 +1183,106 @@ async fn the_api_serves_tls_when_given_a_certificate() {
         "plain HTTP must not be served on the TLS port"
     );
     node.shutdown().await;
+}
+
+/// The API over TLS with certificates the nodes issue themselves from the cluster CA: a client
+/// that trusts the CA file in the data dir reaches every node, by its address and by an extra
+/// name, with curl-like clients and the CLI; one that does not is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_tls_from_the_cluster_ca() {
+    use tests::process::{run_stackd, stackd_ok};
+    use tests::standalone::Standalone;
+    let dir = tempfile::TempDir::new().unwrap();
+    let (d1, d2) = (dir.path().join("n1"), dir.path().join("n2"));
+    let n1 = Standalone::spawn("127.0.0.1", &d1, None, &["--api-tls-from-cluster-ca"]).unwrap();
+    let join_token = wait_for("the join token", Duration::from_secs(30), || async {
+        std::fs::read_to_string(d1.join("join-token")).ok()
+    })
+    .await
+    .unwrap();
+    let n2 = Standalone::spawn(
+        "127.0.0.2",
+        &d2,
+        Some((&n1.cluster_addr, join_token.trim())),
+        &[
+            "--api-tls-from-cluster-ca",
+            "--api-tls-names",
+            "stackd.test",
+        ],
+    )
+    .unwrap();
+    let https_of = |n: &Standalone| n.base.replace("http://", "https://");
+    let ca_file = d1.join("api-ca.pem");
+    let ca = wait_for("the CA file", Duration::from_secs(30), || async {
+        std::fs::read(&ca_file).ok()
+    })
+    .await
+    .unwrap();
+    let addr2 = n2.base.trim_start_matches("http://").to_string();
+    let trusting = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve("stackd.test", addr2.parse().unwrap())
+        .build()
+        .unwrap();
+    for n in [&n1, &n2] {
+        let url = format!("{}/ready", https_of(n));
+        wait_for(
+            "the node ready over https",
+            Duration::from_secs(60),
+            || async {
+                let r = trusting.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await
+        .map_err(|e| e.context(n.log_text()))
+        .unwrap();
+    }
+    // Both nodes' certificates chain to the one CA; node 2's also names stackd.test.
+    assert_eq!(std::fs::read(d2.join("api-ca.pem")).unwrap(), ca);
+    let port2 = addr2.rsplit_once(':').unwrap().1;
+    let r = trusting
+        .get(format!("https://stackd.test:{port2}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    // Without the CA, the certificate is refused; plain HTTP gets no answer.
+    assert!(http::client()
+        .get(format!("{}/health", https_of(&n1)))
+        .send()
+        .await
+        .is_err());
+    let plain = http::client()
+        .get(format!("{}/health", n1.base))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
+    // The CLI with --ca-cert writes through one node and reads through the other.
+    let ca_arg = ca_file.to_str().unwrap();
+    stackd_ok(&[
+        "kv",
+        "put",
+        "tls-key",
+        "v1",
+        "--addr",
+        &https_of(&n2),
+        "--ca-cert",
+        ca_arg,
+    ]);
+    let (out, _) = stackd_ok(&[
+        "kv",
+        "get",
+        "tls-key",
+        "--addr",
+        &https_of(&n1),
+        "--ca-cert",
+        ca_arg,
+    ]);
+    assert_eq!(out.trim(), "v1");
+    let (ok, _, stderr) = run_stackd(&["kv", "get", "tls-key", "--addr", &https_of(&n1)]);
+    assert!(!ok, "a node certificate of an unknown CA must be refused");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 }

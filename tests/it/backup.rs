@@ -119,6 +119,31 @@ async fn a_backup_under_load_restores_the_same_keys_values_and_revisions() {
     let original = http::api(&c.bases[0]).cluster_status().await.unwrap();
     assert!(status.cluster_id.is_some());
     assert_ne!(status.cluster_id, original.cluster_id, "a new cluster");
+    // The restore is in the new cluster's audit log, once, with where the data came from.
+    let audit = http::get_json(
+        &reqwest::Client::new(),
+        &format!("{}/v1/audit?limit=1000", restored.base),
+    )
+    .await;
+    let restores: Vec<&serde_json::Value> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "restored")
+        .collect();
+    assert_eq!(restores.len(), 1, "{audit}");
+    let e = restores[0];
+    assert_eq!(e["actor"], "stackd restore", "{e}");
+    assert_eq!(e["node"], status.node_id, "{e}");
+    assert_eq!(
+        e["detail"]["from_cluster_id"].as_str(),
+        original.cluster_id.as_deref(),
+        "{e}"
+    );
+    assert_eq!(
+        e["detail"]["summary"]["records"], backup.summary.records,
+        "{e}"
+    );
 
     // Restoring into a data dir that is in use is refused.
     let stderr = stackd_fails(&[

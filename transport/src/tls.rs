@@ -313,6 +313,50 @@ impl ClusterTls {
         Ok(cert.der().to_vec())
     }
 
+    /// A certificate for the client API, signed by the cluster CA, and its new private key
+    /// (both DER): for `names` (DNS names or IP addresses clients reach the node by), valid
+    /// from an hour ago (clock skew) for `valid_for`, for server authentication only. It names
+    /// no node, so the cluster port never takes it for a member's certificate.
+    pub fn issue_api_cert(
+        &self,
+        names: &[String],
+        valid_for: std::time::Duration,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let key = rcgen::KeyPair::generate().map_err(tls_err)?;
+        let ca_key = rcgen::KeyPair::try_from(self.ca_key_der.as_slice()).map_err(tls_err)?;
+        let issuer = ca_params(&self.cluster_id)
+            .self_signed(&ca_key)
+            .map_err(tls_err)?;
+        let mut p = rcgen::CertificateParams::default();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(
+            rcgen::DnType::CommonName,
+            format!("stackd cluster {} API", self.cluster_id),
+        );
+        p.distinguished_name = dn;
+        p.subject_alt_names = names
+            .iter()
+            .map(|n| match ServerName::try_from(n.as_str()) {
+                Ok(ServerName::IpAddress(ip)) => {
+                    Ok(rcgen::SanType::IpAddress(std::net::IpAddr::from(ip)))
+                }
+                Ok(ServerName::DnsName(_)) => rcgen::Ia5String::try_from(n.as_str())
+                    .map(rcgen::SanType::DnsName)
+                    .map_err(tls_err),
+                _ => Err(Error::Tls(format!(
+                    "{n:?} is neither a DNS name nor an IP address"
+                ))),
+            })
+            .collect::<Result<_>>()?;
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + valid_for;
+        let cert = p.signed_by(&key, &issuer, &ca_key).map_err(tls_err)?;
+        Ok((cert.der().to_vec(), key.serialize_der()))
+    }
+
     /// Loads the credentials from `dir`, if present.
     pub fn load(dir: &Path) -> Result<Option<Self>> {
         let cert = dir.join(NODE_CERT_FILE);
@@ -740,6 +784,52 @@ mod tests {
         assert_eq!(a.gossip_key(), b.gossip_key(), "one gossip key per cluster");
         let other = ClusterTls::found("c0ffee", 1).unwrap();
         assert_ne!(a.gossip_key(), other.gossip_key());
+    }
+
+    #[test]
+    fn an_api_certificate_chains_to_the_ca_but_is_no_members() {
+        let a = ClusterTls::found("aaaa", 1).unwrap();
+        let names = ["node1.example".to_string(), "127.0.0.1".to_string()];
+        let (cert, _key) = a
+            .issue_api_cert(&names, std::time::Duration::from_secs(86_400))
+            .unwrap();
+        let cert = CertificateDer::from(cert.as_slice());
+        // A web client trusting the CA accepts it for its names, and only those.
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(a.ca_cert_der.as_slice()))
+            .unwrap();
+        let web = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let now = UnixTime::now();
+        for (name, ok) in [
+            ("node1.example", true),
+            ("127.0.0.1", true),
+            ("node2.example", false),
+        ] {
+            let name = ServerName::try_from(name).unwrap();
+            assert_eq!(
+                web.verify_server_cert(&cert, &[], &name, &[], now).is_ok(),
+                ok,
+                "{name:?}"
+            );
+        }
+        // The cluster port does not take it for a member's, as server or as client.
+        let v = ChainVerifier::new(&a.ca_cert_der, Some("aaaa".into())).unwrap();
+        assert!(v
+            .verify(&cert, &[], now, webpki::KeyUsage::server_auth(), None)
+            .is_err());
+        assert!(v
+            .verify(&cert, &[], now, webpki::KeyUsage::client_auth(), None)
+            .is_err());
+        // A name that is neither a DNS name nor an address is refused.
+        assert!(a
+            .issue_api_cert(&["bad name!".into()], std::time::Duration::from_secs(60))
+            .is_err());
     }
 
     #[test]

@@ -198,6 +198,11 @@ impl Cluster {
         StateReader(self.state.clone())
     }
 
+    /// The cluster CA's certificate (DER).
+    pub fn ca_cert_der(&self) -> Vec<u8> {
+        self.tls.ca_cert_der.clone()
+    }
+
     /// The cluster transport (per-peer figures, connections).
     pub fn transport(&self) -> &Arc<Transport> {
         &self.transport
@@ -280,4 +285,10 @@ fn known_leader(raft: &Raft) -> Option<(NodeId, Option<NodeInfo>)> {
 fn addressed_leader(m: &RaftMetrics<TypeConfig>) -> Option<(NodeId, &NodeInfo)> {
     let id = m.current_leader?;
     Some((id, m.membership_config.membership().get_node(&id)?))
+}
+
+impl crate::api_tls::IssueApiCert for Cluster {
+    fn issue(&self, names: &[String], valid_for: Duration) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        Ok(self.tls.issue_api_cert(names, valid_for)?)
+    }
 }
