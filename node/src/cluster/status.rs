@@ -72,11 +72,12 @@ impl Cluster {
         }
     }
 
-    /// The browser origins of the members' APIs (`http://` or, with api.tls_cert,
-    /// `https://` and their `api_addr`): a page of the admin UI served by one member calls
+    /// The browser origins of the members' APIs (`http://` or, with api.tls_cert or
+    /// api.tls_from_cluster_ca, `https://` and their `api_addr`): a page of the admin UI served by one member calls
     /// the others when its own stops answering, so each member accepts them as origins.
     pub fn member_origins(&self) -> Vec<String> {
-        let scheme = if self.config().api.tls_cert.is_some() {
+        let api = &self.config().api;
+        let scheme = if api.tls_cert.is_some() || api.tls_from_cluster_ca {
             "https"
         } else {
             "http"
