@@ -9,7 +9,9 @@
 //! - [`ops`]: cluster operations (remove, promote, transfer leadership, snapshot), the backup
 //!   stream and join tokens.
 //! - [`channels`], [`ws`]: channels (publish, history, presence) and the WebSocket API;
-//!   `/v1/client.js` and `/demo/` serve the browser client and its demo page.
+//!   `/v1/client.js` and `/demo/` serve the browser client and its demo page;
+//! - [`ui`]: the admin UI's files at `/ui/`;
+//! - `browser`: CORS, the `Origin` check and the security headers of every answer.
 
 pub mod acl;
 mod browser;
@@ -25,6 +27,7 @@ pub(crate) mod queues;
 pub mod semaphores;
 pub(crate) mod sessions;
 pub(crate) mod txn;
+pub(crate) mod ui;
 pub(crate) mod ws;
 pub mod ws_protocol;
 
@@ -156,6 +159,10 @@ routes! {
     get "/v1/ws" => ws::upgrade, Need::Upgrade;
     get "/v1/client.js" => client_js, Need::Open;
     get "/demo/" => demo_page, Need::Open;
+    // The admin UI: static files; its data comes from the routes above, with the user's token.
+    get "/ui" => ui::redirect, Need::Open;
+    get "/ui/" => ui::index, Need::Open;
+    get "/ui/{file}" => ui::file, Need::Open;
     // Access control.
     post "/v1/acl/tokens" => acl::create_token, write(Acl, All);
     get "/v1/acl/tokens" => acl::list_tokens, read(Acl, All);
@@ -183,6 +190,7 @@ routes! {
     post "/v1/cluster/tokens" => ops::create_token, write(ClusterOps, All);
     get "/v1/cluster/tokens" => ops::list_tokens, read(ClusterOps, All);
     delete "/v1/cluster/tokens/{id}" => ops::revoke_token, write(ClusterOps, All);
+    get "/v1/node/samples" => node_samples, read(ClusterOps, All);
     get "/v1/openapi.json" => openapi, Need::Open;
     get "/health" => health, Need::Open;
     get "/ready" => ready, Need::Open;
@@ -191,14 +199,14 @@ routes! {
 
 pub fn router(state: Arc<AppState>) -> Router {
     add_routes(Router::new(), &state)
-        .fallback(not_found)
+        .fallback(ui::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             browser::guard,
         ))
-        .layer(browser::cors(&state.cluster.config().api.allowed_origins))
+        .layer(browser::cors(&state))
         .with_state(state)
 }
 
@@ -224,7 +232,7 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
     resp
 }
 
-async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
@@ -669,6 +677,23 @@ async fn cluster_status(State(st): St) -> Json<ClusterStatus> {
     let c = &st.cluster;
     let inflight = c.config().api.max_inflight_requests - st.inflight.available_permits();
     Json(c.status(inflight as u64))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/node/samples",
+    summary = "This node's figures of the last 15 minutes, one sample every 5 s (the admin UI's charts)",
+    description = "Kept in memory by each node: requests/s, p99 latency, Raft entries applied/s, WebSocket connections, requests in flight, resident memory.",
+    responses(
+        (status = 200, description = "the samples, oldest first", body = crate::samples::NodeSamples),
+    )
+)]
+async fn node_samples(State(st): St) -> Json<crate::samples::NodeSamples> {
+    Json(crate::samples::NodeSamples {
+        node_id: st.cluster.id,
+        interval_ms: crate::samples::SAMPLE_INTERVAL.as_millis() as u64,
+        samples: st.metrics.samples.list(),
+    })
 }
 
 #[utoipa::path(

@@ -11,6 +11,7 @@
 //!   [`jwt`]: JWTs of app users verified against the ACL's JWT providers.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`realtime`]: the feed of applied events behind WebSocket fan-out, and presence leases.
+//! - [`samples`]: the ring of recent figures behind `GET /v1/node/samples` (the admin UI's charts).
 //! - [`backup`]: the backup stream format, its reader and restore into a new data dir.
 //! - [`client`]: the client subcommands (`stackd kv …`, `stackd cluster …`, `stackd queue …`
 //!   and the others).
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod rate;
 pub mod realtime;
+pub mod samples;
 pub mod server;
 pub mod service;
 

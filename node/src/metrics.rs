@@ -18,6 +18,8 @@ macro_rules! metrics {
     ($($(#[$doc:meta])* $vis:vis $field:ident: $ty:ty = $make:ident($($arg:expr),* $(,)?);)*) => {
         pub struct Metrics {
             registry: Registry,
+            /// The recent figures of `GET /v1/node/samples`.
+            pub samples: crate::samples::Samples,
             $($(#[$doc])* $vis $field: $ty,)*
         }
 
@@ -27,6 +29,7 @@ macro_rules! metrics {
                 Self {
                     $($field: register(&registry, $make($($arg),*)),)*
                     registry,
+                    samples: Default::default(),
                 }
             }
         }
@@ -238,6 +241,7 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        self.samples.observe(elapsed);
         self.requests
             .with_label_values(&[route, method, &status.to_string()])
             .inc();

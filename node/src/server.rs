@@ -694,6 +694,10 @@ async fn stage_api(
         requests: life.tasks.requests.clone(),
         rate: Arc::new(crate::rate::RateLimits::new(&config.rate)),
     });
+    life.tasks.background.spawn(crate::samples::Samples::run(
+        state.clone(),
+        life.background.clone(),
+    ));
     let app = api::router(state.clone()).layer(axum::middleware::from_fn_with_state(
         life.requests(),
         track_request,

@@ -381,6 +381,10 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
         ("delete", "/v1/cluster/tokens/{id}") => {
             ok(&format!("/v1/cluster/tokens/{}", id("join")), None)
         }
+        ("get", "/v1/node/samples") => ok("/v1/node/samples", None),
+        ("get", "/ui") => ok("/ui", None),
+        ("get", "/ui/") => ok("/ui/", None),
+        ("get", "/ui/{file}") => ok("/ui/app.js", None),
         ("get", "/v1/openapi.json") => ok("/v1/openapi.json", None),
         ("get", "/health") => ok("/health", None),
         ("get", "/ready") => ok("/ready", None),
@@ -447,6 +451,9 @@ async fn every_route_answers_by_the_token_it_is_sent() {
         [
             "get /v1/client.js",
             "get /demo/",
+            "get /ui",
+            "get /ui/",
+            "get /ui/{file}",
             "get /v1/openapi.json",
             "get /health",
             "get /ready"
@@ -753,6 +760,73 @@ async fn other_sites_pages_cannot_use_a_browsers_access() {
             "{path}"
         );
     }
+    c.shutdown().await;
+}
+
+/// The admin UI served by one member calls another when its own stops answering: every node
+/// lets the members' API origins through (CORS and the `Origin` check) and names them in the
+/// UI's policy, while an origin that is no member is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_api_origins_may_call_every_member() {
+    let c = InprocCluster::start(2).await.unwrap();
+    let http = http::client();
+    let (one, two) = (&c.bases[0], &c.bases[1]);
+    let acquire = |origin: &str| {
+        http.post(format!("{one}/v1/locks/ui/acquire"))
+            .header("origin", origin)
+            .header("content-type", "application/json")
+            .body(r#"{"owner":"w","ttl_ms":1000}"#)
+            .send()
+    };
+
+    tracing::info!("a page of node 2 writes through node 1");
+    let resp = acquire(two).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["access-control-allow-origin"], two.as_str());
+    let preflight = |origin: &str| {
+        http.request(Method::OPTIONS, format!("{one}/v1/kv/a"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let ok = preflight(two).await.unwrap();
+    assert_eq!(ok.headers()["access-control-allow-origin"], two.as_str());
+
+    tracing::info!("a page of another address on the same host is refused");
+    let other = "http://127.0.0.1:9";
+    let resp = acquire(other).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let no = preflight(other).await.unwrap();
+    assert!(no.headers().get("access-control-allow-origin").is_none());
+
+    tracing::info!("the UI's policy: its own scripts only, connections to the members");
+    let resp = http.get(format!("{one}/ui/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    for base in &c.bases {
+        assert!(csp.contains(base.as_str()), "{csp} names {base}");
+        assert!(csp.contains(&base.replace("http://", "ws://")), "{csp}");
+    }
+    assert!(!csp.contains(other), "{csp}");
+    let js = http.get(format!("{one}/ui/app.js")).send().await.unwrap();
+    assert_eq!(
+        js.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let deep = http.get(format!("{one}/ui/keys/a")).send().await.unwrap();
+    assert_eq!(
+        deep.status(),
+        StatusCode::OK,
+        "a page of the UI's own routes"
+    );
+    let missing = http.get(format!("{one}/ui/nope.js")).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     c.shutdown().await;
 }
 

@@ -1,7 +1,8 @@
 //! What keeps a web page on another site from using a browser's access to a node: CORS only
-//! for the origins in `api.allowed_origins`, the `Origin` of WebSocket upgrades and of every
-//! request but GET and HEAD checked against them (a page of the node itself is always allowed),
-//! and security headers on every answer. JSON bodies must be sent as JSON
+//! for the origins in `api.allowed_origins` and the API origins of the cluster's current
+//! members (the admin UI served by one member calls another when its own stops answering),
+//! the `Origin` of WebSocket upgrades and of every request but GET and HEAD checked against
+//! them (a page of the node itself is always allowed), and security headers on every answer. JSON bodies must be sent as JSON
 //! (`api::JsonBody`), so a plain HTML form cannot post one.
 
 use std::sync::{Arc, OnceLock};
@@ -18,18 +19,20 @@ use super::AppState;
 use crate::config::Origins;
 use crate::error::{ApiError, ErrorCode};
 
-/// The CORS layer for `origins`: preflights answered, the answer headers a page may read
-/// exposed. With no origin allowed, no CORS header is ever sent.
-pub fn cors(origins: &Origins) -> CorsLayer {
+/// The CORS layer: preflights answered for `api.allowed_origins` and the members' API
+/// origins, the answer headers a page may read exposed. For any other origin no CORS header
+/// is sent.
+pub fn cors(st: &Arc<AppState>) -> CorsLayer {
+    let origins = &st.cluster.config().api.allowed_origins;
     let allow = if origins.0.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            origins
-                .0
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
-        )
+        let st = st.clone();
+        AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin.to_str().is_ok_and(|o| {
+                st.cluster.config().api.allowed_origins.allows(o) || is_member_origin(&st, o)
+            })
+        })
     };
     CorsLayer::new()
         .allow_origin(allow)
@@ -54,9 +57,18 @@ pub fn cors(origins: &Origins) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
-/// Whether a request with this `Origin` may go on: its own node's pages, or an allowed origin.
-fn origin_allowed(headers: &HeaderMap, origin: &str, allowed: &Origins) -> bool {
-    if allowed.allows(origin) {
+/// Whether `origin` is the API origin of a current member of the cluster.
+fn is_member_origin(st: &AppState, origin: &str) -> bool {
+    st.cluster
+        .member_origins()
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(origin))
+}
+
+/// Whether a request with this `Origin` may go on: its own node's pages, an allowed origin or
+/// a member's.
+fn origin_allowed(st: &AppState, headers: &HeaderMap, origin: &str, allowed: &Origins) -> bool {
+    if allowed.allows(origin) || is_member_origin(st, origin) {
         return true;
     }
     let host = headers
@@ -77,6 +89,7 @@ pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         if let Some(origin) = req.headers().get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("(not visible ASCII)");
             if !origin_allowed(
+                &st,
                 req.headers(),
                 origin,
                 &st.cluster.config().api.allowed_origins,
@@ -109,6 +122,24 @@ fn with_headers(mut resp: Response) -> Response {
             "default-src 'none'; frame-ancestors 'none'",
         ));
     resp
+}
+
+/// The policy of the admin UI's pages: its own scripts and styles only, no inline ones, and
+/// connections to this node and the other members (the UI moves to another member when this
+/// one stops answering).
+pub fn ui_policy(member_origins: &[String]) -> HeaderValue {
+    let mut connect = String::from("'self'");
+    for o in member_origins {
+        // Origins are `scheme://host:port`; a WebSocket to the same host uses ws(s).
+        let ws = o.replacen("http", "ws", 1);
+        connect.push_str(&format!(" {o} {ws}"));
+    }
+    let policy = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src {connect}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    HeaderValue::from_str(&policy)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"))
 }
 
 /// The policy of the demo page: its own inline script (by hash) and `/v1/client.js`, and

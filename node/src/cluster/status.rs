@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use openraft::async_runtime::WatchReceiver;
 use raft::{NodeId, NodeInfo};
 use transport::{MemberReach, PeerView};
 
@@ -69,6 +70,25 @@ impl Cluster {
                 AuthMode::On
             },
         }
+    }
+
+    /// The browser origins of the members' APIs (`http://` or, with api.tls_cert or
+    /// api.tls_from_cluster_ca, `https://` and their `api_addr`): a page of the admin UI served by one member calls
+    /// the others when its own stops answering, so each member accepts them as origins.
+    pub fn member_origins(&self) -> Vec<String> {
+        let api = &self.config().api;
+        let scheme = if api.tls_cert.is_some() || api.tls_from_cluster_ca {
+            "https"
+        } else {
+            "http"
+        };
+        let watch = self.raft.metrics();
+        let m = watch.borrow_watched();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(_, node)| format!("{scheme}://{}", node.api_addr))
+            .collect()
     }
 
     /// One member: this node's own figures for itself, else what gossip last said of it.
