@@ -39,6 +39,13 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     postcard::to_extend(value, vec![FORMAT_VERSION]).map_err(Error::Encode)
 }
 
+/// How many bytes [`encode`] makes of `value`, counted without building them.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .map(|n: usize| n + 1)
+        .map_err(Error::Encode)
+}
+
 /// Decodes bytes produced by [`encode`]; refuses an unknown format version.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     match bytes.split_first() {
@@ -65,6 +72,39 @@ impl From<Error> for storage::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Values are encoded as bytes (`serde_bytes`: one copy, not a serializer call per byte);
+    /// in postcard that is the very encoding of a plain `Vec<u8>`, so data written either way
+    /// reads back either way.
+    #[test]
+    fn byte_fields_encode_as_plain_vecs_do() {
+        #[derive(Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Plain {
+            value: Vec<u8>,
+            n: u64,
+        }
+        #[derive(Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Bytes {
+            #[serde(with = "serde_bytes")]
+            value: Vec<u8>,
+            n: u64,
+        }
+        let value: Vec<u8> = (0..=255).chain(0..=255).collect();
+        let plain = encode(&Plain {
+            value: value.clone(),
+            n: 9,
+        })
+        .unwrap();
+        let bytes = encode(&Bytes {
+            value: value.clone(),
+            n: 9,
+        })
+        .unwrap();
+        assert_eq!(plain, bytes);
+        assert_eq!(decode::<Bytes>(&plain).unwrap().value, value);
+        assert_eq!(decode::<Plain>(&bytes).unwrap().value, value);
+        assert_eq!(encoded_len(&Bytes { value, n: 9 }).unwrap(), bytes.len());
+    }
 
     #[test]
     fn round_trip_and_version_check() {

@@ -24,6 +24,7 @@ pub enum CacheCmd {
     /// entries, whatever its own configuration says.
     Set {
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         ttl_ms: Option<u64>,
         tags: Vec<String>,
@@ -55,6 +56,7 @@ pub enum CacheResult {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheEntry {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub tags: Vec<String>,
     pub expires_at_ms: Option<u64>,

@@ -25,6 +25,7 @@ pub enum KvCmd {
     /// Writes a key. `if_revision`: apply only if the key's revision is this (0 = absent).
     Put {
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         if_revision: Option<u64>,
         ttl_ms: Option<u64>,
@@ -85,6 +86,7 @@ pub struct Compacted {
 /// A key's current value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The revision that last wrote the key.
     pub revision: u64,
