@@ -21,6 +21,7 @@ mod lifecycle;
 mod locks;
 mod membership;
 mod queues;
+mod replication;
 mod router_fuzz;
 mod security;
 mod semaphores;

@@ -302,6 +302,7 @@ impl Transport {
             self.check_server(&conn)?;
         }
         let heard_before = conn.stats().udp_rx.datagrams;
+        let started = std::time::Instant::now();
         let fut = async {
             let (mut send, mut recv) = conn.open_bi().await?;
             match frame::write_msg(&mut send, req, self.limits.max_frame_bytes).await {
@@ -317,12 +318,17 @@ impl Transport {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout(timeout.as_millis() as u64)),
         };
-        if res.is_err() && conn.stats().udp_rx.datagrams == heard_before {
-            // Nothing at all came back on the connection during the exchange: the peer may
-            // have restarted behind a connection that still looks open until its idle
-            // timeout, so connect afresh next time. A peer that answered anything (if only
+        if res.is_err()
+            && started.elapsed() >= SILENT_PEER
+            && conn.stats().udp_rx.datagrams == heard_before
+        {
+            // Nothing at all came back on the connection for a while: the peer may have
+            // restarted behind a connection that still looks open until its idle timeout, so
+            // connect afresh next time. A peer that answered anything (if only
             // acknowledgements) is alive, merely slow: its connection stays, since
-            // reconnecting would add a handshake to its load and drop other calls under way.
+            // reconnecting would add a handshake to its load and drop other calls under way;
+            // so does one only briefly silent (a heartbeat's short timeout elapsing while the
+            // peer is busy must not cut a large append under way on the same connection).
             self.pool
                 .drop_connection((sa, node), &conn, "no packet from the peer during a call");
         }
@@ -755,6 +761,9 @@ const ONLY_JOIN: &str = "not a cluster member: only join is allowed without a no
 const REFUSED: u32 = 1;
 /// How long a refusal waits for the peer to read it before the connection is closed.
 const REFUSAL_READ_WITHIN: Duration = Duration::from_secs(1);
+/// How long a call must have heard nothing from its peer before the connection is dropped as
+/// possibly stale (see `exchange`).
+const SILENT_PEER: Duration = Duration::from_secs(1);
 
 /// The identity and key in the certificate a connected peer presented, if any.
 fn peer_of(conn: &Connection) -> Option<Peer> {

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -112,19 +113,69 @@ impl Peer {
     }
 }
 
+/// The most entry bytes one append carries. openraft batches appends by count only (up to
+/// `max_payload_entries`); with large values such a batch may exceed the frame limit, and a
+/// follower that fell behind would be sent the same oversized batch forever. A batch past this
+/// is cut to the entries that fit (at least one), and the answer says how far it got.
+pub const APPEND_BATCH_BYTES: usize = 4 << 20;
+
+/// The least time an append carrying entries gets, and the rate its bytes are allowed at on
+/// top. openraft suggests the heartbeat interval (100 ms by default) as every append's timeout;
+/// an append of large entries, or to a follower whose disk is slow, takes longer, and cut at
+/// that timeout it would be sent again and cut again, forever.
+pub const APPEND_MIN_TIMEOUT: Duration = Duration::from_secs(1);
+pub const APPEND_MIN_BYTES_PER_SEC: u64 = 1 << 20;
+
+/// How many of `entries`, from the first, fit in `budget` bytes (at least one, when there is
+/// one), and their size.
+fn entries_within<E: serde::Serialize>(entries: &[E], budget: usize) -> (usize, usize) {
+    let mut bytes = 0;
+    for (i, e) in entries.iter().enumerate() {
+        let len = raft::codec::encoded_len(e).unwrap_or(usize::MAX / 2);
+        if i > 0 && bytes + len > budget {
+            return (i, bytes);
+        }
+        bytes += len;
+    }
+    (entries.len(), bytes)
+}
+
+/// The time an append of `bytes` of entries gets: openraft's suggestion, or more for entries.
+fn append_timeout(suggested: Duration, entries: usize, bytes: usize) -> Duration {
+    if entries == 0 {
+        return suggested;
+    }
+    let transfer = Duration::from_millis(bytes as u64 * 1000 / APPEND_MIN_BYTES_PER_SEC);
+    suggested.max(APPEND_MIN_TIMEOUT + transfer)
+}
+
 impl RaftNetworkV2<TypeConfig> for Peer {
     type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.raft_call(RpcRequest::Append(rpc), &option, |r| match r {
-            RpcResponse::Append(r) => Ok(r),
-            other => Err(other),
+        let (fit, bytes) = entries_within(&rpc.entries, APPEND_BATCH_BYTES);
+        let cut = (fit < rpc.entries.len()).then(|| {
+            rpc.entries.truncate(fit);
+            rpc.entries.last().map(|e| e.log_id)
+        });
+        let option = RPCOption::new(append_timeout(option.hard_ttl(), fit, bytes));
+        let answer = self
+            .raft_call(RpcRequest::Append(rpc), &option, |r| match r {
+                RpcResponse::Append(r) => Ok(r),
+                other => Err(other),
+            })
+            .await?;
+        Ok(match (answer, cut) {
+            // The entries sent were taken; openraft sends the rest next.
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(last)
+            }
+            (answer, _) => answer,
         })
-        .await
     }
 
     async fn vote(
@@ -181,5 +232,42 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             RpcResponse::Snapshot(r) => r.map_err(|e| StreamingError::from(remote(e))),
             other => Err(StreamingError::from(unexpected(other))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{append_timeout, entries_within};
+
+    #[test]
+    fn an_append_is_cut_to_the_entries_that_fit_and_carries_at_least_one() {
+        let entries: Vec<Vec<u8>> = (0..10).map(|_| vec![7u8; 1000]).collect();
+        // Each encodes to 1,003 bytes (a format byte, a length, the bytes).
+        assert_eq!(entries_within(&entries, 100_000), (10, 10_030));
+        assert_eq!(entries_within(&entries, 3_500), (3, 3_009));
+        assert_eq!(
+            entries_within(&entries, 10),
+            (1, 1_003),
+            "one entry goes even when over"
+        );
+        assert_eq!(entries_within::<Vec<u8>>(&[], 10), (0, 0));
+    }
+
+    #[test]
+    fn an_append_gets_time_for_its_bytes() {
+        let hb = Duration::from_millis(100);
+        assert_eq!(
+            append_timeout(hb, 0, 0),
+            hb,
+            "a heartbeat keeps its timeout"
+        );
+        assert_eq!(append_timeout(hb, 1, 100), Duration::from_secs(1));
+        assert_eq!(
+            append_timeout(hb, 4, 4 << 20),
+            Duration::from_secs(5),
+            "4 MiB at 1 MiB/s on top of the second"
+        );
     }
 }
