@@ -257,6 +257,8 @@ $(token_file) (mode 0600); give apps their own tokens
   curl -i -H "Authorization: Bearer \$STACKD_TOKEN" $(api_url 3)/v1/kv/a
   stackd cluster status --addr $(node_ip 1):${API_PORT}    # reads STACKD_TOKEN
 
+Admin UI: $(api_url 1)/ui/ (any node's /ui/; log in with the token above)
+
 Status: $0 status
 Stop:   $0 stop
 EOF
