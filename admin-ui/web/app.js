@@ -166,13 +166,15 @@ function route() {
     args: rest.map(decodeURIComponent),
     timers: [],
     cleanups: [],
-    /** Runs `fn` now and every `ms` while the page is shown and the browser tab visible. */
+    /** Runs `fn` now and every `ms` while the page is shown and the browser tab visible;
+     * the period counts from the start of a run, so a slow answer does not stretch it. */
     poll(fn, ms = 1000) {
       const t = { id: 0 };
       const run = async () => {
         if (current !== ctx) return;
+        const start = Date.now();
         if (!document.hidden) { try { await fn(); } catch { /* shown by fn */ } }
-        if (current === ctx) t.id = setTimeout(run, ms);
+        if (current === ctx) t.id = setTimeout(run, Math.max(50, ms - (Date.now() - start)));
       };
       ctx.timers.push(t);
       run();

@@ -1,7 +1,8 @@
-// Channels: a channel's live tail (pause keeps the events and shows them on resume), its
-// presence, its history by offset, and a test message.
+// Channels: every channel with its offsets, publish rate and presence (GET /v1/channels,
+// refreshed every 2 s); a channel's live tail (pause keeps the events and shows them on
+// resume), its presence, its history by offset, and a test message.
 
-import { h, fill, button, field, message, table, pretty, fmtTime } from './dom.js';
+import { h, fill, button, field, message, table, pretty, fmtTime, sparkline, fmtNum } from './dom.js';
 import { seg, qs } from './api.js';
 
 export default {
@@ -11,7 +12,35 @@ export default {
     const { api, live } = ctx;
     const [nameField, nameInput] = field('Channel', { id: 'channel-name', required: true, value: ctx.args[0] || '' });
     const box = h('div', { id: 'channel-view' });
-    el.append(h('section', { class: 'card' }, h('form', { class: 'row', onsubmit: (e) => { e.preventDefault(); open(nameInput.value); } }, nameField, h('button', { type: 'submit', id: 'channel-open' }, 'Open'))), box);
+    const list = h('div', { id: 'channel-list' });
+    const listMsg = h('p', { class: 'msg', hidden: true });
+    el.append(
+      h('section', { class: 'card' }, h('h2', {}, 'Channels'), listMsg, list),
+      h('section', { class: 'card' }, h('form', { class: 'row', onsubmit: (e) => { e.preventDefault(); open(nameInput.value); } }, nameField, h('button', { type: 'submit', id: 'channel-open' }, 'Open'))), box);
+    const rates = new Map(); // channel -> {prev: {at, offset}, series: []}
+    ctx.poll(async () => {
+      let r;
+      try { r = await api.get(`/v1/channels${qs({ limit: 200 })}`); listMsg.hidden = true; } catch (e) { ctx.fail(listMsg, e); return; }
+      const now = Date.now();
+      for (const c of r.channels) {
+        const x = rates.get(c.name) || { prev: null, series: [] };
+        if (x.prev) {
+          x.series.push(((c.latest_offset - x.prev.offset) * 1000) / Math.max(1, now - x.prev.at));
+          if (x.series.length > 60) x.series.shift();
+        }
+        x.prev = { at: now, offset: c.latest_offset };
+        rates.set(c.name, x);
+      }
+      fill(list, table([
+        ['channel', (c) => button(c.name, () => { nameInput.value = c.name; open(c.name); }, { class: 'link', 'data-channel': c.name })],
+        ['last offset', (c) => String(c.latest_offset)],
+        ['retained', (c) => `${fmtNum(c.retained)}${c.retained ? ` (from ${c.earliest_offset})` : ''}`],
+        ['last published', (c) => fmtTime(c.last_published_ms)],
+        ['present', (c) => String(c.present)],
+        ['published/s', (c) => { const x = rates.get(c.name).series; return [sparkline(x, { label: `${c.name} events published per second` }), ' ', fmtNum(x.length ? x[x.length - 1] : NaN)]; }],
+      ], r.channels, { empty: 'No channel yet: publish to make one.' }),
+      r.next ? h('p', { class: 'empty' }, 'More channels follow (the first 200 are shown).') : null);
+    }, 2000);
     let unsub = null;
     ctx.onLeave(() => unsub && unsub());
 

@@ -2,7 +2,7 @@
 // two revisions, compare-and-set edits that show a conflict with the current value, delete,
 // and live updates from a watch on the shown prefix.
 
-import { h, fill, button, field, hexdump, confirmAction, message, fmtTime } from './dom.js';
+import { h, fill, button, field, hexdump, confirmAction, message, fmtTime, countdown } from './dom.js';
 import { seg, qs } from './api.js';
 
 const dec = new TextDecoder('utf-8', { fatal: true });
@@ -60,6 +60,7 @@ export default {
     let selected = null; // {key, revision, bytes}
     let view = 'auto';
     let editing = null; // {editor, original, stale}: unsaved edits survive live updates
+    let saved = null; // {key, revision, text}: shown while the saved revision is the one shown
 
     const [prefixField, prefixInput] = field('Prefix', { id: 'key-prefix', value: prefix, placeholder: '(every key)' });
     const crumbs = h('div', { class: 'crumbs' });
@@ -160,13 +161,14 @@ export default {
         return;
       }
       const bytes = new Uint8Array(await resp.arrayBuffer());
-      selected = { key, revision: Number(resp.headers.get('x-revision')), bytes };
+      const ttl = resp.headers.get('x-expires-in-ms');
+      selected = { key, revision: Number(resp.headers.get('x-revision')), bytes, expiresAt: ttl === null ? null : Date.now() + Number(ttl) };
       for (const li of tree.querySelectorAll('li')) li.classList.toggle('selected', li.querySelector('button')?.dataset.key === key);
       renderDetail(changedLive);
     }
 
     function renderDetail(changedLive) {
-      const { key, revision, bytes } = selected;
+      const { key, revision, bytes, expiresAt } = selected;
       const text = asText(bytes);
       const json = asJson(text);
       const mode = view === 'auto' ? (json !== null ? 'json' : text !== null ? 'text' : 'hex') : view;
@@ -178,6 +180,7 @@ export default {
       const msg = h('p', { class: 'msg', id: 'key-msg', hidden: true, role: 'status' });
       const stale = h('p', { class: 'msg info', id: 'key-stale', hidden: true, role: 'status' });
       editing = { editor, original: editor.value, stale };
+      if (saved && saved.key === key && saved.revision === revision) message(msg, 'ok', saved.text);
       const conflict = h('div', { id: 'key-conflict' });
       const mayWrite = ctx.can('kv', 'write', key) !== false;
       const save = button('Save (compare-and-set)', () => put(editor.value, revision, msg, conflict), { id: 'key-save', disabled: !mayWrite });
@@ -193,7 +196,9 @@ export default {
       const hist = h('div', { id: 'key-history' });
       fill(detail,
         h('h2', {}, h('span', { id: 'key-name' }, key)),
-        h('p', {}, `Revision `, h('strong', { id: 'key-revision' }, String(revision)), ` · ${bytes.length} bytes`, changedLive ? h('span', { class: 'badge flash' }, 'changed live') : null),
+        h('p', {}, `Revision `, h('strong', { id: 'key-revision' }, String(revision)), ` · ${bytes.length} bytes · `,
+          expiresAt === null ? h('span', { id: 'key-ttl' }, 'no TTL') : h('span', { id: 'key-ttl' }, 'expires in ', countdown(expiresAt - Date.now())),
+          changedLive ? h('span', { class: 'badge flash' }, 'changed live') : null),
         tabs,
         h('pre', { id: 'key-value', class: changedLive ? 'flash' : '' }, shown),
         h('h3', {}, 'Edit'),
@@ -209,7 +214,9 @@ export default {
       fill(conflict);
       try {
         const r = await api.put(`/v1/kv/${seg(key)}${qs({ if_revision: ifRevision })}`, value);
-        message(msg, 'ok', `Saved at revision ${r.revision}.`);
+        // The detail is drawn again (now, and when the watch sees the write): the note stays.
+        saved = { key, revision: r.revision, text: `Saved at revision ${r.revision}.` };
+        message(msg, 'ok', saved.text);
         await select(key);
       } catch (e) {
         if (e.status !== 409) { ctx.fail(msg, e); return; }

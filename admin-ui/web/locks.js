@@ -1,9 +1,10 @@
-// Locks and semaphores: look one up by name (recent names are remembered for this tab),
-// its holder or leases, fences, waiters and expiry counting down, refreshed every second;
-// force release with confirmation (a release with the current fence).
+// Locks and semaphores: every one held or waited for under a prefix (GET /v1/locks and
+// /v1/semaphores), and cards for the ones picked (recent names are remembered for this tab):
+// holder or leases, fences, waiters and expiry counting down, refreshed every second; force
+// release with confirmation (a release with the current fence).
 
 import { h, fill, button, field, countdown, confirmAction, message, table } from './dom.js';
-import { seg } from './api.js';
+import { seg, qs } from './api.js';
 
 const RECENT = 'stackd.ui.locks';
 
@@ -25,6 +26,45 @@ export default {
     const kind = h('select', { id: 'lock-kind', 'aria-label': 'Kind' }, h('option', { value: 'lock' }, 'Lock'), h('option', { value: 'semaphore' }, 'Semaphore'));
     const watched = h('div', { id: 'lock-list' });
     const recents = h('div', { class: 'row' });
+    const [prefixField, prefixInput] = field('Prefix', { id: 'lock-prefix', placeholder: '(every name)' });
+    const heldLocks = h('div', { id: 'held-locks' });
+    const heldSems = h('div', { id: 'held-semaphores' });
+    const listMsg = h('p', { class: 'msg', hidden: true });
+    const pick = (k, name) => { remember(k, name); draw(); };
+    el.append(
+      h('section', { class: 'card' }, h('h2', {}, 'Held or waited for'),
+        h('form', { class: 'row', onsubmit: (e) => { e.preventDefault(); listAll(); } }, prefixField, h('button', { type: 'submit' }, 'Filter')),
+        listMsg,
+        h('div', { class: 'grid' }, h('div', {}, h('h3', {}, 'Locks'), heldLocks), h('div', {}, h('h3', {}, 'Semaphores'), heldSems))));
+    let lastList = '';
+    async function listAll() {
+      let l;
+      let s;
+      const q = qs({ prefix: prefixInput.value, limit: 200 });
+      try {
+        [l, s] = await Promise.all([api.get(`/v1/locks${q}`), api.get(`/v1/semaphores${q}`)]);
+        listMsg.hidden = true;
+      } catch (e) { ctx.fail(listMsg, e); return; }
+      const sig = JSON.stringify([l, s], (k, v) => (k === 'expires_in_ms' || k === 'gives_up_in_ms' ? undefined : v));
+      if (sig === lastList) return;
+      lastList = sig;
+      fill(heldLocks, table([
+        ['name', (x) => button(x.name, () => pick('lock', x.name), { class: 'link', 'data-listed-lock': x.name })],
+        ['holder', (x) => x.holder ?? '–'],
+        ['fence', (x) => (x.fence ?? '–').toString()],
+        ['expires in', (x) => (x.expires_in_ms !== null ? countdown(x.expires_in_ms) : '–')],
+        ['waiters', (x) => (x.waiters ? `${x.waiters} (next: ${x.next_waiters.map((w) => w.owner).join(', ')})` : '0')],
+      ], l.locks, { empty: 'No lock is held.' }),
+      l.next ? h('p', { class: 'empty' }, 'More locks follow: narrow the prefix.') : null);
+      fill(heldSems, table([
+        ['name', (x) => button(x.name, () => pick('semaphore', x.name), { class: 'link', 'data-listed-semaphore': x.name })],
+        ['permits', (x) => `${x.held} of ${x.capacity}`],
+        ['holders', (x) => x.holders.map((o) => `${o.holder} (fence ${o.fence}, ${o.permits})`).join(', ') || '–'],
+        ['waiting', (x) => String(x.waiting)],
+      ], s.semaphores, { empty: 'No semaphore is held.' }),
+      s.next ? h('p', { class: 'empty' }, 'More semaphores follow: narrow the prefix.') : null);
+    }
+    ctx.poll(listAll, 1000);
     el.append(
       h('section', { class: 'card' },
         h('form', { class: 'row', onsubmit: (e) => { e.preventDefault(); if (nameInput.value) { remember(kind.value, nameInput.value); draw(); } } },

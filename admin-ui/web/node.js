@@ -1,5 +1,7 @@
 // Node: charts of the last 15 minutes of the node the UI talks to, from the ring of samples
-// it keeps (GET /v1/node/samples, one every 5 s), refreshed as samples arrive.
+// it keeps (GET /v1/node/samples, one every 5 s), refreshed as samples arrive: requests by
+// route class, p99 latency, Raft apply rate and log fsync latency, WebSocket connections,
+// memory.
 
 import { h, fill, chart } from './dom.js';
 
@@ -19,8 +21,13 @@ export default {
       const series = (f) => s.map((x) => ({ t_ms: x.at_ms, v: f(x) ?? NaN }));
       fill(charts,
         chart('Requests per second', series((x) => x.requests_per_sec), { unit: 'req/s' }),
+        chart('Reads per second', series((x) => x.reads_per_sec), { unit: 'req/s' }),
+        chart('Writes per second', series((x) => x.writes_per_sec), { unit: 'req/s' }),
+        chart('WebSocket and other requests per second', series((x) => x.other_per_sec), { unit: 'req/s' }),
         chart('p99 latency', series((x) => x.p99_latency_ms), { unit: 'ms' }),
         chart('Raft entries applied per second', series((x) => x.raft_applied_per_sec), { unit: '/s' }),
+        chart('Raft log fsync, mean', series((x) => x.fsync_mean_ms), { unit: 'ms' }),
+        chart('Raft log fsync, longest', series((x) => x.fsync_max_ms), { unit: 'ms' }),
         chart('WebSocket connections', series((x) => x.ws_connections)),
         chart('Requests in flight', series((x) => x.inflight_requests)),
         chart('Memory (RSS)', series((x) => (x.memory_rss_bytes ?? NaN) / 1048576), { unit: 'MiB' }));

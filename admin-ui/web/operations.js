@@ -43,12 +43,32 @@ export default {
         button('Create a join token', async () => {
           try {
             const r = await api.post('/v1/cluster/tokens', {});
-            const leader = status?.members.find((m) => m.id === status.leader_id) || status?.members[0];
+            const s = status || await api.get('/v1/cluster');
+            const { addr, id } = joinAddress(s);
             fill(joinCmd, h('p', { class: 'msg ok' }, `Join token ${r.id}, valid until ${fmtTime(r.expires_at_ms)}. On the new node, run:`),
-              h('pre', { id: 'join-cmd' }, `stackd serve --data-dir /var/lib/stackd --api-addr NEW_HOST:7001 --cluster-addr NEW_HOST:7101 \\\n  --join ${leader ? leader.cluster_addr : 'MEMBER:7101'} --token ${r.token}`));
+              h('pre', { id: 'join-cmd' }, `stackd serve --data-dir <DIR> --api-addr <IP:PORT> --cluster-addr <IP:PORT> \\\n  --join ${addr} --token ${r.token}`),
+              h('p', {}, 'Replace ', h('code', {}, '<DIR>'), ' with the new node\'s empty data directory and ', h('code', {}, '<IP:PORT>'),
+                ' with the addresses the new node listens on for its API and for the cluster (reachable from the other members). ',
+                h('code', {}, addr), ` is the cluster address of node ${id ?? '?'} (any member's works).`));
             loadJoins();
           } catch (e) { ctx.fail(joinMsg, e); }
         }, { id: 'join-create', disabled: !may }), joinCmd, joins));
+
+    /** The cluster address to join through: the leader's, else an alive member's. A member
+     * that listens on every interface (0.0.0.0, [::]) is reached at the host the UI uses. */
+    function joinAddress(s) {
+      const ms = [...s.members].sort((a, b) => (b.id === s.leader_id) - (a.id === s.leader_id) || (b.gossip === 'alive') - (a.gossip === 'alive'));
+      const m = ms[0];
+      if (!m) return { addr: '<MEMBER_IP:PORT>', id: null };
+      const cut = m.cluster_addr.lastIndexOf(':');
+      const host = m.cluster_addr.slice(0, cut);
+      if (host === '0.0.0.0' || host === '[::]') {
+        const apiHost = m.api_addr.slice(0, m.api_addr.lastIndexOf(':'));
+        const h2 = apiHost === '0.0.0.0' || apiHost === '[::]' ? location.hostname : apiHost;
+        return { addr: `${h2}${m.cluster_addr.slice(cut)}`, id: m.id };
+      }
+      return { addr: m.cluster_addr, id: m.id };
+    }
 
     async function loadMembers() {
       try { status = await api.get('/v1/cluster'); memMsg.hidden = memMsg.className.includes('ok') ? memMsg.hidden : true; } catch (e) { ctx.fail(memMsg, e); return; }

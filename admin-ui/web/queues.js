@@ -1,6 +1,6 @@
 // Queues: every queue's jobs by state with rate sparklines (refreshed every second); a
-// queue's dead letters with replay of one, a selection or all; its schedules with their next
-// runs; enqueue by hand; a job's detail.
+// queue's job list filtered by state; its dead letters with replay or delete of one, a
+// selection or all; its schedules with their next runs; enqueue by hand; a job's detail.
 
 import { h, fill, button, field, message, table, pretty, fmtTime, fmtMs, sparkline, confirmAction, fmtNum } from './dom.js';
 import { seg, qs } from './api.js';
@@ -70,13 +70,31 @@ export default {
           loadDead();
         } catch (e) { ctx.fail(deadMsg, e); }
       };
+      const remove = async (body, what) => {
+        if (!(await confirmAction(`Delete ${what} of ${queue} for good? Deleted jobs cannot be replayed.`, { action: 'Delete' }))) return;
+        try {
+          const r = await api.post(`/v1/queues/${seg(queue)}/dead/delete`, body);
+          message(deadMsg, 'ok', `Deleted ${r.deleted} dead job(s).`);
+          selected.clear();
+          loadDead();
+        } catch (e) { ctx.fail(deadMsg, e); }
+      };
       const replaySel = button('Replay selected', () => replay({ ids: [...selected] }, 'selected job(s)'), { id: 'replay-selected', disabled: true });
       const replayAll = button('Replay all', async () => {
         if (await confirmAction(`Replay every dead job of ${queue}?`, { action: 'Replay all' })) replay({ all: true }, 'dead job(s)');
       }, { id: 'replay-all', disabled: !mayWrite });
+      const deleteSel = button('Delete selected', () => remove({ ids: [...selected] }, `${selected.size} selected dead job(s)`), { id: 'delete-selected', class: 'danger', disabled: true });
+      const deleteAll = button('Delete all', () => remove({ all: true }, 'every dead job'), { id: 'delete-all', class: 'danger', disabled: !mayWrite });
+      const selectionChanged = () => { replaySel.disabled = deleteSel.disabled = !selected.size || !mayWrite; };
+      const jobs = h('div', { id: 'job-list' });
+      const jobsMsg = h('p', { class: 'msg', hidden: true });
+      const stateSel = h('select', { id: 'job-state', 'aria-label': 'State', onchange: () => { lastJobs = ''; loadJobs(); } },
+        [['', 'every state'], ['ready', 'ready'], ['delayed', 'delayed'], ['in_flight', 'in flight'], ['dead', 'dead']].map(([v, t]) => h('option', { value: v }, t)));
       fill(detail,
+        h('section', { class: 'card' }, h('h2', {}, 'Jobs of ', h('code', {}, queue)),
+          h('div', { class: 'row' }, h('label', { class: 'field' }, h('span', {}, 'State'), stateSel)), jobsMsg, jobs),
         h('section', { class: 'card' }, h('h2', {}, 'Dead letters of ', h('code', {}, queue)),
-          h('div', { class: 'row' }, replaySel, replayAll), deadMsg, dead),
+          h('div', { class: 'row' }, replaySel, replayAll, deleteSel, deleteAll), deadMsg, dead),
         h('div', { class: 'grid' },
           h('section', { class: 'card' }, h('h2', {}, 'Job detail'), job),
           h('section', { class: 'card' }, h('h2', {}, 'Schedules'), schedules)),
@@ -90,15 +108,36 @@ export default {
         if (sig === lastDead) return;
         lastDead = sig;
         for (const id of [...selected]) if (!r.jobs.some((j) => j.id === id)) selected.delete(id);
-        replaySel.disabled = !selected.size || !mayWrite;
+        selectionChanged();
         fill(dead, table([
-          ['', (j) => h('input', { type: 'checkbox', 'aria-label': `select job ${j.id}`, checked: selected.has(j.id), onchange: (e) => { if (e.target.checked) selected.add(j.id); else selected.delete(j.id); replaySel.disabled = !selected.size || !mayWrite; } })],
+          ['', (j) => h('input', { type: 'checkbox', 'aria-label': `select job ${j.id}`, 'data-select': j.id, checked: selected.has(j.id), onchange: (e) => { if (e.target.checked) selected.add(j.id); else selected.delete(j.id); selectionChanged(); } })],
           ['job', (j) => button(j.id, () => showJob(j.id), { class: 'link' })],
           ['attempts', (j) => `${j.attempt}/${j.max_attempts}`],
           ['last error', (j) => j.last_error ?? '–'],
           ['created', (j) => fmtTime(j.created_at_ms)],
-          ['', (j) => button('Replay', () => replay({ ids: [j.id] }, `job ${j.id}`), { disabled: !mayWrite, 'data-replay': j.id })],
+          ['', (j) => h('div', { class: 'row' },
+            button('Replay', () => replay({ ids: [j.id] }, `job ${j.id}`), { disabled: !mayWrite, 'data-replay': j.id }),
+            button('Delete', () => remove({ ids: [j.id] }, `dead job ${j.id}`), { class: 'danger', disabled: !mayWrite, 'data-delete': j.id }))],
         ], r.jobs, { empty: 'No dead jobs.' }));
+      }
+
+      let lastJobs = '';
+      async function loadJobs() {
+        let r;
+        try { r = await api.get(`/v1/queues/${seg(queue)}/jobs${qs({ state: stateSel.value, limit: 200 })}`); jobsMsg.hidden = true; } catch (e) { ctx.fail(jobsMsg, e); return; }
+        const sig = JSON.stringify(r.jobs.map((j) => [j.id, j.state, j.attempt, j.worker]));
+        if (sig === lastJobs) return;
+        lastJobs = sig;
+        fill(jobs, table([
+          ['job', (j) => button(j.id, () => showJob(j.id), { class: 'link', 'data-job': j.id })],
+          ['state', (j) => h('span', { class: j.state === 'dead' ? 'bad' : '' }, j.state.replace('_', ' '))],
+          ['attempts', (j) => `${j.attempt}/${j.max_attempts}`],
+          ['priority', (j) => String(j.priority)],
+          ['due', (j) => (j.state === 'delayed' ? `in ${fmtMs(j.due_in_ms)}` : '–')],
+          ['worker', (j) => j.worker ?? '–'],
+          ['payload', (j) => h('code', {}, JSON.stringify(j.payload).slice(0, 80))],
+        ], r.jobs, { empty: stateSel.value ? `No ${stateSel.value.replace('_', ' ')} jobs.` : 'No jobs.' }),
+        r.jobs.length >= 200 ? h('p', { class: 'empty' }, 'The first 200 are shown.') : null);
       }
 
       async function showJob(id) {
@@ -123,7 +162,7 @@ export default {
       }
       const [jobField, jobInput] = field('Job id', { id: 'job-id' });
       fill(job, h('form', { class: 'row', onsubmit: (e) => { e.preventDefault(); showJob(jobInput.value); } }, jobField, h('button', { type: 'submit' }, 'Show')),
-        h('p', { class: 'empty' }, 'Pick a dead job or give an id.'));
+        h('p', { class: 'empty' }, 'Pick a job or give an id.'));
 
       async function loadSchedules() {
         try {
@@ -137,6 +176,7 @@ export default {
         } catch (e) { const m = h('p', { class: 'msg' }); ctx.fail(m, e); fill(schedules, m); }
       }
       ctx.poll(loadDead, 1000);
+      ctx.poll(loadJobs, 1000);
       ctx.poll(loadSchedules, 5000);
     }
 

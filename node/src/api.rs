@@ -46,7 +46,7 @@ use raft::command::{KvCmd, KvResult, MaybeFenced, Proposal};
 use tokio::sync::Semaphore;
 
 use crate::auth::Resource::{
-    Acl, Cache, Cluster as ClusterOps, Kv, Locks, Queues, Semaphores, Sessions,
+    Acl, Cache, Channels, Cluster as ClusterOps, Kv, Locks, Queues, Semaphores, Sessions,
 };
 use crate::auth::Target::{All, JobQueue, Path as Param, Prefix, Query, SessionUser};
 use crate::auth::{channel, read, write, Need, Op};
@@ -119,10 +119,12 @@ routes! {
     delete "/v1/kv/{key}" => delete_kv, write(Kv, Param("key"));
     post "/v1/txn" => txn::txn, Need::Token;
     get "/v1/history" => history::kv_history, read(Kv, Prefix("prefix"));
+    get "/v1/locks" => locks::list, read(Locks, Prefix("prefix"));
     get "/v1/locks/{name}" => locks::inspect, read(Locks, Param("name"));
     post "/v1/locks/{name}/acquire" => locks::acquire, write(Locks, Param("name"));
     post "/v1/locks/{name}/renew" => locks::renew, write(Locks, Param("name"));
     post "/v1/locks/{name}/release" => locks::release, write(Locks, Param("name"));
+    get "/v1/semaphores" => semaphores::list, read(Semaphores, Prefix("prefix"));
     get "/v1/semaphores/{name}" => semaphores::inspect, read(Semaphores, Param("name"));
     post "/v1/semaphores/{name}/acquire" => semaphores::acquire, write(Semaphores, Param("name"));
     post "/v1/semaphores/{name}/renew" => semaphores::renew, write(Semaphores, Param("name"));
@@ -137,9 +139,11 @@ routes! {
     get "/v1/queues" => queues::list_queues, read(Queues, All);
     get "/v1/queues/{name}" => queues::stats, read(Queues, Param("name"));
     post "/v1/queues/{name}/jobs" => queues::enqueue, write(Queues, Param("name"));
+    get "/v1/queues/{name}/jobs" => queues::list_jobs, read(Queues, Param("name"));
     post "/v1/queues/{name}/claim" => queues::claim, write(Queues, Param("name"));
     get "/v1/queues/{name}/dead" => queues::dead, read(Queues, Param("name"));
     post "/v1/queues/{name}/dead/replay" => queues::replay, write(Queues, Param("name"));
+    post "/v1/queues/{name}/dead/delete" => queues::delete_dead, write(Queues, Param("name"));
     get "/v1/queues/{name}/schedules" => queues::list_schedules, read(Queues, Param("name"));
     put "/v1/queues/{queue}/schedules/{name}" => queues::set_schedule, write(Queues, Param("queue"));
     delete "/v1/queues/{queue}/schedules/{name}" => queues::delete_schedule, write(Queues, Param("queue"));
@@ -153,6 +157,7 @@ routes! {
     put "/v1/cache/{key}" => cache::set, write(Cache, Param("key"));
     delete "/v1/cache/{key}" => cache::delete, write(Cache, Param("key"));
     // Channels, WebSocket, browser client.
+    get "/v1/channels" => channels::list, read(Channels, Prefix("prefix"));
     post "/v1/channels/{name}/publish" => channels::publish, channel(Op::Publish);
     get "/v1/channels/{name}/history" => channels::history, channel(Op::History);
     get "/v1/channels/{name}/presence" => channels::presence, channel(Op::Presence);
@@ -490,6 +495,17 @@ pub(crate) fn list_limit(p: &HashMap<String, String>) -> ApiResult<usize> {
     }
 }
 
+/// `prefix` (at most 512 bytes, empty when absent), `after` and `limit` of a listing by name.
+pub(crate) fn prefix_page(
+    p: &HashMap<String, String>,
+) -> ApiResult<(String, Option<String>, usize)> {
+    let prefix = p.get("prefix").cloned().unwrap_or_default();
+    if prefix.len() > 512 {
+        return Err(ApiError::bad_request("prefix must be at most 512 bytes"));
+    }
+    Ok((prefix, p.get("after").cloned(), list_limit(p)?))
+}
+
 #[utoipa::path(
     put,
     path = "/v1/kv/{key}",
@@ -587,7 +603,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
         ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
     ),
     responses(
-        (status = 200, description = "the value", content_type = "application/octet-stream", body = Vec<u8>, headers(("X-Revision" = u64, description = "the key's revision"))),
+        (status = 200, description = "the value", content_type = "application/octet-stream", body = Vec<u8>, headers(("X-Revision" = u64, description = "the key's revision"), ("X-Expires-In-Ms" = u64, description = "time left until the key expires, when it was written with ttl_ms"))),
         BadRequest,
         NotFound,
         Unsettled,
@@ -596,12 +612,14 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
 async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let p = params(q, &["consistency"])?;
     read_barrier_unless_stale(&st, &p).await?;
-    let found = st
-        .cluster
-        .state()
-        .get(&key)
-        .map(|e| (e.value.clone(), e.revision));
-    let Some((value, revision)) = found else {
+    let state = st.cluster.state();
+    let now = state.meta.now_ms;
+    let found = state.get(&key).map(|e| {
+        let expires_in_ms = e.expires_at_ms.map(|at| remaining_ms(at, now));
+        (e.value.clone(), e.revision, expires_in_ms)
+    });
+    drop(state);
+    let Some((value, revision, expires_in_ms)) = found else {
         return Err(ApiError::not_found(format!("no key {key:?}")));
     };
     let mut resp = value.into_response();
@@ -611,6 +629,9 @@ async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResul
         HeaderValue::from_static("application/octet-stream"),
     );
     h.insert("x-revision", HeaderValue::from(revision));
+    if let Some(ms) = expires_in_ms {
+        h.insert("x-expires-in-ms", HeaderValue::from(ms));
+    }
     Ok(resp)
 }
 
@@ -683,7 +704,7 @@ async fn cluster_status(State(st): St) -> Json<ClusterStatus> {
     get,
     path = "/v1/node/samples",
     summary = "This node's figures of the last 15 minutes, one sample every 5 s (the admin UI's charts)",
-    description = "Kept in memory by each node: requests/s, p99 latency, Raft entries applied/s, WebSocket connections, requests in flight, resident memory.",
+    description = "Kept in memory by each node: requests/s (all, and split into reads, writes and the rest), p99 latency, Raft entries applied/s, Raft log fsync latency (mean and longest), WebSocket connections, requests in flight, resident memory.",
     responses(
         (status = 200, description = "the samples, oldest first", body = crate::samples::NodeSamples),
     )

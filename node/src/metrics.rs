@@ -241,7 +241,8 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        self.samples.observe(elapsed);
+        self.samples
+            .observe(crate::samples::RouteClass::of(route, method), elapsed);
         self.requests
             .with_label_values(&[route, method, &status.to_string()])
             .inc();

@@ -27,11 +27,22 @@ pub struct NodeSample {
     pub at_ms: u64,
     /// HTTP requests answered per second (WebSocket frames not counted).
     pub requests_per_sec: f64,
+    /// Of those, reads (GET of the data routes: keys, locks, queues, channels, cluster…).
+    pub reads_per_sec: f64,
+    /// Of those, writes (every other method on the `/v1` routes).
+    pub writes_per_sec: f64,
+    /// Of those, the rest: WebSocket upgrades, the admin UI's files, health, readiness,
+    /// metrics, unknown routes.
+    pub other_per_sec: f64,
     /// 99th percentile of the HTTP request latencies of the interval, ms; null without
     /// requests.
     pub p99_latency_ms: Option<f64>,
     /// Raft log entries applied per second on this node.
     pub raft_applied_per_sec: f64,
+    /// Mean and longest write-ahead log sync (fsync) of the Raft log's appends over the
+    /// interval, ms; null without a sync.
+    pub fsync_mean_ms: Option<f64>,
+    pub fsync_max_ms: Option<f64>,
     /// WebSocket connections open.
     pub ws_connections: u64,
     /// HTTP requests in flight.
@@ -49,18 +60,46 @@ pub struct NodeSamples {
     pub samples: Vec<NodeSample>,
 }
 
+/// The class of a route in the request rates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteClass {
+    Read,
+    Write,
+    Other,
+}
+
+impl RouteClass {
+    /// The class of a request to `route` (the matched path template) with `method`.
+    pub fn of(route: &str, method: &str) -> RouteClass {
+        let api = route.starts_with("/v1/")
+            && !matches!(route, "/v1/ws" | "/v1/client.js" | "/v1/openapi.json");
+        match (api, method) {
+            (false, _) => RouteClass::Other,
+            (true, "GET" | "HEAD") => RouteClass::Read,
+            (true, _) => RouteClass::Write,
+        }
+    }
+}
+
 /// What requests add between samples, and the ring.
 #[derive(Default)]
 pub struct Samples {
     requests: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
     ring: Mutex<VecDeque<NodeSample>>,
 }
 
 impl Samples {
     /// Counts one answered request.
-    pub fn observe(&self, elapsed: Duration) {
+    pub fn observe(&self, class: RouteClass, elapsed: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        match class {
+            RouteClass::Read => self.reads.fetch_add(1, Ordering::Relaxed),
+            RouteClass::Write => self.writes.fetch_add(1, Ordering::Relaxed),
+            RouteClass::Other => 0,
+        };
         let mut l = self.latencies_us.lock().expect("no panic holds it");
         if l.len() < LATENCIES_MAX {
             l.push(elapsed.as_micros().min(u32::MAX as u128) as u32);
@@ -100,15 +139,25 @@ impl Samples {
             let secs = last.elapsed().as_secs_f64().max(0.001);
             last = Instant::now();
             let requests = samples.requests.swap(0, Ordering::Relaxed);
+            let reads = samples.reads.swap(0, Ordering::Relaxed);
+            let writes = samples.writes.swap(0, Ordering::Relaxed);
+            let syncs = st.db.sync_times().take();
+            let per_sec = |n: u64| n as f64 / secs;
             let mut lat =
                 std::mem::take(&mut *samples.latencies_us.lock().expect("no panic holds it"));
             let applied = st.cluster.raft_view().applied_index;
             let config = st.cluster.config();
             samples.push(NodeSample {
                 at_ms: crate::cluster::now_ms(),
-                requests_per_sec: requests as f64 / secs,
+                requests_per_sec: per_sec(requests),
+                reads_per_sec: per_sec(reads),
+                writes_per_sec: per_sec(writes),
+                other_per_sec: per_sec(requests.saturating_sub(reads + writes)),
                 p99_latency_ms: p99(&mut lat).map(|us| us as f64 / 1000.0),
                 raft_applied_per_sec: applied.saturating_sub(last_applied) as f64 / secs,
+                fsync_mean_ms: (syncs.count > 0)
+                    .then(|| syncs.total_us as f64 / syncs.count as f64 / 1000.0),
+                fsync_max_ms: (syncs.count > 0).then(|| syncs.max_us as f64 / 1000.0),
                 ws_connections: (config.ws.max_connections - st.hub.connections.available_permits())
                     as u64,
                 inflight_requests: (config.api.max_inflight_requests
@@ -149,14 +198,32 @@ mod tests {
     }
 
     #[test]
+    fn routes_are_classed_as_reads_writes_or_other() {
+        assert_eq!(RouteClass::of("/v1/kv/{key}", "GET"), RouteClass::Read);
+        assert_eq!(RouteClass::of("/v1/kv/{key}", "PUT"), RouteClass::Write);
+        assert_eq!(
+            RouteClass::of("/v1/queues/{name}/claim", "POST"),
+            RouteClass::Write
+        );
+        assert_eq!(RouteClass::of("/v1/ws", "GET"), RouteClass::Other);
+        assert_eq!(RouteClass::of("/ui/{file}", "GET"), RouteClass::Other);
+        assert_eq!(RouteClass::of("unmatched", "POST"), RouteClass::Other);
+    }
+
+    #[test]
     fn the_ring_keeps_the_last_15_minutes() {
         let s = Samples::default();
         for i in 0..(SAMPLES_KEPT as u64 + 5) {
             s.push(NodeSample {
                 at_ms: i,
                 requests_per_sec: 0.0,
+                reads_per_sec: 0.0,
+                writes_per_sec: 0.0,
+                other_per_sec: 0.0,
                 p99_latency_ms: None,
                 raft_applied_per_sec: 0.0,
+                fsync_mean_ms: None,
+                fsync_max_ms: None,
                 ws_connections: 0,
                 inflight_requests: 0,
                 memory_rss_bytes: None,

@@ -2,6 +2,7 @@
 
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use rocksdb::{
@@ -23,16 +24,55 @@ pub(crate) const CF_SM: &str = "sm";
 #[derive(Clone)]
 pub struct Db {
     db: Arc<DB>,
+    syncs: Arc<SyncTimes>,
 }
 
 /// A handle to a [`Db`] that does not keep it open (see [`Db::downgrade`]).
 #[derive(Clone)]
-pub struct WeakDb(Weak<DB>);
+pub struct WeakDb(Weak<DB>, Arc<SyncTimes>);
 
 impl WeakDb {
     /// The database, unless every [`Db`] clone has been dropped (and so it is closed).
     pub fn upgrade(&self) -> Option<Db> {
-        self.0.upgrade().map(|db| Db { db })
+        self.0.upgrade().map(|db| Db {
+            db,
+            syncs: self.1.clone(),
+        })
+    }
+}
+
+/// How long the write-ahead log syncs of [`Db::sync_wal`] took, since the last
+/// [`SyncTimes::take`]: two clock reads and three atomic adds per sync.
+#[derive(Debug, Default)]
+pub struct SyncTimes {
+    count: AtomicU64,
+    total_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+/// [`SyncTimes`] taken over an interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncSummary {
+    pub count: u64,
+    pub total_us: u64,
+    pub max_us: u64,
+}
+
+impl SyncTimes {
+    fn record(&self, took: std::time::Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.total_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The syncs since the last call, and starts counting anew.
+    pub fn take(&self) -> SyncSummary {
+        SyncSummary {
+            count: self.count.swap(0, Ordering::Relaxed),
+            total_us: self.total_us.swap(0, Ordering::Relaxed),
+            max_us: self.max_us.swap(0, Ordering::Relaxed),
+        }
     }
 }
 
@@ -74,14 +114,17 @@ impl Db {
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            syncs: Arc::default(),
+        })
     }
 
     /// A handle that does not keep the database open: for a thread that must not outlive the
     /// node's use of it (closing RocksDB before process exit keeps its own threads from
     /// aborting).
     pub fn downgrade(&self) -> WeakDb {
-        WeakDb(Arc::downgrade(&self.db))
+        WeakDb(Arc::downgrade(&self.db), self.syncs.clone())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -222,8 +265,16 @@ impl Db {
     /// Makes every write so far durable (syncs the write-ahead log), for writes made unsynced
     /// in bulk such as a restore.
     pub fn sync_wal(&self) -> Result<()> {
+        let start = std::time::Instant::now();
         self.db.flush_wal(true)?;
+        self.syncs.record(start.elapsed());
         Ok(())
+    }
+
+    /// How long the syncs of [`Db::sync_wal`] took (the Raft log's appends are made durable
+    /// there), shared by every clone.
+    pub fn sync_times(&self) -> &SyncTimes {
+        &self.syncs
     }
 
     /// A consistent copy of the whole state machine (read from a RocksDB snapshot).

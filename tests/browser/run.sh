@@ -4,7 +4,9 @@
 #    publishes with curl through node 1 and checks the page shows it;
 # 2. the admin UI (ui.mjs): a 3-node cluster with access control on, logged in with the
 #    bootstrap token; screenshots of every page go to $STACKD_UI_SHOTS (default: a temporary
-#    folder; docs/ui/ holds the committed ones).
+#    folder; docs/ui/ holds the committed ones);
+# 3. the overview of a 5-node cluster (overview5.mjs) shows a leadership transfer and a node
+#    killed within 1 s of the API.
 # Needs: chromium (apt-get install -y chromium), node and npm.
 #   STACKD_BIN=path/to/stackd tests/browser/run.sh [screenshot.png]
 set -euo pipefail
@@ -73,5 +75,36 @@ done
 [ "$n" -ge 3 ] || { echo "the UI cluster did not form"; tail -n 20 "$work"/u*.log; exit 1; }
 node "$here/ui.mjs" "$admin" "$shots" "$bases" "$(IFS=,; echo "${pids[*]}")" || {
   tail -n 30 "$work"/u*.log
+  exit 1
+}
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+pids=()
+
+# The overview of five nodes (five voters).
+f1=$((p1 + 30))
+"$bin" serve --data-dir "$work/f1" --api-addr "$ip:$f1" --cluster-addr "$ip:$((f1 + 101))" \
+  --target-voters 5 >"$work/f1.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do [ -s "$work/f1/join-token" ] && [ -s "$work/f1/bootstrap-token" ] && break; sleep 0.1; done
+join="$(cat "$work/f1/join-token")"
+admin="$(cat "$work/f1/bootstrap-token")"
+bases="http://$ip:$f1"
+for i in 2 3 4 5; do
+  port=$((f1 + i - 1))
+  "$bin" serve --data-dir "$work/f$i" --api-addr "$ip:$port" --cluster-addr "$ip:$((port + 100 + i))" \
+    --target-voters 5 --join "$ip:$((f1 + 101))" --token "$join" >"$work/f$i.log" 2>&1 &
+  pids+=($!)
+  bases="$bases,http://$ip:$port"
+done
+for _ in $(seq 1 450); do
+  n="$(curl -sf -H "authorization: Bearer $admin" "http://$ip:$f1/v1/cluster" \
+    | grep -o '"role":"voter"' | wc -l)" || n=0
+  [ "$n" -ge 5 ] && break
+  sleep 0.2
+done
+[ "$n" -ge 5 ] || { echo "the 5-node cluster did not form"; tail -n 20 "$work"/f*.log; exit 1; }
+node "$here/overview5.mjs" "$admin" "$bases" "$(IFS=,; echo "${pids[*]}")" || {
+  tail -n 30 "$work"/f*.log
   exit 1
 }

@@ -73,6 +73,7 @@ async function seed() {
   ]) await must("PUT", `/v1/kv/${encodeURIComponent(k)}`, v, { raw: true });
   await must("PUT", "/v1/kv/app%2Fconfig", JSON.stringify({ feature_flags: { search: true, beta_ui: true }, max_upload_mb: 50 }), { raw: true });
   await must("PUT", "/v1/kv/bin%2Fblob", new Uint8Array([0, 1, 2, 250, 251, 255, 10, 65]), { raw: true });
+  await must("PUT", "/v1/kv/deploy%2Fmaintenance?ttl_ms=3600000", "on until the upgrade ends", { raw: true });
   await must("POST", "/v1/locks/billing-run/acquire", { owner: "worker-7", ttl_ms: 120000 });
   await must("POST", "/v1/locks/reindex/acquire", { owner: "worker-2", ttl_ms: 90000 });
   await must("POST", "/v1/semaphores/exports/acquire", { holder: "exporter-1", permits: 2, capacity: 8, ttl_ms: 120000 });
@@ -88,6 +89,9 @@ async function seed() {
   for (let i = 0; i < 3; i++) await must("POST", "/v1/queues/thumbnails/jobs", { payload: { image: `img-${i}.png`, size: 256 }, max_attempts: 1 });
   const claimed = await must("POST", "/v1/queues/thumbnails/claim", { worker: "thumb-worker", max: 3, visibility_ms: 30000, wait_ms: 0 });
   for (const j of claimed.jobs) await must("POST", `/v1/jobs/${j.id}/nack`, { lease: j.lease, error: `decoder: unsupported format in ${j.payload.image}` });
+  for (let i = 0; i < 2; i++) await must("POST", "/v1/queues/reports/jobs", { payload: { report: `q${i + 1}` }, max_attempts: 1 });
+  const reports = await must("POST", "/v1/queues/reports/claim", { worker: "report-worker", max: 2, visibility_ms: 30000, wait_ms: 0 });
+  for (const j of reports.jobs) await must("POST", `/v1/jobs/${j.id}/nack`, { lease: j.lease, error: "timeout talking to the warehouse" });
   await must("PUT", "/v1/queues/email/schedules/digest", { cron: "0 8 * * *", payload: { template: "daily-digest" } });
   for (let i = 1; i <= 4; i++) await must("POST", "/v1/channels/orders/publish", { data: { order: 1000 + i, total: 19.5 * i } });
   await must("PUT", "/v1/acl/policies/readonly", { description: "read everything", rules: ["kv", "locks", "queues", "cache", "cluster"].map((resource) => ({ resource, access: "read" })) });
@@ -157,6 +161,7 @@ try {
     await page.locator("#key-value").filter({ hasText: '"beta_ui": true' }).waitFor();
     await page.locator("#key-diff .del").first().waitFor();
     await page.locator("#key-diff .add").filter({ hasText: "true" }).first().waitFor();
+    if ((await text("#key-ttl")) !== "no TTL") throw new Error(`app/config: ${await text("#key-ttl")}`);
     await shot("keys");
   });
 
@@ -180,6 +185,12 @@ try {
     if (!now.text.includes("again")) throw new Error(`the UI's write went through: ${now.text}`);
   });
 
+  await step("keys: a key with a TTL counts down", async () => {
+    await go("#/keys/deploy%2F", '#key-tree button[data-key="deploy/maintenance"]');
+    await page.locator('#key-tree button[data-key="deploy/maintenance"]').click();
+    await page.locator("#key-ttl").filter({ hasText: /expires in (59|60) min/ }).waitFor();
+  });
+
   await step("keys: a key named <img onerror> with a <script> value is inert text", async () => {
     await go("#/keys/", "#key-tree");
     await page.locator("#key-tree button", { hasText: XSS_KEY }).click();
@@ -191,8 +202,11 @@ try {
     if (dialogs.length) throw new Error(`dialogs fired: ${dialogs}`);
   });
 
-  await step("locks: holders with fences and expiry, force release", async () => {
+  await step("locks: every lock and semaphore listed; holders with fences and expiry, force release", async () => {
     await go("#/locks/billing-run", '[data-lock="billing-run"] .holder');
+    await page.locator('#held-locks [data-listed-lock="reindex"]').waitFor();
+    await page.locator('#held-semaphores [data-listed-semaphore="exports"]').waitFor();
+    if (!(await text("#held-locks")).includes("worker-2")) throw new Error("the listed lock lacks its holder");
     if ((await text('[data-lock="billing-run"] .holder')) !== "worker-7") throw new Error("holder");
     await page.selectOption("#lock-kind", "semaphore");
     await page.fill("#lock-name", "exports");
@@ -204,6 +218,7 @@ try {
     await page.locator('[data-lock="billing-run"] .free').waitFor();
     const r = await call("GET", "/v1/locks/billing-run");
     if (r.status !== 404) throw new Error(`the lock is still held: ${r.status} ${r.text}`);
+    await page.locator('#held-locks [data-listed-lock="billing-run"]').waitFor({ state: "detached" });
   });
 
   await step("sessions: find by user, view, log out one", async () => {
@@ -243,7 +258,9 @@ try {
     await go("#/queues/thumbnails", "#queue-list table");
     await page.locator('[data-dead="thumbnails"]').filter({ hasText: "3" }).waitFor();
     await page.locator("#dead-list tbody tr >> nth=2").waitFor();
-    await page.locator("#dead-list button.link").first().click();
+    await page.selectOption("#job-state", "dead");
+    await page.locator("#job-list tbody tr >> nth=2").waitFor();
+    await page.locator("#job-list button[data-job]").first().click();
     await page.locator("#job-detail").filter({ hasText: "unsupported format" }).waitFor();
     await shot("queues");
     const first = await page.locator("#dead-list button[data-replay]").first().getAttribute("data-replay");
@@ -257,6 +274,8 @@ try {
     s = await must("GET", "/v1/queues/thumbnails");
     if (s.dead !== 0 || s.ready !== 3) throw new Error(`after replay all: ${JSON.stringify(s)}`);
     await page.locator('[data-dead="thumbnails"]').filter({ hasText: "0" }).waitFor();
+    await page.selectOption("#job-state", "ready");
+    await page.locator("#job-list tbody tr >> nth=2").waitFor();
     await go("#/queues/email", "#schedules table");
     await page.locator("#schedules").filter({ hasText: "digest" }).waitFor();
     await page.fill("#enqueue-payload", '{"to": "by-hand@example.com"}');
@@ -266,8 +285,27 @@ try {
     if (s.ready !== 6) throw new Error(`email queue: ${JSON.stringify(s)}`);
   });
 
-  await step("channels: live tail with pause, history, publish", async () => {
+  await step("queues: dead letters deleted, one by selection then all", async () => {
+    await go("#/queues/reports", "#dead-list tbody tr >> nth=1");
+    const ids = await page.locator("#dead-list input[data-select]").evaluateAll((els) => els.map((e) => e.dataset.select));
+    await page.locator(`#dead-list input[data-select="${ids[0]}"]`).check();
+    await page.click("#delete-selected");
+    await page.locator("dialog.confirm button.danger").click();
+    await page.locator("#dead-msg").filter({ hasText: "Deleted 1 dead job" }).waitFor();
+    let s = await must("GET", "/v1/queues/reports");
+    if (s.dead !== 1) throw new Error(`after deleting one: ${JSON.stringify(s)}`);
+    if ((await call("GET", `/v1/jobs/${ids[0]}`)).status !== 404) throw new Error("the deleted job is still there");
+    await page.click("#delete-all");
+    await page.locator("dialog.confirm button.danger").click();
+    await page.locator("#dead-msg").filter({ hasText: "Deleted 1 dead job" }).waitFor();
+    s = await must("GET", "/v1/queues/reports");
+    if (s.dead !== 0) throw new Error(`after deleting all: ${JSON.stringify(s)}`);
+    await page.locator("#dead-list .empty").waitFor();
+  });
+
+  await step("channels: listed with offsets; live tail with pause, history, publish", async () => {
     await go("#/channels/orders", "#channel-history table");
+    await page.locator('#channel-list button[data-channel="orders"]').waitFor();
     await page.locator("#channel-history table").waitFor();
     await must("POST", "/v1/channels/orders/publish", { data: { order: 2001, total: 99 } }, { base: bases[2] });
     await page.locator("#channel-tail li").filter({ hasText: "2001" }).waitFor({ timeout: 5000 });
@@ -281,6 +319,9 @@ try {
     await page.locator("#channel-tail li").filter({ hasText: "test from the UI" }).waitFor();
     await page.locator("#channel-tail li").filter({ hasText: "2002" }).waitFor();
     await shot("channels");
+    // The list follows: last offset 7 (four seeded, three published since).
+    await page.waitForFunction(() => [...document.querySelectorAll("#channel-list tbody tr")]
+      .some((tr) => tr.cells[0].textContent === "orders" && tr.cells[1].textContent === "7"), null, { timeout: 5000 });
     const hist = await must("GET", "/v1/channels/orders/history?since=0");
     if (!JSON.stringify(hist.events).includes("test from the UI")) throw new Error("not published");
   });
@@ -325,6 +366,10 @@ try {
     const before = (await must("GET", "/v1/cluster")).leader_id;
     await page.locator("#join-create").click();
     await page.locator("#join-cmd").filter({ hasText: "--token" }).waitFor();
+    const cmd = await text("#join-cmd");
+    const addrs = (await must("GET", "/v1/cluster")).members.map((m) => m.cluster_addr);
+    if (!addrs.some((a) => cmd.includes(`--join ${a} `))) throw new Error(`the join command has no member's address: ${cmd}`);
+    if (!cmd.includes("--data-dir <DIR>") || cmd.includes("MEMBER")) throw new Error(`placeholders: ${cmd}`);
     await shot("operations");
     const target = await page.locator("#ops-members button[data-transfer]").first().getAttribute("data-transfer");
     await page.click(`#ops-members button[data-transfer="${target}"]`);
@@ -357,6 +402,9 @@ try {
   await step("node charts: samples of the last minutes", async () => {
     await go("#/node", "#node-charts figure");
     await page.waitForFunction(() => document.querySelectorAll("#node-charts polyline").length >= 3, null, { timeout: 20000 });
+    for (const title of ["Reads per second", "Writes per second", "Raft log fsync, mean"]) {
+      await page.locator("#node-charts figcaption", { hasText: title }).waitFor();
+    }
     await shot("node");
   });
 

@@ -244,6 +244,7 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
             )
         },
         ("get", "/v1/history") => ok("/v1/history", None),
+        ("get", "/v1/locks") => ok("/v1/locks?prefix=l", None),
         ("get", "/v1/locks/{name}") => ok("/v1/locks/l1", None),
         ("post", "/v1/locks/{name}/acquire") => ok(
             "/v1/locks/la/acquire",
@@ -256,6 +257,7 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
         ("post", "/v1/locks/{name}/release") => {
             ok("/v1/locks/l2/release", Some(json!({"fence": num("lock2")})))
         }
+        ("get", "/v1/semaphores") => ok("/v1/semaphores?prefix=s", None),
         ("get", "/v1/semaphores/{name}") => ok("/v1/semaphores/s1", None),
         ("post", "/v1/semaphores/{name}/acquire") => ok(
             "/v1/semaphores/sa/acquire",
@@ -292,6 +294,10 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
             Some(json!({"worker": "w", "max": 1})),
         ),
         ("get", "/v1/queues/{name}/dead") => ok("/v1/queues/q1/dead", None),
+        ("get", "/v1/queues/{name}/jobs") => ok("/v1/queues/q1/jobs?state=ready", None),
+        ("post", "/v1/queues/{name}/dead/delete") => {
+            ok("/v1/queues/q1/dead/delete", Some(json!({"all": true})))
+        }
         ("post", "/v1/queues/{name}/dead/replay") => {
             ok("/v1/queues/q1/dead/replay", Some(json!({"all": true})))
         }
@@ -326,6 +332,7 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
         ("post", "/v1/channels/{name}/publish") => {
             ok("/v1/channels/ch1/publish", Some(json!({"data": 2})))
         }
+        ("get", "/v1/channels") => ok("/v1/channels?prefix=ch", None),
         ("get", "/v1/channels/{name}/history") => ok("/v1/channels/ch1/history", None),
         ("get", "/v1/channels/{name}/presence") => ok("/v1/channels/ch1/presence", None),
         // A plain GET is not an upgrade: the handler's own answer. The WebSocket's checks of

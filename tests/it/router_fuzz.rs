@@ -237,6 +237,11 @@ async fn run(app: axum::Router, case: &Case, learned: &Learned) -> (u16, Option<
     };
     let status = resp.status().as_u16();
     let head = case.method == Method::HEAD;
+    // `/ui` (which a mangled `/ui/…` path can become) is documented as a 308 to `/ui/`.
+    let to_ui = resp
+        .headers()
+        .get(axum::http::header::LOCATION)
+        .is_some_and(|l| l == "/ui/");
     let body = match axum::body::to_bytes(resp.into_body(), 64 << 20).await {
         Ok(b) => b,
         Err(e) => return (status, Some(format!("{status}: the body broke off: {e}"))),
@@ -245,6 +250,9 @@ async fn run(app: axum::Router, case: &Case, learned: &Learned) -> (u16, Option<
         if let Ok(v) = serde_json::from_slice::<Value>(&body) {
             learned.learn(&v, 0);
         }
+        return (status, None);
+    }
+    if status == 308 && to_ui {
         return (status, None);
     }
     if !(400..500).contains(&status) && status != 503 && status != 504 {
@@ -576,6 +584,10 @@ fn query_names(method: &str, template: &str) -> &'static [&'static str] {
         ("get", "/v1/history") => &["prefix", "since_revision", "limit", "consistency"],
         ("get", "/v1/channels/{name}/history") => &["since", "limit", "consistency"],
         ("get", "/v1/queues/{name}/dead") => &["limit", "consistency"],
+        ("get", "/v1/queues/{name}/jobs") => &["state", "limit", "consistency"],
+        ("get", "/v1/locks") | ("get", "/v1/semaphores") | ("get", "/v1/channels") => {
+            &["prefix", "limit", "after", "consistency"]
+        }
         ("put", "/v1/cache/{key}") => &["ttl_ms", "tags", "fence"],
         ("delete", "/v1/cache/{key}") => &["fence"],
         ("get", "/v1/cache/stats") => &["digest"],
@@ -602,6 +614,7 @@ fn plausible_query_value(rng: &mut Gen, name: &str) -> Option<String> {
             .unwrap_or(rng.random_range(0..5))
             .to_string(),
         "limit" | "ttl_ms" => pick(rng, &["1", "10", "100", "1000"]).into(),
+        "state" => pick(rng, &["ready", "delayed", "in_flight", "dead"]).into(),
         _ => return None,
     })
 }
@@ -1036,7 +1049,9 @@ fn fields(method: &str, template: &str) -> Option<&'static [(&'static str, Kind)
             ("visibility_ms", Ms),
             ("wait_ms", Wait),
         ],
-        ("post", "/v1/queues/{name}/dead/replay") => &[("ids", Ids), ("all", Bool)],
+        ("post", "/v1/queues/{name}/dead/replay") | ("post", "/v1/queues/{name}/dead/delete") => {
+            &[("ids", Ids), ("all", Bool)]
+        }
         ("put", "/v1/queues/{queue}/schedules/{name}") => &[
             ("cron", Cron),
             ("payload", Any),

@@ -51,6 +51,7 @@ pub fn cors(st: &Arc<AppState>) -> CorsLayer {
         ])
         .expose_headers([
             HeaderName::from_static("x-revision"),
+            HeaderName::from_static("x-expires-in-ms"),
             header::RETRY_AFTER,
             header::WWW_AUTHENTICATE,
         ])

@@ -2,17 +2,19 @@
 //! (`ws.rs`).
 
 use axum::extract::{RawQuery, State};
-use axum::Json;
+use axum::{Extension, Json};
 use raft::command::{ChannelCmd, ChannelResult};
 use serde_json::Value;
 
 use super::model::{
-    ChannelEvent, ChannelHistory, Consistency, Presence, PresentClient, PublishRequest, Published,
+    ChannelEvent, ChannelHistory, ChannelList, ChannelSummary, Consistency, Presence,
+    PresentClient, PublishRequest, Published,
 };
 use super::{
-    list_limit, params, read_barrier_unless_stale, u64_param, AppState, Idempotency,
+    list_limit, params, prefix_page, read_barrier_unless_stale, u64_param, AppState, Idempotency,
     IdempotencyKey, JsonBody, Name, St,
 };
+use crate::auth::{Caller, Op, Resource};
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled};
 
 /// The command publishing `data` on `channel`, with the retention configured for its name.
@@ -157,11 +159,61 @@ pub async fn presence(
     Ok(Json(Presence { clients }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/channels",
+    summary = "Channels published to or with clients present, by name prefix, in name order",
+    description = "Each with its offsets, its retained events, when it was last published to, and how many clients are present. The reserved channels ($audit) are listed only to a token that may read acl.",
+    params(
+        ("prefix" = Option<String>, Query, description = "at most 512 bytes; every channel when absent"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("after" = Option<String>, Query, description = "start after this name (the previous page's next)"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "a page of channels", body = ChannelList),
+        BadRequest,
+        Unsettled,
+    )
+)]
+pub async fn list(
+    State(st): St,
+    Extension(caller): Extension<Caller>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<ChannelList>> {
+    let p = params(q, &["prefix", "limit", "after", "consistency"])?;
+    let (prefix, after, limit) = prefix_page(&p)?;
+    read_barrier_unless_stale(&st, &p).await?;
+    let reserved_too = caller.may_all(&st, Resource::Acl, "", Op::Read);
+    let (page, more) = st
+        .cluster
+        .state()
+        .channels_under(&prefix, after.as_deref(), limit);
+    let next = if more {
+        page.last().map(|c| c.name.clone())
+    } else {
+        None
+    };
+    let channels = page
+        .into_iter()
+        .filter(|c| reserved_too || !c.name.starts_with('$'))
+        .map(|c| ChannelSummary {
+            name: c.name,
+            latest_offset: c.latest_offset,
+            earliest_offset: c.earliest_offset,
+            retained: c.retained,
+            last_published_ms: c.last_published_ms,
+            present: c.present,
+        })
+        .collect();
+    Ok(Json(ChannelList { channels, next }))
+}
+
 // ---- Typed client ----
 
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
-    use super::{ChannelHistory, Presence, PublishRequest, Published};
+    use super::{ChannelHistory, ChannelList, Presence, PublishRequest, Published};
     use crate::api::client::{segment, ApiResult, Client, Path};
     use serde_json::Value;
 
@@ -174,6 +226,20 @@ mod typed {
             let body = PublishRequest { data };
             self.post(&Self::channel_path(channel, "/publish"), &body)
                 .await
+        }
+
+        /// Channels under `prefix`, at most `limit` of them after `after`.
+        pub async fn channels(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: Option<u64>,
+        ) -> ApiResult<ChannelList> {
+            let path = Path::new("/v1/channels".into())
+                .opt("prefix", Some(prefix))
+                .opt("after", after)
+                .opt("limit", limit);
+            self.get(&self.read(path)).await
         }
 
         /// Events after offset `since` (all retained when `None`), at most `limit`.

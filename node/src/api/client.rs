@@ -125,6 +125,8 @@ pub struct KvValue {
     pub value: Bytes,
     /// `X-Revision`.
     pub revision: u64,
+    /// `X-Expires-In-Ms`, when the key was written with a TTL.
+    pub expires_in_ms: Option<u64>,
 }
 
 /// A cached value (`GET /v1/cache/{key}`).
@@ -445,9 +447,11 @@ impl Client {
         );
         let resp = self.send(req).await?;
         let revision = header_u64(&resp, "x-revision").unwrap_or(0);
+        let expires_in_ms = header_u64(&resp, "x-expires-in-ms");
         Ok(KvValue {
             value: resp.bytes().await?,
             revision,
+            expires_in_ms,
         })
     }
 

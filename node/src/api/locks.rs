@@ -7,11 +7,12 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::model::{
-    AcquireRequest, Consistency, Grant, LockInfo, ReleaseRequest, Released, RenewRequest, Renewed,
+    AcquireRequest, Consistency, Grant, LockInfo, LockList, LockSummary, LockWaiter,
+    ReleaseRequest, Released, RenewRequest, Renewed,
 };
 use super::{
-    check_ms, check_wait_ms, params, read_barrier_unless_stale, remaining_ms, validate_name,
-    Idempotency, IdempotencyKey, JsonBody, Name, St,
+    check_ms, check_wait_ms, params, prefix_page, read_barrier_unless_stale, remaining_ms,
+    validate_name, Idempotency, IdempotencyKey, JsonBody, Name, St,
 };
 use crate::error::{
     ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled, WriteFailures,
@@ -192,11 +193,75 @@ pub async fn inspect(
     }))
 }
 
+/// Waiters a listing shows per lock or semaphore.
+pub(crate) const LISTED_WAITERS: usize = 10;
+
+#[utoipa::path(
+    get,
+    path = "/v1/locks",
+    summary = "Locks held or waited for, by name prefix, in name order",
+    description = "Each with its holder, fence, lease and expiry, and its waiters (the count and the first 10). A page may hold fewer than limit locks while next is set: pass next as after for the rest.",
+    params(
+        ("prefix" = Option<String>, Query, description = "at most 512 bytes; every lock when absent"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("after" = Option<String>, Query, description = "start after this name (the previous page's next)"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "a page of locks", body = LockList),
+        BadRequest,
+        Unsettled,
+    )
+)]
+pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<LockList>> {
+    let p = params(q, &["prefix", "limit", "after", "consistency"])?;
+    let (prefix, after, limit) = prefix_page(&p)?;
+    read_barrier_unless_stale(&st, &p).await?;
+    let state = st.cluster.state();
+    let now = state.meta.now_ms;
+    let (entries, more) = state.locks_under(&prefix, after.as_deref(), limit);
+    let next = if more {
+        entries.last().map(|(k, _)| (*k).clone())
+    } else {
+        None
+    };
+    // An ended lease or wait stays in the state until the next apply settles it: not shown.
+    let locks = entries
+        .into_iter()
+        .filter_map(|(name, l)| {
+            let holder = l.holder.as_ref().filter(|h| h.expires_at_ms > now);
+            let waiting: Vec<_> = l.waiters.iter().filter(|w| w.deadline_ms > now).collect();
+            if holder.is_none() && waiting.is_empty() {
+                return None;
+            }
+            Some(LockSummary {
+                name: name.clone(),
+                holder: holder.map(|h| h.owner.clone()),
+                fence: holder.map(|h| h.fence),
+                ttl_ms: holder.map(|h| h.ttl_ms),
+                expires_in_ms: holder.map(|h| remaining_ms(h.expires_at_ms, now)),
+                waiters: waiting.len() as u64,
+                next_waiters: waiting
+                    .iter()
+                    .take(LISTED_WAITERS)
+                    .map(|w| LockWaiter {
+                        owner: w.owner.clone(),
+                        gives_up_in_ms: remaining_ms(w.deadline_ms, now),
+                    })
+                    .collect(),
+            })
+        })
+        .collect();
+    Ok(Json(LockList { locks, next }))
+}
+
 // ---- Typed client ----
 
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
-    use super::{AcquireRequest, Grant, LockInfo, ReleaseRequest, Released, RenewRequest, Renewed};
+    use super::{
+        AcquireRequest, Grant, LockInfo, LockList, ReleaseRequest, Released, RenewRequest, Renewed,
+    };
     use crate::api::client::{segment, ApiResult, Client, Path};
 
     impl Client {
@@ -216,6 +281,20 @@ mod typed {
         pub async fn lock_release(&self, name: &str, fence: u64) -> ApiResult<Released> {
             let body = ReleaseRequest { fence };
             self.post(&Self::lock_path(name, "/release"), &body).await
+        }
+
+        /// Locks held or waited for under `prefix`, at most `limit` of them after `after`.
+        pub async fn locks(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: Option<u64>,
+        ) -> ApiResult<LockList> {
+            let path = Path::new("/v1/locks".into())
+                .opt("prefix", Some(prefix))
+                .opt("after", after)
+                .opt("limit", limit);
+            self.get(&self.read(path)).await
         }
 
         pub async fn lock_get(&self, name: &str) -> ApiResult<LockInfo> {

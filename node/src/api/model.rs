@@ -165,6 +165,37 @@ pub struct LockInfo {
     pub waiters: u64,
 }
 
+/// `GET /v1/locks`: a page of locks in name order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LockList {
+    pub locks: Vec<LockSummary>,
+    /// The last name of the page when more follow (pass it as `after`); null when done.
+    pub next: Option<String>,
+}
+
+/// A lock that is held or waited for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LockSummary {
+    pub name: String,
+    /// The holder; null while nobody holds it (its waiters are served at the next step).
+    pub holder: Option<String>,
+    pub fence: Option<u64>,
+    pub ttl_ms: Option<u64>,
+    pub expires_in_ms: Option<u64>,
+    /// Callers queued for the lock.
+    pub waiters: u64,
+    /// The first waiters (at most 10), first served first.
+    pub next_waiters: Vec<LockWaiter>,
+}
+
+/// A caller queued for a lock or semaphore.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LockWaiter {
+    pub owner: String,
+    /// How long it still waits before giving up.
+    pub gives_up_in_ms: u64,
+}
+
 // ---- Sessions ----
 
 /// `POST /v1/sessions`.
@@ -443,6 +474,15 @@ pub struct Replayed {
     pub replayed: u64,
 }
 
+/// `POST /v1/queues/{name}/dead/delete`: `{ids: [...]}` (1 to 1000 job ids) or `{all: true}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteDeadRequest {
+    pub ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub all: bool,
+}
+
 /// `PUT /v1/queues/{queue}/schedules/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -478,6 +518,30 @@ pub struct ScheduleList {
 }
 
 // ---- Channels ----
+
+/// `GET /v1/channels`: a page of channels in name order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChannelList {
+    pub channels: Vec<ChannelSummary>,
+    /// The last name of the page when more follow (pass it as `after`); null when done.
+    pub next: Option<String>,
+}
+
+/// A channel that was published to, or has clients present.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChannelSummary {
+    pub name: String,
+    /// The last offset published, 0 when none.
+    pub latest_offset: u64,
+    /// The oldest retained offset; latest_offset + 1 when nothing is retained.
+    pub earliest_offset: u64,
+    /// Events retained.
+    pub retained: u64,
+    /// When the last retained event was published (ms since the Unix epoch), if any.
+    pub last_published_ms: Option<u64>,
+    /// Clients present across the cluster (WebSocket subscribers that gave a user).
+    pub present: u64,
+}
 
 /// `POST /v1/channels/{name}/publish`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -4,15 +4,15 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use raft::command::{Enqueue, QueueCmd, QueueResult, ScheduleSpec};
-use raft::state::{Job, JobState};
+use raft::state::{Job, JobListState, JobState};
 use serde_json::Value;
 use tokio::time::{Duration, Instant};
 
 use super::model::{
-    AckRequest, Acked, ClaimRequest, Claimed, ClaimedJob, Consistency, Deleted, EnqueueRequest,
-    Enqueued, ExtendRequest, Extended, JobInfo, JobList, JobStateName, NackRequest, Nacked,
-    NextFire, QueueList, QueueStats, QueueSummary, ReplayRequest, Replayed, ScheduleInfo,
-    ScheduleList, ScheduleRequest,
+    AckRequest, Acked, ClaimRequest, Claimed, ClaimedJob, Consistency, DeleteDeadRequest, Deleted,
+    DeletedCount, EnqueueRequest, Enqueued, ExtendRequest, Extended, JobInfo, JobList,
+    JobStateName, NackRequest, Nacked, NextFire, QueueList, QueueStats, QueueSummary,
+    ReplayRequest, Replayed, ScheduleInfo, ScheduleList, ScheduleRequest,
 };
 use super::{
     check_ms, list_limit, params, read_barrier_unless_stale, remaining_ms, validate_name, AppState,
@@ -477,6 +477,109 @@ pub async fn dead(
 }
 
 #[utoipa::path(
+    get,
+    path = "/v1/queues/{name}/jobs",
+    summary = "Jobs of a queue by state",
+    description = "Ready jobs in the order a claim takes them, delayed ones by due time, in-flight and dead ones by id; without state, the ready, delayed, in-flight and dead jobs in that order, limit in all.",
+    params(
+        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
+        ("state" = Option<JobStateName>, Query, description = "ready, delayed, in_flight or dead; every state when absent"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+    ),
+    responses(
+        (status = 200, description = "jobs", body = JobList),
+        BadRequest,
+        Unsettled,
+    )
+)]
+pub async fn list_jobs(
+    State(st): St,
+    Name(queue): Name,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<JobList>> {
+    let p = params(q, &["state", "limit", "consistency"])?;
+    let state_filter = match p.get("state").map(String::as_str) {
+        None => None,
+        Some("ready") => Some(JobListState::Ready),
+        Some("delayed") => Some(JobListState::Delayed),
+        Some("in_flight") => Some(JobListState::InFlight),
+        Some("dead") => Some(JobListState::Dead),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "state must be ready, delayed, in_flight or dead, got {other:?}"
+            ))
+            .with("field", "state"))
+        }
+    };
+    let limit = list_limit(&p)?;
+    read_barrier_unless_stale(&st, &p).await?;
+    let state = st.cluster.state();
+    let now = state.meta.now_ms;
+    let jobs = state
+        .jobs(&queue, state_filter, limit)
+        .into_iter()
+        .map(|(id, j)| job_info(id, j, now))
+        .collect();
+    Ok(Json(JobList { jobs }))
+}
+
+/// Job ids of a replay or delete: `{ids: [...]}` (1 to 1000) or `{all: true}` (`None`).
+fn job_selection(ids: Option<Vec<String>>, all: bool) -> ApiResult<Option<Vec<u64>>> {
+    match (ids, all) {
+        (Some(ids), false) => {
+            if ids.is_empty() || ids.len() > 1000 {
+                return Err(ApiError::bad_request("ids must list 1 to 1000 job ids"));
+            }
+            Ok(Some(
+                ids.iter()
+                    .map(|i| {
+                        i.parse::<u64>().map_err(|_| {
+                            ApiError::bad_request(format!("{i:?} is not a job id"))
+                                .with("field", "ids")
+                        })
+                    })
+                    .collect::<ApiResult<Vec<u64>>>()?,
+            ))
+        }
+        (None, true) => Ok(None),
+        _ => Err(ApiError::bad_request(
+            "give either {\"ids\": [...]} or {\"all\": true}",
+        )),
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/queues/{name}/dead/delete",
+    summary = "Delete dead jobs for good",
+    description = "The listed ids that are dead jobs of this queue (others are left alone), or every dead job with all; answers how many went.",
+    params(
+        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
+        IdempotencyKey,
+    ),
+    request_body = DeleteDeadRequest,
+    responses(
+        (status = 200, description = "how many dead jobs were deleted", body = DeletedCount),
+        BadRequest,
+        TooLarge,
+        WriteFailures,
+    )
+)]
+pub async fn delete_dead(
+    State(st): St,
+    Name(queue): Name,
+    Idempotency(idem): Idempotency,
+    JsonBody(b): JsonBody<DeleteDeadRequest>,
+) -> ApiResult<Json<DeletedCount>> {
+    let ids = job_selection(b.ids, b.all)?;
+    match crate::service::propose(&st.cluster, QueueCmd::DeleteDead { queue, ids }, idem).await? {
+        QueueResult::Count(n) => Ok(Json(DeletedCount { deleted: n })),
+        other => Err(other.into()),
+    }
+}
+
+#[utoipa::path(
     post,
     path = "/v1/queues/{name}/dead/replay",
     summary = "Move dead jobs back with fresh attempts",
@@ -498,29 +601,7 @@ pub async fn replay(
     Idempotency(idem): Idempotency,
     JsonBody(b): JsonBody<ReplayRequest>,
 ) -> ApiResult<Json<Replayed>> {
-    let ids = match (b.ids, b.all) {
-        (Some(ids), false) => {
-            if ids.is_empty() || ids.len() > 1000 {
-                return Err(ApiError::bad_request("ids must list 1 to 1000 job ids"));
-            }
-            Some(
-                ids.iter()
-                    .map(|i| {
-                        i.parse::<u64>().map_err(|_| {
-                            ApiError::bad_request(format!("{i:?} is not a job id"))
-                                .with("field", "ids")
-                        })
-                    })
-                    .collect::<ApiResult<Vec<u64>>>()?,
-            )
-        }
-        (None, true) => None,
-        _ => {
-            return Err(ApiError::bad_request(
-                "give either {\"ids\": [...]} or {\"all\": true}",
-            ))
-        }
-    };
+    let ids = job_selection(b.ids, b.all)?;
     match crate::service::propose(&st.cluster, QueueCmd::Replay { queue, ids }, idem).await? {
         QueueResult::Count(n) => Ok(Json(Replayed { replayed: n })),
         other => Err(other.into()),
@@ -651,9 +732,9 @@ pub async fn list_schedules(
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
     use super::{
-        AckRequest, Acked, ClaimRequest, Claimed, Deleted, EnqueueRequest, Enqueued, ExtendRequest,
-        Extended, JobInfo, JobList, NackRequest, Nacked, NextFire, QueueList, QueueStats,
-        ReplayRequest, Replayed, ScheduleList, ScheduleRequest,
+        AckRequest, Acked, ClaimRequest, Claimed, DeleteDeadRequest, Deleted, DeletedCount,
+        EnqueueRequest, Enqueued, ExtendRequest, Extended, JobInfo, JobList, NackRequest, Nacked,
+        NextFire, QueueList, QueueStats, ReplayRequest, Replayed, ScheduleList, ScheduleRequest,
     };
     use crate::api::client::{segment, ApiResult, Client, Path};
     use reqwest::Method;
@@ -715,6 +796,29 @@ mod typed {
         pub async fn dead(&self, queue: &str, limit: Option<u64>) -> ApiResult<JobList> {
             let path = Path::new(Self::queue_path(queue, "/dead")).opt("limit", limit);
             self.get(&self.read(path)).await
+        }
+
+        /// Jobs of `queue` in `state` (`ready`, `delayed`, `in_flight`, `dead`; every state
+        /// when `None`), at most `limit`.
+        pub async fn jobs(
+            &self,
+            queue: &str,
+            state: Option<&str>,
+            limit: Option<u64>,
+        ) -> ApiResult<JobList> {
+            let path = Path::new(Self::queue_path(queue, "/jobs"))
+                .opt("state", state)
+                .opt("limit", limit);
+            self.get(&self.read(path)).await
+        }
+
+        pub async fn delete_dead(
+            &self,
+            queue: &str,
+            req: &DeleteDeadRequest,
+        ) -> ApiResult<DeletedCount> {
+            self.post(&Self::queue_path(queue, "/dead/delete"), req)
+                .await
         }
 
         pub async fn replay(&self, queue: &str, req: &ReplayRequest) -> ApiResult<Replayed> {

@@ -10,10 +10,12 @@ use serde_json::Value;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
+use super::locks::LISTED_WAITERS;
 use super::locks::{LOCK_TTL_MS_MAX, LOCK_WAIT_MS_MAX};
+use super::model::LockWaiter;
 use super::{
-    check_ms, check_wait_ms, params, read_barrier_unless_stale, remaining_ms, validate_name,
-    Idempotency, IdempotencyKey, JsonBody, Name, St,
+    check_ms, check_wait_ms, params, prefix_page, read_barrier_unless_stale, remaining_ms,
+    validate_name, Idempotency, IdempotencyKey, JsonBody, Name, St,
 };
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, WriteFailures};
 use crate::service;
@@ -107,6 +109,100 @@ pub struct SemaphoreView {
     pub holders: Vec<LeaseView>,
     /// Callers queued for permits.
     pub waiting: u32,
+}
+
+/// `GET /v1/semaphores`: a page of semaphores in name order.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct SemaphoreList {
+    pub semaphores: Vec<SemaphoreSummary>,
+    /// The last name of the page when more follow (pass it as `after`); null when done.
+    pub next: Option<String>,
+}
+
+/// A semaphore with permits held or waited for.
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
+pub struct SemaphoreSummary {
+    pub name: String,
+    pub capacity: u32,
+    pub held: u32,
+    pub free: u32,
+    /// Leases by fence, oldest first.
+    pub holders: Vec<LeaseView>,
+    /// Callers queued for permits.
+    pub waiting: u32,
+    /// The first waiters (at most 10), first served first.
+    pub next_waiters: Vec<LockWaiter>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/semaphores",
+    summary = "Semaphores with permits held or waited for, by name prefix, in name order",
+    description = "Each with its capacity, its leases (holder, fence, permits, expiry) and its waiters (the count and the first 10). A page may hold fewer than limit semaphores while next is set: pass next as after for the rest.",
+    params(
+        ("prefix" = Option<String>, Query, description = "at most 512 bytes; every semaphore when absent"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ("after" = Option<String>, Query, description = "start after this name (the previous page's next)"),
+        ("consistency" = Option<String>, Query, description = "linearizable (default) or stale"),
+    ),
+    responses(
+        (status = 200, description = "a page of semaphores", body = SemaphoreList),
+        (status = 400, description = "bad_request: unknown parameter, bad limit", body = ErrorBody),
+        (status = 503, description = "unavailable: no leader, not ready or overloaded (Retry-After)", body = ErrorBody),
+    )
+)]
+pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<SemaphoreList>> {
+    let p = params(q, &["prefix", "limit", "after", "consistency"])?;
+    let (prefix, after, limit) = prefix_page(&p)?;
+    read_barrier_unless_stale(&st, &p).await?;
+    let state = st.cluster.state();
+    let now = state.meta.now_ms;
+    let (entries, more) = state.semaphores_under(&prefix, after.as_deref(), limit);
+    let next = if more {
+        entries.last().map(|(k, _)| (*k).clone())
+    } else {
+        None
+    };
+    // Ended leases and waits stay until the next apply settles them: not shown.
+    let semaphores = entries
+        .into_iter()
+        .filter_map(|(name, s)| {
+            let holders: Vec<LeaseView> = s
+                .holders
+                .iter()
+                .filter(|(_, l)| l.expires_at_ms > now)
+                .map(|(fence, l)| LeaseView {
+                    fence: *fence,
+                    holder: l.holder.clone(),
+                    permits: l.permits,
+                    ttl_ms: l.ttl_ms,
+                    expires_in_ms: remaining_ms(l.expires_at_ms, now),
+                })
+                .collect();
+            let waiting: Vec<_> = s.waiters.iter().filter(|w| w.deadline_ms > now).collect();
+            if holders.is_empty() && waiting.is_empty() {
+                return None;
+            }
+            let held = holders.iter().map(|l| l.permits).sum::<u32>();
+            Some(SemaphoreSummary {
+                name: name.clone(),
+                capacity: s.capacity,
+                held,
+                free: s.capacity.saturating_sub(held),
+                holders,
+                waiting: u32::try_from(waiting.len()).unwrap_or(u32::MAX),
+                next_waiters: waiting
+                    .iter()
+                    .take(LISTED_WAITERS)
+                    .map(|w| LockWaiter {
+                        owner: w.holder.clone(),
+                        gives_up_in_ms: remaining_ms(w.deadline_ms, now),
+                    })
+                    .collect(),
+            })
+        })
+        .collect();
+    Ok(Json(SemaphoreList { semaphores, next }))
 }
 
 #[utoipa::path(
@@ -337,7 +433,9 @@ fn refusal(r: SemaphoreResult) -> ApiError {
 
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
-    use super::{AcquireBody, Grant, ReleaseBody, Released, RenewBody, SemaphoreView};
+    use super::{
+        AcquireBody, Grant, ReleaseBody, Released, RenewBody, SemaphoreList, SemaphoreView,
+    };
     use crate::api::client::{segment, ApiResult, Client, Path};
 
     impl Client {
@@ -365,6 +463,20 @@ mod typed {
             let body = ReleaseBody { fence };
             self.post(&Self::semaphore_path(name, "/release"), &body)
                 .await
+        }
+
+        /// Semaphores held or waited for under `prefix`, at most `limit` of them after `after`.
+        pub async fn semaphores(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: Option<u64>,
+        ) -> ApiResult<SemaphoreList> {
+            let path = Path::new("/v1/semaphores".into())
+                .opt("prefix", Some(prefix))
+                .opt("after", after)
+                .opt("limit", limit);
+            self.get(&self.read(path)).await
         }
 
         pub async fn semaphore_get(&self, name: &str) -> ApiResult<SemaphoreView> {

@@ -131,6 +131,22 @@ pub struct History {
     pub latest_offset: u64,
 }
 
+/// A channel as a listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSummary {
+    pub name: String,
+    /// The last offset published, 0 when none.
+    pub latest_offset: u64,
+    /// The oldest retained offset; `latest + 1` when nothing is retained.
+    pub earliest_offset: u64,
+    /// Events retained.
+    pub retained: u64,
+    /// When the last retained event was published (replicated clock), if any is retained.
+    pub last_published_ms: Option<u64>,
+    /// Clients present, across the nodes.
+    pub present: u64,
+}
+
 /// One present client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Presence {
@@ -508,6 +524,76 @@ impl Channels {
                 node_id: *node,
             })
             .collect()
+    }
+
+    /// Channels published or with clients present, by name from `prefix` (after `after`).
+    pub(super) fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<ChannelSummary>, bool) {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        // Names of both maps, merged in order: the published channels, and the channels with
+        // someone present (presence is keyed by channel first).
+        let mut names: std::collections::BTreeSet<&String> = self
+            .channels
+            .range::<String, _>((start.clone(), Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit + 1)
+            .collect();
+        let pres_start = match &start {
+            Bound::Excluded(a) => {
+                Bound::Excluded((a.clone(), String::from('\u{10FFFF}'), u64::MAX))
+            }
+            Bound::Included(p) => Bound::Included((p.clone(), String::new(), 0)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut last: Option<&String> = None;
+        for ((c, _, _), _) in self.presence.range((pres_start, Bound::Unbounded)) {
+            if !c.starts_with(prefix) || names.len() > limit && names.last().is_some_and(|l| c > *l)
+            {
+                break;
+            }
+            if last != Some(c) {
+                names.insert(c);
+                last = Some(c);
+            }
+        }
+        let more = names.len() > limit;
+        let items = names
+            .into_iter()
+            .filter(|n| !matches!(&start, Bound::Excluded(a) if *n <= a))
+            .take(limit)
+            .map(|name| {
+                let ch = self.channels.get(name);
+                let latest = ch.map_or(0, |c| c.meta.last_offset);
+                ChannelSummary {
+                    name: name.clone(),
+                    latest_offset: latest,
+                    earliest_offset: ch
+                        .and_then(|c| c.events.front())
+                        .map_or(latest + 1, |e| e.offset),
+                    retained: ch.map_or(0, |c| c.events.len() as u64),
+                    last_published_ms: ch.and_then(|c| c.events.back()).map(|e| e.ts_ms),
+                    present: self.present_count(name),
+                }
+            })
+            .collect();
+        (items, more)
+    }
+
+    fn present_count(&self, channel: &str) -> u64 {
+        let start = (channel.to_string(), String::new(), 0);
+        self.presence
+            .range(start..)
+            .take_while(|((c, _, _), _)| c == channel)
+            .count() as u64
     }
 
     pub(super) fn channel_count(&self) -> usize {

@@ -103,6 +103,27 @@ impl<E: Leased> LeaseTable<E> {
         self.entries.get(name)
     }
 
+    /// Up to `limit` entries whose name starts with `prefix` and is greater than `after`, in
+    /// name order; the flag says whether more remain.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(&String, &E)>, bool) {
+        let start = match after {
+            Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_string()),
+            _ => std::ops::Bound::Included(prefix.to_string()),
+        };
+        let mut it = self
+            .entries
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix));
+        let items: Vec<_> = it.by_ref().take(limit).collect();
+        let more = it.next().is_some();
+        (items, more)
+    }
+
     /// Runs `f` on the entry of `name`, settling it before and after, and writes it back
     /// (or deletes its record once empty) with its deadlines re-indexed.
     pub fn update<R>(

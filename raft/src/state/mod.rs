@@ -55,11 +55,12 @@ use serde::{Deserialize, Serialize};
 use storage::{Db, SmBatch};
 
 pub use cache::{CacheCounts, CacheEntry};
-pub use channels::{ChannelEvent, History, Presence, PRESENCE_PER_CHANNEL_MAX};
+pub use channels::{ChannelEvent, ChannelSummary, History, Presence, PRESENCE_PER_CHANNEL_MAX};
 pub use kv::{Compacted, KvEntry, KvEvent, KvEventKind, COMPACT_KEY};
 pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
-    next_fire_ms, Job, JobState, QueueStats, Schedule, BACKOFF_MAX_MS, CRON_CATCH_UP_MAX,
+    next_fire_ms, Job, JobListState, JobState, QueueStats, Schedule, BACKOFF_MAX_MS,
+    CRON_CATCH_UP_MAX,
 };
 pub use security::{
     token_id, Security, EXPIRED_TOKEN_KEPT_MS, FOUNDER, NODE_KEYS_KEY, REVOKED_TOKENS_KEY,
@@ -416,6 +417,28 @@ impl State {
         self.parts.locks.get(name)
     }
 
+    /// Up to `limit` locks whose name starts with `prefix` and is greater than `after`, in
+    /// name order (held or waited for; a lease past its end may still show until the next
+    /// apply settles it); the flag says whether more remain.
+    pub fn locks_under(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(&String, &LockEntry)>, bool) {
+        self.parts.locks.list(prefix, after, limit)
+    }
+
+    /// [`State::locks_under`] for semaphores.
+    pub fn semaphores_under(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(&String, &SemaphoreEntry)>, bool) {
+        self.parts.semaphores.list(prefix, after, limit)
+    }
+
     /// A semaphore's capacity, current leases (by fence) and waiters, first waiter first;
     /// `None` when no permit is held or waited for.
     pub fn semaphore(&self, name: &str) -> Option<&SemaphoreEntry> {
@@ -477,6 +500,11 @@ impl State {
         self.parts.queues.dead(queue, limit)
     }
 
+    /// Up to `limit` jobs of `queue` in `state` (every state when `None`).
+    pub fn jobs(&self, queue: &str, state: Option<JobListState>, limit: usize) -> Vec<(u64, &Job)> {
+        self.parts.queues.jobs_in(queue, state, limit)
+    }
+
     pub fn schedules(&self, queue: &str) -> Vec<(String, &Schedule)> {
         self.parts.queues.schedules(queue)
     }
@@ -495,6 +523,17 @@ impl State {
     /// Present clients of `channel`, by client id.
     pub fn presence(&self, channel: &str) -> Vec<Presence> {
         self.parts.channels.present(channel)
+    }
+
+    /// Up to `limit` channels (published, or with clients present) whose name starts with
+    /// `prefix` and is greater than `after`, in name order; the flag says whether more remain.
+    pub fn channels_under(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<ChannelSummary>, bool) {
+        self.parts.channels.list(prefix, after, limit)
     }
 
     /// (channels ever published, events retained across them).

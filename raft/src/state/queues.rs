@@ -76,6 +76,11 @@ pub enum QueueCmd {
         queue: String,
         name: String,
     },
+    /// Deletes dead jobs (these ids, or all with `None`) for good.
+    DeleteDead {
+        queue: String,
+        ids: Option<Vec<u64>>,
+    },
 }
 
 /// A job to enqueue. `run_at_ms` wins over `delay_ms`; neither means now.
@@ -171,6 +176,16 @@ pub struct Job {
     pub worker: Option<String>,
     /// When an in-flight job is offered again.
     pub visible_at_ms: u64,
+}
+
+/// The state a job listing filters on (see `State::jobs`): a waiting job is ready or
+/// delayed depending on whether it is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobListState {
+    Ready,
+    Delayed,
+    InFlight,
+    Dead,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,6 +387,7 @@ impl Primitive for Queues {
                 self.set_schedule(queue, name, spec, now, batch)
             }
             QueueCmd::ScheduleDelete { queue, name } => self.delete_schedule(queue, name, batch),
+            QueueCmd::DeleteDead { queue, ids } => self.delete_dead(queue, ids.as_deref(), batch),
         }
     }
 
@@ -653,6 +669,30 @@ impl Queues {
         QueueResult::Count(dead.len() as u64)
     }
 
+    /// Removes dead jobs of `queue` (these ids, or all); ids that are not dead jobs of the
+    /// queue are left alone.
+    fn delete_dead(
+        &mut self,
+        queue: &str,
+        ids: Option<&[u64]>,
+        batch: &mut SmBatch,
+    ) -> QueueResult {
+        let dead: Vec<u64> = match self.queues.get(queue) {
+            Some(q) => match ids {
+                Some(ids) => ids.iter().copied().filter(|i| q.dead.contains(i)).collect(),
+                None => q.dead.iter().copied().collect(),
+            },
+            None => Vec::new(),
+        };
+        let mut n = 0;
+        for id in dead {
+            if self.remove(id, batch).is_some() {
+                n += 1;
+            }
+        }
+        QueueResult::Count(n)
+    }
+
     fn set_schedule(
         &mut self,
         queue: &str,
@@ -780,6 +820,36 @@ impl Queues {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Up to `limit` jobs of `queue` in `state` (all states when `None`: ready, delayed, in
+    /// flight, dead, in that order), each state in its own order: ready jobs as a claim takes
+    /// them, delayed ones by due time, in-flight and dead ones by id.
+    pub(super) fn jobs_in(
+        &self,
+        queue: &str,
+        state: Option<JobListState>,
+        limit: usize,
+    ) -> Vec<(u64, &Job)> {
+        let Some(q) = self.queues.get(queue) else {
+            return Vec::new();
+        };
+        let want = |s: JobListState| state.is_none_or(|w| w == s);
+        let mut ids: Vec<u64> = Vec::new();
+        if want(JobListState::Ready) {
+            ids.extend(q.ready.iter().take(limit).map(|(_, _, _, id)| *id));
+        }
+        if want(JobListState::Delayed) {
+            ids.extend(q.delayed.iter().take(limit).map(|(_, id)| *id));
+        }
+        if want(JobListState::InFlight) {
+            ids.extend(q.in_flight.iter().take(limit));
+        }
+        if want(JobListState::Dead) {
+            ids.extend(q.dead.iter().take(limit));
+        }
+        ids.truncate(limit);
+        ids.into_iter().map(|id| (id, &self.jobs[&id])).collect()
     }
 
     pub(super) fn schedules(&self, queue: &str) -> Vec<(String, &Schedule)> {
