@@ -25,7 +25,8 @@
 # all of 127.0.0.0/8 to lo; macOS needs `ifconfig lo0 alias 127.0.0.2` etc.)
 #
 # Layout under $STACKD_DATA: nodeN/ (data dir), nodeN.log, nodeN.pid.
-# A start on existing data dirs restarts the nodes as the members they were.
+# A start on existing data dirs restarts the nodes as the members they were; with some
+# nodes still up, it restarts only the others.
 
 set -euo pipefail
 
@@ -193,15 +194,19 @@ cmd_start() {
     command -v python3 >/dev/null || die "python3 is required"
 
     local i running=0 pid
+    local -A up=()
     for i in "${NODES[@]}"; do
         if pid="$(node_pid "$i")"; then
-            log "node $i is still running (pid $pid) from a previous start"
-            running=1
+            log "node $i is already running (pid $pid)"
+            up[$i]=1
+            running=$((running + 1))
         else
             rm -f "$(pid_file "$i")" # stale
         fi
     done
-    ((running == 0)) || die "cluster is already running; use '$0 stop' first"
+    ((running < ${#NODES[@]})) || die "the cluster is already running; use '$0 stop' first"
+    # Some nodes up: the others restart from their data and rejoin them.
+    ((running == 0)) || has_data 1 || die "nodes are running but $(data_dir 1) has no data; use '$0 stop' first"
 
     # Joining needs node 1's token, and only node 1 may create a cluster, so
     # other nodes' data without node 1's cannot be used.
@@ -226,7 +231,7 @@ cmd_start() {
         # No --join: a node with data restarts as the member it was. All of
         # them start before waiting, as a leader needs a quorum of them.
         for i in "${NODES[@]}"; do
-            if has_data "$i"; then start_node "$i"; fi
+            if has_data "$i" && [[ -z "${up[$i]:-}" ]]; then start_node "$i"; fi
         done
         # Nodes whose data dir is missing (e.g. a first start that failed
         # half-way) join now, once the cluster has a leader again.
