@@ -289,16 +289,26 @@ impl ClusterTls {
         self.sign(&id, public_key)
     }
 
-    fn sign(&self, id: &PeerId, public_key: &[u8]) -> Result<Vec<u8>> {
-        check_public_key(public_key)?;
+    /// The CA's key and its certificate as an issuer, and the parameters of a certificate
+    /// with the common name `cn`.
+    fn issuer(
+        &self,
+        cn: String,
+    ) -> Result<(rcgen::KeyPair, rcgen::Certificate, rcgen::CertificateParams)> {
         let ca_key = rcgen::KeyPair::try_from(self.ca_key_der.as_slice()).map_err(tls_err)?;
         let issuer = ca_params(&self.cluster_id)
             .self_signed(&ca_key)
             .map_err(tls_err)?;
         let mut p = rcgen::CertificateParams::default();
         let mut dn = rcgen::DistinguishedName::new();
-        dn.push(rcgen::DnType::CommonName, format!("stackd {id}"));
+        dn.push(rcgen::DnType::CommonName, cn);
         p.distinguished_name = dn;
+        Ok((ca_key, issuer, p))
+    }
+
+    fn sign(&self, id: &PeerId, public_key: &[u8]) -> Result<Vec<u8>> {
+        check_public_key(public_key)?;
+        let (ca_key, issuer, mut p) = self.issuer(format!("stackd {id}"))?;
         p.subject_alt_names = vec![rcgen::SanType::URI(
             rcgen::Ia5String::try_from(id.uri()).map_err(tls_err)?,
         )];
@@ -323,17 +333,8 @@ impl ClusterTls {
         valid_for: std::time::Duration,
     ) -> Result<(Vec<u8>, Vec<u8>)> {
         let key = rcgen::KeyPair::generate().map_err(tls_err)?;
-        let ca_key = rcgen::KeyPair::try_from(self.ca_key_der.as_slice()).map_err(tls_err)?;
-        let issuer = ca_params(&self.cluster_id)
-            .self_signed(&ca_key)
-            .map_err(tls_err)?;
-        let mut p = rcgen::CertificateParams::default();
-        let mut dn = rcgen::DistinguishedName::new();
-        dn.push(
-            rcgen::DnType::CommonName,
-            format!("stackd cluster {} API", self.cluster_id),
-        );
-        p.distinguished_name = dn;
+        let (ca_key, issuer, mut p) =
+            self.issuer(format!("stackd cluster {} API", self.cluster_id))?;
         p.subject_alt_names = names
             .iter()
             .map(|n| match ServerName::try_from(n.as_str()) {
