@@ -167,18 +167,7 @@ pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Semaph
     let semaphores = entries
         .into_iter()
         .filter_map(|(name, s)| {
-            let holders: Vec<LeaseView> = s
-                .holders
-                .iter()
-                .filter(|(_, l)| l.expires_at_ms > now)
-                .map(|(fence, l)| LeaseView {
-                    fence: *fence,
-                    holder: l.holder.clone(),
-                    permits: l.permits,
-                    ttl_ms: l.ttl_ms,
-                    expires_in_ms: remaining_ms(l.expires_at_ms, now),
-                })
-                .collect();
+            let holders = live_holders(s, now);
             let waiting: Vec<_> = s.waiters.iter().filter(|w| w.deadline_ms > now).collect();
             if holders.is_empty() && waiting.is_empty() {
                 return None;
@@ -376,8 +365,20 @@ pub async fn inspect(
             "semaphore {name:?} has no holders or waiters"
         )));
     };
-    let holders = s
-        .holders
+    let holders = live_holders(s, now);
+    let held = holders.iter().map(|l| l.permits).sum::<u32>();
+    Ok(Json(SemaphoreView {
+        capacity: s.capacity,
+        held,
+        free: s.capacity.saturating_sub(held),
+        holders,
+        waiting: u32::try_from(s.waiters.len()).unwrap_or(u32::MAX),
+    }))
+}
+
+/// The leases of `s` not ended at `now` (ended ones stay until the next apply settles them).
+fn live_holders(s: &raft::state::SemaphoreEntry, now: u64) -> Vec<LeaseView> {
+    s.holders
         .iter()
         .filter(|(_, l)| l.expires_at_ms > now)
         .map(|(fence, l)| LeaseView {
@@ -387,15 +388,7 @@ pub async fn inspect(
             ttl_ms: l.ttl_ms,
             expires_in_ms: remaining_ms(l.expires_at_ms, now),
         })
-        .collect::<Vec<_>>();
-    let held = holders.iter().map(|l| l.permits).sum::<u32>();
-    Ok(Json(SemaphoreView {
-        capacity: s.capacity,
-        held,
-        free: s.capacity.saturating_sub(held),
-        holders,
-        waiting: u32::try_from(s.waiters.len()).unwrap_or(u32::MAX),
-    }))
+        .collect()
 }
 
 /// The answers of a semaphore write besides its success.

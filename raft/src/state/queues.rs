@@ -642,13 +642,7 @@ impl Queues {
         now: u64,
         batch: &mut SmBatch,
     ) -> QueueResult {
-        let dead: Vec<u64> = match self.queues.get(queue) {
-            Some(q) => match ids {
-                Some(ids) => ids.iter().copied().filter(|i| q.dead.contains(i)).collect(),
-                None => q.dead.iter().copied().collect(),
-            },
-            None => Vec::new(),
-        };
+        let dead = self.dead_of(queue, ids);
         for &id in &dead {
             let mut job = self.jobs.get(&id).cloned().expect("indexed job exists");
             job.state = JobState::Waiting;
@@ -669,6 +663,17 @@ impl Queues {
         QueueResult::Count(dead.len() as u64)
     }
 
+    /// The dead jobs of `queue`: those of `ids` that are, or all of them.
+    fn dead_of(&self, queue: &str, ids: Option<&[u64]>) -> Vec<u64> {
+        let Some(q) = self.queues.get(queue) else {
+            return Vec::new();
+        };
+        match ids {
+            Some(ids) => ids.iter().copied().filter(|i| q.dead.contains(i)).collect(),
+            None => q.dead.iter().copied().collect(),
+        }
+    }
+
     /// Removes dead jobs of `queue` (these ids, or all); ids that are not dead jobs of the
     /// queue are left alone.
     fn delete_dead(
@@ -677,13 +682,7 @@ impl Queues {
         ids: Option<&[u64]>,
         batch: &mut SmBatch,
     ) -> QueueResult {
-        let dead: Vec<u64> = match self.queues.get(queue) {
-            Some(q) => match ids {
-                Some(ids) => ids.iter().copied().filter(|i| q.dead.contains(i)).collect(),
-                None => q.dead.iter().copied().collect(),
-            },
-            None => Vec::new(),
-        };
+        let dead = self.dead_of(queue, ids);
         let mut n = 0;
         for id in dead {
             if self.remove(id, batch).is_some() {
