@@ -25,9 +25,9 @@ pub mod model;
 pub(crate) mod ops;
 pub(crate) mod queues;
 pub mod semaphores;
+pub mod services;
 pub(crate) mod sessions;
 pub(crate) mod txn;
-pub mod services;
 pub(crate) mod ui;
 pub(crate) mod ws;
 pub mod ws_protocol;
@@ -47,8 +47,8 @@ use raft::command::{KvCmd, KvResult, MaybeFenced, Proposal};
 use tokio::sync::Semaphore;
 
 use crate::auth::Resource::{
-    Acl, Cache, Channels, Cluster as ClusterOps, Kv, Locks, Queues, Routes, Semaphores,
-    Services, Sessions,
+    Acl, Cache, Channels, Cluster as ClusterOps, Kv, Locks, Queues, Routes, Semaphores, Services,
+    Sessions,
 };
 use crate::auth::Target::{All, JobQueue, Path as Param, Prefix, Query, SessionUser};
 use crate::auth::{channel, read, write, Need, Op};

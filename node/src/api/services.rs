@@ -404,7 +404,9 @@ pub fn instance_spec(service: &str, id: &str, b: &RegisterRequest) -> ApiResult<
     validate_ident("service", service)?;
     validate_ident("id", id)?;
     text("address", &b.address, 1, 253)?;
-    if b.address.contains(|c: char| c.is_whitespace() || "/?#@".contains(c)) {
+    if b.address
+        .contains(|c: char| c.is_whitespace() || "/?#@".contains(c))
+    {
         return Err(bad(
             "address",
             "address must be a host name or an IP address".into(),
@@ -923,7 +925,11 @@ mod tests {
         assert_eq!(r.path_prefix, "/");
         assert_eq!(r.max_body_bytes, MAX_BODY_BYTES_DEFAULT);
         let e = route(serde_json::json!({"service": "web", "strategy": "random"})).unwrap_err();
-        assert!(e.message.contains("strategy must be one of"), "{}", e.message);
+        assert!(
+            e.message.contains("strategy must be one of"),
+            "{}",
+            e.message
+        );
         let e = route(serde_json::json!({"service": "web", "strategy": "hash"})).unwrap_err();
         assert!(e.message.contains("hash_on"), "{}", e.message);
         let e = route(serde_json::json!({"service": "a/b"})).unwrap_err();
@@ -952,7 +958,11 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert!(e.message.contains("interval_ms applies to"), "{}", e.message);
+        assert!(
+            e.message.contains("interval_ms applies to"),
+            "{}",
+            e.message
+        );
         let e = check_from(&CheckBody {
             kind: "ping".into(),
             ..Default::default()
@@ -966,6 +976,10 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert!(e.message.contains("timeout_ms must be 1 to 1000"), "{}", e.message);
+        assert!(
+            e.message.contains("timeout_ms must be 1 to 1000"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -69,13 +69,13 @@ pub use security::{
     token_id, Security, EXPIRED_TOKEN_KEPT_MS, FOUNDER, NODE_KEYS_KEY, REVOKED_TOKENS_KEY,
     SECURITY_KEY,
 };
-pub use services::{
-    Check, Damping, HashOn, Health, Instance, InstanceSpec, Route, Strategy, MAX_INSTANCES,
-    MAX_ROUTES,
-};
 pub use semaphores::{
     SemaphoreEntry, SemaphoreLease, SemaphoreWaiter, MAX_HOLDERS_PER_SEMAPHORE,
     MAX_SEMAPHORE_CAPACITY, MAX_WAITERS_PER_SEMAPHORE,
+};
+pub use services::{
+    Check, Damping, HashOn, Health, Instance, InstanceSpec, Route, Strategy, MAX_INSTANCES,
+    MAX_ROUTES,
 };
 pub use sessions::SessionEntry;
 

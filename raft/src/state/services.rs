@@ -219,7 +219,10 @@ pub enum ServiceCmd {
         drain_ms: u64,
     },
     /// A TTL check's heartbeat: passing for another TTL.
-    Heartbeat { service: String, id: String },
+    Heartbeat {
+        service: String,
+        id: String,
+    },
     /// A status observed by the node running the instance's check.
     SetStatus {
         service: String,
@@ -227,20 +230,30 @@ pub enum ServiceCmd {
         status: Health,
         output: String,
     },
-    PutRoute { name: String, route: Route },
-    DeleteRoute { name: String },
+    PutRoute {
+        name: String,
+        route: Route,
+    },
+    DeleteRoute {
+        name: String,
+    },
 }
 
 /// The result of a [`ServiceCmd`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServiceResult {
     /// The registry's revision after the change (unchanged when nothing changed).
-    Done { revision: u64 },
+    Done {
+        revision: u64,
+    },
     NotFound,
     /// The heartbeat of an instance without a TTL check.
     NotTtl,
     /// A bound of the registry was reached (its name, its value).
-    Limited { limit: String, max: u64 },
+    Limited {
+        limit: String,
+        max: u64,
+    },
 }
 
 /// The registry's counters.
@@ -297,8 +310,7 @@ impl Part for Services {
                 self.remove(&key, cx);
                 continue;
             }
-            if inst.status == Health::Passing && inst.ttl_expires_at_ms.is_some_and(|t| t <= now)
-            {
+            if inst.status == Health::Passing && inst.ttl_expires_at_ms.is_some_and(|t| t <= now) {
                 inst.status = Health::Critical;
                 inst.status_since_ms = now;
                 inst.output = "TTL expired: no heartbeat".into();
@@ -344,7 +356,8 @@ impl Primitive for Services {
                     let mut inst = inst.clone();
                     let until = now.saturating_add(*drain_ms);
                     // A second deregistration does not lengthen a drain under way.
-                    inst.draining_until_ms = Some(inst.draining_until_ms.map_or(until, |u| u.min(until)));
+                    inst.draining_until_ms =
+                        Some(inst.draining_until_ms.map_or(until, |u| u.min(until)));
                     self.store(inst, cx);
                 }
                 self.done()
@@ -381,7 +394,11 @@ impl Primitive for Services {
                     return ServiceResult::NotFound;
                 };
                 if inst.status != *status
-                    && inst.spec.check.as_ref().is_some_and(Check::is_run_by_cluster)
+                    && inst
+                        .spec
+                        .check
+                        .as_ref()
+                        .is_some_and(Check::is_run_by_cluster)
                 {
                     let mut inst = inst.clone();
                     inst.status = *status;
@@ -613,7 +630,10 @@ mod tests {
     #[test]
     fn a_ttl_instance_turns_critical_without_heartbeats_then_goes_away() {
         let mut f = Fixture::new();
-        f.at(1_000, ServiceCmd::Register(spec("a", Some(Check::Ttl { ttl_ms: 500 }))));
+        f.at(
+            1_000,
+            ServiceCmd::Register(spec("a", Some(Check::Ttl { ttl_ms: 500 }))),
+        );
         assert_eq!(f.status("a"), Some(Health::Passing));
         f.at(
             1_400,
