@@ -62,7 +62,7 @@ pub fn owner(key: &Key, alive: &BTreeSet<NodeId>) -> Option<NodeId> {
 }
 
 /// The members this node's gossip sees alive, itself included.
-fn alive_members(cluster: &Cluster) -> BTreeSet<NodeId> {
+pub fn alive_members(cluster: &Cluster) -> BTreeSet<NodeId> {
     let mut alive: BTreeSet<NodeId> = cluster
         .gossip()
         .snapshot()

@@ -11,6 +11,7 @@ mod cluster_port;
 mod config;
 mod errors;
 mod faults;
+mod gateway;
 mod gossip;
 mod history;
 mod idempotency;

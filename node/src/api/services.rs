@@ -117,6 +117,9 @@ pub struct InstanceView {
     pub registered_at_ms: u64,
     /// The registry revision of the instance's last change.
     pub revision: u64,
+    /// The node that runs the instance's http or tcp check, as the answering node sees the
+    /// alive members (null for ttl checks and instances without a check).
+    pub checked_by: Option<u64>,
 }
 
 /// `GET /v1/services/{name}`.
@@ -447,7 +450,7 @@ pub fn instance_spec(service: &str, id: &str, b: &RegisterRequest) -> ApiResult<
     })
 }
 
-pub fn instance_view(i: &Instance) -> InstanceView {
+pub fn instance_view(i: &Instance, checked_by: Option<u64>) -> InstanceView {
     let s = &i.spec;
     InstanceView {
         service: s.service.clone(),
@@ -465,11 +468,18 @@ pub fn instance_view(i: &Instance) -> InstanceView {
         deregister_critical_after_ms: s.deregister_critical_after_ms,
         registered_at_ms: i.registered_at_ms,
         revision: i.revision,
+        checked_by,
     }
 }
 
-/// A service's instances as `GET /v1/services/{name}` shows them, from one state read.
-pub fn service_view(state: &raft::State, service: &str, healthy_only: bool) -> ServiceView {
+/// A service's instances as `GET /v1/services/{name}` shows them, from one state read;
+/// `alive` are the members that may run checks (see `crate::checks::owner`).
+pub fn service_view(
+    state: &raft::State,
+    service: &str,
+    healthy_only: bool,
+    alive: &std::collections::BTreeSet<u64>,
+) -> ServiceView {
     ServiceView {
         service: service.to_string(),
         revision: state.service_revision(service),
@@ -477,7 +487,11 @@ pub fn service_view(state: &raft::State, service: &str, healthy_only: bool) -> S
             .service_instances(service)
             .into_iter()
             .filter(|i| !healthy_only || i.routable())
-            .map(instance_view)
+            .map(|i| {
+                let runs = i.spec.check.as_ref().is_some_and(|c| c.is_run_by_cluster());
+                let key = (i.spec.service.clone(), i.spec.id.clone());
+                instance_view(i, runs.then(|| crate::checks::owner(&key, alive)).flatten())
+            })
             .collect(),
     }
 }
@@ -797,7 +811,8 @@ pub async fn get(
         }
     };
     read_barrier_unless_stale(&st, &p).await?;
-    let view = service_view(&st.cluster.state(), &service, healthy);
+    let alive = crate::checks::alive_members(&st.cluster);
+    let view = service_view(&st.cluster.state(), &service, healthy, &alive);
     Ok(Json(view))
 }
 
