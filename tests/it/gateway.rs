@@ -287,15 +287,15 @@ async fn every_gateway_reaches_every_instance_with_sticky_routes_websockets_and_
     .unwrap();
 }
 
+/// Each request's start and status (0: no answer).
+type Results = Arc<Mutex<Vec<(Instant, u16)>>>;
+
 /// GETs through `gw` on `workers` loops until `stop`; each result with when it started.
 fn load(
     gw: String,
     workers: usize,
     stop: Arc<AtomicBool>,
-) -> (
-    Arc<Mutex<Vec<(Instant, u16)>>>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
+) -> (Results, Vec<tokio::task::JoinHandle<()>>) {
     let results = Arc::new(Mutex::new(Vec::new()));
     let tasks = (0..workers)
         .map(|_| {
