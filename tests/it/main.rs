@@ -27,6 +27,7 @@ mod replication;
 mod router_fuzz;
 mod security;
 mod semaphores;
+mod services;
 mod sessions;
 mod snapshots;
 mod storage_suite;

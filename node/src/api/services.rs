@@ -123,7 +123,7 @@ pub struct InstanceView {
 }
 
 /// `GET /v1/services/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ServiceView {
     pub service: String,
     /// The service's revision: a watch from it misses nothing.
@@ -923,6 +923,100 @@ pub async fn get_route(
         name,
         route: route_body(r),
     }))
+}
+
+// ---- Typed client ----
+
+/// The calls of these routes in the typed client ([`super::client::Client`]).
+mod typed {
+    use super::{
+        RegisterRequest, RegistryRevision, RouteBody, RouteList, RouteView, ServiceList,
+        ServiceView,
+    };
+    use crate::api::client::{segment, ApiResult, Client, Path};
+
+    impl Client {
+        fn instance_path(service: &str, id: &str, op: &str) -> String {
+            format!(
+                "/v1/services/{}/instances/{}{op}",
+                segment(service),
+                segment(id)
+            )
+        }
+
+        pub async fn service_register(
+            &self,
+            service: &str,
+            id: &str,
+            req: &RegisterRequest,
+        ) -> ApiResult<RegistryRevision> {
+            self.json(
+                reqwest::Method::PUT,
+                &Self::instance_path(service, id, ""),
+                req,
+            )
+            .await
+        }
+
+        /// Deregisters at once, or after `drain_ms` without new requests.
+        pub async fn service_deregister(
+            &self,
+            service: &str,
+            id: &str,
+            drain_ms: Option<u64>,
+        ) -> ApiResult<RegistryRevision> {
+            let path = Path::new(Self::instance_path(service, id, "")).opt("drain_ms", drain_ms);
+            self.delete(&path.0).await
+        }
+
+        pub async fn service_heartbeat(
+            &self,
+            service: &str,
+            id: &str,
+        ) -> ApiResult<RegistryRevision> {
+            self.post(
+                &Self::instance_path(service, id, "/heartbeat"),
+                &serde_json::json!({}),
+            )
+            .await
+        }
+
+        pub async fn services(&self) -> ApiResult<ServiceList> {
+            self.get(&self.read(Path::new("/v1/services".into()))).await
+        }
+
+        pub async fn service(&self, service: &str, healthy: bool) -> ApiResult<ServiceView> {
+            let path = Path::new(format!("/v1/services/{}", segment(service)))
+                .opt("healthy", healthy.then_some("true"));
+            self.get(&self.read(path)).await
+        }
+
+        pub async fn route_put(
+            &self,
+            name: &str,
+            route: &RouteBody,
+        ) -> ApiResult<RegistryRevision> {
+            self.json(
+                reqwest::Method::PUT,
+                &format!("/v1/routes/{}", segment(name)),
+                route,
+            )
+            .await
+        }
+
+        pub async fn route_delete(&self, name: &str) -> ApiResult<RegistryRevision> {
+            self.delete(&format!("/v1/routes/{}", segment(name))).await
+        }
+
+        pub async fn routes(&self) -> ApiResult<RouteList> {
+            self.get(&self.read(Path::new("/v1/routes".into()))).await
+        }
+
+        pub async fn route(&self, name: &str) -> ApiResult<RouteView> {
+            self.get(&self.read(Path::new(format!("/v1/routes/{}", segment(name)))))
+                .await
+        }
+    }
 }
 
 #[cfg(test)]

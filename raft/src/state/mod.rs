@@ -183,6 +183,11 @@ pub enum LiveEvent {
         event: ChannelEvent,
     },
     Kv(KvEvent),
+    /// A service of the registry changed; it is at `revision` now.
+    Service {
+        service: String,
+        revision: u64,
+    },
 }
 
 fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {

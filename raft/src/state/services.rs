@@ -37,8 +37,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use storage::Db;
 
-use super::prefixed;
 use super::primitive::{records, Cx, Deadlines, Part, Primitive};
+use super::{prefixed, LiveEvent};
 use crate::codec;
 
 /// `svi:<service>/<id>` → [`Instance`].
@@ -495,7 +495,8 @@ impl Services {
         inst.revision = revision;
         let service = inst.spec.service.clone();
         cx.put(prefixed(SERVICE_PREFIX, &service), &revision);
-        self.revisions.insert(service, revision);
+        self.revisions.insert(service.clone(), revision);
+        cx.emit(|| LiveEvent::Service { service, revision });
         self.store_quietly(inst, cx);
     }
 
@@ -530,6 +531,8 @@ impl Services {
             self.revisions.insert(key.0.clone(), revision);
             cx.put(prefixed(SERVICE_PREFIX, &key.0), &revision);
         }
+        let service = key.0.clone();
+        cx.emit(|| LiveEvent::Service { service, revision });
     }
 
     pub fn instances_of<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Instance> + 'a {
