@@ -101,6 +101,11 @@ section! {
         /// Most HTTP requests handled at once; further ones get 503. Default: 4096. Range: 1
         /// to 1000000.
         pub max_inflight_requests: usize = 4096,
+        /// Above this load (requests in flight plus WebSocket connections), a node sends new
+        /// WebSocket connections and long-poll claims to a member carrying under three quarters
+        /// of its load (a `moved` answer naming it), so clients spread back over the members,
+        /// a restarted one included. 0 turns it off. Default: 1000.
+        pub move_clients_above: u64 = 1_000,
         /// Serve every route without a token. For tests and local experiments only: anyone
         /// who reaches the API port owns the cluster. Logged as a warning at start-up and
         /// shown as `auth: "off"` in `GET /v1/cluster`. Default: false.
@@ -389,6 +394,7 @@ serve_flags! {
     advertise_api_addr: String, "STACKD_ADVERTISE_API_ADDR" => api.advertise_addr;
     request_timeout_ms: u64, "STACKD_REQUEST_TIMEOUT_MS" => api.request_timeout_ms;
     max_inflight_requests: usize, "STACKD_MAX_INFLIGHT_REQUESTS" => api.max_inflight_requests;
+    move_clients_above: u64, "STACKD_MOVE_CLIENTS_ABOVE" => api.move_clients_above;
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     insecure_no_auth: bool, "STACKD_INSECURE_NO_AUTH" => api.insecure_no_auth;
     allowed_origins: Origins, "STACKD_ALLOWED_ORIGINS" => api.allowed_origins;
@@ -1187,6 +1193,7 @@ mod tests {
         c.api.advertise_addr = Some("api.example:8001".into());
         c.api.request_timeout_ms = 7_000;
         c.api.max_inflight_requests = 100;
+        c.api.move_clients_above = 50;
         c.api.insecure_no_auth = true;
         c.api.metrics_open = true;
         c.api.tls_cert = Some("/etc/stackd/api-cert.pem".into());

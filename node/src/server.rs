@@ -626,9 +626,11 @@ fn stage_background(
     );
     life.spawn(
         "gossip feed",
-        cluster
-            .clone()
-            .run_gossip_feed(life.inflight.clone(), stop.clone()),
+        cluster.clone().run_gossip_feed(
+            life.inflight.clone(),
+            life.hub.connections.clone(),
+            stop.clone(),
+        ),
     );
     life.spawn(
         "membership watch",

@@ -131,6 +131,9 @@ pub struct Cluster {
     autopilot_totals: Mutex<BTreeMap<&'static str, u64>>,
     reads: ReadBatcher,
     audit: Arc<crate::audit::AuditLog>,
+    /// This node's permits of in-flight requests and of WebSocket connections, from which its
+    /// own load is read fresh (set once by the gossip feed).
+    load: std::sync::OnceLock<(Arc<Semaphore>, Arc<Semaphore>)>,
 }
 
 impl Cluster {
@@ -166,6 +169,7 @@ impl Cluster {
             autopilot_totals: Mutex::new(BTreeMap::new()),
             reads: ReadBatcher::default(),
             audit: Arc::new(crate::audit::AuditLog::new(id)),
+            load: std::sync::OnceLock::new(),
         })
     }
 
