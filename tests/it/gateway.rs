@@ -552,6 +552,34 @@ async fn open_ws(base: &str) -> (tests::ws::WsClient, String) {
     (ws, there)
 }
 
+/// Opens `n` WebSockets at `base` one after another, each after the route table counts every
+/// connection already open (so each meets the nodes' current loads); answers how many ended
+/// on each node, and adds them to `open`.
+async fn open_clients(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+    open: &mut Vec<tests::ws::WsClient>,
+) -> BTreeMap<String, usize> {
+    let mut on = BTreeMap::new();
+    for _ in 0..n {
+        let (ws, node) = open_ws(base).await;
+        *on.entry(node).or_default() += 1;
+        open.push(ws);
+        let want = open.len() as u64;
+        wait_for(
+            "the route table counts every connection",
+            Duration::from_secs(10),
+            || async {
+                (ws_per_node(http, base).await.values().sum::<u64>() == want).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+    on
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_websockets_spread_back_to_a_restarted_node() {
     let mut c = ProcCluster::start_with(
@@ -576,22 +604,7 @@ async fn new_websockets_spread_back_to_a_restarted_node() {
     .await
     .unwrap();
     let mut open = Vec::new();
-    let mut on = BTreeMap::<String, usize>::new();
-    for _ in 0..8 {
-        let (ws, node) = open_ws(&base).await;
-        *on.entry(node).or_default() += 1;
-        open.push(ws);
-        let want = open.len() as u64;
-        wait_for(
-            "the route table counts every connection",
-            Duration::from_secs(10),
-            || async {
-                (ws_per_node(&http, &base).await.values().sum::<u64>() == want).then_some(())
-            },
-        )
-        .await
-        .unwrap();
-    }
+    let on = open_clients(&http, &base, 8, &mut open).await;
     eprintln!("with node 3 down: {on:?}");
     assert_eq!(
         on.len(),
@@ -608,22 +621,7 @@ async fn new_websockets_spread_back_to_a_restarted_node() {
     )
     .await
     .unwrap();
-    let mut later = BTreeMap::<String, usize>::new();
-    for _ in 0..6 {
-        let (ws, node) = open_ws(&base).await;
-        *later.entry(node).or_default() += 1;
-        open.push(ws);
-        let want = open.len() as u64;
-        wait_for(
-            "the route table counts every connection",
-            Duration::from_secs(10),
-            || async {
-                (ws_per_node(&http, &base).await.values().sum::<u64>() == want).then_some(())
-            },
-        )
-        .await
-        .unwrap();
-    }
+    let later = open_clients(&http, &base, 6, &mut open).await;
     let counts = ws_per_node(&http, &base).await;
     eprintln!("after node 3 restarted: new ones {later:?}; per node {counts:?}");
     let node3 = c.bases[2].clone();
