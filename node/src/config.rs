@@ -101,6 +101,24 @@ section! {
         /// Most HTTP requests handled at once; further ones get 503. Default: 4096. Range: 1
         /// to 1000000.
         pub max_inflight_requests: usize = 4096,
+        /// Most `/health`, `/ready` and `/metrics` requests handled at once, apart from
+        /// api.max_inflight_requests, so probes and scrapes are answered while the node sheds
+        /// other requests; further ones get 503. Default: 64. Range: 1 to 10000.
+        pub max_inflight_probes: usize = 64,
+        /// Time a client has to send a request's head (request line and headers), from the
+        /// moment its connection opens or its previous answer was sent; then the connection
+        /// is closed (nothing was read to answer). Idle keep-alive connections close after
+        /// this too. In milliseconds. Default: 10000. Range: 100 to 600000.
+        pub header_read_timeout_ms: u64 = 10_000,
+        /// Time a client has to send a request's whole body, from the moment the request is
+        /// let in; then the answer is 408 request_timeout. In milliseconds. Default: 30000.
+        /// Range: 100 to 600000.
+        pub body_read_timeout_ms: u64 = 30_000,
+        /// Longest a write to a client may stay blocked (the client reads nothing); then the
+        /// connection is closed. This bounds how long a stalled download (a backup) holds its
+        /// stream, and how long a WebSocket client may stop reading. In milliseconds. Default:
+        /// 30000. Range: 100 to 3600000.
+        pub write_timeout_ms: u64 = 30_000,
         /// Serve every route without a token. For tests and local experiments only: anyone
         /// who reaches the API port owns the cluster. Logged as a warning at start-up and
         /// shown as `auth: "off"` in `GET /v1/cluster`. Default: false.
@@ -273,6 +291,19 @@ section! {
         /// Most WebSocket connections on this node; further upgrades get 503. Default: 10000.
         /// Range: 1 or more.
         pub max_connections: usize = 10_000,
+        /// Interval of the pings the server sends on each WebSocket connection, in
+        /// milliseconds. Default: 15000. Range: 100 to 600000, below ws.idle_timeout_ms.
+        pub ping_interval_ms: u64 = 15_000,
+        /// A WebSocket connection from which nothing arrives (no message, no pong) for this
+        /// long is closed with error idle_timeout and close code 1001. Browsers and most
+        /// clients answer pings by themselves. In milliseconds. Default: 45000. Range: above
+        /// ws.ping_interval_ms, at most 3600000.
+        pub idle_timeout_ms: u64 = 45_000,
+        /// Most `publish` requests of one WebSocket connection waiting for their write to
+        /// commit; a publish past it is refused with rate_limited (limit
+        /// `ws.max_pending_publishes`) and the connection goes on. Default: 256. Range: 1 to
+        /// 100000.
+        pub max_pending_publishes: usize = 256,
     }
 }
 
@@ -377,6 +408,10 @@ serve_flags! {
     advertise_api_addr: String, "STACKD_ADVERTISE_API_ADDR" => api.advertise_addr;
     request_timeout_ms: u64, "STACKD_REQUEST_TIMEOUT_MS" => api.request_timeout_ms;
     max_inflight_requests: usize, "STACKD_MAX_INFLIGHT_REQUESTS" => api.max_inflight_requests;
+    max_inflight_probes: usize, "STACKD_MAX_INFLIGHT_PROBES" => api.max_inflight_probes;
+    header_read_timeout_ms: u64, "STACKD_HEADER_READ_TIMEOUT_MS" => api.header_read_timeout_ms;
+    body_read_timeout_ms: u64, "STACKD_BODY_READ_TIMEOUT_MS" => api.body_read_timeout_ms;
+    write_timeout_ms: u64, "STACKD_WRITE_TIMEOUT_MS" => api.write_timeout_ms;
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     insecure_no_auth: bool, "STACKD_INSECURE_NO_AUTH" => api.insecure_no_auth;
     allowed_origins: Origins, "STACKD_ALLOWED_ORIGINS" => api.allowed_origins;
@@ -410,6 +445,9 @@ serve_flags! {
     ws_send_buffer_bytes: usize, "STACKD_WS_SEND_BUFFER_BYTES" => ws.send_buffer_bytes;
     ws_catch_up_events_per_sec: u64, "STACKD_WS_CATCH_UP_EVENTS_PER_SEC" => ws.catch_up_events_per_sec;
     ws_max_connections: usize, "STACKD_WS_MAX_CONNECTIONS" => ws.max_connections;
+    ws_ping_interval_ms: u64, "STACKD_WS_PING_INTERVAL_MS" => ws.ping_interval_ms;
+    ws_idle_timeout_ms: u64, "STACKD_WS_IDLE_TIMEOUT_MS" => ws.idle_timeout_ms;
+    ws_max_pending_publishes: usize, "STACKD_WS_MAX_PENDING_PUBLISHES" => ws.max_pending_publishes;
     rate_token_reads_per_sec: u64, "STACKD_RATE_TOKEN_READS_PER_SEC" => rate.token_reads_per_sec;
     rate_token_writes_per_sec: u64, "STACKD_RATE_TOKEN_WRITES_PER_SEC" => rate.token_writes_per_sec;
     rate_ip_requests_per_sec: u64, "STACKD_RATE_IP_REQUESTS_PER_SEC" => rate.ip_requests_per_sec;
@@ -633,6 +671,28 @@ impl Config {
             1,
             Some(1_000_000),
         );
+        in_range(
+            bad,
+            "api.max_inflight_probes",
+            api.max_inflight_probes,
+            1,
+            Some(10_000),
+        );
+        for (name, ms, max) in [
+            (
+                "api.header_read_timeout_ms",
+                api.header_read_timeout_ms,
+                600_000,
+            ),
+            (
+                "api.body_read_timeout_ms",
+                api.body_read_timeout_ms,
+                600_000,
+            ),
+            ("api.write_timeout_ms", api.write_timeout_ms, 3_600_000),
+        ] {
+            in_range(bad, name, ms, 100, Some(max));
+        }
         bad.check(
             api.tls_cert.is_some() == api.tls_key.is_some(),
             "api.tls_cert",
@@ -769,6 +829,27 @@ impl Config {
             None,
         );
         in_range(bad, "ws.max_connections", ws.max_connections, 1, None);
+        in_range(
+            bad,
+            "ws.ping_interval_ms",
+            ws.ping_interval_ms,
+            100,
+            Some(600_000),
+        );
+        in_range(
+            bad,
+            "ws.idle_timeout_ms",
+            ws.idle_timeout_ms,
+            ws.ping_interval_ms + 1,
+            Some(3_600_000),
+        );
+        in_range(
+            bad,
+            "ws.max_pending_publishes",
+            ws.max_pending_publishes,
+            1,
+            Some(100_000),
+        );
     }
 
     /// The data directory. Set in every validated config.
@@ -1174,6 +1255,10 @@ mod tests {
         c.api.advertise_addr = Some("api.example:8001".into());
         c.api.request_timeout_ms = 7_000;
         c.api.max_inflight_requests = 100;
+        c.api.max_inflight_probes = 9;
+        c.api.header_read_timeout_ms = 1_234;
+        c.api.body_read_timeout_ms = 2_345;
+        c.api.write_timeout_ms = 3_456;
         c.api.insecure_no_auth = true;
         c.api.metrics_open = true;
         c.api.tls_cert = Some("/etc/stackd/api-cert.pem".into());
@@ -1209,6 +1294,9 @@ mod tests {
         c.ws.send_buffer_bytes = 1 << 20;
         c.ws.catch_up_events_per_sec = 5;
         c.ws.max_connections = 7;
+        c.ws.ping_interval_ms = 1_000;
+        c.ws.idle_timeout_ms = 5_000;
+        c.ws.max_pending_publishes = 3;
         c
     }
 

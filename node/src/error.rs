@@ -30,6 +30,9 @@ pub enum ErrorCode {
     Conflict,
     /// 409: history after the requested revision was compacted away (WebSocket watch).
     Compacted,
+    /// 408: the request's body did not arrive within `api.body_read_timeout_ms`; nothing was
+    /// applied.
+    RequestTimeout,
     /// 413: the body or value is over its limit (`limit`).
     TooLarge,
     /// 422: the Idempotency-Key was first used for a different request.
@@ -46,10 +49,13 @@ pub enum ErrorCode {
     SlowConsumer,
     /// WebSocket only: the server is shutting down (close code 1001).
     GoingAway,
+    /// WebSocket only: nothing arrived from the client (no message, no pong) for
+    /// `ws.idle_timeout_ms` (`limit_ms`; close code 1001).
+    IdleTimeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
@@ -65,6 +71,8 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::SlowConsumer,
         ErrorCode::GoingAway,
+        ErrorCode::RequestTimeout,
+        ErrorCode::IdleTimeout,
     ];
 
     /// The code as it appears in `error.code`.
@@ -85,6 +93,8 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::GoingAway => "going_away",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::IdleTimeout => "idle_timeout",
         }
     }
 
@@ -98,6 +108,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Conflict | ErrorCode::Compacted => StatusCode::CONFLICT,
+            ErrorCode::RequestTimeout | ErrorCode::IdleTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::RateLimited | ErrorCode::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,

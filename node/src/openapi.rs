@@ -20,10 +20,12 @@ use crate::error::{ErrorBody, ErrorCode};
         description = "Every node serves every endpoint; writes are forwarded to the leader. \
 Reads are linearizable unless consistency=stale. Errors: {\"error\": {\"code\", \"message\", ...}} \
 with the status of the code (the ErrorCode schema): 400 bad_request, 401 unauthenticated, 403 forbidden, 404 not_found, \
-405 method_not_allowed, 409 conflict (compare, fence or lease; reason, current_revision, \
+405 method_not_allowed, 408 request_timeout (the body did not arrive within \
+api.body_read_timeout_ms; not applied), 409 conflict (compare, fence or lease; reason, current_revision, \
 current_fence, current_lease, holder tell which), 413 too_large, 422 idempotency_mismatch, \
 429 rate_limited, 500 internal, 503 unavailable (Retry-After; not applied), 504 timeout \
-(outcome unknown); the WebSocket also sends compacted, slow_consumer and going_away. Writes \
+(outcome unknown); the WebSocket also sends compacted, slow_consumer, going_away and \
+idle_timeout. Writes \
 accept an Idempotency-Key header (1..256 chars, remembered 10 minutes, scoped to the \
 caller (its token, or a JWT's provider and subject) and bound to the request's method, path, \
 query and body: the same key with a different request is 422 idempotency_mismatch). Fenced writes take \
@@ -63,6 +65,12 @@ fn document_access(doc: &mut Value) {
     };
     for (method, path, need) in crate::api::ROUTES {
         let op = &mut doc["paths"][*path][*method];
+        if op.get("requestBody").is_some() {
+            op["responses"]["408"] = error(
+                "request_timeout: the body did not arrive within api.body_read_timeout_ms; \
+                 nothing was applied",
+            );
+        }
         let Some(right) = (match need {
             Need::Open => continue,
             Need::Token => Some("a valid token; each write it makes is checked".to_string()),

@@ -29,3 +29,4 @@ mod semaphores;
 mod sessions;
 mod snapshots;
 mod storage_suite;
+mod timeouts;
