@@ -632,8 +632,17 @@ pub async fn set_schedule(
 ) -> ApiResult<Json<NextFire>> {
     validate_name("queue", &queue)?;
     validate_name("name", &name)?;
-    if let Err(e) = raft::state::next_fire_ms(&b.cron, 0) {
-        return Err(ApiError::bad_request(e).with("field", "cron"));
+    // A cheap check with this node's clock; apply decides on the replicated one.
+    match raft::state::next_fire_ms(&b.cron, crate::cluster::now_ms()) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(ApiError::bad_request(format!(
+                "the cron expression has no due time in the next {} days",
+                raft::state::CRON_HORIZON_DAYS
+            ))
+            .with("field", "cron"))
+        }
+        Err(e) => return Err(ApiError::bad_request(e).with("field", "cron")),
     }
     let payload = b.payload.to_string();
     if payload.len() > st.cluster.config().limits.max_value_bytes {
