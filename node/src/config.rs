@@ -244,6 +244,14 @@ section! {
         /// Key-value revisions whose history is kept for watches and history reads; the
         /// leader compacts older history. Default: 10000. Range: 1 or more.
         pub kv_history_revisions: u64 = 10_000,
+        /// Storage quota, in bytes of key-value keys and values held (like etcd's
+        /// --quota-backend-bytes). Once the data reaches it, the cluster raises the NOSPACE
+        /// alarm (`alarms` in GET /v1/cluster, `stackd_alarm` in /metrics) and refuses writes
+        /// that grow the state with 507 quota_exceeded, while reads, deletes, acks, locks and
+        /// compaction go on; the alarm clears once the data is under the quota again. The
+        /// leader's setting is the cluster's: set the same on every node. 0 turns it off.
+        /// Default: 2147483648 (2 GiB). Range: 0, or at least limits.max_value_bytes.
+        pub quota_bytes: u64 = 2 << 30,
     }
 }
 
@@ -438,6 +446,7 @@ serve_flags! {
     autopilot_dead_grace_ms: u64, "STACKD_AUTOPILOT_DEAD_GRACE_MS" => autopilot.dead_grace_ms;
     max_value_bytes: usize, "STACKD_MAX_VALUE_BYTES" => limits.max_value_bytes;
     kv_history_revisions: u64, "STACKD_KV_HISTORY_REVISIONS" => limits.kv_history_revisions;
+    quota_bytes: u64, "STACKD_QUOTA_BYTES" => limits.quota_bytes;
     cache_max_entries: u64, "STACKD_CACHE_MAX_ENTRIES" => cache.max_entries;
     cache_max_bytes: u64, "STACKD_CACHE_MAX_BYTES" => cache.max_bytes;
     channel_retention: Retention, "STACKD_CHANNEL_RETENTION" => channels.retention;
@@ -794,6 +803,16 @@ impl Config {
             self.limits.kv_history_revisions,
             1,
             None,
+        );
+        let quota = self.limits.quota_bytes;
+        bad.check(
+            quota == 0 || quota >= max_value as u64,
+            "limits.quota_bytes",
+            || {
+                format!(
+                    "must be 0 (off) or at least limits.max_value_bytes = {max_value}, not {quota}"
+                )
+            },
         );
 
         in_range(bad, "cache.max_entries", self.cache.max_entries, 1, None);
@@ -1256,6 +1275,7 @@ mod tests {
         c.api.request_timeout_ms = 7_000;
         c.api.max_inflight_requests = 100;
         c.api.max_inflight_probes = 9;
+        c.limits.quota_bytes = 1 << 30;
         c.api.header_read_timeout_ms = 1_234;
         c.api.body_read_timeout_ms = 2_345;
         c.api.write_timeout_ms = 3_456;

@@ -52,10 +52,13 @@ pub enum ErrorCode {
     /// WebSocket only: nothing arrived from the client (no message, no pong) for
     /// `ws.idle_timeout_ms` (`limit_ms`; close code 1001).
     IdleTimeout,
+    /// 507: the storage quota is reached (the NOSPACE alarm) and the write would grow the
+    /// state (`used_bytes`, `quota_bytes`); nothing was applied. Reads and deletes go on.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
@@ -73,6 +76,7 @@ impl ErrorCode {
         ErrorCode::GoingAway,
         ErrorCode::RequestTimeout,
         ErrorCode::IdleTimeout,
+        ErrorCode::QuotaExceeded,
     ];
 
     /// The code as it appears in `error.code`.
@@ -95,6 +99,7 @@ impl ErrorCode {
             ErrorCode::GoingAway => "going_away",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -115,6 +120,7 @@ impl ErrorCode {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable | ErrorCode::GoingAway => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 }
@@ -178,6 +184,11 @@ pub enum WriteFailures {
         description = "idempotency_mismatch: this Idempotency-Key was first used for a different request"
     )]
     IdempotencyMismatch(ErrorBody),
+    #[response(
+        status = 507,
+        description = "quota_exceeded: the storage quota is reached (NOSPACE alarm) and the write would grow the state (used_bytes, quota_bytes); nothing was applied"
+    )]
+    QuotaExceeded(ErrorBody),
     #[response(
         status = 503,
         description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)"
@@ -301,6 +312,18 @@ impl From<crate::cluster::WriteError> for ApiError {
                 ErrorCode::IdempotencyMismatch,
                 "this Idempotency-Key was first used for a different request",
             ),
+            WriteError::QuotaExceeded {
+                used_bytes,
+                quota_bytes,
+            } => ApiError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "the storage quota is reached (NOSPACE: {used_bytes} of {quota_bytes} bytes, \
+                     limits.quota_bytes); delete data to write again"
+                ),
+            )
+            .with("used_bytes", used_bytes)
+            .with("quota_bytes", quota_bytes),
         }
     }
 }

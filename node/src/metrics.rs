@@ -74,6 +74,19 @@ metrics! {
         gauge("stackd_raft_applied_index", "Highest index applied to the state machine");
     kv_revision: IntGauge = gauge("stackd_kv_revision", "Current global key-value revision");
     kv_keys: IntGauge = gauge("stackd_kv_keys", "Number of keys held");
+    data_bytes: IntGauge = gauge(
+        "stackd_data_bytes",
+        "Bytes of key-value keys and values held, as the storage quota counts them",
+    );
+    quota_bytes: IntGauge = gauge(
+        "stackd_quota_bytes",
+        "The storage quota in force (limits.quota_bytes), 0 when none",
+    );
+    alarm: IntGaugeVec = gauge_vec(
+        "stackd_alarm",
+        "1 while the cluster's alarm is raised (NOSPACE: the storage quota is reached)",
+        &["alarm"],
+    );
     sessions: IntGauge = gauge("stackd_sessions", "Live sessions");
     cache_entries: IntGauge = gauge("stackd_cache_entries", "Entries in the cache");
     cache_bytes: IntGauge = gauge("stackd_cache_bytes", "Bytes of keys and values in the cache");
@@ -284,6 +297,11 @@ impl Metrics {
             let st = cluster.state();
             self.kv_revision.set(st.meta.revision as i64);
             self.kv_keys.set(st.key_count() as i64);
+            self.data_bytes.set(st.data_bytes() as i64);
+            self.quota_bytes.set(st.quota_bytes() as i64);
+            self.alarm
+                .with_label_values(&["NOSPACE"])
+                .set(st.nospace() as i64);
             self.sessions.set(st.session_count() as i64);
             let c = st.cache_counts();
             self.cache_entries.set(c.entries as i64);

@@ -23,7 +23,8 @@ with the status of the code (the ErrorCode schema): 400 bad_request, 401 unauthe
 405 method_not_allowed, 408 request_timeout (the body did not arrive within \
 api.body_read_timeout_ms; not applied), 409 conflict (compare, fence or lease; reason, current_revision, \
 current_fence, current_lease, holder tell which), 413 too_large, 422 idempotency_mismatch, \
-429 rate_limited, 500 internal, 503 unavailable (Retry-After; not applied), 504 timeout \
+429 rate_limited, 500 internal, 507 quota_exceeded (the storage quota is reached and the write \
+would grow the state; not applied), 503 unavailable (Retry-After; not applied), 504 timeout \
 (outcome unknown); the WebSocket also sends compacted, slow_consumer, going_away and \
 idle_timeout. Writes \
 accept an Idempotency-Key header (1..256 chars, remembered 10 minutes, scoped to the \

@@ -124,6 +124,52 @@ impl Command {
     }
 }
 
+/// Whether a command can grow the stored data: while the storage quota is reached (the
+/// `NOSPACE` alarm), such a command is refused. Key-value puts, job enqueues, schedules,
+/// channel publishes, new sessions and session updates grow it; deletes, claims, acks and
+/// nacks, replays, lock and semaphore operations, ticks, cluster and ACL changes do not (or
+/// hardly), and cache writes evict within the cache's own bounds (as publishes to reserved
+/// channels do within their retention), so they all pass: the
+/// state can be shrunk, and what holds it together keeps running.
+pub trait Grows {
+    fn grows(&self) -> bool;
+}
+
+impl Grows for NotNested {
+    fn grows(&self) -> bool {
+        match *self {}
+    }
+}
+
+impl<C: Grows> Grows for Box<C> {
+    fn grows(&self) -> bool {
+        (**self).grows()
+    }
+}
+
+impl Grows for Txn {
+    fn grows(&self) -> bool {
+        self.success.iter().chain(&self.failure).any(Grows::grows)
+    }
+}
+
+impl<F: Grows, T: Grows, I: Grows> Grows for Command<F, T, I> {
+    fn grows(&self) -> bool {
+        match self {
+            Command::Kv(KvCmd::Put { .. })
+            | Command::Queue(QueueCmd::Enqueue { .. } | QueueCmd::ScheduleSet { .. })
+            | Command::Session(SessionCmd::Create { .. } | SessionCmd::Update { .. }) => true,
+            // Reserved channels (`$audit`) hold the node's own records, bounded by their
+            // retention: security events are still written when the quota is reached.
+            Command::Channel(ChannelCmd::Publish { channel, .. }) => !channel.starts_with('$'),
+            Command::Txn(t) => t.grows(),
+            Command::Fenced { command, .. } => command.grows(),
+            Command::Idempotent { command, .. } => command.grows(),
+            _ => false,
+        }
+    }
+}
+
 /// What a fence guards: any command but a fenced one or one under a key.
 pub type Guarded = Command<NotNested, Txn, NotNested>;
 
@@ -213,6 +259,12 @@ pub enum Response<T = TxnResult> {
     /// The `Idempotency-Key` was first used for a different request (another fingerprint);
     /// nothing was applied.
     IdempotencyMismatch,
+    /// The command would grow the state while the storage quota is reached (the `NOSPACE`
+    /// alarm); nothing was applied.
+    QuotaExceeded {
+        used_bytes: u64,
+        quota_bytes: u64,
+    },
 }
 
 /// A command whose result type is known: proposing it answers a `Self::Output`.

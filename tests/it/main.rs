@@ -22,6 +22,7 @@ mod listings;
 mod locks;
 mod membership;
 mod queues;
+mod quota;
 mod replication;
 mod router_fuzz;
 mod security;

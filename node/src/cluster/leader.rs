@@ -38,10 +38,25 @@ impl Cluster {
                 last_promote_check = Instant::now();
                 self.promote_caught_up_learner().await;
                 self.compact_kv_history().await;
+                self.sync_quota().await;
                 if self.config.autopilot.replace_dead {
                     self.replace_dead_voter().await;
                 }
             }
+        }
+    }
+
+    /// Puts this node's `limits.quota_bytes` in force when the replicated quota differs: the
+    /// quota is decided in apply, so it must be one figure on every replica, and the
+    /// leader's configuration sets it (set the same on every node).
+    pub(super) async fn sync_quota(&self) {
+        let want = self.config.limits.quota_bytes;
+        if self.state.read().expect("state lock").quota_bytes() == want {
+            return;
+        }
+        match self.write(ClusterCmd::SetQuota { bytes: want }, None).await {
+            Ok(_) => info!(quota_bytes = want, "storage quota set"),
+            Err(e) => warn!(error = %e, "storage quota proposal failed"),
         }
     }
 

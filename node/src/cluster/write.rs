@@ -16,6 +16,10 @@ pub enum WriteError {
     /// or, for a key of an earlier build, its remembered answer is of another kind).
     #[error("the Idempotency-Key was first used for a different request")]
     IdempotencyMismatch,
+    /// The write would grow the state while the storage quota is reached; nothing was
+    /// applied.
+    #[error("the storage quota is reached ({used_bytes} of {quota_bytes} bytes)")]
+    QuotaExceeded { used_bytes: u64, quota_bytes: u64 },
 }
 
 impl From<WriteError> for ServiceError {
@@ -32,6 +36,13 @@ pub(super) fn typed<P: Proposal>(response: Response) -> Result<P::Output, WriteE
     P::output(response).map_err(|other| match other {
         Response::StaleFence { current } => WriteError::StaleFence { current },
         Response::IdempotencyMismatch => WriteError::IdempotencyMismatch,
+        Response::QuotaExceeded {
+            used_bytes,
+            quota_bytes,
+        } => WriteError::QuotaExceeded {
+            used_bytes,
+            quota_bytes,
+        },
         // A key of an earlier build (no fingerprint) remembered an answer of another kind.
         _ => WriteError::IdempotencyMismatch,
     })

@@ -74,7 +74,7 @@ pub use sessions::SessionEntry;
 
 use crate::codec;
 use crate::command::{
-    Command, Compare, Guarded, IdemKey, NotNested, Op, OpResponse, Request, Response, Txn,
+    Command, Compare, Grows, Guarded, IdemKey, NotNested, Op, OpResponse, Request, Response, Txn,
     TxnResult,
 };
 use crate::types::TypeConfig;
@@ -343,6 +343,16 @@ impl State {
                 return answer;
             }
         }
+        // The quota and the bytes held are replicated state, so every replica refuses the
+        // same writes. The refusal is not remembered under the key: a retry once there is
+        // room applies.
+        let (used_bytes, quota_bytes) = (self.parts.kv.bytes(), self.parts.security.quota_bytes);
+        if quota_bytes > 0 && used_bytes >= quota_bytes && Grows::grows(&req.command) {
+            return Response::QuotaExceeded {
+                used_bytes,
+                quota_bytes,
+            };
+        }
         let response = match &req.command {
             Command::Idempotent { command, .. } => self.parts.apply(&**command, &mut cx),
             command => self.parts.apply(command, &mut cx),
@@ -405,6 +415,23 @@ impl State {
     /// Number of key-value history events kept.
     pub fn kv_history_len(&self) -> usize {
         self.parts.kv.history_len()
+    }
+
+    /// Bytes of data held, as the storage quota counts them: the keys and values of the
+    /// key-value state (not their history).
+    pub fn data_bytes(&self) -> u64 {
+        self.parts.kv.bytes()
+    }
+
+    /// The storage quota in force, in bytes (0: none).
+    pub fn quota_bytes(&self) -> u64 {
+        self.parts.security.quota_bytes
+    }
+
+    /// Whether the `NOSPACE` alarm is raised: the data held reached the quota, and writes
+    /// that grow the state are refused until it is under again.
+    pub fn nospace(&self) -> bool {
+        self.quota_bytes() > 0 && self.data_bytes() >= self.quota_bytes()
     }
 
     /// Number of keys (including expired ones not yet removed).
@@ -2004,5 +2031,108 @@ mod channel_tests {
         );
         assert_eq!(r.presence("a"), s.presence("a"));
         assert_eq!(r.next_deadline_ms(), s.next_deadline_ms());
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+    use crate::command::*;
+
+    fn put(key: &str, len: usize) -> Command {
+        Command::Kv(KvCmd::Put {
+            key: key.into(),
+            value: vec![7; len],
+            if_revision: None,
+            ttl_ms: None,
+        })
+    }
+
+    #[test]
+    fn growth_is_refused_at_the_quota_the_same_on_every_replica_and_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let entries = [
+            Command::Cluster(ClusterCmd::SetQuota { bytes: 250 }),
+            put("a", 99), // 100 bytes
+            put("b", 99), // 200
+            put("a", 49), // an overwrite: 150
+            put("c", 99), // 250: the quota is reached by this write
+            put("d", 1),  // refused
+            Command::Kv(KvCmd::Delete {
+                key: "b".into(),
+                if_revision: None,
+            }), // 150
+            put("e", 9),  // 160: accepted again
+        ];
+        let mut replicas = [State::default(), State::default()];
+        let mut answers = [Vec::new(), Vec::new()];
+        for (i, command) in entries.iter().enumerate() {
+            for (r, s) in replicas.iter_mut().enumerate() {
+                let mut batch = SmBatch::default();
+                let req = Request {
+                    stamp_ms: 1_000 + i as u64,
+                    idempotency_key: None,
+                    command: command.clone(),
+                };
+                answers[r].push(s.apply(&req, &mut batch));
+                if r == 0 {
+                    s.persist_meta(&mut batch);
+                    db.sm_write(batch).unwrap();
+                }
+            }
+        }
+        assert_eq!(answers[0], answers[1], "replicas decide alike");
+        assert_eq!(
+            answers[0][5],
+            Response::QuotaExceeded {
+                used_bytes: 250,
+                quota_bytes: 250
+            }
+        );
+        assert!(matches!(answers[0][7], Response::Kv(KvResult::Put { .. })));
+        let s = &replicas[0];
+        assert_eq!(
+            (s.data_bytes(), s.quota_bytes(), s.nospace()),
+            (160, 250, false)
+        );
+        let reloaded = State::load(&db).unwrap();
+        assert_eq!(reloaded.data_bytes(), 160, "recounted from the records");
+        assert_eq!(reloaded.quota_bytes(), 250);
+    }
+
+    #[test]
+    fn only_commands_that_grow_the_state_are_refused() {
+        let mut s = State::default();
+        let run = |s: &mut State, command: Command| {
+            s.apply(&super::tests::req(1_000, command), &mut SmBatch::default())
+        };
+        run(&mut s, Command::Cluster(ClusterCmd::SetQuota { bytes: 10 }));
+        run(&mut s, put("k", 20));
+        assert!(s.nospace());
+        let refused = |r: &Response| matches!(r, Response::QuotaExceeded { .. });
+        assert!(refused(&run(&mut s, put("k2", 1))));
+        let txn = Command::Txn(Txn {
+            compare: vec![],
+            success: vec![Command::Kv(KvCmd::Put {
+                key: "t".into(),
+                value: vec![1],
+                if_revision: None,
+                ttl_ms: None,
+            })],
+            failure: vec![],
+        });
+        assert!(refused(&run(&mut s, txn)));
+        for passes in [
+            Command::Tick,
+            Command::Kv(KvCmd::Compact { revision: 1 }),
+            Command::Kv(KvCmd::Delete {
+                key: "k".into(),
+                if_revision: None,
+            }),
+        ] {
+            assert!(!refused(&run(&mut s, passes)));
+        }
+        assert!(!s.nospace());
     }
 }

@@ -55,6 +55,10 @@ pub enum ClusterCmd {
         /// SHA-256 of the node's public key (its certificate's SubjectPublicKeyInfo).
         key_sha256: [u8; 32],
     },
+    /// Sets the storage quota: past `bytes` of data, writes that grow the state are refused
+    /// (0: no quota). Proposed by the leader when its `limits.quota_bytes` differs from the
+    /// quota in force, so every replica decides with the same figure.
+    SetQuota { bytes: u64 },
 }
 
 /// The result of a [`ClusterCmd`].
@@ -106,7 +110,13 @@ pub struct Security {
     /// under [`NODE_KEYS_KEY`].
     #[serde(skip)]
     pub node_keys: BTreeMap<u64, [u8; 32]>,
+    /// The storage quota in force, in bytes (0: none). Persisted under [`QUOTA_KEY`].
+    #[serde(skip)]
+    pub quota_bytes: u64,
 }
+
+/// Where the storage quota in force is kept.
+pub const QUOTA_KEY: &[u8] = b"m:quota";
 
 impl Part for Security {
     fn load(db: &Db, _now_ms: u64) -> storage::Result<Self> {
@@ -119,6 +129,9 @@ impl Part for Security {
         }
         if let Some(b) = db.sm_get(NODE_KEYS_KEY)? {
             s.node_keys = codec::decode(&b)?;
+        }
+        if let Some(b) = db.sm_get(QUOTA_KEY)? {
+            s.quota_bytes = codec::decode(&b)?;
         }
         Ok(s)
     }
@@ -237,6 +250,11 @@ impl Primitive for Security {
                     Some(Revoked::Created) => ClusterResult::Done,
                     None => ClusterResult::NotFound,
                 }
+            }
+            ClusterCmd::SetQuota { bytes } => {
+                self.quota_bytes = *bytes;
+                put_record(cx.batch, QUOTA_KEY.to_vec(), bytes);
+                ClusterResult::Done
             }
         }
     }
