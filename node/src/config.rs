@@ -252,6 +252,25 @@ section! {
         /// leader's setting is the cluster's: set the same on every node. 0 turns it off.
         /// Default: 2147483648 (2 GiB). Range: 0, or at least limits.max_value_bytes.
         pub quota_bytes: u64 = 2 << 30,
+        /// Most keys the key-value state holds; a put of one more is refused with 429
+        /// rate_limited naming this setting (`setting`, and `limit` its value). Like every
+        /// `max_*` below, the leader's setting is the cluster's, and 0 turns it off.
+        /// Default: 10000000.
+        pub max_keys: u64 = 10_000_000,
+        /// Most job queues (a queue exists from its first job until deleted with
+        /// `DELETE /v1/queues/{name}`); a job for one more is refused. Default: 10000.
+        pub max_queues: u64 = 10_000,
+        /// Most jobs one queue holds (ready, delayed, in flight and dead); one more is
+        /// refused until some are acked or deleted. Default: 1000000.
+        pub max_jobs_per_queue: u64 = 1_000_000,
+        /// Most cron schedules, all queues together. Default: 10000.
+        pub max_schedules: u64 = 10_000,
+        /// Most channels (a channel exists from its first publish); a publish to one more is
+        /// refused. Reserved channels (`$audit`) are not refused. Default: 100000.
+        pub max_channels: u64 = 100_000,
+        /// Most live sessions of one user; one more is refused until one ends (sessions
+        /// listed per user stop at 1000 too). Default: 1000.
+        pub max_sessions_per_user: u64 = 1_000,
     }
 }
 
@@ -308,7 +327,7 @@ section! {
         /// ws.ping_interval_ms, at most 3600000.
         pub idle_timeout_ms: u64 = 45_000,
         /// Most `publish` requests of one WebSocket connection waiting for their write to
-        /// commit; a publish past it is refused with rate_limited (limit
+        /// commit; a publish past it is refused with rate_limited (setting
         /// `ws.max_pending_publishes`) and the connection goes on. Default: 256. Range: 1 to
         /// 100000.
         pub max_pending_publishes: usize = 256,
@@ -447,6 +466,12 @@ serve_flags! {
     max_value_bytes: usize, "STACKD_MAX_VALUE_BYTES" => limits.max_value_bytes;
     kv_history_revisions: u64, "STACKD_KV_HISTORY_REVISIONS" => limits.kv_history_revisions;
     quota_bytes: u64, "STACKD_QUOTA_BYTES" => limits.quota_bytes;
+    max_keys: u64, "STACKD_MAX_KEYS" => limits.max_keys;
+    max_queues: u64, "STACKD_MAX_QUEUES" => limits.max_queues;
+    max_jobs_per_queue: u64, "STACKD_MAX_JOBS_PER_QUEUE" => limits.max_jobs_per_queue;
+    max_schedules: u64, "STACKD_MAX_SCHEDULES" => limits.max_schedules;
+    max_channels: u64, "STACKD_MAX_CHANNELS" => limits.max_channels;
+    max_sessions_per_user: u64, "STACKD_MAX_SESSIONS_PER_USER" => limits.max_sessions_per_user;
     cache_max_entries: u64, "STACKD_CACHE_MAX_ENTRIES" => cache.max_entries;
     cache_max_bytes: u64, "STACKD_CACHE_MAX_BYTES" => cache.max_bytes;
     channel_retention: Retention, "STACKD_CHANNEL_RETENTION" => channels.retention;
@@ -1276,6 +1301,12 @@ mod tests {
         c.api.max_inflight_requests = 100;
         c.api.max_inflight_probes = 9;
         c.limits.quota_bytes = 1 << 30;
+        c.limits.max_keys = 11;
+        c.limits.max_queues = 12;
+        c.limits.max_jobs_per_queue = 13;
+        c.limits.max_schedules = 14;
+        c.limits.max_channels = 15;
+        c.limits.max_sessions_per_user = 16;
         c.api.header_read_timeout_ms = 1_234;
         c.api.body_read_timeout_ms = 2_345;
         c.api.write_timeout_ms = 3_456;

@@ -324,6 +324,12 @@ impl From<crate::cluster::WriteError> for ApiError {
             )
             .with("used_bytes", used_bytes)
             .with("quota_bytes", quota_bytes),
+            WriteError::LimitReached { limit, max, what } => ApiError::limited(format!(
+                "the cluster already holds {max} {what}, the most {limit} allows; \
+                 delete some first"
+            ))
+            .with("limit", max)
+            .with("setting", limit),
         }
     }
 }

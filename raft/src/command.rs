@@ -170,6 +170,62 @@ impl<F: Grows, T: Grows, I: Grows> Grows for Command<F, T, I> {
     }
 }
 
+/// Something a command may add that a count limit bounds ([`crate::state::ClusterLimits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adds<'a> {
+    Key(&'a str),
+    Job { queue: &'a str },
+    Schedule { queue: &'a str, name: &'a str },
+    Channel(&'a str),
+    Session { user: &'a str },
+}
+
+/// What a command may add, for the count limits: each write of a transaction, the command
+/// under a fence or an idempotency key.
+pub trait Additions {
+    fn additions<'a>(&'a self, out: &mut Vec<Adds<'a>>);
+}
+
+impl Additions for NotNested {
+    fn additions<'a>(&'a self, _: &mut Vec<Adds<'a>>) {
+        match *self {}
+    }
+}
+
+impl<C: Additions> Additions for Box<C> {
+    fn additions<'a>(&'a self, out: &mut Vec<Adds<'a>>) {
+        (**self).additions(out)
+    }
+}
+
+impl Additions for Txn {
+    fn additions<'a>(&'a self, out: &mut Vec<Adds<'a>>) {
+        for op in self.success.iter().chain(&self.failure) {
+            op.additions(out);
+        }
+    }
+}
+
+impl<F: Additions, T: Additions, I: Additions> Additions for Command<F, T, I> {
+    fn additions<'a>(&'a self, out: &mut Vec<Adds<'a>>) {
+        match self {
+            Command::Kv(KvCmd::Put { key, .. }) => out.push(Adds::Key(key)),
+            Command::Queue(QueueCmd::Enqueue { queue, .. }) => out.push(Adds::Job { queue }),
+            Command::Queue(QueueCmd::ScheduleSet { queue, name, .. }) => {
+                out.push(Adds::Schedule { queue, name })
+            }
+            Command::Channel(ChannelCmd::Publish { channel, .. }) if !channel.starts_with('$') => {
+                out.push(Adds::Channel(channel))
+            }
+            Command::Session(SessionCmd::Create { user, .. }) => out.push(Adds::Session { user }),
+            Command::Txn(t) => t.additions(out),
+            Command::Fenced { command, .. } => command.additions(out),
+            Command::Idempotent { command, .. } => command.additions(out),
+            _ => {}
+        }
+    }
+}
+
 /// What a fence guards: any command but a fenced one or one under a key.
 pub type Guarded = Command<NotNested, Txn, NotNested>;
 
@@ -264,6 +320,13 @@ pub enum Response<T = TxnResult> {
     QuotaExceeded {
         used_bytes: u64,
         quota_bytes: u64,
+    },
+    /// The command would make one more of something the cluster already holds its limit of
+    /// (`limit` names the setting, `what` the thing); nothing was applied.
+    LimitReached {
+        limit: String,
+        max: u64,
+        what: String,
     },
 }
 

@@ -18,6 +18,7 @@ mod joins;
 mod jwt;
 mod kv_cluster;
 mod lifecycle;
+mod limits;
 mod listings;
 mod locks;
 mod membership;

@@ -38,7 +38,7 @@ impl Cluster {
                 last_promote_check = Instant::now();
                 self.promote_caught_up_learner().await;
                 self.compact_kv_history().await;
-                self.sync_quota().await;
+                self.sync_limits().await;
                 if self.config.autopilot.replace_dead {
                     self.replace_dead_voter().await;
                 }
@@ -46,17 +46,27 @@ impl Cluster {
         }
     }
 
-    /// Puts this node's `limits.quota_bytes` in force when the replicated quota differs: the
-    /// quota is decided in apply, so it must be one figure on every replica, and the
-    /// leader's configuration sets it (set the same on every node).
-    pub(super) async fn sync_quota(&self) {
-        let want = self.config.limits.quota_bytes;
-        if self.state.read().expect("state lock").quota_bytes() == want {
+    /// Puts this node's `limits` settings (the storage quota and the count limits) in force
+    /// when the replicated ones differ: they are decided in apply, so they must be one set of
+    /// figures on every replica, and the leader's configuration sets them (set the same on
+    /// every node).
+    pub(super) async fn sync_limits(&self) {
+        let l = &self.config.limits;
+        let want = raft::state::ClusterLimits {
+            quota_bytes: l.quota_bytes,
+            max_keys: l.max_keys,
+            max_queues: l.max_queues,
+            max_jobs_per_queue: l.max_jobs_per_queue,
+            max_schedules: l.max_schedules,
+            max_channels: l.max_channels,
+            max_sessions_per_user: l.max_sessions_per_user,
+        };
+        if *self.state.read().expect("state lock").limits() == want {
             return;
         }
-        match self.write(ClusterCmd::SetQuota { bytes: want }, None).await {
-            Ok(_) => info!(quota_bytes = want, "storage quota set"),
-            Err(e) => warn!(error = %e, "storage quota proposal failed"),
+        match self.write(ClusterCmd::SetLimits(want), None).await {
+            Ok(_) => info!(limits = ?want, "cluster limits set"),
+            Err(e) => warn!(error = %e, "cluster limits proposal failed"),
         }
     }
 

@@ -20,6 +20,14 @@ pub enum WriteError {
     /// applied.
     #[error("the storage quota is reached ({used_bytes} of {quota_bytes} bytes)")]
     QuotaExceeded { used_bytes: u64, quota_bytes: u64 },
+    /// The write would make one more of something the cluster holds its limit of; nothing
+    /// was applied.
+    #[error("{limit} reached: the cluster holds {max} {what}")]
+    LimitReached {
+        limit: String,
+        max: u64,
+        what: String,
+    },
 }
 
 impl From<WriteError> for ServiceError {
@@ -43,6 +51,9 @@ pub(super) fn typed<P: Proposal>(response: Response) -> Result<P::Output, WriteE
             used_bytes,
             quota_bytes,
         },
+        Response::LimitReached { limit, max, what } => {
+            WriteError::LimitReached { limit, max, what }
+        }
         // A key of an earlier build (no fingerprint) remembered an answer of another kind.
         _ => WriteError::IdempotencyMismatch,
     })

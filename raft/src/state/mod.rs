@@ -63,8 +63,8 @@ pub use queues::{
     CRON_CATCH_UP_MAX, CRON_HORIZON_DAYS,
 };
 pub use security::{
-    token_id, Security, EXPIRED_TOKEN_KEPT_MS, FOUNDER, NODE_KEYS_KEY, REVOKED_TOKENS_KEY,
-    SECURITY_KEY,
+    token_id, ClusterLimits, Security, EXPIRED_TOKEN_KEPT_MS, FOUNDER, NODE_KEYS_KEY,
+    REVOKED_TOKENS_KEY, SECURITY_KEY,
 };
 pub use semaphores::{
     SemaphoreEntry, SemaphoreLease, SemaphoreWaiter, MAX_HOLDERS_PER_SEMAPHORE,
@@ -74,8 +74,8 @@ pub use sessions::SessionEntry;
 
 use crate::codec;
 use crate::command::{
-    Command, Compare, Grows, Guarded, IdemKey, NotNested, Op, OpResponse, Request, Response, Txn,
-    TxnResult,
+    Additions, Adds, Command, Compare, Grows, Guarded, IdemKey, NotNested, Op, OpResponse, Request,
+    Response, Txn, TxnResult,
 };
 use crate::types::TypeConfig;
 use primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
@@ -156,6 +156,110 @@ parts! {
     security: Security,
     acl: acl::Acl,
     idem: Idempotency,
+}
+
+impl Parts {
+    /// The refusal of a command that would pass a count limit in force, if any. The writes
+    /// of a transaction count together.
+    fn limit_refusal(&self, command: &Command) -> Option<Response> {
+        use std::collections::{BTreeMap, BTreeSet};
+        let limits = &self.security.limits;
+        if *limits
+            == (ClusterLimits {
+                quota_bytes: limits.quota_bytes,
+                ..Default::default()
+            })
+        {
+            return None;
+        }
+        let mut adds = Vec::new();
+        command.additions(&mut adds);
+        let mut keys = BTreeSet::new();
+        let mut queues = BTreeSet::new();
+        let mut jobs: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut schedules = BTreeSet::new();
+        let mut channels = BTreeSet::new();
+        let mut sessions: BTreeMap<&str, usize> = BTreeMap::new();
+        for add in adds {
+            match add {
+                Adds::Key(k) if self.kv.revision_of(k) == 0 => {
+                    keys.insert(k);
+                }
+                Adds::Key(_) => {}
+                Adds::Job { queue } => {
+                    *jobs.entry(queue).or_default() += 1;
+                    if !self.queues.has_queue(queue) {
+                        queues.insert(queue);
+                    }
+                }
+                Adds::Schedule { queue, name } if !self.queues.has_schedule(queue, name) => {
+                    schedules.insert((queue, name));
+                }
+                Adds::Schedule { .. } => {}
+                Adds::Channel(c) if !self.channels.has_channel(c) => {
+                    channels.insert(c);
+                }
+                Adds::Channel(_) => {}
+                Adds::Session { user } => *sessions.entry(user).or_default() += 1,
+            }
+        }
+        let over = |max: u64, have: usize, adding: usize| {
+            max > 0 && adding > 0 && (have + adding) as u64 > max
+        };
+        let refuse = |limit: &str, max: u64, what: String| {
+            Some(Response::LimitReached {
+                limit: limit.to_string(),
+                max,
+                what,
+            })
+        };
+        if over(limits.max_keys, self.kv.len(), keys.len()) {
+            return refuse("limits.max_keys", limits.max_keys, "keys".into());
+        }
+        if over(limits.max_queues, self.queues.queue_count(), queues.len()) {
+            return refuse("limits.max_queues", limits.max_queues, "queues".into());
+        }
+        for (queue, n) in jobs {
+            if over(limits.max_jobs_per_queue, self.queues.job_count(queue), n) {
+                let what = format!("jobs in queue {queue:?}");
+                return refuse("limits.max_jobs_per_queue", limits.max_jobs_per_queue, what);
+            }
+        }
+        if over(
+            limits.max_schedules,
+            self.queues.schedule_count(),
+            schedules.len(),
+        ) {
+            return refuse(
+                "limits.max_schedules",
+                limits.max_schedules,
+                "schedules".into(),
+            );
+        }
+        if over(
+            limits.max_channels,
+            self.channels.channel_count(),
+            channels.len(),
+        ) {
+            return refuse(
+                "limits.max_channels",
+                limits.max_channels,
+                "channels".into(),
+            );
+        }
+        for (user, n) in sessions {
+            if over(
+                limits.max_sessions_per_user,
+                self.sessions.count_of(user),
+                n,
+            ) {
+                let what = format!("sessions of user {user:?}");
+                let max = limits.max_sessions_per_user;
+                return refuse("limits.max_sessions_per_user", max, what);
+            }
+        }
+        None
+    }
 }
 
 /// The whole replicated state, in memory.
@@ -346,12 +450,18 @@ impl State {
         // The quota and the bytes held are replicated state, so every replica refuses the
         // same writes. The refusal is not remembered under the key: a retry once there is
         // room applies.
-        let (used_bytes, quota_bytes) = (self.parts.kv.bytes(), self.parts.security.quota_bytes);
+        let (used_bytes, quota_bytes) = (
+            self.parts.kv.bytes(),
+            self.parts.security.limits.quota_bytes,
+        );
         if quota_bytes > 0 && used_bytes >= quota_bytes && Grows::grows(&req.command) {
             return Response::QuotaExceeded {
                 used_bytes,
                 quota_bytes,
             };
+        }
+        if let Some(refusal) = self.parts.limit_refusal(&req.command) {
+            return refusal;
         }
         let response = match &req.command {
             Command::Idempotent { command, .. } => self.parts.apply(&**command, &mut cx),
@@ -425,7 +535,12 @@ impl State {
 
     /// The storage quota in force, in bytes (0: none).
     pub fn quota_bytes(&self) -> u64 {
-        self.parts.security.quota_bytes
+        self.parts.security.limits.quota_bytes
+    }
+
+    /// The cluster-wide limits in force.
+    pub fn limits(&self) -> &ClusterLimits {
+        &self.parts.security.limits
     }
 
     /// Whether the `NOSPACE` alarm is raised: the data held reached the quota, and writes
@@ -2053,7 +2168,10 @@ mod quota_tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
         let entries = [
-            Command::Cluster(ClusterCmd::SetQuota { bytes: 250 }),
+            Command::Cluster(ClusterCmd::SetLimits(ClusterLimits {
+                quota_bytes: 250,
+                ..Default::default()
+            })),
             put("a", 99), // 100 bytes
             put("b", 99), // 200
             put("a", 49), // an overwrite: 150
@@ -2107,7 +2225,11 @@ mod quota_tests {
         let run = |s: &mut State, command: Command| {
             s.apply(&super::tests::req(1_000, command), &mut SmBatch::default())
         };
-        run(&mut s, Command::Cluster(ClusterCmd::SetQuota { bytes: 10 }));
+        let limits = ClusterLimits {
+            quota_bytes: 10,
+            ..Default::default()
+        };
+        run(&mut s, Command::Cluster(ClusterCmd::SetLimits(limits)));
         run(&mut s, put("k", 20));
         assert!(s.nospace());
         let refused = |r: &Response| matches!(r, Response::QuotaExceeded { .. });

@@ -863,6 +863,31 @@ impl Queues {
         })
     }
 
+    /// Queues known (a queue is known from its first job until it is deleted).
+    pub(super) fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub(super) fn has_queue(&self, queue: &str) -> bool {
+        self.queues.contains_key(queue)
+    }
+
+    /// Jobs a queue holds: ready, delayed, in flight and dead.
+    pub(super) fn job_count(&self, queue: &str) -> usize {
+        self.queues.get(queue).map_or(0, |q| {
+            q.ready.len() + q.delayed.len() + q.in_flight.len() + q.dead.len()
+        })
+    }
+
+    pub(super) fn schedule_count(&self) -> usize {
+        self.schedules.len()
+    }
+
+    pub(super) fn has_schedule(&self, queue: &str, name: &str) -> bool {
+        self.schedules
+            .contains_key(&(queue.to_string(), name.to_string()))
+    }
+
     pub(super) fn queue_names(&self) -> Vec<String> {
         self.queues.keys().cloned().collect()
     }

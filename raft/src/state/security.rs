@@ -55,10 +55,26 @@ pub enum ClusterCmd {
         /// SHA-256 of the node's public key (its certificate's SubjectPublicKeyInfo).
         key_sha256: [u8; 32],
     },
-    /// Sets the storage quota: past `bytes` of data, writes that grow the state are refused
-    /// (0: no quota). Proposed by the leader when its `limits.quota_bytes` differs from the
-    /// quota in force, so every replica decides with the same figure.
-    SetQuota { bytes: u64 },
+    /// Puts the cluster's limits in force. Proposed by the leader when its `limits` settings
+    /// differ from those in force, so every replica decides with the same figures.
+    SetLimits(ClusterLimits),
+}
+
+/// The cluster-wide limits apply checks (0: none). Refusals: [`Response::QuotaExceeded`]
+/// past `quota_bytes`, [`Response::LimitReached`] past a count.
+///
+/// [`Response::QuotaExceeded`]: crate::command::Response::QuotaExceeded
+/// [`Response::LimitReached`]: crate::command::Response::LimitReached
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLimits {
+    /// Bytes of key-value keys and values past which growing writes are refused.
+    pub quota_bytes: u64,
+    pub max_keys: u64,
+    pub max_queues: u64,
+    pub max_jobs_per_queue: u64,
+    pub max_schedules: u64,
+    pub max_channels: u64,
+    pub max_sessions_per_user: u64,
 }
 
 /// The result of a [`ClusterCmd`].
@@ -110,13 +126,13 @@ pub struct Security {
     /// under [`NODE_KEYS_KEY`].
     #[serde(skip)]
     pub node_keys: BTreeMap<u64, [u8; 32]>,
-    /// The storage quota in force, in bytes (0: none). Persisted under [`QUOTA_KEY`].
+    /// The limits in force. Persisted under [`LIMITS_KEY`].
     #[serde(skip)]
-    pub quota_bytes: u64,
+    pub limits: ClusterLimits,
 }
 
-/// Where the storage quota in force is kept.
-pub const QUOTA_KEY: &[u8] = b"m:quota";
+/// Where the limits in force are kept.
+pub const LIMITS_KEY: &[u8] = b"m:limits";
 
 impl Part for Security {
     fn load(db: &Db, _now_ms: u64) -> storage::Result<Self> {
@@ -130,8 +146,8 @@ impl Part for Security {
         if let Some(b) = db.sm_get(NODE_KEYS_KEY)? {
             s.node_keys = codec::decode(&b)?;
         }
-        if let Some(b) = db.sm_get(QUOTA_KEY)? {
-            s.quota_bytes = codec::decode(&b)?;
+        if let Some(b) = db.sm_get(LIMITS_KEY)? {
+            s.limits = codec::decode(&b)?;
         }
         Ok(s)
     }
@@ -251,9 +267,9 @@ impl Primitive for Security {
                     None => ClusterResult::NotFound,
                 }
             }
-            ClusterCmd::SetQuota { bytes } => {
-                self.quota_bytes = *bytes;
-                put_record(cx.batch, QUOTA_KEY.to_vec(), bytes);
+            ClusterCmd::SetLimits(limits) => {
+                self.limits = *limits;
+                put_record(cx.batch, LIMITS_KEY.to_vec(), limits);
                 ClusterResult::Done
             }
         }

@@ -1,0 +1,134 @@
+//! Count limits: each refusal is 429 rate_limited naming its setting (`setting`, `limit`), is
+//! decided alike whichever node the write reaches, and leaves the node healthy; freeing one
+//! makes room again.
+
+use std::time::Duration;
+
+use node::api::client::{ApiError, Client};
+use node::api::model::{CreateSessionRequest, EnqueueRequest, ScheduleRequest};
+use node::error::ErrorCode;
+use serde_json::json;
+use tests::http::{self, wait_for};
+use tests::inproc::InprocCluster;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Asserts `e` is the refusal of `limit` with `max`.
+fn refused(e: ApiError, limit: &str, max: u64) {
+    assert!(http::is_api_error(&e, 429, ErrorCode::RateLimited), "{e:?}");
+    let ApiError::Api {
+        detail, message, ..
+    } = &e
+    else {
+        unreachable!()
+    };
+    assert_eq!(detail.more.get("setting"), Some(&json!(limit)), "{e:?}");
+    assert_eq!(detail.limit, Some(max), "{e:?}");
+    assert!(message.contains(limit), "{message}");
+}
+
+fn job() -> EnqueueRequest {
+    serde_json::from_value(json!({"payload": {}})).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_count_limit_refuses_one_more_and_names_itself() {
+    let c = InprocCluster::start_with(3, |c| {
+        let l = &mut c.limits;
+        (l.max_keys, l.max_queues, l.max_jobs_per_queue) = (3, 2, 2);
+        (l.max_schedules, l.max_channels, l.max_sessions_per_user) = (1, 2, 2);
+    })
+    .await
+    .unwrap();
+    let apis: Vec<Client> = c.bases.iter().map(|b| http::api(b)).collect();
+    // The leader puts its limits in force in one entry, the quota among them.
+    for api in &apis {
+        wait_for("the limits in force", WAIT, || async {
+            let s = api.cluster_status().await.ok()?;
+            (s.storage.quota_bytes == 2 << 30).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    for (i, api) in apis.iter().enumerate() {
+        api.kv_put(&format!("k{i}"), "v").await.unwrap();
+    }
+    refused(
+        apis[0].kv_put("k3", "v").await.unwrap_err(),
+        "limits.max_keys",
+        3,
+    );
+
+    tracing::info!("phase: keys: an overwrite passes, one more key does not, on any node");
+    apis[1].kv_put("k0", "again").await.unwrap();
+    refused(
+        apis[2].kv_put("k9", "v").await.unwrap_err(),
+        "limits.max_keys",
+        3,
+    );
+    apis[1].kv_delete("k1").await.unwrap();
+    apis[2].kv_put("k9", "v").await.unwrap();
+
+    tracing::info!("phase: queues and jobs per queue");
+    apis[0].enqueue("q1", &job()).await.unwrap();
+    apis[1].enqueue("q1", &job()).await.unwrap();
+    refused(
+        apis[2].enqueue("q1", &job()).await.unwrap_err(),
+        "limits.max_jobs_per_queue",
+        2,
+    );
+    apis[0].enqueue("q2", &job()).await.unwrap();
+    refused(
+        apis[1].enqueue("q3", &job()).await.unwrap_err(),
+        "limits.max_queues",
+        2,
+    );
+
+    tracing::info!("phase: schedules");
+    let every_day: ScheduleRequest =
+        serde_json::from_value(json!({"cron": "0 0 * * *", "payload": {}})).unwrap();
+    apis[0].schedule_set("q1", "a", &every_day).await.unwrap();
+    apis[1].schedule_set("q1", "a", &every_day).await.unwrap();
+    refused(
+        apis[2]
+            .schedule_set("q1", "b", &every_day)
+            .await
+            .unwrap_err(),
+        "limits.max_schedules",
+        1,
+    );
+
+    tracing::info!("phase: channels (the audit channel may be one of them)");
+    let mut published = 0;
+    let e = loop {
+        match apis[published % 3]
+            .publish(&format!("ch{published}"), json!(1))
+            .await
+        {
+            Ok(_) => published += 1,
+            Err(e) => break e,
+        }
+        assert!(published <= 2, "more than max_channels channels");
+    };
+    refused(e, "limits.max_channels", 2);
+
+    tracing::info!("phase: sessions per user");
+    let session = |user: &str| CreateSessionRequest {
+        user: user.into(),
+        data: None,
+        ttl_ms: None,
+    };
+    apis[0].session_create(&session("ann")).await.unwrap();
+    apis[1].session_create(&session("ann")).await.unwrap();
+    refused(
+        apis[2].session_create(&session("ann")).await.unwrap_err(),
+        "limits.max_sessions_per_user",
+        2,
+    );
+    apis[2].session_create(&session("bob")).await.unwrap();
+
+    for api in &apis {
+        api.health().await.unwrap();
+    }
+    c.shutdown().await;
+}
