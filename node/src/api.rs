@@ -25,6 +25,7 @@ pub mod model;
 pub(crate) mod ops;
 pub(crate) mod queues;
 pub mod semaphores;
+pub mod services;
 pub(crate) mod sessions;
 pub(crate) mod txn;
 pub(crate) mod ui;
@@ -46,7 +47,8 @@ use raft::command::{KvCmd, KvResult, MaybeFenced, Proposal};
 use tokio::sync::Semaphore;
 
 use crate::auth::Resource::{
-    Acl, Cache, Channels, Cluster as ClusterOps, Kv, Locks, Queues, Semaphores, Sessions,
+    Acl, Cache, Channels, Cluster as ClusterOps, Kv, Locks, Queues, Routes, Semaphores, Services,
+    Sessions,
 };
 use crate::auth::Target::{All, JobQueue, Path as Param, Prefix, Query, SessionUser};
 use crate::auth::{channel, read, write, Need, Op};
@@ -159,6 +161,16 @@ routes! {
     get "/v1/cache/{key}" => cache::get, read(Cache, Param("key"));
     put "/v1/cache/{key}" => cache::set, write(Cache, Param("key"));
     delete "/v1/cache/{key}" => cache::delete, write(Cache, Param("key"));
+    // The service registry and the gateway's routes.
+    get "/v1/services" => services::list, read(Services, All);
+    get "/v1/services/{name}" => services::get, read(Services, Param("name"));
+    put "/v1/services/{name}/instances/{id}" => services::register, write(Services, Param("name"));
+    delete "/v1/services/{name}/instances/{id}" => services::deregister, write(Services, Param("name"));
+    post "/v1/services/{name}/instances/{id}/heartbeat" => services::heartbeat, write(Services, Param("name"));
+    get "/v1/routes" => services::list_routes, read(Routes, All);
+    get "/v1/routes/{name}" => services::get_route, read(Routes, Param("name"));
+    put "/v1/routes/{name}" => services::put_route, write(Routes, Param("name"));
+    delete "/v1/routes/{name}" => services::delete_route, write(Routes, Param("name"));
     // Channels, WebSocket, browser client.
     get "/v1/channels" => channels::list, read(Channels, Prefix("prefix"));
     post "/v1/channels/{name}/publish" => channels::publish, channel(Op::Publish);

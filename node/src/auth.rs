@@ -16,7 +16,7 @@ use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use raft::command::{Command, Compare, Guarded, NotNested, Txn};
+use raft::command::{Command, Compare, Guarded, NotNested, ServiceCmd, Txn};
 use raft::state::acl::{Grant, Token};
 
 use crate::jwt::JwtCaller;
@@ -609,6 +609,10 @@ fn resource_of<F, T, I>(cmd: &Command<F, T, I>) -> Resource {
         Command::Queue(_) => Resource::Queues,
         Command::Channel(_) => Resource::Channels,
         Command::Acl(_) => Resource::Acl,
+        Command::Service(ServiceCmd::PutRoute { .. } | ServiceCmd::DeleteRoute { .. }) => {
+            Resource::Routes
+        }
+        Command::Service(_) => Resource::Services,
         Command::Tick | Command::Cluster(_) => Resource::Cluster,
         // Reached only through `rights_of`, which asks the keyed command itself.
         Command::Idempotent { .. } => Resource::Kv,

@@ -1,5 +1,6 @@
 //! The command-line client (`stackd kv`, `lock`, `semaphore`, `session`, `cache`, `queue`, `worker`, `txn`,
-//! `cluster`, `backup`, `token`, `acl`) against any node's API, and `stackd restore`.
+//! `cluster`, `backup`, `token`, `acl`, `service`, `route`) against any node's API, and
+//! `stackd restore`.
 //!
 //! Each command parses its arguments, calls the typed client ([`crate::api::client`]) and
 //! prints the answer.
@@ -10,6 +11,8 @@
 //! - [`acl`]: tokens and policies;
 //! - [`lock`], [`semaphore`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the
 //!   other primitives;
+//! - [`service`]: the service registry (`stackd service`) and the gateway's routes
+//!   (`stackd route`);
 //! - [`backup`]: `stackd backup` and `stackd restore`.
 
 /// `println!` for the CLI's output: a reader that went away (`stackd kv ls | head`) ends the
@@ -26,6 +29,7 @@ pub mod cache;
 pub mod lock;
 pub mod queue;
 pub mod semaphore;
+pub mod service;
 pub mod session;
 pub mod txn;
 
@@ -79,6 +83,12 @@ pub enum Command {
     /// Access control: tokens (`acl token create --policy P`) and policies (`acl policy set`).
     #[command(subcommand)]
     Acl(acl::AclCmd),
+    /// The service registry: register instances with health checks, list healthy ones.
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
+    /// The gateway's routes: which requests go to which service, and how.
+    #[command(subcommand)]
+    Route(service::RouteCmd),
 }
 
 /// Runs a client subcommand.
@@ -97,6 +107,8 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Restore(cmd) => backup::restore(cmd),
         Command::Token(cmd) => token(cmd).await,
         Command::Acl(cmd) => acl::run(cmd).await,
+        Command::Service(cmd) => service::run(cmd).await,
+        Command::Route(cmd) => service::run_route(cmd).await,
     }
 }
 

@@ -334,6 +334,16 @@ section! {
     }
 }
 
+section! {
+    /// The gateway: an HTTP and WebSocket proxy on every node to the healthy instances of the
+    /// registered services, by the routes of `/v1/routes`.
+    ["gateway"] pub struct GatewayConfig {
+        /// Address (IP:PORT) the gateway listens on (plain HTTP/1.1 and HTTP/2, WebSocket
+        /// upgrades). Default: none (no gateway).
+        pub addr: Option<SocketAddr> = None; e.g. "0.0.0.0:8080",
+    }
+}
+
 /// The whole configuration of a node, one field per section of the config file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -349,6 +359,7 @@ pub struct Config {
     pub channels: ChannelsConfig,
     pub ws: WsConfig,
     pub rate: RateConfig,
+    pub gateway: GatewayConfig,
 }
 
 /// The sections of [`Config`], in the order of its fields.
@@ -364,6 +375,7 @@ pub const SECTIONS: &[Section] = &[
     ChannelsConfig::SECTION,
     WsConfig::SECTION,
     RateConfig::SECTION,
+    GatewayConfig::SECTION,
 ];
 
 /// The documentation of the setting at `path` (`section.field`).
@@ -456,6 +468,7 @@ serve_flags! {
     #[arg(hide_env_values = true, alias = "token")]
     join_token: String, "STACKD_JOIN_TOKEN" => cluster.token;
     gossip_addr: SocketAddr, "STACKD_GOSSIP_ADDR" => gossip.addr;
+    gateway_addr: SocketAddr, "STACKD_GATEWAY_ADDR" => gateway.addr;
     heartbeat_interval_ms: u64, "STACKD_HEARTBEAT_INTERVAL_MS" => raft.heartbeat_interval_ms;
     election_timeout_ms: u64, "STACKD_ELECTION_TIMEOUT_MS" => raft.election_timeout_ms;
     snapshot_every_entries: u64, "STACKD_SNAPSHOT_EVERY_ENTRIES" => raft.snapshot_every_entries;
@@ -1348,6 +1361,7 @@ mod tests {
         c.ws.ping_interval_ms = 1_000;
         c.ws.idle_timeout_ms = 5_000;
         c.ws.max_pending_publishes = 3;
+        c.gateway.addr = Some("0.0.0.0:8080".parse().unwrap());
         c
     }
 

@@ -19,6 +19,8 @@
 //!   and the others).
 //! - [`openapi`]: the API reference served at `/v1/openapi.json`.
 //! - [`rate`]: request rates per token, per client address and per WebSocket connection.
+//! - [`checks`]: the HTTP and TCP health checks of registered instances, each run by one
+//!   alive node; [`gateway`]: the HTTP and WebSocket proxy to healthy instances.
 //! - [`service`]: client protocols that span several proposals (the blocking acquire of leased
 //!   primitives, the long-poll claim of jobs), shared by every front end.
 
@@ -29,10 +31,12 @@ pub mod api_tls;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod checks;
 pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod http_server;
 pub mod jwt;
 pub mod metrics;

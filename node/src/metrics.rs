@@ -64,6 +64,32 @@ metrics! {
          write_timeout: a write blocked for api.write_timeout_ms)",
         &["reason"],
     );
+    /// Requests the gateway answered, by route, instance (`service/id`, or `none` when no
+    /// instance was reached) and status class (`2xx` … `5xx`).
+    pub gateway_requests: IntCounterVec = counter_vec(
+        "stackd_gateway_requests_total",
+        "Gateway requests by route, instance and status class",
+        &["route", "instance", "class"],
+    );
+    /// Time until the instance's response headers, by route and instance.
+    pub gateway_latency: HistogramVec = histogram_vec(
+        "stackd_gateway_request_duration_seconds",
+        "Gateway latency until the instance's response headers, by route and instance",
+        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+        &["route", "instance"],
+    );
+    /// Failed attempts to an instance by kind: `connect`, `timeout`, `5xx`.
+    pub gateway_errors: IntCounterVec = counter_vec(
+        "stackd_gateway_upstream_errors_total",
+        "Gateway attempts that failed, by route, instance and kind (connect, timeout, 5xx)",
+        &["route", "instance", "kind"],
+    );
+    /// Instances taken out of rotation by outlier detection.
+    pub gateway_ejections: IntCounterVec = counter_vec(
+        "stackd_gateway_ejections_total",
+        "Instances ejected by the gateway's outlier detection",
+        &["instance"],
+    );
     term: IntGauge = gauge("stackd_raft_term", "Current Raft term");
     leader_id: IntGauge = gauge("stackd_raft_leader_id", "Id of the known leader, 0 when none");
     is_leader: IntGauge = gauge("stackd_raft_is_leader", "1 when this node is the leader");

@@ -635,6 +635,10 @@ fn stage_background(
         cluster.clone().watch_membership(stop.clone()),
     );
     life.spawn("key sync", cluster.clone().sync_node_keys(stop.clone()));
+    life.spawn(
+        "health checks",
+        crate::checks::run(cluster.clone(), stop.clone()),
+    );
     let data_dir = config.data_dir().to_path_buf();
     life.spawn(
         "removal watch",
@@ -730,6 +734,12 @@ async fn stage_api(
             }
         }
     }));
+    if let Some(addr) = config.gateway.addr {
+        let stop = life.stop_accepting.clone();
+        let (_, serve) =
+            crate::gateway::bind(addr, cluster.clone(), state.metrics.clone(), stop).await?;
+        life.tasks.background.spawn(serve);
+    }
     Ok((api_addr, state))
 }
 

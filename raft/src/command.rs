@@ -26,6 +26,7 @@ pub use crate::state::locks::{LockCmd, LockResult, LockWait};
 pub use crate::state::queues::{Claimed, Enqueue, QueueCmd, QueueResult, ScheduleSpec};
 pub use crate::state::security::{ClusterCmd, ClusterResult};
 pub use crate::state::semaphores::{SemaphoreCmd, SemaphoreResult, SemaphoreWait};
+pub use crate::state::services::{ServiceCmd, ServiceResult};
 pub use crate::state::sessions::{SessionCmd, SessionResult};
 
 /// One proposal: a command stamped with the proposing leader's wall clock.
@@ -88,6 +89,8 @@ pub enum Command<F = Box<Guarded>, T = Txn, I = Box<Keyed>> {
         idem: IdemKey,
         command: I,
     },
+    /// The service registry and the gateway's routes.
+    Service(ServiceCmd),
 }
 
 /// What an idempotency key covers: any command but one under a key.
@@ -119,6 +122,7 @@ impl Command {
             },
             Command::Semaphore(c) => Command::Semaphore(c),
             Command::Acl(c) => Command::Acl(c),
+            Command::Service(c) => Command::Service(c),
             keyed @ Command::Idempotent { .. } => return Err(keyed),
         })
     }
@@ -315,6 +319,7 @@ pub enum Response<T = TxnResult> {
     /// The `Idempotency-Key` was first used for a different request (another fingerprint);
     /// nothing was applied.
     IdempotencyMismatch,
+    Service(ServiceResult),
     /// The command would grow the state while the storage quota is reached (the `NOSPACE`
     /// alarm); nothing was applied.
     QuotaExceeded {
@@ -378,6 +383,7 @@ proposals! {
     Txn(Txn) -> TxnResult,
     Semaphore(SemaphoreCmd) -> SemaphoreResult,
     Acl(AclCmd) -> AclResult,
+    Service(ServiceCmd) -> ServiceResult,
 }
 
 /// The commands a transaction may name (its [`Op`]s): every primitive's.
@@ -401,6 +407,7 @@ ops! {
     Channel(ChannelCmd),
     Semaphore(SemaphoreCmd),
     Acl(AclCmd),
+    Service(ServiceCmd),
 }
 
 /// A command applied only while a lock is held with a given fence (or always, without one).
@@ -489,6 +496,7 @@ impl<F: fmt::Display, T: fmt::Display, I: fmt::Display> fmt::Display for Command
             Command::Acl(AclCmd::TokenCreate(t)) => write!(f, "acl token create {}", t.accessor_id),
             Command::Acl(c) => write!(f, "acl {c:?}"),
             Command::Idempotent { command, .. } => write!(f, "idempotent {command}"),
+            Command::Service(c) => write!(f, "service {c:?}"),
         }
     }
 }

@@ -211,6 +211,29 @@ async fn setup(api: &Api, admin: &str) -> Made {
         )
         .await;
     }
+    api.ok(
+        Method::PUT,
+        "/v1/services/web/instances/i1",
+        t,
+        json!({"address": "127.0.0.1", "port": 9, "check": {"type": "ttl", "ttl_ms": 60000}}),
+    )
+    .await;
+    api.ok(
+        Method::PUT,
+        "/v1/services/web/instances/i2",
+        t,
+        json!({"address": "127.0.0.1", "port": 9}),
+    )
+    .await;
+    for name in ["r1", "r2"] {
+        api.ok(
+            Method::PUT,
+            &format!("/v1/routes/{name}"),
+            t,
+            json!({"service": "web"}),
+        )
+        .await;
+    }
     api.policy(t, "spare", json!([])).await;
     api.policy(t, "doomed", json!([])).await;
     for key in ["token-read", "token-patch", "token-delete"] {
@@ -389,6 +412,22 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
             ok(&format!("/v1/cluster/tokens/{}", id("join")), None)
         }
         ("get", "/v1/node/samples") => ok("/v1/node/samples", None),
+        ("get", "/v1/services") => ok("/v1/services", None),
+        ("get", "/v1/services/{name}") => ok("/v1/services/web", None),
+        ("put", "/v1/services/{name}/instances/{id}") => ok(
+            "/v1/services/web/instances/i3",
+            Some(json!({"address": "127.0.0.1", "port": 9})),
+        ),
+        ("delete", "/v1/services/{name}/instances/{id}") => {
+            ok("/v1/services/web/instances/i2", None)
+        }
+        ("post", "/v1/services/{name}/instances/{id}/heartbeat") => {
+            ok("/v1/services/web/instances/i1/heartbeat", None)
+        }
+        ("get", "/v1/routes") => ok("/v1/routes", None),
+        ("get", "/v1/routes/{name}") => ok("/v1/routes/r1", None),
+        ("put", "/v1/routes/{name}") => ok("/v1/routes/r3", Some(json!({"service": "web"}))),
+        ("delete", "/v1/routes/{name}") => ok("/v1/routes/r2", None),
         ("get", "/ui") => ok("/ui", None),
         ("get", "/ui/") => ok("/ui/", None),
         ("get", "/ui/{file}") => ok("/ui/app.js", None),

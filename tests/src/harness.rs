@@ -537,6 +537,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport> {
         first_ip: cfg.first_ip,
         target_voters: if cfg.nodes >= 5 { 5 } else { 3 },
         env,
+        ..Default::default()
     };
     let mut cluster = ProcCluster::start_with(cfg.nodes, opts).await?;
     let ctx = Arc::new(Ctx {

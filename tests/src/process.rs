@@ -93,6 +93,8 @@ pub struct ProcOptions {
     pub target_voters: usize,
     /// Extra environment for every process.
     pub env: Vec<(String, String)>,
+    /// Each node runs the gateway too, on an address of its own ([`ProcCluster::gateway_addrs`]).
+    pub gateway: bool,
 }
 
 impl Default for ProcOptions {
@@ -101,6 +103,7 @@ impl Default for ProcOptions {
             first_ip: 1,
             target_voters: 3,
             env: Vec::new(),
+            gateway: false,
         }
     }
 }
@@ -111,6 +114,8 @@ pub struct ProcCluster {
     procs: Vec<Option<Child>>,
     pub api_addrs: Vec<String>,
     pub cluster_addrs: Vec<String>,
+    /// Where each node's gateway listens (used when started with [`ProcOptions::gateway`]).
+    pub gateway_addrs: Vec<String>,
     pub bases: Vec<String>,
     /// Raft node id of each node.
     pub ids: Vec<u64>,
@@ -142,6 +147,9 @@ impl ProcCluster {
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         if let Some((addr, token)) = join {
             cmd.arg("--join").arg(addr).arg("--token").arg(token);
+        }
+        if self.opts.gateway {
+            cmd.arg("--gateway-addr").arg(&self.gateway_addrs[i]);
         }
         cmd.spawn().context("spawning stackd")
     }
@@ -177,9 +185,11 @@ impl ProcCluster {
         let root = TempDir::new()?;
         let mut api_addrs = Vec::new();
         let mut cluster_addrs = Vec::new();
+        let mut gateway_addrs = Vec::new();
         for i in 0..n {
             let ip = format!("127.0.0.{}", opts.first_ip as usize + i);
             api_addrs.push(crate::free_addrs(&ip).0.to_string());
+            gateway_addrs.push(crate::free_addrs(&ip).0.to_string());
             cluster_addrs.push(crate::free_cluster_addr(&ip).to_string());
         }
         let bases = api_addrs.iter().map(|a| format!("http://{a}")).collect();
@@ -189,6 +199,7 @@ impl ProcCluster {
             procs: (0..n).map(|_| None).collect(),
             api_addrs,
             cluster_addrs,
+            gateway_addrs,
             bases,
             ids: Vec::new(),
             token: String::new(),

@@ -276,6 +276,8 @@ struct Conn {
     client_id: String,
     subs: BTreeMap<String, Sub>,
     watches: BTreeMap<String, Watch>,
+    /// Watched services, with the revision last sent.
+    services: BTreeMap<String, u64>,
     /// Who authenticated the connection; `None` until an `auth` (access control on).
     caller: Option<Caller>,
     /// The ACL version the caller's rights were last checked at.
@@ -309,6 +311,7 @@ async fn run(
         client_id,
         subs: BTreeMap::new(),
         watches: BTreeMap::new(),
+        services: BTreeMap::new(),
         caller,
         acl_checked: 0,
         messages: st.rate.ws_messages(),
@@ -519,6 +522,21 @@ impl Conn {
                 }
                 self.watch(id, prefix, since_revision)?
             }
+            ClientMessage::WatchService {
+                service,
+                since_revision,
+            } => {
+                caller.check(&self.st, Resource::Services, &service, Op::Read)?;
+                self.watch_service(id, service, since_revision)?
+            }
+            ClientMessage::UnwatchService { service } => {
+                if self.services.remove(&service).is_none() {
+                    return Err(ApiError::not_found(format!(
+                        "no watch on service {service:?}"
+                    )));
+                }
+                self.out.reply(id, ReplyBody::UnwatchedService { service });
+            }
             ClientMessage::Unwatch { prefix } => {
                 if self.watches.remove(&prefix).is_none() {
                     return Err(ApiError::not_found(format!("no watch on {prefix:?}")));
@@ -574,6 +592,7 @@ impl Conn {
             self.leave_all().await;
             self.subs.clear();
             self.watches.clear();
+            self.services.clear();
             self.caller = None;
             let revoked = Revoked {
                 message: "the token was deleted or expired: subscriptions and watches ended; \
@@ -608,11 +627,23 @@ impl Conn {
             let e = auth::forbidden(Resource::Kv, Op::Read, None).with("prefix", prefix);
             self.out.send(&ServerMessage::notice(e));
         }
+        let lost: Vec<String> = self
+            .services
+            .keys()
+            .filter(|s| !caller.may(&self.st, Resource::Services, s, Op::Read))
+            .cloned()
+            .collect();
+        for service in lost {
+            self.services.remove(&service);
+            let e = auth::forbidden(Resource::Services, Op::Read, Some(&service))
+                .with("service", service);
+            self.out.send(&ServerMessage::notice(e));
+        }
         self.caller = Some(caller);
     }
 
     fn check_room(&self) -> Result<(), ApiError> {
-        if self.subs.len() + self.watches.len() >= WS_SUBSCRIPTIONS_MAX {
+        if self.subs.len() + self.watches.len() + self.services.len() >= WS_SUBSCRIPTIONS_MAX {
             return Err(ApiError::limited(format!(
                 "at most {WS_SUBSCRIPTIONS_MAX} subscriptions and watches per connection"
             )));
@@ -815,6 +846,16 @@ impl Conn {
                         return;
                     }
                 }
+                LiveEvent::Service { service, revision } => {
+                    if self
+                        .services
+                        .get(service)
+                        .is_some_and(|sent| sent < revision)
+                        && !self.send_service(service)
+                    {
+                        return;
+                    }
+                }
             }
         }
         // A batch holds whole revisions (a transaction applies in one entry).
@@ -848,6 +889,55 @@ impl Conn {
         for w in self.watches.values_mut() {
             w.catching_up = true;
         }
+        let services: Vec<String> = self.services.keys().cloned().collect();
+        for service in services {
+            let current = self.st.cluster.state().service_revision(&service);
+            if self
+                .services
+                .get(&service)
+                .is_some_and(|sent| *sent < current)
+                && !self.send_service(&service)
+            {
+                return;
+            }
+        }
+    }
+
+    /// `watch_service`: the reply, then the instances at once when the service changed after
+    /// `since_revision`.
+    fn watch_service(
+        &mut self,
+        id: Value,
+        service: String,
+        since_revision: Option<u64>,
+    ) -> Result<(), ApiError> {
+        super::services::validate_ident("service", &service)?;
+        if !self.services.contains_key(&service) {
+            self.check_room()?;
+        }
+        let revision = self.st.cluster.state().service_revision(&service);
+        let sent = since_revision.unwrap_or(revision);
+        self.services.insert(service.clone(), sent);
+        self.out.reply(
+            id,
+            ReplyBody::WatchingService {
+                service: service.clone(),
+                revision,
+            },
+        );
+        if sent < revision || since_revision == Some(0) {
+            self.send_service(&service);
+        }
+        Ok(())
+    }
+
+    /// Pushes `service`'s instances as this node's state holds them now; `false` once the
+    /// queue is full.
+    fn send_service(&mut self, service: &str) -> bool {
+        let alive = crate::checks::alive_members(&self.st.cluster);
+        let view = super::services::service_view(&self.st.cluster.state(), service, false, &alive);
+        self.services.insert(service.to_string(), view.revision);
+        self.out.send(&ServerMessage::Push(Push::Service(view)))
     }
 
     /// Replays the next page of key-value history to catching-up watches. A watch whose

@@ -64,6 +64,16 @@ pub enum ClientMessage {
         #[serde(default)]
         prefix: String,
     },
+    /// The instances of `service` (all, with their status) each time the service changes;
+    /// with `since_revision`, at once too when the service changed after it (0: the current
+    /// instances at once). Answered by [`ReplyBody::WatchingService`].
+    WatchService {
+        service: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_revision: Option<u64>,
+    },
+    /// Answered by [`ReplyBody::UnwatchedService`]; `not_found` when not watching.
+    UnwatchService { service: String },
     /// Answered by [`ReplyBody::Pong`]. (A struct variant: a unit one would take any field.)
     Ping {},
     /// Authenticates the connection with a token secret: the first message when access
@@ -135,6 +145,10 @@ pub enum ReplyBody {
         revision: u64,
         compact_revision: u64,
     },
+    /// To `watch_service`: the service's revision when the watch started.
+    WatchingService { service: String, revision: u64 },
+    /// To `unwatch_service`.
+    UnwatchedService { service: String },
     /// To `publish`: the event's offset.
     Published { offset: u64 },
     /// To `unsubscribe`.
@@ -165,6 +179,8 @@ pub enum Push {
     Event(Event),
     Recovered(Recovered),
     Kv(KvChange),
+    /// A watched service changed: its instances now.
+    Service(crate::api::services::ServiceView),
     /// The connection is closing (`slow_consumer`, `going_away`), a watch ended
     /// (`compacted`), or a subscription or watch ended because the token's policies no longer
     /// allow it (`forbidden`, with `channel` or `prefix`).
@@ -344,6 +360,7 @@ impl Push {
             Some("kv") => KvChange::deserialize(v).map(Push::Kv),
             Some("error") => Notice::deserialize(v).map(Push::Error),
             Some("revoked") => Revoked::deserialize(v).map(Push::Revoked),
+            Some("service") => crate::api::services::ServiceView::deserialize(v).map(Push::Service),
             other => Err(serde_json::Error::custom(format!(
                 "unknown message type {other:?}"
             ))),

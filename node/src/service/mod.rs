@@ -16,7 +16,7 @@ pub mod semaphores;
 
 use raft::command::{
     AclCmd, CacheCmd, ChannelCmd, Guarded, IdemKey, KvCmd, LockCmd, MaybeFenced, Proposal,
-    QueueCmd, SemaphoreCmd, SessionCmd, Txn,
+    QueueCmd, SemaphoreCmd, ServiceCmd, SessionCmd, Txn,
 };
 use raft::State;
 use tokio::time::{Duration, Instant};
@@ -50,6 +50,8 @@ answered! {
     QueueCmd => true,
     Txn => true,
     AclCmd => true,
+    // The gateway and discovery on the node that took the write see it when it answers.
+    ServiceCmd => true,
 }
 
 impl<P: Answered + Into<Guarded>> Answered for MaybeFenced<P> {

@@ -72,10 +72,14 @@ pub enum Resource {
     Cluster,
     /// Tokens and policies (the audit log included).
     Acl,
+    /// The service registry: instances, named by their service.
+    Services,
+    /// The gateway's routes.
+    Routes,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 9] = [
+    pub const ALL: [Resource; 11] = [
         Resource::Kv,
         Resource::Locks,
         Resource::Semaphores,
@@ -85,6 +89,8 @@ impl Resource {
         Resource::Channels,
         Resource::Cluster,
         Resource::Acl,
+        Resource::Services,
+        Resource::Routes,
     ];
 
     /// The name of the kind in rules and messages.
@@ -99,6 +105,8 @@ impl Resource {
             Resource::Channels => "channels",
             Resource::Cluster => "cluster",
             Resource::Acl => "acl",
+            Resource::Services => "services",
+            Resource::Routes => "routes",
         }
     }
 

@@ -33,6 +33,8 @@
 //! - `h:<revision BE><key>` → a key-value history event; `m:kvhist` → the compaction point
 //! - `i:<idempotency key>` → [`IdemRecord`] (keys of earlier builds: `Request::idempotency_key`)
 //! - `if:<scoped idempotency key>` → [`FingerprintedRecord`] (keys of [`Command::Idempotent`])
+//! - `svi:<service>/<id>` → [`services::Instance`], `svr:<service>` → the service's revision,
+//!   `rt:<name>` → [`services::Route`], `m:services` → the registry's revision counters
 //! - `acl:t:<accessor id>` → [`acl::Token`], `acl:p:<name>` → [`acl::Policy`], `acl:j:<name>` →
 //!   [`acl::JwtProvider`], `m:acl` → whether
 //!   the bootstrap token was made
@@ -48,6 +50,7 @@ mod primitive;
 pub(crate) mod queues;
 pub(crate) mod security;
 pub(crate) mod semaphores;
+pub(crate) mod services;
 pub(crate) mod sessions;
 
 use openraft::alias::{LogIdOf, StoredMembershipOf};
@@ -69,6 +72,10 @@ pub use security::{
 pub use semaphores::{
     SemaphoreEntry, SemaphoreLease, SemaphoreWaiter, MAX_HOLDERS_PER_SEMAPHORE,
     MAX_SEMAPHORE_CAPACITY, MAX_WAITERS_PER_SEMAPHORE,
+};
+pub use services::{
+    Check, Damping, HashOn, Health, Instance, InstanceSpec, Route, Strategy, MAX_INSTANCES,
+    MAX_ROUTES,
 };
 pub use sessions::SessionEntry;
 
@@ -153,6 +160,7 @@ parts! {
     queues: queues::Queues,
     channels: channels::Channels,
     semaphores: semaphores::Semaphores,
+    services: services::Services,
     security: Security,
     acl: acl::Acl,
     idem: Idempotency,
@@ -279,6 +287,11 @@ pub enum LiveEvent {
         event: ChannelEvent,
     },
     Kv(KvEvent),
+    /// A service of the registry changed; it is at `revision` now.
+    Service {
+        service: String,
+        revision: u64,
+    },
 }
 
 fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
@@ -679,6 +692,40 @@ impl State {
     }
 
     /// (channels ever published, events retained across them).
+    /// The instances of `service`, by id.
+    pub fn service_instances(&self, service: &str) -> Vec<&Instance> {
+        self.parts.services.instances_of(service).collect()
+    }
+
+    /// A service's revision (see [`services`], "Revisions").
+    pub fn service_revision(&self, service: &str) -> u64 {
+        self.parts.services.revision_of(service)
+    }
+
+    /// The registry's revision: it grows with every change of any service or route.
+    pub fn registry_revision(&self) -> u64 {
+        self.parts.services.revision()
+    }
+
+    /// Every service with instances, with its revision, by name.
+    pub fn services(&self) -> &std::collections::BTreeMap<String, u64> {
+        self.parts.services.services()
+    }
+
+    /// Every instance, by service then id.
+    pub fn all_instances(&self) -> impl Iterator<Item = &Instance> {
+        self.parts.services.all_instances()
+    }
+
+    pub fn instance(&self, service: &str, id: &str) -> Option<&Instance> {
+        self.parts.services.instance(service, id)
+    }
+
+    /// The gateway's routes, by name.
+    pub fn routes(&self) -> &std::collections::BTreeMap<String, Route> {
+        self.parts.services.routes()
+    }
+
     pub fn channel_counts(&self) -> (usize, usize) {
         (
             self.parts.channels.channel_count(),
@@ -707,6 +754,7 @@ impl Parts {
             Command::Channel(c) => Response::Channel(self.channels.apply(c, cx)),
             Command::Semaphore(c) => Response::Semaphore(self.semaphores.apply(c, cx)),
             Command::Acl(c) => Response::Acl(self.acl.apply(c, cx)),
+            Command::Service(c) => Response::Service(self.services.apply(c, cx)),
             Command::Txn(txn) => txn.apply_in(self, cx),
             Command::Fenced {
                 lock,
@@ -794,6 +842,7 @@ pub fn txn_op_allowed(op: &Op) -> bool {
         Command::Semaphore(c) => semaphores::Semaphores::in_txn(c),
         Command::Cluster(c) => Security::in_txn(c),
         Command::Acl(c) => acl::Acl::in_txn(c),
+        Command::Service(c) => services::Services::in_txn(c),
         Command::Tick => false,
         Command::Txn(n)
         | Command::Fenced { command: n, .. }

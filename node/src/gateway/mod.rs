@@ -1,0 +1,621 @@
+//! The gateway: every node can proxy HTTP/1.1, HTTP/2 and WebSocket upgrades to the healthy
+//! instances of registered services, by the routes of `/v1/routes` (`gateway.addr`).
+//!
+//! # Layout
+//! - this file: the listener, the route table (rebuilt whenever the registry's revision
+//!   changes, so a route or an instance change applies on every node as soon as it has
+//!   applied the entry) and the proxying of one request;
+//! - [`balance`]: what this node knows of each instance (requests in flight, peak-EWMA
+//!   latency, failures, ejection) and each strategy's choice.
+//!
+//! # One request
+//! The route is the one whose host matches (a route with a host wins over one without) and
+//! whose path prefix is the longest. Its instances are those passing and not draining, less
+//! those ejected by outlier detection (all of them when every one is ejected: a guess beats a
+//! certain 503). The request body is read whole, up to the route's `max_body_bytes` (413
+//! past it), so an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose
+//! connection fails can be sent to another instance, up to `retries` times. The response
+//! streams back. `X-Forwarded-For`, `-Proto`, `-Host` and `X-Request-Id` (kept when the
+//! client sent one) are set; hop-by-hop headers are not passed on.
+
+pub mod balance;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use raft::state::{HashOn, Route};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use balance::{Picker, Upstream};
+
+use crate::cluster::Cluster;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+type HttpClient = Client<HttpConnector, Body>;
+
+/// Requests proxied at once on one node; further ones get 503.
+pub const MAX_INFLIGHT: usize = 10_000;
+
+/// A route as the gateway serves it.
+struct Compiled {
+    name: String,
+    route: Route,
+    /// The instances that take requests (passing, not draining).
+    upstreams: Vec<Arc<Upstream>>,
+    picker: Picker,
+    client: HttpClient,
+}
+
+#[derive(Default)]
+struct Table {
+    revision: u64,
+    /// Host routes first, then by longest prefix.
+    routes: Vec<Compiled>,
+}
+
+/// The gateway of one node.
+pub struct Gateway {
+    cluster: Arc<Cluster>,
+    metrics: Arc<Metrics>,
+    table: RwLock<Arc<Table>>,
+    /// Each instance's figures, kept across table rebuilds (by `service/id` and authority).
+    upstreams: std::sync::Mutex<HashMap<(String, String), Arc<Upstream>>>,
+    /// One pooled client per connect timeout.
+    clients: std::sync::Mutex<HashMap<u64, HttpClient>>,
+    inflight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gateway {
+    pub fn new(cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Arc<Gateway> {
+        let gw = Arc::new(Gateway {
+            cluster,
+            metrics,
+            table: RwLock::new(Arc::new(Table::default())),
+            upstreams: Default::default(),
+            clients: Default::default(),
+            inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT)),
+        });
+        gw.rebuild();
+        gw
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn client(&self, connect_timeout_ms: u64) -> HttpClient {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(connect_timeout_ms)
+            .or_insert_with(|| {
+                let mut http = HttpConnector::new();
+                http.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms)));
+                http.set_nodelay(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .pool_max_idle_per_host(256)
+                    .build(http)
+            })
+            .clone()
+    }
+
+    /// Rebuilds the route table from this node's state.
+    fn rebuild(&self) {
+        let state = self.cluster.state();
+        let revision = state.registry_revision();
+        let mut known = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used: HashMap<(String, String), Arc<Upstream>> = HashMap::new();
+        let mut routes: Vec<Compiled> = state
+            .routes()
+            .iter()
+            .map(|(name, route)| {
+                let upstreams = state
+                    .service_instances(&route.service)
+                    .into_iter()
+                    .filter(|i| i.routable())
+                    .map(|i| {
+                        let key = format!("{}/{}", i.spec.service, i.spec.id);
+                        let host = if i.spec.address.contains(':') {
+                            format!("[{}]", i.spec.address)
+                        } else {
+                            i.spec.address.clone()
+                        };
+                        let authority = format!("{host}:{}", i.spec.port);
+                        let id = (key.clone(), authority.clone());
+                        let u = known
+                            .get(&id)
+                            .filter(|u| u.weight == i.spec.weight)
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                Arc::new(Upstream::new(key, authority, i.spec.weight))
+                            });
+                        used.insert(id, u.clone());
+                        u
+                    })
+                    .collect();
+                Compiled {
+                    name: name.clone(),
+                    route: route.clone(),
+                    upstreams,
+                    picker: Picker::default(),
+                    client: self.client(route.connect_timeout_ms),
+                }
+            })
+            .collect();
+        drop(state);
+        *known = used;
+        drop(known);
+        routes.sort_by(|a, b| {
+            (b.route.host.is_some(), b.route.path_prefix.len())
+                .cmp(&(a.route.host.is_some(), a.route.path_prefix.len()))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Table { revision, routes });
+    }
+
+    /// Rebuilds the table whenever the registry's revision changes, until `stop`.
+    async fn follow(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let seen = self.table().revision;
+            let changed = self
+                .cluster
+                .wait_for_state(Instant::now() + Duration::from_secs(1), |s| {
+                    (s.registry_revision() != seen).then_some(())
+                });
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = changed => match r {
+                    Ok(Some(())) => self.rebuild(),
+                    Ok(None) => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Binds `addr`; the future serves the gateway until `stop`.
+pub async fn bind(
+    addr: SocketAddr,
+    cluster: Arc<Cluster>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding gateway address {addr}"))?;
+    let bound = listener.local_addr()?;
+    let gw = Gateway::new(cluster, metrics);
+    let app = axum::Router::new()
+        .fallback(proxy)
+        .with_state(gw.clone())
+        .into_make_service_with_connect_info::<SocketAddr>();
+    info!(addr = %bound, "gateway listening");
+    let serve = async move {
+        let served = async {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                warn!(error = %e, "gateway stopped with an error");
+            }
+        };
+        // Both end on `stop`; requests under way finish first.
+        tokio::join!(served, gw.follow(stop.clone()));
+    };
+    Ok((bound, serve))
+}
+
+fn error(status: StatusCode, code: crate::error::ErrorCode, message: String) -> Response {
+    let mut r = ApiError::new(code, message).into_response();
+    *r.status_mut() = status;
+    r
+}
+
+/// Headers that belong to one connection and are not passed on (RFC 9110, 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// The request's host, lowercased, without port.
+fn host_of(req: &Request) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        raw.split(':').next().unwrap_or(raw)
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+async fn proxy(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let Ok(_permit) = gw.inflight.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::error::ErrorCode::Unavailable,
+            "the gateway has too many requests in flight".into(),
+        );
+    };
+    let table = gw.table();
+    let host = host_of(&req);
+    let path = req.uri().path().to_string();
+    let Some(r) = table.routes.iter().find(|r| {
+        r.route
+            .host
+            .as_ref()
+            .is_none_or(|h| Some(h) == host.as_ref())
+            && path.starts_with(&r.route.path_prefix)
+    }) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            crate::error::ErrorCode::NotFound,
+            format!("no route for {}{path}", host.unwrap_or_default()),
+        );
+    };
+    let started = Instant::now();
+    let resp = forward(&gw, r, peer, req).await;
+    let (resp, instance) = match resp {
+        Ok((resp, instance)) => (resp, instance),
+        Err(resp) => (resp, "none".to_string()),
+    };
+    gw.metrics
+        .gateway_requests
+        .with_label_values(&[&r.name, &instance, class(resp.status())])
+        .inc();
+    debug!(route = %r.name, %instance, status = %resp.status(), elapsed_ms = started.elapsed().as_millis() as u64, "proxied");
+    resp
+}
+
+/// Sends `req` by route `r`: the instance's response and its key, or the gateway's own error.
+async fn forward(
+    gw: &Gateway,
+    r: &Compiled,
+    peer: SocketAddr,
+    req: Request,
+) -> Result<(Response, String), Response> {
+    let route = &r.route;
+    let (mut parts, body) = req.into_parts();
+    let upgrade = is_upgrade(&parts.headers);
+    let on_upgrade = upgrade
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            crate::error::ErrorCode::TooLarge,
+            format!(
+                "the request body is over this route's {}-byte limit",
+                route.max_body_bytes
+            ),
+        )
+    };
+    if parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > route.max_body_bytes)
+    {
+        return Err(too_large());
+    }
+    let body = match http_body_util::Limited::new(body, route.max_body_bytes as usize)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                crate::error::ErrorCode::BadRequest,
+                format!("reading the request body: {e}"),
+            ))
+        }
+    };
+
+    // Headers sent on.
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(u) = parts.headers.get(header::UPGRADE) {
+            headers.insert(header::UPGRADE, u.clone());
+        }
+    }
+    let client_ip = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(h) = parts.headers.get(header::HOST) {
+        headers.insert("x-forwarded-host", h.clone());
+    }
+    if !headers.contains_key("x-request-id") {
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        if let Ok(v) = HeaderValue::try_from(id) {
+            headers.insert("x-request-id", v);
+        }
+    }
+    let path_and_query = {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if route.strip_prefix && route.path_prefix != "/" {
+            let rest = &pq[route.path_prefix.len().min(pq.len())..];
+            if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
+            }
+        } else {
+            pq.to_string()
+        }
+    };
+    let hash_key = match &route.hash_on {
+        Some(HashOn::Header(h)) => parts
+            .headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        Some(HashOn::Cookie(c)) => cookie(&parts.headers, c),
+        None => None,
+    };
+
+    let attempts = 1 + if is_idempotent(&parts.method) && !upgrade {
+        route.retries
+    } else {
+        0
+    };
+    let mut tried: Vec<&Arc<Upstream>> = Vec::new();
+    let mut last_error = format!("service {} has no healthy instance", route.service);
+    for _ in 0..attempts {
+        let now = Instant::now();
+        let fresh: Vec<&Arc<Upstream>> = r
+            .upstreams
+            .iter()
+            .filter(|u| !tried.iter().any(|t| Arc::ptr_eq(t, u)))
+            .collect();
+        let mut candidates: Vec<&Arc<Upstream>> =
+            fresh.iter().copied().filter(|u| !u.ejected(now)).collect();
+        if candidates.is_empty() {
+            candidates = fresh;
+        }
+        if candidates.is_empty() {
+            break;
+        }
+        let u = r
+            .picker
+            .pick(route.strategy, &candidates, hash_key.as_deref(), now);
+        tried.push(u);
+        let uri: Uri = match format!("http://{}{}", u.authority, path_and_query).parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    crate::error::ErrorCode::BadRequest,
+                    format!("the request's path cannot be sent on: {e}"),
+                ))
+            }
+        };
+        let mut out = hyper::Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(hyper::Version::HTTP_11);
+        if let Some(h) = out.headers_mut() {
+            *h = headers.clone();
+        }
+        let Ok(out) = out.body(Body::from(body.clone())) else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                crate::error::ErrorCode::BadRequest,
+                "the request cannot be sent on".into(),
+            ));
+        };
+        u.outstanding
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent = tokio::time::timeout(
+            Duration::from_millis(route.request_timeout_ms),
+            r.client.request(out),
+        )
+        .await;
+        u.outstanding
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let done = Instant::now();
+        let labels = [r.name.as_str(), u.key.as_str()];
+        match sent {
+            Ok(Ok(mut resp)) => {
+                let rtt = done - now;
+                let failed = resp.status().is_server_error();
+                if u.observe(rtt, failed, done) {
+                    gw.metrics
+                        .gateway_ejections
+                        .with_label_values(&[&u.key])
+                        .inc();
+                }
+                if failed {
+                    gw.metrics
+                        .gateway_errors
+                        .with_label_values(&[labels[0], labels[1], "5xx"])
+                        .inc();
+                }
+                gw.metrics
+                    .gateway_latency
+                    .with_label_values(&labels)
+                    .observe(rtt.as_secs_f64());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = on_upgrade {
+                        let server_side = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(client_side, server_side));
+                    }
+                    let (p, _) = resp.into_parts();
+                    return Ok((Response::from_parts(p, Body::empty()), u.key.clone()));
+                }
+                let (mut p, b) = resp.into_parts();
+                strip_hop_by_hop(&mut p.headers);
+                return Ok((Response::from_parts(p, Body::new(b)), u.key.clone()));
+            }
+            Ok(Err(e)) => {
+                if u.fail(done) {
+                    gw.metrics
+                        .gateway_ejections
+                        .with_label_values(&[&u.key])
+                        .inc();
+                }
+                let kind = if e.is_connect() { "connect" } else { "request" };
+                gw.metrics
+                    .gateway_errors
+                    .with_label_values(&[labels[0], labels[1], kind])
+                    .inc();
+                last_error = format!("instance {}: {}", u.key, root_cause(&e));
+                if !e.is_connect() {
+                    // The request may have reached the instance: not sent again.
+                    break;
+                }
+            }
+            Err(_) => {
+                if u.fail(done) {
+                    gw.metrics
+                        .gateway_ejections
+                        .with_label_values(&[&u.key])
+                        .inc();
+                }
+                gw.metrics
+                    .gateway_errors
+                    .with_label_values(&[labels[0], labels[1], "timeout"])
+                    .inc();
+                return Err(error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    crate::error::ErrorCode::Timeout,
+                    format!(
+                        "instance {} did not answer within {} ms",
+                        u.key, route.request_timeout_ms
+                    ),
+                ));
+            }
+        }
+    }
+    let status = if tried.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    Err(error(
+        status,
+        crate::error::ErrorCode::Unavailable,
+        last_error,
+    ))
+}
+
+/// Copies bytes both ways between an upgraded client connection and an instance's.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    let (client, server) = match tokio::try_join!(client, server) {
+        Ok(both) => both,
+        Err(e) => return debug!(error = %e, "upgrade not completed"),
+    };
+    let mut client = TokioIo::new(client);
+    let mut server = TokioIo::new(server);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,298 @@
+//! The service registry through any node: registration with the CLI and the API, TTL checks
+//! fed by heartbeats, drains, watches over the WebSocket that resume from a revision, and bad
+//! input refused.
+
+use std::time::Duration;
+
+use node::api::services::ServiceView;
+use node::api::ws_protocol::{ClientMessage, Push, ReplyBody};
+use serde_json::{json, Value};
+use tests::http::{self, wait_for};
+use tests::inproc::InprocCluster;
+use tests::process::{stackd_fails, stackd_ok};
+use tests::ws::WsClient;
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The next service push of `ws`, skipping nothing else (a watch is all it has).
+async fn next_service(ws: &mut WsClient) -> ServiceView {
+    match ws.next_msg(Duration::from_secs(10)).await.unwrap() {
+        Push::Service(v) => v,
+        other => panic!("expected a service push, got {other:?}"),
+    }
+}
+
+fn ids(v: &ServiceView) -> Vec<(String, String)> {
+    v.instances
+        .iter()
+        .map(|i| (i.id.clone(), i.status.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resume_from_a_revision_and_ttl_instances_follow_their_heartbeats() {
+    let c = InprocCluster::start(3).await.unwrap();
+    let web = http::client();
+    let api = http::api(&c.bases[0]);
+
+    // Registered with the CLI through node 2, with a TTL check.
+    stackd_ok(&[
+        "service",
+        "register",
+        "web",
+        "w1",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        "9",
+        "--tag",
+        "blue",
+        "--meta",
+        "zone=a",
+        "--check",
+        "ttl",
+        "--ttl-ms",
+        "1000",
+        "--addr",
+        &c.bases[1],
+    ]);
+    let (out, _) = stackd_ok(&["service", "get", "web", "--addr", &c.bases[2]]);
+    assert!(out.contains("w1  127.0.0.1:9  passing"), "{out}");
+
+    // A watch through node 3 from revision 0: the instances at once.
+    let mut ws = WsClient::connect(&c.bases[2], "").await.unwrap();
+    let reply = ws
+        .request(ClientMessage::WatchService {
+            service: "web".into(),
+            since_revision: Some(0),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let ReplyBody::WatchingService { revision, .. } = reply else {
+        panic!("{reply:?}")
+    };
+    let first = next_service(&mut ws).await;
+    assert_eq!(first.revision, revision);
+    assert_eq!(ids(&first), [("w1".into(), "passing".into())]);
+    assert_eq!(first.instances[0].tags, ["blue"]);
+    assert_eq!(first.instances[0].meta["zone"], "a");
+
+    // Without heartbeats, w1 turns critical on the replicated clock: pushed.
+    let critical = next_service(&mut ws).await;
+    assert_eq!(ids(&critical), [("w1".into(), "critical".into())]);
+    assert!(critical.revision > first.revision);
+    assert_eq!(critical.instances[0].output, "TTL expired: no heartbeat");
+    // A heartbeat makes it passing again.
+    api.service_heartbeat("web", "w1").await.unwrap();
+    let passing = next_service(&mut ws).await;
+    assert_eq!(ids(&passing), [("w1".into(), "passing".into())]);
+    // Registered again without a check: passing for as long as it is registered.
+    let (status, body) = send(
+        web.put(format!("{}/v1/services/web/instances/w1", c.bases[1]))
+            .json(&json!({"address": "127.0.0.1", "port": 9})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let unchecked = next_service(&mut ws).await;
+    assert!(unchecked.instances[0].check.is_none());
+    ws.close().await;
+
+    // Changes while nobody watched are sent at once to a watch that resumes from the last
+    // revision it saw.
+    let seen = unchecked.revision;
+    let (status, body) = send(
+        web.put(format!("{}/v1/services/web/instances/w2", c.bases[0]))
+            .json(&json!({"address": "127.0.0.1", "port": 10, "weight": 5})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut ws = WsClient::connect(&c.bases[1], "").await.unwrap();
+    ws.request(ClientMessage::WatchService {
+        service: "web".into(),
+        since_revision: Some(seen),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let resumed = next_service(&mut ws).await;
+    assert!(resumed
+        .instances
+        .iter()
+        .any(|i| i.id == "w2" && i.weight == 5));
+    assert!(resumed.revision > seen);
+    // Resuming from the current revision sends nothing until the next change.
+    let mut quiet = WsClient::connect(&c.bases[0], "").await.unwrap();
+    quiet
+        .request(ClientMessage::WatchService {
+            service: "web".into(),
+            since_revision: Some(resumed.revision),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+
+    // A drain keeps the instance, out of the healthy list, then removes it.
+    api.service_deregister("web", "w2", Some(300))
+        .await
+        .unwrap();
+    let draining = next_service(&mut ws).await;
+    let w2 = draining.instances.iter().find(|i| i.id == "w2").unwrap();
+    assert!(w2.draining_until_ms.is_some());
+    assert_eq!(next_service(&mut quiet).await.revision, draining.revision);
+    let healthy = api.service("web", true).await.unwrap();
+    assert!(healthy.instances.iter().all(|i| i.id != "w2"));
+    let gone = next_service(&mut ws).await;
+    assert!(gone.instances.iter().all(|i| i.id != "w2"), "{gone:?}");
+
+    // Deregistering the last one empties the service: listed no more, watchers told.
+    stackd_ok(&["service", "deregister", "web", "w1", "--addr", &c.bases[0]]);
+    let empty = next_service(&mut ws).await;
+    assert!(empty.instances.is_empty());
+    let list = api.services().await.unwrap();
+    assert!(list.services.iter().all(|s| s.name != "web"));
+    ws.close().await;
+    quiet.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_registrations_and_routes_are_refused_with_the_field() {
+    let c = InprocCluster::start(1).await.unwrap();
+    let web = http::client();
+    let base = &c.bases[0];
+    let put = |path: &str, body: Value| web.put(format!("{base}{path}")).json(&body);
+    let cases = [
+        (
+            "/v1/services/we b/instances/a",
+            json!({"address": "h", "port": 1}),
+            "service",
+        ),
+        (
+            "/v1/services/web/instances/a",
+            json!({"address": "h", "port": 0}),
+            "port",
+        ),
+        (
+            "/v1/services/web/instances/a",
+            json!({"address": "a b", "port": 1}),
+            "address",
+        ),
+        (
+            "/v1/services/web/instances/a",
+            json!({"address": "h", "port": 1, "check": {"type": "ping"}}),
+            "check.type",
+        ),
+        (
+            "/v1/services/web/instances/a",
+            json!({"address": "h", "port": 1, "check": {"type": "ttl"}}),
+            "check.ttl_ms",
+        ),
+        (
+            "/v1/services/web/instances/a",
+            json!({"address": "h", "port": 1, "check": {"type": "http", "interval_ms": 50}}),
+            "check.interval_ms",
+        ),
+        (
+            "/v1/services/web/instances/a",
+            json!({"address": "h", "port": 1, "weight": 0}),
+            "weight",
+        ),
+        (
+            "/v1/routes/r",
+            json!({"service": "web", "strategy": "fastest"}),
+            "strategy",
+        ),
+        (
+            "/v1/routes/r",
+            json!({"service": "web", "strategy": "hash"}),
+            "hash_on",
+        ),
+        (
+            "/v1/routes/r",
+            json!({"service": "web", "path_prefix": "api"}),
+            "path_prefix",
+        ),
+        (
+            "/v1/routes/r",
+            json!({"service": "web", "retries": 9}),
+            "retries",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let (status, answer) = send(put(path, body.clone())).await;
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        assert_eq!(answer["error"]["code"], "bad_request");
+        assert_eq!(answer["error"]["field"], field, "{path} {body}: {answer}");
+    }
+    // Unknown fields are refused, not ignored.
+    let (status, answer) = send(put(
+        "/v1/services/web/instances/a",
+        json!({"address": "h", "port": 1, "colour": "red"}),
+    ))
+    .await;
+    assert_eq!(status, 400, "{answer}");
+
+    // A heartbeat needs a ttl check; unknown instances and routes are 404.
+    let (status, _) = send(put(
+        "/v1/services/web/instances/a",
+        json!({"address": "h", "port": 1}),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    let (status, answer) =
+        send(web.post(format!("{base}/v1/services/web/instances/a/heartbeat"))).await;
+    assert_eq!(
+        (status, answer["error"]["reason"].as_str()),
+        (409, Some("not_ttl"))
+    );
+    let (status, _) = send(web.delete(format!("{base}/v1/services/web/instances/zz"))).await;
+    assert_eq!(status, 404);
+    let (status, _) = send(web.delete(format!("{base}/v1/routes/zz"))).await;
+    assert_eq!(status, 404);
+    let (status, answer) = send(web.delete(format!(
+        "{base}/v1/services/web/instances/a?drain_ms=99999999"
+    )))
+    .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (400, Some("drain_ms"))
+    );
+
+    // The CLI says why too, and the node is still there.
+    let err = stackd_fails(&[
+        "route",
+        "put",
+        "r",
+        "--service",
+        "web",
+        "--strategy",
+        "hash",
+        "--addr",
+        base,
+    ]);
+    assert!(err.contains("hash_on"), "{err}");
+    stackd_ok(&[
+        "route",
+        "put",
+        "r",
+        "--service",
+        "web",
+        "--strategy",
+        "hash",
+        "--hash-cookie",
+        "sid",
+        "--addr",
+        base,
+    ]);
+    let (out, _) = stackd_ok(&["route", "list", "--addr", base]);
+    assert!(out.contains("r  */  -> web  hash"), "{out}");
+    wait_for("the node healthy", Duration::from_secs(5), || async {
+        http::api(base).ready().await.ok()
+    })
+    .await
+    .unwrap();
+}
