@@ -143,6 +143,7 @@ routes! {
     post "/v1/sessions/{id}/touch" => sessions::touch, write(Sessions, SessionUser("id"));
     get "/v1/queues" => queues::list_queues, read(Queues, All);
     get "/v1/queues/{name}" => queues::stats, read(Queues, Param("name"));
+    delete "/v1/queues/{name}" => queues::delete_queue, write(Queues, Param("name"));
     post "/v1/queues/{name}/jobs" => queues::enqueue, write(Queues, Param("name"));
     get "/v1/queues/{name}/jobs" => queues::list_jobs, read(Queues, Param("name"));
     post "/v1/queues/{name}/claim" => queues::claim, write(Queues, Param("name"));

@@ -444,6 +444,11 @@ impl From<QueueResult> for ApiError {
             .with("current_lease", current),
             QueueResult::NotFound => ApiError::not_found("not found"),
             QueueResult::Rejected(m) => ApiError::bad_request(m),
+            QueueResult::NotIdle { jobs, schedules } => ApiError::conflict(format!(
+                "the queue holds {jobs} jobs and {schedules} schedules; only an idle queue \
+                 is deleted (ack or delete its jobs, remove its schedules)"
+            ))
+            .with("reason", "not_idle"),
             other => unexpected(other),
         }
     }

@@ -132,3 +132,52 @@ async fn each_count_limit_refuses_one_more_and_names_itself() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_queue_is_deleted_and_frees_its_place() {
+    let c = InprocCluster::start_with(1, |c| c.limits.max_queues = 1)
+        .await
+        .unwrap();
+    let api = http::api(&c.bases[0]);
+    wait_for("the limits in force", WAIT, || async {
+        let s = api.cluster_status().await.ok()?;
+        (s.storage.quota_bytes == 2 << 30).then_some(())
+    })
+    .await
+    .unwrap();
+    api.enqueue("old", &job()).await.unwrap();
+    refused(
+        api.enqueue("new", &job()).await.unwrap_err(),
+        "limits.max_queues",
+        1,
+    );
+
+    tracing::info!("phase: a queue with a job is not idle");
+    let e = api.queue_delete("old").await.unwrap_err();
+    assert!(http::is_api_error(&e, 409, ErrorCode::Conflict), "{e:?}");
+    let e = api.queue_delete("never").await.unwrap_err();
+    assert!(http::is_api_error(&e, 404, ErrorCode::NotFound), "{e:?}");
+
+    tracing::info!("phase: once its job is acked, the CLI deletes it");
+    let claim: node::api::model::ClaimRequest =
+        serde_json::from_value(json!({"worker": "w", "max": 1})).unwrap();
+    let got = api.claim("old", &claim).await.unwrap().jobs;
+    api.ack(&got[0].id, got[0].lease).await.unwrap();
+    let listed = api.queues().await.unwrap().queues;
+    assert!(listed.iter().any(|q| q.queue == "old" && q.completed == 1));
+    let addr = c.bases[0].trim_start_matches("http://").to_string();
+    let out = tokio::process::Command::new(tests::process::stackd_bin())
+        .args(["queue", "delete", "old", "--addr", &addr])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = api.queues().await.unwrap().queues;
+    assert!(
+        listed.iter().all(|q| q.queue != "old"),
+        "the queue and its count of completed jobs are gone: {listed:?}"
+    );
+    api.enqueue("new", &job()).await.unwrap();
+    api.health().await.unwrap();
+    c.shutdown().await;
+}

@@ -674,6 +674,32 @@ pub async fn set_schedule(
 
 #[utoipa::path(
     delete,
+    path = "/v1/queues/{name}",
+    summary = "Delete an idle queue",
+    description = "Forgets a queue that holds no job (in any state) and no schedule, with its count of completed jobs, so it no longer counts against limits.max_queues. A queue that is not idle: 409 conflict, reason not_idle.",
+    params(("name" = String, Path, description = "queue name")),
+    responses(
+        (status = 200, description = "deleted", body = Deleted),
+        BadRequest,
+        NotFound,
+        (status = 409, description = "conflict: the queue holds jobs or schedules (reason not_idle)", body = ErrorBody),
+        Unsettled,
+    )
+)]
+pub async fn delete_queue(
+    State(st): St,
+    PathParams(queue): PathParams<String>,
+) -> ApiResult<Json<Deleted>> {
+    validate_name("queue", &queue)?;
+    match crate::service::propose(&st.cluster, QueueCmd::DeleteQueue { queue }, None).await? {
+        QueueResult::Count(_) => Ok(Json(Deleted { deleted: true })),
+        QueueResult::NotFound => Err(ApiError::not_found("no such queue")),
+        other => Err(other.into()),
+    }
+}
+
+#[utoipa::path(
+    delete,
     path = "/v1/queues/{queue}/schedules/{name}",
     summary = "Remove a schedule",
     params(
@@ -851,6 +877,11 @@ mod typed {
         ) -> ApiResult<NextFire> {
             self.json(Method::PUT, &Self::schedule_path(queue, name), req)
                 .await
+        }
+
+        /// Deletes an idle queue.
+        pub async fn queue_delete(&self, queue: &str) -> ApiResult<Deleted> {
+            self.delete(&Self::queue_path(queue, "")).await
         }
 
         pub async fn schedule_delete(&self, queue: &str, name: &str) -> ApiResult<Deleted> {

@@ -84,6 +84,11 @@ pub enum QueueCmd {
         queue: String,
         ids: Option<Vec<u64>>,
     },
+    /// Forgets an idle queue (no job in any state, no schedule), its count of completed jobs
+    /// with it, so it no longer counts against `limits.max_queues`.
+    DeleteQueue {
+        queue: String,
+    },
 }
 
 /// A job to enqueue. `run_at_ms` wins over `delay_ms`; neither means now.
@@ -147,6 +152,11 @@ pub enum QueueResult {
     },
     /// The command cannot apply (e.g. a cron expression that never fires).
     Rejected(String),
+    /// The queue is not idle: it holds `jobs` jobs and `schedules` schedules.
+    NotIdle {
+        jobs: u64,
+        schedules: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -459,6 +469,7 @@ impl Primitive for Queues {
             }
             QueueCmd::ScheduleDelete { queue, name } => self.delete_schedule(queue, name, batch),
             QueueCmd::DeleteDead { queue, ids } => self.delete_dead(queue, ids.as_deref(), batch),
+            QueueCmd::DeleteQueue { queue } => self.delete_queue(queue, batch),
         }
     }
 
@@ -468,6 +479,24 @@ impl Primitive for Queues {
 }
 
 impl Queues {
+    fn delete_queue(&mut self, queue: &str, batch: &mut SmBatch) -> QueueResult {
+        if !self.queues.contains_key(queue) {
+            return QueueResult::NotFound;
+        }
+        let jobs = self.job_count(queue) as u64;
+        let schedules = self
+            .schedules
+            .range((queue.to_string(), String::new())..)
+            .take_while(|((q, _), _)| q == queue)
+            .count() as u64;
+        if jobs > 0 || schedules > 0 {
+            return QueueResult::NotIdle { jobs, schedules };
+        }
+        self.queues.remove(queue);
+        batch.delete(prefixed(QUEUE_PREFIX, queue));
+        QueueResult::Count(1)
+    }
+
     /// Adds `job` to the indexes; a waiting job is ready once due at `now`.
     fn index(&mut self, id: u64, job: &Job, now: u64) {
         let q = self.queues.entry(job.queue.clone()).or_default();
