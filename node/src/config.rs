@@ -271,6 +271,12 @@ section! {
         /// Most live sessions of one user; one more is refused until one ends (sessions
         /// listed per user stop at 1000 too). Default: 1000.
         pub max_sessions_per_user: u64 = 1_000,
+        /// Most access-control tokens (`POST /v1/acl/tokens`); one more is refused until one
+        /// is deleted or expires. Default: 100000.
+        pub max_tokens: u64 = 100_000,
+        /// Most unexpired join tokens made after the founding one (`POST /v1/cluster/tokens`);
+        /// one more is refused until one expires or is revoked. Default: 1000.
+        pub max_join_tokens: u64 = 1_000,
     }
 }
 
@@ -485,6 +491,8 @@ serve_flags! {
     max_schedules: u64, "STACKD_MAX_SCHEDULES" => limits.max_schedules;
     max_channels: u64, "STACKD_MAX_CHANNELS" => limits.max_channels;
     max_sessions_per_user: u64, "STACKD_MAX_SESSIONS_PER_USER" => limits.max_sessions_per_user;
+    max_tokens: u64, "STACKD_MAX_TOKENS" => limits.max_tokens;
+    max_join_tokens: u64, "STACKD_MAX_JOIN_TOKENS" => limits.max_join_tokens;
     cache_max_entries: u64, "STACKD_CACHE_MAX_ENTRIES" => cache.max_entries;
     cache_max_bytes: u64, "STACKD_CACHE_MAX_BYTES" => cache.max_bytes;
     channel_retention: Retention, "STACKD_CHANNEL_RETENTION" => channels.retention;
@@ -1320,6 +1328,8 @@ mod tests {
         c.limits.max_schedules = 14;
         c.limits.max_channels = 15;
         c.limits.max_sessions_per_user = 16;
+        c.limits.max_tokens = 17;
+        c.limits.max_join_tokens = 18;
         c.api.header_read_timeout_ms = 1_234;
         c.api.body_read_timeout_ms = 2_345;
         c.api.write_timeout_ms = 3_456;

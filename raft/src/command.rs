@@ -182,6 +182,8 @@ pub enum Adds<'a> {
     Schedule { queue: &'a str, name: &'a str },
     Channel(&'a str),
     Session { user: &'a str },
+    Token { accessor_id: &'a str },
+    JoinToken,
 }
 
 /// What a command may add, for the count limits: each write of a transaction, the command
@@ -222,6 +224,10 @@ impl<F: Additions, T: Additions, I: Additions> Additions for Command<F, T, I> {
                 out.push(Adds::Channel(channel))
             }
             Command::Session(SessionCmd::Create { user, .. }) => out.push(Adds::Session { user }),
+            Command::Acl(AclCmd::TokenCreate(t)) => out.push(Adds::Token {
+                accessor_id: &t.accessor_id,
+            }),
+            Command::Cluster(ClusterCmd::JoinTokenCreate { .. }) => out.push(Adds::JoinToken),
             Command::Txn(t) => t.additions(out),
             Command::Fenced { command, .. } => command.additions(out),
             Command::Idempotent { command, .. } => command.additions(out),

@@ -181,3 +181,49 @@ async fn an_idle_queue_is_deleted_and_frees_its_place() {
     api.health().await.unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_and_join_tokens_are_bounded() {
+    let c = InprocCluster::start_with(1, |c| {
+        c.limits.max_tokens = 3;
+        c.limits.max_join_tokens = 2;
+    })
+    .await
+    .unwrap();
+    let api = http::api(&c.bases[0]);
+    wait_for("the limits in force", WAIT, || async {
+        let s = api.cluster_status().await.ok()?;
+        (s.storage.quota_bytes == 2 << 30).then_some(())
+    })
+    .await
+    .unwrap();
+
+    tracing::info!("phase: access tokens up to the limit (the bootstrap token among them)");
+    let req: node::api::acl::TokenCreate =
+        serde_json::from_value(json!({"description": "t", "policies": []})).unwrap();
+    let e = loop {
+        match api.acl_token_create(&req).await {
+            Ok(_) => assert!(api.acl_tokens().await.unwrap().tokens.len() <= 3),
+            Err(e) => break e,
+        }
+    };
+    refused(e, "limits.max_tokens", 3);
+    let tokens = api.acl_tokens().await.unwrap().tokens;
+    assert_eq!(tokens.len(), 3);
+    let deletable = tokens.iter().find(|t| t.description == "t").unwrap();
+    api.acl_token_delete(&deletable.accessor_id).await.unwrap();
+    api.acl_token_create(&req).await.unwrap();
+
+    tracing::info!("phase: join tokens");
+    api.create_token(None).await.unwrap();
+    let second = api.create_token(None).await.unwrap();
+    refused(
+        api.create_token(None).await.unwrap_err(),
+        "limits.max_join_tokens",
+        2,
+    );
+    api.revoke_token(&second.id).await.unwrap();
+    api.create_token(None).await.unwrap();
+    api.health().await.unwrap();
+    c.shutdown().await;
+}

@@ -60,6 +60,8 @@ impl Cluster {
             max_schedules: l.max_schedules,
             max_channels: l.max_channels,
             max_sessions_per_user: l.max_sessions_per_user,
+            max_tokens: l.max_tokens,
+            max_join_tokens: l.max_join_tokens,
         };
         if *self.state.read().expect("state lock").limits() == want {
             return;

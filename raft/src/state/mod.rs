@@ -169,7 +169,7 @@ parts! {
 impl Parts {
     /// The refusal of a command that would pass a count limit in force, if any. The writes
     /// of a transaction count together.
-    fn limit_refusal(&self, command: &Command) -> Option<Response> {
+    fn limit_refusal(&self, command: &Command, now: u64) -> Option<Response> {
         use std::collections::{BTreeMap, BTreeSet};
         let limits = &self.security.limits;
         if *limits
@@ -188,6 +188,7 @@ impl Parts {
         let mut schedules = BTreeSet::new();
         let mut channels = BTreeSet::new();
         let mut sessions: BTreeMap<&str, usize> = BTreeMap::new();
+        let (mut tokens, mut join_tokens) = (BTreeSet::new(), 0);
         for add in adds {
             match add {
                 Adds::Key(k) if self.kv.revision_of(k) == 0 => {
@@ -209,6 +210,11 @@ impl Parts {
                 }
                 Adds::Channel(_) => {}
                 Adds::Session { user } => *sessions.entry(user).or_default() += 1,
+                Adds::Token { accessor_id } if !self.acl.has_token(accessor_id) => {
+                    tokens.insert(accessor_id);
+                }
+                Adds::Token { .. } => {}
+                Adds::JoinToken => join_tokens += 1,
             }
         }
         let over = |max: u64, have: usize, adding: usize| {
@@ -265,6 +271,14 @@ impl Parts {
                 let max = limits.max_sessions_per_user;
                 return refuse("limits.max_sessions_per_user", max, what);
             }
+        }
+        if over(limits.max_tokens, self.acl.token_count(), tokens.len()) {
+            return refuse("limits.max_tokens", limits.max_tokens, "tokens".into());
+        }
+        let live = self.security.live_join_tokens(now);
+        if over(limits.max_join_tokens, live, join_tokens) {
+            let what = "unexpired join tokens".into();
+            return refuse("limits.max_join_tokens", limits.max_join_tokens, what);
         }
         None
     }
@@ -448,6 +462,7 @@ impl State {
     /// Applies one request and records its writes in `batch`.
     pub fn apply(&mut self, req: &Request, batch: &mut SmBatch) -> Response {
         self.meta.now_ms = self.meta.now_ms.max(req.stamp_ms);
+        let now = self.meta.now_ms;
         let mut cx = Cx::new(&mut self.meta, batch, &mut self.live);
         self.parts.expire(&mut cx);
 
@@ -473,7 +488,7 @@ impl State {
                 quota_bytes,
             };
         }
-        if let Some(refusal) = self.parts.limit_refusal(&req.command) {
+        if let Some(refusal) = self.parts.limit_refusal(&req.command, now) {
             return refusal;
         }
         let response = match &req.command {

@@ -75,6 +75,10 @@ pub struct ClusterLimits {
     pub max_schedules: u64,
     pub max_channels: u64,
     pub max_sessions_per_user: u64,
+    /// Access-control tokens (`POST /v1/acl/tokens`).
+    pub max_tokens: u64,
+    /// Join tokens made after the founding one, counted until they expire.
+    pub max_join_tokens: u64,
 }
 
 /// The result of a [`ClusterCmd`].
@@ -161,6 +165,11 @@ impl Part for Security {
 }
 
 impl Security {
+    /// Join tokens that still admit nodes at `now`.
+    pub(super) fn live_join_tokens(&self, now: u64) -> usize {
+        self.join_tokens.values().filter(|at| **at > now).count()
+    }
+
     fn persist(&self, batch: &mut SmBatch) {
         put_record(batch, SECURITY_KEY.to_vec(), self);
     }
