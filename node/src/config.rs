@@ -277,6 +277,10 @@ section! {
         /// Most unexpired join tokens made after the founding one (`POST /v1/cluster/tokens`);
         /// one more is refused until one expires or is revoked. Default: 1000.
         pub max_join_tokens: u64 = 1_000,
+        /// Most callers queued for locks (blocking acquires of held locks), all locks
+        /// together; one more is refused (each lock also queues at most 1024). Default:
+        /// 100000.
+        pub max_lock_waiters: u64 = 100_000,
     }
 }
 
@@ -493,6 +497,7 @@ serve_flags! {
     max_sessions_per_user: u64, "STACKD_MAX_SESSIONS_PER_USER" => limits.max_sessions_per_user;
     max_tokens: u64, "STACKD_MAX_TOKENS" => limits.max_tokens;
     max_join_tokens: u64, "STACKD_MAX_JOIN_TOKENS" => limits.max_join_tokens;
+    max_lock_waiters: u64, "STACKD_MAX_LOCK_WAITERS" => limits.max_lock_waiters;
     cache_max_entries: u64, "STACKD_CACHE_MAX_ENTRIES" => cache.max_entries;
     cache_max_bytes: u64, "STACKD_CACHE_MAX_BYTES" => cache.max_bytes;
     channel_retention: Retention, "STACKD_CHANNEL_RETENTION" => channels.retention;
@@ -1330,6 +1335,7 @@ mod tests {
         c.limits.max_sessions_per_user = 16;
         c.limits.max_tokens = 17;
         c.limits.max_join_tokens = 18;
+        c.limits.max_lock_waiters = 19;
         c.api.header_read_timeout_ms = 1_234;
         c.api.body_read_timeout_ms = 2_345;
         c.api.write_timeout_ms = 3_456;

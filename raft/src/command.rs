@@ -178,12 +178,25 @@ impl<F: Grows, T: Grows, I: Grows> Grows for Command<F, T, I> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Adds<'a> {
     Key(&'a str),
-    Job { queue: &'a str },
-    Schedule { queue: &'a str, name: &'a str },
+    Job {
+        queue: &'a str,
+    },
+    Schedule {
+        queue: &'a str,
+        name: &'a str,
+    },
     Channel(&'a str),
-    Session { user: &'a str },
-    Token { accessor_id: &'a str },
+    Session {
+        user: &'a str,
+    },
+    Token {
+        accessor_id: &'a str,
+    },
     JoinToken,
+    /// A blocking acquire, which queues its caller while the lock is held.
+    LockWaiter {
+        lock: &'a str,
+    },
 }
 
 /// What a command may add, for the count limits: each write of a transaction, the command
@@ -228,6 +241,11 @@ impl<F: Additions, T: Additions, I: Additions> Additions for Command<F, T, I> {
                 accessor_id: &t.accessor_id,
             }),
             Command::Cluster(ClusterCmd::JoinTokenCreate { .. }) => out.push(Adds::JoinToken),
+            Command::Lock(LockCmd::Acquire {
+                name,
+                wait: Some(_),
+                ..
+            }) => out.push(Adds::LockWaiter { lock: name }),
             Command::Txn(t) => t.additions(out),
             Command::Fenced { command, .. } => command.additions(out),
             Command::Idempotent { command, .. } => command.additions(out),

@@ -227,3 +227,52 @@ async fn access_tokens_and_join_tokens_are_bounded() {
     api.health().await.unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_queued_for_locks_are_bounded_across_locks() {
+    let c = InprocCluster::start_with(1, |c| c.limits.max_lock_waiters = 1)
+        .await
+        .unwrap();
+    let api = http::api(&c.bases[0]);
+    wait_for("the limits in force", WAIT, || async {
+        let s = api.cluster_status().await.ok()?;
+        (s.storage.quota_bytes == 2 << 30).then_some(())
+    })
+    .await
+    .unwrap();
+    let acquire = |owner: &str, wait_ms: u64| node::api::model::AcquireRequest {
+        owner: owner.into(),
+        ttl_ms: 30_000,
+        wait_ms,
+    };
+    api.lock_acquire("L1", &acquire("a", 0)).await.unwrap();
+    api.lock_acquire("L2", &acquire("c", 0)).await.unwrap();
+
+    tracing::info!("phase: one caller queues for L1");
+    let waiting = tokio::spawn({
+        let api = api.clone();
+        async move { api.lock_acquire("L1", &acquire("b", 20_000)).await }
+    });
+    wait_for("b queued", WAIT, || async {
+        (api.lock_get("L1").await.ok()?.waiters == 1).then_some(())
+    })
+    .await
+    .unwrap();
+
+    tracing::info!("phase: a second caller, on another lock, is refused; a free lock is granted");
+    refused(
+        api.lock_acquire("L2", &acquire("d", 20_000))
+            .await
+            .unwrap_err(),
+        "limits.max_lock_waiters",
+        1,
+    );
+    api.lock_acquire("L3", &acquire("e", 20_000)).await.unwrap();
+
+    tracing::info!("phase: once L1 is released, b holds it and the queue is free again");
+    let fence = api.lock_get("L1").await.unwrap().fence;
+    api.lock_release("L1", fence).await.unwrap();
+    waiting.await.unwrap().unwrap();
+    api.health().await.unwrap();
+    c.shutdown().await;
+}

@@ -62,6 +62,7 @@ impl Cluster {
             max_sessions_per_user: l.max_sessions_per_user,
             max_tokens: l.max_tokens,
             max_join_tokens: l.max_join_tokens,
+            max_lock_waiters: l.max_lock_waiters,
         };
         if *self.state.read().expect("state lock").limits() == want {
             return;

@@ -188,7 +188,7 @@ impl Parts {
         let mut schedules = BTreeSet::new();
         let mut channels = BTreeSet::new();
         let mut sessions: BTreeMap<&str, usize> = BTreeMap::new();
-        let (mut tokens, mut join_tokens) = (BTreeSet::new(), 0);
+        let (mut tokens, mut join_tokens, mut waiters) = (BTreeSet::new(), 0, 0);
         for add in adds {
             match add {
                 Adds::Key(k) if self.kv.revision_of(k) == 0 => {
@@ -215,6 +215,11 @@ impl Parts {
                 }
                 Adds::Token { .. } => {}
                 Adds::JoinToken => join_tokens += 1,
+                // Only an acquire of a held lock queues its caller.
+                Adds::LockWaiter { lock } if self.locks.current_fence(lock).is_some() => {
+                    waiters += 1
+                }
+                Adds::LockWaiter { .. } => {}
             }
         }
         let over = |max: u64, have: usize, adding: usize| {
@@ -279,6 +284,10 @@ impl Parts {
         if over(limits.max_join_tokens, live, join_tokens) {
             let what = "unexpired join tokens".into();
             return refuse("limits.max_join_tokens", limits.max_join_tokens, what);
+        }
+        if waiters > 0 && over(limits.max_lock_waiters, self.locks.waiter_count(), waiters) {
+            let what = "callers waiting for locks".into();
+            return refuse("limits.max_lock_waiters", limits.max_lock_waiters, what);
         }
         None
     }

@@ -79,6 +79,8 @@ pub struct ClusterLimits {
     pub max_tokens: u64,
     /// Join tokens made after the founding one, counted until they expire.
     pub max_join_tokens: u64,
+    /// Callers queued for locks, all locks together.
+    pub max_lock_waiters: u64,
 }
 
 /// The result of a [`ClusterCmd`].
