@@ -50,7 +50,9 @@ pub fn document_json() -> &'static str {
 }
 
 /// Adds what each route needs (from the route table) to its operation: the bearer security
-/// scheme, 401 and 403 answers, and a line saying which right it checks.
+/// scheme, 401 and 403 answers, and a line saying which right it checks; and the answers
+/// every route may give: 429 (rate and count limits) where the route documents none of its
+/// own, 408 where it takes a body.
 fn document_access(doc: &mut Value) {
     doc["components"]["securitySchemes"]["bearer"] = json!({
         "type": "http",
@@ -66,6 +68,12 @@ fn document_access(doc: &mut Value) {
     };
     for (method, path, need) in crate::api::ROUTES {
         let op = &mut doc["paths"][*path][*method];
+        if op["responses"].get("429").is_none() {
+            op["responses"]["429"] = error(
+                "rate_limited: a request rate (Retry-After) or a count limit of the cluster \
+                 (setting names it, limit gives its value) was reached; nothing was applied",
+            );
+        }
         if op.get("requestBody").is_some() {
             op["responses"]["408"] = error(
                 "request_timeout: the body did not arrive within api.body_read_timeout_ms; \
