@@ -21,10 +21,11 @@
 #   ROUNDS [1]     runs per row and side; the table shows each side's median round
 #   KEYS [10000]   key space                    VALUE_SIZE [100]  value bytes
 #   ROWS           space-separated row ids to run [all]: put-1 put-64 get-64 stale-64 cache-64
-#                  lock-64 jobs-16
+#                  lock-64 jobs-16 gateway-64
 #   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]  (the cluster without access control:
 #                  these ports + 10)
 #   ETCD_CLIENT_PORT [2379] ETCD_PEER_PORT [2380]  REDIS_PORT [6379] (Redis on 127.0.0.1)
+#   STACKD_GATEWAY_PORT [7401]  BACKEND_PORT [7501]  NGINX_PORT [7502] (the gateway row)
 #   WORK           scratch dir for data and logs [mktemp -d]; KEEP=1 keeps it afterwards
 #
 # What is compared with what, and why it is fair:
@@ -39,6 +40,10 @@
 # - The cache row compares stackd's `GET /v1/cache/{key}` on one follower with Redis `GET`
 #   (RESP over TCP, persistence off, as a cache is usually run). It prints
 #   "n/a (endpoint missing)" when this stackd has no cache API.
+# - The gateway row: stackd's gateway (node 1's) and nginx as a reverse proxy (Debian's
+#   package, `worker_processes auto`, upstream keepalive) forward to the same backend (nginx
+#   answering 100 bytes, one worker), both setting X-Forwarded-For/-Proto/-Host and a request
+#   id; wrk drives each with 2 threads and 64 connections. p50/p99 are wrk's.
 # - Everything, the load generator included, shares this machine's cores; the ratio, not the
 #   absolute figures, is the result.
 set -euo pipefail
@@ -59,7 +64,10 @@ ROUNDS="${ROUNDS:-1}"
 WARMUP="${WARMUP:-3}"
 KEYS="${KEYS:-10000}"
 VALUE_SIZE="${VALUE_SIZE:-100}"
-ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16}"
+ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16 gateway-64}"
+STACKD_GATEWAY_PORT="${STACKD_GATEWAY_PORT:-7401}"
+BACKEND_PORT="${BACKEND_PORT:-7501}"
+NGINX_PORT="${NGINX_PORT:-7502}"
 STACKD_API_PORT="${STACKD_API_PORT:-7201}"
 STACKD_CLUSTER_PORT="${STACKD_CLUSTER_PORT:-7301}"
 ETCD_CLIENT_PORT="${ETCD_CLIENT_PORT:-2379}"
@@ -83,6 +91,8 @@ install_packages() {
     command -v redis-benchmark >/dev/null || missing+=(redis-tools)
     command -v curl >/dev/null || missing+=(curl)
     command -v python3 >/dev/null || missing+=(python3)
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v wrk >/dev/null || missing+=(wrk)
     ((${#missing[@]} == 0)) && return
     log "installing ${missing[*]} (Debian packages)"
     local sudo=()
@@ -90,7 +100,7 @@ install_packages() {
     "${sudo[@]}" apt-get update -qq
     # The packages' own services are not wanted: their ports would clash with ours.
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >&2
-    for svc in etcd redis-server; do
+    for svc in etcd redis-server nginx; do
         "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
     done
 }
@@ -106,13 +116,13 @@ export STACKD_RATE_TOKEN_READS_PER_SEC=1000000000 STACKD_RATE_TOKEN_WRITES_PER_S
 stackd_cluster() {
     STACKD_BIN="$CARGO_TARGET_DIR/release/stackd" STACKD_DATA="$WORK/stackd" \
         API_PORT="$STACKD_API_PORT" CLUSTER_PORT="$STACKD_CLUSTER_PORT" \
-        deploy/local-cluster.sh "$@"
+        GATEWAY_PORT="$STACKD_GATEWAY_PORT" deploy/local-cluster.sh "$@"
 }
 # The same cluster without access control, on the next ports.
 stackd_open_cluster() {
     STACKD_BIN="$CARGO_TARGET_DIR/release/stackd" STACKD_DATA="$WORK/stackd-open" \
         API_PORT="$((STACKD_API_PORT + 10))" CLUSTER_PORT="$((STACKD_CLUSTER_PORT + 10))" \
-        STACKD_INSECURE_NO_AUTH=true deploy/local-cluster.sh "$@"
+        GATEWAY_PORT=none STACKD_INSECURE_NO_AUTH=true deploy/local-cluster.sh "$@"
 }
 
 cleanup() {
@@ -287,6 +297,86 @@ row() {
     done
 }
 
+# --- the gateway against nginx -----------------------------------------------------------
+# start_nginx NAME WORKERS HTTP_BLOCK: an nginx of its own, in the foreground, under $WORK.
+start_nginx() {
+    local dir="$WORK/nginx-$1"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes $2;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
+    $3
+}
+EOF
+    nginx -p "$dir" -c "$dir/nginx.conf" </dev/null >"$dir/out.log" 2>&1 &
+    PIDS+=($!)
+    disown
+}
+
+# measure_wrk SYSTEM URL: a warm-up, then one wrk run; prints a loadgen-like JSON line.
+measure_wrk() {
+    local out
+    log "  $1: wrk, 2 threads, 64 connections -> $2"
+    wrk -t2 -c64 -d"${WARMUP}s" "$2" >/dev/null 2>&1 || true
+    if ! out="$(wrk -t2 -c64 -d"${DURATION}s" --latency "$2" 2>&1)"; then
+        echo '{"failed": true}'
+        return
+    fi
+    echo "$out" >>"$WORK/wrk.log"
+    python3 - "$out" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+def ms(v, unit):
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+lat = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+errors += sum(int(x) for x in m.groups()) if m else 0
+print(json.dumps({"ops_per_sec": rps, "p50_ms": lat.get("50", 0), "p99_ms": lat.get("99", 0), "errors": errors}))
+PY
+}
+
+gateway_row() {
+    [[ " $ROWS " == *" gateway-64 "* ]] || return 0
+    local body round s n title="HTTP proxy to one backend, 64 conns (wrk)"
+    body="$(printf 'x%.0s' $(seq 100))"
+    start_nginx backend 1 "server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 '$body'; } }"
+    start_nginx proxy auto "upstream app { server 127.0.0.1:$BACKEND_PORT; keepalive 256; }
+    server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://app;
+        proxy_http_version 1.1; proxy_set_header Connection \"\";
+        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
+        proxy_set_header X-Request-Id \$request_id; } }"
+    wait_until "nginx (backend)" 30 curl -fsS "http://127.0.0.1:$BACKEND_PORT/"
+    wait_until "nginx (proxy)" 30 curl -fsS "http://127.0.0.1:$NGINX_PORT/"
+    curl -fsS -X PUT -H "Authorization: Bearer $STACKD_TOKEN" -H 'Content-Type: application/json' \
+        -d "{\"address\": \"127.0.0.1\", \"port\": $BACKEND_PORT}" \
+        "http://127.0.0.1:$STACKD_API_PORT/v1/services/bench/instances/backend" >/dev/null
+    curl -fsS -X PUT -H "Authorization: Bearer $STACKD_TOKEN" -H 'Content-Type: application/json' \
+        -d '{"service": "bench"}' "http://127.0.0.1:$STACKD_API_PORT/v1/routes/bench" >/dev/null
+    wait_until "the stackd gateway" 30 curl -fsS "http://127.0.0.1:$STACKD_GATEWAY_PORT/"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "row: $title (round $round of $ROUNDS)"
+        if ((round % 2)); then
+            s="$(measure_wrk stackd "http://127.0.0.1:$STACKD_GATEWAY_PORT/")"
+            n="$(measure_wrk nginx "http://127.0.0.1:$NGINX_PORT/")"
+        else
+            n="$(measure_wrk nginx "http://127.0.0.1:$NGINX_PORT/")"
+            s="$(measure_wrk stackd "http://127.0.0.1:$STACKD_GATEWAY_PORT/")"
+        fi
+        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": "nginx", "stackd": json.loads(sys.argv[2]), "other": json.loads(sys.argv[3]), "open": {"skipped": "-"}}))' \
+            "$title" "$s" "$n" >>"$RESULTS"
+    done
+}
+
 # --- run ---------------------------------------------------------------------------------
 install_packages
 log "building stackd and loadgen (release)"
@@ -334,6 +424,8 @@ row cache-64 "cache GET, 64 conns (stackd follower)" 64 cache-get "$STACKD_FOLLO
 # peer has a job queue, so these have no like-for-like peer yet.
 row lock-64 "lock acquire+release pairs, 64 conns (follower)" 64 lock "$STACKD_FOLLOWER" - none - -
 row jobs-16 "jobs end to end (enqueue, claim, ack), 16 workers (follower)" 16 jobs "$STACKD_FOLLOWER" - none - -
+
+gateway_row
 
 # Redis measured by its own client too, so the loadgen figure for Redis can be checked.
 if [[ " $ROWS " == *" cache-64 "* ]]; then

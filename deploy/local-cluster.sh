@@ -12,6 +12,8 @@
 #   STACKD_DATA      data, log and pid files (default: ./data/local-cluster)
 #   API_PORT         HTTP API port of every node (default: 7001)
 #   CLUSTER_PORT     cluster (Raft) port of every node (default: 7101)
+#   GATEWAY_PORT     gateway port of every node: the HTTP proxy to registered
+#                    services (default: 7080; "none" turns the gateway off)
 #   STARTUP_TIMEOUT  seconds to wait for each startup step (default: 60)
 #   STACKD_INSECURE_NO_AUTH=true  start the nodes without access control (for
 #                    benchmarks comparing it; never for a cluster others reach)
@@ -33,6 +35,7 @@ set -euo pipefail
 readonly NODES=(1 2 3)
 readonly API_PORT="${API_PORT:-7001}"
 readonly CLUSTER_PORT="${CLUSTER_PORT:-7101}"
+readonly GATEWAY_PORT="${GATEWAY_PORT:-7080}"
 readonly STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-60}"
 readonly STOP_TIMEOUT=10
 readonly REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -165,6 +168,7 @@ start_node() {
         --api-addr "$(node_ip "$i"):${API_PORT}"
         --cluster-addr "$(cluster_addr "$i")"
         "$@")
+    [[ "$GATEWAY_PORT" == none ]] || args+=(--gateway-addr "$(node_ip "$i"):${GATEWAY_PORT}")
     mkdir -p "$(data_dir "$i")"
     echo "=== $(date '+%F %T') starting node $i: $BIN ${args[*]} ===" >>"$(log_file "$i")"
     # nohup + </dev/null: the nodes outlive this script and its terminal.
@@ -263,6 +267,10 @@ $(token_file) (mode 0600); give apps their own tokens
   stackd cluster status --addr $(node_ip 1):${API_PORT}    # reads STACKD_TOKEN
 
 Admin UI: $(api_url 1)/ui/ (any node's /ui/; log in with the token above)
+$(if [[ "$GATEWAY_PORT" != none ]]; then
+    echo "Gateway: http://$(node_ip 1):${GATEWAY_PORT}/ (every node's port ${GATEWAY_PORT}): register an"
+    echo "  app with 'stackd service register' and route to it with 'stackd route put'"
+fi)
 
 Status: $0 status
 Stop:   $0 stop

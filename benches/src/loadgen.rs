@@ -326,6 +326,7 @@ async fn job_round(client: &Client) -> Outcome {
         max: 1,
         visibility_ms: None,
         wait_ms: 1000,
+        moved: false,
     };
     match client.claim("bench", &claim).await {
         Ok(claimed) => match claimed.jobs.first() {

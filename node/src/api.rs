@@ -202,6 +202,7 @@ routes! {
     delete "/v1/acl/jwt/{name}" => acl::delete_provider, write(Acl, All);
     // Cluster operations.
     get "/v1/cluster" => cluster_status, read(ClusterOps, All);
+    get "/v1/cluster/route" => ops::route, Need::Token;
     post "/v1/cluster/members/{id}/remove" => ops::remove, write(ClusterOps, All);
     post "/v1/cluster/members/{id}/promote" => ops::promote, write(ClusterOps, All);
     post "/v1/cluster/leader/transfer" => ops::transfer, write(ClusterOps, All);

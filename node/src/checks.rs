@@ -241,6 +241,38 @@ fn settle(
     });
 }
 
+/// Registers the config file's `[[services]]` (validated with the config), retrying each
+/// every second until it is written or `stop`: a node registers them once it reaches a leader.
+pub async fn register_configured(
+    cluster: Arc<Cluster>,
+    entries: Vec<crate::config::ServiceEntry>,
+    stop: CancellationToken,
+) {
+    for e in entries {
+        let spec = match crate::api::services::instance_spec(&e.service, &e.id, &e.instance) {
+            Ok(spec) => spec,
+            Err(err) => {
+                warn!(service = %e.service, id = %e.id, error = %err.message, "not registered");
+                continue;
+            }
+        };
+        loop {
+            let cmd = ServiceCmd::Register(spec.clone());
+            match crate::service::propose(&cluster, cmd, None).await {
+                Ok(_) => {
+                    tracing::info!(service = %e.service, id = %e.id, "registered from the config file");
+                    break;
+                }
+                Err(err) => debug!(error = %err, "registration not written yet"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
 /// Runs one check: whether it passed, and what it saw.
 async fn probe(http: reqwest::Client, check: Check, target: String, port: u16) -> (bool, String) {
     let host = if target.contains(':') {

@@ -119,6 +119,11 @@ section! {
         /// stream, and how long a WebSocket client may stop reading. In milliseconds. Default:
         /// 30000. Range: 100 to 3600000.
         pub write_timeout_ms: u64 = 30_000,
+        /// Above this load (requests in flight plus WebSocket connections), a node sends new
+        /// WebSocket connections and long-poll claims to a member carrying under three quarters
+        /// of its load (a `moved` answer naming it), so clients spread back over the members,
+        /// a restarted one included. 0 turns it off. Default: 1000.
+        pub move_clients_above: u64 = 1_000,
         /// Serve every route without a token. For tests and local experiments only: anyone
         /// who reaches the API port owns the cluster. Logged as a warning at start-up and
         /// shown as `auth: "off"` in `GET /v1/cluster`. Default: false.
@@ -370,7 +375,37 @@ pub struct Config {
     pub ws: WsConfig,
     pub rate: RateConfig,
     pub gateway: GatewayConfig,
+    /// `[[services]]`: instances this node registers at start-up (see [`ServiceEntry`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceEntry>,
 }
+
+/// One `[[services]]` table of the config file: an instance this node registers when it
+/// starts (again on every start, which keeps its status when the check is unchanged), with
+/// the fields of `PUT /v1/services/{service}/instances/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub service: String,
+    pub id: String,
+    #[serde(flatten)]
+    pub instance: crate::api::services::RegisterRequest,
+}
+
+/// Most `[[services]]` entries in one config file.
+pub const MAX_SERVICE_ENTRIES: usize = 1_000;
+
+/// The `[[services]]` part of the example file.
+const SERVICES_EXAMPLE: &str = "
+# Instances this node registers in the service registry when it starts (one [[services]]
+# table each, at most 1000), with the fields of PUT /v1/services/{service}/instances/{id}.
+# [[services]]
+# service = \"web\"
+# id = \"web-1\"
+# address = \"10.0.0.5\"
+# port = 8080
+# tags = [\"blue\"]
+# check = { type = \"http\", path = \"/health\", interval_ms = 5000 }
+";
 
 /// The sections of [`Config`], in the order of its fields.
 pub const SECTIONS: &[Section] = &[
@@ -461,6 +496,7 @@ serve_flags! {
     header_read_timeout_ms: u64, "STACKD_HEADER_READ_TIMEOUT_MS" => api.header_read_timeout_ms;
     body_read_timeout_ms: u64, "STACKD_BODY_READ_TIMEOUT_MS" => api.body_read_timeout_ms;
     write_timeout_ms: u64, "STACKD_WRITE_TIMEOUT_MS" => api.write_timeout_ms;
+    move_clients_above: u64, "STACKD_MOVE_CLIENTS_ABOVE" => api.move_clients_above;
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     insecure_no_auth: bool, "STACKD_INSECURE_NO_AUTH" => api.insecure_no_auth;
     allowed_origins: Origins, "STACKD_ALLOWED_ORIGINS" => api.allowed_origins;
@@ -702,6 +738,20 @@ impl Config {
         self.validate_cluster(&mut invalid);
         self.validate_raft(&mut invalid);
         self.validate_limits(&mut invalid);
+        if self.services.len() > MAX_SERVICE_ENTRIES {
+            invalid.0.push(format!(
+                "services: at most {MAX_SERVICE_ENTRIES} entries, got {}",
+                self.services.len()
+            ));
+        }
+        for (i, e) in self.services.iter().enumerate() {
+            if let Err(err) = crate::api::services::instance_spec(&e.service, &e.id, &e.instance) {
+                invalid.0.push(format!(
+                    "services[{i}] ({}/{}): {}",
+                    e.service, e.id, err.message
+                ));
+            }
+        }
         invalid.into_result()
     }
 
@@ -975,6 +1025,7 @@ impl Config {
              # file > defaults).\n",
         );
         out.push_str(&Config::default().to_commented_toml(&[]));
+        out.push_str(SERVICES_EXAMPLE);
         out
     }
 
@@ -1019,6 +1070,17 @@ impl Config {
                 }
             }
         }
+        if !self.services.is_empty() {
+            #[derive(Serialize)]
+            struct Services<'a> {
+                services: &'a [ServiceEntry],
+            }
+            let services = Services {
+                services: &self.services,
+            };
+            out.push_str("\n# Instances this node registers when it starts.\n");
+            out.push_str(&toml::to_string(&services).expect("services serialize to TOML"));
+        }
         out
     }
 }
@@ -1027,6 +1089,10 @@ impl Config {
 fn check_keys(table: &toml::Table) -> anyhow::Result<()> {
     let names = |names: Vec<&str>| names.join(", ");
     for (key, value) in table {
+        if key == "services" {
+            // An array of tables, checked by its type (unknown fields are refused there).
+            continue;
+        }
         let Some(section) = SECTIONS.iter().find(|s| s.name == key) else {
             // A flag's name is most likely a setting written without its section.
             if let Some(flag) = FLAGS.iter().find(|f| f.arg == key) {
@@ -1339,6 +1405,7 @@ mod tests {
         c.api.header_read_timeout_ms = 1_234;
         c.api.body_read_timeout_ms = 2_345;
         c.api.write_timeout_ms = 3_456;
+        c.api.move_clients_above = 50;
         c.api.insecure_no_auth = true;
         c.api.metrics_open = true;
         c.api.tls_cert = Some("/etc/stackd/api-cert.pem".into());
@@ -1379,6 +1446,38 @@ mod tests {
         c.ws.max_pending_publishes = 3;
         c.gateway.addr = Some("0.0.0.0:8080".parse().unwrap());
         c
+    }
+
+    #[test]
+    fn services_in_the_file_are_checked_and_shown() {
+        let base = "[storage]\ndata_dir = \"/srv/stackd\"\n";
+        let good = format!(
+            "{base}[[services]]\nservice = \"web\"\nid = \"web-1\"\naddress = \"10.0.0.5\"\n\
+             port = 8080\ncheck = {{ type = \"http\", path = \"/health\", interval_ms = 5000 }}\n"
+        );
+        let c = Config::from_toml(&good).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.services[0].instance.port, 8080);
+        // `config show` renders them, and that parses back to the same config.
+        let shown = c.to_commented_toml(&[]);
+        assert_eq!(Config::from_toml(&shown).unwrap(), c);
+        // A misspelled field is refused, not ignored.
+        let typo = good.replace("port = 8080", "prot = 8080");
+        assert!(Config::from_toml(&typo).is_err());
+        // A bad entry is named with what is wrong.
+        let bad = good.replace("interval_ms = 5000", "interval_ms = 5");
+        let err = Config::from_toml(&bad)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("services[0] (web/web-1)"), "{err}");
+        assert!(
+            err.contains("check.interval_ms must be 100 to 3600000"),
+            "{err}"
+        );
+        // The example shows how, commented out.
+        assert!(Config::example().contains("# [[services]]"));
     }
 
     #[test]

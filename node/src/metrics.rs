@@ -90,6 +90,11 @@ metrics! {
         "Instances ejected by the gateway's outlier detection",
         &["instance"],
     );
+    /// New WebSockets and long-poll claims sent to a less loaded member.
+    pub clients_moved: IntCounter = counter(
+        "stackd_clients_moved_total",
+        "New WebSocket connections and long-poll claims sent to a less loaded member",
+    );
     term: IntGauge = gauge("stackd_raft_term", "Current Raft term");
     leader_id: IntGauge = gauge("stackd_raft_leader_id", "Id of the known leader, 0 when none");
     is_leader: IntGauge = gauge("stackd_raft_is_leader", "1 when this node is the leader");

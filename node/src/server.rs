@@ -626,9 +626,11 @@ fn stage_background(
     );
     life.spawn(
         "gossip feed",
-        cluster
-            .clone()
-            .run_gossip_feed(life.inflight.clone(), stop.clone()),
+        cluster.clone().run_gossip_feed(
+            life.inflight.clone(),
+            life.hub.connections.clone(),
+            stop.clone(),
+        ),
     );
     life.spawn(
         "membership watch",
@@ -639,6 +641,13 @@ fn stage_background(
         "health checks",
         crate::checks::run(cluster.clone(), stop.clone()),
     );
+    if !config.services.is_empty() {
+        let entries = config.services.clone();
+        life.spawn(
+            "service registrations",
+            crate::checks::register_configured(cluster.clone(), entries, stop.clone()),
+        );
+    }
     let data_dir = config.data_dir().to_path_buf();
     life.spawn(
         "removal watch",
@@ -736,8 +745,10 @@ async fn stage_api(
     }));
     if let Some(addr) = config.gateway.addr {
         let stop = life.stop_accepting.clone();
+        let tunnels = life.tasks.requests.clone();
         let (_, serve) =
-            crate::gateway::bind(addr, cluster.clone(), state.metrics.clone(), stop).await?;
+            crate::gateway::bind(addr, cluster.clone(), state.metrics.clone(), tunnels, stop)
+                .await?;
         life.tasks.background.spawn(serve);
     }
     Ok((api_addr, state))

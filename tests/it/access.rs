@@ -417,6 +417,7 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
             ok(&format!("/v1/cluster/tokens/{}", id("join")), None)
         }
         ("get", "/v1/node/samples") => ok("/v1/node/samples", None),
+        ("get", "/v1/cluster/route") => ok("/v1/cluster/route", None),
         ("get", "/v1/services") => ok("/v1/services", None),
         ("get", "/v1/services/{name}") => ok("/v1/services/web", None),
         ("put", "/v1/services/{name}/instances/{id}") => ok(

@@ -514,3 +514,132 @@ async fn a_slow_instance_gets_few_requests_under_peak_ewma_and_a_third_under_rou
         "round robin sent the slow instance {rr:?}"
     );
 }
+
+/// Every alive node's WebSocket connections, as `base`'s route table shows them.
+async fn ws_per_node(http: &reqwest::Client, base: &str) -> BTreeMap<u64, u64> {
+    let (_, body) = send(http.get(format!("{base}/v1/cluster/route"))).await;
+    body["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| {
+                    let id = n["id"].as_u64().unwrap();
+                    (id, n["websocket_connections"].as_u64().unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A WebSocket opened the way a client does: at `base`, following a `moved` answer once.
+/// Answers the connection and the node it ended on.
+async fn open_ws(base: &str) -> (tests::ws::WsClient, String) {
+    use node::api::ws_protocol::{ClientMessage, Push};
+    let mut ws = tests::ws::WsClient::connect(base, "").await.unwrap();
+    let first = ws.request(ClientMessage::Ping {}).await;
+    if first.is_ok() {
+        return (ws, base.to_string());
+    }
+    let Ok(Push::Moved(m)) = ws.next_msg(Duration::from_secs(5)).await else {
+        panic!("a WebSocket at {base} closed without a moved answer: {first:?}");
+    };
+    let there = format!("http://{}", m.api_addr);
+    let mut ws = tests::ws::WsClient::connect(&there, "?moved=1")
+        .await
+        .unwrap();
+    ws.request(ClientMessage::Ping {}).await.unwrap().unwrap();
+    (ws, there)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_websockets_spread_back_to_a_restarted_node() {
+    let mut c = ProcCluster::start_with(
+        3,
+        ProcOptions {
+            first_ip: 50,
+            env: vec![("STACKD_MOVE_CLIENTS_ABOVE".into(), "3".into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let http = client();
+    let base = c.bases[0].clone();
+    // Node 3 is down while the first clients connect, all of them to node 1.
+    c.kill9(2).unwrap();
+    wait_for(
+        "node 3 out of the route table",
+        Duration::from_secs(20),
+        || async { (ws_per_node(&http, &base).await.len() == 2).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let mut open = Vec::new();
+    let mut on = BTreeMap::<String, usize>::new();
+    for _ in 0..8 {
+        let (ws, node) = open_ws(&base).await;
+        *on.entry(node).or_default() += 1;
+        open.push(ws);
+        let want = open.len() as u64;
+        wait_for(
+            "the route table counts every connection",
+            Duration::from_secs(10),
+            || async {
+                (ws_per_node(&http, &base).await.values().sum::<u64>() == want).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+    eprintln!("with node 3 down: {on:?}");
+    assert_eq!(
+        on.len(),
+        2,
+        "8 clients of node 1 spread over nodes 1 and 2: {on:?}"
+    );
+
+    // Node 3 restarts; the next clients of node 1 go mostly to it.
+    c.restart(2).unwrap();
+    wait_for(
+        "node 3 back in the route table",
+        Duration::from_secs(30),
+        || async { (ws_per_node(&http, &base).await.len() == 3).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let mut later = BTreeMap::<String, usize>::new();
+    for _ in 0..6 {
+        let (ws, node) = open_ws(&base).await;
+        *later.entry(node).or_default() += 1;
+        open.push(ws);
+        let want = open.len() as u64;
+        wait_for(
+            "the route table counts every connection",
+            Duration::from_secs(10),
+            || async {
+                (ws_per_node(&http, &base).await.values().sum::<u64>() == want).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let counts = ws_per_node(&http, &base).await;
+    eprintln!("after node 3 restarted: new ones {later:?}; per node {counts:?}");
+    let node3 = c.bases[2].clone();
+    assert!(
+        later.get(&node3).copied().unwrap_or(0) >= 3,
+        "the restarted node got few of the new clients: {later:?}"
+    );
+    // The least loaded member is what a client asks for first.
+    let api = tests::http::api(&base);
+    let table = api.route_table().await.unwrap();
+    let least = table.nodes.first().unwrap();
+    assert_eq!(
+        least.load,
+        table.nodes.iter().map(|n| n.load).min().unwrap()
+    );
+    for ws in open {
+        ws.close().await;
+    }
+}

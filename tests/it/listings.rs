@@ -177,6 +177,7 @@ async fn locks_semaphores_channels_jobs_and_ttls_are_listed() {
         max: 3,
         visibility_ms: Some(30_000),
         wait_ms: 0,
+        moved: false,
     };
     let claimed = b.claim("mail", &claim).await.unwrap().jobs;
     assert_eq!(claimed.len(), 3);

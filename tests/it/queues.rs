@@ -34,6 +34,7 @@ fn claim_request(worker: &str, max: u32, visibility_ms: u64, wait_ms: u64) -> Cl
         max,
         visibility_ms: Some(visibility_ms),
         wait_ms,
+        moved: false,
     }
 }
 

@@ -296,3 +296,30 @@ async fn bad_registrations_and_routes_are_refused_with_the_field() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_registers_the_services_of_its_config_file() {
+    let c = InprocCluster::start_with(1, |config| {
+        let toml = "[[services]]\nservice = \"api\"\nid = \"api-1\"\naddress = \"127.0.0.1\"\n\
+                    port = 9\ntags = [\"v2\"]\ncheck = { type = \"ttl\", ttl_ms = 60000 }\n";
+        config.services = node::config::Config::from_toml(toml).unwrap().services;
+    })
+    .await
+    .unwrap();
+    let api = http::api(&c.bases[0]);
+    let view = wait_for(
+        "the configured instance",
+        Duration::from_secs(10),
+        || async {
+            api.service("api", false)
+                .await
+                .ok()
+                .filter(|v| !v.instances.is_empty())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(view.instances[0].id, "api-1");
+    assert_eq!(view.instances[0].tags, ["v2"]);
+    assert_eq!(view.instances[0].status, "passing");
+}

@@ -168,6 +168,18 @@ pub struct NodeMeta {
     pub load_avg_1m: Option<f32>,
     /// Published by the leader only: how it reaches each other member.
     pub replication: Vec<MemberReach>,
+    /// WebSocket connections the node serves. (Last: a record of a build without it does
+    /// not decode, and that node's metadata is not shown until it runs this build.)
+    pub websocket_connections: u64,
+}
+
+impl NodeMeta {
+    /// The work a node carries, by which clients are routed: requests in flight plus open
+    /// WebSocket connections.
+    pub fn load(&self) -> u64 {
+        self.inflight_requests
+            .saturating_add(self.websocket_connections)
+    }
 }
 
 /// How the leader reaches one member, as the leader publishes it in gossip.
@@ -314,6 +326,15 @@ impl Gossip {
     /// What this node publishes about itself from now on.
     pub fn set_local_meta(&self, meta: NodeMeta) {
         *self.shared.local_meta.lock().expect("gossip meta lock") = meta;
+    }
+
+    /// What this node publishes about itself.
+    pub fn local_meta(&self) -> NodeMeta {
+        self.shared
+            .local_meta
+            .lock()
+            .expect("gossip meta lock")
+            .clone()
     }
 
     /// This node's view of every other node gossip has heard of.

@@ -277,6 +277,37 @@ impl Client {
         }
     }
 
+    /// This client, talking to the node at `api_addr` (`HOST:PORT`) with the same scheme,
+    /// token and settings.
+    pub fn at(&self, api_addr: &str) -> Self {
+        let scheme = if self.base.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        Client {
+            base: format!("{scheme}://{api_addr}"),
+            ..self.clone()
+        }
+    }
+
+    /// The members that may take clients, least loaded first (`GET /v1/cluster/route`).
+    pub async fn route_table(&self) -> ApiResult<crate::api::ops::RouteTable> {
+        self.get("/v1/cluster/route").await
+    }
+
+    /// This client moved to the least loaded member, or as it is when the table is empty or
+    /// cannot be read (an older node, a network error): a connection starts where it may.
+    pub async fn least_loaded(&self) -> Self {
+        match self.route_table().await {
+            Ok(t) => match t.nodes.first() {
+                Some(n) if !self.base.ends_with(n.api_addr.as_str()) => self.at(&n.api_addr),
+                _ => self.clone(),
+            },
+            Err(_) => self.clone(),
+        }
+    }
+
     /// The base URL, e.g. `http://127.0.0.1:7001`.
     pub fn base(&self) -> &str {
         &self.base

@@ -338,6 +338,9 @@ pub struct ClaimRequest {
     #[serde(default)]
     #[schema(maximum = 60000, default = 0)]
     pub wait_ms: u64,
+    /// The claim was sent here by a `moved` answer: this node serves it whatever its load.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moved: bool,
 }
 
 fn one() -> u32 {

@@ -23,6 +23,52 @@ use crate::error::{
 };
 use serde_json::{json, Value};
 
+/// One member that may take clients, with its load.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema, PartialEq)]
+pub struct NodeLoad {
+    pub id: NodeId,
+    /// Where clients reach its API.
+    pub api_addr: String,
+    /// Requests in flight plus WebSocket connections: what clients are routed by.
+    pub load: u64,
+    pub inflight_requests: u64,
+    pub websocket_connections: u64,
+    pub load_avg_1m: Option<f32>,
+}
+
+/// `GET /v1/cluster/route`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RouteTable {
+    /// Least loaded first.
+    pub nodes: Vec<NodeLoad>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/route",
+    summary = "The members that may take clients, least loaded first",
+    description = "This node and the members its gossip sees alive (metadata at most 3 s old). Clients connect to the first; a node above api.move_clients_above sends new WebSockets and long-poll claims to a less loaded one. Any valid token may read it.",
+    responses(
+        (status = 200, description = "the members by load", body = RouteTable),
+    )
+)]
+pub async fn route(State(st): St) -> Json<RouteTable> {
+    let nodes = st
+        .cluster
+        .route_table()
+        .into_iter()
+        .map(|(id, m)| NodeLoad {
+            id,
+            load: m.load(),
+            api_addr: m.api_addr,
+            inflight_requests: m.inflight_requests,
+            websocket_connections: m.websocket_connections,
+            load_avg_1m: m.load_avg_1m,
+        })
+        .collect();
+    Json(RouteTable { nodes })
+}
+
 fn member_id(id: &str) -> ApiResult<NodeId> {
     id.parse()
         .map_err(|_| ApiError::bad_request(format!("{id:?} is not a node id")))

@@ -141,6 +141,7 @@ pub async fn enqueue(
     responses(
         (status = 200, description = "the claimed jobs (maybe none)", body = Claimed),
         BadRequest,
+        (status = 503, description = "unavailable; with reason moved (and node, api_addr): this node is above api.move_clients_above, long-poll there with moved: true", body = ErrorBody),
         TooLarge,
         Unsettled,
     )
@@ -166,6 +167,17 @@ pub async fn claim(
             ApiError::bad_request(format!("wait_ms must be at most {CLAIM_WAIT_MS_MAX}"))
                 .with("field", "wait_ms"),
         );
+    }
+    if body.wait_ms > 0 && !body.moved {
+        if let Some((node, api_addr)) = st.cluster.move_client_to() {
+            st.metrics.clients_moved.inc();
+            return Err(ApiError::unavailable(format!(
+                "this node is busy: long-poll at node {node} ({api_addr}) with moved: true"
+            ))
+            .with("reason", "moved")
+            .with("node", node)
+            .with("api_addr", api_addr));
+        }
     }
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms);
     let jobs = service::queues::claim(

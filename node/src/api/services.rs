@@ -72,7 +72,7 @@ pub struct CheckBody {
 }
 
 /// `PUT /v1/services/{name}/instances/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Host name or IP address the gateway and checks connect to.

@@ -80,7 +80,7 @@ pub async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let caller = caller.map(|Extension(c)| c);
-    let p = match params(q, &["client_id"]) {
+    let p = match params(q, &["client_id", "moved"]) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -100,6 +100,13 @@ pub async fn upgrade(
     if let Err(e) = st.rate.ws_connection(ip) {
         return e.into_response();
     }
+    // A busy node sends a new client to a less loaded member, once (`moved=1` stays).
+    if p.get("moved").map(String::as_str) != Some("1") {
+        if let Some((node, api_addr)) = st.cluster.move_client_to() {
+            st.metrics.clients_moved.inc();
+            return ws.on_upgrade(move |socket| moved(socket, node, api_addr));
+        }
+    }
     let Ok(permit) = st.hub.connections.clone().try_acquire_owned() else {
         return ApiError::unavailable("too many WebSocket connections on this node")
             .into_response();
@@ -112,6 +119,18 @@ pub async fn upgrade(
                 run(st, socket, client_id, caller, ip.to_string()).await;
             })
         })
+}
+
+/// Tells a new client which member to connect to instead (`{"type": "moved"}`), and closes
+/// with 1013 (try again later).
+async fn moved(mut socket: WebSocket, node: u64, api_addr: String) {
+    let push = ServerMessage::Push(Push::Moved(super::ws_protocol::Moved { node, api_addr }));
+    let _ = socket.send(Message::Text(push.to_text().into())).await;
+    let frame = axum::extract::ws::CloseFrame {
+        code: 1013,
+        reason: "moved".into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
 /// The bounded send queue of one connection.

@@ -179,6 +179,9 @@ pub enum Push {
     Event(Event),
     Recovered(Recovered),
     Kv(KvChange),
+    /// This node is busy: connect to `api_addr` (node `node`) instead, adding `moved=1` to
+    /// the URL. The connection then closes with 1013.
+    Moved(Moved),
     /// A watched service changed: its instances now.
     Service(crate::api::services::ServiceView),
     /// The connection is closing (`slow_consumer`, `going_away`), a watch ended
@@ -188,6 +191,13 @@ pub enum Push {
     /// The connection's token was deleted or expired: every subscription and watch has ended;
     /// the connection stays open for an `auth` with another token.
     Revoked(Revoked),
+}
+
+/// `{"type": "moved", "node", "api_addr"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    pub node: u64,
+    pub api_addr: String,
 }
 
 /// `{"type": "revoked", "message"}`.
@@ -360,6 +370,7 @@ impl Push {
             Some("kv") => KvChange::deserialize(v).map(Push::Kv),
             Some("error") => Notice::deserialize(v).map(Push::Error),
             Some("revoked") => Revoked::deserialize(v).map(Push::Revoked),
+            Some("moved") => Moved::deserialize(v).map(Push::Moved),
             Some("service") => crate::api::services::ServiceView::deserialize(v).map(Push::Service),
             other => Err(serde_json::Error::custom(format!(
                 "unknown message type {other:?}"

@@ -12,18 +12,25 @@
  * `sd.setToken(t)` hands the open connection a fresh one before the old one expires. When the
  * token is deleted or expires, the server ends the subscriptions: `onStatus("revoked")`.
  *
- * The client connects to one node of the list; when the connection ends it reconnects with
- * exponential backoff (with jitter) to the next node, and resumes every channel from the last
- * offset it delivered and every watch from the last revision, so the application sees each
- * event once and in order. `since` older than the channel's retention yields a `recovered`
+ * The client connects to the least loaded member (asking GET /v1/cluster/route of a node of
+ * the list first; `balance: false` skips that) and follows a busy node's `moved` answer to
+ * the member it names. When the connection ends it reconnects with exponential backoff (with
+ * jitter) through the next node of the list, and resumes every channel from the last offset
+ * it delivered and every watch from the last revision, so the application sees each event
+ * once and in order. `since` older than the channel's retention yields a `recovered`
  * notice with complete:false (passed to `onRecovered`).
  */
 (function (root) {
   "use strict";
 
-  function wsUrl(node, clientId) {
+  function wsUrl(node, clientId, moved) {
     var base = node.replace(/\/+$/, "").replace(/^http/, "ws");
-    return base + "/v1/ws?client_id=" + encodeURIComponent(clientId);
+    return base + "/v1/ws?client_id=" + encodeURIComponent(clientId) + (moved ? "&moved=1" : "");
+  }
+
+  /** `http(s)://` + addr, with the scheme of `node`. */
+  function sameScheme(node, addr) {
+    return (node.indexOf("https:") === 0 ? "https://" : "http://") + addr;
   }
 
   function randomId() {
@@ -54,6 +61,8 @@
     this.onRecovered = opts.onRecovered || function () {};
     this.onError = opts.onError || function () {};
     this._token = opts.token || null;
+    this._balance = opts.balance !== false;
+    this._movedTo = null;
     this._node = 0;
     this._attempt = 0;
     this._nextId = 1;
@@ -67,21 +76,46 @@
 
   Client.prototype._status = function (state, extra) {
     this.status = state;
-    this.onStatus(state, Object.assign({ node: this.nodes[this._node] }, extra || {}));
+    this.onStatus(state, Object.assign({ node: this._connected || this.nodes[this._node] }, extra || {}));
+  };
+
+  /** The least loaded member as `node` sees it, or `node` when it cannot tell. */
+  Client.prototype._leastLoaded = function (node) {
+    var self = this;
+    if (!self._balance || typeof fetch !== "function") return Promise.resolve(node);
+    var token = typeof self._token === "function" ? self._token() : self._token;
+    return Promise.resolve(token).then(function (t) {
+      var headers = t ? { Authorization: "Bearer " + t } : {};
+      return fetch(node.replace(/\/+$/, "") + "/v1/cluster/route", { headers: headers });
+    }).then(function (r) { return r.ok ? r.json() : null; }).then(function (table) {
+      var first = table && table.nodes && table.nodes[0];
+      return first ? sameScheme(node, first.api_addr) : node;
+    }).catch(function () { return node; });
   };
 
   Client.prototype._connect = function () {
     var self = this;
     if (self._closed) return;
-    var node = self.nodes[self._node % self.nodes.length];
     self._status("connecting");
+    var moved = self._movedTo;
+    self._movedTo = null;
+    var listed = self.nodes[self._node % self.nodes.length];
+    (moved ? Promise.resolve(moved) : self._leastLoaded(listed)).then(function (node) {
+      self._open(node, !!moved);
+    });
+  };
+
+  Client.prototype._open = function (node, moved) {
+    var self = this;
+    if (self._closed) return;
     var ws;
     try {
-      ws = new WebSocket(wsUrl(node, self.clientId));
+      ws = new WebSocket(wsUrl(node, self.clientId, moved));
     } catch (e) {
       self._retry();
       return;
     }
+    self._connected = node;
     self._ws = ws;
     ws.onopen = function () {
       self._attempt = 0;
@@ -99,6 +133,11 @@
         delete self._pending[id];
       });
       self._status("disconnected", { code: ev.code, reason: ev.reason });
+      if (self._movedTo) {
+        // A busy node named a less loaded member: go there at once.
+        self._connect();
+        return;
+      }
       self._retry();
     };
   };
@@ -180,6 +219,8 @@
       w.handlers.forEach(function (h) { h(msg); });
     } else if (msg.type === "error") {
       this.onError(msg.error);
+    } else if (msg.type === "moved") {
+      this._movedTo = sameScheme(this._connected || "", msg.api_addr);
     } else if (msg.type === "revoked") {
       this._status("revoked", { message: msg.message });
     }

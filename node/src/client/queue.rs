@@ -192,6 +192,7 @@ pub async fn run(cmd: QueueCmd) -> anyhow::Result<()> {
                 max,
                 visibility_ms: Some(visibility_ms),
                 wait_ms,
+                moved: false,
             };
             print_json(&target.client()?.claim(&queue, &req).await?)
         }
@@ -313,7 +314,9 @@ pub struct WorkerCmd {
 }
 
 pub async fn worker(cmd: WorkerCmd) -> anyhow::Result<()> {
-    let client = cmd.target.client()?;
+    // Long-polls go to the least loaded member; a busy one may send them elsewhere.
+    let mut client = cmd.target.client()?.least_loaded().await;
+    let mut moved = false;
     let cmd = Arc::new(cmd);
     let slots = Arc::new(Semaphore::new(cmd.concurrency.max(1) as usize));
     let jobs_running = TaskTracker::new();
@@ -337,6 +340,7 @@ pub async fn worker(cmd: WorkerCmd) -> anyhow::Result<()> {
             max: free as u32,
             visibility_ms: Some(cmd.visibility_ms),
             wait_ms: 5000,
+            moved,
         };
         let claimed = tokio::select! {
             _ = &mut stop => break,
@@ -344,6 +348,18 @@ pub async fn worker(cmd: WorkerCmd) -> anyhow::Result<()> {
         };
         let jobs = match claimed {
             Ok(c) => c.jobs,
+            Err(e) if e.detail().and_then(|d| d.reason.as_deref()) == Some("moved") => {
+                let to = e.detail().and_then(|d| d.more.get("api_addr")?.as_str());
+                if let Some(addr) = to.map(str::to_string) {
+                    eprintln!(
+                        "stackd worker: {} is busy; claiming from {addr}",
+                        client.base()
+                    );
+                    client = client.at(&addr);
+                    moved = true;
+                }
+                continue;
+            }
             Err(e) => {
                 eprintln!("stackd worker: claim failed: {e:#}; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -9,8 +9,10 @@ impl Cluster {
     pub async fn run_gossip_feed(
         self: Arc<Self>,
         inflight: Arc<Semaphore>,
+        websockets: Arc<Semaphore>,
         shutdown: CancellationToken,
     ) {
+        let _ = self.load.set((inflight.clone(), websockets.clone()));
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resolved: BTreeMap<String, std::net::SocketAddr> = BTreeMap::new();
@@ -44,16 +46,76 @@ impl Cluster {
             }
             self.gossip.set_seeds(seeds);
             self.gossip.set_removed(self.peers.removed());
-            let busy = self.config.api.max_inflight_requests - inflight.available_permits();
             self.gossip.set_local_meta(NodeMeta {
                 api_addr: self.info.api_addr.clone(),
                 cluster_addr: self.info.cluster_addr.clone(),
                 applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-                inflight_requests: busy as u64,
+                inflight_requests: self.own_load().0,
                 load_avg_1m: load_avg_1m(),
                 replication: self.reach_of_members(&m),
+                websocket_connections: self.own_load().1,
             });
         }
+    }
+
+    /// The members that may take clients, least loaded first: this node and those gossip
+    /// sees alive with metadata younger than [`ROUTE_META_MAX_AGE`], each with its load.
+    pub fn route_table(&self) -> Vec<(NodeId, NodeMeta)> {
+        let members: BTreeSet<NodeId> = self
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        let (inflight_requests, websocket_connections) = self.own_load();
+        let own = NodeMeta {
+            inflight_requests,
+            websocket_connections,
+            ..self.gossip.local_meta()
+        };
+        let mut nodes = vec![(self.id, own)];
+        for (id, view) in self.gossip.snapshot() {
+            if view.liveness != Liveness::Alive || !members.contains(&id) {
+                continue;
+            }
+            if let Some((meta, at)) = view.meta {
+                if at.elapsed() <= ROUTE_META_MAX_AGE {
+                    nodes.push((id, meta));
+                }
+            }
+        }
+        nodes.sort_by_key(|(id, m)| (m.load(), *id));
+        nodes
+    }
+
+    /// Where a new long-lived client (a WebSocket, a long-poll claim) should go instead of
+    /// this node: a member whose load is under three quarters of this node's, when this node
+    /// carries more than `api.move_clients_above` (0: never).
+    pub fn move_client_to(&self) -> Option<(NodeId, String)> {
+        let above = self.config.api.move_clients_above;
+        if above == 0 {
+            return None;
+        }
+        let table = self.route_table();
+        let own = table.iter().find(|(id, _)| *id == self.id)?.1.load();
+        if own <= above {
+            return None;
+        }
+        let (id, meta) = table.into_iter().find(|(id, _)| *id != self.id)?;
+        (meta.load().saturating_mul(4) < own.saturating_mul(3)).then_some((id, meta.api_addr))
+    }
+
+    /// This node's requests in flight and WebSocket connections, now.
+    fn own_load(&self) -> (u64, u64) {
+        let Some((inflight, websockets)) = self.load.get() else {
+            return (0, 0);
+        };
+        let busy = |max: usize, s: &Semaphore| max.saturating_sub(s.available_permits()) as u64;
+        (
+            busy(self.config.api.max_inflight_requests, inflight),
+            busy(self.config.ws.max_connections, websockets),
+        )
     }
 
     /// While this node leads: how it reaches each other member (empty otherwise).
@@ -131,6 +193,9 @@ pub(super) fn replication_of(
 pub(super) fn caught_up(m: &RaftMetrics<TypeConfig>, node: NodeId, fresh: Duration) -> bool {
     matches!(replication_of(m, node), (Some(lag), Some(ago)) if lag <= 100 && ago <= fresh)
 }
+
+/// Metadata older than this is not used to route clients (gossip refreshes it every 250 ms).
+pub const ROUTE_META_MAX_AGE: Duration = Duration::from_secs(3);
 
 /// The machine's one-minute load average (Linux `/proc/loadavg`), if the OS reports it.
 pub(crate) fn load_avg_1m() -> Option<f32> {

@@ -133,6 +133,9 @@ pub struct Cluster {
     audit: Arc<crate::audit::AuditLog>,
     /// The long-poll claims this node is proposing after a wait, per queue.
     pub(crate) claims: crate::service::queues::ClaimGate,
+    /// This node's permits of in-flight requests and of WebSocket connections, from which its
+    /// own load is read fresh (set once by the gossip feed).
+    load: std::sync::OnceLock<(Arc<Semaphore>, Arc<Semaphore>)>,
 }
 
 impl Cluster {
@@ -169,6 +172,7 @@ impl Cluster {
             reads: ReadBatcher::default(),
             audit: Arc::new(crate::audit::AuditLog::new(id)),
             claims: Default::default(),
+            load: std::sync::OnceLock::new(),
         })
     }
 

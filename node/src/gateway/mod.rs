@@ -76,13 +76,23 @@ pub struct Gateway {
     /// One pooled client per connect timeout.
     clients: std::sync::Mutex<HashMap<u64, HttpClient>>,
     inflight: Arc<tokio::sync::Semaphore>,
+    /// WebSocket tunnels: tracked with the node's requests, ended at shutdown.
+    tunnels: tokio_util::task::TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Gateway {
-    pub fn new(cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Arc<Gateway> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        metrics: Arc<Metrics>,
+        tunnels: tokio_util::task::TaskTracker,
+        stop: CancellationToken,
+    ) -> Arc<Gateway> {
         let gw = Arc::new(Gateway {
             cluster,
             metrics,
+            tunnels,
+            stop,
             table: RwLock::new(Arc::new(Table::default())),
             upstreams: Default::default(),
             clients: Default::default(),
@@ -188,11 +198,13 @@ impl Gateway {
     }
 }
 
-/// Binds `addr`; the future serves the gateway until `stop`.
+/// Binds `addr`; the future serves the gateway until `stop`. WebSocket tunnels run on
+/// `tunnels` and end at `stop` too.
 pub async fn bind(
     addr: SocketAddr,
     cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
+    tunnels: tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
     use anyhow::Context;
@@ -200,7 +212,7 @@ pub async fn bind(
         .await
         .with_context(|| format!("binding gateway address {addr}"))?;
     let bound = listener.local_addr()?;
-    let gw = Gateway::new(cluster, metrics);
+    let gw = Gateway::new(cluster, metrics, tunnels, stop.clone());
     let app = axum::Router::new()
         .fallback(proxy)
         .with_state(gw.clone())
@@ -538,7 +550,13 @@ async fn forward(
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = on_upgrade {
                         let server_side = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client_side, server_side));
+                        let stop = gw.stop.clone();
+                        gw.tunnels.spawn(async move {
+                            tokio::select! {
+                                () = tunnel(client_side, server_side) => {}
+                                () = stop.cancelled() => {}
+                            }
+                        });
                     }
                     let (p, _) = resp.into_parts();
                     return Ok((Response::from_parts(p, Body::empty()), u.key.clone()));
