@@ -182,6 +182,9 @@ impl Parts {
         }
         let mut adds = Vec::new();
         command.additions(&mut adds);
+        if adds.is_empty() {
+            return None;
+        }
         let mut keys = BTreeSet::new();
         let mut queues = BTreeSet::new();
         let mut jobs: BTreeMap<&str, usize> = BTreeMap::new();
@@ -280,8 +283,13 @@ impl Parts {
         if over(limits.max_tokens, self.acl.token_count(), tokens.len()) {
             return refuse("limits.max_tokens", limits.max_tokens, "tokens".into());
         }
-        let live = self.security.live_join_tokens(now);
-        if over(limits.max_join_tokens, live, join_tokens) {
+        if join_tokens > 0
+            && over(
+                limits.max_join_tokens,
+                self.security.live_join_tokens(now),
+                join_tokens,
+            )
+        {
             let what = "unexpired join tokens".into();
             return refuse("limits.max_join_tokens", limits.max_join_tokens, what);
         }
