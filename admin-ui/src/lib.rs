@@ -48,6 +48,7 @@ files! {
     "cache.js" => JS,
     "queues.js" => JS,
     "channels.js" => JS,
+    "services.js" => JS,
     "security.js" => JS,
     "operations.js" => JS,
     "node.js" => JS,

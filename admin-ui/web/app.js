@@ -12,10 +12,11 @@ import sessions from './sessions.js';
 import cache from './cache.js';
 import queues from './queues.js';
 import channels from './channels.js';
+import services from './services.js';
 import security from './security.js';
 import operations from './operations.js';
 
-const PAGES = [overview, node, keys, locks, sessions, cache, queues, channels, security, operations];
+const PAGES = [overview, node, keys, locks, sessions, cache, queues, channels, services, security, operations];
 
 const api = new Api();
 const live = new Live(api);

@@ -220,8 +220,12 @@ fn settle(
     } else {
         return;
     };
-    let current = cluster.state().instance(&key.0, &key.1).map(|i| i.status);
-    if current.is_none_or(|c| c == wanted) || o.proposing {
+    let current = cluster
+        .state()
+        .instance(&key.0, &key.1)
+        .map(|i| (i.status, i.output == raft::state::NOT_CHECKED));
+    // Written when the status changes, and once after the first result (the output says why).
+    if current.is_none_or(|(c, unchecked)| c == wanted && !unchecked) || o.proposing {
         return;
     }
     o.proposing = true;

@@ -353,7 +353,7 @@ section! {
     /// The gateway: an HTTP and WebSocket proxy on every node to the healthy instances of the
     /// registered services, by the routes of `/v1/routes`.
     ["gateway"] pub struct GatewayConfig {
-        /// Address (IP:PORT) the gateway listens on (plain HTTP/1.1 and HTTP/2, WebSocket
+        /// Address (IP:PORT) the gateway listens on (plain HTTP/1.1 and WebSocket
         /// upgrades). Default: none (no gateway).
         pub addr: Option<SocketAddr> = None; e.g. "0.0.0.0:8080",
     }

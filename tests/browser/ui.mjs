@@ -326,6 +326,26 @@ try {
     if (!JSON.stringify(hist.events).includes("test from the UI")) throw new Error("not published");
   });
 
+  await step("services: instances with status and checker, drain one; routes listed", async () => {
+    await must("PUT", "/v1/services/web/instances/web-1", { address: "127.0.0.1", port: 9, tags: ["blue"], check: { type: "ttl", ttl_ms: 600000 } });
+    // Nothing listens on port 1: its check fails and names the node running it.
+    await must("PUT", "/v1/services/web/instances/web-2", { address: "127.0.0.1", port: 1, check: { type: "tcp", interval_ms: 500 } });
+    await must("PUT", "/v1/routes/web", { service: "web", host: "app.example.com" });
+    await go("#/services/web", "#service-instances table");
+    await page.locator("#service-instances tr", { hasText: "web-1" }).filter({ hasText: "passing" }).waitFor();
+    await page.locator("#service-instances tr", { hasText: "web-2" }).filter({ hasText: "refused" }).waitFor();
+    await page.locator("#service-instances tr", { hasText: "web-2" }).filter({ hasText: "(node " }).waitFor();
+    await page.locator("#route-list tr", { hasText: "app.example.com" }).waitFor();
+    await page.locator("#service-list tr", { hasText: "web" }).filter({ hasText: "1 / 2" }).waitFor();
+    await shot("services");
+    await page.locator("#service-instances tr", { hasText: "web-1" }).getByRole("button", { name: "Drain" }).click();
+    await page.locator("dialog.confirm button.danger").click();
+    await page.locator("#services-msg").filter({ hasText: "web-1 is draining" }).waitFor();
+    await page.locator("#service-instances tr", { hasText: "web-1" }).filter({ hasText: "draining" }).waitFor();
+    const healthy = await must("GET", "/v1/services/web?healthy=true");
+    if (healthy.instances.length !== 0) throw new Error(`still healthy: ${JSON.stringify(healthy.instances)}`);
+  });
+
   await step("security: tokens, policies, live audit, revoke a token", async () => {
     const made = await must("POST", "/v1/acl/tokens", { description: "to revoke", policies: ["readonly"] });
     await go("#/security", "#token-list table");

@@ -1,4 +1,4 @@
-//! The gateway: every node can proxy HTTP/1.1, HTTP/2 and WebSocket upgrades to the healthy
+//! The gateway: every node can proxy HTTP/1.1 and WebSocket upgrades to the healthy
 //! instances of registered services, by the routes of `/v1/routes` (`gateway.addr`).
 //!
 //! # Layout
@@ -29,7 +29,6 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -49,12 +48,41 @@ type HttpClient = Client<HttpConnector, Body>;
 /// Requests proxied at once on one node; further ones get 503.
 pub const MAX_INFLIGHT: usize = 10_000;
 
+/// The metric series of one instance under one route, looked up once per table build rather
+/// than by label on every request.
+struct Series {
+    /// Requests answered, by status class (1xx to 5xx).
+    classes: [prometheus::IntCounter; 5],
+    latency: prometheus::Histogram,
+    connect: prometheus::IntCounter,
+    request: prometheus::IntCounter,
+    timeout: prometheus::IntCounter,
+    server_error: prometheus::IntCounter,
+}
+
+impl Series {
+    fn new(m: &Metrics, route: &str, instance: &str) -> Series {
+        let class = |c: &str| m.gateway_requests.with_label_values(&[route, instance, c]);
+        let error = |k: &str| m.gateway_errors.with_label_values(&[route, instance, k]);
+        Series {
+            classes: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
+            latency: m.gateway_latency.with_label_values(&[route, instance]),
+            connect: error("connect"),
+            request: error("request"),
+            timeout: error("timeout"),
+            server_error: error("5xx"),
+        }
+    }
+}
+
 /// A route as the gateway serves it.
 struct Compiled {
     name: String,
     route: Route,
     /// The instances that take requests (passing, not draining).
     upstreams: Vec<Arc<Upstream>>,
+    /// The metric series of each of `upstreams`, in the same order.
+    series: Vec<Series>,
     picker: Picker,
     client: HttpClient,
 }
@@ -132,7 +160,7 @@ impl Gateway {
             .routes()
             .iter()
             .map(|(name, route)| {
-                let upstreams = state
+                let upstreams: Vec<Arc<Upstream>> = state
                     .service_instances(&route.service)
                     .into_iter()
                     .filter(|i| i.routable())
@@ -156,10 +184,15 @@ impl Gateway {
                         u
                     })
                     .collect();
+                let series = upstreams
+                    .iter()
+                    .map(|u| Series::new(&self.metrics, name, &u.key))
+                    .collect();
                 Compiled {
                     name: name.clone(),
                     route: route.clone(),
                     upstreams,
+                    series,
                     picker: Picker::default(),
                     client: self.client(route.connect_timeout_ms),
                 }
@@ -314,13 +347,11 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+    ["1xx", "2xx", "3xx", "4xx", "5xx"][class_index(status)]
+}
+
+fn class_index(status: StatusCode) -> usize {
+    (status.as_u16() / 100).clamp(1, 5) as usize - 1
 }
 
 async fn proxy(
@@ -352,26 +383,30 @@ async fn proxy(
         );
     };
     let started = Instant::now();
-    let resp = forward(&gw, r, peer, req).await;
-    let (resp, instance) = match resp {
-        Ok((resp, instance)) => (resp, instance),
-        Err(resp) => (resp, "none".to_string()),
-    };
-    gw.metrics
-        .gateway_requests
-        .with_label_values(&[&r.name, &instance, class(resp.status())])
-        .inc();
-    debug!(route = %r.name, %instance, status = %resp.status(), elapsed_ms = started.elapsed().as_millis() as u64, "proxied");
-    resp
+    match forward(&gw, r, peer, req).await {
+        Ok((resp, i)) => {
+            r.series[i].classes[class_index(resp.status())].inc();
+            resp
+        }
+        Err(resp) => {
+            gw.metrics
+                .gateway_requests
+                .with_label_values(&[&r.name, "none", class(resp.status())])
+                .inc();
+            debug!(route = %r.name, status = %resp.status(), elapsed_ms = started.elapsed().as_millis() as u64, "not proxied");
+            resp
+        }
+    }
 }
 
-/// Sends `req` by route `r`: the instance's response and its key, or the gateway's own error.
+/// Sends `req` by route `r`: the instance's response and its index in the route, or the
+/// gateway's own error.
 async fn forward(
     gw: &Gateway,
     r: &Compiled,
     peer: SocketAddr,
     req: Request,
-) -> Result<(Response, String), Response> {
+) -> Result<(Response, usize), Response> {
     let route = &r.route;
     let (mut parts, body) = req.into_parts();
     let upgrade = is_upgrade(&parts.headers);
@@ -397,18 +432,24 @@ async fn forward(
     {
         return Err(too_large());
     }
-    let body = match http_body_util::Limited::new(body, route.max_body_bytes as usize)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                crate::error::ErrorCode::BadRequest,
-                format!("reading the request body: {e}"),
-            ))
+    use http_body_util::BodyExt as _;
+    use hyper::body::Body as _;
+    let body = if body.is_end_stream() {
+        axum::body::Bytes::new()
+    } else {
+        match http_body_util::Limited::new(body, route.max_body_bytes as usize)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Err(e) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    crate::error::ErrorCode::BadRequest,
+                    format!("reading the request body: {e}"),
+                ))
+            }
         }
     };
 
@@ -473,7 +514,7 @@ async fn forward(
     };
     let mut tried: Vec<&Arc<Upstream>> = Vec::new();
     let mut last_error = format!("service {} has no healthy instance", route.service);
-    for _ in 0..attempts {
+    for attempt in 0..attempts {
         let now = Instant::now();
         let fresh: Vec<&Arc<Upstream>> = r
             .upstreams
@@ -492,6 +533,12 @@ async fn forward(
             .picker
             .pick(route.strategy, &candidates, hash_key.as_deref(), now);
         tried.push(u);
+        let index = r
+            .upstreams
+            .iter()
+            .position(|x| Arc::ptr_eq(x, u))
+            .expect("picked among the route's instances");
+        let series = &r.series[index];
         let uri: Uri = match format!("http://{}{}", u.authority, path_and_query).parse() {
             Ok(uri) => uri,
             Err(e) => {
@@ -507,7 +554,12 @@ async fn forward(
             .uri(uri)
             .version(hyper::Version::HTTP_11);
         if let Some(h) = out.headers_mut() {
-            *h = headers.clone();
+            // The last attempt takes the headers; an earlier one sends a copy.
+            *h = if attempt + 1 == attempts {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
         }
         let Ok(out) = out.body(Body::from(body.clone())) else {
             return Err(error(
@@ -526,7 +578,6 @@ async fn forward(
         u.outstanding
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let done = Instant::now();
-        let labels = [r.name.as_str(), u.key.as_str()];
         match sent {
             Ok(Ok(mut resp)) => {
                 let rtt = done - now;
@@ -538,15 +589,9 @@ async fn forward(
                         .inc();
                 }
                 if failed {
-                    gw.metrics
-                        .gateway_errors
-                        .with_label_values(&[labels[0], labels[1], "5xx"])
-                        .inc();
+                    series.server_error.inc();
                 }
-                gw.metrics
-                    .gateway_latency
-                    .with_label_values(&labels)
-                    .observe(rtt.as_secs_f64());
+                series.latency.observe(rtt.as_secs_f64());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = on_upgrade {
                         let server_side = hyper::upgrade::on(&mut resp);
@@ -559,11 +604,11 @@ async fn forward(
                         });
                     }
                     let (p, _) = resp.into_parts();
-                    return Ok((Response::from_parts(p, Body::empty()), u.key.clone()));
+                    return Ok((Response::from_parts(p, Body::empty()), index));
                 }
                 let (mut p, b) = resp.into_parts();
                 strip_hop_by_hop(&mut p.headers);
-                return Ok((Response::from_parts(p, Body::new(b)), u.key.clone()));
+                return Ok((Response::from_parts(p, Body::new(b)), index));
             }
             Ok(Err(e)) => {
                 if u.fail(done) {
@@ -572,11 +617,11 @@ async fn forward(
                         .with_label_values(&[&u.key])
                         .inc();
                 }
-                let kind = if e.is_connect() { "connect" } else { "request" };
-                gw.metrics
-                    .gateway_errors
-                    .with_label_values(&[labels[0], labels[1], kind])
-                    .inc();
+                if e.is_connect() {
+                    series.connect.inc();
+                } else {
+                    series.request.inc();
+                }
                 last_error = format!("instance {}: {}", u.key, root_cause(&e));
                 if !e.is_connect() {
                     // The request may have reached the instance: not sent again.
@@ -590,10 +635,7 @@ async fn forward(
                         .with_label_values(&[&u.key])
                         .inc();
                 }
-                gw.metrics
-                    .gateway_errors
-                    .with_label_values(&[labels[0], labels[1], "timeout"])
-                    .inc();
+                series.timeout.inc();
                 return Err(error(
                     StatusCode::GATEWAY_TIMEOUT,
                     crate::error::ErrorCode::Timeout,

@@ -75,7 +75,7 @@ pub use semaphores::{
 };
 pub use services::{
     Check, Damping, HashOn, Health, Instance, InstanceSpec, Route, Strategy, MAX_INSTANCES,
-    MAX_ROUTES,
+    MAX_ROUTES, NOT_CHECKED,
 };
 pub use sessions::SessionEntry;
 

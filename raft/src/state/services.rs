@@ -50,6 +50,9 @@ const ROUTE_PREFIX: &[u8] = b"rt:";
 /// `m:services` → [`RegistryMeta`].
 const META_KEY: &[u8] = b"m:services";
 
+/// The output of an instance whose http or tcp check has not run yet (it starts critical).
+pub const NOT_CHECKED: &str = "not checked yet";
+
 /// Most instances registered at once, over every service.
 pub const MAX_INSTANCES: usize = 10_000;
 /// Most gateway routes.
@@ -393,7 +396,9 @@ impl Primitive for Services {
                 let Some(inst) = self.instances.get(&key) else {
                     return ServiceResult::NotFound;
                 };
-                if inst.status != *status
+                // The first result is written even when it keeps the status (critical), so the
+                // output says why.
+                if (inst.status != *status || inst.output == NOT_CHECKED)
                     && inst
                         .spec
                         .check
@@ -401,8 +406,10 @@ impl Primitive for Services {
                         .is_some_and(Check::is_run_by_cluster)
                 {
                     let mut inst = inst.clone();
-                    inst.status = *status;
-                    inst.status_since_ms = now;
+                    if inst.status != *status {
+                        inst.status = *status;
+                        inst.status_since_ms = now;
+                    }
                     inst.output = output.clone();
                     self.store(inst, cx);
                 }
@@ -472,7 +479,7 @@ impl Services {
                     "registered".to_string(),
                     Some(now.saturating_add(*ttl_ms)),
                 ),
-                Some(_) => (Health::Critical, now, "not checked yet".to_string(), None),
+                Some(_) => (Health::Critical, now, NOT_CHECKED.to_string(), None),
             },
         };
         let inst = Instance {
