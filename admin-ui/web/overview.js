@@ -48,6 +48,7 @@ export default {
         if (m.replication_lag !== null && m.replication_lag > 1000) list.push(['warn', `Node ${m.id} lags ${m.replication_lag} entries behind the leader.`]);
         else if (m.leader_reaches === false && m.gossip !== 'down') list.push(['warn', `The leader has not heard from node ${m.id} lately.`]);
       }
+      if ((s.alarms || []).includes('NOSPACE')) list.push(['bad', `NOSPACE: the data held (${s.storage.data_bytes} bytes) reached the storage quota (${s.storage.quota_bytes} bytes); writes that grow the state are refused until data is deleted.`]);
       if (s.auth === 'off') list.push(['bad', `Node ${s.node_id} runs without access control (--insecure-no-auth): anyone who reaches it can do anything.`]);
       if (!list.length) list.push(['ok', 'All nodes alive, a leader elected, access control on.']);
       fill(alerts, list.map(([k, t]) => h('li', { class: `alert-${k}` }, t)));

@@ -34,9 +34,9 @@ pub mod ws_protocol;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody as _};
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::{self, Next};
@@ -68,6 +68,9 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     pub metrics: Arc<Metrics>,
     pub inflight: Arc<Semaphore>,
+    /// The separate budget of `/health`, `/ready` and `/metrics` (`api.max_inflight_probes`),
+    /// so they are answered while other requests are shed.
+    pub probes: Arc<Semaphore>,
     pub hub: Arc<crate::realtime::Hub>,
     /// The node's RocksDB, for streaming backups.
     pub db: storage::Db,
@@ -140,6 +143,7 @@ routes! {
     post "/v1/sessions/{id}/touch" => sessions::touch, write(Sessions, SessionUser("id"));
     get "/v1/queues" => queues::list_queues, read(Queues, All);
     get "/v1/queues/{name}" => queues::stats, read(Queues, Param("name"));
+    delete "/v1/queues/{name}" => queues::delete_queue, write(Queues, Param("name"));
     post "/v1/queues/{name}/jobs" => queues::enqueue, write(Queues, Param("name"));
     get "/v1/queues/{name}/jobs" => queues::list_jobs, read(Queues, Param("name"));
     post "/v1/queues/{name}/claim" => queues::claim, write(Queues, Param("name"));
@@ -228,7 +232,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Counts and times every request, and sheds load past `max_inflight_requests`.
+/// The routes answered from their own budget (`AppState::probes`): health, readiness and
+/// metrics must answer while the node sheds other requests.
+const PROBE_ROUTES: [&str; 3] = ["/health", "/ready", "/metrics"];
+
+/// Counts and times every request, sheds load past `max_inflight_requests` (probes past
+/// `max_inflight_probes`), and reads the body within `body_read_timeout_ms`.
 async fn observe(State(st): St, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -236,11 +245,24 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
-    let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
-        return ApiError::unavailable("too many requests in flight").into_response();
-    };
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let resp = if PROBE_ROUTES.contains(&route.as_str()) {
+        match st.probes.clone().try_acquire_owned() {
+            Ok(_permit) => next.run(req).await,
+            Err(_) => {
+                ApiError::unavailable("too many health, readiness and metrics requests in flight")
+                    .into_response()
+            }
+        }
+    } else {
+        let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
+            return ApiError::unavailable("too many requests in flight").into_response();
+        };
+        match read_whole_body(&st, req).await {
+            Ok(req) => next.run(req).await,
+            Err(e) => e.into_response(),
+        }
+    };
     st.metrics.observe_request(
         &route,
         method.as_str(),
@@ -248,6 +270,35 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
         start.elapsed(),
     );
     resp
+}
+
+/// Reads the request's whole body (at most the JSON body limit, which bounds every body a
+/// route takes) before the handler runs, within `api.body_read_timeout_ms` of the request
+/// being let in: a client that sends its body slowly, or not at all, holds an in-flight
+/// permit that long at most, then gets 408 request_timeout. A request with an empty body
+/// (every GET) passes at once.
+async fn read_whole_body(st: &AppState, req: Request) -> ApiResult<Request> {
+    let (parts, body) = req.into_parts();
+    if body.is_end_stream() {
+        return Ok(Request::from_parts(parts, body));
+    }
+    let limit = json_body_limit(st);
+    let timeout = Duration::from_millis(st.cluster.config().api.body_read_timeout_ms);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
+        Ok(Err(_)) => Err(
+            ApiError::too_large(format!("body is over the {limit}-byte limit"))
+                .with("limit", limit),
+        ),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the body did not arrive within {} ms (api.body_read_timeout_ms)",
+                timeout.as_millis()
+            ),
+        )
+        .with("limit_ms", timeout.as_millis() as u64)),
+    }
 }
 
 pub(crate) async fn not_found() -> ApiError {

@@ -144,7 +144,7 @@ impl ResolvesServerCert for Renewing {
     }
 }
 
-/// Connections that completed a TLS handshake, for `axum::serve`.
+/// Connections that completed a TLS handshake, for `http_server::serve`.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,

@@ -433,28 +433,10 @@ pub fn client_ip(ext: &axum::http::Extensions) -> std::net::IpAddr {
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip())
 }
 
-/// The TCP peer of a connection, over plain TCP or TLS (the API's connect info).
+/// The TCP peer of a connection, over plain TCP or TLS (the API's connect info, put in each
+/// request by `http_server`).
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub std::net::SocketAddr);
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, crate::api_tls::TlsListener>,
-    > for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::api_tls::TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 /// The middleware of every route: finds the caller (see [`caller`]) and hands it to the
 /// handler in the request's extensions.

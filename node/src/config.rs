@@ -101,6 +101,24 @@ section! {
         /// Most HTTP requests handled at once; further ones get 503. Default: 4096. Range: 1
         /// to 1000000.
         pub max_inflight_requests: usize = 4096,
+        /// Most `/health`, `/ready` and `/metrics` requests handled at once, apart from
+        /// api.max_inflight_requests, so probes and scrapes are answered while the node sheds
+        /// other requests; further ones get 503. Default: 64. Range: 1 to 10000.
+        pub max_inflight_probes: usize = 64,
+        /// Time a client has to send a request's head (request line and headers), from the
+        /// moment its connection opens or its previous answer was sent; then the connection
+        /// is closed (nothing was read to answer). Idle keep-alive connections close after
+        /// this too. In milliseconds. Default: 10000. Range: 100 to 600000.
+        pub header_read_timeout_ms: u64 = 10_000,
+        /// Time a client has to send a request's whole body, from the moment the request is
+        /// let in; then the answer is 408 request_timeout. In milliseconds. Default: 30000.
+        /// Range: 100 to 600000.
+        pub body_read_timeout_ms: u64 = 30_000,
+        /// Longest a write to a client may stay blocked (the client reads nothing); then the
+        /// connection is closed. This bounds how long a stalled download (a backup) holds its
+        /// stream, and how long a WebSocket client may stop reading. In milliseconds. Default:
+        /// 30000. Range: 100 to 3600000.
+        pub write_timeout_ms: u64 = 30_000,
         /// Above this load (requests in flight plus WebSocket connections), a node sends new
         /// WebSocket connections and long-poll claims to a member carrying under three quarters
         /// of its load (a `moved` answer naming it), so clients spread back over the members,
@@ -231,6 +249,43 @@ section! {
         /// Key-value revisions whose history is kept for watches and history reads; the
         /// leader compacts older history. Default: 10000. Range: 1 or more.
         pub kv_history_revisions: u64 = 10_000,
+        /// Storage quota, in bytes of key-value keys and values held (like etcd's
+        /// --quota-backend-bytes). Once the data reaches it, the cluster raises the NOSPACE
+        /// alarm (`alarms` in GET /v1/cluster, `stackd_alarm` in /metrics) and refuses writes
+        /// that grow the state with 507 quota_exceeded, while reads, deletes, acks, locks and
+        /// compaction go on; the alarm clears once the data is under the quota again. The
+        /// leader's setting is the cluster's: set the same on every node. 0 turns it off.
+        /// Default: 2147483648 (2 GiB). Range: 0, or at least limits.max_value_bytes.
+        pub quota_bytes: u64 = 2 << 30,
+        /// Most keys the key-value state holds; a put of one more is refused with 429
+        /// rate_limited naming this setting (`setting`, and `limit` its value). Like every
+        /// `max_*` below, the leader's setting is the cluster's, and 0 turns it off.
+        /// Default: 10000000.
+        pub max_keys: u64 = 10_000_000,
+        /// Most job queues (a queue exists from its first job until deleted with
+        /// `DELETE /v1/queues/{name}`); a job for one more is refused. Default: 10000.
+        pub max_queues: u64 = 10_000,
+        /// Most jobs one queue holds (ready, delayed, in flight and dead); one more is
+        /// refused until some are acked or deleted. Default: 1000000.
+        pub max_jobs_per_queue: u64 = 1_000_000,
+        /// Most cron schedules, all queues together. Default: 10000.
+        pub max_schedules: u64 = 10_000,
+        /// Most channels (a channel exists from its first publish); a publish to one more is
+        /// refused. Reserved channels (`$audit`) are not refused. Default: 100000.
+        pub max_channels: u64 = 100_000,
+        /// Most live sessions of one user; one more is refused until one ends (sessions
+        /// listed per user stop at 1000 too). Default: 1000.
+        pub max_sessions_per_user: u64 = 1_000,
+        /// Most access-control tokens (`POST /v1/acl/tokens`); one more is refused until one
+        /// is deleted or expires. Default: 100000.
+        pub max_tokens: u64 = 100_000,
+        /// Most unexpired join tokens made after the founding one (`POST /v1/cluster/tokens`);
+        /// one more is refused until one expires or is revoked. Default: 1000.
+        pub max_join_tokens: u64 = 1_000,
+        /// Most callers queued for locks (blocking acquires of held locks), all locks
+        /// together; one more is refused (each lock also queues at most 1024). Default:
+        /// 100000.
+        pub max_lock_waiters: u64 = 100_000,
     }
 }
 
@@ -278,6 +333,19 @@ section! {
         /// Most WebSocket connections on this node; further upgrades get 503. Default: 10000.
         /// Range: 1 or more.
         pub max_connections: usize = 10_000,
+        /// Interval of the pings the server sends on each WebSocket connection, in
+        /// milliseconds. Default: 15000. Range: 100 to 600000, below ws.idle_timeout_ms.
+        pub ping_interval_ms: u64 = 15_000,
+        /// A WebSocket connection from which nothing arrives (no message, no pong) for this
+        /// long is closed with error idle_timeout and close code 1001. Browsers and most
+        /// clients answer pings by themselves. In milliseconds. Default: 45000. Range: above
+        /// ws.ping_interval_ms, at most 3600000.
+        pub idle_timeout_ms: u64 = 45_000,
+        /// Most `publish` requests of one WebSocket connection waiting for their write to
+        /// commit; a publish past it is refused with rate_limited (setting
+        /// `ws.max_pending_publishes`) and the connection goes on. Default: 256. Range: 1 to
+        /// 100000.
+        pub max_pending_publishes: usize = 256,
     }
 }
 
@@ -424,6 +492,10 @@ serve_flags! {
     advertise_api_addr: String, "STACKD_ADVERTISE_API_ADDR" => api.advertise_addr;
     request_timeout_ms: u64, "STACKD_REQUEST_TIMEOUT_MS" => api.request_timeout_ms;
     max_inflight_requests: usize, "STACKD_MAX_INFLIGHT_REQUESTS" => api.max_inflight_requests;
+    max_inflight_probes: usize, "STACKD_MAX_INFLIGHT_PROBES" => api.max_inflight_probes;
+    header_read_timeout_ms: u64, "STACKD_HEADER_READ_TIMEOUT_MS" => api.header_read_timeout_ms;
+    body_read_timeout_ms: u64, "STACKD_BODY_READ_TIMEOUT_MS" => api.body_read_timeout_ms;
+    write_timeout_ms: u64, "STACKD_WRITE_TIMEOUT_MS" => api.write_timeout_ms;
     move_clients_above: u64, "STACKD_MOVE_CLIENTS_ABOVE" => api.move_clients_above;
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     insecure_no_auth: bool, "STACKD_INSECURE_NO_AUTH" => api.insecure_no_auth;
@@ -452,6 +524,16 @@ serve_flags! {
     autopilot_dead_grace_ms: u64, "STACKD_AUTOPILOT_DEAD_GRACE_MS" => autopilot.dead_grace_ms;
     max_value_bytes: usize, "STACKD_MAX_VALUE_BYTES" => limits.max_value_bytes;
     kv_history_revisions: u64, "STACKD_KV_HISTORY_REVISIONS" => limits.kv_history_revisions;
+    quota_bytes: u64, "STACKD_QUOTA_BYTES" => limits.quota_bytes;
+    max_keys: u64, "STACKD_MAX_KEYS" => limits.max_keys;
+    max_queues: u64, "STACKD_MAX_QUEUES" => limits.max_queues;
+    max_jobs_per_queue: u64, "STACKD_MAX_JOBS_PER_QUEUE" => limits.max_jobs_per_queue;
+    max_schedules: u64, "STACKD_MAX_SCHEDULES" => limits.max_schedules;
+    max_channels: u64, "STACKD_MAX_CHANNELS" => limits.max_channels;
+    max_sessions_per_user: u64, "STACKD_MAX_SESSIONS_PER_USER" => limits.max_sessions_per_user;
+    max_tokens: u64, "STACKD_MAX_TOKENS" => limits.max_tokens;
+    max_join_tokens: u64, "STACKD_MAX_JOIN_TOKENS" => limits.max_join_tokens;
+    max_lock_waiters: u64, "STACKD_MAX_LOCK_WAITERS" => limits.max_lock_waiters;
     cache_max_entries: u64, "STACKD_CACHE_MAX_ENTRIES" => cache.max_entries;
     cache_max_bytes: u64, "STACKD_CACHE_MAX_BYTES" => cache.max_bytes;
     channel_retention: Retention, "STACKD_CHANNEL_RETENTION" => channels.retention;
@@ -459,6 +541,9 @@ serve_flags! {
     ws_send_buffer_bytes: usize, "STACKD_WS_SEND_BUFFER_BYTES" => ws.send_buffer_bytes;
     ws_catch_up_events_per_sec: u64, "STACKD_WS_CATCH_UP_EVENTS_PER_SEC" => ws.catch_up_events_per_sec;
     ws_max_connections: usize, "STACKD_WS_MAX_CONNECTIONS" => ws.max_connections;
+    ws_ping_interval_ms: u64, "STACKD_WS_PING_INTERVAL_MS" => ws.ping_interval_ms;
+    ws_idle_timeout_ms: u64, "STACKD_WS_IDLE_TIMEOUT_MS" => ws.idle_timeout_ms;
+    ws_max_pending_publishes: usize, "STACKD_WS_MAX_PENDING_PUBLISHES" => ws.max_pending_publishes;
     rate_token_reads_per_sec: u64, "STACKD_RATE_TOKEN_READS_PER_SEC" => rate.token_reads_per_sec;
     rate_token_writes_per_sec: u64, "STACKD_RATE_TOKEN_WRITES_PER_SEC" => rate.token_writes_per_sec;
     rate_ip_requests_per_sec: u64, "STACKD_RATE_IP_REQUESTS_PER_SEC" => rate.ip_requests_per_sec;
@@ -696,6 +781,28 @@ impl Config {
             1,
             Some(1_000_000),
         );
+        in_range(
+            bad,
+            "api.max_inflight_probes",
+            api.max_inflight_probes,
+            1,
+            Some(10_000),
+        );
+        for (name, ms, max) in [
+            (
+                "api.header_read_timeout_ms",
+                api.header_read_timeout_ms,
+                600_000,
+            ),
+            (
+                "api.body_read_timeout_ms",
+                api.body_read_timeout_ms,
+                600_000,
+            ),
+            ("api.write_timeout_ms", api.write_timeout_ms, 3_600_000),
+        ] {
+            in_range(bad, name, ms, 100, Some(max));
+        }
         bad.check(
             api.tls_cert.is_some() == api.tls_key.is_some(),
             "api.tls_cert",
@@ -798,6 +905,16 @@ impl Config {
             1,
             None,
         );
+        let quota = self.limits.quota_bytes;
+        bad.check(
+            quota == 0 || quota >= max_value as u64,
+            "limits.quota_bytes",
+            || {
+                format!(
+                    "must be 0 (off) or at least limits.max_value_bytes = {max_value}, not {quota}"
+                )
+            },
+        );
 
         in_range(bad, "cache.max_entries", self.cache.max_entries, 1, None);
         let entry = max_value as u64 + 512;
@@ -832,6 +949,27 @@ impl Config {
             None,
         );
         in_range(bad, "ws.max_connections", ws.max_connections, 1, None);
+        in_range(
+            bad,
+            "ws.ping_interval_ms",
+            ws.ping_interval_ms,
+            100,
+            Some(600_000),
+        );
+        in_range(
+            bad,
+            "ws.idle_timeout_ms",
+            ws.idle_timeout_ms,
+            ws.ping_interval_ms + 1,
+            Some(3_600_000),
+        );
+        in_range(
+            bad,
+            "ws.max_pending_publishes",
+            ws.max_pending_publishes,
+            1,
+            Some(100_000),
+        );
     }
 
     /// The data directory. Set in every validated config.
@@ -1253,6 +1391,20 @@ mod tests {
         c.api.advertise_addr = Some("api.example:8001".into());
         c.api.request_timeout_ms = 7_000;
         c.api.max_inflight_requests = 100;
+        c.api.max_inflight_probes = 9;
+        c.limits.quota_bytes = 1 << 30;
+        c.limits.max_keys = 11;
+        c.limits.max_queues = 12;
+        c.limits.max_jobs_per_queue = 13;
+        c.limits.max_schedules = 14;
+        c.limits.max_channels = 15;
+        c.limits.max_sessions_per_user = 16;
+        c.limits.max_tokens = 17;
+        c.limits.max_join_tokens = 18;
+        c.limits.max_lock_waiters = 19;
+        c.api.header_read_timeout_ms = 1_234;
+        c.api.body_read_timeout_ms = 2_345;
+        c.api.write_timeout_ms = 3_456;
         c.api.move_clients_above = 50;
         c.api.insecure_no_auth = true;
         c.api.metrics_open = true;
@@ -1289,6 +1441,9 @@ mod tests {
         c.ws.send_buffer_bytes = 1 << 20;
         c.ws.catch_up_events_per_sec = 5;
         c.ws.max_connections = 7;
+        c.ws.ping_interval_ms = 1_000;
+        c.ws.idle_timeout_ms = 5_000;
+        c.ws.max_pending_publishes = 3;
         c.gateway.addr = Some("0.0.0.0:8080".parse().unwrap());
         c
     }

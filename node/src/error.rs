@@ -30,6 +30,9 @@ pub enum ErrorCode {
     Conflict,
     /// 409: history after the requested revision was compacted away (WebSocket watch).
     Compacted,
+    /// 408: the request's body did not arrive within `api.body_read_timeout_ms`; nothing was
+    /// applied.
+    RequestTimeout,
     /// 413: the body or value is over its limit (`limit`).
     TooLarge,
     /// 422: the Idempotency-Key was first used for a different request.
@@ -46,10 +49,16 @@ pub enum ErrorCode {
     SlowConsumer,
     /// WebSocket only: the server is shutting down (close code 1001).
     GoingAway,
+    /// WebSocket only: nothing arrived from the client (no message, no pong) for
+    /// `ws.idle_timeout_ms` (`limit_ms`; close code 1001).
+    IdleTimeout,
+    /// 507: the storage quota is reached (the NOSPACE alarm) and the write would grow the
+    /// state (`used_bytes`, `quota_bytes`); nothing was applied. Reads and deletes go on.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
@@ -65,6 +74,9 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::SlowConsumer,
         ErrorCode::GoingAway,
+        ErrorCode::RequestTimeout,
+        ErrorCode::IdleTimeout,
+        ErrorCode::QuotaExceeded,
     ];
 
     /// The code as it appears in `error.code`.
@@ -85,6 +97,9 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::GoingAway => "going_away",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -98,12 +113,14 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Conflict | ErrorCode::Compacted => StatusCode::CONFLICT,
+            ErrorCode::RequestTimeout | ErrorCode::IdleTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::RateLimited | ErrorCode::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable | ErrorCode::GoingAway => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 }
@@ -167,6 +184,11 @@ pub enum WriteFailures {
         description = "idempotency_mismatch: this Idempotency-Key was first used for a different request"
     )]
     IdempotencyMismatch(ErrorBody),
+    #[response(
+        status = 507,
+        description = "quota_exceeded: the storage quota is reached (NOSPACE alarm) and the write would grow the state (used_bytes, quota_bytes); nothing was applied"
+    )]
+    QuotaExceeded(ErrorBody),
     #[response(
         status = 503,
         description = "unavailable: no leader, not ready or overloaded; nothing was applied (Retry-After)"
@@ -290,6 +312,24 @@ impl From<crate::cluster::WriteError> for ApiError {
                 ErrorCode::IdempotencyMismatch,
                 "this Idempotency-Key was first used for a different request",
             ),
+            WriteError::QuotaExceeded {
+                used_bytes,
+                quota_bytes,
+            } => ApiError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "the storage quota is reached (NOSPACE: {used_bytes} of {quota_bytes} bytes, \
+                     limits.quota_bytes); delete data to write again"
+                ),
+            )
+            .with("used_bytes", used_bytes)
+            .with("quota_bytes", quota_bytes),
+            WriteError::LimitReached { limit, max, what } => ApiError::limited(format!(
+                "the cluster already holds {max} {what}, the most {limit} allows; \
+                 delete some first"
+            ))
+            .with("limit", max)
+            .with("setting", limit),
         }
     }
 }
@@ -404,6 +444,11 @@ impl From<QueueResult> for ApiError {
             .with("current_lease", current),
             QueueResult::NotFound => ApiError::not_found("not found"),
             QueueResult::Rejected(m) => ApiError::bad_request(m),
+            QueueResult::NotIdle { jobs, schedules } => ApiError::conflict(format!(
+                "the queue holds {jobs} jobs and {schedules} schedules; only an idle queue \
+                 is deleted (ack or delete its jobs, remove its schedules)"
+            ))
+            .with("reason", "not_idle"),
             other => unexpected(other),
         }
     }

@@ -7,6 +7,8 @@
 //! - [`api`]: the HTTP routes; [`error`] maps every failure to its status and code.
 //! - [`audit`]: security events, to the structured log and the replicated `$audit` stream.
 //! - [`api_tls`]: the API over TLS (`api.tls_cert`, `api.tls_key`).
+//! - [`http_server`]: the API's accept loop and HTTP/1 connections, with header read and
+//!   write timeouts.
 //! - [`auth`]: what each route needs, bearer tokens checked against the replicated ACL;
 //!   [`jwt`]: JWTs of app users verified against the ACL's JWT providers.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
@@ -35,6 +37,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod http_server;
 pub mod jwt;
 pub mod metrics;
 pub mod openapi;

@@ -12,6 +12,14 @@ use transport::Liveness;
 
 use crate::cluster::Cluster;
 
+/// The `method` label of a request: a standard method by name, any other as `other`.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
+}
+
 /// Every metric of the node, in one table: its field, its type, and how it is made (name,
 /// help, labels). Each is registered as it is made.
 macro_rules! metrics {
@@ -47,6 +55,14 @@ metrics! {
         "HTTP request latency by route and method",
         &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
         &["route", "method"],
+    );
+    /// API connections closed by a bound, by reason (`header_timeout`, `write_timeout`).
+    pub http_connections_closed: IntCounterVec = counter_vec(
+        "stackd_http_connections_closed_total",
+        "API connections this node closed because a client was too slow, by reason \
+         (header_timeout: no complete request head within api.header_read_timeout_ms; \
+         write_timeout: a write blocked for api.write_timeout_ms)",
+        &["reason"],
     );
     /// Requests the gateway answered, by route, instance (`service/id`, or `none` when no
     /// instance was reached) and status class (`2xx` … `5xx`).
@@ -89,6 +105,19 @@ metrics! {
         gauge("stackd_raft_applied_index", "Highest index applied to the state machine");
     kv_revision: IntGauge = gauge("stackd_kv_revision", "Current global key-value revision");
     kv_keys: IntGauge = gauge("stackd_kv_keys", "Number of keys held");
+    data_bytes: IntGauge = gauge(
+        "stackd_data_bytes",
+        "Bytes of key-value keys and values held, as the storage quota counts them",
+    );
+    quota_bytes: IntGauge = gauge(
+        "stackd_quota_bytes",
+        "The storage quota in force (limits.quota_bytes), 0 when none",
+    );
+    alarm: IntGaugeVec = gauge_vec(
+        "stackd_alarm",
+        "1 while the cluster's alarm is raised (NOSPACE: the storage quota is reached)",
+        &["alarm"],
+    );
     sessions: IntGauge = gauge("stackd_sessions", "Live sessions");
     cache_entries: IntGauge = gauge("stackd_cache_entries", "Entries in the cache");
     cache_bytes: IntGauge = gauge("stackd_cache_bytes", "Bytes of keys and values in the cache");
@@ -271,7 +300,11 @@ impl Metrics {
         }
     }
 
+    /// Counts and times one request. Every label comes from a fixed set, so a client cannot
+    /// make series: the route is a template of the route table (or `unmatched`), the method
+    /// one of [`method_label`]'s, the status one the server sends.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let method = method_label(method);
         self.samples
             .observe(crate::samples::RouteClass::of(route, method), elapsed);
         self.requests
@@ -295,6 +328,11 @@ impl Metrics {
             let st = cluster.state();
             self.kv_revision.set(st.meta.revision as i64);
             self.kv_keys.set(st.key_count() as i64);
+            self.data_bytes.set(st.data_bytes() as i64);
+            self.quota_bytes.set(st.quota_bytes() as i64);
+            self.alarm
+                .with_label_values(&["NOSPACE"])
+                .set(st.nospace() as i64);
             self.sessions.set(st.session_count() as i64);
             let c = st.cache_counts();
             self.cache_entries.set(c.entries as i64);
@@ -340,5 +378,31 @@ fn raise_to(c: &IntCounterVec, labels: &[&str], to: u64) {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_labels_come_from_a_fixed_set() {
+        let m = Metrics::new();
+        for method in ["GET", "POST", "FOO", "get", "X-RANDOM-1", "X-RANDOM-2"] {
+            m.observe_request("unmatched", method, 405, Duration::from_millis(1));
+        }
+        let text = {
+            let mut buf = Vec::new();
+            TextEncoder::new()
+                .encode(&m.registry.gather(), &mut buf)
+                .unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        assert!(text.contains(r#"method="other""#), "{text}");
+        for made_up in ["FOO", "get", "X-RANDOM"] {
+            let label = format!("method=\"{made_up}");
+            assert!(!text.contains(&label), "{made_up} became a label: {text}");
+        }
+        assert_eq!(method_label("DELETE"), "DELETE");
     }
 }

@@ -20,10 +20,13 @@ use crate::error::{ErrorBody, ErrorCode};
         description = "Every node serves every endpoint; writes are forwarded to the leader. \
 Reads are linearizable unless consistency=stale. Errors: {\"error\": {\"code\", \"message\", ...}} \
 with the status of the code (the ErrorCode schema): 400 bad_request, 401 unauthenticated, 403 forbidden, 404 not_found, \
-405 method_not_allowed, 409 conflict (compare, fence or lease; reason, current_revision, \
+405 method_not_allowed, 408 request_timeout (the body did not arrive within \
+api.body_read_timeout_ms; not applied), 409 conflict (compare, fence or lease; reason, current_revision, \
 current_fence, current_lease, holder tell which), 413 too_large, 422 idempotency_mismatch, \
-429 rate_limited, 500 internal, 503 unavailable (Retry-After; not applied), 504 timeout \
-(outcome unknown); the WebSocket also sends compacted, slow_consumer and going_away. Writes \
+429 rate_limited, 500 internal, 507 quota_exceeded (the storage quota is reached and the write \
+would grow the state; not applied), 503 unavailable (Retry-After; not applied), 504 timeout \
+(outcome unknown); the WebSocket also sends compacted, slow_consumer, going_away and \
+idle_timeout. Writes \
 accept an Idempotency-Key header (1..256 chars, remembered 10 minutes, scoped to the \
 caller (its token, or a JWT's provider and subject) and bound to the request's method, path, \
 query and body: the same key with a different request is 422 idempotency_mismatch). Fenced writes take \
@@ -47,7 +50,9 @@ pub fn document_json() -> &'static str {
 }
 
 /// Adds what each route needs (from the route table) to its operation: the bearer security
-/// scheme, 401 and 403 answers, and a line saying which right it checks.
+/// scheme, 401 and 403 answers, and a line saying which right it checks; and the answers
+/// every route may give: 429 (rate and count limits) where the route documents none of its
+/// own, 408 where it takes a body.
 fn document_access(doc: &mut Value) {
     doc["components"]["securitySchemes"]["bearer"] = json!({
         "type": "http",
@@ -63,6 +68,18 @@ fn document_access(doc: &mut Value) {
     };
     for (method, path, need) in crate::api::ROUTES {
         let op = &mut doc["paths"][*path][*method];
+        if op["responses"].get("429").is_none() {
+            op["responses"]["429"] = error(
+                "rate_limited: a request rate (Retry-After) or a count limit of the cluster \
+                 (setting names it, limit gives its value) was reached; nothing was applied",
+            );
+        }
+        if op.get("requestBody").is_some() {
+            op["responses"]["408"] = error(
+                "request_timeout: the body did not arrive within api.body_read_timeout_ms; \
+                 nothing was applied",
+            );
+        }
         let Some(right) = (match need {
             Need::Open => continue,
             Need::Token => Some("a valid token; each write it makes is checked".to_string()),

@@ -702,6 +702,7 @@ async fn stage_api(
         cluster: cluster.clone(),
         metrics: Arc::new(Metrics::new()),
         inflight: life.inflight.clone(),
+        probes: Arc::new(Semaphore::new(config.api.max_inflight_probes)),
         hub: life.hub.clone(),
         db: life.db.clone(),
         requests: life.tasks.requests.clone(),
@@ -716,33 +717,30 @@ async fn stage_api(
         track_request,
     ));
     let stop = life.stop_accepting.clone();
-    let app = app.into_make_service_with_connect_info::<crate::auth::PeerAddr>();
+    let timeouts = crate::http_server::Timeouts {
+        header_read: Duration::from_millis(config.api.header_read_timeout_ms),
+        write: Duration::from_millis(config.api.write_timeout_ms),
+    };
+    let metrics = state.metrics.clone();
     let tls = match (&config.api.tls_cert, &config.api.tls_key) {
         (Some(cert), Some(key)) => Some(crate::api_tls::server_config(cert, key)?),
         _ if config.api.tls_from_cluster_ca => Some(cluster_ca_tls(config, cluster)?),
         _ => None,
     };
     life.api_task = Some(life.tasks.background.spawn(async move {
-        let served = match tls {
+        match tls {
             Some(tls) => {
                 info!(addr = %api_addr, "HTTPS API listening (TLS)");
                 let listener = match crate::api_tls::TlsListener::new(listener, tls, stop.clone()) {
                     Ok(l) => l,
                     Err(e) => return warn!(error = %e, "HTTPS API did not start"),
                 };
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
+                crate::http_server::serve(listener, app, timeouts, metrics, stop).await
             }
             None => {
                 info!(addr = %api_addr, "HTTP API listening");
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
+                crate::http_server::serve(listener, app, timeouts, metrics, stop).await
             }
-        };
-        if let Err(e) = served {
-            warn!(error = %e, "HTTP API stopped with an error");
         }
     }));
     if let Some(addr) = config.gateway.addr {

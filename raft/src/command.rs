@@ -128,6 +128,132 @@ impl Command {
     }
 }
 
+/// Whether a command can grow the stored data: while the storage quota is reached (the
+/// `NOSPACE` alarm), such a command is refused. Key-value puts, job enqueues, schedules,
+/// channel publishes, new sessions and session updates grow it; deletes, claims, acks and
+/// nacks, replays, lock and semaphore operations, ticks, cluster and ACL changes do not (or
+/// hardly), and cache writes evict within the cache's own bounds (as publishes to reserved
+/// channels do within their retention), so they all pass: the
+/// state can be shrunk, and what holds it together keeps running.
+pub trait Grows {
+    fn grows(&self) -> bool;
+}
+
+impl Grows for NotNested {
+    fn grows(&self) -> bool {
+        match *self {}
+    }
+}
+
+impl<C: Grows> Grows for Box<C> {
+    fn grows(&self) -> bool {
+        (**self).grows()
+    }
+}
+
+impl Grows for Txn {
+    fn grows(&self) -> bool {
+        self.success.iter().chain(&self.failure).any(Grows::grows)
+    }
+}
+
+impl<F: Grows, T: Grows, I: Grows> Grows for Command<F, T, I> {
+    fn grows(&self) -> bool {
+        match self {
+            Command::Kv(KvCmd::Put { .. })
+            | Command::Queue(QueueCmd::Enqueue { .. } | QueueCmd::ScheduleSet { .. })
+            | Command::Session(SessionCmd::Create { .. } | SessionCmd::Update { .. }) => true,
+            // Reserved channels (`$audit`) hold the node's own records, bounded by their
+            // retention: security events are still written when the quota is reached.
+            Command::Channel(ChannelCmd::Publish { channel, .. }) => !channel.starts_with('$'),
+            Command::Txn(t) => t.grows(),
+            Command::Fenced { command, .. } => command.grows(),
+            Command::Idempotent { command, .. } => command.grows(),
+            _ => false,
+        }
+    }
+}
+
+/// Something a command may add that a count limit bounds ([`crate::state::ClusterLimits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adds<'a> {
+    Key(&'a str),
+    Job {
+        queue: &'a str,
+    },
+    Schedule {
+        queue: &'a str,
+        name: &'a str,
+    },
+    Channel(&'a str),
+    Session {
+        user: &'a str,
+    },
+    Token {
+        accessor_id: &'a str,
+    },
+    JoinToken,
+    /// A blocking acquire, which queues its caller while the lock is held.
+    LockWaiter {
+        lock: &'a str,
+    },
+}
+
+/// What a command may add, for the count limits: each write of a transaction, the command
+/// under a fence or an idempotency key.
+pub trait Additions {
+    fn additions<'a>(&'a self, out: &mut Vec<Adds<'a>>);
+}
+
+impl Additions for NotNested {
+    fn additions<'a>(&'a self, _: &mut Vec<Adds<'a>>) {
+        match *self {}
+    }
+}
+
+impl<C: Additions> Additions for Box<C> {
+    fn additions<'a>(&'a self, out: &mut Vec<Adds<'a>>) {
+        (**self).additions(out)
+    }
+}
+
+impl Additions for Txn {
+    fn additions<'a>(&'a self, out: &mut Vec<Adds<'a>>) {
+        for op in self.success.iter().chain(&self.failure) {
+            op.additions(out);
+        }
+    }
+}
+
+impl<F: Additions, T: Additions, I: Additions> Additions for Command<F, T, I> {
+    fn additions<'a>(&'a self, out: &mut Vec<Adds<'a>>) {
+        match self {
+            Command::Kv(KvCmd::Put { key, .. }) => out.push(Adds::Key(key)),
+            Command::Queue(QueueCmd::Enqueue { queue, .. }) => out.push(Adds::Job { queue }),
+            Command::Queue(QueueCmd::ScheduleSet { queue, name, .. }) => {
+                out.push(Adds::Schedule { queue, name })
+            }
+            Command::Channel(ChannelCmd::Publish { channel, .. }) if !channel.starts_with('$') => {
+                out.push(Adds::Channel(channel))
+            }
+            Command::Session(SessionCmd::Create { user, .. }) => out.push(Adds::Session { user }),
+            Command::Acl(AclCmd::TokenCreate(t)) => out.push(Adds::Token {
+                accessor_id: &t.accessor_id,
+            }),
+            Command::Cluster(ClusterCmd::JoinTokenCreate { .. }) => out.push(Adds::JoinToken),
+            Command::Lock(LockCmd::Acquire {
+                name,
+                wait: Some(_),
+                ..
+            }) => out.push(Adds::LockWaiter { lock: name }),
+            Command::Txn(t) => t.additions(out),
+            Command::Fenced { command, .. } => command.additions(out),
+            Command::Idempotent { command, .. } => command.additions(out),
+            _ => {}
+        }
+    }
+}
+
 /// What a fence guards: any command but a fenced one or one under a key.
 pub type Guarded = Command<NotNested, Txn, NotNested>;
 
@@ -218,6 +344,19 @@ pub enum Response<T = TxnResult> {
     /// nothing was applied.
     IdempotencyMismatch,
     Service(ServiceResult),
+    /// The command would grow the state while the storage quota is reached (the `NOSPACE`
+    /// alarm); nothing was applied.
+    QuotaExceeded {
+        used_bytes: u64,
+        quota_bytes: u64,
+    },
+    /// The command would make one more of something the cluster already holds its limit of
+    /// (`limit` names the setting, `what` the thing); nothing was applied.
+    LimitReached {
+        limit: String,
+        max: u64,
+        what: String,
+    },
 }
 
 /// A command whose result type is known: proposing it answers a `Self::Output`.

@@ -311,6 +311,11 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
         }
         ("get", "/v1/queues") => ok("/v1/queues", None),
         ("get", "/v1/queues/{name}") => ok("/v1/queues/q1", None),
+        // q1 holds jobs: the handler's refusal shows the request got past access control.
+        ("delete", "/v1/queues/{name}") => Sample {
+            expect: Expect::Handler(409),
+            ..ok("/v1/queues/q1", None)
+        },
         ("post", "/v1/queues/{name}/jobs") => ok("/v1/queues/q1/jobs", Some(json!({"payload": 2}))),
         ("post", "/v1/queues/{name}/claim") => ok(
             "/v1/queues/q1/claim",

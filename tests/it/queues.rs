@@ -10,6 +10,7 @@ use node::api::client::Client;
 use node::api::model::{
     ClaimRequest, ClaimedJob, EnqueueRequest, Enqueued, NackRequest, ReplayRequest, ScheduleRequest,
 };
+use node::error::ErrorCode;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tests::http::{self, wait_for};
@@ -392,4 +393,63 @@ async fn soak_no_acknowledged_job_lost_across_a_leader_kill() {
         duplicates.len(),
         l.unsure.len()
     );
+}
+
+async fn applied(api: &Client) -> u64 {
+    api.cluster_status().await.unwrap().applied_index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_new_job_wakes_one_of_many_waiting_claims() {
+    const WAITING: u64 = 20;
+    let c = InprocCluster::start(1).await.unwrap();
+    let api = http::api(&c.bases[0]);
+
+    tracing::info!("phase: {WAITING} long-poll claims wait on an empty queue");
+    let before = applied(&api).await;
+    let claims: Vec<_> = (0..WAITING)
+        .map(|_| {
+            let api = api.clone();
+            tokio::spawn(async move { claim(&api, "herd", 1, 30_000, 5_000).await })
+        })
+        .collect();
+    // Each claim proposes once when it arrives, then waits.
+    wait_for("every claim proposed", Duration::from_secs(30), || async {
+        (applied(&api).await >= before + WAITING).then_some(())
+    })
+    .await
+    .unwrap();
+
+    tracing::info!("phase: one job appears");
+    let at_enqueue = applied(&api).await;
+    let req: EnqueueRequest = serde_json::from_value(json!({"payload": {"n": 1}})).unwrap();
+    api.enqueue("herd", &req).await.unwrap();
+    let mut got = 0;
+    for c in claims {
+        got += c.await.unwrap().len();
+    }
+    assert_eq!(got, 1, "one claim got the job, the others none");
+    // The enqueue and one claim; without the gate every waiting claim proposed one.
+    let entries = applied(&api).await - at_enqueue;
+    assert!(
+        entries <= 3,
+        "{entries} entries for one job and {WAITING} waiting claims"
+    );
+    api.health().await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_expression_that_never_fires_is_refused() {
+    let c = InprocCluster::start(1).await.unwrap();
+    let api = http::api(&c.bases[0]);
+    for never in ["0 0 30 2 *", "0 0 31 4 *"] {
+        let schedule: ScheduleRequest =
+            serde_json::from_value(json!({ "cron": never, "payload": {} })).unwrap();
+        let e = api.schedule_set("q", "never", &schedule).await.unwrap_err();
+        assert!(http::is_api_error(&e, 400, ErrorCode::BadRequest), "{e:?}");
+        assert!(format!("{e:?}").contains("no due time"), "{e:?}");
+    }
+    api.health().await.unwrap();
+    c.shutdown().await;
 }

@@ -91,6 +91,12 @@ impl WsClient {
         }
     }
 
+    /// Sends the text frame `text` as it is, without waiting for its answer.
+    pub async fn send_raw(&mut self, text: &str) -> Result<()> {
+        self.stream.send(Message::Text(text.into())).await?;
+        Ok(())
+    }
+
     /// Sends the text frame `text` as it is and returns the answer carrying `id` (`null` for
     /// a frame the server could not read an id from).
     pub async fn send_text(&mut self, text: &str, id: &Value) -> Result<ServerMessage> {

@@ -613,6 +613,31 @@ pub struct ClusterStatus {
     /// Whether the answering node checks tokens: `off` only when it was started with
     /// `--insecure-no-auth`.
     pub auth: AuthMode,
+    /// The cluster's raised alarms (replicated state, the same on every node once applied):
+    /// `NOSPACE` while the data held is at or past the storage quota.
+    #[serde(default)]
+    pub alarms: Vec<Alarm>,
+    /// The data held and the storage quota, as applied on the answering node.
+    #[serde(default)]
+    pub storage: StorageUse,
+}
+
+/// An alarm of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Alarm {
+    /// The data held reached `limits.quota_bytes`: writes that grow the state are refused
+    /// with 507 quota_exceeded until it is under again.
+    #[serde(rename = "NOSPACE")]
+    Nospace,
+}
+
+/// The data the storage quota counts, and the quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StorageUse {
+    /// Bytes of key-value keys and values held (not their history).
+    pub data_bytes: u64,
+    /// The quota in force (`limits.quota_bytes` of the leader that set it); 0: none.
+    pub quota_bytes: u64,
 }
 
 /// Whether a node checks tokens.

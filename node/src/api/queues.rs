@@ -644,8 +644,17 @@ pub async fn set_schedule(
 ) -> ApiResult<Json<NextFire>> {
     validate_name("queue", &queue)?;
     validate_name("name", &name)?;
-    if let Err(e) = raft::state::next_fire_ms(&b.cron, 0) {
-        return Err(ApiError::bad_request(e).with("field", "cron"));
+    // A cheap check with this node's clock; apply decides on the replicated one.
+    match raft::state::next_fire_ms(&b.cron, crate::cluster::now_ms()) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(ApiError::bad_request(format!(
+                "the cron expression has no due time in the next {} days",
+                raft::state::CRON_HORIZON_DAYS
+            ))
+            .with("field", "cron"))
+        }
+        Err(e) => return Err(ApiError::bad_request(e).with("field", "cron")),
     }
     let payload = b.payload.to_string();
     if payload.len() > st.cluster.config().limits.max_value_bytes {
@@ -671,6 +680,32 @@ pub async fn set_schedule(
     .await?
     {
         QueueResult::Scheduled { next_at_ms } => Ok(Json(NextFire { next_at_ms })),
+        other => Err(other.into()),
+    }
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/queues/{name}",
+    summary = "Delete an idle queue",
+    description = "Forgets a queue that holds no job (in any state) and no schedule, with its count of completed jobs, so it no longer counts against limits.max_queues. A queue that is not idle: 409 conflict, reason not_idle.",
+    params(("name" = String, Path, description = "queue name")),
+    responses(
+        (status = 200, description = "deleted", body = Deleted),
+        BadRequest,
+        NotFound,
+        (status = 409, description = "conflict: the queue holds jobs or schedules (reason not_idle)", body = ErrorBody),
+        Unsettled,
+    )
+)]
+pub async fn delete_queue(
+    State(st): St,
+    PathParams(queue): PathParams<String>,
+) -> ApiResult<Json<Deleted>> {
+    validate_name("queue", &queue)?;
+    match crate::service::propose(&st.cluster, QueueCmd::DeleteQueue { queue }, None).await? {
+        QueueResult::Count(_) => Ok(Json(Deleted { deleted: true })),
+        QueueResult::NotFound => Err(ApiError::not_found("no such queue")),
         other => Err(other.into()),
     }
 }
@@ -854,6 +889,11 @@ mod typed {
         ) -> ApiResult<NextFire> {
             self.json(Method::PUT, &Self::schedule_path(queue, name), req)
                 .await
+        }
+
+        /// Deletes an idle queue.
+        pub async fn queue_delete(&self, queue: &str) -> ApiResult<Deleted> {
+            self.delete(&Self::queue_path(queue, "")).await
         }
 
         pub async fn schedule_delete(&self, queue: &str, name: &str) -> ApiResult<Deleted> {

@@ -62,7 +62,7 @@ pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
     get,
     path = "/v1/ws",
     summary = "WebSocket (JSON text frames)",
-    description = "Client to server, each with an id echoed in the reply: {op:subscribe, channel, since?, user?} -> {ok, channel, offset (latest on this node), client_id}; {op:unsubscribe, channel} -> {ok, channel}; {op:publish, channel, data} -> {ok, offset}; {op:watch, prefix?, since_revision?} -> {ok, prefix, revision, compact_revision} (error code compacted with compact_revision when since_revision < compact_revision); {op:unwatch, prefix?} -> {ok, prefix}; {op:ping} -> {ok, pong}. A request that fails is answered {id, error:{code, message, ...}}; a frame that is not a valid request (unknown op, missing or unknown field, not JSON) with code bad_request and its id (null when none could be read). Server to client: {type:event, channel, offset, ts_ms, data}; {type:recovered, channel, from, to, complete} after a catch-up requested with since (complete:false when events after since were trimmed by retention); {type:kv, event:put|delete, key, revision, value (base64, null for delete), prefix}; {type:error, error:{code, message, ...}}. Catch-up is paced (ws_catch_up_events_per_sec, default 10000, and at most half the send queue); a client whose send queue passes ws_send_buffer_bytes (default 4 MiB) gets {type:error, error:{code:slow_consumer, limit_bytes}} and close code 1008, and resumes with since. On shutdown: error going_away and close 1001. More than ws_max_connections (default 10000) connections: 503.",
+    description = "Client to server, each with an id echoed in the reply: {op:subscribe, channel, since?, user?} -> {ok, channel, offset (latest on this node), client_id}; {op:unsubscribe, channel} -> {ok, channel}; {op:publish, channel, data} -> {ok, offset}; {op:watch, prefix?, since_revision?} -> {ok, prefix, revision, compact_revision} (error code compacted with compact_revision when since_revision < compact_revision); {op:unwatch, prefix?} -> {ok, prefix}; {op:ping} -> {ok, pong}. A request that fails is answered {id, error:{code, message, ...}}; a frame that is not a valid request (unknown op, missing or unknown field, not JSON) with code bad_request and its id (null when none could be read). Server to client: {type:event, channel, offset, ts_ms, data}; {type:recovered, channel, from, to, complete} after a catch-up requested with since (complete:false when events after since were trimmed by retention); {type:kv, event:put|delete, key, revision, value (base64, null for delete), prefix}; {type:error, error:{code, message, ...}}. Catch-up is paced (ws_catch_up_events_per_sec, default 10000, and at most half the send queue); a client whose send queue passes ws_send_buffer_bytes (default 4 MiB) gets {type:error, error:{code:slow_consumer, limit_bytes}} and close code 1008, and resumes with since. On shutdown: error going_away and close 1001. The server pings every ws.ping_interval_ms (default 15000); a connection from which nothing arrives (no message, no pong) for ws.idle_timeout_ms (default 45000) gets {type:error, error:{code:idle_timeout, limit_ms}} and close 1001. A publish while ws.max_pending_publishes (default 256) publishes of the connection wait for their write is refused with rate_limited (limit, and setting ws.max_pending_publishes). More than ws_max_connections (default 10000) connections: 503.",
     params(
         ("client_id" = Option<String>, Query, description = "default: random; used for presence"),
     ),
@@ -253,6 +253,8 @@ const REVISION_EVENTS_MAX: usize = 2 * super::txn::TXN_OPS_MAX;
 enum Closing {
     GoingAway,
     SlowConsumer,
+    /// Nothing arrived for this many milliseconds (`ws.idle_timeout_ms`).
+    IdleTimeout(u64),
 }
 
 impl Closing {
@@ -261,6 +263,7 @@ impl Closing {
         let (code, reason) = match self {
             Closing::GoingAway => (1001, "server shutting down"),
             Closing::SlowConsumer => (1008, "slow consumer"),
+            Closing::IdleTimeout(_) => (1001, "idle timeout"),
         };
         CloseFrame {
             code,
@@ -277,6 +280,11 @@ impl Closing {
                 format!("the connection's send queue passed {limit} bytes; reconnect and resume each channel from its last offset"),
             )
             .with("limit_bytes", limit),
+            Closing::IdleTimeout(ms) => ApiError::new(
+                ErrorCode::IdleTimeout,
+                format!("nothing arrived from the client (no message, no pong) for {ms} ms (ws.idle_timeout_ms)"),
+            )
+            .with("limit_ms", ms),
         }
     }
 }
@@ -297,6 +305,10 @@ struct Conn {
     source: String,
     /// The bucket of messages the client may send (`rate.ws_messages_per_sec`).
     messages: Option<governor::DefaultDirectRateLimiter>,
+    /// One permit per publish waiting for its write (`ws.max_pending_publishes`): each runs
+    /// in a task of its own, so the connection keeps delivering meanwhile, and this bounds
+    /// how many tasks a client can make.
+    publishes: Arc<tokio::sync::Semaphore>,
 }
 
 async fn run(
@@ -323,6 +335,9 @@ async fn run(
         acl_checked: 0,
         messages: st.rate.ws_messages(),
         source,
+        publishes: Arc::new(tokio::sync::Semaphore::new(
+            st.cluster.config().ws.max_pending_publishes,
+        )),
     };
     match conn.serve(stream, feed, &mut writer).await {
         Some(closing) => close(&out, closing, writer).await,
@@ -407,15 +422,31 @@ impl Conn {
         let mut recheck = tokio::time::interval(AUTH_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.st.hub.shutdown.clone();
+        // Pings keep a healthy client talking (it answers each with a pong); a connection
+        // from which nothing arrives for the idle timeout is closed.
+        let (ping_ms, idle_ms) = {
+            let ws = &self.st.cluster.config().ws;
+            (ws.ping_interval_ms, ws.idle_timeout_ms)
+        };
+        let mut ping = tokio::time::interval(Duration::from_millis(ping_ms));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.reset();
+        let idle = tokio::time::sleep(Duration::from_millis(idle_ms));
+        tokio::pin!(idle);
         loop {
             let catching_up = self.subs.values().any(|s| s.catch_up.is_some())
                 || self.watches.values().any(|w| w.catching_up);
             tokio::select! {
                 _ = shutdown.cancelled() => return Some(Closing::GoingAway),
                 _ = &mut *writer => return None,
-                frame = stream.next() => if !self.frame(frame).await {
-                    return None;
+                frame = stream.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(idle_ms));
+                    if !self.frame(frame).await {
+                        return None;
+                    }
                 },
+                _ = ping.tick() => self.out.enqueue(Message::Ping(Default::default()), 0),
+                _ = &mut idle => return Some(Closing::IdleTimeout(idle_ms)),
                 batch = feed.recv() => if !self.batch(batch) {
                     return Some(Closing::GoingAway);
                 },
@@ -735,10 +766,20 @@ impl Conn {
         if data.is_null() {
             return Err(ApiError::bad_request("publish needs data"));
         }
+        let Ok(permit) = self.publishes.clone().try_acquire_owned() else {
+            let max = self.st.cluster.config().ws.max_pending_publishes;
+            return Err(ApiError::limited(format!(
+                "{max} publishes of this connection already wait for their write \
+                 (ws.max_pending_publishes); wait for their answers"
+            ))
+            .with("limit", max)
+            .with("setting", "ws.max_pending_publishes"));
+        };
         let command = super::channels::publish_command(&self.st, channel, &data)?;
         let st = self.st.clone();
         let out = self.out.clone();
         self.st.hub.spawn(async move {
+            let _permit = permit;
             match crate::service::propose(&st.cluster, command, None).await {
                 Ok(ChannelResult::Published { offset }) => {
                     out.reply(id, ReplyBody::Published { offset })

@@ -128,6 +128,13 @@ pub enum QueueCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Delete an idle queue (no jobs, no schedules), so it no longer counts against
+    /// limits.max_queues.
+    Delete {
+        queue: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Remove a cron schedule.
     Unschedule {
         queue: String,
@@ -266,6 +273,9 @@ async fn run_queue_op(cmd: QueueCmd) -> anyhow::Result<()> {
             name,
             target,
         } => print_json(&target.client()?.schedule_delete(&queue, &name).await?),
+        QueueCmd::Delete { queue, target } => {
+            print_json(&target.client()?.queue_delete(&queue).await?)
+        }
         QueueCmd::Schedules { queue, target } => {
             print_json(&target.client()?.schedules(&queue).await?)
         }

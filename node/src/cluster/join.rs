@@ -197,7 +197,7 @@ impl Cluster {
     pub async fn create_join_token(
         &self,
         ttl_ms: u64,
-    ) -> Result<(String, String, u64), ServiceError> {
+    ) -> Result<(String, String, u64), WriteError> {
         let token = transport::tls::new_join_token(self.tls.ca_fingerprint());
         let token_sha256 = transport::tls::token_digest(&token);
         let id = raft::state::token_id(&token_sha256).to_string();

@@ -38,10 +38,38 @@ impl Cluster {
                 last_promote_check = Instant::now();
                 self.promote_caught_up_learner().await;
                 self.compact_kv_history().await;
+                self.sync_limits().await;
                 if self.config.autopilot.replace_dead {
                     self.replace_dead_voter().await;
                 }
             }
+        }
+    }
+
+    /// Puts this node's `limits` settings (the storage quota and the count limits) in force
+    /// when the replicated ones differ: they are decided in apply, so they must be one set of
+    /// figures on every replica, and the leader's configuration sets them (set the same on
+    /// every node).
+    pub(super) async fn sync_limits(&self) {
+        let l = &self.config.limits;
+        let want = raft::state::ClusterLimits {
+            quota_bytes: l.quota_bytes,
+            max_keys: l.max_keys,
+            max_queues: l.max_queues,
+            max_jobs_per_queue: l.max_jobs_per_queue,
+            max_schedules: l.max_schedules,
+            max_channels: l.max_channels,
+            max_sessions_per_user: l.max_sessions_per_user,
+            max_tokens: l.max_tokens,
+            max_join_tokens: l.max_join_tokens,
+            max_lock_waiters: l.max_lock_waiters,
+        };
+        if *self.state.read().expect("state lock").limits() == want {
+            return;
+        }
+        match self.write(ClusterCmd::SetLimits(want), None).await {
+            Ok(_) => info!(limits = ?want, "cluster limits set"),
+            Err(e) => warn!(error = %e, "cluster limits proposal failed"),
         }
     }
 

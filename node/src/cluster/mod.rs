@@ -131,6 +131,8 @@ pub struct Cluster {
     autopilot_totals: Mutex<BTreeMap<&'static str, u64>>,
     reads: ReadBatcher,
     audit: Arc<crate::audit::AuditLog>,
+    /// The long-poll claims this node is proposing after a wait, per queue.
+    pub(crate) claims: crate::service::queues::ClaimGate,
     /// This node's permits of in-flight requests and of WebSocket connections, from which its
     /// own load is read fresh (set once by the gossip feed).
     load: std::sync::OnceLock<(Arc<Semaphore>, Arc<Semaphore>)>,
@@ -169,6 +171,7 @@ impl Cluster {
             autopilot_totals: Mutex::new(BTreeMap::new()),
             reads: ReadBatcher::default(),
             audit: Arc::new(crate::audit::AuditLog::new(id)),
+            claims: Default::default(),
             load: std::sync::OnceLock::new(),
         })
     }
@@ -249,17 +252,36 @@ impl Cluster {
     pub async fn wait_for_state<T>(
         &self,
         deadline: Instant,
+        check: impl FnMut(&State) -> Option<T>,
+    ) -> Result<Option<T>, ServiceError> {
+        self.wait_for_state_or(deadline, &tokio::sync::Notify::new(), check)
+            .await
+    }
+
+    /// [`wait_for_state`](Self::wait_for_state), with `check` also run each time `woken` is
+    /// notified (for what changes outside the state).
+    pub async fn wait_for_state_or<T>(
+        &self,
+        deadline: Instant,
+        woken: &tokio::sync::Notify,
         mut check: impl FnMut(&State) -> Option<T>,
     ) -> Result<Option<T>, ServiceError> {
         let mut applied = self.raft.metrics();
         loop {
+            let notified = woken.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if let Some(found) = check(&self.state.read().expect("state lock")) {
                 return Ok(Some(found));
             }
-            match tokio::time::timeout_at(deadline, applied.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(ServiceError::Unavailable("shutting down".into())),
-                Err(_) => return Ok(None),
+            tokio::select! {
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return Err(ServiceError::Unavailable("shutting down".into()));
+                    }
+                }
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
             }
         }
     }

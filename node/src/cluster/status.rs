@@ -9,7 +9,8 @@ use transport::{MemberReach, PeerView};
 
 use super::{load_avg_1m, Cluster};
 use crate::api::model::{
-    AuthMode, Autopilot, AutopilotAction, ClusterStatus, Load, Member, MemberRole,
+    Alarm, AuthMode, Autopilot, AutopilotAction, ClusterStatus, Load, Member, MemberRole,
+    StorageUse,
 };
 
 /// How the leader reaches one member: reachable within the contact window, the age of its
@@ -42,13 +43,22 @@ impl Cluster {
                 self.member(*id, node, role, &local, self.leader_view(&reach, *id))
             })
             .collect();
-        let (cluster_id, revision, compact_revision) = {
+        let (cluster_id, revision, compact_revision, storage) = {
             let s = self.state();
             (
                 s.meta.cluster_id.clone(),
                 s.meta.revision,
                 s.compact_revision(),
+                StorageUse {
+                    data_bytes: s.data_bytes(),
+                    quota_bytes: s.quota_bytes(),
+                },
             )
+        };
+        let alarms = if storage.quota_bytes > 0 && storage.data_bytes >= storage.quota_bytes {
+            vec![Alarm::Nospace]
+        } else {
+            Vec::new()
         };
         let view = super::RaftView::of(&m);
         ClusterStatus {
@@ -64,6 +74,8 @@ impl Cluster {
             compact_revision,
             members,
             autopilot: self.autopilot_status(),
+            alarms,
+            storage,
             auth: if self.config().api.insecure_no_auth {
                 AuthMode::Off
             } else {

@@ -16,6 +16,18 @@ pub enum WriteError {
     /// or, for a key of an earlier build, its remembered answer is of another kind).
     #[error("the Idempotency-Key was first used for a different request")]
     IdempotencyMismatch,
+    /// The write would grow the state while the storage quota is reached; nothing was
+    /// applied.
+    #[error("the storage quota is reached ({used_bytes} of {quota_bytes} bytes)")]
+    QuotaExceeded { used_bytes: u64, quota_bytes: u64 },
+    /// The write would make one more of something the cluster holds its limit of; nothing
+    /// was applied.
+    #[error("{limit} reached: the cluster holds {max} {what}")]
+    LimitReached {
+        limit: String,
+        max: u64,
+        what: String,
+    },
 }
 
 impl From<WriteError> for ServiceError {
@@ -32,6 +44,16 @@ pub(super) fn typed<P: Proposal>(response: Response) -> Result<P::Output, WriteE
     P::output(response).map_err(|other| match other {
         Response::StaleFence { current } => WriteError::StaleFence { current },
         Response::IdempotencyMismatch => WriteError::IdempotencyMismatch,
+        Response::QuotaExceeded {
+            used_bytes,
+            quota_bytes,
+        } => WriteError::QuotaExceeded {
+            used_bytes,
+            quota_bytes,
+        },
+        Response::LimitReached { limit, max, what } => {
+            WriteError::LimitReached { limit, max, what }
+        }
         // A key of an earlier build (no fingerprint) remembered an answer of another kind.
         _ => WriteError::IdempotencyMismatch,
     })

@@ -468,6 +468,14 @@ impl Acl {
         self.tokens.get(accessor_id)
     }
 
+    pub(super) fn token_count(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub(super) fn has_token(&self, accessor_id: &str) -> bool {
+        self.tokens.contains_key(accessor_id)
+    }
+
     pub fn tokens(&self) -> impl Iterator<Item = &Token> {
         self.tokens.values().map(|t| &**t)
     }

@@ -596,6 +596,10 @@ impl Channels {
             .count() as u64
     }
 
+    pub(super) fn has_channel(&self, name: &str) -> bool {
+        self.channels.contains_key(name)
+    }
+
     pub(super) fn channel_count(&self) -> usize {
         self.channels.len()
     }

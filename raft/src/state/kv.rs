@@ -105,6 +105,14 @@ pub(super) struct Kv {
     history: BTreeMap<(u64, String), Option<Vec<u8>>>,
     /// Events at or below this revision have been dropped.
     compact_revision: u64,
+    /// Bytes of the keys and values held (not their history): what the storage quota
+    /// counts. Kept as entries come and go, recounted on load.
+    bytes: u64,
+}
+
+/// What one entry counts towards the storage quota.
+fn entry_bytes(key: &str, entry: &KvEntry) -> u64 {
+    (key.len() + entry.value.len()) as u64
 }
 
 fn history_key(revision: u64, key: &str) -> Vec<u8> {
@@ -122,6 +130,7 @@ impl Part for Kv {
             if let Some(at) = entry.expires_at_ms {
                 kv.ttl.insert(at, key.clone());
             }
+            kv.bytes += entry_bytes(&key, &entry);
             kv.entries.insert(key, entry);
         }
         for (k, v) in db.sm_scan_prefix(HISTORY_PREFIX)? {
@@ -360,7 +369,10 @@ impl Kv {
             self.ttl.insert(at, key.to_string());
         }
         put_record(batch, prefixed(PREFIX, key), &entry);
-        self.entries.insert(key.to_string(), entry);
+        self.bytes += entry_bytes(key, &entry);
+        if let Some(old) = self.entries.insert(key.to_string(), entry) {
+            self.bytes -= entry_bytes(key, &old);
+        }
         self.record(revision, key, Some(value), batch);
     }
 
@@ -369,6 +381,7 @@ impl Kv {
         let Some(old) = self.entries.remove(key) else {
             return false;
         };
+        self.bytes -= entry_bytes(key, &old);
         if let Some(at) = old.expires_at_ms {
             self.ttl.remove(at, &key.to_string());
         }
@@ -413,6 +426,11 @@ impl Kv {
 
     pub(super) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Bytes of the keys and values held.
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
     }
 }
 

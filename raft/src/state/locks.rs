@@ -128,6 +128,11 @@ impl Primitive for Locks {
 }
 
 impl Locks {
+    /// Callers queued for any lock.
+    pub(super) fn waiter_count(&self) -> usize {
+        self.entries.values().map(|e| e.waiters.len()).sum()
+    }
+
     /// The current fence of `name`, if held.
     pub(super) fn current_fence(&self, name: &str) -> Option<u64> {
         self.entries

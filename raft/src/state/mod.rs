@@ -63,11 +63,11 @@ pub use kv::{Compacted, KvEntry, KvEvent, KvEventKind, COMPACT_KEY};
 pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
     next_fire_ms, Job, JobListState, JobState, QueueStats, Schedule, BACKOFF_MAX_MS,
-    CRON_CATCH_UP_MAX,
+    CRON_CATCH_UP_MAX, CRON_HORIZON_DAYS,
 };
 pub use security::{
-    token_id, Security, EXPIRED_TOKEN_KEPT_MS, FOUNDER, NODE_KEYS_KEY, REVOKED_TOKENS_KEY,
-    SECURITY_KEY,
+    token_id, ClusterLimits, Security, EXPIRED_TOKEN_KEPT_MS, FOUNDER, NODE_KEYS_KEY,
+    REVOKED_TOKENS_KEY, SECURITY_KEY,
 };
 pub use semaphores::{
     SemaphoreEntry, SemaphoreLease, SemaphoreWaiter, MAX_HOLDERS_PER_SEMAPHORE,
@@ -81,8 +81,8 @@ pub use sessions::SessionEntry;
 
 use crate::codec;
 use crate::command::{
-    Command, Compare, Guarded, IdemKey, NotNested, Op, OpResponse, Request, Response, Txn,
-    TxnResult,
+    Additions, Adds, Command, Compare, Grows, Guarded, IdemKey, NotNested, Op, OpResponse, Request,
+    Response, Txn, TxnResult,
 };
 use crate::types::TypeConfig;
 use primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
@@ -164,6 +164,141 @@ parts! {
     security: Security,
     acl: acl::Acl,
     idem: Idempotency,
+}
+
+impl Parts {
+    /// The refusal of a command that would pass a count limit in force, if any. The writes
+    /// of a transaction count together.
+    fn limit_refusal(&self, command: &Command, now: u64) -> Option<Response> {
+        use std::collections::{BTreeMap, BTreeSet};
+        let limits = &self.security.limits;
+        if *limits
+            == (ClusterLimits {
+                quota_bytes: limits.quota_bytes,
+                ..Default::default()
+            })
+        {
+            return None;
+        }
+        let mut adds = Vec::new();
+        command.additions(&mut adds);
+        if adds.is_empty() {
+            return None;
+        }
+        let mut keys = BTreeSet::new();
+        let mut queues = BTreeSet::new();
+        let mut jobs: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut schedules = BTreeSet::new();
+        let mut channels = BTreeSet::new();
+        let mut sessions: BTreeMap<&str, usize> = BTreeMap::new();
+        let (mut tokens, mut join_tokens, mut waiters) = (BTreeSet::new(), 0, 0);
+        for add in adds {
+            match add {
+                Adds::Key(k) if self.kv.revision_of(k) == 0 => {
+                    keys.insert(k);
+                }
+                Adds::Key(_) => {}
+                Adds::Job { queue } => {
+                    *jobs.entry(queue).or_default() += 1;
+                    if !self.queues.has_queue(queue) {
+                        queues.insert(queue);
+                    }
+                }
+                Adds::Schedule { queue, name } if !self.queues.has_schedule(queue, name) => {
+                    schedules.insert((queue, name));
+                }
+                Adds::Schedule { .. } => {}
+                Adds::Channel(c) if !self.channels.has_channel(c) => {
+                    channels.insert(c);
+                }
+                Adds::Channel(_) => {}
+                Adds::Session { user } => *sessions.entry(user).or_default() += 1,
+                Adds::Token { accessor_id } if !self.acl.has_token(accessor_id) => {
+                    tokens.insert(accessor_id);
+                }
+                Adds::Token { .. } => {}
+                Adds::JoinToken => join_tokens += 1,
+                // Only an acquire of a held lock queues its caller.
+                Adds::LockWaiter { lock } if self.locks.current_fence(lock).is_some() => {
+                    waiters += 1
+                }
+                Adds::LockWaiter { .. } => {}
+            }
+        }
+        let over = |max: u64, have: usize, adding: usize| {
+            max > 0 && adding > 0 && (have + adding) as u64 > max
+        };
+        let refuse = |limit: &str, max: u64, what: String| {
+            Some(Response::LimitReached {
+                limit: limit.to_string(),
+                max,
+                what,
+            })
+        };
+        if over(limits.max_keys, self.kv.len(), keys.len()) {
+            return refuse("limits.max_keys", limits.max_keys, "keys".into());
+        }
+        if over(limits.max_queues, self.queues.queue_count(), queues.len()) {
+            return refuse("limits.max_queues", limits.max_queues, "queues".into());
+        }
+        for (queue, n) in jobs {
+            if over(limits.max_jobs_per_queue, self.queues.job_count(queue), n) {
+                let what = format!("jobs in queue {queue:?}");
+                return refuse("limits.max_jobs_per_queue", limits.max_jobs_per_queue, what);
+            }
+        }
+        if over(
+            limits.max_schedules,
+            self.queues.schedule_count(),
+            schedules.len(),
+        ) {
+            return refuse(
+                "limits.max_schedules",
+                limits.max_schedules,
+                "schedules".into(),
+            );
+        }
+        if over(
+            limits.max_channels,
+            self.channels.channel_count(),
+            channels.len(),
+        ) {
+            return refuse(
+                "limits.max_channels",
+                limits.max_channels,
+                "channels".into(),
+            );
+        }
+        for (user, n) in sessions {
+            if over(
+                limits.max_sessions_per_user,
+                self.sessions.count_of(user),
+                n,
+            ) {
+                let what = format!("sessions of user {user:?}");
+                let max = limits.max_sessions_per_user;
+                return refuse("limits.max_sessions_per_user", max, what);
+            }
+        }
+        if over(limits.max_tokens, self.acl.token_count(), tokens.len()) {
+            return refuse("limits.max_tokens", limits.max_tokens, "tokens".into());
+        }
+        if join_tokens > 0
+            && over(
+                limits.max_join_tokens,
+                self.security.live_join_tokens(now),
+                join_tokens,
+            )
+        {
+            let what = "unexpired join tokens".into();
+            return refuse("limits.max_join_tokens", limits.max_join_tokens, what);
+        }
+        if waiters > 0 && over(limits.max_lock_waiters, self.locks.waiter_count(), waiters) {
+            let what = "callers waiting for locks".into();
+            return refuse("limits.max_lock_waiters", limits.max_lock_waiters, what);
+        }
+        None
+    }
 }
 
 /// The whole replicated state, in memory.
@@ -344,6 +479,7 @@ impl State {
     /// Applies one request and records its writes in `batch`.
     pub fn apply(&mut self, req: &Request, batch: &mut SmBatch) -> Response {
         self.meta.now_ms = self.meta.now_ms.max(req.stamp_ms);
+        let now = self.meta.now_ms;
         let mut cx = Cx::new(&mut self.meta, batch, &mut self.live);
         self.parts.expire(&mut cx);
 
@@ -355,6 +491,22 @@ impl State {
             if let Some(answer) = self.parts.idem.answer(key) {
                 return answer;
             }
+        }
+        // The quota and the bytes held are replicated state, so every replica refuses the
+        // same writes. The refusal is not remembered under the key: a retry once there is
+        // room applies.
+        let (used_bytes, quota_bytes) = (
+            self.parts.kv.bytes(),
+            self.parts.security.limits.quota_bytes,
+        );
+        if quota_bytes > 0 && used_bytes >= quota_bytes && Grows::grows(&req.command) {
+            return Response::QuotaExceeded {
+                used_bytes,
+                quota_bytes,
+            };
+        }
+        if let Some(refusal) = self.parts.limit_refusal(&req.command, now) {
+            return refusal;
         }
         let response = match &req.command {
             Command::Idempotent { command, .. } => self.parts.apply(&**command, &mut cx),
@@ -418,6 +570,28 @@ impl State {
     /// Number of key-value history events kept.
     pub fn kv_history_len(&self) -> usize {
         self.parts.kv.history_len()
+    }
+
+    /// Bytes of data held, as the storage quota counts them: the keys and values of the
+    /// key-value state (not their history).
+    pub fn data_bytes(&self) -> u64 {
+        self.parts.kv.bytes()
+    }
+
+    /// The storage quota in force, in bytes (0: none).
+    pub fn quota_bytes(&self) -> u64 {
+        self.parts.security.limits.quota_bytes
+    }
+
+    /// The cluster-wide limits in force.
+    pub fn limits(&self) -> &ClusterLimits {
+        &self.parts.security.limits
+    }
+
+    /// Whether the `NOSPACE` alarm is raised: the data held reached the quota, and writes
+    /// that grow the state are refused until it is under again.
+    pub fn nospace(&self) -> bool {
+        self.quota_bytes() > 0 && self.data_bytes() >= self.quota_bytes()
     }
 
     /// Number of keys (including expired ones not yet removed).
@@ -2053,5 +2227,115 @@ mod channel_tests {
         );
         assert_eq!(r.presence("a"), s.presence("a"));
         assert_eq!(r.next_deadline_ms(), s.next_deadline_ms());
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+    use crate::command::*;
+
+    fn put(key: &str, len: usize) -> Command {
+        Command::Kv(KvCmd::Put {
+            key: key.into(),
+            value: vec![7; len],
+            if_revision: None,
+            ttl_ms: None,
+        })
+    }
+
+    #[test]
+    fn growth_is_refused_at_the_quota_the_same_on_every_replica_and_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let entries = [
+            Command::Cluster(ClusterCmd::SetLimits(ClusterLimits {
+                quota_bytes: 250,
+                ..Default::default()
+            })),
+            put("a", 99), // 100 bytes
+            put("b", 99), // 200
+            put("a", 49), // an overwrite: 150
+            put("c", 99), // 250: the quota is reached by this write
+            put("d", 1),  // refused
+            Command::Kv(KvCmd::Delete {
+                key: "b".into(),
+                if_revision: None,
+            }), // 150
+            put("e", 9),  // 160: accepted again
+        ];
+        let mut replicas = [State::default(), State::default()];
+        let mut answers = [Vec::new(), Vec::new()];
+        for (i, command) in entries.iter().enumerate() {
+            for (r, s) in replicas.iter_mut().enumerate() {
+                let mut batch = SmBatch::default();
+                let req = Request {
+                    stamp_ms: 1_000 + i as u64,
+                    idempotency_key: None,
+                    command: command.clone(),
+                };
+                answers[r].push(s.apply(&req, &mut batch));
+                if r == 0 {
+                    s.persist_meta(&mut batch);
+                    db.sm_write(batch).unwrap();
+                }
+            }
+        }
+        assert_eq!(answers[0], answers[1], "replicas decide alike");
+        assert_eq!(
+            answers[0][5],
+            Response::QuotaExceeded {
+                used_bytes: 250,
+                quota_bytes: 250
+            }
+        );
+        assert!(matches!(answers[0][7], Response::Kv(KvResult::Put { .. })));
+        let s = &replicas[0];
+        assert_eq!(
+            (s.data_bytes(), s.quota_bytes(), s.nospace()),
+            (160, 250, false)
+        );
+        let reloaded = State::load(&db).unwrap();
+        assert_eq!(reloaded.data_bytes(), 160, "recounted from the records");
+        assert_eq!(reloaded.quota_bytes(), 250);
+    }
+
+    #[test]
+    fn only_commands_that_grow_the_state_are_refused() {
+        let mut s = State::default();
+        let run = |s: &mut State, command: Command| {
+            s.apply(&super::tests::req(1_000, command), &mut SmBatch::default())
+        };
+        let limits = ClusterLimits {
+            quota_bytes: 10,
+            ..Default::default()
+        };
+        run(&mut s, Command::Cluster(ClusterCmd::SetLimits(limits)));
+        run(&mut s, put("k", 20));
+        assert!(s.nospace());
+        let refused = |r: &Response| matches!(r, Response::QuotaExceeded { .. });
+        assert!(refused(&run(&mut s, put("k2", 1))));
+        let txn = Command::Txn(Txn {
+            compare: vec![],
+            success: vec![Command::Kv(KvCmd::Put {
+                key: "t".into(),
+                value: vec![1],
+                if_revision: None,
+                ttl_ms: None,
+            })],
+            failure: vec![],
+        });
+        assert!(refused(&run(&mut s, txn)));
+        for passes in [
+            Command::Tick,
+            Command::Kv(KvCmd::Compact { revision: 1 }),
+            Command::Kv(KvCmd::Delete {
+                key: "k".into(),
+                if_revision: None,
+            }),
+        ] {
+            assert!(!refused(&run(&mut s, passes)));
+        }
+        assert!(!s.nospace());
     }
 }

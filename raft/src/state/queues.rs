@@ -9,8 +9,11 @@
 //!
 //! Cron schedules fire inside apply: every due time at or before the replicated clock enqueues
 //! one job, so a due time fires once whichever node leads. After downtime, missed due times
-//! fire one job each, at most [`CRON_CATCH_UP_MAX`] of them (the most recent); older ones are
-//! skipped.
+//! fire one job each, at most [`CRON_CATCH_UP_MAX`] of them (the most recent, found by searching
+//! backwards from now, so the work is bounded by the cap however long the downtime); older
+//! ones are skipped. An expression must have a due time within [`CRON_HORIZON_DAYS`]: one
+//! that has none is refused when set, and a schedule whose next due time is further away is
+//! dropped.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,6 +84,11 @@ pub enum QueueCmd {
         queue: String,
         ids: Option<Vec<u64>>,
     },
+    /// Forgets an idle queue (no job in any state, no schedule), its count of completed jobs
+    /// with it, so it no longer counts against `limits.max_queues`.
+    DeleteQueue {
+        queue: String,
+    },
 }
 
 /// A job to enqueue. `run_at_ms` wins over `delay_ms`; neither means now.
@@ -144,6 +152,11 @@ pub enum QueueResult {
     },
     /// The command cannot apply (e.g. a cron expression that never fires).
     Rejected(String),
+    /// The queue is not idle: it holds `jobs` jobs and `schedules` schedules.
+    NotIdle {
+        jobs: u64,
+        schedules: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,17 +280,85 @@ fn schedule_key(queue: &str, name: &str) -> Vec<u8> {
     k
 }
 
-/// The next fire time of `cron` strictly after `after_ms` (UTC), if any.
+/// Days ahead in which a cron expression must have a due time: one that has none is taken
+/// as never firing (refused when set, dropped when it runs out). Ten years covers every
+/// yearly, leap-day and weekday-of-date rule while keeping the check to a few thousand day
+/// tests; without it croner would search up to the year 5000 for an expression that never
+/// fires (`0 0 30 2 *`), on the node that validates it and again on every replica.
+pub const CRON_HORIZON_DAYS: u32 = 3653;
+
+/// Parses a cron expression (5 or 6 fields, UTC).
+pub fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
+    croner::Cron::from_str(cron).map_err(|e| format!("bad cron expression: {e}"))
+}
+
+/// The next fire time of `cron` strictly after `after_ms` (UTC), if any within
+/// [`CRON_HORIZON_DAYS`].
 pub fn next_fire_ms(cron: &str, after_ms: u64) -> Result<Option<u64>, String> {
-    let cron = croner::Cron::from_str(cron).map_err(|e| format!("bad cron expression: {e}"))?;
+    Ok(next_fire(&parse_cron(cron)?, after_ms))
+}
+
+/// [`next_fire_ms`] of a parsed expression. Days are tested first (a few thousand cheap
+/// checks); croner searches for the time only once a day within the horizon is known to hold
+/// one, so its search ends there.
+fn next_fire(cron: &croner::Cron, after_ms: u64) -> Option<u64> {
+    use chrono::{Datelike, Timelike};
     // Cron has whole seconds: start from the second `after_ms` falls in.
-    let Some(start) = chrono::DateTime::from_timestamp((after_ms / 1000) as i64, 0) else {
-        return Ok(None);
-    };
-    Ok(cron
-        .find_next_occurrence(&start, false)
+    let start = chrono::DateTime::from_timestamp((after_ms / 1000) as i64, 0)?;
+    let p = &cron.pattern;
+    let last = |n: u32, m: &dyn Fn(u32) -> bool| (0..n).rev().find(|&v| m(v));
+    // The latest time of day the expression fires at: fields are independent, so it is the
+    // latest hour, minute and second each allows.
+    let latest = (
+        last(24, &|h| p.hour_match(h).unwrap_or(false))?,
+        last(60, &|m| p.minute_match(m).unwrap_or(false))?,
+        last(60, &|s| p.second_match(s).unwrap_or(false))?,
+    );
+    let now = (start.hour(), start.minute(), start.second());
+    let mut day = start.date_naive();
+    let mut found = false;
+    for i in 0..CRON_HORIZON_DAYS {
+        let fires = p.year_match(day.year()).unwrap_or(false)
+            && p.month_match(day.month()).unwrap_or(false)
+            && p.day_match(day.year(), day.month(), day.day())
+                .unwrap_or(false);
+        if fires && (i > 0 || latest > now) {
+            found = true;
+            break;
+        }
+        day = day.succ_opt()?;
+    }
+    if !found {
+        return None;
+    }
+    cron.find_next_occurrence(&start, false)
         .ok()
-        .map(|t| t.timestamp_millis().max(0) as u64))
+        .map(|t| t.timestamp_millis().max(0) as u64)
+}
+
+/// The due times of `cron` from `first_ms` (a due time) to `now_ms`, the most recent
+/// [`CRON_CATCH_UP_MAX`] of them, oldest first. Searched backwards from `now_ms`, so the cost
+/// is bounded by the cap, not by how long the schedule was missed.
+fn due_times(cron: &croner::Cron, first_ms: u64, now_ms: u64) -> Vec<u64> {
+    let mut due = Vec::new();
+    let Some(mut at) = chrono::DateTime::from_timestamp((now_ms / 1000) as i64, 0) else {
+        return due;
+    };
+    let mut inclusive = true;
+    while due.len() < CRON_CATCH_UP_MAX {
+        let Ok(t) = cron.find_previous_occurrence(&at, inclusive) else {
+            break;
+        };
+        let ms = t.timestamp_millis().max(0) as u64;
+        if ms < first_ms {
+            break;
+        }
+        due.push(ms);
+        at = t;
+        inclusive = false;
+    }
+    due.reverse();
+    due
 }
 
 /// The retry delay after the `attempt`-th claim failed: `backoff_ms · 2^(attempt-1)`.
@@ -388,6 +469,7 @@ impl Primitive for Queues {
             }
             QueueCmd::ScheduleDelete { queue, name } => self.delete_schedule(queue, name, batch),
             QueueCmd::DeleteDead { queue, ids } => self.delete_dead(queue, ids.as_deref(), batch),
+            QueueCmd::DeleteQueue { queue } => self.delete_queue(queue, batch),
         }
     }
 
@@ -397,6 +479,24 @@ impl Primitive for Queues {
 }
 
 impl Queues {
+    fn delete_queue(&mut self, queue: &str, batch: &mut SmBatch) -> QueueResult {
+        if !self.queues.contains_key(queue) {
+            return QueueResult::NotFound;
+        }
+        let jobs = self.job_count(queue) as u64;
+        let schedules = self
+            .schedules
+            .range((queue.to_string(), String::new())..)
+            .take_while(|((q, _), _)| q == queue)
+            .count() as u64;
+        if jobs > 0 || schedules > 0 {
+            return QueueResult::NotIdle { jobs, schedules };
+        }
+        self.queues.remove(queue);
+        batch.delete(prefixed(QUEUE_PREFIX, queue));
+        QueueResult::Count(1)
+    }
+
     /// Adds `job` to the indexes; a waiting job is ready once due at `now`.
     fn index(&mut self, id: u64, job: &Job, now: u64) {
         let q = self.queues.entry(job.queue.clone()).or_default();
@@ -710,7 +810,11 @@ impl Queues {
         // Due times are computed here, on the replicated clock, never by the proposer.
         match next_fire_ms(&s.cron, now) {
             Ok(Some(at)) => s.next_at_ms = at,
-            Ok(None) => return QueueResult::Rejected("the cron expression never fires".into()),
+            Ok(None) => {
+                return QueueResult::Rejected(format!(
+                    "the cron expression has no due time in the next {CRON_HORIZON_DAYS} days"
+                ))
+            }
             Err(e) => return QueueResult::Rejected(e),
         }
         self.delete_schedule(queue, name, batch);
@@ -743,22 +847,15 @@ impl Queues {
         let mut s = self.schedules.get(&key).cloned().expect("indexed schedule");
         self.schedule_due
             .remove(s.next_at_ms, &(queue.to_string(), name.to_string()));
-        // Every due time up to now, the most recent CRON_CATCH_UP_MAX of them.
-        let mut due = Vec::new();
-        let mut at = s.next_at_ms;
-        while at <= now {
-            due.push(at);
-            if due.len() > CRON_CATCH_UP_MAX {
-                due.remove(0);
-            }
-            match next_fire_ms(&s.cron, at) {
-                Ok(Some(next)) if next > at => at = next,
-                _ => {
-                    at = u64::MAX;
-                    break;
-                }
-            }
-        }
+        // Every due time up to now, the most recent CRON_CATCH_UP_MAX of them, and the next
+        // one: the expression is parsed once, and the search costs at most the cap.
+        let (due, at) = match parse_cron(&s.cron) {
+            Ok(cron) => (
+                due_times(&cron, s.next_at_ms, now),
+                next_fire(&cron, now).unwrap_or(u64::MAX),
+            ),
+            Err(_) => (Vec::new(), u64::MAX),
+        };
         for t in due {
             let e = Enqueue {
                 payload: s.payload.clone(),
@@ -793,6 +890,31 @@ impl Queues {
             dead: q.dead.len() as u64,
             completed: q.meta.completed,
         })
+    }
+
+    /// Queues known (a queue is known from its first job until it is deleted).
+    pub(super) fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub(super) fn has_queue(&self, queue: &str) -> bool {
+        self.queues.contains_key(queue)
+    }
+
+    /// Jobs a queue holds: ready, delayed, in flight and dead.
+    pub(super) fn job_count(&self, queue: &str) -> usize {
+        self.queues.get(queue).map_or(0, |q| {
+            q.ready.len() + q.delayed.len() + q.in_flight.len() + q.dead.len()
+        })
+    }
+
+    pub(super) fn schedule_count(&self) -> usize {
+        self.schedules.len()
+    }
+
+    pub(super) fn has_schedule(&self, queue: &str, name: &str) -> bool {
+        self.schedules
+            .contains_key(&(queue.to_string(), name.to_string()))
     }
 
     pub(super) fn queue_names(&self) -> Vec<String> {
@@ -857,5 +979,84 @@ impl Queues {
             .take_while(|((q, _), _)| q == queue)
             .map(|((_, n), s)| (n.clone(), s))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-01-01T00:00:00Z.
+    const JAN_2026_MS: u64 = 1_767_225_600_000;
+
+    #[test]
+    fn an_expression_that_never_fires_is_refused_after_a_bounded_search() {
+        // February 30th, November 31st: no such day in any year.
+        for never in ["0 0 30 2 *", "0 0 31 11 *", "0 0 0 31 2 *"] {
+            assert_eq!(next_fire_ms(never, JAN_2026_MS), Ok(None), "{never}");
+        }
+        // Rare but real: February 29th (next in 2028), and the 31st of every month.
+        let leap = next_fire_ms("0 12 29 2 *", JAN_2026_MS).unwrap().unwrap();
+        assert_eq!(leap, 1_835_438_400_000, "2028-02-29T12:00:00Z");
+        assert!(next_fire_ms("0 0 31 * *", JAN_2026_MS).unwrap().is_some());
+        assert!(next_fire_ms("not cron", JAN_2026_MS).is_err());
+    }
+
+    #[test]
+    fn the_last_due_time_of_today_counts_only_while_it_is_ahead() {
+        // Once a day at 10:00: at 09:59:59 the next is today, at 10:00:00 tomorrow.
+        let ten = JAN_2026_MS + 10 * 3_600_000;
+        assert_eq!(next_fire_ms("0 10 * * *", ten - 1_000), Ok(Some(ten)));
+        assert_eq!(
+            next_fire_ms("0 10 * * *", ten),
+            Ok(Some(ten + 24 * 3_600_000))
+        );
+    }
+
+    /// Every due time after `from_ms` up to `to_ms`, one forward step at a time (the obvious
+    /// way, to compare with).
+    fn forward(cron: &str, from_ms: u64, to_ms: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut at = next_fire_ms(cron, from_ms).unwrap();
+        while let Some(t) = at.filter(|t| *t <= to_ms) {
+            out.push(t);
+            at = next_fire_ms(cron, t).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn catch_up_finds_the_same_due_times_as_stepping_forward() {
+        for cron in [
+            "*/7 * * * * *",
+            "0 */5 * * * *",
+            "0 0 * * * *",
+            "30 15 10 * * MON",
+        ] {
+            let c = parse_cron(cron).unwrap();
+            let first = next_fire_ms(cron, JAN_2026_MS).unwrap().unwrap();
+            for span_ms in [0, 999, 60_000, 3_600_000, 14 * 86_400_000] {
+                if cron.starts_with('*') && span_ms > 3_600_000 {
+                    continue; // 170,000 steps forward: slow to compare with, nothing new
+                }
+                let now = first + span_ms;
+                let all = forward(cron, first - 1_000, now);
+                let recent = &all[all.len().saturating_sub(CRON_CATCH_UP_MAX)..];
+                assert_eq!(
+                    due_times(&c, first, now),
+                    recent,
+                    "{cron} over {span_ms} ms"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn catch_up_after_years_of_downtime_stays_capped() {
+        let c = parse_cron("* * * * * *").unwrap();
+        let ten_years = 10 * 365 * 86_400_000;
+        let due = due_times(&c, JAN_2026_MS, JAN_2026_MS + ten_years);
+        assert_eq!(due.len(), CRON_CATCH_UP_MAX);
+        assert_eq!(*due.last().unwrap(), JAN_2026_MS + ten_years);
     }
 }

@@ -55,6 +55,32 @@ pub enum ClusterCmd {
         /// SHA-256 of the node's public key (its certificate's SubjectPublicKeyInfo).
         key_sha256: [u8; 32],
     },
+    /// Puts the cluster's limits in force. Proposed by the leader when its `limits` settings
+    /// differ from those in force, so every replica decides with the same figures.
+    SetLimits(ClusterLimits),
+}
+
+/// The cluster-wide limits apply checks (0: none). Refusals: [`Response::QuotaExceeded`]
+/// past `quota_bytes`, [`Response::LimitReached`] past a count.
+///
+/// [`Response::QuotaExceeded`]: crate::command::Response::QuotaExceeded
+/// [`Response::LimitReached`]: crate::command::Response::LimitReached
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLimits {
+    /// Bytes of key-value keys and values past which growing writes are refused.
+    pub quota_bytes: u64,
+    pub max_keys: u64,
+    pub max_queues: u64,
+    pub max_jobs_per_queue: u64,
+    pub max_schedules: u64,
+    pub max_channels: u64,
+    pub max_sessions_per_user: u64,
+    /// Access-control tokens (`POST /v1/acl/tokens`).
+    pub max_tokens: u64,
+    /// Join tokens made after the founding one, counted until they expire.
+    pub max_join_tokens: u64,
+    /// Callers queued for locks, all locks together.
+    pub max_lock_waiters: u64,
 }
 
 /// The result of a [`ClusterCmd`].
@@ -106,7 +132,13 @@ pub struct Security {
     /// under [`NODE_KEYS_KEY`].
     #[serde(skip)]
     pub node_keys: BTreeMap<u64, [u8; 32]>,
+    /// The limits in force. Persisted under [`LIMITS_KEY`].
+    #[serde(skip)]
+    pub limits: ClusterLimits,
 }
+
+/// Where the limits in force are kept.
+pub const LIMITS_KEY: &[u8] = b"m:limits";
 
 impl Part for Security {
     fn load(db: &Db, _now_ms: u64) -> storage::Result<Self> {
@@ -120,6 +152,9 @@ impl Part for Security {
         if let Some(b) = db.sm_get(NODE_KEYS_KEY)? {
             s.node_keys = codec::decode(&b)?;
         }
+        if let Some(b) = db.sm_get(LIMITS_KEY)? {
+            s.limits = codec::decode(&b)?;
+        }
         Ok(s)
     }
 
@@ -132,6 +167,11 @@ impl Part for Security {
 }
 
 impl Security {
+    /// Join tokens that still admit nodes at `now`.
+    pub(super) fn live_join_tokens(&self, now: u64) -> usize {
+        self.join_tokens.values().filter(|at| **at > now).count()
+    }
+
     fn persist(&self, batch: &mut SmBatch) {
         put_record(batch, SECURITY_KEY.to_vec(), self);
     }
@@ -237,6 +277,11 @@ impl Primitive for Security {
                     Some(Revoked::Created) => ClusterResult::Done,
                     None => ClusterResult::NotFound,
                 }
+            }
+            ClusterCmd::SetLimits(limits) => {
+                self.limits = *limits;
+                put_record(cx.batch, LIMITS_KEY.to_vec(), limits);
+                ClusterResult::Done
             }
         }
     }

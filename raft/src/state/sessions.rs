@@ -223,6 +223,14 @@ impl Sessions {
         self.entries.get(id).filter(|e| e.expires_at_ms > now)
     }
 
+    pub(super) fn count_of(&self, user: &str) -> usize {
+        let start = (user.to_string(), String::new());
+        self.by_user
+            .range(start..)
+            .take_while(|(u, _)| u == user)
+            .count()
+    }
+
     pub(super) fn ids_of(&self, user: &str) -> Vec<String> {
         let start = (user.to_string(), String::new());
         self.by_user
