@@ -746,9 +746,9 @@ async fn stage_api(
     if let Some(addr) = config.gateway.addr {
         let stop = life.stop_accepting.clone();
         let tunnels = life.tasks.requests.clone();
+        let metrics = state.metrics.clone();
         let (_, serve) =
-            crate::gateway::bind(addr, cluster.clone(), state.metrics.clone(), tunnels, stop)
-                .await?;
+            crate::gateway::bind(addr, cluster.clone(), metrics, timeouts, tunnels, stop).await?;
         life.tasks.background.spawn(serve);
     }
     Ok((api_addr, state))

@@ -272,11 +272,17 @@ async fn every_gateway_reaches_every_instance_with_sticky_routes_websockets_and_
         json!({"service": "nothing", "host": "empty.test"}),
     )
     .await;
-    let (status, body) = through(&http, gw, Some("empty.test"), "/").await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (503, Some("unavailable"))
-    );
+    // Put through node 1, it applies on node 2 (whose gateway this is) a moment later.
+    wait_for(
+        "503 for a service without instances",
+        Duration::from_secs(5),
+        || async {
+            let (status, body) = through(&http, gw, Some("empty.test"), "/").await;
+            (status == 503 && body["error"]["code"] == "unavailable").then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let (status, _) = send(http.delete(format!("{}/v1/routes/web", c.bases[2]))).await;
     assert_eq!(status, 200);
     wait_for("the deleted route gone", Duration::from_secs(5), || async {

@@ -35,7 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use raft::state::{HashOn, Route};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use balance::{Picker, Upstream};
 
@@ -231,12 +231,14 @@ impl Gateway {
     }
 }
 
-/// Binds `addr`; the future serves the gateway until `stop`. WebSocket tunnels run on
+/// Binds `addr`; the future serves the gateway until `stop`, with the API's connection bounds
+/// (`timeouts`: a client's request head and a blocked write). WebSocket tunnels run on
 /// `tunnels` and end at `stop` too.
 pub async fn bind(
     addr: SocketAddr,
     cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
+    timeouts: crate::http_server::Timeouts,
     tunnels: tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
@@ -245,21 +247,11 @@ pub async fn bind(
         .await
         .with_context(|| format!("binding gateway address {addr}"))?;
     let bound = listener.local_addr()?;
-    let gw = Gateway::new(cluster, metrics, tunnels, stop.clone());
-    let app = axum::Router::new()
-        .fallback(proxy)
-        .with_state(gw.clone())
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let gw = Gateway::new(cluster, metrics.clone(), tunnels, stop.clone());
+    let app = axum::Router::new().fallback(proxy).with_state(gw.clone());
     info!(addr = %bound, "gateway listening");
     let serve = async move {
-        let served = async {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                warn!(error = %e, "gateway stopped with an error");
-            }
-        };
+        let served = crate::http_server::serve(listener, app, timeouts, metrics, stop.clone());
         // Both end on `stop`; requests under way finish first.
         tokio::join!(served, gw.follow(stop.clone()));
     };
@@ -356,7 +348,7 @@ fn class_index(status: StatusCode) -> usize {
 
 async fn proxy(
     State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(crate::auth::PeerAddr(peer)): ConnectInfo<crate::auth::PeerAddr>,
     req: Request,
 ) -> Response {
     let Ok(_permit) = gw.inflight.clone().try_acquire_owned() else {
