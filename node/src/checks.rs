@@ -79,8 +79,14 @@ enum Done {
     Proposed { key: Key },
 }
 
-/// Runs the checks this node owns until `stop`.
-pub async fn run(cluster: Arc<Cluster>, stop: CancellationToken) {
+/// Runs the checks this node owns until `stop`, counting each in `metrics`.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
+    let passed = metrics.health_checks.with_label_values(&["passed"]);
+    let failed = metrics.health_checks.with_label_values(&["failed"]);
     let http = match reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -102,6 +108,7 @@ pub async fn run(cluster: Arc<Cluster>, stop: CancellationToken) {
             Some(done) = work.join_next(), if !work.is_empty() => {
                 match done {
                     Ok(Done::Checked { key, ok, output }) => {
+                        if ok { passed.inc() } else { failed.inc() }
                         settle(&cluster, &mut owned, &mut work, key, ok, output)
                     }
                     Ok(Done::Proposed { key }) => {

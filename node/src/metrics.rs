@@ -90,6 +90,12 @@ metrics! {
         "Instances ejected by the gateway's outlier detection",
         &["instance"],
     );
+    /// Health checks this node ran (the http and tcp checks it owns), by result.
+    pub health_checks: IntCounterVec = counter_vec(
+        "stackd_health_checks_total",
+        "Health checks this node ran, by result (passed, failed)",
+        &["result"],
+    );
     /// New WebSockets and long-poll claims sent to a less loaded member.
     pub clients_moved: IntCounter = counter(
         "stackd_clients_moved_total",

@@ -637,10 +637,6 @@ fn stage_background(
         cluster.clone().watch_membership(stop.clone()),
     );
     life.spawn("key sync", cluster.clone().sync_node_keys(stop.clone()));
-    life.spawn(
-        "health checks",
-        crate::checks::run(cluster.clone(), stop.clone()),
-    );
     if !config.services.is_empty() {
         let entries = config.services.clone();
         life.spawn(
@@ -743,6 +739,15 @@ async fn stage_api(
             }
         }
     }));
+    // Here rather than with the other duties: it counts its checks in the API's metrics.
+    life.spawn(
+        "health checks",
+        crate::checks::run(
+            cluster.clone(),
+            state.metrics.clone(),
+            life.background.clone(),
+        ),
+    );
     if let Some(addr) = config.gateway.addr {
         let stop = life.stop_accepting.clone();
         let tunnels = life.tasks.requests.clone();

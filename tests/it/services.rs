@@ -323,3 +323,98 @@ async fn a_node_registers_the_services_of_its_config_file() {
     assert_eq!(view.instances[0].tags, ["v2"]);
     assert_eq!(view.instances[0].status, "passing");
 }
+
+/// Health checks this node ran with this `result` ("" for all), from its `/metrics`.
+async fn checks_run(web: &reqwest::Client, base: &str, result: &str) -> u64 {
+    let text = web
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("stackd_health_checks_total{") && l.contains(result))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stable_registry_of_a_thousand_checked_instances_writes_nothing() {
+    use futures::StreamExt;
+    const INSTANCES: usize = 1_000;
+    let c = InprocCluster::start(3).await.unwrap();
+    let web = http::client();
+    // The app: a port that accepts connections (every instance checks it by TCP connect).
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = app.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move {
+        while let Ok((conn, _)) = app.accept().await {
+            drop(conn);
+        }
+    });
+    let base = c.bases[0].clone();
+    futures::stream::iter(0..INSTANCES)
+        .map(|i| {
+            let (web, base) = (web.clone(), base.clone());
+            async move {
+                let (status, body) = send(
+                    web.put(format!("{base}/v1/services/web/instances/i{i}"))
+                        .json(&json!({"address": "127.0.0.1", "port": port,
+                            "check": {"type": "tcp", "interval_ms": 1000,
+                                      "timeout_ms": 1000, "successes_before_passing": 1}})),
+                )
+                .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let api = http::api(&base);
+    wait_for(
+        "every instance passing",
+        Duration::from_secs(60),
+        || async {
+            let v = api.service("web", true).await.ok()?;
+            (v.instances.len() == INSTANCES).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // Every node runs its share of the checks; three more rounds of all of them write nothing.
+    let applied = |s: node::api::model::ClusterStatus| s.applied_index;
+    let before = applied(api.cluster_status().await.unwrap());
+    let mut ran = 0;
+    for b in &c.bases {
+        ran += checks_run(&web, b, "").await;
+    }
+    let shares = wait_for(
+        "three more rounds of checks",
+        Duration::from_secs(30),
+        || async {
+            let mut shares = Vec::new();
+            for b in &c.bases {
+                shares.push(checks_run(&web, b, "").await);
+            }
+            (shares.iter().sum::<u64>() >= ran + 3 * INSTANCES as u64).then_some(shares)
+        },
+    )
+    .await
+    .unwrap();
+    let after = applied(api.cluster_status().await.unwrap());
+    let mut failed = 0;
+    for b in &c.bases {
+        failed += checks_run(&web, b, "failed").await;
+    }
+    eprintln!(
+        "checks run per node: {shares:?} ({failed} failed); applied index {before} -> {after}"
+    );
+    assert_eq!(after, before, "a stable registry wrote to the log");
+    assert!(
+        shares.iter().all(|n| *n > 0),
+        "a node ran no check: {shares:?}"
+    );
+    accept.abort();
+}
