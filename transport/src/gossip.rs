@@ -168,8 +168,9 @@ pub struct NodeMeta {
     pub load_avg_1m: Option<f32>,
     /// Published by the leader only: how it reaches each other member.
     pub replication: Vec<MemberReach>,
-    /// WebSocket connections the node serves. (Last: a record of a build without it does
-    /// not decode, and that node's metadata is not shown until it runs this build.)
+    /// WebSocket connections the node serves. Last, so a build without it reads a record
+    /// of this one (postcard leaves trailing bytes unread); this build reads that build's
+    /// records as having none ([`decode_meta`]).
     pub websocket_connections: u64,
 }
 
@@ -200,6 +201,50 @@ struct MetaRecord {
     generation: u64,
     seq: u64,
     meta: NodeMeta,
+}
+
+/// A metadata record of a build whose `NodeMeta` ended with `replication`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MetaRecordV1 {
+    node: NodeId,
+    generation: u64,
+    seq: u64,
+    meta: NodeMetaV1,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NodeMetaV1 {
+    api_addr: String,
+    cluster_addr: String,
+    applied_index: u64,
+    inflight_requests: u64,
+    load_avg_1m: Option<f32>,
+    replication: Vec<MemberReach>,
+}
+
+/// A metadata packet's record, of this build or of one before `websocket_connections`
+/// (read as none), so members of both builds see each other's metadata during an upgrade.
+fn decode_meta(payload: &[u8]) -> raft::codec::Result<MetaRecord> {
+    raft::codec::decode::<MetaRecord>(payload).or_else(|e| {
+        let Ok(r) = raft::codec::decode::<MetaRecordV1>(payload) else {
+            return Err(e);
+        };
+        let m = r.meta;
+        Ok(MetaRecord {
+            node: r.node,
+            generation: r.generation,
+            seq: r.seq,
+            meta: NodeMeta {
+                api_addr: m.api_addr,
+                cluster_addr: m.cluster_addr,
+                applied_index: m.applied_index,
+                inflight_requests: m.inflight_requests,
+                load_avg_1m: m.load_avg_1m,
+                replication: m.replication,
+                websocket_connections: 0,
+            },
+        })
+    })
 }
 
 /// A member's liveness as this node's SWIM view has it.
@@ -529,7 +574,7 @@ impl Runner {
                 }
                 self.down_removed();
             }
-            Ok((Kind::Meta, payload)) => match raft::codec::decode::<MetaRecord>(payload) {
+            Ok((Kind::Meta, payload)) => match decode_meta(payload) {
                 Ok(r) if self.removed.contains(&r.node) => self.dropped_from_removed(r.node, from),
                 Ok(r) => self.on_meta(r),
                 Err(e) => debug!(%from, error = %e, "gossip metadata ignored"),
@@ -706,6 +751,51 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_of_the_build_before_and_of_this_one_read_each_other() {
+        let reach = vec![MemberReach {
+            node: 2,
+            lag: Some(1),
+            acked_ms_ago: Some(30),
+        }];
+        let old = MetaRecordV1 {
+            node: 3,
+            generation: 7,
+            seq: 9,
+            meta: NodeMetaV1 {
+                api_addr: "a:1".into(),
+                cluster_addr: "c:1".into(),
+                applied_index: 42,
+                inflight_requests: 5,
+                load_avg_1m: Some(0.5),
+                replication: reach.clone(),
+            },
+        };
+        let r = decode_meta(&raft::codec::encode(&old).unwrap()).unwrap();
+        assert_eq!((r.node, r.generation, r.seq), (3, 7, 9));
+        assert_eq!(r.meta.applied_index, 42);
+        assert_eq!(r.meta.replication, reach);
+        assert_eq!(r.meta.websocket_connections, 0);
+        // A node of the build before reads this build's records, without the new field.
+        let new = MetaRecord {
+            meta: NodeMeta {
+                websocket_connections: 11,
+                ..r.meta.clone()
+            },
+            ..r
+        };
+        let read_by_old: MetaRecordV1 =
+            raft::codec::decode(&raft::codec::encode(&new).unwrap()).unwrap();
+        assert_eq!(read_by_old.meta.inflight_requests, 5);
+        assert_eq!(
+            decode_meta(&raft::codec::encode(&new).unwrap())
+                .unwrap()
+                .meta
+                .websocket_connections,
+            11
+        );
+    }
 
     #[test]
     fn a_sealed_packet_opens_with_the_same_key_only() {
