@@ -20,7 +20,6 @@ use std::time::Duration;
 use raft::command::ServiceCmd;
 use raft::state::{Check, Damping, Health};
 use raft::NodeId;
-use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,14 +49,9 @@ struct Owned {
 
 /// The node among `alive` that runs the check of `key`: the highest hash of (instance, node).
 pub fn owner(key: &Key, alive: &BTreeSet<NodeId>) -> Option<NodeId> {
+    let instance = format!("{}/{}", key.0, key.1);
     alive.iter().copied().max_by_key(|node| {
-        let mut h = Sha256::new();
-        h.update(key.0.as_bytes());
-        h.update([0]);
-        h.update(key.1.as_bytes());
-        h.update(node.to_be_bytes());
-        let d = h.finalize();
-        u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+        crate::gateway::balance::rendezvous(instance.as_bytes(), &node.to_be_bytes())
     })
 }
 
@@ -318,7 +312,10 @@ async fn probe(http: reqwest::Client, check: Check, target: String, port: u16) -
                     false,
                     format!("HTTP GET {path}: timed out after {timeout_ms} ms"),
                 ),
-                Err(e) => (false, format!("HTTP GET {path}: {}", root_cause(&e))),
+                Err(e) => (
+                    false,
+                    format!("HTTP GET {path}: {}", crate::error::root_cause(&e)),
+                ),
             }
         }
         Check::Tcp { timeout_ms, .. } => {
@@ -338,14 +335,6 @@ async fn probe(http: reqwest::Client, check: Check, target: String, port: u16) -
         }
         Check::Ttl { .. } => (true, String::new()),
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

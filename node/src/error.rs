@@ -463,6 +463,16 @@ impl From<ChannelResult> for ApiError {
     }
 }
 
+/// The innermost cause of `e` as text (`Connection refused (os error 111)` rather than the
+/// client's wrapper around it): what a health check's output and a gateway error show.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::ErrorCode;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tests::http::{client, wait_for};
+use tests::http::{client, send, wait_for};
 use tests::process::{ProcCluster, ProcOptions};
 
 /// One instance of the test app, killed when dropped.
@@ -54,12 +54,6 @@ impl Drop for App {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let resp = req.send().await.expect("request sent");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// Registers `app` as an instance of `service` with an HTTP check every `interval_ms`.

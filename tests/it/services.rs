@@ -7,16 +7,10 @@ use std::time::Duration;
 use node::api::services::ServiceView;
 use node::api::ws_protocol::{ClientMessage, Push, ReplyBody};
 use serde_json::{json, Value};
-use tests::http::{self, wait_for};
+use tests::http::{self, send, wait_for};
 use tests::inproc::InprocCluster;
 use tests::process::{stackd_fails, stackd_ok};
 use tests::ws::WsClient;
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
 
 /// The next service push of `ws`, skipping nothing else (a watch is all it has).
 async fn next_service(ws: &mut WsClient) -> ServiceView {

@@ -61,6 +61,13 @@ where
     }
 }
 
+/// Sends `req`; answers its status and JSON body (`null` when the body is not JSON).
+pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 /// `GET /v1/cluster` of `base`, if it answers.
 pub async fn cluster(http: &reqwest::Client, base: &str) -> Option<Value> {
     let resp = http.get(format!("{base}/v1/cluster")).send().await.ok()?;

@@ -188,7 +188,7 @@ impl Picker {
                 Some(k) => candidates
                     .iter()
                     .copied()
-                    .max_by_key(|u| rendezvous(k, &u.key))
+                    .max_by_key(|u| rendezvous(k.as_bytes(), u.key.as_bytes()))
                     .expect("not empty"),
                 None => p2c(candidates, now),
             },
@@ -216,11 +216,15 @@ fn p2c<'a>(
     }
 }
 
-fn rendezvous(value: &str, instance: &str) -> u64 {
+/// The rendezvous (highest random weight) score of `member` for `key`: each key goes to the
+/// member with the highest score, so removing a member moves only its own keys. Sticky routes
+/// (key: the header or cookie value, member: the instance) and the choice of the node that runs
+/// a health check (`crate::checks::owner`) both use it.
+pub fn rendezvous(key: &[u8], member: &[u8]) -> u64 {
     let mut h = Sha256::new();
-    h.update(value.as_bytes());
+    h.update(key);
     h.update([0]);
-    h.update(instance.as_bytes());
+    h.update(member);
     u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 

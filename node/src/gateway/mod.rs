@@ -614,7 +614,7 @@ async fn forward(
                 } else {
                     series.request.inc();
                 }
-                last_error = format!("instance {}: {}", u.key, root_cause(&e));
+                last_error = format!("instance {}: {}", u.key, crate::error::root_cause(&e));
                 if !e.is_connect() {
                     // The request may have reached the instance: not sent again.
                     break;
@@ -662,12 +662,4 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpg
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
         debug!(error = %e, "upgraded connection ended");
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
