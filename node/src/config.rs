@@ -356,6 +356,11 @@ section! {
         /// Address (IP:PORT) the gateway listens on (plain HTTP/1.1 and WebSocket
         /// upgrades). Default: none (no gateway).
         pub addr: Option<SocketAddr> = None; e.g. "0.0.0.0:8080",
+        /// Threads that serve the gateway, each with its own listening socket on
+        /// gateway.addr (SO_REUSEPORT: the kernel spreads new connections over them) and its
+        /// own connections to the instances, so a request and its instance's connection stay
+        /// on one core. 0 = one per core. Default: 0. Range: 0 to 64.
+        pub threads: usize = 0,
     }
 }
 
@@ -515,6 +520,7 @@ serve_flags! {
     join_token: String, "STACKD_JOIN_TOKEN" => cluster.token;
     gossip_addr: SocketAddr, "STACKD_GOSSIP_ADDR" => gossip.addr;
     gateway_addr: SocketAddr, "STACKD_GATEWAY_ADDR" => gateway.addr;
+    gateway_threads: usize, "STACKD_GATEWAY_THREADS" => gateway.threads;
     heartbeat_interval_ms: u64, "STACKD_HEARTBEAT_INTERVAL_MS" => raft.heartbeat_interval_ms;
     election_timeout_ms: u64, "STACKD_ELECTION_TIMEOUT_MS" => raft.election_timeout_ms;
     snapshot_every_entries: u64, "STACKD_SNAPSHOT_EVERY_ENTRIES" => raft.snapshot_every_entries;
@@ -970,6 +976,7 @@ impl Config {
             1,
             Some(100_000),
         );
+        in_range(bad, "gateway.threads", self.gateway.threads, 0, Some(64));
     }
 
     /// The data directory. Set in every validated config.
@@ -1445,6 +1452,7 @@ mod tests {
         c.ws.idle_timeout_ms = 5_000;
         c.ws.max_pending_publishes = 3;
         c.gateway.addr = Some("0.0.0.0:8080".parse().unwrap());
+        c.gateway.threads = 4;
         c
     }
 
@@ -1590,6 +1598,7 @@ mod tests {
         ("api.request_timeout_ms = 99", "api.request_timeout_ms"),
         ("api.request_timeout_ms = 600001", "api.request_timeout_ms"),
         ("api.max_inflight_requests = 0", "api.max_inflight_requests"),
+        ("gateway.threads = 65", "gateway.threads"),
         (
             "api.tls_cert = \"c.pem\"\napi.tls_key = \"k.pem\"\napi.tls_from_cluster_ca = true",
             "api.tls_from_cluster_ca",

@@ -40,13 +40,42 @@ pub struct Timeouts {
 /// Serves `app` on the connections `listener` accepts until `stop`; then stops accepting,
 /// lets each connection finish the request it is answering, and returns once all are closed.
 pub async fn serve<L>(
-    mut listener: L,
+    listener: L,
     app: Router,
     timeouts: Timeouts,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) where
     L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    let service = move |peer: SocketAddr| {
+        TowerToHyperService::new(app.clone().map_request(move |req: Request<Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+            req
+        }))
+    };
+    serve_with(listener, service, timeouts, metrics, stop).await
+}
+
+/// [`serve`] with a hyper service of each connection's own, made from the peer's address.
+pub async fn serve_with<L, F, S, B>(
+    mut listener: L,
+    service: F,
+    timeouts: Timeouts,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = axum::http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let connections = TaskTracker::new();
     loop {
@@ -58,12 +87,7 @@ pub async fn serve<L>(
         trace!(%peer, "API connection accepted");
         let mut io = tokio_io_timeout::TimeoutStream::new(io);
         io.set_write_timeout(Some(timeouts.write));
-        let service = app.clone().map_request(move |req: Request<Incoming>| {
-            let mut req = req.map(axum::body::Body::new);
-            req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
-            req
-        });
-        let service = TowerToHyperService::new(service);
+        let service = service(peer);
         let stop = stop.clone();
         let metrics = metrics.clone();
         connections.spawn(async move {

@@ -752,8 +752,17 @@ async fn stage_api(
         let stop = life.stop_accepting.clone();
         let tunnels = life.tasks.requests.clone();
         let metrics = state.metrics.clone();
-        let (_, serve) =
-            crate::gateway::bind(addr, cluster.clone(), metrics, timeouts, tunnels, stop).await?;
+        let threads = config.gateway.threads;
+        let (_, serve) = crate::gateway::bind(
+            addr,
+            threads,
+            cluster.clone(),
+            metrics,
+            timeouts,
+            tunnels,
+            stop,
+        )
+        .await?;
         life.tasks.background.spawn(serve);
     }
     Ok((api_addr, state))

@@ -19,6 +19,7 @@
 //! client sent one) are set; hop-by-hop headers are not passed on.
 
 pub mod balance;
+mod pool;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,12 +27,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use axum::serve::ListenerExt as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use raft::state::{HashOn, Route};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -43,10 +44,32 @@ use crate::cluster::Cluster;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
-type HttpClient = Client<HttpConnector, Body>;
-
 /// Requests proxied at once on one node; further ones get 503.
 pub const MAX_INFLIGHT: usize = 10_000;
+
+thread_local! {
+    /// This thread's request ids: a random 64-bit prefix and a count.
+    static REQUEST_IDS: std::cell::Cell<(u64, u64)> = std::cell::Cell::new((rand::random(), 0));
+}
+
+/// A new request id: 32 hex digits, unique across the gateway's threads and nodes (a random
+/// prefix per thread, then a count), without a random draw per request.
+fn request_id() -> HeaderValue {
+    let (prefix, n) = REQUEST_IDS.get();
+    REQUEST_IDS.set((prefix, n.wrapping_add(1)));
+    let mut hex = [0u8; 32];
+    let digits = b"0123456789abcdef";
+    for (i, b) in prefix
+        .to_be_bytes()
+        .iter()
+        .chain(&n.to_be_bytes())
+        .enumerate()
+    {
+        hex[2 * i] = digits[usize::from(b >> 4)];
+        hex[2 * i + 1] = digits[usize::from(b & 15)];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
+}
 
 /// The metric series of one instance under one route, looked up once per table build rather
 /// than by label on every request.
@@ -84,7 +107,6 @@ struct Compiled {
     /// The metric series of each of `upstreams`, in the same order.
     series: Vec<Series>,
     picker: Picker,
-    client: HttpClient,
 }
 
 #[derive(Default)]
@@ -101,8 +123,6 @@ pub struct Gateway {
     table: RwLock<Arc<Table>>,
     /// Each instance's figures, kept across table rebuilds (by `service/id` and authority).
     upstreams: std::sync::Mutex<HashMap<(String, String), Arc<Upstream>>>,
-    /// One pooled client per connect timeout.
-    clients: std::sync::Mutex<HashMap<u64, HttpClient>>,
     inflight: Arc<tokio::sync::Semaphore>,
     /// WebSocket tunnels: tracked with the node's requests, ended at shutdown.
     tunnels: tokio_util::task::TaskTracker,
@@ -123,7 +143,6 @@ impl Gateway {
             stop,
             table: RwLock::new(Arc::new(Table::default())),
             upstreams: Default::default(),
-            clients: Default::default(),
             inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT)),
         });
         gw.rebuild();
@@ -132,22 +151,6 @@ impl Gateway {
 
     fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn client(&self, connect_timeout_ms: u64) -> HttpClient {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(connect_timeout_ms)
-            .or_insert_with(|| {
-                let mut http = HttpConnector::new();
-                http.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms)));
-                http.set_nodelay(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(30))
-                    .pool_max_idle_per_host(256)
-                    .build(http)
-            })
-            .clone()
     }
 
     /// Rebuilds the route table from this node's state.
@@ -194,7 +197,6 @@ impl Gateway {
                     upstreams,
                     series,
                     picker: Picker::default(),
-                    client: self.client(route.connect_timeout_ms),
                 }
             })
             .collect();
@@ -231,11 +233,15 @@ impl Gateway {
     }
 }
 
-/// Binds `addr`; the future serves the gateway until `stop`, with the API's connection bounds
-/// (`timeouts`: a client's request head and a blocked write). WebSocket tunnels run on
-/// `tunnels` and end at `stop` too.
+/// Binds `addr` once per gateway thread (`threads`, 0 = one per core); the future serves the
+/// gateway until `stop`, with the API's connection bounds (`timeouts`: a client's request head
+/// and a blocked write). Each thread runs a single-threaded runtime that accepts on its own
+/// socket, answers the connections it accepted and keeps its own connections to the
+/// instances, as each nginx worker does: a proxied request never changes threads. WebSocket
+/// tunnels run on `tunnels` and end at `stop` too.
 pub async fn bind(
     addr: SocketAddr,
+    threads: usize,
     cluster: Arc<Cluster>,
     metrics: Arc<Metrics>,
     timeouts: crate::http_server::Timeouts,
@@ -243,19 +249,73 @@ pub async fn bind(
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
     use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding gateway address {addr}"))?;
-    let bound = listener.local_addr()?;
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let first =
+        reuse_port_socket(addr).with_context(|| format!("binding gateway address {addr}"))?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..threads {
+        listeners.push(
+            reuse_port_socket(bound)
+                .with_context(|| format!("binding gateway address {bound} again"))?,
+        );
+    }
     let gw = Gateway::new(cluster, metrics.clone(), tunnels, stop.clone());
-    let app = axum::Router::new().fallback(proxy).with_state(gw.clone());
-    info!(addr = %bound, "gateway listening");
+    let mut ended = Vec::with_capacity(threads);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (done, rx) = tokio::sync::oneshot::channel::<()>();
+        ended.push(rx);
+        let (gw, metrics, stop) = (gw.clone(), metrics.clone(), stop.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a gateway thread's runtime")?;
+        std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match listener.listen(1024) {
+                        Ok(l) => l,
+                        Err(e) => return tracing::error!(error = %e, "gateway listener"),
+                    };
+                    // Small answers go out at once rather than waiting for an ACK (Nagle).
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    let service = move |peer: SocketAddr| {
+                        let gw = gw.clone();
+                        hyper::service::service_fn(move |req| proxy(gw.clone(), peer, req))
+                    };
+                    crate::http_server::serve_with(listener, service, timeouts, metrics, stop)
+                        .await;
+                });
+                drop(done);
+            })
+            .context("starting a gateway thread")?;
+    }
+    info!(addr = %bound, threads, "gateway listening");
     let serve = async move {
-        let served = crate::http_server::serve(listener, app, timeouts, metrics, stop.clone());
-        // Both end on `stop`; requests under way finish first.
-        tokio::join!(served, gw.follow(stop.clone()));
+        // Each thread ends on `stop`, once the requests under way are answered.
+        let threads = futures::future::join_all(ended);
+        tokio::join!(threads, gw.follow(stop.clone()));
     };
     Ok((bound, serve))
+}
+
+/// A socket bound to `addr` that other sockets of this process may bind too (SO_REUSEPORT;
+/// Linux allows it only to the same user); each gateway thread listens on one.
+fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 fn error(status: StatusCode, code: crate::error::ErrorCode, message: String) -> Response {
@@ -265,30 +325,32 @@ fn error(status: StatusCode, code: crate::error::ErrorCode, message: String) -> 
 }
 
 /// Headers that belong to one connection and are not passed on (RFC 9110, 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
 }
@@ -313,7 +375,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// The request's host, lowercased, without port.
-fn host_of(req: &Request) -> Option<String> {
+fn host_of<B>(req: &Request<B>) -> Option<String> {
     let raw = req
         .headers()
         .get(header::HOST)
@@ -346,11 +408,16 @@ fn class_index(status: StatusCode) -> usize {
     (status.as_u16() / 100).clamp(1, 5) as usize - 1
 }
 
+/// Answers one request of a gateway connection from `peer`.
 async fn proxy(
-    State(gw): State<Arc<Gateway>>,
-    ConnectInfo(crate::auth::PeerAddr(peer)): ConnectInfo<crate::auth::PeerAddr>,
-    req: Request,
-) -> Response {
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response, std::convert::Infallible> {
+    Ok(answer(&gw, peer, req).await)
+}
+
+async fn answer(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Response {
     let Ok(_permit) = gw.inflight.clone().try_acquire_owned() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -375,7 +442,7 @@ async fn proxy(
         );
     };
     let started = Instant::now();
-    match forward(&gw, r, peer, req).await {
+    match forward(gw, r, peer, req).await {
         Ok((resp, i)) => {
             r.series[i].classes[class_index(resp.status())].inc();
             resp
@@ -397,7 +464,7 @@ async fn forward(
     gw: &Gateway,
     r: &Compiled,
     peer: SocketAddr,
-    req: Request,
+    req: Request<Incoming>,
 ) -> Result<(Response, usize), Response> {
     let route = &r.route;
     let (mut parts, body) = req.into_parts();
@@ -446,12 +513,23 @@ async fn forward(
     };
 
     // Headers sent on.
-    let mut headers = parts.headers.clone();
+    let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
+    let host = parts.headers.get(header::HOST).cloned();
+    let hash_key = match &route.hash_on {
+        Some(HashOn::Header(h)) => parts
+            .headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        Some(HashOn::Cookie(c)) => cookie(&parts.headers, c),
+        None => None,
+    };
+    let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Some(u) = parts.headers.get(header::UPGRADE) {
-            headers.insert(header::UPGRADE, u.clone());
+        if let Some(u) = upgrade_to {
+            headers.insert(header::UPGRADE, u);
         }
     }
     let client_ip = peer.ip().to_string();
@@ -463,14 +541,11 @@ async fn forward(
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(h) = parts.headers.get(header::HOST) {
-        headers.insert("x-forwarded-host", h.clone());
+    if let Some(h) = host {
+        headers.insert("x-forwarded-host", h);
     }
     if !headers.contains_key("x-request-id") {
-        let id = hex::encode(rand::random::<[u8; 16]>());
-        if let Ok(v) = HeaderValue::try_from(id) {
-            headers.insert("x-request-id", v);
-        }
+        headers.insert("x-request-id", request_id());
     }
     let path_and_query = {
         let pq = parts
@@ -489,21 +564,12 @@ async fn forward(
             pq.to_string()
         }
     };
-    let hash_key = match &route.hash_on {
-        Some(HashOn::Header(h)) => parts
-            .headers
-            .get(h.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        Some(HashOn::Cookie(c)) => cookie(&parts.headers, c),
-        None => None,
-    };
-
     let attempts = 1 + if is_idempotent(&parts.method) && !upgrade {
         route.retries
     } else {
         0
     };
+    let connect_timeout = Duration::from_millis(route.connect_timeout_ms);
     let mut tried: Vec<&Arc<Upstream>> = Vec::new();
     let mut last_error = format!("service {} has no healthy instance", route.service);
     for attempt in 0..attempts {
@@ -531,19 +597,9 @@ async fn forward(
             .position(|x| Arc::ptr_eq(x, u))
             .expect("picked among the route's instances");
         let series = &r.series[index];
-        let uri: Uri = match format!("http://{}{}", u.authority, path_and_query).parse() {
-            Ok(uri) => uri,
-            Err(e) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    crate::error::ErrorCode::BadRequest,
-                    format!("the request's path cannot be sent on: {e}"),
-                ))
-            }
-        };
         let mut out = hyper::Request::builder()
             .method(parts.method.clone())
-            .uri(uri)
+            .uri(path_and_query.clone())
             .version(hyper::Version::HTTP_11);
         if let Some(h) = out.headers_mut() {
             // The last attempt takes the headers; an earlier one sends a copy.
@@ -552,19 +608,27 @@ async fn forward(
             } else {
                 headers.clone()
             };
+            if !h.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::try_from(u.authority.as_str()) {
+                    h.insert(header::HOST, v);
+                }
+            }
         }
-        let Ok(out) = out.body(Body::from(body.clone())) else {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                crate::error::ErrorCode::BadRequest,
-                "the request cannot be sent on".into(),
-            ));
+        let out = match out.body(pool::OutBody::new(body.clone())) {
+            Ok(out) => out,
+            Err(e) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    crate::error::ErrorCode::BadRequest,
+                    format!("the request cannot be sent on: {e}"),
+                ))
+            }
         };
         u.outstanding
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent = tokio::time::timeout(
             Duration::from_millis(route.request_timeout_ms),
-            r.client.request(out),
+            pool::send(&u.authority, connect_timeout, out),
         )
         .await;
         u.outstanding
