@@ -174,6 +174,7 @@ routes! {
     delete "/v1/routes/{name}" => services::delete_route, write(Routes, Param("name"));
     // Channels, WebSocket, browser client.
     get "/v1/channels" => channels::list, read(Channels, Prefix("prefix"));
+    delete "/v1/channels/{name}" => channels::delete, channel(Op::Write);
     post "/v1/channels/{name}/publish" => channels::publish, channel(Op::Publish);
     get "/v1/channels/{name}/history" => channels::history, channel(Op::History);
     get "/v1/channels/{name}/presence" => channels::presence, channel(Op::Presence);

@@ -1,4 +1,4 @@
-//! The command-line client (`stackd kv`, `lock`, `semaphore`, `session`, `cache`, `queue`, `worker`, `txn`,
+//! The command-line client (`stackd kv`, `lock`, `semaphore`, `session`, `cache`, `queue`, `worker`, `channel`, `txn`,
 //! `cluster`, `backup`, `token`, `acl`, `service`, `route`) against any node's API, and
 //! `stackd restore`.
 //!
@@ -9,8 +9,8 @@
 //! - this file: the subcommands ([`Command`], flattened into `stackd`'s own), shared
 //!   arguments, `kv`, `cluster` (status and operations) and `token`;
 //! - [`acl`]: tokens and policies;
-//! - [`lock`], [`semaphore`], [`session`], [`cache`], [`queue`] (and the worker), [`txn`]: the
-//!   other primitives;
+//! - [`lock`], [`semaphore`], [`session`], [`cache`], [`queue`] (and the worker), [`channel`],
+//!   [`txn`]: the other primitives;
 //! - [`service`]: the service registry (`stackd service`) and the gateway's routes
 //!   (`stackd route`);
 //! - [`backup`]: `stackd backup` and `stackd restore`.
@@ -26,6 +26,7 @@ macro_rules! outln {
 pub mod acl;
 pub mod backup;
 pub mod cache;
+pub mod channel;
 pub mod lock;
 pub mod queue;
 pub mod semaphore;
@@ -66,6 +67,9 @@ pub enum Command {
     Queue(queue::QueueCmd),
     /// Run a shell command for each job of a queue (payload on stdin; exit 0 acks).
     Worker(queue::WorkerCmd),
+    /// Pub/sub channels: list, publish, history, presence, delete an idle one.
+    #[command(subcommand)]
+    Channel(channel::ChannelCmd),
     /// Apply a transaction (compares, then success or failure writes) given as JSON.
     Txn(txn::TxnCmd),
     /// Inspect and operate the cluster: status, remove, promote, transfer-leader, snapshot.
@@ -102,6 +106,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Txn(cmd) => txn::run(cmd).await,
         Command::Queue(cmd) => queue::run(cmd).await,
         Command::Worker(cmd) => queue::worker(cmd).await,
+        Command::Channel(cmd) => channel::run(cmd).await,
         Command::Cluster(cmd) => cluster(cmd).await,
         Command::Backup(cmd) => backup::backup(cmd).await,
         Command::Restore(cmd) => backup::restore(cmd),

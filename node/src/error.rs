@@ -458,6 +458,11 @@ impl From<ChannelResult> for ApiError {
     fn from(r: ChannelResult) -> Self {
         match r {
             ChannelResult::Limited(m) => ApiError::limited(m),
+            ChannelResult::NotIdle { present, retained } => ApiError::conflict(format!(
+                "{present} clients are present and {retained} events retained on the channel; \
+                 only an idle channel is deleted (its retention drops events by age)"
+            ))
+            .with("reason", "not_idle"),
             other => unexpected(other),
         }
     }

@@ -361,6 +361,11 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
             ok("/v1/channels/ch1/publish", Some(json!({"data": 2})))
         }
         ("get", "/v1/channels") => ok("/v1/channels?prefix=ch", None),
+        // ch1 retains events: the handler's refusal shows the request got past access control.
+        ("delete", "/v1/channels/{name}") => Sample {
+            expect: Expect::Handler(409),
+            ..ok("/v1/channels/ch1", None)
+        },
         ("get", "/v1/channels/{name}/history") => ok("/v1/channels/ch1/history", None),
         ("get", "/v1/channels/{name}/presence") => ok("/v1/channels/ch1/presence", None),
         // A plain GET is not an upgrade: the handler's own answer. The WebSocket's checks of

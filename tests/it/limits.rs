@@ -183,6 +183,69 @@ async fn an_idle_queue_is_deleted_and_frees_its_place() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_channel_is_deleted_and_frees_its_place() {
+    let c = InprocCluster::start_with(1, |c| {
+        c.limits.max_channels = 1;
+        // Events on t/ age out after 3 s.
+        c.channels.retention = "t/=10:3000".parse().unwrap();
+    })
+    .await
+    .unwrap();
+    let api = http::api(&c.bases[0]);
+    wait_for("the limits in force", WAIT, || async {
+        let s = api.cluster_status().await.ok()?;
+        (s.storage.quota_bytes == 2 << 30).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(api.publish("t/old", json!(1)).await.unwrap().offset, 1);
+    api.publish("t/old", json!(2)).await.unwrap();
+    refused(
+        api.publish("t/new", json!(1)).await.unwrap_err(),
+        "limits.max_channels",
+        1,
+    );
+
+    tracing::info!("phase: a channel that retains events is not idle");
+    let e = api.channel_delete("t/old").await.unwrap_err();
+    assert!(http::is_api_error(&e, 409, ErrorCode::Conflict), "{e:?}");
+    assert!(format!("{e:?}").contains("not_idle"), "{e:?}");
+    let e = api.channel_delete("t/never").await.unwrap_err();
+    assert!(http::is_api_error(&e, 404, ErrorCode::NotFound), "{e:?}");
+    let e = api.channel_delete("$audit").await.unwrap_err();
+    assert!(http::is_api_error(&e, 400, ErrorCode::BadRequest), "{e:?}");
+
+    tracing::info!("phase: once its events aged out, the CLI deletes it");
+    wait_for("the events to age out", WAIT, || async {
+        let h = api.channel_history("t/old", None, None).await.ok()?;
+        h.events.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    let addr = c.bases[0].trim_start_matches("http://").to_string();
+    let out = tokio::process::Command::new(tests::process::stackd_bin())
+        .args(["channel", "delete", "t/old", "--addr", &addr])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = api.channels("t/", None, None).await.unwrap().channels;
+    assert!(listed.is_empty(), "the channel is gone: {listed:?}");
+    let e = api.channel_delete("t/old").await.unwrap_err();
+    assert!(http::is_api_error(&e, 404, ErrorCode::NotFound), "{e:?}");
+
+    tracing::info!("phase: its place is free; publishing on it again starts at offset 1");
+    assert_eq!(api.publish("t/old", json!(3)).await.unwrap().offset, 1);
+    refused(
+        api.publish("t/new", json!(1)).await.unwrap_err(),
+        "limits.max_channels",
+        1,
+    );
+    api.health().await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_tokens_and_join_tokens_are_bounded() {
     let c = InprocCluster::start_with(1, |c| {
         c.limits.max_tokens = 3;

@@ -7,7 +7,7 @@ use raft::command::{ChannelCmd, ChannelResult};
 use serde_json::Value;
 
 use super::model::{
-    ChannelEvent, ChannelHistory, ChannelList, ChannelSummary, Consistency, Presence,
+    ChannelEvent, ChannelHistory, ChannelList, ChannelSummary, Consistency, Deleted, Presence,
     PresentClient, PublishRequest, Published,
 };
 use super::{
@@ -71,6 +71,33 @@ pub async fn publish(
     let command = publish_command(&st, channel, &body.data)?;
     match crate::service::propose(&st.cluster, command, idem).await? {
         ChannelResult::Published { offset } => Ok(Json(Published { offset })),
+        other => Err(other.into()),
+    }
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/channels/{name}",
+    summary = "Delete an idle channel",
+    description = "Forgets a channel with no client present and no event retained (its retention dropped them all), so it no longer counts against limits.max_channels. A later publish starts it again at offset 1: a client resuming from an older offset sees latest_offset below it. A channel that is not idle: 409 conflict, reason not_idle. Needs write access to the channel.",
+    params(("name" = String, Path, description = "channel name")),
+    responses(
+        (status = 200, description = "deleted", body = Deleted),
+        BadRequest,
+        NotFound,
+        (status = 409, description = "conflict: clients are present or events are retained (reason not_idle)", body = ErrorBody),
+        Unsettled,
+    )
+)]
+pub async fn delete(State(st): St, Name(channel): Name) -> ApiResult<Json<Deleted>> {
+    if channel.starts_with('$') {
+        return Err(ApiError::bad_request(
+            "channel names starting with $ are reserved (the audit log is $audit)",
+        ));
+    }
+    match crate::service::propose(&st.cluster, ChannelCmd::Delete { channel }, None).await? {
+        ChannelResult::Deleted => Ok(Json(Deleted { deleted: true })),
+        ChannelResult::NotFound => Err(ApiError::not_found("no such channel")),
         other => Err(other.into()),
     }
 }
@@ -213,7 +240,7 @@ pub async fn list(
 
 /// The calls of these routes in the typed client ([`super::client::Client`]).
 mod typed {
-    use super::{ChannelHistory, ChannelList, Presence, PublishRequest, Published};
+    use super::{ChannelHistory, ChannelList, Deleted, Presence, PublishRequest, Published};
     use crate::api::client::{segment, ApiResult, Client, Path};
     use serde_json::Value;
 
@@ -253,6 +280,11 @@ mod typed {
                 .opt("since", since)
                 .opt("limit", limit);
             self.get(&self.read(path)).await
+        }
+
+        /// Deletes an idle channel.
+        pub async fn channel_delete(&self, channel: &str) -> ApiResult<Deleted> {
+            self.delete(&Self::channel_path(channel, "")).await
         }
 
         pub async fn presence(&self, channel: &str) -> ApiResult<Presence> {

@@ -68,6 +68,9 @@ pub enum ChannelCmd {
         incarnation: u64,
         lease_ms: u64,
     },
+    /// Forgets an idle channel (no client present, no event retained), so it no longer counts
+    /// against `limits.max_channels`. A later publish starts it again at offset 1.
+    Delete { channel: String },
 }
 
 /// How much history a channel keeps: at most `max_events` events, none older than
@@ -89,6 +92,12 @@ pub enum ChannelResult {
     Left(u64),
     /// A bound was reached (present clients on one channel); nothing was applied.
     Limited(String),
+    /// The channel was deleted.
+    Deleted,
+    /// There is no such channel.
+    NotFound,
+    /// The channel is not idle: `present` clients are present and `retained` events retained.
+    NotIdle { present: u64, retained: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +330,7 @@ impl Primitive for Channels {
                 self.renew(*node_id, *incarnation, *lease_ms, now, cx.batch);
                 ChannelResult::Present
             }
+            ChannelCmd::Delete { channel } => self.delete(channel, now, cx.batch),
         }
     }
 
@@ -330,6 +340,23 @@ impl Primitive for Channels {
 }
 
 impl Channels {
+    fn delete(&mut self, name: &str, now: u64, batch: &mut SmBatch) -> ChannelResult {
+        if !self.channels.contains_key(name) {
+            return ChannelResult::NotFound;
+        }
+        // Events past their age are gone already for readers; drop them before judging.
+        self.trim(name, now, batch);
+        self.index_aging(name);
+        let present = self.present_count(name);
+        let retained = self.channels.get(name).map_or(0, |c| c.events.len() as u64);
+        if present > 0 || retained > 0 {
+            return ChannelResult::NotIdle { present, retained };
+        }
+        self.channels.remove(name);
+        batch.delete(prefixed(CHANNEL_PREFIX, name));
+        ChannelResult::Deleted
+    }
+
     /// Re-indexes when `channel`'s oldest event ages out.
     fn index_aging(&mut self, name: &str) {
         let Some(ch) = self.channels.get_mut(name) else {

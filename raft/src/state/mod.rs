@@ -2202,6 +2202,70 @@ mod channel_tests {
     }
 
     #[test]
+    fn only_an_idle_channel_is_deleted_and_stays_deleted_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::default();
+        let delete = || {
+            Command::Channel(ChannelCmd::Delete {
+                channel: "a".into(),
+            })
+        };
+        let apply = |s: &mut State, now: u64, cmd: Command| {
+            let mut batch = SmBatch::default();
+            let r = s.apply(&tests::req(now, cmd), &mut batch);
+            s.persist_meta(&mut batch);
+            db.sm_write(batch).unwrap();
+            r
+        };
+        assert_eq!(
+            apply(&mut s, 0, delete()),
+            Response::Channel(ChannelResult::NotFound)
+        );
+        apply(&mut s, 0, publish("a", "1", 10, 500));
+        apply(&mut s, 0, join("a", "c1", 1, 7));
+        assert_eq!(
+            apply(&mut s, 100, delete()),
+            Response::Channel(ChannelResult::NotIdle {
+                present: 1,
+                retained: 1
+            })
+        );
+        // The event ages out at 500; the client is still there.
+        assert_eq!(
+            apply(&mut s, 600, delete()),
+            Response::Channel(ChannelResult::NotIdle {
+                present: 1,
+                retained: 0
+            })
+        );
+        apply(
+            &mut s,
+            700,
+            Command::Channel(ChannelCmd::PresenceLeave {
+                channel: "a".into(),
+                client_id: "c1".into(),
+                node_id: 1,
+            }),
+        );
+        assert_eq!(
+            apply(&mut s, 800, delete()),
+            Response::Channel(ChannelResult::Deleted)
+        );
+        assert_eq!(s.channel_history("a", 0, 10), None);
+        let reloaded = State::load(&db).unwrap();
+        assert_eq!(
+            reloaded.channel_history("a", 0, 10),
+            None,
+            "the deletion is durable"
+        );
+        assert_eq!(
+            apply(&mut s, 900, publish("a", "2", 10, 500)),
+            Response::Channel(ChannelResult::Published { offset: 1 })
+        );
+    }
+
+    #[test]
     fn channels_and_presence_survive_a_reload() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
