@@ -186,3 +186,21 @@ async fn history_pages_end_at_revision_boundaries_and_compaction_ends_them() {
     assert_eq!(seen(&page(3, 10).await), vec![ev("delete", "h.a", 4)]);
     c.shutdown().await;
 }
+
+/// A snapshot asked for when the last one already covers every applied entry is answered at
+/// once as completed, rather than waiting for a build that would end at the same point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_with_nothing_new_to_cover_answers_completed() {
+    let c = tests::inproc::InprocCluster::start(1).await.unwrap();
+    let api = http::api(&c.bases[0]);
+    api.kv_put("k", "v".to_string()).await.unwrap();
+    let first = api.snapshot().await.unwrap();
+    assert!(first.completed, "{first:?}");
+    let second = api.snapshot().await.unwrap();
+    assert!(second.completed, "{second:?}");
+    assert!(
+        second.snapshot_index >= first.snapshot_index,
+        "{first:?} then {second:?}"
+    );
+    c.shutdown().await;
+}

@@ -168,7 +168,7 @@ pub async fn transfer(
     post,
     path = "/v1/cluster/snapshot",
     summary = "Build a snapshot on the leader now and wait for it (up to 60 s)",
-    description = "The log behind a snapshot is purged, keeping the last min(snapshot_every_entries, 1000) entries.",
+    description = "The log behind a snapshot is purged, keeping the last min(snapshot_every_entries, 1000) entries. When the current snapshot already covers every applied entry, it is the answer at once (completed: true).",
     responses(
         (status = 200, description = "the snapshot", body = SnapshotTaken),
         Unsettled,

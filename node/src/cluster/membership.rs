@@ -135,8 +135,17 @@ impl Cluster {
     }
 
     /// A snapshot is local to each node; taken on the leader it also lets the log be purged.
+    /// When the snapshot already covers every applied entry, it is the answer: a build would
+    /// end at the same point, which openraft does not count as a new snapshot.
     async fn snapshot_now(&self) -> Result<AdminDone, ServiceError> {
-        let before = self.metrics().snapshot;
+        let m = self.metrics();
+        let before = m.snapshot;
+        if before.is_some() && before == m.last_applied {
+            return Ok(AdminDone::Snapshot {
+                index: before.map(|l| l.index),
+                completed: true,
+            });
+        }
         self.raft
             .trigger()
             .snapshot()
