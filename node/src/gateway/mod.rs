@@ -265,9 +265,12 @@ pub async fn bind(
     }
     let gw = Gateway::new(cluster, metrics.clone(), tunnels, stop.clone());
     let mut ended = Vec::with_capacity(threads);
+    let mut listening = Vec::with_capacity(threads);
     for (i, listener) in listeners.into_iter().enumerate() {
         let (done, rx) = tokio::sync::oneshot::channel::<()>();
         ended.push(rx);
+        let (ready, rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+        listening.push(rx);
         let (gw, metrics, stop) = (gw.clone(), metrics.clone(), stop.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -277,9 +280,16 @@ pub async fn bind(
             .name(format!("gateway-{i}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    // The socket registers with this thread's runtime, so it listens here.
                     let listener = match listener.listen(1024) {
-                        Ok(l) => l,
-                        Err(e) => return tracing::error!(error = %e, "gateway listener"),
+                        Ok(l) => {
+                            let _ = ready.send(Ok(()));
+                            l
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
                     };
                     // Small answers go out at once rather than waiting for an ACK (Nagle).
                     let listener = listener.tap_io(|tcp| {
@@ -295,6 +305,15 @@ pub async fn bind(
                 drop(done);
             })
             .context("starting a gateway thread")?;
+    }
+    for rx in listening {
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(e).with_context(|| format!("listening on gateway address {bound}"))
+            }
+            Err(_) => anyhow::bail!("a gateway thread ended before it listened"),
+        }
     }
     info!(addr = %bound, threads, "gateway listening");
     let serve = async move {
