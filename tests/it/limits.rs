@@ -31,6 +31,25 @@ fn job() -> EnqueueRequest {
     serde_json::from_value(json!({"payload": {}})).unwrap()
 }
 
+/// Waits until `api`'s node has the cluster's limits in force: the leader puts them in force
+/// in one entry, the quota among them.
+async fn limits_in_force(api: &Client) {
+    wait_for("the limits in force", WAIT, || async {
+        let s = api.cluster_status().await.ok()?;
+        (s.storage.quota_bytes == 2 << 30).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// One node configured by `tune`, once its limits are in force, and its API.
+async fn one_node(tune: impl Fn(&mut node::config::Config)) -> (InprocCluster, Client) {
+    let c = InprocCluster::start_with(1, tune).await.unwrap();
+    let api = http::api(&c.bases[0]);
+    limits_in_force(&api).await;
+    (c, api)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_count_limit_refuses_one_more_and_names_itself() {
     let c = InprocCluster::start_with(3, |c| {
@@ -41,14 +60,8 @@ async fn each_count_limit_refuses_one_more_and_names_itself() {
     .await
     .unwrap();
     let apis: Vec<Client> = c.bases.iter().map(|b| http::api(b)).collect();
-    // The leader puts its limits in force in one entry, the quota among them.
     for api in &apis {
-        wait_for("the limits in force", WAIT, || async {
-            let s = api.cluster_status().await.ok()?;
-            (s.storage.quota_bytes == 2 << 30).then_some(())
-        })
-        .await
-        .unwrap();
+        limits_in_force(api).await;
     }
     for (i, api) in apis.iter().enumerate() {
         api.kv_put(&format!("k{i}"), "v").await.unwrap();
@@ -135,16 +148,7 @@ async fn each_count_limit_refuses_one_more_and_names_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_queue_is_deleted_and_frees_its_place() {
-    let c = InprocCluster::start_with(1, |c| c.limits.max_queues = 1)
-        .await
-        .unwrap();
-    let api = http::api(&c.bases[0]);
-    wait_for("the limits in force", WAIT, || async {
-        let s = api.cluster_status().await.ok()?;
-        (s.storage.quota_bytes == 2 << 30).then_some(())
-    })
-    .await
-    .unwrap();
+    let (c, api) = one_node(|c| c.limits.max_queues = 1).await;
     api.enqueue("old", &job()).await.unwrap();
     refused(
         api.enqueue("new", &job()).await.unwrap_err(),
@@ -184,20 +188,12 @@ async fn an_idle_queue_is_deleted_and_frees_its_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_channel_is_deleted_and_frees_its_place() {
-    let c = InprocCluster::start_with(1, |c| {
+    let (c, api) = one_node(|c| {
         c.limits.max_channels = 1;
         // Events on t/ age out after 3 s.
         c.channels.retention = "t/=10:3000".parse().unwrap();
     })
-    .await
-    .unwrap();
-    let api = http::api(&c.bases[0]);
-    wait_for("the limits in force", WAIT, || async {
-        let s = api.cluster_status().await.ok()?;
-        (s.storage.quota_bytes == 2 << 30).then_some(())
-    })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(api.publish("t/old", json!(1)).await.unwrap().offset, 1);
     api.publish("t/old", json!(2)).await.unwrap();
     refused(
@@ -247,19 +243,11 @@ async fn an_idle_channel_is_deleted_and_frees_its_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_tokens_and_join_tokens_are_bounded() {
-    let c = InprocCluster::start_with(1, |c| {
+    let (c, api) = one_node(|c| {
         c.limits.max_tokens = 3;
         c.limits.max_join_tokens = 2;
     })
-    .await
-    .unwrap();
-    let api = http::api(&c.bases[0]);
-    wait_for("the limits in force", WAIT, || async {
-        let s = api.cluster_status().await.ok()?;
-        (s.storage.quota_bytes == 2 << 30).then_some(())
-    })
-    .await
-    .unwrap();
+    .await;
 
     tracing::info!("phase: access tokens up to the limit (the bootstrap token among them)");
     let req: node::api::acl::TokenCreate =
@@ -293,16 +281,7 @@ async fn access_tokens_and_join_tokens_are_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_queued_for_locks_are_bounded_across_locks() {
-    let c = InprocCluster::start_with(1, |c| c.limits.max_lock_waiters = 1)
-        .await
-        .unwrap();
-    let api = http::api(&c.bases[0]);
-    wait_for("the limits in force", WAIT, || async {
-        let s = api.cluster_status().await.ok()?;
-        (s.storage.quota_bytes == 2 << 30).then_some(())
-    })
-    .await
-    .unwrap();
+    let (c, api) = one_node(|c| c.limits.max_lock_waiters = 1).await;
     let acquire = |owner: &str, wait_ms: u64| node::api::model::AcquireRequest {
         owner: owner.into(),
         ttl_ms: 30_000,
