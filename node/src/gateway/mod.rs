@@ -253,16 +253,9 @@ pub async fn bind(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let first =
-        reuse_port_socket(addr).with_context(|| format!("binding gateway address {addr}"))?;
-    let bound = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(
-            reuse_port_socket(bound)
-                .with_context(|| format!("binding gateway address {bound} again"))?,
-        );
-    }
+    let listeners =
+        bind_sockets(addr, threads).with_context(|| format!("binding gateway address {addr}"))?;
+    let bound = listeners[0].local_addr()?;
     let gw = Gateway::new(cluster, metrics.clone(), tunnels, stop.clone());
     let mut ended = Vec::with_capacity(threads);
     let mut listening = Vec::with_capacity(threads);
@@ -324,8 +317,19 @@ pub async fn bind(
     Ok((bound, serve))
 }
 
-/// A socket bound to `addr` that other sockets of this process may bind too (SO_REUSEPORT;
-/// Linux allows it only to the same user); each gateway thread listens on one.
+/// `n` sockets bound to `addr` (its port chosen once when it is 0), one per gateway thread.
+///
+/// SO_REUSEPORT would also let another process of the same user bind the same address and
+/// silently take a share of its connections (a second node started with the same
+/// `gateway.addr`, say). So the address is first bound plainly, which fails when anything
+/// holds it, and released just before the sockets bind it; the same plain bind then fails for
+/// anyone who comes later.
+fn bind_sockets(addr: SocketAddr, n: usize) -> std::io::Result<Vec<tokio::net::TcpSocket>> {
+    let free = std::net::TcpListener::bind(addr)?.local_addr()?;
+    (0..n.max(1)).map(|_| reuse_port_socket(free)).collect()
+}
+
+/// A socket bound to `addr` that the other sockets of [`bind_sockets`] bind too.
 fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -744,5 +748,27 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpg
     let mut server = TokioIo::new(server);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
         debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_gateway_address_in_use_is_refused_whoever_holds_it() {
+        let sockets = bind_sockets("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let bound = sockets[0].local_addr().unwrap();
+        assert_eq!(
+            sockets[1].local_addr().unwrap(),
+            bound,
+            "one port for every thread"
+        );
+        let _listening: Vec<_> = sockets.into_iter().map(|s| s.listen(16).unwrap()).collect();
+        let e = bind_sockets(bound, 2).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = bind_sockets(plain.local_addr().unwrap(), 1).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
     }
 }
