@@ -641,3 +641,76 @@ async fn new_websockets_spread_back_to_a_restarted_node() {
         ws.close().await;
     }
 }
+
+/// `/metrics` lines of the gateway's series for `instance` (by its `service/id` label).
+async fn series_of(http: &reqwest::Client, base: &str, instance: &str) -> usize {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let label = format!("instance=\"{instance}\"");
+    text.lines()
+        .filter(|l| l.starts_with("stackd_gateway_") && l.contains(&label))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metric_series_of_a_deregistered_instance_and_a_deleted_route_are_removed() {
+    let c = ProcCluster::start_with(
+        1,
+        ProcOptions {
+            first_ip: 61,
+            gateway: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let http = client();
+    let base = &c.bases[0];
+    let gw = &c.gateway_addrs[0];
+    let apps: Vec<App> = ["m1", "m2"].iter().map(|n| App::start(n, 0)).collect();
+    for app in &apps {
+        register(&http, base, "metered", app, 500).await;
+    }
+    put_route(
+        &http,
+        base,
+        "metered",
+        json!({"service": "metered", "strategy": "round_robin"}),
+    )
+    .await;
+    wait_healthy(&http, base, "metered", &["m1", "m2"]).await;
+    for _ in 0..4 {
+        let (status, body) = through(&http, gw, None, "/").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(series_of(&http, base, "metered/m1").await > 0);
+    assert!(series_of(&http, base, "metered/m2").await > 0);
+
+    // Deregistered: its series go; the other instance's stay.
+    let (status, body) =
+        send(http.delete(format!("{base}/v1/services/metered/instances/m1"))).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for("m1's series removed", Duration::from_secs(10), || async {
+        (series_of(&http, base, "metered/m1").await == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(series_of(&http, base, "metered/m2").await > 0);
+
+    // The route deleted: every series under it goes.
+    let (status, body) = send(http.delete(format!("{base}/v1/routes/metered"))).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(
+        "the route's series removed",
+        Duration::from_secs(10),
+        || async { (series_of(&http, base, "metered/m2").await == 0).then_some(()) },
+    )
+    .await
+    .unwrap();
+}

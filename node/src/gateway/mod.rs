@@ -84,6 +84,22 @@ struct Series {
 }
 
 impl Series {
+    /// Removes every series of `instance` under `route` (those [`Series::new`] makes, and the
+    /// counts of requests not proxied, under instance `none`).
+    fn remove(m: &Metrics, route: &str, instance: &str) {
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            let _ = m
+                .gateway_requests
+                .remove_label_values(&[route, instance, class]);
+        }
+        let _ = m.gateway_latency.remove_label_values(&[route, instance]);
+        for kind in ["connect", "request", "timeout", "5xx"] {
+            let _ = m
+                .gateway_errors
+                .remove_label_values(&[route, instance, kind]);
+        }
+    }
+
     fn new(m: &Metrics, route: &str, instance: &str) -> Series {
         let class = |c: &str| m.gateway_requests.with_label_values(&[route, instance, c]);
         let error = |k: &str| m.gateway_errors.with_label_values(&[route, instance, k]);
@@ -123,6 +139,9 @@ pub struct Gateway {
     table: RwLock<Arc<Table>>,
     /// Each instance's figures, kept across table rebuilds (by `service/id` and authority).
     upstreams: std::sync::Mutex<HashMap<(String, String), Arc<Upstream>>>,
+    /// The (route, instance) pairs whose metric series exist, so the series of a route or an
+    /// instance that is gone are removed rather than kept for the life of the process.
+    series_made: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     inflight: Arc<tokio::sync::Semaphore>,
     /// WebSocket tunnels: tracked with the node's requests, ended at shutdown.
     tunnels: tokio_util::task::TaskTracker,
@@ -143,6 +162,7 @@ impl Gateway {
             stop,
             table: RwLock::new(Arc::new(Table::default())),
             upstreams: Default::default(),
+            series_made: Default::default(),
             inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT)),
         });
         gw.rebuild();
@@ -200,9 +220,49 @@ impl Gateway {
                 }
             })
             .collect();
+        // Series stay while the route exists and the instance is registered (a critical
+        // instance keeps its counts), and go with either.
+        let keep: std::collections::HashSet<(String, String)> = state
+            .routes()
+            .iter()
+            .flat_map(|(name, route)| {
+                let mut pairs: Vec<(String, String)> = state
+                    .service_instances(&route.service)
+                    .into_iter()
+                    .map(|i| (name.clone(), format!("{}/{}", i.spec.service, i.spec.id)))
+                    .collect();
+                pairs.push((name.clone(), "none".to_string()));
+                pairs
+            })
+            .collect();
         drop(state);
+        let instances: std::collections::HashSet<&str> =
+            keep.iter().map(|(_, i)| i.as_str()).collect();
+        for key in known.keys() {
+            if !instances.contains(key.0.as_str()) {
+                let _ = self
+                    .metrics
+                    .gateway_ejections
+                    .remove_label_values(&[&key.0]);
+            }
+        }
         *known = used;
         drop(known);
+        let mut made = self.series_made.lock().unwrap_or_else(|p| p.into_inner());
+        made.retain(|(route, instance)| {
+            let kept = keep.contains(&(route.clone(), instance.clone()));
+            if !kept {
+                Series::remove(&self.metrics, route, instance);
+            }
+            kept
+        });
+        made.extend(
+            routes
+                .iter()
+                .flat_map(|r| r.upstreams.iter().map(|u| (r.name.clone(), u.key.clone())))
+                .chain(routes.iter().map(|r| (r.name.clone(), "none".to_string()))),
+        );
+        drop(made);
         routes.sort_by(|a, b| {
             (b.route.host.is_some(), b.route.path_prefix.len())
                 .cmp(&(a.route.host.is_some(), a.route.path_prefix.len()))
