@@ -57,19 +57,19 @@ thread_local! {
 fn request_id() -> HeaderValue {
     let (prefix, n) = REQUEST_IDS.get();
     REQUEST_IDS.set((prefix, n.wrapping_add(1)));
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&prefix.to_be_bytes());
+    id[8..].copy_from_slice(&n.to_be_bytes());
     let mut hex = [0u8; 32];
-    let digits = b"0123456789abcdef";
-    for (i, b) in prefix
-        .to_be_bytes()
-        .iter()
-        .chain(&n.to_be_bytes())
-        .enumerate()
-    {
-        hex[2 * i] = digits[usize::from(b >> 4)];
-        hex[2 * i + 1] = digits[usize::from(b & 15)];
-    }
+    hex::encode_to_slice(id, &mut hex).expect("32 digits for 16 bytes");
     HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
 }
+
+/// The `class` label of `stackd_gateway_requests_total`, by status class (1xx to 5xx).
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The `kind` label of `stackd_gateway_errors_total`.
+const ERROR_KINDS: [&str; 4] = ["connect", "request", "timeout", "5xx"];
 
 /// The metric series of one instance under one route, looked up once per table build rather
 /// than by label on every request.
@@ -87,13 +87,13 @@ impl Series {
     /// Removes every series of `instance` under `route` (those [`Series::new`] makes, and the
     /// counts of requests not proxied, under instance `none`).
     fn remove(m: &Metrics, route: &str, instance: &str) {
-        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+        for class in CLASSES {
             let _ = m
                 .gateway_requests
                 .remove_label_values(&[route, instance, class]);
         }
         let _ = m.gateway_latency.remove_label_values(&[route, instance]);
-        for kind in ["connect", "request", "timeout", "5xx"] {
+        for kind in ERROR_KINDS {
             let _ = m
                 .gateway_errors
                 .remove_label_values(&[route, instance, kind]);
@@ -102,14 +102,15 @@ impl Series {
 
     fn new(m: &Metrics, route: &str, instance: &str) -> Series {
         let class = |c: &str| m.gateway_requests.with_label_values(&[route, instance, c]);
-        let error = |k: &str| m.gateway_errors.with_label_values(&[route, instance, k]);
+        let [connect, request, timeout, server_error] =
+            ERROR_KINDS.map(|k| m.gateway_errors.with_label_values(&[route, instance, k]));
         Series {
-            classes: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
+            classes: CLASSES.map(class),
             latency: m.gateway_latency.with_label_values(&[route, instance]),
-            connect: error("connect"),
-            request: error("request"),
-            timeout: error("timeout"),
-            server_error: error("5xx"),
+            connect,
+            request,
+            timeout,
+            server_error,
         }
     }
 }
@@ -179,16 +180,24 @@ impl Gateway {
         let revision = state.registry_revision();
         let mut known = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
         let mut used: HashMap<(String, String), Arc<Upstream>> = HashMap::new();
+        // The (route, instance) pairs whose metric series stay: while the route exists and the
+        // instance is registered (a critical instance keeps its counts), and the route's
+        // requests not proxied (instance `none`).
+        let mut keep: std::collections::HashSet<(String, String)> = Default::default();
         let mut routes: Vec<Compiled> = state
             .routes()
             .iter()
             .map(|(name, route)| {
+                keep.insert((name.clone(), "none".to_string()));
                 let upstreams: Vec<Arc<Upstream>> = state
                     .service_instances(&route.service)
                     .into_iter()
-                    .filter(|i| i.routable())
-                    .map(|i| {
+                    .filter_map(|i| {
                         let key = format!("{}/{}", i.spec.service, i.spec.id);
+                        keep.insert((name.clone(), key.clone()));
+                        i.routable().then_some((i, key))
+                    })
+                    .map(|(i, key)| {
                         let host = if i.spec.address.contains(':') {
                             format!("[{}]", i.spec.address)
                         } else {
@@ -218,21 +227,6 @@ impl Gateway {
                     series,
                     picker: Picker::default(),
                 }
-            })
-            .collect();
-        // Series stay while the route exists and the instance is registered (a critical
-        // instance keeps its counts), and go with either.
-        let keep: std::collections::HashSet<(String, String)> = state
-            .routes()
-            .iter()
-            .flat_map(|(name, route)| {
-                let mut pairs: Vec<(String, String)> = state
-                    .service_instances(&route.service)
-                    .into_iter()
-                    .map(|i| (name.clone(), format!("{}/{}", i.spec.service, i.spec.id)))
-                    .collect();
-                pairs.push((name.clone(), "none".to_string()));
-                pairs
             })
             .collect();
         drop(state);
@@ -484,7 +478,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 fn class(status: StatusCode) -> &'static str {
-    ["1xx", "2xx", "3xx", "4xx", "5xx"][class_index(status)]
+    CLASSES[class_index(status)]
 }
 
 fn class_index(status: StatusCode) -> usize {
