@@ -643,15 +643,8 @@ async fn new_websockets_spread_back_to_a_restarted_node() {
 }
 
 /// `/metrics` lines of the gateway's series for `instance` (by its `service/id` label).
-async fn series_of(http: &reqwest::Client, base: &str, instance: &str) -> usize {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+async fn series_of(base: &str, instance: &str) -> usize {
+    let text = tests::http::api(base).metrics().await.unwrap();
     let label = format!("instance=\"{instance}\"");
     text.lines()
         .filter(|l| l.starts_with("stackd_gateway_") && l.contains(&label))
@@ -689,19 +682,19 @@ async fn the_metric_series_of_a_deregistered_instance_and_a_deleted_route_are_re
         let (status, body) = through(&http, gw, None, "/").await;
         assert_eq!(status, 200, "{body}");
     }
-    assert!(series_of(&http, base, "metered/m1").await > 0);
-    assert!(series_of(&http, base, "metered/m2").await > 0);
+    assert!(series_of(base, "metered/m1").await > 0);
+    assert!(series_of(base, "metered/m2").await > 0);
 
     // Deregistered: its series go; the other instance's stay.
     let (status, body) =
         send(http.delete(format!("{base}/v1/services/metered/instances/m1"))).await;
     assert_eq!(status, 200, "{body}");
     wait_for("m1's series removed", Duration::from_secs(10), || async {
-        (series_of(&http, base, "metered/m1").await == 0).then_some(())
+        (series_of(base, "metered/m1").await == 0).then_some(())
     })
     .await
     .unwrap();
-    assert!(series_of(&http, base, "metered/m2").await > 0);
+    assert!(series_of(base, "metered/m2").await > 0);
 
     // The route deleted: every series under it goes.
     let (status, body) = send(http.delete(format!("{base}/v1/routes/metered"))).await;
@@ -709,7 +702,7 @@ async fn the_metric_series_of_a_deregistered_instance_and_a_deleted_route_are_re
     wait_for(
         "the route's series removed",
         Duration::from_secs(10),
-        || async { (series_of(&http, base, "metered/m2").await == 0).then_some(()) },
+        || async { (series_of(base, "metered/m2").await == 0).then_some(()) },
     )
     .await
     .unwrap();

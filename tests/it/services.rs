@@ -319,15 +319,8 @@ async fn a_node_registers_the_services_of_its_config_file() {
 }
 
 /// Health checks this node ran with this `result` ("" for all), from its `/metrics`.
-async fn checks_run(web: &reqwest::Client, base: &str, result: &str) -> u64 {
-    let text = web
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+async fn checks_run(base: &str, result: &str) -> u64 {
+    let text = http::api(base).metrics().await.unwrap();
     text.lines()
         .filter(|l| l.starts_with("stackd_health_checks_total{") && l.contains(result))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -382,7 +375,7 @@ async fn a_stable_registry_of_a_thousand_checked_instances_writes_nothing() {
     let before = applied(api.cluster_status().await.unwrap());
     let mut ran = 0;
     for b in &c.bases {
-        ran += checks_run(&web, b, "").await;
+        ran += checks_run(b, "").await;
     }
     let shares = wait_for(
         "three more rounds of checks",
@@ -390,7 +383,7 @@ async fn a_stable_registry_of_a_thousand_checked_instances_writes_nothing() {
         || async {
             let mut shares = Vec::new();
             for b in &c.bases {
-                shares.push(checks_run(&web, b, "").await);
+                shares.push(checks_run(b, "").await);
             }
             (shares.iter().sum::<u64>() >= ran + 3 * INSTANCES as u64).then_some(shares)
         },
@@ -400,7 +393,7 @@ async fn a_stable_registry_of_a_thousand_checked_instances_writes_nothing() {
     let after = applied(api.cluster_status().await.unwrap());
     let mut failed = 0;
     for b in &c.bases {
-        failed += checks_run(&web, b, "failed").await;
+        failed += checks_run(b, "failed").await;
     }
     eprintln!(
         "checks run per node: {shares:?} ({failed} failed); applied index {before} -> {after}"
