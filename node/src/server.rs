@@ -13,8 +13,7 @@ use anyhow::{bail, Context};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use openraft::async_runtime::WatchReceiver;
-use raft::{codec, LogStore, NodeId, NodeInfo, StateMachine};
+use raft::{codec, LogStore, NodeId, NodeInfo, Replica, StateMachine};
 use serde::{Deserialize, Serialize};
 use storage::Db;
 use tokio::sync::Semaphore;
@@ -25,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use transport::tls::NodeKey;
 use transport::{
-    tls, ClusterTls, Gossip, GossipConfig, Limits, Network, RpcRequest, RpcResponse, Transport,
+    tls, ClusterTls, Gossip, GossipConfig, Limits, RpcRequest, RpcResponse, Transport,
 };
 
 use crate::api::{self, AppState};
@@ -131,16 +130,17 @@ impl Node {
         let peers = Peers::new(state.clone(), member.joined_through.clone());
         let transport = stage_transport(&config, &member.tls, peers.clone())?;
         let hub = Hub::new(stores.sm.live_sender(), config.ws.max_connections);
-        let raft = stage_raft(&config, &member, stores, &transport).await?;
+        let replica = stage_raft(&config, &member, stores, &transport).await?;
         let gossip = match stage_gossip(&config, &member).await {
             Ok(g) => g,
             Err(e) => {
-                let _ = raft.shutdown().await;
+                let _ = replica.shutdown().await;
                 return Err(e);
             }
         };
-        let (cluster, mut life, identity, founding_token) =
-            assemble(&config, member, raft, state, &transport, hub, gossip, peers);
+        let (cluster, mut life, identity, founding_token) = assemble(
+            &config, member, replica, state, &transport, hub, gossip, peers,
+        );
         let removed = transport.removed();
         let started = async {
             stage_cluster(
@@ -239,7 +239,7 @@ impl Node {
 fn assemble(
     config: &Config,
     member: Member,
-    raft: raft::Raft,
+    replica: Replica,
     state: Arc<std::sync::RwLock<raft::State>>,
     transport: &Arc<Transport>,
     hub: Arc<Hub>,
@@ -257,7 +257,7 @@ fn assemble(
     let cluster = Cluster::new(
         identity.node_id,
         info,
-        raft,
+        replica,
         state,
         transport.clone(),
         tls,
@@ -430,23 +430,23 @@ fn stage_transport(
         .with_context(|| format!("binding cluster address {}", config.cluster.addr))
 }
 
-/// Raft: the openraft instance over the stores, talking through the transport.
+/// Raft: this node's replica over the stores, reaching its peers through the transport.
 async fn stage_raft(
     config: &Config,
     member: &Member,
     stores: Stores,
     transport: &Arc<Transport>,
-) -> anyhow::Result<raft::Raft> {
+) -> anyhow::Result<Replica> {
     info!(node_id = member.identity.node_id, "start-up stage: raft");
-    let raft_config = raft::config::raft_config(
-        config.raft.heartbeat_interval_ms,
-        config.raft.election_timeout_ms,
-        config.raft.snapshot_every_entries,
-    )?;
-    raft::Raft::new(
+    let timing = raft::replica::Timing {
+        heartbeat_interval_ms: config.raft.heartbeat_interval_ms,
+        election_timeout_ms: config.raft.election_timeout_ms,
+        snapshot_every_entries: config.raft.snapshot_every_entries,
+    };
+    Replica::start(
         member.identity.node_id,
-        raft_config,
-        Network::new(transport.clone()),
+        timing,
+        transport.clone(),
         stores.log_store,
         stores.sm,
     )
@@ -496,7 +496,7 @@ async fn stage_cluster(
 ) -> anyhow::Result<()> {
     info!("start-up stage: cluster");
     let rpc = transport.clone().serve(
-        cluster.raft().clone(),
+        cluster.replica().clone(),
         cluster.clone(),
         life.background.clone(),
     );
@@ -517,10 +517,11 @@ async fn found_cluster(
     identity: &Identity,
     token: &str,
 ) -> anyhow::Result<()> {
-    let raft = &cluster.raft();
-    if !raft.is_initialized().await? {
+    let replica = cluster.replica();
+    if !replica.is_initialized().await? {
         let members = std::collections::BTreeMap::from([(identity.node_id, cluster.info.clone())]);
-        raft.initialize(members)
+        replica
+            .initialize(members)
             .await
             .context("initializing the cluster")?;
     }
@@ -807,7 +808,7 @@ struct Lifecycle {
     duties: Vec<(&'static str, JoinHandle<()>)>,
     tasks: NodeTasks,
     inflight: Arc<Semaphore>,
-    raft: raft::Raft,
+    replica: Replica,
     /// Gossip stops last, so the others see this node leave only once it has.
     gossip_shutdown: CancellationToken,
     /// Spawned by the transport; counted among the background tasks while it runs.
@@ -839,7 +840,7 @@ impl Lifecycle {
             gossip_counted: tasks.background.token(),
             tasks,
             inflight: Arc::new(Semaphore::new(cluster.config().api.max_inflight_requests)),
-            raft: cluster.raft().clone(),
+            replica: cluster.replica().clone(),
             gossip_shutdown,
             gossip_task,
             db,
@@ -884,7 +885,7 @@ impl Lifecycle {
         drain("ReadIndex rounds", &self.tasks.reads, STOP_WITHIN).await;
         quiet();
         info!("shutting down: raft");
-        if let Err(e) = self.raft.shutdown().await {
+        if let Err(e) = self.replica.shutdown().await {
             warn!(error = %e, "raft shutdown failed");
         }
         info!("shutting down: leaving gossip");
@@ -1035,45 +1036,43 @@ async fn seal_restored_state(cluster: &Cluster, data_dir: &std::path::Path) -> a
     if !marker.exists() {
         return Ok(());
     }
-    let (raft, id) = (cluster.raft(), cluster.id);
+    let (replica, id) = (cluster.replica(), cluster.id);
     let marker_bytes = std::fs::read(&marker).context("reading the restore marker")?;
     let restored_ms = std::fs::metadata(&marker)?
         .modified()?
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let wait = Some(Duration::from_secs(30));
-    raft.wait(wait)
-        .metrics(
-            |m| m.current_leader == Some(id) && m.last_applied.is_some(),
+    let wait = Duration::from_secs(30);
+    replica
+        .wait_until(
+            wait,
+            move |m| m.leader == Some(id) && m.applied.is_some(),
             "the restored node leads",
         )
         .await
         .context("waiting for the restored node to lead")?;
-    raft.trigger()
+    replica
         .snapshot()
         .await
         .context("snapshotting the restored state")?;
-    let applied = raft
-        .metrics()
-        .borrow_watched()
-        .last_applied
-        .map(|l| l.index);
-    let m = raft
-        .wait(wait)
-        .metrics(
-            |m| m.snapshot.map(|l| l.index) >= applied,
+    let applied = replica.metrics().applied;
+    let m = replica
+        .wait_until(
+            wait,
+            move |m| m.snapshot >= applied,
             "a snapshot of the restored state",
         )
         .await
         .context("waiting for the snapshot of the restored state")?;
-    let upto = m.snapshot.map(|l| l.index).unwrap_or(0);
-    raft.trigger()
+    let upto = m.snapshot.unwrap_or(0);
+    replica
         .purge_log(upto)
         .await
         .context("purging the log behind the restored state")?;
-    raft.wait(wait)
-        .metrics(
-            |m| m.purged.map(|l| l.index) >= Some(upto),
+    replica
+        .wait_until(
+            wait,
+            move |m| m.purged >= Some(upto),
             "the log purged behind the restored state",
         )
         .await

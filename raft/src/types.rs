@@ -32,7 +32,6 @@ openraft::declare_raft_types!(
         Node = NodeInfo,
 );
 
-pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;
 pub type LogStore = crate::log_store::LogStore<TypeConfig>;
 /// Snapshot bytes: the encoded state-machine column family.
 pub type SnapshotData = std::io::Cursor<Vec<u8>>;

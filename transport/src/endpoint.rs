@@ -15,10 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::alias::LogIdOf;
-use openraft::Snapshot;
 use quinn::{Connection, Endpoint};
-use raft::{NodeId, NodeInfo, Raft, Request, SnapshotData, TypeConfig};
+use raft::network::{PeerAnswer, PeerRpc, Snapshot, SnapshotMeta, SnapshotResponse, Vote};
+use raft::{LogId, NodeId, NodeInfo, Replica, Request};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -115,7 +114,7 @@ pub trait Service: Send + Sync + 'static {
     /// Applies a write forwarded by a follower (this node should be the leader).
     fn forward(&self, req: Request) -> impl Future<Output = Result<Written, ServiceError>> + Send;
     /// The leader's read index for a follower's linearizable read.
-    fn read_index(&self) -> impl Future<Output = Result<LogIdOf<TypeConfig>, ServiceError>> + Send;
+    fn read_index(&self) -> impl Future<Output = Result<LogId, ServiceError>> + Send;
     /// Admits a new node that presents a join token and its public key.
     fn join(
         &self,
@@ -398,8 +397,8 @@ impl Transport {
         &self,
         node: NodeId,
         addr: &str,
-        vote: openraft::alias::VoteOf<TypeConfig>,
-        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
+        vote: Vote,
+        snapshot: Snapshot,
     ) -> Result<RpcResponse> {
         let conn = self.connection(addr, Some(node)).await?;
         self.check_server(&conn)?;
@@ -426,7 +425,7 @@ impl Transport {
     /// no one.
     pub async fn serve<S: Service>(
         self: Arc<Self>,
-        raft: Raft,
+        raft: Replica,
         service: Arc<S>,
         shutdown: CancellationToken,
     ) {
@@ -530,7 +529,7 @@ impl Transport {
         self: Arc<Self>,
         conn: Connection,
         peer: Option<Peer>,
-        raft: Raft,
+        raft: Replica,
         service: Arc<S>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -604,7 +603,7 @@ impl Transport {
         &self,
         peer: &Peer,
         (conn, widened): (&Connection, &AtomicBool),
-        raft: &Raft,
+        raft: &Replica,
         service: &S,
         recv: &mut quinn::RecvStream,
     ) -> RpcResponse {
@@ -671,12 +670,12 @@ impl Transport {
     /// it; refuses one over the size limit, or whose stream breaks or runs long.
     async fn install_snapshot(
         &self,
-        raft: &Raft,
-        vote: openraft::alias::VoteOf<TypeConfig>,
-        meta: openraft::alias::SnapshotMetaOf<TypeConfig>,
+        raft: &Replica,
+        vote: Vote,
+        meta: SnapshotMeta,
         total_bytes: u64,
         recv: &mut quinn::RecvStream,
-    ) -> std::result::Result<openraft::raft::SnapshotResponse<TypeConfig>, String> {
+    ) -> std::result::Result<SnapshotResponse, String> {
         if total_bytes > self.limits.max_snapshot_bytes {
             return Err(format!(
                 "snapshot of {total_bytes} bytes is over the {}-byte limit",
@@ -695,36 +694,22 @@ impl Transport {
         if data.len() as u64 != total_bytes {
             return Err("snapshot longer than announced".into());
         }
-        let snapshot = Snapshot {
-            meta,
-            snapshot: std::io::Cursor::new(data),
-        };
-        raft.install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(|e| e.to_string())
+        raft.install_snapshot(vote, meta, data).await
     }
 
     /// Runs a member's request.
     async fn dispatch<S: Service>(
         &self,
         req: RpcRequest,
-        raft: &Raft,
+        raft: &Replica,
         service: &S,
         recv: &mut quinn::RecvStream,
     ) -> RpcResponse {
         match req {
-            RpcRequest::Append(r) => {
-                RpcResponse::Append(raft.append_entries(r).await.map_err(|e| e.to_string()))
-            }
-            RpcRequest::Vote(r) => RpcResponse::Vote(raft.vote(r).await.map_err(|e| e.to_string())),
-            RpcRequest::PreVote(r) => {
-                RpcResponse::Vote(raft.pre_vote(r).await.map_err(|e| e.to_string()))
-            }
-            RpcRequest::TransferLeader(r) => RpcResponse::TransferLeader(
-                raft.handle_transfer_leader(r)
-                    .await
-                    .map_err(|e| e.to_string()),
-            ),
+            RpcRequest::Append(r) => wire(raft.answer(PeerRpc::Append(r)).await),
+            RpcRequest::Vote(r) => wire(raft.answer(PeerRpc::Vote(r)).await),
+            RpcRequest::PreVote(r) => wire(raft.answer(PeerRpc::PreVote(r)).await),
+            RpcRequest::TransferLeader(r) => wire(raft.answer(PeerRpc::TransferLeader(r)).await),
             RpcRequest::Snapshot {
                 vote,
                 meta,
@@ -751,6 +736,15 @@ impl Transport {
             RpcRequest::Admin(op) => RpcResponse::Admin(service.admin(op).await),
             RpcRequest::NodeKeys => RpcResponse::NodeKeys(service.node_keys()),
         }
+    }
+}
+
+/// A replica's answer as it travels.
+fn wire(answer: PeerAnswer) -> RpcResponse {
+    match answer {
+        PeerAnswer::Append(r) => RpcResponse::Append(r),
+        PeerAnswer::Vote(r) => RpcResponse::Vote(r),
+        PeerAnswer::TransferLeader(r) => RpcResponse::TransferLeader(r),
     }
 }
 

@@ -1,5 +1,6 @@
 //! stackd's cluster transport. This is the only crate that names `quinn` and `foca`. It
-//! builds on `raft` (the Raft types and [`raft::codec`]) and knows nothing of RocksDB.
+//! builds on `raft` (the Raft messages and [`raft::codec`]) and knows nothing of RocksDB or of
+//! openraft.
 //!
 //! # Layout
 //! - [`tls`]: the cluster CA, node certificates, mutual TLS with identity checks, join tokens.
@@ -9,7 +10,7 @@
 //! - [`rpc`]: the request and response messages between nodes.
 //! - [`endpoint`]: the node's QUIC endpoint: cached outgoing connections, one bi-stream per
 //!   call, and the server loop (Raft RPCs, forwarded writes, read index, joins).
-//! - [`network`]: openraft's `RaftNetworkV2` over the endpoint.
+//! - [`link`]: the endpoint as the [`raft::Link`] a replica reaches its peers by.
 //! - [`gossip`]: SWIM membership (foca) over authenticated UDP: liveness and metadata.
 
 #![forbid(unsafe_code)]
@@ -19,7 +20,7 @@ pub mod endpoint;
 pub mod error;
 pub mod frame;
 pub mod gossip;
-pub mod network;
+mod link;
 mod pool;
 pub mod rpc;
 pub mod tls;
@@ -28,7 +29,6 @@ pub use admission::{PeerCheck, Refusal};
 pub use endpoint::{Limits, Service, Transport};
 pub use error::{Error, Result};
 pub use gossip::{Gossip, GossipConfig, Liveness, MemberReach, NodeMeta, PeerView};
-pub use network::Network;
 pub use pool::PeerStats;
 pub use rpc::{
     AdminDone, AdminOp, JoinGranted, NodeKeys, RpcRequest, RpcResponse, ServiceError, Written,

@@ -4,26 +4,25 @@
 //! keeps its wire index. A variant that is no longer sent may be removed only together with
 //! a new codec format version, which nodes of the earlier format refuse as a whole.
 
-use openraft::alias::{LogIdOf, SnapshotMetaOf, VoteOf};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
-};
 use std::collections::{BTreeMap, BTreeSet};
 
-use raft::{codec, NodeId, NodeInfo, Request, Response, TypeConfig};
+use raft::network::{
+    AppendRequest, AppendResponse, SnapshotMeta, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, Vote, VoteRequest, VoteResponse,
+};
+use raft::{codec, LogId, NodeId, NodeInfo, Request, Response};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcRequest {
-    Append(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<TypeConfig>),
-    PreVote(VoteRequest<TypeConfig>),
-    TransferLeader(TransferLeaderRequest<TypeConfig>),
+    Append(AppendRequest),
+    Vote(VoteRequest),
+    PreVote(VoteRequest),
+    TransferLeader(TransferLeaderRequest),
     /// A snapshot follows in raw chunk frames until `total_bytes` have been sent.
     Snapshot {
-        vote: VoteOf<TypeConfig>,
-        meta: SnapshotMetaOf<TypeConfig>,
+        vote: Vote,
+        meta: SnapshotMeta,
         total_bytes: u64,
     },
     /// A follower asks the leader for a read index (ReadIndex protocol).
@@ -89,12 +88,12 @@ pub enum AdminDone {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcResponse {
-    /// openraft RPC results; a remote openraft error travels as text.
-    Append(Result<AppendEntriesResponse<TypeConfig>, String>),
-    Vote(Result<VoteResponse<TypeConfig>, String>),
-    TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
-    Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
-    ReadIndex(Result<LogIdOf<TypeConfig>, ServiceError>),
+    /// Raft's answers; an error of the remote Raft travels as text.
+    Append(Result<AppendResponse, String>),
+    Vote(Result<VoteResponse, String>),
+    TransferLeader(Result<TransferLeaderResponse, String>),
+    Snapshot(Result<SnapshotResponse, String>),
+    ReadIndex(Result<LogId, ServiceError>),
     /// The request is not allowed on this connection or is malformed.
     Refused(String),
     Write(Result<Written, ServiceError>),

@@ -24,8 +24,8 @@ impl Cluster {
     /// at a time.
     pub(super) async fn replace_dead_voter(&self) {
         let m = self.metrics();
-        let membership = m.membership_config.membership();
-        if membership.get_joint_config().len() > 1 {
+        let membership = &m.membership;
+        if membership.is_joint() {
             return;
         }
         let seen: BTreeMap<NodeId, (Liveness, Duration)> = self
@@ -34,8 +34,8 @@ impl Cluster {
             .into_iter()
             .map(|(id, p)| (id, (p.liveness, p.since.elapsed())))
             .collect();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let voters = membership.voters().clone();
+        let learners: BTreeSet<NodeId> = membership.learners().collect();
         let ready: BTreeSet<NodeId> = learners
             .iter()
             .copied()
@@ -56,7 +56,7 @@ impl Cluster {
         let timeout = Duration::from_millis(self.config.api.request_timeout_ms * 2);
         let (change, action, node, reason) = describe(step, &seen);
         // A removed voter is not kept as a learner: it is dead, and a spare it is not.
-        match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
+        match tokio::time::timeout(timeout, self.replica.change_membership(change)).await {
             Ok(Ok(_)) => {
                 info!(node, action, "autopilot: membership changed");
                 self.record(action, node, reason);
@@ -110,12 +110,7 @@ impl Cluster {
 fn describe(
     step: Step,
     seen: &BTreeMap<NodeId, (Liveness, Duration)>,
-) -> (
-    ChangeMembers<NodeId, NodeInfo>,
-    &'static str,
-    NodeId,
-    String,
-) {
+) -> (MembershipChange, &'static str, NodeId, String) {
     let down_ms = |n: &NodeId| seen.get(n).map_or(0, |(_, d)| d.as_millis()) as u64;
     match step {
         Step::AddVoter { node, replaces } => {
@@ -125,7 +120,7 @@ fn describe(
                 replaces, down_ms, "autopilot: adding a learner as voter to replace a dead voter"
             );
             (
-                ChangeMembers::AddVoterIds(BTreeSet::from([node])),
+                MembershipChange::AddVoter(node),
                 "add_voter",
                 node,
                 format!("replaces voter {replaces}, down in gossip for {down_ms} ms"),
@@ -135,7 +130,7 @@ fn describe(
             let down_ms = down_ms(&node);
             info!(node, down_ms, "autopilot: removing dead voter");
             (
-                ChangeMembers::RemoveVoters(BTreeSet::from([node])),
+                MembershipChange::RemoveVoter(node),
                 "remove_voter",
                 node,
                 format!("down in gossip for {down_ms} ms"),

@@ -23,11 +23,10 @@ impl Cluster {
             }
             let m = self.metrics();
             let members: Vec<(NodeId, String)> = m
-                .membership_config
-                .membership()
+                .membership
                 .nodes()
-                .filter(|(id, _)| **id != self.id)
-                .filter_map(|(id, n)| Some((*id, derived_gossip_addr(&n.cluster_addr)?)))
+                .filter(|(id, _)| *id != self.id)
+                .filter_map(|(id, n)| Some((id, derived_gossip_addr(&n.cluster_addr)?)))
                 .collect();
             let mut seeds = BTreeMap::new();
             for (id, addr) in members {
@@ -49,7 +48,7 @@ impl Cluster {
             self.gossip.set_local_meta(NodeMeta {
                 api_addr: self.info.api_addr.clone(),
                 cluster_addr: self.info.cluster_addr.clone(),
-                applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                applied_index: m.applied.unwrap_or(0),
                 inflight_requests: self.own_load().0,
                 load_avg_1m: load_avg_1m(),
                 replication: self.reach_of_members(&m),
@@ -63,10 +62,9 @@ impl Cluster {
     pub fn route_table(&self) -> Vec<(NodeId, NodeMeta)> {
         let members: BTreeSet<NodeId> = self
             .metrics()
-            .membership_config
-            .membership()
+            .membership
             .nodes()
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         let (inflight_requests, websocket_connections) = self.own_load();
         let own = NodeMeta {
@@ -123,18 +121,17 @@ impl Cluster {
         self.reach_of_members(&self.metrics())
     }
 
-    fn reach_of_members(&self, m: &RaftMetrics<TypeConfig>) -> Vec<MemberReach> {
-        if m.current_leader != Some(self.id) {
+    fn reach_of_members(&self, m: &Metrics) -> Vec<MemberReach> {
+        if m.leader != Some(self.id) {
             return Vec::new();
         }
-        m.membership_config
-            .membership()
+        m.membership
             .nodes()
-            .filter(|(id, _)| **id != self.id)
+            .filter(|(id, _)| *id != self.id)
             .map(|(id, _)| {
-                let (lag, acked) = replication_of(m, *id);
+                let (lag, acked) = replication_of(m, id);
                 MemberReach {
-                    node: *id,
+                    node: id,
                     lag,
                     acked_ms_ago: acked.map(|d| d.as_millis() as u64),
                 }
@@ -147,7 +144,7 @@ impl Cluster {
     /// known leader or before its gossip arrived.
     pub fn leader_reach(&self) -> Option<(NodeId, Vec<MemberReach>)> {
         let m = self.metrics();
-        let leader = m.current_leader?;
+        let leader = m.leader?;
         if leader == self.id {
             return Some((leader, self.reach_of_members(&m)));
         }
@@ -169,28 +166,18 @@ impl Cluster {
 /// How far the leader sees `node`: its replication lag (entries of the leader's log it has not
 /// acknowledged; `None` when it has acknowledged none yet) and how long ago it last
 /// acknowledged a heartbeat or an append (`None`: never). Leader's metrics only.
-pub(super) fn replication_of(
-    m: &RaftMetrics<TypeConfig>,
-    node: NodeId,
-) -> (Option<u64>, Option<Duration>) {
+pub(super) fn replication_of(m: &Metrics, node: NodeId) -> (Option<u64>, Option<Duration>) {
     let last = m.last_log_index.unwrap_or(0);
-    let lag = m
-        .replication
-        .as_ref()
-        .and_then(|r| r.get(&node).cloned().flatten())
-        .map(|l| last.saturating_sub(l.index));
-    let acked = m
-        .heartbeat
-        .as_ref()
-        .and_then(|h| h.get(&node).cloned().flatten())
-        .map(|t| t.elapsed());
-    (lag, acked)
+    let Some(f) = m.followers.as_ref().and_then(|f| f.get(&node)) else {
+        return (None, None);
+    };
+    (f.matched.map(|i| last.saturating_sub(i)), f.acked_ago)
 }
 
 /// Whether `node` has replicated the leader's log to within 100 entries and acknowledged the
 /// leader within `fresh`. A node that has acknowledged nothing yet is not caught up, however
 /// short the log: promoting a voter the leader cannot reach weakens the quorum.
-pub(super) fn caught_up(m: &RaftMetrics<TypeConfig>, node: NodeId, fresh: Duration) -> bool {
+pub(super) fn caught_up(m: &Metrics, node: NodeId, fresh: Duration) -> bool {
     matches!(replication_of(m, node), (Some(lag), Some(ago)) if lag <= 100 && ago <= fresh)
 }
 

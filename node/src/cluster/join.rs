@@ -37,8 +37,8 @@ impl Service for Cluster {
         }
     }
 
-    async fn read_index(&self) -> Result<LogIdOf<TypeConfig>, ServiceError> {
-        local_read_index(&self.raft, self.request_timeout()).await
+    async fn read_index(&self) -> Result<LogId, ServiceError> {
+        local_read_index(&self.replica, self.request_timeout()).await
     }
 
     async fn join(
@@ -47,7 +47,7 @@ impl Service for Cluster {
         node: NodeInfo,
         public_key: Vec<u8>,
     ) -> Result<JoinGranted, ServiceError> {
-        if !self.raft.is_leader() {
+        if !self.replica.is_leader() {
             return self.relay_join(token, node, public_key).await;
         }
         // A token created just before a leader change is committed but maybe not applied
@@ -225,19 +225,19 @@ impl Cluster {
                 _ = every.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            if self.raft.is_leader() {
+            if self.replica.is_leader() {
                 continue;
             }
             let m = self.metrics();
-            let membership = m.membership_config.membership();
-            let cut_off = m.current_leader.is_none() || membership.get_node(&self.id).is_none();
+            let membership = &m.membership;
+            let cut_off = m.leader.is_none() || membership.node(self.id).is_none();
             if !cut_off && round % 10 != 0 {
                 continue;
             }
             let peers: Vec<(NodeId, NodeInfo)> = membership
                 .nodes()
-                .filter(|(id, _)| **id != self.id)
-                .map(|(id, n)| (*id, n.clone()))
+                .filter(|(id, _)| *id != self.id)
+                .map(|(id, n)| (id, n.clone()))
                 .collect();
             for (id, n) in peers {
                 let hello = self.transport.call_node(
@@ -297,8 +297,7 @@ impl Cluster {
     fn check_joiner(&self, node: &NodeInfo, public_key: &[u8]) -> Result<[u8; 32], ServiceError> {
         let m = self.metrics();
         if let Some((id, _)) = m
-            .membership_config
-            .membership()
+            .membership
             .nodes()
             .find(|(_, n)| n.cluster_addr == node.cluster_addr)
         {
@@ -323,7 +322,7 @@ impl Cluster {
     async fn add_learner_retrying(&self, id: NodeId, node: NodeInfo) -> Result<(), ServiceError> {
         let deadline = Instant::now() + self.request_timeout();
         loop {
-            match self.raft.add_learner(id, node.clone(), false).await {
+            match self.replica.add_learner(id, node.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() < deadline => {
                     warn!(node = id, error = %e, "adding learner; retrying");

@@ -15,7 +15,7 @@ impl Cluster {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            if !self.raft.is_leader() {
+            if !self.replica.is_leader() {
                 continue;
             }
             let due = self
@@ -103,17 +103,17 @@ impl Cluster {
     /// Promotes one learner that has caught up, while voters are below the target.
     pub(super) async fn promote_caught_up_learner(&self) {
         let m = self.metrics();
-        let membership = m.membership_config.membership();
-        if membership.get_joint_config().len() > 1 {
+        let membership = &m.membership;
+        if membership.is_joint() {
             return; // a membership change is in progress
         }
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let voters = membership.voters();
         if voters.len() >= self.config.raft.target_voters {
             return;
         }
         // A learner gossip sees down is skipped: its replication progress is stale.
         let view = self.gossip.snapshot();
-        for learner in membership.learner_ids() {
+        for learner in membership.learners() {
             let down = view
                 .get(&learner)
                 .is_some_and(|p| p.liveness == Liveness::Down);
@@ -124,8 +124,8 @@ impl Cluster {
                     "promoting caught-up learner to voter"
                 );
                 match self
-                    .raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([learner])), true)
+                    .replica
+                    .change_membership(MembershipChange::AddVoter(learner))
                     .await
                 {
                     Ok(_) => {
@@ -150,17 +150,16 @@ impl Cluster {
     /// Hands leadership to voter `to` and waits (up to two election timeouts) until this
     /// node sees a leader other than itself; answers the new leader.
     pub async fn transfer_leadership(&self, to: NodeId) -> Result<NodeId, ServiceError> {
-        self.raft
-            .trigger()
+        self.replica
             .transfer_leader(to)
             .await
             .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let me = self.id;
         let wait = Duration::from_millis(self.config.raft.election_timeout_ms * 4);
-        self.raft
-            .wait(Some(wait))
-            .metrics(
-                move |m| m.current_leader.is_some_and(|l| l != me),
+        self.replica
+            .wait_until(
+                wait,
+                move |m| m.leader.is_some_and(|l| l != me),
                 "leadership transferred",
             )
             .await
@@ -169,17 +168,18 @@ impl Cluster {
                     "node {to} did not take over within {wait:?}; this node may still lead"
                 ))
             })?;
-        Ok(self.metrics().current_leader.unwrap_or(to))
+        Ok(self.metrics().leader.unwrap_or(to))
     }
 
     /// The voter that has replicated the most of the leader's log, other than this node.
     pub fn best_successor(&self) -> Option<NodeId> {
         let m = self.metrics();
-        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
-        let repl = m.replication.as_ref()?;
-        voters
-            .into_iter()
+        let followers = m.followers.as_ref()?;
+        m.membership
+            .voters()
+            .iter()
+            .copied()
             .filter(|v| *v != self.id)
-            .max_by_key(|v| repl.get(v).cloned().flatten().map(|l| l.index))
+            .max_by_key(|v| followers.get(v).and_then(|f| f.matched))
     }
 }

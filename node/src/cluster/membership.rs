@@ -6,7 +6,7 @@ use super::*;
 impl Cluster {
     /// Runs `op` on the leader: here when this node leads, else forwarded over QUIC.
     pub async fn admin(&self, op: AdminOp) -> Result<AdminDone, ServiceError> {
-        if self.raft.is_leader() {
+        if self.replica.is_leader() {
             return self.admin_here(op).await;
         }
         let Some((leader_id, leader)) = self.leader() else {
@@ -41,7 +41,7 @@ impl Cluster {
 
     /// Runs `op` on this node, which must lead.
     pub(super) async fn admin_here(&self, op: AdminOp) -> Result<AdminDone, ServiceError> {
-        if !self.raft.is_leader() {
+        if !self.replica.is_leader() {
             return Err(ServiceError::NotLeader {
                 leader: self.leader(),
             });
@@ -55,34 +55,30 @@ impl Cluster {
     }
 
     async fn remove_member(&self, id: NodeId) -> Result<AdminDone, ServiceError> {
-        let m = self.metrics();
-        let membership = m.membership_config.membership().clone();
-        if membership.get_node(&id).is_none() {
+        let membership = self.metrics().membership;
+        if membership.node(id).is_none() {
             return Err(ServiceError::NotFound(format!("node {id} is not a member")));
         }
         // A joint configuration, or a membership entry not committed yet (a learner just
         // added): Raft takes no other change until it is done.
-        if membership.get_joint_config().len() > 1
-            || m.membership_config.log_id() != m.committed_membership_config.log_id()
-        {
+        if !membership.is_settled() {
             return Err(ServiceError::Conflict(
                 "a membership change is in progress; retry".into(),
             ));
         }
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let voters = membership.voters();
         if voters.contains(&id) && voters.len() == 1 {
             return Err(ServiceError::Conflict(
                 "cannot remove the last voter".into(),
             ));
         }
-        let ids = BTreeSet::from([id]);
         let change = if voters.contains(&id) {
-            ChangeMembers::RemoveVoters(ids)
+            MembershipChange::RemoveVoter(id)
         } else {
-            ChangeMembers::RemoveNodes(ids)
+            MembershipChange::RemoveLearner(id)
         };
-        self.raft
-            .change_membership(change, false)
+        self.replica
+            .change_membership(change)
             .await
             .map_err(membership_failed)?;
         info!(node = id, "member removed");
@@ -101,31 +97,24 @@ impl Cluster {
     }
 
     async fn promote_member(&self, id: NodeId) -> Result<AdminDone, ServiceError> {
-        let m = self.metrics();
-        let membership = m.membership_config.membership();
-        if membership.get_node(&id).is_none() {
+        let membership = self.metrics().membership;
+        if membership.node(id).is_none() {
             return Err(ServiceError::NotFound(format!("node {id} is not a member")));
         }
-        if membership.voter_ids().any(|v| v == id) {
+        if membership.is_voter(id) {
             return Err(ServiceError::Conflict(format!(
                 "node {id} is already a voter"
             )));
         }
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+        self.replica
+            .change_membership(MembershipChange::AddVoter(id))
             .await
             .map_err(membership_failed)?;
         Ok(AdminDone::Promoted(id))
     }
 
     async fn transfer_to(&self, to: NodeId) -> Result<AdminDone, ServiceError> {
-        let m = self.metrics();
-        if !m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == to)
-        {
+        if !self.metrics().membership.is_voter(to) {
             return Err(ServiceError::Invalid(format!("node {to} is not a voter")));
         }
         if to == self.id {
@@ -136,28 +125,30 @@ impl Cluster {
 
     /// A snapshot is local to each node; taken on the leader it also lets the log be purged.
     /// When the snapshot already covers every applied entry, it is the answer: a build would
-    /// end at the same point, which openraft does not count as a new snapshot.
+    /// end at the same point, which Raft does not count as a new snapshot.
     async fn snapshot_now(&self) -> Result<AdminDone, ServiceError> {
         let m = self.metrics();
         let before = m.snapshot;
-        if before.is_some() && before == m.last_applied {
+        if before.is_some() && before == m.applied {
             return Ok(AdminDone::Snapshot {
-                index: before.map(|l| l.index),
+                index: before,
                 completed: true,
             });
         }
-        self.raft
-            .trigger()
+        self.replica
             .snapshot()
             .await
             .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let waited = self
-            .raft
-            .wait(Some(Duration::from_secs(60)))
-            .metrics(move |m| m.snapshot != before, "snapshot built")
+            .replica
+            .wait_until(
+                Duration::from_secs(60),
+                move |m| m.snapshot != before,
+                "snapshot built",
+            )
             .await;
         Ok(AdminDone::Snapshot {
-            index: self.metrics().snapshot.map(|l| l.index),
+            index: self.metrics().snapshot,
             completed: waited.is_ok(),
         })
     }

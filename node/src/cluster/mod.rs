@@ -36,12 +36,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::alias::LogIdOf;
-use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{ChangeMembers, Instant as _, RaftMetrics, ReadPolicy, ServerState};
 use raft::command::{ClusterCmd, ClusterResult, KvCmd, Proposal};
-use raft::{Command, NodeId, NodeInfo, Raft, Request, Response, State, TypeConfig};
+use raft::replica::MembershipChange;
+use raft::{Command, LogId, Metrics, NodeId, NodeInfo, Replica, Request, Response, State};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -87,15 +84,15 @@ pub struct RaftView {
 }
 
 impl RaftView {
-    fn of(m: &RaftMetrics<TypeConfig>) -> Self {
+    fn of(m: &Metrics) -> Self {
         RaftView {
-            leader: m.current_leader,
-            term: m.current_term,
+            leader: m.leader,
+            term: m.term,
             last_log_index: m.last_log_index.unwrap_or(0),
-            commit_index: m.local_committed.map(|l| l.index).unwrap_or(0),
-            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-            snapshot_index: m.snapshot.map(|l| l.index),
-            purged_index: m.purged.map(|l| l.index),
+            commit_index: m.committed.unwrap_or(0),
+            applied_index: m.applied.unwrap_or(0),
+            snapshot_index: m.snapshot,
+            purged_index: m.purged,
         }
     }
 }
@@ -116,7 +113,7 @@ impl StateReader {
 pub struct Cluster {
     pub id: NodeId,
     pub info: NodeInfo,
-    raft: Raft,
+    replica: Replica,
     state: Arc<RwLock<State>>,
     transport: Arc<Transport>,
     tls: ClusterTls,
@@ -144,7 +141,7 @@ impl Cluster {
     pub fn new(
         id: NodeId,
         info: NodeInfo,
-        raft: Raft,
+        replica: Replica,
         state: Arc<RwLock<State>>,
         transport: Arc<Transport>,
         tls: ClusterTls,
@@ -160,7 +157,7 @@ impl Cluster {
         Arc::new(Self {
             id,
             info,
-            raft,
+            replica,
             state,
             transport,
             tls,
@@ -181,13 +178,13 @@ impl Cluster {
         &self.audit
     }
 
-    fn metrics(&self) -> RaftMetrics<TypeConfig> {
-        self.raft.metrics().borrow_watched().clone()
+    fn metrics(&self) -> Metrics {
+        self.replica.metrics()
     }
 
     /// Raft's figures as this node sees them.
     pub fn raft_view(&self) -> RaftView {
-        RaftView::of(&self.raft.metrics().borrow_watched())
+        RaftView::of(&self.metrics())
     }
 
     /// The node's configuration.
@@ -222,12 +219,12 @@ impl Cluster {
 
     /// Whether this node is the leader now.
     pub fn is_leader(&self) -> bool {
-        self.raft.is_leader()
+        self.replica.is_leader()
     }
 
-    /// The Raft instance, for the node's own start-up and shutdown.
-    pub(crate) fn raft(&self) -> &Raft {
-        &self.raft
+    /// This node's replica, for the node's own start-up and shutdown.
+    pub(crate) fn replica(&self) -> &Replica {
+        &self.replica
     }
 
     /// How recently the leader must have heard from a member to count it reachable: one
@@ -242,7 +239,7 @@ impl Cluster {
 
     /// The current leader and its addresses, as this node knows them.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
-        let (id, node) = known_leader(&self.raft)?;
+        let (id, node) = self.replica.known_leader()?;
         Some((id, node?))
     }
 
@@ -266,7 +263,7 @@ impl Cluster {
         woken: &tokio::sync::Notify,
         mut check: impl FnMut(&State) -> Option<T>,
     ) -> Result<Option<T>, ServiceError> {
-        let mut applied = self.raft.metrics();
+        let mut applied = self.replica.changes();
         loop {
             let notified = woken.notified();
             tokio::pin!(notified);
@@ -288,29 +285,8 @@ impl Cluster {
 
     /// Whether this node knows a leader and has applied everything it knows is committed.
     pub fn is_ready(&self) -> bool {
-        let m = self.metrics();
-        let committed = m.local_committed.map(|l| l.index);
-        m.current_leader.is_some()
-            && m.last_applied.map(|l| l.index) >= committed
-            && matches!(
-                m.state,
-                ServerState::Leader | ServerState::Follower | ServerState::Learner
-            )
+        self.replica.is_ready()
     }
-}
-
-/// The leader this node knows of, with its addresses when the membership has them.
-fn known_leader(raft: &Raft) -> Option<(NodeId, Option<NodeInfo>)> {
-    let m = raft.metrics();
-    let m = m.borrow_watched();
-    let id = m.current_leader?;
-    Some((id, m.membership_config.membership().get_node(&id).cloned()))
-}
-
-/// The leader in `m` when its address is known too.
-fn addressed_leader(m: &RaftMetrics<TypeConfig>) -> Option<(NodeId, &NodeInfo)> {
-    let id = m.current_leader?;
-    Some((id, m.membership_config.membership().get_node(&id)?))
 }
 
 impl crate::api_tls::IssueApiCert for Cluster {

@@ -162,11 +162,10 @@ impl Cluster {
     async fn fetch_node_keys(&self) -> Option<NodeKeys> {
         let members: Vec<(NodeId, String)> = self
             .metrics()
-            .membership_config
-            .membership()
+            .membership
             .nodes()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(id, n)| (*id, n.cluster_addr.clone()))
+            .filter(|(id, _)| *id != self.id)
+            .map(|(id, n)| (id, n.cluster_addr.clone()))
             .collect();
         let ask = RpcRequest::NodeKeys;
         for (id, addr) in &members {

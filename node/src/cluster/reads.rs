@@ -2,8 +2,9 @@
 //! local apply.
 
 use super::*;
+use raft::ProposeError;
 
-pub(super) type ReadResult = Result<LogIdOf<TypeConfig>, ServiceError>;
+pub(super) type ReadResult = Result<LogId, ServiceError>;
 
 /// Batches concurrent linearizable reads behind one ReadIndex round: a read waits for the
 /// round that starts after it arrives (an earlier round could predate its write), and every
@@ -63,9 +64,8 @@ impl Cluster {
             }
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(remaining))
-            .applied_index_at_least(Some(log_id.index), "linearizable read")
+        self.replica
+            .wait_applied(log_id.index, remaining)
             .await
             .map_err(|_| {
                 ServiceError::Unavailable("timed out catching up to the read index".into())
@@ -87,7 +87,7 @@ impl Cluster {
             !std::mem::replace(&mut s.running, true)
         };
         if drive {
-            let raft = self.raft.clone();
+            let replica = self.replica.clone();
             let transport = self.transport.clone();
             let this_id = self.id;
             let timeout = self.request_timeout();
@@ -104,7 +104,7 @@ impl Cluster {
                             }
                             std::mem::take(&mut s.waiting)
                         };
-                        let res = read_index_round(&raft, &transport, this_id, timeout).await;
+                        let res = read_index_round(&replica, &transport, this_id, timeout).await;
                         for tx in batch {
                             let _ = tx.send(res.clone());
                         }
@@ -139,16 +139,16 @@ impl Cluster {
 /// One ReadIndex round: the leader confirms its leadership with a quorum and answers the
 /// index a read must wait for.
 pub(super) async fn read_index_round(
-    raft: &Raft,
+    replica: &Replica,
     transport: &Transport,
     this_id: NodeId,
     timeout: Duration,
 ) -> ReadResult {
-    let Some((leader, node)) = known_leader(raft) else {
+    let Some((leader, node)) = replica.known_leader() else {
         return Err(ServiceError::NotLeader { leader: None });
     };
     if leader == this_id {
-        return local_read_index(raft, timeout).await;
+        return local_read_index(replica, timeout).await;
     }
     let Some(node) = node else {
         return Err(ServiceError::Unavailable("leader address unknown".into()));
@@ -167,23 +167,10 @@ pub(super) async fn read_index_round(
     }
 }
 
-/// Bounded by `timeout`: without a quorum the leader cannot confirm its leadership, and a
-/// stuck round would hold up every read queued behind it.
-pub(super) async fn local_read_index(raft: &Raft, timeout: Duration) -> ReadResult {
-    let round = tokio::time::timeout(timeout, raft.get_read_linearizer(ReadPolicy::ReadIndex));
-    let Ok(result) = round.await else {
-        return Err(ServiceError::Unavailable(
-            "no quorum confirmed the leader in time".into(),
-        ));
-    };
-    match result {
-        Ok(lin) => Ok(*lin.read_log_id().log_id()),
-        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-            Err(ServiceError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node),
-            })
-        }
-        Err(RaftError::APIError(e)) => Err(ServiceError::Unavailable(e.to_string())),
-        Err(RaftError::Fatal(e)) => Err(ServiceError::Unavailable(e.to_string())),
-    }
+/// ReadIndex on this node, which should lead.
+pub(super) async fn local_read_index(replica: &Replica, timeout: Duration) -> ReadResult {
+    replica.read_index(timeout).await.map_err(|e| match e {
+        ProposeError::NotLeader(leader) => ServiceError::NotLeader { leader },
+        other => ServiceError::Unavailable(other.to_string()),
+    })
 }

@@ -1,9 +1,8 @@
 //! `GET /v1/cluster`: Raft's figures, every member with its liveness and metadata as this
 //! node's gossip sees them and how the leader reaches it, and the autopilot.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use openraft::async_runtime::WatchReceiver;
 use raft::{NodeId, NodeInfo};
 use transport::{MemberReach, PeerView};
 
@@ -21,10 +20,9 @@ impl Cluster {
     /// The cluster as this node sees it; `inflight_requests` is this node's API load.
     pub fn status(&self, inflight_requests: u64) -> ClusterStatus {
         let m = self.metrics();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let membership = &m.membership;
         let local = LocalFigures {
-            applied: m.last_applied.map(|l| l.index),
+            applied: m.applied,
             load: Load {
                 inflight_requests: Some(inflight_requests),
                 load_avg_1m: Some(load_avg_1m()),
@@ -35,12 +33,12 @@ impl Cluster {
         let members = membership
             .nodes()
             .map(|(id, node)| {
-                let role = if voters.contains(id) {
+                let role = if membership.is_voter(id) {
                     MemberRole::Voter
                 } else {
                     MemberRole::Learner
                 };
-                self.member(*id, node, role, &local, self.leader_view(&reach, *id))
+                self.member(id, node, role, &local, self.leader_view(&reach, id))
             })
             .collect();
         let (cluster_id, revision, compact_revision, storage) = {
@@ -94,10 +92,8 @@ impl Cluster {
         } else {
             "http"
         };
-        let watch = self.raft.metrics();
-        let m = watch.borrow_watched();
-        m.membership_config
-            .membership()
+        self.metrics()
+            .membership
             .nodes()
             .map(|(_, node)| format!("{scheme}://{}", node.api_addr))
             .collect()

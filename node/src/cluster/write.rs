@@ -3,6 +3,7 @@
 
 use super::*;
 use raft::command::IdemKey;
+use raft::ProposeError;
 
 /// Why a write did not give its typed result.
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +75,10 @@ impl Cluster {
     ) -> Option<(NodeId, NodeInfo)> {
         let remaining = until.saturating_duration_since(Instant::now());
         let _ = self
-            .raft
-            .wait(Some(remaining))
-            .metrics(
-                move |m| addressed_leader(m).is_some_and(|(id, _)| Some(id) != not),
+            .replica
+            .wait_until(
+                remaining,
+                move |m| m.addressed_leader().is_some_and(|(id, _)| Some(id) != not),
                 "leader and its address known",
             )
             .await;
@@ -118,9 +119,8 @@ impl Cluster {
             .await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = self
-            .raft
-            .wait(Some(remaining))
-            .applied_index_at_least(Some(written.log_index), "write visible locally")
+            .replica
+            .wait_applied(written.log_index, remaining)
             .await
         {
             warn!(error = %e, index = written.log_index, "write not yet applied on this node");
@@ -239,23 +239,16 @@ impl Cluster {
     /// Proposes on this node, which must be the leader; stamps the replicated clock.
     pub async fn write_local(&self, mut req: Request) -> Result<Written, ServiceError> {
         req.stamp_ms = now_ms();
-        match self.raft.client_write(req).await {
-            Ok(r) => Ok(Written {
-                response: r.data,
-                log_index: r.log_id.index,
+        match self.replica.propose(req).await {
+            Ok((response, log_index)) => Ok(Written {
+                response,
+                log_index,
             }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ServiceError::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node),
-                })
+            Err(ProposeError::NotLeader(leader)) => Err(ServiceError::NotLeader { leader }),
+            Err(e @ (ProposeError::Discarded | ProposeError::Stopped(_))) => {
+                Err(ServiceError::Unknown(e.to_string()))
             }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(ServiceError::Unknown(
-                    "leader changed; the write may or may not have been applied".into(),
-                ))
-            }
-            Err(RaftError::APIError(e)) => Err(ServiceError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ServiceError::Unknown(format!("raft stopped: {e}"))),
+            Err(ProposeError::Unavailable(e)) => Err(ServiceError::Unavailable(e)),
         }
     }
 }

@@ -1,47 +1,106 @@
-//! openraft's network over the QUIC transport.
+//! How a replica reaches the others: openraft's network over a [`Link`] the node provides (the
+//! QUIC transport), and the Raft messages that cross it.
 //!
-//! The transport never retries by itself. Failing to reach a peer maps to `Unreachable`, so
+//! The link never retries by itself. Failing to reach a peer maps to `Unreachable`, so
 //! openraft's own backoff applies; an error on an established exchange maps to `Network`
-//! (retried at the next heartbeat); an error reported by the remote openraft maps to
+//! (retried at the next heartbeat); an error reported by the remote Raft maps to
 //! `Unreachable` too (the remote is shutting down or broken).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
-};
 use openraft::OptionalSend;
-use raft::{NodeId, NodeInfo, SnapshotData, TypeConfig};
+use serde::{Deserialize, Serialize};
 
-use crate::endpoint::Transport;
-use crate::error::Error;
-use crate::rpc::{RpcRequest, RpcResponse};
+use crate::types::{NodeId, NodeInfo, SnapshotData, TypeConfig};
 
-/// Creates one [`Peer`] per replication target.
-#[derive(Clone)]
-pub struct Network {
-    transport: Arc<Transport>,
+/// A position in the log (term and index), as a read index travels between nodes.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// A node's vote, sent with a snapshot.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// What a snapshot covers (its last log position and membership).
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// A snapshot: its meta and its bytes.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+pub type AppendRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+pub type AppendResponse = openraft::raft::AppendEntriesResponse<TypeConfig>;
+pub type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
+pub type VoteResponse = openraft::raft::VoteResponse<TypeConfig>;
+pub type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<TypeConfig>;
+pub type TransferLeaderResponse = openraft::raft::TransferLeaderResponse<TypeConfig>;
+pub type SnapshotResponse = openraft::raft::SnapshotResponse<TypeConfig>;
+
+/// A Raft message from one replica to another (a snapshot goes by [`Link::send_snapshot`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRpc {
+    Append(AppendRequest),
+    Vote(VoteRequest),
+    PreVote(VoteRequest),
+    TransferLeader(TransferLeaderRequest),
 }
 
-impl Network {
-    pub fn new(transport: Arc<Transport>) -> Self {
-        Self { transport }
+/// A replica's answer to a [`PeerRpc`]; an error of the remote Raft travels as text. A vote
+/// and a pre-vote are answered alike.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerAnswer {
+    Append(Result<AppendResponse, String>),
+    Vote(Result<VoteResponse, String>),
+    TransferLeader(Result<TransferLeaderResponse, String>),
+}
+
+/// Why a [`Link`] call brought no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The peer could not be reached, or refused the call: nothing was delivered.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The exchange broke or timed out once under way.
+    #[error("network: {0}")]
+    Network(String),
+}
+
+/// The node's way to reach a peer's replica: one message and its answer per call.
+pub trait Link: Send + Sync + 'static {
+    /// Sends `rpc` to node `to` at `addr` and waits up to `timeout` for its answer.
+    fn call(
+        &self,
+        to: NodeId,
+        addr: &str,
+        rpc: PeerRpc,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<PeerAnswer, LinkError>> + Send;
+
+    /// Sends a whole snapshot to node `to` at `addr`; answers the receiver's installation.
+    fn send_snapshot(
+        &self,
+        to: NodeId,
+        addr: &str,
+        vote: Vote,
+        snapshot: Snapshot,
+    ) -> impl Future<Output = Result<Result<SnapshotResponse, String>, LinkError>> + Send;
+}
+
+/// Creates one [`Peer`] per replication target.
+pub(crate) struct Network<L> {
+    link: Arc<L>,
+}
+
+impl<L> Network<L> {
+    pub(crate) fn new(link: Arc<L>) -> Self {
+        Self { link }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = Peer;
+impl<L: Link> RaftNetworkFactory<TypeConfig> for Network<L> {
+    type Network = Peer<L>;
 
-    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer<L> {
         Peer {
-            transport: self.transport.clone(),
+            link: self.link.clone(),
             target,
             addr: node.cluster_addr.clone(),
         }
@@ -49,36 +108,29 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 /// The network client towards one peer.
-pub struct Peer {
-    transport: Arc<Transport>,
+pub(crate) struct Peer<L> {
+    link: Arc<L>,
     target: NodeId,
     addr: String,
 }
 
-fn to_rpc_error(e: Error) -> RPCError<TypeConfig> {
+fn to_rpc_error(e: LinkError) -> RPCError<TypeConfig> {
     match e {
-        Error::Connect { .. } | Error::Refused(_) | Error::Tls(_) | Error::Removed(_) => {
-            RPCError::Unreachable(Unreachable::new(&e))
-        }
-        other => RPCError::Network(NetworkError::new(&other)),
+        LinkError::Unreachable(m) => RPCError::Unreachable(Unreachable::from_string(m)),
+        LinkError::Network(m) => RPCError::Network(NetworkError::from_string(m)),
     }
 }
 
-fn unexpected(resp: RpcResponse) -> RPCError<TypeConfig> {
-    match resp {
-        RpcResponse::Refused(m) => {
-            RPCError::Unreachable(Unreachable::from_string(format!("peer refused: {m}")))
-        }
-        other => RPCError::Network(NetworkError::from_string(format!(
-            "unexpected response: {other:?}"
-        ))),
-    }
+fn unexpected(answer: PeerAnswer) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(format!(
+        "unexpected answer: {answer:?}"
+    )))
 }
 
 /// A vote and a pre-vote are answered alike.
-fn vote_answer(r: RpcResponse) -> Result<Result<VoteResponse<TypeConfig>, String>, RpcResponse> {
-    match r {
-        RpcResponse::Vote(r) => Ok(r),
+fn vote_answer(a: PeerAnswer) -> Result<Result<VoteResponse, String>, PeerAnswer> {
+    match a {
+        PeerAnswer::Vote(r) => Ok(r),
         other => Err(other),
     }
 }
@@ -87,26 +139,20 @@ fn remote(e: String) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::from_string(format!("remote raft error: {e}")))
 }
 
-impl Peer {
-    async fn call(
-        &self,
-        req: RpcRequest,
-        option: &RPCOption,
-    ) -> Result<RpcResponse, RPCError<TypeConfig>> {
-        self.transport
-            .call_node(self.target, &self.addr, &req, option.hard_ttl())
-            .await
-            .map_err(to_rpc_error)
-    }
-
-    /// Sends one openraft RPC and takes its answer out of the response `pick` expects.
+impl<L: Link> Peer<L> {
+    /// Sends one message and takes its answer out of the variant `pick` expects.
     async fn raft_call<T>(
         &self,
-        req: RpcRequest,
+        rpc: PeerRpc,
         option: &RPCOption,
-        pick: fn(RpcResponse) -> Result<Result<T, String>, RpcResponse>,
+        pick: fn(PeerAnswer) -> Result<Result<T, String>, PeerAnswer>,
     ) -> Result<T, RPCError<TypeConfig>> {
-        match pick(self.call(req, option).await?) {
+        let answer = self
+            .link
+            .call(self.target, &self.addr, rpc, option.hard_ttl())
+            .await
+            .map_err(to_rpc_error)?;
+        match pick(answer) {
             Ok(answer) => answer.map_err(remote),
             Err(other) => Err(unexpected(other)),
         }
@@ -131,7 +177,7 @@ pub const APPEND_MIN_BYTES_PER_SEC: u64 = 1 << 20;
 fn entries_within<E: serde::Serialize>(entries: &[E], budget: usize) -> (usize, usize) {
     let mut bytes = 0;
     for (i, e) in entries.iter().enumerate() {
-        let len = raft::codec::encoded_len(e).unwrap_or(usize::MAX / 2);
+        let len = crate::codec::encoded_len(e).unwrap_or(usize::MAX / 2);
         if i > 0 && bytes + len > budget {
             return (i, bytes);
         }
@@ -149,14 +195,14 @@ fn append_timeout(suggested: Duration, entries: usize, bytes: usize) -> Duration
     suggested.max(APPEND_MIN_TIMEOUT + transfer)
 }
 
-impl RaftNetworkV2<TypeConfig> for Peer {
+impl<L: Link> RaftNetworkV2<TypeConfig> for Peer<L> {
     type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
-        mut rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendRequest,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+    ) -> Result<AppendResponse, RPCError<TypeConfig>> {
         let (fit, bytes) = entries_within(&rpc.entries, APPEND_BATCH_BYTES);
         let cut = (fit < rpc.entries.len()).then(|| {
             rpc.entries.truncate(fit);
@@ -164,45 +210,43 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         });
         let option = RPCOption::new(append_timeout(option.hard_ttl(), fit, bytes));
         let answer = self
-            .raft_call(RpcRequest::Append(rpc), &option, |r| match r {
-                RpcResponse::Append(r) => Ok(r),
+            .raft_call(PeerRpc::Append(rpc), &option, |r| match r {
+                PeerAnswer::Append(r) => Ok(r),
                 other => Err(other),
             })
             .await?;
         Ok(match (answer, cut) {
             // The entries sent were taken; openraft sends the rest next.
-            (AppendEntriesResponse::Success, Some(last)) => {
-                AppendEntriesResponse::PartialSuccess(last)
-            }
+            (AppendResponse::Success, Some(last)) => AppendResponse::PartialSuccess(last),
             (answer, _) => answer,
         })
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<TypeConfig>,
+        rpc: VoteRequest,
         option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.raft_call(RpcRequest::Vote(rpc), &option, vote_answer)
+    ) -> Result<VoteResponse, RPCError<TypeConfig>> {
+        self.raft_call(PeerRpc::Vote(rpc), &option, vote_answer)
             .await
     }
 
     async fn pre_vote(
         &mut self,
-        rpc: VoteRequest<TypeConfig>,
+        rpc: VoteRequest,
         option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.raft_call(RpcRequest::PreVote(rpc), &option, vote_answer)
+    ) -> Result<VoteResponse, RPCError<TypeConfig>> {
+        self.raft_call(PeerRpc::PreVote(rpc), &option, vote_answer)
             .await
     }
 
     async fn transfer_leader(
         &mut self,
-        req: TransferLeaderRequest<TypeConfig>,
+        req: TransferLeaderRequest,
         option: RPCOption,
-    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.raft_call(RpcRequest::TransferLeader(req), &option, |r| match r {
-            RpcResponse::TransferLeader(r) => Ok(r),
+    ) -> Result<TransferLeaderResponse, RPCError<TypeConfig>> {
+        self.raft_call(PeerRpc::TransferLeader(req), &option, |r| match r {
+            PeerAnswer::TransferLeader(r) => Ok(r),
             other => Err(other),
         })
         .await
@@ -210,28 +254,25 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 
     async fn full_snapshot(
         &mut self,
-        vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+        vote: Vote,
+        snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
-    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+    ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
         tracing::info!(
             target = self.target,
             bytes = snapshot.snapshot.get_ref().len(),
             "sending snapshot"
         );
         let send = self
-            .transport
+            .link
             .send_snapshot(self.target, &self.addr, vote, snapshot);
         tokio::pin!(cancel);
         let resp = tokio::select! {
             closed = &mut cancel => return Err(StreamingError::Closed(closed)),
             r = send => r.map_err(|e| StreamingError::from(to_rpc_error(e)))?,
         };
-        match resp {
-            RpcResponse::Snapshot(r) => r.map_err(|e| StreamingError::from(remote(e))),
-            other => Err(StreamingError::from(unexpected(other))),
-        }
+        resp.map_err(|e| StreamingError::from(remote(e)))
     }
 }
 
