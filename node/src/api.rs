@@ -210,6 +210,7 @@ routes! {
     post "/v1/cluster/snapshot" => ops::snapshot, write(ClusterOps, All);
     post "/v1/cluster/compact" => history::compact, write(ClusterOps, All);
     get "/v1/cluster/backup" => ops::backup, write(ClusterOps, All);
+    get "/v1/cluster/digest" => ops::digest, read(ClusterOps, All);
     post "/v1/cluster/tokens" => ops::create_token, write(ClusterOps, All);
     get "/v1/cluster/tokens" => ops::list_tokens, read(ClusterOps, All);
     delete "/v1/cluster/tokens/{id}" => ops::revoke_token, write(ClusterOps, All);

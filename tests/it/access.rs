@@ -416,6 +416,7 @@ fn sample(method: &str, template: &str, m: &Made) -> Option<Sample> {
         ("post", "/v1/cluster/snapshot") => ok("/v1/cluster/snapshot", None),
         ("post", "/v1/cluster/compact") => ok("/v1/cluster/compact", Some(json!({"revision": 1}))),
         ("get", "/v1/cluster/backup") => ok("/v1/cluster/backup", None),
+        ("get", "/v1/cluster/digest") => ok("/v1/cluster/digest", None),
         ("post", "/v1/cluster/tokens") => ok("/v1/cluster/tokens", None),
         ("get", "/v1/cluster/tokens") => ok("/v1/cluster/tokens", None),
         ("delete", "/v1/cluster/tokens/{id}") => {

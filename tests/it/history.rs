@@ -377,6 +377,44 @@ async fn fault_run_catches_stale_reads_of_a_deliberately_unsafe_build() {
     );
 }
 
+/// The queue checker's own test: nodes that drop every fifth job after answering its enqueue
+/// (`STACKD_UNSAFE_LOSE_JOBS=5`) must be caught losing acknowledged jobs, while the history of
+/// everything else stays clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_run_catches_lost_jobs_of_a_deliberately_unsafe_build() {
+    let cfg = RunConfig {
+        faults: vec![Fault::Kill],
+        first_ip: 71,
+        unsafe_lose_jobs: Some(5),
+        ..RunConfig::short()
+    };
+    let report = harness::run(cfg).await.unwrap();
+    println!("{}", report.summary());
+    assert!(report.valid(), "{}", report.summary());
+    assert!(report.linearizable(), "{}", report.summary());
+    let lost = report
+        .problems
+        .iter()
+        .filter(|p| p.contains("acknowledged as enqueued and never delivered"))
+        .count();
+    let enqueued = report
+        .queue
+        .as_ref()
+        .expect("the queue was checked")
+        .enqueued;
+    assert!(
+        lost > 0 && lost * 5 <= enqueued + 5,
+        "{lost} lost jobs of {enqueued}:\n{}",
+        report.summary()
+    );
+    assert_eq!(
+        lost,
+        report.problems.len(),
+        "only lost jobs are reported:\n{}",
+        report.summary()
+    );
+}
+
 /// The long run, one command (see README "Fault injection"):
 /// `STACKD_FAULTS_SECS=1800 STACKD_FAULTS_NODES=5 cargo test --workspace -- --ignored long_fault_run --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

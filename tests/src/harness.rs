@@ -22,11 +22,15 @@ use rand::{Rng, SeedableRng};
 
 use crate::checker::convergence::converged;
 use crate::checker::kv::{check_history, Report};
+use crate::checker::queues::{QueueLog, QueueReport};
 use crate::history::{Kind, Outcome, Recorder};
 use crate::http::wait_for;
 use crate::nemesis::Partitions;
 use crate::process::{ProcCluster, ProcOptions};
-use crate::workload::{client, http_client, lock_client, perform, Ctx, LockLog, OP_TIMEOUT};
+use crate::workload::{
+    client, http_client, lock_client, perform, queue_name, queue_producer, queue_worker, Ctx,
+    LockLog, JOB_VISIBILITY, OP_TIMEOUT,
+};
 
 /// One kind of fault. Membership changes (removing and re-adding a voter) belong here once
 /// the cluster can remove members; the nemesis then needs no other change.
@@ -91,6 +95,9 @@ pub struct RunConfig {
     pub seed: u64,
     /// Run the nodes with `STACKD_UNSAFE_STALE_READS=1` (the checker's own test).
     pub unsafe_stale_reads: bool,
+    /// Run the nodes with `STACKD_UNSAFE_LOSE_JOBS=N`: every Nth job is answered as enqueued
+    /// and never stored (the queue checker's own test).
+    pub unsafe_lose_jobs: Option<u64>,
     /// Where a failed run's evidence goes (default: a new folder in the temp dir).
     pub out_dir: Option<PathBuf>,
     /// Save the evidence even when the run passes.
@@ -114,6 +121,7 @@ impl RunConfig {
             check_budget: Duration::from_secs(60),
             seed: seed_from_clock(),
             unsafe_stale_reads: false,
+            unsafe_lose_jobs: None,
             out_dir: None,
             keep: false,
         }
@@ -209,6 +217,8 @@ pub struct RunReport {
     /// Lock grants recorded, and fenced writes (accepted, rejected as stale).
     pub lock_grants: usize,
     pub fenced_writes: (usize, usize),
+    /// The queue workload's figures and what its checks found.
+    pub queue: Option<QueueReport>,
     pub artifacts: Option<PathBuf>,
 }
 
@@ -260,11 +270,25 @@ impl RunReport {
             "locks: {} grants checked for fence order; fenced writes {} accepted, {} rejected as stale",
             self.lock_grants, self.fenced_writes.0, self.fenced_writes.1
         );
+        if let Some(q) = &self.queue {
+            let _ = writeln!(
+                s,
+                "queue: {} enqueues acknowledged, {} deliveries ({} after an expired lease), {} acks accepted",
+                q.enqueued, q.delivered, q.redelivered, q.acked
+            );
+        }
         for p in &self.invalid {
             let _ = writeln!(s, "INVALID: {p}");
         }
-        for p in &self.problems {
+        for p in self.problems.iter().take(SUMMARY_PROBLEMS) {
             let _ = writeln!(s, "PROBLEM: {p}");
+        }
+        if self.problems.len() > SUMMARY_PROBLEMS {
+            let _ = writeln!(
+                s,
+                "… {} more problems (all in problems.txt of the evidence)",
+                self.problems.len() - SUMMARY_PROBLEMS
+            );
         }
         if let Some(c) = &self.check {
             for (_, cx) in c.violations.iter().take(3) {
@@ -280,6 +304,9 @@ impl RunReport {
         s
     }
 }
+
+/// Problems a summary lists; the evidence folder keeps them all.
+const SUMMARY_PROBLEMS: usize = 20;
 
 fn truncate_lines(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
@@ -533,6 +560,9 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport> {
     if cfg.unsafe_stale_reads {
         env.push(("STACKD_UNSAFE_STALE_READS".to_string(), "1".to_string()));
     }
+    if let Some(n) = cfg.unsafe_lose_jobs {
+        env.push(("STACKD_UNSAFE_LOSE_JOBS".to_string(), n.to_string()));
+    }
     let opts = ProcOptions {
         first_ip: cfg.first_ip,
         target_voters: if cfg.nodes >= 5 { 5 } else { 3 },
@@ -565,6 +595,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport> {
         problems: Vec::new(),
         lock_grants: 0,
         fenced_writes: (0, 0),
+        queue: None,
         artifacts: None,
     };
     let outcome = drive(&cfg, &mut cluster, partitions, &ctx, &mut report).await;
@@ -618,6 +649,25 @@ async fn drive(
             self.0.store(true, Ordering::Relaxed);
         }
     }
+    let jobs = Arc::new(Mutex::new(QueueLog::default()));
+    let stop_workers = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for node in 0..n {
+        clients.push(tokio::spawn(queue_producer(
+            ctx.clone(),
+            node,
+            jobs.clone(),
+            stop.clone(),
+        )));
+        workers.push(tokio::spawn(queue_worker(
+            ctx.clone(),
+            node,
+            node,
+            jobs.clone(),
+            stop_workers.clone(),
+        )));
+    }
+    let _stop_workers_guard = StopOnDrop(stop_workers.clone());
     let _stop_guard = StopOnDrop(stop.clone());
 
     ctx.note("phase: warm-up, no faults");
@@ -736,6 +786,29 @@ async fn drive(
         }
     }
 
+    ctx.note("phase: the queue drains; workers stop");
+    let drained = queue_drained(ctx).await;
+    stop_workers.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    match drained {
+        Ok(()) => {
+            let q = crate::checker::queues::check(
+                &jobs.lock().expect("queue log"),
+                JOB_VISIBILITY.as_nanos() as u64,
+            );
+            if q.enqueued == 0 || q.acked == 0 {
+                report
+                    .invalid
+                    .push("the queue clients never got a job through".into());
+            }
+            report.problems.extend(q.problems.iter().cloned());
+            report.queue = Some(q);
+        }
+        Err(e) => report.invalid.push(format!("{e:#}")),
+    }
+
     ctx.note("phase: convergence");
     if let Err(e) = converged(&ctx.bases).await {
         report.problems.push(format!("{e:#}"));
@@ -767,6 +840,20 @@ async fn drive(
     report.check = Some(check_history(&ctx.rec.ops(), cfg.check_budget));
     report.check_time = t.elapsed();
     Ok(())
+}
+
+/// Waits until the run's queue holds no job that is ready, delayed or in flight (workers keep
+/// claiming meanwhile; a lease of a claim whose answer was lost expires within
+/// [`JOB_VISIBILITY`]).
+async fn queue_drained(ctx: &Ctx) -> Result<()> {
+    let api = node::api::client::Client::with_http(&ctx.bases[0], http_client(OP_TIMEOUT));
+    let queue = queue_name(ctx);
+    wait_for("the queue drained", Duration::from_secs(60), || async {
+        let s = api.queue_stats(&queue).await.ok()?;
+        (s.ready + s.delayed + s.in_flight == 0).then_some(())
+    })
+    .await
+    .context("the queue did not drain after healing")
 }
 
 fn save_evidence(
@@ -806,6 +893,7 @@ fn save_evidence(
     }
     std::fs::write(dir.join("counterexample.txt"), cx)?;
     std::fs::write(dir.join("summary.txt"), report.summary())?;
+    std::fs::write(dir.join("problems.txt"), report.problems.join("\n"))?;
     for i in 0..cfg.nodes {
         let name = format!("node{}.log", i + 1);
         let _ = std::fs::copy(cluster.root().join(&name), dir.join(&name));

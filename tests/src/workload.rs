@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use crate::checker::queues::QueueLog;
 use crate::history::{Kind, Outcome, Recorder};
 
 /// Shared by the clients and the nemesis.
@@ -275,5 +276,105 @@ pub(crate) async fn lock_client(
             .json(&serde_json::json!({ "fence": fence }))
             .send()
             .await;
+    }
+}
+
+/// How long a claimed job stays invisible in a fault run: short, so faults that cut a worker
+/// off make jobs come back within the run.
+pub(crate) const JOB_VISIBILITY: Duration = Duration::from_secs(2);
+
+/// The queue of a run.
+pub(crate) fn queue_name(ctx: &Ctx) -> String {
+    format!("{}jobs", ctx.key_prefix)
+}
+
+/// A producer: enqueues one job at a time on its node, each payload carrying a number of its
+/// own, and records which enqueues were acknowledged (with their job id).
+pub(crate) async fn queue_producer(
+    ctx: Arc<Ctx>,
+    node: usize,
+    log: Arc<Mutex<QueueLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    let api = node::api::client::Client::with_http(&ctx.bases[node], http_client(OP_TIMEOUT));
+    let queue = queue_name(&ctx);
+    while !stop.load(Ordering::Relaxed) {
+        let n = ctx.rec.fresh_id();
+        let req = node::api::model::EnqueueRequest {
+            payload: serde_json::json!({ "n": n }),
+            delay_ms: None,
+            run_at_ms: None,
+            priority: 0,
+            max_attempts: Some(1000),
+            backoff_ms: Some(10),
+            unique_key: None,
+        };
+        let answer = api.enqueue(&queue, &req).await;
+        let job = answer.as_ref().ok().and_then(|e| e.id.parse().ok());
+        log.lock()
+            .expect("queue log")
+            .enqueues
+            .push(crate::checker::queues::Enqueue { n, job });
+        if job.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A worker: claims one job at a time on its node (long-polling), records the delivery, and
+/// acks it at once; records the acks its node accepted.
+pub(crate) async fn queue_worker(
+    ctx: Arc<Ctx>,
+    id: usize,
+    node: usize,
+    log: Arc<Mutex<QueueLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    let api = node::api::client::Client::with_http(&ctx.bases[node], http_client(OP_TIMEOUT));
+    let queue = queue_name(&ctx);
+    let req = node::api::model::ClaimRequest {
+        worker: format!("w{id}"),
+        max: 1,
+        visibility_ms: Some(JOB_VISIBILITY.as_millis() as u64),
+        wait_ms: 500,
+        moved: false,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let call = ctx.rec.now_ns();
+        let claimed = api.claim(&queue, &req).await;
+        let ret = ctx.rec.now_ns();
+        let Ok(claimed) = claimed else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        for job in claimed.jobs {
+            let Ok(job_id) = job.id.parse::<u64>() else {
+                continue;
+            };
+            log.lock()
+                .expect("queue log")
+                .deliveries
+                .push(crate::checker::queues::Delivery {
+                    n: job.payload["n"].as_u64(),
+                    job: job_id,
+                    lease: job.lease,
+                    attempt: job.attempt,
+                    call,
+                    ret,
+                });
+            let call = ctx.rec.now_ns();
+            let acked = api.ack(&job.id, job.lease).await;
+            let ret = ctx.rec.now_ns();
+            let mut l = log.lock().expect("queue log");
+            match acked {
+                Ok(_) => l.acks.push(crate::checker::queues::Ack {
+                    job: job_id,
+                    lease: job.lease,
+                    call,
+                    ret,
+                }),
+                Err(_) => l.acks_refused += 1,
+            }
+        }
     }
 }

@@ -548,6 +548,11 @@ impl Client {
         self.get("/v1/cluster").await
     }
 
+    /// A digest of the answering node's whole state (`GET /v1/cluster/digest`).
+    pub async fn state_digest(&self) -> ApiResult<crate::api::model::StateDigest> {
+        self.get("/v1/cluster/digest").await
+    }
+
     pub async fn remove_member(&self, id: u64) -> ApiResult<Removed> {
         let path = format!("/v1/cluster/members/{id}/remove");
         self.call(self.request(Method::POST, &path)).await

@@ -738,6 +738,19 @@ pub struct Leader {
     pub leader_id: u64,
 }
 
+/// `GET /v1/cluster/digest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StateDigest {
+    pub node_id: u64,
+    /// The last log index applied to the digested state.
+    pub applied_index: Option<u64>,
+    pub revision: u64,
+    /// State records digested.
+    pub records: u64,
+    /// SHA-256 (hex) of every record, length-prefixed, in key order.
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotTaken {
     pub snapshot_index: Option<u64>,

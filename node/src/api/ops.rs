@@ -13,8 +13,8 @@ use raft::NodeId;
 use transport::{AdminDone, AdminOp};
 
 use super::model::{
-    JoinTokens, Leader, Promoted, Removed, SnapshotTaken, TokenCreated, TokenRequest, TokenRevoked,
-    TransferRequest,
+    JoinTokens, Leader, Promoted, Removed, SnapshotTaken, StateDigest, TokenCreated, TokenRequest,
+    TokenRevoked, TransferRequest,
 };
 use super::{json_body_limit, JsonBody, PathParams, St};
 use crate::audit::Who;
@@ -190,6 +190,36 @@ fn unexpected(done: AdminDone) -> ApiError {
         ErrorCode::Internal,
         format!("the operation answered {done:?}"),
     )
+}
+
+/// `GET /v1/cluster/digest`: a digest of this node's whole state (every primitive), to tell
+/// whether members hold the same state: compare digests of the same applied index.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/digest",
+    summary = "A digest of this node's whole state",
+    description = "The SHA-256 of every record of this node's applied state (every primitive), read from one RocksDB snapshot, with the applied index it covers. Members at the same applied index answer the same digest. It reads the whole state: meant for checks, not for every request.",
+    responses(
+        (status = 200, description = "the digest", body = StateDigest),
+    )
+)]
+pub async fn digest(State(st): St) -> ApiResult<Json<StateDigest>> {
+    let db = st.db.clone();
+    let node_id = st.cluster.id;
+    let made = st
+        .requests
+        .spawn_blocking(move || crate::backup::digest(&db))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let (summary, sha) =
+        made.map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading the state: {e}")))?;
+    Ok(Json(StateDigest {
+        node_id,
+        applied_index: summary.last_applied_index,
+        revision: summary.revision,
+        records: summary.records,
+        sha256: hex::encode(sha),
+    }))
 }
 
 /// `GET /v1/cluster/backup`: a consistent copy of the state as a checksummed stream (format in

@@ -154,6 +154,9 @@ impl Cluster {
                 "STACKD_UNSAFE_STALE_READS=1: linearizable reads skip ReadIndex (test-only fault)"
             );
         }
+        if let Ok(every) = std::env::var("STACKD_UNSAFE_LOSE_JOBS") {
+            warn!("STACKD_UNSAFE_LOSE_JOBS={every}: enqueued jobs are dropped (test-only fault)");
+        }
         Arc::new(Self {
             id,
             info,

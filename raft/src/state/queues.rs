@@ -582,6 +582,12 @@ impl Queues {
         self.counters.last_job_id += 1;
         let id = self.counters.last_job_id;
         self.save_counters(batch);
+        if unsafe_lost_job(id) {
+            return QueueResult::Enqueued {
+                id,
+                existing: false,
+            };
+        }
         let due_ms = match (e.run_at_ms, e.delay_ms) {
             (Some(at), _) => at,
             (None, Some(d)) => now.saturating_add(d),
@@ -980,6 +986,22 @@ impl Queues {
             .map(|((_, n), s)| (n.clone(), s))
             .collect()
     }
+}
+
+/// A deliberate bug for the queue checker's own test (`tests/it/history.rs`): with the
+/// environment variable `STACKD_UNSAFE_LOSE_JOBS=N` (N at least 2), a job whose id is a
+/// multiple of N is answered as enqueued and never stored. Every replica reads the same
+/// variable and allocates the same ids, so replicas still agree. Off unless set; never set it
+/// outside that test.
+pub fn unsafe_lost_job(id: u64) -> bool {
+    static EVERY: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        std::env::var("STACKD_UNSAFE_LOSE_JOBS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n >= 2)
+            .unwrap_or(0)
+    });
+    *EVERY != 0 && id.is_multiple_of(*EVERY)
 }
 
 #[cfg(test)]

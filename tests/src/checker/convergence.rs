@@ -1,4 +1,6 @@
-//! Convergence: after healing, every node holds the same KV state.
+//! Convergence: after healing, every node holds the same state: the same keys, values and
+//! revisions listed, and the same digest of the whole state (every primitive) at the same
+//! applied index.
 
 use std::time::Duration;
 
@@ -56,6 +58,38 @@ pub async fn converged(bases: &[String]) -> Result<()> {
                 bail!("nodes diverge after healing: {diff}");
             }
         }
+    }
+    same_digests(&apis).await
+}
+
+/// Every node's digest of its whole state, once all answer for the same applied index (a
+/// leader's tick may still move it), is the same.
+pub async fn same_digests(apis: &[Client]) -> Result<()> {
+    let digests = wait_for(
+        "every node's state digest at one applied index",
+        Duration::from_secs(30),
+        || async {
+            let mut all = Vec::new();
+            for api in apis {
+                all.push(api.state_digest().await.ok()?);
+            }
+            all.iter()
+                .all(|d| d.applied_index == all[0].applied_index)
+                .then_some(all)
+        },
+    )
+    .await?;
+    if let Some(d) = digests.iter().find(|d| d.sha256 != digests[0].sha256) {
+        bail!(
+            "the states diverge at applied index {:?}: node {} has {} records with digest {}, node {} {} records with digest {}",
+            d.applied_index,
+            digests[0].node_id,
+            digests[0].records,
+            digests[0].sha256,
+            d.node_id,
+            d.records,
+            d.sha256
+        );
     }
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! - [`convergence`]: every node holds the same KV state after healing.
 //! - [`locks`]: fence monotonicity for a lock workload (synthetic histories until the lock API
 //!   exists).
+//! - [`queues`]: the job queue's promises (no acknowledged enqueue lost, no phantom job,
+//!   redeliveries explained by leases, no ack on a stale lease).
 //!
 //! A lock workload adds a `Model` for one lock name (acquire, renew, release with fences) next
 //! to [`kv::Register`] and splits its history by name, exactly as [`kv::check_history`] does.
@@ -17,6 +19,7 @@
 pub mod convergence;
 pub mod kv;
 pub mod locks;
+pub mod queues;
 
 use std::collections::HashSet;
 use std::fmt::Debug;
