@@ -228,6 +228,25 @@ impl ProcCluster {
         Ok(())
     }
 
+    /// Replaces node `i` with a fresh node at the same addresses: stops its process if it
+    /// runs, deletes its data dir and starts a new node that joins through node `via`'s cluster
+    /// address (it gets a new id; [`record_ids`](Self::record_ids) learns it). Remove the old
+    /// member first: a member's address is refused to a joiner. Returns at once.
+    pub fn replace(&mut self, i: usize, via: usize) -> Result<()> {
+        if let Some(mut child) = self.procs[i].take() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        let dir = self.data_dir(i);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        let join = self.cluster_addrs[via].clone();
+        let token = self.token.clone();
+        self.procs[i] = Some(self.spawn(i, Some((&join, &token)))?);
+        Ok(())
+    }
+
     /// The typed client of every node, in node order.
     pub fn apis(&self) -> Vec<node::api::client::Client> {
         self.bases.iter().map(|b| http::api(b)).collect()
@@ -365,6 +384,11 @@ impl ProcCluster {
 
     pub fn is_running(&self, i: usize) -> bool {
         self.procs[i].is_some()
+    }
+
+    /// The `--target-voters` the nodes run with.
+    pub fn opts_target_voters(&self) -> usize {
+        self.opts.target_voters
     }
 
     /// The IP address node `i` listens on.
