@@ -343,9 +343,10 @@ async fn fault_run_keeps_the_kv_linearizable_and_the_nodes_converge() {
     assert_passed(&report);
 }
 
-/// The checker's own test: nodes that serve "linearizable" reads from local state without
+/// The checkers' own test: nodes that serve "linearizable" reads from local state without
 /// ReadIndex (`STACKD_UNSAFE_STALE_READS=1`) must be caught once the leader is isolated (it
-/// keeps answering reads with values the majority has since overwritten).
+/// keeps answering reads with values the majority has since overwritten), by the key-value
+/// checker and by the session checker alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_run_catches_stale_reads_of_a_deliberately_unsafe_build() {
     let cfg = RunConfig {
@@ -369,6 +370,11 @@ async fn fault_run_catches_stale_reads_of_a_deliberately_unsafe_build() {
     assert!(
         !check.violations.is_empty(),
         "stale reads went unnoticed:\n{}",
+        report.summary()
+    );
+    assert!(
+        report.session_violations > 0,
+        "stale session reads went unnoticed:\n{}",
         report.summary()
     );
     assert!(

@@ -28,8 +28,9 @@ use crate::http::wait_for;
 use crate::nemesis::Partitions;
 use crate::process::{ProcCluster, ProcOptions};
 use crate::workload::{
-    client, http_client, lock_client, perform, queue_name, queue_producer, queue_worker, Ctx,
-    LockLog, JOB_VISIBILITY, OP_TIMEOUT,
+    cache_client, client, http_client, lock_client, perform, queue_name, queue_producer,
+    queue_worker, session_client, Ctx, LockLog, SessionCacheLog, JOB_VISIBILITY, OP_TIMEOUT,
+    SESSIONS,
 };
 
 /// One kind of fault.
@@ -222,6 +223,11 @@ pub struct RunReport {
     pub fenced_writes: (usize, usize),
     /// The queue workload's figures and what its checks found.
     pub queue: Option<QueueReport>,
+    /// Session operations checked, and whether a session's history had no linearization.
+    pub sessions_checked: usize,
+    pub session_violations: usize,
+    /// Cache hits checked against the invalidations their node had answered.
+    pub cache_hits_checked: usize,
     pub artifacts: Option<PathBuf>,
 }
 
@@ -272,6 +278,11 @@ impl RunReport {
             s,
             "locks: {} grants checked for fence order; fenced writes {} accepted, {} rejected as stale",
             self.lock_grants, self.fenced_writes.0, self.fenced_writes.1
+        );
+        let _ = writeln!(
+            s,
+            "sessions: {} operations checked, {} sessions without a linearization; cache: {} hits checked against invalidations",
+            self.sessions_checked, self.session_violations, self.cache_hits_checked
         );
         if let Some(q) = &self.queue {
             let _ = writeln!(
@@ -668,6 +679,9 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport> {
         lock_grants: 0,
         fenced_writes: (0, 0),
         queue: None,
+        sessions_checked: 0,
+        session_violations: 0,
+        cache_hits_checked: 0,
         artifacts: None,
     };
     let outcome = drive(&cfg, &mut cluster, partitions, &ctx, &mut report).await;
@@ -720,6 +734,25 @@ async fn drive(
         fn drop(&mut self) {
             self.0.store(true, Ordering::Relaxed);
         }
+    }
+    let sessions = Arc::new(create_sessions(ctx).await?);
+    let seen = Arc::new(Mutex::new(SessionCacheLog::default()));
+    for node in 0..n {
+        for writer in [true, false] {
+            clients.push(tokio::spawn(session_client(
+                ctx.clone(),
+                (node, writer),
+                sessions.clone(),
+                seen.clone(),
+                stop.clone(),
+            )));
+        }
+        clients.push(tokio::spawn(cache_client(
+            ctx.clone(),
+            node,
+            seen.clone(),
+            stop.clone(),
+        )));
     }
     let jobs = Arc::new(Mutex::new(QueueLog::default()));
     let stop_workers = Arc::new(AtomicBool::new(false));
@@ -910,8 +943,48 @@ async fn drive(
     ctx.note("phase: linearizability check");
     let t = Instant::now();
     report.check = Some(check_history(&ctx.rec.ops(), cfg.check_budget));
+    {
+        let seen = seen.lock().expect("session and cache log");
+        let (checked, problems) =
+            crate::checker::sessions::check_sessions(&seen.sessions, cfg.check_budget);
+        report.sessions_checked = checked;
+        report.session_violations = problems.len();
+        report.problems.extend(problems);
+        report.cache_hits_checked = seen.hits.len();
+        report
+            .problems
+            .extend(crate::checker::sessions::check_cache(
+                &seen.cache_writes,
+                &seen.invalidations,
+                &seen.hits,
+            ));
+        if seen.sessions.is_empty() || seen.hits.is_empty() {
+            report
+                .invalid
+                .push("the session or cache clients never got an answer".into());
+        }
+    }
     report.check_time = t.elapsed();
     Ok(())
+}
+
+/// Creates the sessions the session clients share, through node 1.
+async fn create_sessions(ctx: &Ctx) -> Result<Vec<String>> {
+    let api = node::api::client::Client::with_http(&ctx.bases[0], http_client(OP_TIMEOUT));
+    let mut ids = Vec::new();
+    for s in 0..SESSIONS {
+        let req = node::api::model::CreateSessionRequest {
+            user: format!("{}user{s}", ctx.key_prefix),
+            data: None,
+            ttl_ms: Some(24 * 3600 * 1000),
+        };
+        let created = wait_for("a session created", Duration::from_secs(30), || async {
+            api.session_create(&req).await.ok()
+        })
+        .await?;
+        ids.push(created.id);
+    }
+    Ok(ids)
 }
 
 /// Waits until the run's queue holds no job that is ready, delayed or in flight (workers keep

@@ -378,3 +378,153 @@ pub(crate) async fn queue_worker(
         }
     }
 }
+
+/// The sessions a run's session clients share.
+pub(crate) const SESSIONS: usize = 3;
+
+/// What the session and cache clients of a run saw.
+#[derive(Default)]
+pub(crate) struct SessionCacheLog {
+    pub sessions: Vec<crate::checker::sessions::SessionOp>,
+    pub cache_writes: Vec<crate::checker::sessions::CacheWrite>,
+    pub invalidations: Vec<crate::checker::sessions::CacheInvalidation>,
+    pub hits: Vec<crate::checker::sessions::CacheHit>,
+}
+
+/// Whether a failed write may still have been applied: no answer after sending, a 504 or an
+/// answer that is not one.
+fn maybe_applied(e: &node::api::client::ApiError) -> bool {
+    match e {
+        node::api::client::ApiError::Transport(t) => !t.is_connect(),
+        node::api::client::ApiError::Api { status, .. } => *status == 504,
+        node::api::client::ApiError::Unexpected { .. } => true,
+    }
+}
+
+/// A session client: a writer merges unique values into field `v` of one of the run's
+/// sessions, a reader reads a session (linearizable), one at a time through its node. Writers
+/// and readers are apart, so a node that cannot commit (its writes hang until they time out)
+/// still reads all along.
+pub(crate) async fn session_client(
+    ctx: Arc<Ctx>,
+    (node, writer): (usize, bool),
+    sessions: Arc<Vec<String>>,
+    log: Arc<Mutex<SessionCacheLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    use crate::checker::sessions::{FieldOp, SessionOp};
+    let api = node::api::client::Client::with_http(&ctx.bases[node], http_client(OP_TIMEOUT));
+    let mut rng = StdRng::seed_from_u64(((node as u64) << 1 | writer as u64) ^ 0x5e55);
+    while !stop.load(Ordering::Relaxed) {
+        let s = rng.random_range(0..sessions.len());
+        let call = ctx.rec.now_ns();
+        let recorded = if writer {
+            let v = ctx.rec.fresh_id();
+            let mut data = serde_json::Map::new();
+            data.insert("v".into(), v.into());
+            match api.session_update(&sessions[s], data).await {
+                Ok(_) => Some((FieldOp::Write(v), Some(ctx.rec.now_ns()))),
+                Err(e) if maybe_applied(&e) => Some((FieldOp::Write(v), None)),
+                Err(_) => None,
+            }
+        } else {
+            match api.session_get(&sessions[s]).await {
+                Ok(got) => Some((
+                    FieldOp::Read(got.data["v"].as_u64()),
+                    Some(ctx.rec.now_ns()),
+                )),
+                Err(_) => None,
+            }
+        };
+        match recorded {
+            Some((op, ret)) => log.lock().expect("session log").sessions.push(SessionOp {
+                session: s,
+                op,
+                call,
+                ret,
+            }),
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Keys of the cache clients, each with a tag of its own: `(key suffix, tag suffix)`.
+const CACHE_KEYS: [(usize, usize); 4] = [(0, 0), (1, 0), (2, 1), (3, 1)];
+
+/// A cache client: writes unique values with their key's tag, invalidates a tag, or reads a
+/// key, one at a time through its node.
+pub(crate) async fn cache_client(
+    ctx: Arc<Ctx>,
+    node: usize,
+    log: Arc<Mutex<SessionCacheLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    use crate::checker::sessions::{CacheHit, CacheInvalidation, CacheWrite};
+    let api = node::api::client::Client::with_http(&ctx.bases[node], http_client(OP_TIMEOUT));
+    let mut rng = StdRng::seed_from_u64(node as u64 ^ 0xcac4e);
+    // An answer at or past the node's request timeout may come from a write the node had not
+    // applied yet when it answered; only faster invalidations bind its later reads.
+    let applied_within = Duration::from_millis(4_900).as_nanos() as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let (k, t) = CACHE_KEYS[rng.random_range(0..CACHE_KEYS.len())];
+        let key = format!("{}cache{k}", ctx.key_prefix);
+        let tag = format!("{}tag{t}", ctx.key_prefix);
+        let roll = rng.random_range(0..10);
+        let call = ctx.rec.now_ns();
+        let ok = if roll < 4 {
+            let value = ctx.rec.fresh_id();
+            let w = node::api::client::CacheWrite {
+                tags: vec![tag.clone()],
+                ..Default::default()
+            };
+            let r = api.cache_set(&key, value.to_string(), &w).await;
+            let ret = ctx.rec.now_ns();
+            r.is_ok().then(|| {
+                log.lock()
+                    .expect("cache log")
+                    .cache_writes
+                    .push(CacheWrite {
+                        node,
+                        value,
+                        tag,
+                        ret,
+                    })
+            })
+        } else if roll < 6 {
+            let r = api.cache_invalidate(vec![tag.clone()]).await;
+            let ret = ctx.rec.now_ns();
+            r.is_ok().then(|| {
+                if ret - call < applied_within {
+                    log.lock()
+                        .expect("cache log")
+                        .invalidations
+                        .push(CacheInvalidation {
+                            node,
+                            tag,
+                            call,
+                            ret,
+                        })
+                }
+            })
+        } else {
+            match api.cache_get(&key).await {
+                Ok(v) => {
+                    if let Some(value) = std::str::from_utf8(&v.value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                    {
+                        log.lock()
+                            .expect("cache log")
+                            .hits
+                            .push(CacheHit { node, value, call });
+                    }
+                    Some(())
+                }
+                Err(e) => (e.status() == Some(404)).then_some(()),
+            }
+        };
+        if ok.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

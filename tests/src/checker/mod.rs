@@ -10,6 +10,8 @@
 //! - [`convergence`]: every node holds the same KV state after healing.
 //! - [`locks`]: fence monotonicity for a lock workload (synthetic histories until the lock API
 //!   exists).
+//! - [`sessions`]: a session field as a register (linearizable through any node), and the
+//!   cache's tag invalidation as seen through the node that answered it.
 //! - [`queues`]: the job queue's promises (no acknowledged enqueue lost, no phantom job,
 //!   redeliveries explained by leases, no ack on a stale lease).
 //!
@@ -20,6 +22,7 @@ pub mod convergence;
 pub mod kv;
 pub mod locks;
 pub mod queues;
+pub mod sessions;
 
 use std::collections::HashSet;
 use std::fmt::Debug;
