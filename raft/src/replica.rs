@@ -248,6 +248,11 @@ impl Replica {
         self.raft.is_leader()
     }
 
+    /// The current term, as this node knows it.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
     /// Raft's figures now.
     pub fn metrics(&self) -> Metrics {
         Metrics::of(&self.raft.metrics().borrow_watched())

@@ -29,8 +29,8 @@ use crate::nemesis::Partitions;
 use crate::process::{ProcCluster, ProcOptions};
 use crate::workload::{
     cache_client, client, http_client, lock_client, perform, queue_name, queue_producer,
-    queue_worker, session_client, Ctx, LockLog, SessionCacheLog, JOB_VISIBILITY, OP_TIMEOUT,
-    SESSIONS,
+    queue_worker, session_client, ttl_client, Ctx, LockLog, SessionCacheLog, JOB_VISIBILITY,
+    KEY_TTL, OP_TIMEOUT, SESSIONS,
 };
 
 /// One kind of fault.
@@ -53,10 +53,14 @@ pub enum Fault {
     /// Remove a voter (the leader half of the time) from the membership, then a fresh node
     /// with an empty data dir joins at its address and is promoted to voter.
     Membership,
+    /// Step one node's wall clock (the leader half of the time) an hour ahead or back, its
+    /// monotonic clock untouched, then set it right again: leases and TTLs must keep
+    /// following the replicated clock (the queue checker sees a lease that ends early).
+    ClockJump,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::IsolateLeader,
         Fault::Partition,
         Fault::Bridge,
@@ -64,7 +68,20 @@ impl Fault {
         Fault::Pause,
         Fault::KillAll,
         Fault::Membership,
+        Fault::ClockJump,
     ];
+
+    /// The fault named `name` (its variant name, any case, `_` and `-` ignored).
+    pub fn parse(name: &str) -> Option<Fault> {
+        let want: String = name
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect::<String>()
+            .to_lowercase();
+        Fault::ALL
+            .into_iter()
+            .find(|f| format!("{f:?}").to_lowercase() == want)
+    }
 
     fn needs_iptables(self) -> bool {
         matches!(
@@ -133,7 +150,7 @@ impl RunConfig {
 
     /// `base` with the `STACKD_FAULTS_*` environment knobs applied: `SECS`, `NODES`,
     /// `CLIENTS` (per node), `KEYS`, `HOLD_MS`, `GAP_MS`, `SEED`, `FIRST_IP`, `OUT`, `KEEP=1`,
-    /// `CHECK_SECS`.
+    /// `CHECK_SECS`, `ONLY` (comma-separated fault names, e.g. `kill,clock_jump`).
     pub fn from_env(mut self) -> Result<Self> {
         fn knob<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
             match std::env::var(format!("STACKD_FAULTS_{name}")) {
@@ -176,6 +193,16 @@ impl RunConfig {
         }
         if let Some(k) = knob::<u8>("KEEP")? {
             self.keep = k == 1;
+        }
+        if let Some(only) = knob::<String>("ONLY")? {
+            self.faults = only
+                .split(',')
+                .map(|n| {
+                    Fault::parse(n.trim()).ok_or_else(|| {
+                        anyhow::anyhow!("STACKD_FAULTS_ONLY: no fault named {n:?} (see Fault)")
+                    })
+                })
+                .collect::<Result<_>>()?;
         }
         if !(3..=9).contains(&self.nodes) || self.first_ip as usize + self.nodes > 255 {
             bail!("STACKD_FAULTS_NODES must be 3 to 9 with addresses below 127.0.0.255");
@@ -228,6 +255,8 @@ pub struct RunReport {
     pub session_violations: usize,
     /// Cache hits checked against the invalidations their node had answered.
     pub cache_hits_checked: usize,
+    /// Keys written with a TTL whose reads were checked for an early expiry.
+    pub ttl_keys_checked: usize,
     pub artifacts: Option<PathBuf>,
 }
 
@@ -281,8 +310,8 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
-            "sessions: {} operations checked, {} sessions without a linearization; cache: {} hits checked against invalidations",
-            self.sessions_checked, self.session_violations, self.cache_hits_checked
+            "sessions: {} operations checked, {} sessions without a linearization; cache: {} hits checked against invalidations; {} keys with a TTL checked for early expiry",
+            self.sessions_checked, self.session_violations, self.cache_hits_checked, self.ttl_keys_checked
         );
         if let Some(q) = &self.queue {
             let _ = writeln!(
@@ -502,6 +531,27 @@ impl Nemesis<'_> {
                 effective = self.replace_member(t).await?;
                 what
             }
+            Fault::ClockJump => {
+                let t = self.pick_target(leader);
+                let secs: i64 = if self.rng.random_bool(0.5) {
+                    3600
+                } else {
+                    -3600
+                };
+                let what = format!(
+                    "wall clock of n{}{} {secs:+} s",
+                    t + 1,
+                    if t == leader { " (leader)" } else { "" }
+                );
+                self.ctx.note(format!("fault start: {what}"));
+                self.cluster.set_clock_offset(t, secs)?;
+                tokio::time::sleep(self.hold).await;
+                self.ctx.note(format!("wall clock of n{} set right", t + 1));
+                self.cluster.set_clock_offset(t, 0)?;
+                // The node reads its offset again within a second.
+                tokio::time::sleep(Duration::from_millis(1100)).await;
+                what
+            }
             Fault::KillAll => {
                 let what = "kill -9 every node".to_string();
                 self.ctx.note(format!("fault start: {what}"));
@@ -587,10 +637,15 @@ impl Nemesis<'_> {
         }
     }
 
-    /// Undoes everything: partitions healed, paused nodes continued, dead nodes restarted.
+    /// Undoes everything: partitions healed, paused nodes continued, dead nodes restarted, clocks
+    /// set right.
     fn heal_all(&mut self) -> Result<()> {
         if let Some(p) = &self.partitions {
             p.heal()?;
+        }
+        for i in 0..self.n() {
+            // Fails only when the nodes run without libfaketime: nothing to set right.
+            let _ = self.cluster.set_clock_offset(i, 0);
         }
         for i in 0..self.n() {
             if self.cluster.is_running(i) {
@@ -646,8 +701,16 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport> {
     if let Some(n) = cfg.unsafe_lose_jobs {
         env.push(("STACKD_UNSAFE_LOSE_JOBS".to_string(), n.to_string()));
     }
+    let faketime = cfg.faults.contains(&Fault::ClockJump);
+    if faketime && !std::path::Path::new(crate::process::LIBFAKETIME).exists() {
+        bail!(
+            "clock jumps need libfaketime at {} (apt-get install faketime)",
+            crate::process::LIBFAKETIME
+        );
+    }
     let opts = ProcOptions {
         first_ip: cfg.first_ip,
+        faketime,
         target_voters: if cfg.nodes >= 5 { 5 } else { 3 },
         env,
         ..Default::default()
@@ -682,6 +745,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport> {
         sessions_checked: 0,
         session_violations: 0,
         cache_hits_checked: 0,
+        ttl_keys_checked: 0,
         artifacts: None,
     };
     let outcome = drive(&cfg, &mut cluster, partitions, &ctx, &mut report).await;
@@ -748,6 +812,12 @@ async fn drive(
             )));
         }
         clients.push(tokio::spawn(cache_client(
+            ctx.clone(),
+            node,
+            seen.clone(),
+            stop.clone(),
+        )));
+        clients.push(tokio::spawn(ttl_client(
             ctx.clone(),
             node,
             seen.clone(),
@@ -951,6 +1021,12 @@ async fn drive(
         report.session_violations = problems.len();
         report.problems.extend(problems);
         report.cache_hits_checked = seen.hits.len();
+        report.ttl_keys_checked = seen.ttl_writes.len();
+        report.problems.extend(crate::checker::sessions::check_ttls(
+            &seen.ttl_writes,
+            &seen.ttl_misses,
+            KEY_TTL.as_nanos() as u64,
+        ));
         report
             .problems
             .extend(crate::checker::sessions::check_cache(

@@ -95,7 +95,13 @@ pub struct ProcOptions {
     pub env: Vec<(String, String)>,
     /// Each node runs the gateway too, on an address of its own ([`ProcCluster::gateway_addrs`]).
     pub gateway: bool,
+    /// Each node runs under libfaketime, its wall clock offset by what
+    /// [`ProcCluster::set_clock_offset`] says (the monotonic clock untouched).
+    pub faketime: bool,
 }
+
+/// Where Debian's `faketime` package puts the library.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 impl Default for ProcOptions {
     fn default() -> Self {
@@ -104,6 +110,7 @@ impl Default for ProcOptions {
             target_voters: 3,
             env: Vec::new(),
             gateway: false,
+            faketime: false,
         }
     }
 }
@@ -150,6 +157,18 @@ impl ProcCluster {
         }
         if self.opts.gateway {
             cmd.arg("--gateway-addr").arg(&self.gateway_addrs[i]);
+        }
+        if self.opts.faketime {
+            let offset = self.clock_file(i);
+            if !offset.exists() {
+                std::fs::write(&offset, "+0\n")?;
+            }
+            cmd.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", offset)
+                // The offset file is read again at most once a second.
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("DONT_FAKE_MONOTONIC", "1");
         }
         cmd.spawn().context("spawning stackd")
     }
@@ -384,6 +403,20 @@ impl ProcCluster {
 
     pub fn is_running(&self, i: usize) -> bool {
         self.procs[i].is_some()
+    }
+
+    fn clock_file(&self, i: usize) -> PathBuf {
+        self.root.path().join(format!("node{}.faketime", i + 1))
+    }
+
+    /// Offsets node `i`'s wall clock by `secs` (started with [`ProcOptions::faketime`]); the
+    /// node sees it within a second.
+    pub fn set_clock_offset(&self, i: usize, secs: i64) -> Result<()> {
+        if !self.opts.faketime {
+            bail!("the nodes were not started under libfaketime");
+        }
+        std::fs::write(self.clock_file(i), format!("{secs:+}s\n"))?;
+        Ok(())
     }
 
     /// The `--target-voters` the nodes run with.

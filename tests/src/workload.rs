@@ -389,6 +389,8 @@ pub(crate) struct SessionCacheLog {
     pub cache_writes: Vec<crate::checker::sessions::CacheWrite>,
     pub invalidations: Vec<crate::checker::sessions::CacheInvalidation>,
     pub hits: Vec<crate::checker::sessions::CacheHit>,
+    pub ttl_writes: Vec<crate::checker::sessions::TtlWrite>,
+    pub ttl_misses: Vec<crate::checker::sessions::TtlMiss>,
 }
 
 /// Whether a failed write may still have been applied: no answer after sending, a 504 or an
@@ -525,6 +527,57 @@ pub(crate) async fn cache_client(
         };
         if ok.is_none() {
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The TTL of the keys a TTL client writes.
+pub(crate) const KEY_TTL: Duration = Duration::from_secs(10);
+
+/// A TTL client: writes a key of its own with [`KEY_TTL`], then reads it (linearizable)
+/// through its node every 300 ms until it is gone or a little past its TTL, then starts over
+/// with a new key; records each write and each read that found the key absent.
+pub(crate) async fn ttl_client(
+    ctx: Arc<Ctx>,
+    node: usize,
+    log: Arc<Mutex<SessionCacheLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    use crate::checker::sessions::{TtlMiss, TtlWrite};
+    let api = node::api::client::Client::with_http(&ctx.bases[node], http_client(OP_TIMEOUT));
+    let w = node::api::client::KvWrite {
+        ttl_ms: Some(KEY_TTL.as_millis() as u64),
+        ..Default::default()
+    };
+    let watch_for = (KEY_TTL + Duration::from_secs(2)).as_nanos() as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("{}ttl-n{node}-{}", ctx.key_prefix, ctx.rec.fresh_id());
+        let call = ctx.rec.now_ns();
+        if api.kv_put_with(&key, "x", &w).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let ret = ctx.rec.now_ns();
+        log.lock().expect("ttl log").ttl_writes.push(TtlWrite {
+            key: key.clone(),
+            call,
+            ret,
+        });
+        while !stop.load(Ordering::Relaxed) && ctx.rec.now_ns() < call + watch_for {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let read_call = ctx.rec.now_ns();
+            match api.kv_get(&key).await {
+                Err(e) if e.status() == Some(404) => {
+                    let read_ret = ctx.rec.now_ns();
+                    log.lock().expect("ttl log").ttl_misses.push(TtlMiss {
+                        key: key.clone(),
+                        call: read_call,
+                        ret: read_ret,
+                    });
+                    break;
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -18,12 +18,13 @@ impl Cluster {
             if !self.replica.is_leader() {
                 continue;
             }
+            let now = self.clock_ms();
             let due = self
                 .state
                 .read()
                 .expect("state lock")
                 .next_deadline_ms()
-                .is_some_and(|at| at <= now_ms());
+                .is_some_and(|at| at <= now);
             if due {
                 let req = Request {
                     stamp_ms: 0,

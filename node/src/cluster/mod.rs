@@ -13,8 +13,11 @@
 //! - [`peers`]: who is a member (the transport's peer check over the pinned node keys and
 //!   removed nodes), and the key sync of a node that lags.
 //! - [`status`]: the cluster as this node sees it (`GET /v1/cluster`).
+//! - [`clock`]: the leader's clock, what proposals are stamped with (wall-clock jumps during a
+//!   term do not move it).
 
 mod autopilot;
+mod clock;
 mod gossip;
 mod join;
 mod leader;
@@ -130,6 +133,8 @@ pub struct Cluster {
     audit: Arc<crate::audit::AuditLog>,
     /// The long-poll claims this node is proposing after a wait, per queue.
     pub(crate) claims: crate::service::queues::ClaimGate,
+    /// What this node stamps its proposals with while it leads.
+    clock: clock::LeaderClock,
     /// This node's permits of in-flight requests and of WebSocket connections, from which its
     /// own load is read fresh (set once by the gossip feed).
     load: std::sync::OnceLock<(Arc<Semaphore>, Arc<Semaphore>)>,
@@ -172,6 +177,7 @@ impl Cluster {
             reads: ReadBatcher::default(),
             audit: Arc::new(crate::audit::AuditLog::new(id)),
             claims: Default::default(),
+            clock: Default::default(),
             load: std::sync::OnceLock::new(),
         })
     }
@@ -284,6 +290,12 @@ impl Cluster {
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
             }
         }
+    }
+
+    /// The time this node stamps a proposal with now (see [`clock`]).
+    fn clock_ms(&self) -> u64 {
+        let term = self.replica.term();
+        self.clock.stamp(term, now_ms, || self.state().meta.now_ms)
     }
 
     /// Whether this node knows a leader and has applied everything it knows is committed.

@@ -238,7 +238,7 @@ impl Cluster {
 
     /// Proposes on this node, which must be the leader; stamps the replicated clock.
     pub async fn write_local(&self, mut req: Request) -> Result<Written, ServiceError> {
-        req.stamp_ms = now_ms();
+        req.stamp_ms = self.clock_ms();
         match self.replica.propose(req).await {
             Ok((response, log_index)) => Ok(Written {
                 response,

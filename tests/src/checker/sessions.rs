@@ -1,4 +1,4 @@
-//! Sessions and the cache under faults.
+//! Sessions, the cache and TTLs under faults.
 //!
 //! - Sessions: a field of a session's data, merged by `PATCH` and read by linearizable `GET`s
 //!   through any node, is a register: each read returns the last acknowledged merge (or one
@@ -7,6 +7,9 @@
 //!   answered once the receiving node has applied it. So a read through a node, sent after an
 //!   invalidation of a tag answered by that same node, never returns an entry of that tag
 //!   whose write was answered before the invalidation was sent.
+//! - TTLs: a key written with a TTL expires on the replicated clock, which the leader stamps
+//!   at the pace of real time; so a read never finds it gone before the TTL has passed since
+//!   the write was sent (a wall clock that jumps must not end it early).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -136,6 +139,41 @@ pub fn check_cache(
     problems
 }
 
+/// A key written with [`crate::workload::KEY_TTL`].
+#[derive(Debug, Clone)]
+pub struct TtlWrite {
+    pub key: String,
+    pub call: u64,
+    pub ret: u64,
+}
+
+/// A read, sent after the key's write was answered, that found it gone.
+#[derive(Debug, Clone)]
+pub struct TtlMiss {
+    pub key: String,
+    pub call: u64,
+    pub ret: u64,
+}
+
+/// Each miss must complete no earlier than `ttl_ns` after its key's write was sent.
+pub fn check_ttls(writes: &[TtlWrite], misses: &[TtlMiss], ttl_ns: u64) -> Vec<String> {
+    let sent: BTreeMap<&str, u64> = writes.iter().map(|w| (w.key.as_str(), w.call)).collect();
+    misses
+        .iter()
+        .filter_map(|m| {
+            let call = *sent.get(m.key.as_str())?;
+            (m.ret < call + ttl_ns).then(|| {
+                format!(
+                    "key {} was gone {:.1} s after its write was sent, with a TTL of {:.1} s",
+                    m.key,
+                    (m.ret - call) as f64 / 1e9,
+                    ttl_ns as f64 / 1e9
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +206,22 @@ mod tests {
         assert!(check_sessions(&unknown, Duration::from_secs(1))
             .1
             .is_empty());
+    }
+
+    #[test]
+    fn a_key_gone_before_its_ttl_is_caught() {
+        let w = TtlWrite {
+            key: "k".into(),
+            call: 100,
+            ret: 200,
+        };
+        let miss = |ret| TtlMiss {
+            key: "k".into(),
+            call: ret - 10,
+            ret,
+        };
+        assert!(check_ttls(std::slice::from_ref(&w), &[miss(1_100)], 1_000).is_empty());
+        assert_eq!(check_ttls(&[w], &[miss(900)], 1_000).len(), 1);
     }
 
     #[test]
