@@ -115,12 +115,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     node::install_crypto_provider();
     let node = node::server::Node::start(config).await?;
-    let removed = tokio::select! {
+    let stopped_by = tokio::select! {
         _ = wait_for_signal() => None,
         why = node.removed() => Some(why),
+        why = node.raft_failed() => Some(why),
     };
     node.shutdown().await;
-    match removed {
+    match stopped_by {
         Some(why) => anyhow::bail!("{why}"),
         None => Ok(()),
     }

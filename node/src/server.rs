@@ -184,6 +184,18 @@ impl Node {
         self.life.tasks.clone()
     }
 
+    /// Waits until Raft stops on an error of its own (a storage write failed: a full disk, an
+    /// I/O error); returns the message the process should stop with. Such a node can no longer
+    /// take part, and answering requests with a dead Raft would only hide it.
+    pub async fn raft_failed(&self) -> String {
+        let e = self.cluster.replica().failure().await;
+        tracing::error!(error = %e, "raft stopped on an error; this node stops");
+        format!(
+            "raft stopped on an error: {e}. This node stops; check its data dir's disk (free \
+             space, I/O errors) and start it again: it catches up from the others"
+        )
+    }
+
     /// Waits until a member answers that this node was removed from the cluster; returns the
     /// message saying so (the process should then stop: it can no longer take part).
     pub async fn removed(&self) -> String {

@@ -248,6 +248,20 @@ impl Replica {
         self.raft.is_leader()
     }
 
+    /// Waits until Raft stops on an error of its own (a storage write that failed, say on a
+    /// full disk), and answers it. Never answers while Raft runs or after a clean shutdown.
+    pub async fn failure(&self) -> ReplicaError {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_watched().running_state {
+                return ReplicaError::of(e);
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// The current term, as this node knows it.
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow_watched().current_term

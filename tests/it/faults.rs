@@ -137,3 +137,62 @@ async fn without_quorum_a_write_to_the_old_leader_is_never_acknowledged() {
 async fn without_quorum_a_write_to_a_follower_is_never_acknowledged() {
     lost_quorum_case(false).await;
 }
+
+/// The leader's disk fills up under writes: it stops acknowledging (a write is answered only
+/// once a majority has it on disk) and exits with a message saying why, the other two go on;
+/// restarted on the still full disk it stops again with the same message, and once its disk
+/// has room it catches up and serves every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_stops_with_a_clear_message_and_recovers_once_it_has_room() {
+    use tests::process::ProcOptions;
+    const DISK: u64 = 96 << 20;
+    const VALUE: usize = 256 << 10;
+    let opts = ProcOptions {
+        first_ip: 91,
+        small_disk: Some((0, DISK)),
+        ..Default::default()
+    };
+    let mut c = ProcCluster::start_with(3, opts).await.unwrap();
+    let leader = c.wait_voters(3, &[0, 1, 2]).await.unwrap();
+    assert_eq!(
+        c.index_of(leader),
+        0,
+        "the founder leads, on the small disk"
+    );
+
+    tracing::info!("phase: 256 KiB values through node 2 until well past node 1's disk");
+    let api = http::api(&c.bases[1]);
+    let value = "v".repeat(VALUE);
+    let mut acked = BTreeMap::new();
+    for i in 0..2_000 {
+        let key = format!("fill-{i:04}");
+        if api.kv_put(&key, value.clone()).await.is_ok() {
+            acked.insert(key, value.clone());
+        }
+        if (acked.len() * VALUE) as u64 > DISK + (64 << 20) {
+            break;
+        }
+    }
+    assert!(
+        (acked.len() * VALUE) as u64 > DISK,
+        "the other two go on acknowledging: {} writes",
+        acked.len()
+    );
+    let why = "raft stopped on an error";
+    let exited = c.wait_exit(0, Duration::from_secs(60)).await.unwrap();
+    assert!(!exited.success(), "node 1 exits with an error status");
+    assert!(c.log(0).contains(why), "{}", c.log_tail(0));
+
+    tracing::info!("phase: restarted on the full disk, it stops again, saying why");
+    let before = c.log(0).matches(why).count();
+    c.restart(0).unwrap();
+    let again = c.wait_exit(0, Duration::from_secs(60)).await.unwrap();
+    assert!(!again.success());
+    assert!(c.log(0).matches(why).count() > before, "{}", c.log_tail(0));
+
+    tracing::info!("phase: with room, it catches up and serves every acknowledged write");
+    c.grow_disk(0, 4 << 30).unwrap();
+    c.restart(0).unwrap();
+    c.wait_ready(0, Duration::from_secs(120)).await.unwrap();
+    assert_all_readable(&c, &[0, 1, 2], &acked).await;
+}

@@ -98,6 +98,9 @@ pub struct ProcOptions {
     /// Each node runs under libfaketime, its wall clock offset by what
     /// [`ProcCluster::set_clock_offset`] says (the monotonic clock untouched).
     pub faketime: bool,
+    /// Node `.0`'s data dir is a tmpfs of `.1` bytes (needs root), so its disk can fill up;
+    /// [`ProcCluster::grow_disk`] makes room.
+    pub small_disk: Option<(usize, u64)>,
 }
 
 /// Where Debian's `faketime` package puts the library.
@@ -111,6 +114,7 @@ impl Default for ProcOptions {
             env: Vec::new(),
             gateway: false,
             faketime: false,
+            small_disk: None,
         }
     }
 }
@@ -133,6 +137,13 @@ pub struct ProcCluster {
 impl ProcCluster {
     fn spawn(&self, i: usize, join: Option<(&str, &str)>) -> Result<Child> {
         let dir = self.root.path().join(format!("node{}", i + 1));
+        if let Some((small, bytes)) = self.opts.small_disk.filter(|(n, _)| *n == i) {
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir)?;
+                mount_tmpfs(&dir, bytes)
+                    .with_context(|| format!("a small disk for node {}", small + 1))?;
+            }
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -419,6 +430,19 @@ impl ProcCluster {
         Ok(())
     }
 
+    /// Gives node `i`'s small disk ([`ProcOptions::small_disk`]) `bytes` in all.
+    pub fn grow_disk(&self, i: usize, bytes: u64) -> Result<()> {
+        let dir = self.data_dir(i);
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(&dir)
+            .status()?;
+        if !status.success() {
+            bail!("remounting {} failed: {status}", dir.display());
+        }
+        Ok(())
+    }
+
     /// The `--target-voters` the nodes run with.
     pub fn opts_target_voters(&self) -> usize {
         self.opts.target_voters
@@ -447,11 +471,27 @@ impl ProcCluster {
     }
 }
 
+/// Mounts a tmpfs of `bytes` on `dir`.
+fn mount_tmpfs(dir: &Path, bytes: u64) -> Result<()> {
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .context("running mount (a small disk needs root)")?;
+    if !status.success() {
+        bail!("mounting a tmpfs on {} failed: {status}", dir.display());
+    }
+    Ok(())
+}
+
 impl Drop for ProcCluster {
     fn drop(&mut self) {
         for c in self.procs.iter_mut().flatten() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some((i, _)) = self.opts.small_disk {
+            let _ = Command::new("umount").arg(self.data_dir(i)).status();
         }
         if std::thread::panicking() {
             // Keep the data dirs and logs of a failed test for inspection.
