@@ -196,3 +196,47 @@ async fn a_node_whose_disk_fills_stops_with_a_clear_message_and_recovers_once_it
     c.wait_ready(0, Duration::from_secs(120)).await.unwrap();
     assert_all_readable(&c, &[0, 1, 2], &acked).await;
 }
+
+/// The leader's fsyncs start failing (libfiu): it must not acknowledge a write it could not
+/// make durable; it stops with a message saying why, the other two go on, and restarted with
+/// working fsyncs it catches up and serves every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_fsync_fails_stops_with_a_clear_message_and_loses_nothing() {
+    use tests::process::ProcOptions;
+    let opts = ProcOptions {
+        first_ip: 94,
+        fiu: Some(0),
+        ..Default::default()
+    };
+    let mut c = ProcCluster::start_with(3, opts).await.unwrap();
+    let leader = c.wait_voters(3, &[0, 1, 2]).await.unwrap();
+    assert_eq!(c.index_of(leader), 0, "the founder leads, under libfiu");
+    let mut acked = write_some(&c, &[0, 1, 2], "before", 30).await;
+    assert_eq!(acked.len(), 30);
+
+    tracing::info!("phase: node 1's fsyncs fail; writes go on through nodes 1 and 2");
+    c.fail_fsync(0, true).unwrap();
+    let api = http::api(&c.bases[1]);
+    for i in 0..200 {
+        let (k, v) = (format!("during-{i}"), format!("value-{i}"));
+        if api.kv_put(&k, v.clone()).await.is_ok() {
+            acked.insert(k, v);
+        }
+        if acked.len() >= 130 {
+            break;
+        }
+    }
+    assert!(acked.len() >= 130, "the other two go on acknowledging");
+    let exited = c.wait_exit(0, Duration::from_secs(60)).await.unwrap();
+    assert!(!exited.success(), "node 1 exits with an error status");
+    assert!(
+        c.log(0).contains("raft stopped on an error"),
+        "{}",
+        c.log_tail(0)
+    );
+
+    tracing::info!("phase: restarted with working fsyncs, it catches up");
+    c.restart(0).unwrap();
+    c.wait_ready(0, Duration::from_secs(60)).await.unwrap();
+    assert_all_readable(&c, &[0, 1, 2], &acked).await;
+}

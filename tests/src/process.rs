@@ -101,6 +101,9 @@ pub struct ProcOptions {
     /// Node `.0`'s data dir is a tmpfs of `.1` bytes (needs root), so its disk can fill up;
     /// [`ProcCluster::grow_disk`] makes room.
     pub small_disk: Option<(usize, u64)>,
+    /// Node `i` runs under libfiu's `fiu-run -x` (Debian's `fiu-utils`), so
+    /// [`ProcCluster::fail_fsync`] can make its syncs fail.
+    pub fiu: Option<usize>,
 }
 
 /// Where Debian's `faketime` package puts the library.
@@ -115,6 +118,7 @@ impl Default for ProcOptions {
             gateway: false,
             faketime: false,
             small_disk: None,
+            fiu: None,
         }
     }
 }
@@ -148,7 +152,16 @@ impl ProcCluster {
             .create(true)
             .append(true)
             .open(self.root.path().join(format!("node{}.log", i + 1)))?;
-        let mut cmd = Command::new(stackd_bin());
+        let mut cmd = if self.opts.fiu == Some(i) {
+            let mut fiu = Command::new("fiu-run");
+            fiu.arg("-x")
+                .arg("-f")
+                .arg(self.fiu_ctrl())
+                .arg(stackd_bin());
+            fiu
+        } else {
+            Command::new(stackd_bin())
+        };
         cmd.arg("serve")
             .arg("--insecure-no-auth")
             .arg("--data-dir")
@@ -427,6 +440,36 @@ impl ProcCluster {
             bail!("the nodes were not started under libfaketime");
         }
         std::fs::write(self.clock_file(i), format!("{secs:+}s\n"))?;
+        Ok(())
+    }
+
+    fn fiu_ctrl(&self) -> PathBuf {
+        self.root.path().join("fiu-ctrl")
+    }
+
+    /// Makes every fsync and fdatasync of node `i` (run under [`ProcOptions::fiu`]) fail
+    /// (`fail`), or succeed again.
+    pub fn fail_fsync(&self, i: usize, fail: bool) -> Result<()> {
+        let Some(child) = &self.procs[i] else {
+            bail!("node {} is not running", i + 1)
+        };
+        for point in ["posix/io/sync/fsync", "posix/io/sync/fdatasync"] {
+            let command = if fail {
+                format!("enable name={point}")
+            } else {
+                format!("disable name={point}")
+            };
+            let status = Command::new("fiu-ctrl")
+                .arg("-f")
+                .arg(self.fiu_ctrl())
+                .args(["-c", &command])
+                .arg(child.id().to_string())
+                .status()
+                .context("running fiu-ctrl (apt-get install fiu-utils)")?;
+            if !status.success() {
+                bail!("fiu-ctrl {command} on node {} failed: {status}", i + 1);
+            }
+        }
         Ok(())
     }
 
