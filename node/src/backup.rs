@@ -65,34 +65,20 @@ pub fn write(
     };
     buf.extend_from_slice(MAGIC);
     put_json(&mut buf, header)?;
-    let mut summary = Summary::default();
-    let mut figures = export::Figures::default();
-    let mut failed: Option<anyhow::Error> = None;
-    db.sm_export_each(|k, v| {
-        if let Err(e) = figures.observe(k, v) {
-            failed = Some(e.into());
-            return false;
-        }
+    let summary = each_record(db, |k, v| {
         buf.push(1);
         buf.extend_from_slice(&(k.len() as u32).to_be_bytes());
         buf.extend_from_slice(k);
         buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
         buf.extend_from_slice(v);
-        summary.records += 1;
         if buf.len() >= CHUNK {
             flush(&mut buf, &mut hasher, &mut stopped);
         }
         !stopped
     })?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
     if stopped {
         bail!("the backup stream was closed before it ended");
     }
-    summary.last_applied_index = figures.last_applied_index;
-    summary.revision = figures.revision;
-    summary.compact_revision = figures.compact_revision;
     buf.push(0);
     put_json(&mut buf, &summary)?;
     hasher.update(&buf[..]);
@@ -109,6 +95,19 @@ pub fn write(
 /// index hold the same state, so they answer the same digest.
 pub fn digest(db: &Db) -> anyhow::Result<(Summary, [u8; 32])> {
     let mut hasher = Sha256::new();
+    let summary = each_record(db, |k, v| {
+        hasher.update((k.len() as u32).to_be_bytes());
+        hasher.update(k);
+        hasher.update((v.len() as u32).to_be_bytes());
+        hasher.update(v);
+        true
+    })?;
+    Ok((summary, hasher.finalize().into()))
+}
+
+/// Hands every state record of `db`, from one RocksDB snapshot, to `f` (which returns `false`
+/// to stop), and answers the record count and the figures of that point.
+fn each_record(db: &Db, mut f: impl FnMut(&[u8], &[u8]) -> bool) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let mut figures = export::Figures::default();
     let mut failed: Option<anyhow::Error> = None;
@@ -117,12 +116,8 @@ pub fn digest(db: &Db) -> anyhow::Result<(Summary, [u8; 32])> {
             failed = Some(e.into());
             return false;
         }
-        hasher.update((k.len() as u32).to_be_bytes());
-        hasher.update(k);
-        hasher.update((v.len() as u32).to_be_bytes());
-        hasher.update(v);
         summary.records += 1;
-        true
+        f(k, v)
     })?;
     if let Some(e) = failed {
         return Err(e);
@@ -130,7 +125,7 @@ pub fn digest(db: &Db) -> anyhow::Result<(Summary, [u8; 32])> {
     summary.last_applied_index = figures.last_applied_index;
     summary.revision = figures.revision;
     summary.compact_revision = figures.compact_revision;
-    Ok((summary, hasher.finalize().into()))
+    Ok(summary)
 }
 
 fn put_json<T: Serialize>(buf: &mut Vec<u8>, value: &T) -> anyhow::Result<()> {
