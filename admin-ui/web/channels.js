@@ -1,8 +1,8 @@
 // Channels: every channel with its offsets, publish rate and presence (GET /v1/channels,
 // refreshed every 2 s); a channel's live tail (pause keeps the events and shows them on
-// resume), its presence, its history by offset, and a test message.
+// resume), its presence, its history by offset, a test message, and deleting an idle channel.
 
-import { h, fill, button, field, message, table, pretty, fmtTime, sparkline, fmtNum } from './dom.js';
+import { h, fill, button, field, message, table, pretty, fmtTime, sparkline, fmtNum, confirmAction } from './dom.js';
 import { seg, qs } from './api.js';
 
 export default {
@@ -14,8 +14,9 @@ export default {
     const box = h('div', { id: 'channel-view' });
     const list = h('div', { id: 'channel-list' });
     const listMsg = h('p', { class: 'msg', hidden: true });
+    const doneMsg = h('p', { class: 'msg', hidden: true, role: 'status', id: 'channels-msg' });
     el.append(
-      h('section', { class: 'card' }, h('h2', {}, 'Channels'), listMsg, list),
+      h('section', { class: 'card' }, h('h2', {}, 'Channels'), doneMsg, listMsg, list),
       h('section', { class: 'card' }, h('form', { class: 'row', onsubmit: (e) => { e.preventDefault(); open(nameInput.value); } }, nameField, h('button', { type: 'submit', id: 'channel-open' }, 'Open'))), box);
     const rates = new Map(); // channel -> {prev: {at, offset}, series: []}
     ctx.poll(async () => {
@@ -69,8 +70,21 @@ export default {
       const [pubField, pubInput] = field('Data (JSON)', { id: 'publish-data', multiline: true });
       pubInput.value = '{"text": "hello from the admin UI"}';
       const pubMsg = h('p', { class: 'msg', hidden: true, role: 'status', id: 'publish-msg' });
+      const channelMsg = h('p', { class: 'msg', hidden: true, role: 'status', id: 'channel-msg' });
+      const remove = button('Delete channel', async () => {
+        if (!(await confirmAction(`Delete channel ${name}? Only a channel with no retained events and nobody present can be deleted; its offsets start again at 1.`, { action: 'Delete channel' }))) return;
+        try {
+          await api.del(`/v1/channels/${seg(name)}`);
+          message(doneMsg, 'ok', `Deleted channel ${name}.`);
+          if (unsub) unsub();
+          unsub = null;
+          nameInput.value = '';
+          history.replaceState(null, '', '#/channels');
+          fill(box);
+        } catch (e) { ctx.fail(channelMsg, e); }
+      }, { id: 'channel-delete', class: 'danger', disabled: ctx.can('channels', 'write', name) === false });
       fill(box,
-        h('section', { class: 'card' }, h('h2', {}, 'Live tail of ', h('code', {}, name)), h('div', { class: 'row' }, pause), tailMsg, tail),
+        h('section', { class: 'card' }, h('h2', {}, 'Live tail of ', h('code', {}, name)), h('div', { class: 'row' }, pause, remove), channelMsg, tailMsg, tail),
         h('div', { class: 'grid' },
           h('section', { class: 'card' }, h('h2', {}, 'Presence'), presence),
           h('section', { class: 'card' }, h('h2', {}, 'Publish a test message'),

@@ -1,6 +1,7 @@
 // Queues: every queue's jobs by state with rate sparklines (refreshed every second); a
 // queue's job list filtered by state; its dead letters with replay or delete of one, a
-// selection or all; its schedules with their next runs; enqueue by hand; a job's detail.
+// selection or all; its schedules with their next runs; enqueue by hand; a job's detail;
+// deleting an idle queue.
 
 import { h, fill, button, field, message, table, pretty, fmtTime, fmtMs, sparkline, confirmAction, fmtNum } from './dom.js';
 import { seg, qs } from './api.js';
@@ -13,8 +14,9 @@ export default {
     let queue = ctx.args[0] || '';
     const overview = h('div', { id: 'queue-list' });
     const listMsg = h('p', { class: 'msg', hidden: true });
+    const doneMsg = h('p', { class: 'msg', hidden: true, role: 'status', id: 'queues-msg' });
     const detail = h('div', { id: 'queue-detail' });
-    el.append(h('section', { class: 'card' }, h('h2', {}, 'Queues'), listMsg, overview), detail);
+    el.append(h('section', { class: 'card' }, h('h2', {}, 'Queues'), doneMsg, listMsg, overview), detail);
     const rates = new Map(); // queue -> {completed:[], enq:[], dead:[], prev}
 
     ctx.poll(async () => {
@@ -47,7 +49,7 @@ export default {
 
     function open(name) {
       queue = name;
-      history.replaceState(null, '', `#/queues/${encodeURIComponent(name)}`);
+      history.replaceState(null, '', name ? `#/queues/${encodeURIComponent(name)}` : '#/queues');
       renderQueue();
     }
 
@@ -86,13 +88,22 @@ export default {
       const deleteSel = button('Delete selected', () => remove({ ids: [...selected] }, `${selected.size} selected dead job(s)`), { id: 'delete-selected', class: 'danger', disabled: true });
       const deleteAll = button('Delete all', () => remove({ all: true }, 'every dead job'), { id: 'delete-all', class: 'danger', disabled: !mayWrite });
       const selectionChanged = () => { replaySel.disabled = deleteSel.disabled = !selected.size || !mayWrite; };
+      const queueMsg = h('p', { class: 'msg', hidden: true, role: 'status', id: 'queue-msg' });
+      const deleteQueue = button('Delete queue', async () => {
+        if (!(await confirmAction(`Delete queue ${queue}? Only a queue without jobs (in any state) and schedules can be deleted.`, { action: 'Delete queue' }))) return;
+        try {
+          await api.del(`/v1/queues/${seg(queue)}`);
+          message(doneMsg, 'ok', `Deleted queue ${queue}.`);
+          open('');
+        } catch (e) { ctx.fail(queueMsg, e); }
+      }, { id: 'delete-queue', class: 'danger', disabled: !mayWrite });
       const jobs = h('div', { id: 'job-list' });
       const jobsMsg = h('p', { class: 'msg', hidden: true });
       const stateSel = h('select', { id: 'job-state', 'aria-label': 'State', onchange: () => { lastJobs = ''; loadJobs(); } },
         [['', 'every state'], ['ready', 'ready'], ['delayed', 'delayed'], ['in_flight', 'in flight'], ['dead', 'dead']].map(([v, t]) => h('option', { value: v }, t)));
       fill(detail,
         h('section', { class: 'card' }, h('h2', {}, 'Jobs of ', h('code', {}, queue)),
-          h('div', { class: 'row' }, h('label', { class: 'field' }, h('span', {}, 'State'), stateSel)), jobsMsg, jobs),
+          h('div', { class: 'row' }, h('label', { class: 'field' }, h('span', {}, 'State'), stateSel), deleteQueue), queueMsg, jobsMsg, jobs),
         h('section', { class: 'card' }, h('h2', {}, 'Dead letters of ', h('code', {}, queue)),
           h('div', { class: 'row' }, replaySel, replayAll, deleteSel, deleteAll), deadMsg, dead),
         h('div', { class: 'grid' },

@@ -303,6 +303,20 @@ try {
     await page.locator("#dead-list .empty").waitFor();
   });
 
+  await step("queues: a busy queue is not deleted, an idle one is", async () => {
+    await go("#/queues/thumbnails", "#delete-queue");
+    await page.click("#delete-queue");
+    await page.locator("dialog.confirm button.danger").click();
+    await page.locator("#queue-msg").filter({ hasText: "Conflict" }).waitFor();
+    await must("GET", "/v1/queues/thumbnails");
+    await go("#/queues/reports", "#delete-queue");
+    await page.click("#delete-queue");
+    await page.locator("dialog.confirm button.danger").click();
+    await page.locator("#queues-msg").filter({ hasText: "Deleted queue reports" }).waitFor();
+    if ((await must("GET", "/v1/queues")).queues.some((q) => q.queue === "reports")) throw new Error("the idle queue is still listed");
+    await page.waitForFunction(() => !document.querySelector('#queue-list button[data-queue="reports"]'), null, { timeout: 5000 });
+  });
+
   await step("channels: listed with offsets; live tail with pause, history, publish", async () => {
     await go("#/channels/orders", "#channel-history table");
     await page.locator('#channel-list button[data-channel="orders"]').waitFor();
@@ -324,6 +338,14 @@ try {
       .some((tr) => tr.cells[0].textContent === "orders" && tr.cells[1].textContent === "7"), null, { timeout: 5000 });
     const hist = await must("GET", "/v1/channels/orders/history?since=0");
     if (!JSON.stringify(hist.events).includes("test from the UI")) throw new Error("not published");
+  });
+
+  await step("channels: a channel that retains events is not deleted", async () => {
+    await go("#/channels/orders", "#channel-delete");
+    await page.click("#channel-delete");
+    await page.locator("dialog.confirm button.danger").click();
+    await page.locator("#channel-msg").filter({ hasText: "Conflict" }).waitFor();
+    await must("GET", "/v1/channels/orders/history?since=0");
   });
 
   await step("services: instances with status and checker, drain one; routes listed", async () => {
