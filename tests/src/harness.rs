@@ -1069,12 +1069,20 @@ async fn create_sessions(ctx: &Ctx) -> Result<Vec<String>> {
 async fn queue_drained(ctx: &Ctx) -> Result<()> {
     let api = node::api::client::Client::with_http(&ctx.bases[0], http_client(OP_TIMEOUT));
     let queue = queue_name(ctx);
-    wait_for("the queue drained", Duration::from_secs(60), || async {
+    let last = Mutex::new(None);
+    let drained = wait_for("the queue drained", Duration::from_secs(60), || async {
         let s = api.queue_stats(&queue).await.ok()?;
-        (s.ready + s.delayed + s.in_flight == 0).then_some(())
+        let empty = s.ready + s.delayed + s.in_flight == 0;
+        *last.lock().expect("last stats") = Some(s);
+        empty.then_some(())
     })
-    .await
-    .context("the queue did not drain after healing")
+    .await;
+    drained.with_context(|| {
+        format!(
+            "the queue did not drain after healing (last seen: {:?})",
+            last.lock().expect("last stats")
+        )
+    })
 }
 
 fn save_evidence(

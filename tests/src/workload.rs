@@ -306,7 +306,10 @@ pub(crate) async fn queue_producer(
             run_at_ms: None,
             priority: 0,
             max_attempts: Some(1000),
-            backoff_ms: Some(10),
+            // Retried at once when a lease ends: the run checks delivery, not backoff, and a
+            // job whose claims keep failing through a long run would otherwise wait out a
+            // backoff grown to minutes before the queue can drain.
+            backoff_ms: Some(0),
             unique_key: None,
         };
         let answer = api.enqueue(&queue, &req).await;
