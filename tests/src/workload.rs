@@ -324,8 +324,8 @@ pub(crate) async fn queue_producer(
     }
 }
 
-/// A worker: claims one job at a time on its node (long-polling), records the delivery, and
-/// acks it at once; records the acks its node accepted.
+/// A worker: claims up to 10 jobs at a time on its node (long-polling), records each
+/// delivery, and acks them at once; records the acks its node accepted.
 pub(crate) async fn queue_worker(
     ctx: Arc<Ctx>,
     id: usize,
@@ -337,7 +337,8 @@ pub(crate) async fn queue_worker(
     let queue = queue_name(&ctx);
     let req = node::api::model::ClaimRequest {
         worker: format!("w{id}"),
-        max: 1,
+        // Up to 10 a claim, so workers keep up with producers over a long run.
+        max: 10,
         visibility_ms: Some(JOB_VISIBILITY.as_millis() as u64),
         wait_ms: 500,
         moved: false,
