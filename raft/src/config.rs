@@ -2,17 +2,16 @@
 
 use std::sync::Arc;
 
-/// Builds the openraft config from stackd's settings.
-///
-/// - `heartbeat_interval_ms`: how often the leader heartbeats (default 100).
-/// - `election_timeout_ms`: the lower bound of the randomized election timeout; the upper bound
-///   is twice that (default 500 → 500..1000 ms).
-/// - `snapshot_every_entries`: entries since the last snapshot that trigger a new one.
-pub fn raft_config(
-    heartbeat_interval_ms: u64,
-    election_timeout_ms: u64,
-    snapshot_every_entries: u64,
-) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+use crate::replica::Timing;
+
+/// Builds the openraft config from stackd's timing (see [`Timing`]; defaults: heartbeat
+/// 100 ms, election timeout 500..1000 ms).
+pub fn raft_config(timing: &Timing) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let Timing {
+        heartbeat_interval_ms,
+        election_timeout_ms,
+        snapshot_every_entries,
+    } = *timing;
     let config = openraft::Config {
         cluster_name: "stackd".into(),
         heartbeat_interval: heartbeat_interval_ms,

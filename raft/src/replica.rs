@@ -231,12 +231,7 @@ impl Replica {
         log_store: LogStore,
         state_machine: StateMachine,
     ) -> Result<Self, ReplicaError> {
-        let config = crate::config::raft_config(
-            timing.heartbeat_interval_ms,
-            timing.election_timeout_ms,
-            timing.snapshot_every_entries,
-        )
-        .map_err(ReplicaError::of)?;
+        let config = crate::config::raft_config(&timing).map_err(ReplicaError::of)?;
         let raft = Raft::new(id, config, Network::new(link), log_store, state_machine)
             .await
             .map_err(ReplicaError::of)?;

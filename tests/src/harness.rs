@@ -586,8 +586,7 @@ impl Nemesis<'_> {
         let old = self.ids[t];
         let via = (t + 1) % self.n();
         let others: Vec<usize> = (0..self.n()).filter(|&i| i != t).collect();
-        let api =
-            node::api::client::Client::with_http(&self.cluster.bases[via], http_client(OP_TIMEOUT));
+        let api = self.ctx.api(via);
         let apis = self.quick_apis();
         wait_for("the member removed", Duration::from_secs(30), || async {
             if let Err(e) = api.remove_member(old).await {
@@ -1046,7 +1045,7 @@ async fn drive(
 
 /// Creates the sessions the session clients share, through node 1.
 async fn create_sessions(ctx: &Ctx) -> Result<Vec<String>> {
-    let api = node::api::client::Client::with_http(&ctx.bases[0], http_client(OP_TIMEOUT));
+    let api = ctx.api(0);
     let mut ids = Vec::new();
     for s in 0..SESSIONS {
         let req = node::api::model::CreateSessionRequest {
@@ -1068,7 +1067,7 @@ async fn create_sessions(ctx: &Ctx) -> Result<Vec<String>> {
 /// [`JOB_VISIBILITY`]); a long run may leave a backlog, so the wait fails only when the queue
 /// stops shrinking for a minute, or after [`DRAIN_AT_MOST`].
 async fn queue_drained(ctx: &Ctx) -> Result<()> {
-    let api = node::api::client::Client::with_http(&ctx.bases[0], http_client(OP_TIMEOUT));
+    let api = ctx.api(0);
     let queue = queue_name(ctx);
     let started = Instant::now();
     let (mut least, mut shrunk_at, mut last) = (u64::MAX, Instant::now(), None);

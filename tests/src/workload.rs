@@ -32,6 +32,11 @@ impl Ctx {
     pub fn key(&self, k: usize) -> String {
         format!("{}{k}", self.key_prefix)
     }
+
+    /// The typed client of node `node`, each request giving up after [`OP_TIMEOUT`].
+    pub fn api(&self, node: usize) -> node::api::client::Client {
+        node::api::client::Client::with_http(&self.bases[node], http_client(OP_TIMEOUT))
+    }
 }
 
 /// The client's per-request timeout: longer than the node's 5 s request timeout, so a 504
@@ -296,7 +301,7 @@ pub(crate) async fn queue_producer(
     log: Arc<Mutex<QueueLog>>,
     stop: Arc<AtomicBool>,
 ) {
-    let api = node::api::client::Client::with_http(&ctx.bases[node], http_client(OP_TIMEOUT));
+    let api = ctx.api(node);
     let queue = queue_name(&ctx);
     while !stop.load(Ordering::Relaxed) {
         let n = ctx.rec.fresh_id();
@@ -333,7 +338,7 @@ pub(crate) async fn queue_worker(
     log: Arc<Mutex<QueueLog>>,
     stop: Arc<AtomicBool>,
 ) {
-    let api = node::api::client::Client::with_http(&ctx.bases[node], http_client(OP_TIMEOUT));
+    let api = ctx.api(node);
     let queue = queue_name(&ctx);
     let req = node::api::model::ClaimRequest {
         worker: format!("w{id}"),
@@ -419,7 +424,7 @@ pub(crate) async fn session_client(
     stop: Arc<AtomicBool>,
 ) {
     use crate::checker::sessions::{FieldOp, SessionOp};
-    let api = node::api::client::Client::with_http(&ctx.bases[node], http_client(OP_TIMEOUT));
+    let api = ctx.api(node);
     let mut rng = StdRng::seed_from_u64(((node as u64) << 1 | writer as u64) ^ 0x5e55);
     while !stop.load(Ordering::Relaxed) {
         let s = rng.random_range(0..sessions.len());
@@ -466,7 +471,7 @@ pub(crate) async fn cache_client(
     stop: Arc<AtomicBool>,
 ) {
     use crate::checker::sessions::{CacheHit, CacheInvalidation, CacheWrite};
-    let api = node::api::client::Client::with_http(&ctx.bases[node], http_client(OP_TIMEOUT));
+    let api = ctx.api(node);
     let mut rng = StdRng::seed_from_u64(node as u64 ^ 0xcac4e);
     // An answer at or past the node's request timeout may come from a write the node had not
     // applied yet when it answered; only faster invalidations bind its later reads.
@@ -548,7 +553,7 @@ pub(crate) async fn ttl_client(
     stop: Arc<AtomicBool>,
 ) {
     use crate::checker::sessions::{TtlMiss, TtlWrite};
-    let api = node::api::client::Client::with_http(&ctx.bases[node], http_client(OP_TIMEOUT));
+    let api = ctx.api(node);
     let w = node::api::client::KvWrite {
         ttl_ms: Some(KEY_TTL.as_millis() as u64),
         ..Default::default()

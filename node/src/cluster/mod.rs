@@ -159,7 +159,7 @@ impl Cluster {
                 "STACKD_UNSAFE_STALE_READS=1: linearizable reads skip ReadIndex (test-only fault)"
             );
         }
-        if let Ok(every) = std::env::var("STACKD_UNSAFE_LOSE_JOBS") {
+        if let Some(every) = raft::state::unsafe_lose_jobs_every() {
             warn!("STACKD_UNSAFE_LOSE_JOBS={every}: enqueued jobs are dropped (test-only fault)");
         }
         Arc::new(Self {

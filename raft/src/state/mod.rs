@@ -62,8 +62,8 @@ pub use channels::{ChannelEvent, ChannelSummary, History, Presence, PRESENCE_PER
 pub use kv::{Compacted, KvEntry, KvEvent, KvEventKind, COMPACT_KEY};
 pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
-    next_fire_ms, Job, JobListState, JobState, QueueStats, Schedule, BACKOFF_MAX_MS,
-    CRON_CATCH_UP_MAX, CRON_HORIZON_DAYS,
+    next_fire_ms, unsafe_lose_jobs_every, Job, JobListState, JobState, QueueStats, Schedule,
+    BACKOFF_MAX_MS, CRON_CATCH_UP_MAX, CRON_HORIZON_DAYS,
 };
 pub use security::{
     token_id, ClusterLimits, Security, EXPIRED_TOKEN_KEPT_MS, FOUNDER, NODE_KEYS_KEY,

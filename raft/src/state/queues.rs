@@ -991,17 +991,20 @@ impl Queues {
 /// A deliberate bug for the queue checker's own test (`tests/it/history.rs`): with the
 /// environment variable `STACKD_UNSAFE_LOSE_JOBS=N` (N at least 2), a job whose id is a
 /// multiple of N is answered as enqueued and never stored. Every replica reads the same
-/// variable and allocates the same ids, so replicas still agree. Off unless set; never set it
-/// outside that test.
-pub fn unsafe_lost_job(id: u64) -> bool {
-    static EVERY: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+/// variable and allocates the same ids, so replicas still agree. Off (`None`) unless set;
+/// never set it outside that test.
+pub fn unsafe_lose_jobs_every() -> Option<u64> {
+    static EVERY: std::sync::LazyLock<Option<u64>> = std::sync::LazyLock::new(|| {
         std::env::var("STACKD_UNSAFE_LOSE_JOBS")
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|n| *n >= 2)
-            .unwrap_or(0)
     });
-    *EVERY != 0 && id.is_multiple_of(*EVERY)
+    *EVERY
+}
+
+fn unsafe_lost_job(id: u64) -> bool {
+    unsafe_lose_jobs_every().is_some_and(|every| id.is_multiple_of(every))
 }
 
 #[cfg(test)]

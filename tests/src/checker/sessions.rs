@@ -117,16 +117,20 @@ pub fn check_cache(
     hits: &[CacheHit],
 ) -> Vec<String> {
     let by_value: BTreeMap<u64, &CacheWrite> = writes.iter().map(|w| (w.value, w)).collect();
+    let mut answered_by: BTreeMap<(usize, &str), Vec<&CacheInvalidation>> = BTreeMap::new();
+    for i in invalidations {
+        answered_by.entry((i.node, &i.tag)).or_default().push(i);
+    }
     let mut problems = Vec::new();
     for h in hits {
         let Some(w) = by_value.get(&h.value) else {
             // A write whose answer was lost: when it applied is unknown.
             continue;
         };
-        if let Some(i) = invalidations
-            .iter()
-            .find(|i| i.node == h.node && i.tag == w.tag && i.call > w.ret && i.ret < h.call)
-        {
+        let Some(answered) = answered_by.get(&(h.node, w.tag.as_str())) else {
+            continue;
+        };
+        if let Some(i) = answered.iter().find(|i| i.call > w.ret && i.ret < h.call) {
             problems.push(format!(
                 "node {} served value {} of tag {} after it answered an invalidation of that tag sent {:.1} ms after the write was answered",
                 h.node + 1,
