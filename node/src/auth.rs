@@ -510,9 +510,14 @@ pub fn rights_of<F: Rights, T: Rights, I: Rights>(
         Command::Kv(KvCmd::Put { key, .. } | KvCmd::Delete { key, .. }) => {
             one(Resource::Kv, key, Op::Write)
         }
-        Command::Cache(CacheCmd::Set { key, .. } | CacheCmd::Delete { key, .. }) => {
-            one(Resource::Cache, key, Op::Write)
-        }
+        Command::Cache(
+            CacheCmd::Set { key, .. }
+            | CacheCmd::Delete { key, .. }
+            | CacheCmd::SetIf { key, .. }
+            | CacheCmd::Incr { key, .. }
+            | CacheCmd::Expire { key, .. }
+            | CacheCmd::DeleteIfEq { key, .. },
+        ) => one(Resource::Cache, key, Op::Write),
         Command::Queue(QueueCmd::Enqueue { queue, .. }) => one(Resource::Queues, queue, Op::Write),
         Command::Channel(ChannelCmd::Publish { channel, .. }) => {
             one(Resource::Channels, channel, Op::Publish)

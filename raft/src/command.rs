@@ -19,7 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::state::acl::{AclCmd, AclResult};
-pub use crate::state::cache::{CacheCmd, CacheLimits, CacheResult};
+pub use crate::state::cache::{CacheCmd, CacheCond, CacheLimits, CacheResult, CacheTtl};
 pub use crate::state::channels::{ChannelCmd, ChannelResult, ChannelRetention};
 pub use crate::state::kv::{KvCmd, KvResult};
 pub use crate::state::locks::{LockCmd, LockResult, LockWait};
@@ -496,8 +496,13 @@ impl<F: fmt::Display, T: fmt::Display, I: fmt::Display> fmt::Display for Command
             Command::Session(SessionCmd::DeleteUser { user }) => {
                 write!(f, "session delete all of {user}")
             }
-            Command::Cache(CacheCmd::Set { key, value, .. }) => {
+            Command::Cache(
+                CacheCmd::Set { key, value, .. } | CacheCmd::SetIf { key, value, .. },
+            ) => {
                 write!(f, "cache set {key} ({} bytes)", value.len())
+            }
+            Command::Cache(CacheCmd::DeleteIfEq { key, .. }) => {
+                write!(f, "cache delete {key} if equal")
             }
             Command::Cache(c) => write!(f, "cache {c:?}"),
             Command::Queue(QueueCmd::Enqueue { queue, .. }) => write!(f, "enqueue {queue}"),

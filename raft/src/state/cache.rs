@@ -37,6 +37,58 @@ pub enum CacheCmd {
     Invalidate {
         tags: Vec<String>,
     },
+    /// Stores an entry if `only` allows, as Redis's `SET` with its options does; answers
+    /// [`CacheResult::Written`]. The entry carries no tags.
+    SetIf {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        ttl: CacheTtl,
+        only: Option<CacheCond>,
+        /// Whether the answer carries the value the entry held before.
+        return_previous: bool,
+        limits: CacheLimits,
+    },
+    /// Adds `by` to the entry's value read as a signed 64-bit decimal integer (an absent
+    /// entry reads as 0), keeping its TTL and tags; answers [`CacheResult::Counter`],
+    /// [`CacheResult::NotInteger`] or [`CacheResult::Overflow`].
+    Incr {
+        key: String,
+        by: i64,
+        limits: CacheLimits,
+    },
+    /// Sets (`Some`, from now) or removes (`None`) a live entry's TTL; answers
+    /// [`CacheResult::Touched`].
+    Expire {
+        key: String,
+        ttl_ms: Option<u64>,
+    },
+    /// Removes the entry only if it holds `value`; answers [`CacheResult::Removed`].
+    DeleteIfEq {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+}
+
+/// The TTL a [`CacheCmd::SetIf`] leaves on its entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheTtl {
+    /// None: the entry lives until it is removed or evicted.
+    None,
+    /// Expires this many milliseconds after the write.
+    In(u64),
+    /// Expires at this time of the replicated clock (Unix milliseconds).
+    At(u64),
+    /// Keeps the TTL of the entry it replaces (none if there was no entry).
+    Keep,
+}
+
+/// Whether a conditional write needs its entry to be there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheCond {
+    Absent,
+    Present,
 }
 
 /// Bounds of the cache, carried by each cache write.
@@ -52,6 +104,20 @@ pub enum CacheResult {
     Stored,
     /// How many entries a delete or an invalidation removed.
     Removed(u64),
+    /// A [`CacheCmd::SetIf`]: whether it wrote, and the entry's previous value when asked
+    /// for (`None` also when there was no live entry).
+    Written {
+        written: bool,
+        previous: Option<serde_bytes::ByteBuf>,
+    },
+    /// The value after a [`CacheCmd::Incr`].
+    Counter(i64),
+    /// The entry does not hold a signed 64-bit decimal integer; nothing was written.
+    NotInteger,
+    /// The increment would overflow a signed 64-bit integer; nothing was written.
+    Overflow,
+    /// Whether a [`CacheCmd::Expire`] found a live entry.
+    Touched(bool),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,12 +200,97 @@ impl Primitive for Cache {
             }
             CacheCmd::Delete { key } => CacheResult::Removed(u64::from(self.remove(key, cx.batch))),
             CacheCmd::Invalidate { tags } => self.invalidate(tags, cx.batch),
+            CacheCmd::SetIf {
+                key,
+                value,
+                ttl,
+                only,
+                return_previous,
+                limits,
+            } => {
+                let now = cx.now();
+                let current = self.get(key, now);
+                let allowed = match only {
+                    None => true,
+                    Some(CacheCond::Absent) => current.is_none(),
+                    Some(CacheCond::Present) => current.is_some(),
+                };
+                let previous = current
+                    .filter(|_| *return_previous)
+                    .map(|e| serde_bytes::ByteBuf::from(e.value.clone()));
+                if allowed {
+                    let expires = match ttl {
+                        CacheTtl::None => None,
+                        CacheTtl::In(t) => Some(now.saturating_add(*t)),
+                        CacheTtl::At(at) => Some(*at),
+                        CacheTtl::Keep => current.and_then(|e| e.expires_at_ms),
+                    };
+                    self.set(key, value, expires, &[], *limits, cx.batch);
+                }
+                CacheResult::Written {
+                    written: allowed,
+                    previous,
+                }
+            }
+            CacheCmd::Incr { key, by, limits } => {
+                let now = cx.now();
+                let current = self.get(key, now);
+                let n = match current.map(|e| parse_i64(&e.value)) {
+                    None => 0,
+                    Some(Some(n)) => n,
+                    Some(None) => return CacheResult::NotInteger,
+                };
+                let Some(n) = n.checked_add(*by) else {
+                    return CacheResult::Overflow;
+                };
+                let (expires, tags) = current
+                    .map(|e| (e.expires_at_ms, e.tags.clone()))
+                    .unwrap_or_default();
+                self.set(
+                    key,
+                    n.to_string().as_bytes(),
+                    expires,
+                    &tags,
+                    *limits,
+                    cx.batch,
+                );
+                CacheResult::Counter(n)
+            }
+            CacheCmd::Expire { key, ttl_ms } => {
+                let now = cx.now();
+                let Some(e) = self.get(key, now) else {
+                    return CacheResult::Touched(false);
+                };
+                let mut e = e.clone();
+                if let Some(at) = e.expires_at_ms {
+                    self.ttl.remove(at, key);
+                }
+                e.expires_at_ms = ttl_ms.map(|t| now.saturating_add(t));
+                if let Some(at) = e.expires_at_ms {
+                    self.ttl.insert(at, key.clone());
+                }
+                put_record(cx.batch, prefixed(PREFIX, key), &e);
+                self.entries.insert(key.clone(), e);
+                CacheResult::Touched(true)
+            }
+            CacheCmd::DeleteIfEq { key, value } => {
+                let same = self.get(key, cx.now()).is_some_and(|e| e.value == *value);
+                CacheResult::Removed(u64::from(same && self.remove(key, cx.batch)))
+            }
         }
     }
 
     fn in_txn(_cmd: &CacheCmd) -> bool {
         true
     }
+}
+
+/// `value` read as Redis reads a counter: a signed 64-bit decimal integer with no sign
+/// other than a leading `-`, no leading zeros and no spaces.
+fn parse_i64(value: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(value).ok()?;
+    let n: i64 = s.parse().ok()?;
+    (n.to_string() == s).then_some(n)
 }
 
 impl Cache {

@@ -1420,6 +1420,158 @@ mod primitive_tests {
         assert_eq!(s.get("x").unwrap().revision, 3);
         assert_eq!(s.get("y").unwrap().revision, 3);
     }
+
+    const BIG: CacheLimits = CacheLimits {
+        max_entries: 100,
+        max_bytes: 10_000,
+    };
+
+    fn set_if(key: &str, value: &str, ttl: CacheTtl, only: Option<CacheCond>) -> Command {
+        Command::Cache(CacheCmd::SetIf {
+            key: key.into(),
+            value: value.into(),
+            ttl,
+            only,
+            return_previous: true,
+            limits: BIG,
+        })
+    }
+
+    fn written(written: bool, previous: Option<&str>) -> Response {
+        Response::Cache(CacheResult::Written {
+            written,
+            previous: previous.map(|p| serde_bytes::ByteBuf::from(p.as_bytes().to_vec())),
+        })
+    }
+
+    fn incr(key: &str, by: i64) -> Command {
+        Command::Cache(CacheCmd::Incr {
+            key: key.into(),
+            by,
+            limits: BIG,
+        })
+    }
+
+    #[test]
+    fn cache_conditional_sets_keep_or_replace_the_ttl() {
+        let mut s = State::default();
+        let absent = Some(CacheCond::Absent);
+        let present = Some(CacheCond::Present);
+        assert_eq!(
+            run(&mut s, 0, set_if("k", "a", CacheTtl::None, present)),
+            written(false, None)
+        );
+        assert!(s.cache_get("k").is_none());
+        assert_eq!(
+            run(&mut s, 0, set_if("k", "a", CacheTtl::In(100), absent)),
+            written(true, None)
+        );
+        assert_eq!(
+            run(&mut s, 10, set_if("k", "b", CacheTtl::None, absent)),
+            written(false, Some("a"))
+        );
+        assert_eq!(s.cache_get("k").unwrap().value, b"a");
+        // KEEPTTL keeps the expiry of the entry it replaces.
+        assert_eq!(
+            run(&mut s, 20, set_if("k", "c", CacheTtl::Keep, present)),
+            written(true, Some("a"))
+        );
+        assert_eq!(s.cache_get("k").unwrap().expires_at_ms, Some(100));
+        // Past its TTL the entry counts as absent, before the expiry pass removes it.
+        assert_eq!(
+            run(&mut s, 150, set_if("k", "d", CacheTtl::At(500), absent)),
+            written(true, None)
+        );
+        assert_eq!(s.cache_get("k").unwrap().expires_at_ms, Some(500));
+        assert_eq!(
+            run(&mut s, 160, set_if("k", "e", CacheTtl::None, None)),
+            written(true, Some("d"))
+        );
+        assert_eq!(s.cache_get("k").unwrap().expires_at_ms, None);
+    }
+
+    #[test]
+    fn cache_counters_are_atomic_and_refuse_what_is_not_an_integer() {
+        let mut s = State::default();
+        assert_eq!(
+            run(&mut s, 0, incr("n", 5)),
+            Response::Cache(CacheResult::Counter(5))
+        );
+        assert_eq!(
+            run(&mut s, 0, incr("n", -7)),
+            Response::Cache(CacheResult::Counter(-2))
+        );
+        assert_eq!(s.cache_get("n").unwrap().value, b"-2");
+        run(
+            &mut s,
+            0,
+            set_if("m", &i64::MAX.to_string(), CacheTtl::In(50), None),
+        );
+        assert_eq!(
+            run(&mut s, 0, incr("m", 1)),
+            Response::Cache(CacheResult::Overflow)
+        );
+        assert_eq!(
+            run(&mut s, 0, incr("m", -1)),
+            Response::Cache(CacheResult::Counter(i64::MAX - 1))
+        );
+        // A counter keeps its TTL.
+        assert_eq!(s.cache_get("m").unwrap().expires_at_ms, Some(50));
+        for bad in ["x", " 1", "01", "+1", "1.5", ""] {
+            run(&mut s, 0, set_if("b", bad, CacheTtl::None, None));
+            assert_eq!(
+                run(&mut s, 0, incr("b", 1)),
+                Response::Cache(CacheResult::NotInteger),
+                "{bad:?}"
+            );
+            assert_eq!(s.cache_get("b").unwrap().value, bad.as_bytes());
+        }
+    }
+
+    #[test]
+    fn cache_expire_and_compare_and_delete() {
+        let mut s = State::default();
+        let expire = |ttl_ms| {
+            Command::Cache(CacheCmd::Expire {
+                key: "k".into(),
+                ttl_ms,
+            })
+        };
+        assert_eq!(
+            run(&mut s, 0, expire(Some(10))),
+            Response::Cache(CacheResult::Touched(false))
+        );
+        run(&mut s, 0, set_if("k", "owner-1", CacheTtl::In(100), None));
+        assert_eq!(
+            run(&mut s, 50, expire(Some(1000))),
+            Response::Cache(CacheResult::Touched(true))
+        );
+        assert_eq!(s.cache_get("k").unwrap().expires_at_ms, Some(1050));
+        assert_eq!(
+            run(&mut s, 60, expire(None)),
+            Response::Cache(CacheResult::Touched(true))
+        );
+        assert_eq!(s.cache_get("k").unwrap().expires_at_ms, None);
+        // The old deadline is gone: the entry outlives it.
+        run(&mut s, 2000, Command::Tick);
+        assert!(s.cache_get("k").is_some());
+        let del_if = |v: &str| {
+            Command::Cache(CacheCmd::DeleteIfEq {
+                key: "k".into(),
+                value: v.into(),
+            })
+        };
+        assert_eq!(
+            run(&mut s, 2000, del_if("owner-2")),
+            Response::Cache(CacheResult::Removed(0))
+        );
+        assert!(s.cache_get("k").is_some());
+        assert_eq!(
+            run(&mut s, 2000, del_if("owner-1")),
+            Response::Cache(CacheResult::Removed(1))
+        );
+        assert!(s.cache_get("k").is_none());
+    }
 }
 
 #[cfg(test)]
