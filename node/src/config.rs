@@ -364,6 +364,23 @@ section! {
     }
 }
 
+section! {
+    /// The Redis protocol (RESP2 and RESP3): Redis clients use the cache (db 0) and the
+    /// key-value store (db 1) through any node, with a stackd token as the password.
+    ["resp"] pub struct RespConfig {
+        /// Address (IP:PORT) the RESP listener binds (plain TCP, like the API without TLS:
+        /// keep it on a trusted network). Default: none (no RESP listener).
+        pub addr: Option<SocketAddr> = None; e.g. "127.0.0.1:6379",
+        /// Most RESP connections at once; one more is answered "-ERR max number of clients
+        /// reached" and closed. Default: 10000. Range: 1 to 1000000.
+        pub max_connections: usize = 10_000,
+        /// Most arguments in one command, its name included (an MSET of N pairs has 2N+1);
+        /// a longer one is a protocol error that closes the connection. Each argument is at
+        /// most limits.max_value_bytes. Default: 65536. Range: 3 to 1048576.
+        pub max_args: usize = 65_536,
+    }
+}
+
 /// The whole configuration of a node, one field per section of the config file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -380,6 +397,7 @@ pub struct Config {
     pub ws: WsConfig,
     pub rate: RateConfig,
     pub gateway: GatewayConfig,
+    pub resp: RespConfig,
     /// `[[services]]`: instances this node registers at start-up (see [`ServiceEntry`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceEntry>,
@@ -426,6 +444,7 @@ pub const SECTIONS: &[Section] = &[
     WsConfig::SECTION,
     RateConfig::SECTION,
     GatewayConfig::SECTION,
+    RespConfig::SECTION,
 ];
 
 /// The documentation of the setting at `path` (`section.field`).
@@ -521,6 +540,9 @@ serve_flags! {
     gossip_addr: SocketAddr, "STACKD_GOSSIP_ADDR" => gossip.addr;
     gateway_addr: SocketAddr, "STACKD_GATEWAY_ADDR" => gateway.addr;
     gateway_threads: usize, "STACKD_GATEWAY_THREADS" => gateway.threads;
+    resp_addr: SocketAddr, "STACKD_RESP_ADDR" => resp.addr;
+    resp_max_connections: usize, "STACKD_RESP_MAX_CONNECTIONS" => resp.max_connections;
+    resp_max_args: usize, "STACKD_RESP_MAX_ARGS" => resp.max_args;
     heartbeat_interval_ms: u64, "STACKD_HEARTBEAT_INTERVAL_MS" => raft.heartbeat_interval_ms;
     election_timeout_ms: u64, "STACKD_ELECTION_TIMEOUT_MS" => raft.election_timeout_ms;
     snapshot_every_entries: u64, "STACKD_SNAPSHOT_EVERY_ENTRIES" => raft.snapshot_every_entries;
@@ -977,6 +999,14 @@ impl Config {
             Some(100_000),
         );
         in_range(bad, "gateway.threads", self.gateway.threads, 0, Some(64));
+        in_range(
+            bad,
+            "resp.max_connections",
+            self.resp.max_connections,
+            1,
+            Some(1_000_000),
+        );
+        in_range(bad, "resp.max_args", self.resp.max_args, 3, Some(1 << 20));
     }
 
     /// The data directory. Set in every validated config.
@@ -1453,6 +1483,9 @@ mod tests {
         c.ws.max_pending_publishes = 3;
         c.gateway.addr = Some("0.0.0.0:8080".parse().unwrap());
         c.gateway.threads = 4;
+        c.resp.addr = Some("127.0.0.1:6379".parse().unwrap());
+        c.resp.max_connections = 5;
+        c.resp.max_args = 100;
         c
     }
 

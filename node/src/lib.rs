@@ -21,6 +21,8 @@
 //! - [`rate`]: request rates per token, per client address and per WebSocket connection.
 //! - [`checks`]: the HTTP and TCP health checks of registered instances, each run by one
 //!   alive node; [`gateway`]: the HTTP and WebSocket proxy to healthy instances.
+//! - [`resp`]: the Redis protocol (RESP2 and RESP3) on `resp.addr`, over the cache, the
+//!   key-value store and channels.
 //! - [`service`]: client protocols that span several proposals (the blocking acquire of leased
 //!   primitives, the long-poll claim of jobs), shared by every front end.
 
@@ -43,6 +45,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod rate;
 pub mod realtime;
+pub mod resp;
 pub mod samples;
 pub mod server;
 pub mod service;

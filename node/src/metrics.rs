@@ -210,6 +210,22 @@ metrics! {
         "WebSocket connections closed by the server, by reason",
         &["reason"],
     );
+    // --- The Redis protocol ---
+    /// Open RESP connections on this node.
+    pub resp_connections: IntGauge =
+        gauge("stackd_resp_connections", "Open RESP (Redis protocol) connections on this node");
+    /// RESP connections refused at `resp.max_connections`.
+    pub resp_refused: IntCounter = counter(
+        "stackd_resp_connections_refused_total",
+        "RESP connections refused because resp.max_connections were open",
+    );
+    /// RESP commands answered, by command (a supported command's name, else `unknown`) and
+    /// outcome (`ok`, `error`).
+    pub resp_commands: IntCounterVec = counter_vec(
+        "stackd_resp_commands_total",
+        "RESP commands answered by this node, by command and outcome",
+        &["command", "outcome"],
+    );
 }
 
 fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {

@@ -778,6 +778,16 @@ async fn stage_api(
         .await?;
         life.tasks.background.spawn(serve);
     }
+    if let Some(addr) = config.resp.addr {
+        let (_, serve) = crate::resp::bind(
+            addr,
+            state.clone(),
+            life.tasks.requests.clone(),
+            life.stop_accepting.clone(),
+        )
+        .await?;
+        life.tasks.background.spawn(serve);
+    }
     Ok((api_addr, state))
 }
 

@@ -385,6 +385,36 @@ impl Cache {
             .filter(|e| e.expires_at_ms.is_none_or(|at| at > now))
     }
 
+    /// Up to `limit` live entries whose keys start with `prefix` and are greater than
+    /// `after`, in key order; the flag says whether more remain.
+    pub(super) fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> (Vec<(&String, &CacheEntry)>, bool) {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        let mut items = Vec::new();
+        for (k, e) in self.entries.range((start, Bound::Unbounded)) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if e.expires_at_ms.is_some_and(|at| at <= now) {
+                continue;
+            }
+            if items.len() == limit {
+                return (items, true);
+            }
+            items.push((k, e));
+        }
+        (items, false)
+    }
+
     pub(super) fn counts(&self) -> CacheCounts {
         CacheCounts {
             entries: self.entries.len() as u64,

@@ -656,6 +656,19 @@ impl State {
         self.parts.cache.get(key, self.meta.now_ms)
     }
 
+    /// Up to `limit` live cache entries under `prefix` after `after`, in key order (see
+    /// [`State::list`]).
+    pub fn cache_list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(&String, &CacheEntry)>, bool) {
+        self.parts
+            .cache
+            .list(prefix, after, limit, self.meta.now_ms)
+    }
+
     pub fn cache_counts(&self) -> CacheCounts {
         self.parts.cache.counts()
     }

@@ -1,0 +1,217 @@
+//! The Redis protocol (RESP2 and RESP3) on `resp.addr`, so that unmodified Redis clients use
+//! stackd's replicated state through any node.
+//!
+//! # Layout
+//! - this file: the listener (a bound on connections) and one task per connection, which reads
+//!   requests, answers them in order and, while it subscribes, pushes channel messages;
+//! - [`codec`]: requests off the wire, replies onto it;
+//! - `conn`: a connection's state (protocol version, database, credential, transaction) and
+//!   the commands that change it, the handshake among them;
+//! - `strings`: the string commands on each database's primitive;
+//! - `pubsub`: channels and patterns, and who on this node listens to them.
+//!
+//! Commands on one connection run one at a time, in order: a pipeline's writes are proposed
+//! in the order they were sent, as Redis applies them. The databases, what each command
+//! means on them and what is not supported are in `docs/redis.md`.
+
+pub mod codec;
+mod conn;
+mod pubsub;
+mod strings;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::api::AppState;
+use codec::{Decoder, Limits, ProtocolError, Reply};
+use conn::Conn;
+
+/// Replies are sent once this many bytes are waiting, or when no whole request is left.
+const FLUSH_BYTES: usize = 64 * 1024;
+
+/// What every connection of the listener shares.
+pub(crate) struct Resp {
+    st: Arc<AppState>,
+    limits: Limits,
+    next_client_id: AtomicU64,
+    listeners: pubsub::Listeners,
+    cursors: strings::Cursors,
+}
+
+/// Binds `addr` and answers RESP connections on it until `stop`; connections run on `tasks`.
+pub async fn bind(
+    addr: SocketAddr,
+    st: Arc<AppState>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the RESP address {addr} (resp.addr)"))?;
+    let bound = listener.local_addr()?;
+    let config = st.cluster.config().clone();
+    let resp = Arc::new(Resp {
+        st,
+        limits: Limits {
+            max_args: config.resp.max_args,
+            max_arg_bytes: config.limits.max_value_bytes,
+        },
+        next_client_id: AtomicU64::new(1),
+        listeners: pubsub::Listeners::default(),
+        cursors: strings::Cursors::default(),
+    });
+    let slots = Arc::new(Semaphore::new(config.resp.max_connections));
+    info!(addr = %bound, "RESP (Redis protocol) listening");
+    let serve = async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors and the like: wait rather than spin.
+                        warn!(error = %e, "RESP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                resp.st.metrics.resp_refused.inc();
+                tasks.spawn(refuse(stream, config.resp.max_connections));
+                continue;
+            };
+            let (resp, stop) = (resp.clone(), stop.clone());
+            tasks.spawn(async move {
+                resp.st.metrics.resp_connections.inc();
+                serve_connection(&resp, stream, peer, stop).await;
+                resp.st.metrics.resp_connections.dec();
+                drop(slot);
+            });
+        }
+    };
+    Ok((bound, serve))
+}
+
+/// Answers a connection past `resp.max_connections` with Redis's error and closes it.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    let mut out = BytesMut::new();
+    Reply::err(format!(
+        "max number of clients reached ({max}, resp.max_connections)"
+    ))
+    .encode(2, &mut out);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
+}
+
+/// Why a connection ends.
+enum End {
+    /// The client closed it, or `QUIT`.
+    Done,
+    /// It could not be read or written (reset, or a write blocked past api.write_timeout_ms).
+    Io,
+    /// Its input could not be framed.
+    Protocol,
+    /// It subscribes but fell too far behind the channel messages.
+    SlowConsumer,
+    Stopping,
+}
+
+async fn serve_connection(
+    resp: &Arc<Resp>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let id = resp.next_client_id.fetch_add(1, Ordering::Relaxed);
+    let (mut rd, mut wr) = stream.into_split();
+    let write_timeout =
+        std::time::Duration::from_millis(resp.st.cluster.config().api.write_timeout_ms);
+    let mut conn = Conn::new(resp.clone(), id, peer);
+    let mut decoder = Decoder::new(resp.limits);
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let end = 'conn: loop {
+        // Answer every whole request read so far, in order.
+        loop {
+            match decoder.decode(&mut input) {
+                Ok(Some(args)) => {
+                    let reply = conn.run(args).await;
+                    reply.encode(conn.proto(), &mut out);
+                    if conn.closing() {
+                        let _ = flush(&mut wr, &mut out, write_timeout).await;
+                        break 'conn End::Done;
+                    }
+                    if out.len() >= FLUSH_BYTES && !flush(&mut wr, &mut out, write_timeout).await {
+                        break 'conn End::Io;
+                    }
+                }
+                Ok(None) => break,
+                Err(ProtocolError(m)) => {
+                    Reply::err(format!("Protocol error: {m}")).encode(conn.proto(), &mut out);
+                    let _ = flush(&mut wr, &mut out, write_timeout).await;
+                    break 'conn End::Protocol;
+                }
+            }
+        }
+        if !flush(&mut wr, &mut out, write_timeout).await {
+            break End::Io;
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut input) => match read {
+                Ok(0) => break End::Done,
+                Ok(_) => {}
+                Err(_) => break End::Io,
+            },
+            batch = conn.next_live(), if conn.listening() => match batch {
+                Ok(batch) => conn.deliver(&batch, &mut out),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Reply::err(format!(
+                        "slow consumer: {n} batches of channel messages were not read in time; \
+                         the connection is closed"
+                    ))
+                    .encode(conn.proto(), &mut out);
+                    let _ = flush(&mut wr, &mut out, write_timeout).await;
+                    break End::SlowConsumer;
+                }
+                Err(broadcast::error::RecvError::Closed) => break End::Stopping,
+            },
+            _ = stop.cancelled() => break End::Stopping,
+        }
+    };
+    conn.close();
+    match end {
+        End::Done | End::Stopping => {}
+        End::Io => debug!(client = id, %peer, "RESP connection failed"),
+        End::Protocol => debug!(client = id, %peer, "RESP connection closed: protocol error"),
+        End::SlowConsumer => warn!(client = id, %peer, "RESP subscriber fell behind; closed"),
+    }
+}
+
+/// Writes what `out` holds; false when the connection failed or the write stayed blocked past
+/// the timeout (the client reads nothing).
+async fn flush(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    out: &mut BytesMut,
+    timeout: std::time::Duration,
+) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let ok = matches!(
+        tokio::time::timeout(timeout, wr.write_all(out)).await,
+        Ok(Ok(()))
+    );
+    out.clear();
+    ok
+}

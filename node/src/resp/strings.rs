@@ -1,0 +1,605 @@
+//! The string commands, on the selected database's primitive: db 0 the cache (reads from this
+//! node's applied state; writes answered once this node applied them), db 1 the key-value
+//! store (reads linearizable, by ReadIndex).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use raft::command::{
+    CacheCmd, CacheCond, CacheResult, CacheTtl, Command, KvCmd, KvResult, Op, OpResponse, Response,
+    Txn,
+};
+
+use super::codec::Reply;
+use super::conn::{error_reply, int, text, Conn, Db, Plan};
+use super::pubsub::{glob_match, literal_prefix};
+use crate::api::cache::CACHE_TTL_MS_MAX;
+use crate::auth::Op as Access;
+use crate::cluster::now_ms;
+
+/// Most keys one `SCAN` call examines (`COUNT` is capped to it).
+const SCAN_COUNT_MAX: usize = 1000;
+/// `SCAN` cursors this node remembers; the oldest is forgotten past it.
+const CURSORS_MAX: usize = 10_000;
+
+/// The node's `SCAN` cursors: a cursor is a number (clients parse it as one), standing for the
+/// key the scan stopped after. Any connection to this node may continue a scan; a cursor
+/// unknown here (forgotten, or from another node) is refused.
+#[derive(Default)]
+pub(crate) struct Cursors(Mutex<CursorTable>);
+
+#[derive(Default)]
+struct CursorTable {
+    next: u64,
+    after: HashMap<u64, (Db, String)>,
+    order: VecDeque<u64>,
+}
+
+impl Cursors {
+    fn remember(&self, db: Db, after: String) -> u64 {
+        let mut t = self.0.lock().expect("cursor table");
+        if t.next == 0 {
+            t.next = u64::from(rand::random::<u32>()) + 1;
+        }
+        let id = t.next;
+        t.next += 1;
+        t.after.insert(id, (db, after));
+        t.order.push_back(id);
+        while t.order.len() > CURSORS_MAX {
+            if let Some(old) = t.order.pop_front() {
+                t.after.remove(&old);
+            }
+        }
+        id
+    }
+
+    fn recall(&self, db: Db, id: u64) -> Option<String> {
+        let t = self.0.lock().expect("cursor table");
+        t.after
+            .get(&id)
+            .filter(|(d, _)| *d == db)
+            .map(|(_, k)| k.clone())
+    }
+}
+
+fn key(arg: &Bytes) -> Result<String, Reply> {
+    let k = text(arg, "a key")?;
+    crate::api::validate_name("key", &k).map_err(error_reply)?;
+    Ok(k)
+}
+
+fn syntax() -> Reply {
+    Reply::err("syntax error")
+}
+
+fn not_on_kv(command: &str) -> Reply {
+    Reply::err(format!(
+        "{} is supported on db 0 (the cache) only: the key-value store has no such atomic \
+         command (see docs/redis.md)",
+        command.to_ascii_uppercase()
+    ))
+}
+
+/// The TTL of an `EX`/`PX`/`EXAT`/`PXAT` option, in milliseconds (relative or absolute).
+fn expiry_ms(value: &Bytes, unit_ms: u64, command: &str) -> Result<u64, Reply> {
+    let bad = || Reply::err(format!("invalid expire time in '{command}' command"));
+    let n = int(value)?;
+    if n <= 0 {
+        return Err(bad());
+    }
+    (n as u64).checked_mul(unit_ms).ok_or_else(bad)
+}
+
+fn cache_ttl_ok(ttl_ms: u64, command: &str) -> Result<u64, Reply> {
+    if ttl_ms > CACHE_TTL_MS_MAX {
+        return Err(Reply::err(format!(
+            "invalid expire time in '{command}' command: cache entries live at most 30 days \
+             ({CACHE_TTL_MS_MAX} ms)"
+        )));
+    }
+    Ok(ttl_ms)
+}
+
+/// `OpResponse` of a cache or key-value operation, or the reply of an unexpected one.
+fn cache_result(r: &[OpResponse]) -> Result<&CacheResult, Reply> {
+    match r.first() {
+        Some(Response::Cache(c)) => Ok(c),
+        other => Err(Reply::err(format!("internal: unexpected answer {other:?}"))),
+    }
+}
+
+fn kv_result(r: &[OpResponse]) -> Result<&KvResult, Reply> {
+    match r.first() {
+        Some(Response::Kv(k)) => Ok(k),
+        other => Err(Reply::err(format!("internal: unexpected answer {other:?}"))),
+    }
+}
+
+fn plan(ops: Vec<Op>, answer: impl FnOnce(&[OpResponse]) -> Reply + Send + 'static) -> Plan {
+    Plan {
+        ops,
+        answer: Box::new(answer),
+    }
+}
+
+/// Removed entries or deleted keys, summed over the results of deletes.
+fn removed(results: &[OpResponse]) -> Reply {
+    let n: u64 = results
+        .iter()
+        .map(|r| match r {
+            Response::Cache(CacheResult::Removed(n)) => *n,
+            Response::Kv(KvResult::Delete { deleted: true, .. }) => 1,
+            _ => 0,
+        })
+        .sum();
+    Reply::Int(n as i64)
+}
+
+impl Conn {
+    fn writable(&self, k: &str) -> Result<(), Reply> {
+        self.may(self.db.resource(), k, Access::Write)
+    }
+
+    fn readable(&self, k: &str) -> Result<(), Reply> {
+        self.may(self.db.resource(), k, Access::Read)
+    }
+
+    fn cache_limits(&self) -> raft::command::CacheLimits {
+        crate::api::cache::limits(&self.resp.st)
+    }
+
+    /// The log operations of a write command and how their results answer it; checks the
+    /// arguments and the caller's rights first.
+    pub(super) fn plan(&self, name: &str, args: &[Bytes]) -> Result<Plan, Reply> {
+        match name {
+            "set" => self.plan_set(args),
+            "del" | "unlink" => {
+                let keys = args[1..].iter().map(key).collect::<Result<Vec<_>, _>>()?;
+                let mut ops = Vec::with_capacity(keys.len());
+                for k in keys {
+                    self.writable(&k)?;
+                    ops.push(match self.db {
+                        Db::Cache => CacheCmd::Delete { key: k }.into(),
+                        Db::Kv => KvCmd::Delete {
+                            key: k,
+                            if_revision: None,
+                        }
+                        .into(),
+                    });
+                }
+                Ok(plan(ops, removed))
+            }
+            "mset" => {
+                if args.len().is_multiple_of(2) {
+                    return Err(Reply::err("wrong number of arguments for 'mset' command"));
+                }
+                let mut ops = Vec::with_capacity(args.len() / 2);
+                for pair in args[1..].chunks(2) {
+                    let k = key(&pair[0])?;
+                    self.writable(&k)?;
+                    ops.push(self.put(k, pair[1].to_vec()));
+                }
+                Ok(plan(ops, |_| Reply::ok()))
+            }
+            "incr" | "decr" | "incrby" | "decrby" => {
+                if self.db != Db::Cache {
+                    return Err(not_on_kv(name));
+                }
+                let k = key(&args[1])?;
+                self.writable(&k)?;
+                let by = match name {
+                    "incr" => 1,
+                    "decr" => -1,
+                    "incrby" => int(&args[2])?,
+                    _ => int(&args[2])?
+                        .checked_neg()
+                        .ok_or_else(|| Reply::err("decrement would overflow"))?,
+                };
+                let op = CacheCmd::Incr {
+                    key: k,
+                    by,
+                    limits: self.cache_limits(),
+                };
+                Ok(plan(vec![op.into()], |r| match cache_result(r) {
+                    Ok(CacheResult::Counter(n)) => Reply::Int(*n),
+                    Ok(CacheResult::NotInteger) => {
+                        Reply::err("value is not an integer or out of range")
+                    }
+                    Ok(CacheResult::Overflow) => {
+                        Reply::err("increment or decrement would overflow")
+                    }
+                    Ok(other) => Reply::err(format!("internal: unexpected answer {other:?}")),
+                    Err(e) => e,
+                }))
+            }
+            "expire" | "pexpire" => {
+                if self.db != Db::Cache {
+                    return Err(not_on_kv(name));
+                }
+                let k = key(&args[1])?;
+                self.writable(&k)?;
+                if args.len() > 3 {
+                    return Err(Reply::err(format!(
+                        "{} options NX, XX, GT and LT are not supported",
+                        name.to_ascii_uppercase()
+                    )));
+                }
+                let n = int(&args[2])?;
+                let unit = if name == "expire" { 1000 } else { 1 };
+                if n <= 0 {
+                    // As in Redis: a TTL in the past deletes the key.
+                    return Ok(plan(vec![CacheCmd::Delete { key: k }.into()], removed));
+                }
+                let ttl_ms = (n as u64).checked_mul(unit).ok_or_else(|| {
+                    Reply::err(format!("invalid expire time in '{name}' command"))
+                })?;
+                let op = CacheCmd::Expire {
+                    key: k,
+                    ttl_ms: Some(cache_ttl_ok(ttl_ms, name)?),
+                };
+                Ok(plan(vec![op.into()], touched))
+            }
+            "persist" => {
+                if self.db != Db::Cache {
+                    return Err(not_on_kv(name));
+                }
+                let k = key(&args[1])?;
+                self.writable(&k)?;
+                // Redis answers 0 for a key without a TTL: nothing to write then.
+                let has_ttl = self
+                    .resp
+                    .st
+                    .cluster
+                    .state()
+                    .cache_get(&k)
+                    .is_some_and(|e| e.expires_at_ms.is_some());
+                if !has_ttl {
+                    return Ok(plan(vec![], |_| Reply::Int(0)));
+                }
+                let op = CacheCmd::Expire {
+                    key: k,
+                    ttl_ms: None,
+                };
+                Ok(plan(vec![op.into()], touched))
+            }
+            "delifeq" | "delex" => {
+                if self.db != Db::Cache {
+                    return Err(not_on_kv(name));
+                }
+                let k = key(&args[1])?;
+                self.writable(&k)?;
+                let value = match (name, args.len()) {
+                    ("delifeq", 3) => args[2].to_vec(),
+                    ("delex", 4) if args[2].eq_ignore_ascii_case(b"ifeq") => args[3].to_vec(),
+                    // DELEX key: a plain delete.
+                    ("delex", 2) => {
+                        return Ok(plan(vec![CacheCmd::Delete { key: k }.into()], removed))
+                    }
+                    ("delex", _) => {
+                        return Err(Reply::err(
+                            "DELEX supports the IFEQ condition only (DELEX key IFEQ value)",
+                        ))
+                    }
+                    _ => return Err(syntax()),
+                };
+                let op = CacheCmd::DeleteIfEq { key: k, value };
+                Ok(plan(vec![op.into()], removed))
+            }
+            _ => Err(Reply::err(format!("internal: {name} is not a write"))),
+        }
+    }
+
+    /// A plain write of `value` under `k`, with no TTL.
+    fn put(&self, k: String, value: Vec<u8>) -> Op {
+        match self.db {
+            Db::Cache => CacheCmd::Set {
+                key: k,
+                value,
+                ttl_ms: None,
+                tags: Vec::new(),
+                limits: self.cache_limits(),
+            }
+            .into(),
+            Db::Kv => KvCmd::Put {
+                key: k,
+                value,
+                if_revision: None,
+                ttl_ms: None,
+            }
+            .into(),
+        }
+    }
+
+    /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT t | PXAT t | KEEPTTL]`.
+    fn plan_set(&self, args: &[Bytes]) -> Result<Plan, Reply> {
+        let k = key(&args[1])?;
+        let value = args[2].to_vec();
+        let mut only = None;
+        let mut get = false;
+        let mut ttl = CacheTtl::None;
+        let mut i = 3;
+        while i < args.len() {
+            let opt = args[i].to_ascii_uppercase();
+            let next = args.get(i + 1);
+            match (opt.as_slice(), next) {
+                (b"NX", _) if only.is_none() => only = Some(CacheCond::Absent),
+                (b"XX", _) if only.is_none() => only = Some(CacheCond::Present),
+                (b"GET", _) => get = true,
+                (b"KEEPTTL", _) if ttl == CacheTtl::None => ttl = CacheTtl::Keep,
+                (b"EX" | b"PX" | b"EXAT" | b"PXAT", Some(v)) if ttl == CacheTtl::None => {
+                    let unit = if opt.starts_with(b"E") { 1000 } else { 1 };
+                    let ms = expiry_ms(v, unit, "set")?;
+                    ttl = if opt.ends_with(b"AT") {
+                        if ms.saturating_sub(now_ms()) > CACHE_TTL_MS_MAX && self.db == Db::Cache {
+                            cache_ttl_ok(u64::MAX, "set")?;
+                        }
+                        CacheTtl::At(ms)
+                    } else {
+                        CacheTtl::In(ms)
+                    };
+                    i += 1;
+                }
+                _ => return Err(syntax()),
+            }
+            i += 1;
+        }
+        self.writable(&k)?;
+        if get {
+            self.readable(&k)?;
+        }
+        match self.db {
+            Db::Cache => {
+                if let CacheTtl::In(ms) = ttl {
+                    cache_ttl_ok(ms, "set")?;
+                }
+                let op = CacheCmd::SetIf {
+                    key: k,
+                    value,
+                    ttl,
+                    only,
+                    return_previous: get,
+                    limits: self.cache_limits(),
+                };
+                Ok(plan(vec![op.into()], move |r| match cache_result(r) {
+                    Ok(CacheResult::Written { previous, .. }) if get => previous
+                        .clone()
+                        .map_or(Reply::Nil, |p| Reply::Bulk(Bytes::from(p.into_vec()))),
+                    Ok(CacheResult::Written { written: true, .. }) => Reply::ok(),
+                    Ok(CacheResult::Written { written: false, .. }) => Reply::Nil,
+                    Ok(other) => Reply::err(format!("internal: unexpected answer {other:?}")),
+                    Err(e) => e,
+                }))
+            }
+            Db::Kv => {
+                if get || only == Some(CacheCond::Present) || ttl == CacheTtl::Keep {
+                    return Err(Reply::err(
+                        "SET with XX, GET or KEEPTTL is supported on db 0 (the cache) only; \
+                         on db 1 (the key-value store) use NX, EX, PX, EXAT or PXAT",
+                    ));
+                }
+                let ttl_ms = match ttl {
+                    CacheTtl::In(ms) => Some(ms),
+                    CacheTtl::At(at) => Some(at.saturating_sub(now_ms()).max(1)),
+                    _ => None,
+                };
+                let op = KvCmd::Put {
+                    key: k,
+                    value,
+                    if_revision: only.map(|_| 0),
+                    ttl_ms,
+                };
+                Ok(plan(vec![op.into()], |r| match kv_result(r) {
+                    Ok(KvResult::Put { .. }) => Reply::ok(),
+                    Ok(KvResult::Conflict { .. }) => Reply::Nil,
+                    Ok(other) => Reply::err(format!("internal: unexpected answer {other:?}")),
+                    Err(e) => e,
+                }))
+            }
+        }
+    }
+
+    /// Proposes a planned write: one operation as itself, several as one transaction.
+    pub(super) async fn apply(&self, plan: Plan) -> Result<Reply, Reply> {
+        let cluster = &self.resp.st.cluster;
+        let fail = |e: crate::cluster::WriteError| error_reply(e.into());
+        let mut ops = plan.ops;
+        let results: Vec<OpResponse> = match ops.len() {
+            0 => Vec::new(),
+            1 => match ops.pop().expect("one") {
+                Command::Cache(c) => vec![Response::Cache(
+                    crate::service::propose(cluster, c, None)
+                        .await
+                        .map_err(fail)?,
+                )],
+                Command::Kv(k) => vec![Response::Kv(
+                    crate::service::propose(cluster, k, None)
+                        .await
+                        .map_err(fail)?,
+                )],
+                other => self.txn(vec![other]).await?,
+            },
+            _ => self.txn(ops).await?,
+        };
+        Ok((plan.answer)(&results))
+    }
+
+    async fn txn(&self, ops: Vec<Op>) -> Result<Vec<OpResponse>, Reply> {
+        let txn = Txn {
+            compare: Vec::new(),
+            success: ops,
+            failure: Vec::new(),
+        };
+        let r = crate::service::propose(&self.resp.st.cluster, txn, None)
+            .await
+            .map_err(|e| error_reply(e.into()))?;
+        Ok(r.results)
+    }
+
+    /// Waits until this node's state is linearizable for a read of the key-value store.
+    async fn barrier(&self) -> Result<(), Reply> {
+        if self.db == Db::Kv {
+            self.resp
+                .st
+                .cluster
+                .read_barrier()
+                .await
+                .map_err(|e| error_reply(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// A read command.
+    pub(super) async fn read(&self, name: &str, args: &[Bytes]) -> Result<Reply, Reply> {
+        match name {
+            "get" | "mget" | "exists" | "ttl" | "pttl" => {
+                let keys = args[1..].iter().map(key).collect::<Result<Vec<_>, _>>()?;
+                for k in &keys {
+                    self.readable(k)?;
+                }
+                self.barrier().await?;
+                let found = self.lookup(&keys);
+                Ok(match name {
+                    "get" => found
+                        .into_iter()
+                        .next()
+                        .flatten()
+                        .map_or(Reply::Nil, |(v, _)| Reply::Bulk(v)),
+                    "mget" => Reply::Array(
+                        found
+                            .into_iter()
+                            .map(|f| f.map_or(Reply::Nil, |(v, _)| Reply::Bulk(v)))
+                            .collect(),
+                    ),
+                    "exists" => Reply::Int(found.iter().filter(|f| f.is_some()).count() as i64),
+                    _ => {
+                        let unit = if name == "ttl" { 1000 } else { 1 };
+                        Reply::Int(match found.into_iter().next().flatten() {
+                            None => -2,
+                            Some((_, None)) => -1,
+                            Some((_, Some(ms))) => ((ms + unit / 2) / unit) as i64,
+                        })
+                    }
+                })
+            }
+            "scan" => self.scan(args).await,
+            "dbsize" => {
+                self.barrier().await?;
+                let state = self.resp.st.cluster.state();
+                Ok(Reply::Int(match self.db {
+                    Db::Cache => state.cache_counts().entries as i64,
+                    Db::Kv => state.key_count() as i64,
+                }))
+            }
+            _ => Err(Reply::err(format!("internal: {name} is not a read"))),
+        }
+    }
+
+    /// Each key's value and time left, from this node's state.
+    fn lookup(&self, keys: &[String]) -> Vec<Option<(Bytes, Option<u64>)>> {
+        let state = self.resp.st.cluster.state();
+        let now = state.meta.now_ms;
+        keys.iter()
+            .map(|k| {
+                let (value, at) = match self.db {
+                    Db::Cache => state.cache_get(k).map(|e| (&e.value, e.expires_at_ms))?,
+                    Db::Kv => state.get(k).map(|e| (&e.value, e.expires_at_ms))?,
+                };
+                let left = at.map(|at| crate::api::remaining_ms(at, now));
+                Some((Bytes::copy_from_slice(value), left))
+            })
+            .collect()
+    }
+
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE string]`: keys in key order, at most
+    /// `COUNT` examined per call (default 10). Every key present for the whole scan is
+    /// returned once.
+    async fn scan(&self, args: &[Bytes]) -> Result<Reply, Reply> {
+        let cursor = std::str::from_utf8(&args[1])
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok())
+            .ok_or_else(|| Reply::err("invalid cursor"))?;
+        let mut pattern: Option<String> = None;
+        let mut count = 10usize;
+        let mut only_strings = true;
+        let mut i = 2;
+        while i < args.len() {
+            let opt = args[i].to_ascii_uppercase();
+            let Some(v) = args.get(i + 1) else {
+                return Err(syntax());
+            };
+            match opt.as_slice() {
+                b"MATCH" => pattern = Some(text(v, "a pattern")?),
+                b"COUNT" => {
+                    let n = int(v)?;
+                    if n < 1 {
+                        return Err(syntax());
+                    }
+                    count = (n as usize).min(SCAN_COUNT_MAX);
+                }
+                b"TYPE" => only_strings = v.eq_ignore_ascii_case(b"string"),
+                _ => return Err(syntax()),
+            }
+            i += 2;
+        }
+        let prefix = pattern.as_deref().map(literal_prefix).unwrap_or("");
+        let resource = self.db.resource();
+        let allowed = self
+            .caller()
+            .is_some_and(|c| c.may_all(&self.resp.st, resource, prefix, Access::Read));
+        if !allowed {
+            return Err(Reply::Error(format!(
+                "NOPERM this token may not read every key under {prefix:?}: give MATCH a \
+                 pattern whose literal prefix it may read"
+            )));
+        }
+        let after =
+            match cursor {
+                0 => None,
+                c => Some(self.resp.cursors.recall(self.db, c).ok_or_else(|| {
+                    Reply::err("invalid cursor: unknown to this node, or expired")
+                })?),
+            };
+        self.barrier().await?;
+        let (keys, more) = {
+            let state = self.resp.st.cluster.state();
+            let (items, more): (Vec<String>, bool) = match self.db {
+                Db::Cache => {
+                    let (items, more) = state.cache_list(prefix, after.as_deref(), count);
+                    (items.into_iter().map(|(k, _)| k.clone()).collect(), more)
+                }
+                Db::Kv => {
+                    let (items, more) = state.list(prefix, after.as_deref(), count);
+                    (items.into_iter().map(|(k, _)| k.clone()).collect(), more)
+                }
+            };
+            (items, more)
+        };
+        let next = match (more, keys.last()) {
+            (true, Some(last)) => self.resp.cursors.remember(self.db, last.clone()),
+            _ => 0,
+        };
+        let matched = keys
+            .into_iter()
+            .filter(|k| {
+                only_strings
+                    && pattern
+                        .as_ref()
+                        .is_none_or(|p| glob_match(p.as_bytes(), k.as_bytes()))
+            })
+            .map(Reply::text)
+            .collect();
+        Ok(Reply::Array(vec![
+            Reply::text(next.to_string()),
+            Reply::Array(matched),
+        ]))
+    }
+}
+
+fn touched(r: &[OpResponse]) -> Reply {
+    match cache_result(r) {
+        Ok(CacheResult::Touched(t)) => Reply::Int(i64::from(*t)),
+        Ok(other) => Reply::err(format!("internal: unexpected answer {other:?}")),
+        Err(e) => e,
+    }
+}
