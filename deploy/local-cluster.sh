@@ -14,6 +14,8 @@
 #   CLUSTER_PORT     cluster (Raft) port of every node (default: 7101)
 #   GATEWAY_PORT     gateway port of every node: the HTTP proxy to registered
 #                    services (default: 7080; "none" turns the gateway off)
+#   RESP_PORT        Redis protocol port of every node (default: 6379; "none"
+#                    turns it off)
 #   STARTUP_TIMEOUT  seconds to wait for each startup step (default: 60)
 #   STACKD_INSECURE_NO_AUTH=true  start the nodes without access control (for
 #                    benchmarks comparing it; never for a cluster others reach)
@@ -36,6 +38,7 @@ readonly NODES=(1 2 3)
 readonly API_PORT="${API_PORT:-7001}"
 readonly CLUSTER_PORT="${CLUSTER_PORT:-7101}"
 readonly GATEWAY_PORT="${GATEWAY_PORT:-7080}"
+readonly RESP_PORT="${RESP_PORT:-6379}"
 readonly STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-60}"
 readonly STOP_TIMEOUT=10
 readonly REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -169,6 +172,7 @@ start_node() {
         --cluster-addr "$(cluster_addr "$i")"
         "$@")
     [[ "$GATEWAY_PORT" == none ]] || args+=(--gateway-addr "$(node_ip "$i"):${GATEWAY_PORT}")
+    [[ "$RESP_PORT" == none ]] || args+=(--resp-addr "$(node_ip "$i"):${RESP_PORT}")
     mkdir -p "$(data_dir "$i")"
     echo "=== $(date '+%F %T') starting node $i: $BIN ${args[*]} ===" >>"$(log_file "$i")"
     # nohup + </dev/null: the nodes outlive this script and its terminal.
@@ -270,6 +274,10 @@ Admin UI: $(api_url 1)/ui/ (any node's /ui/; log in with the token above)
 $(if [[ "$GATEWAY_PORT" != none ]]; then
     echo "Gateway: http://$(node_ip 1):${GATEWAY_PORT}/ (every node's port ${GATEWAY_PORT}): register an"
     echo "  app with 'stackd service register' and route to it with 'stackd route put'"
+fi)
+$(if [[ "$RESP_PORT" != none ]]; then
+    echo "Redis protocol: every node's port ${RESP_PORT}, the token as the password:"
+    echo "  redis-cli -h $(node_ip 2) -p ${RESP_PORT} --pass \$STACKD_TOKEN SET greeting hello"
 fi)
 
 Status: $0 status

@@ -26,6 +26,7 @@ mod membership;
 mod queues;
 mod quota;
 mod replication;
+mod resp;
 mod router_fuzz;
 mod security;
 mod semaphores;

@@ -9,6 +9,7 @@
 //! - [`nemesis`]: network partitions on loopback addresses (iptables).
 //! - [`process`]: clusters of real `stackd` processes on 127.0.0.1, .2, .3 … (kill -9,
 //!   restart, pause).
+//! - [`resp`]: a small RESP (Redis protocol) client.
 //! - [`workload`]: the clients of a fault run.
 //! - [`ws`]: a WebSocket client for `/v1/ws`.
 
@@ -21,6 +22,7 @@ pub mod http;
 pub mod inproc;
 pub mod nemesis;
 pub mod process;
+pub mod resp;
 pub mod standalone;
 pub mod workload;
 pub mod ws;

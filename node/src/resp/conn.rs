@@ -63,7 +63,7 @@ macro_rules! commands {
 }
 
 commands! {
-    "ping" -1 Handshake, "echo" 2 Connection, "hello" -1 Handshake, "auth" -2 Handshake,
+    "ping" -1 Connection, "echo" 2 Connection, "hello" -1 Handshake, "auth" -2 Handshake,
     "client" -2 Connection, "select" 2 Connection, "info" -1 Connection,
     "command" -1 Connection, "quit" -1 Handshake, "reset" 1 Handshake,
     "get" 2 Read, "set" -3 Write, "del" -2 Write, "unlink" -2 Write, "exists" -2 Read,
