@@ -605,6 +605,8 @@ impl Nemesis<'_> {
         .await?;
         self.ctx
             .note(format!("n{} (id {old}) removed; a fresh node joins", t + 1));
+        // From here the address answers for another node: its state starts over.
+        self.ctx.lives[t].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cluster.replace(t, via)?;
         let voters = self.cluster.opts_target_voters().min(self.n());
         let fresh = &apis[t];
@@ -720,6 +722,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport> {
         bases: cluster.bases.clone(),
         key_prefix: format!("r{}-k", cfg.seed % 1_000_000),
         timeline: Mutex::new(Vec::new()),
+        lives: (0..cfg.nodes).map(|_| Default::default()).collect(),
     });
     ctx.note(format!(
         "cluster of {} nodes up on {}..; seed {}",

@@ -19,6 +19,8 @@ pub(crate) struct Ctx {
     pub bases: Vec<String>,
     pub key_prefix: String,
     pub timeline: Mutex<Vec<(u64, String)>>,
+    /// Each node's life: raised when a fresh node replaces it at its address.
+    pub lives: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl Ctx {
@@ -27,6 +29,11 @@ impl Ctx {
         tracing::info!("{what}");
         let at = self.rec.now_ns();
         self.timeline.lock().expect("timeline").push((at, what));
+    }
+
+    /// Node `node`'s current life (see `lives`).
+    pub fn life(&self, node: usize) -> u64 {
+        self.lives[node].load(Ordering::SeqCst)
     }
 
     pub fn key(&self, k: usize) -> String {
@@ -502,15 +509,18 @@ pub(crate) async fn cache_client(
                     })
             })
         } else if roll < 6 {
+            let life = ctx.life(node);
             let r = api.cache_invalidate(vec![tag.clone()]).await;
             let ret = ctx.rec.now_ns();
             r.is_ok().then(|| {
-                if ret - call < applied_within {
+                // Answered by the node of one life only: not across a replacement.
+                if ret - call < applied_within && ctx.life(node) == life {
                     log.lock()
                         .expect("cache log")
                         .invalidations
                         .push(CacheInvalidation {
                             node,
+                            life,
                             tag,
                             call,
                             ret,
@@ -518,16 +528,19 @@ pub(crate) async fn cache_client(
                 }
             })
         } else {
+            let life = ctx.life(node);
             match api.cache_get(&key).await {
                 Ok(v) => {
-                    if let Some(value) = std::str::from_utf8(&v.value)
+                    let value = std::str::from_utf8(&v.value)
                         .ok()
-                        .and_then(|s| s.parse().ok())
-                    {
-                        log.lock()
-                            .expect("cache log")
-                            .hits
-                            .push(CacheHit { node, value, call });
+                        .and_then(|s| s.parse().ok());
+                    if let (Some(value), true) = (value, ctx.life(node) == life) {
+                        log.lock().expect("cache log").hits.push(CacheHit {
+                            node,
+                            life,
+                            value,
+                            call,
+                        });
                     }
                     Some(())
                 }

@@ -92,34 +92,41 @@ pub struct CacheWrite {
     pub ret: u64,
 }
 
-/// An invalidation of `tag` answered by `node`.
+/// An invalidation of `tag` answered by `node` in its life `life` (a node replaced by a fresh
+/// one at its address starts a new life: the fresh node's state is not the old one's).
 #[derive(Debug, Clone)]
 pub struct CacheInvalidation {
     pub node: usize,
+    pub life: u64,
     pub tag: String,
     pub call: u64,
     pub ret: u64,
 }
 
-/// A cache hit read through `node`.
+/// A cache hit read through `node` in its life `life`.
 #[derive(Debug, Clone)]
 pub struct CacheHit {
     pub node: usize,
+    pub life: u64,
     pub value: u64,
     pub call: u64,
 }
 
-/// Each hit is checked against the invalidations answered by the same node before the read
-/// was sent: none of them may have been sent after the hit's write was answered.
+/// Each hit is checked against the invalidations answered by the same node (in the same life)
+/// before the read was sent: none of them may have been sent after the hit's write was
+/// answered.
 pub fn check_cache(
     writes: &[CacheWrite],
     invalidations: &[CacheInvalidation],
     hits: &[CacheHit],
 ) -> Vec<String> {
     let by_value: BTreeMap<u64, &CacheWrite> = writes.iter().map(|w| (w.value, w)).collect();
-    let mut answered_by: BTreeMap<(usize, &str), Vec<&CacheInvalidation>> = BTreeMap::new();
+    let mut answered_by: BTreeMap<(usize, u64, &str), Vec<&CacheInvalidation>> = BTreeMap::new();
     for i in invalidations {
-        answered_by.entry((i.node, &i.tag)).or_default().push(i);
+        answered_by
+            .entry((i.node, i.life, &i.tag))
+            .or_default()
+            .push(i);
     }
     let mut problems = Vec::new();
     for h in hits {
@@ -127,15 +134,20 @@ pub fn check_cache(
             // A write whose answer was lost: when it applied is unknown.
             continue;
         };
-        let Some(answered) = answered_by.get(&(h.node, w.tag.as_str())) else {
+        let Some(answered) = answered_by.get(&(h.node, h.life, w.tag.as_str())) else {
             continue;
         };
         if let Some(i) = answered.iter().find(|i| i.call > w.ret && i.ret < h.call) {
             problems.push(format!(
-                "node {} served value {} of tag {} after it answered an invalidation of that tag sent {:.1} ms after the write was answered",
+                "node {} (life {}) served value {} of tag {} in a read sent at {:.3} s, after it \
+                 answered at {:.3} s an invalidation of that tag sent {:.1} ms after the write \
+                 was answered",
                 h.node + 1,
+                h.life,
                 h.value,
                 w.tag,
+                h.call as f64 / 1e9,
+                i.ret as f64 / 1e9,
                 (i.call - w.ret) as f64 / 1e6
             ));
         }
@@ -238,12 +250,14 @@ mod tests {
         };
         let inv = |node, call, ret| CacheInvalidation {
             node,
+            life: 0,
             tag: "t".into(),
             call,
             ret,
         };
         let hit = |node, call| CacheHit {
             node,
+            life: 0,
             value: 7,
             call,
         };
@@ -257,5 +271,11 @@ mod tests {
         assert!(check_cache(&writes, &[inv(1, 11, 12)], &[hit(0, 13)]).is_empty());
         assert!(check_cache(&writes, &[inv(0, 9, 12)], &[hit(0, 13)]).is_empty());
         assert!(check_cache(&writes, &[inv(0, 11, 14)], &[hit(0, 13)]).is_empty());
+        // The same address, but a fresh node in place of the one that answered.
+        let fresh = CacheHit {
+            life: 1,
+            ..hit(0, 13)
+        };
+        assert!(check_cache(&writes, &[inv(0, 11, 12)], &[fresh]).is_empty());
     }
 }
