@@ -21,10 +21,14 @@
 #   ROUNDS [1]     runs per row and side; the table shows each side's median round
 #   KEYS [10000]   key space                    VALUE_SIZE [100]  value bytes
 #   ROWS           space-separated row ids to run [all]: put-1 put-64 get-64 stale-64 cache-64
-#                  lock-64 jobs-16 gateway-64
+#                  lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set
+#   RESP_REQUESTS [200000]  requests per redis-benchmark run of the RESP GET rows (x4 with
+#                  -P 16, /10 for SET)
 #   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]  (the cluster without access control:
 #                  these ports + 10)
 #   ETCD_CLIENT_PORT [2379] ETCD_PEER_PORT [2380]  REDIS_PORT [6379] (Redis on 127.0.0.1)
+#   REDIS_AOF_PORT [6380] (a second Redis with appendfsync always, for the RESP SET row)
+#   STACKD_RESP_PORT [7601] (stackd's RESP listeners; without access control: + 10)
 #   STACKD_GATEWAY_PORT [7401]  BACKEND_PORT [7501]  NGINX_PORT [7502] (the gateway row)
 #   WORK           scratch dir for data and logs [mktemp -d]; KEEP=1 keeps it afterwards
 #
@@ -40,6 +44,12 @@
 # - The cache row compares stackd's `GET /v1/cache/{key}` on one follower with Redis `GET`
 #   (RESP over TCP, persistence off, as a cache is usually run). It prints
 #   "n/a (endpoint missing)" when this stackd has no cache API.
+# - The RESP rows drive both servers with redis-benchmark (Redis' own client, 64 connections,
+#   random keys of the same key space, filled beforehand): GET on a stackd follower's cache (db
+#   0, read from its memory) against Redis GET, plain and pipelined 16 deep; SET on the stackd
+#   leader (replicated to a majority and fsynced before the answer) against a Redis with
+#   `appendonly yes, appendfsync always` (fsynced before the answer, not replicated).
+#   p50/p99 are redis-benchmark's.
 # - The gateway row: stackd's gateway (node 1's) and nginx as a reverse proxy (Debian's
 #   package, `worker_processes auto`, upstream keepalive) forward to the same backend (nginx
 #   answering 100 bytes, one worker), both setting X-Forwarded-For/-Proto/-Host and a request
@@ -64,7 +74,10 @@ ROUNDS="${ROUNDS:-1}"
 WARMUP="${WARMUP:-3}"
 KEYS="${KEYS:-10000}"
 VALUE_SIZE="${VALUE_SIZE:-100}"
-ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16 gateway-64}"
+ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set}"
+RESP_REQUESTS="${RESP_REQUESTS:-200000}"
+STACKD_RESP_PORT="${STACKD_RESP_PORT:-7601}"
+REDIS_AOF_PORT="${REDIS_AOF_PORT:-6380}"
 STACKD_GATEWAY_PORT="${STACKD_GATEWAY_PORT:-7401}"
 BACKEND_PORT="${BACKEND_PORT:-7501}"
 NGINX_PORT="${NGINX_PORT:-7502}"
@@ -116,13 +129,15 @@ export STACKD_RATE_TOKEN_READS_PER_SEC=1000000000 STACKD_RATE_TOKEN_WRITES_PER_S
 stackd_cluster() {
     STACKD_BIN="$CARGO_TARGET_DIR/release/stackd" STACKD_DATA="$WORK/stackd" \
         API_PORT="$STACKD_API_PORT" CLUSTER_PORT="$STACKD_CLUSTER_PORT" \
-        GATEWAY_PORT="$STACKD_GATEWAY_PORT" deploy/local-cluster.sh "$@"
+        GATEWAY_PORT="$STACKD_GATEWAY_PORT" RESP_PORT="$STACKD_RESP_PORT" \
+        deploy/local-cluster.sh "$@"
 }
 # The same cluster without access control, on the next ports.
 stackd_open_cluster() {
     STACKD_BIN="$CARGO_TARGET_DIR/release/stackd" STACKD_DATA="$WORK/stackd-open" \
         API_PORT="$((STACKD_API_PORT + 10))" CLUSTER_PORT="$((STACKD_CLUSTER_PORT + 10))" \
-        GATEWAY_PORT=none STACKD_INSECURE_NO_AUTH=true deploy/local-cluster.sh "$@"
+        GATEWAY_PORT=none RESP_PORT="$((STACKD_RESP_PORT + 10))" STACKD_INSECURE_NO_AUTH=true \
+        deploy/local-cluster.sh "$@"
 }
 
 cleanup() {
@@ -186,14 +201,17 @@ start_etcd() {
     done
 }
 
+# start_redis PORT DIR ARGS...: a Redis of its own on 127.0.0.1:PORT.
 start_redis() {
-    port_busy 127.0.0.1 "$REDIS_PORT" && die "127.0.0.1:$REDIS_PORT is in use (set REDIS_PORT)"
-    mkdir -p "$WORK/redis"
-    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-        --daemonize no --dir "$WORK/redis" </dev/null >"$WORK/redis/redis.log" 2>&1 &
+    local port="$1" dir="$WORK/$2"
+    shift 2
+    port_busy 127.0.0.1 "$port" && die "127.0.0.1:$port is in use (set REDIS_PORT or REDIS_AOF_PORT)"
+    mkdir -p "$dir"
+    redis-server --bind 127.0.0.1 --port "$port" --save '' "$@" \
+        --daemonize no --dir "$dir" </dev/null >"$dir/redis.log" 2>&1 &
     PIDS+=($!)
     disown
-    wait_until "redis" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT"
+    wait_until "redis on port $port" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
 }
 
 # --- leaders and followers ---------------------------------------------------------------
@@ -297,6 +315,71 @@ row() {
     done
 }
 
+# --- the Redis protocol, with redis-benchmark -------------------------------------------
+# measure_rb SYSTEM HOST PORT ARGS...: one redis-benchmark run (64 connections); prints a
+# loadgen-like JSON line. stackd with access control gets the management token.
+measure_rb() {
+    local system="$1" host="$2" port="$3" out auth=()
+    shift 3
+    [[ "$system" == stackd ]] && auth=(-a "$STACKD_TOKEN")
+    log "  $system: redis-benchmark $* -> $host:$port"
+    if ! out="$(redis-benchmark -h "$host" -p "$port" "${auth[@]}" -c 64 -r "$KEYS" \
+        -d "$VALUE_SIZE" --csv "$@" 2>>"$WORK/redis-benchmark.log")"; then
+        echo '{"failed": true}'
+        return
+    fi
+    echo "$out" >>"$WORK/redis-benchmark.log"
+    python3 - "$out" <<'PY'
+import csv, io, json, sys
+rows = list(csv.reader(io.StringIO(sys.argv[1])))
+head, vals = rows[0], rows[-1]
+v = dict(zip(head, vals))
+print(json.dumps({"ops_per_sec": float(v["rps"]), "p50_ms": float(v["p50_latency_ms"]),
+                  "p99_ms": float(v["p99_latency_ms"]), "errors": 0}))
+PY
+}
+
+# resp_row ID TITLE STACKD_HOST PEER PEER_PORT ARGS...: redis-benchmark ARGS against stackd
+# (both clusters) and the peer, ROUNDS times, taking turns going first.
+resp_row() {
+    local id="$1" title="$2" host="$3" peer="$4" peer_port="$5" round s o open
+    shift 5
+    [[ " $ROWS " == *" $id "* ]] || return 0
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "row: $title (round $round of $ROUNDS)"
+        if ((round % 2)); then
+            s="$(measure_rb stackd "$host" "$STACKD_RESP_PORT" "$@")"
+            o="$(measure_rb "$peer" 127.0.0.1 "$peer_port" "$@")"
+        else
+            o="$(measure_rb "$peer" 127.0.0.1 "$peer_port" "$@")"
+            s="$(measure_rb stackd "$host" "$STACKD_RESP_PORT" "$@")"
+        fi
+        open="$(measure_rb stackd-open "$host" "$((STACKD_RESP_PORT + 10))" "$@")"
+        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": sys.argv[2], "stackd": json.loads(sys.argv[3]), "other": json.loads(sys.argv[4]), "open": json.loads(sys.argv[5])}))' \
+            "$title" "$peer" "$s" "$o" "$open" >>"$RESULTS"
+    done
+}
+
+resp_rows() {
+    [[ " $ROWS " == *" resp-"* ]] || return 0
+    local leader="${STACKD_LEADER#http://}" follower="${STACKD_FOLLOWER#http://}"
+    leader="${leader%:*}" follower="${follower%:*}"
+    log "filling the key space on every server (redis-benchmark SET)"
+    local port
+    for port in "$STACKD_RESP_PORT" "$((STACKD_RESP_PORT + 10))"; do
+        measure_rb stackd "$leader" "$port" -t set -n "$((KEYS * 3))" >/dev/null
+    done
+    for port in "$REDIS_PORT" "$REDIS_AOF_PORT"; do
+        measure_rb redis 127.0.0.1 "$port" -t set -n "$((KEYS * 3))" >/dev/null
+    done
+    resp_row resp-get "RESP GET, 64 conns (stackd follower cache)" "$follower" redis "$REDIS_PORT" \
+        -t get -n "$RESP_REQUESTS"
+    resp_row resp-get-p16 "RESP GET pipelined 16 deep, 64 conns (stackd follower cache)" \
+        "$follower" redis "$REDIS_PORT" -t get -P 16 -n "$((RESP_REQUESTS * 4))"
+    resp_row resp-set "RESP SET, 64 conns (stackd leader, replicated; Redis appendfsync always)" \
+        "$leader" redis-aof "$REDIS_AOF_PORT" -t set -n "$((RESP_REQUESTS / 10))"
+}
+
 # --- the gateway against nginx -----------------------------------------------------------
 # start_nginx NAME WORKERS HTTP_BLOCK: an nginx of its own, in the foreground, under $WORK.
 start_nginx() {
@@ -393,8 +476,9 @@ STACKD_TOKEN="$(tr -d '[:space:]' <"$WORK/stackd/node1/bootstrap-token")"
 export STACKD_TOKEN
 log "starting etcd (3 members, client port $ETCD_CLIENT_PORT)"
 start_etcd
-log "starting redis (127.0.0.1:$REDIS_PORT)"
-start_redis
+log "starting redis (127.0.0.1:$REDIS_PORT; with appendfsync always: $REDIS_AOF_PORT)"
+start_redis "$REDIS_PORT" redis --appendonly no
+start_redis "$REDIS_AOF_PORT" redis-aof --appendonly yes --appendfsync always
 
 read -r STACKD_LEADER STACKD_FOLLOWER < <(stackd_roles "$STACKD_API_PORT") || die "no stackd leader"
 # The other cluster's leader and follower must sit at the same addresses (node i on 127.0.0.i).
@@ -426,6 +510,7 @@ row lock-64 "lock acquire+release pairs, 64 conns (follower)" 64 lock "$STACKD_F
 row jobs-16 "jobs end to end (enqueue, claim, ack), 16 workers (follower)" 16 jobs "$STACKD_FOLLOWER" - none - -
 
 gateway_row
+resp_rows
 
 # Redis measured by its own client too, so the loadgen figure for Redis can be checked.
 if [[ " $ROWS " == *" cache-64 "* ]]; then

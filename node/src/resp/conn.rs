@@ -76,8 +76,27 @@ commands! {
     "watch" -2 Connection, "unwatch" 1 Connection,
 }
 
-fn spec(name: &str) -> Option<&'static Spec> {
-    COMMANDS.iter().find(|s| s.name == name)
+/// The supported command named `name` (in any case), with its place in [`COMMANDS`].
+fn spec(name: &[u8]) -> Option<(usize, &'static Spec)> {
+    COMMANDS
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The counters of `stackd_resp_commands_total`, made once: one (ok, error) pair per command of
+/// [`COMMANDS`], then one for unknown commands.
+pub(super) struct Counters(Vec<[prometheus::IntCounter; 2]>);
+
+impl Counters {
+    pub(super) fn new(metrics: &crate::metrics::Metrics) -> Counters {
+        let pair = |name: &str| {
+            ["ok", "error"].map(|o| metrics.resp_commands.with_label_values(&[name, o]))
+        };
+        let mut all: Vec<_> = COMMANDS.iter().map(|s| pair(s.name)).collect();
+        all.push(pair("unknown"));
+        Counters(all)
+    }
 }
 
 impl Spec {
@@ -206,10 +225,9 @@ impl Conn {
 
     /// Runs one command and answers it.
     pub(super) async fn run(&mut self, args: Vec<Bytes>) -> Reply {
-        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-        let Some(spec) = spec(&name) else {
+        let Some((index, spec)) = spec(&args[0]) else {
             self.refuse_in_multi();
-            self.count("unknown", false);
+            self.count(COMMANDS.len(), false);
             let mut start: String = args[1..]
                 .iter()
                 .take(8)
@@ -222,17 +240,12 @@ impl Conn {
             ));
         };
         let reply = self.checked(spec, args).await;
-        self.count(spec.name, !reply.is_error());
+        self.count(index, !reply.is_error());
         reply
     }
 
-    fn count(&self, command: &str, ok: bool) {
-        self.resp
-            .st
-            .metrics
-            .resp_commands
-            .with_label_values(&[command, if ok { "ok" } else { "error" }])
-            .inc();
+    fn count(&self, index: usize, ok: bool) {
+        self.resp.counters.0[index][usize::from(!ok)].inc();
     }
 
     fn refuse_in_multi(&mut self) {
@@ -571,8 +584,8 @@ impl Conn {
         let mut ops = Vec::new();
         let mut answers = Vec::new();
         for args in &multi.queued {
-            let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-            let plan = self.plan(&name, args)?;
+            let (_, spec) = spec(&args[0]).expect("queued commands are known");
+            let plan = self.plan(spec.name, args)?;
             answers.push((plan.ops.len(), plan.answer));
             ops.extend(plan.ops);
         }
@@ -690,10 +703,7 @@ fn command(args: &[Bytes]) -> Reply {
         Some(b"info") => Reply::Array(
             args[2..]
                 .iter()
-                .map(|n| {
-                    let n = String::from_utf8_lossy(n).to_ascii_lowercase();
-                    spec(&n).map_or(Reply::Nil, info)
-                })
+                .map(|n| spec(n).map_or(Reply::Nil, |(_, s)| info(s)))
                 .collect(),
         ),
         Some(b"docs") => Reply::Map(vec![]),

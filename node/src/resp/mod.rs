@@ -46,6 +46,7 @@ pub(crate) struct Resp {
     next_client_id: AtomicU64,
     listeners: pubsub::Listeners,
     cursors: strings::Cursors,
+    counters: conn::Counters,
 }
 
 /// Binds `addr` and answers RESP connections on it until `stop`; connections run on `tasks`.
@@ -61,6 +62,7 @@ pub async fn bind(
     let bound = listener.local_addr()?;
     let config = st.cluster.config().clone();
     let resp = Arc::new(Resp {
+        counters: conn::Counters::new(&st.metrics),
         st,
         limits: Limits {
             max_args: config.resp.max_args,
