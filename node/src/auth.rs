@@ -525,7 +525,9 @@ pub fn rights_of<F: Rights, T: Rights, I: Rights>(
         Command::Semaphore(SemaphoreCmd::Release { name, .. }) => {
             one(Resource::Semaphores, name, Op::Write)
         }
-        Command::Lock(LockCmd::Release { name, .. }) => one(Resource::Locks, name, Op::Write),
+        Command::Lock(LockCmd::Release { name, .. } | LockCmd::ReleaseOwned { name, .. }) => {
+            one(Resource::Locks, name, Op::Write)
+        }
         Command::Fenced { lock, command, .. } => {
             let mut v = command.rights();
             v.push((Resource::Locks, Some(lock.clone()), Op::Read));

@@ -66,7 +66,8 @@ def handshake_commands():
     assert info["redis_version"] == "7.2.0" and "stackd_version" in info
     assert r.command_count() > 30
     assert r.execute_command("SELECT", 1) is True
-    raises(redis.ResponseError, lambda: r.execute_command("SELECT", 2), "out of range")
+    assert r.execute_command("SELECT", 2) is True
+    raises(redis.ResponseError, lambda: r.execute_command("SELECT", 3), "out of range")
     r3 = client(1, protocol=3)
     hello = r3.execute_command("HELLO", 3)
     assert hello[b"proto"] == 3 and hello[b"server"] == b"redis", hello
@@ -160,6 +161,27 @@ def locks_the_redis_way():
     assert r1.execute_command("DELIFEQ", lock, me) == 1  # compare-and-delete release
     assert r2.set(lock, other, nx=True, px=30_000) is True
     assert r2.execute_command("DELEX", lock, "IFEQ", other) == 1
+
+
+@test
+def fenced_locks_on_db_2():
+    r1, r2 = client(0, db=2), client(2, db=2)
+    lock = unique("job")
+    assert r1.set(lock, "worker-a", nx=True, px=30_000) is True
+    assert r2.set(lock, "worker-b", nx=True, px=30_000) is None
+    assert r2.get(lock) == b"worker-a"  # linearizable: the holder, from any node
+    assert 29 <= r2.ttl(lock) <= 30
+    fence_a = r2.execute_command("STACKD.FENCE", lock, "worker-a")
+    assert isinstance(fence_a, int) and fence_a > 0
+    assert r2.execute_command("STACKD.FENCE", lock, "worker-b") is None
+    assert r2.execute_command("DELIFEQ", lock, "worker-b") == 0
+    assert r1.execute_command("DELIFEQ", lock, "worker-a") == 1
+    assert r2.get(lock) is None and r2.exists(lock) == 0
+    assert r2.set(lock, "worker-b", nx=True, ex=30) is True
+    assert r2.execute_command("STACKD.FENCE", lock, "worker-b") > fence_a  # fences only grow
+    assert r2.execute_command("DELEX", lock, "IFEQ", "worker-b") == 1
+    raises(redis.ResponseError, lambda: r1.set(lock, "x"), "NX and a lease")
+    raises(redis.ResponseError, lambda: r1.incr(lock), "db 2 (locks)")
 
 
 @test

@@ -21,6 +21,8 @@ pub(super) enum Db {
     Cache = 0,
     /// db 1: the key-value store, read linearizably.
     Kv = 1,
+    /// db 2: locks, as Redis clients take them (`SET name token NX PX ms`), with fences.
+    Locks = 2,
 }
 
 impl Db {
@@ -28,6 +30,7 @@ impl Db {
         match self {
             Db::Cache => Resource::Cache,
             Db::Kv => Resource::Kv,
+            Db::Locks => Resource::Locks,
         }
     }
 }
@@ -74,6 +77,7 @@ commands! {
     "psubscribe" -2 PubSub, "punsubscribe" -1 PubSub,
     "multi" 1 Connection, "exec" 1 Connection, "discard" 1 Connection,
     "watch" -2 Connection, "unwatch" 1 Connection,
+    "stackd.fence" 3 Read,
 }
 
 /// The supported command named `name` (in any case), with its place in [`COMMANDS`].
@@ -489,9 +493,11 @@ impl Conn {
         self.db = match int(arg)? {
             0 => Db::Cache,
             1 => Db::Kv,
+            2 => Db::Locks,
             _ => {
                 return Err(Reply::err(
-                    "DB index is out of range: db 0 is the cache, db 1 the key-value store",
+                    "DB index is out of range: db 0 is the cache, db 1 the key-value store, \
+                     db 2 locks",
                 ))
             }
         };
@@ -553,6 +559,10 @@ impl Conn {
 
     /// Queues a command of `MULTI`: only writes, which become one transaction of the log.
     fn queue(&mut self, spec: &Spec, args: Vec<Bytes>) -> Reply {
+        if self.db == Db::Locks {
+            self.refuse_in_multi();
+            return Reply::err("transactions are not supported on db 2 (locks)");
+        }
         if spec.kind != Kind::Write || spec.name == "publish" {
             self.refuse_in_multi();
             return Reply::err(format!(
@@ -655,6 +665,7 @@ fn resource_name(r: Resource) -> &'static str {
     match r {
         Resource::Kv => "key",
         Resource::Cache => "cache key",
+        Resource::Locks => "lock",
         Resource::Channels => "channel",
         _ => "name",
     }

@@ -1,5 +1,6 @@
 //! The Redis protocol (RESP2 and RESP3) on `resp.addr`, so that unmodified Redis clients use
-//! stackd's replicated state through any node.
+//! stackd's replicated state through any node: db 0 the cache, db 1 the key-value store, db 2
+//! locks, and pub/sub on channels.
 //!
 //! # Layout
 //! - this file: the listener (a bound on connections) and one task per connection, which reads
@@ -8,6 +9,7 @@
 //! - `conn`: a connection's state (protocol version, database, credential, transaction) and
 //!   the commands that change it, the handshake among them;
 //! - `strings`: the string commands on each database's primitive;
+//! - `locks`: db 2, stackd's fenced locks taken as Redis clients take a lock;
 //! - `pubsub`: channels and patterns, and who on this node listens to them.
 //!
 //! Commands on one connection run one at a time, in order: a pipeline's writes are proposed
@@ -16,6 +18,7 @@
 
 pub mod codec;
 mod conn;
+mod locks;
 mod pubsub;
 mod strings;
 

@@ -152,6 +152,9 @@ impl Conn {
     /// The log operations of a write command and how their results answer it; checks the
     /// arguments and the caller's rights first.
     pub(super) fn plan(&self, name: &str, args: &[Bytes]) -> Result<Plan, Reply> {
+        if self.db == Db::Locks {
+            return self.plan_lock(name, args);
+        }
         match name {
             "set" => self.plan_set(args),
             "del" | "unlink" => {
@@ -161,7 +164,7 @@ impl Conn {
                     self.writable(&k)?;
                     ops.push(match self.db {
                         Db::Cache => CacheCmd::Delete { key: k }.into(),
-                        Db::Kv => KvCmd::Delete {
+                        Db::Kv | Db::Locks => KvCmd::Delete {
                             key: k,
                             if_revision: None,
                         }
@@ -301,7 +304,7 @@ impl Conn {
                 limits: self.cache_limits(),
             }
             .into(),
-            Db::Kv => KvCmd::Put {
+            Db::Kv | Db::Locks => KvCmd::Put {
                 key: k,
                 value,
                 if_revision: None,
@@ -371,7 +374,7 @@ impl Conn {
                     Err(e) => e,
                 }))
             }
-            Db::Kv => {
+            Db::Kv | Db::Locks => {
                 if get || only == Some(CacheCond::Present) || ttl == CacheTtl::Keep {
                     return Err(Reply::err(
                         "SET with XX, GET or KEEPTTL is supported on db 0 (the cache) only; \
@@ -417,6 +420,11 @@ impl Conn {
                         .await
                         .map_err(fail)?,
                 )],
+                Command::Lock(l) => vec![Response::Lock(
+                    crate::service::propose(cluster, l, None)
+                        .await
+                        .map_err(fail)?,
+                )],
                 other => self.txn(vec![other]).await?,
             },
             _ => self.txn(ops).await?,
@@ -437,8 +445,8 @@ impl Conn {
     }
 
     /// Waits until this node's state is linearizable for a read of the key-value store.
-    async fn barrier(&self) -> Result<(), Reply> {
-        if self.db == Db::Kv {
+    pub(super) async fn barrier(&self) -> Result<(), Reply> {
+        if self.db != Db::Cache {
             self.resp
                 .st
                 .cluster
@@ -451,6 +459,14 @@ impl Conn {
 
     /// A read command.
     pub(super) async fn read(&self, name: &str, args: &[Bytes]) -> Result<Reply, Reply> {
+        if self.db == Db::Locks {
+            return self.read_lock(name, args).await;
+        }
+        if name == "stackd.fence" {
+            return Err(Reply::err(
+                "STACKD.FENCE answers a lock's fence: SELECT 2 (locks) first",
+            ));
+        }
         match name {
             "get" | "mget" | "exists" | "ttl" | "pttl" => {
                 let keys = args[1..].iter().map(key).collect::<Result<Vec<_>, _>>()?;
@@ -488,7 +504,7 @@ impl Conn {
                 let state = self.resp.st.cluster.state();
                 Ok(Reply::Int(match self.db {
                     Db::Cache => state.cache_counts().entries as i64,
-                    Db::Kv => state.key_count() as i64,
+                    Db::Kv | Db::Locks => state.key_count() as i64,
                 }))
             }
             _ => Err(Reply::err(format!("internal: {name} is not a read"))),
@@ -503,7 +519,7 @@ impl Conn {
             .map(|k| {
                 let (value, at) = match self.db {
                     Db::Cache => state.cache_get(k).map(|e| (&e.value, e.expires_at_ms))?,
-                    Db::Kv => state.get(k).map(|e| (&e.value, e.expires_at_ms))?,
+                    Db::Kv | Db::Locks => state.get(k).map(|e| (&e.value, e.expires_at_ms))?,
                 };
                 let left = at.map(|at| crate::api::remaining_ms(at, now));
                 Some((Bytes::copy_from_slice(value), left))
@@ -568,7 +584,7 @@ impl Conn {
                     let (items, more) = state.cache_list(prefix, after.as_deref(), count);
                     (items.into_iter().map(|(k, _)| k.clone()).collect(), more)
                 }
-                Db::Kv => {
+                Db::Kv | Db::Locks => {
                     let (items, more) = state.list(prefix, after.as_deref(), count);
                     (items.into_iter().map(|(k, _)| k.clone()).collect(), more)
                 }

@@ -41,6 +41,9 @@ pub enum LockCmd {
     },
     /// Releases the lock held with `fence`; the next waiter, if any, is granted it.
     Release { name: String, fence: u64 },
+    /// Releases the lock if `owner` holds it, as Redis clients unlock (compare and delete);
+    /// answers `Released`, or `StaleFence` when another owner or nobody holds it.
+    ReleaseOwned { name: String, owner: String },
 }
 
 /// A queued acquire of a lock (see [`Wait`]).
@@ -123,6 +126,21 @@ impl Primitive for Locks {
                 ttl_ms,
             } => self.renew(name, *fence, *ttl_ms, now, cx.batch),
             LockCmd::Release { name, fence } => self.release(name, *fence, now, cx.batch),
+            LockCmd::ReleaseOwned { name, owner } => {
+                let held = self
+                    .entries
+                    .get(name)
+                    .and_then(|e| e.holder.as_ref())
+                    .filter(|h| h.owner == *owner)
+                    .map(|h| h.fence);
+                match held {
+                    // `release` settles an expired lease first: then the fence is stale.
+                    Some(fence) => self.release(name, fence, now, cx.batch),
+                    None => LockResult::StaleFence {
+                        current: self.current_fence(name),
+                    },
+                }
+            }
         }
     }
 }

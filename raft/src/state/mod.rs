@@ -1434,6 +1434,36 @@ mod primitive_tests {
         assert_eq!(s.get("y").unwrap().revision, 3);
     }
 
+    #[test]
+    fn a_lock_is_released_by_its_owner_only_and_not_after_its_lease() {
+        let mut s = State::default();
+        let release = |owner: &str| {
+            Command::Lock(LockCmd::ReleaseOwned {
+                name: "L".into(),
+                owner: owner.into(),
+            })
+        };
+        assert!(matches!(
+            run(&mut s, 0, acquire("a", 100, None)),
+            Response::Lock(LockResult::Granted { .. })
+        ));
+        assert!(matches!(
+            run(&mut s, 10, release("b")),
+            Response::Lock(LockResult::StaleFence { current: Some(_) })
+        ));
+        assert_eq!(
+            run(&mut s, 20, release("a")),
+            Response::Lock(LockResult::Released)
+        );
+        assert!(s.lock("L").is_none_or(|e| e.holder.is_none()));
+        // Past its lease, the owner no longer holds it.
+        run(&mut s, 30, acquire("a", 100, None));
+        assert!(matches!(
+            run(&mut s, 200, release("a")),
+            Response::Lock(LockResult::StaleFence { .. })
+        ));
+    }
+
     const BIG: CacheLimits = CacheLimits {
         max_entries: 100,
         max_bytes: 10_000,
