@@ -642,12 +642,7 @@ impl Conn {
         for k in &keys {
             self.may(Resource::Kv, k, Access::Read)?;
         }
-        self.resp
-            .st
-            .cluster
-            .read_barrier()
-            .await
-            .map_err(|e| error_reply(e.into()))?;
+        self.barrier().await?;
         let state = self.resp.st.cluster.state();
         for k in keys {
             let revision = state.get(&k).map_or(0, |e| e.revision);

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use storage::{Db, SmBatch};
 
 use super::prefixed;
-use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
+use super::primitive::{list_live, put_record, records, Cx, Deadlines, Part, Primitive};
 use crate::codec;
 
 const PREFIX: &[u8] = b"c:";
@@ -394,25 +394,9 @@ impl Cache {
         limit: usize,
         now: u64,
     ) -> (Vec<(&String, &CacheEntry)>, bool) {
-        use std::ops::Bound;
-        let start = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
-            _ => Bound::Included(prefix.to_string()),
-        };
-        let mut items = Vec::new();
-        for (k, e) in self.entries.range((start, Bound::Unbounded)) {
-            if !k.starts_with(prefix) {
-                break;
-            }
-            if e.expires_at_ms.is_some_and(|at| at <= now) {
-                continue;
-            }
-            if items.len() == limit {
-                return (items, true);
-            }
-            items.push((k, e));
-        }
-        (items, false)
+        list_live(&self.entries, prefix, after, limit, |e| {
+            e.expires_at_ms.is_none_or(|at| at > now)
+        })
     }
 
     pub(super) fn counts(&self) -> CacheCounts {

@@ -401,27 +401,7 @@ impl Kv {
         limit: usize,
         now: u64,
     ) -> (Vec<(&String, &KvEntry)>, bool) {
-        use std::ops::Bound;
-        let start = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
-            _ => Bound::Included(prefix.to_string()),
-        };
-        let mut items = Vec::new();
-        let mut more = false;
-        for (k, e) in self.entries.range((start, Bound::Unbounded)) {
-            if !k.starts_with(prefix) {
-                break;
-            }
-            if is_expired(e, now) {
-                continue;
-            }
-            if items.len() == limit {
-                more = true;
-                break;
-            }
-            items.push((k, e));
-        }
-        (items, more)
+        super::primitive::list_live(&self.entries, prefix, after, limit, |e| !is_expired(e, now))
     }
 
     pub(super) fn len(&self) -> usize {

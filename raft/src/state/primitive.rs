@@ -105,6 +105,37 @@ pub(crate) fn records<T: DeserializeOwned>(
 /// Records are plain derived serde types (structs, enums, strings, integers, vectors and
 /// ordered maps), and postcard encodes those into a growing `Vec` without any failure mode:
 /// an error here is a broken invariant of the type, not a condition to handle.
+/// Up to `limit` entries of `map` whose keys start with `prefix` and are greater than `after`,
+/// in key order, skipping those `live` refuses (past their TTL); the flag says whether more
+/// remain. The listing of every keyed part (key-value, cache).
+pub(crate) fn list_live<'a, E>(
+    map: &'a std::collections::BTreeMap<String, E>,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    live: impl Fn(&E) -> bool,
+) -> (Vec<(&'a String, &'a E)>, bool) {
+    use std::ops::Bound;
+    let start = match after {
+        Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+        _ => Bound::Included(prefix.to_string()),
+    };
+    let mut items = Vec::new();
+    for (k, e) in map.range((start, Bound::Unbounded)) {
+        if !k.starts_with(prefix) {
+            break;
+        }
+        if !live(e) {
+            continue;
+        }
+        if items.len() == limit {
+            return (items, true);
+        }
+        items.push((k, e));
+    }
+    (items, false)
+}
+
 pub(crate) fn put_record(batch: &mut SmBatch, key: Vec<u8>, record: &impl Serialize) {
     let bytes = codec::encode(record).expect("state records are plain serde types");
     batch.put(key, bytes);
