@@ -14,7 +14,8 @@
 //!
 //! # Layout
 //! - `Args`: what to run.
-//! - `Hist`: a log-bucketed latency histogram (2% resolution) kept per subscriber, merged.
+//! - `Hist` (`hist.rs`): a log-bucketed latency histogram (2% resolution) kept per
+//!   subscriber, merged.
 //! - `subscriber`, `publisher`: the clients; a subscriber speaks the server's own message
 //!   types ([`node::api::ws_protocol`]).
 //! - `main` and the steps it runs in turn (`start_subscribers`, `wait_subscribed`,
@@ -33,6 +34,9 @@ use node::api::ws_protocol::{ClientMessage, Event, Request, ServerMessage};
 use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
+
+mod hist;
+use hist::Hist;
 
 /// WebSocket fan-out benchmark for a stackd cluster.
 #[derive(Debug, Parser)]
@@ -69,49 +73,6 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-/// Latency histogram in µs with buckets growing by 2%.
-#[derive(Clone)]
-struct Hist {
-    buckets: Vec<u64>,
-}
-
-const BUCKETS: usize = 1200;
-
-impl Hist {
-    fn new() -> Self {
-        Self {
-            buckets: vec![0; BUCKETS],
-        }
-    }
-    fn bucket(us: u64) -> usize {
-        (((us.max(1) as f64).ln() / 1.02f64.ln()) as usize).min(BUCKETS - 1)
-    }
-    fn record(&mut self, us: u64) {
-        self.buckets[Self::bucket(us)] += 1;
-    }
-    fn merge(&mut self, o: &Hist) {
-        for (a, b) in self.buckets.iter_mut().zip(&o.buckets) {
-            *a += b;
-        }
-    }
-    fn count(&self) -> u64 {
-        self.buckets.iter().sum()
-    }
-    /// The upper bound of the bucket holding quantile `q`, in ms.
-    fn quantile_ms(&self, q: f64) -> f64 {
-        let total = self.count();
-        let want = ((total as f64) * q).ceil() as u64;
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= want.max(1) {
-                return 1.02f64.powi(i as i32 + 1) / 1000.0;
-            }
-        }
-        f64::NAN
-    }
 }
 
 /// The publish time carried in an event's data: `{"t":<µs>}`.

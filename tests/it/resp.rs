@@ -235,6 +235,58 @@ async fn resp_survives_random_input_and_keeps_its_limits() {
         }
     }
 
+    // An unknown command whose echoed arguments end inside a multi-byte character.
+    let mut r = RespClient::connect(addr).await.unwrap();
+    let a64 = "a".repeat(64);
+    let accents = format!("b{}", "é".repeat(40));
+    let v = r.cmd(&["x", &a64, &a64, &a64, &accents]).await.unwrap();
+    assert!(v.is_error_starting("ERR unknown command 'x'"), "{v:?}");
+    assert_eq!(
+        r.cmd(&["PING"]).await.unwrap(),
+        Value::Status("PONG".into())
+    );
+    // A transaction of more than 128 writes is refused while queued, and discarded.
+    assert_eq!(r.cmd(&["MULTI"]).await.unwrap(), ok());
+    for i in 0..128 {
+        let k = format!("tx{i}");
+        assert_eq!(
+            r.cmd(&["SET", &k, "v"]).await.unwrap(),
+            Value::Status("QUEUED".into())
+        );
+    }
+    let v = r.cmd(&["SET", "tx128", "v"]).await.unwrap();
+    assert!(v.text().contains("at most 128 writes"), "{v:?}");
+    assert!(r
+        .cmd(&["EXEC"])
+        .await
+        .unwrap()
+        .is_error_starting("EXECABORT"));
+    assert_eq!(r.cmd(&["EXISTS", "tx0"]).await.unwrap(), Value::Int(0));
+    // Keys and values of one transaction: at most 2 x limits.max_value_bytes + 64 KiB.
+    let value = "v".repeat(1000);
+    assert_eq!(r.cmd(&["MULTI"]).await.unwrap(), ok());
+    let refused = async {
+        for i in 0..128 {
+            let v = r.cmd(&["SET", &format!("big{i}"), &value]).await.unwrap();
+            if v != Value::Status("QUEUED".into()) {
+                return Some((i, v));
+            }
+        }
+        None
+    }
+    .await;
+    let (i, v) = refused.expect("refused before 128 writes");
+    assert!(
+        i == 67 && v.text().contains("bytes of keys and values"),
+        "{i}: {v:?}"
+    );
+    assert!(r
+        .cmd(&["EXEC"])
+        .await
+        .unwrap()
+        .is_error_starting("EXECABORT"));
+    drop(r);
+
     // Malformed framing: a protocol error, then the connection is closed.
     let mut r = RespClient::connect(addr).await.unwrap();
     r.send_raw(b"*1\r\n$x\r\n").await.unwrap();

@@ -18,6 +18,8 @@ pub struct Limits {
     pub max_args: usize,
     /// Longest argument, in bytes.
     pub max_arg_bytes: usize,
+    /// Most bytes of arguments in one request.
+    pub max_request_bytes: usize,
 }
 
 /// Malformed input. The connection answers `-ERR Protocol error: …` and closes, as Redis does:
@@ -31,6 +33,8 @@ pub struct Decoder {
     limits: Limits,
     /// The request being read: how many arguments it has, and those read so far.
     pending: Option<(usize, Vec<Bytes>)>,
+    /// Bytes of the arguments of the request being read.
+    pending_bytes: usize,
 }
 
 fn crlf(buf: &[u8], within: usize) -> Option<usize> {
@@ -52,6 +56,7 @@ impl Decoder {
         Decoder {
             limits,
             pending: None,
+            pending_bytes: 0,
         }
     }
 
@@ -89,6 +94,7 @@ impl Decoder {
                     )));
                 }
                 self.pending = Some((n, Vec::with_capacity(n.min(1024))));
+                self.pending_bytes = 0;
             }
             let (n, args) = self.pending.as_mut().expect("set above");
             while args.len() < *n {
@@ -118,6 +124,13 @@ impl Decoder {
                         self.limits.max_arg_bytes
                     )));
                 }
+                if self.pending_bytes + len > self.limits.max_request_bytes {
+                    return Err(ProtocolError(format!(
+                        "a request of more than {} bytes of arguments is over the limit \
+                         (2 x limits.max_value_bytes + 64 KiB)",
+                        self.limits.max_request_bytes
+                    )));
+                }
                 let whole = end + 1 + len + 2;
                 if buf.len() < whole {
                     // Room for the rest of this argument only: its length was checked.
@@ -130,6 +143,7 @@ impl Decoder {
                 buf.advance(end + 1);
                 args.push(buf.split_to(len).freeze());
                 buf.advance(2);
+                self.pending_bytes += len;
             }
             let (_, args) = self.pending.take().expect("set above");
             return Ok(Some(args));
@@ -326,6 +340,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_args: 8,
         max_arg_bytes: 16,
+        max_request_bytes: 40,
     };
 
     fn all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
@@ -387,6 +402,8 @@ mod tests {
             b"*1\r\n$-1\r\n",
             b"*1\r\n:1\r\n",
             b"*1\r\n$1\r\nab\r\n",
+            // 48 bytes of arguments, over 40.
+            b"*3\r\n$16\r\naaaaaaaaaaaaaaaa\r\n$16\r\naaaaaaaaaaaaaaaa\r\n$16\r\n",
         ] {
             assert!(all(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }

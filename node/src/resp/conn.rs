@@ -118,6 +118,70 @@ impl Spec {
 struct Multi {
     queued: Vec<Vec<Bytes>>,
     refused: bool,
+    budget: TxnBudget,
+}
+
+/// Most keys one connection `WATCH`es, and most operations in one transaction of the log (an
+/// `MSET`, a `DEL` of several keys, a `MULTI`): the HTTP API's bound.
+pub(super) const TXN_OPS_MAX: usize = crate::api::txn::TXN_OPS_MAX;
+
+/// What one transaction of the log holds so far, against the HTTP API's bounds: at most
+/// [`TXN_OPS_MAX`] operations, keys and values of at most `2 × limits.max_value_bytes + 64 KiB`
+/// in all (as a transaction's JSON body), each key of the key-value store written once, and no
+/// conditional write of it (the transaction's compares are its `WATCH`es).
+#[derive(Default)]
+pub(super) struct TxnBudget {
+    ops: usize,
+    bytes: usize,
+    kv_keys: std::collections::BTreeSet<String>,
+}
+
+impl TxnBudget {
+    pub(super) fn add(&mut self, ops: &[Op], max_value_bytes: usize) -> Result<(), Reply> {
+        use raft::command::{CacheCmd, Command, KvCmd};
+        let max_bytes = 2 * max_value_bytes + 64 * 1024;
+        for op in ops {
+            self.ops += 1;
+            self.bytes += match op {
+                Command::Cache(
+                    CacheCmd::Set { key, value, .. } | CacheCmd::SetIf { key, value, .. },
+                )
+                | Command::Kv(KvCmd::Put { key, value, .. }) => key.len() + value.len(),
+                _ => 64,
+            };
+            if let Command::Kv(
+                KvCmd::Put {
+                    key, if_revision, ..
+                }
+                | KvCmd::Delete { key, if_revision },
+            ) = op
+            {
+                if if_revision.is_some() {
+                    return Err(Reply::err(
+                        "SET NX inside a transaction is not supported on db 1: WATCH the key \
+                         instead",
+                    ));
+                }
+                if !self.kv_keys.insert(key.clone()) {
+                    return Err(Reply::err(format!(
+                        "key {key:?} is written twice in one transaction"
+                    )));
+                }
+            }
+        }
+        if self.ops > TXN_OPS_MAX {
+            return Err(Reply::err(format!(
+                "a transaction holds at most {TXN_OPS_MAX} writes"
+            )));
+        }
+        if self.bytes > max_bytes {
+            return Err(Reply::err(format!(
+                "a transaction holds at most {max_bytes} bytes of keys and values \
+                 (2 x limits.max_value_bytes + 64 KiB)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// How the results of a planned write's operations answer it.
@@ -150,10 +214,11 @@ pub(super) fn text(arg: &Bytes, what: &str) -> Result<String, Reply> {
         .map_err(|_| Reply::err(format!("{what} must be UTF-8 text in stackd")))
 }
 
-/// An integer argument, with Redis's error.
+/// An integer argument, with Redis's error (no `+` sign, as in Redis).
 pub(super) fn int(arg: &Bytes) -> Result<i64, Reply> {
     std::str::from_utf8(arg)
         .ok()
+        .filter(|s| !s.starts_with('+'))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| Reply::err("value is not an integer or out of range"))
 }
@@ -171,6 +236,13 @@ pub(super) fn error_reply(e: ApiError) -> Reply {
                 .unwrap_or_default();
             Reply::err(format!("{code}: {}", e.message))
         }
+    }
+}
+
+impl Drop for Conn {
+    /// However the connection ends (a panic included), its subscriptions leave the counts.
+    fn drop(&mut self) {
+        self.subs.clear(&self.resp.listeners);
     }
 }
 
@@ -206,11 +278,6 @@ impl Conn {
         self.closing
     }
 
-    /// Ends the connection's subscriptions.
-    pub(super) fn close(&mut self) {
-        self.subs.clear(&self.resp.listeners);
-    }
-
     pub(super) fn caller(&self) -> Option<&Caller> {
         self.caller.as_ref()
     }
@@ -237,7 +304,11 @@ impl Conn {
                 .take(8)
                 .map(|a| format!("'{}' ", String::from_utf8_lossy(&a[..a.len().min(64)])))
                 .collect();
-            start.truncate(256);
+            let mut end = start.len().min(256);
+            while !start.is_char_boundary(end) {
+                end -= 1;
+            }
+            start.truncate(end);
             return Reply::err(format!(
                 "unknown command '{}', with args beginning with: {start}",
                 String::from_utf8_lossy(&args[0][..args[0].len().min(64)])
@@ -268,6 +339,7 @@ impl Conn {
         }
         if spec.kind != Kind::Handshake {
             if let Err(r) = self.authenticated(spec) {
+                self.refuse_in_multi();
                 return r;
             }
         }
@@ -572,7 +644,12 @@ impl Conn {
             ));
         }
         // Planned now too, so that a bad argument aborts the transaction at EXEC as in Redis.
-        if let Err(r) = self.plan(spec.name, &args) {
+        let max_value_bytes = self.resp.st.cluster.config().limits.max_value_bytes;
+        let planned = self.plan(spec.name, &args).and_then(|plan| {
+            let m = self.multi.as_mut().expect("in MULTI");
+            m.budget.add(&plan.ops, max_value_bytes)
+        });
+        if let Err(r) = planned {
             self.refuse_in_multi();
             return r;
         }
@@ -639,6 +716,11 @@ impl Conn {
             .iter()
             .map(|k| text(k, "a key"))
             .collect::<Result<Vec<_>, _>>()?;
+        if self.watched.len() + keys.len() > TXN_OPS_MAX {
+            return Err(Reply::err(format!(
+                "a connection WATCHes at most {TXN_OPS_MAX} keys"
+            )));
+        }
         for k in &keys {
             self.may(Resource::Kv, k, Access::Read)?;
         }

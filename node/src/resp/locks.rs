@@ -23,6 +23,13 @@ fn lock_result(r: &[OpResponse]) -> Result<&LockResult, Reply> {
     }
 }
 
+/// A lock's owner token: checked like the HTTP API's `owner`.
+fn token(arg: &Bytes) -> Result<String, Reply> {
+    let t = text(arg, "a lock token")?;
+    crate::api::validate_name("token", &t).map_err(super::conn::error_reply)?;
+    Ok(t)
+}
+
 fn name(arg: &Bytes) -> Result<String, Reply> {
     let n = text(arg, "a lock name")?;
     crate::api::validate_name("lock", &n).map_err(super::conn::error_reply)?;
@@ -34,7 +41,7 @@ impl Conn {
         match command {
             "set" => {
                 let lock = name(&args[1])?;
-                let owner = text(&args[2], "a lock token")?;
+                let owner = token(&args[2])?;
                 let (mut nx, mut ttl_ms) = (false, None);
                 let mut i = 3;
                 while i < args.len() {
@@ -87,10 +94,8 @@ impl Conn {
             "delifeq" | "delex" => {
                 let lock = name(&args[1])?;
                 let owner = match (command, args.len()) {
-                    ("delifeq", 3) => text(&args[2], "a lock token")?,
-                    ("delex", 4) if args[2].eq_ignore_ascii_case(b"ifeq") => {
-                        text(&args[3], "a lock token")?
-                    }
+                    ("delifeq", 3) => token(&args[2])?,
+                    ("delex", 4) if args[2].eq_ignore_ascii_case(b"ifeq") => token(&args[3])?,
                     _ => return Err(Reply::err(SUPPORTED)),
                 };
                 self.may(Resource::Locks, &lock, Access::Write)?;

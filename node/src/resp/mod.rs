@@ -70,6 +70,7 @@ pub async fn bind(
         limits: Limits {
             max_args: config.resp.max_args,
             max_arg_bytes: config.limits.max_value_bytes,
+            max_request_bytes: 2 * config.limits.max_value_bytes + 64 * 1024,
         },
         next_client_id: AtomicU64::new(1),
         listeners: pubsub::Listeners::default(),
@@ -99,14 +100,29 @@ pub async fn bind(
             };
             let (resp, stop) = (resp.clone(), stop.clone());
             tasks.spawn(async move {
-                resp.st.metrics.resp_connections.inc();
+                let _open = Open::new(&resp);
                 serve_connection(&resp, stream, peer, stop).await;
-                resp.st.metrics.resp_connections.dec();
                 drop(slot);
             });
         }
     };
     Ok((bound, serve))
+}
+
+/// Counts a connection in `stackd_resp_connections` while it lives, however it ends.
+struct Open(prometheus::IntGauge);
+
+impl Open {
+    fn new(resp: &Resp) -> Open {
+        resp.st.metrics.resp_connections.inc();
+        Open(resp.st.metrics.resp_connections.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Answers a connection past `resp.max_connections` with Redis's error and closes it.
@@ -194,7 +210,7 @@ async fn serve_connection(
             _ = stop.cancelled() => break End::Stopping,
         }
     };
-    conn.close();
+    drop(conn);
     match end {
         End::Done | End::Stopping => {}
         End::Io => debug!(client = id, %peer, "RESP connection failed"),

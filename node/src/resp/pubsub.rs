@@ -19,6 +19,9 @@ use super::conn::{error_reply, text, Conn};
 use crate::auth::{Caller, Op as Access, Resource};
 use crate::cluster::now_ms;
 
+/// Most channels and patterns one connection listens to.
+pub(super) const SUBSCRIPTIONS_MAX: usize = 1024;
+
 /// How many connections of this node listen to each channel and pattern: `PUBLISH` answers
 /// the receivers on the node that took it (as Redis Cluster does), not the whole cluster's.
 #[derive(Default)]
@@ -243,8 +246,12 @@ impl Conn {
     ) -> Result<Reply, Reply> {
         let names = names
             .iter()
-            .map(|n| text(n, "a channel"))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|n| {
+                let n = text(n, "a channel")?;
+                crate::api::validate_name("channel", &n).map_err(error_reply)?;
+                Ok(n)
+            })
+            .collect::<Result<Vec<_>, Reply>>()?;
         let pattern = command.starts_with('p');
         let mut replies = Vec::new();
         if command.ends_with("unsubscribe") {
@@ -299,6 +306,12 @@ impl Conn {
             } else {
                 self.may(Resource::Channels, n, Access::Subscribe)?;
             }
+        }
+        let new: BTreeSet<&String> = names.iter().collect();
+        if self.subs.count() as usize + new.len() > SUBSCRIPTIONS_MAX {
+            return Err(Reply::err(format!(
+                "a connection listens to at most {SUBSCRIPTIONS_MAX} channels and patterns"
+            )));
         }
         // Listen before confirming: a message published after the confirmation is delivered.
         if self.subs.live.is_none() {

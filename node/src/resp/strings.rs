@@ -18,6 +18,8 @@ use crate::api::cache::CACHE_TTL_MS_MAX;
 use crate::auth::Op as Access;
 use crate::cluster::now_ms;
 
+/// Longest TTL of a key of the key-value store set over RESP: 100 years.
+const KV_TTL_MS_MAX: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
 /// Most keys one `SCAN` call examines (`COUNT` is capped to it).
 const SCAN_COUNT_MAX: usize = 1000;
 /// `SCAN` cursors this node remembers; the oldest is forgotten past it.
@@ -158,7 +160,10 @@ impl Conn {
         match name {
             "set" => self.plan_set(args),
             "del" | "unlink" => {
-                let keys = args[1..].iter().map(key).collect::<Result<Vec<_>, _>>()?;
+                let mut keys = args[1..].iter().map(key).collect::<Result<Vec<_>, _>>()?;
+                // A key named twice is deleted once, as in Redis.
+                keys.sort();
+                keys.dedup();
                 let mut ops = Vec::with_capacity(keys.len());
                 for k in keys {
                     self.writable(&k)?;
@@ -177,12 +182,17 @@ impl Conn {
                 if args.len().is_multiple_of(2) {
                     return Err(Reply::err("wrong number of arguments for 'mset' command"));
                 }
-                let mut ops = Vec::with_capacity(args.len() / 2);
+                // A key named twice takes its last value, as in Redis.
+                let mut pairs = std::collections::BTreeMap::new();
                 for pair in args[1..].chunks(2) {
                     let k = key(&pair[0])?;
                     self.writable(&k)?;
-                    ops.push(self.put(k, pair[1].to_vec()));
+                    pairs.insert(k, &pair[1]);
                 }
+                let ops = pairs
+                    .into_iter()
+                    .map(|(k, v)| self.put(k, v.to_vec()))
+                    .collect();
                 Ok(plan(ops, |_| Reply::ok()))
             }
             "incr" | "decr" | "incrby" | "decrby" => {
@@ -249,17 +259,7 @@ impl Conn {
                 }
                 let k = key(&args[1])?;
                 self.writable(&k)?;
-                // Redis answers 0 for a key without a TTL: nothing to write then.
-                let has_ttl = self
-                    .resp
-                    .st
-                    .cluster
-                    .state()
-                    .cache_get(&k)
-                    .is_some_and(|e| e.expires_at_ms.is_some());
-                if !has_ttl {
-                    return Ok(plan(vec![], |_| Reply::Int(0)));
-                }
+                // Answers 0 for a key without a TTL, as Redis does (decided in apply).
                 let op = CacheCmd::Expire {
                     key: k,
                     ttl_ms: None,
@@ -386,6 +386,11 @@ impl Conn {
                     CacheTtl::At(at) => Some(at.saturating_sub(now_ms()).max(1)),
                     _ => None,
                 };
+                if ttl_ms.is_some_and(|t| t > KV_TTL_MS_MAX) {
+                    return Err(Reply::err(
+                        "invalid expire time in 'set' command: keys live at most 100 years",
+                    ));
+                }
                 let op = KvCmd::Put {
                     key: k,
                     value,
@@ -407,6 +412,10 @@ impl Conn {
         let cluster = &self.resp.st.cluster;
         let fail = |e: crate::cluster::WriteError| error_reply(e.into());
         let mut ops = plan.ops;
+        if ops.len() > 1 {
+            let max_value_bytes = self.resp.st.cluster.config().limits.max_value_bytes;
+            super::conn::TxnBudget::default().add(&ops, max_value_bytes)?;
+        }
         let results: Vec<OpResponse> = match ops.len() {
             0 => Vec::new(),
             1 => match ops.pop().expect("one") {

@@ -58,7 +58,7 @@ pub enum CacheCmd {
         limits: CacheLimits,
     },
     /// Sets (`Some`, from now) or removes (`None`) a live entry's TTL; answers
-    /// [`CacheResult::Touched`].
+    /// [`CacheResult::Touched`]: false when there is no live entry, or no TTL to remove.
     Expire {
         key: String,
         ttl_ms: Option<u64>,
@@ -225,7 +225,12 @@ impl Primitive for Cache {
                         CacheTtl::At(at) => Some(*at),
                         CacheTtl::Keep => current.and_then(|e| e.expires_at_ms),
                     };
-                    self.set(key, value, expires, &[], *limits, cx.batch);
+                    if expires.is_some_and(|at| at <= now) {
+                        // Already expired (a time in the past): as if written and gone.
+                        self.remove(key, cx.batch);
+                    } else {
+                        self.set(key, value, expires, &[], *limits, cx.batch);
+                    }
                 }
                 CacheResult::Written {
                     written: allowed,
@@ -261,6 +266,10 @@ impl Primitive for Cache {
                 let Some(e) = self.get(key, now) else {
                     return CacheResult::Touched(false);
                 };
+                if ttl_ms.is_none() && e.expires_at_ms.is_none() {
+                    // Nothing to remove: Redis's PERSIST answers 0 for it.
+                    return CacheResult::Touched(false);
+                }
                 let mut e = e.clone();
                 if let Some(at) = e.expires_at_ms {
                     self.ttl.remove(at, key);

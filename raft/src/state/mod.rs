@@ -1531,6 +1531,13 @@ mod primitive_tests {
             written(true, Some("d"))
         );
         assert_eq!(s.cache_get("k").unwrap().expires_at_ms, None);
+        // An expiry time already past: written and gone at once, holding nothing.
+        assert_eq!(
+            run(&mut s, 170, set_if("k", "f", CacheTtl::At(100), None)),
+            written(true, Some("e"))
+        );
+        assert!(s.cache_get("k").is_none());
+        assert_eq!(s.cache_counts().entries, 0);
     }
 
     #[test]
@@ -1595,6 +1602,10 @@ mod primitive_tests {
             Response::Cache(CacheResult::Touched(true))
         );
         assert_eq!(s.cache_get("k").unwrap().expires_at_ms, None);
+        assert_eq!(
+            run(&mut s, 60, expire(None)),
+            Response::Cache(CacheResult::Touched(false))
+        );
         // The old deadline is gone: the entry outlives it.
         run(&mut s, 2000, Command::Tick);
         assert!(s.cache_get("k").is_some());
