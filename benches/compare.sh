@@ -21,7 +21,7 @@
 #   ROUNDS [1]     runs per row and side; the table shows each side's median round
 #   KEYS [10000]   key space                    VALUE_SIZE [100]  value bytes
 #   ROWS           space-separated row ids to run [all]: put-1 put-64 get-64 stale-64 cache-64
-#                  lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set
+#                  lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set resp-publish
 #   RESP_REQUESTS [200000]  requests per redis-benchmark run of the RESP GET rows (x4 with
 #                  -P 16, /10 for SET)
 #   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]  (the cluster without access control:
@@ -49,7 +49,9 @@
 #   0, read from its memory) against Redis GET, plain and pipelined 16 deep; SET on the stackd
 #   leader (replicated to a majority and fsynced before the answer) against a Redis with
 #   `appendonly yes, appendfsync always` (fsynced before the answer, not replicated).
-#   p50/p99 are redis-benchmark's.
+#   p50/p99 are redis-benchmark's. The PUBLISH row uses `pubsubbench` instead: 100 subscribers
+#   (spread over stackd's three nodes; all on the one Redis) and 4 publish loops (to stackd's
+#   leader; to Redis), counting delivered messages per second and publish-to-delivery latency.
 # - The gateway row: stackd's gateway (node 1's) and nginx as a reverse proxy (Debian's
 #   package, `worker_processes auto`, upstream keepalive) forward to the same backend (nginx
 #   answering 100 bytes, one worker), both setting X-Forwarded-For/-Proto/-Host and a request
@@ -74,7 +76,7 @@ ROUNDS="${ROUNDS:-1}"
 WARMUP="${WARMUP:-3}"
 KEYS="${KEYS:-10000}"
 VALUE_SIZE="${VALUE_SIZE:-100}"
-ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set}"
+ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set resp-publish}"
 RESP_REQUESTS="${RESP_REQUESTS:-200000}"
 STACKD_RESP_PORT="${STACKD_RESP_PORT:-7601}"
 REDIS_AOF_PORT="${REDIS_AOF_PORT:-6380}"
@@ -360,6 +362,43 @@ resp_row() {
     done
 }
 
+# measure_pubsub SYSTEM TARGETS PUBLISH_TO: one pubsubbench run; prints its JSON line.
+measure_pubsub() {
+    local system="$1" out password=()
+    [[ "$system" == stackd ]] && password=(--password "$STACKD_TOKEN")
+    log "  $system: pubsubbench, 100 subscribers on $2, 4 publishers -> $3"
+    if ! out="$("$CARGO_TARGET_DIR/release/pubsubbench" --targets "$2" --publish-to "$3" \
+        --subscribers 100 --publishers 4 --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
+        "${password[@]}" --json 2>>"$WORK/pubsubbench.log")"; then
+        echo '{"failed": true}'
+        return
+    fi
+    echo "$out"
+}
+
+publish_row() {
+    [[ " $ROWS " == *" resp-publish "* ]] || return 0
+    local round s o open title="RESP PUBLISH fan-out, 100 subscribers, 4 publishers (delivered msgs/s)"
+    local leader="${STACKD_LEADER#http://}" targets="" i
+    leader="${leader%:*}"
+    for i in 1 2 3; do targets+="${targets:+,}127.0.0.$i:"; done
+    local s_targets="${targets//:,/:$STACKD_RESP_PORT,}$STACKD_RESP_PORT"
+    local o_targets="${targets//:,/:$((STACKD_RESP_PORT + 10)),}$((STACKD_RESP_PORT + 10))"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "row: $title (round $round of $ROUNDS)"
+        if ((round % 2)); then
+            s="$(measure_pubsub stackd "$s_targets" "$leader:$STACKD_RESP_PORT")"
+            o="$(measure_pubsub redis "127.0.0.1:$REDIS_PORT" "127.0.0.1:$REDIS_PORT")"
+        else
+            o="$(measure_pubsub redis "127.0.0.1:$REDIS_PORT" "127.0.0.1:$REDIS_PORT")"
+            s="$(measure_pubsub stackd "$s_targets" "$leader:$STACKD_RESP_PORT")"
+        fi
+        open="$(measure_pubsub stackd-open "$o_targets" "$leader:$((STACKD_RESP_PORT + 10))")"
+        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": "redis", "stackd": json.loads(sys.argv[2]), "other": json.loads(sys.argv[3]), "open": json.loads(sys.argv[4])}))' \
+            "$title" "$s" "$o" "$open" >>"$RESULTS"
+    done
+}
+
 resp_rows() {
     [[ " $ROWS " == *" resp-"* ]] || return 0
     local leader="${STACKD_LEADER#http://}" follower="${STACKD_FOLLOWER#http://}"
@@ -511,6 +550,7 @@ row jobs-16 "jobs end to end (enqueue, claim, ack), 16 workers (follower)" 16 jo
 
 gateway_row
 resp_rows
+publish_row
 
 # Redis measured by its own client too, so the loadgen figure for Redis can be checked.
 if [[ " $ROWS " == *" cache-64 "* ]]; then
