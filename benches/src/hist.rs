@@ -1,4 +1,13 @@
-//! A latency histogram in µs with buckets growing by 2%, shared by the fan-out benchmarks.
+//! What the fan-out benchmarks share: the wall clock their latencies are measured on, and a
+//! latency histogram in µs with buckets growing by 2%.
+
+/// Microseconds since the Unix epoch: publishers and subscribers share this machine's clock.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
 
 #[derive(Clone)]
 pub struct Hist {

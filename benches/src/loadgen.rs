@@ -512,6 +512,8 @@ async fn redis_call(
     }
 }
 
+mod resp_command;
+
 /// Just enough of the Redis protocol (RESP2) for `GET` and `SET`: commands go out as arrays
 /// of bulk strings; replies are a simple string, an error, an integer or a bulk string.
 mod resp {
@@ -552,14 +554,7 @@ mod resp {
         /// Sends one command and reads its reply.
         pub async fn call(&mut self, args: &[&[u8]]) -> io::Result<Reply> {
             self.out.clear();
-            self.out
-                .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-            for arg in args {
-                self.out
-                    .extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-                self.out.extend_from_slice(arg);
-                self.out.extend_from_slice(b"\r\n");
-            }
+            super::resp_command::encode(&mut self.out, args);
             self.stream.get_mut().write_all(&self.out).await?;
 
             self.line.clear();

@@ -25,7 +25,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 mod hist;
-use hist::Hist;
+use hist::{now_us, Hist};
 
 /// WebSocket fan-out benchmark for a stackd cluster.
 #[derive(Debug, Parser)]
@@ -66,13 +66,6 @@ struct Args {
     /// Print one JSON line instead of a report.
     #[arg(long)]
     json: bool,
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// The publish time carried in an event's data: `{"t":<µs>}`.

@@ -113,10 +113,11 @@ impl Spec {
     }
 }
 
-/// The queued writes of `MULTI`, and whether one was refused while queueing.
+/// The queued writes of `MULTI`, planned as they were queued, and whether one was refused
+/// while queueing.
 #[derive(Default)]
 struct Multi {
-    queued: Vec<Vec<Bytes>>,
+    queued: Vec<Plan>,
     refused: bool,
     budget: TxnBudget,
 }
@@ -185,7 +186,7 @@ impl TxnBudget {
 }
 
 /// How the results of a planned write's operations answer it.
-pub(super) type Answer = Box<dyn FnOnce(&[OpResponse]) -> Reply + Send>;
+pub(super) type Answer = Box<dyn FnOnce(&[OpResponse]) -> Reply + Send + Sync>;
 
 /// A planned write: the log operations it proposes, and how their results answer it.
 pub(super) struct Plan {
@@ -643,18 +644,21 @@ impl Conn {
                 spec.name
             ));
         }
-        // Planned now too, so that a bad argument aborts the transaction at EXEC as in Redis.
+        // Planned now, so that a bad argument aborts the transaction at EXEC as in Redis.
         let max_value_bytes = self.resp.st.cluster.config().limits.max_value_bytes;
         let planned = self.plan(spec.name, &args).and_then(|plan| {
             let m = self.multi.as_mut().expect("in MULTI");
-            m.budget.add(&plan.ops, max_value_bytes)
+            m.budget.add(&plan.ops, max_value_bytes)?;
+            m.queued.push(plan);
+            Ok(())
         });
-        if let Err(r) = planned {
-            self.refuse_in_multi();
-            return r;
+        match planned {
+            Ok(()) => Reply::Status("QUEUED"),
+            Err(r) => {
+                self.refuse_in_multi();
+                r
+            }
         }
-        self.multi.as_mut().expect("in MULTI").queued.push(args);
-        Reply::Status("QUEUED")
     }
 
     /// `EXEC`: the queued writes as one transaction, guarded by the `WATCH`ed revisions.
@@ -670,9 +674,7 @@ impl Conn {
         }
         let mut ops = Vec::new();
         let mut answers = Vec::new();
-        for args in &multi.queued {
-            let (_, spec) = spec(&args[0]).expect("queued commands are known");
-            let plan = self.plan(spec.name, args)?;
+        for plan in multi.queued {
             answers.push((plan.ops.len(), plan.answer));
             ops.extend(plan.ops);
         }

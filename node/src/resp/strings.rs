@@ -118,7 +118,7 @@ fn kv_result(r: &[OpResponse]) -> Result<&KvResult, Reply> {
     }
 }
 
-fn plan(ops: Vec<Op>, answer: impl FnOnce(&[OpResponse]) -> Reply + Send + 'static) -> Plan {
+fn plan(ops: Vec<Op>, answer: impl FnOnce(&[OpResponse]) -> Reply + Send + Sync + 'static) -> Plan {
     Plan {
         ops,
         answer: Box::new(answer),
