@@ -1009,6 +1009,25 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
     .unwrap()
     .unwrap();
     let subscribed_at = ws.subscribe("$audit", None).await.unwrap();
+    // Read as an app does, all along (which also answers the server's pings): the steps below
+    // can take longer than the idle timeout on a busy machine.
+    let (live_tx, mut live_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            match ws.next(Duration::from_secs(3600)).await {
+                Ok(Ok(Push::Event(e))) => {
+                    let kind = e.data_value()["kind"].as_str().unwrap().to_string();
+                    if live_tx.send((e.offset, kind)).is_err() {
+                        break;
+                    }
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(closed)) => panic!("the audit subscription ended: {closed:?}"),
+                Err(e) => panic!("reading the audit subscription: {e:#}"),
+            }
+        }
+        ws
+    });
 
     api(0)
         .policy(&admin, "p", json!([{"resource": "kv", "access": "read"}]))
@@ -1248,17 +1267,23 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
         .collect();
     let mut live = Vec::new();
     while live.len() < events.len() {
-        match ws.next_msg(Duration::from_secs(10)).await.unwrap() {
-            Push::Event(e) => live.push(e.data_value()["kind"].as_str().unwrap().to_string()),
-            _ => continue,
-        }
+        let (offset, kind) = tokio::time::timeout(Duration::from_secs(10), live_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("live events so far: {live:?}, written: {events:?}"))
+            .expect("the reader ended");
+        assert!(
+            offset > subscribed_at,
+            "{offset} is not after {subscribed_at}"
+        );
+        live.push(kind);
     }
+    drop(live_rx);
     let written: Vec<String> = events
         .iter()
         .map(|e| e["kind"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(live, written);
-    ws.close().await;
+    reader.abort();
     c.shutdown().await;
 }
 
