@@ -31,6 +31,8 @@
 #   STACKD_RESP_PORT [7601] (stackd's RESP listeners; without access control: + 10)
 #   STACKD_GATEWAY_PORT [7401]  BACKEND_PORT [7501]  NGINX_PORT [7502] (the gateway row)
 #   WORK           scratch dir for data and logs [mktemp -d]; KEEP=1 keeps it afterwards
+#   STACKD_BIN     the stackd binary to measure [the release build]; set it to compare two
+#                  builds of stackd, each in a run of its own against the same peers
 #
 # What is compared with what, and why it is fair:
 # - Writes go to each cluster's leader (stackd would forward from a follower, and so would
@@ -123,20 +125,21 @@ install_packages() {
 port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 # --- processes ---------------------------------------------------------------------------
+STACKD_BIN="${STACKD_BIN:-$CARGO_TARGET_DIR/release/stackd}"
 PIDS=()
 STACKD_STARTED=0
 # Rate limits out of reach: checked on every request, never tripped.
 export STACKD_RATE_TOKEN_READS_PER_SEC=1000000000 STACKD_RATE_TOKEN_WRITES_PER_SEC=1000000000 \
     STACKD_RATE_IP_REQUESTS_PER_SEC=1000000000
 stackd_cluster() {
-    STACKD_BIN="$CARGO_TARGET_DIR/release/stackd" STACKD_DATA="$WORK/stackd" \
+    STACKD_BIN="$STACKD_BIN" STACKD_DATA="$WORK/stackd" \
         API_PORT="$STACKD_API_PORT" CLUSTER_PORT="$STACKD_CLUSTER_PORT" \
         GATEWAY_PORT="$STACKD_GATEWAY_PORT" RESP_PORT="$STACKD_RESP_PORT" \
         deploy/local-cluster.sh "$@"
 }
 # The same cluster without access control, on the next ports.
 stackd_open_cluster() {
-    STACKD_BIN="$CARGO_TARGET_DIR/release/stackd" STACKD_DATA="$WORK/stackd-open" \
+    STACKD_BIN="$STACKD_BIN" STACKD_DATA="$WORK/stackd-open" \
         API_PORT="$((STACKD_API_PORT + 10))" CLUSTER_PORT="$((STACKD_CLUSTER_PORT + 10))" \
         GATEWAY_PORT=none RESP_PORT="$((STACKD_RESP_PORT + 10))" STACKD_INSECURE_NO_AUTH=true \
         deploy/local-cluster.sh "$@"
@@ -501,7 +504,7 @@ gateway_row() {
 
 # --- run ---------------------------------------------------------------------------------
 install_packages
-log "building stackd and loadgen (release)"
+log "building stackd and loadgen (release); measuring $STACKD_BIN"
 cargo build --release -p node -p benches >&2
 
 for i in 1 2 3; do

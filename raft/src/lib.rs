@@ -31,7 +31,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use command::{Command, Request, Response};
-pub use network::{Link, LinkError, LogId, PeerAnswer, PeerRpc};
+pub use network::{AppendAnswers, AppendInput, Link, LinkError, LogId, PeerAnswer, PeerRpc};
 pub use openraft;
 pub use replica::{Metrics, ProposeError, Replica, ReplicaError, Role};
 pub use state::State;

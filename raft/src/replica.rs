@@ -11,8 +11,8 @@ use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, Instant as _, RaftMetrics, ReadPolicy, ServerState};
 
 use crate::command::{Request, Response};
+use crate::network::{AppendRequest, SnapshotResponse, StreamAppendResult, Vote};
 use crate::network::{Link, LogId, Network, PeerAnswer, PeerRpc, SnapshotMeta};
-use crate::network::{SnapshotResponse, Vote};
 use crate::state_machine::StateMachine;
 use crate::types::{LogStore, NodeId, NodeInfo, TypeConfig};
 
@@ -446,6 +446,20 @@ impl Replica {
                 PeerAnswer::TransferLeader(self.raft.handle_transfer_leader(r).await.map_err(text))
             }
         }
+    }
+
+    /// Takes a leader's stream of appends: each is answered once its entries are on disk, in
+    /// order; the answers end after the first one refused (a conflict, or a higher vote) or
+    /// when the replica stops.
+    pub fn stream_append(
+        &self,
+        input: impl futures::Stream<Item = AppendRequest> + Send + 'static,
+    ) -> futures::stream::BoxStream<'static, Result<StreamAppendResult, String>> {
+        use futures::StreamExt;
+        self.raft
+            .stream_append(input)
+            .map(|r| r.map_err(text))
+            .boxed()
     }
 
     /// Installs a snapshot a peer sent whole.

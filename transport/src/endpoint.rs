@@ -15,8 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use quinn::{Connection, Endpoint};
-use raft::network::{PeerAnswer, PeerRpc, Snapshot, SnapshotMeta, SnapshotResponse, Vote};
+use raft::network::{
+    AppendRequest, PeerAnswer, PeerRpc, Snapshot, SnapshotMeta, SnapshotResponse, Vote,
+};
 use raft::{LogId, NodeId, NodeInfo, Replica, Request};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -138,7 +141,7 @@ pub struct Transport {
     /// names).
     peers: Option<Arc<dyn PeerCheck>>,
     /// Set when a member answers that this node was removed from the cluster.
-    removed: tokio::sync::watch::Sender<Option<String>>,
+    removed: Arc<tokio::sync::watch::Sender<Option<String>>>,
     /// Peers refused at the TLS handshake, and the last reason.
     refused: AtomicU64,
     last_refusal: Mutex<Option<String>>,
@@ -182,7 +185,7 @@ impl Transport {
             endpoint,
             limits,
             peers,
-            removed: tokio::sync::watch::channel(None).0,
+            removed: Arc::new(tokio::sync::watch::channel(None).0),
             refused: AtomicU64::new(0),
             last_refusal: Mutex::new(None),
         }
@@ -214,6 +217,11 @@ impl Transport {
     /// Becomes `Some(reason)` once a member answers that this node was removed.
     pub fn removed(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.removed.subscribe()
+    }
+
+    /// Where a member's answer that this node was removed is recorded.
+    pub(crate) fn removed_sender(&self) -> Arc<tokio::sync::watch::Sender<Option<String>>> {
+        self.removed.clone()
     }
 
     /// How many incoming connections failed the TLS handshake (a certificate of another CA
@@ -392,6 +400,17 @@ impl Transport {
         res
     }
 
+    /// Opens a stream to node `node` at `addr`, whose server passed the member check.
+    pub(crate) async fn open_to(
+        &self,
+        node: NodeId,
+        addr: &str,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let conn = self.connection(addr, Some(node)).await?;
+        self.check_server(&conn)?;
+        Ok(conn.open_bi().await?)
+    }
+
     /// Sends a snapshot to `addr` in chunks and returns the receiver's answer.
     pub async fn send_snapshot(
         &self,
@@ -568,8 +587,16 @@ impl Transport {
                 let (resp, close) = match &peer {
                     Some(p) => {
                         let member = (&conn, &*widened);
-                        let resp = this.serve_member(p, member, &raft, &*service, &mut recv);
-                        (resp.await, false)
+                        match this
+                            .serve_member(p, member, &raft, &*service, &mut recv)
+                            .await
+                        {
+                            Served::Answer(resp) => (resp, false),
+                            Served::AppendStream => {
+                                this.serve_append_stream(p.clone(), &raft, send, recv).await;
+                                return;
+                            }
+                        }
                     }
                     None => this.serve_joiner(&*service, &mut recv).await,
                 };
@@ -606,7 +633,7 @@ impl Transport {
         raft: &Replica,
         service: &S,
         recv: &mut quinn::RecvStream,
-    ) -> RpcResponse {
+    ) -> Served {
         match self.check_client(peer) {
             Ok(()) => {
                 if !widened.swap(true, Ordering::Relaxed) {
@@ -615,17 +642,70 @@ impl Transport {
             }
             Err(Refusal::Removed(reason)) => {
                 warn!(%peer, %reason, "refused a request from a removed node");
-                return RpcResponse::Removed(reason);
+                return Served::Answer(RpcResponse::Removed(reason));
             }
             Err(Refusal::NotMember(reason)) => {
                 debug!(%peer, %reason, "refused a request from a peer that is not a member");
-                return RpcResponse::Refused(reason);
+                return Served::Answer(RpcResponse::Refused(reason));
             }
         }
-        match frame::read_msg::<RpcRequest>(recv, self.limits.max_frame_bytes).await {
-            Ok(req) => self.dispatch(req, raft, service, recv).await,
-            Err(e) => RpcResponse::Refused(format!("bad request: {e}")),
+        Served::Answer(
+            match frame::read_msg::<RpcRequest>(recv, self.limits.max_frame_bytes).await {
+                Ok(RpcRequest::AppendStream) => return Served::AppendStream,
+                Ok(req) => self.dispatch(req, raft, service, recv).await,
+                // An earlier version of the link tells an unknown request by these words.
+                Err(e) => RpcResponse::Refused(format!("bad request: {e}")),
+            },
+        )
+    }
+
+    /// A leader's append stream (see [`RpcRequest::AppendStream`]): its appends go to the
+    /// replica as they arrive, and their answers back in order. It ends when the leader
+    /// finishes it, at the first append refused, when the peer stops being a member, or at
+    /// shutdown.
+    async fn serve_append_stream(
+        self: &Arc<Self>,
+        peer: Peer,
+        raft: &Replica,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let limit = self.limits.max_frame_bytes;
+        let this = self.clone();
+        let input = futures::stream::unfold((recv, Vec::new()), move |(mut recv, mut buf)| {
+            let this = this.clone();
+            let peer = peer.clone();
+            async move {
+                let next = frame::next_msg::<AppendRequest>(&mut recv, limit, &mut buf).await;
+                if let Err(refusal) = this.check_client(&peer) {
+                    debug!(%peer, reason = %refusal.reason(), "append stream of a peer that is no longer a member ended");
+                    return None;
+                }
+                match next {
+                    Ok(Some(req)) => Some((req, (recv, buf))),
+                    Ok(None) => None,
+                    Err(e) => {
+                        debug!(%peer, error = %e, "append stream: reading failed");
+                        None
+                    }
+                }
+            }
+        });
+        let answers = raft.stream_append(input);
+        tokio::pin!(answers);
+        while let Some(answer) = answers.next().await {
+            let last = !matches!(answer, Ok(Ok(_)));
+            let answer = RpcResponse::StreamAppend(answer);
+            if let Err(e) = frame::write_msg(&mut send, &answer, limit).await {
+                debug!(error = %e, "append stream: answering failed");
+                return;
+            }
+            if last {
+                break;
+            }
         }
+        let _ = send.finish();
+        let _ = tokio::time::timeout(STREAM_END_READ_WITHIN, send.stopped()).await;
     }
 
     /// One request of a peer without a certificate: a join, or nothing. Its frame is read
@@ -735,8 +815,18 @@ impl Transport {
             RpcRequest::Hello => RpcResponse::Hello,
             RpcRequest::Admin(op) => RpcResponse::Admin(service.admin(op).await),
             RpcRequest::NodeKeys => RpcResponse::NodeKeys(service.node_keys()),
+            // Served by `serve_append_stream`, before dispatch.
+            RpcRequest::AppendStream => {
+                RpcResponse::Refused("an append stream is not a single request".into())
+            }
         }
     }
+}
+
+/// What a member's stream carried: one request, answered; or an append stream, served.
+enum Served {
+    Answer(RpcResponse),
+    AppendStream,
 }
 
 /// A replica's answer as it travels.
@@ -753,6 +843,8 @@ const ONLY_JOIN: &str = "not a cluster member: only join is allowed without a no
 /// The QUIC application error code a connection is closed with when its peer asked for
 /// something it may not.
 const REFUSED: u32 = 1;
+/// How long the end of an append stream waits for the leader to read its last answers.
+const STREAM_END_READ_WITHIN: Duration = Duration::from_secs(5);
 /// How long a refusal waits for the peer to read it before the connection is closed.
 const REFUSAL_READ_WITHIN: Duration = Duration::from_secs(1);
 /// How long a call must have heard nothing from its peer before the connection is dropped as

@@ -47,10 +47,19 @@ pub async fn read_into(
     limit: usize,
     buf: &mut Vec<u8>,
 ) -> Result<()> {
-    buf.clear();
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.map_err(read_error)?;
-    let len = u32::from_be_bytes(len) as usize;
+    read_body(recv, u32::from_be_bytes(len) as usize, limit, buf).await
+}
+
+/// Reads a frame's `len` bytes into `buf` (cleared first); refuses a length over `limit`.
+async fn read_body(
+    recv: &mut (impl AsyncRead + Unpin),
+    len: usize,
+    limit: usize,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    buf.clear();
     if len > limit {
         return Err(Error::FrameTooLarge { size: len, limit });
     }
@@ -74,6 +83,22 @@ pub async fn read_into(
         }
     }
     Ok(())
+}
+
+/// Reads and decodes the next frame of a stream that carries many, or `None` when the stream
+/// ends cleanly before it (the sender finished it after its last frame).
+pub async fn next_msg<T: DeserializeOwned>(
+    recv: &mut (impl AsyncRead + Unpin),
+    limit: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Option<T>> {
+    let mut len = [0u8; 4];
+    if recv.read(&mut len[..1]).await.map_err(read_error)? == 0 {
+        return Ok(None);
+    }
+    recv.read_exact(&mut len[1..]).await.map_err(read_error)?;
+    read_body(recv, u32::from_be_bytes(len) as usize, limit, buf).await?;
+    Ok(Some(codec::decode(buf)?))
 }
 
 /// Reads and decodes one frame.
@@ -201,5 +226,34 @@ mod tests {
         );
         let err = read_raw(&mut &[0u8, 0][..], 1 << 20).await.unwrap_err();
         assert!(err.to_string().contains("stream ended"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_frames_ends_cleanly_only_between_frames() {
+        let mut data = Vec::new();
+        for word in ["one", "two"] {
+            let bytes = codec::encode(&word.to_string()).unwrap();
+            data.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            data.extend_from_slice(&bytes);
+        }
+        let mut buf = Vec::new();
+        let mut r: &[u8] = &data;
+        let mut got = Vec::new();
+        while let Some(w) = next_msg::<String>(&mut r, 1024, &mut buf).await.unwrap() {
+            got.push(w);
+        }
+        assert_eq!(got, ["one", "two"]);
+        // Cut inside the length prefix, or inside the body: an error, not the end.
+        for cut in [data.len() - 1, 2] {
+            let mut r: &[u8] = &data[..cut];
+            let mut result = Ok(None);
+            for _ in 0..2 {
+                result = next_msg::<String>(&mut r, 1024, &mut buf).await;
+                if !matches!(result, Ok(Some(_))) {
+                    break;
+                }
+            }
+            assert!(result.is_err(), "cut at {cut}: {result:?}");
+        }
     }
 }

@@ -1,13 +1,16 @@
 //! The endpoint as the [`Link`] a replica reaches its peers by: each Raft message one call,
-//! a snapshot sent in chunks.
+//! appends on a stream, a snapshot sent in chunks.
 
 use std::time::Duration;
 
-use raft::network::{Snapshot, SnapshotResponse, Vote};
-use raft::{Link, LinkError, NodeId, PeerAnswer, PeerRpc};
+use futures::StreamExt;
+use raft::network::{AppendRequest, Snapshot, SnapshotResponse, Vote};
+use raft::{AppendAnswers, AppendInput, Link, LinkError, NodeId, PeerAnswer, PeerRpc};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::endpoint::Transport;
 use crate::error::Error;
+use crate::frame;
 use crate::rpc::{RpcRequest, RpcResponse};
 
 /// Failing to reach a peer (or being refused by it) delivered nothing; anything else broke an
@@ -27,6 +30,9 @@ fn unexpected(resp: RpcResponse) -> LinkError {
         other => LinkError::Network(format!("unexpected response: {other:?}")),
     }
 }
+
+/// How a node refuses a request it cannot decode (as every version since the first does).
+const BAD_REQUEST: &str = "bad request: ";
 
 impl Link for Transport {
     async fn call(
@@ -49,6 +55,59 @@ impl Link for Transport {
             Ok(other) => Err(unexpected(other)),
             Err(e) => Err(link_error(e)),
         }
+    }
+
+    async fn append_stream(
+        &self,
+        to: NodeId,
+        addr: &str,
+        input: AppendInput,
+    ) -> Result<AppendAnswers, LinkError> {
+        let limit = self.limits().max_frame_bytes;
+        let (mut send, recv) = self.open_to(to, addr).await.map_err(link_error)?;
+        frame::write_msg(&mut send, &RpcRequest::AppendStream, limit)
+            .await
+            .map_err(link_error)?;
+        // Appends go out as openraft makes them, in a task of their own that ends with the
+        // answers' stream (or when `input` ends, finishing the stream).
+        let sender = AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut input = input;
+            while let Some(req) = input.next().await {
+                if let Err(e) = frame::write_msg::<AppendRequest>(&mut send, &req, limit).await {
+                    tracing::debug!(error = %e, "append stream: sending failed");
+                    return;
+                }
+            }
+            let _ = send.finish();
+        }));
+        let removed = self.removed_sender();
+        let answers = futures::stream::unfold(Some((recv, sender, Vec::new())), move |state| {
+            let removed = removed.clone();
+            async move {
+                let (mut recv, sender, mut buf) = state?;
+                let answer = match frame::next_msg::<RpcResponse>(&mut recv, limit, &mut buf).await
+                {
+                    Ok(Some(RpcResponse::StreamAppend(a))) => Ok(a),
+                    // The follower finished the stream after its last answer.
+                    Ok(None) => return None,
+                    // An earlier version could not read the request; other refusals (a
+                    // peer that does not know this node yet) are answered as for any call.
+                    Ok(Some(RpcResponse::Refused(m))) if m.starts_with(BAD_REQUEST) => {
+                        Err(LinkError::Unsupported(m))
+                    }
+                    Ok(Some(RpcResponse::Removed(reason))) => {
+                        tracing::warn!(%reason, "a member says this node was removed from the cluster");
+                        removed.send_replace(Some(reason.clone()));
+                        Err(link_error(Error::Removed(reason)))
+                    }
+                    Ok(Some(other)) => Err(unexpected(other)),
+                    Err(e) => Err(link_error(e)),
+                };
+                let go_on = answer.is_ok();
+                Some((answer, go_on.then_some((recv, sender, buf))))
+            }
+        });
+        Ok(Box::pin(answers))
     }
 
     async fn send_snapshot(

@@ -1,4 +1,5 @@
-//! The messages exchanged between nodes, one request and one response per QUIC bi-stream.
+//! The messages exchanged between nodes, one request and one response per QUIC bi-stream
+//! (but for an append stream, which carries many of each).
 //!
 //! Sent between nodes of possibly different versions: append variants only, so a variant
 //! keeps its wire index. A variant that is no longer sent may be removed only together with
@@ -7,8 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use raft::network::{
-    AppendRequest, AppendResponse, SnapshotMeta, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, Vote, VoteRequest, VoteResponse,
+    AppendRequest, AppendResponse, SnapshotMeta, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, Vote, VoteRequest, VoteResponse,
 };
 use raft::{codec, LogId, NodeId, NodeInfo, Request, Response};
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,10 @@ pub enum RpcRequest {
     /// A member asks for the node keys the cluster pinned and the removed nodes (answered by
     /// [`RpcResponse::NodeKeys`]), to check a peer its own state does not know yet.
     NodeKeys,
+    /// The leader's appends follow on this stream, one `AppendRequest` frame each, sent
+    /// without waiting for answers; each is answered by an [`RpcResponse::StreamAppend`] frame,
+    /// in order, until the leader finishes the stream or an append is refused.
+    AppendStream,
 }
 
 /// The wire index of [`RpcRequest::JoinWithKey`].
@@ -104,6 +109,8 @@ pub enum RpcResponse {
     Hello,
     Admin(Result<AdminDone, ServiceError>),
     NodeKeys(NodeKeys),
+    /// The answer to one append of an [`RpcRequest::AppendStream`].
+    StreamAppend(Result<StreamAppendResult, String>),
 }
 
 /// The node keys the cluster pinned and the nodes it removed, as one member's applied state
@@ -172,6 +179,7 @@ mod tests {
         assert_eq!(req(&RpcRequest::ReadIndex), 5);
         assert_eq!(req(&RpcRequest::Hello), 8);
         assert_eq!(req(&RpcRequest::NodeKeys), 10);
+        assert_eq!(req(&RpcRequest::AppendStream), 11);
         let join = RpcRequest::JoinWithKey {
             token: "t".into(),
             node: NodeInfo::default(),
@@ -186,5 +194,6 @@ mod tests {
         assert_eq!(resp(&RpcResponse::Removed(String::new())), 8);
         assert_eq!(resp(&RpcResponse::Hello), 9);
         assert_eq!(resp(&RpcResponse::NodeKeys(NodeKeys::default())), 11);
+        assert_eq!(resp(&RpcResponse::StreamAppend(Err(String::new()))), 12);
     }
 }
