@@ -217,8 +217,12 @@ section! {
         /// Minimum election timeout, in milliseconds; the maximum is twice this. Default:
         /// 500. Range: more than twice raft.heartbeat_interval_ms, at most 60000.
         pub election_timeout_ms: u64 = 500,
-        /// Log entries between automatic snapshots. Default: 10000. Range: 100 or more.
-        pub snapshot_every_entries: u64 = 10_000,
+        /// Log entries between automatic snapshots. Default: 100000. Range: 100 or more.
+        pub snapshot_every_entries: u64 = 100_000,
+        /// Bytes of log entries between automatic snapshots, whichever of the two comes
+        /// first: a log of large entries is snapshotted and purged sooner. Default:
+        /// 1073741824 (1 GiB). Range: 1048576 (1 MiB) or more.
+        pub snapshot_every_log_bytes: u64 = 1 << 30,
         /// Voters the cluster grows to by promoting caught-up learners. Default: 3. Allowed:
         /// 3 or 5.
         pub target_voters: usize = 3,
@@ -546,6 +550,7 @@ serve_flags! {
     heartbeat_interval_ms: u64, "STACKD_HEARTBEAT_INTERVAL_MS" => raft.heartbeat_interval_ms;
     election_timeout_ms: u64, "STACKD_ELECTION_TIMEOUT_MS" => raft.election_timeout_ms;
     snapshot_every_entries: u64, "STACKD_SNAPSHOT_EVERY_ENTRIES" => raft.snapshot_every_entries;
+    snapshot_every_log_bytes: u64, "STACKD_SNAPSHOT_EVERY_LOG_BYTES" => raft.snapshot_every_log_bytes;
     target_voters: usize, "STACKD_TARGET_VOTERS" => raft.target_voters;
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     autopilot_replace_dead: bool, "STACKD_AUTOPILOT_REPLACE_DEAD" => autopilot.replace_dead;
@@ -899,6 +904,13 @@ impl Config {
             "raft.snapshot_every_entries",
             raft.snapshot_every_entries,
             100,
+            None,
+        );
+        in_range(
+            bad,
+            "raft.snapshot_every_log_bytes",
+            raft.snapshot_every_log_bytes,
+            1 << 20,
             None,
         );
         bad.check(
@@ -1466,6 +1478,7 @@ mod tests {
         c.raft.heartbeat_interval_ms = 50;
         c.raft.election_timeout_ms = 300;
         c.raft.snapshot_every_entries = 500;
+        c.raft.snapshot_every_log_bytes = 2 << 20;
         c.raft.target_voters = 5;
         c.autopilot.replace_dead = true;
         c.autopilot.dead_grace_ms = 5_000;
@@ -1647,6 +1660,10 @@ mod tests {
         ("cluster.token = \"secret\"", "cluster.token"),
         ("cluster.addr = \"127.0.0.1:65535\"", "gossip.addr"),
         ("raft.heartbeat_interval_ms = 9", "raft.heartbeat_interval_ms"),
+        (
+            "raft.snapshot_every_log_bytes = 1000",
+            "raft.snapshot_every_log_bytes",
+        ),
         (
             "raft.heartbeat_interval_ms = 10001\nraft.election_timeout_ms = 60000",
             "raft.heartbeat_interval_ms",

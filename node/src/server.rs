@@ -666,6 +666,15 @@ fn stage_background(
         "audit log",
         cluster.audit().clone().run(cluster.clone(), stop.clone()),
     );
+    let replica = cluster.replica().clone();
+    let limit = config.raft.snapshot_every_log_bytes;
+    let by_size = stop.clone();
+    life.spawn("snapshots by log size", async move {
+        let every = Duration::from_secs(1);
+        by_size
+            .run_until_cancelled(replica.snapshot_by_log_bytes(limit, every))
+            .await;
+    });
     let presence = life.hub.clone().run_presence(cluster.clone(), stop);
     life.spawn("presence lease", presence);
 }

@@ -11,6 +11,7 @@ use std::fmt::Debug;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ const KEY_COMMITTED: &str = "raft_committed";
 pub struct LogStore<C: RaftTypeConfig> {
     db: Db,
     syncer: Arc<Syncer<C>>,
+    /// Bytes of entries appended, shared with the replica (which snapshots by log size).
+    appended_bytes: Arc<AtomicU64>,
     _c: PhantomData<C>,
 }
 
@@ -40,6 +43,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
         Self {
             db: self.db.clone(),
             syncer: self.syncer.clone(),
+            appended_bytes: self.appended_bytes.clone(),
             _c: PhantomData,
         }
     }
@@ -70,8 +74,15 @@ where
             syncer: Arc::new(Syncer {
                 tx: std::sync::Mutex::new(tx),
             }),
+            appended_bytes: Arc::new(AtomicU64::new(0)),
             _c: PhantomData,
         }
+    }
+
+    /// The count of bytes of entries appended to this store (by any clone), which its reader
+    /// may reset.
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended_bytes.clone()
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, io::Error> {
@@ -188,6 +199,9 @@ where
             .into_iter()
             .map(|entry| Ok((entry.index(), codec::encode(&entry)?)))
             .collect::<Result<Vec<_>, io::Error>>()?;
+        let bytes: usize = entries.iter().map(|(_, e)| e.len()).sum();
+        self.appended_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         // Written now so the entries are readable when this returns; durable once the syncer
         // has fsynced the WAL, which is when openraft is told.
         self.db.log_append(entries)?;

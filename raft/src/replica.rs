@@ -3,6 +3,7 @@
 //! stackd's own terms. Outside this crate, nothing names openraft.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,6 +221,9 @@ pub enum MembershipChange {
 #[derive(Clone)]
 pub struct Replica {
     raft: Raft,
+    /// Bytes appended to the log since the last snapshot this node built (about: see
+    /// [`Replica::snapshot_by_log_bytes`]).
+    log_bytes: Arc<AtomicU64>,
 }
 
 impl Replica {
@@ -232,10 +236,38 @@ impl Replica {
         state_machine: StateMachine,
     ) -> Result<Self, ReplicaError> {
         let config = crate::config::raft_config(&timing).map_err(ReplicaError::of)?;
+        let log_bytes = log_store.appended_bytes();
         let raft = Raft::new(id, config, Network::new(link), log_store, state_machine)
             .await
             .map_err(ReplicaError::of)?;
-        Ok(Self { raft })
+        Ok(Self { raft, log_bytes })
+    }
+
+    /// Builds a snapshot whenever `limit` bytes of entries were appended to the log since the
+    /// last one, checked every `every`; runs until dropped. Beside openraft's own policy (a
+    /// count of entries), so that a log of large entries is not kept for as many of them.
+    pub async fn snapshot_by_log_bytes(&self, limit: u64, every: Duration) {
+        let snapshot = |r: &Raft| r.metrics().borrow_watched().snapshot;
+        let mut last = snapshot(&self.raft);
+        self.log_bytes.store(0, Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = snapshot(&self.raft);
+            if now != last {
+                // A snapshot was built (by either policy, or on demand): count from here.
+                last = now;
+                self.log_bytes.store(0, Ordering::Relaxed);
+                continue;
+            }
+            let bytes = self.log_bytes.load(Ordering::Relaxed);
+            if bytes >= limit {
+                tracing::info!(bytes, limit, "snapshot: the log grew past its size limit");
+                self.log_bytes.store(0, Ordering::Relaxed);
+                if let Err(e) = self.raft.trigger().snapshot().await {
+                    tracing::warn!(error = %e, "snapshot by log size not started");
+                }
+            }
+        }
     }
 
     /// Whether this node leads now.

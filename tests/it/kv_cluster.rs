@@ -145,6 +145,41 @@ async fn idempotency_key_applies_a_retried_write_once() {
     c.shutdown().await;
 }
 
+/// A log of large entries is snapshotted (and purged) by its size, long before the count of
+/// entries between snapshots is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_large_entries_is_snapshotted_by_its_size() {
+    let c = InprocCluster::start_with(1, |cfg| {
+        cfg.raft.snapshot_every_entries = 1_000_000;
+        cfg.raft.snapshot_every_log_bytes = 1 << 20;
+    })
+    .await
+    .unwrap();
+    let api = http::api(&c.bases[0]);
+    let view = || c.nodes[0].as_ref().unwrap().cluster.raft_view();
+    assert_eq!(view().snapshot_index, None, "no snapshot before the writes");
+    // 24 values of 100 KB: about 2.4 MB of log in 24 entries (and a few of the cluster's).
+    for i in 0..24 {
+        api.kv_put(&format!("big-{i:02}"), vec![b'x'; 100_000])
+            .await
+            .unwrap();
+    }
+    let last = api.kv_get("big-23").await.unwrap().revision;
+    wait_for(
+        "a snapshot by log size",
+        Duration::from_secs(20),
+        || async { view().snapshot_index.filter(|i| *i > 10).map(|_| ()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", view()));
+    let v = view();
+    assert!(
+        v.snapshot_index.unwrap() < 1000,
+        "far fewer entries than the count policy's: {v:?} (last revision {last})"
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_after_log_purge_catches_up_from_a_snapshot() {
     let mut c = InprocCluster::start_with(1, |cfg| cfg.raft.snapshot_every_entries = 100)

@@ -111,6 +111,7 @@ impl InprocCluster {
             Some((self.configs[0].advertise_cluster_addr(), token)),
         );
         c.raft.snapshot_every_entries = self.configs[0].raft.snapshot_every_entries;
+        c.raft.snapshot_every_log_bytes = self.configs[0].raft.snapshot_every_log_bytes;
         self.nodes.push(Some(Node::start(c.clone()).await?));
         self.bases
             .push(format!("http://{}", c.advertise_api_addr()));
