@@ -207,6 +207,9 @@ pub(super) struct Conn {
     multi: Option<Multi>,
     /// `WATCH`ed keys of the key-value store and the revision each had.
     watched: Vec<(String, u64)>,
+    /// The access-control version the caller's credential was last checked at: checked
+    /// again when tokens, policies or providers change, or once it expires.
+    acl_checked: Option<u64>,
 }
 
 /// The text of an argument that must be UTF-8 (a key, a channel, a name).
@@ -268,6 +271,7 @@ impl Conn {
             subs: Subscriptions::default(),
             multi: None,
             watched: Vec::new(),
+            acl_checked: None,
         }
     }
 
@@ -373,13 +377,23 @@ impl Conn {
             return Err(Reply::Error("NOAUTH Authentication required.".into()));
         };
         if !matches!(caller, Caller::Anyone) {
-            match crate::auth::recheck(st, caller, now_ms()) {
-                Some(c) => self.caller = Some(c),
-                None => {
-                    self.caller = None;
-                    return Err(Reply::Error(
-                        "NOAUTH the token expired or was deleted; AUTH again".into(),
-                    ));
+            let now = now_ms();
+            let version = st.cluster.state().acl().version();
+            let expired = caller.expires_at_ms().is_some_and(|at| at <= now);
+            // Read before the check: a change made after it moves the version past this.
+            if self.acl_checked != Some(version) || expired {
+                match crate::auth::recheck(st, caller, now) {
+                    Some(c) => {
+                        self.acl_checked = Some(version);
+                        self.caller = Some(c);
+                    }
+                    None => {
+                        self.acl_checked = None;
+                        self.caller = None;
+                        return Err(Reply::Error(
+                            "NOAUTH the token expired or was deleted; AUTH again".into(),
+                        ));
+                    }
                 }
             }
             let write = spec.kind == Kind::Write;
@@ -512,6 +526,7 @@ impl Conn {
         match crate::auth::authenticate(st, &secret, now_ms()) {
             Ok(caller) => {
                 self.caller = Some(caller);
+                self.acl_checked = None;
                 Ok(Reply::ok())
             }
             Err(why) => {
@@ -610,6 +625,7 @@ impl Conn {
         self.name = None;
         if !self.resp.st.cluster.config().api.insecure_no_auth {
             self.caller = None;
+            self.acl_checked = None;
         }
         Reply::Status("RESET")
     }

@@ -387,14 +387,19 @@ pub struct Acl {
     expiry: Deadlines<String>,
     bootstrapped: bool,
     /// Counts applied changes (in memory only): a holder of a token checks it again when this
-    /// moves.
+    /// moves. A state loaded anew starts past every version an earlier load of this process
+    /// reached, so a version seen before a snapshot install is never seen again after it.
     version: u64,
 }
+
+/// Loads of the access-control state in this process (see [`Acl::version`]).
+static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Part for Acl {
     fn load(db: &Db, _now_ms: u64) -> storage::Result<Self> {
         let mut acl = Acl {
             bootstrapped: db.sm_get(BOOTSTRAP_KEY)?.is_some(),
+            version: (LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1) << 32,
             ..Acl::default()
         };
         for (_, t) in records::<Token>(db, TOKEN_PREFIX)? {
