@@ -348,9 +348,14 @@ async fn a_stable_registry_of_a_thousand_checked_instances_writes_nothing() {
             async move {
                 let (status, body) = send(
                     web.put(format!("{base}/v1/services/web/instances/i{i}"))
+                        // Every 2 s, with 2 s to connect and 3 failures in a row before
+                        // critical: the three nodes share this test's two threads with the
+                        // app and 500 checks a second, and a check starved of CPU past a
+                        // shorter timeout would flip an instance that is up.
                         .json(&json!({"address": "127.0.0.1", "port": port,
-                            "check": {"type": "tcp", "interval_ms": 1000,
-                                      "timeout_ms": 1000, "successes_before_passing": 1}})),
+                            "check": {"type": "tcp", "interval_ms": 2000,
+                                      "timeout_ms": 2000, "failures_before_critical": 3,
+                                      "successes_before_passing": 1}})),
                 )
                 .await;
                 assert_eq!(status, 200, "{body}");
