@@ -95,6 +95,22 @@ impl RateLimits {
             .map_err(|w| limited(w, what))
     }
 
+    /// `n` requests at once made with the token `accessor_id` (a batch of pipelined commands):
+    /// whether all are allowed; when not (also when `n` is over the bucket's burst), none is
+    /// charged.
+    pub fn token_n(&self, accessor_id: &str, write: bool, n: u32) -> bool {
+        let b = if write {
+            &self.token_writes
+        } else {
+            &self.token_reads
+        };
+        let (Some(l), Some(n)) = (&b.limiter, NonZeroU32::new(n)) else {
+            return true;
+        };
+        b.checks.fetch_add(1, Ordering::Relaxed);
+        matches!(l.check_key_n(&accessor_id.to_string(), n), Ok(Ok(())))
+    }
+
     /// A failed authentication from `ip`: `Err` once there were too many.
     pub fn auth_failed(&self, ip: IpAddr) -> Result<(), ApiError> {
         self.auth_failures

@@ -365,3 +365,67 @@ async fn resp_survives_random_input_and_keeps_its_limits() {
     assert_eq!(health.status(), 200);
     c.shutdown().await;
 }
+
+async fn read_n(r: &mut RespClient, n: usize) -> Vec<Value> {
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        answers.push(r.read_within(Duration::from_secs(10)).await.unwrap());
+    }
+    answers
+}
+
+/// Pipelined commands are charged to the token's rate like single ones: a batch within the
+/// bucket is answered whole; past it, the commands beyond are refused with `rate_limited`,
+/// each on its own, and the node goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_are_charged_to_the_tokens_rate() {
+    let c = InprocCluster::start_with(1, |c| {
+        with_resp(c);
+        c.api.insecure_no_auth = false;
+        c.rate.token_reads_per_sec = 10;
+    })
+    .await
+    .unwrap();
+    let admin = c.admin_token().unwrap();
+    let mut r = RespClient::connect(resp_addr(&c, 0)).await.unwrap();
+    // AUTH is not charged; SET is a write, a bucket of its own.
+    assert_eq!(r.cmd(&["AUTH", &admin]).await.unwrap(), ok());
+    assert_eq!(r.cmd(&["SET", "k", "v"]).await.unwrap(), ok());
+    let pipeline = |n: usize| "GET k\r\n".repeat(n).into_bytes();
+    let started = std::time::Instant::now();
+    r.send_raw(&pipeline(5)).await.unwrap();
+    let answers = read_n(&mut r, 5).await;
+    assert!(
+        answers.iter().all(|a| *a == Value::Bulk(b"v".to_vec())),
+        "a batch within the bucket is answered whole: {answers:?}"
+    );
+    r.send_raw(&pipeline(25)).await.unwrap();
+    let answers = read_n(&mut r, 25).await;
+    let refilled = (started.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+    let served = answers
+        .iter()
+        .filter(|a| **a == Value::Bulk(b"v".to_vec()))
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.text().contains("rate_limited"))
+        .count();
+    assert_eq!(served + refused, 25, "{answers:?}");
+    assert!(
+        served >= 1 && served <= 5 + refilled,
+        "the bucket's 10 less the 5 spent, plus {refilled} refilled: {served} served"
+    );
+    // The node goes on serving the connection once the bucket refills.
+    wait_for("the bucket to refill", Duration::from_secs(10), || {
+        let addr = resp_addr(&c, 0);
+        let admin = admin.clone();
+        async move {
+            let mut r = RespClient::connect(addr).await.ok()?;
+            r.cmd(&["AUTH", &admin]).await.ok()?;
+            (r.cmd(&["GET", "k"]).await.ok()? == Value::Bulk(b"v".to_vec())).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    c.shutdown().await;
+}

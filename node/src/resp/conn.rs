@@ -210,6 +210,9 @@ pub(super) struct Conn {
     /// The access-control version the caller's credential was last checked at: checked
     /// again when tokens, policies or providers change, or once it expires.
     acl_checked: Option<u64>,
+    /// Reads and writes of the current batch of pipelined commands already charged to the
+    /// caller's rate limits (see [`Conn::prepay`]).
+    prepaid: [u32; 2],
 }
 
 /// The text of an argument that must be UTF-8 (a key, a channel, a name).
@@ -272,6 +275,7 @@ impl Conn {
             multi: None,
             watched: Vec::new(),
             acl_checked: None,
+            prepaid: [0, 0],
         }
     }
 
@@ -322,6 +326,39 @@ impl Conn {
         let reply = self.checked(spec, args).await;
         self.count(index, !reply.is_error());
         reply
+    }
+
+    /// Charges the caller's rate limits once for a batch of pipelined commands, rather than
+    /// once per command; what a command then takes from [`Conn::authenticated`] is already
+    /// paid. When a bucket has not room for the whole batch, nothing is charged and each
+    /// command is charged (and refused) on its own. What a batch leaves unused is dropped by
+    /// [`Conn::end_batch`].
+    pub(super) fn prepay(&mut self, batch: &[Vec<Bytes>]) {
+        let Some(caller) = self
+            .caller
+            .as_ref()
+            .filter(|c| !matches!(c, Caller::Anyone))
+        else {
+            return;
+        };
+        let mut counts = [0u32; 2];
+        for args in batch {
+            if let Some((_, s)) = spec(&args[0]) {
+                if s.kind != Kind::Handshake {
+                    counts[usize::from(s.kind == Kind::Write)] += 1;
+                }
+            }
+        }
+        for (write, n) in [(false, counts[0]), (true, counts[1])] {
+            if n > 1 && self.resp.st.rate.token_n(caller.actor(), write, n) {
+                self.prepaid[usize::from(write)] = n;
+            }
+        }
+    }
+
+    /// Drops what the batch's charge left unused.
+    pub(super) fn end_batch(&mut self) {
+        self.prepaid = [0, 0];
     }
 
     fn count(&self, index: usize, ok: bool) {
@@ -397,8 +434,13 @@ impl Conn {
                 }
             }
             let write = spec.kind == Kind::Write;
-            let caller = self.caller.as_ref().expect("set above");
-            st.rate.token(caller.actor(), write).map_err(error_reply)?;
+            let prepaid = &mut self.prepaid[usize::from(write)];
+            if *prepaid > 0 {
+                *prepaid -= 1;
+            } else {
+                let caller = self.caller.as_ref().expect("set above");
+                st.rate.token(caller.actor(), write).map_err(error_reply)?;
+            }
         }
         Ok(())
     }
@@ -527,6 +569,7 @@ impl Conn {
             Ok(caller) => {
                 self.caller = Some(caller);
                 self.acl_checked = None;
+                self.prepaid = [0, 0];
                 Ok(Reply::ok())
             }
             Err(why) => {
@@ -626,6 +669,7 @@ impl Conn {
         if !self.resp.st.cluster.config().api.insecure_no_auth {
             self.caller = None;
             self.acl_checked = None;
+            self.prepaid = [0, 0];
         }
         Reply::Status("RESET")
     }

@@ -163,27 +163,35 @@ async fn serve_connection(
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
     let end = 'conn: loop {
-        // Answer every whole request read so far, in order.
-        loop {
+        // Every whole request read so far, answered in order; the batch is charged to the
+        // caller's rate limits at once.
+        let mut batch = Vec::new();
+        let broken = loop {
             match decoder.decode(&mut input) {
-                Ok(Some(args)) => {
-                    let reply = conn.run(args).await;
-                    reply.encode(conn.proto(), &mut out);
-                    if conn.closing() {
-                        let _ = flush(&mut wr, &mut out, write_timeout).await;
-                        break 'conn End::Done;
-                    }
-                    if out.len() >= FLUSH_BYTES && !flush(&mut wr, &mut out, write_timeout).await {
-                        break 'conn End::Io;
-                    }
-                }
-                Ok(None) => break,
-                Err(ProtocolError(m)) => {
-                    Reply::err(format!("Protocol error: {m}")).encode(conn.proto(), &mut out);
-                    let _ = flush(&mut wr, &mut out, write_timeout).await;
-                    break 'conn End::Protocol;
-                }
+                Ok(Some(args)) => batch.push(args),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
             }
+        };
+        if batch.len() > 1 {
+            conn.prepay(&batch);
+        }
+        for args in batch {
+            let reply = conn.run(args).await;
+            reply.encode(conn.proto(), &mut out);
+            if conn.closing() {
+                let _ = flush(&mut wr, &mut out, write_timeout).await;
+                break 'conn End::Done;
+            }
+            if out.len() >= FLUSH_BYTES && !flush(&mut wr, &mut out, write_timeout).await {
+                break 'conn End::Io;
+            }
+        }
+        conn.end_batch();
+        if let Some(ProtocolError(m)) = broken {
+            Reply::err(format!("Protocol error: {m}")).encode(conn.proto(), &mut out);
+            let _ = flush(&mut wr, &mut out, write_timeout).await;
+            break 'conn End::Protocol;
         }
         if !flush(&mut wr, &mut out, write_timeout).await {
             break End::Io;
