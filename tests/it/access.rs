@@ -986,11 +986,27 @@ async fn security_events_are_audited_once_each_across_a_leader_change() {
     use node::api::ws_protocol::{ClientMessage, Push};
     use tests::ws::WsClient;
 
-    // Four nodes: three voters and a standby to promote and remove.
-    let c = InprocCluster::start_with(4, |c| c.api.insecure_no_auth = false)
+    // Four nodes: three voters and a standby to promote and remove. The standby joins once
+    // the three voters are in, so it is node 4 (the calls below go to nodes 1 to 3).
+    let mut c = InprocCluster::start_with(3, |c| c.api.insecure_no_auth = false)
         .await
         .unwrap();
+    c.join_node().await.unwrap();
     let admin = c.admin_token().unwrap();
+    wait_for("node 4 as the standby", Duration::from_secs(30), || async {
+        let status = http::api(&c.bases[0])
+            .with_token(admin.clone())
+            .cluster_status()
+            .await
+            .ok()?;
+        status
+            .members
+            .iter()
+            .any(|m| m.id == 4 && matches!(m.role, node::api::model::MemberRole::Learner))
+            .then_some(())
+    })
+    .await
+    .unwrap();
     let api = |i: usize| Api {
         http: http::client(),
         base: c.bases[i].clone(),
