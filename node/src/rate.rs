@@ -33,17 +33,29 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
     }
 
     /// `Ok`, or how long until the key's bucket has room again.
-    fn check(&self, key: &K) -> Result<(), Duration> {
-        let Some(l) = &self.limiter else {
-            return Ok(());
-        };
-        // Buckets that refilled are dropped now and then, so the table stays bounded by the
-        // keys active in the last moments.
+    /// The limiter, if the bucket has one, after a sweep now and then: buckets that refilled
+    /// are dropped, so the table stays bounded by the keys active in the last moments.
+    fn limiter(&self) -> Option<&DefaultKeyedRateLimiter<K>> {
+        let l = self.limiter.as_ref()?;
         if self.checks.fetch_add(1, Ordering::Relaxed) & 1023 == 0 && l.len() > KEYS_BEFORE_SWEEP {
             l.retain_recent();
         }
+        Some(l)
+    }
+
+    fn check(&self, key: &K) -> Result<(), Duration> {
+        let Some(l) = self.limiter() else {
+            return Ok(());
+        };
         l.check_key(key)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Whether `n` cells at once are allowed; when not (also when `n` is over the burst), none
+    /// is charged.
+    fn check_n(&self, key: &K, n: NonZeroU32) -> bool {
+        self.limiter()
+            .is_none_or(|l| matches!(l.check_key_n(key, n), Ok(Ok(()))))
     }
 }
 
@@ -86,11 +98,7 @@ impl RateLimits {
 
     /// A request made with the token `accessor_id`: reads (GET, HEAD) and writes counted apart.
     pub fn token(&self, accessor_id: &str, write: bool) -> Result<(), ApiError> {
-        let (b, what) = if write {
-            (&self.token_writes, "writes with this token")
-        } else {
-            (&self.token_reads, "reads with this token")
-        };
+        let (b, what) = self.token_bucket(write);
         b.check(&accessor_id.to_string())
             .map_err(|w| limited(w, what))
     }
@@ -99,16 +107,20 @@ impl RateLimits {
     /// whether all are allowed; when not (also when `n` is over the bucket's burst), none is
     /// charged.
     pub fn token_n(&self, accessor_id: &str, write: bool, n: u32) -> bool {
-        let b = if write {
-            &self.token_writes
+        NonZeroU32::new(n).is_none_or(|n| {
+            self.token_bucket(write)
+                .0
+                .check_n(&accessor_id.to_string(), n)
+        })
+    }
+
+    /// The bucket of a token's reads or writes, and what it counts.
+    fn token_bucket(&self, write: bool) -> (&Buckets<String>, &'static str) {
+        if write {
+            (&self.token_writes, "writes with this token")
         } else {
-            &self.token_reads
-        };
-        let (Some(l), Some(n)) = (&b.limiter, NonZeroU32::new(n)) else {
-            return true;
-        };
-        b.checks.fetch_add(1, Ordering::Relaxed);
-        matches!(l.check_key_n(&accessor_id.to_string(), n), Ok(Ok(())))
+            (&self.token_reads, "reads with this token")
+        }
     }
 
     /// A failed authentication from `ip`: `Err` once there were too many.

@@ -302,12 +302,13 @@ fn combined_answers(
                 };
                 // No more appends (openraft ended its stream), and every one was answered.
                 let Expected { parts, within } = next?;
-                let mut answer = Err(to_rpc_error(LinkError::Network("an empty append".into())));
-                for _ in 0..parts {
-                    answer = next_answer(&mut answers, within, &streams).await;
+                // One part at least.
+                let mut answer = next_answer(&mut answers, within, &streams).await;
+                for _ in 1..parts {
                     if !matches!(answer, Ok(Ok(_))) {
                         break;
                     }
+                    answer = next_answer(&mut answers, within, &streams).await;
                 }
                 let go_on = matches!(answer, Ok(Ok(_)));
                 Some((answer, go_on.then_some((answers, expected))))
@@ -505,24 +506,9 @@ mod tests {
 
     #[test]
     fn a_large_append_goes_as_consecutive_parts_that_fit() {
-        let value = |i: u64| Request {
-            stamp_ms: 1,
-            idempotency_key: None,
-            command: Command::Kv(KvCmd::Put {
-                key: format!("k{i:02}"),
-                value: vec![i as u8; 1000],
-                if_revision: None,
-                ttl_ms: None,
-            }),
-        };
-        let entries: Vec<Entry> = (5..15)
-            .map(|i| Entry::new_normal(log_id(i), value(i)))
-            .collect();
         let req = AppendRequest {
-            vote: openraft::alias::VoteOf::<TypeConfig>::new_committed(2, 1),
-            prev_log_id: Some(log_id(4)),
             leader_commit: Some(log_id(9)),
-            entries,
+            ..append(5, 14, 1000)
         };
         // The entries are of one size.
         let one = super::entries_within(&req.entries[..1], usize::MAX).1;
@@ -580,12 +566,13 @@ mod tests {
         received: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
     }
 
+    /// The last position an append covers (its `prev_log_id` when it carries no entry).
+    fn last_log_id(req: &AppendRequest) -> Option<LogId> {
+        req.entries.last().map(|e| e.log_id).or(req.prev_log_id)
+    }
+
     fn last_index(req: &AppendRequest) -> u64 {
-        req.entries
-            .last()
-            .map(|e| e.log_id)
-            .or(req.prev_log_id)
-            .map_or(0, |l| l.index)
+        last_log_id(req).map_or(0, |l| l.index)
     }
 
     impl super::Link for FakeLink {
@@ -623,7 +610,7 @@ mod tests {
                 let mut held = Vec::new();
                 while let Some(req) = input.next().await {
                     received.lock().unwrap().push(last_index(&req));
-                    held.push(req.entries.last().map(|e| e.log_id).or(req.prev_log_id));
+                    held.push(last_log_id(&req));
                     if received.lock().unwrap().len() >= hold {
                         for last in held.drain(..) {
                             let _ = tx.send(Ok(Ok(Ok(last))));
@@ -656,7 +643,8 @@ mod tests {
         }
     }
 
-    /// Appends of entries `from..=to` of 1,000 or `big` bytes each, after entry `from - 1`.
+    /// An append of entries `from..=to` (below 100: their keys are of one length) with values
+    /// of `big` bytes each, after entry `from - 1`.
     fn append(from: u64, to: u64, big: usize) -> AppendRequest {
         AppendRequest {
             vote: openraft::alias::VoteOf::<TypeConfig>::new_committed(2, 1),
@@ -670,7 +658,7 @@ mod tests {
                             stamp_ms: 1,
                             idempotency_key: None,
                             command: Command::Kv(KvCmd::Put {
-                                key: format!("k{i}"),
+                                key: format!("k{i:02}"),
                                 value: vec![1; big],
                                 if_revision: None,
                                 ttl_ms: None,

@@ -392,12 +392,7 @@ impl Transport {
     }
 
     fn check_removed(&self, res: Result<RpcResponse>) -> Result<RpcResponse> {
-        if let Ok(RpcResponse::Removed(reason)) = &res {
-            warn!(%reason, "a member says this node was removed from the cluster");
-            self.removed.send_replace(Some(reason.clone()));
-            return Err(Error::Removed(reason.clone()));
-        }
-        res
+        check_removed(&self.removed, res)
     }
 
     /// Opens a stream to node `node` at `addr`, whose server passed the member check.
@@ -419,9 +414,7 @@ impl Transport {
         vote: Vote,
         snapshot: Snapshot,
     ) -> Result<RpcResponse> {
-        let conn = self.connection(addr, Some(node)).await?;
-        self.check_server(&conn)?;
-        let (mut send, mut recv) = conn.open_bi().await?;
+        let (mut send, mut recv) = self.open_to(node, addr).await?;
         let data = snapshot.snapshot.into_inner();
         let head = RpcRequest::Snapshot {
             vote,
@@ -821,6 +814,20 @@ impl Transport {
             }
         }
     }
+}
+
+/// A member's answer that this node was removed from the cluster is recorded in `removed`
+/// and becomes [`Error::Removed`].
+pub(crate) fn check_removed(
+    removed: &tokio::sync::watch::Sender<Option<String>>,
+    res: Result<RpcResponse>,
+) -> Result<RpcResponse> {
+    if let Ok(RpcResponse::Removed(reason)) = &res {
+        warn!(%reason, "a member says this node was removed from the cluster");
+        removed.send_replace(Some(reason.clone()));
+        return Err(Error::Removed(reason.clone()));
+    }
+    res
 }
 
 /// What a member's stream carried: one request, answered; or an append stream, served.

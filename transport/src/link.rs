@@ -8,7 +8,7 @@ use raft::network::{AppendRequest, Snapshot, SnapshotResponse, Vote};
 use raft::{AppendAnswers, AppendInput, Link, LinkError, NodeId, PeerAnswer, PeerRpc};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::endpoint::Transport;
+use crate::endpoint::{self, Transport};
 use crate::error::Error;
 use crate::frame;
 use crate::rpc::{RpcRequest, RpcResponse};
@@ -85,22 +85,20 @@ impl Link for Transport {
             let removed = removed.clone();
             async move {
                 let (mut recv, sender, mut buf) = state?;
-                let answer = match frame::next_msg::<RpcResponse>(&mut recv, limit, &mut buf).await
-                {
-                    Ok(Some(RpcResponse::StreamAppend(a))) => Ok(a),
+                let read = match frame::next_msg::<RpcResponse>(&mut recv, limit, &mut buf).await {
                     // The follower finished the stream after its last answer.
                     Ok(None) => return None,
+                    Ok(Some(r)) => Ok(r),
+                    Err(e) => Err(e),
+                };
+                let answer = match endpoint::check_removed(&removed, read) {
+                    Ok(RpcResponse::StreamAppend(a)) => Ok(a),
                     // An earlier version could not read the request; other refusals (a
                     // peer that does not know this node yet) are answered as for any call.
-                    Ok(Some(RpcResponse::Refused(m))) if m.starts_with(BAD_REQUEST) => {
+                    Ok(RpcResponse::Refused(m)) if m.starts_with(BAD_REQUEST) => {
                         Err(LinkError::Unsupported(m))
                     }
-                    Ok(Some(RpcResponse::Removed(reason))) => {
-                        tracing::warn!(%reason, "a member says this node was removed from the cluster");
-                        removed.send_replace(Some(reason.clone()));
-                        Err(link_error(Error::Removed(reason)))
-                    }
-                    Ok(Some(other)) => Err(unexpected(other)),
+                    Ok(other) => Err(unexpected(other)),
                     Err(e) => Err(link_error(e)),
                 };
                 let go_on = answer.is_ok();

@@ -88,6 +88,22 @@ fn spec(name: &[u8]) -> Option<(usize, &'static Spec)> {
         .find(|(_, s)| s.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// A decoded request and its command's entry in [`COMMANDS`] (`None` for an unknown
+/// command), looked up once.
+pub(super) struct Request {
+    found: Option<(usize, &'static Spec)>,
+    args: Vec<Bytes>,
+}
+
+impl Request {
+    pub(super) fn new(args: Vec<Bytes>) -> Request {
+        Request {
+            found: spec(&args[0]),
+            args,
+        }
+    }
+}
+
 /// The counters of `stackd_resp_commands_total`, made once: one (ok, error) pair per command of
 /// [`COMMANDS`], then one for unknown commands.
 pub(super) struct Counters(Vec<[prometheus::IntCounter; 2]>);
@@ -304,8 +320,9 @@ impl Conn {
     }
 
     /// Runs one command and answers it.
-    pub(super) async fn run(&mut self, args: Vec<Bytes>) -> Reply {
-        let Some((index, spec)) = spec(&args[0]) else {
+    pub(super) async fn run(&mut self, req: Request) -> Reply {
+        let Request { found, args } = req;
+        let Some((index, spec)) = found else {
             self.refuse_in_multi();
             self.count(COMMANDS.len(), false);
             let mut start: String = args[1..]
@@ -333,7 +350,7 @@ impl Conn {
     /// paid. When a bucket has not room for the whole batch, nothing is charged and each
     /// command is charged (and refused) on its own. What a batch leaves unused is dropped by
     /// [`Conn::end_batch`].
-    pub(super) fn prepay(&mut self, batch: &[Vec<Bytes>]) {
+    pub(super) fn prepay(&mut self, batch: &[Request]) {
         let Some(caller) = self
             .caller
             .as_ref()
@@ -342,11 +359,9 @@ impl Conn {
             return;
         };
         let mut counts = [0u32; 2];
-        for args in batch {
-            if let Some((_, s)) = spec(&args[0]) {
-                if s.kind != Kind::Handshake {
-                    counts[usize::from(s.kind == Kind::Write)] += 1;
-                }
+        for (_, s) in batch.iter().filter_map(|r| r.found) {
+            if s.kind != Kind::Handshake {
+                counts[usize::from(s.kind == Kind::Write)] += 1;
             }
         }
         for (write, n) in [(false, counts[0]), (true, counts[1])] {
@@ -354,6 +369,13 @@ impl Conn {
                 self.prepaid[usize::from(write)] = n;
             }
         }
+    }
+
+    /// A new caller (or none): its credential is checked afresh and nothing is prepaid for it.
+    fn set_caller(&mut self, caller: Option<Caller>) {
+        self.caller = caller;
+        self.acl_checked = None;
+        self.prepaid = [0, 0];
     }
 
     /// Drops what the batch's charge left unused.
@@ -425,8 +447,7 @@ impl Conn {
                         self.caller = Some(c);
                     }
                     None => {
-                        self.acl_checked = None;
-                        self.caller = None;
+                        self.set_caller(None);
                         return Err(Reply::Error(
                             "NOAUTH the token expired or was deleted; AUTH again".into(),
                         ));
@@ -567,9 +588,7 @@ impl Conn {
         let secret = String::from_utf8_lossy(&args[args.len() - 1]).into_owned();
         match crate::auth::authenticate(st, &secret, now_ms()) {
             Ok(caller) => {
-                self.caller = Some(caller);
-                self.acl_checked = None;
-                self.prepaid = [0, 0];
+                self.set_caller(Some(caller));
                 Ok(Reply::ok())
             }
             Err(why) => {
@@ -667,9 +686,7 @@ impl Conn {
         self.db = Db::Cache;
         self.name = None;
         if !self.resp.st.cluster.config().api.insecure_no_auth {
-            self.caller = None;
-            self.acl_checked = None;
-            self.prepaid = [0, 0];
+            self.set_caller(None);
         }
         Reply::Status("RESET")
     }

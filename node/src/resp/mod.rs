@@ -168,16 +168,14 @@ async fn serve_connection(
         let mut batch = Vec::new();
         let broken = loop {
             match decoder.decode(&mut input) {
-                Ok(Some(args)) => batch.push(args),
+                Ok(Some(args)) => batch.push(conn::Request::new(args)),
                 Ok(None) => break None,
                 Err(e) => break Some(e),
             }
         };
-        if batch.len() > 1 {
-            conn.prepay(&batch);
-        }
-        for args in batch {
-            let reply = conn.run(args).await;
+        conn.prepay(&batch);
+        for req in batch {
+            let reply = conn.run(req).await;
             reply.encode(conn.proto(), &mut out);
             if conn.closing() {
                 let _ = flush(&mut wr, &mut out, write_timeout).await;
