@@ -43,6 +43,13 @@
 # - etcd is driven through its HTTP/JSON gateway (`/v3/kv/put`, `/v3/kv/range`, base64 keys
 #   and values), the counterpart of stackd's HTTP API; the gateway re-encodes each call as gRPC
 #   inside etcd, which costs etcd some CPU that its native gRPC clients do not pay.
+# - The lock row: a stackd acquire (TTL 10 s, no wait) and release of a random lock name
+#   against etcd's `/v3/lock/lock` and `/v3/lock/unlock` of the same name under a lease that
+#   each connection grants once (etcd ties every lock holder to a lease), both via a follower.
+# - The jobs row: each of 16 loops enqueues, claims and acks one job on a stackd follower,
+#   against BullMQ (npm, benches/bullmq/jobs.mjs) doing add, getNextJob and moveToCompleted
+#   with a connection of its own per loop on the Redis with appendfsync always (BullMQ keeps
+#   its jobs in Redis; fsynced there as stackd fsyncs its log).
 # - The cache row compares stackd's `GET /v1/cache/{key}` on one follower with Redis `GET`
 #   (RESP over TCP, persistence off, as a cache is usually run). It prints
 #   "n/a (endpoint missing)" when this stackd has no cache API.
@@ -110,6 +117,7 @@ install_packages() {
     command -v python3 >/dev/null || missing+=(python3)
     command -v nginx >/dev/null || missing+=(nginx)
     command -v wrk >/dev/null || missing+=(wrk)
+    command -v npm >/dev/null || missing+=(npm)
     ((${#missing[@]} == 0)) && return
     log "installing ${missing[*]} (Debian packages)"
     local sudo=()
@@ -120,6 +128,14 @@ install_packages() {
     for svc in etcd redis-server nginx; do
         "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
     done
+}
+
+# BullMQ (the jobs row's peer) from npm, at the version benches/bullmq/package-lock.json pins.
+install_bullmq() {
+    [[ " $ROWS " == *" jobs-16 "* ]] || return 0
+    [[ -d benches/bullmq/node_modules/bullmq ]] && return 0
+    log "installing BullMQ (npm ci in benches/bullmq)"
+    (cd benches/bullmq && npm ci --no-audit --no-fund >&2)
 }
 
 port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -272,6 +288,15 @@ measure() {
     local system="$1" protocol="$2" workload="$3" connections="$4" target="$5" out token=""
     [[ "$system" == stackd ]] && token="$STACKD_TOKEN"
     log "  $system: $workload, $connections connection(s) -> $target"
+    if [[ "$protocol" == bullmq ]]; then
+        if ! out="$(node benches/bullmq/jobs.mjs --redis "$target" --workers "$connections" \
+            --duration-secs "$DURATION" --warmup-secs "$WARMUP" 2>>"$WORK/bullmq.log")"; then
+            log "  bullmq failed, see $WORK/bullmq.log"
+            out='{"failed": true}'
+        fi
+        echo "$out"
+        return
+    fi
     if ! out="$(STACKD_TOKEN="$token" "$LOADGEN" --protocol "$protocol" --workload "$workload" \
         --connections "$connections" --targets "$target" --keys "$KEYS" \
         --value-size "$VALUE_SIZE" --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
@@ -504,6 +529,7 @@ gateway_row() {
 
 # --- run ---------------------------------------------------------------------------------
 install_packages
+install_bullmq
 log "building stackd and loadgen (release); measuring $STACKD_BIN"
 cargo build --release -p node -p benches >&2
 
@@ -546,10 +572,13 @@ row get-64 "linearizable get, 64 conns (follower)" 64 get "$STACKD_FOLLOWER" etc
 row stale-64 "stale get, 64 conns (follower)" 64 stale-get "$STACKD_FOLLOWER" etcd etcd stale-get "$ETCD_FOLLOWER"
 row cache-64 "cache GET, 64 conns (stackd follower)" 64 cache-get "$STACKD_FOLLOWER" redis redis get \
     "redis://127.0.0.1:$REDIS_PORT" "$CACHE_SKIP"
-# stackd-only rows: etcd's lock API needs a lease per holder through its gateway and neither
-# peer has a job queue, so these have no like-for-like peer yet.
-row lock-64 "lock acquire+release pairs, 64 conns (follower)" 64 lock "$STACKD_FOLLOWER" - none - -
-row jobs-16 "jobs end to end (enqueue, claim, ack), 16 workers (follower)" 16 jobs "$STACKD_FOLLOWER" - none - -
+# Locks: stackd's acquire (with a TTL) and release against etcd's /v3/lock/lock and
+# /v3/lock/unlock under a lease held by each connection, both through a follower.
+row lock-64 "lock acquire+release pairs, 64 conns (follower)" 64 lock "$STACKD_FOLLOWER" etcd etcd lock "$ETCD_FOLLOWER"
+# Jobs: stackd's enqueue, claim and ack against BullMQ's add, getNextJob and moveToCompleted,
+# on the Redis that fsyncs every write (appendfsync always), as stackd does.
+row jobs-16 "jobs end to end (enqueue, claim, ack), 16 workers (follower)" 16 jobs "$STACKD_FOLLOWER" \
+    bullmq bullmq jobs "127.0.0.1:$REDIS_AOF_PORT"
 
 gateway_row
 resp_rows

@@ -133,11 +133,13 @@ enum Workload {
     /// Cache read; every key is preloaded first. stackd `GET /v1/cache/bench-<n>` (preloaded
     /// with `PUT /v1/cache/bench-<n>`), Redis `GET` (preloaded with `SET`).
     CacheGet,
-    /// One lock acquire and its release per operation (stackd only), on `bench-lock-<n>`:
-    /// `POST /v1/locks/{name}/acquire` then `POST /v1/locks/{name}/release` with the fence.
+    /// One lock acquire and its release per operation, on `bench-lock-<n>`: stackd
+    /// `POST /v1/locks/{name}/acquire` then `POST /v1/locks/{name}/release` with the fence;
+    /// etcd `/v3/lock/lock` then `/v3/lock/unlock` under a lease granted once per worker.
     Lock,
-    /// One job end to end per operation (stackd only): enqueue on queue `bench`, claim one
-    /// job (long-poll up to 1 s) and ack it.
+    /// One job end to end per operation (stackd only; BullMQ's counterpart is
+    /// `benches/bullmq/jobs.mjs`): enqueue on queue `bench`, claim one job (long-poll up to
+    /// 1 s) and ack it.
     Jobs,
 }
 
@@ -163,7 +165,7 @@ impl Workload {
     fn supported_by(self, protocol: Protocol) -> bool {
         match protocol {
             Protocol::Stackd => true,
-            Protocol::Etcd => !matches!(self, Workload::CacheGet | Workload::Lock | Workload::Jobs),
+            Protocol::Etcd => !matches!(self, Workload::CacheGet | Workload::Jobs),
             // Redis has one kind of read: a local, in-memory GET.
             Protocol::Redis => matches!(self, Workload::Put | Workload::Get | Workload::CacheGet),
         }
@@ -349,10 +351,12 @@ enum Conn {
     /// stackd: the typed client over the shared keep-alive pool, in which each sequential
     /// worker keeps one connection busy; `name` is the key's name, reused between requests.
     Stackd { client: Client, name: String },
-    /// etcd: requests go through the shared client's keep-alive pool too.
+    /// etcd: requests go through the shared client's keep-alive pool too. `lease`: the lock
+    /// workload's lease (etcd ties each lock holder to one), granted on first use.
     Etcd {
         client: reqwest::Client,
         target: String,
+        lease: Option<String>,
     },
     /// Redis: one TCP connection per worker, opened on first use and after an error.
     Redis {
@@ -384,6 +388,7 @@ impl Conn {
             Protocol::Etcd => Conn::Etcd {
                 client: run.client.clone(),
                 target: target.to_string(),
+                lease: None,
             },
             Protocol::Redis => Conn::Redis {
                 addr: target.trim_start_matches("redis://").to_string(),
@@ -398,7 +403,12 @@ impl Conn {
             Conn::Stackd { client, name } => {
                 stackd_call(client, name, workload, op, key, value).await
             }
-            Conn::Etcd { client, target } => {
+            Conn::Etcd {
+                client,
+                target,
+                lease,
+            } if workload == Workload::Lock => etcd_lock_pair(client, target, lease, key).await,
+            Conn::Etcd { client, target, .. } => {
                 etcd_call(client, target, workload, op, key, value).await
             }
             Conn::Redis {
@@ -467,6 +477,69 @@ async fn etcd_call(
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body);
     send(req).await
+}
+
+/// Lock then unlock `bench-lock-<key>` through etcd's gateway (`/v3/lock/lock` blocks until
+/// the lock is held, `/v3/lock/unlock` deletes the holder's key), under the worker's lease:
+/// the counterpart of stackd's acquire and release with a lease. The lease (10 minutes,
+/// longer than any run) is granted once per worker and not counted as a pair.
+async fn etcd_lock_pair(
+    client: &reqwest::Client,
+    target: &str,
+    lease: &mut Option<String>,
+    key: u64,
+) -> Outcome {
+    let lease_id = match lease {
+        Some(id) => id.clone(),
+        None => match etcd_json(client, target, "lease/grant", r#"{"TTL":600}"#.into()).await {
+            Ok(granted) => match granted["ID"].as_str() {
+                Some(id) => lease.insert(id.to_string()).clone(),
+                None => return Outcome::Status(502),
+            },
+            Err(outcome) => return outcome,
+        },
+    };
+    let name = BASE64.encode(format!("bench-lock-{key}"));
+    let body = format!(r#"{{"name":"{name}","lease":"{lease_id}"}}"#);
+    let held = match etcd_json(client, target, "lock/lock", body).await {
+        Ok(held) => held,
+        Err(outcome) => return outcome,
+    };
+    let Some(owner_key) = held["key"].as_str() else {
+        return Outcome::Status(502);
+    };
+    let body = format!(r#"{{"key":"{owner_key}"}}"#);
+    match etcd_json(client, target, "lock/unlock", body).await {
+        Ok(_) => Outcome::Status(200),
+        Err(outcome) => outcome,
+    }
+}
+
+/// POSTs `body` to etcd's `/v3/<path>` and decodes a 2xx JSON answer; anything else is the
+/// outcome to count.
+async fn etcd_json(
+    client: &reqwest::Client,
+    target: &str,
+    path: &str,
+    body: String,
+) -> Result<serde_json::Value, Outcome> {
+    let req = client
+        .post(format!("{target}/v3/{path}"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Outcome::Transport(transport_kind(&e), error_chain(&e)))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Outcome::Transport(transport_kind(&e), error_chain(&e)))?;
+    if !(200..300).contains(&status) {
+        return Err(Outcome::Status(status));
+    }
+    serde_json::from_slice(&bytes).map_err(|_| Outcome::Status(502))
 }
 
 /// One Redis command on its worker's connection.
