@@ -121,46 +121,37 @@ export class Live extends EventTarget {
 
   /** Live events of `channel` from now on (or after `since`); returns the unsubscribe. */
   subscribe(channel, onEvent, { since = 0, onError = () => {} } = {}) {
-    let s = this.subs.get(channel);
-    if (!s) {
-      s = { since, handlers: new Set(), errors: new Set() };
-      this.subs.set(channel, s);
-      s.handlers.add(onEvent);
-      s.errors.add(onError);
-      if (this.state === 'live') this.sendSubscribe(channel, s);
-    } else {
-      s.handlers.add(onEvent);
-      s.errors.add(onError);
-    }
-    return () => {
-      s.handlers.delete(onEvent);
-      s.errors.delete(onError);
-      if (!s.handlers.size) {
-        this.subs.delete(channel);
-        this.send({ op: 'unsubscribe', channel }).catch(() => {});
-      }
-    };
+    return this.listen(this.subs, channel, onEvent, since, onError,
+      (s) => this.sendSubscribe(channel, s), { op: 'unsubscribe', channel });
   }
 
   /** Key changes under `prefix` after revision `since` (default: from now); returns the unwatch. */
   watch(prefix, onChange, { since = 0, onError = () => {} } = {}) {
-    let w = this.watches.get(prefix);
-    if (!w) {
-      w = { since, handlers: new Set(), errors: new Set() };
-      this.watches.set(prefix, w);
-      w.handlers.add(onChange);
-      w.errors.add(onError);
-      if (this.state === 'live') this.sendWatch(prefix, w);
-    } else {
-      w.handlers.add(onChange);
-      w.errors.add(onError);
+    return this.listen(this.watches, prefix, onChange, since, onError,
+      (w) => this.sendWatch(prefix, w), { op: 'unwatch', prefix });
+  }
+
+  /**
+   * Adds `handler` and `onError` to the entry of `key` in `map` (the subscriptions or the
+   * watches), made on its first handler and then started with `start` when the socket is
+   * live (else on connect); returns the removal, which sends `stop` once no handler is left.
+   */
+  listen(map, key, handler, since, onError, start, stop) {
+    let entry = map.get(key);
+    const first = !entry;
+    if (first) {
+      entry = { since, handlers: new Set(), errors: new Set() };
+      map.set(key, entry);
     }
+    entry.handlers.add(handler);
+    entry.errors.add(onError);
+    if (first && this.state === 'live') start(entry);
     return () => {
-      w.handlers.delete(onChange);
-      w.errors.delete(onError);
-      if (!w.handlers.size) {
-        this.watches.delete(prefix);
-        this.send({ op: 'unwatch', prefix }).catch(() => {});
+      entry.handlers.delete(handler);
+      entry.errors.delete(onError);
+      if (!entry.handlers.size) {
+        map.delete(key);
+        this.send(stop).catch(() => {});
       }
     };
   }

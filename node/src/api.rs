@@ -54,8 +54,8 @@ use crate::auth::Target::{All, JobQueue, Path as Param, Prefix, Query, SessionUs
 use crate::auth::{channel, read, write, Need, Op};
 use crate::cluster::Cluster;
 use crate::error::{
-    ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, NotFound, TooLarge, Unsettled,
-    WriteFailures,
+    ApiError, ApiResult, BadRequest, CompareFailed, ErrorBody, ErrorCode, NotFound, TooLarge,
+    Unsettled, WriteFailures,
 };
 use crate::metrics::Metrics;
 use model::{ClusterStatus, Consistency, KvDeleted, KvItem, KvList, Revision, Status};
@@ -477,6 +477,27 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<AppState>> f
     }
 }
 
+/// What a write to one named thing carries, read in this order: the `{name}` or `{id}` of its
+/// path, checked as [`Name`]; its [`Idempotency`] key; its [`JsonBody`].
+pub struct NamedWrite<T> {
+    pub name: String,
+    pub idem: Option<raft::command::IdemKey>,
+    pub body: T,
+}
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<AppState>> for NamedWrite<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        use axum::extract::FromRequestParts;
+        let (mut parts, body) = req.into_parts();
+        let Name(name) = Name::from_request_parts(&mut parts, st).await?;
+        let Idempotency(idem) = Idempotency::from_request_parts(&mut parts, st).await?;
+        let JsonBody(body) = JsonBody::from_request(Request::from_parts(parts, body), st).await?;
+        Ok(NamedWrite { name, idem, body })
+    }
+}
+
 pub(crate) fn json_body_limit(st: &AppState) -> usize {
     st.cluster.config().limits.max_value_bytes * 2 + 64 * 1024
 }
@@ -535,6 +556,16 @@ pub(crate) fn fenced<P: Proposal>(
     })
 }
 
+/// The `consistency` query parameter of a read, as the API reference lists it (read by
+/// [`read_barrier_unless_stale`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ReadConsistency {
+    /// linearizable (default) or stale: read this node's state as it is
+    #[allow(dead_code)]
+    consistency: Option<Consistency>,
+}
+
 /// Every read is linearizable unless its query says `consistency=stale`: then this node's
 /// state is read as it is. Call once the other parameters are checked, right before reading.
 pub(crate) async fn read_barrier_unless_stale(
@@ -550,6 +581,17 @@ pub(crate) async fn read_barrier_unless_stale(
     }
 }
 
+/// The `limit` query parameter of a listing, as the API reference lists it (read by
+/// [`list_limit`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListLimit {
+    /// 1 to 1000, default 100
+    #[param(minimum = 1, maximum = 1000)]
+    #[allow(dead_code)]
+    limit: Option<u64>,
+}
+
 /// `limit` of a listing: 1 to 1000, 100 when absent.
 pub(crate) fn list_limit(p: &HashMap<String, String>) -> ApiResult<usize> {
     match u64_param(p, "limit")? {
@@ -558,6 +600,27 @@ pub(crate) fn list_limit(p: &HashMap<String, String>) -> ApiResult<usize> {
         Some(n) => Err(ApiError::bad_request(format!(
             "limit must be 1 to {LIST_LIMIT_MAX}, got {n}"
         ))),
+    }
+}
+
+/// The checked `prefix`, `after` and `limit` of a listing by name, once the read may go on
+/// (after its barrier unless it says `consistency=stale`).
+pub(crate) async fn name_page(
+    st: &AppState,
+    q: Option<String>,
+) -> ApiResult<(String, Option<String>, usize)> {
+    let p = params(q, &["prefix", "limit", "after", "consistency"])?;
+    let page = prefix_page(&p)?;
+    read_barrier_unless_stale(st, &p).await?;
+    Ok(page)
+}
+
+/// The `next` of a page of a listing by name: its last name, when more follow.
+pub(crate) fn next_name<T>(page: &[(&String, T)], more: bool) -> Option<String> {
+    if more {
+        page.last().map(|(name, _)| (*name).clone())
+    } else {
+        None
     }
 }
 
@@ -572,25 +635,28 @@ pub(crate) fn prefix_page(
     Ok((prefix, p.get("after").cloned(), list_limit(p)?))
 }
 
+/// The `{key}` of a key's or a cache entry's routes, as the API reference lists it (read by [`Key`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct KeyParam {
+    /// 1..=512 bytes of UTF-8, no control characters; percent-encode '/'
+    #[allow(dead_code)]
+    key: String,
+}
+
+/// Write a key (body = raw value, at most max_value_bytes, default 1 MiB)
 #[utoipa::path(
     put,
     path = "/v1/kv/{key}",
-    summary = "Write a key (body = raw value, at most max_value_bytes, default 1 MiB)",
     params(
-        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
+        KeyParam,
         ("if_revision" = Option<u64>, Query, description = "apply only if the key's revision is this (0 = only if absent)"),
         ("ttl_ms" = Option<u64>, Query, minimum = 1, description = "the key expires this long after the write"),
         ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
         IdempotencyKey,
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the raw value"),
-    responses(
-        (status = 200, description = "written", body = Revision),
-        BadRequest,
-        (status = 409, description = "conflict: the compare (error.current_revision) or the fence (reason stale_fence) failed", body = ErrorBody),
-        TooLarge,
-        WriteFailures,
-    )
+    responses((status = 200, description = "written", body = Revision), BadRequest, CompareFailed, TooLarge, WriteFailures)
 )]
 async fn put_kv(
     State(st): St,
@@ -622,21 +688,19 @@ async fn put_kv(
     }
 }
 
+/// Delete a key
 #[utoipa::path(
     delete,
     path = "/v1/kv/{key}",
-    summary = "Delete a key",
     params(
-        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
+        KeyParam,
         ("if_revision" = Option<u64>, Query, description = "apply only if the key's revision is this"),
         ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
         IdempotencyKey,
     ),
     responses(
         (status = 200, description = "deleted (or absent: deleted false)", body = KvDeleted),
-        BadRequest,
-        (status = 409, description = "conflict: the compare (error.current_revision) or the fence (reason stale_fence) failed", body = ErrorBody),
-        WriteFailures,
+        BadRequest, CompareFailed, WriteFailures,
     )
 )]
 async fn delete_kv(
@@ -660,19 +724,14 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
     })
 }
 
+/// Read a key: raw bytes with header X-Revision
 #[utoipa::path(
     get,
     path = "/v1/kv/{key}",
-    summary = "Read a key: raw bytes with header X-Revision",
-    params(
-        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
-    ),
+    params(KeyParam, ReadConsistency),
     responses(
         (status = 200, description = "the value", content_type = "application/octet-stream", body = Vec<u8>, headers(("X-Revision" = u64, description = "the key's revision"), ("X-Expires-In-Ms" = u64, description = "time left until the key expires, when it was written with ttl_ms"))),
-        BadRequest,
-        NotFound,
-        Unsettled,
+        BadRequest, NotFound, Unsettled,
     )
 )]
 async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
@@ -704,38 +763,24 @@ async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResul
 const LIST_LIMIT_DEFAULT: usize = 100;
 const LIST_LIMIT_MAX: usize = 1000;
 
+/// List keys by prefix, in key order
 #[utoipa::path(
     get,
     path = "/v1/kv",
-    summary = "List keys by prefix, in key order",
     params(
         ("prefix" = Option<String>, Query, description = "at most 512 bytes"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ListLimit,
         ("after" = Option<String>, Query, description = "start after this key (the previous page's next)"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+        ReadConsistency,
     ),
-    responses(
-        (status = 200, description = "a page of keys; value is base64", body = KvList),
-        BadRequest,
-        Unsettled,
-    )
+    responses((status = 200, description = "a page of keys; value is base64", body = KvList), BadRequest, Unsettled)
 )]
 async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvList>> {
-    let p = params(q, &["prefix", "limit", "after", "consistency"])?;
-    let prefix = p.get("prefix").cloned().unwrap_or_default();
-    if prefix.len() > 512 {
-        return Err(ApiError::bad_request("prefix must be at most 512 bytes"));
-    }
-    let limit = list_limit(&p)?;
-    read_barrier_unless_stale(&st, &p).await?;
+    let (prefix, after, limit) = name_page(&st, q).await?;
     let st_lock = st.cluster.state();
-    let (items, more) = st_lock.list(&prefix, p.get("after").map(String::as_str), limit);
+    let (items, more) = st_lock.list(&prefix, after.as_deref(), limit);
     let b64 = base64::engine::general_purpose::STANDARD;
-    let next = if more {
-        items.last().map(|(k, _)| (*k).clone())
-    } else {
-        None
-    };
+    let next = next_name(&items, more);
     let items = items
         .iter()
         .map(|(k, e)| KvItem {
@@ -751,14 +796,12 @@ async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvList>
     }))
 }
 
+/// Cluster status as this node sees it
 #[utoipa::path(
     get,
     path = "/v1/cluster",
-    summary = "Cluster status as this node sees it",
     description = "Raft facts, every member with its liveness and metadata from this node's gossip view, and the autopilot.",
-    responses(
-        (status = 200, description = "status", body = ClusterStatus),
-    )
+    responses((status = 200, description = "status", body = ClusterStatus))
 )]
 async fn cluster_status(State(st): St) -> Json<ClusterStatus> {
     let c = &st.cluster;
@@ -766,14 +809,12 @@ async fn cluster_status(State(st): St) -> Json<ClusterStatus> {
     Json(c.status(inflight as u64))
 }
 
+/// This node's figures of the last 15 minutes, one sample every 5 s (the admin UI's charts)
 #[utoipa::path(
     get,
     path = "/v1/node/samples",
-    summary = "This node's figures of the last 15 minutes, one sample every 5 s (the admin UI's charts)",
     description = "Kept in memory by each node: requests/s (all, and split into reads, writes and the rest), p99 latency, Raft entries applied/s, Raft log fsync latency (mean and longest), WebSocket connections, requests in flight, resident memory.",
-    responses(
-        (status = 200, description = "the samples, oldest first", body = crate::samples::NodeSamples),
-    )
+    responses((status = 200, description = "the samples, oldest first", body = crate::samples::NodeSamples))
 )]
 async fn node_samples(State(st): St) -> Json<crate::samples::NodeSamples> {
     Json(crate::samples::NodeSamples {
@@ -783,13 +824,11 @@ async fn node_samples(State(st): St) -> Json<crate::samples::NodeSamples> {
     })
 }
 
+/// 200 while the process serves
 #[utoipa::path(
     get,
     path = "/health",
-    summary = "200 while the process serves",
-    responses(
-        (status = 200, description = "ok", body = Status),
-    )
+    responses((status = 200, description = "ok", body = Status))
 )]
 async fn health() -> Json<Status> {
     Json(Status {
@@ -820,27 +859,23 @@ async fn ready(State(st): St) -> Result<Json<Status>, ApiError> {
     }
 }
 
+/// Prometheus text format
 #[utoipa::path(
     get,
     path = "/metrics",
-    summary = "Prometheus text format",
-    responses(
-        (status = 200, description = "metrics", content_type = "text/plain", body = String),
-    )
+    responses((status = 200, description = "metrics", content_type = "text/plain", body = String))
 )]
 async fn metrics(State(st): St) -> Response {
     let body = st.metrics.render(&st.cluster);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
+/// stackd.js: dependency-free browser client
 #[utoipa::path(
     get,
     path = "/v1/client.js",
-    summary = "stackd.js: dependency-free browser client",
     description = "Stackd.Client: subscribe, publish, watch; reconnects with backoff to the next node of its list and resumes by offset and revision.",
-    responses(
-        (status = 200, description = "JavaScript", content_type = "text/javascript", body = String),
-    )
+    responses((status = 200, description = "JavaScript", content_type = "text/javascript", body = String))
 )]
 async fn client_js() -> Response {
     (
@@ -850,13 +885,11 @@ async fn client_js() -> Response {
         .into_response()
 }
 
+/// Demo page: a live counter of channel demo, updated in every open window
 #[utoipa::path(
     get,
     path = "/demo/",
-    summary = "Demo page: a live counter of channel demo, updated in every open window",
-    responses(
-        (status = 200, description = "HTML", content_type = "text/html", body = String),
-    )
+    responses((status = 200, description = "HTML", content_type = "text/html", body = String))
 )]
 async fn demo_page() -> Response {
     const PAGE: &str = include_str!("assets/demo.html");
@@ -876,13 +909,11 @@ async fn demo_page() -> Response {
         .into_response()
 }
 
+/// This document
 #[utoipa::path(
     get,
     path = "/v1/openapi.json",
-    summary = "This document",
-    responses(
-        (status = 200, description = "OpenAPI 3.1", body = Object),
-    )
+    responses((status = 200, description = "OpenAPI 3.1", body = Object))
 )]
 async fn openapi() -> Response {
     (

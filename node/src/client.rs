@@ -127,6 +127,22 @@ pub struct LeaseArgs {
     pub target: Target,
 }
 
+/// The lease an acquire of a lock or a semaphore asks for: how long it lasts and how long to
+/// wait for it, and the node to ask.
+#[derive(Args, Debug)]
+pub struct AcquireArgs {
+    /// Lease length; the lease ends, and what it holds is freed, when it is not renewed in
+    /// time.
+    #[arg(long, default_value_t = 10_000)]
+    pub ttl_ms: u64,
+    /// Wait up to this long when the lease cannot be granted at once (waiters are served in
+    /// arrival order).
+    #[arg(long, default_value_t = 0)]
+    pub wait_ms: u64,
+    #[command(flatten)]
+    pub target: Target,
+}
+
 /// A lease to extend, and for how long.
 #[derive(Args, Debug)]
 pub struct RenewArgs {

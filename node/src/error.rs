@@ -286,6 +286,13 @@ impl ApiError {
     }
 }
 
+/// `conflict`, with no more words: a change of the cluster's members that Raft refused.
+#[derive(utoipa::IntoResponses)]
+pub enum Conflict {
+    #[response(status = 409, description = "conflict")]
+    Conflict(ErrorBody),
+}
+
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
@@ -360,6 +367,17 @@ impl ApiError {
     }
 }
 
+/// `conflict` of a write whose fence is not current: a semaphore lease's, or the `fence=LOCK:F`
+/// of a cache write.
+#[derive(utoipa::IntoResponses)]
+pub enum StaleFence {
+    #[response(
+        status = 409,
+        description = "conflict: stale fence (reason stale_fence)"
+    )]
+    StaleFence(ErrorBody),
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -392,6 +410,16 @@ fn unexpected(answer: impl std::fmt::Debug) -> ApiError {
     )
 }
 
+/// `conflict` of a key's write: its compare or its fence did not hold.
+#[derive(utoipa::IntoResponses)]
+pub enum CompareFailed {
+    #[response(
+        status = 409,
+        description = "conflict: the compare (error.current_revision) or the fence (reason stale_fence) failed"
+    )]
+    CompareFailed(ErrorBody),
+}
+
 impl From<KvResult> for ApiError {
     fn from(r: KvResult) -> Self {
         match r {
@@ -402,6 +430,16 @@ impl From<KvResult> for ApiError {
             other => unexpected(other),
         }
     }
+}
+
+/// `conflict` of a lock's renew or release with a fence that is not the holder's.
+#[derive(utoipa::IntoResponses)]
+pub enum StaleLockFence {
+    #[response(
+        status = 409,
+        description = "conflict: stale fence (reason stale_fence, current_fence)"
+    )]
+    StaleFence(ErrorBody),
 }
 
 impl From<LockResult> for ApiError {
@@ -432,6 +470,16 @@ impl From<CacheResult> for ApiError {
     fn from(r: CacheResult) -> Self {
         unexpected(r)
     }
+}
+
+/// `conflict` of a job's ack, nack or extend with a lease that is not the job's current one.
+#[derive(utoipa::IntoResponses)]
+pub enum StaleLease {
+    #[response(
+        status = 409,
+        description = "conflict: stale lease (reason stale_lease, current_lease)"
+    )]
+    StaleLease(ErrorBody),
 }
 
 impl From<QueueResult> for ApiError {

@@ -21,6 +21,33 @@ use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, NotFound, Unsettl
 use crate::service::propose;
 use serde_json::json;
 
+/// The `{id}` of a token's routes, as the API reference lists it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct AccessorId {
+    /// accessor id
+    #[allow(dead_code)]
+    id: String,
+}
+
+/// The `{name}` of a policy's routes, as the API reference lists it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct PolicyName {
+    /// policy name
+    #[allow(dead_code)]
+    name: String,
+}
+
+/// The `{name}` of a JWT provider's routes, as the API reference lists it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct ProviderName {
+    /// provider name
+    #[allow(dead_code)]
+    name: String,
+}
+
 /// Longest lifetime of a token: 10 years.
 pub const MAX_TOKEN_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
@@ -191,6 +218,23 @@ fn expiry(ttl_ms: u64) -> ApiResult<u64> {
     Ok(now_ms().saturating_add(ttl_ms))
 }
 
+/// `conflict` of a token's delete: it is the last management token.
+#[derive(utoipa::IntoResponses)]
+pub enum LastManagementToken {
+    #[response(status = 409, description = "conflict: the last management token")]
+    LastManagement(ErrorBody),
+}
+
+/// `conflict` of a policy's delete: tokens still carry it.
+#[derive(utoipa::IntoResponses)]
+pub enum PolicyInUse {
+    #[response(
+        status = 409,
+        description = "conflict: tokens still carry it (tokens lists some)"
+    )]
+    InUse(ErrorBody),
+}
+
 /// The answer of an ACL write that is not the one asked for.
 fn refused(r: AclResult) -> ApiError {
     match r {
@@ -216,16 +260,46 @@ async fn acl_write(st: &super::AppState, cmd: AclCmd) -> ApiResult<AclResult> {
     Ok(propose(&st.cluster, cmd, None).await?)
 }
 
+/// Proposes the delete `cmd` and, once applied, records `event` with `detail` in the audit log.
+async fn acl_delete(
+    st: &super::AppState,
+    who: &Who,
+    cmd: AclCmd,
+    event: &str,
+    detail: serde_json::Value,
+) -> ApiResult<Json<AclDeleted>> {
+    match acl_write(st, cmd).await? {
+        AclResult::Deleted => {
+            who.record(&st.cluster, event, detail);
+            Ok(Json(AclDeleted { deleted: true }))
+        }
+        other => Err(refused(other)),
+    }
+}
+
+/// What `read` finds in the access-control state, read after a barrier (linearizable).
+async fn acl_read<T>(st: &super::AppState, read: impl FnOnce(&acl::Acl) -> T) -> ApiResult<T> {
+    st.cluster.read_barrier().await?;
+    Ok(read(st.cluster.state().acl()))
+}
+
+/// The one object `find` finds in the access-control state, read as [`acl_read`] reads;
+/// 404 `missing` when there is none.
+async fn acl_find<T>(
+    st: &super::AppState,
+    find: impl FnOnce(&acl::Acl) -> Option<T>,
+    missing: &str,
+) -> ApiResult<Json<T>> {
+    let found = acl_read(st, find).await?;
+    found.map(Json).ok_or_else(|| ApiError::not_found(missing))
+}
+
+/// Make a token (its secret is shown once, in this answer)
 #[utoipa::path(
     post,
     path = "/v1/acl/tokens",
-    summary = "Make a token (its secret is shown once, in this answer)",
     request_body = TokenCreate,
-    responses(
-        (status = 201, description = "made", body = TokenCreated),
-        BadRequest,
-        Unsettled,
-    )
+    responses((status = 201, description = "made", body = TokenCreated), BadRequest, Unsettled)
 )]
 pub async fn create_token(
     State(st): St,
@@ -259,30 +333,22 @@ pub async fn create_token(
     }
 }
 
+/// Every token, without secrets
 #[utoipa::path(
     get,
     path = "/v1/acl/tokens",
-    summary = "Every token, without secrets",
-    responses(
-        (status = 200, description = "the tokens", body = TokenList),
-        Unsettled,
-    )
+    responses((status = 200, description = "the tokens", body = TokenList), Unsettled)
 )]
 pub async fn list_tokens(State(st): St) -> ApiResult<Json<TokenList>> {
-    st.cluster.read_barrier().await?;
-    let state = st.cluster.state();
-    Ok(Json(TokenList {
-        tokens: state.acl().tokens().map(TokenView::from).collect(),
-    }))
+    let tokens = acl_read(&st, |acl| acl.tokens().map(TokenView::from).collect()).await?;
+    Ok(Json(TokenList { tokens }))
 }
 
+/// The token of the request (with auth off: a management view named anyone)
 #[utoipa::path(
     get,
     path = "/v1/acl/tokens/self",
-    summary = "The token of the request (with auth off: a management view named anyone)",
-    responses(
-        (status = 200, description = "the caller's token", body = TokenView),
-    )
+    responses((status = 200, description = "the caller's token", body = TokenView))
 )]
 pub async fn token_self(Extension(caller): Extension<Caller>) -> Json<TokenView> {
     Json(match caller {
@@ -306,42 +372,49 @@ pub async fn token_self(Extension(caller): Extension<Caller>) -> Json<TokenView>
     })
 }
 
+/// A token by accessor id, without its secret
 #[utoipa::path(
     get,
     path = "/v1/acl/tokens/{id}",
-    summary = "A token by accessor id, without its secret",
-    params(("id" = String, Path, description = "accessor id")),
-    responses(
-        (status = 200, description = "the token", body = TokenView),
-        NotFound,
-        Unsettled,
-    )
+    params(AccessorId),
+    responses((status = 200, description = "the token", body = TokenView), NotFound, Unsettled)
 )]
 pub async fn get_token(
     State(st): St,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<TokenView>> {
-    st.cluster.read_barrier().await?;
-    let state = st.cluster.state();
-    state
-        .acl()
-        .token(&id)
-        .map(|t| Json(TokenView::from(&**t)))
-        .ok_or_else(|| ApiError::not_found("no such token"))
+    acl_find(
+        &st,
+        |acl| acl.token(&id).map(|t| TokenView::from(&**t)),
+        "no such token",
+    )
+    .await
 }
 
+/// Delete (revoke) a token: it is refused on each node once applied there
+#[utoipa::path(
+    delete,
+    path = "/v1/acl/tokens/{id}",
+    params(AccessorId),
+    responses((status = 200, description = "deleted", body = AclDeleted), LastManagementToken, NotFound, Unsettled)
+)]
+pub async fn delete_token(
+    State(st): St,
+    who: Who,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<AclDeleted>> {
+    let detail = json!({"accessor_id": id});
+    let cmd = AclCmd::TokenDelete { accessor_id: id };
+    acl_delete(&st, &who, cmd, "token_deleted", detail).await
+}
+
+/// Change a token's description, policies or lifetime
 #[utoipa::path(
     patch,
     path = "/v1/acl/tokens/{id}",
-    summary = "Change a token's description, policies or lifetime",
-    params(("id" = String, Path, description = "accessor id")),
+    params(AccessorId),
     request_body = TokenUpdate,
-    responses(
-        (status = 200, description = "the token as changed", body = TokenView),
-        BadRequest,
-        NotFound,
-        Unsettled,
-    )
+    responses((status = 200, description = "the token as changed", body = TokenView), BadRequest, NotFound, Unsettled)
 )]
 pub async fn update_token(
     State(st): St,
@@ -373,85 +446,43 @@ pub async fn update_token(
     }
 }
 
-#[utoipa::path(
-    delete,
-    path = "/v1/acl/tokens/{id}",
-    summary = "Delete (revoke) a token: it is refused on each node once applied there",
-    params(("id" = String, Path, description = "accessor id")),
-    responses(
-        (status = 200, description = "deleted", body = AclDeleted),
-        NotFound,
-        (status = 409, description = "conflict: the last management token", body = ErrorBody),
-        Unsettled,
-    )
-)]
-pub async fn delete_token(
-    State(st): St,
-    who: Who,
-    PathParams(id): PathParams<String>,
-) -> ApiResult<Json<AclDeleted>> {
-    let detail = json!({"accessor_id": id});
-    match acl_write(&st, AclCmd::TokenDelete { accessor_id: id }).await? {
-        AclResult::Deleted => {
-            who.record(&st.cluster, "token_deleted", detail);
-            Ok(Json(AclDeleted { deleted: true }))
-        }
-        other => Err(refused(other)),
-    }
-}
-
+/// Every policy
 #[utoipa::path(
     get,
     path = "/v1/acl/policies",
-    summary = "Every policy",
-    responses(
-        (status = 200, description = "the policies", body = PolicyList),
-        Unsettled,
-    )
+    responses((status = 200, description = "the policies", body = PolicyList), Unsettled)
 )]
 pub async fn list_policies(State(st): St) -> ApiResult<Json<PolicyList>> {
-    st.cluster.read_barrier().await?;
-    let state = st.cluster.state();
-    Ok(Json(PolicyList {
-        policies: state.acl().policies().map(PolicyView::from).collect(),
-    }))
+    let policies = acl_read(&st, |acl| acl.policies().map(PolicyView::from).collect()).await?;
+    Ok(Json(PolicyList { policies }))
 }
 
+/// A policy
 #[utoipa::path(
     get,
     path = "/v1/acl/policies/{name}",
-    summary = "A policy",
-    params(("name" = String, Path, description = "policy name")),
-    responses(
-        (status = 200, description = "the policy", body = PolicyView),
-        NotFound,
-        Unsettled,
-    )
+    params(PolicyName),
+    responses((status = 200, description = "the policy", body = PolicyView), NotFound, Unsettled)
 )]
 pub async fn get_policy(
     State(st): St,
     PathParams(name): PathParams<String>,
 ) -> ApiResult<Json<PolicyView>> {
-    st.cluster.read_barrier().await?;
-    let state = st.cluster.state();
-    state
-        .acl()
-        .policy(&name)
-        .map(|p| Json(PolicyView::from(p)))
-        .ok_or_else(|| ApiError::not_found("no such policy"))
+    acl_find(
+        &st,
+        |acl| acl.policy(&name).map(PolicyView::from),
+        "no such policy",
+    )
+    .await
 }
 
+/// Make or replace a policy; tokens that carry it see the change at once
 #[utoipa::path(
     put,
     path = "/v1/acl/policies/{name}",
-    summary = "Make or replace a policy; tokens that carry it see the change at once",
-    params(("name" = String, Path, description = "policy name")),
+    params(PolicyName),
     request_body = PolicySet,
-    responses(
-        (status = 200, description = "the policy", body = PolicyView),
-        BadRequest,
-        Unsettled,
-    )
+    responses((status = 200, description = "the policy", body = PolicyView), BadRequest, Unsettled)
 )]
 pub async fn set_policy(
     State(st): St,
@@ -482,17 +513,12 @@ pub async fn set_policy(
     }
 }
 
+/// Delete a policy no token carries
 #[utoipa::path(
     delete,
     path = "/v1/acl/policies/{name}",
-    summary = "Delete a policy no token carries",
-    params(("name" = String, Path, description = "policy name")),
-    responses(
-        (status = 200, description = "deleted", body = AclDeleted),
-        NotFound,
-        (status = 409, description = "conflict: tokens still carry it (tokens lists some)", body = ErrorBody),
-        Unsettled,
-    )
+    params(PolicyName),
+    responses((status = 200, description = "deleted", body = AclDeleted), PolicyInUse, NotFound, Unsettled)
 )]
 pub async fn delete_policy(
     State(st): St,
@@ -500,13 +526,8 @@ pub async fn delete_policy(
     PathParams(name): PathParams<String>,
 ) -> ApiResult<Json<AclDeleted>> {
     let detail = json!({"policy": name});
-    match acl_write(&st, AclCmd::PolicyDelete { name }).await? {
-        AclResult::Deleted => {
-            who.record(&st.cluster, "policy_deleted", detail);
-            Ok(Json(AclDeleted { deleted: true }))
-        }
-        other => Err(refused(other)),
-    }
+    let cmd = AclCmd::PolicyDelete { name };
+    acl_delete(&st, &who, cmd, "policy_deleted", detail).await
 }
 
 /// One event of the audit log, with its place in it.
@@ -525,20 +546,16 @@ pub struct AuditPage {
     pub latest_offset: u64,
 }
 
+/// Security events after an offset (live: subscribe to the $audit channel on the WebSocket)
 #[utoipa::path(
     get,
     path = "/v1/audit",
-    summary = "Security events after an offset (live: subscribe to the $audit channel on the WebSocket)",
     description = "Failed authentications and rate-limit trips are counted per source and written every 10 s (count). Kept: the last 100000 events, at most 90 days.",
     params(
         ("since" = Option<u64>, Query, description = "events after this offset (default 0)"),
         ("limit" = Option<u64>, Query, description = "1 to 1000, default 100"),
     ),
-    responses(
-        (status = 200, description = "the events", body = AuditPage),
-        BadRequest,
-        Unsettled,
-    )
+    responses((status = 200, description = "the events", body = AuditPage), BadRequest, Unsettled)
 )]
 pub async fn audit(
     State(st): St,
@@ -659,18 +676,14 @@ impl From<&JwtProvider> for JwtProviderView {
     }
 }
 
+/// Make or replace a JWT provider: JWTs signed by its keys act as tokens
 #[utoipa::path(
     put,
     path = "/v1/acl/jwt/{name}",
-    summary = "Make or replace a JWT provider: JWTs signed by its keys act as tokens",
     description = "A JWT is accepted when a key with its header's kid and alg verifies it, exp is present and not past and nbf not ahead (with leeway_ms), and iss and aud match when set. alg none, and a JWT naming another algorithm than its key, are refused. It carries the provider's policies, and subscribe, history and presence on each channel its channels_claim lists. Replace the provider to rotate keys.",
-    params(("name" = String, Path, description = "provider name")),
+    params(ProviderName),
     request_body = JwtProviderSet,
-    responses(
-        (status = 200, description = "the provider", body = JwtProviderView),
-        BadRequest,
-        Unsettled,
-    )
+    responses((status = 200, description = "the provider", body = JwtProviderView), BadRequest, Unsettled)
 )]
 pub async fn set_provider(
     State(st): St,
@@ -714,57 +727,41 @@ pub async fn set_provider(
     }
 }
 
+/// Every JWT provider (HS256 secrets hidden)
 #[utoipa::path(
     get,
     path = "/v1/acl/jwt",
-    summary = "Every JWT provider (HS256 secrets hidden)",
-    responses(
-        (status = 200, description = "the providers", body = JwtProviderList),
-        Unsettled,
-    )
+    responses((status = 200, description = "the providers", body = JwtProviderList), Unsettled)
 )]
 pub async fn list_providers(State(st): St) -> ApiResult<Json<JwtProviderList>> {
-    st.cluster.read_barrier().await?;
-    let state = st.cluster.state();
-    Ok(Json(JwtProviderList {
-        providers: state.acl().providers().map(JwtProviderView::from).collect(),
-    }))
+    let providers = acl_read(&st, |acl| {
+        acl.providers().map(JwtProviderView::from).collect()
+    })
+    .await?;
+    Ok(Json(JwtProviderList { providers }))
 }
 
+/// A JWT provider (HS256 secrets hidden)
 #[utoipa::path(
     get,
     path = "/v1/acl/jwt/{name}",
-    summary = "A JWT provider (HS256 secrets hidden)",
-    params(("name" = String, Path, description = "provider name")),
-    responses(
-        (status = 200, description = "the provider", body = JwtProviderView),
-        NotFound,
-        Unsettled,
-    )
+    params(ProviderName),
+    responses((status = 200, description = "the provider", body = JwtProviderView), NotFound, Unsettled)
 )]
 pub async fn get_provider(
     State(st): St,
     PathParams(name): PathParams<String>,
 ) -> ApiResult<Json<JwtProviderView>> {
-    st.cluster.read_barrier().await?;
-    let state = st.cluster.state();
-    state
-        .acl()
-        .provider(&name)
-        .map(|p| Json(JwtProviderView::from(p)))
-        .ok_or_else(|| ApiError::not_found("no such JWT provider"))
+    let find = |acl: &acl::Acl| acl.provider(&name).map(JwtProviderView::from);
+    acl_find(&st, find, "no such JWT provider").await
 }
 
+/// Delete a JWT provider: its JWTs are refused from then on
 #[utoipa::path(
     delete,
     path = "/v1/acl/jwt/{name}",
-    summary = "Delete a JWT provider: its JWTs are refused from then on",
-    params(("name" = String, Path, description = "provider name")),
-    responses(
-        (status = 200, description = "deleted", body = AclDeleted),
-        NotFound,
-        Unsettled,
-    )
+    params(ProviderName),
+    responses((status = 200, description = "deleted", body = AclDeleted), NotFound, Unsettled)
 )]
 pub async fn delete_provider(
     State(st): St,
@@ -772,13 +769,8 @@ pub async fn delete_provider(
     PathParams(name): PathParams<String>,
 ) -> ApiResult<Json<AclDeleted>> {
     let detail = json!({"provider": name});
-    match acl_write(&st, AclCmd::ProviderDelete { name }).await? {
-        AclResult::Deleted => {
-            who.record(&st.cluster, "jwt_provider_deleted", detail);
-            Ok(Json(AclDeleted { deleted: true }))
-        }
-        other => Err(refused(other)),
-    }
+    let cmd = AclCmd::ProviderDelete { name };
+    acl_delete(&st, &who, cmd, "jwt_provider_deleted", detail).await
 }
 
 mod typed {

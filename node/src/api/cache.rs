@@ -10,9 +10,11 @@ use raft::command::{CacheCmd, CacheLimits, CacheResult};
 use super::model::{CacheStats, Deleted, InvalidateRequest, Invalidated, Stored};
 use super::{
     check_ms, fenced, params, read_body, remaining_ms, u64_param, validate_name, AppState,
-    Idempotency, IdempotencyKey, JsonBody, Key, St,
+    Idempotency, IdempotencyKey, JsonBody, Key, KeyParam, St,
 };
-use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, TooLarge, WriteFailures};
+use crate::error::{
+    ApiError, ApiResult, BadRequest, ErrorBody, StaleFence, TooLarge, WriteFailures,
+};
 
 /// Longest cache TTL: 30 days.
 pub const CACHE_TTL_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
@@ -40,25 +42,19 @@ pub(crate) fn check_tags(tags: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
+/// Store a cache entry (body = raw bytes); the answer comes once this node has applied it
 #[utoipa::path(
     put,
     path = "/v1/cache/{key}",
-    summary = "Store a cache entry (body = raw bytes); the answer comes once this node has applied it",
     params(
-        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
+        KeyParam,
         ("ttl_ms" = Option<u64>, Query, minimum = 1, maximum = 2592000000u64, description = "at most 30 days"),
         ("tags" = Option<String>, Query, description = "comma-separated, at most 64"),
         ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
         IdempotencyKey,
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the raw value"),
-    responses(
-        (status = 200, description = "stored", body = Stored),
-        BadRequest,
-        (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
-        TooLarge,
-        WriteFailures,
-    )
+    responses((status = 200, description = "stored", body = Stored), BadRequest, StaleFence, TooLarge, WriteFailures)
 )]
 pub async fn set(
     State(st): St,
@@ -93,18 +89,16 @@ pub async fn set(
     }
 }
 
+/// Read a cache entry from this node's applied state
 #[utoipa::path(
     get,
     path = "/v1/cache/{key}",
-    summary = "Read a cache entry from this node's applied state",
     description = "Header X-Expires-In-Ms when the entry has a TTL.",
-    params(
-        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
-    ),
+    params(KeyParam),
     responses(
         (status = 200, description = "the raw bytes", content_type = "application/octet-stream", body = Vec<u8>, headers(("X-Expires-In-Ms" = u64, description = "time left, when the entry has a TTL"))),
-        BadRequest,
         (status = 404, description = "not_found: a miss", body = ErrorBody),
+        BadRequest,
     )
 )]
 pub async fn get(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResult<Response> {
@@ -136,21 +130,16 @@ pub async fn get(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResu
     Ok(resp)
 }
 
+/// Remove a cache entry
 #[utoipa::path(
     delete,
     path = "/v1/cache/{key}",
-    summary = "Remove a cache entry",
     params(
-        ("key" = String, Path, description = "1..=512 bytes of UTF-8, no control characters; percent-encode '/'"),
+        KeyParam,
         ("fence" = Option<String>, Query, description = "LOCK:F: apply only while lock LOCK is held with fence F, else 409 with reason stale_fence and current_fence"),
         IdempotencyKey,
     ),
-    responses(
-        (status = 200, description = "whether it existed", body = Deleted),
-        BadRequest,
-        (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
-        WriteFailures,
-    )
+    responses((status = 200, description = "whether it existed", body = Deleted), BadRequest, StaleFence, WriteFailures)
 )]
 pub async fn delete(
     State(st): St,
@@ -166,20 +155,13 @@ pub async fn delete(
     }
 }
 
+/// Remove every entry carrying any of the tags, in order with the writes around it
 #[utoipa::path(
     post,
     path = "/v1/cache/invalidate",
-    summary = "Remove every entry carrying any of the tags, in order with the writes around it",
-    params(
-        IdempotencyKey,
-    ),
+    params(IdempotencyKey),
     request_body = InvalidateRequest,
-    responses(
-        (status = 200, description = "how many entries were removed", body = Invalidated),
-        BadRequest,
-        TooLarge,
-        WriteFailures,
-    )
+    responses((status = 200, description = "how many entries were removed", body = Invalidated), BadRequest, TooLarge, WriteFailures)
 )]
 pub async fn invalidate(
     State(st): St,
@@ -197,18 +179,15 @@ pub async fn invalidate(
     }
 }
 
+/// Cache figures
 #[utoipa::path(
     get,
     path = "/v1/cache/stats",
-    summary = "Cache figures",
     description = "entries, bytes, evictions (replicated, equal on every node), hits and misses (this node), max_entries, max_bytes, applied_index; digest with ?digest=true.",
     params(
         ("digest" = Option<bool>, Query, description = "add a digest of the content"),
     ),
-    responses(
-        (status = 200, description = "stats", body = CacheStats),
-        BadRequest,
-    )
+    responses((status = 200, description = "stats", body = CacheStats), BadRequest)
 )]
 pub async fn stats(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<CacheStats>> {
     let p = params(q, &["digest"])?;

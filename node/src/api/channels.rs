@@ -7,15 +7,24 @@ use raft::command::{ChannelCmd, ChannelResult};
 use serde_json::Value;
 
 use super::model::{
-    ChannelEvent, ChannelHistory, ChannelList, ChannelSummary, Consistency, Deleted, Presence,
-    PresentClient, PublishRequest, Published,
+    ChannelEvent, ChannelHistory, ChannelList, ChannelSummary, Deleted, Presence, PresentClient,
+    PublishRequest, Published,
 };
 use super::{
-    list_limit, params, prefix_page, read_barrier_unless_stale, u64_param, AppState, Idempotency,
-    IdempotencyKey, JsonBody, Name, St,
+    list_limit, name_page, params, read_barrier_unless_stale, u64_param, AppState, IdempotencyKey,
+    ListLimit, Name, NamedWrite, ReadConsistency, St,
 };
 use crate::auth::{Caller, Op, Resource};
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled};
+
+/// The `{name}` of a channel's routes, as the API reference lists it (read by [`Name`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct ChannelName {
+    /// channel name, 1..=512 bytes of UTF-8, no control characters
+    #[allow(dead_code)]
+    name: String,
+}
 
 /// The command publishing `data` on `channel`, with the retention configured for its name.
 pub(crate) fn publish_command(
@@ -43,50 +52,38 @@ pub(crate) fn publish_command(
     })
 }
 
+/// Publish an event on a channel
 #[utoipa::path(
     post,
     path = "/v1/channels/{name}/publish",
-    summary = "Publish an event on a channel",
     description = "It gets the channel's next offset (offsets start at 1, never repeat). Retention (count and age, by channel-name prefix: --channel-retention, default 1000 events for 24 h) travels with the publish.",
-    params(
-        ("name" = String, Path, description = "channel name, 1..=512 bytes of UTF-8, no control characters"),
-        IdempotencyKey,
-    ),
+    params(ChannelName, IdempotencyKey),
     request_body = PublishRequest,
     responses(
         (status = 200, description = "published", body = Published),
-        BadRequest,
-        TooLarge,
         (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
         (status = 429, description = "rate_limited: a replicated bound was reached; nothing was applied (Retry-After)", body = ErrorBody),
-        Unsettled,
+        BadRequest, TooLarge, Unsettled,
     )
 )]
-pub async fn publish(
-    State(st): St,
-    Name(channel): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(body): JsonBody<PublishRequest>,
-) -> ApiResult<Json<Published>> {
-    let command = publish_command(&st, channel, &body.data)?;
-    match crate::service::propose(&st.cluster, command, idem).await? {
+pub async fn publish(State(st): St, req: NamedWrite<PublishRequest>) -> ApiResult<Json<Published>> {
+    let command = publish_command(&st, req.name, &req.body.data)?;
+    match crate::service::propose(&st.cluster, command, req.idem).await? {
         ChannelResult::Published { offset } => Ok(Json(Published { offset })),
         other => Err(other.into()),
     }
 }
 
+/// Delete an idle channel
 #[utoipa::path(
     delete,
     path = "/v1/channels/{name}",
-    summary = "Delete an idle channel",
     description = "Forgets a channel with no client present and no event retained (its retention dropped them all), so it no longer counts against limits.max_channels. A later publish starts it again at offset 1: a client resuming from an older offset sees latest_offset below it. A channel that is not idle: 409 conflict, reason not_idle. Needs write access to the channel.",
     params(("name" = String, Path, description = "channel name")),
     responses(
         (status = 200, description = "deleted", body = Deleted),
-        BadRequest,
-        NotFound,
         (status = 409, description = "conflict: clients are present or events are retained (reason not_idle)", body = ErrorBody),
-        Unsettled,
+        BadRequest, NotFound, Unsettled,
     )
 )]
 pub async fn delete(State(st): St, Name(channel): Name) -> ApiResult<Json<Deleted>> {
@@ -102,23 +99,18 @@ pub async fn delete(State(st): St, Name(channel): Name) -> ApiResult<Json<Delete
     }
 }
 
+/// Retained events after offset since, oldest first
 #[utoipa::path(
     get,
     path = "/v1/channels/{name}/history",
-    summary = "Retained events after offset since, oldest first",
     description = "earliest_offset..=latest_offset is the retained range (earliest = latest + 1 when nothing is retained); since + 1 < earliest_offset means events were trimmed.",
     params(
-        ("name" = String, Path, description = "channel name, 1..=512 bytes of UTF-8, no control characters"),
+        ChannelName,
         ("since" = Option<u64>, Query, description = "last offset already seen (default 0)"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+        ListLimit,
+        ReadConsistency,
     ),
-    responses(
-        (status = 200, description = "events", body = ChannelHistory),
-        BadRequest,
-        NotFound,
-        Unsettled,
-    )
+    responses((status = 200, description = "events", body = ChannelHistory), BadRequest, NotFound, Unsettled)
 )]
 pub async fn history(
     State(st): St,
@@ -150,20 +142,13 @@ pub async fn history(
     }))
 }
 
+/// Clients present on the channel across the cluster
 #[utoipa::path(
     get,
     path = "/v1/channels/{name}/presence",
-    summary = "Clients present on the channel across the cluster",
     description = "WebSocket subscribers that gave a user. A node's clients disappear when the node closes them or presence_lease_ms (default 6 s) after the node stops renewing its lease.",
-    params(
-        ("name" = String, Path, description = "channel name, 1..=512 bytes of UTF-8, no control characters"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
-    ),
-    responses(
-        (status = 200, description = "present clients", body = Presence),
-        BadRequest,
-        Unsettled,
-    )
+    params(ChannelName, ReadConsistency),
+    responses((status = 200, description = "present clients", body = Presence), BadRequest, Unsettled)
 )]
 pub async fn presence(
     State(st): St,
@@ -186,31 +171,25 @@ pub async fn presence(
     Ok(Json(Presence { clients }))
 }
 
+/// Channels published to or with clients present, by name prefix, in name order
 #[utoipa::path(
     get,
     path = "/v1/channels",
-    summary = "Channels published to or with clients present, by name prefix, in name order",
     description = "Each with its offsets, its retained events, when it was last published to, and how many clients are present. The reserved channels ($audit) are listed only to a token that may read acl.",
     params(
         ("prefix" = Option<String>, Query, description = "at most 512 bytes; every channel when absent"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ListLimit,
         ("after" = Option<String>, Query, description = "start after this name (the previous page's next)"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+        ReadConsistency,
     ),
-    responses(
-        (status = 200, description = "a page of channels", body = ChannelList),
-        BadRequest,
-        Unsettled,
-    )
+    responses((status = 200, description = "a page of channels", body = ChannelList), BadRequest, Unsettled)
 )]
 pub async fn list(
     State(st): St,
     Extension(caller): Extension<Caller>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<ChannelList>> {
-    let p = params(q, &["prefix", "limit", "after", "consistency"])?;
-    let (prefix, after, limit) = prefix_page(&p)?;
-    read_barrier_unless_stale(&st, &p).await?;
+    let (prefix, after, limit) = name_page(&st, q).await?;
     let reserved_too = caller.may_all(&st, Resource::Acl, "", Op::Read);
     let (page, more) = st
         .cluster
@@ -262,11 +241,7 @@ mod typed {
             after: Option<&str>,
             limit: Option<u64>,
         ) -> ApiResult<ChannelList> {
-            let path = Path::new("/v1/channels".into())
-                .opt("prefix", Some(prefix))
-                .opt("after", after)
-                .opt("limit", limit);
-            self.get(&self.read(path)).await
+            self.name_page("/v1/channels", prefix, after, limit).await
         }
 
         /// Events after offset `since` (all retained when `None`), at most `limit`.

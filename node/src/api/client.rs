@@ -382,6 +382,22 @@ impl Client {
         self.call(self.request(Method::GET, path)).await
     }
 
+    /// A page of the listing by name at `path`: names under `prefix`, at most `limit` of them
+    /// after `after`.
+    pub(super) async fn name_page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<u64>,
+    ) -> ApiResult<T> {
+        let path = Path::new(path.into())
+            .opt("prefix", Some(prefix))
+            .opt("after", after)
+            .opt("limit", limit);
+        self.get(&self.read(path)).await
+    }
+
     pub(super) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,

@@ -6,8 +6,11 @@ use base64::Engine;
 use raft::command::{KvCmd, KvResult};
 use raft::state::KvEventKind;
 
-use super::model::{ChangeKind, CompactRequest, Compacted, Consistency, KvChange, KvHistory};
-use super::{list_limit, params, read_barrier_unless_stale, u64_param, JsonBody, St};
+use super::model::{ChangeKind, CompactRequest, Compacted, KvChange, KvHistory};
+use super::{
+    list_limit, params, read_barrier_unless_stale, u64_param, JsonBody, ListLimit, ReadConsistency,
+    St,
+};
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, TooLarge, Unsettled};
 
 /// `GET /v1/history?prefix=P&since_revision=R&limit=N`: changes under `P` after revision `R`
@@ -22,14 +25,13 @@ use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, TooLarge, Unsettl
     params(
         ("prefix" = Option<String>, Query, description = "at most 512 bytes"),
         ("since_revision" = Option<u64>, Query, description = "default 0"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+        ListLimit,
+        ReadConsistency,
     ),
     responses(
         (status = 200, description = "a page of changes", body = KvHistory),
-        BadRequest,
         (status = 409, description = "conflict: since_revision is below compact_revision (reason compacted, compact_revision)", body = ErrorBody),
-        Unsettled,
+        BadRequest, Unsettled,
     )
 )]
 pub async fn kv_history(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvHistory>> {
@@ -99,12 +101,7 @@ pub async fn kv_history(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<
     summary = "Drop key-value history at or below a revision on every node",
     description = "The revision is capped at the current one. The leader also compacts by itself, keeping the last --kv-history-revisions (10000) revisions.",
     request_body = CompactRequest,
-    responses(
-        (status = 200, description = "the new compact revision", body = Compacted),
-        BadRequest,
-        TooLarge,
-        Unsettled,
-    )
+    responses((status = 200, description = "the new compact revision", body = Compacted), BadRequest, TooLarge, Unsettled)
 )]
 pub async fn compact(
     State(st): St,

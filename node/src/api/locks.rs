@@ -7,17 +7,27 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::model::{
-    AcquireRequest, Consistency, Grant, LockInfo, LockList, LockSummary, LockWaiter,
-    ReleaseRequest, Released, RenewRequest, Renewed,
+    AcquireRequest, Grant, LockInfo, LockList, LockSummary, LockWaiter, ReleaseRequest, Released,
+    RenewRequest, Renewed,
 };
 use super::{
-    check_ms, check_wait_ms, params, prefix_page, read_barrier_unless_stale, remaining_ms,
-    validate_name, Idempotency, IdempotencyKey, JsonBody, Name, St,
+    check_ms, check_wait_ms, name_page, next_name, params, read_barrier_unless_stale, remaining_ms,
+    validate_name, IdempotencyKey, ListLimit, Name, NamedWrite, ReadConsistency, St,
 };
 use crate::error::{
-    ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled, WriteFailures,
+    ApiError, ApiResult, BadRequest, ErrorBody, NotFound, StaleLockFence, TooLarge, Unsettled,
+    WriteFailures,
 };
 use crate::service;
+
+/// The `{name}` of a lock's routes, as the API reference lists it (read by [`Name`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct LockName {
+    /// lock name, 1..=512 bytes of UTF-8, no control characters
+    #[allow(dead_code)]
+    name: String,
+}
 
 /// Longest lease: one day.
 pub const LOCK_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
@@ -32,32 +42,23 @@ fn granted(fence: u64, owner: &str, ttl_ms: u64) -> Json<Grant> {
     })
 }
 
+/// Acquire a lock with a lease
 #[utoipa::path(
     post,
     path = "/v1/locks/{name}/acquire",
-    summary = "Acquire a lock with a lease",
     description = "With wait_ms (at most 60000) the caller queues and is served in arrival order. Fences strictly increase per name.",
-    params(
-        ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
-        IdempotencyKey,
-    ),
+    params(LockName, IdempotencyKey),
     request_body = AcquireRequest,
     responses(
         (status = 200, description = "granted", body = Grant),
-        BadRequest,
         (status = 409, description = "conflict: still held after wait_ms (error.holder)", body = ErrorBody),
-        TooLarge,
         (status = 422, description = "idempotency_mismatch: this Idempotency-Key was first used for a different request", body = ErrorBody),
         (status = 429, description = "rate_limited: 1024 callers already wait for this lock", body = ErrorBody),
-        Unsettled,
+        BadRequest, TooLarge, Unsettled,
     )
 )]
-pub async fn acquire(
-    State(st): St,
-    Name(name): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(body): JsonBody<AcquireRequest>,
-) -> ApiResult<Json<Grant>> {
+pub async fn acquire(State(st): St, req: NamedWrite<AcquireRequest>) -> ApiResult<Json<Grant>> {
+    let NamedWrite { name, idem, body } = req;
     validate_name("owner", &body.owner)?;
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
     check_wait_ms(body.wait_ms, LOCK_WAIT_MS_MAX)?;
@@ -85,29 +86,16 @@ pub async fn acquire(
     }
 }
 
+/// Extend the lease of the holder with this fence
 #[utoipa::path(
     post,
     path = "/v1/locks/{name}/renew",
-    summary = "Extend the lease of the holder with this fence",
-    params(
-        ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
-        IdempotencyKey,
-    ),
+    params(LockName, IdempotencyKey),
     request_body = RenewRequest,
-    responses(
-        (status = 200, description = "renewed", body = Renewed),
-        BadRequest,
-        NotFound,
-        (status = 409, description = "conflict: stale fence (reason stale_fence, current_fence)", body = ErrorBody),
-        WriteFailures,
-    )
+    responses((status = 200, description = "renewed", body = Renewed), BadRequest, NotFound, StaleLockFence, WriteFailures)
 )]
-pub async fn renew(
-    State(st): St,
-    Name(name): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(body): JsonBody<RenewRequest>,
-) -> ApiResult<Json<Renewed>> {
+pub async fn renew(State(st): St, req: NamedWrite<RenewRequest>) -> ApiResult<Json<Renewed>> {
+    let NamedWrite { name, idem, body } = req;
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
     let command = LockCmd::Renew {
         name,
@@ -120,29 +108,16 @@ pub async fn renew(
     }
 }
 
+/// Release a lock; the next waiter is granted in the same step
 #[utoipa::path(
     post,
     path = "/v1/locks/{name}/release",
-    summary = "Release a lock; the next waiter is granted in the same step",
-    params(
-        ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
-        IdempotencyKey,
-    ),
+    params(LockName, IdempotencyKey),
     request_body = ReleaseRequest,
-    responses(
-        (status = 200, description = "released", body = Released),
-        BadRequest,
-        NotFound,
-        (status = 409, description = "conflict: stale fence (reason stale_fence, current_fence)", body = ErrorBody),
-        WriteFailures,
-    )
+    responses((status = 200, description = "released", body = Released), BadRequest, NotFound, StaleLockFence, WriteFailures)
 )]
-pub async fn release(
-    State(st): St,
-    Name(name): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(body): JsonBody<ReleaseRequest>,
-) -> ApiResult<Json<Released>> {
+pub async fn release(State(st): St, req: NamedWrite<ReleaseRequest>) -> ApiResult<Json<Released>> {
+    let NamedWrite { name, idem, body } = req;
     let command = LockCmd::Release {
         name,
         fence: body.fence,
@@ -153,19 +128,15 @@ pub async fn release(
     }
 }
 
+/// Who holds the lock
 #[utoipa::path(
     get,
     path = "/v1/locks/{name}",
-    summary = "Who holds the lock",
-    params(
-        ("name" = String, Path, description = "lock name, 1..=512 bytes of UTF-8, no control characters"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
-    ),
+    params(LockName, ReadConsistency),
     responses(
         (status = 200, description = "the holder", body = LockInfo),
-        BadRequest,
         (status = 404, description = "not_found: the lock is not held", body = ErrorBody),
-        Unsettled,
+        BadRequest, Unsettled,
     )
 )]
 pub async fn inspect(
@@ -196,35 +167,40 @@ pub async fn inspect(
 /// Waiters a listing shows per lock or semaphore.
 pub(crate) const LISTED_WAITERS: usize = 10;
 
+/// The first [`LISTED_WAITERS`] of `waiting` (who waits, and until when), as a listing shows
+/// them.
+pub(crate) fn listed_waiters<'a>(
+    waiting: impl Iterator<Item = (&'a String, u64)>,
+    now: u64,
+) -> Vec<LockWaiter> {
+    waiting
+        .take(LISTED_WAITERS)
+        .map(|(owner, deadline_ms)| LockWaiter {
+            owner: owner.clone(),
+            gives_up_in_ms: remaining_ms(deadline_ms, now),
+        })
+        .collect()
+}
+
+/// Locks held or waited for, by name prefix, in name order
 #[utoipa::path(
     get,
     path = "/v1/locks",
-    summary = "Locks held or waited for, by name prefix, in name order",
     description = "Each with its holder, fence, lease and expiry, and its waiters (the count and the first 10). A page may hold fewer than limit locks while next is set: pass next as after for the rest.",
     params(
         ("prefix" = Option<String>, Query, description = "at most 512 bytes; every lock when absent"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ListLimit,
         ("after" = Option<String>, Query, description = "start after this name (the previous page's next)"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+        ReadConsistency,
     ),
-    responses(
-        (status = 200, description = "a page of locks", body = LockList),
-        BadRequest,
-        Unsettled,
-    )
+    responses((status = 200, description = "a page of locks", body = LockList), BadRequest, Unsettled)
 )]
 pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<LockList>> {
-    let p = params(q, &["prefix", "limit", "after", "consistency"])?;
-    let (prefix, after, limit) = prefix_page(&p)?;
-    read_barrier_unless_stale(&st, &p).await?;
+    let (prefix, after, limit) = name_page(&st, q).await?;
     let state = st.cluster.state();
     let now = state.meta.now_ms;
     let (entries, more) = state.locks_under(&prefix, after.as_deref(), limit);
-    let next = if more {
-        entries.last().map(|(k, _)| (*k).clone())
-    } else {
-        None
-    };
+    let next = next_name(&entries, more);
     // An ended lease or wait stays in the state until the next apply settles it: not shown.
     let locks = entries
         .into_iter()
@@ -241,14 +217,10 @@ pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<LockLi
                 ttl_ms: holder.map(|h| h.ttl_ms),
                 expires_in_ms: holder.map(|h| remaining_ms(h.expires_at_ms, now)),
                 waiters: waiting.len() as u64,
-                next_waiters: waiting
-                    .iter()
-                    .take(LISTED_WAITERS)
-                    .map(|w| LockWaiter {
-                        owner: w.owner.clone(),
-                        gives_up_in_ms: remaining_ms(w.deadline_ms, now),
-                    })
-                    .collect(),
+                next_waiters: listed_waiters(
+                    waiting.iter().map(|w| (&w.owner, w.deadline_ms)),
+                    now,
+                ),
             })
         })
         .collect();
@@ -290,11 +262,7 @@ mod typed {
             after: Option<&str>,
             limit: Option<u64>,
         ) -> ApiResult<LockList> {
-            let path = Path::new("/v1/locks".into())
-                .opt("prefix", Some(prefix))
-                .opt("after", after)
-                .opt("limit", limit);
-            self.get(&self.read(path)).await
+            self.name_page("/v1/locks", prefix, after, limit).await
         }
 
         pub async fn lock_get(&self, name: &str) -> ApiResult<LockInfo> {

@@ -19,7 +19,7 @@ use super::model::{
 use super::{json_body_limit, JsonBody, PathParams, St};
 use crate::audit::Who;
 use crate::error::{
-    ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, NotFound, TooLarge, Unsettled,
+    ApiError, ApiResult, BadRequest, Conflict, ErrorCode, NotFound, TooLarge, Unsettled,
 };
 use serde_json::{json, Value};
 
@@ -43,14 +43,12 @@ pub struct RouteTable {
     pub nodes: Vec<NodeLoad>,
 }
 
+/// The members that may take clients, least loaded first
 #[utoipa::path(
     get,
     path = "/v1/cluster/route",
-    summary = "The members that may take clients, least loaded first",
     description = "This node and the members its gossip sees alive (metadata at most 3 s old). Clients connect to the first; a node above api.move_clients_above sends new WebSockets and long-poll claims to a less loaded one. Any valid token may read it.",
-    responses(
-        (status = 200, description = "the members by load", body = RouteTable),
-    )
+    responses((status = 200, description = "the members by load", body = RouteTable))
 )]
 pub async fn route(State(st): St) -> Json<RouteTable> {
     let nodes = st
@@ -69,82 +67,82 @@ pub async fn route(State(st): St) -> Json<RouteTable> {
     Json(RouteTable { nodes })
 }
 
-fn member_id(id: &str) -> ApiResult<NodeId> {
-    id.parse()
-        .map_err(|_| ApiError::bad_request(format!("{id:?} is not a node id")))
+/// The `{id}` of a member's routes: the node id, read from the path and listed in the API
+/// reference.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct MemberId {
+    /// node id
+    id: u64,
 }
 
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for MemberId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let PathParams(id) = PathParams::<String>::from_request_parts(parts, state).await?;
+        let id = id
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("{id:?} is not a node id")))?;
+        Ok(MemberId { id })
+    }
+}
+
+/// Runs `op`, a removal or a promotion, on the leader; once it answers that it did it,
+/// records `event` for the member. The member's id.
+async fn change_member(
+    st: &super::AppState,
+    who: &Who,
+    op: AdminOp,
+    event: &str,
+) -> ApiResult<NodeId> {
+    let done = st.cluster.admin(op.clone()).await?;
+    match (op, done) {
+        (AdminOp::RemoveMember(_), AdminDone::Removed(id))
+        | (AdminOp::PromoteMember(_), AdminDone::Promoted(id)) => {
+            who.record(&st.cluster, event, json!({ "member": id }));
+            Ok(id)
+        }
+        (_, other) => Err(unexpected(other)),
+    }
+}
+
+/// Remove a voter or learner
 #[utoipa::path(
     post,
     path = "/v1/cluster/members/{id}/remove",
-    summary = "Remove a voter or learner",
     description = "Runs on the leader; another node forwards it there. The last voter cannot be removed.",
-    params(
-        ("id" = u64, Path, description = "node id"),
-    ),
-    responses(
-        (status = 200, description = "removed", body = Removed),
-        BadRequest,
-        NotFound,
-        (status = 409, description = "conflict", body = ErrorBody),
-        Unsettled,
-    )
+    params(MemberId),
+    responses((status = 200, description = "removed", body = Removed), BadRequest, NotFound, Conflict, Unsettled)
 )]
-pub async fn remove(
-    State(st): St,
-    who: Who,
-    PathParams(id): PathParams<String>,
-) -> ApiResult<Json<Removed>> {
-    let id = member_id(&id)?;
-    match st.cluster.admin(AdminOp::RemoveMember(id)).await? {
-        AdminDone::Removed(id) => {
-            who.record(&st.cluster, "member_removed", json!({ "member": id }));
-            Ok(Json(Removed { removed: id }))
-        }
-        other => Err(unexpected(other)),
-    }
+pub async fn remove(State(st): St, who: Who, member: MemberId) -> ApiResult<Json<Removed>> {
+    let op = AdminOp::RemoveMember(member.id);
+    let removed = change_member(&st, &who, op, "member_removed").await?;
+    Ok(Json(Removed { removed }))
 }
 
+/// Make a learner a voter
 #[utoipa::path(
     post,
     path = "/v1/cluster/members/{id}/promote",
-    summary = "Make a learner a voter",
-    params(
-        ("id" = u64, Path, description = "node id"),
-    ),
-    responses(
-        (status = 200, description = "promoted", body = Promoted),
-        BadRequest,
-        NotFound,
-        (status = 409, description = "conflict", body = ErrorBody),
-        Unsettled,
-    )
+    params(MemberId),
+    responses((status = 200, description = "promoted", body = Promoted), BadRequest, NotFound, Conflict, Unsettled)
 )]
-pub async fn promote(
-    State(st): St,
-    who: Who,
-    PathParams(id): PathParams<String>,
-) -> ApiResult<Json<Promoted>> {
-    let id = member_id(&id)?;
-    match st.cluster.admin(AdminOp::PromoteMember(id)).await? {
-        AdminDone::Promoted(id) => {
-            who.record(&st.cluster, "member_promoted", json!({ "member": id }));
-            Ok(Json(Promoted { promoted: id }))
-        }
-        other => Err(unexpected(other)),
-    }
+pub async fn promote(State(st): St, who: Who, member: MemberId) -> ApiResult<Json<Promoted>> {
+    let op = AdminOp::PromoteMember(member.id);
+    let promoted = change_member(&st, &who, op, "member_promoted").await?;
+    Ok(Json(Promoted { promoted }))
 }
 
+/// Hand leadership to another voter and wait until it leads
 #[utoipa::path(
     post,
     path = "/v1/cluster/leader/transfer",
-    summary = "Hand leadership to another voter and wait until it leads",
     request_body = TransferRequest,
-    responses(
-        (status = 200, description = "the new leader", body = Leader),
-        BadRequest,
-        Unsettled,
-    )
+    responses((status = 200, description = "the new leader", body = Leader), BadRequest, Unsettled)
 )]
 pub async fn transfer(
     State(st): St,
@@ -164,15 +162,12 @@ pub async fn transfer(
     }
 }
 
+/// Build a snapshot on the leader now and wait for it (up to 60 s)
 #[utoipa::path(
     post,
     path = "/v1/cluster/snapshot",
-    summary = "Build a snapshot on the leader now and wait for it (up to 60 s)",
     description = "The log behind a snapshot is purged, keeping the last min(snapshot_every_entries, 1000) entries. When the current snapshot already covers every applied entry, it is the answer at once (completed: true).",
-    responses(
-        (status = 200, description = "the snapshot", body = SnapshotTaken),
-        Unsettled,
-    )
+    responses((status = 200, description = "the snapshot", body = SnapshotTaken), Unsettled)
 )]
 pub async fn snapshot(State(st): St) -> ApiResult<Json<SnapshotTaken>> {
     match st.cluster.admin(AdminOp::Snapshot).await? {
@@ -199,9 +194,7 @@ fn unexpected(done: AdminDone) -> ApiError {
     path = "/v1/cluster/digest",
     summary = "A digest of this node's whole state",
     description = "The SHA-256 of every record of this node's applied state (every primitive), read from one RocksDB snapshot, with the applied index it covers. Members at the same applied index answer the same digest. It reads the whole state: meant for checks, not for every request.",
-    responses(
-        (status = 200, description = "the digest", body = StateDigest),
-    )
+    responses((status = 200, description = "the digest", body = StateDigest))
 )]
 pub async fn digest(State(st): St) -> ApiResult<Json<StateDigest>> {
     let db = st.db.clone();
@@ -230,10 +223,7 @@ pub async fn digest(State(st): St) -> ApiResult<Json<StateDigest>> {
     path = "/v1/cluster/backup",
     summary = "Stream a consistent backup",
     description = "Every write acknowledged before the request, read from one RocksDB snapshot of the answering node after a read barrier. Format: magic `STACKD-BACKUP\\n`, a JSON header, length-prefixed state records, a JSON trailer {records, last_applied_index, revision, compact_revision} and the SHA-256 of everything before it. A failure mid-stream breaks the transfer rather than ending it short. `stackd restore` loads it into an empty data dir.",
-    responses(
-        (status = 200, description = "the backup stream", content_type = "application/octet-stream", body = Vec<u8>),
-        Unsettled,
-    )
+    responses((status = 200, description = "the backup stream", content_type = "application/octet-stream", body = Vec<u8>), Unsettled)
 )]
 pub async fn backup(State(st): St, who: Who) -> ApiResult<Response> {
     st.cluster.read_barrier().await?;
@@ -300,9 +290,7 @@ pub const DEFAULT_TOKEN_TTL_MS: u64 = 24 * 3600 * 1000;
     request_body = TokenRequest,
     responses(
         (status = 201, description = "the token; id is the first 16 hex digits of its SHA-256", body = TokenCreated),
-        BadRequest,
-        TooLarge,
-        Unsettled,
+        BadRequest, TooLarge, Unsettled,
     )
 )]
 pub async fn create_token(State(st): St, who: Who, body: Body) -> ApiResult<Response> {
@@ -345,9 +333,7 @@ pub async fn create_token(State(st): St, who: Who, body: Body) -> ApiResult<Resp
     get,
     path = "/v1/cluster/tokens",
     summary = "The join tokens by id, from this node's applied state, and those revoked",
-    responses(
-        (status = 200, description = "the tokens", body = JoinTokens),
-    )
+    responses((status = 200, description = "the tokens", body = JoinTokens))
 )]
 pub async fn list_tokens(State(st): St) -> ApiResult<Json<JoinTokens>> {
     serde_json::from_value(st.cluster.join_tokens())
@@ -364,12 +350,7 @@ pub async fn list_tokens(State(st): St) -> ApiResult<Json<JoinTokens>> {
     params(
         ("id" = String, Path, pattern = "^[0-9a-f]{16}$", description = "token id: 16 lowercase hex digits"),
     ),
-    responses(
-        (status = 200, description = "revoked", body = TokenRevoked),
-        BadRequest,
-        NotFound,
-        Unsettled,
-    )
+    responses((status = 200, description = "revoked", body = TokenRevoked), BadRequest, NotFound, Unsettled)
 )]
 pub async fn revoke_token(
     State(st): St,

@@ -3,25 +3,35 @@
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
-use raft::command::{Enqueue, QueueCmd, QueueResult, ScheduleSpec};
+use raft::command::{Enqueue, IdemKey, QueueCmd, QueueResult, ScheduleSpec};
 use raft::state::{Job, JobListState, JobState};
 use serde_json::Value;
 use tokio::time::{Duration, Instant};
 
 use super::model::{
-    AckRequest, Acked, ClaimRequest, Claimed, ClaimedJob, Consistency, DeleteDeadRequest, Deleted,
-    DeletedCount, EnqueueRequest, Enqueued, ExtendRequest, Extended, JobInfo, JobList,
-    JobStateName, NackRequest, Nacked, NextFire, QueueList, QueueStats, QueueSummary,
-    ReplayRequest, Replayed, ScheduleInfo, ScheduleList, ScheduleRequest,
+    AckRequest, Acked, ClaimRequest, Claimed, ClaimedJob, DeleteDeadRequest, Deleted, DeletedCount,
+    EnqueueRequest, Enqueued, ExtendRequest, Extended, JobInfo, JobList, JobStateName, NackRequest,
+    Nacked, NextFire, QueueList, QueueStats, QueueSummary, ReplayRequest, Replayed, ScheduleInfo,
+    ScheduleList, ScheduleRequest,
 };
 use super::{
     check_ms, list_limit, params, read_barrier_unless_stale, remaining_ms, validate_name, AppState,
-    Idempotency, IdempotencyKey, JsonBody, Name, PathParams, St,
+    IdempotencyKey, JsonBody, ListLimit, Name, NamedWrite, PathParams, ReadConsistency, St,
 };
 use crate::error::{
-    ApiError, ApiResult, BadRequest, ErrorBody, NotFound, TooLarge, Unsettled, WriteFailures,
+    ApiError, ApiResult, BadRequest, ErrorBody, NotFound, StaleLease, TooLarge, Unsettled,
+    WriteFailures,
 };
 use crate::service;
+
+/// The `{name}` of a queue's routes, as the API reference lists it (read by [`Name`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct QueueName {
+    /// queue name, 1..=512 bytes of UTF-8, no control characters
+    #[allow(dead_code)]
+    name: String,
+}
 
 /// Longest delay and visibility: 365 days and 12 hours.
 pub const DELAY_MS_MAX: u64 = 365 * 24 * 60 * 60 * 1000;
@@ -86,32 +96,29 @@ pub(crate) fn enqueue_job(st: &AppState, b: EnqueueRequest) -> ApiResult<Enqueue
     })
 }
 
+/// Enqueue a job
 #[utoipa::path(
     post,
     path = "/v1/queues/{name}/jobs",
-    summary = "Enqueue a job",
     description = "Claims order: priority (higher first), due time, enqueue order.",
-    params(
-        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
-        IdempotencyKey,
-    ),
+    params(QueueName, IdempotencyKey),
     request_body = EnqueueRequest,
     responses(
         (status = 201, description = "enqueued", body = Enqueued),
         (status = 200, description = "a queued job has this unique_key: existing true, its id", body = Enqueued),
-        BadRequest,
-        TooLarge,
-        WriteFailures,
+        BadRequest, TooLarge, WriteFailures,
     )
 )]
 pub async fn enqueue(
     State(st): St,
-    Name(queue): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(body): JsonBody<EnqueueRequest>,
+    req: NamedWrite<EnqueueRequest>,
 ) -> ApiResult<(StatusCode, Json<Enqueued>)> {
-    let job = enqueue_job(&st, body)?;
-    match crate::service::propose(&st.cluster, QueueCmd::Enqueue { queue, job }, idem).await? {
+    let job = enqueue_job(&st, req.body)?;
+    let command = QueueCmd::Enqueue {
+        queue: req.name,
+        job,
+    };
+    match crate::service::propose(&st.cluster, command, req.idem).await? {
         QueueResult::Enqueued { id, existing } => {
             let status = if existing {
                 StatusCode::OK
@@ -130,20 +137,16 @@ pub async fn enqueue(
     }
 }
 
+/// Claim ready jobs, each with a lease; long-polls up to wait_ms on any node
 #[utoipa::path(
     post,
     path = "/v1/queues/{name}/claim",
-    summary = "Claim ready jobs, each with a lease; long-polls up to wait_ms on any node",
-    params(
-        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
-    ),
+    params(QueueName),
     request_body = ClaimRequest,
     responses(
         (status = 200, description = "the claimed jobs (maybe none)", body = Claimed),
-        BadRequest,
         (status = 503, description = "unavailable; with reason moved (and node, api_addr): this node is above api.move_clients_above, long-poll there with moved: true", body = ErrorBody),
-        TooLarge,
-        Unsettled,
+        BadRequest, TooLarge, Unsettled,
     )
 )]
 pub async fn claim(
@@ -202,6 +205,15 @@ pub async fn claim(
     Ok(Json(Claimed { jobs }))
 }
 
+/// The `{id}` of a job's routes, as the API reference lists it (read by [`job_id`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct JobId {
+    /// job id (a u64, as a string)
+    #[allow(dead_code)]
+    id: String,
+}
+
 fn job_id(id: &str) -> ApiResult<u64> {
     id.parse()
         .map_err(|_| ApiError::not_found(format!("no job {id:?}")))
@@ -215,54 +227,34 @@ async fn job_write<T>(st: &AppState, command: QueueCmd, answer: T) -> ApiResult<
     }
 }
 
+/// Complete a claimed job
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/ack",
-    summary = "Complete a claimed job",
-    params(
-        ("id" = String, Path, description = "job id (a u64, as a string)"),
-    ),
+    params(JobId),
     request_body = AckRequest,
-    responses(
-        (status = 200, description = "acked", body = Acked),
-        BadRequest,
-        NotFound,
-        (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
-        TooLarge,
-        Unsettled,
-    )
+    responses((status = 200, description = "acked", body = Acked), BadRequest, NotFound, StaleLease, TooLarge, Unsettled)
 )]
 pub async fn ack(
     State(st): St,
     PathParams(id): PathParams<String>,
     JsonBody(b): JsonBody<AckRequest>,
 ) -> ApiResult<Json<Acked>> {
-    let id = job_id(&id)?;
-    job_write(
-        &st,
-        QueueCmd::Ack { id, lease: b.lease },
-        Acked { acked: true },
-    )
-    .await
+    let command = QueueCmd::Ack {
+        id: job_id(&id)?,
+        lease: b.lease,
+    };
+    job_write(&st, command, Acked { acked: true }).await
 }
 
+/// Fail a claimed job
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/nack",
-    summary = "Fail a claimed job",
     description = "Retried after its backoff (or retry_in_ms), or dead after max_attempts claims.",
-    params(
-        ("id" = String, Path, description = "job id (a u64, as a string)"),
-    ),
+    params(JobId),
     request_body = NackRequest,
-    responses(
-        (status = 200, description = "nacked", body = Nacked),
-        BadRequest,
-        NotFound,
-        (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
-        TooLarge,
-        Unsettled,
-    )
+    responses((status = 200, description = "nacked", body = Nacked), BadRequest, NotFound, StaleLease, TooLarge, Unsettled)
 )]
 pub async fn nack(
     State(st): St,
@@ -276,35 +268,22 @@ pub async fn nack(
         }
     }
     let error = b.error.map(|e| e.chars().take(4096).collect());
-    job_write(
-        &st,
-        QueueCmd::Nack {
-            id,
-            lease: b.lease,
-            error,
-            retry_in_ms: b.retry_in_ms,
-        },
-        Nacked { nacked: true },
-    )
-    .await
+    let command = QueueCmd::Nack {
+        id,
+        lease: b.lease,
+        error,
+        retry_in_ms: b.retry_in_ms,
+    };
+    job_write(&st, command, Nacked { nacked: true }).await
 }
 
+/// Keep a claimed job invisible for visibility_ms more
 #[utoipa::path(
     post,
     path = "/v1/jobs/{id}/extend",
-    summary = "Keep a claimed job invisible for visibility_ms more",
-    params(
-        ("id" = String, Path, description = "job id (a u64, as a string)"),
-    ),
+    params(JobId),
     request_body = ExtendRequest,
-    responses(
-        (status = 200, description = "extended", body = Extended),
-        BadRequest,
-        NotFound,
-        (status = 409, description = "conflict: stale lease (reason stale_lease, current_lease)", body = ErrorBody),
-        TooLarge,
-        Unsettled,
-    )
+    responses((status = 200, description = "extended", body = Extended), BadRequest, NotFound, StaleLease, TooLarge, Unsettled)
 )]
 pub async fn extend(
     State(st): St,
@@ -313,24 +292,25 @@ pub async fn extend(
 ) -> ApiResult<Json<Extended>> {
     let id = job_id(&id)?;
     let visibility_ms = check_ms("visibility_ms", b.visibility_ms, VISIBILITY_MS_MAX)?;
-    job_write(
-        &st,
-        QueueCmd::Extend {
-            id,
-            lease: b.lease,
-            visibility_ms,
-        },
-        Extended {
-            extended: true,
-            visibility_ms,
-        },
-    )
-    .await
+    let command = QueueCmd::Extend {
+        id,
+        lease: b.lease,
+        visibility_ms,
+    };
+    let answer = Extended {
+        extended: true,
+        visibility_ms,
+    };
+    job_write(&st, command, answer).await
 }
 
-/// A read with no parameters but `consistency`.
-async fn read(st: &AppState, q: Option<String>) -> ApiResult<()> {
-    read_barrier_unless_stale(st, &params(q, &["consistency"])?).await
+/// A read with no parameters but `consistency`: the state to read, once the read may go on.
+async fn read(
+    st: &AppState,
+    q: Option<String>,
+) -> ApiResult<std::sync::RwLockReadGuard<'_, raft::State>> {
+    read_barrier_unless_stale(st, &params(q, &["consistency"])?).await?;
+    Ok(st.cluster.state())
 }
 
 fn state_name(j: &Job, now: u64) -> JobStateName {
@@ -359,20 +339,12 @@ fn job_info(id: u64, j: &Job, now: u64) -> JobInfo {
     }
 }
 
+/// A job that is not yet completed
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}",
-    summary = "A job that is not yet completed",
-    params(
-        ("id" = String, Path, description = "job id (a u64, as a string)"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
-    ),
-    responses(
-        (status = 200, description = "the job", body = JobInfo),
-        BadRequest,
-        NotFound,
-        Unsettled,
-    )
+    params(JobId, ReadConsistency),
+    responses((status = 200, description = "the job", body = JobInfo), BadRequest, NotFound, Unsettled)
 )]
 pub async fn get_job(
     State(st): St,
@@ -380,8 +352,7 @@ pub async fn get_job(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<JobInfo>> {
     let id = job_id(&id)?;
-    read(&st, q).await?;
-    let state = st.cluster.state();
+    let state = read(&st, q).await?;
     match state.job(id) {
         Some(j) => Ok(Json(job_info(id, j, state.meta.now_ms))),
         None => Err(ApiError::not_found(format!(
@@ -390,27 +361,19 @@ pub async fn get_job(
     }
 }
 
+/// Job counts of a queue
 #[utoipa::path(
     get,
     path = "/v1/queues/{name}",
-    summary = "Job counts of a queue",
-    params(
-        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
-    ),
-    responses(
-        (status = 200, description = "counts", body = QueueStats),
-        BadRequest,
-        Unsettled,
-    )
+    params(QueueName, ReadConsistency),
+    responses((status = 200, description = "counts", body = QueueStats), BadRequest, Unsettled)
 )]
 pub async fn stats(
     State(st): St,
     Name(queue): Name,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<QueueStats>> {
-    read(&st, q).await?;
-    let state = st.cluster.state();
+    let state = read(&st, q).await?;
     let s = state.queue_stats(&queue).unwrap_or_default();
     Ok(Json(QueueStats {
         ready: s.ready,
@@ -421,22 +384,15 @@ pub async fn stats(
     }))
 }
 
+/// Every queue with its counts
 #[utoipa::path(
     get,
     path = "/v1/queues",
-    summary = "Every queue with its counts",
-    params(
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
-    ),
-    responses(
-        (status = 200, description = "the queues", body = QueueList),
-        BadRequest,
-        Unsettled,
-    )
+    params(ReadConsistency),
+    responses((status = 200, description = "the queues", body = QueueList), BadRequest, Unsettled)
 )]
 pub async fn list_queues(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<QueueList>> {
-    read(&st, q).await?;
-    let state = st.cluster.state();
+    let state = read(&st, q).await?;
     let queues = state
         .queue_names()
         .into_iter()
@@ -455,20 +411,12 @@ pub async fn list_queues(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json
     Ok(Json(QueueList { queues }))
 }
 
+/// Dead jobs with their last error
 #[utoipa::path(
     get,
     path = "/v1/queues/{name}/dead",
-    summary = "Dead jobs with their last error",
-    params(
-        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
-    ),
-    responses(
-        (status = 200, description = "dead jobs", body = JobList),
-        BadRequest,
-        Unsettled,
-    )
+    params(QueueName, ListLimit, ReadConsistency),
+    responses((status = 200, description = "dead jobs", body = JobList), BadRequest, Unsettled)
 )]
 pub async fn dead(
     State(st): St,
@@ -488,22 +436,18 @@ pub async fn dead(
     Ok(Json(JobList { jobs }))
 }
 
+/// Jobs of a queue by state
 #[utoipa::path(
     get,
     path = "/v1/queues/{name}/jobs",
-    summary = "Jobs of a queue by state",
     description = "Ready jobs in the order a claim takes them, delayed ones by due time, in-flight and dead ones by id; without state, the ready, delayed, in-flight and dead jobs in that order, limit in all.",
     params(
-        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
+        QueueName,
         ("state" = Option<JobStateName>, Query, description = "ready, delayed, in_flight or dead; every state when absent"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+        ListLimit,
+        ReadConsistency,
     ),
-    responses(
-        (status = 200, description = "jobs", body = JobList),
-        BadRequest,
-        Unsettled,
-    )
+    responses((status = 200, description = "jobs", body = JobList), BadRequest, Unsettled)
 )]
 pub async fn list_jobs(
     State(st): St,
@@ -561,81 +505,78 @@ fn job_selection(ids: Option<Vec<String>>, all: bool) -> ApiResult<Option<Vec<u6
     }
 }
 
+/// Proposes a delete or a replay of dead jobs; how many it moved or deleted.
+async fn dead_jobs_write(
+    st: &AppState,
+    command: QueueCmd,
+    idem: Option<IdemKey>,
+) -> ApiResult<u64> {
+    match crate::service::propose(&st.cluster, command, idem).await? {
+        QueueResult::Count(n) => Ok(n),
+        other => Err(other.into()),
+    }
+}
+
+/// Delete dead jobs for good
 #[utoipa::path(
     post,
     path = "/v1/queues/{name}/dead/delete",
-    summary = "Delete dead jobs for good",
     description = "The listed ids that are dead jobs of this queue (others are left alone), or every dead job with all; answers how many went.",
-    params(
-        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
-        IdempotencyKey,
-    ),
+    params(QueueName, IdempotencyKey),
     request_body = DeleteDeadRequest,
-    responses(
-        (status = 200, description = "how many dead jobs were deleted", body = DeletedCount),
-        BadRequest,
-        TooLarge,
-        WriteFailures,
-    )
+    responses((status = 200, description = "how many dead jobs were deleted", body = DeletedCount), BadRequest, TooLarge, WriteFailures)
 )]
 pub async fn delete_dead(
     State(st): St,
-    Name(queue): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(b): JsonBody<DeleteDeadRequest>,
+    req: NamedWrite<DeleteDeadRequest>,
 ) -> ApiResult<Json<DeletedCount>> {
-    let ids = job_selection(b.ids, b.all)?;
-    match crate::service::propose(&st.cluster, QueueCmd::DeleteDead { queue, ids }, idem).await? {
-        QueueResult::Count(n) => Ok(Json(DeletedCount { deleted: n })),
-        other => Err(other.into()),
-    }
+    let ids = job_selection(req.body.ids, req.body.all)?;
+    let command = QueueCmd::DeleteDead {
+        queue: req.name,
+        ids,
+    };
+    let deleted = dead_jobs_write(&st, command, req.idem).await?;
+    Ok(Json(DeletedCount { deleted }))
 }
 
+/// Move dead jobs back with fresh attempts
 #[utoipa::path(
     post,
     path = "/v1/queues/{name}/dead/replay",
-    summary = "Move dead jobs back with fresh attempts",
-    params(
-        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
-        IdempotencyKey,
-    ),
+    params(QueueName, IdempotencyKey),
     request_body = ReplayRequest,
-    responses(
-        (status = 200, description = "how many jobs moved", body = Replayed),
-        BadRequest,
-        TooLarge,
-        WriteFailures,
-    )
+    responses((status = 200, description = "how many jobs moved", body = Replayed), BadRequest, TooLarge, WriteFailures)
 )]
-pub async fn replay(
-    State(st): St,
-    Name(queue): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(b): JsonBody<ReplayRequest>,
-) -> ApiResult<Json<Replayed>> {
-    let ids = job_selection(b.ids, b.all)?;
-    match crate::service::propose(&st.cluster, QueueCmd::Replay { queue, ids }, idem).await? {
-        QueueResult::Count(n) => Ok(Json(Replayed { replayed: n })),
-        other => Err(other.into()),
-    }
+pub async fn replay(State(st): St, req: NamedWrite<ReplayRequest>) -> ApiResult<Json<Replayed>> {
+    let ids = job_selection(req.body.ids, req.body.all)?;
+    let command = QueueCmd::Replay {
+        queue: req.name,
+        ids,
+    };
+    let replayed = dead_jobs_write(&st, command, req.idem).await?;
+    Ok(Json(Replayed { replayed }))
 }
 
+/// The `{queue}` and `{name}` of a schedule's routes, as the API reference lists them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct ScheduleName {
+    /// queue name
+    #[allow(dead_code)]
+    queue: String,
+    /// schedule name
+    #[allow(dead_code)]
+    name: String,
+}
+
+/// Create or replace a cron schedule
 #[utoipa::path(
     put,
     path = "/v1/queues/{queue}/schedules/{name}",
-    summary = "Create or replace a cron schedule",
     description = "UTC; 5 fields, or 6 with seconds. Each due time enqueues one job, whichever node leads; after downtime the 100 most recent missed due times fire once each.",
-    params(
-        ("queue" = String, Path, description = "queue name"),
-        ("name" = String, Path, description = "schedule name"),
-    ),
+    params(ScheduleName),
     request_body = ScheduleRequest,
-    responses(
-        (status = 200, description = "the next due time", body = NextFire),
-        BadRequest,
-        TooLarge,
-        Unsettled,
-    )
+    responses((status = 200, description = "the next due time", body = NextFire), BadRequest, TooLarge, Unsettled)
 )]
 pub async fn set_schedule(
     State(st): St,
@@ -684,18 +625,16 @@ pub async fn set_schedule(
     }
 }
 
+/// Delete an idle queue
 #[utoipa::path(
     delete,
     path = "/v1/queues/{name}",
-    summary = "Delete an idle queue",
     description = "Forgets a queue that holds no job (in any state) and no schedule, with its count of completed jobs, so it no longer counts against limits.max_queues. A queue that is not idle: 409 conflict, reason not_idle.",
     params(("name" = String, Path, description = "queue name")),
     responses(
         (status = 200, description = "deleted", body = Deleted),
-        BadRequest,
-        NotFound,
         (status = 409, description = "conflict: the queue holds jobs or schedules (reason not_idle)", body = ErrorBody),
-        Unsettled,
+        BadRequest, NotFound, Unsettled,
     )
 )]
 pub async fn delete_queue(
@@ -710,20 +649,12 @@ pub async fn delete_queue(
     }
 }
 
+/// Remove a schedule
 #[utoipa::path(
     delete,
     path = "/v1/queues/{queue}/schedules/{name}",
-    summary = "Remove a schedule",
-    params(
-        ("queue" = String, Path, description = "queue name"),
-        ("name" = String, Path, description = "schedule name"),
-    ),
-    responses(
-        (status = 200, description = "removed", body = Deleted),
-        BadRequest,
-        NotFound,
-        Unsettled,
-    )
+    params(ScheduleName),
+    responses((status = 200, description = "removed", body = Deleted), BadRequest, NotFound, Unsettled)
 )]
 pub async fn delete_schedule(
     State(st): St,
@@ -740,27 +671,19 @@ pub async fn delete_schedule(
     }
 }
 
+/// Cron schedules of the queue
 #[utoipa::path(
     get,
     path = "/v1/queues/{name}/schedules",
-    summary = "Cron schedules of the queue",
-    params(
-        ("name" = String, Path, description = "queue name, 1..=512 bytes of UTF-8, no control characters"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
-    ),
-    responses(
-        (status = 200, description = "schedules", body = ScheduleList),
-        BadRequest,
-        Unsettled,
-    )
+    params(QueueName, ReadConsistency),
+    responses((status = 200, description = "schedules", body = ScheduleList), BadRequest, Unsettled)
 )]
 pub async fn list_schedules(
     State(st): St,
     Name(queue): Name,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<ScheduleList>> {
-    read(&st, q).await?;
-    let state = st.cluster.state();
+    let state = read(&st, q).await?;
     let schedules = state
         .schedules(&queue)
         .into_iter()

@@ -10,15 +10,25 @@ use serde_json::Value;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use super::locks::LISTED_WAITERS;
-use super::locks::{LOCK_TTL_MS_MAX, LOCK_WAIT_MS_MAX};
+use super::locks::{listed_waiters, LOCK_TTL_MS_MAX, LOCK_WAIT_MS_MAX};
 use super::model::LockWaiter;
 use super::{
-    check_ms, check_wait_ms, params, prefix_page, read_barrier_unless_stale, remaining_ms,
-    validate_name, Idempotency, IdempotencyKey, JsonBody, Name, St,
+    check_ms, check_wait_ms, name_page, next_name, params, read_barrier_unless_stale, remaining_ms,
+    validate_name, IdempotencyKey, ListLimit, Name, NamedWrite, St,
 };
-use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, WriteFailures};
+use crate::error::{
+    ApiError, ApiResult, BadRequest, ErrorBody, ErrorCode, StaleFence, WriteFailures,
+};
 use crate::service;
+
+/// The `{name}` of a semaphore's routes, as the API reference lists it (read by [`Name`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct SemaphoreName {
+    /// semaphore name, 1..=512 bytes of UTF-8, no control characters
+    #[allow(dead_code)]
+    name: String,
+}
 
 fn one() -> u32 {
     1
@@ -134,14 +144,14 @@ pub struct SemaphoreSummary {
     pub next_waiters: Vec<LockWaiter>,
 }
 
+/// Semaphores with permits held or waited for, by name prefix, in name order
 #[utoipa::path(
     get,
     path = "/v1/semaphores",
-    summary = "Semaphores with permits held or waited for, by name prefix, in name order",
     description = "Each with its capacity, its leases (holder, fence, permits, expiry) and its waiters (the count and the first 10). A page may hold fewer than limit semaphores while next is set: pass next as after for the rest.",
     params(
         ("prefix" = Option<String>, Query, description = "at most 512 bytes; every semaphore when absent"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
+        ListLimit,
         ("after" = Option<String>, Query, description = "start after this name (the previous page's next)"),
         ("consistency" = Option<String>, Query, description = "linearizable (default) or stale"),
     ),
@@ -152,17 +162,11 @@ pub struct SemaphoreSummary {
     )
 )]
 pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<SemaphoreList>> {
-    let p = params(q, &["prefix", "limit", "after", "consistency"])?;
-    let (prefix, after, limit) = prefix_page(&p)?;
-    read_barrier_unless_stale(&st, &p).await?;
+    let (prefix, after, limit) = name_page(&st, q).await?;
     let state = st.cluster.state();
     let now = state.meta.now_ms;
     let (entries, more) = state.semaphores_under(&prefix, after.as_deref(), limit);
-    let next = if more {
-        entries.last().map(|(k, _)| (*k).clone())
-    } else {
-        None
-    };
+    let next = next_name(&entries, more);
     // Ended leases and waits stay until the next apply settles them: not shown.
     let semaphores = entries
         .into_iter()
@@ -180,26 +184,22 @@ pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Semaph
                 free: s.capacity.saturating_sub(held),
                 holders,
                 waiting: u32::try_from(waiting.len()).unwrap_or(u32::MAX),
-                next_waiters: waiting
-                    .iter()
-                    .take(LISTED_WAITERS)
-                    .map(|w| LockWaiter {
-                        owner: w.holder.clone(),
-                        gives_up_in_ms: remaining_ms(w.deadline_ms, now),
-                    })
-                    .collect(),
+                next_waiters: listed_waiters(
+                    waiting.iter().map(|w| (&w.holder, w.deadline_ms)),
+                    now,
+                ),
             })
         })
         .collect();
     Ok(Json(SemaphoreList { semaphores, next }))
 }
 
+/// Take N of a semaphore's M permits under a lease
 #[utoipa::path(
     post,
     path = "/v1/semaphores/{name}/acquire",
-    summary = "Take N of a semaphore's M permits under a lease",
     description = "The first acquire of a semaphore nobody holds or waits for sets its capacity. With wait_ms (at most 60000) the caller queues; the queue is served first come, first served and its head is never overtaken. Each lease has its own fence, strictly increasing per semaphore.",
-    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), IdempotencyKey),
+    params(SemaphoreName, IdempotencyKey),
     request_body = AcquireBody,
     responses(
         (status = 200, description = "granted", body = Grant),
@@ -209,12 +209,8 @@ pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Semaph
         WriteFailures,
     )
 )]
-pub async fn acquire(
-    State(st): St,
-    Name(name): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(body): JsonBody<AcquireBody>,
-) -> ApiResult<Json<Grant>> {
+pub async fn acquire(State(st): St, req: NamedWrite<AcquireBody>) -> ApiResult<Json<Grant>> {
+    let NamedWrite { name, idem, body } = req;
     validate_name("holder", &body.holder)?;
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
     check_permits(&body)?;
@@ -272,25 +268,16 @@ fn check_permits(body: &AcquireBody) -> ApiResult<()> {
     Ok(())
 }
 
+/// Extend the lease with this fence
 #[utoipa::path(
     post,
     path = "/v1/semaphores/{name}/renew",
-    summary = "Extend the lease with this fence",
-    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), IdempotencyKey),
+    params(SemaphoreName, IdempotencyKey),
     request_body = RenewBody,
-    responses(
-        (status = 200, description = "renewed", body = Grant),
-        BadRequest,
-        (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
-        WriteFailures,
-    )
+    responses((status = 200, description = "renewed", body = Grant), BadRequest, StaleFence, WriteFailures)
 )]
-pub async fn renew(
-    State(st): St,
-    Name(name): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(body): JsonBody<RenewBody>,
-) -> ApiResult<Json<Grant>> {
+pub async fn renew(State(st): St, req: NamedWrite<RenewBody>) -> ApiResult<Json<Grant>> {
+    let NamedWrite { name, idem, body } = req;
     let ttl_ms = check_ms("ttl_ms", body.ttl_ms, LOCK_TTL_MS_MAX)?;
     let command = SemaphoreCmd::Renew {
         name,
@@ -307,25 +294,16 @@ pub async fn renew(
     }
 }
 
+/// Release the permits of the lease with this fence; waiters are served in the same step
 #[utoipa::path(
     post,
     path = "/v1/semaphores/{name}/release",
-    summary = "Release the permits of the lease with this fence; waiters are served in the same step",
-    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), IdempotencyKey),
+    params(SemaphoreName, IdempotencyKey),
     request_body = ReleaseBody,
-    responses(
-        (status = 200, description = "released", body = Released),
-        BadRequest,
-        (status = 409, description = "conflict: stale fence (reason stale_fence)", body = ErrorBody),
-        WriteFailures,
-    )
+    responses((status = 200, description = "released", body = Released), BadRequest, StaleFence, WriteFailures)
 )]
-pub async fn release(
-    State(st): St,
-    Name(name): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(body): JsonBody<ReleaseBody>,
-) -> ApiResult<Json<Released>> {
+pub async fn release(State(st): St, req: NamedWrite<ReleaseBody>) -> ApiResult<Json<Released>> {
+    let NamedWrite { name, idem, body } = req;
     let command = SemaphoreCmd::Release {
         name,
         fence: body.fence,
@@ -339,11 +317,11 @@ pub async fn release(
     }
 }
 
+/// A semaphore's capacity, its current leases and how many wait
 #[utoipa::path(
     get,
     path = "/v1/semaphores/{name}",
-    summary = "A semaphore's capacity, its current leases and how many wait",
-    params(("name" = String, Path, description = "semaphore name, 1..=512 bytes of UTF-8, no control characters"), ("consistency" = Option<String>, Query, description = "linearizable (default) or stale")),
+    params(SemaphoreName, ("consistency" = Option<String>, Query, description = "linearizable (default) or stale")),
     responses(
         (status = 200, description = "the semaphore", body = SemaphoreView),
         (status = 400, description = "bad_request: unknown parameter", body = ErrorBody),
@@ -465,11 +443,7 @@ mod typed {
             after: Option<&str>,
             limit: Option<u64>,
         ) -> ApiResult<SemaphoreList> {
-            let path = Path::new("/v1/semaphores".into())
-                .opt("prefix", Some(prefix))
-                .opt("after", after)
-                .opt("limit", limit);
-            self.get(&self.read(path)).await
+            self.name_page("/v1/semaphores", prefix, after, limit).await
         }
 
         pub async fn semaphore_get(&self, name: &str) -> ApiResult<SemaphoreView> {

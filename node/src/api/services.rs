@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::{
     params, read_barrier_unless_stale, u64_param, Idempotency, IdempotencyKey, JsonBody, Name,
-    PathParams, St,
+    NamedWrite, PathParams, St,
 };
 use crate::error::{ApiError, ApiResult, BadRequest, ErrorBody, NotFound, WriteFailures};
 
@@ -649,10 +649,10 @@ fn answer(r: ServiceResult, what: &str) -> ApiResult<Json<RegistryRevision>> {
     }
 }
 
+/// Register an instance of a service, or replace its registration
 #[utoipa::path(
     put,
     path = "/v1/services/{name}/instances/{id}",
-    summary = "Register an instance of a service, or replace its registration",
     description = "An instance without a check is passing while registered; an http or tcp check is run by one node of the cluster (chosen by rendezvous hashing over the alive members) and the instance starts critical until it passes; a ttl check starts passing and needs a heartbeat within each ttl_ms. Re-registering with the same check keeps the status.",
     params(
         ("name" = String, Path, description = "service name: 1..=128 of A-Z a-z 0-9 . _ -"),
@@ -662,9 +662,8 @@ fn answer(r: ServiceResult, what: &str) -> ApiResult<Json<RegistryRevision>> {
     request_body = RegisterRequest,
     responses(
         (status = 200, description = "registered", body = RegistryRevision),
-        BadRequest,
         (status = 429, description = "rate_limited: the registry is full (10,000 instances)", body = ErrorBody),
-        WriteFailures,
+        BadRequest, WriteFailures,
     )
 )]
 pub async fn register(
@@ -678,22 +677,28 @@ pub async fn register(
     answer(r, "instance")
 }
 
+/// The `{name}` and `{id}` of an instance's routes, as the API reference lists them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct InstanceName {
+    /// service name
+    #[allow(dead_code)]
+    name: String,
+    /// instance id
+    #[allow(dead_code)]
+    id: String,
+}
+
+/// Deregister an instance, at once or after a drain
 #[utoipa::path(
     delete,
     path = "/v1/services/{name}/instances/{id}",
-    summary = "Deregister an instance, at once or after a drain",
     params(
-        ("name" = String, Path, description = "service name"),
-        ("id" = String, Path, description = "instance id"),
+        InstanceName,
         ("drain_ms" = Option<u64>, Query, description = "0..=3,600,000 (default 0): the instance gets no new requests and is removed after this long"),
         IdempotencyKey,
     ),
-    responses(
-        (status = 200, description = "deregistered, or draining", body = RegistryRevision),
-        BadRequest,
-        NotFound,
-        WriteFailures,
-    )
+    responses((status = 200, description = "deregistered, or draining", body = RegistryRevision), BadRequest, NotFound, WriteFailures)
 )]
 pub async fn deregister(
     State(st): St,
@@ -719,19 +724,15 @@ pub async fn deregister(
     )
 }
 
+/// Pass an instance's ttl check for another ttl_ms
 #[utoipa::path(
     post,
     path = "/v1/services/{name}/instances/{id}/heartbeat",
-    summary = "Pass an instance's ttl check for another ttl_ms",
-    params(
-        ("name" = String, Path, description = "service name"),
-        ("id" = String, Path, description = "instance id"),
-    ),
+    params(InstanceName),
     responses(
         (status = 200, description = "passing", body = RegistryRevision),
-        NotFound,
         (status = 409, description = "conflict (reason not_ttl): the instance has no ttl check", body = ErrorBody),
-        WriteFailures,
+        NotFound, WriteFailures,
     )
 )]
 pub async fn heartbeat(
@@ -745,15 +746,12 @@ pub async fn heartbeat(
     )
 }
 
+/// Every service with instances, with how many are healthy
 #[utoipa::path(
     get,
     path = "/v1/services",
-    summary = "Every service with instances, with how many are healthy",
     params(("consistency" = Option<String>, Query, description = "linearizable (default) or stale")),
-    responses(
-        (status = 200, description = "the services, by name", body = ServiceList),
-        BadRequest,
-    )
+    responses((status = 200, description = "the services, by name", body = ServiceList), BadRequest)
 )]
 pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<ServiceList>> {
     let p = params(q, &["consistency"])?;
@@ -778,20 +776,17 @@ pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Servic
     }))
 }
 
+/// A service's instances (all, or only the healthy ones)
 #[utoipa::path(
     get,
     path = "/v1/services/{name}",
-    summary = "A service's instances (all, or only the healthy ones)",
     description = "A service without instances answers an empty list, not 404: discovery asks for names that may have no instance yet.",
     params(
         ("name" = String, Path, description = "service name"),
         ("healthy" = Option<bool>, Query, description = "true: only instances that take requests (passing, not draining)"),
         ("consistency" = Option<String>, Query, description = "linearizable (default) or stale"),
     ),
-    responses(
-        (status = 200, description = "the service", body = ServiceView),
-        BadRequest,
-    )
+    responses((status = 200, description = "the service", body = ServiceView), BadRequest)
 )]
 pub async fn get(
     State(st): St,
@@ -816,10 +811,10 @@ pub async fn get(
     Ok(Json(view))
 }
 
+/// Create or replace a gateway route; every node's gateway applies it at once
 #[utoipa::path(
     put,
     path = "/v1/routes/{name}",
-    summary = "Create or replace a gateway route; every node's gateway applies it at once",
     params(
         ("name" = String, Path, description = "route name: 1..=128 of A-Z a-z 0-9 . _ -"),
         IdempotencyKey,
@@ -827,17 +822,15 @@ pub async fn get(
     request_body = RouteBody,
     responses(
         (status = 200, description = "stored", body = RegistryRevision),
-        BadRequest,
         (status = 429, description = "rate_limited: 1,000 routes already", body = ErrorBody),
-        WriteFailures,
+        BadRequest, WriteFailures,
     )
 )]
 pub async fn put_route(
     State(st): St,
-    Name(name): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(body): JsonBody<RouteBody>,
+    req: NamedWrite<RouteBody>,
 ) -> ApiResult<Json<RegistryRevision>> {
+    let NamedWrite { name, idem, body } = req;
     validate_ident("name", &name)?;
     let route = route_from(&body)?;
     let cmd = ServiceCmd::PutRoute { name, route };
@@ -847,16 +840,21 @@ pub async fn put_route(
     )
 }
 
+/// The `{name}` of a gateway route's routes, as the API reference lists it (read by [`Name`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct RouteName {
+    /// route name
+    #[allow(dead_code)]
+    name: String,
+}
+
+/// Delete a gateway route
 #[utoipa::path(
     delete,
     path = "/v1/routes/{name}",
-    summary = "Delete a gateway route",
-    params(("name" = String, Path, description = "route name"), IdempotencyKey),
-    responses(
-        (status = 200, description = "deleted", body = RegistryRevision),
-        NotFound,
-        WriteFailures,
-    )
+    params(RouteName, IdempotencyKey),
+    responses((status = 200, description = "deleted", body = RegistryRevision), NotFound, WriteFailures)
 )]
 pub async fn delete_route(
     State(st): St,
@@ -870,15 +868,12 @@ pub async fn delete_route(
     )
 }
 
+/// Every gateway route, by name
 #[utoipa::path(
     get,
     path = "/v1/routes",
-    summary = "Every gateway route, by name",
     params(("consistency" = Option<String>, Query, description = "linearizable (default) or stale")),
-    responses(
-        (status = 200, description = "the routes", body = RouteList),
-        BadRequest,
-    )
+    responses((status = 200, description = "the routes", body = RouteList), BadRequest)
 )]
 pub async fn list_routes(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<RouteList>> {
     let p = params(q, &["consistency"])?;
@@ -896,16 +891,12 @@ pub async fn list_routes(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json
     Ok(Json(RouteList { routes }))
 }
 
+/// One gateway route
 #[utoipa::path(
     get,
     path = "/v1/routes/{name}",
-    summary = "One gateway route",
-    params(("name" = String, Path, description = "route name"), ("consistency" = Option<String>, Query, description = "linearizable (default) or stale")),
-    responses(
-        (status = 200, description = "the route", body = RouteView),
-        BadRequest,
-        NotFound,
-    )
+    params(RouteName, ("consistency" = Option<String>, Query, description = "linearizable (default) or stale")),
+    responses((status = 200, description = "the route", body = RouteView), BadRequest, NotFound)
 )]
 pub async fn get_route(
     State(st): St,

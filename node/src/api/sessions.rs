@@ -6,20 +6,29 @@ use axum::extract::{Extension, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
-use raft::command::{SessionCmd, SessionResult};
+use raft::command::{IdemKey, SessionCmd, SessionResult};
 use raft::state::SessionEntry;
 use serde_json::{Map, Value};
 
 use super::model::{
-    Consistency, CreateSessionRequest, Deleted, DeletedCount, Session, SessionCreated, SessionList,
+    CreateSessionRequest, Deleted, DeletedCount, Session, SessionCreated, SessionList,
     UpdateSessionRequest,
 };
 use super::{
     check_ms, params, read_barrier_unless_stale, remaining_ms, validate_name, Idempotency,
-    IdempotencyKey, JsonBody, Name, St,
+    IdempotencyKey, JsonBody, Name, NamedWrite, ReadConsistency, St,
 };
 use crate::auth::{Caller, Op, Resource};
 use crate::error::{ApiError, ApiResult, BadRequest, NotFound, TooLarge, Unsettled, WriteFailures};
+
+/// The `{id}` of a session's routes, as the API reference lists it (read by [`Name`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct SessionId {
+    /// session id
+    #[allow(dead_code)]
+    id: String,
+}
 
 /// Session lifetime when `ttl_ms` is not given: 30 minutes.
 pub const SESSION_TTL_MS_DEFAULT: u64 = 30 * 60 * 1000;
@@ -56,20 +65,13 @@ fn session(id: &str, s: &SessionEntry, now: u64) -> Session {
     }
 }
 
+/// Create a session (id: 128 random bits, URL-safe base64)
 #[utoipa::path(
     post,
     path = "/v1/sessions",
-    summary = "Create a session (id: 128 random bits, URL-safe base64)",
-    params(
-        IdempotencyKey,
-    ),
+    params(IdempotencyKey),
     request_body = CreateSessionRequest,
-    responses(
-        (status = 201, description = "created", body = SessionCreated),
-        BadRequest,
-        TooLarge,
-        WriteFailures,
-    )
+    responses((status = 201, description = "created", body = SessionCreated), BadRequest, TooLarge, WriteFailures)
 )]
 pub async fn create(
     State(st): St,
@@ -100,20 +102,12 @@ pub async fn create(
     }
 }
 
+/// A live session
 #[utoipa::path(
     get,
     path = "/v1/sessions/{id}",
-    summary = "A live session",
-    params(
-        ("id" = String, Path, description = "session id"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
-    ),
-    responses(
-        (status = 200, description = "the session", body = Session),
-        BadRequest,
-        NotFound,
-        Unsettled,
-    )
+    params(SessionId, ReadConsistency),
+    responses((status = 200, description = "the session", body = Session), BadRequest, NotFound, Unsettled)
 )]
 pub async fn get(State(st): St, Name(id): Name, RawQuery(q): RawQuery) -> ApiResult<Json<Session>> {
     let p = params(q, &["consistency"])?;
@@ -130,83 +124,61 @@ fn current(st: &super::AppState, id: &str) -> ApiResult<Json<Session>> {
     }
 }
 
+/// Slide the expiry to ttl_ms from now
 #[utoipa::path(
     post,
     path = "/v1/sessions/{id}/touch",
-    summary = "Slide the expiry to ttl_ms from now",
-    params(
-        ("id" = String, Path, description = "session id"),
-        IdempotencyKey,
-    ),
-    responses(
-        (status = 200, description = "the session", body = Session),
-        BadRequest,
-        NotFound,
-        WriteFailures,
-    )
+    params(SessionId, IdempotencyKey),
+    responses((status = 200, description = "the session", body = Session), BadRequest, NotFound, WriteFailures)
 )]
 pub async fn touch(
     State(st): St,
     Name(id): Name,
     Idempotency(idem): Idempotency,
 ) -> ApiResult<Json<Session>> {
-    let command = SessionCmd::Touch { id: id.clone() };
+    slide(&st, SessionCmd::Touch { id: id.clone() }, &id, idem).await
+}
+
+/// Proposes a touch or an update of session `id`; the session as it then is.
+async fn slide(
+    st: &super::AppState,
+    command: SessionCmd,
+    id: &str,
+    idem: Option<IdemKey>,
+) -> ApiResult<Json<Session>> {
     match crate::service::propose(&st.cluster, command, idem).await? {
-        SessionResult::Alive { .. } => current(&st, &id),
+        SessionResult::Alive { .. } => current(st, id),
         SessionResult::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
         other => Err(other.into()),
     }
 }
 
+/// Merge data (RFC 7396: null removes a field) and slide the expiry
 #[utoipa::path(
     patch,
     path = "/v1/sessions/{id}",
-    summary = "Merge data (RFC 7396: null removes a field) and slide the expiry",
-    params(
-        ("id" = String, Path, description = "session id"),
-        IdempotencyKey,
-    ),
+    params(SessionId, IdempotencyKey),
     request_body = UpdateSessionRequest,
-    responses(
-        (status = 200, description = "the session", body = Session),
-        BadRequest,
-        NotFound,
-        TooLarge,
-        WriteFailures,
-    )
+    responses((status = 200, description = "the session", body = Session), BadRequest, NotFound, TooLarge, WriteFailures)
 )]
 pub async fn update(
     State(st): St,
-    Name(id): Name,
-    Idempotency(idem): Idempotency,
-    JsonBody(body): JsonBody<UpdateSessionRequest>,
+    req: NamedWrite<UpdateSessionRequest>,
 ) -> ApiResult<Json<Session>> {
-    let patch = data_text(&st, &body.data)?;
+    let patch = data_text(&st, &req.body.data)?;
     let command = SessionCmd::Update {
-        id: id.clone(),
+        id: req.name.clone(),
         patch,
     };
-    match crate::service::propose(&st.cluster, command, idem).await? {
-        SessionResult::Alive { .. } => current(&st, &id),
-        SessionResult::NotFound => Err(ApiError::not_found("no such session (or it expired)")),
-        other => Err(other.into()),
-    }
+    slide(&st, command, &req.name, req.idem).await
 }
 
+/// End the session
 #[utoipa::path(
     delete,
     path = "/v1/sessions/{id}",
-    summary = "End the session",
-    params(
-        ("id" = String, Path, description = "session id"),
-        IdempotencyKey,
-    ),
-    responses(
-        (status = 200, description = "ended", body = Deleted),
-        BadRequest,
-        NotFound,
-        WriteFailures,
-    )
+    params(SessionId, IdempotencyKey),
+    responses((status = 200, description = "ended", body = Deleted), BadRequest, NotFound, WriteFailures)
 )]
 pub async fn delete(
     State(st): St,
@@ -231,19 +203,15 @@ fn user_param(p: &HashMap<String, String>) -> ApiResult<String> {
     Ok(user.clone())
 }
 
+/// A user's sessions (at most 1000)
 #[utoipa::path(
     get,
     path = "/v1/sessions",
-    summary = "A user's sessions (at most 1000)",
     params(
         ("user" = String, Query, description = "the user"),
-        ("consistency" = Option<Consistency>, Query, description = "linearizable (default) or stale: read this node's state as it is"),
+        ReadConsistency,
     ),
-    responses(
-        (status = 200, description = "the sessions", body = SessionList),
-        BadRequest,
-        Unsettled,
-    )
+    responses((status = 200, description = "the sessions", body = SessionList), BadRequest, Unsettled)
 )]
 pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<SessionList>> {
     let p = params(q, &["user", "consistency"])?;
@@ -260,19 +228,15 @@ pub async fn list(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<Sessio
     Ok(Json(SessionList { sessions }))
 }
 
+/// Log a user out everywhere
 #[utoipa::path(
     delete,
     path = "/v1/sessions",
-    summary = "Log a user out everywhere",
     params(
         ("user" = String, Query, description = "the user"),
         IdempotencyKey,
     ),
-    responses(
-        (status = 200, description = "how many sessions ended", body = DeletedCount),
-        BadRequest,
-        WriteFailures,
-    )
+    responses((status = 200, description = "how many sessions ended", body = DeletedCount), BadRequest, WriteFailures)
 )]
 pub async fn delete_user(
     State(st): St,

@@ -394,20 +394,16 @@ fn result(r: &OpResponse) -> TxnOpResult {
     }
 }
 
+/// Atomic transaction: if every compare holds apply success, else failure
 #[utoipa::path(
     post,
     path = "/v1/txn",
-    summary = "Atomic transaction: if every compare holds apply success, else failure",
     description = "Key-value changes share one revision. Each branch holds at most 128 ops and writes a key at most once.",
-    params(
-        IdempotencyKey,
-    ),
+    params(IdempotencyKey),
     request_body = TxnRequest,
     responses(
         (status = 200, description = "which branch applied, and one result per op", body = TxnResponse),
-        BadRequest,
-        TooLarge,
-        WriteFailures,
+        BadRequest, TooLarge, WriteFailures,
     )
 )]
 pub async fn txn(

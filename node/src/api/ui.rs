@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::{browser, AppState, PathParams, St};
 
+/// Redirect to /ui/
 #[utoipa::path(
     get,
     path = "/ui",
-    summary = "Redirect to /ui/",
     responses(
         (status = 308, description = "to /ui/"),
     )
@@ -22,10 +22,10 @@ pub async fn redirect() -> Redirect {
     Redirect::permanent("/ui/")
 }
 
+/// The admin UI (log in with a token)
 #[utoipa::path(
     get,
     path = "/ui/",
-    summary = "The admin UI (log in with a token)",
     responses(
         (status = 200, description = "HTML", content_type = "text/html", body = String),
     )
@@ -34,10 +34,10 @@ pub async fn index(State(st): St) -> Response {
     serve(&st, admin_ui::index())
 }
 
+/// A file of the admin UI; a name without an extension is the UI's page (its own routes)
 #[utoipa::path(
     get,
     path = "/ui/{file}",
-    summary = "A file of the admin UI; a name without an extension is the UI's page (its own routes)",
     params(
         ("file" = String, Path, description = "e.g. app.js"),
     ),

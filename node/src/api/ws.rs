@@ -58,10 +58,10 @@ const AUTH_RECHECK: Duration = Duration::from_millis(200);
 /// Most channels and watches on one connection.
 pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
 
+/// WebSocket (JSON text frames)
 #[utoipa::path(
     get,
     path = "/v1/ws",
-    summary = "WebSocket (JSON text frames)",
     description = "Client to server, each with an id echoed in the reply: {op:subscribe, channel, since?, user?} -> {ok, channel, offset (latest on this node), client_id}; {op:unsubscribe, channel} -> {ok, channel}; {op:publish, channel, data} -> {ok, offset}; {op:watch, prefix?, since_revision?} -> {ok, prefix, revision, compact_revision} (error code compacted with compact_revision when since_revision < compact_revision); {op:unwatch, prefix?} -> {ok, prefix}; {op:ping} -> {ok, pong}. A request that fails is answered {id, error:{code, message, ...}}; a frame that is not a valid request (unknown op, missing or unknown field, not JSON) with code bad_request and its id (null when none could be read). Server to client: {type:event, channel, offset, ts_ms, data}; {type:recovered, channel, from, to, complete} after a catch-up requested with since (complete:false when events after since were trimmed by retention); {type:kv, event:put|delete, key, revision, value (base64, null for delete), prefix}; {type:error, error:{code, message, ...}}. Catch-up is paced (ws_catch_up_events_per_sec, default 10000, and at most half the send queue); a client whose send queue passes ws_send_buffer_bytes (default 4 MiB) gets {type:error, error:{code:slow_consumer, limit_bytes}} and close code 1008, and resumes with since. On shutdown: error going_away and close 1001. The server pings every ws.ping_interval_ms (default 15000); a connection from which nothing arrives (no message, no pong) for ws.idle_timeout_ms (default 45000) gets {type:error, error:{code:idle_timeout, limit_ms}} and close 1001. A publish while ws.max_pending_publishes (default 256) publishes of the connection wait for their write is refused with rate_limited (limit, and setting ws.max_pending_publishes). More than ws_max_connections (default 10000) connections: 503.",
     params(
         ("client_id" = Option<String>, Query, description = "default: random; used for presence"),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 
-use super::{LeaseArgs, RenewArgs, Target};
+use super::{AcquireArgs, LeaseArgs, RenewArgs, Target};
 use crate::api::client::Client;
 use crate::api::model::AcquireRequest;
 
@@ -17,14 +17,8 @@ pub enum LockCmd {
         /// Who holds the lock (shown to others while held).
         #[arg(long)]
         owner: String,
-        /// Lease length; the lock is released when it is not renewed in time.
-        #[arg(long, default_value_t = 10_000)]
-        ttl_ms: u64,
-        /// Wait up to this long for the lock if it is held (waiters are served in order).
-        #[arg(long, default_value_t = 0)]
-        wait_ms: u64,
         #[command(flatten)]
-        target: Target,
+        lease: AcquireArgs,
     },
     /// Extend the lease of the holder with FENCE.
     Renew(RenewArgs),
@@ -75,9 +69,12 @@ pub async fn run(cmd: LockCmd) -> anyhow::Result<()> {
         LockCmd::Acquire {
             name,
             owner,
-            ttl_ms,
-            wait_ms,
-            target,
+            lease:
+                AcquireArgs {
+                    ttl_ms,
+                    wait_ms,
+                    target,
+                },
         } => {
             let fence = acquire(&target.client()?, &name, &owner, ttl_ms, wait_ms).await?;
             outln!("{fence}");

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::{LeaseArgs, RenewArgs, Target};
+use super::{AcquireArgs, LeaseArgs, RenewArgs, Target};
 use crate::api::semaphores::AcquireBody;
 
 #[derive(Subcommand, Debug)]
@@ -20,14 +20,8 @@ pub enum SemaphoreCmd {
         /// The semaphore's permits; must match while any are held or waited for.
         #[arg(long)]
         capacity: u32,
-        /// Lease length; the permits are freed when it is not renewed in time.
-        #[arg(long, default_value_t = 10_000)]
-        ttl_ms: u64,
-        /// Wait up to this long for the permits (waiters are served in arrival order).
-        #[arg(long, default_value_t = 0)]
-        wait_ms: u64,
         #[command(flatten)]
-        target: Target,
+        lease: AcquireArgs,
     },
     /// Extend the lease with FENCE.
     Renew(RenewArgs),
@@ -48,9 +42,12 @@ pub async fn run(cmd: SemaphoreCmd) -> anyhow::Result<()> {
             holder,
             permits,
             capacity,
-            ttl_ms,
-            wait_ms,
-            target,
+            lease:
+                AcquireArgs {
+                    ttl_ms,
+                    wait_ms,
+                    target,
+                },
         } => {
             let req = AcquireBody {
                 holder,
