@@ -74,9 +74,11 @@ pub struct AppState {
     pub hub: Arc<crate::realtime::Hub>,
     /// The node's RocksDB, for streaming backups.
     pub db: storage::Db,
-    /// The node's request tasks: work that outlives its handler (a backup's stream) is
-    /// tracked here, so shutdown waits for it.
+    /// The node's request tasks: every request, and work that outlives its handler (a
+    /// backup's stream), is tracked here, so shutdown waits for it.
     pub requests: tokio_util::task::TaskTracker,
+    /// Cancelled when requests outlive shutdown's patience: they are answered 503.
+    pub abandon: tokio_util::sync::CancellationToken,
     /// Request rates per token, address and WebSocket connection.
     pub rate: Arc<crate::rate::RateLimits>,
 }
@@ -96,16 +98,7 @@ macro_rules! routes {
             r$(.route(
                 $path,
                 axum::routing::$method($handler)
-                    // Once the caller is let in: a request with an Idempotency-Key is read and
-                    // fingerprinted for the `Idempotency` extractor.
-                    .layer(middleware::from_fn_with_state(
-                        st.clone(),
-                        idempotency::record_fingerprint,
-                    ))
-                    .route_layer(middleware::from_fn_with_state(
-                        (st.clone(), $need),
-                        crate::auth::authorize,
-                    )),
+                    .route_layer(middleware::from_fn_with_state((st.clone(), $need), admit)),
             ))*
         }
 
@@ -221,17 +214,52 @@ routes! {
     get "/metrics" => metrics, Need::Metrics;
 }
 
+/// The API: every route of the table behind [`admit`], and every request behind
+/// [`front`] and CORS. Each layer costs every request a boxed service clone and future, so
+/// the per-request work sits in these two.
 pub fn router(state: Arc<AppState>) -> Router {
     add_routes(Router::new(), &state)
         .fallback(ui::fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            browser::guard,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), front))
         .layer(browser::cors(&state))
         .with_state(state)
+}
+
+/// In front of every route's handler: the access check (`auth::authorize`), then, once the
+/// caller is let in, a request with an Idempotency-Key is read and fingerprinted for the
+/// `Idempotency` extractor.
+async fn admit(
+    State((st, need)): State<(Arc<AppState>, Need)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let req = match crate::auth::authorize(&st, need, req).await {
+        Ok(req) => req,
+        Err(refused) => return refused,
+    };
+    match idempotency::with_fingerprint(&st, req).await {
+        Ok(req) => next.run(req).await,
+        Err(refused) => refused,
+    }
+}
+
+/// In front of every request: the `Origin` check of the browser rules, then the request is
+/// tracked among the node's requests (one still running when shutdown gives up on it is
+/// answered 503) and observed ([`observe`]); every answer gets the security headers.
+async fn front(State(st): St, req: Request, next: Next) -> Response {
+    if let Some(refused) = browser::refused_origin(&st, &req) {
+        return browser::with_headers(refused);
+    }
+    let answer = st.requests.track_future(async {
+        tokio::select! {
+            answer = observe(&st, req, next) => answer,
+            _ = st.abandon.cancelled() => {
+                ApiError::unavailable("the node is shutting down").into_response()
+            }
+        }
+    });
+    browser::with_headers(answer.await)
 }
 
 /// The routes answered from their own budget (`AppState::probes`): health, readiness and
@@ -240,7 +268,7 @@ const PROBE_ROUTES: [&str; 3] = ["/health", "/ready", "/metrics"];
 
 /// Counts and times every request, sheds load past `max_inflight_requests` (probes past
 /// `max_inflight_probes`), and reads the body within `body_read_timeout_ms`.
-async fn observe(State(st): St, req: Request, next: Next) -> Response {
+async fn observe(st: &AppState, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -260,7 +288,7 @@ async fn observe(State(st): St, req: Request, next: Next) -> Response {
         let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
             return ApiError::unavailable("too many requests in flight").into_response();
         };
-        match read_whole_body(&st, req).await {
+        match read_whole_body(st, req).await {
             Ok(req) => next.run(req).await,
             Err(e) => e.into_response(),
         }

@@ -10,9 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use raft::{codec, LogStore, NodeId, NodeInfo, Replica, StateMachine};
 use serde::{Deserialize, Serialize};
 use storage::Db;
@@ -30,7 +27,6 @@ use transport::{
 use crate::api::{self, AppState};
 use crate::cluster::{Cluster, Peers};
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::realtime::Hub;
 
@@ -724,16 +720,14 @@ async fn stage_api(
         hub: life.hub.clone(),
         db: life.db.clone(),
         requests: life.tasks.requests.clone(),
+        abandon: life.abandon_requests.clone(),
         rate: Arc::new(crate::rate::RateLimits::new(&config.rate)),
     });
     life.tasks.background.spawn(crate::samples::Samples::run(
         state.clone(),
         life.background.clone(),
     ));
-    let app = api::router(state.clone()).layer(axum::middleware::from_fn_with_state(
-        life.requests(),
-        track_request,
-    ));
+    let app = api::router(state.clone());
     let stop = life.stop_accepting.clone();
     let timeouts = crate::http_server::Timeouts {
         header_read: Duration::from_millis(config.api.header_read_timeout_ms),
@@ -800,29 +794,6 @@ async fn stage_api(
     Ok((api_addr, state))
 }
 
-/// The node's in-flight HTTP requests, and the signal that gives up on them.
-#[derive(Clone)]
-struct Requests {
-    tasks: TaskTracker,
-    abandon: CancellationToken,
-}
-
-/// Counts a request among the node's tasks while it is answered; a request still running when
-/// shutdown gives up on it is answered 503.
-async fn track_request(State(r): State<Requests>, req: Request, next: Next) -> Response {
-    let abandon = r.abandon;
-    r.tasks
-        .track_future(async move {
-            tokio::select! {
-                res = next.run(req) => res,
-                _ = abandon.cancelled() => {
-                    ApiError::unavailable("the node is shutting down").into_response()
-                }
-            }
-        })
-        .await
-}
-
 /// What a started node runs, and the signals that stop it, in the order shutdown uses them.
 struct Lifecycle {
     /// Cancelled first: the HTTP server stops accepting and finishes the requests under way.
@@ -881,13 +852,6 @@ impl Lifecycle {
     /// Starts a background duty, stopped by [`Lifecycle::background`].
     fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
         self.duties.push((name, self.tasks.background.spawn(task)));
-    }
-
-    fn requests(&self) -> Requests {
-        Requests {
-            tasks: self.tasks.requests.clone(),
-            abandon: self.abandon_requests.clone(),
-        }
     }
 
     /// Stops everything in order, logging each step; `quiet` runs once no task of the node

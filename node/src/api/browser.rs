@@ -7,9 +7,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -81,33 +80,33 @@ fn origin_allowed(st: &AppState, headers: &HeaderMap, origin: &str, allowed: &Or
             || origin.eq_ignore_ascii_case(&format!("https://{host}")))
 }
 
-/// Checks the `Origin` of upgrades and of requests that may change something, and adds the
-/// security headers to every answer.
-pub async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// The refusal of an upgrade or of a request that may change something whose `Origin` is
+/// not allowed (none for any other request).
+pub fn refused_origin(st: &AppState, req: &Request) -> Option<Response> {
     let checked = req.method() != Method::GET && req.method() != Method::HEAD
         || req.headers().contains_key(header::UPGRADE);
-    if checked {
-        if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let origin = origin.to_str().unwrap_or("(not visible ASCII)");
-            if !origin_allowed(
-                &st,
-                req.headers(),
-                origin,
-                &st.cluster.config().api.allowed_origins,
-            ) {
-                let e = ApiError::new(
-                    ErrorCode::Forbidden,
-                    format!("origin {origin} may not call this API (api.allowed_origins)"),
-                );
-                return with_headers(e.into_response());
-            }
-        }
+    if !checked {
+        return None;
     }
-    with_headers(next.run(req).await)
+    let origin = req.headers().get(header::ORIGIN)?;
+    let origin = origin.to_str().unwrap_or("(not visible ASCII)");
+    if origin_allowed(
+        st,
+        req.headers(),
+        origin,
+        &st.cluster.config().api.allowed_origins,
+    ) {
+        return None;
+    }
+    let e = ApiError::new(
+        ErrorCode::Forbidden,
+        format!("origin {origin} may not call this API (api.allowed_origins)"),
+    );
+    Some(e.into_response())
 }
 
 /// The security headers of every answer; a page that sets its own policy keeps it.
-fn with_headers(mut resp: Response) -> Response {
+pub fn with_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -2,19 +2,16 @@
 //!
 //! A key belongs to a scope ([`scope`]: the caller), so two callers that pick the same key
 //! never see each other's answers, and it is bound to the request it was
-//! first sent with: [`record_fingerprint`] digests the method, path, query and body of every
+//! first sent with: [`with_fingerprint`] digests the method, path, query and body of every
 //! request that carries the header, and the write carries that digest
 //! ([`raft::command::IdemKey`]). The replicated state compares it with the one remembered
 //! under the key, so the check is the same on every replica: the same request is answered
 //! from the first answer, another one is refused with 422 `idempotency_mismatch`.
 
-use std::sync::Arc;
-
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, Uri};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use raft::command::IdemKey;
 use sha2::{Digest, Sha256};
@@ -41,33 +38,30 @@ pub(crate) struct IdempotencyKey {
 }
 
 /// The digest of a request that carries an `Idempotency-Key`, left in its extensions by
-/// [`record_fingerprint`].
+/// [`with_fingerprint`].
 #[derive(Clone, Copy)]
 struct Fingerprint([u8; 32]);
 
-/// Middleware in front of every route's handler, behind the access check (so nobody it
-/// refuses has a body read): a request with an `Idempotency-Key` has its body read (at most
-/// the JSON body limit, else 413) and its [`Fingerprint`] recorded; the handler reads the same
-/// body.
-pub(crate) async fn record_fingerprint(
-    State(st): State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// Run in front of every route's handler, behind the access check (so nobody it refuses has
+/// a body read; see `api::admit`): a request with an `Idempotency-Key` has its body read (at
+/// most the JSON body limit, else 413) and its [`Fingerprint`] recorded; the handler reads
+/// the same body.
+pub(crate) async fn with_fingerprint(st: &AppState, req: Request) -> Result<Request, Response> {
     if !req.headers().contains_key(HEADER) {
-        return next.run(req).await;
+        return Ok(req);
     }
-    let limit = super::json_body_limit(&st);
+    let limit = super::json_body_limit(st);
     let (mut parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return ApiError::too_large(format!("body is over the {limit}-byte limit"))
-            .with("limit", limit)
-            .into_response();
+        return Err(
+            ApiError::too_large(format!("body is over the {limit}-byte limit"))
+                .with("limit", limit)
+                .into_response(),
+        );
     };
     let digest = fingerprint(&parts.method, &parts.uri, &bytes);
     parts.extensions.insert(Fingerprint(digest));
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 /// SHA-256 of the method, the path, the query and the body. The first three cannot hold a
@@ -128,7 +122,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
             return Ok(Idempotency(None));
         };
         let Some(&Fingerprint(fingerprint)) = parts.extensions.get::<Fingerprint>() else {
-            // `router` runs `record_fingerprint` in front of every route's handler.
+            // `api::admit` runs `with_fingerprint` in front of every route's handler.
             return Err(ApiError::new(
                 ErrorCode::Internal,
                 "the request's fingerprint was not recorded",
