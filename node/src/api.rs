@@ -269,14 +269,12 @@ const PROBE_ROUTES: [&str; 3] = ["/health", "/ready", "/metrics"];
 /// Counts and times every request, sheds load past `max_inflight_requests` (probes past
 /// `max_inflight_probes`), and reads the body within `body_read_timeout_ms`.
 async fn observe(st: &AppState, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    // The route's template (shared, not copied) labels the request's metrics.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
     let start = Instant::now();
-    let resp = if PROBE_ROUTES.contains(&route.as_str()) {
+    let resp = if PROBE_ROUTES.contains(&route) {
         match st.probes.clone().try_acquire_owned() {
             Ok(_permit) => next.run(req).await,
             Err(_) => {
@@ -293,12 +291,8 @@ async fn observe(st: &AppState, req: Request, next: Next) -> Response {
             Err(e) => e.into_response(),
         }
     };
-    st.metrics.observe_request(
-        &route,
-        method.as_str(),
-        resp.status().as_u16(),
-        start.elapsed(),
-    );
+    st.metrics
+        .observe_request(route, method.as_str(), resp.status(), start.elapsed());
     resp
 }
 

@@ -325,12 +325,18 @@ impl Metrics {
     /// Counts and times one request. Every label comes from a fixed set, so a client cannot
     /// make series: the route is a template of the route table (or `unmatched`), the method
     /// one of [`method_label`]'s, the status one the server sends.
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    pub fn observe_request(
+        &self,
+        route: &str,
+        method: &str,
+        status: axum::http::StatusCode,
+        elapsed: Duration,
+    ) {
         let method = method_label(method);
         self.samples
             .observe(crate::samples::RouteClass::of(route, method), elapsed);
         self.requests
-            .with_label_values(&[route, method, &status.to_string()])
+            .with_label_values(&[route, method, status.as_str()])
             .inc();
         self.latency
             .with_label_values(&[route, method])
@@ -411,7 +417,12 @@ mod tests {
     fn request_labels_come_from_a_fixed_set() {
         let m = Metrics::new();
         for method in ["GET", "POST", "FOO", "get", "X-RANDOM-1", "X-RANDOM-2"] {
-            m.observe_request("unmatched", method, 405, Duration::from_millis(1));
+            m.observe_request(
+                "unmatched",
+                method,
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                Duration::from_millis(1),
+            );
         }
         let text = {
             let mut buf = Vec::new();
