@@ -530,6 +530,11 @@ gateway_row() {
 # --- run ---------------------------------------------------------------------------------
 install_packages
 install_bullmq
+# The machine's load before anything of the run starts: the ratios assume both sides share an
+# otherwise quiet machine, so a busy one is said in the output.
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+python3 -c 'import os, sys; sys.exit(0 if os.getloadavg()[0] <= os.cpu_count() else 1)' ||
+    log "warning: load average $LOAD_BEFORE is above the $(nproc) cores before the run starts; other work will skew the figures"
 log "building stackd and loadgen (release); measuring $STACKD_BIN"
 cargo build --release -p node -p benches >&2
 
@@ -591,6 +596,8 @@ if [[ " $ROWS " == *" cache-64 "* ]]; then
 fi
 
 export REDIS_BENCH="${REDIS_BENCH:-}"
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+export LOAD_BEFORE LOAD_AFTER
 python3 - "$RESULTS" "$MARKDOWN" "$DURATION" "$WARMUP" "$KEYS" "$VALUE_SIZE" "$ROUNDS" <<'PY'
 import json, sys
 results, markdown, duration, warmup, keys, value_size, rounds = sys.argv[1:]
@@ -641,6 +648,8 @@ print(f"{duration} s measured after {warmup} s warm-up per side and row ({median
 for line in [header, ["-" * w for w in widths]] + table:
     print("  ".join(x.ljust(w) for x, w in zip(line, widths)))
 import os
+print(f"load average (1, 5, 15 min) before the run: {os.environ['LOAD_BEFORE']}; at its end: "
+      f"{os.environ['LOAD_AFTER']} ({os.cpu_count()} cores; the run itself keeps about 3 busy)")
 if os.environ.get("REDIS_BENCH"):
     print(f"redis-benchmark -t get -c 64: {os.environ['REDIS_BENCH'].strip()}")
 if markdown:
