@@ -277,13 +277,21 @@ impl Replica {
 
     /// Waits until Raft stops on an error of its own (a storage write that failed, say on a
     /// full disk), and answers it. Never answers while Raft runs or after a clean shutdown.
+    ///
+    /// It waits on Raft's server figures (role, leader, membership), which change rarely, not on
+    /// all of them: those change with every replication step, and a waiter woken by each would
+    /// cost every write and read a task wake-up. When Raft's core stops, that channel closes,
+    /// and the core's last figures say why.
     pub async fn failure(&self) -> ReplicaError {
-        let mut rx = self.raft.metrics();
+        let mut server = self.raft.server_metrics();
         loop {
-            if let Err(e) = &rx.borrow_watched().running_state {
+            if let Err(e) = &self.raft.metrics().borrow_watched().running_state {
                 return ReplicaError::of(e);
             }
-            if rx.changed().await.is_err() {
+            if server.changed().await.is_err() {
+                if let Err(e) = &self.raft.metrics().borrow_watched().running_state {
+                    return ReplicaError::of(e);
+                }
                 return std::future::pending().await;
             }
         }
