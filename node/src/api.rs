@@ -296,11 +296,18 @@ async fn observe(st: &AppState, req: Request, next: Next) -> Response {
     resp
 }
 
+/// How many bytes of a body over the limit are still read, and thrown away, before the 413
+/// answer: a client stopped while it sends sees its connection reset and loses the answer,
+/// so one that sends a body somewhat over the limit reads why it was refused. Past this,
+/// the connection is closed.
+const DISCARD_BYTES: usize = 16 << 20;
+
 /// Reads the request's whole body (at most the JSON body limit, which bounds every body a
 /// route takes) before the handler runs, within `api.body_read_timeout_ms` of the request
 /// being let in: a client that sends its body slowly, or not at all, holds an in-flight
 /// permit that long at most, then gets 408 request_timeout. A request with an empty body
-/// (every GET) passes at once.
+/// (every GET) passes at once. A body over the limit gets 413 too_large once it has been
+/// read (up to [`DISCARD_BYTES`]).
 async fn read_whole_body(st: &AppState, req: Request) -> ApiResult<Request> {
     let (parts, body) = req.into_parts();
     if body.is_end_stream() {
@@ -308,12 +315,15 @@ async fn read_whole_body(st: &AppState, req: Request) -> ApiResult<Request> {
     }
     let limit = json_body_limit(st);
     let timeout = Duration::from_millis(st.cluster.config().api.body_read_timeout_ms);
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
-        Ok(Err(_)) => Err(
+    match tokio::time::timeout(timeout, read_within(body, limit)).await {
+        Ok(Ok(Some(bytes))) => Ok(Request::from_parts(parts, Body::from(bytes))),
+        Ok(Ok(None)) => Err(
             ApiError::too_large(format!("body is over the {limit}-byte limit"))
                 .with("limit", limit),
         ),
+        Ok(Err(e)) => Err(ApiError::bad_request(format!(
+            "the body could not be read: {e}"
+        ))),
         Err(_) => Err(ApiError::new(
             ErrorCode::RequestTimeout,
             format!(
@@ -323,6 +333,35 @@ async fn read_whole_body(st: &AppState, req: Request) -> ApiResult<Request> {
         )
         .with("limit_ms", timeout.as_millis() as u64)),
     }
+}
+
+/// The body's bytes, or `None` when there are more than `limit` (the rest is then read and
+/// dropped, up to [`DISCARD_BYTES`] in all).
+async fn read_within(mut body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
+    use http_body_util::BodyExt as _;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        seen += data.len();
+        if seen > DISCARD_BYTES {
+            break;
+        }
+        if seen <= limit {
+            chunks.push(data);
+        } else {
+            chunks.clear();
+        }
+    }
+    if seen > limit {
+        return Ok(None);
+    }
+    Ok(Some(match chunks.len() {
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    }))
 }
 
 pub(crate) async fn not_found() -> ApiError {
@@ -943,4 +982,38 @@ async fn openapi() -> Response {
         crate::openapi::document_json(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked(parts: usize, each: usize) -> Body {
+        let chunks = (0..parts).map(|i| Ok::<_, std::io::Error>(Bytes::from(vec![i as u8; each])));
+        Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()))
+    }
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_read_whole_and_one_over_it_is_drained() {
+        let whole = read_within(chunked(3, 10), 30).await.unwrap().unwrap();
+        assert_eq!(whole.len(), 30);
+        assert_eq!(&whole[..], &[[0u8; 10], [1; 10], [2; 10]].concat()[..]);
+        assert_eq!(
+            read_within(chunked(1, 30), 30)
+                .await
+                .unwrap()
+                .unwrap()
+                .len(),
+            30
+        );
+        assert!(read_within(chunked(4, 10), 30).await.unwrap().is_none());
+        // Over the discard bound the reading stops: the stream is not read to its end.
+        let endless = futures::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(Bytes::from(vec![0u8; 1 << 20]))
+        });
+        assert!(read_within(Body::from_stream(endless), 30)
+            .await
+            .unwrap()
+            .is_none());
+    }
 }

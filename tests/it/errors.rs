@@ -495,13 +495,17 @@ async fn undecodable_paths_and_oversized_bodies_get_documented_errors_on_every_r
         let e = expect_error(req, 400, ErrorCode::BadRequest).await;
         assert!(e.message.contains("UTF-8"), "{}", e.message);
     }
-    let big = vec![b' '; 3 << 20];
-    let e = expect_error(
-        http.post(format!("{b}/v1/cluster/tokens")).body(big),
-        413,
-        ErrorCode::TooLarge,
-    )
-    .await;
-    assert!(e.limit.is_some(), "{e:?}");
+    // The client sending a body over the limit reads the answer, each time: the node reads
+    // the rest of the body before answering instead of resetting the connection under it.
+    for _ in 0..10 {
+        let big = vec![b' '; 3 << 20];
+        let e = expect_error(
+            http.post(format!("{b}/v1/cluster/tokens")).body(big),
+            413,
+            ErrorCode::TooLarge,
+        )
+        .await;
+        assert!(e.limit.is_some(), "{e:?}");
+    }
     c.shutdown().await;
 }
