@@ -296,8 +296,8 @@ async fn observe(st: &AppState, req: Request, next: Next) -> Response {
     resp
 }
 
-/// How many bytes of a body over the limit are still read, and thrown away, before the 413
-/// answer: a client stopped while it sends sees its connection reset and loses the answer,
+/// How many bytes past the limit a body over it is still read, and thrown away, before the
+/// 413 answer: a client stopped while it sends sees its connection reset and loses the answer,
 /// so one that sends a body somewhat over the limit reads why it was refused. Past this,
 /// the connection is closed.
 const DISCARD_BYTES: usize = 16 << 20;
@@ -307,7 +307,7 @@ const DISCARD_BYTES: usize = 16 << 20;
 /// being let in: a client that sends its body slowly, or not at all, holds an in-flight
 /// permit that long at most, then gets 408 request_timeout. A request with an empty body
 /// (every GET) passes at once. A body over the limit gets 413 too_large once it has been
-/// read (up to [`DISCARD_BYTES`]).
+/// read (up to [`DISCARD_BYTES`] past the limit).
 async fn read_whole_body(st: &AppState, req: Request) -> ApiResult<Request> {
     let (parts, body) = req.into_parts();
     if body.is_end_stream() {
@@ -336,8 +336,11 @@ async fn read_whole_body(st: &AppState, req: Request) -> ApiResult<Request> {
 }
 
 /// The body's bytes, or `None` when there are more than `limit` (the rest is then read and
-/// dropped, up to [`DISCARD_BYTES`] in all).
-async fn read_within(mut body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
+/// dropped, up to [`DISCARD_BYTES`] past the limit).
+pub(crate) async fn read_within(
+    mut body: Body,
+    limit: usize,
+) -> Result<Option<Bytes>, axum::Error> {
     use http_body_util::BodyExt as _;
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut seen = 0usize;
@@ -346,7 +349,7 @@ async fn read_within(mut body: Body, limit: usize) -> Result<Option<Bytes>, axum
             continue; // trailers
         };
         seen += data.len();
-        if seen > DISCARD_BYTES {
+        if seen > limit.saturating_add(DISCARD_BYTES) {
             break;
         }
         if seen <= limit {

@@ -559,26 +559,15 @@ async fn forward(
             ),
         )
     };
-    if parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > route.max_body_bytes)
-    {
-        return Err(too_large());
-    }
-    use http_body_util::BodyExt as _;
+    // A body over the limit is read and dropped (up to 16 MiB past it) before the 413, so a
+    // client still sending reads the answer instead of a reset connection.
     use hyper::body::Body as _;
     let body = if body.is_end_stream() {
         axum::body::Bytes::new()
     } else {
-        match http_body_util::Limited::new(body, route.max_body_bytes as usize)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        match crate::api::read_within(Body::new(body), route.max_body_bytes as usize).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(too_large()),
             Err(e) => {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
