@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::metrics::RaftServerMetrics;
 use openraft::{ChangeMembers, Instant as _, RaftMetrics, ReadPolicy, ServerState};
 
 use crate::command::{Request, Response};
@@ -195,14 +196,20 @@ impl Metrics {
 }
 
 /// Wakes each time Raft's figures change.
-pub struct Changes(
-    openraft::type_config::alias::WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>,
-);
+pub struct Changes {
+    applied: tokio::sync::watch::Receiver<u64>,
+    server:
+        openraft::type_config::alias::WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>,
+}
 
 impl Changes {
-    /// Waits for the next change; an error once Raft has stopped.
+    /// Waits until more entries are applied on this node (or a snapshot is installed, or
+    /// this node's role changes); an error once Raft has stopped.
     pub async fn changed(&mut self) -> Result<(), ReplicaError> {
-        self.0.changed().await.map_err(ReplicaError::of)
+        tokio::select! {
+            r = self.applied.changed() => r.map_err(|_| ReplicaError("raft stopped".into())),
+            r = self.server.changed() => r.map_err(ReplicaError::of),
+        }
     }
 }
 
@@ -224,6 +231,8 @@ pub struct Replica {
     /// Bytes appended to the log since the last snapshot this node built (about: see
     /// [`Replica::snapshot_by_log_bytes`]).
     log_bytes: Arc<AtomicU64>,
+    /// The state machine's applied index (see [`StateMachine::applied`]).
+    applied: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Replica {
@@ -237,10 +246,15 @@ impl Replica {
     ) -> Result<Self, ReplicaError> {
         let config = crate::config::raft_config(&timing).map_err(ReplicaError::of)?;
         let log_bytes = log_store.appended_bytes();
+        let applied = state_machine.applied();
         let raft = Raft::new(id, config, Network::new(link), log_store, state_machine)
             .await
             .map_err(ReplicaError::of)?;
-        Ok(Self { raft, log_bytes })
+        Ok(Self {
+            raft,
+            log_bytes,
+            applied,
+        })
     }
 
     /// Builds a snapshot whenever `limit` bytes of entries were appended to the log since the
@@ -328,9 +342,13 @@ impl Replica {
             )
     }
 
-    /// A watch on Raft's figures.
+    /// A watch on what changes the state: entries applied on this node. Raft's role changes
+    /// wake it too, and it ends when Raft stops.
     pub fn changes(&self) -> Changes {
-        Changes(self.raft.metrics())
+        Changes {
+            applied: self.applied.clone(),
+            server: self.raft.server_metrics(),
+        }
     }
 
     /// Waits up to `timeout` until `until` holds of Raft's figures, and answers them then.
@@ -348,14 +366,23 @@ impl Replica {
             .map_err(ReplicaError::of)
     }
 
-    /// Waits up to `timeout` until this node has applied entry `index`.
+    /// Waits up to `timeout` until this node has applied entry `index`. It reads the state
+    /// machine's applied index, without copying Raft's figures: this is on the path of every
+    /// linearizable read and every read-your-writes write.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ReplicaError> {
-        self.raft
-            .wait(Some(timeout))
-            .applied_index_at_least(Some(index), "applied")
-            .await
-            .map(|_| ())
-            .map_err(ReplicaError::of)
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout(timeout, async {
+            applied.wait_for(|&a| a >= index).await.map(|_| ())
+        })
+        .await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ReplicaError("raft stopped".into())),
+            Err(_) => Err(ReplicaError(format!(
+                "entry {index} not applied within {timeout:?} (applied: {})",
+                *self.applied.borrow()
+            ))),
+        }
     }
 
     /// Proposes `req` on this node, which must lead; answers its result and its log index

@@ -24,6 +24,9 @@ pub struct StateMachine {
     state: Arc<RwLock<State>>,
     snapshot_path: PathBuf,
     live: tokio::sync::broadcast::Sender<LiveBatch>,
+    /// The index of the last entry applied (or of the snapshot installed), sent once its
+    /// batch is in the state and written.
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// What the state machine tells live subscribers after each applied batch. Each node sends
@@ -54,7 +57,9 @@ impl StateMachine {
     pub fn open(db: Db, dir: &Path) -> storage::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let state = State::load(&db)?;
+        let applied = state.meta.last_applied.map_or(0, |l| l.index);
         Ok(Self {
+            applied: Arc::new(tokio::sync::watch::channel(applied).0),
             db,
             state: Arc::new(RwLock::new(state)),
             snapshot_path: dir.join("snapshot.bin"),
@@ -70,6 +75,12 @@ impl StateMachine {
     /// A handle to subscribe with later (see [`StateMachine::subscribe_live`]).
     pub fn live_sender(&self) -> tokio::sync::broadcast::Sender<LiveBatch> {
         self.live.clone()
+    }
+
+    /// The index of the last entry applied to the state, as it moves. Waiting on it costs a
+    /// wake-up per applied batch, where Raft's figures change with every replication step too.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// The shared in-memory state, for reads. Hold the lock only for short, non-async sections.
@@ -153,7 +164,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .write()
             .expect("state lock")
             .set_emit_live(recording);
+        let mut last = None;
         while let Some((entry, responder)) = entries.try_next().await? {
+            last = Some(entry.log_id.index);
             let mut st = self.state.write().expect("state lock");
             st.meta.last_applied = Some(entry.log_id);
             let response = match entry.payload {
@@ -181,6 +194,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let _ = self.live.send(LiveBatch::Events(Arc::new(live)));
         } else if !recording && self.live.receiver_count() > 0 {
             let _ = self.live.send(LiveBatch::Reset);
+        }
+        if let Some(index) = last {
+            self.applied.send_replace(index);
         }
         for (r, resp) in responses {
             r.send(resp);
@@ -216,6 +232,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ));
         }
         *self.state.write().expect("state lock") = new_state;
+        self.applied
+            .send_replace(meta.last_log_id.map_or(0, |l| l.index));
         let _ = self.live.send(LiveBatch::Reset);
         self.write_snapshot_file(&SnapshotFile {
             meta: meta.clone(),
