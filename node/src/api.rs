@@ -252,7 +252,10 @@ async fn front(State(st): St, req: Request, next: Next) -> Response {
         return browser::with_headers(refused);
     }
     let answer = st.requests.track_future(async {
+        // Biased, the request first: one answered at its first poll never registers with
+        // the shared token (a lock shared by every request).
         tokio::select! {
+            biased;
             answer = observe(&st, req, next) => answer,
             _ = st.abandon.cancelled() => {
                 ApiError::unavailable("the node is shutting down").into_response()
