@@ -189,6 +189,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         // One atomic batch: the changes and `last_applied` land together or not at all.
         self.db.sm_write(batch)?;
+        self.state.write().expect("state lock").written();
         if !live.is_empty() {
             // No receivers is not an error: everyone may have left meanwhile.
             let _ = self.live.send(LiveBatch::Events(Arc::new(live)));

@@ -31,6 +31,12 @@ pub struct Db {
 #[derive(Clone)]
 pub struct WeakDb(Weak<DB>, Arc<SyncTimes>);
 
+impl std::fmt::Debug for WeakDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakDb")
+    }
+}
+
 impl WeakDb {
     /// The database, unless every [`Db`] clone has been dropped (and so it is closed).
     pub fn upgrade(&self) -> Option<Db> {
@@ -226,6 +232,37 @@ impl Db {
     /// Reads one state-machine key.
     pub fn sm_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_cf(self.cf(CF_SM), key)?)
+    }
+
+    /// Reads several state-machine keys at once, in the order given.
+    pub fn sm_multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(CF_SM);
+        self.db
+            .multi_get_cf(keys.iter().map(|k| (cf, k.as_slice())))
+            .into_iter()
+            .map(|r| r.map_err(Into::into))
+            .collect()
+    }
+
+    /// Calls `f` on every state-machine entry whose key starts with `prefix`, in key order,
+    /// without collecting them.
+    pub fn sm_scan_prefix_each(
+        &self,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let it = self.db.iterator_cf(
+            self.cf(CF_SM),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            f(&k, &v)?;
+        }
+        Ok(())
     }
 
     /// All state-machine entries whose key starts with `prefix`, in key order.

@@ -3,11 +3,16 @@
 //! Every change (put, delete, expiry) is also kept as a history event under its revision, so
 //! watches can replay from a past revision. History is dropped up to `compact_revision` by a
 //! replicated `KvCompact` entry, which the leader proposes when history outgrows its bound.
+//!
+//! Only the history's index (revision, key, put or delete) is held in memory; the values it
+//! names are read from the store (`h:` records) when a page of history is asked for. A value
+//! whose batch is not yet written is held until it is ([`Kv::written`]), so a reader never
+//! misses one.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use storage::{Db, SmBatch};
+use storage::{Db, SmBatch, WeakDb};
 
 use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, LiveEvent};
@@ -101,8 +106,15 @@ pub(super) struct Kv {
     entries: BTreeMap<String, KvEntry>,
     /// Every key with a TTL, for expiry in deadline order.
     ttl: Deadlines<String>,
-    /// Changes by (revision, key); `None` is a delete.
-    history: BTreeMap<(u64, String), Option<Vec<u8>>>,
+    /// Changes by (revision, key): `true` for a put, `false` for a delete. The values of
+    /// the puts are in the store, under [`history_key`].
+    history: BTreeMap<(u64, String), bool>,
+    /// Values of history puts whose batch is not yet written to the store (every one, for a
+    /// state loaded from no store).
+    unwritten: BTreeMap<(u64, String), Vec<u8>>,
+    /// The store the history's values are read from; weak, so that the state does not keep
+    /// the database open.
+    store: Option<WeakDb>,
     /// Events at or below this revision have been dropped.
     compact_revision: u64,
     /// Bytes of the keys and values held (not their history): what the storage quota
@@ -115,7 +127,7 @@ fn entry_bytes(key: &str, entry: &KvEntry) -> u64 {
     (key.len() + entry.value.len()) as u64
 }
 
-fn history_key(revision: u64, key: &str) -> Vec<u8> {
+pub(super) fn history_key(revision: u64, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(HISTORY_PREFIX.len() + 8 + key.len());
     k.extend_from_slice(HISTORY_PREFIX);
     k.extend_from_slice(&revision.to_be_bytes());
@@ -133,7 +145,8 @@ impl Part for Kv {
             kv.bytes += entry_bytes(&key, &entry);
             kv.entries.insert(key, entry);
         }
-        for (k, v) in db.sm_scan_prefix(HISTORY_PREFIX)? {
+        // The index only: the values stay in the store.
+        db.sm_scan_prefix_each(HISTORY_PREFIX, |k, v| {
             let rest = &k[HISTORY_PREFIX.len()..];
             if rest.len() < 8 {
                 return Err(storage::Error::Corrupt("short history key".into()));
@@ -141,8 +154,11 @@ impl Part for Kv {
             let revision = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
             let key = String::from_utf8(rest[8..].to_vec())
                 .map_err(|_| storage::Error::Corrupt("history key is not UTF-8".into()))?;
-            kv.history.insert((revision, key), codec::decode(&v)?);
-        }
+            let value: Option<serde_bytes::ByteBuf> = codec::decode(v)?;
+            kv.history.insert((revision, key), value.is_some());
+            Ok(())
+        })?;
+        kv.store = Some(db.downgrade());
         if let Some(v) = db.sm_get(COMPACT_KEY)? {
             kv.compact_revision = codec::decode(&v)?;
         }
@@ -274,9 +290,25 @@ impl Kv {
     }
 
     fn record(&mut self, revision: u64, key: &str, value: Option<&[u8]>, batch: &mut SmBatch) {
-        let value = value.map(<[u8]>::to_vec);
-        put_record(batch, history_key(revision, key), &value);
-        self.history.insert((revision, key.to_string()), value);
+        put_record(
+            batch,
+            history_key(revision, key),
+            &value.map(serde_bytes::Bytes::new),
+        );
+        self.history
+            .insert((revision, key.to_string()), value.is_some());
+        if let Some(v) = value {
+            self.unwritten
+                .insert((revision, key.to_string()), v.to_vec());
+        }
+    }
+
+    /// The batches applied so far are written to the store: the history's values are read
+    /// from there from now on.
+    pub(super) fn written(&mut self) {
+        if self.store.is_some() {
+            self.unwritten.clear();
+        }
     }
 
     /// Drops history at or below `revision` (never above `current`, the latest revision);
@@ -290,6 +322,7 @@ impl Kv {
         for (rev, key) in std::mem::replace(&mut self.history, keep).into_keys() {
             batch.delete(history_key(rev, &key));
         }
+        self.unwritten = self.unwritten.split_off(&(target + 1, String::new()));
         self.compact_revision = target;
         put_record(batch, COMPACT_KEY.to_vec(), &target);
         target
@@ -305,7 +338,12 @@ impl Kv {
     }
 
     /// Up to `limit` changes under `prefix` with revision `from_revision` or later, in
-    /// revision order (keys in order within a revision).
+    /// revision order (keys in order within a revision). The values are read from the store,
+    /// in one multi-get, under the caller's read lock (which keeps compaction away).
+    ///
+    /// A value the store does not have (a snapshot being installed replaced it, or the store
+    /// failed) ends the history there: the answer is `Compacted` at that revision, and the
+    /// reader starts again from the current state, as after a compaction.
     pub(super) fn events_since(
         &self,
         prefix: &str,
@@ -317,22 +355,73 @@ impl Kv {
                 compact_revision: self.compact_revision,
             });
         }
-        Ok(self
+        let picked: Vec<(&(u64, String), bool)> = self
             .history
             .range((from_revision, String::new())..)
             .filter(|((_, k), _)| k.starts_with(prefix))
             .take(limit)
-            .map(|((revision, key), value)| KvEvent {
+            .map(|(at, put)| (at, *put))
+            .collect();
+        let stored: Vec<Vec<u8>> = picked
+            .iter()
+            .filter(|(at, put)| *put && !self.unwritten.contains_key(*at))
+            .map(|((revision, key), _)| history_key(*revision, key))
+            .collect();
+        let mut stored = self.read_stored(&stored).into_iter();
+        let mut events = Vec::with_capacity(picked.len());
+        for ((revision, key), put) in picked {
+            let value = match put {
+                false => None,
+                true => match self.unwritten.get(&(*revision, key.clone())) {
+                    Some(v) => Some(v.clone()),
+                    None => match stored.next().flatten() {
+                        Some(v) => Some(v),
+                        None => {
+                            tracing::warn!(revision, key, "history value missing from the store");
+                            return Err(Compacted {
+                                compact_revision: *revision,
+                            });
+                        }
+                    },
+                },
+            };
+            events.push(KvEvent {
                 revision: *revision,
                 key: key.clone(),
-                kind: if value.is_some() {
+                kind: if put {
                     KvEventKind::Put
                 } else {
                     KvEventKind::Delete
                 },
-                value: value.clone(),
-            })
-            .collect())
+                value,
+            });
+        }
+        Ok(events)
+    }
+
+    /// The history values under `keys`, in order: `None` for each one the store does not
+    /// have (or all, when it cannot be read).
+    fn read_stored(&self, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let read = || -> storage::Result<Vec<Option<Vec<u8>>>> {
+            let Some(db) = self.store.as_ref().and_then(WeakDb::upgrade) else {
+                return Ok(Vec::new());
+            };
+            db.sm_multi_get(keys)?
+                .into_iter()
+                .map(|v| match v {
+                    Some(bytes) => Ok(codec::decode::<Option<serde_bytes::ByteBuf>>(&bytes)?
+                        .map(serde_bytes::ByteBuf::into_vec)),
+                    None => Ok(None),
+                })
+                .collect()
+        };
+        read().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading history values");
+            Vec::new()
+        })
     }
 
     /// The key's revision, 0 when absent.

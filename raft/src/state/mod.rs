@@ -459,6 +459,12 @@ impl State {
         })
     }
 
+    /// The batches applied so far are written to the store: what was held until then (the
+    /// key-value history's values) is read from there from now on.
+    pub fn written(&mut self) {
+        self.parts.kv.written();
+    }
+
     /// Writes the scalars into `batch`; called once per applied batch.
     pub fn persist_meta(&self, batch: &mut SmBatch) {
         put_record(batch, META_KEY.to_vec(), &self.meta);
@@ -2070,6 +2076,76 @@ mod persistence_tests {
         assert_eq!(r.compact_revision(), 5);
         assert_eq!(r.kv_events_since("", 6, 10), s.kv_events_since("", 6, 10));
         assert_eq!(r.kv_history_len(), 1);
+    }
+}
+
+/// The key-value history holds its index in memory and reads its values from the store.
+#[cfg(test)]
+mod history_store_tests {
+    use super::*;
+    use crate::command::*;
+
+    fn request(stamp_ms: u64, command: Command) -> Request {
+        Request {
+            stamp_ms,
+            idempotency_key: None,
+            command,
+        }
+    }
+
+    #[test]
+    fn history_values_are_read_from_the_store_once_written_and_held_until_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::load(&db).unwrap();
+        let big = "v".repeat(100_000);
+        let mut batch = SmBatch::default();
+        // Revisions 1 and 2.
+        let small = tests::put("a/2", "small", None, None);
+        s.apply(&request(1, tests::put("a/1", &big, None, None)), &mut batch);
+        s.apply(&request(2, small), &mut batch);
+        // Applied but not written yet: the values are held, and served.
+        let seen = s.kv_events_since("a/", 1, 10).unwrap();
+        assert_eq!(seen[0].value.as_deref(), Some(big.as_bytes()));
+        s.persist_meta(&mut batch);
+        db.sm_write(batch).unwrap();
+        s.written();
+        let events = s.kv_events_since("a/", 1, 10).unwrap();
+        let values: Vec<_> = events.iter().map(|e| e.value.clone()).collect();
+        assert_eq!(
+            values,
+            vec![Some(big.clone().into_bytes()), Some(b"small".to_vec())]
+        );
+
+        // Written: the values are read from the store, not memory. A value the store lost
+        // ends the history there, as a compaction does.
+        let mut gone = SmBatch::default();
+        gone.delete(kv::history_key(1, "a/1"));
+        db.sm_write(gone).unwrap();
+        assert_eq!(
+            s.kv_events_since("a/", 1, 10),
+            Err(Compacted {
+                compact_revision: 1
+            })
+        );
+        assert_eq!(s.kv_events_since("a/", 2, 10).unwrap().len(), 1);
+
+        // Deletes have no value to read; a state reloaded reads the same history.
+        let mut batch = SmBatch::default();
+        let del = Command::Kv(KvCmd::Delete {
+            key: "a/2".into(),
+            if_revision: None,
+        });
+        s.apply(&request(3, del), &mut batch); // rev 3
+        s.persist_meta(&mut batch);
+        db.sm_write(batch).unwrap();
+        s.written();
+        let reloaded = State::load(&db).unwrap();
+        assert_eq!(
+            reloaded.kv_events_since("", 2, 10),
+            s.kv_events_since("", 2, 10)
+        );
+        assert_eq!(reloaded.kv_events_since("", 2, 10).unwrap().len(), 2);
     }
 }
 
