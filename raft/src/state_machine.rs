@@ -109,34 +109,112 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
+    /// Streams the state machine from one RocksDB snapshot into the snapshot file, so a
+    /// large state is never held in memory. The bytes are those of [`SnapshotFile`] encoded
+    /// whole, so the file reads back as before.
+    ///
+    /// The snapshot answered carries the meta and no bytes: they are in the file, which is
+    /// what a follower is sent ([`RaftStateMachine::get_current_snapshot`]); openraft takes
+    /// only the meta of a snapshot it asked to build.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
         let db = self.db.clone();
-        // Read from a RocksDB snapshot off the async runtime: a large state must not stall QUIC.
-        let (items, meta) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let items = db.sm_export()?;
-            let meta: Meta = match items.iter().find(|(k, _)| k.as_slice() == META_KEY) {
-                Some((_, v)) => codec::decode(v)?,
-                None => Meta::default(),
-            };
-            Ok((codec::encode(&items)?, meta))
-        })
-        .await
-        .map_err(io::Error::other)??;
-        let snap_meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: meta.last_applied,
-            last_membership: meta.last_membership,
-        };
-        let file = SnapshotFile {
-            meta: snap_meta.clone(),
-            data: items,
-        };
-        self.write_snapshot_file(&file)?;
-        tracing::info!(last_log_id = ?snap_meta.last_log_id, bytes = file.data.len(), "snapshot built");
+        let path = self.snapshot_path.clone();
+        // Off the async runtime: a large state must not stall QUIC.
+        let (meta, bytes) = tokio::task::spawn_blocking(move || write_snapshot_stream(&db, &path))
+            .await
+            .map_err(io::Error::other)??;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes, "snapshot built");
         Ok(SnapshotOf::<TypeConfig, SnapshotData> {
-            meta: snap_meta,
-            snapshot: Cursor::new(file.data),
+            meta,
+            snapshot: Cursor::new(Vec::new()),
         })
     }
+}
+
+/// Writes the snapshot file from one view of the state machine in two passes (the first
+/// measures, the second writes), synced and renamed into place; answers its meta and the
+/// data's length.
+fn write_snapshot_stream(db: &Db, path: &Path) -> io::Result<(SnapshotMetaOf<TypeConfig>, u64)> {
+    use std::io::Write;
+    let view = db.sm_view();
+    // Pass 1: how many entries and bytes, and the applied point they cover.
+    let (mut count, mut body) = (0u64, 0u64);
+    let mut meta = Meta::default();
+    let mut failed = None;
+    view.each(|k, v| {
+        count += 1;
+        body += varint_len(k.len() as u64) + k.len() as u64;
+        body += varint_len(v.len() as u64) + v.len() as u64;
+        if k == META_KEY {
+            match codec::decode(v) {
+                Ok(m) => meta = m,
+                Err(e) => failed = Some(e),
+            }
+        }
+        true
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let snap_meta = SnapshotMetaOf::<TypeConfig> {
+        last_log_id: meta.last_applied,
+        last_membership: meta.last_membership,
+    };
+    // `data` is `codec::encode(&Vec<(key, value)>)`: the format byte, the count, the pairs.
+    let data_len = 1 + varint_len(count) + body;
+    let tmp = path.with_extension("tmp");
+    let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    out.write_all(&[codec::FORMAT_VERSION])?;
+    out.write_all(&postcard::to_allocvec(&snap_meta).map_err(io::Error::other)?)?;
+    write_varint(&mut out, data_len)?;
+    out.write_all(&[codec::FORMAT_VERSION])?;
+    write_varint(&mut out, count)?;
+    // Pass 2: the pairs, from the same view.
+    let (mut written, mut error) = (0u64, None);
+    view.each(|k, v| {
+        let pair = write_varint(&mut out, k.len() as u64)
+            .and_then(|()| out.write_all(k))
+            .and_then(|()| write_varint(&mut out, v.len() as u64))
+            .and_then(|()| out.write_all(v));
+        written += 1;
+        match pair {
+            Ok(()) => true,
+            Err(e) => {
+                error = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if written != count {
+        return Err(io::Error::other(format!(
+            "the state machine view changed between passes ({count} then {written} entries)"
+        )));
+    }
+    let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.sync_all()?;
+    drop(file);
+    // Rename is atomic: a crash leaves the old snapshot or the new one, never half of one.
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok((snap_meta, data_len))
+}
+
+/// `n` as postcard writes a length (a varint), into `buf`.
+fn varint(n: u64, buf: &mut [u8; 10]) -> &[u8] {
+    postcard::to_slice(&n, buf).expect("a u64 varint fits in 10 bytes")
+}
+
+fn varint_len(n: u64) -> u64 {
+    varint(n, &mut [0; 10]).len() as u64
+}
+
+fn write_varint(out: &mut impl io::Write, n: u64) -> io::Result<()> {
+    out.write_all(varint(n, &mut [0; 10]))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -257,5 +335,70 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: file.meta,
             snapshot: Cursor::new(file.data),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::vote::RaftLeaderIdExt;
+
+    use super::*;
+    use crate::command::{Command, KvCmd, Request};
+
+    /// The snapshot written in a stream is, byte for byte, the file encoded whole, and reads
+    /// back with every entry of the state machine.
+    #[tokio::test]
+    async fn a_streamed_snapshot_is_the_file_encoded_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let mut sm = StateMachine::open(db.clone(), &dir.path().join("snap")).unwrap();
+        {
+            let state = sm.state();
+            let mut st = state.write().unwrap();
+            let mut batch = SmBatch::default();
+            for i in 0..300u32 {
+                let put = KvCmd::Put {
+                    key: format!("k{i}"),
+                    // Values across the varint boundaries (127, 16,383 bytes).
+                    value: vec![i as u8; (i as usize * 97) % 20_000],
+                    if_revision: None,
+                    ttl_ms: None,
+                };
+                st.apply(
+                    &Request {
+                        stamp_ms: 1,
+                        idempotency_key: None,
+                        command: Command::Kv(put),
+                    },
+                    &mut batch,
+                );
+            }
+            st.meta.last_applied = Some(crate::network::LogId::new(
+                openraft::alias::LeaderIdOf::<TypeConfig>::new_committed(1, 1),
+                300,
+            ));
+            st.persist_meta(&mut batch);
+            db.sm_write(batch).unwrap();
+        }
+        let built = sm.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(300));
+
+        let items = db.sm_export().unwrap();
+        let whole = codec::encode(&SnapshotFile {
+            meta: built.meta.clone(),
+            data: codec::encode(&items).unwrap(),
+        })
+        .unwrap();
+        let streamed = std::fs::read(dir.path().join("snap").join("snapshot.bin")).unwrap();
+        assert_eq!(streamed.len(), whole.len());
+        assert!(
+            streamed == whole,
+            "the streamed file differs from the whole encoding"
+        );
+
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, built.meta);
+        let read: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(current.snapshot.get_ref()).unwrap();
+        assert_eq!(read, items);
     }
 }

@@ -27,6 +27,27 @@ pub struct Db {
     syncs: Arc<SyncTimes>,
 }
 
+/// One point in time of the state machine (see [`Db::sm_view`]).
+pub struct SmView<'a> {
+    snap: rocksdb::Snapshot<'a>,
+    cf: &'a rocksdb::ColumnFamily,
+}
+
+impl SmView<'_> {
+    /// Calls `f` on every entry, in key order, until it returns `false`.
+    ///
+    /// Blocking: call it from `spawn_blocking`.
+    pub fn each(&self, mut f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        for item in self.snap.iterator_cf(self.cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A handle to a [`Db`] that does not keep it open (see [`Db::downgrade`]).
 #[derive(Clone)]
 pub struct WeakDb(Weak<DB>, Arc<SyncTimes>);
@@ -330,15 +351,17 @@ impl Db {
     /// returns `false`: a consistent export that never holds the whole state in memory.
     ///
     /// Blocking: call it from `spawn_blocking`.
-    pub fn sm_export_each(&self, mut f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
-        let snap = self.db.snapshot();
-        for item in snap.iterator_cf(self.cf(CF_SM), IteratorMode::Start) {
-            let (k, v) = item?;
-            if !f(&k, &v) {
-                break;
-            }
+    pub fn sm_export_each(&self, f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        self.sm_view().each(f)
+    }
+
+    /// The state machine as of now, read from one RocksDB snapshot as often as needed (say
+    /// once to measure, once to write).
+    pub fn sm_view(&self) -> SmView<'_> {
+        SmView {
+            snap: self.db.snapshot(),
+            cf: self.cf(CF_SM),
         }
-        Ok(())
     }
 
     /// Replaces the whole state machine with `items` in one synced batch, so a crash leaves
