@@ -100,11 +100,6 @@ pub(crate) fn records<T: DeserializeOwned>(
         .collect()
 }
 
-/// Persists `record` under `key` in `batch`.
-///
-/// Records are plain derived serde types (structs, enums, strings, integers, vectors and
-/// ordered maps), and postcard encodes those into a growing `Vec` without any failure mode:
-/// an error here is a broken invariant of the type, not a condition to handle.
 /// Up to `limit` entries of `map` whose keys start with `prefix` and are greater than `after`,
 /// in key order, skipping those `live` refuses (past their TTL); the flag says whether more
 /// remain. The listing of every keyed part (key-value, cache).
@@ -136,6 +131,11 @@ pub(crate) fn list_live<'a, E>(
     (items, false)
 }
 
+/// Persists `record` under `key` in `batch`.
+///
+/// Records are plain derived serde types (structs, enums, strings, integers, vectors and
+/// ordered maps), and postcard encodes those into a growing `Vec` without any failure mode:
+/// an error here is a broken invariant of the type, not a condition to handle.
 pub(crate) fn put_record(batch: &mut SmBatch, key: Vec<u8>, record: &impl Serialize) {
     let bytes = codec::encode(record).expect("state records are plain serde types");
     batch.put(key, bytes);
