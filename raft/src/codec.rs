@@ -48,6 +48,12 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize> {
 
 /// Decodes bytes produced by [`encode`]; refuses an unknown format version.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    decode_borrowed(bytes)
+}
+
+/// Like [`decode`], for a value that borrows from `bytes` (byte slices, say) instead of
+/// copying out of them.
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, body)) => postcard::from_bytes(body).map_err(Error::Decode),
         Some((&v, _)) if v < FORMAT_VERSION => Err(Error::EarlierVersion(v)),

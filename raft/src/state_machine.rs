@@ -2,6 +2,7 @@
 
 use std::io;
 use std::io::Cursor;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -87,23 +88,6 @@ impl StateMachine {
     pub fn state(&self) -> Arc<RwLock<State>> {
         self.state.clone()
     }
-
-    fn write_snapshot_file(&self, file: &SnapshotFile) -> io::Result<()> {
-        let bytes = codec::encode(file)?;
-        let tmp = self.snapshot_path.with_extension("tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        // Rename is atomic: a crash leaves the old snapshot or the new one, never half of one.
-        std::fs::rename(&tmp, &self.snapshot_path)?;
-        if let Some(dir) = self.snapshot_path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -135,7 +119,6 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 /// measures, the second writes), synced and renamed into place; answers its meta and the
 /// data's length.
 fn write_snapshot_stream(db: &Db, path: &Path) -> io::Result<(SnapshotMetaOf<TypeConfig>, u64)> {
-    use std::io::Write;
     let view = db.sm_view();
     // Pass 1: how many entries and bytes, and the applied point they cover.
     let (mut count, mut body) = (0u64, 0u64);
@@ -162,46 +145,61 @@ fn write_snapshot_stream(db: &Db, path: &Path) -> io::Result<(SnapshotMetaOf<Typ
     };
     // `data` is `codec::encode(&Vec<(key, value)>)`: the format byte, the count, the pairs.
     let data_len = 1 + varint_len(count) + body;
+    write_snapshot_file(path, &snap_meta, data_len, |out| {
+        out.write_all(&[codec::FORMAT_VERSION])?;
+        write_varint(out, count)?;
+        // Pass 2: the pairs, from the same view.
+        let (mut written, mut error) = (0u64, None);
+        view.each(|k, v| {
+            let pair = write_varint(out, k.len() as u64)
+                .and_then(|()| out.write_all(k))
+                .and_then(|()| write_varint(out, v.len() as u64))
+                .and_then(|()| out.write_all(v));
+            written += 1;
+            match pair {
+                Ok(()) => true,
+                Err(e) => {
+                    error = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if written != count {
+            return Err(io::Error::other(format!(
+                "the state machine view changed between passes ({count} then {written} entries)"
+            )));
+        }
+        Ok(())
+    })?;
+    Ok((snap_meta, data_len))
+}
+
+/// Writes the snapshot file: the bytes of [`SnapshotFile`] encoded whole, its data (of
+/// `data_len` bytes) written by `write_data`, into a temp file that is synced and renamed
+/// into place (a crash leaves the old snapshot or the new one, never half of one).
+fn write_snapshot_file(
+    path: &Path,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    data_len: u64,
+    write_data: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
     out.write_all(&[codec::FORMAT_VERSION])?;
-    out.write_all(&postcard::to_allocvec(&snap_meta).map_err(io::Error::other)?)?;
+    out.write_all(&postcard::to_allocvec(meta).map_err(io::Error::other)?)?;
     write_varint(&mut out, data_len)?;
-    out.write_all(&[codec::FORMAT_VERSION])?;
-    write_varint(&mut out, count)?;
-    // Pass 2: the pairs, from the same view.
-    let (mut written, mut error) = (0u64, None);
-    view.each(|k, v| {
-        let pair = write_varint(&mut out, k.len() as u64)
-            .and_then(|()| out.write_all(k))
-            .and_then(|()| write_varint(&mut out, v.len() as u64))
-            .and_then(|()| out.write_all(v));
-        written += 1;
-        match pair {
-            Ok(()) => true,
-            Err(e) => {
-                error = Some(e);
-                false
-            }
-        }
-    })?;
-    if let Some(e) = error {
-        return Err(e);
-    }
-    if written != count {
-        return Err(io::Error::other(format!(
-            "the state machine view changed between passes ({count} then {written} entries)"
-        )));
-    }
+    write_data(&mut out)?;
     let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
     file.sync_all()?;
     drop(file);
-    // Rename is atomic: a crash leaves the old snapshot or the new one, never half of one.
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    Ok((snap_meta, data_len))
+    Ok(())
 }
 
 /// `n` as postcard writes a length (a varint), into `buf`.
@@ -293,11 +291,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
-        let items: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(&data)?;
         let db = self.db.clone();
-        let new_state = tokio::task::spawn_blocking(move || -> io::Result<State> {
-            db.sm_replace(items)?;
-            Ok(State::load(&db)?)
+        let (new_state, data) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            {
+                // Borrowed from the received bytes, not copied out of them.
+                let items: Vec<(&[u8], &[u8])> = codec::decode_borrowed(&data)?;
+                db.sm_replace(items)?;
+            }
+            Ok((State::load(&db)?, data))
         })
         .await
         .map_err(io::Error::other)??;
@@ -314,10 +315,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied
             .send_replace(meta.last_log_id.map_or(0, |l| l.index));
         let _ = self.live.send(LiveBatch::Reset);
-        self.write_snapshot_file(&SnapshotFile {
-            meta: meta.clone(),
-            data,
-        })?;
+        let path = self.snapshot_path.clone();
+        let meta_copy = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            write_snapshot_file(&path, &meta_copy, data.len() as u64, |out| {
+                out.write_all(&data)
+            })
+        })
+        .await
+        .map_err(io::Error::other)??;
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
@@ -400,5 +406,22 @@ mod tests {
         assert_eq!(current.meta, built.meta);
         let read: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(current.snapshot.get_ref()).unwrap();
         assert_eq!(read, items);
+
+        // Installed on another node: the same entries, and the same file to send on.
+        let other = tempfile::tempdir().unwrap();
+        let other_db = Db::open(&other.path().join("db")).unwrap();
+        let mut follower =
+            StateMachine::open(other_db.clone(), &other.path().join("snap")).unwrap();
+        follower
+            .install_snapshot(&current.meta, current.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(other_db.sm_export().unwrap(), items);
+        let installed = std::fs::read(other.path().join("snap").join("snapshot.bin")).unwrap();
+        assert!(
+            installed == whole,
+            "the installed file differs from the whole encoding"
+        );
+        assert_eq!(*follower.applied().borrow(), 300);
     }
 }

@@ -368,7 +368,10 @@ impl Db {
     /// either the old state or the new one.
     ///
     /// Blocking: call it from `spawn_blocking`.
-    pub fn sm_replace(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+    pub fn sm_replace<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<()> {
         let cf = self.cf(CF_SM);
         let mut wb = WriteBatch::default();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
