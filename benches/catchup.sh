@@ -5,9 +5,10 @@
 # Starts a local 3-node release cluster on 127.0.0.1-3, fills it with loadgen PUTs for
 # FILL_SECS over KEYS keys of VALUE_SIZE bytes, takes a snapshot, then starts a 4th node on
 # 127.0.0.4 with --join and times it from start until it has applied the leader's commit
-# index. Prints keys, snapshot size and the catch-up time.
+# index. Prints keys, snapshot size, the catch-up time and the new node's peak memory.
 #
-# Usage: benches/catchup.sh   Env: KEYS (100000), VALUE_SIZE (1000), FILL_SECS (30), STACKD_DATA
+# Usage: benches/catchup.sh   Env: KEYS (100000), VALUE_SIZE (1000), FILL_SECS (30), STACKD_DATA,
+#   STACKD_BIN (another stackd build to measure; loadgen is this checkout's release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stackd-target}"
@@ -16,8 +17,14 @@ KEYS="${KEYS:-100000}"
 VALUE_SIZE="${VALUE_SIZE:-1000}"
 FILL_SECS="${FILL_SECS:-30}"
 
-cargo build --release -p node -p benches
-export STACKD_BIN="$CARGO_TARGET_DIR/release/stackd"
+if [[ -z "${STACKD_BIN:-}" ]]; then
+  cargo build --release -p node -p benches
+  export STACKD_BIN="$CARGO_TARGET_DIR/release/stackd"
+fi
+# Access control off and rate limits out of reach: this measures the server, not the
+# access check (compare.sh measures that separately).
+export STACKD_INSECURE_NO_AUTH=true STACKD_RATE_TOKEN_READS_PER_SEC=1000000000 \
+  STACKD_RATE_TOKEN_WRITES_PER_SEC=1000000000 STACKD_RATE_IP_REQUESTS_PER_SEC=1000000000
 JOINER_PID=""
 cleanup() {
   [[ -n "$JOINER_PID" ]] && kill "$JOINER_PID" 2>/dev/null || true
@@ -71,11 +78,12 @@ for _ in $(seq 1 1200); do
 done
 END=$(date +%s.%N)
 grep -q "snapshot installed" "$STACKD_DATA/node4.log" && HOW=snapshot || HOW=log
-python3 - "$START" "$END" "$SNAP_BYTES" "$TARGET" "$PURGED" "$HOW" "$LEADER_ID" "$KEYS_HELD" "$VALUE_SIZE" <<'PY'
+PEAK_MIB=$(awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$JOINER_PID/status")
+python3 - "$START" "$END" "$SNAP_BYTES" "$TARGET" "$PURGED" "$HOW" "$LEADER_ID" "$KEYS_HELD" "$VALUE_SIZE" "$PEAK_MIB" <<'PY'
 import sys
-start, end, snap, target, purged, how, leader, keys, vsize = sys.argv[1:]
+start, end, snap, target, purged, how, leader, keys, vsize, peak = sys.argv[1:]
 secs = float(end) - float(start)
 mib = int(snap) / 1048576
 print(f"leader {leader}: {keys} keys of {vsize} bytes, commit index {target}, log purged to {purged}, snapshot {mib:.1f} MiB (includes key-value history)")
-print(f"new node caught up via {how} in {secs:.2f} s ({mib / secs:.1f} MiB/s, from process start)")
+print(f"new node caught up via {how} in {secs:.2f} s ({mib / secs:.1f} MiB/s, from process start), peak RSS {peak} MiB")
 PY
