@@ -709,3 +709,52 @@ async fn the_metric_series_of_a_deregistered_instance_and_a_deleted_route_are_re
     .await
     .unwrap();
 }
+
+/// A body that arrives too slowly through the gateway is answered 408 within the node's
+/// `api.body_read_timeout_ms`, as on the API, and the gateway keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_sent_too_slowly_through_the_gateway_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = ProcCluster::start_with(
+        1,
+        ProcOptions {
+            first_ip: 97,
+            gateway: true,
+            env: vec![("STACKD_BODY_READ_TIMEOUT_MS".into(), "300".into())],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let http = client();
+    let gw = c.gateway_addrs[0].clone();
+    // A route to a service with no instance: every request that gets through is a 503.
+    put_route(&http, &c.bases[0], "slow", json!({"service": "nowhere"})).await;
+    wait_for(
+        "the route in the gateway's table",
+        Duration::from_secs(30),
+        || async { (through(&http, &gw, None, "/up").await.0 == 503).then_some(()) },
+    )
+    .await
+    .unwrap();
+
+    // 10 of the 100 bytes announced, then nothing.
+    let mut tcp = tokio::net::TcpStream::connect(&gw).await.unwrap();
+    tcp.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut got))
+        .await
+        .expect("the gateway answers and closes")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got).to_string();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    let body: Value = serde_json::from_str(got.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "request_timeout", "{body}");
+
+    // The gateway still answers.
+    assert_eq!(through(&http, &gw, None, "/again").await.0, 503);
+}
