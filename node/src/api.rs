@@ -309,21 +309,33 @@ const DISCARD_BYTES: usize = 16 << 20;
 /// route takes) before the handler runs, within `api.body_read_timeout_ms` of the request
 /// being let in: a client that sends its body slowly, or not at all, holds an in-flight
 /// permit that long at most, then gets 408 request_timeout. A request with an empty body
-/// (every GET) passes at once. A body over the limit gets 413 too_large once it has been
-/// read (up to [`DISCARD_BYTES`] past the limit).
+/// (every GET) passes at once.
 async fn read_whole_body(st: &AppState, req: Request) -> ApiResult<Request> {
     let (parts, body) = req.into_parts();
     if body.is_end_stream() {
         return Ok(Request::from_parts(parts, body));
     }
     let limit = json_body_limit(st);
-    let timeout = Duration::from_millis(st.cluster.config().api.body_read_timeout_ms);
-    match tokio::time::timeout(timeout, read_within(body, limit)).await {
-        Ok(Ok(Some(bytes))) => Ok(Request::from_parts(parts, Body::from(bytes))),
-        Ok(Ok(None)) => Err(
-            ApiError::too_large(format!("body is over the {limit}-byte limit"))
-                .with("limit", limit),
-        ),
+    let too_large =
+        || ApiError::too_large(format!("body is over the {limit}-byte limit")).with("limit", limit);
+    let bytes = read_request_body(st.cluster.config(), body, limit, too_large).await?;
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// A request's whole body, of at most `limit` bytes, within `api.body_read_timeout_ms`
+/// (else 408 request_timeout). A body over the limit gets `too_large` once it has been read
+/// (up to [`DISCARD_BYTES`] past the limit); one that cannot be read, 400. The API's bodies
+/// and the gateway's are read this way.
+pub(crate) async fn read_request_body(
+    config: &crate::config::Config,
+    body: Body,
+    limit: usize,
+    too_large: impl FnOnce() -> ApiError,
+) -> ApiResult<Bytes> {
+    let within = Duration::from_millis(config.api.body_read_timeout_ms);
+    match tokio::time::timeout(within, read_within(body, limit)).await {
+        Ok(Ok(Some(bytes))) => Ok(bytes),
+        Ok(Ok(None)) => Err(too_large()),
         Ok(Err(e)) => Err(ApiError::bad_request(format!(
             "the body could not be read: {e}"
         ))),
@@ -331,19 +343,16 @@ async fn read_whole_body(st: &AppState, req: Request) -> ApiResult<Request> {
             ErrorCode::RequestTimeout,
             format!(
                 "the body did not arrive within {} ms (api.body_read_timeout_ms)",
-                timeout.as_millis()
+                within.as_millis()
             ),
         )
-        .with("limit_ms", timeout.as_millis() as u64)),
+        .with("limit_ms", within.as_millis() as u64)),
     }
 }
 
 /// The body's bytes, or `None` when there are more than `limit` (the rest is then read and
 /// dropped, up to [`DISCARD_BYTES`] past the limit).
-pub(crate) async fn read_within(
-    mut body: Body,
-    limit: usize,
-) -> Result<Option<Bytes>, axum::Error> {
+async fn read_within(mut body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
     use http_body_util::BodyExt as _;
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut seen = 0usize;

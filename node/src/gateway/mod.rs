@@ -13,8 +13,9 @@
 //! whose path prefix is the longest. Its instances are those passing and not draining, less
 //! those ejected by outlier detection (all of them when every one is ejected: a guess beats a
 //! certain 503). The request body is read whole, up to the route's `max_body_bytes` (413
-//! past it) and within `api.body_read_timeout_ms` (408 after), so an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose
-//! connection fails can be sent to another instance, up to `retries` times. The response
+//! past it) and within `api.body_read_timeout_ms` (408 after), so an idempotent request
+//! (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose connection fails can be sent to another
+//! instance, up to `retries` times. The response
 //! streams back. `X-Forwarded-For`, `-Proto`, `-Host` and `X-Request-Id` (kept when the
 //! client sent one) are set; hop-by-hop headers are not passed on.
 
@@ -549,46 +550,23 @@ async fn forward(
     let on_upgrade = upgrade
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            crate::error::ErrorCode::TooLarge,
-            format!(
-                "the request body is over this route's {}-byte limit",
-                route.max_body_bytes
-            ),
-        )
-    };
     // A body over the limit is read and dropped (up to 16 MiB past it) before the 413, so a
-    // client still sending reads the answer instead of a reset connection. The whole body
-    // must arrive within `api.body_read_timeout_ms`, as on the API, or the answer is 408.
+    // client still sending reads the answer instead of a reset connection; it must arrive
+    // within `api.body_read_timeout_ms`, as on the API.
     use hyper::body::Body as _;
     let body = if body.is_end_stream() {
         axum::body::Bytes::new()
     } else {
-        let within = Duration::from_millis(gw.cluster.config().api.body_read_timeout_ms);
-        let read = crate::api::read_within(Body::new(body), route.max_body_bytes as usize);
-        match tokio::time::timeout(within, read).await {
-            Err(_) => {
-                return Err(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    crate::error::ErrorCode::RequestTimeout,
-                    format!(
-                        "the body did not arrive within {} ms (api.body_read_timeout_ms)",
-                        within.as_millis()
-                    ),
-                ))
-            }
-            Ok(Ok(Some(b))) => b,
-            Ok(Ok(None)) => return Err(too_large()),
-            Ok(Err(e)) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    crate::error::ErrorCode::BadRequest,
-                    format!("reading the request body: {e}"),
-                ))
-            }
-        }
+        let too_large = || {
+            ApiError::too_large(format!(
+                "the request body is over this route's {}-byte limit",
+                route.max_body_bytes
+            ))
+        };
+        let limit = route.max_body_bytes as usize;
+        crate::api::read_request_body(gw.cluster.config(), Body::new(body), limit, too_large)
+            .await
+            .map_err(IntoResponse::into_response)?
     };
 
     // Headers sent on.
