@@ -289,17 +289,10 @@ impl Db {
     /// All state-machine entries whose key starts with `prefix`, in key order.
     pub fn sm_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            self.cf(CF_SM),
-            IteratorMode::From(prefix, Direction::Forward),
-        );
-        for item in it {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
+        self.sm_scan_prefix_each(prefix, |k, v| {
             out.push((k.to_vec(), v.to_vec()));
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
