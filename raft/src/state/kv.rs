@@ -369,25 +369,23 @@ impl Kv {
             .collect();
         let mut stored = self.read_stored(&stored).into_iter();
         let mut events = Vec::with_capacity(picked.len());
-        for ((revision, key), put) in picked {
-            let value = match put {
-                false => None,
-                true => match self.unwritten.get(&(*revision, key.clone())) {
-                    Some(v) => Some(v.clone()),
-                    None => match stored.next().flatten() {
-                        Some(v) => Some(v),
-                        None => {
-                            tracing::warn!(revision, key, "history value missing from the store");
-                            return Err(Compacted {
-                                compact_revision: *revision,
-                            });
-                        }
-                    },
-                },
+        for (at, put) in picked {
+            let value = if !put {
+                None
+            } else if let Some(v) = self.unwritten.get(at) {
+                Some(v.clone())
+            } else if let Some(v) = stored.next().flatten() {
+                Some(v)
+            } else {
+                let (revision, key) = at;
+                tracing::warn!(revision, key, "history value missing from the store");
+                return Err(Compacted {
+                    compact_revision: *revision,
+                });
             };
             events.push(KvEvent {
-                revision: *revision,
-                key: key.clone(),
+                revision: at.0,
+                key: at.1.clone(),
                 kind: if put {
                     KvEventKind::Put
                 } else {
