@@ -815,9 +815,9 @@ async fn get_kv(State(st): St, Key(key): Key, RawQuery(q): RawQuery) -> ApiResul
     read_barrier_unless_stale(&st, &p).await?;
     let state = st.cluster.state();
     let now = state.meta.now_ms;
-    let found = state.get(&key).map(|e| {
+    let found = state.get(&key)?.map(|e| {
         let expires_in_ms = e.expires_at_ms.map(|at| remaining_ms(at, now));
-        (e.value.clone(), e.revision, expires_in_ms)
+        (e.value, e.revision, expires_in_ms)
     });
     drop(state);
     let Some((value, revision, expires_in_ms)) = found else {
@@ -854,13 +854,15 @@ const LIST_LIMIT_MAX: usize = 1000;
 async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvList>> {
     let (prefix, after, limit) = name_page(&st, q).await?;
     let st_lock = st.cluster.state();
-    let (items, more) = st_lock.list(&prefix, after.as_deref(), limit);
+    let (items, more) = st_lock.list(&prefix, after.as_deref(), limit)?;
+    let revision = st_lock.meta.revision;
+    drop(st_lock);
     let b64 = base64::engine::general_purpose::STANDARD;
-    let next = next_name(&items, more);
+    let next = more.then(|| items.last().map(|(k, _)| k.clone())).flatten();
     let items = items
-        .iter()
-        .map(|(k, e)| KvItem {
-            key: (*k).clone(),
+        .into_iter()
+        .map(|(key, e)| KvItem {
+            key,
             value: b64.encode(&e.value),
             revision: e.revision,
         })
@@ -868,7 +870,7 @@ async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvList>
     Ok(Json(KvList {
         items,
         next,
-        revision: st_lock.meta.revision,
+        revision,
     }))
 }
 

@@ -83,6 +83,14 @@ section! {
         /// starts a new node; an existing one restarts the member it holds. Required; there
         /// is no default.
         pub data_dir: Option<PathBuf> = None; e.g. "/var/lib/stackd",
+        /// RocksDB's block cache, in MiB: blocks read from disk (values, their index and
+        /// bloom filters), shared by the log and the state. With `memtable_mb`, it bounds
+        /// the memory the store uses whatever the size of the data. Default: 256. Range: 8
+        /// to 1048576.
+        pub block_cache_mb: u64 = 256,
+        /// RocksDB's memtables (writes not yet flushed to disk), all together, in MiB.
+        /// Default: 128. Range: 16 to 65536.
+        pub memtable_mb: u64 = 128,
     }
 }
 
@@ -516,6 +524,8 @@ macro_rules! serve_flags {
 
 serve_flags! {
     data_dir: PathBuf, "STACKD_DATA_DIR" => storage.data_dir;
+    block_cache_mb: u64, "STACKD_BLOCK_CACHE_MB" => storage.block_cache_mb;
+    memtable_mb: u64, "STACKD_MEMTABLE_MB" => storage.memtable_mb;
     api_addr: SocketAddr, "STACKD_API_ADDR" => api.addr;
     advertise_api_addr: String, "STACKD_ADVERTISE_API_ADDR" => api.advertise_addr;
     request_timeout_ms: u64, "STACKD_REQUEST_TIMEOUT_MS" => api.request_timeout_ms;
@@ -793,6 +803,21 @@ impl Config {
         bad.check(self.storage.data_dir.is_some(), "storage.data_dir", || {
             "is required: the directory of the node's state".into()
         });
+        let storage = &self.storage;
+        in_range(
+            bad,
+            "storage.block_cache_mb",
+            storage.block_cache_mb,
+            8,
+            Some(1 << 20),
+        );
+        in_range(
+            bad,
+            "storage.memtable_mb",
+            storage.memtable_mb,
+            16,
+            Some(65_536),
+        );
 
         if let Some(a) = &self.api.advertise_addr {
             bad.check(is_host_port(a), "api.advertise_addr", || {
@@ -1027,6 +1052,15 @@ impl Config {
             .data_dir
             .as_deref()
             .expect("Config::validate requires storage.data_dir")
+    }
+
+    /// The memory RocksDB may use.
+    pub fn store_memory(&self) -> storage::Memory {
+        let mib = |m: u64| usize::try_from(m << 20).unwrap_or(usize::MAX);
+        storage::Memory {
+            cache_bytes: mib(self.storage.block_cache_mb),
+            memtable_bytes: mib(self.storage.memtable_mb),
+        }
     }
 
     /// The API address other nodes and clients use.
@@ -1436,6 +1470,8 @@ mod tests {
     fn every_setting_changed() -> Config {
         let mut c = Config::default();
         c.storage.data_dir = Some("/srv/stackd".into());
+        c.storage.block_cache_mb = 512;
+        c.storage.memtable_mb = 64;
         c.api.addr = "10.0.0.1:8001".parse().unwrap();
         c.api.advertise_addr = Some("api.example:8001".into());
         c.api.request_timeout_ms = 7_000;
@@ -1640,6 +1676,8 @@ mod tests {
     /// error must name.
     const BAD: &[(&str, &str)] = &[
         ("", "storage.data_dir"),
+        ("storage.block_cache_mb = 7", "storage.block_cache_mb"),
+        ("storage.memtable_mb = 65537", "storage.memtable_mb"),
         ("api.advertise_addr = \"api.example\"", "api.advertise_addr"),
         ("api.request_timeout_ms = 99", "api.request_timeout_ms"),
         ("api.request_timeout_ms = 600001", "api.request_timeout_ms"),
@@ -1692,6 +1730,8 @@ mod tests {
 
     /// The edges of the documented ranges, each accepted.
     const GOOD: &[&str] = &[
+        "storage.block_cache_mb = 8\nstorage.memtable_mb = 16",
+        "storage.block_cache_mb = 1048576\nstorage.memtable_mb = 65536",
         "api.advertise_addr = \"api.example:80\"",
         "api.request_timeout_ms = 100",
         "api.request_timeout_ms = 600000",

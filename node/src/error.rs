@@ -309,6 +309,23 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// A read of a key the state knows but could not serve: `unavailable` (retry) while a snapshot
+/// is installed under the state, `internal` when the store failed.
+impl From<raft::state::KvReadError> for ApiError {
+    fn from(e: raft::state::KvReadError) -> Self {
+        use raft::state::KvReadError;
+        match e {
+            KvReadError::Replaced => {
+                ApiError::unavailable("this node is installing a snapshot; try again")
+            }
+            KvReadError::Store(e) => {
+                tracing::error!(error = %e, "reading a key's value");
+                ApiError::new(ErrorCode::Internal, format!("reading the value: {e}"))
+            }
+        }
+    }
+}
+
 impl From<crate::cluster::WriteError> for ApiError {
     fn from(e: crate::cluster::WriteError) -> Self {
         use crate::cluster::WriteError;

@@ -283,7 +283,8 @@ fn assemble(
 async fn stage_identity(config: &Config) -> anyhow::Result<Member> {
     info!(data_dir = %config.data_dir().display(), "start-up stage: identity");
     check_data_dir(config)?;
-    let db = Db::open(&config.data_dir().join("db")).context("opening RocksDB")?;
+    let db = Db::open_with(&config.data_dir().join("db"), config.store_memory())
+        .context("opening RocksDB")?;
     let info = NodeInfo {
         api_addr: config.advertise_api_addr(),
         cluster_addr: config.advertise_cluster_addr(),

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 
 use crate::error::{Error, Result};
@@ -17,6 +18,33 @@ pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOGS: &str = "logs";
 /// The replicated state machine: keys are laid out by the `raft` crate.
 pub(crate) const CF_SM: &str = "sm";
+
+/// How much memory RocksDB may use, whatever the size of the data: blocks read (data, index
+/// and bloom filters) are held in one LRU cache shared by every column family, and the
+/// memtables of all of them together are bounded (a flush starts when they reach it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Memory {
+    /// The block cache's capacity, in bytes.
+    pub cache_bytes: usize,
+    /// The bound of all memtables together, in bytes.
+    pub memtable_bytes: usize,
+}
+
+impl Default for Memory {
+    /// 256 MiB of block cache and 128 MiB of memtables.
+    fn default() -> Self {
+        Memory {
+            cache_bytes: 256 << 20,
+            memtable_bytes: 128 << 20,
+        }
+    }
+}
+
+/// One memtable's size: a quarter of the bound, so that each column family can fill one and
+/// flush another within it, and at most 32 MiB (the log is written once and read back rarely).
+fn memtable_size(m: &Memory) -> usize {
+    (m.memtable_bytes / 4).clamp(1 << 20, 32 << 20)
+}
 
 /// One RocksDB instance holding the log, the node's metadata and the state machine.
 ///
@@ -125,21 +153,46 @@ impl SmBatch {
 }
 
 impl Db {
-    /// Opens (or creates) the database under `path`.
+    /// Opens (or creates) the database under `path`, with the default [`Memory`].
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Memory::default())
+    }
+
+    /// Opens (or creates) the database under `path`, using at most about `memory` besides
+    /// what reads and writes hold while they run.
     ///
     /// Block checksums are verified on every read (`paranoid_checks`), so corruption surfaces
     /// as an error instead of wrong data.
-    pub fn open(path: &Path) -> Result<Self> {
-        let mut opts = Options::default();
+    pub fn open_with(path: &Path, memory: Memory) -> Result<Self> {
+        let cache = Cache::new_lru_cache(memory.cache_bytes);
+        let memtables = WriteBufferManager::new_write_buffer_manager(memory.memtable_bytes, false);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        // Index and filter blocks count against the cache instead of growing with the data;
+        // level 0's stay pinned, as they are read by every lookup.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // Values are read by key (a key's value, a page of history): a bloom filter spares
+        // most lookups a data block read.
+        table.set_bloom_filter(10.0, false);
+        let cf_opts = || {
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size(memtable_size(&memory));
+            o.set_write_buffer_manager(&memtables);
+            // LZ4: cheap enough for the log's write path, and most state compresses.
+            o.set_compression_type(DBCompressionType::Lz4);
+            o
+        };
+        let mut opts = cf_opts();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_paranoid_checks(true);
-        // A Raft log is written once and read back rarely: keep memtables modest.
-        opts.set_write_buffer_size(32 << 20);
         opts.set_max_background_jobs(2);
         let cfs = [CF_META, CF_LOGS, CF_SM]
             .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Self {
             db: Arc::new(db),

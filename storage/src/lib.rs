@@ -12,5 +12,5 @@
 pub mod db;
 pub mod error;
 
-pub use db::{Db, SmBatch, SmView, SyncSummary, SyncTimes, WeakDb};
+pub use db::{Db, Memory, SmBatch, SmView, SyncSummary, SyncTimes, WeakDb};
 pub use error::{Error, Result};

@@ -806,7 +806,7 @@ impl Conn {
         self.barrier().await?;
         let state = self.resp.st.cluster.state();
         for k in keys {
-            let revision = state.get(&k).map_or(0, |e| e.revision);
+            let revision = state.kv_revision(&k);
             self.watched.push((k, revision));
         }
         Ok(Reply::ok())

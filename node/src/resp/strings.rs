@@ -18,6 +18,9 @@ use crate::api::cache::CACHE_TTL_MS_MAX;
 use crate::auth::Op as Access;
 use crate::cluster::now_ms;
 
+/// A key found by a read: its value and the milliseconds it has left (`None`: no TTL).
+type Found = (Bytes, Option<u64>);
+
 /// Longest TTL of a key of the key-value store set over RESP: 100 years.
 const KV_TTL_MS_MAX: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
 /// Most keys one `SCAN` call examines (`COUNT` is capped to it).
@@ -483,7 +486,7 @@ impl Conn {
                     self.readable(k)?;
                 }
                 self.barrier().await?;
-                let found = self.lookup(&keys);
+                let found = self.lookup(&keys)?;
                 Ok(match name {
                     "get" => found
                         .into_iter()
@@ -521,17 +524,24 @@ impl Conn {
     }
 
     /// Each key's value and time left, from this node's state.
-    fn lookup(&self, keys: &[String]) -> Vec<Option<(Bytes, Option<u64>)>> {
+    fn lookup(&self, keys: &[String]) -> Result<Vec<Option<Found>>, Reply> {
         let state = self.resp.st.cluster.state();
         let now = state.meta.now_ms;
         keys.iter()
             .map(|k| {
-                let (value, at) = match self.db {
-                    Db::Cache => state.cache_get(k).map(|e| (&e.value, e.expires_at_ms))?,
-                    Db::Kv | Db::Locks => state.get(k).map(|e| (&e.value, e.expires_at_ms))?,
+                let found = match self.db {
+                    Db::Cache => state
+                        .cache_get(k)
+                        .map(|e| (Bytes::copy_from_slice(&e.value), e.expires_at_ms)),
+                    Db::Kv | Db::Locks => state
+                        .get(k)
+                        .map_err(|e| Reply::err(e.to_string()))?
+                        .map(|e| (Bytes::from(e.value), e.expires_at_ms)),
                 };
-                let left = at.map(|at| crate::api::remaining_ms(at, now));
-                Some((Bytes::copy_from_slice(value), left))
+                Ok(
+                    found
+                        .map(|(value, at)| (value, at.map(|at| crate::api::remaining_ms(at, now)))),
+                )
             })
             .collect()
     }
@@ -594,8 +604,8 @@ impl Conn {
                     (items.into_iter().map(|(k, _)| k.clone()).collect(), more)
                 }
                 Db::Kv | Db::Locks => {
-                    let (items, more) = state.list(prefix, after.as_deref(), count);
-                    (items.into_iter().map(|(k, _)| k.clone()).collect(), more)
+                    let (items, more) = state.kv_keys(prefix, after.as_deref(), count);
+                    (items.into_iter().cloned().collect(), more)
                 }
             };
             (items, more)

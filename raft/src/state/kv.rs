@@ -4,17 +4,20 @@
 //! watches can replay from a past revision. History is dropped up to `compact_revision` by a
 //! replicated `KvCompact` entry, which the leader proposes when history outgrows its bound.
 //!
-//! Only the history's index (revision, key, put or delete) is held in memory; the values it
-//! names are read from the store (`h:` records) when a page of history is asked for. A value
-//! whose batch is not yet written is held until it is ([`Kv::written`]), so a reader never
-//! misses one.
+//! Values live in the store, not in memory: each key's metadata (revisions, deadline, value
+//! length) and the history's index (revision, key, put or delete) are held in memory, and the
+//! values are read from the store (`k:` and `h:` records, through RocksDB's block cache) when
+//! a key, a page of keys or a page of history is asked for. A value whose batch is not yet
+//! written is held until it is ([`Kv::written`]), so a reader never misses one. So a node holds
+//! about a hundred bytes per key plus its key in memory, whatever the size of the values.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use storage::{Db, SmBatch, WeakDb};
 
-use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
+use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, LiveEvent};
 use crate::codec;
 
@@ -88,7 +91,7 @@ pub struct Compacted {
     pub compact_revision: u64,
 }
 
-/// A key's current value.
+/// A key's current value: what a read answers, and the `k:` record stored for the key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
     #[serde(with = "serde_bytes")]
@@ -101,9 +104,47 @@ pub struct KvEntry {
     pub expires_at_ms: Option<u64>,
 }
 
+/// A [`KvEntry`] record borrowing its value: encoded without copying a value being written,
+/// and decoded without copying one being loaded. The same fields in the same order, so the
+/// same bytes.
+#[derive(Serialize, Deserialize)]
+struct EntryRecord<'a> {
+    #[serde(with = "serde_bytes", borrow)]
+    value: &'a [u8],
+    revision: u64,
+    create_revision: u64,
+    expires_at_ms: Option<u64>,
+}
+
+/// What memory holds of a key: everything but its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct KeyMeta {
+    pub revision: u64,
+    pub create_revision: u64,
+    pub expires_at_ms: Option<u64>,
+    /// The value's length in bytes.
+    pub value_len: u64,
+}
+
+/// A key-value read could not be served from this node's state.
+#[derive(Debug, thiserror::Error)]
+pub enum KvReadError {
+    #[error("reading the store: {0}")]
+    Store(#[from] storage::Error),
+    /// The store holds another revision of the key than the state: a snapshot is being
+    /// installed under it. The read is retried once the new state is in place.
+    #[error("the state is being replaced by a snapshot")]
+    Replaced,
+}
+
 #[derive(Default, Debug)]
 pub(super) struct Kv {
-    entries: BTreeMap<String, KvEntry>,
+    /// Every key, with what memory holds of it; the values are in the store, under
+    /// `k:<key>`, or in `pending` until their batch is written.
+    entries: BTreeMap<String, KeyMeta>,
+    /// Current values whose batch is not yet written to the store (every one, for a state
+    /// loaded from no store); shared with `unwritten`.
+    pending: BTreeMap<String, Arc<[u8]>>,
     /// Every key with a TTL, for expiry in deadline order.
     ttl: Deadlines<String>,
     /// Changes by (revision, key): `true` for a put, `false` for a delete. The values of
@@ -111,8 +152,8 @@ pub(super) struct Kv {
     history: BTreeMap<(u64, String), bool>,
     /// Values of history puts whose batch is not yet written to the store (every one, for a
     /// state loaded from no store).
-    unwritten: BTreeMap<(u64, String), Vec<u8>>,
-    /// The store the history's values are read from; weak, so that the state does not keep
+    unwritten: BTreeMap<(u64, String), Arc<[u8]>>,
+    /// The store the values are read from; weak, so that the state does not keep
     /// the database open.
     store: Option<WeakDb>,
     /// Events at or below this revision have been dropped.
@@ -123,8 +164,8 @@ pub(super) struct Kv {
 }
 
 /// What one entry counts towards the storage quota.
-fn entry_bytes(key: &str, entry: &KvEntry) -> u64 {
-    (key.len() + entry.value.len()) as u64
+fn entry_bytes(key: &str, meta: &KeyMeta) -> u64 {
+    key.len() as u64 + meta.value_len
 }
 
 pub(super) fn history_key(revision: u64, key: &str) -> Vec<u8> {
@@ -138,14 +179,24 @@ pub(super) fn history_key(revision: u64, key: &str) -> Vec<u8> {
 impl Part for Kv {
     fn load(db: &Db, _now_ms: u64) -> storage::Result<Kv> {
         let mut kv = Kv::default();
-        for (key, entry) in records::<KvEntry>(db, PREFIX)? {
-            if let Some(at) = entry.expires_at_ms {
+        // What memory holds of each key, and of the history the index only: the values stay
+        // in the store.
+        db.sm_scan_prefix_each(PREFIX, |k, v| {
+            let key = super::unprefixed(PREFIX, k)?;
+            let r: EntryRecord<'_> = codec::decode_borrowed(v)?;
+            let meta = KeyMeta {
+                revision: r.revision,
+                create_revision: r.create_revision,
+                expires_at_ms: r.expires_at_ms,
+                value_len: r.value.len() as u64,
+            };
+            if let Some(at) = meta.expires_at_ms {
                 kv.ttl.insert(at, key.clone());
             }
-            kv.bytes += entry_bytes(&key, &entry);
-            kv.entries.insert(key, entry);
-        }
-        // The index only: the values stay in the store.
+            kv.bytes += entry_bytes(&key, &meta);
+            kv.entries.insert(key, meta);
+            Ok(())
+        })?;
         db.sm_scan_prefix_each(HISTORY_PREFIX, |k, v| {
             let rest = &k[HISTORY_PREFIX.len()..];
             if rest.len() < 8 {
@@ -289,24 +340,25 @@ impl Kv {
         }
     }
 
-    fn record(&mut self, revision: u64, key: &str, value: Option<&[u8]>, batch: &mut SmBatch) {
+    /// Records the change in the history; `value` is the put's (shared with `pending`).
+    fn record(&mut self, revision: u64, key: &str, value: Option<Arc<[u8]>>, batch: &mut SmBatch) {
         put_record(
             batch,
             history_key(revision, key),
-            &value.map(serde_bytes::Bytes::new),
+            &value.as_deref().map(serde_bytes::Bytes::new),
         );
         self.history
             .insert((revision, key.to_string()), value.is_some());
         if let Some(v) = value {
-            self.unwritten
-                .insert((revision, key.to_string()), v.to_vec());
+            self.unwritten.insert((revision, key.to_string()), v);
         }
     }
 
-    /// The batches applied so far are written to the store: the history's values are read
-    /// from there from now on.
+    /// The batches applied so far are written to the store: the values are read from there
+    /// from now on.
     pub(super) fn written(&mut self) {
         if self.store.is_some() {
+            self.pending.clear();
             self.unwritten.clear();
         }
     }
@@ -322,7 +374,9 @@ impl Kv {
         for (rev, key) in std::mem::replace(&mut self.history, keep).into_keys() {
             batch.delete(history_key(rev, &key));
         }
-        self.unwritten = self.unwritten.split_off(&(target + 1, String::new()));
+        if self.store.is_none() {
+            self.unwritten = self.unwritten.split_off(&(target + 1, String::new()));
+        }
         self.compact_revision = target;
         put_record(batch, COMPACT_KEY.to_vec(), &target);
         target
@@ -373,7 +427,7 @@ impl Kv {
             let value = if !put {
                 None
             } else if let Some(v) = self.unwritten.get(at) {
-                Some(v.clone())
+                Some(v.to_vec())
             } else if let Some(v) = stored.next().flatten() {
                 Some(v)
             } else {
@@ -400,21 +454,12 @@ impl Kv {
     /// The history values under `keys`, in order: `None` for each one the store does not
     /// have (or all, when it cannot be read).
     fn read_stored(&self, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
-        if keys.is_empty() {
-            return Vec::new();
-        }
         let read = || -> storage::Result<Vec<Option<Vec<u8>>>> {
-            let Some(db) = self.store.as_ref().and_then(WeakDb::upgrade) else {
-                return Ok(Vec::new());
-            };
-            db.sm_multi_get(keys)?
-                .into_iter()
-                .map(|v| match v {
-                    Some(bytes) => Ok(codec::decode::<Option<serde_bytes::ByteBuf>>(&bytes)?
-                        .map(serde_bytes::ByteBuf::into_vec)),
-                    None => Ok(None),
-                })
-                .collect()
+            self.read_each(keys, |v| {
+                Ok(codec::decode::<Option<serde_bytes::ByteBuf>>(v)?
+                    .map(serde_bytes::ByteBuf::into_vec))
+            })
+            .map(|values| values.into_iter().map(Option::flatten).collect())
         };
         read().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading history values");
@@ -422,9 +467,33 @@ impl Kv {
         })
     }
 
+    /// Reads the records under `keys` from the store in one multi-get, each through `f`, in
+    /// order (`None` for a record the store lacks); nothing when there is no store.
+    fn read_each<T>(
+        &self,
+        keys: &[Vec<u8>],
+        mut f: impl FnMut(&[u8]) -> storage::Result<T>,
+    ) -> storage::Result<Vec<Option<T>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(db) = self.store.as_ref().and_then(WeakDb::upgrade) else {
+            return Ok(Vec::new());
+        };
+        db.sm_multi_get(keys)?
+            .into_iter()
+            .map(|v| v.map(|bytes| f(&bytes)).transpose())
+            .collect()
+    }
+
     /// The key's revision, 0 when absent.
     pub(super) fn revision_of(&self, key: &str) -> u64 {
         self.entries.get(key).map(|e| e.revision).unwrap_or(0)
+    }
+
+    /// What memory holds of a live key (not past its deadline at `now`).
+    pub(super) fn meta(&self, key: &str, now: u64) -> Option<&KeyMeta> {
+        self.entries.get(key).filter(|e| !is_expired(e, now))
     }
 
     /// Writes `key` at `revision`.
@@ -441,11 +510,11 @@ impl Kv {
             .get(key)
             .map(|e| e.create_revision)
             .unwrap_or(revision);
-        let entry = KvEntry {
-            value: value.to_vec(),
+        let meta = KeyMeta {
             revision,
             create_revision,
             expires_at_ms,
+            value_len: value.len() as u64,
         };
         if let Some(old) = self.entries.get(key) {
             if let Some(at) = old.expires_at_ms {
@@ -455,11 +524,19 @@ impl Kv {
         if let Some(at) = expires_at_ms {
             self.ttl.insert(at, key.to_string());
         }
-        put_record(batch, prefixed(PREFIX, key), &entry);
-        self.bytes += entry_bytes(key, &entry);
-        if let Some(old) = self.entries.insert(key.to_string(), entry) {
+        let record = EntryRecord {
+            value,
+            revision,
+            create_revision,
+            expires_at_ms,
+        };
+        put_record(batch, prefixed(PREFIX, key), &record);
+        self.bytes += entry_bytes(key, &meta);
+        if let Some(old) = self.entries.insert(key.to_string(), meta) {
             self.bytes -= entry_bytes(key, &old);
         }
+        let value: Arc<[u8]> = value.into();
+        self.pending.insert(key.to_string(), value.clone());
         self.record(revision, key, Some(value), batch);
     }
 
@@ -468,6 +545,7 @@ impl Kv {
         let Some(old) = self.entries.remove(key) else {
             return false;
         };
+        self.pending.remove(key);
         self.bytes -= entry_bytes(key, &old);
         if let Some(at) = old.expires_at_ms {
             self.ttl.remove(at, &key.to_string());
@@ -477,18 +555,75 @@ impl Kv {
         true
     }
 
-    pub(super) fn get(&self, key: &str, now: u64) -> Option<&KvEntry> {
-        self.entries.get(key).filter(|e| !is_expired(e, now))
+    /// The key's entry, its value read from the store (or held, until written).
+    pub(super) fn get(&self, key: &str, now: u64) -> Result<Option<KvEntry>, KvReadError> {
+        let Some(meta) = self.meta(key, now) else {
+            return Ok(None);
+        };
+        let mut values = self.values(std::iter::once((key, meta)))?;
+        Ok(values.pop().map(|value| entry(meta, value)))
     }
 
+    /// Up to `limit` live keys under `prefix` after `after`, in key order, with their
+    /// values (read in one multi-get); the flag says whether more remain.
     pub(super) fn list(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
         now: u64,
-    ) -> (Vec<(&String, &KvEntry)>, bool) {
+    ) -> Result<(Vec<(String, KvEntry)>, bool), KvReadError> {
+        let (items, more) = self.keys(prefix, after, limit, now);
+        let values = self.values(items.iter().map(|(k, m)| (k.as_str(), *m)))?;
+        let items = items
+            .into_iter()
+            .zip(values)
+            .map(|((k, m), v)| (k.clone(), entry(m, v)))
+            .collect();
+        Ok((items, more))
+    }
+
+    /// Like [`list`](Self::list), without reading the values.
+    pub(super) fn keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> (Vec<(&String, &KeyMeta)>, bool) {
         super::primitive::list_live(&self.entries, prefix, after, limit, |e| !is_expired(e, now))
+    }
+
+    /// The values of `keys` (each present, with its metadata), in order: held ones from
+    /// `pending`, the others from the store in one multi-get. A stored record at another
+    /// revision than the state's means a snapshot is being installed under the state.
+    fn values<'a>(
+        &self,
+        keys: impl Iterator<Item = (&'a str, &'a KeyMeta)>,
+    ) -> Result<Vec<Vec<u8>>, KvReadError> {
+        let keys: Vec<(&str, &KeyMeta)> = keys.collect();
+        let stored: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|(k, _)| !self.pending.contains_key(*k))
+            .map(|(k, _)| prefixed(PREFIX, k))
+            .collect();
+        let read = self.read_each(&stored, |v| {
+            let r: EntryRecord<'_> = codec::decode_borrowed(v)?;
+            Ok((r.revision, r.value.to_vec()))
+        })?;
+        if read.len() != stored.len() {
+            return Err(KvReadError::Replaced);
+        }
+        let mut read = read.into_iter();
+        keys.into_iter()
+            .map(|(k, meta)| match self.pending.get(k) {
+                Some(v) => Ok(v.to_vec()),
+                None => match read.next().flatten() {
+                    Some((revision, value)) if revision == meta.revision => Ok(value),
+                    _ => Err(KvReadError::Replaced),
+                },
+            })
+            .collect()
     }
 
     pub(super) fn len(&self) -> usize {
@@ -501,6 +636,15 @@ impl Kv {
     }
 }
 
-fn is_expired(e: &KvEntry, now: u64) -> bool {
+fn entry(meta: &KeyMeta, value: Vec<u8>) -> KvEntry {
+    KvEntry {
+        value,
+        revision: meta.revision,
+        create_revision: meta.create_revision,
+        expires_at_ms: meta.expires_at_ms,
+    }
+}
+
+fn is_expired(e: &KeyMeta, now: u64) -> bool {
     e.expires_at_ms.is_some_and(|at| at <= now)
 }

@@ -59,7 +59,7 @@ use storage::{Db, SmBatch};
 
 pub use cache::{CacheCounts, CacheEntry};
 pub use channels::{ChannelEvent, ChannelSummary, History, Presence, PRESENCE_PER_CHANNEL_MAX};
-pub use kv::{Compacted, KvEntry, KvEvent, KvEventKind, COMPACT_KEY};
+pub use kv::{Compacted, KvEntry, KvEvent, KvEventKind, KvReadError, COMPACT_KEY};
 pub use locks::{Holder, LockEntry, Waiter, MAX_WAITERS_PER_LOCK};
 pub use queues::{
     next_fire_ms, unsafe_lose_jobs_every, Job, JobListState, JobState, QueueStats, Schedule,
@@ -460,7 +460,7 @@ impl State {
     }
 
     /// The batches applied so far are written to the store: what was held until then (the
-    /// key-value history's values) is read from there from now on.
+    /// key-value values and history values) is read from there from now on.
     pub fn written(&mut self) {
         self.parts.kv.written();
     }
@@ -541,20 +541,34 @@ impl State {
     }
 
     /// A key's current entry, or `None` when absent or past its deadline on the replicated
-    /// clock.
-    pub fn get(&self, key: &str) -> Option<&KvEntry> {
+    /// clock. The value is read from the store.
+    pub fn get(&self, key: &str) -> Result<Option<KvEntry>, KvReadError> {
         self.parts.kv.get(key, self.meta.now_ms)
     }
 
-    /// Up to `limit` live keys starting with `prefix` and greater than `after`, in key order;
-    /// the flag says whether more remain.
+    /// A live key's revision (0 when absent or past its deadline), without reading its value.
+    pub fn kv_revision(&self, key: &str) -> u64 {
+        self.parts
+            .kv
+            .meta(key, self.meta.now_ms)
+            .map_or(0, |m| m.revision)
+    }
+
+    /// Up to `limit` live keys starting with `prefix` and greater than `after`, in key order,
+    /// with their values (read from the store); the flag says whether more remain.
     pub fn list(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> (Vec<(&String, &KvEntry)>, bool) {
+    ) -> Result<(Vec<(String, KvEntry)>, bool), KvReadError> {
         self.parts.kv.list(prefix, after, limit, self.meta.now_ms)
+    }
+
+    /// Like [`list`](Self::list), the keys only (no value is read).
+    pub fn kv_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> (Vec<&String>, bool) {
+        let (items, more) = self.parts.kv.keys(prefix, after, limit, self.meta.now_ms);
+        (items.into_iter().map(|(k, _)| k).collect(), more)
     }
 
     /// Up to `limit` key-value changes under `prefix` from `from_revision` on (inclusive), in
@@ -950,8 +964,8 @@ mod tests {
             s.apply(&req(3, put("a", "2", Some(1), None)), &mut b),
             Response::Kv(KvResult::Put { revision: 3 })
         );
-        assert_eq!(s.get("a").unwrap().value, b"2");
-        assert_eq!(s.get("a").unwrap().create_revision, 1);
+        assert_eq!(s.get("a").unwrap().unwrap().value, b"2");
+        assert_eq!(s.get("a").unwrap().unwrap().create_revision, 1);
         assert_eq!(
             s.apply(
                 &req(
@@ -984,7 +998,7 @@ mod tests {
                 deleted: true
             })
         );
-        assert!(s.get("a").is_none());
+        assert!(s.get("a").unwrap().is_none());
     }
 
     #[test]
@@ -994,12 +1008,12 @@ mod tests {
         s.apply(&req(1_000, put("t", "x", None, Some(500))), &mut b);
         // A stamp from a leader whose clock is behind never moves the clock backwards.
         s.apply(&req(900, Command::Tick), &mut b);
-        assert!(s.get("t").is_some());
+        assert!(s.get("t").unwrap().is_some());
         assert_eq!(s.next_deadline_ms(), Some(1_500));
         s.apply(&req(1_499, Command::Tick), &mut b);
-        assert!(s.get("t").is_some());
+        assert!(s.get("t").unwrap().is_some());
         s.apply(&req(1_500, Command::Tick), &mut b);
-        assert!(s.get("t").is_none());
+        assert!(s.get("t").unwrap().is_none());
         assert_eq!(
             s.meta.revision, 2,
             "expiry is a change with its own revision"
@@ -1074,7 +1088,7 @@ mod tests {
         let other = apply(&mut s, 12, idempotent("alice:k1", 3, delete.clone()));
         assert_eq!(other, Response::IdempotencyMismatch);
         assert_eq!(s.meta.revision, 1);
-        assert_eq!(s.get("a").unwrap().value, b"v");
+        assert_eq!(s.get("a").unwrap().unwrap().value, b"v");
         // Another key (another caller's scope) is its own.
         let bob = apply(
             &mut s,
@@ -1147,13 +1161,13 @@ mod tests {
         }
         s.apply(&req(1, put("a/0", "v", None, Some(5))), &mut b);
         s.apply(&req(10, Command::Tick), &mut b);
-        let (items, more) = s.list("a/", None, 2);
+        let (items, more) = s.list("a/", None, 2).unwrap();
         assert_eq!(
             items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             ["a/1", "a/2"]
         );
         assert!(more);
-        let (items, more) = s.list("a/", Some("a/2"), 2);
+        let (items, more) = s.list("a/", Some("a/2"), 2).unwrap();
         assert_eq!(
             items.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             ["a/3"]
@@ -1256,7 +1270,7 @@ mod primitive_tests {
             run(&mut s, 700, fenced),
             Response::StaleFence { current: Some(3) }
         );
-        assert!(s.get("k").is_none());
+        assert!(s.get("k").unwrap().is_none());
         // Cancelling a wait that was granted answers the grant.
         assert_eq!(
             run(
@@ -1426,8 +1440,8 @@ mod primitive_tests {
             }) => assert_eq!((succeeded, revision), (false, 2)),
             other => panic!("{other:?}"),
         }
-        assert!(s.get("x").is_none() && s.get("y").is_none());
-        assert_eq!(s.get("f").unwrap().revision, 2);
+        assert!(s.get("x").unwrap().is_none() && s.get("y").unwrap().is_none());
+        assert_eq!(s.get("f").unwrap().unwrap().revision, 2);
         match run(&mut s, 0, txn(1)) {
             Response::Txn(TxnResult {
                 succeeded,
@@ -1436,8 +1450,8 @@ mod primitive_tests {
             }) => assert_eq!((succeeded, revision), (true, 3)),
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.get("x").unwrap().revision, 3);
-        assert_eq!(s.get("y").unwrap().revision, 3);
+        assert_eq!(s.get("x").unwrap().unwrap().revision, 3);
+        assert_eq!(s.get("y").unwrap().unwrap().revision, 3);
     }
 
     #[test]
@@ -1961,7 +1975,7 @@ mod persistence_tests {
         }
         let r = State::load(&db).unwrap();
         assert_eq!(r.meta.revision, s.meta.revision);
-        assert_eq!(r.get("k"), s.get("k"));
+        assert_eq!(r.get("k").unwrap(), s.get("k").unwrap());
         assert_eq!(r.lock("L"), s.lock("L"));
         assert_eq!(r.session("s1"), s.session("s1"));
         assert_eq!(r.cache_digest(), s.cache_digest());
@@ -2146,6 +2160,83 @@ mod history_store_tests {
             s.kv_events_since("", 2, 10)
         );
         assert_eq!(reloaded.kv_events_since("", 2, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn current_values_are_read_from_the_store_once_written_and_held_until_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::load(&db).unwrap();
+        let big = "b".repeat(100_000);
+        let write = |s: &mut State, stamp: u64, commands: Vec<Command>| {
+            let mut batch = SmBatch::default();
+            for c in commands {
+                s.apply(&request(stamp, c), &mut batch);
+            }
+            batch
+        };
+        let mut batch = write(
+            &mut s,
+            1,
+            vec![
+                tests::put("k/1", &big, None, None),
+                tests::put("k/2", "two", None, None),
+                tests::put("k/1", "one", None, None),
+            ],
+        );
+        // Applied but not written: the latest value of each key is held, and served.
+        assert_eq!(s.get("k/1").unwrap().unwrap().value, b"one");
+        let (items, more) = s.list("k/", None, 10).unwrap();
+        assert!(!more);
+        let listed: Vec<_> = items
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.value.as_slice()))
+            .collect();
+        assert_eq!(listed, [("k/1", &b"one"[..]), ("k/2", &b"two"[..])]);
+        s.persist_meta(&mut batch);
+        db.sm_write(batch).unwrap();
+        s.written();
+
+        // Written: read from the store, with the same revisions; deletes need no read.
+        let one = s.get("k/1").unwrap().unwrap();
+        assert_eq!(
+            (one.value.as_slice(), one.revision, one.create_revision),
+            (&b"one"[..], 3, 1)
+        );
+        assert_eq!(s.list("k/", None, 10).unwrap().0.len(), 2);
+        let mut batch = write(
+            &mut s,
+            2,
+            vec![Command::Kv(KvCmd::Delete {
+                key: "k/2".into(),
+                if_revision: None,
+            })],
+        );
+        assert_eq!(s.get("k/2").unwrap(), None);
+        assert_eq!(s.kv_revision("k/1"), 3);
+        s.persist_meta(&mut batch);
+        db.sm_write(batch).unwrap();
+        s.written();
+
+        // The quota counts the values held in the store, and a reload counts the same.
+        let reloaded = State::load(&db).unwrap();
+        assert_eq!(reloaded.data_bytes(), s.data_bytes());
+        assert_eq!(s.data_bytes(), ("k/1".len() + "one".len()) as u64);
+        assert_eq!(reloaded.get("k/1").unwrap(), s.get("k/1").unwrap());
+
+        // A stored record at another revision than the state's (a snapshot being installed
+        // under it) is refused, never served as the state's value.
+        let mut other = SmBatch::default();
+        let entry = KvEntry {
+            value: b"someone else's".to_vec(),
+            revision: 99,
+            create_revision: 99,
+            expires_at_ms: None,
+        };
+        put_record(&mut other, prefixed(kv::PREFIX, "k/1"), &entry);
+        db.sm_write(other).unwrap();
+        assert!(matches!(s.get("k/1"), Err(KvReadError::Replaced)));
+        assert!(matches!(s.list("k/", None, 10), Err(KvReadError::Replaced)));
     }
 }
 

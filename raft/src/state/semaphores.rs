@@ -1061,7 +1061,7 @@ mod tests {
                 ..
             })
         ));
-        assert!(s.get("lost").is_some());
+        assert!(s.get("lost").unwrap().is_some());
 
         // Only a release may be a transaction's write.
         let acq = Command::Semaphore(acquire("S", "c", 1, 2, 1_000, None));
