@@ -7,6 +7,8 @@
 //! - [`command`]: the replicated [`Request`]/[`Command`] and their [`Response`].
 //! - [`state`]: the in-memory replicated [`State`] and its deterministic apply.
 //! - [`state_machine`]: openraft's state-machine traits over the state and RocksDB.
+//! - [`snapshot`]: snapshot files, sent, received and installed in chunks ([`SnapshotData`],
+//!   [`snapshot::SnapshotSink`]).
 //! - [`log_store`]: openraft's `RaftLogStorage` (vote, append with group-commit fsync, truncate,
 //!   purge) over the byte-level log of [`storage::Db`].
 //! - [`config`]: the openraft configuration built from stackd's timing.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod log_store;
 pub mod network;
 pub mod replica;
+pub mod snapshot;
 pub mod state;
 pub mod state_machine;
 pub mod types;

@@ -457,7 +457,7 @@ impl<L: Link> RaftNetworkV2<TypeConfig> for Peer<L> {
     ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
         tracing::info!(
             target = self.target,
-            bytes = snapshot.snapshot.get_ref().len(),
+            bytes = snapshot.snapshot.len(),
             "sending snapshot"
         );
         let send = self

@@ -233,6 +233,8 @@ pub struct Replica {
     log_bytes: Arc<AtomicU64>,
     /// The state machine's applied index (see [`StateMachine::applied`]).
     applied: tokio::sync::watch::Receiver<u64>,
+    /// Where snapshots are kept, and received ones written.
+    snapshot_dir: Arc<std::path::PathBuf>,
 }
 
 impl Replica {
@@ -247,6 +249,7 @@ impl Replica {
         let config = crate::config::raft_config(&timing).map_err(ReplicaError::of)?;
         let log_bytes = log_store.appended_bytes();
         let applied = state_machine.applied();
+        let snapshot_dir = Arc::new(state_machine.snapshot_dir().to_path_buf());
         let raft = Raft::new(id, config, Network::new(link), log_store, state_machine)
             .await
             .map_err(ReplicaError::of)?;
@@ -254,6 +257,7 @@ impl Replica {
             raft,
             log_bytes,
             applied,
+            snapshot_dir,
         })
     }
 
@@ -529,16 +533,27 @@ impl Replica {
             .boxed()
     }
 
-    /// Installs a snapshot a peer sent whole.
+    /// Starts receiving a snapshot of `len` data bytes from the leader, into a file beside
+    /// this node's snapshot; [`SnapshotSink::finish`](crate::snapshot::SnapshotSink::finish)
+    /// gives what [`install_snapshot`](Self::install_snapshot) takes.
+    pub async fn receive_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        len: u64,
+    ) -> std::io::Result<crate::snapshot::SnapshotSink> {
+        crate::snapshot::SnapshotSink::create(&self.snapshot_dir, meta, len).await
+    }
+
+    /// Installs a snapshot a peer sent, received into its file.
     pub async fn install_snapshot(
         &self,
         vote: Vote,
         meta: SnapshotMeta,
-        data: Vec<u8>,
+        data: crate::SnapshotData,
     ) -> Result<SnapshotResponse, String> {
         let snapshot = openraft::Snapshot {
             meta,
-            snapshot: std::io::Cursor::new(data),
+            snapshot: data,
         };
         self.raft
             .install_full_snapshot(vote, snapshot)

@@ -1,7 +1,6 @@
 //! openraft's `RaftStateMachine` over [`State`] and the `sm` column family.
 
 use std::io;
-use std::io::Cursor;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -10,11 +9,11 @@ use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use serde::{Deserialize, Serialize};
 use storage::{Db, SmBatch};
 
 use crate::codec;
 use crate::command::Response;
+use crate::snapshot::{varint_len, write_varint};
 use crate::state::{LiveEvent, Meta, State, META_KEY};
 use crate::types::{SnapshotData, TypeConfig};
 
@@ -45,25 +44,29 @@ pub enum LiveBatch {
 /// lagged and catches up from the state.
 pub const LIVE_BATCHES_BUFFERED: usize = 4096;
 
-/// A snapshot as stored on disk and sent to followers.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMetaOf<TypeConfig>,
-    /// The encoded `sm` column family: `Vec<(key, value)>`.
-    data: Vec<u8>,
-}
-
 impl StateMachine {
-    /// Loads the state from `db`; snapshots are kept under `dir`.
+    /// Loads the state from `db`; snapshots are kept under `dir`. An install of a snapshot
+    /// that a stop cut short is done again first, from the snapshot file it left.
     pub fn open(db: Db, dir: &Path) -> storage::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        crate::snapshot::remove_unfinished(dir)?;
+        let snapshot_path = dir.join("snapshot.bin");
+        if db.sm_replace_pending()? {
+            tracing::warn!("a snapshot install was cut short; installing it again");
+            let Some((_, data)) = SnapshotData::open(&snapshot_path)? else {
+                return Err(storage::Error::Corrupt(
+                    "a snapshot install was cut short and its snapshot file is gone".into(),
+                ));
+            };
+            load_pairs(&db, &data)?;
+        }
         let state = State::load(&db)?;
         let applied = state.meta.last_applied.map_or(0, |l| l.index);
         Ok(Self {
             applied: Arc::new(tokio::sync::watch::channel(applied).0),
             db,
             state: Arc::new(RwLock::new(state)),
-            snapshot_path: dir.join("snapshot.bin"),
+            snapshot_path,
             live: tokio::sync::broadcast::channel(LIVE_BATCHES_BUFFERED).0,
         })
     }
@@ -84,6 +87,13 @@ impl StateMachine {
         self.applied.subscribe()
     }
 
+    /// The directory snapshots are kept in.
+    pub fn snapshot_dir(&self) -> &Path {
+        self.snapshot_path
+            .parent()
+            .expect("the snapshot file is in a directory")
+    }
+
     /// The shared in-memory state, for reads. Hold the lock only for short, non-async sections.
     pub fn state(&self) -> Arc<RwLock<State>> {
         self.state.clone()
@@ -97,20 +107,23 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// large state is never held in memory. The bytes are those of [`SnapshotFile`] encoded
     /// whole, so the file reads back as before.
     ///
-    /// The snapshot answered carries the meta and no bytes: they are in the file, which is
-    /// what a follower is sent ([`RaftStateMachine::get_current_snapshot`]); openraft takes
-    /// only the meta of a snapshot it asked to build.
+    /// The snapshot answered reads its data from that file.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
         let db = self.db.clone();
         let path = self.snapshot_path.clone();
         // Off the async runtime: a large state must not stall QUIC.
-        let (meta, bytes) = tokio::task::spawn_blocking(move || write_snapshot_stream(&db, &path))
-            .await
-            .map_err(io::Error::other)??;
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes, "snapshot built");
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            let (meta, bytes) = write_snapshot_stream(&db, &path)?;
+            tracing::info!(last_log_id = ?meta.last_log_id, bytes, "snapshot built");
+            let (_, data) = SnapshotData::open(&path)?
+                .ok_or_else(|| io::Error::other("the snapshot file just built is gone"))?;
+            Ok::<_, io::Error>((meta, data))
+        })
+        .await
+        .map_err(io::Error::other)??;
         Ok(SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
-            snapshot: Cursor::new(Vec::new()),
+            snapshot: data,
         })
     }
 }
@@ -145,7 +158,7 @@ fn write_snapshot_stream(db: &Db, path: &Path) -> io::Result<(SnapshotMetaOf<Typ
     };
     // `data` is `codec::encode(&Vec<(key, value)>)`: the format byte, the count, the pairs.
     let data_len = 1 + varint_len(count) + body;
-    write_snapshot_file(path, &snap_meta, data_len, |out| {
+    crate::snapshot::write_snapshot_file(path, &snap_meta, data_len, |out| {
         out.write_all(&[codec::FORMAT_VERSION])?;
         write_varint(out, count)?;
         // Pass 2: the pairs, from the same view.
@@ -175,44 +188,6 @@ fn write_snapshot_stream(db: &Db, path: &Path) -> io::Result<(SnapshotMetaOf<Typ
         Ok(())
     })?;
     Ok((snap_meta, data_len))
-}
-
-/// Writes the snapshot file: the bytes of [`SnapshotFile`] encoded whole, its data (of
-/// `data_len` bytes) written by `write_data`, into a temp file that is synced and renamed
-/// into place (a crash leaves the old snapshot or the new one, never half of one).
-fn write_snapshot_file(
-    path: &Path,
-    meta: &SnapshotMetaOf<TypeConfig>,
-    data_len: u64,
-    write_data: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> io::Result<()>,
-) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-    out.write_all(&[codec::FORMAT_VERSION])?;
-    out.write_all(&postcard::to_allocvec(meta).map_err(io::Error::other)?)?;
-    write_varint(&mut out, data_len)?;
-    write_data(&mut out)?;
-    let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// `n` as postcard writes a length (a varint), into `buf`.
-fn varint(n: u64, buf: &mut [u8; 10]) -> &[u8] {
-    postcard::to_slice(&n, buf).expect("a u64 varint fits in 10 bytes")
-}
-
-fn varint_len(n: u64) -> u64 {
-    varint(n, &mut [0; 10]).len() as u64
-}
-
-fn write_varint(out: &mut impl io::Write, n: u64) -> io::Result<()> {
-    out.write_all(varint(n, &mut [0; 10]))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -285,20 +260,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// Installs a snapshot from its file: the file becomes this node's snapshot (a received
+    /// one is renamed, not copied), then its pairs replace the state machine in bounded
+    /// batches, read one at a time, so a state larger than memory installs. A stop in between
+    /// leaves the install to be done again at start-up ([`StateMachine::open`]).
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let data = snapshot.into_inner();
         let db = self.db.clone();
-        let (new_state, data) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            {
-                // Borrowed from the received bytes, not copied out of them.
-                let items: Vec<(&[u8], &[u8])> = codec::decode_borrowed(&data)?;
-                db.sm_replace(items)?;
-            }
-            Ok((State::load(&db)?, data))
+        let path = self.snapshot_path.clone();
+        let meta_copy = meta.clone();
+        let new_state = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            snapshot.keep_as(&path, &meta_copy)?;
+            let (_, data) = SnapshotData::open(&path)?
+                .ok_or_else(|| io::Error::other("the snapshot file just kept is gone"))?;
+            load_pairs(&db, &data)?;
+            Ok(State::load(&db)?)
         })
         .await
         .map_err(io::Error::other)??;
@@ -315,15 +294,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied
             .send_replace(meta.last_log_id.map_or(0, |l| l.index));
         let _ = self.live.send(LiveBatch::Reset);
-        let path = self.snapshot_path.clone();
-        let meta_copy = meta.clone();
-        tokio::task::spawn_blocking(move || {
-            write_snapshot_file(&path, &meta_copy, data.len() as u64, |out| {
-                out.write_all(&data)
-            })
-        })
-        .await
-        .map_err(io::Error::other)??;
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
@@ -331,28 +301,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
-        let bytes = match std::fs::read(&self.snapshot_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let file: SnapshotFile = codec::decode(&bytes)?;
-        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
-            meta: file.meta,
-            snapshot: Cursor::new(file.data),
-        }))
+        let path = self.snapshot_path.clone();
+        let opened = tokio::task::spawn_blocking(move || SnapshotData::open(&path))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(
+            opened
+                .map(|(meta, snapshot)| SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot }),
+        )
     }
+}
+
+/// Replaces the state machine with a snapshot's pairs, in batches of 4 MiB. Blocking.
+fn load_pairs(db: &Db, data: &SnapshotData) -> io::Result<()> {
+    const BATCH_BYTES: usize = 4 << 20;
+    let pairs = data.pairs()?.map(|p| p.map_err(storage::Error::from));
+    db.sm_replace_streamed(pairs, BATCH_BYTES)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use openraft::vote::RaftLeaderIdExt;
 
+    use serde::Serialize;
+
     use super::*;
     use crate::command::{Command, KvCmd, Request};
 
-    /// The snapshot written in a stream is, byte for byte, the file encoded whole, and reads
-    /// back with every entry of the state machine.
+    /// The layout of a snapshot file, encoded whole.
+    #[derive(Serialize)]
+    struct SnapshotFile {
+        meta: SnapshotMetaOf<TypeConfig>,
+        data: Vec<u8>,
+    }
+
+    /// The snapshot written in a stream is, byte for byte, the file encoded whole, reads back
+    /// with every entry of the state machine, installs from its file on another node, and an
+    /// install cut short is done again at start-up.
     #[tokio::test]
     async fn a_streamed_snapshot_is_the_file_encoded_whole() {
         let dir = tempfile::tempdir().unwrap();
@@ -404,7 +390,12 @@ mod tests {
 
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, built.meta);
-        let read: Vec<(Vec<u8>, Vec<u8>)> = codec::decode(current.snapshot.get_ref()).unwrap();
+        let read: Vec<(Vec<u8>, Vec<u8>)> = current
+            .snapshot
+            .pairs()
+            .unwrap()
+            .collect::<io::Result<_>>()
+            .unwrap();
         assert_eq!(read, items);
 
         // Installed on another node: the same entries, and the same file to send on.
@@ -423,5 +414,22 @@ mod tests {
             "the installed file differs from the whole encoding"
         );
         assert_eq!(*follower.applied().borrow(), 300);
+
+        // An install cut short (here by a read error halfway) leaves the state machine half
+        // replaced; the node installs the snapshot again from its file when it starts.
+        let half = items.len() / 2;
+        let cut = items[..half]
+            .iter()
+            .cloned()
+            .map(Ok)
+            .chain([Err(storage::Error::Corrupt("cut".into()))]);
+        assert!(other_db.sm_replace_streamed(cut, 1).is_err());
+        assert!(other_db.sm_replace_pending().unwrap());
+        assert_eq!(other_db.sm_export().unwrap().len(), half);
+        drop(follower);
+        let restarted = StateMachine::open(other_db.clone(), &other.path().join("snap")).unwrap();
+        assert!(!other_db.sm_replace_pending().unwrap());
+        assert_eq!(other_db.sm_export().unwrap(), items);
+        assert_eq!(*restarted.applied().borrow(), 300);
     }
 }

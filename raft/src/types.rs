@@ -33,5 +33,4 @@ openraft::declare_raft_types!(
 );
 
 pub type LogStore = crate::log_store::LogStore<TypeConfig>;
-/// Snapshot bytes: the encoded state-machine column family.
-pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+pub use crate::snapshot::SnapshotData;

@@ -18,6 +18,8 @@ pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOGS: &str = "logs";
 /// The replicated state machine: keys are laid out by the `raft` crate.
 pub(crate) const CF_SM: &str = "sm";
+/// In `meta` while a streamed replace of the state machine is under way.
+const SM_REPLACE_PENDING: &[u8] = b"sm-replace-pending";
 
 /// How much memory RocksDB may use, whatever the size of the data: blocks read (data, index
 /// and bloom filters) are held in one LRU cache shared by every column family, and the
@@ -190,6 +192,10 @@ impl Db {
         opts.create_missing_column_families(true);
         opts.set_paranoid_checks(true);
         opts.set_max_background_jobs(2);
+        // A write-ahead log file is deleted once every column family written in it has
+        // flushed; the rarely written `meta` would keep them all otherwise. Past this size the
+        // column families holding the oldest file are flushed.
+        opts.set_max_total_wal_size(memory.memtable_bytes as u64);
         let cfs = [CF_META, CF_LOGS, CF_SM]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, cf_opts()));
@@ -410,27 +416,56 @@ impl Db {
         }
     }
 
-    /// Replaces the whole state machine with `items` in one synced batch, so a crash leaves
-    /// either the old state or the new one.
+    /// Replaces the state machine with `items` (in key order or not), written in batches of
+    /// about `batch_bytes`, so a state larger than memory can be installed.
     ///
-    /// Blocking: call it from `spawn_blocking`.
-    pub fn sm_replace<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    /// Crash-safe by redoing: the first batch clears the state machine and records that a
+    /// replace is under way (in the same atomic write); the last one, synced, clears the
+    /// record. A node that stops in between finds [`sm_replace_pending`](Self::sm_replace_pending)
+    /// and must replace again from the same source before it reads the state machine. An
+    /// error from `items` leaves the replace pending too.
+    pub fn sm_replace_streamed(
         &self,
-        items: impl IntoIterator<Item = (K, V)>,
+        items: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
+        batch_bytes: usize,
     ) -> Result<()> {
         let cf = self.cf(CF_SM);
         let mut wb = WriteBatch::default();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, _) = item?;
-            wb.delete_cf(cf, k);
+        wb.put_cf(self.cf(CF_META), SM_REPLACE_PENDING, b"");
+        let first = self.db.iterator_cf(cf, IteratorMode::Start).next();
+        let last = self.db.iterator_cf(cf, IteratorMode::End).next();
+        if let (Some(first), Some(last)) = (first, last) {
+            let (first, last) = (first?.0, last?.0);
+            // One range tombstone (the end is exclusive), and the last key itself.
+            wb.delete_range_cf(cf, &first, &last);
+            wb.delete_cf(cf, &last);
         }
-        for (k, v) in items {
+        let mut pending = 0usize;
+        for item in items {
+            let (k, v) = item?;
+            pending += k.len() + v.len();
             wb.put_cf(cf, k, v);
+            if pending >= batch_bytes {
+                // Not synced: the last write's sync covers the log before it, and a crash
+                // before then leaves the replace pending.
+                self.db.write(std::mem::take(&mut wb))?;
+                pending = 0;
+            }
         }
+        wb.delete_cf(self.cf(CF_META), SM_REPLACE_PENDING);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(wb, &wo)?;
         Ok(())
+    }
+
+    /// Whether a [`sm_replace_streamed`](Self::sm_replace_streamed) was cut short: the state
+    /// machine holds part of the new state and must be replaced again.
+    pub fn sm_replace_pending(&self) -> Result<bool> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_META), SM_REPLACE_PENDING)?
+            .is_some())
     }
 }
 

@@ -414,16 +414,28 @@ impl Transport {
         vote: Vote,
         snapshot: Snapshot,
     ) -> Result<RpcResponse> {
+        use tokio::io::AsyncReadExt;
         let (mut send, mut recv) = self.open_to(node, addr).await?;
-        let data = snapshot.snapshot.into_inner();
+        let total_bytes = snapshot.snapshot.len();
+        // Read from the snapshot file a chunk at a time: never held whole.
+        let mut data = snapshot.snapshot.into_reader()?;
         let head = RpcRequest::Snapshot {
             vote,
             meta: snapshot.meta,
-            total_bytes: data.len() as u64,
+            total_bytes,
         };
         frame::write_msg(&mut send, &head, self.limits.max_frame_bytes).await?;
-        for chunk in data.chunks(self.limits.snapshot_chunk_bytes) {
-            frame::write_raw(&mut send, chunk, self.limits.max_frame_bytes).await?;
+        let mut chunk = vec![0u8; self.limits.snapshot_chunk_bytes];
+        let mut sent = 0u64;
+        while sent < total_bytes {
+            let n = data.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(Error::Read(format!(
+                    "the snapshot file ended after {sent} of {total_bytes} bytes"
+                )));
+            }
+            frame::write_raw(&mut send, &chunk[..n], self.limits.max_frame_bytes).await?;
+            sent += n as u64;
         }
         send.finish().map_err(|e| Error::Read(e.to_string()))?;
         self.check_removed(
@@ -755,18 +767,24 @@ impl Transport {
                 self.limits.max_snapshot_bytes
             ));
         }
-        // Grows with the chunks received, not from the announced size.
-        let mut data = Vec::new();
+        // Written to a file as the chunks arrive, never held whole; removed if cut short.
+        let mut sink = raft
+            .receive_snapshot(&meta, total_bytes)
+            .await
+            .map_err(|e| format!("receiving a snapshot: {e}"))?;
         let mut chunk = Vec::new();
-        while (data.len() as u64) < total_bytes {
+        while sink.remaining() > 0 {
             frame::read_into(recv, self.limits.max_frame_bytes, &mut chunk)
                 .await
                 .map_err(|e| format!("snapshot stream broken: {e}"))?;
-            data.extend_from_slice(&chunk);
+            sink.write(&chunk)
+                .await
+                .map_err(|e| format!("receiving a snapshot: {e}"))?;
         }
-        if data.len() as u64 != total_bytes {
-            return Err("snapshot longer than announced".into());
-        }
+        let data = sink
+            .finish()
+            .await
+            .map_err(|e| format!("receiving a snapshot: {e}"))?;
         raft.install_snapshot(vote, meta, data).await
     }
 
