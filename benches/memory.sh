@@ -12,7 +12,8 @@
 #   are written (loadgen's preload, over every node), then read back at random from every node
 #   for DURATION seconds. Automatic snapshots are off unless SNAPSHOT=1 (each would be a file
 #   of DATA_MB on every node); the log stays in RocksDB. loadgen's values are a repeated
-#   alphabet, which RocksDB's LZ4 compresses, so the disk holds far less than DATA_MB.
+#   alphabet, which RocksDB's LZ4 compresses, so the disk holds far less than DATA_MB. The
+#   storage quota is raised to twice DATA_MB.
 #
 # The cluster runs with access control off and rate limits out of reach, on 127.0.0.1-3
 # (deploy/local-cluster.sh). The peak (VmHWM) shows what a snapshot build or a burst held,
@@ -38,6 +39,8 @@ if [[ -n "$DATA_MB" ]]; then
     VALUE_SIZE="${VALUE_SIZE:-10000}"
     KEYS=$((DATA_MB * 1000000 / VALUE_SIZE))
     SNAPSHOT="${SNAPSHOT:-0}"
+    # The storage quota (2 GiB by default) at twice the data, so that it does not refuse it.
+    export STACKD_QUOTA_BYTES="${STACKD_QUOTA_BYTES:-$((DATA_MB * 2000000))}"
     if [[ "$SNAPSHOT" == 0 ]]; then
         export STACKD_SNAPSHOT_EVERY_ENTRIES="${STACKD_SNAPSHOT_EVERY_ENTRIES:-1000000000000}" \
             STACKD_SNAPSHOT_EVERY_LOG_BYTES="${STACKD_SNAPSHOT_EVERY_LOG_BYTES:-1000000000000000}"

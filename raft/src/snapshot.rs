@@ -89,10 +89,11 @@ impl SnapshotData {
     }
 
     /// The data, to be read from its first byte to its last (and no further).
-    pub fn into_reader(mut self) -> io::Result<impl tokio::io::AsyncRead + Unpin + Send> {
+    pub fn into_reader(self) -> io::Result<impl tokio::io::AsyncRead + Unpin + Send> {
         use tokio::io::AsyncReadExt;
-        self.file.seek(SeekFrom::Start(self.offset))?;
-        Ok(tokio::fs::File::from_std(self.file).take(self.len))
+        let mut file = self.file.try_clone()?;
+        file.seek(SeekFrom::Start(self.offset))?;
+        Ok(tokio::fs::File::from_std(file).take(self.len))
     }
 
     /// The (key, value) pairs of the data, read one at a time. Blocking.
@@ -130,6 +131,21 @@ impl SnapshotData {
             }
             Ok(())
         })
+    }
+}
+
+/// A received snapshot that was not installed (openraft refused it, or the install failed
+/// before its file was renamed into place) leaves no file behind.
+impl Drop for SnapshotData {
+    fn drop(&mut self) {
+        if self
+            .path
+            .extension()
+            .is_some_and(|e| e == RECEIVING_EXTENSION)
+        {
+            // After `keep_as` renamed it, there is nothing left under this name.
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -371,5 +387,69 @@ mod tests {
         }
         let too_long = [0xffu8; 11];
         assert!(read_varint(&mut too_long.as_slice()).is_err());
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A received snapshot reads back as sent; one cut short, refused or never installed
+    /// leaves no file behind.
+    #[tokio::test]
+    async fn a_received_snapshot_leaves_no_file_unless_it_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SnapshotMeta::default();
+        // The data of one pair: version, count 1, key "k", value "v".
+        let data = [codec::FORMAT_VERSION, 1, 1, b'k', 1, b'v'];
+
+        let mut cut = SnapshotSink::create(dir.path(), &meta, data.len() as u64)
+            .await
+            .unwrap();
+        cut.write(&data[..2]).await.unwrap();
+        assert_eq!(files(dir.path()).len(), 1);
+        drop(cut);
+        assert!(
+            files(dir.path()).is_empty(),
+            "an unfinished receive is removed"
+        );
+
+        let mut long = SnapshotSink::create(dir.path(), &meta, 2).await.unwrap();
+        assert!(long.write(&data).await.is_err(), "longer than announced");
+        assert!(long.finish().await.is_err(), "short of what was announced");
+        assert!(files(dir.path()).is_empty());
+
+        let mut sink = SnapshotSink::create(dir.path(), &meta, data.len() as u64)
+            .await
+            .unwrap();
+        sink.write(&data[..3]).await.unwrap();
+        sink.write(&data[3..]).await.unwrap();
+        let received = sink.finish().await.unwrap();
+        let pairs: Vec<_> = received
+            .pairs()
+            .unwrap()
+            .collect::<io::Result<_>>()
+            .unwrap();
+        assert_eq!(pairs, [(b"k".to_vec(), b"v".to_vec())]);
+        drop(received);
+        assert!(
+            files(dir.path()).is_empty(),
+            "a received snapshot never kept is removed"
+        );
+
+        let mut sink = SnapshotSink::create(dir.path(), &meta, data.len() as u64)
+            .await
+            .unwrap();
+        sink.write(&data).await.unwrap();
+        let kept = dir.path().join("snapshot.bin");
+        sink.finish().await.unwrap().keep_as(&kept, &meta).unwrap();
+        assert_eq!(files(dir.path()), ["snapshot.bin"]);
+        let (read_meta, read) = SnapshotData::open(&kept).unwrap().unwrap();
+        assert_eq!(read_meta, meta);
+        assert_eq!(read.pairs().unwrap().count(), 1);
     }
 }

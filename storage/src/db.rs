@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
-    Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    Direction, IteratorMode, Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 
 use crate::error::{Error, Result};
@@ -170,10 +170,16 @@ impl Db {
         let memtables = WriteBufferManager::new_write_buffer_manager(memory.memtable_bytes, false);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
-        // Index and filter blocks count against the cache instead of growing with the data;
-        // level 0's stay pinned, as they are read by every lookup.
+        // Index and filter blocks count against the cache instead of growing with the data.
+        // They are partitioned (4 KiB parts under a small top level, which stays pinned), so
+        // a lookup loads the part it needs: whole, a large file's index would be loaded again
+        // after each eviction, and a cache full of values evicts it all the time.
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
         table.set_cache_index_and_filter_blocks(true);
         table.set_cache_index_and_filter_blocks_with_high_priority(true);
+        table.set_pin_top_level_index_and_filter(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         // Values are read by key (a key's value, a page of history): a bloom filter spares
         // most lookups a data block read.
