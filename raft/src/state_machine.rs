@@ -23,6 +23,10 @@ pub struct StateMachine {
     db: Db,
     state: Arc<RwLock<State>>,
     snapshot_path: PathBuf,
+    /// Held while a snapshot is built or installed: openraft builds one in a task of its own,
+    /// which may run while a snapshot is installed in batches, and must then neither read a
+    /// half-installed state nor rename its file over the one being installed.
+    snapshot_lock: Arc<std::sync::Mutex<()>>,
     live: tokio::sync::broadcast::Sender<LiveBatch>,
     /// The index of the last entry applied (or of the snapshot installed), sent once its
     /// batch is in the state and written.
@@ -67,6 +71,7 @@ impl StateMachine {
             db,
             state: Arc::new(RwLock::new(state)),
             snapshot_path,
+            snapshot_lock: Arc::default(),
             live: tokio::sync::broadcast::channel(LIVE_BATCHES_BUFFERED).0,
         })
     }
@@ -112,7 +117,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let path = self.snapshot_path.clone();
         // Off the async runtime: a large state must not stall QUIC.
+        let lock = self.snapshot_lock.clone();
         let (meta, data) = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
             let (meta, bytes) = write_snapshot_stream(&db, &path)?;
             tracing::info!(last_log_id = ?meta.last_log_id, bytes, "snapshot built");
             let (_, data) = SnapshotData::open(&path)?
@@ -272,7 +279,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let path = self.snapshot_path.clone();
         let meta_copy = meta.clone();
+        let lock = self.snapshot_lock.clone();
         let new_state = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
             snapshot.keep_as(&path, &meta_copy)?;
             let (_, data) = SnapshotData::open(&path)?
                 .ok_or_else(|| io::Error::other("the snapshot file just kept is gone"))?;
