@@ -185,11 +185,25 @@ impl InprocCluster {
         }
     }
 
-    /// Restarts node `i` from its data dir.
+    /// Restarts node `i` from its data dir, once its stopped incarnation has let go of its
+    /// cluster and gossip ports (a task of the old node may hold its QUIC socket a moment
+    /// after `shutdown` returns).
     pub async fn restart(&mut self, i: usize) -> Result<()> {
         let mut c = self.configs[i].clone();
         c.cluster.join = None;
         c.cluster.token = None;
+        let quic = c.cluster.addr;
+        let gossip = std::net::SocketAddr::new(quic.ip(), quic.port() + 1);
+        wait_for(
+            &format!("node {}'s ports to be free", i + 1),
+            Duration::from_secs(10),
+            || async {
+                (std::net::UdpSocket::bind(quic).is_ok()
+                    && std::net::UdpSocket::bind(gossip).is_ok())
+                .then_some(())
+            },
+        )
+        .await?;
         self.nodes[i] = Some(Node::start(c).await?);
         Ok(())
     }
