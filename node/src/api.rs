@@ -692,9 +692,9 @@ pub(crate) async fn name_page(
 }
 
 /// The `next` of a page of a listing by name: its last name, when more follow.
-pub(crate) fn next_name<T>(page: &[(&String, T)], more: bool) -> Option<String> {
+pub(crate) fn next_name<N: AsRef<str>, T>(page: &[(N, T)], more: bool) -> Option<String> {
     if more {
-        page.last().map(|(name, _)| (*name).clone())
+        page.last().map(|(name, _)| name.as_ref().to_string())
     } else {
         None
     }
@@ -858,7 +858,7 @@ async fn list_kv(State(st): St, RawQuery(q): RawQuery) -> ApiResult<Json<KvList>
     let revision = st_lock.meta.revision;
     drop(st_lock);
     let b64 = base64::engine::general_purpose::STANDARD;
-    let next = more.then(|| items.last().map(|(k, _)| k.clone())).flatten();
+    let next = next_name(&items, more);
     let items = items
         .into_iter()
         .map(|(key, e)| KvItem {

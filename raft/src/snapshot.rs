@@ -20,6 +20,11 @@ use crate::network::SnapshotMeta;
 
 /// What a received snapshot's temporary file is called, before it is installed.
 const RECEIVING_EXTENSION: &str = "receiving";
+/// Whether `path` is a received snapshot's temporary file.
+fn is_received(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == RECEIVING_EXTENSION)
+}
+
 /// The most the header (version, meta, data length) may take: a meta is a membership.
 const HEADER_MAX: u64 = 1 << 20;
 
@@ -66,7 +71,6 @@ impl SnapshotData {
                 offset + len
             )));
         }
-        file.seek(SeekFrom::Start(offset))?;
         Ok(Some((
             meta,
             SnapshotData {
@@ -103,21 +107,19 @@ impl SnapshotData {
         Pairs::new(BufReader::with_capacity(1 << 20, file.take(self.len)))
     }
 
-    /// Makes this the snapshot file at `path` (its meta `meta`): a received file is renamed
-    /// there, any other (another node's, in tests) copied in chunks to a temporary file that
-    /// is synced and renamed. Blocking.
-    pub fn keep_as(mut self, path: &Path, meta: &SnapshotMeta) -> io::Result<()> {
+    /// Makes this the snapshot file at `path` (its meta `meta`) and answers it there: a
+    /// received file is renamed there, any other (another node's, in tests) copied in chunks
+    /// to a temporary file that is synced and renamed. Blocking.
+    pub fn keep_as(mut self, path: &Path, meta: &SnapshotMeta) -> io::Result<SnapshotData> {
         if self.path == path {
-            return Ok(());
+            return Ok(self);
         }
-        let received = self.path.parent() == path.parent()
-            && self
-                .path
-                .extension()
-                .is_some_and(|e| e == RECEIVING_EXTENSION);
-        if received {
+        if is_received(&self.path) && self.path.parent() == path.parent() {
             std::fs::rename(&self.path, path)?;
-            return sync_dir(path);
+            sync_dir(path)?;
+            // The open file is the renamed one; under its new name, dropping it removes nothing.
+            self.path = path.to_path_buf();
+            return Ok(self);
         }
         self.file.seek(SeekFrom::Start(self.offset))?;
         let mut data = (&mut self.file).take(self.len);
@@ -130,7 +132,10 @@ impl SnapshotData {
                 ));
             }
             Ok(())
-        })
+        })?;
+        SnapshotData::open(path)?
+            .map(|(_, kept)| kept)
+            .ok_or_else(|| io::Error::other("the snapshot file just written is gone"))
     }
 }
 
@@ -138,12 +143,7 @@ impl SnapshotData {
 /// before its file was renamed into place) leaves no file behind.
 impl Drop for SnapshotData {
     fn drop(&mut self) {
-        if self
-            .path
-            .extension()
-            .is_some_and(|e| e == RECEIVING_EXTENSION)
-        {
-            // After `keep_as` renamed it, there is nothing left under this name.
+        if is_received(&self.path) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -232,7 +232,7 @@ impl Drop for SnapshotSink {
 pub fn remove_unfinished(dir: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == RECEIVING_EXTENSION) {
+        if is_received(&path) {
             std::fs::remove_file(&path)?;
         }
     }
@@ -446,7 +446,9 @@ mod tests {
             .unwrap();
         sink.write(&data).await.unwrap();
         let kept = dir.path().join("snapshot.bin");
-        sink.finish().await.unwrap().keep_as(&kept, &meta).unwrap();
+        let kept_data = sink.finish().await.unwrap().keep_as(&kept, &meta).unwrap();
+        assert_eq!(kept_data.pairs().unwrap().count(), 1);
+        drop(kept_data);
         assert_eq!(files(dir.path()), ["snapshot.bin"]);
         let (read_meta, read) = SnapshotData::open(&kept).unwrap().unwrap();
         assert_eq!(read_meta, meta);

@@ -109,8 +109,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     /// Streams the state machine from one RocksDB snapshot into the snapshot file, so a
-    /// large state is never held in memory. The bytes are those of [`SnapshotFile`] encoded
-    /// whole, so the file reads back as before.
+    /// large state is never held in memory, in the layout of [`crate::snapshot`].
     ///
     /// The snapshot answered reads its data from that file.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
@@ -282,9 +281,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let lock = self.snapshot_lock.clone();
         let new_state = tokio::task::spawn_blocking(move || -> io::Result<_> {
             let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
-            snapshot.keep_as(&path, &meta_copy)?;
-            let (_, data) = SnapshotData::open(&path)?
-                .ok_or_else(|| io::Error::other("the snapshot file just kept is gone"))?;
+            let data = snapshot.keep_as(&path, &meta_copy)?;
             load_pairs(&db, &data)?;
             Ok(State::load(&db)?)
         })

@@ -767,24 +767,20 @@ impl Transport {
                 self.limits.max_snapshot_bytes
             ));
         }
+        let receiving = |e: std::io::Error| format!("receiving a snapshot: {e}");
         // Written to a file as the chunks arrive, never held whole; removed if cut short.
         let mut sink = raft
             .receive_snapshot(&meta, total_bytes)
             .await
-            .map_err(|e| format!("receiving a snapshot: {e}"))?;
+            .map_err(receiving)?;
         let mut chunk = Vec::new();
         while sink.remaining() > 0 {
             frame::read_into(recv, self.limits.max_frame_bytes, &mut chunk)
                 .await
                 .map_err(|e| format!("snapshot stream broken: {e}"))?;
-            sink.write(&chunk)
-                .await
-                .map_err(|e| format!("receiving a snapshot: {e}"))?;
+            sink.write(&chunk).await.map_err(receiving)?;
         }
-        let data = sink
-            .finish()
-            .await
-            .map_err(|e| format!("receiving a snapshot: {e}"))?;
+        let data = sink.finish().await.map_err(receiving)?;
         raft.install_snapshot(vote, meta, data).await
     }
 
