@@ -162,6 +162,10 @@ async fn serve_connection(
     let mut decoder = Decoder::new(resp.limits);
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
+    // One registration with the shared stop token for the connection's life, not one per
+    // read: registering takes the token's lock, which every connection shares.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let end = 'conn: loop {
         // Every whole request read so far, answered in order; the batch is charged to the
         // caller's rate limits at once.
@@ -213,7 +217,7 @@ async fn serve_connection(
                 }
                 Err(broadcast::error::RecvError::Closed) => break End::Stopping,
             },
-            _ = stop.cancelled() => break End::Stopping,
+            () = &mut stopped => break End::Stopping,
         }
     };
     drop(conn);

@@ -601,11 +601,14 @@ impl Conn {
             let (items, more): (Vec<String>, bool) = match self.db {
                 Db::Cache => {
                     let (items, more) = state.cache_list(prefix, after.as_deref(), count);
-                    (items.into_iter().map(|(k, _)| k.clone()).collect(), more)
+                    (
+                        items.into_iter().map(|(k, _)| k.to_string()).collect(),
+                        more,
+                    )
                 }
                 Db::Kv | Db::Locks => {
                     let (items, more) = state.kv_keys(prefix, after.as_deref(), count);
-                    (items.into_iter().cloned().collect(), more)
+                    (items.into_iter().map(str::to_string).collect(), more)
                 }
             };
             (items, more)

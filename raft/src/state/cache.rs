@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::{Db, SmBatch};
 
+use super::names::Names;
 use super::prefixed;
-use super::primitive::{list_live, put_record, records, Cx, Deadlines, Part, Primitive};
+use super::primitive::{put_record, records, Cx, Deadlines, Part, Primitive};
 use crate::codec;
 
 const PREFIX: &[u8] = b"c:";
@@ -138,7 +139,7 @@ struct CacheMeta {
 
 #[derive(Default, Debug)]
 pub(super) struct Cache {
-    entries: BTreeMap<String, CacheEntry>,
+    entries: Names<CacheEntry>,
     by_seq: BTreeMap<u64, String>,
     by_tag: BTreeSet<(String, String)>,
     ttl: Deadlines<String>,
@@ -166,7 +167,7 @@ impl Part for Cache {
         }
         for (key, entry) in records::<CacheEntry>(db, PREFIX)? {
             c.index(&key, &entry);
-            c.entries.insert(key, entry);
+            c.entries.insert(&key, entry);
         }
         Ok(c)
     }
@@ -279,7 +280,7 @@ impl Primitive for Cache {
                     self.ttl.insert(at, key.clone());
                 }
                 put_record(cx.batch, prefixed(PREFIX, key), &e);
-                self.entries.insert(key.clone(), e);
+                self.entries.insert(key, e);
                 CacheResult::Touched(true)
             }
             CacheCmd::DeleteIfEq { key, value } => {
@@ -356,7 +357,7 @@ impl Cache {
         self.meta.next_seq += 1;
         self.index(key, &entry);
         put_record(batch, prefixed(PREFIX, key), &entry);
-        self.entries.insert(key.to_string(), entry);
+        self.entries.insert(key, entry);
         // Evict oldest writes first; the entry just written goes last, and only if it alone
         // is over the bounds.
         while self.entries.len() as u64 > limits.max_entries || self.bytes > limits.max_bytes {
@@ -402,8 +403,8 @@ impl Cache {
         after: Option<&str>,
         limit: usize,
         now: u64,
-    ) -> (Vec<(&String, &CacheEntry)>, bool) {
-        list_live(&self.entries, prefix, after, limit, |e| {
+    ) -> (Vec<(&str, &CacheEntry)>, bool) {
+        self.entries.list_live(prefix, after, limit, |e| {
             e.expires_at_ms.is_none_or(|at| at > now)
         })
     }
@@ -419,7 +420,7 @@ impl Cache {
     /// SHA-256 over every entry in key order: equal on replicas that hold the same cache.
     pub(super) fn digest(&self) -> String {
         let mut h = Sha256::new();
-        for (k, e) in &self.entries {
+        for (k, e) in self.entries.iter() {
             h.update((k.len() as u64).to_be_bytes());
             h.update(k.as_bytes());
             h.update((e.value.len() as u64).to_be_bytes());

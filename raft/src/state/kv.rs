@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use storage::{Db, SmBatch, WeakDb};
 
+use super::names::Names;
 use super::primitive::{put_record, Cx, Deadlines, Part, Primitive};
 use super::{prefixed, LiveEvent};
 use crate::codec;
@@ -141,7 +142,7 @@ pub enum KvReadError {
 pub(super) struct Kv {
     /// Every key, with what memory holds of it; the values are in the store, under
     /// `k:<key>`, or in `pending` until their batch is written.
-    entries: BTreeMap<String, KeyMeta>,
+    entries: Names<KeyMeta>,
     /// Current values whose batch is not yet written to the store (every one, for a state
     /// loaded from no store); shared with `unwritten`.
     pending: BTreeMap<String, Arc<[u8]>>,
@@ -194,7 +195,7 @@ impl Part for Kv {
                 kv.ttl.insert(at, key.clone());
             }
             kv.bytes += entry_bytes(&key, &meta);
-            kv.entries.insert(key, meta);
+            kv.entries.insert(&key, meta);
             Ok(())
         })?;
         db.sm_scan_prefix_each(HISTORY_PREFIX, |k, v| {
@@ -532,7 +533,7 @@ impl Kv {
         };
         put_record(batch, prefixed(PREFIX, key), &record);
         self.bytes += entry_bytes(key, &meta);
-        if let Some(old) = self.entries.insert(key.to_string(), meta) {
+        if let Some(old) = self.entries.insert(key, meta) {
             self.bytes -= entry_bytes(key, &old);
         }
         let value: Arc<[u8]> = value.into();
@@ -574,11 +575,11 @@ impl Kv {
         now: u64,
     ) -> Result<(Vec<(String, KvEntry)>, bool), KvReadError> {
         let (items, more) = self.keys(prefix, after, limit, now);
-        let values = self.values(items.iter().map(|(k, m)| (k.as_str(), *m)))?;
+        let values = self.values(items.iter().copied())?;
         let items = items
             .into_iter()
             .zip(values)
-            .map(|((k, m), v)| (k.clone(), entry(m, v)))
+            .map(|((k, m), v)| (k.to_string(), entry(m, v)))
             .collect();
         Ok((items, more))
     }
@@ -590,8 +591,9 @@ impl Kv {
         after: Option<&str>,
         limit: usize,
         now: u64,
-    ) -> (Vec<(&String, &KeyMeta)>, bool) {
-        super::primitive::list_live(&self.entries, prefix, after, limit, |e| !is_expired(e, now))
+    ) -> (Vec<(&str, &KeyMeta)>, bool) {
+        self.entries
+            .list_live(prefix, after, limit, |e| !is_expired(e, now))
     }
 
     /// The values of `keys` (each present, with its metadata), in order: held ones from

@@ -46,6 +46,7 @@ pub mod export;
 pub(crate) mod kv;
 mod leases;
 pub(crate) mod locks;
+mod names;
 mod primitive;
 pub(crate) mod queues;
 pub(crate) mod security;
@@ -566,7 +567,7 @@ impl State {
     }
 
     /// Like [`list`](Self::list), the keys only (no value is read).
-    pub fn kv_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> (Vec<&String>, bool) {
+    pub fn kv_keys(&self, prefix: &str, after: Option<&str>, limit: usize) -> (Vec<&str>, bool) {
         let (items, more) = self.parts.kv.keys(prefix, after, limit, self.meta.now_ms);
         (items.into_iter().map(|(k, _)| k).collect(), more)
     }
@@ -683,7 +684,7 @@ impl State {
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> (Vec<(&String, &CacheEntry)>, bool) {
+    ) -> (Vec<(&str, &CacheEntry)>, bool) {
         self.parts
             .cache
             .list(prefix, after, limit, self.meta.now_ms)

@@ -100,37 +100,6 @@ pub(crate) fn records<T: DeserializeOwned>(
         .collect()
 }
 
-/// Up to `limit` entries of `map` whose keys start with `prefix` and are greater than `after`,
-/// in key order, skipping those `live` refuses (past their TTL); the flag says whether more
-/// remain. The listing of every keyed part (key-value, cache).
-pub(crate) fn list_live<'a, E>(
-    map: &'a std::collections::BTreeMap<String, E>,
-    prefix: &str,
-    after: Option<&str>,
-    limit: usize,
-    live: impl Fn(&E) -> bool,
-) -> (Vec<(&'a String, &'a E)>, bool) {
-    use std::ops::Bound;
-    let start = match after {
-        Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
-        _ => Bound::Included(prefix.to_string()),
-    };
-    let mut items = Vec::new();
-    for (k, e) in map.range((start, Bound::Unbounded)) {
-        if !k.starts_with(prefix) {
-            break;
-        }
-        if !live(e) {
-            continue;
-        }
-        if items.len() == limit {
-            return (items, true);
-        }
-        items.push((k, e));
-    }
-    (items, false)
-}
-
 /// Persists `record` under `key` in `batch`.
 ///
 /// Records are plain derived serde types (structs, enums, strings, integers, vectors and
