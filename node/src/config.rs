@@ -390,6 +390,11 @@ section! {
         /// a longer one is a protocol error that closes the connection. Each argument is at
         /// most limits.max_value_bytes. Default: 65536. Range: 3 to 1048576.
         pub max_args: usize = 65_536,
+        /// Threads that serve RESP connections, each with its own listening socket on
+        /// resp.addr (SO_REUSEPORT) and its own connections, so a connection's requests are
+        /// read, answered and written on one core without waking another. 0 = half the
+        /// cores, at least one (the rest is the node's own work). Default: 0. Range: 0 to 64.
+        pub threads: usize = 0,
     }
 }
 
@@ -557,6 +562,7 @@ serve_flags! {
     resp_addr: SocketAddr, "STACKD_RESP_ADDR" => resp.addr;
     resp_max_connections: usize, "STACKD_RESP_MAX_CONNECTIONS" => resp.max_connections;
     resp_max_args: usize, "STACKD_RESP_MAX_ARGS" => resp.max_args;
+    resp_threads: usize, "STACKD_RESP_THREADS" => resp.threads;
     heartbeat_interval_ms: u64, "STACKD_HEARTBEAT_INTERVAL_MS" => raft.heartbeat_interval_ms;
     election_timeout_ms: u64, "STACKD_ELECTION_TIMEOUT_MS" => raft.election_timeout_ms;
     snapshot_every_entries: u64, "STACKD_SNAPSHOT_EVERY_ENTRIES" => raft.snapshot_every_entries;
@@ -1044,6 +1050,7 @@ impl Config {
             Some(1_000_000),
         );
         in_range(bad, "resp.max_args", self.resp.max_args, 3, Some(1 << 20));
+        in_range(bad, "resp.threads", self.resp.threads, 0, Some(64));
     }
 
     /// The data directory. Set in every validated config.
@@ -1535,6 +1542,7 @@ mod tests {
         c.resp.addr = Some("127.0.0.1:6379".parse().unwrap());
         c.resp.max_connections = 5;
         c.resp.max_args = 100;
+        c.resp.threads = 3;
         c
     }
 
@@ -1683,6 +1691,7 @@ mod tests {
         ("api.request_timeout_ms = 600001", "api.request_timeout_ms"),
         ("api.max_inflight_requests = 0", "api.max_inflight_requests"),
         ("gateway.threads = 65", "gateway.threads"),
+        ("resp.threads = 65", "resp.threads"),
         (
             "api.tls_cert = \"c.pem\"\napi.tls_key = \"k.pem\"\napi.tls_from_cluster_ca = true",
             "api.tls_from_cluster_ca",

@@ -49,6 +49,7 @@ pub mod resp;
 pub mod samples;
 pub mod server;
 pub mod service;
+pub mod threads;
 
 /// Installs the process-wide rustls crypto provider (ring). Call once before any TLS use;
 /// later calls are no-ops.

@@ -71,6 +71,9 @@ pub(crate) struct Pool {
     window: Option<u32>,
     inner: Arc<Mutex<Inner>>,
     handshakes: TaskTracker,
+    /// The runtime the pool was made on, where handshakes run: a caller may be on a runtime
+    /// of its own (a listener's thread) that ends before the handshake would.
+    runtime: tokio::runtime::Handle,
     stop: CancellationToken,
 }
 
@@ -88,6 +91,7 @@ impl Pool {
             window,
             inner: Arc::default(),
             handshakes: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             stop: CancellationToken::new(),
         }
     }
@@ -132,50 +136,53 @@ impl Pool {
         let window = self.window;
         let shared = self.inner.clone();
         let stop = self.stop.clone();
-        let task = self.handshakes.spawn(async move {
-            let res = match connecting {
-                Err(e) => Err(e.to_string()),
-                Ok(connecting) => {
-                    match stop
-                        .run_until_cancelled(tokio::time::timeout(timeout, connecting))
-                        .await
-                    {
-                        None => Err("the transport is shutting down".to_string()),
-                        Some(Err(_)) => Err("connect timed out".to_string()),
-                        Some(Ok(Err(e))) => Err(explain(&e)),
-                        Some(Ok(Ok(conn))) => {
-                            if let Some(w) = window {
-                                conn.set_receive_window(w.into());
+        let task = self.handshakes.spawn_on(
+            async move {
+                let res = match connecting {
+                    Err(e) => Err(e.to_string()),
+                    Ok(connecting) => {
+                        match stop
+                            .run_until_cancelled(tokio::time::timeout(timeout, connecting))
+                            .await
+                        {
+                            None => Err("the transport is shutting down".to_string()),
+                            Some(Err(_)) => Err("connect timed out".to_string()),
+                            Some(Ok(Err(e))) => Err(explain(&e)),
+                            Some(Ok(Ok(conn))) => {
+                                if let Some(w) = window {
+                                    conn.set_receive_window(w.into());
+                                }
+                                Ok(conn)
                             }
-                            Ok(conn)
                         }
                     }
-                }
-            };
-            let mut inner = shared.lock().expect("pool lock");
-            let stats = inner.stats.entry(addr).or_default();
-            match &res {
-                Ok(conn) => {
-                    if stats.failing_since_connected > 0 {
-                        info!(
-                            %addr, ?node, failures = stats.failing_since_connected,
-                            "cluster connection established after failed attempts"
-                        );
+                };
+                let mut inner = shared.lock().expect("pool lock");
+                let stats = inner.stats.entry(addr).or_default();
+                match &res {
+                    Ok(conn) => {
+                        if stats.failing_since_connected > 0 {
+                            info!(
+                                %addr, ?node, failures = stats.failing_since_connected,
+                                "cluster connection established after failed attempts"
+                            );
+                        }
+                        stats.failing_since_connected = 0;
+                        stats.last_connected = Some(Instant::now());
+                        inner.slots.insert(key, Slot::Open(conn.clone()));
                     }
-                    stats.failing_since_connected = 0;
-                    stats.last_connected = Some(Instant::now());
-                    inner.slots.insert(key, Slot::Open(conn.clone()));
+                    Err(reason) => {
+                        stats.connect_failures += 1;
+                        stats.failing_since_connected += 1;
+                        stats.last_error = Some((reason.clone(), Instant::now()));
+                        debug!(%addr, ?node, %reason, "cluster connection failed");
+                        inner.slots.remove(&key);
+                    }
                 }
-                Err(reason) => {
-                    stats.connect_failures += 1;
-                    stats.failing_since_connected += 1;
-                    stats.last_error = Some((reason.clone(), Instant::now()));
-                    debug!(%addr, ?node, %reason, "cluster connection failed");
-                    inner.slots.remove(&key);
-                }
-            }
-            res
-        });
+                res
+            },
+            &self.runtime,
+        );
         let handshake: Handshake = async move {
             task.await
                 .unwrap_or_else(|e| Err(format!("connect task failed: {e}")))

@@ -174,7 +174,7 @@ impl Cluster {
             peers,
             autopilot: Mutex::new(VecDeque::new()),
             autopilot_totals: Mutex::new(BTreeMap::new()),
-            reads: ReadBatcher::default(),
+            reads: ReadBatcher::new(),
             audit: Arc::new(crate::audit::AuditLog::new(id)),
             claims: Default::default(),
             clock: Default::default(),

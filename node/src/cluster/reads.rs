@@ -9,12 +9,26 @@ pub(super) type ReadResult = Result<LogId, ServiceError>;
 /// Batches concurrent linearizable reads behind one ReadIndex round: a read waits for the
 /// round that starts after it arrives (an earlier round could predate its write), and every
 /// read that queued during a round shares the next one.
-#[derive(Default)]
 pub(super) struct ReadBatcher {
     inner: Arc<Mutex<BatchState>>,
     /// The task driving the rounds, stopped by [`Cluster::refuse_new_reads`].
     driver: TaskTracker,
+    /// The node's runtime, where the rounds run: a reader may be on a runtime of its own (a
+    /// listener's thread) that ends before the round would.
+    runtime: tokio::runtime::Handle,
     stop: CancellationToken,
+}
+
+impl ReadBatcher {
+    /// A batcher whose rounds run on the current runtime.
+    pub(super) fn new() -> ReadBatcher {
+        ReadBatcher {
+            inner: Arc::default(),
+            driver: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
+            stop: CancellationToken::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -93,29 +107,33 @@ impl Cluster {
             let timeout = self.request_timeout();
             let batcher = self.reads.inner.clone();
             let stop = self.reads.stop.clone();
-            self.reads.driver.spawn(async move {
-                let rounds = async {
-                    loop {
-                        let batch = {
-                            let mut s = batcher.lock().expect("read batch lock");
-                            if s.waiting.is_empty() {
-                                s.running = false;
-                                return;
+            self.reads.driver.spawn_on(
+                async move {
+                    let rounds = async {
+                        loop {
+                            let batch = {
+                                let mut s = batcher.lock().expect("read batch lock");
+                                if s.waiting.is_empty() {
+                                    s.running = false;
+                                    return;
+                                }
+                                std::mem::take(&mut s.waiting)
+                            };
+                            let res =
+                                read_index_round(&replica, &transport, this_id, timeout).await;
+                            for tx in batch {
+                                let _ = tx.send(res.clone());
                             }
-                            std::mem::take(&mut s.waiting)
-                        };
-                        let res = read_index_round(&replica, &transport, this_id, timeout).await;
-                        for tx in batch {
-                            let _ = tx.send(res.clone());
                         }
+                    };
+                    if stop.run_until_cancelled(rounds).await.is_none() {
+                        // Stopped: the reads still queued are told their round was dropped, and
+                        // no round starts any more.
+                        batcher.lock().expect("read batch lock").waiting.clear();
                     }
-                };
-                if stop.run_until_cancelled(rounds).await.is_none() {
-                    // Stopped: the reads still queued are told their round was dropped, and
-                    // no round starts any more.
-                    batcher.lock().expect("read batch lock").waiting.clear();
-                }
-            });
+                },
+                &self.reads.runtime,
+            );
         }
         tokio::time::timeout_at(deadline, rx)
             .await

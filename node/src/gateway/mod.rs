@@ -290,9 +290,8 @@ impl Gateway {
 
 /// Binds `addr` once per gateway thread (`threads`, 0 = one per core); the future serves the
 /// gateway until `stop`, with the API's connection bounds (`timeouts`: a client's request head
-/// and a blocked write). Each thread runs a single-threaded runtime that accepts on its own
-/// socket, answers the connections it accepted and keeps its own connections to the
-/// instances, as each nginx worker does: a proxied request never changes threads. WebSocket
+/// and a blocked write). Each thread accepts on its own socket ([`crate::threads`]) and keeps
+/// its own connections to the instances: a proxied request never changes threads. WebSocket
 /// tunnels run on `tunnels` and end at `stop` too.
 pub async fn bind(
     addr: SocketAddr,
@@ -303,97 +302,36 @@ pub async fn bind(
     tunnels: tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
-    use anyhow::Context;
     let threads = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => crate::threads::cores(),
         n => n,
     };
-    let listeners =
-        bind_sockets(addr, threads).with_context(|| format!("binding gateway address {addr}"))?;
-    let bound = listeners[0].local_addr()?;
     let gw = Gateway::new(cluster, metrics.clone(), tunnels, stop.clone());
-    let mut ended = Vec::with_capacity(threads);
-    let mut listening = Vec::with_capacity(threads);
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let (done, rx) = tokio::sync::oneshot::channel::<()>();
-        ended.push(rx);
-        let (ready, rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
-        listening.push(rx);
-        let (gw, metrics, stop) = (gw.clone(), metrics.clone(), stop.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting a gateway thread's runtime")?;
-        std::thread::Builder::new()
-            .name(format!("gateway-{i}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    // The socket registers with this thread's runtime, so it listens here.
-                    let listener = match listener.listen(1024) {
-                        Ok(l) => {
-                            let _ = ready.send(Ok(()));
-                            l
-                        }
-                        Err(e) => {
-                            let _ = ready.send(Err(e));
-                            return;
-                        }
-                    };
-                    // Small answers go out at once rather than waiting for an ACK (Nagle).
-                    let listener = listener.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    let service = move |peer: SocketAddr| {
-                        let gw = gw.clone();
-                        hyper::service::service_fn(move |req| proxy(gw.clone(), peer, req))
-                    };
-                    crate::http_server::serve_with(listener, service, timeouts, metrics, stop)
-                        .await;
+    let serve = {
+        let (gw, stop) = (gw.clone(), stop.clone());
+        move |listener: tokio::net::TcpListener| {
+            let (gw, metrics, stop) = (gw.clone(), metrics.clone(), stop.clone());
+            async move {
+                // Small answers go out at once rather than waiting for an ACK (Nagle).
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
                 });
-                drop(done);
-            })
-            .context("starting a gateway thread")?;
-    }
-    for rx in listening {
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(e).with_context(|| format!("listening on gateway address {bound}"))
+                let service = move |peer: SocketAddr| {
+                    let gw = gw.clone();
+                    hyper::service::service_fn(move |req| proxy(gw.clone(), peer, req))
+                };
+                crate::http_server::serve_with(listener, service, timeouts, metrics, stop).await;
             }
-            Err(_) => anyhow::bail!("a gateway thread ended before it listened"),
         }
-    }
+    };
+    let (bound, threads_ended) =
+        crate::threads::serve_on_threads("gateway", addr, threads, serve).await?;
     info!(addr = %bound, threads, "gateway listening");
     let serve = async move {
         // Each thread ends on `stop`, once the requests under way are answered.
-        let threads = futures::future::join_all(ended);
-        tokio::join!(threads, gw.follow(stop.clone()));
+        tokio::join!(threads_ended, gw.follow(stop.clone()));
     };
     Ok((bound, serve))
-}
-
-/// `n` sockets bound to `addr` (its port chosen once when it is 0), one per gateway thread.
-///
-/// SO_REUSEPORT would also let another process of the same user bind the same address and
-/// silently take a share of its connections (a second node started with the same
-/// `gateway.addr`, say). So the address is first bound plainly, which fails when anything
-/// holds it, and released just before the sockets bind it; the same plain bind then fails for
-/// anyone who comes later.
-fn bind_sockets(addr: SocketAddr, n: usize) -> std::io::Result<Vec<tokio::net::TcpSocket>> {
-    let free = std::net::TcpListener::bind(addr)?.local_addr()?;
-    (0..n.max(1)).map(|_| reuse_port_socket(free)).collect()
-}
-
-/// A socket bound to `addr` that the other sockets of [`bind_sockets`] bind too.
-fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    Ok(socket)
 }
 
 fn error(status: StatusCode, code: crate::error::ErrorCode, message: String) -> Response {
@@ -782,27 +720,5 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpg
     let mut server = TokioIo::new(server);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
         debug!(error = %e, "upgraded connection ended");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_gateway_address_in_use_is_refused_whoever_holds_it() {
-        let sockets = bind_sockets("127.0.0.1:0".parse().unwrap(), 2).unwrap();
-        let bound = sockets[0].local_addr().unwrap();
-        assert_eq!(
-            sockets[1].local_addr().unwrap(),
-            bound,
-            "one port for every thread"
-        );
-        let _listening: Vec<_> = sockets.into_iter().map(|s| s.listen(16).unwrap()).collect();
-        let e = bind_sockets(bound, 2).unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
-        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let e = bind_sockets(plain.local_addr().unwrap(), 1).unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
     }
 }

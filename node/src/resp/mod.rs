@@ -26,7 +26,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use anyhow::Context;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -52,17 +51,16 @@ pub(crate) struct Resp {
     counters: conn::Counters,
 }
 
-/// Binds `addr` and answers RESP connections on it until `stop`; connections run on `tasks`.
+/// Binds `addr` and answers RESP connections on it until `stop`, on `resp.threads` threads of
+/// their own ([`crate::threads`]): a connection is read, answered and written on the thread
+/// that accepted it. Each connection is tracked by `tasks` too (the node's requests, which
+/// shutdown drains).
 pub async fn bind(
     addr: SocketAddr,
     st: Arc<AppState>,
     tasks: TaskTracker,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()> + Send)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the RESP address {addr} (resp.addr)"))?;
-    let bound = listener.local_addr()?;
     let config = st.cluster.config().clone();
     let resp = Arc::new(Resp {
         counters: conn::Counters::new(&st.metrics),
@@ -77,36 +75,61 @@ pub async fn bind(
         cursors: strings::Cursors::default(),
     });
     let slots = Arc::new(Semaphore::new(config.resp.max_connections));
-    info!(addr = %bound, "RESP (Redis protocol) listening");
-    let serve = async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of descriptors and the like: wait rather than spin.
-                        warn!(error = %e, "RESP accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stop.cancelled() => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                resp.st.metrics.resp_refused.inc();
-                tasks.spawn(refuse(stream, config.resp.max_connections));
-                continue;
-            };
-            let (resp, stop) = (resp.clone(), stop.clone());
-            tasks.spawn(async move {
-                let _open = Open::new(&resp);
-                serve_connection(&resp, stream, peer, stop).await;
-                drop(slot);
-            });
-        }
+    // Half the cores by default: the other half is the node's own (Raft, the API, applying
+    // writes), and a RESP thread that must share its core answers more slowly than one that
+    // has it (docs/benchmarks.md).
+    let threads = match config.resp.threads {
+        0 => (crate::threads::cores() / 2).max(1),
+        n => n,
     };
-    Ok((bound, serve))
+    let serve = move |listener: TcpListener| {
+        let (resp, slots, tasks, stop) = (resp.clone(), slots.clone(), tasks.clone(), stop.clone());
+        async move { accept(&resp, listener, &slots, &tasks, &stop).await }
+    };
+    let (bound, ended) = crate::threads::serve_on_threads("RESP", addr, threads, serve).await?;
+    info!(addr = %bound, threads, "RESP (Redis protocol) listening");
+    Ok((bound, ended))
+}
+
+/// One thread's listener: accepts until `stop`, then waits for the connections it accepted.
+async fn accept(
+    resp: &Arc<Resp>,
+    listener: TcpListener,
+    slots: &Arc<Semaphore>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    let max = resp.st.cluster.config().resp.max_connections;
+    // This thread's connections: they run on its runtime, which must outlive them.
+    let here = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: wait rather than spin.
+                    warn!(error = %e, "RESP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            resp.st.metrics.resp_refused.inc();
+            here.spawn(tasks.track_future(refuse(stream, max)));
+            continue;
+        };
+        let (resp, stop) = (resp.clone(), stop.clone());
+        here.spawn(tasks.track_future(async move {
+            let _open = Open::new(&resp);
+            serve_connection(&resp, stream, peer, stop).await;
+            drop(slot);
+        }));
+    }
+    here.close();
+    here.wait().await;
 }
 
 /// Counts a connection in `stackd_resp_connections` while it lives, however it ends.
