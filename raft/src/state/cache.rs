@@ -140,11 +140,41 @@ struct CacheMeta {
 #[derive(Default, Debug)]
 pub(super) struct Cache {
     entries: Names<CacheEntry>,
+    index: Index,
+    meta: CacheMeta,
+}
+
+/// What is derived from the entries: write order (eviction), tags, deadlines, the byte count.
+#[derive(Default, Debug)]
+struct Index {
     by_seq: BTreeMap<u64, String>,
     by_tag: BTreeSet<(String, String)>,
     ttl: Deadlines<String>,
     bytes: u64,
-    meta: CacheMeta,
+}
+
+impl Index {
+    fn add(&mut self, key: &str, e: &CacheEntry) {
+        self.by_seq.insert(e.seq, key.to_string());
+        for t in &e.tags {
+            self.by_tag.insert((t.clone(), key.to_string()));
+        }
+        if let Some(at) = e.expires_at_ms {
+            self.ttl.insert(at, key.to_string());
+        }
+        self.bytes += entry_bytes(key, e);
+    }
+
+    fn drop(&mut self, key: &str, e: &CacheEntry) {
+        self.by_seq.remove(&e.seq);
+        for t in &e.tags {
+            self.by_tag.remove(&(t.clone(), key.to_string()));
+        }
+        if let Some(at) = e.expires_at_ms {
+            self.ttl.remove(at, &key.to_string());
+        }
+        self.bytes -= entry_bytes(key, e);
+    }
 }
 
 /// The replicated numbers of [`Cache`]; every replica reports the same ones.
@@ -166,20 +196,20 @@ impl Part for Cache {
             c.meta = codec::decode(&bytes)?;
         }
         for (key, entry) in records::<CacheEntry>(db, PREFIX)? {
-            c.index(&key, &entry);
+            c.index.add(&key, &entry);
             c.entries.insert(&key, entry);
         }
         Ok(c)
     }
 
     fn expire(&mut self, cx: &mut Cx<'_>) {
-        while let Some(key) = self.ttl.first_due(cx.now()) {
+        while let Some(key) = self.index.ttl.first_due(cx.now()) {
             self.remove(&key, cx.batch);
         }
     }
 
     fn next_deadline(&self) -> Option<u64> {
-        self.ttl.next()
+        self.index.ttl.next()
     }
 }
 
@@ -273,11 +303,11 @@ impl Primitive for Cache {
                 }
                 let mut e = e.clone();
                 if let Some(at) = e.expires_at_ms {
-                    self.ttl.remove(at, key);
+                    self.index.ttl.remove(at, key);
                 }
                 e.expires_at_ms = ttl_ms.map(|t| now.saturating_add(t));
                 if let Some(at) = e.expires_at_ms {
-                    self.ttl.insert(at, key.clone());
+                    self.index.ttl.insert(at, key.clone());
                 }
                 put_record(cx.batch, prefixed(PREFIX, key), &e);
                 self.entries.insert(key, e);
@@ -304,29 +334,11 @@ fn parse_i64(value: &[u8]) -> Option<i64> {
 }
 
 impl Cache {
-    fn index(&mut self, key: &str, e: &CacheEntry) {
-        self.by_seq.insert(e.seq, key.to_string());
-        for t in &e.tags {
-            self.by_tag.insert((t.clone(), key.to_string()));
-        }
-        if let Some(at) = e.expires_at_ms {
-            self.ttl.insert(at, key.to_string());
-        }
-        self.bytes += entry_bytes(key, e);
-    }
-
     fn remove(&mut self, key: &str, batch: &mut SmBatch) -> bool {
         let Some(e) = self.entries.remove(key) else {
             return false;
         };
-        self.by_seq.remove(&e.seq);
-        for t in &e.tags {
-            self.by_tag.remove(&(t.clone(), key.to_string()));
-        }
-        if let Some(at) = e.expires_at_ms {
-            self.ttl.remove(at, &key.to_string());
-        }
-        self.bytes -= entry_bytes(key, &e);
+        self.index.drop(key, &e);
         batch.delete(prefixed(PREFIX, key));
         true
     }
@@ -344,7 +356,6 @@ impl Cache {
         limits: CacheLimits,
         batch: &mut SmBatch,
     ) -> CacheResult {
-        self.remove(key, batch);
         let mut tags = tags.to_vec();
         tags.sort();
         tags.dedup();
@@ -355,13 +366,19 @@ impl Cache {
             seq: self.meta.next_seq,
         };
         self.meta.next_seq += 1;
-        self.index(key, &entry);
+        // The record overwrites the old one (no tombstone first), and a key written again
+        // keeps its place among the ordered names.
         put_record(batch, prefixed(PREFIX, key), &entry);
-        self.entries.insert(key, entry);
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.index.drop(key, &old);
+        }
+        let entry = self.entries.get(key).expect("just inserted");
+        self.index.add(key, entry);
         // Evict oldest writes first; the entry just written goes last, and only if it alone
         // is over the bounds.
-        while self.entries.len() as u64 > limits.max_entries || self.bytes > limits.max_bytes {
-            let Some((_, oldest)) = self.by_seq.first_key_value() else {
+        while self.entries.len() as u64 > limits.max_entries || self.index.bytes > limits.max_bytes
+        {
+            let Some((_, oldest)) = self.index.by_seq.first_key_value() else {
                 break;
             };
             let oldest = oldest.clone();
@@ -377,7 +394,8 @@ impl Cache {
         for t in tags {
             let start = (t.clone(), String::new());
             keys.extend(
-                self.by_tag
+                self.index
+                    .by_tag
                     .range(start..)
                     .take_while(|(tag, _)| tag == t)
                     .map(|(_, k)| k.clone()),
@@ -412,7 +430,7 @@ impl Cache {
     pub(super) fn counts(&self) -> CacheCounts {
         CacheCounts {
             entries: self.entries.len() as u64,
-            bytes: self.bytes,
+            bytes: self.index.bytes,
             evictions: self.meta.evictions,
         }
     }

@@ -1414,6 +1414,34 @@ mod primitive_tests {
     }
 
     #[test]
+    fn a_rewritten_cache_entry_takes_its_new_tags_and_size() {
+        let mut s = State::default();
+        let invalidate = |tag: &str| {
+            Command::Cache(CacheCmd::Invalidate {
+                tags: vec![tag.into()],
+            })
+        };
+        run(&mut s, 0, cache_set("a", 10, &["old", "both"], 10));
+        run(&mut s, 0, cache_set("a", 20, &["new", "both"], 10));
+        assert_eq!(s.cache_counts().entries, 1);
+        assert_eq!(s.cache_counts().bytes, 21);
+        assert_eq!(
+            run(&mut s, 0, invalidate("old")),
+            Response::Cache(CacheResult::Removed(0))
+        );
+        assert_eq!(s.cache_get("a").unwrap().value.len(), 20);
+        assert_eq!(
+            run(&mut s, 0, invalidate("both")),
+            Response::Cache(CacheResult::Removed(1))
+        );
+        assert_eq!(s.cache_counts().bytes, 0);
+        assert_eq!(
+            run(&mut s, 0, invalidate("new")),
+            Response::Cache(CacheResult::Removed(0))
+        );
+    }
+
+    #[test]
     fn txn_applies_one_branch_with_one_revision() {
         let mut s = State::default();
         let put = |k: &str| KvCmd::Put {
