@@ -320,6 +320,19 @@ impl Db {
         Ok(self.db.get_cf(self.cf(CF_SM), key)?)
     }
 
+    /// Reads one state-machine key through `f`, in place (the value is not copied out of
+    /// RocksDB's block first).
+    pub fn sm_get_with<T>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<Option<T>> {
+        match self.db.get_pinned_cf(self.cf(CF_SM), key)? {
+            Some(v) => f(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Reads several state-machine keys at once, in the order given.
     pub fn sm_multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
         let cf = self.cf(CF_SM);

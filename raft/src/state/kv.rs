@@ -481,6 +481,10 @@ impl Kv {
         let Some(db) = self.store.as_ref().and_then(WeakDb::upgrade) else {
             return Ok(Vec::new());
         };
+        if let [key] = keys {
+            // One key (every single read): a plain get, read in place.
+            return Ok(vec![db.sm_get_with(key, f)?]);
+        }
         db.sm_multi_get(keys)?
             .into_iter()
             .map(|v| v.map(|bytes| f(&bytes)).transpose())
