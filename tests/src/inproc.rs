@@ -192,8 +192,7 @@ impl InprocCluster {
         let mut c = self.configs[i].clone();
         c.cluster.join = None;
         c.cluster.token = None;
-        let quic = c.cluster.addr;
-        let gossip = std::net::SocketAddr::new(quic.ip(), quic.port() + 1);
+        let (quic, gossip) = (c.cluster.addr, c.gossip_addr());
         wait_for(
             &format!("node {}'s ports to be free", i + 1),
             Duration::from_secs(10),
