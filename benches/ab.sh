@@ -10,7 +10,10 @@
 # build, because cargo may take a workspace crate built from another checkout for fresh when
 # their dependencies match. Both clusters (3 nodes each, access control off, rate limits out
 # of reach) run at once on 127.0.0.1-3 with the commit's own deploy/local-cluster.sh; the
-# load comes from this checkout's loadgen (release), the same for both.
+# load comes from this checkout's loadgen (release), the same for both. Beside each build's
+# ops/s it prints the CPU its three nodes used per operation (user + system time from /proc,
+# over warmup and measurement): on a shared machine whose speed drifts, CPU per operation
+# moves far less than throughput and says which build does more work per request.
 #
 # Environment (defaults in brackets):
 #   ROWS [put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16]   rows, as in compare.sh
@@ -129,17 +132,33 @@ row_spec() {
     esac
 }
 
+# CPU seconds (user + system) the cluster NAME's three nodes have used so far, from /proc.
+cluster_cpu() {
+    local total=0 f pid
+    for f in "$WORK/$1-data"/node*.pid; do
+        pid="$(cat "$f")"
+        [[ -r "/proc/$pid/stat" ]] || continue
+        # Fields 14 and 15 (utime, stime) in clock ticks; the command name may hold spaces,
+        # so count from after its closing parenthesis.
+        total=$((total + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$total"
+}
+TICKS="$(getconf CLK_TCK)"
+
 measure() { # BUILD ROW ROUND
-    local build="$1" row="$2" round="$3" workload conns at target out
+    local build="$1" row="$2" round="$3" workload conns at target out cpu0 cpu1
     read -r workload conns at < <(row_spec "$row")
     if [[ "$build" == base ]]; then target="$BASE_L"; [[ "$at" == F ]] && target="$BASE_F"
     else target="$TARGET_L"; [[ "$at" == F ]] && target="$TARGET_F"; fi
     log "$row, round $round: $build -> $target"
+    cpu0="$(cluster_cpu "$build")"
     out="$(STACKD_TOKEN='' "$LOADGEN" --workload "$workload" --connections "$conns" \
         --targets "$target" --keys "$KEYS" --value-size "$VALUE_SIZE" \
         --duration-secs "$DURATION" --warmup-secs "$WARMUP" --json 2>>"$WORK/loadgen.log")" ||
         out='{"failed": true}'
-    echo "{\"build\": \"$build\", \"row\": \"$row\", \"run\": $out}" >>"$RESULTS"
+    cpu1="$(cluster_cpu "$build")"
+    echo "{\"build\": \"$build\", \"row\": \"$row\", \"cpu_ticks\": $((cpu1 - cpu0)), \"ticks_per_sec\": $TICKS, \"run\": $out}" >>"$RESULTS"
 }
 
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -149,20 +168,30 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
 done
 
-python3 - "$RESULTS" "$BASE" "$TARGET" "$ROUNDS" "$DURATION" <<'PY'
+python3 - "$RESULTS" "$BASE" "$TARGET" "$ROUNDS" "$DURATION" "$WARMUP" <<'PY'
 import json, statistics, sys
-results, base, target, rounds, duration = sys.argv[1:]
+results, base, target, rounds, duration, warmup = sys.argv[1:]
 runs = [json.loads(l) for l in open(results)]
 rows = list(dict.fromkeys(r["row"] for r in runs))
+
+def cpu_us_per_op(r):
+    # The nodes' CPU over warmup and measurement, per operation at the measured rate.
+    ops = r["run"].get("ops_per_sec", 0) * (float(duration) + float(warmup))
+    return r["cpu_ticks"] / r["ticks_per_sec"] * 1e6 / ops if ops else 0
+
 print(f"\n{rounds} rounds of {duration} s per row and build, order alternating; ops/s, median in bold")
-print(f"| row | {base} (base) | {target} (target) | target / base |")
-print("|---|---:|---:|---:|")
+print("CPU: the three nodes' user + system time per operation (µs), median; loadgen not counted")
+print(f"| row | {base} (base) | {target} (target) | target / base | CPU µs/op base | target | target / base |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for row in rows:
-    cells, med = [], {}
+    cells, med, cpu = [], {}, {}
     for b in ("base", "target"):
-        v = [r["run"].get("ops_per_sec", 0) for r in runs if r["row"] == row and r["build"] == b]
+        mine = [r for r in runs if r["row"] == row and r["build"] == b]
+        v = [r["run"].get("ops_per_sec", 0) for r in mine]
         med[b] = statistics.median(v)
+        cpu[b] = statistics.median(cpu_us_per_op(r) for r in mine)
         cells.append(", ".join(f"{x:,.0f}" for x in v) + f"; **{med[b]:,.0f}**")
     ratio = f"{med['target'] / med['base']:.2f}x" if med["base"] else "-"
-    print(f"| {row} | {cells[0]} | {cells[1]} | {ratio} |")
+    cpu_ratio = f"{cpu['target'] / cpu['base']:.2f}x" if cpu["base"] else "-"
+    print(f"| {row} | {cells[0]} | {cells[1]} | {ratio} | {cpu['base']:.1f} | {cpu['target']:.1f} | {cpu_ratio} |")
 PY
