@@ -532,7 +532,7 @@ impl Conn {
                 let found = match self.db {
                     Db::Cache => state
                         .cache_get(k)
-                        .map(|e| (Bytes::copy_from_slice(&e.value), e.expires_at_ms)),
+                        .map(|e| (e.value.clone(), e.expires_at_ms)),
                     Db::Kv | Db::Locks => state
                         .get(k)
                         .map_err(|e| Reply::err(e.to_string()))?

@@ -123,12 +123,28 @@ pub enum CacheResult {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheEntry {
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+    /// Shared with the readers that answer it (a read takes a reference, not a copy).
+    #[serde(with = "shared_bytes")]
+    pub value: bytes::Bytes,
     pub tags: Vec<String>,
     pub expires_at_ms: Option<u64>,
     /// Write order: the smallest is evicted first.
     pub seq: u64,
+}
+
+/// `Bytes` encoded as a `Vec<u8>` under `serde_bytes` is (a length and the bytes), so records
+/// written as either read as the other.
+mod shared_bytes {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        serde_bytes::ByteBuf::deserialize(d).map(|b| Bytes::from(b.into_vec()))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
@@ -248,7 +264,7 @@ impl Primitive for Cache {
                 };
                 let previous = current
                     .filter(|_| *return_previous)
-                    .map(|e| serde_bytes::ByteBuf::from(e.value.clone()));
+                    .map(|e| serde_bytes::ByteBuf::from(e.value.to_vec()));
                 if allowed {
                     let expires = match ttl {
                         CacheTtl::None => None,
@@ -360,7 +376,7 @@ impl Cache {
         tags.sort();
         tags.dedup();
         let entry = CacheEntry {
-            value: value.to_vec(),
+            value: bytes::Bytes::copy_from_slice(value),
             tags,
             expires_at_ms,
             seq: self.meta.next_seq,

@@ -1562,7 +1562,7 @@ mod primitive_tests {
             run(&mut s, 10, set_if("k", "b", CacheTtl::None, absent)),
             written(false, Some("a"))
         );
-        assert_eq!(s.cache_get("k").unwrap().value, b"a");
+        assert_eq!(s.cache_get("k").unwrap().value, &b"a"[..]);
         // KEEPTTL keeps the expiry of the entry it replaces.
         assert_eq!(
             run(&mut s, 20, set_if("k", "c", CacheTtl::Keep, present)),
@@ -1600,7 +1600,7 @@ mod primitive_tests {
             run(&mut s, 0, incr("n", -7)),
             Response::Cache(CacheResult::Counter(-2))
         );
-        assert_eq!(s.cache_get("n").unwrap().value, b"-2");
+        assert_eq!(s.cache_get("n").unwrap().value, &b"-2"[..]);
         run(
             &mut s,
             0,
