@@ -83,10 +83,10 @@ section! {
         /// starts a new node; an existing one restarts the member it holds. Required; there
         /// is no default.
         pub data_dir: Option<PathBuf> = None; e.g. "/var/lib/stackd",
-        /// RocksDB's block cache, in MiB: blocks read from disk (values, their index and
-        /// bloom filters), shared by the log and the state. With `memtable_mb`, it bounds
-        /// the memory the store uses whatever the size of the data. Default: 256. Range: 8
-        /// to 1048576.
+        /// The read cache, in MiB: RocksDB's block cache (blocks read from disk: values,
+        /// their index and bloom filters, shared by the log and the state) and, an eighth of
+        /// it, the key-value values read lately. With `memtable_mb`, it bounds the memory
+        /// the store uses whatever the size of the data. Default: 256. Range: 8 to 1048576.
         pub block_cache_mb: u64 = 256,
         /// RocksDB's memtables (writes not yet flushed to disk), all together, in MiB.
         /// Default: 128. Range: 16 to 65536.

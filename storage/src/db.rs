@@ -23,10 +23,12 @@ const SM_REPLACE_PENDING: &[u8] = b"sm-replace-pending";
 
 /// How much memory RocksDB may use, whatever the size of the data: blocks read (data, index
 /// and bloom filters) are held in one LRU cache shared by every column family, and the
-/// memtables of all of them together are bounded (a flush starts when they reach it).
+/// memtables of all of them together are bounded (a flush starts when they reach it). An
+/// eighth of the read cache is left to the state's cache of values read lately
+/// ([`Db::value_cache_bytes`]), so the two together stay within `cache_bytes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Memory {
-    /// The block cache's capacity, in bytes.
+    /// The read caches' capacity (RocksDB's block cache and the values read lately), in bytes.
     pub cache_bytes: usize,
     /// The bound of all memtables together, in bytes.
     pub memtable_bytes: usize,
@@ -55,6 +57,7 @@ fn memtable_size(m: &Memory) -> usize {
 pub struct Db {
     db: Arc<DB>,
     syncs: Arc<SyncTimes>,
+    value_cache_bytes: usize,
 }
 
 /// One point in time of the state machine (see [`Db::sm_view`]).
@@ -80,7 +83,7 @@ impl SmView<'_> {
 
 /// A handle to a [`Db`] that does not keep it open (see [`Db::downgrade`]).
 #[derive(Clone)]
-pub struct WeakDb(Weak<DB>, Arc<SyncTimes>);
+pub struct WeakDb(Weak<DB>, Arc<SyncTimes>, usize);
 
 impl std::fmt::Debug for WeakDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,6 +97,7 @@ impl WeakDb {
         self.0.upgrade().map(|db| Db {
             db,
             syncs: self.1.clone(),
+            value_cache_bytes: self.2,
         })
     }
 }
@@ -166,7 +170,8 @@ impl Db {
     /// Block checksums are verified on every read (`paranoid_checks`), so corruption surfaces
     /// as an error instead of wrong data.
     pub fn open_with(path: &Path, memory: Memory) -> Result<Self> {
-        let cache = Cache::new_lru_cache(memory.cache_bytes);
+        let value_cache_bytes = memory.cache_bytes / 8;
+        let cache = Cache::new_lru_cache(memory.cache_bytes - value_cache_bytes);
         let memtables = WriteBufferManager::new_write_buffer_manager(memory.memtable_bytes, false);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
@@ -209,6 +214,7 @@ impl Db {
         Ok(Self {
             db: Arc::new(db),
             syncs: Arc::default(),
+            value_cache_bytes,
         })
     }
 
@@ -216,7 +222,17 @@ impl Db {
     /// node's use of it (closing RocksDB before process exit keeps its own threads from
     /// aborting).
     pub fn downgrade(&self) -> WeakDb {
-        WeakDb(Arc::downgrade(&self.db), self.syncs.clone())
+        WeakDb(
+            Arc::downgrade(&self.db),
+            self.syncs.clone(),
+            self.value_cache_bytes,
+        )
+    }
+
+    /// How many bytes the state may keep of values it read from here (an eighth of
+    /// [`Memory::cache_bytes`], taken from RocksDB's block cache).
+    pub fn value_cache_bytes(&self) -> usize {
+        self.value_cache_bytes
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

@@ -10,6 +10,11 @@
 //! a key, a page of keys or a page of history is asked for. A value whose batch is not yet
 //! written is held until it is ([`Kv::written`]), so a reader never misses one. So a node holds
 //! about a hundred bytes per key plus its key in memory, whatever the size of the values.
+//!
+//! Values read from the store lately are kept in a bounded cache ([`ReadValues`], an eighth of
+//! the store's read cache), each with the revision it was read at: a key's value at a revision
+//! never changes, so an entry is used only while it matches the key's revision in memory and
+//! needs no invalidation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -157,11 +162,67 @@ pub(super) struct Kv {
     /// The store the values are read from; weak, so that the state does not keep
     /// the database open.
     store: Option<WeakDb>,
+    /// Values read from the store lately.
+    read_values: ReadValues,
     /// Events at or below this revision have been dropped.
     compact_revision: u64,
     /// Bytes of the keys and values held (not their history): what the storage quota
     /// counts. Kept as entries come and go, recounted on load.
     bytes: u64,
+}
+
+/// Values read from the store lately, by key, each with the revision it was read at, in at
+/// most a given number of bytes (keys, values and a fixed cost per entry); the least used go
+/// first. Reads of a node share it, each taking a shard's lock briefly.
+#[derive(Default)]
+struct ReadValues(Option<quick_cache::sync::Cache<Arc<str>, ReadValue, ByBytes>>);
+
+/// A value and the revision it was read at.
+type ReadValue = (u64, Arc<[u8]>);
+
+/// Bookkeeping per cached value, counted with its key and value.
+const READ_VALUE_OVERHEAD: u64 = 64;
+
+#[derive(Clone)]
+struct ByBytes;
+
+impl quick_cache::Weighter<Arc<str>, ReadValue> for ByBytes {
+    fn weight(&self, key: &Arc<str>, (_, value): &ReadValue) -> u64 {
+        key.len() as u64 + value.len() as u64 + READ_VALUE_OVERHEAD
+    }
+}
+
+impl std::fmt::Debug for ReadValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(c) => write!(f, "ReadValues({} entries, {} bytes)", c.len(), c.weight()),
+            None => f.write_str("ReadValues(off)"),
+        }
+    }
+}
+
+impl ReadValues {
+    /// A cache of at most `bytes`; none for 0.
+    fn new(bytes: usize) -> ReadValues {
+        let bytes = bytes as u64;
+        // The estimated count sizes its tables: values of about 256 bytes.
+        let estimated = (bytes / (256 + READ_VALUE_OVERHEAD)).max(16) as usize;
+        ReadValues(
+            (bytes > 0).then(|| quick_cache::sync::Cache::with_weighter(estimated, bytes, ByBytes)),
+        )
+    }
+
+    /// The value of `key` at `revision`, if held.
+    fn get(&self, key: &str, revision: u64) -> Option<Arc<[u8]>> {
+        let (at, value) = self.0.as_ref()?.get(key)?;
+        (at == revision).then_some(value)
+    }
+
+    fn insert(&self, key: &str, revision: u64, value: Arc<[u8]>) {
+        if let Some(c) = &self.0 {
+            c.insert(key.into(), (revision, value));
+        }
+    }
 }
 
 /// What one entry counts towards the storage quota.
@@ -211,6 +272,7 @@ impl Part for Kv {
             Ok(())
         })?;
         kv.store = Some(db.downgrade());
+        kv.read_values = ReadValues::new(db.value_cache_bytes());
         if let Some(v) = db.sm_get(COMPACT_KEY)? {
             kv.compact_revision = codec::decode(&v)?;
         }
@@ -601,31 +663,48 @@ impl Kv {
     }
 
     /// The values of `keys` (each present, with its metadata), in order: held ones from
-    /// `pending`, the others from the store in one multi-get. A stored record at another
-    /// revision than the state's means a snapshot is being installed under the state.
+    /// `pending` or the values read lately, the others from the store (one get, or one
+    /// multi-get). A stored record at another revision than the state's means a snapshot is
+    /// being installed under the state.
     fn values<'a>(
         &self,
         keys: impl Iterator<Item = (&'a str, &'a KeyMeta)>,
     ) -> Result<Vec<Vec<u8>>, KvReadError> {
         let keys: Vec<(&str, &KeyMeta)> = keys.collect();
+        // Each key's value if memory holds it (unwritten, or read lately), else `None`.
+        let held: Vec<Option<Arc<[u8]>>> = keys
+            .iter()
+            .map(|(k, meta)| {
+                self.pending
+                    .get(*k)
+                    .cloned()
+                    .or_else(|| self.read_values.get(k, meta.revision))
+            })
+            .collect();
         let stored: Vec<Vec<u8>> = keys
             .iter()
-            .filter(|(k, _)| !self.pending.contains_key(*k))
-            .map(|(k, _)| prefixed(PREFIX, k))
+            .zip(&held)
+            .filter(|(_, h)| h.is_none())
+            .map(|((k, _), _)| prefixed(PREFIX, k))
             .collect();
         let read = self.read_each(&stored, |v| {
             let r: EntryRecord<'_> = codec::decode_borrowed(v)?;
-            Ok((r.revision, r.value.to_vec()))
+            Ok((r.revision, Arc::<[u8]>::from(r.value)))
         })?;
         if read.len() != stored.len() {
             return Err(KvReadError::Replaced);
         }
         let mut read = read.into_iter();
         keys.into_iter()
-            .map(|(k, meta)| match self.pending.get(k) {
+            .zip(held)
+            .map(|((k, meta), held)| match held {
                 Some(v) => Ok(v.to_vec()),
                 None => match read.next().flatten() {
-                    Some((revision, value)) if revision == meta.revision => Ok(value),
+                    Some((revision, value)) if revision == meta.revision => {
+                        let out = value.to_vec();
+                        self.read_values.insert(k, revision, value);
+                        Ok(out)
+                    }
                     _ => Err(KvReadError::Replaced),
                 },
             })

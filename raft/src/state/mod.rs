@@ -2254,7 +2254,9 @@ mod history_store_tests {
         assert_eq!(reloaded.get("k/1").unwrap(), s.get("k/1").unwrap());
 
         // A stored record at another revision than the state's (a snapshot being installed
-        // under it) is refused, never served as the state's value.
+        // under it) is refused, never served as the state's value; a value read before at the
+        // state's revision is still the state's, and served from memory.
+        let unread = State::load(&db).unwrap();
         let mut other = SmBatch::default();
         let entry = KvEntry {
             value: b"someone else's".to_vec(),
@@ -2264,8 +2266,55 @@ mod history_store_tests {
         };
         put_record(&mut other, prefixed(kv::PREFIX, "k/1"), &entry);
         db.sm_write(other).unwrap();
-        assert!(matches!(s.get("k/1"), Err(KvReadError::Replaced)));
-        assert!(matches!(s.list("k/", None, 10), Err(KvReadError::Replaced)));
+        assert!(matches!(unread.get("k/1"), Err(KvReadError::Replaced)));
+        assert!(matches!(
+            unread.list("k/", None, 10),
+            Err(KvReadError::Replaced)
+        ));
+        let held = s.get("k/1").unwrap().unwrap();
+        assert_eq!((held.value.as_slice(), held.revision), (&b"one"[..], 3));
+    }
+
+    #[test]
+    fn a_value_read_lately_is_served_only_at_its_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = State::load(&db).unwrap();
+        let mut stamp = 0;
+        let mut apply = |s: &mut State, c: Command| {
+            stamp += 1;
+            let mut batch = SmBatch::default();
+            s.apply(&request(stamp, c), &mut batch);
+            s.persist_meta(&mut batch);
+            db.sm_write(batch).unwrap();
+            s.written();
+        };
+        let value = |s: &State| s.get("k").unwrap().map(|e| (e.value, e.revision));
+        apply(&mut s, tests::put("k", "first", None, None));
+        // Read once from the store (and kept), then again (from memory): the same answer.
+        assert_eq!(value(&s), Some((b"first".to_vec(), 1)));
+        assert_eq!(value(&s), Some((b"first".to_vec(), 1)));
+        // Overwritten: the value kept at the old revision is not served.
+        apply(&mut s, tests::put("k", "second", None, None));
+        assert_eq!(value(&s), Some((b"second".to_vec(), 2)));
+        // Deleted, then written again with the first value's bytes: a new revision.
+        let delete = Command::Kv(KvCmd::Delete {
+            key: "k".into(),
+            if_revision: None,
+        });
+        apply(&mut s, delete);
+        assert_eq!(value(&s), None);
+        apply(&mut s, tests::put("k", "first", None, None));
+        assert_eq!(value(&s), Some((b"first".to_vec(), 4)));
+        assert_eq!(value(&s), Some((b"first".to_vec(), 4)));
+        // A page of keys mixes values read lately with values read from the store.
+        apply(&mut s, tests::put("l", "other", None, None));
+        let (items, _) = s.list("", None, 10).unwrap();
+        let listed: Vec<_> = items
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.value.as_slice(), e.revision))
+            .collect();
+        assert_eq!(listed, [("k", &b"first"[..], 4), ("l", &b"other"[..], 5)]);
     }
 }
 
