@@ -172,8 +172,9 @@ pub(super) struct Kv {
 }
 
 /// Values read from the store lately, by key, each with the revision it was read at, in at
-/// most a given number of bytes (keys, values and a fixed cost per entry); the least used go
-/// first. Reads of a node share it, each taking a shard's lock briefly.
+/// most a given number of bytes (keys, values and a fixed cost per entry); past that, the
+/// cache's own policy (S3-FIFO) evicts values read once before those read often. Reads of a
+/// node share it, each taking a shard's lock briefly.
 #[derive(Default)]
 struct ReadValues(Option<quick_cache::sync::Cache<Arc<str>, ReadValue, ByBytes>>);
 
