@@ -454,13 +454,23 @@ pub fn validate_name(field: &str, value: &str) -> ApiResult<()> {
         ))
         .with("field", field));
     }
-    if value.chars().any(char::is_control) {
+    if has_control(value) {
         return Err(
             ApiError::bad_request(format!("{field} must not contain control characters"))
                 .with("field", field),
         );
     }
     Ok(())
+}
+
+/// Whether `s` holds a control character (`char::is_control`: U+0000-U+001F, U+007F and
+/// U+0080-U+009F), read byte by byte: in UTF-8 the last range is 0xC2 then 0x80-0x9F, and no
+/// other character's encoding holds a byte under 0x20 or 0x7F.
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c < 0x20 || c == 0x7f || (c == 0xc2 && b.get(i + 1).is_some_and(|n| *n < 0xa0))
+    })
 }
 
 /// A `{name}` or `{id}` path segment, percent-decoded and checked like a key.
@@ -1008,6 +1018,29 @@ mod tests {
     fn chunked(parts: usize, each: usize) -> Body {
         let chunks = (0..parts).map(|i| Ok::<_, std::io::Error>(Bytes::from(vec![i as u8; each])));
         Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()))
+    }
+
+    #[test]
+    fn control_characters_are_found_as_char_is_control_finds_them() {
+        // Every character of the first three planes' boundaries and ranges around the
+        // control ones, alone and between others.
+        let chars = (0u32..0x800)
+            .chain(0xfff0..0x10010)
+            .chain(0x10fff0..0x110000)
+            .filter_map(char::from_u32);
+        for c in chars {
+            for s in [
+                c.to_string(),
+                format!("a{c}"),
+                format!("{c}é"),
+                format!("{c}\u{a0}"),
+            ] {
+                let expected = s.chars().any(char::is_control);
+                assert_eq!(has_control(&s), expected, "{s:?}");
+            }
+        }
+        assert!(validate_name("key", "user:1/é").is_ok());
+        assert!(validate_name("key", "a\u{9f}b").is_err());
     }
 
     #[tokio::test]
