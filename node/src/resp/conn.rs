@@ -226,6 +226,9 @@ pub(super) struct Conn {
     /// The access-control version the caller's credential was last checked at: checked
     /// again when tokens, policies or providers change, or once it expires.
     acl_checked: Option<u64>,
+    /// The time and access-control version the current batch of pipelined commands is
+    /// checked at, read once when its first command needs them (see [`Conn::authenticated`]).
+    batch_at: Option<(u64, u64)>,
     /// Reads and writes of the current batch of pipelined commands already charged to the
     /// caller's rate limits (see [`Conn::prepay`]).
     prepaid: [u32; 2],
@@ -291,6 +294,7 @@ impl Conn {
             multi: None,
             watched: Vec::new(),
             acl_checked: None,
+            batch_at: None,
             prepaid: [0, 0],
         }
     }
@@ -378,9 +382,10 @@ impl Conn {
         self.prepaid = [0, 0];
     }
 
-    /// Drops what the batch's charge left unused.
+    /// Drops what the batch's charge left unused, and the time it was checked at.
     pub(super) fn end_batch(&mut self) {
         self.prepaid = [0, 0];
+        self.batch_at = None;
     }
 
     fn count(&self, index: usize, ok: bool) {
@@ -430,14 +435,21 @@ impl Conn {
     }
 
     /// Checks the caller's credential (still valid, not expired) and its request rate.
+    ///
+    /// The commands of one batch (those read together off the connection) are checked at the
+    /// time and access-control version its first command read, as an HTTP request is checked
+    /// once when it arrives: a token deleted or expiring while a pipeline runs is refused from
+    /// the next batch on. Reading them once per batch keeps the state's lock and the clock
+    /// out of each pipelined command.
     fn authenticated(&mut self, spec: &Spec) -> Result<(), Reply> {
         let st = &self.resp.st;
         let Some(caller) = &self.caller else {
             return Err(Reply::Error("NOAUTH Authentication required.".into()));
         };
         if !matches!(caller, Caller::Anyone) {
-            let now = now_ms();
-            let version = st.cluster.state().acl().version();
+            let (now, version) = *self
+                .batch_at
+                .get_or_insert_with(|| (now_ms(), st.cluster.state().acl().version()));
             let expired = caller.expires_at_ms().is_some_and(|at| at <= now);
             // Read before the check: a change made after it moves the version past this.
             if self.acl_checked != Some(version) || expired {

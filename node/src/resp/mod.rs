@@ -189,10 +189,10 @@ async fn serve_connection(
     // read: registering takes the token's lock, which every connection shares.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    // Every whole request read so far, answered in order; the batch is charged to the
+    // caller's rate limits at once. Kept across batches, so a pipeline does not grow it anew.
+    let mut batch = Vec::new();
     let end = 'conn: loop {
-        // Every whole request read so far, answered in order; the batch is charged to the
-        // caller's rate limits at once.
-        let mut batch = Vec::new();
         let broken = loop {
             match decoder.decode(&mut input) {
                 Ok(Some(args)) => batch.push(conn::Request::new(args)),
@@ -201,7 +201,7 @@ async fn serve_connection(
             }
         };
         conn.prepay(&batch);
-        for req in batch {
+        for req in batch.drain(..) {
             let reply = conn.run(req).await;
             reply.encode(conn.proto(), &mut out);
             if conn.closing() {

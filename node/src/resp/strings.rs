@@ -69,8 +69,14 @@ impl Cursors {
 }
 
 fn key(arg: &Bytes) -> Result<String, Reply> {
-    let k = text(arg, "a key")?;
-    crate::api::validate_name("key", &k).map_err(error_reply)?;
+    key_str(arg).map(str::to_string)
+}
+
+/// A key argument, checked, borrowed from the request (a read needs no copy of it).
+fn key_str(arg: &Bytes) -> Result<&str, Reply> {
+    let k =
+        std::str::from_utf8(arg).map_err(|_| Reply::err("a key must be UTF-8 text in stackd"))?;
+    crate::api::validate_name("key", k).map_err(error_reply)?;
     Ok(k)
 }
 
@@ -481,28 +487,40 @@ impl Conn {
         }
         match name {
             "get" | "mget" | "exists" | "ttl" | "pttl" => {
-                let keys = args[1..].iter().map(key).collect::<Result<Vec<_>, _>>()?;
-                for k in &keys {
+                // The first key apart: a single-key read allocates nothing for its keys.
+                let first = key_str(&args[1])?;
+                let rest = args[2..]
+                    .iter()
+                    .map(key_str)
+                    .collect::<Result<Vec<_>, _>>()?;
+                for k in std::iter::once(&first).chain(&rest) {
                     self.readable(k)?;
                 }
                 self.barrier().await?;
-                let found = self.lookup(&keys)?;
+                let state = self.resp.st.cluster.state();
+                let mut found = std::iter::once(first)
+                    .chain(rest)
+                    .map(|k| self.lookup(&state, k));
                 Ok(match name {
                     "get" => found
-                        .into_iter()
                         .next()
-                        .flatten()
+                        .expect("one key")?
                         .map_or(Reply::Nil, |(v, _)| Reply::Bulk(v)),
                     "mget" => Reply::Array(
                         found
-                            .into_iter()
-                            .map(|f| f.map_or(Reply::Nil, |(v, _)| Reply::Bulk(v)))
-                            .collect(),
+                            .map(|f| Ok(f?.map_or(Reply::Nil, |(v, _)| Reply::Bulk(v))))
+                            .collect::<Result<_, Reply>>()?,
                     ),
-                    "exists" => Reply::Int(found.iter().filter(|f| f.is_some()).count() as i64),
+                    "exists" => {
+                        let mut n = 0;
+                        for f in found {
+                            n += i64::from(f?.is_some());
+                        }
+                        Reply::Int(n)
+                    }
                     _ => {
                         let unit = if name == "ttl" { 1000 } else { 1 };
-                        Reply::Int(match found.into_iter().next().flatten() {
+                        Reply::Int(match found.next().expect("one key")? {
                             None => -2,
                             Some((_, None)) => -1,
                             Some((_, Some(ms))) => ((ms + unit / 2) / unit) as i64,
@@ -523,27 +541,19 @@ impl Conn {
         }
     }
 
-    /// Each key's value and time left, from this node's state.
-    fn lookup(&self, keys: &[String]) -> Result<Vec<Option<Found>>, Reply> {
-        let state = self.resp.st.cluster.state();
+    /// A key's value and time left, from this node's state.
+    fn lookup(&self, state: &raft::State, k: &str) -> Result<Option<Found>, Reply> {
+        let found = match self.db {
+            Db::Cache => state
+                .cache_get(k)
+                .map(|e| (e.value.clone(), e.expires_at_ms)),
+            Db::Kv | Db::Locks => state
+                .get(k)
+                .map_err(|e| Reply::err(e.to_string()))?
+                .map(|e| (Bytes::from(e.value), e.expires_at_ms)),
+        };
         let now = state.meta.now_ms;
-        keys.iter()
-            .map(|k| {
-                let found = match self.db {
-                    Db::Cache => state
-                        .cache_get(k)
-                        .map(|e| (e.value.clone(), e.expires_at_ms)),
-                    Db::Kv | Db::Locks => state
-                        .get(k)
-                        .map_err(|e| Reply::err(e.to_string()))?
-                        .map(|e| (Bytes::from(e.value), e.expires_at_ms)),
-                };
-                Ok(
-                    found
-                        .map(|(value, at)| (value, at.map(|at| crate::api::remaining_ms(at, now)))),
-                )
-            })
-            .collect()
+        Ok(found.map(|(value, at)| (value, at.map(|at| crate::api::remaining_ms(at, now)))))
     }
 
     /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE string]`: keys in key order, at most
