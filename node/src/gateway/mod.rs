@@ -475,7 +475,8 @@ async fn answer(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Respo
 }
 
 /// Sends `req` by route `r`: the instance's response and its index in the route, or the
-/// gateway's own error.
+/// gateway's own error. An idempotent request that could not reach an instance is tried on
+/// another, up to the route's `retries`.
 async fn forward(
     gw: &Gateway,
     r: &Compiled,
@@ -485,41 +486,104 @@ async fn forward(
     let route = &r.route;
     let (mut parts, body) = req.into_parts();
     let upgrade = is_upgrade(&parts.headers);
-    let on_upgrade = upgrade
+    let mut on_upgrade = upgrade
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
-    // A body over the limit is read and dropped (up to 16 MiB past it) before the 413, so a
-    // client still sending reads the answer instead of a reset connection; it must arrive
-    // within `api.body_read_timeout_ms`, as on the API.
-    use hyper::body::Body as _;
-    let body = if body.is_end_stream() {
-        axum::body::Bytes::new()
+    let body = read_body(gw, route, body).await?;
+    let hash_key = hash_key(route, &parts.headers);
+    let mut headers = headers_sent_on(std::mem::take(&mut parts.headers), upgrade, peer);
+    let path = upstream_path(route, &parts.uri);
+    let attempts = 1 + if is_idempotent(&parts.method) && !upgrade {
+        route.retries
     } else {
-        let too_large = || {
-            ApiError::too_large(format!(
-                "the request body is over this route's {}-byte limit",
-                route.max_body_bytes
-            ))
-        };
-        let limit = route.max_body_bytes as usize;
-        crate::api::read_request_body(gw.cluster.config(), Body::new(body), limit, too_large)
-            .await
-            .map_err(IntoResponse::into_response)?
+        0
     };
+    let mut tried: Vec<&Arc<Upstream>> = Vec::new();
+    let mut last_error = format!("service {} has no healthy instance", route.service);
+    for attempt in 0..attempts {
+        let now = Instant::now();
+        let Some((u, index)) = pick(r, &tried, hash_key.as_deref(), now) else {
+            break;
+        };
+        tried.push(u);
+        // The last attempt takes the headers; an earlier one sends a copy.
+        let headers = if attempt + 1 == attempts {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
+        let out = outgoing(&parts.method, &path, headers, u, &body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                crate::error::ErrorCode::BadRequest,
+                format!("the request cannot be sent on: {e}"),
+            )
+        })?;
+        match exchange(gw, r, index, out, now).await {
+            Exchange::Answered(resp) => return Ok((sent_back(gw, resp, on_upgrade.take()), index)),
+            Exchange::Failed { message, may_retry } => {
+                last_error = message;
+                if !may_retry {
+                    break;
+                }
+            }
+            Exchange::TimedOut(resp) => return Err(resp),
+        }
+    }
+    let status = if tried.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    Err(error(
+        status,
+        crate::error::ErrorCode::Unavailable,
+        last_error,
+    ))
+}
 
-    // Headers sent on.
-    let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
-    let host = parts.headers.get(header::HOST).cloned();
-    let hash_key = match &route.hash_on {
-        Some(HashOn::Header(h)) => parts
-            .headers
+/// The request's body, read whole (for retries). A body over the route's limit is read and
+/// dropped (up to 16 MiB past it) before the 413, so a client still sending reads the answer
+/// instead of a reset connection; it must arrive within `api.body_read_timeout_ms`, as on the
+/// API.
+async fn read_body(
+    gw: &Gateway,
+    route: &Route,
+    body: Incoming,
+) -> Result<axum::body::Bytes, Response> {
+    use hyper::body::Body as _;
+    if body.is_end_stream() {
+        return Ok(axum::body::Bytes::new());
+    }
+    let too_large = || {
+        ApiError::too_large(format!(
+            "the request body is over this route's {}-byte limit",
+            route.max_body_bytes
+        ))
+    };
+    let limit = route.max_body_bytes as usize;
+    crate::api::read_request_body(gw.cluster.config(), Body::new(body), limit, too_large)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+/// What the route's `hash_on` picks an instance by, if the request has it.
+fn hash_key(route: &Route, headers: &HeaderMap) -> Option<String> {
+    match &route.hash_on {
+        Some(HashOn::Header(h)) => headers
             .get(h.as_str())
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
-        Some(HashOn::Cookie(c)) => cookie(&parts.headers, c),
+        Some(HashOn::Cookie(c)) => cookie(headers, c),
         None => None,
-    };
-    let mut headers = std::mem::take(&mut parts.headers);
+    }
+}
+
+/// The client's headers as they are sent on: without hop-by-hop ones (but an upgrade's),
+/// with `X-Forwarded-For`/`-Proto`/`-Host` and an `X-Request-Id` if the client sent none.
+fn headers_sent_on(mut headers: HeaderMap, upgrade: bool, peer: SocketAddr) -> HeaderMap {
+    let upgrade_to = headers.get(header::UPGRADE).cloned();
+    let host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut headers);
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -542,172 +606,180 @@ async fn forward(
     if !headers.contains_key("x-request-id") {
         headers.insert("x-request-id", request_id());
     }
-    let path_and_query = {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        if route.strip_prefix && route.path_prefix != "/" {
-            let rest = &pq[route.path_prefix.len().min(pq.len())..];
-            if rest.starts_with('/') {
-                rest.to_string()
-            } else {
-                format!("/{rest}")
-            }
+    headers
+}
+
+/// The path and query the instance is asked for: the request's, less the route's prefix
+/// when the route strips it.
+fn upstream_path(route: &Route, uri: &axum::http::Uri) -> String {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if route.strip_prefix && route.path_prefix != "/" {
+        let rest = &pq[route.path_prefix.len().min(pq.len())..];
+        if rest.starts_with('/') {
+            rest.to_string()
         } else {
-            pq.to_string()
+            format!("/{rest}")
         }
-    };
-    let attempts = 1 + if is_idempotent(&parts.method) && !upgrade {
-        route.retries
     } else {
-        0
-    };
-    let connect_timeout = Duration::from_millis(route.connect_timeout_ms);
-    let mut tried: Vec<&Arc<Upstream>> = Vec::new();
-    let mut last_error = format!("service {} has no healthy instance", route.service);
-    for attempt in 0..attempts {
-        let now = Instant::now();
-        let fresh: Vec<&Arc<Upstream>> = r
-            .upstreams
-            .iter()
-            .filter(|u| !tried.iter().any(|t| Arc::ptr_eq(t, u)))
-            .collect();
-        let mut candidates: Vec<&Arc<Upstream>> =
-            fresh.iter().copied().filter(|u| !u.ejected(now)).collect();
-        if candidates.is_empty() {
-            candidates = fresh;
-        }
-        if candidates.is_empty() {
-            break;
-        }
-        let u = r
-            .picker
-            .pick(route.strategy, &candidates, hash_key.as_deref(), now);
-        tried.push(u);
-        let index = r
-            .upstreams
-            .iter()
-            .position(|x| Arc::ptr_eq(x, u))
-            .expect("picked among the route's instances");
-        let series = &r.series[index];
-        let mut out = hyper::Request::builder()
-            .method(parts.method.clone())
-            .uri(path_and_query.clone())
-            .version(hyper::Version::HTTP_11);
-        if let Some(h) = out.headers_mut() {
-            // The last attempt takes the headers; an earlier one sends a copy.
-            *h = if attempt + 1 == attempts {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
-            };
-            if !h.contains_key(header::HOST) {
-                if let Ok(v) = HeaderValue::try_from(u.authority.as_str()) {
-                    h.insert(header::HOST, v);
-                }
-            }
-        }
-        let out = match out.body(pool::OutBody::new(body.clone())) {
-            Ok(out) => out,
-            Err(e) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    crate::error::ErrorCode::BadRequest,
-                    format!("the request cannot be sent on: {e}"),
-                ))
-            }
-        };
-        u.outstanding
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let sent = tokio::time::timeout(
-            Duration::from_millis(route.request_timeout_ms),
-            pool::send(&u.authority, connect_timeout, out),
-        )
-        .await;
-        u.outstanding
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let done = Instant::now();
-        match sent {
-            Ok(Ok(mut resp)) => {
-                let rtt = done - now;
-                let failed = resp.status().is_server_error();
-                if u.observe(rtt, failed, done) {
-                    gw.metrics
-                        .gateway_ejections
-                        .with_label_values(&[&u.key])
-                        .inc();
-                }
-                if failed {
-                    series.server_error.inc();
-                }
-                series.latency.observe(rtt.as_secs_f64());
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_side) = on_upgrade {
-                        let server_side = hyper::upgrade::on(&mut resp);
-                        let stop = gw.stop.clone();
-                        gw.tunnels.spawn(async move {
-                            tokio::select! {
-                                () = tunnel(client_side, server_side) => {}
-                                () = stop.cancelled() => {}
-                            }
-                        });
-                    }
-                    let (p, _) = resp.into_parts();
-                    return Ok((Response::from_parts(p, Body::empty()), index));
-                }
-                let (mut p, b) = resp.into_parts();
-                strip_hop_by_hop(&mut p.headers);
-                return Ok((Response::from_parts(p, Body::new(b)), index));
-            }
-            Ok(Err(e)) => {
-                if u.fail(done) {
-                    gw.metrics
-                        .gateway_ejections
-                        .with_label_values(&[&u.key])
-                        .inc();
-                }
-                if e.is_connect() {
-                    series.connect.inc();
-                } else {
-                    series.request.inc();
-                }
-                last_error = format!("instance {}: {}", u.key, crate::error::root_cause(&e));
-                if !e.is_connect() {
-                    // The request may have reached the instance: not sent again.
-                    break;
-                }
-            }
-            Err(_) => {
-                if u.fail(done) {
-                    gw.metrics
-                        .gateway_ejections
-                        .with_label_values(&[&u.key])
-                        .inc();
-                }
-                series.timeout.inc();
-                return Err(error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    crate::error::ErrorCode::Timeout,
-                    format!(
-                        "instance {} did not answer within {} ms",
-                        u.key, route.request_timeout_ms
-                    ),
-                ));
-            }
+        pq.to_string()
+    }
+}
+
+/// The route's next instance, by its strategy, among those not `tried` yet (those not ejected
+/// first), with its index in the route.
+fn pick<'a>(
+    r: &'a Compiled,
+    tried: &[&Arc<Upstream>],
+    hash_key: Option<&str>,
+    now: Instant,
+) -> Option<(&'a Arc<Upstream>, usize)> {
+    let fresh: Vec<&Arc<Upstream>> = r
+        .upstreams
+        .iter()
+        .filter(|u| !tried.iter().any(|t| Arc::ptr_eq(t, u)))
+        .collect();
+    let mut candidates: Vec<&Arc<Upstream>> =
+        fresh.iter().copied().filter(|u| !u.ejected(now)).collect();
+    if candidates.is_empty() {
+        candidates = fresh;
+    }
+    if candidates.is_empty() {
+        return None;
+    }
+    let u = r.picker.pick(r.route.strategy, &candidates, hash_key, now);
+    let index = r
+        .upstreams
+        .iter()
+        .position(|x| Arc::ptr_eq(x, u))
+        .expect("picked among the route's instances");
+    Some((u, index))
+}
+
+/// The request to send to instance `u` (an error when the path or a header cannot be sent).
+fn outgoing(
+    method: &Method,
+    path: &str,
+    mut headers: HeaderMap,
+    u: &Upstream,
+    body: &axum::body::Bytes,
+) -> Result<hyper::Request<pool::OutBody>, axum::http::Error> {
+    if !headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::try_from(u.authority.as_str()) {
+            headers.insert(header::HOST, v);
         }
     }
-    let status = if tried.is_empty() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::BAD_GATEWAY
+    let mut out = hyper::Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .version(hyper::Version::HTTP_11);
+    if let Some(h) = out.headers_mut() {
+        *h = headers;
+    }
+    out.body(pool::OutBody::new(body.clone()))
+}
+
+/// How one exchange with an instance ended.
+enum Exchange {
+    /// The instance answered (any status).
+    Answered(hyper::Response<Incoming>),
+    /// It could not be reached, or failed mid-exchange; only the former may be sent again.
+    Failed { message: String, may_retry: bool },
+    /// It did not answer within the route's `request_timeout_ms`: the gateway's 504.
+    TimedOut(Response),
+}
+
+/// Sends `out` to the route's instance `index` and records the outcome: its latency and
+/// failures (which may eject it) and the metric series.
+async fn exchange(
+    gw: &Gateway,
+    r: &Compiled,
+    index: usize,
+    out: hyper::Request<pool::OutBody>,
+    sent_at: Instant,
+) -> Exchange {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (u, series, route) = (&r.upstreams[index], &r.series[index], &r.route);
+    let connect_timeout = Duration::from_millis(route.connect_timeout_ms);
+    u.outstanding.fetch_add(1, Relaxed);
+    let sent = tokio::time::timeout(
+        Duration::from_millis(route.request_timeout_ms),
+        pool::send(&u.authority, connect_timeout, out),
+    )
+    .await;
+    u.outstanding.fetch_sub(1, Relaxed);
+    let done = Instant::now();
+    let ejected = |now_ejected: bool| {
+        if now_ejected {
+            gw.metrics
+                .gateway_ejections
+                .with_label_values(&[&u.key])
+                .inc();
+        }
     };
-    Err(error(
-        status,
-        crate::error::ErrorCode::Unavailable,
-        last_error,
-    ))
+    match sent {
+        Ok(Ok(resp)) => {
+            let rtt = done - sent_at;
+            let failed = resp.status().is_server_error();
+            ejected(u.observe(rtt, failed, done));
+            if failed {
+                series.server_error.inc();
+            }
+            series.latency.observe(rtt.as_secs_f64());
+            Exchange::Answered(resp)
+        }
+        Ok(Err(e)) => {
+            ejected(u.fail(done));
+            if e.is_connect() {
+                series.connect.inc();
+            } else {
+                series.request.inc();
+            }
+            Exchange::Failed {
+                message: format!("instance {}: {}", u.key, crate::error::root_cause(&e)),
+                // A request that may have reached the instance is not sent again.
+                may_retry: e.is_connect(),
+            }
+        }
+        Err(_) => {
+            ejected(u.fail(done));
+            series.timeout.inc();
+            Exchange::TimedOut(error(
+                StatusCode::GATEWAY_TIMEOUT,
+                crate::error::ErrorCode::Timeout,
+                format!(
+                    "instance {} did not answer within {} ms",
+                    u.key, route.request_timeout_ms
+                ),
+            ))
+        }
+    }
+}
+
+/// The instance's answer as sent to the client: without hop-by-hop headers, or, for a
+/// `101 Switching Protocols`, the head alone while a tunnel joins the two upgraded
+/// connections.
+fn sent_back(
+    gw: &Gateway,
+    mut resp: hyper::Response<Incoming>,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = on_upgrade {
+            let server_side = hyper::upgrade::on(&mut resp);
+            let stop = gw.stop.clone();
+            gw.tunnels.spawn(async move {
+                tokio::select! {
+                    () = tunnel(client_side, server_side) => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+        let (p, _) = resp.into_parts();
+        return Response::from_parts(p, Body::empty());
+    }
+    let (mut p, b) = resp.into_parts();
+    strip_hop_by_hop(&mut p.headers);
+    Response::from_parts(p, Body::new(b))
 }
 
 /// Copies bytes both ways between an upgraded client connection and an instance's.
