@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 /// How long a client has to complete its TLS handshake.
@@ -151,16 +152,19 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Accepts on `tcp` until `stop`, handshaking with `config`.
+    /// Accepts on `tcp` until `stop`, handshaking with `config`; the accept loop and each
+    /// handshake (at most `HANDSHAKE_TIMEOUT`) are tasks of `tasks`.
     pub fn new(
         tcp: TcpListener,
         config: Arc<rustls::ServerConfig>,
         stop: CancellationToken,
+        tasks: &TaskTracker,
     ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_MAX);
         let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(async move {
+        let handshakes = tasks.clone();
+        tasks.spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
                     _ = stop.cancelled() => return,
@@ -175,7 +179,7 @@ impl TlsListener {
                 };
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
-                tokio::spawn(async move {
+                handshakes.spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

@@ -804,7 +804,7 @@ impl Config {
         invalid.into_result()
     }
 
-    /// `storage` and `api`.
+    /// `storage`, then `api`.
     fn validate_storage_and_api(&self, bad: &mut Invalid) {
         bad.check(self.storage.data_dir.is_some(), "storage.data_dir", || {
             "is required: the directory of the node's state".into()
@@ -824,7 +824,11 @@ impl Config {
             16,
             Some(65_536),
         );
+        self.validate_api(bad);
+    }
 
+    /// `api`: its address, bounds, timeouts and TLS.
+    fn validate_api(&self, bad: &mut Invalid) {
         if let Some(a) = &self.api.advertise_addr {
             bad.check(is_host_port(a), "api.advertise_addr", || {
                 format!("must be HOST:PORT, not {a:?}")
@@ -1004,7 +1008,12 @@ impl Config {
         let lease = self.channels.presence_lease_ms;
         in_range(bad, "channels.presence_lease_ms", lease, 300, Some(600_000));
 
-        let event = max_value + 4096;
+        self.validate_listeners(bad);
+    }
+
+    /// The bounds of the WebSocket, gateway and Redis protocol listeners.
+    fn validate_listeners(&self, bad: &mut Invalid) {
+        let event = self.limits.max_value_bytes + 4096;
         bad.check(self.ws.send_buffer_bytes >= event, "ws.send_buffer_bytes", || {
             format!(
                 "must hold one largest event: at least limits.max_value_bytes + 4096 = {event}, not {}",

@@ -137,6 +137,42 @@ pub fn verify<'a>(
     Err(last)
 }
 
+/// Why jsonwebtoken refused a JWT, as the 401 says it.
+fn refusal(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "the JWT has expired".to_string(),
+        ErrorKind::ImmatureSignature => "the JWT is not valid yet (nbf)".to_string(),
+        ErrorKind::InvalidAudience => "the JWT is for another audience (aud)".to_string(),
+        ErrorKind::InvalidIssuer => "the JWT is from another issuer (iss)".to_string(),
+        ErrorKind::InvalidSignature => "the JWT's signature does not verify".to_string(),
+        _ => format!("the JWT is refused: {e}"),
+    }
+}
+
+/// The channels a JWT may read, from the provider's `channels_claim` (at most
+/// `MAX_CLAIMED_CHANNELS`).
+fn channel_rules(p: &JwtProvider, claims: &serde_json::Map<String, Value>) -> Vec<Rule> {
+    let Some(list) = p
+        .channels_claim
+        .as_ref()
+        .and_then(|claim| claims.get(claim))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(Value::as_str)
+        .take(MAX_CLAIMED_CHANNELS)
+        .map(|ch| Rule {
+            resource: Resource::Channels,
+            name: Some(ch.to_string()),
+            prefix: None,
+            access: Access::Read,
+        })
+        .collect()
+}
+
 fn decode(
     p: &JwtProvider,
     jwt: &str,
@@ -156,24 +192,8 @@ fn decode(
         Some(aud) => v.set_audience(&[aud]),
         None => v.validate_aud = false,
     }
-    let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(jwt, key, &v).map_err(
-        |e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the JWT has expired".to_string(),
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
-                "the JWT is not valid yet (nbf)".to_string()
-            }
-            jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-                "the JWT is for another audience (aud)".to_string()
-            }
-            jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
-                "the JWT is from another issuer (iss)".to_string()
-            }
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => {
-                "the JWT's signature does not verify".to_string()
-            }
-            _ => format!("the JWT is refused: {e}"),
-        },
-    )?;
+    let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(jwt, key, &v)
+        .map_err(|e| refusal(&e))?;
     let claims = data.claims;
     let exp_ms = claims
         .get("exp")
@@ -185,23 +205,7 @@ fn decode(
         return Err("the JWT has expired".into());
     }
     let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("-");
-    let mut rules = Vec::new();
-    if let Some(claim) = &p.channels_claim {
-        if let Some(list) = claims.get(claim).and_then(Value::as_array) {
-            for ch in list
-                .iter()
-                .filter_map(Value::as_str)
-                .take(MAX_CLAIMED_CHANNELS)
-            {
-                rules.push(Rule {
-                    resource: Resource::Channels,
-                    name: Some(ch.to_string()),
-                    prefix: None,
-                    access: Access::Read,
-                });
-            }
-        }
-    }
+    let rules = channel_rules(p, &claims);
     Ok(JwtCaller {
         actor: format!("jwt:{}:{sub}", p.name),
         provider: p.name.clone(),

@@ -740,22 +740,9 @@ async fn stage_api(
         _ if config.api.tls_from_cluster_ca => Some(cluster_ca_tls(config, cluster)?),
         _ => None,
     };
-    life.api_task = Some(life.tasks.background.spawn(async move {
-        match tls {
-            Some(tls) => {
-                info!(addr = %api_addr, "HTTPS API listening (TLS)");
-                let listener = match crate::api_tls::TlsListener::new(listener, tls, stop.clone()) {
-                    Ok(l) => l,
-                    Err(e) => return warn!(error = %e, "HTTPS API did not start"),
-                };
-                crate::http_server::serve(listener, app, timeouts, metrics, stop).await
-            }
-            None => {
-                info!(addr = %api_addr, "HTTP API listening");
-                crate::http_server::serve(listener, app, timeouts, metrics, stop).await
-            }
-        }
-    }));
+    let tasks = life.tasks.background.clone();
+    let api = serve_api(listener, tls, app, timeouts, metrics, stop, tasks);
+    life.api_task = Some(life.tasks.background.spawn(api));
     // Here rather than with the other duties: it counts its checks in the API's metrics.
     life.spawn(
         "health checks",
@@ -765,19 +752,59 @@ async fn stage_api(
             life.background.clone(),
         ),
     );
+    stage_proxies(config, cluster, &state, timeouts, life).await?;
+    Ok((api_addr, state))
+}
+
+/// Serves the API on `listener` (over TLS when `tls` is given, its handshakes tasks of
+/// `tasks`) until `stop`.
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: axum::Router,
+    timeouts: crate::http_server::Timeouts,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let api_addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    match tls {
+        Some(tls) => {
+            info!(addr = %api_addr, "HTTPS API listening (TLS)");
+            let listener =
+                match crate::api_tls::TlsListener::new(listener, tls, stop.clone(), &tasks) {
+                    Ok(l) => l,
+                    Err(e) => return warn!(error = %e, "HTTPS API did not start"),
+                };
+            crate::http_server::serve(listener, app, timeouts, metrics, stop).await
+        }
+        None => {
+            info!(addr = %api_addr, "HTTP API listening");
+            crate::http_server::serve(listener, app, timeouts, metrics, stop).await
+        }
+    }
+}
+
+/// The gateway and the Redis protocol's listener, when configured.
+async fn stage_proxies(
+    config: &Config,
+    cluster: &Arc<Cluster>,
+    state: &Arc<AppState>,
+    timeouts: crate::http_server::Timeouts,
+    life: &mut Lifecycle,
+) -> anyhow::Result<()> {
     if let Some(addr) = config.gateway.addr {
-        let stop = life.stop_accepting.clone();
-        let tunnels = life.tasks.requests.clone();
-        let metrics = state.metrics.clone();
-        let threads = config.gateway.threads;
         let (_, serve) = crate::gateway::bind(
             addr,
-            threads,
+            config.gateway.threads,
             cluster.clone(),
-            metrics,
+            state.metrics.clone(),
             timeouts,
-            tunnels,
-            stop,
+            life.tasks.requests.clone(),
+            life.stop_accepting.clone(),
         )
         .await?;
         life.tasks.background.spawn(serve);
@@ -792,7 +819,7 @@ async fn stage_api(
         .await?;
         life.tasks.background.spawn(serve);
     }
-    Ok((api_addr, state))
+    Ok(())
 }
 
 /// What a started node runs, and the signals that stop it, in the order shutdown uses them.

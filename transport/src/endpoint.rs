@@ -483,36 +483,7 @@ impl Transport {
             let joining = joining.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                let remote = incoming.remote_address();
-                let handshake = std::future::IntoFuture::into_future(incoming);
-                let conn = match shutdown.run_until_cancelled(handshake).await {
-                    None => return,
-                    Some(Ok(c)) => c,
-                    Some(Err(e)) => {
-                        this.refused_handshake(remote, &e);
-                        return;
-                    }
-                };
-                // A peer that presented a certificate passed the CA and cluster checks.
-                let peer = peer_of(&conn);
-                // Nodes without a certificate have a share of the connections of their own,
-                // so they cannot crowd the members out.
-                let _joining = match peer {
-                    Some(_) => None,
-                    None => match joining.try_acquire_owned() {
-                        Ok(p) => Some(p),
-                        Err(_) => {
-                            warn!(
-                                %remote,
-                                limit = this.limits.max_joining_connections,
-                                "refused a connection without a certificate: too many"
-                            );
-                            conn.close(REFUSED.into(), b"too many joining nodes; retry");
-                            return;
-                        }
-                    },
-                };
-                this.serve_connection(conn, peer, raft, service, conn_tasks, shutdown)
+                this.accept_connection(incoming, &joining, raft, service, conn_tasks, shutdown)
                     .await;
             });
         }
@@ -522,6 +493,51 @@ impl Transport {
         tasks.wait().await;
         self.pool.shutdown().await;
         info!("cluster transport stopped");
+    }
+
+    /// Completes an incoming connection's handshake and serves it (see
+    /// [`Self::serve_connection`]); a node without a certificate takes one of the `joining`
+    /// connections' share, or is refused.
+    async fn accept_connection<S: Service>(
+        self: Arc<Self>,
+        incoming: quinn::Incoming,
+        joining: &Arc<Semaphore>,
+        raft: Replica,
+        service: Arc<S>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let remote = incoming.remote_address();
+        let handshake = std::future::IntoFuture::into_future(incoming);
+        let conn = match shutdown.run_until_cancelled(handshake).await {
+            None => return,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                self.refused_handshake(remote, &e);
+                return;
+            }
+        };
+        // A peer that presented a certificate passed the CA and cluster checks.
+        let peer = peer_of(&conn);
+        // Nodes without a certificate have a share of the connections of their own, so they
+        // cannot crowd the members out.
+        let _joining = match peer {
+            Some(_) => None,
+            None => match joining.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    warn!(
+                        %remote,
+                        limit = self.limits.max_joining_connections,
+                        "refused a connection without a certificate: too many"
+                    );
+                    conn.close(REFUSED.into(), b"too many joining nodes; retry");
+                    return;
+                }
+            },
+        };
+        self.serve_connection(conn, peer, raft, service, tasks, shutdown)
+            .await;
     }
 
     fn refused_handshake(&self, remote: SocketAddr, e: &quinn::ConnectionError) {
@@ -578,7 +594,7 @@ impl Transport {
                 s = conn.accept_bi() => s,
                 _ = shutdown.cancelled() => return,
             };
-            let Ok((mut send, mut recv)) = stream else {
+            let Ok((send, recv)) = stream else {
                 return;
             };
             let this = self.clone();
@@ -589,42 +605,51 @@ impl Transport {
             let widened = widened.clone();
             tasks.spawn(shutdown.clone().run_until_cancelled_owned(async move {
                 let _permit = permit;
-                let (resp, close) = match &peer {
-                    Some(p) => {
-                        let member = (&conn, &*widened);
-                        match this
-                            .serve_member(p, member, &raft, &*service, &mut recv)
-                            .await
-                        {
-                            Served::Answer(resp) => (resp, false),
-                            Served::AppendStream => {
-                                this.serve_append_stream(p.clone(), &raft, send, recv).await;
-                                return;
-                            }
-                        }
-                    }
-                    None => this.serve_joiner(&*service, &mut recv).await,
-                };
-                let _ = recv.stop(0u32.into());
-                if let Err(e) =
-                    frame::write_msg(&mut send, &resp, this.limits.max_frame_bytes).await
-                {
-                    debug!(error = %e, "writing response failed");
-                    return;
-                }
-                let _ = send.finish();
-                if !close {
-                    // Wait until the peer has read the answer before the stream is dropped.
-                    let _ = send.stopped().await;
-                    return;
-                }
-                // A node without a certificate asked for something else than to join: it is
-                // told why, then its connection is closed.
-                let _ = tokio::time::timeout(REFUSAL_READ_WITHIN, send.stopped()).await;
-                if let RpcResponse::Refused(reason) = &resp {
-                    conn.close(REFUSED.into(), reason.as_bytes());
-                }
+                let from = (peer.as_ref(), &conn, &*widened);
+                this.serve_stream(from, &raft, &*service, send, recv).await;
             }));
+        }
+    }
+
+    /// One request on a stream of `conn` from `peer` (`None`: a node without a certificate),
+    /// answered on the same stream; or the stream of appends a member opens.
+    async fn serve_stream<S: Service>(
+        self: &Arc<Self>,
+        (peer, conn, widened): (Option<&Peer>, &Connection, &AtomicBool),
+        raft: &Replica,
+        service: &S,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let (resp, close) = match peer {
+            Some(p) => match self
+                .serve_member(p, (conn, widened), raft, service, &mut recv)
+                .await
+            {
+                Served::Answer(resp) => (resp, false),
+                Served::AppendStream => {
+                    self.serve_append_stream(p.clone(), raft, send, recv).await;
+                    return;
+                }
+            },
+            None => self.serve_joiner(service, &mut recv).await,
+        };
+        let _ = recv.stop(0u32.into());
+        if let Err(e) = frame::write_msg(&mut send, &resp, self.limits.max_frame_bytes).await {
+            debug!(error = %e, "writing response failed");
+            return;
+        }
+        let _ = send.finish();
+        if !close {
+            // Wait until the peer has read the answer before the stream is dropped.
+            let _ = send.stopped().await;
+            return;
+        }
+        // A node without a certificate asked for something else than to join: it is told
+        // why, then its connection is closed.
+        let _ = tokio::time::timeout(REFUSAL_READ_WITHIN, send.stopped()).await;
+        if let RpcResponse::Refused(reason) = &resp {
+            conn.close(REFUSED.into(), reason.as_bytes());
         }
     }
 

@@ -157,28 +157,7 @@ impl Pool {
                         }
                     }
                 };
-                let mut inner = shared.lock().expect("pool lock");
-                let stats = inner.stats.entry(addr).or_default();
-                match &res {
-                    Ok(conn) => {
-                        if stats.failing_since_connected > 0 {
-                            info!(
-                                %addr, ?node, failures = stats.failing_since_connected,
-                                "cluster connection established after failed attempts"
-                            );
-                        }
-                        stats.failing_since_connected = 0;
-                        stats.last_connected = Some(Instant::now());
-                        inner.slots.insert(key, Slot::Open(conn.clone()));
-                    }
-                    Err(reason) => {
-                        stats.connect_failures += 1;
-                        stats.failing_since_connected += 1;
-                        stats.last_error = Some((reason.clone(), Instant::now()));
-                        debug!(%addr, ?node, %reason, "cluster connection failed");
-                        inner.slots.remove(&key);
-                    }
-                }
+                record_handshake(&mut shared.lock().expect("pool lock"), key, &res);
                 res
             },
             &self.runtime,
@@ -215,5 +194,32 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Records how a handshake to `key` ended: the open connection in the pool and the peer's
+/// statistics, or the failure (and no slot, so the next call connects afresh).
+fn record_handshake(inner: &mut Inner, key: ConnKey, res: &Result<Connection, String>) {
+    let (addr, node) = key;
+    let stats = inner.stats.entry(addr).or_default();
+    match res {
+        Ok(conn) => {
+            if stats.failing_since_connected > 0 {
+                info!(
+                    %addr, ?node, failures = stats.failing_since_connected,
+                    "cluster connection established after failed attempts"
+                );
+            }
+            stats.failing_since_connected = 0;
+            stats.last_connected = Some(Instant::now());
+            inner.slots.insert(key, Slot::Open(conn.clone()));
+        }
+        Err(reason) => {
+            stats.connect_failures += 1;
+            stats.failing_since_connected += 1;
+            stats.last_error = Some((reason.clone(), Instant::now()));
+            debug!(%addr, ?node, %reason, "cluster connection failed");
+            inner.slots.remove(&key);
+        }
     }
 }

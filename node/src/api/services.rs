@@ -263,105 +263,113 @@ fn text(field: &str, value: &str, min: usize, max: usize) -> ApiResult<()> {
 
 /// The check of a registration, validated, with its defaults.
 pub fn check_from(body: &CheckBody) -> ApiResult<Check> {
-    let for_kind = |field: &str, set: bool, kinds: &str| -> ApiResult<()> {
-        if set {
-            return Err(bad(
-                field,
-                format!("check.{field} applies to {kinds} checks only"),
-            ));
-        }
-        Ok(())
-    };
     match body.kind.as_str() {
-        "http" | "tcp" => {
-            let interval_ms = in_range(
-                "check.interval_ms",
-                body.interval_ms.unwrap_or(CHECK_INTERVAL_MS_DEFAULT),
-                100,
-                3_600_000,
-            )?;
-            let timeout_ms = in_range(
-                "check.timeout_ms",
-                body.timeout_ms
-                    .unwrap_or(CHECK_TIMEOUT_MS_DEFAULT.min(interval_ms)),
-                1,
-                interval_ms.min(60_000),
-            )?;
-            let damping = Damping {
-                failures_before_critical: in_range(
-                    "check.failures_before_critical",
-                    body.failures_before_critical
-                        .unwrap_or(FAILURES_BEFORE_CRITICAL_DEFAULT),
-                    1,
-                    10,
-                )?,
-                successes_before_passing: in_range(
-                    "check.successes_before_passing",
-                    body.successes_before_passing
-                        .unwrap_or(SUCCESSES_BEFORE_PASSING_DEFAULT),
-                    1,
-                    10,
-                )?,
-            };
-            for_kind("ttl_ms", body.ttl_ms.is_some(), "ttl")?;
-            if body.kind == "tcp" {
-                for_kind("path", body.path.is_some(), "http")?;
-                for_kind("expect_status", body.expect_status.is_some(), "http")?;
-                return Ok(Check::Tcp {
-                    interval_ms,
-                    timeout_ms,
-                    damping,
-                });
-            }
-            let path = body.path.clone().unwrap_or_else(|| "/".into());
-            text("check.path", &path, 1, 1024)?;
-            if !path.starts_with('/') || path.contains(' ') {
-                return Err(bad(
-                    "check.path",
-                    "check.path must start with '/' and hold no spaces".into(),
-                ));
-            }
-            let expect_status = match body.expect_status {
-                None => 0,
-                Some(s) => in_range("check.expect_status", s, 100, 599)?,
-            };
-            Ok(Check::Http {
-                path,
-                expect_status,
-                interval_ms,
-                timeout_ms,
-                damping,
-            })
-        }
-        "ttl" => {
-            for (field, set) in [
-                ("path", body.path.is_some()),
-                ("expect_status", body.expect_status.is_some()),
-                ("interval_ms", body.interval_ms.is_some()),
-                ("timeout_ms", body.timeout_ms.is_some()),
-                (
-                    "failures_before_critical",
-                    body.failures_before_critical.is_some(),
-                ),
-                (
-                    "successes_before_passing",
-                    body.successes_before_passing.is_some(),
-                ),
-            ] {
-                for_kind(field, set, "http and tcp")?;
-            }
-            let Some(ttl_ms) = body.ttl_ms else {
-                return Err(bad("check.ttl_ms", "a ttl check needs ttl_ms".into()));
-            };
-            Ok(Check::Ttl {
-                ttl_ms: in_range("check.ttl_ms", ttl_ms, 1_000, 86_400_000)?,
-            })
-        }
+        "http" | "tcp" => probe_check_from(body),
+        "ttl" => ttl_check_from(body),
         other => Err(bad(
             "check.type",
             format!("check.type must be http, tcp or ttl, got {other:?}"),
         )),
     }
+}
+
+/// The 400 of a check field `set` on a check of another kind than `kinds`.
+fn only_for(field: &str, set: bool, kinds: &str) -> ApiResult<()> {
+    if set {
+        return Err(bad(
+            field,
+            format!("check.{field} applies to {kinds} checks only"),
+        ));
+    }
+    Ok(())
+}
+
+/// An `http` or `tcp` check: the node probes the instance.
+fn probe_check_from(body: &CheckBody) -> ApiResult<Check> {
+    let interval_ms = in_range(
+        "check.interval_ms",
+        body.interval_ms.unwrap_or(CHECK_INTERVAL_MS_DEFAULT),
+        100,
+        3_600_000,
+    )?;
+    let timeout_ms = in_range(
+        "check.timeout_ms",
+        body.timeout_ms
+            .unwrap_or(CHECK_TIMEOUT_MS_DEFAULT.min(interval_ms)),
+        1,
+        interval_ms.min(60_000),
+    )?;
+    let damping = Damping {
+        failures_before_critical: in_range(
+            "check.failures_before_critical",
+            body.failures_before_critical
+                .unwrap_or(FAILURES_BEFORE_CRITICAL_DEFAULT),
+            1,
+            10,
+        )?,
+        successes_before_passing: in_range(
+            "check.successes_before_passing",
+            body.successes_before_passing
+                .unwrap_or(SUCCESSES_BEFORE_PASSING_DEFAULT),
+            1,
+            10,
+        )?,
+    };
+    only_for("ttl_ms", body.ttl_ms.is_some(), "ttl")?;
+    if body.kind == "tcp" {
+        only_for("path", body.path.is_some(), "http")?;
+        only_for("expect_status", body.expect_status.is_some(), "http")?;
+        return Ok(Check::Tcp {
+            interval_ms,
+            timeout_ms,
+            damping,
+        });
+    }
+    let path = body.path.clone().unwrap_or_else(|| "/".into());
+    text("check.path", &path, 1, 1024)?;
+    if !path.starts_with('/') || path.contains(' ') {
+        return Err(bad(
+            "check.path",
+            "check.path must start with '/' and hold no spaces".into(),
+        ));
+    }
+    let expect_status = match body.expect_status {
+        None => 0,
+        Some(s) => in_range("check.expect_status", s, 100, 599)?,
+    };
+    Ok(Check::Http {
+        path,
+        expect_status,
+        interval_ms,
+        timeout_ms,
+        damping,
+    })
+}
+
+/// A `ttl` check: the instance reports, and is critical once `ttl_ms` passes without a report.
+fn ttl_check_from(body: &CheckBody) -> ApiResult<Check> {
+    for (field, set) in [
+        ("path", body.path.is_some()),
+        ("expect_status", body.expect_status.is_some()),
+        ("interval_ms", body.interval_ms.is_some()),
+        ("timeout_ms", body.timeout_ms.is_some()),
+        (
+            "failures_before_critical",
+            body.failures_before_critical.is_some(),
+        ),
+        (
+            "successes_before_passing",
+            body.successes_before_passing.is_some(),
+        ),
+    ] {
+        only_for(field, set, "http and tcp")?;
+    }
+    let Some(ttl_ms) = body.ttl_ms else {
+        return Err(bad("check.ttl_ms", "a ttl check needs ttl_ms".into()));
+    };
+    Ok(Check::Ttl {
+        ttl_ms: in_range("check.ttl_ms", ttl_ms, 1_000, 86_400_000)?,
+    })
 }
 
 fn check_body(check: &Check) -> CheckBody {
@@ -512,6 +520,53 @@ pub fn strategy_name(s: Strategy) -> &'static str {
         .unwrap_or("peak_ewma")
 }
 
+/// A route's balancing strategy by name (peak EWMA when none is given).
+fn strategy_from(name: Option<&str>) -> ApiResult<Strategy> {
+    let Some(name) = name else {
+        return Ok(Strategy::PeakEwma);
+    };
+    STRATEGIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| {
+            bad(
+                "strategy",
+                format!(
+                    "strategy must be one of round_robin, weighted, least_request, \
+                     peak_ewma, hash; got {name:?}"
+                ),
+            )
+        })
+}
+
+/// What a `hash` route hashes on: one header or one cookie.
+fn hash_on_from(body: Option<&HashOnBody>) -> ApiResult<Option<HashOn>> {
+    match body {
+        None => Ok(None),
+        Some(HashOnBody {
+            header: Some(h),
+            cookie: None,
+        }) => {
+            text("hash_on.header", h, 1, 128)?;
+            axum::http::HeaderName::try_from(h.as_str())
+                .map_err(|_| bad("hash_on.header", format!("{h:?} is not a header name")))?;
+            Ok(Some(HashOn::Header(h.to_ascii_lowercase())))
+        }
+        Some(HashOnBody {
+            header: None,
+            cookie: Some(c),
+        }) => {
+            text("hash_on.cookie", c, 1, 128)?;
+            Ok(Some(HashOn::Cookie(c.clone())))
+        }
+        Some(_) => Err(bad(
+            "hash_on",
+            "hash_on names exactly one of header or cookie".into(),
+        )),
+    }
+}
+
 /// A route, validated, with its defaults.
 pub fn route_from(b: &RouteBody) -> ApiResult<Route> {
     validate_ident("service", &b.service)?;
@@ -533,47 +588,8 @@ pub fn route_from(b: &RouteBody) -> ApiResult<Route> {
             "path_prefix must start with '/' and hold no '?', '#' or space".into(),
         ));
     }
-    let strategy = match b.strategy.as_deref() {
-        None => Strategy::PeakEwma,
-        Some(name) => STRATEGIES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| *s)
-            .ok_or_else(|| {
-                bad(
-                    "strategy",
-                    format!(
-                        "strategy must be one of round_robin, weighted, least_request, \
-                         peak_ewma, hash; got {name:?}"
-                    ),
-                )
-            })?,
-    };
-    let hash_on = match &b.hash_on {
-        None => None,
-        Some(HashOnBody {
-            header: Some(h),
-            cookie: None,
-        }) => {
-            text("hash_on.header", h, 1, 128)?;
-            axum::http::HeaderName::try_from(h.as_str())
-                .map_err(|_| bad("hash_on.header", format!("{h:?} is not a header name")))?;
-            Some(HashOn::Header(h.to_ascii_lowercase()))
-        }
-        Some(HashOnBody {
-            header: None,
-            cookie: Some(c),
-        }) => {
-            text("hash_on.cookie", c, 1, 128)?;
-            Some(HashOn::Cookie(c.clone()))
-        }
-        Some(_) => {
-            return Err(bad(
-                "hash_on",
-                "hash_on names exactly one of header or cookie".into(),
-            ))
-        }
-    };
+    let strategy = strategy_from(b.strategy.as_deref())?;
+    let hash_on = hash_on_from(b.hash_on.as_ref())?;
     if (strategy == Strategy::Hash) != hash_on.is_some() {
         return Err(bad(
             "hash_on",

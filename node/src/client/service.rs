@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use super::Target;
 use crate::api::services::{CheckBody, HashOnBody, RegisterRequest, RouteBody};
@@ -10,48 +10,7 @@ use crate::api::services::{CheckBody, HashOnBody, RegisterRequest, RouteBody};
 #[derive(Subcommand, Debug)]
 pub enum ServiceCmd {
     /// Register an instance of SERVICE (or replace its registration).
-    Register {
-        service: String,
-        id: String,
-        /// Host name or IP address the gateway and checks connect to.
-        #[arg(long)]
-        address: String,
-        #[arg(long)]
-        port: u16,
-        /// A tag (repeat for more).
-        #[arg(long = "tag")]
-        tags: Vec<String>,
-        /// Metadata KEY=VALUE (repeat for more).
-        #[arg(long = "meta", value_parser = key_value)]
-        meta: Vec<(String, String)>,
-        /// Relative share of requests under the weighted strategy (1..=1000).
-        #[arg(long)]
-        weight: Option<u32>,
-        /// Health check: `http` (GET --check-path), `tcp` (connect) or `ttl` (heartbeats
-        /// within --ttl-ms). Without one the instance is passing while registered.
-        #[arg(long, value_parser = ["http", "tcp", "ttl"])]
-        check: Option<String>,
-        /// http checks: the path to GET (default /).
-        #[arg(long)]
-        check_path: Option<String>,
-        /// http checks: the status that passes (default: any 2xx).
-        #[arg(long)]
-        expect_status: Option<u16>,
-        /// http and tcp checks: how often (default 10000).
-        #[arg(long)]
-        interval_ms: Option<u64>,
-        /// http and tcp checks: how long one may take (default 2000, at most the interval).
-        #[arg(long)]
-        timeout_ms: Option<u64>,
-        /// ttl checks: critical when no heartbeat came within this long.
-        #[arg(long)]
-        ttl_ms: Option<u64>,
-        /// Remove the instance after it stayed critical this long (0: never; default 3600000).
-        #[arg(long)]
-        deregister_critical_after_ms: Option<u64>,
-        #[command(flatten)]
-        target: Target,
-    },
+    Register(Register),
     /// Deregister an instance, at once or after --drain-ms without new requests.
     Deregister {
         service: String,
@@ -82,6 +41,51 @@ pub enum ServiceCmd {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// `stackd service register`'s arguments.
+#[derive(Args, Debug)]
+pub struct Register {
+    pub service: String,
+    pub id: String,
+    /// Host name or IP address the gateway and checks connect to.
+    #[arg(long)]
+    pub address: String,
+    #[arg(long)]
+    pub port: u16,
+    /// A tag (repeat for more).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Metadata KEY=VALUE (repeat for more).
+    #[arg(long = "meta", value_parser = key_value)]
+    pub meta: Vec<(String, String)>,
+    /// Relative share of requests under the weighted strategy (1..=1000).
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// Health check: `http` (GET --check-path), `tcp` (connect) or `ttl` (heartbeats
+    /// within --ttl-ms). Without one the instance is passing while registered.
+    #[arg(long, value_parser = ["http", "tcp", "ttl"])]
+    pub check: Option<String>,
+    /// http checks: the path to GET (default /).
+    #[arg(long)]
+    pub check_path: Option<String>,
+    /// http checks: the status that passes (default: any 2xx).
+    #[arg(long)]
+    pub expect_status: Option<u16>,
+    /// http and tcp checks: how often (default 10000).
+    #[arg(long)]
+    pub interval_ms: Option<u64>,
+    /// http and tcp checks: how long one may take (default 2000, at most the interval).
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// ttl checks: critical when no heartbeat came within this long.
+    #[arg(long)]
+    pub ttl_ms: Option<u64>,
+    /// Remove the instance after it stayed critical this long (0: never; default 3600000).
+    #[arg(long)]
+    pub deregister_critical_after_ms: Option<u64>,
+    #[command(flatten)]
+    pub target: Target,
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,50 +156,7 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 
 pub async fn run(cmd: ServiceCmd) -> anyhow::Result<()> {
     match cmd {
-        ServiceCmd::Register {
-            service,
-            id,
-            address,
-            port,
-            tags,
-            meta,
-            weight,
-            check,
-            check_path,
-            expect_status,
-            interval_ms,
-            timeout_ms,
-            ttl_ms,
-            deregister_critical_after_ms,
-            target,
-        } => {
-            let check = check.map(|kind| CheckBody {
-                kind,
-                path: check_path,
-                expect_status,
-                interval_ms,
-                timeout_ms,
-                ttl_ms,
-                ..CheckBody::default()
-            });
-            let req = RegisterRequest {
-                address,
-                port,
-                tags,
-                meta: meta.into_iter().collect::<BTreeMap<_, _>>(),
-                weight,
-                check,
-                deregister_critical_after_ms,
-            };
-            let r = target
-                .client()?
-                .service_register(&service, &id, &req)
-                .await?;
-            outln!(
-                "registered {service}/{id} (registry revision {})",
-                r.revision
-            );
-        }
+        ServiceCmd::Register(r) => register(r).await?,
         ServiceCmd::Deregister {
             service,
             id,
@@ -247,6 +208,55 @@ pub async fn run(cmd: ServiceCmd) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `stackd service register`.
+async fn register(r: Register) -> anyhow::Result<()> {
+    let Register {
+        service,
+        id,
+        address,
+        port,
+        tags,
+        meta,
+        weight,
+        check,
+        check_path,
+        expect_status,
+        interval_ms,
+        timeout_ms,
+        ttl_ms,
+        deregister_critical_after_ms,
+        target,
+    } = r;
+    let check = check.map(|kind| CheckBody {
+        kind,
+        path: check_path,
+        expect_status,
+        interval_ms,
+        timeout_ms,
+        ttl_ms,
+        ..CheckBody::default()
+    });
+    let req = RegisterRequest {
+        address,
+        port,
+        tags,
+        meta: meta.into_iter().collect::<BTreeMap<_, _>>(),
+        weight,
+        check,
+        deregister_critical_after_ms,
+    };
+    let r = target
+        .client()?
+        .service_register(&service, &id, &req)
+        .await?;
+    outln!(
+        "registered {service}/{id} (registry revision {})",
+        r.revision
+    );
+
     Ok(())
 }
 

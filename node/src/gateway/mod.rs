@@ -199,19 +199,13 @@ impl Gateway {
                         i.routable().then_some((i, key))
                     })
                     .map(|(i, key)| {
-                        let host = if i.spec.address.contains(':') {
-                            format!("[{}]", i.spec.address)
-                        } else {
-                            i.spec.address.clone()
-                        };
-                        let authority = format!("{host}:{}", i.spec.port);
-                        let id = (key.clone(), authority.clone());
+                        let id = (key.clone(), authority(&i.spec.address, i.spec.port));
                         let u = known
                             .get(&id)
                             .filter(|u| u.weight == i.spec.weight)
                             .cloned()
                             .unwrap_or_else(|| {
-                                Arc::new(Upstream::new(key, authority, i.spec.weight))
+                                Arc::new(Upstream::new(key, id.1.clone(), i.spec.weight))
                             });
                         used.insert(id, u.clone());
                         u
@@ -231,6 +225,26 @@ impl Gateway {
             })
             .collect();
         drop(state);
+        self.drop_stale_series(&known, &keep, &routes);
+        *known = used;
+        drop(known);
+        routes.sort_by(|a, b| {
+            (b.route.host.is_some(), b.route.path_prefix.len())
+                .cmp(&(a.route.host.is_some(), a.route.path_prefix.len()))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Table { revision, routes });
+    }
+
+    /// Removes the metric series of instances and routes that are gone (all but `keep`),
+    /// and records those `routes` made.
+    fn drop_stale_series(
+        &self,
+        known: &HashMap<(String, String), Arc<Upstream>>,
+        keep: &std::collections::HashSet<(String, String)>,
+        routes: &[Compiled],
+    ) {
         let instances: std::collections::HashSet<&str> =
             keep.iter().map(|(_, i)| i.as_str()).collect();
         for key in known.keys() {
@@ -241,8 +255,6 @@ impl Gateway {
                     .remove_label_values(&[&key.0]);
             }
         }
-        *known = used;
-        drop(known);
         let mut made = self.series_made.lock().unwrap_or_else(|p| p.into_inner());
         made.retain(|(route, instance)| {
             let kept = keep.contains(&(route.clone(), instance.clone()));
@@ -257,14 +269,6 @@ impl Gateway {
                 .flat_map(|r| r.upstreams.iter().map(|u| (r.name.clone(), u.key.clone())))
                 .chain(routes.iter().map(|r| (r.name.clone(), "none".to_string()))),
         );
-        drop(made);
-        routes.sort_by(|a, b| {
-            (b.route.host.is_some(), b.route.path_prefix.len())
-                .cmp(&(a.route.host.is_some(), a.route.path_prefix.len()))
-                .then_with(|| a.name.cmp(&b.name))
-        });
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Table { revision, routes });
     }
 
     /// Rebuilds the table whenever the registry's revision changes, until `stop`.
@@ -321,6 +325,7 @@ pub async fn bind(
                     hyper::service::service_fn(move |req| proxy(gw.clone(), peer, req))
                 };
                 crate::http_server::serve_with(listener, service, timeouts, metrics, stop).await;
+                pool::close().await;
             }
         }
     };
@@ -332,6 +337,15 @@ pub async fn bind(
         tokio::join!(threads_ended, gw.follow(stop.clone()));
     };
     Ok((bound, serve))
+}
+
+/// `host:port` of an instance (an IPv6 address in brackets).
+fn authority(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
 }
 
 fn error(status: StatusCode, code: crate::error::ErrorCode, message: String) -> Response {

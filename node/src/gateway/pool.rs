@@ -24,6 +24,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 /// How long an unused connection is kept.
@@ -66,6 +67,9 @@ struct Idle {
 struct Pool {
     by_address: HashMap<String, VecDeque<Idle>>,
     swept: Option<Instant>,
+    /// The tasks driving this thread's connections: each ends when its connection closes,
+    /// is upgraded (the tunnel then owns it), or is dropped from the pool idle.
+    drivers: TaskTracker,
 }
 
 thread_local! {
@@ -132,12 +136,24 @@ async fn connect(
         .await
         .map_err(SendError::Request)?;
     let address = address.to_string();
-    tokio::spawn(async move {
+    let driver = async move {
         if let Err(e) = conn.with_upgrades().await {
             debug!(%address, error = %e, "connection to an instance ended");
         }
-    });
+    };
+    POOL.with_borrow(|p| p.drivers.spawn(driver));
     Ok(sender)
+}
+
+/// Closes this thread's pooled connections and waits for every connection it made to end;
+/// called once the thread's requests are answered.
+pub async fn close() {
+    let drivers = POOL.with_borrow_mut(|p| {
+        p.by_address.clear();
+        p.drivers.close();
+        p.drivers.clone()
+    });
+    drivers.wait().await;
 }
 
 /// Sends `req` (origin-form URI, `Host` set) to the instance at `address` on a pooled

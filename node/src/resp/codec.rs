@@ -96,58 +96,71 @@ impl Decoder {
                 self.pending = Some((n, Vec::with_capacity(n.min(1024))));
                 self.pending_bytes = 0;
             }
-            let (n, args) = self.pending.as_mut().expect("set above");
-            while args.len() < *n {
-                let Some(&first) = buf.first() else {
+            while self
+                .pending
+                .as_ref()
+                .is_some_and(|(n, args)| args.len() < *n)
+            {
+                let Some(arg) = self.bulk(buf)? else {
                     return Ok(None);
                 };
-                if first != b'$' {
-                    return Err(ProtocolError(format!(
-                        "expected '$', got '{}'",
-                        (first as char).escape_default()
-                    )));
-                }
-                let Some(end) = crlf(buf, 32) else {
-                    if buf.len() >= 32 {
-                        return Err(ProtocolError("invalid bulk length".into()));
-                    }
-                    return Ok(None);
-                };
-                let len = header_number(&buf[1..end])
-                    .filter(|l| *l >= 0)
-                    .ok_or_else(|| ProtocolError("invalid bulk length".into()))?
-                    as usize;
-                if len > self.limits.max_arg_bytes {
-                    return Err(ProtocolError(format!(
-                        "an argument of {len} bytes is over the limit of {} bytes \
-                         (limits.max_value_bytes)",
-                        self.limits.max_arg_bytes
-                    )));
-                }
-                if self.pending_bytes + len > self.limits.max_request_bytes {
-                    return Err(ProtocolError(format!(
-                        "a request of more than {} bytes of arguments is over the limit \
-                         (2 x limits.max_value_bytes + 64 KiB)",
-                        self.limits.max_request_bytes
-                    )));
-                }
-                let whole = end + 1 + len + 2;
-                if buf.len() < whole {
-                    // Room for the rest of this argument only: its length was checked.
-                    buf.reserve(whole - buf.len());
-                    return Ok(None);
-                }
-                if &buf[whole - 2..whole] != b"\r\n" {
-                    return Err(ProtocolError("a bulk string must end with CRLF".into()));
-                }
-                buf.advance(end + 1);
-                args.push(buf.split_to(len).freeze());
-                buf.advance(2);
-                self.pending_bytes += len;
+                self.pending_bytes += arg.len();
+                self.pending.as_mut().expect("checked above").1.push(arg);
             }
             let (_, args) = self.pending.take().expect("set above");
             return Ok(Some(args));
         }
+    }
+
+    /// The next bulk string argument (`$5\r\nhello\r\n`), taken off `buf` once it is
+    /// whole; `None` until then. Its length is checked against the limits before any of it
+    /// is waited for.
+    fn bulk(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        if first != b'$' {
+            return Err(ProtocolError(format!(
+                "expected '$', got '{}'",
+                (first as char).escape_default()
+            )));
+        }
+        let Some(end) = crlf(buf, 32) else {
+            if buf.len() >= 32 {
+                return Err(ProtocolError("invalid bulk length".into()));
+            }
+            return Ok(None);
+        };
+        let len = header_number(&buf[1..end])
+            .filter(|l| *l >= 0)
+            .ok_or_else(|| ProtocolError("invalid bulk length".into()))? as usize;
+        if len > self.limits.max_arg_bytes {
+            return Err(ProtocolError(format!(
+                "an argument of {len} bytes is over the limit of {} bytes \
+                 (limits.max_value_bytes)",
+                self.limits.max_arg_bytes
+            )));
+        }
+        if self.pending_bytes + len > self.limits.max_request_bytes {
+            return Err(ProtocolError(format!(
+                "a request of more than {} bytes of arguments is over the limit \
+                 (2 x limits.max_value_bytes + 64 KiB)",
+                self.limits.max_request_bytes
+            )));
+        }
+        let whole = end + 1 + len + 2;
+        if buf.len() < whole {
+            // Room for the rest of this argument only: its length was checked.
+            buf.reserve(whole - buf.len());
+            return Ok(None);
+        }
+        if &buf[whole - 2..whole] != b"\r\n" {
+            return Err(ProtocolError("a bulk string must end with CRLF".into()));
+        }
+        buf.advance(end + 1);
+        let arg = buf.split_to(len).freeze();
+        buf.advance(2);
+        Ok(Some(arg))
     }
 
     /// An inline command: words separated by spaces, with Redis's quoting (`"a b"`, `'c'`,

@@ -36,44 +36,48 @@ fn name(arg: &Bytes) -> Result<String, Reply> {
     Ok(n)
 }
 
+/// The lease of `SET name token NX PX ms` (or `EX s`): both options are required.
+fn lease(args: &[Bytes]) -> Result<u64, Reply> {
+    let (mut nx, mut ttl_ms) = (false, None);
+    let mut i = 0;
+    while i < args.len() {
+        let opt = args[i].to_ascii_uppercase();
+        match (opt.as_slice(), args.get(i + 1)) {
+            (b"NX", _) => nx = true,
+            (b"PX" | b"EX", Some(v)) if ttl_ms.is_none() => {
+                let n = int(v)?;
+                let unit = if opt == b"EX" { 1000 } else { 1 };
+                let ms = u64::try_from(n).ok().and_then(|n| n.checked_mul(unit));
+                match ms {
+                    Some(ms) if (1..=LOCK_TTL_MS_MAX).contains(&ms) => ttl_ms = Some(ms),
+                    _ => {
+                        return Err(Reply::err(format!(
+                            "invalid expire time in 'set' command: a lock's lease is 1 to \
+                             {LOCK_TTL_MS_MAX} ms"
+                        )))
+                    }
+                }
+                i += 1;
+            }
+            _ => return Err(Reply::err(SUPPORTED)),
+        }
+        i += 1;
+    }
+    match (nx, ttl_ms) {
+        (true, Some(ttl_ms)) => Ok(ttl_ms),
+        _ => Err(Reply::err(format!(
+            "a lock is taken with NX and a lease (PX or EX): {SUPPORTED}"
+        ))),
+    }
+}
+
 impl Conn {
     pub(super) fn plan_lock(&self, command: &str, args: &[Bytes]) -> Result<Plan, Reply> {
         match command {
             "set" => {
                 let lock = name(&args[1])?;
                 let owner = token(&args[2])?;
-                let (mut nx, mut ttl_ms) = (false, None);
-                let mut i = 3;
-                while i < args.len() {
-                    let opt = args[i].to_ascii_uppercase();
-                    match (opt.as_slice(), args.get(i + 1)) {
-                        (b"NX", _) => nx = true,
-                        (b"PX" | b"EX", Some(v)) if ttl_ms.is_none() => {
-                            let n = int(v)?;
-                            let unit = if opt == b"EX" { 1000 } else { 1 };
-                            let ms = u64::try_from(n).ok().and_then(|n| n.checked_mul(unit));
-                            match ms {
-                                Some(ms) if (1..=LOCK_TTL_MS_MAX).contains(&ms) => {
-                                    ttl_ms = Some(ms)
-                                }
-                                _ => {
-                                    return Err(Reply::err(format!(
-                                        "invalid expire time in 'set' command: a lock's lease \
-                                         is 1 to {LOCK_TTL_MS_MAX} ms"
-                                    )))
-                                }
-                            }
-                            i += 1;
-                        }
-                        _ => return Err(Reply::err(SUPPORTED)),
-                    }
-                    i += 1;
-                }
-                let (true, Some(ttl_ms)) = (nx, ttl_ms) else {
-                    return Err(Reply::err(format!(
-                        "a lock is taken with NX and a lease (PX or EX): {SUPPORTED}"
-                    )));
-                };
+                let ttl_ms = lease(&args[3..])?;
                 self.may(Resource::Locks, &lock, Access::Write)?;
                 let op = LockCmd::Acquire {
                     name: lock,

@@ -192,7 +192,7 @@ async fn serve_connection(
     // Every whole request read so far, answered in order; the batch is charged to the
     // caller's rate limits at once. Kept across batches, so a pipeline does not grow it anew.
     let mut batch = Vec::new();
-    let end = 'conn: loop {
+    let end = loop {
         let broken = loop {
             match decoder.decode(&mut input) {
                 Ok(Some(args)) => batch.push(conn::Request::new(args)),
@@ -200,23 +200,14 @@ async fn serve_connection(
                 Err(e) => break Some(e),
             }
         };
-        conn.prepay(&batch);
-        for req in batch.drain(..) {
-            let reply = conn.run(req).await;
-            reply.encode(conn.proto(), &mut out);
-            if conn.closing() {
-                let _ = flush(&mut wr, &mut out, write_timeout).await;
-                break 'conn End::Done;
-            }
-            if out.len() >= FLUSH_BYTES && !flush(&mut wr, &mut out, write_timeout).await {
-                break 'conn End::Io;
-            }
+        if let Some(end) = run_batch(&mut conn, &mut batch, &mut wr, &mut out, write_timeout).await
+        {
+            break end;
         }
-        conn.end_batch();
         if let Some(ProtocolError(m)) = broken {
             Reply::err(format!("Protocol error: {m}")).encode(conn.proto(), &mut out);
             let _ = flush(&mut wr, &mut out, write_timeout).await;
-            break 'conn End::Protocol;
+            break End::Protocol;
         }
         if !flush(&mut wr, &mut out, write_timeout).await {
             break End::Io;
@@ -244,12 +235,46 @@ async fn serve_connection(
         }
     };
     drop(conn);
-    match end {
-        End::Done | End::Stopping => {}
-        End::Io => debug!(client = id, %peer, "RESP connection failed"),
-        End::Protocol => debug!(client = id, %peer, "RESP connection closed: protocol error"),
-        End::SlowConsumer => warn!(client = id, %peer, "RESP subscriber fell behind; closed"),
+    end.log(id, peer);
+}
+
+impl End {
+    fn log(&self, client: u64, peer: SocketAddr) {
+        match self {
+            End::Done | End::Stopping => {}
+            End::Io => debug!(client, %peer, "RESP connection failed"),
+            End::Protocol => debug!(client, %peer, "RESP connection closed: protocol error"),
+            End::SlowConsumer => warn!(client, %peer, "RESP subscriber fell behind; closed"),
+        }
     }
+}
+
+/// Answers a batch of requests in order, writing the replies as `FLUSH_BYTES` of them wait;
+/// how the connection ends if one of them ends it (`QUIT`, a failed write).
+async fn run_batch(
+    conn: &mut Conn,
+    batch: &mut Vec<conn::Request>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    out: &mut BytesMut,
+    write_timeout: std::time::Duration,
+) -> Option<End> {
+    conn.prepay(batch);
+    let mut end = None;
+    for req in batch.drain(..) {
+        let reply = conn.run(req).await;
+        reply.encode(conn.proto(), out);
+        if conn.closing() {
+            let _ = flush(wr, out, write_timeout).await;
+            end = Some(End::Done);
+            break;
+        }
+        if out.len() >= FLUSH_BYTES && !flush(wr, out, write_timeout).await {
+            end = Some(End::Io);
+            break;
+        }
+    }
+    conn.end_batch();
+    end
 }
 
 /// Writes what `out` holds; false when the connection failed or the write stayed blocked past

@@ -253,45 +253,71 @@ impl Conn {
             })
             .collect::<Result<Vec<_>, Reply>>()?;
         let pattern = command.starts_with('p');
-        let mut replies = Vec::new();
-        if command.ends_with("unsubscribe") {
-            let names: Vec<String> = if names.is_empty() {
-                let all = if pattern {
-                    &self.subs.patterns
-                } else {
-                    &self.subs.channels
-                };
-                all.iter().cloned().collect()
-            } else {
-                names
-            };
-            if names.is_empty() {
-                replies.push(Reply::Push(vec![
-                    Reply::text(command),
-                    Reply::Nil,
-                    Reply::Int(0),
-                ]));
-            }
-            for n in names {
-                let (set, map) = if pattern {
-                    (&mut self.subs.patterns, &self.resp.listeners.patterns)
-                } else {
-                    (&mut self.subs.channels, &self.resp.listeners.channels)
-                };
-                if set.remove(&n) {
-                    remove(map, &n);
-                }
-                replies.push(Reply::Push(vec![
-                    Reply::text(command),
-                    Reply::text(n),
-                    Reply::Int(self.subs.count()),
-                ]));
-            }
-            if !self.subs.active() {
-                self.subs.live = None;
-            }
-            return Ok(Reply::Many(replies));
+        let replies = if command.ends_with("unsubscribe") {
+            self.unsubscribe(command, pattern, names)
+        } else {
+            self.subscribe(command, pattern, names)?
+        };
+        Ok(Reply::Many(replies))
+    }
+
+    /// The connection's channels (or patterns) and who on this node listens to each.
+    fn names_and_counts(
+        &mut self,
+        pattern: bool,
+    ) -> (&mut BTreeSet<String>, &Mutex<HashMap<String, usize>>) {
+        if pattern {
+            (&mut self.subs.patterns, &self.resp.listeners.patterns)
+        } else {
+            (&mut self.subs.channels, &self.resp.listeners.channels)
         }
+    }
+
+    /// The confirmation of one (un)subscription: the command, the name, how many remain.
+    fn confirmation(&self, command: &'static str, name: Option<String>) -> Reply {
+        Reply::Push(vec![
+            Reply::text(command),
+            name.map_or(Reply::Nil, Reply::text),
+            Reply::Int(self.subs.count()),
+        ])
+    }
+
+    /// `UNSUBSCRIBE`/`PUNSUBSCRIBE` of `names`, or of every channel (pattern) when none.
+    fn unsubscribe(
+        &mut self,
+        command: &'static str,
+        pattern: bool,
+        names: Vec<String>,
+    ) -> Vec<Reply> {
+        let names: Vec<String> = if names.is_empty() {
+            self.names_and_counts(pattern).0.iter().cloned().collect()
+        } else {
+            names
+        };
+        if names.is_empty() {
+            return vec![self.confirmation(command, None)];
+        }
+        let mut replies = Vec::with_capacity(names.len());
+        for n in names {
+            let (set, map) = self.names_and_counts(pattern);
+            if set.remove(&n) {
+                remove(map, &n);
+            }
+            replies.push(self.confirmation(command, Some(n)));
+        }
+        if !self.subs.active() {
+            self.subs.live = None;
+        }
+        replies
+    }
+
+    /// `SUBSCRIBE`/`PSUBSCRIBE` of `names`, once the caller may listen to each.
+    fn subscribe(
+        &mut self,
+        command: &'static str,
+        pattern: bool,
+        names: Vec<String>,
+    ) -> Result<Vec<Reply>, Reply> {
         for n in &names {
             if pattern {
                 let prefix = literal_prefix(n);
@@ -317,22 +343,15 @@ impl Conn {
         if self.subs.live.is_none() {
             self.subs.live = Some(self.resp.st.hub.subscribe());
         }
+        let mut replies = Vec::with_capacity(names.len());
         for n in names {
-            let (set, map) = if pattern {
-                (&mut self.subs.patterns, &self.resp.listeners.patterns)
-            } else {
-                (&mut self.subs.channels, &self.resp.listeners.channels)
-            };
+            let (set, map) = self.names_and_counts(pattern);
             if set.insert(n.clone()) {
                 add(map, &n);
             }
-            replies.push(Reply::Push(vec![
-                Reply::text(command),
-                Reply::text(n),
-                Reply::Int(self.subs.count()),
-            ]));
+            replies.push(self.confirmation(command, Some(n)));
         }
-        Ok(Reply::Many(replies))
+        Ok(replies)
     }
 
     /// `PUBLISH channel message`: appended to the channel through the log; answers how many

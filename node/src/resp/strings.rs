@@ -68,6 +68,51 @@ impl Cursors {
     }
 }
 
+/// The options of a `SET`.
+struct SetOptions {
+    only: Option<CacheCond>,
+    get: bool,
+    ttl: CacheTtl,
+}
+
+/// `SET` on db 1 (the key-value store): `NX` and a TTL, not `XX`, `GET` or `KEEPTTL`.
+fn kv_set(
+    k: String,
+    value: Vec<u8>,
+    only: Option<CacheCond>,
+    get: bool,
+    ttl: CacheTtl,
+) -> Result<Plan, Reply> {
+    if get || only == Some(CacheCond::Present) || ttl == CacheTtl::Keep {
+        return Err(Reply::err(
+            "SET with XX, GET or KEEPTTL is supported on db 0 (the cache) only; \
+             on db 1 (the key-value store) use NX, EX, PX, EXAT or PXAT",
+        ));
+    }
+    let ttl_ms = match ttl {
+        CacheTtl::In(ms) => Some(ms),
+        CacheTtl::At(at) => Some(at.saturating_sub(now_ms()).max(1)),
+        _ => None,
+    };
+    if ttl_ms.is_some_and(|t| t > KV_TTL_MS_MAX) {
+        return Err(Reply::err(
+            "invalid expire time in 'set' command: keys live at most 100 years",
+        ));
+    }
+    let op = KvCmd::Put {
+        key: k,
+        value,
+        if_revision: only.map(|_| 0),
+        ttl_ms,
+    };
+    Ok(plan(vec![op.into()], |r| match kv_result(r) {
+        Ok(KvResult::Put { .. }) => Reply::ok(),
+        Ok(KvResult::Conflict { .. }) => Reply::Nil,
+        Ok(other) => Reply::err(format!("internal: unexpected answer {other:?}")),
+        Err(e) => e,
+    }))
+}
+
 fn key(arg: &Bytes) -> Result<String, Reply> {
     key_str(arg).map(str::to_string)
 }
@@ -168,138 +213,145 @@ impl Conn {
         }
         match name {
             "set" => self.plan_set(args),
-            "del" | "unlink" => {
-                let mut keys = args[1..].iter().map(key).collect::<Result<Vec<_>, _>>()?;
-                // A key named twice is deleted once, as in Redis.
-                keys.sort();
-                keys.dedup();
-                let mut ops = Vec::with_capacity(keys.len());
-                for k in keys {
-                    self.writable(&k)?;
-                    ops.push(match self.db {
-                        Db::Cache => CacheCmd::Delete { key: k }.into(),
-                        Db::Kv | Db::Locks => KvCmd::Delete {
-                            key: k,
-                            if_revision: None,
-                        }
-                        .into(),
-                    });
-                }
-                Ok(plan(ops, removed))
-            }
-            "mset" => {
-                if args.len().is_multiple_of(2) {
-                    return Err(Reply::err("wrong number of arguments for 'mset' command"));
-                }
-                // A key named twice takes its last value, as in Redis.
-                let mut pairs = std::collections::BTreeMap::new();
-                for pair in args[1..].chunks(2) {
-                    let k = key(&pair[0])?;
-                    self.writable(&k)?;
-                    pairs.insert(k, &pair[1]);
-                }
-                let ops = pairs
-                    .into_iter()
-                    .map(|(k, v)| self.put(k, v.to_vec()))
-                    .collect();
-                Ok(plan(ops, |_| Reply::ok()))
-            }
-            "incr" | "decr" | "incrby" | "decrby" => {
-                if self.db != Db::Cache {
-                    return Err(not_on_kv(name));
-                }
-                let k = key(&args[1])?;
-                self.writable(&k)?;
-                let by = match name {
-                    "incr" => 1,
-                    "decr" => -1,
-                    "incrby" => int(&args[2])?,
-                    _ => int(&args[2])?
-                        .checked_neg()
-                        .ok_or_else(|| Reply::err("decrement would overflow"))?,
-                };
-                let op = CacheCmd::Incr {
-                    key: k,
-                    by,
-                    limits: self.cache_limits(),
-                };
-                Ok(plan(vec![op.into()], |r| match cache_result(r) {
-                    Ok(CacheResult::Counter(n)) => Reply::Int(*n),
-                    Ok(CacheResult::NotInteger) => {
-                        Reply::err("value is not an integer or out of range")
-                    }
-                    Ok(CacheResult::Overflow) => {
-                        Reply::err("increment or decrement would overflow")
-                    }
-                    Ok(other) => Reply::err(format!("internal: unexpected answer {other:?}")),
-                    Err(e) => e,
-                }))
-            }
-            "expire" | "pexpire" => {
-                if self.db != Db::Cache {
-                    return Err(not_on_kv(name));
-                }
-                let k = key(&args[1])?;
-                self.writable(&k)?;
-                if args.len() > 3 {
-                    return Err(Reply::err(format!(
-                        "{} options NX, XX, GT and LT are not supported",
-                        name.to_ascii_uppercase()
-                    )));
-                }
-                let n = int(&args[2])?;
-                let unit = if name == "expire" { 1000 } else { 1 };
-                if n <= 0 {
-                    // As in Redis: a TTL in the past deletes the key.
-                    return Ok(plan(vec![CacheCmd::Delete { key: k }.into()], removed));
-                }
-                let ttl_ms = (n as u64).checked_mul(unit).ok_or_else(|| {
-                    Reply::err(format!("invalid expire time in '{name}' command"))
-                })?;
-                let op = CacheCmd::Expire {
-                    key: k,
-                    ttl_ms: Some(cache_ttl_ok(ttl_ms, name)?),
-                };
-                Ok(plan(vec![op.into()], touched))
-            }
-            "persist" => {
-                if self.db != Db::Cache {
-                    return Err(not_on_kv(name));
-                }
-                let k = key(&args[1])?;
-                self.writable(&k)?;
-                // Answers 0 for a key without a TTL, as Redis does (decided in apply).
-                let op = CacheCmd::Expire {
-                    key: k,
-                    ttl_ms: None,
-                };
-                Ok(plan(vec![op.into()], touched))
-            }
-            "delifeq" | "delex" => {
-                if self.db != Db::Cache {
-                    return Err(not_on_kv(name));
-                }
-                let k = key(&args[1])?;
-                self.writable(&k)?;
-                let value = match (name, args.len()) {
-                    ("delifeq", 3) => args[2].to_vec(),
-                    ("delex", 4) if args[2].eq_ignore_ascii_case(b"ifeq") => args[3].to_vec(),
-                    // DELEX key: a plain delete.
-                    ("delex", 2) => {
-                        return Ok(plan(vec![CacheCmd::Delete { key: k }.into()], removed))
-                    }
-                    ("delex", _) => {
-                        return Err(Reply::err(
-                            "DELEX supports the IFEQ condition only (DELEX key IFEQ value)",
-                        ))
-                    }
-                    _ => return Err(syntax()),
-                };
-                let op = CacheCmd::DeleteIfEq { key: k, value };
-                Ok(plan(vec![op.into()], removed))
-            }
+            "del" | "unlink" => self.plan_del(args),
+            "mset" => self.plan_mset(args),
+            "incr" | "decr" | "incrby" | "decrby" => self.plan_incr(name, args),
+            "expire" | "pexpire" => self.plan_expire(name, args),
+            "persist" => self.plan_persist(name, args),
+            "delifeq" | "delex" => self.plan_delifeq(name, args),
             _ => Err(Reply::err(format!("internal: {name} is not a write"))),
         }
+    }
+
+    /// `DEL`/`UNLINK` of one or more keys, each once.
+    fn plan_del(&self, args: &[Bytes]) -> Result<Plan, Reply> {
+        let mut keys = args[1..].iter().map(key).collect::<Result<Vec<_>, _>>()?;
+        // A key named twice is deleted once, as in Redis.
+        keys.sort();
+        keys.dedup();
+        let mut ops = Vec::with_capacity(keys.len());
+        for k in keys {
+            self.writable(&k)?;
+            ops.push(match self.db {
+                Db::Cache => CacheCmd::Delete { key: k }.into(),
+                Db::Kv | Db::Locks => KvCmd::Delete {
+                    key: k,
+                    if_revision: None,
+                }
+                .into(),
+            });
+        }
+        Ok(plan(ops, removed))
+    }
+    /// `MSET key value [key value ...]`: one transaction; a key named twice takes its last value.
+    fn plan_mset(&self, args: &[Bytes]) -> Result<Plan, Reply> {
+        if args.len().is_multiple_of(2) {
+            return Err(Reply::err("wrong number of arguments for 'mset' command"));
+        }
+        // A key named twice takes its last value, as in Redis.
+        let mut pairs = std::collections::BTreeMap::new();
+        for pair in args[1..].chunks(2) {
+            let k = key(&pair[0])?;
+            self.writable(&k)?;
+            pairs.insert(k, &pair[1]);
+        }
+        let ops = pairs
+            .into_iter()
+            .map(|(k, v)| self.put(k, v.to_vec()))
+            .collect();
+        Ok(plan(ops, |_| Reply::ok()))
+    }
+    /// `INCR`, `DECR`, `INCRBY`, `DECRBY` on db 0: atomic in the state machine.
+    fn plan_incr(&self, name: &str, args: &[Bytes]) -> Result<Plan, Reply> {
+        if self.db != Db::Cache {
+            return Err(not_on_kv(name));
+        }
+        let k = key(&args[1])?;
+        self.writable(&k)?;
+        let by = match name {
+            "incr" => 1,
+            "decr" => -1,
+            "incrby" => int(&args[2])?,
+            _ => int(&args[2])?
+                .checked_neg()
+                .ok_or_else(|| Reply::err("decrement would overflow"))?,
+        };
+        let op = CacheCmd::Incr {
+            key: k,
+            by,
+            limits: self.cache_limits(),
+        };
+        Ok(plan(vec![op.into()], |r| match cache_result(r) {
+            Ok(CacheResult::Counter(n)) => Reply::Int(*n),
+            Ok(CacheResult::NotInteger) => Reply::err("value is not an integer or out of range"),
+            Ok(CacheResult::Overflow) => Reply::err("increment or decrement would overflow"),
+            Ok(other) => Reply::err(format!("internal: unexpected answer {other:?}")),
+            Err(e) => e,
+        }))
+    }
+    /// `EXPIRE`/`PEXPIRE key ttl` on db 0: a TTL in the past deletes the key.
+    fn plan_expire(&self, name: &str, args: &[Bytes]) -> Result<Plan, Reply> {
+        if self.db != Db::Cache {
+            return Err(not_on_kv(name));
+        }
+        let k = key(&args[1])?;
+        self.writable(&k)?;
+        if args.len() > 3 {
+            return Err(Reply::err(format!(
+                "{} options NX, XX, GT and LT are not supported",
+                name.to_ascii_uppercase()
+            )));
+        }
+        let n = int(&args[2])?;
+        let unit = if name == "expire" { 1000 } else { 1 };
+        if n <= 0 {
+            // As in Redis: a TTL in the past deletes the key.
+            return Ok(plan(vec![CacheCmd::Delete { key: k }.into()], removed));
+        }
+        let ttl_ms = (n as u64)
+            .checked_mul(unit)
+            .ok_or_else(|| Reply::err(format!("invalid expire time in '{name}' command")))?;
+        let op = CacheCmd::Expire {
+            key: k,
+            ttl_ms: Some(cache_ttl_ok(ttl_ms, name)?),
+        };
+        Ok(plan(vec![op.into()], touched))
+    }
+    /// `PERSIST key` on db 0.
+    fn plan_persist(&self, name: &str, args: &[Bytes]) -> Result<Plan, Reply> {
+        if self.db != Db::Cache {
+            return Err(not_on_kv(name));
+        }
+        let k = key(&args[1])?;
+        self.writable(&k)?;
+        // Answers 0 for a key without a TTL, as Redis does (decided in apply).
+        let op = CacheCmd::Expire {
+            key: k,
+            ttl_ms: None,
+        };
+        Ok(plan(vec![op.into()], touched))
+    }
+    /// `DELIFEQ key value` and `DELEX key [IFEQ value]` on db 0: deletes only while the value is the one given.
+    fn plan_delifeq(&self, name: &str, args: &[Bytes]) -> Result<Plan, Reply> {
+        if self.db != Db::Cache {
+            return Err(not_on_kv(name));
+        }
+        let k = key(&args[1])?;
+        self.writable(&k)?;
+        let value = match (name, args.len()) {
+            ("delifeq", 3) => args[2].to_vec(),
+            ("delex", 4) if args[2].eq_ignore_ascii_case(b"ifeq") => args[3].to_vec(),
+            // DELEX key: a plain delete.
+            ("delex", 2) => return Ok(plan(vec![CacheCmd::Delete { key: k }.into()], removed)),
+            ("delex", _) => {
+                return Err(Reply::err(
+                    "DELEX supports the IFEQ condition only (DELEX key IFEQ value)",
+                ))
+            }
+            _ => return Err(syntax()),
+        };
+        let op = CacheCmd::DeleteIfEq { key: k, value };
+        Ok(plan(vec![op.into()], removed))
     }
 
     /// A plain write of `value` under `k`, with no TTL.
@@ -327,35 +379,7 @@ impl Conn {
     fn plan_set(&self, args: &[Bytes]) -> Result<Plan, Reply> {
         let k = key(&args[1])?;
         let value = args[2].to_vec();
-        let mut only = None;
-        let mut get = false;
-        let mut ttl = CacheTtl::None;
-        let mut i = 3;
-        while i < args.len() {
-            let opt = args[i].to_ascii_uppercase();
-            let next = args.get(i + 1);
-            match (opt.as_slice(), next) {
-                (b"NX", _) if only.is_none() => only = Some(CacheCond::Absent),
-                (b"XX", _) if only.is_none() => only = Some(CacheCond::Present),
-                (b"GET", _) => get = true,
-                (b"KEEPTTL", _) if ttl == CacheTtl::None => ttl = CacheTtl::Keep,
-                (b"EX" | b"PX" | b"EXAT" | b"PXAT", Some(v)) if ttl == CacheTtl::None => {
-                    let unit = if opt.starts_with(b"E") { 1000 } else { 1 };
-                    let ms = expiry_ms(v, unit, "set")?;
-                    ttl = if opt.ends_with(b"AT") {
-                        if ms.saturating_sub(now_ms()) > CACHE_TTL_MS_MAX && self.db == Db::Cache {
-                            cache_ttl_ok(u64::MAX, "set")?;
-                        }
-                        CacheTtl::At(ms)
-                    } else {
-                        CacheTtl::In(ms)
-                    };
-                    i += 1;
-                }
-                _ => return Err(syntax()),
-            }
-            i += 1;
-        }
+        let SetOptions { only, get, ttl } = self.set_options(&args[3..])?;
         self.writable(&k)?;
         if get {
             self.readable(&k)?;
@@ -383,37 +407,45 @@ impl Conn {
                     Err(e) => e,
                 }))
             }
-            Db::Kv | Db::Locks => {
-                if get || only == Some(CacheCond::Present) || ttl == CacheTtl::Keep {
-                    return Err(Reply::err(
-                        "SET with XX, GET or KEEPTTL is supported on db 0 (the cache) only; \
-                         on db 1 (the key-value store) use NX, EX, PX, EXAT or PXAT",
-                    ));
-                }
-                let ttl_ms = match ttl {
-                    CacheTtl::In(ms) => Some(ms),
-                    CacheTtl::At(at) => Some(at.saturating_sub(now_ms()).max(1)),
-                    _ => None,
-                };
-                if ttl_ms.is_some_and(|t| t > KV_TTL_MS_MAX) {
-                    return Err(Reply::err(
-                        "invalid expire time in 'set' command: keys live at most 100 years",
-                    ));
-                }
-                let op = KvCmd::Put {
-                    key: k,
-                    value,
-                    if_revision: only.map(|_| 0),
-                    ttl_ms,
-                };
-                Ok(plan(vec![op.into()], |r| match kv_result(r) {
-                    Ok(KvResult::Put { .. }) => Reply::ok(),
-                    Ok(KvResult::Conflict { .. }) => Reply::Nil,
-                    Ok(other) => Reply::err(format!("internal: unexpected answer {other:?}")),
-                    Err(e) => e,
-                }))
-            }
+            Db::Kv | Db::Locks => kv_set(k, value, only, get, ttl),
         }
+    }
+
+    /// `SET`'s options after the value: `NX`/`XX`, `GET`, and one of `KEEPTTL`, `EX`, `PX`,
+    /// `EXAT`, `PXAT`.
+    fn set_options(&self, args: &[Bytes]) -> Result<SetOptions, Reply> {
+        let mut o = SetOptions {
+            only: None,
+            get: false,
+            ttl: CacheTtl::None,
+        };
+        let mut i = 0;
+        while i < args.len() {
+            let opt = args[i].to_ascii_uppercase();
+            let next = args.get(i + 1);
+            match (opt.as_slice(), next) {
+                (b"NX", _) if o.only.is_none() => o.only = Some(CacheCond::Absent),
+                (b"XX", _) if o.only.is_none() => o.only = Some(CacheCond::Present),
+                (b"GET", _) => o.get = true,
+                (b"KEEPTTL", _) if o.ttl == CacheTtl::None => o.ttl = CacheTtl::Keep,
+                (b"EX" | b"PX" | b"EXAT" | b"PXAT", Some(v)) if o.ttl == CacheTtl::None => {
+                    let unit = if opt.starts_with(b"E") { 1000 } else { 1 };
+                    let ms = expiry_ms(v, unit, "set")?;
+                    o.ttl = if opt.ends_with(b"AT") {
+                        if ms.saturating_sub(now_ms()) > CACHE_TTL_MS_MAX && self.db == Db::Cache {
+                            cache_ttl_ok(u64::MAX, "set")?;
+                        }
+                        CacheTtl::At(ms)
+                    } else {
+                        CacheTtl::In(ms)
+                    };
+                    i += 1;
+                }
+                _ => return Err(syntax()),
+            }
+            i += 1;
+        }
+        Ok(o)
     }
 
     /// Proposes a planned write: one operation as itself, several as one transaction.
@@ -564,29 +596,11 @@ impl Conn {
             .ok()
             .and_then(|c| c.parse::<u64>().ok())
             .ok_or_else(|| Reply::err("invalid cursor"))?;
-        let mut pattern: Option<String> = None;
-        let mut count = 10usize;
-        let mut only_strings = true;
-        let mut i = 2;
-        while i < args.len() {
-            let opt = args[i].to_ascii_uppercase();
-            let Some(v) = args.get(i + 1) else {
-                return Err(syntax());
-            };
-            match opt.as_slice() {
-                b"MATCH" => pattern = Some(text(v, "a pattern")?),
-                b"COUNT" => {
-                    let n = int(v)?;
-                    if n < 1 {
-                        return Err(syntax());
-                    }
-                    count = (n as usize).min(SCAN_COUNT_MAX);
-                }
-                b"TYPE" => only_strings = v.eq_ignore_ascii_case(b"string"),
-                _ => return Err(syntax()),
-            }
-            i += 2;
-        }
+        let ScanOptions {
+            pattern,
+            count,
+            only_strings,
+        } = scan_options(&args[2..])?;
         let prefix = pattern.as_deref().map(literal_prefix).unwrap_or("");
         let resource = self.db.resource();
         let allowed = self
@@ -606,23 +620,7 @@ impl Conn {
                 })?),
             };
         self.barrier().await?;
-        let (keys, more) = {
-            let state = self.resp.st.cluster.state();
-            let (items, more): (Vec<String>, bool) = match self.db {
-                Db::Cache => {
-                    let (items, more) = state.cache_list(prefix, after.as_deref(), count);
-                    (
-                        items.into_iter().map(|(k, _)| k.to_string()).collect(),
-                        more,
-                    )
-                }
-                Db::Kv | Db::Locks => {
-                    let (items, more) = state.kv_keys(prefix, after.as_deref(), count);
-                    (items.into_iter().map(str::to_string).collect(), more)
-                }
-            };
-            (items, more)
-        };
+        let (keys, more) = self.keys_page(prefix, after.as_deref(), count);
         let next = match (more, keys.last()) {
             (true, Some(last)) => self.resp.cursors.remember(self.db, last.clone()),
             _ => 0,
@@ -642,6 +640,57 @@ impl Conn {
             Reply::Array(matched),
         ]))
     }
+
+    /// Up to `count` of the database's keys under `prefix` after `after`, in key order, and
+    /// whether more remain.
+    fn keys_page(&self, prefix: &str, after: Option<&str>, count: usize) -> (Vec<String>, bool) {
+        let state = self.resp.st.cluster.state();
+        match self.db {
+            Db::Cache => {
+                let (items, more) = state.cache_list(prefix, after, count);
+                let keys = items.into_iter().map(|(k, _)| k.to_string()).collect();
+                (keys, more)
+            }
+            Db::Kv | Db::Locks => {
+                let (items, more) = state.kv_keys(prefix, after, count);
+                (items.into_iter().map(str::to_string).collect(), more)
+            }
+        }
+    }
+}
+
+/// The options of a `SCAN`.
+struct ScanOptions {
+    pattern: Option<String>,
+    count: usize,
+    only_strings: bool,
+}
+
+/// `SCAN`'s options after the cursor: `MATCH pattern`, `COUNT n` (default 10), `TYPE type`.
+fn scan_options(args: &[Bytes]) -> Result<ScanOptions, Reply> {
+    let mut o = ScanOptions {
+        pattern: None,
+        count: 10,
+        only_strings: true,
+    };
+    for pair in args.chunks(2) {
+        let [opt, v] = pair else {
+            return Err(syntax());
+        };
+        match opt.to_ascii_uppercase().as_slice() {
+            b"MATCH" => o.pattern = Some(text(v, "a pattern")?),
+            b"COUNT" => {
+                let n = int(v)?;
+                if n < 1 {
+                    return Err(syntax());
+                }
+                o.count = (n as usize).min(SCAN_COUNT_MAX);
+            }
+            b"TYPE" => o.only_strings = v.eq_ignore_ascii_case(b"string"),
+            _ => return Err(syntax()),
+        }
+    }
+    Ok(o)
 }
 
 fn touched(r: &[OpResponse]) -> Reply {

@@ -254,81 +254,9 @@ impl Primitive for Cache {
                 only,
                 return_previous,
                 limits,
-            } => {
-                let now = cx.now();
-                let current = self.get(key, now);
-                let allowed = match only {
-                    None => true,
-                    Some(CacheCond::Absent) => current.is_none(),
-                    Some(CacheCond::Present) => current.is_some(),
-                };
-                let previous = current
-                    .filter(|_| *return_previous)
-                    .map(|e| serde_bytes::ByteBuf::from(e.value.to_vec()));
-                if allowed {
-                    let expires = match ttl {
-                        CacheTtl::None => None,
-                        CacheTtl::In(t) => Some(now.saturating_add(*t)),
-                        CacheTtl::At(at) => Some(*at),
-                        CacheTtl::Keep => current.and_then(|e| e.expires_at_ms),
-                    };
-                    if expires.is_some_and(|at| at <= now) {
-                        // Already expired (a time in the past): as if written and gone.
-                        self.remove(key, cx.batch);
-                    } else {
-                        self.set(key, value, expires, &[], *limits, cx.batch);
-                    }
-                }
-                CacheResult::Written {
-                    written: allowed,
-                    previous,
-                }
-            }
-            CacheCmd::Incr { key, by, limits } => {
-                let now = cx.now();
-                let current = self.get(key, now);
-                let n = match current.map(|e| parse_i64(&e.value)) {
-                    None => 0,
-                    Some(Some(n)) => n,
-                    Some(None) => return CacheResult::NotInteger,
-                };
-                let Some(n) = n.checked_add(*by) else {
-                    return CacheResult::Overflow;
-                };
-                let (expires, tags) = current
-                    .map(|e| (e.expires_at_ms, e.tags.clone()))
-                    .unwrap_or_default();
-                self.set(
-                    key,
-                    n.to_string().as_bytes(),
-                    expires,
-                    &tags,
-                    *limits,
-                    cx.batch,
-                );
-                CacheResult::Counter(n)
-            }
-            CacheCmd::Expire { key, ttl_ms } => {
-                let now = cx.now();
-                let Some(e) = self.get(key, now) else {
-                    return CacheResult::Touched(false);
-                };
-                if ttl_ms.is_none() && e.expires_at_ms.is_none() {
-                    // Nothing to remove: Redis's PERSIST answers 0 for it.
-                    return CacheResult::Touched(false);
-                }
-                let mut e = e.clone();
-                if let Some(at) = e.expires_at_ms {
-                    self.index.ttl.remove(at, key);
-                }
-                e.expires_at_ms = ttl_ms.map(|t| now.saturating_add(t));
-                if let Some(at) = e.expires_at_ms {
-                    self.index.ttl.insert(at, key.clone());
-                }
-                put_record(cx.batch, prefixed(PREFIX, key), &e);
-                self.entries.insert(key, e);
-                CacheResult::Touched(true)
-            }
+            } => self.set_if(key, value, *ttl, (*only, *return_previous), *limits, cx),
+            CacheCmd::Incr { key, by, limits } => self.incr(key, *by, *limits, cx),
+            CacheCmd::Expire { key, ttl_ms } => self.expire(key, *ttl_ms, cx),
             CacheCmd::DeleteIfEq { key, value } => {
                 let same = self.get(key, cx.now()).is_some_and(|e| e.value == *value);
                 CacheResult::Removed(u64::from(same && self.remove(key, cx.batch)))
@@ -361,6 +289,97 @@ impl Cache {
 
     fn save_meta(&self, batch: &mut SmBatch) {
         put_record(batch, META_KEY.to_vec(), &self.meta);
+    }
+
+    /// `SetIf`: a `SET` with Redis's options (only if absent or present, the previous value,
+    /// a TTL kept, relative or absolute).
+    fn set_if(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        ttl: CacheTtl,
+        (only, return_previous): (Option<CacheCond>, bool),
+        limits: CacheLimits,
+        cx: &mut Cx<'_>,
+    ) -> CacheResult {
+        let now = cx.now();
+        let current = self.get(key, now);
+        let allowed = match only {
+            None => true,
+            Some(CacheCond::Absent) => current.is_none(),
+            Some(CacheCond::Present) => current.is_some(),
+        };
+        let previous = current
+            .filter(|_| return_previous)
+            .map(|e| serde_bytes::ByteBuf::from(e.value.to_vec()));
+        if allowed {
+            let expires = match ttl {
+                CacheTtl::None => None,
+                CacheTtl::In(t) => Some(now.saturating_add(t)),
+                CacheTtl::At(at) => Some(at),
+                CacheTtl::Keep => current.and_then(|e| e.expires_at_ms),
+            };
+            if expires.is_some_and(|at| at <= now) {
+                // Already expired (a time in the past): as if written and gone.
+                self.remove(key, cx.batch);
+            } else {
+                self.set(key, value, expires, &[], limits, cx.batch);
+            }
+        }
+        CacheResult::Written {
+            written: allowed,
+            previous,
+        }
+    }
+
+    /// `Incr`: adds `by` to the integer value (0 when absent), keeping its TTL and tags.
+    fn incr(&mut self, key: &str, by: i64, limits: CacheLimits, cx: &mut Cx<'_>) -> CacheResult {
+        let now = cx.now();
+        let current = self.get(key, now);
+        let n = match current.map(|e| parse_i64(&e.value)) {
+            None => 0,
+            Some(Some(n)) => n,
+            Some(None) => return CacheResult::NotInteger,
+        };
+        let Some(n) = n.checked_add(by) else {
+            return CacheResult::Overflow;
+        };
+        let (expires, tags) = current
+            .map(|e| (e.expires_at_ms, e.tags.clone()))
+            .unwrap_or_default();
+        self.set(
+            key,
+            n.to_string().as_bytes(),
+            expires,
+            &tags,
+            limits,
+            cx.batch,
+        );
+        CacheResult::Counter(n)
+    }
+
+    /// `Expire`: sets (or with `None` removes) a present entry's TTL.
+    fn expire(&mut self, key: &str, ttl_ms: Option<u64>, cx: &mut Cx<'_>) -> CacheResult {
+        let now = cx.now();
+        let Some(e) = self.get(key, now) else {
+            return CacheResult::Touched(false);
+        };
+        if ttl_ms.is_none() && e.expires_at_ms.is_none() {
+            // Nothing to remove: Redis's PERSIST answers 0 for it.
+            return CacheResult::Touched(false);
+        }
+        let mut e = e.clone();
+        let name = key.to_string();
+        if let Some(at) = e.expires_at_ms {
+            self.index.ttl.remove(at, &name);
+        }
+        e.expires_at_ms = ttl_ms.map(|t| now.saturating_add(t));
+        if let Some(at) = e.expires_at_ms {
+            self.index.ttl.insert(at, name);
+        }
+        put_record(cx.batch, prefixed(PREFIX, key), &e);
+        self.entries.insert(key, e);
+        CacheResult::Touched(true)
     }
 
     fn set(

@@ -54,6 +54,8 @@ pub(crate) mod semaphores;
 pub(crate) mod services;
 pub(crate) mod sessions;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use openraft::alias::{LogIdOf, StoredMembershipOf};
 use serde::{Deserialize, Serialize};
 use storage::{Db, SmBatch};
@@ -171,7 +173,6 @@ impl Parts {
     /// The refusal of a command that would pass a count limit in force, if any. The writes
     /// of a transaction count together.
     fn limit_refusal(&self, command: &Command, now: u64) -> Option<Response> {
-        use std::collections::{BTreeMap, BTreeSet};
         let limits = &self.security.limits;
         if *limits
             == (ClusterLimits {
@@ -186,119 +187,183 @@ impl Parts {
         if adds.is_empty() {
             return None;
         }
-        let mut keys = BTreeSet::new();
-        let mut queues = BTreeSet::new();
-        let mut jobs: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut schedules = BTreeSet::new();
-        let mut channels = BTreeSet::new();
-        let mut sessions: BTreeMap<&str, usize> = BTreeMap::new();
-        let (mut tokens, mut join_tokens, mut waiters) = (BTreeSet::new(), 0, 0);
+        self.tally(adds).refusal(self, now)
+    }
+
+    /// What `adds` would add that is not there yet, by limit.
+    fn tally<'a>(&self, adds: Vec<Adds<'a>>) -> Adding<'a> {
+        let mut a = Adding::default();
         for add in adds {
             match add {
                 Adds::Key(k) if self.kv.revision_of(k) == 0 => {
-                    keys.insert(k);
+                    a.keys.insert(k);
                 }
                 Adds::Key(_) => {}
                 Adds::Job { queue } => {
-                    *jobs.entry(queue).or_default() += 1;
+                    *a.jobs.entry(queue).or_default() += 1;
                     if !self.queues.has_queue(queue) {
-                        queues.insert(queue);
+                        a.queues.insert(queue);
                     }
                 }
                 Adds::Schedule { queue, name } if !self.queues.has_schedule(queue, name) => {
-                    schedules.insert((queue, name));
+                    a.schedules.insert((queue, name));
                 }
                 Adds::Schedule { .. } => {}
                 Adds::Channel(c) if !self.channels.has_channel(c) => {
-                    channels.insert(c);
+                    a.channels.insert(c);
                 }
                 Adds::Channel(_) => {}
-                Adds::Session { user } => *sessions.entry(user).or_default() += 1,
+                Adds::Session { user } => *a.sessions.entry(user).or_default() += 1,
                 Adds::Token { accessor_id } if !self.acl.has_token(accessor_id) => {
-                    tokens.insert(accessor_id);
+                    a.tokens.insert(accessor_id);
                 }
                 Adds::Token { .. } => {}
-                Adds::JoinToken => join_tokens += 1,
+                Adds::JoinToken => a.join_tokens += 1,
                 // Only an acquire of a held lock queues its caller.
                 Adds::LockWaiter { lock } if self.locks.current_fence(lock).is_some() => {
-                    waiters += 1
+                    a.waiters += 1
                 }
                 Adds::LockWaiter { .. } => {}
             }
         }
-        let over = |max: u64, have: usize, adding: usize| {
-            max > 0 && adding > 0 && (have + adding) as u64 > max
-        };
-        let refuse = |limit: &str, max: u64, what: String| {
-            Some(Response::LimitReached {
-                limit: limit.to_string(),
-                max,
-                what,
-            })
-        };
-        if over(limits.max_keys, self.kv.len(), keys.len()) {
-            return refuse("limits.max_keys", limits.max_keys, "keys".into());
-        }
-        if over(limits.max_queues, self.queues.queue_count(), queues.len()) {
-            return refuse("limits.max_queues", limits.max_queues, "queues".into());
-        }
-        for (queue, n) in jobs {
-            if over(limits.max_jobs_per_queue, self.queues.job_count(queue), n) {
-                let what = format!("jobs in queue {queue:?}");
-                return refuse("limits.max_jobs_per_queue", limits.max_jobs_per_queue, what);
-            }
-        }
-        if over(
-            limits.max_schedules,
-            self.queues.schedule_count(),
-            schedules.len(),
-        ) {
-            return refuse(
+        a
+    }
+}
+
+/// What one command (the writes of a transaction together) adds, counted as the count
+/// limits count it: new keys, queues, schedules, channels and tokens, jobs per queue,
+/// sessions per user, join tokens and lock waiters.
+#[derive(Default)]
+struct Adding<'a> {
+    keys: BTreeSet<&'a str>,
+    queues: BTreeSet<&'a str>,
+    jobs: BTreeMap<&'a str, usize>,
+    schedules: BTreeSet<(&'a str, &'a str)>,
+    channels: BTreeSet<&'a str>,
+    sessions: BTreeMap<&'a str, usize>,
+    tokens: BTreeSet<&'a str>,
+    join_tokens: usize,
+    waiters: usize,
+}
+
+impl Adding<'_> {
+    /// The refusal of the first limit these additions would pass in `p`, if any.
+    fn refusal(&self, p: &Parts, now: u64) -> Option<Response> {
+        self.whole_refusal(p, now)
+            .or_else(|| self.per_name_refusal(p))
+    }
+
+    /// [`Adding::refusal`] by the counts of the whole state.
+    fn whole_refusal(&self, p: &Parts, now: u64) -> Option<Response> {
+        let l = &p.security.limits;
+        // Counts of the whole state: the limit, its maximum, how many there are (counted only
+        // when some are added: counting the live join tokens walks them), how many are added.
+        type Count<'c> = (&'c str, u64, &'c dyn Fn() -> usize, usize, &'c str);
+        let counts: [Count; 7] = [
+            (
+                "limits.max_keys",
+                l.max_keys,
+                &|| p.kv.len(),
+                self.keys.len(),
+                "keys",
+            ),
+            (
+                "limits.max_queues",
+                l.max_queues,
+                &|| p.queues.queue_count(),
+                self.queues.len(),
+                "queues",
+            ),
+            (
                 "limits.max_schedules",
-                limits.max_schedules,
-                "schedules".into(),
-            );
-        }
-        if over(
-            limits.max_channels,
-            self.channels.channel_count(),
-            channels.len(),
-        ) {
-            return refuse(
+                l.max_schedules,
+                &|| p.queues.schedule_count(),
+                self.schedules.len(),
+                "schedules",
+            ),
+            (
                 "limits.max_channels",
-                limits.max_channels,
-                "channels".into(),
-            );
-        }
-        for (user, n) in sessions {
-            if over(
-                limits.max_sessions_per_user,
-                self.sessions.count_of(user),
-                n,
-            ) {
-                let what = format!("sessions of user {user:?}");
-                let max = limits.max_sessions_per_user;
-                return refuse("limits.max_sessions_per_user", max, what);
+                l.max_channels,
+                &|| p.channels.channel_count(),
+                self.channels.len(),
+                "channels",
+            ),
+            (
+                "limits.max_tokens",
+                l.max_tokens,
+                &|| p.acl.token_count(),
+                self.tokens.len(),
+                "tokens",
+            ),
+            (
+                "limits.max_join_tokens",
+                l.max_join_tokens,
+                &|| p.security.live_join_tokens(now),
+                self.join_tokens,
+                "unexpired join tokens",
+            ),
+            (
+                "limits.max_lock_waiters",
+                l.max_lock_waiters,
+                &|| p.locks.waiter_count(),
+                self.waiters,
+                "callers waiting for locks",
+            ),
+        ];
+        for (limit, max, have, adding, what) in counts {
+            // `have` only when some are added: counting the live join tokens walks them.
+            if max > 0 && adding > 0 && over(max, have(), adding) {
+                return Some(refused(limit, max, what.to_string()));
             }
-        }
-        if over(limits.max_tokens, self.acl.token_count(), tokens.len()) {
-            return refuse("limits.max_tokens", limits.max_tokens, "tokens".into());
-        }
-        if join_tokens > 0
-            && over(
-                limits.max_join_tokens,
-                self.security.live_join_tokens(now),
-                join_tokens,
-            )
-        {
-            let what = "unexpired join tokens".into();
-            return refuse("limits.max_join_tokens", limits.max_join_tokens, what);
-        }
-        if waiters > 0 && over(limits.max_lock_waiters, self.locks.waiter_count(), waiters) {
-            let what = "callers waiting for locks".into();
-            return refuse("limits.max_lock_waiters", limits.max_lock_waiters, what);
         }
         None
+    }
+
+    /// [`Adding::refusal`] by the counts per name: jobs per queue, sessions per user.
+    fn per_name_refusal(&self, p: &Parts) -> Option<Response> {
+        let l = &p.security.limits;
+        type PerName<'c> = (
+            &'c str,
+            u64,
+            &'c BTreeMap<&'c str, usize>,
+            &'c dyn Fn(&str) -> usize,
+            &'c str,
+        );
+        let per_name: [PerName; 2] = [
+            (
+                "limits.max_jobs_per_queue",
+                l.max_jobs_per_queue,
+                &self.jobs,
+                &|q| p.queues.job_count(q),
+                "jobs in queue",
+            ),
+            (
+                "limits.max_sessions_per_user",
+                l.max_sessions_per_user,
+                &self.sessions,
+                &|u| p.sessions.count_of(u),
+                "sessions of user",
+            ),
+        ];
+        for (limit, max, adding, have, what) in per_name {
+            if let Some((name, _)) = adding.iter().find(|(n, k)| over(max, have(n), **k)) {
+                return Some(refused(limit, max, format!("{what} {name:?}")));
+            }
+        }
+        None
+    }
+}
+
+/// Whether `adding` more to the `have` there are passes `max` (0: no limit).
+fn over(max: u64, have: usize, adding: usize) -> bool {
+    max > 0 && adding > 0 && (have + adding) as u64 > max
+}
+
+fn refused(limit: &str, max: u64, what: String) -> Response {
+    Response::LimitReached {
+        limit: limit.to_string(),
+        max,
+        what,
     }
 }
 

@@ -341,92 +341,21 @@ impl Primitive for Services {
     type Output = ServiceResult;
 
     fn apply(&mut self, cmd: &ServiceCmd, cx: &mut Cx<'_>) -> ServiceResult {
-        let now = cx.now();
         match cmd {
             ServiceCmd::Register(spec) => self.register(spec, cx),
             ServiceCmd::Deregister {
                 service,
                 id,
                 drain_ms,
-            } => {
-                let key = (service.clone(), id.clone());
-                let Some(inst) = self.instances.get(&key) else {
-                    return ServiceResult::NotFound;
-                };
-                if *drain_ms == 0 {
-                    self.remove(&key, cx);
-                } else {
-                    let mut inst = inst.clone();
-                    let until = now.saturating_add(*drain_ms);
-                    // A second deregistration does not lengthen a drain under way.
-                    inst.draining_until_ms =
-                        Some(inst.draining_until_ms.map_or(until, |u| u.min(until)));
-                    self.store(inst, cx);
-                }
-                self.done()
-            }
-            ServiceCmd::Heartbeat { service, id } => {
-                let key = (service.clone(), id.clone());
-                let Some(inst) = self.instances.get(&key) else {
-                    return ServiceResult::NotFound;
-                };
-                let Some(Check::Ttl { ttl_ms }) = inst.spec.check else {
-                    return ServiceResult::NotTtl;
-                };
-                let mut inst = inst.clone();
-                inst.ttl_expires_at_ms = Some(now.saturating_add(ttl_ms));
-                if inst.status != Health::Passing {
-                    inst.status = Health::Passing;
-                    inst.status_since_ms = now;
-                    inst.output = "heartbeat".into();
-                    self.store(inst, cx);
-                } else {
-                    // Only the deadline moved: no new revision for watchers.
-                    self.store_quietly(inst, cx);
-                }
-                self.done()
-            }
+            } => self.deregister((service, id), *drain_ms, cx),
+            ServiceCmd::Heartbeat { service, id } => self.heartbeat((service, id), cx),
             ServiceCmd::SetStatus {
                 service,
                 id,
                 status,
                 output,
-            } => {
-                let key = (service.clone(), id.clone());
-                let Some(inst) = self.instances.get(&key) else {
-                    return ServiceResult::NotFound;
-                };
-                // The first result is written even when it keeps the status (critical), so the
-                // output says why.
-                if (inst.status != *status || inst.output == NOT_CHECKED)
-                    && inst
-                        .spec
-                        .check
-                        .as_ref()
-                        .is_some_and(Check::is_run_by_cluster)
-                {
-                    let mut inst = inst.clone();
-                    if inst.status != *status {
-                        inst.status = *status;
-                        inst.status_since_ms = now;
-                    }
-                    inst.output = output.clone();
-                    self.store(inst, cx);
-                }
-                self.done()
-            }
-            ServiceCmd::PutRoute { name, route } => {
-                if !self.routes.contains_key(name) && self.routes.len() >= MAX_ROUTES {
-                    return ServiceResult::Limited {
-                        limit: "routes".into(),
-                        max: MAX_ROUTES as u64,
-                    };
-                }
-                cx.put(prefixed(ROUTE_PREFIX, name), route);
-                self.routes.insert(name.clone(), route.clone());
-                self.bump(cx);
-                self.done()
-            }
+            } => self.set_status((service, id), *status, output, cx),
+            ServiceCmd::PutRoute { name, route } => self.put_route(name, route, cx),
             ServiceCmd::DeleteRoute { name } => {
                 if self.routes.remove(name).is_none() {
                     return ServiceResult::NotFound;
@@ -440,6 +369,98 @@ impl Primitive for Services {
 }
 
 impl Services {
+    /// Removes an instance now, or marks it draining for `drain_ms` first.
+    fn deregister(
+        &mut self,
+        (service, id): (&String, &String),
+        drain_ms: u64,
+        cx: &mut Cx<'_>,
+    ) -> ServiceResult {
+        let key = (service.clone(), id.clone());
+        let Some(inst) = self.instances.get(&key) else {
+            return ServiceResult::NotFound;
+        };
+        if drain_ms == 0 {
+            self.remove(&key, cx);
+        } else {
+            let mut inst = inst.clone();
+            let until = cx.now().saturating_add(drain_ms);
+            // A second deregistration does not lengthen a drain under way.
+            inst.draining_until_ms = Some(inst.draining_until_ms.map_or(until, |u| u.min(until)));
+            self.store(inst, cx);
+        }
+        self.done()
+    }
+
+    /// A `ttl` check's report: passing until its TTL passes again.
+    fn heartbeat(&mut self, (service, id): (&String, &String), cx: &mut Cx<'_>) -> ServiceResult {
+        let now = cx.now();
+        let key = (service.clone(), id.clone());
+        let Some(inst) = self.instances.get(&key) else {
+            return ServiceResult::NotFound;
+        };
+        let Some(Check::Ttl { ttl_ms }) = inst.spec.check else {
+            return ServiceResult::NotTtl;
+        };
+        let mut inst = inst.clone();
+        inst.ttl_expires_at_ms = Some(now.saturating_add(ttl_ms));
+        if inst.status != Health::Passing {
+            inst.status = Health::Passing;
+            inst.status_since_ms = now;
+            inst.output = "heartbeat".into();
+            self.store(inst, cx);
+        } else {
+            // Only the deadline moved: no new revision for watchers.
+            self.store_quietly(inst, cx);
+        }
+        self.done()
+    }
+
+    /// The result of a check the cluster runs.
+    fn set_status(
+        &mut self,
+        (service, id): (&String, &String),
+        status: Health,
+        output: &str,
+        cx: &mut Cx<'_>,
+    ) -> ServiceResult {
+        let key = (service.clone(), id.clone());
+        let Some(inst) = self.instances.get(&key) else {
+            return ServiceResult::NotFound;
+        };
+        // The first result is written even when it keeps the status (critical), so the
+        // output says why.
+        if (inst.status != status || inst.output == NOT_CHECKED)
+            && inst
+                .spec
+                .check
+                .as_ref()
+                .is_some_and(Check::is_run_by_cluster)
+        {
+            let mut inst = inst.clone();
+            if inst.status != status {
+                inst.status = status;
+                inst.status_since_ms = cx.now();
+            }
+            inst.output = output.to_string();
+            self.store(inst, cx);
+        }
+        self.done()
+    }
+
+    /// Creates or replaces a route, within [`MAX_ROUTES`].
+    fn put_route(&mut self, name: &String, route: &Route, cx: &mut Cx<'_>) -> ServiceResult {
+        if !self.routes.contains_key(name) && self.routes.len() >= MAX_ROUTES {
+            return ServiceResult::Limited {
+                limit: "routes".into(),
+                max: MAX_ROUTES as u64,
+            };
+        }
+        cx.put(prefixed(ROUTE_PREFIX, name), route);
+        self.routes.insert(name.clone(), route.clone());
+        self.bump(cx);
+        self.done()
+    }
     fn done(&self) -> ServiceResult {
         ServiceResult::Done {
             revision: self.meta.revision,
