@@ -8,6 +8,7 @@ mod cache;
 mod channels;
 mod channels_proc;
 mod cluster_port;
+mod code_shape;
 mod config;
 mod errors;
 mod faults;
