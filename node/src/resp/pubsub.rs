@@ -274,10 +274,10 @@ impl Conn {
     }
 
     /// The confirmation of one (un)subscription: the command, the name, how many remain.
-    fn confirmation(&self, command: &'static str, name: Option<String>) -> Reply {
+    fn confirmation(&self, command: &'static str, name: String) -> Reply {
         Reply::Push(vec![
             Reply::text(command),
-            name.map_or(Reply::Nil, Reply::text),
+            Reply::text(name),
             Reply::Int(self.subs.count()),
         ])
     }
@@ -295,7 +295,12 @@ impl Conn {
             names
         };
         if names.is_empty() {
-            return vec![self.confirmation(command, None)];
+            // Nothing to leave: one confirmation with no name and a count of 0.
+            return vec![Reply::Push(vec![
+                Reply::text(command),
+                Reply::Nil,
+                Reply::Int(0),
+            ])];
         }
         let mut replies = Vec::with_capacity(names.len());
         for n in names {
@@ -303,7 +308,7 @@ impl Conn {
             if set.remove(&n) {
                 remove(map, &n);
             }
-            replies.push(self.confirmation(command, Some(n)));
+            replies.push(self.confirmation(command, n));
         }
         if !self.subs.active() {
             self.subs.live = None;
@@ -349,7 +354,7 @@ impl Conn {
             if set.insert(n.clone()) {
                 add(map, &n);
             }
-            replies.push(self.confirmation(command, Some(n)));
+            replies.push(self.confirmation(command, n));
         }
         Ok(replies)
     }

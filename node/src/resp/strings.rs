@@ -69,6 +69,7 @@ impl Cursors {
 }
 
 /// The options of a `SET`.
+#[derive(Clone, Copy)]
 struct SetOptions {
     only: Option<CacheCond>,
     get: bool,
@@ -76,13 +77,8 @@ struct SetOptions {
 }
 
 /// `SET` on db 1 (the key-value store): `NX` and a TTL, not `XX`, `GET` or `KEEPTTL`.
-fn kv_set(
-    k: String,
-    value: Vec<u8>,
-    only: Option<CacheCond>,
-    get: bool,
-    ttl: CacheTtl,
-) -> Result<Plan, Reply> {
+fn kv_set(k: String, value: Vec<u8>, options: SetOptions) -> Result<Plan, Reply> {
+    let SetOptions { only, get, ttl } = options;
     if get || only == Some(CacheCond::Present) || ttl == CacheTtl::Keep {
         return Err(Reply::err(
             "SET with XX, GET or KEEPTTL is supported on db 0 (the cache) only; \
@@ -223,6 +219,16 @@ impl Conn {
         }
     }
 
+    /// The key of a command db 0 (the cache) alone has, once the caller may write it.
+    fn cache_key(&self, name: &str, args: &[Bytes]) -> Result<String, Reply> {
+        if self.db != Db::Cache {
+            return Err(not_on_kv(name));
+        }
+        let k = key(&args[1])?;
+        self.writable(&k)?;
+        Ok(k)
+    }
+
     /// `DEL`/`UNLINK` of one or more keys, each once.
     fn plan_del(&self, args: &[Bytes]) -> Result<Plan, Reply> {
         let mut keys = args[1..].iter().map(key).collect::<Result<Vec<_>, _>>()?;
@@ -243,6 +249,7 @@ impl Conn {
         }
         Ok(plan(ops, removed))
     }
+
     /// `MSET key value [key value ...]`: one transaction; a key named twice takes its last value.
     fn plan_mset(&self, args: &[Bytes]) -> Result<Plan, Reply> {
         if args.len().is_multiple_of(2) {
@@ -261,13 +268,10 @@ impl Conn {
             .collect();
         Ok(plan(ops, |_| Reply::ok()))
     }
+
     /// `INCR`, `DECR`, `INCRBY`, `DECRBY` on db 0: atomic in the state machine.
     fn plan_incr(&self, name: &str, args: &[Bytes]) -> Result<Plan, Reply> {
-        if self.db != Db::Cache {
-            return Err(not_on_kv(name));
-        }
-        let k = key(&args[1])?;
-        self.writable(&k)?;
+        let k = self.cache_key(name, args)?;
         let by = match name {
             "incr" => 1,
             "decr" => -1,
@@ -289,13 +293,10 @@ impl Conn {
             Err(e) => e,
         }))
     }
+
     /// `EXPIRE`/`PEXPIRE key ttl` on db 0: a TTL in the past deletes the key.
     fn plan_expire(&self, name: &str, args: &[Bytes]) -> Result<Plan, Reply> {
-        if self.db != Db::Cache {
-            return Err(not_on_kv(name));
-        }
-        let k = key(&args[1])?;
-        self.writable(&k)?;
+        let k = self.cache_key(name, args)?;
         if args.len() > 3 {
             return Err(Reply::err(format!(
                 "{} options NX, XX, GT and LT are not supported",
@@ -317,13 +318,10 @@ impl Conn {
         };
         Ok(plan(vec![op.into()], touched))
     }
+
     /// `PERSIST key` on db 0.
     fn plan_persist(&self, name: &str, args: &[Bytes]) -> Result<Plan, Reply> {
-        if self.db != Db::Cache {
-            return Err(not_on_kv(name));
-        }
-        let k = key(&args[1])?;
-        self.writable(&k)?;
+        let k = self.cache_key(name, args)?;
         // Answers 0 for a key without a TTL, as Redis does (decided in apply).
         let op = CacheCmd::Expire {
             key: k,
@@ -331,13 +329,10 @@ impl Conn {
         };
         Ok(plan(vec![op.into()], touched))
     }
+
     /// `DELIFEQ key value` and `DELEX key [IFEQ value]` on db 0: deletes only while the value is the one given.
     fn plan_delifeq(&self, name: &str, args: &[Bytes]) -> Result<Plan, Reply> {
-        if self.db != Db::Cache {
-            return Err(not_on_kv(name));
-        }
-        let k = key(&args[1])?;
-        self.writable(&k)?;
+        let k = self.cache_key(name, args)?;
         let value = match (name, args.len()) {
             ("delifeq", 3) => args[2].to_vec(),
             ("delex", 4) if args[2].eq_ignore_ascii_case(b"ifeq") => args[3].to_vec(),
@@ -379,7 +374,8 @@ impl Conn {
     fn plan_set(&self, args: &[Bytes]) -> Result<Plan, Reply> {
         let k = key(&args[1])?;
         let value = args[2].to_vec();
-        let SetOptions { only, get, ttl } = self.set_options(&args[3..])?;
+        let options = self.set_options(&args[3..])?;
+        let SetOptions { only, get, ttl } = options;
         self.writable(&k)?;
         if get {
             self.readable(&k)?;
@@ -407,7 +403,7 @@ impl Conn {
                     Err(e) => e,
                 }))
             }
-            Db::Kv | Db::Locks => kv_set(k, value, only, get, ttl),
+            Db::Kv | Db::Locks => kv_set(k, value, options),
         }
     }
 

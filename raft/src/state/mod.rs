@@ -247,110 +247,132 @@ struct Adding<'a> {
 }
 
 impl Adding<'_> {
-    /// The refusal of the first limit these additions would pass in `p`, if any.
+    /// The refusal of the first limit these additions would pass in `p`, if any, checked in
+    /// one fixed order (a command over several limits is told the first).
     fn refusal(&self, p: &Parts, now: u64) -> Option<Response> {
-        self.whole_refusal(p, now)
-            .or_else(|| self.per_name_refusal(p))
+        let [keys, queues, schedules, channels, tokens, join_tokens, waiters] = self.counts(p);
+        let [jobs, sessions] = self.counts_per_name(p);
+        let first = |counts: &[Count]| counts.iter().find_map(|c| c.refusal(p, now));
+        first(&[keys, queues])
+            .or_else(|| jobs.refusal(p))
+            .or_else(|| first(&[schedules, channels]))
+            .or_else(|| sessions.refusal(p))
+            .or_else(|| first(&[tokens, join_tokens, waiters]))
     }
 
-    /// [`Adding::refusal`] by the counts of the whole state.
-    fn whole_refusal(&self, p: &Parts, now: u64) -> Option<Response> {
+    /// The limits on counts of the whole state, with what these additions add to each.
+    fn counts(&self, p: &Parts) -> [Count; 7] {
         let l = &p.security.limits;
-        // Counts of the whole state: the limit, its maximum, how many there are (counted only
-        // when some are added: counting the live join tokens walks them), how many are added.
-        type Count<'c> = (&'c str, u64, &'c dyn Fn() -> usize, usize, &'c str);
-        let counts: [Count; 7] = [
-            (
+        [
+            Count(
                 "limits.max_keys",
                 l.max_keys,
-                &|| p.kv.len(),
+                |p, _| p.kv.len(),
                 self.keys.len(),
                 "keys",
             ),
-            (
+            Count(
                 "limits.max_queues",
                 l.max_queues,
-                &|| p.queues.queue_count(),
+                |p, _| p.queues.queue_count(),
                 self.queues.len(),
                 "queues",
             ),
-            (
+            Count(
                 "limits.max_schedules",
                 l.max_schedules,
-                &|| p.queues.schedule_count(),
+                |p, _| p.queues.schedule_count(),
                 self.schedules.len(),
                 "schedules",
             ),
-            (
+            Count(
                 "limits.max_channels",
                 l.max_channels,
-                &|| p.channels.channel_count(),
+                |p, _| p.channels.channel_count(),
                 self.channels.len(),
                 "channels",
             ),
-            (
+            Count(
                 "limits.max_tokens",
                 l.max_tokens,
-                &|| p.acl.token_count(),
+                |p, _| p.acl.token_count(),
                 self.tokens.len(),
                 "tokens",
             ),
-            (
+            Count(
                 "limits.max_join_tokens",
                 l.max_join_tokens,
-                &|| p.security.live_join_tokens(now),
+                |p, now| p.security.live_join_tokens(now),
                 self.join_tokens,
                 "unexpired join tokens",
             ),
-            (
+            Count(
                 "limits.max_lock_waiters",
                 l.max_lock_waiters,
-                &|| p.locks.waiter_count(),
+                |p, _| p.locks.waiter_count(),
                 self.waiters,
                 "callers waiting for locks",
             ),
-        ];
-        for (limit, max, have, adding, what) in counts {
-            // `have` only when some are added: counting the live join tokens walks them.
-            if max > 0 && adding > 0 && over(max, have(), adding) {
-                return Some(refused(limit, max, what.to_string()));
-            }
-        }
-        None
+        ]
     }
 
-    /// [`Adding::refusal`] by the counts per name: jobs per queue, sessions per user.
-    fn per_name_refusal(&self, p: &Parts) -> Option<Response> {
+    /// The limits on counts per name (jobs per queue, sessions per user), with what these
+    /// additions add under each name.
+    fn counts_per_name(&self, p: &Parts) -> [PerName<'_>; 2] {
         let l = &p.security.limits;
-        type PerName<'c> = (
-            &'c str,
-            u64,
-            &'c BTreeMap<&'c str, usize>,
-            &'c dyn Fn(&str) -> usize,
-            &'c str,
-        );
-        let per_name: [PerName; 2] = [
-            (
+        [
+            PerName(
                 "limits.max_jobs_per_queue",
                 l.max_jobs_per_queue,
+                |p, q| p.queues.job_count(q),
                 &self.jobs,
-                &|q| p.queues.job_count(q),
                 "jobs in queue",
             ),
-            (
+            PerName(
                 "limits.max_sessions_per_user",
                 l.max_sessions_per_user,
+                |p, u| p.sessions.count_of(u),
                 &self.sessions,
-                &|u| p.sessions.count_of(u),
                 "sessions of user",
             ),
-        ];
-        for (limit, max, adding, have, what) in per_name {
-            if let Some((name, _)) = adding.iter().find(|(n, k)| over(max, have(n), **k)) {
-                return Some(refused(limit, max, format!("{what} {name:?}")));
-            }
-        }
-        None
+        ]
+    }
+}
+
+/// A limit on a count of the whole state: its name, its maximum (0: none), how many there are,
+/// how many a command adds, and what they are.
+struct Count(
+    &'static str,
+    u64,
+    fn(&Parts, u64) -> usize,
+    usize,
+    &'static str,
+);
+
+impl Count {
+    fn refusal(&self, p: &Parts, now: u64) -> Option<Response> {
+        let Count(limit, max, have, adding, what) = *self;
+        // `have` only when some are added: counting the live join tokens walks them.
+        (max > 0 && adding > 0 && over(max, have(p, now), adding))
+            .then(|| refused(limit, max, what.to_string()))
+    }
+}
+
+/// A limit on a count per name: its name, its maximum (0: none), how many a name has, how many
+/// a command adds under each name, and what they are.
+struct PerName<'a>(
+    &'static str,
+    u64,
+    fn(&Parts, &str) -> usize,
+    &'a BTreeMap<&'a str, usize>,
+    &'static str,
+);
+
+impl PerName<'_> {
+    fn refusal(&self, p: &Parts) -> Option<Response> {
+        let PerName(limit, max, have, adding, what) = *self;
+        let (name, _) = adding.iter().find(|(n, k)| over(max, have(p, n), **k))?;
+        Some(refused(limit, max, format!("{what} {name:?}")))
     }
 }
 
