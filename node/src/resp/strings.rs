@@ -21,6 +21,20 @@ use crate::cluster::now_ms;
 /// A key found by a read: its value and the milliseconds it has left (`None`: no TTL).
 type Found = (Bytes, Option<u64>);
 
+/// Values up to this size are copied out of the cache rather than shared.
+const COPIED_VALUE_BYTES: usize = 1024;
+
+/// A cache value for a reply: a small one copied (a fresh allocation the thread owns), a
+/// larger one shared. Sharing costs two atomic updates of a count that other readers' cores
+/// touch too, and a cache miss to reach it; for a small value that is more than the copy.
+fn shared_or_copied(value: &Bytes) -> Bytes {
+    if value.len() <= COPIED_VALUE_BYTES {
+        Bytes::copy_from_slice(value)
+    } else {
+        value.clone()
+    }
+}
+
 /// Longest TTL of a key of the key-value store set over RESP: 100 years.
 const KV_TTL_MS_MAX: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
 /// Most keys one `SCAN` call examines (`COUNT` is capped to it).
@@ -574,7 +588,7 @@ impl Conn {
         let found = match self.db {
             Db::Cache => state
                 .cache_get(k)
-                .map(|e| (e.value.clone(), e.expires_at_ms)),
+                .map(|e| (shared_or_copied(&e.value), e.expires_at_ms)),
             Db::Kv | Db::Locks => state
                 .get(k)
                 .map_err(|e| Reply::err(e.to_string()))?
