@@ -23,7 +23,7 @@
 #   ROWS           space-separated row ids to run [all]: put-1 put-64 get-64 stale-64 cache-64
 #                  lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set resp-publish
 #   RESP_REQUESTS [200000]  requests per redis-benchmark run of the RESP GET rows (x4 with
-#                  -P 16, /10 for SET)
+#                  -P 16, /2 for SET: several seconds of replicated writes, not one)
 #   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]  (the cluster without access control:
 #                  these ports + 10)
 #   ETCD_CLIENT_PORT [2379] ETCD_PEER_PORT [2380]  REDIS_PORT [6379] (Redis on 127.0.0.1)
@@ -444,7 +444,7 @@ resp_rows() {
     resp_row resp-get-p16 "RESP GET pipelined 16 deep, 64 conns (stackd follower cache)" \
         "$follower" redis "$REDIS_PORT" -t get -P 16 -n "$((RESP_REQUESTS * 4))"
     resp_row resp-set "RESP SET, 64 conns (stackd leader, replicated; Redis appendfsync always)" \
-        "$leader" redis-aof "$REDIS_AOF_PORT" -t set -n "$((RESP_REQUESTS / 10))"
+        "$leader" redis-aof "$REDIS_AOF_PORT" -t set -n "$((RESP_REQUESTS / 2))"
 }
 
 # --- the gateway against nginx -----------------------------------------------------------

@@ -158,6 +158,8 @@ pub(super) struct Cache {
     entries: Names<CacheEntry>,
     index: Index,
     meta: CacheMeta,
+    /// `meta` changed since it was last written (it is written once per applied batch).
+    meta_dirty: bool,
 }
 
 /// What is derived from the entries: write order (eviction), tags, deadlines, the byte count.
@@ -227,6 +229,12 @@ impl Part for Cache {
     fn next_deadline(&self) -> Option<u64> {
         self.index.ttl.next()
     }
+
+    fn end_batch(&mut self, batch: &mut SmBatch) {
+        if std::mem::take(&mut self.meta_dirty) {
+            put_record(batch, META_KEY.to_vec(), &self.meta);
+        }
+    }
 }
 
 impl Primitive for Cache {
@@ -285,10 +293,6 @@ impl Cache {
         self.index.drop(key, &e);
         batch.delete(prefixed(PREFIX, key));
         true
-    }
-
-    fn save_meta(&self, batch: &mut SmBatch) {
-        put_record(batch, META_KEY.to_vec(), &self.meta);
     }
 
     /// `SetIf`: a `SET` with Redis's options (only if absent or present, the previous value,
@@ -420,7 +424,7 @@ impl Cache {
             self.remove(&oldest, batch);
             self.meta.evictions += 1;
         }
-        self.save_meta(batch);
+        self.meta_dirty = true;
         CacheResult::Stored
     }
 

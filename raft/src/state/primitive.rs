@@ -26,6 +26,10 @@ pub(crate) trait Part: Sized {
 
     /// The earliest deadline still pending; the leader proposes a `Tick` once it passes.
     fn next_deadline(&self) -> Option<u64>;
+
+    /// Writes what the part keeps once per applied batch rather than once per command (its
+    /// counters, say) into `batch`, if it changed; called before each batch is written.
+    fn end_batch(&mut self, _batch: &mut SmBatch) {}
 }
 
 /// A primitive clients use: a [`Part`] with typed commands and a typed result.
