@@ -221,15 +221,14 @@ impl Db {
         // flushed; the rarely written `meta` would keep them all otherwise. Past this size the
         // column families holding the oldest file are flushed.
         opts.set_max_total_wal_size(memory.memtable_bytes as u64);
-        let cfs = [CF_META, CF_LOGS, CF_SM].into_iter().map(|name| {
-            if name != CF_SM {
-                return ColumnFamilyDescriptor::new(name, cf_opts(memtable_size(&memory)));
-            }
-            let mut o = cf_opts(SM_MEMTABLE_BYTES.min(memtable_size(&memory)));
-            o.set_max_bytes_for_level_base(SM_LEVEL_BASE_BYTES);
-            o.set_target_file_size_base(SM_MEMTABLE_BYTES as u64);
-            ColumnFamilyDescriptor::new(name, o)
-        });
+        let mut sm_opts = cf_opts(SM_MEMTABLE_BYTES.min(memtable_size(&memory)));
+        sm_opts.set_max_bytes_for_level_base(SM_LEVEL_BASE_BYTES);
+        sm_opts.set_target_file_size_base(SM_MEMTABLE_BYTES as u64);
+        let cfs = [
+            ColumnFamilyDescriptor::new(CF_META, cf_opts(memtable_size(&memory))),
+            ColumnFamilyDescriptor::new(CF_LOGS, cf_opts(memtable_size(&memory))),
+            ColumnFamilyDescriptor::new(CF_SM, sm_opts),
+        ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Self {
             db: Arc::new(db),
