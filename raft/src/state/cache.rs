@@ -4,7 +4,8 @@
 //! serves its own): entries are evicted in the order they were last written, oldest first,
 //! against the bounds carried in the write that overflowed them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -17,6 +18,8 @@ use crate::codec;
 
 const PREFIX: &[u8] = b"c:";
 const META_KEY: &[u8] = b"m:cache";
+/// Stale pairs the write order may hold beyond one per entry before they are dropped.
+const STALE_SLACK: usize = 1024;
 
 /// A cache write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,15 +168,19 @@ pub(super) struct Cache {
 /// What is derived from the entries: write order (eviction), tags, deadlines, the byte count.
 #[derive(Default, Debug)]
 struct Index {
-    by_seq: BTreeMap<u64, String>,
+    /// `(seq, name)` of each write, oldest first. A name written again or removed leaves its
+    /// old pair behind rather than being searched for: eviction skips a pair whose entry is
+    /// gone or carries another `seq`, and [`Cache::set`] drops them in bulk once they
+    /// outnumber the entries. Eviction still takes the live entry with the smallest `seq`.
+    by_seq: VecDeque<(u64, Arc<str>)>,
     by_tag: BTreeSet<(String, String)>,
     ttl: Deadlines<String>,
     bytes: u64,
 }
 
 impl Index {
-    fn add(&mut self, key: &str, e: &CacheEntry) {
-        self.by_seq.insert(e.seq, key.to_string());
+    fn add(&mut self, key: &Arc<str>, e: &CacheEntry) {
+        self.by_seq.push_back((e.seq, key.clone()));
         for t in &e.tags {
             self.by_tag.insert((t.clone(), key.to_string()));
         }
@@ -183,8 +190,8 @@ impl Index {
         self.bytes += entry_bytes(key, e);
     }
 
+    /// Forgets `e`, `key`'s entry (its pair in `by_seq` goes stale, see there).
     fn drop(&mut self, key: &str, e: &CacheEntry) {
-        self.by_seq.remove(&e.seq);
         for t in &e.tags {
             self.by_tag.remove(&(t.clone(), key.to_string()));
         }
@@ -214,9 +221,15 @@ impl Part for Cache {
             c.meta = codec::decode(&bytes)?;
         }
         for (key, entry) in records::<CacheEntry>(db, PREFIX)? {
-            c.index.add(&key, &entry);
             c.entries.insert(&key, entry);
+            let (name, entry) = c.entries.get_shared(&key).expect("just inserted");
+            c.index.add(name, entry);
         }
+        // Read in key order; eviction goes by write order.
+        c.index
+            .by_seq
+            .make_contiguous()
+            .sort_unstable_by_key(|(seq, _)| *seq);
         Ok(c)
     }
 
@@ -411,21 +424,37 @@ impl Cache {
         if let Some(old) = self.entries.insert(key, entry) {
             self.index.drop(key, &old);
         }
-        let entry = self.entries.get(key).expect("just inserted");
-        self.index.add(key, entry);
+        let (name, entry) = self.entries.get_shared(key).expect("just inserted");
+        self.index.add(name, entry);
         // Evict oldest writes first; the entry just written goes last, and only if it alone
         // is over the bounds.
         while self.entries.len() as u64 > limits.max_entries || self.index.bytes > limits.max_bytes
         {
-            let Some((_, oldest)) = self.index.by_seq.first_key_value() else {
+            let Some(oldest) = self.pop_oldest() else {
                 break;
             };
-            let oldest = oldest.clone();
             self.remove(&oldest, batch);
             self.meta.evictions += 1;
         }
+        if self.index.by_seq.len() > 2 * self.entries.len() + STALE_SLACK {
+            let entries = &self.entries;
+            self.index
+                .by_seq
+                .retain(|(seq, name)| entries.get(name).is_some_and(|e| e.seq == *seq));
+        }
         self.meta_dirty = true;
         CacheResult::Stored
+    }
+
+    /// The name of the live entry written longest ago, taken off the write order (stale pairs
+    /// met on the way are dropped).
+    fn pop_oldest(&mut self) -> Option<Arc<str>> {
+        while let Some((seq, name)) = self.index.by_seq.pop_front() {
+            if self.entries.get(&name).is_some_and(|e| e.seq == seq) {
+                return Some(name);
+            }
+        }
+        None
     }
 
     fn invalidate(&mut self, tags: &[String], batch: &mut SmBatch) -> CacheResult {
@@ -490,5 +519,41 @@ impl Cache {
             h.update(e.seq.to_be_bytes());
         }
         hex::encode(h.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: CacheLimits = CacheLimits {
+        max_entries: 3,
+        max_bytes: u64::MAX,
+    };
+
+    fn set(c: &mut Cache, key: &str) {
+        c.set(key, b"v", None, &[], THREE, &mut SmBatch::default());
+    }
+
+    #[test]
+    fn rewrites_keep_the_write_order_bounded_and_eviction_takes_the_oldest_live_write() {
+        let mut c = Cache::default();
+        set(&mut c, "a");
+        // Far more rewrites than stale pairs are kept for.
+        for i in 0..4 * STALE_SLACK {
+            set(&mut c, if i % 2 == 0 { "b" } else { "c" });
+            assert!(c.index.by_seq.len() <= 2 * c.entries.len() + STALE_SLACK);
+        }
+        assert_eq!(c.counts().evictions, 0);
+        // b's pairs all go stale; a is still the oldest live write, then c.
+        c.remove("b", &mut SmBatch::default());
+        set(&mut c, "d");
+        set(&mut c, "e");
+        assert!(c.get("a", 0).is_none());
+        set(&mut c, "f");
+        assert!(c.get("c", 0).is_none());
+        let left: Vec<&str> = c.entries.iter().map(|(k, _)| k).collect();
+        assert_eq!(left, ["d", "e", "f"]);
+        assert_eq!(c.counts().evictions, 2);
     }
 }

@@ -32,6 +32,12 @@ impl<V> Names<V> {
         self.map.get(name)
     }
 
+    /// The entry and the shared name it is stored under, for indexes that hold the name
+    /// without a copy of their own.
+    pub(crate) fn get_shared(&self, name: &str) -> Option<(&Arc<str>, &V)> {
+        self.map.get_key_value(name)
+    }
+
     pub(crate) fn contains_key(&self, name: &str) -> bool {
         self.map.contains_key(name)
     }
