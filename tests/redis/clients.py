@@ -261,8 +261,13 @@ def pubsub_across_nodes():
     assert client(2).publish(channel, "again") == 2  # both listeners of node 3
     assert sub3.get_message(timeout=10)["data"] == b"again"
     assert local.get_message(timeout=10)["data"] == b"again"
+    assert psub2.get_message(timeout=10)["data"] == b"again"
     sub3.unsubscribe(channel)
     assert sub3.get_message(timeout=5)["type"] == "unsubscribe"
+    # No channel to leave: Redis answers with no name and the patterns still held.
+    psub2.unsubscribe()
+    m = psub2.get_message(timeout=5)
+    assert m["type"] == "unsubscribe" and m["channel"] is None and m["data"] == 1, m
     for s in (sub3, psub2, local):
         s.close()
 

@@ -295,11 +295,12 @@ impl Conn {
             names
         };
         if names.is_empty() {
-            // Nothing to leave: one confirmation with no name and a count of 0.
+            // Nothing to leave: one confirmation with no name and, as Redis answers, the
+            // count of subscriptions of the other kind still held.
             return vec![Reply::Push(vec![
                 Reply::text(command),
                 Reply::Nil,
-                Reply::Int(0),
+                Reply::Int(self.subs.count()),
             ])];
         }
         let mut replies = Vec::with_capacity(names.len());
