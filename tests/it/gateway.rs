@@ -167,6 +167,17 @@ async fn every_gateway_reaches_every_instance_with_sticky_routes_websockets_and_
     )
     .await;
     assert_eq!(body["request_id"], "req-7");
+    // An address a proxy before the gateway recorded comes first.
+    let (_, body) = send(
+        http.get(format!("http://{gw}/"))
+            .header("x-forwarded-for", "10.0.0.1"),
+    )
+    .await;
+    let forwarded_for = body["forwarded_for"].as_str().unwrap();
+    assert!(
+        forwarded_for.starts_with("10.0.0.1, 127."),
+        "{forwarded_for}"
+    );
 
     // A route changed through one node applies on every node within 1 s.
     put_route(

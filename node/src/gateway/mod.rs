@@ -322,7 +322,10 @@ pub async fn bind(
                 });
                 let service = move |peer: SocketAddr| {
                     let gw = gw.clone();
-                    hyper::service::service_fn(move |req| proxy(gw.clone(), peer, req))
+                    // Made once per connection: each of its requests forwards the same address.
+                    let client_ip = HeaderValue::try_from(peer.ip().to_string())
+                        .expect("an IP address is a valid header value");
+                    hyper::service::service_fn(move |req| proxy(gw.clone(), client_ip.clone(), req))
                 };
                 crate::http_server::serve_with(listener, service, timeouts, metrics, stop).await;
                 pool::close().await;
@@ -355,6 +358,12 @@ fn error(status: StatusCode, code: crate::error::ErrorCode, message: String) -> 
 }
 
 /// Headers that belong to one connection and are not passed on (RFC 9110, 7.6.1).
+// Named once rather than parsed from a string on every request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -367,6 +376,11 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over their few names costs less than a lookup for
+    // each hop-by-hop name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     // Headers the Connection header names are hop-by-hop too.
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -438,16 +452,16 @@ fn class_index(status: StatusCode) -> usize {
     (status.as_u16() / 100).clamp(1, 5) as usize - 1
 }
 
-/// Answers one request of a gateway connection from `peer`.
+/// Answers one request of a gateway connection from `client_ip`.
 async fn proxy(
     gw: Arc<Gateway>,
-    peer: SocketAddr,
+    client_ip: HeaderValue,
     req: Request<Incoming>,
 ) -> Result<Response, std::convert::Infallible> {
-    Ok(answer(&gw, peer, req).await)
+    Ok(answer(&gw, &client_ip, req).await)
 }
 
-async fn answer(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Response {
+async fn answer(gw: &Gateway, client_ip: &HeaderValue, req: Request<Incoming>) -> Response {
     let Ok(_permit) = gw.inflight.clone().try_acquire_owned() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -472,7 +486,7 @@ async fn answer(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Respo
         );
     };
     let started = Instant::now();
-    match forward(gw, r, peer, req).await {
+    match forward(gw, r, client_ip, req).await {
         Ok((resp, i)) => {
             r.series[i].classes[class_index(resp.status())].inc();
             resp
@@ -494,7 +508,7 @@ async fn answer(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> Respo
 async fn forward(
     gw: &Gateway,
     r: &Compiled,
-    peer: SocketAddr,
+    client_ip: &HeaderValue,
     req: Request<Incoming>,
 ) -> Result<(Response, usize), Response> {
     let route = &r.route;
@@ -505,15 +519,22 @@ async fn forward(
         .flatten();
     let body = read_body(gw, route, body).await?;
     let hash_key = hash_key(route, &parts.headers);
-    let mut headers = headers_sent_on(std::mem::take(&mut parts.headers), upgrade, peer);
-    let path = upstream_path(route, &parts.uri);
+    let mut headers = headers_sent_on(std::mem::take(&mut parts.headers), upgrade, client_ip);
+    let cannot_send = |e: axum::http::Error| {
+        error(
+            StatusCode::BAD_REQUEST,
+            crate::error::ErrorCode::BadRequest,
+            format!("the request cannot be sent on: {e}"),
+        )
+    };
+    let uri = upstream_uri(route, &parts.uri).map_err(|e| cannot_send(e.into()))?;
     let attempts = 1 + if is_idempotent(&parts.method) && !upgrade {
         route.retries
     } else {
         0
     };
     let mut tried: Vec<&Arc<Upstream>> = Vec::new();
-    let mut last_error = format!("service {} has no healthy instance", route.service);
+    let mut last_error = None;
     for attempt in 0..attempts {
         let now = Instant::now();
         let Some((u, index)) = pick(r, &tried, hash_key.as_deref(), now) else {
@@ -526,17 +547,11 @@ async fn forward(
         } else {
             headers.clone()
         };
-        let out = outgoing(&parts.method, &path, headers, u, &body).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                crate::error::ErrorCode::BadRequest,
-                format!("the request cannot be sent on: {e}"),
-            )
-        })?;
+        let out = outgoing(&parts.method, uri.clone(), headers, u, &body).map_err(cannot_send)?;
         match exchange(gw, r, index, out, now).await {
             Exchange::Answered(resp) => return Ok((sent_back(gw, resp, on_upgrade.take()), index)),
             Exchange::Failed { message, may_retry } => {
-                last_error = message;
+                last_error = Some(message);
                 if !may_retry {
                     break;
                 }
@@ -549,11 +564,9 @@ async fn forward(
     } else {
         StatusCode::BAD_GATEWAY
     };
-    Err(error(
-        status,
-        crate::error::ErrorCode::Unavailable,
-        last_error,
-    ))
+    let message =
+        last_error.unwrap_or_else(|| format!("service {} has no healthy instance", route.service));
+    Err(error(status, crate::error::ErrorCode::Unavailable, message))
 }
 
 /// The request's body, read whole (for retries). A body over the route's limit is read and
@@ -595,7 +608,7 @@ fn hash_key(route: &Route, headers: &HeaderMap) -> Option<String> {
 
 /// The client's headers as they are sent on: without hop-by-hop ones (but an upgrade's),
 /// with `X-Forwarded-For`/`-Proto`/`-Host` and an `X-Request-Id` if the client sent none.
-fn headers_sent_on(mut headers: HeaderMap, upgrade: bool, peer: SocketAddr) -> HeaderMap {
+fn headers_sent_on(mut headers: HeaderMap, upgrade: bool, client_ip: &HeaderValue) -> HeaderMap {
     let upgrade_to = headers.get(header::UPGRADE).cloned();
     let host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut headers);
@@ -605,29 +618,39 @@ fn headers_sent_on(mut headers: HeaderMap, upgrade: bool, peer: SocketAddr) -> H
             headers.insert(header::UPGRADE, u);
         }
     }
-    let client_ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client_ip}"),
-        None => client_ip,
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => {
+            let ip = client_ip.to_str().unwrap_or_default();
+            HeaderValue::try_from(format!("{prev}, {ip}")).ok()
+        }
+        None => Some(client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(h) = host {
-        headers.insert("x-forwarded-host", h);
+        headers.insert(X_FORWARDED_HOST, h);
     }
-    if !headers.contains_key("x-request-id") {
-        headers.insert("x-request-id", request_id());
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID, request_id());
     }
     headers
 }
 
 /// The path and query the instance is asked for: the request's, less the route's prefix
 /// when the route strips it.
-fn upstream_path(route: &Route, uri: &axum::http::Uri) -> String {
+fn upstream_uri(
+    route: &Route,
+    uri: &axum::http::Uri,
+) -> Result<axum::http::Uri, axum::http::uri::InvalidUri> {
+    let strip = route.strip_prefix && route.path_prefix != "/";
+    if !strip && uri.scheme().is_none() && uri.authority().is_none() {
+        // Already a path and query alone: sent on as it came (its bytes are shared).
+        return Ok(uri.clone());
+    }
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    if route.strip_prefix && route.path_prefix != "/" {
+    let path = if strip {
         let rest = &pq[route.path_prefix.len().min(pq.len())..];
         if rest.starts_with('/') {
             rest.to_string()
@@ -636,7 +659,8 @@ fn upstream_path(route: &Route, uri: &axum::http::Uri) -> String {
         }
     } else {
         pq.to_string()
-    }
+    };
+    axum::http::Uri::try_from(path)
 }
 
 /// The route's next instance, by its strategy, among those not `tried` yet (those not ejected
@@ -672,7 +696,7 @@ fn pick<'a>(
 /// The request to send to instance `u` (an error when the path or a header cannot be sent).
 fn outgoing(
     method: &Method,
-    path: &str,
+    uri: axum::http::Uri,
     mut headers: HeaderMap,
     u: &Upstream,
     body: &axum::body::Bytes,
@@ -684,7 +708,7 @@ fn outgoing(
     }
     let mut out = hyper::Request::builder()
         .method(method.clone())
-        .uri(path)
+        .uri(uri)
         .version(hyper::Version::HTTP_11);
     if let Some(h) = out.headers_mut() {
         *h = headers;
@@ -806,5 +830,60 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpg
     let mut server = TokioIo::new(server);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
         debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::try_from(*k).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_not_sent_on() {
+        let mut h = headers(&[
+            ("host", "app.test"),
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("x-end-to-end", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-end-to-end"]);
+        // With none of them, every header stays.
+        let mut plain = headers(&[("host", "app.test"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 2);
+    }
+
+    #[test]
+    fn forwarding_headers_are_added_and_a_client_request_id_kept() {
+        let ip = HeaderValue::from_static("127.0.0.9");
+        let h = headers_sent_on(headers(&[("host", "app.test")]), false, &ip);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.test");
+        assert_eq!(h["x-request-id"].len(), 32);
+        let h = headers_sent_on(
+            headers(&[("x-forwarded-for", "10.0.0.1"), ("x-request-id", "req-7")]),
+            false,
+            &ip,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(h["x-request-id"], "req-7");
     }
 }
