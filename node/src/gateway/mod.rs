@@ -375,27 +375,24 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Removes the hop-by-hop headers, and those the `Connection` header names. One pass over
+/// the message's few names finds them, rather than a lookup for each name that could be one.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none: one pass over their few names costs less than a lookup for
-    // each hop-by-hop name.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
-    }
-    // Headers the Connection header names are hop-by-hop too.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    let named_by_connection = |name: &HeaderName| {
+        headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-    }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+            .any(|n| n.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| HOP_BY_HOP.contains(k) || named_by_connection(k))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
     }
 }
 
