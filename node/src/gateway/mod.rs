@@ -378,9 +378,9 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes the hop-by-hop headers, and those the `Connection` header names. One pass over
 /// the message's few names finds them, rather than a lookup for each name that could be one.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let connection = headers.get_all(header::CONNECTION);
     let named_by_connection = |name: &HeaderName| {
-        headers
-            .get_all(header::CONNECTION)
+        connection
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
