@@ -357,13 +357,13 @@ fn error(status: StatusCode, code: crate::error::ErrorCode, message: String) -> 
     r
 }
 
-/// Headers that belong to one connection and are not passed on (RFC 9110, 7.6.1).
 // Named once rather than parsed from a string on every request.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Headers that belong to one connection and are not passed on (RFC 9110, 7.6.1).
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
