@@ -210,6 +210,11 @@ pub struct CacheCounts {
     pub evictions: u64,
 }
 
+/// Whether a write-order pair is still its entry's latest write (not stale).
+fn is_current(entries: &Names<CacheEntry>, seq: u64, name: &str) -> bool {
+    entries.get(name).is_some_and(|e| e.seq == seq)
+}
+
 fn entry_bytes(key: &str, e: &CacheEntry) -> u64 {
     (key.len() + e.value.len()) as u64
 }
@@ -440,7 +445,7 @@ impl Cache {
             let entries = &self.entries;
             self.index
                 .by_seq
-                .retain(|(seq, name)| entries.get(name).is_some_and(|e| e.seq == *seq));
+                .retain(|(seq, name)| is_current(entries, *seq, name));
         }
         self.meta_dirty = true;
         CacheResult::Stored
@@ -450,7 +455,7 @@ impl Cache {
     /// met on the way are dropped).
     fn pop_oldest(&mut self) -> Option<Arc<str>> {
         while let Some((seq, name)) = self.index.by_seq.pop_front() {
-            if self.entries.get(&name).is_some_and(|e| e.seq == seq) {
+            if is_current(&self.entries, seq, &name) {
                 return Some(name);
             }
         }
