@@ -16,7 +16,8 @@ export STACKD_BIN="$CARGO_TARGET_DIR/release/stackd"
 # Access control off and rate limits out of reach: this measures the server, not the
 # access check (compare.sh measures that separately).
 export STACKD_INSECURE_NO_AUTH=true STACKD_RATE_TOKEN_READS_PER_SEC=1000000000 \
-  STACKD_RATE_TOKEN_WRITES_PER_SEC=1000000000 STACKD_RATE_IP_REQUESTS_PER_SEC=1000000000
+  STACKD_RATE_TOKEN_WRITES_PER_SEC=1000000000 STACKD_RATE_IP_REQUESTS_PER_SEC=1000000000 \
+  STACKD_RATE_WS_CONNECTIONS_PER_SEC=1000000000 STACKD_RATE_WS_MESSAGES_PER_SEC=1000000000
 trap 'deploy/local-cluster.sh stop >/dev/null 2>&1 || true' EXIT
 deploy/local-cluster.sh start >/dev/null
 "$CARGO_TARGET_DIR/release/wsbench" \

@@ -57,6 +57,12 @@ const WRITE_BATCH_MAX: usize = 256;
 const AUTH_RECHECK: Duration = Duration::from_millis(200);
 /// Most channels and watches on one connection.
 pub const WS_SUBSCRIPTIONS_MAX: usize = 1000;
+/// Most bytes one read from a client's socket takes. The WebSocket codec zeroes this much of
+/// its buffer before every read attempt, and the connection's task polls its socket on every
+/// wake-up (each batch of events it is sent), so the default of 128 KiB cost more than the
+/// events themselves. Clients send small JSON requests; a larger message (up to twice
+/// `limits.max_value_bytes`, as for JSON bodies) is simply read in more pieces.
+const WS_READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// WebSocket (JSON text frames)
 #[utoipa::path(
@@ -112,6 +118,7 @@ pub async fn upgrade(
             .into_response();
     };
     ws.max_message_size(json_body_limit(&st))
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| {
             let hub = st.hub.clone();
             hub.connection(async move {
