@@ -33,6 +33,7 @@ use futures::{SinkExt, StreamExt};
 use node::api::ws_protocol::{ClientMessage, Event, Request, ServerMessage};
 use serde::Deserialize;
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 mod hist;
@@ -83,6 +84,9 @@ fn sent_at(text: &str) -> Option<u64> {
         .map(|s| s.t)
 }
 
+/// Most bytes one read from a socket takes.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 struct Window {
     start_us: u64,
     end_us: u64,
@@ -96,9 +100,13 @@ async fn subscriber(
     stop_at_us: u64,
 ) -> Result<(Hist, u64)> {
     let url = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    // The codec zeroes `read_buffer_size` bytes before each read: the 128 KiB default would
+    // cost the client more than the events it reads.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), false)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
     let subscribe = ClientMessage::Subscribe {
         channel,
         since: None,
@@ -109,12 +117,15 @@ async fn subscriber(
     let mut hist = Hist::new();
     let mut late = 0;
     let mut subscribed = false;
+    let stop = tokio::time::sleep(Duration::from_micros(stop_at_us.saturating_sub(now_us())));
+    tokio::pin!(stop);
     loop {
-        let left = stop_at_us.saturating_sub(now_us());
-        let msg = match tokio::time::timeout(Duration::from_micros(left), ws.next()).await {
-            Err(_) => break,
-            Ok(None) => bail!("connection to {base} ended"),
-            Ok(Some(m)) => m?,
+        let msg = tokio::select! {
+            _ = &mut stop => break,
+            m = ws.next() => match m {
+                None => bail!("connection to {base} ended"),
+                Some(m) => m?,
+            },
         };
         let Message::Text(text) = msg else { continue };
         if !subscribed {

@@ -10,7 +10,7 @@
 //! sends it renders its text frame into the batch's slot ([`Hub::rendered`]), the others
 //! share that text.
 //!
-//! Every WebSocket task (a connection, its writer, a publish it waits on) belongs to the hub's
+//! Every WebSocket task (a connection, a publish it waits on) belongs to the hub's
 //! tracker: shutdown closes the connections and waits for those tasks ([`Hub::drain`]).
 
 use std::collections::VecDeque;
@@ -39,7 +39,7 @@ pub struct Hub {
     pub shutdown: CancellationToken,
     /// Cancelled when tasks outlive the drain: they are dropped where they are.
     abandon: CancellationToken,
-    /// Every WebSocket connection, its writer and the publishes it waits on.
+    /// Every WebSocket connection and the publishes it waits on.
     pub tasks: TaskTracker,
     /// WebSocket connections still allowed on this node.
     pub connections: Arc<Semaphore>,
@@ -79,7 +79,7 @@ impl Hub {
             .track_future(abandonable(conn, self.abandon.clone()))
     }
 
-    /// Spawns a task of a connection (its writer, a publish it waits on) on the hub's tracker;
+    /// Spawns a task of a connection (a publish it waits on) on the hub's tracker;
     /// it is dropped if it outlives the drain.
     pub fn spawn<F>(&self, task: F) -> JoinHandle<()>
     where

@@ -56,8 +56,8 @@ async fn shutdown_stops_every_task_and_closes_the_ports() -> Result<()> {
         },
     )
     .await?;
-    // Each connection, and its writer.
-    assert!(tasks.websockets.len() >= 4, "{tasks:?}");
+    // Each connection is a task of the hub (it reads and writes its socket).
+    assert!(tasks.websockets.len() >= 2, "{tasks:?}");
 
     c.stop(0).await;
 

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{
@@ -26,7 +27,6 @@ use axum::extract::ws::{
 use axum::extract::{Extension, RawQuery, State as AxumState, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use raft::command::{ChannelCmd, ChannelResult};
 use raft::state::{ChannelEvent, History, KvEvent, LiveEvent};
@@ -34,7 +34,6 @@ use raft::LiveBatch;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinHandle;
 use tracing::debug;
 
 use super::ws_protocol::{
@@ -50,8 +49,6 @@ use crate::error::{ApiError, BadRequest, ErrorBody, ErrorCode};
 const CATCH_UP_TICK: Duration = Duration::from_millis(10);
 /// How long a closing connection may take to flush its queue and close frame.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most messages written to a socket before one flush.
-const WRITE_BATCH_MAX: usize = 256;
 /// How often a connection checks whether its token was deleted, expired or lost rights (it
 /// reads one counter unless tokens or policies changed).
 const AUTH_RECHECK: Duration = Duration::from_millis(200);
@@ -150,7 +147,7 @@ struct Outbox {
     st: Arc<AppState>,
 }
 
-/// The writer's end of an [`Outbox`]: messages and their sizes in bytes.
+/// The connection task's end of an [`Outbox`]: messages and their sizes in bytes.
 type Queue = mpsc::UnboundedReceiver<(Message, usize)>;
 
 impl Outbox {
@@ -328,12 +325,17 @@ async fn run(
     st.metrics.ws_connections.inc();
     // Join the feed first: whatever a later history read misses is still to come on it.
     let feed = st.hub.subscribe();
-    let (sink, stream) = socket.split();
     let (out, queue) = Outbox::new(&st);
-    let mut writer = st.hub.spawn(write_queue(sink, queue, out.clone()));
+    let mut io = Io {
+        socket,
+        queue,
+        out: out.clone(),
+        unflushed: false,
+        close_sent: false,
+    };
     let mut conn = Conn {
         st: st.clone(),
-        out: out.clone(),
+        out,
         client_id,
         subs: BTreeMap::new(),
         watches: BTreeMap::new(),
@@ -346,73 +348,117 @@ async fn run(
             st.cluster.config().ws.max_pending_publishes,
         )),
     };
-    match conn.serve(stream, feed, &mut writer).await {
-        Some(closing) => close(&out, closing, writer).await,
-        None => writer.abort(),
+    if let Some(closing) = conn.serve(&mut io, feed).await {
+        io.close(closing).await;
     }
+    io.discard();
     conn.leave_all().await;
     st.metrics.ws_connections.dec();
 }
 
-/// Writes what is queued to the socket until the queue ends, a write fails or the close
-/// frame is written. Whatever is still queued then is dropped with the connection.
-async fn write_queue(mut sink: SplitSink<WebSocket, Message>, mut rx: Queue, out: Outbox) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < WRITE_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+/// A connection's socket and its send queue, both served by the connection's own task: each
+/// poll moves what is queued into the socket (as much as it takes, one flush for all of it,
+/// so one system call for many messages) and then reads the client's next frame.
+struct Io {
+    socket: WebSocket,
+    queue: Queue,
+    out: Outbox,
+    /// Messages were handed to the socket since its last flush.
+    unflushed: bool,
+    /// The close frame was handed to the socket: nothing more is sent.
+    close_sent: bool,
+}
+
+/// What a poll of [`Io`] found.
+enum IoEvent {
+    /// A frame from the client, or its end (`None`, an error).
+    Frame(Option<Result<Message, axum::Error>>),
+    /// The close frame was written, or a write failed: the connection is over.
+    Done,
+}
+
+impl Io {
+    /// Writes what is queued, then reads the client's next frame.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<IoEvent> {
+        match self.poll_write(cx) {
+            Poll::Ready(()) => Poll::Ready(IoEvent::Done),
+            Poll::Pending => self.socket.poll_next_unpin(cx).map(IoEvent::Frame),
+        }
+    }
+
+    /// Moves queued messages into the socket while it takes them, and flushes them. Ready
+    /// once the close frame is written or a write failed; pending while the connection goes
+    /// on (woken when more is queued or the socket can take more).
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let (mut count, mut bytes) = (0u64, 0usize);
+        let mut failed = false;
+        while !self.close_sent {
+            match self.socket.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => {
+                    failed = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+            let Poll::Ready(Some((msg, n))) = self.queue.poll_recv(cx) else {
+                break;
+            };
+            self.close_sent = matches!(msg, Message::Close(_));
+            bytes += n;
+            count += 1;
+            if self.socket.start_send_unpin(msg).is_err() {
+                failed = true;
+                break;
+            }
+            self.unflushed = true;
+        }
+        if bytes > 0 {
+            self.out.release(bytes);
+        }
+        if count > 0 {
+            self.out.st.metrics.ws_messages_sent.inc_by(count);
+        }
+        if !failed && self.unflushed {
+            match self.socket.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => failed = true,
+                Poll::Pending => {}
             }
         }
-        let bytes: usize = batch.iter().map(|(_, n)| n).sum();
-        let count = batch.len() as u64;
-        let written = write_batch(&mut sink, &mut batch).await;
-        out.release(bytes);
-        match written {
-            Ok(false) => out.st.metrics.ws_messages_sent.inc_by(count),
-            Ok(true) | Err(_) => break,
+        if failed || (self.close_sent && !self.unflushed) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
-    while let Ok((_, n)) = rx.try_recv() {
-        out.release(n);
-    }
-}
 
-/// Writes `batch` with one flush (one system call for many messages); answers whether it
-/// held the close frame.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    batch: &mut Vec<(Message, usize)>,
-) -> Result<bool, axum::Error> {
-    let close = batch.iter().any(|(m, _)| matches!(m, Message::Close(_)));
-    for (msg, _) in batch.drain(..) {
-        sink.feed(msg).await?;
+    /// Queues the closing error and close frame, and gives the socket a while to take them.
+    async fn close(&mut self, closing: Closing) {
+        let out = &self.out;
+        let error = closing.error(out.limit);
+        let reason = error.code.as_str();
+        out.st
+            .metrics
+            .ws_disconnects
+            .with_label_values(&[reason])
+            .inc();
+        let text = ServerMessage::notice(error).to_text();
+        let n = text.len();
+        out.enqueue(Message::Text(text.into()), n);
+        out.enqueue(Message::Close(Some(closing.frame())), 0);
+        debug!(reason, "closing WebSocket");
+        let written = std::future::poll_fn(|cx| self.poll_write(cx));
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, written).await;
     }
-    sink.flush().await?;
-    Ok(close)
-}
 
-/// Queues the closing error and close frame, and gives the writer a while to send them.
-async fn close(out: &Outbox, closing: Closing, mut writer: JoinHandle<()>) {
-    let error = closing.error(out.limit);
-    let reason = error.code.as_str();
-    out.st
-        .metrics
-        .ws_disconnects
-        .with_label_values(&[reason])
-        .inc();
-    let text = ServerMessage::notice(error).to_text();
-    let n = text.len();
-    out.enqueue(Message::Text(text.into()), n);
-    out.enqueue(Message::Close(Some(closing.frame())), 0);
-    debug!(reason, "closing WebSocket");
-    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
+    /// Drops what is still queued when the connection ends (publishes still waiting on
+    /// their write find the queue closed and release their own bytes).
+    fn discard(&mut self) {
+        self.queue.close();
+        while let Ok((_, n)) = self.queue.try_recv() {
+            self.out.release(n);
+        }
     }
 }
 
@@ -420,15 +466,17 @@ impl Conn {
     /// Serves the connection until the client goes (`None`) or the server closes it.
     async fn serve(
         &mut self,
-        mut stream: SplitStream<WebSocket>,
+        io: &mut Io,
         mut feed: broadcast::Receiver<LiveBatch>,
-        writer: &mut JoinHandle<()>,
     ) -> Option<Closing> {
         let mut pace = tokio::time::interval(CATCH_UP_TICK);
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut recheck = tokio::time::interval(AUTH_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let shutdown = self.st.hub.shutdown.clone();
+        // One future for the whole connection: a new one per turn would join and leave the
+        // token's waiters every time.
+        let shutdown = self.st.hub.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         // Pings keep a healthy client talking (it answers each with a pong); a connection
         // from which nothing arrives for the idle timeout is closed.
         let (ping_ms, idle_ms) = {
@@ -444,12 +492,14 @@ impl Conn {
             let catching_up = self.subs.values().any(|s| s.catch_up.is_some())
                 || self.watches.values().any(|w| w.catching_up);
             tokio::select! {
-                _ = shutdown.cancelled() => return Some(Closing::GoingAway),
-                _ = &mut *writer => return None,
-                frame = stream.next() => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(idle_ms));
-                    if !self.frame(frame).await {
-                        return None;
+                _ = &mut shutdown => return Some(Closing::GoingAway),
+                event = std::future::poll_fn(|cx| io.poll(cx)) => match event {
+                    IoEvent::Done => return None,
+                    IoEvent::Frame(frame) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(idle_ms));
+                        if !self.frame(frame).await {
+                            return None;
+                        }
                     }
                 },
                 _ = ping.tick() => self.out.enqueue(Message::Ping(Default::default()), 0),
