@@ -15,9 +15,9 @@
 //! (`ws_send_buffer_bytes`). A client that lets it fill is sent a final `slow_consumer` error
 //! and a close frame (1008), then dropped; it reconnects and resumes from its last offsets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -138,29 +138,50 @@ async fn moved(mut socket: WebSocket, node: u64, api_addr: String) {
 }
 
 /// The bounded send queue of one connection.
+///
+/// The connection's own task queues into `local`, which it drains itself without waking
+/// anyone; other tasks (a publish waiting for its write) hold a [`Outbox::shared`] copy that
+/// sends through `tx`, which wakes the connection.
 #[derive(Clone)]
 struct Outbox {
-    tx: mpsc::UnboundedSender<(Message, usize)>,
+    local: Option<Arc<Mutex<VecDeque<Queued>>>>,
+    tx: mpsc::UnboundedSender<Queued>,
     queued: Arc<AtomicUsize>,
     overflowed: Arc<AtomicBool>,
     limit: usize,
     st: Arc<AppState>,
 }
 
-/// The connection task's end of an [`Outbox`]: messages and their sizes in bytes.
-type Queue = mpsc::UnboundedReceiver<(Message, usize)>;
+/// A queued message and its size in bytes.
+type Queued = (Message, usize);
+
+/// The connection task's ends of an [`Outbox`].
+struct Queue {
+    local: Arc<Mutex<VecDeque<Queued>>>,
+    rx: mpsc::UnboundedReceiver<Queued>,
+}
 
 impl Outbox {
     fn new(st: &Arc<AppState>) -> (Self, Queue) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let local = Arc::new(Mutex::new(VecDeque::new()));
         let out = Outbox {
+            local: Some(local.clone()),
             tx,
             queued: Arc::new(AtomicUsize::new(0)),
             overflowed: Arc::new(AtomicBool::new(false)),
             limit: st.cluster.config().ws.send_buffer_bytes,
             st: st.clone(),
         };
-        (out, rx)
+        (out, Queue { local, rx })
+    }
+
+    /// A copy for another task: what it queues wakes the connection.
+    fn shared(&self) -> Outbox {
+        Outbox {
+            local: None,
+            ..self.clone()
+        }
     }
 
     /// Queues a text frame; past the byte bound the connection is marked overflowed instead.
@@ -201,8 +222,13 @@ impl Outbox {
     fn enqueue(&self, msg: Message, n: usize) {
         self.queued.fetch_add(n, Ordering::Relaxed);
         self.st.metrics.ws_send_buffer_bytes.add(n as i64);
-        if self.tx.send((msg, n)).is_err() {
-            self.release(n);
+        match &self.local {
+            Some(local) => local.lock().expect("send queue lock").push_back((msg, n)),
+            None => {
+                if self.tx.send((msg, n)).is_err() {
+                    self.release(n);
+                }
+            }
         }
     }
 
@@ -356,6 +382,20 @@ async fn run(
     st.metrics.ws_connections.dec();
 }
 
+impl Queue {
+    /// The next message: the connection's own first, then what other tasks sent (`cx` is
+    /// woken when they send more).
+    fn next(&mut self, cx: &mut Context<'_>) -> Option<Queued> {
+        if let Some(m) = self.local.lock().expect("send queue lock").pop_front() {
+            return Some(m);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(m) => m,
+            Poll::Pending => None,
+        }
+    }
+}
+
 /// A connection's socket and its send queue, both served by the connection's own task: each
 /// poll moves what is queued into the socket (as much as it takes, one flush for all of it,
 /// so one system call for many messages) and then reads the client's next frame.
@@ -401,7 +441,7 @@ impl Io {
                 }
                 Poll::Pending => break,
             }
-            let Poll::Ready(Some((msg, n))) = self.queue.poll_recv(cx) else {
+            let Some((msg, n)) = self.queue.next(cx) else {
                 break;
             };
             self.close_sent = matches!(msg, Message::Close(_));
@@ -455,8 +495,12 @@ impl Io {
     /// Drops what is still queued when the connection ends (publishes still waiting on
     /// their write find the queue closed and release their own bytes).
     fn discard(&mut self) {
-        self.queue.close();
-        while let Ok((_, n)) = self.queue.try_recv() {
+        self.queue.rx.close();
+        let local = std::mem::take(&mut *self.queue.local.lock().expect("send queue lock"));
+        for (_, n) in local {
+            self.out.release(n);
+        }
+        while let Ok((_, n)) = self.queue.rx.try_recv() {
             self.out.release(n);
         }
     }
@@ -834,7 +878,7 @@ impl Conn {
         };
         let command = super::channels::publish_command(&self.st, channel, &data)?;
         let st = self.st.clone();
-        let out = self.out.clone();
+        let out = self.out.shared();
         self.st.hub.spawn(async move {
             let _permit = permit;
             match crate::service::propose(&st.cluster, command, None).await {
