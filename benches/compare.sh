@@ -22,6 +22,7 @@
 #   KEYS [10000]   key space                    VALUE_SIZE [100]  value bytes
 #   ROWS           space-separated row ids to run [all]: put-1 put-64 get-64 stale-64 cache-64
 #                  lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set resp-publish
+#                  ws-fanout
 #   RESP_REQUESTS [200000]  requests per redis-benchmark run of the RESP GET rows (x4 with
 #                  -P 16, /2 for SET: several seconds of replicated writes, not one)
 #   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]  (the cluster without access control:
@@ -30,6 +31,7 @@
 #   REDIS_AOF_PORT [6380] (a second Redis with appendfsync always, for the RESP SET row)
 #   STACKD_RESP_PORT [7601] (stackd's RESP listeners; without access control: + 10)
 #   STACKD_GATEWAY_PORT [7401]  BACKEND_PORT [7501]  NGINX_PORT [7502] (the gateway row)
+#   CEILING_PORT [7701] (the WebSocket row's ceiling server, on 127.0.0.1)
 #   WORK           scratch dir for data and logs [mktemp -d]; KEEP=1 keeps it afterwards
 #   STACKD_BIN     the stackd binary to measure [the release build]; set it to compare two
 #                  builds of stackd, each in a run of its own against the same peers
@@ -65,6 +67,12 @@
 #   package, `worker_processes auto`, upstream keepalive) forward to the same backend (nginx
 #   answering 100 bytes, one worker), both setting X-Forwarded-For/-Proto/-Host and a request
 #   id; wrk drives each with 2 threads and 64 connections. p50/p99 are wrk's.
+# - The WebSocket row: `wsbench`'s 1,000 subscribers on one channel (spread over stackd's
+#   three nodes) and 4 HTTP publish loops (round-robin over the nodes), against `wsceiling`,
+#   a minimal broadcast server on the same WebSocket stack (no replication, no history, no
+#   send-queue bounds: one process holding all 1,000 subscribers). It is not a peer product
+#   but the ceiling: what the stack itself allows on this machine. Delivered messages per
+#   second; p50/p99 from just before the publish to the subscriber's read.
 # - Everything, the load generator included, shares this machine's cores; the ratio, not the
 #   absolute figures, is the result.
 set -euo pipefail
@@ -85,7 +93,8 @@ ROUNDS="${ROUNDS:-1}"
 WARMUP="${WARMUP:-3}"
 KEYS="${KEYS:-10000}"
 VALUE_SIZE="${VALUE_SIZE:-100}"
-ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set resp-publish}"
+ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set resp-publish ws-fanout}"
+CEILING_PORT="${CEILING_PORT:-7701}"
 RESP_REQUESTS="${RESP_REQUESTS:-200000}"
 STACKD_RESP_PORT="${STACKD_RESP_PORT:-7601}"
 REDIS_AOF_PORT="${REDIS_AOF_PORT:-6380}"
@@ -146,7 +155,8 @@ PIDS=()
 STACKD_STARTED=0
 # Rate limits out of reach: checked on every request, never tripped.
 export STACKD_RATE_TOKEN_READS_PER_SEC=1000000000 STACKD_RATE_TOKEN_WRITES_PER_SEC=1000000000 \
-    STACKD_RATE_IP_REQUESTS_PER_SEC=1000000000
+    STACKD_RATE_IP_REQUESTS_PER_SEC=1000000000 STACKD_RATE_WS_CONNECTIONS_PER_SEC=1000000000 \
+    STACKD_RATE_WS_MESSAGES_PER_SEC=1000000000
 stackd_cluster() {
     STACKD_BIN="$STACKD_BIN" STACKD_DATA="$WORK/stackd" \
         API_PORT="$STACKD_API_PORT" CLUSTER_PORT="$STACKD_CLUSTER_PORT" \
@@ -527,6 +537,49 @@ gateway_row() {
     done
 }
 
+# measure_ws SYSTEM TARGETS [TOKEN]: one wsbench run; prints its JSON line.
+measure_ws() {
+    local system="$1" out
+    log "  $system: wsbench, 1,000 subscribers on $2, 4 publishers"
+    if ! out="$(STACKD_TOKEN="${3:-}" "$CARGO_TARGET_DIR/release/wsbench" --targets "$2" \
+        --subscribers 1000 --publishers 4 --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
+        --json 2>>"$WORK/wsbench.log")"; then
+        echo '{"failed": true}'
+        return
+    fi
+    echo "$out"
+}
+
+ws_row() {
+    [[ " $ROWS " == *" ws-fanout "* ]] || return 0
+    local round s o open title="WebSocket fan-out, 1,000 subscribers, 4 publishers (delivered msgs/s)"
+    local s_targets="" o_targets="" i
+    for i in 1 2 3; do
+        s_targets+="${s_targets:+,}http://127.0.0.$i:$STACKD_API_PORT"
+        o_targets+="${o_targets:+,}http://127.0.0.$i:$((STACKD_API_PORT + 10))"
+    done
+    port_busy 127.0.0.1 "$CEILING_PORT" && die "127.0.0.1:$CEILING_PORT is in use (set CEILING_PORT)"
+    "$CARGO_TARGET_DIR/release/wsceiling" --listen "127.0.0.1:$CEILING_PORT" \
+        </dev/null >"$WORK/wsceiling.log" 2>&1 &
+    PIDS+=($!)
+    disown
+    wait_until "wsceiling" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$CEILING_PORT"
+    local ceiling="http://127.0.0.1:$CEILING_PORT"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "row: $title (round $round of $ROUNDS)"
+        if ((round % 2)); then
+            s="$(measure_ws stackd "$s_targets" "$STACKD_TOKEN")"
+            o="$(measure_ws ceiling "$ceiling")"
+        else
+            o="$(measure_ws ceiling "$ceiling")"
+            s="$(measure_ws stackd "$s_targets" "$STACKD_TOKEN")"
+        fi
+        open="$(measure_ws stackd-open "$o_targets")"
+        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": "wsceiling", "stackd": json.loads(sys.argv[2]), "other": json.loads(sys.argv[3]), "open": json.loads(sys.argv[4])}))' \
+            "$title" "$s" "$o" "$open" >>"$RESULTS"
+    done
+}
+
 # --- run ---------------------------------------------------------------------------------
 install_packages
 install_bullmq
@@ -535,6 +588,8 @@ install_bullmq
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 python3 -c 'import os, sys; sys.exit(0 if os.getloadavg()[0] <= os.cpu_count() else 1)' ||
     log "warning: load average $LOAD_BEFORE is above the $(nproc) cores before the run starts; other work will skew the figures"
+# wsbench holds 1,000 sockets, each stackd node a third of them, wsceiling all of them.
+ulimit -n 65536 2>/dev/null || true
 log "building stackd and loadgen (release); measuring $STACKD_BIN"
 cargo build --release -p node -p benches >&2
 
@@ -588,6 +643,7 @@ row jobs-16 "jobs end to end (enqueue, claim, ack), 16 workers (follower)" 16 jo
 gateway_row
 resp_rows
 publish_row
+ws_row
 
 # Redis measured by its own client too, so the loadgen figure for Redis can be checked.
 if [[ " $ROWS " == *" cache-64 "* ]]; then

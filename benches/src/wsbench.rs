@@ -33,6 +33,8 @@ use futures::{SinkExt, StreamExt};
 use node::api::ws_protocol::{ClientMessage, Event, Request, ServerMessage};
 use serde::Deserialize;
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -67,6 +69,10 @@ struct Args {
     /// Print one JSON line instead of a report.
     #[arg(long)]
     json: bool,
+    /// A token secret, sent as `Authorization: Bearer` with every upgrade and publish (for a
+    /// cluster with access control on).
+    #[arg(long, env = "STACKD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// The publish time carried in an event's data: `{"t":<µs>}`.
@@ -94,6 +100,7 @@ struct Window {
 
 async fn subscriber(
     base: String,
+    token: Option<String>,
     channel: String,
     window: Arc<Window>,
     ready: Arc<AtomicU64>,
@@ -103,10 +110,14 @@ async fn subscriber(
     // The codec zeroes `read_buffer_size` bytes before each read: the 128 KiB default would
     // cost the client more than the events it reads.
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), false)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
+    let mut request = url.as_str().into_client_request()?;
+    if let Some(t) = &token {
+        let bearer = format!("Bearer {t}").parse()?;
+        request.headers_mut().insert(AUTHORIZATION, bearer);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     let subscribe = ClientMessage::Subscribe {
         channel,
         since: None,
@@ -247,6 +258,7 @@ async fn start_subscribers(
         let base = args.targets[i % args.targets.len()].clone();
         subs.spawn(subscriber(
             base,
+            args.token.clone(),
             args.channel.clone(),
             window.clone(),
             ready.clone(),
@@ -276,8 +288,16 @@ async fn wait_subscribed(args: &Args, ready: &AtomicU64, t0: u64, connect_secs: 
 
 /// Runs the publish loops to the end of the window: (publishes measured, errors).
 async fn publish_all(args: &Args, window: &Arc<Window>) -> Result<(u64, u64)> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = &args.token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse()?,
+        );
+    }
     let http = reqwest::Client::builder()
         .no_proxy()
+        .default_headers(headers)
         .timeout(Duration::from_secs(10))
         .build()?;
     let mut pubs = JoinSet::new();
@@ -337,6 +357,9 @@ fn report(args: &Args, o: &Outcome) {
             "late_over_1s": o.late,
             "failed_subscribers": o.failed,
             "publish_errors": o.errors,
+            // The keys `benches/compare.sh` reads: delivered messages as its ops.
+            "ops_per_sec": delivered as f64 / secs,
+            "errors": o.errors + o.failed,
             "p50_ms": o.hist.quantile_ms(0.50),
             "p99_ms": o.hist.quantile_ms(0.99),
             "max_bucket_ms": o.hist.quantile_ms(1.0),
