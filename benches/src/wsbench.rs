@@ -224,8 +224,8 @@ async fn main() -> Result<()> {
         start_us: t0 + (connect_secs + args.warmup_secs) * 1_000_000,
         end_us: t0 + (connect_secs + args.warmup_secs + args.duration_secs) * 1_000_000,
     });
-    let subs = start_subscribers(&args, &window, &ready).await;
-    wait_subscribed(&args, &ready, t0, connect_secs).await?;
+    let mut subs = start_subscribers(&args, &window, &ready).await;
+    wait_subscribed(&args, &mut subs, &ready, t0, connect_secs).await?;
     // Publishing starts with the warm-up.
     let warm_start = window.start_us - args.warmup_secs * 1_000_000;
     tokio::time::sleep(Duration::from_micros(warm_start.saturating_sub(now_us()))).await;
@@ -272,8 +272,18 @@ async fn start_subscribers(
 }
 
 /// Waits until every subscriber is subscribed; fails after `connect_secs` from `t0`.
-async fn wait_subscribed(args: &Args, ready: &AtomicU64, t0: u64, connect_secs: u64) -> Result<()> {
+/// A subscriber that fails meanwhile (refused, unreachable) ends the wait with its error.
+async fn wait_subscribed(
+    args: &Args,
+    subs: &mut Subscribers,
+    ready: &AtomicU64,
+    t0: u64,
+    connect_secs: u64,
+) -> Result<()> {
     while (ready.load(Ordering::Relaxed) as usize) < args.subscribers {
+        if let Some(done) = subs.try_join_next() {
+            done?.context("a subscriber failed before every subscriber was subscribed")?;
+        }
         if now_us() > t0 + connect_secs * 1_000_000 {
             bail!(
                 "only {} of {} subscribers were subscribed after {connect_secs} s",
