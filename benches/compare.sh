@@ -317,6 +317,15 @@ measure() {
     echo "$out"
 }
 
+# record_round TITLE PEER STACKD PEER_RESULT [OPEN]: appends one round of a row to $RESULTS
+# (each result a JSON line; OPEN, stackd without access control, "-" when not measured).
+record_round() {
+    local open="${5:-}"
+    [[ -n "$open" ]] || open='{"skipped": "-"}'
+    python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": sys.argv[2], "stackd": json.loads(sys.argv[3]), "other": json.loads(sys.argv[4]), "open": json.loads(sys.argv[5])}))' \
+        "$1" "$2" "$3" "$4" "$open" >>"$RESULTS"
+}
+
 # row ID TITLE CONNECTIONS STACKD_WORKLOAD STACKD_TARGET PEER PEER_PROTOCOL PEER_WORKLOAD PEER_TARGET [SKIP_REASON]
 # Runs one comparison ROUNDS times and appends each round to $RESULTS. The two sides take
 # turns going first, so slow drift on this shared machine does not always favour the same one;
@@ -350,8 +359,7 @@ row() {
         if [[ -z "$skip" ]] && ((round % 2 == 0)); then
             open="$(measure stackd-open stackd "$s_work" "$conns" "$o_target")"
         fi
-        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": sys.argv[2], "stackd": json.loads(sys.argv[3]), "other": json.loads(sys.argv[4]), "open": json.loads(sys.argv[5])}))' \
-            "$title" "$peer" "$stackd" "$peer_out" "$open" >>"$RESULTS"
+        record_round "$title" "$peer" "$stackd" "$peer_out" "$open"
     done
 }
 
@@ -395,8 +403,7 @@ resp_row() {
             s="$(measure_rb stackd "$host" "$STACKD_RESP_PORT" "$@")"
         fi
         open="$(measure_rb stackd-open "$host" "$((STACKD_RESP_PORT + 10))" "$@")"
-        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": sys.argv[2], "stackd": json.loads(sys.argv[3]), "other": json.loads(sys.argv[4]), "open": json.loads(sys.argv[5])}))' \
-            "$title" "$peer" "$s" "$o" "$open" >>"$RESULTS"
+        record_round "$title" "$peer" "$s" "$o" "$open"
     done
 }
 
@@ -432,8 +439,7 @@ publish_row() {
             s="$(measure_pubsub stackd "$s_targets" "$leader:$STACKD_RESP_PORT")"
         fi
         open="$(measure_pubsub stackd-open "$o_targets" "$leader:$((STACKD_RESP_PORT + 10))")"
-        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": "redis", "stackd": json.loads(sys.argv[2]), "other": json.loads(sys.argv[3]), "open": json.loads(sys.argv[4])}))' \
-            "$title" "$s" "$o" "$open" >>"$RESULTS"
+        record_round "$title" redis "$s" "$o" "$open"
     done
 }
 
@@ -532,8 +538,7 @@ gateway_row() {
             n="$(measure_wrk nginx "http://127.0.0.1:$NGINX_PORT/")"
             s="$(measure_wrk stackd "http://127.0.0.1:$STACKD_GATEWAY_PORT/")"
         fi
-        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": "nginx", "stackd": json.loads(sys.argv[2]), "other": json.loads(sys.argv[3]), "open": {"skipped": "-"}}))' \
-            "$title" "$s" "$n" >>"$RESULTS"
+        record_round "$title" nginx "$s" "$n"
     done
 }
 
@@ -575,8 +580,7 @@ ws_row() {
             s="$(measure_ws stackd "$s_targets" "$STACKD_TOKEN")"
         fi
         open="$(measure_ws stackd-open "$o_targets")"
-        python3 -c 'import json,sys; print(json.dumps({"title": sys.argv[1], "peer": "wsceiling", "stackd": json.loads(sys.argv[2]), "other": json.loads(sys.argv[3]), "open": json.loads(sys.argv[4])}))' \
-            "$title" "$s" "$o" "$open" >>"$RESULTS"
+        record_round "$title" wsceiling "$s" "$o" "$open"
     done
 }
 
