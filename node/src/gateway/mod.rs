@@ -415,8 +415,8 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-/// The request's host, lowercased, without port.
-fn host_of<B>(req: &Request<B>) -> Option<String> {
+/// The request's host, lowercased (copied only when it is not already), without port.
+fn host_of<B>(req: &Request<B>) -> Option<std::borrow::Cow<'_, str>> {
     let raw = req
         .headers()
         .get(header::HOST)
@@ -427,7 +427,11 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
     } else {
         raw.split(':').next().unwrap_or(raw)
     };
-    Some(host.to_ascii_lowercase())
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -468,12 +472,12 @@ async fn answer(gw: &Gateway, client_ip: &HeaderValue, req: Request<Incoming>) -
     };
     let table = gw.table();
     let host = host_of(&req);
-    let path = req.uri().path().to_string();
+    let path = req.uri().path();
     let Some(r) = table.routes.iter().find(|r| {
         r.route
             .host
-            .as_ref()
-            .is_none_or(|h| Some(h) == host.as_ref())
+            .as_deref()
+            .is_none_or(|h| Some(h) == host.as_deref())
             && path.starts_with(&r.route.path_prefix)
     }) else {
         return error(
@@ -516,7 +520,7 @@ async fn forward(
         .flatten();
     let body = read_body(gw, route, body).await?;
     let hash_key = hash_key(route, &parts.headers);
-    let mut headers = headers_sent_on(std::mem::take(&mut parts.headers), upgrade, client_ip);
+    let headers = headers_sent_on(std::mem::take(&mut parts.headers), upgrade, client_ip);
     let cannot_send = |e: axum::http::Error| {
         error(
             StatusCode::BAD_REQUEST,
@@ -530,27 +534,44 @@ async fn forward(
     } else {
         0
     };
+    // `Host` is the client's, or, when it sent none, the instance's, which changes with it.
+    let host_added = !headers.contains_key(header::HOST);
+    let mut first = Some((uri, headers));
+    // The request no instance could be reached with, sent again to the next one as it is.
+    let mut unsent: Option<hyper::Request<pool::OutBody>> = None;
     let mut tried: Vec<&Arc<Upstream>> = Vec::new();
     let mut last_error = None;
-    for attempt in 0..attempts {
+    for _ in 0..attempts {
         let now = Instant::now();
         let Some((u, index)) = pick(r, &tried, hash_key.as_deref(), now) else {
             break;
         };
         tried.push(u);
-        // The last attempt takes the headers; an earlier one sends a copy.
-        let headers = if attempt + 1 == attempts {
-            std::mem::take(&mut headers)
-        } else {
-            headers.clone()
+        let out = match (first.take(), unsent.take()) {
+            (Some((uri, headers)), _) => {
+                outgoing(&parts.method, uri, headers, u, &body).map_err(cannot_send)?
+            }
+            (None, Some(mut again)) => {
+                if host_added {
+                    if let Ok(v) = HeaderValue::try_from(u.authority.as_str()) {
+                        again.headers_mut().insert(header::HOST, v);
+                    }
+                }
+                again
+            }
+            // Only a request that never left is sent again (the loop ends otherwise).
+            (None, None) => break,
         };
-        let out = outgoing(&parts.method, uri.clone(), headers, u, &body).map_err(cannot_send)?;
         match exchange(gw, r, index, out, now).await {
             Exchange::Answered(resp) => return Ok((sent_back(gw, resp, on_upgrade.take()), index)),
-            Exchange::Failed { message, may_retry } => {
+            Exchange::Failed {
+                message,
+                unsent: back,
+            } => {
                 last_error = Some(message);
-                if !may_retry {
-                    break;
+                match back {
+                    Some(req) => unsent = Some(req),
+                    None => break,
                 }
             }
             Exchange::TimedOut(resp) => return Err(resp),
@@ -717,8 +738,12 @@ fn outgoing(
 enum Exchange {
     /// The instance answered (any status).
     Answered(hyper::Response<Incoming>),
-    /// It could not be reached, or failed mid-exchange; only the former may be sent again.
-    Failed { message: String, may_retry: bool },
+    /// It could not be reached (the request comes back `unsent`, to be sent to another), or
+    /// failed mid-exchange (`unsent` is `None`: the request may have reached it).
+    Failed {
+        message: String,
+        unsent: Option<hyper::Request<pool::OutBody>>,
+    },
     /// It did not answer within the route's `request_timeout_ms`: the gateway's 504.
     TimedOut(Response),
 }
@@ -764,16 +789,18 @@ async fn exchange(
         }
         Ok(Err(e)) => {
             ejected(u.fail(done));
-            if e.is_connect() {
-                series.connect.inc();
-            } else {
-                series.request.inc();
-            }
-            Exchange::Failed {
-                message: format!("instance {}: {}", u.key, crate::error::root_cause(&e)),
-                // A request that may have reached the instance is not sent again.
-                may_retry: e.is_connect(),
-            }
+            let message = format!("instance {}: {}", u.key, crate::error::root_cause(&e));
+            let unsent = match e {
+                pool::SendError::Connect { unsent, .. } => {
+                    series.connect.inc();
+                    Some(*unsent)
+                }
+                pool::SendError::Request(_) => {
+                    series.request.inc();
+                    None
+                }
+            };
+            Exchange::Failed { message, unsent }
         }
         Err(_) => {
             ejected(u.fail(done));

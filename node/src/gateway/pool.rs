@@ -11,7 +11,9 @@
 //! most [`MAX_IDLE_PER_ADDRESS`] are kept per address.
 //!
 //! A request that a pooled connection could not send (the instance closed it while it sat in
-//! the pool) is sent again on another connection: it never reached the instance.
+//! the pool) is sent again on another connection: it never reached the instance. A request
+//! for which no connection could be opened is handed back with the error, so the caller can
+//! send it to another instance without having kept a copy.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -44,18 +46,16 @@ pub type OutBody = Full<Bytes>;
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// No connection could be opened (refused, unreachable, or not within the connect
-    /// timeout): the request did not reach the instance.
-    #[error("connecting: {0}")]
-    Connect(#[source] std::io::Error),
+    /// timeout): the request did not reach the instance, and is handed back (`unsent`).
+    #[error("connecting: {error}")]
+    Connect {
+        #[source]
+        error: std::io::Error,
+        unsent: Box<Request<OutBody>>,
+    },
     /// The exchange failed after the request may have been sent.
     #[error("{0}")]
     Request(#[source] hyper::Error),
-}
-
-impl SendError {
-    pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect(_))
-    }
 }
 
 struct Idle {
@@ -109,12 +109,20 @@ impl Pool {
     }
 }
 
+/// Why [`connect`] gave no connection.
+enum Unconnected {
+    /// No TCP connection (refused, unreachable, or not within the connect timeout).
+    Tcp(std::io::Error),
+    /// The TCP connection opened but hyper's handshake failed.
+    Handshake(hyper::Error),
+}
+
 /// Opens a connection to `address` within `connect_timeout`; its task runs on this thread's
 /// runtime until the connection closes (after an upgrade, until the tunnel ends).
 async fn connect(
     address: &str,
     connect_timeout: Duration,
-) -> Result<SendRequest<OutBody>, SendError> {
+) -> Result<SendRequest<OutBody>, Unconnected> {
     let stream = match tokio::time::timeout(
         connect_timeout,
         tokio::net::TcpStream::connect(address),
@@ -122,9 +130,9 @@ async fn connect(
     .await
     {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(SendError::Connect(e)),
+        Ok(Err(e)) => return Err(Unconnected::Tcp(e)),
         Err(_) => {
-            return Err(SendError::Connect(std::io::Error::new(
+            return Err(Unconnected::Tcp(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no connection within {} ms", connect_timeout.as_millis()),
             )))
@@ -134,7 +142,7 @@ async fn connect(
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(SendError::Request)?;
+        .map_err(Unconnected::Handshake)?;
     let address = address.to_string();
     let driver = async move {
         if let Err(e) = conn.with_upgrades().await {
@@ -157,7 +165,8 @@ pub async fn close() {
 }
 
 /// Sends `req` (origin-form URI, `Host` set) to the instance at `address` on a pooled
-/// connection of this thread, or a new one.
+/// connection of this thread, or a new one. When no connection could be opened, the error
+/// hands `req` back.
 pub async fn send(
     address: &str,
     connect_timeout: Duration,
@@ -168,7 +177,16 @@ pub async fn send(
         let fresh = pooled.is_none();
         let mut sender = match pooled {
             Some(s) => s,
-            None => connect(address, connect_timeout).await?,
+            None => match connect(address, connect_timeout).await {
+                Ok(s) => s,
+                Err(Unconnected::Tcp(error)) => {
+                    return Err(SendError::Connect {
+                        error,
+                        unsent: Box::new(req),
+                    })
+                }
+                Err(Unconnected::Handshake(e)) => return Err(SendError::Request(e)),
+            },
         };
         match sender.try_send_request(req).await {
             Ok(resp) => {
@@ -273,6 +291,11 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
         let e = get(&address).await.unwrap_err();
-        assert!(e.is_connect(), "{e}");
+        // The request comes back as it was given, to be sent elsewhere.
+        let SendError::Connect { unsent, .. } = e else {
+            panic!("not a connect error: {e}");
+        };
+        assert_eq!(unsent.uri(), "/");
+        assert_eq!(unsent.headers()[hyper::header::HOST], address.as_str());
     }
 }
