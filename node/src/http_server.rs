@@ -88,7 +88,10 @@ pub async fn serve_with<L, F, S, B>(
         let mut io = tokio_io_timeout::TimeoutStream::new(io);
         io.set_write_timeout(Some(timeouts.write));
         let service = service(peer);
-        let stop = stop.clone();
+        // A token of the connection's own: its task checks it on every wake-up, and a child's
+        // lock is touched by that task alone, where the shared token's would be contended by
+        // every connection of every thread.
+        let stop = stop.child_token();
         let metrics = metrics.clone();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();

@@ -518,8 +518,9 @@ impl Conn {
         let mut recheck = tokio::time::interval(AUTH_RECHECK);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One future for the whole connection: a new one per turn would join and leave the
-        // token's waiters every time.
-        let shutdown = self.st.hub.shutdown.clone().cancelled_owned();
+        // token's waiters every time. Of a child token: each poll takes the token's lock,
+        // which the connection's task alone then touches, not every connection of the node.
+        let shutdown = self.st.hub.shutdown.child_token().cancelled_owned();
         tokio::pin!(shutdown);
         // Pings keep a healthy client talking (it answers each with a pong); a connection
         // from which nothing arrives for the idle timeout is closed.

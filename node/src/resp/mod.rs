@@ -185,8 +185,10 @@ async fn serve_connection(
     let mut decoder = Decoder::new(resp.limits);
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
-    // One registration with the shared stop token for the connection's life, not one per
-    // read: registering takes the token's lock, which every connection shares.
+    // One registration for the connection's life, not one per read, with a child of the
+    // shared stop token: each poll takes the token's lock, and a child's is the connection's
+    // alone, where the shared one would be contended by every connection of every thread.
+    let stop = stop.child_token();
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     // Every whole request read so far, answered in order; the batch is charged to the
