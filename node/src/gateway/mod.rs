@@ -534,45 +534,29 @@ async fn forward(
     } else {
         0
     };
-    // `Host` is the client's, or, when it sent none, the instance's, which changes with it.
+    // `Host` is the client's, or, when it sent none, that of the instance it goes to.
     let host_added = !headers.contains_key(header::HOST);
-    let mut first = Some((uri, headers));
-    // The request no instance could be reached with, sent again to the next one as it is.
-    let mut unsent: Option<hyper::Request<pool::OutBody>> = None;
+    let mut out = Some(outgoing(&parts.method, uri, headers, &body).map_err(cannot_send)?);
     let mut tried: Vec<&Arc<Upstream>> = Vec::new();
     let mut last_error = None;
     for _ in 0..attempts {
+        // Only a request that never reached an instance comes back to be sent again.
+        let Some(mut req) = out.take() else { break };
         let now = Instant::now();
         let Some((u, index)) = pick(r, &tried, hash_key.as_deref(), now) else {
             break;
         };
         tried.push(u);
-        let out = match (first.take(), unsent.take()) {
-            (Some((uri, headers)), _) => {
-                outgoing(&parts.method, uri, headers, u, &body).map_err(cannot_send)?
+        if host_added {
+            if let Ok(v) = HeaderValue::try_from(u.authority.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
             }
-            (None, Some(mut again)) => {
-                if host_added {
-                    if let Ok(v) = HeaderValue::try_from(u.authority.as_str()) {
-                        again.headers_mut().insert(header::HOST, v);
-                    }
-                }
-                again
-            }
-            // Only a request that never left is sent again (the loop ends otherwise).
-            (None, None) => break,
-        };
-        match exchange(gw, r, index, out, now).await {
+        }
+        match exchange(gw, r, index, req, now).await {
             Exchange::Answered(resp) => return Ok((sent_back(gw, resp, on_upgrade.take()), index)),
-            Exchange::Failed {
-                message,
-                unsent: back,
-            } => {
+            Exchange::Failed { message, unsent } => {
                 last_error = Some(message);
-                match back {
-                    Some(req) => unsent = Some(req),
-                    None => break,
-                }
+                out = unsent;
             }
             Exchange::TimedOut(resp) => return Err(resp),
         }
@@ -711,19 +695,14 @@ fn pick<'a>(
     Some((u, index))
 }
 
-/// The request to send to instance `u` (an error when the path or a header cannot be sent).
+/// The request to send on (an error when the path or a header cannot be sent); its `Host`
+/// is the client's, if it sent one.
 fn outgoing(
     method: &Method,
     uri: axum::http::Uri,
-    mut headers: HeaderMap,
-    u: &Upstream,
+    headers: HeaderMap,
     body: &axum::body::Bytes,
 ) -> Result<hyper::Request<pool::OutBody>, axum::http::Error> {
-    if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::try_from(u.authority.as_str()) {
-            headers.insert(header::HOST, v);
-        }
-    }
     let mut out = hyper::Request::builder()
         .method(method.clone())
         .uri(uri)
