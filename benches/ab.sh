@@ -16,12 +16,15 @@
 # moves far less than throughput and says which build does more work per request.
 #
 # Environment (defaults in brackets):
-#   ROWS [put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16]   rows, as in compare.sh
+#   ROWS [put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16]   rows, as in compare.sh;
+#              also gateway-64: wrk (2 threads, 64 connections) through node 1's gateway to
+#              one nginx backend, as compare.sh's gateway row
 #   ROUNDS [3]  runs per row and build       DURATION [6]  WARMUP [2]  seconds per run
 #   KEYS [10000] VALUE_SIZE [100]           WORK  scratch dir [mktemp -d]; KEEP=1 keeps it
 #   BASE_BIN, TARGET_BIN  use these stackd binaries instead of building (the worktrees are
 #                         still made, for their deploy scripts); LOADGEN likewise for loadgen
-#   API_PORT [7701]  CLUSTER_PORT [7801]  (the target's cluster: these + 10)
+#   API_PORT [7701]  CLUSTER_PORT [7801]  GATEWAY_PORT [7901]  (the target's cluster: these
+#              + 10)  BACKEND_PORT [7921] (the gateway row's nginx backend, on 127.0.0.1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO_ROOT="$(pwd)"
@@ -36,6 +39,7 @@ ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16}"
 ROUNDS="${ROUNDS:-3}" DURATION="${DURATION:-6}" WARMUP="${WARMUP:-2}"
 KEYS="${KEYS:-10000}" VALUE_SIZE="${VALUE_SIZE:-100}"
 API_PORT="${API_PORT:-7701}" CLUSTER_PORT="${CLUSTER_PORT:-7801}"
+GATEWAY_PORT="${GATEWAY_PORT:-7901}" BACKEND_PORT="${BACKEND_PORT:-7921}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stackd-target}"
 WORK="${WORK:-$(mktemp -d)}"
 mkdir -p "$WORK"
@@ -75,11 +79,12 @@ cluster() { # NAME PORT_OFFSET ACTION
     shift 2
     (cd "$WORK/$name" && STACKD_BIN="$WORK/$name.stackd" STACKD_DATA="$WORK/$name-data" \
         API_PORT="$((API_PORT + off))" CLUSTER_PORT="$((CLUSTER_PORT + off))" \
-        GATEWAY_PORT=none RESP_PORT=none STACKD_INSECURE_NO_AUTH=true \
+        GATEWAY_PORT="$((GATEWAY_PORT + off))" RESP_PORT=none STACKD_INSECURE_NO_AUTH=true \
         deploy/local-cluster.sh "$@")
 }
 
 STARTED=0
+PIDS=()
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -87,6 +92,8 @@ cleanup() {
         cluster base 0 stop >/dev/null 2>&1 || true
         cluster target 10 stop >/dev/null 2>&1 || true
     fi
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     git -C "$REPO_ROOT" worktree remove --force "$WORK/base" >/dev/null 2>&1 || true
     git -C "$REPO_ROOT" worktree remove --force "$WORK/target" >/dev/null 2>&1 || true
     if ((rc != 0)) || [[ "${KEEP:-0}" == 1 ]]; then log "data and logs in $WORK"; else rm -rf "$WORK"; fi
@@ -94,6 +101,10 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# wait_until, start_nginx, measure_wrk
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 build base "$BASE" "${BASE_BIN:-}"
 build target "$TARGET" "${TARGET_BIN:-}"
@@ -122,12 +133,27 @@ print("http://" + leader["api_addr"], "http://" + follower["api_addr"])'
 read -r BASE_L BASE_F < <(roles "$API_PORT")
 read -r TARGET_L TARGET_F < <(roles "$((API_PORT + 10))")
 
+# The gateway row: an nginx backend, and on each cluster a service and a route to it.
+if [[ " $ROWS " == *" gateway-64 "* ]]; then
+    start_nginx backend 1 "server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 '$(printf 'x%.0s' $(seq 100))'; } }"
+    wait_until "nginx (backend)" 30 curl -fsS "http://127.0.0.1:$BACKEND_PORT/"
+    for off in 0 10; do
+        curl -fsS -X PUT -H 'Content-Type: application/json' \
+            -d "{\"address\": \"127.0.0.1\", \"port\": $BACKEND_PORT}" \
+            "http://127.0.0.1:$((API_PORT + off))/v1/services/bench/instances/backend" >/dev/null
+        curl -fsS -X PUT -H 'Content-Type: application/json' -d '{"service": "bench"}' \
+            "http://127.0.0.1:$((API_PORT + off))/v1/routes/bench" >/dev/null
+        wait_until "the gateway of the cluster on port $((API_PORT + off))" 30 \
+            curl -fsS "http://127.0.0.1:$((GATEWAY_PORT + off))/"
+    done
+fi
+
 # row ID: "WORKLOAD CONNECTIONS L|F" (leader or follower), as compare.sh runs it.
 row_spec() {
     case "$1" in
     put-1) echo "put 1 L" ;; put-64) echo "put 64 L" ;; get-64) echo "get 64 F" ;;
     stale-64) echo "stale-get 64 F" ;; cache-64) echo "cache-get 64 F" ;;
-    lock-64) echo "lock 64 F" ;; jobs-16) echo "jobs 16 F" ;;
+    lock-64) echo "lock 64 F" ;; jobs-16) echo "jobs 16 F" ;; gateway-64) echo "gateway 64 L" ;;
     *) die "unknown row $1" ;;
     esac
 }
@@ -153,10 +179,16 @@ measure() { # BUILD ROW ROUND
     else target="$TARGET_L"; [[ "$at" == F ]] && target="$TARGET_F"; fi
     log "$row, round $round: $build -> $target"
     cpu0="$(cluster_cpu "$build")"
-    out="$(STACKD_TOKEN='' "$LOADGEN" --workload "$workload" --connections "$conns" \
-        --targets "$target" --keys "$KEYS" --value-size "$VALUE_SIZE" \
-        --duration-secs "$DURATION" --warmup-secs "$WARMUP" --json 2>>"$WORK/loadgen.log")" ||
-        out='{"failed": true}'
+    if [[ "$workload" == gateway ]]; then
+        local off=0
+        [[ "$build" == target ]] && off=10
+        out="$(measure_wrk "$build" "http://127.0.0.1:$((GATEWAY_PORT + off))/")"
+    else
+        out="$(STACKD_TOKEN='' "$LOADGEN" --workload "$workload" --connections "$conns" \
+            --targets "$target" --keys "$KEYS" --value-size "$VALUE_SIZE" \
+            --duration-secs "$DURATION" --warmup-secs "$WARMUP" --json 2>>"$WORK/loadgen.log")" ||
+            out='{"failed": true}'
+    fi
     cpu1="$(cluster_cpu "$build")"
     echo "{\"build\": \"$build\", \"row\": \"$row\", \"cpu_ticks\": $((cpu1 - cpu0)), \"ticks_per_sec\": $TICKS, \"run\": $out}" >>"$RESULTS"
 }

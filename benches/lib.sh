@@ -1,0 +1,58 @@
+# Shell functions shared by benches/compare.sh and benches/ab.sh (sourced, not run).
+# They expect the sourcing script to define `log` and `die` and to set WORK, WARMUP and
+# DURATION, and an array PIDS whose processes it stops on exit.
+
+wait_until() { # DESCRIPTION TIMEOUT_S COMMAND...
+    local what="$1" deadline=$((SECONDS + $2))
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "timed out waiting for $what"
+        sleep 0.2
+    done
+}
+
+# start_nginx NAME WORKERS HTTP_BLOCK: an nginx of its own, in the foreground, under $WORK.
+start_nginx() {
+    local dir="$WORK/nginx-$1"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes $2;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
+    $3
+}
+EOF
+    nginx -p "$dir" -c "$dir/nginx.conf" </dev/null >"$dir/out.log" 2>&1 &
+    PIDS+=($!)
+    disown
+}
+
+# measure_wrk SYSTEM URL: a warm-up, then one wrk run; prints a loadgen-like JSON line.
+measure_wrk() {
+    local out
+    log "  $1: wrk, 2 threads, 64 connections -> $2"
+    wrk -t2 -c64 -d"${WARMUP}s" "$2" >/dev/null 2>&1 || true
+    if ! out="$(wrk -t2 -c64 -d"${DURATION}s" --latency "$2" 2>&1)"; then
+        echo '{"failed": true}'
+        return
+    fi
+    echo "$out" >>"$WORK/wrk.log"
+    python3 - "$out" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+def ms(v, unit):
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+lat = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+errors += sum(int(x) for x in m.groups()) if m else 0
+print(json.dumps({"ops_per_sec": rps, "p50_ms": lat.get("50", 0), "p99_ms": lat.get("99", 0), "errors": errors}))
+PY
+}
