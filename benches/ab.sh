@@ -102,7 +102,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_until, start_nginx, measure_wrk
+# wait_until, run_json, start_nginx, measure_wrk
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 
@@ -184,10 +184,9 @@ measure() { # BUILD ROW ROUND
         [[ "$build" == target ]] && off=10
         out="$(measure_wrk "$build" "http://127.0.0.1:$((GATEWAY_PORT + off))/")"
     else
-        out="$(STACKD_TOKEN='' "$LOADGEN" --workload "$workload" --connections "$conns" \
-            --targets "$target" --keys "$KEYS" --value-size "$VALUE_SIZE" \
-            --duration-secs "$DURATION" --warmup-secs "$WARMUP" --json 2>>"$WORK/loadgen.log")" ||
-            out='{"failed": true}'
+        out="$(run_json loadgen.log env STACKD_TOKEN='' "$LOADGEN" --workload "$workload" \
+            --connections "$conns" --targets "$target" --keys "$KEYS" --value-size "$VALUE_SIZE" \
+            --duration-secs "$DURATION" --warmup-secs "$WARMUP" --json)"
     fi
     cpu1="$(cluster_cpu "$build")"
     echo "{\"build\": \"$build\", \"row\": \"$row\", \"cpu_ticks\": $((cpu1 - cpu0)), \"ticks_per_sec\": $TICKS, \"run\": $out}" >>"$RESULTS"

@@ -196,7 +196,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_until, start_nginx, measure_wrk
+# wait_until, run_json, start_nginx, measure_wrk
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 
@@ -290,26 +290,17 @@ ROW_NO=0
 # measure SYSTEM PROTOCOL WORKLOAD CONNECTIONS TARGET: one loadgen run; prints its JSON line.
 # The stackd cluster with access control gets the management token; the other one none.
 measure() {
-    local system="$1" protocol="$2" workload="$3" connections="$4" target="$5" out token=""
+    local system="$1" protocol="$2" workload="$3" connections="$4" target="$5" token=""
     [[ "$system" == stackd ]] && token="$STACKD_TOKEN"
     log "  $system: $workload, $connections connection(s) -> $target"
     if [[ "$protocol" == bullmq ]]; then
-        if ! out="$(node benches/bullmq/jobs.mjs --redis "$target" --workers "$connections" \
-            --duration-secs "$DURATION" --warmup-secs "$WARMUP" 2>>"$WORK/bullmq.log")"; then
-            log "  bullmq failed, see $WORK/bullmq.log"
-            out='{"failed": true}'
-        fi
-        echo "$out"
+        run_json bullmq.log node benches/bullmq/jobs.mjs --redis "$target" \
+            --workers "$connections" --duration-secs "$DURATION" --warmup-secs "$WARMUP"
         return
     fi
-    if ! out="$(STACKD_TOKEN="$token" "$LOADGEN" --protocol "$protocol" --workload "$workload" \
-        --connections "$connections" --targets "$target" --keys "$KEYS" \
-        --value-size "$VALUE_SIZE" --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
-        --json 2>>"$WORK/loadgen.log")"; then
-        log "  loadgen failed, see $WORK/loadgen.log"
-        out='{"failed": true}'
-    fi
-    echo "$out"
+    run_json loadgen.log env STACKD_TOKEN="$token" "$LOADGEN" --protocol "$protocol" \
+        --workload "$workload" --connections "$connections" --targets "$target" --keys "$KEYS" \
+        --value-size "$VALUE_SIZE" --duration-secs "$DURATION" --warmup-secs "$WARMUP" --json
 }
 
 # record_round TITLE PEER STACKD PEER_RESULT [OPEN]: appends one round of a row to $RESULTS
@@ -404,16 +395,12 @@ resp_row() {
 
 # measure_pubsub SYSTEM TARGETS PUBLISH_TO: one pubsubbench run; prints its JSON line.
 measure_pubsub() {
-    local system="$1" out password=()
+    local system="$1" password=()
     [[ "$system" == stackd ]] && password=(--password "$STACKD_TOKEN")
     log "  $system: pubsubbench, 100 subscribers on $2, 4 publishers -> $3"
-    if ! out="$("$CARGO_TARGET_DIR/release/pubsubbench" --targets "$2" --publish-to "$3" \
-        --subscribers 100 --publishers 4 --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
-        "${password[@]}" --json 2>>"$WORK/pubsubbench.log")"; then
-        echo '{"failed": true}'
-        return
-    fi
-    echo "$out"
+    run_json pubsubbench.log "$CARGO_TARGET_DIR/release/pubsubbench" --targets "$2" \
+        --publish-to "$3" --subscribers 100 --publishers 4 --duration-secs "$DURATION" \
+        --warmup-secs "$WARMUP" "${password[@]}" --json
 }
 
 publish_row() {
@@ -493,15 +480,11 @@ gateway_row() {
 
 # measure_ws SYSTEM TARGETS [TOKEN]: one wsbench run; prints its JSON line.
 measure_ws() {
-    local system="$1" out
+    local system="$1"
     log "  $system: wsbench, 1,000 subscribers on $2, 4 publishers"
-    if ! out="$(STACKD_TOKEN="${3:-}" "$CARGO_TARGET_DIR/release/wsbench" --targets "$2" \
-        --subscribers 1000 --publishers 4 --duration-secs "$DURATION" --warmup-secs "$WARMUP" \
-        --json 2>>"$WORK/wsbench.log")"; then
-        echo '{"failed": true}'
-        return
-    fi
-    echo "$out"
+    run_json wsbench.log env STACKD_TOKEN="${3:-}" "$CARGO_TARGET_DIR/release/wsbench" \
+        --targets "$2" --subscribers 1000 --publishers 4 --duration-secs "$DURATION" \
+        --warmup-secs "$WARMUP" --json
 }
 
 ws_row() {

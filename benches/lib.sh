@@ -11,6 +11,19 @@ wait_until() { # DESCRIPTION TIMEOUT_S COMMAND...
     done
 }
 
+# run_json LOG COMMAND...: runs a load generator that prints one JSON line (its stderr appended
+# to $WORK/LOG) and prints that line, or {"failed": true} when it fails.
+run_json() {
+    local name="${1%.log}" log_file="$WORK/$1" out
+    shift
+    if ! out="$("$@" 2>>"$log_file")"; then
+        log "  $name failed, see $log_file"
+        echo '{"failed": true}'
+        return
+    fi
+    echo "$out"
+}
+
 # start_nginx NAME WORKERS HTTP_BLOCK: an nginx of its own, in the foreground, under $WORK.
 start_nginx() {
     local dir="$WORK/nginx-$1"
