@@ -24,7 +24,6 @@ use raft::command::ChannelCmd;
 use raft::state::LiveEvent;
 use raft::LiveBatch;
 use tokio::sync::{broadcast, Semaphore};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -79,13 +78,13 @@ impl Hub {
             .track_future(abandonable(conn, self.abandon.clone()))
     }
 
-    /// Spawns a task of a connection (a publish it waits on) on the hub's tracker;
-    /// it is dropped if it outlives the drain.
-    pub fn spawn<F>(&self, task: F) -> JoinHandle<()>
+    /// Spawns a task of a connection (a publish it waits on) on the hub's tracker, which
+    /// shutdown waits for; it is dropped if it outlives the drain.
+    pub fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.tasks.spawn(abandonable(task, self.abandon.clone()))
+        self.tasks.spawn(abandonable(task, self.abandon.clone()));
     }
 
     /// Closes every connection (1001, going away) and waits up to `within` for the hub's
