@@ -21,8 +21,8 @@
 #   ROUNDS [1]     runs per row and side; the table shows each side's median round
 #   KEYS [10000]   key space                    VALUE_SIZE [100]  value bytes
 #   ROWS           space-separated row ids to run [all]: put-1 put-64 get-64 stale-64 cache-64
-#                  lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set resp-publish
-#                  ws-fanout
+#                  lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set cache-wrk-64
+#                  resp-publish ws-fanout
 #   RESP_REQUESTS [200000]  requests per redis-benchmark run of the RESP GET rows (x4 with
 #                  -P 16, /2 for SET: several seconds of replicated writes, not one)
 #   STACKD_API_PORT [7201]  STACKD_CLUSTER_PORT [7301]  (the cluster without access control:
@@ -54,7 +54,9 @@
 #   its jobs in Redis; fsynced there as stackd fsyncs its log).
 # - The cache row compares stackd's `GET /v1/cache/{key}` on one follower with Redis `GET`
 #   (RESP over TCP, persistence off, as a cache is usually run). It prints
-#   "n/a (endpoint missing)" when this stackd has no cache API.
+#   "n/a (endpoint missing)" when this stackd has no cache API. The cache-wrk-64 row reads the
+#   same follower's cache over HTTP with wrk (a C client like redis-benchmark; the keys of the
+#   RESP rows) against Redis `GET` by redis-benchmark: each server driven by an efficient client.
 # - The RESP rows drive both servers with redis-benchmark (Redis' own client, 64 connections,
 #   random keys of the same key space, filled beforehand): GET on a stackd follower's cache (db
 #   0, read from its memory) against Redis GET, plain and pipelined 16 deep; SET on the stackd
@@ -93,7 +95,7 @@ ROUNDS="${ROUNDS:-1}"
 WARMUP="${WARMUP:-3}"
 KEYS="${KEYS:-10000}"
 VALUE_SIZE="${VALUE_SIZE:-100}"
-ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set resp-publish ws-fanout}"
+ROWS="${ROWS:-put-1 put-64 get-64 stale-64 cache-64 lock-64 jobs-16 gateway-64 resp-get resp-get-p16 resp-set cache-wrk-64 resp-publish ws-fanout}"
 CEILING_PORT="${CEILING_PORT:-7701}"
 RESP_REQUESTS="${RESP_REQUESTS:-200000}"
 STACKD_RESP_PORT="${STACKD_RESP_PORT:-7601}"
@@ -425,24 +427,81 @@ publish_row() {
     done
 }
 
+# The key space of the RESP rows (redis-benchmark's `key:000000000042` for 0 to KEYS - 1),
+# every key written once (pipelined SETs of VALUE_SIZE bytes, redis-cli --pipe) into both
+# stackd clusters' caches and both Redis servers, so every GET finds its key.
+KEY_SPACE_FILLED=""
+fill_key_space() {
+    [[ -z "$KEY_SPACE_FILLED" ]] || return 0
+    local leader="${STACKD_LEADER#http://}" port sets="$WORK/fill.resp"
+    leader="${leader%:*}"
+    python3 - "$KEYS" "$VALUE_SIZE" >"$sets" <<'PY'
+import sys
+keys, size = int(sys.argv[1]), int(sys.argv[2])
+value = "x" * size
+out = sys.stdout
+for i in range(keys):
+    key = "key:%012d" % i
+    out.write(f"*3\r\n$3\r\nSET\r\n${len(key)}\r\n{key}\r\n${size}\r\n{value}\r\n")
+PY
+    log "filling the key space on every server ($KEYS keys, redis-cli --pipe)"
+    for port in "$STACKD_RESP_PORT" "$((STACKD_RESP_PORT + 10))"; do
+        local auth=()
+        ((port == STACKD_RESP_PORT)) && auth=(-a "$STACKD_TOKEN" --no-auth-warning)
+        redis-cli -h "$leader" -p "$port" "${auth[@]}" --pipe <"$sets" >>"$WORK/fill.log" 2>&1 ||
+            die "filling stackd on $leader:$port failed, see $WORK/fill.log"
+    done
+    for port in "$REDIS_PORT" "$REDIS_AOF_PORT"; do
+        redis-cli -h 127.0.0.1 -p "$port" --pipe <"$sets" >>"$WORK/fill.log" 2>&1 ||
+            die "filling Redis on port $port failed, see $WORK/fill.log"
+    done
+    KEY_SPACE_FILLED=1
+}
+
 resp_rows() {
     [[ " $ROWS " == *" resp-"* ]] || return 0
     local leader="${STACKD_LEADER#http://}" follower="${STACKD_FOLLOWER#http://}"
     leader="${leader%:*}" follower="${follower%:*}"
-    log "filling the key space on every server (redis-benchmark SET)"
-    local port
-    for port in "$STACKD_RESP_PORT" "$((STACKD_RESP_PORT + 10))"; do
-        measure_rb stackd "$leader" "$port" -t set -n "$((KEYS * 3))" >/dev/null
-    done
-    for port in "$REDIS_PORT" "$REDIS_AOF_PORT"; do
-        measure_rb redis 127.0.0.1 "$port" -t set -n "$((KEYS * 3))" >/dev/null
-    done
+    fill_key_space
     resp_row resp-get "RESP GET, 64 conns (stackd follower cache)" "$follower" redis "$REDIS_PORT" \
         -t get -n "$RESP_REQUESTS"
     resp_row resp-get-p16 "RESP GET pipelined 16 deep, 64 conns (stackd follower cache)" \
         "$follower" redis "$REDIS_PORT" -t get -P 16 -n "$((RESP_REQUESTS * 4))"
     resp_row resp-set "RESP SET, 64 conns (stackd leader, replicated; Redis appendfsync always)" \
         "$leader" redis-aof "$REDIS_AOF_PORT" -t set -n "$((RESP_REQUESTS / 2))"
+}
+
+# The HTTP cache GET with an efficient client on both sides: wrk (C, a Lua script picking a
+# random key of the RESP rows' key space per request) against a follower's `GET
+# /v1/cache/{key}`, and redis-benchmark against Redis `GET`. The cache-64 row drives both with
+# loadgen, whose HTTP client costs it several times the CPU of its RESP loop on these shared
+# cores; this row shows the server's side.
+cache_wrk_row() {
+    [[ " $ROWS " == *" cache-wrk-64 "* ]] || return 0
+    local round s o open title="cache GET, 64 conns: HTTP by wrk (stackd follower), RESP by redis-benchmark"
+    local script="$WORK/cache-get.lua" follower_port="${STACKD_FOLLOWER##*:}"
+    fill_key_space
+    cat >"$script" <<EOF
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("seed", threads) end
+function init(args) math.randomseed(seed) end
+function request()
+    return wrk.format("GET", string.format("/v1/cache/key:%012d", math.random(0, $KEYS - 1)))
+end
+EOF
+    local s_url="$STACKD_FOLLOWER" o_url="${STACKD_FOLLOWER%:*}:$((follower_port + 10))"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "row: $title (round $round of $ROUNDS)"
+        if ((round % 2)); then
+            s="$(measure_wrk stackd "$s_url" -s "$script" -H "Authorization: Bearer $STACKD_TOKEN")"
+            o="$(measure_rb redis 127.0.0.1 "$REDIS_PORT" -t get -n "$RESP_REQUESTS")"
+        else
+            o="$(measure_rb redis 127.0.0.1 "$REDIS_PORT" -t get -n "$RESP_REQUESTS")"
+            s="$(measure_wrk stackd "$s_url" -s "$script" -H "Authorization: Bearer $STACKD_TOKEN")"
+        fi
+        open="$(measure_wrk stackd-open "$o_url" -s "$script")"
+        record_round "$title" redis "$s" "$o" "$open"
+    done
 }
 
 # --- the gateway against nginx -----------------------------------------------------------
@@ -578,6 +637,7 @@ row jobs-16 "jobs end to end (enqueue, claim, ack), 16 workers (follower)" 16 jo
 
 gateway_row
 resp_rows
+cache_wrk_row
 publish_row
 ws_row
 

@@ -46,12 +46,14 @@ EOF
     disown
 }
 
-# measure_wrk SYSTEM URL: a warm-up, then one wrk run; prints a loadgen-like JSON line.
+# measure_wrk SYSTEM URL [WRK_ARGS...]: a warm-up, then one wrk run (2 threads, 64
+# connections, WRK_ARGS added: a script, a header); prints a loadgen-like JSON line.
 measure_wrk() {
-    local out
-    log "  $1: wrk, 2 threads, 64 connections -> $2"
-    wrk -t2 -c64 -d"${WARMUP}s" "$2" >/dev/null 2>&1 || true
-    if ! out="$(wrk -t2 -c64 -d"${DURATION}s" --latency "$2" 2>&1)"; then
+    local system="$1" url="$2" out
+    shift 2
+    log "  $system: wrk, 2 threads, 64 connections -> $url"
+    wrk -t2 -c64 -d"${WARMUP}s" "$@" "$url" >/dev/null 2>&1 || true
+    if ! out="$(wrk -t2 -c64 -d"${DURATION}s" --latency "$@" "$url" 2>&1)"; then
         echo '{"failed": true}'
         return
     fi
