@@ -474,8 +474,8 @@ resp_rows() {
 # The HTTP cache GET with an efficient client on both sides: wrk (C, a Lua script picking a
 # random key of the RESP rows' key space per request) against a follower's `GET
 # /v1/cache/{key}`, and redis-benchmark against Redis `GET`. The cache-64 row drives both with
-# loadgen, whose HTTP client costs it several times the CPU of its RESP loop on these shared
-# cores; this row shows the server's side.
+# loadgen, whose HTTP client takes about 3x the CPU per request of its RESP loop (24-28 against
+# 9 us, a whole core either way), which caps that row's stackd side; this row shows the servers.
 cache_wrk_row() {
     [[ " $ROWS " == *" cache-wrk-64 "* ]] || return 0
     local round s o open title="cache GET, 64 conns: HTTP by wrk (stackd follower), RESP by redis-benchmark"
