@@ -694,7 +694,9 @@ table = [[r["title"], cell(r["stackd"]), cell(r["open"]), cost(r["stackd"], r["o
 widths = [max(len(x) for x in col) for col in zip(header, *table)]
 print()
 median = f"median of {rounds} rounds, " if int(rounds) > 1 else ""
-print(f"{duration} s measured after {warmup} s warm-up per side and row ({median}same loadgen loop); "
+print(f"{duration} s measured after {warmup} s warm-up per side and row ({median}the same loadgen "
+      f"loop on both sides, except rows whose title names wrk and the RESP rows, which run "
+      f"redis-benchmark for a request count); "
       f"{keys} keys, {value_size}-byte values; ratio = stackd ops/s / peer ops/s; "
       f"auth cost = how much fewer ops/s stackd serves with access control on than off")
 for line in [header, ["-" * w for w in widths]] + table:
