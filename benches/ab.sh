@@ -102,7 +102,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_until, run_json, start_nginx, measure_wrk
+# wait_until, run_json, start_nginx, measure_wrk, start_backend, route_to_backend
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 
@@ -135,16 +135,10 @@ read -r TARGET_L TARGET_F < <(roles "$((API_PORT + 10))")
 
 # The gateway row: an nginx backend, and on each cluster a service and a route to it.
 if [[ " $ROWS " == *" gateway-64 "* ]]; then
-    start_nginx backend 1 "server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 '$(printf 'x%.0s' $(seq 100))'; } }"
-    wait_until "nginx (backend)" 30 curl -fsS "http://127.0.0.1:$BACKEND_PORT/"
+    start_backend "$BACKEND_PORT"
     for off in 0 10; do
-        curl -fsS -X PUT -H 'Content-Type: application/json' \
-            -d "{\"address\": \"127.0.0.1\", \"port\": $BACKEND_PORT}" \
-            "http://127.0.0.1:$((API_PORT + off))/v1/services/bench/instances/backend" >/dev/null
-        curl -fsS -X PUT -H 'Content-Type: application/json' -d '{"service": "bench"}' \
-            "http://127.0.0.1:$((API_PORT + off))/v1/routes/bench" >/dev/null
-        wait_until "the gateway of the cluster on port $((API_PORT + off))" 30 \
-            curl -fsS "http://127.0.0.1:$((GATEWAY_PORT + off))/"
+        route_to_backend "http://127.0.0.1:$((API_PORT + off))" \
+            "http://127.0.0.1:$((GATEWAY_PORT + off))" "$BACKEND_PORT"
     done
 fi
 

@@ -198,7 +198,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_until, run_json, start_nginx, measure_wrk
+# wait_until, run_json, start_nginx, measure_wrk, start_backend, route_to_backend
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
 
@@ -507,23 +507,17 @@ EOF
 # --- the gateway against nginx -----------------------------------------------------------
 gateway_row() {
     [[ " $ROWS " == *" gateway-64 "* ]] || return 0
-    local body round s n title="HTTP proxy to one backend, 64 conns (wrk)"
-    body="$(printf 'x%.0s' $(seq 100))"
-    start_nginx backend 1 "server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 '$body'; } }"
+    local round s n title="HTTP proxy to one backend, 64 conns (wrk)"
+    start_backend "$BACKEND_PORT"
     start_nginx proxy auto "upstream app { server 127.0.0.1:$BACKEND_PORT; keepalive 256; }
     server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://app;
         proxy_http_version 1.1; proxy_set_header Connection \"\";
         proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
         proxy_set_header X-Request-Id \$request_id; } }"
-    wait_until "nginx (backend)" 30 curl -fsS "http://127.0.0.1:$BACKEND_PORT/"
     wait_until "nginx (proxy)" 30 curl -fsS "http://127.0.0.1:$NGINX_PORT/"
-    curl -fsS -X PUT -H "Authorization: Bearer $STACKD_TOKEN" -H 'Content-Type: application/json' \
-        -d "{\"address\": \"127.0.0.1\", \"port\": $BACKEND_PORT}" \
-        "http://127.0.0.1:$STACKD_API_PORT/v1/services/bench/instances/backend" >/dev/null
-    curl -fsS -X PUT -H "Authorization: Bearer $STACKD_TOKEN" -H 'Content-Type: application/json' \
-        -d '{"service": "bench"}' "http://127.0.0.1:$STACKD_API_PORT/v1/routes/bench" >/dev/null
-    wait_until "the stackd gateway" 30 curl -fsS "http://127.0.0.1:$STACKD_GATEWAY_PORT/"
+    route_to_backend "http://127.0.0.1:$STACKD_API_PORT" "http://127.0.0.1:$STACKD_GATEWAY_PORT" \
+        "$BACKEND_PORT" "$STACKD_TOKEN"
     for ((round = 1; round <= ROUNDS; round++)); do
         log "row: $title (round $round of $ROUNDS)"
         if ((round % 2)); then

@@ -71,3 +71,25 @@ errors += sum(int(x) for x in m.groups()) if m else 0
 print(json.dumps({"ops_per_sec": rps, "p50_ms": lat.get("50", 0), "p99_ms": lat.get("99", 0), "errors": errors}))
 PY
 }
+
+# start_backend PORT: the gateway rows' app, an nginx of one worker answering every request
+# with 100 bytes on 127.0.0.1:PORT; waits until it answers.
+start_backend() {
+    start_nginx backend 1 \
+        "server { listen 127.0.0.1:$1; location / { return 200 '$(printf 'x%.0s' $(seq 100))'; } }"
+    wait_until "nginx (backend)" 30 curl -fsS "http://127.0.0.1:$1/"
+}
+
+# route_to_backend API GATEWAY BACKEND_PORT [TOKEN]: through the stackd API at API
+# (http://host:port), registers the backend as instance `backend` of service `bench` and
+# routes every request to it (route `bench`); waits until the gateway at GATEWAY answers.
+route_to_backend() {
+    local api="$1" gateway="$2" port="$3" auth=()
+    [[ -n "${4:-}" ]] && auth=(-H "Authorization: Bearer $4")
+    curl -fsS -X PUT "${auth[@]}" -H 'Content-Type: application/json' \
+        -d "{\"address\": \"127.0.0.1\", \"port\": $port}" \
+        "$api/v1/services/bench/instances/backend" >/dev/null
+    curl -fsS -X PUT "${auth[@]}" -H 'Content-Type: application/json' \
+        -d '{"service": "bench"}' "$api/v1/routes/bench" >/dev/null
+    wait_until "the stackd gateway at $gateway" 30 curl -fsS "$gateway/"
+}
