@@ -415,9 +415,13 @@ pub(crate) fn params(raw: Option<String>, allowed: &[&str]) -> ApiResult<HashMap
     let mut out = HashMap::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         if !allowed.contains(&k.as_ref()) {
+            let takes = if allowed.is_empty() {
+                "this request takes none".to_string()
+            } else {
+                format!("allowed: {}", allowed.join(", "))
+            };
             return Err(ApiError::bad_request(format!(
-                "unknown query parameter {k:?} (allowed: {})",
-                allowed.join(", ")
+                "unknown query parameter {k:?} ({takes})"
             )));
         }
         if out.insert(k.to_string(), v.to_string()).is_some() {
@@ -1018,6 +1022,24 @@ mod tests {
     fn chunked(parts: usize, each: usize) -> Body {
         let chunks = (0..parts).map(|i| Ok::<_, std::io::Error>(Bytes::from(vec![i as u8; each])));
         Body::from_stream(futures::stream::iter(chunks.collect::<Vec<_>>()))
+    }
+
+    #[test]
+    fn unknown_query_parameters_are_named_with_what_the_request_takes() {
+        let err = |raw: &str, allowed: &[&str]| {
+            params(Some(raw.to_string()), allowed).unwrap_err().message
+        };
+        assert_eq!(
+            err("ttl_ms=1", &["consistency"]),
+            "unknown query parameter \"ttl_ms\" (allowed: consistency)"
+        );
+        assert_eq!(
+            err("ttl_ms=1", &[]),
+            "unknown query parameter \"ttl_ms\" (this request takes none)"
+        );
+        assert_eq!(err("a=1&a=2", &["a"]), "query parameter \"a\" given twice");
+        let ok = params(Some("a=1&b=x%20y".to_string()), &["a", "b"]).unwrap();
+        assert_eq!(ok["b"], "x y");
     }
 
     #[test]
