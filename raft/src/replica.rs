@@ -233,6 +233,8 @@ pub struct Replica {
     log_bytes: Arc<AtomicU64>,
     /// The state machine's applied index (see [`StateMachine::applied`]).
     applied: tokio::sync::watch::Receiver<u64>,
+    /// The service registry's revision (see [`StateMachine::registry`]).
+    registry: tokio::sync::watch::Receiver<u64>,
     /// Where snapshots are kept, and received ones written.
     snapshot_dir: Arc<std::path::PathBuf>,
 }
@@ -249,6 +251,7 @@ impl Replica {
         let config = crate::config::raft_config(&timing).map_err(ReplicaError::of)?;
         let log_bytes = log_store.appended_bytes();
         let applied = state_machine.applied();
+        let registry = state_machine.registry();
         let snapshot_dir = Arc::new(state_machine.snapshot_dir().to_path_buf());
         let raft = Raft::new(id, config, Network::new(link), log_store, state_machine)
             .await
@@ -257,6 +260,7 @@ impl Replica {
             raft,
             log_bytes,
             applied,
+            registry,
             snapshot_dir,
         })
     }
@@ -353,6 +357,12 @@ impl Replica {
             applied: self.applied.clone(),
             server: self.raft.server_metrics(),
         }
+    }
+
+    /// A watch on the service registry's revision on this node: it wakes only when the
+    /// registry changes, where [`Replica::changes`] wakes on every applied batch.
+    pub fn registry_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.registry.clone()
     }
 
     /// Waits up to `timeout` until `until` holds of Raft's figures, and answers them then.

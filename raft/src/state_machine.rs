@@ -31,6 +31,9 @@ pub struct StateMachine {
     /// The index of the last entry applied (or of the snapshot installed), sent once its
     /// batch is in the state and written.
     applied: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The service registry's revision (services, instances, routes), sent when an applied
+    /// batch or an installed snapshot changes it.
+    registry: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// What the state machine tells live subscribers after each applied batch. Each node sends
@@ -66,8 +69,10 @@ impl StateMachine {
         }
         let state = State::load(&db)?;
         let applied = state.meta.last_applied.map_or(0, |l| l.index);
+        let registry = state.registry_revision();
         Ok(Self {
             applied: Arc::new(tokio::sync::watch::channel(applied).0),
+            registry: Arc::new(tokio::sync::watch::channel(registry).0),
             db,
             state: Arc::new(RwLock::new(state)),
             snapshot_path,
@@ -90,6 +95,21 @@ impl StateMachine {
     /// wake-up per applied batch, where Raft's figures change with every replication step too.
     pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// The service registry's revision, as it moves: what follows the registry waits on it
+    /// without a wake-up per applied batch (see [`StateMachine::applied`]).
+    pub fn registry(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.registry.subscribe()
+    }
+
+    /// Sends the registry's `revision` if it moved.
+    fn registry_is(&self, revision: u64) {
+        self.registry.send_if_modified(|r| {
+            let moved = *r != revision;
+            *r = revision;
+            moved
+        });
     }
 
     /// The directory snapshots are kept in.
@@ -239,14 +259,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 responses.push((r, response));
             }
         }
-        let live = {
+        let (live, registry) = {
             let mut st = self.state.write().expect("state lock");
             st.persist_meta(&mut batch);
-            st.take_live()
+            (st.take_live(), st.registry_revision())
         };
         // One atomic batch: the changes and `last_applied` land together or not at all.
         self.db.sm_write(batch)?;
         self.state.write().expect("state lock").written();
+        self.registry_is(registry);
         if !live.is_empty() {
             // No receivers is not an error: everyone may have left meanwhile.
             let _ = self.live.send(LiveBatch::Events(Arc::new(live)));
@@ -296,7 +317,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ),
             ));
         }
+        let registry = new_state.registry_revision();
         *self.state.write().expect("state lock") = new_state;
+        self.registry_is(registry);
         self.applied
             .send_replace(meta.last_log_id.map_or(0, |l| l.index));
         let _ = self.live.send(LiveBatch::Reset);
@@ -437,5 +460,64 @@ mod tests {
         assert!(!other_db.sm_replace_pending().unwrap());
         assert_eq!(other_db.sm_export().unwrap(), items);
         assert_eq!(*restarted.applied().borrow(), 300);
+    }
+
+    /// The registry's watch moves when an applied batch changes the registry, and stays put
+    /// for every other write (what follows the registry is not woken by them).
+    #[tokio::test]
+    async fn the_registry_watch_moves_with_the_registry_only() {
+        use openraft::entry::RaftEntry as _;
+
+        use crate::command::ServiceCmd;
+        use crate::state::InstanceSpec;
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let mut sm = StateMachine::open(db, &dir.path().join("snap")).unwrap();
+        let mut registry = sm.registry();
+        let start = *registry.borrow_and_update();
+        let mut index = 0;
+        let mut apply = |command: Command| {
+            index += 1;
+            let log_id = crate::network::LogId::new(
+                openraft::alias::LeaderIdOf::<TypeConfig>::new_committed(1, 1),
+                index,
+            );
+            let request = Request {
+                stamp_ms: 1,
+                idempotency_key: None,
+                command,
+            };
+            let entry = openraft::alias::EntryOf::<TypeConfig>::new_normal(log_id, request);
+            futures::stream::iter([Ok((entry, None))])
+        };
+        let put = KvCmd::Put {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            if_revision: None,
+            ttl_ms: None,
+        };
+        sm.apply(apply(Command::Kv(put))).await.unwrap();
+        assert!(!registry.has_changed().unwrap(), "a key-value put moved it");
+
+        let register = ServiceCmd::Register(InstanceSpec {
+            service: "web".into(),
+            id: "w1".into(),
+            address: "127.0.0.1".into(),
+            port: 8080,
+            tags: vec![],
+            meta: Default::default(),
+            weight: 1,
+            check: None,
+            deregister_critical_after_ms: 0,
+        });
+        sm.apply(apply(Command::Service(register))).await.unwrap();
+        assert!(
+            registry.has_changed().unwrap(),
+            "a registration did not move it"
+        );
+        let now = *registry.borrow_and_update();
+        assert!(now > start);
+        assert_eq!(now, sm.state().read().unwrap().registry_revision());
     }
 }

@@ -271,22 +271,20 @@ impl Gateway {
         );
     }
 
-    /// Rebuilds the table whenever the registry's revision changes, until `stop`.
+    /// Rebuilds the table whenever the registry's revision changes, until `stop`. It waits on
+    /// the registry's own watch: a wait on the state would wake it for every applied batch.
     async fn follow(self: Arc<Self>, stop: CancellationToken) {
+        let mut registry = self.cluster.replica().registry_changes();
         loop {
-            let seen = self.table().revision;
-            let changed = self
-                .cluster
-                .wait_for_state(Instant::now() + Duration::from_secs(1), |s| {
-                    (s.registry_revision() != seen).then_some(())
-                });
+            let revision = *registry.borrow_and_update();
+            if revision != self.table().revision {
+                self.rebuild();
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                r = changed => match r {
-                    Ok(Some(())) => self.rebuild(),
-                    Ok(None) => {}
-                    Err(_) => return,
-                }
+                r = registry.changed() => if r.is_err() {
+                    return;
+                },
             }
         }
     }
